@@ -1,0 +1,297 @@
+//! How the file system is laid out in the ordered key-value store (see docs/FORMAT.md).
+//!
+//! | key | value |
+//! |---|---|
+//! | `V` | volume record (JSON) |
+//! | `N` `i`/`s` | next free inode / slice id (u64 BE) |
+//! | `S` `u`/`n` | used bytes / inode count (u64 BE) |
+//! | `I` ino | [`InodeRec`] |
+//! | `D` parent name | [`DentryRec`] |
+//! | `C` ino chunk(u32 BE) | `Vec<SliceRec>`, oldest first |
+//! | `X` ino name | xattr value |
+//! | `O` ino | orphan: nlink 0 but still open when last seen |
+//! | `G` slice id | [`DeadSlice`]: objects to delete |
+//!
+//! Integers in keys are big-endian so that byte order is numeric order.
+
+use crate::error::{FsError, Result};
+use crate::types::{FileKind, Ino, ROOT_INO};
+use serde::{Deserialize, Serialize};
+use spoolfs_metadata::{KvRead, KvTxn, MetaError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const VOLUME_KEY: &[u8] = b"V";
+pub const NEXT_INO_KEY: &[u8] = b"Ni";
+pub const NEXT_SLICE_KEY: &[u8] = b"Ns";
+pub const USED_BYTES_KEY: &[u8] = b"Su";
+pub const INODE_COUNT_KEY: &[u8] = b"Sn";
+
+pub fn inode_key(ino: Ino) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'I');
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+pub fn dentry_prefix(parent: Ino) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'D');
+    k.extend_from_slice(&parent.to_be_bytes());
+    k
+}
+
+pub fn dentry_key(parent: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = dentry_prefix(parent);
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn chunk_prefix(ino: Ino) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(b'C');
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+pub fn chunk_key(ino: Ino, chunk: u32) -> Vec<u8> {
+    let mut k = chunk_prefix(ino);
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+pub fn chunk_index_of_key(key: &[u8]) -> u32 {
+    u32::from_be_bytes(key[9..13].try_into().expect("chunk key is 13 bytes"))
+}
+
+pub fn xattr_prefix(ino: Ino) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'X');
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+pub fn xattr_key(ino: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = xattr_prefix(ino);
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn orphan_key(ino: Ino) -> Vec<u8> {
+    let mut k = vec![b'O'];
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+pub const DEAD_PREFIX: &[u8] = b"G";
+
+pub fn dead_key(slice: u64) -> Vec<u8> {
+    let mut k = vec![b'G'];
+    k.extend_from_slice(&slice.to_be_bytes());
+    k
+}
+
+/// Nanoseconds since the epoch; times before it are clamped to it.
+pub fn to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
+
+pub fn from_ns(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+pub fn now_ns() -> i64 {
+    to_ns(SystemTime::now())
+}
+
+/// An inode as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InodeRec {
+    pub kind: FileKind,
+    /// Permission bits, set-id and sticky bits (mode & 0o7777).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub size: u64,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub crtime_ns: i64,
+    /// For directories: the parent directory (the root is its own parent).
+    pub parent: Ino,
+    /// For symlinks: the target.
+    pub target: Vec<u8>,
+}
+
+/// A directory entry as stored.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DentryRec {
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+/// One piece of a slice that is visible in a chunk: bytes `[off, off+len)` of slice `id`
+/// appear at `[pos, pos+len)` of the chunk. Slice id 0 is a hole (reads as zeros).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SliceRec {
+    pub id: u64,
+    /// The whole slice's length: it fixes the object keys of its blocks.
+    pub size: u32,
+    pub off: u32,
+    pub len: u32,
+    pub pos: u32,
+}
+
+/// A slice whose objects are to be deleted.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeadSlice {
+    pub size: u32,
+}
+
+fn codec_err(what: &str, e: bincode::Error) -> MetaError {
+    MetaError::Corrupt(format!("cannot decode {what}: {e}"))
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("in-memory records always serialise")
+}
+
+pub fn decode<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T, MetaError> {
+    bincode::deserialize(bytes).map_err(|e| codec_err(what, e))
+}
+
+pub fn get_u64(r: &dyn KvRead, key: &[u8]) -> Result<u64, MetaError> {
+    Ok(match r.get(key)? {
+        Some(v) if v.len() == 8 => u64::from_be_bytes(v[..].try_into().expect("8 bytes")),
+        Some(_) => {
+            return Err(MetaError::Corrupt(format!(
+                "counter {key:?} is not 8 bytes"
+            )));
+        }
+        None => 0,
+    })
+}
+
+pub fn add_u64(t: &mut dyn KvTxn, key: &[u8], delta: i64) -> Result<(), MetaError> {
+    let v = get_u64(t, key)?;
+    let new = if delta >= 0 {
+        v.saturating_add(delta as u64)
+    } else {
+        v.saturating_sub(delta.unsigned_abs())
+    };
+    t.put(key, &new.to_be_bytes())
+}
+
+pub fn get_inode(r: &dyn KvRead, ino: Ino) -> Result<Option<InodeRec>, MetaError> {
+    match r.get(&inode_key(ino))? {
+        Some(bytes) => Ok(Some(decode("inode", &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// The inode, or ENOENT.
+pub fn must_inode(r: &dyn KvRead, ino: Ino) -> Result<InodeRec, MetaError> {
+    get_inode(r, ino)?
+        .ok_or_else(|| MetaError::Errno(libc::ENOENT, format!("inode {ino} not found")))
+}
+
+pub fn put_inode(t: &mut dyn KvTxn, ino: Ino, rec: &InodeRec) -> Result<(), MetaError> {
+    t.put(&inode_key(ino), &encode(rec))
+}
+
+pub fn get_dentry(
+    r: &dyn KvRead,
+    parent: Ino,
+    name: &[u8],
+) -> Result<Option<DentryRec>, MetaError> {
+    match r.get(&dentry_key(parent, name))? {
+        Some(bytes) => Ok(Some(decode("directory entry", &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+pub fn get_chunk(r: &dyn KvRead, ino: Ino, chunk: u32) -> Result<Vec<SliceRec>, MetaError> {
+    match r.get(&chunk_key(ino, chunk))? {
+        Some(bytes) => decode("chunk", &bytes),
+        None => Ok(Vec::new()),
+    }
+}
+
+pub fn put_chunk(
+    t: &mut dyn KvTxn,
+    ino: Ino,
+    chunk: u32,
+    slices: &[SliceRec],
+) -> Result<(), MetaError> {
+    if slices.is_empty() {
+        t.delete(&chunk_key(ino, chunk))
+    } else {
+        t.put(&chunk_key(ino, chunk), &encode(&slices.to_vec()))
+    }
+}
+
+/// Creates the root directory if the store has none.
+pub fn init_root(t: &mut dyn KvTxn) -> Result<(), MetaError> {
+    if get_inode(t, ROOT_INO)?.is_some() {
+        return Ok(());
+    }
+    let now = now_ns();
+    let root = InodeRec {
+        kind: FileKind::Dir,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        size: 0,
+        atime_ns: now,
+        mtime_ns: now,
+        ctime_ns: now,
+        crtime_ns: now,
+        parent: ROOT_INO,
+        target: Vec::new(),
+    };
+    put_inode(t, ROOT_INO, &root)?;
+    t.put(NEXT_INO_KEY, &(ROOT_INO + 1).to_be_bytes())?;
+    t.put(NEXT_SLICE_KEY, &1u64.to_be_bytes())?;
+    t.put(INODE_COUNT_KEY, &1u64.to_be_bytes())?;
+    Ok(())
+}
+
+/// Object key of block `index` of a slice: spread over prefixes so listings stay short.
+pub fn block_key(slice: u64, index: u32, len: u32) -> String {
+    format!(
+        "chunks/{}/{}/{}_{}_{}",
+        slice / 1_000_000,
+        slice / 1_000,
+        slice,
+        index,
+        len
+    )
+}
+
+/// Checks a name for a directory entry.
+pub fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(FsError::new(
+            libc::EINVAL,
+            format!("invalid name {:?}", String::from_utf8_lossy(name)),
+        ));
+    }
+    if name.len() > crate::types::NAME_MAX {
+        return Err(FsError::new(
+            libc::ENAMETOOLONG,
+            "name longer than 255 bytes",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The vocabulary of the engine API.
+
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+pub type Ino = u64;
+/// The root directory's inode number (as FUSE expects).
+pub const ROOT_INO: Ino = 1;
+/// Longest name in a directory, in bytes (Linux NAME_MAX).
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target, in bytes (Linux PATH_MAX - 1).
+pub const SYMLINK_MAX: usize = 4095;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The kind encoded in the S_IFMT bits of a mode.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Some(FileKind::File),
+            libc::S_IFDIR => Some(FileKind::Dir),
+            libc::S_IFLNK => Some(FileKind::Symlink),
+            libc::S_IFIFO => Some(FileKind::Fifo),
+            libc::S_IFSOCK => Some(FileKind::Socket),
+            libc::S_IFCHR => Some(FileKind::CharDevice),
+            libc::S_IFBLK => Some(FileKind::BlockDevice),
+            _ => None,
+        }
+    }
+
+    /// The DT_* value readdir reports.
+    pub fn dirent_type(self) -> u8 {
+        match self {
+            FileKind::File => libc::DT_REG,
+            FileKind::Dir => libc::DT_DIR,
+            FileKind::Symlink => libc::DT_LNK,
+            FileKind::Fifo => libc::DT_FIFO,
+            FileKind::Socket => libc::DT_SOCK,
+            FileKind::CharDevice => libc::DT_CHR,
+            FileKind::BlockDevice => libc::DT_BLK,
+        }
+    }
+}
+
+/// Attributes of an inode, as `stat` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits including set-id and sticky (mode & 0o7777).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub size: u64,
+    /// 512-byte blocks in use (holes excluded where known).
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub crtime: SystemTime,
+    /// Preferred I/O size for `stat`.
+    pub blksize: u32,
+}
+
+/// Who is calling: the credentials of the process behind a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+}
+
+/// A time to set with `utimensat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(SystemTime),
+}
+
+/// The changes of one `setattr` call; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    /// New permission bits (the S_IFMT bits are ignored).
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Truncate or extend to this size.
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<SystemTime>,
+    /// The open file the change came through, if any.
+    pub fh: Option<u64>,
+}
+
+/// Flags of `renameat2`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+/// One directory entry. `offset` is the cookie to pass back to continue after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub name: Vec<u8>,
+    pub offset: u64,
+}
+
+/// `setxattr` mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrSet {
+    /// Create or replace.
+    Any,
+    /// XATTR_CREATE: fail with EEXIST if it exists.
+    Create,
+    /// XATTR_REPLACE: fail with ENODATA if it does not.
+    Replace,
+}
+
+/// What `statfs` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// A snapshot of the engine's state for `spoolfs status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EngineStatus {
+    pub volume_name: String,
+    pub volume_uuid: String,
+    /// "standard" (close/fsync wait for the object store) or "writeback".
+    pub mode: String,
+    pub metadata: String,
+    pub storage: String,
+    pub open_files: u64,
+    pub inodes: u64,
+    pub used_bytes: u64,
+    /// Bytes written by applications and not yet in the object store.
+    pub dirty_bytes: u64,
+    pub objects_put: u64,
+    pub objects_got: u64,
+    pub pending_deletes: u64,
+}

@@ -1,0 +1,349 @@
+//! Opening an object store from a URL and calling it from synchronous code.
+
+use crate::{Result, StorageError};
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the volume's objects live and how to reach them. Credentials are never part of it:
+/// they come from the environment when the store is opened.
+#[derive(Debug, Clone, Default)]
+pub struct StorageConfig {
+    /// `file:///dir`, `s3://bucket/prefix` or `memory://`.
+    pub url: String,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`); needed by most S3 servers that are not AWS.
+    pub s3_path_style: bool,
+    /// Sign no requests (public buckets).
+    pub s3_anonymous: bool,
+    /// How long the start-up reachability check waits.
+    pub check_timeout: Option<Duration>,
+}
+
+/// A blocking handle on one object store, rooted at the volume's prefix.
+pub struct ObjectStorage {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    describe: String,
+    runtime: tokio::runtime::Runtime,
+    check_timeout: Duration,
+}
+
+fn map_err(key: &str, e: object_store::Error) -> StorageError {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => StorageError::NotFound {
+            key: key.to_string(),
+        },
+        E::AlreadyExists { .. } | E::Precondition { .. } => StorageError::AlreadyExists {
+            key: key.to_string(),
+        },
+        E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
+            StorageError::Denied {
+                detail: source.to_string(),
+            }
+        }
+        other => {
+            let detail = other.to_string();
+            if detail.contains("403") || detail.contains("AccessDenied") {
+                StorageError::Denied { detail }
+            } else if detail.contains("SignatureDoesNotMatch")
+                || detail.contains("InvalidAccessKeyId")
+            {
+                StorageError::Denied { detail }
+            } else {
+                StorageError::Unavailable { detail }
+            }
+        }
+    }
+}
+
+impl ObjectStorage {
+    pub fn open(config: &StorageConfig) -> Result<Self> {
+        let bad = |reason: String| StorageError::BadUrl {
+            url: config.url.clone(),
+            reason,
+        };
+        let url = url::Url::parse(&config.url).map_err(|e| bad(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("spoolfs-io")
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::Config(format!("cannot start I/O runtime: {e}")))?;
+        let (store, prefix, describe): (Arc<dyn ObjectStore>, String, String) = match url.scheme() {
+            "file" => {
+                let dir = url.path();
+                if dir.is_empty() || dir == "/" {
+                    return Err(bad("expected file:///absolute/directory".into()));
+                }
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| bad(format!("cannot create directory {dir}: {e}")))?;
+                let fs = LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| bad(format!("cannot open directory {dir}: {e}")))?;
+                (Arc::new(fs), String::new(), format!("file://{dir}"))
+            }
+            "memory" => (
+                Arc::new(InMemory::new()),
+                String::new(),
+                "memory://".to_string(),
+            ),
+            "s3" => {
+                let bucket = url
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| bad("expected s3://bucket[/prefix]".into()))?;
+                let prefix = url.path().trim_matches('/').to_string();
+                let mut retry = RetryConfig::default();
+                retry.max_retries = 10;
+                retry.retry_timeout = Duration::from_secs(120);
+                let mut builder = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(config.s3_region.as_deref().unwrap_or("us-east-1"))
+                    .with_virtual_hosted_style_request(!config.s3_path_style)
+                    .with_retry(retry)
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_connect_timeout(Duration::from_secs(5))
+                            .with_timeout(Duration::from_secs(60)),
+                    );
+                if let Some(endpoint) = &config.s3_endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if config.s3_anonymous {
+                    builder = builder.with_skip_signature(true);
+                } else {
+                    // Credentials only from the environment, read here and never stored. Without
+                    // them we refuse rather than let the client probe instance metadata.
+                    let key = std::env::var("AWS_ACCESS_KEY_ID").ok();
+                    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok();
+                    match (key, secret) {
+                        (Some(k), Some(s)) => {
+                            builder = builder.with_access_key_id(k).with_secret_access_key(s);
+                            if let Ok(token) = std::env::var("AWS_SESSION_TOKEN") {
+                                builder = builder.with_token(token);
+                            }
+                        }
+                        _ => {
+                            return Err(StorageError::Config(
+                                "no S3 credentials: set AWS_ACCESS_KEY_ID and \
+                                 AWS_SECRET_ACCESS_KEY (or pass --s3-anonymous)"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+                let s3 = builder
+                    .build()
+                    .map_err(|e| StorageError::Config(e.to_string()))?;
+                let describe = match &config.s3_endpoint {
+                    Some(ep) => format!("s3://{bucket}/{prefix} at {ep}"),
+                    None => format!("s3://{bucket}/{prefix}"),
+                };
+                (Arc::new(s3), prefix, describe)
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown scheme {other:?}; supported: file:///dir, s3://bucket/prefix, memory://"
+                )));
+            }
+        };
+        Ok(ObjectStorage {
+            store,
+            prefix,
+            describe,
+            runtime,
+            check_timeout: config.check_timeout.unwrap_or(Duration::from_secs(15)),
+        })
+    }
+
+    /// Wraps an existing store (tests use this to inject faults or count requests).
+    pub fn from_store(store: Arc<dyn ObjectStore>, describe: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::Config(format!("cannot start I/O runtime: {e}")))?;
+        Ok(ObjectStorage {
+            store,
+            prefix: String::new(),
+            describe: describe.to_string(),
+            runtime,
+            check_timeout: Duration::from_secs(15),
+        })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn path(&self, key: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(key)
+        } else {
+            ObjPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    pub fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key);
+        self.runtime
+            .block_on(self.store.put(&path, data.into()))
+            .map(|_| ())
+            .map_err(|e| map_err(key, e))
+    }
+
+    /// Puts only if no object has the key; `AlreadyExists` otherwise.
+    pub fn put_if_absent(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.runtime
+            .block_on(self.store.put_opts(&path, data.into(), opts))
+            .map(|_| ())
+            .map_err(|e| map_err(key, e))
+    }
+
+    pub fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.path(key);
+        self.runtime
+            .block_on(async { self.store.get(&path).await?.bytes().await })
+            .map_err(|e| map_err(key, e))
+    }
+
+    pub fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match self.runtime.block_on(self.store.delete(&path)) {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err(key, e)),
+        }
+    }
+
+    /// Keys (relative to the volume prefix) that start with `prefix`.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let root = self.path(prefix);
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        self.runtime.block_on(async {
+            let mut out = Vec::new();
+            let mut stream = self.store.list(Some(&root));
+            while let Some(item) = stream.next().await {
+                let meta = item.map_err(|e| map_err(prefix, e))?;
+                let key = meta.location.to_string();
+                out.push(key.strip_prefix(&strip).unwrap_or(&key).to_string());
+            }
+            Ok(out)
+        })
+    }
+
+    /// Proves the store answers and accepts our credentials: lists the volume prefix, bounded
+    /// by the check timeout, so a wrong endpoint fails in seconds with a clear message.
+    pub fn check(&self) -> Result<()> {
+        let root = self.path("");
+        let fut = async {
+            let mut stream = self.store.list(Some(&root));
+            match stream.next().await {
+                None | Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e),
+            }
+        };
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(self.check_timeout, fut).await })
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                let mapped = map_err("", e);
+                Err(match mapped {
+                    StorageError::NotFound { .. } => StorageError::Unavailable {
+                        detail: format!("{}: bucket not found", self.describe),
+                    },
+                    StorageError::Unavailable { detail } => StorageError::Unavailable {
+                        detail: format!("{}: {detail}", self.describe),
+                    },
+                    other => other,
+                })
+            }
+            Err(_) => Err(StorageError::Unavailable {
+                detail: format!(
+                    "{}: no answer within {:?}",
+                    self.describe, self.check_timeout
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_store_roundtrip_and_conditional_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/bucket", dir.path().display());
+        let s = ObjectStorage::open(&StorageConfig {
+            url,
+            ..Default::default()
+        })
+        .unwrap();
+        s.check().unwrap();
+        s.put("a/b", Bytes::from_static(b"hello")).unwrap();
+        assert_eq!(&s.get("a/b").unwrap()[..], b"hello");
+        assert!(matches!(
+            s.put_if_absent("a/b", Bytes::from_static(b"x")),
+            Err(StorageError::AlreadyExists { .. })
+        ));
+        assert_eq!(s.list("a/").unwrap(), vec!["a/b".to_string()]);
+        s.delete("a/b").unwrap();
+        s.delete("a/b").unwrap();
+        assert!(matches!(s.get("a/b"), Err(StorageError::NotFound { .. })));
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for url in ["ftp://x", "s3://", "file:///", "nonsense"] {
+            let r = ObjectStorage::open(&StorageConfig {
+                url: url.into(),
+                ..Default::default()
+            });
+            assert!(r.is_err(), "{url} accepted");
+        }
+    }
+
+    #[test]
+    fn unreachable_endpoint_fails_fast() {
+        // A port nobody listens on: the check must fail within its timeout, not hang.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let s = ObjectStorage::open(&StorageConfig {
+            url: "s3://bucket".into(),
+            s3_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            s3_path_style: true,
+            s3_anonymous: true,
+            check_timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        })
+        .unwrap();
+        let start = std::time::Instant::now();
+        let err = s.check().unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(err.errno(), libc::EIO, "{err}");
+    }
+}
