@@ -1,1 +1,97 @@
+//! A bounded in-memory cache of verified, decoded object blocks, evicted in FIFO order.
+//! (The persistent local cache on NVMe comes with the read-path work.)
 
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockId {
+    pub slice: u64,
+    pub index: u32,
+}
+
+pub struct BlockCache {
+    inner: Mutex<Inner>,
+    capacity_bytes: u64,
+}
+
+struct Inner {
+    map: HashMap<BlockId, Bytes>,
+    order: VecDeque<BlockId>,
+    bytes: u64,
+}
+
+impl BlockCache {
+    pub fn new(capacity_bytes: u64) -> Self {
+        BlockCache {
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+            }),
+            capacity_bytes,
+        }
+    }
+
+    pub fn get(&self, id: BlockId) -> Option<Bytes> {
+        self.inner.lock().map.get(&id).cloned()
+    }
+
+    pub fn insert(&self, id: BlockId, data: Bytes) {
+        if data.len() as u64 > self.capacity_bytes {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if inner.map.contains_key(&id) {
+            return;
+        }
+        inner.bytes += data.len() as u64;
+        inner.map.insert(id, data);
+        inner.order.push_back(id);
+        while inner.bytes > self.capacity_bytes {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(d) = inner.map.remove(&old) {
+                inner.bytes -= d.len() as u64;
+            }
+        }
+    }
+
+    /// Drops every block of a slice (it was deleted).
+    pub fn forget_slice(&self, slice: u64) {
+        let mut inner = self.inner.lock();
+        let mut freed = 0;
+        inner.map.retain(|k, v| {
+            if k.slice == slice {
+                freed += v.len() as u64;
+                false
+            } else {
+                true
+            }
+        });
+        inner.bytes -= freed;
+        inner.order.retain(|k| k.slice != slice);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_fifo() {
+        let c = BlockCache::new(10);
+        let id = |slice| BlockId { slice, index: 0 };
+        c.insert(id(1), Bytes::from_static(b"12345"));
+        c.insert(id(2), Bytes::from_static(b"12345"));
+        c.insert(id(3), Bytes::from_static(b"1"));
+        assert!(c.get(id(1)).is_none());
+        assert!(c.get(id(2)).is_some());
+        c.forget_slice(2);
+        assert!(c.get(id(2)).is_none());
+        c.insert(id(4), Bytes::from(vec![0; 11]));
+        assert!(c.get(id(4)).is_none(), "larger than the cache");
+    }
+}

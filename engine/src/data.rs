@@ -1,1 +1,223 @@
+//! The data layout of one chunk: a sorted list of non-overlapping segments, each pointing into
+//! a slice. A new slice is *resolved* into the list when it is committed: it cuts whatever it
+//! overlaps, so a reader never has to replay history, and a slice that no segment points to
+//! any more is dead (its objects can be deleted). Gaps between segments are holes: zeros.
 
+use crate::schema::SliceRec;
+use std::collections::BTreeSet;
+
+/// Removes `[start, end)` of the chunk from `segs`, trimming segments that straddle the edges.
+pub fn cut(segs: &mut Vec<SliceRec>, start: u32, end: u32) {
+    if start >= end {
+        return;
+    }
+    let mut out = Vec::with_capacity(segs.len() + 1);
+    for s in segs.drain(..) {
+        let s_end = s.pos + s.len;
+        if s_end <= start || s.pos >= end {
+            out.push(s);
+            continue;
+        }
+        if s.pos < start {
+            out.push(SliceRec {
+                len: start - s.pos,
+                ..s
+            });
+        }
+        if s_end > end {
+            let skip = end - s.pos;
+            out.push(SliceRec {
+                off: s.off + skip,
+                len: s_end - end,
+                pos: end,
+                ..s
+            });
+        }
+    }
+    *segs = out;
+}
+
+/// Lays a new segment over `segs`, keeping the list sorted and non-overlapping.
+pub fn insert(segs: &mut Vec<SliceRec>, new: SliceRec) {
+    if new.len == 0 {
+        return;
+    }
+    cut(segs, new.pos, new.pos + new.len);
+    let at = segs.partition_point(|s| s.pos < new.pos);
+    segs.insert(at, new);
+}
+
+/// Slice ids that appear in `before` but not in `after`: the slices a change killed.
+pub fn dead_slices(before: &[SliceRec], after: &[SliceRec]) -> Vec<(u64, u32)> {
+    let alive: BTreeSet<u64> = after.iter().map(|s| s.id).collect();
+    let mut seen = BTreeSet::new();
+    before
+        .iter()
+        .filter(|s| s.id != 0 && !alive.contains(&s.id) && seen.insert(s.id))
+        .map(|s| (s.id, s.size))
+        .collect()
+}
+
+/// One piece of a read: `len` bytes at chunk position `pos`, from `source`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadPiece {
+    pub pos: u32,
+    pub len: u32,
+    /// `Some((slice, size, offset within slice))`, or `None` for a hole.
+    pub source: Option<(u64, u32, u32)>,
+}
+
+/// How to read `[start, end)` of a chunk: pieces in order, holes included.
+pub fn plan_read(segs: &[SliceRec], start: u32, end: u32) -> Vec<ReadPiece> {
+    let mut out = Vec::new();
+    let mut cursor = start;
+    for s in segs {
+        let s_end = s.pos + s.len;
+        if s_end <= cursor || s.pos >= end {
+            continue;
+        }
+        if s.pos > cursor {
+            out.push(ReadPiece {
+                pos: cursor,
+                len: s.pos - cursor,
+                source: None,
+            });
+            cursor = s.pos;
+        }
+        let piece_end = s_end.min(end);
+        out.push(ReadPiece {
+            pos: cursor,
+            len: piece_end - cursor,
+            source: Some((s.id, s.size, s.off + (cursor - s.pos))),
+        });
+        cursor = piece_end;
+        if cursor >= end {
+            break;
+        }
+    }
+    if cursor < end {
+        out.push(ReadPiece {
+            pos: cursor,
+            len: end - cursor,
+            source: None,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn seg(id: u64, pos: u32, len: u32) -> SliceRec {
+        SliceRec {
+            id,
+            size: len,
+            off: 0,
+            len,
+            pos,
+        }
+    }
+
+    /// Reference: a byte map of which slice (and which byte of it) is visible.
+    fn paint(writes: &[(u64, u32, u32)], size: usize) -> Vec<Option<(u64, u32)>> {
+        let mut map = vec![None; size];
+        for &(id, pos, len) in writes {
+            for i in 0..len {
+                map[(pos + i) as usize] = Some((id, i));
+            }
+        }
+        map
+    }
+
+    fn render(segs: &[SliceRec], size: usize) -> Vec<Option<(u64, u32)>> {
+        let mut map = vec![None; size];
+        for p in plan_read(segs, 0, size as u32) {
+            for i in 0..p.len {
+                map[(p.pos + i) as usize] = p.source.map(|(id, _, off)| (id, off + i));
+            }
+        }
+        map
+    }
+
+    proptest! {
+        #[test]
+        fn resolved_list_matches_painting(writes in prop::collection::vec((0u32..200, 1u32..60), 1..20)) {
+            let writes: Vec<(u64, u32, u32)> = writes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (pos, len))| (i as u64 + 1, pos, len))
+                .collect();
+            let mut segs = Vec::new();
+            for &(id, pos, len) in &writes {
+                insert(&mut segs, seg(id, pos, len));
+                for w in segs.windows(2) {
+                    prop_assert!(w[0].pos + w[0].len <= w[1].pos, "overlap or unsorted: {:?}", segs);
+                }
+            }
+            prop_assert_eq!(render(&segs, 300), paint(&writes, 300));
+        }
+
+        #[test]
+        fn cut_makes_a_hole(writes in prop::collection::vec((0u32..200, 1u32..60), 1..10), a in 0u32..260, b in 0u32..260) {
+            let writes: Vec<(u64, u32, u32)> = writes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (pos, len))| (i as u64 + 1, pos, len))
+                .collect();
+            let mut segs = Vec::new();
+            for &(id, pos, len) in &writes {
+                insert(&mut segs, seg(id, pos, len));
+            }
+            let (lo, hi) = (a.min(b), a.max(b));
+            cut(&mut segs, lo, hi);
+            let mut expect = paint(&writes, 300);
+            for e in expect.iter_mut().take(hi as usize).skip(lo as usize) {
+                *e = None;
+            }
+            prop_assert_eq!(render(&segs, 300), expect);
+        }
+    }
+
+    #[test]
+    fn dead_slices_are_those_fully_shadowed() {
+        let mut segs = vec![seg(1, 0, 10), seg(2, 20, 10)];
+        let before = segs.clone();
+        insert(&mut segs, seg(3, 0, 15));
+        assert_eq!(dead_slices(&before, &segs), vec![(1, 10)]);
+        let before = segs.clone();
+        insert(&mut segs, seg(4, 22, 2));
+        assert!(
+            dead_slices(&before, &segs).is_empty(),
+            "slice 2 still visible on both sides"
+        );
+        assert_eq!(segs.iter().filter(|s| s.id == 2).count(), 2);
+    }
+
+    #[test]
+    fn plan_read_reports_holes() {
+        let segs = vec![seg(7, 10, 5)];
+        let plan = plan_read(&segs, 0, 20);
+        assert_eq!(
+            plan,
+            vec![
+                ReadPiece {
+                    pos: 0,
+                    len: 10,
+                    source: None
+                },
+                ReadPiece {
+                    pos: 10,
+                    len: 5,
+                    source: Some((7, 5, 0))
+                },
+                ReadPiece {
+                    pos: 15,
+                    len: 5,
+                    source: None
+                },
+            ]
+        );
+    }
+}

@@ -1,11 +1,20 @@
-//! The engine: namespace operations over the metadata store.
+//! The engine: namespace operations over the metadata store, and the data path (write
+//! buffering per open inode, slices uploaded as checksummed block objects, resolved reads).
 
-use crate::error::Result;
+use crate::blockcache::{BlockCache, BlockId};
+use crate::data::{self, ReadPiece};
+use crate::error::{FsError, Result};
+use crate::ids::IdAllocator;
+use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec};
 use crate::types::*;
 use crate::volume::VolumeRecord;
-use spoolfs_metadata::KvStore;
-use spoolfs_uploader::ObjectStorage;
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
+use spoolfs_uploader::{ObjectStorage, StorageError, decode_block, encode_block};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How to open a mounted volume.
@@ -32,11 +41,168 @@ impl Default for EngineConfig {
     }
 }
 
-pub struct Engine {
-    _p: (),
+/// Reported by `statfs`: a nominal capacity, since an object store has no fixed size.
+const NOMINAL_CAPACITY_BYTES: u64 = 1 << 50;
+const NOMINAL_INODES: u64 = 1 << 40;
+const XATTR_NAME_MAX: usize = 255;
+const XATTR_VALUE_MAX: usize = 65536;
+const MAX_FILE_SIZE: u64 = 1 << 50;
+
+/// Data written through open handles and not yet uploaded: one contiguous run of bytes inside
+/// one chunk. Later entries shadow earlier ones.
+struct Pending {
+    chunk: u32,
+    pos: u32,
+    data: Vec<u8>,
 }
 
-#[allow(unused_variables)]
+/// In-memory state of an inode while it is open or being changed.
+#[derive(Default)]
+struct FileState {
+    pending: Vec<Pending>,
+    pending_bytes: u64,
+    /// Size and times that include the pending writes; `None` when nothing is pending.
+    overlay: Option<Overlay>,
+}
+
+#[derive(Clone, Copy)]
+struct Overlay {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+struct OpenInode {
+    /// Handles and temporary users of this entry; it leaves the table at zero.
+    pins: u64,
+    /// Open handles only (an inode with nlink 0 is deleted when this reaches zero).
+    handles: u64,
+    state: Arc<RwLock<FileState>>,
+}
+
+struct Handle {
+    ino: Ino,
+}
+
+#[derive(Default)]
+struct Counters {
+    objects_put: AtomicU64,
+    objects_got: AtomicU64,
+    dirty_bytes: AtomicU64,
+}
+
+pub struct Engine {
+    meta: Arc<dyn KvStore>,
+    storage: Arc<ObjectStorage>,
+    volume: VolumeRecord,
+    config: EngineConfig,
+    inode_ids: IdAllocator,
+    slice_ids: IdAllocator,
+    open: Mutex<HashMap<Ino, OpenInode>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    next_fh: AtomicU64,
+    cache: BlockCache,
+    counters: Counters,
+    /// Namespace changes not yet made durable.
+    meta_dirty: AtomicBool,
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+    background: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
+    MetaError::Errno(errno, msg.into())
+}
+
+fn name_str(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+fn check_name_meta(name: &[u8]) -> Result<(), MetaError> {
+    schema::check_name(name).map_err(MetaError::from)
+}
+
+/// The attributes `stat` shows for a stored inode.
+fn to_attr(ino: Ino, rec: &InodeRec, blksize: u32) -> Attr {
+    let size = match rec.kind {
+        FileKind::Symlink => rec.target.len() as u64,
+        FileKind::Dir => 4096,
+        _ => rec.size,
+    };
+    Attr {
+        ino,
+        kind: rec.kind,
+        perm: rec.perm,
+        nlink: rec.nlink,
+        uid: rec.uid,
+        gid: rec.gid,
+        rdev: rec.rdev,
+        size,
+        blocks: size.div_ceil(512),
+        atime: schema::from_ns(rec.atime_ns),
+        mtime: schema::from_ns(rec.mtime_ns),
+        ctime: schema::from_ns(rec.ctime_ns),
+        crtime: schema::from_ns(rec.crtime_ns),
+        blksize,
+    }
+}
+
+/// The directory inode, or ENOENT / ENOTDIR.
+fn must_dir(r: &dyn KvRead, ino: Ino) -> Result<InodeRec, MetaError> {
+    let rec = schema::must_inode(r, ino)?;
+    if rec.kind != FileKind::Dir {
+        return Err(posix(
+            libc::ENOTDIR,
+            format!("inode {ino} is not a directory"),
+        ));
+    }
+    if rec.nlink == 0 {
+        return Err(posix(libc::ENOENT, format!("directory {ino} was removed")));
+    }
+    Ok(rec)
+}
+
+fn dir_is_empty(r: &dyn KvRead, ino: Ino) -> Result<bool, MetaError> {
+    let prefix = schema::dentry_prefix(ino);
+    Ok(r.scan(&prefix, &prefix_end(&prefix), 1)?.is_empty())
+}
+
+fn touch_dir(t: &mut dyn KvTxn, ino: Ino, rec: &mut InodeRec, now: i64) -> Result<(), MetaError> {
+    rec.mtime_ns = now;
+    rec.ctime_ns = now;
+    schema::put_inode(t, ino, rec)
+}
+
+/// Removes every trace of an inode whose last link and last handle are gone; its slices are
+/// queued for deletion.
+fn purge_inode(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaError> {
+    let Some(rec) = schema::get_inode(t, ino)? else {
+        return Ok(());
+    };
+    let prefix = schema::chunk_prefix(ino);
+    let chunks = t.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
+    let mut freed = 0i64;
+    for (key, value) in chunks {
+        let segs: Vec<SliceRec> = schema::decode("chunk", &value)?;
+        for (id, size) in data::dead_slices(&segs, &[]) {
+            t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
+            freed += size as i64;
+        }
+        t.delete(&key)?;
+    }
+    let xprefix = schema::xattr_prefix(ino);
+    for (key, _) in t.scan(&xprefix, &prefix_end(&xprefix), usize::MAX)? {
+        t.delete(&key)?;
+    }
+    t.delete(&schema::inode_key(ino))?;
+    t.delete(&schema::orphan_key(ino))?;
+    schema::add_u64(t, schema::USED_BYTES_KEY, -freed)?;
+    schema::add_u64(t, schema::INODE_COUNT_KEY, -1)?;
+    let _ = rec;
+    Ok(())
+}
+
 impl Engine {
     /// Opens a formatted volume. `storage` is opened by the caller (from the volume record,
     /// possibly with overrides) and checked.
@@ -46,25 +212,331 @@ impl Engine {
         volume: VolumeRecord,
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
-        todo!()
+        let engine = Arc::new(Engine {
+            meta,
+            storage,
+            volume,
+            cache: BlockCache::new(config.block_cache_bytes),
+            config,
+            inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, 256),
+            slice_ids: IdAllocator::new(schema::NEXT_SLICE_KEY, 1024),
+            open: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            counters: Counters::default(),
+            meta_dirty: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+            background: Mutex::new(None),
+        });
+        engine.meta.update(Durability::Durable, &mut |t| {
+            schema::init_root(t)?;
+            // Inodes unlinked while open when the volume was last mounted: nobody holds them now.
+            let orphans = t.scan(b"O", b"P", usize::MAX)?;
+            for (key, _) in orphans {
+                let ino = u64::from_be_bytes(key[1..9].try_into().expect("orphan key"));
+                purge_inode(t, ino)?;
+            }
+            Ok(())
+        })?;
+        let weak = Arc::downgrade(&engine);
+        let handle = std::thread::Builder::new()
+            .name("spoolfs-bg".into())
+            .spawn(move || background_loop(weak))
+            .map_err(|e| FsError::Other(format!("cannot start background thread: {e}")))?;
+        *engine.background.lock() = Some(handle);
+        Ok(engine)
     }
+
     pub fn volume(&self) -> &VolumeRecord {
-        todo!()
+        &self.volume
     }
+
+    fn blksize(&self) -> u32 {
+        self.volume.block_size.min(1 << 20) as u32
+    }
+
+    fn chunk_size(&self) -> u64 {
+        self.volume.chunk_size
+    }
+
+    fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
+        let mut out = None;
+        self.meta.view(&mut |r| {
+            out = Some(f(r)?);
+            Ok(())
+        })?;
+        Ok(out.expect("view ran"))
+    }
+
+    fn update<T>(&self, mut f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>) -> Result<T> {
+        let mut out = None;
+        self.meta.update(Durability::Visible, &mut |t| {
+            out = Some(f(t)?);
+            Ok(())
+        })?;
+        self.meta_dirty.store(true, Ordering::Release);
+        Ok(out.expect("update ran"))
+    }
+
+    /// Applies in-memory pending writes to stored attributes.
+    fn overlay_attr(&self, ino: Ino, attr: &mut Attr) {
+        let state = match self.open.lock().get(&ino) {
+            Some(o) => o.state.clone(),
+            None => return,
+        };
+        if let Some(ov) = state.read().overlay {
+            attr.size = ov.size;
+            attr.blocks = ov.size.div_ceil(512);
+            attr.mtime = schema::from_ns(ov.mtime_ns);
+            attr.ctime = schema::from_ns(ov.ctime_ns);
+        }
+    }
+
+    fn attr_of(&self, ino: Ino, rec: &InodeRec) -> Attr {
+        let mut attr = to_attr(ino, rec, self.blksize());
+        if rec.kind == FileKind::File {
+            self.overlay_attr(ino, &mut attr);
+        }
+        attr
+    }
+
+    // ---------------------------------------------------------------- pins and handles
+
+    fn pin(&self, ino: Ino, handle: bool) -> Arc<RwLock<FileState>> {
+        let mut open = self.open.lock();
+        let entry = open.entry(ino).or_insert_with(|| OpenInode {
+            pins: 0,
+            handles: 0,
+            state: Arc::new(RwLock::new(FileState::default())),
+        });
+        entry.pins += 1;
+        if handle {
+            entry.handles += 1;
+        }
+        entry.state.clone()
+    }
+
+    /// Drops a pin; returns true if it was the last open handle of the inode.
+    fn unpin(&self, ino: Ino, handle: bool) -> bool {
+        let mut open = self.open.lock();
+        let Some(entry) = open.get_mut(&ino) else {
+            return false;
+        };
+        entry.pins -= 1;
+        let mut last_handle = false;
+        if handle {
+            entry.handles -= 1;
+            last_handle = entry.handles == 0;
+        }
+        if entry.pins == 0 {
+            open.remove(&ino);
+        }
+        last_handle
+    }
+
+    fn has_handles(&self, ino: Ino) -> bool {
+        self.open.lock().get(&ino).is_some_and(|o| o.handles > 0)
+    }
+
+    // ---------------------------------------------------------------- namespace
+
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        todo!()
+        if name.len() > NAME_MAX {
+            return Err(FsError::new(
+                libc::ENAMETOOLONG,
+                "name longer than 255 bytes",
+            ));
+        }
+        let (ino, rec) = self.view(|r| {
+            must_dir(r, parent)?;
+            let ino = match name {
+                b"." => parent,
+                b".." => schema::must_inode(r, parent)?.parent,
+                _ => {
+                    schema::get_dentry(r, parent, name)?
+                        .ok_or_else(|| {
+                            posix(libc::ENOENT, format!("{}: no such entry", name_str(name)))
+                        })?
+                        .ino
+                }
+            };
+            Ok((ino, schema::must_inode(r, ino)?))
+        })?;
+        Ok(self.attr_of(ino, &rec))
     }
-    /// The kernel dropped `nlookup` references to `ino`.
-    pub fn forget(&self, ino: Ino, nlookup: u64) {}
+
+    /// The kernel dropped `nlookup` references to `ino`. Inode lifetimes follow links and open
+    /// handles, so there is nothing to do.
+    pub fn forget(&self, _ino: Ino, _nlookup: u64) {}
+
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
-        todo!()
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        Ok(self.attr_of(ino, &rec))
     }
+
     pub fn setattr(&self, caller: &Caller, ino: Ino, set: &SetAttr) -> Result<Attr> {
-        todo!()
+        let state = self.pin(ino, false);
+        let result = self.setattr_pinned(caller, ino, set, &state);
+        self.unpin(ino, false);
+        result
     }
+
+    fn setattr_pinned(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        set: &SetAttr,
+        state: &Arc<RwLock<FileState>>,
+    ) -> Result<Attr> {
+        let mut state = state.write();
+        // Settle buffered data first so sizes and times below apply on top of it.
+        self.flush_locked(ino, &mut state)?;
+        let chunk_size = self.chunk_size();
+        let rec = self.update(|t| {
+            let mut rec = schema::must_inode(t, ino)?;
+            let now = schema::now_ns();
+            let mut changed = false;
+            if let Some(mode) = set.mode {
+                rec.perm = (mode & 0o7777) as u16;
+                changed = true;
+            }
+            let owner_changed =
+                set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
+            if let Some(uid) = set.uid {
+                rec.uid = uid;
+                changed = true;
+            }
+            if let Some(gid) = set.gid {
+                rec.gid = gid;
+                changed = true;
+            }
+            if owner_changed && rec.kind != FileKind::Dir && set.mode.is_none() {
+                // chown clears set-user-id, and set-group-id when it means "setgid" (group
+                // execute set), as Linux does.
+                rec.perm &= !(libc::S_ISUID as u16);
+                if rec.perm & 0o010 != 0 {
+                    rec.perm &= !(libc::S_ISGID as u16);
+                }
+            }
+            if let Some(size) = set.size {
+                if rec.kind == FileKind::Dir {
+                    return Err(posix(libc::EISDIR, "cannot truncate a directory"));
+                }
+                if rec.kind != FileKind::File {
+                    return Err(posix(libc::EINVAL, "cannot truncate a special file"));
+                }
+                if size > MAX_FILE_SIZE {
+                    return Err(posix(libc::EFBIG, "file too large"));
+                }
+                if size < rec.size {
+                    truncate_chunks(t, ino, size, chunk_size)?;
+                }
+                rec.size = size;
+                rec.mtime_ns = now;
+                if caller.uid != 0 {
+                    clear_setid_on_write(&mut rec);
+                }
+                changed = true;
+            }
+            match set.atime {
+                Some(TimeSet::Now) => rec.atime_ns = now,
+                Some(TimeSet::At(t)) => rec.atime_ns = schema::to_ns(t),
+                None => {}
+            }
+            match set.mtime {
+                Some(TimeSet::Now) => rec.mtime_ns = now,
+                Some(TimeSet::At(t)) => rec.mtime_ns = schema::to_ns(t),
+                None => {}
+            }
+            if changed || set.atime.is_some() || set.mtime.is_some() {
+                rec.ctime_ns = now;
+            }
+            if let Some(ctime) = set.ctime {
+                rec.ctime_ns = schema::to_ns(ctime);
+            }
+            schema::put_inode(t, ino, &rec)?;
+            Ok(rec)
+        })?;
+        Ok(to_attr(ino, &rec, self.blksize()))
+    }
+
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
-        todo!()
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        if rec.kind != FileKind::Symlink {
+            return Err(FsError::new(libc::EINVAL, "not a symbolic link"));
+        }
+        Ok(rec.target)
     }
+
+    /// Creates an inode and its directory entry in one transaction.
+    fn make_node(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u32,
+        target: &[u8],
+    ) -> Result<(Ino, InodeRec)> {
+        schema::check_name(name)?;
+        let ino = self.inode_ids.next(self.meta.as_ref())?;
+        let rec = self.update(|t| {
+            check_name_meta(name)?;
+            let mut prec = must_dir(t, parent)?;
+            if schema::get_dentry(t, parent, name)?.is_some() {
+                return Err(posix(libc::EEXIST, format!("{} exists", name_str(name))));
+            }
+            let now = schema::now_ns();
+            let mut perm = (perm & 0o7777) as u16;
+            let mut gid = caller.gid;
+            if prec.perm & libc::S_ISGID as u16 != 0 {
+                // A set-group-id directory hands its group down, and its setgid bit to
+                // subdirectories.
+                gid = prec.gid;
+                if kind == FileKind::Dir {
+                    perm |= libc::S_ISGID as u16;
+                }
+            }
+            if kind != FileKind::Dir
+                && perm & libc::S_ISGID as u16 != 0
+                && caller.uid != 0
+                && gid != caller.gid
+            {
+                perm &= !(libc::S_ISGID as u16);
+            }
+            let rec = InodeRec {
+                kind,
+                perm,
+                nlink: if kind == FileKind::Dir { 2 } else { 1 },
+                uid: caller.uid,
+                gid,
+                rdev,
+                size: 0,
+                atime_ns: now,
+                mtime_ns: now,
+                ctime_ns: now,
+                crtime_ns: now,
+                parent,
+                target: target.to_vec(),
+            };
+            schema::put_inode(t, ino, &rec)?;
+            t.put(
+                &schema::dentry_key(parent, name),
+                &schema::encode(&DentryRec { ino, kind }),
+            )?;
+            if kind == FileKind::Dir {
+                prec.nlink += 1;
+            }
+            touch_dir(t, parent, &mut prec, now)?;
+            schema::add_u64(t, schema::INODE_COUNT_KEY, 1)?;
+            Ok(rec)
+        })?;
+        Ok((ino, rec))
+    }
+
     /// `mode` carries the file type bits (S_IFIFO, ...) and the permission bits, umask applied.
     pub fn mknod(
         &self,
@@ -74,18 +546,24 @@ impl Engine {
         mode: u32,
         rdev: u32,
     ) -> Result<Attr> {
-        todo!()
+        let kind = FileKind::from_mode(mode)
+            .ok_or_else(|| FsError::new(libc::EINVAL, "unknown file type in mode"))?;
+        if matches!(kind, FileKind::Dir | FileKind::Symlink) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                "mknod cannot make this file type",
+            ));
+        }
+        let (ino, rec) = self.make_node(caller, parent, name, kind, mode, rdev, &[])?;
+        Ok(to_attr(ino, &rec, self.blksize()))
     }
+
     /// `mode`: permission bits, umask applied.
     pub fn mkdir(&self, caller: &Caller, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
-        todo!()
+        let (ino, rec) = self.make_node(caller, parent, name, FileKind::Dir, mode, 0, &[])?;
+        Ok(to_attr(ino, &rec, self.blksize()))
     }
-    pub fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
-        todo!()
-    }
-    pub fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
-        todo!()
-    }
+
     pub fn symlink(
         &self,
         caller: &Caller,
@@ -93,32 +571,290 @@ impl Engine {
         name: &[u8],
         target: &[u8],
     ) -> Result<Attr> {
-        todo!()
+        if target.is_empty() {
+            return Err(FsError::new(libc::ENOENT, "empty symlink target"));
+        }
+        if target.len() > SYMLINK_MAX {
+            return Err(FsError::new(libc::ENAMETOOLONG, "symlink target too long"));
+        }
+        let (ino, rec) =
+            self.make_node(caller, parent, name, FileKind::Symlink, 0o777, 0, target)?;
+        Ok(to_attr(ino, &rec, self.blksize()))
     }
+
+    /// Drops one link of `ino` inside a transaction; the inode goes when its last link and
+    /// last open handle are gone.
+    fn drop_link(&self, t: &mut dyn KvTxn, ino: Ino, now: i64) -> Result<(), MetaError> {
+        let mut rec = schema::must_inode(t, ino)?;
+        rec.nlink = if rec.kind == FileKind::Dir {
+            0
+        } else {
+            rec.nlink.saturating_sub(1)
+        };
+        rec.ctime_ns = now;
+        if rec.nlink > 0 {
+            return schema::put_inode(t, ino, &rec);
+        }
+        if self.has_handles(ino) {
+            schema::put_inode(t, ino, &rec)?;
+            t.put(&schema::orphan_key(ino), &[])
+        } else {
+            purge_inode(t, ino)
+        }
+    }
+
+    pub fn unlink(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
+        self.update(|t| {
+            let mut prec = must_dir(t, parent)?;
+            let d = schema::get_dentry(t, parent, name)?
+                .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
+            if d.kind == FileKind::Dir {
+                return Err(posix(
+                    libc::EISDIR,
+                    format!("{} is a directory", name_str(name)),
+                ));
+            }
+            let now = schema::now_ns();
+            t.delete(&schema::dentry_key(parent, name))?;
+            self.drop_link(t, d.ino, now)?;
+            touch_dir(t, parent, &mut prec, now)
+        })
+    }
+
+    pub fn rmdir(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Err(FsError::new(libc::EINVAL, "cannot remove \".\""));
+        }
+        if name == b".." {
+            return Err(FsError::new(libc::ENOTEMPTY, "cannot remove \"..\""));
+        }
+        self.update(|t| {
+            let mut prec = must_dir(t, parent)?;
+            let d = schema::get_dentry(t, parent, name)?
+                .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
+            if d.kind != FileKind::Dir {
+                return Err(posix(
+                    libc::ENOTDIR,
+                    format!("{} is not a directory", name_str(name)),
+                ));
+            }
+            if !dir_is_empty(t, d.ino)? {
+                return Err(posix(
+                    libc::ENOTEMPTY,
+                    format!("{} is not empty", name_str(name)),
+                ));
+            }
+            let now = schema::now_ns();
+            t.delete(&schema::dentry_key(parent, name))?;
+            self.drop_link(t, d.ino, now)?;
+            prec.nlink = prec.nlink.saturating_sub(1);
+            touch_dir(t, parent, &mut prec, now)
+        })
+    }
+
     pub fn rename(
         &self,
-        caller: &Caller,
+        _caller: &Caller,
         parent: Ino,
         name: &[u8],
         new_parent: Ino,
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        todo!()
+        if flags.noreplace && flags.exchange {
+            return Err(FsError::new(
+                libc::EINVAL,
+                "RENAME_NOREPLACE with RENAME_EXCHANGE",
+            ));
+        }
+        schema::check_name(new_name)?;
+        self.update(|t| {
+            must_dir(t, parent)?;
+            must_dir(t, new_parent)?;
+            let src = schema::get_dentry(t, parent, name)?
+                .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
+            let dst = schema::get_dentry(t, new_parent, new_name)?;
+            let now = schema::now_ns();
+            if flags.exchange {
+                let dst = dst.ok_or_else(|| {
+                    posix(
+                        libc::ENOENT,
+                        format!("{}: no such entry", name_str(new_name)),
+                    )
+                })?;
+                if parent != new_parent {
+                    if src.kind == FileKind::Dir && is_ancestor(t, src.ino, new_parent)? {
+                        return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
+                    }
+                    if dst.kind == FileKind::Dir && is_ancestor(t, dst.ino, parent)? {
+                        return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
+                    }
+                }
+                t.put(&schema::dentry_key(parent, name), &schema::encode(&dst))?;
+                t.put(
+                    &schema::dentry_key(new_parent, new_name),
+                    &schema::encode(&src),
+                )?;
+                for (ino, kind, to) in
+                    [(src.ino, src.kind, new_parent), (dst.ino, dst.kind, parent)]
+                {
+                    let mut rec = schema::must_inode(t, ino)?;
+                    rec.ctime_ns = now;
+                    if kind == FileKind::Dir {
+                        rec.parent = to;
+                    }
+                    schema::put_inode(t, ino, &rec)?;
+                }
+                if parent != new_parent
+                    && (src.kind == FileKind::Dir) != (dst.kind == FileKind::Dir)
+                {
+                    // A directory changed parents in one direction only.
+                    let (gain, lose) = if src.kind == FileKind::Dir {
+                        (new_parent, parent)
+                    } else {
+                        (parent, new_parent)
+                    };
+                    adjust_nlink(t, gain, 1)?;
+                    adjust_nlink(t, lose, -1)?;
+                }
+                touch_parents(t, parent, new_parent, now)?;
+                return Ok(());
+            }
+            if let Some(dst) = dst {
+                if flags.noreplace {
+                    return Err(posix(
+                        libc::EEXIST,
+                        format!("{} exists", name_str(new_name)),
+                    ));
+                }
+                if dst.ino == src.ino {
+                    // Two links to one file: POSIX says do nothing.
+                    return Ok(());
+                }
+                match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
+                    (true, false) => {
+                        return Err(posix(
+                            libc::ENOTDIR,
+                            format!("{} is not a directory", name_str(new_name)),
+                        ));
+                    }
+                    (false, true) => {
+                        return Err(posix(
+                            libc::EISDIR,
+                            format!("{} is a directory", name_str(new_name)),
+                        ));
+                    }
+                    (true, true) => {
+                        if !dir_is_empty(t, dst.ino)? {
+                            return Err(posix(
+                                libc::ENOTEMPTY,
+                                format!("{} is not empty", name_str(new_name)),
+                            ));
+                        }
+                    }
+                    (false, false) => {}
+                }
+                if src.kind == FileKind::Dir && is_ancestor(t, src.ino, new_parent)? {
+                    return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
+                }
+                t.delete(&schema::dentry_key(new_parent, new_name))?;
+                self.drop_link(t, dst.ino, now)?;
+                if dst.kind == FileKind::Dir {
+                    adjust_nlink(t, new_parent, -1)?;
+                }
+            } else if src.kind == FileKind::Dir
+                && parent != new_parent
+                && is_ancestor(t, src.ino, new_parent)?
+            {
+                return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
+            }
+            t.delete(&schema::dentry_key(parent, name))?;
+            t.put(
+                &schema::dentry_key(new_parent, new_name),
+                &schema::encode(&src),
+            )?;
+            let mut rec = schema::must_inode(t, src.ino)?;
+            rec.ctime_ns = now;
+            if src.kind == FileKind::Dir && parent != new_parent {
+                rec.parent = new_parent;
+                adjust_nlink(t, parent, -1)?;
+                adjust_nlink(t, new_parent, 1)?;
+            }
+            schema::put_inode(t, src.ino, &rec)?;
+            touch_parents(t, parent, new_parent, now)
+        })
     }
+
     pub fn link(
         &self,
-        caller: &Caller,
+        _caller: &Caller,
         ino: Ino,
         new_parent: Ino,
         new_name: &[u8],
     ) -> Result<Attr> {
-        todo!()
+        schema::check_name(new_name)?;
+        let rec = self.update(|t| {
+            let mut prec = must_dir(t, new_parent)?;
+            let mut rec = schema::must_inode(t, ino)?;
+            if rec.kind == FileKind::Dir {
+                return Err(posix(libc::EPERM, "cannot hard-link a directory"));
+            }
+            if rec.nlink == 0 {
+                return Err(posix(libc::ENOENT, "file was removed"));
+            }
+            if schema::get_dentry(t, new_parent, new_name)?.is_some() {
+                return Err(posix(
+                    libc::EEXIST,
+                    format!("{} exists", name_str(new_name)),
+                ));
+            }
+            let now = schema::now_ns();
+            rec.nlink += 1;
+            rec.ctime_ns = now;
+            schema::put_inode(t, ino, &rec)?;
+            t.put(
+                &schema::dentry_key(new_parent, new_name),
+                &schema::encode(&DentryRec {
+                    ino,
+                    kind: rec.kind,
+                }),
+            )?;
+            touch_dir(t, new_parent, &mut prec, now)?;
+            Ok(rec)
+        })?;
+        Ok(self.attr_of(ino, &rec))
     }
+
+    // ---------------------------------------------------------------- open files
+
+    fn new_handle(&self, ino: Ino) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Handle { ino });
+        fh
+    }
+
     /// Opens a file; `flags` are the open(2) flags (O_TRUNC is honoured here). Returns a handle.
     pub fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<u64> {
-        todo!()
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if rec.kind == FileKind::Dir && writing {
+            return Err(FsError::new(libc::EISDIR, "is a directory"));
+        }
+        self.pin(ino, true);
+        let fh = self.new_handle(ino);
+        if flags & libc::O_TRUNC != 0 && writing && rec.kind == FileKind::File {
+            let set = SetAttr {
+                size: Some(0),
+                ..Default::default()
+            };
+            if let Err(e) = self.setattr(caller, ino, &set) {
+                let _ = self.release(ino, fh);
+                return Err(e);
+            }
+        }
+        Ok(fh)
     }
+
     /// Creates and opens a regular file. `mode`: permission bits, umask applied.
     pub fn create(
         &self,
@@ -128,11 +864,166 @@ impl Engine {
         mode: u32,
         flags: i32,
     ) -> Result<(Attr, u64)> {
-        todo!()
+        match self.make_node(caller, parent, name, FileKind::File, mode, 0, &[]) {
+            Ok((ino, rec)) => {
+                self.pin(ino, true);
+                let fh = self.new_handle(ino);
+                Ok((to_attr(ino, &rec, self.blksize()), fh))
+            }
+            Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
+                let attr = self.lookup(parent, name)?;
+                if attr.kind == FileKind::Dir {
+                    return Err(FsError::new(libc::EISDIR, "is a directory"));
+                }
+                let fh = self.open(caller, attr.ino, flags)?;
+                Ok((self.getattr(attr.ino)?, fh))
+            }
+            Err(e) => Err(e),
+        }
     }
+
+    fn state_of(&self, ino: Ino) -> Option<Arc<RwLock<FileState>>> {
+        self.open.lock().get(&ino).map(|o| o.state.clone())
+    }
+
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        todo!()
+        let _ = fh;
+        let state = self.pin(ino, false);
+        let result = self.read_pinned(ino, offset, size, &state);
+        self.unpin(ino, false);
+        result
     }
+
+    fn read_pinned(
+        &self,
+        ino: Ino,
+        offset: u64,
+        size: u32,
+        state: &Arc<RwLock<FileState>>,
+    ) -> Result<Vec<u8>> {
+        let state = state.read();
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        if rec.kind == FileKind::Dir {
+            return Err(FsError::new(libc::EISDIR, "is a directory"));
+        }
+        let file_size = state.overlay.map(|o| o.size).unwrap_or(rec.size);
+        if offset >= file_size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = file_size.min(offset + size as u64);
+        let mut out = vec![0u8; (end - offset) as usize];
+        let cs = self.chunk_size();
+        let mut pos = offset;
+        while pos < end {
+            let chunk = (pos / cs) as u32;
+            let chunk_start = chunk as u64 * cs;
+            let in_start = (pos - chunk_start) as u32;
+            let in_end = ((end - chunk_start).min(cs)) as u32;
+            let segs = self.view(|r| schema::get_chunk(r, ino, chunk))?;
+            for piece in data::plan_read(&segs, in_start, in_end) {
+                let dst_off = (chunk_start + piece.pos as u64 - offset) as usize;
+                self.read_piece(&piece, &mut out[dst_off..dst_off + piece.len as usize])?;
+            }
+            // Pending writes are newer than anything stored.
+            for p in state.pending.iter().filter(|p| p.chunk == chunk) {
+                let p_end = p.pos + p.data.len() as u32;
+                let lo = p.pos.max(in_start);
+                let hi = p_end.min(in_end);
+                if lo < hi {
+                    let dst_off = (chunk_start + lo as u64 - offset) as usize;
+                    out[dst_off..dst_off + (hi - lo) as usize]
+                        .copy_from_slice(&p.data[(lo - p.pos) as usize..(hi - p.pos) as usize]);
+                }
+            }
+            pos = chunk_start + in_end as u64;
+        }
+        drop(state);
+        self.maybe_update_atime(ino, &rec);
+        Ok(out)
+    }
+
+    /// relatime: atime moves when it is older than mtime or ctime, or a day old.
+    fn maybe_update_atime(&self, ino: Ino, rec: &InodeRec) {
+        let now = schema::now_ns();
+        let day = 24 * 3600 * 1_000_000_000i64;
+        if rec.atime_ns > rec.mtime_ns && rec.atime_ns > rec.ctime_ns && now - rec.atime_ns < day {
+            return;
+        }
+        let r = self.update(|t| {
+            if let Some(mut rec) = schema::get_inode(t, ino)? {
+                rec.atime_ns = now;
+                schema::put_inode(t, ino, &rec)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::debug!("atime update of inode {ino} failed: {e}");
+        }
+    }
+
+    fn read_piece(&self, piece: &ReadPiece, out: &mut [u8]) -> Result<()> {
+        let Some((slice, slice_size, mut off)) = piece.source else {
+            out.fill(0);
+            return Ok(());
+        };
+        if slice == 0 {
+            out.fill(0);
+            return Ok(());
+        }
+        let bs = self.volume.block_size as u32;
+        let mut done = 0usize;
+        while done < out.len() {
+            let index = off / bs;
+            let in_block = (off % bs) as usize;
+            let block = self.get_block(slice, slice_size, index)?;
+            let n = (block.len() - in_block).min(out.len() - done);
+            if n == 0 {
+                return Err(FsError::Storage(StorageError::Checksum {
+                    key: schema::block_key(slice, index, block.len() as u32),
+                    detail: "block shorter than its slice says".into(),
+                }));
+            }
+            out[done..done + n].copy_from_slice(&block[in_block..in_block + n]);
+            done += n;
+            off += n as u32;
+        }
+        Ok(())
+    }
+
+    fn get_block(&self, slice: u64, slice_size: u32, index: u32) -> Result<Bytes> {
+        let id = BlockId { slice, index };
+        if let Some(b) = self.cache.get(id) {
+            return Ok(b);
+        }
+        let bs = self.volume.block_size as u32;
+        let len = (slice_size - index * bs).min(bs);
+        let key = schema::block_key(slice, index, len);
+        let object = self.storage.get(&key).map_err(|e| {
+            tracing::error!("reading object {key}: {e}");
+            match e {
+                StorageError::NotFound { key } => FsError::Storage(StorageError::Checksum {
+                    key,
+                    detail: "object referenced by metadata is missing".into(),
+                }),
+                other => FsError::Storage(other),
+            }
+        })?;
+        self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
+        let data = decode_block(&key, object).map_err(|e| {
+            tracing::error!("{e}");
+            FsError::Storage(e)
+        })?;
+        if data.len() != len as usize {
+            tracing::error!("object {key} holds {} bytes, expected {len}", data.len());
+            return Err(FsError::Storage(StorageError::Checksum {
+                key,
+                detail: format!("{} bytes, expected {len}", data.len()),
+            }));
+        }
+        self.cache.insert(id, data.clone());
+        Ok(data)
+    }
+
     /// Returns the number of bytes written (all of them, or an error).
     pub fn write(
         &self,
@@ -142,54 +1033,374 @@ impl Engine {
         offset: u64,
         data: &[u8],
     ) -> Result<u32> {
-        todo!()
+        let _ = fh;
+        if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
+            return Err(FsError::new(libc::EFBIG, "file too large"));
+        }
+        let state = self.pin(ino, false);
+        let result = self.write_pinned(caller, ino, offset, data, &state);
+        self.unpin(ino, false);
+        result
     }
-    /// close(2) of one descriptor: in standard mode, returns when the data is in the object store.
-    pub fn flush(&self, ino: Ino, fh: u64) -> Result<()> {
-        todo!()
-    }
-    pub fn fsync(&self, ino: Ino, fh: u64, datasync: bool) -> Result<()> {
-        todo!()
-    }
-    pub fn release(&self, ino: Ino, fh: u64) -> Result<()> {
-        todo!()
-    }
-    pub fn opendir(&self, ino: Ino) -> Result<u64> {
-        todo!()
-    }
-    /// Entries after cookie `offset` (0 = from the start), including "." and "..".
-    pub fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
-        todo!()
-    }
-    pub fn releasedir(&self, ino: Ino, fh: u64) -> Result<()> {
-        todo!()
-    }
-    pub fn fsyncdir(&self, ino: Ino) -> Result<()> {
-        todo!()
-    }
-    pub fn statfs(&self) -> Result<StatFs> {
-        todo!()
-    }
-    pub fn setxattr(
+
+    fn write_pinned(
         &self,
         caller: &Caller,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        state: &Arc<RwLock<FileState>>,
+    ) -> Result<u32> {
+        let mut state = state.write();
+        if state.overlay.is_none() {
+            let rec = self.view(|r| schema::must_inode(r, ino))?;
+            if rec.kind != FileKind::File {
+                return Err(FsError::new(libc::EINVAL, "not a regular file"));
+            }
+            if caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0 {
+                // Writing by an unprivileged user drops set-id bits.
+                self.update(|t| {
+                    let mut rec = schema::must_inode(t, ino)?;
+                    clear_setid_on_write(&mut rec);
+                    schema::put_inode(t, ino, &rec)
+                })?;
+            }
+            state.overlay = Some(Overlay {
+                size: rec.size,
+                mtime_ns: rec.mtime_ns,
+                ctime_ns: rec.ctime_ns,
+            });
+        }
+        let cs = self.chunk_size();
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let chunk = (pos / cs) as u32;
+            let in_chunk = (pos % cs) as u32;
+            let n = ((cs - in_chunk as u64) as usize).min(data.len() - done);
+            add_pending(&mut state.pending, chunk, in_chunk, &data[done..done + n]);
+            done += n;
+        }
+        let now = schema::now_ns();
+        let ov = state.overlay.as_mut().expect("set above");
+        ov.size = ov.size.max(offset + data.len() as u64);
+        ov.mtime_ns = now;
+        ov.ctime_ns = now;
+        state.pending_bytes += data.len() as u64;
+        self.counters
+            .dirty_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if state.pending_bytes >= self.config.max_dirty_per_file {
+            self.flush_locked(ino, &mut state)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Uploads the inode's pending writes as slices and commits them (standard mode: the
+    /// data is in the object store when this returns).
+    fn flush_locked(&self, ino: Ino, state: &mut FileState) -> Result<()> {
+        let Some(overlay) = state.overlay else {
+            return Ok(());
+        };
+        let bs = self.volume.block_size as usize;
+        let mut slices = Vec::with_capacity(state.pending.len());
+        let mut objects = Vec::new();
+        for p in &state.pending {
+            let id = self.slice_ids.next(self.meta.as_ref())?;
+            for (index, block) in p.data.chunks(bs).enumerate() {
+                let key = schema::block_key(id, index as u32, block.len() as u32);
+                objects.push((key, encode_block(block)));
+            }
+            slices.push(SliceRec {
+                id,
+                size: p.data.len() as u32,
+                off: 0,
+                len: p.data.len() as u32,
+                pos: p.pos,
+            });
+        }
+        let count = objects.len() as u64;
+        self.storage.put_many(objects, self.config.max_uploads)?;
+        self.counters
+            .objects_put
+            .fetch_add(count, Ordering::Relaxed);
+        let chunks: Vec<u32> = state.pending.iter().map(|p| p.chunk).collect();
+        self.update(|t| {
+            let mut rec = schema::must_inode(t, ino)?;
+            let mut used = 0i64;
+            let mut i = 0;
+            while i < slices.len() {
+                let chunk = chunks[i];
+                let before = schema::get_chunk(t, ino, chunk)?;
+                let mut segs = before.clone();
+                let first = i;
+                while i < slices.len() && chunks[i] == chunk {
+                    data::insert(&mut segs, slices[i]);
+                    used += slices[i].size as i64;
+                    i += 1;
+                }
+                let mut dead = data::dead_slices(&before, &segs);
+                // A slice written and shadowed within this same flush is dead at once.
+                for s in &slices[first..i] {
+                    if !segs.iter().any(|g| g.id == s.id) {
+                        dead.push((s.id, s.size));
+                    }
+                }
+                for (id, size) in dead {
+                    t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
+                    used -= size as i64;
+                }
+                schema::put_chunk(t, ino, chunk, &segs)?;
+            }
+            rec.size = overlay.size;
+            rec.mtime_ns = overlay.mtime_ns;
+            rec.ctime_ns = overlay.ctime_ns;
+            schema::put_inode(t, ino, &rec)?;
+            schema::add_u64(t, schema::USED_BYTES_KEY, used)?;
+            Ok(())
+        })?;
+        self.counters
+            .dirty_bytes
+            .fetch_sub(state.pending_bytes, Ordering::Relaxed);
+        state.pending.clear();
+        state.pending_bytes = 0;
+        state.overlay = None;
+        Ok(())
+    }
+
+    fn flush_inode(&self, ino: Ino) -> Result<()> {
+        if let Some(state) = self.state_of(ino) {
+            let mut state = state.write();
+            self.flush_locked(ino, &mut state)?;
+        }
+        Ok(())
+    }
+
+    /// close(2) of one descriptor: in standard mode, returns when the data is in the object store.
+    pub fn flush(&self, ino: Ino, fh: u64) -> Result<()> {
+        let _ = fh;
+        self.flush_inode(ino)
+    }
+
+    pub fn fsync(&self, ino: Ino, fh: u64, datasync: bool) -> Result<()> {
+        let _ = (fh, datasync);
+        self.flush_inode(ino)?;
+        self.persist_meta()
+    }
+
+    fn persist_meta(&self) -> Result<()> {
+        self.meta_dirty.store(false, Ordering::Release);
+        self.meta.persist()?;
+        Ok(())
+    }
+
+    pub fn release(&self, ino: Ino, fh: u64) -> Result<()> {
+        let known = self.handles.lock().remove(&fh);
+        if known.is_none_or(|h| h.ino != ino) {
+            return Err(FsError::new(
+                libc::EBADF,
+                format!("unknown file handle {fh}"),
+            ));
+        }
+        let flushed = self.flush_inode(ino);
+        if let Err(e) = &flushed {
+            tracing::error!("uploading inode {ino} at release failed: {e}");
+        }
+        if self.unpin(ino, true) {
+            // Last handle: an unlinked inode goes now.
+            self.update(|t| match schema::get_inode(t, ino)? {
+                Some(rec) if rec.nlink == 0 => purge_inode(t, ino),
+                _ => Ok(()),
+            })?;
+        }
+        flushed
+    }
+
+    // ---------------------------------------------------------------- directories
+
+    fn list_dir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        self.view(|r| {
+            let rec = must_dir(r, ino)?;
+            let prefix = schema::dentry_prefix(ino);
+            let rows = r.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
+            let mut out = Vec::with_capacity(rows.len() + 2);
+            out.push(DirEntry {
+                ino,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+                offset: 1,
+            });
+            out.push(DirEntry {
+                ino: rec.parent,
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+                offset: 2,
+            });
+            for (key, value) in rows {
+                let d: DentryRec = schema::decode("directory entry", &value)?;
+                let offset = out.len() as u64 + 1;
+                out.push(DirEntry {
+                    ino: d.ino,
+                    kind: d.kind,
+                    name: key[9..].to_vec(),
+                    offset,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        let entries = self.list_dir(ino)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().insert(fh, entries);
+        Ok(fh)
+    }
+
+    /// Entries after cookie `offset` (0 = from the start), including "." and "..".
+    /// The listing is a snapshot taken at opendir (and again at offset 0, for rewinddir).
+    pub fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        if offset == 0 {
+            let fresh = self.list_dir(ino)?;
+            self.dirs.lock().insert(fh, fresh);
+        }
+        let dirs = self.dirs.lock();
+        let entries = dirs
+            .get(&fh)
+            .ok_or_else(|| FsError::new(libc::EBADF, format!("unknown directory handle {fh}")))?;
+        Ok(entries.iter().skip(offset as usize).cloned().collect())
+    }
+
+    pub fn releasedir(&self, _ino: Ino, fh: u64) -> Result<()> {
+        self.dirs.lock().remove(&fh);
+        Ok(())
+    }
+
+    pub fn fsyncdir(&self, ino: Ino) -> Result<()> {
+        self.view(|r| must_dir(r, ino))?;
+        self.persist_meta()
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let (used, inodes) = self.view(|r| {
+            Ok((
+                schema::get_u64(r, schema::USED_BYTES_KEY)?,
+                schema::get_u64(r, schema::INODE_COUNT_KEY)?,
+            ))
+        })?;
+        let bsize = 4096u64;
+        let blocks = NOMINAL_CAPACITY_BYTES / bsize;
+        let free = blocks.saturating_sub(used.div_ceil(bsize));
+        Ok(StatFs {
+            blocks,
+            bfree: free,
+            bavail: free,
+            files: NOMINAL_INODES,
+            ffree: NOMINAL_INODES.saturating_sub(inodes),
+            bsize: bsize as u32,
+            namelen: NAME_MAX as u32,
+            frsize: bsize as u32,
+        })
+    }
+
+    // ---------------------------------------------------------------- xattrs
+
+    fn check_xattr_name(&self, name: &[u8], kind: FileKind) -> Result<()> {
+        if name.is_empty() {
+            return Err(FsError::new(libc::EINVAL, "empty attribute name"));
+        }
+        if name.len() > XATTR_NAME_MAX {
+            return Err(FsError::new(libc::ERANGE, "attribute name too long"));
+        }
+        if name.starts_with(b"user.") {
+            if !matches!(kind, FileKind::File | FileKind::Dir) {
+                return Err(FsError::new(
+                    libc::EPERM,
+                    "user attributes only on files and directories",
+                ));
+            }
+            return Ok(());
+        }
+        if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
+            return Ok(());
+        }
+        Err(FsError::new(
+            libc::EOPNOTSUPP,
+            format!("attribute namespace of {} not supported", name_str(name)),
+        ))
+    }
+
+    pub fn setxattr(
+        &self,
+        _caller: &Caller,
         ino: Ino,
         name: &[u8],
         value: &[u8],
         mode: XattrSet,
     ) -> Result<()> {
-        todo!()
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        self.check_xattr_name(name, rec.kind)?;
+        if value.len() > XATTR_VALUE_MAX {
+            return Err(FsError::new(libc::E2BIG, "attribute value too large"));
+        }
+        self.update(|t| {
+            let mut rec = schema::must_inode(t, ino)?;
+            let key = schema::xattr_key(ino, name);
+            let exists = t.get(&key)?.is_some();
+            match mode {
+                XattrSet::Create if exists => {
+                    return Err(posix(libc::EEXIST, "attribute exists"));
+                }
+                XattrSet::Replace if !exists => {
+                    return Err(posix(libc::ENODATA, "no such attribute"));
+                }
+                _ => {}
+            }
+            t.put(&key, value)?;
+            rec.ctime_ns = schema::now_ns();
+            schema::put_inode(t, ino, &rec)
+        })
     }
+
     /// The value; the front end answers size queries from its length.
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        todo!()
+        if name.len() > XATTR_NAME_MAX {
+            return Err(FsError::new(libc::ERANGE, "attribute name too long"));
+        }
+        self.view(|r| {
+            schema::must_inode(r, ino)?;
+            r.get(&schema::xattr_key(ino, name))?
+                .ok_or_else(|| posix(libc::ENODATA, "no such attribute"))
+        })
     }
+
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        todo!()
+        self.view(|r| {
+            schema::must_inode(r, ino)?;
+            let prefix = schema::xattr_prefix(ino);
+            Ok(r.scan(&prefix, &prefix_end(&prefix), usize::MAX)?
+                .into_iter()
+                .map(|(k, _)| k[9..].to_vec())
+                .collect())
+        })
     }
-    pub fn removexattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> Result<()> {
-        todo!()
+
+    pub fn removexattr(&self, _caller: &Caller, ino: Ino, name: &[u8]) -> Result<()> {
+        if name.len() > XATTR_NAME_MAX {
+            return Err(FsError::new(libc::ERANGE, "attribute name too long"));
+        }
+        self.update(|t| {
+            let mut rec = schema::must_inode(t, ino)?;
+            let key = schema::xattr_key(ino, name);
+            if t.get(&key)?.is_none() {
+                return Err(posix(libc::ENODATA, "no such attribute"));
+            }
+            t.delete(&key)?;
+            rec.ctime_ns = schema::now_ns();
+            schema::put_inode(t, ino, &rec)
+        })
     }
+
     /// fallocate(2): mode 0 and FALLOC_FL_KEEP_SIZE allocate (holes already read as zeros),
     /// FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE zeroes a range; others are EOPNOTSUPP.
     pub fn fallocate(
@@ -201,13 +1412,275 @@ impl Engine {
         length: u64,
         mode: i32,
     ) -> Result<()> {
-        todo!()
+        let _ = fh;
+        if length == 0 {
+            return Err(FsError::new(libc::EINVAL, "zero length"));
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or_else(|| FsError::new(libc::EFBIG, "file too large"))?;
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        if rec.kind == FileKind::Dir {
+            return Err(FsError::new(libc::EISDIR, "is a directory"));
+        }
+        if rec.kind != FileKind::File {
+            return Err(FsError::new(libc::ENODEV, "not a regular file"));
+        }
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        match mode {
+            0 => {
+                let size = self.getattr(ino)?.size;
+                if end > size {
+                    let set = SetAttr {
+                        size: Some(end),
+                        ..Default::default()
+                    };
+                    self.setattr(caller, ino, &set)?;
+                }
+                Ok(())
+            }
+            KEEP => Ok(()),
+            PUNCH => {
+                let state = self.pin(ino, false);
+                let result = (|| {
+                    let mut st = state.write();
+                    self.flush_locked(ino, &mut st)?;
+                    let cs = self.chunk_size();
+                    self.update(|t| {
+                        let mut rec = schema::must_inode(t, ino)?;
+                        let end = end.min(rec.size);
+                        let mut pos = offset;
+                        let mut freed = 0i64;
+                        while pos < end {
+                            let chunk = (pos / cs) as u32;
+                            let base = chunk as u64 * cs;
+                            let hi = (end - base).min(cs) as u32;
+                            let before = schema::get_chunk(t, ino, chunk)?;
+                            let mut segs = before.clone();
+                            data::cut(&mut segs, (pos - base) as u32, hi);
+                            for (id, size) in data::dead_slices(&before, &segs) {
+                                t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
+                                freed += size as i64;
+                            }
+                            schema::put_chunk(t, ino, chunk, &segs)?;
+                            pos = base + hi as u64;
+                        }
+                        let now = schema::now_ns();
+                        rec.mtime_ns = now;
+                        rec.ctime_ns = now;
+                        schema::put_inode(t, ino, &rec)?;
+                        schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
+                    })
+                })();
+                self.unpin(ino, false);
+                result
+            }
+            _ => Err(FsError::new(
+                libc::EOPNOTSUPP,
+                "fallocate mode not supported",
+            )),
+        }
     }
+
+    // ---------------------------------------------------------------- lifecycle
+
     pub fn status(&self) -> EngineStatus {
-        todo!()
+        let (used, inodes, pending_deletes) = self
+            .view(|r| {
+                Ok((
+                    schema::get_u64(r, schema::USED_BYTES_KEY)?,
+                    schema::get_u64(r, schema::INODE_COUNT_KEY)?,
+                    r.scan(
+                        schema::DEAD_PREFIX,
+                        &prefix_end(schema::DEAD_PREFIX),
+                        usize::MAX,
+                    )?
+                    .len() as u64,
+                ))
+            })
+            .unwrap_or((0, 0, 0));
+        EngineStatus {
+            volume_name: self.volume.name.clone(),
+            volume_uuid: self.volume.uuid.clone(),
+            mode: "standard".into(),
+            metadata: self.meta.describe(),
+            storage: self.storage.describe().to_string(),
+            open_files: self.handles.lock().len() as u64,
+            inodes,
+            used_bytes: used,
+            dirty_bytes: self.counters.dirty_bytes.load(Ordering::Relaxed),
+            objects_put: self.counters.objects_put.load(Ordering::Relaxed),
+            objects_got: self.counters.objects_got.load(Ordering::Relaxed),
+            pending_deletes,
+        }
     }
+
+    /// Deletes the objects of dead slices, a batch at a time. Returns how many it removed.
+    pub fn collect_garbage(&self, max: usize) -> Result<usize> {
+        let dead =
+            self.view(|r| r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), max))?;
+        let bs = self.volume.block_size;
+        let mut removed = 0;
+        for (key, value) in dead {
+            let id = u64::from_be_bytes(key[1..9].try_into().expect("dead key"));
+            let d: DeadSlice = schema::decode("dead slice", &value)?;
+            let blocks = (d.size as u64).div_ceil(bs).max(1);
+            for index in 0..blocks {
+                let len = (d.size as u64 - index * bs).min(bs) as u32;
+                self.storage
+                    .delete(&schema::block_key(id, index as u32, len))?;
+            }
+            self.cache.forget_slice(id);
+            self.update(|t| t.delete(&key))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Uploads everything buffered and makes the metadata durable (unmount).
     pub fn shutdown(&self) -> Result<()> {
-        todo!()
+        let inos: Vec<Ino> = self.open.lock().keys().copied().collect();
+        let mut first_err = None;
+        for ino in inos {
+            if let Err(e) = self.flush_inode(ino) {
+                tracing::error!("uploading inode {ino} at shutdown failed: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        *self.stop.lock() = true;
+        self.stop_cv.notify_all();
+        if let Some(h) = self.background.lock().take()
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
+        }
+        if let Err(e) = self.collect_garbage(usize::MAX) {
+            tracing::warn!("deleting dead objects at shutdown: {e}");
+        }
+        self.persist_meta()?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
+}
+
+/// Makes namespace changes durable every interval and deletes dead objects.
+fn background_loop(engine: std::sync::Weak<Engine>) {
+    loop {
+        let Some(e) = engine.upgrade() else { return };
+        {
+            let mut stop = e.stop.lock();
+            if *stop {
+                return;
+            }
+            let interval = e.config.meta_flush_interval;
+            e.stop_cv.wait_for(&mut stop, interval);
+            if *stop {
+                return;
+            }
+        }
+        if e.meta_dirty.load(Ordering::Acquire)
+            && let Err(err) = e.persist_meta()
+        {
+            tracing::error!("making metadata durable failed: {err}");
+        }
+        if let Err(err) = e.collect_garbage(256) {
+            tracing::warn!("deleting dead objects: {err}");
+        }
+    }
+}
+
+fn clear_setid_on_write(rec: &mut InodeRec) {
+    rec.perm &= !(libc::S_ISUID as u16);
+    if rec.perm & 0o010 != 0 {
+        rec.perm &= !(libc::S_ISGID as u16);
+    }
+}
+
+/// Appends a write to the pending list: it extends or overwrites the newest pending run of
+/// its chunk when it touches it, else starts a new run.
+fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8]) {
+    if let Some(last) = pending.iter_mut().rev().find(|p| p.chunk == chunk) {
+        let last_end = last.pos + last.data.len() as u32;
+        if pos >= last.pos && pos <= last_end {
+            let at = (pos - last.pos) as usize;
+            let overlap = (last.data.len() - at).min(data.len());
+            last.data[at..at + overlap].copy_from_slice(&data[..overlap]);
+            last.data.extend_from_slice(&data[overlap..]);
+            return;
+        }
+    }
+    pending.push(Pending {
+        chunk,
+        pos,
+        data: data.to_vec(),
+    });
+}
+
+/// Cuts a file's stored data at `size`: whole chunks past it go, the boundary chunk is trimmed.
+fn truncate_chunks(
+    t: &mut dyn KvTxn,
+    ino: Ino,
+    size: u64,
+    chunk_size: u64,
+) -> Result<(), MetaError> {
+    let prefix = schema::chunk_prefix(ino);
+    let rows = t.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
+    let mut freed = 0i64;
+    for (key, value) in rows {
+        let chunk = schema::chunk_index_of_key(&key);
+        let base = chunk as u64 * chunk_size;
+        let before: Vec<SliceRec> = schema::decode("chunk", &value)?;
+        let mut segs = before.clone();
+        if base >= size {
+            segs.clear();
+        } else if size < base + chunk_size {
+            data::cut(&mut segs, (size - base) as u32, chunk_size as u32);
+        } else {
+            continue;
+        }
+        for (id, sz) in data::dead_slices(&before, &segs) {
+            t.put(
+                &schema::dead_key(id),
+                &schema::encode(&DeadSlice { size: sz }),
+            )?;
+            freed += sz as i64;
+        }
+        schema::put_chunk(t, ino, chunk, &segs)?;
+    }
+    schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
+}
+
+fn adjust_nlink(t: &mut dyn KvTxn, ino: Ino, delta: i32) -> Result<(), MetaError> {
+    let mut rec = schema::must_inode(t, ino)?;
+    rec.nlink = (rec.nlink as i64 + delta as i64).max(0) as u32;
+    schema::put_inode(t, ino, &rec)
+}
+
+fn touch_parents(t: &mut dyn KvTxn, a: Ino, b: Ino, now: i64) -> Result<(), MetaError> {
+    let mut rec = schema::must_inode(t, a)?;
+    touch_dir(t, a, &mut rec, now)?;
+    if b != a {
+        let mut rec = schema::must_inode(t, b)?;
+        touch_dir(t, b, &mut rec, now)?;
+    }
+    Ok(())
+}
+
+/// Is `dir` equal to `node` or one of its ancestors?
+fn is_ancestor(r: &dyn KvRead, dir: Ino, node: Ino) -> Result<bool, MetaError> {
+    let mut cur = node;
+    for _ in 0..4096 {
+        if cur == dir {
+            return Ok(true);
+        }
+        if cur == ROOT_INO {
+            return Ok(false);
+        }
+        cur = schema::must_inode(r, cur)?.parent;
+    }
+    Err(posix(libc::ELOOP, "directory tree too deep"))
 }

@@ -202,6 +202,28 @@ impl ObjectStorage {
             .map_err(|e| map_err(key, e))
     }
 
+    /// Puts many objects with at most `concurrency` requests in flight; the first error wins.
+    pub fn put_many(&self, objects: Vec<(String, Bytes)>, concurrency: usize) -> Result<()> {
+        let store = &self.store;
+        let this = self;
+        self.runtime.block_on(async move {
+            let mut puts =
+                futures::stream::iter(objects.into_iter().map(|(key, data)| async move {
+                    let path = this.path(&key);
+                    store
+                        .put(&path, data.into())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| map_err(&key, e))
+                }))
+                .buffer_unordered(concurrency.max(1));
+            while let Some(result) = puts.next().await {
+                result?;
+            }
+            Ok(())
+        })
+    }
+
     /// Puts only if no object has the key; `AlreadyExists` otherwise.
     pub fn put_if_absent(&self, key: &str, data: Bytes) -> Result<()> {
         let path = self.path(key);

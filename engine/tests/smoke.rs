@@ -1,0 +1,221 @@
+//! End-to-end checks of the engine without FUSE: a file store, a redb store, a remount.
+
+use spoolfs_engine::*;
+use spoolfs_metadata::{KvStore, RedbStore};
+use spoolfs_uploader::ObjectStorage;
+use std::sync::Arc;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fixture { dir };
+        let meta = f.meta();
+        format_volume(
+            &meta,
+            &FormatOptions {
+                name: "t".into(),
+                storage: f.storage_config(),
+                block_size: 64 << 10,
+                force: false,
+            },
+        )
+        .unwrap();
+        f
+    }
+    fn meta(&self) -> Arc<dyn KvStore> {
+        Arc::new(RedbStore::open(&self.dir.path().join("m.redb")).unwrap())
+    }
+    fn storage_config(&self) -> StorageConfig {
+        StorageConfig {
+            url: format!("file://{}/objects", self.dir.path().display()),
+            ..Default::default()
+        }
+    }
+    fn engine(&self) -> Arc<Engine> {
+        let meta = self.meta();
+        let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
+        let storage = Arc::new(ObjectStorage::open(&self.storage_config()).unwrap());
+        Engine::start(meta, storage, record, EngineConfig::default()).unwrap()
+    }
+}
+
+const ME: Caller = Caller::ROOT;
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn write_read_truncate_remount() {
+    let f = Fixture::new();
+    let data = pattern(1, 300_000);
+    let ino;
+    {
+        let e = f.engine();
+        let dir = e.mkdir(&ME, ROOT_INO, b"d", 0o755).unwrap();
+        let (attr, fh) = e.create(&ME, dir.ino, b"f", 0o644, libc::O_RDWR).unwrap();
+        ino = attr.ino;
+        e.write(&ME, ino, fh, 0, &data).unwrap();
+        // Overwrite in the middle, then read through pending and stored data.
+        e.write(&ME, ino, fh, 1000, b"hello").unwrap();
+        assert_eq!(
+            &e.read(ino, fh, 998, 9).unwrap(),
+            &[
+                data[998], data[999], b'h', b'e', b'l', b'l', b'o', data[1005], data[1006]
+            ]
+        );
+        e.flush(ino, fh).unwrap();
+        assert_eq!(e.getattr(ino).unwrap().size, 300_000);
+        let back = e.read(ino, fh, 0, 400_000).unwrap();
+        assert_eq!(back.len(), 300_000);
+        assert_eq!(&back[1000..1005], b"hello");
+        assert_eq!(&back[..1000], &data[..1000]);
+        assert_eq!(&back[1005..], &data[1005..]);
+        // Truncate down then up: the cut bytes read as zeros.
+        e.setattr(
+            &ME,
+            ino,
+            &SetAttr {
+                size: Some(100),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        e.setattr(
+            &ME,
+            ino,
+            &SetAttr {
+                size: Some(200),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let back = e.read(ino, fh, 0, 1000).unwrap();
+        assert_eq!(&back[..100], &data[..100]);
+        assert!(back[100..].iter().all(|b| *b == 0));
+        e.release(ino, fh).unwrap();
+        e.symlink(&ME, ROOT_INO, b"l", b"d/f").unwrap();
+        e.setxattr(&ME, ino, b"user.k", b"v", XattrSet::Create)
+            .unwrap();
+        e.shutdown().unwrap();
+    }
+    let e = f.engine();
+    let d = e.lookup(ROOT_INO, b"d").unwrap();
+    let a = e.lookup(d.ino, b"f").unwrap();
+    assert_eq!(a.ino, ino);
+    assert_eq!(a.size, 200);
+    let fh = e.open(&ME, ino, libc::O_RDONLY).unwrap();
+    let back = e.read(ino, fh, 0, 1000).unwrap();
+    assert_eq!(&back[..100], &data[..100]);
+    assert_eq!(
+        e.readlink(e.lookup(ROOT_INO, b"l").unwrap().ino).unwrap(),
+        b"d/f"
+    );
+    assert_eq!(e.getxattr(ino, b"user.k").unwrap(), b"v");
+    let names: Vec<_> = e
+        .readdir(ROOT_INO, e.opendir(ROOT_INO).unwrap(), 0)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![b".".to_vec(), b"..".to_vec(), b"d".to_vec(), b"l".to_vec()]
+    );
+    e.release(ino, fh).unwrap();
+    e.shutdown().unwrap();
+}
+
+#[test]
+fn unlink_while_open_and_dead_objects_are_deleted() {
+    let f = Fixture::new();
+    let e = f.engine();
+    let (attr, fh) = e.create(&ME, ROOT_INO, b"x", 0o644, libc::O_RDWR).unwrap();
+    e.write(&ME, attr.ino, fh, 0, &pattern(2, 200_000)).unwrap();
+    e.flush(attr.ino, fh).unwrap();
+    e.unlink(&ME, ROOT_INO, b"x").unwrap();
+    assert_eq!(e.lookup(ROOT_INO, b"x").unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(e.read(attr.ino, fh, 0, 10).unwrap(), pattern(2, 10));
+    e.release(attr.ino, fh).unwrap();
+    assert_eq!(e.getattr(attr.ino).unwrap_err().errno(), libc::ENOENT);
+    e.collect_garbage(usize::MAX).unwrap();
+    let objects = f.dir.path().join("objects/chunks");
+    let count = walk(&objects);
+    assert_eq!(count, 0, "objects of a deleted file remain");
+    e.shutdown().unwrap();
+}
+
+fn walk(p: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.map(|e| {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            walk(&e.path())
+        } else {
+            1
+        }
+    })
+    .sum()
+}
+
+#[test]
+fn namespace_errors() {
+    let f = Fixture::new();
+    let e = f.engine();
+    e.mkdir(&ME, ROOT_INO, b"a", 0o755).unwrap();
+    let a = e.lookup(ROOT_INO, b"a").unwrap();
+    e.mkdir(&ME, a.ino, b"b", 0o755).unwrap();
+    assert_eq!(
+        e.mkdir(&ME, ROOT_INO, b"a", 0o755).unwrap_err().errno(),
+        libc::EEXIST
+    );
+    assert_eq!(
+        e.rmdir(&ME, ROOT_INO, b"a").unwrap_err().errno(),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        e.unlink(&ME, ROOT_INO, b"a").unwrap_err().errno(),
+        libc::EISDIR
+    );
+    assert_eq!(
+        e.lookup(ROOT_INO, &[b'n'; 256]).unwrap_err().errno(),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        e.mkdir(&ME, ROOT_INO, &[b'n'; 256], 0o755)
+            .unwrap_err()
+            .errno(),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        e.rename(&ME, ROOT_INO, b"a", a.ino, b"x", RenameFlags::default())
+            .unwrap_err()
+            .errno(),
+        libc::EINVAL
+    );
+    assert_eq!(e.getattr(ROOT_INO).unwrap().nlink, 3);
+    e.rename(&ME, a.ino, b"b", ROOT_INO, b"b", RenameFlags::default())
+        .unwrap();
+    assert_eq!(e.getattr(ROOT_INO).unwrap().nlink, 4);
+    assert_eq!(e.getattr(a.ino).unwrap().nlink, 2);
+    e.rmdir(&ME, ROOT_INO, b"b").unwrap();
+    e.rmdir(&ME, ROOT_INO, b"a").unwrap();
+    assert_eq!(e.getattr(ROOT_INO).unwrap().nlink, 2);
+    e.shutdown().unwrap();
+}
