@@ -270,9 +270,17 @@ impl Engine {
         Ok(out.expect("view ran"))
     }
 
-    fn update<T>(&self, mut f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>) -> Result<T> {
+    fn update<T>(&self, f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>) -> Result<T> {
+        self.update_with(Durability::Visible, f)
+    }
+
+    fn update_with<T>(
+        &self,
+        durability: Durability,
+        mut f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
+    ) -> Result<T> {
         let mut out = None;
-        self.meta.update(Durability::Visible, &mut |t| {
+        self.meta.update(durability, &mut |t| {
             out = Some(f(t)?);
             Ok(())
         })?;
@@ -1125,7 +1133,9 @@ impl Engine {
             .objects_put
             .fetch_add(count, Ordering::Relaxed);
         let chunks: Vec<u32> = state.pending.iter().map(|p| p.chunk).collect();
-        self.update(|t| {
+        // Durable: close(2) promises the data is in the object store and the metadata that
+        // points at it survives a crash.
+        self.update_with(Durability::Durable, |t| {
             let mut rec = schema::must_inode(t, ino)?;
             let mut used = 0i64;
             let mut i = 0;

@@ -20,6 +20,7 @@ mod ids;
 pub mod schema;
 pub mod types;
 pub mod volume;
+pub mod wal;
 
 pub use error::{FsError, Result};
 pub use fs::{Engine, EngineConfig};
