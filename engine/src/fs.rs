@@ -5,9 +5,10 @@ use crate::blockcache::{BlockCache, BlockId};
 use crate::data::{self, ReadPiece};
 use crate::error::{FsError, Result};
 use crate::ids::IdAllocator;
-use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec};
+use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec, StagedRec};
 use crate::types::*;
 use crate::volume::VolumeRecord;
+use crate::writeback::{StagingOptions, Writeback, uploader_loop};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
@@ -28,6 +29,10 @@ pub struct EngineConfig {
     pub meta_flush_interval: Duration,
     /// Concurrent object PUTs while uploading one file's data.
     pub max_uploads: usize,
+    /// The staging log (writeback mode, and draining what an earlier writeback mount left).
+    pub staging: Option<StagingOptions>,
+    /// At shutdown, wait for staged data to reach the object store (`None`: stop at once).
+    pub drain_on_shutdown: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +42,8 @@ impl Default for EngineConfig {
             block_cache_bytes: 256 << 20,
             meta_flush_interval: Duration::from_secs(1),
             max_uploads: 16,
+            staging: None,
+            drain_on_shutdown: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -58,7 +65,7 @@ struct Pending {
 
 /// In-memory state of an inode while it is open or being changed.
 #[derive(Default)]
-struct FileState {
+pub(crate) struct FileState {
     pending: Vec<Pending>,
     pending_bytes: u64,
     /// Size and times that include the pending writes; `None` when nothing is pending.
@@ -85,17 +92,18 @@ struct Handle {
 }
 
 #[derive(Default)]
-struct Counters {
-    objects_put: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) objects_put: AtomicU64,
     objects_got: AtomicU64,
     dirty_bytes: AtomicU64,
 }
 
 pub struct Engine {
     meta: Arc<dyn KvStore>,
-    storage: Arc<ObjectStorage>,
+    pub(crate) storage: Arc<ObjectStorage>,
     volume: VolumeRecord,
-    config: EngineConfig,
+    pub(crate) config: EngineConfig,
+    pub(crate) writeback: Option<Arc<Writeback>>,
     inode_ids: IdAllocator,
     slice_ids: IdAllocator,
     open: Mutex<HashMap<Ino, OpenInode>>,
@@ -103,12 +111,15 @@ pub struct Engine {
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_fh: AtomicU64,
     cache: BlockCache,
-    counters: Counters,
+    pub(crate) counters: Counters,
     /// Namespace changes not yet made durable.
     meta_dirty: AtomicBool,
-    stop: Mutex<bool>,
-    stop_cv: Condvar,
-    background: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Shared with the background threads, which must not keep the engine alive while they
+    /// wait (a dropped engine must release the metadata store).
+    stop: Arc<StopSignal>,
+    /// Uploaders stop taking work.
+    stop_now: AtomicBool,
+    background: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
@@ -217,6 +228,7 @@ impl Engine {
             storage,
             volume,
             cache: BlockCache::new(config.block_cache_bytes),
+            writeback: config.staging.clone().map(|o| Arc::new(Writeback::new(o))),
             config,
             inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, 256),
             slice_ids: IdAllocator::new(schema::NEXT_SLICE_KEY, 1024),
@@ -226,9 +238,9 @@ impl Engine {
             next_fh: AtomicU64::new(1),
             counters: Counters::default(),
             meta_dirty: AtomicBool::new(false),
-            stop: Mutex::new(false),
-            stop_cv: Condvar::new(),
-            background: Mutex::new(None),
+            stop: Arc::new(StopSignal::default()),
+            stop_now: AtomicBool::new(false),
+            background: Mutex::new(Vec::new()),
         });
         engine.meta.update(Durability::Durable, &mut |t| {
             schema::init_root(t)?;
@@ -240,12 +252,32 @@ impl Engine {
             }
             Ok(())
         })?;
+        if let Some(wb) = engine.writeback.as_ref() {
+            engine.replay_staged(wb)?;
+        }
         let weak = Arc::downgrade(&engine);
-        let handle = std::thread::Builder::new()
-            .name("spoolfs-bg".into())
-            .spawn(move || background_loop(weak))
-            .map_err(|e| FsError::Other(format!("cannot start background thread: {e}")))?;
-        *engine.background.lock() = Some(handle);
+        let stop = engine.stop.clone();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(|e| FsError::Other(format!("cannot start a background thread: {e}")))
+        };
+        let mut threads = vec![spawn(
+            "spoolfs-bg".into(),
+            Box::new(move || background_loop(weak, stop)),
+        )?];
+        if let Some(wb) = engine.writeback.as_ref() {
+            for i in 0..wb.opts.upload_threads {
+                let weak = Arc::downgrade(&engine);
+                let wb = wb.clone();
+                threads.push(spawn(
+                    format!("spoolfs-up{i}"),
+                    Box::new(move || uploader_loop(weak, wb)),
+                )?);
+            }
+        }
+        *engine.background.lock() = threads;
         Ok(engine)
     }
 
@@ -261,7 +293,11 @@ impl Engine {
         self.volume.chunk_size
     }
 
-    fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
+    pub(crate) fn stopping_now(&self) -> bool {
+        self.stop_now.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
         let mut out = None;
         self.meta.view(&mut |r| {
             out = Some(f(r)?);
@@ -270,11 +306,14 @@ impl Engine {
         Ok(out.expect("view ran"))
     }
 
-    fn update<T>(&self, f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>) -> Result<T> {
+    pub(crate) fn update<T>(
+        &self,
+        f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
+    ) -> Result<T> {
         self.update_with(Durability::Visible, f)
     }
 
-    fn update_with<T>(
+    pub(crate) fn update_with<T>(
         &self,
         durability: Durability,
         mut f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
@@ -312,7 +351,7 @@ impl Engine {
 
     // ---------------------------------------------------------------- pins and handles
 
-    fn pin(&self, ino: Ino, handle: bool) -> Arc<RwLock<FileState>> {
+    pub(crate) fn pin(&self, ino: Ino, handle: bool) -> Arc<RwLock<FileState>> {
         let mut open = self.open.lock();
         let entry = open.entry(ino).or_insert_with(|| OpenInode {
             pins: 0,
@@ -327,7 +366,7 @@ impl Engine {
     }
 
     /// Drops a pin; returns true if it was the last open handle of the inode.
-    fn unpin(&self, ino: Ino, handle: bool) -> bool {
+    pub(crate) fn unpin(&self, ino: Ino, handle: bool) -> bool {
         let mut open = self.open.lock();
         let Some(entry) = open.get_mut(&ino) else {
             return false;
@@ -400,7 +439,7 @@ impl Engine {
     ) -> Result<Attr> {
         let mut state = state.write();
         // Settle buffered data first so sizes and times below apply on top of it.
-        self.flush_locked(ino, &mut state)?;
+        self.flush_locked(ino, &mut state, false)?;
         let chunk_size = self.chunk_size();
         let rec = self.update(|t| {
             let mut rec = schema::must_inode(t, ino)?;
@@ -479,6 +518,7 @@ impl Engine {
     }
 
     /// Creates an inode and its directory entry in one transaction.
+    #[allow(clippy::too_many_arguments)]
     fn make_node(
         &self,
         caller: &Caller,
@@ -978,6 +1018,19 @@ impl Engine {
             out.fill(0);
             return Ok(());
         }
+        if let Some(wb) = self.writeback.as_ref()
+            && let Some(rec) = wb.get(slice)
+        {
+            // Still staged: read it from the log, never from the object store.
+            return wb
+                .opts
+                .log
+                .read(&crate::writeback::loc_of(&rec), off, out)
+                .map_err(|e| {
+                    tracing::error!("reading staged slice {slice}: {e}");
+                    FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
+                });
+        }
         let bs = self.volume.block_size as u32;
         let mut done = 0usize;
         while done < out.len() {
@@ -1099,43 +1152,77 @@ impl Engine {
             .dirty_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         if state.pending_bytes >= self.config.max_dirty_per_file {
-            self.flush_locked(ino, &mut state)?;
+            self.flush_locked(ino, &mut state, false)?;
         }
         Ok(data.len() as u32)
     }
 
-    /// Uploads the inode's pending writes as slices and commits them (standard mode: the
-    /// data is in the object store when this returns).
-    fn flush_locked(&self, ino: Ino, state: &mut FileState) -> Result<()> {
+    /// Turns the inode's pending writes into slices and commits them. Writeback: each slice
+    /// goes to the staging log (O_DIRECT) and the commit goes through the namespace log, so
+    /// this survives a crash of spoolfs or the kernel; `durable` adds a device flush (power
+    /// cut). Standard mode, or when staging has no room: the blocks are PUT first and the
+    /// metadata commit is durable.
+    fn flush_locked(&self, ino: Ino, state: &mut FileState, durable: bool) -> Result<()> {
         let Some(overlay) = state.overlay else {
             return Ok(());
         };
         let bs = self.volume.block_size as usize;
         let mut slices = Vec::with_capacity(state.pending.len());
+        let mut staged: Vec<(u64, StagedRec)> = Vec::new();
         let mut objects = Vec::new();
+        let now = schema::now_ns();
         for p in &state.pending {
             let id = self.slice_ids.next(self.meta.as_ref())?;
-            for (index, block) in p.data.chunks(bs).enumerate() {
-                let key = schema::block_key(id, index as u32, block.len() as u32);
-                objects.push((key, encode_block(block)));
+            let size = p.data.len() as u32;
+            let loc = self
+                .writeback
+                .as_ref()
+                .and_then(|wb| wb.stage(ino, p.chunk, p.pos, id, &p.data));
+            match loc {
+                Some(loc) => staged.push((
+                    id,
+                    StagedRec {
+                        ino,
+                        chunk: p.chunk,
+                        size,
+                        segment: loc.segment,
+                        offset: loc.offset,
+                        staged_ns: now,
+                    },
+                )),
+                None => {
+                    for (index, block) in p.data.chunks(bs).enumerate() {
+                        let key = schema::block_key(id, index as u32, block.len() as u32);
+                        objects.push((key, encode_block(block)));
+                    }
+                }
             }
             slices.push(SliceRec {
                 id,
-                size: p.data.len() as u32,
+                size,
                 off: 0,
-                len: p.data.len() as u32,
+                len: size,
                 pos: p.pos,
             });
         }
-        let count = objects.len() as u64;
-        self.storage.put_many(objects, self.config.max_uploads)?;
-        self.counters
-            .objects_put
-            .fetch_add(count, Ordering::Relaxed);
+        let uploaded_directly = !objects.is_empty();
+        if uploaded_directly {
+            let count = objects.len() as u64;
+            self.storage.put_many(objects, self.config.max_uploads)?;
+            self.counters
+                .objects_put
+                .fetch_add(count, Ordering::Relaxed);
+        }
         let chunks: Vec<u32> = state.pending.iter().map(|p| p.chunk).collect();
-        // Durable: close(2) promises the data is in the object store and the metadata that
-        // points at it survives a crash.
-        self.update_with(Durability::Durable, |t| {
+        // Standard mode: close(2) promises the data is in the object store and the metadata
+        // that points at it survives a crash. Writeback: the namespace log makes the commit
+        // crash-safe; `durable` (fsync) adds a device flush.
+        let durability = if durable || (uploaded_directly && self.writeback.is_none()) {
+            Durability::Durable
+        } else {
+            Durability::Visible
+        };
+        let result = self.update_with(durability, |t| {
             let mut rec = schema::must_inode(t, ino)?;
             let mut used = 0i64;
             let mut i = 0;
@@ -1162,13 +1249,30 @@ impl Engine {
                 }
                 schema::put_chunk(t, ino, chunk, &segs)?;
             }
+            for (id, srec) in &staged {
+                t.put(&schema::staged_key(*id), &schema::encode(srec))?;
+            }
             rec.size = overlay.size;
             rec.mtime_ns = overlay.mtime_ns;
             rec.ctime_ns = overlay.ctime_ns;
             schema::put_inode(t, ino, &rec)?;
             schema::add_u64(t, schema::USED_BYTES_KEY, used)?;
             Ok(())
-        })?;
+        });
+        if let Err(e) = result {
+            // Nothing points at the staged records: give their space back.
+            if let Some(wb) = self.writeback.as_ref() {
+                for (_, srec) in &staged {
+                    wb.opts.log.free(&crate::writeback::loc_of(srec));
+                }
+            }
+            return Err(e);
+        }
+        if let Some(wb) = self.writeback.as_ref()
+            && !staged.is_empty()
+        {
+            wb.add(&staged);
+        }
         self.counters
             .dirty_bytes
             .fetch_sub(state.pending_bytes, Ordering::Relaxed);
@@ -1181,9 +1285,14 @@ impl Engine {
     fn flush_inode(&self, ino: Ino) -> Result<()> {
         if let Some(state) = self.state_of(ino) {
             let mut state = state.write();
-            self.flush_locked(ino, &mut state)?;
+            self.flush_locked(ino, &mut state, false)?;
         }
         Ok(())
+    }
+
+    /// Whether new writes are acknowledged from the staging log.
+    pub fn is_writeback(&self) -> bool {
+        self.writeback.as_ref().is_some_and(|w| w.opts.writeback)
     }
 
     /// close(2) of one descriptor: in standard mode, returns when the data is in the object store.
@@ -1192,10 +1301,24 @@ impl Engine {
         self.flush_inode(ino)
     }
 
+    /// Standard mode: data in the object store, all metadata durable. Writeback: data and
+    /// metadata through the device cache (one flush covers the staging log and the namespace
+    /// log, which live on the same device).
     pub fn fsync(&self, ino: Ino, fh: u64, datasync: bool) -> Result<()> {
         let _ = (fh, datasync);
-        self.flush_inode(ino)?;
-        self.persist_meta()
+        if let Some(state) = self.state_of(ino) {
+            let mut state = state.write();
+            if state.overlay.is_some() {
+                self.flush_locked(ino, &mut state, true)?;
+                return Ok(());
+            }
+        }
+        if self.is_writeback() {
+            self.meta.sync()?;
+            Ok(())
+        } else {
+            self.persist_meta()
+        }
     }
 
     fn persist_meta(&self) -> Result<()> {
@@ -1456,7 +1579,7 @@ impl Engine {
                 let state = self.pin(ino, false);
                 let result = (|| {
                     let mut st = state.write();
-                    self.flush_locked(ino, &mut st)?;
+                    self.flush_locked(ino, &mut st, false)?;
                     let cs = self.chunk_size();
                     self.update(|t| {
                         let mut rec = schema::must_inode(t, ino)?;
@@ -1511,10 +1634,38 @@ impl Engine {
                 ))
             })
             .unwrap_or((0, 0, 0));
+        let staged = match self.writeback.as_ref() {
+            Some(wb) => {
+                let set = wb.set.lock();
+                let oldest = set
+                    .map
+                    .values()
+                    .map(|r| r.staged_ns)
+                    .min()
+                    .map(|ns| (schema::now_ns() - ns).max(0) as f64 / 1e9)
+                    .unwrap_or(0.0);
+                let usage = wb.opts.log.usage();
+                (
+                    set.bytes,
+                    set.map.len() as u64,
+                    oldest,
+                    set.upload_errors,
+                    Some(format!(
+                        "{} io engine, {} of {} bytes used",
+                        usage.io_engine, usage.used_bytes, usage.capacity_bytes
+                    )),
+                )
+            }
+            None => (0, 0, 0.0, 0, None),
+        };
         EngineStatus {
             volume_name: self.volume.name.clone(),
             volume_uuid: self.volume.uuid.clone(),
-            mode: "standard".into(),
+            mode: if self.is_writeback() {
+                "writeback".into()
+            } else {
+                "standard".into()
+            },
             metadata: self.meta.describe(),
             storage: self.storage.describe().to_string(),
             open_files: self.handles.lock().len() as u64,
@@ -1524,6 +1675,11 @@ impl Engine {
             objects_put: self.counters.objects_put.load(Ordering::Relaxed),
             objects_got: self.counters.objects_got.load(Ordering::Relaxed),
             pending_deletes,
+            staged_bytes: staged.0,
+            staged_slices: staged.1,
+            oldest_staged_age_secs: staged.2,
+            upload_errors: staged.3,
+            staging: staged.4,
         }
     }
 
@@ -1536,6 +1692,19 @@ impl Engine {
         for (key, value) in dead {
             let id = u64::from_be_bytes(key[1..9].try_into().expect("dead key"));
             let d: DeadSlice = schema::decode("dead slice", &value)?;
+            // A slice that died while staged was never uploaded: free its log space only.
+            // Whoever deletes the `T` record frees the space (an uploader may race us).
+            let was_staged = self.update(|t| {
+                let staged_key = schema::staged_key(id);
+                if t.get(&staged_key)?.is_none() {
+                    return Ok(false);
+                }
+                t.delete(&staged_key)?;
+                Ok(true)
+            })?;
+            if was_staged && let Some(wb) = self.writeback.as_ref() {
+                wb.remove(id);
+            }
             let blocks = (d.size as u64).div_ceil(bs).max(1);
             for index in 0..blocks {
                 let len = (d.size as u64 - index * bs).min(bs) as u32;
@@ -1549,27 +1718,46 @@ impl Engine {
         Ok(removed)
     }
 
-    /// Uploads everything buffered and makes the metadata durable (unmount).
+    /// Uploads or stages everything buffered, waits (up to `drain_on_shutdown`) for staged
+    /// data to reach the object store, and makes the metadata durable (unmount).
     pub fn shutdown(&self) -> Result<()> {
         let inos: Vec<Ino> = self.open.lock().keys().copied().collect();
         let mut first_err = None;
         for ino in inos {
             if let Err(e) = self.flush_inode(ino) {
-                tracing::error!("uploading inode {ino} at shutdown failed: {e}");
+                tracing::error!("writing inode {ino} at shutdown failed: {e}");
                 first_err.get_or_insert(e);
             }
-        }
-        *self.stop.lock() = true;
-        self.stop_cv.notify_all();
-        if let Some(h) = self.background.lock().take()
-            && h.thread().id() != std::thread::current().id()
-        {
-            let _ = h.join();
         }
         if let Err(e) = self.collect_garbage(usize::MAX) {
             tracing::warn!("deleting dead objects at shutdown: {e}");
         }
+        if let Some(timeout) = self.config.drain_on_shutdown {
+            let left = self.drain_uploads(Some(timeout));
+            if left > 0 {
+                tracing::warn!(
+                    "{left} bytes are still staged and not in the object store; \
+                     they are uploaded at the next mount with the same --cache-dir"
+                );
+            }
+        }
+        self.stop_now.store(true, Ordering::Release);
+        self.stop.raise();
+        if let Some(wb) = self.writeback.as_ref() {
+            wb.stop.store(true, Ordering::Release);
+            wb.cv.notify_all();
+        }
+        let threads: Vec<_> = std::mem::take(&mut *self.background.lock());
+        for h in threads {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
         self.persist_meta()?;
+        if first_err.is_none() {
+            self.mark_staging_clean()?;
+            self.persist_meta()?;
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -1578,20 +1766,15 @@ impl Engine {
 }
 
 /// Makes namespace changes durable every interval and deletes dead objects.
-fn background_loop(engine: std::sync::Weak<Engine>) {
+fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
     loop {
-        let Some(e) = engine.upgrade() else { return };
-        {
-            let mut stop = e.stop.lock();
-            if *stop {
-                return;
-            }
-            let interval = e.config.meta_flush_interval;
-            e.stop_cv.wait_for(&mut stop, interval);
-            if *stop {
-                return;
-            }
+        let Some(interval) = engine.upgrade().map(|e| e.config.meta_flush_interval) else {
+            return;
+        };
+        if stop.wait(interval) {
+            return;
         }
+        let Some(e) = engine.upgrade() else { return };
         if e.meta_dirty.load(Ordering::Acquire)
             && let Err(err) = e.persist_meta()
         {
@@ -1600,6 +1783,29 @@ fn background_loop(engine: std::sync::Weak<Engine>) {
         if let Err(err) = e.collect_garbage(256) {
             tracing::warn!("deleting dead objects: {err}");
         }
+    }
+}
+
+/// A flag the background threads wait on.
+#[derive(Default)]
+pub(crate) struct StopSignal {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl StopSignal {
+    pub fn raise(&self) {
+        *self.stopped.lock() = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits up to `d`; true if stopped.
+    pub fn wait(&self, d: Duration) -> bool {
+        let mut stopped = self.stopped.lock();
+        if !*stopped {
+            self.cv.wait_for(&mut stopped, d);
+        }
+        *stopped
     }
 }
 

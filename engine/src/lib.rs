@@ -18,9 +18,11 @@ pub mod error;
 mod fs;
 mod ids;
 pub mod schema;
+pub mod staging;
 pub mod types;
 pub mod volume;
 pub mod wal;
+pub mod writeback;
 
 pub use error::{FsError, Result};
 pub use fs::{Engine, EngineConfig};

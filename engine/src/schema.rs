@@ -11,6 +11,7 @@
 //! | `X` ino name | xattr value |
 //! | `O` ino | orphan: nlink 0 but still open when last seen |
 //! | `G` slice id | [`DeadSlice`]: objects to delete |
+//! | `T` slice id | [`StagedRec`]: the slice is in this node's staging log, not yet uploaded |
 //!
 //! Integers in keys are big-endian so that byte order is numeric order.
 
@@ -83,6 +84,25 @@ pub fn orphan_key(ino: Ino) -> Vec<u8> {
 }
 
 pub const DEAD_PREFIX: &[u8] = b"G";
+pub const STAGED_PREFIX: &[u8] = b"T";
+
+pub fn staged_key(slice: u64) -> Vec<u8> {
+    let mut k = vec![b'T'];
+    k.extend_from_slice(&slice.to_be_bytes());
+    k
+}
+
+/// Where a staged slice's data is: a record in this node's staging log.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StagedRec {
+    pub ino: Ino,
+    pub chunk: u32,
+    pub size: u32,
+    pub segment: u32,
+    pub offset: u64,
+    /// When it was staged (ns since the epoch): the age of the oldest staged byte.
+    pub staged_ns: i64,
+}
 
 pub fn dead_key(slice: u64) -> Vec<u8> {
     let mut k = vec![b'G'];

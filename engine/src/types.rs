@@ -169,4 +169,17 @@ pub struct EngineStatus {
     pub objects_put: u64,
     pub objects_got: u64,
     pub pending_deletes: u64,
+    /// Acknowledged bytes in the staging log, not yet in the object store.
+    #[serde(default)]
+    pub staged_bytes: u64,
+    #[serde(default)]
+    pub staged_slices: u64,
+    /// Age of the oldest staged byte, in seconds.
+    #[serde(default)]
+    pub oldest_staged_age_secs: f64,
+    #[serde(default)]
+    pub upload_errors: u64,
+    /// The staging log: io engine and usage.
+    #[serde(default)]
+    pub staging: Option<String>,
 }

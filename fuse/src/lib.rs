@@ -1,1 +1,21 @@
+//! The FUSE front end of spoolfs: a thin adapter from the kernel's FUSE protocol (through
+//! `fuser`) to [`spoolfs_engine::Engine`].
+//!
+//! Every FUSE request becomes one engine call; engine errors become errnos with
+//! [`spoolfs_engine::FsError::errno`]. The adapter keeps no state of its own beyond the cache
+//! lifetimes (TTLs) it hands to the kernel.
+//!
+//! - [`SpoolFs`]: the `fuser::Filesystem` implementation.
+//! - [`MountOptions`], [`FuseSession`], [`mount_foreground`], [`mount_background`]: mounting.
+//! - [`check_mount_point`]: the checks made before mounting (exists, directory, empty, not
+//!   already a mount point).
 
+mod fs;
+mod mount;
+
+pub use fs::SpoolFs;
+pub use mount::{
+    BackgroundMount, FuseSession, MountEntry, MountError, MountOptions, Unmounter,
+    check_mount_point, is_mount_point, mount_background, mount_foreground, parse_mountinfo,
+    read_mountinfo,
+};

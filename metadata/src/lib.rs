@@ -89,8 +89,13 @@ pub trait KvStore: Send + Sync {
         durability: Durability,
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
     ) -> Result<()>;
-    /// Makes every committed transaction durable.
+    /// Makes every committed transaction durable (a checkpoint: the store's own fsync).
     fn persist(&self) -> Result<()>;
+    /// Makes every committed transaction crash-safe by the cheapest means the store has
+    /// (a write-ahead log's device flush); by default, `persist`.
+    fn sync(&self) -> Result<()> {
+        self.persist()
+    }
     /// A human-readable description (never containing secrets).
     fn describe(&self) -> String;
 }

@@ -1,1 +1,234 @@
-fn main() {}
+//! `spoolfs`: the command line of the spoolfs file system.
+//!
+//! - `spoolfs format`: create a volume (metadata store + object store).
+//! - `spoolfs mount`: mount a volume (as a daemon unless `--foreground`).
+//! - `spoolfs umount`: unmount and wait for the daemon to finish writing.
+//! - `spoolfs status`: what a mount is doing, from its control socket.
+
+mod control;
+mod format;
+mod mount;
+mod paths;
+mod size;
+mod status;
+mod umount;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spoolfs",
+    version,
+    about = "A writeback file system over object storage"
+)]
+pub struct Cli {
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
+    /// "spoolfs_engine=debug"). Defaults to $SPOOLFS_LOG, else info.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a volume: its record and root directory in the metadata store.
+    Format(format::FormatArgs),
+    /// Mount a volume (as a background daemon unless --foreground).
+    Mount(mount::MountArgs),
+    /// Unmount a spoolfs mount and wait until its data is written out.
+    #[command(alias = "unmount")]
+    Umount(umount::UmountArgs),
+    /// Show the state of one spoolfs mount, or of all of them.
+    Status(status::StatusArgs),
+}
+
+/// Object store options shared by `format` and `mount`. Credentials come only from the
+/// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL, for S3-compatible stores (e.g. http://127.0.0.1:9000).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, value_name = "R")]
+    s3_region: Option<String>,
+    /// Use path-style requests (endpoint/bucket/key); most non-AWS servers need it.
+    #[arg(long)]
+    s3_path_style: bool,
+    /// Send unsigned requests (public buckets).
+    #[arg(long)]
+    s3_anonymous: bool,
+}
+
+impl S3Args {
+    /// Applies these options on top of `config` (options given win).
+    pub fn apply(&self, config: &mut spoolfs_engine::StorageConfig) {
+        if let Some(e) = &self.s3_endpoint {
+            config.s3_endpoint = Some(e.clone());
+        }
+        if let Some(r) = &self.s3_region {
+            config.s3_region = Some(r.clone());
+        }
+        config.s3_path_style |= self.s3_path_style;
+        config.s3_anonymous |= self.s3_anonymous;
+    }
+
+    /// The same options as command-line arguments (to pass them to the daemon).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(e) = &self.s3_endpoint {
+            out.extend(["--s3-endpoint".to_string(), e.clone()]);
+        }
+        if let Some(r) = &self.s3_region {
+            out.extend(["--s3-region".to_string(), r.clone()]);
+        }
+        if self.s3_path_style {
+            out.push("--s3-path-style".into());
+        }
+        if self.s3_anonymous {
+            out.push("--s3-anonymous".into());
+        }
+        out
+    }
+}
+
+/// Sets up logging to stderr (or `file`), at `level`, else $SPOOLFS_LOG, else `default`.
+pub fn init_logging(level: Option<&str>, default: &str, file: Option<&PathBuf>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = level
+        .map(str::to_string)
+        .or_else(|| std::env::var("SPOOLFS_LOG").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| default.to_string());
+    // fuser warns when its own unmount-on-exit finds the file system already unmounted
+    // (the usual case: `spoolfs umount` or umount(8) unmounted it); that is not news.
+    let quiet = ",fuser::session=error";
+    let filter = EnvFilter::try_new(format!("{filter}{quiet}")).unwrap_or_else(|e| {
+        eprintln!("spoolfs: invalid log level {filter:?} ({e}); using {default}");
+        EnvFilter::new(format!("{default}{quiet}"))
+    });
+    let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    let opened = file.map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| (p.clone(), e))
+    });
+    let _ = match opened {
+        Some(Ok(f)) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
+        Some(Err((p, e))) => {
+            eprintln!("spoolfs: cannot open log file {}: {e}", p.display());
+            builder.with_writer(std::io::stderr).try_init()
+        }
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = cli.log_level.as_deref();
+    let result = match cli.command {
+        Command::Format(args) => {
+            init_logging(level, "warn", None);
+            format::run(args)
+        }
+        Command::Mount(args) => mount::run(args, level),
+        Command::Umount(args) => {
+            init_logging(level, "warn", None);
+            umount::run(args)
+        }
+        Command::Status(args) => {
+            init_logging(level, "warn", None);
+            status::run(args)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("spoolfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_commands() {
+        let cli = Cli::try_parse_from([
+            "spoolfs",
+            "format",
+            "--meta",
+            "redb:///tmp/x/meta.redb",
+            "--storage",
+            "file:///tmp/x/obj",
+            "--block-size",
+            "1MiB",
+            "--force",
+            "vol",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Format(f) => {
+                assert_eq!(f.name, "vol");
+                assert_eq!(f.block_size, Some(1 << 20));
+                assert!(f.force);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let cli = Cli::try_parse_from([
+            "spoolfs",
+            "mount",
+            "/mnt/x",
+            "--foreground",
+            "--fuse-threads",
+            "4",
+            "--attr-ttl",
+            "0.5",
+            "--entry-ttl",
+            "2",
+            "--allow-other",
+            "--read-only",
+            "--log-level",
+            "debug",
+            "--s3-path-style",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_level.as_deref(), Some("debug"));
+        match cli.command {
+            Command::Mount(m) => {
+                assert_eq!(m.mount_point, PathBuf::from("/mnt/x"));
+                assert!(m.foreground && m.allow_other && m.read_only);
+                assert_eq!(m.fuse_threads, 4);
+                assert_eq!(m.attr_ttl, std::time::Duration::from_millis(500));
+                assert_eq!(m.entry_ttl, std::time::Duration::from_secs(2));
+                assert!(m.s3.s3_path_style);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        assert!(Cli::try_parse_from(["spoolfs", "mount"]).is_err());
+        assert!(Cli::try_parse_from(["spoolfs", "mount", "/m", "--attr-ttl", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["spoolfs", "mount", "/m", "--fuse-threads", "0"]).is_err());
+        assert!(Cli::try_parse_from(["spoolfs", "format", "--block-size", "4X", "v"]).is_err());
+        let cli = Cli::try_parse_from(["spoolfs", "status", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Status(s) if s.json && s.mount_point.is_none()));
+        let cli = Cli::try_parse_from(["spoolfs", "umount", "/m"]).unwrap();
+        assert!(matches!(cli.command, Command::Umount(_)));
+    }
+}

@@ -52,9 +52,9 @@ fn map_err(key: &str, e: object_store::Error) -> StorageError {
         }
         other => {
             let detail = other.to_string();
-            if detail.contains("403") || detail.contains("AccessDenied") {
-                StorageError::Denied { detail }
-            } else if detail.contains("SignatureDoesNotMatch")
+            if detail.contains("403")
+                || detail.contains("AccessDenied")
+                || detail.contains("SignatureDoesNotMatch")
                 || detail.contains("InvalidAccessKeyId")
             {
                 StorageError::Denied { detail }
@@ -101,9 +101,11 @@ impl ObjectStorage {
                     .filter(|b| !b.is_empty())
                     .ok_or_else(|| bad("expected s3://bucket[/prefix]".into()))?;
                 let prefix = url.path().trim_matches('/').to_string();
-                let mut retry = RetryConfig::default();
-                retry.max_retries = 10;
-                retry.retry_timeout = Duration::from_secs(120);
+                let retry = RetryConfig {
+                    max_retries: 10,
+                    retry_timeout: Duration::from_secs(120),
+                    ..Default::default()
+                };
                 let mut builder = AmazonS3Builder::new()
                     .with_bucket_name(bucket)
                     .with_region(config.s3_region.as_deref().unwrap_or("us-east-1"))

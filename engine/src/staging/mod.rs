@@ -1,0 +1,776 @@
+//! The writeback staging log: records (a slice's bytes plus where they belong) appended with
+//! O_DIRECT to preallocated segment files on the local disk, acknowledged once they are on the
+//! device (and, for durable appends, through its cache), read back until uploaded, replayed
+//! after a crash.
+//!
+//! # Threads
+//!
+//! [`StagingLog::open`] starts `threads` engine threads (default: one per CPU). Each owns its
+//! own I/O engine (its own io_uring, or plain `pwritev2`) and its own active segment. An
+//! append is handed to thread `ino % threads` over a bounded crossbeam channel (so one
+//! inode's records stay in order) and the caller blocks until that thread replies. A thread
+//! drains whatever is queued (up to 256 requests), places each record, submits all writes at
+//! once, then, if any request of the batch was durable (or a [`StagingLog::sync`]), flushes
+//! once for all of them before replying: group commit. A batch with a single durable append
+//! and nothing else is written with `RWF_DSYNC` instead (one system call, no separate flush);
+//! [`FlushMode`] forces either way. Reads go to thread `segment % threads`. Free segments
+//! are shared by all threads through one short mutex taken only when a segment fills up or
+//! is recycled, never per append.
+//!
+//! # Durability
+//!
+//! - An acknowledged append is on the device (O_DIRECT, completed): it survives a crash of
+//!   the process or of the kernel.
+//! - With [`StagingDurability::Flush`] (the default) an append made with `durable = true`
+//!   is also pushed through the device's volatile cache (`RWF_DSYNC` or `fdatasync` of the
+//!   segment, which on a preallocated, zero-filled file is a pure device cache flush): it
+//!   survives a power cut. [`StagingLog::sync`] does the same for everything appended before.
+//! - With [`StagingDurability::None`] `durable` is ignored: appends survive a process or kernel
+//!   crash but NOT a power cut or a VM/host loss. `sync` still flushes.
+//! - A segment's header (its generation) is always made durable before any record of that
+//!   generation is written, so a durable record never depends on an unflushed header.
+//!
+//! # On-disk format (version 1, all integers little-endian)
+//!
+//! The staging directory holds segment files `seg-NNNNNN.log` (NNNNNN = segment index,
+//! decimal, 6 digits), `0 <= index < max_segments`. Each is exactly `segment_size` bytes,
+//! created as `seg-NNNNNN.tmp`, preallocated (`fallocate`), really written with zeros,
+//! `fsync`ed, renamed into place and the directory `fsync`ed; afterwards it is only ever
+//! overwritten in place with O_DIRECT, so no write changes file-system metadata. Files are
+//! created lazily when a segment is first needed.
+//!
+//! `align` is the record alignment: `max(stx_dio_offset_align, stx_dio_mem_align)` from
+//! `statx(STATX_DIOALIGN)` of a file in the directory, clamped to [4096, 65536] (4096 when the
+//! kernel or file system does not report it; never below 4096 because a 512-byte logical
+//! sector on a 4 KiB physical sector makes smaller writes a device read-modify-write).
+//!
+//! **Segment header block**, bytes `[0, align)` of a segment (the rest of the block is zero):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `"SPOOLSEG"` |
+//! | 8 | 4 | format version (1) |
+//! | 12 | 4 | CRC-32C of bytes 0..64 with this field left out |
+//! | 16 | 16 | volume uuid |
+//! | 32 | 8 | generation |
+//! | 40 | 8 | segment size in bytes |
+//! | 48 | 4 | record alignment of this generation |
+//! | 52 | 4 | segment index |
+//! | 56 | 8 | time the header was written, µs since the Unix epoch |
+//!
+//! Generations come from one counter for the whole log and grow every time any segment is
+//! given a new life (created, or recycled once all its records were freed). At open the
+//! counter restarts above `max(every generation seen) + number of segments`, so a generation
+//! never repeats even if a crash lost some header writes.
+//!
+//! **Record**, starting at an offset that is a multiple of `align`, the first one at `align`:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `"SPRC"` |
+//! | 4 | 4 | format version (1) |
+//! | 8 | 4 | header CRC-32C: bytes `0..72+4n` with this field left out |
+//! | 12 | 4 | `n` = number of 64 KiB data pieces = ceil(len / 65536) |
+//! | 16 | 8 | generation (must equal the segment header's) |
+//! | 24 | 8 | sequence number (global, increasing in append order) |
+//! | 32 | 8 | ino |
+//! | 40 | 8 | slice id |
+//! | 48 | 4 | chunk index |
+//! | 52 | 4 | position of the data in the chunk |
+//! | 56 | 4 | len: data bytes |
+//! | 60 | 4 | reserved (0) |
+//! | 64 | 8 | append time, µs since the Unix epoch |
+//! | 72 | 4·n | CRC-32C of each 64 KiB piece of data (the last may be shorter) |
+//!
+//! then zero padding to `header_len = round_up(72 + 4n, align)`, then the `len` data bytes,
+//! then zero padding to a multiple of `align`. A record occupies
+//! `round_up(header_len + len, align)` bytes; the next record follows immediately.
+//!
+//! **Validity and replay.** A record is valid if its magic, version and header CRC are right,
+//! its generation equals its segment's, it fits in the segment and every piece CRC matches.
+//! Replay reads each segment from its first record and stops at the first record that is not
+//! valid: all zeros or a record of an earlier generation is the clean end of the log;
+//! anything else is a torn or corrupt tail, skipped and counted in a warning. A segment whose
+//! header is invalid holds no valid record (its header was made durable before any durable
+//! record was written to it). Valid records of all segments are returned sorted by sequence
+//! number; duplicates of one sequence number (a record rewritten after a failed write before
+//! it, see below) are returned once.
+//!
+//! **Failed writes.** When a write fails, the records placed after it in the same segment
+//! are rewritten over it (same bytes, lower offset), so no acknowledged record ever sits
+//! behind an invalid one. An append that returned an error may still be found by replay (its
+//! bytes may have reached the disk); the engine decides from its metadata what to keep.
+//!
+//! **Frees are not persisted.** Replay returns every valid record of each segment's current
+//! generation, including records freed since; the engine drops those its metadata says are
+//! already uploaded. Once every record of a full segment is freed, the segment gets a new
+//! generation (header rewritten and flushed) and its old records are invalid from then on.
+//! At open, segments with no valid record are given a new generation at once; segments with
+//! records are kept, sealed, until all of them are freed again.
+
+mod buf;
+mod format;
+mod io;
+mod replay;
+mod segments;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, bounded};
+use parking_lot::Mutex;
+
+pub use io::FaultConfig;
+
+use buf::AlignedBuf;
+use format::{PIECE_LEN, decode_record_header, record_header_len, record_size};
+use io::{FaultyBackend, IoBackend, PsyncBackend, UringBackend};
+use segments::{BUF_ALIGN, SEALED, SegState, Shared, now_us, open_direct, segment_path};
+use worker::{Request, Worker};
+
+/// Which I/O engine the engine threads use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoEngineKind {
+    /// io_uring if the kernel (or container) allows it, else pwritev2; logged at open.
+    #[default]
+    Auto,
+    Uring,
+    Psync,
+}
+
+/// What a durable append promises. See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StagingDurability {
+    /// Durable appends survive a power cut (`RWF_DSYNC` or `fdatasync`).
+    #[default]
+    Flush,
+    /// O_DIRECT only: appends survive a crash of the process or kernel, not a power cut.
+    None,
+}
+
+/// How a thread makes a batch's durable appends durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushMode {
+    /// `RWF_DSYNC` for a batch of one durable append, else plain writes + one `fdatasync`.
+    #[default]
+    Auto,
+    /// Always plain writes + one `fdatasync` per batch.
+    Fdatasync,
+    /// Always `RWF_DSYNC` on each durable write (no group commit).
+    Dsync,
+}
+
+#[derive(Debug, Clone)]
+pub struct StagingConfig {
+    pub dir: PathBuf,
+    /// Bytes per segment file; a multiple of 64 KiB, at least 128 KiB. Default 64 MiB.
+    pub segment_size: u64,
+    /// Capacity is `max_segments * segment_size`. Default 64.
+    pub max_segments: usize,
+    /// Engine threads. Default: number of CPUs.
+    pub threads: usize,
+    pub io_engine: IoEngineKind,
+    pub durability: StagingDurability,
+    /// Written into every segment header; a directory of another volume is refused.
+    pub volume_uuid: [u8; 16],
+}
+
+/// Knobs most users leave alone: see [`StagingLog::open_tuned`].
+#[derive(Debug, Clone, Default)]
+pub struct StagingTuning {
+    pub flush_mode: FlushMode,
+    /// Fault injection (tests).
+    pub faults: Option<Arc<FaultConfig>>,
+}
+
+impl StagingConfig {
+    pub fn new(dir: impl Into<PathBuf>, volume_uuid: [u8; 16]) -> StagingConfig {
+        StagingConfig {
+            dir: dir.into(),
+            segment_size: 64 << 20,
+            max_segments: 64,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            io_engine: IoEngineKind::Auto,
+            durability: StagingDurability::Flush,
+            volume_uuid,
+        }
+    }
+}
+
+/// What a record is about; `len` is the number of data bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordHeader {
+    pub ino: u64,
+    pub chunk: u32,
+    pub pos: u32,
+    pub slice_id: u64,
+    pub len: u32,
+}
+
+/// Where a record lives: segment index, byte offset of its header (aligned), data length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StagedLoc {
+    pub segment: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A record found by replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub header: RecordHeader,
+    pub loc: StagedLoc,
+    pub seq: u64,
+    /// When it was appended (µs since the Unix epoch).
+    pub time_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagingUsage {
+    /// Bytes of live (appended, not freed) records, headers and padding included.
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub live_records: u64,
+    /// Segments holding records or being written (not free).
+    pub segments: usize,
+    pub max_segments: usize,
+    pub io_engine: &'static str,
+    /// Age of the oldest record in any segment still holding live records (an upper bound on
+    /// the age of the oldest live record: kept per segment, not per record).
+    pub oldest_live_age: Duration,
+    /// Device flushes issued (`fdatasync`s and `RWF_DSYNC` writes) since open.
+    pub device_flushes: u64,
+    /// Successful appends since open.
+    pub appends: u64,
+    /// Segments taken out of use after a failed recycle.
+    pub broken_segments: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StagingError {
+    /// No free segment: upload directly instead.
+    #[error("staging log is full")]
+    Full,
+    #[error("record of {len} bytes does not fit in a staging segment")]
+    TooLarge { len: u32 },
+    #[error("{msg}")]
+    Io { errno: i32, msg: String },
+    #[error("staging checksum mismatch in segment {segment} at offset {offset}: {what}")]
+    Checksum {
+        segment: u32,
+        offset: u64,
+        what: String,
+    },
+    /// The location's segment was recycled: the record was freed.
+    #[error("stale staging location: segment {segment} offset {offset}")]
+    Stale { segment: u32, offset: u64 },
+    #[error("invalid staging request: {0}")]
+    Invalid(String),
+    #[error("staging directory belongs to volume {found}, not {expected}")]
+    ForeignVolume { expected: String, found: String },
+    #[error("staging log is shut down")]
+    Closed,
+}
+
+impl StagingError {
+    pub(crate) fn io(what: impl std::fmt::Display, e: std::io::Error) -> StagingError {
+        StagingError::Io {
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+            msg: format!("{what}: {e}"),
+        }
+    }
+
+    pub fn errno(&self) -> i32 {
+        match self {
+            StagingError::Full => libc::ENOSPC,
+            StagingError::TooLarge { .. } => libc::EFBIG,
+            StagingError::Io { errno, .. } => *errno,
+            StagingError::Checksum { .. } => libc::EIO,
+            StagingError::Stale { .. } => libc::ESTALE,
+            StagingError::Invalid(_) | StagingError::ForeignVolume { .. } => libc::EINVAL,
+            StagingError::Closed => libc::EIO,
+        }
+    }
+}
+
+/// The staging log. `Sync`: every method takes `&self` and may be called from any thread.
+pub struct StagingLog {
+    shared: Arc<Shared>,
+    senders: Vec<Sender<Request>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Requests one engine thread's queue holds before senders block.
+const QUEUE_DEPTH: usize = 1024;
+
+fn hex(u: &[u8; 16]) -> String {
+    u.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn make_backend(
+    kind: &'static str,
+    faults: &Option<Arc<FaultConfig>>,
+) -> Result<Box<dyn IoBackend>, StagingError> {
+    let inner: Box<dyn IoBackend> = if kind == "uring" {
+        Box::new(UringBackend::new().map_err(|e| StagingError::io("io_uring setup", e))?)
+    } else {
+        Box::new(PsyncBackend)
+    };
+    Ok(match faults {
+        Some(f) => Box::new(FaultyBackend {
+            inner,
+            faults: f.clone(),
+        }),
+        None => inner,
+    })
+}
+
+impl StagingLog {
+    /// Opens (creating if needed) the log in `config.dir`, replays it, starts the engine
+    /// threads. Returns every valid record, in sequence order.
+    pub fn open(config: StagingConfig) -> Result<(StagingLog, Vec<Replayed>), StagingError> {
+        StagingLog::open_tuned(config, StagingTuning::default())
+    }
+
+    /// [`StagingLog::open`] with a flush mode and fault injection.
+    pub fn open_tuned(
+        config: StagingConfig,
+        tuning: StagingTuning,
+    ) -> Result<(StagingLog, Vec<Replayed>), StagingError> {
+        if config.segment_size < (128 << 10) || !config.segment_size.is_multiple_of(PIECE_LEN) {
+            return Err(StagingError::Invalid(format!(
+                "segment size {} is not a multiple of 64 KiB of at least 128 KiB",
+                config.segment_size
+            )));
+        }
+        if config.max_segments == 0 || config.threads == 0 {
+            return Err(StagingError::Invalid(
+                "max_segments and threads must be positive".into(),
+            ));
+        }
+        let dir = &config.dir;
+        std::fs::create_dir_all(dir).map_err(|e| StagingError::io(format!("mkdir {dir:?}"), e))?;
+        let align = segments::dio_align(dir);
+
+        // Existing segments (stray .tmp files are half-made segments: removed).
+        let mut existing: Vec<u32> = Vec::new();
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| StagingError::io(format!("read {dir:?}"), e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name.strip_prefix("seg-") {
+                if let Some(i) = n.strip_suffix(".log").and_then(|i| i.parse().ok()) {
+                    existing.push(i);
+                } else if n.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        existing.sort_unstable();
+        let nsegs = config
+            .max_segments
+            .max(existing.last().map_or(0, |&i| i as usize + 1));
+
+        let io_engine: &'static str = match config.io_engine {
+            IoEngineKind::Psync => "psync",
+            IoEngineKind::Uring => {
+                UringBackend::new().map_err(|e| StagingError::io("io_uring setup", e))?;
+                "uring"
+            }
+            IoEngineKind::Auto => match UringBackend::new() {
+                Ok(_) => {
+                    tracing::info!("staging log: io_uring available, using the uring engine");
+                    "uring"
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "staging log: io_uring unavailable, using the psync (pwritev2) engine");
+                    "psync"
+                }
+            },
+        };
+
+        let shared = Shared {
+            dir: dir.clone(),
+            segment_size: config.segment_size,
+            align,
+            volume_uuid: config.volume_uuid,
+            durability: config.durability,
+            io_engine,
+            files: (0..nsegs).map(|_| OnceLock::new()).collect(),
+            segs: (0..nsegs).map(|_| SegState::default()).collect(),
+            free: Mutex::new(Default::default()),
+            create_lock: Mutex::new(()),
+            next_seq: AtomicU64::new(1),
+            next_gen: AtomicU64::new(1),
+            flushes: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+            live_records: AtomicU64::new(0),
+            live_bytes: AtomicU64::new(0),
+            broken: AtomicU64::new(0),
+        };
+
+        // Replay.
+        let mut found: Vec<Replayed> = Vec::new();
+        let mut torn = 0usize;
+        let mut max_gen = 0u64;
+        let mut empty: Vec<u32> = Vec::new();
+        for &i in &existing {
+            let path = segment_path(dir, i);
+            let file =
+                open_direct(&path).map_err(|e| StagingError::io(format!("open {path:?}"), e))?;
+            let size = file
+                .metadata()
+                .map_err(|e| StagingError::io(format!("stat {path:?}"), e))?
+                .len();
+            if size != config.segment_size {
+                return Err(StagingError::Invalid(format!(
+                    "{path:?} is {size} bytes, the configured segment size is {}",
+                    config.segment_size
+                )));
+            }
+            let scan = replay::scan_segment(&file, size)
+                .map_err(|e| StagingError::io(format!("scan {path:?}"), e))?;
+            max_gen = max_gen.max(scan.max_generation_seen);
+            torn += usize::from(scan.corrupt_tail);
+            let st = &shared.segs[i as usize];
+            if let Some(h) = &scan.header {
+                if h.volume_uuid != config.volume_uuid {
+                    return Err(StagingError::ForeignVolume {
+                        expected: hex(&config.volume_uuid),
+                        found: hex(&h.volume_uuid),
+                    });
+                }
+                st.generation.store(h.generation, Ordering::SeqCst);
+                st.align.store(h.align, Ordering::SeqCst);
+            }
+            let _ = shared.files[i as usize].set(file);
+            if scan.records.is_empty() {
+                empty.push(i);
+                continue;
+            }
+            let mut oldest = u64::MAX;
+            for r in scan.records {
+                oldest = oldest.min(r.rec.meta.time_us.max(1));
+                found.push(Replayed {
+                    header: r.rec.header,
+                    loc: StagedLoc {
+                        segment: i,
+                        offset: r.offset,
+                        len: r.rec.header.len,
+                    },
+                    seq: r.rec.meta.seq,
+                    time_us: r.rec.meta.time_us,
+                });
+            }
+            st.oldest_us.store(oldest, Ordering::SeqCst);
+        }
+        // One record rewritten after a failed write before it may appear twice.
+        found.sort_by_key(|r| (r.seq, r.loc));
+        found.dedup_by_key(|r| r.seq);
+        for r in &found {
+            let st = &shared.segs[r.loc.segment as usize];
+            st.state.fetch_add(1, Ordering::SeqCst);
+            let a = u64::from(st.align.load(Ordering::SeqCst));
+            shared
+                .live_bytes
+                .fetch_add(record_size(r.loc.len, a), Ordering::Relaxed);
+        }
+        shared
+            .live_records
+            .store(found.len() as u64, Ordering::Relaxed);
+        for r in &found {
+            // Segments with live records are sealed: new appends go to fresh segments.
+            let st = &shared.segs[r.loc.segment as usize];
+            st.state.fetch_or(SEALED, Ordering::SeqCst);
+        }
+        if torn > 0 {
+            tracing::warn!(
+                segments = torn,
+                "staging replay: skipped torn or corrupt tails (records never acknowledged as durable)"
+            );
+        }
+        let max_seq = found.iter().map(|r| r.seq).max().unwrap_or(0);
+        shared.next_seq.store(max_seq + 1, Ordering::SeqCst);
+        shared
+            .next_gen
+            .store(max_gen + nsegs as u64 + 1, Ordering::SeqCst);
+        {
+            let mut free = shared.free.lock();
+            for &i in &empty {
+                shared.restamp_now(i)?;
+                free.push_back(i);
+            }
+            for i in 0..nsegs as u32 {
+                if shared.files[i as usize].get().is_none() {
+                    free.push_back(i);
+                }
+            }
+        }
+        let shared = Arc::new(shared);
+
+        // Have one segment per thread ready so first appends do not wait for a zero fill.
+        let precreate: Vec<u32> = shared
+            .free
+            .lock()
+            .iter()
+            .copied()
+            .filter(|&i| shared.files[i as usize].get().is_none())
+            .take(config.threads)
+            .collect();
+        for i in precreate {
+            shared.create_segment(i)?;
+        }
+
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for t in 0..config.threads {
+            let backend = make_backend(io_engine, &tuning.faults)?;
+            let (tx, rx) = bounded(QUEUE_DEPTH);
+            let w = Worker::new(shared.clone(), backend, rx, tuning.flush_mode);
+            let h = std::thread::Builder::new()
+                .name(format!("spool-stage-{t}"))
+                .spawn(move || w.run())
+                .map_err(|e| StagingError::io("spawn engine thread", e))?;
+            senders.push(tx);
+            threads.push(h);
+        }
+        tracing::debug!(
+            dir = ?dir,
+            align,
+            segments = nsegs,
+            replayed = found.len(),
+            io_engine,
+            "staging log open"
+        );
+        Ok((
+            StagingLog {
+                shared,
+                senders,
+                threads: Mutex::new(threads),
+            },
+            found,
+        ))
+    }
+
+    /// Appends one record. Blocks until it is on the device (and through its cache when
+    /// `durable` and the durability is [`StagingDurability::Flush`]). [`StagingError::Full`]
+    /// at once when no segment is free.
+    pub fn append(
+        &self,
+        header: &RecordHeader,
+        data: &[u8],
+        durable: bool,
+    ) -> Result<StagedLoc, StagingError> {
+        if data.len() as u64 != u64::from(header.len) {
+            return Err(StagingError::Invalid(format!(
+                "header says {} bytes, data has {}",
+                header.len,
+                data.len()
+            )));
+        }
+        let align = self.shared.align;
+        let size = record_size(header.len, align);
+        if size > self.shared.segment_size - align {
+            return Err(StagingError::TooLarge { len: header.len });
+        }
+        let hlen = record_header_len(header.len, align) as usize;
+        let mut buf = AlignedBuf::new(size as usize, BUF_ALIGN);
+        {
+            let b = buf.as_mut_slice();
+            format::encode_record_header(&mut b[..hlen], header, data, now_us());
+            b[hlen..hlen + data.len()].copy_from_slice(data);
+        }
+        let durable = durable && self.shared.durability == StagingDurability::Flush;
+        let (tx, rx) = bounded(1);
+        let t = (header.ino % self.senders.len() as u64) as usize;
+        self.senders[t]
+            .send(Request::Append {
+                buf,
+                len: header.len,
+                durable,
+                reply: tx,
+            })
+            .map_err(|_| StagingError::Closed)?;
+        rx.recv().map_err(|_| StagingError::Closed)?
+    }
+
+    /// Reads data bytes `[offset, offset + out.len())` of the record at `loc`, checking the
+    /// header and the CRC of every 64 KiB piece the range touches.
+    pub fn read(&self, loc: &StagedLoc, offset: u32, out: &mut [u8]) -> Result<(), StagingError> {
+        let end = u64::from(offset) + out.len() as u64;
+        if end > u64::from(loc.len) {
+            return Err(StagingError::Invalid(format!(
+                "read of [{offset}, {end}) beyond a record of {} bytes",
+                loc.len
+            )));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let st = self
+            .shared
+            .segs
+            .get(loc.segment as usize)
+            .ok_or_else(|| StagingError::Invalid(format!("no segment {}", loc.segment)))?;
+        let generation = st.generation.load(Ordering::SeqCst);
+        let align = u64::from(st.align.load(Ordering::SeqCst));
+        let hlen = record_header_len(loc.len, align);
+        let p0 = u64::from(offset) / PIECE_LEN;
+        let p1 = end.div_ceil(PIECE_LEN);
+        let data_end = (p1 * PIECE_LEN).min(u64::from(loc.len));
+        let region = |from: u64, to: u64| {
+            let len = format::align_up(to - from, align) as usize;
+            (loc.offset + from, AlignedBuf::new(len, BUF_ALIGN))
+        };
+        let ranges = if p0 == 0 {
+            vec![region(0, hlen + data_end)]
+        } else {
+            vec![
+                region(0, hlen),
+                region(hlen + p0 * PIECE_LEN, hlen + data_end),
+            ]
+        };
+        let (tx, rx) = bounded(1);
+        let t = loc.segment as usize % self.senders.len();
+        self.senders[t]
+            .send(Request::Read {
+                segment: loc.segment,
+                ranges,
+                reply: tx,
+            })
+            .map_err(|_| StagingError::Closed)?;
+        let bufs = rx.recv().map_err(|_| StagingError::Closed)??;
+
+        let bad = |what: String| StagingError::Checksum {
+            segment: loc.segment,
+            offset: loc.offset,
+            what,
+        };
+        let rec = decode_record_header(&bufs[0].as_slice()[..hlen as usize])
+            .map_err(|e| bad(format!("record header {e:?}")))?;
+        if rec.meta.generation != generation || st.generation.load(Ordering::SeqCst) != generation {
+            return Err(StagingError::Stale {
+                segment: loc.segment,
+                offset: loc.offset,
+            });
+        }
+        if rec.header.len != loc.len {
+            return Err(bad(format!(
+                "record holds {} bytes, location says {}",
+                rec.header.len, loc.len
+            )));
+        }
+        // `data` starts at piece p0.
+        let data = if p0 == 0 {
+            &bufs[0].as_slice()[hlen as usize..(hlen + data_end) as usize]
+        } else {
+            &bufs[1].as_slice()[..(data_end - p0 * PIECE_LEN) as usize]
+        };
+        for (i, piece) in data.chunks(PIECE_LEN as usize).enumerate() {
+            let p = p0 as usize + i;
+            if crc32c::crc32c(piece) != rec.crcs[p] {
+                return Err(bad(format!("data piece {p}")));
+            }
+        }
+        let from = (u64::from(offset) - p0 * PIECE_LEN) as usize;
+        out.copy_from_slice(&data[from..from + out.len()]);
+        Ok(())
+    }
+
+    /// The record at `loc` is no longer needed (uploaded, or its file deleted). When every
+    /// record of a full segment is freed, the segment is recycled. Each location must be
+    /// freed at most once.
+    pub fn free(&self, loc: &StagedLoc) {
+        let Some(st) = self.shared.segs.get(loc.segment as usize) else {
+            return;
+        };
+        let align = u64::from(st.align.load(Ordering::SeqCst));
+        self.shared
+            .live_bytes
+            .fetch_sub(record_size(loc.len, align), Ordering::Relaxed);
+        self.shared.live_records.fetch_sub(1, Ordering::Relaxed);
+        let prev = st.state.fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(
+            prev & !SEALED > 0,
+            "staging free of a segment with no live record"
+        );
+        if prev == SEALED | 1 {
+            let t = loc.segment as usize % self.senders.len();
+            let _ = self.senders[t].send(Request::Recycle {
+                segment: loc.segment,
+            });
+        }
+    }
+
+    pub fn usage(&self) -> StagingUsage {
+        let s = &self.shared;
+        let free = s.free.lock().len();
+        let now = now_us();
+        let oldest = s
+            .segs
+            .iter()
+            .filter(|st| st.state.load(Ordering::Relaxed) & !SEALED > 0)
+            .map(|st| st.oldest_us.load(Ordering::Relaxed))
+            .filter(|&t| t > 0)
+            .min();
+        StagingUsage {
+            used_bytes: s.live_bytes.load(Ordering::Relaxed),
+            capacity_bytes: s.segs.len() as u64 * s.segment_size,
+            live_records: s.live_records.load(Ordering::Relaxed),
+            segments: s.segs.len() - free - s.broken.load(Ordering::Relaxed) as usize,
+            max_segments: s.segs.len(),
+            io_engine: s.io_engine,
+            oldest_live_age: oldest
+                .map(|t| Duration::from_micros(now.saturating_sub(t)))
+                .unwrap_or_default(),
+            device_flushes: s.flushes.load(Ordering::Relaxed),
+            appends: s.appends.load(Ordering::Relaxed),
+            broken_segments: s.broken.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Makes everything appended before the call power-safe (flushes every thread's
+    /// unflushed segments), whatever the durability setting.
+    pub fn sync(&self) -> Result<(), StagingError> {
+        let rxs: Vec<_> = self
+            .senders
+            .iter()
+            .map(|s| {
+                let (tx, rx) = bounded(1);
+                s.send(Request::Sync { reply: tx })
+                    .map_err(|_| StagingError::Closed)?;
+                Ok(rx)
+            })
+            .collect::<Result<_, StagingError>>()?;
+        for rx in rxs {
+            rx.recv().map_err(|_| StagingError::Closed)??;
+        }
+        Ok(())
+    }
+
+    /// The direct-I/O alignment records use.
+    pub fn alignment(&self) -> u64 {
+        self.shared.align
+    }
+}
+
+impl Drop for StagingLog {
+    fn drop(&mut self) {
+        for s in &self.senders {
+            let _ = s.send(Request::Shutdown);
+        }
+        for h in self.threads.lock().drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+const _: () = assert!(PIECE_LEN == 65536);

@@ -1,0 +1,208 @@
+//! Segment files and the state every engine thread shares: which segments are free, how many
+//! live records each holds, counters.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use super::buf::AlignedBuf;
+use super::format::{SegmentHeader, segment_header_block};
+use super::{StagingDurability, StagingError};
+
+/// Set in [`SegState::state`] once the owning thread has moved on to another segment.
+pub(crate) const SEALED: u64 = 1 << 63;
+/// Memory alignment of every I/O buffer (at least any `stx_dio_mem_align` seen in practice).
+pub(crate) const BUF_ALIGN: usize = 4096;
+
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn segment_path(dir: &Path, index: u32) -> PathBuf {
+    dir.join(format!("seg-{index:06}.log"))
+}
+
+pub(crate) fn open_direct(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+#[derive(Default)]
+pub(crate) struct SegState {
+    /// Generation written in the segment header; records must carry the same.
+    pub generation: AtomicU64,
+    /// Live (appended, not freed) records, plus [`SEALED`].
+    pub state: AtomicU64,
+    /// Append time of the oldest record in this generation (0: none). An upper bound on the
+    /// age of the oldest live record in it.
+    pub oldest_us: AtomicU64,
+    /// Record alignment of this generation.
+    pub align: AtomicU32,
+}
+
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub segment_size: u64,
+    /// Record alignment used for new generations.
+    pub align: u64,
+    pub volume_uuid: [u8; 16],
+    pub durability: StagingDurability,
+    pub io_engine: &'static str,
+    pub files: Vec<OnceLock<File>>,
+    pub segs: Vec<SegState>,
+    /// Segments ready to be taken: their header already carries a fresh generation, or the
+    /// file does not exist yet.
+    pub free: Mutex<VecDeque<u32>>,
+    pub create_lock: Mutex<()>,
+    pub next_seq: AtomicU64,
+    pub next_gen: AtomicU64,
+    pub flushes: AtomicU64,
+    pub appends: AtomicU64,
+    pub live_records: AtomicU64,
+    pub live_bytes: AtomicU64,
+    /// Segments that could not be recycled (header write failed); never reused.
+    pub broken: AtomicU64,
+}
+
+impl Shared {
+    pub fn fd(&self, seg: u32) -> Option<i32> {
+        self.files
+            .get(seg as usize)?
+            .get()
+            .map(|f: &File| f.as_raw_fd())
+    }
+
+    /// Creates segment `index`: a temporary file, preallocated and really zero-filled,
+    /// its header written, synced, renamed into place, directory synced.
+    pub fn create_segment(&self, index: u32) -> Result<u64, StagingError> {
+        let _guard = self.create_lock.lock();
+        if self.files[index as usize].get().is_some() {
+            return Ok(self.segs[index as usize].generation.load(Ordering::SeqCst));
+        }
+        let generation = self.next_gen.fetch_add(1, Ordering::SeqCst);
+        let path = segment_path(&self.dir, index);
+        let tmp = self.dir.join(format!("seg-{index:06}.tmp"));
+        let io = |what: &str, e: std::io::Error| StagingError::io(format!("{what} {tmp:?}"), e);
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| io("create", e))?;
+            // SAFETY: plain syscall on an fd we own. Failure (no fallocate) is harmless:
+            // the zero fill below allocates anyway.
+            unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, self.segment_size as i64) };
+            let mut block = vec![0u8; segment_header_block(self.align) as usize];
+            self.header(index, generation).encode(&mut block);
+            f.write_all(&block).map_err(|e| io("write", e))?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = self.segment_size - block.len() as u64;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                f.write_all(&zeros[..n]).map_err(|e| io("write", e))?;
+                left -= n as u64;
+            }
+            f.sync_all().map_err(|e| io("fsync", e))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
+        sync_dir(&self.dir)?;
+        let file = open_direct(&path).map_err(|e| StagingError::io(format!("open {path:?}"), e))?;
+        let st = &self.segs[index as usize];
+        st.generation.store(generation, Ordering::SeqCst);
+        st.align.store(self.align as u32, Ordering::SeqCst);
+        let _ = self.files[index as usize].set(file);
+        Ok(generation)
+    }
+
+    pub fn header(&self, index: u32, generation: u64) -> SegmentHeader {
+        SegmentHeader {
+            volume_uuid: self.volume_uuid,
+            generation,
+            segment_size: self.segment_size,
+            align: self.align as u32,
+            index,
+            created_us: now_us(),
+        }
+    }
+
+    /// The block to write at offset 0 of a segment to give it a new generation.
+    pub fn header_block(&self, index: u32, generation: u64) -> AlignedBuf {
+        let mut b = AlignedBuf::new(segment_header_block(self.align) as usize, BUF_ALIGN);
+        self.header(index, generation).encode(b.as_mut_slice());
+        b
+    }
+
+    /// Synchronous re-stamp used at open (not through an engine thread).
+    pub fn restamp_now(&self, index: u32) -> Result<(), StagingError> {
+        let generation = self.next_gen.fetch_add(1, Ordering::SeqCst);
+        let b = self.header_block(index, generation);
+        let f = self.files[index as usize].get().expect("open segment");
+        f.write_all_at(b.as_slice(), 0)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| StagingError::io(format!("re-stamp segment {index}"), e))?;
+        let st = &self.segs[index as usize];
+        st.generation.store(generation, Ordering::SeqCst);
+        st.align.store(self.align as u32, Ordering::SeqCst);
+        st.state.store(0, Ordering::SeqCst);
+        st.oldest_us.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StagingError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StagingError::io(format!("fsync {dir:?}"), e))
+}
+
+/// Direct-I/O alignment of files in `dir`: `statx` `STATX_DIOALIGN` of a probe file, at
+/// least 4096 (a 4 KiB physical sector makes smaller alignment a device read-modify-write),
+/// 4096 when the kernel or file system does not say.
+pub(crate) fn dio_align(dir: &Path) -> u64 {
+    let probe = dir.join(".align-probe");
+    let reported = (|| {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&probe)
+            .ok()?;
+        // SAFETY: statx fills the struct; we pass a valid fd, empty path and AT_EMPTY_PATH.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::statx(
+                f.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                libc::STATX_DIOALIGN,
+                &mut stx,
+            )
+        };
+        if r != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+            return None;
+        }
+        Some(u64::from(
+            stx.stx_dio_offset_align.max(stx.stx_dio_mem_align),
+        ))
+    })();
+    let _ = std::fs::remove_file(&probe);
+    match reported {
+        Some(a) if a.is_power_of_two() => a.clamp(4096, 65536),
+        _ => 4096,
+    }
+}

@@ -1,0 +1,475 @@
+//! Tests of the staging log: `cargo test -p spoolfs-engine staging`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const UUID: [u8; 16] = *b"spoolfs-test-vol";
+
+fn cfg(dir: &std::path::Path, engine: IoEngineKind) -> StagingConfig {
+    let mut c = StagingConfig::new(dir, UUID);
+    c.segment_size = 1 << 20;
+    c.max_segments = 16;
+    c.threads = 2;
+    c.io_engine = engine;
+    c
+}
+
+/// Deterministic pseudo-random bytes for a record.
+fn data_for(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn hdr(ino: u64, slice_id: u64, len: usize) -> RecordHeader {
+    RecordHeader {
+        ino,
+        chunk: (slice_id % 7) as u32,
+        pos: (slice_id * 4096) as u32,
+        slice_id,
+        len: len as u32,
+    }
+}
+
+fn read_all(log: &StagingLog, loc: &StagedLoc) -> Vec<u8> {
+    let mut out = vec![0u8; loc.len as usize];
+    log.read(loc, 0, &mut out).unwrap();
+    out
+}
+
+fn roundtrip(engine: IoEngineKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, replayed) = StagingLog::open(cfg(dir.path(), engine)).unwrap();
+    assert!(replayed.is_empty());
+    let expect_engine = if engine == IoEngineKind::Psync {
+        "psync"
+    } else {
+        "uring"
+    };
+    assert_eq!(log.usage().io_engine, expect_engine);
+    let log = Arc::new(log);
+    let writers = 8u64;
+    let per = 40u64;
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..per {
+                    let slice = w * 1000 + i;
+                    let len = match i % 5 {
+                        0 => 0,
+                        1 => 1,
+                        2 => 4096,
+                        3 => 65536 + 17,
+                        _ => (slice as usize * 7919) % 150_000,
+                    };
+                    let data = data_for(slice, len);
+                    let h = hdr(w, slice, len);
+                    let loc = log.append(&h, &data, i % 2 == 0).unwrap();
+                    assert_eq!(loc.len as usize, len);
+                    assert_eq!(loc.offset % log.alignment(), 0);
+                    mine.push((h, loc));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all: Vec<(RecordHeader, StagedLoc)> = Vec::new();
+    for h in handles {
+        all.extend(h.join().unwrap());
+    }
+    // Per-inode order is append order, hence increasing locations within a segment.
+    for (h, loc) in &all {
+        let data = data_for(h.slice_id, h.len as usize);
+        assert_eq!(read_all(&log, loc), data);
+        if h.len > 70_000 {
+            // A range crossing a piece boundary, not starting at piece 0.
+            let mut part = vec![0u8; 1000];
+            log.read(loc, 65_000 + 536, &mut part).unwrap();
+            assert_eq!(&part[..], &data[65_536..66_536]);
+        }
+    }
+    let u = log.usage();
+    assert_eq!(u.live_records, writers * per);
+    assert_eq!(u.appends, writers * per);
+    assert!(u.used_bytes > 0 && u.used_bytes <= u.capacity_bytes);
+    log.sync().unwrap();
+    drop(log);
+
+    let (log, replayed) = StagingLog::open(cfg(dir.path(), engine)).unwrap();
+    assert_eq!(replayed.len(), all.len());
+    let want: BTreeMap<StagedLoc, RecordHeader> = all.iter().map(|(h, l)| (*l, *h)).collect();
+    let mut seqs = HashSet::new();
+    let mut last_seq_of_ino: BTreeMap<u64, u64> = BTreeMap::new();
+    for w in replayed.windows(2) {
+        assert!(w[0].seq < w[1].seq, "replay is in sequence order");
+    }
+    for r in &replayed {
+        assert_eq!(want.get(&r.loc), Some(&r.header));
+        assert!(seqs.insert(r.seq));
+        let prev = last_seq_of_ino.insert(r.header.ino, r.seq);
+        assert!(prev.is_none_or(|p| p < r.seq));
+        assert_eq!(
+            read_all(&log, &r.loc),
+            data_for(r.header.slice_id, r.header.len as usize)
+        );
+    }
+    let u = log.usage();
+    assert_eq!(u.live_records, all.len() as u64);
+    // New appends after reopen get higher sequence numbers and go to fresh segments.
+    let loc = log
+        .append(&hdr(1, 99_999, 10), b"0123456789", true)
+        .unwrap();
+    assert!(replayed.iter().all(|r| r.loc.segment != loc.segment));
+    drop(log);
+    let (_log, again) = StagingLog::open(cfg(dir.path(), engine)).unwrap();
+    assert_eq!(again.len(), all.len() + 1);
+    assert_eq!(again.last().unwrap().loc, loc);
+}
+
+#[test]
+fn staging_roundtrip_uring() {
+    roundtrip(IoEngineKind::Uring);
+}
+
+#[test]
+fn staging_roundtrip_psync() {
+    roundtrip(IoEngineKind::Psync);
+}
+
+#[test]
+fn staging_torn_tail_is_skipped() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), IoEngineKind::Auto);
+    c.threads = 1;
+    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    let locs: Vec<StagedLoc> = (0..3)
+        .map(|i| {
+            let d = data_for(i, 100_000);
+            log.append(&hdr(1, i, d.len()), &d, true).unwrap()
+        })
+        .collect();
+    assert!(locs.iter().all(|l| l.segment == locs[0].segment));
+    let align = log.alignment();
+    drop(log);
+    // Cut the tail of the last record: garbage over the end of its data.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segments::segment_path(dir.path(), locs[2].segment))
+        .unwrap();
+    let data_start = locs[2].offset + format::record_header_len(locs[2].len, align);
+    f.write_all_at(&[0xAB; 5000], data_start + 70_000).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let (log, replayed) = StagingLog::open(c.clone()).unwrap();
+    let got: Vec<StagedLoc> = replayed.iter().map(|r| r.loc).collect();
+    assert_eq!(got, locs[..2].to_vec());
+    // Reading the damaged record directly reports the checksum.
+    let mut out = vec![0u8; 1000];
+    let e = log.read(&locs[2], 69_000, &mut out).unwrap_err();
+    assert!(matches!(e, StagingError::Checksum { .. }), "{e:?}");
+    assert_eq!(e.errno(), libc::EIO);
+    // The part of it before the damage still verifies piece by piece.
+    log.read(&locs[2], 0, &mut out).unwrap();
+    assert_eq!(out, data_for(2, 100_000)[..1000]);
+    drop(log);
+
+    // Zero out the header of the second record: only the first survives.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segments::segment_path(dir.path(), locs[1].segment))
+        .unwrap();
+    f.write_all_at(&[0u8; 64], locs[1].offset + 8).unwrap();
+    drop(f);
+    let (_log, replayed) = StagingLog::open(c).unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].loc, locs[0]);
+}
+
+#[test]
+fn staging_recycle_invalidates_old_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), IoEngineKind::Auto);
+    c.threads = 1;
+    c.segment_size = 256 << 10;
+    c.max_segments = 4;
+    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    // ~3 records per segment; fill three segments.
+    let mut old = Vec::new();
+    for i in 0..9 {
+        let d = data_for(i, 60_000);
+        old.push(log.append(&hdr(1, i, d.len()), &d, false).unwrap());
+    }
+    let used_segments: HashSet<u32> = old.iter().map(|l| l.segment).collect();
+    assert_eq!(used_segments.len(), 3);
+    for l in &old {
+        log.free(l);
+    }
+    assert_eq!(log.usage().live_records, 0);
+    assert_eq!(log.usage().used_bytes, 0);
+    // Enough new records to roll over every segment at least once more.
+    let mut new = Vec::new();
+    for i in 100..110 {
+        let d = data_for(i, 60_000);
+        new.push(log.append(&hdr(1, i, d.len()), &d, false).unwrap());
+    }
+    // Old segments were reused.
+    assert!(new.iter().any(|l| used_segments.contains(&l.segment)));
+    // A freed location in a recycled segment reads as stale, not as someone else's data.
+    // (A location reused by a newer record cannot be told apart: freeing before the last
+    // read is the caller's contract.)
+    let stale = old.iter().find(|l| !new.iter().any(|n| n == *l)).unwrap();
+    let mut out = vec![0u8; 10];
+    let e = log.read(stale, 0, &mut out).unwrap_err();
+    assert!(matches!(e, StagingError::Stale { .. }), "{e:?}");
+    drop(log);
+    let (_log, replayed) = StagingLog::open(c).unwrap();
+    let got: Vec<u64> = replayed.iter().map(|r| r.header.slice_id).collect();
+    assert_eq!(got, (100..110).collect::<Vec<_>>());
+}
+
+#[test]
+fn staging_full_returns_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), IoEngineKind::Auto);
+    c.threads = 1;
+    c.segment_size = 128 << 10;
+    c.max_segments = 2;
+    let (log, _) = StagingLog::open(c).unwrap();
+    let d = data_for(1, 50_000);
+    let mut locs = Vec::new();
+    let start = Instant::now();
+    let err = loop {
+        match log.append(&hdr(1, locs.len() as u64, d.len()), &d, true) {
+            Ok(l) => locs.push(l),
+            Err(e) => break e,
+        }
+        assert!(locs.len() < 10, "a two-segment log never fills");
+    };
+    assert!(matches!(err, StagingError::Full), "{err:?}");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(locs.len(), 4);
+    // Too large for any segment: its own error, also at once.
+    let big = vec![0u8; 200_000];
+    let e = log.append(&hdr(1, 1, big.len()), &big, false).unwrap_err();
+    assert!(matches!(e, StagingError::TooLarge { .. }));
+    // Freeing makes room again.
+    for l in &locs {
+        log.free(l);
+    }
+    log.append(&hdr(1, 50, d.len()), &d, true).unwrap();
+    log.append(&hdr(1, 51, d.len()), &d, true).unwrap();
+    log.append(&hdr(1, 52, d.len()), &d, true).unwrap();
+}
+
+#[test]
+fn staging_failed_write_fails_only_its_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultConfig::new();
+    let mut c = cfg(dir.path(), IoEngineKind::Auto);
+    c.threads = 1;
+    let tuning = StagingTuning {
+        faults: Some(faults.clone()),
+        ..Default::default()
+    };
+    let (log, _) = StagingLog::open_tuned(c.clone(), tuning).unwrap();
+    let mut ok = Vec::new();
+    let d = data_for(0, 10_000);
+    ok.push(log.append(&hdr(1, 0, d.len()), &d, true).unwrap());
+    faults.fail_write(1);
+    let e = log.append(&hdr(1, 1, d.len()), &d, true).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    ok.push(log.append(&hdr(1, 2, d.len()), &d, true).unwrap());
+    // A torn write: header and part of the data reach the disk, then EIO.
+    let big = data_for(3, 200_000);
+    faults.tear_write(1, 8192);
+    assert!(log.append(&hdr(1, 3, big.len()), &big, false).is_err());
+    ok.push(log.append(&hdr(1, 4, d.len()), &d, false).unwrap());
+    // A failed flush fails the durable appends of its batch only.
+    faults.fail_flushes(true);
+    assert!(log.append(&hdr(1, 5, d.len()), &d, true).is_err());
+    assert!(log.sync().is_err());
+    ok.push(log.append(&hdr(1, 6, d.len()), &d, false).unwrap());
+    faults.fail_flushes(false);
+    log.sync().unwrap();
+
+    // Many writers, one injected failure in the middle of batches: exactly one error.
+    let log = Arc::new(log);
+    faults.delay_writes(Duration::from_millis(2));
+    faults.fail_write(25);
+    let handles: Vec<_> = (0..8u64)
+        .map(|w| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                (0..10u64)
+                    .map(|i| {
+                        let s = 1000 + w * 100 + i;
+                        let d = data_for(s, 5000 + (s as usize % 3) * 4096);
+                        (s, log.append(&hdr(w, s, d.len()), &d, i % 3 == 0))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut errors = 0;
+    for h in handles {
+        for (s, r) in h.join().unwrap() {
+            match r {
+                Ok(l) => {
+                    assert_eq!(read_all(&log, &l), data_for(s, l.len as usize));
+                    ok.push(l);
+                }
+                Err(e) => {
+                    assert_eq!(e.errno(), libc::EIO);
+                    errors += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(errors, 1);
+    faults.delay_writes(Duration::ZERO);
+    let log = Arc::into_inner(log).unwrap();
+    let good = ok.len();
+    assert_eq!(log.usage().live_records, good as u64);
+    drop(log);
+
+    // Every acknowledged record is replayed, and nothing behind a failed write was lost.
+    let (_log, replayed) = StagingLog::open(c).unwrap();
+    let got: HashSet<StagedLoc> = replayed.iter().map(|r| r.loc).collect();
+    for l in &ok {
+        assert!(got.contains(l), "acknowledged record {l:?} lost");
+    }
+}
+
+#[test]
+fn staging_group_commit_shares_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultConfig::new();
+    let mut c = cfg(dir.path(), IoEngineKind::Auto);
+    c.threads = 1;
+    let tuning = StagingTuning {
+        faults: Some(faults.clone()),
+        ..Default::default()
+    };
+    let (log, _) = StagingLog::open_tuned(c, tuning).unwrap();
+    let log = Arc::new(log);
+    // Slow writes let the queue build up behind the first one, as under real load.
+    faults.delay_writes(Duration::from_millis(20));
+    let before = log.usage().device_flushes;
+    let n = 16;
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n as u64)
+        .map(|i| {
+            let log = log.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let d = data_for(i, 4096);
+                barrier.wait();
+                log.append(&hdr(i, i, d.len()), &d, true).unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let flushes = log.usage().device_flushes - before;
+    assert!(
+        flushes < n as u64,
+        "{flushes} flushes for {n} durable appends"
+    );
+    assert!(flushes >= 1);
+}
+
+#[test]
+fn staging_refuses_other_volume_and_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), IoEngineKind::Psync);
+    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    log.append(&hdr(1, 1, 3), b"abc", false).unwrap();
+    drop(log);
+    let mut other = c.clone();
+    other.volume_uuid = [9; 16];
+    assert!(matches!(
+        StagingLog::open(other),
+        Err(StagingError::ForeignVolume { .. })
+    ));
+    let mut bad = c.clone();
+    bad.segment_size = 100_000;
+    assert!(StagingLog::open(bad).is_err());
+    let mut none = c;
+    none.durability = StagingDurability::None;
+    let (log, replayed) = StagingLog::open(none).unwrap();
+    assert_eq!(replayed.len(), 1);
+    let before = log.usage().device_flushes;
+    log.append(&hdr(1, 2, 3), b"def", true).unwrap();
+    assert_eq!(
+        log.usage().device_flushes,
+        before,
+        "durability None never flushes"
+    );
+    let e = log.append(&hdr(1, 3, 4), b"abc", false).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL);
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `cargo test -p spoolfs-engine --release staging_bench -- --ignored --nocapture`
+/// Set `STAGING_BENCH_DIR` to put the log on another file system (default: the temp dir).
+#[test]
+#[ignore]
+fn staging_bench_latency() {
+    let base = std::env::var("STAGING_BENCH_DIR").unwrap_or_else(|_| "/tmp".into());
+    let n = 2000;
+    for (engine, mode, durable) in [
+        (IoEngineKind::Uring, FlushMode::Auto, true),
+        (IoEngineKind::Uring, FlushMode::Fdatasync, true),
+        (IoEngineKind::Psync, FlushMode::Auto, true),
+        (IoEngineKind::Psync, FlushMode::Fdatasync, true),
+        (IoEngineKind::Uring, FlushMode::Auto, false),
+        (IoEngineKind::Psync, FlushMode::Auto, false),
+    ] {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let mut c = StagingConfig::new(dir.path(), UUID);
+        c.io_engine = engine;
+        c.threads = 1;
+        c.max_segments = 4;
+        let tuning = StagingTuning {
+            flush_mode: mode,
+            faults: None,
+        };
+        let (log, _) = StagingLog::open_tuned(c, tuning).unwrap();
+        let d = data_for(7, 4096);
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n {
+            let t = Instant::now();
+            let l = log.append(&hdr(1, i as u64, d.len()), &d, durable).unwrap();
+            lat.push(t.elapsed());
+            log.free(&l);
+        }
+        lat.sort();
+        println!(
+            "staging bench: engine={:<5} flush={:<9} durable={:<5} 4KiB QD1 n={n}: p50={:>7.1}us p99={:>7.1}us flushes={}",
+            log.usage().io_engine,
+            format!("{mode:?}"),
+            durable,
+            percentile(&lat, 0.50).as_secs_f64() * 1e6,
+            percentile(&lat, 0.99).as_secs_f64() * 1e6,
+            log.usage().device_flushes,
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! One engine thread: owns an I/O backend (its own io_uring) and an active segment, drains
+//! its request queue in batches, writes a batch at once and flushes once for all the durable
+//! requests in it (group commit).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::buf::AlignedBuf;
+use super::format::seal_record_header;
+use super::io::{IoBackend, WriteOp};
+use super::segments::{SEALED, Shared, now_us};
+use super::{FlushMode, StagedLoc, StagingError};
+
+/// Most requests one batch takes from the queue.
+const MAX_BATCH: usize = 256;
+
+pub(crate) type Reply<T> = Sender<Result<T, StagingError>>;
+
+pub(crate) enum Request {
+    Append {
+        /// The whole record: header (without generation, sequence, crc) and data, padded.
+        buf: AlignedBuf,
+        len: u32,
+        durable: bool,
+        reply: Reply<StagedLoc>,
+    },
+    Read {
+        segment: u32,
+        /// (file offset, buffer to fill).
+        ranges: Vec<(u64, AlignedBuf)>,
+        reply: Reply<Vec<AlignedBuf>>,
+    },
+    Sync {
+        reply: Reply<()>,
+    },
+    /// Every record of the segment was freed: give it a new generation and free it.
+    Recycle {
+        segment: u32,
+    },
+    Shutdown,
+}
+
+struct Active {
+    segment: u32,
+    generation: u64,
+    cursor: u64,
+}
+
+#[derive(Debug)]
+enum Status {
+    Pending,
+    Written,
+    Failed(StagingError),
+}
+
+struct Placed {
+    buf: AlignedBuf,
+    segment: u32,
+    offset: u64,
+    len: u32,
+    durable: bool,
+    status: Status,
+    reply: Reply<StagedLoc>,
+}
+
+pub(crate) struct Worker {
+    pub shared: Arc<Shared>,
+    pub backend: Box<dyn IoBackend>,
+    pub rx: Receiver<Request>,
+    pub flush_mode: FlushMode,
+    active: Option<Active>,
+    /// Segments written since this thread's last flush.
+    dirty: Vec<u32>,
+}
+
+impl Worker {
+    pub fn new(
+        shared: Arc<Shared>,
+        backend: Box<dyn IoBackend>,
+        rx: Receiver<Request>,
+        flush_mode: FlushMode,
+    ) -> Worker {
+        Worker {
+            shared,
+            backend,
+            rx,
+            flush_mode,
+            active: None,
+            dirty: Vec::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            if self.process(batch) {
+                break;
+            }
+        }
+        if let Some(a) = self.active.take() {
+            self.seal(a.segment);
+        }
+    }
+
+    /// Returns true on shutdown.
+    fn process(&mut self, batch: Vec<Request>) -> bool {
+        let mut shutdown = false;
+        let mut placed = Vec::new();
+        let mut syncs = Vec::new();
+        let mut reads = Vec::new();
+        for req in batch {
+            match req {
+                Request::Append {
+                    buf,
+                    len,
+                    durable,
+                    reply,
+                } => self.place(buf, len, durable, reply, &mut placed),
+                Request::Read {
+                    segment,
+                    ranges,
+                    reply,
+                } => reads.push((segment, ranges, reply)),
+                Request::Sync { reply } => syncs.push(reply),
+                Request::Recycle { segment } => self.recycle(segment),
+                Request::Shutdown => shutdown = true,
+            }
+        }
+
+        let durable_count = placed.iter().filter(|p| p.durable).count();
+        let use_dsync = match self.flush_mode {
+            FlushMode::Dsync => true,
+            FlushMode::Fdatasync => false,
+            FlushMode::Auto => durable_count == 1 && placed.len() == 1 && syncs.is_empty(),
+        };
+        self.write_placed(&mut placed, use_dsync);
+
+        let written_durable = placed
+            .iter()
+            .any(|p| p.durable && matches!(p.status, Status::Written));
+        let mut flush_err = None;
+        if !syncs.is_empty() || (written_durable && !use_dsync) {
+            if let Err(e) = self.flush() {
+                flush_err = Some(e);
+            }
+        } else if use_dsync {
+            let n = placed
+                .iter()
+                .filter(|p| p.durable && matches!(p.status, Status::Written))
+                .count();
+            self.shared.flushes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+
+        for p in placed {
+            let result = match p.status {
+                Status::Written => match (&flush_err, p.durable && !use_dsync) {
+                    (Some(e), true) => Err(e.clone()),
+                    _ => {
+                        self.shared.appends.fetch_add(1, Ordering::Relaxed);
+                        Ok(StagedLoc {
+                            segment: p.segment,
+                            offset: p.offset,
+                            len: p.len,
+                        })
+                    }
+                },
+                Status::Failed(e) => Err(e),
+                Status::Pending => unreachable!("every placed write ends written or failed"),
+            };
+            match &result {
+                Ok(_) => {
+                    let size = p.buf.len() as u64;
+                    self.shared.live_bytes.fetch_add(size, Ordering::Relaxed);
+                    self.shared.live_records.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => self.unref(p.segment),
+            }
+            let _ = p.reply.send(result);
+        }
+        for reply in syncs {
+            let _ = reply.send(match &flush_err {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            });
+        }
+        for (segment, ranges, reply) in reads {
+            let _ = reply.send(self.read(segment, ranges));
+        }
+        shutdown
+    }
+
+    /// Gives the record a place (taking a new segment when the active one is full), its
+    /// generation and sequence number.
+    fn place(
+        &mut self,
+        mut buf: AlignedBuf,
+        len: u32,
+        durable: bool,
+        reply: Reply<StagedLoc>,
+        placed: &mut Vec<Placed>,
+    ) {
+        let size = buf.len() as u64;
+        let first = super::format::segment_header_block(self.shared.align);
+        if size > self.shared.segment_size - first {
+            let _ = reply.send(Err(StagingError::TooLarge { len }));
+            return;
+        }
+        let fits = self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.cursor + size <= self.shared.segment_size);
+        if !fits {
+            match self.take() {
+                Ok(Some(next)) => {
+                    if let Some(old) = self.active.replace(next) {
+                        self.seal(old.segment);
+                    }
+                }
+                Ok(None) => {
+                    let _ = reply.send(Err(StagingError::Full));
+                    return;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let a = self.active.as_mut().expect("active segment");
+        let seq = self.shared.next_seq.fetch_add(1, Ordering::SeqCst);
+        seal_record_header(buf.as_mut_slice(), a.generation, seq);
+        let st = &self.shared.segs[a.segment as usize];
+        st.state.fetch_add(1, Ordering::SeqCst);
+        let _ = st
+            .oldest_us
+            .compare_exchange(0, now_us(), Ordering::SeqCst, Ordering::SeqCst);
+        if !self.dirty.contains(&a.segment) {
+            self.dirty.push(a.segment);
+        }
+        placed.push(Placed {
+            buf,
+            segment: a.segment,
+            offset: a.cursor,
+            len,
+            durable,
+            status: Status::Pending,
+            reply,
+        });
+        a.cursor += size;
+    }
+
+    /// Takes a free segment (creating its file on first use).
+    fn take(&mut self) -> Result<Option<Active>, StagingError> {
+        let Some(segment) = self.shared.free.lock().pop_front() else {
+            return Ok(None);
+        };
+        let generation = if self.shared.files[segment as usize].get().is_none() {
+            match self.shared.create_segment(segment) {
+                Ok(g) => g,
+                Err(e) => {
+                    self.shared.free.lock().push_back(segment);
+                    return Err(e);
+                }
+            }
+        } else {
+            self.shared.segs[segment as usize]
+                .generation
+                .load(Ordering::SeqCst)
+        };
+        let st = &self.shared.segs[segment as usize];
+        st.state.store(0, Ordering::SeqCst);
+        st.oldest_us.store(0, Ordering::SeqCst);
+        st.align.store(self.shared.align as u32, Ordering::SeqCst);
+        Ok(Some(Active {
+            segment,
+            generation,
+            cursor: super::format::segment_header_block(self.shared.align),
+        }))
+    }
+
+    fn seal(&mut self, segment: u32) {
+        let prev = self.shared.segs[segment as usize]
+            .state
+            .fetch_or(SEALED, Ordering::SeqCst);
+        if prev == 0 {
+            self.recycle(segment);
+        }
+    }
+
+    /// Drops the reference a failed append held.
+    fn unref(&mut self, segment: u32) {
+        let prev = self.shared.segs[segment as usize]
+            .state
+            .fetch_sub(1, Ordering::SeqCst);
+        if prev == SEALED | 1 {
+            self.recycle(segment);
+        }
+    }
+
+    /// Writes a new generation into the segment header, makes it durable, frees the segment.
+    /// The flush here means a later durable record never depends on an unflushed header.
+    fn recycle(&mut self, segment: u32) {
+        let generation = self.shared.next_gen.fetch_add(1, Ordering::SeqCst);
+        let block = self.shared.header_block(segment, generation);
+        let Some(fd) = self.shared.fd(segment) else {
+            return;
+        };
+        let op = WriteOp {
+            fd,
+            offset: 0,
+            ptr: block.as_slice().as_ptr(),
+            len: block.len(),
+            dsync: false,
+        };
+        let r = self
+            .backend
+            .write_batch(&[op])
+            .pop()
+            .unwrap()
+            .and_then(|_| self.backend.datasync(&[fd]));
+        match r {
+            Ok(()) => {
+                self.shared.flushes.fetch_add(1, Ordering::Relaxed);
+                let st = &self.shared.segs[segment as usize];
+                st.generation.store(generation, Ordering::SeqCst);
+                st.state.store(0, Ordering::SeqCst);
+                st.oldest_us.store(0, Ordering::SeqCst);
+                self.dirty.retain(|&s| s != segment);
+                self.shared.free.lock().push_back(segment);
+            }
+            Err(e) => {
+                tracing::error!(segment, error = %e, "staging: cannot recycle segment; it stays out of use");
+                self.shared.broken.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes every pending record. When a write fails, the records placed after it in the
+    /// same segment would sit behind a hole (replay stops at the first invalid record), so
+    /// they are moved down over the failed one and written again.
+    fn write_placed(&mut self, placed: &mut [Placed], dsync: bool) {
+        loop {
+            let idx: Vec<usize> = (0..placed.len())
+                .filter(|&i| matches!(placed[i].status, Status::Pending))
+                .collect();
+            if idx.is_empty() {
+                return;
+            }
+            let ops: Vec<WriteOp> = idx
+                .iter()
+                .map(|&i| {
+                    let p = &placed[i];
+                    WriteOp {
+                        fd: self.shared.fd(p.segment).expect("open segment"),
+                        offset: p.offset,
+                        ptr: p.buf.as_slice().as_ptr(),
+                        len: p.buf.len(),
+                        dsync: dsync && p.durable,
+                    }
+                })
+                .collect();
+            let results = self.backend.write_batch(&ops);
+            let mut failed: Vec<(u32, u64)> = Vec::new();
+            for (&i, r) in idx.iter().zip(results) {
+                placed[i].status = match r {
+                    Ok(()) => Status::Written,
+                    Err(e) => {
+                        failed.push((placed[i].segment, placed[i].offset));
+                        Status::Failed(StagingError::io("staging write", e))
+                    }
+                };
+            }
+            if failed.is_empty() {
+                return;
+            }
+            failed.sort_unstable();
+            failed.dedup_by_key(|f| f.0);
+            for (segment, hole) in failed {
+                let mut cursor = hole;
+                let mut after: Vec<usize> = (0..placed.len())
+                    .filter(|&i| placed[i].segment == segment && placed[i].offset > hole)
+                    .collect();
+                after.sort_by_key(|&i| placed[i].offset);
+                for i in after {
+                    if matches!(placed[i].status, Status::Written) {
+                        placed[i].offset = cursor;
+                        placed[i].status = Status::Pending;
+                        cursor += placed[i].buf.len() as u64;
+                    }
+                }
+                if let Some(a) = self.active.as_mut().filter(|a| a.segment == segment) {
+                    a.cursor = cursor;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), StagingError> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let fds: Vec<i32> = self
+            .dirty
+            .iter()
+            .filter_map(|&s| self.shared.fd(s))
+            .collect();
+        self.shared
+            .flushes
+            .fetch_add(fds.len() as u64, Ordering::Relaxed);
+        self.backend
+            .datasync(&fds)
+            .map_err(|e| StagingError::io("staging flush", e))?;
+        self.dirty.clear();
+        Ok(())
+    }
+
+    fn read(
+        &mut self,
+        segment: u32,
+        mut ranges: Vec<(u64, AlignedBuf)>,
+    ) -> Result<Vec<AlignedBuf>, StagingError> {
+        let fd = self
+            .shared
+            .fd(segment)
+            .ok_or_else(|| StagingError::Invalid(format!("segment {segment} does not exist")))?;
+        for (off, buf) in ranges.iter_mut() {
+            self.backend
+                .read(fd, *off, buf.as_mut_slice())
+                .map_err(|e| StagingError::io("staging read", e))?;
+        }
+        Ok(ranges.into_iter().map(|(_, b)| b).collect())
+    }
+}

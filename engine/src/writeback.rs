@@ -1,0 +1,589 @@
+//! Writeback: slices are acknowledged once they are in the node's staging log and uploaded by
+//! background uploader threads, oldest first.
+//!
+//! Life of a staged slice:
+//! 1. `flush` appends it to the staging log (O_DIRECT) and commits, in one metadata
+//!    transaction, its place in the chunk map and a `T` record saying where it is staged.
+//! 2. An uploader reads it back (checksummed), PUTs its blocks, then, holding the inode's write
+//!    lock so no reader is between planning and reading, deletes the `T` record and frees the
+//!    log space. Whoever deletes the `T` record in a transaction frees the space: exactly one.
+//! 3. A slice that dies while staged (overwritten, truncated, unlinked) is never uploaded: the
+//!    garbage collector deletes its `T` record and frees the log space.
+
+use crate::error::{FsError, Result};
+use crate::fs::Engine;
+use crate::schema::{self, StagedRec};
+use crate::staging::{RecordHeader, Replayed, StagedLoc, StagingError, StagingLog};
+use parking_lot::{Condvar, Mutex};
+use spoolfs_metadata::prefix_end;
+use spoolfs_uploader::encode_block;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How a mount stages writes.
+#[derive(Clone)]
+pub struct StagingOptions {
+    pub log: Arc<StagingLog>,
+    /// Records the log held when it was opened (crash replay input).
+    pub replayed: Arc<Vec<Replayed>>,
+    /// Stage new writes (writeback mode). When false, only what is already staged is drained.
+    pub writeback: bool,
+    /// At this many staged bytes, writers wait for the uploaders.
+    pub max_staging_bytes: u64,
+    /// When the oldest staged byte is this old, writers wait for the uploaders.
+    pub max_staging_age: Duration,
+    /// How long a writer waits for room before it uploads its data itself.
+    pub max_staging_wait: Duration,
+    pub upload_threads: usize,
+}
+
+/// The in-memory mirror of the `T` records, and the upload queue (oldest first).
+#[derive(Default)]
+pub(crate) struct StagedSet {
+    pub map: HashMap<u64, StagedRec>,
+    pub queue: VecDeque<u64>,
+    pub bytes: u64,
+    /// Slices an uploader is working on.
+    pub busy: usize,
+    /// Staged slices whose log records were not found at start: reads of them fail.
+    pub missing: u64,
+    pub upload_errors: u64,
+}
+
+pub(crate) struct Writeback {
+    pub opts: StagingOptions,
+    pub set: Mutex<StagedSet>,
+    /// Signalled when work arrives or room is freed.
+    pub cv: Condvar,
+    /// Uploaders exit.
+    pub stop: std::sync::atomic::AtomicBool,
+}
+
+pub(crate) fn loc_of(rec: &StagedRec) -> StagedLoc {
+    StagedLoc {
+        segment: rec.segment,
+        offset: rec.offset,
+        len: rec.size,
+    }
+}
+
+impl Writeback {
+    pub fn new(opts: StagingOptions) -> Self {
+        Writeback {
+            opts,
+            set: Mutex::new(StagedSet::default()),
+            cv: Condvar::new(),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Waits until `len` more bytes fit under the staging limits; false if the wait timed out
+    /// (the caller uploads directly instead).
+    pub fn wait_for_room(&self, len: u64) -> bool {
+        let deadline = Instant::now() + self.opts.max_staging_wait;
+        let mut set = self.set.lock();
+        loop {
+            let oldest_ok = set
+                .queue
+                .front()
+                .and_then(|id| set.map.get(id))
+                .is_none_or(|r| {
+                    let age_ns = schema::now_ns() - r.staged_ns;
+                    age_ns <= self.opts.max_staging_age.as_nanos() as i64
+                });
+            if set.bytes + len <= self.opts.max_staging_bytes && oldest_ok {
+                return true;
+            }
+            if set.bytes == 0 {
+                // A single slice larger than the limit: stage it anyway rather than stall.
+                return true;
+            }
+            if self
+                .cv
+                .wait_until(
+                    &mut set,
+                    deadline.min(Instant::now() + Duration::from_millis(100)),
+                )
+                .timed_out()
+                && Instant::now() >= deadline
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Stages one slice; `None` if it must go straight to the object store (full, failing).
+    pub fn stage(
+        &self,
+        ino: u64,
+        chunk: u32,
+        pos: u32,
+        slice: u64,
+        data: &[u8],
+    ) -> Option<StagedLoc> {
+        if !self.opts.writeback || !self.wait_for_room(data.len() as u64) {
+            return None;
+        }
+        let header = RecordHeader {
+            ino,
+            chunk,
+            pos,
+            slice_id: slice,
+            len: data.len() as u32,
+        };
+        match self.opts.log.append(&header, data, false) {
+            Ok(loc) => Some(loc),
+            Err(StagingError::Full) => {
+                tracing::info!("staging log full: uploading slice {slice} directly");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("staging write failed ({e}): uploading slice {slice} directly");
+                None
+            }
+        }
+    }
+
+    /// Records committed staged slices and wakes the uploaders.
+    pub fn add(&self, recs: &[(u64, StagedRec)]) {
+        let mut set = self.set.lock();
+        for (id, rec) in recs {
+            set.map.insert(*id, *rec);
+            set.queue.push_back(*id);
+            set.bytes += rec.size as u64;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Forgets a staged slice whose `T` record was deleted; frees its log space.
+    pub fn remove(&self, id: u64) {
+        let mut set = self.set.lock();
+        if let Some(rec) = set.map.remove(&id) {
+            set.bytes -= rec.size as u64;
+            self.opts.log.free(&loc_of(&rec));
+        }
+        self.cv.notify_all();
+    }
+
+    pub fn get(&self, id: u64) -> Option<StagedRec> {
+        self.set.lock().map.get(&id).copied()
+    }
+}
+
+impl Engine {
+    /// Crash replay of staged data: every `T` record becomes upload work; log records nobody
+    /// points at (never committed, already uploaded, or dead) are freed.
+    pub(crate) fn replay_staged(&self, wb: &Writeback) -> Result<()> {
+        let staged = self.view(|r| {
+            let rows = r.scan(
+                schema::STAGED_PREFIX,
+                &prefix_end(schema::STAGED_PREFIX),
+                usize::MAX,
+            )?;
+            rows.into_iter()
+                .map(|(k, v)| {
+                    let id = u64::from_be_bytes(k[1..9].try_into().expect("staged key"));
+                    Ok((id, schema::decode::<StagedRec>("staged record", &v)?))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })?;
+        let mut in_log: HashMap<u64, StagedLoc> = HashMap::new();
+        for r in wb.opts.replayed.iter() {
+            in_log.insert(r.header.slice_id, r.loc);
+        }
+        let mut keep = HashMap::new();
+        let mut missing = 0;
+        for (id, rec) in &staged {
+            match in_log.get(id) {
+                Some(loc) if *loc == loc_of(rec) => {
+                    keep.insert(*id, *rec);
+                }
+                _ => {
+                    missing += 1;
+                    tracing::error!(
+                        "staged slice {id} of inode {} is not in the staging log: its data is lost",
+                        rec.ino
+                    );
+                }
+            }
+        }
+        for r in wb.opts.replayed.iter() {
+            if !keep.contains_key(&r.header.slice_id) {
+                wb.opts.log.free(&r.loc);
+            }
+        }
+        let mut ordered: Vec<(u64, StagedRec)> = keep.into_iter().collect();
+        ordered.sort_by_key(|(id, r)| (r.staged_ns, *id));
+        if !ordered.is_empty() {
+            tracing::info!(
+                "replay: {} staged slice(s), {} bytes, queued for upload",
+                ordered.len(),
+                ordered.iter().map(|(_, r)| r.size as u64).sum::<u64>()
+            );
+        }
+        wb.add(&ordered);
+        wb.set.lock().missing = missing;
+        Ok(())
+    }
+
+    /// Uploads one staged slice. Returns false if there was nothing to do.
+    fn upload_one(&self, wb: &Writeback) -> Result<bool> {
+        let (id, rec) = {
+            let mut set = wb.set.lock();
+            let Some(id) = set.queue.pop_front() else {
+                return Ok(false);
+            };
+            let Some(rec) = set.map.get(&id).copied() else {
+                return Ok(true); // died and was collected while queued
+            };
+            set.busy += 1;
+            (id, rec)
+        };
+        let result = self.upload_slice(wb, id, &rec);
+        let mut set = wb.set.lock();
+        set.busy -= 1;
+        if let Err(e) = &result {
+            set.upload_errors += 1;
+            if set.map.contains_key(&id) {
+                set.queue.push_front(id);
+            }
+            tracing::warn!("upload of slice {id} failed, will retry: {e}");
+        }
+        wb.cv.notify_all();
+        result.map(|_| true)
+    }
+
+    fn upload_slice(&self, wb: &Writeback, id: u64, rec: &StagedRec) -> Result<()> {
+        let mut data = vec![0u8; rec.size as usize];
+        if let Err(e) = wb.opts.log.read(&loc_of(rec), 0, &mut data) {
+            if wb.get(id).is_none() {
+                return Ok(()); // collected meanwhile; its space may already be reused
+            }
+            return Err(FsError::new(
+                e.errno(),
+                format!("reading staged slice {id}: {e}"),
+            ));
+        }
+        let bs = self.volume().block_size as usize;
+        let objects: Vec<(String, bytes::Bytes)> = data
+            .chunks(bs)
+            .enumerate()
+            .map(|(i, b)| {
+                (
+                    schema::block_key(id, i as u32, b.len() as u32),
+                    encode_block(b),
+                )
+            })
+            .collect();
+        let keys: Vec<String> = objects.iter().map(|(k, _)| k.clone()).collect();
+        let count = objects.len() as u64;
+        self.storage.put_many(objects, self.config.max_uploads)?;
+        self.counters
+            .objects_put
+            .fetch_add(count, Ordering::Relaxed);
+        // Hold the inode's write lock: a reader that planned to read this slice from the log
+        // finishes before the log space is freed.
+        let state = self.pin(rec.ino, false);
+        let committed = {
+            let _guard = state.write();
+            let committed = self.update(|t| {
+                let key = schema::staged_key(id);
+                if t.get(&key)?.is_none() {
+                    return Ok(false);
+                }
+                t.delete(&key)?;
+                Ok(true)
+            });
+            if let Ok(true) = committed {
+                wb.remove(id);
+            }
+            committed
+        };
+        self.unpin(rec.ino, false);
+        if !committed? {
+            // Collected while we uploaded: the objects we just wrote belong to nobody.
+            for key in keys {
+                let _ = self.storage.delete(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until nothing is staged (or `timeout` passes); returns the bytes still staged.
+    pub fn drain_uploads(&self, timeout: Option<Duration>) -> u64 {
+        let Some(wb) = self.writeback.as_ref() else {
+            return 0;
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut set = wb.set.lock();
+        loop {
+            if set.map.is_empty() {
+                return 0;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return set.bytes;
+            }
+            wb.cv.wait_for(&mut set, Duration::from_millis(100));
+        }
+    }
+}
+
+/// The body of an uploader thread. It waits on the writeback state, never holding the engine,
+/// so a dropped engine goes away.
+pub(crate) fn uploader_loop(engine: std::sync::Weak<Engine>, wb: Arc<Writeback>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if wb.stop.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            let mut set = wb.set.lock();
+            if set.queue.is_empty() {
+                wb.cv.wait_for(&mut set, Duration::from_millis(200));
+            }
+            if set.queue.is_empty() {
+                if engine.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        }
+        let Some(e) = engine.upgrade() else { return };
+        if e.stopping_now() {
+            return;
+        }
+        match e.upload_one(&wb) {
+            Ok(_) => backoff = Duration::from_millis(50),
+            Err(_) => {
+                drop(e);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The namespace log on a staging log: the write-ahead log's records are staging records
+/// with no inode.
+struct NamespaceLog {
+    log: Arc<StagingLog>,
+    locs: Mutex<HashMap<u64, StagedLoc>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl NamespaceLog {
+    fn remember(&self, loc: StagedLoc) -> u64 {
+        let h = self.next.fetch_add(1, Ordering::Relaxed);
+        self.locs.lock().insert(h, loc);
+        h
+    }
+}
+
+impl crate::wal::RecordLog for NamespaceLog {
+    fn append(&self, record: &[u8]) -> std::io::Result<u64> {
+        let header = RecordHeader {
+            ino: 0,
+            chunk: 0,
+            pos: 0,
+            slice_id: 0,
+            len: record.len() as u32,
+        };
+        let loc = self
+            .log
+            .append(&header, record, false)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        Ok(self.remember(loc))
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.log
+            .sync()
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+    fn free(&self, handle: u64) {
+        if let Some(loc) = self.locs.lock().remove(&handle) {
+            self.log.free(&loc);
+        }
+    }
+}
+
+/// Staging settings a mount chooses (flags).
+#[derive(Clone, Debug)]
+pub struct StagingSettings {
+    /// `--cache-dir`: the volume's logs go to `<cache_dir>/<volume uuid>/`.
+    pub cache_dir: std::path::PathBuf,
+    pub writeback: bool,
+    pub engine_threads: usize,
+    pub io_engine: crate::staging::IoEngineKind,
+    pub durability: crate::staging::StagingDurability,
+    pub segment_size: u64,
+    pub max_staging_bytes: u64,
+    pub max_staging_age: Duration,
+    pub max_staging_wait: Duration,
+    pub upload_threads: usize,
+}
+
+/// Which node's cache directory holds this volume's staging and namespace logs, and whether
+/// the last mount ended cleanly (everything uploaded and checkpointed).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+struct StagingOwner {
+    cache_dir: String,
+    clean: bool,
+}
+
+const OWNER_KEY: &[u8] = b"K";
+
+/// Opens the volume's logs under the cache directory, replays the namespace log onto `meta`,
+/// and returns the store to use (the write-ahead-logged one) and the engine's staging options.
+/// Refuses, with a clear message, a cache directory other than the one that holds staged data
+/// of an unclean earlier mount.
+pub fn open_staging(
+    meta: Arc<dyn spoolfs_metadata::KvStore>,
+    volume: &crate::volume::VolumeRecord,
+    settings: &StagingSettings,
+) -> Result<(Arc<dyn spoolfs_metadata::KvStore>, StagingOptions)> {
+    use crate::staging::StagingConfig;
+    let dir = settings.cache_dir.join(&volume.uuid);
+    let dir_str = dir.display().to_string();
+    let mut owner: Option<StagingOwner> = None;
+    meta.view(&mut |r| {
+        owner = match r.get(OWNER_KEY)? {
+            Some(v) => serde_json::from_slice(&v).ok(),
+            None => None,
+        };
+        Ok(())
+    })?;
+    if let Some(o) = &owner
+        && !o.clean
+        && o.cache_dir != dir_str
+    {
+        return Err(FsError::new(
+            libc::EBUSY,
+            format!(
+                "volume {:?} was not unmounted cleanly and its staged data is in {}; mount it \
+                 with --cache-dir {} (this mount asked for {})",
+                volume.name,
+                o.cache_dir,
+                std::path::Path::new(&o.cache_dir)
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                settings.cache_dir.display()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        FsError::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("cannot create cache directory {}: {e}", dir.display()),
+        )
+    })?;
+    let uuid_bytes = *uuid::Uuid::parse_str(&volume.uuid)
+        .map_err(|e| FsError::Other(format!("volume uuid {:?}: {e}", volume.uuid)))?
+        .as_bytes();
+    let open_log = |sub: &str, threads: usize, segment_size: u64, max_segments: usize| {
+        let config = StagingConfig {
+            dir: dir.join(sub),
+            segment_size,
+            max_segments,
+            io_engine: settings.io_engine,
+            durability: settings.durability,
+            volume_uuid: uuid_bytes,
+            threads,
+        };
+        StagingLog::open(config).map_err(|e| {
+            FsError::new(
+                e.errno(),
+                format!(
+                    "cannot open the staging log in {}: {e}",
+                    dir.join(sub).display()
+                ),
+            )
+        })
+    };
+    // The namespace log is small and has one writer thread so its order is simple.
+    let (ns_log, ns_records) = open_log("namespace", 1, 16 << 20, 16)?;
+    let ns_log = Arc::new(ns_log);
+    let ns = Arc::new(NamespaceLog {
+        log: ns_log.clone(),
+        locs: Mutex::new(HashMap::new()),
+        next: std::sync::atomic::AtomicU64::new(1),
+    });
+    let mut records = Vec::with_capacity(ns_records.len());
+    for r in ns_records {
+        let mut buf = vec![0u8; r.loc.len as usize];
+        match ns_log.read(&r.loc, 0, &mut buf) {
+            Ok(()) => records.push((ns.remember(r.loc), buf)),
+            Err(e) => tracing::warn!("unreadable namespace log record: {e}"),
+        }
+    }
+    let (wal, replayed) = crate::wal::WalStore::recover(meta, ns, records)?;
+    if replayed > 0 {
+        tracing::info!("replay: {replayed} namespace change(s) recovered from the log");
+    }
+    let wal: Arc<dyn spoolfs_metadata::KvStore> = Arc::new(wal);
+    let max_segments =
+        (settings.max_staging_bytes.div_ceil(settings.segment_size) as usize + 2).max(4);
+    let (data_log, data_records) = open_log(
+        "data",
+        settings.engine_threads.max(1),
+        settings.segment_size,
+        max_segments,
+    )?;
+    tracing::info!(
+        "staging log in {}: {} io engine, {} thread(s)",
+        dir.display(),
+        data_log.usage().io_engine,
+        settings.engine_threads.max(1)
+    );
+    let owner = StagingOwner {
+        cache_dir: dir_str,
+        clean: false,
+    };
+    wal.update(spoolfs_metadata::Durability::Durable, &mut |t| {
+        t.put(
+            OWNER_KEY,
+            &serde_json::to_vec(&owner).expect("owner serialises"),
+        )
+    })?;
+    Ok((
+        wal,
+        StagingOptions {
+            log: Arc::new(data_log),
+            replayed: Arc::new(data_records),
+            writeback: settings.writeback,
+            max_staging_bytes: settings.max_staging_bytes,
+            max_staging_age: settings.max_staging_age,
+            max_staging_wait: settings.max_staging_wait,
+            upload_threads: settings.upload_threads,
+        },
+    ))
+}
+
+impl Engine {
+    /// Marks the staging logs as holding nothing the metadata still needs (everything staged
+    /// is uploaded and the metadata store is checkpointed), so another cache directory may be
+    /// used next time.
+    pub(crate) fn mark_staging_clean(&self) -> Result<()> {
+        let Some(wb) = self.writeback.as_ref() else {
+            return Ok(());
+        };
+        if !wb.set.lock().map.is_empty() {
+            return Ok(());
+        }
+        self.update_with(spoolfs_metadata::Durability::Durable, |t| {
+            if let Some(v) = t.get(OWNER_KEY)?
+                && let Ok(mut o) = serde_json::from_slice::<StagingOwner>(&v)
+            {
+                o.clean = true;
+                t.put(
+                    OWNER_KEY,
+                    &serde_json::to_vec(&o).expect("owner serialises"),
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+}

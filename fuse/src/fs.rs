@@ -1,0 +1,812 @@
+//! `fuser::Filesystem` over the engine: one engine call per request.
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use spoolfs_engine::{
+    Attr, Caller, Engine, FileKind, FsError, RenameFlags as EngineRenameFlags, SetAttr, TimeSet,
+    XattrSet,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tracing::{debug, error, info, warn};
+
+/// The largest write (and read) request we ask the kernel for.
+const MAX_WRITE_BYTES: u32 = 1 << 20;
+/// How much the kernel may read ahead of a sequential reader.
+const MAX_READAHEAD_BYTES: u32 = 1 << 20;
+/// Pending background requests (readahead, async reads) the kernel may queue.
+const MAX_BACKGROUND: u16 = 64;
+
+const XATTR_CREATE: i32 = 1;
+const XATTR_REPLACE: i32 = 2;
+
+/// The file system FUSE sees: an engine and the cache lifetimes to give the kernel.
+pub struct SpoolFs {
+    engine: Arc<Engine>,
+    attr_ttl: Duration,
+    entry_ttl: Duration,
+}
+
+impl SpoolFs {
+    pub fn new(engine: Arc<Engine>, attr_ttl: Duration, entry_ttl: Duration) -> Self {
+        SpoolFs {
+            engine,
+            attr_ttl,
+            entry_ttl,
+        }
+    }
+
+    /// Runs one engine call. Its error becomes an errno (logged at debug level, EIO at warn);
+    /// a panic inside the engine becomes EIO instead of killing a FUSE thread.
+    fn call<T>(&self, op: &str, f: impl FnOnce(&Engine) -> Result<T, FsError>) -> Result<T, Errno> {
+        match catch_unwind(AssertUnwindSafe(|| f(&self.engine))) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let errno = e.errno();
+                if errno == libc::EIO {
+                    warn!(op, errno, "{e}");
+                } else {
+                    debug!(op, errno, "{e}");
+                }
+                Err(Errno::from_i32(errno))
+            }
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                error!(op, "engine panicked: {msg}");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, result: Result<Attr, Errno>) {
+        match result {
+            Ok(attr) => reply.entry_with_ttls(
+                &self.attr_ttl,
+                &self.entry_ttl,
+                &to_file_attr(&attr),
+                Generation(0),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+pub(crate) fn to_file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.crtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(t),
+    }
+}
+
+/// setxattr(2) flags to the engine's mode.
+pub(crate) fn xattr_mode(flags: i32) -> Result<XattrSet, Errno> {
+    match flags & (XATTR_CREATE | XATTR_REPLACE) {
+        0 => Ok(XattrSet::Any),
+        XATTR_CREATE => Ok(XattrSet::Create),
+        XATTR_REPLACE => Ok(XattrSet::Replace),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// renameat2(2) flags to the engine's; unknown bits (RENAME_WHITEOUT, ...) are EINVAL.
+pub(crate) fn rename_flags(bits: u32) -> Result<EngineRenameFlags, Errno> {
+    let noreplace = libc::RENAME_NOREPLACE;
+    let exchange = libc::RENAME_EXCHANGE;
+    if bits & !(noreplace | exchange) != 0 || bits == noreplace | exchange {
+        return Err(Errno::EINVAL);
+    }
+    Ok(EngineRenameFlags {
+        noreplace: bits & noreplace != 0,
+        exchange: bits & exchange != 0,
+    })
+}
+
+/// Answers a getxattr/listxattr: the size when asked for it, ERANGE when the buffer is short.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    let Ok(len) = u32::try_from(data.len()) else {
+        return reply.error(Errno::E2BIG);
+    };
+    if size == 0 {
+        reply.size(len);
+    } else if size < len {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+/// listxattr's answer: every name followed by a NUL.
+pub(crate) fn join_xattr_names(names: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(names.iter().map(|n| n.len() + 1).sum());
+    for name in names {
+        out.extend_from_slice(name);
+        out.push(0);
+    }
+    out
+}
+
+fn is_dot_or_dotdot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}
+
+/// A directory attribute for "." or ".." when the inode cannot be read (never cached long).
+fn placeholder_dir_attr(ino: u64) -> FileAttr {
+    let now = SystemTime::now();
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        kind: FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// Asks for one capability; one the kernel lacks is skipped, not an error.
+fn want(config: &mut KernelConfig, flag: InitFlags, name: &str) {
+    if config.add_capabilities(flag).is_err() {
+        debug!("kernel does not support {name}");
+    }
+}
+
+impl Filesystem for SpoolFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_READAHEAD_BYTES) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        want(config, InitFlags::FUSE_ASYNC_READ, "FUSE_ASYNC_READ");
+        want(config, InitFlags::FUSE_BIG_WRITES, "FUSE_BIG_WRITES");
+        want(config, InitFlags::FUSE_MAX_PAGES, "FUSE_MAX_PAGES");
+        want(
+            config,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            "FUSE_DO_READDIRPLUS",
+        );
+        want(
+            config,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            "FUSE_READDIRPLUS_AUTO",
+        );
+        // The engine's open honours O_TRUNC, so the kernel may pass it instead of a setattr.
+        want(
+            config,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            "FUSE_ATOMIC_O_TRUNC",
+        );
+        // Engine calls are transactions: lookups and readdirs in one directory may overlap.
+        want(
+            config,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            "FUSE_PARALLEL_DIROPS",
+        );
+        // Symlink targets never change; let the kernel cache them.
+        want(
+            config,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            "FUSE_CACHE_SYMLINKS",
+        );
+        // Drop cached pages when getattr shows the file changed (another node wrote it).
+        want(
+            config,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            "FUSE_AUTO_INVAL_DATA",
+        );
+        debug!(offered = ?config.capabilities(), "kernel FUSE capabilities");
+        info!(
+            "FUSE session initialised (kernel ABI {:?}, max write {} KiB)",
+            config.kernel_abi(),
+            MAX_WRITE_BYTES >> 10
+        );
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        info!("FUSE session ended; shutting the engine down");
+        if let Err(e) = self.call("shutdown", |e| e.shutdown()) {
+            error!("engine shutdown failed: {e:?}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.call("lookup", |e| e.lookup(parent.0, name.as_bytes()));
+        self.entry(reply, r);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _ = self.call("forget", |e| {
+            e.forget(ino.0, nlookup);
+            Ok(())
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.call("getattr", |e| e.getattr(ino.0)) {
+            Ok(attr) => reply.attr(&self.attr_ttl, &to_file_attr(&attr)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime,
+            fh: fh.map(|f| f.0),
+        };
+        match self.call("setattr", |e| e.setattr(&caller(req), ino.0, &set)) {
+            Ok(attr) => reply.attr(&self.attr_ttl, &to_file_attr(&attr)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.call("readlink", |e| e.readlink(ino.0)) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let mode = mode & !umask;
+        let r = self.call("mknod", |e| {
+            e.mknod(&caller(req), parent.0, name.as_bytes(), mode, rdev)
+        });
+        self.entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let mode = mode & !umask;
+        let r = self.call("mkdir", |e| {
+            e.mkdir(&caller(req), parent.0, name.as_bytes(), mode)
+        });
+        self.entry(reply, r);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.call("unlink", |e| {
+            e.unlink(&caller(req), parent.0, name.as_bytes())
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.call("rmdir", |e| {
+            e.rmdir(&caller(req), parent.0, name.as_bytes())
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.call("symlink", |e| {
+            e.symlink(
+                &caller(req),
+                parent.0,
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+            )
+        });
+        self.entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let flags = match rename_flags(flags.bits()) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.call("rename", |e| {
+            e.rename(
+                &caller(req),
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags,
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.call("link", |e| {
+            e.link(&caller(req), ino.0, newparent.0, newname.as_bytes())
+        });
+        self.entry(reply, r);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.call("open", |e| e.open(&caller(req), ino.0, flags.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.call("read", |e| e.read(ino.0, fh.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.call("write", |e| {
+            e.write(&caller(req), ino.0, fh.0, offset, data)
+        }) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("flush", |e| e.flush(ino.0, fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("release", |e| e.release(ino.0, fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("fsync", |e| e.fsync(ino.0, fh.0, datasync)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.call("opendir", |e| e.opendir(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.call("readdir", |e| e.readdir(ino.0, fh.0, offset)) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(e),
+        };
+        for entry in entries {
+            let full = reply.add(
+                INodeNo(entry.ino),
+                entry.offset,
+                file_type(entry.kind),
+                OsStr::from_bytes(&entry.name),
+            );
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.call("readdirplus", |e| e.readdir(ino.0, fh.0, offset)) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(e),
+        };
+        for entry in entries {
+            let name = OsStr::from_bytes(&entry.name);
+            if is_dot_or_dotdot(&entry.name) {
+                // The kernel takes no lookup reference on these: report their attributes
+                // without counting a lookup in the engine.
+                let attr = self
+                    .call("readdirplus getattr", |e| e.getattr(entry.ino))
+                    .map(|a| to_file_attr(&a))
+                    .unwrap_or_else(|_| placeholder_dir_attr(entry.ino));
+                let ttl = Duration::ZERO;
+                if reply.add(
+                    INodeNo(entry.ino),
+                    entry.offset,
+                    name,
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            // Each entry the kernel accepts counts as one lookup, as if it had asked for it.
+            let attr = match self.call("readdirplus lookup", |e| e.lookup(ino.0, &entry.name)) {
+                Ok(attr) => attr,
+                // Removed since the listing was taken: leave it out.
+                Err(_) => continue,
+            };
+            let full = reply.add(
+                INodeNo(attr.ino),
+                entry.offset,
+                name,
+                &self.entry_ttl,
+                &to_file_attr(&attr),
+                Generation(0),
+            );
+            if full {
+                // Not sent, so the kernel holds no reference: give the lookup back.
+                let _ = self.call("forget", |e| {
+                    e.forget(attr.ino, 1);
+                    Ok(())
+                });
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("releasedir", |e| e.releasedir(ino.0, fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("fsyncdir", |e| e.fsyncdir(ino.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.call("statfs", |e| e.statfs()) {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        let mode = match xattr_mode(flags) {
+            Ok(m) => m,
+            Err(e) => return reply.error(e),
+        };
+        match self.call("setxattr", |e| {
+            e.setxattr(&caller(req), ino.0, name.as_bytes(), value, mode)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.call("getxattr", |e| e.getxattr(ino.0, name.as_bytes())) {
+            Ok(value) => reply_xattr(reply, size, &value),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.call("listxattr", |e| e.listxattr(ino.0)) {
+            Ok(names) => reply_xattr(reply, size, &join_xattr_names(&names)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.call("removexattr", |e| {
+            e.removexattr(&caller(req), ino.0, name.as_bytes())
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mode = mode & !umask;
+        match self.call("create", |e| {
+            e.create(&caller(req), parent.0, name.as_bytes(), mode, flags)
+        }) {
+            Ok((attr, fh)) => reply.created(
+                &self.entry_ttl,
+                &to_file_attr(&attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("fallocate", |e| {
+            e.fallocate(&caller(req), ino.0, fh.0, offset, length, mode)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_flags() {
+        assert_eq!(xattr_mode(0).unwrap(), XattrSet::Any);
+        assert_eq!(xattr_mode(1).unwrap(), XattrSet::Create);
+        assert_eq!(xattr_mode(2).unwrap(), XattrSet::Replace);
+        assert!(xattr_mode(3).is_err());
+    }
+
+    #[test]
+    fn rename_flag_bits() {
+        assert_eq!(rename_flags(0).unwrap(), EngineRenameFlags::default());
+        assert!(rename_flags(1).unwrap().noreplace);
+        assert!(rename_flags(2).unwrap().exchange);
+        assert!(rename_flags(3).is_err());
+        assert!(rename_flags(4).is_err());
+        assert!(rename_flags(1 | 8).is_err());
+    }
+
+    #[test]
+    fn xattr_names_are_nul_terminated() {
+        let names = vec![b"user.a".to_vec(), b"user.bc".to_vec()];
+        assert_eq!(join_xattr_names(&names), b"user.a\0user.bc\0".to_vec());
+        assert!(join_xattr_names(&[]).is_empty());
+    }
+
+    #[test]
+    fn attr_conversion() {
+        let now = SystemTime::now();
+        let a = Attr {
+            ino: 7,
+            kind: FileKind::Symlink,
+            perm: 0o777,
+            nlink: 1,
+            uid: 5,
+            gid: 6,
+            rdev: 0,
+            size: 3,
+            blocks: 1,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            blksize: 4096,
+        };
+        let f = to_file_attr(&a);
+        assert_eq!(f.ino, INodeNo(7));
+        assert_eq!(f.kind, FileType::Symlink);
+        assert_eq!((f.uid, f.gid, f.size, f.perm), (5, 6, 3, 0o777));
+    }
+}

@@ -1,0 +1,418 @@
+//! Mounting: options, the checks made on the mount point, foreground and background sessions.
+
+use crate::fs::SpoolFs;
+use fuser::{Config, MountOption, SessionACL};
+use spoolfs_engine::Engine;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// How to mount a volume.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Threads reading FUSE requests (each with its own cloned /dev/fuse descriptor).
+    pub fuse_threads: usize,
+    /// How long the kernel may cache attributes.
+    pub attr_ttl: Duration,
+    /// How long the kernel may cache name lookups.
+    pub entry_ttl: Duration,
+    /// Let users other than the one who mounted use the file system.
+    pub allow_other: bool,
+    pub read_only: bool,
+    /// The "source" shown in /proc/mounts (fuse.spoolfs type), e.g. the volume name.
+    pub fs_name: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            fuse_threads: 2,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            allow_other: false,
+            read_only: false,
+            fs_name: "spoolfs".into(),
+        }
+    }
+}
+
+impl MountOptions {
+    fn fuser_config(&self) -> Config {
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(self.fs_name.clone()),
+            // fuser passes `Subtype` only to fusermount; as a kernel option the subtype also
+            // reaches mount(2), so /proc/mounts shows "fuse.spoolfs" either way.
+            MountOption::CUSTOM("subtype=spoolfs".into()),
+            MountOption::DefaultPermissions,
+            if self.read_only {
+                MountOption::RO
+            } else {
+                MountOption::RW
+            },
+        ];
+        config.acl = if self.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(self.fuse_threads.max(1));
+        config.clone_fd = true;
+        config
+    }
+}
+
+/// Why a volume could not be mounted. Each message names the mount point.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount point {} does not exist", .0.display())]
+    NotFound(PathBuf),
+    #[error("mount point {} is not a directory", .0.display())]
+    NotDir(PathBuf),
+    #[error("mount point {} is not empty", .0.display())]
+    NotEmpty(PathBuf),
+    #[error("{} is already a mount point (unmount it first)", .0.display())]
+    AlreadyMounted(PathBuf),
+    #[error(
+        "mount point {} is a dead FUSE mount (transport endpoint is not connected); \
+         run `umount -l {}` first",
+        .0.display(), .0.display()
+    )]
+    Stale(PathBuf),
+    #[error("mount point {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cannot mount FUSE file system at {}: {source}", path.display())]
+    Fuse { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path, source: io::Error) -> MountError {
+    match source.kind() {
+        io::ErrorKind::NotFound => MountError::NotFound(path.to_path_buf()),
+        _ if source.raw_os_error() == Some(libc::ENOTCONN) => MountError::Stale(path.to_path_buf()),
+        _ => MountError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// Checks that `path` can be mounted on: it exists, is a directory, is empty and is not
+/// already a mount point. Returns its canonical path.
+pub fn check_mount_point(path: &Path) -> Result<PathBuf, MountError> {
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    if !meta.is_dir() {
+        return Err(MountError::NotDir(path.to_path_buf()));
+    }
+    let canonical = path.canonicalize().map_err(|e| io_err(path, e))?;
+    if is_mount_point(&canonical).map_err(|e| io_err(path, e))? {
+        return Err(MountError::AlreadyMounted(canonical));
+    }
+    let mut entries = std::fs::read_dir(&canonical).map_err(|e| io_err(path, e))?;
+    if entries.next().is_some() {
+        return Err(MountError::NotEmpty(canonical));
+    }
+    Ok(canonical)
+}
+
+/// Whether the canonical `path` is a mount point: its device differs from its parent's, or
+/// /proc/self/mountinfo lists it (a bind mount of the same file system).
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    let Some(parent) = path.parent() else {
+        return Ok(true); // "/"
+    };
+    let dev = std::fs::metadata(path)?.dev();
+    let parent_dev = std::fs::metadata(parent)?.dev();
+    if dev != parent_dev {
+        return Ok(true);
+    }
+    Ok(read_mountinfo()
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m.mount_point == path))
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    /// e.g. "fuse.spoolfs", "ext4".
+    pub fs_type: String,
+    /// The mount source (for spoolfs: the `fs_name`).
+    pub source: String,
+}
+
+/// The mounts visible to this process, in mount order.
+pub fn read_mountinfo() -> io::Result<Vec<MountEntry>> {
+    let text = std::fs::read("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// Parses mountinfo text (see proc(5)); malformed lines are skipped.
+pub fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
+    let mut out = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
+            continue;
+        };
+        if sep < 6 || fields.len() < sep + 3 {
+            continue;
+        }
+        out.push(MountEntry {
+            mount_point: PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(fields[4]))),
+            fs_type: String::from_utf8_lossy(&unescape(fields[sep + 1])).into_owned(),
+            source: String::from_utf8_lossy(&unescape(fields[sep + 2])).into_owned(),
+        });
+    }
+    out
+}
+
+/// Undoes the octal escapes (`\040` for a space) of mountinfo fields.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\'
+            && i + 3 < field.len()
+            && field[i + 1..i + 4]
+                .iter()
+                .all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (field[i + 1] - b'0') as u32 * 64
+                + (field[i + 2] - b'0') as u32 * 8
+                + (field[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(field[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A mounted file system whose request loop has not started yet. The kernel handshake is done
+/// when [`FuseSession::new`] returns, so the mount is visible and ready from that point.
+pub struct FuseSession {
+    session: fuser::Session<SpoolFs>,
+    mount_point: PathBuf,
+}
+
+impl FuseSession {
+    /// Checks the mount point, mounts and completes the FUSE handshake.
+    pub fn new(
+        engine: Arc<Engine>,
+        mount_point: &Path,
+        options: &MountOptions,
+    ) -> Result<Self, MountError> {
+        let canonical = check_mount_point(mount_point)?;
+        let fs = SpoolFs::new(engine, options.attr_ttl, options.entry_ttl);
+        let session =
+            fuser::Session::new(fs, &canonical, &options.fuser_config()).map_err(|source| {
+                MountError::Fuse {
+                    path: canonical.clone(),
+                    source,
+                }
+            })?;
+        info!(mount_point = %canonical.display(), threads = options.fuse_threads, "mounted");
+        Ok(FuseSession {
+            session,
+            mount_point: canonical,
+        })
+    }
+
+    /// The canonical mount point.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// A handle another thread (a signal handler) can use to unmount.
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter {
+            inner: self.session.unmount_callable(),
+            mount_point: self.mount_point.clone(),
+        }
+    }
+
+    /// Serves requests until the file system is unmounted; then shuts the engine down.
+    pub fn run(self) -> io::Result<()> {
+        let result = self.session.run();
+        info!(mount_point = %self.mount_point.display(), "unmounted");
+        result
+    }
+
+    /// Serves requests on background threads.
+    pub fn spawn(self) -> io::Result<BackgroundMount> {
+        let mount_point = self.mount_point.clone();
+        let session = self.session.spawn()?;
+        Ok(BackgroundMount {
+            session: Some(session),
+            mount_point,
+        })
+    }
+}
+
+/// Unmounts a [`FuseSession`] from another thread.
+pub struct Unmounter {
+    inner: fuser::SessionUnmounter,
+    mount_point: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmounts. If files are still open (EBUSY), detaches the mount instead (lazy unmount):
+    /// the session then ends when the last of them is closed.
+    pub fn unmount(&mut self) -> io::Result<()> {
+        match self.inner.unmount() {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                warn!(
+                    mount_point = %self.mount_point.display(),
+                    "file system busy; detaching it (lazy unmount)"
+                );
+                let path = std::ffi::CString::new(self.mount_point.as_os_str().as_bytes())
+                    .map_err(io::Error::other)?;
+                // SAFETY: `path` is a valid NUL-terminated string.
+                if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A file system served on background threads; unmounted when dropped.
+pub struct BackgroundMount {
+    session: Option<fuser::BackgroundSession>,
+    mount_point: PathBuf,
+}
+
+impl BackgroundMount {
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// Unmounts and waits for the session (and the engine's shutdown) to finish.
+    pub fn umount(mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take()
+            && let Err(e) = s.umount_and_join()
+        {
+            warn!(mount_point = %self.mount_point.display(), "unmount failed: {e}");
+        }
+    }
+}
+
+/// Mounts and serves requests until the file system is unmounted.
+pub fn mount_foreground(
+    engine: Arc<Engine>,
+    mount_point: &Path,
+    options: &MountOptions,
+) -> Result<(), MountError> {
+    let session = FuseSession::new(engine, mount_point, options)?;
+    let path = session.mount_point().to_path_buf();
+    session
+        .run()
+        .map_err(|source| MountError::Fuse { path, source })
+}
+
+/// Mounts and serves requests on background threads; returns once the mount is ready.
+pub fn mount_background(
+    engine: Arc<Engine>,
+    mount_point: &Path,
+    options: &MountOptions,
+) -> Result<BackgroundMount, MountError> {
+    let session = FuseSession::new(engine, mount_point, options)?;
+    let path = session.mount_point().to_path_buf();
+    session
+        .spawn()
+        .map_err(|source| MountError::Fuse { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_point_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let err = check_mount_point(&missing).unwrap_err();
+        assert!(matches!(err, MountError::NotFound(_)), "{err}");
+        assert!(err.to_string().contains("missing"), "{err}");
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = check_mount_point(&file).unwrap_err();
+        assert!(matches!(err, MountError::NotDir(_)), "{err}");
+
+        let full = dir.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("x"), b"x").unwrap();
+        let err = check_mount_point(&full).unwrap_err();
+        assert!(matches!(err, MountError::NotEmpty(_)), "{err}");
+        assert!(err.to_string().contains("full"), "{err}");
+
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(
+            check_mount_point(&empty).unwrap(),
+            empty.canonicalize().unwrap()
+        );
+
+        let err = check_mount_point(Path::new("/proc")).unwrap_err();
+        assert!(matches!(err, MountError::AlreadyMounted(_)), "{err}");
+        let err = check_mount_point(Path::new("/")).unwrap_err();
+        assert!(matches!(err, MountError::AlreadyMounted(_)), "{err}");
+    }
+
+    #[test]
+    fn mountinfo_parsing() {
+        let text = b"22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+            95 22 0:50 / /tmp/my\\040mnt rw,relatime shared:5 - fuse.spoolfs vol1 rw,user_id=0\n\
+            garbage line\n";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[1].mount_point, PathBuf::from("/tmp/my mnt"));
+        assert_eq!(mounts[1].fs_type, "fuse.spoolfs");
+        assert_eq!(mounts[1].source, "vol1");
+        assert_eq!(mounts[0].fs_type, "proc");
+    }
+
+    #[test]
+    fn fuser_config_options() {
+        let mut o = MountOptions {
+            fs_name: "vol".into(),
+            ..Default::default()
+        };
+        let c = o.fuser_config();
+        assert!(c.mount_options.contains(&MountOption::DefaultPermissions));
+        assert!(c.mount_options.contains(&MountOption::FSName("vol".into())));
+        assert!(
+            c.mount_options
+                .contains(&MountOption::CUSTOM("subtype=spoolfs".into()))
+        );
+        assert!(!c.mount_options.contains(&MountOption::NoAtime));
+        assert_eq!(c.acl, SessionACL::Owner);
+        assert_eq!(c.n_threads, Some(2));
+        o.allow_other = true;
+        o.read_only = true;
+        let c = o.fuser_config();
+        assert_eq!(c.acl, SessionACL::All);
+        assert!(c.mount_options.contains(&MountOption::RO));
+    }
+}

@@ -1,0 +1,461 @@
+//! `spoolfs mount`: start the engine and serve the volume over FUSE.
+//!
+//! Without `--foreground` the command re-executes itself as a daemon (`--foreground` plus the
+//! hidden `--ready-fd N`) in a new session, with stdin from /dev/null and stdout/stderr in the
+//! log file, and waits on a pipe: the daemon writes `ok VOLUME` once the kernel handshake is
+//! done (the mount is usable), or `error MESSAGE`. So the command returns only when the mount
+//! is ready, or fails with the daemon's own error message.
+
+use crate::control::ControlServer;
+use crate::format::{default_urls, open_meta};
+use crate::paths::{default_cache_dir, runtime_files};
+use crate::{S3Args, init_logging};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use spoolfs_engine::{Engine, EngineConfig, StorageConfig};
+use spoolfs_fuse::{FuseSession, MountOptions, Unmounter};
+use spoolfs_uploader::ObjectStorage;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Metadata store URL of the volume. Default: the default volume (formatted on first use).
+    #[arg(long, value_name = "URL")]
+    pub meta: Option<String>,
+    /// Where to mount: an existing, empty directory.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mount_point: PathBuf,
+    /// Local cache and staging directory [default: $XDG_CACHE_HOME/spoolfs or ~/.cache/spoolfs].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Stay in the foreground (do not daemonise); logs go to stderr or --log-file.
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Threads serving FUSE requests.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = parse_threads)]
+    pub fuse_threads: usize,
+    /// How long the kernel may cache file attributes, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    pub attr_ttl: Duration,
+    /// How long the kernel may cache name lookups, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    pub entry_ttl: Duration,
+    /// Let other users access the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Log file of the daemon [default: <cache dir>/spoolfs.log].
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// (internal) The pipe on which the daemon reports that the mount is ready.
+    #[arg(long, hide = true, value_name = "FD")]
+    pub ready_fd: Option<RawFd>,
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=256).contains(&n) => Ok(n),
+        _ => Err(format!("invalid thread count {s:?}: expected 1 to 256")),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("invalid number of seconds {s:?}"))?;
+    if !v.is_finite() || !(0.0..=86400.0).contains(&v) {
+        return Err(format!(
+            "invalid number of seconds {s:?}: expected 0 to 86400"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(path))
+    }
+}
+
+pub fn run(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
+    if args.foreground || args.ready_fd.is_some() {
+        serve(args, log_level)
+    } else {
+        init_logging(log_level, "warn", None);
+        daemonise(args, log_level)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent: start the daemon and wait for its word.
+
+fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
+    // Fail fast on a bad mount point; the daemon checks again.
+    let mount_point = spoolfs_fuse::check_mount_point(&args.mount_point)?;
+    let cache_dir = absolute(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
+    let log_path = absolute(
+        &args
+            .log_file
+            .clone()
+            .unwrap_or_else(|| cache_dir.join("spoolfs.log")),
+    )?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open log file {}", log_path.display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot create a pipe");
+    }
+    // With stdin/stdout/stderr closed, the pipe could land on 0-2, which the child's stdio
+    // redirection would overwrite: move the write end above them.
+    if fds[1] <= 2 {
+        // SAFETY: fds[1] is open; F_DUPFD_CLOEXEC returns a new descriptor or -1.
+        let moved = unsafe { libc::fcntl(fds[1], libc::F_DUPFD_CLOEXEC, 3) };
+        if moved < 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot move a pipe descriptor");
+        }
+        // SAFETY: closing the original, now duplicated, descriptor we own.
+        unsafe { libc::close(fds[1]) };
+        fds[1] = moved;
+    }
+    // SAFETY: pipe2 (or fcntl) just returned these descriptors; each is owned once.
+    let (mut read_end, write_end) =
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let write_fd = fds[1];
+
+    let exe = std::env::current_exe().context("cannot find the spoolfs executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount").arg(&mount_point).arg("--foreground");
+    cmd.arg("--ready-fd").arg(write_fd.to_string());
+    cmd.arg("--cache-dir").arg(&cache_dir);
+    cmd.arg("--log-file").arg(&log_path);
+    if let Some(meta) = &args.meta {
+        cmd.arg("--meta").arg(meta);
+    }
+    cmd.arg("--fuse-threads").arg(args.fuse_threads.to_string());
+    cmd.arg("--attr-ttl")
+        .arg(args.attr_ttl.as_secs_f64().to_string());
+    cmd.arg("--entry-ttl")
+        .arg(args.entry_ttl.as_secs_f64().to_string());
+    if args.allow_other {
+        cmd.arg("--allow-other");
+    }
+    if args.read_only {
+        cmd.arg("--read-only");
+    }
+    cmd.args(args.s3.to_args());
+    if let Some(level) = log_level {
+        cmd.arg("--log-level").arg(level);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().context("cannot duplicate the log file")?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(write_fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the spoolfs daemon")?;
+    drop(write_end);
+
+    let mut answer = String::new();
+    let _ = read_end.read_to_string(&mut answer);
+    let answer = answer.trim_end();
+    if let Some(volume) = answer.strip_prefix("ok ") {
+        println!(
+            "spoolfs: mounted {volume} at {}; logs in {}",
+            mount_point.display(),
+            log_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = child.wait().ok();
+    if let Some(message) = answer.strip_prefix("error ") {
+        bail!("{message}");
+    }
+    let tail = log_tail(&log_path, log_start);
+    Err(anyhow!(
+        "the spoolfs daemon exited{} before the mount was ready; see {}{}",
+        status.map(|s| format!(" ({s})")).unwrap_or_default(),
+        log_path.display(),
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(":\n{tail}")
+        }
+    ))
+}
+
+/// The last lines the daemon wrote to its log.
+fn log_tail(path: &Path, from: u64) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let new = &bytes[(from as usize).min(bytes.len())..];
+    let text = String::from_utf8_lossy(new);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon (or a foreground mount).
+
+/// The daemon's end of the readiness pipe.
+struct Ready(Option<File>);
+
+impl Ready {
+    fn send(&mut self, message: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = f.write_all(message.as_bytes());
+            let _ = f.write_all(b"\n");
+        }
+    }
+}
+
+/// Blocks the termination signals in this thread and every thread started after: the signal
+/// thread takes them with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
+    let daemon = args.ready_fd.is_some();
+    // SAFETY: the parent passed us this descriptor for our exclusive use.
+    let mut ready = Ready(args.ready_fd.map(|fd| unsafe { File::from_raw_fd(fd) }));
+    if daemon {
+        // stderr is already the log file.
+        init_logging(log_level, "info", None);
+    } else {
+        init_logging(log_level, "info", args.log_file.as_ref());
+    }
+    let signals = block_signals();
+
+    let setup = catch_unwind(AssertUnwindSafe(|| prepare(&args)));
+    let mounted = match setup {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            // main prints it to stderr (the log file, for a daemon).
+            ready.send(&format!("error {e:#}"));
+            return Err(e);
+        }
+        Err(p) => {
+            let e = anyhow!("the engine failed while starting: {}", panic_text(p));
+            ready.send(&format!("error {e:#}"));
+            return Err(e);
+        }
+    };
+    let Mounted {
+        engine,
+        storage,
+        mut session,
+        volume,
+        cache_dir,
+    } = mounted;
+
+    let mount_point = session.mount_point().to_path_buf();
+    let files = runtime_files(&mount_point);
+    let cleanup = || {
+        let _ = std::fs::remove_file(&files.socket);
+        let _ = std::fs::remove_file(&files.pid);
+    };
+    if let Err(e) = std::fs::create_dir_all(files.pid.parent().unwrap_or(Path::new("/")))
+        .and_then(|()| std::fs::write(&files.pid, format!("{}\n", std::process::id())))
+    {
+        warn!("cannot write pid file {}: {e}", files.pid.display());
+    }
+    let control = ControlServer {
+        engine: engine.clone(),
+        storage,
+        mount_point: mount_point.clone(),
+        read_only: args.read_only,
+        log_file: args.log_file.clone(),
+        cache_dir,
+    };
+    if let Err(e) = control.start(&files.socket) {
+        warn!("{e:#}; `spoolfs status` will not work for this mount");
+    }
+    spawn_signal_thread(signals, engine.clone(), session.unmounter());
+
+    info!(
+        "serving volume {volume:?} at {} (pid {})",
+        mount_point.display(),
+        std::process::id()
+    );
+    ready.send(&format!("ok {volume}"));
+    if daemon {
+        // Do not keep the directory we were started from busy.
+        let _ = std::env::set_current_dir("/");
+    }
+    drop(engine);
+    let result = session.run();
+    cleanup();
+    match result {
+        Ok(()) => {
+            info!("unmounted {}; exiting", mount_point.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(anyhow!(e).context(format!(
+            "the FUSE session at {} ended with an error",
+            mount_point.display()
+        ))),
+    }
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// On SIGTERM, SIGINT or SIGHUP: write everything out, then unmount; the FUSE session then
+/// ends and `serve` returns.
+fn spawn_signal_thread(set: libc::sigset_t, engine: Arc<Engine>, mut unmounter: Unmounter) {
+    let spawned = std::thread::Builder::new()
+        .name("spoolfs-signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is a valid signal set and `sig` a valid out pointer.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                info!("received signal {sig}; writing out data and unmounting");
+                match catch_unwind(AssertUnwindSafe(|| engine.shutdown())) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => error!("engine shutdown failed: {e}"),
+                    Err(p) => error!("engine shutdown panicked: {}", panic_text(p)),
+                }
+                if let Err(e) = unmounter.unmount() {
+                    error!("unmount failed: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the signal thread: {e}");
+    }
+}
+
+struct Mounted {
+    engine: Arc<Engine>,
+    storage: Arc<ObjectStorage>,
+    session: FuseSession,
+    volume: String,
+    cache_dir: PathBuf,
+}
+
+/// Everything up to a mounted, handshaken FUSE session. Every failure is a clear error.
+fn prepare(args: &MountArgs) -> Result<Mounted> {
+    let mount_point = spoolfs_fuse::check_mount_point(&args.mount_point)?;
+    let cache_dir = absolute(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
+
+    let (meta_url, default_storage) = match &args.meta {
+        Some(url) => (url.clone(), None),
+        None => {
+            let (meta, storage, _) = default_urls()?;
+            (meta, Some(storage))
+        }
+    };
+    let meta = open_meta(&meta_url)?;
+    let record = match spoolfs_engine::volume::read_record(meta.as_ref())
+        .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
+    {
+        Some(r) => r,
+        None => match default_storage {
+            // The zero-configuration path: the default volume is made on first mount.
+            Some(storage_url) => {
+                let mut storage = StorageConfig {
+                    url: storage_url,
+                    ..Default::default()
+                };
+                args.s3.apply(&mut storage);
+                let r = crate::format::format(&meta, "default", storage, None, false)?;
+                info!(
+                    "formatted the default volume ({}) in {}",
+                    r.uuid,
+                    meta.describe()
+                );
+                r
+            }
+            None => bail!("no volume in {}; run spoolfs format", meta.describe()),
+        },
+    };
+
+    let mut storage_config = record.storage_config();
+    args.s3.apply(&mut storage_config);
+    let storage = ObjectStorage::open(&storage_config)
+        .with_context(|| format!("cannot open the object store of volume {:?}", record.name))?;
+    storage
+        .check()
+        .with_context(|| format!("the object store of volume {:?} is not usable", record.name))?;
+    let storage = Arc::new(storage);
+    let volume = record.name.clone();
+    let engine = Engine::start(meta, storage.clone(), record, EngineConfig::default())
+        .with_context(|| format!("cannot start volume {volume:?}"))?;
+
+    let options = MountOptions {
+        fuse_threads: args.fuse_threads,
+        attr_ttl: args.attr_ttl,
+        entry_ttl: args.entry_ttl,
+        allow_other: args.allow_other,
+        read_only: args.read_only,
+        fs_name: volume.clone(),
+    };
+    let session = match FuseSession::new(engine.clone(), &mount_point, &options) {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing was served: still make sure nothing buffered is lost.
+            let _ = engine.shutdown();
+            return Err(e.into());
+        }
+    };
+    Ok(Mounted {
+        engine,
+        storage,
+        session,
+        volume,
+        cache_dir,
+    })
+}

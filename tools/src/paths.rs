@@ -1,0 +1,145 @@
+//! Where things live: the cache directory, the runtime directory with each mount's control
+//! socket and pid file, and the canonical form of a mount point.
+
+use anyhow::{Context, Result};
+use std::path::{Component, Path, PathBuf};
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `$XDG_CACHE_HOME/spoolfs`, else `~/.cache/spoolfs`, else `/var/cache/spoolfs`.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("spoolfs")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The directory of control sockets and pid files: `/run/spoolfs` for root, else
+/// `$XDG_RUNTIME_DIR/spoolfs`, else `<cache dir>/run`.
+pub fn runtime_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/run/spoolfs");
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
+        .map(|d| PathBuf::from(d).join("spoolfs"))
+        .unwrap_or_else(|| default_cache_dir().join("run"))
+}
+
+/// FNV-1a, 64 bits: a stable short name for a mount point.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The control socket and pid file of the mount at the canonical `mount_point`.
+pub struct RuntimeFiles {
+    pub socket: PathBuf,
+    pub pid: PathBuf,
+}
+
+pub fn runtime_files(mount_point: &Path) -> RuntimeFiles {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = runtime_dir();
+    let stem = format!("{:016x}", fnv1a(mount_point.as_os_str().as_bytes()));
+    RuntimeFiles {
+        socket: dir.join(format!("{stem}.sock")),
+        pid: dir.join(format!("{stem}.pid")),
+    }
+}
+
+/// The absolute, symlink-free path of a mount point, without touching the mount point itself
+/// (stat on a hung FUSE mount would block): the parent is canonicalised, the last component
+/// kept.
+pub fn canonical_mount_point(path: &Path) -> Result<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(path)
+    };
+    // Resolve "." and ".." lexically first so the last component is a real name.
+    let mut clean = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    match (clean.parent(), clean.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = parent
+                .canonicalize()
+                .with_context(|| format!("{}", parent.display()))?;
+            let joined = parent.join(name);
+            // The last component may itself be a symlink (not to a mount point of ours, but
+            // resolve it the way mount did).
+            match std::fs::symlink_metadata(&joined) {
+                Ok(m) if m.file_type().is_symlink() => joined
+                    .canonicalize()
+                    .with_context(|| format!("{}", joined.display())),
+                _ => Ok(joined),
+            }
+        }
+        _ => Ok(clean),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_file_names_are_stable_and_distinct() {
+        let a = runtime_files(Path::new("/mnt/a"));
+        let b = runtime_files(Path::new("/mnt/b"));
+        assert_ne!(a.socket, b.socket);
+        assert_eq!(a.socket, runtime_files(Path::new("/mnt/a")).socket);
+        assert!(a.socket.to_string_lossy().ends_with(".sock"));
+        assert!(a.pid.to_string_lossy().ends_with(".pid"));
+        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+    }
+
+    #[test]
+    fn canonical_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("m")).unwrap();
+        assert_eq!(
+            canonical_mount_point(&real.join("x/../m")).unwrap(),
+            real.join("m")
+        );
+        assert_eq!(
+            canonical_mount_point(&real.join("m/.")).unwrap(),
+            real.join("m")
+        );
+        std::os::unix::fs::symlink(real.join("m"), real.join("link")).unwrap();
+        assert_eq!(
+            canonical_mount_point(&real.join("link")).unwrap(),
+            real.join("m")
+        );
+        assert_eq!(
+            canonical_mount_point(Path::new("/")).unwrap(),
+            Path::new("/")
+        );
+    }
+}

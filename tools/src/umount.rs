@@ -1,0 +1,140 @@
+//! `spoolfs umount`: unmount, then wait for the daemon to finish writing out its data.
+
+use crate::paths::{canonical_mount_point, is_root, runtime_files};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct UmountArgs {
+    /// The mount point.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mount_point: PathBuf,
+    /// Detach now even if files are open (the daemon exits when they are closed).
+    #[arg(long, short = 'l')]
+    pub lazy: bool,
+    /// How long to wait for the daemon to write out its data, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// The fuse.spoolfs entry mounted at the canonical `path`, or a clear error.
+pub fn find_spoolfs_mount(path: &Path) -> Result<spoolfs_fuse::MountEntry> {
+    let mounts = spoolfs_fuse::read_mountinfo().context("cannot read /proc/self/mountinfo")?;
+    match mounts.iter().rev().find(|m| m.mount_point == path) {
+        Some(m) if m.fs_type == "fuse.spoolfs" => Ok(m.clone()),
+        Some(m) => bail!(
+            "{} is not a spoolfs mount (it is a {} mount)",
+            path.display(),
+            m.fs_type
+        ),
+        None => bail!(
+            "{} is not a spoolfs mount (nothing is mounted there)",
+            path.display()
+        ),
+    }
+}
+
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z') | Some('X')
+        ),
+        Err(_) => false,
+    }
+}
+
+fn unmount(path: &Path, lazy: bool) -> Result<()> {
+    if is_root() {
+        let c = CString::new(path.as_os_str().as_bytes()).context("bad mount point")?;
+        let flags = if lazy { libc::MNT_DETACH } else { 0 };
+        // SAFETY: `c` is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            bail!(
+                "{} is busy (files or directories in it are in use); close them, \
+                 or use `spoolfs umount --lazy`",
+                path.display()
+            );
+        }
+        return Err(anyhow!(e).context(format!("cannot unmount {}", path.display())));
+    }
+    let mut last = None;
+    for tool in ["fusermount3", "fusermount"] {
+        let mut cmd = Command::new(tool);
+        cmd.arg("-u");
+        if lazy {
+            cmd.arg("-z");
+        }
+        match cmd.arg(path).output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                bail!(
+                    "cannot unmount {}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow!(
+        "cannot unmount {}: neither fusermount3 nor fusermount is installed ({})",
+        path.display(),
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+pub fn run(args: UmountArgs) -> Result<ExitCode> {
+    let path = canonical_mount_point(&args.mount_point)
+        .with_context(|| format!("cannot resolve {}", args.mount_point.display()))?;
+    find_spoolfs_mount(&path)?;
+    let files = runtime_files(&path);
+    let pid = read_pid(&files.pid).filter(|&p| alive(p));
+    unmount(&path, args.lazy)?;
+    let remove_stale = || {
+        let _ = std::fs::remove_file(&files.socket);
+        let _ = std::fs::remove_file(&files.pid);
+    };
+    let Some(pid) = pid else {
+        // No daemon (it died): its runtime files are stale.
+        remove_stale();
+        println!("spoolfs: unmounted {}", path.display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let start = Instant::now();
+    let timeout = Duration::from_secs(args.timeout);
+    let mut told = false;
+    while alive(pid) {
+        if start.elapsed() >= timeout {
+            bail!(
+                "unmounted {}, but its daemon (pid {pid}) is still writing out data after {} s; \
+                 it keeps going in the background (see its log)",
+                path.display(),
+                args.timeout
+            );
+        }
+        if !told && start.elapsed() >= Duration::from_secs(1) {
+            eprintln!("spoolfs: waiting for the daemon (pid {pid}) to write out its data...");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("spoolfs: unmounted {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
