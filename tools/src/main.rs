@@ -10,6 +10,7 @@ mod format;
 mod mount;
 mod paths;
 mod size;
+mod staging_args;
 mod status;
 mod umount;
 

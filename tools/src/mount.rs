@@ -9,6 +9,7 @@
 use crate::control::ControlServer;
 use crate::format::{default_urls, open_meta};
 use crate::paths::{default_cache_dir, runtime_files};
+use crate::staging_args::StagingArgs;
 use crate::{S3Args, init_logging};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
@@ -57,6 +58,8 @@ pub struct MountArgs {
     pub read_only: bool,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub staging: StagingArgs,
     /// Log file of the daemon [default: <cache dir>/spoolfs.log].
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
@@ -168,6 +171,7 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         cmd.arg("--read-only");
     }
     cmd.args(args.s3.to_args());
+    cmd.args(args.staging.to_args());
     if let Some(level) = log_level {
         cmd.arg("--log-level").arg(level);
     }
@@ -432,8 +436,25 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         .with_context(|| format!("the object store of volume {:?} is not usable", record.name))?;
     let storage = Arc::new(storage);
     let volume = record.name.clone();
-    let engine = Engine::start(meta, storage.clone(), record, EngineConfig::default())
+    // The staging and namespace logs are opened in both modes: a standard mount still replays
+    // and uploads whatever an earlier writeback mount left staged.
+    let settings = args.staging.settings(&cache_dir).map_err(|e| anyhow!(e))?;
+    let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)
+        .with_context(|| format!("cannot open the staging log of volume {volume:?}"))?;
+    let config = EngineConfig {
+        staging: Some(staging),
+        ..Default::default()
+    };
+    let engine = Engine::start(meta, storage.clone(), record, config)
         .with_context(|| format!("cannot start volume {volume:?}"))?;
+    info!(
+        "volume {volume:?} in {} mode",
+        if engine.is_writeback() {
+            "writeback"
+        } else {
+            "standard"
+        }
+    );
 
     let options = MountOptions {
         fuse_threads: args.fuse_threads,

@@ -1,0 +1,143 @@
+//! Flags of the writeback staging engine (`spoolfs mount`).
+
+use crate::size::parse_size;
+use clap::{ArgAction, Args};
+use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
+use spoolfs_engine::writeback::StagingSettings;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct StagingArgs {
+    /// Acknowledge close/fsync once data is on the local staging device and upload it in the
+    /// background (writeback mode). `--writeback=false`: close/fsync wait for the object store.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub writeback: bool,
+    /// Engine threads writing the staging log, each with its own io_uring [default: CPUs].
+    #[arg(long, value_name = "N")]
+    pub engine_threads: Option<usize>,
+    /// I/O engine for the staging log: auto (io_uring, else pwritev2), uring or psync.
+    #[arg(long, value_name = "ENGINE", default_value = "auto", value_parser = parse_io_engine)]
+    pub io_engine: IoEngineKind,
+    /// flush: fsync/fdatasync push staged data through the device cache (survives a power
+    /// cut); none: O_DIRECT only (survives a crash of spoolfs or the kernel, not a power cut).
+    #[arg(long, value_name = "MODE", default_value = "flush", value_parser = parse_durability)]
+    pub staging_durability: StagingDurability,
+    /// Most bytes staged and not yet uploaded; at the limit writers wait for the uploaders.
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
+    pub max_staging: u64,
+    /// Oldest staged byte allowed, in seconds; past it writers wait for the uploaders.
+    #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_secs)]
+    pub max_staging_age: Duration,
+    /// How long a writer waits for staging room before uploading its data itself, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub max_staging_wait: Duration,
+    /// Size of one staging log segment file.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub staging_segment_size: u64,
+    /// Threads uploading staged data.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub upload_threads: usize,
+}
+
+fn parse_io_engine(s: &str) -> Result<IoEngineKind, String> {
+    match s {
+        "auto" => Ok(IoEngineKind::Auto),
+        "uring" | "io_uring" => Ok(IoEngineKind::Uring),
+        "psync" => Ok(IoEngineKind::Psync),
+        _ => Err(format!(
+            "invalid io engine {s:?}: expected auto, uring or psync"
+        )),
+    }
+}
+
+fn parse_durability(s: &str) -> Result<StagingDurability, String> {
+    match s {
+        "flush" => Ok(StagingDurability::Flush),
+        "none" => Ok(StagingDurability::None),
+        _ => Err(format!(
+            "invalid staging durability {s:?}: expected flush or none"
+        )),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 30.0 * 86400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "invalid number of seconds {s:?}: expected more than 0, at most 30 days"
+        )),
+    }
+}
+
+impl StagingArgs {
+    pub fn settings(&self, cache_dir: &Path) -> Result<StagingSettings, String> {
+        let threads = self
+            .engine_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if !(1..=256).contains(&threads) {
+            return Err(format!(
+                "invalid --engine-threads {threads}: expected 1 to 256"
+            ));
+        }
+        if self.staging_segment_size < (1 << 20)
+            || self.staging_segment_size > (1 << 30)
+            || self.staging_segment_size % (64 << 10) != 0
+        {
+            return Err(format!(
+                "invalid --staging-segment-size {}: a multiple of 64 KiB from 1 MiB to 1 GiB",
+                self.staging_segment_size
+            ));
+        }
+        if self.upload_threads == 0 || self.upload_threads > 256 {
+            return Err(format!(
+                "invalid --upload-threads {}: expected 1 to 256",
+                self.upload_threads
+            ));
+        }
+        Ok(StagingSettings {
+            cache_dir: cache_dir.to_path_buf(),
+            writeback: self.writeback,
+            engine_threads: threads,
+            io_engine: self.io_engine,
+            durability: self.staging_durability,
+            segment_size: self.staging_segment_size,
+            max_staging_bytes: self.max_staging.max(self.staging_segment_size),
+            max_staging_age: self.max_staging_age,
+            max_staging_wait: self.max_staging_wait,
+            upload_threads: self.upload_threads,
+        })
+    }
+
+    /// The same flags, for the daemon's command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = vec![
+            format!("--writeback={}", self.writeback),
+            format!(
+                "--io-engine={}",
+                match self.io_engine {
+                    IoEngineKind::Auto => "auto",
+                    IoEngineKind::Uring => "uring",
+                    IoEngineKind::Psync => "psync",
+                }
+            ),
+            format!(
+                "--staging-durability={}",
+                match self.staging_durability {
+                    StagingDurability::Flush => "flush",
+                    StagingDurability::None => "none",
+                }
+            ),
+            format!("--max-staging={}", self.max_staging),
+            format!("--max-staging-age={}", self.max_staging_age.as_secs_f64()),
+            format!("--max-staging-wait={}", self.max_staging_wait.as_secs_f64()),
+            format!("--staging-segment-size={}", self.staging_segment_size),
+            format!("--upload-threads={}", self.upload_threads),
+        ];
+        if let Some(n) = self.engine_threads {
+            out.push(format!("--engine-threads={n}"));
+        }
+        out
+    }
+}
