@@ -422,6 +422,8 @@ pub struct StagingSettings {
     pub max_staging_age: Duration,
     pub max_staging_wait: Duration,
     pub upload_threads: usize,
+    /// Fault injection into the data staging log (tests).
+    pub faults: Option<Arc<crate::staging::FaultConfig>>,
 }
 
 /// Which node's cache directory holds this volume's staging and namespace logs, and whether
@@ -482,7 +484,11 @@ pub fn open_staging(
     let uuid_bytes = *uuid::Uuid::parse_str(&volume.uuid)
         .map_err(|e| FsError::Other(format!("volume uuid {:?}: {e}", volume.uuid)))?
         .as_bytes();
-    let open_log = |sub: &str, threads: usize, segment_size: u64, max_segments: usize| {
+    let open_log = |sub: &str,
+                    threads: usize,
+                    segment_size: u64,
+                    max_segments: usize,
+                    faults: Option<Arc<crate::staging::FaultConfig>>| {
         let config = StagingConfig {
             dir: dir.join(sub),
             segment_size,
@@ -492,7 +498,11 @@ pub fn open_staging(
             volume_uuid: uuid_bytes,
             threads,
         };
-        StagingLog::open(config).map_err(|e| {
+        let tuning = crate::staging::StagingTuning {
+            faults,
+            ..Default::default()
+        };
+        StagingLog::open_tuned(config, tuning).map_err(|e| {
             FsError::new(
                 e.errno(),
                 format!(
@@ -503,7 +513,7 @@ pub fn open_staging(
         })
     };
     // The namespace log is small and has one writer thread so its order is simple.
-    let (ns_log, ns_records) = open_log("namespace", 1, 16 << 20, 16)?;
+    let (ns_log, ns_records) = open_log("namespace", 1, 16 << 20, 16, None)?;
     let ns_log = Arc::new(ns_log);
     let ns = Arc::new(NamespaceLog {
         log: ns_log.clone(),
@@ -530,6 +540,7 @@ pub fn open_staging(
         settings.engine_threads.max(1),
         settings.segment_size,
         max_segments,
+        settings.faults.clone(),
     )?;
     tracing::info!(
         "staging log in {}: {} io engine, {} thread(s)",

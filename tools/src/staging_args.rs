@@ -107,6 +107,13 @@ impl StagingArgs {
             max_staging_age: self.max_staging_age,
             max_staging_wait: self.max_staging_wait,
             upload_threads: self.upload_threads,
+            // Test mounts inject staging faults through the environment (see docs/ARCHITECTURE.md).
+            faults: match std::env::var("SPOOLFS_STAGING_FAULTS") {
+                Ok(spec) if !spec.is_empty() => {
+                    Some(spoolfs_engine::staging::FaultConfig::from_spec(&spec)?)
+                }
+                _ => None,
+            },
         })
     }
 

@@ -232,6 +232,10 @@ pub struct FaultConfig {
     torn_keep: AtomicU64,
     delay_us: AtomicU64,
     fail_flushes: AtomicBool,
+    /// Every write whose number is a multiple of this fails (0: off).
+    fail_every: AtomicU64,
+    /// Every write whose number is a multiple of this is torn (0: off).
+    tear_every: AtomicU64,
     armed: AtomicBool,
 }
 
@@ -263,6 +267,41 @@ impl FaultConfig {
     pub fn delay_writes(&self, d: Duration) {
         self.delay_us.store(d.as_micros() as u64, Ordering::SeqCst);
         self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Every `n`th write fails with `EIO` (0 turns it off).
+    pub fn fail_every(&self, n: u64) {
+        self.fail_every.store(n, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Every `n`th write is torn after `keep` bytes (0 turns it off).
+    pub fn tear_every(&self, n: u64, keep: u64) {
+        self.torn_keep.store(keep & !4095, Ordering::SeqCst);
+        self.tear_every.store(n, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Parses a fault plan such as `fail_every=7,tear_every=11,delay_us=500,fail_flushes`
+    /// (the `SPOOLFS_STAGING_FAULTS` variable of test mounts).
+    pub fn from_spec(spec: &str) -> Result<Arc<FaultConfig>, String> {
+        let f = FaultConfig::new();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item.split_once('=').unwrap_or((item, ""));
+            let num = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("fault {key:?} needs a number, got {value:?}"))
+            };
+            match key {
+                "fail_every" => f.fail_every(num()?),
+                "tear_every" => f.tear_every(num()?, 4096),
+                "delay_us" => f.delay_writes(Duration::from_micros(num()?)),
+                "fail_flushes" => f.fail_flushes(true),
+                _ => return Err(format!("unknown fault {key:?}")),
+            }
+        }
+        Ok(f)
     }
 
     /// Every flush fails with `EIO` while set.
@@ -297,10 +336,14 @@ impl IoBackend for FaultyBackend {
         ops.iter()
             .map(|op| {
                 let n = f.writes.fetch_add(1, Ordering::SeqCst) + 1;
-                if n == f.fail_at.load(Ordering::SeqCst) {
+                let every = |a: &AtomicU64| {
+                    let k = a.load(Ordering::SeqCst);
+                    k > 0 && n.is_multiple_of(k)
+                };
+                if n == f.fail_at.load(Ordering::SeqCst) || every(&f.fail_every) {
                     return Err(eio("failed write"));
                 }
-                if n == f.torn_at.load(Ordering::SeqCst) {
+                if n == f.torn_at.load(Ordering::SeqCst) || every(&f.tear_every) {
                     let keep = (f.torn_keep.load(Ordering::SeqCst) as usize).min(op.len);
                     if keep > 0 {
                         let part = WriteOp {
