@@ -369,6 +369,8 @@ pub(crate) fn uploader_loop(engine: std::sync::Weak<Engine>, wb: Arc<Writeback>)
 /// with no inode.
 struct NamespaceLog {
     log: Arc<StagingLog>,
+    /// `--staging-durability none`: no device cache flushes at all.
+    flush: bool,
     locs: Mutex<HashMap<u64, StagedLoc>>,
     next: std::sync::atomic::AtomicU64,
 }
@@ -397,6 +399,9 @@ impl crate::wal::RecordLog for NamespaceLog {
         Ok(self.remember(loc))
     }
     fn sync(&self) -> std::io::Result<()> {
+        if !self.flush {
+            return Ok(());
+        }
         self.log
             .sync()
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
@@ -515,8 +520,16 @@ pub fn open_staging(
     // The namespace log is small and has one writer thread so its order is simple.
     let (ns_log, ns_records) = open_log("namespace", 1, 16 << 20, 16, None)?;
     let ns_log = Arc::new(ns_log);
+    let flush = settings.durability == crate::staging::StagingDurability::Flush;
+    if !flush {
+        tracing::warn!(
+            "--staging-durability none: fsync does not flush the device cache; acknowledged \
+             data survives a crash of spoolfs or of the kernel, not a power cut"
+        );
+    }
     let ns = Arc::new(NamespaceLog {
         log: ns_log.clone(),
+        flush,
         locs: Mutex::new(HashMap::new()),
         next: std::sync::atomic::AtomicU64::new(1),
     });
