@@ -54,6 +54,7 @@ const NOMINAL_INODES: u64 = 1 << 40;
 const XATTR_NAME_MAX: usize = 255;
 const XATTR_VALUE_MAX: usize = 65536;
 const MAX_FILE_SIZE: u64 = 1 << 50;
+const OPEN_SHARDS: usize = 64;
 
 /// Data written through open handles and not yet uploaded: one contiguous run of bytes inside
 /// one chunk. Later entries shadow earlier ones.
@@ -106,7 +107,9 @@ pub struct Engine {
     pub(crate) writeback: Option<Arc<Writeback>>,
     inode_ids: IdAllocator,
     slice_ids: IdAllocator,
-    open: Mutex<HashMap<Ino, OpenInode>>,
+    /// Open and pinned inodes, sharded by inode number so that writers of different files
+    /// never meet on one lock.
+    open: Vec<Mutex<HashMap<Ino, OpenInode>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_fh: AtomicU64,
@@ -232,7 +235,9 @@ impl Engine {
             config,
             inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, 256),
             slice_ids: IdAllocator::new(schema::NEXT_SLICE_KEY, 1024),
-            open: Mutex::new(HashMap::new()),
+            open: (0..OPEN_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -293,6 +298,10 @@ impl Engine {
         self.volume.chunk_size
     }
 
+    fn open_shard(&self, ino: Ino) -> &Mutex<HashMap<Ino, OpenInode>> {
+        &self.open[(ino as usize) % OPEN_SHARDS]
+    }
+
     pub(crate) fn stopping_now(&self) -> bool {
         self.stop_now.load(Ordering::Acquire)
     }
@@ -329,7 +338,7 @@ impl Engine {
 
     /// Applies in-memory pending writes to stored attributes.
     fn overlay_attr(&self, ino: Ino, attr: &mut Attr) {
-        let state = match self.open.lock().get(&ino) {
+        let state = match self.open_shard(ino).lock().get(&ino) {
             Some(o) => o.state.clone(),
             None => return,
         };
@@ -352,7 +361,7 @@ impl Engine {
     // ---------------------------------------------------------------- pins and handles
 
     pub(crate) fn pin(&self, ino: Ino, handle: bool) -> Arc<RwLock<FileState>> {
-        let mut open = self.open.lock();
+        let mut open = self.open_shard(ino).lock();
         let entry = open.entry(ino).or_insert_with(|| OpenInode {
             pins: 0,
             handles: 0,
@@ -367,7 +376,7 @@ impl Engine {
 
     /// Drops a pin; returns true if it was the last open handle of the inode.
     pub(crate) fn unpin(&self, ino: Ino, handle: bool) -> bool {
-        let mut open = self.open.lock();
+        let mut open = self.open_shard(ino).lock();
         let Some(entry) = open.get_mut(&ino) else {
             return false;
         };
@@ -384,7 +393,10 @@ impl Engine {
     }
 
     fn has_handles(&self, ino: Ino) -> bool {
-        self.open.lock().get(&ino).is_some_and(|o| o.handles > 0)
+        self.open_shard(ino)
+            .lock()
+            .get(&ino)
+            .is_some_and(|o| o.handles > 0)
     }
 
     // ---------------------------------------------------------------- namespace
@@ -931,7 +943,10 @@ impl Engine {
     }
 
     fn state_of(&self, ino: Ino) -> Option<Arc<RwLock<FileState>>> {
-        self.open.lock().get(&ino).map(|o| o.state.clone())
+        self.open_shard(ino)
+            .lock()
+            .get(&ino)
+            .map(|o| o.state.clone())
     }
 
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -1217,7 +1232,7 @@ impl Engine {
         // Standard mode: close(2) promises the data is in the object store and the metadata
         // that points at it survives a crash. Writeback: the namespace log makes the commit
         // crash-safe; `durable` (fsync) adds a device flush.
-        let durability = if durable || (uploaded_directly && self.writeback.is_none()) {
+        let durability = if durable || (uploaded_directly && !self.is_writeback()) {
             Durability::Durable
         } else {
             Durability::Visible
@@ -1721,7 +1736,11 @@ impl Engine {
     /// Uploads or stages everything buffered, waits (up to `drain_on_shutdown`) for staged
     /// data to reach the object store, and makes the metadata durable (unmount).
     pub fn shutdown(&self) -> Result<()> {
-        let inos: Vec<Ino> = self.open.lock().keys().copied().collect();
+        let inos: Vec<Ino> = self
+            .open
+            .iter()
+            .flat_map(|s| s.lock().keys().copied().collect::<Vec<_>>())
+            .collect();
         let mut first_err = None;
         for ino in inos {
             if let Err(e) = self.flush_inode(ino) {
