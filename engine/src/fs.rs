@@ -727,13 +727,27 @@ impl Engine {
                 "RENAME_NOREPLACE with RENAME_EXCHANGE",
             ));
         }
-        schema::check_name(new_name)?;
         self.update(|t| {
             must_dir(t, parent)?;
             must_dir(t, new_parent)?;
             let src = schema::get_dentry(t, parent, name)?
                 .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
+            // Linux order: a missing source first, then the new name, then a loop.
+            check_name_meta(new_name)?;
             let dst = schema::get_dentry(t, new_parent, new_name)?;
+            if flags.noreplace && dst.is_some() {
+                return Err(posix(
+                    libc::EEXIST,
+                    format!("{} exists", name_str(new_name)),
+                ));
+            }
+            if (dst.is_some() || !flags.exchange)
+                && src.kind == FileKind::Dir
+                && parent != new_parent
+                && is_ancestor(t, src.ino, new_parent)?
+            {
+                return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
+            }
             let now = schema::now_ns();
             if flags.exchange {
                 let dst = dst.ok_or_else(|| {
@@ -856,17 +870,17 @@ impl Engine {
         let rec = self.update(|t| {
             let mut prec = must_dir(t, new_parent)?;
             let mut rec = schema::must_inode(t, ino)?;
-            if rec.kind == FileKind::Dir {
-                return Err(posix(libc::EPERM, "cannot hard-link a directory"));
-            }
-            if rec.nlink == 0 {
-                return Err(posix(libc::ENOENT, "file was removed"));
-            }
             if schema::get_dentry(t, new_parent, new_name)?.is_some() {
                 return Err(posix(
                     libc::EEXIST,
                     format!("{} exists", name_str(new_name)),
                 ));
+            }
+            if rec.kind == FileKind::Dir {
+                return Err(posix(libc::EPERM, "cannot hard-link a directory"));
+            }
+            if rec.nlink == 0 {
+                return Err(posix(libc::ENOENT, "file was removed"));
             }
             let now = schema::now_ns();
             rec.nlink += 1;

@@ -518,7 +518,13 @@ pub fn open_staging(
         })
     };
     // The namespace log is small and has one writer thread so its order is simple.
-    let (ns_log, ns_records) = open_log("namespace", 1, 16 << 20, 16, None)?;
+    let (ns_log, ns_records) = open_log(
+        "namespace",
+        1,
+        settings.segment_size.min(16 << 20),
+        16,
+        None,
+    )?;
     let ns_log = Arc::new(ns_log);
     let flush = settings.durability == crate::staging::StagingDurability::Flush;
     if !flush {

@@ -900,6 +900,9 @@ enum Buffers {
     Small,
     /// One block of each.
     Tiny,
+    /// Small buffers, writeback mode: slices go to the staging log and the namespace log, one
+    /// uploader moves them to the object store while the sequence runs.
+    Writeback,
 }
 
 struct Handle {
@@ -911,6 +914,7 @@ struct Handle {
 struct Harness {
     dir: tempfile::TempDir,
     config: EngineConfig,
+    writeback: bool,
     engine: Option<Arc<Engine>>,
     m: Model,
     /// Model node -> engine inode.
@@ -1035,12 +1039,12 @@ impl Harness {
             // and a small block cache makes reads evict blocks.
             max_dirty_per_file: match buffers {
                 Buffers::Large => 64 * MIB,
-                Buffers::Small => 160 * KIB,
+                Buffers::Small | Buffers::Writeback => 160 * KIB,
                 Buffers::Tiny => BLOCK,
             },
             block_cache_bytes: match buffers {
                 Buffers::Large => 64 * MIB,
-                Buffers::Small => 512 * KIB,
+                Buffers::Small | Buffers::Writeback => 512 * KIB,
                 Buffers::Tiny => 2 * BLOCK,
             },
             ..EngineConfig::default()
@@ -1061,6 +1065,7 @@ impl Harness {
         let mut h = Harness {
             dir,
             config,
+            writeback: buffers == Buffers::Writeback,
             engine: None,
             m: Model::new(),
             map: HashMap::from([(MROOT, ROOT_INO)]),
@@ -1077,8 +1082,29 @@ impl Harness {
             .expect("read volume record")
             .expect("volume is formatted");
         assert_eq!(record.block_size, BLOCK);
-        self.engine =
-            Some(Engine::start(meta, storage, record, self.config.clone()).expect("start engine"));
+        let mut config = self.config.clone();
+        let meta = if self.writeback {
+            let settings = spoolfs_engine::writeback::StagingSettings {
+                cache_dir: self.dir.path().join("cache"),
+                writeback: true,
+                engine_threads: 2,
+                io_engine: spoolfs_engine::staging::IoEngineKind::Auto,
+                durability: spoolfs_engine::staging::StagingDurability::None,
+                segment_size: 1 << 20,
+                max_staging_bytes: 64 << 20,
+                max_staging_age: std::time::Duration::from_secs(3600),
+                max_staging_wait: std::time::Duration::from_secs(5),
+                upload_threads: 1,
+                faults: None,
+            };
+            let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)
+                .expect("open staging");
+            config.staging = Some(staging);
+            meta
+        } else {
+            meta
+        };
+        self.engine = Some(Engine::start(meta, storage, record, config).expect("start engine"));
     }
 
     fn e(&self) -> &Engine {
@@ -2068,7 +2094,12 @@ fn minimize(buffers: Buffers, mut ops: Vec<Op>, deadline: Instant) -> (Vec<Op>, 
 /// Runs a hand-written sequence with both buffer configurations; panics with a minimized
 /// sequence if it fails.
 fn run_ops(ops: &[Op]) {
-    for buffers in [Buffers::Large, Buffers::Small, Buffers::Tiny] {
+    for buffers in [
+        Buffers::Large,
+        Buffers::Small,
+        Buffers::Tiny,
+        Buffers::Writeback,
+    ] {
         if let Err(f) = run_ops_with(buffers, ops) {
             panic!("{buffers:?}: {}\n{}", f.msg, listing(&f.ran));
         }
@@ -2084,7 +2115,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 #[test]
 fn model_random_ops() {
-    let cases = env_usize("PROPTEST_CASES", 128) as u32;
+    let cases = env_usize("PROPTEST_CASES", 100) as u32;
     let max_ops = env_usize("MODEL_OPS", 150);
     let config = ProptestConfig {
         cases,
@@ -2108,7 +2139,8 @@ fn model_random_ops() {
     let buffers = prop_oneof![
         Just(Buffers::Large),
         Just(Buffers::Small),
-        Just(Buffers::Tiny)
+        Just(Buffers::Tiny),
+        Just(Buffers::Writeback)
     ];
     let strategy = (buffers, proptest::collection::vec(op(), 1..=max_ops));
     let result = runner.run(&strategy, |(buffers, ops)| {
