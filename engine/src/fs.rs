@@ -336,26 +336,26 @@ impl Engine {
         Ok(out.expect("update ran"))
     }
 
-    /// Applies in-memory pending writes to stored attributes.
-    fn overlay_attr(&self, ino: Ino, attr: &mut Attr) {
-        let state = match self.open_shard(ino).lock().get(&ino) {
-            Some(o) => o.state.clone(),
-            None => return,
-        };
-        if let Some(ov) = state.read().overlay {
-            attr.size = ov.size;
-            attr.blocks = ov.size.div_ceil(512);
-            attr.mtime = schema::from_ns(ov.mtime_ns);
-            attr.ctime = schema::from_ns(ov.ctime_ns);
-        }
-    }
-
+    /// Attributes of an inode read earlier as `rec`. For an open file the record is read again
+    /// under the file's state lock, so that a flush committing between the two reads cannot
+    /// make a stale size pass for the current one.
     fn attr_of(&self, ino: Ino, rec: &InodeRec) -> Attr {
-        let mut attr = to_attr(ino, rec, self.blksize());
-        if rec.kind == FileKind::File {
-            self.overlay_attr(ino, &mut attr);
+        if rec.kind == FileKind::File
+            && let Some(state) = self.state_of(ino)
+        {
+            let st = state.read();
+            if let Ok(fresh) = self.view(|r| schema::must_inode(r, ino)) {
+                let mut attr = to_attr(ino, &fresh, self.blksize());
+                if let Some(ov) = st.overlay {
+                    attr.size = ov.size;
+                    attr.blocks = ov.size.div_ceil(512);
+                    attr.mtime = schema::from_ns(ov.mtime_ns);
+                    attr.ctime = schema::from_ns(ov.ctime_ns);
+                }
+                return attr;
+            }
         }
-        attr
+        to_attr(ino, rec, self.blksize())
     }
 
     // ---------------------------------------------------------------- pins and handles

@@ -297,6 +297,11 @@ impl ObjectStorage {
                     StorageError::NotFound { .. } => StorageError::Unavailable {
                         detail: format!("{}: bucket not found", self.describe),
                     },
+                    StorageError::Unavailable { detail } if detail.contains("NoSuchBucket") => {
+                        StorageError::Unavailable {
+                            detail: format!("{}: the bucket does not exist", self.describe),
+                        }
+                    }
                     StorageError::Unavailable { detail } => StorageError::Unavailable {
                         detail: format!("{}: {detail}", self.describe),
                     },

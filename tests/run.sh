@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the spoolfs binary and runs the whole test suite (unit + integration tests).
+#
+#   bash tests/run.sh                                  # cargo test --workspace --no-fail-fast
+#   bash tests/run.sh -p spoolfs-tests --test posix    # cargo test ARGS (instead of --workspace)
+#
+# Needs: a Rust toolchain; s3s-fs 0.14.1 (installed here with `cargo install` when missing);
+# for the FUSE tests root and /dev/fuse (without them those tests print "SKIPPED" and pass);
+# cp, tar, diff, git, python3 (with venv and pip). `.ci/run` installs the Debian packages.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$cargo_bin:$PATH"
+
+if [[ -z "${S3S_FS_BIN:-}" ]] && ! command -v s3s-fs >/dev/null 2>&1; then
+    echo "== installing s3s-fs 0.14.1 (once; takes a few minutes)"
+    cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+
+echo "== building the spoolfs binary"
+cargo build -p spoolfs-tools
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+export SPOOLFS_BIN="${SPOOLFS_BIN:-$target_dir/debug/spoolfs}"
+"$SPOOLFS_BIN" --help >/dev/null
+
+# Test helpers unmount everything they mount, even when a test panics. Should the test process
+# itself die (timeout, abort), detach whatever spoolfs test mounts are left under the temp dir.
+cleanup_mounts() {
+    local tmp="${TMPDIR:-/tmp}"
+    tmp="${tmp%/}"
+    # mountinfo: field 5 is the mount point; the file system type follows the " - " separator.
+    awk -v tmp="$tmp/spoolfs-" '{
+        for (i = 1; i <= NF; i++) if ($i == "-") break;
+        if (index($5, tmp) == 1 && $(i + 1) ~ /^fuse/) print $5
+    }' /proc/self/mountinfo | sort -r | while read -r mp; do
+        echo "== detaching leftover mount $mp" >&2
+        umount -l "$mp" 2>/dev/null || fusermount3 -uz "$mp" 2>/dev/null || true
+    done
+}
+trap cleanup_mounts EXIT
+
+if (($# == 0)); then
+    set -- --workspace --no-fail-fast
+fi
+echo "== cargo test $*"
+# A hung FUSE request must not hang CI forever.
+timeout -k 60s "${SPOOLFS_TEST_TIMEOUT:-45m}" cargo test "$@"
