@@ -549,6 +549,24 @@ impl Backend {
     pub const ALL: [Backend; 2] = [Backend::File, Backend::S3];
 }
 
+thread_local! {
+    /// Extra `spoolfs mount` arguments of the running test (its mode).
+    static MODE_ARGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs a backend test with every mount in standard mode (`--writeback=false`: close and fsync
+/// wait for the object store) instead of the default writeback mode.
+pub fn run_backend_test_standard(name: &str, backend: Backend, test: fn(Backend)) {
+    MODE_ARGS.with(|m| *m.borrow_mut() = vec!["--writeback=false".to_string()]);
+    eprintln!("=== {name} [{backend:?}, standard mode]");
+    let start = Instant::now();
+    test(backend);
+    eprintln!(
+        "=== {name} [{backend:?}, standard mode] done in {:?}",
+        start.elapsed()
+    );
+}
+
 /// Runs `test` for one backend, with a banner on stderr (so logs say which backend failed).
 pub fn run_backend_test(name: &str, backend: Backend, test: fn(Backend)) {
     eprintln!("=== {name} [{backend:?}]");
@@ -557,7 +575,7 @@ pub fn run_backend_test(name: &str, backend: Backend, test: fn(Backend)) {
     eprintln!("=== {name} [{backend:?}] done in {:?}", start.elapsed());
 }
 
-/// Declares `#[test] fn file()` and `#[test] fn s3()` in a module named after each given
+/// Declares `#[test] fn file()`, `fn file_standard_mode()` and `fn s3()` in a module named after each given
 /// function `fn NAME(backend: Backend)`.
 #[macro_export]
 macro_rules! backend_tests {
@@ -567,6 +585,14 @@ macro_rules! backend_tests {
                 #[test]
                 fn file() {
                     $crate::run_backend_test(
+                        stringify!($name),
+                        $crate::Backend::File,
+                        super::$name,
+                    );
+                }
+                #[test]
+                fn file_standard_mode() {
+                    $crate::run_backend_test_standard(
                         stringify!($name),
                         $crate::Backend::File,
                         super::$name,
@@ -770,6 +796,7 @@ impl Volume {
         if !opts.daemon {
             a.push("--foreground".into());
         }
+        MODE_ARGS.with(|m| a.extend(m.borrow().iter().map(OsString::from)));
         a.extend(opts.extra_args.iter().map(OsString::from));
         a
     }

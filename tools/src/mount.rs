@@ -302,6 +302,7 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         let _ = std::fs::remove_file(&files.socket);
         let _ = std::fs::remove_file(&files.pid);
     };
+    let _ = std::fs::remove_file(&files.exit);
     if let Err(e) = std::fs::create_dir_all(files.pid.parent().unwrap_or(Path::new("/")))
         .and_then(|()| std::fs::write(&files.pid, format!("{}\n", std::process::id())))
     {
@@ -330,8 +331,21 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         // Do not keep the directory we were started from busy.
         let _ = std::env::set_current_dir("/");
     }
-    drop(engine);
     let result = session.run();
+    // Tell `spoolfs umount` how we ended: it reports success only for a clean stop.
+    let status = engine.status();
+    let report = if status.staged_bytes == 0 && status.dirty_bytes == 0 {
+        "clean\n".to_string()
+    } else {
+        format!(
+            "staged {} bytes in {} slices\n",
+            status.staged_bytes, status.staged_slices
+        )
+    };
+    drop(engine);
+    if let Err(e) = std::fs::write(&files.exit, report) {
+        warn!("cannot write {}: {e}", files.exit.display());
+    }
     cleanup();
     match result {
         Ok(()) => {

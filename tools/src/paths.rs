@@ -51,6 +51,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub struct RuntimeFiles {
     pub socket: PathBuf,
     pub pid: PathBuf,
+    /// Written by the daemon as it exits: `clean`, or how much is still staged.
+    pub exit: PathBuf,
 }
 
 pub fn runtime_files(mount_point: &Path) -> RuntimeFiles {
@@ -60,6 +62,7 @@ pub fn runtime_files(mount_point: &Path) -> RuntimeFiles {
     RuntimeFiles {
         socket: dir.join(format!("{stem}.sock")),
         pid: dir.join(format!("{stem}.pid")),
+        exit: dir.join(format!("{stem}.exit")),
     }
 }
 

@@ -83,7 +83,7 @@ impl StagingArgs {
         }
         if self.staging_segment_size < (1 << 20)
             || self.staging_segment_size > (1 << 30)
-            || self.staging_segment_size % (64 << 10) != 0
+            || !self.staging_segment_size.is_multiple_of(64 << 10)
         {
             return Err(format!(
                 "invalid --staging-segment-size {}: a multiple of 64 KiB from 1 MiB to 1 GiB",

@@ -135,6 +135,23 @@ pub fn run(args: UmountArgs) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("spoolfs: unmounted {}", path.display());
-    Ok(ExitCode::SUCCESS)
+    // The daemon says how it ended; no word means it died before it finished.
+    let report = std::fs::read_to_string(&files.exit).unwrap_or_default();
+    let _ = std::fs::remove_file(&files.exit);
+    match report.trim() {
+        "clean" => {
+            println!("spoolfs: unmounted {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        "" => bail!(
+            "unmounted {}, but its daemon (pid {pid}) died before it finished writing out data; \
+             anything still staged is uploaded at the next mount with the same --cache-dir",
+            path.display()
+        ),
+        other => bail!(
+            "unmounted {}, but not everything reached the object store ({other}); it is \
+             uploaded at the next mount with the same --cache-dir",
+            path.display()
+        ),
+    }
 }
