@@ -1,9 +1,11 @@
 //! The data layout of one chunk: a sorted list of non-overlapping segments, each pointing into
-//! a slice. A new slice is *resolved* into the list when it is committed: it cuts whatever it
+//! a slice, stored one key per segment. A new slice is *resolved* into the list when it is committed: it cuts whatever it
 //! overlaps, so a reader never has to replay history, and a slice that no segment points to
 //! any more is dead (its objects can be deleted). Gaps between segments are holes: zeros.
 
-use crate::schema::SliceRec;
+use crate::schema::{self, SliceRec};
+use crate::types::Ino;
+use spoolfs_metadata::{KvRead, KvTxn, MetaError, prefix_end};
 use std::collections::BTreeSet;
 
 /// Removes `[start, end)` of the chunk from `segs`, trimming segments that straddle the edges.
@@ -37,7 +39,9 @@ pub fn cut(segs: &mut Vec<SliceRec>, start: u32, end: u32) {
     *segs = out;
 }
 
-/// Lays a new segment over `segs`, keeping the list sorted and non-overlapping.
+/// Lays a new segment over `segs`, keeping the list sorted and non-overlapping (the in-memory
+/// reference of [`insert_stored`]).
+#[cfg(test)]
 pub fn insert(segs: &mut Vec<SliceRec>, new: SliceRec) {
     if new.len == 0 {
         return;
@@ -48,6 +52,7 @@ pub fn insert(segs: &mut Vec<SliceRec>, new: SliceRec) {
 }
 
 /// Slice ids that appear in `before` but not in `after`: the slices a change killed.
+#[cfg(test)]
 pub fn dead_slices(before: &[SliceRec], after: &[SliceRec]) -> Vec<(u64, u32)> {
     let alive: BTreeSet<u64> = after.iter().map(|s| s.id).collect();
     let mut seen = BTreeSet::new();
@@ -105,6 +110,119 @@ pub fn plan_read(segs: &[SliceRec], start: u32, end: u32) -> Vec<ReadPiece> {
     out
 }
 
+// ------------------------------------------------------------------------------------------
+// The same operations on the stored map: one key per segment (`schema::seg_key`).
+
+fn decode_seg(bytes: &[u8]) -> Result<SliceRec, MetaError> {
+    schema::decode("segment", bytes)
+}
+
+/// The segments of `chunk` that overlap `[lo, hi)`, sorted by position.
+pub fn load(
+    r: &dyn KvRead,
+    ino: Ino,
+    chunk: u32,
+    lo: u32,
+    hi: u32,
+) -> Result<Vec<SliceRec>, MetaError> {
+    let mut out = Vec::new();
+    if lo >= hi {
+        return Ok(out);
+    }
+    if lo > 0 {
+        // The segment that starts before `lo` may reach into the range.
+        let first = schema::seg_key(ino, chunk, 0);
+        if let Some((_, v)) = r
+            .scan_back(&first, &schema::seg_key(ino, chunk, lo), 1)?
+            .into_iter()
+            .next()
+        {
+            let s = decode_seg(&v)?;
+            if s.pos + s.len > lo {
+                out.push(s);
+            }
+        }
+    }
+    let start = schema::seg_key(ino, chunk, lo);
+    let end = schema::seg_key(ino, chunk, hi);
+    for (_, v) in r.scan(&start, &end, usize::MAX)? {
+        out.push(decode_seg(&v)?);
+    }
+    Ok(out)
+}
+
+/// Every segment of every chunk of a file.
+pub fn load_all(r: &dyn KvRead, ino: Ino) -> Result<Vec<(u32, SliceRec)>, MetaError> {
+    let prefix = schema::chunk_prefix(ino);
+    let mut out = Vec::new();
+    for (k, v) in r.scan(&prefix, &prefix_end(&prefix), usize::MAX)? {
+        out.push((schema::chunk_index_of_key(&k), decode_seg(&v)?));
+    }
+    Ok(out)
+}
+
+/// Removes `[lo, hi)` from the chunk's map; returns the segments it cut or removed (their
+/// slices may have died).
+pub fn cut_stored(
+    t: &mut dyn KvTxn,
+    ino: Ino,
+    chunk: u32,
+    lo: u32,
+    hi: u32,
+) -> Result<Vec<SliceRec>, MetaError> {
+    let touched = load(t, ino, chunk, lo, hi)?;
+    for s in &touched {
+        t.delete(&schema::seg_key(ino, chunk, s.pos))?;
+        let mut rest = vec![*s];
+        cut(&mut rest, lo, hi);
+        for piece in rest {
+            t.put(
+                &schema::seg_key(ino, chunk, piece.pos),
+                &schema::encode(&piece),
+            )?;
+        }
+    }
+    Ok(touched)
+}
+
+/// Lays a new segment over the chunk's map; returns the segments it cut or removed.
+pub fn insert_stored(
+    t: &mut dyn KvTxn,
+    ino: Ino,
+    chunk: u32,
+    new: SliceRec,
+) -> Result<Vec<SliceRec>, MetaError> {
+    let touched = cut_stored(t, ino, chunk, new.pos, new.pos + new.len)?;
+    t.put(&schema::seg_key(ino, chunk, new.pos), &schema::encode(&new))?;
+    Ok(touched)
+}
+
+/// Of the slices of `candidates`, those with no segment left in the chunk: `(id, size)`.
+/// A slice's pieces all lie within `[origin, origin + size)` of its chunk, where
+/// `origin = pos - off`, so only that range is looked at.
+pub fn dead_stored(
+    r: &dyn KvRead,
+    ino: Ino,
+    chunk: u32,
+    candidates: &[SliceRec],
+) -> Result<Vec<(u64, u32)>, MetaError> {
+    let mut seen = BTreeSet::new();
+    let mut dead = Vec::new();
+    for s in candidates {
+        if s.id == 0 || !seen.insert(s.id) {
+            continue;
+        }
+        let origin = s.pos - s.off;
+        let alive = load(r, ino, chunk, origin, origin + s.size)?
+            .iter()
+            .any(|g| g.id == s.id);
+        if !alive {
+            dead.push((s.id, s.size));
+        }
+    }
+    Ok(dead)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +260,48 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn stored_map_matches_the_in_memory_one(
+            writes in prop::collection::vec((0u32..200, 1u32..60), 1..20),
+            cuts in prop::collection::vec((0u32..260, 0u32..260), 0..4),
+        ) {
+            use spoolfs_metadata::{Durability, KvStore, MemStore};
+            let store = MemStore::default();
+            let mut mem: Vec<SliceRec> = Vec::new();
+            let mut killed_mem = BTreeSet::new();
+            let mut killed_stored = BTreeSet::new();
+            for (i, (pos, len)) in writes.iter().enumerate() {
+                let new = seg(i as u64 + 1, *pos, *len);
+                let before = mem.clone();
+                insert(&mut mem, new);
+                killed_mem.extend(dead_slices(&before, &mem).into_iter().map(|d| d.0));
+                store.update(Durability::Visible, &mut |t| {
+                    let mut touched = insert_stored(t, 7, 3, new)?;
+                    touched.push(new);
+                    killed_stored.extend(dead_stored(t, 7, 3, &touched)?.into_iter().map(|d| d.0));
+                    Ok(())
+                }).unwrap();
+            }
+            for (a, b) in cuts {
+                let (lo, hi) = (a.min(b), a.max(b));
+                let before = mem.clone();
+                cut(&mut mem, lo, hi);
+                killed_mem.extend(dead_slices(&before, &mem).into_iter().map(|d| d.0));
+                store.update(Durability::Visible, &mut |t| {
+                    let touched = cut_stored(t, 7, 3, lo, hi)?;
+                    killed_stored.extend(dead_stored(t, 7, 3, &touched)?.into_iter().map(|d| d.0));
+                    Ok(())
+                }).unwrap();
+            }
+            let mut stored = Vec::new();
+            store.view(&mut |r| { stored = load(r, 7, 3, 0, 300)?; Ok(()) }).unwrap();
+            prop_assert_eq!(&stored, &mem);
+            let mut partial = Vec::new();
+            store.view(&mut |r| { partial = load(r, 7, 3, 50, 120)?; Ok(()) }).unwrap();
+            prop_assert_eq!(plan_read(&partial, 50, 120), plan_read(&mem, 50, 120));
+            prop_assert_eq!(killed_stored, killed_mem);
+        }
+
         #[test]
         fn resolved_list_matches_painting(writes in prop::collection::vec((0u32..200, 1u32..60), 1..20)) {
             let writes: Vec<(u64, u32, u32)> = writes

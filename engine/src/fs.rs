@@ -55,6 +55,8 @@ const XATTR_NAME_MAX: usize = 255;
 const XATTR_VALUE_MAX: usize = 65536;
 const MAX_FILE_SIZE: u64 = 1 << 50;
 const OPEN_SHARDS: usize = 64;
+/// Pending runs per file before a flush.
+const MAX_PENDING_RUNS: usize = 256;
 
 /// Data written through open handles and not yet uploaded: one contiguous run of bytes inside
 /// one chunk. Later entries shadow earlier ones.
@@ -194,16 +196,17 @@ fn purge_inode(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaError> {
     let Some(rec) = schema::get_inode(t, ino)? else {
         return Ok(());
     };
-    let prefix = schema::chunk_prefix(ino);
-    let chunks = t.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
     let mut freed = 0i64;
-    for (key, value) in chunks {
-        let segs: Vec<SliceRec> = schema::decode("chunk", &value)?;
-        for (id, size) in data::dead_slices(&segs, &[]) {
-            t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
-            freed += size as i64;
+    let mut seen = std::collections::BTreeSet::new();
+    for (chunk, seg) in data::load_all(t, ino)? {
+        if seen.insert(seg.id) {
+            t.put(
+                &schema::dead_key(seg.id),
+                &schema::encode(&DeadSlice { size: seg.size }),
+            )?;
+            freed += seg.size as i64;
         }
-        t.delete(&key)?;
+        t.delete(&schema::seg_key(ino, chunk, seg.pos))?;
     }
     let xprefix = schema::xattr_prefix(ino);
     for (key, _) in t.scan(&xprefix, &prefix_end(&xprefix), usize::MAX)? {
@@ -296,6 +299,16 @@ impl Engine {
 
     fn chunk_size(&self) -> u64 {
         self.volume.chunk_size
+    }
+
+    /// Largest slice: 16 MiB, and at most a quarter of a staging segment so every slice can
+    /// be staged.
+    fn max_run_bytes(&self) -> usize {
+        let mut max = 16usize << 20;
+        if let Some(wb) = self.writeback.as_ref() {
+            max = max.min((wb.opts.segment_size / 4) as usize);
+        }
+        max.max(64 << 10)
     }
 
     fn open_shard(&self, ino: Ino) -> &Mutex<HashMap<Ino, OpenInode>> {
@@ -996,7 +1009,7 @@ impl Engine {
             let chunk_start = chunk as u64 * cs;
             let in_start = (pos - chunk_start) as u32;
             let in_end = ((end - chunk_start).min(cs)) as u32;
-            let segs = self.view(|r| schema::get_chunk(r, ino, chunk))?;
+            let segs = self.view(|r| data::load(r, ino, chunk, in_start, in_end))?;
             for piece in data::plan_read(&segs, in_start, in_end) {
                 let dst_off = (chunk_start + piece.pos as u64 - offset) as usize;
                 self.read_piece(&piece, &mut out[dst_off..dst_off + piece.len as usize])?;
@@ -1168,7 +1181,13 @@ impl Engine {
             let chunk = (pos / cs) as u32;
             let in_chunk = (pos % cs) as u32;
             let n = ((cs - in_chunk as u64) as usize).min(data.len() - done);
-            add_pending(&mut state.pending, chunk, in_chunk, &data[done..done + n]);
+            add_pending(
+                &mut state.pending,
+                chunk,
+                in_chunk,
+                &data[done..done + n],
+                self.max_run_bytes(),
+            );
             done += n;
         }
         let now = schema::now_ns();
@@ -1180,7 +1199,11 @@ impl Engine {
         self.counters
             .dirty_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if state.pending_bytes >= self.config.max_dirty_per_file {
+        // Many small runs make a large transaction: flush by count too, so a random writer
+        // never stalls for seconds on one huge flush.
+        if state.pending_bytes >= self.config.max_dirty_per_file
+            || state.pending.len() >= MAX_PENDING_RUNS
+        {
             self.flush_locked(ino, &mut state, false)?;
         }
         Ok(data.len() as u32)
@@ -1257,26 +1280,18 @@ impl Engine {
             let mut i = 0;
             while i < slices.len() {
                 let chunk = chunks[i];
-                let before = schema::get_chunk(t, ino, chunk)?;
-                let mut segs = before.clone();
-                let first = i;
+                let mut touched = Vec::new();
                 while i < slices.len() && chunks[i] == chunk {
-                    data::insert(&mut segs, slices[i]);
+                    touched.extend(data::insert_stored(t, ino, chunk, slices[i])?);
+                    // A slice written and shadowed within this same flush is dead at once.
+                    touched.push(slices[i]);
                     used += slices[i].size as i64;
                     i += 1;
                 }
-                let mut dead = data::dead_slices(&before, &segs);
-                // A slice written and shadowed within this same flush is dead at once.
-                for s in &slices[first..i] {
-                    if !segs.iter().any(|g| g.id == s.id) {
-                        dead.push((s.id, s.size));
-                    }
-                }
-                for (id, size) in dead {
+                for (id, size) in data::dead_stored(t, ino, chunk, &touched)? {
                     t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
                     used -= size as i64;
                 }
-                schema::put_chunk(t, ino, chunk, &segs)?;
             }
             for (id, srec) in &staged {
                 t.put(&schema::staged_key(*id), &schema::encode(srec))?;
@@ -1619,14 +1634,11 @@ impl Engine {
                             let chunk = (pos / cs) as u32;
                             let base = chunk as u64 * cs;
                             let hi = (end - base).min(cs) as u32;
-                            let before = schema::get_chunk(t, ino, chunk)?;
-                            let mut segs = before.clone();
-                            data::cut(&mut segs, (pos - base) as u32, hi);
-                            for (id, size) in data::dead_slices(&before, &segs) {
+                            let touched = data::cut_stored(t, ino, chunk, (pos - base) as u32, hi)?;
+                            for (id, size) in data::dead_stored(t, ino, chunk, &touched)? {
                                 t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
                                 freed += size as i64;
                             }
-                            schema::put_chunk(t, ino, chunk, &segs)?;
                             pos = base + hi as u64;
                         }
                         let now = schema::now_ns();
@@ -1851,14 +1863,25 @@ fn clear_setid_on_write(rec: &mut InodeRec) {
 
 /// Appends a write to the pending list: it extends or overwrites the newest pending run of
 /// its chunk when it touches it, else starts a new run.
-fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8]) {
+/// A run grows to at most `max_run` bytes; the rest of a write starts a new (newer) run.
+fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], max_run: usize) {
     if let Some(last) = pending.iter_mut().rev().find(|p| p.chunk == chunk) {
         let last_end = last.pos + last.data.len() as u32;
         if pos >= last.pos && pos <= last_end {
             let at = (pos - last.pos) as usize;
             let overlap = (last.data.len() - at).min(data.len());
             last.data[at..at + overlap].copy_from_slice(&data[..overlap]);
-            last.data.extend_from_slice(&data[overlap..]);
+            let room = max_run.saturating_sub(last.data.len());
+            let grow = room.min(data.len() - overlap);
+            last.data.extend_from_slice(&data[overlap..overlap + grow]);
+            let used = overlap + grow;
+            if used < data.len() {
+                pending.push(Pending {
+                    chunk,
+                    pos: pos + used as u32,
+                    data: data[used..].to_vec(),
+                });
+            }
             return;
         }
     }
@@ -1876,29 +1899,34 @@ fn truncate_chunks(
     size: u64,
     chunk_size: u64,
 ) -> Result<(), MetaError> {
-    let prefix = schema::chunk_prefix(ino);
-    let rows = t.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
     let mut freed = 0i64;
-    for (key, value) in rows {
-        let chunk = schema::chunk_index_of_key(&key);
-        let base = chunk as u64 * chunk_size;
-        let before: Vec<SliceRec> = schema::decode("chunk", &value)?;
-        let mut segs = before.clone();
-        if base >= size {
-            segs.clear();
-        } else if size < base + chunk_size {
-            data::cut(&mut segs, (size - base) as u32, chunk_size as u32);
-        } else {
-            continue;
+    let boundary = (size / chunk_size) as u32;
+    let in_chunk = (size % chunk_size) as u32;
+    let mut dead = Vec::new();
+    let first_whole = if in_chunk > 0 {
+        let touched = data::cut_stored(t, ino, boundary, in_chunk, chunk_size as u32)?;
+        dead.extend(data::dead_stored(t, ino, boundary, &touched)?);
+        boundary + 1
+    } else {
+        boundary
+    };
+    // Whole chunks past the cut: every slice in them dies (a slice lives in one chunk).
+    let start = schema::chunk_key(ino, first_whole);
+    let end = prefix_end(&schema::chunk_prefix(ino));
+    let mut seen = std::collections::BTreeSet::new();
+    for (key, value) in t.scan(&start, &end, usize::MAX)? {
+        let seg: SliceRec = schema::decode("segment", &value)?;
+        if seen.insert(seg.id) {
+            dead.push((seg.id, seg.size));
         }
-        for (id, sz) in data::dead_slices(&before, &segs) {
-            t.put(
-                &schema::dead_key(id),
-                &schema::encode(&DeadSlice { size: sz }),
-            )?;
-            freed += sz as i64;
-        }
-        schema::put_chunk(t, ino, chunk, &segs)?;
+        t.delete(&key)?;
+    }
+    for (id, sz) in dead {
+        t.put(
+            &schema::dead_key(id),
+            &schema::encode(&DeadSlice { size: sz }),
+        )?;
+        freed += sz as i64;
     }
     schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
 }

@@ -7,7 +7,7 @@
 //! | `S` `u`/`n` | used bytes / inode count (u64 BE) |
 //! | `I` ino | [`InodeRec`] |
 //! | `D` parent name | [`DentryRec`] |
-//! | `C` ino chunk(u32 BE) | `Vec<SliceRec>`, oldest first |
+//! | `C` ino chunk(u32 BE) pos(u32 BE) | [`SliceRec`]: one segment of the chunk's map |
 //! | `X` ino name | xattr value |
 //! | `O` ino | orphan: nlink 0 but still open when last seen |
 //! | `G` slice id | [`DeadSlice`]: objects to delete |
@@ -57,6 +57,14 @@ pub fn chunk_prefix(ino: Ino) -> Vec<u8> {
 pub fn chunk_key(ino: Ino, chunk: u32) -> Vec<u8> {
     let mut k = chunk_prefix(ino);
     k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// The key of the segment that starts at `pos` in a chunk. One key per segment keeps every
+/// change small: a 4 KiB overwrite touches the segments it overlaps, not the whole map.
+pub fn seg_key(ino: Ino, chunk: u32, pos: u32) -> Vec<u8> {
+    let mut k = chunk_key(ino, chunk);
+    k.extend_from_slice(&pos.to_be_bytes());
     k
 }
 
@@ -235,26 +243,6 @@ pub fn get_dentry(
     match r.get(&dentry_key(parent, name))? {
         Some(bytes) => Ok(Some(decode("directory entry", &bytes)?)),
         None => Ok(None),
-    }
-}
-
-pub fn get_chunk(r: &dyn KvRead, ino: Ino, chunk: u32) -> Result<Vec<SliceRec>, MetaError> {
-    match r.get(&chunk_key(ino, chunk))? {
-        Some(bytes) => decode("chunk", &bytes),
-        None => Ok(Vec::new()),
-    }
-}
-
-pub fn put_chunk(
-    t: &mut dyn KvTxn,
-    ino: Ino,
-    chunk: u32,
-    slices: &[SliceRec],
-) -> Result<(), MetaError> {
-    if slices.is_empty() {
-        t.delete(&chunk_key(ino, chunk))
-    } else {
-        t.put(&chunk_key(ino, chunk), &encode(&slices.to_vec()))
     }
 }
 

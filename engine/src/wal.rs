@@ -62,6 +62,9 @@ impl KvRead for Recorder<'_> {
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner.scan(start, end, limit)
     }
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_back(start, end, limit)
+    }
 }
 
 impl KvTxn for Recorder<'_> {

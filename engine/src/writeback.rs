@@ -37,6 +37,8 @@ pub struct StagingOptions {
     /// How long a writer waits for room before it uploads its data itself.
     pub max_staging_wait: Duration,
     pub upload_threads: usize,
+    /// Bytes per staging segment: no slice may be larger than a fraction of it.
+    pub segment_size: u64,
 }
 
 /// The in-memory mirror of the `T` records, and the upload queue (oldest first).
@@ -493,7 +495,8 @@ pub fn open_staging(
                     threads: usize,
                     segment_size: u64,
                     max_segments: usize,
-                    faults: Option<Arc<crate::staging::FaultConfig>>| {
+                    faults: Option<Arc<crate::staging::FaultConfig>>,
+                    pool: (usize, usize)| {
         let config = StagingConfig {
             dir: dir.join(sub),
             segment_size,
@@ -505,6 +508,8 @@ pub fn open_staging(
         };
         let tuning = crate::staging::StagingTuning {
             faults,
+            pool_buffers: pool.0,
+            pool_buffer_size: pool.1,
             ..Default::default()
         };
         StagingLog::open_tuned(config, tuning).map_err(|e| {
@@ -524,6 +529,8 @@ pub fn open_staging(
         settings.segment_size.min(16 << 20),
         16,
         None,
+        // Namespace records are small: a small pinned pool.
+        (16, 128 << 10),
     )?;
     let ns_log = Arc::new(ns_log);
     let flush = settings.durability == crate::staging::StagingDurability::Flush;
@@ -560,6 +567,8 @@ pub fn open_staging(
         settings.segment_size,
         max_segments,
         settings.faults.clone(),
+        // 32 registered buffers of 1 MiB (+ header room) per engine thread.
+        (32, (1 << 20) + (64 << 10)),
     )?;
     tracing::info!(
         "staging log in {}: {} io engine, {} thread(s)",
@@ -587,6 +596,7 @@ pub fn open_staging(
             max_staging_age: settings.max_staging_age,
             max_staging_wait: settings.max_staging_wait,
             upload_threads: settings.upload_threads,
+            segment_size: settings.segment_size,
         },
     ))
 }

@@ -70,6 +70,8 @@ pub trait KvRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Keys in `[start, end)` in order, at most `limit` of them.
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Keys in `[start, end)` in reverse order (the last first), at most `limit` of them.
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 }
 
 /// Reads and writes inside a write transaction.
@@ -158,6 +160,13 @@ mod tests {
         // An aborted transaction leaves nothing behind.
         let err = store.update(Durability::Visible, &mut |t| {
             t.put(b"a/3", b"x")?;
+            // Reads inside a transaction see its own writes, both ways.
+            assert_eq!(t.scan_back(b"a/", b"a/4", 1)?[0].0, b"a/3".to_vec());
+            t.delete(b"a/2")?;
+            assert_eq!(
+                t.scan_back(b"a/", b"a/3", 5)?,
+                vec![(b"a/1".to_vec(), b"one".to_vec())]
+            );
             Err(MetaError::Errno(17, "exists".into()))
         });
         assert_eq!(err.unwrap_err().errno(), 17);
@@ -165,6 +174,8 @@ mod tests {
         store
             .view(&mut |r| {
                 seen = r.scan(b"a/", &prefix_end(b"a/"), 10)?;
+                let back = r.scan_back(b"a/", &prefix_end(b"a/"), 1)?;
+                assert_eq!(back, vec![(b"a/2".to_vec(), b"two".to_vec())]);
                 assert_eq!(r.get(b"b/1")?.as_deref(), Some(&b"three"[..]));
                 assert_eq!(r.get(b"zz")?, None);
                 Ok(())

@@ -16,6 +16,17 @@ struct MemTxn<'a> {
 }
 
 impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .range(start.to_vec()..end.to_vec())
+            .rev()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(BTreeMap::get(self, key).cloned())
     }
@@ -32,6 +43,12 @@ impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
 }
 
 impl KvRead for MemTxn<'_> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut all = self.scan(start, end, usize::MAX)?;
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),

@@ -56,6 +56,21 @@ impl RedbStore {
 struct ReadTable<T>(T);
 
 impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvRead for ReadTable<T> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for item in self.0.range(start..end).map_err(io)?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(io)?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.0.get(key).map_err(io)?.map(|v| v.value().to_vec()))
     }
@@ -78,6 +93,21 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvRead for ReadTable<T> {
 struct WriteTable<'t>(redb::Table<'t, &'static [u8], &'static [u8]>);
 
 impl KvRead for WriteTable<'_> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for item in self.0.range(start..end).map_err(io)?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(io)?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.0.get(key).map_err(io)?.map(|v| v.value().to_vec()))
     }

@@ -1,7 +1,15 @@
-//! Zeroed heap buffers aligned for O_DIRECT.
+//! Buffers aligned for O_DIRECT: zeroed heap buffers, and per-engine-thread pools of
+//! buffers carved from one anonymous mapping (registered with the thread's io_uring).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use memmap2::{Advice, MmapMut};
+
+use super::segments::BUF_ALIGN;
 
 /// A zero-initialised byte buffer whose address and length are multiples of `align`.
 pub(crate) struct AlignedBuf {
@@ -44,5 +52,168 @@ impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout.
         unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// A pool of equal, page-aligned buffers carved out of one anonymous mapping, owned by one
+/// engine thread (its uring engine registers them with its ring, so that records in them are
+/// written with `WRITE_FIXED` and read with `READ_FIXED`: no page pinning per I/O). Callers
+/// on any thread take a free buffer without locking ([`IoBuf::new`]) and the buffer goes
+/// back to the pool when its [`PoolBuf`] is dropped.
+///
+/// The mapping is `MADV_DONTFORK` (a child process does not inherit it: pinned pages would
+/// otherwise be copied at every `fork`).
+pub(crate) struct BufPool {
+    map: MmapMut,
+    /// Start of the mapping; buffer `i` is `[base + i * buf_size, base + (i + 1) * buf_size)`.
+    base: *mut u8,
+    buf_size: usize,
+    count: usize,
+    free_tx: Sender<u16>,
+    free_rx: Receiver<u16>,
+    /// Writes and reads the uring engine submitted as `WRITE_FIXED` / `READ_FIXED`.
+    pub fixed_writes: AtomicU64,
+    pub fixed_reads: AtomicU64,
+    /// Buffers asked for that did not come from the pool (too large, or none free).
+    pub misses: AtomicU64,
+}
+
+// SAFETY: `base` points into `map`, which the pool owns; each buffer is handed out to one
+// `PoolBuf` at a time (its index is in the free list or owned by that `PoolBuf`, never both).
+unsafe impl Send for BufPool {}
+// SAFETY: as above; shared state is atomics and a channel.
+unsafe impl Sync for BufPool {}
+
+/// Most buffers a pool holds (buffer indexes are `u16`, as io_uring's `buf_index`).
+pub(crate) const MAX_POOL_BUFFERS: usize = 1 << 16;
+
+impl BufPool {
+    /// `count` buffers of `buf_size` bytes (a positive multiple of [`BUF_ALIGN`]).
+    pub fn new(count: usize, buf_size: usize) -> std::io::Result<BufPool> {
+        assert!(count > 0 && count <= MAX_POOL_BUFFERS);
+        assert!(buf_size > 0 && buf_size.is_multiple_of(BUF_ALIGN));
+        let total = count
+            .checked_mul(buf_size)
+            .ok_or_else(|| std::io::Error::other("buffer pool size overflows"))?;
+        let mut map = MmapMut::map_anon(total)?;
+        // Not essential: a failure only costs the fork copy / huge pages.
+        let _ = map.advise(Advice::DontFork);
+        let _ = map.advise(Advice::HugePage);
+        let base = map.as_mut_ptr();
+        let (free_tx, free_rx) = bounded(count);
+        for i in 0..count {
+            free_tx
+                .send(i as u16)
+                .expect("free list has room for every buffer");
+        }
+        Ok(BufPool {
+            map,
+            base,
+            buf_size,
+            count,
+            free_tx,
+            free_rx,
+            fixed_writes: AtomicU64::new(0),
+            fixed_reads: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+
+    /// One `iovec` per buffer, in index order (for `io_uring_register_buffers`).
+    pub fn iovecs(&self) -> Vec<libc::iovec> {
+        (0..self.count)
+            .map(|i| libc::iovec {
+                // SAFETY: i * buf_size < the mapping's length.
+                iov_base: unsafe { self.base.add(i * self.buf_size) } as *mut libc::c_void,
+                iov_len: self.buf_size,
+            })
+            .collect()
+    }
+
+    /// The index of the buffer holding all of `[ptr, ptr + len)`, if one does.
+    pub fn index_of(&self, ptr: *const u8, len: usize) -> Option<u16> {
+        let off = (ptr as usize).checked_sub(self.base as usize)?;
+        if off >= self.map.len() {
+            return None;
+        }
+        let i = off / self.buf_size;
+        (off + len <= (i + 1) * self.buf_size).then_some(i as u16)
+    }
+}
+
+/// A buffer taken from a [`BufPool`]; given back when dropped. Its bytes are whatever the
+/// previous user left (never uninitialised: the mapping starts zeroed).
+pub(crate) struct PoolBuf {
+    pool: Arc<BufPool>,
+    index: u16,
+    len: usize,
+}
+
+impl Drop for PoolBuf {
+    fn drop(&mut self) {
+        // Never full: the free list has room for every buffer and this one is not in it.
+        let _ = self.pool.free_tx.try_send(self.index);
+    }
+}
+
+impl PoolBuf {
+    fn ptr(&self) -> *mut u8 {
+        // SAFETY: index < count, so the offset is inside the mapping.
+        unsafe {
+            self.pool
+                .base
+                .add(usize::from(self.index) * self.pool.buf_size)
+        }
+    }
+}
+
+/// An aligned I/O buffer: from the engine thread's pool when the request fits and a buffer
+/// is free, else a fresh heap allocation.
+pub(crate) enum IoBuf {
+    Heap(AlignedBuf),
+    Pool(PoolBuf),
+}
+
+impl IoBuf {
+    /// `len` bytes aligned to [`BUF_ALIGN`]. A pool buffer's contents are NOT zeroed (a heap
+    /// buffer's are): the caller must write every byte it will use.
+    pub fn new(pool: Option<&Arc<BufPool>>, len: usize) -> IoBuf {
+        if let Some(pool) = pool {
+            if len <= pool.buf_size
+                && let Ok(index) = pool.free_rx.try_recv()
+            {
+                return IoBuf::Pool(PoolBuf {
+                    pool: pool.clone(),
+                    index,
+                    len,
+                });
+            }
+            pool.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        IoBuf::Heap(AlignedBuf::new(len, BUF_ALIGN))
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            IoBuf::Heap(b) => b.len(),
+            IoBuf::Pool(p) => p.len,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            IoBuf::Heap(b) => b.as_slice(),
+            // SAFETY: the buffer is len <= buf_size initialised bytes inside the mapping,
+            // owned by this PoolBuf until it is dropped.
+            IoBuf::Pool(p) => unsafe { std::slice::from_raw_parts(p.ptr(), p.len) },
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            IoBuf::Heap(b) => b.as_mut_slice(),
+            // SAFETY: as above, and &mut self makes the access exclusive.
+            IoBuf::Pool(p) => unsafe { std::slice::from_raw_parts_mut(p.ptr(), p.len) },
+        }
     }
 }

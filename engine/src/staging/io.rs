@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use io_uring::{IoUring, opcode, types};
 
+use super::buf::BufPool;
+
 /// One positioned write. The buffer must stay alive and aligned until the call returns.
 #[derive(Clone, Copy)]
 pub(crate) struct WriteOp {
@@ -107,9 +109,15 @@ impl IoBackend for PsyncBackend {
 /// One io_uring per engine thread. Writes of a batch are all submitted with one
 /// `io_uring_enter`; reads use `IORING_OP_READ`; flushes are `fdatasync(2)` (see `datasync`).
 ///
-/// Buffers are plain (not registered); `WriteFixed` with a registered pool is future work.
+/// When the thread's [`BufPool`] is registered with the ring ([`UringBackend::register`]),
+/// a write or read whose buffer lies inside one pool buffer is submitted as `WRITE_FIXED` /
+/// `READ_FIXED` with that buffer's index (the kernel does not pin and map the pages per
+/// I/O); any other buffer uses the plain opcodes.
 pub(crate) struct UringBackend {
     ring: IoUring,
+    /// The pool registered with `ring`. Declared after `ring` so that it is dropped after it:
+    /// the registered memory stays mapped as long as the ring exists.
+    pool: Option<Arc<BufPool>>,
 }
 
 const RING_ENTRIES: u32 = 256;
@@ -118,7 +126,29 @@ impl UringBackend {
     pub fn new() -> io::Result<UringBackend> {
         Ok(UringBackend {
             ring: IoUring::new(RING_ENTRIES)?,
+            pool: None,
         })
+    }
+
+    /// Registers every buffer of `pool` with the ring (buffer index = pool index). Fails
+    /// (and the backend goes on with plain opcodes) when the kernel refuses: locked-memory
+    /// limit (`RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`), too many buffers, old kernel.
+    pub fn register(&mut self, pool: Arc<BufPool>) -> io::Result<()> {
+        if self.pool.is_some() {
+            return Err(io::Error::other("a buffer pool is already registered"));
+        }
+        let iovecs = pool.iovecs();
+        // SAFETY: the iovecs cover the pool's mapping, which stays mapped while the ring
+        // exists (self.pool holds it and is dropped after self.ring).
+        unsafe { self.ring.submitter().register_buffers(&iovecs) }?;
+        self.pool = Some(pool);
+        Ok(())
+    }
+
+    /// The registered pool and the index of its buffer holding `[ptr, ptr + len)`, if any.
+    fn fixed(&self, ptr: *const u8, len: usize) -> Option<(&BufPool, u16)> {
+        let pool = self.pool.as_deref()?;
+        Some((pool, pool.index_of(ptr, len)?))
     }
 
     /// Pushes `entries`, waits for all completions and returns the raw results by index.
@@ -163,10 +193,21 @@ impl IoBackend for UringBackend {
         let entries = ops
             .iter()
             .map(|op| {
-                opcode::Write::new(types::Fd(op.fd), op.ptr, op.len as u32)
-                    .offset(op.offset)
-                    .rw_flags(if op.dsync { libc::RWF_DSYNC } else { 0 })
-                    .build()
+                let flags = if op.dsync { libc::RWF_DSYNC } else { 0 };
+                let fd = types::Fd(op.fd);
+                match self.fixed(op.ptr, op.len) {
+                    Some((pool, index)) => {
+                        pool.fixed_writes.fetch_add(1, Ordering::Relaxed);
+                        opcode::WriteFixed::new(fd, op.ptr, op.len as u32, index)
+                            .offset(op.offset)
+                            .rw_flags(flags)
+                            .build()
+                    }
+                    None => opcode::Write::new(fd, op.ptr, op.len as u32)
+                        .offset(op.offset)
+                        .rw_flags(flags)
+                        .build(),
+                }
             })
             .collect();
         match self.run(entries) {
@@ -194,9 +235,18 @@ impl IoBackend for UringBackend {
         let mut done = 0;
         while done < buf.len() {
             let rest = &mut buf[done..];
-            let e = opcode::Read::new(types::Fd(fd), rest.as_mut_ptr(), rest.len() as u32)
-                .offset(offset + done as u64)
-                .build();
+            let (ptr, len) = (rest.as_mut_ptr(), rest.len());
+            let e = match self.fixed(ptr, len) {
+                Some((pool, index)) => {
+                    pool.fixed_reads.fetch_add(1, Ordering::Relaxed);
+                    opcode::ReadFixed::new(types::Fd(fd), ptr, len as u32, index)
+                        .offset(offset + done as u64)
+                        .build()
+                }
+                None => opcode::Read::new(types::Fd(fd), ptr, len as u32)
+                    .offset(offset + done as u64)
+                    .build(),
+            };
             let r = self.run(vec![e])?[0];
             if r < 0 {
                 if r == -libc::EINTR || r == -libc::EAGAIN {

@@ -17,6 +17,19 @@
 //! are shared by all threads through one short mutex taken only when a segment fills up or
 //! is recycled, never per append.
 //!
+//! # Buffers
+//!
+//! Each engine thread has a pool of page-aligned buffers (default 64 of 1 MiB + 64 KiB,
+//! [`StagingTuning::pool_buffers`]) carved out of one anonymous mapping and, with the uring
+//! engine, registered with its ring. The caller of an append builds the record directly in
+//! a free buffer of the target thread's pool (taken without a lock; given back when the
+//! request is done), and the thread writes it with `WRITE_FIXED`; reads fill pool buffers
+//! with `READ_FIXED`. A record larger than a pool buffer, or one that finds every buffer in
+//! use, gets a temporary aligned allocation and plain `WRITE`/`READ` instead
+//! ([`StagingUsage::pool_misses`]). If the kernel refuses the registration (locked-memory
+//! limit, old kernel) the pool is used unregistered, with a log line; the psync engine
+//! always uses it unregistered.
+//!
 //! # Durability
 //!
 //! - An acknowledged append is on the device (O_DIRECT, completed): it survives a crash of
@@ -129,7 +142,7 @@ use parking_lot::Mutex;
 
 pub use io::FaultConfig;
 
-use buf::AlignedBuf;
+use buf::{BufPool, IoBuf, MAX_POOL_BUFFERS};
 use format::{PIECE_LEN, decode_record_header, record_header_len, record_size};
 use io::{FaultyBackend, IoBackend, PsyncBackend, UringBackend};
 use segments::{BUF_ALIGN, SEALED, SegState, Shared, now_us, open_direct, segment_path};
@@ -183,11 +196,30 @@ pub struct StagingConfig {
 }
 
 /// Knobs most users leave alone: see [`StagingLog::open_tuned`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StagingTuning {
     pub flush_mode: FlushMode,
     /// Fault injection (tests).
     pub faults: Option<Arc<FaultConfig>>,
+    /// Buffers in each engine thread's pool (0: no pool, every append and read allocates a
+    /// buffer). Default 64. At most 65536; io_uring registers at most 16384 (more: the
+    /// pool is used unregistered).
+    pub pool_buffers: usize,
+    /// Bytes per pool buffer: one whole record (header, data, padding) or read region.
+    /// Rounded up to 4 KiB, and down to the largest record a segment holds. Default
+    /// 1 MiB + 64 KiB, so that a record of 1 MiB of data fits at any alignment.
+    pub pool_buffer_size: usize,
+}
+
+impl Default for StagingTuning {
+    fn default() -> StagingTuning {
+        StagingTuning {
+            flush_mode: FlushMode::Auto,
+            faults: None,
+            pool_buffers: 64,
+            pool_buffer_size: (1 << 20) + (64 << 10),
+        }
+    }
 }
 
 impl StagingConfig {
@@ -251,6 +283,13 @@ pub struct StagingUsage {
     pub appends: u64,
     /// Segments taken out of use after a failed recycle.
     pub broken_segments: u64,
+    /// Writes submitted as io_uring `WRITE_FIXED` from a registered pool buffer.
+    pub fixed_writes: u64,
+    /// Reads submitted as io_uring `READ_FIXED` into a registered pool buffer.
+    pub fixed_reads: u64,
+    /// Appends and reads that could not take a pool buffer (record larger than a pool
+    /// buffer, or every buffer in use) and used a temporary allocation.
+    pub pool_misses: u64,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -304,6 +343,8 @@ impl StagingError {
 pub struct StagingLog {
     shared: Arc<Shared>,
     senders: Vec<Sender<Request>>,
+    /// Each engine thread's buffer pool, by thread (empty: no pools).
+    pools: Vec<Arc<BufPool>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -314,22 +355,31 @@ fn hex(u: &[u8; 16]) -> String {
     u.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// One engine thread's backend, its uring registered with `pool` when there is one. A
+/// failed registration is returned beside the (working, unregistered) backend.
 fn make_backend(
     kind: &'static str,
     faults: &Option<Arc<FaultConfig>>,
-) -> Result<Box<dyn IoBackend>, StagingError> {
+    pool: Option<&Arc<BufPool>>,
+) -> Result<(Box<dyn IoBackend>, Option<std::io::Error>), StagingError> {
+    let mut register_err = None;
     let inner: Box<dyn IoBackend> = if kind == "uring" {
-        Box::new(UringBackend::new().map_err(|e| StagingError::io("io_uring setup", e))?)
+        let mut ring = UringBackend::new().map_err(|e| StagingError::io("io_uring setup", e))?;
+        if let Some(pool) = pool {
+            register_err = ring.register(pool.clone()).err();
+        }
+        Box::new(ring)
     } else {
         Box::new(PsyncBackend)
     };
-    Ok(match faults {
+    let backend: Box<dyn IoBackend> = match faults {
         Some(f) => Box::new(FaultyBackend {
             inner,
             faults: f.clone(),
         }),
         None => inner,
-    })
+    };
+    Ok((backend, register_err))
 }
 
 impl StagingLog {
@@ -354,6 +404,12 @@ impl StagingLog {
             return Err(StagingError::Invalid(
                 "max_segments and threads must be positive".into(),
             ));
+        }
+        if tuning.pool_buffers > MAX_POOL_BUFFERS {
+            return Err(StagingError::Invalid(format!(
+                "{} pool buffers per thread, at most {MAX_POOL_BUFFERS}",
+                tuning.pool_buffers
+            )));
         }
         let dir = &config.dir;
         std::fs::create_dir_all(dir).map_err(|e| StagingError::io(format!("mkdir {dir:?}"), e))?;
@@ -529,10 +585,34 @@ impl StagingLog {
             shared.create_segment(i)?;
         }
 
+        // Each thread's buffer pool: no buffer larger than the largest record.
+        let max_record = config.segment_size - format::segment_header_block(align);
+        let pool_buffer_size =
+            (tuning.pool_buffer_size.next_multiple_of(BUF_ALIGN) as u64).min(max_record) as usize;
+        let mut pools = Vec::new();
+        if tuning.pool_buffers > 0 && pool_buffer_size > 0 {
+            for _ in 0..config.threads {
+                match BufPool::new(tuning.pool_buffers, pool_buffer_size) {
+                    Ok(p) => pools.push(Arc::new(p)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "staging log: cannot map the I/O buffer pools; allocating a buffer per I/O");
+                        pools.clear();
+                        break;
+                    }
+                }
+            }
+        }
+
         let mut senders = Vec::new();
         let mut threads = Vec::new();
+        let mut unregistered = 0;
+        let mut register_err = None;
         for t in 0..config.threads {
-            let backend = make_backend(io_engine, &tuning.faults)?;
+            let (backend, err) = make_backend(io_engine, &tuning.faults, pools.get(t))?;
+            if let Some(e) = err {
+                unregistered += 1;
+                register_err = Some(e);
+            }
             let (tx, rx) = bounded(QUEUE_DEPTH);
             let w = Worker::new(shared.clone(), backend, rx, tuning.flush_mode);
             let h = std::thread::Builder::new()
@@ -541,6 +621,16 @@ impl StagingLog {
                 .map_err(|e| StagingError::io("spawn engine thread", e))?;
             senders.push(tx);
             threads.push(h);
+        }
+        if let Some(e) = register_err {
+            tracing::warn!(
+                error = %e,
+                threads = unregistered,
+                buffers = tuning.pool_buffers,
+                buffer_size = pool_buffer_size,
+                "staging log: cannot register the I/O buffer pool with io_uring (locked-memory \
+                 limit? raise RLIMIT_MEMLOCK or shrink the pool); using plain reads and writes"
+            );
         }
         tracing::debug!(
             dir = ?dir,
@@ -554,6 +644,7 @@ impl StagingLog {
             StagingLog {
                 shared,
                 senders,
+                pools,
                 threads: Mutex::new(threads),
             },
             found,
@@ -582,15 +673,21 @@ impl StagingLog {
             return Err(StagingError::TooLarge { len: header.len });
         }
         let hlen = record_header_len(header.len, align) as usize;
-        let mut buf = AlignedBuf::new(size as usize, BUF_ALIGN);
+        let t = (header.ino % self.senders.len() as u64) as usize;
+        // Built directly in a buffer of the engine thread's pool when one is free.
+        let mut buf = IoBuf::new(self.pools.get(t), size as usize);
         {
             let b = buf.as_mut_slice();
-            format::encode_record_header(&mut b[..hlen], header, data, now_us());
-            b[hlen..hlen + data.len()].copy_from_slice(data);
+            let (head, rest) = b.split_at_mut(hlen);
+            let (body, pad) = rest.split_at_mut(data.len());
+            // A pool buffer holds a previous record: every byte is written.
+            head.fill(0);
+            format::encode_record_header(head, header, data, now_us());
+            body.copy_from_slice(data);
+            pad.fill(0);
         }
         let durable = durable && self.shared.durability == StagingDurability::Flush;
         let (tx, rx) = bounded(1);
-        let t = (header.ino % self.senders.len() as u64) as usize;
         self.senders[t]
             .send(Request::Append {
                 buf,
@@ -626,9 +723,11 @@ impl StagingLog {
         let p0 = u64::from(offset) / PIECE_LEN;
         let p1 = end.div_ceil(PIECE_LEN);
         let data_end = (p1 * PIECE_LEN).min(u64::from(loc.len));
+        let t = loc.segment as usize % self.senders.len();
+        let pool = self.pools.get(t);
         let region = |from: u64, to: u64| {
             let len = format::align_up(to - from, align) as usize;
-            (loc.offset + from, AlignedBuf::new(len, BUF_ALIGN))
+            (loc.offset + from, IoBuf::new(pool, len))
         };
         let ranges = if p0 == 0 {
             vec![region(0, hlen + data_end)]
@@ -639,7 +738,6 @@ impl StagingLog {
             ]
         };
         let (tx, rx) = bounded(1);
-        let t = loc.segment as usize % self.senders.len();
         self.senders[t]
             .send(Request::Read {
                 segment: loc.segment,
@@ -712,6 +810,12 @@ impl StagingLog {
 
     pub fn usage(&self) -> StagingUsage {
         let s = &self.shared;
+        let pool_sum = |f: fn(&BufPool) -> &AtomicU64| -> u64 {
+            self.pools
+                .iter()
+                .map(|p| f(p).load(Ordering::Relaxed))
+                .sum()
+        };
         let free = s.free.lock().len();
         let now = now_us();
         let oldest = s
@@ -734,6 +838,9 @@ impl StagingLog {
             device_flushes: s.flushes.load(Ordering::Relaxed),
             appends: s.appends.load(Ordering::Relaxed),
             broken_segments: s.broken.load(Ordering::Relaxed),
+            fixed_writes: pool_sum(|p| &p.fixed_writes),
+            fixed_reads: pool_sum(|p| &p.fixed_reads),
+            pool_misses: pool_sum(|p| &p.misses),
         }
     }
 

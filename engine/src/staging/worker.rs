@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::buf::AlignedBuf;
+use super::buf::IoBuf;
 use super::format::seal_record_header;
 use super::io::{IoBackend, WriteOp};
 use super::segments::{SEALED, Shared, now_us};
@@ -20,8 +20,9 @@ pub(crate) type Reply<T> = Sender<Result<T, StagingError>>;
 
 pub(crate) enum Request {
     Append {
-        /// The whole record: header (without generation, sequence, crc) and data, padded.
-        buf: AlignedBuf,
+        /// The whole record: header (without generation, sequence, crc) and data, padded;
+        /// in a buffer of this thread's pool when it fits.
+        buf: IoBuf,
         len: u32,
         durable: bool,
         reply: Reply<StagedLoc>,
@@ -29,8 +30,8 @@ pub(crate) enum Request {
     Read {
         segment: u32,
         /// (file offset, buffer to fill).
-        ranges: Vec<(u64, AlignedBuf)>,
-        reply: Reply<Vec<AlignedBuf>>,
+        ranges: Vec<(u64, IoBuf)>,
+        reply: Reply<Vec<IoBuf>>,
     },
     Sync {
         reply: Reply<()>,
@@ -56,7 +57,7 @@ enum Status {
 }
 
 struct Placed {
-    buf: AlignedBuf,
+    buf: IoBuf,
     segment: u32,
     offset: u64,
     len: u32,
@@ -201,7 +202,7 @@ impl Worker {
     /// generation and sequence number.
     fn place(
         &mut self,
-        mut buf: AlignedBuf,
+        mut buf: IoBuf,
         len: u32,
         durable: bool,
         reply: Reply<StagedLoc>,
@@ -425,8 +426,8 @@ impl Worker {
     fn read(
         &mut self,
         segment: u32,
-        mut ranges: Vec<(u64, AlignedBuf)>,
-    ) -> Result<Vec<AlignedBuf>, StagingError> {
+        mut ranges: Vec<(u64, IoBuf)>,
+    ) -> Result<Vec<IoBuf>, StagingError> {
         let fd = self
             .shared
             .fd(segment)

@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# spoolfs fio benchmarks: the three figures of the README, each against a baseline measured on
+# the same disk in the same run. See benches/README.md.
+#
+#   bash benches/fio.sh [--quick]
+#
+# Needs root (FUSE mounts) and fio (installed with apt-get if missing). The work directory is
+# created under $BENCH_DIR (default /work/bench-tmp, which must be on the disk under test) and
+# removed at the end, even on failure; the report and the raw fio JSON are kept in
+# $BENCH_DIR/fio-<timestamp>/ (override with $BENCH_OUT).
+#
+# The object store is a local directory (file://). By default it lives on tmpfs (/dev/shm), so
+# that uploads, which in production go over the network, do not add their own writes and
+# fsyncs to the disk under test; one extra run of (a) puts it on the same disk as well.
+# BENCH_STORE_DIR=DIR puts every volume's object store under DIR instead.
+set -euo pipefail
+
+usage() {
+    echo "usage: bash benches/fio.sh [--quick]" >&2
+    echo "  --quick   short runs (5 s per latency test, 256 MiB sequential write)" >&2
+    echo "  env: BENCH_DIR (work dir parent, default /work/bench-tmp), BENCH_OUT (report dir)," >&2
+    echo "       BENCH_STORE_DIR (object store parent, default a tmpfs dir in /dev/shm)," >&2
+    echo "       CARGO (default cargo)" >&2
+}
+
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "fio.sh: unknown argument: $arg" >&2; usage; exit 2 ;;
+    esac
+done
+COMMAND_LINE="bash benches/fio.sh${*:+ $*}"
+
+if [[ $QUICK == 1 ]]; then
+    RUNTIME_A=5        # (a) randwrite + fsync, ext4 and writeback
+    RUNTIME_A_STD=3    # (a) standard mode: every fsync waits for the object store
+    RUNTIME_B=5        # (b) randwrite without fsync
+    SEQ_SIZE=256M; SEQ_LABEL="256 MiB"
+    MODE=quick
+else
+    RUNTIME_A=20
+    RUNTIME_A_STD=10
+    RUNTIME_B=20
+    SEQ_SIZE=1G; SEQ_LABEL="1 GiB"
+    MODE=full
+fi
+RAND_SIZE=64M
+DRAIN_TIMEOUT_SECS=300
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CARGO=${CARGO:-cargo}
+BENCH_DIR=${BENCH_DIR:-/work/bench-tmp}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+BENCH_OUT=${BENCH_OUT:-$BENCH_DIR/fio-$STAMP}
+
+log() { printf '[fio.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "must run as root (FUSE mounts with mount(2))"
+[[ -e /dev/fuse ]] || die "/dev/fuse is missing"
+
+# ---- fio ------------------------------------------------------------------------------------
+if ! command -v fio >/dev/null 2>&1; then
+    log "installing fio"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y fio >&2; then
+        apt-get update >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y fio >&2
+    fi
+fi
+FIO_VERSION=$(fio --version)
+
+# ---- build ----------------------------------------------------------------------------------
+log "building release binaries (spoolfs, nullfs)"
+(cd "$ROOT" && $CARGO build --release -p spoolfs-tools >&2)
+(cd "$ROOT" && $CARGO build --release -p spoolfs-fuse --example nullfs >&2)
+TARGET_DIR=$(cd "$ROOT" && $CARGO metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+SPOOLFS=$TARGET_DIR/release/spoolfs
+NULLFS=$TARGET_DIR/release/examples/nullfs
+[[ -x $SPOOLFS ]] || die "missing $SPOOLFS"
+[[ -x $NULLFS ]] || die "missing $NULLFS"
+
+# ---- work dir and cleanup -------------------------------------------------------------------
+mkdir -p "$BENCH_DIR" "$BENCH_OUT"
+WORK=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
+RESULTS=$WORK/results
+mkdir -p "$RESULTS"
+# Where the volumes' object stores go (see the header).
+STORE_ROOT=""
+STORE_DESC=""
+if [[ -n ${BENCH_STORE_DIR:-} ]]; then
+    mkdir -p "$BENCH_STORE_DIR"
+    STORE_ROOT=$(mktemp -d "$BENCH_STORE_DIR/spoolfs-bench-store.XXXXXX")
+    STORE_DESC="local directory (file://) under $BENCH_STORE_DIR ($(df -T "$STORE_ROOT" | awk 'NR==2 {print $2}'))"
+elif [[ $(df --output=fstype /dev/shm 2>/dev/null | tail -1) == tmpfs ]] &&
+    (($(df --output=avail -B1 /dev/shm | tail -1) > 3 * 1024 * 1024 * 1024)); then
+    STORE_ROOT=$(mktemp -d /dev/shm/spoolfs-bench-store.XXXXXX)
+    STORE_DESC="local directory (file://) on tmpfs, standing in for a remote store"
+else
+    STORE_ROOT=$WORK/store
+    mkdir -p "$STORE_ROOT"
+    STORE_DESC="local directory (file://) on the same disk (no tmpfs with room for it)"
+fi
+MOUNTS=()          # spoolfs mount points to unmount
+NULLFS_PID=""
+NULLFS_MNT=""
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if [[ -n $NULLFS_PID ]]; then
+        kill -TERM "$NULLFS_PID" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$NULLFS_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$NULLFS_PID" 2>/dev/null
+        wait "$NULLFS_PID" 2>/dev/null
+    fi
+    if [[ -n $NULLFS_MNT ]] && mountpoint -q "$NULLFS_MNT"; then
+        umount -l "$NULLFS_MNT"
+    fi
+    for mp in "${MOUNTS[@]}"; do
+        if mountpoint -q "$mp"; then
+            log "cleanup: unmounting $mp"
+            timeout -k 5 120 "$SPOOLFS" umount "$mp" >&2 || umount -l "$mp"
+        fi
+    done
+    # Keep the raw results and the daemon logs next to the report.
+    cp -a "$RESULTS"/. "$BENCH_OUT"/ 2>/dev/null
+    for f in "$WORK"/*/spoolfs.log "$WORK"/*.log; do
+        [[ -e $f ]] && cp "$f" "$BENCH_OUT/$(basename "$(dirname "$f")")-$(basename "$f")"
+    done
+    rm -rf "$WORK"
+    [[ -n $STORE_ROOT ]] && rm -rf "$STORE_ROOT"
+    log "raw results and logs kept in $BENCH_OUT"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- helpers --------------------------------------------------------------------------------
+
+# run_fio KEY TIMEOUT_SECS FIO_ARGS... — runs fio with JSON output into $RESULTS/KEY.json; on
+# failure (exit status, timeout, fio-reported error) writes the reason to $RESULTS/KEY.err and
+# returns 0 so that the other benchmarks still run.
+run_fio() {
+    local key=$1 limit=$2; shift 2
+    log "fio $key: fio $*"
+    sync
+    local rc=0
+    timeout -k 10 "$limit" fio --output-format=json --output="$RESULTS/$key.json" "$@" \
+        2>"$RESULTS/$key.stderr" || rc=$?
+    if [[ $rc != 0 ]]; then
+        local why="fio exited with status $rc"
+        [[ $rc == 124 || $rc == 137 ]] && why="fio did not finish within ${limit}s (killed)"
+        { echo "$why; stderr: $(tr '\n' ' ' <"$RESULTS/$key.stderr" | cut -c1-400)"; } \
+            >"$RESULTS/$key.err"
+        log "fio $key FAILED: $(cat "$RESULTS/$key.err")"
+    fi
+    return 0
+}
+
+# new_volume NAME [disk] — formats a fresh volume whose metadata and cache are under
+# $WORK/NAME and whose object store is a directory under $STORE_ROOT, or with `disk`, under
+# $WORK/NAME (the disk under test).
+new_volume() {
+    local dir=$WORK/$1 store=$STORE_ROOT/$1
+    [[ ${2:-} == disk ]] && store=$dir/objects
+    mkdir -p "$store" "$dir/cache" "$dir/mnt"
+    "$SPOOLFS" format --meta "redb://$dir/meta.redb" --storage "file://$store" "bench-$1" >&2
+}
+
+# mount_volume NAME EXTRA_ARGS... — mounts volume NAME on $WORK/NAME/mnt (daemonised), with
+# its staging/cache directory on the same disk.
+mount_volume() {
+    local name=$1; shift
+    local dir=$WORK/$name
+    MOUNTS+=("$dir/mnt")
+    "$SPOOLFS" mount --meta "redb://$dir/meta.redb" "$dir/mnt" --cache-dir "$dir/cache" \
+        --log-file "$dir/spoolfs.log" "$@" >&2
+    mountpoint -q "$dir/mnt" || die "spoolfs mount of $name did not appear at $dir/mnt"
+}
+
+# Notes for the report: runs whose slices bypassed the staging log (the engine logs each one).
+BYPASS_NOTES=()
+check_bypass() {
+    local name=$1 label=$2 n
+    n=$(grep -c "staging write failed" "$WORK/$name/spoolfs.log" 2>/dev/null || true)
+    if [[ ${n:-0} -gt 0 ]]; then
+        BYPASS_NOTES+=(--note "WARNING, $label: $n slice(s) bypassed the staging log and were uploaded directly (\`staging write failed\` in the daemon log, kept as $name-spoolfs.log); that figure does not measure staging")
+        log "warning: $label: $n slice(s) bypassed staging"
+    fi
+}
+
+umount_volume() {
+    check_bypass "$1" "$2"
+    local mp=$WORK/$1/mnt
+    log "unmounting $mp"
+    if ! timeout -k 5 "$((DRAIN_TIMEOUT_SECS + 30))" "$SPOOLFS" umount --timeout "$DRAIN_TIMEOUT_SECS" "$mp" >&2; then
+        log "warning: spoolfs umount $mp failed; detaching"
+        umount -l "$mp" || true
+    fi
+}
+
+# status_field MOUNTPOINT PY_EXPR — evaluates PY_EXPR on the engine status of the mount (`e`).
+status_field() {
+    "$SPOOLFS" status "$1" --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+s = s[0] if isinstance(s, list) else s
+e = s.get("engine") or {}
+print(eval(sys.argv[1]))' "$2" 2>/dev/null || echo "?"
+}
+
+# wait_drained MOUNTPOINT — waits until nothing written is still waiting for the object store,
+# so that one benchmark's uploads do not run during the next one.
+wait_drained() {
+    local mp=$1 left
+    for _ in $(seq "$DRAIN_TIMEOUT_SECS"); do
+        left=$(status_field "$mp" 'e.get("staged_bytes", 0) + e.get("dirty_bytes", 0)')
+        [[ $left == 0 ]] && return 0
+        sleep 1
+    done
+    log "warning: $mp still has $left bytes not in the object store after ${DRAIN_TIMEOUT_SECS}s"
+}
+
+# Common fio options for the 4 KiB QD1 runs.
+fio_rand() {
+    local key=$1 file=$2 runtime=$3; shift 3
+    run_fio "$key" "$((runtime * 4 + 300))" --name="$key" --filename="$file" \
+        --rw=randwrite --bs=4k --iodepth=1 --ioengine=psync --size=$RAND_SIZE \
+        --runtime="$runtime" --time_based "$@"
+}
+
+fio_seq() {
+    local key=$1 file=$2; shift 2
+    run_fio "$key" 1200 --name="$key" --filename="$file" \
+        --rw=write --bs=1M --iodepth=1 --ioengine=psync --size=$SEQ_SIZE --end_fsync=1 "$@"
+}
+
+# ---- (a) 4 KiB random write + fsync, QD1 ----------------------------------------------------
+log "work dir $WORK ($MODE run); object store: $STORE_DESC"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+EXT4_DIR=$WORK/ext4            # next to the volumes' staging directories
+mkdir -p "$EXT4_DIR"
+DISK_FS=$(df -T "$EXT4_DIR" | awk 'NR==2 {print $2 " on " $1}')
+
+fio_rand a_ext4 "$EXT4_DIR/randwrite-fsync.dat" "$RUNTIME_A" --fsync=1
+rm -f "$EXT4_DIR/randwrite-fsync.dat"
+
+new_volume wb
+mount_volume wb --writeback=true
+WB_MNT=$WORK/wb/mnt
+WB_STAGING=$(status_field "$WB_MNT" 'e.get("mode", "?") + ", staging: " + str(e.get("staging"))')
+log "writeback mount: $WB_STAGING"
+fio_rand a_wb "$WB_MNT/randwrite-fsync.dat" "$RUNTIME_A" --fsync=1
+wait_drained "$WB_MNT"
+
+# ---- (b) 4 KiB random write without fsync, QD1 ----------------------------------------------
+fio_rand b_wb "$WB_MNT/randwrite-nofsync.dat" "$RUNTIME_B"
+wait_drained "$WB_MNT"
+umount_volume wb "(a)/(b) writeback"
+
+NULLFS_MNT=$WORK/nullfs-mnt
+mkdir -p "$NULLFS_MNT"
+"$NULLFS" "$NULLFS_MNT" 2>"$WORK/nullfs.log" &
+NULLFS_PID=$!
+for _ in $(seq 100); do mountpoint -q "$NULLFS_MNT" && break; sleep 0.1; done
+mountpoint -q "$NULLFS_MNT" || die "nullfs did not mount (see $WORK/nullfs.log)"
+fio_rand b_nullfs "$NULLFS_MNT/null" "$RUNTIME_B"
+kill -TERM "$NULLFS_PID"
+wait "$NULLFS_PID" || log "warning: nullfs exited with status $?"
+NULLFS_PID=""
+
+# ---- (a) writeback, object store on the disk under test ------------------------------------
+new_volume wbdisk disk
+mount_volume wbdisk --writeback=true
+fio_rand a_wb_disk "$WORK/wbdisk/mnt/randwrite-fsync.dat" "$RUNTIME_A" --fsync=1
+umount_volume wbdisk "(a) writeback, store on disk"
+
+# ---- (a) standard mode ----------------------------------------------------------------------
+new_volume std
+mount_volume std --writeback=false
+fio_rand a_std "$WORK/std/mnt/randwrite-fsync.dat" "$RUNTIME_A_STD" --fsync=1
+umount_volume std "(a) standard"
+
+# ---- (c) sequential write + fsync -----------------------------------------------------------
+fio_seq c_direct "$EXT4_DIR/seq.dat" --direct=1
+rm -f "$EXT4_DIR/seq.dat"
+sync
+
+new_volume seq
+mount_volume seq --writeback=true
+fio_seq c_wb "$WORK/seq/mnt/seq.dat"
+umount_volume seq "(c) sequential"
+
+# ---- report ---------------------------------------------------------------------------------
+CPU=$(nproc)
+REPORT=$BENCH_OUT/report.md
+report_rc=0
+python3 "$ROOT/benches/fio_report.py" "$RESULTS" \
+    --command "$COMMAND_LINE" --mode "$MODE" --seq-size "$SEQ_LABEL" \
+    --runtime-a "$RUNTIME_A" --runtime-a-std "$RUNTIME_A_STD" --runtime-b "$RUNTIME_B" \
+    --kernel "$(uname -r)" --fio-version "$FIO_VERSION" \
+    --disk "$DISK_FS ($CPU CPUs); staging (--cache-dir) and the ext4 baseline file in the same directory tree" \
+    --note "spoolfs writeback mount: $WB_STAGING" \
+    --note "object store: $STORE_DESC" \
+    --note "load average (1/5/15 min) before / after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)" \
+    "${BYPASS_NOTES[@]}" >"$REPORT" || report_rc=$?
+cat "$REPORT"
+log "report written to $REPORT"
+if [[ $report_rc != 0 ]]; then
+    log "some benchmarks did not produce a result (see the table)"
+    exit 1
+fi

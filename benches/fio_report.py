@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Turns the fio JSON results written by benches/fio.sh into a markdown report.
+
+Usage: fio_report.py RESULTS_DIR [--command CMD] [--mode quick|full] [--seq-size LABEL]
+                     [--runtime-a SECS] [--runtime-a-std SECS] [--runtime-b SECS]
+                     [--note TEXT ...]
+
+RESULTS_DIR holds one `<key>.json` (fio --output-format=json) per run and, for a run that
+failed, `<key>.err` with the reason. Keys:
+
+    a_ext4        4 KiB randwrite + fsync, QD1, local ext4 file (baseline)
+    a_wb          the same through the spoolfs mount, writeback mode
+    a_wb_disk     the same, writeback, with the object store on the disk under test
+    a_std         the same through the spoolfs mount, standard mode
+    b_nullfs      4 KiB randwrite, no fsync, QD1, through nullfs (the FUSE floor)
+    b_wb          the same through the spoolfs mount, writeback mode
+    c_direct      sequential 1 MiB writes + final fsync, O_DIRECT on the local disk (baseline)
+    c_wb          sequential 1 MiB writes + final fsync through the spoolfs mount, writeback
+
+Definitions (all from fio's own numbers):
+  * write latency percentiles: `write.clat_ns.percentile` (with psync, completion latency is the
+    whole pwrite call);
+  * fsync latency percentiles: `sync.lat_ns.percentile`;
+  * ops/s: `write.iops`; with --fsync=1 each op is one write followed by one fsync, and fio's
+    runtime covers both, so the mean latency of one write+fsync is 1/ops;
+  * (a) ratio = spoolfs mean write+fsync latency / ext4 mean write+fsync latency
+              = ext4 ops/s / spoolfs ops/s             (goal: <= 1.0);
+  * (b) ratio = spoolfs write latency / nullfs write latency, at p50 and p99 (1.0 = FUSE floor);
+  * (c) throughput = write.io_bytes / write.runtime (fio's runtime includes the end_fsync);
+        ratio = spoolfs MB/s / O_DIRECT MB/s.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+P50 = "50.000000"
+P99 = "99.000000"
+
+
+def load(results_dir, key):
+    """Returns (job, None) for a successful run, (None, reason) otherwise."""
+    path = os.path.join(results_dir, key + ".json")
+    err_path = os.path.join(results_dir, key + ".err")
+    if os.path.exists(err_path):
+        with open(err_path) as f:
+            reason = f.read().strip() or "failed"
+        return None, reason
+    if not os.path.exists(path):
+        return None, "not run"
+    try:
+        with open(path) as f:
+            text = f.read()
+        # fio may print warnings before the JSON document.
+        start = text.find("{")
+        data = json.loads(text[start:])
+        job = data["jobs"][0]
+    except (ValueError, KeyError, IndexError) as e:
+        return None, "unreadable fio output: %s" % e
+    if job.get("error"):
+        return None, "fio error %s" % job["error"]
+    if job["write"]["total_ios"] == 0:
+        return None, "no writes completed"
+    return job, None
+
+
+def pct(stat, p):
+    """A percentile in ns from a fio latency block, or None."""
+    if not stat or not stat.get("N"):
+        return None
+    return stat.get("percentile", {}).get(p)
+
+
+def us(ns):
+    if ns is None:
+        return "n/a"
+    v = ns / 1000.0
+    if v >= 100:
+        return "%.0f" % v
+    if v >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def ratio(x):
+    return "n/a" if x is None else "%.2f" % x
+
+
+def div(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def seq_mb_s(job):
+    w = job["write"]
+    if not w["runtime"]:
+        return None
+    return w["io_bytes"] / (w["runtime"] / 1000.0) / 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results_dir")
+    ap.add_argument("--command", default="bash benches/fio.sh")
+    ap.add_argument("--mode", default="full")
+    ap.add_argument("--seq-size", default="1 GiB")
+    ap.add_argument("--runtime-a", default="?")
+    ap.add_argument("--runtime-a-std", default="?")
+    ap.add_argument("--runtime-b", default="?")
+    ap.add_argument("--date", default=None)
+    ap.add_argument("--kernel", default=os.uname().release)
+    ap.add_argument("--fio-version", default="")
+    ap.add_argument("--disk", default="")
+    ap.add_argument("--note", action="append", default=[])
+    args = ap.parse_args()
+
+    r = {}
+    for key in ("a_ext4", "a_wb", "a_wb_disk", "a_std", "b_nullfs", "b_wb", "c_direct", "c_wb"):
+        r[key] = load(args.results_dir, key)
+
+    def job(key):
+        return r[key][0]
+
+    def why(key):
+        return r[key][1]
+
+    out = []
+    w = out.append
+    date = args.date
+    if date is None:
+        import datetime
+
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    w("### spoolfs fio benchmarks (%s run)" % args.mode)
+    w("")
+    w("- command: `%s`" % args.command)
+    w("- date: %s" % date)
+    w("- kernel: %s" % args.kernel)
+    if args.fio_version:
+        w("- fio: %s" % args.fio_version)
+    if args.disk:
+        w("- disk: %s" % args.disk)
+    for n in args.note:
+        w("- %s" % n)
+    w("")
+
+    # ---- headline -------------------------------------------------------------------------
+    iops = {k: (job(k)["write"]["iops"] if job(k) else None) for k in ("a_ext4", "a_wb", "a_wb_disk", "a_std")}
+    mean_us = {k: (1e6 / v if v else None) for k, v in iops.items()}
+
+    def wlat(key, p):
+        j = job(key)
+        return pct(j["write"]["clat_ns"], p) if j else None
+
+    def slat(key, p):
+        j = job(key)
+        return pct(j.get("sync", {}).get("lat_ns"), p) if j else None
+
+    seq = {k: (seq_mb_s(job(k)) if job(k) else None) for k in ("c_direct", "c_wb")}
+
+    w("| benchmark | spoolfs | baseline | ratio | goal |")
+    w("|---|---|---|---|---|")
+    w(
+        "| (a) 4 KiB randwrite + fsync, QD1: mean latency per write+fsync | %s µs (%s ops/s) "
+        "| ext4 file, same disk: %s µs (%s ops/s) | **%s** | ≤ 1.0 |"
+        % (
+            us(mean_us["a_wb"] * 1000 if mean_us["a_wb"] else None),
+            "%.0f" % iops["a_wb"] if iops["a_wb"] else "n/a",
+            us(mean_us["a_ext4"] * 1000 if mean_us["a_ext4"] else None),
+            "%.0f" % iops["a_ext4"] if iops["a_ext4"] else "n/a",
+            ratio(div(mean_us["a_wb"], mean_us["a_ext4"])),
+        )
+    )
+    w(
+        "| (b) 4 KiB randwrite, no fsync, QD1: write latency p50 / p99 | %s / %s µs "
+        "| nullfs (FUSE floor): %s / %s µs | **%s** / %s | close to 1.0 |"
+        % (
+            us(wlat("b_wb", P50)),
+            us(wlat("b_wb", P99)),
+            us(wlat("b_nullfs", P50)),
+            us(wlat("b_nullfs", P99)),
+            ratio(div(wlat("b_wb", P50), wlat("b_nullfs", P50))),
+            ratio(div(wlat("b_wb", P99), wlat("b_nullfs", P99))),
+        )
+    )
+    w(
+        "| (c) sequential %s write + fsync (1 MiB writes): throughput | %s MB/s "
+        "| O_DIRECT writes, same disk: %s MB/s | **%s** | close to 1.0 |"
+        % (
+            args.seq_size,
+            "%.0f" % seq["c_wb"] if seq["c_wb"] else "n/a",
+            "%.0f" % seq["c_direct"] if seq["c_direct"] else "n/a",
+            ratio(div(seq["c_wb"], seq["c_direct"])),
+        )
+    )
+    w("")
+    w(
+        "Ratios: (a) spoolfs ÷ ext4 mean latency (= ext4 ops/s ÷ spoolfs ops/s), lower is better; "
+        "(b) spoolfs ÷ nullfs write latency; (c) spoolfs ÷ O_DIRECT throughput, higher is better."
+    )
+    w("")
+
+    # ---- (a) detail -----------------------------------------------------------------------
+    w(
+        "#### (a) 4 KiB random write + fsync, QD1 (`--rw=randwrite --bs=4k --ioengine=psync "
+        "--iodepth=1 --fsync=1 --size=64M --time_based`; %s s, standard mode %s s)"
+        % (args.runtime_a, args.runtime_a_std)
+    )
+    w("")
+    w(
+        "| target | ops/s | mean write+fsync (µs) | write p50 (µs) | write p99 (µs) "
+        "| fsync p50 (µs) | fsync p99 (µs) | latency ratio vs ext4 |"
+    )
+    w("|---|---|---|---|---|---|---|---|")
+    for key, label in (
+        ("a_ext4", "ext4 file on the same disk (baseline)"),
+        ("a_wb", "spoolfs, writeback (default)"),
+        ("a_wb_disk", "spoolfs, writeback, object store on the same disk"),
+        ("a_std", "spoolfs, standard (`--writeback=false`)"),
+    ):
+        if not job(key):
+            w("| %s | %s | | | | | | |" % (label, "not measured: " + why(key)))
+            continue
+        w(
+            "| %s | %.0f | %s | %s | %s | %s | %s | %s |"
+            % (
+                label,
+                iops[key],
+                us(mean_us[key] * 1000),
+                us(wlat(key, P50)),
+                us(wlat(key, P99)),
+                us(slat(key, P50)),
+                us(slat(key, P99)),
+                ratio(div(mean_us[key], mean_us["a_ext4"])),
+            )
+        )
+    w("")
+
+    # ---- (b) detail -----------------------------------------------------------------------
+    w(
+        "#### (b) 4 KiB random write, no fsync, QD1 (`--rw=randwrite --bs=4k --ioengine=psync "
+        "--iodepth=1 --size=64M --time_based`; %s s)" % args.runtime_b
+    )
+    w("")
+    w("| target | ops/s | write mean (µs) | write p50 (µs) | write p99 (µs) | p50 ratio | p99 ratio |")
+    w("|---|---|---|---|---|---|---|")
+    for key, label in (
+        ("b_nullfs", "nullfs: FUSE round trip, no work (baseline)"),
+        ("b_wb", "spoolfs, writeback (default)"),
+    ):
+        if not job(key):
+            w("| %s | %s | | | | | |" % (label, "not measured: " + why(key)))
+            continue
+        wj = job(key)["write"]
+        w(
+            "| %s | %.0f | %s | %s | %s | %s | %s |"
+            % (
+                label,
+                wj["iops"],
+                us(wj["clat_ns"]["mean"]),
+                us(wlat(key, P50)),
+                us(wlat(key, P99)),
+                ratio(div(wlat(key, P50), wlat("b_nullfs", P50))),
+                ratio(div(wlat(key, P99), wlat("b_nullfs", P99))),
+            )
+        )
+    w("")
+
+    # ---- (c) detail -----------------------------------------------------------------------
+    w(
+        "#### (c) sequential %s write + fsync (`--rw=write --bs=1M --end_fsync=1`)"
+        % args.seq_size
+    )
+    w("")
+    w("| target | MB/s | elapsed incl. fsync (s) | throughput ratio |")
+    w("|---|---|---|---|")
+    for key, label in (
+        ("c_direct", "fio `--direct=1` on the local disk (baseline)"),
+        ("c_wb", "spoolfs, writeback (default), buffered writes"),
+    ):
+        if not job(key):
+            w("| %s | %s | | |" % (label, "not measured: " + why(key)))
+            continue
+        w(
+            "| %s | %.0f | %.2f | %s |"
+            % (
+                label,
+                seq[key],
+                job(key)["write"]["runtime"] / 1000.0,
+                ratio(div(seq[key], seq["c_direct"])),
+            )
+        )
+    w("")
+
+    print("\n".join(out))
+    failed = [k for k in r if r[k][0] is None]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
