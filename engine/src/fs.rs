@@ -1060,6 +1060,7 @@ impl Engine {
             out.fill(0);
             return Ok(());
         }
+        let staged_guard = self.writeback.as_ref().map(|wb| wb.read_guard.read());
         if let Some(wb) = self.writeback.as_ref()
             && let Some(rec) = wb.get(slice)
         {
@@ -1073,6 +1074,7 @@ impl Engine {
                     FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
                 });
         }
+        drop(staged_guard);
         let bs = self.volume.block_size as u32;
         let mut done = 0usize;
         while done < out.len() {
@@ -1744,7 +1746,7 @@ impl Engine {
                 Ok(true)
             })?;
             if was_staged && let Some(wb) = self.writeback.as_ref() {
-                wb.remove(id);
+                wb.remove_many(&[id]);
             }
             let blocks = (d.size as u64).div_ceil(bs).max(1);
             for index in 0..blocks {

@@ -4,9 +4,10 @@
 //! Life of a staged slice:
 //! 1. `flush` appends it to the staging log (O_DIRECT) and commits, in one metadata
 //!    transaction, its place in the chunk map and a `T` record saying where it is staged.
-//! 2. An uploader reads it back (checksummed), PUTs its blocks, then, holding the inode's write
-//!    lock so no reader is between planning and reading, deletes the `T` record and frees the
-//!    log space. Whoever deletes the `T` record in a transaction frees the space: exactly one.
+//! 2. An uploader takes a batch of them, reads them back (checksummed), PUTs their blocks,
+//!    deletes their `T` records in one transaction, and frees the log space once no reader is
+//!    still reading it (readers hold a shared guard from lookup to copy). Whoever deletes a `T`
+//!    record in a transaction frees the space: exactly one.
 //! 3. A slice that dies while staged (overwritten, truncated, unlinked) is never uploaded: the
 //!    garbage collector deletes its `T` record and frees the log space.
 
@@ -21,6 +22,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Staged slices one uploader moves per metadata transaction.
+const UPLOAD_BATCH: usize = 64;
 
 /// How a mount stages writes.
 #[derive(Clone)]
@@ -61,6 +65,8 @@ pub(crate) struct Writeback {
     pub cv: Condvar,
     /// Uploaders exit.
     pub stop: std::sync::atomic::AtomicBool,
+    /// Held shared by readers of staged data, exclusively while log space is freed.
+    pub read_guard: parking_lot::RwLock<()>,
 }
 
 pub(crate) fn loc_of(rec: &StagedRec) -> StagedLoc {
@@ -78,6 +84,7 @@ impl Writeback {
             set: Mutex::new(StagedSet::default()),
             cv: Condvar::new(),
             stop: std::sync::atomic::AtomicBool::new(false),
+            read_guard: parking_lot::RwLock::new(()),
         }
     }
 
@@ -159,12 +166,25 @@ impl Writeback {
         self.cv.notify_all();
     }
 
-    /// Forgets a staged slice whose `T` record was deleted; frees its log space.
-    pub fn remove(&self, id: u64) {
-        let mut set = self.set.lock();
-        if let Some(rec) = set.map.remove(&id) {
-            set.bytes -= rec.size as u64;
-            self.opts.log.free(&loc_of(&rec));
+    /// Forgets staged slices whose `T` records were deleted, and frees their log space once
+    /// no reader is still reading from the log.
+    pub fn remove_many(&self, ids: &[u64]) {
+        let mut locs = Vec::new();
+        {
+            let mut set = self.set.lock();
+            for id in ids {
+                if let Some(rec) = set.map.remove(id) {
+                    set.bytes -= rec.size as u64;
+                    locs.push(loc_of(&rec));
+                }
+            }
+        }
+        if !locs.is_empty() {
+            // New readers no longer find these slices; wait out the ones already reading.
+            let _exclusive = self.read_guard.write();
+            for loc in &locs {
+                self.opts.log.free(loc);
+            }
         }
         self.cv.notify_all();
     }
@@ -230,84 +250,91 @@ impl Engine {
         Ok(())
     }
 
-    /// Uploads one staged slice. Returns false if there was nothing to do.
-    fn upload_one(&self, wb: &Writeback) -> Result<bool> {
-        let (id, rec) = {
+    /// Uploads a batch of staged slices, oldest first. Returns false if there was nothing to
+    /// do.
+    fn upload_batch(&self, wb: &Writeback) -> Result<bool> {
+        let batch: Vec<(u64, StagedRec)> = {
             let mut set = wb.set.lock();
-            let Some(id) = set.queue.pop_front() else {
-                return Ok(false);
-            };
-            let Some(rec) = set.map.get(&id).copied() else {
-                return Ok(true); // died and was collected while queued
-            };
-            set.busy += 1;
-            (id, rec)
+            let mut batch = Vec::new();
+            while batch.len() < UPLOAD_BATCH {
+                let Some(id) = set.queue.pop_front() else {
+                    break;
+                };
+                // A slice that died and was collected while queued is simply dropped.
+                if let Some(rec) = set.map.get(&id).copied() {
+                    batch.push((id, rec));
+                }
+            }
+            set.busy += batch.len();
+            batch
         };
-        let result = self.upload_slice(wb, id, &rec);
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        let result = self.upload_slices(wb, &batch);
         let mut set = wb.set.lock();
-        set.busy -= 1;
+        set.busy -= batch.len();
         if let Err(e) = &result {
             set.upload_errors += 1;
-            if set.map.contains_key(&id) {
-                set.queue.push_front(id);
+            for (id, _) in batch.iter().rev() {
+                if set.map.contains_key(id) {
+                    set.queue.push_front(*id);
+                }
             }
-            tracing::warn!("upload of slice {id} failed, will retry: {e}");
+            tracing::warn!(
+                "upload of {} staged slice(s) failed, will retry: {e}",
+                batch.len()
+            );
         }
         wb.cv.notify_all();
         result.map(|_| true)
     }
 
-    fn upload_slice(&self, wb: &Writeback, id: u64, rec: &StagedRec) -> Result<()> {
-        let mut data = vec![0u8; rec.size as usize];
-        if let Err(e) = wb.opts.log.read(&loc_of(rec), 0, &mut data) {
-            if wb.get(id).is_none() {
-                return Ok(()); // collected meanwhile; its space may already be reused
-            }
-            return Err(FsError::new(
-                e.errno(),
-                format!("reading staged slice {id}: {e}"),
-            ));
-        }
+    fn upload_slices(&self, wb: &Writeback, batch: &[(u64, StagedRec)]) -> Result<()> {
         let bs = self.volume().block_size as usize;
-        let objects: Vec<(String, bytes::Bytes)> = data
-            .chunks(bs)
-            .enumerate()
-            .map(|(i, b)| {
-                (
-                    schema::block_key(id, i as u32, b.len() as u32),
-                    encode_block(b),
-                )
-            })
-            .collect();
-        let keys: Vec<String> = objects.iter().map(|(k, _)| k.clone()).collect();
+        let mut objects: Vec<(String, bytes::Bytes)> = Vec::new();
+        let mut keys: HashMap<u64, Vec<String>> = HashMap::new();
+        for (id, rec) in batch {
+            let mut data = vec![0u8; rec.size as usize];
+            if let Err(e) = wb.opts.log.read(&loc_of(rec), 0, &mut data) {
+                if wb.get(*id).is_none() {
+                    continue; // collected meanwhile; its space may already be reused
+                }
+                return Err(FsError::new(
+                    e.errno(),
+                    format!("reading staged slice {id}: {e}"),
+                ));
+            }
+            for (i, b) in data.chunks(bs).enumerate() {
+                let key = schema::block_key(*id, i as u32, b.len() as u32);
+                keys.entry(*id).or_default().push(key.clone());
+                objects.push((key, encode_block(b)));
+            }
+        }
         let count = objects.len() as u64;
         self.storage.put_many(objects, self.config.max_uploads)?;
         self.counters
             .objects_put
             .fetch_add(count, Ordering::Relaxed);
-        // Hold the inode's write lock: a reader that planned to read this slice from the log
-        // finishes before the log space is freed.
-        let state = self.pin(rec.ino, false);
-        let committed = {
-            let _guard = state.write();
-            let committed = self.update(|t| {
-                let key = schema::staged_key(id);
-                if t.get(&key)?.is_none() {
-                    return Ok(false);
+        // One transaction moves the whole batch to the object store. Whoever deletes a `T`
+        // record frees its log space; slices collected meanwhile are not ours any more.
+        let ids: Vec<u64> = keys.keys().copied().collect();
+        let committed = self.update(|t| {
+            let mut done = Vec::new();
+            for id in &ids {
+                let key = schema::staged_key(*id);
+                if t.get(&key)?.is_some() {
+                    t.delete(&key)?;
+                    done.push(*id);
                 }
-                t.delete(&key)?;
-                Ok(true)
-            });
-            if let Ok(true) = committed {
-                wb.remove(id);
             }
-            committed
-        };
-        self.unpin(rec.ino, false);
-        if !committed? {
+            Ok(done)
+        })?;
+        wb.remove_many(&committed);
+        for id in ids.iter().filter(|id| !committed.contains(id)) {
             // Collected while we uploaded: the objects we just wrote belong to nobody.
-            for key in keys {
-                let _ = self.storage.delete(&key);
+            for key in &keys[id] {
+                let _ = self.storage.delete(key);
             }
         }
         Ok(())
@@ -356,7 +383,7 @@ pub(crate) fn uploader_loop(engine: std::sync::Weak<Engine>, wb: Arc<Writeback>)
         if e.stopping_now() {
             return;
         }
-        match e.upload_one(&wb) {
+        match e.upload_batch(&wb) {
             Ok(_) => backoff = Duration::from_millis(50),
             Err(_) => {
                 drop(e);

@@ -2115,7 +2115,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 #[test]
 fn model_random_ops() {
-    let cases = env_usize("PROPTEST_CASES", 100) as u32;
+    let cases = env_usize("PROPTEST_CASES", 128) as u32;
     let max_ops = env_usize("MODEL_OPS", 150);
     let config = ProptestConfig {
         cases,
@@ -2153,7 +2153,16 @@ fn model_random_ops() {
         started.elapsed().as_secs_f64()
     );
     match result {
-        Ok(()) => QUIET.store(false, Ordering::Relaxed),
+        Ok(()) => {
+            QUIET.store(false, Ordering::Relaxed);
+            // The contract of this test: a default run executes thousands of operations.
+            if std::env::var("PROPTEST_CASES").is_err() && std::env::var("MODEL_OPS").is_err() {
+                assert!(
+                    run >= 3000,
+                    "only {run} operations ran; the model test must run thousands"
+                );
+            }
+        }
         Err(TestError::Fail(reason, (buffers, ops))) => {
             let deadline = Instant::now() + Duration::from_secs(120);
             let (min, msg) = minimize(buffers, ops.clone(), deadline);
