@@ -1336,6 +1336,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Flushes the buffered writes of every open file (to staging or the object store).
+    pub(crate) fn flush_all_open(&self) -> Result<()> {
+        let inos: Vec<Ino> = self
+            .open
+            .iter()
+            .flat_map(|s| s.lock().keys().copied().collect::<Vec<_>>())
+            .collect();
+        for ino in inos {
+            self.flush_inode(ino)?;
+        }
+        Ok(())
+    }
+
     /// Whether new writes are acknowledged from the staging log.
     pub fn is_writeback(&self) -> bool {
         self.writeback.as_ref().is_some_and(|w| w.opts.writeback)
@@ -1367,7 +1380,7 @@ impl Engine {
         }
     }
 
-    fn persist_meta(&self) -> Result<()> {
+    pub(crate) fn persist_meta(&self) -> Result<()> {
         self.meta_dirty.store(false, Ordering::Release);
         self.meta.persist()?;
         Ok(())

@@ -340,6 +340,44 @@ impl Engine {
         Ok(())
     }
 
+    /// The barrier of `spoolfs sync`: returns once everything written before the call is in
+    /// the object store and the metadata pointing at it is durable. Buffered writes of open
+    /// files are flushed first; then the slices staged at that moment are waited for (slices
+    /// staged later are not). `progress` sees (slices, bytes) still to go.
+    pub fn sync_to_object_store(
+        &self,
+        timeout: Option<Duration>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        self.flush_all_open()?;
+        if let Some(wb) = self.writeback.as_ref() {
+            let waiting: std::collections::HashSet<u64> =
+                wb.set.lock().map.keys().copied().collect();
+            let deadline = timeout.map(|t| Instant::now() + t);
+            let mut set = wb.set.lock();
+            loop {
+                let (slices, bytes) = waiting
+                    .iter()
+                    .filter_map(|id| set.map.get(id))
+                    .fold((0u64, 0u64), |(n, b), r| (n + 1, b + r.size as u64));
+                progress(slices, bytes);
+                if slices == 0 {
+                    break;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(FsError::new(
+                        libc::ETIMEDOUT,
+                        format!(
+                            "{slices} slice(s), {bytes} bytes, are still not in the object store"
+                        ),
+                    ));
+                }
+                wb.cv.wait_for(&mut set, Duration::from_millis(200));
+            }
+        }
+        self.persist_meta()
+    }
+
     /// Waits until nothing is staged (or `timeout` passes); returns the bytes still staged.
     pub fn drain_uploads(&self, timeout: Option<Duration>) -> u64 {
         let Some(wb) = self.writeback.as_ref() else {

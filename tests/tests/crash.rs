@@ -1795,3 +1795,52 @@ fn umount_fails_if_the_daemon_dies_before_uploading() {
         String::from_utf8_lossy(&out.stderr).trim()
     );
 }
+
+/// `spoolfs sync PATH` is the "it is in object storage now" barrier: it waits while the store
+/// is down (and gives up, non-zero, at its --timeout), and returns once the data is uploaded.
+#[test]
+fn sync_waits_for_the_object_store() {
+    require_fuse!();
+    let _serial = serial();
+    let vol = Volume::new(Backend::File);
+    let mp = vol.new_subdir("mnt");
+    let cache = vol.cache_dir();
+    let logs = vol.new_subdir("logs");
+    let m = ProcMount::start(&vol, &mp, &cache, &[], &[], logs.join("sync.log"));
+    fs::create_dir(mp.join("d")).unwrap();
+    let mut outage = StoreOutage::begin(&vol.objects_dir());
+    let mut rng = Rng::new(77);
+    let mut files = Vec::new();
+    for i in 0..10 {
+        let data = rng.bytes(50_000 + i * 1000);
+        fs::write(mp.join(format!("d/f{i}")), &data).unwrap();
+        files.push(data);
+    }
+    let out = run(
+        vol.spoolfs()
+            .arg("sync")
+            .arg(mp.join("d"))
+            .args(["--timeout", "2"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !out.success(),
+        "sync returned success while the store is down: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("still not in the object store"),
+        "unclear message: {out:?}"
+    );
+    assert!(m.status()["engine"]["staged_slices"].as_u64().unwrap_or(0) >= 10);
+    outage.end();
+    let out = run(
+        vol.spoolfs().arg("sync").arg(mp.join("d")),
+        Duration::from_secs(120),
+    );
+    assert!(out.success(), "sync failed once the store is back: {out:?}");
+    assert_eq!(m.status()["engine"]["staged_slices"].as_u64(), Some(0));
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&fs::read(mp.join(format!("d/f{i}"))).unwrap(), data);
+    }
+    m.unmount();
+}

@@ -1,5 +1,6 @@
-//! The control socket of a mount daemon: a Unix socket (mode 0600) that answers every
-//! connection with one JSON line describing the mount, then closes.
+//! The control socket of a mount daemon: a Unix socket (mode 0600). A client sends one request
+//! line: `status` (one JSON line describing the mount) or `sync SECS` (the object-store
+//! barrier, with progress lines).
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// What the control socket answers.
@@ -72,6 +73,57 @@ impl ControlServer {
         }
     }
 
+    /// Answers one client. Requests are one line: `status` (also assumed when the client sends
+    /// nothing), or `sync SECS` / `sync none`, answered by progress lines
+    /// `{"sync_slices":N,"sync_bytes":B}` and a last line `{"sync":"done"}` or
+    /// `{"sync":"error","message":...}`.
+    fn serve_client(&self, stream: UnixStream) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut request = String::new();
+        let _ = BufReader::new(&stream).read_line(&mut request);
+        let mut out = &stream;
+        let mut send = |v: serde_json::Value| {
+            let mut line = serde_json::to_vec(&v).unwrap_or_default();
+            line.push(b'\n');
+            out.write_all(&line)
+        };
+        let request = request.trim();
+        if let Some(arg) = request.strip_prefix("sync") {
+            let timeout = arg
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|t| *t > 0.0 && t.is_finite());
+            let mut last = Instant::now() - Duration::from_secs(1);
+            let mut gone = false;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                self.engine.sync_to_object_store(
+                    timeout.map(Duration::from_secs_f64),
+                    &mut |slices, bytes| {
+                        if !gone && (last.elapsed() >= Duration::from_millis(200) || slices == 0) {
+                            last = Instant::now();
+                            gone = send(
+                                serde_json::json!({"sync_slices": slices, "sync_bytes": bytes}),
+                            )
+                            .is_err();
+                        }
+                    },
+                )
+            }));
+            let last_line = match result {
+                Ok(Ok(())) => serde_json::json!({"sync": "done"}),
+                Ok(Err(e)) => serde_json::json!({"sync": "error", "message": e.to_string()}),
+                Err(p) => serde_json::json!({"sync": "error", "message": panic_message(p)}),
+            };
+            let _ = send(last_line);
+            return;
+        }
+        let status = self.status();
+        if let Err(e) = send(serde_json::to_value(&status).unwrap_or_default()) {
+            debug!("control socket client went away: {e}");
+        }
+    }
+
     /// Binds the socket (replacing a stale one) and serves it on a background thread.
     pub fn start(self, path: &Path) -> Result<()> {
         if let Some(dir) = path.parent() {
@@ -88,14 +140,18 @@ impl ControlServer {
         std::thread::Builder::new()
             .name("spoolfs-control".into())
             .spawn(move || {
+                let server = std::sync::Arc::new(self);
                 for conn in listener.incoming() {
                     match conn {
-                        Ok(mut stream) => {
-                            let status = self.status();
-                            let mut line = serde_json::to_vec(&status).unwrap_or_default();
-                            line.push(b'\n');
-                            if let Err(e) = stream.write_all(&line) {
-                                debug!("control socket client went away: {e}");
+                        Ok(stream) => {
+                            // One thread per client: a `sync` may take long, and `status`
+                            // must still answer meanwhile.
+                            let server = server.clone();
+                            let spawned = std::thread::Builder::new()
+                                .name("spoolfs-control-client".into())
+                                .spawn(move || server.serve_client(stream));
+                            if let Err(e) = spawned {
+                                warn!("control socket: cannot start a client thread: {e}");
                             }
                         }
                         Err(e) => {
@@ -119,6 +175,9 @@ pub fn query(socket: &Path) -> Result<(String, MountStatus)> {
         )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    (&stream)
+        .write_all(b"status\n")
+        .with_context(|| format!("cannot write to the control socket {}", socket.display()))?;
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
@@ -129,4 +188,41 @@ pub fn query(socket: &Path) -> Result<(String, MountStatus)> {
     let status: MountStatus = serde_json::from_str(line.trim())
         .with_context(|| format!("bad answer on the control socket {}", socket.display()))?;
     Ok((line.trim().to_string(), status))
+}
+
+/// Runs the `sync` barrier through the daemon behind `socket`; `progress` sees
+/// (slices, bytes) still to go.
+pub fn sync(socket: &Path, timeout: Option<f64>, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    let stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot connect to the control socket {} (is the spoolfs daemon running?)",
+            socket.display()
+        )
+    })?;
+    let request = match timeout {
+        Some(t) => format!("sync {t}\n"),
+        None => "sync none\n".to_string(),
+    };
+    (&stream)
+        .write_all(request.as_bytes())
+        .with_context(|| format!("cannot write to the control socket {}", socket.display()))?;
+    for line in BufReader::new(&stream).lines() {
+        let line = line.with_context(|| format!("lost the control socket {}", socket.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("bad answer on the control socket {}", socket.display()))?;
+        match v.get("sync").and_then(|s| s.as_str()) {
+            Some("done") => return Ok(()),
+            Some(_) => bail!(
+                "{}",
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("sync failed")
+            ),
+            None => progress(
+                v.get("sync_slices").and_then(|n| n.as_u64()).unwrap_or(0),
+                v.get("sync_bytes").and_then(|n| n.as_u64()).unwrap_or(0),
+            ),
+        }
+    }
+    bail!("the spoolfs daemon closed the control socket before the sync finished")
 }

@@ -12,6 +12,7 @@ mod paths;
 mod size;
 mod staging_args;
 mod status;
+mod sync;
 mod umount;
 
 use clap::{Args, Parser, Subcommand};
@@ -44,6 +45,8 @@ enum Command {
     Umount(umount::UmountArgs),
     /// Show the state of one spoolfs mount, or of all of them.
     Status(status::StatusArgs),
+    /// Wait until everything written under PATH is in the object store.
+    Sync(sync::SyncArgs),
 }
 
 /// Object store options shared by `format` and `mount`. Credentials come only from the
@@ -147,6 +150,10 @@ fn main() -> ExitCode {
         Command::Status(args) => {
             init_logging(level, "warn", None);
             status::run(args)
+        }
+        Command::Sync(args) => {
+            init_logging(level, "warn", None);
+            sync::run(args)
         }
     };
     match result {
