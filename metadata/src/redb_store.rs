@@ -55,75 +55,62 @@ impl RedbStore {
 
 struct ReadTable<T>(T);
 
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvRead for ReadTable<T> {
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        for item in self.0.range(start..end).map_err(io)?.rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(io)?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
-    }
+struct WriteTable<'t>(redb::Table<'t, &'static [u8], &'static [u8]>);
 
+/// Reads shared by read-only and write transactions (a write transaction's table is readable
+/// too, and sees the transaction's own writes).
+fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    Ok(table.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+}
+
+fn scan_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    backwards: bool,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    if start >= end {
+        return Ok(Vec::new());
+    }
+    let range = table.range(start..end).map_err(io)?;
+    let items: Box<dyn Iterator<Item = _>> = if backwards {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    };
+    let mut out = Vec::new();
+    for item in items.take(limit) {
+        let (k, v) = item.map_err(io)?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvRead for ReadTable<T> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+        get_in(&self.0, key)
     }
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        for item in self.0.range(start..end).map_err(io)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(io)?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+        scan_in(&self.0, start, end, limit, false)
+    }
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        scan_in(&self.0, start, end, limit, true)
     }
 }
 
-struct WriteTable<'t>(redb::Table<'t, &'static [u8], &'static [u8]>);
-
 impl KvRead for WriteTable<'_> {
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        for item in self.0.range(start..end).map_err(io)?.rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(io)?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
-    }
-
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+        get_in(&self.0, key)
     }
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        for item in self.0.range(start..end).map_err(io)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(io)?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+        scan_in(&self.0, start, end, limit, false)
+    }
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        scan_in(&self.0, start, end, limit, true)
     }
 }
 
