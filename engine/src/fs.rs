@@ -1075,6 +1075,17 @@ impl Engine {
                 });
         }
         drop(staged_guard);
+        if let Some(data) = self.get_packed(slice)? {
+            let start = off as usize;
+            if start + out.len() > data.len() {
+                return Err(FsError::Storage(StorageError::Checksum {
+                    key: format!("slice {slice}"),
+                    detail: "packed slice shorter than its metadata says".into(),
+                }));
+            }
+            out.copy_from_slice(&data[start..start + out.len()]);
+            return Ok(());
+        }
         let bs = self.volume.block_size as u32;
         let mut done = 0usize;
         while done < out.len() {
@@ -1093,6 +1104,52 @@ impl Engine {
             off += n as u32;
         }
         Ok(())
+    }
+
+    /// A packed slice, whole: one ranged GET of its bytes in the pack, CRC-checked, cached.
+    fn get_packed(&self, slice: u64) -> Result<Option<Bytes>> {
+        // Cached under an index no block object uses.
+        let cached = BlockId {
+            slice,
+            index: u32::MAX,
+        };
+        if let Some(b) = self.cache.get(cached) {
+            return Ok(Some(b));
+        }
+        let packed = self.view(|r| match r.get(&schema::packed_key(slice))? {
+            Some(v) => Ok(Some(schema::decode::<schema::PackedRec>(
+                "packed slice",
+                &v,
+            )?)),
+            None => Ok(None),
+        })?;
+        let Some(p) = packed else {
+            return Ok(None);
+        };
+        let key = schema::pack_object_key(p.pack);
+        let entry = spoolfs_uploader::PackEntry {
+            slice,
+            offset: p.offset,
+            len: p.len,
+            crc: p.crc,
+        };
+        let data = self
+            .storage
+            .get_range(&key, p.offset, p.offset + p.len as u64)
+            .and_then(|d| spoolfs_uploader::verify_packed(&key, &entry, d))
+            .map_err(|e| {
+                tracing::error!("reading slice {slice} from pack {key}: {e}");
+                FsError::Storage(match e {
+                    StorageError::NotFound { key } => StorageError::Checksum {
+                        key,
+                        detail: "pack referenced by metadata is missing".into(),
+                    },
+                    other => other,
+                })
+            })?;
+        self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
+        self.cache.insert(cached, data.clone());
+        Ok(Some(data))
     }
 
     fn get_block(&self, slice: u64, slice_size: u32, index: u32) -> Result<Bytes> {
@@ -1334,6 +1391,10 @@ impl Engine {
             self.flush_locked(ino, &mut state, false)?;
         }
         Ok(())
+    }
+
+    pub(crate) fn next_slice_id(&self) -> Result<u64> {
+        self.slice_ids.next(self.meta.as_ref())
     }
 
     /// Flushes the buffered writes of every open file (to staging or the object store).
@@ -1761,11 +1822,41 @@ impl Engine {
             if was_staged && let Some(wb) = self.writeback.as_ref() {
                 wb.remove_many(&[id]);
             }
-            let blocks = (d.size as u64).div_ceil(bs).max(1);
-            for index in 0..blocks {
-                let len = (d.size as u64 - index * bs).min(bs) as u32;
-                self.storage
-                    .delete(&schema::block_key(id, index as u32, len))?;
+            // A packed slice: its pack goes when its last live slice does (dead bytes in packs
+            // that keep living are what compaction will reclaim).
+            let pack_gone = self.update(|t| {
+                let Some(v) = t.get(&schema::packed_key(id))? else {
+                    return Ok(None);
+                };
+                let p: schema::PackedRec = schema::decode("packed slice", &v)?;
+                t.delete(&schema::packed_key(id))?;
+                let pk = schema::pack_key(p.pack);
+                let Some(pv) = t.get(&pk)? else {
+                    return Ok(Some(None));
+                };
+                let mut rec: schema::PackRec = schema::decode("pack", &pv)?;
+                rec.live_slices = rec.live_slices.saturating_sub(1);
+                rec.live_bytes = rec.live_bytes.saturating_sub(p.len as u64);
+                if rec.live_slices == 0 {
+                    t.delete(&pk)?;
+                    Ok(Some(Some(p.pack)))
+                } else {
+                    t.put(&pk, &schema::encode(&rec))?;
+                    Ok(Some(None))
+                }
+            })?;
+            match pack_gone {
+                Some(Some(pack)) => self.storage.delete(&schema::pack_object_key(pack))?,
+                Some(None) => {}
+                None if was_staged => {}
+                None => {
+                    let blocks = (d.size as u64).div_ceil(bs).max(1);
+                    for index in 0..blocks {
+                        let len = (d.size as u64 - index * bs).min(bs) as u32;
+                        self.storage
+                            .delete(&schema::block_key(id, index as u32, len))?;
+                    }
+                }
             }
             self.cache.forget_slice(id);
             self.update(|t| t.delete(&key))?;

@@ -12,6 +12,8 @@
 //! | `O` ino | orphan: nlink 0 but still open when last seen |
 //! | `G` slice id | [`DeadSlice`]: objects to delete |
 //! | `T` slice id | [`StagedRec`]: the slice is in this node's staging log, not yet uploaded |
+//! | `L` slice id | [`PackedRec`]: the slice lives in a pack object |
+//! | `P` pack id | [`PackRec`]: a pack object and how many of its slices are alive |
 //!
 //! Integers in keys are big-endian so that byte order is numeric order.
 
@@ -98,6 +100,40 @@ pub fn staged_key(slice: u64) -> Vec<u8> {
     let mut k = vec![b'T'];
     k.extend_from_slice(&slice.to_be_bytes());
     k
+}
+
+pub fn packed_key(slice: u64) -> Vec<u8> {
+    let mut k = vec![b'L'];
+    k.extend_from_slice(&slice.to_be_bytes());
+    k
+}
+
+pub fn pack_key(pack: u64) -> Vec<u8> {
+    let mut k = vec![b'P'];
+    k.extend_from_slice(&pack.to_be_bytes());
+    k
+}
+
+/// Object key of a pack object.
+pub fn pack_object_key(pack: u64) -> String {
+    format!("packs/{}/{}/{}.pack", pack / 1_000_000, pack / 1_000, pack)
+}
+
+/// Where a packed slice is: bytes `[offset, offset + len)` of pack `pack`, with their CRC-32C.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackedRec {
+    pub pack: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub crc: u32,
+}
+
+/// A pack object: its size and how many of its slices are still alive (at zero it is deleted).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackRec {
+    pub size: u64,
+    pub live_slices: u32,
+    pub live_bytes: u64,
 }
 
 /// Where a staged slice's data is: a record in this node's staging log.

@@ -24,7 +24,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Staged slices one uploader moves per metadata transaction.
-const UPLOAD_BATCH: usize = 64;
+const UPLOAD_BATCH: usize = 256;
+/// Slices up to this size are packed with others into pack objects.
+const PACK_SLICE_MAX: usize = 1 << 20;
+/// Target size of a pack object.
+const PACK_TARGET: usize = 8 << 20;
 
 /// How a mount stages writes.
 #[derive(Clone)]
@@ -293,7 +297,10 @@ impl Engine {
     fn upload_slices(&self, wb: &Writeback, batch: &[(u64, StagedRec)]) -> Result<()> {
         let bs = self.volume().block_size as usize;
         let mut objects: Vec<(String, bytes::Bytes)> = Vec::new();
+        // Objects each slice was written to, for the clean-up of slices that died meanwhile.
         let mut keys: HashMap<u64, Vec<String>> = HashMap::new();
+        // Small slices go into pack objects of about PACK_TARGET bytes: one PUT for many.
+        let mut small: Vec<(u64, Vec<u8>)> = Vec::new();
         for (id, rec) in batch {
             let mut data = vec![0u8; rec.size as usize];
             if let Err(e) = wb.opts.log.read(&loc_of(rec), 0, &mut data) {
@@ -305,11 +312,38 @@ impl Engine {
                     format!("reading staged slice {id}: {e}"),
                 ));
             }
+            if data.len() <= PACK_SLICE_MAX {
+                small.push((*id, data));
+                continue;
+            }
             for (i, b) in data.chunks(bs).enumerate() {
                 let key = schema::block_key(*id, i as u32, b.len() as u32);
                 keys.entry(*id).or_default().push(key.clone());
                 objects.push((key, encode_block(b)));
             }
+        }
+        let mut packs: Vec<(u64, u64, Vec<spoolfs_uploader::PackEntry>)> = Vec::new();
+        let mut start = 0;
+        while start < small.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < small.len() && (end == start || bytes + small[end].1.len() <= PACK_TARGET) {
+                bytes += small[end].1.len();
+                end += 1;
+            }
+            let pack = self.next_slice_id()?;
+            let parts: Vec<(u64, &[u8])> = small[start..end]
+                .iter()
+                .map(|(id, d)| (*id, d.as_slice()))
+                .collect();
+            let (object, entries) = spoolfs_uploader::encode_pack(&parts);
+            let key = schema::pack_object_key(pack);
+            for e in &entries {
+                keys.entry(e.slice).or_default();
+            }
+            packs.push((pack, object.len() as u64, entries));
+            objects.push((key, object));
+            start = end;
         }
         let count = objects.len() as u64;
         self.storage.put_many(objects, self.config.max_uploads)?;
@@ -319,7 +353,7 @@ impl Engine {
         // One transaction moves the whole batch to the object store. Whoever deletes a `T`
         // record frees its log space; slices collected meanwhile are not ours any more.
         let ids: Vec<u64> = keys.keys().copied().collect();
-        let committed = self.update(|t| {
+        let (committed, empty_packs) = self.update(|t| {
             let mut done = Vec::new();
             for id in &ids {
                 let key = schema::staged_key(*id);
@@ -328,7 +362,31 @@ impl Engine {
                     done.push(*id);
                 }
             }
-            Ok(done)
+            let mut empty = Vec::new();
+            for (pack, size, entries) in &packs {
+                let mut rec = schema::PackRec {
+                    size: *size,
+                    live_slices: 0,
+                    live_bytes: 0,
+                };
+                for e in entries.iter().filter(|e| done.contains(&e.slice)) {
+                    let packed = schema::PackedRec {
+                        pack: *pack,
+                        offset: e.offset,
+                        len: e.len,
+                        crc: e.crc,
+                    };
+                    t.put(&schema::packed_key(e.slice), &schema::encode(&packed))?;
+                    rec.live_slices += 1;
+                    rec.live_bytes += e.len as u64;
+                }
+                if rec.live_slices == 0 {
+                    empty.push(*pack);
+                } else {
+                    t.put(&schema::pack_key(*pack), &schema::encode(&rec))?;
+                }
+            }
+            Ok((done, empty))
         })?;
         wb.remove_many(&committed);
         for id in ids.iter().filter(|id| !committed.contains(id)) {
@@ -336,6 +394,9 @@ impl Engine {
             for key in &keys[id] {
                 let _ = self.storage.delete(key);
             }
+        }
+        for pack in empty_packs {
+            let _ = self.storage.delete(&schema::pack_object_key(pack));
         }
         Ok(())
     }

@@ -303,7 +303,9 @@ mod writeback {
         // Remount with uploaders: replay queues the 19 staged slices and they go up.
         let e = engine(&f, 2);
         assert_eq!(e.drain_uploads(Some(Duration::from_secs(30))), 0);
-        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 19);
+        // 19 small files went up packed together: one PUT, not 19.
+        assert_eq!(walk(&f.dir.path().join("objects/packs")), 1);
+        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 0);
         for (ino, data) in &files[1..] {
             assert_eq!(&read_all(&e, *ino), data);
         }
@@ -323,10 +325,19 @@ mod writeback {
         }
         e.release(a.ino, fh).unwrap();
         e.shutdown().unwrap();
-        assert_eq!(
-            walk(&f.dir.path().join("objects/chunks")),
-            1,
-            "only the last version stays"
+        drop(e);
+        // Packs whose slices were all overwritten are gone; the ones left are all recorded.
+        let packs = walk(&f.dir.path().join("objects/packs"));
+        let meta = f.meta();
+        let mut recorded = 0;
+        meta.view(&mut |r| {
+            recorded = r.scan(b"P", b"Q", usize::MAX)?.len();
+            Ok(())
+        })
+        .unwrap();
+        assert!(
+            packs >= 1 && packs == recorded,
+            "{packs} pack objects, {recorded} recorded"
         );
     }
 
@@ -398,6 +409,80 @@ mod writeback {
                 assert_eq!(read_all(&e, ino), name.as_bytes());
             }
         }
+        e.shutdown().unwrap();
+    }
+
+    #[test]
+    fn small_files_are_packed_into_few_objects_and_collected() {
+        let f = Fixture::new();
+        // No uploader while writing: everything is staged, then one drain packs it.
+        let e = engine(&f, 0);
+        let files = write_files(&e, 300);
+        drop(e);
+        let e = engine(&f, 1);
+        assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
+        let objects = walk(&f.dir.path().join("objects/packs"));
+        let total: usize = files.iter().map(|(_, d)| d.len()).sum();
+        // 300 files, ~45 MB in all, in packs of about 8 MiB: a handful of PUTs, not 300.
+        assert!(
+            objects >= 1 && objects <= total / (8 << 20) + 4,
+            "{objects} pack objects"
+        );
+        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 0);
+        assert!(e.status().objects_put <= objects as u64);
+        for (ino, data) in &files {
+            assert_eq!(&read_all(&e, *ino), data);
+        }
+        e.shutdown().unwrap();
+        drop(e);
+        // Remount: packed slices read back with ranged GETs; a corrupted pack byte is EIO.
+        let e = engine(&f, 1);
+        for (ino, data) in &files {
+            assert_eq!(&read_all(&e, *ino), data);
+        }
+        // Delete every file: the packs go once their last slice does.
+        for i in 0..files.len() {
+            e.unlink(&ME, ROOT_INO, format!("f{i}").as_bytes()).unwrap();
+        }
+        e.collect_garbage(usize::MAX).unwrap();
+        assert_eq!(
+            walk(&f.dir.path().join("objects/packs")),
+            0,
+            "packs of deleted files remain"
+        );
+        e.shutdown().unwrap();
+    }
+
+    #[test]
+    fn corrupted_pack_reads_as_eio() {
+        let f = Fixture::new();
+        let e = engine(&f, 1);
+        let files = write_files(&e, 5);
+        e.shutdown().unwrap();
+        drop(e);
+        fn find(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(p).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    find(&entry.path(), out);
+                } else {
+                    out.push(entry.path());
+                }
+            }
+        }
+        let mut packs = Vec::new();
+        find(&f.dir.path().join("objects/packs"), &mut packs);
+        for p in &packs {
+            let mut bytes = std::fs::read(p).unwrap();
+            bytes[0] ^= 0xff;
+            std::fs::write(p, bytes).unwrap();
+        }
+        let e = engine(&f, 1);
+        let (ino, _) = &files[0];
+        let fh = e.open(&ME, *ino, libc::O_RDONLY).unwrap();
+        let err = e.read(*ino, fh, 0, 100).unwrap_err();
+        assert_eq!(err.errno(), libc::EIO, "{err}");
+        e.release(*ino, fh).unwrap();
         e.shutdown().unwrap();
     }
 }

@@ -735,11 +735,15 @@ impl Volume {
         }
     }
 
-    /// Every data object (a file below a `chunks/` directory) of this volume, sorted.
+    /// Every data object (a block object below `chunks/` or a pack object below `packs/`) of
+    /// this volume, sorted.
     pub fn chunk_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         walk_files(&self.objects_dir(), &mut out);
-        out.retain(|p| p.components().any(|c| c.as_os_str() == "chunks"));
+        out.retain(|p| {
+            p.components()
+                .any(|c| c.as_os_str() == "chunks" || c.as_os_str() == "packs")
+        });
         out.sort();
         out
     }

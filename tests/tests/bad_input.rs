@@ -199,7 +199,7 @@ fn corrupted_block(backend: Backend) {
     let chunks = vol.chunk_files();
     assert!(
         !chunks.is_empty(),
-        "no data objects under {}/chunks after close+unmount (standard mode must have uploaded)",
+        "no data objects under {} after close+unmount (unmount waits for uploads)",
         vol.objects_dir().display()
     );
     let total: u64 = chunks.iter().map(|p| fs::metadata(p).unwrap().len()).sum();

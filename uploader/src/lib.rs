@@ -6,9 +6,11 @@
 //! which object; this crate puts them there and gets them back, verified.
 
 mod block;
+mod pack;
 mod storage;
 
 pub use block::{BLOCK_TRAILER_LEN, decode_block, encode_block};
+pub use pack::{PackEntry, decode_pack_index, encode_pack, verify_packed};
 pub use storage::{ObjectStorage, StorageConfig};
 
 /// Errors from the object store, each with the errno a file system call reports.

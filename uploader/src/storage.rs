@@ -246,6 +246,14 @@ impl ObjectStorage {
             .map_err(|e| map_err(key, e))
     }
 
+    /// Bytes `[start, end)` of an object (a ranged GET).
+    pub fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        let path = self.path(key);
+        self.runtime
+            .block_on(self.store.get_range(&path, start..end))
+            .map_err(|e| map_err(key, e))
+    }
+
     pub fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
         match self.runtime.block_on(self.store.delete(&path)) {
