@@ -47,6 +47,9 @@ pub struct StagingOptions {
     pub upload_threads: usize,
     /// Bytes per staging segment: no slice may be larger than a fraction of it.
     pub segment_size: u64,
+    /// How long a staged slice waits for others to share a pack object with (unless a pack's
+    /// worth is queued, or someone is waiting for the uploads).
+    pub upload_delay: Duration,
 }
 
 /// The in-memory mirror of the `T` records, and the upload queue (oldest first).
@@ -71,6 +74,8 @@ pub(crate) struct Writeback {
     pub stop: std::sync::atomic::AtomicBool,
     /// Held shared by readers of staged data, exclusively while log space is freed.
     pub read_guard: parking_lot::RwLock<()>,
+    /// Callers waiting for uploads (`sync`, unmount): no upload delay while there are any.
+    pub draining: std::sync::atomic::AtomicUsize,
 }
 
 pub(crate) fn loc_of(rec: &StagedRec) -> StagedLoc {
@@ -78,6 +83,26 @@ pub(crate) fn loc_of(rec: &StagedRec) -> StagedLoc {
         segment: rec.segment,
         offset: rec.offset,
         len: rec.size,
+    }
+}
+
+impl StagedSet {
+    /// How long until the queue is worth uploading: `None` now. It is when its oldest slice
+    /// has waited `delay`, or a pack's worth of small data is queued.
+    fn wait_needed(&self, delay: Duration) -> Option<Duration> {
+        let head = self.queue.front().and_then(|id| self.map.get(id))?;
+        let age_ns = (schema::now_ns() - head.staged_ns).max(0) as u128;
+        if age_ns >= delay.as_nanos() {
+            return None;
+        }
+        let mut queued = 0usize;
+        for r in self.queue.iter().filter_map(|id| self.map.get(id)) {
+            queued += r.size as usize;
+            if queued >= PACK_TARGET {
+                return None;
+            }
+        }
+        Some(Duration::from_nanos((delay.as_nanos() - age_ns) as u64))
     }
 }
 
@@ -89,6 +114,7 @@ impl Writeback {
             cv: Condvar::new(),
             stop: std::sync::atomic::AtomicBool::new(false),
             read_guard: parking_lot::RwLock::new(()),
+            draining: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -415,6 +441,7 @@ impl Engine {
             let waiting: std::collections::HashSet<u64> =
                 wb.set.lock().map.keys().copied().collect();
             let deadline = timeout.map(|t| Instant::now() + t);
+            let _draining = Draining::new(wb);
             let mut set = wb.set.lock();
             loop {
                 let (slices, bytes) = waiting
@@ -445,6 +472,7 @@ impl Engine {
             return 0;
         };
         let deadline = timeout.map(|t| Instant::now() + t);
+        let _draining = Draining::new(wb);
         let mut set = wb.set.lock();
         loop {
             if set.map.is_empty() {
@@ -455,6 +483,23 @@ impl Engine {
             }
             wb.cv.wait_for(&mut set, Duration::from_millis(100));
         }
+    }
+}
+
+/// Marks a caller waiting for uploads while it lives.
+struct Draining<'a>(&'a Writeback);
+
+impl<'a> Draining<'a> {
+    fn new(wb: &'a Writeback) -> Self {
+        wb.draining.fetch_add(1, Ordering::AcqRel);
+        wb.cv.notify_all();
+        Draining(wb)
+    }
+}
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        self.0.draining.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -475,6 +520,14 @@ pub(crate) fn uploader_loop(engine: std::sync::Weak<Engine>, wb: Arc<Writeback>)
                 if engine.strong_count() == 0 {
                     return;
                 }
+                continue;
+            }
+            // Let small slices gather into one pack, unless somebody waits for them.
+            if wb.draining.load(Ordering::Acquire) == 0
+                && let Some(wait) = set.wait_needed(wb.opts.upload_delay)
+            {
+                wb.cv
+                    .wait_for(&mut set, wait.min(Duration::from_millis(200)));
                 continue;
             }
         }
@@ -555,6 +608,8 @@ pub struct StagingSettings {
     pub max_staging_age: Duration,
     pub max_staging_wait: Duration,
     pub upload_threads: usize,
+    /// `--upload-delay`: how long small staged slices wait to share a pack object.
+    pub upload_delay: Duration,
     /// Fault injection into the data staging log (tests).
     pub faults: Option<Arc<crate::staging::FaultConfig>>,
 }
@@ -723,6 +778,7 @@ pub fn open_staging(
             max_staging_wait: settings.max_staging_wait,
             upload_threads: settings.upload_threads,
             segment_size: settings.segment_size,
+            upload_delay: settings.upload_delay,
         },
     ))
 }

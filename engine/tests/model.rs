@@ -1095,6 +1095,7 @@ impl Harness {
                 max_staging_age: std::time::Duration::from_secs(3600),
                 max_staging_wait: std::time::Duration::from_secs(5),
                 upload_threads: 1,
+                upload_delay: std::time::Duration::ZERO,
                 faults: None,
             };
             let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)

@@ -238,6 +238,7 @@ mod writeback {
             max_staging_age: Duration::from_secs(3600),
             max_staging_wait: Duration::from_secs(5),
             upload_threads: uploaders,
+            upload_delay: std::time::Duration::ZERO,
             faults: None,
         }
     }

@@ -39,6 +39,19 @@ pub struct StagingArgs {
     /// Threads uploading staged data.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub upload_threads: usize,
+    /// How long small staged data waits to be packed with more into one object, in seconds
+    /// (a sync or unmount does not wait).
+    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_secs_or_zero)]
+    pub upload_delay: Duration,
+}
+
+fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "invalid number of seconds {s:?}: expected 0 to 3600"
+        )),
+    }
 }
 
 fn parse_io_engine(s: &str) -> Result<IoEngineKind, String> {
@@ -107,6 +120,7 @@ impl StagingArgs {
             max_staging_age: self.max_staging_age,
             max_staging_wait: self.max_staging_wait,
             upload_threads: self.upload_threads,
+            upload_delay: self.upload_delay,
             // Test mounts inject staging faults through the environment (see docs/ARCHITECTURE.md).
             faults: match std::env::var("SPOOLFS_STAGING_FAULTS") {
                 Ok(spec) if !spec.is_empty() => {
@@ -141,6 +155,7 @@ impl StagingArgs {
             format!("--max-staging-wait={}", self.max_staging_wait.as_secs_f64()),
             format!("--staging-segment-size={}", self.staging_segment_size),
             format!("--upload-threads={}", self.upload_threads),
+            format!("--upload-delay={}", self.upload_delay.as_secs_f64()),
         ];
         if let Some(n) = self.engine_threads {
             out.push(format!("--engine-threads={n}"));
