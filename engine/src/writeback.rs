@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 const UPLOAD_BATCH: usize = 256;
 /// Slices up to this size are packed with others into pack objects.
 const PACK_SLICE_MAX: usize = 1 << 20;
-/// Target size of a pack object.
-const PACK_TARGET: usize = 8 << 20;
+/// Default target size of a pack object (`--pack-size`).
+pub const DEFAULT_PACK_SIZE: usize = 8 << 20;
 
 /// How a mount stages writes.
 #[derive(Clone)]
@@ -50,6 +50,8 @@ pub struct StagingOptions {
     /// How long a staged slice waits for others to share a pack object with (unless a pack's
     /// worth is queued, or someone is waiting for the uploads).
     pub upload_delay: Duration,
+    /// Target size of a pack object.
+    pub pack_size: usize,
 }
 
 /// The in-memory mirror of the `T` records, and the upload queue (oldest first).
@@ -89,7 +91,7 @@ pub(crate) fn loc_of(rec: &StagedRec) -> StagedLoc {
 impl StagedSet {
     /// How long until the queue is worth uploading: `None` now. It is when its oldest slice
     /// has waited `delay`, or a pack's worth of small data is queued.
-    fn wait_needed(&self, delay: Duration) -> Option<Duration> {
+    fn wait_needed(&self, delay: Duration, pack_size: usize) -> Option<Duration> {
         let head = self.queue.front().and_then(|id| self.map.get(id))?;
         let age_ns = (schema::now_ns() - head.staged_ns).max(0) as u128;
         if age_ns >= delay.as_nanos() {
@@ -98,7 +100,7 @@ impl StagedSet {
         let mut queued = 0usize;
         for r in self.queue.iter().filter_map(|id| self.map.get(id)) {
             queued += r.size as usize;
-            if queued >= PACK_TARGET {
+            if queued >= pack_size {
                 return None;
             }
         }
@@ -325,7 +327,7 @@ impl Engine {
         let mut objects: Vec<(String, bytes::Bytes)> = Vec::new();
         // Objects each slice was written to, for the clean-up of slices that died meanwhile.
         let mut keys: HashMap<u64, Vec<String>> = HashMap::new();
-        // Small slices go into pack objects of about PACK_TARGET bytes: one PUT for many.
+        // Small slices go into pack objects of about `pack_size` bytes: one PUT for many.
         let mut small: Vec<(u64, Vec<u8>)> = Vec::new();
         for (id, rec) in batch {
             let mut data = vec![0u8; rec.size as usize];
@@ -353,7 +355,9 @@ impl Engine {
         while start < small.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < small.len() && (end == start || bytes + small[end].1.len() <= PACK_TARGET) {
+            while end < small.len()
+                && (end == start || bytes + small[end].1.len() <= wb.opts.pack_size)
+            {
                 bytes += small[end].1.len();
                 end += 1;
             }
@@ -524,7 +528,7 @@ pub(crate) fn uploader_loop(engine: std::sync::Weak<Engine>, wb: Arc<Writeback>)
             }
             // Let small slices gather into one pack, unless somebody waits for them.
             if wb.draining.load(Ordering::Acquire) == 0
-                && let Some(wait) = set.wait_needed(wb.opts.upload_delay)
+                && let Some(wait) = set.wait_needed(wb.opts.upload_delay, wb.opts.pack_size)
             {
                 wb.cv
                     .wait_for(&mut set, wait.min(Duration::from_millis(200)));
@@ -610,6 +614,8 @@ pub struct StagingSettings {
     pub upload_threads: usize,
     /// `--upload-delay`: how long small staged slices wait to share a pack object.
     pub upload_delay: Duration,
+    /// `--pack-size`: target size of a pack object.
+    pub pack_size: usize,
     /// Fault injection into the data staging log (tests).
     pub faults: Option<Arc<crate::staging::FaultConfig>>,
 }
@@ -779,6 +785,7 @@ pub fn open_staging(
             upload_threads: settings.upload_threads,
             segment_size: settings.segment_size,
             upload_delay: settings.upload_delay,
+            pack_size: settings.pack_size,
         },
     ))
 }

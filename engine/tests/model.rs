@@ -1096,6 +1096,7 @@ impl Harness {
                 max_staging_wait: std::time::Duration::from_secs(5),
                 upload_threads: 1,
                 upload_delay: std::time::Duration::ZERO,
+                pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
                 faults: None,
             };
             let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)

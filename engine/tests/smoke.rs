@@ -239,6 +239,7 @@ mod writeback {
             max_staging_wait: Duration::from_secs(5),
             upload_threads: uploaders,
             upload_delay: std::time::Duration::ZERO,
+            pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
             faults: None,
         }
     }

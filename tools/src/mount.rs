@@ -457,6 +457,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         .with_context(|| format!("cannot open the staging log of volume {volume:?}"))?;
     let config = EngineConfig {
         staging: Some(staging),
+        max_uploads: args.staging.max_uploads,
         ..Default::default()
     };
     let engine = Engine::start(meta, storage.clone(), record, config)

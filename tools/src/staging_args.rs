@@ -43,6 +43,12 @@ pub struct StagingArgs {
     /// (a sync or unmount does not wait).
     #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_secs_or_zero)]
     pub upload_delay: Duration,
+    /// Target size of a pack object: small files are uploaded together in objects this big.
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    pub pack_size: u64,
+    /// Concurrent PUTs of one upload batch or one file's direct upload.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_uploads: usize,
 }
 
 fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
@@ -103,6 +109,18 @@ impl StagingArgs {
                 self.staging_segment_size
             ));
         }
+        if !((64 << 10)..=(1 << 30)).contains(&self.pack_size) {
+            return Err(format!(
+                "invalid --pack-size {}: expected 64 KiB to 1 GiB",
+                self.pack_size
+            ));
+        }
+        if self.max_uploads == 0 || self.max_uploads > 1024 {
+            return Err(format!(
+                "invalid --max-uploads {}: expected 1 to 1024",
+                self.max_uploads
+            ));
+        }
         if self.upload_threads == 0 || self.upload_threads > 256 {
             return Err(format!(
                 "invalid --upload-threads {}: expected 1 to 256",
@@ -121,6 +139,7 @@ impl StagingArgs {
             max_staging_wait: self.max_staging_wait,
             upload_threads: self.upload_threads,
             upload_delay: self.upload_delay,
+            pack_size: self.pack_size as usize,
             // Test mounts inject staging faults through the environment (see docs/ARCHITECTURE.md).
             faults: match std::env::var("SPOOLFS_STAGING_FAULTS") {
                 Ok(spec) if !spec.is_empty() => {
@@ -156,6 +175,8 @@ impl StagingArgs {
             format!("--staging-segment-size={}", self.staging_segment_size),
             format!("--upload-threads={}", self.upload_threads),
             format!("--upload-delay={}", self.upload_delay.as_secs_f64()),
+            format!("--pack-size={}", self.pack_size),
+            format!("--max-uploads={}", self.max_uploads),
         ];
         if let Some(n) = self.engine_threads {
             out.push(format!("--engine-threads={n}"));

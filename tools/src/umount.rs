@@ -20,6 +20,10 @@ pub struct UmountArgs {
     /// How long to wait for the daemon to write out its data, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
+    /// Do not wait for staged data to reach the object store: unmount, say how much is still
+    /// staged, and leave the daemon uploading it in the background.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// The fuse.spoolfs entry mounted at the canonical `path`, or a clear error.
@@ -106,7 +110,27 @@ pub fn run(args: UmountArgs) -> Result<ExitCode> {
     find_spoolfs_mount(&path)?;
     let files = runtime_files(&path);
     let pid = read_pid(&files.pid).filter(|&p| alive(p));
+    let staged_before = if args.no_wait {
+        crate::control::query(&files.socket)
+            .ok()
+            .and_then(|(_, st)| st.engine)
+            .map(|e| (e.staged_bytes, e.staged_slices))
+    } else {
+        None
+    };
     unmount(&path, args.lazy)?;
+    if args.no_wait {
+        match (staged_before, pid) {
+            (Some((bytes, slices)), Some(pid)) if bytes > 0 => println!(
+                "spoolfs: unmounted {}; {} in {slices} slice(s) still staged, uploading in the \
+                 background (daemon pid {pid})",
+                path.display(),
+                crate::size::human_bytes(bytes)
+            ),
+            _ => println!("spoolfs: unmounted {}", path.display()),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let remove_stale = || {
         let _ = std::fs::remove_file(&files.socket);
         let _ = std::fs::remove_file(&files.pid);
