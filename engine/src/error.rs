@@ -54,7 +54,3 @@ impl From<MetaError> for FsError {
 }
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
-
-pub fn enoent(what: impl std::fmt::Display) -> FsError {
-    FsError::new(libc::ENOENT, format!("{what}: no such file or directory"))
-}

@@ -193,9 +193,9 @@ fn touch_dir(t: &mut dyn KvTxn, ino: Ino, rec: &mut InodeRec, now: i64) -> Resul
 /// Removes every trace of an inode whose last link and last handle are gone; its slices are
 /// queued for deletion.
 fn purge_inode(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaError> {
-    let Some(rec) = schema::get_inode(t, ino)? else {
+    if schema::get_inode(t, ino)?.is_none() {
         return Ok(());
-    };
+    }
     let mut freed = 0i64;
     let mut seen = std::collections::BTreeSet::new();
     for (chunk, seg) in data::load_all(t, ino)? {
@@ -216,7 +216,6 @@ fn purge_inode(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaError> {
     t.delete(&schema::orphan_key(ino))?;
     schema::add_u64(t, schema::USED_BYTES_KEY, -freed)?;
     schema::add_u64(t, schema::INODE_COUNT_KEY, -1)?;
-    let _ = rec;
     Ok(())
 }
 
@@ -1075,7 +1074,18 @@ impl Engine {
                 });
         }
         drop(staged_guard);
-        if let Some(data) = self.get_packed(slice)? {
+        let bs = self.volume.block_size as u32;
+        // Only small slices are ever packed; and a cached block means the slice is stored as
+        // blocks, so only a miss asks the metadata.
+        let maybe_packed = slice_size as usize <= crate::writeback::PACK_SLICE_MAX
+            && self
+                .cache
+                .get(BlockId {
+                    slice,
+                    index: off / bs,
+                })
+                .is_none();
+        if maybe_packed && let Some(data) = self.get_packed(slice)? {
             let start = off as usize;
             if start + out.len() > data.len() {
                 return Err(FsError::Storage(StorageError::Checksum {
@@ -1086,7 +1096,6 @@ impl Engine {
             out.copy_from_slice(&data[start..start + out.len()]);
             return Ok(());
         }
-        let bs = self.volume.block_size as u32;
         let mut done = 0usize;
         while done < out.len() {
             let index = off / bs;
@@ -1809,47 +1818,51 @@ impl Engine {
         for (key, value) in dead {
             let id = u64::from_be_bytes(key[1..9].try_into().expect("dead key"));
             let d: DeadSlice = schema::decode("dead slice", &value)?;
-            // A slice that died while staged was never uploaded: free its log space only.
-            // Whoever deletes the `T` record frees the space (an uploader may race us).
-            let was_staged = self.update(|t| {
+            // Where the dead slice's bytes are, found and unlinked in one transaction:
+            // - staged: never uploaded, only its log space is freed (whoever deletes the `T`
+            //   record frees the space, an uploader may race us);
+            // - packed: its pack goes when its last live slice does (dead bytes in packs that
+            //   keep living are what compaction will reclaim);
+            // - otherwise its block objects.
+            let place = self.update(|t| {
                 let staged_key = schema::staged_key(id);
-                if t.get(&staged_key)?.is_none() {
-                    return Ok(false);
+                if t.get(&staged_key)?.is_some() {
+                    t.delete(&staged_key)?;
+                    return Ok(DeadPlace::Staged);
                 }
-                t.delete(&staged_key)?;
-                Ok(true)
-            })?;
-            if was_staged && let Some(wb) = self.writeback.as_ref() {
-                wb.remove_many(&[id]);
-            }
-            // A packed slice: its pack goes when its last live slice does (dead bytes in packs
-            // that keep living are what compaction will reclaim).
-            let pack_gone = self.update(|t| {
                 let Some(v) = t.get(&schema::packed_key(id))? else {
-                    return Ok(None);
+                    return Ok(DeadPlace::Blocks);
                 };
                 let p: schema::PackedRec = schema::decode("packed slice", &v)?;
                 t.delete(&schema::packed_key(id))?;
                 let pk = schema::pack_key(p.pack);
                 let Some(pv) = t.get(&pk)? else {
-                    return Ok(Some(None));
+                    return Ok(DeadPlace::Packed { emptied: None });
                 };
                 let mut rec: schema::PackRec = schema::decode("pack", &pv)?;
                 rec.live_slices = rec.live_slices.saturating_sub(1);
                 rec.live_bytes = rec.live_bytes.saturating_sub(p.len as u64);
                 if rec.live_slices == 0 {
                     t.delete(&pk)?;
-                    Ok(Some(Some(p.pack)))
+                    Ok(DeadPlace::Packed {
+                        emptied: Some(p.pack),
+                    })
                 } else {
                     t.put(&pk, &schema::encode(&rec))?;
-                    Ok(Some(None))
+                    Ok(DeadPlace::Packed { emptied: None })
                 }
             })?;
-            match pack_gone {
-                Some(Some(pack)) => self.storage.delete(&schema::pack_object_key(pack))?,
-                Some(None) => {}
-                None if was_staged => {}
-                None => {
+            match place {
+                DeadPlace::Staged => {
+                    if let Some(wb) = self.writeback.as_ref() {
+                        wb.remove_many(&[id]);
+                    }
+                }
+                DeadPlace::Packed {
+                    emptied: Some(pack),
+                } => self.storage.delete(&schema::pack_object_key(pack))?,
+                DeadPlace::Packed { emptied: None } => {}
+                DeadPlace::Blocks => {
                     let blocks = (d.size as u64).div_ceil(bs).max(1);
                     for index in 0..blocks {
                         let len = (d.size as u64 - index * bs).min(bs) as u32;
@@ -1904,11 +1917,10 @@ impl Engine {
                 let _ = h.join();
             }
         }
-        self.persist_meta()?;
         if first_err.is_none() {
             self.mark_staging_clean()?;
-            self.persist_meta()?;
         }
+        self.persist_meta()?;
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -1935,6 +1947,16 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
             tracing::warn!("deleting dead objects: {err}");
         }
     }
+}
+
+/// Where the bytes of a dead slice are, for the garbage collector.
+enum DeadPlace {
+    Staged,
+    /// `emptied`: the pack whose last live slice this was.
+    Packed {
+        emptied: Option<u64>,
+    },
+    Blocks,
 }
 
 /// A flag the background threads wait on.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// Staged slices one uploader moves per metadata transaction.
 const UPLOAD_BATCH: usize = 256;
 /// Slices up to this size are packed with others into pack objects.
-const PACK_SLICE_MAX: usize = 1 << 20;
+pub(crate) const PACK_SLICE_MAX: usize = 1 << 20;
 /// Default target size of a pack object (`--pack-size`).
 pub const DEFAULT_PACK_SIZE: usize = 8 << 20;
 
@@ -62,8 +62,6 @@ pub(crate) struct StagedSet {
     pub bytes: u64,
     /// Slices an uploader is working on.
     pub busy: usize,
-    /// Staged slices whose log records were not found at start: reads of them fail.
-    pub missing: u64,
     pub upload_errors: u64,
 }
 
@@ -248,14 +246,12 @@ impl Engine {
             in_log.insert(r.header.slice_id, r.loc);
         }
         let mut keep = HashMap::new();
-        let mut missing = 0;
         for (id, rec) in &staged {
             match in_log.get(id) {
                 Some(loc) if *loc == loc_of(rec) => {
                     keep.insert(*id, *rec);
                 }
                 _ => {
-                    missing += 1;
                     tracing::error!(
                         "staged slice {id} of inode {} is not in the staging log: its data is lost",
                         rec.ino
@@ -278,7 +274,6 @@ impl Engine {
             );
         }
         wb.add(&ordered);
-        wb.set.lock().missing = missing;
         Ok(())
     }
 
