@@ -59,12 +59,7 @@ impl SpoolFs {
                 Err(Errno::from_i32(errno))
             }
             Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                error!(op, "engine panicked: {msg}");
+                error!(op, "engine panicked: {}", panic_message(panic));
                 Err(Errno::EIO)
             }
         }
@@ -366,21 +361,21 @@ impl Filesystem for SpoolFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.call("unlink", |e| {
-            e.unlink(&caller(req), parent.0, name.as_bytes())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.call("unlink", |e| {
+                e.unlink(&caller(req), parent.0, name.as_bytes())
+            }),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.call("rmdir", |e| {
-            e.rmdir(&caller(req), parent.0, name.as_bytes())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.call("rmdir", |e| {
+                e.rmdir(&caller(req), parent.0, name.as_bytes())
+            }),
+        );
     }
 
     fn symlink(
@@ -426,10 +421,7 @@ impl Filesystem for SpoolFs {
                 flags,
             )
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn link(
@@ -498,10 +490,7 @@ impl Filesystem for SpoolFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.call("flush", |e| e.flush(ino.0, fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, self.call("flush", |e| e.flush(ino.0, fh.0)));
     }
 
     fn release(
@@ -514,10 +503,7 @@ impl Filesystem for SpoolFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.call("release", |e| e.release(ino.0, fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, self.call("release", |e| e.release(ino.0, fh.0)));
     }
 
     fn fsync(
@@ -528,10 +514,10 @@ impl Filesystem for SpoolFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.call("fsync", |e| e.fsync(ino.0, fh.0, datasync)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.call("fsync", |e| e.fsync(ino.0, fh.0, datasync)),
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -635,10 +621,10 @@ impl Filesystem for SpoolFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        match self.call("releasedir", |e| e.releasedir(ino.0, fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.call("releasedir", |e| e.releasedir(ino.0, fh.0)),
+        );
     }
 
     fn fsyncdir(
@@ -649,10 +635,7 @@ impl Filesystem for SpoolFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.call("fsyncdir", |e| e.fsyncdir(ino.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, self.call("fsyncdir", |e| e.fsyncdir(ino.0)));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -681,12 +664,12 @@ impl Filesystem for SpoolFs {
             Ok(m) => m,
             Err(e) => return reply.error(e),
         };
-        match self.call("setxattr", |e| {
-            e.setxattr(&caller(req), ino.0, name.as_bytes(), value, mode)
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.call("setxattr", |e| {
+                e.setxattr(&caller(req), ino.0, name.as_bytes(), value, mode)
+            }),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -704,12 +687,12 @@ impl Filesystem for SpoolFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.call("removexattr", |e| {
-            e.removexattr(&caller(req), ino.0, name.as_bytes())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.call("removexattr", |e| {
+                e.removexattr(&caller(req), ino.0, name.as_bytes())
+            }),
+        );
     }
 
     fn create(
@@ -747,12 +730,28 @@ impl Filesystem for SpoolFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.call("fallocate", |e| {
-            e.fallocate(&caller(req), ino.0, fh.0, offset, length, mode)
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.call("fallocate", |e| {
+                e.fallocate(&caller(req), ino.0, fh.0, offset, length, mode)
+            }),
+        );
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Answers a request that returns nothing but success or an errno.
+fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 

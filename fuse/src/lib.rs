@@ -13,7 +13,7 @@
 mod fs;
 mod mount;
 
-pub use fs::SpoolFs;
+pub use fs::{SpoolFs, panic_message};
 pub use mount::{
     BackgroundMount, FuseSession, MountEntry, MountError, MountOptions, Unmounter,
     check_mount_point, is_mount_point, mount_background, mount_foreground, parse_mountinfo,

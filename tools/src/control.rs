@@ -5,6 +5,7 @@
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use spoolfs_engine::{Engine, EngineStatus};
+use spoolfs_fuse::panic_message;
 use spoolfs_uploader::ObjectStorage;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -41,13 +42,6 @@ pub struct ControlServer {
     pub read_only: bool,
     pub log_file: Option<PathBuf>,
     pub cache_dir: PathBuf,
-}
-
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }
 
 impl ControlServer {

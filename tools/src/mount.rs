@@ -283,7 +283,10 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
             return Err(e);
         }
         Err(p) => {
-            let e = anyhow!("the engine failed while starting: {}", panic_text(p));
+            let e = anyhow!(
+                "the engine failed while starting: {}",
+                spoolfs_fuse::panic_message(p)
+            );
             ready.send(&format!("error {e:#}"));
             return Err(e);
         }
@@ -359,13 +362,6 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     }
 }
 
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
-}
-
 /// On SIGTERM, SIGINT or SIGHUP: write everything out, then unmount; the FUSE session then
 /// ends and `serve` returns.
 fn spawn_signal_thread(set: libc::sigset_t, engine: Arc<Engine>, mut unmounter: Unmounter) {
@@ -382,7 +378,10 @@ fn spawn_signal_thread(set: libc::sigset_t, engine: Arc<Engine>, mut unmounter: 
                 match catch_unwind(AssertUnwindSafe(|| engine.shutdown())) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => error!("engine shutdown failed: {e}"),
-                    Err(p) => error!("engine shutdown panicked: {}", panic_text(p)),
+                    Err(p) => error!(
+                        "engine shutdown panicked: {}",
+                        spoolfs_fuse::panic_message(p)
+                    ),
                 }
                 if let Err(e) = unmounter.unmount() {
                     error!("unmount failed: {e}");
