@@ -6,9 +6,10 @@ use crate::data::{self, ReadPiece};
 use crate::error::{FsError, Result};
 use crate::ids::IdAllocator;
 use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec, StagedRec};
+use crate::staging::{RecordHeader, StagedLoc};
 use crate::types::*;
 use crate::volume::VolumeRecord;
-use crate::writeback::{StagingOptions, Writeback, uploader_loop};
+use crate::writeback::{SliceCarrier, Staged, StagingOptions, Writeback, uploader_loop};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
@@ -1064,14 +1065,10 @@ impl Engine {
             && let Some(rec) = wb.get(slice)
         {
             // Still staged: read it from the log, never from the object store.
-            return wb
-                .opts
-                .log
-                .read(&crate::writeback::loc_of(&rec), off, out)
-                .map_err(|e| {
-                    tracing::error!("reading staged slice {slice}: {e}");
-                    FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
-                });
+            return wb.opts.log.read(&rec.loc, off, out).map_err(|e| {
+                tracing::error!("reading staged slice {slice}: {e}");
+                FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
+            });
         }
         drop(staged_guard);
         let bs = self.volume.block_size as u32;
@@ -1287,34 +1284,50 @@ impl Engine {
             return Ok(());
         };
         let bs = self.volume.block_size as usize;
+        let wb = self.writeback.as_ref().filter(|wb| wb.opts.writeback);
         let mut slices = Vec::with_capacity(state.pending.len());
-        let mut staged: Vec<(u64, StagedRec)> = Vec::new();
+        let mut staged: Vec<(u64, Staged)> = Vec::new();
         let mut objects = Vec::new();
+        // The last slice rides in one staging record with the metadata change that links it
+        // (one device write for both); the others are staged first, on their own.
+        let mut carried: Option<(u64, RecordHeader)> = None;
         let now = schema::now_ns();
-        for p in &state.pending {
+        let last = state.pending.len().saturating_sub(1);
+        for (i, p) in state.pending.iter().enumerate() {
             let id = self.slice_ids.next(self.meta.as_ref())?;
             let size = p.data.len() as u32;
-            let loc = self
-                .writeback
-                .as_ref()
-                .and_then(|wb| wb.stage(ino, p.chunk, p.pos, id, &p.data));
-            match loc {
-                Some(loc) => staged.push((
-                    id,
-                    StagedRec {
-                        ino,
-                        chunk: p.chunk,
-                        size,
-                        segment: loc.segment,
-                        offset: loc.offset,
-                        staged_ns: now,
-                    },
-                )),
-                None => {
-                    for (index, block) in p.data.chunks(bs).enumerate() {
-                        let key = schema::block_key(id, index as u32, block.len() as u32);
-                        objects.push((key, encode_block(block)));
-                    }
+            let rec = StagedRec {
+                ino,
+                chunk: p.chunk,
+                size,
+                segment: crate::writeback::UNKNOWN_SEGMENT,
+                offset: 0,
+                staged_ns: now,
+            };
+            let header = RecordHeader {
+                ino,
+                chunk: p.chunk,
+                pos: p.pos,
+                slice_id: id,
+                len: size,
+                meta_len: 0,
+            };
+            let carry = i == last
+                && wb.is_some_and(|wb| wb.opts.wal.is_some() && wb.wait_for_room(size as u64));
+            let loc = if carry {
+                None
+            } else {
+                wb.and_then(|wb| wb.stage(ino, p.chunk, p.pos, id, &p.data))
+            };
+            if carry {
+                carried = Some((id, header));
+                staged.push((id, Staged::pending(rec)));
+            } else if let Some(loc) = loc {
+                staged.push((id, Staged::at(rec, loc)));
+            } else {
+                for (index, block) in p.data.chunks(bs).enumerate() {
+                    let key = schema::block_key(id, index as u32, block.len() as u32);
+                    objects.push((key, encode_block(block)));
                 }
             }
             slices.push(SliceRec {
@@ -1327,11 +1340,7 @@ impl Engine {
         }
         let uploaded_directly = !objects.is_empty();
         if uploaded_directly {
-            let count = objects.len() as u64;
-            self.storage.put_many(objects, self.config.max_uploads)?;
-            self.counters
-                .objects_put
-                .fetch_add(count, Ordering::Relaxed);
+            self.put_objects(objects)?;
         }
         let chunks: Vec<u32> = state.pending.iter().map(|p| p.chunk).collect();
         // Standard mode: close(2) promises the data is in the object store and the metadata
@@ -1342,7 +1351,7 @@ impl Engine {
         } else {
             Durability::Visible
         };
-        let result = self.update_with(durability, |t| {
+        let mut commit = |t: &mut dyn KvTxn| {
             let mut rec = schema::must_inode(t, ino)?;
             let mut used = 0i64;
             let mut i = 0;
@@ -1361,8 +1370,8 @@ impl Engine {
                     used -= size as i64;
                 }
             }
-            for (id, srec) in &staged {
-                t.put(&schema::staged_key(*id), &schema::encode(srec))?;
+            for (id, s) in &staged {
+                t.put(&schema::staged_key(*id), &schema::encode(&s.rec))?;
             }
             rec.size = overlay.size;
             rec.mtime_ns = overlay.mtime_ns;
@@ -1370,17 +1379,49 @@ impl Engine {
             schema::put_inode(t, ino, &rec)?;
             schema::add_u64(t, schema::USED_BYTES_KEY, used)?;
             Ok(())
-        });
-        if let Err(e) = result {
-            // Nothing points at the staged records: give their space back.
-            if let Some(wb) = self.writeback.as_ref() {
-                for (_, srec) in &staged {
-                    wb.opts.log.free(&crate::writeback::loc_of(srec));
-                }
+        };
+        let result = match (wb, carried) {
+            (Some(wb), Some((id, header))) => {
+                let data = &state.pending[last].data;
+                self.commit_carried(wb, durability, &mut commit, (id, header, data))
+                    .map(|placed| (id, placed))
+                    .map(Some)
             }
-            return Err(e);
+            _ => self.update_with(durability, commit).map(|()| None),
+        };
+        match result {
+            Err(e) => {
+                // Nothing points at the staged records: give their space back.
+                for (_, s) in &staged {
+                    if let Some(loc) = s.placed() {
+                        wb.expect("staged").opts.log.free(&loc);
+                    }
+                }
+                return Err(e);
+            }
+            Ok(Some((id, Some((loc, seq))))) => {
+                let s = staged.iter_mut().find(|(i, _)| *i == id).expect("carried");
+                s.1 = Staged::at(s.1.rec, loc).carrying(seq);
+            }
+            Ok(Some((id, None))) => {
+                // The staging log refused the carried slice after its metadata committed: put
+                // it in the object store and unlink its `T` record before acknowledging.
+                let data = &state.pending[last].data;
+                let objects = data
+                    .chunks(bs)
+                    .enumerate()
+                    .map(|(index, block)| {
+                        let key = schema::block_key(id, index as u32, block.len() as u32);
+                        (key, encode_block(block))
+                    })
+                    .collect();
+                self.put_objects(objects)?;
+                self.update_with(durability, |t| t.delete(&schema::staged_key(id)))?;
+                staged.retain(|(i, _)| *i != id);
+            }
+            Ok(None) => {}
         }
-        if let Some(wb) = self.writeback.as_ref()
+        if let Some(wb) = wb
             && !staged.is_empty()
         {
             wb.add(&staged);
@@ -1392,6 +1433,41 @@ impl Engine {
         state.pending_bytes = 0;
         state.overlay = None;
         Ok(())
+    }
+
+    /// PUTs objects written around the staging log (standard mode, or no room to stage).
+    fn put_objects(&self, objects: Vec<(String, Bytes)>) -> Result<()> {
+        let count = objects.len() as u64;
+        self.storage.put_many(objects, self.config.max_uploads)?;
+        self.counters
+            .objects_put
+            .fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Commits a flush's metadata change with its last slice in one staging record. Returns
+    /// where the slice was staged and the number of the transaction it carries, or `None` if
+    /// the staging log refused it (the change is committed and logged on its own then).
+    fn commit_carried(
+        &self,
+        wb: &Writeback,
+        durability: Durability,
+        commit: &mut dyn FnMut(&mut dyn KvTxn) -> Result<(), MetaError>,
+        slice: (u64, RecordHeader, &[u8]),
+    ) -> Result<Option<(StagedLoc, u64)>> {
+        let (_, header, data) = slice;
+        let Some(wal) = wb.opts.wal.as_ref().and_then(|w| w.upgrade()) else {
+            return Err(FsError::Other("the namespace log is closed".into()));
+        };
+        let mut carrier = SliceCarrier {
+            wb,
+            header,
+            data,
+            placed: None,
+        };
+        let took = wal.update_carried(durability, commit, &mut carrier)?;
+        self.meta_dirty.store(true, Ordering::Release);
+        Ok(if took { carrier.placed } else { None })
     }
 
     fn flush_inode(&self, ino: Ino) -> Result<()> {
@@ -1766,7 +1842,7 @@ impl Engine {
                 let oldest = set
                     .map
                     .values()
-                    .map(|r| r.staged_ns)
+                    .map(|r| r.rec.staged_ns)
                     .min()
                     .map(|ns| (schema::now_ns() - ns).max(0) as f64 / 1e9)
                     .unwrap_or(0.0);

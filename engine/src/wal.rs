@@ -28,6 +28,19 @@ pub const APPLIED_SEQ_KEY: &[u8] = b"Wseq";
 /// to apply (after a gap) can never be mistaken for new ones with the same sequence number.
 pub const EPOCH_KEY: &[u8] = b"Wepoch";
 
+/// Another log that can take a transaction's record along with its own data in one append
+/// (the data staging log, carrying a slice and the metadata change that links it): one device
+/// write instead of two. See [`WalStore::update_carried`].
+pub trait Carrier {
+    /// Appends `record` (the transaction numbered `seq`) with the carrier's own data;
+    /// `durable`: through the device cache, with a flush that also covers every write
+    /// completed before it. The carrier must keep the record until
+    /// [`WalStore::persisted_through`] reaches `seq`.
+    fn append(&mut self, seq: u64, record: &[u8], durable: bool) -> std::io::Result<()>;
+    /// Flushes the device cache for everything the carrier appended.
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
 /// What the write-ahead log needs from a log device.
 pub trait RecordLog: Send + Sync {
     /// Appends one record (not necessarily flushed); returns a handle for `free`.
@@ -93,6 +106,8 @@ pub struct WalStore {
     log: Arc<dyn RecordLog>,
     epoch: u64,
     next_seq: AtomicU64,
+    /// Every transaction numbered up to this is durable in the inner store.
+    persisted: AtomicU64,
     progress: Mutex<Progress>,
     progress_cv: Condvar,
 }
@@ -124,6 +139,11 @@ impl WalStore {
         let mut expected = applied + 1;
         let mut replayed = 0;
         for (rec, _) in decoded.iter().filter(|(r, _)| r.seq > applied) {
+            if rec.seq < expected {
+                // A second copy (a carried append reported failed but reached the device,
+                // and the record was logged again on its own): identical, already applied.
+                continue;
+            }
             if rec.seq != expected {
                 tracing::warn!(
                     "namespace log: sequence {} missing, ignoring {} later record(s) \
@@ -160,6 +180,7 @@ impl WalStore {
                 log,
                 epoch: epoch + 1,
                 next_seq: AtomicU64::new(last + 1),
+                persisted: AtomicU64::new(last),
                 progress: Mutex::new(Progress {
                     prefix: last,
                     done: BTreeSet::new(),
@@ -169,6 +190,12 @@ impl WalStore {
             },
             replayed,
         ))
+    }
+
+    /// The highest transaction number whose changes are durable in the inner store: log
+    /// records up to it are no longer needed for replay.
+    pub fn persisted_through(&self) -> u64 {
+        self.persisted.load(Ordering::SeqCst)
     }
 
     fn mark_done(&self, seq: u64, handle: Option<u64>) {
@@ -193,22 +220,26 @@ impl WalStore {
             self.progress_cv.wait(&mut p);
         }
     }
-}
 
-fn io_err(e: std::io::Error) -> MetaError {
-    MetaError::Io(format!("namespace log: {e}"))
-}
-
-impl KvStore for WalStore {
-    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
-        self.inner.view(f)
-    }
-
-    fn update(
+    /// [`KvStore::update`] whose log record rides with `carrier`'s data (one device write for
+    /// both) when the transaction commits. Returns whether the carrier took it; if not (the
+    /// carrier failed), the record went to the namespace log and the carrier's data is not on
+    /// the device, so the caller must put it elsewhere.
+    pub fn update_carried(
         &self,
         durability: Durability,
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-    ) -> Result<()> {
+        carrier: &mut dyn Carrier,
+    ) -> Result<bool> {
+        self.update_inner(durability, f, Some(carrier))
+    }
+
+    fn update_inner(
+        &self,
+        durability: Durability,
+        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+        mut carrier: Option<&mut dyn Carrier>,
+    ) -> Result<bool> {
         let mut writes = Vec::new();
         let mut seq = 0;
         let result = self.inner.update(Durability::Visible, &mut |t| {
@@ -226,7 +257,7 @@ impl KvStore for WalStore {
             t.put(APPLIED_SEQ_KEY, &seq.to_be_bytes())
         });
         if seq == 0 {
-            return result;
+            return result.map(|_| false);
         }
         // The number is taken: log something for it even if the commit failed, so that replay
         // does not stop at a gap in front of later, acknowledged records.
@@ -234,9 +265,27 @@ impl KvStore for WalStore {
             Ok(()) => encode_record(self.epoch, seq, std::mem::take(&mut writes)),
             Err(_) => encode_record(self.epoch, seq, Vec::new()),
         };
-        let appended = self.log.append(&record);
+        // A committed transaction's record may ride with the carrier's data; a failed one (or
+        // one the carrier cannot take) goes to the namespace log.
+        let prefix_before = self.progress.lock().prefix;
+        let mut carried = None;
+        if result.is_ok()
+            && let Some(c) = carrier.as_deref_mut()
+        {
+            let durable = durability == Durability::Durable;
+            match c.append(seq, &record, durable) {
+                Ok(()) => carried = Some(durable),
+                Err(e) => tracing::debug!(
+                    "the carrier refused transaction {seq} ({e}); logging it on its own"
+                ),
+            }
+        }
+        let appended = match carried {
+            Some(_) => Ok(None),
+            None => self.log.append(&record).map(Some),
+        };
         match appended {
-            Ok(handle) => self.mark_done(seq, Some(handle)),
+            Ok(handle) => self.mark_done(seq, handle),
             Err(e) => {
                 // Nothing later can be acknowledged past this gap until it is filled; the
                 // inner store holds the change (it is only not crash-safe), so make it durable
@@ -249,15 +298,44 @@ impl KvStore for WalStore {
         result?;
         self.wait_prefix(seq);
         if durability == Durability::Durable {
-            self.log.sync().map_err(io_err)?;
+            // A durable carried append flushed after its own write; that covers the records
+            // before it only if they were all on the device before it was written.
+            let covered = carried == Some(true) && prefix_before + 1 >= seq;
+            if !covered {
+                self.log.sync().map_err(io_err)?;
+                if let Some(c) = carrier
+                    && carried.is_some()
+                {
+                    c.sync().map_err(io_err)?;
+                }
+            }
         }
-        Ok(())
+        Ok(carried.is_some())
+    }
+}
+
+fn io_err(e: std::io::Error) -> MetaError {
+    MetaError::Io(format!("namespace log: {e}"))
+}
+
+impl KvStore for WalStore {
+    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+        self.inner.view(f)
+    }
+
+    fn update(
+        &self,
+        durability: Durability,
+        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+    ) -> Result<()> {
+        self.update_inner(durability, f, None).map(|_| ())
     }
 
     fn persist(&self) -> Result<()> {
         // Every sequence below this is committed in the inner store once persist returns.
         let upto = self.next_seq.load(Ordering::SeqCst);
         self.inner.persist()?;
+        self.persisted.fetch_max(upto - 1, Ordering::SeqCst);
         let freeable: Vec<u64> = {
             let mut p = self.progress.lock();
             let (free, keep): (Vec<_>, Vec<_>) =
@@ -357,6 +435,95 @@ mod tests {
         wal2.update(Durability::Durable, &mut |t| t.put(b"z", b"z"))
             .unwrap();
         assert!(log.records.lock().iter().all(|r| r.2));
+    }
+
+    /// A carrier that keeps what it was given, or refuses every append.
+    #[derive(Default)]
+    struct MemCarrier {
+        records: Vec<(u64, Vec<u8>, bool)>,
+        refuse: bool,
+    }
+
+    impl Carrier for MemCarrier {
+        fn append(&mut self, seq: u64, record: &[u8], durable: bool) -> std::io::Result<()> {
+            if self.refuse {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            self.records.push((seq, record.to_vec(), durable));
+            Ok(())
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn carried_records_replay_with_the_log_and_duplicates_are_skipped() {
+        let base = Arc::new(MemStore::default());
+        let log = Arc::new(MemLog::default());
+        let (wal, _) = WalStore::recover(base, log.clone(), vec![]).unwrap();
+        let mut carrier = MemCarrier::default();
+        wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
+            .unwrap();
+        let took = wal
+            .update_carried(
+                Durability::Durable,
+                &mut |t| t.put(b"b", b"2"),
+                &mut carrier,
+            )
+            .unwrap();
+        assert!(took);
+        assert_eq!(carrier.records.len(), 1);
+        assert!(
+            carrier.records[0].2,
+            "a durable update asks the carrier to flush"
+        );
+        // A carrier that fails: the record goes to the namespace log instead.
+        let mut refusing = MemCarrier {
+            refuse: true,
+            ..Default::default()
+        };
+        let took = wal
+            .update_carried(
+                Durability::Visible,
+                &mut |t| t.put(b"c", b"3"),
+                &mut refusing,
+            )
+            .unwrap();
+        assert!(!took);
+        wal.update(Durability::Visible, &mut |t| t.put(b"d", b"4"))
+            .unwrap();
+        assert!(wal.persisted_through() < carrier.records[0].0);
+
+        // Crash: the store knows only the recovery commit. Records come from both logs, and
+        // the carried one also appears twice (a failed append whose bytes reached the disk).
+        let fresh = Arc::new(MemStore::default());
+        fresh
+            .update(Durability::Durable, &mut |t| {
+                t.put(EPOCH_KEY, &1u64.to_be_bytes())?;
+                t.put(APPLIED_SEQ_KEY, &0u64.to_be_bytes())
+            })
+            .unwrap();
+        let mut records: Vec<(u64, Vec<u8>)> = log
+            .records
+            .lock()
+            .iter()
+            .map(|(h, r, _)| (*h, r.clone()))
+            .collect();
+        let carried = carrier.records[0].1.clone();
+        records.push((u64::MAX, carried.clone()));
+        records.push((u64::MAX, carried));
+        let (wal2, n) = WalStore::recover(fresh, log, records).unwrap();
+        assert_eq!(n, 4);
+        wal2.view(&mut |r| {
+            for (k, v) in [(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")] {
+                assert_eq!(r.get(k)?.as_deref(), Some(&v[..]));
+            }
+            Ok(())
+        })
+        .unwrap();
+        wal2.persist().unwrap();
+        assert_eq!(wal2.persisted_through(), 4);
     }
 
     #[test]

@@ -52,12 +52,113 @@ pub struct StagingOptions {
     pub upload_delay: Duration,
     /// Target size of a pack object.
     pub pack_size: usize,
+    /// The namespace log: a slice's record may carry a namespace transaction, and must then
+    /// outlive it until the metadata store has made that transaction durable. Weak: the
+    /// engine owns the store (uploader threads may outlive it briefly).
+    pub wal: Option<std::sync::Weak<crate::wal::WalStore>>,
+}
+
+/// A staged slice as the engine tracks it in memory: its `T` record, where its record is in
+/// the log (the `T` record's own location fields are not authoritative: a slice staged
+/// together with its metadata change cannot know its place before the change is written), and
+/// the namespace transaction its record carries (0: none).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Staged {
+    pub rec: StagedRec,
+    pub loc: StagedLoc,
+    pub wal_seq: u64,
+}
+
+/// What a `T` record says about the location of a slice staged together with its metadata
+/// change (unknown when the record was written; replay finds the slice by its id).
+pub(crate) const UNKNOWN_SEGMENT: u32 = u32::MAX;
+
+impl Staged {
+    /// A slice about to be staged with its metadata change: no place yet.
+    pub fn pending(rec: StagedRec) -> Staged {
+        let loc = StagedLoc {
+            segment: UNKNOWN_SEGMENT,
+            offset: 0,
+            len: 0,
+        };
+        Staged {
+            rec,
+            loc,
+            wal_seq: 0,
+        }
+    }
+
+    /// A slice staged at `loc`.
+    pub fn at(rec: StagedRec, loc: StagedLoc) -> Staged {
+        let rec = StagedRec {
+            segment: loc.segment,
+            offset: loc.offset,
+            ..rec
+        };
+        Staged {
+            rec,
+            loc,
+            wal_seq: 0,
+        }
+    }
+
+    /// Its record also carries namespace transaction `seq`.
+    pub fn carrying(self, seq: u64) -> Staged {
+        Staged {
+            wal_seq: seq,
+            ..self
+        }
+    }
+
+    /// Where it is staged, if it is.
+    pub fn placed(&self) -> Option<StagedLoc> {
+        (self.loc.segment != UNKNOWN_SEGMENT).then_some(self.loc)
+    }
+}
+
+/// Stages a flush's last slice together with the flush's namespace transaction.
+pub(crate) struct SliceCarrier<'a> {
+    pub wb: &'a Writeback,
+    pub header: RecordHeader,
+    pub data: &'a [u8],
+    /// Where the record went and the transaction it carries, once appended.
+    pub placed: Option<(StagedLoc, u64)>,
+}
+
+impl crate::wal::Carrier for SliceCarrier<'_> {
+    fn append(&mut self, seq: u64, record: &[u8], durable: bool) -> std::io::Result<()> {
+        let slice = self.header.slice_id;
+        let loc = self
+            .wb
+            .stage_carrying(self.header, self.data, record, durable)
+            .map_err(|e| {
+                match e {
+                    StagingError::Full => {
+                        tracing::info!("staging log full: uploading slice {slice} directly")
+                    }
+                    _ => tracing::warn!(
+                        "staging write failed ({e}): uploading slice {slice} directly"
+                    ),
+                }
+                std::io::Error::from_raw_os_error(e.errno())
+            })?;
+        self.placed = Some((loc, seq));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.wb
+            .opts
+            .log
+            .sync()
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
 }
 
 /// The in-memory mirror of the `T` records, and the upload queue (oldest first).
 #[derive(Default)]
 pub(crate) struct StagedSet {
-    pub map: HashMap<u64, StagedRec>,
+    pub map: HashMap<u64, Staged>,
     pub queue: VecDeque<u64>,
     pub bytes: u64,
     /// Slices an uploader is working on.
@@ -78,26 +179,18 @@ pub(crate) struct Writeback {
     pub draining: std::sync::atomic::AtomicUsize,
 }
 
-pub(crate) fn loc_of(rec: &StagedRec) -> StagedLoc {
-    StagedLoc {
-        segment: rec.segment,
-        offset: rec.offset,
-        len: rec.size,
-    }
-}
-
 impl StagedSet {
     /// How long until the queue is worth uploading: `None` now. It is when its oldest slice
     /// has waited `delay`, or a pack's worth of small data is queued.
     fn wait_needed(&self, delay: Duration, pack_size: usize) -> Option<Duration> {
         let head = self.queue.front().and_then(|id| self.map.get(id))?;
-        let age_ns = (schema::now_ns() - head.staged_ns).max(0) as u128;
+        let age_ns = (schema::now_ns() - head.rec.staged_ns).max(0) as u128;
         if age_ns >= delay.as_nanos() {
             return None;
         }
         let mut queued = 0usize;
         for r in self.queue.iter().filter_map(|id| self.map.get(id)) {
-            queued += r.size as usize;
+            queued += r.rec.size as usize;
             if queued >= pack_size {
                 return None;
             }
@@ -129,7 +222,7 @@ impl Writeback {
                 .front()
                 .and_then(|id| set.map.get(id))
                 .is_none_or(|r| {
-                    let age_ns = schema::now_ns() - r.staged_ns;
+                    let age_ns = schema::now_ns() - r.rec.staged_ns;
                     age_ns <= self.opts.max_staging_age.as_nanos() as i64
                 });
             if set.bytes + len <= self.opts.max_staging_bytes && oldest_ok {
@@ -171,6 +264,7 @@ impl Writeback {
             pos,
             slice_id: slice,
             len: data.len() as u32,
+            meta_len: 0,
         };
         match self.opts.log.append(&header, data, false) {
             Ok(loc) => Some(loc),
@@ -185,13 +279,33 @@ impl Writeback {
         }
     }
 
+    /// Stages one slice together with the namespace record that links it, as one record
+    /// (the [`crate::wal::Carrier`] of a flush). Errors mean nothing of it is staged.
+    pub fn stage_carrying(
+        &self,
+        header: RecordHeader,
+        data: &[u8],
+        record: &[u8],
+        durable: bool,
+    ) -> std::result::Result<StagedLoc, StagingError> {
+        let len = data.len() + record.len();
+        let header = RecordHeader {
+            len: u32::try_from(len).map_err(|_| StagingError::TooLarge { len: u32::MAX })?,
+            meta_len: record.len() as u32,
+            ..header
+        };
+        self.opts
+            .log
+            .append_parts(&header, &[data, record], durable)
+    }
+
     /// Records committed staged slices and wakes the uploaders.
-    pub fn add(&self, recs: &[(u64, StagedRec)]) {
+    pub fn add(&self, staged: &[(u64, Staged)]) {
         let mut set = self.set.lock();
-        for (id, rec) in recs {
-            set.map.insert(*id, *rec);
+        for (id, s) in staged {
+            set.map.insert(*id, *s);
             set.queue.push_back(*id);
-            set.bytes += rec.size as u64;
+            set.bytes += s.rec.size as u64;
         }
         self.cv.notify_all();
     }
@@ -200,14 +314,25 @@ impl Writeback {
     /// no reader is still reading from the log.
     pub fn remove_many(&self, ids: &[u64]) {
         let mut locs = Vec::new();
+        let mut last_seq = 0;
         {
             let mut set = self.set.lock();
             for id in ids {
-                if let Some(rec) = set.map.remove(id) {
-                    set.bytes -= rec.size as u64;
-                    locs.push(loc_of(&rec));
+                if let Some(s) = set.map.remove(id) {
+                    set.bytes -= s.rec.size as u64;
+                    locs.push(s.loc);
+                    last_seq = last_seq.max(s.wal_seq);
                 }
             }
+        }
+        // A record that carries a namespace transaction is that transaction's only log copy
+        // until the metadata store has made it durable.
+        if let Some(wal) = self.opts.wal.as_ref().and_then(|w| w.upgrade())
+            && last_seq > wal.persisted_through()
+            && let Err(e) = spoolfs_metadata::KvStore::persist(wal.as_ref())
+        {
+            tracing::error!("cannot checkpoint the metadata store ({e}); keeping staged records");
+            return;
         }
         if !locs.is_empty() {
             // New readers no longer find these slices; wait out the ones already reading.
@@ -219,7 +344,7 @@ impl Writeback {
         self.cv.notify_all();
     }
 
-    pub fn get(&self, id: u64) -> Option<StagedRec> {
+    pub fn get(&self, id: u64) -> Option<Staged> {
         self.set.lock().map.get(&id).copied()
     }
 }
@@ -245,18 +370,22 @@ impl Engine {
         for r in wb.opts.replayed.iter() {
             in_log.insert(r.header.slice_id, r.loc);
         }
+        // Slices are found by id: a slice staged with its metadata change has no location in
+        // its `T` record.
         let mut keep = HashMap::new();
+        let mut lost = Vec::new();
         for (id, rec) in &staged {
             match in_log.get(id) {
-                Some(loc) if *loc == loc_of(rec) => {
-                    keep.insert(*id, *rec);
+                Some(loc) if loc.len >= rec.size => {
+                    let staged = Staged {
+                        rec: *rec,
+                        loc: *loc,
+                        // Replay made every replayed transaction durable.
+                        wal_seq: 0,
+                    };
+                    keep.insert(*id, staged);
                 }
-                _ => {
-                    tracing::error!(
-                        "staged slice {id} of inode {} is not in the staging log: its data is lost",
-                        rec.ino
-                    );
-                }
+                _ => lost.push((*id, *rec)),
             }
         }
         for r in wb.opts.replayed.iter() {
@@ -264,23 +393,53 @@ impl Engine {
                 wb.opts.log.free(&r.loc);
             }
         }
-        let mut ordered: Vec<(u64, StagedRec)> = keep.into_iter().collect();
-        ordered.sort_by_key(|(id, r)| (r.staged_ns, *id));
+        if !lost.is_empty() {
+            self.forget_lost_slices(&lost)?;
+        }
+        let mut ordered: Vec<(u64, Staged)> = keep.into_iter().collect();
+        ordered.sort_by_key(|(id, s)| (s.rec.staged_ns, *id));
         if !ordered.is_empty() {
             tracing::info!(
                 "replay: {} staged slice(s), {} bytes, queued for upload",
                 ordered.len(),
-                ordered.iter().map(|(_, r)| r.size as u64).sum::<u64>()
+                ordered.iter().map(|(_, s)| s.rec.size as u64).sum::<u64>()
             );
         }
         wb.add(&ordered);
         Ok(())
     }
 
+    /// Slices whose metadata change reached the log but whose data did not: the flush that
+    /// wrote them was cut short by the crash and never acknowledged (an acknowledged slice's
+    /// record is always complete on the device). Their ranges become holes.
+    fn forget_lost_slices(&self, lost: &[(u64, StagedRec)]) -> Result<()> {
+        for (id, rec) in lost {
+            tracing::warn!(
+                "staged slice {id} of inode {} ({} bytes) is not in the staging log: its write \
+                 was never acknowledged (interrupted by the crash); the range reads as zeros",
+                rec.ino,
+                rec.size
+            );
+        }
+        self.update(|t| {
+            let mut freed = 0i64;
+            for (id, rec) in lost {
+                t.delete(&schema::staged_key(*id))?;
+                for seg in crate::data::load(t, rec.ino, rec.chunk, 0, u32::MAX)? {
+                    if seg.id == *id {
+                        t.delete(&schema::seg_key(rec.ino, rec.chunk, seg.pos))?;
+                    }
+                }
+                freed += rec.size as i64;
+            }
+            schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
+        })
+    }
+
     /// Uploads a batch of staged slices, oldest first. Returns false if there was nothing to
     /// do.
     fn upload_batch(&self, wb: &Writeback) -> Result<bool> {
-        let batch: Vec<(u64, StagedRec)> = {
+        let batch: Vec<(u64, Staged)> = {
             let mut set = wb.set.lock();
             let mut batch = Vec::new();
             while batch.len() < UPLOAD_BATCH {
@@ -317,16 +476,16 @@ impl Engine {
         result.map(|_| true)
     }
 
-    fn upload_slices(&self, wb: &Writeback, batch: &[(u64, StagedRec)]) -> Result<()> {
+    fn upload_slices(&self, wb: &Writeback, batch: &[(u64, Staged)]) -> Result<()> {
         let bs = self.volume().block_size as usize;
         let mut objects: Vec<(String, bytes::Bytes)> = Vec::new();
         // Objects each slice was written to, for the clean-up of slices that died meanwhile.
         let mut keys: HashMap<u64, Vec<String>> = HashMap::new();
         // Small slices go into pack objects of about `pack_size` bytes: one PUT for many.
         let mut small: Vec<(u64, Vec<u8>)> = Vec::new();
-        for (id, rec) in batch {
-            let mut data = vec![0u8; rec.size as usize];
-            if let Err(e) = wb.opts.log.read(&loc_of(rec), 0, &mut data) {
+        for (id, staged) in batch {
+            let mut data = vec![0u8; staged.rec.size as usize];
+            if let Err(e) = wb.opts.log.read(&staged.loc, 0, &mut data) {
                 if wb.get(*id).is_none() {
                     continue; // collected meanwhile; its space may already be reused
                 }
@@ -446,7 +605,7 @@ impl Engine {
                 let (slices, bytes) = waiting
                     .iter()
                     .filter_map(|id| set.map.get(id))
-                    .fold((0u64, 0u64), |(n, b), r| (n + 1, b + r.size as u64));
+                    .fold((0u64, 0u64), |(n, b), r| (n + 1, b + r.rec.size as u64));
                 progress(slices, bytes);
                 if slices == 0 {
                     break;
@@ -571,6 +730,7 @@ impl crate::wal::RecordLog for NamespaceLog {
             pos: 0,
             slice_id: 0,
             len: record.len() as u32,
+            meta_len: 0,
         };
         let loc = self
             .log
@@ -692,7 +852,9 @@ pub fn open_staging(
             faults,
             pool_buffers: pool.0,
             pool_buffer_size: pool.1,
-            ..Default::default()
+            // A durable append must cover the records written before it (other slices of the
+            // same flush, earlier transactions): a flush after the write, never FUA alone.
+            flush_mode: crate::staging::FlushMode::Fdatasync,
         };
         StagingLog::open_tuned(config, tuning).map_err(|e| {
             FsError::new(
@@ -728,19 +890,6 @@ pub fn open_staging(
         locs: Mutex::new(HashMap::new()),
         next: std::sync::atomic::AtomicU64::new(1),
     });
-    let mut records = Vec::with_capacity(ns_records.len());
-    for r in ns_records {
-        let mut buf = vec![0u8; r.loc.len as usize];
-        match ns_log.read(&r.loc, 0, &mut buf) {
-            Ok(()) => records.push((ns.remember(r.loc), buf)),
-            Err(e) => tracing::warn!("unreadable namespace log record: {e}"),
-        }
-    }
-    let (wal, replayed) = crate::wal::WalStore::recover(meta, ns, records)?;
-    if replayed > 0 {
-        tracing::info!("replay: {replayed} namespace change(s) recovered from the log");
-    }
-    let wal: Arc<dyn spoolfs_metadata::KvStore> = Arc::new(wal);
     let max_segments =
         (settings.max_staging_bytes.div_ceil(settings.segment_size) as usize + 2).max(4);
     let (data_log, data_records) = open_log(
@@ -758,18 +907,46 @@ pub fn open_staging(
         data_log.usage().io_engine,
         settings.engine_threads.max(1)
     );
+    let mut records = Vec::with_capacity(ns_records.len());
+    for r in ns_records {
+        let mut buf = vec![0u8; r.loc.len as usize];
+        match ns_log.read(&r.loc, 0, &mut buf) {
+            Ok(()) => records.push((ns.remember(r.loc), buf)),
+            Err(e) => tracing::warn!("unreadable namespace log record: {e}"),
+        }
+    }
+    // Namespace transactions that rode with a slice: the tail of its data-log record.
+    for r in data_records.iter().filter(|r| r.header.meta_len > 0) {
+        let meta_len = r.header.meta_len as usize;
+        let mut buf = vec![0u8; meta_len];
+        let at = r.header.len - r.header.meta_len;
+        match data_log.read(&r.loc, at, &mut buf) {
+            // Freed by whoever frees the slice's record, not by the namespace log.
+            Ok(()) => records.push((u64::MAX, buf)),
+            Err(e) => tracing::warn!("unreadable namespace record in the data log: {e}"),
+        }
+    }
+    let (wal, replayed) = crate::wal::WalStore::recover(meta, ns, records)?;
+    if replayed > 0 {
+        tracing::info!("replay: {replayed} namespace change(s) recovered from the log");
+    }
+    let wal = Arc::new(wal);
     let owner = StagingOwner {
         cache_dir: dir_str,
         clean: false,
     };
-    wal.update(spoolfs_metadata::Durability::Durable, &mut |t| {
-        t.put(
-            OWNER_KEY,
-            &serde_json::to_vec(&owner).expect("owner serialises"),
-        )
-    })?;
+    spoolfs_metadata::KvStore::update(
+        wal.as_ref(),
+        spoolfs_metadata::Durability::Durable,
+        &mut |t| {
+            t.put(
+                OWNER_KEY,
+                &serde_json::to_vec(&owner).expect("owner serialises"),
+            )
+        },
+    )?;
     Ok((
-        wal,
+        wal.clone(),
         StagingOptions {
             log: Arc::new(data_log),
             replayed: Arc::new(data_records),
@@ -781,6 +958,7 @@ pub fn open_staging(
             segment_size: settings.segment_size,
             upload_delay: settings.upload_delay,
             pack_size: settings.pack_size,
+            wal: Some(Arc::downgrade(&wal)),
         },
     ))
 }

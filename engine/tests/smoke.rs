@@ -314,6 +314,67 @@ mod writeback {
         e.shutdown().unwrap();
     }
 
+    /// A `T` record whose slice is not in the staging log can only come from a flush cut
+    /// short by a crash (its record was never acknowledged): replay turns its range into a
+    /// hole instead of leaving a file that fails with EIO.
+    #[test]
+    fn replay_turns_a_staged_slice_missing_from_the_log_into_a_hole() {
+        use spoolfs_engine::schema::{self, SliceRec, StagedRec};
+        let f = Fixture::new();
+        let e = engine(&f, 0);
+        let data = pattern(7, 3 * 4096);
+        let (a, fh) = e.create(&ME, ROOT_INO, b"f", 0o644, libc::O_RDWR).unwrap();
+        e.write(&ME, a.ino, fh, 0, &data).unwrap();
+        e.release(a.ino, fh).unwrap();
+        let (ino, size) = (a.ino, data.len());
+        let files = [(ino, data)];
+        drop(e);
+        // Plant a slice laid over the first 4 KiB whose data never reached the log.
+        let lost = 1 << 40;
+        let meta = f.meta();
+        meta.update(spoolfs_metadata::Durability::Durable, &mut |t| {
+            let key = schema::seg_key(ino, 0, 0);
+            let real: SliceRec = schema::decode("segment", &t.get(&key)?.unwrap())?;
+            let tail = SliceRec {
+                off: 4096,
+                len: real.len - 4096,
+                pos: 4096,
+                ..real
+            };
+            t.put(&schema::seg_key(ino, 0, 4096), &schema::encode(&tail))?;
+            let seg = SliceRec {
+                id: lost,
+                size: 4096,
+                off: 0,
+                len: 4096,
+                pos: 0,
+            };
+            t.put(&key, &schema::encode(&seg))?;
+            let rec = StagedRec {
+                ino,
+                chunk: 0,
+                size: 4096,
+                segment: u32::MAX,
+                offset: 0,
+                staged_ns: 1,
+            };
+            t.put(&schema::staged_key(lost), &schema::encode(&rec))
+        })
+        .unwrap();
+        drop(meta);
+        let e = engine(&f, 0);
+        let got = read_all(&e, ino);
+        assert_eq!(got.len(), size);
+        assert!(
+            got[..4096].iter().all(|&b| b == 0),
+            "the lost range is a hole"
+        );
+        assert_eq!(&got[4096..], &files[0].1[4096..]);
+        assert_eq!(e.status().staged_slices, 1, "only the real slice is staged");
+        // No uploaders: nothing to drain.
+        drop(e);
+    }
+
     #[test]
     fn overwrite_while_staged_reads_newest() {
         let f = Fixture::new();

@@ -132,6 +132,7 @@ const R_SLICE: usize = 40;
 const R_CHUNK: usize = 48;
 const R_POS: usize = 52;
 const R_LEN: usize = 56;
+const R_META_LEN: usize = 60;
 const R_TIME: usize = 64;
 
 /// Fills the caller's part of a record header (everything but generation, sequence and the
@@ -148,6 +149,7 @@ pub(crate) fn encode_record_header(b: &mut [u8], h: &RecordHeader, data: &[u8], 
     put_u32(b, R_CHUNK, h.chunk);
     put_u32(b, R_POS, h.pos);
     put_u32(b, R_LEN, h.len);
+    put_u32(b, R_META_LEN, h.meta_len);
     put_u64(b, R_TIME, time_us);
     for (i, piece) in data.chunks(PIECE_LEN as usize).enumerate() {
         put_u32(b, RECORD_FIXED_LEN + 4 * i, crc32c::crc32c(piece));
@@ -195,7 +197,7 @@ pub(crate) fn decode_record_header(b: &[u8]) -> Result<DecodedRecord, DecodeFail
     }
     let len = get_u32(b, R_LEN);
     let n = get_u32(b, R_NPIECES);
-    if n != pieces(len) {
+    if n != pieces(len) || get_u32(b, R_META_LEN) > len {
         return Err(DecodeFail::Corrupt);
     }
     let end = RECORD_FIXED_LEN + 4 * n as usize;
@@ -209,6 +211,7 @@ pub(crate) fn decode_record_header(b: &[u8]) -> Result<DecodedRecord, DecodeFail
             pos: get_u32(b, R_POS),
             slice_id: get_u64(b, R_SLICE),
             len,
+            meta_len: get_u32(b, R_META_LEN),
         },
         meta: RecordMeta {
             generation: get_u64(b, R_GENERATION),
@@ -259,6 +262,7 @@ mod tests {
             pos: 3,
             slice_id: 4,
             len: data.len() as u32,
+            meta_len: 1000,
         };
         let hl = record_header_len(rh.len, 4096) as usize;
         let mut b = vec![0u8; hl];

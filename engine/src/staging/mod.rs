@@ -91,7 +91,7 @@
 //! | 48 | 4 | chunk index |
 //! | 52 | 4 | position of the data in the chunk |
 //! | 56 | 4 | len: data bytes |
-//! | 60 | 4 | reserved (0) |
+//! | 60 | 4 | meta_len: of the `len` data bytes, the last `meta_len` are a namespace-log record committed together with the slice (0: a plain slice; see `docs/FORMAT.md`) |
 //! | 64 | 8 | append time, µs since the Unix epoch |
 //! | 72 | 4·n | CRC-32C of each 64 KiB piece of data (the last may be shorter) |
 //!
@@ -243,7 +243,11 @@ pub struct RecordHeader {
     pub chunk: u32,
     pub pos: u32,
     pub slice_id: u64,
+    /// Data bytes in all.
     pub len: u32,
+    /// Of the `len` data bytes, the last `meta_len` are a namespace-log record that rides
+    /// with the slice (one append for a slice and its metadata change); 0 for a plain slice.
+    pub meta_len: u32,
 }
 
 /// Where a record lives: segment index, byte offset of its header (aligned), data length.
@@ -660,11 +664,22 @@ impl StagingLog {
         data: &[u8],
         durable: bool,
     ) -> Result<StagedLoc, StagingError> {
-        if data.len() as u64 != u64::from(header.len) {
+        self.append_parts(header, &[data], durable)
+    }
+
+    /// [`Self::append`] of the concatenation of `parts` (a slice and the namespace record
+    /// that rides with it), without joining them first.
+    pub fn append_parts(
+        &self,
+        header: &RecordHeader,
+        parts: &[&[u8]],
+        durable: bool,
+    ) -> Result<StagedLoc, StagingError> {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if total != u64::from(header.len) || header.meta_len > header.len {
             return Err(StagingError::Invalid(format!(
-                "header says {} bytes, data has {}",
-                header.len,
-                data.len()
+                "header says {} bytes ({} of them metadata), data has {total}",
+                header.len, header.meta_len
             )));
         }
         let align = self.shared.align;
@@ -679,11 +694,15 @@ impl StagingLog {
         {
             let b = buf.as_mut_slice();
             let (head, rest) = b.split_at_mut(hlen);
-            let (body, pad) = rest.split_at_mut(data.len());
+            let (body, pad) = rest.split_at_mut(total as usize);
             // A pool buffer holds a previous record: every byte is written.
+            let mut at = 0;
+            for part in parts {
+                body[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
             head.fill(0);
-            format::encode_record_header(head, header, data, now_us());
-            body.copy_from_slice(data);
+            format::encode_record_header(head, header, body, now_us());
             pad.fill(0);
         }
         let durable = durable && self.shared.durability == StagingDurability::Flush;

@@ -37,6 +37,7 @@ fn hdr(ino: u64, slice_id: u64, len: usize) -> RecordHeader {
         pos: (slice_id * 4096) as u32,
         slice_id,
         len: len as u32,
+        meta_len: 0,
     }
 }
 
