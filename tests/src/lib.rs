@@ -7,6 +7,10 @@
 //! * [`Mount`] mounts a volume (a `--foreground` child process, or the daemon) and always tears
 //!   the mount down on drop, also when the test panics.
 //!
+//! * [`S3Server::start_proxy`] puts a [`spoolfs_s3proxy::Proxy`] (delays, request counts, fault
+//!   injection) in front of a server; [`Volume::set_mount_s3_endpoint`] makes a volume's mounts
+//!   use it.
+//!
 //! Every child process gets an explicit environment: no CA bundle variables (they break plain
 //! http on loopback), no proxies, no AWS profile, and the fixed test keys.
 
@@ -470,6 +474,18 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The server's address (`127.0.0.1:PORT`).
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// A fault-and-delay proxy in front of this server (no delay, no faults yet); point a
+    /// volume's mounts at it with [`Volume::set_mount_s3_endpoint`]`(Some(&proxy.endpoint()))`.
+    pub fn start_proxy(&self) -> spoolfs_s3proxy::Proxy {
+        spoolfs_s3proxy::Proxy::start(spoolfs_s3proxy::ProxyConfig::new(self.addr()))
+            .expect("start the S3 proxy")
+    }
+
     /// The directory s3s-fs serves: one sub-directory per bucket, one file per object.
     pub fn root(&self) -> &Path {
         &self.root
@@ -623,6 +639,8 @@ pub struct Volume {
     s3: Option<S3Server>,
     dir: TempDir,
     mounts: AtomicU64,
+    /// `--s3-endpoint` for mounts, overriding the endpoint recorded by `spoolfs format`.
+    mount_s3_endpoint: std::sync::Mutex<Option<String>>,
 }
 
 /// The S3 key prefix test volumes use inside [`TEST_BUCKET`].
@@ -670,7 +688,26 @@ impl Volume {
             s3,
             dir,
             mounts: AtomicU64::new(0),
+            mount_s3_endpoint: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Makes every later mount of this volume talk to `endpoint` (e.g. an S3 proxy's) instead of
+    /// the endpoint recorded at format time (`None`: the recorded one again). Formatting is not
+    /// affected.
+    pub fn set_mount_s3_endpoint(&self, endpoint: Option<&str>) {
+        *self
+            .mount_s3_endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = endpoint.map(str::to_string);
+    }
+
+    /// The endpoint set with [`Volume::set_mount_s3_endpoint`].
+    pub fn mount_s3_endpoint(&self) -> Option<String> {
+        self.mount_s3_endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The volume's private directory.
@@ -799,6 +836,9 @@ impl Volume {
         ];
         if !opts.daemon {
             a.push("--foreground".into());
+        }
+        if let Some(endpoint) = self.mount_s3_endpoint() {
+            a.extend(["--s3-endpoint".into(), endpoint.into()]);
         }
         MODE_ARGS.with(|m| a.extend(m.borrow().iter().map(OsString::from)));
         a.extend(opts.extra_args.iter().map(OsString::from));

@@ -4,10 +4,16 @@
 //! - `spoolfs mount`: mount a volume (as a daemon unless `--foreground`).
 //! - `spoolfs umount`: unmount and wait for the daemon to finish writing.
 //! - `spoolfs status`: what a mount is doing, from its control socket.
+//! - `spoolfs bench`: a small fio-style benchmark of any directory.
+//! - `spoolfs completions`, `spoolfs install-helper`: shell completions, and the `mount.spoolfs`
+//!   helper of mount(8) (the same binary started under that name; see `mount_helper`).
 
+mod bench;
+mod config;
 mod control;
 mod format;
 mod mount;
+mod mount_helper;
 mod paths;
 mod size;
 mod staging_args;
@@ -15,7 +21,9 @@ mod status;
 mod sync;
 mod umount;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,6 +55,22 @@ enum Command {
     Status(status::StatusArgs),
     /// Wait until everything written under PATH is in the object store.
     Sync(sync::SyncArgs),
+    /// Measure a directory (spoolfs or any other): write/read latency percentiles, sequential
+    /// throughput, small-file, stat and readdir rates.
+    Bench(bench::BenchArgs),
+    /// Print a shell completion script (e.g. `spoolfs completions bash >
+    /// /etc/bash_completion.d/spoolfs`).
+    Completions(CompletionsArgs),
+    /// Install the mount(8) helper (`mount -t spoolfs`, /etc/fstab): symlinks
+    /// DIR/mount.spoolfs and DIR/mount.fuse.spoolfs to this executable.
+    InstallHelper(mount_helper::InstallHelperArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_name = "SHELL")]
+    shell: clap_complete::Shell,
 }
 
 /// Object store options shared by `format` and `mount`. Credentials come only from the
@@ -135,7 +159,22 @@ pub fn init_logging(level: Option<&str>, default: &str, file: Option<&PathBuf>) 
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Some(code) = mount_helper::dispatch(&argv) {
+        return code;
+    }
+    run_cli(argv)
+}
+
+/// Parses `argv` (with `spoolfs mount --config FILE` merged in) and runs the command.
+pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
+    let cli = match parse(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("spoolfs: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let level = cli.log_level.as_deref();
     let result = match cli.command {
         Command::Format(args) => {
@@ -155,6 +194,20 @@ fn main() -> ExitCode {
             init_logging(level, "warn", None);
             sync::run(args)
         }
+        Command::Bench(args) => {
+            init_logging(level, "warn", None);
+            bench::run(args)
+        }
+        Command::Completions(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "spoolfs",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::InstallHelper(args) => mount_helper::install(args),
     };
     match result {
         Ok(code) => code,
@@ -165,10 +218,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses the command line; clap's own errors (and --help) exit here. For `mount --config
+/// FILE`, the file's settings are added as arguments for the flags not given on the command
+/// line, and the result is parsed again.
+fn parse(argv: Vec<OsString>) -> anyhow::Result<Cli> {
+    let matches = Cli::command().get_matches_from(&argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Command::Mount(m) = &cli.command else {
+        return Ok(cli);
+    };
+    let Some(file) = &m.config else {
+        return Ok(cli);
+    };
+    let sub = matches
+        .subcommand_matches("mount")
+        .expect("mount was parsed");
+    let extra = config::file_args(file, &config::mount_command(), |arg| {
+        sub.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+    })?;
+    let merged = config::with_extra_args(&argv, &extra);
+    Cli::try_parse_from(merged).map_err(|e| {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        anyhow::anyhow!(
+            "in config file {}: {}",
+            file.display(),
+            first.trim_start_matches("error: ")
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {

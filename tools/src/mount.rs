@@ -63,6 +63,15 @@ pub struct MountArgs {
     /// Log file of the daemon [default: <cache dir>/spoolfs.log].
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// At unmount or on SIGTERM/SIGINT, how long the daemon waits for staged data to reach the
+    /// object store before it exits, in seconds (what is left is uploaded at the next mount
+    /// with the same --cache-dir). Keep it below a service manager's stop timeout.
+    #[arg(long, value_name = "SECS", default_value = "86400", value_parser = parse_secs)]
+    pub shutdown_timeout: Duration,
+    /// Read settings from a TOML file whose keys are the long flags of this command
+    /// (`max-staging = "4G"`, `allow-other = true`); flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// (internal) The pipe on which the daemon reports that the mount is ready.
     #[arg(long, hide = true, value_name = "FD")]
     pub ready_fd: Option<RawFd>,
@@ -164,6 +173,8 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg(args.attr_ttl.as_secs_f64().to_string());
     cmd.arg("--entry-ttl")
         .arg(args.entry_ttl.as_secs_f64().to_string());
+    cmd.arg("--shutdown-timeout")
+        .arg(args.shutdown_timeout.as_secs_f64().to_string());
     if args.allow_other {
         cmd.arg("--allow-other");
     }
@@ -457,6 +468,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     let config = EngineConfig {
         staging: Some(staging),
         max_uploads: args.staging.max_uploads,
+        drain_on_shutdown: Some(args.shutdown_timeout),
         ..Default::default()
     };
     let engine = Engine::start(meta, storage.clone(), record, config)
