@@ -53,6 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         upload_threads: 2,
         upload_delay: Duration::from_millis(500),
         pack_size: DEFAULT_PACK_SIZE,
+        upload_limit: 0,
+        staging_timeout: std::time::Duration::from_secs(5),
         faults: None,
     };
     let (meta, staging) = open_staging(meta, &record, &settings)?;

@@ -1856,9 +1856,10 @@ impl Engine {
                         "{} io engine, {} of {} bytes used",
                         usage.io_engine, usage.used_bytes, usage.capacity_bytes
                     )),
+                    usage.used_bytes,
                 )
             }
-            None => (0, 0, 0.0, 0, None),
+            None => (0, 0, 0.0, 0, None, 0),
         };
         EngineStatus {
             volume_name: self.volume.name.clone(),
@@ -1882,6 +1883,7 @@ impl Engine {
             oldest_staged_age_secs: staged.2,
             upload_errors: staged.3,
             staging: staged.4,
+            staging_log_bytes: staged.5,
         }
     }
 

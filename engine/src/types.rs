@@ -182,4 +182,7 @@ pub struct EngineStatus {
     /// The staging log: io engine and usage.
     #[serde(default)]
     pub staging: Option<String>,
+    /// Bytes of live records in the staging log (headers and padding included).
+    #[serde(default)]
+    pub staging_log_bytes: u64,
 }

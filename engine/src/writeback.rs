@@ -23,8 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Staged slices one uploader moves per metadata transaction.
-const UPLOAD_BATCH: usize = 256;
+/// Most staged slices one uploader moves per metadata transaction: enough that thousands of
+/// small files share a handful of pack objects.
+const UPLOAD_BATCH: usize = 4096;
+/// Most staged bytes one uploader takes at once (more slices wait for the next batch).
+const UPLOAD_BATCH_BYTES: u64 = 64 << 20;
 /// Slices up to this size are packed with others into pack objects.
 pub(crate) const PACK_SLICE_MAX: usize = 1 << 20;
 /// Default target size of a pack object (`--pack-size`).
@@ -52,6 +55,8 @@ pub struct StagingOptions {
     pub upload_delay: Duration,
     /// Target size of a pack object.
     pub pack_size: usize,
+    /// Bytes per second background uploads may send (0: no cap).
+    pub upload_limit: u64,
     /// The namespace log: a slice's record may carry a namespace transaction, and must then
     /// outlive it until the metadata store has made that transaction durable. Weak: the
     /// engine owns the store (uploader threads may outlive it briefly).
@@ -177,6 +182,44 @@ pub(crate) struct Writeback {
     pub read_guard: parking_lot::RwLock<()>,
     /// Callers waiting for uploads (`sync`, unmount): no upload delay while there are any.
     pub draining: std::sync::atomic::AtomicUsize,
+    /// `--upload-limit`.
+    pub limiter: UploadLimiter,
+}
+
+/// A bandwidth cap shared by the uploader threads: each upload books its bytes on a virtual
+/// clock that advances `bytes / rate` seconds and waits until its slot starts; at most one
+/// second of idle time is carried over as burst.
+pub(crate) struct UploadLimiter {
+    bytes_per_sec: u64,
+    next: Mutex<Instant>,
+}
+
+impl UploadLimiter {
+    pub fn new(bytes_per_sec: u64) -> Self {
+        UploadLimiter {
+            bytes_per_sec,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `bytes` may be sent.
+    pub fn acquire(&self, bytes: u64) {
+        if self.bytes_per_sec == 0 || bytes == 0 {
+            return;
+        }
+        let start = {
+            let mut next = self.next.lock();
+            let now = Instant::now();
+            let floor = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+            let start = (*next).max(floor);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            start
+        };
+        let now = Instant::now();
+        if start > now {
+            std::thread::sleep(start - now);
+        }
+    }
 }
 
 impl StagedSet {
@@ -202,12 +245,13 @@ impl StagedSet {
 impl Writeback {
     pub fn new(opts: StagingOptions) -> Self {
         Writeback {
-            opts,
             set: Mutex::new(StagedSet::default()),
             cv: Condvar::new(),
             stop: std::sync::atomic::AtomicBool::new(false),
             read_guard: parking_lot::RwLock::new(()),
             draining: std::sync::atomic::AtomicUsize::new(0),
+            limiter: UploadLimiter::new(opts.upload_limit),
+            opts,
         }
     }
 
@@ -442,12 +486,14 @@ impl Engine {
         let batch: Vec<(u64, Staged)> = {
             let mut set = wb.set.lock();
             let mut batch = Vec::new();
-            while batch.len() < UPLOAD_BATCH {
+            let mut bytes = 0u64;
+            while batch.len() < UPLOAD_BATCH && (batch.is_empty() || bytes < UPLOAD_BATCH_BYTES) {
                 let Some(id) = set.queue.pop_front() else {
                     break;
                 };
                 // A slice that died and was collected while queued is simply dropped.
                 if let Some(rec) = set.map.get(&id).copied() {
+                    bytes += rec.rec.size as u64;
                     batch.push((id, rec));
                 }
             }
@@ -530,6 +576,8 @@ impl Engine {
             start = end;
         }
         let count = objects.len() as u64;
+        wb.limiter
+            .acquire(objects.iter().map(|(_, o)| o.len() as u64).sum());
         self.storage.put_many(objects, self.config.max_uploads)?;
         self.counters
             .objects_put
@@ -771,6 +819,11 @@ pub struct StagingSettings {
     pub upload_delay: Duration,
     /// `--pack-size`: target size of a pack object.
     pub pack_size: usize,
+    /// `--upload-limit`: bytes per second for background uploads (0: no cap).
+    pub upload_limit: u64,
+    /// `--staging-timeout`: an append slower than this is given up (the data is uploaded
+    /// directly instead).
+    pub staging_timeout: Duration,
     /// Fault injection into the data staging log (tests).
     pub faults: Option<Arc<crate::staging::FaultConfig>>,
 }
@@ -855,6 +908,7 @@ pub fn open_staging(
             // A durable append must cover the records written before it (other slices of the
             // same flush, earlier transactions): a flush after the write, never FUA alone.
             flush_mode: crate::staging::FlushMode::Fdatasync,
+            append_timeout: settings.staging_timeout,
         };
         StagingLog::open_tuned(config, tuning).map_err(|e| {
             FsError::new(
@@ -958,6 +1012,7 @@ pub fn open_staging(
             segment_size: settings.segment_size,
             upload_delay: settings.upload_delay,
             pack_size: settings.pack_size,
+            upload_limit: settings.upload_limit,
             wal: Some(Arc::downgrade(&wal)),
         },
     ))
@@ -987,5 +1042,29 @@ impl Engine {
             Ok(())
         })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UploadLimiter;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn upload_limiter_paces_to_its_rate() {
+        // 1 MB/s with a one-second burst: 2.5 MB take about 1.5 s.
+        let limiter = UploadLimiter::new(1_000_000);
+        let t = Instant::now();
+        for _ in 0..5 {
+            limiter.acquire(500_000);
+        }
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(1300), "{took:?}");
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        // No cap: no wait.
+        let free = UploadLimiter::new(0);
+        let t = Instant::now();
+        free.acquire(u64::MAX);
+        assert!(t.elapsed() < Duration::from_millis(100));
     }
 }

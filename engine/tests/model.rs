@@ -1097,6 +1097,8 @@ impl Harness {
                 upload_threads: 1,
                 upload_delay: std::time::Duration::ZERO,
                 pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
+                upload_limit: 0,
+                staging_timeout: std::time::Duration::from_secs(5),
                 faults: None,
             };
             let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)

@@ -240,6 +240,8 @@ mod writeback {
             upload_threads: uploaders,
             upload_delay: std::time::Duration::ZERO,
             pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
+            upload_limit: 0,
+            staging_timeout: std::time::Duration::from_secs(5),
             faults: None,
         }
     }
@@ -421,6 +423,44 @@ mod writeback {
         drop(e);
         // Remount without faults: torn records in the log are skipped by replay, every
         // acknowledged file is intact.
+        let e = engine(&f, 1);
+        for (ino, data) in &files {
+            assert_eq!(&read_all(&e, *ino), data);
+        }
+        e.shutdown().unwrap();
+    }
+
+    /// A staging device that does not answer in time: every close is acknowledged anyway, its
+    /// data uploaded directly, and the late records are freed when they complete.
+    #[test]
+    fn too_slow_staging_device_falls_back_to_direct_upload() {
+        let f = Fixture::new();
+        let faults = spoolfs_engine::staging::FaultConfig::from_spec("delay_us=400000").unwrap();
+        let mut s = settings(&f, 1);
+        s.faults = Some(faults);
+        s.staging_timeout = Duration::from_millis(50);
+        let e = engine_with(&f, s);
+        let t = std::time::Instant::now();
+        let files = write_files(&e, 4);
+        // Each close gave up on the device after 50 ms, not 400 ms.
+        assert!(
+            t.elapsed() < Duration::from_millis(4 * 350),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(e.status().staged_slices, 0);
+        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 4);
+        for (ino, data) in &files {
+            assert_eq!(&read_all(&e, *ino), data);
+        }
+        // The writes the callers gave up on complete later; their records are freed then.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while e.status().staging_log_bytes > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(e.status().staging_log_bytes, 0);
+        e.shutdown().unwrap();
+        drop(e);
         let e = engine(&f, 1);
         for (ino, data) in &files {
             assert_eq!(&read_all(&e, *ino), data);

@@ -49,6 +49,13 @@ pub struct StagingArgs {
     /// Concurrent PUTs of one upload batch or one file's direct upload.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_uploads: usize,
+    /// Bandwidth cap for background uploads, in bytes per second (e.g. 100M); 0: no cap.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub upload_limit: u64,
+    /// A staging write not acknowledged by the device within this many seconds is given up
+    /// and its data uploaded directly (a stalled or very slow staging device).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub staging_timeout: Duration,
 }
 
 fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
@@ -140,6 +147,8 @@ impl StagingArgs {
             upload_threads: self.upload_threads,
             upload_delay: self.upload_delay,
             pack_size: self.pack_size as usize,
+            upload_limit: self.upload_limit,
+            staging_timeout: self.staging_timeout,
             // Test mounts inject staging faults through the environment (see docs/ARCHITECTURE.md).
             faults: match std::env::var("SPOOLFS_STAGING_FAULTS") {
                 Ok(spec) if !spec.is_empty() => {
@@ -177,6 +186,8 @@ impl StagingArgs {
             format!("--upload-delay={}", self.upload_delay.as_secs_f64()),
             format!("--pack-size={}", self.pack_size),
             format!("--max-uploads={}", self.max_uploads),
+            format!("--upload-limit={}", self.upload_limit),
+            format!("--staging-timeout={}", self.staging_timeout.as_secs_f64()),
         ];
         if let Some(n) = self.engine_threads {
             out.push(format!("--engine-threads={n}"));

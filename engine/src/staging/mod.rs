@@ -137,7 +137,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
 use parking_lot::Mutex;
 
 pub use io::FaultConfig;
@@ -209,6 +209,10 @@ pub struct StagingTuning {
     /// Rounded up to 4 KiB, and down to the largest record a segment holds. Default
     /// 1 MiB + 64 KiB, so that a record of 1 MiB of data fits at any alignment.
     pub pool_buffer_size: usize,
+    /// An append not acknowledged within this time fails with [`StagingError::TooSlow`] (the
+    /// caller stores the data elsewhere); if it completes later, its record is freed at once.
+    /// Default 5 s.
+    pub append_timeout: Duration,
 }
 
 impl Default for StagingTuning {
@@ -218,6 +222,7 @@ impl Default for StagingTuning {
             faults: None,
             pool_buffers: 64,
             pool_buffer_size: (1 << 20) + (64 << 10),
+            append_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -320,6 +325,9 @@ pub enum StagingError {
     ForeignVolume { expected: String, found: String },
     #[error("staging log is shut down")]
     Closed,
+    /// The device did not acknowledge an append in time: store the data elsewhere.
+    #[error("staging device too slow: no acknowledgement after {0:?}")]
+    TooSlow(Duration),
 }
 
 impl StagingError {
@@ -339,6 +347,7 @@ impl StagingError {
             StagingError::Stale { .. } => libc::ESTALE,
             StagingError::Invalid(_) | StagingError::ForeignVolume { .. } => libc::EINVAL,
             StagingError::Closed => libc::EIO,
+            StagingError::TooSlow(_) => libc::ETIMEDOUT,
         }
     }
 }
@@ -350,6 +359,8 @@ pub struct StagingLog {
     /// Each engine thread's buffer pool, by thread (empty: no pools).
     pools: Vec<Arc<BufPool>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// How long an append may take before the caller gives up on the device.
+    append_timeout: Duration,
 }
 
 /// Requests one engine thread's queue holds before senders block.
@@ -650,6 +661,7 @@ impl StagingLog {
                 senders,
                 pools,
                 threads: Mutex::new(threads),
+                append_timeout: tuning.append_timeout,
             },
             found,
         ))
@@ -715,7 +727,12 @@ impl StagingLog {
                 reply: tx,
             })
             .map_err(|_| StagingError::Closed)?;
-        rx.recv().map_err(|_| StagingError::Closed)?
+        match rx.recv_timeout(self.append_timeout) {
+            Ok(result) => result,
+            // The engine thread frees the record if it completes after all.
+            Err(RecvTimeoutError::Timeout) => Err(StagingError::TooSlow(self.append_timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(StagingError::Closed),
+        }
     }
 
     /// Reads data bytes `[offset, offset + out.len())` of the record at `loc`, checking the

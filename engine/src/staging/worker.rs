@@ -176,15 +176,21 @@ impl Worker {
                 Status::Failed(e) => Err(e),
                 Status::Pending => unreachable!("every placed write ends written or failed"),
             };
-            match &result {
-                Ok(_) => {
-                    let size = p.buf.len() as u64;
-                    self.shared.live_bytes.fetch_add(size, Ordering::Relaxed);
-                    self.shared.live_records.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => self.unref(p.segment),
+            let ok = result.is_ok();
+            let size = p.buf.len() as u64;
+            if ok {
+                self.shared.live_bytes.fetch_add(size, Ordering::Relaxed);
+                self.shared.live_records.fetch_add(1, Ordering::Relaxed);
             }
-            let _ = p.reply.send(result);
+            // A caller that gave up waiting (the device was too slow) stored its data
+            // elsewhere: the record is not needed.
+            if p.reply.send(result).is_err() || !ok {
+                if ok {
+                    self.shared.live_bytes.fetch_sub(size, Ordering::Relaxed);
+                    self.shared.live_records.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.unref(p.segment);
+            }
         }
         for reply in syncs {
             let _ = reply.send(match &flush_err {
