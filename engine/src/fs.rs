@@ -126,6 +126,8 @@ pub struct Engine {
     /// Uploaders stop taking work.
     stop_now: AtomicBool,
     background: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Inodes marked with [`schema::SYNC_UPLOAD_XATTR`] (mirror of the `Y` keys).
+    sync_marks: RwLock<std::collections::HashSet<Ino>>,
 }
 
 fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
@@ -215,6 +217,7 @@ fn purge_inode(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaError> {
     }
     t.delete(&schema::inode_key(ino))?;
     t.delete(&schema::orphan_key(ino))?;
+    t.delete(&schema::sync_mark_key(ino))?;
     schema::add_u64(t, schema::USED_BYTES_KEY, -freed)?;
     schema::add_u64(t, schema::INODE_COUNT_KEY, -1)?;
     Ok(())
@@ -249,6 +252,7 @@ impl Engine {
             stop: Arc::new(StopSignal::default()),
             stop_now: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
+            sync_marks: RwLock::new(Default::default()),
         });
         engine.meta.update(Durability::Durable, &mut |t| {
             schema::init_root(t)?;
@@ -260,6 +264,14 @@ impl Engine {
             }
             Ok(())
         })?;
+        let marks = engine.view(|r| {
+            let prefix = schema::SYNC_MARK_PREFIX;
+            Ok(r.scan(prefix, &prefix_end(prefix), usize::MAX)?
+                .into_iter()
+                .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().expect("mark key")))
+                .collect())
+        })?;
+        *engine.sync_marks.write() = marks;
         if let Some(wb) = engine.writeback.as_ref() {
             engine.replay_staged(wb)?;
         }
@@ -1432,7 +1444,39 @@ impl Engine {
         state.pending.clear();
         state.pending_bytes = 0;
         state.overlay = None;
+        if let Some(wb) = wb
+            && !staged.is_empty()
+            && self.under_sync_mark(ino)?
+        {
+            // A marked tree: the data must be in the object store before close returns.
+            let ids: Vec<u64> = staged.iter().map(|(id, _)| *id).collect();
+            self.wait_uploaded(wb, &ids)?;
+            self.persist_meta()?;
+        }
         Ok(())
+    }
+
+    /// Whether `ino` or a directory above it carries [`schema::SYNC_UPLOAD_XATTR`].
+    fn under_sync_mark(&self, ino: Ino) -> Result<bool> {
+        let marks = self.sync_marks.read();
+        if marks.is_empty() {
+            return Ok(false);
+        }
+        self.view(|r| {
+            let mut cur = ino;
+            // Bounded: a corrupt parent chain must not loop forever.
+            for _ in 0..4096 {
+                if marks.contains(&cur) {
+                    return Ok(true);
+                }
+                let parent = schema::must_inode(r, cur)?.parent;
+                if parent == cur || parent == 0 {
+                    return Ok(false);
+                }
+                cur = parent;
+            }
+            Ok(false)
+        })
     }
 
     /// PUTs objects written around the staging log (standard mode, or no room to stage).
@@ -1695,9 +1739,16 @@ impl Engine {
                 _ => {}
             }
             t.put(&key, value)?;
+            if name == schema::SYNC_UPLOAD_XATTR {
+                t.put(&schema::sync_mark_key(ino), &[])?;
+            }
             rec.ctime_ns = schema::now_ns();
             schema::put_inode(t, ino, &rec)
-        })
+        })?;
+        if name == schema::SYNC_UPLOAD_XATTR {
+            self.sync_marks.write().insert(ino);
+        }
+        Ok(())
     }
 
     /// The value; the front end answers size queries from its length.
@@ -1734,9 +1785,14 @@ impl Engine {
                 return Err(posix(libc::ENODATA, "no such attribute"));
             }
             t.delete(&key)?;
+            t.delete(&schema::sync_mark_key(ino))?;
             rec.ctime_ns = schema::now_ns();
             schema::put_inode(t, ino, &rec)
-        })
+        })?;
+        if name == schema::SYNC_UPLOAD_XATTR {
+            self.sync_marks.write().remove(&ino);
+        }
+        Ok(())
     }
 
     /// fallocate(2): mode 0 and FALLOC_FL_KEEP_SIZE allocate (holes already read as zeros),

@@ -14,6 +14,7 @@
 //! | `T` slice id | [`StagedRec`]: the slice is in this node's staging log, not yet uploaded |
 //! | `L` slice id | [`PackedRec`]: the slice lives in a pack object |
 //! | `P` pack id | [`PackRec`]: a pack object and how many of its slices are alive |
+//! | `Y` ino | the inode carries [`SYNC_UPLOAD_XATTR`]: flushes under it wait for the upload |
 //!
 //! Integers in keys are big-endian so that byte order is numeric order.
 
@@ -84,6 +85,19 @@ pub fn xattr_prefix(ino: Ino) -> Vec<u8> {
 pub fn xattr_key(ino: Ino, name: &[u8]) -> Vec<u8> {
     let mut k = xattr_prefix(ino);
     k.extend_from_slice(name);
+    k
+}
+
+/// The extended attribute that marks a directory (or file): `close` and `fsync` of files under
+/// it return only once their data is in the object store.
+pub const SYNC_UPLOAD_XATTR: &[u8] = b"user.spoolfs.sync_upload";
+
+pub const SYNC_MARK_PREFIX: &[u8] = b"Y";
+
+/// Index of the inodes that carry [`SYNC_UPLOAD_XATTR`], loaded at mount.
+pub fn sync_mark_key(ino: Ino) -> Vec<u8> {
+    let mut k = SYNC_MARK_PREFIX.to_vec();
+    k.extend_from_slice(&ino.to_be_bytes());
     k
 }
 

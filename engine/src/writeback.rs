@@ -672,6 +672,25 @@ impl Engine {
         self.persist_meta()
     }
 
+    /// Waits until the staged slices `ids` are in the object store (or died). Without a time
+    /// limit, like a close in standard mode; fails only if the mount is stopping.
+    pub(crate) fn wait_uploaded(&self, wb: &Writeback, ids: &[u64]) -> Result<()> {
+        let _draining = Draining::new(wb);
+        let mut set = wb.set.lock();
+        loop {
+            if !ids.iter().any(|id| set.map.contains_key(id)) {
+                return Ok(());
+            }
+            if self.stopping_now() {
+                return Err(FsError::new(
+                    libc::EIO,
+                    "unmounting before the data reached the object store (it stays staged)",
+                ));
+            }
+            wb.cv.wait_for(&mut set, Duration::from_millis(100));
+        }
+    }
+
     /// Waits until nothing is staged (or `timeout` passes); returns the bytes still staged.
     pub fn drain_uploads(&self, timeout: Option<Duration>) -> u64 {
         let Some(wb) = self.writeback.as_ref() else {

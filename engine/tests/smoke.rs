@@ -468,6 +468,46 @@ mod writeback {
         e.shutdown().unwrap();
     }
 
+    /// Files under a directory marked with user.spoolfs.sync_upload are in the object store
+    /// when close returns; others stay staged (the upload delay here is long).
+    #[test]
+    fn sync_upload_mark_makes_close_wait_for_the_object_store() {
+        let f = Fixture::new();
+        let mut s = settings(&f, 1);
+        s.upload_delay = Duration::from_secs(30);
+        let e = engine_with(&f, s.clone());
+        let write = |e: &Engine, dir: Ino, name: &str| {
+            let (a, fh) = e
+                .create(&ME, dir, name.as_bytes(), 0o644, libc::O_RDWR)
+                .unwrap();
+            e.write(&ME, a.ino, fh, 0, name.as_bytes()).unwrap();
+            e.flush(a.ino, fh).unwrap();
+            e.release(a.ino, fh).unwrap();
+        };
+        let top = e.mkdir(&ME, ROOT_INO, b"ckpt", 0o755).unwrap().ino;
+        let sub = e.mkdir(&ME, top, b"day1", 0o755).unwrap().ino;
+        e.setxattr(&ME, top, b"user.spoolfs.sync_upload", b"1", XattrSet::Any)
+            .unwrap();
+        write(&e, sub, "model.bin");
+        // The marked file went up at close (with anything staged before it: oldest first).
+        assert_eq!(e.status().staged_slices, 0);
+        assert_eq!(walk(&f.dir.path().join("objects/packs")), 1);
+        // An unmarked file stays staged.
+        write(&e, ROOT_INO, "plain");
+        assert_eq!(e.status().staged_slices, 1);
+        drop(e);
+        // The mark survives a remount.
+        let e = engine_with(&f, s.clone());
+        assert_eq!(e.status().staged_slices, 1, "the plain file, replayed");
+        write(&e, sub, "model2.bin");
+        assert_eq!(e.status().staged_slices, 0);
+        e.removexattr(&ME, top, b"user.spoolfs.sync_upload")
+            .unwrap();
+        write(&e, sub, "model3.bin");
+        assert_eq!(e.status().staged_slices, 1);
+        e.shutdown().unwrap();
+    }
+
     #[test]
     fn many_writers_one_file_and_many_files() {
         let f = Fixture::new();
