@@ -103,7 +103,7 @@ pub(crate) struct Counters {
 }
 
 pub struct Engine {
-    meta: Arc<dyn KvStore>,
+    pub(crate) meta: Arc<dyn KvStore>,
     pub(crate) storage: Arc<ObjectStorage>,
     volume: VolumeRecord,
     pub(crate) config: EngineConfig,
@@ -128,6 +128,10 @@ pub struct Engine {
     background: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Inodes marked with [`schema::SYNC_UPLOAD_XATTR`] (mirror of the `Y` keys).
     sync_marks: RwLock<std::collections::HashSet<Ino>>,
+    /// Held for the whole of [`Engine::shutdown`]; true once it has run. Afterwards changes
+    /// are refused (nothing would make them durable or upload them).
+    shut_down: Mutex<bool>,
+    is_shut_down: AtomicBool,
 }
 
 fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
@@ -253,6 +257,8 @@ impl Engine {
             stop_now: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
             sync_marks: RwLock::new(Default::default()),
+            shut_down: Mutex::new(false),
+            is_shut_down: AtomicBool::new(false),
         });
         engine.meta.update(Durability::Durable, &mut |t| {
             schema::init_root(t)?;
@@ -327,6 +333,18 @@ impl Engine {
         &self.open[(ino as usize) % OPEN_SHARDS]
     }
 
+    /// Changes after [`Engine::shutdown`] (a process still writing to a lazily detached mount)
+    /// fail with EROFS: the uploaders and the checkpoint thread are gone.
+    fn refuse_after_shutdown(&self) -> Result<()> {
+        if self.is_shut_down.load(Ordering::Acquire) {
+            return Err(FsError::new(
+                libc::EROFS,
+                "the file system is unmounting: no more changes",
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn stopping_now(&self) -> bool {
         self.stop_now.load(Ordering::Acquire)
     }
@@ -352,6 +370,7 @@ impl Engine {
         durability: Durability,
         mut f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
     ) -> Result<T> {
+        self.refuse_after_shutdown()?;
         let mut out = None;
         self.meta.update(durability, &mut |t| {
             out = Some(f(t)?);
@@ -1217,6 +1236,7 @@ impl Engine {
         if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
             return Err(FsError::new(libc::EFBIG, "file too large"));
         }
+        self.refuse_after_shutdown()?;
         let state = self.pin(ino, false);
         let result = self.write_pinned(caller, ino, offset, data, &state);
         self.unpin(ino, false);
@@ -1500,6 +1520,7 @@ impl Engine {
         slice: (u64, RecordHeader, &[u8]),
     ) -> Result<Option<(StagedLoc, u64)>> {
         let (_, header, data) = slice;
+        self.refuse_after_shutdown()?;
         let Some(wal) = wb.opts.wal.as_ref().and_then(|w| w.upgrade()) else {
             return Err(FsError::Other("the namespace log is closed".into()));
         };
@@ -2014,7 +2035,20 @@ impl Engine {
 
     /// Uploads or stages everything buffered, waits (up to `drain_on_shutdown`) for staged
     /// data to reach the object store, and makes the metadata durable (unmount).
+    /// Writes out buffered data, waits for uploads (`drain_on_shutdown`), stops the background
+    /// threads and checkpoints. Runs once: a concurrent caller waits for the first, a later
+    /// one returns at once.
     pub fn shutdown(&self) -> Result<()> {
+        let mut done = self.shut_down.lock();
+        if *done {
+            return Ok(());
+        }
+        let result = self.shutdown_once();
+        *done = true;
+        result
+    }
+
+    fn shutdown_once(&self) -> Result<()> {
         let inos: Vec<Ino> = self
             .open
             .iter()
@@ -2051,6 +2085,8 @@ impl Engine {
                 let _ = h.join();
             }
         }
+        // From here on nothing may be staged: the logs are about to be declared empty.
+        self.is_shut_down.store(true, Ordering::Release);
         if first_err.is_none() {
             self.mark_staging_clean()?;
         }

@@ -1048,18 +1048,20 @@ impl Engine {
         if !wb.set.lock().map.is_empty() {
             return Ok(());
         }
-        self.update_with(spoolfs_metadata::Durability::Durable, |t| {
-            if let Some(v) = t.get(OWNER_KEY)?
-                && let Ok(mut o) = serde_json::from_slice::<StagingOwner>(&v)
-            {
-                o.clean = true;
-                t.put(
-                    OWNER_KEY,
-                    &serde_json::to_vec(&o).expect("owner serialises"),
-                )?;
-            }
-            Ok(())
-        })?;
+        // Runs at shutdown, after changes are refused: straight to the store.
+        self.meta
+            .update(spoolfs_metadata::Durability::Durable, &mut |t| {
+                if let Some(v) = t.get(OWNER_KEY)?
+                    && let Ok(mut o) = serde_json::from_slice::<StagingOwner>(&v)
+                {
+                    o.clean = true;
+                    t.put(
+                        OWNER_KEY,
+                        &serde_json::to_vec(&o).expect("owner serialises"),
+                    )?;
+                }
+                Ok(())
+            })?;
         Ok(())
     }
 }

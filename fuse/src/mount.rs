@@ -266,23 +266,34 @@ impl Unmounter {
     /// Unmounts. If files are still open (EBUSY), detaches the mount instead (lazy unmount):
     /// the session then ends when the last of them is closed.
     pub fn unmount(&mut self) -> io::Result<()> {
+        if self.try_unmount()? {
+            return Ok(());
+        }
+        self.detach()
+    }
+
+    /// A plain unmount: `Ok(false)` if files are still open (EBUSY) and nothing was done.
+    pub fn try_unmount(&mut self) -> io::Result<bool> {
         match self.inner.unmount() {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                warn!(
-                    mount_point = %self.mount_point.display(),
-                    "file system busy; detaching it (lazy unmount)"
-                );
-                let path = std::ffi::CString::new(self.mount_point.as_os_str().as_bytes())
-                    .map_err(io::Error::other)?;
-                // SAFETY: `path` is a valid NUL-terminated string.
-                if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            }
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Detaches the mount (lazy unmount): the session ends when the last open file is closed.
+    pub fn detach(&mut self) -> io::Result<()> {
+        warn!(
+            mount_point = %self.mount_point.display(),
+            "file system busy; detaching it (lazy unmount)"
+        );
+        let path = std::ffi::CString::new(self.mount_point.as_os_str().as_bytes())
+            .map_err(io::Error::other)?;
+        // SAFETY: `path` is a valid NUL-terminated string.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 }

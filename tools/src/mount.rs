@@ -379,13 +379,29 @@ fn spawn_signal_thread(set: libc::sigset_t, engine: Arc<Engine>, mut unmounter: 
     let spawned = std::thread::Builder::new()
         .name("spoolfs-signals".into())
         .spawn(move || {
+            let mut unmounting = false;
             loop {
                 let mut sig: libc::c_int = 0;
                 // SAFETY: `set` is a valid signal set and `sig` a valid out pointer.
                 if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                     continue;
                 }
-                info!("received signal {sig}; writing out data and unmounting");
+                if unmounting {
+                    info!("received signal {sig}; already unmounting, still writing out data");
+                    continue;
+                }
+                unmounting = true;
+                // Unmounted, the session ends and the engine shuts down as after `spoolfs
+                // umount`: buffered data is written out and uploads are waited for.
+                info!("received signal {sig}; unmounting, then writing out data");
+                match unmounter.try_unmount() {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => error!("unmount failed: {e}"),
+                }
+                // Busy (files open): write out and upload everything while still serving,
+                // then detach. Changes after that fail with EROFS, never silently.
+                info!("file system busy: writing out data before detaching it");
                 match catch_unwind(AssertUnwindSafe(|| engine.shutdown())) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => error!("engine shutdown failed: {e}"),
@@ -394,8 +410,8 @@ fn spawn_signal_thread(set: libc::sigset_t, engine: Arc<Engine>, mut unmounter: 
                         spoolfs_fuse::panic_message(p)
                     ),
                 }
-                if let Err(e) = unmounter.unmount() {
-                    error!("unmount failed: {e}");
+                if let Err(e) = unmounter.detach() {
+                    error!("detaching the mount failed: {e}");
                 }
             }
         });
