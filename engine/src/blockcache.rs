@@ -5,10 +5,25 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockId {
     pub slice: u64,
     pub index: u32,
+}
+
+impl BlockId {
+    /// Block `index` of a slice stored as block objects.
+    pub fn block(slice: u64, index: u32) -> BlockId {
+        BlockId { slice, index }
+    }
+
+    /// A packed slice, whole (an index no block uses).
+    pub fn whole(slice: u64) -> BlockId {
+        BlockId {
+            slice,
+            index: u32::MAX,
+        }
+    }
 }
 
 pub struct BlockCache {

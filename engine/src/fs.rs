@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub staging: Option<StagingOptions>,
     /// At shutdown, wait for staged data to reach the object store (`None`: stop at once).
     pub drain_on_shutdown: Option<Duration>,
+    /// The local data cache on disk (`None`: only the in-memory block cache).
+    pub disk_cache: Option<crate::diskcache::DiskCacheConfig>,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +47,7 @@ impl Default for EngineConfig {
             max_uploads: 16,
             staging: None,
             drain_on_shutdown: Some(Duration::from_secs(24 * 3600)),
+            disk_cache: None,
         }
     }
 }
@@ -117,6 +120,8 @@ pub struct Engine {
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_fh: AtomicU64,
     cache: BlockCache,
+    /// Verified object data kept on the local disk.
+    pub(crate) disk: Option<crate::diskcache::DiskCache>,
     pub(crate) counters: Counters,
     /// Namespace changes not yet made durable.
     meta_dirty: AtomicBool,
@@ -126,6 +131,8 @@ pub struct Engine {
     /// Uploaders stop taking work.
     stop_now: AtomicBool,
     background: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Size and mtime of each file at its last open here, for `keep_cache`.
+    opened_as: Mutex<HashMap<Ino, (i64, u64)>>,
     /// Inodes marked with [`schema::SYNC_UPLOAD_XATTR`] (mirror of the `Y` keys).
     sync_marks: RwLock<std::collections::HashSet<Ino>>,
     /// Held for the whole of [`Engine::shutdown`]; true once it has run. Afterwards changes
@@ -236,7 +243,22 @@ impl Engine {
         volume: VolumeRecord,
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
+        let disk = match &config.disk_cache {
+            Some(c) if c.max_bytes > 0 => {
+                Some(crate::diskcache::DiskCache::open(c.clone()).map_err(|e| {
+                    FsError::new(
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                        format!(
+                            "cannot open the local data cache in {}: {e}",
+                            c.dir.display()
+                        ),
+                    )
+                })?)
+            }
+            _ => None,
+        };
         let engine = Arc::new(Engine {
+            disk,
             meta,
             storage,
             volume,
@@ -257,6 +279,7 @@ impl Engine {
             stop_now: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
             sync_marks: RwLock::new(Default::default()),
+            opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
             is_shut_down: AtomicBool::new(false),
         });
@@ -953,6 +976,31 @@ impl Engine {
 
     /// Opens a file; `flags` are the open(2) flags (O_TRUNC is honoured here). Returns a handle.
     pub fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<u64> {
+        self.open_file(caller, ino, flags).map(|(fh, _)| fh)
+    }
+
+    /// `open`, and whether the kernel may keep the file's cached pages: yes when the file is
+    /// opened for reading and its size and mtime are what they were at its previous open here
+    /// (close-to-open consistency: a change made anywhere since then drops the cache).
+    pub fn open_file(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<(u64, bool)> {
+        let fh = self.open_inner(caller, ino, flags)?;
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        let buffered = self
+            .state_of(ino)
+            .is_some_and(|s| s.read().overlay.is_some());
+        let now = (rec.mtime_ns, rec.size);
+        let mut seen = self.opened_as.lock();
+        let keep = !writing && !buffered && seen.get(&ino) == Some(&now);
+        if seen.len() >= 1 << 16 && !seen.contains_key(&ino) {
+            // Bounded: forgetting only costs a re-read.
+            seen.clear();
+        }
+        seen.insert(ino, now);
+        Ok((fh, keep && rec.kind == FileKind::File))
+    }
+
+    fn open_inner(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<u64> {
         let rec = self.view(|r| schema::must_inode(r, ino))?;
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if rec.kind == FileKind::Dir && writing {
@@ -1153,6 +1201,10 @@ impl Engine {
         if let Some(b) = self.cache.get(cached) {
             return Ok(Some(b));
         }
+        if let Some(b) = self.disk.as_ref().and_then(|d| d.get(cached)) {
+            self.cache.insert(cached, b.clone());
+            return Ok(Some(b));
+        }
         let packed = self.view(|r| match r.get(&schema::packed_key(slice))? {
             Some(v) => Ok(Some(schema::decode::<schema::PackedRec>(
                 "packed slice",
@@ -1185,6 +1237,9 @@ impl Engine {
                 })
             })?;
         self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = &self.disk {
+            d.insert(cached, &data);
+        }
         self.cache.insert(cached, data.clone());
         Ok(Some(data))
     }
@@ -1192,6 +1247,10 @@ impl Engine {
     fn get_block(&self, slice: u64, slice_size: u32, index: u32) -> Result<Bytes> {
         let id = BlockId { slice, index };
         if let Some(b) = self.cache.get(id) {
+            return Ok(b);
+        }
+        if let Some(b) = self.disk.as_ref().and_then(|d| d.get(id)) {
+            self.cache.insert(id, b.clone());
             return Ok(b);
         }
         let bs = self.volume.block_size as u32;
@@ -1218,6 +1277,9 @@ impl Engine {
                 key,
                 detail: format!("{} bytes, expected {len}", data.len()),
             }));
+        }
+        if let Some(d) = &self.disk {
+            d.insert(id, &data);
         }
         self.cache.insert(id, data.clone());
         Ok(data)
@@ -1961,6 +2023,7 @@ impl Engine {
             upload_errors: staged.3,
             staging: staged.4,
             staging_log_bytes: staged.5,
+            data_cache: self.disk.as_ref().map(|d| d.stats()),
         }
     }
 
@@ -2027,6 +2090,9 @@ impl Engine {
                 }
             }
             self.cache.forget_slice(id);
+            if let Some(disk) = &self.disk {
+                disk.remove_slice(id);
+            }
             self.update(|t| t.delete(&key))?;
             removed += 1;
         }

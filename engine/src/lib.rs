@@ -12,8 +12,9 @@
 //! - [`fs`]: the namespace operations (lookup, create, rename, ...).
 //! - [`data`]: the data path (write buffering, slices, reads, truncation).
 
-mod blockcache;
+pub mod blockcache;
 mod data;
+pub mod diskcache;
 pub mod error;
 mod fs;
 mod ids;

@@ -185,4 +185,7 @@ pub struct EngineStatus {
     /// Bytes of live records in the staging log (headers and padding included).
     #[serde(default)]
     pub staging_log_bytes: u64,
+    /// The local data cache on disk, when there is one.
+    #[serde(default)]
+    pub data_cache: Option<crate::diskcache::DiskCacheStats>,
 }

@@ -11,6 +11,7 @@
 //! 3. A slice that dies while staged (overwritten, truncated, unlinked) is never uploaded: the
 //!    garbage collector deletes its `T` record and frees the log space.
 
+use crate::blockcache::BlockId;
 use crate::error::{FsError, Result};
 use crate::fs::Engine;
 use crate::schema::{self, StagedRec};
@@ -540,11 +541,19 @@ impl Engine {
                     format!("reading staged slice {id}: {e}"),
                 ));
             }
+            // Uploaded data stays readable locally: a copy goes into the disk cache (slices
+            // never change, so it cannot go stale).
             if data.len() <= PACK_SLICE_MAX {
+                if let Some(disk) = &self.disk {
+                    disk.insert(BlockId::whole(*id), &data);
+                }
                 small.push((*id, data));
                 continue;
             }
             for (i, b) in data.chunks(bs).enumerate() {
+                if let Some(disk) = &self.disk {
+                    disk.insert(BlockId::block(*id, i as u32), b);
+                }
                 let key = schema::block_key(*id, i as u32, b.len() as u32);
                 keys.entry(*id).or_default().push(key.clone());
                 objects.push((key, encode_block(b)));

@@ -220,6 +220,30 @@ fn namespace_errors() {
     e.shutdown().unwrap();
 }
 
+/// `keep_cache` only when the file is unchanged since its previous open here.
+#[test]
+fn open_keeps_the_kernel_cache_only_for_unchanged_files() {
+    let f = Fixture::new();
+    let e = f.engine();
+    let (a, fh) = e.create(&ME, ROOT_INO, b"k", 0o644, libc::O_RDWR).unwrap();
+    e.write(&ME, a.ino, fh, 0, b"one").unwrap();
+    e.release(a.ino, fh).unwrap();
+    let open = |flags| {
+        let (fh, keep) = e.open_file(&ME, a.ino, flags).unwrap();
+        e.release(a.ino, fh).unwrap();
+        keep
+    };
+    assert!(!open(libc::O_RDONLY), "first open: nothing to keep");
+    assert!(open(libc::O_RDONLY), "unchanged since the last open");
+    assert!(!open(libc::O_RDWR), "never when opened for writing");
+    let fh = e.open(&ME, a.ino, libc::O_WRONLY).unwrap();
+    e.write(&ME, a.ino, fh, 0, b"two!").unwrap();
+    e.release(a.ino, fh).unwrap();
+    assert!(!open(libc::O_RDONLY), "changed since the last open");
+    assert!(open(libc::O_RDONLY));
+    e.shutdown().unwrap();
+}
+
 mod writeback {
     use super::*;
     use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
@@ -505,6 +529,126 @@ mod writeback {
             .unwrap();
         write(&e, sub, "model3.bin");
         assert_eq!(e.status().staged_slices, 1);
+        e.shutdown().unwrap();
+    }
+
+    fn engine_cached(f: &Fixture, max_bytes: u64) -> Arc<Engine> {
+        let meta = f.meta();
+        let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
+        let (meta, staging) = open_staging(meta, &record, &settings(f, 2)).unwrap();
+        let storage = Arc::new(ObjectStorage::open(&f.storage_config()).unwrap());
+        let config = EngineConfig {
+            staging: Some(staging),
+            disk_cache: Some(spoolfs_engine::diskcache::DiskCacheConfig {
+                dir: f.dir.path().join("cache/blocks"),
+                max_bytes,
+                free_ratio: 0.0,
+            }),
+            ..Default::default()
+        };
+        Engine::start(meta, storage, record, config).unwrap()
+    }
+
+    fn cache_stats(e: &Engine) -> spoolfs_engine::diskcache::DiskCacheStats {
+        e.status().data_cache.expect("a data cache")
+    }
+
+    /// The local data cache: uploaded and fetched data is read back without the object store,
+    /// across a remount; a damaged cache file is detected and fetched again, never served;
+    /// overwrite, truncate, rename and delete of cached files read correctly; eviction keeps
+    /// the cache under its size.
+    #[test]
+    fn local_data_cache_serves_reads_without_the_object_store() {
+        let f = Fixture::new();
+        let e = engine_cached(&f, 64 << 20);
+        let mut files = write_files(&e, 6);
+        // One file of several 64 KiB blocks (stored as blocks, not packed).
+        let big = pattern(99, 5 * 65536 + 123);
+        let (a, fh) = e
+            .create(&ME, ROOT_INO, b"big", 0o644, libc::O_RDWR)
+            .unwrap();
+        e.write(&ME, a.ino, fh, 0, &big).unwrap();
+        e.release(a.ino, fh).unwrap();
+        files.push((a.ino, big.clone()));
+        assert_eq!(e.drain_uploads(Some(Duration::from_secs(30))), 0);
+        // Uploading kept a copy of everything.
+        assert!(cache_stats(&e).entries >= 7, "{:?}", cache_stats(&e));
+        e.shutdown().unwrap();
+        drop(e);
+
+        // Warm restart with the object store gone: every read comes from the disk cache.
+        let objects = f.dir.path().join("objects");
+        let hidden = f.dir.path().join("objects.hidden");
+        std::fs::rename(&objects, &hidden).unwrap();
+        std::fs::create_dir(&objects).unwrap();
+        let e = engine_cached(&f, 64 << 20);
+        for (ino, data) in &files {
+            assert_eq!(&read_all(&e, *ino), data);
+        }
+        assert!(cache_stats(&e).hits >= 7);
+        drop(e);
+        std::fs::remove_dir_all(&objects).unwrap();
+        std::fs::rename(&hidden, &objects).unwrap();
+
+        // A damaged cache file is never served: it is dropped and the data fetched again.
+        let mut damaged = 0;
+        for entry in std::fs::read_dir(f.dir.path().join("cache/blocks")).unwrap() {
+            let path = entry.unwrap().path();
+            let mut b = std::fs::read(&path).unwrap();
+            b[0] ^= 0xff;
+            std::fs::write(&path, b).unwrap();
+            damaged += 1;
+        }
+        let e = engine_cached(&f, 64 << 20);
+        for (ino, data) in &files {
+            assert_eq!(&read_all(&e, *ino), data);
+        }
+        assert_eq!(cache_stats(&e).corrupt, damaged);
+
+        // Changes to cached files read back right (slices never change: new data is new
+        // slices, and what they hide is never read again).
+        let big_ino = a.ino;
+        let fh = e.open(&ME, big_ino, libc::O_RDWR).unwrap();
+        let patch = pattern(5, 70_000);
+        e.write(&ME, big_ino, fh, 100_000, &patch).unwrap();
+        e.fsync(big_ino, fh, false).unwrap();
+        let mut expect = big.clone();
+        expect[100_000..170_000].copy_from_slice(&patch);
+        assert_eq!(read_all(&e, big_ino), expect);
+        let set = SetAttr {
+            size: Some(150_000),
+            ..Default::default()
+        };
+        e.setattr(&ME, big_ino, &set).unwrap();
+        expect.truncate(150_000);
+        assert_eq!(read_all(&e, big_ino), expect);
+        e.release(big_ino, fh).unwrap();
+        e.rename(
+            &ME,
+            ROOT_INO,
+            b"big",
+            ROOT_INO,
+            b"big2",
+            RenameFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(read_all(&e, big_ino), expect);
+        e.unlink(&ME, ROOT_INO, b"f0").unwrap();
+        assert_eq!(e.drain_uploads(Some(Duration::from_secs(30))), 0);
+        e.collect_garbage(usize::MAX).unwrap();
+        assert_eq!(read_all(&e, big_ino), expect);
+        e.shutdown().unwrap();
+        drop(e);
+
+        // Under pressure the cache stays within its size, least recently used out first.
+        let e = engine_cached(&f, 150 << 10);
+        assert!(cache_stats(&e).bytes <= 150 << 10, "{:?}", cache_stats(&e));
+        assert_eq!(read_all(&e, big_ino), expect);
+        for (ino, data) in &files[1..files.len() - 1] {
+            assert_eq!(&read_all(&e, *ino), data);
+        }
+        let st = cache_stats(&e);
+        assert!(st.bytes <= 150 << 10 && st.evictions > 0, "{st:?}");
         e.shutdown().unwrap();
     }
 

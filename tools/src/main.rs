@@ -20,6 +20,7 @@ mod staging_args;
 mod status;
 mod sync;
 mod umount;
+mod warmup;
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -57,6 +58,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Wait until everything written under PATH is in the object store.
     Sync(sync::SyncArgs),
+    /// Read every file under PATH so its data is in the mount's local data cache.
+    Warmup(warmup::WarmupArgs),
     /// Measure a directory (spoolfs or any other): write/read latency percentiles, sequential
     /// throughput, small-file, stat and readdir rates.
     Bench(bench::BenchArgs),
@@ -195,6 +198,10 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
         Command::Sync(args) => {
             init_logging(level, "warn", None);
             sync::run(args)
+        }
+        Command::Warmup(args) => {
+            init_logging(level, "warn", None);
+            warmup::run(args)
         }
         Command::Bench(args) => {
             init_logging(level, "warn", None);

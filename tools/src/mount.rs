@@ -50,6 +50,15 @@ pub struct MountArgs {
     /// How long the kernel may cache name lookups, in seconds.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
     pub entry_ttl: Duration,
+    /// Most bytes of object data kept in the local data cache under --cache-dir (0: no disk
+    /// cache). Data read from the object store, and data just uploaded, is kept there so
+    /// that reading it again costs no object-store round trip, also after a remount.
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = crate::size::parse_size)]
+    pub cache_size: u64,
+    /// Keep at least this fraction of the cache file system free: the data cache shrinks
+    /// (least recently used first) below it.
+    #[arg(long, value_name = "FRACTION", default_value = "0.1", value_parser = parse_ratio)]
+    pub cache_free_ratio: f64,
     /// Let other users access the mount.
     #[arg(long)]
     pub allow_other: bool,
@@ -173,6 +182,10 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg(args.attr_ttl.as_secs_f64().to_string());
     cmd.arg("--entry-ttl")
         .arg(args.entry_ttl.as_secs_f64().to_string());
+    cmd.arg("--cache-size")
+        .arg(args.cache_size.to_string())
+        .arg("--cache-free-ratio")
+        .arg(args.cache_free_ratio.to_string());
     cmd.arg("--shutdown-timeout")
         .arg(args.shutdown_timeout.as_secs_f64().to_string());
     if args.allow_other {
@@ -485,6 +498,11 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         staging: Some(staging),
         max_uploads: args.staging.max_uploads,
         drain_on_shutdown: Some(args.shutdown_timeout),
+        disk_cache: Some(spoolfs_engine::diskcache::DiskCacheConfig {
+            dir: cache_dir.join(&record.uuid).join("blocks"),
+            max_bytes: args.cache_size,
+            free_ratio: args.cache_free_ratio,
+        }),
         ..Default::default()
     };
     let engine = Engine::start(meta, storage.clone(), record, config)
@@ -521,4 +539,13 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         volume,
         cache_dir,
     })
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "invalid fraction {s:?}: expected 0 to 0.99 (e.g. 0.1)"
+        )),
+    }
 }

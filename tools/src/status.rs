@@ -142,6 +142,23 @@ pub fn describe(s: &MountStatus) -> String {
             if let Some(staging) = &e.staging {
                 line("staging log:", staging.clone());
             }
+            if let Some(c) = &e.data_cache {
+                line(
+                    "data cache:",
+                    format!(
+                        "{} in {} entries, {} hits, {} misses{}",
+                        human_bytes(c.bytes),
+                        c.entries,
+                        c.hits,
+                        c.misses,
+                        if c.corrupt > 0 {
+                            format!(", {} damaged files dropped", c.corrupt)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+            }
             if e.upload_errors > 0 {
                 line("upload errors:", e.upload_errors.to_string());
             }

@@ -21,7 +21,7 @@ pub struct SyncArgs {
 }
 
 /// The spoolfs mount point that holds `path` (the deepest one).
-fn mount_of(path: &Path) -> Result<PathBuf> {
+pub fn mount_of(path: &Path) -> Result<PathBuf> {
     let mounts = spoolfs_fuse::read_mountinfo().context("cannot read /proc/self/mountinfo")?;
     for dir in path.ancestors() {
         if let Some(m) = mounts.iter().rev().find(|m| m.mount_point == dir) {

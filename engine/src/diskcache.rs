@@ -1,0 +1,371 @@
+//! The local data cache on the node's disk (`--cache-dir`): verified object data kept after it
+//! was fetched (or uploaded), so that reading it again costs a local read, not an object-store
+//! round trip, and stays so across a remount.
+//!
+//! Entries are keyed like the in-memory block cache: a block of a slice, or a whole packed
+//! slice. Slices never change once written (an overwrite makes a new slice), so an entry can
+//! never be stale: it is only ever unused, and then evicted. Staged data is not here at all (it
+//! is read from the staging log until its upload commits), so it can never be evicted.
+//!
+//! Files: `<dir>/<slice hex>-<index hex>`, holding the data then an 8-byte trailer (CRC-32C
+//! of the data, magic `SPDC`). Written under a temporary name and renamed, never fsynced: a
+//! file torn by a crash fails its check and is dropped. Every read checks the CRC; a bad file
+//! is deleted and reported as a miss, so the caller fetches the data again. Eviction is least
+//! recently used, by bytes (`--cache-size`) and by free space on the file system
+//! (`--cache-free-ratio`); at open the index is rebuilt from the directory, oldest access time
+//! first.
+
+use crate::blockcache::BlockId;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MAGIC: &[u8; 4] = b"SPDC";
+const TRAILER: usize = 8;
+
+/// Settings of the local data cache.
+#[derive(Clone, Debug)]
+pub struct DiskCacheConfig {
+    pub dir: PathBuf,
+    /// Most bytes of cached data (0: the cache is off).
+    pub max_bytes: u64,
+    /// Evict while less than this fraction of the file system is free.
+    pub free_ratio: f64,
+}
+
+#[derive(Default, Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct DiskCacheStats {
+    pub bytes: u64,
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Files that failed their check (dropped and fetched again).
+    pub corrupt: u64,
+    pub evictions: u64,
+}
+
+struct Entry {
+    size: u64,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: BTreeMap<BlockId, Entry>,
+    /// Least recently used first.
+    lru: BTreeMap<u64, BlockId>,
+    next_tick: u64,
+    bytes: u64,
+}
+
+impl Index {
+    fn touch(&mut self, id: BlockId) -> bool {
+        let tick = self.next_tick;
+        let Some(e) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        self.lru.remove(&e.tick);
+        e.tick = tick;
+        self.lru.insert(tick, id);
+        self.next_tick += 1;
+        true
+    }
+
+    fn add(&mut self, id: BlockId, size: u64) {
+        if self.entries.contains_key(&id) {
+            self.touch(id);
+            return;
+        }
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        self.entries.insert(id, Entry { size, tick });
+        self.lru.insert(tick, id);
+        self.bytes += size;
+    }
+
+    fn remove(&mut self, id: BlockId) -> bool {
+        match self.entries.remove(&id) {
+            Some(e) => {
+                self.lru.remove(&e.tick);
+                self.bytes -= e.size;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+pub struct DiskCache {
+    config: DiskCacheConfig,
+    index: Mutex<Index>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    corrupt: AtomicU64,
+    evictions: AtomicU64,
+    tmp_seq: AtomicU64,
+}
+
+fn file_name(id: BlockId) -> String {
+    format!("{:016x}-{:08x}", id.slice, id.index)
+}
+
+fn parse_name(name: &str) -> Option<BlockId> {
+    let (s, i) = name.split_once('-')?;
+    if s.len() != 16 || i.len() != 8 {
+        return None;
+    }
+    Some(BlockId {
+        slice: u64::from_str_radix(s, 16).ok()?,
+        index: u32::from_str_radix(i, 16).ok()?,
+    })
+}
+
+impl DiskCache {
+    /// Opens (creating) the cache directory and indexes what a previous mount left there.
+    pub fn open(config: DiskCacheConfig) -> std::io::Result<DiskCache> {
+        std::fs::create_dir_all(&config.dir)?;
+        let mut found: Vec<(std::time::SystemTime, BlockId, u64)> = Vec::new();
+        for entry in std::fs::read_dir(&config.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let meta = entry.metadata()?;
+            match name.to_str().and_then(parse_name) {
+                Some(id) if meta.is_file() && meta.len() >= TRAILER as u64 => {
+                    let used = meta.accessed().or_else(|_| meta.modified());
+                    let used = used.unwrap_or(std::time::UNIX_EPOCH);
+                    found.push((used, id, meta.len() - TRAILER as u64));
+                }
+                // Temporary files of an interrupted insert, and anything else.
+                _ => {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        found.sort();
+        let mut index = Index::default();
+        for (_, id, size) in found {
+            index.add(id, size);
+        }
+        let cache = DiskCache {
+            config,
+            index: Mutex::new(index),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            corrupt: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            tmp_seq: AtomicU64::new(0),
+        };
+        cache.evict(0);
+        Ok(cache)
+    }
+
+    fn path(&self, id: BlockId) -> PathBuf {
+        self.config.dir.join(file_name(id))
+    }
+
+    /// The cached bytes of `id`, checked; `None` on a miss or a bad file (then dropped).
+    pub fn get(&self, id: BlockId) -> Option<Bytes> {
+        if !self.index.lock().touch(id) {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let checked = std::fs::read(self.path(id)).ok().and_then(|mut b| {
+            let n = b.len().checked_sub(TRAILER)?;
+            let (data, trailer) = b.split_at(n);
+            let ok = &trailer[4..] == MAGIC
+                && u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"))
+                    == crc32c::crc32c(data);
+            ok.then(|| {
+                b.truncate(n);
+                Bytes::from(b)
+            })
+        });
+        match checked {
+            Some(data) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(data)
+            }
+            None => {
+                tracing::warn!(
+                    "local cache file {} is damaged or gone; fetching it again",
+                    self.path(id).display()
+                );
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                self.index.lock().remove(id);
+                let _ = std::fs::remove_file(self.path(id));
+                None
+            }
+        }
+    }
+
+    /// Keeps a copy of `data` (already verified by the caller). Failures only cost the copy.
+    pub fn insert(&self, id: BlockId, data: &[u8]) {
+        let size = data.len() as u64;
+        if self.config.max_bytes == 0 || size > self.config.max_bytes / 2 {
+            return;
+        }
+        if self.index.lock().entries.contains_key(&id) {
+            return;
+        }
+        let tmp = self.config.dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.write_all(&crc32c::crc32c(data).to_le_bytes())?;
+            f.write_all(MAGIC)?;
+            drop(f);
+            std::fs::rename(&tmp, self.path(id))
+        })();
+        if let Err(e) = written {
+            tracing::debug!("cannot keep a local copy of {id:?}: {e}");
+            let _ = std::fs::remove_file(&tmp);
+            return;
+        }
+        self.index.lock().add(id, size);
+        self.evict(0);
+    }
+
+    /// Drops every entry of `slice` (its objects are being deleted).
+    pub fn remove_slice(&self, slice: u64) {
+        let ids: Vec<BlockId> = {
+            let index = self.index.lock();
+            let lo = BlockId { slice, index: 0 };
+            let hi = BlockId {
+                slice,
+                index: u32::MAX,
+            };
+            index.entries.range(lo..=hi).map(|(id, _)| *id).collect()
+        };
+        for id in ids {
+            if self.index.lock().remove(id) {
+                let _ = std::fs::remove_file(self.path(id));
+            }
+        }
+    }
+
+    /// Evicts least recently used entries until the cache is under its size and the file
+    /// system has its free fraction (plus `extra` bytes about to be written).
+    fn evict(&self, extra: u64) {
+        loop {
+            let victim = {
+                let index = self.index.lock();
+                let over = index.bytes + extra > self.config.max_bytes;
+                let short_of_space = index.bytes > 0 && self.low_on_space();
+                if !over && !short_of_space {
+                    return;
+                }
+                match index.lru.first_key_value() {
+                    Some((_, id)) => *id,
+                    None => return,
+                }
+            };
+            if self.index.lock().remove(victim) {
+                let _ = std::fs::remove_file(self.path(victim));
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn low_on_space(&self) -> bool {
+        if self.config.free_ratio <= 0.0 {
+            return false;
+        }
+        match free_fraction(&self.config.dir) {
+            Some(f) => f < self.config.free_ratio,
+            None => false,
+        }
+    }
+
+    pub fn stats(&self) -> DiskCacheStats {
+        let index = self.index.lock();
+        DiskCacheStats {
+            bytes: index.bytes,
+            entries: index.entries.len() as u64,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            corrupt: self.corrupt.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Free fraction of the file system holding `dir` (for unprivileged users).
+fn free_fraction(dir: &Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is NUL-terminated and `st` a valid out pointer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 || st.f_blocks == 0 {
+        return None;
+    }
+    Some(st.f_bavail as f64 / st.f_blocks as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(dir: &Path, max: u64) -> DiskCache {
+        DiskCache::open(DiskCacheConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: max,
+            free_ratio: 0.0,
+        })
+        .unwrap()
+    }
+
+    fn id(slice: u64, index: u32) -> BlockId {
+        BlockId { slice, index }
+    }
+
+    #[test]
+    fn keeps_checks_evicts_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 10_000);
+        c.insert(id(1, 0), &[1u8; 3000]);
+        c.insert(id(2, 0), &[2u8; 3000]);
+        c.insert(id(3, u32::MAX), &[3u8; 3000]);
+        assert_eq!(c.get(id(1, 0)).unwrap(), Bytes::from(vec![1u8; 3000]));
+        // Over 10,000 bytes: the least recently used (slice 2, as 1 was just read) goes.
+        c.insert(id(4, 0), &[4u8; 3000]);
+        assert!(c.get(id(2, 0)).is_none());
+        assert!(c.get(id(1, 0)).is_some());
+        assert!(c.stats().bytes <= 10_000);
+        assert_eq!(c.stats().evictions, 1);
+        drop(c);
+        // Warm restart: the index comes back from the directory.
+        let c = cache(dir.path(), 10_000);
+        assert_eq!(c.stats().entries, 3);
+        assert_eq!(
+            c.get(id(3, u32::MAX)).unwrap(),
+            Bytes::from(vec![3u8; 3000])
+        );
+        // A damaged file is detected, dropped and reported as a miss, never served.
+        let path = dir.path().join(file_name(id(4, 0)));
+        let mut b = std::fs::read(&path).unwrap();
+        b[10] ^= 0xff;
+        std::fs::write(&path, b).unwrap();
+        assert!(c.get(id(4, 0)).is_none());
+        assert_eq!(c.stats().corrupt, 1);
+        assert!(!path.exists());
+        // Dead slices go.
+        c.remove_slice(1);
+        assert!(c.get(id(1, 0)).is_none());
+    }
+
+    #[test]
+    fn off_when_the_size_is_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 0);
+        c.insert(id(1, 0), b"x");
+        assert!(c.get(id(1, 0)).is_none());
+    }
+}

@@ -1,0 +1,75 @@
+//! The local data cache through a real mount: `spoolfs warmup` fills it, and a remount reads
+//! everything from it with the object store out of reach.
+
+use spoolfs_tests::*;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::PathBuf;
+
+#[test]
+fn warmup_then_remount_reads_without_the_object_store() {
+    require_fuse!();
+    let vol = Volume::new(Backend::File);
+    let mut rng = Rng::new(7);
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    {
+        let m = vol.mount();
+        for d in 0..3 {
+            fs::create_dir(m.join(format!("tree/d{d}")).parent().unwrap()).ok();
+            fs::create_dir(m.join(format!("tree/d{d}"))).unwrap();
+            for i in 0..20 {
+                let len = if i == 0 {
+                    5 << 20
+                } else {
+                    rng.below(30_000) as usize
+                };
+                let mut data = vec![0u8; len];
+                rng.fill(&mut data);
+                let rel = PathBuf::from(format!("tree/d{d}/f{i}"));
+                fs::write(m.join(&rel), &data).unwrap();
+                files.push((rel, data));
+            }
+        }
+        m.unmount();
+    }
+    // A fresh cache directory: nothing cached yet. warmup reads the tree in.
+    let cache = vol.new_subdir("cache2");
+    let m = vol.mount_with(MountOptions {
+        cache_dir: Some(cache.clone()),
+        ..Default::default()
+    });
+    let out = vol.spoolfs_run([OsStr::new("warmup"), m.join("tree").as_os_str()]);
+    out.assert_success();
+    assert!(out.stdout.contains("60 files"), "{out}");
+    // Not on a spoolfs mount: a clear error.
+    vol.spoolfs_run([OsStr::new("warmup"), vol.dir().as_os_str()])
+        .assert_clean_failure(&["not on a spoolfs mount"]);
+    let mp = m.unmount();
+
+    // The object store out of reach (an empty directory in its place): a remount on the same
+    // cache directory still reads every byte, from the local data cache.
+    let objects = vol.objects_dir();
+    let hidden = objects.with_extension("hidden");
+    fs::rename(&objects, &hidden).unwrap();
+    fs::create_dir(&objects).unwrap();
+    let m = vol.mount_with(MountOptions {
+        mountpoint: Some(mp),
+        cache_dir: Some(cache),
+        ..Default::default()
+    });
+    for (rel, data) in &files {
+        let got = fs::read(m.join(rel)).unwrap_or_else(|e| {
+            panic!(
+                "{} unreadable without the object store: {e}\n{}",
+                rel.display(),
+                m.log_text()
+            )
+        });
+        assert!(got == *data, "{} differs", rel.display());
+    }
+    let status = vol.spoolfs_run([OsStr::new("status"), m.path().as_os_str()]);
+    assert!(status.stdout.contains("data cache:"), "{status}");
+    m.unmount();
+    fs::remove_dir_all(&objects).unwrap();
+    fs::rename(&hidden, &objects).unwrap();
+}
