@@ -49,6 +49,10 @@ impl BlockCache {
         }
     }
 
+    pub fn contains(&self, id: BlockId) -> bool {
+        self.inner.lock().map.contains_key(&id)
+    }
+
     pub fn get(&self, id: BlockId) -> Option<Bytes> {
         self.inner.lock().map.get(&id).cloned()
     }

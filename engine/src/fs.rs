@@ -36,6 +36,10 @@ pub struct EngineConfig {
     pub drain_on_shutdown: Option<Duration>,
     /// The local data cache on disk (`None`: only the in-memory block cache).
     pub disk_cache: Option<crate::diskcache::DiskCacheConfig>,
+    /// Bytes fetched ahead of a sequential reader (0: no readahead).
+    pub readahead_bytes: u64,
+    /// Threads fetching ahead.
+    pub readahead_threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +52,8 @@ impl Default for EngineConfig {
             staging: None,
             drain_on_shutdown: Some(Duration::from_secs(24 * 3600)),
             disk_cache: None,
+            readahead_bytes: 32 << 20,
+            readahead_threads: 4,
         }
     }
 }
@@ -96,6 +102,8 @@ struct OpenInode {
 
 struct Handle {
     ino: Ino,
+    /// Where its reader is, for readahead.
+    stream: crate::readahead::Stream,
 }
 
 #[derive(Default)]
@@ -122,6 +130,7 @@ pub struct Engine {
     cache: BlockCache,
     /// Verified object data kept on the local disk.
     pub(crate) disk: Option<crate::diskcache::DiskCache>,
+    readahead: Option<crate::readahead::Readahead>,
     pub(crate) counters: Counters,
     /// Namespace changes not yet made durable.
     meta_dirty: AtomicBool,
@@ -257,7 +266,21 @@ impl Engine {
             }
             _ => None,
         };
+        let ra_engine = Arc::new(Mutex::new(std::sync::Weak::new()));
+        let readahead = if config.readahead_bytes > 0 && config.readahead_threads > 0 {
+            Some(
+                crate::readahead::Readahead::start(
+                    config.readahead_bytes,
+                    config.readahead_threads,
+                    ra_engine.clone(),
+                )
+                .map_err(|e| FsError::Other(format!("cannot start readahead threads: {e}")))?,
+            )
+        } else {
+            None
+        };
         let engine = Arc::new(Engine {
+            readahead,
             disk,
             meta,
             storage,
@@ -304,6 +327,7 @@ impl Engine {
         if let Some(wb) = engine.writeback.as_ref() {
             engine.replay_staged(wb)?;
         }
+        *ra_engine.lock() = Arc::downgrade(&engine);
         let weak = Arc::downgrade(&engine);
         let stop = engine.stop.clone();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -970,7 +994,13 @@ impl Engine {
 
     fn new_handle(&self, ino: Ino) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Handle { ino });
+        self.handles.lock().insert(
+            fh,
+            Handle {
+                ino,
+                stream: Default::default(),
+            },
+        );
         fh
     }
 
@@ -1056,11 +1086,94 @@ impl Engine {
     }
 
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let _ = fh;
         let state = self.pin(ino, false);
         let result = self.read_pinned(ino, offset, size, &state);
         self.unpin(ino, false);
+        if let (Ok(out), Some(ra)) = (&result, &self.readahead)
+            && !out.is_empty()
+        {
+            let len = out.len() as u64;
+            let sequential = self
+                .handles
+                .lock()
+                .get_mut(&fh)
+                .is_some_and(|h| h.stream.advance(offset, len));
+            let bs = self.volume.block_size;
+            // Once per block boundary crossed (and at the start of a stream), not per read.
+            if sequential && (offset / bs != (offset + len) / bs || offset < len * 2) {
+                self.queue_readahead(ra, ino, offset + len);
+            }
+        }
         result
+    }
+
+    /// Queues the blocks of `[from, from + window)` of `ino` that are stored in the object
+    /// store and not cached.
+    fn queue_readahead(&self, ra: &crate::readahead::Readahead, ino: Ino, from: u64) {
+        let cs = self.chunk_size();
+        let bs = self.volume.block_size;
+        let end = from.saturating_add(ra.window);
+        let mut pos = from;
+        while pos < end {
+            let chunk = (pos / cs) as u32;
+            let chunk_start = chunk as u64 * cs;
+            let lo = (pos - chunk_start) as u32;
+            let hi = (end - chunk_start).min(cs) as u32;
+            let Ok(segs) = self.view(|r| data::load(r, ino, chunk, lo, hi)) else {
+                return;
+            };
+            if segs.is_empty() && chunk_start + cs >= end {
+                return;
+            }
+            for s in segs.iter().filter(|s| s.id != 0) {
+                // The part of the slice inside the window, in slice coordinates.
+                let first = s.off as u64 + (lo.max(s.pos) - s.pos) as u64;
+                let last = s.off as u64 + (hi.min(s.pos + s.len) - s.pos) as u64;
+                if first >= last {
+                    continue;
+                }
+                for index in first / bs..=(last - 1) / bs {
+                    let index = index as u32;
+                    if self.cache.contains(BlockId { slice: s.id, index }) {
+                        continue;
+                    }
+                    ra.queue(crate::readahead::Fetch {
+                        slice: s.id,
+                        size: s.size,
+                        index,
+                    });
+                }
+            }
+            pos = chunk_start + hi as u64;
+        }
+    }
+
+    /// A readahead job: fetch the piece into the caches unless it is staged or cached.
+    pub(crate) fn prefetch(&self, job: crate::readahead::Fetch) {
+        if self
+            .writeback
+            .as_ref()
+            .is_some_and(|wb| wb.get(job.slice).is_some())
+        {
+            return;
+        }
+        let block = BlockId::block(job.slice, job.index);
+        if self.cache.contains(block) || self.cache.contains(BlockId::whole(job.slice)) {
+            return;
+        }
+        if job.size as usize <= crate::writeback::PACK_SLICE_MAX {
+            match self.get_packed(job.slice) {
+                Ok(Some(_)) => return,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!("readahead of slice {}: {e}", job.slice);
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.fetch_block(job.slice, job.size, job.index, true) {
+            tracing::debug!("readahead of slice {} block {}: {e}", job.slice, job.index);
+        }
     }
 
     fn read_pinned(
@@ -1245,6 +1358,18 @@ impl Engine {
     }
 
     fn get_block(&self, slice: u64, slice_size: u32, index: u32) -> Result<Bytes> {
+        self.fetch_block(slice, slice_size, index, false)
+    }
+
+    /// `for_readahead`: the caller is the readahead job for this very block (it must not
+    /// wait for itself).
+    fn fetch_block(
+        &self,
+        slice: u64,
+        slice_size: u32,
+        index: u32,
+        for_readahead: bool,
+    ) -> Result<Bytes> {
         let id = BlockId { slice, index };
         if let Some(b) = self.cache.get(id) {
             return Ok(b);
@@ -1252,6 +1377,15 @@ impl Engine {
         if let Some(b) = self.disk.as_ref().and_then(|d| d.get(id)) {
             self.cache.insert(id, b.clone());
             return Ok(b);
+        }
+        // Being fetched ahead: wait for that instead of fetching it twice.
+        if let Some(ra) = &self.readahead
+            && !for_readahead
+        {
+            ra.wait_for(slice, index);
+            if let Some(b) = self.cache.get(id) {
+                return Ok(b);
+            }
         }
         let bs = self.volume.block_size as u32;
         let len = (slice_size - index * bs).min(bs);

@@ -18,6 +18,7 @@ pub mod diskcache;
 pub mod error;
 mod fs;
 mod ids;
+mod readahead;
 pub mod schema;
 pub mod staging;
 pub mod types;

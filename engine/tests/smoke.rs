@@ -244,6 +244,61 @@ fn open_keeps_the_kernel_cache_only_for_unchanged_files() {
     e.shutdown().unwrap();
 }
 
+/// A sequential reader gets the next blocks fetched before it asks; a random one does not.
+#[test]
+fn sequential_reads_fetch_ahead() {
+    let f = Fixture::new();
+    let e = f.engine();
+    let bs = 64 << 10;
+    let data = pattern(3, 12 * bs);
+    let (a, fh) = e
+        .create(&ME, ROOT_INO, b"seq", 0o644, libc::O_RDWR)
+        .unwrap();
+    e.write(&ME, a.ino, fh, 0, &data).unwrap();
+    e.release(a.ino, fh).unwrap();
+    e.shutdown().unwrap();
+    drop(e);
+    let meta = f.meta();
+    let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
+    let storage = Arc::new(ObjectStorage::open(&f.storage_config()).unwrap());
+    let config = EngineConfig {
+        readahead_bytes: 4 * bs as u64,
+        ..Default::default()
+    };
+    let e = Engine::start(meta, storage, record, config).unwrap();
+    let fh = e.open(&ME, a.ino, libc::O_RDONLY).unwrap();
+    // Random reads: only what is asked for is fetched.
+    e.read(a.ino, fh, 5 * bs as u64, 100).unwrap();
+    e.read(a.ino, fh, 9 * bs as u64, 100).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(e.status().objects_got, 2);
+    // Two reads in a row from the start: the next four blocks come in the background.
+    e.read(a.ino, fh, 0, 32 << 10).unwrap();
+    e.read(a.ino, fh, 32 << 10, 32 << 10).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while e.status().objects_got < 2 + 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        e.status().objects_got >= 2 + 5,
+        "{}",
+        e.status().objects_got
+    );
+    // Everything reads right, front to back.
+    let mut got = Vec::new();
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        let part = e.read(a.ino, fh, off, 48 << 10).unwrap();
+        off += part.len() as u64;
+        got.extend(part);
+    }
+    assert!(got == data);
+    // Each block was fetched once.
+    assert_eq!(e.status().objects_got, 12);
+    e.release(a.ino, fh).unwrap();
+    e.shutdown().unwrap();
+}
+
 mod writeback {
     use super::*;
     use spoolfs_engine::staging::{IoEngineKind, StagingDurability};

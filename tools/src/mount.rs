@@ -59,6 +59,9 @@ pub struct MountArgs {
     /// (least recently used first) below it.
     #[arg(long, value_name = "FRACTION", default_value = "0.1", value_parser = parse_ratio)]
     pub cache_free_ratio: f64,
+    /// Bytes fetched ahead of a sequential reader, in the background (0: no readahead).
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = crate::size::parse_size)]
+    pub readahead: u64,
     /// Let other users access the mount.
     #[arg(long)]
     pub allow_other: bool,
@@ -182,6 +185,7 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg(args.attr_ttl.as_secs_f64().to_string());
     cmd.arg("--entry-ttl")
         .arg(args.entry_ttl.as_secs_f64().to_string());
+    cmd.arg("--readahead").arg(args.readahead.to_string());
     cmd.arg("--cache-size")
         .arg(args.cache_size.to_string())
         .arg("--cache-free-ratio")
@@ -503,6 +507,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             max_bytes: args.cache_size,
             free_ratio: args.cache_free_ratio,
         }),
+        readahead_bytes: args.readahead,
         ..Default::default()
     };
     let engine = Engine::start(meta, storage.clone(), record, config)

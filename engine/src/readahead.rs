@@ -1,0 +1,138 @@
+//! Sequential readahead: when an open file is read front to back, the blocks of the next
+//! `readahead` bytes are fetched in the background (a few threads, a bounded queue), so a
+//! cold sequential read does not stall on one object-store round trip per block.
+//!
+//! Bounded on every side: the queue drops work when full, a block already cached or in
+//! flight is not fetched twice, and what is fetched lands in the bounded block caches. The
+//! threads hold only a weak reference to the engine and end when it is dropped.
+
+use crate::fs::Engine;
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+
+/// One piece of object data to fetch: block `index` of `slice` (of `size` bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Fetch {
+    pub slice: u64,
+    pub size: u32,
+    pub index: u32,
+}
+
+pub(crate) struct Readahead {
+    /// Bytes to read ahead of a sequential reader (0: off).
+    pub window: u64,
+    tx: Sender<Fetch>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Blocks queued or being fetched, by (slice, index); readers wait for them instead of
+/// fetching the same block twice.
+#[derive(Default)]
+struct InFlight {
+    set: Mutex<HashSet<(u64, u32)>>,
+    done: Condvar,
+}
+
+/// Where a reader of one handle is: the end of its last read and how many reads in a row
+/// started where the previous one ended.
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct Stream {
+    pub next: u64,
+    pub streak: u32,
+}
+
+impl Stream {
+    /// Records a read of `[offset, offset + len)`; true when the reader is sequential.
+    pub fn advance(&mut self, offset: u64, len: u64) -> bool {
+        if offset == self.next && offset > 0 {
+            self.streak = self.streak.saturating_add(1);
+        } else {
+            self.streak = 0;
+        }
+        self.next = offset + len;
+        self.streak >= 1
+    }
+}
+
+impl Readahead {
+    /// Starts `threads` fetchers for `engine` (which is not fully built yet: they only hold
+    /// a weak reference, taken when they first receive work).
+    pub fn start(
+        window: u64,
+        threads: usize,
+        engine: Arc<Mutex<Weak<Engine>>>,
+    ) -> std::io::Result<Readahead> {
+        let (tx, rx) = bounded::<Fetch>(256);
+        let in_flight = Arc::new(InFlight::default());
+        for i in 0..threads {
+            let rx: Receiver<Fetch> = rx.clone();
+            let engine = engine.clone();
+            let in_flight = in_flight.clone();
+            std::thread::Builder::new()
+                .name(format!("spoolfs-ra{i}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        let Some(e) = engine.lock().upgrade() else {
+                            break;
+                        };
+                        e.prefetch(job);
+                        drop(e);
+                        in_flight.set.lock().remove(&(job.slice, job.index));
+                        in_flight.done.notify_all();
+                    }
+                })?;
+        }
+        Ok(Readahead {
+            window,
+            tx,
+            in_flight,
+        })
+    }
+
+    /// Queues `job` unless it is already queued or running; drops it when the queue is full.
+    pub fn queue(&self, job: Fetch) {
+        if !self.in_flight.set.lock().insert((job.slice, job.index)) {
+            return;
+        }
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.in_flight.set.lock().remove(&(job.slice, job.index));
+                self.in_flight.done.notify_all();
+            }
+        }
+    }
+
+    /// Waits (a bounded time) while block `index` of `slice` is being fetched ahead.
+    pub fn wait_for(&self, slice: u64, index: u32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut set = self.in_flight.set.lock();
+        while set.contains(&(slice, index)) {
+            if self
+                .in_flight
+                .done
+                .wait_until(&mut set, deadline)
+                .timed_out()
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stream;
+
+    #[test]
+    fn streams_are_sequential_after_two_reads_in_a_row() {
+        let mut s = Stream::default();
+        assert!(!s.advance(0, 100));
+        assert!(s.advance(100, 100));
+        assert!(s.advance(200, 50));
+        assert!(!s.advance(1000, 10), "a jump restarts the count");
+        assert!(s.advance(1010, 10));
+    }
+}
