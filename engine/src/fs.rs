@@ -113,6 +113,11 @@ pub(crate) struct Counters {
     dirty_bytes: AtomicU64,
 }
 
+/// A packed slice is fetched with up to this many neighbours stored after it in its pack...
+const COALESCE_SLICES: usize = 256;
+/// ...in one ranged GET of at most this many bytes.
+const COALESCE_BYTES: u64 = 1 << 20;
+
 pub struct Engine {
     pub(crate) meta: Arc<dyn KvStore>,
     pub(crate) storage: Arc<ObjectStorage>,
@@ -1318,27 +1323,70 @@ impl Engine {
             self.cache.insert(cached, b.clone());
             return Ok(Some(b));
         }
-        let packed = self.view(|r| match r.get(&schema::packed_key(slice))? {
-            Some(v) => Ok(Some(schema::decode::<schema::PackedRec>(
-                "packed slice",
-                &v,
-            )?)),
-            None => Ok(None),
+        // The slice's place in its pack, and the slices stored right after it in the same
+        // pack (written together, so likely read together): one ranged GET fetches them all.
+        let run = self.view(|r| {
+            let Some(v) = r.get(&schema::packed_key(slice))? else {
+                return Ok(Vec::new());
+            };
+            let p: schema::PackedRec = schema::decode("packed slice", &v)?;
+            let mut run = vec![(slice, p)];
+            let mut end = p.offset + p.len as u64;
+            let next = schema::packed_key(slice + 1);
+            for (k, v) in r.scan(&next, &prefix_end(b"L"), COALESCE_SLICES)? {
+                let q: schema::PackedRec = schema::decode("packed slice", &v)?;
+                if q.pack != p.pack
+                    || q.offset != end
+                    || end + q.len as u64 - p.offset > COALESCE_BYTES
+                {
+                    break;
+                }
+                end += q.len as u64;
+                run.push((
+                    u64::from_be_bytes(k[1..9].try_into().expect("packed key")),
+                    q,
+                ));
+            }
+            Ok(run)
         })?;
-        let Some(p) = packed else {
+        let Some(&(_, p)) = run.first() else {
             return Ok(None);
         };
         let key = schema::pack_object_key(p.pack);
-        let entry = spoolfs_uploader::PackEntry {
-            slice,
-            offset: p.offset,
-            len: p.len,
-            crc: p.crc,
-        };
-        let data = self
-            .storage
-            .get_range(&key, p.offset, p.offset + p.len as u64)
-            .and_then(|d| spoolfs_uploader::verify_packed(&key, &entry, d))
+        let (_, last) = run[run.len() - 1];
+        let end = last.offset + last.len as u64;
+        let range = self.storage.get_range(&key, p.offset, end);
+        let data = range
+            .and_then(|all| {
+                if (all.len() as u64) < end - p.offset {
+                    return Err(StorageError::Checksum {
+                        key: key.clone(),
+                        detail: format!("short read of a pack: {} bytes", all.len()),
+                    });
+                }
+                let mut mine = None;
+                for (id, q) in &run {
+                    let entry = spoolfs_uploader::PackEntry {
+                        slice: *id,
+                        offset: q.offset,
+                        len: q.len,
+                        crc: q.crc,
+                    };
+                    let start = (q.offset - p.offset) as usize;
+                    let piece = all.slice(start..start + q.len as usize);
+                    let checked = spoolfs_uploader::verify_packed(&key, &entry, piece)?;
+                    if *id == slice {
+                        mine = Some(checked);
+                    } else {
+                        let neighbour = BlockId::whole(*id);
+                        if let Some(d) = &self.disk {
+                            d.insert(neighbour, &checked);
+                        }
+                        self.cache.insert(neighbour, checked);
+                    }
+                }
+                Ok(mine.expect("the run starts with the slice asked for"))
+            })
             .map_err(|e| {
                 tracing::error!("reading slice {slice} from pack {key}: {e}");
                 FsError::Storage(match e {

@@ -393,6 +393,15 @@ mod writeback {
             assert_eq!(&read_all(&e, *ino), data);
         }
         e.shutdown().unwrap();
+        drop(e);
+        // Cold: files written together are read back with one ranged GET of their pack, not
+        // one per file.
+        let e = engine(&f, 1);
+        for (ino, data) in &files[1..] {
+            assert_eq!(&read_all(&e, *ino), data);
+        }
+        assert_eq!(e.status().objects_got, 1);
+        e.shutdown().unwrap();
     }
 
     /// A `T` record whose slice is not in the staging log can only come from a flush cut
