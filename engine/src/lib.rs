@@ -16,6 +16,7 @@ mod blockcache;
 mod data;
 pub mod error;
 mod fs;
+pub mod fsck;
 mod ids;
 pub mod schema;
 pub mod staging;
