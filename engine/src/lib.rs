@@ -17,6 +17,7 @@ mod data;
 pub mod diskcache;
 pub mod error;
 mod fs;
+pub mod fsck;
 mod ids;
 mod readahead;
 pub mod schema;

@@ -63,6 +63,18 @@ pub fn encode_record(epoch: u64, seq: u64, writes: Vec<(Vec<u8>, Option<Vec<u8>>
     bincode::serialize(&WalRecord { epoch, seq, writes }).expect("records serialise")
 }
 
+/// The `(epoch, seq)` of an encoded record, without decoding its writes (`fsck` compares them
+/// with the store's [`EPOCH_KEY`] and [`APPLIED_SEQ_KEY`]).
+pub fn record_position(bytes: &[u8]) -> Option<(u64, u64)> {
+    #[derive(Deserialize)]
+    struct Position {
+        epoch: u64,
+        seq: u64,
+    }
+    let p: Position = bincode::deserialize(bytes).ok()?;
+    Some((p.epoch, p.seq))
+}
+
 struct Recorder<'a> {
     inner: &'a mut dyn KvTxn,
     writes: &'a mut Vec<(Vec<u8>, Option<Vec<u8>>)>,

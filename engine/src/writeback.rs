@@ -859,12 +859,12 @@ pub struct StagingSettings {
 /// Which node's cache directory holds this volume's staging and namespace logs, and whether
 /// the last mount ended cleanly (everything uploaded and checkpointed).
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
-struct StagingOwner {
-    cache_dir: String,
-    clean: bool,
+pub(crate) struct StagingOwner {
+    pub cache_dir: String,
+    pub clean: bool,
 }
 
-const OWNER_KEY: &[u8] = b"K";
+pub(crate) const OWNER_KEY: &[u8] = b"K";
 
 /// Opens the volume's logs under the cache directory, replays the namespace log onto `meta`,
 /// and returns the store to use (the write-ahead-logged one) and the engine's staging options.

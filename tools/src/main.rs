@@ -4,6 +4,7 @@
 //! - `spoolfs mount`: mount a volume (as a daemon unless `--foreground`).
 //! - `spoolfs umount`: unmount and wait for the daemon to finish writing.
 //! - `spoolfs status`: what a mount is doing, from its control socket.
+//! - `spoolfs fsck`: check (and repair) an unmounted volume against its object store.
 //! - `spoolfs bench`: a small fio-style benchmark of any directory.
 //! - `spoolfs completions`, `spoolfs install-helper`: shell completions, and the `mount.spoolfs`
 //!   helper of mount(8) (the same binary started under that name; see `mount_helper`).
@@ -12,6 +13,7 @@ mod bench;
 mod config;
 mod control;
 mod format;
+mod fsck;
 mod mount;
 mod mount_helper;
 mod paths;
@@ -60,6 +62,9 @@ enum Command {
     Sync(sync::SyncArgs),
     /// Read every file under PATH so its data is in the mount's local data cache.
     Warmup(warmup::WarmupArgs),
+    /// Check an unmounted volume: metadata against the object store and the staging log
+    /// (exit status 0: no errors, 1: errors not repaired, 2: the check could not run).
+    Fsck(fsck::FsckArgs),
     /// Measure a directory (spoolfs or any other): write/read latency percentiles, sequential
     /// throughput, small-file, stat and readdir rates.
     Bench(bench::BenchArgs),
@@ -203,6 +208,10 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
             init_logging(level, "warn", None);
             warmup::run(args)
         }
+        Command::Fsck(args) => {
+            init_logging(level, "warn", None);
+            fsck::run(args)
+        }
         Command::Bench(args) => {
             init_logging(level, "warn", None);
             bench::run(args)
@@ -327,6 +336,29 @@ mod tests {
         assert!(Cli::try_parse_from(["spoolfs", "format", "--block-size", "4X", "v"]).is_err());
         let cli = Cli::try_parse_from(["spoolfs", "status", "--json"]).unwrap();
         assert!(matches!(cli.command, Command::Status(s) if s.json && s.mount_point.is_none()));
+        let cli = Cli::try_parse_from([
+            "spoolfs",
+            "fsck",
+            "--meta",
+            "redb:///tmp/x/meta.redb",
+            "--repair",
+            "--verify-data",
+            "--cache-dir",
+            "/tmp/c",
+            "--orphan-grace",
+            "0",
+            "--json",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Fsck(f) => {
+                assert!(f.repair && f.verify_data && f.json);
+                assert_eq!(f.orphan_grace, std::time::Duration::ZERO);
+                assert_eq!(f.cache_dir, Some(PathBuf::from("/tmp/c")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["spoolfs", "fsck", "--orphan-grace", "-1"]).is_err());
         let cli = Cli::try_parse_from(["spoolfs", "umount", "/m"]).unwrap();
         assert!(matches!(cli.command, Command::Umount(_)));
     }

@@ -27,6 +27,15 @@ pub struct StorageConfig {
     pub check_timeout: Option<Duration>,
 }
 
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the volume prefix.
+    pub key: String,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
 /// A blocking handle on one object store, rooted at the volume's prefix.
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
@@ -278,6 +287,37 @@ impl ObjectStorage {
                 let meta = item.map_err(|e| map_err(prefix, e))?;
                 let key = meta.location.to_string();
                 out.push(key.strip_prefix(&strip).unwrap_or(&key).to_string());
+            }
+            Ok(out)
+        })
+    }
+
+    /// Objects (relative keys, sizes, modification times) whose keys start with `prefix`:
+    /// one listing, for `fsck` and garbage accounting.
+    pub fn list_detailed(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let root = self.path(prefix);
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        self.runtime.block_on(async {
+            let mut out = Vec::new();
+            let mut stream = self.store.list(Some(&root));
+            while let Some(item) = stream.next().await {
+                let meta = item.map_err(|e| map_err(prefix, e))?;
+                let key = meta.location.to_string();
+                let millis = meta.last_modified.timestamp_millis();
+                let modified = if millis >= 0 {
+                    std::time::UNIX_EPOCH + Duration::from_millis(millis as u64)
+                } else {
+                    std::time::UNIX_EPOCH
+                };
+                out.push(ObjectInfo {
+                    key: key.strip_prefix(&strip).unwrap_or(&key).to_string(),
+                    size: meta.size,
+                    modified,
+                });
             }
             Ok(out)
         })
