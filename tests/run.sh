@@ -24,11 +24,15 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 export SPOOLFS_BIN="${SPOOLFS_BIN:-$target_dir/debug/spoolfs}"
 "$SPOOLFS_BIN" --help >/dev/null
 
+# Every temporary file and mount of this run lives in a private directory, so that the clean-up
+# below never touches another run's mounts (several test runs may share a machine).
+run_tmp="$(mktemp -d "${TMPDIR:-/tmp}/spoolfs-run.XXXXXX")"
+export TMPDIR="$run_tmp"
+
 # Test helpers unmount everything they mount, even when a test panics. Should the test process
 # itself die (timeout, abort), detach whatever spoolfs test mounts are left under the temp dir.
 cleanup_mounts() {
-    local tmp="${TMPDIR:-/tmp}"
-    tmp="${tmp%/}"
+    local tmp="$run_tmp"
     # mountinfo: field 5 is the mount point; the file system type follows the " - " separator.
     awk -v tmp="$tmp/spoolfs-" '{
         for (i = 1; i <= NF; i++) if ($i == "-") break;
@@ -38,7 +42,11 @@ cleanup_mounts() {
         umount -l "$mp" 2>/dev/null || fusermount3 -uz "$mp" 2>/dev/null || true
     done
 }
-trap cleanup_mounts EXIT
+cleanup() {
+    cleanup_mounts
+    rm -rf "$run_tmp" 2>/dev/null || true
+}
+trap cleanup EXIT
 
 if (($# == 0)); then
     set -- --workspace --no-fail-fast
