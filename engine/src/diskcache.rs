@@ -7,9 +7,10 @@
 //! never be stale: it is only ever unused, and then evicted. Staged data is not here at all (it
 //! is read from the staging log until its upload commits), so it can never be evicted.
 //!
-//! Files: `<dir>/<slice hex>-<index hex>`, holding the data then an 8-byte trailer (CRC-32C
-//! of the data, magic `SPDC`). Written under a temporary name and renamed, never fsynced: a
-//! file torn by a crash fails its check and is dropped. Every read checks the CRC; a bad file
+//! Files: `<dir>/<slice hex>-<index hex>-<crc hex>`, holding exactly the data (so that a file
+//! can back a FUSE passthrough open as it is), its CRC-32C in the name. Written under a
+//! temporary name and renamed, never fsynced: a file torn by a crash fails its check and is
+//! dropped. Every read checks the CRC; a bad file
 //! is deleted and reported as a miss, so the caller fetches the data again. Eviction is least
 //! recently used, by bytes (`--cache-size`) and by free space on the file system
 //! (`--cache-free-ratio`); at open the index is rebuilt from the directory, oldest access time
@@ -22,9 +23,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-const MAGIC: &[u8; 4] = b"SPDC";
-const TRAILER: usize = 8;
 
 /// Settings of the local data cache.
 #[derive(Clone, Debug)]
@@ -50,6 +48,7 @@ pub struct DiskCacheStats {
 struct Entry {
     size: u64,
     tick: u64,
+    crc: u32,
 }
 
 #[derive(Default)]
@@ -74,14 +73,14 @@ impl Index {
         true
     }
 
-    fn add(&mut self, id: BlockId, size: u64) {
+    fn add(&mut self, id: BlockId, size: u64, crc: u32) {
         if self.entries.contains_key(&id) {
             self.touch(id);
             return;
         }
         let tick = self.next_tick;
         self.next_tick += 1;
-        self.entries.insert(id, Entry { size, tick });
+        self.entries.insert(id, Entry { size, tick, crc });
         self.lru.insert(tick, id);
         self.bytes += size;
     }
@@ -108,35 +107,37 @@ pub struct DiskCache {
     tmp_seq: AtomicU64,
 }
 
-fn file_name(id: BlockId) -> String {
-    format!("{:016x}-{:08x}", id.slice, id.index)
+fn file_name(id: BlockId, crc: u32) -> String {
+    format!("{:016x}-{:08x}-{crc:08x}", id.slice, id.index)
 }
 
-fn parse_name(name: &str) -> Option<BlockId> {
-    let (s, i) = name.split_once('-')?;
-    if s.len() != 16 || i.len() != 8 {
+fn parse_name(name: &str) -> Option<(BlockId, u32)> {
+    let mut parts = name.split('-');
+    let (s, i, c) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || s.len() != 16 || i.len() != 8 || c.len() != 8 {
         return None;
     }
-    Some(BlockId {
+    let id = BlockId {
         slice: u64::from_str_radix(s, 16).ok()?,
         index: u32::from_str_radix(i, 16).ok()?,
-    })
+    };
+    Some((id, u32::from_str_radix(c, 16).ok()?))
 }
 
 impl DiskCache {
     /// Opens (creating) the cache directory and indexes what a previous mount left there.
     pub fn open(config: DiskCacheConfig) -> std::io::Result<DiskCache> {
         std::fs::create_dir_all(&config.dir)?;
-        let mut found: Vec<(std::time::SystemTime, BlockId, u64)> = Vec::new();
+        let mut found: Vec<(std::time::SystemTime, BlockId, u64, u32)> = Vec::new();
         for entry in std::fs::read_dir(&config.dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let meta = entry.metadata()?;
             match name.to_str().and_then(parse_name) {
-                Some(id) if meta.is_file() && meta.len() >= TRAILER as u64 => {
+                Some((id, crc)) if meta.is_file() => {
                     let used = meta.accessed().or_else(|_| meta.modified());
                     let used = used.unwrap_or(std::time::UNIX_EPOCH);
-                    found.push((used, id, meta.len() - TRAILER as u64));
+                    found.push((used, id, meta.len(), crc));
                 }
                 // Temporary files of an interrupted insert, and anything else.
                 _ => {
@@ -146,8 +147,8 @@ impl DiskCache {
         }
         found.sort();
         let mut index = Index::default();
-        for (_, id, size) in found {
-            index.add(id, size);
+        for (_, id, size, crc) in found {
+            index.add(id, size, crc);
         }
         let cache = DiskCache {
             config,
@@ -162,44 +163,53 @@ impl DiskCache {
         Ok(cache)
     }
 
-    fn path(&self, id: BlockId) -> PathBuf {
-        self.config.dir.join(file_name(id))
+    fn path(&self, id: BlockId, crc: u32) -> PathBuf {
+        self.config.dir.join(file_name(id, crc))
+    }
+
+    /// Opens the file of `id` and checks it: its file and bytes, or `None` on a miss or a
+    /// bad file (then dropped).
+    fn open_checked(&self, id: BlockId) -> Option<(std::fs::File, Vec<u8>)> {
+        let crc = {
+            let mut index = self.index.lock();
+            if !index.touch(id) {
+                drop(index);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            index.entries.get(&id).map(|e| e.crc)?
+        };
+        let path = self.path(id, crc);
+        let checked = std::fs::File::open(&path).ok().and_then(|mut f| {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut b).ok()?;
+            (crc32c::crc32c(&b) == crc).then_some((f, b))
+        });
+        if checked.is_none() {
+            tracing::warn!(
+                "local cache file {} is damaged or gone; fetching it again",
+                path.display()
+            );
+            self.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            self.index.lock().remove(id);
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        checked
     }
 
     /// The cached bytes of `id`, checked; `None` on a miss or a bad file (then dropped).
     pub fn get(&self, id: BlockId) -> Option<Bytes> {
-        if !self.index.lock().touch(id) {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        let checked = std::fs::read(self.path(id)).ok().and_then(|mut b| {
-            let n = b.len().checked_sub(TRAILER)?;
-            let (data, trailer) = b.split_at(n);
-            let ok = &trailer[4..] == MAGIC
-                && u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"))
-                    == crc32c::crc32c(data);
-            ok.then(|| {
-                b.truncate(n);
-                Bytes::from(b)
-            })
-        });
-        match checked {
-            Some(data) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(data)
-            }
-            None => {
-                tracing::warn!(
-                    "local cache file {} is damaged or gone; fetching it again",
-                    self.path(id).display()
-                );
-                self.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                self.index.lock().remove(id);
-                let _ = std::fs::remove_file(self.path(id));
-                None
-            }
-        }
+        self.open_checked(id).map(|(_, b)| Bytes::from(b))
+    }
+
+    /// The cache file of `id`, checked, opened read-only: it holds exactly the data (a FUSE
+    /// passthrough open reads it directly). Eviction may unlink it; the open file stays
+    /// readable.
+    pub fn file(&self, id: BlockId) -> Option<std::fs::File> {
+        self.open_checked(id).map(|(f, _)| f)
     }
 
     /// Keeps a copy of `data` (already verified by the caller). Failures only cost the copy.
@@ -216,20 +226,19 @@ impl DiskCache {
             std::process::id(),
             self.tmp_seq.fetch_add(1, Ordering::Relaxed)
         ));
+        let crc = crc32c::crc32c(data);
         let written = (|| -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(data)?;
-            f.write_all(&crc32c::crc32c(data).to_le_bytes())?;
-            f.write_all(MAGIC)?;
             drop(f);
-            std::fs::rename(&tmp, self.path(id))
+            std::fs::rename(&tmp, self.path(id, crc))
         })();
         if let Err(e) = written {
             tracing::debug!("cannot keep a local copy of {id:?}: {e}");
             let _ = std::fs::remove_file(&tmp);
             return;
         }
-        self.index.lock().add(id, size);
+        self.index.lock().add(id, size, crc);
         self.evict(0);
     }
 
@@ -245,9 +254,18 @@ impl DiskCache {
             index.entries.range(lo..=hi).map(|(id, _)| *id).collect()
         };
         for id in ids {
-            if self.index.lock().remove(id) {
-                let _ = std::fs::remove_file(self.path(id));
+            self.remove(id);
+        }
+    }
+
+    fn remove(&self, id: BlockId) -> bool {
+        let crc = self.index.lock().entries.get(&id).map(|e| e.crc);
+        match crc {
+            Some(crc) if self.index.lock().remove(id) => {
+                let _ = std::fs::remove_file(self.path(id, crc));
+                true
             }
+            _ => false,
         }
     }
 
@@ -267,8 +285,7 @@ impl DiskCache {
                     None => return,
                 }
             };
-            if self.index.lock().remove(victim) {
-                let _ = std::fs::remove_file(self.path(victim));
+            if self.remove(victim) {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -349,7 +366,9 @@ mod tests {
             Bytes::from(vec![3u8; 3000])
         );
         // A damaged file is detected, dropped and reported as a miss, never served.
-        let path = dir.path().join(file_name(id(4, 0)));
+        let path = dir
+            .path()
+            .join(file_name(id(4, 0), crc32c::crc32c(&[4u8; 3000])));
         let mut b = std::fs::read(&path).unwrap();
         b[10] ^= 0xff;
         std::fs::write(&path, b).unwrap();

@@ -102,6 +102,8 @@ struct OpenInode {
 
 struct Handle {
     ino: Ino,
+    /// Opened for writing (such a file is never served by passthrough).
+    writing: bool,
     /// Where its reader is, for readahead.
     stream: crate::readahead::Stream,
 }
@@ -111,6 +113,7 @@ pub(crate) struct Counters {
     pub(crate) objects_put: AtomicU64,
     objects_got: AtomicU64,
     dirty_bytes: AtomicU64,
+    passthrough_opens: AtomicU64,
 }
 
 /// A packed slice is fetched with up to this many neighbours stored after it in its pack...
@@ -997,12 +1000,13 @@ impl Engine {
 
     // ---------------------------------------------------------------- open files
 
-    fn new_handle(&self, ino: Ino) -> u64 {
+    fn new_handle(&self, ino: Ino, writing: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(
             fh,
             Handle {
                 ino,
+                writing,
                 stream: Default::default(),
             },
         );
@@ -1035,6 +1039,59 @@ impl Engine {
         Ok((fh, keep && rec.kind == FileKind::File))
     }
 
+    /// A local file holding exactly the current contents of `ino`, for a FUSE passthrough
+    /// open: when the file is one slice, already in the local data cache (checked now), not
+    /// staged, with no buffered writes and not open for writing on this node.
+    pub fn passthrough_source(&self, ino: Ino) -> Option<std::fs::File> {
+        let disk = self.disk.as_ref()?;
+        if self
+            .handles
+            .lock()
+            .values()
+            .any(|h| h.ino == ino && h.writing)
+        {
+            return None;
+        }
+        if self
+            .state_of(ino)
+            .is_some_and(|s| s.read().overlay.is_some())
+        {
+            return None;
+        }
+        let (rec, segs) = self
+            .view(|r| {
+                let rec = schema::must_inode(r, ino)?;
+                let segs = data::load(r, ino, 0, 0, u32::MAX)?;
+                Ok((rec, segs))
+            })
+            .ok()?;
+        let [s] = segs.as_slice() else {
+            return None;
+        };
+        let whole = rec.kind == FileKind::File
+            && rec.size > 0
+            && s.pos == 0
+            && s.off == 0
+            && s.len as u64 == rec.size
+            && s.size as u64 == rec.size
+            && rec.size <= self.volume.block_size.min(self.chunk_size());
+        if !whole
+            || self
+                .writeback
+                .as_ref()
+                .is_some_and(|wb| wb.get(s.id).is_some())
+        {
+            return None;
+        }
+        let file = disk
+            .file(BlockId::whole(s.id))
+            .or_else(|| disk.file(BlockId::block(s.id, 0)))?;
+        self.counters
+            .passthrough_opens
+            .fetch_add(1, Ordering::Relaxed);
+        Some(file)
+    }
+
     fn open_inner(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<u64> {
         let rec = self.view(|r| schema::must_inode(r, ino))?;
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -1042,7 +1099,7 @@ impl Engine {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
         self.pin(ino, true);
-        let fh = self.new_handle(ino);
+        let fh = self.new_handle(ino, writing);
         if flags & libc::O_TRUNC != 0 && writing && rec.kind == FileKind::File {
             let set = SetAttr {
                 size: Some(0),
@@ -1068,7 +1125,7 @@ impl Engine {
         match self.make_node(caller, parent, name, FileKind::File, mode, 0, &[]) {
             Ok((ino, rec)) => {
                 self.pin(ino, true);
-                let fh = self.new_handle(ino);
+                let fh = self.new_handle(ino, true);
                 Ok((to_attr(ino, &rec, self.blksize()), fh))
             }
             Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
@@ -2206,6 +2263,7 @@ impl Engine {
             staging: staged.4,
             staging_log_bytes: staged.5,
             data_cache: self.disk.as_ref().map(|d| d.stats()),
+            passthrough_opens: self.counters.passthrough_opens.load(Ordering::Relaxed),
         }
     }
 

@@ -188,4 +188,7 @@ pub struct EngineStatus {
     /// The local data cache on disk, when there is one.
     #[serde(default)]
     pub data_cache: Option<crate::diskcache::DiskCacheStats>,
+    /// Opens answered with a FUSE passthrough to a cache file.
+    #[serde(default)]
+    pub passthrough_opens: u64,
 }

@@ -33,6 +33,17 @@ pub struct SpoolFs {
     engine: Arc<Engine>,
     attr_ttl: Duration,
     entry_ttl: Duration,
+    /// Asked for (`--passthrough auto`); in use once the kernel agreed at init.
+    passthrough_wanted: bool,
+    passthrough: std::sync::atomic::AtomicBool,
+    backing: std::sync::Mutex<Backing>,
+}
+
+/// Passthrough opens: one backing id per inode, shared by its open handles.
+#[derive(Default)]
+struct Backing {
+    by_ino: std::collections::HashMap<u64, (fuser::BackingId, usize)>,
+    by_fh: std::collections::HashMap<u64, u64>,
 }
 
 impl SpoolFs {
@@ -41,6 +52,65 @@ impl SpoolFs {
             engine,
             attr_ttl,
             entry_ttl,
+            passthrough_wanted: false,
+            passthrough: std::sync::atomic::AtomicBool::new(false),
+            backing: Default::default(),
+        }
+    }
+
+    /// Reads of files wholly in the local data cache go straight from the kernel to the cache
+    /// file (FUSE passthrough, Linux 6.9+, needs CAP_SYS_ADMIN); falls back by itself.
+    pub fn with_passthrough(mut self, on: bool) -> Self {
+        self.passthrough_wanted = on;
+        self
+    }
+
+    /// Answers a read-only open with a passthrough to the file's cache file when possible.
+    /// Returns the reply back if not.
+    fn open_passthrough(
+        &self,
+        ino: u64,
+        fh: u64,
+        flags: FopenFlags,
+        reply: ReplyOpen,
+    ) -> Option<ReplyOpen> {
+        use std::sync::atomic::Ordering;
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return Some(reply);
+        }
+        let mut backing = self.backing.lock().expect("backing ids");
+        if !backing.by_ino.contains_key(&ino) {
+            let Some(file) = self.engine.passthrough_source(ino) else {
+                return Some(reply);
+            };
+            match reply.open_backing(&file) {
+                Ok(id) => {
+                    backing.by_ino.insert(ino, (id, 0));
+                }
+                Err(e) => {
+                    warn!("FUSE passthrough refused ({e}); serving reads ourselves from now on");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    return Some(reply);
+                }
+            }
+        }
+        let entry = backing.by_ino.get_mut(&ino).expect("just inserted");
+        entry.1 += 1;
+        reply.opened_passthrough(FileHandle(fh), flags, &entry.0);
+        backing.by_fh.insert(fh, ino);
+        None
+    }
+
+    /// Drops a handle's share of its inode's backing id.
+    fn release_passthrough(&self, fh: u64) {
+        let mut backing = self.backing.lock().expect("backing ids");
+        if let Some(ino) = backing.by_fh.remove(&fh)
+            && let Some(entry) = backing.by_ino.get_mut(&ino)
+        {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                backing.by_ino.remove(&ino);
+            }
         }
     }
 
@@ -251,11 +321,25 @@ impl Filesystem for SpoolFs {
             InitFlags::FUSE_AUTO_INVAL_DATA,
             "FUSE_AUTO_INVAL_DATA",
         );
+        if self.passthrough_wanted {
+            let granted = config.set_max_stack_depth(1).is_ok()
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+            self.passthrough
+                .store(granted, std::sync::atomic::Ordering::Relaxed);
+            if !granted {
+                info!("the kernel offers no FUSE passthrough; reads are served by spoolfs");
+            }
+        }
         debug!(offered = ?config.capabilities(), "kernel FUSE capabilities");
         info!(
-            "FUSE session initialised (kernel ABI {:?}, max write {} KiB)",
+            "FUSE session initialised (kernel ABI {:?}, max write {} KiB, passthrough {})",
             config.kernel_abi(),
-            MAX_WRITE_BYTES >> 10
+            MAX_WRITE_BYTES >> 10,
+            if self.passthrough.load(std::sync::atomic::Ordering::Relaxed) {
+                "on"
+            } else {
+                "off"
+            }
         );
         Ok(())
     }
@@ -441,12 +525,22 @@ impl Filesystem for SpoolFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.call("open", |e| e.open_file(&caller(req), ino.0, flags.0)) {
             Ok((fh, keep_cache)) => {
-                let flags = if keep_cache {
+                let fopen = if keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(fh), flags)
+                let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
+                let reply = if read_only {
+                    // Passthrough reads do not use the page cache: no cache flags with it.
+                    match self.open_passthrough(ino.0, fh, FopenFlags::empty(), reply) {
+                        Some(r) => r,
+                        None => return,
+                    }
+                } else {
+                    reply
+                };
+                reply.opened(FileHandle(fh), fopen)
             }
             Err(e) => reply.error(e),
         }
@@ -510,6 +604,7 @@ impl Filesystem for SpoolFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.release_passthrough(fh.0);
         reply_empty(reply, self.call("release", |e| e.release(ino.0, fh.0)));
     }
 

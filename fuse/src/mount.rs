@@ -25,6 +25,8 @@ pub struct MountOptions {
     pub read_only: bool,
     /// The "source" shown in /proc/mounts (fuse.spoolfs type), e.g. the volume name.
     pub fs_name: String,
+    /// Serve reads of cached, unchanged files by FUSE passthrough when the kernel allows it.
+    pub passthrough: bool,
 }
 
 impl Default for MountOptions {
@@ -36,6 +38,7 @@ impl Default for MountOptions {
             allow_other: false,
             read_only: false,
             fs_name: "spoolfs".into(),
+            passthrough: false,
         }
     }
 }
@@ -210,7 +213,8 @@ impl FuseSession {
         options: &MountOptions,
     ) -> Result<Self, MountError> {
         let canonical = check_mount_point(mount_point)?;
-        let fs = SpoolFs::new(engine, options.attr_ttl, options.entry_ttl);
+        let fs = SpoolFs::new(engine, options.attr_ttl, options.entry_ttl)
+            .with_passthrough(options.passthrough);
         let session =
             fuser::Session::new(fs, &canonical, &options.fuser_config()).map_err(|source| {
                 MountError::Fuse {

@@ -73,3 +73,73 @@ fn warmup_then_remount_reads_without_the_object_store() {
     fs::remove_dir_all(&objects).unwrap();
     fs::rename(&hidden, &objects).unwrap();
 }
+
+fn passthrough_opens(vol: &Volume, mp: &std::path::Path) -> u64 {
+    let out = vol.spoolfs_run([OsStr::new("status"), mp.as_os_str(), OsStr::new("--json")]);
+    out.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    v["engine"]["passthrough_opens"].as_u64().unwrap_or(0)
+}
+
+/// With --passthrough auto, read-only opens of cached files are served by the kernel from
+/// the cache file; the bytes are the same as with it off, and a file opened for writing (or
+/// with buffered or staged changes) never uses it.
+#[test]
+fn passthrough_on_and_off_read_the_same_bytes() {
+    require_fuse!();
+    let vol = Volume::new(Backend::File);
+    let mut rng = Rng::new(11);
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    for mode in ["auto", "off"] {
+        let m = vol.mount_with(MountOptions {
+            extra_args: vec!["--passthrough".into(), mode.into()],
+            ..Default::default()
+        });
+        if files.is_empty() {
+            for i in 0..8 {
+                let mut data = vec![0u8; 1 + rng.below(200_000) as usize];
+                rng.fill(&mut data);
+                let rel = PathBuf::from(format!("p{i}"));
+                fs::write(m.join(&rel), &data).unwrap();
+                files.push((rel, data));
+            }
+            vol.spoolfs_run([OsStr::new("sync"), m.path().as_os_str()])
+                .assert_success();
+        }
+        // Twice: the first read may fill the cache, the second finds every file cached.
+        for _ in 0..2 {
+            for (rel, data) in &files {
+                assert!(
+                    fs::read(m.join(rel)).unwrap() == *data,
+                    "{mode}: {}",
+                    rel.display()
+                );
+            }
+        }
+        let served = passthrough_opens(&vol, m.path());
+        if mode == "off" {
+            assert_eq!(served, 0);
+        } else if m.log_text().contains("passthrough on") {
+            assert!(served >= files.len() as u64, "passthrough opens: {served}");
+        } else {
+            eprintln!("NOTE: this kernel refused FUSE passthrough; only the fallback was tested");
+        }
+        // Opened for writing: never passthrough, and what is written through it reads back.
+        let before = passthrough_opens(&vol, m.path());
+        let path = m.join(&files[0].0);
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"changed").unwrap();
+        drop(f);
+        files[0].1[..7].copy_from_slice(b"changed");
+        assert!(
+            fs::read(&path).unwrap() == files[0].1,
+            "{mode}: after a write"
+        );
+        assert_eq!(passthrough_opens(&vol, m.path()), before, "{mode}");
+        m.unmount();
+    }
+}

@@ -59,6 +59,13 @@ pub struct MountArgs {
     /// (least recently used first) below it.
     #[arg(long, value_name = "FRACTION", default_value = "0.1", value_parser = parse_ratio)]
     pub cache_free_ratio: f64,
+    /// auto: read-only opens of a file wholly in the local data cache and not open for writing
+    /// go from the kernel straight to the cache file (FUSE passthrough; Linux 6.9+, root),
+    /// falling back by itself where the kernel refuses; off: every read goes through spoolfs.
+    /// Off by default: while a file is open that way, the kernel fails an open of it for
+    /// writing (EIO).
+    #[arg(long, value_name = "MODE", default_value = "off", value_enum)]
+    pub passthrough: Passthrough,
     /// Bytes fetched ahead of a sequential reader, in the background (0: no readahead).
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = crate::size::parse_size)]
     pub readahead: u64,
@@ -186,6 +193,10 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     cmd.arg("--entry-ttl")
         .arg(args.entry_ttl.as_secs_f64().to_string());
     cmd.arg("--readahead").arg(args.readahead.to_string());
+    cmd.arg("--passthrough").arg(match args.passthrough {
+        Passthrough::Auto => "auto",
+        Passthrough::Off => "off",
+    });
     cmd.arg("--cache-size")
         .arg(args.cache_size.to_string())
         .arg("--cache-free-ratio")
@@ -528,6 +539,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         allow_other: args.allow_other,
         read_only: args.read_only,
         fs_name: volume.clone(),
+        passthrough: args.passthrough == Passthrough::Auto,
     };
     let session = match FuseSession::new(engine.clone(), &mount_point, &options) {
         Ok(s) => s,
@@ -553,4 +565,11 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
             "invalid fraction {s:?}: expected 0 to 0.99 (e.g. 0.1)"
         )),
     }
+}
+
+/// `--passthrough`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passthrough {
+    Auto,
+    Off,
 }
