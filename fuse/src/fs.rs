@@ -78,23 +78,26 @@ impl SpoolFs {
         if !self.passthrough.load(Ordering::Relaxed) {
             return Some(reply);
         }
-        let mut backing = self.backing.lock().expect("backing ids");
-        if !backing.by_ino.contains_key(&ino) {
-            let Some(file) = self.engine.passthrough_source(ino) else {
-                return Some(reply);
-            };
-            match reply.open_backing(&file) {
-                Ok(id) => {
-                    backing.by_ino.insert(ino, (id, 0));
-                }
-                Err(e) => {
-                    warn!("FUSE passthrough refused ({e}); serving reads ourselves from now on");
-                    self.passthrough.store(false, Ordering::Relaxed);
+        let mut guard = self.backing.lock().expect("backing ids");
+        let backing = &mut *guard;
+        let entry = match backing.by_ino.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let Some(file) = self.engine.passthrough_source(ino) else {
                     return Some(reply);
+                };
+                match reply.open_backing(&file) {
+                    Ok(id) => v.insert((id, 0)),
+                    Err(e) => {
+                        warn!(
+                            "FUSE passthrough refused ({e}); serving reads ourselves from now on"
+                        );
+                        self.passthrough.store(false, Ordering::Relaxed);
+                        return Some(reply);
+                    }
                 }
             }
-        }
-        let entry = backing.by_ino.get_mut(&ino).expect("just inserted");
+        };
         entry.1 += 1;
         reply.opened_passthrough(FileHandle(fh), flags, &entry.0);
         backing.by_fh.insert(fh, ino);
