@@ -12,6 +12,7 @@ mod bench;
 mod config;
 mod control;
 mod format;
+mod metrics;
 mod mount;
 mod mount_helper;
 mod paths;
@@ -47,7 +48,7 @@ enum Command {
     /// Create a volume: its record and root directory in the metadata store.
     Format(format::FormatArgs),
     /// Mount a volume (as a background daemon unless --foreground).
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Unmount a spoolfs mount and wait until its data is written out.
     #[command(alias = "unmount")]
     Umount(umount::UmountArgs),
@@ -181,7 +182,7 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
             init_logging(level, "warn", None);
             format::run(args)
         }
-        Command::Mount(args) => mount::run(args, level),
+        Command::Mount(args) => mount::run(*args, level),
         Command::Umount(args) => {
             init_logging(level, "warn", None);
             umount::run(args)
