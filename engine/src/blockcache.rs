@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockId {
@@ -29,6 +30,19 @@ impl BlockId {
 pub struct BlockCache {
     inner: Mutex<Inner>,
     capacity_bytes: u64,
+    /// Lookups that found their block, and those that did not (for the metrics).
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What the cache holds and how well it serves, for the metrics and `spoolfs status`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheUsage {
+    pub bytes: u64,
+    pub blocks: u64,
+    pub capacity_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
 }
 
 struct Inner {
@@ -46,6 +60,8 @@ impl BlockCache {
                 bytes: 0,
             }),
             capacity_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -54,7 +70,28 @@ impl BlockCache {
     }
 
     pub fn get(&self, id: BlockId) -> Option<Bytes> {
-        self.inner.lock().map.get(&id).cloned()
+        let found = self.inner.lock().map.get(&id).cloned();
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub fn usage(&self) -> CacheUsage {
+        let (bytes, blocks) = {
+            let inner = self.inner.lock();
+            (inner.bytes, inner.map.len() as u64)
+        };
+        CacheUsage {
+            bytes,
+            blocks,
+            capacity_bytes: self.capacity_bytes,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
     }
 
     pub fn insert(&self, id: BlockId, data: Bytes) {
@@ -112,5 +149,8 @@ mod tests {
         assert!(c.get(id(2)).is_none());
         c.insert(id(4), Bytes::from(vec![0; 11]));
         assert!(c.get(id(4)).is_none(), "larger than the cache");
+        let u = c.usage();
+        assert_eq!((u.bytes, u.blocks, u.capacity_bytes), (1, 1, 10));
+        assert_eq!((u.hits, u.misses), (1, 3));
     }
 }

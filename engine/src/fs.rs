@@ -2199,6 +2199,58 @@ impl Engine {
 
     // ---------------------------------------------------------------- lifecycle
 
+    /// The cheap part of the engine's state (no metadata scan), for the metrics exporter.
+    pub fn metrics(&self) -> EngineMetrics {
+        let cache = self.cache.usage();
+        let mut m = EngineMetrics {
+            writeback: self.is_writeback(),
+            open_files: self.handles.lock().len() as u64,
+            dirty_bytes: self.counters.dirty_bytes.load(Ordering::Relaxed),
+            objects_put: self.counters.objects_put.load(Ordering::Relaxed),
+            objects_got: self.counters.objects_got.load(Ordering::Relaxed),
+            cache_bytes: cache.bytes,
+            cache_blocks: cache.blocks,
+            cache_capacity_bytes: cache.capacity_bytes,
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            ..Default::default()
+        };
+        if let Some(wb) = self.writeback.as_ref() {
+            {
+                let set = wb.set.lock();
+                m.staged_bytes = set.bytes;
+                m.staged_slices = set.map.len() as u64;
+                m.oldest_staged_age_secs = set
+                    .map
+                    .values()
+                    .map(|r| r.rec.staged_ns)
+                    .min()
+                    .map(|ns| (schema::now_ns() - ns).max(0) as f64 / 1e9)
+                    .unwrap_or(0.0);
+                m.upload_queue_slices = set.queue.len() as u64;
+                m.uploading_slices = set.busy as u64;
+                m.upload_errors = set.upload_errors;
+            }
+            let st = &wb.stats;
+            m.uploaded_bytes = st.uploaded_bytes.load(Ordering::Relaxed);
+            m.uploaded_slices = st.uploaded_slices.load(Ordering::Relaxed);
+            m.backpressure_waits = st.backpressure_waits.load(Ordering::Relaxed);
+            m.backpressure_timeouts = st.backpressure_timeouts.load(Ordering::Relaxed);
+            m.staging_bypassed_slices = st.bypassed.load(Ordering::Relaxed);
+            m.upload_rate_bytes_per_sec = wb.upload_rate();
+            m.engine_threads = wb.opts.log.threads() as u64;
+            m.engine_queue_depths = wb
+                .opts
+                .log
+                .queue_depths()
+                .into_iter()
+                .map(|d| d as u64)
+                .collect();
+            m.staging = Some(wb.opts.log.usage());
+        }
+        m
+    }
+
     pub fn status(&self) -> EngineStatus {
         let (used, inodes, pending_deletes) = self
             .view(|r| {
@@ -2214,54 +2266,57 @@ impl Engine {
                 ))
             })
             .unwrap_or((0, 0, 0));
-        let staged = match self.writeback.as_ref() {
-            Some(wb) => {
-                let set = wb.set.lock();
-                let oldest = set
-                    .map
-                    .values()
-                    .map(|r| r.rec.staged_ns)
-                    .min()
-                    .map(|ns| (schema::now_ns() - ns).max(0) as f64 / 1e9)
-                    .unwrap_or(0.0);
-                let usage = wb.opts.log.usage();
-                (
-                    set.bytes,
-                    set.map.len() as u64,
-                    oldest,
-                    set.upload_errors,
-                    Some(format!(
-                        "{} io engine, {} of {} bytes used",
-                        usage.io_engine, usage.used_bytes, usage.capacity_bytes
-                    )),
-                    usage.used_bytes,
-                )
-            }
-            None => (0, 0, 0.0, 0, None, 0),
+        let m = self.metrics();
+        let staging = m.staging.as_ref();
+        let drain_eta_secs = if m.staged_bytes == 0 {
+            Some(0.0)
+        } else if m.upload_rate_bytes_per_sec > 0.0 {
+            Some(m.staged_bytes as f64 / m.upload_rate_bytes_per_sec)
+        } else {
+            None
         };
         EngineStatus {
             volume_name: self.volume.name.clone(),
             volume_uuid: self.volume.uuid.clone(),
-            mode: if self.is_writeback() {
+            mode: if m.writeback {
                 "writeback".into()
             } else {
                 "standard".into()
             },
             metadata: self.meta.describe(),
             storage: self.storage.describe().to_string(),
-            open_files: self.handles.lock().len() as u64,
+            open_files: m.open_files,
             inodes,
             used_bytes: used,
-            dirty_bytes: self.counters.dirty_bytes.load(Ordering::Relaxed),
-            objects_put: self.counters.objects_put.load(Ordering::Relaxed),
-            objects_got: self.counters.objects_got.load(Ordering::Relaxed),
+            dirty_bytes: m.dirty_bytes,
+            objects_put: m.objects_put,
+            objects_got: m.objects_got,
             pending_deletes,
-            staged_bytes: staged.0,
-            staged_slices: staged.1,
-            oldest_staged_age_secs: staged.2,
-            upload_errors: staged.3,
-            staging: staged.4,
-            staging_log_bytes: staged.5,
+            staged_bytes: m.staged_bytes,
+            staged_slices: m.staged_slices,
+            oldest_staged_age_secs: m.oldest_staged_age_secs,
+            upload_errors: m.upload_errors,
+            staging: staging.map(|u| {
+                format!(
+                    "{} io engine, {} of {} bytes used",
+                    u.io_engine, u.used_bytes, u.capacity_bytes
+                )
+            }),
+            upload_rate_bytes_per_sec: m.upload_rate_bytes_per_sec,
+            drain_eta_secs,
+            uploaded_bytes: m.uploaded_bytes,
+            upload_queue_slices: m.upload_queue_slices,
+            backpressure_events: m.backpressure_waits,
+            staging_bypassed_slices: m.staging_bypassed_slices,
+            staging_used_bytes: staging.map_or(0, |u| u.used_bytes),
+            staging_capacity_bytes: staging.map_or(0, |u| u.capacity_bytes),
+            engine_threads: m.engine_threads,
+            io_engine: staging.map(|u| u.io_engine.to_string()).unwrap_or_default(),
+            cache_bytes: m.cache_bytes,
+            cache_capacity_bytes: m.cache_capacity_bytes,
+            cache_hits: m.cache_hits,
+            cache_misses: m.cache_misses,
+            staging_log_bytes: staging.map_or(0, |u| u.used_bytes),
             data_cache: self.disk.as_ref().map(|d| d.stats()),
             passthrough_opens: self.counters.passthrough_opens.load(Ordering::Relaxed),
         }
@@ -2414,6 +2469,10 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
             return;
         }
         let Some(e) = engine.upgrade() else { return };
+        if let Some(wb) = e.writeback.as_ref() {
+            // One sample a second keeps the upload rate's window current.
+            wb.upload_rate();
+        }
         if e.meta_dirty.load(Ordering::Acquire)
             && let Err(err) = e.persist_meta()
         {

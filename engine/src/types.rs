@@ -191,4 +191,81 @@ pub struct EngineStatus {
     /// Opens answered with a FUSE passthrough to a cache file.
     #[serde(default)]
     pub passthrough_opens: u64,
+    /// Bytes of staged slices uploaded per second, over about the last 10 seconds.
+    #[serde(default)]
+    pub upload_rate_bytes_per_sec: f64,
+    /// Staged bytes divided by the upload rate: 0 when nothing is staged, `None` (null) when
+    /// something is staged but nothing was uploaded lately.
+    #[serde(default)]
+    pub drain_eta_secs: Option<f64>,
+    /// Bytes of staged slices uploaded since the mount.
+    #[serde(default)]
+    pub uploaded_bytes: u64,
+    /// Staged slices waiting for an uploader (not counting those being uploaded).
+    #[serde(default)]
+    pub upload_queue_slices: u64,
+    /// Writers that had to wait for staging room (`--max-staging`, `--max-staging-age`).
+    #[serde(default)]
+    pub backpressure_events: u64,
+    /// Slices sent straight to the object store because the staging log had no room or
+    /// failed.
+    #[serde(default)]
+    pub staging_bypassed_slices: u64,
+    #[serde(default)]
+    pub staging_used_bytes: u64,
+    #[serde(default)]
+    pub staging_capacity_bytes: u64,
+    /// Staging engine threads and the I/O engine they use ("uring", "psync"); 0 and empty
+    /// without a staging log.
+    #[serde(default)]
+    pub engine_threads: u64,
+    #[serde(default)]
+    pub io_engine: String,
+    /// The in-memory block cache.
+    #[serde(default)]
+    pub cache_bytes: u64,
+    #[serde(default)]
+    pub cache_capacity_bytes: u64,
+    #[serde(default)]
+    pub cache_hits: u64,
+    #[serde(default)]
+    pub cache_misses: u64,
+}
+
+/// The engine's numbers that are cheap to take (no metadata scan): what the metrics exporter
+/// samples once a second and at every scrape. `Engine::status` is built from the same
+/// snapshot, so the two agree.
+#[derive(Clone, Debug, Default)]
+pub struct EngineMetrics {
+    pub writeback: bool,
+    pub open_files: u64,
+    /// Bytes written by applications and not yet staged or uploaded.
+    pub dirty_bytes: u64,
+    pub objects_put: u64,
+    pub objects_got: u64,
+    pub staged_bytes: u64,
+    pub staged_slices: u64,
+    pub oldest_staged_age_secs: f64,
+    /// Staged slices waiting for an uploader, and those being uploaded now.
+    pub upload_queue_slices: u64,
+    pub uploading_slices: u64,
+    pub uploaded_bytes: u64,
+    pub uploaded_slices: u64,
+    /// Upload batches that failed (each is retried).
+    pub upload_errors: u64,
+    pub upload_rate_bytes_per_sec: f64,
+    /// Writers that waited for staging room, and waits that timed out.
+    pub backpressure_waits: u64,
+    pub backpressure_timeouts: u64,
+    pub staging_bypassed_slices: u64,
+    /// The staging log (all zero without one).
+    pub staging: Option<crate::staging::StagingUsage>,
+    pub engine_threads: u64,
+    /// Requests queued per staging engine thread.
+    pub engine_queue_depths: Vec<u64>,
+    pub cache_bytes: u64,
+    pub cache_blocks: u64,
+    pub cache_capacity_bytes: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
 }

@@ -21,7 +21,7 @@ use spoolfs_metadata::prefix_end;
 use spoolfs_uploader::encode_block;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most staged slices one uploader moves per metadata transaction: enough that thousands of
@@ -138,6 +138,7 @@ impl crate::wal::Carrier for SliceCarrier<'_> {
             .wb
             .stage_carrying(self.header, self.data, record, durable)
             .map_err(|e| {
+                self.wb.stats.bypassed.fetch_add(1, Ordering::Relaxed);
                 match e {
                     StagingError::Full => {
                         tracing::info!("staging log full: uploading slice {slice} directly")
@@ -185,6 +186,9 @@ pub(crate) struct Writeback {
     pub draining: std::sync::atomic::AtomicUsize,
     /// `--upload-limit`.
     pub limiter: UploadLimiter,
+    pub stats: WritebackStats,
+    /// Uploaded bytes sampled about once a second, for the upload rate.
+    rate: Mutex<RateWindow>,
 }
 
 /// A bandwidth cap shared by the uploader threads: each upload books its bytes on a virtual
@@ -223,6 +227,60 @@ impl UploadLimiter {
     }
 }
 
+/// Event counters of the writeback path, since the mount (read by the metrics and status).
+#[derive(Default)]
+pub(crate) struct WritebackStats {
+    pub uploaded_bytes: AtomicU64,
+    pub uploaded_slices: AtomicU64,
+    /// Writers that found the staging limits reached and waited.
+    pub backpressure_waits: AtomicU64,
+    /// Waits that ran out of `--max-staging-wait` (the writer uploaded directly).
+    pub backpressure_timeouts: AtomicU64,
+    /// Slices sent straight to the object store (no room in, or a failure of, the log).
+    pub bypassed: AtomicU64,
+}
+
+/// Samples of a growing total (bytes uploaded), one a second at most, kept for about
+/// [`RateWindow::WINDOW`]: the rate is the growth since the oldest sample.
+#[derive(Default)]
+pub(crate) struct RateWindow {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl RateWindow {
+    pub const WINDOW: Duration = Duration::from_secs(10);
+
+    pub fn sample(&mut self, now: Instant, total: u64) {
+        if self
+            .samples
+            .back()
+            .is_none_or(|(t, _)| now.saturating_duration_since(*t) >= Duration::from_millis(900))
+        {
+            self.samples.push_back((now, total));
+        }
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Units per second since the oldest sample (0 until it is half a second old).
+    pub fn rate(&self, now: Instant, total: u64) -> f64 {
+        let Some((t0, v0)) = self.samples.front() else {
+            return 0.0;
+        };
+        let dt = now.saturating_duration_since(*t0).as_secs_f64();
+        if dt < 0.5 {
+            return 0.0;
+        }
+        total.saturating_sub(*v0) as f64 / dt
+    }
+}
+
 impl StagedSet {
     /// How long until the queue is worth uploading: `None` now. It is when its oldest slice
     /// has waited `delay`, or a pack's worth of small data is queued.
@@ -252,8 +310,20 @@ impl Writeback {
             read_guard: parking_lot::RwLock::new(()),
             draining: std::sync::atomic::AtomicUsize::new(0),
             limiter: UploadLimiter::new(opts.upload_limit),
+            stats: WritebackStats::default(),
+            rate: Mutex::new(RateWindow::default()),
             opts,
         }
+    }
+
+    /// Bytes of staged slices uploaded per second over about the last 10 seconds (samples the
+    /// total too, so it works without the background tick).
+    pub fn upload_rate(&self) -> f64 {
+        let now = Instant::now();
+        let total = self.stats.uploaded_bytes.load(Ordering::Relaxed);
+        let mut rate = self.rate.lock();
+        rate.sample(now, total);
+        rate.rate(now, total)
     }
 
     /// Waits until `len` more bytes fit under the staging limits; false if the wait timed out
@@ -261,6 +331,7 @@ impl Writeback {
     pub fn wait_for_room(&self, len: u64) -> bool {
         let deadline = Instant::now() + self.opts.max_staging_wait;
         let mut set = self.set.lock();
+        let mut waited = false;
         loop {
             let oldest_ok = set
                 .queue
@@ -277,6 +348,12 @@ impl Writeback {
                 // A single slice larger than the limit: stage it anyway rather than stall.
                 return true;
             }
+            if !waited {
+                waited = true;
+                self.stats
+                    .backpressure_waits
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             if self
                 .cv
                 .wait_until(
@@ -286,6 +363,9 @@ impl Writeback {
                 .timed_out()
                 && Instant::now() >= deadline
             {
+                self.stats
+                    .backpressure_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
                 return false;
             }
         }
@@ -300,7 +380,11 @@ impl Writeback {
         slice: u64,
         data: &[u8],
     ) -> Option<StagedLoc> {
-        if !self.opts.writeback || !self.wait_for_room(data.len() as u64) {
+        if !self.opts.writeback {
+            return None;
+        }
+        if !self.wait_for_room(data.len() as u64) {
+            self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let header = RecordHeader {
@@ -314,10 +398,12 @@ impl Writeback {
         match self.opts.log.append(&header, data, false) {
             Ok(loc) => Some(loc),
             Err(StagingError::Full) => {
+                self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("staging log full: uploading slice {slice} directly");
                 None
             }
             Err(e) => {
+                self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("staging write failed ({e}): uploading slice {slice} directly");
                 None
             }
@@ -629,8 +715,22 @@ impl Engine {
             }
             Ok((done, empty))
         })?;
+        // Counted before the slices leave the staged set, so whoever sees them gone (a sync)
+        // also sees them counted.
+        let done: std::collections::HashSet<u64> = committed.iter().copied().collect();
+        let uploaded: u64 = batch
+            .iter()
+            .filter(|(id, _)| done.contains(id))
+            .map(|(_, s)| s.rec.size as u64)
+            .sum();
+        wb.stats
+            .uploaded_bytes
+            .fetch_add(uploaded, Ordering::Relaxed);
+        wb.stats
+            .uploaded_slices
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
         wb.remove_many(&committed);
-        for id in ids.iter().filter(|id| !committed.contains(id)) {
+        for id in ids.iter().filter(|id| !done.contains(id)) {
             // Collected while we uploaded: the objects we just wrote belong to nobody.
             for key in &keys[id] {
                 let _ = self.storage.delete(key);
@@ -1077,7 +1177,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::UploadLimiter;
+    use super::{RateWindow, UploadLimiter};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -1096,5 +1196,30 @@ mod tests {
         let t = Instant::now();
         free.acquire(u64::MAX);
         assert!(t.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn upload_rate_over_the_last_seconds() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = RateWindow::default();
+        assert_eq!(w.rate(t0, 0), 0.0, "no samples");
+        w.sample(at(0), 0);
+        assert_eq!(w.rate(at(100), 1000), 0.0, "too little history");
+        // 1000 bytes a second for 20 s, sampled each second.
+        for s in 1..=20 {
+            w.sample(at(s * 1000), s * 1000);
+        }
+        let r = w.rate(at(20_000), 20_000);
+        assert!((r - 1000.0).abs() < 1e-6, "{r}");
+        // The window forgets: after 12 idle seconds the rate is 0.
+        for s in 21..=32 {
+            w.sample(at(s * 1000), 20_000);
+        }
+        assert_eq!(w.rate(at(32_000), 20_000), 0.0);
+        // Samples closer than 0.9 s are not kept.
+        let n = w.samples.len();
+        w.sample(at(32_500), 20_000);
+        assert_eq!(w.samples.len(), n);
     }
 }

@@ -16,6 +16,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use crate::stats::{self, Op};
 use tracing::{debug, error, info, warn};
 
 /// The largest write (and read) request we ask the kernel for.
@@ -117,9 +119,22 @@ impl SpoolFs {
         }
     }
 
+    /// Runs the engine call of one FUSE request of kind `op`, counted and timed in the
+    /// metrics (see [`crate::stats`]).
+    fn call<T>(&self, op: Op, f: impl FnOnce(&Engine) -> Result<T, FsError>) -> Result<T, Errno> {
+        let started = stats::start();
+        let r = self.call_untimed(op.name(), f);
+        stats::finish(op, started, r.is_ok());
+        r
+    }
+
     /// Runs one engine call. Its error becomes an errno (logged at debug level, EIO at warn);
     /// a panic inside the engine becomes EIO instead of killing a FUSE thread.
-    fn call<T>(&self, op: &str, f: impl FnOnce(&Engine) -> Result<T, FsError>) -> Result<T, Errno> {
+    fn call_untimed<T>(
+        &self,
+        op: &str,
+        f: impl FnOnce(&Engine) -> Result<T, FsError>,
+    ) -> Result<T, Errno> {
         match catch_unwind(AssertUnwindSafe(|| f(&self.engine))) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -349,25 +364,25 @@ impl Filesystem for SpoolFs {
 
     fn destroy(&mut self) {
         info!("FUSE session ended; shutting the engine down");
-        if let Err(e) = self.call("shutdown", |e| e.shutdown()) {
+        if let Err(e) = self.call_untimed("shutdown", |e| e.shutdown()) {
             error!("engine shutdown failed: {e:?}");
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.call("lookup", |e| e.lookup(parent.0, name.as_bytes()));
+        let r = self.call(Op::Lookup, |e| e.lookup(parent.0, name.as_bytes()));
         self.entry(reply, r);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _ = self.call("forget", |e| {
+        let _ = self.call(Op::Forget, |e| {
             e.forget(ino.0, nlookup);
             Ok(())
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.call("getattr", |e| e.getattr(ino.0)) {
+        match self.call(Op::Getattr, |e| e.getattr(ino.0)) {
             Ok(attr) => reply.attr(&self.attr_ttl, &to_file_attr(&attr)),
             Err(e) => reply.error(e),
         }
@@ -401,14 +416,14 @@ impl Filesystem for SpoolFs {
             ctime,
             fh: fh.map(|f| f.0),
         };
-        match self.call("setattr", |e| e.setattr(&caller(req), ino.0, &set)) {
+        match self.call(Op::Setattr, |e| e.setattr(&caller(req), ino.0, &set)) {
             Ok(attr) => reply.attr(&self.attr_ttl, &to_file_attr(&attr)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.call("readlink", |e| e.readlink(ino.0)) {
+        match self.call(Op::Readlink, |e| e.readlink(ino.0)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
         }
@@ -425,7 +440,7 @@ impl Filesystem for SpoolFs {
         reply: ReplyEntry,
     ) {
         let mode = mode & !umask;
-        let r = self.call("mknod", |e| {
+        let r = self.call(Op::Mknod, |e| {
             e.mknod(&caller(req), parent.0, name.as_bytes(), mode, rdev)
         });
         self.entry(reply, r);
@@ -441,7 +456,7 @@ impl Filesystem for SpoolFs {
         reply: ReplyEntry,
     ) {
         let mode = mode & !umask;
-        let r = self.call("mkdir", |e| {
+        let r = self.call(Op::Mkdir, |e| {
             e.mkdir(&caller(req), parent.0, name.as_bytes(), mode)
         });
         self.entry(reply, r);
@@ -450,7 +465,7 @@ impl Filesystem for SpoolFs {
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         reply_empty(
             reply,
-            self.call("unlink", |e| {
+            self.call(Op::Unlink, |e| {
                 e.unlink(&caller(req), parent.0, name.as_bytes())
             }),
         );
@@ -459,7 +474,7 @@ impl Filesystem for SpoolFs {
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         reply_empty(
             reply,
-            self.call("rmdir", |e| {
+            self.call(Op::Rmdir, |e| {
                 e.rmdir(&caller(req), parent.0, name.as_bytes())
             }),
         );
@@ -473,7 +488,7 @@ impl Filesystem for SpoolFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.call("symlink", |e| {
+        let r = self.call(Op::Symlink, |e| {
             e.symlink(
                 &caller(req),
                 parent.0,
@@ -498,7 +513,7 @@ impl Filesystem for SpoolFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let r = self.call("rename", |e| {
+        let r = self.call(Op::Rename, |e| {
             e.rename(
                 &caller(req),
                 parent.0,
@@ -519,14 +534,14 @@ impl Filesystem for SpoolFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.call("link", |e| {
+        let r = self.call(Op::Link, |e| {
             e.link(&caller(req), ino.0, newparent.0, newname.as_bytes())
         });
         self.entry(reply, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.call("open", |e| e.open_file(&caller(req), ino.0, flags.0)) {
+        match self.call(Op::Open, |e| e.open_file(&caller(req), ino.0, flags.0)) {
             Ok((fh, keep_cache)) => {
                 let fopen = if keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE
@@ -560,7 +575,7 @@ impl Filesystem for SpoolFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.call("read", |e| e.read(ino.0, fh.0, offset, size)) {
+        match self.call(Op::Read, |e| e.read(ino.0, fh.0, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
@@ -578,7 +593,7 @@ impl Filesystem for SpoolFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.call("write", |e| {
+        match self.call(Op::Write, |e| {
             e.write(&caller(req), ino.0, fh.0, offset, data)
         }) {
             Ok(n) => reply.written(n),
@@ -594,7 +609,7 @@ impl Filesystem for SpoolFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.call("flush", |e| e.flush(ino.0, fh.0)));
+        reply_empty(reply, self.call(Op::Flush, |e| e.flush(ino.0, fh.0)));
     }
 
     fn release(
@@ -608,7 +623,7 @@ impl Filesystem for SpoolFs {
         reply: ReplyEmpty,
     ) {
         self.release_passthrough(fh.0);
-        reply_empty(reply, self.call("release", |e| e.release(ino.0, fh.0)));
+        reply_empty(reply, self.call(Op::Release, |e| e.release(ino.0, fh.0)));
     }
 
     fn fsync(
@@ -621,12 +636,12 @@ impl Filesystem for SpoolFs {
     ) {
         reply_empty(
             reply,
-            self.call("fsync", |e| e.fsync(ino.0, fh.0, datasync)),
+            self.call(Op::Fsync, |e| e.fsync(ino.0, fh.0, datasync)),
         );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.call("opendir", |e| e.opendir(ino.0)) {
+        match self.call(Op::Opendir, |e| e.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -640,7 +655,7 @@ impl Filesystem for SpoolFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.call("readdir", |e| e.readdir(ino.0, fh.0, offset)) {
+        let entries = match self.call(Op::Readdir, |e| e.readdir(ino.0, fh.0, offset)) {
             Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
@@ -666,9 +681,14 @@ impl Filesystem for SpoolFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.call("readdirplus", |e| e.readdir(ino.0, fh.0, offset)) {
+        // Timed as a whole: the listing and the lookup of each entry.
+        let started = stats::start();
+        let entries = match self.call_untimed("readdirplus", |e| e.readdir(ino.0, fh.0, offset)) {
             Ok(entries) => entries,
-            Err(e) => return reply.error(e),
+            Err(e) => {
+                stats::finish(Op::Readdirplus, started, false);
+                return reply.error(e);
+            }
         };
         for entry in entries {
             let name = OsStr::from_bytes(&entry.name);
@@ -676,7 +696,7 @@ impl Filesystem for SpoolFs {
                 // The kernel takes no lookup reference on these: report their attributes
                 // without counting a lookup in the engine.
                 let attr = self
-                    .call("readdirplus getattr", |e| e.getattr(entry.ino))
+                    .call_untimed("readdirplus getattr", |e| e.getattr(entry.ino))
                     .map(|a| to_file_attr(&a))
                     .unwrap_or_else(|_| placeholder_dir_attr(entry.ino));
                 let ttl = Duration::ZERO;
@@ -693,11 +713,12 @@ impl Filesystem for SpoolFs {
                 continue;
             }
             // Each entry the kernel accepts counts as one lookup, as if it had asked for it.
-            let attr = match self.call("readdirplus lookup", |e| e.lookup(ino.0, &entry.name)) {
-                Ok(attr) => attr,
-                // Removed since the listing was taken: leave it out.
-                Err(_) => continue,
-            };
+            let attr =
+                match self.call_untimed("readdirplus lookup", |e| e.lookup(ino.0, &entry.name)) {
+                    Ok(attr) => attr,
+                    // Removed since the listing was taken: leave it out.
+                    Err(_) => continue,
+                };
             let full = reply.add(
                 INodeNo(attr.ino),
                 entry.offset,
@@ -708,13 +729,14 @@ impl Filesystem for SpoolFs {
             );
             if full {
                 // Not sent, so the kernel holds no reference: give the lookup back.
-                let _ = self.call("forget", |e| {
+                let _ = self.call_untimed("forget", |e| {
                     e.forget(attr.ino, 1);
                     Ok(())
                 });
                 break;
             }
         }
+        stats::finish(Op::Readdirplus, started, true);
         reply.ok();
     }
 
@@ -728,7 +750,7 @@ impl Filesystem for SpoolFs {
     ) {
         reply_empty(
             reply,
-            self.call("releasedir", |e| e.releasedir(ino.0, fh.0)),
+            self.call(Op::Releasedir, |e| e.releasedir(ino.0, fh.0)),
         );
     }
 
@@ -740,11 +762,11 @@ impl Filesystem for SpoolFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.call("fsyncdir", |e| e.fsyncdir(ino.0)));
+        reply_empty(reply, self.call(Op::Fsyncdir, |e| e.fsyncdir(ino.0)));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.call("statfs", |e| e.statfs()) {
+        match self.call(Op::Statfs, |e| e.statfs()) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -771,21 +793,21 @@ impl Filesystem for SpoolFs {
         };
         reply_empty(
             reply,
-            self.call("setxattr", |e| {
+            self.call(Op::Setxattr, |e| {
                 e.setxattr(&caller(req), ino.0, name.as_bytes(), value, mode)
             }),
         );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.call("getxattr", |e| e.getxattr(ino.0, name.as_bytes())) {
+        match self.call(Op::Getxattr, |e| e.getxattr(ino.0, name.as_bytes())) {
             Ok(value) => reply_xattr(reply, size, &value),
             Err(e) => reply.error(e),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.call("listxattr", |e| e.listxattr(ino.0)) {
+        match self.call(Op::Listxattr, |e| e.listxattr(ino.0)) {
             Ok(names) => reply_xattr(reply, size, &join_xattr_names(&names)),
             Err(e) => reply.error(e),
         }
@@ -794,7 +816,7 @@ impl Filesystem for SpoolFs {
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         reply_empty(
             reply,
-            self.call("removexattr", |e| {
+            self.call(Op::Removexattr, |e| {
                 e.removexattr(&caller(req), ino.0, name.as_bytes())
             }),
         );
@@ -811,7 +833,7 @@ impl Filesystem for SpoolFs {
         reply: ReplyCreate,
     ) {
         let mode = mode & !umask;
-        match self.call("create", |e| {
+        match self.call(Op::Create, |e| {
             e.create(&caller(req), parent.0, name.as_bytes(), mode, flags)
         }) {
             Ok((attr, fh)) => reply.created(
@@ -837,7 +859,7 @@ impl Filesystem for SpoolFs {
     ) {
         reply_empty(
             reply,
-            self.call("fallocate", |e| {
+            self.call(Op::Fallocate, |e| {
                 e.fallocate(&caller(req), ino.0, fh.0, offset, length, mode)
             }),
         );

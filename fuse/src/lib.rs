@@ -7,11 +7,13 @@
 //!
 //! - [`SpoolFs`]: the `fuser::Filesystem` implementation.
 //! - [`MountOptions`], [`FuseSession`], [`mount_foreground`], [`mount_background`]: mounting.
+//! - [`stats`]: per-operation request counts and latencies for the metrics.
 //! - [`check_mount_point`]: the checks made before mounting (exists, directory, empty, not
 //!   already a mount point).
 
 mod fs;
 mod mount;
+pub mod stats;
 
 pub use fs::{SpoolFs, panic_message};
 pub use mount::{

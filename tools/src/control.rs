@@ -24,6 +24,9 @@ pub struct MountStatus {
     pub read_only: bool,
     pub log_file: Option<PathBuf>,
     pub cache_dir: PathBuf,
+    /// This socket (owner-only, mode 0600).
+    #[serde(default)]
+    pub control_socket: PathBuf,
     /// Whether the object store answered a listing just now.
     pub storage_reachable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,6 +45,7 @@ pub struct ControlServer {
     pub read_only: bool,
     pub log_file: Option<PathBuf>,
     pub cache_dir: PathBuf,
+    pub control_socket: PathBuf,
 }
 
 impl ControlServer {
@@ -60,6 +64,7 @@ impl ControlServer {
             read_only: self.read_only,
             log_file: self.log_file.clone(),
             cache_dir: self.cache_dir.clone(),
+            control_socket: self.control_socket.clone(),
             storage_reachable,
             storage_error,
             engine,
@@ -125,12 +130,29 @@ impl ControlServer {
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
-        // The mount point was checked to be free, so a socket left here is from a dead daemon.
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("cannot create control socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        // Bound under a temporary name, made owner-only, then renamed into place (replacing a
+        // socket left by a dead daemon: the mount point was checked to be free), so the
+        // socket is never reachable under its name with the umask's mode.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp)
+            .with_context(|| format!("cannot create control socket {}", tmp.display()))?;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot set the mode of {}", tmp.display()))
+            .and_then(|()| {
+                std::fs::rename(&tmp, path).with_context(|| {
+                    format!(
+                        "cannot move the control socket into place at {}",
+                        path.display()
+                    )
+                })
+            });
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::thread::Builder::new()
             .name("spoolfs-control".into())
             .spawn(move || {

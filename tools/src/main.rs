@@ -14,6 +14,7 @@ mod config;
 mod control;
 mod format;
 mod fsck;
+mod metrics;
 mod mount;
 mod mount_helper;
 mod paths;
@@ -52,7 +53,7 @@ enum Command {
     /// Create a volume: its record and root directory in the metadata store.
     Format(format::FormatArgs),
     /// Mount a volume (as a background daemon unless --foreground).
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Unmount a spoolfs mount and wait until its data is written out.
     #[command(alias = "unmount")]
     Umount(umount::UmountArgs),
@@ -191,7 +192,7 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
             init_logging(level, "warn", None);
             format::run(args)
         }
-        Command::Mount(args) => mount::run(args, level),
+        Command::Mount(args) => mount::run(*args, level),
         Command::Umount(args) => {
             init_logging(level, "warn", None);
             umount::run(args)

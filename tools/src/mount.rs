@@ -8,6 +8,7 @@
 
 use crate::control::ControlServer;
 use crate::format::{default_urls, open_meta};
+use crate::metrics::MetricsEndpoint;
 use crate::paths::{default_cache_dir, runtime_files};
 use crate::staging_args::StagingArgs;
 use crate::{S3Args, init_logging};
@@ -18,6 +19,7 @@ use spoolfs_fuse::{FuseSession, MountOptions, Unmounter};
 use spoolfs_uploader::ObjectStorage;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -91,6 +93,10 @@ pub struct MountArgs {
     /// (`max-staging = "4G"`, `allow-other = true`); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9567; every metric is
+    /// described in docs/METRICS.md). Without it nothing listens and requests are not timed.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<SocketAddr>,
     /// (internal) The pipe on which the daemon reports that the mount is ready.
     #[arg(long, hide = true, value_name = "FD")]
     pub ready_fd: Option<RawFd>,
@@ -208,6 +214,9 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     }
     if args.read_only {
         cmd.arg("--read-only");
+    }
+    if let Some(addr) = args.metrics {
+        cmd.arg("--metrics").arg(addr.to_string());
     }
     cmd.args(args.s3.to_args());
     cmd.args(args.staging.to_args());
@@ -357,6 +366,7 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         read_only: args.read_only,
         log_file: args.log_file.clone(),
         cache_dir,
+        control_socket: files.socket.clone(),
     };
     if let Err(e) = control.start(&files.socket) {
         warn!("{e:#}; `spoolfs status` will not work for this mount");
@@ -459,6 +469,8 @@ struct Mounted {
 /// Everything up to a mounted, handshaken FUSE session. Every failure is a clear error.
 fn prepare(args: &MountArgs) -> Result<Mounted> {
     let mount_point = spoolfs_fuse::check_mount_point(&args.mount_point)?;
+    // Bound first: a busy or foreign address fails the mount before anything is opened.
+    let metrics = args.metrics.map(MetricsEndpoint::bind).transpose()?;
     let cache_dir = absolute(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
@@ -531,6 +543,13 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             "standard"
         }
     );
+
+    if let Some(m) = metrics
+        && let Err(e) = m.start(&engine)
+    {
+        let _ = engine.shutdown();
+        return Err(e);
+    }
 
     let options = MountOptions {
         fuse_threads: args.fuse_threads,

@@ -96,6 +96,23 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
     })
 }
 
+/// A duration for people: `42 s`, `3 min 20 s`, `2 h 05 min`.
+fn human_secs(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    let s = secs.round() as u64;
+    if secs < 10.0 {
+        format!("{secs:.1} s")
+    } else if s < 60 {
+        format!("{s} s")
+    } else if s < 3600 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else {
+        format!("{} h {:02} min", s / 3600, (s % 3600) / 60)
+    }
+}
+
 /// The human summary of one mount.
 pub fn describe(s: &MountStatus) -> String {
     let mut out = String::new();
@@ -139,9 +156,45 @@ pub fn describe(s: &MountStatus) -> String {
                     ),
                 );
             }
-            if let Some(staging) = &e.staging {
+            if e.engine_threads > 0 {
+                line(
+                    "staging log:",
+                    format!(
+                        "{} of {} used; {} engine thread{}, {} io engine",
+                        human_bytes(e.staging_used_bytes),
+                        human_bytes(e.staging_capacity_bytes),
+                        e.engine_threads,
+                        if e.engine_threads == 1 { "" } else { "s" },
+                        e.io_engine
+                    ),
+                );
+            } else if let Some(staging) = &e.staging {
                 line("staging log:", staging.clone());
             }
+            if e.staging.is_some() || e.staged_bytes > 0 {
+                let drain = match e.drain_eta_secs {
+                    _ if e.staged_bytes == 0 => "nothing to drain".to_string(),
+                    Some(eta) => format!("drains in about {}", human_secs(eta)),
+                    None => "time to drain unknown (nothing uploaded lately)".to_string(),
+                };
+                line(
+                    "upload rate:",
+                    format!(
+                        "{}/s over the last 10 s, {drain}",
+                        human_bytes(e.upload_rate_bytes_per_sec as u64)
+                    ),
+                );
+            }
+            line(
+                "block cache:",
+                format!(
+                    "{} of {}, {} hits, {} misses",
+                    human_bytes(e.cache_bytes),
+                    human_bytes(e.cache_capacity_bytes),
+                    e.cache_hits,
+                    e.cache_misses
+                ),
+            );
             if let Some(c) = &e.data_cache {
                 line(
                     "data cache:",
@@ -161,6 +214,15 @@ pub fn describe(s: &MountStatus) -> String {
             }
             if e.upload_errors > 0 {
                 line("upload errors:", e.upload_errors.to_string());
+            }
+            if e.backpressure_events > 0 || e.staging_bypassed_slices > 0 {
+                line(
+                    "backpressure:",
+                    format!(
+                        "{} waits for staging room, {} slices uploaded around the log",
+                        e.backpressure_events, e.staging_bypassed_slices
+                    ),
+                );
             }
             line("pending deletes:", e.pending_deletes.to_string());
             line(
@@ -216,6 +278,7 @@ mod tests {
             read_only: false,
             log_file: Some("/var/log/s.log".into()),
             cache_dir: "/c".into(),
+            control_socket: "/run/spoolfs/x.sock".into(),
             storage_reachable: false,
             storage_error: Some("connection refused".into()),
             // From JSON, so fields the engine adds later (with defaults) do not break this.
@@ -238,6 +301,14 @@ mod tests {
                     "oldest_staged_age_secs": 1.5,
                     "upload_errors": 1,
                     "staging": "io_uring, 1 MiB of 1 GiB",
+                    "upload_rate_bytes_per_sec": 1024.0,
+                    "drain_eta_secs": 2.0,
+                    "cache_bytes": 3 << 20,
+                    "cache_capacity_bytes": 256 << 20,
+                    "cache_hits": 8,
+                    "cache_misses": 9,
+                    "backpressure_events": 4,
+                    "staging_bypassed_slices": 5,
                 }))
                 .unwrap(),
             ),
@@ -255,11 +326,16 @@ mod tests {
             "pending deletes: 7",
             "2.0 KiB in 2 slices, oldest 1.5 s",
             "io_uring, 1 MiB of 1 GiB",
+            "upload rate:     1.0 KiB/s over the last 10 s, drains in about 2.0 s",
+            "block cache:     3.0 MiB of 256.0 MiB, 8 hits, 9 misses",
+            "backpressure:    4 waits for staging room, 5 slices uploaded around the log",
             "upload errors:   1",
             "pid 42",
         ] {
             assert!(text.contains(needle), "{needle:?} missing in\n{text}");
         }
+        assert_eq!(human_secs(75.0), "1 min 15 s");
+        assert_eq!(human_secs(7260.0), "2 h 01 min");
         let json = serde_json::to_string(&s).unwrap();
         let back: MountStatus = serde_json::from_str(&json).unwrap();
         assert_eq!(back.engine.unwrap().inodes, 10);

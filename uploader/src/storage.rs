@@ -9,7 +9,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the volume's objects live and how to reach them. Credentials are never part of it:
 /// they come from the environment when the store is opened.
@@ -70,6 +70,40 @@ fn map_err(key: &str, e: object_store::Error) -> StorageError {
             } else {
                 StorageError::Unavailable { detail }
             }
+        }
+    }
+}
+
+/// The `kind` label of `spoolfs_object_errors_total`.
+pub fn error_kind(e: &StorageError) -> &'static str {
+    match e {
+        StorageError::NotFound { .. } => "not_found",
+        StorageError::AlreadyExists { .. } => "already_exists",
+        StorageError::Checksum { .. } => "checksum",
+        StorageError::Denied { .. } => "denied",
+        StorageError::Unavailable { .. } => "unavailable",
+        StorageError::BadUrl { .. } | StorageError::Config(_) => "config",
+    }
+}
+
+/// Records one object-store request through the `metrics` facade (a no-op unless a recorder
+/// is installed). Requests take milliseconds, so they are recorded directly, not aggregated.
+/// `bytes`: sent (PUT) or received (GET); `None` for requests that move no object data.
+fn observe<T>(op: &'static str, start: Instant, result: &Result<T>, bytes: Option<u64>) {
+    metrics::counter!("spoolfs_object_requests_total", "op" => op).increment(1);
+    metrics::histogram!("spoolfs_object_request_duration_seconds", "op" => op)
+        .record(start.elapsed().as_secs_f64());
+    match result {
+        Ok(_) => {
+            if let Some(n) = bytes {
+                metrics::counter!("spoolfs_object_bytes_total", "op" => op).increment(n);
+                metrics::histogram!("spoolfs_object_request_size_bytes", "op" => op)
+                    .record(n as f64);
+            }
+        }
+        Err(e) => {
+            metrics::counter!("spoolfs_object_errors_total", "op" => op, "kind" => error_kind(e))
+                .increment(1);
         }
     }
 }
@@ -207,10 +241,15 @@ impl ObjectStorage {
 
     pub fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let path = self.path(key);
-        self.runtime
+        let len = data.len() as u64;
+        let start = Instant::now();
+        let r = self
+            .runtime
             .block_on(self.store.put(&path, data.into()))
             .map(|_| ())
-            .map_err(|e| map_err(key, e))
+            .map_err(|e| map_err(key, e));
+        observe("put", start, &r, Some(len));
+        r
     }
 
     /// Puts many objects with at most `concurrency` requests in flight; the first error wins.
@@ -221,11 +260,15 @@ impl ObjectStorage {
             let mut puts =
                 futures::stream::iter(objects.into_iter().map(|(key, data)| async move {
                     let path = this.path(&key);
-                    store
+                    let len = data.len() as u64;
+                    let start = Instant::now();
+                    let r = store
                         .put(&path, data.into())
                         .await
                         .map(|_| ())
-                        .map_err(|e| map_err(&key, e))
+                        .map_err(|e| map_err(&key, e));
+                    observe("put", start, &r, Some(len));
+                    r
                 }))
                 .buffer_unordered(concurrency.max(1));
             while let Some(result) = puts.next().await {
@@ -242,34 +285,50 @@ impl ObjectStorage {
             mode: PutMode::Create,
             ..Default::default()
         };
-        self.runtime
+        let len = data.len() as u64;
+        let start = Instant::now();
+        let r = self
+            .runtime
             .block_on(self.store.put_opts(&path, data.into(), opts))
             .map(|_| ())
-            .map_err(|e| map_err(key, e))
+            .map_err(|e| map_err(key, e));
+        observe("put", start, &r, Some(len));
+        r
     }
 
     pub fn get(&self, key: &str) -> Result<Bytes> {
         let path = self.path(key);
-        self.runtime
+        let start = Instant::now();
+        let r = self
+            .runtime
             .block_on(async { self.store.get(&path).await?.bytes().await })
-            .map_err(|e| map_err(key, e))
+            .map_err(|e| map_err(key, e));
+        observe("get", start, &r, r.as_ref().ok().map(|b| b.len() as u64));
+        r
     }
 
     /// Bytes `[start, end)` of an object (a ranged GET).
     pub fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
         let path = self.path(key);
-        self.runtime
+        let began = Instant::now();
+        let r = self
+            .runtime
             .block_on(self.store.get_range(&path, start..end))
-            .map_err(|e| map_err(key, e))
+            .map_err(|e| map_err(key, e));
+        observe("get", began, &r, r.as_ref().ok().map(|b| b.len() as u64));
+        r
     }
 
     pub fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
-        match self.runtime.block_on(self.store.delete(&path)) {
+        let start = Instant::now();
+        let r = match self.runtime.block_on(self.store.delete(&path)) {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(map_err(key, e)),
-        }
+        };
+        observe("delete", start, &r, None);
+        r
     }
 
     /// Keys (relative to the volume prefix) that start with `prefix`.
@@ -280,7 +339,8 @@ impl ObjectStorage {
         } else {
             format!("{}/", self.prefix)
         };
-        self.runtime.block_on(async {
+        let start = Instant::now();
+        let r = self.runtime.block_on(async {
             let mut out = Vec::new();
             let mut stream = self.store.list(Some(&root));
             while let Some(item) = stream.next().await {
@@ -289,7 +349,9 @@ impl ObjectStorage {
                 out.push(key.strip_prefix(&strip).unwrap_or(&key).to_string());
             }
             Ok(out)
-        })
+        });
+        observe("list", start, &r, None);
+        r
     }
 
     /// Objects (relative keys, sizes, modification times) whose keys start with `prefix`:

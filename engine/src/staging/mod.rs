@@ -273,7 +273,7 @@ pub struct Replayed {
     pub time_us: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StagingUsage {
     /// Bytes of live (appended, not freed) records, headers and padding included.
     pub used_bytes: u64,
@@ -897,6 +897,16 @@ impl StagingLog {
             rx.recv().map_err(|_| StagingError::Closed)??;
         }
         Ok(())
+    }
+
+    /// Engine threads (one I/O engine and one request queue each).
+    pub fn threads(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Requests waiting in each engine thread's queue, by thread.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.senders.iter().map(|s| s.len()).collect()
     }
 
     /// The direct-I/O alignment records use.
