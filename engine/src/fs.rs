@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub staging: Option<StagingOptions>,
     /// At shutdown, wait for staged data to reach the object store (`None`: stop at once).
     pub drain_on_shutdown: Option<Duration>,
+    /// The background compactor (`None`: off).
+    pub compaction: Option<crate::gc::CompactionSettings>,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +47,7 @@ impl Default for EngineConfig {
             max_uploads: 16,
             staging: None,
             drain_on_shutdown: Some(Duration::from_secs(24 * 3600)),
+            compaction: Some(crate::gc::CompactionSettings::default()),
         }
     }
 }
@@ -98,7 +101,7 @@ struct Handle {
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) objects_put: AtomicU64,
-    objects_got: AtomicU64,
+    pub(crate) objects_got: AtomicU64,
     dirty_bytes: AtomicU64,
 }
 
@@ -126,6 +129,8 @@ pub struct Engine {
     /// Uploaders stop taking work.
     stop_now: AtomicBool,
     background: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Garbage collection runs (`spoolfs gc`, the background compactor) take turns.
+    pub(crate) gc_lock: Mutex<()>,
 }
 
 fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
@@ -249,6 +254,7 @@ impl Engine {
             stop: Arc::new(StopSignal::default()),
             stop_now: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
+            gc_lock: Mutex::new(()),
         });
         engine.meta.update(Durability::Durable, &mut |t| {
             schema::init_root(t)?;
@@ -275,6 +281,14 @@ impl Engine {
             "spoolfs-bg".into(),
             Box::new(move || background_loop(weak, stop)),
         )?];
+        if engine.config.compaction.is_some() {
+            let weak = Arc::downgrade(&engine);
+            let stop = engine.stop.clone();
+            threads.push(spawn(
+                "spoolfs-compact".into(),
+                Box::new(move || compactor_loop(weak, stop)),
+            )?);
+        }
         if let Some(wb) = engine.writeback.as_ref() {
             for i in 0..wb.opts.upload_threads {
                 let weak = Arc::downgrade(&engine);
@@ -317,6 +331,11 @@ impl Engine {
 
     pub(crate) fn stopping_now(&self) -> bool {
         self.stop_now.load(Ordering::Acquire)
+    }
+
+    /// The engine is shutting down: long background work should stop.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping_now() || self.stop.is_raised()
     }
 
     pub(crate) fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
@@ -1122,37 +1141,58 @@ impl Engine {
         if let Some(b) = self.cache.get(cached) {
             return Ok(Some(b));
         }
-        let packed = self.view(|r| match r.get(&schema::packed_key(slice))? {
-            Some(v) => Ok(Some(schema::decode::<schema::PackedRec>(
-                "packed slice",
-                &v,
-            )?)),
-            None => Ok(None),
-        })?;
-        let Some(p) = packed else {
+        let read_loc = || {
+            self.view(|r| match r.get(&schema::packed_key(slice))? {
+                Some(v) => Ok(Some(schema::decode::<schema::PackedRec>(
+                    "packed slice",
+                    &v,
+                )?)),
+                None => Ok(None),
+            })
+        };
+        let Some(mut p) = read_loc()? else {
             return Ok(None);
         };
-        let key = schema::pack_object_key(p.pack);
-        let entry = spoolfs_uploader::PackEntry {
-            slice,
-            offset: p.offset,
-            len: p.len,
-            crc: p.crc,
+        let mut tries = 0;
+        let data = loop {
+            let key = schema::pack_object_key(p.pack);
+            let entry = spoolfs_uploader::PackEntry {
+                slice,
+                offset: p.offset,
+                len: p.len,
+                crc: p.crc,
+            };
+            let got = self
+                .storage
+                .get_range(&key, p.offset, p.offset + p.len as u64)
+                .and_then(|d| spoolfs_uploader::verify_packed(&key, &entry, d));
+            let moved = match &got {
+                // Compaction moved the slice to a new pack and deleted the old one between
+                // our metadata read and the GET: read where it is now.
+                Err(StorageError::NotFound { .. }) if tries < 3 => {
+                    read_loc()?.filter(|now| now.pack != p.pack)
+                }
+                _ => None,
+            };
+            if let Some(now) = moved {
+                tries += 1;
+                p = now;
+                continue;
+            }
+            match got {
+                Ok(d) => break d,
+                Err(e) => {
+                    tracing::error!("reading slice {slice} from pack {key}: {e}");
+                    return Err(FsError::Storage(match e {
+                        StorageError::NotFound { key } => StorageError::Checksum {
+                            key,
+                            detail: "pack referenced by metadata is missing".into(),
+                        },
+                        other => other,
+                    }));
+                }
+            }
         };
-        let data = self
-            .storage
-            .get_range(&key, p.offset, p.offset + p.len as u64)
-            .and_then(|d| spoolfs_uploader::verify_packed(&key, &entry, d))
-            .map_err(|e| {
-                tracing::error!("reading slice {slice} from pack {key}: {e}");
-                FsError::Storage(match e {
-                    StorageError::NotFound { key } => StorageError::Checksum {
-                        key,
-                        detail: "pack referenced by metadata is missing".into(),
-                    },
-                    other => other,
-                })
-            })?;
         self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
         self.cache.insert(cached, data.clone());
         Ok(Some(data))
@@ -2025,6 +2065,20 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
     }
 }
 
+/// Runs the background compactor every interval.
+fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
+    loop {
+        let Some(settings) = engine.upgrade().and_then(|e| e.config.compaction.clone()) else {
+            return;
+        };
+        if stop.wait(settings.interval) {
+            return;
+        }
+        let Some(e) = engine.upgrade() else { return };
+        e.background_compact(&settings);
+    }
+}
+
 /// Where the bytes of a dead slice are, for the garbage collector.
 enum DeadPlace {
     Staged,
@@ -2046,6 +2100,10 @@ impl StopSignal {
     pub fn raise(&self) {
         *self.stopped.lock() = true;
         self.cv.notify_all();
+    }
+
+    pub fn is_raised(&self) -> bool {
+        *self.stopped.lock()
     }
 
     /// Waits up to `d`; true if stopped.

@@ -11,11 +11,13 @@
 //! - [`schema`]: how inodes, directory entries, chunks and slices are laid out as keys.
 //! - [`fs`]: the namespace operations (lookup, create, rename, ...).
 //! - [`data`]: the data path (write buffering, slices, reads, truncation).
+//! - [`gc`]: space reclamation (orphan sweep, pack compaction).
 
 mod blockcache;
 mod data;
 pub mod error;
 mod fs;
+pub mod gc;
 mod ids;
 pub mod schema;
 pub mod staging;

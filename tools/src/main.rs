@@ -4,6 +4,7 @@
 //! - `spoolfs mount`: mount a volume (as a daemon unless `--foreground`).
 //! - `spoolfs umount`: unmount and wait for the daemon to finish writing.
 //! - `spoolfs status`: what a mount is doing, from its control socket.
+//! - `spoolfs gc`: delete orphan objects and (`--compact`) rewrite sparse pack objects.
 //! - `spoolfs bench`: a small fio-style benchmark of any directory.
 //! - `spoolfs completions`, `spoolfs install-helper`: shell completions, and the `mount.spoolfs`
 //!   helper of mount(8) (the same binary started under that name; see `mount_helper`).
@@ -12,6 +13,7 @@ mod bench;
 mod config;
 mod control;
 mod format;
+mod gc;
 mod mount;
 mod mount_helper;
 mod paths;
@@ -47,7 +49,7 @@ enum Command {
     /// Create a volume: its record and root directory in the metadata store.
     Format(format::FormatArgs),
     /// Mount a volume (as a background daemon unless --foreground).
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Unmount a spoolfs mount and wait until its data is written out.
     #[command(alias = "unmount")]
     Umount(umount::UmountArgs),
@@ -55,6 +57,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Wait until everything written under PATH is in the object store.
     Sync(sync::SyncArgs),
+    /// Reclaim object-store space: delete objects nothing refers to, and with --compact
+    /// rewrite pack objects that are mostly dead (safe while the volume is mounted).
+    Gc(gc::GcArgs),
     /// Measure a directory (spoolfs or any other): write/read latency percentiles, sequential
     /// throughput, small-file, stat and readdir rates.
     Bench(bench::BenchArgs),
@@ -181,7 +186,7 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
             init_logging(level, "warn", None);
             format::run(args)
         }
-        Command::Mount(args) => mount::run(args, level),
+        Command::Mount(args) => mount::run(*args, level),
         Command::Umount(args) => {
             init_logging(level, "warn", None);
             umount::run(args)
@@ -193,6 +198,10 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
         Command::Sync(args) => {
             init_logging(level, "warn", None);
             sync::run(args)
+        }
+        Command::Gc(args) => {
+            init_logging(level, "warn", None);
+            gc::run(args)
         }
         Command::Bench(args) => {
             init_logging(level, "warn", None);
@@ -318,6 +327,35 @@ mod tests {
         assert!(Cli::try_parse_from(["spoolfs", "format", "--block-size", "4X", "v"]).is_err());
         let cli = Cli::try_parse_from(["spoolfs", "status", "--json"]).unwrap();
         assert!(matches!(cli.command, Command::Status(s) if s.json && s.mount_point.is_none()));
+        let cli =
+            Cli::try_parse_from(["spoolfs", "gc", "/m", "--compact", "--min-age", "10m"]).unwrap();
+        assert!(matches!(cli.command, Command::Gc(g)
+            if g.compact && g.min_age == std::time::Duration::from_secs(600)
+                && g.threshold == 0.5 && g.mount_point.is_some()));
+        assert!(Cli::try_parse_from(["spoolfs", "gc"]).is_err());
+        let cli =
+            Cli::try_parse_from(["spoolfs", "mount", "/m", "--no-background-compact"]).unwrap();
+        assert!(matches!(cli.command, Command::Mount(m)
+            if m.no_background_compact && m.compact_threshold == 0.5));
+        let cli = Cli::try_parse_from([
+            "spoolfs",
+            "mount",
+            "/m",
+            "--background-compact=false",
+            "--compact-threshold",
+            "0.3",
+            "--compact-min-dead",
+            "1G",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Mount(m)
+            if !m.background_compact && m.compact_threshold == 0.3
+                && m.compact_min_dead == 1 << 30));
+        assert!(Cli::try_parse_from(["spoolfs", "gc", "/m", "--meta", "redb:///x"]).is_err());
+        assert!(Cli::try_parse_from(["spoolfs", "gc", "/m", "--threshold", "2"]).is_err());
+        let cli =
+            Cli::try_parse_from(["spoolfs", "gc", "--meta", "redb:///x", "--dry-run"]).unwrap();
+        assert!(matches!(cli.command, Command::Gc(g) if g.dry_run && g.meta.is_some()));
         let cli = Cli::try_parse_from(["spoolfs", "umount", "/m"]).unwrap();
         assert!(matches!(cli.command, Command::Umount(_)));
     }

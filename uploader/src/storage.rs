@@ -27,6 +27,15 @@ pub struct StorageConfig {
     pub check_timeout: Option<Duration>,
 }
 
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the volume prefix.
+    pub key: String,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
 /// A blocking handle on one object store, rooted at the volume's prefix.
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
@@ -281,6 +290,47 @@ impl ObjectStorage {
             }
             Ok(out)
         })
+    }
+
+    /// Objects (keys relative to the volume prefix) that start with `prefix`, with their size
+    /// and last-modified time (the garbage collector's grace period needs the age).
+    pub fn list_meta(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let root = self.path(prefix);
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        self.runtime.block_on(async {
+            let mut out = Vec::new();
+            let mut stream = self.store.list(Some(&root));
+            while let Some(item) = stream.next().await {
+                let meta = item.map_err(|e| map_err(prefix, e))?;
+                let key = meta.location.to_string();
+                let millis = meta.last_modified.timestamp_millis();
+                let modified = if millis >= 0 {
+                    std::time::UNIX_EPOCH + Duration::from_millis(millis as u64)
+                } else {
+                    std::time::UNIX_EPOCH
+                };
+                out.push(ObjectInfo {
+                    key: key.strip_prefix(&strip).unwrap_or(&key).to_string(),
+                    size: meta.size,
+                    modified,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Several byte ranges `[start, end)` of one object; nearby ranges are fetched with one
+    /// ranged GET (the store client coalesces them).
+    pub fn get_ranges(&self, key: &str, ranges: &[(u64, u64)]) -> Result<Vec<Bytes>> {
+        let path = self.path(key);
+        let ranges: Vec<std::ops::Range<u64>> = ranges.iter().map(|(a, b)| *a..*b).collect();
+        self.runtime
+            .block_on(self.store.get_ranges(&path, &ranges))
+            .map_err(|e| map_err(key, e))
     }
 
     /// Proves the store answers and accepts our credentials: lists the volume prefix, bounded
