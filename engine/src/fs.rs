@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub readahead_bytes: u64,
     /// Threads fetching ahead.
     pub readahead_threads: usize,
+    /// The background compactor (`None`: off).
+    pub compaction: Option<crate::gc::CompactionSettings>,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +56,7 @@ impl Default for EngineConfig {
             disk_cache: None,
             readahead_bytes: 32 << 20,
             readahead_threads: 4,
+            compaction: Some(crate::gc::CompactionSettings::default()),
         }
     }
 }
@@ -111,7 +114,7 @@ struct Handle {
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) objects_put: AtomicU64,
-    objects_got: AtomicU64,
+    pub(crate) objects_got: AtomicU64,
     dirty_bytes: AtomicU64,
     passthrough_opens: AtomicU64,
 }
@@ -156,6 +159,8 @@ pub struct Engine {
     /// are refused (nothing would make them durable or upload them).
     shut_down: Mutex<bool>,
     is_shut_down: AtomicBool,
+    /// Garbage collection runs (`spoolfs gc`, the background compactor) take turns.
+    pub(crate) gc_lock: Mutex<()>,
 }
 
 fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
@@ -313,6 +318,7 @@ impl Engine {
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
             is_shut_down: AtomicBool::new(false),
+            gc_lock: Mutex::new(()),
         });
         engine.meta.update(Durability::Durable, &mut |t| {
             schema::init_root(t)?;
@@ -348,6 +354,14 @@ impl Engine {
             "spoolfs-bg".into(),
             Box::new(move || background_loop(weak, stop)),
         )?];
+        if engine.config.compaction.is_some() {
+            let weak = Arc::downgrade(&engine);
+            let stop = engine.stop.clone();
+            threads.push(spawn(
+                "spoolfs-compact".into(),
+                Box::new(move || compactor_loop(weak, stop)),
+            )?);
+        }
         if let Some(wb) = engine.writeback.as_ref() {
             for i in 0..wb.opts.upload_threads {
                 let weak = Arc::downgrade(&engine);
@@ -402,6 +416,11 @@ impl Engine {
 
     pub(crate) fn stopping_now(&self) -> bool {
         self.stop_now.load(Ordering::Acquire)
+    }
+
+    /// The engine is shutting down: long background work should stop.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping_now() || self.stop.is_raised()
     }
 
     pub(crate) fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
@@ -1380,86 +1399,108 @@ impl Engine {
             self.cache.insert(cached, b.clone());
             return Ok(Some(b));
         }
-        // The slice's place in its pack, and the slices stored right after it in the same
-        // pack (written together, so likely read together): one ranged GET fetches them all.
-        let run = self.view(|r| {
-            let Some(v) = r.get(&schema::packed_key(slice))? else {
-                return Ok(Vec::new());
-            };
-            let p: schema::PackedRec = schema::decode("packed slice", &v)?;
-            let mut run = vec![(slice, p)];
-            let mut end = p.offset + p.len as u64;
-            let next = schema::packed_key(slice + 1);
-            for (k, v) in r.scan(&next, &prefix_end(b"L"), COALESCE_SLICES)? {
-                let q: schema::PackedRec = schema::decode("packed slice", &v)?;
-                if q.pack != p.pack
-                    || q.offset != end
-                    || end + q.len as u64 - p.offset > COALESCE_BYTES
-                {
-                    break;
-                }
-                end += q.len as u64;
-                run.push((
-                    u64::from_be_bytes(k[1..9].try_into().expect("packed key")),
-                    q,
-                ));
-            }
-            Ok(run)
-        })?;
-        let Some(&(_, p)) = run.first() else {
-            return Ok(None);
-        };
-        let key = schema::pack_object_key(p.pack);
-        let (_, last) = run[run.len() - 1];
-        let end = last.offset + last.len as u64;
-        let range = self.storage.get_range(&key, p.offset, end);
-        let data = range
-            .and_then(|all| {
-                if (all.len() as u64) < end - p.offset {
-                    return Err(StorageError::Checksum {
-                        key: key.clone(),
-                        detail: format!("short read of a pack: {} bytes", all.len()),
-                    });
-                }
-                let mut mine = None;
-                for (id, q) in &run {
-                    let entry = spoolfs_uploader::PackEntry {
-                        slice: *id,
-                        offset: q.offset,
-                        len: q.len,
-                        crc: q.crc,
-                    };
-                    let start = (q.offset - p.offset) as usize;
-                    let piece = all.slice(start..start + q.len as usize);
-                    let checked = spoolfs_uploader::verify_packed(&key, &entry, piece)?;
-                    if *id == slice {
-                        mine = Some(checked);
-                    } else {
-                        let neighbour = BlockId::whole(*id);
-                        if let Some(d) = &self.disk {
-                            d.insert(neighbour, &checked);
-                        }
-                        self.cache.insert(neighbour, checked);
+        let mut tries = 0;
+        let data = loop {
+            // The slice's place in its pack, and the slices stored right after it in the same
+            // pack (written together, so likely read together): one ranged GET fetches them.
+            let run = self.view(|r| {
+                let Some(v) = r.get(&schema::packed_key(slice))? else {
+                    return Ok(Vec::new());
+                };
+                let p: schema::PackedRec = schema::decode("packed slice", &v)?;
+                let mut run = vec![(slice, p)];
+                let mut end = p.offset + p.len as u64;
+                let next = schema::packed_key(slice + 1);
+                for (k, v) in r.scan(&next, &prefix_end(b"L"), COALESCE_SLICES)? {
+                    let q: schema::PackedRec = schema::decode("packed slice", &v)?;
+                    if q.pack != p.pack
+                        || q.offset != end
+                        || end + q.len as u64 - p.offset > COALESCE_BYTES
+                    {
+                        break;
                     }
+                    end += q.len as u64;
+                    run.push((
+                        u64::from_be_bytes(k[1..9].try_into().expect("packed key")),
+                        q,
+                    ));
                 }
-                Ok(mine.expect("the run starts with the slice asked for"))
-            })
-            .map_err(|e| {
-                tracing::error!("reading slice {slice} from pack {key}: {e}");
-                FsError::Storage(match e {
-                    StorageError::NotFound { key } => StorageError::Checksum {
-                        key,
-                        detail: "pack referenced by metadata is missing".into(),
-                    },
-                    other => other,
-                })
+                Ok(run)
             })?;
+            let Some(&(_, p)) = run.first() else {
+                return Ok(None);
+            };
+            let key = schema::pack_object_key(p.pack);
+            let (_, last) = run[run.len() - 1];
+            let end = last.offset + last.len as u64;
+            let got = self
+                .storage
+                .get_range(&key, p.offset, end)
+                .and_then(|all| self.split_pack_run(&key, slice, &run, all));
+            match got {
+                Ok(d) => break d,
+                // Compaction moved the slice to a new pack and deleted the old one between
+                // our metadata read and the GET: read where it is now.
+                Err(StorageError::NotFound { .. }) if tries < 3 => tries += 1,
+                Err(e) => {
+                    tracing::error!("reading slice {slice} from pack {key}: {e}");
+                    return Err(FsError::Storage(match e {
+                        StorageError::NotFound { key } => StorageError::Checksum {
+                            key,
+                            detail: "pack referenced by metadata is missing".into(),
+                        },
+                        other => other,
+                    }));
+                }
+            }
+        };
         self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
         if let Some(d) = &self.disk {
             d.insert(cached, &data);
         }
         self.cache.insert(cached, data.clone());
         Ok(Some(data))
+    }
+
+    /// Checks each slice of a coalesced pack read against its CRC, caches the neighbours and
+    /// returns the bytes of `slice` (the first of the run).
+    fn split_pack_run(
+        &self,
+        key: &str,
+        slice: u64,
+        run: &[(u64, schema::PackedRec)],
+        all: Bytes,
+    ) -> std::result::Result<Bytes, StorageError> {
+        let first = run[0].1.offset;
+        let (_, last) = run[run.len() - 1];
+        if (all.len() as u64) < last.offset + last.len as u64 - first {
+            return Err(StorageError::Checksum {
+                key: key.to_string(),
+                detail: format!("short read of a pack: {} bytes", all.len()),
+            });
+        }
+        let mut mine = None;
+        for (id, q) in run {
+            let entry = spoolfs_uploader::PackEntry {
+                slice: *id,
+                offset: q.offset,
+                len: q.len,
+                crc: q.crc,
+            };
+            let start = (q.offset - first) as usize;
+            let piece = all.slice(start..start + q.len as usize);
+            let checked = spoolfs_uploader::verify_packed(key, &entry, piece)?;
+            if *id == slice {
+                mine = Some(checked);
+            } else {
+                let neighbour = BlockId::whole(*id);
+                if let Some(d) = &self.disk {
+                    d.insert(neighbour, &checked);
+                }
+                self.cache.insert(neighbour, checked);
+            }
+        }
+        Ok(mine.expect("the run starts with the slice asked for"))
     }
 
     fn get_block(&self, slice: u64, slice_size: u32, index: u32) -> Result<Bytes> {
@@ -2484,6 +2525,20 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
     }
 }
 
+/// Runs the background compactor every interval.
+fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
+    loop {
+        let Some(settings) = engine.upgrade().and_then(|e| e.config.compaction.clone()) else {
+            return;
+        };
+        if stop.wait(settings.interval) {
+            return;
+        }
+        let Some(e) = engine.upgrade() else { return };
+        e.background_compact(&settings);
+    }
+}
+
 /// Where the bytes of a dead slice are, for the garbage collector.
 enum DeadPlace {
     Staged,
@@ -2505,6 +2560,10 @@ impl StopSignal {
     pub fn raise(&self) {
         *self.stopped.lock() = true;
         self.cv.notify_all();
+    }
+
+    pub fn is_raised(&self) -> bool {
+        *self.stopped.lock()
     }
 
     /// Waits up to `d`; true if stopped.

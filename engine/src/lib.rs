@@ -11,6 +11,7 @@
 //! - [`schema`]: how inodes, directory entries, chunks and slices are laid out as keys.
 //! - [`fs`]: the namespace operations (lookup, create, rename, ...).
 //! - [`data`]: the data path (write buffering, slices, reads, truncation).
+//! - [`gc`]: space reclamation (orphan sweep, pack compaction).
 
 pub mod blockcache;
 mod data;
@@ -18,6 +19,7 @@ pub mod diskcache;
 pub mod error;
 mod fs;
 pub mod fsck;
+pub mod gc;
 mod ids;
 mod readahead;
 pub mod schema;

@@ -966,6 +966,21 @@ pub(crate) struct StagingOwner {
 
 pub(crate) const OWNER_KEY: &[u8] = b"K";
 
+/// Whether the volume's metadata store is complete on its own: no writeback mount left staged
+/// data or namespace-log records behind (the last one ended cleanly, or there never was one).
+/// Tools that open the store without the logs (offline `spoolfs gc`) must check this first.
+pub fn metadata_is_self_contained(meta: &dyn spoolfs_metadata::KvStore) -> Result<bool> {
+    let mut clean = true;
+    meta.view(&mut |r| {
+        clean = match r.get(OWNER_KEY)? {
+            Some(v) => serde_json::from_slice::<StagingOwner>(&v).is_ok_and(|o| o.clean),
+            None => true,
+        };
+        Ok(())
+    })?;
+    Ok(clean)
+}
+
 /// Opens the volume's logs under the cache directory, replays the namespace log onto `meta`,
 /// and returns the store to use (the write-ahead-logged one) and the engine's staging options.
 /// Refuses, with a clear message, a cache directory other than the one that holds staged data

@@ -1,9 +1,10 @@
 //! The control socket of a mount daemon: a Unix socket (mode 0600). A client sends one request
-//! line: `status` (one JSON line describing the mount) or `sync SECS` (the object-store
-//! barrier, with progress lines).
+//! line: `status` (one JSON line describing the mount), `sync SECS` (the object-store
+//! barrier, with progress lines) or `gc {OPTIONS}` (garbage collection, with progress lines).
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use spoolfs_engine::gc::{GcOptions, GcReport};
 use spoolfs_engine::{Engine, EngineStatus};
 use spoolfs_fuse::panic_message;
 use spoolfs_uploader::ObjectStorage;
@@ -75,7 +76,9 @@ impl ControlServer {
     /// Answers one client. Requests are one line: `status` (also assumed when the client sends
     /// nothing), or `sync SECS` / `sync none`, answered by progress lines
     /// `{"sync_slices":N,"sync_bytes":B}` and a last line `{"sync":"done"}` or
-    /// `{"sync":"error","message":...}`.
+    /// `{"sync":"error","message":...}`; or `gc {JSON GcOptions}`, answered by progress lines
+    /// `{"gc_phase":P,"done":N,"total":M}` and a last line `{"gc":"done","report":{...}}` or
+    /// `{"gc":"error","message":...}`.
     fn serve_client(&self, stream: UnixStream) {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let mut request = String::new();
@@ -113,6 +116,41 @@ impl ControlServer {
                 Ok(Ok(())) => serde_json::json!({"sync": "done"}),
                 Ok(Err(e)) => serde_json::json!({"sync": "error", "message": e.to_string()}),
                 Err(p) => serde_json::json!({"sync": "error", "message": panic_message(p)}),
+            };
+            let _ = send(last_line);
+            return;
+        }
+        if let Some(arg) = request.strip_prefix("gc ") {
+            let last_line = match serde_json::from_str::<GcOptions>(arg.trim()) {
+                Err(e) => {
+                    serde_json::json!({"gc": "error", "message": format!("bad gc request: {e}")})
+                }
+                Ok(opts) if self.read_only && !opts.dry_run => serde_json::json!({
+                    "gc": "error",
+                    "message": "the volume is mounted read-only; only --dry-run is possible",
+                }),
+                Ok(opts) => {
+                    let mut last = Instant::now() - Duration::from_secs(1);
+                    let mut gone = false;
+                    let result = catch_unwind(AssertUnwindSafe(|| {
+                        self.engine.run_gc(&opts, &mut |phase, done, total| {
+                            if !gone
+                                && (last.elapsed() >= Duration::from_millis(200) || done == total)
+                            {
+                                last = Instant::now();
+                                gone = send(serde_json::json!({
+                                    "gc_phase": phase, "done": done, "total": total,
+                                }))
+                                .is_err();
+                            }
+                        })
+                    }));
+                    match result {
+                        Ok(Ok(report)) => serde_json::json!({"gc": "done", "report": report}),
+                        Ok(Err(e)) => serde_json::json!({"gc": "error", "message": e.to_string()}),
+                        Err(p) => serde_json::json!({"gc": "error", "message": panic_message(p)}),
+                    }
+                }
             };
             let _ = send(last_line);
             return;
@@ -241,4 +279,55 @@ pub fn sync(socket: &Path, timeout: Option<f64>, progress: &mut dyn FnMut(u64, u
         }
     }
     bail!("the spoolfs daemon closed the control socket before the sync finished")
+}
+
+/// Runs garbage collection in the daemon behind `socket`; `progress` sees (phase, done, total).
+pub fn gc(
+    socket: &Path,
+    opts: &GcOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<GcReport> {
+    let stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot connect to the control socket {} (is the spoolfs daemon running?)",
+            socket.display()
+        )
+    })?;
+    let request = format!("gc {}\n", serde_json::to_string(opts)?);
+    (&stream)
+        .write_all(request.as_bytes())
+        .with_context(|| format!("cannot write to the control socket {}", socket.display()))?;
+    for line in BufReader::new(&stream).lines() {
+        let line = line.with_context(|| format!("lost the control socket {}", socket.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("bad answer on the control socket {}", socket.display()))?;
+        match v.get("gc").and_then(|s| s.as_str()) {
+            Some("done") => {
+                return serde_json::from_value(v.get("report").cloned().unwrap_or_default())
+                    .with_context(|| {
+                        format!("bad gc report on the control socket {}", socket.display())
+                    });
+            }
+            Some(_) => bail!(
+                "{}",
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("gc failed")
+            ),
+            None => match v.get("gc_phase").and_then(|p| p.as_str()) {
+                Some(phase) => progress(
+                    phase,
+                    v.get("done").and_then(|n| n.as_u64()).unwrap_or(0),
+                    v.get("total").and_then(|n| n.as_u64()).unwrap_or(0),
+                ),
+                // A daemon too old to know `gc` answers with its status line.
+                None => bail!(
+                    "the spoolfs daemon behind {} does not support gc (restart the mount with \
+                     this version of spoolfs)",
+                    socket.display()
+                ),
+            },
+        }
+    }
+    bail!("the spoolfs daemon closed the control socket before gc finished")
 }

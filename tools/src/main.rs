@@ -5,6 +5,7 @@
 //! - `spoolfs umount`: unmount and wait for the daemon to finish writing.
 //! - `spoolfs status`: what a mount is doing, from its control socket.
 //! - `spoolfs fsck`: check (and repair) an unmounted volume against its object store.
+//! - `spoolfs gc`: delete orphan objects and (`--compact`) rewrite sparse pack objects.
 //! - `spoolfs bench`: a small fio-style benchmark of any directory.
 //! - `spoolfs completions`, `spoolfs install-helper`: shell completions, and the `mount.spoolfs`
 //!   helper of mount(8) (the same binary started under that name; see `mount_helper`).
@@ -14,6 +15,7 @@ mod config;
 mod control;
 mod format;
 mod fsck;
+mod gc;
 mod metrics;
 mod mount;
 mod mount_helper;
@@ -66,6 +68,9 @@ enum Command {
     /// Check an unmounted volume: metadata against the object store and the staging log
     /// (exit status 0: no errors, 1: errors not repaired, 2: the check could not run).
     Fsck(fsck::FsckArgs),
+    /// Reclaim object-store space: delete objects nothing refers to, and with --compact
+    /// rewrite pack objects that are mostly dead (safe while the volume is mounted).
+    Gc(gc::GcArgs),
     /// Measure a directory (spoolfs or any other): write/read latency percentiles, sequential
     /// throughput, small-file, stat and readdir rates.
     Bench(bench::BenchArgs),
@@ -212,6 +217,10 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
         Command::Fsck(args) => {
             init_logging(level, "warn", None);
             fsck::run(args)
+        }
+        Command::Gc(args) => {
+            init_logging(level, "warn", None);
+            gc::run(args)
         }
         Command::Bench(args) => {
             init_logging(level, "warn", None);
@@ -360,6 +369,35 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["spoolfs", "fsck", "--orphan-grace", "-1"]).is_err());
+        let cli =
+            Cli::try_parse_from(["spoolfs", "gc", "/m", "--compact", "--min-age", "10m"]).unwrap();
+        assert!(matches!(cli.command, Command::Gc(g)
+            if g.compact && g.min_age == std::time::Duration::from_secs(600)
+                && g.threshold == 0.5 && g.mount_point.is_some()));
+        assert!(Cli::try_parse_from(["spoolfs", "gc"]).is_err());
+        let cli =
+            Cli::try_parse_from(["spoolfs", "mount", "/m", "--no-background-compact"]).unwrap();
+        assert!(matches!(cli.command, Command::Mount(m)
+            if m.no_background_compact && m.compact_threshold == 0.5));
+        let cli = Cli::try_parse_from([
+            "spoolfs",
+            "mount",
+            "/m",
+            "--background-compact=false",
+            "--compact-threshold",
+            "0.3",
+            "--compact-min-dead",
+            "1G",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Mount(m)
+            if !m.background_compact && m.compact_threshold == 0.3
+                && m.compact_min_dead == 1 << 30));
+        assert!(Cli::try_parse_from(["spoolfs", "gc", "/m", "--meta", "redb:///x"]).is_err());
+        assert!(Cli::try_parse_from(["spoolfs", "gc", "/m", "--threshold", "2"]).is_err());
+        let cli =
+            Cli::try_parse_from(["spoolfs", "gc", "--meta", "redb:///x", "--dry-run"]).unwrap();
+        assert!(matches!(cli.command, Command::Gc(g) if g.dry_run && g.meta.is_some()));
         let cli = Cli::try_parse_from(["spoolfs", "umount", "/m"]).unwrap();
         assert!(matches!(cli.command, Command::Umount(_)));
     }

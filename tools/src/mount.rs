@@ -89,6 +89,23 @@ pub struct MountArgs {
     /// with the same --cache-dir). Keep it below a service manager's stop timeout.
     #[arg(long, value_name = "SECS", default_value = "86400", value_parser = parse_secs)]
     pub shutdown_timeout: Duration,
+    /// Rewrite pack objects in the background when they are mostly dead
+    /// (`--background-compact=false`: only `spoolfs gc --compact` does).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub background_compact: bool,
+    /// Same as --background-compact=false.
+    #[arg(long, conflicts_with = "background_compact")]
+    pub no_background_compact: bool,
+    /// Live fraction (0 to 1) below which the background compactor rewrites a pack.
+    #[arg(long, value_name = "F", default_value = "0.5", value_parser = crate::gc::parse_fraction)]
+    pub compact_threshold: f64,
+    /// The background compactor runs once the volume's packs hold this many dead bytes.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = crate::size::parse_size)]
+    pub compact_min_dead: u64,
+    /// How often the background compactor looks, in seconds (at most one run per interval).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_interval)]
+    pub compact_interval: Duration,
     /// Read settings from a TOML file whose keys are the long flags of this command
     /// (`max-staging = "4G"`, `allow-other = true`); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
@@ -119,6 +136,15 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.1..=86400.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "invalid interval {s:?}: expected 0.1 to 86400 seconds"
+        )),
+    }
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -218,6 +244,16 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     if let Some(addr) = args.metrics {
         cmd.arg("--metrics").arg(addr.to_string());
     }
+    cmd.arg(format!(
+        "--background-compact={}",
+        args.background_compact && !args.no_background_compact
+    ));
+    cmd.arg("--compact-threshold")
+        .arg(args.compact_threshold.to_string());
+    cmd.arg("--compact-min-dead")
+        .arg(args.compact_min_dead.to_string());
+    cmd.arg("--compact-interval")
+        .arg(args.compact_interval.as_secs_f64().to_string());
     cmd.args(args.s3.to_args());
     cmd.args(args.staging.to_args());
     if let Some(level) = log_level {
@@ -531,6 +567,13 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             free_ratio: args.cache_free_ratio,
         }),
         readahead_bytes: args.readahead,
+        // A read-only mount changes nothing in the object store.
+        compaction: (args.background_compact && !args.no_background_compact && !args.read_only)
+            .then_some(spoolfs_engine::gc::CompactionSettings {
+                threshold: args.compact_threshold,
+                min_dead_bytes: args.compact_min_dead,
+                interval: args.compact_interval,
+            }),
         ..Default::default()
     };
     let engine = Engine::start(meta, storage.clone(), record, config)

@@ -355,7 +355,7 @@ impl ObjectStorage {
     }
 
     /// Objects (relative keys, sizes, modification times) whose keys start with `prefix`:
-    /// one listing, for `fsck` and garbage accounting.
+    /// one listing, for `fsck` and the garbage collector (whose grace period needs the age).
     pub fn list_detailed(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let root = self.path(prefix);
         let strip = if self.prefix.is_empty() {
@@ -383,6 +383,16 @@ impl ObjectStorage {
             }
             Ok(out)
         })
+    }
+
+    /// Several byte ranges `[start, end)` of one object; nearby ranges are fetched with one
+    /// ranged GET (the store client coalesces them).
+    pub fn get_ranges(&self, key: &str, ranges: &[(u64, u64)]) -> Result<Vec<Bytes>> {
+        let path = self.path(key);
+        let ranges: Vec<std::ops::Range<u64>> = ranges.iter().map(|(a, b)| *a..*b).collect();
+        self.runtime
+            .block_on(self.store.get_ranges(&path, &ranges))
+            .map_err(|e| map_err(key, e))
     }
 
     /// Proves the store answers and accepts our credentials: lists the volume prefix, bounded
