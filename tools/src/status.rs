@@ -149,9 +149,10 @@ pub fn describe(s: &MountStatus) -> String {
                 line(
                     "staged:",
                     format!(
-                        "{} in {} slices, oldest {:.1} s",
+                        "{} in {} slice{}, oldest {:.1} s",
                         human_bytes(e.staged_bytes),
                         e.staged_slices,
+                        if e.staged_slices == 1 { "" } else { "s" },
                         e.oldest_staged_age_secs
                     ),
                 );
