@@ -2493,6 +2493,9 @@ impl Engine {
             self.mark_staging_clean()?;
         }
         self.persist_meta()?;
+        if let Some(wb) = self.writeback.as_ref() {
+            wb.free_checkpointed();
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -2518,6 +2521,9 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
             && let Err(err) = e.persist_meta()
         {
             tracing::error!("making metadata durable failed: {err}");
+        }
+        if let Some(wb) = e.writeback.as_ref() {
+            wb.free_checkpointed();
         }
         if let Err(err) = e.collect_garbage(256) {
             tracing::warn!("deleting dead objects: {err}");

@@ -186,6 +186,9 @@ pub(crate) struct Writeback {
     pub draining: std::sync::atomic::AtomicUsize,
     /// `--upload-limit`.
     pub limiter: UploadLimiter,
+    /// Log records no longer needed once the next checkpoint covers the namespace
+    /// transaction they carry: (place, transaction number).
+    pub deferred_frees: Mutex<Vec<(StagedLoc, u64)>>,
     pub stats: WritebackStats,
     /// Uploaded bytes sampled about once a second, for the upload rate.
     rate: Mutex<RateWindow>,
@@ -310,6 +313,7 @@ impl Writeback {
             read_guard: parking_lot::RwLock::new(()),
             draining: std::sync::atomic::AtomicUsize::new(0),
             limiter: UploadLimiter::new(opts.upload_limit),
+            deferred_frees: Mutex::new(Vec::new()),
             stats: WritebackStats::default(),
             rate: Mutex::new(RateWindow::default()),
             opts,
@@ -451,20 +455,28 @@ impl Writeback {
             for id in ids {
                 if let Some(s) = set.map.remove(id) {
                     set.bytes -= s.rec.size as u64;
-                    locs.push(s.loc);
+                    locs.push((s.loc, s.wal_seq));
                     last_seq = last_seq.max(s.wal_seq);
                 }
             }
         }
         // A record that carries a namespace transaction is that transaction's only log copy
-        // until the metadata store has made it durable.
-        if let Some(wal) = self.opts.wal.as_ref().and_then(|w| w.upgrade())
-            && last_seq > wal.persisted_through()
-            && let Err(e) = spoolfs_metadata::KvStore::persist(wal.as_ref())
-        {
-            tracing::error!("cannot checkpoint the metadata store ({e}); keeping staged records");
-            return;
+        // until the metadata store has made it durable: such records wait for the next
+        // checkpoint (at most a second) instead of forcing one.
+        let persisted = self
+            .opts
+            .wal
+            .as_ref()
+            .and_then(|w| w.upgrade())
+            .map_or(u64::MAX, |w| w.persisted_through());
+        if last_seq > persisted {
+            let mut deferred = self.deferred_frees.lock();
+            let (later, now): (Vec<_>, Vec<_>) =
+                locs.into_iter().partition(|(_, seq)| *seq > persisted);
+            deferred.extend(later);
+            locs = now;
         }
+        let locs: Vec<StagedLoc> = locs.into_iter().map(|(loc, _)| loc).collect();
         if !locs.is_empty() {
             // New readers no longer find these slices; wait out the ones already reading.
             let _exclusive = self.read_guard.write();
@@ -477,6 +489,29 @@ impl Writeback {
 
     pub fn get(&self, id: u64) -> Option<Staged> {
         self.set.lock().map.get(&id).copied()
+    }
+
+    /// Frees the records whose namespace transactions the last checkpoint made durable.
+    pub fn free_checkpointed(&self) {
+        let persisted = self
+            .opts
+            .wal
+            .as_ref()
+            .and_then(|w| w.upgrade())
+            .map_or(u64::MAX, |w| w.persisted_through());
+        let ready: Vec<StagedLoc> = {
+            let mut deferred = self.deferred_frees.lock();
+            let (ready, wait): (Vec<_>, Vec<_>) =
+                deferred.drain(..).partition(|(_, seq)| *seq <= persisted);
+            *deferred = wait;
+            ready.into_iter().map(|(loc, _)| loc).collect()
+        };
+        if !ready.is_empty() {
+            let _exclusive = self.read_guard.write();
+            for loc in &ready {
+                self.opts.log.free(loc);
+            }
+        }
     }
 }
 
