@@ -391,6 +391,33 @@ impl Upstream {
     }
 }
 
+/// Asks the kernel to acknowledge what arrives next on `s` at once (TCP_QUICKACK; Linux leaves
+/// quick-ack mode by itself, so this is set again before each response is read).
+///
+/// Upstream S3 test servers (s3s-fs, on hyper) do not set TCP_NODELAY and write a response's
+/// head and body separately: on a reused connection Nagle's algorithm holds the body until the
+/// head is acknowledged, and a delayed ACK takes 40 ms, which would add about 40 ms to most
+/// requests on top of the configured delay.
+fn quickack(s: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket and a c_int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = s;
+}
+
 fn serve_connection(shared: &Shared, client: TcpStream) -> io::Result<()> {
     client.set_nodelay(true)?;
     client.set_read_timeout(Some(shared.config.idle_timeout))?;
@@ -520,6 +547,7 @@ fn forward(
             .write_all(&head.raw)
             .and_then(|_| up.writer.write_all(body))
             .and_then(|_| up.writer.flush());
+        quickack(&up.writer);
         let resp = sent.and_then(|_| read_final_head(&mut up.reader));
         match resp {
             Ok(Some(h)) => break h,
@@ -554,6 +582,7 @@ fn forward(
     let upstream_keep = resp.keep_alive(0) && framing != Framing::UntilClose;
     let mut out = BufWriter::with_capacity(64 * 1024, &mut *client);
     out.write_all(&resp.raw)?;
+    quickack(&up.writer);
     let copied = http::copy_body(&mut up.reader, &mut out, framing, u64::MAX);
     out.flush()?;
     drop(out);

@@ -1,0 +1,515 @@
+#!/usr/bin/env bash
+# The read path: package installs and imports, source trees, and one large file, on
+#
+#   spoolfs writeback (the default), spoolfs standard (--writeback=false), a local ext4
+#   directory, and rclone's VFS cache (`rclone mount --vfs-cache-mode full`),
+#
+# all against s3s-fs behind spoolfs-s3proxy, which adds a delay (20 ms) to every request.
+# Workloads (each timed step has a time limit; one that fails or hangs is "not measured"):
+#
+#   packages  `pip install --target DIR` of a fixed set of pinned wheels (a wheelhouse kept in
+#             /var/tmp/spoolfs-bench-wheels), then `python3 -c 'import ...'` cold, warm and hot
+#   sources   `git clone --no-hardlinks file://REPO` of a generated repository and `tar xf` of a
+#             generated source tarball; then `git status` in the clone and `tar c` of the
+#             extracted tree, cold and warm
+#   large     a 4 GiB file (1 GiB with --quick) written through the mount and put in the object
+#             store, then read sequentially (dd bs=1M), cold and warm; fio O_DIRECT on ext4
+#
+# cold: spoolfs remounted with a fresh, empty --cache-dir, rclone remounted with a fresh
+# --cache-dir, then `echo 3 > /proc/sys/vm/drop_caches` before each step (ext4: drop_caches
+# only). warm: remounted with the same cache directory, drop_caches before each step.
+# hot: the import again right after the cold one, nothing dropped.
+#
+#   sudo bash benches/readpath.sh            # the full run (~11,000 installed files, 4 GiB)
+#   sudo bash benches/readpath.sh --quick    # smaller: 3 wheels, 1,000-file trees, 1 GiB
+#   sudo bash benches/readpath.sh --only ext4,spoolfs-writeback --workloads packages,large
+#
+# Needs root, /dev/fuse, python3 3.11 with pip (the wheels are for CPython 3.11, x86_64),
+# git, fio; installs rclone (Debian) with apt-get when missing; s3s-fs from $S3S_FS_BIN, PATH
+# or ~/.cargo/bin. Environment: BENCH_DIR (default /var/tmp: the work directory with the ext4
+# baseline, staging and cache directories and the s3s-fs root), BENCH_WHEELS (the wheelhouse,
+# default /var/tmp/spoolfs-bench-wheels, downloaded once with pip and kept), BENCH_DELAY_MS
+# (20), BENCH_BIG_MIB (size of the large file), CARGO, BENCH_NO_BUILD (set: use the binaries in
+# target/release), BENCH_KEEP_LOGS (a directory: the logs are copied there). The report goes to
+# stdout, progress to stderr. Exit 0 only if every measurement produced a number.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cmdline="sudo bash benches/readpath.sh${*:+ $*}"
+quick=
+only="ext4,spoolfs-writeback,spoolfs-standard,rclone"
+workloads="packages,sources,large"
+while (($#)); do
+    case "$1" in
+        --quick) quick=1 ;;
+        --only) only=$2; shift ;;
+        --workloads) workloads=$2; shift ;;
+        -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+bench_name=readpath.sh
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+wanted() { [[ ",$only," == *",$1,"* ]]; }
+workload() { [[ ",$workloads," == *",$1,"* ]]; }
+
+# The pinned wheels (CPython 3.11, manylinux x86_64 or pure Python), and what is imported.
+if [[ -n $quick ]]; then
+    wheels_pinned=(numpy==1.26.4 mpmath==1.3.0 sympy==1.12.1)
+    import_stmt="import numpy, sympy, mpmath"
+    repo_files=1000 repo_dirs=60 tar_files=1500 tar_dirs=80
+    big_mib=${BENCH_BIG_MIB:-1024}
+    lim_write=900 lim_read=600
+else
+    wheels_pinned=(numpy==1.26.4 pandas==2.2.2 scipy==1.13.1 sympy==1.12.1 mpmath==1.3.0
+        python-dateutil==2.9.0.post0 pytz==2024.1 tzdata==2024.1 six==1.16.0
+        setuptools==69.5.1 pip==24.0)
+    import_stmt="import numpy, pandas, scipy, scipy.linalg, scipy.sparse, scipy.optimize, scipy.stats, sympy, mpmath, dateutil, pytz"
+    repo_files=5000 repo_dirs=300 tar_files=6000 tar_dirs=300
+    big_mib=${BENCH_BIG_MIB:-4096}
+    lim_write=2400 lim_read=1200
+fi
+wheels_dir=${BENCH_WHEELS:-/var/tmp/spoolfs-bench-wheels}
+python=$(command -v python3)
+
+bench_require_root
+"$python" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
+    || die "python3 is not CPython 3.11 (the wheels are cp311): $("$python" --version 2>&1)"
+"$python" -m pip --version >/dev/null 2>&1 || die "python3 -m pip does not work"
+command -v git >/dev/null || die "git is missing"
+if ! command -v fio >/dev/null; then
+    log "installing fio (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fio >&2 \
+        || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fio >&2; }
+fi
+bench_clean_env
+wanted rclone && bench_ensure_rclone
+bench_build
+bench_init_work spoolfs-readpath
+logs=$work/logs
+mkdir -p "$logs" "$work/tmp"
+keep_logs() { [[ -n "${BENCH_KEEP_LOGS:-}" ]] && mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$logs/." "$BENCH_KEEP_LOGS/" 2>/dev/null; return 0; }
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: the wheelhouse (kept), the source repository and tarball, the large file (generated).
+
+wheel_files=()
+for spec in "${wheels_pinned[@]}"; do
+    name=${spec%%==*} ver=${spec#*==}
+    f=$(compgen -G "$wheels_dir/${name//-/_}-$ver-*.whl" | head -1 || true)
+    if [[ -z $f ]]; then
+        log "pip download $spec into $wheels_dir"
+        mkdir -p "$wheels_dir"
+        "$python" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+            --python-version 3.11 --implementation cp --abi cp311 \
+            --platform manylinux2014_x86_64 --dest "$wheels_dir" "$spec" >&2 \
+            || die "pip download $spec failed"
+        f=$(compgen -G "$wheels_dir/${name//-/_}-$ver-*.whl" | head -1 || true)
+        [[ -n $f ]] || die "no wheel for $spec in $wheels_dir after pip download"
+    fi
+    wheel_files+=("$f")
+done
+wheel_mb=$(du -cbL "${wheel_files[@]}" | awk 'END { printf "%.0f", $1 / 1e6 }')
+
+# Deterministic trees of text files: N files spread over D directories (two levels), sizes
+# from ~100 B to ~60 KB (median ~5 KB), lines of words from a fixed vocabulary.
+gen_tree() {
+    "$python" - "$@" <<'PY'
+import os, random, sys
+root, nfiles, ndirs, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(seed)
+words = ["static", "const", "return", "struct", "impl", "fn", "let", "mut", "match", "self",
+         "buffer", "offset", "length", "error", "result", "value", "index", "count", "node",
+         "inode", "slice", "block", "chunk", "cache", "read", "write", "flush", "sync", "open",
+         "close", "if", "else", "for", "while", "loop", "break", "u64", "usize", "Vec", "Option"]
+dirs = []
+for d in range(ndirs):
+    top = f"mod{d % max(1, ndirs // 10):03d}"
+    dirs.append(os.path.join(root, top, f"part{d:04d}"))
+for d in dirs:
+    os.makedirs(d, exist_ok=True)
+exts = [".rs", ".c", ".h", ".py", ".md", ".txt", ".json"]
+for i in range(nfiles):
+    d = dirs[i % ndirs]
+    size = int(min(60000, max(100, rng.lognormvariate(8.5, 1.0))))
+    out, n = [], 0
+    while n < size:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + f" // {rng.getrandbits(32):08x}\n"
+        out.append(line)
+        n += len(line)
+    with open(os.path.join(d, f"file{i:05d}{exts[i % len(exts)]}"), "w") as f:
+        f.write("".join(out))
+PY
+}
+src_repo=$work/src-repo
+tarball=$work/src.tar
+if workload sources; then
+    log "generating the source repository ($repo_files files, $repo_dirs dirs) and tarball ($tar_files files)"
+    gen_tree "$src_repo" "$repo_files" "$repo_dirs" 1
+    (cd "$src_repo" && git init -q && git add -A \
+        && GIT_AUTHOR_DATE=2026-01-01T00:00:00Z GIT_COMMITTER_DATE=2026-01-01T00:00:00Z \
+           git -c user.name=bench -c user.email=bench@localhost commit -q -m "generated tree") >&2
+    gen_tree "$work/src-tarball/project-1.0" "$tar_files" "$tar_dirs" 2
+    tar cf "$tarball" -C "$work/src-tarball" project-1.0
+    rm -rf "$work/src-tarball"
+    repo_mb=$(du -sb "$src_repo" | awk '{ printf "%.0f", $1 / 1e6 }')
+    tar_mb=$(stat -c %s "$tarball" | awk '{ printf "%.0f", $1 / 1e6 }')
+fi
+big_src=$work/big.src
+if workload large; then
+    log "generating the large file ($big_mib MiB of random bytes)"
+    dd if=/dev/urandom of="$big_src" bs=1M count="$big_mib" iflag=fullblock status=none
+fi
+big_bytes=$((big_mib * 1048576))
+
+bench_start_s3
+
+# ---------------------------------------------------------------------------------------------
+# Measurements: R[system:step] holds seconds (or MB/s) or "not measured: reason".
+
+declare -A R G
+failures=0
+numeric() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
+# measure SYSTEM STEP LIMIT CMD...: runs CMD (output to the step's log) under a time limit.
+measure() {
+    local sys=$1 step=$2 limit=$3 t0 t1 rc=0
+    shift 3
+    log "$sys: $step"
+    if declare -F "$1" >/dev/null; then
+        # A shell function: run it in a child bash that gets its definition (and the exported
+        # variables it uses), so that timeout can stop it.
+        set -- bash -c "$(declare -f "$1"); \"\$@\"" _ "$@"
+    fi
+    ctl reset || true
+    t0=$(now)
+    timeout -k 10 "$limit" "$@" >>"$logs/$sys.$step.log" 2>&1 || rc=$?
+    t1=$(now)
+    [[ $sys == ext4 ]] || G[$sys:$step]="$(count GET || echo '?') GET, $(count PUT || echo '?') PUT"
+    if ((rc == 0)); then
+        R[$sys:$step]=$(secs "$t0" "$t1")
+        log "$sys: $step ${R[$sys:$step]} s"
+    else
+        if ((rc == 124 || rc == 137)); then
+            R[$sys:$step]="not measured: timed out after $limit s"
+        else
+            R[$sys:$step]="not measured: exit status $rc ($(tail -c 300 "$logs/$sys.$step.log" | tr '\n|' '  '))"
+        fi
+        log "$sys: $step ${R[$sys:$step]}"
+    fi
+}
+# A step whose MB/s is derived from its seconds.
+to_mbs() {
+    local k=$1:$2
+    if numeric "${R[$k]:-x}"; then
+        R[$k]=$("$python" -c "import sys; print(f'{$big_bytes / float(sys.argv[1]) / 1e6:.0f}')" "${R[$k]}")
+    fi
+}
+note_fail() { R[$1:$2]="not measured: $3"; log "$1: $2 not measured: $3"; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# Mounting. mount_sys SYSTEM CACHEDIR; mp is $work/mnt-SYSTEM (ext4: a plain directory).
+rclone_pid=
+export rclone_rc= spoolfs work python
+mount_sys() {
+    local sys=$1 cache=$2 mp=$work/mnt-$1
+    mkdir -p "$mp"
+    case $sys in
+        ext4) ;;
+        spoolfs-*)
+            local extra=()
+            [[ $sys == spoolfs-standard ]] && extra=(--writeback=false)
+            mounts+=("$mp")
+            timeout -k 5 120 "$spoolfs" mount --meta "redb://$work/$sys.redb" "$mp" --cache-dir "$cache" \
+                --log-file "$logs/$sys.daemon.log" "${extra[@]}" >&2 || return 1
+            ;;
+        rclone)
+            rclone_rc=$(free_port)
+            # Its own bucket, not a prefix of "bench": rclone HEADs a prefix at start, and
+            # s3s-fs answers 500 (retried for minutes) once the prefix is a directory.
+            mkdir -p "$s3_root/rclone"
+            rclone mount bench:rclone "$mp" --config "$work/rclone.conf" \
+                --vfs-cache-mode full --cache-dir "$cache" --log-file "$logs/rclone.log" \
+                --rc --rc-addr "127.0.0.1:$rclone_rc" --rc-no-auth &
+            rclone_pid=$!
+            pids+=("$rclone_pid")
+            mounts+=("$mp")
+            bench_wait_mounted "$mp" "$logs/rclone.log" || return 1
+            ;;
+    esac
+}
+unmount_sys() {
+    local sys=$1 mp=$work/mnt-$1
+    case $sys in
+        ext4) ;;
+        spoolfs-*) timeout -k 5 "$lim_write" "$spoolfs" umount "$mp" >&2 || { bench_unmount "$mp" 60; return 1; } ;;
+        rclone)
+            umount "$mp" 2>/dev/null || fusermount3 -u "$mp" 2>/dev/null || umount -l "$mp" || true
+            kill "$rclone_pid" 2>/dev/null || true
+            wait "$rclone_pid" 2>/dev/null || true
+            ;;
+    esac
+}
+# Waits until everything written through the mount is in the object store.
+to_store() {
+    local sys=$1 mp=$work/mnt-$1
+    case $sys in
+        ext4) sync ;;
+        spoolfs-*) "$spoolfs" sync "$mp" ;;
+        rclone)
+            # rclone uploads a file --vfs-write-back (5 s) after its last close; done when its
+            # VFS has no upload queued or in progress.
+            local st
+            while :; do
+                st=$(rclone rc --url "http://127.0.0.1:$rclone_rc/" vfs/stats 2>/dev/null) || return 1
+                "$python" -c 'import json, sys; d = json.load(sys.stdin)["diskCache"]; sys.exit(0 if d["uploadsInProgress"] + d["uploadsQueued"] == 0 else 1)' <<<"$st" && return 0
+                sleep 0.2
+            done
+            ;;
+    esac
+}
+
+system_label() {
+    case $1 in
+        ext4) echo "ext4 directory" ;;
+        spoolfs-writeback) echo "spoolfs writeback" ;;
+        spoolfs-standard) echo "spoolfs standard (\`--writeback=false\`)" ;;
+        rclone) echo "rclone $(rclone version 2>/dev/null | head -1 | awk '{print $2}') (\`--vfs-cache-mode full\`)" ;;
+    esac
+}
+
+installed_files=
+run_system() {
+    local sys=$1 mp=$work/mnt-$1 c1=$work/cache-$1-write c2=$work/cache-$1-read phase
+    export TMPDIR=$work/tmp
+    log "---- $sys"
+    case $sys in
+        spoolfs-*) bench_spoolfs_format "$sys" "redb://$work/$sys.redb" ;;
+        rclone) bench_rclone_conf "$work/rclone.conf" ;;
+    esac
+    mount_sys "$sys" "$c1" || { note_fail "$sys" mount "the first mount failed"; return 0; }
+
+    # Writes, each followed by the wait until it is in the object store.
+    if workload packages; then
+        measure "$sys" install "$lim_write" "$python" -m pip install -q --disable-pip-version-check \
+            --no-index --no-deps --no-cache-dir --target "$mp/site" "${wheel_files[@]}"
+        measure "$sys" install_store "$lim_write" to_store "$sys"
+        if [[ $sys == ext4 ]]; then
+            installed_files=$(find "$mp/site" -type f | wc -l)
+            installed_mb=$(du -sb "$mp/site" | awk '{ printf "%.0f", $1 / 1e6 }')
+            log "installed: $installed_files files, $installed_mb MB"
+        fi
+    fi
+    if workload sources; then
+        measure "$sys" clone "$lim_write" git clone -q --no-hardlinks "file://$src_repo" "$mp/clone"
+        measure "$sys" clone_store "$lim_write" to_store "$sys"
+        mkdir -p "$mp/tarx"
+        measure "$sys" tarx "$lim_write" tar xf "$tarball" -C "$mp/tarx"
+        measure "$sys" tarx_store "$lim_write" to_store "$sys"
+    fi
+    if workload large; then
+        if [[ $sys == ext4 ]]; then
+            measure "$sys" big_write "$lim_write" cp "$big_src" "$mp/big"
+        else
+            measure "$sys" big_write "$lim_write" bash -c 'cp "$1" "$2" && sync "$2"' _ "$big_src" "$mp/big"
+        fi
+        measure "$sys" big_store "$lim_write" to_store "$sys"
+    fi
+    unmount_sys "$sys" || { note_fail "$sys" unmount "unmounting after the writes failed"; return 0; }
+    rm -rf "$c1"
+
+    # Reads: cold (fresh cache directory), then warm (the same one again).
+    for phase in cold warm; do
+        mount_sys "$sys" "$c2" || { note_fail "$sys" "mount_$phase" "the $phase mount failed"; continue; }
+        if workload packages; then
+            drop_caches
+            measure "$sys" "import_$phase" "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
+                "$python" -s -c "$import_stmt"
+            if [[ $phase == cold ]]; then
+                measure "$sys" import_hot "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
+                    "$python" -s -c "$import_stmt"
+            fi
+        fi
+        if workload sources; then
+            drop_caches
+            measure "$sys" "status_$phase" "$lim_read" git -C "$mp/clone" status
+            drop_caches
+            measure "$sys" "tarc_$phase" "$lim_read" bash -c 'tar cf - -C "$1" . | cat > /dev/null' _ "$mp/tarx"
+        fi
+        if workload large; then
+            drop_caches
+            if [[ $sys == ext4 && $phase == warm ]]; then
+                # The disk itself: fio, O_DIRECT, 1 MiB reads at QD1.
+                measure "$sys" big_warm "$lim_read" fio --name=seqread --filename="$mp/big" --rw=read \
+                    --bs=1M --size="${big_mib}M" --direct=1 --ioengine=psync --iodepth=1 \
+                    --output-format=json --output="$logs/ext4.fio.json"
+                if numeric "${R[$sys:big_warm]:-x}"; then
+                    R[$sys:big_warm]=$("$python" -c 'import json, sys; print("%.0f" % (json.load(open(sys.argv[1]))["jobs"][0]["read"]["bw_bytes"] / 1e6))' "$logs/ext4.fio.json") \
+                        || note_fail "$sys" big_warm "no bandwidth in the fio output"
+                fi
+            else
+                measure "$sys" "big_$phase" "$lim_read" dd if="$mp/big" of=/dev/null bs=1M
+                to_mbs "$sys" "big_$phase"
+            fi
+        fi
+        if [[ $phase == warm ]]; then
+            # Checks (not timed): the same files, the same bytes, the packages from the mount.
+            if workload packages && [[ -n $installed_files ]]; then
+                local n
+                n=$(find "$mp/site" -type f 2>/dev/null | wc -l)
+                [[ $n == "$installed_files" ]] || note_fail "$sys" install "$n files installed, ext4 has $installed_files"
+                timeout 300 env PYTHONPATH="$mp/site" "$python" -s -c 'import numpy, sys; sys.exit(0 if numpy.__file__.startswith(sys.argv[1]) else 1)' "$mp/site" \
+                    || note_fail "$sys" import_warm "numpy was not imported from $mp/site"
+            fi
+            if workload sources; then
+                [[ $(find "$mp/clone" -path "$mp/clone/.git" -prune -o -type f -print | wc -l) == "$repo_files" ]] \
+                    || note_fail "$sys" clone "the clone does not have $repo_files files"
+                [[ $(find "$mp/tarx" -type f | wc -l) == "$tar_files" ]] \
+                    || note_fail "$sys" tarx "the extracted tree does not have $tar_files files"
+            fi
+            if workload large; then
+                timeout "$lim_read" cmp "$big_src" "$mp/big" >&2 || note_fail "$sys" big_warm "$mp/big differs from what was written"
+            fi
+        fi
+        unmount_sys "$sys" || note_fail "$sys" "unmount_$phase" "unmounting failed"
+    done
+    if [[ $sys == spoolfs-* ]]; then
+        grep -E ' ERROR ' "$logs/$sys.daemon.log" | tail -5 >&2 || true
+    fi
+    rm -rf "$c2" "$s3_root/bench/$sys" "$s3_root/rclone" "$mp"/* 2>/dev/null || true
+    [[ $sys == ext4 ]] && rm -rf "$mp"
+    return 0
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+
+report() {
+
+# cell SYSTEM STEP BASE-STEP: the value, and its ratio to ext4's BASE-STEP.
+cell() {
+    local v=${R[$1:$2]:-not run} b=${R[ext4:${3:-$2}]:-}
+    if ! numeric "$v"; then printf '%s' "$v"; return; fi
+    if [[ $1 != ext4 ]] && numeric "$b" && [[ $b != 0 && $b != 0.00 ]]; then
+        printf '%s (%s×)' "$v" "$("$python" -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$v" "$b")"
+    else
+        printf '%s' "$v"
+    fi
+}
+ratio() {
+    local v=${R[$1:$2]:-} b=${R[ext4:$2]:-}
+    numeric "$v" && numeric "$b" || { echo "n/a"; return; }
+    "$python" -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$v" "$b"
+}
+target_line() {
+    local sys=$1 step=$2 target=$3 what=$4 r
+    r=$(ratio "$sys" "$step")
+    if [[ $r == n/a ]]; then
+        echo "- $(system_label "$sys"), $what: not measured (target ≤ ${target}× ext4)"
+    elif "$python" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)" "$r" "$target"; then
+        echo "- $(system_label "$sys"), $what: **${r}×** ext4, target ≤ ${target}×: met"
+    else
+        echo "- $(system_label "$sys"), $what: **${r}×** ext4, target ≤ ${target}×: **missed** by $("$python" -c "import sys; print(f'{(float(sys.argv[1]) / float(sys.argv[2]) - 1) * 100:.0f}')" "$r" "$target")%"
+    fi
+}
+
+ran=()
+for s in "${run_order[@]}"; do wanted "$s" && ran+=("$s"); done
+sep() { printf '|%s\n' "$(printf -- '---|%.0s' $(seq "$1"))"; }
+
+echo
+echo "Read path: \`$cmdline\`; s3s-fs behind spoolfs-s3proxy adding $delay_ms ms per request; started $started UTC, $(nproc) CPUs, kernel $(uname -r), load average $load0 before and $(cut -d' ' -f1-3 /proc/loadavg) after."
+echo "Seconds (lower is better) or MB/s (higher is better); in parentheses the ratio to ext4 in the same state. cold: fresh cache directory (ext4: nothing) + drop_caches; warm: the same cache directory again + drop_caches (for ext4 the same as cold: data on the local disk, page cache empty); hot: again at once, nothing dropped."
+if workload packages; then
+    echo
+    echo "### Package install and import"
+    echo
+    echo "\`python3 -m pip install --no-index --no-deps --target DIR\` of ${#wheel_files[@]} wheels ($(printf '%s ' "${wheels_pinned[@]}" | sed 's/ $//'); $wheel_mb MB of wheels; ${installed_files:-?} files, ${installed_mb:-?} MB installed), then \`PYTHONPATH=DIR python3 -s -c '$import_stmt'\`. \"in the store\": the seconds the wait until it was all in the object store took after pip returned (\`spoolfs sync\`; rclone: no upload queued or in progress)."
+    echo
+    echo "| system | pip install (s) | then in the store (s) | import cold (s) | import warm (s) | import hot (s) |"
+    sep 6
+    for s in "${ran[@]}"; do
+        echo "| $(system_label "$s") | $(cell "$s" install) | $(cell "$s" install_store x) | $(cell "$s" import_cold) | $(cell "$s" import_warm) | $(cell "$s" import_hot) |"
+    done
+    echo
+    echo "Targets:"
+    for s in spoolfs-writeback spoolfs-standard; do
+        wanted "$s" || continue
+        target_line "$s" install 1.3 "install"
+        target_line "$s" import_warm 1.2 "warm import"
+    done
+fi
+if workload sources; then
+    echo
+    echo "### Source trees"
+    echo
+    echo "\`git clone -q --no-hardlinks file://REPO DIR/clone\` of a generated repository ($repo_files files in $repo_dirs directories, one commit, $repo_mb MB with .git) and \`tar xf\` of a generated tarball ($tar_files files in $tar_dirs directories, $tar_mb MB); then \`git -C DIR/clone status\` and \`tar cf - -C DIR/tarx . | cat > /dev/null\` (through \`cat\`: GNU tar writing to /dev/null itself does not read the files)."
+    echo
+    echo "| system | git clone (s) | then in the store (s) | tar x (s) | then in the store (s) | git status cold (s) | git status warm (s) | tar c cold (s) | tar c warm (s) |"
+    sep 9
+    for s in "${ran[@]}"; do
+        echo "| $(system_label "$s") | $(cell "$s" clone) | $(cell "$s" clone_store x) | $(cell "$s" tarx) | $(cell "$s" tarx_store x) | $(cell "$s" status_cold) | $(cell "$s" status_warm) | $(cell "$s" tarc_cold) | $(cell "$s" tarc_warm) |"
+    done
+fi
+if workload large; then
+    echo
+    echo "### Large file: $big_mib MiB sequential read"
+    echo
+    echo "Written with \`cp\` through the mount and put in the object store, then read with \`dd if=FILE of=/dev/null bs=1M\` (MB/s = bytes / wall time). ext4: cold is the same dd after drop_caches (buffered, kernel readahead); warm is the disk itself: \`fio --rw=read --bs=1M --direct=1 --ioengine=psync --iodepth=1\` on the file. Ratios: system MB/s ÷ ext4 MB/s (higher is better)."
+    echo
+    echo "| system | write + in the store (s) | cold read (MB/s) | warm read (MB/s) |"
+    sep 4
+    for s in "${ran[@]}"; do
+        w=${R[$s:big_write]:-not run}
+        if numeric "$w" && numeric "${R[$s:big_store]:-x}"; then
+            w=$("$python" -c "import sys; print(f'{float(sys.argv[1]) + float(sys.argv[2]):.2f}')" "$w" "${R[$s:big_store]}")
+        elif numeric "$w"; then w=${R[$s:big_store]:-not run}; fi
+        echo "| $(system_label "$s") | $w | $(cell "$s" big_cold) | $(cell "$s" big_warm) |"
+    done
+fi
+
+echo
+echo "### Requests to the object store per step"
+echo
+echo "Counted by the proxy (reset before each step)."
+echo
+steps=(install install_store import_cold import_hot import_warm clone clone_store tarx tarx_store status_cold status_warm tarc_cold tarc_warm big_write big_store big_cold big_warm)
+for s in "${ran[@]}"; do
+    [[ $s == ext4 ]] && continue
+    line=
+    for st in "${steps[@]}"; do
+        [[ -n "${G[$s:$st]:-}" ]] && line+="$st ${G[$s:$st]}; "
+    done
+    echo "- $(system_label "$s"): ${line%; }"
+done
+
+for k in "${!R[@]}"; do numeric "${R[$k]}" || failures=$((failures + 1)); done
+if ((failures)); then
+    echo
+    echo "$failures measurement(s) not made (see above)."
+fi
+}
+
+# On any exit: the logs kept (BENCH_KEEP_LOGS), and the report of what was measured so far.
+reported=
+bench_before_cleanup() {
+    keep_logs
+    if [[ -z $reported ]]; then
+        reported=1
+        echo
+        echo "**The run was aborted**; what was measured before that:"
+        report || true
+    fi
+}
+
+run_order=(ext4 spoolfs-writeback spoolfs-standard rclone)
+started=$(date -u '+%Y-%m-%d %H:%M')
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+for s in "${run_order[@]}"; do
+    wanted "$s" && run_system "$s"
+done
+reported=1
+report
+((failures == 0))
