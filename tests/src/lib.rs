@@ -1085,12 +1085,18 @@ pub fn pids_with_arg(arg: &OsStr) -> Vec<u32> {
 }
 
 fn pid_alive(pid: u32) -> bool {
-    // A zombie counts as gone.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
+    // Alive while any of its threads runs: a zombie main thread can have others winding down
+    // that still hold the process's files (the metadata store's lock).
+    let running = |stat: &str| {
+        !stat
             .rsplit_once(')')
             .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
+            .unwrap_or(false)
+    };
+    match fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks
+            .flatten()
+            .any(|t| fs::read_to_string(t.path().join("stat")).is_ok_and(|s| running(&s))),
         Err(_) => false,
     }
 }

@@ -48,14 +48,22 @@ pub fn read_pid(path: &Path) -> Option<i32> {
 }
 
 /// Whether `pid` is a live (not zombie) process.
+/// Whether any thread of process `pid` still runs. Its main thread turns zombie first while
+/// others (blocked in I/O) wind down still holding the process's files, such as the
+/// metadata store's lock: the process is gone only when every thread is.
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    let running = |stat: &str| {
         // The state follows the command name in parentheses.
-        Ok(stat) => !matches!(
+        !matches!(
             stat.rsplit_once(')')
                 .and_then(|(_, rest)| rest.trim_start().chars().next()),
             Some('Z') | Some('X')
-        ),
+        )
+    };
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| running(&s))),
         Err(_) => false,
     }
 }
