@@ -1041,9 +1041,8 @@ impl Engine {
     /// opened for reading and its size and mtime are what they were at its previous open here
     /// (close-to-open consistency: a change made anywhere since then drops the cache).
     pub fn open_file(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<(u64, bool)> {
-        let fh = self.open_inner(caller, ino, flags)?;
+        let (fh, rec) = self.open_inner(caller, ino, flags)?;
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let rec = self.view(|r| schema::must_inode(r, ino))?;
         let buffered = self
             .state_of(ino)
             .is_some_and(|s| s.read().overlay.is_some());
@@ -1111,7 +1110,8 @@ impl Engine {
         Some(file)
     }
 
-    fn open_inner(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<u64> {
+    /// Opens a handle; returns it and the inode as it is after the open (O_TRUNC applied).
+    fn open_inner(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<(u64, InodeRec)> {
         let rec = self.view(|r| schema::must_inode(r, ino))?;
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if rec.kind == FileKind::Dir && writing {
@@ -1128,8 +1128,9 @@ impl Engine {
                 let _ = self.release(ino, fh);
                 return Err(e);
             }
+            return Ok((fh, self.view(|r| schema::must_inode(r, ino))?));
         }
-        Ok(fh)
+        Ok((fh, rec))
     }
 
     /// Creates and opens a regular file. `mode`: permission bits, umask applied.
