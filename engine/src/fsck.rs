@@ -1451,21 +1451,7 @@ fn relink_lost(t: &mut dyn KvTxn, inos: &[Ino]) -> Result<BTreeSet<Ino>, MetaErr
         None => {
             let ino = schema::get_u64(t, schema::NEXT_INO_KEY)?.max(ROOT_INO + 1);
             t.put(schema::NEXT_INO_KEY, &(ino + 1).to_be_bytes())?;
-            let rec = InodeRec {
-                kind: FileKind::Dir,
-                perm: 0o700,
-                nlink: 2,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                size: 0,
-                atime_ns: now,
-                mtime_ns: now,
-                ctime_ns: now,
-                crtime_ns: now,
-                parent: ROOT_INO,
-                target: Vec::new(),
-            };
+            let rec = InodeRec::empty_dir(0o700, ROOT_INO, now);
             schema::put_inode(t, ino, &rec)?;
             t.put(
                 &schema::dentry_key(ROOT_INO, LOST_FOUND),

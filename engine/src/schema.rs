@@ -297,26 +297,32 @@ pub fn get_dentry(
 }
 
 /// Creates the root directory if the store has none.
+impl InodeRec {
+    /// A new, empty directory owned by root, in `parent`, created at `now`.
+    pub fn empty_dir(perm: u16, parent: Ino, now: i64) -> InodeRec {
+        InodeRec {
+            kind: FileKind::Dir,
+            perm,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            crtime_ns: now,
+            parent,
+            target: Vec::new(),
+        }
+    }
+}
+
 pub fn init_root(t: &mut dyn KvTxn) -> Result<(), MetaError> {
     if get_inode(t, ROOT_INO)?.is_some() {
         return Ok(());
     }
-    let now = now_ns();
-    let root = InodeRec {
-        kind: FileKind::Dir,
-        perm: 0o755,
-        nlink: 2,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        size: 0,
-        atime_ns: now,
-        mtime_ns: now,
-        ctime_ns: now,
-        crtime_ns: now,
-        parent: ROOT_INO,
-        target: Vec::new(),
-    };
+    let root = InodeRec::empty_dir(0o755, ROOT_INO, now_ns());
     put_inode(t, ROOT_INO, &root)?;
     t.put(NEXT_INO_KEY, &(ROOT_INO + 1).to_be_bytes())?;
     t.put(NEXT_SLICE_KEY, &1u64.to_be_bytes())?;
