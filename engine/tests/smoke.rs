@@ -330,13 +330,22 @@ mod writeback {
     }
 
     fn engine_with(f: &Fixture, settings: StagingSettings) -> Arc<Engine> {
+        engine_configured(f, settings, EngineConfig::default())
+    }
+
+    /// A writeback engine with `settings`, the rest of its configuration from `config`.
+    fn engine_configured(
+        f: &Fixture,
+        settings: StagingSettings,
+        config: EngineConfig,
+    ) -> Arc<Engine> {
         let meta = f.meta();
         let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
         let (meta, staging) = open_staging(meta, &record, &settings).unwrap();
         let storage = Arc::new(ObjectStorage::open(&f.storage_config()).unwrap());
         let config = EngineConfig {
             staging: Some(staging),
-            ..Default::default()
+            ..config
         };
         Engine::start(meta, storage, record, config).unwrap()
     }
@@ -597,12 +606,7 @@ mod writeback {
     }
 
     fn engine_cached(f: &Fixture, max_bytes: u64) -> Arc<Engine> {
-        let meta = f.meta();
-        let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
-        let (meta, staging) = open_staging(meta, &record, &settings(f, 2)).unwrap();
-        let storage = Arc::new(ObjectStorage::open(&f.storage_config()).unwrap());
         let config = EngineConfig {
-            staging: Some(staging),
             disk_cache: Some(spoolfs_engine::diskcache::DiskCacheConfig {
                 dir: f.dir.path().join("cache/blocks"),
                 max_bytes,
@@ -610,7 +614,7 @@ mod writeback {
             }),
             ..Default::default()
         };
-        Engine::start(meta, storage, record, config).unwrap()
+        engine_configured(f, settings(f, 2), config)
     }
 
     fn cache_stats(e: &Engine) -> spoolfs_engine::diskcache::DiskCacheStats {
