@@ -32,6 +32,17 @@ fn write_files(dir: &Path, n: u64) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// A daemon mount whose uploads wait (`SLOW_UPLOADS`), with an empty directory `d`.
+fn mount_slow_uploads(vol: &Volume) -> Mount<'_> {
+    let m = vol.mount_with(MountOptions {
+        daemon: true,
+        extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    });
+    fs::create_dir(m.join("d")).unwrap();
+    m
+}
+
 fn staged_bytes(vol: &Volume, mp: &Path) -> u64 {
     let out = vol.spoolfs_run([OsStr::new("status"), mp.as_os_str(), OsStr::new("--json")]);
     out.assert_success();
@@ -88,12 +99,7 @@ fn sigterm(pid: u32) {
 fn sigterm_uploads_everything_and_unmounts() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = vol.mount_with(MountOptions {
-        daemon: true,
-        extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    });
-    fs::create_dir(m.join("d")).unwrap();
+    let m = mount_slow_uploads(&vol);
     let files = write_files(&m.join("d"), 40);
     assert!(
         staged_bytes(&vol, m.path()) > 0,
@@ -117,12 +123,7 @@ fn sigterm_uploads_everything_and_unmounts() {
 fn sigterm_while_busy_writes_out_then_detaches_and_refuses_changes() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = vol.mount_with(MountOptions {
-        daemon: true,
-        extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    });
-    fs::create_dir(m.join("d")).unwrap();
+    let m = mount_slow_uploads(&vol);
     let mut files = write_files(&m.join("d"), 10);
     // An open file keeps the mount busy; its first bytes are written but not closed.
     let first = b"written before the signal\n".to_vec();
@@ -154,12 +155,7 @@ fn sigterm_while_busy_writes_out_then_detaches_and_refuses_changes() {
 fn umount_no_wait_returns_at_once_and_the_daemon_finishes_uploading() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = vol.mount_with(MountOptions {
-        daemon: true,
-        extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    });
-    fs::create_dir(m.join("d")).unwrap();
+    let m = mount_slow_uploads(&vol);
     let files = write_files(&m.join("d"), 30);
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
