@@ -1867,12 +1867,7 @@ impl Engine {
         let Some(wal) = wb.opts.wal.as_ref().and_then(|w| w.upgrade()) else {
             return Err(FsError::Other("the namespace log is closed".into()));
         };
-        let mut carrier = SliceCarrier {
-            wb,
-            header,
-            data,
-            placed: None,
-        };
+        let mut carrier = SliceCarrier::new(wb, header, data);
         let took = wal.update_carried(durability, commit, &mut carrier)?;
         self.meta_dirty.store(true, Ordering::Release);
         Ok(if took { carrier.placed } else { None })

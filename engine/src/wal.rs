@@ -7,7 +7,10 @@
 //! the next sequence number (inside the transaction, so sequence order is commit order), and
 //! stores that number under [`APPLIED_SEQ_KEY`]. After the commit it appends the write set to
 //! the log and returns once every record up to its own is on the device. A `Durable` update
-//! additionally flushes the device cache.
+//! additionally flushes the device cache. A write set that rides with a [`Carrier`]'s data is
+//! submitted just before the commit instead, so the device write and the commit overlap; if
+//! the commit then fails, an empty record with the same number is logged, and replay prefers
+//! it to the carried copy.
 //!
 //! Recovery: the inner store comes back at its last durable commit, which says (under
 //! [`APPLIED_SEQ_KEY`]) the last sequence it contains. The log's records after it are applied
@@ -20,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, Result};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The key under which the inner store records the last logged sequence it contains.
 pub const APPLIED_SEQ_KEY: &[u8] = b"Wseq";
@@ -32,11 +35,17 @@ pub const EPOCH_KEY: &[u8] = b"Wepoch";
 /// (the data staging log, carrying a slice and the metadata change that links it): one device
 /// write instead of two. See [`WalStore::update_carried`].
 pub trait Carrier {
-    /// Appends `record` (the transaction numbered `seq`) with the carrier's own data;
-    /// `durable`: through the device cache, with a flush that also covers every write
-    /// completed before it. The carrier must keep the record until
-    /// [`WalStore::persisted_through`] reaches `seq`.
-    fn append(&mut self, seq: u64, record: &[u8], durable: bool) -> std::io::Result<()>;
+    /// Starts appending `record` (the transaction numbered `seq`) with the carrier's own data
+    /// and returns without waiting. Called inside the transaction just before it commits, so
+    /// the device write overlaps the commit. `durable`: through the device cache, with a
+    /// flush that also covers every write completed before it. An error means nothing was
+    /// submitted.
+    fn submit(&mut self, seq: u64, record: &[u8], durable: bool) -> std::io::Result<()>;
+    /// Waits for the submitted append. Once it succeeded the carrier must keep the record
+    /// until [`WalStore::persisted_through`] reaches its `seq`.
+    fn finish(&mut self) -> std::io::Result<()>;
+    /// The transaction did not commit: wait for the submitted append and give its space back.
+    fn discard(&mut self);
     /// Flushes the device cache for everything the carrier appended.
     fn sync(&mut self) -> std::io::Result<()>;
 }
@@ -59,8 +68,19 @@ struct WalRecord {
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-pub fn encode_record(epoch: u64, seq: u64, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Vec<u8> {
-    bincode::serialize(&WalRecord { epoch, seq, writes }).expect("records serialise")
+/// A write set: `(key, Some(value))` is a put, `(key, None)` a delete.
+type Writes = [(Vec<u8>, Option<Vec<u8>>)];
+
+/// [`WalRecord`] borrowing its writes (serialises to the same bytes).
+#[derive(Serialize)]
+struct WalRecordRef<'a> {
+    epoch: u64,
+    seq: u64,
+    writes: &'a Writes,
+}
+
+pub fn encode_record(epoch: u64, seq: u64, writes: &Writes) -> Vec<u8> {
+    bincode::serialize(&WalRecordRef { epoch, seq, writes }).expect("records serialise")
 }
 
 /// The `(epoch, seq)` of an encoded record, without decoding its writes (`fsck` compares them
@@ -122,6 +142,8 @@ pub struct WalStore {
     persisted: AtomicU64,
     progress: Mutex<Progress>,
     progress_cv: Condvar,
+    /// A failed transaction could not be marked failed in the log: no more changes.
+    broken: AtomicBool,
 }
 
 impl WalStore {
@@ -147,13 +169,16 @@ impl WalStore {
                 Err(e) => tracing::warn!("skipping an undecodable namespace log record: {e}"),
             }
         }
-        decoded.sort_by_key(|(r, _)| r.seq);
+        // An empty copy of a number first: it says the transaction failed to commit, and
+        // wins over a copy that a carrier wrote before the commit was attempted.
+        decoded.sort_by_key(|(r, _)| (r.seq, !r.writes.is_empty()));
         let mut expected = applied + 1;
         let mut replayed = 0;
         for (rec, _) in decoded.iter().filter(|(r, _)| r.seq > applied) {
             if rec.seq < expected {
-                // A second copy (a carried append reported failed but reached the device,
-                // and the record was logged again on its own): identical, already applied.
+                // A second copy: identical (a carried append reported failed but reached the
+                // device, and the record was logged again on its own), or the carried copy
+                // of a transaction whose commit failed after it was written.
                 continue;
             }
             if rec.seq != expected {
@@ -199,6 +224,7 @@ impl WalStore {
                     handles: Vec::new(),
                 }),
                 progress_cv: Condvar::new(),
+                broken: AtomicBool::new(false),
             },
             replayed,
         ))
@@ -252,9 +278,25 @@ impl WalStore {
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
         mut carrier: Option<&mut dyn Carrier>,
     ) -> Result<bool> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(MetaError::Io(
+                "the namespace log lost the outcome of an earlier transaction; \
+                 remount to recover"
+                    .into(),
+            ));
+        }
+        let durable = durability == Durability::Durable;
         let mut writes = Vec::new();
         let mut seq = 0;
+        let mut submitted = false;
+        let mut prefix_before = 0;
         let result = self.inner.update(Durability::Visible, &mut |t| {
+            if submitted {
+                // Our record is already on its way to the device under the number taken.
+                return Err(MetaError::Io(
+                    "a transaction whose log record was submitted cannot be retried".into(),
+                ));
+            }
             writes.clear();
             seq = 0;
             let mut rec = Recorder {
@@ -266,38 +308,61 @@ impl WalStore {
                 return Ok(());
             }
             seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-            t.put(APPLIED_SEQ_KEY, &seq.to_be_bytes())
+            t.put(APPLIED_SEQ_KEY, &seq.to_be_bytes())?;
+            // The carrier's device write runs while the inner store commits.
+            if let Some(c) = carrier.as_deref_mut() {
+                prefix_before = self.progress.lock().prefix;
+                match c.submit(seq, &encode_record(self.epoch, seq, &writes), durable) {
+                    Ok(()) => submitted = true,
+                    Err(e) => tracing::debug!(
+                        "the carrier refused transaction {seq} ({e}); logging it on its own"
+                    ),
+                }
+            }
+            Ok(())
         });
         if seq == 0 {
             return result.map(|_| false);
         }
-        // The number is taken: log something for it even if the commit failed, so that replay
-        // does not stop at a gap in front of later, acknowledged records.
-        let record = match &result {
-            Ok(()) => encode_record(self.epoch, seq, std::mem::take(&mut writes)),
-            Err(_) => encode_record(self.epoch, seq, Vec::new()),
-        };
-        // A committed transaction's record may ride with the carrier's data; a failed one (or
-        // one the carrier cannot take) goes to the namespace log.
-        let prefix_before = self.progress.lock().prefix;
         let mut carried = None;
-        if result.is_ok()
-            && let Some(c) = carrier.as_deref_mut()
-        {
-            let durable = durability == Durability::Durable;
-            match c.append(seq, &record, durable) {
-                Ok(()) => carried = Some(durable),
-                Err(e) => tracing::debug!(
-                    "the carrier refused transaction {seq} ({e}); logging it on its own"
-                ),
+        if submitted && let Some(c) = carrier.as_deref_mut() {
+            if result.is_ok() {
+                match c.finish() {
+                    Ok(()) => carried = Some(durable),
+                    Err(e) => tracing::debug!(
+                        "the carrier failed transaction {seq} ({e}); logging it on its own"
+                    ),
+                }
+            } else {
+                c.discard();
             }
         }
-        let appended = match carried {
-            Some(_) => Ok(None),
-            None => self.log.append(&record).map(Some),
+        // The number is taken: log something for it even if the commit failed, so that replay
+        // does not stop at a gap in front of later, acknowledged records. A failed commit
+        // logs an empty write set, which replay prefers to any carried copy of the record.
+        let record = match (&result, carried) {
+            (Ok(()), Some(_)) => None,
+            (Ok(()), None) => Some(encode_record(self.epoch, seq, &writes)),
+            (Err(_), _) => Some(encode_record(self.epoch, seq, &[])),
+        };
+        let appended = match record {
+            None => Ok(None),
+            Some(r) => self.log.append(&r).map(Some),
         };
         match appended {
-            Ok(handle) => self.mark_done(seq, handle),
+            // An empty record is kept until the next recovery: once freed, a checkpoint
+            // could leave a copy of the carried record as the only one with its number.
+            Ok(handle) => self.mark_done(seq, handle.filter(|_| result.is_ok())),
+            Err(e) if result.is_err() && submitted => {
+                // The carried record may be on the device, and nothing says the transaction
+                // failed: later transactions, which do not contain it, must not be logged.
+                tracing::error!(
+                    "namespace log append failed ({e}) after transaction {seq} failed to \
+                     commit; refusing further changes until a remount"
+                );
+                self.broken.store(true, Ordering::SeqCst);
+                self.mark_done(seq, None);
+            }
             Err(e) => {
                 // Nothing later can be acknowledged past this gap until it is filled; the
                 // inner store holds the change (it is only not crash-safe), so make it durable
@@ -309,7 +374,7 @@ impl WalStore {
         }
         result?;
         self.wait_prefix(seq);
-        if durability == Durability::Durable {
+        if durable {
             // A durable carried append flushed after its own write; that covers the records
             // before it only if they were all on the device before it was written.
             let covered = carried == Some(true) && prefix_before + 1 >= seq;
@@ -383,10 +448,14 @@ mod tests {
     #[derive(Default)]
     struct MemLog {
         records: Mutex<Vec<(u64, Vec<u8>, bool)>>,
+        failing: AtomicBool,
     }
 
     impl RecordLog for MemLog {
         fn append(&self, record: &[u8]) -> std::io::Result<u64> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
             let mut r = self.records.lock();
             let h = r.len() as u64;
             r.push((h, record.to_vec(), false));
@@ -453,16 +522,26 @@ mod tests {
     #[derive(Default)]
     struct MemCarrier {
         records: Vec<(u64, Vec<u8>, bool)>,
+        submitted: Option<(u64, Vec<u8>, bool)>,
         refuse: bool,
+        /// What was submitted for transactions that then failed to commit.
+        discarded: Vec<(u64, Vec<u8>, bool)>,
     }
 
     impl Carrier for MemCarrier {
-        fn append(&mut self, seq: u64, record: &[u8], durable: bool) -> std::io::Result<()> {
+        fn submit(&mut self, seq: u64, record: &[u8], durable: bool) -> std::io::Result<()> {
             if self.refuse {
                 return Err(std::io::Error::from_raw_os_error(libc::EIO));
             }
-            self.records.push((seq, record.to_vec(), durable));
+            self.submitted = Some((seq, record.to_vec(), durable));
             Ok(())
+        }
+        fn finish(&mut self) -> std::io::Result<()> {
+            self.records.extend(self.submitted.take());
+            Ok(())
+        }
+        fn discard(&mut self) {
+            self.discarded.extend(self.submitted.take());
         }
         fn sync(&mut self) -> std::io::Result<()> {
             Ok(())
@@ -538,6 +617,113 @@ mod tests {
         assert_eq!(wal2.persisted_through(), 4);
     }
 
+    /// A store whose next commit fails after the transaction ran (a full or failing disk).
+    struct FailingCommit {
+        inner: MemStore,
+        fail_next: AtomicBool,
+    }
+
+    impl KvStore for FailingCommit {
+        fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+            self.inner.view(f)
+        }
+        fn update(
+            &self,
+            durability: Durability,
+            f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+        ) -> Result<()> {
+            self.inner.update(durability, &mut |t| {
+                f(t)?;
+                if self.fail_next.swap(false, Ordering::SeqCst) {
+                    return Err(MetaError::Io("commit failed: no space left".into()));
+                }
+                Ok(())
+            })
+        }
+        fn persist(&self) -> Result<()> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "failing".into()
+        }
+    }
+
+    fn crash_replay(log: &MemLog, extra: &[(u64, Vec<u8>, bool)]) -> (WalStore, usize) {
+        let fresh = Arc::new(MemStore::default());
+        fresh
+            .update(Durability::Durable, &mut |t| {
+                t.put(EPOCH_KEY, &1u64.to_be_bytes())?;
+                t.put(APPLIED_SEQ_KEY, &0u64.to_be_bytes())
+            })
+            .unwrap();
+        let mut records: Vec<(u64, Vec<u8>)> = log
+            .records
+            .lock()
+            .iter()
+            .map(|(h, r, _)| (*h, r.clone()))
+            .collect();
+        records.extend(extra.iter().map(|(_, r, _)| (u64::MAX, r.clone())));
+        WalStore::recover(fresh, Arc::new(MemLog::default()), records).unwrap()
+    }
+
+    #[test]
+    fn a_carried_record_of_a_failed_commit_is_never_replayed() {
+        let base = Arc::new(FailingCommit {
+            inner: MemStore::default(),
+            fail_next: AtomicBool::new(false),
+        });
+        let log = Arc::new(MemLog::default());
+        let (wal, _) = WalStore::recover(base.clone(), log.clone(), vec![]).unwrap();
+        wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
+            .unwrap();
+        // The carrier writes the record while the store commits; the commit fails.
+        base.fail_next.store(true, Ordering::SeqCst);
+        let mut carrier = MemCarrier::default();
+        let err = wal.update_carried(
+            Durability::Durable,
+            &mut |t| t.put(b"b", b"2"),
+            &mut carrier,
+        );
+        assert!(err.is_err(), "the failed commit is reported");
+        assert_eq!(
+            carrier.discarded.len(),
+            1,
+            "the carrier was told to drop it"
+        );
+        assert!(carrier.records.is_empty());
+        wal.update(Durability::Visible, &mut |t| t.put(b"c", b"3"))
+            .unwrap();
+
+        // Crash after the carried copy reached the device: replay skips it (the empty record
+        // logged for its number wins) and still applies the later transaction.
+        let (wal2, n) = crash_replay(&log, &carrier.discarded);
+        assert_eq!(n, 3);
+        wal2.view(&mut |r| {
+            assert_eq!(r.get(b"a")?.as_deref(), Some(&b"1"[..]));
+            assert_eq!(r.get(b"b")?, None, "a failed transaction never comes back");
+            assert_eq!(r.get(b"c")?.as_deref(), Some(&b"3"[..]));
+            Ok(())
+        })
+        .unwrap();
+
+        // If not even the empty record can be logged, the log cannot say the transaction
+        // failed: every later change is refused rather than logged without it.
+        base.fail_next.store(true, Ordering::SeqCst);
+        log.failing.store(true, Ordering::SeqCst);
+        let mut carrier = MemCarrier::default();
+        assert!(
+            wal.update_carried(
+                Durability::Visible,
+                &mut |t| t.put(b"d", b"4"),
+                &mut carrier
+            )
+            .is_err()
+        );
+        log.failing.store(false, Ordering::SeqCst);
+        let refused = wal.update(Durability::Visible, &mut |t| t.put(b"e", b"5"));
+        assert!(refused.unwrap_err().to_string().contains("remount"));
+    }
+
     #[test]
     fn replay_stops_at_a_gap_and_skips_already_applied_records() {
         let base: Arc<dyn KvStore> = Arc::new(MemStore::default());
@@ -545,7 +731,7 @@ mod tests {
         let rec = |seq: u64, k: &[u8]| {
             (
                 seq,
-                encode_record(0, seq, vec![(k.to_vec(), Some(b"v".to_vec()))]),
+                encode_record(0, seq, &[(k.to_vec(), Some(b"v".to_vec()))]),
             )
         };
         // The store already contains seq 1; the log has 1, 2, 4 (3 never reached the device).

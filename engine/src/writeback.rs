@@ -127,30 +127,62 @@ pub(crate) struct SliceCarrier<'a> {
     pub wb: &'a Writeback,
     pub header: RecordHeader,
     pub data: &'a [u8],
+    /// The submitted append and the transaction it carries.
+    pub pending: Option<(crate::staging::PendingAppend, u64)>,
     /// Where the record went and the transaction it carries, once appended.
     pub placed: Option<(StagedLoc, u64)>,
 }
 
-impl crate::wal::Carrier for SliceCarrier<'_> {
-    fn append(&mut self, seq: u64, record: &[u8], durable: bool) -> std::io::Result<()> {
+impl<'a> SliceCarrier<'a> {
+    pub fn new(wb: &'a Writeback, header: RecordHeader, data: &'a [u8]) -> Self {
+        SliceCarrier {
+            wb,
+            header,
+            data,
+            pending: None,
+            placed: None,
+        }
+    }
+
+    /// The staging log refused the slice: it goes to the object store instead.
+    fn refused(&self, e: StagingError) -> std::io::Error {
         let slice = self.header.slice_id;
-        let loc = self
+        self.wb.stats.bypassed.fetch_add(1, Ordering::Relaxed);
+        match e {
+            StagingError::Full => {
+                tracing::info!("staging log full: uploading slice {slice} directly")
+            }
+            _ => tracing::warn!("staging write failed ({e}): uploading slice {slice} directly"),
+        }
+        std::io::Error::from_raw_os_error(e.errno())
+    }
+}
+
+impl crate::wal::Carrier for SliceCarrier<'_> {
+    fn submit(&mut self, seq: u64, record: &[u8], durable: bool) -> std::io::Result<()> {
+        let pending = self
             .wb
-            .stage_carrying(self.header, self.data, record, durable)
-            .map_err(|e| {
-                self.wb.stats.bypassed.fetch_add(1, Ordering::Relaxed);
-                match e {
-                    StagingError::Full => {
-                        tracing::info!("staging log full: uploading slice {slice} directly")
-                    }
-                    _ => tracing::warn!(
-                        "staging write failed ({e}): uploading slice {slice} directly"
-                    ),
-                }
-                std::io::Error::from_raw_os_error(e.errno())
-            })?;
+            .submit_carrying(self.header, self.data, record, durable)
+            .map_err(|e| self.refused(e))?;
+        self.pending = Some((pending, seq));
+        Ok(())
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        let Some((pending, seq)) = self.pending.take() else {
+            return Err(std::io::Error::other("nothing was submitted"));
+        };
+        let loc = pending.wait().map_err(|e| self.refused(e))?;
         self.placed = Some((loc, seq));
         Ok(())
+    }
+
+    fn discard(&mut self) {
+        if let Some((pending, _)) = self.pending.take()
+            && let Ok(loc) = pending.wait()
+        {
+            self.wb.opts.log.free(&loc);
+        }
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
@@ -415,14 +447,15 @@ impl Writeback {
     }
 
     /// Stages one slice together with the namespace record that links it, as one record
-    /// (the [`crate::wal::Carrier`] of a flush). Errors mean nothing of it is staged.
-    pub fn stage_carrying(
+    /// (the [`crate::wal::Carrier`] of a flush), without waiting for the device. Errors mean
+    /// nothing was submitted.
+    pub fn submit_carrying(
         &self,
         header: RecordHeader,
         data: &[u8],
         record: &[u8],
         durable: bool,
-    ) -> std::result::Result<StagedLoc, StagingError> {
+    ) -> std::result::Result<crate::staging::PendingAppend, StagingError> {
         let len = data.len() + record.len();
         let header = RecordHeader {
             len: u32::try_from(len).map_err(|_| StagingError::TooLarge { len: u32::MAX })?,
@@ -431,18 +464,31 @@ impl Writeback {
         };
         self.opts
             .log
-            .append_parts(&header, &[data, record], durable)
+            .submit_parts(&header, &[data, record], durable)
     }
 
-    /// Records committed staged slices and wakes the uploaders.
+    /// Records committed staged slices, and wakes the uploaders when that changes what they
+    /// wait for.
     pub fn add(&self, staged: &[(u64, Staged)]) {
         let mut set = self.set.lock();
+        let was_empty = set.queue.is_empty();
+        let before = set.bytes;
         for (id, s) in staged {
             set.map.insert(*id, *s);
             set.queue.push_back(*id);
             set.bytes += s.rec.size as u64;
         }
-        self.cv.notify_all();
+        // Uploaders look again at least every 200 ms and hold small slices back for the
+        // upload delay anyway: waking them on every close would cost two context switches per
+        // fsync on a small machine. Wake them when the wait starts (first slice queued), when
+        // a pack's worth has gathered, or when somebody waits for uploads.
+        let pack = self.opts.pack_size as u64;
+        if was_empty
+            || (before < pack && set.bytes >= pack)
+            || self.draining.load(Ordering::Acquire) > 0
+        {
+            self.cv.notify_all();
+        }
     }
 
     /// Forgets staged slices whose `T` records were deleted, and frees their log space once

@@ -352,6 +352,26 @@ impl StagingError {
     }
 }
 
+/// An append handed to its engine thread; [`PendingAppend::wait`] gives its place. Wait for
+/// every one: a record whose answer was never received stays allocated.
+pub struct PendingAppend {
+    rx: crossbeam_channel::Receiver<Result<StagedLoc, StagingError>>,
+    timeout: Duration,
+}
+
+impl PendingAppend {
+    /// Blocks until the record is on the device (and through its cache when durable), or
+    /// [`StagingError::TooSlow`] after the staging timeout.
+    pub fn wait(self) -> Result<StagedLoc, StagingError> {
+        match self.rx.recv_timeout(self.timeout) {
+            Ok(result) => result,
+            // The engine thread frees the record if it completes after all.
+            Err(RecvTimeoutError::Timeout) => Err(StagingError::TooSlow(self.timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(StagingError::Closed),
+        }
+    }
+}
+
 /// The staging log. `Sync`: every method takes `&self` and may be called from any thread.
 pub struct StagingLog {
     shared: Arc<Shared>,
@@ -679,14 +699,25 @@ impl StagingLog {
         self.append_parts(header, &[data], durable)
     }
 
-    /// [`Self::append`] of the concatenation of `parts` (a slice and the namespace record
-    /// that rides with it), without joining them first.
+    /// [`Self::submit_parts`], then waits for it.
     pub fn append_parts(
         &self,
         header: &RecordHeader,
         parts: &[&[u8]],
         durable: bool,
     ) -> Result<StagedLoc, StagingError> {
+        self.submit_parts(header, parts, durable)?.wait()
+    }
+
+    /// Hands the concatenation of `parts` (a slice and the namespace record that rides with
+    /// it) to its engine thread as one record, without joining them first, and returns at
+    /// once: the caller overlaps other work with the device write, then waits.
+    pub fn submit_parts(
+        &self,
+        header: &RecordHeader,
+        parts: &[&[u8]],
+        durable: bool,
+    ) -> Result<PendingAppend, StagingError> {
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if total != u64::from(header.len) || header.meta_len > header.len {
             return Err(StagingError::Invalid(format!(
@@ -727,12 +758,10 @@ impl StagingLog {
                 reply: tx,
             })
             .map_err(|_| StagingError::Closed)?;
-        match rx.recv_timeout(self.append_timeout) {
-            Ok(result) => result,
-            // The engine thread frees the record if it completes after all.
-            Err(RecvTimeoutError::Timeout) => Err(StagingError::TooSlow(self.append_timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(StagingError::Closed),
-        }
+        Ok(PendingAppend {
+            rx,
+            timeout: self.append_timeout,
+        })
     }
 
     /// Reads data bytes `[offset, offset + out.len())` of the record at `loc`, checking the
