@@ -25,6 +25,14 @@ impl BlockId {
             index: u32::MAX,
         }
     }
+
+    /// A whole pack object (pack ids come from the slice id space; another unused index).
+    pub fn pack(pack: u64) -> BlockId {
+        BlockId {
+            slice: pack,
+            index: u32::MAX - 1,
+        }
+    }
 }
 
 pub struct BlockCache {

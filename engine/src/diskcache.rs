@@ -7,10 +7,13 @@
 //! never be stale: it is only ever unused, and then evicted. Staged data is not here at all (it
 //! is read from the staging log until its upload commits), so it can never be evicted.
 //!
-//! Files: `<dir>/<slice hex>-<index hex>-<crc hex>`, holding exactly the data (so that a file
-//! can back a FUSE passthrough open as it is), its CRC-32C in the name. Written under a
-//! temporary name and renamed, never fsynced: a file torn by a crash fails its check and is
-//! dropped. Every read checks the CRC; a bad file
+//! Files: `<dir>/<fan>/<slice hex>-<index hex>-<crc hex>`, where `<fan>` is the slice id
+//! modulo 256 in two hex digits, holding exactly the data (so that a file can back a FUSE
+//! passthrough open as it is), its CRC-32C in the name. Consecutive slices land in different
+//! directories: an upload inserts thousands of small files a second, and one directory would
+//! serialise them on its lock and crowd one ext4 block group. Written in place (no temporary
+//! name, no rename: the index learns of a file only once it is written) and never fsynced: a
+//! file torn by a crash fails its check and is dropped. Every read checks the CRC; a bad file
 //! is deleted and reported as a miss, so the caller fetches the data again. Eviction is least
 //! recently used, by bytes (`--cache-size`) and by free space on the file system
 //! (`--cache-free-ratio`); at open the index is rebuilt from the directory, oldest access time
@@ -104,7 +107,17 @@ pub struct DiskCache {
     misses: AtomicU64,
     corrupt: AtomicU64,
     evictions: AtomicU64,
-    tmp_seq: AtomicU64,
+}
+
+/// The directory of a slice's files: consecutive slices in different ones.
+fn fan(id: BlockId) -> u8 {
+    (id.slice % 256) as u8
+}
+
+/// The fan number a directory name stands for.
+fn fan_of(name: &std::ffi::OsStr) -> Option<u8> {
+    let name = name.to_str()?;
+    (name.len() == 2).then(|| u8::from_str_radix(name, 16).ok())?
 }
 
 fn file_name(id: BlockId, crc: u32) -> String {
@@ -133,16 +146,42 @@ impl DiskCache {
             let entry = entry?;
             let name = entry.file_name();
             let meta = entry.metadata()?;
-            match name.to_str().and_then(parse_name) {
-                Some((id, crc)) if meta.is_file() => {
-                    let used = meta.accessed().or_else(|_| meta.modified());
-                    let used = used.unwrap_or(std::time::UNIX_EPOCH);
-                    found.push((used, id, meta.len(), crc));
+            if meta.is_dir() && fan_of(&name).is_some() {
+                for inner in std::fs::read_dir(entry.path())? {
+                    let inner = inner?;
+                    let meta = inner.metadata()?;
+                    match inner.file_name().to_str().and_then(parse_name) {
+                        Some((id, crc)) if meta.is_file() && fan_of(&name) == Some(fan(id)) => {
+                            let used = meta.accessed().or_else(|_| meta.modified());
+                            let used = used.unwrap_or(std::time::UNIX_EPOCH);
+                            found.push((used, id, meta.len(), crc));
+                        }
+                        _ => {
+                            let _ = std::fs::remove_file(inner.path());
+                        }
+                    }
                 }
-                // Temporary files of an interrupted insert, and anything else.
-                _ => {
+                continue;
+            }
+            match name.to_str().and_then(parse_name) {
+                // The flat layout of earlier versions: moved into its directory.
+                Some((id, crc)) if meta.is_file() => {
+                    let to = config.dir.join(format!("{:02x}", fan(id)));
+                    let moved = std::fs::create_dir_all(&to)
+                        .and_then(|()| std::fs::rename(entry.path(), to.join(&name)));
+                    if moved.is_ok() {
+                        let used = meta.accessed().or_else(|_| meta.modified());
+                        let used = used.unwrap_or(std::time::UNIX_EPOCH);
+                        found.push((used, id, meta.len(), crc));
+                    } else {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+                // Temporary files of earlier versions, and anything else.
+                _ if meta.is_file() => {
                     let _ = std::fs::remove_file(entry.path());
                 }
+                _ => {}
             }
         }
         found.sort();
@@ -157,14 +196,16 @@ impl DiskCache {
             misses: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
-            tmp_seq: AtomicU64::new(0),
         };
         cache.evict(0);
         Ok(cache)
     }
 
     fn path(&self, id: BlockId, crc: u32) -> PathBuf {
-        self.config.dir.join(file_name(id, crc))
+        self.config
+            .dir
+            .join(format!("{:02x}", fan(id)))
+            .join(file_name(id, crc))
     }
 
     /// Opens the file of `id` and checks it: its file and bytes, or `None` on a miss or a
@@ -200,6 +241,39 @@ impl DiskCache {
         checked
     }
 
+    /// `len` bytes at `offset` of the file of `id`, not checked against the file's CRC (that
+    /// would read the whole file): the caller checks them (a slice in a cached pack, against
+    /// the CRC its metadata keeps) and calls [`Self::drop_bad`] if they are wrong.
+    pub fn get_range(&self, id: BlockId, offset: u64, len: u32) -> Option<Vec<u8>> {
+        let crc = {
+            let mut index = self.index.lock();
+            if !index.touch(id) {
+                return None;
+            }
+            index.entries.get(&id).map(|e| e.crc)?
+        };
+        let mut buf = vec![0u8; len as usize];
+        let read = std::fs::File::open(self.path(id, crc))
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset));
+        match read {
+            Ok(()) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(buf)
+            }
+            Err(_) => {
+                self.drop_bad(id);
+                None
+            }
+        }
+    }
+
+    /// Drops the file of `id`: what the caller read from it failed its check.
+    pub fn drop_bad(&self, id: BlockId) {
+        tracing::warn!("local cache file of {id:?} is damaged or gone; fetching it again");
+        self.corrupt.fetch_add(1, Ordering::Relaxed);
+        self.remove(id);
+    }
+
     /// The cached bytes of `id`, checked; `None` on a miss or a bad file (then dropped).
     pub fn get(&self, id: BlockId) -> Option<Bytes> {
         self.open_checked(id).map(|(_, b)| Bytes::from(b))
@@ -221,21 +295,29 @@ impl DiskCache {
         if self.index.lock().entries.contains_key(&id) {
             return;
         }
-        let tmp = self.config.dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
-        ));
         let crc = crc32c::crc32c(data);
-        let written = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            drop(f);
-            std::fs::rename(&tmp, self.path(id, crc))
-        })();
+        let path = self.path(id, crc);
+        // Never rewrite an existing file: a concurrent insert of the same data may already
+        // be indexed and open (a passthrough open reads the file itself).
+        let create = || std::fs::File::create_new(&path);
+        let file = create().or_else(|e| match e.kind() {
+            // The first file of its directory.
+            std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(path.parent().expect("in a fan directory"))?;
+                create()
+            }
+            _ => Err(e),
+        });
+        let written = match file {
+            Ok(mut f) => f.write_all(data),
+            Err(e) => {
+                tracing::debug!("cannot keep a local copy of {id:?}: {e}");
+                return;
+            }
+        };
         if let Err(e) = written {
             tracing::debug!("cannot keep a local copy of {id:?}: {e}");
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&path);
             return;
         }
         self.index.lock().add(id, size, crc);
@@ -366,9 +448,7 @@ mod tests {
             Bytes::from(vec![3u8; 3000])
         );
         // A damaged file is detected, dropped and reported as a miss, never served.
-        let path = dir
-            .path()
-            .join(file_name(id(4, 0), crc32c::crc32c(&[4u8; 3000])));
+        let path = c.path(id(4, 0), crc32c::crc32c(&[4u8; 3000]));
         let mut b = std::fs::read(&path).unwrap();
         b[10] ^= 0xff;
         std::fs::write(&path, b).unwrap();
@@ -378,6 +458,27 @@ mod tests {
         // Dead slices go.
         c.remove_slice(1);
         assert!(c.get(id(1, 0)).is_none());
+    }
+
+    #[test]
+    fn files_of_the_flat_layout_move_into_their_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = [7u8; 100];
+        let old = dir
+            .path()
+            .join(file_name(id(0x1234, 0), crc32c::crc32c(&data)));
+        std::fs::write(&old, data).unwrap();
+        std::fs::write(dir.path().join(".tmp-1-2"), b"half").unwrap();
+        let c = cache(dir.path(), 10_000);
+        assert_eq!(c.get(id(0x1234, 0)).unwrap(), Bytes::from(data.to_vec()));
+        assert!(!old.exists());
+        assert!(
+            dir.path()
+                .join("34")
+                .join(old.file_name().unwrap())
+                .exists()
+        );
+        assert!(!dir.path().join(".tmp-1-2").exists());
     }
 
     #[test]

@@ -597,6 +597,9 @@ impl Engine {
                     rec.perm &= !(libc::S_ISGID as u16);
                 }
             }
+            if owner_changed || set.size.is_some() {
+                t.delete(&schema::xattr_key(ino, schema::CAPS_XATTR))?;
+            }
             if let Some(size) = set.size {
                 if rec.kind == FileKind::Dir {
                     return Err(posix(libc::EISDIR, "cannot truncate a directory"));
@@ -1057,6 +1060,24 @@ impl Engine {
         Ok((fh, keep && rec.kind == FileKind::File))
     }
 
+    /// Copies a packed slice out of its locally cached pack into a cache file of its own (a
+    /// passthrough open needs a file holding exactly the slice), and opens it.
+    fn cache_own_file(
+        &self,
+        disk: &crate::diskcache::DiskCache,
+        slice: u64,
+    ) -> Option<std::fs::File> {
+        let v = self.view(|r| r.get(&schema::packed_key(slice))).ok()??;
+        let p: schema::PackedRec = schema::decode("packed slice", &v).ok()?;
+        let b = disk.get_range(BlockId::pack(p.pack), p.offset, p.len)?;
+        if crc32c::crc32c(&b) != p.crc {
+            disk.drop_bad(BlockId::pack(p.pack));
+            return None;
+        }
+        disk.insert(BlockId::whole(slice), &b);
+        disk.file(BlockId::whole(slice))
+    }
+
     /// A local file holding exactly the current contents of `ino`, for a FUSE passthrough
     /// open: when the file is one slice, already in the local data cache (checked now), not
     /// staged, with no buffered writes and not open for writing on this node.
@@ -1103,7 +1124,8 @@ impl Engine {
         }
         let file = disk
             .file(BlockId::whole(s.id))
-            .or_else(|| disk.file(BlockId::block(s.id, 0)))?;
+            .or_else(|| disk.file(BlockId::block(s.id, 0)))
+            .or_else(|| self.cache_own_file(disk, s.id))?;
         self.counters
             .passthrough_opens
             .fetch_add(1, Ordering::Relaxed);
@@ -1431,6 +1453,17 @@ impl Engine {
             let Some(&(_, p)) = run.first() else {
                 return Ok(None);
             };
+            // The whole pack may be on local disk (kept when it was uploaded from here).
+            if let Some(d) = &self.disk
+                && let Some(b) = d.get_range(BlockId::pack(p.pack), p.offset, p.len)
+            {
+                if crc32c::crc32c(&b) == p.crc {
+                    let b = Bytes::from(b);
+                    self.cache.insert(cached, b.clone());
+                    return Ok(Some(b));
+                }
+                d.drop_bad(BlockId::pack(p.pack));
+            }
             let key = schema::pack_object_key(p.pack);
             let (_, last) = run[run.len() - 1];
             let end = last.offset + last.len as u64;
@@ -1596,15 +1629,24 @@ impl Engine {
     ) -> Result<u32> {
         let mut state = state.write();
         if state.overlay.is_none() {
-            let rec = self.view(|r| schema::must_inode(r, ino))?;
+            // The first write since the last flush: privileges are dropped here, once (a
+            // setxattr of capabilities flushes, so the next write comes back here).
+            let caps_key = schema::xattr_key(ino, schema::CAPS_XATTR);
+            let (rec, has_caps) =
+                self.view(|r| Ok((schema::must_inode(r, ino)?, r.get(&caps_key)?.is_some())))?;
             if rec.kind != FileKind::File {
                 return Err(FsError::new(libc::EINVAL, "not a regular file"));
             }
-            if caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0 {
-                // Writing by an unprivileged user drops set-id bits.
+            // Writing by an unprivileged user drops set-id bits; any write drops capabilities.
+            let kill_setid =
+                caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0;
+            if kill_setid || has_caps {
                 self.update(|t| {
                     let mut rec = schema::must_inode(t, ino)?;
-                    clear_setid_on_write(&mut rec);
+                    if kill_setid || has_caps {
+                        clear_setid_on_write(&mut rec);
+                    }
+                    t.delete(&caps_key)?;
                     schema::put_inode(t, ino, &rec)
                 })?;
             }
@@ -1668,8 +1710,25 @@ impl Engine {
         let mut carried: Option<(u64, RecordHeader)> = None;
         let now = schema::now_ns();
         let last = state.pending.len().saturating_sub(1);
-        for (i, p) in state.pending.iter().enumerate() {
-            let id = self.slice_ids.next(self.meta.as_ref())?;
+        // Ids first (the only step that can fail), so that every append submitted below is
+        // also waited for.
+        let ids = (0..state.pending.len())
+            .map(|_| self.slice_ids.next(self.meta.as_ref()))
+            .collect::<Result<Vec<u64>, _>>()?;
+        // All slices but the last go to the engine thread at once, written as one batch.
+        let mut submitted = Vec::with_capacity(state.pending.len());
+        for (i, (p, &id)) in state.pending.iter().zip(&ids).enumerate() {
+            let size = p.data.len() as u32;
+            let carry = i == last
+                && wb.is_some_and(|wb| wb.opts.wal.is_some() && wb.wait_for_room(size as u64));
+            let pending = if carry {
+                None
+            } else {
+                wb.and_then(|wb| wb.submit_stage(ino, p.chunk, p.pos, id, &p.data))
+            };
+            submitted.push((carry, pending));
+        }
+        for ((p, &id), (carry, pending)) in state.pending.iter().zip(&ids).zip(submitted) {
             let size = p.data.len() as u32;
             let rec = StagedRec {
                 ino,
@@ -1679,22 +1738,19 @@ impl Engine {
                 offset: 0,
                 staged_ns: now,
             };
-            let header = RecordHeader {
-                ino,
-                chunk: p.chunk,
-                pos: p.pos,
-                slice_id: id,
-                len: size,
-                meta_len: 0,
-            };
-            let carry = i == last
-                && wb.is_some_and(|wb| wb.opts.wal.is_some() && wb.wait_for_room(size as u64));
-            let loc = if carry {
-                None
-            } else {
-                wb.and_then(|wb| wb.stage(ino, p.chunk, p.pos, id, &p.data))
+            let loc = match (wb, pending) {
+                (Some(wb), Some(pending)) => wb.finish_stage(id, pending),
+                _ => None,
             };
             if carry {
+                let header = RecordHeader {
+                    ino,
+                    chunk: p.chunk,
+                    pos: p.pos,
+                    slice_id: id,
+                    len: size,
+                    meta_len: 0,
+                };
                 carried = Some((id, header));
                 staged.push((id, Staged::pending(rec)));
             } else if let Some(loc) = loc {
@@ -2084,6 +2140,11 @@ impl Engine {
         if value.len() > XATTR_VALUE_MAX {
             return Err(FsError::new(libc::E2BIG, "attribute value too large"));
         }
+        if name == schema::CAPS_XATTR {
+            // Writes check for capabilities once per flush: settle the pending ones, so
+            // that the next write removes what is set now.
+            self.flush_inode(ino)?;
+        }
         self.update(|t| {
             let mut rec = schema::must_inode(t, ino)?;
             let key = schema::xattr_key(ino, name);
@@ -2144,7 +2205,9 @@ impl Engine {
                 return Err(posix(libc::ENODATA, "no such attribute"));
             }
             t.delete(&key)?;
-            t.delete(&schema::sync_mark_key(ino))?;
+            if name == schema::SYNC_UPLOAD_XATTR {
+                t.delete(&schema::sync_mark_key(ino))?;
+            }
             rec.ctime_ns = schema::now_ns();
             schema::put_inode(t, ino, &rec)
         })?;
@@ -2410,7 +2473,12 @@ impl Engine {
                 }
                 DeadPlace::Packed {
                     emptied: Some(pack),
-                } => self.storage.delete(&schema::pack_object_key(pack))?,
+                } => {
+                    if let Some(disk) = &self.disk {
+                        disk.remove_slice(pack);
+                    }
+                    self.storage.delete(&schema::pack_object_key(pack))?
+                }
                 DeadPlace::Packed { emptied: None } => {}
                 DeadPlace::Blocks => {
                     let blocks = (d.size as u64).div_ceil(bs).max(1);

@@ -577,6 +577,9 @@ impl Engine {
         }
         let mut freed = 0u64;
         for old in &moved_from {
+            if let Some(disk) = &self.disk {
+                disk.remove_slice(*old);
+            }
             let key = schema::pack_object_key(*old);
             match self.storage.delete(&key) {
                 Ok(()) => {

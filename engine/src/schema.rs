@@ -91,6 +91,9 @@ pub fn xattr_key(ino: Ino, name: &[u8]) -> Vec<u8> {
 /// The extended attribute that marks a directory (or file): `close` and `fsync` of files under
 /// it return only once their data is in the object store.
 pub const SYNC_UPLOAD_XATTR: &[u8] = b"user.spoolfs.sync_upload";
+/// File capabilities: removed by a write, a truncation or a change of owner, as the kernel
+/// would (the FUSE front end takes that job over with `FUSE_HANDLE_KILLPRIV_V2`).
+pub const CAPS_XATTR: &[u8] = b"security.capability";
 
 pub const SYNC_MARK_PREFIX: &[u8] = b"Y";
 

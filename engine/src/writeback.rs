@@ -146,15 +146,9 @@ impl<'a> SliceCarrier<'a> {
 
     /// The staging log refused the slice: it goes to the object store instead.
     fn refused(&self, e: StagingError) -> std::io::Error {
-        let slice = self.header.slice_id;
-        self.wb.stats.bypassed.fetch_add(1, Ordering::Relaxed);
-        match e {
-            StagingError::Full => {
-                tracing::info!("staging log full: uploading slice {slice} directly")
-            }
-            _ => tracing::warn!("staging write failed ({e}): uploading slice {slice} directly"),
-        }
-        std::io::Error::from_raw_os_error(e.errno())
+        let errno = e.errno();
+        self.wb.bypass(self.header.slice_id, e);
+        std::io::Error::from_raw_os_error(errno)
     }
 }
 
@@ -407,15 +401,16 @@ impl Writeback {
         }
     }
 
-    /// Stages one slice; `None` if it must go straight to the object store (full, failing).
-    pub fn stage(
+    /// Hands one slice to the staging log without waiting (see [`Self::finish_stage`]);
+    /// `None` if it must go straight to the object store (no room, full, failing).
+    pub fn submit_stage(
         &self,
         ino: u64,
         chunk: u32,
         pos: u32,
         slice: u64,
         data: &[u8],
-    ) -> Option<StagedLoc> {
+    ) -> Option<crate::staging::PendingAppend> {
         if !self.opts.writeback {
             return None;
         }
@@ -431,18 +426,29 @@ impl Writeback {
             len: data.len() as u32,
             meta_len: 0,
         };
-        match self.opts.log.append(&header, data, false) {
-            Ok(loc) => Some(loc),
-            Err(StagingError::Full) => {
-                self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("staging log full: uploading slice {slice} directly");
-                None
+        self.opts
+            .log
+            .submit_parts(&header, &[data], false)
+            .map_err(|e| self.bypass(slice, e))
+            .ok()
+    }
+
+    /// Where a submitted slice was staged; `None` if it must go to the object store instead.
+    pub fn finish_stage(
+        &self,
+        slice: u64,
+        pending: crate::staging::PendingAppend,
+    ) -> Option<StagedLoc> {
+        pending.wait().map_err(|e| self.bypass(slice, e)).ok()
+    }
+
+    fn bypass(&self, slice: u64, e: StagingError) {
+        self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
+        match e {
+            StagingError::Full => {
+                tracing::info!("staging log full: uploading slice {slice} directly")
             }
-            Err(e) => {
-                self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("staging write failed ({e}): uploading slice {slice} directly");
-                None
-            }
+            _ => tracing::warn!("staging write failed ({e}): uploading slice {slice} directly"),
         }
     }
 
@@ -709,11 +715,9 @@ impl Engine {
                 ));
             }
             // Uploaded data stays readable locally: a copy goes into the disk cache (slices
-            // never change, so it cannot go stale).
+            // never change, so it cannot go stale). Small slices are cached as the pack they
+            // go up in: one file per pack, not one per slice.
             if data.len() <= PACK_SLICE_MAX {
-                if let Some(disk) = &self.disk {
-                    disk.insert(BlockId::whole(*id), &data);
-                }
                 small.push((*id, data));
                 continue;
             }
@@ -743,6 +747,9 @@ impl Engine {
                 .map(|(id, d)| (*id, d.as_slice()))
                 .collect();
             let (object, entries) = spoolfs_uploader::encode_pack(&parts);
+            if let Some(disk) = &self.disk {
+                disk.insert(BlockId::pack(pack), &object);
+            }
             let key = schema::pack_object_key(pack);
             for e in &entries {
                 keys.entry(e.slice).or_default();

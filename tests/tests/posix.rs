@@ -877,6 +877,46 @@ fn attributes(backend: Backend) {
         b"beta"
     );
 
+    // File capabilities go whenever the file is written, truncated or given a new owner, as
+    // on a local file system; spoolfs does it itself (FUSE_HANDLE_KILLPRIV_V2), on every
+    // write, not only the first one after a close.
+    let caps = p("caps.bin");
+    fs::write(&caps, b"binary").unwrap();
+    // VFS_CAP_REVISION_2, permitted: CAP_NET_RAW.
+    let mut cap = Vec::new();
+    for word in [0x0200_0000u32, 1 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    let cap_gone = |what: &str| {
+        assert_errno(
+            get_xattr(&caps, "security.capability"),
+            libc::ENODATA,
+            &format!("security.capability after {what}"),
+        )
+    };
+    set_xattr(&caps, "security.capability", &cap, 0).unwrap();
+    assert_eq!(get_xattr(&caps, "security.capability").unwrap(), cap);
+    {
+        let mut f = fs::OpenOptions::new().append(true).open(&caps).unwrap();
+        f.write_all(b" more").unwrap();
+        cap_gone("a write");
+        set_xattr(&caps, "security.capability", &cap, 0).unwrap();
+        f.write_all(b" again").unwrap();
+        cap_gone("a second write on the same descriptor");
+    }
+    set_xattr(&caps, "security.capability", &cap, 0).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&caps)
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    cap_gone("a truncation");
+    set_xattr(&caps, "security.capability", &cap, 0).unwrap();
+    std::os::unix::fs::chown(&caps, Some(42), None).unwrap();
+    cap_gone("a chown");
+    fs::remove_file(&caps).unwrap();
+
     let before = snapshot_tree(m.path(), SnapOptions::EXACT);
     // Spot checks that the snapshot holds what was set.
     let e = &before[Path::new("attr-renamed.txt")];
