@@ -246,9 +246,20 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 EXT4_DIR=$WORK/ext4            # next to the volumes' staging directories
 mkdir -p "$EXT4_DIR"
 DISK_FS=$(df -T "$EXT4_DIR" | awk 'NR==2 {print $2 " on " $1}')
+# Without a journal (no jbd2 entry for the device), ext4's fsync of an overwrite is one data
+# write and one flush: the same device work as the device floor below.
+DISK_DEV=$(basename "$(df "$EXT4_DIR" | awk 'NR==2 {print $1}')")
+if ls /proc/fs/jbd2 2>/dev/null | grep -q "^$DISK_DEV-"; then
+    EXT4_JOURNAL="yes"
+else
+    EXT4_JOURNAL="none (fsync = data write + flush)"
+fi
 
 fio_rand a_ext4 "$EXT4_DIR/randwrite-fsync.dat" "$RUNTIME_A" --fsync=1
 rm -f "$EXT4_DIR/randwrite-fsync.dat"
+# The device floor: what one staging record costs at least (an O_DIRECT write, then a flush).
+fio_rand a_floor "$EXT4_DIR/randwrite-direct.dat" "$RUNTIME_A" --direct=1 --fdatasync=1
+rm -f "$EXT4_DIR/randwrite-direct.dat"
 
 new_volume wb
 mount_volume wb --writeback=true
@@ -270,6 +281,8 @@ NULLFS_PID=$!
 for _ in $(seq 100); do mountpoint -q "$NULLFS_MNT" && break; sleep 0.1; done
 mountpoint -q "$NULLFS_MNT" || die "nullfs did not mount (see $WORK/nullfs.log)"
 fio_rand b_nullfs "$NULLFS_MNT/null" "$RUNTIME_B"
+# The FUSE floor of (a): the two round trips of a write and an fsync, no work.
+fio_rand a_nullfs "$NULLFS_MNT/null" "$RUNTIME_A" --fsync=1
 kill -TERM "$NULLFS_PID"
 wait "$NULLFS_PID" || log "warning: nullfs exited with status $?"
 NULLFS_PID=""
@@ -307,6 +320,7 @@ python3 "$ROOT/benches/fio_report.py" "$RESULTS" \
     --disk "$DISK_FS ($CPU CPUs); staging (--cache-dir) and the ext4 baseline file in the same directory tree" \
     --note "spoolfs writeback mount: $WB_STAGING" \
     --note "object store: $STORE_DESC" \
+    --note "ext4 journal on the disk under test: $EXT4_JOURNAL" \
     --note "load average (1/5/15 min) before / after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)" \
     "${BYPASS_NOTES[@]}" >"$REPORT" || report_rc=$?
 cat "$REPORT"
