@@ -35,6 +35,11 @@ pub struct DiskCacheConfig {
     pub max_bytes: u64,
     /// Evict while less than this fraction of the file system is free.
     pub free_ratio: f64,
+    /// Also keep a copy of the large slices this node uploads (stored as block objects: a
+    /// checkpoint, a video). Off by default: a large sequential write would otherwise be
+    /// written to the local disk twice (staging, then the cache) and push everything else out
+    /// of the cache. Small slices are always kept, as the packs they are uploaded in.
+    pub keep_large_uploads: bool,
 }
 
 #[derive(Default, Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -241,6 +246,11 @@ impl DiskCache {
         checked
     }
 
+    /// Whether the blocks of large uploaded slices are kept too.
+    pub fn keeps_large_uploads(&self) -> bool {
+        self.config.keep_large_uploads
+    }
+
     /// `len` bytes at `offset` of the file of `id`, not checked against the file's CRC (that
     /// would read the whole file): the caller checks them (a slice in a cached pack, against
     /// the CRC its metadata keeps) and calls [`Self::drop_bad`] if they are wrong.
@@ -417,6 +427,7 @@ mod tests {
             dir: dir.to_path_buf(),
             max_bytes: max,
             free_ratio: 0.0,
+            keep_large_uploads: true,
         })
         .unwrap()
     }

@@ -722,7 +722,7 @@ impl Engine {
                 continue;
             }
             for (i, b) in data.chunks(bs).enumerate() {
-                if let Some(disk) = &self.disk {
+                if let Some(disk) = self.disk.as_ref().filter(|d| d.keeps_large_uploads()) {
                     disk.insert(BlockId::block(*id, i as u32), b);
                 }
                 let key = schema::block_key(*id, i as u32, b.len() as u32);

@@ -660,15 +660,63 @@ mod writeback {
     }
 
     fn engine_cached(f: &Fixture, max_bytes: u64) -> Arc<Engine> {
+        engine_cached_with(f, max_bytes, true, settings(f, 2))
+    }
+
+    fn engine_cached_with(
+        f: &Fixture,
+        max_bytes: u64,
+        keep_large_uploads: bool,
+        staging: StagingSettings,
+    ) -> Arc<Engine> {
         let config = EngineConfig {
             disk_cache: Some(spoolfs_engine::diskcache::DiskCacheConfig {
                 dir: f.dir.path().join("cache/blocks"),
                 max_bytes,
                 free_ratio: 0.0,
+                keep_large_uploads,
             }),
             ..Default::default()
         };
-        engine_configured(f, settings(f, 2), config)
+        engine_configured(f, staging, config)
+    }
+
+    /// Large uploaded slices (block objects) are kept in the data cache only when asked;
+    /// small ones always are, as their pack.
+    #[test]
+    fn large_uploads_are_cached_only_when_asked() {
+        for keep in [false, true] {
+            let f = Fixture::new();
+            // Segments large enough to stage a slice over the 1 MiB packing limit.
+            let staging = StagingSettings {
+                segment_size: 8 << 20,
+                ..settings(&f, 2)
+            };
+            let e = engine_cached_with(&f, 256 << 20, keep, staging);
+            let small = write_files(&e, 3);
+            let big = pattern(7, 3 << 19);
+            let (a, fh) = e
+                .create(&ME, ROOT_INO, b"big", 0o644, libc::O_RDWR)
+                .unwrap();
+            e.write(&ME, a.ino, fh, 0, &big).unwrap();
+            e.release(a.ino, fh).unwrap();
+            assert_eq!(e.drain_uploads(Some(Duration::from_secs(30))), 0);
+            assert_eq!(
+                e.status().staging_bypassed_slices,
+                0,
+                "everything was staged"
+            );
+            let small_bytes: usize = small.iter().map(|(_, d)| d.len()).sum();
+            let cached = cache_stats(&e).bytes;
+            assert!(cached >= small_bytes as u64, "keep {keep}: {cached}");
+            if keep {
+                assert!(cached >= (small_bytes + big.len()) as u64, "{cached}");
+            } else {
+                assert!(cached < big.len() as u64, "{cached}");
+            }
+            assert_eq!(read_all(&e, a.ino), big);
+            e.shutdown().unwrap();
+        }
     }
 
     fn cache_stats(e: &Engine) -> spoolfs_engine::diskcache::DiskCacheStats {

@@ -61,6 +61,12 @@ pub struct MountArgs {
     /// (least recently used first) below it.
     #[arg(long, value_name = "FRACTION", default_value = "0.1", value_parser = parse_ratio)]
     pub cache_free_ratio: f64,
+    /// Also keep a local copy of large files this node writes (slices over 1 MiB, uploaded as
+    /// block objects) once they are uploaded. Off by default: a checkpoint would be written
+    /// to the local disk twice and push everything else out of the cache. Small files are
+    /// always kept.
+    #[arg(long)]
+    pub cache_large_writes: bool,
     /// auto: read-only opens of a file wholly in the local data cache and not open for writing
     /// go from the kernel straight to the cache file (FUSE passthrough; Linux 6.9+, root),
     /// falling back by itself where the kernel refuses; off: every read goes through spoolfs.
@@ -233,6 +239,9 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg(args.cache_size.to_string())
         .arg("--cache-free-ratio")
         .arg(args.cache_free_ratio.to_string());
+    if args.cache_large_writes {
+        cmd.arg("--cache-large-writes");
+    }
     cmd.arg("--shutdown-timeout")
         .arg(args.shutdown_timeout.as_secs_f64().to_string());
     if args.allow_other {
@@ -565,6 +574,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             dir: cache_dir.join(&record.uuid).join("blocks"),
             max_bytes: args.cache_size,
             free_ratio: args.cache_free_ratio,
+            keep_large_uploads: args.cache_large_writes,
         }),
         readahead_bytes: args.readahead,
         // A read-only mount changes nothing in the object store.

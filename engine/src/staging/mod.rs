@@ -379,6 +379,8 @@ pub struct StagingLog {
     /// Each engine thread's buffer pool, by thread (empty: no pools).
     pools: Vec<Arc<BufPool>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The spare maker ([`segments::make_spares`]).
+    spares: Mutex<Option<JoinHandle<()>>>,
     /// How long an append may take before the caller gives up on the device.
     append_timeout: Duration,
 }
@@ -498,6 +500,8 @@ impl StagingLog {
             files: (0..nsegs).map(|_| OnceLock::new()).collect(),
             segs: (0..nsegs).map(|_| SegState::default()).collect(),
             free: Mutex::new(Default::default()),
+            free_cv: Default::default(),
+            stopping: Default::default(),
             create_lock: Mutex::new(()),
             next_seq: AtomicU64::new(1),
             next_gen: AtomicU64::new(1),
@@ -657,6 +661,15 @@ impl StagingLog {
             senders.push(tx);
             threads.push(h);
         }
+        // Last: nothing after it can fail and leave the thread running.
+        let spares = {
+            let shared = shared.clone();
+            let spares = config.threads + 1;
+            std::thread::Builder::new()
+                .name("spool-spares".into())
+                .spawn(move || segments::make_spares(&shared, spares))
+                .map_err(|e| StagingError::io("spawn the segment preparer", e))?
+        };
         if let Some(e) = register_err {
             tracing::warn!(
                 error = %e,
@@ -681,6 +694,7 @@ impl StagingLog {
                 senders,
                 pools,
                 threads: Mutex::new(threads),
+                spares: Mutex::new(Some(spares)),
                 append_timeout: tuning.append_timeout,
             },
             found,
@@ -950,6 +964,14 @@ impl Drop for StagingLog {
             let _ = s.send(Request::Shutdown);
         }
         for h in self.threads.lock().drain(..) {
+            let _ = h.join();
+        }
+        {
+            let _free = self.shared.free.lock();
+            self.shared.stopping.store(true, Ordering::SeqCst);
+            self.shared.free_cv.notify_all();
+        }
+        if let Some(h) = self.spares.lock().take() {
             let _ = h.join();
         }
     }

@@ -241,6 +241,51 @@ fn staging_recycle_invalidates_old_generation() {
     assert_eq!(got, (100..110).collect::<Vec<_>>());
 }
 
+/// Segment files the log directory holds.
+fn segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("seg-") && !name.ends_with(".tmp")
+        })
+        .count()
+}
+
+/// Spare segments are created ahead by their own thread, so an engine thread that fills its
+/// segment moves to one that is ready.
+#[test]
+fn staging_prepares_spare_segments_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), IoEngineKind::Auto);
+    c.threads = 1;
+    c.segment_size = 128 << 10;
+    c.max_segments = 8;
+    let (log, _) = StagingLog::open(c).unwrap();
+    let wait_for = |n: usize| {
+        let start = Instant::now();
+        while segment_files(dir.path()) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} segment files, expected {n}",
+                segment_files(dir.path())
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // One segment per engine thread at open, then two spares (threads + 1) ahead.
+    wait_for(2);
+    let d = data_for(3, 50_000);
+    for i in 0..6 {
+        log.append(&hdr(1, i, d.len()), &d, true).unwrap();
+    }
+    // Three segments used: the spares were taken and new ones made.
+    wait_for(5);
+    assert!(segment_files(dir.path()) <= 8);
+    drop(log);
+}
+
 #[test]
 fn staging_full_returns_at_once() {
     let dir = tempfile::tempdir().unwrap();
