@@ -501,6 +501,7 @@ impl StagingLog {
             segs: (0..nsegs).map(|_| SegState::default()).collect(),
             free: Mutex::new(Default::default()),
             free_cv: Default::default(),
+            spare_demand: Default::default(),
             stopping: Default::default(),
             create_lock: Mutex::new(()),
             next_seq: AtomicU64::new(1),
@@ -664,7 +665,7 @@ impl StagingLog {
         // Last: nothing after it can fail and leave the thread running.
         let spares = {
             let shared = shared.clone();
-            let spares = config.threads + 1;
+            let spares = config.threads;
             std::thread::Builder::new()
                 .name("spool-spares".into())
                 .spawn(move || segments::make_spares(&shared, spares))

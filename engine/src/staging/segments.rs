@@ -70,6 +70,10 @@ pub(crate) struct Shared {
     /// Signalled when a segment is taken from `free` (the spare maker may have work) and at
     /// shutdown.
     pub free_cv: Condvar,
+    /// A segment was taken since the spare maker last had enough ready (under `free`'s lock:
+    /// set by engine threads, cleared by the spare maker). Spares are made on demand, not at
+    /// mount, where zero-filling them would compete with the first requests for the disk.
+    pub spare_demand: AtomicBool,
     /// The log is shutting down: the spare maker exits.
     pub stopping: AtomicBool,
     pub create_lock: Mutex<()>,
@@ -229,7 +233,11 @@ pub(crate) fn make_spares(shared: &Shared, spares: usize) {
         let created = |s: &u32| shared.files[*s as usize].get().is_some();
         let ready = free.iter().filter(|s| created(s)).count();
         let resting = failed_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(30));
-        let next = if ready < spares && !resting {
+        if ready >= spares {
+            shared.spare_demand.store(false, Ordering::SeqCst);
+        }
+        let wanted = shared.spare_demand.load(Ordering::SeqCst);
+        let next = if ready < spares && wanted && !resting {
             free.iter().find(|s| !created(s)).copied()
         } else {
             None

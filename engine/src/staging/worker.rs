@@ -269,6 +269,7 @@ impl Worker {
         let Some(segment) = self.shared.free.lock().pop_front() else {
             return Ok(None);
         };
+        self.shared.spare_demand.store(true, Ordering::SeqCst);
         self.shared.free_cv.notify_all();
         let generation = if self.shared.files[segment as usize].get().is_none() {
             match self.shared.create_segment(segment) {
