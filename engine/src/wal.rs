@@ -50,14 +50,37 @@ pub trait Carrier {
     fn sync(&mut self) -> std::io::Result<()>;
 }
 
+/// A record handed to a [`RecordLog`], not yet known to be on the device.
+pub enum PendingRecord {
+    /// Already appended: its handle.
+    Done(u64),
+    /// On its way to the staging log.
+    Staged(crate::staging::PendingAppend),
+}
+
 /// What the write-ahead log needs from a log device.
 pub trait RecordLog: Send + Sync {
-    /// Appends one record (not necessarily flushed); returns a handle for `free`.
-    fn append(&self, record: &[u8]) -> std::io::Result<u64>;
+    /// Starts appending one record (not necessarily flushed) and returns without waiting.
+    fn submit(&self, record: &[u8]) -> std::io::Result<PendingRecord>;
+    /// Waits for a submitted record; returns a handle for `free`.
+    fn finish(&self, pending: PendingRecord) -> std::io::Result<u64>;
+    /// Appends one record and waits for it.
+    fn append(&self, record: &[u8]) -> std::io::Result<u64> {
+        self.finish(self.submit(record)?)
+    }
     /// Flushes every completed append to stable storage.
     fn sync(&self) -> std::io::Result<()>;
     /// The record is no longer needed.
     fn free(&self, handle: u64);
+}
+
+/// How a transaction's record left before its commit (see [`WalStore::update_carried`]).
+enum Early {
+    Nothing,
+    /// With the carrier's data.
+    Carried,
+    /// To the namespace log.
+    Logged(PendingRecord),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -288,10 +311,10 @@ impl WalStore {
         let durable = durability == Durability::Durable;
         let mut writes = Vec::new();
         let mut seq = 0;
-        let mut submitted = false;
+        let mut early = Early::Nothing;
         let mut prefix_before = 0;
         let result = self.inner.update(Durability::Visible, &mut |t| {
-            if submitted {
+            if !matches!(early, Early::Nothing) {
                 // Our record is already on its way to the device under the number taken.
                 return Err(MetaError::Io(
                     "a transaction whose log record was submitted cannot be retried".into(),
@@ -309,14 +332,22 @@ impl WalStore {
             }
             seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
             t.put(APPLIED_SEQ_KEY, &seq.to_be_bytes())?;
-            // The carrier's device write runs while the inner store commits.
+            // The record's device write runs while the inner store commits: with the
+            // carrier's data, or else on its own in the namespace log.
+            prefix_before = self.progress.lock().prefix;
+            let record = encode_record(self.epoch, seq, &writes);
             if let Some(c) = carrier.as_deref_mut() {
-                prefix_before = self.progress.lock().prefix;
-                match c.submit(seq, &encode_record(self.epoch, seq, &writes), durable) {
-                    Ok(()) => submitted = true,
+                match c.submit(seq, &record, durable) {
+                    Ok(()) => early = Early::Carried,
                     Err(e) => tracing::debug!(
                         "the carrier refused transaction {seq} ({e}); logging it on its own"
                     ),
+                }
+            }
+            if matches!(early, Early::Nothing) {
+                match self.log.submit(&record) {
+                    Ok(p) => early = Early::Logged(p),
+                    Err(e) => tracing::debug!("namespace log submit of {seq} failed ({e})"),
                 }
             }
             Ok(())
@@ -324,38 +355,58 @@ impl WalStore {
         if seq == 0 {
             return result.map(|_| false);
         }
+        // Where the record went, now that the commit's outcome is known.
         let mut carried = None;
-        if submitted && let Some(c) = carrier.as_deref_mut() {
-            if result.is_ok() {
-                match c.finish() {
-                    Ok(()) => carried = Some(durable),
-                    Err(e) => tracing::debug!(
-                        "the carrier failed transaction {seq} ({e}); logging it on its own"
-                    ),
+        let mut logged = None;
+        let mut on_device = false;
+        match early {
+            Early::Carried => {
+                let c = carrier.as_deref_mut().expect("a carrier took it");
+                on_device = true;
+                if result.is_ok() {
+                    match c.finish() {
+                        Ok(()) => carried = Some(durable),
+                        Err(e) => tracing::debug!(
+                            "the carrier failed transaction {seq} ({e}); logging it on its own"
+                        ),
+                    }
+                } else {
+                    c.discard();
                 }
-            } else {
-                c.discard();
             }
+            Early::Logged(p) => match self.log.finish(p) {
+                Ok(h) => {
+                    on_device = true;
+                    logged = Some(h);
+                }
+                Err(e) => tracing::debug!("namespace log append of {seq} failed ({e})"),
+            },
+            Early::Nothing => {}
         }
         // The number is taken: log something for it even if the commit failed, so that replay
         // does not stop at a gap in front of later, acknowledged records. A failed commit
-        // logs an empty write set, which replay prefers to any carried copy of the record.
-        let record = match (&result, carried) {
-            (Ok(()), Some(_)) => None,
-            (Ok(()), None) => Some(encode_record(self.epoch, seq, &writes)),
-            (Err(_), _) => Some(encode_record(self.epoch, seq, &[])),
-        };
-        let appended = match record {
-            None => Ok(None),
-            Some(r) => self.log.append(&r).map(Some),
+        // logs an empty write set, which replay prefers to any other copy of the record
+        // (one written before the commit was attempted).
+        let appended = match (&result, carried, logged) {
+            (Ok(()), Some(_), _) => Ok(None),
+            (Ok(()), None, Some(h)) => Ok(Some(h)),
+            (Ok(()), None, None) => self
+                .log
+                .append(&encode_record(self.epoch, seq, &writes))
+                .map(Some),
+            // An empty record is kept until the next recovery: once freed, a checkpoint
+            // could leave the full copy as the only one with its number.
+            (Err(_), _, _) => self
+                .log
+                .append(&encode_record(self.epoch, seq, &[]))
+                .map(|_| None),
         };
         match appended {
-            // An empty record is kept until the next recovery: once freed, a checkpoint
-            // could leave a copy of the carried record as the only one with its number.
-            Ok(handle) => self.mark_done(seq, handle.filter(|_| result.is_ok())),
-            Err(e) if result.is_err() && submitted => {
-                // The carried record may be on the device, and nothing says the transaction
-                // failed: later transactions, which do not contain it, must not be logged.
+            Ok(handle) => self.mark_done(seq, handle),
+            Err(e) if result.is_err() && on_device => {
+                // A full copy of the record may be on the device, and nothing says the
+                // transaction failed: later transactions, which do not contain it, must not
+                // be logged.
                 tracing::error!(
                     "namespace log append failed ({e}) after transaction {seq} failed to \
                      commit; refusing further changes until a remount"
@@ -452,14 +503,20 @@ mod tests {
     }
 
     impl RecordLog for MemLog {
-        fn append(&self, record: &[u8]) -> std::io::Result<u64> {
+        fn submit(&self, record: &[u8]) -> std::io::Result<PendingRecord> {
             if self.failing.load(Ordering::SeqCst) {
                 return Err(std::io::Error::from_raw_os_error(libc::EIO));
             }
             let mut r = self.records.lock();
             let h = r.len() as u64;
             r.push((h, record.to_vec(), false));
-            Ok(h)
+            Ok(PendingRecord::Done(h))
+        }
+        fn finish(&self, pending: PendingRecord) -> std::io::Result<u64> {
+            match pending {
+                PendingRecord::Done(h) => Ok(h),
+                PendingRecord::Staged(_) => unreachable!("a memory log stages nothing"),
+            }
         }
         fn sync(&self) -> std::io::Result<()> {
             for r in self.records.lock().iter_mut() {
@@ -691,16 +748,25 @@ mod tests {
             "the carrier was told to drop it"
         );
         assert!(carrier.records.is_empty());
+        // The same without a carrier: the full record went to the namespace log before the
+        // commit was attempted.
+        base.fail_next.store(true, Ordering::SeqCst);
+        assert!(
+            wal.update(Durability::Visible, &mut |t| t.put(b"x", b"9"))
+                .is_err()
+        );
         wal.update(Durability::Visible, &mut |t| t.put(b"c", b"3"))
             .unwrap();
 
         // Crash after the carried copy reached the device: replay skips it (the empty record
-        // logged for its number wins) and still applies the later transaction.
+        // logged for its number wins), skips the logged copy of the other failed transaction
+        // too, and still applies the later transaction.
         let (wal2, n) = crash_replay(&log, &carrier.discarded);
-        assert_eq!(n, 3);
+        assert_eq!(n, 4);
         wal2.view(&mut |r| {
             assert_eq!(r.get(b"a")?.as_deref(), Some(&b"1"[..]));
             assert_eq!(r.get(b"b")?, None, "a failed transaction never comes back");
+            assert_eq!(r.get(b"x")?, None, "a failed transaction never comes back");
             assert_eq!(r.get(b"c")?.as_deref(), Some(&b"3"[..]));
             Ok(())
         })

@@ -987,7 +987,7 @@ impl NamespaceLog {
 }
 
 impl crate::wal::RecordLog for NamespaceLog {
-    fn append(&self, record: &[u8]) -> std::io::Result<u64> {
+    fn submit(&self, record: &[u8]) -> std::io::Result<crate::wal::PendingRecord> {
         let header = RecordHeader {
             ino: 0,
             chunk: 0,
@@ -996,10 +996,17 @@ impl crate::wal::RecordLog for NamespaceLog {
             len: record.len() as u32,
             meta_len: 0,
         };
-        let loc = self
-            .log
-            .append(&header, record, false)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        self.log
+            .submit_parts(&header, &[record], false)
+            .map(crate::wal::PendingRecord::Staged)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+    fn finish(&self, pending: crate::wal::PendingRecord) -> std::io::Result<u64> {
+        let loc = match pending {
+            crate::wal::PendingRecord::Done(h) => return Ok(h),
+            crate::wal::PendingRecord::Staged(p) => p.wait(),
+        };
+        let loc = loc.map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         Ok(self.remember(loc))
     }
     fn sync(&self) -> std::io::Result<()> {
