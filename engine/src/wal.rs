@@ -527,6 +527,27 @@ mod tests {
         fn free(&self, _handle: u64) {}
     }
 
+    /// A crash: the inner store comes back with only the first recovery's commit (epoch 1,
+    /// sequence 0), and `log`'s records (plus `extra` ones, found in another log) are
+    /// replayed onto it.
+    fn crash_replay(log: &Arc<MemLog>, extra: &[Vec<u8>]) -> (WalStore, usize) {
+        let fresh = Arc::new(MemStore::default());
+        fresh
+            .update(Durability::Durable, &mut |t| {
+                t.put(EPOCH_KEY, &1u64.to_be_bytes())?;
+                t.put(APPLIED_SEQ_KEY, &0u64.to_be_bytes())
+            })
+            .unwrap();
+        let mut records: Vec<(u64, Vec<u8>)> = log
+            .records
+            .lock()
+            .iter()
+            .map(|(h, r, _)| (*h, r.clone()))
+            .collect();
+        records.extend(extra.iter().map(|r| (u64::MAX, r.clone())));
+        WalStore::recover(fresh, log.clone(), records).unwrap()
+    }
+
     #[test]
     fn lost_commits_come_back_from_the_log() {
         let base = Arc::new(MemStore::default());
@@ -539,23 +560,8 @@ mod tests {
         }
         wal.update(Durability::Visible, &mut |t| t.delete(&[b'k', 3]))
             .unwrap();
-        // A crash loses everything the inner store had not made durable: simulate with an
-        // empty store that knows nothing, and replay the whole log onto it.
-        let fresh = Arc::new(MemStore::default());
-        // What the inner store had made durable: the recovery's own commit (epoch 1, seq 0).
-        fresh
-            .update(Durability::Durable, &mut |t| {
-                t.put(EPOCH_KEY, &1u64.to_be_bytes())?;
-                t.put(APPLIED_SEQ_KEY, &0u64.to_be_bytes())
-            })
-            .unwrap();
-        let records: Vec<(u64, Vec<u8>)> = log
-            .records
-            .lock()
-            .iter()
-            .map(|(h, r, _)| (*h, r.clone()))
-            .collect();
-        let (wal2, n) = WalStore::recover(fresh.clone(), log.clone(), records).unwrap();
+        // A crash loses everything the inner store had not made durable.
+        let (wal2, n) = crash_replay(&log, &[]);
         assert_eq!(n, 11);
         wal2.view(&mut |r| {
             for i in 0..10u8 {
@@ -645,23 +651,8 @@ mod tests {
 
         // Crash: the store knows only the recovery commit. Records come from both logs, and
         // the carried one also appears twice (a failed append whose bytes reached the disk).
-        let fresh = Arc::new(MemStore::default());
-        fresh
-            .update(Durability::Durable, &mut |t| {
-                t.put(EPOCH_KEY, &1u64.to_be_bytes())?;
-                t.put(APPLIED_SEQ_KEY, &0u64.to_be_bytes())
-            })
-            .unwrap();
-        let mut records: Vec<(u64, Vec<u8>)> = log
-            .records
-            .lock()
-            .iter()
-            .map(|(h, r, _)| (*h, r.clone()))
-            .collect();
         let carried = carrier.records[0].1.clone();
-        records.push((u64::MAX, carried.clone()));
-        records.push((u64::MAX, carried));
-        let (wal2, n) = WalStore::recover(fresh, log, records).unwrap();
+        let (wal2, n) = crash_replay(&log, &[carried.clone(), carried]);
         assert_eq!(n, 4);
         wal2.view(&mut |r| {
             for (k, v) in [(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")] {
@@ -705,24 +696,6 @@ mod tests {
         }
     }
 
-    fn crash_replay(log: &MemLog, extra: &[(u64, Vec<u8>, bool)]) -> (WalStore, usize) {
-        let fresh = Arc::new(MemStore::default());
-        fresh
-            .update(Durability::Durable, &mut |t| {
-                t.put(EPOCH_KEY, &1u64.to_be_bytes())?;
-                t.put(APPLIED_SEQ_KEY, &0u64.to_be_bytes())
-            })
-            .unwrap();
-        let mut records: Vec<(u64, Vec<u8>)> = log
-            .records
-            .lock()
-            .iter()
-            .map(|(h, r, _)| (*h, r.clone()))
-            .collect();
-        records.extend(extra.iter().map(|(_, r, _)| (u64::MAX, r.clone())));
-        WalStore::recover(fresh, Arc::new(MemLog::default()), records).unwrap()
-    }
-
     #[test]
     fn a_carried_record_of_a_failed_commit_is_never_replayed() {
         let base = Arc::new(FailingCommit {
@@ -761,7 +734,8 @@ mod tests {
         // Crash after the carried copy reached the device: replay skips it (the empty record
         // logged for its number wins), skips the logged copy of the other failed transaction
         // too, and still applies the later transaction.
-        let (wal2, n) = crash_replay(&log, &carrier.discarded);
+        let discarded: Vec<Vec<u8>> = carrier.discarded.iter().map(|d| d.1.clone()).collect();
+        let (wal2, n) = crash_replay(&log, &discarded);
         assert_eq!(n, 4);
         wal2.view(&mut |r| {
             assert_eq!(r.get(b"a")?.as_deref(), Some(&b"1"[..]));
