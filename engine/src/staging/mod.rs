@@ -612,17 +612,30 @@ impl StagingLog {
         }
         let shared = Arc::new(shared);
 
-        // Have one segment per thread ready so first appends do not wait for a zero fill.
-        let precreate: Vec<u32> = shared
-            .free
-            .lock()
-            .iter()
-            .copied()
-            .filter(|&i| shared.files[i as usize].get().is_none())
-            .take(config.threads)
-            .collect();
+        // Have one segment per thread ready so first appends do not wait for a zero fill. A
+        // disk without room for them is no reason to refuse the mount: appends then find the
+        // log full and their data goes straight to the object store.
+        let precreate: Vec<u32> = {
+            let free = shared.free.lock();
+            let ready = free
+                .iter()
+                .filter(|&&i| shared.files[i as usize].get().is_some())
+                .count();
+            free.iter()
+                .copied()
+                .filter(|&i| shared.files[i as usize].get().is_none())
+                .take(config.threads.saturating_sub(ready))
+                .collect()
+        };
         for i in precreate {
-            shared.create_segment(i)?;
+            if let Err(e) = shared.create_segment(i) {
+                tracing::warn!(
+                    "staging log in {}: cannot prepare a segment ({e}); appends fall back to \
+                     the object store until there is room",
+                    dir.display()
+                );
+                break;
+            }
         }
 
         // Each thread's buffer pool: no buffer larger than the largest record.

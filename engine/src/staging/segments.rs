@@ -105,7 +105,11 @@ impl Shared {
         let generation = self.next_gen.fetch_add(1, Ordering::SeqCst);
         let path = segment_path(&self.dir, index);
         let tmp = self.dir.join(format!("seg-{index:06}.tmp"));
-        let io = |what: &str, e: std::io::Error| StagingError::io(format!("{what} {tmp:?}"), e);
+        let io = |what: &str, e: std::io::Error| {
+            // A partly written segment (no room on the disk) must not keep the space.
+            let _ = std::fs::remove_file(&tmp);
+            StagingError::io(format!("{what} {tmp:?}"), e)
+        };
         {
             let mut f = OpenOptions::new()
                 .write(true)
