@@ -42,6 +42,9 @@ pub struct EngineConfig {
     pub readahead_threads: usize,
     /// The background compactor (`None`: off).
     pub compaction: Option<crate::gc::CompactionSettings>,
+    /// Writeback: `close` makes what it wrote power-safe, as `fsync` does (a device flush),
+    /// not only crash-safe.
+    pub durable_close: bool,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             readahead_bytes: 32 << 20,
             readahead_threads: 4,
             compaction: Some(crate::gc::CompactionSettings::default()),
+            durable_close: false,
         }
     }
 }
@@ -1961,7 +1965,12 @@ impl Engine {
 
     /// close(2) of one descriptor: in standard mode, returns when the data is in the object store.
     pub fn flush(&self, ino: Ino, fh: u64) -> Result<()> {
-        let _ = fh;
+        let writing = || self.handles.lock().get(&fh).is_some_and(|h| h.writing);
+        if self.config.durable_close && self.is_writeback() && writing() {
+            // `--durable-close`: what close promises is what fsync promises (a descriptor
+            // opened for reading has nothing to make durable).
+            return self.fsync(ino, fh, false);
+        }
         self.flush_inode(ino)
     }
 

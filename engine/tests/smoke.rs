@@ -528,6 +528,41 @@ mod writeback {
         drop(e);
     }
 
+    /// `--durable-close`: closing a descriptor that wrote flushes the device cache, as fsync
+    /// does; without it close does not; a read-only descriptor's close never does.
+    #[test]
+    fn durable_close_flushes_the_device_only_when_asked() {
+        for durable_close in [false, true] {
+            let f = Fixture::new();
+            let config = EngineConfig {
+                durable_close,
+                ..Default::default()
+            };
+            let e = engine_configured(&f, settings(&f, 1), config);
+            let flushes = || e.metrics().staging.map(|s| s.device_flushes).unwrap();
+            let (a, fh) = e.create(&ME, ROOT_INO, b"c", 0o644, libc::O_RDWR).unwrap();
+            e.write(&ME, a.ino, fh, 0, b"checkpoint").unwrap();
+            let before = flushes();
+            e.flush(a.ino, fh).unwrap();
+            let closed = flushes();
+            if durable_close {
+                assert!(
+                    closed > before,
+                    "close flushed nothing ({before} -> {closed})"
+                );
+            } else {
+                assert_eq!(closed, before, "close flushed without --durable-close");
+            }
+            e.release(a.ino, fh).unwrap();
+            let rfh = e.open(&ME, a.ino, libc::O_RDONLY).unwrap();
+            let before = flushes();
+            e.flush(a.ino, rfh).unwrap();
+            e.release(a.ino, rfh).unwrap();
+            assert_eq!(flushes(), before, "a read-only close flushed the device");
+            e.shutdown().unwrap();
+        }
+    }
+
     #[test]
     fn overwrite_while_staged_reads_newest() {
         let f = Fixture::new();

@@ -584,6 +584,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
                 min_dead_bytes: args.compact_min_dead,
                 interval: args.compact_interval,
             }),
+        durable_close: args.staging.durable_close,
         ..Default::default()
     };
     let engine = Engine::start(meta, storage.clone(), record, config)

@@ -24,6 +24,11 @@ pub struct StagingArgs {
     /// cut); none: O_DIRECT only (survives a crash of spoolfs or the kernel, not a power cut).
     #[arg(long, value_name = "MODE", default_value = "flush", value_parser = parse_durability)]
     pub staging_durability: StagingDurability,
+    /// Make close power-safe too, as fsync is: every close that wrote something flushes the
+    /// staging device's cache (writeback mode; off: close survives a crash of spoolfs or the
+    /// kernel, fsync also a power cut).
+    #[arg(long)]
+    pub durable_close: bool,
     /// Most bytes staged and not yet uploaded; at the limit writers wait for the uploaders.
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
     pub max_staging: u64,
@@ -191,6 +196,9 @@ impl StagingArgs {
         ];
         if let Some(n) = self.engine_threads {
             out.push(format!("--engine-threads={n}"));
+        }
+        if self.durable_close {
+            out.push("--durable-close".into());
         }
         out
     }
