@@ -104,6 +104,8 @@ struct OpenInode {
     pins: u64,
     /// Open handles only (an inode with nlink 0 is deleted when this reaches zero).
     handles: u64,
+    /// Its last name went while handles were open: the last close deletes it.
+    unlinked: bool,
     state: Arc<RwLock<FileState>>,
 }
 
@@ -487,6 +489,7 @@ impl Engine {
         let entry = open.entry(ino).or_insert_with(|| OpenInode {
             pins: 0,
             handles: 0,
+            unlinked: false,
             state: Arc::new(RwLock::new(FileState::default())),
         });
         entry.pins += 1;
@@ -496,7 +499,8 @@ impl Engine {
         entry.state.clone()
     }
 
-    /// Drops a pin; returns true if it was the last open handle of the inode.
+    /// Drops a pin; returns true if it was the last open handle of an inode whose last name
+    /// went while it was open (see [`Self::keep_unlinked`]): the caller deletes it.
     pub(crate) fn unpin(&self, ino: Ino, handle: bool) -> bool {
         let mut open = self.open_shard(ino).lock();
         let Some(entry) = open.get_mut(&ino) else {
@@ -506,7 +510,7 @@ impl Engine {
         let mut last_handle = false;
         if handle {
             entry.handles -= 1;
-            last_handle = entry.handles == 0;
+            last_handle = entry.handles == 0 && entry.unlinked;
         }
         if entry.pins == 0 {
             open.remove(&ino);
@@ -514,11 +518,18 @@ impl Engine {
         last_handle
     }
 
-    fn has_handles(&self, ino: Ino) -> bool {
-        self.open_shard(ino)
-            .lock()
-            .get(&ino)
-            .is_some_and(|o| o.handles > 0)
+    /// Whether `ino`, losing its last name, has open handles; if so its last close will
+    /// delete it. Checked and marked under the table's lock, so that a close either comes
+    /// before (and the caller deletes the inode now) or sees the mark.
+    fn keep_unlinked(&self, ino: Ino) -> bool {
+        let mut open = self.open_shard(ino).lock();
+        match open.get_mut(&ino) {
+            Some(o) if o.handles > 0 => {
+                o.unlinked = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     // ---------------------------------------------------------------- namespace
@@ -780,7 +791,7 @@ impl Engine {
         if rec.nlink > 0 {
             return schema::put_inode(t, ino, &rec);
         }
-        if self.has_handles(ino) {
+        if self.keep_unlinked(ino) {
             schema::put_inode(t, ino, &rec)?;
             t.put(&schema::orphan_key(ino), &[])
         } else {
@@ -2013,7 +2024,8 @@ impl Engine {
             tracing::error!("uploading inode {ino} at release failed: {e}");
         }
         if self.unpin(ino, true) {
-            // Last handle: an unlinked inode goes now.
+            // The last handle of an inode whose last name went while it was open: it goes now
+            // (unless the unlink failed after all). Other closes need no transaction.
             self.update(|t| match schema::get_inode(t, ino)? {
                 Some(rec) if rec.nlink == 0 => purge_inode(t, ino),
                 _ => Ok(()),
