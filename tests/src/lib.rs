@@ -745,6 +745,19 @@ impl Volume {
         run(self.spoolfs().args(args), Duration::from_secs(60))
     }
 
+    /// `spoolfs status MOUNTPOINT --json`: the status of the mount (its first entry).
+    pub fn status_json(&self, mountpoint: &Path) -> serde_json::Value {
+        let out = self.spoolfs_run([
+            OsStr::new("status"),
+            mountpoint.as_os_str(),
+            OsStr::new("--json"),
+        ]);
+        out.assert_success();
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out:?}"));
+        if v.is_array() { v[0].clone() } else { v }
+    }
+
     /// Arguments of `spoolfs format` for this volume.
     pub fn format_args(&self) -> Vec<String> {
         let mut a = vec![

@@ -59,17 +59,6 @@ impl Drop for SmallFs {
     }
 }
 
-fn status(vol: &Volume, mp: &Path) -> serde_json::Value {
-    let out = run(
-        vol.spoolfs()
-            .args([OsStr::new("status"), mp.as_os_str(), OsStr::new("--json")]),
-        Duration::from_secs(30),
-    );
-    out.assert_success();
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
-    if v.is_array() { v[0].clone() } else { v }
-}
-
 fn check_all(m: &Path, files: &[(PathBuf, Vec<u8>)], what: &str) {
     for (rel, data) in files {
         let got = fs::read(m.join(rel)).unwrap_or_else(|e| panic!("{what}: {rel:?}: {e}"));
@@ -140,7 +129,7 @@ fn a_full_staging_disk_is_never_an_error() {
         i += 1;
     }
     let free = free_bytes(&small.mountpoint);
-    let st = status(&vol, m.path());
+    let st = vol.status_json(m.path());
     let bypassed = st["engine"]["staging_bypassed_slices"]
         .as_u64()
         .unwrap_or(0);

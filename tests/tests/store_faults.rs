@@ -16,7 +16,6 @@
 use spoolfs_s3proxy::{Fault, Method, Proxy};
 use spoolfs_tests::*;
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -75,19 +74,8 @@ fn check_files(root: &Path, files: &Files, what: &str) {
     }
 }
 
-fn status(vol: &Volume, mp: &Path) -> serde_json::Value {
-    let out = run(
-        vol.spoolfs()
-            .args([OsStr::new("status"), mp.as_os_str(), OsStr::new("--json")]),
-        Duration::from_secs(30),
-    );
-    out.assert_success();
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
-    if v.is_array() { v[0].clone() } else { v }
-}
-
 fn staged_slices(vol: &Volume, mp: &Path) -> u64 {
-    status(vol, mp)["engine"]["staged_slices"]
+    vol.status_json(mp)["engine"]["staged_slices"]
         .as_u64()
         .expect("staged_slices in status")
 }
