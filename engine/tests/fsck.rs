@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+use common::pattern;
+
 const ME: Caller = Caller::ROOT;
 const BS: usize = 64 << 10;
 
@@ -21,18 +24,6 @@ struct Fixture {
     dir: tempfile::TempDir,
     /// path → expected contents of the files written
     files: Vec<(String, Vec<u8>)>,
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 impl Fixture {

@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+mod common;
+use common::pattern;
+
 const ME: Caller = Caller::ROOT;
 /// Small packs, so a few hundred small files make many of them.
 const PACK_SIZE: usize = 64 << 10;
@@ -191,18 +194,6 @@ fn walk(p: &Path, out: &mut Vec<PathBuf>) {
             out.push(e.path());
         }
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn write_file(e: &Engine, name: &str, data: &[u8]) -> Ino {

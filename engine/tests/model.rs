@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::pattern;
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 /// The chunk size of every volume (64 MiB); writes near it cross a chunk boundary.
@@ -382,23 +385,6 @@ fn xattr_name(n: u8) -> Vec<u8> {
     XATTR_NAMES[n as usize % XATTR_NAMES.len()]
         .as_bytes()
         .to_vec()
-}
-
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed and offset.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut x = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(0x2545_F491_4F6C_DD1D)
-        | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ use spoolfs_metadata::{KvStore, RedbStore};
 use spoolfs_uploader::ObjectStorage;
 use std::sync::Arc;
 
+mod common;
+use common::pattern;
+
 struct Fixture {
     dir: tempfile::TempDir,
 }
@@ -44,20 +47,6 @@ impl Fixture {
 }
 
 const ME: Caller = Caller::ROOT;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
-        .collect()
-}
 
 #[test]
 fn write_read_truncate_remount() {

@@ -5,18 +5,6 @@
 use spoolfs_tests::*;
 use std::fs;
 
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn fsck(v: &Volume, extra: &[&str]) -> CmdOutput {
     let cache = v.cache_dir().display().to_string();
     let mut args = vec!["fsck", "--meta", &v.meta_url, "--cache-dir", &cache];
@@ -28,9 +16,9 @@ fn fsck(v: &Volume, extra: &[&str]) -> CmdOutput {
 fn fsck_finds_and_repairs_a_deleted_object() {
     require_fuse!();
     let v = Volume::new(Backend::File);
-    let big = pattern(1, 6 << 20);
+    let big = random_bytes(1, 6 << 20);
     let small: Vec<Vec<u8>> = (0..5)
-        .map(|i| pattern(10 + i, 2000 + 500 * i as usize))
+        .map(|i| random_bytes(10 + i, 2000 + 500 * i as usize))
         .collect();
     let m = v.mount();
     fs::create_dir(m.join("d")).unwrap();
