@@ -8,53 +8,38 @@ use spoolfs_engine::schema::{self, DentryRec, PackRec, SliceRec, StagedRec};
 use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
 use spoolfs_engine::writeback::{StagingSettings, open_staging};
 use spoolfs_engine::*;
-use spoolfs_metadata::{Durability, KvStore, KvTxn, MetaError, RedbStore};
+use spoolfs_metadata::{Durability, KvTxn, MetaError};
 use spoolfs_uploader::ObjectStorage;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-use common::pattern;
+use common::{Volume, pattern};
 
 const ME: Caller = Caller::ROOT;
-const BS: usize = 64 << 10;
+const BS: usize = common::BLOCK_SIZE;
 
+/// A volume (see [`Volume`]; its block size is [`BS`]) and the files a test wrote to it.
 struct Fixture {
-    dir: tempfile::TempDir,
+    vol: Volume,
     /// path → expected contents of the files written
     files: Vec<(String, Vec<u8>)>,
 }
 
+impl std::ops::Deref for Fixture {
+    type Target = Volume;
+    fn deref(&self) -> &Volume {
+        &self.vol
+    }
+}
+
 impl Fixture {
     fn new() -> Self {
-        let f = Fixture {
-            dir: tempfile::tempdir().unwrap(),
+        Fixture {
+            vol: Volume::new(),
             files: Vec::new(),
-        };
-        format_volume(
-            &f.meta(),
-            &FormatOptions {
-                name: "t".into(),
-                storage: f.storage_config(),
-                block_size: BS as u64,
-                force: false,
-            },
-        )
-        .unwrap();
-        f
-    }
-    fn meta(&self) -> Arc<dyn KvStore> {
-        Arc::new(RedbStore::open(&self.dir.path().join("m.redb")).unwrap())
-    }
-    fn storage_config(&self) -> StorageConfig {
-        StorageConfig {
-            url: format!("file://{}", self.objects().display()),
-            ..Default::default()
         }
-    }
-    fn objects(&self) -> PathBuf {
-        self.dir.path().join("objects")
     }
     fn cache(&self) -> PathBuf {
         self.dir.path().join("cache")

@@ -6,7 +6,6 @@ use spoolfs_engine::schema::{self, PackRec, PackedRec};
 use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
 use spoolfs_engine::writeback::{StagingSettings, open_staging};
 use spoolfs_engine::*;
-use spoolfs_metadata::{KvStore, RedbStore};
 use spoolfs_uploader::ObjectStorage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,57 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 mod common;
-use common::pattern;
+use common::{Volume as Fixture, pattern};
 
 const ME: Caller = Caller::ROOT;
 /// Small packs, so a few hundred small files make many of them.
 const PACK_SIZE: usize = 64 << 10;
 
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
 impl Fixture {
-    fn new() -> Self {
-        let f = Fixture {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        format_volume(
-            &f.meta(),
-            &FormatOptions {
-                name: "gc".into(),
-                storage: f.storage_config(),
-                block_size: 64 << 10,
-                force: false,
-            },
-        )
-        .unwrap();
-        f
-    }
-
-    fn meta(&self) -> Arc<dyn KvStore> {
-        let path = self.dir.path().join("m.redb");
-        for _ in 0..50 {
-            match RedbStore::open(&path) {
-                Ok(s) => return Arc::new(s),
-                // The engine just dropped may still be releasing it.
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        Arc::new(RedbStore::open(&path).unwrap())
-    }
-
-    fn storage_config(&self) -> StorageConfig {
-        StorageConfig {
-            url: format!("file://{}", self.objects().display()),
-            ..Default::default()
-        }
-    }
-
-    fn objects(&self) -> PathBuf {
-        self.dir.path().join("objects")
-    }
-
     /// A writeback engine with `uploaders` uploader threads and small packs; no background
     /// compactor (the tests run compaction themselves).
     fn engine(&self, uploaders: usize) -> Arc<Engine> {

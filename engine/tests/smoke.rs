@@ -1,43 +1,13 @@
 //! End-to-end checks of the engine without FUSE: a file store, a redb store, a remount.
 
 use spoolfs_engine::*;
-use spoolfs_metadata::{KvStore, RedbStore};
 use spoolfs_uploader::ObjectStorage;
 use std::sync::Arc;
 
 mod common;
-use common::pattern;
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
+use common::{Volume as Fixture, pattern};
 
 impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let f = Fixture { dir };
-        let meta = f.meta();
-        format_volume(
-            &meta,
-            &FormatOptions {
-                name: "t".into(),
-                storage: f.storage_config(),
-                block_size: 64 << 10,
-                force: false,
-            },
-        )
-        .unwrap();
-        f
-    }
-    fn meta(&self) -> Arc<dyn KvStore> {
-        Arc::new(RedbStore::open(&self.dir.path().join("m.redb")).unwrap())
-    }
-    fn storage_config(&self) -> StorageConfig {
-        StorageConfig {
-            url: format!("file://{}/objects", self.dir.path().display()),
-            ..Default::default()
-        }
-    }
     fn engine(&self) -> Arc<Engine> {
         let meta = self.meta();
         let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
