@@ -515,12 +515,7 @@ impl Writeback {
         // A record that carries a namespace transaction is that transaction's only log copy
         // until the metadata store has made it durable: such records wait for the next
         // checkpoint (at most a second) instead of forcing one.
-        let persisted = self
-            .opts
-            .wal
-            .as_ref()
-            .and_then(|w| w.upgrade())
-            .map_or(u64::MAX, |w| w.persisted_through());
+        let persisted = self.persisted_through();
         if last_seq > persisted {
             let mut deferred = self.deferred_frees.lock();
             let (later, now): (Vec<_>, Vec<_>) =
@@ -528,15 +523,31 @@ impl Writeback {
             deferred.extend(later);
             locs = now;
         }
-        let locs: Vec<StagedLoc> = locs.into_iter().map(|(loc, _)| loc).collect();
-        if !locs.is_empty() {
-            // New readers no longer find these slices; wait out the ones already reading.
-            let _exclusive = self.read_guard.write();
-            for loc in &locs {
-                self.opts.log.free(loc);
-            }
-        }
+        self.free_unread(locs.into_iter().map(|(loc, _)| loc).collect());
         self.cv.notify_all();
+    }
+
+    /// The last namespace transaction the metadata store has made durable (all of them
+    /// without a namespace log).
+    fn persisted_through(&self) -> u64 {
+        self.opts
+            .wal
+            .as_ref()
+            .and_then(|w| w.upgrade())
+            .map_or(u64::MAX, |w| w.persisted_through())
+    }
+
+    /// Frees log records of slices the staged map no longer lists, once no reader that
+    /// found them there is still reading.
+    fn free_unread(&self, locs: Vec<StagedLoc>) {
+        if locs.is_empty() {
+            return;
+        }
+        // New readers no longer find these slices; wait out the ones already reading.
+        let _exclusive = self.read_guard.write();
+        for loc in &locs {
+            self.opts.log.free(loc);
+        }
     }
 
     pub fn get(&self, id: u64) -> Option<Staged> {
@@ -545,12 +556,7 @@ impl Writeback {
 
     /// Frees the records whose namespace transactions the last checkpoint made durable.
     pub fn free_checkpointed(&self) {
-        let persisted = self
-            .opts
-            .wal
-            .as_ref()
-            .and_then(|w| w.upgrade())
-            .map_or(u64::MAX, |w| w.persisted_through());
+        let persisted = self.persisted_through();
         let ready: Vec<StagedLoc> = {
             let mut deferred = self.deferred_frees.lock();
             let (ready, wait): (Vec<_>, Vec<_>) =
@@ -558,12 +564,7 @@ impl Writeback {
             *deferred = wait;
             ready.into_iter().map(|(loc, _)| loc).collect()
         };
-        if !ready.is_empty() {
-            let _exclusive = self.read_guard.write();
-            for loc in &ready {
-                self.opts.log.free(loc);
-            }
-        }
+        self.free_unread(ready);
     }
 }
 
