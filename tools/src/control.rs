@@ -220,18 +220,53 @@ impl ControlServer {
     }
 }
 
-/// Asks the daemon behind `socket` for its status line (raw JSON and parsed).
-pub fn query(socket: &Path) -> Result<(String, MountStatus)> {
-    let stream = UnixStream::connect(socket).with_context(|| {
+fn connect(socket: &Path) -> Result<UnixStream> {
+    UnixStream::connect(socket).with_context(|| {
         format!(
             "cannot connect to the control socket {} (is the spoolfs daemon running?)",
             socket.display()
         )
-    })?;
+    })
+}
+
+fn send(stream: &UnixStream, socket: &Path, request: &str) -> Result<()> {
+    (&*stream)
+        .write_all(request.as_bytes())
+        .with_context(|| format!("cannot write to the control socket {}", socket.display()))
+}
+
+/// Sends `request` to the daemon behind `socket` and hands each JSON line of the answer to
+/// `on_answer` until it returns a result; `what` names the request if the daemon hangs up
+/// first.
+fn converse<T>(
+    socket: &Path,
+    request: &str,
+    what: &str,
+    mut on_answer: impl FnMut(&serde_json::Value) -> Result<Option<T>>,
+) -> Result<T> {
+    let stream = connect(socket)?;
+    send(&stream, socket, request)?;
+    for line in BufReader::new(&stream).lines() {
+        let line = line.with_context(|| format!("lost the control socket {}", socket.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("bad answer on the control socket {}", socket.display()))?;
+        if let Some(done) = on_answer(&v)? {
+            return Ok(done);
+        }
+    }
+    bail!("the spoolfs daemon closed the control socket before {what} finished")
+}
+
+/// The failure message of an answer, or `default`.
+fn message<'a>(v: &'a serde_json::Value, default: &'a str) -> &'a str {
+    v.get("message").and_then(|m| m.as_str()).unwrap_or(default)
+}
+
+/// Asks the daemon behind `socket` for its status line (raw JSON and parsed).
+pub fn query(socket: &Path) -> Result<(String, MountStatus)> {
+    let stream = connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    (&stream)
-        .write_all(b"status\n")
-        .with_context(|| format!("cannot write to the control socket {}", socket.display()))?;
+    send(&stream, socket, "status\n")?;
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
@@ -247,38 +282,23 @@ pub fn query(socket: &Path) -> Result<(String, MountStatus)> {
 /// Runs the `sync` barrier through the daemon behind `socket`; `progress` sees
 /// (slices, bytes) still to go.
 pub fn sync(socket: &Path, timeout: Option<f64>, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
-    let stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot connect to the control socket {} (is the spoolfs daemon running?)",
-            socket.display()
-        )
-    })?;
     let request = match timeout {
         Some(t) => format!("sync {t}\n"),
         None => "sync none\n".to_string(),
     };
-    (&stream)
-        .write_all(request.as_bytes())
-        .with_context(|| format!("cannot write to the control socket {}", socket.display()))?;
-    for line in BufReader::new(&stream).lines() {
-        let line = line.with_context(|| format!("lost the control socket {}", socket.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("bad answer on the control socket {}", socket.display()))?;
+    converse(socket, &request, "the sync", |v| {
         match v.get("sync").and_then(|s| s.as_str()) {
-            Some("done") => return Ok(()),
-            Some(_) => bail!(
-                "{}",
-                v.get("message")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("sync failed")
-            ),
-            None => progress(
-                v.get("sync_slices").and_then(|n| n.as_u64()).unwrap_or(0),
-                v.get("sync_bytes").and_then(|n| n.as_u64()).unwrap_or(0),
-            ),
+            Some("done") => Ok(Some(())),
+            Some(_) => bail!("{}", message(v, "sync failed")),
+            None => {
+                progress(
+                    v.get("sync_slices").and_then(|n| n.as_u64()).unwrap_or(0),
+                    v.get("sync_bytes").and_then(|n| n.as_u64()).unwrap_or(0),
+                );
+                Ok(None)
+            }
         }
-    }
-    bail!("the spoolfs daemon closed the control socket before the sync finished")
+    })
 }
 
 /// Runs garbage collection in the daemon behind `socket`; `progress` sees (phase, done, total).
@@ -287,39 +307,24 @@ pub fn gc(
     opts: &GcOptions,
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<GcReport> {
-    let stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot connect to the control socket {} (is the spoolfs daemon running?)",
-            socket.display()
-        )
-    })?;
     let request = format!("gc {}\n", serde_json::to_string(opts)?);
-    (&stream)
-        .write_all(request.as_bytes())
-        .with_context(|| format!("cannot write to the control socket {}", socket.display()))?;
-    for line in BufReader::new(&stream).lines() {
-        let line = line.with_context(|| format!("lost the control socket {}", socket.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("bad answer on the control socket {}", socket.display()))?;
+    converse(socket, &request, "gc", |v| {
         match v.get("gc").and_then(|s| s.as_str()) {
-            Some("done") => {
-                return serde_json::from_value(v.get("report").cloned().unwrap_or_default())
-                    .with_context(|| {
-                        format!("bad gc report on the control socket {}", socket.display())
-                    });
-            }
-            Some(_) => bail!(
-                "{}",
-                v.get("message")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("gc failed")
-            ),
+            Some("done") => serde_json::from_value(v.get("report").cloned().unwrap_or_default())
+                .map(Some)
+                .with_context(|| {
+                    format!("bad gc report on the control socket {}", socket.display())
+                }),
+            Some(_) => bail!("{}", message(v, "gc failed")),
             None => match v.get("gc_phase").and_then(|p| p.as_str()) {
-                Some(phase) => progress(
-                    phase,
-                    v.get("done").and_then(|n| n.as_u64()).unwrap_or(0),
-                    v.get("total").and_then(|n| n.as_u64()).unwrap_or(0),
-                ),
+                Some(phase) => {
+                    progress(
+                        phase,
+                        v.get("done").and_then(|n| n.as_u64()).unwrap_or(0),
+                        v.get("total").and_then(|n| n.as_u64()).unwrap_or(0),
+                    );
+                    Ok(None)
+                }
                 // A daemon too old to know `gc` answers with its status line.
                 None => bail!(
                     "the spoolfs daemon behind {} does not support gc (restart the mount with \
@@ -328,6 +333,5 @@ pub fn gc(
                 ),
             },
         }
-    }
-    bail!("the spoolfs daemon closed the control socket before gc finished")
+    })
 }
