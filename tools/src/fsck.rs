@@ -11,7 +11,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use spoolfs_engine::fsck::{FsckOptions, FsckReport, Severity};
 use spoolfs_metadata::MetaError;
-use spoolfs_uploader::ObjectStorage;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,13 +96,7 @@ fn check(args: &FsckArgs) -> Result<ExitCode> {
         None => None,
     };
     let notes = spoolfs_engine::fsck::check_offline(meta.as_ref(), &record, cache_dir.as_deref())?;
-    let mut storage_config = record.storage_config();
-    args.s3.apply(&mut storage_config);
-    let storage = ObjectStorage::open(&storage_config)
-        .with_context(|| format!("cannot open the object store of volume {:?}", record.name))?;
-    storage
-        .check()
-        .with_context(|| format!("the object store of volume {:?} is not usable", record.name))?;
+    let storage = args.s3.open_storage(&record)?;
     let opts = FsckOptions {
         repair: args.repair,
         verify_data: args.verify_data,

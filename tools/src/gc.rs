@@ -13,7 +13,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use spoolfs_engine::gc::{GcOptions, GcReport};
 use spoolfs_engine::{Engine, EngineConfig};
-use spoolfs_uploader::ObjectStorage;
 use std::io::{IsTerminal, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -213,13 +212,7 @@ fn offline(
             record.name
         );
     }
-    let mut storage_config = record.storage_config();
-    s3.apply(&mut storage_config);
-    let storage = ObjectStorage::open(&storage_config)
-        .with_context(|| format!("cannot open the object store of volume {:?}", record.name))?;
-    storage
-        .check()
-        .with_context(|| format!("the object store of volume {:?} is not usable", record.name))?;
+    let storage = s3.open_storage(&record)?;
     let config = EngineConfig {
         compaction: None,
         drain_on_shutdown: None,

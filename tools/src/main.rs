@@ -120,6 +120,23 @@ impl S3Args {
         config.s3_anonymous |= self.s3_anonymous;
     }
 
+    /// Opens the object store of volume `record` with these options on top, and checks that
+    /// it answers.
+    pub fn open_storage(
+        &self,
+        record: &spoolfs_engine::VolumeRecord,
+    ) -> anyhow::Result<spoolfs_uploader::ObjectStorage> {
+        use anyhow::Context;
+        let mut config = record.storage_config();
+        self.apply(&mut config);
+        let storage = spoolfs_uploader::ObjectStorage::open(&config)
+            .with_context(|| format!("cannot open the object store of volume {:?}", record.name))?;
+        storage.check().with_context(|| {
+            format!("the object store of volume {:?} is not usable", record.name)
+        })?;
+        Ok(storage)
+    }
+
     /// The same options as command-line arguments (to pass them to the daemon).
     pub fn to_args(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -552,13 +552,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         },
     };
 
-    let mut storage_config = record.storage_config();
-    args.s3.apply(&mut storage_config);
-    let storage = ObjectStorage::open(&storage_config)
-        .with_context(|| format!("cannot open the object store of volume {:?}", record.name))?;
-    storage
-        .check()
-        .with_context(|| format!("the object store of volume {:?} is not usable", record.name))?;
+    let storage = args.s3.open_storage(&record)?;
     let storage = Arc::new(storage);
     let volume = record.name.clone();
     // The staging and namespace logs are opened in both modes: a standard mount still replays
