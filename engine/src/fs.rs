@@ -704,19 +704,11 @@ impl Engine {
                 perm &= !(libc::S_ISGID as u16);
             }
             let rec = InodeRec {
-                kind,
-                perm,
-                nlink: if kind == FileKind::Dir { 2 } else { 1 },
                 uid: caller.uid,
                 gid,
                 rdev,
-                size: 0,
-                atime_ns: now,
-                mtime_ns: now,
-                ctime_ns: now,
-                crtime_ns: now,
-                parent,
                 target: target.to_vec(),
+                ..InodeRec::new(kind, perm, parent, now)
             };
             schema::put_inode(t, ino, &rec)?;
             t.put(

@@ -299,14 +299,14 @@ pub fn get_dentry(
     }
 }
 
-/// Creates the root directory if the store has none.
 impl InodeRec {
-    /// A new, empty directory owned by root, in `parent`, created at `now`.
-    pub fn empty_dir(perm: u16, parent: Ino, now: i64) -> InodeRec {
+    /// A new inode of `kind`, owned by root, in `parent`, created at `now`, with the links a
+    /// new one has (its name; a directory also its "." entry) and no contents.
+    pub fn new(kind: FileKind, perm: u16, parent: Ino, now: i64) -> InodeRec {
         InodeRec {
-            kind: FileKind::Dir,
+            kind,
             perm,
-            nlink: 2,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
             uid: 0,
             gid: 0,
             rdev: 0,
@@ -318,6 +318,11 @@ impl InodeRec {
             parent,
             target: Vec::new(),
         }
+    }
+
+    /// A new, empty directory owned by root, in `parent`, created at `now`.
+    pub fn empty_dir(perm: u16, parent: Ino, now: i64) -> InodeRec {
+        InodeRec::new(FileKind::Dir, perm, parent, now)
     }
 }
 
