@@ -216,14 +216,9 @@ impl DiskCache {
     /// Opens the file of `id` and checks it: its file and bytes, or `None` on a miss or a
     /// bad file (then dropped).
     fn open_checked(&self, id: BlockId) -> Option<(std::fs::File, Vec<u8>)> {
-        let crc = {
-            let mut index = self.index.lock();
-            if !index.touch(id) {
-                drop(index);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            index.entries.get(&id).map(|e| e.crc)?
+        let Some(crc) = self.touch(id) else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
         };
         let path = self.path(id, crc);
         let checked = std::fs::File::open(&path).ok().and_then(|mut f| {
@@ -251,37 +246,32 @@ impl DiskCache {
         self.config.keep_large_uploads
     }
 
-    /// `len` bytes at `offset` of the file of `id`, not checked against the file's CRC (that
-    /// would read the whole file): the caller checks them (a slice in a cached pack, against
-    /// the CRC its metadata keeps) and calls [`Self::drop_bad`] if they are wrong.
-    pub fn get_range(&self, id: BlockId, offset: u64, len: u32) -> Option<Vec<u8>> {
-        let crc = {
-            let mut index = self.index.lock();
-            if !index.touch(id) {
-                return None;
-            }
-            index.entries.get(&id).map(|e| e.crc)?
-        };
+    /// A slice stored in a cached pack: `len` bytes at `offset` of the pack's file, checked
+    /// against `crc` (the CRC its `L` record keeps; the file's own CRC would mean reading the
+    /// whole pack). `None` on a miss; a pack whose bytes fail the check is dropped.
+    pub fn get_packed_slice(&self, pack: u64, offset: u64, len: u32, crc: u32) -> Option<Vec<u8>> {
+        let id = BlockId::pack(pack);
+        let file_crc = self.touch(id)?;
         let mut buf = vec![0u8; len as usize];
-        let read = std::fs::File::open(self.path(id, crc))
+        let read = std::fs::File::open(self.path(id, file_crc))
             .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset));
-        match read {
-            Ok(()) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(buf)
-            }
-            Err(_) => {
-                self.drop_bad(id);
-                None
-            }
+        if read.is_err() || crc32c::crc32c(&buf) != crc {
+            tracing::warn!("local cache file of pack {pack} is damaged or gone; fetching it again");
+            self.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.remove(id);
+            return None;
         }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(buf)
     }
 
-    /// Drops the file of `id`: what the caller read from it failed its check.
-    pub fn drop_bad(&self, id: BlockId) {
-        tracing::warn!("local cache file of {id:?} is damaged or gone; fetching it again");
-        self.corrupt.fetch_add(1, Ordering::Relaxed);
-        self.remove(id);
+    /// Marks `id` used now; the CRC its file name carries, or `None` if it is not cached.
+    fn touch(&self, id: BlockId) -> Option<u32> {
+        let mut index = self.index.lock();
+        if !index.touch(id) {
+            return None;
+        }
+        index.entries.get(&id).map(|e| e.crc)
     }
 
     /// The cached bytes of `id`, checked; `None` on a miss or a bad file (then dropped).

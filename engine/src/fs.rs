@@ -1076,11 +1076,7 @@ impl Engine {
     ) -> Option<std::fs::File> {
         let v = self.view(|r| r.get(&schema::packed_key(slice))).ok()??;
         let p: schema::PackedRec = schema::decode("packed slice", &v).ok()?;
-        let b = disk.get_range(BlockId::pack(p.pack), p.offset, p.len)?;
-        if crc32c::crc32c(&b) != p.crc {
-            disk.drop_bad(BlockId::pack(p.pack));
-            return None;
-        }
+        let b = disk.get_packed_slice(p.pack, p.offset, p.len, p.crc)?;
         disk.insert(BlockId::whole(slice), &b);
         disk.file(BlockId::whole(slice))
     }
@@ -1461,15 +1457,14 @@ impl Engine {
                 return Ok(None);
             };
             // The whole pack may be on local disk (kept when it was uploaded from here).
-            if let Some(d) = &self.disk
-                && let Some(b) = d.get_range(BlockId::pack(p.pack), p.offset, p.len)
+            if let Some(b) = self
+                .disk
+                .as_ref()
+                .and_then(|d| d.get_packed_slice(p.pack, p.offset, p.len, p.crc))
             {
-                if crc32c::crc32c(&b) == p.crc {
-                    let b = Bytes::from(b);
-                    self.cache.insert(cached, b.clone());
-                    return Ok(Some(b));
-                }
-                d.drop_bad(BlockId::pack(p.pack));
+                let b = Bytes::from(b);
+                self.cache.insert(cached, b.clone());
+                return Ok(Some(b));
             }
             let key = schema::pack_object_key(p.pack);
             let (_, last) = run[run.len() - 1];
