@@ -12,8 +12,10 @@
 //! drains whatever is queued (up to 256 requests), places each record, submits all writes at
 //! once, then, if any request of the batch was durable (or a [`StagingLog::sync`]), flushes
 //! once for all of them before replying: group commit. A batch with a single durable append
-//! and nothing else is written with `RWF_DSYNC` instead (one system call, no separate flush);
-//! [`FlushMode`] forces either way. Reads go to thread `segment % threads`. Free segments
+//! and nothing else, after batches whose writes were all flushed, is written with
+//! `RWF_DSYNC` instead (one system call, no separate flush). Only then: on a device with FUA,
+//! `RWF_DSYNC` makes that one write durable and flushes nothing else from the device's
+//! cache. [`FlushMode`] forces `fdatasync` always, or `RWF_DSYNC` wherever it covers. Reads go to thread `segment % threads`. Free segments
 //! are shared by all threads through one short mutex taken only when a segment fills up or
 //! is recycled, never per append.
 //!
@@ -176,7 +178,7 @@ pub enum FlushMode {
     Auto,
     /// Always plain writes + one `fdatasync` per batch.
     Fdatasync,
-    /// Always `RWF_DSYNC` on each durable write (no group commit).
+    /// `RWF_DSYNC` on each durable write wherever that covers the batch (no group commit).
     Dsync,
 }
 
@@ -288,6 +290,10 @@ pub struct StagingUsage {
     pub oldest_live_age: Duration,
     /// Device flushes issued (`fdatasync`s and `RWF_DSYNC` writes) since open.
     pub device_flushes: u64,
+    /// Of those, `fdatasync`s of a segment file.
+    pub datasyncs: u64,
+    /// Of those, writes made with `RWF_DSYNC`.
+    pub dsync_writes: u64,
     /// Successful appends since open.
     pub appends: u64,
     /// Segments taken out of use after a failed recycle.
@@ -507,6 +513,8 @@ impl StagingLog {
             next_seq: AtomicU64::new(1),
             next_gen: AtomicU64::new(1),
             flushes: AtomicU64::new(0),
+            datasyncs: AtomicU64::new(0),
+            dsync_writes: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             live_records: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
@@ -929,6 +937,8 @@ impl StagingLog {
                 .map(|t| Duration::from_micros(now.saturating_sub(t)))
                 .unwrap_or_default(),
             device_flushes: s.flushes.load(Ordering::Relaxed),
+            datasyncs: s.datasyncs.load(Ordering::Relaxed),
+            dsync_writes: s.dsync_writes.load(Ordering::Relaxed),
             appends: s.appends.load(Ordering::Relaxed),
             broken_segments: s.broken.load(Ordering::Relaxed),
             fixed_writes: pool_sum(|p| &p.fixed_writes),

@@ -80,6 +80,9 @@ pub(crate) struct Shared {
     pub next_seq: AtomicU64,
     pub next_gen: AtomicU64,
     pub flushes: AtomicU64,
+    /// Of `flushes`: `fdatasync`s, and writes made with `RWF_DSYNC`.
+    pub datasyncs: AtomicU64,
+    pub dsync_writes: AtomicU64,
     pub appends: AtomicU64,
     pub live_records: AtomicU64,
     pub live_bytes: AtomicU64,

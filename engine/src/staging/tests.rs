@@ -686,3 +686,78 @@ fn staging_bench_latency() {
         );
     }
 }
+
+/// `RWF_DSYNC` makes only its own write durable on a device with FUA: a durable append that
+/// follows plain ones must flush the device cache instead, and only an append with nothing
+/// unflushed before it may use `RWF_DSYNC`.
+fn dsync_only_when_it_covers(engine: IoEngineKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), engine);
+    c.threads = 1;
+    let (log, _) = StagingLog::open(c).unwrap();
+    let d = data_for(3, 5000);
+    let counts = |log: &StagingLog| {
+        let u = log.usage();
+        (u.dsync_writes, u.datasyncs)
+    };
+    let start = counts(&log);
+    let append = |i: u64, durable: bool| log.append(&hdr(1, i, d.len()), &d, durable).unwrap();
+    append(1, true);
+    append(2, true);
+    let after_durable = counts(&log);
+    assert_eq!(
+        after_durable.0,
+        start.0 + 2,
+        "lone durable appends use RWF_DSYNC"
+    );
+    assert_eq!(after_durable.1, start.1, "and no fdatasync");
+    append(3, false);
+    append(4, true);
+    let after_plain = counts(&log);
+    assert_eq!(
+        after_plain,
+        (after_durable.0, after_durable.1 + 1),
+        "a durable append after a plain one flushes the device cache"
+    );
+    append(5, true);
+    assert_eq!(
+        counts(&log),
+        (after_plain.0 + 1, after_plain.1),
+        "once flushed, RWF_DSYNC covers again"
+    );
+}
+
+#[test]
+fn staging_dsync_only_when_it_covers_uring() {
+    dsync_only_when_it_covers(IoEngineKind::Uring);
+}
+
+#[test]
+fn staging_dsync_only_when_it_covers_psync() {
+    dsync_only_when_it_covers(IoEngineKind::Psync);
+}
+
+/// A recycled segment is reused before a new one is created: creating one zero-fills a whole
+/// segment on the disk the appends are using.
+#[test]
+fn staging_reuses_recycled_segments_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), IoEngineKind::Auto);
+    c.threads = 1;
+    c.segment_size = 128 << 10;
+    c.max_segments = 16;
+    let (log, _) = StagingLog::open(c).unwrap();
+    let d = data_for(4, 50_000);
+    // Two records per segment; each is freed at once, so every filled segment is recycled
+    // when the thread moves on from it.
+    for i in 0..40 {
+        let loc = log.append(&hdr(1, i, d.len()), &d, false).unwrap();
+        log.free(&loc);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let files = segment_files(dir.path());
+    assert!(
+        files <= 4,
+        "20 segments' worth of appends, all freed, made {files} segment files"
+    );
+}
