@@ -55,6 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pack_size: DEFAULT_PACK_SIZE,
         upload_limit: 0,
         staging_timeout: std::time::Duration::from_secs(5),
+        upload_buffer: 256 << 20,
         faults: None,
     };
     let (meta, staging) = open_staging(meta, &record, &settings)?;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
 use spoolfs_uploader::{ObjectStorage, StorageError, decode_block, encode_block};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -81,6 +81,30 @@ struct Pending {
     chunk: u32,
     pos: u32,
     data: Vec<u8>,
+    /// A full run is handed to the staging log while the file is still being written, so a
+    /// large sequential write keeps copying while the device writes; the flush then only
+    /// waits for it. Such a run is frozen: later writes over it start a new run.
+    early: EarlyStage,
+}
+
+#[derive(Default)]
+enum EarlyStage {
+    #[default]
+    NotYet,
+    /// Submitted under this slice id; the flush waits for it.
+    Submitted {
+        id: u64,
+        append: crate::staging::PendingAppend,
+    },
+    /// The staging log had no room in time: the flush uploads it directly, without waiting
+    /// for room a second time.
+    Bypassed,
+}
+
+impl Pending {
+    fn frozen(&self) -> bool {
+        !matches!(self.early, EarlyStage::NotYet)
+    }
 }
 
 /// In-memory state of an inode while it is open or being changed.
@@ -1689,8 +1713,34 @@ impl Engine {
             || state.pending.len() >= MAX_PENDING_RUNS
         {
             self.flush_locked(ino, &mut state, false)?;
+        } else {
+            self.stage_full_runs(ino, &mut state);
         }
         Ok(data.len() as u32)
+    }
+
+    /// Hands every full run that is not yet staged to the staging log (see
+    /// [`Pending::early`]). The flush that follows waits for them; until then their data is
+    /// still read from memory.
+    fn stage_full_runs(&self, ino: Ino, state: &mut FileState) {
+        let Some(wb) = self.writeback.as_ref().filter(|wb| wb.opts.writeback) else {
+            return;
+        };
+        let max_run = self.max_run_bytes();
+        for p in state.pending.iter_mut() {
+            if p.frozen() || p.data.len() < max_run {
+                continue;
+            }
+            // An id that cannot be had now is asked for again by the flush (which reports
+            // the error).
+            let Ok(id) = self.slice_ids.next(self.meta.as_ref()) else {
+                return;
+            };
+            p.early = match wb.submit_stage(ino, p.chunk, p.pos, id, &p.data) {
+                Some(append) => EarlyStage::Submitted { id, append },
+                None => EarlyStage::Bypassed,
+            };
+        }
     }
 
     /// Turns the inode's pending writes into slices and commits them. Writeback: each slice
@@ -1713,20 +1763,36 @@ impl Engine {
         let now = schema::now_ns();
         let last = state.pending.len().saturating_sub(1);
         // Ids first (the only step that can fail), so that every append submitted below is
-        // also waited for.
-        let ids = (0..state.pending.len())
-            .map(|_| self.slice_ids.next(self.meta.as_ref()))
+        // also waited for. Runs staged early already have theirs.
+        let ids = state
+            .pending
+            .iter()
+            .map(|p| match p.early {
+                EarlyStage::Submitted { id, .. } => Ok(id),
+                _ => self.slice_ids.next(self.meta.as_ref()),
+            })
             .collect::<Result<Vec<u64>, _>>()?;
-        // All slices but the last go to the engine thread at once, written as one batch.
+        // All slices but the last go to the engine thread at once, written as one batch. A
+        // run staged early is waited for like them; if this flush fails, the next one stages
+        // the run again (the records of a failed flush are freed below).
         let mut submitted = Vec::with_capacity(state.pending.len());
-        for (i, (p, &id)) in state.pending.iter().zip(&ids).enumerate() {
+        for (i, (p, &id)) in state.pending.iter_mut().zip(&ids).enumerate() {
             let size = p.data.len() as u32;
-            let carry = i == last
-                && wb.is_some_and(|wb| wb.opts.wal.is_some() && wb.wait_for_room(size as u64));
-            let pending = if carry {
-                None
-            } else {
-                wb.and_then(|wb| wb.submit_stage(ino, p.chunk, p.pos, id, &p.data))
+            let (carry, pending) = match std::mem::take(&mut p.early) {
+                EarlyStage::Submitted { append, .. } => (false, Some(append)),
+                EarlyStage::Bypassed => (false, None),
+                EarlyStage::NotYet => {
+                    let carry = i == last
+                        && wb.is_some_and(|wb| {
+                            wb.opts.wal.is_some() && wb.wait_for_room(size as u64)
+                        });
+                    let pending = if carry {
+                        None
+                    } else {
+                        wb.and_then(|wb| wb.submit_stage(ino, p.chunk, p.pos, id, &p.data))
+                    };
+                    (carry, pending)
+                }
             };
             submitted.push((carry, pending));
         }
@@ -1857,6 +1923,14 @@ impl Engine {
         if let Some(wb) = wb
             && !staged.is_empty()
         {
+            // The uploaders take the data from memory while the upload buffer has room,
+            // instead of reading it back from the staging device.
+            let staged_ids: HashSet<u64> = staged.iter().map(|(id, _)| *id).collect();
+            for (p, id) in state.pending.iter_mut().zip(&ids) {
+                if staged_ids.contains(id) {
+                    wb.keep_for_upload(*id, std::mem::take(&mut p.data));
+                }
+            }
             wb.add(&staged);
         }
         self.counters
@@ -2425,6 +2499,7 @@ impl Engine {
             cache_hits: m.cache_hits,
             cache_misses: m.cache_misses,
             staging_log_bytes: staging.map_or(0, |u| u.used_bytes),
+            staging_reads: staging.map_or(0, |u| u.reads),
             data_cache: self.disk.as_ref().map(|d| d.stats()),
             passthrough_opens: self.counters.passthrough_opens.load(Ordering::Relaxed),
         }
@@ -2665,7 +2740,12 @@ fn clear_setid_on_write(rec: &mut InodeRec) {
 /// its chunk when it touches it, else starts a new run.
 /// A run grows to at most `max_run` bytes; the rest of a write starts a new (newer) run.
 fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], max_run: usize) {
-    if let Some(last) = pending.iter_mut().rev().find(|p| p.chunk == chunk) {
+    if let Some(last) = pending
+        .iter_mut()
+        .rev()
+        .find(|p| p.chunk == chunk)
+        .filter(|p| !p.frozen())
+    {
         let last_end = last.pos + last.data.len() as u32;
         if pos >= last.pos && pos <= last_end {
             let at = (pos - last.pos) as usize;
@@ -2680,6 +2760,7 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
                     chunk,
                     pos: pos + used as u32,
                     data: data[used..].to_vec(),
+                    early: EarlyStage::NotYet,
                 });
             }
             return;
@@ -2689,6 +2770,7 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
         chunk,
         pos,
         data: data.to_vec(),
+        early: EarlyStage::NotYet,
     });
 }
 

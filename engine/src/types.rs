@@ -185,6 +185,10 @@ pub struct EngineStatus {
     /// Bytes of live records in the staging log (headers and padding included).
     #[serde(default)]
     pub staging_log_bytes: u64,
+    /// Records read back from the staging log since mount: reads of staged data, and
+    /// uploads whose data was no longer held in memory (`--upload-buffer`).
+    #[serde(default)]
+    pub staging_reads: u64,
     /// The local data cache on disk, when there is one.
     #[serde(default)]
     pub data_cache: Option<crate::diskcache::DiskCacheStats>,

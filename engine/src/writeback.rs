@@ -62,6 +62,9 @@ pub struct StagingOptions {
     /// outlive it until the metadata store has made that transaction durable. Weak: the
     /// engine owns the store (uploader threads may outlive it briefly).
     pub wal: Option<std::sync::Weak<crate::wal::WalStore>>,
+    /// Most bytes of just-staged slices kept in memory for the uploaders, which otherwise
+    /// read them back from the staging device (`--upload-buffer`).
+    pub upload_buffer: u64,
 }
 
 /// A staged slice as the engine tracks it in memory: its `T` record, where its record is in
@@ -197,6 +200,10 @@ pub(crate) struct StagedSet {
     /// Slices an uploader is working on.
     pub busy: usize,
     pub upload_errors: u64,
+    /// Data of staged slices still in memory (up to `upload_buffer` bytes): the uploader takes
+    /// it from here instead of reading the staging device.
+    pub resident: HashMap<u64, Vec<u8>>,
+    pub resident_bytes: u64,
 }
 
 pub(crate) struct Writeback {
@@ -497,6 +504,26 @@ impl Writeback {
         }
     }
 
+    /// Keeps a copy of slice `id`'s data, just staged, for its uploader, if the upload buffer
+    /// has room; call before [`Writeback::add`] lists the slice. The data is the caller's own
+    /// buffer, moved, not copied.
+    pub fn keep_for_upload(&self, id: u64, data: Vec<u8>) {
+        let mut set = self.set.lock();
+        let len = data.len() as u64;
+        if set.resident_bytes + len <= self.opts.upload_buffer {
+            set.resident_bytes += len;
+            set.resident.insert(id, data);
+        }
+    }
+
+    /// The in-memory data of slice `id`, if it is still kept.
+    fn take_resident(&self, id: u64) -> Option<Vec<u8>> {
+        let mut set = self.set.lock();
+        let data = set.resident.remove(&id)?;
+        set.resident_bytes -= data.len() as u64;
+        Some(data)
+    }
+
     /// Forgets staged slices whose `T` records were deleted, and frees their log space once
     /// no reader is still reading from the log.
     pub fn remove_many(&self, ids: &[u64]) {
@@ -505,6 +532,9 @@ impl Writeback {
         {
             let mut set = self.set.lock();
             for id in ids {
+                if let Some(data) = set.resident.remove(id) {
+                    set.resident_bytes -= data.len() as u64;
+                }
                 if let Some(s) = set.map.remove(id) {
                     set.bytes -= s.rec.size as u64;
                     locs.push((s.loc, s.wal_seq));
@@ -705,16 +735,24 @@ impl Engine {
         // Small slices go into pack objects of about `pack_size` bytes: one PUT for many.
         let mut small: Vec<(u64, Vec<u8>)> = Vec::new();
         for (id, staged) in batch {
-            let mut data = vec![0u8; staged.rec.size as usize];
-            if let Err(e) = wb.opts.log.read(&staged.loc, 0, &mut data) {
-                if wb.get(*id).is_none() {
-                    continue; // collected meanwhile; its space may already be reused
+            let data = match wb.take_resident(*id) {
+                Some(data) => data,
+                None => {
+                    let mut data = vec![0u8; staged.rec.size as usize];
+                    match wb.opts.log.read(&staged.loc, 0, &mut data) {
+                        Ok(()) => data,
+                        Err(e) => {
+                            if wb.get(*id).is_none() {
+                                continue; // collected meanwhile; its space may be reused
+                            }
+                            return Err(FsError::new(
+                                e.errno(),
+                                format!("reading staged slice {id}: {e}"),
+                            ));
+                        }
+                    }
                 }
-                return Err(FsError::new(
-                    e.errno(),
-                    format!("reading staged slice {id}: {e}"),
-                ));
-            }
+            };
             // Uploaded data stays readable locally: a copy goes into the disk cache (slices
             // never change, so it cannot go stale). Small slices are cached as the pack they
             // go up in: one file per pack, not one per slice.
@@ -1045,6 +1083,8 @@ pub struct StagingSettings {
     pub pack_size: usize,
     /// `--upload-limit`: bytes per second for background uploads (0: no cap).
     pub upload_limit: u64,
+    /// `--upload-buffer`: most bytes of just-staged data kept in memory for the uploaders.
+    pub upload_buffer: u64,
     /// `--staging-timeout`: an append slower than this is given up (the data is uploaded
     /// directly instead).
     pub staging_timeout: Duration,
@@ -1253,6 +1293,7 @@ pub fn open_staging(
             pack_size: settings.pack_size,
             upload_limit: settings.upload_limit,
             wal: Some(Arc::downgrade(&wal)),
+            upload_buffer: settings.upload_buffer,
         },
     ))
 }

@@ -66,6 +66,7 @@ impl Fixture {
             pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
             upload_limit: 0,
             staging_timeout: std::time::Duration::from_secs(5),
+            upload_buffer: 256 << 20,
             faults: None,
         }
     }

@@ -43,6 +43,7 @@ impl Fixture {
             pack_size: PACK_SIZE,
             upload_limit: 0,
             staging_timeout: std::time::Duration::from_secs(5),
+            upload_buffer: 256 << 20,
             faults: None,
         };
         let meta = self.meta();

@@ -1085,6 +1085,7 @@ impl Harness {
                 pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
                 upload_limit: 0,
                 staging_timeout: std::time::Duration::from_secs(5),
+                upload_buffer: 256 << 20,
                 faults: None,
             };
             let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)

@@ -334,6 +334,7 @@ mod writeback {
             pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
             upload_limit: 0,
             staging_timeout: std::time::Duration::from_secs(5),
+            upload_buffer: 256 << 20,
             faults: None,
         }
     }
@@ -385,6 +386,64 @@ mod writeback {
         let out = e.read(ino, fh, 0, size as u32 + 10).unwrap();
         e.release(ino, fh).unwrap();
         out
+    }
+
+    /// A large write hands each full run to the staging log before the flush (the flush
+    /// only waits for them), later writes over a run already handed off still win, and
+    /// the uploaders take the data from memory rather than reading the log back, unless the
+    /// upload buffer is 0.
+    #[test]
+    fn full_runs_are_staged_early_and_uploaded_from_memory() {
+        for upload_buffer in [256u64 << 20, 0] {
+            let f = Fixture::new();
+            // Runs of at most 2 MiB (a quarter of a segment).
+            let staging = StagingSettings {
+                segment_size: 8 << 20,
+                upload_buffer,
+                ..settings(&f, 1)
+            };
+            let e = engine_with(&f, staging.clone());
+            let mut expect = pattern(21, 7 << 20);
+            let (a, fh) = e
+                .create(&ME, ROOT_INO, b"big", 0o644, libc::O_RDWR)
+                .unwrap();
+            for (i, part) in expect.chunks(256 << 10).enumerate() {
+                e.write(&ME, a.ino, fh, (i as u64) << 18, part).unwrap();
+            }
+            // The appends complete in the background.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while e.status().staging_log_bytes < 6 << 20 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                e.status().staging_log_bytes >= 6 << 20,
+                "three full runs staged before any flush: {} bytes",
+                e.status().staging_log_bytes
+            );
+            // Over the first run, already staged.
+            let patch = pattern(22, 8192);
+            e.write(&ME, a.ino, fh, 4096, &patch).unwrap();
+            expect[4096..4096 + patch.len()].copy_from_slice(&patch);
+            assert!(e.read(a.ino, fh, 0, expect.len() as u32).unwrap() == expect);
+            e.fsync(a.ino, fh, false).unwrap();
+            e.release(a.ino, fh).unwrap();
+            // Until now every read was served from memory: the log is read only by uploads.
+            assert_eq!(e.drain_uploads(Some(Duration::from_secs(30))), 0);
+            let upload_reads = e.status().staging_reads;
+            if upload_buffer > 0 {
+                assert_eq!(upload_reads, 0, "uploads read the staging log back");
+            } else {
+                assert!(upload_reads >= 5, "{upload_reads} reads for 5 slices");
+            }
+            assert_eq!(e.status().staging_bypassed_slices, 0);
+            assert!(read_all(&e, a.ino) == expect);
+            e.shutdown().unwrap();
+            drop(e);
+            // From the object store, after a remount.
+            let e = engine_with(&f, staging);
+            assert!(read_all(&e, a.ino) == expect);
+            e.shutdown().unwrap();
+        }
     }
 
     #[test]

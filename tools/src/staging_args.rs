@@ -57,6 +57,10 @@ pub struct StagingArgs {
     /// Bandwidth cap for background uploads, in bytes per second (e.g. 100M); 0: no cap.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     pub upload_limit: u64,
+    /// Most bytes of just-staged data kept in memory until it is uploaded, so that the
+    /// uploaders need not read it back from the staging device (0: always read it back).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub upload_buffer: u64,
     /// A staging write not acknowledged by the device within this many seconds is given up
     /// and its data uploaded directly (a stalled or very slow staging device).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
@@ -153,6 +157,7 @@ impl StagingArgs {
             upload_delay: self.upload_delay,
             pack_size: self.pack_size as usize,
             upload_limit: self.upload_limit,
+            upload_buffer: self.upload_buffer,
             staging_timeout: self.staging_timeout,
             // Test mounts inject staging faults through the environment (see docs/ARCHITECTURE.md).
             faults: match std::env::var("SPOOLFS_STAGING_FAULTS") {
@@ -192,6 +197,7 @@ impl StagingArgs {
             format!("--pack-size={}", self.pack_size),
             format!("--max-uploads={}", self.max_uploads),
             format!("--upload-limit={}", self.upload_limit),
+            format!("--upload-buffer={}", self.upload_buffer),
             format!("--staging-timeout={}", self.staging_timeout.as_secs_f64()),
         ];
         if let Some(n) = self.engine_threads {

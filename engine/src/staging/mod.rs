@@ -296,6 +296,8 @@ pub struct StagingUsage {
     pub dsync_writes: u64,
     /// Successful appends since open.
     pub appends: u64,
+    /// Read requests served since open.
+    pub reads: u64,
     /// Segments taken out of use after a failed recycle.
     pub broken_segments: u64,
     /// Writes submitted as io_uring `WRITE_FIXED` from a registered pool buffer.
@@ -515,6 +517,7 @@ impl StagingLog {
             flushes: AtomicU64::new(0),
             datasyncs: AtomicU64::new(0),
             dsync_writes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             live_records: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
@@ -939,6 +942,7 @@ impl StagingLog {
             device_flushes: s.flushes.load(Ordering::Relaxed),
             datasyncs: s.datasyncs.load(Ordering::Relaxed),
             dsync_writes: s.dsync_writes.load(Ordering::Relaxed),
+            reads: s.reads.load(Ordering::Relaxed),
             appends: s.appends.load(Ordering::Relaxed),
             broken_segments: s.broken.load(Ordering::Relaxed),
             fixed_writes: pool_sum(|p| &p.fixed_writes),

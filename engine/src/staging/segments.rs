@@ -83,6 +83,7 @@ pub(crate) struct Shared {
     /// Of `flushes`: `fdatasync`s, and writes made with `RWF_DSYNC`.
     pub datasyncs: AtomicU64,
     pub dsync_writes: AtomicU64,
+    pub reads: AtomicU64,
     pub appends: AtomicU64,
     pub live_records: AtomicU64,
     pub live_bytes: AtomicU64,

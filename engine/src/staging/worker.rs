@@ -460,6 +460,7 @@ impl Worker {
         segment: u32,
         mut ranges: Vec<(u64, IoBuf)>,
     ) -> Result<Vec<IoBuf>, StagingError> {
+        self.shared.reads.fetch_add(1, Ordering::Relaxed);
         let fd = self
             .shared
             .fd(segment)
