@@ -126,6 +126,7 @@
 mod buf;
 mod format;
 mod io;
+mod oneshot;
 mod replay;
 mod segments;
 #[cfg(test)]
@@ -139,7 +140,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
+use crossbeam_channel::{Sender, bounded};
+use oneshot::RecvError;
 use parking_lot::Mutex;
 
 pub use io::FaultConfig;
@@ -363,7 +365,7 @@ impl StagingError {
 /// An append handed to its engine thread; [`PendingAppend::wait`] gives its place. Wait for
 /// every one: a record whose answer was never received stays allocated.
 pub struct PendingAppend {
-    rx: crossbeam_channel::Receiver<Result<StagedLoc, StagingError>>,
+    rx: oneshot::Receiver<Result<StagedLoc, StagingError>>,
     timeout: Duration,
 }
 
@@ -374,8 +376,8 @@ impl PendingAppend {
         match self.rx.recv_timeout(self.timeout) {
             Ok(result) => result,
             // The engine thread frees the record if it completes after all.
-            Err(RecvTimeoutError::Timeout) => Err(StagingError::TooSlow(self.timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(StagingError::Closed),
+            Err(RecvError::Timeout) => Err(StagingError::TooSlow(self.timeout)),
+            Err(RecvError::Disconnected) => Err(StagingError::Closed),
         }
     }
 }
@@ -788,7 +790,7 @@ impl StagingLog {
             pad.fill(0);
         }
         let durable = durable && self.shared.durability == StagingDurability::Flush;
-        let (tx, rx) = bounded(1);
+        let (tx, rx) = oneshot::channel();
         self.senders[t]
             .send(Request::Append {
                 buf,
@@ -841,7 +843,7 @@ impl StagingLog {
                 region(hlen + p0 * PIECE_LEN, hlen + data_end),
             ]
         };
-        let (tx, rx) = bounded(1);
+        let (tx, rx) = oneshot::channel();
         self.senders[t]
             .send(Request::Read {
                 segment: loc.segment,
@@ -958,7 +960,7 @@ impl StagingLog {
             .senders
             .iter()
             .map(|s| {
-                let (tx, rx) = bounded(1);
+                let (tx, rx) = oneshot::channel();
                 s.send(Request::Sync { reply: tx })
                     .map_err(|_| StagingError::Closed)?;
                 Ok(rx)

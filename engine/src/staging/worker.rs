@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use super::buf::IoBuf;
 use super::format::seal_record_header;
@@ -16,7 +16,7 @@ use super::{FlushMode, StagedLoc, StagingError};
 /// Most requests one batch takes from the queue.
 const MAX_BATCH: usize = 256;
 
-pub(crate) type Reply<T> = Sender<Result<T, StagingError>>;
+pub(crate) type Reply<T> = super::oneshot::Sender<Result<T, StagingError>>;
 
 pub(crate) enum Request {
     Append {

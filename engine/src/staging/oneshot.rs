@@ -1,0 +1,144 @@
+//! A one-answer channel for an engine thread's reply: the answer goes into a shared slot and
+//! the waiting caller is woken with one futex wake, without spinning. crossbeam's `bounded(1)`,
+//! used before, spun with `sched_yield` before sleeping, and the woken caller then contended
+//! with the engine thread for the channel's waker mutex: extra system calls and a wake-up on
+//! every append, on machines with two CPUs shared by everything else.
+
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Slot<T> {
+    state: Mutex<State<T>>,
+    cv: Condvar,
+}
+
+struct State<T> {
+    value: Option<T>,
+    /// The sender answered or was dropped: no answer will come after this.
+    sender_done: bool,
+    receiver_gone: bool,
+}
+
+pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(State {
+            value: None,
+            sender_done: false,
+            receiver_gone: false,
+        }),
+        cv: Condvar::new(),
+    });
+    (Sender { slot: slot.clone() }, Receiver { slot })
+}
+
+pub(crate) struct Sender<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> Sender<T> {
+    /// Gives the answer; `Err` hands it back if the receiver is gone (it gave up waiting).
+    pub fn send(self, value: T) -> Result<(), T> {
+        {
+            let mut st = self.slot.state.lock();
+            if st.receiver_gone {
+                return Err(value);
+            }
+            st.value = Some(value);
+            st.sender_done = true;
+        }
+        self.slot.cv.notify_one();
+        Ok(())
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let mut st = self.slot.state.lock();
+        if !st.sender_done {
+            st.sender_done = true;
+            drop(st);
+            self.slot.cv.notify_one();
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RecvError {
+    /// The sender was dropped without answering.
+    Disconnected,
+    Timeout,
+}
+
+pub(crate) struct Receiver<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> Receiver<T> {
+    pub fn recv(self) -> Result<T, RecvError> {
+        self.wait(None)
+    }
+
+    pub fn recv_timeout(self, timeout: Duration) -> Result<T, RecvError> {
+        self.wait(Some(Instant::now() + timeout))
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Result<T, RecvError> {
+        let mut st = self.slot.state.lock();
+        loop {
+            if let Some(v) = st.value.take() {
+                return Ok(v);
+            }
+            if st.sender_done {
+                return Err(RecvError::Disconnected);
+            }
+            match deadline {
+                None => self.slot.cv.wait(&mut st),
+                Some(d) => {
+                    if self.slot.cv.wait_until(&mut st, d).timed_out() && st.value.is_none() {
+                        return Err(RecvError::Timeout);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.slot.state.lock().receiver_gone = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_disconnects_and_timeouts() {
+        let (tx, rx) = channel();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(7).unwrap();
+        });
+        assert_eq!(rx.recv(), Ok(7));
+        t.join().unwrap();
+
+        let (tx, rx) = channel::<u32>();
+        drop(tx);
+        assert_eq!(rx.recv(), Err(RecvError::Disconnected));
+
+        let (tx, rx) = channel::<u32>();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(10)),
+            Err(RecvError::Timeout)
+        );
+        // The receiver gave up: the sender gets its answer back (the engine then frees the
+        // record nobody will use).
+        assert_eq!(tx.send(3), Err(3));
+
+        let (tx, rx) = channel();
+        tx.send(5).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok(5));
+    }
+}
