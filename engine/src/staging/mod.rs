@@ -52,7 +52,10 @@
 //! created as `seg-NNNNNN.tmp`, preallocated (`fallocate`), really written with zeros,
 //! `fsync`ed, renamed into place and the directory `fsync`ed; afterwards it is only ever
 //! overwritten in place with O_DIRECT, so no write changes file-system metadata. Files are
-//! created lazily when a segment is first needed.
+//! created lazily when a segment is first needed. Each engine thread also keeps a bulk
+//! segment for records of at least 1 MiB; one created for that is only preallocated, not
+//! zero-filled (its first writes convert extents, which a few large records can afford),
+//! and small records use it only when no other segment is free.
 //!
 //! `align` is the record alignment: `max(stx_dio_offset_align, stx_dio_mem_align)` from
 //! `statx(STATX_DIOALIGN)` of a file in the directory, clamped to [4096, 65536] (4096 when the
@@ -136,7 +139,7 @@ mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -512,6 +515,7 @@ impl StagingLog {
             free: Mutex::new(Default::default()),
             free_cv: Default::default(),
             spare_demand: Default::default(),
+            making_spare: AtomicU32::new(u32::MAX),
             stopping: Default::default(),
             create_lock: Mutex::new(()),
             next_seq: AtomicU64::new(1),

@@ -52,6 +52,9 @@ pub(crate) struct SegState {
     pub oldest_us: AtomicU64,
     /// Record alignment of this generation.
     pub align: AtomicU32,
+    /// The file was created preallocated only, not zero-filled (a bulk segment, see
+    /// [`Shared::create_segment`]): small durable records avoid it.
+    pub unfilled: AtomicBool,
 }
 
 pub(crate) struct Shared {
@@ -74,6 +77,9 @@ pub(crate) struct Shared {
     /// set by engine threads, cleared by the spare maker). Spares are made on demand, not at
     /// mount, where zero-filling them would compete with the first requests for the disk.
     pub spare_demand: AtomicBool,
+    /// The segment the spare maker is zero-filling now (`u32::MAX`: none), set under
+    /// `free`'s lock: a bulk record does not wait for that fill.
+    pub making_spare: AtomicU32,
     /// The log is shutting down: the spare maker exits.
     pub stopping: AtomicBool,
     pub create_lock: Mutex<()>,
@@ -102,6 +108,16 @@ impl Shared {
     /// Creates segment `index`: a temporary file, preallocated and really zero-filled,
     /// its header written, synced, renamed into place, directory synced.
     pub fn create_segment(&self, index: u32) -> Result<u64, StagingError> {
+        self.create_segment_filled(index, true)
+    }
+
+    /// As [`Shared::create_segment`]; without `zero_fill` the file is only preallocated.
+    /// Writing into preallocated (unwritten) space makes the file system convert extents,
+    /// a metadata change every `fdatasync` after it must persist (a journal commit on most
+    /// file systems): fine for large records, which are few per flush, too slow for small
+    /// durable ones. A full 64 MiB zero fill, on the other hand, doubles the disk writes of a
+    /// large sequential write on a volume whose segments do not exist yet.
+    pub fn create_segment_filled(&self, index: u32, zero_fill: bool) -> Result<u64, StagingError> {
         let _guard = self.create_lock.lock();
         if self.files[index as usize].get().is_some() {
             return Ok(self.segs[index as usize].generation.load(Ordering::SeqCst));
@@ -121,14 +137,28 @@ impl Shared {
                 .truncate(true)
                 .open(&tmp)
                 .map_err(|e| io("create", e))?;
-            // SAFETY: plain syscall on an fd we own. Failure (no fallocate) is harmless:
+            // SAFETY: plain syscall on an fd we own. Failure (no fallocate) is harmless when
             // the zero fill below allocates anyway.
-            unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, self.segment_size as i64) };
+            let allocated =
+                unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, self.segment_size as i64) } == 0;
+            if !allocated && !zero_fill {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    return Err(io("fallocate", e));
+                }
+                // No fallocate here: a sparse file of the full size (holes read as zeros).
+                f.set_len(self.segment_size)
+                    .map_err(|e| io("set size of", e))?;
+            }
             let mut block = vec![0u8; segment_header_block(self.align) as usize];
             self.header(index, generation).encode(&mut block);
             f.write_all(&block).map_err(|e| io("write", e))?;
             let zeros = vec![0u8; 1 << 20];
-            let mut left = self.segment_size - block.len() as u64;
+            let mut left = if zero_fill {
+                self.segment_size - block.len() as u64
+            } else {
+                0
+            };
             while left > 0 {
                 let n = left.min(zeros.len() as u64) as usize;
                 f.write_all(&zeros[..n]).map_err(|e| io("write", e))?;
@@ -142,6 +172,7 @@ impl Shared {
         let st = &self.segs[index as usize];
         st.generation.store(generation, Ordering::SeqCst);
         st.align.store(self.align as u32, Ordering::SeqCst);
+        st.unfilled.store(!zero_fill, Ordering::SeqCst);
         let _ = self.files[index as usize].set(file);
         Ok(generation)
     }
@@ -239,7 +270,11 @@ pub(crate) fn make_spares(shared: &Shared, spares: usize) {
             return;
         }
         let created = |s: &u32| shared.files[*s as usize].get().is_some();
-        let ready = free.iter().filter(|s| created(s)).count();
+        // Spares are for small durable records: only zero-filled segments count.
+        let ready = free
+            .iter()
+            .filter(|s| created(s) && !shared.segs[**s as usize].unfilled.load(Ordering::SeqCst))
+            .count();
         let resting = failed_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(30));
         if ready >= spares {
             shared.spare_demand.store(false, Ordering::SeqCst);
@@ -256,7 +291,9 @@ pub(crate) fn make_spares(shared: &Shared, spares: usize) {
                 .wait_for(&mut free, std::time::Duration::from_secs(1));
             continue;
         };
+        shared.making_spare.store(segment, Ordering::SeqCst);
         let made = parking_lot::MutexGuard::unlocked(&mut free, || shared.create_segment(segment));
+        shared.making_spare.store(u32::MAX, Ordering::SeqCst);
         match made {
             Ok(_) => {
                 if let Some(pos) = free.iter().position(|s| *s == segment) {

@@ -15,6 +15,8 @@ use super::{FlushMode, StagedLoc, StagingError};
 
 /// Most requests one batch takes from the queue.
 const MAX_BATCH: usize = 256;
+/// Records this large (a run of a large write) go to the thread's bulk segment.
+pub(crate) const BULK_RECORD: u64 = 1 << 20;
 
 pub(crate) type Reply<T> = super::oneshot::Sender<Result<T, StagingError>>;
 
@@ -72,6 +74,9 @@ pub(crate) struct Worker {
     pub rx: Receiver<Request>,
     pub flush_mode: FlushMode,
     active: Option<Active>,
+    /// Where records of at least [`BULK_RECORD`] bytes go: a segment that may be only
+    /// preallocated, not zero-filled (see [`Shared::create_segment_filled`]).
+    bulk: Option<Active>,
     /// Segments written since this thread's last flush.
     dirty: Vec<u32>,
 }
@@ -89,6 +94,7 @@ impl Worker {
             rx,
             flush_mode,
             active: None,
+            bulk: None,
             dirty: Vec::new(),
         }
     }
@@ -106,7 +112,7 @@ impl Worker {
                 break;
             }
         }
-        if let Some(a) = self.active.take() {
+        for a in [self.active.take(), self.bulk.take()].into_iter().flatten() {
             self.seal(a.segment);
         }
     }
@@ -232,14 +238,20 @@ impl Worker {
             let _ = reply.send(Err(StagingError::TooLarge { len }));
             return;
         }
-        let fits = self
-            .active
+        let bulk = size >= BULK_RECORD;
+        let slot = if bulk { &self.bulk } else { &self.active };
+        let fits = slot
             .as_ref()
             .is_some_and(|a| a.cursor + size <= self.shared.segment_size);
         if !fits {
-            match self.take() {
+            match self.take(bulk) {
                 Ok(Some(next)) => {
-                    if let Some(old) = self.active.replace(next) {
+                    let slot = if bulk {
+                        &mut self.bulk
+                    } else {
+                        &mut self.active
+                    };
+                    if let Some(old) = slot.replace(next) {
                         self.seal(old.segment);
                     }
                 }
@@ -253,7 +265,13 @@ impl Worker {
                 }
             }
         }
-        let a = self.active.as_mut().expect("active segment");
+        let a = if bulk {
+            &mut self.bulk
+        } else {
+            &mut self.active
+        }
+        .as_mut()
+        .expect("active segment");
         let seq = self.shared.next_seq.fetch_add(1, Ordering::SeqCst);
         seal_record_header(buf.as_mut_slice(), a.generation, seq);
         let st = &self.shared.segs[a.segment as usize];
@@ -279,21 +297,41 @@ impl Worker {
     /// Takes a free segment, one whose file exists if there is one (creating its file on
     /// first use). A recycled segment costs nothing to reuse, while a new one is zero-filled:
     /// 64 MiB of extra disk writes competing with the appends.
-    fn take(&mut self) -> Result<Option<Active>, StagingError> {
+    ///
+    /// Bulk records prefer a segment that is only preallocated, then a new one (also only
+    /// preallocated), then a zero-filled one; the others prefer zero-filled segments, then a
+    /// new (zero-filled) one, and take an unfilled one only when nothing else is free.
+    fn take(&mut self, bulk: bool) -> Result<Option<Active>, StagingError> {
+        let shared = &self.shared;
+        let created = |s: u32| shared.files[s as usize].get().is_some();
+        let filled =
+            |s: u32| created(s) && !shared.segs[s as usize].unfilled.load(Ordering::SeqCst);
         let taken = {
-            let mut free = self.shared.free.lock();
-            let created = free
-                .iter()
-                .position(|s| self.shared.files[*s as usize].get().is_some());
-            free.remove(created.unwrap_or(0))
+            let mut free = shared.free.lock();
+            // Bulk: keep the zero-filled spares for small records, and create a new
+            // segment (cheap: preallocated only) before taking one of them.
+            let making = shared.making_spare.load(Ordering::SeqCst);
+            let pick = if bulk {
+                free.iter()
+                    .position(|&s| created(s) && !filled(s))
+                    .or_else(|| free.iter().position(|&s| !created(s) && s != making))
+                    .or_else(|| free.iter().position(|&s| filled(s)))
+            } else {
+                free.iter()
+                    .position(|&s| filled(s))
+                    .or_else(|| free.iter().position(|&s| !created(s)))
+            };
+            free.remove(pick.unwrap_or(0))
         };
         let Some(segment) = taken else {
             return Ok(None);
         };
-        self.shared.spare_demand.store(true, Ordering::SeqCst);
-        self.shared.free_cv.notify_all();
+        if !bulk {
+            self.shared.spare_demand.store(true, Ordering::SeqCst);
+            self.shared.free_cv.notify_all();
+        }
         let generation = if self.shared.files[segment as usize].get().is_none() {
-            match self.shared.create_segment(segment) {
+            match self.shared.create_segment_filled(segment, !bulk) {
                 Ok(g) => g,
                 Err(e) => {
                     self.shared.free.lock().push_back(segment);
@@ -426,8 +464,13 @@ impl Worker {
                         cursor += placed[i].buf.len() as u64;
                     }
                 }
-                if let Some(a) = self.active.as_mut().filter(|a| a.segment == segment) {
-                    a.cursor = cursor;
+                for a in [self.active.as_mut(), self.bulk.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if a.segment == segment {
+                        a.cursor = cursor;
+                    }
                 }
             }
         }
