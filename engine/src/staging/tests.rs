@@ -17,6 +17,15 @@ fn cfg(dir: &std::path::Path, engine: IoEngineKind) -> StagingConfig {
     c
 }
 
+/// One engine thread (so records land in a predictable order), `segment_size`-byte segments.
+fn cfg_one_thread(dir: &std::path::Path, segment_size: u64, max_segments: usize) -> StagingConfig {
+    let mut c = cfg(dir, IoEngineKind::Auto);
+    c.threads = 1;
+    c.segment_size = segment_size;
+    c.max_segments = max_segments;
+    c
+}
+
 /// Deterministic pseudo-random bytes for a record.
 fn data_for(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -202,10 +211,7 @@ fn staging_torn_tail_is_skipped() {
 #[test]
 fn staging_recycle_invalidates_old_generation() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.threads = 1;
-    c.segment_size = 256 << 10;
-    c.max_segments = 4;
+    let c = cfg_one_thread(dir.path(), 256 << 10, 4);
     let (log, _) = StagingLog::open(c.clone()).unwrap();
     // ~3 records per segment; fill three segments.
     let mut old = Vec::new();
@@ -258,10 +264,7 @@ fn segment_files(dir: &std::path::Path) -> usize {
 #[test]
 fn staging_prepares_spare_segments_ahead() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.threads = 1;
-    c.segment_size = 128 << 10;
-    c.max_segments = 8;
+    let c = cfg_one_thread(dir.path(), 128 << 10, 8);
     let (log, _) = StagingLog::open(c).unwrap();
     let wait_for = |n: usize| {
         let start = Instant::now();
@@ -291,10 +294,7 @@ fn staging_prepares_spare_segments_ahead() {
 #[test]
 fn staging_full_returns_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.threads = 1;
-    c.segment_size = 128 << 10;
-    c.max_segments = 2;
+    let c = cfg_one_thread(dir.path(), 128 << 10, 2);
     let (log, _) = StagingLog::open(c).unwrap();
     let d = data_for(1, 50_000);
     let mut locs = Vec::new();
@@ -742,10 +742,7 @@ fn staging_dsync_only_when_it_covers_psync() {
 #[test]
 fn staging_reuses_recycled_segments_first() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.threads = 1;
-    c.segment_size = 128 << 10;
-    c.max_segments = 16;
+    let c = cfg_one_thread(dir.path(), 128 << 10, 16);
     let (log, _) = StagingLog::open(c).unwrap();
     let d = data_for(4, 50_000);
     // Two records per segment; each is freed at once, so every filled segment is recycled
@@ -768,10 +765,7 @@ fn staging_reuses_recycled_segments_first() {
 #[test]
 fn staging_bulk_records_skip_the_zero_fill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.threads = 1;
-    c.segment_size = 8 << 20;
-    c.max_segments = 8;
+    let c = cfg_one_thread(dir.path(), 8 << 20, 8);
     let (log, _) = StagingLog::open(c.clone()).unwrap();
     let mut written = Vec::new();
     for i in 0..12u64 {
