@@ -1015,11 +1015,15 @@ const WORKERS: usize = 3;
 /// Mount options of a round: every other round has a single uploader, so more data is still
 /// staged (and must be replayed) when the process dies.
 fn mount_args(round: usize) -> Vec<&'static str> {
+    // 1 MiB segments (every round: a log's segment size cannot change between mounts):
+    // files stage their 256 KiB runs while they are still being written, into bulk segments
+    // (preallocated, not zero-filled), segments fill and recycle often, and the kills land
+    // in all of that.
+    let mut args = vec!["--staging-segment-size", "1M"];
     if round % 2 == 1 {
-        vec!["--upload-threads", "1"]
-    } else {
-        vec![]
+        args.extend(["--upload-threads", "1"]);
     }
+    args
 }
 
 /// Rounds whose workload runs while the object store is down (only on the file store, and not
@@ -1313,9 +1317,13 @@ fn crash_kill9_loses_nothing_acknowledged() {
             let mut j = j.lock().unwrap();
             problems.extend(verify(&mp, &mut j, true));
         }
+        // On a faulty staging device the remount's own writes fail too, and saying so is
+        // right (a segment whose recycle failed stays out of use): only other errors count.
+        let faults = !mount_env(round).is_empty();
         for line in new_log
             .lines()
             .filter(|l| l.contains("ERROR") || l.contains("panicked"))
+            .filter(|l| !(faults && l.contains("injected fault")))
         {
             problems.push(format!("remount log: {line}"));
         }

@@ -759,7 +759,7 @@ fn staging_reuses_recycled_segments_first() {
     );
 }
 
-/// Records of at least `BULK_RECORD` bytes go to a segment that is only preallocated (no
+/// Records of at least `BULK_RECORD` bytes (1 MiB) of data go to a segment that is only preallocated (no
 /// 64 MiB zero fill in front of a large write), small ones to zero-filled segments; both
 /// replay, in sequence order, byte for byte.
 #[test]
@@ -784,7 +784,7 @@ fn staging_bulk_records_skip_the_zero_fill() {
             .load(Ordering::SeqCst)
     };
     for &(i, len, loc) in &written {
-        let bulk = len as u64 >= worker::BULK_RECORD;
+        let bulk = len as u64 >= worker::bulk_threshold(8 << 20);
         assert_eq!(
             unfilled(loc.segment),
             bulk,

@@ -15,8 +15,13 @@ use super::{FlushMode, StagedLoc, StagingError};
 
 /// Most requests one batch takes from the queue.
 const MAX_BATCH: usize = 256;
-/// Records this large (a run of a large write) go to the thread's bulk segment.
+/// Records with this much data (a run of a large write) go to the thread's bulk segment;
+/// with small segments, a quarter of a segment (the largest run a file stages) already does.
 pub(crate) const BULK_RECORD: u64 = 1 << 20;
+
+pub(crate) fn bulk_threshold(segment_size: u64) -> u64 {
+    BULK_RECORD.min(segment_size / 4)
+}
 
 pub(crate) type Reply<T> = super::oneshot::Sender<Result<T, StagingError>>;
 
@@ -74,7 +79,7 @@ pub(crate) struct Worker {
     pub rx: Receiver<Request>,
     pub flush_mode: FlushMode,
     active: Option<Active>,
-    /// Where records of at least [`BULK_RECORD`] bytes go: a segment that may be only
+    /// Where records of at least [`bulk_threshold`] bytes go: a segment that may be only
     /// preallocated, not zero-filled (see [`Shared::create_segment_filled`]).
     bulk: Option<Active>,
     /// Segments written since this thread's last flush.
@@ -238,7 +243,7 @@ impl Worker {
             let _ = reply.send(Err(StagingError::TooLarge { len }));
             return;
         }
-        let bulk = size >= BULK_RECORD;
+        let bulk = u64::from(len) >= bulk_threshold(self.shared.segment_size);
         let slot = if bulk { &self.bulk } else { &self.active };
         let fits = slot
             .as_ref()
