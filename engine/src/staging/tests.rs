@@ -728,13 +728,10 @@ fn dsync_only_when_it_covers(engine: IoEngineKind) {
 }
 
 #[test]
-fn staging_dsync_only_when_it_covers_uring() {
-    dsync_only_when_it_covers(IoEngineKind::Uring);
-}
-
-#[test]
-fn staging_dsync_only_when_it_covers_psync() {
-    dsync_only_when_it_covers(IoEngineKind::Psync);
+fn staging_dsync_only_when_it_covers() {
+    for engine in [IoEngineKind::Uring, IoEngineKind::Psync] {
+        dsync_only_when_it_covers(engine);
+    }
 }
 
 /// A recycled segment is reused before a new one is created: creating one zero-fills a whole
