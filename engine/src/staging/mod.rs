@@ -15,9 +15,9 @@
 //! and nothing else, after batches whose writes were all flushed, is written with
 //! `RWF_DSYNC` instead (one system call, no separate flush). Only then: on a device with FUA,
 //! `RWF_DSYNC` makes that one write durable and flushes nothing else from the device's
-//! cache. [`FlushMode`] forces `fdatasync` always, or `RWF_DSYNC` wherever it covers. Reads go to thread `segment % threads`. Free segments
-//! are shared by all threads through one short mutex taken only when a segment fills up or
-//! is recycled, never per append.
+//! cache. [`FlushMode`] forces `fdatasync` always, or `RWF_DSYNC` wherever it covers. Reads
+//! go to thread `segment % threads`. Free segments are shared by all threads through one
+//! short mutex taken only when a segment fills up or is recycled, never per append.
 //!
 //! # Buffers
 //!
@@ -622,7 +622,7 @@ impl StagingLog {
                 free.push_back(i);
             }
             for i in 0..nsegs as u32 {
-                if shared.files[i as usize].get().is_none() {
+                if !shared.exists(i) {
                     free.push_back(i);
                 }
             }
@@ -634,13 +634,10 @@ impl StagingLog {
         // log full and their data goes straight to the object store.
         let precreate: Vec<u32> = {
             let free = shared.free.lock();
-            let ready = free
-                .iter()
-                .filter(|&&i| shared.files[i as usize].get().is_some())
-                .count();
+            let ready = free.iter().filter(|&&i| shared.exists(i)).count();
             free.iter()
                 .copied()
-                .filter(|&i| shared.files[i as usize].get().is_none())
+                .filter(|&i| !shared.exists(i))
                 .take(config.threads.saturating_sub(ready))
                 .collect()
         };

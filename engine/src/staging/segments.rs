@@ -53,7 +53,7 @@ pub(crate) struct SegState {
     /// Record alignment of this generation.
     pub align: AtomicU32,
     /// The file was created preallocated only, not zero-filled (a bulk segment, see
-    /// [`Shared::create_segment`]): small durable records avoid it.
+    /// [`Shared::create_segment_filled`]): small durable records avoid it.
     pub unfilled: AtomicBool,
 }
 
@@ -98,6 +98,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether segment `seg`'s file has been created.
+    pub fn exists(&self, seg: u32) -> bool {
+        self.files[seg as usize].get().is_some()
+    }
+
+    /// Whether segment `seg`'s file exists and was zero-filled (fit for small durable records).
+    pub fn zero_filled(&self, seg: u32) -> bool {
+        self.exists(seg) && !self.segs[seg as usize].unfilled.load(Ordering::SeqCst)
+    }
+
     pub fn fd(&self, seg: u32) -> Option<i32> {
         self.files
             .get(seg as usize)?
@@ -119,7 +129,7 @@ impl Shared {
     /// large sequential write on a volume whose segments do not exist yet.
     pub fn create_segment_filled(&self, index: u32, zero_fill: bool) -> Result<u64, StagingError> {
         let _guard = self.create_lock.lock();
-        if self.files[index as usize].get().is_some() {
+        if self.exists(index) {
             return Ok(self.segs[index as usize].generation.load(Ordering::SeqCst));
         }
         let generation = self.next_gen.fetch_add(1, Ordering::SeqCst);
@@ -269,19 +279,15 @@ pub(crate) fn make_spares(shared: &Shared, spares: usize) {
         if shared.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let created = |s: &u32| shared.files[*s as usize].get().is_some();
         // Spares are for small durable records: only zero-filled segments count.
-        let ready = free
-            .iter()
-            .filter(|s| created(s) && !shared.segs[**s as usize].unfilled.load(Ordering::SeqCst))
-            .count();
+        let ready = free.iter().filter(|&&s| shared.zero_filled(s)).count();
         let resting = failed_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(30));
         if ready >= spares {
             shared.spare_demand.store(false, Ordering::SeqCst);
         }
         let wanted = shared.spare_demand.load(Ordering::SeqCst);
         let next = if ready < spares && wanted && !resting {
-            free.iter().find(|s| !created(s)).copied()
+            free.iter().find(|&&s| !shared.exists(s)).copied()
         } else {
             None
         };

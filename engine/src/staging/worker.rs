@@ -78,10 +78,10 @@ pub(crate) struct Worker {
     pub backend: Box<dyn IoBackend>,
     pub rx: Receiver<Request>,
     pub flush_mode: FlushMode,
-    active: Option<Active>,
-    /// Where records of at least [`bulk_threshold`] bytes go: a segment that may be only
+    /// The segments being appended to, indexed by `bulk as usize`: `[0]` for most records,
+    /// `[1]` for records of at least [`bulk_threshold`] bytes, a segment that may be only
     /// preallocated, not zero-filled (see [`Shared::create_segment_filled`]).
-    bulk: Option<Active>,
+    active: [Option<Active>; 2],
     /// Segments written since this thread's last flush.
     dirty: Vec<u32>,
 }
@@ -98,8 +98,7 @@ impl Worker {
             backend,
             rx,
             flush_mode,
-            active: None,
-            bulk: None,
+            active: [None, None],
             dirty: Vec::new(),
         }
     }
@@ -117,8 +116,10 @@ impl Worker {
                 break;
             }
         }
-        for a in [self.active.take(), self.bulk.take()].into_iter().flatten() {
-            self.seal(a.segment);
+        for i in 0..self.active.len() {
+            if let Some(a) = self.active[i].take() {
+                self.seal(a.segment);
+            }
         }
     }
 
@@ -244,19 +245,13 @@ impl Worker {
             return;
         }
         let bulk = u64::from(len) >= bulk_threshold(self.shared.segment_size);
-        let slot = if bulk { &self.bulk } else { &self.active };
-        let fits = slot
+        let fits = self.active[usize::from(bulk)]
             .as_ref()
             .is_some_and(|a| a.cursor + size <= self.shared.segment_size);
         if !fits {
             match self.take(bulk) {
                 Ok(Some(next)) => {
-                    let slot = if bulk {
-                        &mut self.bulk
-                    } else {
-                        &mut self.active
-                    };
-                    if let Some(old) = slot.replace(next) {
+                    if let Some(old) = self.active[usize::from(bulk)].replace(next) {
                         self.seal(old.segment);
                     }
                 }
@@ -270,13 +265,9 @@ impl Worker {
                 }
             }
         }
-        let a = if bulk {
-            &mut self.bulk
-        } else {
-            &mut self.active
-        }
-        .as_mut()
-        .expect("active segment");
+        let a = self.active[usize::from(bulk)]
+            .as_mut()
+            .expect("active segment");
         let seq = self.shared.next_seq.fetch_add(1, Ordering::SeqCst);
         seal_record_header(buf.as_mut_slice(), a.generation, seq);
         let st = &self.shared.segs[a.segment as usize];
@@ -308,9 +299,8 @@ impl Worker {
     /// new (zero-filled) one, and take an unfilled one only when nothing else is free.
     fn take(&mut self, bulk: bool) -> Result<Option<Active>, StagingError> {
         let shared = &self.shared;
-        let created = |s: u32| shared.files[s as usize].get().is_some();
-        let filled =
-            |s: u32| created(s) && !shared.segs[s as usize].unfilled.load(Ordering::SeqCst);
+        let created = |s: u32| shared.exists(s);
+        let filled = |s: u32| shared.zero_filled(s);
         let taken = {
             let mut free = shared.free.lock();
             // Bulk: keep the zero-filled spares for small records, and create a new
@@ -335,7 +325,7 @@ impl Worker {
             self.shared.spare_demand.store(true, Ordering::SeqCst);
             self.shared.free_cv.notify_all();
         }
-        let generation = if self.shared.files[segment as usize].get().is_none() {
+        let generation = if !self.shared.exists(segment) {
             match self.shared.create_segment_filled(segment, !bulk) {
                 Ok(g) => g,
                 Err(e) => {
@@ -469,10 +459,7 @@ impl Worker {
                         cursor += placed[i].buf.len() as u64;
                     }
                 }
-                for a in [self.active.as_mut(), self.bulk.as_mut()]
-                    .into_iter()
-                    .flatten()
-                {
+                for a in self.active.iter_mut().flatten() {
                     if a.segment == segment {
                         a.cursor = cursor;
                     }
