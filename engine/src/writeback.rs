@@ -227,6 +227,15 @@ pub(crate) struct Writeback {
     rate: Mutex<RateWindow>,
 }
 
+impl StagedSet {
+    /// Removes slice `id`'s in-memory data, if it is kept.
+    fn take_resident(&mut self, id: u64) -> Option<Vec<u8>> {
+        let data = self.resident.remove(&id)?;
+        self.resident_bytes -= data.len() as u64;
+        Some(data)
+    }
+}
+
 /// A bandwidth cap shared by the uploader threads: each upload books its bytes on a virtual
 /// clock that advances `bytes / rate` seconds and waits until its slot starts; at most one
 /// second of idle time is carried over as burst.
@@ -504,7 +513,7 @@ impl Writeback {
         }
     }
 
-    /// Keeps a copy of slice `id`'s data, just staged, for its uploader, if the upload buffer
+    /// Keeps slice `id`'s data, just staged, in memory for its uploader, if the upload buffer
     /// has room; call before [`Writeback::add`] lists the slice. The data is the caller's own
     /// buffer, moved, not copied.
     pub fn keep_for_upload(&self, id: u64, data: Vec<u8>) {
@@ -518,10 +527,7 @@ impl Writeback {
 
     /// The in-memory data of slice `id`, if it is still kept.
     fn take_resident(&self, id: u64) -> Option<Vec<u8>> {
-        let mut set = self.set.lock();
-        let data = set.resident.remove(&id)?;
-        set.resident_bytes -= data.len() as u64;
-        Some(data)
+        self.set.lock().take_resident(id)
     }
 
     /// Forgets staged slices whose `T` records were deleted, and frees their log space once
@@ -532,9 +538,7 @@ impl Writeback {
         {
             let mut set = self.set.lock();
             for id in ids {
-                if let Some(data) = set.resident.remove(id) {
-                    set.resident_bytes -= data.len() as u64;
-                }
+                set.take_resident(*id);
                 if let Some(s) = set.map.remove(id) {
                     set.bytes -= s.rec.size as u64;
                     locs.push((s.loc, s.wal_seq));
