@@ -462,6 +462,20 @@ impl Engine {
         Ok(out.expect("view ran"))
     }
 
+    /// [`Engine::view`] for a scan of a large part of the volume: it does not hold up
+    /// metadata commits while it runs (see [`KvStore::view_long`]).
+    pub(crate) fn view_long<T>(
+        &self,
+        f: impl Fn(&dyn KvRead) -> Result<T, MetaError>,
+    ) -> Result<T> {
+        let mut out = None;
+        self.meta.view_long(&mut |r| {
+            out = Some(f(r)?);
+            Ok(())
+        })?;
+        Ok(out.expect("view ran"))
+    }
+
     pub(crate) fn update<T>(
         &self,
         f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,

@@ -315,7 +315,7 @@ pub type GcProgress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 impl Engine {
     /// The volume's pack accounting, checked against the `L` records.
     pub fn pack_usage(&self) -> Result<PackUsage> {
-        Ok(usage_of(&self.view(read_packs)?))
+        Ok(usage_of(&self.view_long(read_packs)?))
     }
 
     /// One garbage collection run: dead slices first, then compaction (if asked), then the
@@ -340,7 +340,7 @@ impl Engine {
             report.dead_slices_collected = self.collect_garbage(usize::MAX)? as u64;
         }
         let usage = if opts.dry_run {
-            usage_of(&self.view(read_packs_after_pending_deaths)?)
+            usage_of(&self.view_long(read_packs_after_pending_deaths)?)
         } else {
             self.pack_usage()?
         };
@@ -372,9 +372,9 @@ impl Engine {
     ) -> Result<()> {
         // A real run has just collected the dead slices; a dry run counts them as collected.
         let snap = if opts.dry_run {
-            self.view(read_packs_after_pending_deaths)?
+            self.view_long(read_packs_after_pending_deaths)?
         } else {
-            self.view(read_packs)?
+            self.view_long(read_packs)?
         };
         let candidates: Vec<(u64, PackRec)> = snap
             .packs
@@ -618,7 +618,7 @@ impl Engine {
         let mut objects = self.storage.list_detailed("chunks")?;
         objects.extend(self.storage.list_detailed("packs")?);
         report.objects_listed = objects.len() as u64;
-        let refs = self.view(read_references)?;
+        let refs = self.view_long(read_references)?;
         let now = SystemTime::now();
         let mut orphans = Vec::new();
         for o in &objects {

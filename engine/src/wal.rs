@@ -451,6 +451,10 @@ impl KvStore for WalStore {
         self.inner.view(f)
     }
 
+    fn view_long(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+        self.inner.view_long(f)
+    }
+
     fn update(
         &self,
         durability: Durability,

@@ -1263,6 +1263,10 @@ pub fn open_staging(
             Err(e) => tracing::warn!("unreadable namespace record in the data log: {e}"),
         }
     }
+    // Every change is crash-safe in the namespace log before it is acknowledged, so the
+    // metadata store takes them in memory and gets them in one transaction per checkpoint.
+    let meta: Arc<dyn spoolfs_metadata::KvStore> =
+        Arc::new(spoolfs_metadata::BufferedStore::new(meta));
     let (wal, replayed) = crate::wal::WalStore::recover(meta, ns, records)?;
     if replayed > 0 {
         tracing::info!("replay: {replayed} namespace change(s) recovered from the log");

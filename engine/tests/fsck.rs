@@ -617,14 +617,15 @@ fn crashed_volume_is_refused_until_replayed() {
     let mut f = Fixture::new();
     let e = f.engine(0, false);
     f.write(&e, "/a", pattern(5, 3000));
-    // A crash: no shutdown; and the store comes back at a checkpoint before the last
-    // logged change (what a power cut after an unflushed commit leaves).
+    // A crash: no shutdown. The store comes back at its last checkpoint, before the last
+    // logged change (the changes since are kept in memory until a checkpoint); moving its
+    // log position back one more keeps it behind even if a checkpoint ran meanwhile.
     drop(e);
     f.plant(&mut |t| {
         let seq = schema::get_u64(t, spoolfs_engine::wal::APPLIED_SEQ_KEY)?;
         t.put(
             spoolfs_engine::wal::APPLIED_SEQ_KEY,
-            &(seq - 1).to_be_bytes(),
+            &seq.saturating_sub(1).to_be_bytes(),
         )
     });
     let record = f.record();

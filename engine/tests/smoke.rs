@@ -497,6 +497,9 @@ mod writeback {
         let (a, fh) = e.create(&ME, ROOT_INO, b"f", 0o644, libc::O_RDWR).unwrap();
         e.write(&ME, a.ino, fh, 0, &data).unwrap();
         e.release(a.ino, fh).unwrap();
+        // A checkpoint, so that the store holds the file's segment to plant over (changes
+        // since the last checkpoint are only in memory and in the logs).
+        e.fsyncdir(ROOT_INO).unwrap();
         let (ino, size) = (a.ino, data.len());
         let files = [(ino, data)];
         drop(e);

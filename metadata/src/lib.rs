@@ -7,8 +7,11 @@
 //!
 //! Backends: [`RedbStore`] (embedded, the default) and [`MemStore`] (tests).
 
+mod buffered;
 mod mem;
 mod redb_store;
+
+pub use buffered::BufferedStore;
 
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
@@ -92,6 +95,12 @@ pub trait KvStore: Send + Sync {
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
     ) -> Result<()>;
     /// Makes every committed transaction durable (a checkpoint: the store's own fsync).
+    /// A read-only view that may take long (a scan of every slice or pack of the volume):
+    /// the same consistent snapshot as [`KvStore::view`], taken so that it never holds up
+    /// writers for its duration.
+    fn view_long(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+        self.view(f)
+    }
     fn persist(&self) -> Result<()>;
     /// Makes every committed transaction crash-safe by the cheapest means the store has
     /// (a write-ahead log's device flush); by default, `persist`.
@@ -204,6 +213,17 @@ mod tests {
     #[test]
     fn memory_store_semantics() {
         exercise(&MemStore::default());
+    }
+
+    #[test]
+    fn buffered_store_semantics() {
+        exercise(&BufferedStore::new(Arc::new(MemStore::default())));
+        // The same with a persist after every step: reads then come from the inner store.
+        let store = BufferedStore::new(Arc::new(MemStore::default()));
+        exercise(&store);
+        store.persist().unwrap();
+        assert_eq!(store.buffered(), 0);
+        exercise(&store);
     }
 
     #[test]

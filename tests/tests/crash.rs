@@ -1263,9 +1263,10 @@ fn crash_kill9_loses_nothing_acknowledged() {
             assert!(
                 errno == libc::ENOTCONN || errno == libc::ECONNABORTED,
                 "round {round}: worker {w}: after SIGKILL, `{}` failed with {} (errno {errno}); \
-                 expected ENOTCONN or ECONNABORTED",
+                 expected ENOTCONN or ECONNABORTED\nmount log:\n{}",
                 end.op,
-                end.error
+                end.error,
+                interesting_log_lines(&mount.log_text(), &[])
             );
             ends.push(format!("{}: {}", end.op, errno_str(errno)));
         }
