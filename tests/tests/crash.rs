@@ -1260,8 +1260,22 @@ fn crash_kill9_loses_nothing_acknowledged() {
                 "round {round}: worker {w} failed before the kill: {end:?}"
             );
             let errno = end.errno.unwrap_or(0);
+            // EIO after the kill, when spoolfs itself answered no request with EIO: the
+            // kernel turns a reply into EIO when copying it from the daemon fails, which a
+            // SIGKILL landing in the middle of the daemon's reply write can cause
+            // (`fuse_dev_do_write`). The operation was not acknowledged either way.
+            let log = mount.log_text();
+            let kernel_eio =
+                errno == libc::EIO && !log.contains("errno=5") && !log.contains("panicked");
+            if kernel_eio {
+                eprintln!(
+                    "round {round}: worker {w}: `{}` failed with EIO after the kill, not from \
+                     spoolfs (its log has no EIO answer): a reply cut by the kill",
+                    end.op
+                );
+            }
             assert!(
-                errno == libc::ENOTCONN || errno == libc::ECONNABORTED,
+                errno == libc::ENOTCONN || errno == libc::ECONNABORTED || kernel_eio,
                 "round {round}: worker {w}: after SIGKILL, `{}` failed with {} (errno {errno}); \
                  expected ENOTCONN or ECONNABORTED\nmount log:\n{}",
                 end.op,
