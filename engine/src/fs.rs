@@ -2409,6 +2409,7 @@ impl Engine {
             cache_capacity_bytes: cache.capacity_bytes,
             cache_hits: cache.hits,
             cache_misses: cache.misses,
+            metadata_unapplied_changes: self.meta.unapplied_changes(),
             ..Default::default()
         };
         if let Some(wb) = self.writeback.as_ref() {
@@ -2516,6 +2517,7 @@ impl Engine {
             staging_reads: staging.map_or(0, |u| u.reads),
             data_cache: self.disk.as_ref().map(|d| d.stats()),
             passthrough_opens: self.counters.passthrough_opens.load(Ordering::Relaxed),
+            metadata_unapplied_changes: m.metadata_unapplied_changes,
         }
     }
 

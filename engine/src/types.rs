@@ -195,6 +195,10 @@ pub struct EngineStatus {
     /// Opens answered with a FUSE passthrough to a cache file.
     #[serde(default)]
     pub passthrough_opens: u64,
+    /// Metadata changes kept in memory (crash-safe in the namespace log) until the next
+    /// checkpoint, at most about a second away, applies them to the metadata store.
+    #[serde(default)]
+    pub metadata_unapplied_changes: u64,
     /// Bytes of staged slices uploaded per second, over about the last 10 seconds.
     #[serde(default)]
     pub upload_rate_bytes_per_sec: f64,
@@ -272,4 +276,6 @@ pub struct EngineMetrics {
     pub cache_capacity_bytes: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Metadata changes kept in memory until the next checkpoint applies them to the store.
+    pub metadata_unapplied_changes: u64,
 }

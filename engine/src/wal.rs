@@ -455,6 +455,10 @@ impl KvStore for WalStore {
         self.inner.view_long(f)
     }
 
+    fn unapplied_changes(&self) -> u64 {
+        self.inner.unapplied_changes()
+    }
+
     fn update(
         &self,
         durability: Durability,

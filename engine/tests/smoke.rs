@@ -485,6 +485,27 @@ mod writeback {
         e.shutdown().unwrap();
     }
 
+    /// Metadata changes wait in memory for the checkpoint (they are in the namespace log),
+    /// and the status says how many.
+    #[test]
+    fn status_counts_metadata_changes_until_the_checkpoint() {
+        let f = Fixture::new();
+        let config = EngineConfig {
+            meta_flush_interval: std::time::Duration::from_secs(3600),
+            ..EngineConfig::default()
+        };
+        let e = engine_configured(&f, settings(&f, 0), config);
+        let (a, fh) = e.create(&ME, ROOT_INO, b"f", 0o644, libc::O_RDWR).unwrap();
+        e.write(&ME, a.ino, fh, 0, b"hello").unwrap();
+        e.release(a.ino, fh).unwrap();
+        let before = e.status().metadata_unapplied_changes;
+        assert!(before > 0, "a create and a close left no change in memory");
+        e.fsyncdir(ROOT_INO).unwrap();
+        assert_eq!(e.status().metadata_unapplied_changes, 0);
+        // No uploaders: a shutdown would wait for the staged file forever.
+        drop(e);
+    }
+
     /// A `T` record whose slice is not in the staging log can only come from a flush cut
     /// short by a crash (its record was never acknowledged): replay turns its range into a
     /// hole instead of leaving a file that fails with EIO.

@@ -405,6 +405,10 @@ impl KvStore for BufferedStore {
         self.apply(Durability::Durable)
     }
 
+    fn unapplied_changes(&self) -> u64 {
+        self.buffered() as u64
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

@@ -101,6 +101,11 @@ pub trait KvStore: Send + Sync {
     fn view_long(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
         self.view(f)
     }
+    /// Committed changes that live only in memory until the next [`KvStore::persist`] (a
+    /// memtable, see [`BufferedStore`]); 0 for a store that writes every commit.
+    fn unapplied_changes(&self) -> u64 {
+        0
+    }
     fn persist(&self) -> Result<()>;
     /// Makes every committed transaction crash-safe by the cheapest means the store has
     /// (a write-ahead log's device flush); by default, `persist`.

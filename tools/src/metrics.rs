@@ -213,6 +213,7 @@ fn collect(state: &Collector) {
     .set(1.0);
     gauge!("spoolfs_staged_bytes").set(m.staged_bytes as f64);
     gauge!("spoolfs_staged_slices").set(m.staged_slices as f64);
+    gauge!("spoolfs_metadata_unapplied_changes").set(m.metadata_unapplied_changes as f64);
     gauge!("spoolfs_oldest_staged_age_seconds").set(m.oldest_staged_age_secs);
     gauge!("spoolfs_dirty_bytes").set(m.dirty_bytes as f64);
     gauge!("spoolfs_open_files").set(m.open_files as f64);
@@ -254,6 +255,10 @@ fn describe() {
         "Acknowledged bytes in the staging log, not yet in the object store"
     );
     describe_gauge!("spoolfs_staged_slices", "Staged slices not yet uploaded");
+    describe_gauge!(
+        "spoolfs_metadata_unapplied_changes",
+        "Metadata changes kept in memory (crash-safe in the namespace log) until the next checkpoint"
+    );
     describe_gauge!(
         "spoolfs_oldest_staged_age_seconds",
         Unit::Seconds,

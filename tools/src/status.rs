@@ -125,7 +125,23 @@ pub fn describe(s: &MountStatus) -> String {
                 "mode:",
                 format!("{}{}", e.mode, if s.read_only { ", read-only" } else { "" }),
             );
-            line("metadata:", e.metadata.clone());
+            line(
+                "metadata:",
+                if e.metadata_unapplied_changes > 0 {
+                    format!(
+                        "{}, {} change{} logged and not yet checkpointed",
+                        e.metadata,
+                        e.metadata_unapplied_changes,
+                        if e.metadata_unapplied_changes == 1 {
+                            ""
+                        } else {
+                            "s"
+                        }
+                    )
+                } else {
+                    e.metadata.clone()
+                },
+            );
             line(
                 "storage:",
                 format!(
