@@ -57,6 +57,7 @@ impl BufferedStore {
 
     /// Moves the memtable into the inner store in one commit of `durability`.
     fn apply(&self, durability: Durability) -> Result<()> {
+        refuse_inside_a_view("a metadata checkpoint")?;
         let _one = self.persisting.lock();
         let frozen = {
             let _writer = self.writer.lock();
@@ -338,6 +339,18 @@ impl Drop for ReadGuard<'_> {
     }
 }
 
+/// An update or a checkpoint needs the layers' write lock, which would wait for the read
+/// lock this thread holds in a view: fail instead of hanging.
+fn refuse_inside_a_view(what: &str) -> Result<()> {
+    if READS_HELD.with(|n| n.get()) > 0 {
+        return Err(MetaError::Errno(
+            35, // EDEADLK
+            format!("{what} inside a view of the metadata store"),
+        ));
+    }
+    Ok(())
+}
+
 impl KvStore for BufferedStore {
     fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
         let layers = ReadGuard::new(&self.layers);
@@ -364,13 +377,7 @@ impl KvStore for BufferedStore {
         durability: Durability,
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
     ) -> Result<()> {
-        if READS_HELD.with(|n| n.get()) > 0 {
-            // Its commit would wait for this thread's own read lock to be released.
-            return Err(MetaError::Errno(
-                35, // EDEADLK
-                "a metadata update inside a view of the same store".into(),
-            ));
-        }
+        refuse_inside_a_view("a metadata update")?;
         {
             let _writer = self.writer.lock();
             let mut own = Changes::new();
@@ -617,6 +624,7 @@ mod tests {
                     .update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
                     .unwrap_err();
                 assert_eq!(err.errno(), 35);
+                assert_eq!(store.persist().unwrap_err().errno(), 35);
                 Ok(())
             })
             .unwrap();
