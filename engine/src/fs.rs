@@ -454,12 +454,7 @@ impl Engine {
     }
 
     pub(crate) fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
-        let mut out = None;
-        self.meta.view(&mut |r| {
-            out = Some(f(r)?);
-            Ok(())
-        })?;
-        Ok(out.expect("view ran"))
+        read_with(|g| self.meta.view(g), f)
     }
 
     /// [`Engine::view`] for a scan of a large part of the volume: it does not hold up
@@ -468,12 +463,7 @@ impl Engine {
         &self,
         f: impl Fn(&dyn KvRead) -> Result<T, MetaError>,
     ) -> Result<T> {
-        let mut out = None;
-        self.meta.view_long(&mut |r| {
-            out = Some(f(r)?);
-            Ok(())
-        })?;
-        Ok(out.expect("view ran"))
+        read_with(|g| self.meta.view_long(g), f)
     }
 
     pub(crate) fn update<T>(
@@ -2664,6 +2654,20 @@ impl Engine {
             None => Ok(()),
         }
     }
+}
+
+/// Runs `f` in a read of the metadata store made by `read` (a view or a long view) and
+/// returns what it returned.
+fn read_with<T>(
+    read: impl FnOnce(&mut dyn FnMut(&dyn KvRead) -> Result<(), MetaError>) -> Result<(), MetaError>,
+    f: impl Fn(&dyn KvRead) -> Result<T, MetaError>,
+) -> Result<T> {
+    let mut out = None;
+    read(&mut |r| {
+        out = Some(f(r)?);
+        Ok(())
+    })?;
+    Ok(out.expect("view ran"))
 }
 
 /// Makes namespace changes durable every interval and deletes dead objects.

@@ -363,10 +363,9 @@ impl KvStore for BufferedStore {
         })
     }
 
-    /// Applies the memtable first, then reads the inner store alone: a snapshot as of the
-    /// apply, and commits go on meanwhile (into the memtable).
-    /// Every apply is a consistent cut (it freezes under the writer lock), so the inner
-    /// store alone always holds one.
+    /// Applies the memtable first, then reads the inner store alone, while commits go on
+    /// into the memtable. Every apply is a consistent cut (it freezes under the writer
+    /// lock), so the inner store alone is a snapshot as of that apply.
     fn view_long(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
         self.apply(Durability::Visible)?;
         self.inner.view(f)

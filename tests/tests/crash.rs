@@ -1264,9 +1264,10 @@ fn crash_kill9_loses_nothing_acknowledged() {
             // kernel turns a reply into EIO when copying it from the daemon fails, which a
             // SIGKILL landing in the middle of the daemon's reply write can cause
             // (`fuse_dev_do_write`). The operation was not acknowledged either way.
-            let log = mount.log_text();
-            let kernel_eio =
-                errno == libc::EIO && !log.contains("errno=5") && !log.contains("panicked");
+            let kernel_eio = errno == libc::EIO && {
+                let log = mount.log_text();
+                !log.contains("errno=5") && !log.contains("panicked")
+            };
             if kernel_eio {
                 eprintln!(
                     "round {round}: worker {w}: `{}` failed with EIO after the kill, not from \
