@@ -10,7 +10,7 @@ use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
 use spoolfs_engine::writeback::{DEFAULT_PACK_SIZE, StagingSettings, open_staging};
 use spoolfs_engine::*;
 use spoolfs_metadata::{KvStore, RedbStore};
-use spoolfs_uploader::ObjectStorage;
+use spoolfs_objects::ObjectStorage;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

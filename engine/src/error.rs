@@ -1,7 +1,7 @@
 //! One error type for every engine call; each value knows its errno.
 
 use spoolfs_metadata::MetaError;
-use spoolfs_uploader::StorageError;
+use spoolfs_objects::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {

@@ -13,7 +13,9 @@ use crate::writeback::{SliceCarrier, Staged, StagingOptions, Writeback, uploader
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
-use spoolfs_uploader::{ObjectStorage, StorageError, decode_block, encode_block};
+use spoolfs_objects::{
+    ObjectStorage, StorageError, decode_block, encode_block, slice_blocks, split_blocks,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1545,7 +1547,7 @@ impl Engine {
         }
         let mut mine = None;
         for (id, q) in run {
-            let entry = spoolfs_uploader::PackEntry {
+            let entry = spoolfs_objects::PackEntry {
                 slice: *id,
                 offset: q.offset,
                 len: q.len,
@@ -1553,7 +1555,7 @@ impl Engine {
             };
             let start = (q.offset - first) as usize;
             let piece = all.slice(start..start + q.len as usize);
-            let checked = spoolfs_uploader::verify_packed(key, &entry, piece)?;
+            let checked = spoolfs_objects::verify_packed(key, &entry, piece)?;
             if *id == slice {
                 mine = Some(checked);
             } else {
@@ -1828,8 +1830,7 @@ impl Engine {
             } else if let Some(loc) = loc {
                 staged.push((id, Staged::at(rec, loc)));
             } else {
-                for (index, block) in p.data.chunks(bs).enumerate() {
-                    let key = schema::block_key(id, index as u32, block.len() as u32);
+                for (_, key, block) in split_blocks(id, &p.data, bs) {
                     objects.push((key, encode_block(block)));
                 }
             }
@@ -1910,13 +1911,8 @@ impl Engine {
                 // The staging log refused the carried slice after its metadata committed: put
                 // it in the object store and unlink its `T` record before acknowledging.
                 let data = &state.pending[last].data;
-                let objects = data
-                    .chunks(bs)
-                    .enumerate()
-                    .map(|(index, block)| {
-                        let key = schema::block_key(id, index as u32, block.len() as u32);
-                        (key, encode_block(block))
-                    })
+                let objects = split_blocks(id, data, bs)
+                    .map(|(_, key, block)| (key, encode_block(block)))
                     .collect();
                 self.put_objects(objects)?;
                 self.update_with(durability, |t| t.delete(&schema::staged_key(id)))?;
@@ -2570,11 +2566,8 @@ impl Engine {
                 }
                 DeadPlace::Packed { emptied: None } => {}
                 DeadPlace::Blocks => {
-                    let blocks = (d.size as u64).div_ceil(bs).max(1);
-                    for index in 0..blocks {
-                        let len = (d.size as u64 - index * bs).min(bs) as u32;
-                        self.storage
-                            .delete(&schema::block_key(id, index as u32, len))?;
+                    for (_, _, key) in slice_blocks(id, d.size, bs) {
+                        self.storage.delete(&key)?;
                     }
                 }
             }

@@ -53,7 +53,8 @@ use crate::volume::{BUCKET_RECORD_KEY, VolumeRecord};
 use crate::writeback::{OWNER_KEY, StagingOwner};
 use serde::Serialize;
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
-use spoolfs_uploader::{ObjectInfo, ObjectStorage, StorageError, decode_block, verify_packed};
+use spoolfs_objects::keys::{self, ObjectKey, slice_blocks};
+use spoolfs_objects::{ObjectInfo, ObjectStorage, StorageError, decode_block, verify_packed};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -479,54 +480,6 @@ impl Checker<'_> {
 
 fn name_str(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
-}
-
-/// The block keys of a slice of `size` bytes: (index, length, key).
-fn block_keys(id: u64, size: u32, bs: u64) -> Vec<(u32, u32, String)> {
-    let blocks = (size as u64).div_ceil(bs).max(1);
-    (0..blocks)
-        .map(|i| {
-            let len = (size as u64 - (i * bs).min(size as u64)).min(bs) as u32;
-            (i as u32, len, schema::block_key(id, i as u32, len))
-        })
-        .collect()
-}
-
-/// The length of block `index` of a slice of `size` bytes, if the slice has that block.
-fn block_len(size: u32, index: u32, bs: u64) -> Option<u32> {
-    let blocks = (size as u64).div_ceil(bs).max(1);
-    let start = index as u64 * bs;
-    (u64::from(index) < blocks).then(|| (size as u64 - start.min(size as u64)).min(bs) as u32)
-}
-
-/// What an object key names: a block of a slice (id, index, length), a pack, or something
-/// else.
-enum ObjKind {
-    Block(u64, u32, u32),
-    Pack(u64),
-    Other,
-}
-
-fn parse_key(key: &str) -> ObjKind {
-    let last = key.rsplit('/').next().unwrap_or("");
-    if key.starts_with("chunks/") {
-        let mut parts = last.split('_');
-        if let (Some(Ok(id)), Some(Ok(index)), Some(Ok(len)), None) = (
-            parts.next().map(str::parse::<u64>),
-            parts.next().map(str::parse::<u32>),
-            parts.next().map(str::parse::<u32>),
-            parts.next(),
-        ) && schema::block_key(id, index, len) == key
-        {
-            return ObjKind::Block(id, index, len);
-        }
-    } else if key.starts_with("packs/")
-        && let Some(Ok(id)) = last.strip_suffix(".pack").map(str::parse::<u64>)
-        && schema::pack_object_key(id) == key
-    {
-        return ObjKind::Pack(id);
-    }
-    ObjKind::Other
 }
 
 /// Checks the volume and, with `opts.repair`, repairs it. `progress` sees (phase, done, total)
@@ -1093,7 +1046,7 @@ fn check_data(
             }
             if c.opts.verify_data {
                 c.stats.objects_verified += 1;
-                let entry = spoolfs_uploader::PackEntry {
+                let entry = spoolfs_objects::PackEntry {
                     slice: id,
                     offset: p.offset,
                     len: p.len,
@@ -1125,7 +1078,7 @@ fn check_data(
             continue;
         }
         // Block objects: each block a segment shows must be there, with its trailer.
-        let keys = block_keys(id, l.size, bs);
+        let keys: Vec<_> = slice_blocks(id, l.size, bs).collect();
         let mut needed = BTreeSet::new();
         for (off, len) in &l.ranges {
             let first = *off as u64 / bs;
@@ -1150,7 +1103,7 @@ fn check_data(
                 );
                 continue;
             };
-            if obj.size != *blen as u64 + spoolfs_uploader::BLOCK_TRAILER_LEN as u64 {
+            if obj.size != *blen as u64 + spoolfs_objects::BLOCK_TRAILER_LEN as u64 {
                 c.find(
                     "corrupt-object",
                     Severity::Error,
@@ -1158,7 +1111,7 @@ fn check_data(
                     format!(
                         "block object {key} is {} bytes, expected {}",
                         obj.size,
-                        *blen as u64 + spoolfs_uploader::BLOCK_TRAILER_LEN as u64
+                        *blen as u64 + spoolfs_objects::BLOCK_TRAILER_LEN as u64
                     ),
                     Some(hole(range)),
                 );
@@ -1328,13 +1281,13 @@ fn check_orphans(
     let now = SystemTime::now();
     let mut orphans = Vec::new();
     for o in listing {
-        let referenced = match parse_key(&o.key) {
-            ObjKind::Block(id, index, len) => sizes.get(&id).is_some_and(|set| {
+        let referenced = match ObjectKey::parse(&o.key) {
+            Some(ObjectKey::Block { slice, index, len }) => sizes.get(&slice).is_some_and(|set| {
                 set.iter()
-                    .any(|size| block_len(*size, index, bs) == Some(len))
+                    .any(|size| keys::block_len(*size, index, bs) == Some(len))
             }),
-            ObjKind::Pack(id) => packs.contains(&id),
-            ObjKind::Other => {
+            Some(ObjectKey::Pack(id)) => packs.contains(&id),
+            None => {
                 if o.key != BUCKET_RECORD_KEY {
                     c.find(
                         "unknown-object",
@@ -1703,29 +1656,4 @@ fn repair(c: &mut Checker, meta: &dyn KvStore, objects: &HashMap<&str, &ObjectIn
         c.findings[at].repaired = true;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn object_keys_are_classified() {
-        let k = schema::block_key(1_234_567, 3, 65536);
-        assert!(matches!(parse_key(&k), ObjKind::Block(1_234_567, 3, 65536)));
-        assert_eq!(block_len(150, 2, 64), Some(22));
-        assert_eq!(block_len(150, 3, 64), None);
-        assert_eq!(block_len(0, 0, 64), Some(0));
-        let p = schema::pack_object_key(42);
-        assert!(matches!(parse_key(&p), ObjKind::Pack(42)));
-        assert!(matches!(parse_key("chunks/0/0/x_1_2"), ObjKind::Other));
-        assert!(matches!(parse_key("chunks/9/9/5_0_1"), ObjKind::Other));
-        assert!(matches!(parse_key("spoolfs.volume.json"), ObjKind::Other));
-        let keys = block_keys(7, 150, 64);
-        assert_eq!(
-            keys.iter().map(|k| (k.0, k.1)).collect::<Vec<_>>(),
-            vec![(0, 64), (1, 64), (2, 22)]
-        );
-        assert_eq!(block_keys(7, 0, 64).len(), 1);
-    }
 }

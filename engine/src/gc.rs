@@ -19,7 +19,7 @@ use crate::fs::Engine;
 use crate::schema::{self, PackRec, PackedRec, SliceRec};
 use serde::{Deserialize, Serialize};
 use spoolfs_metadata::{Durability, KvRead, MetaError, prefix_end};
-use spoolfs_uploader::{PackEntry, StorageError};
+use spoolfs_objects::{ObjectKey, PackEntry, StorageError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -250,31 +250,6 @@ fn usage_of(snap: &PackSnapshot) -> PackUsage {
     u
 }
 
-/// What a listed object is, from its key.
-enum ObjectKind {
-    Block(u64),
-    Pack(u64),
-}
-
-fn parse_object_key(key: &str) -> Option<ObjectKind> {
-    let name = key.rsplit('/').next()?;
-    if key.starts_with("packs/") {
-        let id = name.strip_suffix(".pack")?.parse().ok()?;
-        return (schema::pack_object_key(id) == key).then_some(ObjectKind::Pack(id));
-    }
-    if key.starts_with("chunks/") {
-        let mut parts = name.split('_');
-        let id: u64 = parts.next()?.parse().ok()?;
-        let index: u32 = parts.next()?.parse().ok()?;
-        let len: u32 = parts.next()?.parse().ok()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        return (schema::block_key(id, index, len) == key).then_some(ObjectKind::Block(id));
-    }
-    None
-}
-
 /// Everything the metadata refers to, for the sweep.
 struct References {
     /// Slices that must keep their block objects: in a chunk map, staged, packed, or dead and
@@ -469,7 +444,7 @@ impl Engine {
                     len: p.len,
                     crc: p.crc,
                 };
-                match spoolfs_uploader::verify_packed(&key, &entry, d) {
+                match spoolfs_objects::verify_packed(&key, &entry, d) {
                     Ok(d) => verified.push((*slice, d)),
                     Err(e) => {
                         bad = Some(e);
@@ -492,7 +467,7 @@ impl Engine {
         }
         let new_pack = self.next_slice_id()?;
         let refs: Vec<(u64, &[u8])> = parts.iter().map(|(id, d)| (*id, d.as_ref())).collect();
-        let (object, entries) = spoolfs_uploader::encode_pack(&refs);
+        let (object, entries) = spoolfs_objects::encode_pack(&refs);
         let new_size = object.len() as u64;
         let new_key = schema::pack_object_key(new_pack);
         self.storage.put(&new_key, object)?;
@@ -622,9 +597,9 @@ impl Engine {
         let now = SystemTime::now();
         let mut orphans = Vec::new();
         for o in &objects {
-            let referenced = match parse_object_key(&o.key) {
-                Some(ObjectKind::Block(id)) => refs.slices.contains(&id),
-                Some(ObjectKind::Pack(id)) => refs.packs.contains(&id),
+            let referenced = match ObjectKey::parse(&o.key) {
+                Some(ObjectKey::Block { slice, .. }) => refs.slices.contains(&slice),
+                Some(ObjectKey::Pack(id)) => refs.packs.contains(&id),
                 None => {
                     report.unknown_objects += 1;
                     continue;
@@ -728,22 +703,6 @@ fn ids(group: &[(u64, PackRec)]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn object_keys_parse() {
-        assert!(matches!(
-            parse_object_key(&schema::block_key(1_234_567, 2, 4096)),
-            Some(ObjectKind::Block(1_234_567))
-        ));
-        assert!(matches!(
-            parse_object_key(&schema::pack_object_key(42)),
-            Some(ObjectKind::Pack(42))
-        ));
-        assert!(parse_object_key("spoolfs.volume.json").is_none());
-        assert!(parse_object_key("chunks/0/0/7_0").is_none());
-        assert!(parse_object_key("chunks/9/9/7_0_1").is_none());
-        assert!(parse_object_key("packs/0/0/x.pack").is_none());
-    }
 
     #[test]
     fn candidates_need_dead_bytes() {

@@ -31,6 +31,6 @@ pub mod writeback;
 
 pub use error::{FsError, Result};
 pub use fs::{Engine, EngineConfig};
-pub use spoolfs_uploader::StorageConfig;
+pub use spoolfs_objects::StorageConfig;
 pub use types::*;
 pub use volume::{FormatOptions, VolumeRecord, default_volume_paths, format_volume};

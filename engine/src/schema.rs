@@ -131,10 +131,8 @@ pub fn pack_key(pack: u64) -> Vec<u8> {
     k
 }
 
-/// Object key of a pack object.
-pub fn pack_object_key(pack: u64) -> String {
-    format!("packs/{}/{}/{}.pack", pack / 1_000_000, pack / 1_000, pack)
-}
+/// Object keys are named in one place, the objects crate.
+pub use spoolfs_objects::keys::{block_key, pack_object_key};
 
 /// Where a packed slice is: bytes `[offset, offset + len)` of pack `pack`, with their CRC-32C.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -336,18 +334,6 @@ pub fn init_root(t: &mut dyn KvTxn) -> Result<(), MetaError> {
     t.put(NEXT_SLICE_KEY, &1u64.to_be_bytes())?;
     t.put(INODE_COUNT_KEY, &1u64.to_be_bytes())?;
     Ok(())
-}
-
-/// Object key of block `index` of a slice: spread over prefixes so listings stay short.
-pub fn block_key(slice: u64, index: u32, len: u32) -> String {
-    format!(
-        "chunks/{}/{}/{}_{}_{}",
-        slice / 1_000_000,
-        slice / 1_000,
-        slice,
-        index,
-        len
-    )
 }
 
 /// Checks a name for a directory entry.

@@ -5,7 +5,7 @@ use crate::error::{FsError, Result};
 use crate::schema;
 use serde::{Deserialize, Serialize};
 use spoolfs_metadata::{Durability, KvStore};
-use spoolfs_uploader::{ObjectStorage, StorageConfig, StorageError};
+use spoolfs_objects::{ObjectStorage, StorageConfig, StorageError};
 use std::path::PathBuf;
 use std::sync::Arc;
 

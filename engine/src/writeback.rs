@@ -18,7 +18,7 @@ use crate::schema::{self, StagedRec};
 use crate::staging::{RecordHeader, Replayed, StagedLoc, StagingError, StagingLog};
 use parking_lot::{Condvar, Mutex};
 use spoolfs_metadata::prefix_end;
-use spoolfs_uploader::encode_block;
+use spoolfs_objects::{encode_block, split_blocks};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -764,16 +764,15 @@ impl Engine {
                 small.push((*id, data));
                 continue;
             }
-            for (i, b) in data.chunks(bs).enumerate() {
+            for (i, key, b) in split_blocks(*id, &data, bs) {
                 if let Some(disk) = self.disk.as_ref().filter(|d| d.keeps_large_uploads()) {
-                    disk.insert(BlockId::block(*id, i as u32), b);
+                    disk.insert(BlockId::block(*id, i), b);
                 }
-                let key = schema::block_key(*id, i as u32, b.len() as u32);
                 keys.entry(*id).or_default().push(key.clone());
                 objects.push((key, encode_block(b)));
             }
         }
-        let mut packs: Vec<(u64, u64, Vec<spoolfs_uploader::PackEntry>)> = Vec::new();
+        let mut packs: Vec<(u64, u64, Vec<spoolfs_objects::PackEntry>)> = Vec::new();
         let mut start = 0;
         while start < small.len() {
             let mut end = start;
@@ -789,7 +788,7 @@ impl Engine {
                 .iter()
                 .map(|(id, d)| (*id, d.as_slice()))
                 .collect();
-            let (object, entries) = spoolfs_uploader::encode_pack(&parts);
+            let (object, entries) = spoolfs_objects::encode_pack(&parts);
             if let Some(disk) = &self.disk {
                 disk.insert(BlockId::pack(pack), &object);
             }

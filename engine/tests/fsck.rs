@@ -9,7 +9,7 @@ use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
 use spoolfs_engine::writeback::{StagingSettings, open_staging};
 use spoolfs_engine::*;
 use spoolfs_metadata::{Durability, KvTxn, MetaError};
-use spoolfs_uploader::ObjectStorage;
+use spoolfs_objects::ObjectStorage;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -447,11 +447,11 @@ fn orphan_objects() {
     let storage = ObjectStorage::open(&f.storage_config()).unwrap();
     let block = schema::block_key(987_654, 0, 10);
     storage
-        .put(&block, spoolfs_uploader::encode_block(b"0123456789"))
+        .put(&block, spoolfs_objects::encode_block(b"0123456789"))
         .unwrap();
     let pack = schema::pack_object_key(987_655);
     storage
-        .put(&pack, spoolfs_uploader::encode_pack(&[(5, b"x")]).0)
+        .put(&pack, spoolfs_objects::encode_pack(&[(5, b"x")]).0)
         .unwrap();
     drop(storage);
     let r = f.check();

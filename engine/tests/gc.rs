@@ -6,7 +6,7 @@ use spoolfs_engine::schema::{self, PackRec, PackedRec};
 use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
 use spoolfs_engine::writeback::{StagingSettings, open_staging};
 use spoolfs_engine::*;
-use spoolfs_uploader::ObjectStorage;
+use spoolfs_objects::ObjectStorage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

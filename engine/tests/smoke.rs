@@ -1,7 +1,7 @@
 //! End-to-end checks of the engine without FUSE: a file store, a redb store, a remount.
 
 use spoolfs_engine::*;
-use spoolfs_uploader::ObjectStorage;
+use spoolfs_objects::ObjectStorage;
 use std::sync::Arc;
 
 mod common;

@@ -3,7 +3,7 @@
 
 use spoolfs_engine::{Engine, EngineConfig, FormatOptions, StorageConfig};
 use spoolfs_fuse::{MountError, MountOptions, mount_background};
-use spoolfs_uploader::ObjectStorage;
+use spoolfs_objects::ObjectStorage;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 

@@ -143,11 +143,11 @@ fn check_bucket(vol: &Volume) -> (usize, usize) {
         let key = rel.to_string_lossy().into_owned();
         let data = fs::read(p).unwrap_or_else(|e| panic!("read object {key}: {e}"));
         if key.starts_with("packs/") {
-            let entries = spoolfs_uploader::decode_pack_index(&key, &data)
+            let entries = spoolfs_objects::decode_pack_index(&key, &data)
                 .unwrap_or_else(|e| panic!("pack object {key} is not whole: {e}"));
             for e in &entries {
                 let piece = data[e.offset as usize..e.offset as usize + e.len as usize].to_vec();
-                spoolfs_uploader::verify_packed(&key, e, bytes::Bytes::from(piece))
+                spoolfs_objects::verify_packed(&key, e, bytes::Bytes::from(piece))
                     .unwrap_or_else(|err| panic!("pack object {key}: {err}"));
             }
             packs += 1;
@@ -157,7 +157,7 @@ fn check_bucket(vol: &Volume) -> (usize, usize) {
                 .next()
                 .and_then(|l| l.parse().ok())
                 .unwrap_or_else(|| panic!("block key {key} does not end in its length"));
-            let block = spoolfs_uploader::decode_block(&key, bytes::Bytes::from(data))
+            let block = spoolfs_objects::decode_block(&key, bytes::Bytes::from(data))
                 .unwrap_or_else(|e| panic!("block object {key} is not whole: {e}"));
             assert_eq!(
                 block.len(),

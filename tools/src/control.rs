@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use spoolfs_engine::gc::{GcOptions, GcReport};
 use spoolfs_engine::{Engine, EngineStatus};
 use spoolfs_fuse::panic_message;
-use spoolfs_uploader::ObjectStorage;
+use spoolfs_objects::ObjectStorage;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -125,11 +125,11 @@ impl S3Args {
     pub fn open_storage(
         &self,
         record: &spoolfs_engine::VolumeRecord,
-    ) -> anyhow::Result<spoolfs_uploader::ObjectStorage> {
+    ) -> anyhow::Result<spoolfs_objects::ObjectStorage> {
         use anyhow::Context;
         let mut config = record.storage_config();
         self.apply(&mut config);
-        let storage = spoolfs_uploader::ObjectStorage::open(&config)
+        let storage = spoolfs_objects::ObjectStorage::open(&config)
             .with_context(|| format!("cannot open the object store of volume {:?}", record.name))?;
         storage.check().with_context(|| {
             format!("the object store of volume {:?} is not usable", record.name)

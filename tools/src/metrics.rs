@@ -3,7 +3,7 @@
 //! started. Every metric is listed in `docs/METRICS.md`.
 //!
 //! Three sources feed it:
-//! - the object store (`spoolfs-uploader`) records each request through the `metrics` macros;
+//! - the object store (`spoolfs-objects`) records each request through the `metrics` macros;
 //! - FUSE requests are counted per thread (`spoolfs_fuse::stats`) and handed over by
 //!   [`collect`];
 //! - the engine's own state (staged bytes, queues, cache, counters it already keeps) is

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use spoolfs_engine::{Engine, EngineConfig, StorageConfig};
 use spoolfs_fuse::{FuseSession, MountOptions, Unmounter};
-use spoolfs_uploader::ObjectStorage;
+use spoolfs_objects::ObjectStorage;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::SocketAddr;

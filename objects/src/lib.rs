@@ -1,15 +1,17 @@
-//! Object storage for spoolfs: opening a store from its URL, checksummed block objects, and
-//! blocking wrappers so synchronous callers (FUSE threads, the engine) can use the async
+//! Object storage for spoolfs: opening a store from its URL, the object keys, checksummed block
+//! objects and pack objects, and blocking wrappers so synchronous callers (FUSE threads, the engine) can use the async
 //! `object_store` clients.
 //!
 //! This crate knows nothing about inodes or metadata. The engine decides which bytes go into
 //! which object; this crate puts them there and gets them back, verified.
 
 mod block;
+pub mod keys;
 mod pack;
 mod storage;
 
 pub use block::{BLOCK_TRAILER_LEN, decode_block, encode_block};
+pub use keys::{ObjectKey, block_key, pack_object_key, slice_blocks, split_blocks};
 pub use pack::{PackEntry, decode_pack_index, encode_pack, verify_packed};
 pub use storage::{ObjectInfo, ObjectStorage, StorageConfig, error_kind};
 
