@@ -23,7 +23,6 @@ pub mod gc;
 mod ids;
 mod readahead;
 pub mod schema;
-pub mod staging;
 pub mod types;
 pub mod volume;
 pub mod wal;
@@ -32,5 +31,7 @@ pub mod writeback;
 pub use error::{FsError, Result};
 pub use fs::{Engine, EngineConfig};
 pub use spoolfs_objects::StorageConfig;
+/// The staging log is its own crate; this path is the one front ends and tests know.
+pub use spoolfs_staging as staging;
 pub use types::*;
 pub use volume::{FormatOptions, VolumeRecord, default_volume_paths, format_volume};
