@@ -9,13 +9,14 @@ use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec, StagedRec};
 use crate::staging::{RecordHeader, StagedLoc};
 use crate::types::*;
 use crate::volume::VolumeRecord;
-use crate::writeback::{SliceCarrier, Staged, StagingOptions, Writeback, uploader_loop};
+use crate::writeback::{SliceCarrier, StagingOptions};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
 use spoolfs_objects::{
     ObjectStorage, StorageError, decode_block, encode_block, slice_blocks, split_blocks,
 };
+use spoolfs_uploader::{Staged, Uploader, run_uploader};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -161,7 +162,7 @@ pub struct Engine {
     pub(crate) storage: Arc<ObjectStorage>,
     volume: VolumeRecord,
     pub(crate) config: EngineConfig,
-    pub(crate) writeback: Option<Arc<Writeback>>,
+    pub(crate) writeback: Option<Arc<Uploader>>,
     inode_ids: IdAllocator,
     slice_ids: IdAllocator,
     /// Open and pinned inodes, sharded by inode number so that writers of different files
@@ -328,10 +329,16 @@ impl Engine {
             readahead,
             disk,
             meta,
-            storage,
+            storage: storage.clone(),
             volume,
             cache: BlockCache::new(config.block_cache_bytes),
-            writeback: config.staging.clone().map(|o| Arc::new(Writeback::new(o))),
+            writeback: config.staging.as_ref().map(|o| {
+                Arc::new(Uploader::new(
+                    o.uploads.clone(),
+                    storage.clone(),
+                    config.max_uploads,
+                ))
+            }),
             config,
             inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, 256),
             slice_ids: IdAllocator::new(schema::NEXT_SLICE_KEY, 1024),
@@ -371,7 +378,13 @@ impl Engine {
         })?;
         *engine.sync_marks.write() = marks;
         if let Some(wb) = engine.writeback.as_ref() {
-            engine.replay_staged(wb)?;
+            let replayed = engine
+                .config
+                .staging
+                .as_ref()
+                .map(|s| s.replayed.clone())
+                .unwrap_or_default();
+            engine.replay_staged(wb, &replayed)?;
         }
         *ra_engine.lock() = Arc::downgrade(&engine);
         let weak = Arc::downgrade(&engine);
@@ -400,7 +413,7 @@ impl Engine {
                 let wb = wb.clone();
                 threads.push(spawn(
                     format!("spoolfs-up{i}"),
-                    Box::new(move || uploader_loop(weak, wb)),
+                    Box::new(move || run_uploader(weak, wb)),
                 )?);
             }
         }
@@ -444,6 +457,12 @@ impl Engine {
             ));
         }
         Ok(())
+    }
+
+    /// The namespace log, while the metadata store it writes ahead of is open.
+    fn namespace_log(&self) -> Option<Arc<crate::wal::WalStore>> {
+        let staging = self.config.staging.as_ref()?;
+        staging.wal.as_ref()?.upgrade()
     }
 
     pub(crate) fn stopping_now(&self) -> bool {
@@ -1298,7 +1317,7 @@ impl Engine {
         if self.cache.contains(block) || self.cache.contains(BlockId::whole(job.slice)) {
             return;
         }
-        if job.size as usize <= crate::writeback::PACK_SLICE_MAX {
+        if job.size as usize <= spoolfs_objects::PACK_SLICE_MAX {
             match self.get_packed(job.slice) {
                 Ok(Some(_)) => return,
                 Ok(None) => {}
@@ -1389,21 +1408,21 @@ impl Engine {
             out.fill(0);
             return Ok(());
         }
-        let staged_guard = self.writeback.as_ref().map(|wb| wb.read_guard.read());
-        if let Some(wb) = self.writeback.as_ref()
-            && let Some(rec) = wb.get(slice)
+        if let Some(read) = self
+            .writeback
+            .as_ref()
+            .and_then(|wb| wb.read_staged(slice, off, out))
         {
             // Still staged: read it from the log, never from the object store.
-            return wb.opts.log.read(&rec.loc, off, out).map_err(|e| {
+            return read.map_err(|e| {
                 tracing::error!("reading staged slice {slice}: {e}");
                 FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
             });
         }
-        drop(staged_guard);
         let bs = self.volume.block_size as u32;
         // Only small slices are ever packed; and a cached block means the slice is stored as
         // blocks, so only a miss asks the metadata.
-        let maybe_packed = slice_size as usize <= crate::writeback::PACK_SLICE_MAX
+        let maybe_packed = slice_size as usize <= spoolfs_objects::PACK_SLICE_MAX
             && self
                 .cache
                 .get(BlockId {
@@ -1790,7 +1809,7 @@ impl Engine {
                 EarlyStage::NotYet => {
                     let carry = i == last
                         && wb.is_some_and(|wb| {
-                            wb.opts.wal.is_some() && wb.wait_for_room(size as u64)
+                            self.namespace_log().is_some() && wb.wait_for_room(size as u64)
                         });
                     let pending = if carry {
                         None
@@ -1808,7 +1827,7 @@ impl Engine {
                 ino,
                 chunk: p.chunk,
                 size,
-                segment: crate::writeback::UNKNOWN_SEGMENT,
+                segment: spoolfs_uploader::UNKNOWN_SEGMENT,
                 offset: 0,
                 staged_ns: now,
             };
@@ -1989,14 +2008,14 @@ impl Engine {
     /// the staging log refused it (the change is committed and logged on its own then).
     fn commit_carried(
         &self,
-        wb: &Writeback,
+        wb: &Uploader,
         durability: Durability,
         commit: &mut dyn FnMut(&mut dyn KvTxn) -> Result<(), MetaError>,
         slice: (u64, RecordHeader, &[u8]),
     ) -> Result<Option<(StagedLoc, u64)>> {
         let (_, header, data) = slice;
         self.refuse_after_shutdown()?;
-        let Some(wal) = wb.opts.wal.as_ref().and_then(|w| w.upgrade()) else {
+        let Some(wal) = self.namespace_log() else {
             return Err(FsError::Other("the namespace log is closed".into()));
         };
         let mut carrier = SliceCarrier::new(wb, header, data);
@@ -2624,8 +2643,7 @@ impl Engine {
         self.stop_now.store(true, Ordering::Release);
         self.stop.raise();
         if let Some(wb) = self.writeback.as_ref() {
-            wb.stop.store(true, Ordering::Release);
-            wb.cv.notify_all();
+            wb.stop();
         }
         let threads: Vec<_> = std::mem::take(&mut *self.background.lock());
         for h in threads {

@@ -336,7 +336,7 @@ impl Engine {
         self.writeback
             .as_ref()
             .map(|wb| wb.opts.pack_size)
-            .unwrap_or(crate::writeback::DEFAULT_PACK_SIZE)
+            .unwrap_or(spoolfs_uploader::DEFAULT_PACK_SIZE)
     }
 
     fn compact_packs(

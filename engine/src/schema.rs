@@ -151,17 +151,8 @@ pub struct PackRec {
     pub live_bytes: u64,
 }
 
-/// Where a staged slice's data is: a record in this node's staging log.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StagedRec {
-    pub ino: Ino,
-    pub chunk: u32,
-    pub size: u32,
-    pub segment: u32,
-    pub offset: u64,
-    /// When it was staged (ns since the epoch): the age of the oldest staged byte.
-    pub staged_ns: i64,
-}
+/// The value of a `T` record; the uploader defines it.
+pub use spoolfs_uploader::StagedRec;
 
 pub fn dead_key(slice: u64) -> Vec<u8> {
     let mut k = vec![b'G'];

@@ -12,7 +12,7 @@ mod storage;
 
 pub use block::{BLOCK_TRAILER_LEN, decode_block, encode_block};
 pub use keys::{ObjectKey, block_key, pack_object_key, slice_blocks, split_blocks};
-pub use pack::{PackEntry, decode_pack_index, encode_pack, verify_packed};
+pub use pack::{PACK_SLICE_MAX, PackEntry, decode_pack_index, encode_pack, verify_packed};
 pub use storage::{ObjectInfo, ObjectStorage, StorageConfig, error_kind};
 
 /// Errors from the object store, each with the errno a file system call reports.

@@ -12,6 +12,10 @@
 use crate::{Result, StorageError};
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// Slices up to this size are packed with others into pack objects; larger ones are stored
+/// as block objects.
+pub const PACK_SLICE_MAX: usize = 1 << 20;
+
 const MAGIC: &[u8; 4] = b"SPPK";
 const VERSION: u32 = 1;
 const ENTRY_LEN: usize = 24;

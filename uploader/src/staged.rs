@@ -1,0 +1,141 @@
+//! What the uploader knows about a staged slice, and the set of them.
+
+use serde::{Deserialize, Serialize};
+use spoolfs_staging::StagedLoc;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where a staged slice's data is: a record in this node's staging log (the value of a `T`
+/// record in the metadata).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StagedRec {
+    pub ino: u64,
+    pub chunk: u32,
+    pub size: u32,
+    pub segment: u32,
+    pub offset: u64,
+    /// When it was staged (ns since the epoch): the age of the oldest staged byte.
+    pub staged_ns: i64,
+}
+
+/// A staged slice as the engine tracks it in memory: its `T` record, where its record is in
+/// the log (the `T` record's own location fields are not authoritative: a slice staged
+/// together with its metadata change cannot know its place before the change is written), and
+/// the namespace transaction its record carries (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct Staged {
+    pub rec: StagedRec,
+    pub loc: StagedLoc,
+    pub wal_seq: u64,
+}
+
+/// What a `T` record says about the location of a slice staged together with its metadata
+/// change (unknown when the record was written; replay finds the slice by its id).
+pub const UNKNOWN_SEGMENT: u32 = u32::MAX;
+
+impl Staged {
+    /// A slice about to be staged with its metadata change: no place yet.
+    pub fn pending(rec: StagedRec) -> Staged {
+        let loc = StagedLoc {
+            segment: UNKNOWN_SEGMENT,
+            offset: 0,
+            len: 0,
+        };
+        Staged {
+            rec,
+            loc,
+            wal_seq: 0,
+        }
+    }
+
+    /// A slice staged at `loc`.
+    pub fn at(rec: StagedRec, loc: StagedLoc) -> Staged {
+        let rec = StagedRec {
+            segment: loc.segment,
+            offset: loc.offset,
+            ..rec
+        };
+        Staged {
+            rec,
+            loc,
+            wal_seq: 0,
+        }
+    }
+
+    /// Its record also carries namespace transaction `seq`.
+    pub fn carrying(self, seq: u64) -> Staged {
+        Staged {
+            wal_seq: seq,
+            ..self
+        }
+    }
+
+    /// Where it is staged, if it is.
+    pub fn placed(&self) -> Option<StagedLoc> {
+        (self.loc.segment != UNKNOWN_SEGMENT).then_some(self.loc)
+    }
+}
+
+/// The in-memory mirror of the `T` records, and the upload queue (oldest first).
+#[derive(Default)]
+pub struct StagedSet {
+    pub map: HashMap<u64, Staged>,
+    pub queue: VecDeque<u64>,
+    pub bytes: u64,
+    /// Slices an uploader is working on.
+    pub busy: usize,
+    pub upload_errors: u64,
+    /// Data of staged slices still in memory (up to `upload_buffer` bytes): the uploader takes
+    /// it from here instead of reading the staging device.
+    pub resident: HashMap<u64, Vec<u8>>,
+    pub resident_bytes: u64,
+}
+
+impl StagedSet {
+    /// Removes slice `id`'s in-memory data, if it is kept.
+    pub(crate) fn take_resident(&mut self, id: u64) -> Option<Vec<u8>> {
+        let data = self.resident.remove(&id)?;
+        self.resident_bytes -= data.len() as u64;
+        Some(data)
+    }
+
+    /// How long until the queue is worth uploading: `None` now. It is when its oldest slice
+    /// has waited `delay`, or a pack's worth of small data is queued.
+    pub(crate) fn wait_needed(&self, delay: Duration, pack_size: usize) -> Option<Duration> {
+        let head = self.queue.front().and_then(|id| self.map.get(id))?;
+        let age_ns = (now_ns() - head.rec.staged_ns).max(0) as u128;
+        if age_ns >= delay.as_nanos() {
+            return None;
+        }
+        let mut queued = 0usize;
+        for r in self.queue.iter().filter_map(|id| self.map.get(id)) {
+            queued += r.rec.size as usize;
+            if queued >= pack_size {
+                return None;
+            }
+        }
+        Some(Duration::from_nanos((delay.as_nanos() - age_ns) as u64))
+    }
+
+    /// Whether the oldest queued slice is younger than `max_age`.
+    pub(crate) fn oldest_within(&self, max_age: Duration) -> bool {
+        self.queue
+            .front()
+            .and_then(|id| self.map.get(id))
+            .is_none_or(|r| now_ns() - r.rec.staged_ns <= max_age.as_nanos() as i64)
+    }
+
+    /// Slices among `ids` still staged, and their bytes.
+    pub(crate) fn still_staged<'a>(&self, ids: impl Iterator<Item = &'a u64>) -> (u64, u64) {
+        ids.filter_map(|id| self.map.get(id))
+            .fold((0u64, 0u64), |(n, b), r| (n + 1, b + r.rec.size as u64))
+    }
+}
+
+/// Nanoseconds since the epoch, the clock of [`StagedRec::staged_ns`].
+pub fn now_ns() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
