@@ -1,10 +1,11 @@
 //! The engine: namespace operations over the metadata store, and the data path (write
 //! buffering per open inode, slices uploaded as checksummed block objects, resolved reads).
 
-use crate::blockcache::{BlockCache, BlockId};
-use crate::data::{self, ReadPiece};
+use crate::blockcache::BlockId;
+use crate::data;
 use crate::error::{FsError, Result};
 use crate::ids::IdAllocator;
+use crate::reader::{Counters, ObjectReader};
 use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec, StagedRec};
 use crate::staging::{RecordHeader, StagedLoc};
 use crate::types::*;
@@ -13,9 +14,7 @@ use crate::writeback::{SliceCarrier, StagingOptions};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
-use spoolfs_objects::{
-    ObjectStorage, StorageError, decode_block, encode_block, slice_blocks, split_blocks,
-};
+use spoolfs_objects::{ObjectStorage, encode_block, slice_blocks, split_blocks};
 use spoolfs_uploader::{Staged, Uploader, run_uploader};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -144,21 +143,9 @@ struct Handle {
     stream: crate::readahead::Stream,
 }
 
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) objects_put: AtomicU64,
-    pub(crate) objects_got: AtomicU64,
-    dirty_bytes: AtomicU64,
-    passthrough_opens: AtomicU64,
-}
-
-/// A packed slice is fetched with up to this many neighbours stored after it in its pack...
-const COALESCE_SLICES: usize = 256;
-/// ...in one ranged GET of at most this many bytes.
-const COALESCE_BYTES: u64 = 1 << 20;
-
 pub struct Engine {
-    pub(crate) meta: Arc<dyn KvStore>,
+    /// The metadata store; refuses changes once the engine has shut down.
+    pub(crate) meta: Arc<crate::meta::Meta>,
     pub(crate) storage: Arc<ObjectStorage>,
     volume: VolumeRecord,
     pub(crate) config: EngineConfig,
@@ -171,13 +158,9 @@ pub struct Engine {
     handles: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_fh: AtomicU64,
-    cache: BlockCache,
-    /// Verified object data kept on the local disk.
-    pub(crate) disk: Option<crate::diskcache::DiskCache>,
-    readahead: Option<crate::readahead::Readahead>,
-    pub(crate) counters: Counters,
-    /// Namespace changes not yet made durable.
-    meta_dirty: AtomicBool,
+    /// Reads object data through the block cache and the local data cache.
+    pub(crate) reader: Arc<ObjectReader>,
+    pub(crate) counters: Arc<Counters>,
     /// Shared with the background threads, which must not keep the engine alive while they
     /// wait (a dropped engine must release the metadata store).
     stop: Arc<StopSignal>,
@@ -189,9 +172,8 @@ pub struct Engine {
     /// Inodes marked with [`schema::SYNC_UPLOAD_XATTR`] (mirror of the `Y` keys).
     sync_marks: RwLock<std::collections::HashSet<Ino>>,
     /// Held for the whole of [`Engine::shutdown`]; true once it has run. Afterwards changes
-    /// are refused (nothing would make them durable or upload them).
+    /// are refused (nothing would make them durable or upload them): see [`crate::meta::Meta::close`].
     shut_down: Mutex<bool>,
-    is_shut_down: AtomicBool,
     /// Garbage collection runs (`spoolfs gc`, the background compactor) take turns.
     pub(crate) gc_lock: Mutex<()>,
 }
@@ -298,47 +280,29 @@ impl Engine {
         volume: VolumeRecord,
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
-        let disk = match &config.disk_cache {
-            Some(c) if c.max_bytes > 0 => {
-                Some(crate::diskcache::DiskCache::open(c.clone()).map_err(|e| {
-                    FsError::new(
-                        e.raw_os_error().unwrap_or(libc::EIO),
-                        format!(
-                            "cannot open the local data cache in {}: {e}",
-                            c.dir.display()
-                        ),
-                    )
-                })?)
-            }
-            _ => None,
-        };
-        let ra_engine = Arc::new(Mutex::new(std::sync::Weak::new()));
-        let readahead = if config.readahead_bytes > 0 && config.readahead_threads > 0 {
-            Some(
-                crate::readahead::Readahead::start(
-                    config.readahead_bytes,
-                    config.readahead_threads,
-                    ra_engine.clone(),
-                )
-                .map_err(|e| FsError::Other(format!("cannot start readahead threads: {e}")))?,
-            )
-        } else {
-            None
-        };
+        let meta = Arc::new(crate::meta::Meta::new(meta));
+        let writeback = config.staging.as_ref().map(|o| {
+            Arc::new(Uploader::new(
+                o.uploads.clone(),
+                storage.clone(),
+                config.max_uploads,
+            ))
+        });
+        let counters = Arc::new(Counters::default());
+        let reader = ObjectReader::start(
+            meta.clone(),
+            storage.clone(),
+            &volume,
+            &config,
+            writeback.clone(),
+            counters.clone(),
+        )?;
         let engine = Arc::new(Engine {
-            readahead,
-            disk,
+            reader,
             meta,
-            storage: storage.clone(),
+            storage,
             volume,
-            cache: BlockCache::new(config.block_cache_bytes),
-            writeback: config.staging.as_ref().map(|o| {
-                Arc::new(Uploader::new(
-                    o.uploads.clone(),
-                    storage.clone(),
-                    config.max_uploads,
-                ))
-            }),
+            writeback,
             config,
             inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, 256),
             slice_ids: IdAllocator::new(schema::NEXT_SLICE_KEY, 1024),
@@ -348,18 +312,16 @@ impl Engine {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            counters: Counters::default(),
-            meta_dirty: AtomicBool::new(false),
+            counters,
             stop: Arc::new(StopSignal::default()),
             stop_now: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
             sync_marks: RwLock::new(Default::default()),
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
-            is_shut_down: AtomicBool::new(false),
             gc_lock: Mutex::new(()),
         });
-        engine.meta.update(Durability::Durable, &mut |t| {
+        engine.meta.store().update(Durability::Durable, &mut |t| {
             schema::init_root(t)?;
             // Inodes unlinked while open when the volume was last mounted: nobody holds them now.
             let orphans = t.scan(b"O", b"P", usize::MAX)?;
@@ -386,7 +348,6 @@ impl Engine {
                 .unwrap_or_default();
             engine.replay_staged(wb, &replayed)?;
         }
-        *ra_engine.lock() = Arc::downgrade(&engine);
         let weak = Arc::downgrade(&engine);
         let stop = engine.stop.clone();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -447,16 +408,8 @@ impl Engine {
         &self.open[(ino as usize) % OPEN_SHARDS]
     }
 
-    /// Changes after [`Engine::shutdown`] (a process still writing to a lazily detached mount)
-    /// fail with EROFS: the uploaders and the checkpoint thread are gone.
     fn refuse_after_shutdown(&self) -> Result<()> {
-        if self.is_shut_down.load(Ordering::Acquire) {
-            return Err(FsError::new(
-                libc::EROFS,
-                "the file system is unmounting: no more changes",
-            ));
-        }
-        Ok(())
+        self.meta.refuse_if_closed()
     }
 
     /// The namespace log, while the metadata store it writes ahead of is open.
@@ -475,38 +428,29 @@ impl Engine {
     }
 
     pub(crate) fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
-        read_with(|g| self.meta.view(g), f)
+        self.meta.view(f)
     }
 
-    /// [`Engine::view`] for a scan of a large part of the volume: it does not hold up
-    /// metadata commits while it runs (see [`KvStore::view_long`]).
     pub(crate) fn view_long<T>(
         &self,
         f: impl Fn(&dyn KvRead) -> Result<T, MetaError>,
     ) -> Result<T> {
-        read_with(|g| self.meta.view_long(g), f)
+        self.meta.view_long(f)
     }
 
     pub(crate) fn update<T>(
         &self,
         f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
     ) -> Result<T> {
-        self.update_with(Durability::Visible, f)
+        self.meta.update(f)
     }
 
     pub(crate) fn update_with<T>(
         &self,
         durability: Durability,
-        mut f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
+        f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
     ) -> Result<T> {
-        self.refuse_after_shutdown()?;
-        let mut out = None;
-        self.meta.update(durability, &mut |t| {
-            out = Some(f(t)?);
-            Ok(())
-        })?;
-        self.meta_dirty.store(true, Ordering::Release);
-        Ok(out.expect("update ran"))
+        self.meta.update_with(durability, f)
     }
 
     /// Attributes of an inode read earlier as `rec`. For an open file the record is read again
@@ -727,7 +671,7 @@ impl Engine {
         target: &[u8],
     ) -> Result<(Ino, InodeRec)> {
         schema::check_name(name)?;
-        let ino = self.inode_ids.next(self.meta.as_ref())?;
+        let ino = self.inode_ids.next(self.meta.store())?;
         let rec = self.update(|t| {
             check_name_meta(name)?;
             let mut prec = must_dir(t, parent)?;
@@ -1134,7 +1078,7 @@ impl Engine {
     /// open: when the file is one slice, already in the local data cache (checked now), not
     /// staged, with no buffered writes and not open for writing on this node.
     pub fn passthrough_source(&self, ino: Ino) -> Option<std::fs::File> {
-        let disk = self.disk.as_ref()?;
+        let disk = self.reader.disk.as_ref()?;
         if self
             .handles
             .lock()
@@ -1245,7 +1189,7 @@ impl Engine {
         let state = self.pin(ino, false);
         let result = self.read_pinned(ino, offset, size, &state);
         self.unpin(ino, false);
-        if let (Ok(out), Some(ra)) = (&result, &self.readahead)
+        if let (Ok(out), Some(ra)) = (&result, &self.reader.readahead)
             && !out.is_empty()
         {
             let len = out.len() as u64;
@@ -1257,79 +1201,10 @@ impl Engine {
             let bs = self.volume.block_size;
             // Once per block boundary crossed (and at the start of a stream), not per read.
             if sequential && (offset / bs != (offset + len) / bs || offset < len * 2) {
-                self.queue_readahead(ra, ino, offset + len);
+                self.reader.queue_readahead(ra, ino, offset + len);
             }
         }
         result
-    }
-
-    /// Queues the blocks of `[from, from + window)` of `ino` that are stored in the object
-    /// store and not cached.
-    fn queue_readahead(&self, ra: &crate::readahead::Readahead, ino: Ino, from: u64) {
-        let cs = self.chunk_size();
-        let bs = self.volume.block_size;
-        let end = from.saturating_add(ra.window);
-        let mut pos = from;
-        while pos < end {
-            let chunk = (pos / cs) as u32;
-            let chunk_start = chunk as u64 * cs;
-            let lo = (pos - chunk_start) as u32;
-            let hi = (end - chunk_start).min(cs) as u32;
-            let Ok(segs) = self.view(|r| data::load(r, ino, chunk, lo, hi)) else {
-                return;
-            };
-            if segs.is_empty() && chunk_start + cs >= end {
-                return;
-            }
-            for s in segs.iter().filter(|s| s.id != 0) {
-                // The part of the slice inside the window, in slice coordinates.
-                let first = s.off as u64 + (lo.max(s.pos) - s.pos) as u64;
-                let last = s.off as u64 + (hi.min(s.pos + s.len) - s.pos) as u64;
-                if first >= last {
-                    continue;
-                }
-                for index in first / bs..=(last - 1) / bs {
-                    let index = index as u32;
-                    if self.cache.contains(BlockId { slice: s.id, index }) {
-                        continue;
-                    }
-                    ra.queue(crate::readahead::Fetch {
-                        slice: s.id,
-                        size: s.size,
-                        index,
-                    });
-                }
-            }
-            pos = chunk_start + hi as u64;
-        }
-    }
-
-    /// A readahead job: fetch the piece into the caches unless it is staged or cached.
-    pub(crate) fn prefetch(&self, job: crate::readahead::Fetch) {
-        if self
-            .writeback
-            .as_ref()
-            .is_some_and(|wb| wb.get(job.slice).is_some())
-        {
-            return;
-        }
-        let block = BlockId::block(job.slice, job.index);
-        if self.cache.contains(block) || self.cache.contains(BlockId::whole(job.slice)) {
-            return;
-        }
-        if job.size as usize <= spoolfs_objects::PACK_SLICE_MAX {
-            match self.get_packed(job.slice) {
-                Ok(Some(_)) => return,
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!("readahead of slice {}: {e}", job.slice);
-                    return;
-                }
-            }
-        }
-        if let Err(e) = self.fetch_block(job.slice, job.size, job.index, true) {
-            tracing::debug!("readahead of slice {} block {}: {e}", job.slice, job.index);
-        }
     }
 
     fn read_pinned(
@@ -1360,7 +1235,8 @@ impl Engine {
             let segs = self.view(|r| data::load(r, ino, chunk, in_start, in_end))?;
             for piece in data::plan_read(&segs, in_start, in_end) {
                 let dst_off = (chunk_start + piece.pos as u64 - offset) as usize;
-                self.read_piece(&piece, &mut out[dst_off..dst_off + piece.len as usize])?;
+                self.reader
+                    .read_piece(&piece, &mut out[dst_off..dst_off + piece.len as usize])?;
             }
             // Pending writes are newer than anything stored.
             for p in state.pending.iter().filter(|p| p.chunk == chunk) {
@@ -1397,257 +1273,6 @@ impl Engine {
         if let Err(e) = r {
             tracing::debug!("atime update of inode {ino} failed: {e}");
         }
-    }
-
-    fn read_piece(&self, piece: &ReadPiece, out: &mut [u8]) -> Result<()> {
-        let Some((slice, slice_size, mut off)) = piece.source else {
-            out.fill(0);
-            return Ok(());
-        };
-        if slice == 0 {
-            out.fill(0);
-            return Ok(());
-        }
-        if let Some(read) = self
-            .writeback
-            .as_ref()
-            .and_then(|wb| wb.read_staged(slice, off, out))
-        {
-            // Still staged: read it from the log, never from the object store.
-            return read.map_err(|e| {
-                tracing::error!("reading staged slice {slice}: {e}");
-                FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
-            });
-        }
-        let bs = self.volume.block_size as u32;
-        // Only small slices are ever packed; and a cached block means the slice is stored as
-        // blocks, so only a miss asks the metadata.
-        let maybe_packed = slice_size as usize <= spoolfs_objects::PACK_SLICE_MAX
-            && self
-                .cache
-                .get(BlockId {
-                    slice,
-                    index: off / bs,
-                })
-                .is_none();
-        if maybe_packed && let Some(data) = self.get_packed(slice)? {
-            let start = off as usize;
-            if start + out.len() > data.len() {
-                return Err(FsError::Storage(StorageError::Checksum {
-                    key: format!("slice {slice}"),
-                    detail: "packed slice shorter than its metadata says".into(),
-                }));
-            }
-            out.copy_from_slice(&data[start..start + out.len()]);
-            return Ok(());
-        }
-        let mut done = 0usize;
-        while done < out.len() {
-            let index = off / bs;
-            let in_block = (off % bs) as usize;
-            let block = self.get_block(slice, slice_size, index)?;
-            let n = (block.len() - in_block).min(out.len() - done);
-            if n == 0 {
-                return Err(FsError::Storage(StorageError::Checksum {
-                    key: schema::block_key(slice, index, block.len() as u32),
-                    detail: "block shorter than its slice says".into(),
-                }));
-            }
-            out[done..done + n].copy_from_slice(&block[in_block..in_block + n]);
-            done += n;
-            off += n as u32;
-        }
-        Ok(())
-    }
-
-    /// A packed slice, whole: one ranged GET of its bytes in the pack, CRC-checked, cached.
-    fn get_packed(&self, slice: u64) -> Result<Option<Bytes>> {
-        // Cached under an index no block object uses.
-        let cached = BlockId {
-            slice,
-            index: u32::MAX,
-        };
-        if let Some(b) = self.cache.get(cached) {
-            return Ok(Some(b));
-        }
-        if let Some(b) = self.disk.as_ref().and_then(|d| d.get(cached)) {
-            self.cache.insert(cached, b.clone());
-            return Ok(Some(b));
-        }
-        let mut tries = 0;
-        let data = loop {
-            // The slice's place in its pack, and the slices stored right after it in the same
-            // pack (written together, so likely read together): one ranged GET fetches them.
-            let run = self.view(|r| {
-                let Some(v) = r.get(&schema::packed_key(slice))? else {
-                    return Ok(Vec::new());
-                };
-                let p: schema::PackedRec = schema::decode("packed slice", &v)?;
-                let mut run = vec![(slice, p)];
-                let mut end = p.offset + p.len as u64;
-                let next = schema::packed_key(slice + 1);
-                for (k, v) in r.scan(&next, &prefix_end(b"L"), COALESCE_SLICES)? {
-                    let q: schema::PackedRec = schema::decode("packed slice", &v)?;
-                    if q.pack != p.pack
-                        || q.offset != end
-                        || end + q.len as u64 - p.offset > COALESCE_BYTES
-                    {
-                        break;
-                    }
-                    end += q.len as u64;
-                    run.push((
-                        u64::from_be_bytes(k[1..9].try_into().expect("packed key")),
-                        q,
-                    ));
-                }
-                Ok(run)
-            })?;
-            let Some(&(_, p)) = run.first() else {
-                return Ok(None);
-            };
-            // The whole pack may be on local disk (kept when it was uploaded from here).
-            if let Some(b) = self
-                .disk
-                .as_ref()
-                .and_then(|d| d.get_packed_slice(p.pack, p.offset, p.len, p.crc))
-            {
-                let b = Bytes::from(b);
-                self.cache.insert(cached, b.clone());
-                return Ok(Some(b));
-            }
-            let key = schema::pack_object_key(p.pack);
-            let (_, last) = run[run.len() - 1];
-            let end = last.offset + last.len as u64;
-            let got = self
-                .storage
-                .get_range(&key, p.offset, end)
-                .and_then(|all| self.split_pack_run(&key, slice, &run, all));
-            match got {
-                Ok(d) => break d,
-                // Compaction moved the slice to a new pack and deleted the old one between
-                // our metadata read and the GET: read where it is now.
-                Err(StorageError::NotFound { .. }) if tries < 3 => tries += 1,
-                Err(e) => {
-                    tracing::error!("reading slice {slice} from pack {key}: {e}");
-                    return Err(FsError::Storage(match e {
-                        StorageError::NotFound { key } => StorageError::Checksum {
-                            key,
-                            detail: "pack referenced by metadata is missing".into(),
-                        },
-                        other => other,
-                    }));
-                }
-            }
-        };
-        self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
-        if let Some(d) = &self.disk {
-            d.insert(cached, &data);
-        }
-        self.cache.insert(cached, data.clone());
-        Ok(Some(data))
-    }
-
-    /// Checks each slice of a coalesced pack read against its CRC, caches the neighbours and
-    /// returns the bytes of `slice` (the first of the run).
-    fn split_pack_run(
-        &self,
-        key: &str,
-        slice: u64,
-        run: &[(u64, schema::PackedRec)],
-        all: Bytes,
-    ) -> std::result::Result<Bytes, StorageError> {
-        let first = run[0].1.offset;
-        let (_, last) = run[run.len() - 1];
-        if (all.len() as u64) < last.offset + last.len as u64 - first {
-            return Err(StorageError::Checksum {
-                key: key.to_string(),
-                detail: format!("short read of a pack: {} bytes", all.len()),
-            });
-        }
-        let mut mine = None;
-        for (id, q) in run {
-            let entry = spoolfs_objects::PackEntry {
-                slice: *id,
-                offset: q.offset,
-                len: q.len,
-                crc: q.crc,
-            };
-            let start = (q.offset - first) as usize;
-            let piece = all.slice(start..start + q.len as usize);
-            let checked = spoolfs_objects::verify_packed(key, &entry, piece)?;
-            if *id == slice {
-                mine = Some(checked);
-            } else {
-                let neighbour = BlockId::whole(*id);
-                if let Some(d) = &self.disk {
-                    d.insert(neighbour, &checked);
-                }
-                self.cache.insert(neighbour, checked);
-            }
-        }
-        Ok(mine.expect("the run starts with the slice asked for"))
-    }
-
-    fn get_block(&self, slice: u64, slice_size: u32, index: u32) -> Result<Bytes> {
-        self.fetch_block(slice, slice_size, index, false)
-    }
-
-    /// `for_readahead`: the caller is the readahead job for this very block (it must not
-    /// wait for itself).
-    fn fetch_block(
-        &self,
-        slice: u64,
-        slice_size: u32,
-        index: u32,
-        for_readahead: bool,
-    ) -> Result<Bytes> {
-        let id = BlockId { slice, index };
-        if let Some(b) = self.cache.get(id) {
-            return Ok(b);
-        }
-        if let Some(b) = self.disk.as_ref().and_then(|d| d.get(id)) {
-            self.cache.insert(id, b.clone());
-            return Ok(b);
-        }
-        // Being fetched ahead: wait for that instead of fetching it twice.
-        if let Some(ra) = &self.readahead
-            && !for_readahead
-        {
-            ra.wait_for(slice, index);
-            if let Some(b) = self.cache.get(id) {
-                return Ok(b);
-            }
-        }
-        let bs = self.volume.block_size as u32;
-        let len = (slice_size - index * bs).min(bs);
-        let key = schema::block_key(slice, index, len);
-        let object = self.storage.get(&key).map_err(|e| {
-            tracing::error!("reading object {key}: {e}");
-            match e {
-                StorageError::NotFound { key } => FsError::Storage(StorageError::Checksum {
-                    key,
-                    detail: "object referenced by metadata is missing".into(),
-                }),
-                other => FsError::Storage(other),
-            }
-        })?;
-        self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
-        let data = decode_block(&key, object).map_err(|e| {
-            tracing::error!("{e}");
-            FsError::Storage(e)
-        })?;
-        if data.len() != len as usize {
-            tracing::error!("object {key} holds {} bytes, expected {len}", data.len());
-            return Err(FsError::Storage(StorageError::Checksum {
-                key,
-                detail: format!("{} bytes, expected {len}", data.len()),
-            }));
-        }
-        if let Some(d) = &self.disk {
-            d.insert(id, &data);
-        }
-        self.cache.insert(id, data.clone());
-        Ok(data)
     }
 
     /// Returns the number of bytes written (all of them, or an error).
@@ -1758,7 +1383,7 @@ impl Engine {
             }
             // An id that cannot be had now is asked for again by the flush (which reports
             // the error).
-            let Ok(id) = self.slice_ids.next(self.meta.as_ref()) else {
+            let Ok(id) = self.slice_ids.next(self.meta.store()) else {
                 return;
             };
             p.early = match wb.submit_stage(ino, p.chunk, p.pos, id, &p.data) {
@@ -1794,7 +1419,7 @@ impl Engine {
             .iter()
             .map(|p| match p.early {
                 EarlyStage::Submitted { id, .. } => Ok(id),
-                _ => self.slice_ids.next(self.meta.as_ref()),
+                _ => self.slice_ids.next(self.meta.store()),
             })
             .collect::<Result<Vec<u64>, _>>()?;
         // All slices but the last go to the engine thread at once, written as one batch. A
@@ -2020,7 +1645,7 @@ impl Engine {
         };
         let mut carrier = SliceCarrier::new(wb, header, data);
         let took = wal.update_carried(durability, commit, &mut carrier)?;
-        self.meta_dirty.store(true, Ordering::Release);
+        self.meta.mark_dirty();
         Ok(if took { carrier.placed } else { None })
     }
 
@@ -2033,7 +1658,7 @@ impl Engine {
     }
 
     pub(crate) fn next_slice_id(&self) -> Result<u64> {
-        self.slice_ids.next(self.meta.as_ref())
+        self.slice_ids.next(self.meta.store())
     }
 
     /// Flushes the buffered writes of every open file (to staging or the object store).
@@ -2078,7 +1703,7 @@ impl Engine {
             }
         }
         if self.is_writeback() {
-            self.meta.sync()?;
+            self.meta.store().sync()?;
             Ok(())
         } else {
             self.persist_meta()
@@ -2086,9 +1711,7 @@ impl Engine {
     }
 
     pub(crate) fn persist_meta(&self) -> Result<()> {
-        self.meta_dirty.store(false, Ordering::Release);
-        self.meta.persist()?;
-        Ok(())
+        self.meta.persist()
     }
 
     pub fn release(&self, ino: Ino, fh: u64) -> Result<()> {
@@ -2402,7 +2025,7 @@ impl Engine {
 
     /// The cheap part of the engine's state (no metadata scan), for the metrics exporter.
     pub fn metrics(&self) -> EngineMetrics {
-        let cache = self.cache.usage();
+        let cache = self.reader.cache.usage();
         let mut m = EngineMetrics {
             writeback: self.is_writeback(),
             open_files: self.handles.lock().len() as u64,
@@ -2414,7 +2037,7 @@ impl Engine {
             cache_capacity_bytes: cache.capacity_bytes,
             cache_hits: cache.hits,
             cache_misses: cache.misses,
-            metadata_unapplied_changes: self.meta.unapplied_changes(),
+            metadata_unapplied_changes: self.meta.store().unapplied_changes(),
             ..Default::default()
         };
         if let Some(wb) = self.writeback.as_ref() {
@@ -2485,7 +2108,7 @@ impl Engine {
             } else {
                 "standard".into()
             },
-            metadata: self.meta.describe(),
+            metadata: self.meta.store().describe(),
             storage: self.storage.describe().to_string(),
             open_files: m.open_files,
             inodes,
@@ -2520,7 +2143,7 @@ impl Engine {
             cache_misses: m.cache_misses,
             staging_log_bytes: staging.map_or(0, |u| u.used_bytes),
             staging_reads: staging.map_or(0, |u| u.reads),
-            data_cache: self.disk.as_ref().map(|d| d.stats()),
+            data_cache: self.reader.disk.as_ref().map(|d| d.stats()),
             passthrough_opens: self.counters.passthrough_opens.load(Ordering::Relaxed),
             metadata_unapplied_changes: m.metadata_unapplied_changes,
         }
@@ -2578,7 +2201,7 @@ impl Engine {
                 DeadPlace::Packed {
                     emptied: Some(pack),
                 } => {
-                    if let Some(disk) = &self.disk {
+                    if let Some(disk) = &self.reader.disk {
                         disk.remove_slice(pack);
                     }
                     self.storage.delete(&schema::pack_object_key(pack))?
@@ -2590,8 +2213,8 @@ impl Engine {
                     }
                 }
             }
-            self.cache.forget_slice(id);
-            if let Some(disk) = &self.disk {
+            self.reader.cache.forget_slice(id);
+            if let Some(disk) = &self.reader.disk {
                 disk.remove_slice(id);
             }
             self.update(|t| t.delete(&key))?;
@@ -2652,7 +2275,7 @@ impl Engine {
             }
         }
         // From here on nothing may be staged: the logs are about to be declared empty.
-        self.is_shut_down.store(true, Ordering::Release);
+        self.meta.close();
         if first_err.is_none() {
             self.mark_staging_clean()?;
         }
@@ -2665,20 +2288,6 @@ impl Engine {
             None => Ok(()),
         }
     }
-}
-
-/// Runs `f` in a read of the metadata store made by `read` (a view or a long view) and
-/// returns what it returned.
-fn read_with<T>(
-    read: impl FnOnce(&mut dyn FnMut(&dyn KvRead) -> Result<(), MetaError>) -> Result<(), MetaError>,
-    f: impl Fn(&dyn KvRead) -> Result<T, MetaError>,
-) -> Result<T> {
-    let mut out = None;
-    read(&mut |r| {
-        out = Some(f(r)?);
-        Ok(())
-    })?;
-    Ok(out.expect("view ran"))
 }
 
 /// Makes namespace changes durable every interval and deletes dead objects.
@@ -2695,7 +2304,7 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
             // One sample a second keeps the upload rate's window current.
             wb.upload_rate();
         }
-        if e.meta_dirty.load(Ordering::Acquire)
+        if e.meta.is_dirty()
             && let Err(err) = e.persist_meta()
         {
             tracing::error!("making metadata durable failed: {err}");

@@ -552,7 +552,7 @@ impl Engine {
         }
         let mut freed = 0u64;
         for old in &moved_from {
-            if let Some(disk) = &self.disk {
+            if let Some(disk) = &self.reader.disk {
                 disk.remove_slice(*old);
             }
             let key = schema::pack_object_key(*old);

@@ -4,9 +4,9 @@
 //!
 //! Bounded on every side: the queue drops work when full, a block already cached or in
 //! flight is not fetched twice, and what is fetched lands in the bounded block caches. The
-//! threads hold only a weak reference to the engine and end when it is dropped.
+//! threads hold only a weak reference to the object reader and end when it is dropped.
 
-use crate::fs::Engine;
+use crate::reader::ObjectReader;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
@@ -57,28 +57,28 @@ impl Stream {
 }
 
 impl Readahead {
-    /// Starts `threads` fetchers for `engine` (which is not fully built yet: they only hold
-    /// a weak reference, taken when they first receive work).
+    /// Starts `threads` fetchers for `reader` (which is not fully built yet: they only hold
+    /// a weak reference, upgraded for each job).
     pub fn start(
         window: u64,
         threads: usize,
-        engine: Arc<Mutex<Weak<Engine>>>,
+        reader: Weak<ObjectReader>,
     ) -> std::io::Result<Readahead> {
         let (tx, rx) = bounded::<Fetch>(256);
         let in_flight = Arc::new(InFlight::default());
         for i in 0..threads {
             let rx: Receiver<Fetch> = rx.clone();
-            let engine = engine.clone();
+            let reader = reader.clone();
             let in_flight = in_flight.clone();
             std::thread::Builder::new()
                 .name(format!("spoolfs-ra{i}"))
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
-                        let Some(e) = engine.lock().upgrade() else {
+                        let Some(r) = reader.upgrade() else {
                             break;
                         };
-                        e.prefetch(job);
-                        drop(e);
+                        r.prefetch(job);
+                        drop(r);
                         in_flight.set.lock().remove(&(job.slice, job.index));
                         in_flight.done.notify_all();
                     }

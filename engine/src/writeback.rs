@@ -283,13 +283,18 @@ impl Catalog for Engine {
     }
 
     fn cache_block(&self, slice: u64, index: u32, data: &[u8]) {
-        if let Some(disk) = self.disk.as_ref().filter(|d| d.keeps_large_uploads()) {
+        if let Some(disk) = self
+            .reader
+            .disk
+            .as_ref()
+            .filter(|d| d.keeps_large_uploads())
+        {
             disk.insert(BlockId::block(slice, index), data);
         }
     }
 
     fn cache_pack(&self, pack: u64, object: &[u8]) {
-        if let Some(disk) = &self.disk {
+        if let Some(disk) = &self.reader.disk {
             disk.insert(BlockId::pack(pack), object);
         }
     }
@@ -616,6 +621,7 @@ impl Engine {
         }
         // Runs at shutdown, after changes are refused: straight to the store.
         self.meta
+            .store()
             .update(spoolfs_metadata::Durability::Durable, &mut |t| {
                 if let Some(v) = t.get(OWNER_KEY)?
                     && let Ok(mut o) = serde_json::from_slice::<StagingOwner>(&v)
