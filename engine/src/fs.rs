@@ -5,20 +5,22 @@ use crate::blockcache::BlockId;
 use crate::data;
 use crate::error::{FsError, Result};
 use crate::ids::IdAllocator;
-use crate::reader::{Counters, ObjectReader};
+use crate::reader::{Counters, ObjectReader, ReaderConfig};
+use crate::reclaim::Reclaimer;
 use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec, StagedRec};
 use crate::staging::{RecordHeader, StagedLoc};
+use crate::stop::StopSignal;
 use crate::types::*;
 use crate::volume::VolumeRecord;
-use crate::writeback::{SliceCarrier, StagingOptions};
+use crate::writeback::{SliceCarrier, StagingOptions, UploadCatalog};
 use bytes::Bytes;
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
-use spoolfs_objects::{ObjectStorage, encode_block, slice_blocks, split_blocks};
+use spoolfs_objects::{ObjectStorage, encode_block, split_blocks};
 use spoolfs_uploader::{Staged, Uploader, run_uploader};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How to open a mounted volume.
@@ -151,7 +153,7 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) writeback: Option<Arc<Uploader>>,
     inode_ids: IdAllocator,
-    slice_ids: IdAllocator,
+    slice_ids: Arc<IdAllocator>,
     /// Open and pinned inodes, sharded by inode number so that writers of different files
     /// never meet on one lock.
     open: Vec<Mutex<HashMap<Ino, OpenInode>>>,
@@ -164,8 +166,6 @@ pub struct Engine {
     /// Shared with the background threads, which must not keep the engine alive while they
     /// wait (a dropped engine must release the metadata store).
     stop: Arc<StopSignal>,
-    /// Uploaders stop taking work.
-    stop_now: AtomicBool,
     background: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Size and mtime of each file at its last open here, for `keep_cache`.
     opened_as: Mutex<HashMap<Ino, (i64, u64)>>,
@@ -174,8 +174,10 @@ pub struct Engine {
     /// Held for the whole of [`Engine::shutdown`]; true once it has run. Afterwards changes
     /// are refused (nothing would make them durable or upload them): see [`crate::meta::Meta::close`].
     shut_down: Mutex<bool>,
-    /// Garbage collection runs (`spoolfs gc`, the background compactor) take turns.
-    pub(crate) gc_lock: Mutex<()>,
+    /// Dead slices, compaction, the orphan sweep.
+    reclaim: Reclaimer,
+    /// What the upload threads record their work through (they hold it weakly).
+    upload_catalog: Arc<UploadCatalog>,
 }
 
 fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
@@ -293,10 +295,36 @@ impl Engine {
             meta.clone(),
             storage.clone(),
             &volume,
-            &config,
+            &ReaderConfig {
+                block_cache_bytes: config.block_cache_bytes,
+                disk_cache: config.disk_cache.as_ref(),
+                readahead_bytes: config.readahead_bytes,
+                readahead_threads: config.readahead_threads,
+            },
             writeback.clone(),
             counters.clone(),
         )?;
+        let slice_ids = Arc::new(IdAllocator::new(schema::NEXT_SLICE_KEY, 1024));
+        let stop = Arc::new(StopSignal::default());
+        let reclaim = Reclaimer {
+            meta: meta.clone(),
+            storage: storage.clone(),
+            reader: reader.clone(),
+            uploader: writeback.clone(),
+            counters: counters.clone(),
+            slice_ids: slice_ids.clone(),
+            block_size: volume.block_size,
+            stop: stop.clone(),
+            gc_lock: Mutex::new(()),
+        };
+        let upload_catalog = Arc::new(UploadCatalog {
+            meta: meta.clone(),
+            slice_ids: slice_ids.clone(),
+            reader: reader.clone(),
+            counters: counters.clone(),
+            stop: stop.clone(),
+            block_size: volume.block_size as usize,
+        });
         let engine = Arc::new(Engine {
             reader,
             meta,
@@ -305,7 +333,7 @@ impl Engine {
             writeback,
             config,
             inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, 256),
-            slice_ids: IdAllocator::new(schema::NEXT_SLICE_KEY, 1024),
+            slice_ids,
             open: (0..OPEN_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
@@ -313,13 +341,13 @@ impl Engine {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             counters,
-            stop: Arc::new(StopSignal::default()),
-            stop_now: AtomicBool::new(false),
+            reclaim,
+            upload_catalog,
+            stop,
             background: Mutex::new(Vec::new()),
             sync_marks: RwLock::new(Default::default()),
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
-            gc_lock: Mutex::new(()),
         });
         engine.meta.store().update(Durability::Durable, &mut |t| {
             schema::init_root(t)?;
@@ -346,7 +374,7 @@ impl Engine {
                 .as_ref()
                 .map(|s| s.replayed.clone())
                 .unwrap_or_default();
-            engine.replay_staged(wb, &replayed)?;
+            crate::writeback::replay_staged(&engine.meta, wb, &replayed)?;
         }
         let weak = Arc::downgrade(&engine);
         let stop = engine.stop.clone();
@@ -370,7 +398,7 @@ impl Engine {
         }
         if let Some(wb) = engine.writeback.as_ref() {
             for i in 0..wb.opts.upload_threads {
-                let weak = Arc::downgrade(&engine);
+                let weak = Arc::downgrade(&engine.upload_catalog);
                 let wb = wb.clone();
                 threads.push(spawn(
                     format!("spoolfs-up{i}"),
@@ -419,23 +447,11 @@ impl Engine {
     }
 
     pub(crate) fn stopping_now(&self) -> bool {
-        self.stop_now.load(Ordering::Acquire)
-    }
-
-    /// The engine is shutting down: long background work should stop.
-    pub(crate) fn stopping(&self) -> bool {
-        self.stopping_now() || self.stop.is_raised()
+        self.stop.now()
     }
 
     pub(crate) fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
         self.meta.view(f)
-    }
-
-    pub(crate) fn view_long<T>(
-        &self,
-        f: impl Fn(&dyn KvRead) -> Result<T, MetaError>,
-    ) -> Result<T> {
-        self.meta.view_long(f)
     }
 
     pub(crate) fn update<T>(
@@ -1657,10 +1673,6 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn next_slice_id(&self) -> Result<u64> {
-        self.slice_ids.next(self.meta.store())
-    }
-
     /// Flushes the buffered writes of every open file (to staging or the object store).
     pub(crate) fn flush_all_open(&self) -> Result<()> {
         let inos: Vec<Ino> = self
@@ -2149,78 +2161,65 @@ impl Engine {
         }
     }
 
+    /// The barrier of `spoolfs sync`: returns once everything written before the call is in
+    /// the object store and the metadata pointing at it is durable. Buffered writes of open
+    /// files are flushed first; then the slices staged at that moment are waited for (slices
+    /// staged later are not). `progress` sees (slices, bytes) still to go.
+    pub fn sync_to_object_store(
+        &self,
+        timeout: Option<Duration>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        self.flush_all_open()?;
+        if let Some(wb) = self.writeback.as_ref() {
+            wb.wait_staged_now(timeout, progress)
+                .map_err(|(slices, bytes)| {
+                    FsError::new(
+                        libc::ETIMEDOUT,
+                        format!(
+                            "{slices} slice(s), {bytes} bytes, are still not in the object store"
+                        ),
+                    )
+                })?;
+        }
+        self.persist_meta()
+    }
+
+    /// Waits until the staged slices `ids` are in the object store (or died). Without a time
+    /// limit, like a close in standard mode; fails only if the mount is stopping.
+    pub(crate) fn wait_uploaded(&self, wb: &Uploader, ids: &[u64]) -> Result<()> {
+        if wb.wait_uploaded(ids, &|| self.stopping_now()) {
+            return Ok(());
+        }
+        Err(FsError::new(
+            libc::EIO,
+            "unmounting before the data reached the object store (it stays staged)",
+        ))
+    }
+
+    /// Waits until nothing is staged (or `timeout` passes); returns the bytes still staged.
+    pub fn drain_uploads(&self, timeout: Option<Duration>) -> u64 {
+        self.writeback.as_ref().map_or(0, |wb| wb.drain(timeout))
+    }
+
     /// Deletes the objects of dead slices, a batch at a time. Returns how many it removed.
     pub fn collect_garbage(&self, max: usize) -> Result<usize> {
-        let dead =
-            self.view(|r| r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), max))?;
-        let bs = self.volume.block_size;
-        let mut removed = 0;
-        for (key, value) in dead {
-            let id = u64::from_be_bytes(key[1..9].try_into().expect("dead key"));
-            let d: DeadSlice = schema::decode("dead slice", &value)?;
-            // Where the dead slice's bytes are, found and unlinked in one transaction:
-            // - staged: never uploaded, only its log space is freed (whoever deletes the `T`
-            //   record frees the space, an uploader may race us);
-            // - packed: its pack goes when its last live slice does (dead bytes in packs that
-            //   keep living are what compaction will reclaim);
-            // - otherwise its block objects.
-            let place = self.update(|t| {
-                let staged_key = schema::staged_key(id);
-                if t.get(&staged_key)?.is_some() {
-                    t.delete(&staged_key)?;
-                    return Ok(DeadPlace::Staged);
-                }
-                let Some(v) = t.get(&schema::packed_key(id))? else {
-                    return Ok(DeadPlace::Blocks);
-                };
-                let p: schema::PackedRec = schema::decode("packed slice", &v)?;
-                t.delete(&schema::packed_key(id))?;
-                let pk = schema::pack_key(p.pack);
-                let Some(pv) = t.get(&pk)? else {
-                    return Ok(DeadPlace::Packed { emptied: None });
-                };
-                let mut rec: schema::PackRec = schema::decode("pack", &pv)?;
-                rec.live_slices = rec.live_slices.saturating_sub(1);
-                rec.live_bytes = rec.live_bytes.saturating_sub(p.len as u64);
-                if rec.live_slices == 0 {
-                    t.delete(&pk)?;
-                    Ok(DeadPlace::Packed {
-                        emptied: Some(p.pack),
-                    })
-                } else {
-                    t.put(&pk, &schema::encode(&rec))?;
-                    Ok(DeadPlace::Packed { emptied: None })
-                }
-            })?;
-            match place {
-                DeadPlace::Staged => {
-                    if let Some(wb) = self.writeback.as_ref() {
-                        wb.remove_many(&[id]);
-                    }
-                }
-                DeadPlace::Packed {
-                    emptied: Some(pack),
-                } => {
-                    if let Some(disk) = &self.reader.disk {
-                        disk.remove_slice(pack);
-                    }
-                    self.storage.delete(&schema::pack_object_key(pack))?
-                }
-                DeadPlace::Packed { emptied: None } => {}
-                DeadPlace::Blocks => {
-                    for (_, _, key) in slice_blocks(id, d.size, bs) {
-                        self.storage.delete(&key)?;
-                    }
-                }
-            }
-            self.reader.cache.forget_slice(id);
-            if let Some(disk) = &self.reader.disk {
-                disk.remove_slice(id);
-            }
-            self.update(|t| t.delete(&key))?;
-            removed += 1;
-        }
-        Ok(removed)
+        self.reclaim.collect_garbage(max)
+    }
+
+    /// The volume's pack accounting, checked against the `L` records.
+    pub fn pack_usage(&self) -> Result<crate::gc::PackUsage> {
+        self.reclaim.pack_usage()
+    }
+
+    /// One garbage collection run: dead slices first, then compaction (if asked), then the
+    /// orphan sweep (if asked). Runs of this engine take turns (the background compactor too).
+    pub fn run_gc(
+        &self,
+        opts: &crate::gc::GcOptions,
+        progress: crate::gc::GcProgress,
+    ) -> Result<crate::gc::GcReport> {
+        self.reclaim.run_gc(opts, progress)
     }
 
     /// Uploads or stages everything buffered, waits (up to `drain_on_shutdown`) for staged
@@ -2263,7 +2262,7 @@ impl Engine {
                 );
             }
         }
-        self.stop_now.store(true, Ordering::Release);
+        self.stop.raise_now();
         self.stop.raise();
         if let Some(wb) = self.writeback.as_ref() {
             wb.stop();
@@ -2277,7 +2276,7 @@ impl Engine {
         // From here on nothing may be staged: the logs are about to be declared empty.
         self.meta.close();
         if first_err.is_none() {
-            self.mark_staging_clean()?;
+            crate::writeback::mark_staging_clean(&self.meta, self.writeback.as_deref())?;
         }
         self.persist_meta()?;
         if let Some(wb) = self.writeback.as_ref() {
@@ -2328,44 +2327,7 @@ fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
             return;
         }
         let Some(e) = engine.upgrade() else { return };
-        e.background_compact(&settings);
-    }
-}
-
-/// Where the bytes of a dead slice are, for the garbage collector.
-enum DeadPlace {
-    Staged,
-    /// `emptied`: the pack whose last live slice this was.
-    Packed {
-        emptied: Option<u64>,
-    },
-    Blocks,
-}
-
-/// A flag the background threads wait on.
-#[derive(Default)]
-pub(crate) struct StopSignal {
-    stopped: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl StopSignal {
-    pub fn raise(&self) {
-        *self.stopped.lock() = true;
-        self.cv.notify_all();
-    }
-
-    pub fn is_raised(&self) -> bool {
-        *self.stopped.lock()
-    }
-
-    /// Waits up to `d`; true if stopped.
-    pub fn wait(&self, d: Duration) -> bool {
-        let mut stopped = self.stopped.lock();
-        if !*stopped {
-            self.cv.wait_for(&mut stopped, d);
-        }
-        *stopped
+        e.reclaim.background_compact(&settings);
     }
 }
 

@@ -19,12 +19,13 @@ pub mod diskcache;
 pub mod error;
 mod fs;
 pub mod fsck;
-pub mod gc;
 mod ids;
 mod meta;
 mod readahead;
 mod reader;
+pub mod reclaim;
 pub mod schema;
+mod stop;
 pub mod types;
 pub mod volume;
 pub mod wal;
@@ -32,6 +33,8 @@ pub mod writeback;
 
 pub use error::{FsError, Result};
 pub use fs::{Engine, EngineConfig};
+/// `spoolfs_engine::gc` is the path tools and tests know.
+pub use reclaim as gc;
 pub use spoolfs_objects::StorageConfig;
 /// The staging log is its own crate; this path is the one front ends and tests know.
 pub use spoolfs_staging as staging;

@@ -6,8 +6,8 @@
 use crate::blockcache::{BlockCache, BlockId};
 use crate::data::{self, ReadPiece};
 use crate::diskcache::DiskCache;
+use crate::diskcache::DiskCacheConfig;
 use crate::error::{FsError, Result};
-use crate::fs::EngineConfig;
 use crate::meta::Meta;
 use crate::readahead::{Fetch, Readahead};
 use crate::schema;
@@ -34,6 +34,14 @@ pub(crate) struct Counters {
     pub(crate) passthrough_opens: AtomicU64,
 }
 
+/// The reader's part of the engine's configuration.
+pub(crate) struct ReaderConfig<'a> {
+    pub block_cache_bytes: u64,
+    pub disk_cache: Option<&'a DiskCacheConfig>,
+    pub readahead_bytes: u64,
+    pub readahead_threads: usize,
+}
+
 pub(crate) struct ObjectReader {
     pub meta: Arc<Meta>,
     pub storage: Arc<ObjectStorage>,
@@ -55,11 +63,11 @@ impl ObjectReader {
         meta: Arc<Meta>,
         storage: Arc<ObjectStorage>,
         volume: &VolumeRecord,
-        config: &EngineConfig,
+        config: &ReaderConfig,
         uploader: Option<Arc<Uploader>>,
         counters: Arc<Counters>,
     ) -> Result<Arc<ObjectReader>> {
-        let disk = match &config.disk_cache {
+        let disk = match config.disk_cache {
             Some(c) if c.max_bytes > 0 => {
                 Some(crate::diskcache::DiskCache::open(c.clone()).map_err(|e| {
                     FsError::new(

@@ -5,9 +5,12 @@
 
 use crate::blockcache::BlockId;
 use crate::error::{FsError, Result};
-use crate::fs::Engine;
+use crate::ids::IdAllocator;
+use crate::meta::Meta;
+use crate::reader::{Counters, ObjectReader};
 use crate::schema::{self, StagedRec};
 use crate::staging::{RecordHeader, Replayed, StagedLoc, StagingError, StagingLog};
+use crate::stop::StopSignal;
 use parking_lot::Mutex;
 use spoolfs_metadata::prefix_end;
 use spoolfs_uploader::{Catalog, NamespaceProgress, PackUpload, Staged, UploadOptions, Uploader};
@@ -103,149 +106,116 @@ impl crate::wal::Carrier for SliceCarrier<'_> {
     }
 }
 
-impl Engine {
-    /// Crash replay of staged data: every `T` record becomes upload work; log records nobody
-    /// points at (never committed, already uploaded, or dead) are freed.
-    pub(crate) fn replay_staged(&self, wb: &Uploader, replayed: &[Replayed]) -> Result<()> {
-        let staged = self.view(|r| {
-            let rows = r.scan(
-                schema::STAGED_PREFIX,
-                &prefix_end(schema::STAGED_PREFIX),
-                usize::MAX,
-            )?;
-            rows.into_iter()
-                .map(|(k, v)| {
-                    let id = u64::from_be_bytes(k[1..9].try_into().expect("staged key"));
-                    Ok((id, schema::decode::<StagedRec>("staged record", &v)?))
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()
-        })?;
-        let mut in_log: HashMap<u64, StagedLoc> = HashMap::new();
-        for r in replayed.iter() {
-            in_log.insert(r.header.slice_id, r.loc);
-        }
-        // Slices are found by id: a slice staged with its metadata change has no location in
-        // its `T` record.
-        let mut keep = HashMap::new();
-        let mut lost = Vec::new();
-        for (id, rec) in &staged {
-            match in_log.get(id) {
-                Some(loc) if loc.len >= rec.size => {
-                    let staged = Staged {
-                        rec: *rec,
-                        loc: *loc,
-                        // Replay made every replayed transaction durable.
-                        wal_seq: 0,
-                    };
-                    keep.insert(*id, staged);
-                }
-                _ => lost.push((*id, *rec)),
+/// Crash replay of staged data: every `T` record becomes upload work; log records nobody
+/// points at (never committed, already uploaded, or dead) are freed.
+pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -> Result<()> {
+    let staged = meta.view(|r| {
+        let rows = r.scan(
+            schema::STAGED_PREFIX,
+            &prefix_end(schema::STAGED_PREFIX),
+            usize::MAX,
+        )?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let id = u64::from_be_bytes(k[1..9].try_into().expect("staged key"));
+                Ok((id, schema::decode::<StagedRec>("staged record", &v)?))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+    })?;
+    let mut in_log: HashMap<u64, StagedLoc> = HashMap::new();
+    for r in replayed.iter() {
+        in_log.insert(r.header.slice_id, r.loc);
+    }
+    // Slices are found by id: a slice staged with its metadata change has no location in
+    // its `T` record.
+    let mut keep = HashMap::new();
+    let mut lost = Vec::new();
+    for (id, rec) in &staged {
+        match in_log.get(id) {
+            Some(loc) if loc.len >= rec.size => {
+                let staged = Staged {
+                    rec: *rec,
+                    loc: *loc,
+                    // Replay made every replayed transaction durable.
+                    wal_seq: 0,
+                };
+                keep.insert(*id, staged);
             }
+            _ => lost.push((*id, *rec)),
         }
-        for r in replayed.iter() {
-            if !keep.contains_key(&r.header.slice_id) {
-                wb.opts.log.free(&r.loc);
-            }
-        }
-        if !lost.is_empty() {
-            self.forget_lost_slices(&lost)?;
-        }
-        let mut ordered: Vec<(u64, Staged)> = keep.into_iter().collect();
-        ordered.sort_by_key(|(id, s)| (s.rec.staged_ns, *id));
-        if !ordered.is_empty() {
-            tracing::info!(
-                "replay: {} staged slice(s), {} bytes, queued for upload",
-                ordered.len(),
-                ordered.iter().map(|(_, s)| s.rec.size as u64).sum::<u64>()
-            );
-        }
-        wb.add(&ordered);
-        Ok(())
     }
-
-    /// Slices whose metadata change reached the log but whose data did not: the flush that
-    /// wrote them was cut short by the crash and never acknowledged (an acknowledged slice's
-    /// record is always complete on the device). Their ranges become holes.
-    fn forget_lost_slices(&self, lost: &[(u64, StagedRec)]) -> Result<()> {
-        for (id, rec) in lost {
-            tracing::warn!(
-                "staged slice {id} of inode {} ({} bytes) is not in the staging log: its write \
-                 was never acknowledged (interrupted by the crash); the range reads as zeros",
-                rec.ino,
-                rec.size
-            );
+    for r in replayed.iter() {
+        if !keep.contains_key(&r.header.slice_id) {
+            wb.opts.log.free(&r.loc);
         }
-        self.update(|t| {
-            let mut freed = 0i64;
-            for (id, rec) in lost {
-                t.delete(&schema::staged_key(*id))?;
-                for seg in crate::data::load(t, rec.ino, rec.chunk, 0, u32::MAX)? {
-                    if seg.id == *id {
-                        t.delete(&schema::seg_key(rec.ino, rec.chunk, seg.pos))?;
-                    }
-                }
-                freed += rec.size as i64;
-            }
-            schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
-        })
     }
-
-    /// The barrier of `spoolfs sync`: returns once everything written before the call is in
-    /// the object store and the metadata pointing at it is durable. Buffered writes of open
-    /// files are flushed first; then the slices staged at that moment are waited for (slices
-    /// staged later are not). `progress` sees (slices, bytes) still to go.
-    pub fn sync_to_object_store(
-        &self,
-        timeout: Option<Duration>,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<()> {
-        self.flush_all_open()?;
-        if let Some(wb) = self.writeback.as_ref() {
-            wb.wait_staged_now(timeout, progress)
-                .map_err(|(slices, bytes)| {
-                    FsError::new(
-                        libc::ETIMEDOUT,
-                        format!(
-                            "{slices} slice(s), {bytes} bytes, are still not in the object store"
-                        ),
-                    )
-                })?;
-        }
-        self.persist_meta()
+    if !lost.is_empty() {
+        forget_lost_slices(meta, &lost)?;
     }
-
-    /// Waits until the staged slices `ids` are in the object store (or died). Without a time
-    /// limit, like a close in standard mode; fails only if the mount is stopping.
-    pub(crate) fn wait_uploaded(&self, wb: &Uploader, ids: &[u64]) -> Result<()> {
-        if wb.wait_uploaded(ids, &|| self.stopping_now()) {
-            return Ok(());
-        }
-        Err(FsError::new(
-            libc::EIO,
-            "unmounting before the data reached the object store (it stays staged)",
-        ))
+    let mut ordered: Vec<(u64, Staged)> = keep.into_iter().collect();
+    ordered.sort_by_key(|(id, s)| (s.rec.staged_ns, *id));
+    if !ordered.is_empty() {
+        tracing::info!(
+            "replay: {} staged slice(s), {} bytes, queued for upload",
+            ordered.len(),
+            ordered.iter().map(|(_, s)| s.rec.size as u64).sum::<u64>()
+        );
     }
-
-    /// Waits until nothing is staged (or `timeout` passes); returns the bytes still staged.
-    pub fn drain_uploads(&self, timeout: Option<Duration>) -> u64 {
-        self.writeback.as_ref().map_or(0, |wb| wb.drain(timeout))
-    }
+    wb.add(&ordered);
+    Ok(())
 }
 
-/// The uploader records its work in the engine's metadata and caches.
-impl Catalog for Engine {
+/// Slices whose metadata change reached the log but whose data did not: the flush that
+/// wrote them was cut short by the crash and never acknowledged (an acknowledged slice's
+/// record is always complete on the device). Their ranges become holes.
+fn forget_lost_slices(meta: &Meta, lost: &[(u64, StagedRec)]) -> Result<()> {
+    for (id, rec) in lost {
+        tracing::warn!(
+            "staged slice {id} of inode {} ({} bytes) is not in the staging log: its write \
+                 was never acknowledged (interrupted by the crash); the range reads as zeros",
+            rec.ino,
+            rec.size
+        );
+    }
+    meta.update(|t| {
+        let mut freed = 0i64;
+        for (id, rec) in lost {
+            t.delete(&schema::staged_key(*id))?;
+            for seg in crate::data::load(t, rec.ino, rec.chunk, 0, u32::MAX)? {
+                if seg.id == *id {
+                    t.delete(&schema::seg_key(rec.ino, rec.chunk, seg.pos))?;
+                }
+            }
+            freed += rec.size as i64;
+        }
+        schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
+    })
+}
+
+/// The uploader records its work in the engine's metadata and caches through this. The
+/// engine owns the only strong reference: upload threads end when the engine is dropped.
+pub(crate) struct UploadCatalog {
+    pub meta: Arc<Meta>,
+    pub slice_ids: Arc<IdAllocator>,
+    pub reader: Arc<ObjectReader>,
+    pub counters: Arc<Counters>,
+    pub stop: Arc<StopSignal>,
+    pub block_size: usize,
+}
+
+impl Catalog for UploadCatalog {
     type Error = FsError;
 
     fn block_size(&self) -> usize {
-        self.volume().block_size as usize
+        self.block_size
     }
 
     fn new_pack_id(&self) -> Result<u64> {
-        self.next_slice_id()
+        self.slice_ids.next(self.meta.store())
     }
 
     fn commit_uploaded(&self, ids: &[u64], packs: &[PackUpload]) -> Result<(Vec<u64>, Vec<u64>)> {
-        self.update(|t| {
+        self.meta.update(|t| {
             let mut done = Vec::new();
             for id in ids {
                 let key = schema::staged_key(*id);
@@ -306,7 +276,7 @@ impl Catalog for Engine {
     }
 
     fn stopping(&self) -> bool {
-        self.stopping_now()
+        self.stop.now()
     }
 }
 
@@ -608,32 +578,29 @@ pub fn open_staging(
     ))
 }
 
-impl Engine {
-    /// Marks the staging logs as holding nothing the metadata still needs (everything staged
-    /// is uploaded and the metadata store is checkpointed), so another cache directory may be
-    /// used next time.
-    pub(crate) fn mark_staging_clean(&self) -> Result<()> {
-        let Some(wb) = self.writeback.as_ref() else {
-            return Ok(());
-        };
-        if !wb.set.lock().map.is_empty() {
-            return Ok(());
-        }
-        // Runs at shutdown, after changes are refused: straight to the store.
-        self.meta
-            .store()
-            .update(spoolfs_metadata::Durability::Durable, &mut |t| {
-                if let Some(v) = t.get(OWNER_KEY)?
-                    && let Ok(mut o) = serde_json::from_slice::<StagingOwner>(&v)
-                {
-                    o.clean = true;
-                    t.put(
-                        OWNER_KEY,
-                        &serde_json::to_vec(&o).expect("owner serialises"),
-                    )?;
-                }
-                Ok(())
-            })?;
-        Ok(())
+/// Marks the staging logs as holding nothing the metadata still needs (everything staged
+/// is uploaded and the metadata store is checkpointed), so another cache directory may be
+/// used next time.
+pub(crate) fn mark_staging_clean(meta: &Meta, uploader: Option<&Uploader>) -> Result<()> {
+    let Some(wb) = uploader else {
+        return Ok(());
+    };
+    if !wb.set.lock().map.is_empty() {
+        return Ok(());
     }
+    // Runs at shutdown, after changes are refused: straight to the store.
+    meta.store()
+        .update(spoolfs_metadata::Durability::Durable, &mut |t| {
+            if let Some(v) = t.get(OWNER_KEY)?
+                && let Ok(mut o) = serde_json::from_slice::<StagingOwner>(&v)
+            {
+                o.clean = true;
+                t.put(
+                    OWNER_KEY,
+                    &serde_json::to_vec(&o).expect("owner serialises"),
+                )?;
+            }
+            Ok(())
+        })?;
+    Ok(())
 }

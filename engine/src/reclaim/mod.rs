@@ -1,5 +1,5 @@
-//! Space reclamation: the orphan sweep and pack compaction (`spoolfs gc`, and a background
-//! compactor in every mount).
+//! Space reclamation: dead slices ([`dead`]), the orphan sweep and pack compaction
+//! (`spoolfs gc`, and a background compactor in every mount).
 //!
 //! - **Compaction** rewrites pack objects whose live fraction (`live_bytes / size` of their `P`
 //!   record) is below a threshold: the live slices (the `L` records that point into the pack)
@@ -15,12 +15,20 @@
 //!   whose commit has not happened yet is never touched.
 
 use crate::error::{FsError, Result};
-use crate::fs::Engine;
+use crate::ids::IdAllocator;
+use crate::meta::Meta;
+use crate::reader::{Counters, ObjectReader};
 use crate::schema::{self, PackRec, PackedRec, SliceRec};
+use crate::stop::StopSignal;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use spoolfs_metadata::KvTxn;
 use spoolfs_metadata::{Durability, KvRead, MetaError, prefix_end};
+use spoolfs_objects::ObjectStorage;
 use spoolfs_objects::{ObjectKey, PackEntry, StorageError};
+use spoolfs_uploader::Uploader;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +36,7 @@ use std::time::{Duration, SystemTime};
 pub const DEFAULT_COMPACT_THRESHOLD: f64 = 0.5;
 /// Default age below which an unreferenced object is left alone (an upload may be in flight).
 pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(3600);
-/// Bytes of a pack's index entry and of its footer (see `uploader/src/pack.rs`).
+/// Bytes of a pack's index entry and of its footer (see `objects/src/pack.rs`).
 const PACK_ENTRY_LEN: u64 = 24;
 const PACK_FOOTER_LEN: u64 = 24;
 
@@ -287,7 +295,56 @@ fn read_references(r: &dyn KvRead) -> Result<References, MetaError> {
 /// `progress(phase, done, total)`.
 pub type GcProgress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 
-impl Engine {
+mod dead;
+
+/// Reclaims space: owns nothing of the engine but handles to the stores, caches and the
+/// uploader it cleans up after.
+pub(crate) struct Reclaimer {
+    pub meta: Arc<Meta>,
+    pub storage: Arc<ObjectStorage>,
+    /// Its caches forget dead slices and deleted packs.
+    pub reader: Arc<ObjectReader>,
+    /// Staged dead slices free their log space through it.
+    pub uploader: Option<Arc<Uploader>>,
+    pub counters: Arc<Counters>,
+    /// Compaction takes new pack ids from the slice id space.
+    pub slice_ids: Arc<IdAllocator>,
+    pub block_size: u64,
+    pub stop: Arc<StopSignal>,
+    /// Garbage collection runs (`spoolfs gc`, the background compactor) take turns.
+    pub gc_lock: Mutex<()>,
+}
+
+impl Reclaimer {
+    fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
+        self.meta.view(f)
+    }
+
+    fn view_long<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
+        self.meta.view_long(f)
+    }
+
+    fn update_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
+    ) -> Result<T> {
+        self.meta.update_with(durability, f)
+    }
+
+    fn persist_meta(&self) -> Result<()> {
+        self.meta.persist()
+    }
+
+    fn next_slice_id(&self) -> Result<u64> {
+        self.slice_ids.next(self.meta.store())
+    }
+
+    /// The engine is shutting down: long work stops.
+    fn stopping(&self) -> bool {
+        self.stop.now() || self.stop.is_raised()
+    }
+
     /// The volume's pack accounting, checked against the `L` records.
     pub fn pack_usage(&self) -> Result<PackUsage> {
         Ok(usage_of(&self.view_long(read_packs)?))
@@ -333,7 +390,7 @@ impl Engine {
 
     /// Target size of a pack a compaction writes.
     fn compact_pack_size(&self) -> usize {
-        self.writeback
+        self.uploader
             .as_ref()
             .map(|wb| wb.opts.pack_size)
             .unwrap_or(spoolfs_uploader::DEFAULT_PACK_SIZE)
@@ -653,7 +710,7 @@ impl Engine {
 
     /// One look of the background compactor: compacts when the packs hold enough dead bytes.
     /// Skips its turn while a `spoolfs gc` runs.
-    pub(crate) fn background_compact(&self, settings: &CompactionSettings) {
+    pub fn background_compact(&self, settings: &CompactionSettings) {
         // Only the `P` records: far fewer than the slices, cheap to read every interval.
         let dead = self.view(|r| {
             let mut dead = 0u64;
