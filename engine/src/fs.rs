@@ -45,6 +45,8 @@ pub struct EngineConfig {
     /// Writeback: `close` makes what it wrote power-safe, as `fsync` does (a device flush),
     /// not only crash-safe.
     pub durable_close: bool,
+    /// When reads move access times (the mount's relatime, strictatime or noatime).
+    pub atime: AtimeMode,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +63,7 @@ impl Default for EngineConfig {
             readahead_threads: 4,
             compaction: Some(crate::gc::CompactionSettings::default()),
             durable_close: false,
+            atime: AtimeMode::default(),
         }
     }
 }
@@ -209,6 +212,8 @@ fn check_name_meta(name: &[u8]) -> Result<(), MetaError> {
 fn to_attr(ino: Ino, rec: &InodeRec, blksize: u32) -> Attr {
     let size = match rec.kind {
         FileKind::Symlink => rec.target.len() as u64,
+        // A removed directory (still open somewhere) is empty: size 0, as on ext4.
+        FileKind::Dir if rec.nlink == 0 => 0,
         FileKind::Dir => 4096,
         _ => rec.size,
     };
@@ -569,6 +574,9 @@ impl Engine {
                 "name longer than 255 bytes",
             ));
         }
+        if name == b"." {
+            return self.lookup_ino(parent);
+        }
         let (ino, rec) = self.view(|r| {
             must_dir(r, parent)?;
             let ino = match name {
@@ -584,6 +592,20 @@ impl Engine {
             };
             Ok((ino, schema::must_inode(r, ino)?))
         })?;
+        Ok(self.attr_of(ino, &rec))
+    }
+
+    /// A lookup by inode number alone: the kernel's export support (`open_by_handle_at`, NFS
+    /// re-export) asks for "." in an inode of any kind whose handle it was given. An inode
+    /// with no name left is gone for that purpose (the kernel answers ESTALE).
+    fn lookup_ino(&self, ino: Ino) -> Result<Attr> {
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        if rec.nlink == 0 {
+            return Err(FsError::new(
+                libc::ENOENT,
+                format!("inode {ino} was removed"),
+            ));
+        }
         Ok(self.attr_of(ino, &rec))
     }
 
@@ -1085,8 +1107,16 @@ impl Engine {
             .state_of(ino)
             .is_some_and(|s| s.read().overlay.is_some());
         let now = (rec.mtime_ns, rec.size);
+        // Reads served from the kernel's page cache never reach the engine: when the next
+        // read must move the access time, the cache is dropped so that the read comes here.
+        let atime_due = self.config.atime.read_updates(
+            rec.atime_ns,
+            rec.mtime_ns,
+            rec.ctime_ns,
+            schema::now_ns(),
+        );
         let mut seen = self.opened_as.lock();
-        let keep = !writing && !buffered && seen.get(&ino) == Some(&now);
+        let keep = !writing && !buffered && !atime_due && seen.get(&ino) == Some(&now);
         if seen.len() >= 1 << 16 && !seen.contains_key(&ino) {
             // Bounded: forgetting only costs a re-read.
             seen.clear();
@@ -1324,7 +1354,17 @@ impl Engine {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
         let file_size = state.overlay.map(|o| o.size).unwrap_or(rec.size);
-        if offset >= file_size || size == 0 {
+        // The times a reader sees: buffered writes count as modifications.
+        let (mtime_ns, ctime_ns) = state
+            .overlay
+            .map_or((rec.mtime_ns, rec.ctime_ns), |o| (o.mtime_ns, o.ctime_ns));
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        if offset >= file_size {
+            // A read at the end of the file is still a read (it moves atime on ext4).
+            drop(state);
+            self.maybe_update_atime(ino, rec.atime_ns, mtime_ns, ctime_ns);
             return Ok(Vec::new());
         }
         let end = file_size.min(offset + size as u64);
@@ -1355,21 +1395,26 @@ impl Engine {
             pos = chunk_start + in_end as u64;
         }
         drop(state);
-        self.maybe_update_atime(ino, &rec);
+        self.maybe_update_atime(ino, rec.atime_ns, mtime_ns, ctime_ns);
         Ok(out)
     }
 
-    /// relatime: atime moves when it is older than mtime or ctime, or a day old.
-    fn maybe_update_atime(&self, ino: Ino, rec: &InodeRec) {
+    /// After a read: moves the access time if the mount's rule ([`AtimeMode`]) says so, given
+    /// the times the reader saw (`mtime_ns`, `ctime_ns` include buffered writes).
+    fn maybe_update_atime(&self, ino: Ino, atime_ns: i64, mtime_ns: i64, ctime_ns: i64) {
         let now = schema::now_ns();
-        let day = 24 * 3600 * 1_000_000_000i64;
-        if rec.atime_ns > rec.mtime_ns && rec.atime_ns > rec.ctime_ns && now - rec.atime_ns < day {
+        let rule = self.config.atime;
+        if !rule.read_updates(atime_ns, mtime_ns, ctime_ns, now) {
             return;
         }
         let r = self.update(|t| {
             if let Some(mut rec) = schema::get_inode(t, ino)? {
-                rec.atime_ns = now;
-                schema::put_inode(t, ino, &rec)?;
+                // Checked again on the stored record: a concurrent reader may have moved it.
+                let (m, c) = (rec.mtime_ns.max(mtime_ns), rec.ctime_ns.max(ctime_ns));
+                if rule.read_updates(rec.atime_ns, m, c, now) {
+                    rec.atime_ns = now;
+                    schema::put_inode(t, ino, &rec)?;
+                }
             }
             Ok(())
         });
@@ -1393,7 +1438,7 @@ impl Engine {
         {
             // Still staged: read it from the log, never from the object store.
             return wb.opts.log.read(&rec.loc, off, out).map_err(|e| {
-                tracing::error!("reading staged slice {slice}: {e}");
+                crate::error_limited!("reading staged slice {slice}: {e}");
                 FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
             });
         }
@@ -1507,7 +1552,7 @@ impl Engine {
                 // our metadata read and the GET: read where it is now.
                 Err(StorageError::NotFound { .. }) if tries < 3 => tries += 1,
                 Err(e) => {
-                    tracing::error!("reading slice {slice} from pack {key}: {e}");
+                    crate::error_limited!("reading slice {slice} from pack {key}: {e}");
                     return Err(FsError::Storage(match e {
                         StorageError::NotFound { key } => StorageError::Checksum {
                             key,
@@ -1601,7 +1646,7 @@ impl Engine {
         let len = (slice_size - index * bs).min(bs);
         let key = schema::block_key(slice, index, len);
         let object = self.storage.get(&key).map_err(|e| {
-            tracing::error!("reading object {key}: {e}");
+            crate::error_limited!("reading object {key}: {e}");
             match e {
                 StorageError::NotFound { key } => FsError::Storage(StorageError::Checksum {
                     key,
@@ -1612,11 +1657,11 @@ impl Engine {
         })?;
         self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
         let data = decode_block(&key, object).map_err(|e| {
-            tracing::error!("{e}");
+            crate::error_limited!("{e}");
             FsError::Storage(e)
         })?;
         if data.len() != len as usize {
-            tracing::error!("object {key} holds {} bytes, expected {len}", data.len());
+            crate::error_limited!("object {key} holds {} bytes, expected {len}", data.len());
             return Err(FsError::Storage(StorageError::Checksum {
                 key,
                 detail: format!("{} bytes, expected {len}", data.len()),
@@ -2086,7 +2131,7 @@ impl Engine {
         }
         let flushed = self.flush_inode(ino);
         if let Err(e) = &flushed {
-            tracing::error!("uploading inode {ino} at release failed: {e}");
+            crate::error_limited!("uploading inode {ino} at release failed: {e}");
         }
         if self.unpin(ino, true) {
             // The last handle of an inode whose last name went while it was open: it goes now
@@ -2103,6 +2148,11 @@ impl Engine {
 
     fn list_dir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
         self.view(|r| {
+            let rec = schema::must_inode(r, ino)?;
+            if rec.kind == FileKind::Dir && rec.nlink == 0 {
+                // Removed while open: empty, without even "." and "..", as on ext4.
+                return Ok(Vec::new());
+            }
             let rec = must_dir(r, ino)?;
             let prefix = schema::dentry_prefix(ino);
             let rows = r.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
@@ -2133,8 +2183,11 @@ impl Engine {
         })
     }
 
+    /// Opens a directory. Like an open file, an open directory outlives its removal (rmdir,
+    /// or a rename over it): it goes at its last close.
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         let entries = self.list_dir(ino)?;
+        self.pin(ino, true);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs.lock().insert(fh, entries);
         Ok(fh)
@@ -2146,6 +2199,10 @@ impl Engine {
         if offset == 0 {
             let fresh = self.list_dir(ino)?;
             self.dirs.lock().insert(fh, fresh);
+            // Listing a directory reads it: its atime follows the mount's rule too.
+            if let Ok(rec) = self.view(|r| schema::must_inode(r, ino)) {
+                self.maybe_update_atime(ino, rec.atime_ns, rec.mtime_ns, rec.ctime_ns);
+            }
         }
         let dirs = self.dirs.lock();
         let entries = dirs
@@ -2154,8 +2211,17 @@ impl Engine {
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
 
-    pub fn releasedir(&self, _ino: Ino, fh: u64) -> Result<()> {
-        self.dirs.lock().remove(&fh);
+    pub fn releasedir(&self, ino: Ino, fh: u64) -> Result<()> {
+        if self.dirs.lock().remove(&fh).is_none() {
+            return Ok(());
+        }
+        if self.unpin(ino, true) {
+            // Its last handle, and it was removed while open: it goes now.
+            self.update(|t| match schema::get_inode(t, ino)? {
+                Some(rec) if rec.nlink == 0 => purge_inode(t, ino),
+                _ => Ok(()),
+            })?;
+        }
         Ok(())
     }
 
@@ -2318,6 +2384,21 @@ impl Engine {
         if length == 0 {
             return Err(FsError::new(libc::EINVAL, "zero length"));
         }
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        if mode == 0 || mode == KEEP {
+            // Allocating more than statfs says is free is ENOSPC, as on a local file system
+            // (checked before the size limit, which is the nominal capacity).
+            let size = self.getattr(ino)?.size;
+            let wanted = offset.saturating_add(length).saturating_sub(size);
+            let st = self.statfs()?;
+            if wanted > st.bavail.saturating_mul(st.frsize as u64) {
+                return Err(FsError::new(
+                    libc::ENOSPC,
+                    "fallocate: more than the free space",
+                ));
+            }
+        }
         let end = offset
             .checked_add(length)
             .filter(|e| *e <= MAX_FILE_SIZE)
@@ -2329,8 +2410,6 @@ impl Engine {
         if rec.kind != FileKind::File {
             return Err(FsError::new(libc::ENODEV, "not a regular file"));
         }
-        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
-        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match mode {
             0 => {
                 let size = self.getattr(ino)?.size;

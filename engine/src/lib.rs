@@ -21,6 +21,7 @@ mod fs;
 pub mod fsck;
 pub mod gc;
 mod ids;
+pub mod lograte;
 mod readahead;
 pub mod schema;
 pub mod staging;

@@ -89,6 +89,35 @@ impl Caller {
     };
 }
 
+/// When a read moves a file's access time: the mount's `relatime` (the default),
+/// `strictatime` or `noatime`, with the meaning they have on Linux file systems.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// On the first read after a change of the contents or attributes (atime not newer than
+    /// mtime or ctime), or when atime is a day old.
+    #[default]
+    Relatime,
+    /// On every read.
+    Strictatime,
+    /// Never (only `utimensat` sets it).
+    Noatime,
+}
+
+impl AtimeMode {
+    /// Whether a read at `now` moves an access time `atime` of a file last modified at
+    /// `mtime` and changed at `ctime` (all in nanoseconds since the epoch).
+    pub fn read_updates(self, atime: i64, mtime: i64, ctime: i64, now: i64) -> bool {
+        const DAY_NS: i64 = 24 * 3600 * 1_000_000_000;
+        match self {
+            AtimeMode::Noatime => false,
+            AtimeMode::Strictatime => atime != now,
+            AtimeMode::Relatime => {
+                atime <= mtime || atime <= ctime || now.saturating_sub(atime) >= DAY_NS
+            }
+        }
+    }
+}
+
 /// A time to set with `utimensat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeSet {

@@ -140,14 +140,16 @@ impl SpoolFs {
             Ok(Err(e)) => {
                 let errno = e.errno();
                 if errno == libc::EIO {
-                    warn!(op, errno, "{e}");
+                    // One per failing request: rate limited, so a failing store cannot
+                    // flood the log.
+                    spoolfs_engine::warn_limited!(op, errno, "{e}");
                 } else {
                     debug!(op, errno, "{e}");
                 }
                 Err(Errno::from_i32(errno))
             }
             Err(panic) => {
-                error!(op, "engine panicked: {}", panic_message(panic));
+                spoolfs_engine::error_limited!(op, "engine panicked: {}", panic_message(panic));
                 Err(Errno::EIO)
             }
         }
@@ -346,6 +348,13 @@ impl Filesystem for SpoolFs {
             config,
             InitFlags::FUSE_AUTO_INVAL_DATA,
             "FUSE_AUTO_INVAL_DATA",
+        );
+        // Handles (name_to_handle_at, NFS re-export): the kernel finds an inode it no longer
+        // caches by looking up "." in its number, and a directory's parent by "..".
+        want(
+            config,
+            InitFlags::FUSE_EXPORT_SUPPORT,
+            "FUSE_EXPORT_SUPPORT",
         );
         if self.passthrough_wanted {
             let granted = config.set_max_stack_depth(1).is_ok()
@@ -871,6 +880,69 @@ impl Filesystem for SpoolFs {
                 e.fallocate(&caller(req), ino.0, fh.0, offset, length, mode)
             }),
         );
+    }
+
+    // The requests below have no meaning for spoolfs. fuser's defaults answer them too, but
+    // log a warning each time: Python's `isatty` alone sends an ioctl for every file it opens.
+
+    /// No ioctls: ENOTTY, what a file that is no terminal answers TCGETS with.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        debug!(cmd, "ioctl: ENOTTY");
+        reply.error(Errno::ENOTTY);
+    }
+
+    /// ENOSYS: the kernel then treats files as always ready and stops asking.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// ENOSYS: the kernel then seeks (SEEK_DATA/SEEK_HOLE included) by itself from now on.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// ENOSYS: the kernel then copies through read and write from now on.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS);
     }
 }
 
