@@ -1,6 +1,7 @@
 //! The engine: namespace operations over the metadata store, and the data path (write
 //! buffering per open inode, slices uploaded as checksummed block objects, resolved reads).
 
+use crate::acl;
 use crate::blockcache::{BlockCache, BlockId};
 use crate::data::{self, ReadPiece};
 use crate::error::{FsError, Result};
@@ -643,6 +644,7 @@ impl Engine {
             if let Some(mode) = set.mode {
                 rec.perm = (mode & 0o7777) as u16;
                 changed = true;
+                acl_chmod(t, ino, rec.perm)?;
             }
             let owner_changed =
                 set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
@@ -737,6 +739,21 @@ impl Engine {
             }
             let now = schema::now_ns();
             let mut perm = (perm & 0o7777) as u16;
+            // The directory's default ACL (if any) limits the mode instead of the umask,
+            // and becomes the new inode's access ACL (and a directory's default ACL).
+            let inherited = match kind {
+                FileKind::Symlink => None,
+                _ => t.get(&schema::xattr_key(parent, acl::DEFAULT_XATTR))?,
+            };
+            let mut inherited_access = None;
+            if let Some(default) = &inherited {
+                let mut access =
+                    acl::Acl::parse(default).map_err(|e| posix(libc::EIO, e.to_string()))?;
+                perm = (perm & !0o777) | access.create_masq(perm);
+                if !access.is_minimal() {
+                    inherited_access = Some(access.encode());
+                }
+            }
             let mut gid = caller.gid;
             if prec.perm & libc::S_ISGID as u16 != 0 {
                 // A set-group-id directory hands its group down, and its setgid bit to
@@ -761,6 +778,12 @@ impl Engine {
                 ..InodeRec::new(kind, perm, parent, now)
             };
             schema::put_inode(t, ino, &rec)?;
+            if let Some(access) = &inherited_access {
+                t.put(&schema::xattr_key(ino, acl::ACCESS_XATTR), access)?;
+            }
+            if let (Some(default), FileKind::Dir) = (&inherited, kind) {
+                t.put(&schema::xattr_key(ino, acl::DEFAULT_XATTR), default)?;
+            }
             t.put(
                 &schema::dentry_key(parent, name),
                 &schema::encode(&DentryRec { ino, kind }),
@@ -2273,6 +2296,15 @@ impl Engine {
         if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
             return Ok(());
         }
+        if name == acl::DEFAULT_XATTR && kind != FileKind::Dir {
+            return Err(FsError::new(
+                libc::EACCES,
+                "a default ACL is only for directories",
+            ));
+        }
+        if acl::is_acl_name(name) {
+            return Ok(());
+        }
         Err(FsError::new(
             libc::EOPNOTSUPP,
             format!("attribute namespace of {} not supported", name_str(name)),
@@ -2297,6 +2329,11 @@ impl Engine {
             // that the next write removes what is set now.
             self.flush_inode(ino)?;
         }
+        let acl = if acl::is_acl_name(name) {
+            Some(acl::Acl::parse(value)?)
+        } else {
+            None
+        };
         self.update(|t| {
             let mut rec = schema::must_inode(t, ino)?;
             let key = schema::xattr_key(ino, name);
@@ -2310,7 +2347,20 @@ impl Engine {
                 }
                 _ => {}
             }
-            t.put(&key, value)?;
+            match &acl {
+                // An access ACL sets the mode; one the mode says all of is not kept.
+                Some(a) if name == acl::ACCESS_XATTR => {
+                    rec.perm = (rec.perm & !0o777) | a.mode_bits();
+                    if a.is_minimal() {
+                        t.delete(&key)?;
+                    } else {
+                        t.put(&key, value)?;
+                    }
+                }
+                // An empty default ACL is none.
+                Some(a) if a.is_empty() => t.delete(&key)?,
+                _ => t.put(&key, value)?,
+            }
             if name == schema::SYNC_UPLOAD_XATTR {
                 t.put(&schema::sync_mark_key(ino), &[])?;
             }
@@ -2321,6 +2371,15 @@ impl Engine {
             self.sync_marks.write().insert(ino);
         }
         Ok(())
+    }
+
+    /// Whether directory `dir` has a default ACL: then what is created in it takes its mode
+    /// from the ACL, not from the creator's umask.
+    pub fn has_default_acl(&self, dir: Ino) -> Result<bool> {
+        self.view(|r| {
+            Ok(r.get(&schema::xattr_key(dir, acl::DEFAULT_XATTR))?
+                .is_some())
+        })
     }
 
     /// The value; the front end answers size queries from its length.
@@ -2910,6 +2969,17 @@ fn truncate_chunks(
         freed += sz as i64;
     }
     schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
+}
+
+/// chmod of an inode with an access ACL: the ACL follows the new mode.
+fn acl_chmod(t: &mut dyn KvTxn, ino: Ino, perm: u16) -> Result<(), MetaError> {
+    let key = schema::xattr_key(ino, acl::ACCESS_XATTR);
+    if let Some(value) = t.get(&key)? {
+        let mut a = acl::Acl::parse(&value).map_err(|e| posix(libc::EIO, e.to_string()))?;
+        a.chmod(perm);
+        t.put(&key, &a.encode())?;
+    }
+    Ok(())
 }
 
 fn adjust_nlink(t: &mut dyn KvTxn, ino: Ino, delta: i32) -> Result<(), MetaError> {

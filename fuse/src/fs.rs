@@ -39,6 +39,8 @@ pub struct SpoolFs {
     passthrough_wanted: bool,
     passthrough: std::sync::atomic::AtomicBool,
     backing: std::sync::Mutex<Backing>,
+    /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL, agreed at init).
+    posix_acl: bool,
 }
 
 /// Passthrough opens: one backing id per inode, shared by its open handles.
@@ -57,6 +59,7 @@ impl SpoolFs {
             passthrough_wanted: false,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             backing: Default::default(),
+            posix_acl: false,
         }
     }
 
@@ -153,6 +156,25 @@ impl SpoolFs {
                 Err(Errno::EIO)
             }
         }
+    }
+
+    /// The mode of a new inode in `parent`. With POSIX ACLs the kernel leaves the umask to us
+    /// (FUSE_DONT_MASK): a directory's default ACL limits the mode instead, in the engine.
+    fn creation_mode(&self, parent: INodeNo, mode: u32, umask: u32) -> u32 {
+        if self.posix_acl
+            && self
+                .call_untimed("default acl", |e| e.has_default_acl(parent.0))
+                .unwrap_or(false)
+        {
+            mode
+        } else {
+            mode & !umask
+        }
+    }
+
+    /// ACL attributes are refused unless the kernel enforces them.
+    fn acl_refused(&self, name: &OsStr) -> bool {
+        !self.posix_acl && spoolfs_engine::acl::is_acl_name(name.as_bytes())
     }
 
     fn entry(&self, reply: ReplyEntry, result: Result<Attr, Errno>) {
@@ -356,6 +378,14 @@ impl Filesystem for SpoolFs {
             InitFlags::FUSE_EXPORT_SUPPORT,
             "FUSE_EXPORT_SUPPORT",
         );
+        // POSIX ACLs: the kernel checks them and caches them; we store them, keep them in
+        // step with the mode and hand default ACLs down. The umask is then ours to apply.
+        self.posix_acl = config
+            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+            .is_ok();
+        if !self.posix_acl {
+            info!("the kernel offers no FUSE POSIX ACL support; ACLs are refused");
+        }
         if self.passthrough_wanted {
             let granted = config.set_max_stack_depth(1).is_ok()
                 && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
@@ -456,7 +486,7 @@ impl Filesystem for SpoolFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mode = mode & !umask;
+        let mode = self.creation_mode(parent, mode, umask);
         let r = self.call(Op::Mknod, |e| {
             e.mknod(&caller(req), parent.0, name.as_bytes(), mode, rdev)
         });
@@ -472,7 +502,7 @@ impl Filesystem for SpoolFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mode = mode & !umask;
+        let mode = self.creation_mode(parent, mode, umask);
         let r = self.call(Op::Mkdir, |e| {
             e.mkdir(&caller(req), parent.0, name.as_bytes(), mode)
         });
@@ -804,6 +834,9 @@ impl Filesystem for SpoolFs {
         if position != 0 {
             return reply.error(Errno::EINVAL);
         }
+        if self.acl_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let mode = match xattr_mode(flags) {
             Ok(m) => m,
             Err(e) => return reply.error(e),
@@ -831,6 +864,9 @@ impl Filesystem for SpoolFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.acl_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         reply_empty(
             reply,
             self.call(Op::Removexattr, |e| {
@@ -849,7 +885,7 @@ impl Filesystem for SpoolFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let mode = mode & !umask;
+        let mode = self.creation_mode(parent, mode, umask);
         match self.call(Op::Create, |e| {
             e.create(&caller(req), parent.0, name.as_bytes(), mode, flags)
         }) {
