@@ -40,7 +40,7 @@ impl Acl {
     /// mask when there are named entries.
     pub fn parse(value: &[u8]) -> Result<Acl> {
         let bad = |why: &str| FsError::new(libc::EINVAL, format!("invalid POSIX ACL: {why}"));
-        if value.len() < 4 || (value.len() - 4) % 8 != 0 {
+        if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
             return Err(bad("bad length"));
         }
         if u32::from_le_bytes(value[..4].try_into().expect("4 bytes")) != VERSION {

@@ -308,3 +308,28 @@ pub struct EngineMetrics {
     /// Metadata changes kept in memory until the next checkpoint applies them to the store.
     pub metadata_unapplied_changes: u64,
 }
+
+#[cfg(test)]
+mod atime_tests {
+    use super::AtimeMode;
+
+    #[test]
+    fn atime_rules() {
+        const S: i64 = 1_000_000_000;
+        let day = 24 * 3600 * S;
+        let now = 10 * day;
+        let (mtime, ctime) = (now - 3600 * S, now - 3600 * S);
+        let r = AtimeMode::Relatime;
+        // Not newer than mtime or ctime: the first read after a change moves it.
+        assert!(r.read_updates(mtime, mtime, ctime, now));
+        assert!(r.read_updates(mtime - S, mtime, ctime, now));
+        assert!(r.read_updates(mtime + S, mtime, now - 1, now));
+        // Newer than both and less than a day old: left alone.
+        assert!(!r.read_updates(mtime + S, mtime, ctime, now));
+        assert!(!r.read_updates(now - day + S, now - 2 * day, now - 2 * day, now));
+        // A day old: moves.
+        assert!(r.read_updates(now - day, now - 2 * day, now - 2 * day, now));
+        assert!(AtimeMode::Strictatime.read_updates(now - S, mtime, ctime, now));
+        assert!(!AtimeMode::Noatime.read_updates(mtime - day, mtime, ctime, now));
+    }
+}
