@@ -317,7 +317,7 @@ rm -f "$EXT4_DIR/randwrite-fsync.dat"
 fio_rand a_floor "$EXT4_DIR/randwrite-direct.dat" "$RUNTIME_A" --direct=1 --fdatasync=1
 rm -f "$EXT4_DIR/randwrite-direct.dat"
 
-# A journaling file system on the same disk, the kind the goal is set against: ext4
+# A journaling file system on the same disk, the kind the goal of (a) is set against: ext4
 # with mkfs defaults (journal, ordered data) in a file on this disk, through a loop device
 # with direct I/O (its writes and flushes go to the disk, not to the host's page cache). Lazy
 # initialisation is off so that no background zeroing runs during the measurement.
