@@ -13,6 +13,7 @@
 //! - [`data`]: the data path (write buffering, slices, reads, truncation).
 //! - [`gc`]: space reclamation (orphan sweep, pack compaction).
 
+pub mod acl;
 pub mod blockcache;
 mod data;
 pub mod diskcache;
@@ -35,6 +36,9 @@ pub use error::{FsError, Result};
 pub use fs::{Engine, EngineConfig};
 /// `spoolfs_engine::gc` is the path tools and tests know.
 pub use reclaim as gc;
+/// Rate-limited logging is its own crate; these paths are the ones front ends use.
+pub use spoolfs_lograte as lograte;
+pub use spoolfs_lograte::{error_limited, log_limited, warn_limited};
 pub use spoolfs_objects::StorageConfig;
 /// The staging log is its own crate; this path is the one front ends and tests know.
 pub use spoolfs_staging as staging;

@@ -191,7 +191,7 @@ impl ObjectReader {
         {
             // Still staged: read it from the log, never from the object store.
             return read.map_err(|e| {
-                tracing::error!("reading staged slice {slice}: {e}");
+                crate::error_limited!("reading staged slice {slice}: {e}");
                 FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
             });
         }
@@ -304,7 +304,7 @@ impl ObjectReader {
                 // our metadata read and the GET: read where it is now.
                 Err(StorageError::NotFound { .. }) if tries < 3 => tries += 1,
                 Err(e) => {
-                    tracing::error!("reading slice {slice} from pack {key}: {e}");
+                    crate::error_limited!("reading slice {slice} from pack {key}: {e}");
                     return Err(FsError::Storage(match e {
                         StorageError::NotFound { key } => StorageError::Checksum {
                             key,
@@ -398,7 +398,7 @@ impl ObjectReader {
         let len = (slice_size - index * bs).min(bs);
         let key = spoolfs_objects::block_key(slice, index, len);
         let object = self.storage.get(&key).map_err(|e| {
-            tracing::error!("reading object {key}: {e}");
+            crate::error_limited!("reading object {key}: {e}");
             match e {
                 StorageError::NotFound { key } => FsError::Storage(StorageError::Checksum {
                     key,
@@ -409,11 +409,11 @@ impl ObjectReader {
         })?;
         self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
         let data = decode_block(&key, object).map_err(|e| {
-            tracing::error!("{e}");
+            crate::error_limited!("{e}");
             FsError::Storage(e)
         })?;
         if data.len() != len as usize {
-            tracing::error!("object {key} holds {} bytes, expected {len}", data.len());
+            crate::error_limited!("object {key} holds {} bytes, expected {len}", data.len());
             return Err(FsError::Storage(StorageError::Checksum {
                 key,
                 detail: format!("{} bytes, expected {len}", data.len()),

@@ -205,9 +205,14 @@ impl Uploader {
         self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
         match e {
             StagingError::Full => {
-                tracing::info!("staging log full: uploading slice {slice} directly")
+                spoolfs_lograte::log_limited!(
+                    info,
+                    "staging log full: uploading slice {slice} directly"
+                )
             }
-            _ => tracing::warn!("staging write failed ({e}): uploading slice {slice} directly"),
+            _ => spoolfs_lograte::warn_limited!(
+                "staging write failed ({e}): uploading slice {slice} directly"
+            ),
         }
     }
 
