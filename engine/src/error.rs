@@ -1,7 +1,10 @@
-//! One error type for every engine call; each value knows its errno.
+//! One error type for every engine call; each value knows its errno and keeps its cause
+//! (`std::error::Error::source`), so a front end can print the whole chain.
 
 use spoolfs_metadata::MetaError;
 use spoolfs_objects::StorageError;
+use spoolfs_staging::StagingError;
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -12,8 +15,38 @@ pub enum FsError {
     Meta(MetaError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{0}")]
-    Other(String),
+    /// A thread of the engine could not be started.
+    #[error("cannot start {what}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local directory the engine keeps its caches or logs in.
+    #[error("{what} {}", path.display())]
+    Local {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A staging log could not be opened.
+    #[error("cannot open the staging log in {}", path.display())]
+    StagingLog {
+        path: PathBuf,
+        #[source]
+        source: StagingError,
+    },
+    /// The volume record's id is not a UUID.
+    #[error("volume uuid {uuid:?} is not valid")]
+    VolumeUuid {
+        uuid: String,
+        #[source]
+        source: uuid::Error,
+    },
+    /// The namespace log is gone with the metadata store it logs for.
+    #[error("the namespace log is closed")]
+    NamespaceLogClosed,
 }
 
 impl FsError {
@@ -29,7 +62,11 @@ impl FsError {
             FsError::Posix { errno, .. } => *errno,
             FsError::Meta(e) => e.errno(),
             FsError::Storage(e) => e.errno(),
-            FsError::Other(_) => libc::EIO,
+            FsError::Local { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            FsError::StagingLog { source, .. } => source.errno(),
+            FsError::Spawn { .. } | FsError::VolumeUuid { .. } | FsError::NamespaceLogClosed => {
+                libc::EIO
+            }
         }
     }
 }

@@ -82,6 +82,10 @@ const MAX_FILE_SIZE: u64 = 1 << 50;
 const OPEN_SHARDS: usize = 64;
 /// Pending runs per file before a flush.
 const MAX_PENDING_RUNS: usize = 256;
+/// Largest slice (also at most a quarter of a staging segment, so every slice can be staged).
+const MAX_SLICE_BYTES: usize = 16 << 20;
+/// Smallest largest slice, whatever the staging segment size.
+const MIN_SLICE_LIMIT: usize = 64 << 10;
 
 /// Data written through open handles and not yet uploaded: one contiguous run of bytes inside
 /// one chunk. Later entries shadow earlier ones.
@@ -388,7 +392,10 @@ impl Engine {
             std::thread::Builder::new()
                 .name(name)
                 .spawn(f)
-                .map_err(|e| FsError::Other(format!("cannot start a background thread: {e}")))
+                .map_err(|source| FsError::Spawn {
+                    what: "a background thread",
+                    source,
+                })
         };
         let mut threads = vec![spawn(
             "spoolfs-bg".into(),
@@ -431,11 +438,11 @@ impl Engine {
     /// Largest slice: 16 MiB, and at most a quarter of a staging segment so every slice can
     /// be staged.
     fn max_run_bytes(&self) -> usize {
-        let mut max = 16usize << 20;
+        let mut max = MAX_SLICE_BYTES;
         if let Some(wb) = self.writeback.as_ref() {
             max = max.min((wb.opts.segment_size / 4) as usize);
         }
-        max.max(64 << 10)
+        max.max(MIN_SLICE_LIMIT)
     }
 
     fn open_shard(&self, ino: Ino) -> &Mutex<HashMap<Ino, OpenInode>> {
@@ -1725,7 +1732,7 @@ impl Engine {
         let (_, header, data) = slice;
         self.refuse_after_shutdown()?;
         let Some(wal) = self.namespace_log() else {
-            return Err(FsError::Other("the namespace log is closed".into()));
+            return Err(FsError::NamespaceLogClosed);
         };
         let mut carrier = SliceCarrier::new(wb, header, data);
         let took = wal.update_carried(durability, commit, &mut carrier)?;

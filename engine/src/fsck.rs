@@ -292,7 +292,10 @@ pub fn check_offline(
 
 fn uuid_bytes(volume: &VolumeRecord) -> Result<[u8; 16]> {
     Ok(*uuid::Uuid::parse_str(&volume.uuid)
-        .map_err(|e| FsError::Other(format!("volume uuid {:?}: {e}", volume.uuid)))?
+        .map_err(|source| FsError::VolumeUuid {
+            uuid: volume.uuid.clone(),
+            source,
+        })?
         .as_bytes())
 }
 

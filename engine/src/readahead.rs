@@ -12,6 +12,9 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 
+/// Blocks queued for the fetchers at most; more are dropped.
+const READAHEAD_QUEUE: usize = 256;
+
 /// One piece of object data to fetch: block `index` of `slice` (of `size` bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Fetch {
@@ -64,7 +67,7 @@ impl Readahead {
         threads: usize,
         reader: Weak<ObjectReader>,
     ) -> std::io::Result<Readahead> {
-        let (tx, rx) = bounded::<Fetch>(256);
+        let (tx, rx) = bounded::<Fetch>(READAHEAD_QUEUE);
         let in_flight = Arc::new(InFlight::default());
         for i in 0..threads {
             let rx: Receiver<Fetch> = rx.clone();

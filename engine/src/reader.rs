@@ -68,17 +68,13 @@ impl ObjectReader {
         counters: Arc<Counters>,
     ) -> Result<Arc<ObjectReader>> {
         let disk = match config.disk_cache {
-            Some(c) if c.max_bytes > 0 => {
-                Some(crate::diskcache::DiskCache::open(c.clone()).map_err(|e| {
-                    FsError::new(
-                        e.raw_os_error().unwrap_or(libc::EIO),
-                        format!(
-                            "cannot open the local data cache in {}: {e}",
-                            c.dir.display()
-                        ),
-                    )
-                })?)
-            }
+            Some(c) if c.max_bytes > 0 => Some(
+                crate::diskcache::DiskCache::open(c.clone()).map_err(|source| FsError::Local {
+                    what: "cannot open the local data cache in",
+                    path: c.dir.clone(),
+                    source,
+                })?,
+            ),
             _ => None,
         };
         let mut started = Ok(());
@@ -102,7 +98,10 @@ impl ObjectReader {
                 readahead,
             }
         });
-        started.map_err(|e| FsError::Other(format!("cannot start readahead threads: {e}")))?;
+        started.map_err(|source| FsError::Spawn {
+            what: "readahead threads",
+            source,
+        })?;
         Ok(reader)
     }
 

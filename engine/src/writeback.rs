@@ -21,6 +21,12 @@ use std::time::Duration;
 
 pub use spoolfs_uploader::DEFAULT_PACK_SIZE;
 
+/// The namespace log's segments: at most this many bytes each...
+const NAMESPACE_SEGMENT_MAX: u64 = 16 << 20;
+/// ...and this many of them. A full namespace log makes the next transaction commit durably
+/// to the metadata store instead.
+const NAMESPACE_SEGMENTS: usize = 16;
+
 /// How a mount stages writes: the uploader's options, what the data log held when it was
 /// opened (crash replay input), and the namespace log.
 #[derive(Clone)]
@@ -429,14 +435,16 @@ pub fn open_staging(
             ),
         ));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        FsError::new(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!("cannot create cache directory {}: {e}", dir.display()),
-        )
+    std::fs::create_dir_all(&dir).map_err(|source| FsError::Local {
+        what: "cannot create cache directory",
+        path: dir.clone(),
+        source,
     })?;
     let uuid_bytes = *uuid::Uuid::parse_str(&volume.uuid)
-        .map_err(|e| FsError::Other(format!("volume uuid {:?}: {e}", volume.uuid)))?
+        .map_err(|source| FsError::VolumeUuid {
+            uuid: volume.uuid.clone(),
+            source,
+        })?
         .as_bytes();
     let open_log = |sub: &str,
                     threads: usize,
@@ -462,22 +470,17 @@ pub fn open_staging(
             flush_mode: crate::staging::FlushMode::Fdatasync,
             append_timeout: settings.staging_timeout,
         };
-        StagingLog::open_tuned(config, tuning).map_err(|e| {
-            FsError::new(
-                e.errno(),
-                format!(
-                    "cannot open the staging log in {}: {e}",
-                    dir.join(sub).display()
-                ),
-            )
+        StagingLog::open_tuned(config, tuning).map_err(|source| FsError::StagingLog {
+            path: dir.join(sub),
+            source,
         })
     };
     // The namespace log is small and has one writer thread so its order is simple.
     let (ns_log, ns_records) = open_log(
         "namespace",
         1,
-        settings.segment_size.min(16 << 20),
-        16,
+        settings.segment_size.min(NAMESPACE_SEGMENT_MAX),
+        NAMESPACE_SEGMENTS,
         None,
         // Namespace records are small: a small pinned pool.
         (16, 128 << 10),

@@ -528,6 +528,8 @@ impl StagingLog {
             live_records: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
             broken: AtomicU64::new(0),
+            #[cfg(debug_assertions)]
+            live_set: Mutex::new(Default::default()),
         };
 
         // Replay.
@@ -589,6 +591,7 @@ impl StagingLog {
         found.sort_by_key(|r| (r.seq, r.loc));
         found.dedup_by_key(|r| r.seq);
         for r in &found {
+            shared.note_live(r.loc.segment, r.loc.offset);
             let st = &shared.segs[r.loc.segment as usize];
             st.state.fetch_add(1, Ordering::SeqCst);
             let a = u64::from(st.align.load(Ordering::SeqCst));
@@ -897,6 +900,7 @@ impl StagingLog {
         let Some(st) = self.shared.segs.get(loc.segment as usize) else {
             return;
         };
+        self.shared.note_freed(loc.segment, loc.offset);
         let align = u64::from(st.align.load(Ordering::SeqCst));
         self.shared
             .live_bytes
@@ -1105,4 +1109,45 @@ pub fn scan_dir(dir: &std::path::Path, volume_uuid: [u8; 16]) -> Result<LogScan,
     out.records.sort_by_key(|r| (r.seq, r.loc));
     out.records.dedup_by_key(|r| r.seq);
     Ok(out)
+}
+
+/// The rule "whoever deletes a `T` record frees the record, exactly once" is checked in debug
+/// builds: these tests show the check fires.
+#[cfg(all(test, debug_assertions))]
+mod freed_once {
+    use super::*;
+
+    fn log_with_one_record() -> (tempfile::TempDir, StagingLog, StagedLoc) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StagingConfig::new(dir.path(), *b"spoolfs-test-vol");
+        config.segment_size = 1 << 20;
+        config.max_segments = 4;
+        config.threads = 1;
+        let (log, _) = StagingLog::open(config).unwrap();
+        let header = RecordHeader {
+            ino: 1,
+            chunk: 0,
+            pos: 0,
+            slice_id: 7,
+            len: 4096,
+            meta_len: 0,
+        };
+        let loc = log.append(&header, &[3u8; 4096], false).unwrap();
+        (dir, log, loc)
+    }
+
+    #[test]
+    fn a_record_freed_once_is_fine() {
+        let (_dir, log, loc) = log_with_one_record();
+        log.free(&loc);
+        assert_eq!(log.usage().live_records, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "freed twice")]
+    fn a_record_freed_twice_panics() {
+        let (_dir, log, loc) = log_with_one_record();
+        log.free(&loc);
+        log.free(&loc);
+    }
 }

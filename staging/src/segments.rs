@@ -95,9 +95,37 @@ pub(crate) struct Shared {
     pub live_bytes: AtomicU64,
     /// Segments that could not be recycled (header write failed); never reused.
     pub broken: AtomicU64,
+    /// Debug builds: the records handed out (appended and acknowledged, or replayed) and not
+    /// freed yet, by (segment, offset). Whoever deletes a slice's `T` record frees its record,
+    /// exactly once: a second free, or a free of a record never handed out, panics here.
+    #[cfg(debug_assertions)]
+    pub live_set: Mutex<std::collections::HashSet<(u32, u64)>>,
 }
 
 impl Shared {
+    /// A record is handed out to the caller (debug builds check it is freed exactly once).
+    pub fn note_live(&self, segment: u32, offset: u64) {
+        #[cfg(debug_assertions)]
+        {
+            let fresh = self.live_set.lock().insert((segment, offset));
+            debug_assert!(fresh, "staging record {segment}:{offset} handed out twice");
+        }
+        let _ = (segment, offset);
+    }
+
+    /// A record handed out is freed.
+    pub fn note_freed(&self, segment: u32, offset: u64) {
+        #[cfg(debug_assertions)]
+        {
+            let was_live = self.live_set.lock().remove(&(segment, offset));
+            debug_assert!(
+                was_live,
+                "staging record {segment}:{offset} freed twice, or never handed out"
+            );
+        }
+        let _ = (segment, offset);
+    }
+
     /// Whether segment `seg`'s file has been created.
     pub fn exists(&self, seg: u32) -> bool {
         self.files[seg as usize].get().is_some()

@@ -203,6 +203,7 @@ impl Worker {
             let ok = result.is_ok();
             let size = p.buf.len() as u64;
             if ok {
+                self.shared.note_live(p.segment, p.offset);
                 self.shared.live_bytes.fetch_add(size, Ordering::Relaxed);
                 self.shared.live_records.fetch_add(1, Ordering::Relaxed);
             }
@@ -210,6 +211,7 @@ impl Worker {
             // elsewhere: the record is not needed.
             if p.reply.send(result).is_err() || !ok {
                 if ok {
+                    self.shared.note_freed(p.segment, p.offset);
                     self.shared.live_bytes.fetch_sub(size, Ordering::Relaxed);
                     self.shared.live_records.fetch_sub(1, Ordering::Relaxed);
                 }
