@@ -20,8 +20,6 @@
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestError, TestRunner};
 use spoolfs_engine::*;
-use spoolfs_metadata::{KvStore, MetaError, RedbStore};
-use spoolfs_uploader::ObjectStorage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -29,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::pattern;
+use spoolfs_testkit::random_bytes;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -898,7 +896,7 @@ struct Handle {
 }
 
 struct Harness {
-    dir: tempfile::TempDir,
+    vol: common::Volume,
     config: EngineConfig,
     writeback: bool,
     engine: Option<Arc<Engine>>,
@@ -993,33 +991,10 @@ fn diff(what: &str, exp: &[u8], got: &[u8]) -> Result<(), String> {
     ))
 }
 
-fn open_stores(dir: &std::path::Path) -> (Arc<dyn KvStore>, Arc<ObjectStorage>) {
-    let path = dir.join("meta.redb");
-    let mut tries = 0;
-    let meta = loop {
-        match RedbStore::open(&path) {
-            Ok(s) => break s,
-            Err(MetaError::Locked { .. }) if tries < 50 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => panic!("cannot reopen the metadata store (engine still holds it?): {e}"),
-        }
-    };
-    let storage = ObjectStorage::open(&storage_config(dir)).expect("open object storage");
-    (Arc::new(meta), Arc::new(storage))
-}
-
-fn storage_config(dir: &std::path::Path) -> StorageConfig {
-    StorageConfig {
-        url: format!("file://{}", dir.join("objects").display()),
-        ..Default::default()
-    }
-}
-
 impl Harness {
     fn new(buffers: Buffers) -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let vol = common::Volume::new();
+        assert_eq!(vol.record().block_size, BLOCK);
         let config = EngineConfig {
             // Small buffers make writes upload while other data of the file is still buffered,
             // and a small block cache makes reads evict blocks.
@@ -1035,21 +1010,8 @@ impl Harness {
             },
             ..EngineConfig::default()
         };
-        {
-            let (meta, _) = open_stores(dir.path());
-            format_volume(
-                &meta,
-                &FormatOptions {
-                    name: "model".into(),
-                    storage: storage_config(dir.path()),
-                    block_size: BLOCK,
-                    force: false,
-                },
-            )
-            .expect("format volume");
-        }
         let mut h = Harness {
-            dir,
+            vol,
             config,
             writeback: buffers == Buffers::Writeback,
             engine: None,
@@ -1063,39 +1025,10 @@ impl Harness {
     }
 
     fn start(&mut self) {
-        let (meta, storage) = open_stores(self.dir.path());
-        let record = volume::read_record(meta.as_ref())
-            .expect("read volume record")
-            .expect("volume is formatted");
-        assert_eq!(record.block_size, BLOCK);
-        let mut config = self.config.clone();
-        let meta = if self.writeback {
-            let settings = spoolfs_engine::writeback::StagingSettings {
-                cache_dir: self.dir.path().join("cache"),
-                writeback: true,
-                engine_threads: 2,
-                io_engine: spoolfs_engine::staging::IoEngineKind::Auto,
-                durability: spoolfs_engine::staging::StagingDurability::None,
-                segment_size: 1 << 20,
-                max_staging_bytes: 64 << 20,
-                max_staging_age: std::time::Duration::from_secs(3600),
-                max_staging_wait: std::time::Duration::from_secs(5),
-                upload_threads: 1,
-                upload_delay: std::time::Duration::ZERO,
-                pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
-                upload_limit: 0,
-                staging_timeout: std::time::Duration::from_secs(5),
-                upload_buffer: 256 << 20,
-                faults: None,
-            };
-            let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)
-                .expect("open staging");
-            config.staging = Some(staging);
-            meta
-        } else {
-            meta
-        };
-        self.engine = Some(Engine::start(meta, storage, record, config).expect("start engine"));
+        let staging = self.writeback.then(|| {
+            spoolfs_engine::writeback::StagingSettings::for_tests(self.vol.dir.path().join("cache"))
+        });
+        self.engine = Some(self.vol.start_engine(staging.as_ref(), self.config.clone()));
     }
 
     fn e(&self) -> &Engine {
@@ -1486,7 +1419,7 @@ impl Harness {
                 };
                 let ino = self.ino(id);
                 let fh = ok("open", self.e().open(&ROOT, ino, libc::O_WRONLY))?;
-                let data = pattern(*seed as u64 ^ (*off << 8), *len as usize);
+                let data = random_bytes(*seed as u64 ^ (*off << 8), *len as usize);
                 self.write_through(id, fh, *off, &data)?;
                 ok("flush", self.e().flush(ino, fh))?;
                 ok("release", self.e().release(ino, fh))?;
@@ -1550,7 +1483,7 @@ impl Harness {
                     return Ok(false);
                 };
                 let name = xattr_name(*name);
-                let value = pattern(*seed as u64 + 7, *len as usize);
+                let value = random_bytes(*seed as u64 + 7, *len as usize);
                 let exists = self.m.node(id).xattrs.contains_key(&name);
                 let (exp, emode) = match mode {
                     XMode::Any => (Ok(()), XattrSet::Any),
@@ -1641,7 +1574,7 @@ impl Harness {
                     return Ok(false);
                 };
                 let (id, fh) = (self.handles[i].m, self.handles[i].fh);
-                let data = pattern(*seed as u64 ^ (*off << 8) ^ 0x55, *len as usize);
+                let data = random_bytes(*seed as u64 ^ (*off << 8) ^ 0x55, *len as usize);
                 self.write_through(id, fh, *off, &data)?;
             }
             Op::HRead { h, off, len } => {

@@ -1,18 +1,15 @@
 //! End-to-end checks of the engine without FUSE: a file store, a redb store, a remount.
 
 use spoolfs_engine::*;
-use spoolfs_uploader::ObjectStorage;
 use std::sync::Arc;
 
 mod common;
-use common::{Volume as Fixture, pattern};
+use common::Volume as Fixture;
+use spoolfs_testkit::random_bytes;
 
 impl Fixture {
     fn engine(&self) -> Arc<Engine> {
-        let meta = self.meta();
-        let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
-        let storage = Arc::new(ObjectStorage::open(&self.storage_config()).unwrap());
-        Engine::start(meta, storage, record, EngineConfig::default()).unwrap()
+        self.start_engine(None, EngineConfig::default())
     }
 }
 
@@ -21,7 +18,7 @@ const ME: Caller = Caller::ROOT;
 #[test]
 fn write_read_truncate_remount() {
     let f = Fixture::new();
-    let data = pattern(1, 300_000);
+    let data = random_bytes(1, 300_000);
     let ino;
     {
         let e = f.engine();
@@ -104,11 +101,12 @@ fn unlink_while_open_and_dead_objects_are_deleted() {
     let f = Fixture::new();
     let e = f.engine();
     let (attr, fh) = e.create(&ME, ROOT_INO, b"x", 0o644, libc::O_RDWR).unwrap();
-    e.write(&ME, attr.ino, fh, 0, &pattern(2, 200_000)).unwrap();
+    e.write(&ME, attr.ino, fh, 0, &random_bytes(2, 200_000))
+        .unwrap();
     e.flush(attr.ino, fh).unwrap();
     e.unlink(&ME, ROOT_INO, b"x").unwrap();
     assert_eq!(e.lookup(ROOT_INO, b"x").unwrap_err().errno(), libc::ENOENT);
-    assert_eq!(e.read(attr.ino, fh, 0, 10).unwrap(), pattern(2, 10));
+    assert_eq!(e.read(attr.ino, fh, 0, 10).unwrap(), random_bytes(2, 10));
     e.release(attr.ino, fh).unwrap();
     assert_eq!(e.getattr(attr.ino).unwrap_err().errno(), libc::ENOENT);
     e.collect_garbage(usize::MAX).unwrap();
@@ -263,7 +261,7 @@ fn sequential_reads_fetch_ahead() {
     let f = Fixture::new();
     let e = f.engine();
     let bs = 64 << 10;
-    let data = pattern(3, 12 * bs);
+    let data = random_bytes(3, 12 * bs);
     let (a, fh) = e
         .create(&ME, ROOT_INO, b"seq", 0o644, libc::O_RDWR)
         .unwrap();
@@ -271,14 +269,11 @@ fn sequential_reads_fetch_ahead() {
     e.release(a.ino, fh).unwrap();
     e.shutdown().unwrap();
     drop(e);
-    let meta = f.meta();
-    let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
-    let storage = Arc::new(ObjectStorage::open(&f.storage_config()).unwrap());
     let config = EngineConfig {
         readahead_bytes: 4 * bs as u64,
         ..Default::default()
     };
-    let e = Engine::start(meta, storage, record, config).unwrap();
+    let e = f.start_engine(None, config);
     let fh = e.open(&ME, a.ino, libc::O_RDONLY).unwrap();
     // Random reads: only what is asked for is fetched.
     e.read(a.ino, fh, 5 * bs as u64, 100).unwrap();
@@ -314,28 +309,15 @@ fn sequential_reads_fetch_ahead() {
 
 mod writeback {
     use super::*;
-    use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
-    use spoolfs_engine::writeback::{StagingSettings, open_staging};
+    use spoolfs_engine::staging::StagingDurability;
+    use spoolfs_engine::writeback::StagingSettings;
     use std::time::Duration;
 
     fn settings(f: &Fixture, uploaders: usize) -> StagingSettings {
         StagingSettings {
-            cache_dir: f.dir.path().join("cache"),
-            writeback: true,
-            engine_threads: 2,
-            io_engine: IoEngineKind::Auto,
             durability: StagingDurability::Flush,
-            segment_size: 1 << 20,
-            max_staging_bytes: 64 << 20,
-            max_staging_age: Duration::from_secs(3600),
-            max_staging_wait: Duration::from_secs(5),
             upload_threads: uploaders,
-            upload_delay: std::time::Duration::ZERO,
-            pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
-            upload_limit: 0,
-            staging_timeout: std::time::Duration::from_secs(5),
-            upload_buffer: 256 << 20,
-            faults: None,
+            ..StagingSettings::for_tests(f.dir.path().join("cache"))
         }
     }
 
@@ -353,21 +335,13 @@ mod writeback {
         settings: StagingSettings,
         config: EngineConfig,
     ) -> Arc<Engine> {
-        let meta = f.meta();
-        let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
-        let (meta, staging) = open_staging(meta, &record, &settings).unwrap();
-        let storage = Arc::new(ObjectStorage::open(&f.storage_config()).unwrap());
-        let config = EngineConfig {
-            staging: Some(staging),
-            ..config
-        };
-        Engine::start(meta, storage, record, config).unwrap()
+        f.start_engine(Some(&settings), config)
     }
 
     fn write_files(e: &Engine, n: usize) -> Vec<(Ino, Vec<u8>)> {
         (0..n)
             .map(|i| {
-                let data = pattern(i as u64, 100 + i * 997);
+                let data = random_bytes(i as u64, 100 + i * 997);
                 let name = format!("f{i}");
                 let (a, fh) = e
                     .create(&ME, ROOT_INO, name.as_bytes(), 0o644, libc::O_RDWR)
@@ -403,7 +377,7 @@ mod writeback {
                 ..settings(&f, 1)
             };
             let e = engine_with(&f, staging.clone());
-            let mut expect = pattern(21, 7 << 20);
+            let mut expect = random_bytes(21, 7 << 20);
             let (a, fh) = e
                 .create(&ME, ROOT_INO, b"big", 0o644, libc::O_RDWR)
                 .unwrap();
@@ -421,7 +395,7 @@ mod writeback {
                 e.status().staging_log_bytes
             );
             // Over the first run, already staged.
-            let patch = pattern(22, 8192);
+            let patch = random_bytes(22, 8192);
             e.write(&ME, a.ino, fh, 4096, &patch).unwrap();
             expect[4096..4096 + patch.len()].copy_from_slice(&patch);
             assert!(e.read(a.ino, fh, 0, expect.len() as u32).unwrap() == expect);
@@ -514,7 +488,7 @@ mod writeback {
         use spoolfs_engine::schema::{self, SliceRec, StagedRec};
         let f = Fixture::new();
         let e = engine(&f, 0);
-        let data = pattern(7, 3 * 4096);
+        let data = random_bytes(7, 3 * 4096);
         let (a, fh) = e.create(&ME, ROOT_INO, b"f", 0o644, libc::O_RDWR).unwrap();
         e.write(&ME, a.ino, fh, 0, &data).unwrap();
         e.release(a.ino, fh).unwrap();
@@ -611,7 +585,7 @@ mod writeback {
         let e = engine(&f, 1);
         let (a, fh) = e.create(&ME, ROOT_INO, b"x", 0o644, libc::O_RDWR).unwrap();
         for round in 0..20u64 {
-            let data = pattern(round, 5000);
+            let data = random_bytes(round, 5000);
             e.write(&ME, a.ino, fh, 0, &data).unwrap();
             e.fsync(a.ino, fh, false).unwrap();
             assert_eq!(e.read(a.ino, fh, 0, 6000).unwrap(), data);
@@ -771,7 +745,7 @@ mod writeback {
             };
             let e = engine_cached_with(&f, 256 << 20, keep, staging);
             let small = write_files(&e, 3);
-            let big = pattern(7, 3 << 19);
+            let big = random_bytes(7, 3 << 19);
             let (a, fh) = e
                 .create(&ME, ROOT_INO, b"big", 0o644, libc::O_RDWR)
                 .unwrap();
@@ -810,7 +784,7 @@ mod writeback {
         let e = engine_cached(&f, 64 << 20);
         let mut files = write_files(&e, 6);
         // One file of several 64 KiB blocks (stored as blocks, not packed).
-        let big = pattern(99, 5 * 65536 + 123);
+        let big = random_bytes(99, 5 * 65536 + 123);
         let (a, fh) = e
             .create(&ME, ROOT_INO, b"big", 0o644, libc::O_RDWR)
             .unwrap();
@@ -862,7 +836,7 @@ mod writeback {
         // slices, and what they hide is never read again).
         let big_ino = a.ino;
         let fh = e.open(&ME, big_ino, libc::O_RDWR).unwrap();
-        let patch = pattern(5, 70_000);
+        let patch = random_bytes(5, 70_000);
         e.write(&ME, big_ino, fh, 100_000, &patch).unwrap();
         e.fsync(big_ino, fh, false).unwrap();
         let mut expect = big.clone();
@@ -919,7 +893,7 @@ mod writeback {
                     // Each thread owns a disjoint 64 KiB region of the shared file, and its
                     // own files.
                     for round in 0..10u64 {
-                        let data = pattern(t * 100 + round, 65536);
+                        let data = random_bytes(t * 100 + round, 65536);
                         e.write(&ME, a.ino, fh, t * 65536, &data).unwrap();
                         if round % 3 == 0 {
                             e.fsync(a.ino, fh, false).unwrap();
@@ -939,7 +913,11 @@ mod writeback {
         e.flush(a.ino, fh).unwrap();
         for t in 0..8u64 {
             let got = e.read(a.ino, fh, t * 65536, 65536).unwrap();
-            assert_eq!(got, pattern(t * 100 + 9, 65536), "region of thread {t}");
+            assert_eq!(
+                got,
+                random_bytes(t * 100 + 9, 65536),
+                "region of thread {t}"
+            );
         }
         e.release(a.ino, fh).unwrap();
         for t in 0..8 {

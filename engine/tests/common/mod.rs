@@ -1,19 +1,6 @@
 //! Helpers shared by the engine's integration tests (each test file is its own crate and
-//! includes this module with `mod common;`).
-
-/// Deterministic pseudo-random bytes (xorshift): the same for the same seed, different
-/// across seeds, so a test writes data it can check byte for byte later.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+//! includes this module with `mod common;`). Engine-agnostic helpers (the seeded generator,
+//! data patterns) are in the `spoolfs-testkit` crate.
 
 /// The block size of a test [`Volume`].
 #[allow(dead_code)]
@@ -69,5 +56,45 @@ impl Volume {
 
     pub fn objects(&self) -> std::path::PathBuf {
         self.dir.path().join("objects")
+    }
+}
+
+// Each test crate uses its own subset.
+#[allow(dead_code)]
+impl Volume {
+    /// The volume record, read from the metadata store.
+    pub fn record(&self) -> spoolfs_engine::VolumeRecord {
+        spoolfs_engine::volume::read_record(self.meta().as_ref())
+            .unwrap()
+            .expect("volume is formatted")
+    }
+
+    /// Starts an engine on this volume with `config`; with `staging`, a writeback engine (what
+    /// a mount runs) whose logs live where `staging` says.
+    pub fn start_engine(
+        &self,
+        staging: Option<&spoolfs_engine::writeback::StagingSettings>,
+        config: spoolfs_engine::EngineConfig,
+    ) -> std::sync::Arc<spoolfs_engine::Engine> {
+        let meta = self.meta();
+        let record = spoolfs_engine::volume::read_record(meta.as_ref())
+            .unwrap()
+            .expect("volume is formatted");
+        let storage = std::sync::Arc::new(
+            spoolfs_uploader::ObjectStorage::open(&self.storage_config()).unwrap(),
+        );
+        let (meta, config) = match staging {
+            Some(settings) => {
+                let (meta, staging) =
+                    spoolfs_engine::writeback::open_staging(meta, &record, settings).unwrap();
+                let config = spoolfs_engine::EngineConfig {
+                    staging: Some(staging),
+                    ..config
+                };
+                (meta, config)
+            }
+            None => (meta, config),
+        };
+        spoolfs_engine::Engine::start(meta, storage, record, config).unwrap()
     }
 }
