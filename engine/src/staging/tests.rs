@@ -27,6 +27,32 @@ fn cfg_one_thread(dir: &std::path::Path, segment_size: u64, max_segments: usize)
     c
 }
 
+/// A fresh directory with a one-thread log in it (see [`cfg_one_thread`]), and the log's
+/// configuration (to open it again).
+fn open_one_thread(
+    segment_size: u64,
+    max_segments: usize,
+) -> (tempfile::TempDir, StagingConfig, StagingLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg_one_thread(dir.path(), segment_size, max_segments);
+    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    (dir, c, log)
+}
+
+/// A one-thread log in `dir` whose writes fail or stall on demand: its configuration, its fault
+/// switches and the log.
+fn open_with_faults(dir: &std::path::Path) -> (StagingConfig, Arc<FaultConfig>, StagingLog) {
+    let faults = FaultConfig::new();
+    let mut c = cfg(dir, IoEngineKind::Auto);
+    c.threads = 1;
+    let tuning = StagingTuning {
+        faults: Some(faults.clone()),
+        ..Default::default()
+    };
+    let (log, _) = StagingLog::open_tuned(c.clone(), tuning).unwrap();
+    (c, faults, log)
+}
+
 fn hdr(ino: u64, slice_id: u64, len: usize) -> RecordHeader {
     RecordHeader {
         ino,
@@ -198,9 +224,7 @@ fn staging_torn_tail_is_skipped() {
 
 #[test]
 fn staging_recycle_invalidates_old_generation() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 256 << 10, 4);
-    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    let (_dir, c, log) = open_one_thread(256 << 10, 4);
     // ~3 records per segment; fill three segments.
     let mut old = Vec::new();
     for i in 0..9 {
@@ -251,9 +275,7 @@ fn segment_files(dir: &std::path::Path) -> usize {
 /// segment moves to one that is ready.
 #[test]
 fn staging_prepares_spare_segments_ahead() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 128 << 10, 8);
-    let (log, _) = StagingLog::open(c).unwrap();
+    let (dir, _, log) = open_one_thread(128 << 10, 8);
     let wait_for = |n: usize| {
         let start = Instant::now();
         while segment_files(dir.path()) < n {
@@ -281,9 +303,7 @@ fn staging_prepares_spare_segments_ahead() {
 
 #[test]
 fn staging_full_returns_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 128 << 10, 2);
-    let (log, _) = StagingLog::open(c).unwrap();
+    let (_dir, _, log) = open_one_thread(128 << 10, 2);
     let d = random_bytes(1, 50_000);
     let mut locs = Vec::new();
     let start = Instant::now();
@@ -314,14 +334,7 @@ fn staging_full_returns_at_once() {
 #[test]
 fn staging_failed_write_fails_only_its_caller() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = FaultConfig::new();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.threads = 1;
-    let tuning = StagingTuning {
-        faults: Some(faults.clone()),
-        ..Default::default()
-    };
-    let (log, _) = StagingLog::open_tuned(c.clone(), tuning).unwrap();
+    let (c, faults, log) = open_with_faults(dir.path());
     let mut ok = Vec::new();
     let d = random_bytes(0, 10_000);
     ok.push(log.append(&hdr(1, 0, d.len()), &d, true).unwrap());
@@ -393,14 +406,7 @@ fn staging_failed_write_fails_only_its_caller() {
 #[test]
 fn staging_group_commit_shares_flushes() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = FaultConfig::new();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.threads = 1;
-    let tuning = StagingTuning {
-        faults: Some(faults.clone()),
-        ..Default::default()
-    };
-    let (log, _) = StagingLog::open_tuned(c, tuning).unwrap();
+    let (_, faults, log) = open_with_faults(dir.path());
     let log = Arc::new(log);
     // Slow writes let the queue build up behind the first one, as under real load.
     faults.delay_writes(Duration::from_millis(20));
@@ -726,9 +732,7 @@ fn staging_dsync_only_when_it_covers() {
 /// segment on the disk the appends are using.
 #[test]
 fn staging_reuses_recycled_segments_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 128 << 10, 16);
-    let (log, _) = StagingLog::open(c).unwrap();
+    let (dir, _, log) = open_one_thread(128 << 10, 16);
     let d = random_bytes(4, 50_000);
     // Two records per segment; each is freed at once, so every filled segment is recycled
     // when the thread moves on from it.
@@ -749,9 +753,7 @@ fn staging_reuses_recycled_segments_first() {
 /// replay, in sequence order, byte for byte.
 #[test]
 fn staging_bulk_records_skip_the_zero_fill() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 8 << 20, 8);
-    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    let (_dir, c, log) = open_one_thread(8 << 20, 8);
     let mut written = Vec::new();
     for i in 0..12u64 {
         let len = if i % 3 == 0 {
