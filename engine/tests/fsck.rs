@@ -10,12 +10,12 @@ use spoolfs_engine::writeback::StagingSettings;
 use spoolfs_engine::*;
 use spoolfs_metadata::{Durability, KvTxn, MetaError};
 use spoolfs_uploader::ObjectStorage;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-use common::Volume;
+use common::{Volume, count_files, files_under, read_all};
 use spoolfs_testkit::random_bytes;
 
 const ME: Caller = Caller::ROOT;
@@ -104,12 +104,12 @@ impl Fixture {
         e.shutdown().unwrap();
         drop(e);
         assert_eq!(
-            count(&f.objects().join("packs")),
+            count_files(&f.objects().join("packs")),
             1,
             "small files packed together"
         );
         assert!(
-            count(&f.objects().join("chunks")) >= 19,
+            count_files(&f.objects().join("chunks")) >= 19,
             "large file in blocks"
         );
         f
@@ -180,35 +180,6 @@ fn lookup(e: &Engine, path: &str) -> Ino {
         .fold(ROOT_INO, |dir, name| {
             e.lookup(dir, name.as_bytes()).unwrap().ino
         })
-}
-
-fn read_all(e: &Engine, ino: Ino) -> Vec<u8> {
-    let fh = e.open(&ME, ino, libc::O_RDONLY).unwrap();
-    let size = e.getattr(ino).unwrap().size;
-    let out = e.read(ino, fh, 0, size as u32 + 10).unwrap();
-    e.release(ino, fh).unwrap();
-    out
-}
-
-fn count(p: &Path) -> usize {
-    files_under(p).len()
-}
-
-fn files_under(p: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out.sort();
-    out
 }
 
 fn describe(r: &FsckReport) -> String {

@@ -7,13 +7,13 @@ use spoolfs_engine::writeback::StagingSettings;
 use spoolfs_engine::*;
 use spoolfs_uploader::ObjectStorage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 mod common;
-use common::Volume as Fixture;
+use common::{Volume as Fixture, files_under, read_all};
 use spoolfs_testkit::random_bytes;
 
 const ME: Caller = Caller::ROOT;
@@ -44,9 +44,7 @@ impl Fixture {
 
     /// Pack object files: id → size.
     fn pack_files(&self) -> BTreeMap<u64, u64> {
-        let mut files = Vec::new();
-        walk(&self.objects().join("packs"), &mut files);
-        files
+        files_under(&self.objects().join("packs"))
             .into_iter()
             .map(|p| {
                 let id = p
@@ -123,19 +121,6 @@ impl Fixture {
     }
 }
 
-fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return;
-    };
-    for e in rd.flatten() {
-        if e.file_type().unwrap().is_dir() {
-            walk(&e.path(), out);
-        } else {
-            out.push(e.path());
-        }
-    }
-}
-
 fn write_file(e: &Engine, name: &str, data: &[u8]) -> Ino {
     let (ino, fh) = match e.lookup(ROOT_INO, name.as_bytes()) {
         Ok(a) => {
@@ -165,13 +150,21 @@ fn write_file(e: &Engine, name: &str, data: &[u8]) -> Ino {
     ino
 }
 
+/// Writes files `f0`, `f1`, … (`n` of them, file `i` of `len(i)` bytes); returns name →
+/// contents.
+fn write_files(e: &Engine, n: u64, len: impl Fn(u64) -> usize) -> BTreeMap<String, Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let data = random_bytes(i, len(i));
+            let name = format!("f{i}");
+            write_file(e, &name, &data);
+            (name, data)
+        })
+        .collect()
+}
+
 fn read_file(e: &Engine, name: &str) -> Vec<u8> {
-    let ino = e.lookup(ROOT_INO, name.as_bytes()).unwrap().ino;
-    let fh = e.open(&ME, ino, libc::O_RDONLY).unwrap();
-    let size = e.getattr(ino).unwrap().size;
-    let out = e.read(ino, fh, 0, size as u32 + 1).unwrap();
-    e.release(ino, fh).unwrap();
-    out
+    read_all(e, e.lookup(ROOT_INO, name.as_bytes()).unwrap().ino)
 }
 
 fn gc(e: &Engine, opts: GcOptions) -> GcReport {
@@ -192,13 +185,7 @@ fn compaction_rewrites_sparse_packs_and_every_live_file_reads_back() {
     let f = Fixture::new();
     // Everything staged first (no uploader), then uploaded in one go: full packs.
     let e = f.engine(0);
-    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for i in 0..300u64 {
-        let data = random_bytes(i, 500 + (i as usize * 131) % 4000);
-        let name = format!("f{i}");
-        write_file(&e, &name, &data);
-        model.insert(name, data);
-    }
+    let mut model = write_files(&e, 300, |i| 500 + (i as usize * 131) % 4000);
     drop(e);
     let e = f.engine(1);
     assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
@@ -296,13 +283,7 @@ fn compaction_rewrites_sparse_packs_and_every_live_file_reads_back() {
 fn background_compactor_rewrites_sparse_packs() {
     let f = Fixture::new();
     let e = f.engine(0);
-    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for i in 0..200u64 {
-        let data = random_bytes(i, 1000 + (i as usize * 37) % 3000);
-        let name = format!("f{i}");
-        write_file(&e, &name, &data);
-        model.insert(name, data);
-    }
+    let mut model = write_files(&e, 200, |i| 1000 + (i as usize * 37) % 3000);
     drop(e);
     let settings = |min_dead_bytes| CompactionSettings {
         threshold: 0.5,
@@ -375,9 +356,8 @@ fn orphan_sweep_deletes_old_unreferenced_objects_only() {
     write_file(&e, "small", &small);
     write_file(&e, "large", &large);
     assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
-    let mut referenced = Vec::new();
-    walk(&f.objects().join("chunks"), &mut referenced);
-    walk(&f.objects().join("packs"), &mut referenced);
+    let mut referenced = files_under(&f.objects().join("chunks"));
+    referenced.extend(files_under(&f.objects().join("packs")));
     assert!(referenced.len() >= 2, "{referenced:?}");
     // Referenced objects, however old, stay.
     for p in &referenced {

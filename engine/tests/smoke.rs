@@ -4,7 +4,7 @@ use spoolfs_engine::*;
 use std::sync::Arc;
 
 mod common;
-use common::Volume as Fixture;
+use common::{Volume as Fixture, count_files, read_all};
 use spoolfs_testkit::random_bytes;
 
 impl Fixture {
@@ -111,24 +111,9 @@ fn unlink_while_open_and_dead_objects_are_deleted() {
     assert_eq!(e.getattr(attr.ino).unwrap_err().errno(), libc::ENOENT);
     e.collect_garbage(usize::MAX).unwrap();
     let objects = f.dir.path().join("objects/chunks");
-    let count = walk(&objects);
+    let count = count_files(&objects);
     assert_eq!(count, 0, "objects of a deleted file remain");
     e.shutdown().unwrap();
-}
-
-fn walk(p: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.map(|e| {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            walk(&e.path())
-        } else {
-            1
-        }
-    })
-    .sum()
 }
 
 /// Writes, truncation and chown drop file capabilities in the engine itself: the FUSE front
@@ -354,12 +339,11 @@ mod writeback {
             .collect()
     }
 
-    fn read_all(e: &Engine, ino: Ino) -> Vec<u8> {
-        let fh = e.open(&ME, ino, libc::O_RDONLY).unwrap();
-        let size = e.getattr(ino).unwrap().size;
-        let out = e.read(ino, fh, 0, size as u32 + 10).unwrap();
-        e.release(ino, fh).unwrap();
-        out
+    /// Asserts that every one of `files` reads back as written.
+    fn assert_files(e: &Engine, files: &[(Ino, Vec<u8>)]) {
+        for (ino, data) in files {
+            assert_eq!(&read_all(e, *ino), data, "contents of inode {ino}");
+        }
     }
 
     /// A large write hands each full run to the staging log before the flush (the flush
@@ -427,12 +411,10 @@ mod writeback {
         assert!(e.is_writeback());
         let files = write_files(&e, 20);
         // Nothing uploads (no uploader threads): data is served from the staging log.
-        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 0);
+        assert_eq!(count_files(&f.dir.path().join("objects/chunks")), 0);
         let st = e.status();
         assert_eq!(st.staged_slices, 20);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         // A file deleted while staged is never uploaded.
         e.unlink(&ME, ROOT_INO, b"f0").unwrap();
         e.collect_garbage(usize::MAX).unwrap();
@@ -442,19 +424,15 @@ mod writeback {
         let e = engine(&f, 2);
         assert_eq!(e.drain_uploads(Some(Duration::from_secs(30))), 0);
         // 19 small files went up packed together: one PUT, not 19.
-        assert_eq!(walk(&f.dir.path().join("objects/packs")), 1);
-        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 0);
-        for (ino, data) in &files[1..] {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_eq!(count_files(&f.dir.path().join("objects/packs")), 1);
+        assert_eq!(count_files(&f.dir.path().join("objects/chunks")), 0);
+        assert_files(&e, &files[1..]);
         e.shutdown().unwrap();
         drop(e);
         // Cold: files written together are read back with one ranged GET of their pack, not
         // one per file.
         let e = engine(&f, 1);
-        for (ino, data) in &files[1..] {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files[1..]);
         assert_eq!(e.status().objects_got, 1);
         e.shutdown().unwrap();
     }
@@ -594,7 +572,7 @@ mod writeback {
         e.shutdown().unwrap();
         drop(e);
         // Packs whose slices were all overwritten are gone; the ones left are all recorded.
-        let packs = walk(&f.dir.path().join("objects/packs"));
+        let packs = count_files(&f.dir.path().join("objects/packs"));
         let meta = f.meta();
         let mut recorded = 0;
         meta.view(&mut |r| {
@@ -618,17 +596,13 @@ mod writeback {
         let e = engine_with(&f, s);
         // Every write is acknowledged: a failed staging write falls back to a direct upload.
         let files = write_files(&e, 40);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         assert!(faults.writes() >= 40);
         drop(e);
         // Remount without faults: torn records in the log are skipped by replay, every
         // acknowledged file is intact.
         let e = engine(&f, 1);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         e.shutdown().unwrap();
     }
 
@@ -651,10 +625,8 @@ mod writeback {
             t.elapsed()
         );
         assert_eq!(e.status().staged_slices, 0);
-        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 4);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_eq!(count_files(&f.dir.path().join("objects/chunks")), 4);
+        assert_files(&e, &files);
         // The writes the callers gave up on complete later; their records are freed then.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while e.status().staging_log_bytes > 0 && std::time::Instant::now() < deadline {
@@ -664,9 +636,7 @@ mod writeback {
         e.shutdown().unwrap();
         drop(e);
         let e = engine(&f, 1);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         e.shutdown().unwrap();
     }
 
@@ -693,7 +663,7 @@ mod writeback {
         write(&e, sub, "model.bin");
         // The marked file went up at close (with anything staged before it: oldest first).
         assert_eq!(e.status().staged_slices, 0);
-        assert_eq!(walk(&f.dir.path().join("objects/packs")), 1);
+        assert_eq!(count_files(&f.dir.path().join("objects/packs")), 1);
         // An unmarked file stays staged.
         write(&e, ROOT_INO, "plain");
         assert_eq!(e.status().staged_slices, 1);
@@ -808,9 +778,7 @@ mod writeback {
         std::fs::rename(&objects, &hidden).unwrap();
         std::fs::create_dir(&objects).unwrap();
         let e = engine_cached(&f, 64 << 20);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         assert!(cache_stats(&e).hits >= 7);
         drop(e);
         std::fs::remove_dir_all(&objects).unwrap();
@@ -827,9 +795,7 @@ mod writeback {
             damaged += 1;
         }
         let e = engine_cached(&f, 64 << 20);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         assert_eq!(cache_stats(&e).corrupt, damaged);
 
         // Changes to cached files read back right (slices never change: new data is new
@@ -871,9 +837,7 @@ mod writeback {
         let e = engine_cached(&f, 150 << 10);
         assert!(cache_stats(&e).bytes <= 150 << 10, "{:?}", cache_stats(&e));
         assert_eq!(read_all(&e, big_ino), expect);
-        for (ino, data) in &files[1..files.len() - 1] {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files[1..files.len() - 1]);
         let st = cache_stats(&e);
         assert!(st.bytes <= 150 << 10 && st.evictions > 0, "{st:?}");
         e.shutdown().unwrap();
@@ -939,32 +903,28 @@ mod writeback {
         drop(e);
         let e = engine(&f, 1);
         assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
-        let objects = walk(&f.dir.path().join("objects/packs"));
+        let objects = count_files(&f.dir.path().join("objects/packs"));
         let total: usize = files.iter().map(|(_, d)| d.len()).sum();
         // 300 files, ~45 MB in all, in packs of about 8 MiB: a handful of PUTs, not 300.
         assert!(
             objects >= 1 && objects <= total / (8 << 20) + 4,
             "{objects} pack objects"
         );
-        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 0);
+        assert_eq!(count_files(&f.dir.path().join("objects/chunks")), 0);
         assert!(e.status().objects_put <= objects as u64);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         e.shutdown().unwrap();
         drop(e);
         // Remount: packed slices read back with ranged GETs; a corrupted pack byte is EIO.
         let e = engine(&f, 1);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         // Delete every file: the packs go once their last slice does.
         for i in 0..files.len() {
             e.unlink(&ME, ROOT_INO, format!("f{i}").as_bytes()).unwrap();
         }
         e.collect_garbage(usize::MAX).unwrap();
         assert_eq!(
-            walk(&f.dir.path().join("objects/packs")),
+            count_files(&f.dir.path().join("objects/packs")),
             0,
             "packs of deleted files remain"
         );

@@ -98,3 +98,39 @@ impl Volume {
         spoolfs_engine::Engine::start(meta, storage, record, config).unwrap()
     }
 }
+
+/// Every file below `dir` (none if it does not exist), sorted.
+#[allow(dead_code)]
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// How many files there are below `dir`.
+#[allow(dead_code)]
+pub fn count_files(dir: &std::path::Path) -> usize {
+    files_under(dir).len()
+}
+
+/// The whole contents of file `ino`, read through a handle of its own.
+#[allow(dead_code)]
+pub fn read_all(e: &spoolfs_engine::Engine, ino: spoolfs_engine::Ino) -> Vec<u8> {
+    let me = spoolfs_engine::Caller::ROOT;
+    let fh = e.open(&me, ino, libc::O_RDONLY).unwrap();
+    let size = e.getattr(ino).unwrap().size;
+    let out = e.read(ino, fh, 0, size as u32 + 10).unwrap();
+    e.release(ino, fh).unwrap();
+    out
+}
