@@ -1,6 +1,7 @@
 //! Engine-agnostic helpers shared by spoolfs's tests (unit tests, the engine's integration
 //! tests and the FUSE integration suite): one seeded generator, the data patterns built on it,
-//! a content checksum and a byte comparison that reports where two buffers differ.
+//! a content checksum, a byte comparison that reports where two buffers differ, and the check
+//! that skips FUSE tests where FUSE cannot be used.
 //!
 //! This crate depends on no spoolfs crate, so any crate can use it as a dev-dependency without
 //! a cycle. Fixtures that need the engine (a formatted volume, staging settings) live next to
@@ -88,6 +89,33 @@ pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], what: &str) {
         &actual[first..(first + 16).min(actual.len())],
         &expected[first..(first + 16).min(expected.len())],
     );
+}
+
+/// True when this process can mount FUSE file systems: it runs as root and can open
+/// `/dev/fuse`.
+pub fn fuse_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+}
+
+/// Returns from the calling test (after a loud note on stderr) when FUSE cannot be used.
+#[macro_export]
+macro_rules! require_fuse {
+    () => {
+        if !$crate::fuse_available() {
+            eprintln!(
+                "SKIPPED: needs root and /dev/fuse ({} line {})",
+                module_path!(),
+                line!()
+            );
+            return;
+        }
+    };
 }
 
 #[cfg(test)]

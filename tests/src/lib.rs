@@ -50,5 +50,7 @@ pub use posix::*;
 pub use process::*;
 pub use s3::*;
 pub use snapshot::*;
-pub use spoolfs_testkit::{Rng, assert_bytes_eq, checksum, random_bytes};
+pub use spoolfs_testkit::{
+    Rng, assert_bytes_eq, checksum, fuse_available, random_bytes, require_fuse,
+};
 pub use volume::*;

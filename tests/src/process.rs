@@ -85,28 +85,6 @@ pub fn s3s_fs_bin() -> PathBuf {
         })
 }
 
-/// True when this process can mount FUSE file systems (root and `/dev/fuse`).
-pub fn fuse_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && Path::new("/dev/fuse").exists()
-}
-
-/// Returns from the calling test (after a loud note on stderr) when FUSE cannot be used.
-#[macro_export]
-macro_rules! require_fuse {
-    () => {
-        if !$crate::fuse_available() {
-            eprintln!(
-                "SKIPPED: needs root and /dev/fuse ({} line {})",
-                module_path!(),
-                line!()
-            );
-            return;
-        }
-    };
-}
-
 /// Scrubs the environment of `cmd` (CA bundles, proxies, AWS settings) and sets the test keys.
 pub fn clean_env(cmd: &mut Command) -> &mut Command {
     for (k, _) in std::env::vars_os() {
