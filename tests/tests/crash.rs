@@ -56,6 +56,23 @@ fn seed_from_env() -> u64 {
     }
 }
 
+/// This file's serial lock (see [`serial`]), then a file volume with a mount point, the
+/// default cache directory and a directory for the mount logs.
+fn serial_volume() -> (
+    std::sync::MutexGuard<'static, ()>,
+    Volume,
+    PathBuf,
+    PathBuf,
+    PathBuf,
+) {
+    let serial = serial();
+    let vol = Volume::new(Backend::File);
+    let mp = vol.new_subdir("mnt");
+    let cache = vol.cache_dir();
+    let logs = vol.new_subdir("logs");
+    (serial, vol, mp, cache, logs)
+}
+
 /// A foreground mount (a child process the tests can SIGKILL) at `mp`, which must not be
 /// mounted yet, with extra arguments and environment variables, its output in `log`.
 fn start_mount<'v>(
@@ -156,6 +173,14 @@ enum Expect {
 }
 
 impl Expect {
+    /// Any contents (an operation on the file is under way); `must_exist`: it cannot be absent.
+    fn unknown(must_exist: bool) -> Expect {
+        Expect::Unknown {
+            must_exist,
+            prefix: None,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Expect::Absent => "absent".into(),
@@ -438,22 +463,13 @@ impl Worker {
         let (mut f, op, fsync) = self.start_write(
             &rel,
             format!("create {} bytes", data.len()),
-            Expect::Unknown {
-                must_exist: false,
-                prefix: None,
-            },
+            Expect::unknown(false),
             fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o644),
         )?;
-        self.set(
-            &rel,
-            Expect::Unknown {
-                must_exist: true,
-                prefix: None,
-            },
-        );
+        self.set(&rel, Expect::unknown(true));
         self.write_chunks(&mut f, &data, &op)?;
         self.finish_file(&rel, f, data, fsync, &op)
     }
@@ -463,10 +479,7 @@ impl Worker {
         let (mut f, op, fsync) = self.start_write(
             &rel,
             format!("overwrite (O_TRUNC) with {} bytes", data.len()),
-            Expect::Unknown {
-                must_exist: true,
-                prefix: None,
-            },
+            Expect::unknown(true),
             fs::OpenOptions::new().write(true).truncate(true),
         )?;
         self.write_chunks(&mut f, &data, &op)?;
@@ -493,10 +506,7 @@ impl Worker {
         let (f, op, fsync) = self.start_write(
             &rel,
             format!("pwrite {len} bytes at {at} (file was {} bytes)", old.len()),
-            Expect::Unknown {
-                must_exist: true,
-                prefix: None,
-            },
+            Expect::unknown(true),
             fs::OpenOptions::new().write(true),
         )?;
         std::os::unix::fs::FileExt::write_all_at(&f, &piece, at as u64)
@@ -1351,13 +1361,9 @@ fn check_in_new_mount(
 #[test]
 fn staging_faults_lose_nothing() {
     require_fuse!();
-    let _serial = serial();
+    let (_serial, vol, mp, cache, logs) = serial_volume();
     let started = Instant::now();
     let faults = [("SPOOLFS_STAGING_FAULTS", "fail_every=5,tear_every=7")];
-    let vol = Volume::new(Backend::File);
-    let mp = vol.new_subdir("mnt");
-    let cache = vol.cache_dir();
-    let logs = vol.new_subdir("logs");
 
     // Under faults: 200 files, read back, then SIGKILL (replay must skip the torn records).
     let mut m = start_mount(&vol, &mp, &cache, &[], &faults, logs.join("a.log"));
@@ -1462,11 +1468,7 @@ fn write_one(path: &Path, data: &[u8], fsync: bool) -> std::io::Result<()> {
 #[test]
 fn object_store_outage_then_back() {
     require_fuse!();
-    let _serial = serial();
-    let vol = Volume::new(Backend::File);
-    let mp = vol.new_subdir("mnt");
-    let cache = vol.cache_dir();
-    let logs = vol.new_subdir("logs");
+    let (_serial, vol, mp, cache, logs) = serial_volume();
     let mut rng = Rng::new(4242);
     let mut acked: BTreeMap<PathBuf, Arc<Vec<u8>>> = BTreeMap::new();
 
@@ -1590,11 +1592,7 @@ fn object_store_outage_then_back() {
 #[test]
 fn umount_fails_if_the_daemon_dies_before_uploading() {
     require_fuse!();
-    let _serial = serial();
-    let vol = Volume::new(Backend::File);
-    let mp = vol.new_subdir("mnt");
-    let cache = vol.cache_dir();
-    let logs = vol.new_subdir("logs");
+    let (_serial, vol, mp, cache, logs) = serial_volume();
     let mut m = start_mount(&vol, &mp, &cache, &[], &[], logs.join("a.log"));
     let mut outage = StoreOutage::begin(&vol.objects_dir());
     let mut files = BTreeMap::new();
@@ -1658,11 +1656,7 @@ fn umount_fails_if_the_daemon_dies_before_uploading() {
 #[test]
 fn sync_waits_for_the_object_store() {
     require_fuse!();
-    let _serial = serial();
-    let vol = Volume::new(Backend::File);
-    let mp = vol.new_subdir("mnt");
-    let cache = vol.cache_dir();
-    let logs = vol.new_subdir("logs");
+    let (_serial, vol, mp, cache, logs) = serial_volume();
     let m = start_mount(&vol, &mp, &cache, &[], &[], logs.join("sync.log"));
     fs::create_dir(mp.join("d")).unwrap();
     let mut outage = StoreOutage::begin(&vol.objects_dir());
