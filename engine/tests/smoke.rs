@@ -4,7 +4,7 @@ use spoolfs_engine::*;
 use std::sync::Arc;
 
 mod common;
-use common::{Volume as Fixture, count_files, read_all};
+use common::{Volume as Fixture, count_files, files_under, read_all};
 use spoolfs_testkit::random_bytes;
 
 impl Fixture {
@@ -339,6 +339,27 @@ mod writeback {
             .collect()
     }
 
+    /// A writeback engine (one uploader) whose staging log injects the faults of `spec` (see
+    /// `FaultConfig::from_spec`), its other settings changed by `tweak`; and the fault switches.
+    fn faulty_engine(
+        f: &Fixture,
+        spec: &str,
+        tweak: impl FnOnce(&mut StagingSettings),
+    ) -> (Arc<Engine>, Arc<spoolfs_engine::staging::FaultConfig>) {
+        let faults = spoolfs_engine::staging::FaultConfig::from_spec(spec).unwrap();
+        let mut s = settings(f, 1);
+        s.faults = Some(faults.clone());
+        tweak(&mut s);
+        (engine_with(f, s), faults)
+    }
+
+    /// Starts a new engine (no faults) and asserts that every one of `files` reads back.
+    fn check_after_remount(f: &Fixture, files: &[(Ino, Vec<u8>)]) {
+        let e = engine(f, 1);
+        assert_files(&e, files);
+        e.shutdown().unwrap();
+    }
+
     /// Asserts that every one of `files` reads back as written.
     fn assert_files(e: &Engine, files: &[(Ino, Vec<u8>)]) {
         for (ino, data) in files {
@@ -589,11 +610,7 @@ mod writeback {
     #[test]
     fn failing_and_torn_staging_writes_lose_nothing() {
         let f = Fixture::new();
-        let faults =
-            spoolfs_engine::staging::FaultConfig::from_spec("fail_every=3,tear_every=5").unwrap();
-        let mut s = settings(&f, 1);
-        s.faults = Some(faults.clone());
-        let e = engine_with(&f, s);
+        let (e, faults) = faulty_engine(&f, "fail_every=3,tear_every=5", |_| {});
         // Every write is acknowledged: a failed staging write falls back to a direct upload.
         let files = write_files(&e, 40);
         assert_files(&e, &files);
@@ -601,9 +618,7 @@ mod writeback {
         drop(e);
         // Remount without faults: torn records in the log are skipped by replay, every
         // acknowledged file is intact.
-        let e = engine(&f, 1);
-        assert_files(&e, &files);
-        e.shutdown().unwrap();
+        check_after_remount(&f, &files);
     }
 
     /// A staging device that does not answer in time: every close is acknowledged anyway, its
@@ -611,11 +626,9 @@ mod writeback {
     #[test]
     fn too_slow_staging_device_falls_back_to_direct_upload() {
         let f = Fixture::new();
-        let faults = spoolfs_engine::staging::FaultConfig::from_spec("delay_us=400000").unwrap();
-        let mut s = settings(&f, 1);
-        s.faults = Some(faults);
-        s.staging_timeout = Duration::from_millis(50);
-        let e = engine_with(&f, s);
+        let (e, _) = faulty_engine(&f, "delay_us=400000", |s| {
+            s.staging_timeout = Duration::from_millis(50)
+        });
         let t = std::time::Instant::now();
         let files = write_files(&e, 4);
         // Each close gave up on the device after 50 ms, not 400 ms.
@@ -635,9 +648,7 @@ mod writeback {
         assert_eq!(e.status().staging_log_bytes, 0);
         e.shutdown().unwrap();
         drop(e);
-        let e = engine(&f, 1);
-        assert_files(&e, &files);
-        e.shutdown().unwrap();
+        check_after_remount(&f, &files);
     }
 
     /// Files under a directory marked with user.spoolfs.sync_upload are in the object store
@@ -938,18 +949,8 @@ mod writeback {
         let files = write_files(&e, 5);
         e.shutdown().unwrap();
         drop(e);
-        fn find(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-            for entry in std::fs::read_dir(p).unwrap() {
-                let entry = entry.unwrap();
-                if entry.file_type().unwrap().is_dir() {
-                    find(&entry.path(), out);
-                } else {
-                    out.push(entry.path());
-                }
-            }
-        }
-        let mut packs = Vec::new();
-        find(&f.dir.path().join("objects/packs"), &mut packs);
+        let packs = files_under(&f.dir.path().join("objects/packs"));
+        assert!(!packs.is_empty(), "no pack objects to corrupt");
         for p in &packs {
             let mut bytes = std::fs::read(p).unwrap();
             bytes[0] ^= 0xff;
