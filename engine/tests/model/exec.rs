@@ -27,8 +27,8 @@ impl Harness {
             | Op::GetXattr { .. }
             | Op::RemoveXattr { .. }
             | Op::ListXattr { .. } => self.exec_xattr(op)?,
-            Op::Open { .. }
-            | Op::HWrite { .. }
+            Op::Open { path, trunc } => self.exec_open(path, *trunc)?,
+            Op::HWrite { .. }
             | Op::HRead { .. }
             | Op::HTruncate { .. }
             | Op::HFallocate { .. }
@@ -311,19 +311,26 @@ impl Harness {
         Ok(true)
     }
 
-    /// Extended attributes.
+    /// Extended attributes of a file or directory.
     fn exec_xattr(&mut self, op: &Op) -> Result<bool, String> {
+        let (Op::SetXattr { path, .. }
+        | Op::GetXattr { path, .. }
+        | Op::RemoveXattr { path, .. }
+        | Op::ListXattr { path }) = op
+        else {
+            unreachable!("{op:?} is not handled by exec_xattr")
+        };
+        let Some(id) = self.target(path, &[File, Dir]) else {
+            return Ok(false);
+        };
         match op {
             Op::SetXattr {
-                path,
                 name,
                 len,
                 seed,
                 mode,
+                ..
             } => {
-                let Some(id) = self.target(path, &[File, Dir]) else {
-                    return Ok(false);
-                };
                 let name = xattr_name(*name);
                 let value = random_bytes(*seed as u64 + 7, *len as usize);
                 let exists = self.m.node(id).xattrs.contains_key(&name);
@@ -339,10 +346,7 @@ impl Harness {
                     self.m.node_mut(id).xattrs.insert(name, value);
                 }
             }
-            Op::GetXattr { path, name } => {
-                let Some(id) = self.target(path, &[File, Dir]) else {
-                    return Ok(false);
-                };
+            Op::GetXattr { name, .. } => {
                 let name = xattr_name(*name);
                 let value = self.m.node(id).xattrs.get(&name).cloned();
                 let exp = value.as_ref().map(|_| ()).ok_or(libc::ENODATA);
@@ -351,10 +355,7 @@ impl Harness {
                     diff("getxattr", &value.unwrap(), &got.unwrap())?;
                 }
             }
-            Op::RemoveXattr { path, name } => {
-                let Some(id) = self.target(path, &[File, Dir]) else {
-                    return Ok(false);
-                };
+            Op::RemoveXattr { name, .. } => {
                 let name = xattr_name(*name);
                 let exp = if self.m.node(id).xattrs.contains_key(&name) {
                     Ok(())
@@ -366,53 +367,53 @@ impl Harness {
                     self.m.node_mut(id).xattrs.remove(&name);
                 }
             }
-            Op::ListXattr { path } => {
-                let Some(id) = self.target(path, &[File, Dir]) else {
-                    return Ok(false);
-                };
-                self.check_xattrs(id)?;
-            }
-            _ => unreachable!("{op:?} is not handled by exec_xattr"),
+            Op::ListXattr { .. } => self.check_xattrs(id)?,
+            _ => unreachable!(),
         }
         Ok(true)
     }
 
-    /// Opens a handle, or acts through an open one.
+    /// Opens a handle (at most [`MAX_HANDLES`] at once).
+    fn exec_open(&mut self, path: &P, trunc: bool) -> Result<bool, String> {
+        let Some(id) = self.target(path, &[File]) else {
+            return Ok(false);
+        };
+        if self.handles.len() >= MAX_HANDLES {
+            return Ok(false);
+        }
+        let flags = libc::O_RDWR | if trunc { libc::O_TRUNC } else { 0 };
+        let fh = ok("open", self.e().open(&ROOT, self.ino(id), flags))?;
+        if trunc {
+            self.m.node_mut(id).data.set_size(0);
+        }
+        self.open_handle(id, fh)?;
+        Ok(true)
+    }
+
+    /// Acts through an open handle (`h` picks one; none open: skipped).
     fn exec_handle(&mut self, op: &Op) -> Result<bool, String> {
+        let (Op::HWrite { h, .. }
+        | Op::HRead { h, .. }
+        | Op::HTruncate { h, .. }
+        | Op::HFallocate { h, .. }
+        | Op::HFlush { h }
+        | Op::HFsync { h, .. }
+        | Op::HStat { h }
+        | Op::HRelease { h }) = op
+        else {
+            unreachable!("{op:?} is not handled by exec_handle")
+        };
+        let Some(i) = self.pick(*h) else {
+            return Ok(false);
+        };
+        let Handle { m: id, ino, fh } = self.handles[i];
         match op {
-            Op::Open { path, trunc } => {
-                let Some(id) = self.target(path, &[File]) else {
-                    return Ok(false);
-                };
-                if self.handles.len() >= MAX_HANDLES {
-                    return Ok(false);
-                }
-                let flags = libc::O_RDWR | if *trunc { libc::O_TRUNC } else { 0 };
-                let fh = ok("open", self.e().open(&ROOT, self.ino(id), flags))?;
-                if *trunc {
-                    self.m.node_mut(id).data.set_size(0);
-                }
-                self.open_handle(id, fh)?;
-            }
-            Op::HWrite { h, off, len, seed } => {
-                let Some(i) = self.pick(*h) else {
-                    return Ok(false);
-                };
-                let (id, fh) = (self.handles[i].m, self.handles[i].fh);
+            Op::HWrite { off, len, seed, .. } => {
                 let data = random_bytes(*seed as u64 ^ (*off << 8) ^ 0x55, *len as usize);
                 self.write_through(id, fh, *off, &data)?;
             }
-            Op::HRead { h, off, len } => {
-                let Some(i) = self.pick(*h) else {
-                    return Ok(false);
-                };
-                self.read_through(self.handles[i].m, self.handles[i].fh, *off, *len)?;
-            }
-            Op::HTruncate { h, size } => {
-                let Some(i) = self.pick(*h) else {
-                    return Ok(false);
-                };
-                let Handle { m: id, ino, fh } = self.handles[i];
+            Op::HRead { off, len, .. } => self.read_through(id, fh, *off, *len)?,
+            Op::HTruncate { size, .. } => {
                 let set = SetAttr {
                     size: Some(*size),
                     fh: Some(fh),
@@ -422,11 +423,7 @@ impl Harness {
                 self.m.node_mut(id).data.set_size(*size);
                 self.cmp_attr("ftruncate", id, &attr)?;
             }
-            Op::HFallocate { h, off, len, mode } => {
-                let Some(i) = self.pick(*h) else {
-                    return Ok(false);
-                };
-                let Handle { m: id, ino, fh } = self.handles[i];
+            Op::HFallocate { off, len, mode, .. } => {
                 let (off, len) = (*off, *len as u64);
                 let emode = match mode {
                     Falloc::Alloc => 0,
@@ -446,37 +443,14 @@ impl Harness {
                 let attr = ok("getattr after fallocate", self.e().getattr(ino))?;
                 self.cmp_attr("getattr after fallocate", id, &attr)?;
             }
-            Op::HFlush { h } => {
-                let Some(i) = self.pick(*h) else {
-                    return Ok(false);
-                };
-                ok(
-                    "flush",
-                    self.e().flush(self.handles[i].ino, self.handles[i].fh),
-                )?;
-            }
-            Op::HFsync { h, datasync } => {
-                let Some(i) = self.pick(*h) else {
-                    return Ok(false);
-                };
-                let (ino, fh) = (self.handles[i].ino, self.handles[i].fh);
-                ok("fsync", self.e().fsync(ino, fh, *datasync))?;
-            }
-            Op::HStat { h } => {
-                let Some(i) = self.pick(*h) else {
-                    return Ok(false);
-                };
-                let id = self.handles[i].m;
-                let attr = ok("fstat", self.e().getattr(self.handles[i].ino))?;
+            Op::HFlush { .. } => ok("flush", self.e().flush(ino, fh))?,
+            Op::HFsync { datasync, .. } => ok("fsync", self.e().fsync(ino, fh, *datasync))?,
+            Op::HStat { .. } => {
+                let attr = ok("fstat", self.e().getattr(ino))?;
                 self.cmp_attr("fstat", id, &attr)?;
             }
-            Op::HRelease { h } => {
-                let Some(i) = self.pick(*h) else {
-                    return Ok(false);
-                };
-                self.close_handle(i, true)?;
-            }
-            _ => unreachable!("{op:?} is not handled by exec_handle"),
+            Op::HRelease { .. } => self.close_handle(i, true)?,
+            _ => unreachable!(),
         }
         Ok(true)
     }
