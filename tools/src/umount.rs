@@ -171,6 +171,13 @@ pub fn run(args: UmountArgs) -> Result<ExitCode> {
     } else {
         None
     };
+    // Asked before the unmount too: a daemon with nothing to upload may be gone before the
+    // first look after it.
+    let left_before = if args.no_wait {
+        None
+    } else {
+        crate::control::writeout(&files.socket, Duration::from_secs(1)).ok()
+    };
     unmount(&path, args.lazy)?;
     if args.no_wait {
         match (staged_before, pid) {
@@ -201,7 +208,7 @@ pub fn run(args: UmountArgs) -> Result<ExitCode> {
     let terminal = std::io::stderr().is_terminal();
     let mut progress = Progress::default();
     let mut last_poll: Option<Instant> = None;
-    let mut left: Option<WriteOut> = None;
+    let mut left = left_before;
     while alive(pid) {
         if start.elapsed() >= timeout {
             progress.clear();
