@@ -2658,8 +2658,8 @@ impl Engine {
     /// data to reach the object store, and makes the metadata durable (unmount).
     /// Writes out buffered data, waits for uploads (`drain_on_shutdown`), stops the background
     /// threads and checkpoints. Objects of dead slices still to be deleted are not waited
-    /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent caller waits for the first, a later
-    /// one returns at once.
+    /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent
+    /// caller waits for the first, a later one returns at once.
     pub fn shutdown(&self) -> Result<()> {
         let mut done = self.shut_down.lock();
         if *done {
