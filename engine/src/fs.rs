@@ -1,6 +1,7 @@
 //! The engine: namespace operations over the metadata store, and the data path (write
 //! buffering per open inode, slices uploaded as checksummed block objects, resolved reads).
 
+use crate::acl;
 use crate::blockcache::{BlockCache, BlockId};
 use crate::data::{self, ReadPiece};
 use crate::error::{FsError, Result};
@@ -30,6 +31,9 @@ pub struct EngineConfig {
     pub meta_flush_interval: Duration,
     /// Concurrent object PUTs while uploading one file's data.
     pub max_uploads: usize,
+    /// Concurrent bulk delete requests of the garbage collector (each of up to
+    /// [`spoolfs_uploader::DELETE_BATCH_KEYS`] objects).
+    pub max_deletes: usize,
     /// The staging log (writeback mode, and draining what an earlier writeback mount left).
     pub staging: Option<StagingOptions>,
     /// At shutdown, wait for staged data to reach the object store (`None`: stop at once).
@@ -45,6 +49,8 @@ pub struct EngineConfig {
     /// Writeback: `close` makes what it wrote power-safe, as `fsync` does (a device flush),
     /// not only crash-safe.
     pub durable_close: bool,
+    /// When reads move access times (the mount's relatime, strictatime or noatime).
+    pub atime: AtimeMode,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +60,7 @@ impl Default for EngineConfig {
             block_cache_bytes: 256 << 20,
             meta_flush_interval: Duration::from_secs(1),
             max_uploads: 16,
+            max_deletes: 4,
             staging: None,
             drain_on_shutdown: Some(Duration::from_secs(24 * 3600)),
             disk_cache: None,
@@ -61,6 +68,7 @@ impl Default for EngineConfig {
             readahead_threads: 4,
             compaction: Some(crate::gc::CompactionSettings::default()),
             durable_close: false,
+            atime: AtimeMode::default(),
         }
     }
 }
@@ -191,6 +199,9 @@ pub struct Engine {
     is_shut_down: AtomicBool,
     /// Garbage collection runs (`spoolfs gc`, the background compactor) take turns.
     pub(crate) gc_lock: Mutex<()>,
+    /// Dead-slice collection runs one at a time (the background loop, `spoolfs gc`): two
+    /// would read the same `G` records and delete the same objects twice.
+    collecting: Mutex<()>,
 }
 
 fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
@@ -209,6 +220,8 @@ fn check_name_meta(name: &[u8]) -> Result<(), MetaError> {
 fn to_attr(ino: Ino, rec: &InodeRec, blksize: u32) -> Attr {
     let size = match rec.kind {
         FileKind::Symlink => rec.target.len() as u64,
+        // A removed directory (still open somewhere) is empty: size 0, as on ext4.
+        FileKind::Dir if rec.nlink == 0 => 0,
         FileKind::Dir => 4096,
         _ => rec.size,
     };
@@ -349,6 +362,7 @@ impl Engine {
             shut_down: Mutex::new(false),
             is_shut_down: AtomicBool::new(false),
             gc_lock: Mutex::new(()),
+            collecting: Mutex::new(()),
         });
         engine.meta.update(Durability::Durable, &mut |t| {
             schema::init_root(t)?;
@@ -569,6 +583,9 @@ impl Engine {
                 "name longer than 255 bytes",
             ));
         }
+        if name == b"." {
+            return self.lookup_ino(parent);
+        }
         let (ino, rec) = self.view(|r| {
             must_dir(r, parent)?;
             let ino = match name {
@@ -584,6 +601,20 @@ impl Engine {
             };
             Ok((ino, schema::must_inode(r, ino)?))
         })?;
+        Ok(self.attr_of(ino, &rec))
+    }
+
+    /// A lookup by inode number alone: the kernel's export support (`open_by_handle_at`, NFS
+    /// re-export) asks for "." in an inode of any kind whose handle it was given. An inode
+    /// with no name left is gone for that purpose (the kernel answers ESTALE).
+    fn lookup_ino(&self, ino: Ino) -> Result<Attr> {
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        if rec.nlink == 0 {
+            return Err(FsError::new(
+                libc::ENOENT,
+                format!("inode {ino} was removed"),
+            ));
+        }
         Ok(self.attr_of(ino, &rec))
     }
 
@@ -621,6 +652,7 @@ impl Engine {
             if let Some(mode) = set.mode {
                 rec.perm = (mode & 0o7777) as u16;
                 changed = true;
+                acl_chmod(t, ino, rec.perm)?;
             }
             let owner_changed =
                 set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
@@ -715,6 +747,21 @@ impl Engine {
             }
             let now = schema::now_ns();
             let mut perm = (perm & 0o7777) as u16;
+            // The directory's default ACL (if any) limits the mode instead of the umask,
+            // and becomes the new inode's access ACL (and a directory's default ACL).
+            let inherited = match kind {
+                FileKind::Symlink => None,
+                _ => t.get(&schema::xattr_key(parent, acl::DEFAULT_XATTR))?,
+            };
+            let mut inherited_access = None;
+            if let Some(default) = &inherited {
+                let mut access =
+                    acl::Acl::parse(default).map_err(|e| posix(libc::EIO, e.to_string()))?;
+                perm = (perm & !0o777) | access.create_masq(perm);
+                if !access.is_minimal() {
+                    inherited_access = Some(access.encode());
+                }
+            }
             let mut gid = caller.gid;
             if prec.perm & libc::S_ISGID as u16 != 0 {
                 // A set-group-id directory hands its group down, and its setgid bit to
@@ -739,6 +786,12 @@ impl Engine {
                 ..InodeRec::new(kind, perm, parent, now)
             };
             schema::put_inode(t, ino, &rec)?;
+            if let Some(access) = &inherited_access {
+                t.put(&schema::xattr_key(ino, acl::ACCESS_XATTR), access)?;
+            }
+            if let (Some(default), FileKind::Dir) = (&inherited, kind) {
+                t.put(&schema::xattr_key(ino, acl::DEFAULT_XATTR), default)?;
+            }
             t.put(
                 &schema::dentry_key(parent, name),
                 &schema::encode(&DentryRec { ino, kind }),
@@ -1085,8 +1138,16 @@ impl Engine {
             .state_of(ino)
             .is_some_and(|s| s.read().overlay.is_some());
         let now = (rec.mtime_ns, rec.size);
+        // Reads served from the kernel's page cache never reach the engine: when the next
+        // read must move the access time, the cache is dropped so that the read comes here.
+        let atime_due = self.config.atime.read_updates(
+            rec.atime_ns,
+            rec.mtime_ns,
+            rec.ctime_ns,
+            schema::now_ns(),
+        );
         let mut seen = self.opened_as.lock();
-        let keep = !writing && !buffered && seen.get(&ino) == Some(&now);
+        let keep = !writing && !buffered && !atime_due && seen.get(&ino) == Some(&now);
         if seen.len() >= 1 << 16 && !seen.contains_key(&ino) {
             // Bounded: forgetting only costs a re-read.
             seen.clear();
@@ -1324,7 +1385,17 @@ impl Engine {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
         let file_size = state.overlay.map(|o| o.size).unwrap_or(rec.size);
-        if offset >= file_size || size == 0 {
+        // The times a reader sees: buffered writes count as modifications.
+        let (mtime_ns, ctime_ns) = state
+            .overlay
+            .map_or((rec.mtime_ns, rec.ctime_ns), |o| (o.mtime_ns, o.ctime_ns));
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        if offset >= file_size {
+            // A read at the end of the file is still a read (it moves atime on ext4).
+            drop(state);
+            self.maybe_update_atime(ino, rec.atime_ns, mtime_ns, ctime_ns);
             return Ok(Vec::new());
         }
         let end = file_size.min(offset + size as u64);
@@ -1355,21 +1426,26 @@ impl Engine {
             pos = chunk_start + in_end as u64;
         }
         drop(state);
-        self.maybe_update_atime(ino, &rec);
+        self.maybe_update_atime(ino, rec.atime_ns, mtime_ns, ctime_ns);
         Ok(out)
     }
 
-    /// relatime: atime moves when it is older than mtime or ctime, or a day old.
-    fn maybe_update_atime(&self, ino: Ino, rec: &InodeRec) {
+    /// After a read: moves the access time if the mount's rule ([`AtimeMode`]) says so, given
+    /// the times the reader saw (`mtime_ns`, `ctime_ns` include buffered writes).
+    fn maybe_update_atime(&self, ino: Ino, atime_ns: i64, mtime_ns: i64, ctime_ns: i64) {
         let now = schema::now_ns();
-        let day = 24 * 3600 * 1_000_000_000i64;
-        if rec.atime_ns > rec.mtime_ns && rec.atime_ns > rec.ctime_ns && now - rec.atime_ns < day {
+        let rule = self.config.atime;
+        if !rule.read_updates(atime_ns, mtime_ns, ctime_ns, now) {
             return;
         }
         let r = self.update(|t| {
             if let Some(mut rec) = schema::get_inode(t, ino)? {
-                rec.atime_ns = now;
-                schema::put_inode(t, ino, &rec)?;
+                // Checked again on the stored record: a concurrent reader may have moved it.
+                let (m, c) = (rec.mtime_ns.max(mtime_ns), rec.ctime_ns.max(ctime_ns));
+                if rule.read_updates(rec.atime_ns, m, c, now) {
+                    rec.atime_ns = now;
+                    schema::put_inode(t, ino, &rec)?;
+                }
             }
             Ok(())
         });
@@ -1393,7 +1469,7 @@ impl Engine {
         {
             // Still staged: read it from the log, never from the object store.
             return wb.opts.log.read(&rec.loc, off, out).map_err(|e| {
-                tracing::error!("reading staged slice {slice}: {e}");
+                crate::error_limited!("reading staged slice {slice}: {e}");
                 FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
             });
         }
@@ -1507,7 +1583,7 @@ impl Engine {
                 // our metadata read and the GET: read where it is now.
                 Err(StorageError::NotFound { .. }) if tries < 3 => tries += 1,
                 Err(e) => {
-                    tracing::error!("reading slice {slice} from pack {key}: {e}");
+                    crate::error_limited!("reading slice {slice} from pack {key}: {e}");
                     return Err(FsError::Storage(match e {
                         StorageError::NotFound { key } => StorageError::Checksum {
                             key,
@@ -1601,7 +1677,7 @@ impl Engine {
         let len = (slice_size - index * bs).min(bs);
         let key = schema::block_key(slice, index, len);
         let object = self.storage.get(&key).map_err(|e| {
-            tracing::error!("reading object {key}: {e}");
+            crate::error_limited!("reading object {key}: {e}");
             match e {
                 StorageError::NotFound { key } => FsError::Storage(StorageError::Checksum {
                     key,
@@ -1612,11 +1688,11 @@ impl Engine {
         })?;
         self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
         let data = decode_block(&key, object).map_err(|e| {
-            tracing::error!("{e}");
+            crate::error_limited!("{e}");
             FsError::Storage(e)
         })?;
         if data.len() != len as usize {
-            tracing::error!("object {key} holds {} bytes, expected {len}", data.len());
+            crate::error_limited!("object {key} holds {} bytes, expected {len}", data.len());
             return Err(FsError::Storage(StorageError::Checksum {
                 key,
                 detail: format!("{} bytes, expected {len}", data.len()),
@@ -2086,7 +2162,7 @@ impl Engine {
         }
         let flushed = self.flush_inode(ino);
         if let Err(e) = &flushed {
-            tracing::error!("uploading inode {ino} at release failed: {e}");
+            crate::error_limited!("uploading inode {ino} at release failed: {e}");
         }
         if self.unpin(ino, true) {
             // The last handle of an inode whose last name went while it was open: it goes now
@@ -2103,6 +2179,11 @@ impl Engine {
 
     fn list_dir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
         self.view(|r| {
+            let rec = schema::must_inode(r, ino)?;
+            if rec.kind == FileKind::Dir && rec.nlink == 0 {
+                // Removed while open: empty, without even "." and "..", as on ext4.
+                return Ok(Vec::new());
+            }
             let rec = must_dir(r, ino)?;
             let prefix = schema::dentry_prefix(ino);
             let rows = r.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
@@ -2133,8 +2214,11 @@ impl Engine {
         })
     }
 
+    /// Opens a directory. Like an open file, an open directory outlives its removal (rmdir,
+    /// or a rename over it): it goes at its last close.
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         let entries = self.list_dir(ino)?;
+        self.pin(ino, true);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs.lock().insert(fh, entries);
         Ok(fh)
@@ -2146,6 +2230,10 @@ impl Engine {
         if offset == 0 {
             let fresh = self.list_dir(ino)?;
             self.dirs.lock().insert(fh, fresh);
+            // Listing a directory reads it: its atime follows the mount's rule too.
+            if let Ok(rec) = self.view(|r| schema::must_inode(r, ino)) {
+                self.maybe_update_atime(ino, rec.atime_ns, rec.mtime_ns, rec.ctime_ns);
+            }
         }
         let dirs = self.dirs.lock();
         let entries = dirs
@@ -2154,8 +2242,17 @@ impl Engine {
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
 
-    pub fn releasedir(&self, _ino: Ino, fh: u64) -> Result<()> {
-        self.dirs.lock().remove(&fh);
+    pub fn releasedir(&self, ino: Ino, fh: u64) -> Result<()> {
+        if self.dirs.lock().remove(&fh).is_none() {
+            return Ok(());
+        }
+        if self.unpin(ino, true) {
+            // Its last handle, and it was removed while open: it goes now.
+            self.update(|t| match schema::get_inode(t, ino)? {
+                Some(rec) if rec.nlink == 0 => purge_inode(t, ino),
+                _ => Ok(()),
+            })?;
+        }
         Ok(())
     }
 
@@ -2207,6 +2304,15 @@ impl Engine {
         if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
             return Ok(());
         }
+        if name == acl::DEFAULT_XATTR && kind != FileKind::Dir {
+            return Err(FsError::new(
+                libc::EACCES,
+                "a default ACL is only for directories",
+            ));
+        }
+        if acl::is_acl_name(name) {
+            return Ok(());
+        }
         Err(FsError::new(
             libc::EOPNOTSUPP,
             format!("attribute namespace of {} not supported", name_str(name)),
@@ -2231,6 +2337,11 @@ impl Engine {
             // that the next write removes what is set now.
             self.flush_inode(ino)?;
         }
+        let acl = if acl::is_acl_name(name) {
+            Some(acl::Acl::parse(value)?)
+        } else {
+            None
+        };
         self.update(|t| {
             let mut rec = schema::must_inode(t, ino)?;
             let key = schema::xattr_key(ino, name);
@@ -2244,7 +2355,20 @@ impl Engine {
                 }
                 _ => {}
             }
-            t.put(&key, value)?;
+            match &acl {
+                // An access ACL sets the mode; one the mode says all of is not kept.
+                Some(a) if name == acl::ACCESS_XATTR => {
+                    rec.perm = (rec.perm & !0o777) | a.mode_bits();
+                    if a.is_minimal() {
+                        t.delete(&key)?;
+                    } else {
+                        t.put(&key, value)?;
+                    }
+                }
+                // An empty default ACL is none.
+                Some(a) if a.is_empty() => t.delete(&key)?,
+                _ => t.put(&key, value)?,
+            }
             if name == schema::SYNC_UPLOAD_XATTR {
                 t.put(&schema::sync_mark_key(ino), &[])?;
             }
@@ -2255,6 +2379,15 @@ impl Engine {
             self.sync_marks.write().insert(ino);
         }
         Ok(())
+    }
+
+    /// Whether directory `dir` has a default ACL: then what is created in it takes its mode
+    /// from the ACL, not from the creator's umask.
+    pub fn has_default_acl(&self, dir: Ino) -> Result<bool> {
+        self.view(|r| {
+            Ok(r.get(&schema::xattr_key(dir, acl::DEFAULT_XATTR))?
+                .is_some())
+        })
     }
 
     /// The value; the front end answers size queries from its length.
@@ -2318,6 +2451,21 @@ impl Engine {
         if length == 0 {
             return Err(FsError::new(libc::EINVAL, "zero length"));
         }
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        if mode == 0 || mode == KEEP {
+            // Allocating more than statfs says is free is ENOSPC, as on a local file system
+            // (checked before the size limit, which is the nominal capacity).
+            let size = self.getattr(ino)?.size;
+            let wanted = offset.saturating_add(length).saturating_sub(size);
+            let st = self.statfs()?;
+            if wanted > st.bavail.saturating_mul(st.frsize as u64) {
+                return Err(FsError::new(
+                    libc::ENOSPC,
+                    "fallocate: more than the free space",
+                ));
+            }
+        }
         let end = offset
             .checked_add(length)
             .filter(|e| *e <= MAX_FILE_SIZE)
@@ -2329,8 +2477,6 @@ impl Engine {
         if rec.kind != FileKind::File {
             return Err(FsError::new(libc::ENODEV, "not a regular file"));
         }
-        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
-        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match mode {
             0 => {
                 let size = self.getattr(ino)?.size;
@@ -2438,18 +2584,18 @@ impl Engine {
         m
     }
 
+    /// Dead slices whose objects are still to be deleted (their `G` records).
+    pub fn pending_deletes(&self) -> Result<u64> {
+        self.view(count_dead)
+    }
+
     pub fn status(&self) -> EngineStatus {
         let (used, inodes, pending_deletes) = self
             .view(|r| {
                 Ok((
                     schema::get_u64(r, schema::USED_BYTES_KEY)?,
                     schema::get_u64(r, schema::INODE_COUNT_KEY)?,
-                    r.scan(
-                        schema::DEAD_PREFIX,
-                        &prefix_end(schema::DEAD_PREFIX),
-                        usize::MAX,
-                    )?
-                    .len() as u64,
+                    count_dead(r)?,
                 ))
             })
             .unwrap_or((0, 0, 0));
@@ -2511,88 +2657,147 @@ impl Engine {
         }
     }
 
-    /// Deletes the objects of dead slices, a batch at a time. Returns how many it removed.
+    /// Deletes the objects of dead slices (`G` records), [`DEAD_BATCH`] slices at a time, up
+    /// to `max` of them; stops early once the engine is stopping (what is left stays recorded
+    /// and is collected by the next mount or `spoolfs gc`). Returns how many it removed.
     pub fn collect_garbage(&self, max: usize) -> Result<usize> {
-        let dead =
-            self.view(|r| r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), max))?;
-        let bs = self.volume.block_size;
+        let _one = self.collecting.lock();
         let mut removed = 0;
-        for (key, value) in dead {
-            let id = u64::from_be_bytes(key[1..9].try_into().expect("dead key"));
-            let d: DeadSlice = schema::decode("dead slice", &value)?;
-            // Where the dead slice's bytes are, found and unlinked in one transaction:
-            // - staged: never uploaded, only its log space is freed (whoever deletes the `T`
-            //   record frees the space, an uploader may race us);
-            // - packed: its pack goes when its last live slice does (dead bytes in packs that
-            //   keep living are what compaction will reclaim);
-            // - otherwise its block objects.
-            let place = self.update(|t| {
-                let staged_key = schema::staged_key(id);
-                if t.get(&staged_key)?.is_some() {
-                    t.delete(&staged_key)?;
-                    return Ok(DeadPlace::Staged);
-                }
-                let Some(v) = t.get(&schema::packed_key(id))? else {
-                    return Ok(DeadPlace::Blocks);
-                };
-                let p: schema::PackedRec = schema::decode("packed slice", &v)?;
-                t.delete(&schema::packed_key(id))?;
-                let pk = schema::pack_key(p.pack);
-                let Some(pv) = t.get(&pk)? else {
-                    return Ok(DeadPlace::Packed { emptied: None });
-                };
-                let mut rec: schema::PackRec = schema::decode("pack", &pv)?;
-                rec.live_slices = rec.live_slices.saturating_sub(1);
-                rec.live_bytes = rec.live_bytes.saturating_sub(p.len as u64);
-                if rec.live_slices == 0 {
-                    t.delete(&pk)?;
-                    Ok(DeadPlace::Packed {
-                        emptied: Some(p.pack),
-                    })
-                } else {
-                    t.put(&pk, &schema::encode(&rec))?;
-                    Ok(DeadPlace::Packed { emptied: None })
-                }
-            })?;
-            match place {
-                DeadPlace::Staged => {
-                    if let Some(wb) = self.writeback.as_ref() {
-                        wb.remove_many(&[id]);
-                    }
-                }
-                DeadPlace::Packed {
-                    emptied: Some(pack),
-                } => {
-                    if let Some(disk) = &self.disk {
-                        disk.remove_slice(pack);
-                    }
-                    self.storage.delete(&schema::pack_object_key(pack))?
-                }
-                DeadPlace::Packed { emptied: None } => {}
-                DeadPlace::Blocks => {
-                    let blocks = (d.size as u64).div_ceil(bs).max(1);
-                    for index in 0..blocks {
-                        let len = (d.size as u64 - index * bs).min(bs) as u32;
-                        self.storage
-                            .delete(&schema::block_key(id, index as u32, len))?;
-                    }
-                }
+        while removed < max {
+            let n = self.collect_dead_batch((max - removed).min(DEAD_BATCH))?;
+            removed += n;
+            if n == 0 || self.stopping() {
+                break;
             }
-            self.cache.forget_slice(id);
-            if let Some(disk) = &self.disk {
-                disk.remove_slice(id);
-            }
-            self.update(|t| t.delete(&key))?;
-            removed += 1;
         }
         Ok(removed)
+    }
+
+    /// One batch of [`Engine::collect_garbage`]. The objects go first, the records after:
+    /// 1. a read finds where each dead slice's bytes are (staged; in a pack, which goes when
+    ///    its last slice dies, dead bytes in packs that keep living being compaction's work;
+    ///    or block objects);
+    /// 2. the `G` records read are made durable;
+    /// 3. the objects go, in bulk deletes;
+    /// 4. one transaction unlinks the locations and drops the `G` records, for the slices
+    ///    still where step 1 found them (an upload or a compaction may have moved one since:
+    ///    it stays for the next batch).
+    ///
+    /// Interrupted anywhere (an error, a crash, an unmount), the batch is done again from the
+    /// start: deleting an object twice is harmless, and nothing leaks.
+    fn collect_dead_batch(&self, limit: usize) -> Result<usize> {
+        let (dead, places, emptied) = self.view(|r| {
+            let dead = r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), limit)?;
+            let mut places = Vec::with_capacity(dead.len());
+            for (key, value) in &dead {
+                let d: DeadSlice = schema::decode("dead slice", value)?;
+                places.push((dead_id(key), d.size, locate_dead(r, dead_id(key))?));
+            }
+            let emptied = emptied_packs(r, places.iter().map(|(_, _, p)| *p))?;
+            Ok((dead, places, emptied))
+        })?;
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        // An object may go only once the change that killed its slice survives a power cut:
+        // otherwise a crash could bring back a file that points at it. These `G` records are
+        // committed (we just read them); one flush makes them all durable.
+        self.meta.sync()?;
+        let bs = self.volume.block_size;
+        let mut keys: Vec<String> = emptied
+            .iter()
+            .map(|p| schema::pack_object_key(*p))
+            .collect();
+        for (id, size, place) in &places {
+            if *place == DeadPlace::Blocks {
+                let blocks = (*size as u64).div_ceil(bs).max(1);
+                for index in 0..blocks {
+                    let len = (*size as u64 - index * bs).min(bs) as u32;
+                    keys.push(schema::block_key(*id, index as u32, len));
+                }
+            }
+        }
+        if let Err(e) = self
+            .storage
+            .delete_many(&keys, self.config.max_deletes, &|| self.stopping())
+        {
+            if self.stopping() {
+                tracing::info!(
+                    "stopping: dead objects are left for the next mount ({} slice(s) in this \
+                     batch)",
+                    places.len()
+                );
+                return Ok(0);
+            }
+            return Err(e.into());
+        }
+        for pack in &emptied {
+            if let Some(disk) = &self.disk {
+                disk.remove_slice(*pack);
+            }
+        }
+        let staged = self.update(|t| {
+            let mut done = Vec::with_capacity(places.len());
+            let mut staged = Vec::new();
+            for ((key, _), (id, _, place)) in dead.iter().zip(&places) {
+                if locate_dead(t, *id)? != *place {
+                    continue;
+                }
+                match place {
+                    DeadPlace::Staged => {
+                        t.delete(&schema::staged_key(*id))?;
+                        staged.push(*id);
+                    }
+                    DeadPlace::Packed { .. } => t.delete(&schema::packed_key(*id))?,
+                    DeadPlace::Blocks => {}
+                }
+                t.delete(key)?;
+                done.push(*place);
+            }
+            // Pack counts, after the slices gone from them; a pack left with none goes.
+            let mut packs: HashMap<u64, (u32, u64)> = HashMap::new();
+            for place in &done {
+                if let DeadPlace::Packed { pack, len } = place {
+                    let e = packs.entry(*pack).or_default();
+                    e.0 += 1;
+                    e.1 += *len as u64;
+                }
+            }
+            for (pack, (slices, bytes)) in packs {
+                let pk = schema::pack_key(pack);
+                let Some(v) = t.get(&pk)? else { continue };
+                let mut rec: schema::PackRec = schema::decode("pack", &v)?;
+                rec.live_slices = rec.live_slices.saturating_sub(slices);
+                rec.live_bytes = rec.live_bytes.saturating_sub(bytes);
+                if rec.live_slices == 0 {
+                    t.delete(&pk)?;
+                } else {
+                    t.put(&pk, &schema::encode(&rec))?;
+                }
+            }
+            Ok(staged)
+        })?;
+        // Whoever deletes a `T` record frees the slice's log space (an uploader may race us).
+        if let Some(wb) = self.writeback.as_ref()
+            && !staged.is_empty()
+        {
+            wb.remove_many(&staged);
+        }
+        for (id, _, _) in &places {
+            self.cache.forget_slice(*id);
+            if let Some(disk) = &self.disk {
+                disk.remove_slice(*id);
+            }
+        }
+        Ok(places.len())
     }
 
     /// Uploads or stages everything buffered, waits (up to `drain_on_shutdown`) for staged
     /// data to reach the object store, and makes the metadata durable (unmount).
     /// Writes out buffered data, waits for uploads (`drain_on_shutdown`), stops the background
-    /// threads and checkpoints. Runs once: a concurrent caller waits for the first, a later
-    /// one returns at once.
+    /// threads and checkpoints. Objects of dead slices still to be deleted are not waited
+    /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent
+    /// caller waits for the first, a later one returns at once.
     pub fn shutdown(&self) -> Result<()> {
         let mut done = self.shut_down.lock();
         if *done {
@@ -2616,9 +2821,8 @@ impl Engine {
                 first_err.get_or_insert(e);
             }
         }
-        if let Err(e) = self.collect_garbage(usize::MAX) {
-            tracing::warn!("deleting dead objects at shutdown: {e}");
-        }
+        // Dead objects are not waited for: their `G` records stay in the metadata and the next
+        // mount (or `spoolfs gc`) deletes them. Only staged data needs the object store.
         if let Some(timeout) = self.config.drain_on_shutdown {
             let left = self.drain_uploads(Some(timeout));
             if left > 0 {
@@ -2692,8 +2896,18 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
         if let Some(wb) = e.writeback.as_ref() {
             wb.free_checkpointed();
         }
-        if let Err(err) = e.collect_garbage(256) {
-            tracing::warn!("deleting dead objects: {err}");
+        // Batches until none is left, for at most about one interval, so the checkpoint
+        // above keeps its pace behind a large backlog.
+        let started = std::time::Instant::now();
+        loop {
+            match e.collect_garbage(DEAD_BATCH) {
+                Ok(n) if n == DEAD_BATCH && started.elapsed() < interval && !e.stopping() => {}
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::warn!("deleting dead objects: {err}");
+                    break;
+                }
+            }
         }
     }
 }
@@ -2712,13 +2926,67 @@ fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
     }
 }
 
+fn count_dead(r: &dyn KvRead) -> Result<u64, MetaError> {
+    let end = prefix_end(schema::DEAD_PREFIX);
+    Ok(r.scan(schema::DEAD_PREFIX, &end, usize::MAX)?.len() as u64)
+}
+
+/// Dead slices one garbage collection batch handles: one bulk delete request's worth of
+/// block objects for small slices, and transactions of a few tens of KiB.
+const DEAD_BATCH: usize = spoolfs_uploader::DELETE_BATCH_KEYS;
+
+fn dead_id(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("dead key"))
+}
+
+/// Where dead slice `id`'s bytes are.
+fn locate_dead(r: &dyn KvRead, id: u64) -> Result<DeadPlace, MetaError> {
+    if r.get(&schema::staged_key(id))?.is_some() {
+        return Ok(DeadPlace::Staged);
+    }
+    match r.get(&schema::packed_key(id))? {
+        Some(v) => {
+            let p: schema::PackedRec = schema::decode("packed slice", &v)?;
+            Ok(DeadPlace::Packed {
+                pack: p.pack,
+                len: p.len,
+            })
+        }
+        None => Ok(DeadPlace::Blocks),
+    }
+}
+
+/// Packs that every slice still in them is among `places` (dead slices): their objects can go.
+fn emptied_packs(
+    r: &dyn KvRead,
+    places: impl Iterator<Item = DeadPlace>,
+) -> Result<Vec<u64>, MetaError> {
+    let mut dying: HashMap<u64, u32> = HashMap::new();
+    for place in places {
+        if let DeadPlace::Packed { pack, .. } = place {
+            *dying.entry(pack).or_default() += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for (pack, n) in dying {
+        if let Some(v) = r.get(&schema::pack_key(pack))?
+            && schema::decode::<schema::PackRec>("pack", &v)?.live_slices <= n
+        {
+            out.push(pack);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 /// Where the bytes of a dead slice are, for the garbage collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DeadPlace {
+    /// Never uploaded: only its log space is freed.
     Staged,
-    /// `emptied`: the pack whose last live slice this was.
-    Packed {
-        emptied: Option<u64>,
-    },
+    /// One of the slices of `pack`, `len` bytes of it.
+    Packed { pack: u64, len: u32 },
+    /// Its own block objects.
     Blocks,
 }
 
@@ -2831,6 +3099,17 @@ fn truncate_chunks(
         freed += sz as i64;
     }
     schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
+}
+
+/// chmod of an inode with an access ACL: the ACL follows the new mode.
+fn acl_chmod(t: &mut dyn KvTxn, ino: Ino, perm: u16) -> Result<(), MetaError> {
+    let key = schema::xattr_key(ino, acl::ACCESS_XATTR);
+    if let Some(value) = t.get(&key)? {
+        let mut a = acl::Acl::parse(&value).map_err(|e| posix(libc::EIO, e.to_string()))?;
+        a.chmod(perm);
+        t.put(&key, &a.encode())?;
+    }
+    Ok(())
 }
 
 fn adjust_nlink(t: &mut dyn KvTxn, ino: Ino, delta: i32) -> Result<(), MetaError> {

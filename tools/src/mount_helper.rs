@@ -9,7 +9,8 @@
 //! - SPEC: the volume. `default` (or `spoolfs`, `none`): the default volume; a URL
 //!   (`redb:///var/lib/spoolfs/vol1.redb`): `--meta URL`; an absolute path: `--meta redb://PATH`.
 //! - each option `key=value`: `--key=value`; `key`: `--key` (underscores count as dashes, so
-//!   `allow_other` is `--allow-other`); `ro`: `--read-only`. The generic options mount(8) and
+//!   `allow_other` is `--allow-other`); `ro`: `--read-only`; `relatime`, `strictatime`,
+//!   `noatime`: `--atime=…` (the last one given wins). The generic options mount(8) and
 //!   systemd pass (`rw`, `defaults`, `auto`, `noauto`, `user`, `nofail`, `_netdev`, `x-*`, ...)
 //!   are ignored. Any other option is an error, unless mount was given `-s` (sloppy).
 
@@ -44,13 +45,11 @@ const IGNORED: &[&str] = &[
     "nosuid",
     "dev",
     "nodev",
+    // `atime` and `norelatime` only undo `noatime` and `relatime`: the default rule stays.
     "atime",
-    "noatime",
     "diratime",
     "nodiratime",
-    "relatime",
     "norelatime",
-    "strictatime",
     "lazytime",
     "nolazytime",
     "async",
@@ -164,6 +163,7 @@ pub fn translate(
     let mut warnings = Vec::new();
     let mut meta_option = false;
     let mut flags = Vec::new();
+    let mut atime = None;
     for opt in options {
         let (raw_key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, OptValue::Text(v.to_string())),
@@ -174,6 +174,10 @@ pub fn translate(
         }
         if raw_key == "ro" && value == OptValue::Bare {
             flags.push("--read-only".to_string());
+            continue;
+        }
+        if matches!(raw_key, "relatime" | "strictatime" | "noatime") && value == OptValue::Bare {
+            atime = Some(format!("--atime={raw_key}"));
             continue;
         }
         let key = raw_key.replace('_', "-");
@@ -216,6 +220,7 @@ pub fn translate(
     }
     out.push(dir.to_string_lossy().into_owned());
     out.extend(flags);
+    out.extend(atime);
     Ok((out, warnings))
 }
 
@@ -406,6 +411,23 @@ mod tests {
         assert_eq!(args, s(&["mount", "--meta=redb:///var/lib/v.redb", "/m"]));
         let (args, _) = translate("none", Path::new("/m"), &s(&["meta=memory://"]), false).unwrap();
         assert_eq!(args, s(&["mount", "/m", "--meta=memory://"]));
+    }
+
+    #[test]
+    fn atime_options() {
+        let atime = |opts: &[&str]| {
+            let (args, warnings) = translate("default", Path::new("/m"), &s(opts), false).unwrap();
+            assert!(warnings.is_empty());
+            let mut full = vec!["spoolfs".to_string()];
+            full.extend(args.clone());
+            <crate::Cli as clap::Parser>::try_parse_from(full).unwrap();
+            args[2..].to_vec()
+        };
+        assert_eq!(atime(&["noatime"]), s(&["--atime=noatime"]));
+        assert_eq!(atime(&["strictatime", "rw"]), s(&["--atime=strictatime"]));
+        // The last one wins, as with mount(8).
+        assert_eq!(atime(&["noatime", "relatime"]), s(&["--atime=relatime"]));
+        assert!(atime(&["atime", "norelatime", "nodiratime"]).is_empty());
     }
 
     #[test]
