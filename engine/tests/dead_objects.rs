@@ -79,6 +79,25 @@ impl KvTxn for NotingTxn<'_> {
 }
 
 impl Recording {
+    /// Runs `flush` (a persist or a sync): everything committed before the call is durable
+    /// once it returns.
+    fn making_durable(
+        &self,
+        flush: impl FnOnce() -> Result<(), MetaError>,
+    ) -> Result<(), MetaError> {
+        let before: Vec<u64> = self
+            .ledger
+            .lock()
+            .unwrap()
+            .committed
+            .iter()
+            .copied()
+            .collect();
+        flush()?;
+        self.ledger.lock().unwrap().durable.extend(before);
+        Ok(())
+    }
+
     fn checkpointed(&self) {
         let mut l = self.ledger.lock().unwrap();
         let committed: Vec<u64> = l.committed.iter().copied().collect();
@@ -116,32 +135,11 @@ impl KvStore for Recording {
     }
 
     fn persist(&self) -> Result<(), MetaError> {
-        // Everything committed before the call is durable once it returns.
-        let before: Vec<u64> = self
-            .ledger
-            .lock()
-            .unwrap()
-            .committed
-            .iter()
-            .copied()
-            .collect();
-        self.inner.persist()?;
-        self.ledger.lock().unwrap().durable.extend(before);
-        Ok(())
+        self.making_durable(|| self.inner.persist())
     }
 
     fn sync(&self) -> Result<(), MetaError> {
-        let before: Vec<u64> = self
-            .ledger
-            .lock()
-            .unwrap()
-            .committed
-            .iter()
-            .copied()
-            .collect();
-        self.inner.sync()?;
-        self.ledger.lock().unwrap().durable.extend(before);
-        Ok(())
+        self.making_durable(|| self.inner.sync())
     }
 
     fn describe(&self) -> String {
