@@ -1,7 +1,7 @@
 //! Unmount waits for staged data, not for garbage collection. Files are overwritten and
 //! deleted on a loopback S3 server behind 20 ms of latency per request while the server holds
 //! every delete request: thousands of dead slices are pending when the volume is unmounted
-//! (or its daemon gets SIGTERM). The unmount still returns at once with status 0, the dead
+//! (`spoolfs umount`, umount(8), or SIGTERM to its daemon). The unmount still returns at once with status 0, the dead
 //! objects are left in the bucket, and the next mount deletes them in a few bulk requests;
 //! every remaining file reads back byte for byte.
 
@@ -189,6 +189,12 @@ fn unmount_leaves_pending_deletes_to_the_next_mount() {
          {one_by_one:?}: {out}"
     );
     assert!(!is_mounted(m.path()), "still mounted after spoolfs umount");
+    assert!(
+        out.stderr.contains(&format!(
+            "objects of {pending} dead slice(s) are still to be deleted"
+        )),
+        "umount did not say that deletes are left for the next mount: {out}"
+    );
     // Unmount did not wait for them: the dead objects are still in the bucket.
     let left = vol.chunk_files().len();
     assert!(
@@ -199,9 +205,9 @@ fn unmount_leaves_pending_deletes_to_the_next_mount() {
     next_mount_finishes(&vol, &proxy, &kept);
 }
 
-#[test]
-fn sigterm_leaves_pending_deletes_to_the_next_mount() {
-    require_fuse!();
+/// Stops the mount (`stop` gets its pid and mount point) with thousands of deletes pending
+/// and held: the daemon exits well within what the deletes would take one by one, cleanly.
+fn stop_leaves_pending_deletes(how: &str, stop: impl FnOnce(u32, &std::path::Path)) {
     let (vol, proxy) = slow_volume();
     let m = mount(&vol);
     let files = 1200;
@@ -210,8 +216,7 @@ fn sigterm_leaves_pending_deletes_to_the_next_mount() {
     assert!(pending >= files, "{pending} pending deletes");
     let pid = m.pid().expect("the mount's pid");
     let start = Instant::now();
-    // SAFETY: sending a signal has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    stop(pid, m.path());
     let one_by_one = LATENCY * pending as u32;
     let limit = one_by_one / 4;
     let exited = || match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -224,18 +229,84 @@ fn sigterm_leaves_pending_deletes_to_the_next_mount() {
     while is_mounted(m.path()) || !exited() {
         assert!(
             start.elapsed() < limit,
-            "the daemon still runs {limit:?} after SIGTERM with {pending} deletes pending:\n{}",
+            "the daemon still runs {limit:?} after {how} with {pending} deletes pending:\n{}",
             m.log_text()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = start.elapsed();
     let log = m.log_text();
-    eprintln!("SIGTERM with {pending} pending deletes: the daemon exited after {took:?}");
+    eprintln!("{how} with {pending} pending deletes: the daemon exited after {took:?}");
     assert!(
         log.contains("exiting") && !log.contains("panicked"),
-        "the daemon did not end cleanly:\n{log}"
+        "the daemon did not end cleanly after {how}:\n{log}"
     );
     drop(m);
     next_mount_finishes(&vol, &proxy, &kept);
+}
+
+#[test]
+fn sigterm_leaves_pending_deletes_to_the_next_mount() {
+    require_fuse!();
+    stop_leaves_pending_deletes("SIGTERM", |pid, _| {
+        // SAFETY: sending a signal has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    });
+}
+
+#[test]
+fn plain_umount_leaves_pending_deletes_to_the_next_mount() {
+    require_fuse!();
+    stop_leaves_pending_deletes("umount(8)", |_, mp| {
+        let c = cstr(mp);
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+        assert_eq!(rc, 0, "umount: {}", std::io::Error::last_os_error());
+    });
+}
+
+/// While the daemon uploads (the server holds PUTs for a while), `spoolfs umount` says what it
+/// waits for and how much is left, then exits 0.
+#[test]
+fn umount_says_what_it_waits_for() {
+    require_fuse!();
+    let vol = Volume::new(Backend::S3);
+    let proxy = vol.s3().expect("an S3 volume").start_proxy();
+    vol.set_mount_s3_endpoint(Some(&proxy.endpoint()));
+    let m = vol.mount_with(MountOptions {
+        // Uploads wait for company: everything is staged when the unmount starts.
+        extra_args: vec!["--upload-delay=600".into()],
+        ..Default::default()
+    });
+    let mut kept = BTreeMap::new();
+    for i in 0..20u64 {
+        let name = PathBuf::from(format!("f{i}"));
+        fs::write(m.join(&name), content(i)).unwrap();
+        kept.insert(name, content(i));
+    }
+    proxy.add_fault(Fault::stall(Some(Duration::from_secs(3))).only(Method::Put));
+    let out = vol.spoolfs_run([OsStr::new("umount"), m.path().as_os_str()]);
+    eprintln!("{out}");
+    assert!(out.success(), "spoolfs umount failed: {out}");
+    assert!(
+        out.stderr
+            .contains("to upload staged data to the object store")
+            && out.stderr.contains("slice(s) left"),
+        "umount did not say what it waits for: {out}"
+    );
+    drop(m);
+    proxy.clear_faults();
+    // Everything reached the bucket: a mount on a fresh cache directory reads it back.
+    let m = vol.mount_with(MountOptions {
+        cache_dir: Some(vol.new_subdir("fresh-cache")),
+        ..Default::default()
+    });
+    for (name, data) in &kept {
+        assert_bytes_eq(
+            &fs::read(m.join(name)).unwrap(),
+            data,
+            &name.display().to_string(),
+        );
+    }
+    m.unmount();
 }
