@@ -359,7 +359,7 @@ mod tests {
         match cli.command {
             Command::Mount(m) => {
                 assert_eq!(m.mount_point, PathBuf::from("/mnt/x"));
-                assert!(m.foreground && m.allow_other && m.read_only);
+                assert!(m.foreground && m.allow_other == Some(true) && m.read_only);
                 assert_eq!(m.fuse_threads, 4);
                 assert_eq!(m.attr_ttl, std::time::Duration::from_millis(500));
                 assert_eq!(m.entry_ttl, std::time::Duration::from_secs(2));
