@@ -440,8 +440,12 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     let mount_point = session.mount_point().to_path_buf();
     let files = runtime_files(&mount_point);
     let cleanup = || {
-        let _ = std::fs::remove_file(&files.socket);
-        let _ = std::fs::remove_file(&files.pid);
+        // After a plain umount this daemon goes on writing out data, and the next mount at the
+        // same place may already have written its own files: remove them only if ours.
+        if crate::umount::read_pid(&files.pid) == Some(std::process::id() as i32) {
+            let _ = std::fs::remove_file(&files.socket);
+            let _ = std::fs::remove_file(&files.pid);
+        }
     };
     let _ = std::fs::remove_file(&files.exit);
     if let Err(e) = std::fs::create_dir_all(files.pid.parent().unwrap_or(Path::new("/")))
@@ -732,6 +736,7 @@ fn user_allow_other(fuse_conf: &Path) -> bool {
 /// mount (an earlier daemon of this volume that a plain `umount` detached, still writing out
 /// staged data), waits up to `limit` for it to exit, saying through `say` what it waits for.
 /// A holder that still serves a mount is an error at once: waiting would not end.
+/// (The daemon keeps /dev/fuse open while it writes out data, so that says nothing.)
 fn open_meta_waiting(
     url: &str,
     limit: Duration,
@@ -754,6 +759,11 @@ fn open_meta_waiting(
             Err(e) => return Err(anyhow!(e).context("cannot open the metadata store")),
         };
         let holders = metadata_holders(Path::new(&path));
+        let serving: Vec<String> = holders
+            .iter()
+            .filter_map(|h| serving_mount_of(h.pid))
+            .map(|m| m.display().to_string())
+            .collect();
         let describe = |list: &[Holder]| {
             if list.is_empty() {
                 "another process".to_string()
@@ -764,11 +774,12 @@ fn open_meta_waiting(
                     .join(", ")
             }
         };
-        if holders.iter().any(|h| h.serving) {
+        if !serving.is_empty() {
             bail!(
-                "metadata store {path} is already in use by {}, which serves a mount of \
-                 this volume: is the volume already mounted? Unmount it first",
-                describe(&holders)
+                "metadata store {path} is already in use by {}, which serves the mount at {}: \
+                 is the volume already mounted? Unmount it first",
+                describe(&holders),
+                serving.join(", ")
             );
         }
         if start.elapsed() >= limit {
@@ -799,8 +810,18 @@ struct Holder {
     pid: u32,
     /// Its command line, shortened.
     command: String,
-    /// It also has /dev/fuse open: it serves a mount.
-    serving: bool,
+}
+
+/// The spoolfs mount that daemon `pid` serves, if it still serves one: a mounted spoolfs mount
+/// point whose pid file names it. (A daemon that a plain umount detached serves none; it only
+/// writes out what is staged.)
+fn serving_mount_of(pid: u32) -> Option<PathBuf> {
+    spoolfs_fuse::read_mountinfo()
+        .ok()?
+        .into_iter()
+        .filter(|m| m.fs_type == "fuse.spoolfs")
+        .find(|m| crate::umount::read_pid(&runtime_files(&m.mount_point).pid) == Some(pid as i32))
+        .map(|m| m.mount_point)
 }
 
 /// The other processes (that this user may inspect) with `path` open.
@@ -824,14 +845,9 @@ fn metadata_holders(path: &Path) -> Vec<Holder> {
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
-        let (mut holds, mut serving) = (false, false);
-        for fd in fds.flatten() {
-            match std::fs::read_link(fd.path()) {
-                Ok(target) if target == path => holds = true,
-                Ok(target) if target == Path::new("/dev/fuse") => serving = true,
-                _ => {}
-            }
-        }
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path));
         if holds {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let mut command = cmdline
@@ -845,11 +861,7 @@ fn metadata_holders(path: &Path) -> Vec<Holder> {
                 command.truncate(cut.unwrap_or(0));
                 command.push('…');
             }
-            out.push(Holder {
-                pid,
-                command,
-                serving,
-            });
+            out.push(Holder { pid, command });
         }
     }
     out

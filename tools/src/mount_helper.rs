@@ -10,7 +10,8 @@
 //!   (`redb:///var/lib/spoolfs/vol1.redb`): `--meta URL`; an absolute path: `--meta redb://PATH`.
 //! - each option `key=value`: `--key=value`; `key`: `--key` (underscores count as dashes, so
 //!   `allow_other` is `--allow-other`); `ro`: `--read-only`; `noexec`, `suid`, `dev` (and
-//!   their opposites, the last one given wins): `--noexec`, `--suid`, `--dev`. The generic
+//!   their opposites, the last one given wins): `--noexec`, `--suid`, `--dev` (mount(8) leaves
+//!   out the flags that are off, see [`KernelFlags::from_mount8`]). The generic
 //!   options mount(8) and systemd pass (`rw`, `defaults`, `auto`, `noauto`, `user`, `nofail`,
 //!   `_netdev`, `x-*`, ...) are ignored. Any other option is an error, unless mount was given
 //!   `-s` (sloppy).
@@ -164,7 +165,7 @@ pub fn translate(
     let mut warnings = Vec::new();
     let mut meta_option = false;
     let mut flags = Vec::new();
-    let mut kernel = KernelFlags::default();
+    let mut kernel = KernelFlags::from_mount8(options);
     for opt in options {
         let (raw_key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, OptValue::Text(v.to_string())),
@@ -243,6 +244,24 @@ pub struct KernelFlags {
 }
 
 impl KernelFlags {
+    /// The starting point for `options`. mount(8) passes the kernel flags it computed, `rw` or
+    /// `ro` first, and leaves out the ones that are off (`-o suid` arrives as no `nosuid`):
+    /// then an absent flag is off, as for every file system mount(8) mounts (a user mount
+    /// gets nosuid,nodev from mount(8) itself). Given by hand, absent flags keep spoolfs's
+    /// defaults (nosuid, nodev, exec).
+    fn from_mount8(options: &[String]) -> KernelFlags {
+        if matches!(options.first().map(String::as_str), Some("ro" | "rw")) {
+            KernelFlags {
+                noexec: Some(false),
+                suid: Some(true),
+                dev: Some(true),
+                read_only: None,
+            }
+        } else {
+            KernelFlags::default()
+        }
+    }
+
     /// Records `opt` if it is one of the flags (not ro/rw); false otherwise.
     fn take(&mut self, opt: &str) -> bool {
         match opt {
@@ -259,8 +278,11 @@ impl KernelFlags {
 }
 
 /// `mount -o remount,…`: changes the read-only, noexec, nosuid and nodev flags of the spoolfs
-/// mount at `dir` in place; a flag not given keeps its current value. Other options (mount(8)
-/// also passes the fstab entry's) cannot change without a new mount and are left alone.
+/// mount at `dir` in place. mount(8) passes the complete resulting set of flags, `ro` or `rw`
+/// first (`ro,nosuid,nodev,relatime,remount,…`): then a flag that is absent is off, as for
+/// mount(2). Given by hand (`-o remount,ro`), only the flags named change. Other options
+/// (mount(8) also passes the fstab entry's) cannot change without a new mount and are left
+/// alone; so are the access-time flags, which the kernel keeps on a remount naming none.
 pub fn remount(dir: &Path, options: &[String]) -> Result<()> {
     let canonical = dir
         .canonicalize()
@@ -279,7 +301,7 @@ pub fn remount(dir: &Path, options: &[String]) -> Result<()> {
         ),
         None => bail!("{} is not mounted", canonical.display()),
     }
-    let mut flags = KernelFlags::default();
+    let mut flags = KernelFlags::from_mount8(options);
     for opt in options {
         match opt.as_str() {
             "ro" => flags.read_only = Some(true),
@@ -315,7 +337,6 @@ pub fn remount(dir: &Path, options: &[String]) -> Result<()> {
     if !flags.dev.unwrap_or(!current(libc::ST_NODEV)) {
         ms |= libc::MS_NODEV;
     }
-    // The access-time flags are kept: the kernel preserves them on a remount that names none.
     // SAFETY: valid NUL-terminated target; null source, type and data are allowed for a
     // bind remount.
     let rc = unsafe {
@@ -527,6 +548,8 @@ mod tests {
                 "--upload-threads=8",
                 "--config=/etc/spoolfs/vol1.toml",
                 "--read-only",
+                "--suid",
+                "--dev",
                 "--quiet",
             ])
         );
@@ -559,6 +582,21 @@ mod tests {
         let (args, _) =
             translate("default", Path::new("/m"), &s(&["nosuid", "nodev"]), false).unwrap();
         assert_eq!(args, s(&["mount", "/m", "--quiet"]));
+        // From mount(8) (rw or ro first), a flag left out is off: `-o suid,dev` arrives as
+        // `rw` alone.
+        let (args, _) = translate("default", Path::new("/m"), &s(&["rw", "x=1"]), true).unwrap();
+        assert_eq!(args, s(&["mount", "/m", "--suid", "--dev", "--quiet"]));
+        let (args, _) = translate(
+            "default",
+            Path::new("/m"),
+            &s(&["ro", "nosuid", "nodev", "noexec"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            args,
+            s(&["mount", "/m", "--read-only", "--noexec", "--quiet"])
+        );
     }
 
     #[test]
