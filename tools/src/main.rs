@@ -244,10 +244,12 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
         }
         Command::Fsck(args) => {
             init_logging(level, "warn", None);
+            paths::private_umask();
             fsck::run(args)
         }
         Command::Gc(args) => {
             init_logging(level, "warn", None);
+            paths::private_umask();
             gc::run(args)
         }
         Command::Bench(args) => {
