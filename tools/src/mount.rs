@@ -216,6 +216,10 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
             .unwrap_or_else(|| cache_dir.join("spoolfs.log")),
     )?;
     let log = open_log_file(&log_path)?;
+    // As in the daemon, a busy or foreign metrics address fails first, before any waiting.
+    if let Some(addr) = args.metrics {
+        drop(MetricsEndpoint::bind(addr)?);
+    }
     // An earlier daemon of this volume may still be writing out data after a plain `umount`:
     // wait for it here, where the caller sees what is being waited for.
     let meta_url = match &args.meta {
