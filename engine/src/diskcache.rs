@@ -227,7 +227,7 @@ impl DiskCache {
             (crc32c::crc32c(&b) == crc).then_some((f, b))
         });
         if checked.is_none() {
-            tracing::warn!(
+            crate::warn_limited!(
                 "local cache file {} is damaged or gone; fetching it again",
                 path.display()
             );
@@ -256,7 +256,9 @@ impl DiskCache {
         let read = std::fs::File::open(self.path(id, file_crc))
             .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset));
         if read.is_err() || crc32c::crc32c(&buf) != crc {
-            tracing::warn!("local cache file of pack {pack} is damaged or gone; fetching it again");
+            crate::warn_limited!(
+                "local cache file of pack {pack} is damaged or gone; fetching it again"
+            );
             self.corrupt.fetch_add(1, Ordering::Relaxed);
             self.remove(id);
             return None;

@@ -1,6 +1,7 @@
 //! The engine: namespace operations over the metadata store, and the data path (write
 //! buffering per open inode, slices uploaded as checksummed block objects, resolved reads).
 
+use crate::acl;
 use crate::blockcache::{BlockCache, BlockId};
 use crate::data::{self, ReadPiece};
 use crate::error::{FsError, Result};
@@ -45,6 +46,8 @@ pub struct EngineConfig {
     /// Writeback: `close` makes what it wrote power-safe, as `fsync` does (a device flush),
     /// not only crash-safe.
     pub durable_close: bool,
+    /// When reads move access times (the mount's relatime, strictatime or noatime).
+    pub atime: AtimeMode,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +64,7 @@ impl Default for EngineConfig {
             readahead_threads: 4,
             compaction: Some(crate::gc::CompactionSettings::default()),
             durable_close: false,
+            atime: AtimeMode::default(),
         }
     }
 }
@@ -209,6 +213,8 @@ fn check_name_meta(name: &[u8]) -> Result<(), MetaError> {
 fn to_attr(ino: Ino, rec: &InodeRec, blksize: u32) -> Attr {
     let size = match rec.kind {
         FileKind::Symlink => rec.target.len() as u64,
+        // A removed directory (still open somewhere) is empty: size 0, as on ext4.
+        FileKind::Dir if rec.nlink == 0 => 0,
         FileKind::Dir => 4096,
         _ => rec.size,
     };
@@ -569,6 +575,9 @@ impl Engine {
                 "name longer than 255 bytes",
             ));
         }
+        if name == b"." {
+            return self.lookup_ino(parent);
+        }
         let (ino, rec) = self.view(|r| {
             must_dir(r, parent)?;
             let ino = match name {
@@ -584,6 +593,20 @@ impl Engine {
             };
             Ok((ino, schema::must_inode(r, ino)?))
         })?;
+        Ok(self.attr_of(ino, &rec))
+    }
+
+    /// A lookup by inode number alone: the kernel's export support (`open_by_handle_at`, NFS
+    /// re-export) asks for "." in an inode of any kind whose handle it was given. An inode
+    /// with no name left is gone for that purpose (the kernel answers ESTALE).
+    fn lookup_ino(&self, ino: Ino) -> Result<Attr> {
+        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        if rec.nlink == 0 {
+            return Err(FsError::new(
+                libc::ENOENT,
+                format!("inode {ino} was removed"),
+            ));
+        }
         Ok(self.attr_of(ino, &rec))
     }
 
@@ -621,6 +644,7 @@ impl Engine {
             if let Some(mode) = set.mode {
                 rec.perm = (mode & 0o7777) as u16;
                 changed = true;
+                acl_chmod(t, ino, rec.perm)?;
             }
             let owner_changed =
                 set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
@@ -715,6 +739,21 @@ impl Engine {
             }
             let now = schema::now_ns();
             let mut perm = (perm & 0o7777) as u16;
+            // The directory's default ACL (if any) limits the mode instead of the umask,
+            // and becomes the new inode's access ACL (and a directory's default ACL).
+            let inherited = match kind {
+                FileKind::Symlink => None,
+                _ => t.get(&schema::xattr_key(parent, acl::DEFAULT_XATTR))?,
+            };
+            let mut inherited_access = None;
+            if let Some(default) = &inherited {
+                let mut access =
+                    acl::Acl::parse(default).map_err(|e| posix(libc::EIO, e.to_string()))?;
+                perm = (perm & !0o777) | access.create_masq(perm);
+                if !access.is_minimal() {
+                    inherited_access = Some(access.encode());
+                }
+            }
             let mut gid = caller.gid;
             if prec.perm & libc::S_ISGID as u16 != 0 {
                 // A set-group-id directory hands its group down, and its setgid bit to
@@ -739,6 +778,12 @@ impl Engine {
                 ..InodeRec::new(kind, perm, parent, now)
             };
             schema::put_inode(t, ino, &rec)?;
+            if let Some(access) = &inherited_access {
+                t.put(&schema::xattr_key(ino, acl::ACCESS_XATTR), access)?;
+            }
+            if let (Some(default), FileKind::Dir) = (&inherited, kind) {
+                t.put(&schema::xattr_key(ino, acl::DEFAULT_XATTR), default)?;
+            }
             t.put(
                 &schema::dentry_key(parent, name),
                 &schema::encode(&DentryRec { ino, kind }),
@@ -1085,8 +1130,16 @@ impl Engine {
             .state_of(ino)
             .is_some_and(|s| s.read().overlay.is_some());
         let now = (rec.mtime_ns, rec.size);
+        // Reads served from the kernel's page cache never reach the engine: when the next
+        // read must move the access time, the cache is dropped so that the read comes here.
+        let atime_due = self.config.atime.read_updates(
+            rec.atime_ns,
+            rec.mtime_ns,
+            rec.ctime_ns,
+            schema::now_ns(),
+        );
         let mut seen = self.opened_as.lock();
-        let keep = !writing && !buffered && seen.get(&ino) == Some(&now);
+        let keep = !writing && !buffered && !atime_due && seen.get(&ino) == Some(&now);
         if seen.len() >= 1 << 16 && !seen.contains_key(&ino) {
             // Bounded: forgetting only costs a re-read.
             seen.clear();
@@ -1324,7 +1377,17 @@ impl Engine {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
         let file_size = state.overlay.map(|o| o.size).unwrap_or(rec.size);
-        if offset >= file_size || size == 0 {
+        // The times a reader sees: buffered writes count as modifications.
+        let (mtime_ns, ctime_ns) = state
+            .overlay
+            .map_or((rec.mtime_ns, rec.ctime_ns), |o| (o.mtime_ns, o.ctime_ns));
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        if offset >= file_size {
+            // A read at the end of the file is still a read (it moves atime on ext4).
+            drop(state);
+            self.maybe_update_atime(ino, rec.atime_ns, mtime_ns, ctime_ns);
             return Ok(Vec::new());
         }
         let end = file_size.min(offset + size as u64);
@@ -1355,21 +1418,26 @@ impl Engine {
             pos = chunk_start + in_end as u64;
         }
         drop(state);
-        self.maybe_update_atime(ino, &rec);
+        self.maybe_update_atime(ino, rec.atime_ns, mtime_ns, ctime_ns);
         Ok(out)
     }
 
-    /// relatime: atime moves when it is older than mtime or ctime, or a day old.
-    fn maybe_update_atime(&self, ino: Ino, rec: &InodeRec) {
+    /// After a read: moves the access time if the mount's rule ([`AtimeMode`]) says so, given
+    /// the times the reader saw (`mtime_ns`, `ctime_ns` include buffered writes).
+    fn maybe_update_atime(&self, ino: Ino, atime_ns: i64, mtime_ns: i64, ctime_ns: i64) {
         let now = schema::now_ns();
-        let day = 24 * 3600 * 1_000_000_000i64;
-        if rec.atime_ns > rec.mtime_ns && rec.atime_ns > rec.ctime_ns && now - rec.atime_ns < day {
+        let rule = self.config.atime;
+        if !rule.read_updates(atime_ns, mtime_ns, ctime_ns, now) {
             return;
         }
         let r = self.update(|t| {
             if let Some(mut rec) = schema::get_inode(t, ino)? {
-                rec.atime_ns = now;
-                schema::put_inode(t, ino, &rec)?;
+                // Checked again on the stored record: a concurrent reader may have moved it.
+                let (m, c) = (rec.mtime_ns.max(mtime_ns), rec.ctime_ns.max(ctime_ns));
+                if rule.read_updates(rec.atime_ns, m, c, now) {
+                    rec.atime_ns = now;
+                    schema::put_inode(t, ino, &rec)?;
+                }
             }
             Ok(())
         });
@@ -1393,7 +1461,7 @@ impl Engine {
         {
             // Still staged: read it from the log, never from the object store.
             return wb.opts.log.read(&rec.loc, off, out).map_err(|e| {
-                tracing::error!("reading staged slice {slice}: {e}");
+                crate::error_limited!("reading staged slice {slice}: {e}");
                 FsError::new(e.errno(), format!("reading staged slice {slice}: {e}"))
             });
         }
@@ -1507,7 +1575,7 @@ impl Engine {
                 // our metadata read and the GET: read where it is now.
                 Err(StorageError::NotFound { .. }) if tries < 3 => tries += 1,
                 Err(e) => {
-                    tracing::error!("reading slice {slice} from pack {key}: {e}");
+                    crate::error_limited!("reading slice {slice} from pack {key}: {e}");
                     return Err(FsError::Storage(match e {
                         StorageError::NotFound { key } => StorageError::Checksum {
                             key,
@@ -1601,7 +1669,7 @@ impl Engine {
         let len = (slice_size - index * bs).min(bs);
         let key = schema::block_key(slice, index, len);
         let object = self.storage.get(&key).map_err(|e| {
-            tracing::error!("reading object {key}: {e}");
+            crate::error_limited!("reading object {key}: {e}");
             match e {
                 StorageError::NotFound { key } => FsError::Storage(StorageError::Checksum {
                     key,
@@ -1612,11 +1680,11 @@ impl Engine {
         })?;
         self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
         let data = decode_block(&key, object).map_err(|e| {
-            tracing::error!("{e}");
+            crate::error_limited!("{e}");
             FsError::Storage(e)
         })?;
         if data.len() != len as usize {
-            tracing::error!("object {key} holds {} bytes, expected {len}", data.len());
+            crate::error_limited!("object {key} holds {} bytes, expected {len}", data.len());
             return Err(FsError::Storage(StorageError::Checksum {
                 key,
                 detail: format!("{} bytes, expected {len}", data.len()),
@@ -2086,7 +2154,7 @@ impl Engine {
         }
         let flushed = self.flush_inode(ino);
         if let Err(e) = &flushed {
-            tracing::error!("uploading inode {ino} at release failed: {e}");
+            crate::error_limited!("uploading inode {ino} at release failed: {e}");
         }
         if self.unpin(ino, true) {
             // The last handle of an inode whose last name went while it was open: it goes now
@@ -2103,6 +2171,11 @@ impl Engine {
 
     fn list_dir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
         self.view(|r| {
+            let rec = schema::must_inode(r, ino)?;
+            if rec.kind == FileKind::Dir && rec.nlink == 0 {
+                // Removed while open: empty, without even "." and "..", as on ext4.
+                return Ok(Vec::new());
+            }
             let rec = must_dir(r, ino)?;
             let prefix = schema::dentry_prefix(ino);
             let rows = r.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
@@ -2133,8 +2206,11 @@ impl Engine {
         })
     }
 
+    /// Opens a directory. Like an open file, an open directory outlives its removal (rmdir,
+    /// or a rename over it): it goes at its last close.
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         let entries = self.list_dir(ino)?;
+        self.pin(ino, true);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs.lock().insert(fh, entries);
         Ok(fh)
@@ -2146,6 +2222,10 @@ impl Engine {
         if offset == 0 {
             let fresh = self.list_dir(ino)?;
             self.dirs.lock().insert(fh, fresh);
+            // Listing a directory reads it: its atime follows the mount's rule too.
+            if let Ok(rec) = self.view(|r| schema::must_inode(r, ino)) {
+                self.maybe_update_atime(ino, rec.atime_ns, rec.mtime_ns, rec.ctime_ns);
+            }
         }
         let dirs = self.dirs.lock();
         let entries = dirs
@@ -2154,8 +2234,17 @@ impl Engine {
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
 
-    pub fn releasedir(&self, _ino: Ino, fh: u64) -> Result<()> {
-        self.dirs.lock().remove(&fh);
+    pub fn releasedir(&self, ino: Ino, fh: u64) -> Result<()> {
+        if self.dirs.lock().remove(&fh).is_none() {
+            return Ok(());
+        }
+        if self.unpin(ino, true) {
+            // Its last handle, and it was removed while open: it goes now.
+            self.update(|t| match schema::get_inode(t, ino)? {
+                Some(rec) if rec.nlink == 0 => purge_inode(t, ino),
+                _ => Ok(()),
+            })?;
+        }
         Ok(())
     }
 
@@ -2207,6 +2296,15 @@ impl Engine {
         if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
             return Ok(());
         }
+        if name == acl::DEFAULT_XATTR && kind != FileKind::Dir {
+            return Err(FsError::new(
+                libc::EACCES,
+                "a default ACL is only for directories",
+            ));
+        }
+        if acl::is_acl_name(name) {
+            return Ok(());
+        }
         Err(FsError::new(
             libc::EOPNOTSUPP,
             format!("attribute namespace of {} not supported", name_str(name)),
@@ -2231,6 +2329,11 @@ impl Engine {
             // that the next write removes what is set now.
             self.flush_inode(ino)?;
         }
+        let acl = if acl::is_acl_name(name) {
+            Some(acl::Acl::parse(value)?)
+        } else {
+            None
+        };
         self.update(|t| {
             let mut rec = schema::must_inode(t, ino)?;
             let key = schema::xattr_key(ino, name);
@@ -2244,7 +2347,20 @@ impl Engine {
                 }
                 _ => {}
             }
-            t.put(&key, value)?;
+            match &acl {
+                // An access ACL sets the mode; one the mode says all of is not kept.
+                Some(a) if name == acl::ACCESS_XATTR => {
+                    rec.perm = (rec.perm & !0o777) | a.mode_bits();
+                    if a.is_minimal() {
+                        t.delete(&key)?;
+                    } else {
+                        t.put(&key, value)?;
+                    }
+                }
+                // An empty default ACL is none.
+                Some(a) if a.is_empty() => t.delete(&key)?,
+                _ => t.put(&key, value)?,
+            }
             if name == schema::SYNC_UPLOAD_XATTR {
                 t.put(&schema::sync_mark_key(ino), &[])?;
             }
@@ -2255,6 +2371,15 @@ impl Engine {
             self.sync_marks.write().insert(ino);
         }
         Ok(())
+    }
+
+    /// Whether directory `dir` has a default ACL: then what is created in it takes its mode
+    /// from the ACL, not from the creator's umask.
+    pub fn has_default_acl(&self, dir: Ino) -> Result<bool> {
+        self.view(|r| {
+            Ok(r.get(&schema::xattr_key(dir, acl::DEFAULT_XATTR))?
+                .is_some())
+        })
     }
 
     /// The value; the front end answers size queries from its length.
@@ -2318,6 +2443,21 @@ impl Engine {
         if length == 0 {
             return Err(FsError::new(libc::EINVAL, "zero length"));
         }
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        if mode == 0 || mode == KEEP {
+            // Allocating more than statfs says is free is ENOSPC, as on a local file system
+            // (checked before the size limit, which is the nominal capacity).
+            let size = self.getattr(ino)?.size;
+            let wanted = offset.saturating_add(length).saturating_sub(size);
+            let st = self.statfs()?;
+            if wanted > st.bavail.saturating_mul(st.frsize as u64) {
+                return Err(FsError::new(
+                    libc::ENOSPC,
+                    "fallocate: more than the free space",
+                ));
+            }
+        }
         let end = offset
             .checked_add(length)
             .filter(|e| *e <= MAX_FILE_SIZE)
@@ -2329,8 +2469,6 @@ impl Engine {
         if rec.kind != FileKind::File {
             return Err(FsError::new(libc::ENODEV, "not a regular file"));
         }
-        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
-        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match mode {
             0 => {
                 let size = self.getattr(ino)?.size;
@@ -2831,6 +2969,17 @@ fn truncate_chunks(
         freed += sz as i64;
     }
     schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
+}
+
+/// chmod of an inode with an access ACL: the ACL follows the new mode.
+fn acl_chmod(t: &mut dyn KvTxn, ino: Ino, perm: u16) -> Result<(), MetaError> {
+    let key = schema::xattr_key(ino, acl::ACCESS_XATTR);
+    if let Some(value) = t.get(&key)? {
+        let mut a = acl::Acl::parse(&value).map_err(|e| posix(libc::EIO, e.to_string()))?;
+        a.chmod(perm);
+        t.put(&key, &a.encode())?;
+    }
+    Ok(())
 }
 
 fn adjust_nlink(t: &mut dyn KvTxn, ino: Ino, delta: i32) -> Result<(), MetaError> {

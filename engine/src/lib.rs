@@ -13,6 +13,7 @@
 //! - [`data`]: the data path (write buffering, slices, reads, truncation).
 //! - [`gc`]: space reclamation (orphan sweep, pack compaction).
 
+pub mod acl;
 pub mod blockcache;
 mod data;
 pub mod diskcache;
@@ -21,6 +22,7 @@ mod fs;
 pub mod fsck;
 pub mod gc;
 mod ids;
+pub mod lograte;
 mod readahead;
 pub mod schema;
 pub mod staging;

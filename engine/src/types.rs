@@ -89,6 +89,35 @@ impl Caller {
     };
 }
 
+/// When a read moves a file's access time: the mount's `relatime` (the default),
+/// `strictatime` or `noatime`, with the meaning they have on Linux file systems.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// On the first read after a change of the contents or attributes (atime not newer than
+    /// mtime or ctime), or when atime is a day old.
+    #[default]
+    Relatime,
+    /// On every read.
+    Strictatime,
+    /// Never (only `utimensat` sets it).
+    Noatime,
+}
+
+impl AtimeMode {
+    /// Whether a read at `now` moves an access time `atime` of a file last modified at
+    /// `mtime` and changed at `ctime` (all in nanoseconds since the epoch).
+    pub fn read_updates(self, atime: i64, mtime: i64, ctime: i64, now: i64) -> bool {
+        const DAY_NS: i64 = 24 * 3600 * 1_000_000_000;
+        match self {
+            AtimeMode::Noatime => false,
+            AtimeMode::Strictatime => atime != now,
+            AtimeMode::Relatime => {
+                atime <= mtime || atime <= ctime || now.saturating_sub(atime) >= DAY_NS
+            }
+        }
+    }
+}
+
 /// A time to set with `utimensat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeSet {
@@ -278,4 +307,29 @@ pub struct EngineMetrics {
     pub cache_misses: u64,
     /// Metadata changes kept in memory until the next checkpoint applies them to the store.
     pub metadata_unapplied_changes: u64,
+}
+
+#[cfg(test)]
+mod atime_tests {
+    use super::AtimeMode;
+
+    #[test]
+    fn atime_rules() {
+        const S: i64 = 1_000_000_000;
+        let day = 24 * 3600 * S;
+        let now = 10 * day;
+        let (mtime, ctime) = (now - 3600 * S, now - 3600 * S);
+        let r = AtimeMode::Relatime;
+        // Not newer than mtime or ctime: the first read after a change moves it.
+        assert!(r.read_updates(mtime, mtime, ctime, now));
+        assert!(r.read_updates(mtime - S, mtime, ctime, now));
+        assert!(r.read_updates(mtime + S, mtime, now - 1, now));
+        // Newer than both and less than a day old: left alone.
+        assert!(!r.read_updates(mtime + S, mtime, ctime, now));
+        assert!(!r.read_updates(now - day + S, now - 2 * day, now - 2 * day, now));
+        // A day old: moves.
+        assert!(r.read_updates(now - day, now - 2 * day, now - 2 * day, now));
+        assert!(AtimeMode::Strictatime.read_updates(now - S, mtime, ctime, now));
+        assert!(!AtimeMode::Noatime.read_updates(mtime - day, mtime, ctime, now));
+    }
 }

@@ -462,9 +462,11 @@ impl Writeback {
         self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
         match e {
             StagingError::Full => {
-                tracing::info!("staging log full: uploading slice {slice} directly")
+                crate::log_limited!(info, "staging log full: uploading slice {slice} directly")
             }
-            _ => tracing::warn!("staging write failed ({e}): uploading slice {slice} directly"),
+            _ => {
+                crate::warn_limited!("staging write failed ({e}): uploading slice {slice} directly")
+            }
         }
     }
 

@@ -39,6 +39,8 @@ pub struct SpoolFs {
     passthrough_wanted: bool,
     passthrough: std::sync::atomic::AtomicBool,
     backing: std::sync::Mutex<Backing>,
+    /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL, agreed at init).
+    posix_acl: bool,
 }
 
 /// Passthrough opens: one backing id per inode, shared by its open handles.
@@ -57,6 +59,7 @@ impl SpoolFs {
             passthrough_wanted: false,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             backing: Default::default(),
+            posix_acl: false,
         }
     }
 
@@ -140,17 +143,38 @@ impl SpoolFs {
             Ok(Err(e)) => {
                 let errno = e.errno();
                 if errno == libc::EIO {
-                    warn!(op, errno, "{e}");
+                    // One per failing request: rate limited, so a failing store cannot
+                    // flood the log.
+                    spoolfs_engine::warn_limited!(op, errno, "{e}");
                 } else {
                     debug!(op, errno, "{e}");
                 }
                 Err(Errno::from_i32(errno))
             }
             Err(panic) => {
-                error!(op, "engine panicked: {}", panic_message(panic));
+                spoolfs_engine::error_limited!(op, "engine panicked: {}", panic_message(panic));
                 Err(Errno::EIO)
             }
         }
+    }
+
+    /// The mode of a new inode in `parent`. With POSIX ACLs the kernel leaves the umask to us
+    /// (FUSE_DONT_MASK): a directory's default ACL limits the mode instead, in the engine.
+    fn creation_mode(&self, parent: INodeNo, mode: u32, umask: u32) -> u32 {
+        if self.posix_acl
+            && self
+                .call_untimed("default acl", |e| e.has_default_acl(parent.0))
+                .unwrap_or(false)
+        {
+            mode
+        } else {
+            mode & !umask
+        }
+    }
+
+    /// ACL attributes are refused unless the kernel enforces them.
+    fn acl_refused(&self, name: &OsStr) -> bool {
+        !self.posix_acl && spoolfs_engine::acl::is_acl_name(name.as_bytes())
     }
 
     fn entry(&self, reply: ReplyEntry, result: Result<Attr, Errno>) {
@@ -347,6 +371,21 @@ impl Filesystem for SpoolFs {
             InitFlags::FUSE_AUTO_INVAL_DATA,
             "FUSE_AUTO_INVAL_DATA",
         );
+        // Handles (name_to_handle_at, NFS re-export): the kernel finds an inode it no longer
+        // caches by looking up "." in its number, and a directory's parent by "..".
+        want(
+            config,
+            InitFlags::FUSE_EXPORT_SUPPORT,
+            "FUSE_EXPORT_SUPPORT",
+        );
+        // POSIX ACLs: the kernel checks them and caches them; we store them, keep them in
+        // step with the mode and hand default ACLs down. The umask is then ours to apply.
+        self.posix_acl = config
+            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+            .is_ok();
+        if !self.posix_acl {
+            info!("the kernel offers no FUSE POSIX ACL support; ACLs are refused");
+        }
         if self.passthrough_wanted {
             let granted = config.set_max_stack_depth(1).is_ok()
                 && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
@@ -447,7 +486,7 @@ impl Filesystem for SpoolFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mode = mode & !umask;
+        let mode = self.creation_mode(parent, mode, umask);
         let r = self.call(Op::Mknod, |e| {
             e.mknod(&caller(req), parent.0, name.as_bytes(), mode, rdev)
         });
@@ -463,7 +502,7 @@ impl Filesystem for SpoolFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mode = mode & !umask;
+        let mode = self.creation_mode(parent, mode, umask);
         let r = self.call(Op::Mkdir, |e| {
             e.mkdir(&caller(req), parent.0, name.as_bytes(), mode)
         });
@@ -795,6 +834,9 @@ impl Filesystem for SpoolFs {
         if position != 0 {
             return reply.error(Errno::EINVAL);
         }
+        if self.acl_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let mode = match xattr_mode(flags) {
             Ok(m) => m,
             Err(e) => return reply.error(e),
@@ -822,6 +864,9 @@ impl Filesystem for SpoolFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.acl_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         reply_empty(
             reply,
             self.call(Op::Removexattr, |e| {
@@ -840,7 +885,7 @@ impl Filesystem for SpoolFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let mode = mode & !umask;
+        let mode = self.creation_mode(parent, mode, umask);
         match self.call(Op::Create, |e| {
             e.create(&caller(req), parent.0, name.as_bytes(), mode, flags)
         }) {
@@ -871,6 +916,69 @@ impl Filesystem for SpoolFs {
                 e.fallocate(&caller(req), ino.0, fh.0, offset, length, mode)
             }),
         );
+    }
+
+    // The requests below have no meaning for spoolfs. fuser's defaults answer them too, but
+    // log a warning each time: Python's `isatty` alone sends an ioctl for every file it opens.
+
+    /// No ioctls: ENOTTY, what a file that is no terminal answers TCGETS with.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        debug!(cmd, "ioctl: ENOTTY");
+        reply.error(Errno::ENOTTY);
+    }
+
+    /// ENOSYS: the kernel then treats files as always ready and stops asking.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// ENOSYS: the kernel then seeks (SEEK_DATA/SEEK_HOLE included) by itself from now on.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// ENOSYS: the kernel then copies through read and write from now on.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS);
     }
 }
 

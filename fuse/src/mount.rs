@@ -23,6 +23,8 @@ pub struct MountOptions {
     /// Let users other than the one who mounted use the file system.
     pub allow_other: bool,
     pub read_only: bool,
+    /// Mounted `noatime` (shown in /proc/mounts; the engine applies the atime rule).
+    pub noatime: bool,
     /// The "source" shown in /proc/mounts (fuse.spoolfs type), e.g. the volume name.
     pub fs_name: String,
     /// Serve reads of cached, unchanged files by FUSE passthrough when the kernel allows it.
@@ -43,6 +45,7 @@ impl Default for MountOptions {
             entry_ttl: Duration::from_secs(1),
             allow_other: false,
             read_only: false,
+            noatime: false,
             fs_name: "spoolfs".into(),
             passthrough: false,
             noexec: false,
@@ -86,6 +89,9 @@ impl MountOptions {
                 MountOption::NoDev
             },
         ]);
+        if self.noatime {
+            config.mount_options.push(MountOption::NoAtime);
+        }
         config.acl = if self.allow_other {
             SessionACL::All
         } else {

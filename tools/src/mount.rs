@@ -16,7 +16,7 @@ use crate::staging_args::StagingArgs;
 use crate::{S3Args, init_logging};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use spoolfs_engine::{Engine, EngineConfig, StorageConfig};
+use spoolfs_engine::{AtimeMode, Engine, EngineConfig, StorageConfig};
 use spoolfs_fuse::{FuseSession, MountOptions, Unmounter};
 use spoolfs_uploader::ObjectStorage;
 use std::fs::File;
@@ -106,6 +106,11 @@ pub struct MountArgs {
     /// to this many seconds for it to exit before giving up.
     #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_secs)]
     pub wait_previous: Duration,
+    /// When reads update access times, as the mount options of Linux file systems:
+    /// relatime (on the first read after a change, or once a day), strictatime (every read),
+    /// noatime (never). A read-only mount never updates them.
+    #[arg(long, value_name = "RULE", default_value = "relatime", value_enum)]
+    pub atime: Atime,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
@@ -296,6 +301,7 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     }
     cmd.arg("--wait-previous")
         .arg(args.wait_previous.as_secs_f64().to_string());
+    cmd.arg("--atime").arg(args.atime.name());
     if let Some(addr) = args.metrics {
         cmd.arg("--metrics").arg(addr.to_string());
     }
@@ -631,6 +637,11 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
                 interval: args.compact_interval,
             }),
         durable_close: args.staging.durable_close,
+        atime: if args.read_only {
+            AtimeMode::Noatime
+        } else {
+            args.atime.mode()
+        },
         ..Default::default()
     };
     let engine = Engine::start(meta, storage.clone(), record, config)
@@ -657,6 +668,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         entry_ttl: args.entry_ttl,
         allow_other: allow_other(args),
         read_only: args.read_only,
+        noatime: args.atime == Atime::Noatime,
         fs_name: volume.clone(),
         passthrough: args.passthrough == Passthrough::Auto,
         noexec: args.noexec,
@@ -686,6 +698,32 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "invalid fraction {s:?}: expected 0 to 0.99 (e.g. 0.1)"
         )),
+    }
+}
+
+/// `--atime`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Atime {
+    Relatime,
+    Strictatime,
+    Noatime,
+}
+
+impl Atime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Atime::Relatime => "relatime",
+            Atime::Strictatime => "strictatime",
+            Atime::Noatime => "noatime",
+        }
+    }
+
+    pub fn mode(self) -> AtimeMode {
+        match self {
+            Atime::Relatime => AtimeMode::Relatime,
+            Atime::Strictatime => AtimeMode::Strictatime,
+            Atime::Noatime => AtimeMode::Noatime,
+        }
     }
 }
 

@@ -9,12 +9,13 @@
 //! - SPEC: the volume. `default` (or `spoolfs`, `none`): the default volume; a URL
 //!   (`redb:///var/lib/spoolfs/vol1.redb`): `--meta URL`; an absolute path: `--meta redb://PATH`.
 //! - each option `key=value`: `--key=value`; `key`: `--key` (underscores count as dashes, so
-//!   `allow_other` is `--allow-other`); `ro`: `--read-only`; `noexec`, `suid`, `dev` (and
-//!   their opposites, the last one given wins): `--noexec`, `--suid`, `--dev` (mount(8) leaves
-//!   out the flags that are off, see [`KernelFlags::from_mount8`]). The generic
-//!   options mount(8) and systemd pass (`rw`, `defaults`, `auto`, `noauto`, `user`, `nofail`,
-//!   `_netdev`, `x-*`, ...) are ignored. Any other option is an error, unless mount was given
-//!   `-s` (sloppy).
+//!   `allow_other` is `--allow-other`); `ro`: `--read-only`; `relatime`, `strictatime`,
+//!   `noatime`: `--atime=…` (the last one given wins); `noexec`, `suid`, `dev` (and their
+//!   opposites, the last one given wins): `--noexec`, `--suid`, `--dev` (mount(8) leaves out
+//!   the flags that are off, see [`KernelFlags::from_mount8`]). The generic options mount(8)
+//!   and systemd pass (`rw`, `defaults`, `auto`, `noauto`, `user`, `nofail`, `_netdev`,
+//!   `x-*`, ...) are ignored. Any other option is an error, unless mount was given `-s`
+//!   (sloppy).
 //!
 //! Like every mount helper it prints nothing on success; errors go to stderr with a non-zero
 //! status. `-o remount,…` changes the kernel mount's flags in place (`ro`/`rw`, `noexec`,
@@ -45,13 +46,11 @@ const IGNORED: &[&str] = &[
     "nofail",
     "_netdev",
     "netdev",
+    // `atime` and `norelatime` only undo `noatime` and `relatime`: the default rule stays.
     "atime",
-    "noatime",
     "diratime",
     "nodiratime",
-    "relatime",
     "norelatime",
-    "strictatime",
     "lazytime",
     "nolazytime",
     "async",
@@ -166,6 +165,7 @@ pub fn translate(
     let mut meta_option = false;
     let mut flags = Vec::new();
     let mut kernel = KernelFlags::from_mount8(options);
+    let mut atime = None;
     for opt in options {
         let (raw_key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, OptValue::Text(v.to_string())),
@@ -176,6 +176,10 @@ pub fn translate(
         }
         if raw_key == "ro" && value == OptValue::Bare {
             flags.push("--read-only".to_string());
+            continue;
+        }
+        if matches!(raw_key, "relatime" | "strictatime" | "noatime") && value == OptValue::Bare {
+            atime = Some(format!("--atime={raw_key}"));
             continue;
         }
         let key = raw_key.replace('_', "-");
@@ -218,6 +222,7 @@ pub fn translate(
     }
     out.push(dir.to_string_lossy().into_owned());
     out.extend(flags);
+    out.extend(atime);
     for (on, flag) in [
         (kernel.noexec, "--noexec"),
         (kernel.suid, "--suid"),
@@ -597,6 +602,28 @@ mod tests {
             args,
             s(&["mount", "/m", "--read-only", "--noexec", "--quiet"])
         );
+    }
+
+    #[test]
+    fn atime_options() {
+        let atime = |opts: &[&str]| {
+            let (args, warnings) = translate("default", Path::new("/m"), &s(opts), false).unwrap();
+            assert!(warnings.is_empty());
+            let mut full = vec!["spoolfs".to_string()];
+            full.extend(args.clone());
+            <crate::Cli as clap::Parser>::try_parse_from(full).unwrap();
+            // (--quiet, which every helper mount gets, is not an atime flag.)
+            args[2..]
+                .iter()
+                .filter(|a| *a != "--quiet")
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(atime(&["noatime"]), s(&["--atime=noatime"]));
+        assert_eq!(atime(&["strictatime", "rw"]), s(&["--atime=strictatime"]));
+        // The last one wins, as with mount(8).
+        assert_eq!(atime(&["noatime", "relatime"]), s(&["--atime=relatime"]));
+        assert!(atime(&["atime", "norelatime", "nodiratime"]).is_empty());
     }
 
     #[test]
