@@ -12,7 +12,8 @@ mod storage;
 pub use block::{BLOCK_TRAILER_LEN, decode_block, encode_block};
 pub use pack::{PackEntry, decode_pack_index, encode_pack, verify_packed};
 pub use storage::{
-    ObjectInfo, ObjectStorage, S3Addressing, StorageConfig, error_kind, s3_addressing,
+    DELETE_BATCH_KEYS, ObjectInfo, ObjectStorage, S3Addressing, StorageConfig, error_kind,
+    s3_addressing,
 };
 
 /// Errors from the object store, each with the errno a file system call reports.
