@@ -7,7 +7,7 @@ use crate::data;
 use crate::error::{FsError, Result};
 use crate::ids::IdAllocator;
 use crate::reader::{Counters, ObjectReader, ReaderConfig};
-use crate::reclaim::Reclaimer;
+use crate::reclaim::{DEAD_BATCH, Reclaimer, count_dead};
 use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec, StagedRec};
 use crate::staging::{RecordHeader, StagedLoc};
 use crate::stop::StopSignal;
@@ -35,6 +35,9 @@ pub struct EngineConfig {
     pub meta_flush_interval: Duration,
     /// Concurrent object PUTs while uploading one file's data.
     pub max_uploads: usize,
+    /// Concurrent bulk delete requests of the garbage collector (each of up to
+    /// [`spoolfs_uploader::DELETE_BATCH_KEYS`] objects).
+    pub max_deletes: usize,
     /// The staging log (writeback mode, and draining what an earlier writeback mount left).
     pub staging: Option<StagingOptions>,
     /// At shutdown, wait for staged data to reach the object store (`None`: stop at once).
@@ -61,6 +64,7 @@ impl Default for EngineConfig {
             block_cache_bytes: 256 << 20,
             meta_flush_interval: Duration::from_secs(1),
             max_uploads: 16,
+            max_deletes: 4,
             staging: None,
             drain_on_shutdown: Some(Duration::from_secs(24 * 3600)),
             disk_cache: None,
@@ -326,6 +330,8 @@ impl Engine {
             block_size: volume.block_size,
             stop: stop.clone(),
             gc_lock: Mutex::new(()),
+            collecting: Mutex::new(()),
+            max_deletes: config.max_deletes,
         };
         let upload_catalog = Arc::new(UploadCatalog {
             meta: meta.clone(),
@@ -461,6 +467,11 @@ impl Engine {
 
     pub(crate) fn stopping_now(&self) -> bool {
         self.stop.now()
+    }
+
+    /// The engine is shutting down: long background work should stop.
+    fn stopping(&self) -> bool {
+        self.stopping_now() || self.stop.is_raised()
     }
 
     pub(crate) fn view<T>(&self, f: impl Fn(&dyn KvRead) -> Result<T, MetaError>) -> Result<T> {
@@ -2233,18 +2244,18 @@ impl Engine {
         m
     }
 
+    /// Dead slices whose objects are still to be deleted (their `G` records).
+    pub fn pending_deletes(&self) -> Result<u64> {
+        self.view(count_dead)
+    }
+
     pub fn status(&self) -> EngineStatus {
         let (used, inodes, pending_deletes) = self
             .view(|r| {
                 Ok((
                     schema::get_u64(r, schema::USED_BYTES_KEY)?,
                     schema::get_u64(r, schema::INODE_COUNT_KEY)?,
-                    r.scan(
-                        schema::DEAD_PREFIX,
-                        &prefix_end(schema::DEAD_PREFIX),
-                        usize::MAX,
-                    )?
-                    .len() as u64,
+                    count_dead(r)?,
                 ))
             })
             .unwrap_or((0, 0, 0));
@@ -2347,7 +2358,9 @@ impl Engine {
         self.writeback.as_ref().map_or(0, |wb| wb.drain(timeout))
     }
 
-    /// Deletes the objects of dead slices, a batch at a time. Returns how many it removed.
+    /// Deletes the objects of dead slices (`G` records), `DEAD_BATCH` slices at a time, up
+    /// to `max` of them; stops early once the engine is stopping (what is left stays recorded
+    /// and is collected by the next mount or `spoolfs gc`). Returns how many it removed.
     pub fn collect_garbage(&self, max: usize) -> Result<usize> {
         self.reclaim.collect_garbage(max)
     }
@@ -2370,8 +2383,9 @@ impl Engine {
     /// Uploads or stages everything buffered, waits (up to `drain_on_shutdown`) for staged
     /// data to reach the object store, and makes the metadata durable (unmount).
     /// Writes out buffered data, waits for uploads (`drain_on_shutdown`), stops the background
-    /// threads and checkpoints. Runs once: a concurrent caller waits for the first, a later
-    /// one returns at once.
+    /// threads and checkpoints. Objects of dead slices still to be deleted are not waited
+    /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent
+    /// caller waits for the first, a later one returns at once.
     pub fn shutdown(&self) -> Result<()> {
         let mut done = self.shut_down.lock();
         if *done {
@@ -2395,9 +2409,8 @@ impl Engine {
                 first_err.get_or_insert(e);
             }
         }
-        if let Err(e) = self.collect_garbage(usize::MAX) {
-            tracing::warn!("deleting dead objects at shutdown: {e}");
-        }
+        // Dead objects are not waited for: their `G` records stay in the metadata and the next
+        // mount (or `spoolfs gc`) deletes them. Only staged data needs the object store.
         if let Some(timeout) = self.config.drain_on_shutdown {
             let left = self.drain_uploads(Some(timeout));
             if left > 0 {
@@ -2456,8 +2469,18 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
         if let Some(wb) = e.writeback.as_ref() {
             wb.free_checkpointed();
         }
-        if let Err(err) = e.collect_garbage(256) {
-            tracing::warn!("deleting dead objects: {err}");
+        // Batches until none is left, for at most about one interval, so the checkpoint
+        // above keeps its pace behind a large backlog.
+        let started = std::time::Instant::now();
+        loop {
+            match e.collect_garbage(DEAD_BATCH) {
+                Ok(n) if n == DEAD_BATCH && started.elapsed() < interval && !e.stopping() => {}
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::warn!("deleting dead objects: {err}");
+                    break;
+                }
+            }
         }
     }
 }

@@ -5,92 +5,203 @@
 use super::Reclaimer;
 use crate::error::Result;
 use crate::schema::{self, DeadSlice};
-use spoolfs_metadata::prefix_end;
+use spoolfs_metadata::{KvRead, MetaError, prefix_end};
 use spoolfs_objects::slice_blocks;
-
-/// Where the bytes of a dead slice are, for the garbage collector.
-enum DeadPlace {
-    Staged,
-    /// `emptied`: the pack whose last live slice this was.
-    Packed {
-        emptied: Option<u64>,
-    },
-    Blocks,
-}
+use std::collections::HashMap;
 
 impl Reclaimer {
-    /// Deletes the objects of dead slices, a batch at a time. Returns how many it removed.
+    /// Deletes the objects of dead slices (`G` records), [`DEAD_BATCH`] slices at a time, up
+    /// to `max` of them; stops early once the engine is stopping (what is left stays recorded
+    /// and is collected by the next mount or `spoolfs gc`). Returns how many it removed.
     pub fn collect_garbage(&self, max: usize) -> Result<usize> {
-        let dead = self
-            .meta
-            .view(|r| r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), max))?;
-        let bs = self.block_size;
+        let _one = self.collecting.lock();
         let mut removed = 0;
-        for (key, value) in dead {
-            let id = u64::from_be_bytes(key[1..9].try_into().expect("dead key"));
-            let d: DeadSlice = schema::decode("dead slice", &value)?;
-            // Where the dead slice's bytes are, found and unlinked in one transaction:
-            // - staged: never uploaded, only its log space is freed (whoever deletes the `T`
-            //   record frees the space, an uploader may race us);
-            // - packed: its pack goes when its last live slice does (dead bytes in packs that
-            //   keep living are what compaction will reclaim);
-            // - otherwise its block objects.
-            let place = self.meta.update(|t| {
-                let staged_key = schema::staged_key(id);
-                if t.get(&staged_key)?.is_some() {
-                    t.delete(&staged_key)?;
-                    return Ok(DeadPlace::Staged);
-                }
-                let Some(v) = t.get(&schema::packed_key(id))? else {
-                    return Ok(DeadPlace::Blocks);
-                };
-                let p: schema::PackedRec = schema::decode("packed slice", &v)?;
-                t.delete(&schema::packed_key(id))?;
-                let pk = schema::pack_key(p.pack);
-                let Some(pv) = t.get(&pk)? else {
-                    return Ok(DeadPlace::Packed { emptied: None });
-                };
-                let mut rec: schema::PackRec = schema::decode("pack", &pv)?;
-                rec.live_slices = rec.live_slices.saturating_sub(1);
-                rec.live_bytes = rec.live_bytes.saturating_sub(p.len as u64);
-                if rec.live_slices == 0 {
-                    t.delete(&pk)?;
-                    Ok(DeadPlace::Packed {
-                        emptied: Some(p.pack),
-                    })
-                } else {
-                    t.put(&pk, &schema::encode(&rec))?;
-                    Ok(DeadPlace::Packed { emptied: None })
-                }
-            })?;
-            match place {
-                DeadPlace::Staged => {
-                    if let Some(wb) = self.uploader.as_ref() {
-                        wb.remove_many(&[id]);
-                    }
-                }
-                DeadPlace::Packed {
-                    emptied: Some(pack),
-                } => {
-                    if let Some(disk) = &self.reader.disk {
-                        disk.remove_slice(pack);
-                    }
-                    self.storage.delete(&schema::pack_object_key(pack))?
-                }
-                DeadPlace::Packed { emptied: None } => {}
-                DeadPlace::Blocks => {
-                    for (_, _, key) in slice_blocks(id, d.size, bs) {
-                        self.storage.delete(&key)?;
-                    }
-                }
+        while removed < max {
+            let n = self.collect_dead_batch((max - removed).min(DEAD_BATCH))?;
+            removed += n;
+            if n == 0 || self.stopping() {
+                break;
             }
-            self.reader.cache.forget_slice(id);
-            if let Some(disk) = &self.reader.disk {
-                disk.remove_slice(id);
-            }
-            self.meta.update(|t| t.delete(&key))?;
-            removed += 1;
         }
         Ok(removed)
     }
+
+    /// One batch of [`Reclaimer::collect_garbage`]. The objects go first, the records after:
+    /// 1. a read finds where each dead slice's bytes are (staged; in a pack, which goes when
+    ///    its last slice dies, dead bytes in packs that keep living being compaction's work;
+    ///    or block objects);
+    /// 2. the `G` records read are made durable;
+    /// 3. the objects go, in bulk deletes;
+    /// 4. one transaction unlinks the locations and drops the `G` records, for the slices
+    ///    still where step 1 found them (an upload or a compaction may have moved one since:
+    ///    it stays for the next batch).
+    ///
+    /// Interrupted anywhere (an error, a crash, an unmount), the batch is done again from the
+    /// start: deleting an object twice is harmless, and nothing leaks.
+    fn collect_dead_batch(&self, limit: usize) -> Result<usize> {
+        let (dead, places, emptied) = self.meta.view(|r| {
+            let dead = r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), limit)?;
+            let mut places = Vec::with_capacity(dead.len());
+            for (key, value) in &dead {
+                let d: DeadSlice = schema::decode("dead slice", value)?;
+                places.push((dead_id(key), d.size, locate_dead(r, dead_id(key))?));
+            }
+            let emptied = emptied_packs(r, places.iter().map(|(_, _, p)| *p))?;
+            Ok((dead, places, emptied))
+        })?;
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        // An object may go only once the change that killed its slice survives a power cut:
+        // otherwise a crash could bring back a file that points at it. These `G` records are
+        // committed (we just read them); one flush makes them all durable.
+        self.meta.store().sync()?;
+        let bs = self.block_size;
+        let mut keys: Vec<String> = emptied
+            .iter()
+            .map(|p| schema::pack_object_key(*p))
+            .collect();
+        for (id, size, place) in &places {
+            if *place == DeadPlace::Blocks {
+                keys.extend(slice_blocks(*id, *size, bs).map(|(_, _, key)| key));
+            }
+        }
+        if let Err(e) = self
+            .storage
+            .delete_many(&keys, self.max_deletes, &|| self.stopping())
+        {
+            if self.stopping() {
+                tracing::info!(
+                    "stopping: dead objects are left for the next mount ({} slice(s) in this \
+                     batch)",
+                    places.len()
+                );
+                return Ok(0);
+            }
+            return Err(e.into());
+        }
+        for pack in &emptied {
+            if let Some(disk) = &self.reader.disk {
+                disk.remove_slice(*pack);
+            }
+        }
+        let staged = self.meta.update(|t| {
+            let mut done = Vec::with_capacity(places.len());
+            let mut staged = Vec::new();
+            for ((key, _), (id, _, place)) in dead.iter().zip(&places) {
+                if locate_dead(t, *id)? != *place {
+                    continue;
+                }
+                match place {
+                    DeadPlace::Staged => {
+                        t.delete(&schema::staged_key(*id))?;
+                        staged.push(*id);
+                    }
+                    DeadPlace::Packed { .. } => t.delete(&schema::packed_key(*id))?,
+                    DeadPlace::Blocks => {}
+                }
+                t.delete(key)?;
+                done.push(*place);
+            }
+            // Pack counts, after the slices gone from them; a pack left with none goes.
+            let mut packs: HashMap<u64, (u32, u64)> = HashMap::new();
+            for place in &done {
+                if let DeadPlace::Packed { pack, len } = place {
+                    let e = packs.entry(*pack).or_default();
+                    e.0 += 1;
+                    e.1 += *len as u64;
+                }
+            }
+            for (pack, (slices, bytes)) in packs {
+                let pk = schema::pack_key(pack);
+                let Some(v) = t.get(&pk)? else { continue };
+                let mut rec: schema::PackRec = schema::decode("pack", &v)?;
+                rec.live_slices = rec.live_slices.saturating_sub(slices);
+                rec.live_bytes = rec.live_bytes.saturating_sub(bytes);
+                if rec.live_slices == 0 {
+                    t.delete(&pk)?;
+                } else {
+                    t.put(&pk, &schema::encode(&rec))?;
+                }
+            }
+            Ok(staged)
+        })?;
+        // Whoever deletes a `T` record frees the slice's log space (an uploader may race us).
+        if let Some(wb) = self.uploader.as_ref()
+            && !staged.is_empty()
+        {
+            wb.remove_many(&staged);
+        }
+        for (id, _, _) in &places {
+            self.reader.cache.forget_slice(*id);
+            if let Some(disk) = &self.reader.disk {
+                disk.remove_slice(*id);
+            }
+        }
+        Ok(places.len())
+    }
+}
+
+pub(crate) fn count_dead(r: &dyn KvRead) -> Result<u64, MetaError> {
+    let end = prefix_end(schema::DEAD_PREFIX);
+    Ok(r.scan(schema::DEAD_PREFIX, &end, usize::MAX)?.len() as u64)
+}
+
+/// Dead slices one garbage collection batch handles: one bulk delete request's worth of
+/// block objects for small slices, and transactions of a few tens of KiB.
+pub(crate) const DEAD_BATCH: usize = spoolfs_objects::DELETE_BATCH_KEYS;
+
+fn dead_id(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("dead key"))
+}
+
+/// Where dead slice `id`'s bytes are.
+fn locate_dead(r: &dyn KvRead, id: u64) -> Result<DeadPlace, MetaError> {
+    if r.get(&schema::staged_key(id))?.is_some() {
+        return Ok(DeadPlace::Staged);
+    }
+    match r.get(&schema::packed_key(id))? {
+        Some(v) => {
+            let p: schema::PackedRec = schema::decode("packed slice", &v)?;
+            Ok(DeadPlace::Packed {
+                pack: p.pack,
+                len: p.len,
+            })
+        }
+        None => Ok(DeadPlace::Blocks),
+    }
+}
+
+/// Packs that every slice still in them is among `places` (dead slices): their objects can go.
+fn emptied_packs(
+    r: &dyn KvRead,
+    places: impl Iterator<Item = DeadPlace>,
+) -> Result<Vec<u64>, MetaError> {
+    let mut dying: HashMap<u64, u32> = HashMap::new();
+    for place in places {
+        if let DeadPlace::Packed { pack, .. } = place {
+            *dying.entry(pack).or_default() += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for (pack, n) in dying {
+        if let Some(v) = r.get(&schema::pack_key(pack))?
+            && schema::decode::<schema::PackRec>("pack", &v)?.live_slices <= n
+        {
+            out.push(pack);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Where the bytes of a dead slice are, for the garbage collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeadPlace {
+    /// Never uploaded: only its log space is freed.
+    Staged,
+    /// One of the slices of `pack`, `len` bytes of it.
+    Packed { pack: u64, len: u32 },
+    /// Its own block objects.
+    Blocks,
 }

@@ -297,6 +297,8 @@ pub type GcProgress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 
 mod dead;
 
+pub(crate) use dead::{DEAD_BATCH, count_dead};
+
 /// Reclaims space: owns nothing of the engine but handles to the stores, caches and the
 /// uploader it cleans up after.
 pub(crate) struct Reclaimer {
@@ -313,6 +315,11 @@ pub(crate) struct Reclaimer {
     pub stop: Arc<StopSignal>,
     /// Garbage collection runs (`spoolfs gc`, the background compactor) take turns.
     pub gc_lock: Mutex<()>,
+    /// Dead-slice collection runs one at a time (the background loop, `spoolfs gc`): two
+    /// would read the same `G` records and delete the same objects twice.
+    pub collecting: Mutex<()>,
+    /// Concurrent bulk delete requests (each of up to `DELETE_BATCH_KEYS` objects).
+    pub max_deletes: usize,
 }
 
 impl Reclaimer {
