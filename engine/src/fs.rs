@@ -31,6 +31,9 @@ pub struct EngineConfig {
     pub meta_flush_interval: Duration,
     /// Concurrent object PUTs while uploading one file's data.
     pub max_uploads: usize,
+    /// Concurrent bulk delete requests of the garbage collector (each of up to
+    /// [`spoolfs_uploader::DELETE_BATCH_KEYS`] objects).
+    pub max_deletes: usize,
     /// The staging log (writeback mode, and draining what an earlier writeback mount left).
     pub staging: Option<StagingOptions>,
     /// At shutdown, wait for staged data to reach the object store (`None`: stop at once).
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             block_cache_bytes: 256 << 20,
             meta_flush_interval: Duration::from_secs(1),
             max_uploads: 16,
+            max_deletes: 4,
             staging: None,
             drain_on_shutdown: Some(Duration::from_secs(24 * 3600)),
             disk_cache: None,
@@ -195,6 +199,9 @@ pub struct Engine {
     is_shut_down: AtomicBool,
     /// Garbage collection runs (`spoolfs gc`, the background compactor) take turns.
     pub(crate) gc_lock: Mutex<()>,
+    /// Dead-slice collection runs one at a time (the background loop, `spoolfs gc`): two
+    /// would read the same `G` records and delete the same objects twice.
+    collecting: Mutex<()>,
 }
 
 fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
@@ -355,6 +362,7 @@ impl Engine {
             shut_down: Mutex::new(false),
             is_shut_down: AtomicBool::new(false),
             gc_lock: Mutex::new(()),
+            collecting: Mutex::new(()),
         });
         engine.meta.update(Durability::Durable, &mut |t| {
             schema::init_root(t)?;
@@ -2572,18 +2580,18 @@ impl Engine {
         m
     }
 
+    /// Dead slices whose objects are still to be deleted (their `G` records).
+    pub fn pending_deletes(&self) -> Result<u64> {
+        self.view(count_dead)
+    }
+
     pub fn status(&self) -> EngineStatus {
         let (used, inodes, pending_deletes) = self
             .view(|r| {
                 Ok((
                     schema::get_u64(r, schema::USED_BYTES_KEY)?,
                     schema::get_u64(r, schema::INODE_COUNT_KEY)?,
-                    r.scan(
-                        schema::DEAD_PREFIX,
-                        &prefix_end(schema::DEAD_PREFIX),
-                        usize::MAX,
-                    )?
-                    .len() as u64,
+                    count_dead(r)?,
                 ))
             })
             .unwrap_or((0, 0, 0));
@@ -2645,88 +2653,147 @@ impl Engine {
         }
     }
 
-    /// Deletes the objects of dead slices, a batch at a time. Returns how many it removed.
+    /// Deletes the objects of dead slices (`G` records), [`DEAD_BATCH`] slices at a time, up
+    /// to `max` of them; stops early once the engine is stopping (what is left stays recorded
+    /// and is collected by the next mount or `spoolfs gc`). Returns how many it removed.
     pub fn collect_garbage(&self, max: usize) -> Result<usize> {
-        let dead =
-            self.view(|r| r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), max))?;
-        let bs = self.volume.block_size;
+        let _one = self.collecting.lock();
         let mut removed = 0;
-        for (key, value) in dead {
-            let id = u64::from_be_bytes(key[1..9].try_into().expect("dead key"));
-            let d: DeadSlice = schema::decode("dead slice", &value)?;
-            // Where the dead slice's bytes are, found and unlinked in one transaction:
-            // - staged: never uploaded, only its log space is freed (whoever deletes the `T`
-            //   record frees the space, an uploader may race us);
-            // - packed: its pack goes when its last live slice does (dead bytes in packs that
-            //   keep living are what compaction will reclaim);
-            // - otherwise its block objects.
-            let place = self.update(|t| {
-                let staged_key = schema::staged_key(id);
-                if t.get(&staged_key)?.is_some() {
-                    t.delete(&staged_key)?;
-                    return Ok(DeadPlace::Staged);
-                }
-                let Some(v) = t.get(&schema::packed_key(id))? else {
-                    return Ok(DeadPlace::Blocks);
-                };
-                let p: schema::PackedRec = schema::decode("packed slice", &v)?;
-                t.delete(&schema::packed_key(id))?;
-                let pk = schema::pack_key(p.pack);
-                let Some(pv) = t.get(&pk)? else {
-                    return Ok(DeadPlace::Packed { emptied: None });
-                };
-                let mut rec: schema::PackRec = schema::decode("pack", &pv)?;
-                rec.live_slices = rec.live_slices.saturating_sub(1);
-                rec.live_bytes = rec.live_bytes.saturating_sub(p.len as u64);
-                if rec.live_slices == 0 {
-                    t.delete(&pk)?;
-                    Ok(DeadPlace::Packed {
-                        emptied: Some(p.pack),
-                    })
-                } else {
-                    t.put(&pk, &schema::encode(&rec))?;
-                    Ok(DeadPlace::Packed { emptied: None })
-                }
-            })?;
-            match place {
-                DeadPlace::Staged => {
-                    if let Some(wb) = self.writeback.as_ref() {
-                        wb.remove_many(&[id]);
-                    }
-                }
-                DeadPlace::Packed {
-                    emptied: Some(pack),
-                } => {
-                    if let Some(disk) = &self.disk {
-                        disk.remove_slice(pack);
-                    }
-                    self.storage.delete(&schema::pack_object_key(pack))?
-                }
-                DeadPlace::Packed { emptied: None } => {}
-                DeadPlace::Blocks => {
-                    let blocks = (d.size as u64).div_ceil(bs).max(1);
-                    for index in 0..blocks {
-                        let len = (d.size as u64 - index * bs).min(bs) as u32;
-                        self.storage
-                            .delete(&schema::block_key(id, index as u32, len))?;
-                    }
-                }
+        while removed < max {
+            let n = self.collect_dead_batch((max - removed).min(DEAD_BATCH))?;
+            removed += n;
+            if n == 0 || self.stopping() {
+                break;
             }
-            self.cache.forget_slice(id);
-            if let Some(disk) = &self.disk {
-                disk.remove_slice(id);
-            }
-            self.update(|t| t.delete(&key))?;
-            removed += 1;
         }
         Ok(removed)
+    }
+
+    /// One batch of [`Engine::collect_garbage`]. The objects go first, the records after:
+    /// 1. a read finds where each dead slice's bytes are (staged; in a pack, which goes when
+    ///    its last slice dies, dead bytes in packs that keep living being compaction's work;
+    ///    or block objects);
+    /// 2. the `G` records read are made durable;
+    /// 3. the objects go, in bulk deletes;
+    /// 4. one transaction unlinks the locations and drops the `G` records, for the slices
+    ///    still where step 1 found them (an upload or a compaction may have moved one since:
+    ///    it stays for the next batch).
+    ///
+    /// Interrupted anywhere (an error, a crash, an unmount), the batch is done again from the
+    /// start: deleting an object twice is harmless, and nothing leaks.
+    fn collect_dead_batch(&self, limit: usize) -> Result<usize> {
+        let (dead, places, emptied) = self.view(|r| {
+            let dead = r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), limit)?;
+            let mut places = Vec::with_capacity(dead.len());
+            for (key, value) in &dead {
+                let d: DeadSlice = schema::decode("dead slice", value)?;
+                places.push((dead_id(key), d.size, locate_dead(r, dead_id(key))?));
+            }
+            let emptied = emptied_packs(r, places.iter().map(|(_, _, p)| *p))?;
+            Ok((dead, places, emptied))
+        })?;
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        // An object may go only once the change that killed its slice survives a power cut:
+        // otherwise a crash could bring back a file that points at it. These `G` records are
+        // committed (we just read them); one flush makes them all durable.
+        self.meta.sync()?;
+        let bs = self.volume.block_size;
+        let mut keys: Vec<String> = emptied
+            .iter()
+            .map(|p| schema::pack_object_key(*p))
+            .collect();
+        for (id, size, place) in &places {
+            if *place == DeadPlace::Blocks {
+                let blocks = (*size as u64).div_ceil(bs).max(1);
+                for index in 0..blocks {
+                    let len = (*size as u64 - index * bs).min(bs) as u32;
+                    keys.push(schema::block_key(*id, index as u32, len));
+                }
+            }
+        }
+        if let Err(e) = self
+            .storage
+            .delete_many(&keys, self.config.max_deletes, &|| self.stopping())
+        {
+            if self.stopping() {
+                tracing::info!(
+                    "stopping: dead objects are left for the next mount ({} slice(s) in this \
+                     batch)",
+                    places.len()
+                );
+                return Ok(0);
+            }
+            return Err(e.into());
+        }
+        for pack in &emptied {
+            if let Some(disk) = &self.disk {
+                disk.remove_slice(*pack);
+            }
+        }
+        let staged = self.update(|t| {
+            let mut done = Vec::with_capacity(places.len());
+            let mut staged = Vec::new();
+            for ((key, _), (id, _, place)) in dead.iter().zip(&places) {
+                if locate_dead(t, *id)? != *place {
+                    continue;
+                }
+                match place {
+                    DeadPlace::Staged => {
+                        t.delete(&schema::staged_key(*id))?;
+                        staged.push(*id);
+                    }
+                    DeadPlace::Packed { .. } => t.delete(&schema::packed_key(*id))?,
+                    DeadPlace::Blocks => {}
+                }
+                t.delete(key)?;
+                done.push(*place);
+            }
+            // Pack counts, after the slices gone from them; a pack left with none goes.
+            let mut packs: HashMap<u64, (u32, u64)> = HashMap::new();
+            for place in &done {
+                if let DeadPlace::Packed { pack, len } = place {
+                    let e = packs.entry(*pack).or_default();
+                    e.0 += 1;
+                    e.1 += *len as u64;
+                }
+            }
+            for (pack, (slices, bytes)) in packs {
+                let pk = schema::pack_key(pack);
+                let Some(v) = t.get(&pk)? else { continue };
+                let mut rec: schema::PackRec = schema::decode("pack", &v)?;
+                rec.live_slices = rec.live_slices.saturating_sub(slices);
+                rec.live_bytes = rec.live_bytes.saturating_sub(bytes);
+                if rec.live_slices == 0 {
+                    t.delete(&pk)?;
+                } else {
+                    t.put(&pk, &schema::encode(&rec))?;
+                }
+            }
+            Ok(staged)
+        })?;
+        // Whoever deletes a `T` record frees the slice's log space (an uploader may race us).
+        if let Some(wb) = self.writeback.as_ref()
+            && !staged.is_empty()
+        {
+            wb.remove_many(&staged);
+        }
+        for (id, _, _) in &places {
+            self.cache.forget_slice(*id);
+            if let Some(disk) = &self.disk {
+                disk.remove_slice(*id);
+            }
+        }
+        Ok(places.len())
     }
 
     /// Uploads or stages everything buffered, waits (up to `drain_on_shutdown`) for staged
     /// data to reach the object store, and makes the metadata durable (unmount).
     /// Writes out buffered data, waits for uploads (`drain_on_shutdown`), stops the background
-    /// threads and checkpoints. Runs once: a concurrent caller waits for the first, a later
-    /// one returns at once.
+    /// threads and checkpoints. Objects of dead slices still to be deleted are not waited
+    /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent
+    /// caller waits for the first, a later one returns at once.
     pub fn shutdown(&self) -> Result<()> {
         let mut done = self.shut_down.lock();
         if *done {
@@ -2750,9 +2817,8 @@ impl Engine {
                 first_err.get_or_insert(e);
             }
         }
-        if let Err(e) = self.collect_garbage(usize::MAX) {
-            tracing::warn!("deleting dead objects at shutdown: {e}");
-        }
+        // Dead objects are not waited for: their `G` records stay in the metadata and the next
+        // mount (or `spoolfs gc`) deletes them. Only staged data needs the object store.
         if let Some(timeout) = self.config.drain_on_shutdown {
             let left = self.drain_uploads(Some(timeout));
             if left > 0 {
@@ -2826,8 +2892,18 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
         if let Some(wb) = e.writeback.as_ref() {
             wb.free_checkpointed();
         }
-        if let Err(err) = e.collect_garbage(256) {
-            tracing::warn!("deleting dead objects: {err}");
+        // Batches until none is left, for at most about one interval, so the checkpoint
+        // above keeps its pace behind a large backlog.
+        let started = std::time::Instant::now();
+        loop {
+            match e.collect_garbage(DEAD_BATCH) {
+                Ok(n) if n == DEAD_BATCH && started.elapsed() < interval && !e.stopping() => {}
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::warn!("deleting dead objects: {err}");
+                    break;
+                }
+            }
         }
     }
 }
@@ -2846,13 +2922,67 @@ fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
     }
 }
 
+fn count_dead(r: &dyn KvRead) -> Result<u64, MetaError> {
+    let end = prefix_end(schema::DEAD_PREFIX);
+    Ok(r.scan(schema::DEAD_PREFIX, &end, usize::MAX)?.len() as u64)
+}
+
+/// Dead slices one garbage collection batch handles: one bulk delete request's worth of
+/// block objects for small slices, and transactions of a few tens of KiB.
+const DEAD_BATCH: usize = spoolfs_uploader::DELETE_BATCH_KEYS;
+
+fn dead_id(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("dead key"))
+}
+
+/// Where dead slice `id`'s bytes are.
+fn locate_dead(r: &dyn KvRead, id: u64) -> Result<DeadPlace, MetaError> {
+    if r.get(&schema::staged_key(id))?.is_some() {
+        return Ok(DeadPlace::Staged);
+    }
+    match r.get(&schema::packed_key(id))? {
+        Some(v) => {
+            let p: schema::PackedRec = schema::decode("packed slice", &v)?;
+            Ok(DeadPlace::Packed {
+                pack: p.pack,
+                len: p.len,
+            })
+        }
+        None => Ok(DeadPlace::Blocks),
+    }
+}
+
+/// Packs that every slice still in them is among `places` (dead slices): their objects can go.
+fn emptied_packs(
+    r: &dyn KvRead,
+    places: impl Iterator<Item = DeadPlace>,
+) -> Result<Vec<u64>, MetaError> {
+    let mut dying: HashMap<u64, u32> = HashMap::new();
+    for place in places {
+        if let DeadPlace::Packed { pack, .. } = place {
+            *dying.entry(pack).or_default() += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for (pack, n) in dying {
+        if let Some(v) = r.get(&schema::pack_key(pack))?
+            && schema::decode::<schema::PackRec>("pack", &v)?.live_slices <= n
+        {
+            out.push(pack);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 /// Where the bytes of a dead slice are, for the garbage collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DeadPlace {
+    /// Never uploaded: only its log space is freed.
     Staged,
-    /// `emptied`: the pack whose last live slice this was.
-    Packed {
-        emptied: Option<u64>,
-    },
+    /// One of the slices of `pack`, `len` bytes of it.
+    Packed { pack: u64, len: u32 },
+    /// Its own block objects.
     Blocks,
 }
 

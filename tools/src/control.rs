@@ -1,5 +1,6 @@
 //! The control socket of a mount daemon: a Unix socket (mode 0600). A client sends one request
-//! line: `status` (one JSON line describing the mount), `sync SECS` (the object-store
+//! line: `status` (one JSON line describing the mount), `writeout` (what is still to be
+//! written out, without asking the object store), `sync SECS` (the object-store
 //! barrier, with progress lines) or `gc {OPTIONS}` (garbage collection, with progress lines).
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +38,18 @@ pub struct MountStatus {
     pub engine: Option<EngineStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_error: Option<String>,
+}
+
+/// What a daemon still has to write out (the `writeout` request).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct WriteOut {
+    /// Staged and not yet in the object store.
+    pub staged_bytes: u64,
+    pub staged_slices: u64,
+    /// Written to open files and not yet staged.
+    pub dirty_bytes: u64,
+    /// Dead slices whose objects are still to be deleted (left for the next mount).
+    pub pending_deletes: u64,
 }
 
 pub struct ControlServer {
@@ -153,6 +166,21 @@ impl ControlServer {
                 }
             };
             let _ = send(last_line);
+            return;
+        }
+        if request == "writeout" {
+            // Cheap (no object-store request): `spoolfs umount` polls it while the daemon
+            // writes out its data.
+            let m = self.engine.metrics();
+            let _ = send(
+                serde_json::to_value(WriteOut {
+                    staged_bytes: m.staged_bytes,
+                    staged_slices: m.staged_slices,
+                    dirty_bytes: m.dirty_bytes,
+                    pending_deletes: self.engine.pending_deletes().unwrap_or(0),
+                })
+                .unwrap_or_default(),
+            );
             return;
         }
         let status = self.status();
@@ -277,6 +305,19 @@ pub fn query(socket: &Path) -> Result<(String, MountStatus)> {
     let status: MountStatus = serde_json::from_str(line.trim())
         .with_context(|| format!("bad answer on the control socket {}", socket.display()))?;
     Ok((line.trim().to_string(), status))
+}
+
+/// What the daemon behind `socket` still has to write out; fails after `timeout`.
+pub fn writeout(socket: &Path, timeout: Duration) -> Result<WriteOut> {
+    let stream = connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    send(&stream, socket, "writeout\n")?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .with_context(|| format!("no answer on the control socket {}", socket.display()))?;
+    serde_json::from_str(line.trim())
+        .with_context(|| format!("bad answer on the control socket {}", socket.display()))
 }
 
 /// Runs the `sync` barrier through the daemon behind `socket`; `progress` sees

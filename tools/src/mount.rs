@@ -575,6 +575,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     let config = EngineConfig {
         staging: Some(staging),
         max_uploads: args.staging.max_uploads,
+        max_deletes: args.staging.max_deletes,
         drain_on_shutdown: Some(args.shutdown_timeout),
         disk_cache: Some(spoolfs_engine::diskcache::DiskCacheConfig {
             dir: cache_dir.join(&record.uuid).join("blocks"),

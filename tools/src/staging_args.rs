@@ -54,6 +54,10 @@ pub struct StagingArgs {
     /// Concurrent PUTs of one upload batch or one file's direct upload.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_uploads: usize,
+    /// Concurrent delete requests of the garbage collector; each deletes up to 1,000 objects
+    /// on S3 (a multi-object delete).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_deletes: usize,
     /// Bandwidth cap for background uploads, in bytes per second (e.g. 100M); 0: no cap.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     pub upload_limit: u64,
@@ -137,6 +141,12 @@ impl StagingArgs {
                 self.max_uploads
             ));
         }
+        if self.max_deletes == 0 || self.max_deletes > 1024 {
+            return Err(format!(
+                "invalid --max-deletes {}: expected 1 to 1024",
+                self.max_deletes
+            ));
+        }
         if self.upload_threads == 0 || self.upload_threads > 256 {
             return Err(format!(
                 "invalid --upload-threads {}: expected 1 to 256",
@@ -196,6 +206,7 @@ impl StagingArgs {
             format!("--upload-delay={}", self.upload_delay.as_secs_f64()),
             format!("--pack-size={}", self.pack_size),
             format!("--max-uploads={}", self.max_uploads),
+            format!("--max-deletes={}", self.max_deletes),
             format!("--upload-limit={}", self.upload_limit),
             format!("--upload-buffer={}", self.upload_buffer),
             format!("--staging-timeout={}", self.staging_timeout.as_secs_f64()),

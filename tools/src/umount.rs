@@ -1,9 +1,11 @@
 //! `spoolfs umount`: unmount, then wait for the daemon to finish writing out its data.
 
+use crate::control::WriteOut;
 use crate::paths::{canonical_mount_point, is_root, runtime_files};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use std::ffi::CString;
+use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -112,6 +114,49 @@ fn unmount(path: &Path, lazy: bool) -> Result<()> {
     ))
 }
 
+/// "1.2 MiB in 3 slice(s)" (plus what open files still buffer).
+fn describe_left(w: &WriteOut) -> String {
+    let mut s = format!(
+        "{} in {} slice(s)",
+        crate::size::human_bytes(w.staged_bytes),
+        w.staged_slices
+    );
+    if w.dirty_bytes > 0 {
+        s.push_str(&format!(
+            ", and {} not yet staged",
+            crate::size::human_bytes(w.dirty_bytes)
+        ));
+    }
+    s
+}
+
+/// A progress line redrawn in place on a terminal.
+#[derive(Default)]
+struct Progress {
+    /// Something was said (on a terminal: a line is drawn and not yet cleared).
+    told: bool,
+    last: String,
+}
+
+impl Progress {
+    fn draw(&mut self, line: &str) {
+        if line != self.last {
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+            self.last = line.to_string();
+        }
+        self.told = true;
+    }
+
+    /// Ends a drawn line, so what follows starts on a fresh one.
+    fn clear(&mut self) {
+        if !self.last.is_empty() {
+            eprintln!();
+            self.last.clear();
+        }
+    }
+}
+
 pub fn run(args: UmountArgs) -> Result<ExitCode> {
     let path = canonical_mount_point(&args.mount_point)
         .with_context(|| format!("cannot resolve {}", args.mount_point.display()))?;
@@ -125,6 +170,13 @@ pub fn run(args: UmountArgs) -> Result<ExitCode> {
             .map(|e| (e.staged_bytes, e.staged_slices))
     } else {
         None
+    };
+    // Asked before the unmount too: a daemon with nothing to upload may be gone before the
+    // first look after it.
+    let left_before = if args.no_wait {
+        None
+    } else {
+        crate::control::writeout(&files.socket, Duration::from_secs(1)).ok()
     };
     unmount(&path, args.lazy)?;
     if args.no_wait {
@@ -149,30 +201,64 @@ pub fn run(args: UmountArgs) -> Result<ExitCode> {
         println!("spoolfs: unmounted {}", path.display());
         return Ok(ExitCode::SUCCESS);
     };
+    // The daemon exits once its staged data is in the object store; deletes of dead objects
+    // are not waited for (the next mount resumes them).
     let start = Instant::now();
     let timeout = Duration::from_secs(args.timeout);
-    let mut told = false;
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = Progress::default();
+    let mut last_poll: Option<Instant> = None;
+    let mut left = left_before;
     while alive(pid) {
         if start.elapsed() >= timeout {
+            progress.clear();
             bail!(
-                "unmounted {}, but its daemon (pid {pid}) is still writing out data after {} s; \
-                 it keeps going in the background (see its log)",
+                "unmounted {}, but its daemon (pid {pid}) is still uploading staged data after \
+                 {} s{}; it keeps going in the background (see its log), and what it has not \
+                 uploaded when it stops is uploaded at the next mount with the same --cache-dir",
                 path.display(),
-                args.timeout
+                args.timeout,
+                left.map(|w| format!(" ({} left)", describe_left(&w)))
+                    .unwrap_or_default()
             );
         }
-        if !told && start.elapsed() >= Duration::from_secs(1) {
-            eprintln!("spoolfs: waiting for the daemon (pid {pid}) to write out its data...");
-            told = true;
+        if last_poll.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            last_poll = Some(Instant::now());
+            if let Ok(w) = crate::control::writeout(&files.socket, Duration::from_secs(1)) {
+                left = Some(w);
+            }
+        }
+        if start.elapsed() >= Duration::from_secs(1) {
+            let what = left
+                .map(|w| format!(": {} left", describe_left(&w)))
+                .unwrap_or_default();
+            let line = format!(
+                "spoolfs: waiting for the daemon (pid {pid}) to upload staged data to the \
+                 object store{what}"
+            );
+            if terminal {
+                progress.draw(&line);
+            } else if !progress.told {
+                eprintln!("{line}");
+                progress.told = true;
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    progress.clear();
+    let pending_deletes = left.map_or(0, |w| w.pending_deletes);
     // The daemon says how it ended; no word means it died before it finished.
     let report = std::fs::read_to_string(&files.exit).unwrap_or_default();
     let _ = std::fs::remove_file(&files.exit);
     match report.trim() {
         "clean" => {
             println!("spoolfs: unmounted {}", path.display());
+            if pending_deletes > 0 {
+                eprintln!(
+                    "spoolfs: the objects of {pending_deletes} dead slice(s) are still to be \
+                     deleted; the next mount (or `spoolfs gc`) deletes them"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         "" => bail!(

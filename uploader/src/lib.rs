@@ -11,7 +11,7 @@ mod storage;
 
 pub use block::{BLOCK_TRAILER_LEN, decode_block, encode_block};
 pub use pack::{PackEntry, decode_pack_index, encode_pack, verify_packed};
-pub use storage::{ObjectInfo, ObjectStorage, StorageConfig, error_kind};
+pub use storage::{DELETE_BATCH_KEYS, ObjectInfo, ObjectStorage, StorageConfig, error_kind};
 
 /// Errors from the object store, each with the errno a file system call reports.
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,9 @@ pub struct StorageConfig {
     pub check_timeout: Option<Duration>,
 }
 
+/// Most keys one bulk delete request may carry (S3's `DeleteObjects` limit).
+pub const DELETE_BATCH_KEYS: usize = 1000;
+
 /// One object of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -331,6 +334,70 @@ impl ObjectStorage {
         r
     }
 
+    /// Deletes many objects, [`DELETE_BATCH_KEYS`] keys a batch, with at most `concurrency`
+    /// batches in flight. A batch is one request where the store has a bulk delete (S3's
+    /// multi-object delete); elsewhere the store deletes the batch's objects itself (a local
+    /// directory: a few files at a time). Missing objects count as deleted. On an error some
+    /// of the other objects may be deleted already; deleting them again is harmless.
+    /// `give_up` is asked every 100 ms: once it says so, the requests in flight are dropped
+    /// and the call fails (an unmount does not wait for deletes).
+    pub fn delete_many(
+        &self,
+        keys: &[String],
+        concurrency: usize,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        let this = self;
+        let work = async move {
+            let mut batches =
+                futures::stream::iter(keys.chunks(DELETE_BATCH_KEYS).map(|batch| async move {
+                    let paths: Vec<object_store::Result<ObjPath>> =
+                        batch.iter().map(|k| Ok(this.path(k))).collect();
+                    let start = Instant::now();
+                    let mut results = this
+                        .store
+                        .delete_stream(futures::stream::iter(paths).boxed());
+                    let mut r = Ok(());
+                    while let Some(one) = results.next().await {
+                        match one {
+                            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => {
+                                let what = format!("{} (in a batch of {})", batch[0], batch.len());
+                                r = Err(map_err(&what, e));
+                                break;
+                            }
+                        }
+                    }
+                    // One request per batch on S3, the unit its costs and limits count.
+                    observe("delete", start, &r, None);
+                    r
+                }))
+                .buffer_unordered(concurrency.max(1));
+            while let Some(result) = batches.next().await {
+                result?;
+            }
+            Ok(())
+        };
+        let watch = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if give_up() {
+                    return;
+                }
+            }
+        };
+        self.runtime.block_on(async {
+            futures::pin_mut!(work);
+            futures::pin_mut!(watch);
+            match futures::future::select(work, watch).await {
+                futures::future::Either::Left((result, _)) => result,
+                futures::future::Either::Right(((), _)) => Err(StorageError::Unavailable {
+                    detail: format!("deleting {} object(s): given up", keys.len()),
+                }),
+            }
+        })
+    }
+
     /// Keys (relative to the volume prefix) that start with `prefix`.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let root = self.path(prefix);
@@ -462,6 +529,28 @@ mod tests {
         s.delete("a/b").unwrap();
         s.delete("a/b").unwrap();
         assert!(matches!(s.get("a/b"), Err(StorageError::NotFound { .. })));
+    }
+
+    #[test]
+    fn delete_many_deletes_every_object_and_ignores_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/bucket", dir.path().display());
+        let s = ObjectStorage::open(&StorageConfig {
+            url,
+            ..Default::default()
+        })
+        .unwrap();
+        // More than two batches, and keys that were never written.
+        let keys: Vec<String> = (0..DELETE_BATCH_KEYS * 2 + 7)
+            .map(|i| format!("d/{}/{i}", i % 13))
+            .collect();
+        for k in keys.iter().step_by(2) {
+            s.put(k, Bytes::from_static(b"x")).unwrap();
+        }
+        s.put("keep", Bytes::from_static(b"y")).unwrap();
+        s.delete_many(&keys, 4, &|| false).unwrap();
+        assert_eq!(s.list("").unwrap(), vec!["keep".to_string()]);
+        s.delete_many(&[], 4, &|| false).unwrap();
     }
 
     #[test]
