@@ -25,6 +25,9 @@ pub struct VolumeRecord {
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_path_style: bool,
+    /// Forced virtual-hosted requests (absent in records written before it existed).
+    #[serde(default)]
+    pub s3_virtual_hosted: bool,
     pub block_size: u64,
     pub chunk_size: u64,
     pub format_version: u32,
@@ -39,6 +42,7 @@ impl VolumeRecord {
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
             s3_path_style: self.s3_path_style,
+            s3_virtual_hosted: self.s3_virtual_hosted,
             ..Default::default()
         }
     }
@@ -120,6 +124,7 @@ pub fn format_volume(meta: &Arc<dyn KvStore>, opts: &FormatOptions) -> Result<Vo
         s3_endpoint: opts.storage.s3_endpoint.clone(),
         s3_region: opts.storage.s3_region.clone(),
         s3_path_style: opts.storage.s3_path_style,
+        s3_virtual_hosted: opts.storage.s3_virtual_hosted,
         block_size: opts.block_size,
         chunk_size: DEFAULT_CHUNK_SIZE,
         format_version: FORMAT_VERSION,

@@ -31,6 +31,12 @@ pub struct MountOptions {
     pub fs_name: String,
     /// Serve reads of cached, unchanged files by FUSE passthrough when the kernel allows it.
     pub passthrough: bool,
+    /// The kernel's noexec: programs on the mount cannot be executed.
+    pub noexec: bool,
+    /// Honour set-user-id/set-group-id bits (otherwise nosuid, the default of FUSE mounts).
+    pub suid: bool,
+    /// Honour device files (otherwise nodev, the default of FUSE mounts).
+    pub dev: bool,
 }
 
 impl Default for MountOptions {
@@ -45,6 +51,9 @@ impl Default for MountOptions {
             acl: true,
             fs_name: "spoolfs".into(),
             passthrough: false,
+            noexec: false,
+            suid: false,
+            dev: false,
         }
     }
 }
@@ -64,6 +73,25 @@ impl MountOptions {
                 MountOption::RW
             },
         ];
+        // fuser mounts nosuid,nodev unless told otherwise; say so explicitly either way, so
+        // the kernel mount's options are exactly what was asked for.
+        config.mount_options.extend([
+            if self.noexec {
+                MountOption::NoExec
+            } else {
+                MountOption::Exec
+            },
+            if self.suid {
+                MountOption::Suid
+            } else {
+                MountOption::NoSuid
+            },
+            if self.dev {
+                MountOption::Dev
+            } else {
+                MountOption::NoDev
+            },
+        ]);
         if self.noatime {
             config.mount_options.push(MountOption::NoAtime);
         }
@@ -439,5 +467,16 @@ mod tests {
         let c = o.fuser_config();
         assert_eq!(c.acl, SessionACL::All);
         assert!(c.mount_options.contains(&MountOption::RO));
+        assert!(c.mount_options.contains(&MountOption::NoSuid));
+        assert!(c.mount_options.contains(&MountOption::NoDev));
+        assert!(c.mount_options.contains(&MountOption::Exec));
+        o.noexec = true;
+        o.suid = true;
+        o.dev = true;
+        let c = o.fuser_config();
+        assert!(c.mount_options.contains(&MountOption::NoExec));
+        assert!(c.mount_options.contains(&MountOption::Suid));
+        assert!(c.mount_options.contains(&MountOption::Dev));
+        assert!(!c.mount_options.contains(&MountOption::NoSuid));
     }
 }

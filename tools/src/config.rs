@@ -103,8 +103,23 @@ pub fn flag_args(arg: &Arg, key: &str, value: &OptValue) -> Result<Vec<String>> 
             Ok(vec![flag])
         }
         OptValue::Bool(b) => Ok(vec![format!("{flag}={b}")]),
+        OptValue::Text(t) if takes_bool(arg) => {
+            let on = is_true(t)
+                .with_context(|| format!("{key} takes true or false as its value, not {t:?}"))?;
+            Ok(vec![format!("{flag}={on}")])
+        }
         OptValue::Text(t) => Ok(vec![format!("{flag}={t}")]),
     }
+}
+
+/// Whether `arg` takes a boolean value (`--allow-other=false`).
+fn takes_bool(arg: &Arg) -> bool {
+    let values: Vec<String> = arg
+        .get_possible_values()
+        .iter()
+        .map(|v| v.get_name().to_string())
+        .collect();
+    values == ["true", "false"]
 }
 
 fn toml_scalar(key: &str, v: &toml::Value) -> Result<OptValue> {
@@ -232,7 +247,7 @@ mod tests {
         assert_eq!(
             got,
             [
-                "--allow-other",
+                "--allow-other=true",
                 "--attr-ttl=0.5",
                 "--fuse-threads=4",
                 "--log-level=debug",
@@ -241,6 +256,15 @@ mod tests {
                 "--writeback=false",
             ]
         );
+    }
+
+    #[test]
+    fn allow_other_can_be_turned_off() {
+        // On by default for root: the file must be able to say no.
+        let got = args("allow-other = false", &[]).unwrap();
+        assert_eq!(got, ["--allow-other=false"]);
+        let e = format!("{:#}", args("allow-other = \"maybe\"", &[]).unwrap_err());
+        assert!(e.contains("true or false"), "{e}");
     }
 
     #[test]

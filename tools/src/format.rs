@@ -88,6 +88,14 @@ pub fn print_record(record: &VolumeRecord, meta: &str) {
     if let Some(ep) = &record.s3_endpoint {
         println!("  endpoint:   {ep}");
     }
+    if record.storage_url.starts_with("s3://") {
+        let (style, why) = spoolfs_uploader::s3_addressing(&record.storage_config());
+        let style = match style {
+            spoolfs_uploader::S3Addressing::PathStyle => "path-style",
+            spoolfs_uploader::S3Addressing::VirtualHosted => "virtual-hosted",
+        };
+        println!("  requests:   {style} ({why})");
+    }
     println!("  metadata:   {meta}");
     println!(
         "  block size: {}",

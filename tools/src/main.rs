@@ -99,9 +99,14 @@ pub struct S3Args {
     /// S3 region.
     #[arg(long, value_name = "R")]
     s3_region: Option<String>,
-    /// Use path-style requests (endpoint/bucket/key); most non-AWS servers need it.
-    #[arg(long)]
+    /// Always use path-style requests (ENDPOINT/BUCKET/KEY). Without this flag or
+    /// --s3-virtual-hosted: path style when the endpoint's host is an IP address or
+    /// localhost, else virtual-hosted.
+    #[arg(long, conflicts_with = "s3_virtual_hosted")]
     s3_path_style: bool,
+    /// Always use virtual-hosted requests (BUCKET.ENDPOINT/KEY), as AWS does.
+    #[arg(long)]
+    s3_virtual_hosted: bool,
     /// Send unsigned requests (public buckets).
     #[arg(long)]
     s3_anonymous: bool,
@@ -116,7 +121,15 @@ impl S3Args {
         if let Some(r) = &self.s3_region {
             config.s3_region = Some(r.clone());
         }
-        config.s3_path_style |= self.s3_path_style;
+        // A flag given now wins over the style recorded at format time.
+        if self.s3_path_style {
+            config.s3_path_style = true;
+            config.s3_virtual_hosted = false;
+        }
+        if self.s3_virtual_hosted {
+            config.s3_path_style = false;
+            config.s3_virtual_hosted = true;
+        }
         config.s3_anonymous |= self.s3_anonymous;
     }
 
@@ -149,6 +162,9 @@ impl S3Args {
         if self.s3_path_style {
             out.push("--s3-path-style".into());
         }
+        if self.s3_virtual_hosted {
+            out.push("--s3-virtual-hosted".into());
+        }
         if self.s3_anonymous {
             out.push("--s3-anonymous".into());
         }
@@ -174,17 +190,11 @@ pub fn init_logging(level: Option<&str>, default: &str, file: Option<&PathBuf>) 
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi);
-    let opened = file.map(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(|e| (p.clone(), e))
-    });
+    let opened = file.map(|p| paths::open_log_file(p));
     let _ = match opened {
         Some(Ok(f)) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
-        Some(Err((p, e))) => {
-            eprintln!("spoolfs: cannot open log file {}: {e}", p.display());
+        Some(Err(e)) => {
+            eprintln!("spoolfs: {e:#}");
             builder.with_writer(std::io::stderr).try_init()
         }
         None => builder.with_writer(std::io::stderr).try_init(),
@@ -212,6 +222,7 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
     let result = match cli.command {
         Command::Format(args) => {
             init_logging(level, "warn", None);
+            paths::private_umask();
             format::run(args)
         }
         Command::Mount(args) => mount::run(*args, level),
@@ -233,10 +244,12 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
         }
         Command::Fsck(args) => {
             init_logging(level, "warn", None);
+            paths::private_umask();
             fsck::run(args)
         }
         Command::Gc(args) => {
             init_logging(level, "warn", None);
+            paths::private_umask();
             gc::run(args)
         }
         Command::Bench(args) => {
@@ -348,7 +361,7 @@ mod tests {
         match cli.command {
             Command::Mount(m) => {
                 assert_eq!(m.mount_point, PathBuf::from("/mnt/x"));
-                assert!(m.foreground && m.allow_other && m.read_only);
+                assert!(m.foreground && m.allow_other == Some(true) && m.read_only);
                 assert_eq!(m.fuse_threads, 4);
                 assert_eq!(m.attr_ttl, std::time::Duration::from_millis(500));
                 assert_eq!(m.entry_ttl, std::time::Duration::from_secs(2));

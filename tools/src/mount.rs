@@ -7,9 +7,11 @@
 //! is ready, or fails with the daemon's own error message.
 
 use crate::control::ControlServer;
-use crate::format::{default_urls, open_meta};
+use crate::format::default_urls;
 use crate::metrics::MetricsEndpoint;
-use crate::paths::{default_cache_dir, runtime_files};
+use crate::paths::{
+    create_private_dir, default_cache_dir, is_root, open_log_file, private_umask, runtime_files,
+};
 use crate::staging_args::StagingArgs;
 use crate::{S3Args, init_logging};
 use anyhow::{Context, Result, anyhow, bail};
@@ -26,7 +28,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 #[derive(Args, Debug)]
@@ -77,12 +79,33 @@ pub struct MountArgs {
     /// Bytes fetched ahead of a sequential reader, in the background (0: no readahead).
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = crate::size::parse_size)]
     pub readahead: u64,
-    /// Let other users access the mount.
-    #[arg(long)]
-    pub allow_other: bool,
+    /// Let users other than the one who mounts use the mount (the kernel still checks each
+    /// file's owner and mode: default_permissions). Default: on when root mounts (a mount of
+    /// /home or a shared volume is for every user), off otherwise (a user's own mount stays
+    /// private; other users' access also needs `user_allow_other` in /etc/fuse.conf).
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub allow_other: Option<bool>,
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Do not allow programs on the mount to be executed (the kernel's noexec).
+    #[arg(long)]
+    pub noexec: bool,
+    /// Honour set-user-id and set-group-id bits (root only; the default is nosuid).
+    #[arg(long)]
+    pub suid: bool,
+    /// Honour device files (root only; the default is nodev).
+    #[arg(long)]
+    pub dev: bool,
+    /// Print nothing on success (errors still go to stderr).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// When an earlier spoolfs daemon of this volume is still finishing (after a plain
+    /// `umount`, it writes out staged data and holds the metadata store until done), wait up
+    /// to this many seconds for it to exit before giving up.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_secs)]
+    pub wait_previous: Duration,
     /// When reads update access times, as the mount options of Linux file systems:
     /// relatime (on the first read after a change, or once a day), strictatime (every read),
     /// noatime (never). A read-only mount never updates them.
@@ -174,6 +197,12 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 pub fn run(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
+    // Before anything is opened or started: a refused option fails here, on the caller's
+    // terminal, not later in the daemon's log.
+    check_privileged_options(&args, is_root(), Path::new(FUSE_CONF))?;
+    // Every file the mount creates (staging segments, cache files, the metadata store, the log)
+    // holds users' data or names: readable by this user only, whatever umask it was given.
+    private_umask();
     if args.foreground || args.ready_fd.is_some() {
         serve(args, log_level)
     } else {
@@ -189,19 +218,27 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     // Fail fast on a bad mount point; the daemon checks again.
     let mount_point = spoolfs_fuse::check_mount_point(&args.mount_point)?;
     let cache_dir = absolute(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
+    create_private_dir(&cache_dir)?;
     let log_path = absolute(
         &args
             .log_file
             .clone()
             .unwrap_or_else(|| cache_dir.join("spoolfs.log")),
     )?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open log file {}", log_path.display()))?;
+    let log = open_log_file(&log_path)?;
+    // As in the daemon, a busy or foreign metrics address fails first, before any waiting.
+    if let Some(addr) = args.metrics {
+        drop(MetricsEndpoint::bind(addr)?);
+    }
+    // An earlier daemon of this volume may still be writing out data after a plain `umount`:
+    // wait for it here, where the caller sees what is being waited for.
+    let meta_url = match &args.meta {
+        Some(url) => url.clone(),
+        None => default_urls()?.0,
+    };
+    drop(open_meta_waiting(&meta_url, args.wait_previous, &|m| {
+        eprintln!("spoolfs: {m}")
+    })?);
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
 
     let mut fds = [0 as RawFd; 2];
@@ -254,12 +291,21 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     }
     cmd.arg("--shutdown-timeout")
         .arg(args.shutdown_timeout.as_secs_f64().to_string());
-    if args.allow_other {
-        cmd.arg("--allow-other");
-    }
+    cmd.arg(format!("--allow-other={}", allow_other(&args)));
     if args.read_only {
         cmd.arg("--read-only");
     }
+    for (on, flag) in [
+        (args.noexec, "--noexec"),
+        (args.suid, "--suid"),
+        (args.dev, "--dev"),
+    ] {
+        if on {
+            cmd.arg(flag);
+        }
+    }
+    cmd.arg("--wait-previous")
+        .arg(args.wait_previous.as_secs_f64().to_string());
     cmd.arg("--atime").arg(args.atime.name());
     cmd.arg(format!("--acl={}", args.acl));
     if let Some(addr) = args.metrics {
@@ -302,6 +348,9 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     let _ = read_end.read_to_string(&mut answer);
     let answer = answer.trim_end();
     if let Some(volume) = answer.strip_prefix("ok ") {
+        if args.quiet {
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "spoolfs: mounted {volume} at {}; logs in {}",
             mount_point.display(),
@@ -407,8 +456,12 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     let mount_point = session.mount_point().to_path_buf();
     let files = runtime_files(&mount_point);
     let cleanup = || {
-        let _ = std::fs::remove_file(&files.socket);
-        let _ = std::fs::remove_file(&files.pid);
+        // After a plain umount this daemon goes on writing out data, and the next mount at the
+        // same place may already have written its own files: remove them only if ours.
+        if crate::umount::read_pid(&files.pid) == Some(std::process::id() as i32) {
+            let _ = std::fs::remove_file(&files.socket);
+            let _ = std::fs::remove_file(&files.pid);
+        }
     };
     let _ = std::fs::remove_file(&files.exit);
     if let Err(e) = std::fs::create_dir_all(files.pid.parent().unwrap_or(Path::new("/")))
@@ -529,8 +582,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     // Bound first: a busy or foreign address fails the mount before anything is opened.
     let metrics = args.metrics.map(MetricsEndpoint::bind).transpose()?;
     let cache_dir = absolute(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
+    create_private_dir(&cache_dir)?;
 
     let (meta_url, default_storage) = match &args.meta {
         Some(url) => (url.clone(), None),
@@ -539,7 +591,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             (meta, Some(storage))
         }
     };
-    let meta = open_meta(&meta_url)?;
+    let meta = open_meta_waiting(&meta_url, args.wait_previous, &|m| info!("{m}"))?;
     let record = match spoolfs_engine::volume::read_record(meta.as_ref())
         .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
     {
@@ -621,12 +673,15 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         fuse_threads: args.fuse_threads,
         attr_ttl: args.attr_ttl,
         entry_ttl: args.entry_ttl,
-        allow_other: args.allow_other,
+        allow_other: allow_other(args),
         read_only: args.read_only,
         noatime: args.atime == Atime::Noatime,
         acl: args.acl,
         fs_name: volume.clone(),
         passthrough: args.passthrough == Passthrough::Auto,
+        noexec: args.noexec,
+        suid: args.suid,
+        dev: args.dev,
     };
     let session = match FuseSession::new(engine.clone(), &mount_point, &options) {
         Ok(s) => s,
@@ -685,4 +740,253 @@ impl Atime {
 pub enum Passthrough {
     Auto,
     Off,
+}
+
+/// Where the FUSE library reads whether users may mount with allow_other.
+const FUSE_CONF: &str = "/etc/fuse.conf";
+
+/// Whether the mount lets other users in: as asked, else on for root and off for a user.
+fn allow_other(args: &MountArgs) -> bool {
+    args.allow_other.unwrap_or_else(is_root)
+}
+
+/// Refuses, with what to do instead, the options the kernel or fusermount would refuse or
+/// silently drop for a mount by `root` or not.
+fn check_privileged_options(args: &MountArgs, root: bool, fuse_conf: &Path) -> Result<()> {
+    if root {
+        return Ok(());
+    }
+    if args.suid || args.dev {
+        bail!(
+            "--{} is only honoured for a mount by root (FUSE mounts of other users are always \
+             nosuid,nodev); mount as root or drop the option",
+            if args.suid { "suid" } else { "dev" }
+        );
+    }
+    if args.allow_other == Some(true) && !user_allow_other(fuse_conf) {
+        bail!(
+            "--allow-other needs `user_allow_other` in {} for a mount by a user other than \
+             root (ask the administrator to add that line), or mount as root",
+            fuse_conf.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether fuse.conf has an uncommented `user_allow_other` line.
+fn user_allow_other(fuse_conf: &Path) -> bool {
+    std::fs::read_to_string(fuse_conf).is_ok_and(|text| {
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .any(|l| l == "user_allow_other")
+    })
+}
+
+/// Opens the metadata store at `url`. While another process holds it that no longer serves a
+/// mount (an earlier daemon of this volume that a plain `umount` detached, still writing out
+/// staged data), waits up to `limit` for it to exit, saying through `say` what it waits for.
+/// A holder that still serves a mount is an error at once: waiting would not end.
+/// (The daemon keeps /dev/fuse open while it writes out data, so that says nothing.)
+fn open_meta_waiting(
+    url: &str,
+    limit: Duration,
+    say: &dyn Fn(String),
+) -> Result<Arc<dyn spoolfs_metadata::KvStore>> {
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        let path = match spoolfs_metadata::open_store(url) {
+            Ok(meta) => {
+                if announced {
+                    say(format!(
+                        "the earlier daemon let go of the metadata store after {:.1} s",
+                        start.elapsed().as_secs_f64()
+                    ));
+                }
+                return Ok(meta);
+            }
+            Err(spoolfs_metadata::MetaError::Locked { path }) => path,
+            Err(e) => return Err(anyhow!(e).context("cannot open the metadata store")),
+        };
+        let holders = metadata_holders(Path::new(&path));
+        let serving: Vec<String> = holders
+            .iter()
+            .filter_map(|h| serving_mount_of(h.pid))
+            .map(|m| m.display().to_string())
+            .collect();
+        let describe = |list: &[Holder]| {
+            if list.is_empty() {
+                "another process".to_string()
+            } else {
+                list.iter()
+                    .map(|h| format!("process {} ({})", h.pid, h.command))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        if !serving.is_empty() {
+            bail!(
+                "metadata store {path} is already in use by {}, which serves the mount at {}: \
+                 is the volume already mounted? Unmount it first",
+                describe(&holders),
+                serving.join(", ")
+            );
+        }
+        if start.elapsed() >= limit {
+            bail!(
+                "metadata store {path} is still in use by {} after {} s; it is probably an \
+                 earlier spoolfs daemon of this volume still writing out data: wait for it \
+                 (`spoolfs status`, its log), or allow longer with --wait-previous SECS",
+                describe(&holders),
+                limit.as_secs()
+            );
+        }
+        if !announced {
+            announced = true;
+            say(format!(
+                "metadata store {path} is in use by {}, an earlier daemon of this volume that \
+                 is still writing out data; waiting up to {} s for it to finish \
+                 (--wait-previous)",
+                describe(&holders),
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process that has a file open.
+struct Holder {
+    pid: u32,
+    /// Its command line, shortened.
+    command: String,
+}
+
+/// The spoolfs mount that daemon `pid` serves, if it still serves one: a mounted spoolfs mount
+/// point whose pid file names it. (A daemon that a plain umount detached serves none; it only
+/// writes out what is staged.)
+fn serving_mount_of(pid: u32) -> Option<PathBuf> {
+    spoolfs_fuse::read_mountinfo()
+        .ok()?
+        .into_iter()
+        .filter(|m| m.fs_type == "fuse.spoolfs")
+        .find(|m| crate::umount::read_pid(&runtime_files(&m.mount_point).pid) == Some(pid as i32))
+        .map(|m| m.mount_point)
+}
+
+/// The other processes (that this user may inspect) with `path` open.
+fn metadata_holders(path: &Path) -> Vec<Holder> {
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path));
+        if holds {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let mut command = cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            if command.len() > 100 {
+                let cut = (0..=100).rev().find(|&i| command.is_char_boundary(i));
+                command.truncate(cut.unwrap_or(0));
+                command.push('…');
+            }
+            out.push(Holder { pid, command });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn mount_args(extra: &[&str]) -> MountArgs {
+        let mut argv = vec!["spoolfs", "mount", "/m"];
+        argv.extend(extra);
+        match crate::Cli::try_parse_from(argv).unwrap().command {
+            crate::Command::Mount(m) => *m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn allow_other_defaults_to_root() {
+        let conf = tempfile::NamedTempFile::new().unwrap();
+        let args = mount_args(&[]);
+        assert_eq!(args.allow_other, None);
+        assert_eq!(allow_other(&args), is_root());
+        assert_eq!(mount_args(&["--allow-other"]).allow_other, Some(true));
+        assert_eq!(
+            mount_args(&["--allow-other=false"]).allow_other,
+            Some(false)
+        );
+        assert!(
+            crate::Cli::try_parse_from(["spoolfs", "mount", "/m", "--allow-other=maybe"]).is_err()
+        );
+
+        // A user asking for allow_other without user_allow_other is told why it fails.
+        std::fs::write(conf.path(), "# user_allow_other\nmount_max = 10\n").unwrap();
+        let err = check_privileged_options(&mount_args(&["--allow-other"]), false, conf.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("user_allow_other"), "{err}");
+        check_privileged_options(&mount_args(&[]), false, conf.path()).unwrap();
+        check_privileged_options(&mount_args(&["--allow-other"]), true, conf.path()).unwrap();
+        std::fs::write(conf.path(), "user_allow_other\n").unwrap();
+        check_privileged_options(&mount_args(&["--allow-other"]), false, conf.path()).unwrap();
+        let err = check_privileged_options(&mount_args(&["--suid"]), false, conf.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--suid") && err.contains("root"), "{err}");
+        check_privileged_options(&mount_args(&["--suid", "--dev"]), true, conf.path()).unwrap();
+    }
+
+    #[test]
+    fn waits_for_the_metadata_store_then_gives_up_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("redb://{}", dir.path().join("meta.redb").display());
+        let held = spoolfs_metadata::open_store(&url).unwrap();
+        let said = std::sync::Mutex::new(Vec::new());
+        let start = Instant::now();
+        let err = open_meta_waiting(&url, Duration::from_millis(300), &|m| {
+            said.lock().unwrap().push(m)
+        })
+        .err()
+        .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        let err = format!("{err:#}");
+        assert!(err.contains("--wait-previous"), "{err}");
+        assert_eq!(said.lock().unwrap().len(), 1, "{:?}", said.lock().unwrap());
+        assert!(said.lock().unwrap()[0].contains("waiting up to"));
+
+        // Released while waiting: the wait ends with the store open.
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        open_meta_waiting(&url, Duration::from_secs(30), &|_| {}).unwrap();
+        releaser.join().unwrap();
+    }
 }

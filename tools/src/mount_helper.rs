@@ -11,9 +11,15 @@
 //! - each option `key=value`: `--key=value`; `key`: `--key` (underscores count as dashes, so
 //!   `allow_other` is `--allow-other`); `ro`: `--read-only`; `relatime`, `strictatime`,
 //!   `noatime`: `--atime=…` (the last one given wins); `acl`, `noacl`: `--acl`,
-//!   `--acl=false`. The generic options mount(8) and
-//!   systemd pass (`rw`, `defaults`, `auto`, `noauto`, `user`, `nofail`, `_netdev`, `x-*`, ...)
-//!   are ignored. Any other option is an error, unless mount was given `-s` (sloppy).
+//!   `--acl=false`; `noexec`, `suid`, `dev` (and their opposites, the last one given wins):
+//!   `--noexec`, `--suid`, `--dev` (mount(8) leaves out the flags that are off, see
+//!   [`KernelFlags::from_mount8`]). The generic options mount(8) and systemd pass (`rw`,
+//!   `defaults`, `auto`, `noauto`, `user`, `nofail`, `_netdev`, `x-*`, ...) are ignored. Any
+//!   other option is an error, unless mount was given `-s` (sloppy).
+//!
+//! Like every mount helper it prints nothing on success; errors go to stderr with a non-zero
+//! status. `-o remount,…` changes the kernel mount's flags in place (`ro`/`rw`, `noexec`,
+//! `nosuid`, `nodev`); the volume's own settings need a full unmount and mount to change.
 
 use crate::config::{OptValue, find_flag, flag_args, flag_names, mount_command};
 use anyhow::{Context, Result, bail};
@@ -40,12 +46,6 @@ const IGNORED: &[&str] = &[
     "nofail",
     "_netdev",
     "netdev",
-    "exec",
-    "noexec",
-    "suid",
-    "nosuid",
-    "dev",
-    "nodev",
     // `atime` and `norelatime` only undo `noatime` and `relatime`: the default rule stays.
     "atime",
     "diratime",
@@ -164,13 +164,14 @@ pub fn translate(
     let mut warnings = Vec::new();
     let mut meta_option = false;
     let mut flags = Vec::new();
+    let mut kernel = KernelFlags::from_mount8(options);
     let mut atime = None;
     for opt in options {
         let (raw_key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, OptValue::Text(v.to_string())),
             None => (opt.as_str(), OptValue::Bare),
         };
-        if ignored(raw_key) || ignored(opt) {
+        if ignored(raw_key) || ignored(opt) || kernel.take(opt) {
             continue;
         }
         if raw_key == "ro" && value == OptValue::Bare {
@@ -226,7 +227,141 @@ pub fn translate(
     out.push(dir.to_string_lossy().into_owned());
     out.extend(flags);
     out.extend(atime);
+    for (on, flag) in [
+        (kernel.noexec, "--noexec"),
+        (kernel.suid, "--suid"),
+        (kernel.dev, "--dev"),
+    ] {
+        if on == Some(true) {
+            out.push(flag.to_string());
+        }
+    }
+    // Mount helpers are silent on success: scripts compare mount(8)'s output.
+    out.push("--quiet".to_string());
     Ok((out, warnings))
+}
+
+/// The per-mount flags of the kernel among the options; the last of a pair wins. `None`: not
+/// given (nosuid, nodev and exec are the defaults of a spoolfs mount).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct KernelFlags {
+    pub noexec: Option<bool>,
+    pub suid: Option<bool>,
+    pub dev: Option<bool>,
+    /// `ro` (true) or `rw` (false); only remount reads it, the mount takes `ro` as a flag.
+    pub read_only: Option<bool>,
+}
+
+impl KernelFlags {
+    /// The starting point for `options`. mount(8) passes the kernel flags it computed, `rw` or
+    /// `ro` first, and leaves out the ones that are off (`-o suid` arrives as no `nosuid`):
+    /// then an absent flag is off, as for every file system mount(8) mounts (a user mount
+    /// gets nosuid,nodev from mount(8) itself). Given by hand, absent flags keep spoolfs's
+    /// defaults (nosuid, nodev, exec).
+    fn from_mount8(options: &[String]) -> KernelFlags {
+        if matches!(options.first().map(String::as_str), Some("ro" | "rw")) {
+            KernelFlags {
+                noexec: Some(false),
+                suid: Some(true),
+                dev: Some(true),
+                read_only: None,
+            }
+        } else {
+            KernelFlags::default()
+        }
+    }
+
+    /// Records `opt` if it is one of the flags (not ro/rw); false otherwise.
+    fn take(&mut self, opt: &str) -> bool {
+        match opt {
+            "noexec" => self.noexec = Some(true),
+            "exec" => self.noexec = Some(false),
+            "suid" => self.suid = Some(true),
+            "nosuid" => self.suid = Some(false),
+            "dev" => self.dev = Some(true),
+            "nodev" => self.dev = Some(false),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// `mount -o remount,…`: changes the read-only, noexec, nosuid and nodev flags of the spoolfs
+/// mount at `dir` in place. mount(8) passes the complete resulting set of flags, `ro` or `rw`
+/// first (`ro,nosuid,nodev,relatime,remount,…`): then a flag that is absent is off, as for
+/// mount(2). Given by hand (`-o remount,ro`), only the flags named change. Other options
+/// (mount(8) also passes the fstab entry's) cannot change without a new mount and are left
+/// alone; so are the access-time flags, which the kernel keeps on a remount naming none.
+pub fn remount(dir: &Path, options: &[String]) -> Result<()> {
+    let canonical = dir
+        .canonicalize()
+        .with_context(|| format!("{}", dir.display()))?;
+    let entry = spoolfs_fuse::read_mountinfo()
+        .context("cannot read /proc/self/mountinfo")?
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == canonical);
+    match entry {
+        Some(m) if m.fs_type == "fuse.spoolfs" => {}
+        Some(m) => bail!(
+            "{} is a {} mount, not a spoolfs one",
+            canonical.display(),
+            m.fs_type
+        ),
+        None => bail!("{} is not mounted", canonical.display()),
+    }
+    let mut flags = KernelFlags::from_mount8(options);
+    for opt in options {
+        match opt.as_str() {
+            "ro" => flags.read_only = Some(true),
+            "rw" => flags.read_only = Some(false),
+            o => {
+                flags.take(o);
+            }
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if (flags.suid == Some(true) || flags.dev == Some(true)) && unsafe { libc::geteuid() } != 0 {
+        bail!("suid and dev are only honoured for root");
+    }
+    let path = std::ffi::CString::new(canonical.as_os_str().as_encoded_bytes())
+        .context("mount point contains a NUL byte")?;
+    // SAFETY: an all-zero statvfs is a valid out buffer; `path` is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot stat {}", canonical.display()));
+    }
+    let current = |bit: libc::c_ulong| st.f_flag & bit != 0;
+    let mut ms = libc::MS_REMOUNT | libc::MS_BIND;
+    if flags.read_only.unwrap_or(current(libc::ST_RDONLY)) {
+        ms |= libc::MS_RDONLY;
+    }
+    if flags.noexec.unwrap_or(current(libc::ST_NOEXEC)) {
+        ms |= libc::MS_NOEXEC;
+    }
+    if !flags.suid.unwrap_or(!current(libc::ST_NOSUID)) {
+        ms |= libc::MS_NOSUID;
+    }
+    if !flags.dev.unwrap_or(!current(libc::ST_NODEV)) {
+        ms |= libc::MS_NODEV;
+    }
+    // SAFETY: valid NUL-terminated target; null source, type and data are allowed for a
+    // bind remount.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            path.as_ptr(),
+            std::ptr::null(),
+            ms,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot remount {}", canonical.display()));
+    }
+    Ok(())
 }
 
 /// When started as `mount.spoolfs`: does the helper's work and returns its exit code.
@@ -254,6 +389,25 @@ pub fn dispatch(argv: &[OsString]) -> Option<ExitCode> {
             return Some(ExitCode::from(1));
         }
     };
+    if h.options.iter().any(|o| o == "remount") {
+        if h.verbose || h.fake {
+            eprintln!(
+                "{name}: remounting {} with {}",
+                h.dir.display(),
+                h.options.join(",")
+            );
+        }
+        if h.fake {
+            return Some(ExitCode::SUCCESS);
+        }
+        return Some(match remount(&h.dir, &h.options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: {e:#}");
+                ExitCode::from(32)
+            }
+        });
+    }
     let (mount_args, warnings) = match translate(&h.spec, &h.dir, &h.options, h.sloppy) {
         Ok(t) => t,
         Err(e) => {
@@ -403,6 +557,9 @@ mod tests {
                 "--upload-threads=8",
                 "--config=/etc/spoolfs/vol1.toml",
                 "--read-only",
+                "--suid",
+                "--dev",
+                "--quiet",
             ])
         );
         // The parsed result is a valid `spoolfs mount` command line.
@@ -411,11 +568,44 @@ mod tests {
         <crate::Cli as clap::Parser>::try_parse_from(full).unwrap();
 
         let (args, _) = translate("default", Path::new("/m"), &[], false).unwrap();
-        assert_eq!(args, s(&["mount", "/m"]));
+        assert_eq!(args, s(&["mount", "/m", "--quiet"]));
         let (args, _) = translate("/var/lib/v.redb", Path::new("/m"), &[], false).unwrap();
-        assert_eq!(args, s(&["mount", "--meta=redb:///var/lib/v.redb", "/m"]));
+        assert_eq!(
+            args,
+            s(&["mount", "--meta=redb:///var/lib/v.redb", "/m", "--quiet"])
+        );
         let (args, _) = translate("none", Path::new("/m"), &s(&["meta=memory://"]), false).unwrap();
-        assert_eq!(args, s(&["mount", "/m", "--meta=memory://"]));
+        assert_eq!(args, s(&["mount", "/m", "--meta=memory://", "--quiet"]));
+        // The kernel's flags reach the mount; the last of a pair wins.
+        let (args, _) = translate(
+            "default",
+            Path::new("/m"),
+            &s(&["noexec", "suid", "nodev", "exec", "noexec", "dev"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            args,
+            s(&["mount", "/m", "--noexec", "--suid", "--dev", "--quiet"])
+        );
+        let (args, _) =
+            translate("default", Path::new("/m"), &s(&["nosuid", "nodev"]), false).unwrap();
+        assert_eq!(args, s(&["mount", "/m", "--quiet"]));
+        // From mount(8) (rw or ro first), a flag left out is off: `-o suid,dev` arrives as
+        // `rw` alone.
+        let (args, _) = translate("default", Path::new("/m"), &s(&["rw", "x=1"]), true).unwrap();
+        assert_eq!(args, s(&["mount", "/m", "--suid", "--dev", "--quiet"]));
+        let (args, _) = translate(
+            "default",
+            Path::new("/m"),
+            &s(&["ro", "nosuid", "nodev", "noexec"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            args,
+            s(&["mount", "/m", "--read-only", "--noexec", "--quiet"])
+        );
     }
 
     #[test]
@@ -426,7 +616,12 @@ mod tests {
             let mut full = vec!["spoolfs".to_string()];
             full.extend(args.clone());
             <crate::Cli as clap::Parser>::try_parse_from(full).unwrap();
-            args[2..].to_vec()
+            // (--quiet, which every helper mount gets, is not an atime flag.)
+            args[2..]
+                .iter()
+                .filter(|a| *a != "--quiet")
+                .cloned()
+                .collect::<Vec<_>>()
         };
         assert_eq!(atime(&["noatime"]), s(&["--atime=noatime"]));
         assert_eq!(atime(&["strictatime", "rw"]), s(&["--atime=strictatime"]));
@@ -454,7 +649,7 @@ mod tests {
         assert!(translate("/v.redb", Path::new("/m"), &s(&["meta=redb:///x"]), false).is_err());
         let (args, warnings) =
             translate("default", Path::new("/m"), &s(&["frobnicate", "ro"]), true).unwrap();
-        assert_eq!(args, s(&["mount", "/m", "--read-only"]));
+        assert_eq!(args, s(&["mount", "/m", "--read-only", "--quiet"]));
         assert_eq!(warnings.len(), 1);
     }
 }

@@ -37,6 +37,54 @@ pub fn runtime_dir() -> PathBuf {
         .unwrap_or_else(|| default_cache_dir().join("run"))
 }
 
+/// Makes every file and directory this process creates private to its user (files 0600,
+/// directories 0700), whatever umask it was started with: staged data, cache files, the
+/// metadata store and the log hold every user's file data and names.
+pub fn private_umask() {
+    // SAFETY: umask has no preconditions; called before any thread that creates files.
+    unsafe { libc::umask(0o077) };
+}
+
+/// Creates `dir` (and missing parents) private to this user; an existing `dir` of ours that
+/// others can read is made private (0700) too.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    if meta.uid() == unsafe { libc::geteuid() } && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make directory {} private", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Opens (creating, 0600) a log file for appending. A symbolic link is refused, not
+/// followed: the log of a root daemon must not be redirected onto another file.
+pub fn open_log_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                anyhow::anyhow!(
+                    "log file {} is a symbolic link; give the real path with --log-file",
+                    path.display()
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("cannot open log file {}", path.display()))
+            }
+        })
+}
+
 /// FNV-1a, 64 bits: a stable short name for a mount point.
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -120,6 +168,23 @@ mod tests {
         assert!(a.socket.to_string_lossy().ends_with(".sock"));
         assert!(a.pid.to_string_lossy().ends_with(".pid"));
         assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+    }
+
+    #[test]
+    fn log_file_is_private_and_never_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("spoolfs.log");
+        drop(open_log_file(&log).unwrap());
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777 & !0o600, 0, "{mode:o}");
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = format!("{:#}", open_log_file(&link).unwrap_err());
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
 
     #[test]

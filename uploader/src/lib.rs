@@ -11,7 +11,10 @@ mod storage;
 
 pub use block::{BLOCK_TRAILER_LEN, decode_block, encode_block};
 pub use pack::{PackEntry, decode_pack_index, encode_pack, verify_packed};
-pub use storage::{DELETE_BATCH_KEYS, ObjectInfo, ObjectStorage, StorageConfig, error_kind};
+pub use storage::{
+    DELETE_BATCH_KEYS, ObjectInfo, ObjectStorage, S3Addressing, StorageConfig, error_kind,
+    s3_addressing,
+};
 
 /// Errors from the object store, each with the errno a file system call reports.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,10 @@ pub enum StorageError {
     Unavailable { detail: String },
     #[error("object store configuration error: {0}")]
     Config(String),
+    /// The store answered, but refused this volume's settings (no such bucket, credentials,
+    /// region, bucket name, TLS): the detail names the likely cause and the flag that fixes it.
+    #[error("{detail}")]
+    Misconfigured { detail: String },
 }
 
 impl StorageError {
@@ -38,7 +45,9 @@ impl StorageError {
             StorageError::NotFound { .. } => libc::ENOENT,
             StorageError::AlreadyExists { .. } => libc::EEXIST,
             StorageError::Denied { .. } => libc::EACCES,
-            StorageError::BadUrl { .. } | StorageError::Config(_) => libc::EINVAL,
+            StorageError::BadUrl { .. }
+            | StorageError::Config(_)
+            | StorageError::Misconfigured { .. } => libc::EINVAL,
             StorageError::Checksum { .. } | StorageError::Unavailable { .. } => libc::EIO,
         }
     }

@@ -19,8 +19,11 @@ pub struct StorageConfig {
     pub url: String,
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
-    /// Path-style requests (`endpoint/bucket/key`); needed by most S3 servers that are not AWS.
+    /// Force path-style requests (`endpoint/bucket/key`); wins over `s3_virtual_hosted`.
     pub s3_path_style: bool,
+    /// Force virtual-hosted requests (`bucket.endpoint/key`). With neither, see
+    /// [`s3_addressing`].
+    pub s3_virtual_hosted: bool,
     /// Sign no requests (public buckets).
     pub s3_anonymous: bool,
     /// How long the start-up reachability check waits.
@@ -46,6 +49,198 @@ pub struct ObjectStorage {
     describe: String,
     runtime: tokio::runtime::Runtime,
     check_timeout: Duration,
+    /// What the start-up check needs to explain an S3 refusal; `None` for other stores.
+    s3: Option<S3Facts>,
+}
+
+/// How S3 requests name the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Addressing {
+    /// `endpoint/bucket/key`: what self-hosted servers (MinIO, Ceph RGW, SeaweedFS, Garage)
+    /// expect, and the only form an IP address or `localhost` can carry.
+    PathStyle,
+    /// `bucket.endpoint/key`: what AWS expects.
+    VirtualHosted,
+}
+
+/// The addressing `config` asks for, and why: forced by a flag, else path style for an endpoint
+/// whose host is an IP address or `localhost` (a bucket cannot go into such a host name, and
+/// every common S3 client decides the same way), else virtual-hosted.
+pub fn s3_addressing(config: &StorageConfig) -> (S3Addressing, &'static str) {
+    if config.s3_path_style {
+        return (S3Addressing::PathStyle, "--s3-path-style");
+    }
+    if config.s3_virtual_hosted {
+        return (S3Addressing::VirtualHosted, "--s3-virtual-hosted");
+    }
+    let Some(endpoint) = &config.s3_endpoint else {
+        return (S3Addressing::VirtualHosted, "AWS endpoint");
+    };
+    match url::Url::parse(endpoint).ok().and_then(|u| {
+        u.host().map(|h| match h {
+            url::Host::Ipv4(_) | url::Host::Ipv6(_) => "the endpoint is an IP address",
+            url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => {
+                "the endpoint is localhost"
+            }
+            url::Host::Domain(_) => "",
+        })
+    }) {
+        Some(why) if !why.is_empty() => (S3Addressing::PathStyle, why),
+        _ => (S3Addressing::VirtualHosted, "the endpoint is a host name"),
+    }
+}
+
+/// The endpoint of virtual-hosted requests to `bucket` at `endpoint`: the bucket goes in front
+/// of the host name, unless the endpoint already starts with it.
+fn virtual_hosted_endpoint(endpoint: &str, bucket: &str) -> std::result::Result<String, String> {
+    let mut url = url::Url::parse(endpoint).map_err(|e| format!("invalid endpoint: {e}"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| "the endpoint has no host".to_string())?
+        .to_string();
+    if !host.starts_with(&format!("{bucket}.")) {
+        url.set_host(Some(&format!("{bucket}.{host}")))
+            .map_err(|e| format!("cannot put bucket {bucket:?} into host {host:?}: {e}"))?;
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// What explains an S3 error at start-up.
+#[derive(Debug, Clone)]
+struct S3Facts {
+    bucket: String,
+    endpoint: Option<String>,
+    region: String,
+    addressing: S3Addressing,
+}
+
+/// The text of `e` and of every error below it, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The text between `<tag>` and `</tag>` in an S3 error body.
+fn xml_field<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let start = text.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let len = text[start..].find(&format!("</{tag}>"))?;
+    Some(&text[start..start + len])
+}
+
+/// One line naming the likely cause of an S3 refusal and the flag (or setting) that fixes it;
+/// `None` when the error says nothing recognisable.
+fn explain_s3_error(facts: &S3Facts, detail: &str) -> Option<String> {
+    let code = xml_field(detail, "Code").unwrap_or("");
+    let has = |s: &str| code == s || detail.contains(s);
+    let lower = detail.to_ascii_lowercase();
+    let bucket = &facts.bucket;
+    let at = facts
+        .endpoint
+        .as_deref()
+        .map(|e| format!(" at {e}"))
+        .unwrap_or_default();
+    if has("AuthorizationHeaderMalformed")
+        || has("PermanentRedirect")
+        || has("IncorrectEndpoint")
+        || has("IllegalLocationConstraintException")
+        || (lower.contains("region") && lower.contains("expecting"))
+    {
+        let expected = xml_field(detail, "Region").map(str::to_string).or_else(|| {
+            let at = lower.find("expecting '")? + "expecting '".len();
+            let len = detail[at..].find('\'')?;
+            Some(detail[at..at + len].to_string())
+        });
+        return Some(match expected {
+            Some(r) => format!(
+                "bucket {bucket:?} is in region {r:?}, not {:?}: pass --s3-region {r}",
+                facts.region
+            ),
+            None => format!(
+                "the server refused region {:?} for bucket {bucket:?}: pass the bucket's \
+                 region with --s3-region",
+                facts.region
+            ),
+        });
+    }
+    if has("NoSuchBucket") {
+        return Some(format!(
+            "bucket {bucket:?} does not exist{at}: create it first (spoolfs does not create \
+             buckets), or name an existing bucket in --storage s3://BUCKET/PREFIX"
+        ));
+    }
+    if has("InvalidBucketName") {
+        return Some(match facts.addressing {
+            S3Addressing::VirtualHosted => format!(
+                "the server refused bucket name {bucket:?} in the host name (virtual-hosted \
+                 requests); most self-hosted servers need path-style requests: pass \
+                 --s3-path-style"
+            ),
+            S3Addressing::PathStyle => format!(
+                "the server refused bucket name {bucket:?}: S3 bucket names are 3 to 63 \
+                 lowercase letters, digits, dots and hyphens; fix the bucket in --storage \
+                 s3://BUCKET/PREFIX"
+            ),
+        });
+    }
+    if has("InvalidAccessKeyId")
+        || has("SignatureDoesNotMatch")
+        || has("InvalidToken")
+        || has("ExpiredToken")
+        || has("AccessDenied")
+        || has("403 Forbidden")
+    {
+        let why = [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "InvalidToken",
+            "ExpiredToken",
+            "AccessDenied",
+        ]
+        .into_iter()
+        .find(|c| has(c))
+        .unwrap_or("403 Forbidden");
+        return Some(format!(
+            "the server refused the credentials for bucket {bucket:?} ({why}): check \
+             AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or pass \
+             --s3-anonymous for a public bucket"
+        ));
+    }
+    if lower.contains("certificate")
+        || lower.contains("tls")
+        || lower.contains("ssl")
+        || lower.contains("handshake")
+        || lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+    {
+        return Some(format!(
+            "TLS with the S3 endpoint{at} failed: if the server speaks plain HTTP, give \
+             --s3-endpoint an http:// URL; if its certificate is self-signed, make this machine \
+             trust its CA"
+        ));
+    }
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+    {
+        return Some(match facts.addressing {
+            S3Addressing::VirtualHosted if facts.endpoint.is_some() => format!(
+                "the host name of virtual-hosted requests (bucket {bucket:?} in front of the \
+                 endpoint's host) does not resolve: pass --s3-path-style, or fix \
+                 --s3-endpoint"
+            ),
+            _ => "the S3 endpoint's host name does not resolve: fix --s3-endpoint".to_string(),
+        });
+    }
+    None
 }
 
 fn map_err(key: &str, e: object_store::Error) -> StorageError {
@@ -85,7 +280,9 @@ pub fn error_kind(e: &StorageError) -> &'static str {
         StorageError::Checksum { .. } => "checksum",
         StorageError::Denied { .. } => "denied",
         StorageError::Unavailable { .. } => "unavailable",
-        StorageError::BadUrl { .. } | StorageError::Config(_) => "config",
+        StorageError::BadUrl { .. }
+        | StorageError::Config(_)
+        | StorageError::Misconfigured { .. } => "config",
     }
 }
 
@@ -124,6 +321,7 @@ impl ObjectStorage {
             .enable_all()
             .build()
             .map_err(|e| StorageError::Config(format!("cannot start I/O runtime: {e}")))?;
+        let mut s3_facts = None;
         let (store, prefix, describe): (Arc<dyn ObjectStore>, String, String) = match url.scheme() {
             "file" => {
                 let dir = url.path();
@@ -152,10 +350,12 @@ impl ObjectStorage {
                     retry_timeout: Duration::from_secs(120),
                     ..Default::default()
                 };
+                let region = config.s3_region.as_deref().unwrap_or("us-east-1");
+                let (addressing, why) = s3_addressing(config);
                 let mut builder = AmazonS3Builder::new()
                     .with_bucket_name(bucket)
-                    .with_region(config.s3_region.as_deref().unwrap_or("us-east-1"))
-                    .with_virtual_hosted_style_request(!config.s3_path_style)
+                    .with_region(region)
+                    .with_virtual_hosted_style_request(addressing == S3Addressing::VirtualHosted)
                     .with_retry(retry)
                     .with_client_options(
                         ClientOptions::new()
@@ -163,8 +363,15 @@ impl ObjectStorage {
                             .with_timeout(Duration::from_secs(60)),
                     );
                 if let Some(endpoint) = &config.s3_endpoint {
+                    // object_store takes a virtual-hosted endpoint as is: the bucket must
+                    // already be in it.
+                    let endpoint = match addressing {
+                        S3Addressing::PathStyle => endpoint.clone(),
+                        S3Addressing::VirtualHosted => virtual_hosted_endpoint(endpoint, bucket)
+                            .map_err(|e| StorageError::Config(format!("--s3-endpoint: {e}")))?,
+                    };
                     builder = builder
-                        .with_endpoint(endpoint)
+                        .with_endpoint(&endpoint)
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
                 if config.s3_anonymous {
@@ -193,10 +400,20 @@ impl ObjectStorage {
                 let s3 = builder
                     .build()
                     .map_err(|e| StorageError::Config(e.to_string()))?;
-                let describe = match &config.s3_endpoint {
-                    Some(ep) => format!("s3://{bucket}/{prefix} at {ep}"),
-                    None => format!("s3://{bucket}/{prefix}"),
+                let style = match addressing {
+                    S3Addressing::PathStyle => "path-style",
+                    S3Addressing::VirtualHosted => "virtual-hosted",
                 };
+                let describe = match &config.s3_endpoint {
+                    Some(ep) => format!("s3://{bucket}/{prefix} at {ep} ({style}: {why})"),
+                    None => format!("s3://{bucket}/{prefix} ({style}: {why})"),
+                };
+                s3_facts = Some(S3Facts {
+                    bucket: bucket.to_string(),
+                    endpoint: config.s3_endpoint.clone(),
+                    region: region.to_string(),
+                    addressing,
+                });
                 (Arc::new(s3), prefix, describe)
             }
             other => {
@@ -211,6 +428,7 @@ impl ObjectStorage {
             describe,
             runtime,
             check_timeout: config.check_timeout.unwrap_or(Duration::from_secs(15)),
+            s3: s3_facts,
         })
     }
 
@@ -227,6 +445,7 @@ impl ObjectStorage {
             describe: describe.to_string(),
             runtime,
             check_timeout: Duration::from_secs(15),
+            s3: None,
         })
     }
 
@@ -479,6 +698,13 @@ impl ObjectStorage {
         {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
+                if let Some(facts) = &self.s3
+                    && let Some(why) = explain_s3_error(facts, &error_chain(&e))
+                {
+                    return Err(StorageError::Misconfigured {
+                        detail: format!("{}: {why}", self.describe),
+                    });
+                }
                 let mapped = map_err("", e);
                 Err(match mapped {
                     StorageError::NotFound { .. } => StorageError::Unavailable {
@@ -561,6 +787,80 @@ mod tests {
                 ..Default::default()
             });
             assert!(r.is_err(), "{url} accepted");
+        }
+    }
+
+    fn s3(endpoint: Option<&str>, path: bool, virt: bool) -> StorageConfig {
+        StorageConfig {
+            url: "s3://bkt/p".into(),
+            s3_endpoint: endpoint.map(str::to_string),
+            s3_path_style: path,
+            s3_virtual_hosted: virt,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn addressing_follows_the_endpoint_unless_forced() {
+        use S3Addressing::*;
+        let style = |c: &StorageConfig| s3_addressing(c).0;
+        assert_eq!(
+            style(&s3(Some("http://127.0.0.1:9000"), false, false)),
+            PathStyle
+        );
+        assert_eq!(
+            style(&s3(Some("http://[::1]:9000"), false, false)),
+            PathStyle
+        );
+        assert_eq!(
+            style(&s3(Some("http://localhost:9000"), false, false)),
+            PathStyle
+        );
+        assert_eq!(
+            style(&s3(Some("https://s3.example.com"), false, false)),
+            VirtualHosted
+        );
+        assert_eq!(style(&s3(None, false, false)), VirtualHosted);
+        assert_eq!(
+            style(&s3(Some("https://s3.example.com"), true, false)),
+            PathStyle
+        );
+        assert_eq!(
+            style(&s3(Some("http://127.0.0.1:9000"), false, true)),
+            VirtualHosted
+        );
+        assert_eq!(style(&s3(None, true, true)), PathStyle);
+        assert_eq!(
+            virtual_hosted_endpoint("https://s3.example.com:8443/", "bkt").unwrap(),
+            "https://bkt.s3.example.com:8443"
+        );
+        assert_eq!(
+            virtual_hosted_endpoint("https://bkt.s3.example.com", "bkt").unwrap(),
+            "https://bkt.s3.example.com"
+        );
+    }
+
+    #[test]
+    fn s3_refusals_name_cause_and_flag() {
+        let facts = S3Facts {
+            bucket: "bkt".into(),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: "us-east-1".into(),
+            addressing: S3Addressing::VirtualHosted,
+        };
+        let why = |detail: &str| explain_s3_error(&facts, detail).unwrap_or_default();
+        assert!(why("<Error><Code>NoSuchBucket</Code></Error>").contains("does not exist"));
+        assert!(why("<Code>InvalidBucketName</Code>").contains("--s3-path-style"));
+        assert!(why("<Code>SignatureDoesNotMatch</Code>").contains("AWS_SECRET_ACCESS_KEY"));
+        let region = why(
+            "<Code>AuthorizationHeaderMalformed</Code><Message>the region 'us-east-1' is \
+             wrong; expecting 'eu-west-1'</Message>",
+        );
+        assert!(region.contains("--s3-region eu-west-1"), "{region}");
+        assert!(why("invalid peer certificate: UnknownIssuer").contains("TLS"));
+        assert!(explain_s3_error(&facts, "connection refused").is_none());
+        for line in [why("<Code>NoSuchBucket</Code>"), region] {
+            assert!(!line.contains('\n'), "{line}");
         }
     }
 
