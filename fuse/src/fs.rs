@@ -851,12 +851,15 @@ impl Filesystem for SpoolFs {
             Ok(m) => m,
             Err(e) => return reply.error(e),
         };
-        reply_empty(
-            reply,
-            self.call(Op::Setxattr, |e| {
-                e.setxattr(&caller(req), ino.0, name.as_bytes(), value, mode)
-            }),
-        );
+        let who = caller(req);
+        let r = self.call(Op::Setxattr, |e| {
+            e.setxattr(&who, ino.0, name.as_bytes(), value, mode)?;
+            if name.as_bytes() == spoolfs_engine::acl::ACCESS_XATTR {
+                kill_sgid_after_acl(e, &who, ino.0)?;
+            }
+            Ok(())
+        });
+        reply_empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -990,6 +993,37 @@ impl Filesystem for SpoolFs {
     ) {
         reply.error(Errno::ENOSYS);
     }
+}
+
+/// Setting an access ACL clears the set-group-id bit when the caller is neither in the file's
+/// group nor privileged, as on ext4 (the kernel leaves this to the file system unless it can
+/// pass a flag for it, which needs a newer FUSE protocol than fuser speaks).
+fn kill_sgid_after_acl(e: &Engine, who: &Caller, ino: u64) -> Result<(), FsError> {
+    let attr = e.getattr(ino)?;
+    if attr.perm & libc::S_ISGID as u16 == 0 || who.uid == 0 || who.gid == attr.gid {
+        return Ok(());
+    }
+    match supplementary_groups(who.pid) {
+        Some(groups) if !groups.contains(&attr.gid) => {
+            let set = SetAttr {
+                mode: Some((attr.perm & !(libc::S_ISGID as u16)) as u32),
+                ..Default::default()
+            };
+            e.setattr(who, ino, &set).map(|_| ())
+        }
+        // Unknown (the process is gone): leave the bit.
+        _ => Ok(()),
+    }
+}
+
+/// The supplementary groups of process `pid` (the `Groups:` line of /proc/PID/status).
+fn supplementary_groups(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Groups:"))?;
+    line["Groups:".len()..]
+        .split_whitespace()
+        .map(|g| g.parse().ok())
+        .collect()
 }
 
 /// The text of a panic payload.
