@@ -6,8 +6,7 @@
 //!
 //! Prints p50/p90/p99 in microseconds. `benches/fio.sh` measures the same through the kernel.
 
-use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
-use spoolfs_engine::writeback::{DEFAULT_PACK_SIZE, StagingSettings, open_staging};
+use spoolfs_engine::writeback::{StagingSettings, open_staging};
 use spoolfs_engine::*;
 use spoolfs_metadata::{KvStore, RedbStore};
 use spoolfs_uploader::ObjectStorage;
@@ -40,23 +39,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     let record = volume::read_record(meta.as_ref())?.ok_or("no volume record")?;
+    // The mount's defaults, with a smaller staging bound and fewer uploaders.
     let settings = StagingSettings {
         cache_dir: root.path().join("cache"),
-        writeback: true,
-        engine_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        io_engine: IoEngineKind::Auto,
-        durability: StagingDurability::Flush,
-        segment_size: 64 << 20,
         max_staging_bytes: 1 << 30,
-        max_staging_age: Duration::from_secs(3600),
         max_staging_wait: Duration::from_secs(60),
         upload_threads: 2,
-        upload_delay: Duration::from_millis(500),
-        pack_size: DEFAULT_PACK_SIZE,
-        upload_limit: 0,
-        staging_timeout: std::time::Duration::from_secs(5),
-        upload_buffer: 256 << 20,
-        faults: None,
+        ..Default::default()
     };
     let (meta, staging) = open_staging(meta, &record, &settings)?;
     let storage = Arc::new(ObjectStorage::open(&storage_config)?);
@@ -67,14 +56,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::start(meta, storage, record, config)?;
     let (attr, fh) = engine.create(&Caller::ROOT, ROOT_INO, b"f", 0o644, libc::O_RDWR)?;
     let file_size: u64 = 64 << 20;
-    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut rng = spoolfs_testkit::Rng::new(1);
     let block = vec![0xa5u8; 4096];
     let mut lat = Vec::with_capacity(ops);
     for _ in 0..ops {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let off = (rng % (file_size / 4096)) * 4096;
+        let off = rng.below(file_size / 4096) * 4096;
         let t = Instant::now();
         engine.write(&Caller::ROOT, attr.ino, fh, off, &block)?;
         match mode {

@@ -1098,6 +1098,49 @@ pub struct StagingSettings {
     pub faults: Option<Arc<crate::staging::FaultConfig>>,
 }
 
+/// The defaults of `spoolfs mount`'s staging flags (one engine thread per CPU), with no cache
+/// directory: callers set `cache_dir`.
+impl Default for StagingSettings {
+    fn default() -> Self {
+        StagingSettings {
+            cache_dir: std::path::PathBuf::new(),
+            writeback: true,
+            engine_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            io_engine: crate::staging::IoEngineKind::Auto,
+            durability: crate::staging::StagingDurability::Flush,
+            segment_size: 64 << 20,
+            max_staging_bytes: 10 << 30,
+            max_staging_age: Duration::from_secs(3600),
+            max_staging_wait: Duration::from_secs(10),
+            upload_threads: 4,
+            upload_delay: Duration::from_millis(500),
+            pack_size: DEFAULT_PACK_SIZE,
+            upload_limit: 0,
+            upload_buffer: 256 << 20,
+            staging_timeout: Duration::from_secs(5),
+            faults: None,
+        }
+    }
+}
+
+impl StagingSettings {
+    /// Small and quick settings for tests, logs in `cache_dir`: writeback, two engine threads,
+    /// one uploader, 1 MiB segments, no device cache flushes, no packing delay.
+    pub fn for_tests(cache_dir: impl Into<std::path::PathBuf>) -> Self {
+        StagingSettings {
+            cache_dir: cache_dir.into(),
+            engine_threads: 2,
+            durability: crate::staging::StagingDurability::None,
+            segment_size: 1 << 20,
+            max_staging_bytes: 64 << 20,
+            max_staging_wait: Duration::from_secs(5),
+            upload_threads: 1,
+            upload_delay: Duration::ZERO,
+            ..Default::default()
+        }
+    }
+}
+
 /// Which node's cache directory holds this volume's staging and namespace logs, and whether
 /// the last mount ended cleanly (everything uploaded and checkpointed).
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
-use common::{Volume as Fixture, pattern};
+use common::Volume as Fixture;
+use spoolfs_testkit::random_bytes;
 
 const ME: Caller = Caller::ROOT;
 
@@ -78,6 +79,25 @@ impl KvTxn for NotingTxn<'_> {
 }
 
 impl Recording {
+    /// Runs `flush` (a persist or a sync): everything committed before the call is durable
+    /// once it returns.
+    fn making_durable(
+        &self,
+        flush: impl FnOnce() -> Result<(), MetaError>,
+    ) -> Result<(), MetaError> {
+        let before: Vec<u64> = self
+            .ledger
+            .lock()
+            .unwrap()
+            .committed
+            .iter()
+            .copied()
+            .collect();
+        flush()?;
+        self.ledger.lock().unwrap().durable.extend(before);
+        Ok(())
+    }
+
     fn checkpointed(&self) {
         let mut l = self.ledger.lock().unwrap();
         let committed: Vec<u64> = l.committed.iter().copied().collect();
@@ -115,32 +135,11 @@ impl KvStore for Recording {
     }
 
     fn persist(&self) -> Result<(), MetaError> {
-        // Everything committed before the call is durable once it returns.
-        let before: Vec<u64> = self
-            .ledger
-            .lock()
-            .unwrap()
-            .committed
-            .iter()
-            .copied()
-            .collect();
-        self.inner.persist()?;
-        self.ledger.lock().unwrap().durable.extend(before);
-        Ok(())
+        self.making_durable(|| self.inner.persist())
     }
 
     fn sync(&self) -> Result<(), MetaError> {
-        let before: Vec<u64> = self
-            .ledger
-            .lock()
-            .unwrap()
-            .committed
-            .iter()
-            .copied()
-            .collect();
-        self.inner.sync()?;
-        self.ledger.lock().unwrap().durable.extend(before);
-        Ok(())
+        self.making_durable(|| self.inner.sync())
     }
 
     fn describe(&self) -> String {
@@ -277,7 +276,8 @@ fn dead_objects_are_deleted_only_after_their_death_is_durable() {
         let (attr, fh) = e
             .create(&ME, ROOT_INO, name.as_bytes(), 0o644, libc::O_RDWR)
             .unwrap();
-        e.write(&ME, attr.ino, fh, 0, &pattern(i, size)).unwrap();
+        e.write(&ME, attr.ino, fh, 0, &random_bytes(i, size))
+            .unwrap();
         e.flush(attr.ino, fh).unwrap();
         e.release(attr.ino, fh).unwrap();
         inos.push(attr.ino);
@@ -286,7 +286,7 @@ fn dead_objects_are_deleted_only_after_their_death_is_durable() {
     // which do not, are the deaths still in memory when the collector runs.
     for (i, ino) in inos.iter().enumerate().skip(10) {
         let fh = e.open(&ME, *ino, libc::O_RDWR).unwrap();
-        e.write(&ME, *ino, fh, 0, &pattern(100 + i as u64, size))
+        e.write(&ME, *ino, fh, 0, &random_bytes(100 + i as u64, size))
             .unwrap();
         e.flush(*ino, fh).unwrap();
         e.release(*ino, fh).unwrap();
@@ -322,7 +322,7 @@ fn dead_objects_are_deleted_only_after_their_death_is_durable() {
         let got = e.read(*ino, fh, 0, size as u32).unwrap();
         e.release(*ino, fh).unwrap();
         assert!(
-            got == pattern(100 + i as u64, size),
+            got == random_bytes(100 + i as u64, size),
             "f{i} reads back wrong"
         );
     }

@@ -5,17 +5,18 @@
 
 use spoolfs_engine::fsck::{FsckOptions, FsckReport, Severity, check_offline, fsck};
 use spoolfs_engine::schema::{self, DentryRec, PackRec, SliceRec, StagedRec};
-use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
-use spoolfs_engine::writeback::{StagingSettings, open_staging};
+use spoolfs_engine::staging::IoEngineKind;
+use spoolfs_engine::writeback::StagingSettings;
 use spoolfs_engine::*;
 use spoolfs_metadata::{Durability, KvTxn, MetaError};
 use spoolfs_uploader::ObjectStorage;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-use common::{Volume, pattern};
+use common::{Volume, count_files, files_under, read_all};
+use spoolfs_testkit::random_bytes;
 
 const ME: Caller = Caller::ROOT;
 const BS: usize = common::BLOCK_SIZE;
@@ -44,30 +45,16 @@ impl Fixture {
     fn cache(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
-    fn record(&self) -> VolumeRecord {
-        volume::read_record(self.meta().as_ref()).unwrap().unwrap()
-    }
     fn settings(&self, uploaders: usize) -> StagingSettings {
         self.settings_with_delay(uploaders, Duration::ZERO)
     }
     fn settings_with_delay(&self, uploaders: usize, delay: Duration) -> StagingSettings {
         StagingSettings {
-            cache_dir: self.cache(),
-            writeback: true,
             engine_threads: 1,
             io_engine: IoEngineKind::Psync,
-            durability: StagingDurability::None,
-            segment_size: 1 << 20,
-            max_staging_bytes: 64 << 20,
-            max_staging_age: Duration::from_secs(3600),
-            max_staging_wait: Duration::from_secs(5),
             upload_threads: uploaders,
             upload_delay: delay,
-            pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
-            upload_limit: 0,
-            staging_timeout: std::time::Duration::from_secs(5),
-            upload_buffer: 256 << 20,
-            faults: None,
+            ..StagingSettings::for_tests(self.cache())
         }
     }
     /// A writeback engine (what a mount runs); `drain`: wait for uploads at shutdown.
@@ -75,16 +62,11 @@ impl Fixture {
         self.engine_with(self.settings(uploaders), drain)
     }
     fn engine_with(&self, settings: StagingSettings, drain: bool) -> Arc<Engine> {
-        let meta = self.meta();
-        let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
-        let (meta, staging) = open_staging(meta, &record, &settings).unwrap();
-        let storage = Arc::new(ObjectStorage::open(&self.storage_config()).unwrap());
         let config = EngineConfig {
-            staging: Some(staging),
             drain_on_shutdown: drain.then_some(Duration::from_secs(30)),
             ..Default::default()
         };
-        Engine::start(meta, storage, record, config).unwrap()
+        self.start_engine(Some(&settings), config)
     }
 
     fn write(&mut self, e: &Engine, path: &str, data: Vec<u8>) {
@@ -106,12 +88,12 @@ impl Fixture {
         let e = f.engine_with(f.settings_with_delay(2, Duration::from_secs(60)), true);
         let d = e.mkdir(&ME, ROOT_INO, b"d", 0o755).unwrap();
         e.mkdir(&ME, d.ino, b"sub", 0o755).unwrap();
-        f.write(&e, "/d/big", pattern(1, 1_200_000));
+        f.write(&e, "/d/big", random_bytes(1, 1_200_000));
         for i in 0..4 {
             f.write(
                 &e,
                 &format!("/small{i}"),
-                pattern(10 + i, 1000 + 3000 * i as usize),
+                random_bytes(10 + i, 1000 + 3000 * i as usize),
             );
         }
         let big = e.lookup(d.ino, b"big").unwrap();
@@ -122,12 +104,12 @@ impl Fixture {
         e.shutdown().unwrap();
         drop(e);
         assert_eq!(
-            count(&f.objects().join("packs")),
+            count_files(&f.objects().join("packs")),
             1,
             "small files packed together"
         );
         assert!(
-            count(&f.objects().join("chunks")) >= 19,
+            count_files(&f.objects().join("chunks")) >= 19,
             "large file in blocks"
         );
         f
@@ -198,35 +180,6 @@ fn lookup(e: &Engine, path: &str) -> Ino {
         .fold(ROOT_INO, |dir, name| {
             e.lookup(dir, name.as_bytes()).unwrap().ino
         })
-}
-
-fn read_all(e: &Engine, ino: Ino) -> Vec<u8> {
-    let fh = e.open(&ME, ino, libc::O_RDONLY).unwrap();
-    let size = e.getattr(ino).unwrap().size;
-    let out = e.read(ino, fh, 0, size as u32 + 10).unwrap();
-    e.release(ino, fh).unwrap();
-    out
-}
-
-fn count(p: &Path) -> usize {
-    files_under(p).len()
-}
-
-fn files_under(p: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out.sort();
-    out
 }
 
 fn describe(r: &FsckReport) -> String {
@@ -560,8 +513,8 @@ fn staged_record_without_staging_data() {
     let mut f = Fixture::new();
     // No uploaders, no drain: the files stay staged and the volume is left unclean.
     let e = f.engine(0, false);
-    f.write(&e, "/kept", pattern(3, 5000));
-    f.write(&e, "/lost", pattern(4, 7000));
+    f.write(&e, "/kept", random_bytes(3, 5000));
+    f.write(&e, "/lost", random_bytes(4, 7000));
     e.shutdown().unwrap();
     drop(e);
     let record = f.record();
@@ -616,7 +569,7 @@ fn staged_record_without_staging_data() {
 fn crashed_volume_is_refused_until_replayed() {
     let mut f = Fixture::new();
     let e = f.engine(0, false);
-    f.write(&e, "/a", pattern(5, 3000));
+    f.write(&e, "/a", random_bytes(5, 3000));
     // A crash: no shutdown. The store comes back at its last checkpoint, before the last
     // logged change (the changes since are kept in memory until a checkpoint); moving its
     // log position back one more keeps it behind even if a checkpoint ran meanwhile.

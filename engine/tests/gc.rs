@@ -3,18 +3,18 @@
 
 use spoolfs_engine::gc::{CompactionSettings, GcOptions, GcReport};
 use spoolfs_engine::schema::{self, PackRec, PackedRec};
-use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
-use spoolfs_engine::writeback::{StagingSettings, open_staging};
+use spoolfs_engine::writeback::StagingSettings;
 use spoolfs_engine::*;
 use spoolfs_uploader::ObjectStorage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 mod common;
-use common::{Volume as Fixture, pattern};
+use common::{Volume as Fixture, files_under, read_all};
+use spoolfs_testkit::random_bytes;
 
 const ME: Caller = Caller::ROOT;
 /// Small packs, so a few hundred small files make many of them.
@@ -29,40 +29,22 @@ impl Fixture {
 
     fn engine_with(&self, uploaders: usize, compaction: Option<CompactionSettings>) -> Arc<Engine> {
         let settings = StagingSettings {
-            cache_dir: self.dir.path().join("cache"),
-            writeback: true,
             engine_threads: 1,
-            io_engine: IoEngineKind::Auto,
-            durability: StagingDurability::None,
             segment_size: 4 << 20,
-            max_staging_bytes: 64 << 20,
-            max_staging_age: Duration::from_secs(3600),
-            max_staging_wait: Duration::from_secs(5),
             upload_threads: uploaders,
-            upload_delay: Duration::ZERO,
             pack_size: PACK_SIZE,
-            upload_limit: 0,
-            staging_timeout: std::time::Duration::from_secs(5),
-            upload_buffer: 256 << 20,
-            faults: None,
+            ..StagingSettings::for_tests(self.dir.path().join("cache"))
         };
-        let meta = self.meta();
-        let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
-        let (meta, staging) = open_staging(meta, &record, &settings).unwrap();
-        let storage = Arc::new(ObjectStorage::open(&self.storage_config()).unwrap());
         let config = EngineConfig {
-            staging: Some(staging),
             compaction,
             ..Default::default()
         };
-        Engine::start(meta, storage, record, config).unwrap()
+        self.start_engine(Some(&settings), config)
     }
 
     /// Pack object files: id → size.
     fn pack_files(&self) -> BTreeMap<u64, u64> {
-        let mut files = Vec::new();
-        walk(&self.objects().join("packs"), &mut files);
-        files
+        files_under(&self.objects().join("packs"))
             .into_iter()
             .map(|p| {
                 let id = p
@@ -139,19 +121,6 @@ impl Fixture {
     }
 }
 
-fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return;
-    };
-    for e in rd.flatten() {
-        if e.file_type().unwrap().is_dir() {
-            walk(&e.path(), out);
-        } else {
-            out.push(e.path());
-        }
-    }
-}
-
 fn write_file(e: &Engine, name: &str, data: &[u8]) -> Ino {
     let (ino, fh) = match e.lookup(ROOT_INO, name.as_bytes()) {
         Ok(a) => {
@@ -181,13 +150,21 @@ fn write_file(e: &Engine, name: &str, data: &[u8]) -> Ino {
     ino
 }
 
+/// Writes files `f0`, `f1`, … (`n` of them, file `i` of `len(i)` bytes); returns name →
+/// contents.
+fn write_files(e: &Engine, n: u64, len: impl Fn(u64) -> usize) -> BTreeMap<String, Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let data = random_bytes(i, len(i));
+            let name = format!("f{i}");
+            write_file(e, &name, &data);
+            (name, data)
+        })
+        .collect()
+}
+
 fn read_file(e: &Engine, name: &str) -> Vec<u8> {
-    let ino = e.lookup(ROOT_INO, name.as_bytes()).unwrap().ino;
-    let fh = e.open(&ME, ino, libc::O_RDONLY).unwrap();
-    let size = e.getattr(ino).unwrap().size;
-    let out = e.read(ino, fh, 0, size as u32 + 1).unwrap();
-    e.release(ino, fh).unwrap();
-    out
+    read_all(e, e.lookup(ROOT_INO, name.as_bytes()).unwrap().ino)
 }
 
 fn gc(e: &Engine, opts: GcOptions) -> GcReport {
@@ -208,13 +185,7 @@ fn compaction_rewrites_sparse_packs_and_every_live_file_reads_back() {
     let f = Fixture::new();
     // Everything staged first (no uploader), then uploaded in one go: full packs.
     let e = f.engine(0);
-    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for i in 0..300u64 {
-        let data = pattern(i, 500 + (i as usize * 131) % 4000);
-        let name = format!("f{i}");
-        write_file(&e, &name, &data);
-        model.insert(name, data);
-    }
+    let mut model = write_files(&e, 300, |i| 500 + (i as usize * 131) % 4000);
     drop(e);
     let e = f.engine(1);
     assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
@@ -227,7 +198,7 @@ fn compaction_rewrites_sparse_packs_and_every_live_file_reads_back() {
             e.unlink(&ME, ROOT_INO, name.as_bytes()).unwrap();
             model.remove(&name);
         } else if i % 3 == 0 {
-            let data = pattern(1000 + i, 700);
+            let data = random_bytes(1000 + i, 700);
             write_file(&e, &name, &data);
             model.insert(name, data);
         }
@@ -312,13 +283,7 @@ fn compaction_rewrites_sparse_packs_and_every_live_file_reads_back() {
 fn background_compactor_rewrites_sparse_packs() {
     let f = Fixture::new();
     let e = f.engine(0);
-    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for i in 0..200u64 {
-        let data = pattern(i, 1000 + (i as usize * 37) % 3000);
-        let name = format!("f{i}");
-        write_file(&e, &name, &data);
-        model.insert(name, data);
-    }
+    let mut model = write_files(&e, 200, |i| 1000 + (i as usize * 37) % 3000);
     drop(e);
     let settings = |min_dead_bytes| CompactionSettings {
         threshold: 0.5,
@@ -386,14 +351,13 @@ fn set_age(path: &Path, age: Duration) {
 fn orphan_sweep_deletes_old_unreferenced_objects_only() {
     let f = Fixture::new();
     let e = f.engine(1);
-    let small = pattern(1, 3000);
-    let large = pattern(2, 2 << 20); // larger than a packable slice: block objects
+    let small = random_bytes(1, 3000);
+    let large = random_bytes(2, 2 << 20); // larger than a packable slice: block objects
     write_file(&e, "small", &small);
     write_file(&e, "large", &large);
     assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
-    let mut referenced = Vec::new();
-    walk(&f.objects().join("chunks"), &mut referenced);
-    walk(&f.objects().join("packs"), &mut referenced);
+    let mut referenced = files_under(&f.objects().join("chunks"));
+    referenced.extend(files_under(&f.objects().join("packs")));
     assert!(referenced.len() >= 2, "{referenced:?}");
     // Referenced objects, however old, stay.
     for p in &referenced {
@@ -526,7 +490,7 @@ fn compaction_and_gc_under_concurrent_writes_and_deletes() {
                         match r % 10 {
                             0..=5 => {
                                 let len = 200 + (r as usize % 6000);
-                                let data = pattern(w * 1_000_000 + round, len);
+                                let data = random_bytes(w * 1_000_000 + round, len);
                                 write_file(&e, &name, &data);
                                 model.insert(name, data);
                             }
@@ -709,7 +673,7 @@ fn a_reader_racing_a_compaction_follows_the_slice_to_its_new_pack() {
     let f = Fixture::new();
     let e = f.engine(0);
     for i in 0..60u64 {
-        write_file(&e, &format!("f{i}"), &pattern(i, 2000));
+        write_file(&e, &format!("f{i}"), &random_bytes(i, 2000));
     }
     drop(e);
     let e = f.engine(1);
@@ -770,7 +734,7 @@ fn a_reader_racing_a_compaction_follows_the_slice_to_its_new_pack() {
         matches!(&outcome, Some(Err(msg)) if msg.to_lowercase().contains("not found")),
         "the reader's GET should have found the old pack gone: {outcome:?}"
     );
-    assert_eq!(got.unwrap(), pattern(0, 2000));
+    assert_eq!(got.unwrap(), random_bytes(0, 2000));
     e.shutdown().unwrap();
     drop(e);
     f.check_pack_records();

@@ -1,18 +1,15 @@
 //! End-to-end checks of the engine without FUSE: a file store, a redb store, a remount.
 
 use spoolfs_engine::*;
-use spoolfs_uploader::ObjectStorage;
 use std::sync::Arc;
 
 mod common;
-use common::{Volume as Fixture, pattern};
+use common::{Volume as Fixture, count_files, files_under, read_all};
+use spoolfs_testkit::random_bytes;
 
 impl Fixture {
     fn engine(&self) -> Arc<Engine> {
-        let meta = self.meta();
-        let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
-        let storage = Arc::new(ObjectStorage::open(&self.storage_config()).unwrap());
-        Engine::start(meta, storage, record, EngineConfig::default()).unwrap()
+        self.start_engine(None, EngineConfig::default())
     }
 }
 
@@ -21,7 +18,7 @@ const ME: Caller = Caller::ROOT;
 #[test]
 fn write_read_truncate_remount() {
     let f = Fixture::new();
-    let data = pattern(1, 300_000);
+    let data = random_bytes(1, 300_000);
     let ino;
     {
         let e = f.engine();
@@ -104,33 +101,19 @@ fn unlink_while_open_and_dead_objects_are_deleted() {
     let f = Fixture::new();
     let e = f.engine();
     let (attr, fh) = e.create(&ME, ROOT_INO, b"x", 0o644, libc::O_RDWR).unwrap();
-    e.write(&ME, attr.ino, fh, 0, &pattern(2, 200_000)).unwrap();
+    e.write(&ME, attr.ino, fh, 0, &random_bytes(2, 200_000))
+        .unwrap();
     e.flush(attr.ino, fh).unwrap();
     e.unlink(&ME, ROOT_INO, b"x").unwrap();
     assert_eq!(e.lookup(ROOT_INO, b"x").unwrap_err().errno(), libc::ENOENT);
-    assert_eq!(e.read(attr.ino, fh, 0, 10).unwrap(), pattern(2, 10));
+    assert_eq!(e.read(attr.ino, fh, 0, 10).unwrap(), random_bytes(2, 10));
     e.release(attr.ino, fh).unwrap();
     assert_eq!(e.getattr(attr.ino).unwrap_err().errno(), libc::ENOENT);
     e.collect_garbage(usize::MAX).unwrap();
     let objects = f.dir.path().join("objects/chunks");
-    let count = walk(&objects);
+    let count = count_files(&objects);
     assert_eq!(count, 0, "objects of a deleted file remain");
     e.shutdown().unwrap();
-}
-
-fn walk(p: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.map(|e| {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            walk(&e.path())
-        } else {
-            1
-        }
-    })
-    .sum()
 }
 
 /// Writes, truncation and chown drop file capabilities in the engine itself: the FUSE front
@@ -275,7 +258,7 @@ fn sequential_reads_fetch_ahead() {
     let f = Fixture::new();
     let e = f.engine();
     let bs = 64 << 10;
-    let data = pattern(3, 12 * bs);
+    let data = random_bytes(3, 12 * bs);
     let (a, fh) = e
         .create(&ME, ROOT_INO, b"seq", 0o644, libc::O_RDWR)
         .unwrap();
@@ -283,14 +266,11 @@ fn sequential_reads_fetch_ahead() {
     e.release(a.ino, fh).unwrap();
     e.shutdown().unwrap();
     drop(e);
-    let meta = f.meta();
-    let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
-    let storage = Arc::new(ObjectStorage::open(&f.storage_config()).unwrap());
     let config = EngineConfig {
         readahead_bytes: 4 * bs as u64,
         ..Default::default()
     };
-    let e = Engine::start(meta, storage, record, config).unwrap();
+    let e = f.start_engine(None, config);
     let fh = e.open(&ME, a.ino, libc::O_RDONLY).unwrap();
     // Random reads: only what is asked for is fetched.
     e.read(a.ino, fh, 5 * bs as u64, 100).unwrap();
@@ -326,28 +306,15 @@ fn sequential_reads_fetch_ahead() {
 
 mod writeback {
     use super::*;
-    use spoolfs_engine::staging::{IoEngineKind, StagingDurability};
-    use spoolfs_engine::writeback::{StagingSettings, open_staging};
+    use spoolfs_engine::staging::StagingDurability;
+    use spoolfs_engine::writeback::StagingSettings;
     use std::time::Duration;
 
     fn settings(f: &Fixture, uploaders: usize) -> StagingSettings {
         StagingSettings {
-            cache_dir: f.dir.path().join("cache"),
-            writeback: true,
-            engine_threads: 2,
-            io_engine: IoEngineKind::Auto,
             durability: StagingDurability::Flush,
-            segment_size: 1 << 20,
-            max_staging_bytes: 64 << 20,
-            max_staging_age: Duration::from_secs(3600),
-            max_staging_wait: Duration::from_secs(5),
             upload_threads: uploaders,
-            upload_delay: std::time::Duration::ZERO,
-            pack_size: spoolfs_engine::writeback::DEFAULT_PACK_SIZE,
-            upload_limit: 0,
-            staging_timeout: std::time::Duration::from_secs(5),
-            upload_buffer: 256 << 20,
-            faults: None,
+            ..StagingSettings::for_tests(f.dir.path().join("cache"))
         }
     }
 
@@ -365,21 +332,13 @@ mod writeback {
         settings: StagingSettings,
         config: EngineConfig,
     ) -> Arc<Engine> {
-        let meta = f.meta();
-        let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
-        let (meta, staging) = open_staging(meta, &record, &settings).unwrap();
-        let storage = Arc::new(ObjectStorage::open(&f.storage_config()).unwrap());
-        let config = EngineConfig {
-            staging: Some(staging),
-            ..config
-        };
-        Engine::start(meta, storage, record, config).unwrap()
+        f.start_engine(Some(&settings), config)
     }
 
     fn write_files(e: &Engine, n: usize) -> Vec<(Ino, Vec<u8>)> {
         (0..n)
             .map(|i| {
-                let data = pattern(i as u64, 100 + i * 997);
+                let data = random_bytes(i as u64, 100 + i * 997);
                 let name = format!("f{i}");
                 let (a, fh) = e
                     .create(&ME, ROOT_INO, name.as_bytes(), 0o644, libc::O_RDWR)
@@ -392,12 +351,32 @@ mod writeback {
             .collect()
     }
 
-    fn read_all(e: &Engine, ino: Ino) -> Vec<u8> {
-        let fh = e.open(&ME, ino, libc::O_RDONLY).unwrap();
-        let size = e.getattr(ino).unwrap().size;
-        let out = e.read(ino, fh, 0, size as u32 + 10).unwrap();
-        e.release(ino, fh).unwrap();
-        out
+    /// A writeback engine (one uploader) whose staging log injects the faults of `spec` (see
+    /// `FaultConfig::from_spec`), its other settings changed by `tweak`; and the fault switches.
+    fn faulty_engine(
+        f: &Fixture,
+        spec: &str,
+        tweak: impl FnOnce(&mut StagingSettings),
+    ) -> (Arc<Engine>, Arc<spoolfs_engine::staging::FaultConfig>) {
+        let faults = spoolfs_engine::staging::FaultConfig::from_spec(spec).unwrap();
+        let mut s = settings(f, 1);
+        s.faults = Some(faults.clone());
+        tweak(&mut s);
+        (engine_with(f, s), faults)
+    }
+
+    /// Starts a new engine (no faults) and asserts that every one of `files` reads back.
+    fn check_after_remount(f: &Fixture, files: &[(Ino, Vec<u8>)]) {
+        let e = engine(f, 1);
+        assert_files(&e, files);
+        e.shutdown().unwrap();
+    }
+
+    /// Asserts that every one of `files` reads back as written.
+    fn assert_files(e: &Engine, files: &[(Ino, Vec<u8>)]) {
+        for (ino, data) in files {
+            assert_eq!(&read_all(e, *ino), data, "contents of inode {ino}");
+        }
     }
 
     /// A large write hands each full run to the staging log before the flush (the flush
@@ -415,7 +394,7 @@ mod writeback {
                 ..settings(&f, 1)
             };
             let e = engine_with(&f, staging.clone());
-            let mut expect = pattern(21, 7 << 20);
+            let mut expect = random_bytes(21, 7 << 20);
             let (a, fh) = e
                 .create(&ME, ROOT_INO, b"big", 0o644, libc::O_RDWR)
                 .unwrap();
@@ -433,7 +412,7 @@ mod writeback {
                 e.status().staging_log_bytes
             );
             // Over the first run, already staged.
-            let patch = pattern(22, 8192);
+            let patch = random_bytes(22, 8192);
             e.write(&ME, a.ino, fh, 4096, &patch).unwrap();
             expect[4096..4096 + patch.len()].copy_from_slice(&patch);
             assert!(e.read(a.ino, fh, 0, expect.len() as u32).unwrap() == expect);
@@ -465,12 +444,10 @@ mod writeback {
         assert!(e.is_writeback());
         let files = write_files(&e, 20);
         // Nothing uploads (no uploader threads): data is served from the staging log.
-        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 0);
+        assert_eq!(count_files(&f.dir.path().join("objects/chunks")), 0);
         let st = e.status();
         assert_eq!(st.staged_slices, 20);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         // A file deleted while staged is never uploaded.
         e.unlink(&ME, ROOT_INO, b"f0").unwrap();
         e.collect_garbage(usize::MAX).unwrap();
@@ -480,19 +457,15 @@ mod writeback {
         let e = engine(&f, 2);
         assert_eq!(e.drain_uploads(Some(Duration::from_secs(30))), 0);
         // 19 small files went up packed together: one PUT, not 19.
-        assert_eq!(walk(&f.dir.path().join("objects/packs")), 1);
-        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 0);
-        for (ino, data) in &files[1..] {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_eq!(count_files(&f.dir.path().join("objects/packs")), 1);
+        assert_eq!(count_files(&f.dir.path().join("objects/chunks")), 0);
+        assert_files(&e, &files[1..]);
         e.shutdown().unwrap();
         drop(e);
         // Cold: files written together are read back with one ranged GET of their pack, not
         // one per file.
         let e = engine(&f, 1);
-        for (ino, data) in &files[1..] {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files[1..]);
         assert_eq!(e.status().objects_got, 1);
         e.shutdown().unwrap();
     }
@@ -526,7 +499,7 @@ mod writeback {
         use spoolfs_engine::schema::{self, SliceRec, StagedRec};
         let f = Fixture::new();
         let e = engine(&f, 0);
-        let data = pattern(7, 3 * 4096);
+        let data = random_bytes(7, 3 * 4096);
         let (a, fh) = e.create(&ME, ROOT_INO, b"f", 0o644, libc::O_RDWR).unwrap();
         e.write(&ME, a.ino, fh, 0, &data).unwrap();
         e.release(a.ino, fh).unwrap();
@@ -623,7 +596,7 @@ mod writeback {
         let e = engine(&f, 1);
         let (a, fh) = e.create(&ME, ROOT_INO, b"x", 0o644, libc::O_RDWR).unwrap();
         for round in 0..20u64 {
-            let data = pattern(round, 5000);
+            let data = random_bytes(round, 5000);
             e.write(&ME, a.ino, fh, 0, &data).unwrap();
             e.fsync(a.ino, fh, false).unwrap();
             assert_eq!(e.read(a.ino, fh, 0, 6000).unwrap(), data);
@@ -632,7 +605,7 @@ mod writeback {
         e.shutdown().unwrap();
         drop(e);
         // Packs whose slices were all overwritten are gone; the ones left are all recorded.
-        let packs = walk(&f.dir.path().join("objects/packs"));
+        let packs = count_files(&f.dir.path().join("objects/packs"));
         let meta = f.meta();
         let mut recorded = 0;
         meta.view(&mut |r| {
@@ -649,25 +622,15 @@ mod writeback {
     #[test]
     fn failing_and_torn_staging_writes_lose_nothing() {
         let f = Fixture::new();
-        let faults =
-            spoolfs_engine::staging::FaultConfig::from_spec("fail_every=3,tear_every=5").unwrap();
-        let mut s = settings(&f, 1);
-        s.faults = Some(faults.clone());
-        let e = engine_with(&f, s);
+        let (e, faults) = faulty_engine(&f, "fail_every=3,tear_every=5", |_| {});
         // Every write is acknowledged: a failed staging write falls back to a direct upload.
         let files = write_files(&e, 40);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         assert!(faults.writes() >= 40);
         drop(e);
         // Remount without faults: torn records in the log are skipped by replay, every
         // acknowledged file is intact.
-        let e = engine(&f, 1);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
-        e.shutdown().unwrap();
+        check_after_remount(&f, &files);
     }
 
     /// A staging device that does not answer in time: every close is acknowledged anyway, its
@@ -675,11 +638,9 @@ mod writeback {
     #[test]
     fn too_slow_staging_device_falls_back_to_direct_upload() {
         let f = Fixture::new();
-        let faults = spoolfs_engine::staging::FaultConfig::from_spec("delay_us=400000").unwrap();
-        let mut s = settings(&f, 1);
-        s.faults = Some(faults);
-        s.staging_timeout = Duration::from_millis(50);
-        let e = engine_with(&f, s);
+        let (e, _) = faulty_engine(&f, "delay_us=400000", |s| {
+            s.staging_timeout = Duration::from_millis(50)
+        });
         let t = std::time::Instant::now();
         let files = write_files(&e, 4);
         // Each close gave up on the device after 50 ms, not 400 ms.
@@ -689,10 +650,8 @@ mod writeback {
             t.elapsed()
         );
         assert_eq!(e.status().staged_slices, 0);
-        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 4);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_eq!(count_files(&f.dir.path().join("objects/chunks")), 4);
+        assert_files(&e, &files);
         // The writes the callers gave up on complete later; their records are freed then.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while e.status().staging_log_bytes > 0 && std::time::Instant::now() < deadline {
@@ -701,11 +660,7 @@ mod writeback {
         assert_eq!(e.status().staging_log_bytes, 0);
         e.shutdown().unwrap();
         drop(e);
-        let e = engine(&f, 1);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
-        e.shutdown().unwrap();
+        check_after_remount(&f, &files);
     }
 
     /// Files under a directory marked with user.spoolfs.sync_upload are in the object store
@@ -731,7 +686,7 @@ mod writeback {
         write(&e, sub, "model.bin");
         // The marked file went up at close (with anything staged before it: oldest first).
         assert_eq!(e.status().staged_slices, 0);
-        assert_eq!(walk(&f.dir.path().join("objects/packs")), 1);
+        assert_eq!(count_files(&f.dir.path().join("objects/packs")), 1);
         // An unmarked file stays staged.
         write(&e, ROOT_INO, "plain");
         assert_eq!(e.status().staged_slices, 1);
@@ -783,7 +738,7 @@ mod writeback {
             };
             let e = engine_cached_with(&f, 256 << 20, keep, staging);
             let small = write_files(&e, 3);
-            let big = pattern(7, 3 << 19);
+            let big = random_bytes(7, 3 << 19);
             let (a, fh) = e
                 .create(&ME, ROOT_INO, b"big", 0o644, libc::O_RDWR)
                 .unwrap();
@@ -822,7 +777,7 @@ mod writeback {
         let e = engine_cached(&f, 64 << 20);
         let mut files = write_files(&e, 6);
         // One file of several 64 KiB blocks (stored as blocks, not packed).
-        let big = pattern(99, 5 * 65536 + 123);
+        let big = random_bytes(99, 5 * 65536 + 123);
         let (a, fh) = e
             .create(&ME, ROOT_INO, b"big", 0o644, libc::O_RDWR)
             .unwrap();
@@ -846,9 +801,7 @@ mod writeback {
         std::fs::rename(&objects, &hidden).unwrap();
         std::fs::create_dir(&objects).unwrap();
         let e = engine_cached(&f, 64 << 20);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         assert!(cache_stats(&e).hits >= 7);
         drop(e);
         std::fs::remove_dir_all(&objects).unwrap();
@@ -865,16 +818,14 @@ mod writeback {
             damaged += 1;
         }
         let e = engine_cached(&f, 64 << 20);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         assert_eq!(cache_stats(&e).corrupt, damaged);
 
         // Changes to cached files read back right (slices never change: new data is new
         // slices, and what they hide is never read again).
         let big_ino = a.ino;
         let fh = e.open(&ME, big_ino, libc::O_RDWR).unwrap();
-        let patch = pattern(5, 70_000);
+        let patch = random_bytes(5, 70_000);
         e.write(&ME, big_ino, fh, 100_000, &patch).unwrap();
         e.fsync(big_ino, fh, false).unwrap();
         let mut expect = big.clone();
@@ -909,9 +860,7 @@ mod writeback {
         let e = engine_cached(&f, 150 << 10);
         assert!(cache_stats(&e).bytes <= 150 << 10, "{:?}", cache_stats(&e));
         assert_eq!(read_all(&e, big_ino), expect);
-        for (ino, data) in &files[1..files.len() - 1] {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files[1..files.len() - 1]);
         let st = cache_stats(&e);
         assert!(st.bytes <= 150 << 10 && st.evictions > 0, "{st:?}");
         e.shutdown().unwrap();
@@ -931,7 +880,7 @@ mod writeback {
                     // Each thread owns a disjoint 64 KiB region of the shared file, and its
                     // own files.
                     for round in 0..10u64 {
-                        let data = pattern(t * 100 + round, 65536);
+                        let data = random_bytes(t * 100 + round, 65536);
                         e.write(&ME, a.ino, fh, t * 65536, &data).unwrap();
                         if round % 3 == 0 {
                             e.fsync(a.ino, fh, false).unwrap();
@@ -951,7 +900,11 @@ mod writeback {
         e.flush(a.ino, fh).unwrap();
         for t in 0..8u64 {
             let got = e.read(a.ino, fh, t * 65536, 65536).unwrap();
-            assert_eq!(got, pattern(t * 100 + 9, 65536), "region of thread {t}");
+            assert_eq!(
+                got,
+                random_bytes(t * 100 + 9, 65536),
+                "region of thread {t}"
+            );
         }
         e.release(a.ino, fh).unwrap();
         for t in 0..8 {
@@ -973,32 +926,28 @@ mod writeback {
         drop(e);
         let e = engine(&f, 1);
         assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
-        let objects = walk(&f.dir.path().join("objects/packs"));
+        let objects = count_files(&f.dir.path().join("objects/packs"));
         let total: usize = files.iter().map(|(_, d)| d.len()).sum();
         // 300 files, ~45 MB in all, in packs of about 8 MiB: a handful of PUTs, not 300.
         assert!(
             objects >= 1 && objects <= total / (8 << 20) + 4,
             "{objects} pack objects"
         );
-        assert_eq!(walk(&f.dir.path().join("objects/chunks")), 0);
+        assert_eq!(count_files(&f.dir.path().join("objects/chunks")), 0);
         assert!(e.status().objects_put <= objects as u64);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         e.shutdown().unwrap();
         drop(e);
         // Remount: packed slices read back with ranged GETs; a corrupted pack byte is EIO.
         let e = engine(&f, 1);
-        for (ino, data) in &files {
-            assert_eq!(&read_all(&e, *ino), data);
-        }
+        assert_files(&e, &files);
         // Delete every file: the packs go once their last slice does.
         for i in 0..files.len() {
             e.unlink(&ME, ROOT_INO, format!("f{i}").as_bytes()).unwrap();
         }
         e.collect_garbage(usize::MAX).unwrap();
         assert_eq!(
-            walk(&f.dir.path().join("objects/packs")),
+            count_files(&f.dir.path().join("objects/packs")),
             0,
             "packs of deleted files remain"
         );
@@ -1012,18 +961,8 @@ mod writeback {
         let files = write_files(&e, 5);
         e.shutdown().unwrap();
         drop(e);
-        fn find(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-            for entry in std::fs::read_dir(p).unwrap() {
-                let entry = entry.unwrap();
-                if entry.file_type().unwrap().is_dir() {
-                    find(&entry.path(), out);
-                } else {
-                    out.push(entry.path());
-                }
-            }
-        }
-        let mut packs = Vec::new();
-        find(&f.dir.path().join("objects/packs"), &mut packs);
+        let packs = files_under(&f.dir.path().join("objects/packs"));
+        assert!(!packs.is_empty(), "no pack objects to corrupt");
         for p in &packs {
             let mut bytes = std::fs::read(p).unwrap();
             bytes[0] ^= 0xff;

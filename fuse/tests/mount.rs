@@ -7,16 +7,6 @@ use spoolfs_uploader::ObjectStorage;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-fn fuse_usable() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
-}
-
 fn engine() -> Arc<Engine> {
     let meta = spoolfs_metadata::open_store("memory://").unwrap();
     let storage_config = StorageConfig {
@@ -39,10 +29,7 @@ fn engine() -> Arc<Engine> {
 
 #[test]
 fn mount_use_unmount() {
-    if !fuse_usable() {
-        eprintln!("skipped: /dev/fuse is not usable here");
-        return;
-    }
+    spoolfs_testkit::require_fuse!();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();

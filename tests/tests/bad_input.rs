@@ -85,33 +85,31 @@ fn bogus_meta_url(backend: Backend) {
     out.assert_clean_failure(&["absolute", "path", "url", "host"]);
 }
 
+/// `spoolfs mount --meta META MP --cache-dir (fresh)`: its output.
+fn mount_meta(vol: &Volume, meta: &str, mp: &Path) -> CmdOutput {
+    vol.spoolfs_run([
+        OsStr::new("mount"),
+        OsStr::new("--meta"),
+        OsStr::new(meta),
+        mp.as_os_str(),
+        OsStr::new("--cache-dir"),
+        vol.new_subdir("cache").as_os_str(),
+    ])
+}
+
 fn meta_without_volume(backend: Backend) {
     let vol = Volume::new(backend);
     let mp = vol.new_subdir("mnt");
     // A metadata file that does not exist.
     let missing = format!("redb://{}", vol.dir().join("nothing-here.redb").display());
-    let out = vol.spoolfs_run([
-        OsStr::new("mount"),
-        OsStr::new("--meta"),
-        OsStr::new(&missing),
-        mp.as_os_str(),
-        OsStr::new("--cache-dir"),
-        vol.new_subdir("cache").as_os_str(),
-    ]);
+    let out = mount_meta(&vol, &missing, &mp);
     out.assert_clean_failure(&["volume", "format", "not found", "no such", "does not exist"]);
     assert_no_leftovers(&mp);
     // A file that is not a metadata store at all.
     let junk = vol.dir().join("junk.redb");
     fs::write(&junk, random_bytes(3, 64 << 10)).unwrap();
     let junk_url = format!("redb://{}", junk.display());
-    let out = vol.spoolfs_run([
-        OsStr::new("mount"),
-        OsStr::new("--meta"),
-        OsStr::new(&junk_url),
-        mp.as_os_str(),
-        OsStr::new("--cache-dir"),
-        vol.new_subdir("cache").as_os_str(),
-    ]);
+    let out = mount_meta(&vol, &junk_url, &mp);
     out.assert_clean_failure(&[
         "metadata", "database", "redb", "corrupt", "invalid", "volume",
     ]);

@@ -56,187 +56,35 @@ fn seed_from_env() -> u64 {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// A foreground mount process we can SIGKILL (with extra environment variables)
-// ---------------------------------------------------------------------------------------------
+/// This file's serial lock (see [`serial`]), then a file volume with a mount point, the
+/// default cache directory and a directory for the mount logs.
+fn serial_volume() -> (
+    std::sync::MutexGuard<'static, ()>,
+    Volume,
+    PathBuf,
+    PathBuf,
+    PathBuf,
+) {
+    let serial = serial();
+    let vol = Volume::new(Backend::File);
+    let mp = vol.new_subdir("mnt");
+    let cache = vol.cache_dir();
+    let logs = vol.new_subdir("logs");
+    (serial, vol, mp, cache, logs)
+}
 
-/// `spoolfs mount --foreground` as a child process. Dropping it unmounts (cleanly if the
-/// process still serves, else by detaching) and reaps the process, also on panic.
-struct ProcMount<'v> {
+/// A foreground mount (a child process the tests can SIGKILL) at `mp`, which must not be
+/// mounted yet, with extra arguments and environment variables, its output in `log`.
+fn start_mount<'v>(
     vol: &'v Volume,
-    mp: PathBuf,
-    child: Option<Child>,
+    mp: &Path,
+    cache_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
     log: PathBuf,
-    done: bool,
-}
-
-impl<'v> ProcMount<'v> {
-    fn start(
-        vol: &'v Volume,
-        mp: &Path,
-        cache_dir: &Path,
-        extra: &[&str],
-        env: &[(&str, &str)],
-        log: PathBuf,
-    ) -> ProcMount<'v> {
-        assert!(!is_mounted(mp), "{} is still mounted", mp.display());
-        let opts = MountOptions {
-            daemon: false,
-            mountpoint: Some(mp.to_path_buf()),
-            cache_dir: Some(cache_dir.to_path_buf()),
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        let args = vol.mount_args(mp, &opts);
-        let log_file = fs::File::create(&log).expect("create mount log");
-        let mut cmd = vol.spoolfs();
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("dup log"))
-            .stderr(log_file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start spoolfs mount");
-        let mut m = ProcMount {
-            vol,
-            mp: mp.to_path_buf(),
-            child: Some(child),
-            log,
-            done: false,
-        };
-        let start = Instant::now();
-        loop {
-            if is_mounted(mp) && fs::metadata(mp).is_ok() {
-                return m;
-            }
-            if let Ok(Some(status)) = m.child.as_mut().unwrap().try_wait() {
-                m.child = None;
-                panic!(
-                    "spoolfs mount exited with {status} before the mount was ready:\n{}",
-                    m.log_text()
-                );
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                panic!("not mounted after 60 s:\n{}", m.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("mount process").id()
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, nothing else (the dead mount stays attached).
-    fn sigkill(&mut self) {
-        // SAFETY: sending a signal has no memory-safety preconditions; the child is not reaped
-        // yet, so the pid is still ours.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGKILL) };
-    }
-
-    /// Reaps the killed process and detaches the dead mount (`umount -l`).
-    fn reap_and_detach(mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        force_unmount(&self.mp);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while is_mounted(&self.mp) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!is_mounted(&self.mp), "{} still mounted", self.mp.display());
-        self.done = true;
-    }
-
-    /// `spoolfs status MP --json`
-    fn status(&self) -> serde_json::Value {
-        let out = run(
-            self.vol.spoolfs().args([
-                OsStr::new("status"),
-                self.mp.as_os_str(),
-                OsStr::new("--json"),
-            ]),
-            Duration::from_secs(30),
-        );
-        out.assert_success();
-        let v: serde_json::Value = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"));
-        if v.is_array() { v[0].clone() } else { v }
-    }
-
-    /// `spoolfs umount` (waits for the uploads); asserts that everything went well.
-    fn unmount(mut self) {
-        let out = run(
-            self.vol
-                .spoolfs()
-                .args([OsStr::new("umount"), self.mp.as_os_str()]),
-            Duration::from_secs(180),
-        );
-        let mut child = self.child.take().expect("mount process");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Ok(Some(s)) = child.try_wait() {
-                break Some(s);
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if status.is_none() {
-            self.child = Some(child);
-        }
-        let log = self.log_text();
-        assert!(
-            out.success(),
-            "spoolfs umount failed: {out}\nmount log:\n{log}"
-        );
-        assert!(!is_mounted(&self.mp), "still mounted after spoolfs umount");
-        let status = status.unwrap_or_else(|| panic!("mount process did not exit:\n{log}"));
-        assert!(
-            status.success(),
-            "mount process exited with {status}:\n{log}"
-        );
-        assert!(!log.contains("panicked"), "mount process panicked:\n{log}");
-        self.done = true;
-    }
-}
-
-impl Drop for ProcMount<'_> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        let alive = matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)));
-        if alive && is_mounted(&self.mp) {
-            let _ = try_run(
-                self.vol
-                    .spoolfs()
-                    .args([OsStr::new("umount"), self.mp.as_os_str()]),
-                Duration::from_secs(60),
-            );
-        }
-        if is_mounted(&self.mp) {
-            force_unmount(&self.mp);
-        }
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if is_mounted(&self.mp) {
-            force_unmount(&self.mp);
-        }
-    }
+) -> Mount<'v> {
+    assert!(!is_mounted(mp), "{} is still mounted", mp.display());
+    vol.mount_with(MountOptions::foreground_at(mp, cache_dir, extra, env, log))
 }
 
 /// `(staged slices, namespace changes)` the mount log says were recovered by replay.
@@ -325,6 +173,14 @@ enum Expect {
 }
 
 impl Expect {
+    /// Any contents (an operation on the file is under way); `must_exist`: it cannot be absent.
+    fn unknown(must_exist: bool) -> Expect {
+        Expect::Unknown {
+            must_exist,
+            prefix: None,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Expect::Absent => "absent".into(),
@@ -566,6 +422,30 @@ impl Worker {
         Ok(())
     }
 
+    /// Starts the write `what` to `rel`: draws whether it ends with an fsync, records that the
+    /// file may hold `during` until the write is acknowledged, and opens it with `options`.
+    /// Returns the file, the operation's full name and the fsync choice.
+    fn start_write(
+        &mut self,
+        rel: &Path,
+        what: String,
+        during: Expect,
+        options: &fs::OpenOptions,
+    ) -> Result<(fs::File, String, bool), Stop> {
+        let fsync = self.rng.below(2) == 0;
+        let op = if fsync {
+            format!("{what} + fsync")
+        } else {
+            what
+        };
+        self.set(rel, during);
+        self.note(rel, format!("{op}: started"));
+        let f = options
+            .open(self.root.join(rel))
+            .map_err(|e| os_err(&format!("{op}: open"), e))?;
+        Ok((f, op, fsync))
+    }
+
     fn pick(&mut self, v: &[PathBuf]) -> PathBuf {
         v[self.rng.below(v.len() as u64) as usize].clone()
     }
@@ -580,58 +460,28 @@ impl Worker {
     fn create(&mut self) -> Result<(), Stop> {
         let rel = self.new_name();
         let data = Arc::new(self.content());
-        let fsync = self.rng.below(2) == 0;
-        let op = format!(
-            "create {} bytes{}",
-            data.len(),
-            if fsync { " + fsync" } else { "" }
-        );
-        self.set(
+        let (mut f, op, fsync) = self.start_write(
             &rel,
-            Expect::Unknown {
-                must_exist: false,
-                prefix: None,
-            },
-        );
-        self.note(&rel, format!("{op}: started"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(self.root.join(&rel))
-            .map_err(|e| os_err(&format!("{op}: open"), e))?;
-        self.set(
-            &rel,
-            Expect::Unknown {
-                must_exist: true,
-                prefix: None,
-            },
-        );
+            format!("create {} bytes", data.len()),
+            Expect::unknown(false),
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644),
+        )?;
+        self.set(&rel, Expect::unknown(true));
         self.write_chunks(&mut f, &data, &op)?;
         self.finish_file(&rel, f, data, fsync, &op)
     }
 
     fn overwrite(&mut self, rel: PathBuf) -> Result<(), Stop> {
         let data = Arc::new(self.content());
-        let fsync = self.rng.below(2) == 0;
-        let op = format!(
-            "overwrite (O_TRUNC) with {} bytes{}",
-            data.len(),
-            if fsync { " + fsync" } else { "" }
-        );
-        self.set(
+        let (mut f, op, fsync) = self.start_write(
             &rel,
-            Expect::Unknown {
-                must_exist: true,
-                prefix: None,
-            },
-        );
-        self.note(&rel, format!("{op}: started"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(self.root.join(&rel))
-            .map_err(|e| os_err(&format!("{op}: open"), e))?;
+            format!("overwrite (O_TRUNC) with {} bytes", data.len()),
+            Expect::unknown(true),
+            fs::OpenOptions::new().write(true).truncate(true),
+        )?;
         self.write_chunks(&mut f, &data, &op)?;
         self.finish_file(&rel, f, data, fsync, &op)
     }
@@ -653,24 +503,12 @@ impl Worker {
         }
         new[at..at + len].copy_from_slice(&piece);
         let data = Arc::new(new);
-        let fsync = self.rng.below(2) == 0;
-        let op = format!(
-            "pwrite {len} bytes at {at} (file was {} bytes){}",
-            old.len(),
-            if fsync { " + fsync" } else { "" }
-        );
-        self.set(
+        let (f, op, fsync) = self.start_write(
             &rel,
-            Expect::Unknown {
-                must_exist: true,
-                prefix: None,
-            },
-        );
-        self.note(&rel, format!("{op}: started"));
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(self.root.join(&rel))
-            .map_err(|e| os_err(&format!("{op}: open"), e))?;
+            format!("pwrite {len} bytes at {at} (file was {} bytes)", old.len()),
+            Expect::unknown(true),
+            fs::OpenOptions::new().write(true),
+        )?;
         std::os::unix::fs::FileExt::write_all_at(&f, &piece, at as u64)
             .map_err(|e| os_err(&format!("{op}: pwrite"), e))?;
         self.finish_file(&rel, f, data, fsync, &op)
@@ -683,25 +521,16 @@ impl Worker {
         let mut new = old.as_ref().clone();
         new.extend_from_slice(extra);
         let data = Arc::new(new);
-        let fsync = self.rng.below(2) == 0;
-        let op = format!(
-            "append {} bytes to {} bytes{}",
-            extra.len(),
-            old.len(),
-            if fsync { " + fsync" } else { "" }
-        );
-        self.set(
+        let what = format!("append {} bytes to {} bytes", extra.len(), old.len());
+        let (mut f, op, fsync) = self.start_write(
             &rel,
+            what,
             Expect::Unknown {
                 must_exist: true,
                 prefix: Some(old),
             },
-        );
-        self.note(&rel, format!("{op}: started"));
-        let mut f = fs::OpenOptions::new()
-            .append(true)
-            .open(self.root.join(&rel))
-            .map_err(|e| os_err(&format!("{op}: open"), e))?;
+            fs::OpenOptions::new().append(true),
+        )?;
         let extra = extra.to_vec();
         self.write_chunks(&mut f, &extra, &op)?;
         self.finish_file(&rel, f, data, fsync, &op)
@@ -1117,7 +946,7 @@ fn crash_kill9_loses_nothing_acknowledged() {
         .map(|_| Arc::new(Mutex::new(Journal::default())))
         .collect();
 
-    let mut mount = ProcMount::start(
+    let mut mount = start_mount(
         &vol,
         &mp,
         &cache,
@@ -1307,7 +1136,7 @@ fn crash_kill9_loses_nothing_acknowledged() {
             o.end();
         }
 
-        mount = ProcMount::start(
+        mount = start_mount(
             &vol,
             &mp,
             &cache,
@@ -1386,7 +1215,7 @@ fn crash_kill9_loses_nothing_acknowledged() {
     // mount with a fresh, empty cache directory cannot read anything from the staging log.
     mount.unmount();
     let fresh = vol.new_subdir("fresh-cache");
-    let mount = ProcMount::start(
+    let mount = start_mount(
         &vol,
         &mp,
         &fresh,
@@ -1513,19 +1342,31 @@ fn check_files(root: &Path, files: &BTreeMap<PathBuf, Arc<Vec<u8>>>, what: &str,
     );
 }
 
+/// Mounts `vol` at `mp` (foreground, `cache_dir`, `extra` arguments, output in `log`), checks
+/// that every one of `files` reads back (`what` names the moment in failures), unmounts.
+fn check_in_new_mount(
+    vol: &Volume,
+    mp: &Path,
+    cache_dir: &Path,
+    extra: &[&str],
+    log: PathBuf,
+    files: &BTreeMap<PathBuf, Arc<Vec<u8>>>,
+    what: &str,
+) {
+    let m = start_mount(vol, mp, cache_dir, extra, &[], log);
+    check_files(mp, files, what, &m.log_text());
+    m.unmount();
+}
+
 #[test]
 fn staging_faults_lose_nothing() {
     require_fuse!();
-    let _serial = serial();
+    let (_serial, vol, mp, cache, logs) = serial_volume();
     let started = Instant::now();
     let faults = [("SPOOLFS_STAGING_FAULTS", "fail_every=5,tear_every=7")];
-    let vol = Volume::new(Backend::File);
-    let mp = vol.new_subdir("mnt");
-    let cache = vol.cache_dir();
-    let logs = vol.new_subdir("logs");
 
     // Under faults: 200 files, read back, then SIGKILL (replay must skip the torn records).
-    let mut m = ProcMount::start(&vol, &mp, &cache, &[], &faults, logs.join("a.log"));
+    let mut m = start_mount(&vol, &mp, &cache, &[], &faults, logs.join("a.log"));
     let mut files = write_files(&mp, "a", 200, 4, 11);
     check_files(&mp, &files, "read back under faults", &m.log_text());
     let log = m.log_text();
@@ -1539,7 +1380,7 @@ fn staging_faults_lose_nothing() {
     m.reap_and_detach();
 
     // Same cache directory, faults again: replay, 100 more files, clean unmount.
-    let m = ProcMount::start(&vol, &mp, &cache, &[], &faults, logs.join("b.log"));
+    let m = start_mount(&vol, &mp, &cache, &[], &faults, logs.join("b.log"));
     check_files(
         &mp,
         &files,
@@ -1556,32 +1397,27 @@ fn staging_faults_lose_nothing() {
     m.unmount();
 
     // Without faults, same cache directory.
-    let m = ProcMount::start(&vol, &mp, &cache, &[], &[], logs.join("c.log"));
-    check_files(
+    check_in_new_mount(
+        &vol,
         &mp,
+        &cache,
+        &[],
+        logs.join("c.log"),
         &files,
         "after clean unmount, remounted without faults",
-        &m.log_text(),
     );
-    m.unmount();
 
     // A fresh cache directory: everything comes from the object store.
     let fresh = vol.new_subdir("fresh-cache");
-    let m = ProcMount::start(
+    check_in_new_mount(
         &vol,
         &mp,
         &fresh,
         &["--writeback=false"],
-        &[],
         logs.join("d.log"),
-    );
-    check_files(
-        &mp,
         &files,
         "from the object store (fresh cache directory)",
-        &m.log_text(),
     );
-    m.unmount();
     eprintln!(
         "staging faults: {} files, every write succeeded and nothing was lost, in {:?}",
         files.len(),
@@ -1594,7 +1430,7 @@ fn staging_faults_lose_nothing() {
 // ---------------------------------------------------------------------------------------------
 
 /// Polls `spoolfs status` until nothing is staged any more.
-fn wait_until_uploaded(m: &ProcMount<'_>, within: Duration) {
+fn wait_until_uploaded(m: &Mount<'_>, within: Duration) {
     let t = Instant::now();
     loop {
         let st = m.status();
@@ -1632,16 +1468,12 @@ fn write_one(path: &Path, data: &[u8], fsync: bool) -> std::io::Result<()> {
 #[test]
 fn object_store_outage_then_back() {
     require_fuse!();
-    let _serial = serial();
-    let vol = Volume::new(Backend::File);
-    let mp = vol.new_subdir("mnt");
-    let cache = vol.cache_dir();
-    let logs = vol.new_subdir("logs");
+    let (_serial, vol, mp, cache, logs) = serial_volume();
     let mut rng = Rng::new(4242);
     let mut acked: BTreeMap<PathBuf, Arc<Vec<u8>>> = BTreeMap::new();
 
     // 1. Store down, staging fine: everything is acknowledged and staged.
-    let mut m = ProcMount::start(&vol, &mp, &cache, &[], &[], logs.join("a.log"));
+    let mut m = start_mount(&vol, &mp, &cache, &[], &[], logs.join("a.log"));
     fs::create_dir(mp.join("d")).unwrap();
     let mut outage = StoreOutage::begin(&vol.objects_dir());
     for i in 0..40 {
@@ -1671,7 +1503,7 @@ fn object_store_outage_then_back() {
     m.sigkill();
     m.reap_and_detach();
     outage.end();
-    let m = ProcMount::start(&vol, &mp, &cache, &[], &[], logs.join("b.log"));
+    let m = start_mount(&vol, &mp, &cache, &[], &[], logs.join("b.log"));
     check_files(
         &mp,
         &acked,
@@ -1683,7 +1515,7 @@ fn object_store_outage_then_back() {
 
     // 2. Store down and every fourth staging write failing: those writes cannot go anywhere,
     // so the application must be told (EIO), never be told success for lost data.
-    let mut m = ProcMount::start(
+    let mut m = start_mount(
         &vol,
         &mp,
         &cache,
@@ -1730,27 +1562,29 @@ fn object_store_outage_then_back() {
     m.sigkill();
     m.reap_and_detach();
     outage.end();
-    let m = ProcMount::start(&vol, &mp, &cache, &[], &[], logs.join("d.log"));
-    check_files(
+    check_in_new_mount(
+        &vol,
         &mp,
+        &cache,
+        &[],
+        logs.join("d.log"),
         &acked,
         &format!(
             "acknowledged files after failing staging + store outage + SIGKILL (killed mount \
              log:\n{})",
             interesting_log_lines(&log, &["injected"])
         ),
-        &m.log_text(),
     );
-    m.unmount();
     let fresh = vol.new_subdir("fresh-cache");
-    let m = ProcMount::start(&vol, &mp, &fresh, &[], &[], logs.join("e.log"));
-    check_files(
+    check_in_new_mount(
+        &vol,
         &mp,
+        &fresh,
+        &[],
+        logs.join("e.log"),
         &acked,
         "from the object store (fresh cache directory)",
-        &m.log_text(),
     );
-    m.unmount();
 }
 
 /// `spoolfs umount` promises that everything staged is in the object store when it returns 0.
@@ -1758,12 +1592,8 @@ fn object_store_outage_then_back() {
 #[test]
 fn umount_fails_if_the_daemon_dies_before_uploading() {
     require_fuse!();
-    let _serial = serial();
-    let vol = Volume::new(Backend::File);
-    let mp = vol.new_subdir("mnt");
-    let cache = vol.cache_dir();
-    let logs = vol.new_subdir("logs");
-    let mut m = ProcMount::start(&vol, &mp, &cache, &[], &[], logs.join("a.log"));
+    let (_serial, vol, mp, cache, logs) = serial_volume();
+    let mut m = start_mount(&vol, &mp, &cache, &[], &[], logs.join("a.log"));
     let mut outage = StoreOutage::begin(&vol.objects_dir());
     let mut files = BTreeMap::new();
     for i in 0..3 {
@@ -1802,14 +1632,15 @@ fn umount_fails_if_the_daemon_dies_before_uploading() {
     m.reap_and_detach();
     outage.end();
     // Nothing may be lost either way: the next mount replays the staged data.
-    let m = ProcMount::start(&vol, &mp, &cache, &[], &[], logs.join("b.log"));
-    check_files(
+    check_in_new_mount(
+        &vol,
         &mp,
+        &cache,
+        &[],
+        logs.join("b.log"),
         &files,
         "after the daemon died during umount",
-        &m.log_text(),
     );
-    m.unmount();
     let status = status.expect("spoolfs umount still running 20 s after its daemon died");
     assert!(
         !status.success(),
@@ -1825,12 +1656,8 @@ fn umount_fails_if_the_daemon_dies_before_uploading() {
 #[test]
 fn sync_waits_for_the_object_store() {
     require_fuse!();
-    let _serial = serial();
-    let vol = Volume::new(Backend::File);
-    let mp = vol.new_subdir("mnt");
-    let cache = vol.cache_dir();
-    let logs = vol.new_subdir("logs");
-    let m = ProcMount::start(&vol, &mp, &cache, &[], &[], logs.join("sync.log"));
+    let (_serial, vol, mp, cache, logs) = serial_volume();
+    let m = start_mount(&vol, &mp, &cache, &[], &[], logs.join("sync.log"));
     fs::create_dir(mp.join("d")).unwrap();
     let mut outage = StoreOutage::begin(&vol.objects_dir());
     let mut rng = Rng::new(77);

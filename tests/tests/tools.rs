@@ -63,14 +63,8 @@ fn make_tree(root: &Path) -> usize {
     files + 5
 }
 
-const CROSS_FS: SnapOptions = SnapOptions {
-    mtime: true,
-    mtime_nsec: true,
-    dir_mtime: true,
-    symlink_mtime: true,
-    nlink: true,
-    xattrs: true,
-};
+/// What cp -a and rsync -aHAX keep: everything.
+const CROSS_FS: SnapOptions = SnapOptions::EXACT;
 
 /// What tar (default GNU format, no --xattrs) keeps.
 const TAR: SnapOptions = SnapOptions {
@@ -81,6 +75,30 @@ const TAR: SnapOptions = SnapOptions {
     nlink: true,
     xattrs: false,
 };
+
+/// `tar -C dir -cf tarfile .`, run in `cwd`.
+fn tar_create(cwd: &Path, dir: &Path, tarfile: &Path) {
+    let (dir, tarfile) = (dir.to_str().unwrap(), tarfile.to_str().unwrap());
+    run_ok(cwd, "tar", &["-C", dir, "-cf", tarfile, "."], T);
+}
+
+/// `tar -C dir --numeric-owner -xpf tarfile`, run in `cwd`.
+fn tar_extract(cwd: &Path, tarfile: &Path, dir: &Path) {
+    let (dir, tarfile) = (dir.to_str().unwrap(), tarfile.to_str().unwrap());
+    run_ok(
+        cwd,
+        "tar",
+        &["-C", dir, "--numeric-owner", "-xpf", tarfile],
+        T,
+    );
+}
+
+/// `python3 -m pip ARGS…` (the argument groups in order), run in `cwd`.
+fn pip(cwd: &Path, groups: &[&[&str]]) {
+    let mut args = vec!["-m", "pip"];
+    args.extend(groups.iter().flat_map(|g| g.iter().copied()));
+    run_ok(cwd, "python3", &args, T);
+}
 
 fn cp_and_tar(backend: Backend) {
     require_fuse!();
@@ -110,24 +128,8 @@ fn cp_and_tar(backend: Backend) {
     let tarfile = m.join("tree.tar");
     let untar = m.join("untar");
     fs::create_dir(&untar).unwrap();
-    run_ok(
-        m.path(),
-        "tar",
-        &["-C", srcs, "-cf", tarfile.to_str().unwrap(), "."],
-        T,
-    );
-    run_ok(
-        m.path(),
-        "tar",
-        &[
-            "-C",
-            untar.to_str().unwrap(),
-            "--numeric-owner",
-            "-xpf",
-            tarfile.to_str().unwrap(),
-        ],
-        T,
-    );
+    tar_create(m.path(), &src, &tarfile);
+    tar_extract(m.path(), &tarfile, &untar);
     let mut untar_snap = snapshot_tree(&untar, TAR);
     let mut want = src_tar.clone();
     // The root directory's own mtime changes as tar fills it; compare the contents only.
@@ -138,30 +140,8 @@ fn cp_and_tar(backend: Backend) {
     let back_tar = local.path().join("back.tar");
     let back = local.path().join("back");
     fs::create_dir(&back).unwrap();
-    run_ok(
-        m.path(),
-        "tar",
-        &[
-            "-C",
-            untar.to_str().unwrap(),
-            "-cf",
-            back_tar.to_str().unwrap(),
-            ".",
-        ],
-        T,
-    );
-    run_ok(
-        m.path(),
-        "tar",
-        &[
-            "-C",
-            back.to_str().unwrap(),
-            "--numeric-owner",
-            "-xpf",
-            back_tar.to_str().unwrap(),
-        ],
-        T,
-    );
+    tar_create(m.path(), &untar, &back_tar);
+    tar_extract(m.path(), &back_tar, &back);
     let mut back_snap = snapshot_tree(&back, TAR);
     back_snap.remove(Path::new(""));
     assert_snapshots_eq(&back_snap, &want, "tar round trip out of the mount");
@@ -337,40 +317,16 @@ fn python_venv(backend: Backend) {
     );
     let py = venv.join("bin/python");
     let pys = py.to_str().unwrap();
-    run_ok(
+    let wheel = wheel.to_str().unwrap();
+    let offline = ["--no-index", "--no-deps", "--no-cache-dir"];
+    pip(
         m.path(),
-        "python3",
-        &[
-            "-m",
-            "pip",
-            "--python",
-            pys,
-            "install",
-            "--no-index",
-            "--no-deps",
-            "--no-cache-dir",
-            wheel.to_str().unwrap(),
-        ],
-        T,
+        &[&["--python", pys, "install"], &offline[..], &[wheel]],
     );
     // A --target install, imported through PYTHONPATH.
     let target = m.join("target");
-    run_ok(
-        m.path(),
-        "python3",
-        &[
-            "-m",
-            "pip",
-            "install",
-            "--no-index",
-            "--no-deps",
-            "--no-cache-dir",
-            "--target",
-            target.to_str().unwrap(),
-            wheel.to_str().unwrap(),
-        ],
-        T,
-    );
+    let target_arg = ["--target", target.to_str().unwrap(), wheel];
+    pip(m.path(), &[&["install"], &offline[..], &target_arg]);
     let check = "import sys, tinypkg; assert tinypkg.answer() == 42; print(sys.prefix); \
                  print(tinypkg.__file__)";
     let check_venv = |m: &Mount| {
@@ -426,20 +382,17 @@ fn python_venv(backend: Backend) {
         "after remount",
     );
     check_venv(&m);
-    run_ok(
+    let py = m.join("venv/bin/python");
+    pip(
         m.path(),
-        "python3",
-        &[
-            "-m",
-            "pip",
+        &[&[
             "--python",
-            m.join("venv/bin/python").to_str().unwrap(),
+            py.to_str().unwrap(),
             "uninstall",
             "-y",
             "-q",
             "tinypkg",
-        ],
-        T,
+        ]],
     );
     let out = run(
         command(m.join("venv/bin/python")).args(["-c", "import tinypkg"]),

@@ -31,12 +31,6 @@ fn assert_fails(o: &Output, needle: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-fn fuse_usable() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() == 0 };
-    root && Path::new("/dev/fuse").exists()
-}
-
 #[test]
 fn format_and_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,10 +118,7 @@ fn format_and_errors() {
 
 #[test]
 fn daemon_mount_status_umount() {
-    if !fuse_usable() {
-        eprintln!("skipped: needs root and /dev/fuse");
-        return;
-    }
+    spoolfs_testkit::require_fuse!();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mnt = d.join("mnt");

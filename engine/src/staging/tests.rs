@@ -5,6 +5,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use super::*;
+use spoolfs_testkit::random_bytes;
 
 const UUID: [u8; 16] = *b"spoolfs-test-vol";
 
@@ -26,17 +27,30 @@ fn cfg_one_thread(dir: &std::path::Path, segment_size: u64, max_segments: usize)
     c
 }
 
-/// Deterministic pseudo-random bytes for a record.
-fn data_for(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// A fresh directory with a one-thread log in it (see [`cfg_one_thread`]), and the log's
+/// configuration (to open it again).
+fn open_one_thread(
+    segment_size: u64,
+    max_segments: usize,
+) -> (tempfile::TempDir, StagingConfig, StagingLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg_one_thread(dir.path(), segment_size, max_segments);
+    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    (dir, c, log)
+}
+
+/// A one-thread log in `dir` whose writes fail or stall on demand: its configuration, its fault
+/// switches and the log.
+fn open_with_faults(dir: &std::path::Path) -> (StagingConfig, Arc<FaultConfig>, StagingLog) {
+    let faults = FaultConfig::new();
+    let mut c = cfg(dir, IoEngineKind::Auto);
+    c.threads = 1;
+    let tuning = StagingTuning {
+        faults: Some(faults.clone()),
+        ..Default::default()
+    };
+    let (log, _) = StagingLog::open_tuned(c.clone(), tuning).unwrap();
+    (c, faults, log)
 }
 
 fn hdr(ino: u64, slice_id: u64, len: usize) -> RecordHeader {
@@ -83,7 +97,7 @@ fn roundtrip(engine: IoEngineKind) {
                         3 => 65536 + 17,
                         _ => (slice as usize * 7919) % 150_000,
                     };
-                    let data = data_for(slice, len);
+                    let data = random_bytes(slice, len);
                     let h = hdr(w, slice, len);
                     let loc = log.append(&h, &data, i % 2 == 0).unwrap();
                     assert_eq!(loc.len as usize, len);
@@ -100,7 +114,7 @@ fn roundtrip(engine: IoEngineKind) {
     }
     // Per-inode order is append order, hence increasing locations within a segment.
     for (h, loc) in &all {
-        let data = data_for(h.slice_id, h.len as usize);
+        let data = random_bytes(h.slice_id, h.len as usize);
         assert_eq!(read_all(&log, loc), data);
         if h.len > 70_000 {
             // A range crossing a piece boundary, not starting at piece 0.
@@ -131,7 +145,7 @@ fn roundtrip(engine: IoEngineKind) {
         assert!(prev.is_none_or(|p| p < r.seq));
         assert_eq!(
             read_all(&log, &r.loc),
-            data_for(r.header.slice_id, r.header.len as usize)
+            random_bytes(r.header.slice_id, r.header.len as usize)
         );
     }
     let u = log.usage();
@@ -166,7 +180,7 @@ fn staging_torn_tail_is_skipped() {
     let (log, _) = StagingLog::open(c.clone()).unwrap();
     let locs: Vec<StagedLoc> = (0..3)
         .map(|i| {
-            let d = data_for(i, 100_000);
+            let d = random_bytes(i, 100_000);
             log.append(&hdr(1, i, d.len()), &d, true).unwrap()
         })
         .collect();
@@ -193,7 +207,7 @@ fn staging_torn_tail_is_skipped() {
     assert_eq!(e.errno(), libc::EIO);
     // The part of it before the damage still verifies piece by piece.
     log.read(&locs[2], 0, &mut out).unwrap();
-    assert_eq!(out, data_for(2, 100_000)[..1000]);
+    assert_eq!(out, random_bytes(2, 100_000)[..1000]);
     drop(log);
 
     // Zero out the header of the second record: only the first survives.
@@ -210,13 +224,11 @@ fn staging_torn_tail_is_skipped() {
 
 #[test]
 fn staging_recycle_invalidates_old_generation() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 256 << 10, 4);
-    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    let (_dir, c, log) = open_one_thread(256 << 10, 4);
     // ~3 records per segment; fill three segments.
     let mut old = Vec::new();
     for i in 0..9 {
-        let d = data_for(i, 60_000);
+        let d = random_bytes(i, 60_000);
         old.push(log.append(&hdr(1, i, d.len()), &d, false).unwrap());
     }
     let used_segments: HashSet<u32> = old.iter().map(|l| l.segment).collect();
@@ -229,7 +241,7 @@ fn staging_recycle_invalidates_old_generation() {
     // Enough new records to roll over every segment at least once more.
     let mut new = Vec::new();
     for i in 100..110 {
-        let d = data_for(i, 60_000);
+        let d = random_bytes(i, 60_000);
         new.push(log.append(&hdr(1, i, d.len()), &d, false).unwrap());
     }
     // Old segments were reused.
@@ -263,9 +275,7 @@ fn segment_files(dir: &std::path::Path) -> usize {
 /// segment moves to one that is ready.
 #[test]
 fn staging_prepares_spare_segments_ahead() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 128 << 10, 8);
-    let (log, _) = StagingLog::open(c).unwrap();
+    let (dir, _, log) = open_one_thread(128 << 10, 8);
     let wait_for = |n: usize| {
         let start = Instant::now();
         while segment_files(dir.path()) < n {
@@ -280,7 +290,7 @@ fn staging_prepares_spare_segments_ahead() {
     // One segment per engine thread at open; spares only once segments are being used.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(segment_files(dir.path()), 1, "no spare before any demand");
-    let d = data_for(3, 50_000);
+    let d = random_bytes(3, 50_000);
     for i in 0..6 {
         log.append(&hdr(1, i, d.len()), &d, true).unwrap();
     }
@@ -293,10 +303,8 @@ fn staging_prepares_spare_segments_ahead() {
 
 #[test]
 fn staging_full_returns_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 128 << 10, 2);
-    let (log, _) = StagingLog::open(c).unwrap();
-    let d = data_for(1, 50_000);
+    let (_dir, _, log) = open_one_thread(128 << 10, 2);
+    let d = random_bytes(1, 50_000);
     let mut locs = Vec::new();
     let start = Instant::now();
     let err = loop {
@@ -326,23 +334,16 @@ fn staging_full_returns_at_once() {
 #[test]
 fn staging_failed_write_fails_only_its_caller() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = FaultConfig::new();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.threads = 1;
-    let tuning = StagingTuning {
-        faults: Some(faults.clone()),
-        ..Default::default()
-    };
-    let (log, _) = StagingLog::open_tuned(c.clone(), tuning).unwrap();
+    let (c, faults, log) = open_with_faults(dir.path());
     let mut ok = Vec::new();
-    let d = data_for(0, 10_000);
+    let d = random_bytes(0, 10_000);
     ok.push(log.append(&hdr(1, 0, d.len()), &d, true).unwrap());
     faults.fail_write(1);
     let e = log.append(&hdr(1, 1, d.len()), &d, true).unwrap_err();
     assert_eq!(e.errno(), libc::EIO, "{e}");
     ok.push(log.append(&hdr(1, 2, d.len()), &d, true).unwrap());
     // A torn write: header and part of the data reach the disk, then EIO.
-    let big = data_for(3, 200_000);
+    let big = random_bytes(3, 200_000);
     faults.tear_write(1, 8192);
     assert!(log.append(&hdr(1, 3, big.len()), &big, false).is_err());
     ok.push(log.append(&hdr(1, 4, d.len()), &d, false).unwrap());
@@ -365,7 +366,7 @@ fn staging_failed_write_fails_only_its_caller() {
                 (0..10u64)
                     .map(|i| {
                         let s = 1000 + w * 100 + i;
-                        let d = data_for(s, 5000 + (s as usize % 3) * 4096);
+                        let d = random_bytes(s, 5000 + (s as usize % 3) * 4096);
                         (s, log.append(&hdr(w, s, d.len()), &d, i % 3 == 0))
                     })
                     .collect::<Vec<_>>()
@@ -377,7 +378,7 @@ fn staging_failed_write_fails_only_its_caller() {
         for (s, r) in h.join().unwrap() {
             match r {
                 Ok(l) => {
-                    assert_eq!(read_all(&log, &l), data_for(s, l.len as usize));
+                    assert_eq!(read_all(&log, &l), random_bytes(s, l.len as usize));
                     ok.push(l);
                 }
                 Err(e) => {
@@ -405,14 +406,7 @@ fn staging_failed_write_fails_only_its_caller() {
 #[test]
 fn staging_group_commit_shares_flushes() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = FaultConfig::new();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.threads = 1;
-    let tuning = StagingTuning {
-        faults: Some(faults.clone()),
-        ..Default::default()
-    };
-    let (log, _) = StagingLog::open_tuned(c, tuning).unwrap();
+    let (_, faults, log) = open_with_faults(dir.path());
     let log = Arc::new(log);
     // Slow writes let the queue build up behind the first one, as under real load.
     faults.delay_writes(Duration::from_millis(20));
@@ -424,7 +418,7 @@ fn staging_group_commit_shares_flushes() {
             let log = log.clone();
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let d = data_for(i, 4096);
+                let d = random_bytes(i, 4096);
                 barrier.wait();
                 log.append(&hdr(i, i, d.len()), &d, true).unwrap()
             })
@@ -477,7 +471,7 @@ fn append_and_check(log: &StagingLog, ino: u64, n: u64, len: usize) -> Vec<Stage
     (0..n)
         .map(|i| {
             let slice = ino * 10_000 + i;
-            let data = data_for(slice, len);
+            let data = random_bytes(slice, len);
             let loc = log
                 .append(&hdr(ino, slice, len), &data, i % 2 == 0)
                 .unwrap();
@@ -521,7 +515,7 @@ fn staging_pool_uses_fixed_buffers() {
     assert_eq!(u.pool_misses, 0, "{u:?}");
 
     // Larger than a pool buffer: a temporary buffer and plain opcodes.
-    let big = data_for(77, 100_000);
+    let big = random_bytes(77, 100_000);
     let loc = log.append(&hdr(9, 77, big.len()), &big, true).unwrap();
     let u = log.usage();
     assert_eq!((u.fixed_writes, u.pool_misses), (160, 1), "{u:?}");
@@ -542,7 +536,7 @@ fn staging_pool_uses_fixed_buffers() {
     for r in &replayed {
         assert_eq!(
             read_all(&log, &r.loc),
-            data_for(r.header.slice_id, r.header.len as usize)
+            random_bytes(r.header.slice_id, r.header.len as usize)
         );
     }
 }
@@ -569,7 +563,7 @@ fn staging_pool_exhausted_falls_back() {
                 start.wait();
                 (0..10)
                     .map(|i| {
-                        let data = data_for(w * 100 + i, 5000);
+                        let data = random_bytes(w * 100 + i, 5000);
                         let h = hdr(w, w * 100 + i, data.len());
                         (log.append(&h, &data, false).unwrap(), data)
                     })
@@ -611,7 +605,7 @@ fn staging_pool_unregistered_and_psync() {
     append_and_check(&log, 1, 20, 30_000);
     let u = log.usage();
     assert_eq!((u.fixed_writes, u.fixed_reads, u.pool_misses), (0, 0, 0));
-    let big = data_for(5, 70_000);
+    let big = random_bytes(5, 70_000);
     log.append(&hdr(2, 5, big.len()), &big, false).unwrap();
     assert_eq!(log.usage().pool_misses, 1);
 
@@ -665,7 +659,7 @@ fn staging_bench_latency() {
             ..Default::default()
         };
         let (log, _) = StagingLog::open_tuned(c, tuning).unwrap();
-        let d = data_for(7, size);
+        let d = random_bytes(7, size);
         let mut lat = Vec::with_capacity(n);
         for i in 0..n {
             let t = Instant::now();
@@ -695,7 +689,7 @@ fn dsync_only_when_it_covers(engine: IoEngineKind) {
     let mut c = cfg(dir.path(), engine);
     c.threads = 1;
     let (log, _) = StagingLog::open(c).unwrap();
-    let d = data_for(3, 5000);
+    let d = random_bytes(3, 5000);
     let counts = |log: &StagingLog| {
         let u = log.usage();
         (u.dsync_writes, u.datasyncs)
@@ -738,10 +732,8 @@ fn staging_dsync_only_when_it_covers() {
 /// segment on the disk the appends are using.
 #[test]
 fn staging_reuses_recycled_segments_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 128 << 10, 16);
-    let (log, _) = StagingLog::open(c).unwrap();
-    let d = data_for(4, 50_000);
+    let (dir, _, log) = open_one_thread(128 << 10, 16);
+    let d = random_bytes(4, 50_000);
     // Two records per segment; each is freed at once, so every filled segment is recycled
     // when the thread moves on from it.
     for i in 0..40 {
@@ -761,9 +753,7 @@ fn staging_reuses_recycled_segments_first() {
 /// replay, in sequence order, byte for byte.
 #[test]
 fn staging_bulk_records_skip_the_zero_fill() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg_one_thread(dir.path(), 8 << 20, 8);
-    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    let (_dir, c, log) = open_one_thread(8 << 20, 8);
     let mut written = Vec::new();
     for i in 0..12u64 {
         let len = if i % 3 == 0 {
@@ -771,7 +761,7 @@ fn staging_bulk_records_skip_the_zero_fill() {
         } else {
             (1 << 20) + 4096 * i as usize
         };
-        let data = data_for(i, len);
+        let data = random_bytes(i, len);
         let loc = log.append(&hdr(1, i, len), &data, i % 2 == 0).unwrap();
         written.push((i, len, loc));
     }
@@ -789,7 +779,7 @@ fn staging_bulk_records_skip_the_zero_fill() {
             loc.segment
         );
         // A preallocated segment holds zeros (unwritten extents) past its records.
-        assert_eq!(read_all(&log, &loc), data_for(i, len));
+        assert_eq!(read_all(&log, &loc), random_bytes(i, len));
     }
     log.sync().unwrap();
     drop(log);
@@ -801,6 +791,6 @@ fn staging_bulk_records_skip_the_zero_fill() {
             (i, loc),
             "replayed in append order"
         );
-        assert_eq!(read_all(&log, &r.loc), data_for(i, len));
+        assert_eq!(read_all(&log, &r.loc), random_bytes(i, len));
     }
 }

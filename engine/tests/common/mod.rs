@@ -1,19 +1,6 @@
 //! Helpers shared by the engine's integration tests (each test file is its own crate and
-//! includes this module with `mod common;`).
-
-/// Deterministic pseudo-random bytes (xorshift): the same for the same seed, different
-/// across seeds, so a test writes data it can check byte for byte later.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+//! includes this module with `mod common;`). Engine-agnostic helpers (the seeded generator,
+//! data patterns) are in the `spoolfs-testkit` crate.
 
 /// The block size of a test [`Volume`].
 #[allow(dead_code)]
@@ -70,4 +57,80 @@ impl Volume {
     pub fn objects(&self) -> std::path::PathBuf {
         self.dir.path().join("objects")
     }
+}
+
+// Each test crate uses its own subset.
+#[allow(dead_code)]
+impl Volume {
+    /// The volume record, read from the metadata store.
+    pub fn record(&self) -> spoolfs_engine::VolumeRecord {
+        spoolfs_engine::volume::read_record(self.meta().as_ref())
+            .unwrap()
+            .expect("volume is formatted")
+    }
+
+    /// Starts an engine on this volume with `config`; with `staging`, a writeback engine (what
+    /// a mount runs) whose logs live where `staging` says.
+    pub fn start_engine(
+        &self,
+        staging: Option<&spoolfs_engine::writeback::StagingSettings>,
+        config: spoolfs_engine::EngineConfig,
+    ) -> std::sync::Arc<spoolfs_engine::Engine> {
+        let meta = self.meta();
+        let record = spoolfs_engine::volume::read_record(meta.as_ref())
+            .unwrap()
+            .expect("volume is formatted");
+        let storage = std::sync::Arc::new(
+            spoolfs_uploader::ObjectStorage::open(&self.storage_config()).unwrap(),
+        );
+        let (meta, config) = match staging {
+            Some(settings) => {
+                let (meta, staging) =
+                    spoolfs_engine::writeback::open_staging(meta, &record, settings).unwrap();
+                let config = spoolfs_engine::EngineConfig {
+                    staging: Some(staging),
+                    ..config
+                };
+                (meta, config)
+            }
+            None => (meta, config),
+        };
+        spoolfs_engine::Engine::start(meta, storage, record, config).unwrap()
+    }
+}
+
+/// Every file below `dir` (none if it does not exist), sorted.
+#[allow(dead_code)]
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// How many files there are below `dir`.
+#[allow(dead_code)]
+pub fn count_files(dir: &std::path::Path) -> usize {
+    files_under(dir).len()
+}
+
+/// The whole contents of file `ino`, read through a handle of its own.
+#[allow(dead_code)]
+pub fn read_all(e: &spoolfs_engine::Engine, ino: spoolfs_engine::Ino) -> Vec<u8> {
+    let me = spoolfs_engine::Caller::ROOT;
+    let fh = e.open(&me, ino, libc::O_RDONLY).unwrap();
+    let size = e.getattr(ino).unwrap().size;
+    let out = e.read(ino, fh, 0, size as u32 + 10).unwrap();
+    e.release(ino, fh).unwrap();
+    out
 }
