@@ -724,7 +724,7 @@ impl Engine {
                     set.queue.push_front(*id);
                 }
             }
-            tracing::warn!(
+            crate::warn_limited!(
                 "upload of {} staged slice(s) failed, will retry: {e}",
                 batch.len()
             );

@@ -39,6 +39,8 @@ pub struct SpoolFs {
     passthrough_wanted: bool,
     passthrough: std::sync::atomic::AtomicBool,
     backing: std::sync::Mutex<Backing>,
+    /// POSIX ACLs asked for (`--acl`).
+    acl_wanted: bool,
     /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL, agreed at init).
     posix_acl: bool,
 }
@@ -59,6 +61,7 @@ impl SpoolFs {
             passthrough_wanted: false,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             backing: Default::default(),
+            acl_wanted: true,
             posix_acl: false,
         }
     }
@@ -67,6 +70,12 @@ impl SpoolFs {
     /// file (FUSE passthrough, Linux 6.9+, needs CAP_SYS_ADMIN); falls back by itself.
     pub fn with_passthrough(mut self, on: bool) -> Self {
         self.passthrough_wanted = on;
+        self
+    }
+
+    /// POSIX ACLs (on by default), if the kernel supports them for FUSE.
+    pub fn with_acl(mut self, on: bool) -> Self {
+        self.acl_wanted = on;
         self
     }
 
@@ -380,10 +389,11 @@ impl Filesystem for SpoolFs {
         );
         // POSIX ACLs: the kernel checks them and caches them; we store them, keep them in
         // step with the mode and hand default ACLs down. The umask is then ours to apply.
-        self.posix_acl = config
-            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
-            .is_ok();
-        if !self.posix_acl {
+        self.posix_acl = self.acl_wanted
+            && config
+                .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+                .is_ok();
+        if self.acl_wanted && !self.posix_acl {
             info!("the kernel offers no FUSE POSIX ACL support; ACLs are refused");
         }
         if self.passthrough_wanted {

@@ -169,5 +169,14 @@ fn posix_acls() {
         before
     );
     sh_as(1234, m.path(), "touch d/again").assert_success();
+    let mp = m.unmount();
+
+    // --acl=false: refused, as on ext4 mounted noacl; the stored ones are left alone.
+    let m = v.mount_with(MountOptions {
+        mountpoint: Some(mp),
+        extra_args: vec!["--acl=false".into()],
+        ..Default::default()
+    });
+    sh(m.path(), "setfacl -m u:1234:r plain").assert_clean_failure(&["not supported"]);
     m.unmount();
 }
