@@ -10,7 +10,8 @@ use crate::control::ControlServer;
 use crate::format::default_urls;
 use crate::metrics::MetricsEndpoint;
 use crate::paths::{
-    create_private_dir, default_cache_dir, is_root, open_log_file, private_umask, runtime_files,
+    create_private_dir, default_cache_dir, is_root, make_private, open_log_file, private_umask,
+    runtime_files,
 };
 use crate::staging_args::StagingArgs;
 use crate::{S3Args, init_logging};
@@ -797,6 +798,10 @@ fn open_meta_waiting(
     loop {
         let path = match spoolfs_metadata::open_store(url) {
             Ok(meta) => {
+                // A metadata file made before spoolfs made its files private.
+                if let Some(file) = url.strip_prefix("redb://") {
+                    make_private(Path::new(file))?;
+                }
                 if announced {
                     say(format!(
                         "the earlier daemon let go of the metadata store after {:.1} s",
