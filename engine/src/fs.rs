@@ -1890,10 +1890,6 @@ impl Engine {
         if offset == 0 {
             let fresh = self.list_dir(ino)?;
             self.dirs.lock().insert(fh, fresh);
-            // Listing a directory reads it: its atime follows the mount's rule too.
-            if let Ok(rec) = self.view(|r| schema::must_inode(r, ino)) {
-                self.maybe_update_atime(ino, rec.atime_ns, rec.mtime_ns, rec.ctime_ns);
-            }
         }
         let dirs = self.dirs.lock();
         let entries = dirs

@@ -418,7 +418,7 @@ impl WalStore {
                 // Nothing later can be acknowledged past this gap until it is filled; the
                 // inner store holds the change (it is only not crash-safe), so make it durable
                 // there instead and close the gap.
-                tracing::error!("namespace log append failed ({e}); falling back to fsync");
+                crate::error_limited!("namespace log append failed ({e}); falling back to fsync");
                 self.inner.persist()?;
                 self.mark_done(seq, None);
             }

@@ -39,6 +39,8 @@ pub struct SpoolFs {
     passthrough_wanted: bool,
     passthrough: std::sync::atomic::AtomicBool,
     backing: std::sync::Mutex<Backing>,
+    /// POSIX ACLs asked for (`--acl`).
+    acl_wanted: bool,
     /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL, agreed at init).
     posix_acl: bool,
 }
@@ -59,6 +61,7 @@ impl SpoolFs {
             passthrough_wanted: false,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             backing: Default::default(),
+            acl_wanted: true,
             posix_acl: false,
         }
     }
@@ -67,6 +70,12 @@ impl SpoolFs {
     /// file (FUSE passthrough, Linux 6.9+, needs CAP_SYS_ADMIN); falls back by itself.
     pub fn with_passthrough(mut self, on: bool) -> Self {
         self.passthrough_wanted = on;
+        self
+    }
+
+    /// POSIX ACLs (on by default), if the kernel supports them for FUSE.
+    pub fn with_acl(mut self, on: bool) -> Self {
+        self.acl_wanted = on;
         self
     }
 
@@ -380,10 +389,11 @@ impl Filesystem for SpoolFs {
         );
         // POSIX ACLs: the kernel checks them and caches them; we store them, keep them in
         // step with the mode and hand default ACLs down. The umask is then ours to apply.
-        self.posix_acl = config
-            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
-            .is_ok();
-        if !self.posix_acl {
+        self.posix_acl = self.acl_wanted
+            && config
+                .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+                .is_ok();
+        if self.acl_wanted && !self.posix_acl {
             info!("the kernel offers no FUSE POSIX ACL support; ACLs are refused");
         }
         if self.passthrough_wanted {
@@ -841,12 +851,15 @@ impl Filesystem for SpoolFs {
             Ok(m) => m,
             Err(e) => return reply.error(e),
         };
-        reply_empty(
-            reply,
-            self.call(Op::Setxattr, |e| {
-                e.setxattr(&caller(req), ino.0, name.as_bytes(), value, mode)
-            }),
-        );
+        let who = caller(req);
+        let r = self.call(Op::Setxattr, |e| {
+            e.setxattr(&who, ino.0, name.as_bytes(), value, mode)?;
+            if name.as_bytes() == spoolfs_engine::acl::ACCESS_XATTR {
+                kill_sgid_after_acl(e, &who, ino.0)?;
+            }
+            Ok(())
+        });
+        reply_empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -980,6 +993,37 @@ impl Filesystem for SpoolFs {
     ) {
         reply.error(Errno::ENOSYS);
     }
+}
+
+/// Setting an access ACL clears the set-group-id bit when the caller is neither in the file's
+/// group nor privileged, as on ext4 (the kernel leaves this to the file system unless it can
+/// pass a flag for it, which needs a newer FUSE protocol than fuser speaks).
+fn kill_sgid_after_acl(e: &Engine, who: &Caller, ino: u64) -> Result<(), FsError> {
+    let attr = e.getattr(ino)?;
+    if attr.perm & libc::S_ISGID as u16 == 0 || who.uid == 0 || who.gid == attr.gid {
+        return Ok(());
+    }
+    match supplementary_groups(who.pid) {
+        Some(groups) if !groups.contains(&attr.gid) => {
+            let set = SetAttr {
+                mode: Some((attr.perm & !(libc::S_ISGID as u16)) as u32),
+                ..Default::default()
+            };
+            e.setattr(who, ino, &set).map(|_| ())
+        }
+        // Unknown (the process is gone): leave the bit.
+        _ => Ok(()),
+    }
+}
+
+/// The supplementary groups of process `pid` (the `Groups:` line of /proc/PID/status).
+fn supplementary_groups(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Groups:"))?;
+    line["Groups:".len()..]
+        .split_whitespace()
+        .map(|g| g.parse().ok())
+        .collect()
 }
 
 /// The text of a panic payload.

@@ -25,6 +25,8 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Mounted `noatime` (shown in /proc/mounts; the engine applies the atime rule).
     pub noatime: bool,
+    /// POSIX ACLs, where the kernel supports them for FUSE.
+    pub acl: bool,
     /// The "source" shown in /proc/mounts (fuse.spoolfs type), e.g. the volume name.
     pub fs_name: String,
     /// Serve reads of cached, unchanged files by FUSE passthrough when the kernel allows it.
@@ -46,6 +48,7 @@ impl Default for MountOptions {
             allow_other: false,
             read_only: false,
             noatime: false,
+            acl: true,
             fs_name: "spoolfs".into(),
             passthrough: false,
             noexec: false,
@@ -248,7 +251,8 @@ impl FuseSession {
     ) -> Result<Self, MountError> {
         let canonical = check_mount_point(mount_point)?;
         let fs = SpoolFs::new(engine, options.attr_ttl, options.entry_ttl)
-            .with_passthrough(options.passthrough);
+            .with_passthrough(options.passthrough)
+            .with_acl(options.acl);
         let session =
             fuser::Session::new(fs, &canonical, &options.fuser_config()).map_err(|source| {
                 MountError::Fuse {

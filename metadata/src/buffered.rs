@@ -424,20 +424,8 @@ impl KvStore for BufferedStore {
 mod tests {
     use super::*;
     use crate::{MemStore, RedbStore, prefix_end};
-
-    /// A small deterministic generator (xorshift), so a failure replays.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    // A seeded generator, so a failure replays.
+    use spoolfs_testkit::Rng;
 
     fn key(rng: &mut Rng) -> Vec<u8> {
         format!("k{:02}", rng.below(40)).into_bytes()
@@ -473,7 +461,7 @@ mod tests {
         let inner = Arc::new(MemStore::default());
         let buffered = BufferedStore::new(inner.clone());
         let reference = MemStore::default();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(1);
         for round in 0..3000 {
             let ops: Vec<(u64, Vec<u8>, Vec<u8>, u64)> = (0..1 + rng.below(5))
                 .map(|_| {

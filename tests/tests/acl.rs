@@ -1,6 +1,7 @@
 //! POSIX ACLs on a spoolfs mount, with `setfacl`/`getfacl` (Debian package `acl`): stored,
 //! enforced by the kernel for other users, kept in step with chmod, inherited from default
-//! ACLs by new files and directories with the modes ext4 gives them, kept across a remount.
+//! ACLs by new files and directories with the modes ext4 gives them, set-group-id cleared as
+//! ext4 does when an owner outside the group sets one, kept across a remount.
 
 use spoolfs_tests::*;
 use std::fs;
@@ -156,6 +157,18 @@ fn posix_acls() {
         "a minimal ACL is stored as the mode only"
     );
 
+    // An owner outside the file's group who sets an ACL loses set-group-id; one in the group
+    // keeps it (ext4's rule).
+    for (name, gid, kept) in [("sg-other", 5678, false), ("sg-own", 1234, true)] {
+        let p = mnt.join(name);
+        fs::write(&p, b"x").unwrap();
+        lchown(&p, 1234, gid).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o2770)).unwrap();
+        sh_as(1234, &mnt, &format!("setfacl -m u:1235:r {name}")).assert_success();
+        let want = if kept { 0o2770 } else { 0o770 };
+        assert_eq!(mode(&p), want, "{name}: mode after setfacl by its owner");
+    }
+
     // Everything is still there after a remount.
     let before = getfacl(&mnt, &["g", "d", "d/f", "d/sub", "d/mine"]);
     let mp = m.unmount();
@@ -169,5 +182,14 @@ fn posix_acls() {
         before
     );
     sh_as(1234, m.path(), "touch d/again").assert_success();
+    let mp = m.unmount();
+
+    // --acl=false: refused, as on ext4 mounted noacl; the stored ones are left alone.
+    let m = v.mount_with(MountOptions {
+        mountpoint: Some(mp),
+        extra_args: vec!["--acl=false".into()],
+        ..Default::default()
+    });
+    sh(m.path(), "setfacl -m u:1234:r plain").assert_clean_failure(&["not supported"]);
     m.unmount();
 }

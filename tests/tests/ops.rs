@@ -20,6 +20,13 @@ fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
+/// `spoolfs bench DIR --quick ARGS`
+fn bench_quick(dir: &Path, args: &[&str]) -> CmdOutput {
+    let mut all = vec![os("bench"), dir.as_os_str(), os("--quick")];
+    all.extend(args.iter().map(|s| os(s)));
+    spoolfs(&all)
+}
+
 /// Every entry of `dir` (to check that the benchmark left nothing behind).
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
@@ -70,14 +77,7 @@ fn check_ops(report: &Value, test: &str, expected_ops: f64) {
 #[test]
 fn bench_quick_json() {
     let dir = temp_dir("bench");
-    let out = spoolfs(&[
-        os("bench"),
-        dir.path().as_os_str(),
-        os("--quick"),
-        os("--json"),
-        os("--seed"),
-        os("7"),
-    ]);
+    let out = bench_quick(dir.path(), &["--json", "--seed", "7"]);
     out.assert_success();
     let report: Value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("bench --json printed invalid JSON ({e}): {out}"));
@@ -114,13 +114,7 @@ fn bench_quick_json() {
 
     // The table: every test and every percentile, and again nothing left behind.
     fs::write(dir.path().join("mine"), b"not the benchmark's").unwrap();
-    let out = spoolfs(&[
-        os("bench"),
-        dir.path().as_os_str(),
-        os("--quick"),
-        os("--ops"),
-        os("16"),
-    ]);
+    let out = bench_quick(dir.path(), &["--ops", "16"]);
     out.assert_success();
     for word in [
         "randwrite 4 KiB + fsync",
@@ -150,12 +144,10 @@ fn bench_quick_json() {
 fn bench_refuses_bad_directories_and_flags() {
     let dir = temp_dir("bench-bad");
     let missing = dir.path().join("missing");
-    spoolfs(&[os("bench"), missing.as_os_str(), os("--quick")])
-        .assert_clean_failure(&["does not exist"]);
+    bench_quick(&missing, &[]).assert_clean_failure(&["does not exist"]);
     let file = dir.path().join("file");
     fs::write(&file, b"x").unwrap();
-    spoolfs(&[os("bench"), file.as_os_str(), os("--quick")])
-        .assert_clean_failure(&["not a directory"]);
+    bench_quick(&file, &[]).assert_clean_failure(&["not a directory"]);
     // A directory nobody may create files in (as root: /proc).
     let read_only = if fuse_available() {
         PathBuf::from("/proc")
@@ -165,17 +157,14 @@ fn bench_refuses_bad_directories_and_flags() {
         fs::set_permissions(&d, fs::Permissions::from_mode(0o555)).unwrap();
         d
     };
-    spoolfs(&[os("bench"), read_only.as_os_str(), os("--quick")])
-        .assert_clean_failure(&["not a writable directory"]);
+    bench_quick(&read_only, &[]).assert_clean_failure(&["not a writable directory"]);
     for bad in [
         ["--ops", "0"],
         ["--block-size", "0"],
         ["--runtime", "0"],
         ["--file-size", "1K"],
     ] {
-        let mut args = vec![os("bench"), dir.path().as_os_str(), os("--quick")];
-        args.extend(bad.iter().map(|s| os(s)));
-        spoolfs(&args).assert_clean_failure(&["invalid", "must be at least"]);
+        bench_quick(dir.path(), &bad).assert_clean_failure(&["invalid", "must be at least"]);
     }
     let left: Vec<String> = entries(dir.path())
         .into_iter()

@@ -10,7 +10,8 @@ use crate::control::ControlServer;
 use crate::format::default_urls;
 use crate::metrics::MetricsEndpoint;
 use crate::paths::{
-    create_private_dir, default_cache_dir, is_root, open_log_file, private_umask, runtime_files,
+    create_private_dir, default_cache_dir, is_root, make_private, open_log_file, private_umask,
+    runtime_files,
 };
 use crate::staging_args::StagingArgs;
 use crate::{S3Args, init_logging};
@@ -111,6 +112,11 @@ pub struct MountArgs {
     /// noatime (never). A read-only mount never updates them.
     #[arg(long, value_name = "RULE", default_value = "relatime", value_enum)]
     pub atime: Atime,
+    /// POSIX ACLs (setfacl, getfacl), enforced by the kernel where it supports them for FUSE
+    /// (`--acl=false`: refused, as with ext4's `noacl`).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub acl: bool,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
@@ -302,6 +308,7 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     cmd.arg("--wait-previous")
         .arg(args.wait_previous.as_secs_f64().to_string());
     cmd.arg("--atime").arg(args.atime.name());
+    cmd.arg(format!("--acl={}", args.acl));
     if let Some(addr) = args.metrics {
         cmd.arg("--metrics").arg(addr.to_string());
     }
@@ -670,6 +677,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         allow_other: allow_other(args),
         read_only: args.read_only,
         noatime: args.atime == Atime::Noatime,
+        acl: args.acl,
         fs_name: volume.clone(),
         passthrough: args.passthrough == Passthrough::Auto,
         noexec: args.noexec,
@@ -790,6 +798,10 @@ fn open_meta_waiting(
     loop {
         let path = match spoolfs_metadata::open_store(url) {
             Ok(meta) => {
+                // A metadata file made before spoolfs made its files private.
+                if let Some(file) = url.strip_prefix("redb://") {
+                    make_private(Path::new(file))?;
+                }
                 if announced {
                     say(format!(
                         "the earlier daemon let go of the metadata store after {:.1} s",

@@ -10,12 +10,12 @@
 //!   (`redb:///var/lib/spoolfs/vol1.redb`): `--meta URL`; an absolute path: `--meta redb://PATH`.
 //! - each option `key=value`: `--key=value`; `key`: `--key` (underscores count as dashes, so
 //!   `allow_other` is `--allow-other`); `ro`: `--read-only`; `relatime`, `strictatime`,
-//!   `noatime`: `--atime=…` (the last one given wins); `noexec`, `suid`, `dev` (and their
-//!   opposites, the last one given wins): `--noexec`, `--suid`, `--dev` (mount(8) leaves out
-//!   the flags that are off, see [`KernelFlags::from_mount8`]). The generic options mount(8)
-//!   and systemd pass (`rw`, `defaults`, `auto`, `noauto`, `user`, `nofail`, `_netdev`,
-//!   `x-*`, ...) are ignored. Any other option is an error, unless mount was given `-s`
-//!   (sloppy).
+//!   `noatime`: `--atime=…` (the last one given wins); `acl`, `noacl`: `--acl`,
+//!   `--acl=false`; `noexec`, `suid`, `dev` (and their opposites, the last one given wins):
+//!   `--noexec`, `--suid`, `--dev` (mount(8) leaves out the flags that are off, see
+//!   [`KernelFlags::from_mount8`]). The generic options mount(8) and systemd pass (`rw`,
+//!   `defaults`, `auto`, `noauto`, `user`, `nofail`, `_netdev`, `x-*`, ...) are ignored. Any
+//!   other option is an error, unless mount was given `-s` (sloppy).
 //!
 //! Like every mount helper it prints nothing on success; errors go to stderr with a non-zero
 //! status. `-o remount,…` changes the kernel mount's flags in place (`ro`/`rw`, `noexec`,
@@ -176,6 +176,10 @@ pub fn translate(
         }
         if raw_key == "ro" && value == OptValue::Bare {
             flags.push("--read-only".to_string());
+            continue;
+        }
+        if raw_key == "noacl" && value == OptValue::Bare {
+            flags.push("--acl=false".to_string());
             continue;
         }
         if matches!(raw_key, "relatime" | "strictatime" | "noatime") && value == OptValue::Bare {
@@ -605,7 +609,7 @@ mod tests {
     }
 
     #[test]
-    fn atime_options() {
+    fn atime_and_acl_options() {
         let atime = |opts: &[&str]| {
             let (args, warnings) = translate("default", Path::new("/m"), &s(opts), false).unwrap();
             assert!(warnings.is_empty());
@@ -624,6 +628,8 @@ mod tests {
         // The last one wins, as with mount(8).
         assert_eq!(atime(&["noatime", "relatime"]), s(&["--atime=relatime"]));
         assert!(atime(&["atime", "norelatime", "nodiratime"]).is_empty());
+        assert_eq!(atime(&["noacl"]), s(&["--acl=false"]));
+        assert_eq!(atime(&["acl"]), s(&["--acl"]));
     }
 
     #[test]

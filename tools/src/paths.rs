@@ -63,9 +63,30 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens (creating, 0600) a log file for appending. A symbolic link is refused, not
-/// followed: the log of a root daemon must not be redirected onto another file.
+/// Makes the file `path` of this user readable by this user only, if others can read it (a
+/// file created before spoolfs made its files private).
+pub fn make_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    if meta.uid() == unsafe { libc::geteuid() } && meta.mode() & 0o077 != 0 {
+        let mode = meta.mode() & 0o700;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Opens (creating, 0600) a log file for appending; an existing one is made private too. A
+/// symbolic link is refused, not followed: the log of a root daemon must not be redirected
+/// onto another file.
 pub fn open_log_file(path: &Path) -> Result<std::fs::File> {
+    let file = open_log_file_as_is(path)?;
+    make_private(path)?;
+    Ok(file)
+}
+
+fn open_log_file_as_is(path: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
@@ -178,6 +199,13 @@ mod tests {
         drop(open_log_file(&log).unwrap());
         let mode = std::fs::metadata(&log).unwrap().permissions().mode();
         assert_eq!(mode & 0o777 & !0o600, 0, "{mode:o}");
+        // A log written before, readable by others, is made private.
+        let old = dir.path().join("old.log");
+        std::fs::write(&old, b"earlier\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(open_log_file(&old).unwrap());
+        let mode = std::fs::metadata(&old).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         let target = dir.path().join("elsewhere");
         std::fs::write(&target, b"keep").unwrap();
         let link = dir.path().join("link.log");

@@ -106,7 +106,7 @@ pub fn upload_batch<C: Catalog>(c: &C, up: &Uploader) -> Result<bool, UploadErro
                 set.queue.push_front(*id);
             }
         }
-        tracing::warn!(
+        spoolfs_lograte::warn_limited!(
             "upload of {} staged slice(s) failed, will retry: {}",
             batch.len(),
             crate::with_causes(e)
