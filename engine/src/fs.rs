@@ -103,6 +103,21 @@ struct Pending {
     early: EarlyStage,
 }
 
+/// A flush's slices as its phases hand them on (see [`Engine::flush_locked`]).
+struct FlushPlan {
+    /// One per pending run, in order.
+    ids: Vec<u64>,
+    slices: Vec<SliceRec>,
+    /// The chunk of each slice.
+    chunks: Vec<u32>,
+    /// Slices in the staging log (or to ride with the commit), with their `T` records.
+    staged: Vec<(u64, Staged)>,
+    /// Block objects of the slices the staging log refused, PUT before the commit.
+    objects: Vec<(String, Bytes)>,
+    /// The last slice, to be staged in one record with the metadata change.
+    carried: Option<(u64, RecordHeader)>,
+}
+
 #[derive(Default)]
 enum EarlyStage {
     #[default]
@@ -1504,31 +1519,65 @@ impl Engine {
         let Some(overlay) = state.overlay else {
             return Ok(());
         };
-        let bs = self.volume.block_size as usize;
         let wb = self.writeback.as_ref().filter(|wb| wb.opts.writeback);
-        let mut slices = Vec::with_capacity(state.pending.len());
-        let mut staged: Vec<(u64, Staged)> = Vec::new();
-        let mut objects = Vec::new();
-        // The last slice rides in one staging record with the metadata change that links it
-        // (one device write for both); the others are staged first, on their own.
-        let mut carried: Option<(u64, RecordHeader)> = None;
-        let now = schema::now_ns();
-        let last = state.pending.len().saturating_sub(1);
         // Ids first (the only step that can fail), so that every append submitted below is
-        // also waited for. Runs staged early already have theirs.
-        let ids = state
+        // also waited for.
+        let ids = self.flush_ids(state)?;
+        let mut plan = self.flush_stage(ino, state, wb, ids);
+        // What the staging log refused goes to the object store before the commit.
+        let uploaded_directly = !plan.objects.is_empty();
+        if uploaded_directly {
+            self.put_objects(std::mem::take(&mut plan.objects))?;
+        }
+        // Standard mode: close(2) promises the data is in the object store and the metadata
+        // that points at it survives a crash. Writeback: the namespace log makes the commit
+        // crash-safe; `durable` (fsync) adds a device flush.
+        let durability = if durable || (uploaded_directly && !self.is_writeback()) {
+            Durability::Durable
+        } else {
+            Durability::Visible
+        };
+        self.flush_commit(ino, state, wb, overlay, durability, &mut plan)?;
+        self.flush_hand_off(ino, state, wb, plan)
+    }
+
+    /// Flush phase 1: a slice id per pending run (runs staged early already have theirs).
+    fn flush_ids(&self, state: &FileState) -> Result<Vec<u64>> {
+        state
             .pending
             .iter()
             .map(|p| match p.early {
                 EarlyStage::Submitted { id, .. } => Ok(id),
                 _ => self.slice_ids.next(self.meta.store()),
             })
-            .collect::<Result<Vec<u64>, _>>()?;
+            .collect()
+    }
+
+    /// Flush phase 2: stages every run but the last (the last rides with the commit when
+    /// it can), waits for the appends, and plans the direct upload of what the log refused.
+    fn flush_stage(
+        &self,
+        ino: Ino,
+        state: &mut FileState,
+        wb: Option<&Arc<Uploader>>,
+        ids: Vec<u64>,
+    ) -> FlushPlan {
+        let bs = self.volume.block_size as usize;
+        let now = schema::now_ns();
+        let last = state.pending.len().saturating_sub(1);
+        let mut plan = FlushPlan {
+            slices: Vec::with_capacity(state.pending.len()),
+            chunks: state.pending.iter().map(|p| p.chunk).collect(),
+            staged: Vec::new(),
+            objects: Vec::new(),
+            carried: None,
+            ids,
+        };
         // All slices but the last go to the engine thread at once, written as one batch. A
         // run staged early is waited for like them; if this flush fails, the next one stages
-        // the run again (the records of a failed flush are freed below).
+        // the run again (the records of a failed flush are freed by the commit phase).
         let mut submitted = Vec::with_capacity(state.pending.len());
-        for (i, (p, &id)) in state.pending.iter_mut().zip(&ids).enumerate() {
+        for (i, (p, &id)) in state.pending.iter_mut().zip(&plan.ids).enumerate() {
             let size = p.data.len() as u32;
             let (carry, pending) = match std::mem::take(&mut p.early) {
                 EarlyStage::Submitted { append, .. } => (false, Some(append)),
@@ -1548,7 +1597,7 @@ impl Engine {
             };
             submitted.push((carry, pending));
         }
-        for ((p, &id), (carry, pending)) in state.pending.iter().zip(&ids).zip(submitted) {
+        for ((p, &id), (carry, pending)) in state.pending.iter().zip(&plan.ids).zip(submitted) {
             let size = p.data.len() as u32;
             let rec = StagedRec {
                 ino,
@@ -1571,16 +1620,16 @@ impl Engine {
                     len: size,
                     meta_len: 0,
                 };
-                carried = Some((id, header));
-                staged.push((id, Staged::pending(rec)));
+                plan.carried = Some((id, header));
+                plan.staged.push((id, Staged::pending(rec)));
             } else if let Some(loc) = loc {
-                staged.push((id, Staged::at(rec, loc)));
+                plan.staged.push((id, Staged::at(rec, loc)));
             } else {
                 for (_, key, block) in split_blocks(id, &p.data, bs) {
-                    objects.push((key, encode_block(block)));
+                    plan.objects.push((key, encode_block(block)));
                 }
             }
-            slices.push(SliceRec {
+            plan.slices.push(SliceRec {
                 id,
                 size,
                 off: 0,
@@ -1588,19 +1637,24 @@ impl Engine {
                 pos: p.pos,
             });
         }
-        let uploaded_directly = !objects.is_empty();
-        if uploaded_directly {
-            self.put_objects(objects)?;
-        }
-        let chunks: Vec<u32> = state.pending.iter().map(|p| p.chunk).collect();
-        // Standard mode: close(2) promises the data is in the object store and the metadata
-        // that points at it survives a crash. Writeback: the namespace log makes the commit
-        // crash-safe; `durable` (fsync) adds a device flush.
-        let durability = if durable || (uploaded_directly && !self.is_writeback()) {
-            Durability::Durable
-        } else {
-            Durability::Visible
-        };
+        plan
+    }
+
+    /// Flush phase 3: one metadata transaction lays the slices over the chunk maps, records
+    /// the slices that died and the `T` records, and stores size and times; the last slice
+    /// rides in the same staging record when it was kept for that. On failure the staged
+    /// records are freed; a carried slice the log refused after the commit is uploaded
+    /// directly and its `T` record unlinked.
+    fn flush_commit(
+        &self,
+        ino: Ino,
+        state: &FileState,
+        wb: Option<&Arc<Uploader>>,
+        overlay: Overlay,
+        durability: Durability,
+        plan: &mut FlushPlan,
+    ) -> Result<()> {
+        let (slices, chunks, staged) = (&plan.slices, &plan.chunks, &plan.staged);
         let mut commit = |t: &mut dyn KvTxn| {
             let mut rec = schema::must_inode(t, ino)?;
             let mut used = 0i64;
@@ -1620,7 +1674,7 @@ impl Engine {
                     used -= size as i64;
                 }
             }
-            for (id, s) in &staged {
+            for (id, s) in staged {
                 t.put(&schema::staged_key(*id), &schema::encode(&s.rec))?;
             }
             rec.size = overlay.size;
@@ -1630,7 +1684,8 @@ impl Engine {
             schema::add_u64(t, schema::USED_BYTES_KEY, used)?;
             Ok(())
         };
-        let result = match (wb, carried) {
+        let last = state.pending.len().saturating_sub(1);
+        let result = match (wb, plan.carried) {
             (Some(wb), Some((id, header))) => {
                 let data = &state.pending[last].data;
                 self.commit_carried(wb, durability, &mut commit, (id, header, data))
@@ -1642,7 +1697,7 @@ impl Engine {
         match result {
             Err(e) => {
                 // Nothing points at the staged records: give their space back.
-                for (_, s) in &staged {
+                for (_, s) in &plan.staged {
                     if let Some(loc) = s.placed() {
                         wb.expect("staged").opts.log.free(&loc);
                     }
@@ -1650,29 +1705,48 @@ impl Engine {
                 return Err(e);
             }
             Ok(Some((id, Some((loc, seq))))) => {
-                let s = staged.iter_mut().find(|(i, _)| *i == id).expect("carried");
+                let s = plan
+                    .staged
+                    .iter_mut()
+                    .find(|(i, _)| *i == id)
+                    .expect("carried");
                 s.1 = Staged::at(s.1.rec, loc).carrying(seq);
             }
             Ok(Some((id, None))) => {
                 // The staging log refused the carried slice after its metadata committed: put
                 // it in the object store and unlink its `T` record before acknowledging.
                 let data = &state.pending[last].data;
+                let bs = self.volume.block_size as usize;
                 let objects = split_blocks(id, data, bs)
                     .map(|(_, key, block)| (key, encode_block(block)))
                     .collect();
                 self.put_objects(objects)?;
                 self.update_with(durability, |t| t.delete(&schema::staged_key(id)))?;
-                staged.retain(|(i, _)| *i != id);
+                plan.staged.retain(|(i, _)| *i != id);
             }
             Ok(None) => {}
         }
+        Ok(())
+    }
+
+    /// Flush phase 4: hands the staged slices (and their buffers, while the upload buffer
+    /// has room) to the uploader, empties the inode's pending state, and, under a sync mark,
+    /// waits for the uploads.
+    fn flush_hand_off(
+        &self,
+        ino: Ino,
+        state: &mut FileState,
+        wb: Option<&Arc<Uploader>>,
+        plan: FlushPlan,
+    ) -> Result<()> {
+        let staged = plan.staged;
         if let Some(wb) = wb
             && !staged.is_empty()
         {
             // The uploaders take the data from memory while the upload buffer has room,
             // instead of reading it back from the staging device.
             let staged_ids: HashSet<u64> = staged.iter().map(|(id, _)| *id).collect();
-            for (p, id) in state.pending.iter_mut().zip(&ids) {
+            for (p, id) in state.pending.iter_mut().zip(&plan.ids) {
                 if staged_ids.contains(id) {
                     wb.keep_for_upload(*id, std::mem::take(&mut p.data));
                 }
