@@ -826,15 +826,92 @@ struct LiveSlice {
     ranges: Vec<(u32, u32)>,
 }
 
+impl LiveSlice {
+    /// The repair of lost bytes of this slice (`range`: a part of it; all of it if `None`).
+    fn hole(&self, id: u64, range: Option<(u32, u32)>) -> Fix {
+        Fix::Hole {
+            ino: self.ino,
+            chunk: self.chunk,
+            slice: id,
+            range,
+        }
+    }
+}
+
 fn check_data(
     c: &mut Checker,
     s: &Snapshot,
     objects: &HashMap<&str, &ObjectInfo>,
     log: Option<&staging::LogScan>,
 ) -> Result<BTreeMap<u64, LiveSlice>> {
-    let cs = c.volume.chunk_size;
-    let bs = c.volume.block_size;
     c.stats.segments = s.segs.len() as u64;
+    let live = live_slices(c, s);
+    c.stats.live_slices = live.len() as u64;
+    c.stats.live_bytes = live.values().map(|l| l.size as u64).sum();
+    let in_log: HashMap<u64, &LogRecord> = log
+        .map(|l| {
+            l.records
+                .iter()
+                .filter(|r| r.header.slice_id != 0)
+                .map(|r| (r.header.slice_id, r))
+                .collect()
+        })
+        .unwrap_or_default();
+    let total = live.len() as u64;
+    let mut done = 0u64;
+    for (&id, l) in &live {
+        done += 1;
+        if done.is_multiple_of(256) || done == total {
+            (c.progress)(
+                if c.opts.verify_data { "verify" } else { "data" },
+                done,
+                total,
+            );
+        }
+        let ino = l.ino;
+        if s.dead.contains_key(&id) {
+            c.find(
+                "dead-but-live",
+                Severity::Error,
+                Some(ino),
+                format!(
+                    "slice {id} is queued for deletion but the file still shows it: the \
+                     garbage collector would delete live data"
+                ),
+                Some(Fix::UndeadSlice(id)),
+            );
+        }
+        // Where its bytes are: the staging log, a pack, or block objects.
+        if let Some(t) = s.staged.get(&id) {
+            check_staged_slice(c, id, l, t, log.is_some(), &in_log);
+        } else if let Some(p) = s.packed.get(&id) {
+            check_packed_slice(c, id, l, p, objects)?;
+        } else {
+            check_block_slice(c, id, l, objects)?;
+        }
+    }
+    for (id, t) in &s.staged {
+        if !live.contains_key(id) && !s.dead.contains_key(id) {
+            c.find(
+                "staged-unreferenced",
+                Severity::Warning,
+                Some(t.ino),
+                format!(
+                    "slice {id} ({} bytes) is staged but no file uses it (its log space is \
+                     never freed)",
+                    t.size
+                ),
+                Some(Fix::DeleteStaged(*id)),
+            );
+        }
+    }
+    Ok(live)
+}
+
+/// The slices the chunk maps show, with the ranges they show; segments that make no sense
+/// (malformed, overlapping, of a missing inode or of a non-file) are findings instead.
+fn live_slices(c: &mut Checker, s: &Snapshot) -> BTreeMap<u64, LiveSlice> {
+    let cs = c.volume.chunk_size;
     let mut live: BTreeMap<u64, LiveSlice> = BTreeMap::new();
     let mut prev: Option<(Ino, u32, u32)> = None; // (ino, chunk, end)
     let mut missing_inodes = BTreeSet::new();
@@ -925,240 +1002,214 @@ fn check_data(
         }
         l.ranges.push((seg.off, seg.len));
     }
-    c.stats.live_slices = live.len() as u64;
-    c.stats.live_bytes = live.values().map(|l| l.size as u64).sum();
+    live
+}
 
-    let in_log: HashMap<u64, &LogRecord> = log
-        .map(|l| {
-            l.records
-                .iter()
-                .filter(|r| r.header.slice_id != 0)
-                .map(|r| (r.header.slice_id, r))
-                .collect()
-        })
-        .unwrap_or_default();
-    let total = live.len() as u64;
-    let mut done = 0u64;
-    for (id, l) in &live {
-        done += 1;
-        if done.is_multiple_of(256) || done == total {
-            (c.progress)(
-                if c.opts.verify_data { "verify" } else { "data" },
-                done,
-                total,
-            );
-        }
-        let (id, ino, chunk) = (*id, l.ino, l.chunk);
-        let hole = |range| Fix::Hole {
-            ino,
-            chunk,
+/// A staged slice: its `T` record agrees with the chunk map, and its record is in the
+/// staging log (when the log was given).
+fn check_staged_slice(
+    c: &mut Checker,
+    id: u64,
+    l: &LiveSlice,
+    t: &StagedRec,
+    log_given: bool,
+    in_log: &HashMap<u64, &LogRecord>,
+) {
+    let (ino, chunk) = (l.ino, l.chunk);
+    c.stats.staged_slices += 1;
+    if t.ino != ino || t.chunk != chunk || t.size != l.size {
+        c.find(
+            "staged-mismatch",
+            Severity::Warning,
+            Some(ino),
+            format!(
+                "staged record of slice {id} says inode {} chunk {} size {}, the file \
+                 says inode {ino} chunk {chunk} size {}",
+                t.ino, t.chunk, t.size, l.size
+            ),
+            None,
+        );
+    }
+    if !log_given {
+        c.stats.staged_unchecked += 1;
+        return;
+    }
+    match in_log.get(&id) {
+        Some(r) if r.header.len - r.header.meta_len >= l.size => {}
+        _ => c.find(
+            "staged-missing",
+            Severity::Error,
+            Some(ino),
+            format!(
+                "slice {id} ({} bytes) is staged but not in the staging log: its data \
+                 is lost",
+                l.size
+            ),
+            Some(l.hole(id, None)),
+        ),
+    }
+}
+
+/// A packed slice: its `L` record agrees with the chunk map and its bytes are inside the
+/// pack object (and match their CRC with `--verify-data`).
+fn check_packed_slice(
+    c: &mut Checker,
+    id: u64,
+    l: &LiveSlice,
+    p: &PackedRec,
+    objects: &HashMap<&str, &ObjectInfo>,
+) -> Result<()> {
+    let ino = l.ino;
+    c.stats.packed_slices += 1;
+    let key = schema::pack_object_key(p.pack);
+    if p.len != l.size {
+        c.find(
+            "bad-packed-record",
+            Severity::Error,
+            Some(ino),
+            format!(
+                "slice {id} has {} bytes but its pack record says {}",
+                l.size, p.len
+            ),
+            Some(l.hole(id, None)),
+        );
+        return Ok(());
+    }
+    let Some(obj) = objects.get(key.as_str()) else {
+        c.find(
+            "missing-pack",
+            Severity::Error,
+            Some(ino),
+            format!(
+                "pack object {key} holding slice {id} ({} bytes) is missing: the data \
+                 is lost",
+                l.size
+            ),
+            Some(l.hole(id, None)),
+        );
+        return Ok(());
+    };
+    if p.offset + p.len as u64 > obj.size {
+        c.find(
+            "corrupt-pack",
+            Severity::Error,
+            Some(ino),
+            format!(
+                "pack object {key} is {} bytes, slice {id} is recorded at {}..{}",
+                obj.size,
+                p.offset,
+                p.offset + p.len as u64
+            ),
+            Some(l.hole(id, None)),
+        );
+        return Ok(());
+    }
+    if c.opts.verify_data {
+        c.stats.objects_verified += 1;
+        let entry = spoolfs_objects::PackEntry {
             slice: id,
-            range,
+            offset: p.offset,
+            len: p.len,
+            crc: p.crc,
         };
-        if s.dead.contains_key(&id) {
+        match c
+            .storage
+            .get_range(&key, p.offset, p.offset + p.len as u64)
+            .and_then(|b| verify_packed(&key, &entry, b))
+        {
+            Ok(_) => {}
+            Err(StorageError::NotFound { .. }) => c.find(
+                "missing-pack",
+                Severity::Error,
+                Some(ino),
+                format!("pack object {key} holding slice {id} is missing"),
+                Some(l.hole(id, None)),
+            ),
+            Err(e @ StorageError::Checksum { .. }) => c.find(
+                "corrupt-pack",
+                Severity::Error,
+                Some(ino),
+                format!("slice {id} in pack {key}: {e}"),
+                Some(l.hole(id, None)),
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A slice of block objects: each block a segment shows is there, with its trailer (and its
+/// checksum with `--verify-data`).
+fn check_block_slice(
+    c: &mut Checker,
+    id: u64,
+    l: &LiveSlice,
+    objects: &HashMap<&str, &ObjectInfo>,
+) -> Result<()> {
+    let ino = l.ino;
+    let bs = c.volume.block_size;
+    let keys: Vec<_> = slice_blocks(id, l.size, bs).collect();
+    let mut needed = BTreeSet::new();
+    for (off, len) in &l.ranges {
+        let first = *off as u64 / bs;
+        let last = (*off as u64 + *len as u64 - 1) / bs;
+        needed.extend(first..=last);
+    }
+    for idx in needed {
+        let (_, blen, key) = &keys[idx as usize];
+        let lo = (idx * bs) as u32;
+        let range = Some((lo, lo + blen));
+        let Some(obj) = objects.get(key.as_str()) else {
             c.find(
-                "dead-but-live",
+                "missing-object",
                 Severity::Error,
                 Some(ino),
                 format!(
-                    "slice {id} is queued for deletion but the file still shows it: the \
-                     garbage collector would delete live data"
+                    "block object {key} (bytes {lo}..{} of slice {id}) is missing: that \
+                     data is lost",
+                    lo + blen
                 ),
-                Some(Fix::UndeadSlice(id)),
+                Some(l.hole(id, range)),
             );
-        }
-        if let Some(t) = s.staged.get(&id) {
-            c.stats.staged_slices += 1;
-            if t.ino != ino || t.chunk != chunk || t.size != l.size {
-                c.find(
-                    "staged-mismatch",
-                    Severity::Warning,
-                    Some(ino),
-                    format!(
-                        "staged record of slice {id} says inode {} chunk {} size {}, the file \
-                         says inode {ino} chunk {chunk} size {}",
-                        t.ino, t.chunk, t.size, l.size
-                    ),
-                    None,
-                );
-            }
-            if log.is_none() {
-                c.stats.staged_unchecked += 1;
-                continue;
-            }
-            match in_log.get(&id) {
-                Some(r) if r.header.len - r.header.meta_len >= l.size => {}
-                _ => c.find(
-                    "staged-missing",
-                    Severity::Error,
-                    Some(ino),
-                    format!(
-                        "slice {id} ({} bytes) is staged but not in the staging log: its data \
-                         is lost",
-                        l.size
-                    ),
-                    Some(hole(None)),
+            continue;
+        };
+        if obj.size != *blen as u64 + spoolfs_objects::BLOCK_TRAILER_LEN as u64 {
+            c.find(
+                "corrupt-object",
+                Severity::Error,
+                Some(ino),
+                format!(
+                    "block object {key} is {} bytes, expected {}",
+                    obj.size,
+                    *blen as u64 + spoolfs_objects::BLOCK_TRAILER_LEN as u64
                 ),
-            }
+                Some(l.hole(id, range)),
+            );
             continue;
         }
-        if let Some(p) = s.packed.get(&id) {
-            c.stats.packed_slices += 1;
-            let key = schema::pack_object_key(p.pack);
-            if p.len != l.size {
-                c.find(
-                    "bad-packed-record",
-                    Severity::Error,
-                    Some(ino),
-                    format!(
-                        "slice {id} has {} bytes but its pack record says {}",
-                        l.size, p.len
-                    ),
-                    Some(hole(None)),
-                );
-                continue;
-            }
-            let Some(obj) = objects.get(key.as_str()) else {
-                c.find(
-                    "missing-pack",
-                    Severity::Error,
-                    Some(ino),
-                    format!(
-                        "pack object {key} holding slice {id} ({} bytes) is missing: the data \
-                         is lost",
-                        l.size
-                    ),
-                    Some(hole(None)),
-                );
-                continue;
-            };
-            if p.offset + p.len as u64 > obj.size {
-                c.find(
-                    "corrupt-pack",
-                    Severity::Error,
-                    Some(ino),
-                    format!(
-                        "pack object {key} is {} bytes, slice {id} is recorded at {}..{}",
-                        obj.size,
-                        p.offset,
-                        p.offset + p.len as u64
-                    ),
-                    Some(hole(None)),
-                );
-                continue;
-            }
-            if c.opts.verify_data {
-                c.stats.objects_verified += 1;
-                let entry = spoolfs_objects::PackEntry {
-                    slice: id,
-                    offset: p.offset,
-                    len: p.len,
-                    crc: p.crc,
-                };
-                match c
-                    .storage
-                    .get_range(&key, p.offset, p.offset + p.len as u64)
-                    .and_then(|b| verify_packed(&key, &entry, b))
-                {
-                    Ok(_) => {}
-                    Err(StorageError::NotFound { .. }) => c.find(
-                        "missing-pack",
-                        Severity::Error,
-                        Some(ino),
-                        format!("pack object {key} holding slice {id} is missing"),
-                        Some(hole(None)),
-                    ),
-                    Err(e @ StorageError::Checksum { .. }) => c.find(
-                        "corrupt-pack",
-                        Severity::Error,
-                        Some(ino),
-                        format!("slice {id} in pack {key}: {e}"),
-                        Some(hole(None)),
-                    ),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            continue;
-        }
-        // Block objects: each block a segment shows must be there, with its trailer.
-        let keys: Vec<_> = slice_blocks(id, l.size, bs).collect();
-        let mut needed = BTreeSet::new();
-        for (off, len) in &l.ranges {
-            let first = *off as u64 / bs;
-            let last = (*off as u64 + *len as u64 - 1) / bs;
-            needed.extend(first..=last);
-        }
-        for idx in needed {
-            let (_, blen, key) = &keys[idx as usize];
-            let lo = (idx * bs) as u32;
-            let range = Some((lo, lo + blen));
-            let Some(obj) = objects.get(key.as_str()) else {
-                c.find(
+        if c.opts.verify_data {
+            c.stats.objects_verified += 1;
+            match c.storage.get(key).and_then(|b| decode_block(key, b)) {
+                Ok(_) => {}
+                Err(StorageError::NotFound { .. }) => c.find(
                     "missing-object",
                     Severity::Error,
                     Some(ino),
-                    format!(
-                        "block object {key} (bytes {lo}..{} of slice {id}) is missing: that \
-                         data is lost",
-                        lo + blen
-                    ),
-                    Some(hole(range)),
-                );
-                continue;
-            };
-            if obj.size != *blen as u64 + spoolfs_objects::BLOCK_TRAILER_LEN as u64 {
-                c.find(
+                    format!("block object {key} of slice {id} is missing"),
+                    Some(l.hole(id, range)),
+                ),
+                Err(e @ StorageError::Checksum { .. }) => c.find(
                     "corrupt-object",
                     Severity::Error,
                     Some(ino),
-                    format!(
-                        "block object {key} is {} bytes, expected {}",
-                        obj.size,
-                        *blen as u64 + spoolfs_objects::BLOCK_TRAILER_LEN as u64
-                    ),
-                    Some(hole(range)),
-                );
-                continue;
-            }
-            if c.opts.verify_data {
-                c.stats.objects_verified += 1;
-                match c.storage.get(key).and_then(|b| decode_block(key, b)) {
-                    Ok(_) => {}
-                    Err(StorageError::NotFound { .. }) => c.find(
-                        "missing-object",
-                        Severity::Error,
-                        Some(ino),
-                        format!("block object {key} of slice {id} is missing"),
-                        Some(hole(range)),
-                    ),
-                    Err(e @ StorageError::Checksum { .. }) => c.find(
-                        "corrupt-object",
-                        Severity::Error,
-                        Some(ino),
-                        format!("{e}: bytes {lo}..{} of slice {id} are lost", lo + blen),
-                        Some(hole(range)),
-                    ),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-    }
-    for (id, t) in &s.staged {
-        if !live.contains_key(id) && !s.dead.contains_key(id) {
-            c.find(
-                "staged-unreferenced",
-                Severity::Warning,
-                Some(t.ino),
-                format!(
-                    "slice {id} ({} bytes) is staged but no file uses it (its log space is \
-                     never freed)",
-                    t.size
+                    format!("{e}: bytes {lo}..{} of slice {id} are lost", lo + blen),
+                    Some(l.hole(id, range)),
                 ),
-                Some(Fix::DeleteStaged(*id)),
-            );
+                Err(e) => return Err(e.into()),
+            }
         }
     }
-    Ok(live)
+    Ok(())
 }
 
 fn check_accounting(
