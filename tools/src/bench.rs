@@ -593,102 +593,47 @@ fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
 }
 
+/// Runs `op(i)` for `i` in `0..n`, each timed by `op` itself, until all are done or the
+/// runtime limit is reached; returns the result and how many ran.
+fn timed_ops(
+    progress: &mut Progress,
+    runtime_s: f64,
+    n: u64,
+    mut op: impl FnMut(u64) -> Result<Duration>,
+) -> Result<(OpsResult, u64)> {
+    let mut h = Histogram::default();
+    let limit = Limit::new(runtime_s);
+    let mut limited = false;
+    let mut done = 0;
+    for i in 0..n {
+        check_interrupted()?;
+        h.record(nanos(op(i)?));
+        done = i + 1;
+        progress.tick(done, n);
+        if done < n && limit.reached() {
+            limited = true;
+            break;
+        }
+    }
+    Ok((OpsResult::of(&h, limit.start.elapsed(), limited), done))
+}
+
+/// The tests, in order: random I/O on one file, a sequential write, then small files.
 fn run_tests(work: &Path, p: &Params) -> Result<Results> {
     let mut progress = Progress::new(9);
     let mut rng = Rng(p.seed | 1);
-    let blocks = p.file_size / p.block_size;
     let mut block = vec![0u8; p.block_size as usize];
     rng.fill(&mut block);
 
-    // Lay out the file of the random tests (not timed).
     let rand_path = work.join("random.dat");
     progress.start("laying out the random I/O file");
-    {
-        let f = File::create(&rand_path)
-            .with_context(|| format!("cannot create {}", rand_path.display()))?;
-        let chunk_len = (1u64 << 20).min(p.file_size) as usize;
-        let mut chunk = vec![0u8; chunk_len];
-        rng.fill(&mut chunk);
-        let mut off = 0;
-        while off < p.file_size {
-            check_interrupted()?;
-            let n = chunk_len.min((p.file_size - off) as usize);
-            f.write_all_at(&chunk[..n], off)
-                .with_context(|| format!("cannot write {}", rand_path.display()))?;
-            off += n as u64;
-            progress.tick(off >> 20, p.file_size >> 20);
-        }
-        f.sync_all()
-            .with_context(|| format!("cannot fsync {}", rand_path.display()))?;
-    }
-
-    let random_writes = |progress: &mut Progress,
-                         rng: &mut Rng,
-                         block: &mut [u8],
-                         fsync: bool|
-     -> Result<OpsResult> {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&rand_path)
-            .with_context(|| format!("cannot open {}", rand_path.display()))?;
-        let mut h = Histogram::default();
-        let limit = Limit::new(p.runtime_s);
-        let mut limited = false;
-        for i in 0..p.ops {
-            check_interrupted()?;
-            let off = rng.below(blocks) * p.block_size;
-            block[..8].copy_from_slice(&i.to_le_bytes());
-            let t = Instant::now();
-            f.write_all_at(block, off)
-                .with_context(|| format!("cannot write {}", rand_path.display()))?;
-            if fsync {
-                f.sync_all()
-                    .with_context(|| format!("cannot fsync {}", rand_path.display()))?;
-            }
-            h.record(nanos(t.elapsed()));
-            progress.tick(i + 1, p.ops);
-            if i + 1 < p.ops && limit.reached() {
-                limited = true;
-                break;
-            }
-        }
-        let elapsed = limit.start.elapsed();
-        // Not timed: leave nothing dirty for the next test.
-        f.sync_all()
-            .with_context(|| format!("cannot fsync {}", rand_path.display()))?;
-        Ok(OpsResult::of(&h, elapsed, limited))
-    };
-
+    lay_out(&mut progress, &mut rng, &rand_path, p.file_size)?;
     progress.start(&format!("random {} writes + fsync", fmt_size(p.block_size)));
-    let randwrite_fsync = random_writes(&mut progress, &mut rng, &mut block, true)?;
+    let randwrite_fsync = random_writes(&mut progress, &mut rng, &mut block, &rand_path, p, true)?;
     progress.start(&format!("random {} writes", fmt_size(p.block_size)));
-    let randwrite = random_writes(&mut progress, &mut rng, &mut block, false)?;
-
+    let randwrite = random_writes(&mut progress, &mut rng, &mut block, &rand_path, p, false)?;
     progress.start(&format!("random {} reads", fmt_size(p.block_size)));
-    let randread = {
-        let f = File::open(&rand_path)
-            .with_context(|| format!("cannot open {}", rand_path.display()))?;
-        // Best effort: start from a cold page cache for this file.
-        // SAFETY: a valid descriptor; the call only gives advice.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        let mut h = Histogram::default();
-        let limit = Limit::new(p.runtime_s);
-        let mut limited = false;
-        for i in 0..p.ops {
-            check_interrupted()?;
-            let off = rng.below(blocks) * p.block_size;
-            let t = Instant::now();
-            f.read_exact_at(&mut block, off)
-                .with_context(|| format!("cannot read {}", rand_path.display()))?;
-            h.record(nanos(t.elapsed()));
-            progress.tick(i + 1, p.ops);
-            if i + 1 < p.ops && limit.reached() {
-                limited = true;
-                break;
-            }
-        }
-        OpsResult::of(&h, limit.start.elapsed(), limited)
-    };
+    let randread = random_reads(&mut progress, &mut rng, &mut block, &rand_path, p)?;
     fs::remove_file(&rand_path)
         .with_context(|| format!("cannot remove {}", rand_path.display()))?;
 
@@ -696,44 +641,8 @@ fn run_tests(work: &Path, p: &Params) -> Result<Results> {
         "sequential write of {} + fsync",
         fmt_size(p.seq_size)
     ));
-    let seqwrite_fsync = {
-        let path = work.join("sequential.dat");
-        let f = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        let mut buf = vec![0u8; p.seq_block as usize];
-        rng.fill(&mut buf);
-        let limit = Limit::new(p.runtime_s);
-        let mut written = 0u64;
-        let mut limited = false;
-        let mut n = 0u64;
-        while written < p.seq_size {
-            check_interrupted()?;
-            let len = p.seq_block.min(p.seq_size - written) as usize;
-            buf[..8.min(len)].copy_from_slice(&n.to_le_bytes()[..8.min(len)]);
-            (&f).write_all(&buf[..len])
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            written += len as u64;
-            n += 1;
-            progress.tick(written >> 20, p.seq_size >> 20);
-            if written < p.seq_size && limit.reached() {
-                limited = true;
-                break;
-            }
-        }
-        let write_seconds = limit.start.elapsed().as_secs_f64();
-        f.sync_all()
-            .with_context(|| format!("cannot fsync {}", path.display()))?;
-        let seconds = limit.start.elapsed().as_secs_f64();
-        drop(f);
-        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        SeqResult {
-            bytes: written,
-            seconds,
-            write_seconds,
-            fsync_seconds: seconds - write_seconds,
-            mb_per_s: rate(written as f64 / 1e6, seconds),
-            limited,
-        }
-    };
+    let seqwrite_fsync =
+        sequential_write(&mut progress, &mut rng, &work.join("sequential.dat"), p)?;
 
     let small_dir = work.join("small");
     fs::create_dir(&small_dir).with_context(|| format!("cannot create {}", small_dir.display()))?;
@@ -745,112 +654,27 @@ fn run_tests(work: &Path, p: &Params) -> Result<Results> {
         "create + write {} + close",
         fmt_size(p.small_file_size)
     ));
-    let (small_files, made) = {
-        let mut h = Histogram::default();
-        let limit = Limit::new(p.runtime_s);
-        let mut limited = false;
-        let mut made = 0;
-        for i in 0..p.small_files {
-            check_interrupted()?;
-            let path = name(i);
-            let t = Instant::now();
-            let mut f =
-                File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-            f.write_all(&content)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            drop(f);
-            h.record(nanos(t.elapsed()));
-            made = i + 1;
-            progress.tick(made, p.small_files);
-            if made < p.small_files && limit.reached() {
-                limited = true;
-                break;
-            }
-        }
-        (OpsResult::of(&h, limit.start.elapsed(), limited), made)
-    };
-
+    let (small_files, made) = timed_ops(&mut progress, p.runtime_s, p.small_files, |i| {
+        let path = name(i);
+        let t = Instant::now();
+        let mut f =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        f.write_all(&content)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        drop(f);
+        Ok(t.elapsed())
+    })?;
     progress.start("stat");
-    let stat = {
-        let mut h = Histogram::default();
-        let limit = Limit::new(p.runtime_s);
-        let mut limited = false;
-        for i in 0..made {
-            check_interrupted()?;
-            let path = name(i);
-            let t = Instant::now();
-            fs::symlink_metadata(&path)
-                .with_context(|| format!("cannot stat {}", path.display()))?;
-            h.record(nanos(t.elapsed()));
-            progress.tick(i + 1, made);
-            if i + 1 < made && limit.reached() {
-                limited = true;
-                break;
-            }
-        }
-        OpsResult::of(&h, limit.start.elapsed(), limited)
-    };
-
+    let (stat, _) = timed_ops(&mut progress, p.runtime_s, made, |i| {
+        let path = name(i);
+        let t = Instant::now();
+        fs::symlink_metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
+        Ok(t.elapsed())
+    })?;
     progress.start("readdir");
-    let readdir = {
-        let limit = Limit::new(p.runtime_s);
-        let mut limited = false;
-        let mut entries = 0u64;
-        let mut listings = 0u64;
-        for pass in 0..p.readdir_passes {
-            check_interrupted()?;
-            for e in fs::read_dir(&small_dir)
-                .with_context(|| format!("cannot list {}", small_dir.display()))?
-            {
-                e.with_context(|| format!("cannot list {}", small_dir.display()))?;
-                entries += 1;
-            }
-            listings += 1;
-            progress.tick(pass + 1, p.readdir_passes);
-            if pass + 1 < p.readdir_passes && limit.reached() {
-                limited = true;
-                break;
-            }
-        }
-        let seconds = limit.start.elapsed().as_secs_f64();
-        ReaddirResult {
-            listings,
-            entries,
-            seconds,
-            entries_per_s: rate(entries as f64, seconds),
-            listings_per_s: rate(listings as f64, seconds),
-            limited,
-        }
-    };
-
+    let readdir = list_repeatedly(&mut progress, &small_dir, p)?;
     progress.start("unlink");
-    let unlink = {
-        // Every file is removed (the work directory is removed anyway); only those within the
-        // runtime limit are timed.
-        let mut h = Histogram::default();
-        let limit = Limit::new(p.runtime_s);
-        let mut limited = false;
-        let mut elapsed = None;
-        for i in 0..made {
-            check_interrupted()?;
-            let path = name(i);
-            let t = Instant::now();
-            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-            if elapsed.is_none() {
-                h.record(nanos(t.elapsed()));
-                if i + 1 < made && limit.reached() {
-                    limited = true;
-                    elapsed = Some(limit.start.elapsed());
-                }
-            }
-            progress.tick(i + 1, made);
-        }
-        OpsResult::of(
-            &h,
-            elapsed.unwrap_or_else(|| limit.start.elapsed()),
-            limited,
-        )
-    };
+    let unlink = unlink_all(&mut progress, made, &name, p)?;
     progress.clear();
 
     Ok(Results {
@@ -863,6 +687,187 @@ fn run_tests(work: &Path, p: &Params) -> Result<Results> {
         readdir,
         unlink,
     })
+}
+
+/// Writes the file of the random tests (not timed).
+fn lay_out(progress: &mut Progress, rng: &mut Rng, path: &Path, size: u64) -> Result<()> {
+    let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let chunk_len = (1u64 << 20).min(size) as usize;
+    let mut chunk = vec![0u8; chunk_len];
+    rng.fill(&mut chunk);
+    let mut off = 0;
+    while off < size {
+        check_interrupted()?;
+        let n = chunk_len.min((size - off) as usize);
+        f.write_all_at(&chunk[..n], off)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        off += n as u64;
+        progress.tick(off >> 20, size >> 20);
+    }
+    f.sync_all()
+        .with_context(|| format!("cannot fsync {}", path.display()))
+}
+
+/// Random block writes, each followed by an fsync when `fsync`.
+fn random_writes(
+    progress: &mut Progress,
+    rng: &mut Rng,
+    block: &mut [u8],
+    path: &Path,
+    p: &Params,
+    fsync: bool,
+) -> Result<OpsResult> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let blocks = p.file_size / p.block_size;
+    let (result, _) = timed_ops(progress, p.runtime_s, p.ops, |i| {
+        let off = rng.below(blocks) * p.block_size;
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        let t = Instant::now();
+        f.write_all_at(block, off)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        if fsync {
+            f.sync_all()
+                .with_context(|| format!("cannot fsync {}", path.display()))?;
+        }
+        Ok(t.elapsed())
+    })?;
+    // Not timed: leave nothing dirty for the next test.
+    f.sync_all()
+        .with_context(|| format!("cannot fsync {}", path.display()))?;
+    Ok(result)
+}
+
+/// Random block reads, from a cold page cache where the kernel allows.
+fn random_reads(
+    progress: &mut Progress,
+    rng: &mut Rng,
+    block: &mut [u8],
+    path: &Path,
+    p: &Params,
+) -> Result<OpsResult> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // Best effort: start from a cold page cache for this file.
+    // SAFETY: a valid descriptor; the call only gives advice.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let blocks = p.file_size / p.block_size;
+    let (result, _) = timed_ops(progress, p.runtime_s, p.ops, |_| {
+        let off = rng.below(blocks) * p.block_size;
+        let t = Instant::now();
+        f.read_exact_at(block, off)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(t.elapsed())
+    })?;
+    Ok(result)
+}
+
+/// One sequential write of `seq_size` bytes in `seq_block` writes, then an fsync.
+fn sequential_write(
+    progress: &mut Progress,
+    rng: &mut Rng,
+    path: &Path,
+    p: &Params,
+) -> Result<SeqResult> {
+    let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut buf = vec![0u8; p.seq_block as usize];
+    rng.fill(&mut buf);
+    let limit = Limit::new(p.runtime_s);
+    let mut written = 0u64;
+    let mut limited = false;
+    let mut n = 0u64;
+    while written < p.seq_size {
+        check_interrupted()?;
+        let len = p.seq_block.min(p.seq_size - written) as usize;
+        buf[..8.min(len)].copy_from_slice(&n.to_le_bytes()[..8.min(len)]);
+        (&f).write_all(&buf[..len])
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        written += len as u64;
+        n += 1;
+        progress.tick(written >> 20, p.seq_size >> 20);
+        if written < p.seq_size && limit.reached() {
+            limited = true;
+            break;
+        }
+    }
+    let write_seconds = limit.start.elapsed().as_secs_f64();
+    f.sync_all()
+        .with_context(|| format!("cannot fsync {}", path.display()))?;
+    let seconds = limit.start.elapsed().as_secs_f64();
+    drop(f);
+    fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    Ok(SeqResult {
+        bytes: written,
+        seconds,
+        write_seconds,
+        fsync_seconds: seconds - write_seconds,
+        mb_per_s: rate(written as f64 / 1e6, seconds),
+        limited,
+    })
+}
+
+/// Lists the small-file directory `readdir_passes` times.
+fn list_repeatedly(progress: &mut Progress, dir: &Path, p: &Params) -> Result<ReaddirResult> {
+    let limit = Limit::new(p.runtime_s);
+    let mut limited = false;
+    let mut entries = 0u64;
+    let mut listings = 0u64;
+    for pass in 0..p.readdir_passes {
+        check_interrupted()?;
+        for e in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            e.with_context(|| format!("cannot list {}", dir.display()))?;
+            entries += 1;
+        }
+        listings += 1;
+        progress.tick(pass + 1, p.readdir_passes);
+        if pass + 1 < p.readdir_passes && limit.reached() {
+            limited = true;
+            break;
+        }
+    }
+    let seconds = limit.start.elapsed().as_secs_f64();
+    Ok(ReaddirResult {
+        listings,
+        entries,
+        seconds,
+        entries_per_s: rate(entries as f64, seconds),
+        listings_per_s: rate(listings as f64, seconds),
+        limited,
+    })
+}
+
+/// Removes every small file (the work directory is removed anyway); only those within the
+/// runtime limit are timed.
+fn unlink_all(
+    progress: &mut Progress,
+    made: u64,
+    name: &dyn Fn(u64) -> PathBuf,
+    p: &Params,
+) -> Result<OpsResult> {
+    let mut h = Histogram::default();
+    let limit = Limit::new(p.runtime_s);
+    let mut limited = false;
+    let mut elapsed = None;
+    for i in 0..made {
+        check_interrupted()?;
+        let path = name(i);
+        let t = Instant::now();
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        if elapsed.is_none() {
+            h.record(nanos(t.elapsed()));
+            if i + 1 < made && limit.reached() {
+                limited = true;
+                elapsed = Some(limit.start.elapsed());
+            }
+        }
+        progress.tick(i + 1, made);
+    }
+    Ok(OpsResult::of(
+        &h,
+        elapsed.unwrap_or_else(|| limit.start.elapsed()),
+        limited,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
