@@ -261,6 +261,18 @@ fn must_dir(r: &dyn KvRead, ino: Ino) -> Result<InodeRec, MetaError> {
     Ok(rec)
 }
 
+/// Directory `parent` and its entry `name` (ENOENT if there is none).
+fn must_entry(
+    r: &dyn KvRead,
+    parent: Ino,
+    name: &[u8],
+) -> Result<(InodeRec, DentryRec), MetaError> {
+    let prec = must_dir(r, parent)?;
+    let d = schema::get_dentry(r, parent, name)?
+        .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
+    Ok((prec, d))
+}
+
 fn dir_is_empty(r: &dyn KvRead, ino: Ino) -> Result<bool, MetaError> {
     let prefix = schema::dentry_prefix(ino);
     Ok(r.scan(&prefix, &prefix_end(&prefix), 1)?.is_empty())
@@ -880,9 +892,7 @@ impl Engine {
 
     pub fn unlink(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
         self.update(|t| {
-            let mut prec = must_dir(t, parent)?;
-            let d = schema::get_dentry(t, parent, name)?
-                .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
+            let (mut prec, d) = must_entry(t, parent, name)?;
             if d.kind == FileKind::Dir {
                 return Err(posix(
                     libc::EISDIR,
@@ -904,9 +914,7 @@ impl Engine {
             return Err(FsError::new(libc::ENOTEMPTY, "cannot remove \"..\""));
         }
         self.update(|t| {
-            let mut prec = must_dir(t, parent)?;
-            let d = schema::get_dentry(t, parent, name)?
-                .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
+            let (mut prec, d) = must_entry(t, parent, name)?;
             if d.kind != FileKind::Dir {
                 return Err(posix(
                     libc::ENOTDIR,

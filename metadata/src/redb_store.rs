@@ -55,7 +55,8 @@ impl RedbStore {
 
 struct ReadTable<T>(T);
 
-struct WriteTable<'t>(redb::Table<'t, &'static [u8], &'static [u8]>);
+/// A table in a write transaction: reads go through [`ReadTable`]'s implementation.
+type WriteTable<'t> = ReadTable<redb::Table<'t, &'static [u8], &'static [u8]>>;
 
 /// Reads shared by read-only and write transactions (a write transaction's table is readable
 /// too, and sees the transaction's own writes).
@@ -102,18 +103,6 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvRead for ReadTable<T> {
     }
 }
 
-impl KvRead for WriteTable<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        get_in(&self.0, key)
-    }
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        scan_in(&self.0, start, end, limit, false)
-    }
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        scan_in(&self.0, start, end, limit, true)
-    }
-}
-
 impl KvTxn for WriteTable<'_> {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.0.insert(key, value).map_err(io)?;
@@ -144,7 +133,7 @@ impl KvStore for RedbStore {
         })
         .map_err(io)?;
         {
-            let mut table = WriteTable(txn.open_table(TABLE).map_err(io)?);
+            let mut table: WriteTable = ReadTable(txn.open_table(TABLE).map_err(io)?);
             if let Err(e) = f(&mut table) {
                 drop(table);
                 txn.abort().map_err(io)?;
