@@ -804,32 +804,24 @@ mod tests {
     fn addressing_follows_the_endpoint_unless_forced() {
         use S3Addressing::*;
         let style = |c: &StorageConfig| s3_addressing(c).0;
-        assert_eq!(
-            style(&s3(Some("http://127.0.0.1:9000"), false, false)),
-            PathStyle
-        );
-        assert_eq!(
-            style(&s3(Some("http://[::1]:9000"), false, false)),
-            PathStyle
-        );
-        assert_eq!(
-            style(&s3(Some("http://localhost:9000"), false, false)),
-            PathStyle
-        );
-        assert_eq!(
-            style(&s3(Some("https://s3.example.com"), false, false)),
-            VirtualHosted
-        );
-        assert_eq!(style(&s3(None, false, false)), VirtualHosted);
-        assert_eq!(
-            style(&s3(Some("https://s3.example.com"), true, false)),
-            PathStyle
-        );
-        assert_eq!(
-            style(&s3(Some("http://127.0.0.1:9000"), false, true)),
-            VirtualHosted
-        );
-        assert_eq!(style(&s3(None, true, true)), PathStyle);
+        // (endpoint, --s3-path-style, --s3-virtual-hosted) and the style chosen.
+        let cases = [
+            (Some("http://127.0.0.1:9000"), false, false, PathStyle),
+            (Some("http://[::1]:9000"), false, false, PathStyle),
+            (Some("http://localhost:9000"), false, false, PathStyle),
+            (Some("https://s3.example.com"), false, false, VirtualHosted),
+            (None, false, false, VirtualHosted),
+            (Some("https://s3.example.com"), true, false, PathStyle),
+            (Some("http://127.0.0.1:9000"), false, true, VirtualHosted),
+            (None, true, true, PathStyle),
+        ];
+        for (endpoint, path_style, virtual_hosted, want) in cases {
+            assert_eq!(
+                style(&s3(endpoint, path_style, virtual_hosted)),
+                want,
+                "{endpoint:?} path-style {path_style} virtual-hosted {virtual_hosted}"
+            );
+        }
         assert_eq!(
             virtual_hosted_endpoint("https://s3.example.com:8443/", "bkt").unwrap(),
             "https://bkt.s3.example.com:8443"
