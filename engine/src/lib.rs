@@ -4,14 +4,19 @@
 //! Front ends (the `spoolfs-fuse` crate today) translate their requests into calls on
 //! [`Engine`] and its errors into errnos with [`FsError::errno`].
 //!
-//! Layout of the crate:
-//! - [`types`]: attributes, callers, flags: the vocabulary of the API.
-//! - [`error`]: one error type that carries an errno and its cause.
-//! - [`volume`]: formatting a volume and reading its record.
-//! - [`schema`]: how inodes, directory entries, chunks and slices are laid out as keys.
-//! - [`fs`]: the namespace operations (lookup, create, rename, ...).
-//! - [`data`]: the data path (write buffering, slices, reads, truncation).
-//! - [`gc`]: space reclamation (orphan sweep, pack compaction).
+//! Layout of the crate (dependencies point down this list; only `fs` knows [`Engine`]):
+//! - `fs`: the [`Engine`]: start, shutdown, background loops, status and metrics, every
+//!   POSIX operation with its metadata transaction, and the write path (pending runs, the
+//!   phases of a flush).
+//! - `reader` and `readahead`: the read path (object reader, caches, readahead threads).
+//! - [`reclaim`] (also [`gc`]): dead slices, pack compaction, the orphan sweep.
+//! - [`writeback`]: opening the staging logs, replay, what the uploader commits through
+//!   (the upload pipeline itself is the `spoolfs-uploader` crate).
+//! - `meta`: the metadata store as the components use it; [`wal`]: the namespace log.
+//! - helpers: `data` (chunk maps), [`schema`] (keys and records), [`volume`],
+//!   `ids`, [`blockcache`], [`diskcache`], [`acl`], [`fsck`].
+//! - [`types`] and [`error`]: the vocabulary of the API; one error type that carries an
+//!   errno and its cause.
 
 pub mod acl;
 pub mod blockcache;

@@ -6,7 +6,6 @@
 //! flight is not fetched twice, and what is fetched lands in the bounded block caches. The
 //! threads hold only a weak reference to the object reader and end when it is dropped.
 
-use crate::reader::ObjectReader;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
@@ -14,6 +13,12 @@ use std::sync::{Arc, Weak};
 
 /// Blocks queued for the fetchers at most; more are dropped.
 const READAHEAD_QUEUE: usize = 256;
+
+/// What the fetchers fetch with: the object reader, which puts what it fetches into the
+/// caches. A trait so that this module does not depend on the reader that owns it.
+pub(crate) trait Prefetch: Send + Sync {
+    fn prefetch(&self, job: Fetch);
+}
 
 /// One piece of object data to fetch: block `index` of `slice` (of `size` bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,7 +70,7 @@ impl Readahead {
     pub fn start(
         window: u64,
         threads: usize,
-        reader: Weak<ObjectReader>,
+        reader: Weak<dyn Prefetch>,
     ) -> std::io::Result<Readahead> {
         let (tx, rx) = bounded::<Fetch>(READAHEAD_QUEUE);
         let in_flight = Arc::new(InFlight::default());

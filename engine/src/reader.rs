@@ -9,7 +9,7 @@ use crate::diskcache::DiskCache;
 use crate::diskcache::DiskCacheConfig;
 use crate::error::{FsError, Result};
 use crate::meta::Meta;
-use crate::readahead::{Fetch, Readahead};
+use crate::readahead::{Fetch, Prefetch, Readahead};
 use crate::schema;
 use crate::types::Ino;
 use crate::volume::VolumeRecord;
@@ -80,9 +80,13 @@ impl ObjectReader {
         let mut started = Ok(());
         let reader = Arc::new_cyclic(|me: &Weak<ObjectReader>| {
             let readahead = if config.readahead_bytes > 0 && config.readahead_threads > 0 {
-                Readahead::start(config.readahead_bytes, config.readahead_threads, me.clone())
-                    .map_err(|e| started = Err(e))
-                    .ok()
+                Readahead::start(
+                    config.readahead_bytes,
+                    config.readahead_threads,
+                    me.clone() as Weak<dyn Prefetch>,
+                )
+                .map_err(|e| started = Err(e))
+                .ok()
             } else {
                 None
             };
@@ -143,34 +147,6 @@ impl ObjectReader {
                 }
             }
             pos = chunk_start + hi as u64;
-        }
-    }
-
-    /// A readahead job: fetch the piece into the caches unless it is staged or cached.
-    pub(crate) fn prefetch(&self, job: Fetch) {
-        if self
-            .uploader
-            .as_ref()
-            .is_some_and(|wb| wb.get(job.slice).is_some())
-        {
-            return;
-        }
-        let block = BlockId::block(job.slice, job.index);
-        if self.cache.contains(block) || self.cache.contains(BlockId::whole(job.slice)) {
-            return;
-        }
-        if job.size as usize <= spoolfs_objects::PACK_SLICE_MAX {
-            match self.get_packed(job.slice) {
-                Ok(Some(_)) => return,
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!("readahead of slice {}: {e}", job.slice);
-                    return;
-                }
-            }
-        }
-        if let Err(e) = self.fetch_block(job.slice, job.size, job.index, true) {
-            tracing::debug!("readahead of slice {} block {}: {e}", job.slice, job.index);
         }
     }
 
@@ -423,5 +399,35 @@ impl ObjectReader {
         }
         self.cache.insert(id, data.clone());
         Ok(data)
+    }
+}
+
+impl Prefetch for ObjectReader {
+    /// A readahead job: fetch the piece into the caches unless it is staged or cached.
+    fn prefetch(&self, job: Fetch) {
+        if self
+            .uploader
+            .as_ref()
+            .is_some_and(|wb| wb.get(job.slice).is_some())
+        {
+            return;
+        }
+        let block = BlockId::block(job.slice, job.index);
+        if self.cache.contains(block) || self.cache.contains(BlockId::whole(job.slice)) {
+            return;
+        }
+        if job.size as usize <= spoolfs_objects::PACK_SLICE_MAX {
+            match self.get_packed(job.slice) {
+                Ok(Some(_)) => return,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!("readahead of slice {}: {e}", job.slice);
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.fetch_block(job.slice, job.size, job.index, true) {
+            tracing::debug!("readahead of slice {} block {}: {e}", job.slice, job.index);
+        }
     }
 }
