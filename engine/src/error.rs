@@ -37,6 +37,12 @@ pub enum FsError {
         #[source]
         source: StagingError,
     },
+    /// A staging log could not be read (offline checks).
+    #[error("cannot read the staging log")]
+    StagingScan(#[source] StagingError),
+    /// The volume record in the metadata store does not parse.
+    #[error("volume record is unreadable")]
+    VolumeRecord(#[source] serde_json::Error),
     /// The volume record's id is not a UUID.
     #[error("volume uuid {uuid:?} is not valid")]
     VolumeUuid {
@@ -63,7 +69,8 @@ impl FsError {
             FsError::Meta(e) => e.errno(),
             FsError::Storage(e) => e.errno(),
             FsError::Local { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            FsError::StagingLog { source, .. } => source.errno(),
+            FsError::StagingLog { source, .. } | FsError::StagingScan(source) => source.errno(),
+            FsError::VolumeRecord(_) => libc::EIO,
             FsError::Spawn { .. } | FsError::VolumeUuid { .. } | FsError::NamespaceLogClosed => {
                 libc::EIO
             }

@@ -300,7 +300,7 @@ fn uuid_bytes(volume: &VolumeRecord) -> Result<[u8; 16]> {
 }
 
 fn staging_err(e: staging::StagingError) -> FsError {
-    FsError::new(e.errno(), format!("cannot read the staging log: {e}"))
+    FsError::StagingScan(e)
 }
 
 /// Everything the metadata store holds, decoded.

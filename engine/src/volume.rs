@@ -165,9 +165,8 @@ pub fn read_record(meta: &dyn KvStore) -> Result<Option<VolumeRecord>> {
     match raw {
         None => Ok(None),
         Some(bytes) => {
-            let record: VolumeRecord = serde_json::from_slice(&bytes).map_err(|e| {
-                FsError::new(libc::EIO, format!("volume record is unreadable: {e}"))
-            })?;
+            let record: VolumeRecord =
+                serde_json::from_slice(&bytes).map_err(FsError::VolumeRecord)?;
             if record.format_version > FORMAT_VERSION {
                 return Err(FsError::new(
                     libc::EINVAL,
