@@ -239,6 +239,15 @@ mod tests {
     }
 
     /// Reference: a byte map of which slice (and which byte of it) is visible.
+    /// Writes `(pos, len)` as slices numbered from 1 in order: `(id, pos, len)`.
+    fn numbered(writes: Vec<(u32, u32)>) -> Vec<(u64, u32, u32)> {
+        writes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (pos, len))| (i as u64 + 1, pos, len))
+            .collect()
+    }
+
     fn paint(writes: &[(u64, u32, u32)], size: usize) -> Vec<Option<(u64, u32)>> {
         let mut map = vec![None; size];
         for &(id, pos, len) in writes {
@@ -304,11 +313,7 @@ mod tests {
 
         #[test]
         fn resolved_list_matches_painting(writes in prop::collection::vec((0u32..200, 1u32..60), 1..20)) {
-            let writes: Vec<(u64, u32, u32)> = writes
-                .into_iter()
-                .enumerate()
-                .map(|(i, (pos, len))| (i as u64 + 1, pos, len))
-                .collect();
+            let writes = numbered(writes);
             let mut segs = Vec::new();
             for &(id, pos, len) in &writes {
                 insert(&mut segs, seg(id, pos, len));
@@ -321,11 +326,7 @@ mod tests {
 
         #[test]
         fn cut_makes_a_hole(writes in prop::collection::vec((0u32..200, 1u32..60), 1..10), a in 0u32..260, b in 0u32..260) {
-            let writes: Vec<(u64, u32, u32)> = writes
-                .into_iter()
-                .enumerate()
-                .map(|(i, (pos, len))| (i as u64 + 1, pos, len))
-                .collect();
+            let writes = numbered(writes);
             let mut segs = Vec::new();
             for &(id, pos, len) in &writes {
                 insert(&mut segs, seg(id, pos, len));
