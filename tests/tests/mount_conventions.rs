@@ -222,6 +222,29 @@ fn mount8(v: &Volume, program: &str, args: &[&OsStr]) -> CmdOutput {
     run(&mut cmd, T)
 }
 
+/// `mount -t spoolfs -o OPTIONS VOLUME MNT`, as fstab or an administrator would run it.
+fn mount8_spoolfs(v: &Volume, options: &str, mnt: &Path) -> CmdOutput {
+    let args = [
+        os("-t"),
+        os("spoolfs"),
+        os("-o"),
+        os(options),
+        os(&v.meta_url),
+        mnt.as_os_str(),
+    ];
+    mount8(v, "mount", &args)
+}
+
+/// mount(8) helpers print nothing when they succeed: scripts compare their output.
+fn assert_silent_success(out: &CmdOutput) {
+    out.assert_success();
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("", ""),
+        "{out}"
+    );
+}
+
 fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
     s.as_ref()
 }
@@ -250,24 +273,8 @@ fn mount8_helper_is_silent_and_flags_reach_the_kernel() {
     let options = format!("cache_dir={},noexec,nosuid,nodev,nofail", cache.display());
 
     // Silent on success.
-    let out = mount8(
-        &v,
-        "mount",
-        &[
-            os("-t"),
-            os("spoolfs"),
-            os("-o"),
-            os(&options),
-            os(&v.meta_url),
-            mnt.as_os_str(),
-        ],
-    );
-    out.assert_success();
-    assert_eq!(
-        (out.stdout.as_str(), out.stderr.as_str()),
-        ("", ""),
-        "{out}"
-    );
+    let out = mount8_spoolfs(&v, &options, &mnt);
+    assert_silent_success(&out);
     let (opts, _) = mount_options(&mnt);
     for flag in ["noexec", "nosuid", "nodev", "rw"] {
         assert!(opts.contains(&flag.to_string()), "{flag} not in {opts:?}");
@@ -280,12 +287,7 @@ fn mount8_helper_is_silent_and_flags_reach_the_kernel() {
 
     // remount,ro: the kernel mount turns read-only (noexec kept); remount,rw: writable again.
     let out = mount8(&v, "mount", &[os("-o"), os("remount,ro"), mnt.as_os_str()]);
-    out.assert_success();
-    assert_eq!(
-        (out.stdout.as_str(), out.stderr.as_str()),
-        ("", ""),
-        "{out}"
-    );
+    assert_silent_success(&out);
     let (opts, _) = mount_options(&mnt);
     assert!(
         opts.contains(&"ro".to_string()) && opts.contains(&"noexec".to_string()),
@@ -298,12 +300,7 @@ fn mount8_helper_is_silent_and_flags_reach_the_kernel() {
     );
     assert_eq!(fs::read(&script).unwrap(), b"#!/bin/sh\necho ran\n");
     let out = mount8(&v, "mount", &[os("-o"), os("remount,rw"), mnt.as_os_str()]);
-    out.assert_success();
-    assert_eq!(
-        (out.stdout.as_str(), out.stderr.as_str()),
-        ("", ""),
-        "{out}"
-    );
+    assert_silent_success(&out);
     let (opts, _) = mount_options(&mnt);
     assert!(opts.contains(&"rw".to_string()), "{opts:?}");
     fs::write(mnt.join("f"), b"after rw").unwrap();
@@ -319,18 +316,7 @@ fn mount8_helper_is_silent_and_flags_reach_the_kernel() {
 
     // Errors go to stderr with a non-zero status, nothing on stdout.
     let other = v.new_subdir("mnt-other");
-    let out = mount8(
-        &v,
-        "mount",
-        &[
-            os("-t"),
-            os("spoolfs"),
-            os("-o"),
-            os("frobnicate"),
-            os(&v.meta_url),
-            other.as_os_str(),
-        ],
-    );
+    let out = mount8_spoolfs(&v, "frobnicate", &other);
     out.assert_clean_failure(&["frobnicate"]);
     assert_eq!(out.stdout, "", "{out}");
     assert!(!is_mounted(&other));
@@ -338,18 +324,7 @@ fn mount8_helper_is_silent_and_flags_reach_the_kernel() {
     // A plain umount, then root's suid and dev reach the kernel mount.
     mount8(&v, "umount", &[mnt.as_os_str()]).assert_success();
     let options = format!("cache_dir={},suid,dev", cache.display());
-    let out = mount8(
-        &v,
-        "mount",
-        &[
-            os("-t"),
-            os("spoolfs"),
-            os("-o"),
-            os(&options),
-            os(&v.meta_url),
-            mnt.as_os_str(),
-        ],
-    );
+    let out = mount8_spoolfs(&v, &options, &mnt);
     out.assert_success();
     let (opts, _) = mount_options(&mnt);
     assert!(
@@ -406,18 +381,7 @@ fn plain_umount_then_mount_again_ten_times() {
                 v.cache_dir().display(),
                 proxy.endpoint()
             );
-            mount8(
-                &v,
-                "mount",
-                &[
-                    os("-t"),
-                    os("spoolfs"),
-                    os("-o"),
-                    os(&options),
-                    os(&v.meta_url),
-                    mnt.as_os_str(),
-                ],
-            )
+            mount8_spoolfs(&v, &options, &mnt)
         } else {
             let opts = MountOptions {
                 daemon: true,
