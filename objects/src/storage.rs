@@ -735,8 +735,8 @@ impl ObjectStorage {
 mod tests {
     use super::*;
 
-    #[test]
-    fn local_store_roundtrip_and_conditional_put() {
+    /// A store in a fresh local directory, kept as long as the returned guard lives.
+    fn local_store() -> (tempfile::TempDir, ObjectStorage) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/bucket", dir.path().display());
         let s = ObjectStorage::open(&StorageConfig {
@@ -744,6 +744,12 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn local_store_roundtrip_and_conditional_put() {
+        let (_dir, s) = local_store();
         s.check().unwrap();
         s.put("a/b", Bytes::from_static(b"hello")).unwrap();
         assert_eq!(&s.get("a/b").unwrap()[..], b"hello");
@@ -759,13 +765,7 @@ mod tests {
 
     #[test]
     fn delete_many_deletes_every_object_and_ignores_missing_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}/bucket", dir.path().display());
-        let s = ObjectStorage::open(&StorageConfig {
-            url,
-            ..Default::default()
-        })
-        .unwrap();
+        let (_dir, s) = local_store();
         // More than two batches, and keys that were never written.
         let keys: Vec<String> = (0..DELETE_BATCH_KEYS * 2 + 7)
             .map(|i| format!("d/{}/{i}", i % 13))
