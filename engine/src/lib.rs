@@ -26,6 +26,7 @@ pub mod error;
 mod fs;
 pub mod fsck;
 mod ids;
+pub mod losses;
 mod meta;
 mod readahead;
 mod reader;
