@@ -6,9 +6,10 @@ use crate::blockcache::BlockId;
 use crate::data;
 use crate::error::{FsError, Result};
 use crate::ids::IdAllocator;
+use crate::namespace::{self, MAX_FILE_SIZE, NewNode, XATTR_VALUE_MAX, to_attr};
 use crate::reader::{Counters, ObjectReader, ReaderConfig};
 use crate::reclaim::{DEAD_BATCH, Reclaimer, count_dead};
-use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec, StagedRec};
+use crate::schema::{self, DeadSlice, InodeRec, SliceRec, StagedRec};
 use crate::staging::{RecordHeader, StagedLoc};
 use crate::stop::StopSignal;
 use crate::types::*;
@@ -16,7 +17,7 @@ use crate::volume::VolumeRecord;
 use crate::writeback::{SliceCarrier, StagingOptions, UploadCatalog};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
+use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError};
 use spoolfs_objects::{ObjectStorage, encode_block, split_blocks};
 use spoolfs_uploader::{Staged, Uploader, run_uploader};
 use std::collections::{HashMap, HashSet};
@@ -80,9 +81,6 @@ impl Default for EngineConfig {
 /// Reported by `statfs`: a nominal capacity, since an object store has no fixed size.
 const NOMINAL_CAPACITY_BYTES: u64 = 1 << 50;
 const NOMINAL_INODES: u64 = 1 << 40;
-const XATTR_NAME_MAX: usize = 255;
-const XATTR_VALUE_MAX: usize = 65536;
-const MAX_FILE_SIZE: u64 = 1 << 50;
 const OPEN_SHARDS: usize = 64;
 /// Pending runs per file before a flush.
 const MAX_PENDING_RUNS: usize = 256;
@@ -207,113 +205,6 @@ pub struct Engine {
     upload_catalog: Arc<UploadCatalog>,
 }
 
-fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
-    MetaError::Errno(errno, msg.into())
-}
-
-fn name_str(name: &[u8]) -> String {
-    String::from_utf8_lossy(name).into_owned()
-}
-
-fn check_name_meta(name: &[u8]) -> Result<(), MetaError> {
-    schema::check_name(name).map_err(MetaError::from)
-}
-
-/// The attributes `stat` shows for a stored inode.
-fn to_attr(ino: Ino, rec: &InodeRec, blksize: u32) -> Attr {
-    let size = match rec.kind {
-        FileKind::Symlink => rec.target.len() as u64,
-        // A removed directory (still open somewhere) is empty: size 0, as on ext4.
-        FileKind::Dir if rec.nlink == 0 => 0,
-        FileKind::Dir => 4096,
-        _ => rec.size,
-    };
-    Attr {
-        ino,
-        kind: rec.kind,
-        perm: rec.perm,
-        nlink: rec.nlink,
-        uid: rec.uid,
-        gid: rec.gid,
-        rdev: rec.rdev,
-        size,
-        blocks: size.div_ceil(512),
-        atime: schema::from_ns(rec.atime_ns),
-        mtime: schema::from_ns(rec.mtime_ns),
-        ctime: schema::from_ns(rec.ctime_ns),
-        crtime: schema::from_ns(rec.crtime_ns),
-        blksize,
-    }
-}
-
-/// The directory inode, or ENOENT / ENOTDIR.
-fn must_dir(r: &dyn KvRead, ino: Ino) -> Result<InodeRec, MetaError> {
-    let rec = schema::must_inode(r, ino)?;
-    if rec.kind != FileKind::Dir {
-        return Err(posix(
-            libc::ENOTDIR,
-            format!("inode {ino} is not a directory"),
-        ));
-    }
-    if rec.nlink == 0 {
-        return Err(posix(libc::ENOENT, format!("directory {ino} was removed")));
-    }
-    Ok(rec)
-}
-
-/// Directory `parent` and its entry `name` (ENOENT if there is none).
-fn must_entry(
-    r: &dyn KvRead,
-    parent: Ino,
-    name: &[u8],
-) -> Result<(InodeRec, DentryRec), MetaError> {
-    let prec = must_dir(r, parent)?;
-    let d = schema::get_dentry(r, parent, name)?
-        .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
-    Ok((prec, d))
-}
-
-fn dir_is_empty(r: &dyn KvRead, ino: Ino) -> Result<bool, MetaError> {
-    let prefix = schema::dentry_prefix(ino);
-    Ok(r.scan(&prefix, &prefix_end(&prefix), 1)?.is_empty())
-}
-
-fn touch_dir(t: &mut dyn KvTxn, ino: Ino, rec: &mut InodeRec, now: i64) -> Result<(), MetaError> {
-    rec.mtime_ns = now;
-    rec.ctime_ns = now;
-    schema::put_inode(t, ino, rec)
-}
-
-/// Removes every trace of an inode whose last link and last handle are gone; its slices are
-/// queued for deletion.
-fn purge_inode(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaError> {
-    if schema::get_inode(t, ino)?.is_none() {
-        return Ok(());
-    }
-    let mut freed = 0i64;
-    let mut seen = std::collections::BTreeSet::new();
-    for (chunk, seg) in data::load_all(t, ino)? {
-        if seen.insert(seg.id) {
-            t.put(
-                &schema::dead_key(seg.id),
-                &schema::encode(&DeadSlice { size: seg.size }),
-            )?;
-            freed += seg.size as i64;
-        }
-        t.delete(&schema::seg_key(ino, chunk, seg.pos))?;
-    }
-    let xprefix = schema::xattr_prefix(ino);
-    for (key, _) in t.scan(&xprefix, &prefix_end(&xprefix), usize::MAX)? {
-        t.delete(&key)?;
-    }
-    t.delete(&schema::inode_key(ino))?;
-    t.delete(&schema::orphan_key(ino))?;
-    t.delete(&schema::sync_mark_key(ino))?;
-    schema::add_u64(t, schema::USED_BYTES_KEY, -freed)?;
-    schema::add_u64(t, schema::INODE_COUNT_KEY, -1)?;
-    Ok(())
-}
-
 impl Engine {
     /// Opens a formatted volume. `storage` is opened by the caller (from the volume record,
     /// possibly with overrides) and checked.
@@ -392,23 +283,11 @@ impl Engine {
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
         });
-        engine.meta.store().update(Durability::Durable, &mut |t| {
-            schema::init_root(t)?;
-            // Inodes unlinked while open when the volume was last mounted: nobody holds them now.
-            let orphans = t.scan(b"O", b"P", usize::MAX)?;
-            for (key, _) in orphans {
-                let ino = u64::from_be_bytes(key[1..9].try_into().expect("orphan key"));
-                purge_inode(t, ino)?;
-            }
-            Ok(())
-        })?;
-        let marks = engine.view(|r| {
-            let prefix = schema::SYNC_MARK_PREFIX;
-            Ok(r.scan(prefix, &prefix_end(prefix), usize::MAX)?
-                .into_iter()
-                .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().expect("mark key")))
-                .collect())
-        })?;
+        engine
+            .meta
+            .store()
+            .update(Durability::Durable, &mut |t| namespace::init(t))?;
+        let marks = engine.view(namespace::sync_marks)?;
         *engine.sync_marks.write() = marks;
         if let Some(wb) = engine.writeback.as_ref() {
             let replayed = engine
@@ -604,21 +483,7 @@ impl Engine {
         if name == b"." {
             return self.lookup_ino(parent);
         }
-        let (ino, rec) = self.view(|r| {
-            must_dir(r, parent)?;
-            let ino = match name {
-                b"." => parent,
-                b".." => schema::must_inode(r, parent)?.parent,
-                _ => {
-                    schema::get_dentry(r, parent, name)?
-                        .ok_or_else(|| {
-                            posix(libc::ENOENT, format!("{}: no such entry", name_str(name)))
-                        })?
-                        .ino
-                }
-            };
-            Ok((ino, schema::must_inode(r, ino)?))
-        })?;
+        let (ino, rec) = self.view(|r| namespace::lookup(r, parent, name))?;
         Ok(self.attr_of(ino, &rec))
     }
 
@@ -663,75 +528,7 @@ impl Engine {
         // Settle buffered data first so sizes and times below apply on top of it.
         self.flush_locked(ino, &mut state, false)?;
         let chunk_size = self.chunk_size();
-        let rec = self.update(|t| {
-            let mut rec = schema::must_inode(t, ino)?;
-            let now = schema::now_ns();
-            let mut changed = false;
-            if let Some(mode) = set.mode {
-                rec.perm = (mode & 0o7777) as u16;
-                changed = true;
-                acl_chmod(t, ino, rec.perm)?;
-            }
-            let owner_changed =
-                set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
-            if let Some(uid) = set.uid {
-                rec.uid = uid;
-                changed = true;
-            }
-            if let Some(gid) = set.gid {
-                rec.gid = gid;
-                changed = true;
-            }
-            if owner_changed && rec.kind != FileKind::Dir && set.mode.is_none() {
-                // chown clears set-user-id, and set-group-id when it means "setgid" (group
-                // execute set), as Linux does.
-                rec.perm &= !(libc::S_ISUID as u16);
-                if rec.perm & 0o010 != 0 {
-                    rec.perm &= !(libc::S_ISGID as u16);
-                }
-            }
-            if owner_changed || set.size.is_some() {
-                t.delete(&schema::xattr_key(ino, schema::CAPS_XATTR))?;
-            }
-            if let Some(size) = set.size {
-                if rec.kind == FileKind::Dir {
-                    return Err(posix(libc::EISDIR, "cannot truncate a directory"));
-                }
-                if rec.kind != FileKind::File {
-                    return Err(posix(libc::EINVAL, "cannot truncate a special file"));
-                }
-                if size > MAX_FILE_SIZE {
-                    return Err(posix(libc::EFBIG, "file too large"));
-                }
-                if size < rec.size {
-                    truncate_chunks(t, ino, size, chunk_size)?;
-                }
-                rec.size = size;
-                rec.mtime_ns = now;
-                if caller.uid != 0 {
-                    clear_setid_on_write(&mut rec);
-                }
-                changed = true;
-            }
-            match set.atime {
-                Some(TimeSet::Now) => rec.atime_ns = now,
-                Some(TimeSet::At(t)) => rec.atime_ns = schema::to_ns(t),
-                None => {}
-            }
-            match set.mtime {
-                Some(TimeSet::Now) => rec.mtime_ns = now,
-                Some(TimeSet::At(t)) => rec.mtime_ns = schema::to_ns(t),
-                None => {}
-            }
-            if changed || set.atime.is_some() || set.mtime.is_some() {
-                rec.ctime_ns = now;
-            }
-            if let Some(ctime) = set.ctime {
-                rec.ctime_ns = schema::to_ns(ctime);
-            }
-            schema::put_inode(t, ino, &rec)?;
-            Ok(rec)
-        })?;
+        let rec = self.update(|t| namespace::setattr(t, caller, ino, set, chunk_size))?;
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
@@ -757,70 +554,13 @@ impl Engine {
     ) -> Result<(Ino, InodeRec)> {
         schema::check_name(name)?;
         let ino = self.inode_ids.next(self.meta.store())?;
-        let rec = self.update(|t| {
-            check_name_meta(name)?;
-            let mut prec = must_dir(t, parent)?;
-            if schema::get_dentry(t, parent, name)?.is_some() {
-                return Err(posix(libc::EEXIST, format!("{} exists", name_str(name))));
-            }
-            let now = schema::now_ns();
-            let mut perm = (perm & 0o7777) as u16;
-            // The directory's default ACL (if any) limits the mode instead of the umask,
-            // and becomes the new inode's access ACL (and a directory's default ACL).
-            let inherited = match kind {
-                FileKind::Symlink => None,
-                _ => t.get(&schema::xattr_key(parent, acl::DEFAULT_XATTR))?,
-            };
-            let mut inherited_access = None;
-            if let Some(default) = &inherited {
-                let mut access =
-                    acl::Acl::parse(default).map_err(|e| posix(libc::EIO, e.to_string()))?;
-                perm = (perm & !0o777) | access.create_masq(perm);
-                if !access.is_minimal() {
-                    inherited_access = Some(access.encode());
-                }
-            }
-            let mut gid = caller.gid;
-            if prec.perm & libc::S_ISGID as u16 != 0 {
-                // A set-group-id directory hands its group down, and its setgid bit to
-                // subdirectories.
-                gid = prec.gid;
-                if kind == FileKind::Dir {
-                    perm |= libc::S_ISGID as u16;
-                }
-            }
-            if kind != FileKind::Dir
-                && perm & libc::S_ISGID as u16 != 0
-                && caller.uid != 0
-                && gid != caller.gid
-            {
-                perm &= !(libc::S_ISGID as u16);
-            }
-            let rec = InodeRec {
-                uid: caller.uid,
-                gid,
-                rdev,
-                target: target.to_vec(),
-                ..InodeRec::new(kind, perm, parent, now)
-            };
-            schema::put_inode(t, ino, &rec)?;
-            if let Some(access) = &inherited_access {
-                t.put(&schema::xattr_key(ino, acl::ACCESS_XATTR), access)?;
-            }
-            if let (Some(default), FileKind::Dir) = (&inherited, kind) {
-                t.put(&schema::xattr_key(ino, acl::DEFAULT_XATTR), default)?;
-            }
-            t.put(
-                &schema::dentry_key(parent, name),
-                &schema::encode(&DentryRec { ino, kind }),
-            )?;
-            if kind == FileKind::Dir {
-                prec.nlink += 1;
-            }
-            touch_dir(t, parent, &mut prec, now)?;
-            schema::add_u64(t, schema::INODE_COUNT_KEY, 1)?;
-            Ok(rec)
-        })?;
+        let node = NewNode {
+            kind,
+            perm,
+            rdev,
+            target,
+        };
+        let rec = self.update(|t| namespace::make_node(t, caller, parent, name, ino, &node))?;
         Ok((ino, rec))
     }
 
@@ -869,41 +609,8 @@ impl Engine {
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
-    /// Drops one link of `ino` inside a transaction; the inode goes when its last link and
-    /// last open handle are gone.
-    fn drop_link(&self, t: &mut dyn KvTxn, ino: Ino, now: i64) -> Result<(), MetaError> {
-        let mut rec = schema::must_inode(t, ino)?;
-        rec.nlink = if rec.kind == FileKind::Dir {
-            0
-        } else {
-            rec.nlink.saturating_sub(1)
-        };
-        rec.ctime_ns = now;
-        if rec.nlink > 0 {
-            return schema::put_inode(t, ino, &rec);
-        }
-        if self.keep_unlinked(ino) {
-            schema::put_inode(t, ino, &rec)?;
-            t.put(&schema::orphan_key(ino), &[])
-        } else {
-            purge_inode(t, ino)
-        }
-    }
-
     pub fn unlink(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
-        self.update(|t| {
-            let (mut prec, d) = must_entry(t, parent, name)?;
-            if d.kind == FileKind::Dir {
-                return Err(posix(
-                    libc::EISDIR,
-                    format!("{} is a directory", name_str(name)),
-                ));
-            }
-            let now = schema::now_ns();
-            t.delete(&schema::dentry_key(parent, name))?;
-            self.drop_link(t, d.ino, now)?;
-            touch_dir(t, parent, &mut prec, now)
-        })
+        self.update(|t| namespace::unlink(t, parent, name, &|ino| self.keep_unlinked(ino)))
     }
 
     pub fn rmdir(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
@@ -913,26 +620,7 @@ impl Engine {
         if name == b".." {
             return Err(FsError::new(libc::ENOTEMPTY, "cannot remove \"..\""));
         }
-        self.update(|t| {
-            let (mut prec, d) = must_entry(t, parent, name)?;
-            if d.kind != FileKind::Dir {
-                return Err(posix(
-                    libc::ENOTDIR,
-                    format!("{} is not a directory", name_str(name)),
-                ));
-            }
-            if !dir_is_empty(t, d.ino)? {
-                return Err(posix(
-                    libc::ENOTEMPTY,
-                    format!("{} is not empty", name_str(name)),
-                ));
-            }
-            let now = schema::now_ns();
-            t.delete(&schema::dentry_key(parent, name))?;
-            self.drop_link(t, d.ino, now)?;
-            prec.nlink = prec.nlink.saturating_sub(1);
-            touch_dir(t, parent, &mut prec, now)
-        })
+        self.update(|t| namespace::rmdir(t, parent, name, &|ino| self.keep_unlinked(ino)))
     }
 
     pub fn rename(
@@ -951,134 +639,8 @@ impl Engine {
             ));
         }
         self.update(|t| {
-            must_dir(t, parent)?;
-            must_dir(t, new_parent)?;
-            let src = schema::get_dentry(t, parent, name)?
-                .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
-            // Linux order: a missing source first, then the new name, then a loop.
-            check_name_meta(new_name)?;
-            let dst = schema::get_dentry(t, new_parent, new_name)?;
-            if flags.noreplace && dst.is_some() {
-                return Err(posix(
-                    libc::EEXIST,
-                    format!("{} exists", name_str(new_name)),
-                ));
-            }
-            if (dst.is_some() || !flags.exchange)
-                && src.kind == FileKind::Dir
-                && parent != new_parent
-                && is_ancestor(t, src.ino, new_parent)?
-            {
-                return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-            }
-            let now = schema::now_ns();
-            if flags.exchange {
-                let dst = dst.ok_or_else(|| {
-                    posix(
-                        libc::ENOENT,
-                        format!("{}: no such entry", name_str(new_name)),
-                    )
-                })?;
-                if parent != new_parent {
-                    if src.kind == FileKind::Dir && is_ancestor(t, src.ino, new_parent)? {
-                        return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-                    }
-                    if dst.kind == FileKind::Dir && is_ancestor(t, dst.ino, parent)? {
-                        return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-                    }
-                }
-                t.put(&schema::dentry_key(parent, name), &schema::encode(&dst))?;
-                t.put(
-                    &schema::dentry_key(new_parent, new_name),
-                    &schema::encode(&src),
-                )?;
-                for (ino, kind, to) in
-                    [(src.ino, src.kind, new_parent), (dst.ino, dst.kind, parent)]
-                {
-                    let mut rec = schema::must_inode(t, ino)?;
-                    rec.ctime_ns = now;
-                    if kind == FileKind::Dir {
-                        rec.parent = to;
-                    }
-                    schema::put_inode(t, ino, &rec)?;
-                }
-                if parent != new_parent
-                    && (src.kind == FileKind::Dir) != (dst.kind == FileKind::Dir)
-                {
-                    // A directory changed parents in one direction only.
-                    let (gain, lose) = if src.kind == FileKind::Dir {
-                        (new_parent, parent)
-                    } else {
-                        (parent, new_parent)
-                    };
-                    adjust_nlink(t, gain, 1)?;
-                    adjust_nlink(t, lose, -1)?;
-                }
-                touch_parents(t, parent, new_parent, now)?;
-                return Ok(());
-            }
-            if let Some(dst) = dst {
-                if flags.noreplace {
-                    return Err(posix(
-                        libc::EEXIST,
-                        format!("{} exists", name_str(new_name)),
-                    ));
-                }
-                if dst.ino == src.ino {
-                    // Two links to one file: POSIX says do nothing.
-                    return Ok(());
-                }
-                match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
-                    (true, false) => {
-                        return Err(posix(
-                            libc::ENOTDIR,
-                            format!("{} is not a directory", name_str(new_name)),
-                        ));
-                    }
-                    (false, true) => {
-                        return Err(posix(
-                            libc::EISDIR,
-                            format!("{} is a directory", name_str(new_name)),
-                        ));
-                    }
-                    (true, true) => {
-                        if !dir_is_empty(t, dst.ino)? {
-                            return Err(posix(
-                                libc::ENOTEMPTY,
-                                format!("{} is not empty", name_str(new_name)),
-                            ));
-                        }
-                    }
-                    (false, false) => {}
-                }
-                if src.kind == FileKind::Dir && is_ancestor(t, src.ino, new_parent)? {
-                    return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-                }
-                t.delete(&schema::dentry_key(new_parent, new_name))?;
-                self.drop_link(t, dst.ino, now)?;
-                if dst.kind == FileKind::Dir {
-                    adjust_nlink(t, new_parent, -1)?;
-                }
-            } else if src.kind == FileKind::Dir
-                && parent != new_parent
-                && is_ancestor(t, src.ino, new_parent)?
-            {
-                return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-            }
-            t.delete(&schema::dentry_key(parent, name))?;
-            t.put(
-                &schema::dentry_key(new_parent, new_name),
-                &schema::encode(&src),
-            )?;
-            let mut rec = schema::must_inode(t, src.ino)?;
-            rec.ctime_ns = now;
-            if src.kind == FileKind::Dir && parent != new_parent {
-                rec.parent = new_parent;
-                adjust_nlink(t, parent, -1)?;
-                adjust_nlink(t, new_parent, 1)?;
-            }
-            schema::put_inode(t, src.ino, &rec)?;
-            touch_parents(t, parent, new_parent, now)
+            let still_open = |ino| self.keep_unlinked(ino);
+            namespace::rename(t, parent, name, new_parent, new_name, flags, &still_open)
         })
     }
 
@@ -1090,35 +652,7 @@ impl Engine {
         new_name: &[u8],
     ) -> Result<Attr> {
         schema::check_name(new_name)?;
-        let rec = self.update(|t| {
-            let mut prec = must_dir(t, new_parent)?;
-            let mut rec = schema::must_inode(t, ino)?;
-            if schema::get_dentry(t, new_parent, new_name)?.is_some() {
-                return Err(posix(
-                    libc::EEXIST,
-                    format!("{} exists", name_str(new_name)),
-                ));
-            }
-            if rec.kind == FileKind::Dir {
-                return Err(posix(libc::EPERM, "cannot hard-link a directory"));
-            }
-            if rec.nlink == 0 {
-                return Err(posix(libc::ENOENT, "file was removed"));
-            }
-            let now = schema::now_ns();
-            rec.nlink += 1;
-            rec.ctime_ns = now;
-            schema::put_inode(t, ino, &rec)?;
-            t.put(
-                &schema::dentry_key(new_parent, new_name),
-                &schema::encode(&DentryRec {
-                    ino,
-                    kind: rec.kind,
-                }),
-            )?;
-            touch_dir(t, new_parent, &mut prec, now)?;
-            Ok(rec)
-        })?;
+        let rec = self.update(|t| namespace::link(t, ino, new_parent, new_name))?;
         Ok(self.attr_of(ino, &rec))
     }
 
@@ -1384,17 +918,7 @@ impl Engine {
         if !rule.read_updates(atime_ns, mtime_ns, ctime_ns, now) {
             return;
         }
-        let r = self.update(|t| {
-            if let Some(mut rec) = schema::get_inode(t, ino)? {
-                // Checked again on the stored record: a concurrent reader may have moved it.
-                let (m, c) = (rec.mtime_ns.max(mtime_ns), rec.ctime_ns.max(ctime_ns));
-                if rule.read_updates(rec.atime_ns, m, c, now) {
-                    rec.atime_ns = now;
-                    schema::put_inode(t, ino, &rec)?;
-                }
-            }
-            Ok(())
-        });
+        let r = self.update(|t| namespace::update_atime(t, ino, rule, (mtime_ns, ctime_ns), now));
         if let Err(e) = r {
             tracing::debug!("atime update of inode {ino} failed: {e}");
         }
@@ -1442,14 +966,7 @@ impl Engine {
             let kill_setid =
                 caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0;
             if kill_setid || has_caps {
-                self.update(|t| {
-                    let mut rec = schema::must_inode(t, ino)?;
-                    if kill_setid || has_caps {
-                        clear_setid_on_write(&mut rec);
-                    }
-                    t.delete(&caps_key)?;
-                    schema::put_inode(t, ino, &rec)
-                })?;
+                self.update(|t| namespace::drop_privileges(t, ino, kill_setid, has_caps))?;
             }
             state.overlay = Some(Overlay {
                 size: rec.size,
@@ -1909,10 +1426,7 @@ impl Engine {
         if self.unpin(ino, true) {
             // The last handle of an inode whose last name went while it was open: it goes now
             // (unless the unlink failed after all). Other closes need no transaction.
-            self.update(|t| match schema::get_inode(t, ino)? {
-                Some(rec) if rec.nlink == 0 => purge_inode(t, ino),
-                _ => Ok(()),
-            })?;
+            self.update(|t| namespace::purge_if_unlinked(t, ino))?;
         }
         flushed
     }
@@ -1920,40 +1434,7 @@ impl Engine {
     // ---------------------------------------------------------------- directories
 
     fn list_dir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
-        self.view(|r| {
-            let rec = schema::must_inode(r, ino)?;
-            if rec.kind == FileKind::Dir && rec.nlink == 0 {
-                // Removed while open: empty, without even "." and "..", as on ext4.
-                return Ok(Vec::new());
-            }
-            let rec = must_dir(r, ino)?;
-            let prefix = schema::dentry_prefix(ino);
-            let rows = r.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
-            let mut out = Vec::with_capacity(rows.len() + 2);
-            out.push(DirEntry {
-                ino,
-                kind: FileKind::Dir,
-                name: b".".to_vec(),
-                offset: 1,
-            });
-            out.push(DirEntry {
-                ino: rec.parent,
-                kind: FileKind::Dir,
-                name: b"..".to_vec(),
-                offset: 2,
-            });
-            for (key, value) in rows {
-                let d: DentryRec = schema::decode("directory entry", &value)?;
-                let offset = out.len() as u64 + 1;
-                out.push(DirEntry {
-                    ino: d.ino,
-                    kind: d.kind,
-                    name: key[9..].to_vec(),
-                    offset,
-                });
-            }
-            Ok(out)
-        })
+        self.view(|r| namespace::list_dir(r, ino))
     }
 
     /// Opens a directory. Like an open file, an open directory outlives its removal (rmdir,
@@ -1986,16 +1467,13 @@ impl Engine {
         }
         if self.unpin(ino, true) {
             // Its last handle, and it was removed while open: it goes now.
-            self.update(|t| match schema::get_inode(t, ino)? {
-                Some(rec) if rec.nlink == 0 => purge_inode(t, ino),
-                _ => Ok(()),
-            })?;
+            self.update(|t| namespace::purge_if_unlinked(t, ino))?;
         }
         Ok(())
     }
 
     pub fn fsyncdir(&self, ino: Ino) -> Result<()> {
-        self.view(|r| must_dir(r, ino))?;
+        self.view(|r| namespace::must_dir(r, ino))?;
         self.persist_meta()
     }
 
@@ -2023,40 +1501,6 @@ impl Engine {
 
     // ---------------------------------------------------------------- xattrs
 
-    fn check_xattr_name(&self, name: &[u8], kind: FileKind) -> Result<()> {
-        if name.is_empty() {
-            return Err(FsError::new(libc::EINVAL, "empty attribute name"));
-        }
-        if name.len() > XATTR_NAME_MAX {
-            return Err(FsError::new(libc::ERANGE, "attribute name too long"));
-        }
-        if name.starts_with(b"user.") {
-            if !matches!(kind, FileKind::File | FileKind::Dir) {
-                return Err(FsError::new(
-                    libc::EPERM,
-                    "user attributes only on files and directories",
-                ));
-            }
-            return Ok(());
-        }
-        if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
-            return Ok(());
-        }
-        if name == acl::DEFAULT_XATTR && kind != FileKind::Dir {
-            return Err(FsError::new(
-                libc::EACCES,
-                "a default ACL is only for directories",
-            ));
-        }
-        if acl::is_acl_name(name) {
-            return Ok(());
-        }
-        Err(FsError::new(
-            libc::EOPNOTSUPP,
-            format!("attribute namespace of {} not supported", name_str(name)),
-        ))
-    }
-
     pub fn setxattr(
         &self,
         _caller: &Caller,
@@ -2066,7 +1510,7 @@ impl Engine {
         mode: XattrSet,
     ) -> Result<()> {
         let rec = self.view(|r| schema::must_inode(r, ino))?;
-        self.check_xattr_name(name, rec.kind)?;
+        namespace::check_xattr_name(name, rec.kind)?;
         if value.len() > XATTR_VALUE_MAX {
             return Err(FsError::new(libc::E2BIG, "attribute value too large"));
         }
@@ -2080,39 +1524,7 @@ impl Engine {
         } else {
             None
         };
-        self.update(|t| {
-            let mut rec = schema::must_inode(t, ino)?;
-            let key = schema::xattr_key(ino, name);
-            let exists = t.get(&key)?.is_some();
-            match mode {
-                XattrSet::Create if exists => {
-                    return Err(posix(libc::EEXIST, "attribute exists"));
-                }
-                XattrSet::Replace if !exists => {
-                    return Err(posix(libc::ENODATA, "no such attribute"));
-                }
-                _ => {}
-            }
-            match &acl {
-                // An access ACL sets the mode; one the mode says all of is not kept.
-                Some(a) if name == acl::ACCESS_XATTR => {
-                    rec.perm = (rec.perm & !0o777) | a.mode_bits();
-                    if a.is_minimal() {
-                        t.delete(&key)?;
-                    } else {
-                        t.put(&key, value)?;
-                    }
-                }
-                // An empty default ACL is none.
-                Some(a) if a.is_empty() => t.delete(&key)?,
-                _ => t.put(&key, value)?,
-            }
-            if name == schema::SYNC_UPLOAD_XATTR {
-                t.put(&schema::sync_mark_key(ino), &[])?;
-            }
-            rec.ctime_ns = schema::now_ns();
-            schema::put_inode(t, ino, &rec)
-        })?;
+        self.update(|t| namespace::setxattr(t, ino, name, value, mode, acl.as_ref()))?;
         if name == schema::SYNC_UPLOAD_XATTR {
             self.sync_marks.write().insert(ino);
         }
@@ -2130,44 +1542,17 @@ impl Engine {
 
     /// The value; the front end answers size queries from its length.
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        if name.len() > XATTR_NAME_MAX {
-            return Err(FsError::new(libc::ERANGE, "attribute name too long"));
-        }
-        self.view(|r| {
-            schema::must_inode(r, ino)?;
-            r.get(&schema::xattr_key(ino, name))?
-                .ok_or_else(|| posix(libc::ENODATA, "no such attribute"))
-        })
+        namespace::check_xattr_name_len(name)?;
+        self.view(|r| namespace::getxattr(r, ino, name))
     }
 
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        self.view(|r| {
-            schema::must_inode(r, ino)?;
-            let prefix = schema::xattr_prefix(ino);
-            Ok(r.scan(&prefix, &prefix_end(&prefix), usize::MAX)?
-                .into_iter()
-                .map(|(k, _)| k[9..].to_vec())
-                .collect())
-        })
+        self.view(|r| namespace::listxattr(r, ino))
     }
 
     pub fn removexattr(&self, _caller: &Caller, ino: Ino, name: &[u8]) -> Result<()> {
-        if name.len() > XATTR_NAME_MAX {
-            return Err(FsError::new(libc::ERANGE, "attribute name too long"));
-        }
-        self.update(|t| {
-            let mut rec = schema::must_inode(t, ino)?;
-            let key = schema::xattr_key(ino, name);
-            if t.get(&key)?.is_none() {
-                return Err(posix(libc::ENODATA, "no such attribute"));
-            }
-            t.delete(&key)?;
-            if name == schema::SYNC_UPLOAD_XATTR {
-                t.delete(&schema::sync_mark_key(ino))?;
-            }
-            rec.ctime_ns = schema::now_ns();
-            schema::put_inode(t, ino, &rec)
-        })?;
+        namespace::check_xattr_name_len(name)?;
+        self.update(|t| namespace::removexattr(t, ino, name))?;
         if name == schema::SYNC_UPLOAD_XATTR {
             self.sync_marks.write().remove(&ino);
         }
@@ -2234,28 +1619,7 @@ impl Engine {
                     let mut st = state.write();
                     self.flush_locked(ino, &mut st, false)?;
                     let cs = self.chunk_size();
-                    self.update(|t| {
-                        let mut rec = schema::must_inode(t, ino)?;
-                        let end = end.min(rec.size);
-                        let mut pos = offset;
-                        let mut freed = 0i64;
-                        while pos < end {
-                            let chunk = (pos / cs) as u32;
-                            let base = chunk as u64 * cs;
-                            let hi = (end - base).min(cs) as u32;
-                            let touched = data::cut_stored(t, ino, chunk, (pos - base) as u32, hi)?;
-                            for (id, size) in data::dead_stored(t, ino, chunk, &touched)? {
-                                t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
-                                freed += size as i64;
-                            }
-                            pos = base + hi as u64;
-                        }
-                        let now = schema::now_ns();
-                        rec.mtime_ns = now;
-                        rec.ctime_ns = now;
-                        schema::put_inode(t, ino, &rec)?;
-                        schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
-                    })
+                    self.update(|t| namespace::punch_hole(t, ino, offset, end, cs))
                 })();
                 self.unpin(ino, false);
                 result
@@ -2577,13 +1941,6 @@ fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
     }
 }
 
-fn clear_setid_on_write(rec: &mut InodeRec) {
-    rec.perm &= !(libc::S_ISUID as u16);
-    if rec.perm & 0o010 != 0 {
-        rec.perm &= !(libc::S_ISGID as u16);
-    }
-}
-
 /// Appends a write to the pending list: it extends or overwrites the newest pending run of
 /// its chunk when it touches it, else starts a new run.
 /// A run grows to at most `max_run` bytes; the rest of a write starts a new (newer) run.
@@ -2620,85 +1977,4 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
         data: data.to_vec(),
         early: EarlyStage::NotYet,
     });
-}
-
-/// Cuts a file's stored data at `size`: whole chunks past it go, the boundary chunk is trimmed.
-fn truncate_chunks(
-    t: &mut dyn KvTxn,
-    ino: Ino,
-    size: u64,
-    chunk_size: u64,
-) -> Result<(), MetaError> {
-    let mut freed = 0i64;
-    let boundary = (size / chunk_size) as u32;
-    let in_chunk = (size % chunk_size) as u32;
-    let mut dead = Vec::new();
-    let first_whole = if in_chunk > 0 {
-        let touched = data::cut_stored(t, ino, boundary, in_chunk, chunk_size as u32)?;
-        dead.extend(data::dead_stored(t, ino, boundary, &touched)?);
-        boundary + 1
-    } else {
-        boundary
-    };
-    // Whole chunks past the cut: every slice in them dies (a slice lives in one chunk).
-    let start = schema::chunk_key(ino, first_whole);
-    let end = prefix_end(&schema::chunk_prefix(ino));
-    let mut seen = std::collections::BTreeSet::new();
-    for (key, value) in t.scan(&start, &end, usize::MAX)? {
-        let seg: SliceRec = schema::decode("segment", &value)?;
-        if seen.insert(seg.id) {
-            dead.push((seg.id, seg.size));
-        }
-        t.delete(&key)?;
-    }
-    for (id, sz) in dead {
-        t.put(
-            &schema::dead_key(id),
-            &schema::encode(&DeadSlice { size: sz }),
-        )?;
-        freed += sz as i64;
-    }
-    schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
-}
-
-/// chmod of an inode with an access ACL: the ACL follows the new mode.
-fn acl_chmod(t: &mut dyn KvTxn, ino: Ino, perm: u16) -> Result<(), MetaError> {
-    let key = schema::xattr_key(ino, acl::ACCESS_XATTR);
-    if let Some(value) = t.get(&key)? {
-        let mut a = acl::Acl::parse(&value).map_err(|e| posix(libc::EIO, e.to_string()))?;
-        a.chmod(perm);
-        t.put(&key, &a.encode())?;
-    }
-    Ok(())
-}
-
-fn adjust_nlink(t: &mut dyn KvTxn, ino: Ino, delta: i32) -> Result<(), MetaError> {
-    let mut rec = schema::must_inode(t, ino)?;
-    rec.nlink = (rec.nlink as i64 + delta as i64).max(0) as u32;
-    schema::put_inode(t, ino, &rec)
-}
-
-fn touch_parents(t: &mut dyn KvTxn, a: Ino, b: Ino, now: i64) -> Result<(), MetaError> {
-    let mut rec = schema::must_inode(t, a)?;
-    touch_dir(t, a, &mut rec, now)?;
-    if b != a {
-        let mut rec = schema::must_inode(t, b)?;
-        touch_dir(t, b, &mut rec, now)?;
-    }
-    Ok(())
-}
-
-/// Is `dir` equal to `node` or one of its ancestors?
-fn is_ancestor(r: &dyn KvRead, dir: Ino, node: Ino) -> Result<bool, MetaError> {
-    let mut cur = node;
-    for _ in 0..4096 {
-        if cur == dir {
-            return Ok(true);
-        }
-        if cur == ROOT_INO {
-            return Ok(false);
-        }
-        cur = schema::must_inode(r, cur)?.parent;
-    }
-    Err(posix(libc::ELOOP, "directory tree too deep"))
 }

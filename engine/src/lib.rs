@@ -27,6 +27,7 @@ mod fs;
 pub mod fsck;
 mod ids;
 mod meta;
+mod namespace;
 mod readahead;
 mod reader;
 pub mod reclaim;
