@@ -7,22 +7,22 @@ use crate::data;
 use crate::error::{FsError, Result};
 use crate::ids::IdAllocator;
 use crate::namespace::{self, MAX_FILE_SIZE, NewNode, XATTR_VALUE_MAX, to_attr};
+use crate::open::OpenFiles;
 use crate::reader::{Counters, ObjectReader, ReaderConfig};
 use crate::reclaim::{DEAD_BATCH, Reclaimer, count_dead};
-use crate::schema::{self, DeadSlice, InodeRec, SliceRec, StagedRec};
-use crate::staging::{RecordHeader, StagedLoc};
+use crate::schema::{self, InodeRec};
 use crate::stop::StopSignal;
 use crate::types::*;
 use crate::volume::VolumeRecord;
-use crate::writeback::{SliceCarrier, StagingOptions, UploadCatalog};
-use bytes::Bytes;
+use crate::write::{FileState, WritePath};
+use crate::writeback::{StagingOptions, UploadCatalog};
 use parking_lot::{Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError};
-use spoolfs_objects::{ObjectStorage, encode_block, split_blocks};
-use spoolfs_uploader::{Staged, Uploader, run_uploader};
-use std::collections::{HashMap, HashSet};
+use spoolfs_objects::ObjectStorage;
+use spoolfs_uploader::{Uploader, run_uploader};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How to open a mounted volume.
@@ -81,95 +81,6 @@ impl Default for EngineConfig {
 /// Reported by `statfs`: a nominal capacity, since an object store has no fixed size.
 const NOMINAL_CAPACITY_BYTES: u64 = 1 << 50;
 const NOMINAL_INODES: u64 = 1 << 40;
-const OPEN_SHARDS: usize = 64;
-/// Pending runs per file before a flush.
-const MAX_PENDING_RUNS: usize = 256;
-/// Largest slice (also at most a quarter of a staging segment, so every slice can be staged).
-const MAX_SLICE_BYTES: usize = 16 << 20;
-/// Smallest largest slice, whatever the staging segment size.
-const MIN_SLICE_LIMIT: usize = 64 << 10;
-
-/// Data written through open handles and not yet uploaded: one contiguous run of bytes inside
-/// one chunk. Later entries shadow earlier ones.
-struct Pending {
-    chunk: u32,
-    pos: u32,
-    data: Vec<u8>,
-    /// A full run is handed to the staging log while the file is still being written, so a
-    /// large sequential write keeps copying while the device writes; the flush then only
-    /// waits for it. Such a run is frozen: later writes over it start a new run.
-    early: EarlyStage,
-}
-
-/// A flush's slices as its phases hand them on (see [`Engine::flush_locked`]).
-struct FlushPlan {
-    /// One per pending run, in order.
-    ids: Vec<u64>,
-    slices: Vec<SliceRec>,
-    /// The chunk of each slice.
-    chunks: Vec<u32>,
-    /// Slices in the staging log (or to ride with the commit), with their `T` records.
-    staged: Vec<(u64, Staged)>,
-    /// Block objects of the slices the staging log refused, PUT before the commit.
-    objects: Vec<(String, Bytes)>,
-    /// The last slice, to be staged in one record with the metadata change.
-    carried: Option<(u64, RecordHeader)>,
-}
-
-#[derive(Default)]
-enum EarlyStage {
-    #[default]
-    NotYet,
-    /// Submitted under this slice id; the flush waits for it.
-    Submitted {
-        id: u64,
-        append: crate::staging::PendingAppend,
-    },
-    /// The staging log had no room in time: the flush uploads it directly, without waiting
-    /// for room a second time.
-    Bypassed,
-}
-
-impl Pending {
-    fn frozen(&self) -> bool {
-        !matches!(self.early, EarlyStage::NotYet)
-    }
-}
-
-/// In-memory state of an inode while it is open or being changed.
-#[derive(Default)]
-pub(crate) struct FileState {
-    pending: Vec<Pending>,
-    pending_bytes: u64,
-    /// Size and times that include the pending writes; `None` when nothing is pending.
-    overlay: Option<Overlay>,
-}
-
-#[derive(Clone, Copy)]
-struct Overlay {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
-
-struct OpenInode {
-    /// Handles and temporary users of this entry; it leaves the table at zero.
-    pins: u64,
-    /// Open handles only (an inode with nlink 0 is deleted when this reaches zero).
-    handles: u64,
-    /// Its last name went while handles were open: the last close deletes it.
-    unlinked: bool,
-    state: Arc<RwLock<FileState>>,
-}
-
-struct Handle {
-    ino: Ino,
-    /// Opened for writing (such a file is never served by passthrough).
-    writing: bool,
-    /// Where its reader is, for readahead.
-    stream: crate::readahead::Stream,
-}
-
 pub struct Engine {
     /// The metadata store; refuses changes once the engine has shut down.
     pub(crate) meta: Arc<crate::meta::Meta>,
@@ -178,13 +89,12 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) writeback: Option<Arc<Uploader>>,
     inode_ids: IdAllocator,
-    slice_ids: Arc<IdAllocator>,
-    /// Open and pinned inodes, sharded by inode number so that writers of different files
-    /// never meet on one lock.
-    open: Vec<Mutex<HashMap<Ino, OpenInode>>>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    /// Open inodes with their buffered writes, and file handles.
+    open: OpenFiles,
+    /// Buffered writes and their flush.
+    write: WritePath,
+    /// Directory listings of open directory handles.
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
-    next_fh: AtomicU64,
     /// Reads object data through the block cache and the local data cache.
     pub(crate) reader: Arc<ObjectReader>,
     pub(crate) counters: Arc<Counters>,
@@ -194,8 +104,6 @@ pub struct Engine {
     background: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Size and mtime of each file at its last open here, for `keep_cache`.
     opened_as: Mutex<HashMap<Ino, (i64, u64)>>,
-    /// Inodes marked with [`schema::SYNC_UPLOAD_XATTR`] (mirror of the `Y` keys).
-    sync_marks: RwLock<std::collections::HashSet<Ino>>,
     /// Held for the whole of [`Engine::shutdown`]; true once it has run. Afterwards changes
     /// are refused (nothing would make them durable or upload them): see [`crate::meta::Meta::close`].
     shut_down: Mutex<bool>,
@@ -259,6 +167,20 @@ impl Engine {
             stop: stop.clone(),
             block_size: volume.block_size as usize,
         });
+        let write = WritePath {
+            meta: meta.clone(),
+            storage: storage.clone(),
+            uploader: writeback.clone(),
+            slice_ids,
+            counters: counters.clone(),
+            stop: stop.clone(),
+            block_size: volume.block_size as usize,
+            chunk_size: volume.chunk_size,
+            max_dirty_per_file: config.max_dirty_per_file,
+            max_uploads: config.max_uploads,
+            namespace_log: config.staging.as_ref().and_then(|s| s.wal.clone()),
+            sync_marks: RwLock::new(Default::default()),
+        };
         let engine = Arc::new(Engine {
             reader,
             meta,
@@ -267,19 +189,14 @@ impl Engine {
             writeback,
             config,
             inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, 256),
-            slice_ids,
-            open: (0..OPEN_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-            handles: Mutex::new(HashMap::new()),
+            open: OpenFiles::default(),
+            write,
             dirs: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
             counters,
             reclaim,
             upload_catalog,
             stop,
             background: Mutex::new(Vec::new()),
-            sync_marks: RwLock::new(Default::default()),
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
         });
@@ -288,7 +205,7 @@ impl Engine {
             .store()
             .update(Durability::Durable, &mut |t| namespace::init(t))?;
         let marks = engine.view(namespace::sync_marks)?;
-        *engine.sync_marks.write() = marks;
+        *engine.write.sync_marks.write() = marks;
         if let Some(wb) = engine.writeback.as_ref() {
             let replayed = engine
                 .config
@@ -347,28 +264,8 @@ impl Engine {
         self.volume.chunk_size
     }
 
-    /// Largest slice: 16 MiB, and at most a quarter of a staging segment so every slice can
-    /// be staged.
-    fn max_run_bytes(&self) -> usize {
-        let mut max = MAX_SLICE_BYTES;
-        if let Some(wb) = self.writeback.as_ref() {
-            max = max.min((wb.opts.segment_size / 4) as usize);
-        }
-        max.max(MIN_SLICE_LIMIT)
-    }
-
-    fn open_shard(&self, ino: Ino) -> &Mutex<HashMap<Ino, OpenInode>> {
-        &self.open[(ino as usize) % OPEN_SHARDS]
-    }
-
     fn refuse_after_shutdown(&self) -> Result<()> {
         self.meta.refuse_if_closed()
-    }
-
-    /// The namespace log, while the metadata store it writes ahead of is open.
-    fn namespace_log(&self) -> Option<Arc<crate::wal::WalStore>> {
-        let staging = self.config.staging.as_ref()?;
-        staging.wal.as_ref()?.upgrade()
     }
 
     pub(crate) fn stopping_now(&self) -> bool {
@@ -391,14 +288,6 @@ impl Engine {
         self.meta.update(f)
     }
 
-    pub(crate) fn update_with<T>(
-        &self,
-        durability: Durability,
-        f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
-    ) -> Result<T> {
-        self.meta.update_with(durability, f)
-    }
-
     /// Attributes of an inode read earlier as `rec`. For an open file the record is read again
     /// under the file's state lock, so that a flush committing between the two reads cannot
     /// make a stale size pass for the current one.
@@ -409,7 +298,7 @@ impl Engine {
             let st = state.read();
             if let Ok(fresh) = self.view(|r| schema::must_inode(r, ino)) {
                 let mut attr = to_attr(ino, &fresh, self.blksize());
-                if let Some(ov) = st.overlay {
+                if let Some(ov) = st.overlay() {
                     attr.size = ov.size;
                     attr.blocks = ov.size.div_ceil(512);
                     attr.mtime = schema::from_ns(ov.mtime_ns);
@@ -424,51 +313,11 @@ impl Engine {
     // ---------------------------------------------------------------- pins and handles
 
     pub(crate) fn pin(&self, ino: Ino, handle: bool) -> Arc<RwLock<FileState>> {
-        let mut open = self.open_shard(ino).lock();
-        let entry = open.entry(ino).or_insert_with(|| OpenInode {
-            pins: 0,
-            handles: 0,
-            unlinked: false,
-            state: Arc::new(RwLock::new(FileState::default())),
-        });
-        entry.pins += 1;
-        if handle {
-            entry.handles += 1;
-        }
-        entry.state.clone()
+        self.open.pin(ino, handle)
     }
 
-    /// Drops a pin; returns true if it was the last open handle of an inode whose last name
-    /// went while it was open (see [`Self::keep_unlinked`]): the caller deletes it.
     pub(crate) fn unpin(&self, ino: Ino, handle: bool) -> bool {
-        let mut open = self.open_shard(ino).lock();
-        let Some(entry) = open.get_mut(&ino) else {
-            return false;
-        };
-        entry.pins -= 1;
-        let mut last_handle = false;
-        if handle {
-            entry.handles -= 1;
-            last_handle = entry.handles == 0 && entry.unlinked;
-        }
-        if entry.pins == 0 {
-            open.remove(&ino);
-        }
-        last_handle
-    }
-
-    /// Whether `ino`, losing its last name, has open handles; if so its last close will
-    /// delete it. Checked and marked under the table's lock, so that a close either comes
-    /// before (and the caller deletes the inode now) or sees the mark.
-    fn keep_unlinked(&self, ino: Ino) -> bool {
-        let mut open = self.open_shard(ino).lock();
-        match open.get_mut(&ino) {
-            Some(o) if o.handles > 0 => {
-                o.unlinked = true;
-                true
-            }
-            _ => false,
-        }
+        self.open.unpin(ino, handle)
     }
 
     // ---------------------------------------------------------------- namespace
@@ -526,7 +375,7 @@ impl Engine {
     ) -> Result<Attr> {
         let mut state = state.write();
         // Settle buffered data first so sizes and times below apply on top of it.
-        self.flush_locked(ino, &mut state, false)?;
+        self.write.flush_locked(ino, &mut state, false)?;
         let chunk_size = self.chunk_size();
         let rec = self.update(|t| namespace::setattr(t, caller, ino, set, chunk_size))?;
         Ok(to_attr(ino, &rec, self.blksize()))
@@ -610,7 +459,7 @@ impl Engine {
     }
 
     pub fn unlink(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
-        self.update(|t| namespace::unlink(t, parent, name, &|ino| self.keep_unlinked(ino)))
+        self.update(|t| namespace::unlink(t, parent, name, &|ino| self.open.keep_unlinked(ino)))
     }
 
     pub fn rmdir(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
@@ -620,7 +469,7 @@ impl Engine {
         if name == b".." {
             return Err(FsError::new(libc::ENOTEMPTY, "cannot remove \"..\""));
         }
-        self.update(|t| namespace::rmdir(t, parent, name, &|ino| self.keep_unlinked(ino)))
+        self.update(|t| namespace::rmdir(t, parent, name, &|ino| self.open.keep_unlinked(ino)))
     }
 
     pub fn rename(
@@ -639,7 +488,7 @@ impl Engine {
             ));
         }
         self.update(|t| {
-            let still_open = |ino| self.keep_unlinked(ino);
+            let still_open = |ino| self.open.keep_unlinked(ino);
             namespace::rename(t, parent, name, new_parent, new_name, flags, &still_open)
         })
     }
@@ -658,19 +507,6 @@ impl Engine {
 
     // ---------------------------------------------------------------- open files
 
-    fn new_handle(&self, ino: Ino, writing: bool) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(
-            fh,
-            Handle {
-                ino,
-                writing,
-                stream: Default::default(),
-            },
-        );
-        fh
-    }
-
     /// Opens a file; `flags` are the open(2) flags (O_TRUNC is honoured here). Returns a handle.
     pub fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<u64> {
         self.open_file(caller, ino, flags).map(|(fh, _)| fh)
@@ -684,7 +520,7 @@ impl Engine {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let buffered = self
             .state_of(ino)
-            .is_some_and(|s| s.read().overlay.is_some());
+            .is_some_and(|s| s.read().overlay().is_some());
         let now = (rec.mtime_ns, rec.size);
         // Reads served from the kernel's page cache never reach the engine: when the next
         // read must move the access time, the cache is dropped so that the read comes here.
@@ -723,17 +559,12 @@ impl Engine {
     /// staged, with no buffered writes and not open for writing on this node.
     pub fn passthrough_source(&self, ino: Ino) -> Option<std::fs::File> {
         let disk = self.reader.disk.as_ref()?;
-        if self
-            .handles
-            .lock()
-            .values()
-            .any(|h| h.ino == ino && h.writing)
-        {
+        if self.open.has_writer(ino) {
             return None;
         }
         if self
             .state_of(ino)
-            .is_some_and(|s| s.read().overlay.is_some())
+            .is_some_and(|s| s.read().overlay().is_some())
         {
             return None;
         }
@@ -780,7 +611,7 @@ impl Engine {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
         self.pin(ino, true);
-        let fh = self.new_handle(ino, writing);
+        let fh = self.open.new_handle(ino, writing);
         if flags & libc::O_TRUNC != 0 && writing && rec.kind == FileKind::File {
             let set = SetAttr {
                 size: Some(0),
@@ -807,7 +638,7 @@ impl Engine {
         match self.make_node(caller, parent, name, FileKind::File, mode, 0, &[]) {
             Ok((ino, rec)) => {
                 self.pin(ino, true);
-                let fh = self.new_handle(ino, true);
+                let fh = self.open.new_handle(ino, true);
                 Ok((to_attr(ino, &rec, self.blksize()), fh))
             }
             Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
@@ -823,10 +654,7 @@ impl Engine {
     }
 
     fn state_of(&self, ino: Ino) -> Option<Arc<RwLock<FileState>>> {
-        self.open_shard(ino)
-            .lock()
-            .get(&ino)
-            .map(|o| o.state.clone())
+        self.open.state_of(ino)
     }
 
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -837,11 +665,7 @@ impl Engine {
             && !out.is_empty()
         {
             let len = out.len() as u64;
-            let sequential = self
-                .handles
-                .lock()
-                .get_mut(&fh)
-                .is_some_and(|h| h.stream.advance(offset, len));
+            let sequential = self.open.advance_stream(fh, offset, len);
             let bs = self.volume.block_size;
             // Once per block boundary crossed (and at the start of a stream), not per read.
             if sequential && (offset / bs != (offset + len) / bs || offset < len * 2) {
@@ -863,10 +687,10 @@ impl Engine {
         if rec.kind == FileKind::Dir {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
-        let file_size = state.overlay.map(|o| o.size).unwrap_or(rec.size);
+        let file_size = state.overlay().map(|o| o.size).unwrap_or(rec.size);
         // The times a reader sees: buffered writes count as modifications.
         let (mtime_ns, ctime_ns) = state
-            .overlay
+            .overlay()
             .map_or((rec.mtime_ns, rec.ctime_ns), |o| (o.mtime_ns, o.ctime_ns));
         if size == 0 {
             return Ok(Vec::new());
@@ -893,14 +717,14 @@ impl Engine {
                     .read_piece(&piece, &mut out[dst_off..dst_off + piece.len as usize])?;
             }
             // Pending writes are newer than anything stored.
-            for p in state.pending.iter().filter(|p| p.chunk == chunk) {
-                let p_end = p.pos + p.data.len() as u32;
-                let lo = p.pos.max(in_start);
+            for (p_pos, p_data) in state.pending_in(chunk) {
+                let p_end = p_pos + p_data.len() as u32;
+                let lo = p_pos.max(in_start);
                 let hi = p_end.min(in_end);
                 if lo < hi {
                     let dst_off = (chunk_start + lo as u64 - offset) as usize;
                     out[dst_off..dst_off + (hi - lo) as usize]
-                        .copy_from_slice(&p.data[(lo - p.pos) as usize..(hi - p.pos) as usize]);
+                        .copy_from_slice(&p_data[(lo - p_pos) as usize..(hi - p_pos) as usize]);
                 }
             }
             pos = chunk_start + in_end as u64;
@@ -939,433 +763,24 @@ impl Engine {
         }
         self.refuse_after_shutdown()?;
         let state = self.pin(ino, false);
-        let result = self.write_pinned(caller, ino, offset, data, &state);
+        let result = self
+            .write
+            .write(caller, ino, offset, data, &mut state.write());
         self.unpin(ino, false);
         result
-    }
-
-    fn write_pinned(
-        &self,
-        caller: &Caller,
-        ino: Ino,
-        offset: u64,
-        data: &[u8],
-        state: &Arc<RwLock<FileState>>,
-    ) -> Result<u32> {
-        let mut state = state.write();
-        if state.overlay.is_none() {
-            // The first write since the last flush: privileges are dropped here, once (a
-            // setxattr of capabilities flushes, so the next write comes back here).
-            let caps_key = schema::xattr_key(ino, schema::CAPS_XATTR);
-            let (rec, has_caps) =
-                self.view(|r| Ok((schema::must_inode(r, ino)?, r.get(&caps_key)?.is_some())))?;
-            if rec.kind != FileKind::File {
-                return Err(FsError::new(libc::EINVAL, "not a regular file"));
-            }
-            // Writing by an unprivileged user drops set-id bits; any write drops capabilities.
-            let kill_setid =
-                caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0;
-            if kill_setid || has_caps {
-                self.update(|t| namespace::drop_privileges(t, ino, kill_setid, has_caps))?;
-            }
-            state.overlay = Some(Overlay {
-                size: rec.size,
-                mtime_ns: rec.mtime_ns,
-                ctime_ns: rec.ctime_ns,
-            });
-        }
-        let cs = self.chunk_size();
-        let mut done = 0usize;
-        while done < data.len() {
-            let pos = offset + done as u64;
-            let chunk = (pos / cs) as u32;
-            let in_chunk = (pos % cs) as u32;
-            let n = ((cs - in_chunk as u64) as usize).min(data.len() - done);
-            add_pending(
-                &mut state.pending,
-                chunk,
-                in_chunk,
-                &data[done..done + n],
-                self.max_run_bytes(),
-            );
-            done += n;
-        }
-        let now = schema::now_ns();
-        let ov = state.overlay.as_mut().expect("set above");
-        ov.size = ov.size.max(offset + data.len() as u64);
-        ov.mtime_ns = now;
-        ov.ctime_ns = now;
-        state.pending_bytes += data.len() as u64;
-        self.counters
-            .dirty_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        // Many small runs make a large transaction: flush by count too, so a random writer
-        // never stalls for seconds on one huge flush.
-        if state.pending_bytes >= self.config.max_dirty_per_file
-            || state.pending.len() >= MAX_PENDING_RUNS
-        {
-            self.flush_locked(ino, &mut state, false)?;
-        } else {
-            self.stage_full_runs(ino, &mut state);
-        }
-        Ok(data.len() as u32)
-    }
-
-    /// Hands every full run that is not yet staged to the staging log (see
-    /// [`Pending::early`]). The flush that follows waits for them; until then their data is
-    /// still read from memory.
-    fn stage_full_runs(&self, ino: Ino, state: &mut FileState) {
-        let Some(wb) = self.writeback.as_ref().filter(|wb| wb.opts.writeback) else {
-            return;
-        };
-        let max_run = self.max_run_bytes();
-        for p in state.pending.iter_mut() {
-            if p.frozen() || p.data.len() < max_run {
-                continue;
-            }
-            // An id that cannot be had now is asked for again by the flush (which reports
-            // the error).
-            let Ok(id) = self.slice_ids.next(self.meta.store()) else {
-                return;
-            };
-            p.early = match wb.submit_stage(ino, p.chunk, p.pos, id, &p.data) {
-                Some(append) => EarlyStage::Submitted { id, append },
-                None => EarlyStage::Bypassed,
-            };
-        }
-    }
-
-    /// Turns the inode's pending writes into slices and commits them. Writeback: each slice
-    /// goes to the staging log (O_DIRECT) and the commit goes through the namespace log, so
-    /// this survives a crash of spoolfs or the kernel; `durable` adds a device flush (power
-    /// cut). Standard mode, or when staging has no room: the blocks are PUT first and the
-    /// metadata commit is durable.
-    fn flush_locked(&self, ino: Ino, state: &mut FileState, durable: bool) -> Result<()> {
-        let Some(overlay) = state.overlay else {
-            return Ok(());
-        };
-        let wb = self.writeback.as_ref().filter(|wb| wb.opts.writeback);
-        // Ids first (the only step that can fail), so that every append submitted below is
-        // also waited for.
-        let ids = self.flush_ids(state)?;
-        let mut plan = self.flush_stage(ino, state, wb, ids);
-        // What the staging log refused goes to the object store before the commit.
-        let uploaded_directly = !plan.objects.is_empty();
-        if uploaded_directly {
-            self.put_objects(std::mem::take(&mut plan.objects))?;
-        }
-        // Standard mode: close(2) promises the data is in the object store and the metadata
-        // that points at it survives a crash. Writeback: the namespace log makes the commit
-        // crash-safe; `durable` (fsync) adds a device flush.
-        let durability = if durable || (uploaded_directly && !self.is_writeback()) {
-            Durability::Durable
-        } else {
-            Durability::Visible
-        };
-        self.flush_commit(ino, state, wb, overlay, durability, &mut plan)?;
-        self.flush_hand_off(ino, state, wb, plan)
-    }
-
-    /// Flush phase 1: a slice id per pending run (runs staged early already have theirs).
-    fn flush_ids(&self, state: &FileState) -> Result<Vec<u64>> {
-        state
-            .pending
-            .iter()
-            .map(|p| match p.early {
-                EarlyStage::Submitted { id, .. } => Ok(id),
-                _ => self.slice_ids.next(self.meta.store()),
-            })
-            .collect()
-    }
-
-    /// Flush phase 2: stages every run but the last (the last rides with the commit when
-    /// it can), waits for the appends, and plans the direct upload of what the log refused.
-    fn flush_stage(
-        &self,
-        ino: Ino,
-        state: &mut FileState,
-        wb: Option<&Arc<Uploader>>,
-        ids: Vec<u64>,
-    ) -> FlushPlan {
-        let bs = self.volume.block_size as usize;
-        let now = schema::now_ns();
-        let last = state.pending.len().saturating_sub(1);
-        let mut plan = FlushPlan {
-            slices: Vec::with_capacity(state.pending.len()),
-            chunks: state.pending.iter().map(|p| p.chunk).collect(),
-            staged: Vec::new(),
-            objects: Vec::new(),
-            carried: None,
-            ids,
-        };
-        // All slices but the last go to the engine thread at once, written as one batch. A
-        // run staged early is waited for like them; if this flush fails, the next one stages
-        // the run again (the records of a failed flush are freed by the commit phase).
-        let mut submitted = Vec::with_capacity(state.pending.len());
-        for (i, (p, &id)) in state.pending.iter_mut().zip(&plan.ids).enumerate() {
-            let size = p.data.len() as u32;
-            let (carry, pending) = match std::mem::take(&mut p.early) {
-                EarlyStage::Submitted { append, .. } => (false, Some(append)),
-                EarlyStage::Bypassed => (false, None),
-                EarlyStage::NotYet => {
-                    let carry = i == last
-                        && wb.is_some_and(|wb| {
-                            self.namespace_log().is_some() && wb.wait_for_room(size as u64)
-                        });
-                    let pending = if carry {
-                        None
-                    } else {
-                        wb.and_then(|wb| wb.submit_stage(ino, p.chunk, p.pos, id, &p.data))
-                    };
-                    (carry, pending)
-                }
-            };
-            submitted.push((carry, pending));
-        }
-        for ((p, &id), (carry, pending)) in state.pending.iter().zip(&plan.ids).zip(submitted) {
-            let size = p.data.len() as u32;
-            let rec = StagedRec {
-                ino,
-                chunk: p.chunk,
-                size,
-                segment: spoolfs_uploader::UNKNOWN_SEGMENT,
-                offset: 0,
-                staged_ns: now,
-            };
-            let loc = match (wb, pending) {
-                (Some(wb), Some(pending)) => wb.finish_stage(id, pending),
-                _ => None,
-            };
-            if carry {
-                let header = RecordHeader {
-                    ino,
-                    chunk: p.chunk,
-                    pos: p.pos,
-                    slice_id: id,
-                    len: size,
-                    meta_len: 0,
-                };
-                plan.carried = Some((id, header));
-                plan.staged.push((id, Staged::pending(rec)));
-            } else if let Some(loc) = loc {
-                plan.staged.push((id, Staged::at(rec, loc)));
-            } else {
-                for (_, key, block) in split_blocks(id, &p.data, bs) {
-                    plan.objects.push((key, encode_block(block)));
-                }
-            }
-            plan.slices.push(SliceRec {
-                id,
-                size,
-                off: 0,
-                len: size,
-                pos: p.pos,
-            });
-        }
-        plan
-    }
-
-    /// Flush phase 3: one metadata transaction lays the slices over the chunk maps, records
-    /// the slices that died and the `T` records, and stores size and times; the last slice
-    /// rides in the same staging record when it was kept for that. On failure the staged
-    /// records are freed; a carried slice the log refused after the commit is uploaded
-    /// directly and its `T` record unlinked.
-    fn flush_commit(
-        &self,
-        ino: Ino,
-        state: &FileState,
-        wb: Option<&Arc<Uploader>>,
-        overlay: Overlay,
-        durability: Durability,
-        plan: &mut FlushPlan,
-    ) -> Result<()> {
-        let (slices, chunks, staged) = (&plan.slices, &plan.chunks, &plan.staged);
-        let mut commit = |t: &mut dyn KvTxn| {
-            let mut rec = schema::must_inode(t, ino)?;
-            let mut used = 0i64;
-            let mut i = 0;
-            while i < slices.len() {
-                let chunk = chunks[i];
-                let mut touched = Vec::new();
-                while i < slices.len() && chunks[i] == chunk {
-                    touched.extend(data::insert_stored(t, ino, chunk, slices[i])?);
-                    // A slice written and shadowed within this same flush is dead at once.
-                    touched.push(slices[i]);
-                    used += slices[i].size as i64;
-                    i += 1;
-                }
-                for (id, size) in data::dead_stored(t, ino, chunk, &touched)? {
-                    t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
-                    used -= size as i64;
-                }
-            }
-            for (id, s) in staged {
-                t.put(&schema::staged_key(*id), &schema::encode(&s.rec))?;
-            }
-            rec.size = overlay.size;
-            rec.mtime_ns = overlay.mtime_ns;
-            rec.ctime_ns = overlay.ctime_ns;
-            schema::put_inode(t, ino, &rec)?;
-            schema::add_u64(t, schema::USED_BYTES_KEY, used)?;
-            Ok(())
-        };
-        let last = state.pending.len().saturating_sub(1);
-        let result = match (wb, plan.carried) {
-            (Some(wb), Some((id, header))) => {
-                let data = &state.pending[last].data;
-                self.commit_carried(wb, durability, &mut commit, (id, header, data))
-                    .map(|placed| (id, placed))
-                    .map(Some)
-            }
-            _ => self.update_with(durability, commit).map(|()| None),
-        };
-        match result {
-            Err(e) => {
-                // Nothing points at the staged records: give their space back.
-                for (_, s) in &plan.staged {
-                    if let Some(loc) = s.placed() {
-                        wb.expect("staged").opts.log.free(&loc);
-                    }
-                }
-                return Err(e);
-            }
-            Ok(Some((id, Some((loc, seq))))) => {
-                let s = plan
-                    .staged
-                    .iter_mut()
-                    .find(|(i, _)| *i == id)
-                    .expect("carried");
-                s.1 = Staged::at(s.1.rec, loc).carrying(seq);
-            }
-            Ok(Some((id, None))) => {
-                // The staging log refused the carried slice after its metadata committed: put
-                // it in the object store and unlink its `T` record before acknowledging.
-                let data = &state.pending[last].data;
-                let bs = self.volume.block_size as usize;
-                let objects = split_blocks(id, data, bs)
-                    .map(|(_, key, block)| (key, encode_block(block)))
-                    .collect();
-                self.put_objects(objects)?;
-                self.update_with(durability, |t| t.delete(&schema::staged_key(id)))?;
-                plan.staged.retain(|(i, _)| *i != id);
-            }
-            Ok(None) => {}
-        }
-        Ok(())
-    }
-
-    /// Flush phase 4: hands the staged slices (and their buffers, while the upload buffer
-    /// has room) to the uploader, empties the inode's pending state, and, under a sync mark,
-    /// waits for the uploads.
-    fn flush_hand_off(
-        &self,
-        ino: Ino,
-        state: &mut FileState,
-        wb: Option<&Arc<Uploader>>,
-        plan: FlushPlan,
-    ) -> Result<()> {
-        let staged = plan.staged;
-        if let Some(wb) = wb
-            && !staged.is_empty()
-        {
-            // The uploaders take the data from memory while the upload buffer has room,
-            // instead of reading it back from the staging device.
-            let staged_ids: HashSet<u64> = staged.iter().map(|(id, _)| *id).collect();
-            for (p, id) in state.pending.iter_mut().zip(&plan.ids) {
-                if staged_ids.contains(id) {
-                    wb.keep_for_upload(*id, std::mem::take(&mut p.data));
-                }
-            }
-            wb.add(&staged);
-        }
-        self.counters
-            .dirty_bytes
-            .fetch_sub(state.pending_bytes, Ordering::Relaxed);
-        state.pending.clear();
-        state.pending_bytes = 0;
-        state.overlay = None;
-        if let Some(wb) = wb
-            && !staged.is_empty()
-            && self.under_sync_mark(ino)?
-        {
-            // A marked tree: the data must be in the object store before close returns.
-            let ids: Vec<u64> = staged.iter().map(|(id, _)| *id).collect();
-            self.wait_uploaded(wb, &ids)?;
-            self.persist_meta()?;
-        }
-        Ok(())
-    }
-
-    /// Whether `ino` or a directory above it carries [`schema::SYNC_UPLOAD_XATTR`].
-    fn under_sync_mark(&self, ino: Ino) -> Result<bool> {
-        let marks = self.sync_marks.read();
-        if marks.is_empty() {
-            return Ok(false);
-        }
-        self.view(|r| {
-            let mut cur = ino;
-            // Bounded: a corrupt parent chain must not loop forever.
-            for _ in 0..4096 {
-                if marks.contains(&cur) {
-                    return Ok(true);
-                }
-                let parent = schema::must_inode(r, cur)?.parent;
-                if parent == cur || parent == 0 {
-                    return Ok(false);
-                }
-                cur = parent;
-            }
-            Ok(false)
-        })
-    }
-
-    /// PUTs objects written around the staging log (standard mode, or no room to stage).
-    fn put_objects(&self, objects: Vec<(String, Bytes)>) -> Result<()> {
-        let count = objects.len() as u64;
-        self.storage.put_many(objects, self.config.max_uploads)?;
-        self.counters
-            .objects_put
-            .fetch_add(count, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Commits a flush's metadata change with its last slice in one staging record. Returns
-    /// where the slice was staged and the number of the transaction it carries, or `None` if
-    /// the staging log refused it (the change is committed and logged on its own then).
-    fn commit_carried(
-        &self,
-        wb: &Uploader,
-        durability: Durability,
-        commit: &mut dyn FnMut(&mut dyn KvTxn) -> Result<(), MetaError>,
-        slice: (u64, RecordHeader, &[u8]),
-    ) -> Result<Option<(StagedLoc, u64)>> {
-        let (_, header, data) = slice;
-        self.refuse_after_shutdown()?;
-        let Some(wal) = self.namespace_log() else {
-            return Err(FsError::NamespaceLogClosed);
-        };
-        let mut carrier = SliceCarrier::new(wb, header, data);
-        let took = wal.update_carried(durability, commit, &mut carrier)?;
-        self.meta.mark_dirty();
-        Ok(if took { carrier.placed } else { None })
     }
 
     fn flush_inode(&self, ino: Ino) -> Result<()> {
         if let Some(state) = self.state_of(ino) {
             let mut state = state.write();
-            self.flush_locked(ino, &mut state, false)?;
+            self.write.flush_locked(ino, &mut state, false)?;
         }
         Ok(())
     }
 
     /// Flushes the buffered writes of every open file (to staging or the object store).
     pub(crate) fn flush_all_open(&self) -> Result<()> {
-        let inos: Vec<Ino> = self
-            .open
-            .iter()
-            .flat_map(|s| s.lock().keys().copied().collect::<Vec<_>>())
-            .collect();
-        for ino in inos {
+        for ino in self.open.inodes() {
             self.flush_inode(ino)?;
         }
         Ok(())
@@ -1373,12 +788,12 @@ impl Engine {
 
     /// Whether new writes are acknowledged from the staging log.
     pub fn is_writeback(&self) -> bool {
-        self.writeback.as_ref().is_some_and(|w| w.opts.writeback)
+        self.write.is_writeback()
     }
 
     /// close(2) of one descriptor: in standard mode, returns when the data is in the object store.
     pub fn flush(&self, ino: Ino, fh: u64) -> Result<()> {
-        let writing = || self.handles.lock().get(&fh).is_some_and(|h| h.writing);
+        let writing = || self.open.is_writing(fh);
         if self.config.durable_close && self.is_writeback() && writing() {
             // `--durable-close`: what close promises is what fsync promises (a descriptor
             // opened for reading has nothing to make durable).
@@ -1394,8 +809,8 @@ impl Engine {
         let _ = (fh, datasync);
         if let Some(state) = self.state_of(ino) {
             let mut state = state.write();
-            if state.overlay.is_some() {
-                self.flush_locked(ino, &mut state, true)?;
+            if state.overlay().is_some() {
+                self.write.flush_locked(ino, &mut state, true)?;
                 return Ok(());
             }
         }
@@ -1412,8 +827,7 @@ impl Engine {
     }
 
     pub fn release(&self, ino: Ino, fh: u64) -> Result<()> {
-        let known = self.handles.lock().remove(&fh);
-        if known.is_none_or(|h| h.ino != ino) {
+        if !self.open.remove_handle(ino, fh) {
             return Err(FsError::new(
                 libc::EBADF,
                 format!("unknown file handle {fh}"),
@@ -1442,7 +856,7 @@ impl Engine {
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         let entries = self.list_dir(ino)?;
         self.pin(ino, true);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.open.next_fh();
         self.dirs.lock().insert(fh, entries);
         Ok(fh)
     }
@@ -1526,7 +940,7 @@ impl Engine {
         };
         self.update(|t| namespace::setxattr(t, ino, name, value, mode, acl.as_ref()))?;
         if name == schema::SYNC_UPLOAD_XATTR {
-            self.sync_marks.write().insert(ino);
+            self.write.sync_marks.write().insert(ino);
         }
         Ok(())
     }
@@ -1554,7 +968,7 @@ impl Engine {
         namespace::check_xattr_name_len(name)?;
         self.update(|t| namespace::removexattr(t, ino, name))?;
         if name == schema::SYNC_UPLOAD_XATTR {
-            self.sync_marks.write().remove(&ino);
+            self.write.sync_marks.write().remove(&ino);
         }
         Ok(())
     }
@@ -1617,7 +1031,7 @@ impl Engine {
                 let state = self.pin(ino, false);
                 let result = (|| {
                     let mut st = state.write();
-                    self.flush_locked(ino, &mut st, false)?;
+                    self.write.flush_locked(ino, &mut st, false)?;
                     let cs = self.chunk_size();
                     self.update(|t| namespace::punch_hole(t, ino, offset, end, cs))
                 })();
@@ -1638,7 +1052,7 @@ impl Engine {
         let cache = self.reader.cache.usage();
         let mut m = EngineMetrics {
             writeback: self.is_writeback(),
-            open_files: self.handles.lock().len() as u64,
+            open_files: self.open.handle_count() as u64,
             dirty_bytes: self.counters.dirty_bytes.load(Ordering::Relaxed),
             objects_put: self.counters.objects_put.load(Ordering::Relaxed),
             objects_got: self.counters.objects_got.load(Ordering::Relaxed),
@@ -1783,18 +1197,6 @@ impl Engine {
         self.persist_meta()
     }
 
-    /// Waits until the staged slices `ids` are in the object store (or died). Without a time
-    /// limit, like a close in standard mode; fails only if the mount is stopping.
-    pub(crate) fn wait_uploaded(&self, wb: &Uploader, ids: &[u64]) -> Result<()> {
-        if wb.wait_uploaded(ids, &|| self.stopping_now()) {
-            return Ok(());
-        }
-        Err(FsError::new(
-            libc::EIO,
-            "unmounting before the data reached the object store (it stays staged)",
-        ))
-    }
-
     /// Waits until nothing is staged (or `timeout` passes); returns the bytes still staged.
     pub fn drain_uploads(&self, timeout: Option<Duration>) -> u64 {
         self.writeback.as_ref().map_or(0, |wb| wb.drain(timeout))
@@ -1839,13 +1241,8 @@ impl Engine {
     }
 
     fn shutdown_once(&self) -> Result<()> {
-        let inos: Vec<Ino> = self
-            .open
-            .iter()
-            .flat_map(|s| s.lock().keys().copied().collect::<Vec<_>>())
-            .collect();
         let mut first_err = None;
-        for ino in inos {
+        for ino in self.open.inodes() {
             if let Err(e) = self.flush_inode(ino) {
                 tracing::error!("writing inode {ino} at shutdown failed: {e}");
                 first_err.get_or_insert(e);
@@ -1939,42 +1336,4 @@ fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
         let Some(e) = engine.upgrade() else { return };
         e.reclaim.background_compact(&settings);
     }
-}
-
-/// Appends a write to the pending list: it extends or overwrites the newest pending run of
-/// its chunk when it touches it, else starts a new run.
-/// A run grows to at most `max_run` bytes; the rest of a write starts a new (newer) run.
-fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], max_run: usize) {
-    if let Some(last) = pending
-        .iter_mut()
-        .rev()
-        .find(|p| p.chunk == chunk)
-        .filter(|p| !p.frozen())
-    {
-        let last_end = last.pos + last.data.len() as u32;
-        if pos >= last.pos && pos <= last_end {
-            let at = (pos - last.pos) as usize;
-            let overlap = (last.data.len() - at).min(data.len());
-            last.data[at..at + overlap].copy_from_slice(&data[..overlap]);
-            let room = max_run.saturating_sub(last.data.len());
-            let grow = room.min(data.len() - overlap);
-            last.data.extend_from_slice(&data[overlap..overlap + grow]);
-            let used = overlap + grow;
-            if used < data.len() {
-                pending.push(Pending {
-                    chunk,
-                    pos: pos + used as u32,
-                    data: data[used..].to_vec(),
-                    early: EarlyStage::NotYet,
-                });
-            }
-            return;
-        }
-    }
-    pending.push(Pending {
-        chunk,
-        pos,
-        data: data.to_vec(),
-        early: EarlyStage::NotYet,
-    });
 }

@@ -28,6 +28,7 @@ pub mod fsck;
 mod ids;
 mod meta;
 mod namespace;
+mod open;
 mod readahead;
 mod reader;
 pub mod reclaim;
@@ -36,6 +37,7 @@ mod stop;
 pub mod types;
 pub mod volume;
 pub mod wal;
+mod write;
 pub mod writeback;
 
 pub use error::{FsError, Result};
