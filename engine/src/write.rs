@@ -5,7 +5,7 @@
 //!
 //! [`WritePath`] owns what writing needs (the metadata store, the uploader, slice ids, the
 //! sync-upload marks); the per-inode [`FileState`] lives in the open-file table
-//! (`crate::open`), whose lock the caller holds, and the read path lays its pending runs over
+//! (`open.rs`), whose lock the caller holds, and the read path lays its pending runs over
 //! what is stored.
 
 use crate::data;
