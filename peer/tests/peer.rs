@@ -250,13 +250,13 @@ fn a_silent_server_times_out_the_client() {
     }
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(450), "{took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[test]
 fn a_stalled_read_times_out_the_client() {
     let source = Arc::new(MemSlices {
-        delay: Duration::from_secs(3),
+        delay: Duration::from_secs(20),
         ..MemSlices::with(&[(1, random_bytes(8, 100))])
     });
     let server = serve(source, PeerServerConfig::default());
