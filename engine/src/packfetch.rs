@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-/// Background jobs (packs and directories) queued at most; more are dropped.
+/// Jobs queued at most, urgent and background (packs and directories) each; more are
+/// dropped.
 pub(crate) const PACK_QUEUE: usize = 1024;
 /// A directory listed again within this time is not planned again.
 pub(crate) const DIR_RESCAN_AFTER: Duration = Duration::from_secs(30);
@@ -212,6 +213,10 @@ impl PackFetcher {
                 q.urgent.push_back(pack);
             }
             return true;
+        }
+        if q.urgent.len() >= PACK_QUEUE {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
         q.pending.insert(pack);
         q.urgent.push_back(pack);
