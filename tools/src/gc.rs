@@ -252,7 +252,11 @@ pub fn describe(target: &str, opts: &GcOptions, r: &GcReport) -> String {
     if !r.dry_run {
         line(
             "dead slices:",
-            format!("{} deleted", r.dead_slices_collected),
+            format!(
+                "{} deleted ({} of objects)",
+                r.dead_slices_collected,
+                human_bytes(r.dead_object_bytes)
+            ),
         );
     }
     line("objects listed:", r.objects_listed.to_string());

@@ -293,6 +293,31 @@ pub fn describe(s: &MountStatus) -> String {
                     ),
                 );
             }
+            if !e.data_losses.is_empty() {
+                line(
+                    "DATA LOSS:",
+                    format!(
+                        "{} loss{} found at replay (corrupt staged data or namespace records; \
+                         spoolfs fsck --forget-losses clears the list)",
+                        e.data_losses.len(),
+                        if e.data_losses.len() == 1 { "" } else { "es" }
+                    ),
+                );
+                for l in &e.data_losses {
+                    let file = match (&l.path, l.ino) {
+                        (_, 0) => String::new(),
+                        (Some(p), i) => format!(
+                            "{p} (inode {i}) bytes [{}, {}): ",
+                            l.offset,
+                            l.offset + l.bytes
+                        ),
+                        (None, i) => {
+                            format!("inode {i} bytes [{}, {}): ", l.offset, l.offset + l.bytes)
+                        }
+                    };
+                    line("", format!("{file}{}", l.cause));
+                }
+            }
             if e.upload_errors > 0 {
                 line("upload errors:", e.upload_errors.to_string());
             }
