@@ -293,17 +293,17 @@ pub fn describe(s: &MountStatus) -> String {
                     ),
                 );
             }
-            if !e.data_losses.is_empty() {
+            if !s.data_losses.is_empty() {
                 line(
                     "DATA LOSS:",
                     format!(
                         "{} loss{} found at replay (corrupt staged data or namespace records; \
                          spoolfs fsck --forget-losses clears the list)",
-                        e.data_losses.len(),
-                        if e.data_losses.len() == 1 { "" } else { "es" }
+                        s.data_losses.len(),
+                        if s.data_losses.len() == 1 { "" } else { "es" }
                     ),
                 );
-                for l in &e.data_losses {
+                for l in &s.data_losses {
                     let file = match (&l.path, l.ino) {
                         (_, 0) => String::new(),
                         (Some(p), i) => format!(
@@ -419,6 +419,15 @@ mod tests {
                 .unwrap(),
             ),
             engine_error: None,
+            data_losses: vec![spoolfs_engine::losses::DataLoss {
+                found_ns: 1,
+                ino: 12,
+                path: Some("/d/f".into()),
+                offset: 0,
+                bytes: 65536,
+                slice: 77,
+                cause: "staged data fails its checksum".into(),
+            }],
         };
         let text = describe(&s);
         for needle in [
@@ -436,6 +445,8 @@ mod tests {
             "block cache:     3.0 MiB of 256.0 MiB, 8 hits, 9 misses",
             "backpressure:    4 waits for staging room, 5 slices uploaded around the log",
             "upload errors:   1",
+            "DATA LOSS:       1 loss found at replay",
+            "/d/f (inode 12) bytes [0, 65536): staged data fails its checksum",
             "pid 42",
         ] {
             assert!(text.contains(needle), "{needle:?} missing in\n{text}");
