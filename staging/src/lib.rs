@@ -135,6 +135,8 @@ mod replay;
 mod segments;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod untrusted_tests;
 mod worker;
 
 use std::path::PathBuf;
