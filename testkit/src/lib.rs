@@ -1,11 +1,13 @@
 //! Engine-agnostic helpers shared by spoolfs's tests (unit tests, the engine's integration
 //! tests and the FUSE integration suite): one seeded generator, the data patterns built on it,
-//! a content checksum, a byte comparison that reports where two buffers differ, and the check
-//! that skips FUSE tests where FUSE cannot be used.
+//! a content checksum, a byte comparison that reports where two buffers differ, the check
+//! that skips FUSE tests where FUSE cannot be used, and a private PostgreSQL server ([`pg`]).
 //!
 //! This crate depends on no spoolfs crate, so any crate can use it as a dev-dependency without
 //! a cycle. Fixtures that need the engine (a formatted volume, staging settings) live next to
 //! the engine's tests (`engine/tests/common`, `StagingSettings::for_tests`).
+
+pub mod pg;
 
 /// Deterministic pseudo-random generator (xorshift64*), so failures reproduce from the seed.
 #[derive(Clone, Debug)]
