@@ -1157,7 +1157,6 @@ impl Engine {
             staged_slices: m.staged_slices,
             oldest_staged_age_secs: m.oldest_staged_age_secs,
             upload_errors: m.upload_errors,
-            data_losses: self.meta.view(crate::losses::list).unwrap_or_default(),
             staging: staging.map(|u| {
                 format!(
                     "{} io engine, {} of {} bytes used",

@@ -208,10 +208,6 @@ pub struct EngineStatus {
     pub oldest_staged_age_secs: f64,
     #[serde(default)]
     pub upload_errors: u64,
-    /// Data losses replay recorded (corruption found in the staging or namespace log), until
-    /// `spoolfs fsck --forget-losses` clears them.
-    #[serde(default)]
-    pub data_losses: Vec<crate::losses::DataLoss>,
     /// The staging log: io engine and usage.
     #[serde(default)]
     pub staging: Option<String>,

@@ -121,7 +121,7 @@ fn one_bad_byte_in_staged_data_costs_only_that_record() {
         got.iter().all(|&b| b == 0),
         "the damaged range reads as zeros"
     );
-    let losses = e.status().data_losses;
+    let losses = e.data_losses().unwrap();
     assert_eq!(losses.len(), 1, "one reported loss: {losses:?}");
     let loss = &losses[0];
     assert_eq!(loss.ino, files[victim].1);
