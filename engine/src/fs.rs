@@ -1112,6 +1112,47 @@ impl Engine {
         m
     }
 
+    /// `spoolfs warmup`: fetches the data of every regular file under `path` (names from the
+    /// root, `/`-separated) into the local data cache, whole packs at a time, with `jobs`
+    /// fetches at once. `progress` sees how far it is now and then.
+    pub fn warm(
+        &self,
+        path: &[u8],
+        jobs: usize,
+        progress: &mut dyn FnMut(&crate::packfetch::WarmReport),
+    ) -> Result<crate::packfetch::WarmReport> {
+        let mut top = ROOT_INO;
+        for name in path
+            .split(|b| *b == b'/')
+            .filter(|n| !n.is_empty() && *n != b".")
+        {
+            top = self.lookup(top, name)?.ino;
+        }
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        match self.getattr(top)?.kind {
+            FileKind::File => files.push(top),
+            FileKind::Dir => dirs.push(top),
+            _ => {}
+        }
+        while let Some(dir) = dirs.pop() {
+            if self.stopping() {
+                return Err(FsError::new(libc::ESHUTDOWN, "the mount is stopping"));
+            }
+            for entry in self.list_dir(dir)? {
+                if entry.name == b"." || entry.name == b".." {
+                    continue;
+                }
+                match entry.kind {
+                    FileKind::File => files.push(entry.ino),
+                    FileKind::Dir => dirs.push(entry.ino),
+                    _ => {}
+                }
+            }
+        }
+        self.reader.warm(&files, jobs, progress)
+    }
+
     /// Dead slices whose objects are still to be deleted (their `G` records).
     pub fn pending_deletes(&self) -> Result<u64> {
         self.view(count_dead)

@@ -88,6 +88,21 @@ pub struct PackFetchStats {
     pub peak_bytes_in_flight: u64,
 }
 
+/// What `spoolfs warmup` did, and how far it is.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct WarmReport {
+    /// Regular files under the path.
+    pub files: u64,
+    /// Bytes of object data they need (whole packs counted whole), and how many are done.
+    pub total_bytes: u64,
+    pub done_bytes: u64,
+    /// Bytes fetched from the object store (the rest was cached already).
+    pub fetched_bytes: u64,
+    /// Packs, slices or blocks that could not be fetched.
+    pub errors: u64,
+    pub secs: f64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Job {
     Pack(u64),
@@ -222,6 +237,11 @@ impl PackFetcher {
         q.urgent.push_back(pack);
         self.work.notify_one();
         true
+    }
+
+    /// Whether [`Self::stop`] ran.
+    pub fn stopped(&self) -> bool {
+        self.queues.lock().stopped
     }
 
     /// Whether `pack` is queued or being fetched.

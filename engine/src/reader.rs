@@ -9,12 +9,13 @@ use crate::diskcache::DiskCache;
 use crate::diskcache::DiskCacheConfig;
 use crate::error::{FsError, Result};
 use crate::meta::Meta;
-use crate::packfetch::{PackFetchConfig, PackFetchStats, PackFetcher, PackSource};
+use crate::packfetch::{PackFetchConfig, PackFetchStats, PackFetcher, PackSource, WarmReport};
 use crate::readahead::{Fetch, Prefetch, Readahead};
 use crate::schema;
 use crate::types::Ino;
 use crate::volume::VolumeRecord;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use spoolfs_metadata::prefix_end;
 use spoolfs_objects::{ObjectStorage, StorageError, decode_block};
 use spoolfs_uploader::Uploader;
@@ -39,6 +40,15 @@ pub(crate) struct Counters {
     pub(crate) objects_got: AtomicU64,
     pub(crate) dirty_bytes: AtomicU64,
     pub(crate) passthrough_opens: AtomicU64,
+}
+
+/// One piece of a warmup: a pack fetched whole (id, bytes), a packed slice of a pack not
+/// fetched whole (id, bytes), or a block (slice, slice size, index).
+#[derive(Clone, Copy, Debug)]
+enum WarmItem {
+    Pack(u64, u64),
+    Slice(u64, u32),
+    Block(u64, u32, u32),
 }
 
 /// The reader's part of the engine's configuration.
@@ -383,6 +393,163 @@ impl ObjectReader {
     pub fn stop_fetches(&self) {
         if let Some(f) = &self.packs {
             f.stop();
+        }
+    }
+
+    /// Fetches the data of `files` into the local data cache with `jobs` threads: whole packs
+    /// (the same fetch as a cold read's), the slices of packs not fetched whole, and blocks.
+    /// Staged data is skipped (it is local already). `progress` sees the counts now and then
+    /// on the calling thread. Stops early when the mount stops.
+    pub fn warm(
+        &self,
+        files: &[Ino],
+        jobs: usize,
+        progress: &mut dyn FnMut(&WarmReport),
+    ) -> Result<WarmReport> {
+        let (Some(disk), Some(fetcher)) = (&self.disk, &self.packs) else {
+            return Err(FsError::new(
+                libc::EOPNOTSUPP,
+                "no local data cache, or whole-pack fetches are off (--cache-size 0 or \
+                 --pack-fetch-max 0): nothing to warm",
+            ));
+        };
+        let (work, total_bytes) = self.warm_plan(files)?;
+        let report = Mutex::new(WarmReport {
+            files: files.len() as u64,
+            total_bytes,
+            ..Default::default()
+        });
+        let next = AtomicU64::new(0);
+        let started = std::time::Instant::now();
+        let running = AtomicU64::new(jobs.max(1) as u64);
+        std::thread::scope(|s| {
+            for _ in 0..jobs.max(1) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(item) = work.get(i) else { break };
+                        if fetcher.stopped() {
+                            break;
+                        }
+                        let (bytes, fetched) = match self.warm_one(*item, disk, fetcher) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                crate::warn_limited!("warmup: {e}");
+                                report.lock().errors += 1;
+                                continue;
+                            }
+                        };
+                        let mut r = report.lock();
+                        r.done_bytes += bytes;
+                        r.fetched_bytes += fetched;
+                    }
+                    running.fetch_sub(1, Ordering::Release);
+                });
+            }
+            while running.load(Ordering::Acquire) > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+                let mut r = *report.lock();
+                r.secs = started.elapsed().as_secs_f64();
+                progress(&r);
+            }
+        });
+        let mut r = report.into_inner();
+        r.secs = started.elapsed().as_secs_f64();
+        if fetcher.stopped() {
+            return Err(FsError::new(libc::ESHUTDOWN, "the mount is stopping"));
+        }
+        Ok(r)
+    }
+
+    /// What warming `files` fetches, and its bytes.
+    fn warm_plan(&self, files: &[Ino]) -> Result<(Vec<WarmItem>, u64)> {
+        let mut packs = std::collections::HashSet::new();
+        let mut slices = std::collections::HashSet::new();
+        let mut work = Vec::new();
+        let mut bytes = 0u64;
+        let bs = self.block_size;
+        for &ino in files {
+            let segs = self.meta.view(|r| data::load_all(r, ino))?;
+            for (_, seg) in segs {
+                if seg.id == 0 || !slices.insert(seg.id) {
+                    continue;
+                }
+                if self
+                    .uploader
+                    .as_ref()
+                    .is_some_and(|wb| wb.get(seg.id).is_some())
+                {
+                    continue; // staged: read from the staging log
+                }
+                let packed = self.meta.view(|r| {
+                    let Some(v) = r.get(&schema::packed_key(seg.id))? else {
+                        return Ok(None);
+                    };
+                    let p: schema::PackedRec = schema::decode("packed slice", &v)?;
+                    let rec = match r.get(&schema::pack_key(p.pack))? {
+                        Some(v) => Some(schema::decode::<schema::PackRec>("pack", &v)?),
+                        None => None,
+                    };
+                    Ok(Some((p, rec)))
+                })?;
+                match packed {
+                    Some((p, Some(rec))) if self.fetches_whole(&rec) => {
+                        if packs.insert(p.pack) {
+                            work.push(WarmItem::Pack(p.pack, rec.size));
+                            bytes += rec.size;
+                        }
+                    }
+                    Some((p, _)) => {
+                        work.push(WarmItem::Slice(seg.id, p.len));
+                        bytes += p.len as u64;
+                    }
+                    None => {
+                        for index in 0..(seg.size as u64).div_ceil(bs) {
+                            work.push(WarmItem::Block(seg.id, seg.size, index as u32));
+                        }
+                        bytes += seg.size as u64;
+                    }
+                }
+            }
+        }
+        Ok((work, bytes))
+    }
+
+    /// Fetches one item unless it is cached: (its bytes, the bytes fetched for it).
+    fn warm_one(
+        &self,
+        item: WarmItem,
+        disk: &DiskCache,
+        fetcher: &PackFetcher,
+    ) -> std::result::Result<(u64, u64), String> {
+        match item {
+            WarmItem::Pack(pack, size) => {
+                if fetcher.pending(pack) {
+                    fetcher.wait_for(pack, PACK_WAIT);
+                }
+                let fetched = if disk.contains(BlockId::pack(pack)) {
+                    0
+                } else {
+                    self.fetch_pack(pack, fetcher)?
+                };
+                Ok((size, fetched))
+            }
+            WarmItem::Slice(slice, len) => {
+                let cached = disk.contains(BlockId::whole(slice));
+                self.get_packed(slice).map_err(|e| e.to_string())?;
+                Ok((len as u64, if cached { 0 } else { len as u64 }))
+            }
+            WarmItem::Block(slice, size, index) => {
+                let id = BlockId::block(slice, index);
+                let cached = disk.contains(id);
+                let b = self
+                    .fetch_block(slice, size, index, false)
+                    .map_err(|e| e.to_string())?;
+                let n = b.len() as u64;
+                // Blocks land in the local data cache as they are fetched; a block too large
+                // for it is not kept (nothing more to do).
+                Ok((n, if cached { 0 } else { n }))
+            }
         }
     }
 

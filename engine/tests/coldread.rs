@@ -429,3 +429,37 @@ fn pack_fetches_are_bounded_and_end_with_the_mount() {
         "at most one pack per fetcher in memory: {st:?}"
     );
 }
+
+#[test]
+fn warmup_fetches_whole_packs_and_blocks_in_parallel() {
+    let w = written();
+    let slow = Duration::from_millis(20);
+    let m = mount(&w.f, "cache-warm", slow, PackFetchConfig::default());
+    let mut seen = 0;
+    let r = m.e.warm(b"/d", 4, &mut |_| seen += 1).unwrap();
+    assert_eq!(r.files, FILES as u64);
+    assert_eq!((r.total_bytes, r.done_bytes), (w.pack_bytes, w.pack_bytes));
+    assert_eq!((r.fetched_bytes, r.errors), (w.pack_bytes, 0));
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs);
+    assert!(
+        m.counts.peak.load(Ordering::SeqCst) >= 2,
+        "fetches in parallel"
+    );
+    assert!(seen >= 1, "progress reported");
+    read_files(&m.e, &w.files, &shuffled(FILES, 7));
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs, "all local");
+    // The whole volume: the large files' blocks too; the packs are cached already.
+    let blocks = 2 * ((3u64 << 20) / common::BLOCK_SIZE as u64);
+    let r = m.e.warm(b"", 4, &mut |_| {}).unwrap();
+    assert_eq!(r.files, FILES as u64 + 2);
+    assert_eq!(r.fetched_bytes, 2 * (3 << 20));
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs + blocks);
+    let again = m.e.warm(b"", 4, &mut |_| {}).unwrap();
+    assert_eq!(again.fetched_bytes, 0);
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs + blocks);
+    assert_eq!(
+        m.e.warm(b"/nope", 4, &mut |_| {}).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    m.e.shutdown().unwrap();
+}
