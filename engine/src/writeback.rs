@@ -405,6 +405,11 @@ impl Catalog for UploadCatalog {
     fn stopping(&self) -> bool {
         self.stop.now()
     }
+
+    fn make_durable(&self) -> Result<()> {
+        self.meta.store().sync()?;
+        Ok(())
+    }
 }
 
 /// The namespace log on a staging log: the write-ahead log's records are staging records
@@ -781,6 +786,19 @@ pub fn open_staging(
         // 32 registered buffers of 1 MiB (+ header room) per engine thread.
         (32, (1 << 20) + (64 << 10)),
     )?;
+    // A data segment whose records were all freed gets a new header only once the
+    // transactions that freed them (upload commits, dead-slice collection: each already on
+    // the device when it returned) are through the device cache, so a power cut cannot bring
+    // back a `T` record pointing at a record that was overwritten.
+    {
+        let ns_log = ns_log.clone();
+        data_log.set_recycle_barrier(Arc::new(move || {
+            if !flush {
+                return Ok(());
+            }
+            ns_log.sync().map_err(|e| e.to_string())
+        }));
+    }
     tracing::info!(
         "staging log in {}: {} io engine, {} thread(s)",
         dir.display(),

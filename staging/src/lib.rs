@@ -157,6 +157,7 @@ use oneshot::RecvError;
 use parking_lot::Mutex;
 
 pub use io::FaultConfig;
+pub use segments::RecycleBarrier;
 
 use buf::{BufPool, IoBuf, MAX_POOL_BUFFERS};
 use format::{PIECE_LEN, decode_record_header, record_header_len, record_size};
@@ -564,6 +565,7 @@ impl StagingLog {
             live_records: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
             broken: AtomicU64::new(0),
+            recycle_barrier: OnceLock::new(),
             #[cfg(debug_assertions)]
             live_set: Mutex::new(Default::default()),
         };
@@ -1065,6 +1067,16 @@ impl StagingLog {
     /// The direct-I/O alignment records use.
     pub fn alignment(&self) -> u64 {
         self.shared.align
+    }
+
+    /// Sets what must happen before a segment whose records were all freed gets a new header
+    /// (which destroys them): making durable the metadata changes that freed them (an
+    /// upload's commit, a dead slice's collection). Without it, a power cut after the header
+    /// but before those changes reached stable storage would bring back metadata pointing at
+    /// records that are gone. The barrier runs on the engine thread; when it fails, the
+    /// segment is left as it is and tried again later. Set once; later calls are ignored.
+    pub fn set_recycle_barrier(&self, barrier: segments::RecycleBarrier) {
+        let _ = self.shared.recycle_barrier.set(barrier);
     }
 
     /// Unreadable regions replay found in the middle of segments (see [`LogDamage`]).

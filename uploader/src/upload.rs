@@ -44,6 +44,10 @@ pub trait Catalog: Send + Sync {
     fn objects_put(&self, count: u64);
     /// The file system is stopping: uploads stop at once.
     fn stopping(&self) -> bool;
+    /// Makes every metadata change committed so far survive a power cut. Objects of slices
+    /// that died while they were being uploaded are deleted only after it: until the death
+    /// is durable, a power cut could bring the slice back.
+    fn make_durable(&self) -> Result<(), Self::Error>;
 }
 
 /// The body of an uploader thread. It waits on the uploader's state, never holding the
@@ -270,6 +274,16 @@ fn commit_and_release<C: Catalog>(
         .uploaded_slices
         .fetch_add(done.len() as u64, Ordering::Relaxed);
     up.remove_many(&committed);
+    let orphaned = ids.iter().any(|id| !done.contains(id)) || !empty_packs.is_empty();
+    if orphaned && let Err(e) = c.make_durable() {
+        // Left for the orphan sweep of `spoolfs gc`, which deletes them once they are
+        // older than its grace period and nothing refers to them.
+        tracing::warn!(
+            "not deleting the objects of slices that died while uploading: the metadata \
+             is not durable ({e})"
+        );
+        return Ok(());
+    }
     for id in ids.iter().filter(|id| !done.contains(id)) {
         // Collected while we uploaded: the objects we just wrote belong to nobody.
         for key in &out.keys[id] {
