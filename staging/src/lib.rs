@@ -131,9 +131,12 @@
 //! **Frees are not persisted.** Replay returns every valid record of each segment's current
 //! generation, including records freed since; the engine drops those its metadata says are
 //! already uploaded. Once every record of a full segment is freed, the segment gets a new
-//! generation (header rewritten and flushed) and its old records are invalid from then on.
+//! generation (header rewritten and flushed) and its old records are invalid from then on,
+//! after the recycle barrier ([`StagingLog::set_recycle_barrier`]) has made durable what
+//! freed them; while it fails, the segment keeps its records and is tried again later.
 //! At open, segments with no valid record are given a new generation at once; segments with
-//! records are kept, sealed, until all of them are freed again.
+//! records, or with damage, are kept, sealed, until all of them are freed again (and the
+//! damage released).
 
 mod buf;
 mod format;

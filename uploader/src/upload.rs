@@ -105,6 +105,7 @@ pub fn upload_batch<C: Catalog>(c: &C, up: &Uploader) -> Result<bool, UploadErro
     set.busy -= batch.len();
     if let Err(e) = &result {
         set.upload_errors += 1;
+        set.uncertain.extend(batch.iter().map(|(id, _)| *id));
         for (id, _) in batch.iter().rev() {
             if set.map.contains_key(id) {
                 set.queue.push_front(*id);
@@ -274,7 +275,34 @@ fn commit_and_release<C: Catalog>(
         .uploaded_slices
         .fetch_add(done.len() as u64, Ordering::Relaxed);
     up.remove_many(&committed);
-    let orphaned = ids.iter().any(|id| !done.contains(id)) || !empty_packs.is_empty();
+    // Not committed now, but perhaps by an earlier attempt of ours that reported an error:
+    // their objects may be the only copy of live data. They leave the staged set (their log
+    // space is freed, if a collector has not done so) and their objects are left to the
+    // orphan sweep of `spoolfs gc`, which checks every reference first.
+    let maybe_ours: Vec<u64> = {
+        let mut set = up.set.lock();
+        let mine = ids
+            .iter()
+            .filter(|id| !done.contains(id) && set.uncertain.contains(id))
+            .copied()
+            .collect();
+        for id in &ids {
+            set.uncertain.remove(id);
+        }
+        mine
+    };
+    if !maybe_ours.is_empty() {
+        tracing::warn!(
+            "{} slice(s) of a retried upload were already committed or collected: their new \
+             objects are left to the orphan sweep",
+            maybe_ours.len()
+        );
+        up.remove_many(&maybe_ours);
+    }
+    let orphaned = ids
+        .iter()
+        .any(|id| !done.contains(id) && !maybe_ours.contains(id))
+        || !empty_packs.is_empty();
     if orphaned && let Err(e) = c.make_durable() {
         // Left for the orphan sweep of `spoolfs gc`, which deletes them once they are
         // older than its grace period and nothing refers to them.
@@ -284,7 +312,10 @@ fn commit_and_release<C: Catalog>(
         );
         return Ok(());
     }
-    for id in ids.iter().filter(|id| !done.contains(id)) {
+    for id in ids
+        .iter()
+        .filter(|id| !done.contains(id) && !maybe_ours.contains(id))
+    {
         // Collected while we uploaded: the objects we just wrote belong to nobody.
         for key in &out.keys[id] {
             let _ = up.storage.delete(key);
