@@ -48,11 +48,12 @@
 //! # On-disk format (segment header version 1, record version 2; all integers little-endian)
 //!
 //! The staging directory holds segment files `seg-NNNNNN.log` (NNNNNN = segment index,
-//! decimal, 6 digits), `0 <= index < max_segments`. Each is exactly `segment_size` bytes,
-//! created as `seg-NNNNNN.tmp`, preallocated (`fallocate`), really written with zeros,
-//! `fsync`ed, renamed into place and the directory `fsync`ed; afterwards it is only ever
-//! overwritten in place with O_DIRECT, so no write changes file-system metadata. Files are
-//! created lazily when a segment is first needed. Each engine thread also keeps a bulk
+//! decimal, at least 6 digits), `0 <= index < max_segments` (at most [`MAX_SEGMENTS`]; a file
+//! named with a larger index is refused, not trusted to size the log). Each is exactly
+//! `segment_size` bytes, created as `seg-NNNNNN.tmp`, preallocated (`fallocate`), really
+//! written with zeros, `fsync`ed, renamed into place and the directory `fsync`ed; afterwards
+//! it is only ever overwritten in place with O_DIRECT, so no write changes file-system
+//! metadata. Files are created lazily when a segment is first needed. Each engine thread also keeps a bulk
 //! segment for records of at least 1 MiB; one created for that is only preallocated, not
 //! zero-filled (its first writes convert extents, which a few large records can afford),
 //! and small records use it only when no other segment is free.
@@ -146,6 +147,8 @@ mod replay;
 mod segments;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod untrusted_tests;
 mod worker;
 
 use std::path::PathBuf;
@@ -160,7 +163,7 @@ use oneshot::RecvError;
 use parking_lot::Mutex;
 
 pub use io::FaultConfig;
-pub use segments::RecycleBarrier;
+pub use segments::{MAX_SEGMENTS, RecycleBarrier};
 
 use buf::{BufPool, IoBuf, MAX_POOL_BUFFERS};
 use format::{PIECE_LEN, decode_record_header, record_header_len, record_size};
@@ -495,6 +498,12 @@ impl StagingLog {
                 "max_segments and threads must be positive".into(),
             ));
         }
+        if config.max_segments > MAX_SEGMENTS {
+            return Err(StagingError::Invalid(format!(
+                "{} segments, at most {MAX_SEGMENTS} (use larger segments)",
+                config.max_segments
+            )));
+        }
         if tuning.pool_buffers > MAX_POOL_BUFFERS {
             return Err(StagingError::Invalid(format!(
                 "{} pool buffers per thread, at most {MAX_POOL_BUFFERS}",
@@ -512,12 +521,17 @@ impl StagingLog {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(n) = name.strip_prefix("seg-") {
-                if let Some(i) = n.strip_suffix(".log").and_then(|i| i.parse().ok()) {
-                    existing.push(i);
-                } else if n.ends_with(".tmp") {
-                    let _ = std::fs::remove_file(entry.path());
+            if let Some(i) = segments::parse_segment_name(&name) {
+                if i as usize >= MAX_SEGMENTS {
+                    return Err(StagingError::Invalid(format!(
+                        "{:?}: segment index {i} is beyond the limit of {MAX_SEGMENTS} \
+                         segments, so not a file this log wrote; move it out of the directory",
+                        entry.path()
+                    )));
                 }
+                existing.push(i);
+            } else if name.starts_with("seg-") && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
             }
         }
         existing.sort_unstable();
@@ -1169,11 +1183,7 @@ pub fn scan_dir(dir: &std::path::Path, volume_uuid: [u8; 16]) -> Result<LogScan,
         .flatten()
         .filter_map(|e| {
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.strip_prefix("seg-")?
-                .strip_suffix(".log")?
-                .parse()
-                .ok()
+            segments::parse_segment_name(&name.to_string_lossy())
         })
         .collect();
     existing.sort_unstable();

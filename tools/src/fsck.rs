@@ -87,6 +87,10 @@ fn check(args: &FsckArgs) -> Result<ExitCode> {
         ),
         Err(e) => return Err(anyhow!(e).context("cannot open the metadata store")),
     };
+    spoolfs_engine::session::refuse_if_mounted(
+        meta.as_ref(),
+        "unmount it first: fsck checks unmounted volumes only",
+    )?;
     let record = spoolfs_engine::volume::read_record(meta.as_ref())
         .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
         .ok_or_else(|| anyhow!("no volume in {}", meta.describe()))?;

@@ -201,6 +201,10 @@ fn offline(
             e
         }
     })?;
+    spoolfs_engine::session::refuse_if_mounted(
+        meta.as_ref(),
+        "run `spoolfs gc MOUNTPOINT` on its mount instead",
+    )?;
     let record = spoolfs_engine::volume::read_record(meta.as_ref())
         .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
         .ok_or_else(|| anyhow!("no volume in {}", meta.describe()))?;
