@@ -604,13 +604,7 @@ mod tests {
     /// A power cut: like [`crash_replay`], with only the records a `sync` covered.
     fn power_cut_replay(log: &Arc<MemLog>) -> (WalStore, usize) {
         let synced = Arc::new(MemLog::default());
-        *synced.records.lock() = log
-            .records
-            .lock()
-            .iter()
-            .filter(|r| r.2)
-            .cloned()
-            .collect();
+        *synced.records.lock() = log.records.lock().iter().filter(|r| r.2).cloned().collect();
         crash_replay(&synced, &[])
     }
 
@@ -628,11 +622,18 @@ mod tests {
         wal.update(Durability::Visible, &mut |t| t.put(b"c", b"3"))
             .unwrap();
         let (after_cut, n) = power_cut_replay(&log);
-        assert_eq!(n, 2, "the durable update covers itself and what came before");
+        assert_eq!(
+            n, 2,
+            "the durable update covers itself and what came before"
+        );
         after_cut
             .view(&mut |r| {
                 assert!(r.get(b"b")?.is_some() && r.get(b"a")?.is_some());
-                assert_eq!(r.get(b"c")?, None, "an unsynced record survived a power cut");
+                assert_eq!(
+                    r.get(b"c")?,
+                    None,
+                    "an unsynced record survived a power cut"
+                );
                 Ok(())
             })
             .unwrap();
