@@ -138,6 +138,7 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
     // its `T` record.
     let mut keep = HashMap::new();
     let mut lost = Vec::new();
+    let shared = meta.store().is_shared();
     for (id, rec) in &staged {
         match in_log.get(id) {
             Some(r) if r.damaged.is_empty() && r.loc.len >= rec.size => {
@@ -164,6 +165,9 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
                         .join(" ")
                 )),
             }),
+            // On a shared store a slice not in this mount's log is another mount's (a `T`
+            // record is committed only after its data is in the log of the mount staging it).
+            None if shared => {}
             // With damage in the log, a missing slice may have been in it.
             _ if log_damaged => lost.push(LostSlice {
                 id: *id,
@@ -576,7 +580,10 @@ pub fn open_staging(
         };
         Ok(())
     })?;
+    // On a shared store each mount stages in a cache directory of its own: no single owner.
+    let shared = meta.is_shared();
     if let Some(o) = &owner
+        && !shared
         && !o.clean
         && o.cache_dir != dir_str
     {
@@ -635,6 +642,23 @@ pub fn open_staging(
             source,
         })
     };
+    let max_segments =
+        (settings.max_staging_bytes.div_ceil(settings.segment_size) as usize + 2).max(4);
+    let open_data_log = || {
+        open_log(
+            "data",
+            settings.engine_threads.max(1),
+            settings.segment_size,
+            max_segments,
+            settings.faults.clone(),
+            // 32 registered buffers of 1 MiB (+ header room) per engine thread.
+            (32, (1 << 20) + (64 << 10)),
+        )
+    };
+    if shared {
+        let (data_log, data_records) = open_data_log()?;
+        return Ok(shared_staging(meta, settings, data_log, data_records));
+    }
     // The namespace log is small and has one writer thread so its order is simple.
     let (ns_log, ns_records) = open_log(
         "namespace",
@@ -659,17 +683,7 @@ pub fn open_staging(
         locs: Mutex::new(HashMap::new()),
         next: std::sync::atomic::AtomicU64::new(1),
     });
-    let max_segments =
-        (settings.max_staging_bytes.div_ceil(settings.segment_size) as usize + 2).max(4);
-    let (data_log, data_records) = open_log(
-        "data",
-        settings.engine_threads.max(1),
-        settings.segment_size,
-        max_segments,
-        settings.faults.clone(),
-        // 32 registered buffers of 1 MiB (+ header room) per engine thread.
-        (32, (1 << 20) + (64 << 10)),
-    )?;
+    let (data_log, data_records) = open_data_log()?;
     tracing::info!(
         "staging log in {}: {} io engine, {} thread(s)",
         dir.display(),
@@ -770,6 +784,43 @@ pub fn open_staging(
             wal: Some(Arc::downgrade(&wal)),
         },
     ))
+}
+
+/// Staging on a shared metadata store (PostgreSQL, many mounts): data is staged in this
+/// mount's log as usual, but every metadata transaction commits in the store before it
+/// returns, so that other mounts see it. No memtable and no namespace log: both assume one
+/// writer, and a change held in them would be invisible to the other mounts.
+fn shared_staging(
+    meta: Arc<dyn spoolfs_metadata::KvStore>,
+    settings: &StagingSettings,
+    data_log: StagingLog,
+    data_records: Vec<Replayed>,
+) -> (Arc<dyn spoolfs_metadata::KvStore>, StagingOptions) {
+    tracing::info!(
+        "shared metadata store {}: every metadata change commits there before it returns; \
+         data is staged in {}",
+        meta.describe(),
+        settings.cache_dir.display()
+    );
+    let options = StagingOptions {
+        uploads: UploadOptions {
+            log: Arc::new(data_log),
+            writeback: settings.writeback,
+            max_staging_bytes: settings.max_staging_bytes,
+            max_staging_age: settings.max_staging_age,
+            max_staging_wait: settings.max_staging_wait,
+            upload_threads: settings.upload_threads,
+            segment_size: settings.segment_size,
+            upload_delay: settings.upload_delay,
+            pack_size: settings.pack_size,
+            upload_limit: settings.upload_limit,
+            namespace: None,
+            upload_buffer: settings.upload_buffer,
+        },
+        replayed: Arc::new(data_records),
+        wal: None,
+    };
+    (meta, options)
 }
 
 /// Records what damage in the namespace log cost: transactions replay could not find, and

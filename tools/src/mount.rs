@@ -633,8 +633,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         },
     };
 
-    // On a shared store other nodes could mount the volume too: register this mount, refused
-    // while another one is live.
+    // On a shared store other nodes may mount the volume too: each mount is a session.
     let meta_session = if meta.is_shared() {
         let s = spoolfs_engine::session::Session::register(
             meta.clone(),
@@ -654,6 +653,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     // The staging and namespace logs are opened in both modes: a standard mount still replays
     // and uploads whatever an earlier writeback mount left staged.
     let settings = args.staging.settings(&cache_dir).map_err(|e| anyhow!(e))?;
+    let shared = meta.is_shared();
     let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)
         .with_context(|| format!("cannot open the staging log of volume {volume:?}"))?;
     let config = EngineConfig {
@@ -668,8 +668,13 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             keep_large_uploads: args.cache_large_writes,
         }),
         readahead_bytes: args.readahead,
-        // A read-only mount changes nothing in the object store.
-        compaction: (args.background_compact && !args.no_background_compact && !args.read_only)
+        // A read-only mount changes nothing in the object store. On a shared store several
+        // mounts would compact the same packs: compaction runs only when asked (`spoolfs gc
+        // --compact MOUNTPOINT` on one mount).
+        compaction: (args.background_compact
+            && !args.no_background_compact
+            && !args.read_only
+            && !shared)
             .then_some(spoolfs_engine::gc::CompactionSettings {
                 threshold: args.compact_threshold,
                 min_dead_bytes: args.compact_min_dead,
