@@ -459,7 +459,9 @@ impl Engine {
     }
 
     pub fn unlink(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
-        self.update(|t| namespace::unlink(t, parent, name, &|ino| self.open.keep_unlinked(ino)))
+        self.update(|t| {
+            namespace::remove_entry(t, parent, name, false, &|ino| self.open.keep_unlinked(ino))
+        })
     }
 
     pub fn rmdir(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
@@ -469,7 +471,9 @@ impl Engine {
         if name == b".." {
             return Err(FsError::new(libc::ENOTEMPTY, "cannot remove \"..\""));
         }
-        self.update(|t| namespace::rmdir(t, parent, name, &|ino| self.open.keep_unlinked(ino)))
+        self.update(|t| {
+            namespace::remove_entry(t, parent, name, true, &|ino| self.open.keep_unlinked(ino))
+        })
     }
 
     pub fn rename(
