@@ -17,6 +17,7 @@
 //! - [`writeback`]: opening the staging logs, replay, what the uploader commits through
 //!   (the upload pipeline itself is the `spoolfs-uploader` crate).
 //! - `meta`: the metadata store as the components use it; [`wal`]: the namespace log.
+//! - [`session`]: the mounts of a volume on a shared metadata store (PostgreSQL).
 //! - helpers: `data` (chunk maps), [`schema`] (keys and records), [`volume`],
 //!   `ids`, [`blockcache`], [`diskcache`], [`acl`], [`fsck`].
 //! - [`types`] and [`error`]: the vocabulary of the API; one error type that carries an
@@ -30,6 +31,7 @@ pub mod error;
 mod fs;
 pub mod fsck;
 mod ids;
+pub mod losses;
 mod meta;
 mod namespace;
 mod open;
@@ -37,6 +39,7 @@ mod readahead;
 mod reader;
 pub mod reclaim;
 pub mod schema;
+pub mod session;
 mod stop;
 pub mod types;
 pub mod volume;

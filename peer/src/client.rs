@@ -146,6 +146,11 @@ impl PeerClient {
         result
     }
 
+    /// Closes the pooled connections to `addr` (its session ended, or moved).
+    pub fn forget(&self, addr: SocketAddr) {
+        self.pool.lock().remove(&addr);
+    }
+
     pub fn stats(&self) -> PeerClientStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -18,7 +18,7 @@ mod server;
 
 pub use client::{PeerClient, PeerClientConfig, PeerClientStats};
 pub use protocol::ErrorCode;
-pub use server::{PeerServer, PeerServerConfig, PeerServerStats};
+pub use server::{PeerServer, PeerServerConfig, PeerServerStats, advertised_addr};
 
 use bytes::Bytes;
 use std::net::SocketAddr;

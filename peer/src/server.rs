@@ -178,6 +178,13 @@ impl PeerServer {
         self.local_addr
     }
 
+    /// The address other mounts should use (what the session advertises): the listening
+    /// address, or, when it listens on every interface, this host's address on the route
+    /// to other hosts, with the port it listens on.
+    pub fn advertised_addr(&self) -> std::io::Result<SocketAddr> {
+        advertised_addr(self.local_addr)
+    }
+
     pub fn stats(&self) -> PeerServerStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -202,6 +209,60 @@ impl Drop for PeerServer {
             rt.shutdown_timeout(Duration::from_millis(500));
         }
     }
+}
+
+/// `listen` as other hosts can reach it: an unspecified address (`0.0.0.0`, `::`) becomes
+/// the source address the host's routing table picks for other hosts (asked of the kernel by
+/// connecting a UDP socket, which sends nothing), else the first address the host name
+/// resolves to that is not a loopback address.
+pub fn advertised_addr(listen: SocketAddr) -> std::io::Result<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return Ok(listen);
+    }
+    let port = listen.port();
+    // Documentation addresses (RFC 5737, RFC 3849): only the route to them matters.
+    let probe: SocketAddr = if listen.is_ipv4() {
+        "192.0.2.1:9".parse().expect("literal")
+    } else {
+        "[2001:db8::1]:9".parse().expect("literal")
+    };
+    let bind: SocketAddr = if listen.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let routed = std::net::UdpSocket::bind(bind)
+        .and_then(|s| s.connect(probe).and_then(|()| s.local_addr()));
+    if let Ok(local) = routed
+        && !local.ip().is_unspecified()
+    {
+        return Ok(SocketAddr::new(local.ip(), port));
+    }
+    let host = hostname()?;
+    use std::net::ToSocketAddrs;
+    (host.as_str(), port)
+        .to_socket_addrs()?
+        .find(|a| a.is_ipv4() == listen.is_ipv4() && !a.ip().is_loopback())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!(
+                    "no route to other hosts and host name {host:?} has no non-loopback \
+                     address: give the address to advertise explicitly"
+                ),
+            )
+        })
+}
+
+fn hostname() -> std::io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {

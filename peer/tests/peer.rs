@@ -250,13 +250,13 @@ fn a_silent_server_times_out_the_client() {
     }
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(450), "{took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[test]
 fn a_stalled_read_times_out_the_client() {
     let source = Arc::new(MemSlices {
-        delay: Duration::from_secs(3),
+        delay: Duration::from_secs(20),
         ..MemSlices::with(&[(1, random_bytes(8, 100))])
     });
     let server = serve(source, PeerServerConfig::default());
@@ -582,4 +582,41 @@ fn concurrent_clients_read_their_own_bytes() {
     }
     assert_eq!(server.stats().reads_served, 8 * 40);
     assert!(shared.stats().connects <= 4, "{:?}", shared.stats());
+}
+
+#[test]
+fn the_advertised_address_is_one_other_hosts_can_use() {
+    let source = Arc::new(MemSlices::default());
+    let server = serve(source.clone(), PeerServerConfig::default());
+    assert_eq!(server.advertised_addr().unwrap(), server.local_addr());
+    let any = PeerServer::start(
+        "0.0.0.0:0".parse().unwrap(),
+        VOLUME,
+        SECRET,
+        source,
+        PeerServerConfig::default(),
+    )
+    .unwrap();
+    // A machine without a route or a resolvable host name says so; otherwise the address
+    // is a concrete one, with the port actually bound.
+    match any.advertised_addr() {
+        Ok(addr) => {
+            assert!(!addr.ip().is_unspecified(), "{addr}");
+            assert_eq!(addr.port(), any.local_addr().port());
+        }
+        Err(e) => assert!(e.to_string().contains("explicitly"), "{e}"),
+    }
+}
+
+#[test]
+fn forgetting_a_peer_closes_its_pooled_connections() {
+    let source = Arc::new(MemSlices::with(&[(1, random_bytes(16, 10))]));
+    let server = serve(source, PeerServerConfig::default());
+    let c = client(quick());
+    c.read(server.local_addr(), 1, 0, 10).unwrap();
+    c.read(server.local_addr(), 1, 0, 10).unwrap();
+    assert_eq!(c.stats().connects, 1);
+    c.forget(server.local_addr());
+    c.read(server.local_addr(), 1, 0, 10).unwrap();
+    assert_eq!(c.stats().connects, 2);
 }

@@ -129,6 +129,11 @@ pub struct MountArgs {
     /// with the same --cache-dir). Keep it below a service manager's stop timeout.
     #[arg(long, value_name = "SECS", default_value = "86400", value_parser = parse_secs)]
     pub shutdown_timeout: Duration,
+    /// On a shared metadata store (PostgreSQL): a mount renews its session every third of this
+    /// many seconds, and a session not renewed for this long is dead (its volume may then be
+    /// mounted elsewhere). Node clocks must agree to well within it.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub session_timeout: Duration,
     /// Rewrite pack objects in the background when they are mostly dead
     /// (`--background-compact=false`: only `spoolfs gc --compact` does).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
@@ -289,6 +294,8 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     }
     cmd.arg("--shutdown-timeout")
         .arg(args.shutdown_timeout.as_secs_f64().to_string());
+    cmd.arg("--session-timeout")
+        .arg(args.session_timeout.as_secs_f64().to_string());
     cmd.arg(format!("--allow-other={}", allow_other(&args)));
     if args.read_only {
         cmd.arg("--read-only");
@@ -434,6 +441,7 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         mut session,
         volume,
         cache_dir,
+        meta_session,
     } = mounted;
 
     let mount_point = session.mount_point().to_path_buf();
@@ -488,6 +496,12 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         )
     };
     drop(engine);
+    // The volume's session ends once this daemon has nothing more to write.
+    if let Some(mut s) = meta_session
+        && let Err(e) = s.end()
+    {
+        warn!("cannot remove this mount's session from the metadata store: {e}");
+    }
     if let Err(e) = std::fs::write(&files.exit, report) {
         warn!("cannot write {}: {e}", files.exit.display());
     }
@@ -557,6 +571,8 @@ struct Mounted {
     session: FuseSession,
     volume: String,
     cache_dir: PathBuf,
+    /// This mount's session record on a shared metadata store.
+    meta_session: Option<spoolfs_engine::session::Session>,
 }
 
 /// Everything up to a mounted, handshaken FUSE session. Every failure is a clear error.
@@ -599,12 +615,27 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         },
     };
 
+    // On a shared store other nodes may mount the volume too: each mount is a session.
+    let meta_session = if meta.is_shared() {
+        let s = spoolfs_engine::session::Session::register(
+            meta.clone(),
+            &mount_point.display().to_string(),
+            &cache_dir.join(&record.uuid).display().to_string(),
+            args.session_timeout,
+        )
+        .with_context(|| format!("cannot mount volume {:?}", record.name))?;
+        info!("session {} registered in {}", s.rec.id, meta.describe());
+        Some(s)
+    } else {
+        None
+    };
     let storage = args.s3.open_storage(&record)?;
     let storage = Arc::new(storage);
     let volume = record.name.clone();
     // The staging and namespace logs are opened in both modes: a standard mount still replays
     // and uploads whatever an earlier writeback mount left staged.
     let settings = args.staging.settings(&cache_dir).map_err(|e| anyhow!(e))?;
+    let shared = meta.is_shared();
     let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)
         .with_context(|| format!("cannot open the staging log of volume {volume:?}"))?;
     let config = EngineConfig {
@@ -619,8 +650,13 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             keep_large_uploads: args.cache_large_writes,
         }),
         readahead_bytes: args.readahead,
-        // A read-only mount changes nothing in the object store.
-        compaction: (args.background_compact && !args.no_background_compact && !args.read_only)
+        // A read-only mount changes nothing in the object store. On a shared store several
+        // mounts would compact the same packs: compaction runs only when asked (`spoolfs gc
+        // --compact MOUNTPOINT` on one mount).
+        compaction: (args.background_compact
+            && !args.no_background_compact
+            && !args.read_only
+            && !shared)
             .then_some(spoolfs_engine::gc::CompactionSettings {
                 threshold: args.compact_threshold,
                 min_dead_bytes: args.compact_min_dead,
@@ -680,6 +716,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         session,
         volume,
         cache_dir,
+        meta_session,
     })
 }
 

@@ -166,9 +166,13 @@ pub(crate) fn purge_if_unlinked(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaE
 }
 
 /// At start: creates the root if the volume has none, and deletes the inodes unlinked while
-/// open when the volume was last mounted (nobody holds them now).
+/// open when the volume was last mounted (nobody holds them now). On a shared store only a
+/// mount that is the volume's only live session does that: another mount may hold them.
 pub(crate) fn init(t: &mut dyn KvTxn) -> Result<(), MetaError> {
     schema::init_root(t)?;
+    if crate::session::live_in(t)?.len() > 1 {
+        return Ok(());
+    }
     let orphans = t.scan(b"O", b"P", usize::MAX)?;
     for (key, _) in orphans {
         let ino = u64::from_be_bytes(key[1..9].try_into().expect("orphan key"));
