@@ -1104,6 +1104,11 @@ impl Engine {
         m
     }
 
+    /// The data losses replay has recorded (see [`crate::losses::DataLoss`]), oldest first.
+    pub fn data_losses(&self) -> Result<Vec<crate::losses::DataLoss>> {
+        self.meta.view(crate::losses::list)
+    }
+
     /// Dead slices whose objects are still to be deleted (their `G` records).
     pub fn pending_deletes(&self) -> Result<u64> {
         self.view(count_dead)
