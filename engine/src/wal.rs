@@ -546,7 +546,9 @@ mod tests {
     use super::*;
     use spoolfs_metadata::MemStore;
 
-    /// A log in memory whose contents can be "crashed": only synced records survive, or all.
+    /// A log in memory whose contents can be "crashed": after a crash of spoolfs or the
+    /// kernel every record survives ([`crash_replay`]), after a power cut only the synced ones
+    /// ([`power_cut_replay`]).
     #[derive(Default)]
     struct MemLog {
         records: Mutex<Vec<(u64, Vec<u8>, bool)>>,
@@ -597,6 +599,53 @@ mod tests {
             .collect();
         records.extend(extra.iter().map(|r| (u64::MAX, r.clone())));
         WalStore::recover(fresh, log.clone(), records).unwrap()
+    }
+
+    /// A power cut: like [`crash_replay`], with only the records a `sync` covered.
+    fn power_cut_replay(log: &Arc<MemLog>) -> (WalStore, usize) {
+        let synced = Arc::new(MemLog::default());
+        *synced.records.lock() = log.records.lock().iter().filter(|r| r.2).cloned().collect();
+        crash_replay(&synced, &[])
+    }
+
+    /// A durable update and `sync` flush the log: what they cover survives a power cut, what
+    /// came after them does not (and without them nothing would).
+    #[test]
+    fn durable_updates_and_sync_survive_a_power_cut() {
+        let log = Arc::new(MemLog::default());
+        let (wal, _) =
+            WalStore::recover(Arc::new(MemStore::default()), log.clone(), vec![]).unwrap();
+        wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
+            .unwrap();
+        wal.update(Durability::Durable, &mut |t| t.put(b"b", b"2"))
+            .unwrap();
+        wal.update(Durability::Visible, &mut |t| t.put(b"c", b"3"))
+            .unwrap();
+        let (after_cut, n) = power_cut_replay(&log);
+        assert_eq!(
+            n, 2,
+            "the durable update covers itself and what came before"
+        );
+        after_cut
+            .view(&mut |r| {
+                assert!(r.get(b"b")?.is_some() && r.get(b"a")?.is_some());
+                assert_eq!(
+                    r.get(b"c")?,
+                    None,
+                    "an unsynced record survived a power cut"
+                );
+                Ok(())
+            })
+            .unwrap();
+        KvStore::sync(&wal).unwrap();
+        let (after_sync, n) = power_cut_replay(&log);
+        assert_eq!(n, 3, "sync did not cover the last update");
+        after_sync
+            .view(&mut |r| {
+                assert!(r.get(b"c")?.is_some());
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]

@@ -141,12 +141,18 @@ fn root_mount_lets_other_users_in_and_modes_still_hold() {
 fn user_asking_for_allow_other_is_told_about_fuse_conf() {
     let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
     if conf.lines().any(|l| l.trim() == "user_allow_other") {
-        eprintln!("SKIPPED: /etc/fuse.conf allows user_allow_other on this machine");
+        spoolfs_testkit::not_applicable(
+            "user_asking_for_allow_other_is_told_about_fuse_conf",
+            "/etc/fuse.conf allows user_allow_other on this machine",
+        );
         return;
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to run a command as another user");
+        spoolfs_testkit::skip(
+            "user_asking_for_allow_other_is_told_about_fuse_conf",
+            "needs root to run a command as another user",
+        );
         return;
     }
     let mut cmd = command(spoolfs_bin());
@@ -180,9 +186,9 @@ impl Helpers {
             match fs::read_link(&link) {
                 Ok(target) if target == bin => {}
                 Ok(_) | Err(_) if link.symlink_metadata().is_ok() => {
-                    eprintln!(
-                        "SKIPPED: {} exists and is not the binary under test",
-                        link.display()
+                    spoolfs_testkit::not_applicable(
+                        "mount(8) helper tests",
+                        &format!("{} exists and is not the binary under test", link.display()),
                     );
                     for l in made {
                         let _ = fs::remove_file(l);
