@@ -758,6 +758,10 @@ pub fn open_staging(
             )
         },
     )?;
+    // The owner record must be in the metadata store itself, not only in this cache
+    // directory's namespace log: a mount that asks for another cache directory after a crash
+    // reads the store without this log, and must find the record that refuses it.
+    spoolfs_metadata::KvStore::persist(wal.as_ref())?;
     // The losses are recorded (durably): the damaged records and segments may go.
     for loc in &ns_damaged {
         ns_log.free(loc);
