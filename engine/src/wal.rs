@@ -178,6 +178,9 @@ pub struct WalStore {
     progress_cv: Condvar,
     /// A failed transaction could not be marked failed in the log: no more changes.
     broken: AtomicBool,
+    /// The lowest number given up without a log record or a durable commit (`u64::MAX`:
+    /// none): replay stops there, so no later change is crash-safe.
+    given_up: AtomicU64,
 }
 
 impl WalStore {
@@ -287,6 +290,7 @@ impl WalStore {
                 }),
                 progress_cv: Condvar::new(),
                 broken: AtomicBool::new(false),
+                given_up: AtomicU64::new(u64::MAX),
             },
             Recovery {
                 replayed,
@@ -462,12 +466,38 @@ impl WalStore {
                 // inner store holds the change (it is only not crash-safe), so make it durable
                 // there instead and close the gap.
                 crate::error_limited!("namespace log append failed ({e}); falling back to fsync");
-                self.inner.persist()?;
+                if let Err(pe) = self.inner.persist() {
+                    // The change is committed (visible) but neither logged nor durable: a
+                    // crash would lose it, and replay would stop at its number, losing every
+                    // later change too. Refuse later changes, and wake those waiting behind
+                    // this number (they fail: see `wait_prefix`), instead of leaving them
+                    // blocked forever.
+                    tracing::error!(
+                        "namespace log append failed ({e}) and the metadata store cannot be \
+                         made durable ({pe}): transaction {seq} is committed but not \
+                         crash-safe; refusing further changes until a remount"
+                    );
+                    self.broken.store(true, Ordering::SeqCst);
+                    self.given_up.fetch_min(seq, Ordering::SeqCst);
+                    self.mark_done(seq, None);
+                    return Err(MetaError::Io(format!(
+                        "transaction {seq} is committed but could not be made crash-safe: \
+                         namespace log: {e}; metadata store: {pe}"
+                    )));
+                }
                 self.mark_done(seq, None);
             }
         }
         result?;
         self.wait_prefix(seq);
+        if self.given_up.load(Ordering::SeqCst) < seq {
+            // An earlier number was given up (see above): replay would stop there, so this
+            // change, though logged, is not crash-safe either.
+            return Err(MetaError::Io(format!(
+                "transaction {seq} is committed but an earlier one could not be made \
+                 crash-safe; remount to recover"
+            )));
+        }
         if durable {
             // A durable carried append flushed after its own write; that covers the records
             // before it only if they were all on the device before it was written.
@@ -862,6 +892,69 @@ mod tests {
         log.failing.store(false, Ordering::SeqCst);
         let refused = wal.update(Durability::Visible, &mut |t| t.put(b"e", b"5"));
         assert!(refused.unwrap_err().to_string().contains("remount"));
+    }
+
+    /// A store whose durable commits fail on demand (a full or failing metadata disk).
+    struct FailingPersist {
+        inner: MemStore,
+        fail: AtomicBool,
+    }
+
+    impl KvStore for FailingPersist {
+        fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+            self.inner.view(f)
+        }
+        fn update(
+            &self,
+            durability: Durability,
+            f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+        ) -> Result<()> {
+            self.inner.update(durability, f)
+        }
+        fn persist(&self) -> Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(MetaError::Io("no space left on the metadata disk".into()));
+            }
+            self.inner.persist()
+        }
+        fn describe(&self) -> String {
+            "failing persist".into()
+        }
+    }
+
+    /// The namespace log refuses a record and the fallback (a durable commit of the store)
+    /// fails too: the transaction is reported failed, and nothing after it waits forever for
+    /// its number or is acknowledged past it (replay would stop there).
+    #[test]
+    fn a_failed_fallback_neither_hangs_later_changes_nor_acknowledges_them() {
+        let base = Arc::new(FailingPersist {
+            inner: MemStore::default(),
+            fail: AtomicBool::new(false),
+        });
+        let log = Arc::new(MemLog::default());
+        let (wal, _) = WalStore::recover(base.clone(), log.clone(), vec![]).unwrap();
+        let wal = Arc::new(wal);
+        wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
+            .unwrap();
+        log.failing.store(true, Ordering::SeqCst);
+        base.fail.store(true, Ordering::SeqCst);
+        assert!(
+            wal.update(Durability::Visible, &mut |t| t.put(b"b", b"2"))
+                .is_err()
+        );
+        // The disks are back; a later change must come back (refused), not block.
+        log.failing.store(false, Ordering::SeqCst);
+        base.fail.store(false, Ordering::SeqCst);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = wal.clone();
+        std::thread::spawn(move || {
+            let r = w.update(Durability::Visible, &mut |t| t.put(b"c", b"3"));
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a change after the failed fallback blocked");
+        assert!(r.unwrap_err().contains("remount"));
     }
 
     #[test]

@@ -654,6 +654,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     // and uploads whatever an earlier writeback mount left staged.
     let settings = args.staging.settings(&cache_dir).map_err(|e| anyhow!(e))?;
     let shared = meta.is_shared();
+    let store_for_metrics = meta.clone();
     let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)
         .with_context(|| format!("cannot open the staging log of volume {volume:?}"))?;
     let config = EngineConfig {
@@ -700,7 +701,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     );
 
     if let Some(m) = metrics
-        && let Err(e) = m.start(&engine)
+        && let Err(e) = m.start(&engine, store_for_metrics)
     {
         let _ = engine.shutdown();
         return Err(e);
