@@ -571,7 +571,16 @@ fn write_cache_id(dir: &std::path::Path) -> Result<String> {
         path: path.clone(),
         source,
     };
-    let mut f = std::fs::File::create(&tmp).map_err(|e| local("cannot create", e))?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| local("cannot create", e))?
+    };
     f.write_all(format!("{id}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| local("cannot write", e))?;
