@@ -181,8 +181,7 @@ impl WritePath {
             let kill_setid =
                 caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0;
             if kill_setid || has_caps {
-                self.meta
-                    .update(|t| namespace::drop_privileges(t, ino, kill_setid, has_caps))?;
+                self.meta.update(|t| namespace::drop_privileges(t, ino))?;
             }
             state.overlay = Some(Overlay {
                 size: rec.size,

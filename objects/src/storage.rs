@@ -669,23 +669,10 @@ impl ObjectStorage {
 
     /// Keys (relative to the volume prefix) that start with `prefix`.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let root = self.path(prefix);
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
         let start = Instant::now();
-        let r = self.runtime.block_on(async {
-            let mut out = Vec::new();
-            let mut stream = self.store.list(Some(&root));
-            while let Some(item) = stream.next().await {
-                let meta = item.map_err(|e| map_err(prefix, e))?;
-                let key = meta.location.to_string();
-                out.push(key.strip_prefix(&strip).unwrap_or(&key).to_string());
-            }
-            Ok(out)
-        });
+        let r = self
+            .list_detailed(prefix)
+            .map(|objects| objects.into_iter().map(|o| o.key).collect());
         observe("list", start, &r, None);
         r
     }

@@ -165,10 +165,7 @@ pub struct MountArgs {
 }
 
 fn parse_threads(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=256).contains(&n) => Ok(n),
-        _ => Err(format!("invalid thread count {s:?}: expected 1 to 256")),
-    }
+    crate::size::parse_whole(s, "thread count", 1, 256)
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -409,21 +406,6 @@ impl Ready {
     }
 }
 
-/// Blocks the termination signals in this thread and every thread started after: the signal
-/// thread takes them with sigwait.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain libc signal-set manipulation on a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
 fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     let daemon = args.ready_fd.is_some();
     // SAFETY: the parent passed us this descriptor for our exclusive use.
@@ -434,7 +416,7 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     } else {
         init_logging(log_level, "info", args.log_file.as_ref());
     }
-    let signals = block_signals();
+    let signals = spoolfs_fuse::block_termination_signals();
 
     let setup = catch_unwind(AssertUnwindSafe(|| prepare(&args)));
     let mounted = match setup {
