@@ -5,7 +5,7 @@ use crate::acl;
 use crate::blockcache::BlockId;
 use crate::data;
 use crate::error::{FsError, Result};
-use crate::ids::IdAllocator;
+use crate::ids::{INODE_ID_BATCH, IdAllocator, SLICE_ID_BATCH};
 use crate::namespace::{self, MAX_FILE_SIZE, NewNode, XATTR_VALUE_MAX, to_attr};
 use crate::open::OpenFiles;
 use crate::reader::{Counters, ObjectReader, ReaderConfig};
@@ -144,7 +144,7 @@ impl Engine {
             writeback.clone(),
             counters.clone(),
         )?;
-        let slice_ids = Arc::new(IdAllocator::new(schema::NEXT_SLICE_KEY, 1024));
+        let slice_ids = Arc::new(IdAllocator::new(schema::NEXT_SLICE_KEY, SLICE_ID_BATCH));
         let stop = Arc::new(StopSignal::default());
         let reclaim = Reclaimer {
             meta: meta.clone(),
@@ -188,7 +188,7 @@ impl Engine {
             volume,
             writeback,
             config,
-            inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, 256),
+            inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, INODE_ID_BATCH),
             open: OpenFiles::default(),
             write,
             dirs: Mutex::new(HashMap::new()),

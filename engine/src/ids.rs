@@ -6,6 +6,11 @@ use crate::schema;
 use parking_lot::Mutex;
 use spoolfs_metadata::{Durability, KvStore};
 
+/// Inode numbers a mount reserves at a time.
+pub const INODE_ID_BATCH: u64 = 256;
+/// Slice ids a mount reserves at a time.
+pub const SLICE_ID_BATCH: u64 = 1024;
+
 pub struct IdAllocator {
     key: &'static [u8],
     batch: u64,
