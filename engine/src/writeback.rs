@@ -571,7 +571,16 @@ fn write_cache_id(dir: &std::path::Path) -> Result<String> {
         path: path.clone(),
         source,
     };
-    let mut f = std::fs::File::create(&tmp).map_err(|e| local("cannot create", e))?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| local("cannot create", e))?
+    };
     f.write_all(format!("{id}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| local("cannot write", e))?;
@@ -903,6 +912,10 @@ pub fn open_staging(
             )
         },
     )?;
+    // The owner record must be in the metadata store itself, not only in this cache
+    // directory's namespace log: a mount that asks for another cache directory after a crash
+    // reads the store without this log, and must find the record that refuses it.
+    spoolfs_metadata::KvStore::persist(wal.as_ref())?;
     // The losses are recorded (durably): the damaged records and segments may go.
     for loc in &ns_damaged {
         ns_log.free(loc);
