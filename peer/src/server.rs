@@ -324,13 +324,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
         max_read: config.max_read_bytes,
         nonce,
     });
-    send(
-        &mut stream,
-        &protocol::encode(&hello),
-        None,
-        config.io_timeout,
-    )
-    .await?;
+    send_frame(&mut stream, &hello, config.io_timeout).await?;
     let mut last_request = 0u64;
     loop {
         let request = match receive_request(&mut stream, config).await {
@@ -344,13 +338,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
                     stream.peer_addr()
                 );
                 let reply = unauthenticated(0, ErrorCode::BadFrame, &why);
-                let _ = send(
-                    &mut stream,
-                    &protocol::encode(&reply),
-                    None,
-                    config.io_timeout,
-                )
-                .await;
+                let _ = send_frame(&mut stream, &reply, config.io_timeout).await;
                 return Err(why);
             }
         };
@@ -362,13 +350,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
                 stream.peer_addr()
             );
             let reply = unauthenticated(request.request_id, ErrorCode::AuthFailed, "bad MAC");
-            let _ = send(
-                &mut stream,
-                &protocol::encode(&reply),
-                None,
-                config.io_timeout,
-            )
-            .await;
+            let _ = send_frame(&mut stream, &reply, config.io_timeout).await;
             return Err("bad MAC".into());
         }
         let id = request.request_id;
@@ -394,13 +376,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
             bump(&counters.refused);
             warn_limited!("peer server: refused {code:?}: {message}");
             let reply = authenticated(shared, &nonce, id, code, &message);
-            let _ = send(
-                &mut stream,
-                &protocol::encode(&reply),
-                None,
-                config.io_timeout,
-            )
-            .await;
+            let _ = send_frame(&mut stream, &reply, config.io_timeout).await;
             return Err(message);
         }
         last_request = id;
@@ -411,13 +387,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
                 request.len, config.max_read_bytes
             );
             let reply = authenticated(shared, &nonce, id, ErrorCode::TooLarge, &message);
-            send(
-                &mut stream,
-                &protocol::encode(&reply),
-                None,
-                config.io_timeout,
-            )
-            .await?;
+            send_frame(&mut stream, &reply, config.io_timeout).await?;
             continue;
         }
         let (frame, data) = match read(shared, &request).await {
@@ -558,6 +528,11 @@ async fn receive_exact(
 }
 
 /// Writes `head` then `data` within `limit`.
+/// Sends one frame that carries no data after its head (a hello or an error reply).
+async fn send_frame(stream: &mut TcpStream, frame: &Frame, limit: Duration) -> Result<(), String> {
+    send(stream, &protocol::encode(frame), None, limit).await
+}
+
 async fn send(
     stream: &mut TcpStream,
     head: &[u8],

@@ -77,6 +77,18 @@ fn serve(source: Arc<MemSlices>, config: PeerServerConfig) -> PeerServer {
     PeerServer::start(loopback(), VOLUME, SECRET, source, config).expect("server starts")
 }
 
+/// A server whose log holds one slice, id 1, with `data`; `configure` changes the default
+/// server settings.
+fn serve_slice(
+    data: &[u8],
+    configure: impl FnOnce(&mut PeerServerConfig),
+) -> (Arc<MemSlices>, PeerServer) {
+    let source = Arc::new(MemSlices::with(&[(1, data.to_vec())]));
+    let mut config = PeerServerConfig::default();
+    configure(&mut config);
+    (source.clone(), serve(source, config))
+}
+
 fn client(config: PeerClientConfig) -> PeerClient {
     PeerClient::new(VOLUME, SECRET, config).expect("client")
 }
@@ -132,12 +144,7 @@ fn small_and_large_slices_read_back_byte_exact() {
 #[test]
 fn a_read_is_split_to_what_the_server_allows() {
     let data = random_bytes(3, 3 << 20);
-    let source = Arc::new(MemSlices::with(&[(1, data.clone())]));
-    let config = PeerServerConfig {
-        max_read_bytes: 1 << 20,
-        ..PeerServerConfig::default()
-    };
-    let server = serve(source.clone(), config);
+    let (source, server) = serve_slice(&data, |c| c.max_read_bytes = 1 << 20);
     let got = client(PeerClientConfig::default())
         .read(server.local_addr(), 1, 0, 3 << 20)
         .unwrap();
@@ -148,8 +155,7 @@ fn a_read_is_split_to_what_the_server_allows() {
 
 #[test]
 fn a_client_without_the_secret_is_refused_and_reads_nothing() {
-    let source = Arc::new(MemSlices::with(&[(1, random_bytes(4, 1000))]));
-    let server = serve(source.clone(), PeerServerConfig::default());
+    let (source, server) = serve_slice(&random_bytes(4, 1000), |_| {});
     let stranger = PeerClient::new(VOLUME, b"another secret, also 32 bytes...", quick()).unwrap();
     match stranger.read(server.local_addr(), 1, 0, 1000) {
         Err(PeerError::Refused {
@@ -169,8 +175,7 @@ fn a_client_without_the_secret_is_refused_and_reads_nothing() {
 
 #[test]
 fn a_mount_of_another_volume_is_refused() {
-    let source = Arc::new(MemSlices::with(&[(1, random_bytes(5, 1000))]));
-    let server = serve(source.clone(), PeerServerConfig::default());
+    let (source, server) = serve_slice(&random_bytes(5, 1000), |_| {});
     let other = PeerClient::new(*b"another volume!!", SECRET, quick()).unwrap();
     match other.read(server.local_addr(), 1, 0, 1000) {
         Err(
@@ -203,8 +208,7 @@ fn secrets_shorter_than_128_bits_are_rejected() {
 #[test]
 fn an_unknown_slice_is_not_staged_and_the_connection_stays_usable() {
     let data = random_bytes(6, 5000);
-    let source = Arc::new(MemSlices::with(&[(1, data.clone())]));
-    let server = serve(source, PeerServerConfig::default());
+    let (_source, server) = serve_slice(&data, |_| {});
     let c = client(quick());
     let addr = server.local_addr();
     match c.read(addr, 99, 0, 10) {
@@ -286,12 +290,7 @@ fn nobody_listening_is_unreachable() {
 
 #[test]
 fn connections_beyond_the_limit_are_refused_busy() {
-    let source = Arc::new(MemSlices::with(&[(1, random_bytes(9, 100))]));
-    let config = PeerServerConfig {
-        max_connections: 1,
-        ..PeerServerConfig::default()
-    };
-    let server = serve(source, config);
+    let (_source, server) = serve_slice(&random_bytes(9, 100), |c| c.max_connections = 1);
     let mut first = TcpStream::connect(server.local_addr()).unwrap();
     read_frame(&mut first).expect("hello");
     match client(quick()).read(server.local_addr(), 1, 0, 100) {
@@ -315,12 +314,7 @@ fn connections_beyond_the_limit_are_refused_busy() {
 #[test]
 fn a_connection_the_server_closed_while_pooled_is_replaced() {
     let data = random_bytes(10, 100);
-    let source = Arc::new(MemSlices::with(&[(1, data.clone())]));
-    let config = PeerServerConfig {
-        idle_timeout: Duration::from_millis(100),
-        ..PeerServerConfig::default()
-    };
-    let server = serve(source, config);
+    let (_source, server) = serve_slice(&data, |c| c.idle_timeout = Duration::from_millis(100));
     let c = client(quick());
     assert_bytes_eq(
         &c.read(server.local_addr(), 1, 0, 100).unwrap(),
@@ -386,8 +380,7 @@ fn signed_request(nonce: &[u8; 32], request_id: u64, slice: u64, len: u32) -> Ve
 
 #[test]
 fn a_request_with_a_wrong_mac_gets_one_refusal_and_nothing_else() {
-    let source = Arc::new(MemSlices::with(&[(1, random_bytes(11, 100))]));
-    let server = serve(source.clone(), PeerServerConfig::default());
+    let (source, server) = serve_slice(&random_bytes(11, 100), |_| {});
     let mut s = TcpStream::connect(server.local_addr()).unwrap();
     let nonce = hello_nonce(&mut s);
     let mut request = signed_request(&nonce, 1, 1, 100);
@@ -407,8 +400,7 @@ fn a_request_with_a_wrong_mac_gets_one_refusal_and_nothing_else() {
 
 #[test]
 fn a_replayed_request_is_refused() {
-    let source = Arc::new(MemSlices::with(&[(1, random_bytes(12, 100))]));
-    let server = serve(source.clone(), PeerServerConfig::default());
+    let (source, server) = serve_slice(&random_bytes(12, 100), |_| {});
     let mut s = TcpStream::connect(server.local_addr()).unwrap();
     let nonce = hello_nonce(&mut s);
     let request = signed_request(&nonce, 5, 1, 100);
@@ -429,12 +421,7 @@ fn a_replayed_request_is_refused() {
 
 #[test]
 fn a_request_above_the_limit_is_refused_and_the_connection_goes_on() {
-    let source = Arc::new(MemSlices::with(&[(1, random_bytes(13, 4096))]));
-    let config = PeerServerConfig {
-        max_read_bytes: 1024,
-        ..PeerServerConfig::default()
-    };
-    let server = serve(source.clone(), config);
+    let (source, server) = serve_slice(&random_bytes(13, 4096), |c| c.max_read_bytes = 1024);
     let mut s = TcpStream::connect(server.local_addr()).unwrap();
     let nonce = hello_nonce(&mut s);
     s.write_all(&signed_request(&nonce, 1, 1, 4096)).unwrap();
@@ -451,12 +438,7 @@ fn a_request_above_the_limit_is_refused_and_the_connection_goes_on() {
 #[test]
 fn garbage_and_truncated_frames_never_stop_the_server() {
     let data = random_bytes(14, 300);
-    let source = Arc::new(MemSlices::with(&[(1, data.clone())]));
-    let config = PeerServerConfig {
-        io_timeout: Duration::from_millis(300),
-        ..PeerServerConfig::default()
-    };
-    let server = serve(source.clone(), config);
+    let (source, server) = serve_slice(&data, |c| c.io_timeout = Duration::from_millis(300));
     let addr = server.local_addr();
     let mut rng = Rng::new(15);
     let valid = signed_request(&[0; 32], 1, 1, 300);
@@ -610,8 +592,7 @@ fn the_advertised_address_is_one_other_hosts_can_use() {
 
 #[test]
 fn forgetting_a_peer_closes_its_pooled_connections() {
-    let source = Arc::new(MemSlices::with(&[(1, random_bytes(16, 10))]));
-    let server = serve(source, PeerServerConfig::default());
+    let (_source, server) = serve_slice(&random_bytes(16, 10), |_| {});
     let c = client(quick());
     c.read(server.local_addr(), 1, 0, 10).unwrap();
     c.read(server.local_addr(), 1, 0, 10).unwrap();
