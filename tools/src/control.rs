@@ -141,12 +141,7 @@ impl ControlServer {
                     },
                 )
             }));
-            let last_line = match result {
-                Ok(Ok(())) => serde_json::json!({"sync": "done"}),
-                Ok(Err(e)) => serde_json::json!({"sync": "error", "message": e.to_string()}),
-                Err(p) => serde_json::json!({"sync": "error", "message": panic_message(p)}),
-            };
-            let _ = send(last_line);
+            let _ = send(outcome_line("sync", result));
             return;
         }
         if let Some(arg) = request.strip_prefix("gc ") {
@@ -174,11 +169,7 @@ impl ControlServer {
                             }
                         })
                     }));
-                    match result {
-                        Ok(Ok(report)) => serde_json::json!({"gc": "done", "report": report}),
-                        Ok(Err(e)) => serde_json::json!({"gc": "error", "message": e.to_string()}),
-                        Err(p) => serde_json::json!({"gc": "error", "message": panic_message(p)}),
-                    }
+                    outcome_line("gc", result)
                 }
             };
             let _ = send(last_line);
@@ -202,15 +193,7 @@ impl ControlServer {
                                 }
                             })
                     }));
-                    match result {
-                        Ok(Ok(report)) => serde_json::json!({"warmup": "done", "report": report}),
-                        Ok(Err(e)) => {
-                            serde_json::json!({"warmup": "error", "message": e.to_string()})
-                        }
-                        Err(p) => {
-                            serde_json::json!({"warmup": "error", "message": panic_message(p)})
-                        }
-                    }
+                    outcome_line("warmup", result)
                 }
             };
             let _ = send(last_line);
@@ -294,6 +277,28 @@ impl ControlServer {
             .context("cannot start the control socket thread")?;
         Ok(())
     }
+}
+
+/// The last line of a `sync`, `gc` or `warmup` request: `{OP: "done"}` with the operation's
+/// `report` (when it has one: `sync` has none), or `{OP: "error", "message": …}`, also when
+/// the operation panicked.
+fn outcome_line<T: Serialize, E: std::fmt::Display>(
+    op: &str,
+    result: std::thread::Result<std::result::Result<T, E>>,
+) -> serde_json::Value {
+    let message = match result {
+        Ok(Ok(report)) => {
+            let mut line = serde_json::json!({ op: "done" });
+            let report = serde_json::to_value(report).unwrap_or_default();
+            if !report.is_null() {
+                line["report"] = report;
+            }
+            return line;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(p) => panic_message(p),
+    };
+    serde_json::json!({ op: "error", "message": message })
 }
 
 fn connect(socket: &Path) -> Result<UnixStream> {

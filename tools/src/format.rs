@@ -33,6 +33,13 @@ pub fn open_meta(url: &str) -> Result<Arc<dyn KvStore>> {
     spoolfs_metadata::open_store(url).context("cannot open the metadata store")
 }
 
+/// The volume record in `meta`; an error names the store when there is none.
+pub fn read_volume_record(meta: &dyn KvStore) -> Result<VolumeRecord> {
+    spoolfs_engine::volume::read_record(meta)
+        .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
+        .ok_or_else(|| anyhow::anyhow!("no volume in {}", meta.describe()))
+}
+
 /// Creates the default volume's base directory and returns (meta URL, storage URL).
 pub fn default_urls() -> Result<(String, String, std::path::PathBuf)> {
     let (meta, storage, base) = spoolfs_engine::default_volume_paths();

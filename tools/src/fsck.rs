@@ -91,9 +91,7 @@ fn check(args: &FsckArgs) -> Result<ExitCode> {
         meta.as_ref(),
         "unmount it first: fsck checks unmounted volumes only",
     )?;
-    let record = spoolfs_engine::volume::read_record(meta.as_ref())
-        .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
-        .ok_or_else(|| anyhow!("no volume in {}", meta.describe()))?;
+    let record = crate::format::read_volume_record(meta.as_ref())?;
     let cache_dir = match &args.cache_dir {
         Some(d) if d.is_absolute() => Some(d.clone()),
         Some(d) => Some(

@@ -9,7 +9,7 @@ use crate::format::open_meta;
 use crate::paths::{canonical_mount_point, runtime_files};
 use crate::size::human_bytes;
 use crate::umount::find_spoolfs_mount;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use spoolfs_engine::gc::{GcOptions, GcReport};
 use spoolfs_engine::{Engine, EngineConfig};
@@ -205,9 +205,7 @@ fn offline(
         meta.as_ref(),
         "run `spoolfs gc MOUNTPOINT` on its mount instead",
     )?;
-    let record = spoolfs_engine::volume::read_record(meta.as_ref())
-        .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
-        .ok_or_else(|| anyhow!("no volume in {}", meta.describe()))?;
+    let record = crate::format::read_volume_record(meta.as_ref())?;
     if !spoolfs_engine::writeback::metadata_is_self_contained(meta.as_ref())? {
         bail!(
             "volume {:?} was not unmounted cleanly: its staging and namespace logs hold changes \

@@ -26,9 +26,7 @@ pub struct StatusArgs {
 /// `spoolfs status --meta URL`: the volume in the store and its sessions.
 fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
     let meta = crate::format::open_meta(url)?;
-    let record = spoolfs_engine::volume::read_record(meta.as_ref())
-        .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
-        .ok_or_else(|| anyhow::anyhow!("no volume in {}", meta.describe()))?;
+    let record = crate::format::read_volume_record(meta.as_ref())?;
     let sessions = spoolfs_engine::session::list(meta.as_ref())
         .with_context(|| format!("cannot list the sessions in {}", meta.describe()))?;
     let now = spoolfs_engine::session::now_s();
