@@ -19,7 +19,11 @@ fn cfg(dir: &std::path::Path, engine: IoEngineKind) -> StagingConfig {
 }
 
 /// One engine thread (so records land in a predictable order), `segment_size`-byte segments.
-fn cfg_one_thread(dir: &std::path::Path, segment_size: u64, max_segments: usize) -> StagingConfig {
+pub(crate) fn cfg_one_thread(
+    dir: &std::path::Path,
+    segment_size: u64,
+    max_segments: usize,
+) -> StagingConfig {
     let mut c = cfg(dir, IoEngineKind::Auto);
     c.threads = 1;
     c.segment_size = segment_size;
@@ -62,6 +66,14 @@ fn hdr(ino: u64, slice_id: u64, len: usize) -> RecordHeader {
         len: len as u32,
         meta_len: 0,
     }
+}
+
+/// Appends a record of ino 1 whose data is `slice` followed by the namespace record `meta`
+/// it carries.
+fn append_carrying(log: &StagingLog, slice_id: u64, slice: &[u8], meta: &[u8]) -> StagedLoc {
+    let mut h = hdr(1, slice_id, slice.len() + meta.len());
+    h.meta_len = meta.len() as u32;
+    log.append_parts(&h, &[slice, meta], true).unwrap()
 }
 
 fn read_all(log: &StagingLog, loc: &StagedLoc) -> Vec<u8> {
@@ -920,9 +932,7 @@ fn staging_reads_version_1_records() {
     let (dir, c, log) = open_one_thread(1 << 20, 4);
     let slice = random_bytes(1, 70_000);
     let meta = b"a namespace record".to_vec();
-    let mut h = hdr(1, 9, slice.len() + meta.len());
-    h.meta_len = meta.len() as u32;
-    let loc = log.append_parts(&h, &[&slice, &meta], true).unwrap();
+    let loc = append_carrying(&log, 9, &slice, &meta);
     drop(log);
     // Rewrite the header as version 1: field 12 holds the number of pieces.
     use std::os::unix::fs::FileExt;
@@ -957,9 +967,7 @@ fn staging_carried_record_survives_damage_in_its_slice() {
     let (dir, c, log) = open_one_thread(1 << 20, 4);
     let slice = random_bytes(3, 10_000);
     let meta = b"the namespace change of this flush".to_vec();
-    let mut h = hdr(1, 5, slice.len() + meta.len());
-    h.meta_len = meta.len() as u32;
-    let loc = log.append_parts(&h, &[&slice, &meta], true).unwrap();
+    let loc = append_carrying(&log, 5, &slice, &meta);
     let d = random_bytes(4, 5000);
     log.append(&hdr(1, 6, d.len()), &d, true).unwrap();
     drop(log);

@@ -9,11 +9,25 @@ use super::format::{
     header_region_len, pieces, record_header_len, seal_record_header,
 };
 use super::segments::{parse_segment_name, segment_name};
+use super::tests::cfg_one_thread;
 use super::*;
 use spoolfs_testkit::{Rng, mutate};
 
 const CASES: u64 = 3000;
 const UUID: [u8; 16] = *b"spoolfs-test-vol";
+
+/// The input of case `seed`: every fourth case up to `max_random` random bytes, the others a
+/// mutation of a valid encoding made by `valid`.
+fn case_input(seed: u64, max_random: u64, valid: fn(&mut Rng) -> Vec<u8>) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let valid = valid(&mut rng);
+    if seed % 4 == 0 {
+        let len = rng.below(max_random) as usize;
+        rng.bytes(len)
+    } else {
+        mutate(&mut rng, &valid)
+    }
+}
 
 fn valid_segment_header(rng: &mut Rng) -> Vec<u8> {
     let h = SegmentHeader {
@@ -34,14 +48,7 @@ fn valid_segment_header(rng: &mut Rng) -> Vec<u8> {
 #[test]
 fn segment_header_decoder_survives_random_and_mutated_input() {
     for seed in 0..CASES {
-        let mut rng = Rng::new(seed);
-        let valid = valid_segment_header(&mut rng);
-        let input = if seed % 4 == 0 {
-            let len = rng.below(100) as usize;
-            rng.bytes(len)
-        } else {
-            mutate(&mut rng, &valid)
-        };
+        let input = case_input(seed, 100, valid_segment_header);
         if let Some(h) = SegmentHeader::decode(&input) {
             assert!(
                 h.align.is_power_of_two() && h.align <= 65536,
@@ -83,14 +90,7 @@ fn valid_record_header(rng: &mut Rng) -> Vec<u8> {
 #[test]
 fn record_header_decoder_survives_random_and_mutated_input() {
     for seed in 0..CASES {
-        let mut rng = Rng::new(seed);
-        let valid = valid_record_header(&mut rng);
-        let input = if seed % 4 == 0 {
-            let len = rng.below(200) as usize;
-            rng.bytes(len)
-        } else {
-            mutate(&mut rng, &valid)
-        };
+        let input = case_input(seed, 200, valid_record_header);
         if let Some(n) = header_region_len(&input) {
             assert!(
                 (RECORD_FIXED_LEN..=RECORD_FIXED_LEN + 4 * 65536).contains(&n),
@@ -151,10 +151,7 @@ fn segment_names_parse_only_as_the_log_writes_them() {
 #[test]
 fn a_segment_name_with_a_huge_index_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = StagingConfig::new(dir.path(), UUID);
-    c.segment_size = 1 << 20;
-    c.max_segments = 4;
-    c.threads = 1;
+    let mut c = cfg_one_thread(dir.path(), 1 << 20, 4);
     let stray = dir.path().join(segment_name(u32::MAX));
     std::fs::write(&stray, b"not a segment").unwrap();
     let err = StagingLog::open(c.clone()).err().expect("refused");
@@ -179,10 +176,7 @@ fn a_segment_name_with_a_huge_index_is_refused() {
 #[test]
 fn damaged_segment_files_are_scanned_and_replayed_without_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = StagingConfig::new(dir.path(), UUID);
-    c.segment_size = 1 << 20;
-    c.max_segments = 4;
-    c.threads = 1;
+    let c = cfg_one_thread(dir.path(), 1 << 20, 4);
     {
         let (log, _) = StagingLog::open(c.clone()).unwrap();
         for i in 0..12u64 {
