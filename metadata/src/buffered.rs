@@ -20,6 +20,7 @@
 //! - A failed apply keeps the frozen layer in place; the next `persist` applies it again with
 //!   whatever was committed since.
 
+use crate::write_set::{BuffersWrites, WriteSet};
 use crate::{Durability, KvRead, KvStore, KvTxn, MetaError, Result};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
@@ -297,14 +298,9 @@ impl KvRead for Txn<'_> {
     }
 }
 
-impl KvTxn for Txn<'_> {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.own.insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
-    }
-    fn delete(&mut self, key: &[u8]) -> Result<()> {
-        self.own.insert(key.to_vec(), None);
-        Ok(())
+impl BuffersWrites for Txn<'_> {
+    fn write_set(&mut self) -> &mut WriteSet {
+        &mut self.own
     }
 }
 

@@ -13,6 +13,7 @@ mod mem;
 mod pgpass;
 mod postgres;
 mod redb_store;
+mod write_set;
 
 pub use buffered::BufferedStore;
 

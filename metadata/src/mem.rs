@@ -1,5 +1,6 @@
 //! An in-memory store for tests: a BTreeMap behind one lock, copy-on-abort.
 
+use crate::write_set::{BuffersWrites, WriteSet};
 use crate::{Durability, KvRead, KvStore, KvTxn, Result};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -74,14 +75,9 @@ impl KvRead for MemTxn<'_> {
     }
 }
 
-impl KvTxn for MemTxn<'_> {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
-    }
-    fn delete(&mut self, key: &[u8]) -> Result<()> {
-        self.writes.insert(key.to_vec(), None);
-        Ok(())
+impl BuffersWrites for MemTxn<'_> {
+    fn write_set(&mut self) -> &mut WriteSet {
+        &mut self.writes
     }
 }
 

@@ -22,6 +22,7 @@
 //! failure (40001) or a deadlock (40P01) runs again after a backoff, up to a limit.
 
 use crate::pgpass;
+use crate::write_set::{BuffersWrites, WriteSet};
 use crate::{Durability, KvRead, KvStore, KvTxn, MetaError, Result, StoreStats};
 use futures::FutureExt;
 use futures::future::OptionFuture;
@@ -849,14 +850,9 @@ impl KvRead for PgTxn<'_> {
     }
 }
 
-impl KvTxn for PgTxn<'_> {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
-    }
-    fn delete(&mut self, key: &[u8]) -> Result<()> {
-        self.writes.insert(key.to_vec(), None);
-        Ok(())
+impl BuffersWrites for PgTxn<'_> {
+    fn write_set(&mut self) -> &mut WriteSet {
+        &mut self.writes
     }
 }
 
