@@ -514,6 +514,17 @@ mod tests {
         })
     }
 
+    /// A fetcher of `threads` threads with packs `0..packs` queued, each taking `delay_ms`
+    /// to fetch.
+    fn start_queued(delay_ms: u64, packs: u64, threads: usize) -> (Arc<Slow>, Arc<PackFetcher>) {
+        let src = slow(delay_ms, Vec::new());
+        let f = start(&src, threads, 0);
+        for pack in 0..packs {
+            f.prefetch(pack);
+        }
+        (src, f)
+    }
+
     fn start(src: &Arc<Slow>, threads: usize, budget: u64) -> Arc<PackFetcher> {
         let weak = Arc::downgrade(src) as Weak<dyn PackSource>;
         PackFetcher::start(
@@ -551,11 +562,7 @@ mod tests {
 
     #[test]
     fn urgent_packs_jump_the_queue() {
-        let src = slow(20, Vec::new());
-        let f = start(&src, 1, 0);
-        for pack in 0..20 {
-            f.prefetch(pack);
-        }
+        let (src, f) = start_queued(20, 20, 1);
         assert!(f.fetch_soon(19));
         assert!(f.wait_for(19, Duration::from_secs(10)));
         let order = src.fetched.lock().clone();
@@ -595,11 +602,7 @@ mod tests {
 
     #[test]
     fn nothing_is_fetched_after_stop() {
-        let src = slow(50, Vec::new());
-        let f = start(&src, 2, 0);
-        for pack in 0..50 {
-            f.prefetch(pack);
-        }
+        let (src, f) = start_queued(50, 50, 2);
         std::thread::sleep(Duration::from_millis(20));
         f.stop();
         let at_stop = src.fetched.lock().len();
