@@ -4,12 +4,8 @@
 //! end with the mount. GETs are counted by the object store itself (a wrapper around the
 //! local-directory store), not by the engine.
 
-use futures::stream::BoxStream;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::{GetOptions, GetResult, ObjectStore};
 use spoolfs_engine::diskcache::DiskCacheConfig;
 use spoolfs_engine::packfetch::PackFetchConfig;
 use spoolfs_engine::writeback::StagingSettings;
@@ -22,6 +18,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::Volume as Fixture;
+use common::store::Intercept;
 
 const ME: Caller = Caller::ROOT;
 /// Small files written (each a slice of 200 to 4,000 bytes).
@@ -40,77 +37,32 @@ struct Counts {
 /// A store that counts the GETs of data objects and makes each take `delay`.
 #[derive(Debug)]
 struct Counting {
-    inner: Arc<dyn ObjectStore>,
     counts: Arc<Counts>,
     delay: Duration,
 }
 
-impl std::fmt::Display for Counting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "counting({})", self.inner)
-    }
-}
-
 #[async_trait::async_trait]
-impl ObjectStore for Counting {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
+impl Intercept for Counting {
+    const NAME: &'static str = "counting";
 
     async fn get_opts(
         &self,
+        inner: &dyn ObjectStore,
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let data =
             location.as_ref().starts_with("packs/") || location.as_ref().starts_with("chunks/");
         if !data {
-            return self.inner.get_opts(location, options).await;
+            return inner.get_opts(location, options).await;
         }
         self.counts.gets.fetch_add(1, Ordering::SeqCst);
         let now = self.counts.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.counts.peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
-        let r = self.inner.get_opts(location, options).await;
+        let r = inner.get_opts(location, options).await;
         self.counts.running.fetch_sub(1, Ordering::SeqCst);
         r
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
     }
 }
 
@@ -132,15 +84,11 @@ fn mount(f: &Fixture, cache: &str, delay: Duration, pack_fetch: PackFetchConfig)
         ..StagingSettings::for_tests(f.dir.path().join("staging"))
     };
     let (meta, staging) = writeback::open_staging(meta, &record, &settings).unwrap();
-    std::fs::create_dir_all(f.objects()).unwrap();
-    let inner = object_store::local::LocalFileSystem::new_with_prefix(f.objects()).unwrap();
     let counts = Arc::new(Counts::default());
-    let store = Counting {
-        inner: Arc::new(inner),
+    let storage = f.intercepted_storage(Counting {
         counts: counts.clone(),
         delay,
-    };
-    let storage = Arc::new(ObjectStorage::from_store(Arc::new(store), "counting").unwrap());
+    });
     let config = EngineConfig {
         staging: Some(staging),
         disk_cache: Some(DiskCacheConfig {
@@ -255,6 +203,22 @@ fn lists(e: &Engine, dir: &[u8]) {
     e.releasedir(ino, fh).unwrap();
 }
 
+/// Reads the files in `order` on a new mount whose data cache `cache` is cold and whose GETs
+/// take no time; the GETs of data objects that took, and the pack fetches.
+fn read_cold(
+    w: &Written,
+    cache: &str,
+    pack_fetch: PackFetchConfig,
+    order: &[usize],
+) -> (u64, packfetch::PackFetchStats) {
+    let m = mount(&w.f, cache, Duration::ZERO, pack_fetch);
+    read_files(&m.e, &w.files, order);
+    let gets = m.counts.gets.load(Ordering::SeqCst);
+    let st = pack_stats(&m.e);
+    m.e.shutdown().unwrap();
+    (gets, st)
+}
+
 fn pack_stats(e: &Engine) -> packfetch::PackFetchStats {
     e.status()
         .pack_fetch
@@ -284,23 +248,14 @@ fn cold_reads_of_small_files_cost_about_one_get_per_pack() {
         max_bytes: 0,
         ..Default::default()
     };
-    let m = mount(&w.f, "cache-off", Duration::ZERO, off);
-    read_files(&m.e, &w.files, &order);
-    let gets_off = m.counts.gets.load(Ordering::SeqCst);
-    m.e.shutdown().unwrap();
-    drop(m);
+    let (gets_off, _) = read_cold(&w, "cache-off", off, &order);
     // Cold reads alone (no listing prefetch): a read of a cold slice has its pack fetched
     // whole; the reads of its neighbours wait for it.
     let reads_only = PackFetchConfig {
         dir_budget_bytes: 0,
         ..Default::default()
     };
-    let m = mount(&w.f, "cache-reads", Duration::ZERO, reads_only);
-    read_files(&m.e, &w.files, &order);
-    let gets_reads = m.counts.gets.load(Ordering::SeqCst);
-    let st = pack_stats(&m.e);
-    m.e.shutdown().unwrap();
-    drop(m);
+    let (gets_reads, st) = read_cold(&w, "cache-reads", reads_only, &order);
     // The defaults: files looked up in a row in one directory also plan the directory.
     let m = mount(
         &w.f,

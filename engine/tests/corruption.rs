@@ -1,7 +1,7 @@
 //! Corruption in the staging logs is reported, never silently turned into holes, and costs
 //! only the damaged record's data: replay keeps every other record whose checks pass.
 
-use spoolfs_engine::staging::scan_dir;
+use spoolfs_engine::staging::{LogRecord, scan_dir};
 use spoolfs_engine::writeback::StagingSettings;
 use spoolfs_engine::*;
 use std::os::unix::fs::FileExt;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-use common::{Volume as Fixture, read_all};
+use common::{Volume as Fixture, create_file, read_all};
 use spoolfs_testkit::random_bytes;
 
 const ME: Caller = Caller::ROOT;
@@ -24,12 +24,12 @@ fn settings(f: &Fixture) -> StagingSettings {
 
 /// A writeback engine whose metadata store is never checkpointed on its own: a drop without
 /// shutdown leaves every change only in the logs, as a SIGKILL does.
-fn engine(f: &Fixture, s: &StagingSettings) -> Arc<Engine> {
+fn engine(f: &Fixture) -> Arc<Engine> {
     let config = EngineConfig {
         meta_flush_interval: Duration::from_secs(3600),
         ..EngineConfig::default()
     };
-    f.start_engine(Some(s), config)
+    f.start_engine(Some(&settings(f)), config)
 }
 
 fn data_log_dir(f: &Fixture) -> std::path::PathBuf {
@@ -59,18 +59,23 @@ fn flip_byte(path: &std::path::Path, at: u64) {
 }
 
 /// Creates `n` files of `size` bytes, each closed (acknowledged), and returns them.
+/// The record of file `ino` in the staging log of `f`.
+fn staged_record(f: &Fixture, ino: Ino) -> LogRecord {
+    scan_dir(&data_log_dir(f), uuid_bytes(f))
+        .unwrap()
+        .records
+        .into_iter()
+        .find(|r| r.header.ino == ino)
+        .expect("the file's record is in the log")
+}
+
 fn write_files(e: &Engine, n: usize, size: usize) -> Vec<(String, Ino, Vec<u8>)> {
     (0..n)
         .map(|i| {
             let data = random_bytes(100 + i as u64, size);
             let name = format!("f{i:02}");
-            let (a, fh) = e
-                .create(&ME, ROOT_INO, name.as_bytes(), 0o644, libc::O_RDWR)
-                .unwrap();
-            e.write(&ME, a.ino, fh, 0, &data).unwrap();
-            e.flush(a.ino, fh).unwrap();
-            e.release(a.ino, fh).unwrap();
-            (name, a.ino, data)
+            let ino = create_file(e, &name, &data);
+            (name, ino, data)
         })
         .collect()
 }
@@ -82,25 +87,19 @@ fn write_files(e: &Engine, n: usize, size: usize) -> Vec<(String, Ino, Vec<u8>)>
 #[test]
 fn one_bad_byte_in_staged_data_costs_only_that_record() {
     let f = Fixture::new();
-    let s = settings(&f);
-    let e = engine(&f, &s);
+    let e = engine(&f);
     let files = write_files(&e, 20, 64 << 10);
     drop(e); // a crash: nothing checkpointed, nothing uploaded
 
     let victim = 6;
-    let scan = scan_dir(&data_log_dir(&f), uuid_bytes(&f)).unwrap();
-    let rec = scan
-        .records
-        .iter()
-        .find(|r| r.header.ino == files[victim].1)
-        .expect("the victim's record is in the log");
+    let rec = staged_record(&f, files[victim].1);
     assert!(
         rec.header.meta_len > 0,
         "the close carried its namespace change"
     );
     flip_byte(&rec.path, rec.data_offset + 32 * 1024);
 
-    let e = engine(&f, &s);
+    let e = engine(&f);
     for (i, (name, ino, data)) in files.iter().enumerate() {
         let found = e.lookup(ROOT_INO, name.as_bytes());
         assert!(found.is_ok(), "{name} is gone after replay: {found:?}");
@@ -167,15 +166,14 @@ fn fsck_report(f: &Fixture, forget_losses: bool) -> spoolfs_engine::fsck::FsckRe
 #[test]
 fn a_wiped_cache_directory_is_recognised_and_its_losses_recorded() {
     let f = Fixture::new();
-    let s = settings(&f);
-    let e = engine(&f, &s);
+    let e = engine(&f);
     let files = write_files(&e, 3, 10_000);
     // A checkpoint: the files' names and `T` records are in the metadata store itself.
     e.fsyncdir(ROOT_INO).unwrap();
     drop(e); // a crash with everything still staged
     std::fs::remove_dir_all(f.dir.path().join("cache")).unwrap();
 
-    let e = engine(&f, &s);
+    let e = engine(&f);
     let losses = e.data_losses().unwrap();
     for (name, ino, _) in &files {
         let loss = losses
@@ -197,7 +195,7 @@ fn a_wiped_cache_directory_is_recognised_and_its_losses_recorded() {
     assert_eq!(e.status().staged_slices, 0);
     drop(e);
     // Nothing more is lost at the next mount: the new directory is now the volume's.
-    let e = engine(&f, &s);
+    let e = engine(&f);
     assert_eq!(e.data_losses().unwrap().len(), losses.len());
     drop(e);
 }
@@ -206,11 +204,10 @@ fn a_wiped_cache_directory_is_recognised_and_its_losses_recorded() {
 #[test]
 fn an_intact_cache_after_a_crash_records_no_loss() {
     let f = Fixture::new();
-    let s = settings(&f);
-    let e = engine(&f, &s);
+    let e = engine(&f);
     let files = write_files(&e, 5, 70_000);
     drop(e);
-    let e = engine(&f, &s);
+    let e = engine(&f);
     assert!(e.data_losses().unwrap().is_empty());
     for (_, ino, data) in &files {
         assert!(read_all(&e, *ino) == *data);
@@ -233,18 +230,12 @@ enum Spot {
 fn damage_to_a_carried_change_loses_only_that_change() {
     for spot in [Spot::CarriedChange, Spot::RecordHeader] {
         let f = Fixture::new();
-        let s = settings(&f);
-        let e = engine(&f, &s);
+        let e = engine(&f);
         let files = write_files(&e, 12, 64 << 10);
         drop(e);
 
         let victim = 4;
-        let scan = scan_dir(&data_log_dir(&f), uuid_bytes(&f)).unwrap();
-        let rec = scan
-            .records
-            .iter()
-            .find(|r| r.header.ino == files[victim].1)
-            .unwrap();
+        let rec = staged_record(&f, files[victim].1);
         let header_at = rec.data_offset - 4096;
         assert_eq!(header_at, rec.loc.offset, "one 4 KiB header block");
         let at = match spot {
@@ -255,7 +246,7 @@ fn damage_to_a_carried_change_loses_only_that_change() {
         };
         flip_byte(&rec.path, at);
 
-        let e = engine(&f, &s);
+        let e = engine(&f);
         for (i, (name, ino, data)) in files.iter().enumerate() {
             if i == victim {
                 continue;

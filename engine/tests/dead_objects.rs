@@ -3,11 +3,8 @@
 //! back, and it must still find its data.
 
 use futures::stream::{BoxStream, StreamExt};
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
 use spoolfs_engine::*;
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError};
 use spoolfs_objects::ObjectStorage;
@@ -16,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
-use common::Volume as Fixture;
+use common::store::Intercept;
+use common::{Volume as Fixture, create_file};
 use spoolfs_testkit::random_bytes;
 
 const ME: Caller = Caller::ROOT;
@@ -150,18 +148,11 @@ impl KvStore for Recording {
 /// An object store that checks every deleted block object against the ledger.
 #[derive(Debug)]
 struct Checked {
-    inner: Arc<dyn ObjectStore>,
     ledger: Arc<Mutex<DeadLedger>>,
     /// Block objects deleted while their slice's `G` record was not yet durable.
     early: Arc<Mutex<Vec<String>>>,
     /// Block objects deleted in all.
     deleted: Arc<Mutex<u64>>,
-}
-
-impl std::fmt::Display for Checked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "checked({})", self.inner)
-    }
 }
 
 /// The slice id of a block object's key (`chunks/…/SLICE_INDEX_LEN`).
@@ -172,35 +163,12 @@ fn block_slice(key: &str) -> Option<u64> {
     key.rsplit('/').next()?.split('_').next()?.parse().ok()
 }
 
-#[async_trait::async_trait]
-impl ObjectStore for Checked {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
+impl Intercept for Checked {
+    const NAME: &'static str = "checked";
 
     fn delete_stream(
         &self,
+        inner: &dyn ObjectStore,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let ledger = self.ledger.clone();
@@ -217,24 +185,7 @@ impl ObjectStore for Checked {
             }
             l
         });
-        self.inner.delete_stream(checked.boxed())
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
+        inner.delete_stream(checked.boxed())
     }
 }
 
@@ -251,14 +202,11 @@ fn dead_objects_are_deleted_only_after_their_death_is_durable() {
     });
     let early = Arc::new(Mutex::new(Vec::new()));
     let deleted = Arc::new(Mutex::new(0));
-    let inner = object_store::local::LocalFileSystem::new_with_prefix(f.objects()).unwrap();
-    let store = Checked {
-        inner: Arc::new(inner),
+    let storage = f.intercepted_storage(Checked {
         ledger: ledger.clone(),
         early: early.clone(),
         deleted: deleted.clone(),
-    };
-    let storage = Arc::new(ObjectStorage::from_store(Arc::new(store), "checked").unwrap());
+    });
     let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
     let config = EngineConfig {
         // No background checkpoint or collection: the test runs the collector itself, right
@@ -273,14 +221,7 @@ fn dead_objects_are_deleted_only_after_their_death_is_durable() {
     let mut inos = Vec::new();
     for i in 0..20u64 {
         let name = format!("f{i}");
-        let (attr, fh) = e
-            .create(&ME, ROOT_INO, name.as_bytes(), 0o644, libc::O_RDWR)
-            .unwrap();
-        e.write(&ME, attr.ino, fh, 0, &random_bytes(i, size))
-            .unwrap();
-        e.flush(attr.ino, fh).unwrap();
-        e.release(attr.ino, fh).unwrap();
-        inos.push(attr.ino);
+        inos.push(create_file(&e, &name, &random_bytes(i, size)));
     }
     // Overwrites first: a close in standard mode checkpoints the metadata, so the unlinks,
     // which do not, are the deaths still in memory when the collector runs.

@@ -609,12 +609,9 @@ fn compaction_and_gc_under_concurrent_writes_and_deletes() {
 /// An object store that stops the first ranged GET of a pack object until the test lets it
 /// go: a reader that has read a slice's location, then finds its pack compacted away.
 mod gated {
-    use futures::stream::BoxStream;
+    use crate::common::store::Intercept;
     use object_store::path::Path;
-    use object_store::{
-        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-        PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-    };
+    use object_store::{GetOptions, GetResult, ObjectStore, Result};
     use std::sync::{Arc, Condvar, Mutex};
 
     #[derive(Default, Debug)]
@@ -628,36 +625,19 @@ mod gated {
 
     #[derive(Debug)]
     pub struct Gated {
-        pub inner: Arc<dyn ObjectStore>,
         pub state: Arc<(Mutex<GateState>, Condvar)>,
     }
 
-    impl std::fmt::Display for Gated {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "gated({})", self.inner)
-        }
-    }
-
     #[async_trait::async_trait]
-    impl ObjectStore for Gated {
-        async fn put_opts(
-            &self,
-            location: &Path,
-            payload: PutPayload,
-            opts: PutOptions,
-        ) -> Result<PutResult> {
-            self.inner.put_opts(location, payload, opts).await
-        }
+    impl Intercept for Gated {
+        const NAME: &'static str = "gated";
 
-        async fn put_multipart_opts(
+        async fn get_opts(
             &self,
+            inner: &dyn ObjectStore,
             location: &Path,
-            opts: PutMultipartOptions,
-        ) -> Result<Box<dyn MultipartUpload>> {
-            self.inner.put_multipart_opts(location, opts).await
-        }
-
-        async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+            options: GetOptions,
+        ) -> Result<GetResult> {
             let gated = {
                 let (lock, cv) = &*self.state;
                 let mut st = lock.lock().unwrap();
@@ -673,7 +653,7 @@ mod gated {
                 }
                 hit
             };
-            let result = self.inner.get_opts(location, options).await;
+            let result = inner.get_opts(location, options).await;
             if gated {
                 let (lock, cv) = &*self.state;
                 lock.lock().unwrap().outcome = Some(match &result {
@@ -683,25 +663,6 @@ mod gated {
                 cv.notify_all();
             }
             result
-        }
-
-        fn delete_stream(
-            &self,
-            locations: BoxStream<'static, Result<Path>>,
-        ) -> BoxStream<'static, Result<Path>> {
-            self.inner.delete_stream(locations)
-        }
-
-        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.inner.list(prefix)
-        }
-
-        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-            self.inner.list_with_delimiter(prefix).await
-        }
-
-        async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-            self.inner.copy_opts(from, to, options).await
         }
     }
 }
@@ -730,12 +691,9 @@ fn a_reader_racing_a_compaction_follows_the_slice_to_its_new_pack() {
         std::sync::Mutex::new(gated::GateState::default()),
         std::sync::Condvar::new(),
     ));
-    let inner = object_store::local::LocalFileSystem::new_with_prefix(f.objects()).unwrap();
-    let store = gated::Gated {
-        inner: Arc::new(inner),
+    let storage = f.intercepted_storage(gated::Gated {
         state: state.clone(),
-    };
-    let storage = Arc::new(ObjectStorage::from_store(Arc::new(store), "gated").unwrap());
+    });
     let meta = f.meta();
     let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
     let config = EngineConfig {

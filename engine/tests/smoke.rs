@@ -4,7 +4,7 @@ use spoolfs_engine::*;
 use std::sync::Arc;
 
 mod common;
-use common::{Volume as Fixture, count_files, files_under, read_all};
+use common::{Volume as Fixture, count_files, create_file, files_under, read_all};
 use spoolfs_testkit::random_bytes;
 
 impl Fixture {
@@ -340,13 +340,7 @@ mod writeback {
             .map(|i| {
                 let data = random_bytes(i as u64, 100 + i * 997);
                 let name = format!("f{i}");
-                let (a, fh) = e
-                    .create(&ME, ROOT_INO, name.as_bytes(), 0o644, libc::O_RDWR)
-                    .unwrap();
-                e.write(&ME, a.ino, fh, 0, &data).unwrap();
-                e.flush(a.ino, fh).unwrap();
-                e.release(a.ino, fh).unwrap();
-                (a.ino, data)
+                (create_file(e, &name, &data), data)
             })
             .collect()
     }

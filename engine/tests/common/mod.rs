@@ -2,6 +2,8 @@
 //! includes this module with `mod common;`). Engine-agnostic helpers (the seeded generator,
 //! data patterns) are in the `spoolfs-testkit` crate.
 
+pub mod store;
+
 /// The block size of a test [`Volume`].
 #[allow(dead_code)]
 pub const BLOCK_SIZE: usize = 64 << 10;
@@ -133,4 +135,23 @@ pub fn read_all(e: &spoolfs_engine::Engine, ino: spoolfs_engine::Ino) -> Vec<u8>
     let out = e.read(ino, fh, 0, size as u32 + 10).unwrap();
     e.release(ino, fh).unwrap();
     out
+}
+
+/// Creates file `name` in the root directory holding `data`: written, flushed and closed.
+#[allow(dead_code)]
+pub fn create_file(e: &spoolfs_engine::Engine, name: &str, data: &[u8]) -> spoolfs_engine::Ino {
+    let me = spoolfs_engine::Caller::ROOT;
+    let (a, fh) = e
+        .create(
+            &me,
+            spoolfs_engine::ROOT_INO,
+            name.as_bytes(),
+            0o644,
+            libc::O_RDWR,
+        )
+        .unwrap();
+    e.write(&me, a.ino, fh, 0, data).unwrap();
+    e.flush(a.ino, fh).unwrap();
+    e.release(a.ino, fh).unwrap();
+    a.ino
 }
