@@ -242,6 +242,14 @@ impl<'v> Mount<'v> {
         self.volume.status_json(&self.mountpoint)
     }
 
+    /// The bytes staged and not yet uploaded, from [`Mount::status`].
+    pub fn staged_bytes(&self) -> u64 {
+        let v = self.status();
+        v["engine"]["staged_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no engine.staged_bytes in {v}"))
+    }
+
     /// SIGKILLs the mount process and nothing else: the dead mount stays attached (reads
     /// fail with ENOTCONN) until [`Mount::reap_and_detach`].
     pub fn sigkill(&mut self) {

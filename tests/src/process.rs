@@ -303,3 +303,23 @@ pub fn temp_dir(tag: &str) -> TempDir {
         .tempdir()
         .expect("create temporary directory")
 }
+
+/// Waits for process `pid` to exit (or become a zombie); fails after 60 s, naming `what` was
+/// to make it exit.
+pub fn wait_gone(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon {pid} still running 60 s after {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -152,6 +152,14 @@ impl Volume {
             .unwrap_or_else(|e| e.into_inner()) = endpoint.map(str::to_string);
     }
 
+    /// Starts a proxy in front of this S3 volume's server and makes every later mount talk
+    /// to the server through it.
+    pub fn proxy_mounts(&self) -> spoolfs_s3proxy::Proxy {
+        let proxy = self.s3().expect("an S3 volume").start_proxy();
+        self.set_mount_s3_endpoint(Some(&proxy.endpoint()));
+        proxy
+    }
+
     /// The endpoint set with [`Volume::set_mount_s3_endpoint`].
     pub fn mount_s3_endpoint(&self) -> Option<String> {
         self.mount_s3_endpoint

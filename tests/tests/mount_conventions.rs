@@ -364,9 +364,8 @@ fn plain_umount_then_mount_again_ten_times() {
     let v = Volume::new(Backend::S3);
     // Every PUT held for a second: after each plain umount the daemon goes on writing out the
     // round's data, holding the metadata store, while the next mount starts.
-    let proxy = v.s3().unwrap().start_proxy();
+    let proxy = v.proxy_mounts();
     proxy.add_fault(Fault::stall(Some(Duration::from_secs(1))).only(Method::Put));
-    v.set_mount_s3_endpoint(Some(&proxy.endpoint()));
     let mnt = v.new_subdir("mnt");
     let _detach = Detach(mnt.clone());
     const SIZE: usize = 3 << 20;

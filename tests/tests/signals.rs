@@ -43,34 +43,6 @@ fn mount_slow_uploads(vol: &Volume) -> Mount<'_> {
     m
 }
 
-fn staged_bytes(vol: &Volume, mp: &Path) -> u64 {
-    let out = vol.spoolfs_run([OsStr::new("status"), mp.as_os_str(), OsStr::new("--json")]);
-    out.assert_success();
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let v = if v.is_array() { v[0].clone() } else { v };
-    v["engine"]["staged_bytes"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no engine.staged_bytes in {v}"))
-}
-
-fn wait_gone(pid: u32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "daemon {pid} still running 60 s after {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Mounts on a fresh cache directory (refused unless the last mount stopped cleanly) and
 /// compares every file.
 fn check_on_fresh_cache(vol: &Volume, files: &[(PathBuf, Vec<u8>)], dir: &str) {
@@ -101,10 +73,7 @@ fn sigterm_uploads_everything_and_unmounts() {
     let vol = Volume::new(Backend::File);
     let m = mount_slow_uploads(&vol);
     let files = write_files(&m.join("d"), 40);
-    assert!(
-        staged_bytes(&vol, m.path()) > 0,
-        "the test needs staged data"
-    );
+    assert!(m.staged_bytes() > 0, "the test needs staged data");
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
     sigterm(pid);

@@ -33,33 +33,6 @@ fn write_files(dir: &Path, n: u64, seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-fn staged_bytes(m: &Mount) -> u64 {
-    let v = m.status();
-    let v = if v.is_array() { v[0].clone() } else { v };
-    v["engine"]["staged_bytes"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no engine.staged_bytes in {v}"))
-}
-
-/// Waits for process `pid` to exit (or become a zombie); fails after 120 s.
-fn wait_gone(pid: u32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "daemon {pid} still running 60 s after {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn signal(pid: u32, sig: i32) {
     // SAFETY: sending a signal has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
@@ -84,7 +57,7 @@ fn sigint_and_sighup_upload_everything_and_unmount() {
             ..Default::default()
         });
         let files = write_files(&m.join("d"), 20, sig as u64);
-        assert!(staged_bytes(&m) > 0, "{name}: the test needs staged data");
+        assert!(m.staged_bytes() > 0, "{name}: the test needs staged data");
         let pid = m.pid().expect("daemon pid");
         let mp = m.path().to_path_buf();
         signal(pid, sig);
@@ -128,7 +101,7 @@ fn check_only_the_same_cache_mounts(vol: &Volume, files: &[(PathBuf, Vec<u8>)]) 
     check_files(&again, "d", files, "on the same cache directory");
     let out = vol.spoolfs_run([OsStr::new("sync"), again.path().as_os_str()]);
     out.assert_success();
-    assert_eq!(staged_bytes(&again), 0, "sync left data staged");
+    assert_eq!(again.staged_bytes(), 0, "sync left data staged");
     again.unmount();
 }
 
@@ -142,7 +115,7 @@ fn a_mount_with_another_cache_is_refused_after_a_crash() {
         ..Default::default()
     });
     let files = write_files(&m.join("d"), 20, 3);
-    assert!(staged_bytes(&m) > 0, "the test needs staged data");
+    assert!(m.staged_bytes() > 0, "the test needs staged data");
     m.kill9();
     check_only_the_same_cache_mounts(&vol, &files);
 }
@@ -155,8 +128,7 @@ fn a_mount_with_another_cache_is_refused_after_a_crash() {
 fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
     require_fuse!();
     let vol = Volume::new(Backend::S3);
-    let proxy = vol.s3().expect("S3 volume").start_proxy();
-    vol.set_mount_s3_endpoint(Some(&proxy.endpoint()));
+    let proxy = vol.proxy_mounts();
     let m = vol.mount_with(MountOptions {
         daemon: true,
         extra_args: ["--shutdown-timeout", "2"]
@@ -169,7 +141,7 @@ fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
     // Every PUT stalls until the fault is cleared: only the timeout can end the drain.
     proxy.add_fault(Fault::stall(None).only(Method::Put));
     let files = write_files(&m.join("d"), 20, 7);
-    assert!(staged_bytes(&m) > 0, "the test needs staged data");
+    assert!(m.staged_bytes() > 0, "the test needs staged data");
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
     signal(pid, libc::SIGTERM);

@@ -30,10 +30,9 @@ struct Rig {
 
 fn rig() -> Rig {
     let vol = Volume::new(Backend::S3);
-    let proxy = vol.s3().expect("S3 volume").start_proxy();
+    let proxy = vol.proxy_mounts();
     // A little latency, so that requests overlap as they would against a real region.
     proxy.set_delay(Duration::from_millis(2));
-    vol.set_mount_s3_endpoint(Some(&proxy.endpoint()));
     Rig { vol, proxy }
 }
 

@@ -35,9 +35,8 @@ fn content(seed: u64) -> Vec<u8> {
 /// A volume on S3 reached through a proxy that adds [`LATENCY`] to every request.
 fn slow_volume() -> (Volume, Proxy) {
     let vol = Volume::new(Backend::S3);
-    let proxy = vol.s3().expect("an S3 volume").start_proxy();
+    let proxy = vol.proxy_mounts();
     proxy.set_delay(LATENCY);
-    vol.set_mount_s3_endpoint(Some(&proxy.endpoint()));
     (vol, proxy)
 }
 
@@ -271,8 +270,7 @@ fn plain_umount_leaves_pending_deletes_to_the_next_mount() {
 fn umount_says_what_it_waits_for() {
     require_fuse!();
     let vol = Volume::new(Backend::S3);
-    let proxy = vol.s3().expect("an S3 volume").start_proxy();
-    vol.set_mount_s3_endpoint(Some(&proxy.endpoint()));
+    let proxy = vol.proxy_mounts();
     let m = vol.mount_with(MountOptions {
         // Uploads wait for company: everything is staged when the unmount starts.
         extra_args: vec!["--upload-delay=600".into()],
