@@ -290,6 +290,8 @@ impl Catalog for UploadCatalog {
 /// with no inode.
 struct NamespaceLog {
     log: Arc<StagingLog>,
+    /// The data log, which carries transactions with slices (set once it is open).
+    data: std::sync::OnceLock<Arc<StagingLog>>,
     /// `--staging-durability none`: no device cache flushes at all.
     flush: bool,
     locs: Mutex<HashMap<u64, StagedLoc>>,
@@ -327,13 +329,18 @@ impl crate::wal::RecordLog for NamespaceLog {
         let loc = loc.map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         Ok(self.remember(loc))
     }
+    /// Flushes the data log too: a close leaves its record (the slice and the transaction
+    /// that links it) in the data log unflushed, and a later `fsync` with nothing new to log
+    /// would otherwise flush nothing at all (a log with no unflushed write skips its flush).
     fn sync(&self) -> std::io::Result<()> {
         if !self.flush {
             return Ok(());
         }
-        self.log
-            .sync()
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        let errno = |e: crate::staging::StagingError| std::io::Error::from_raw_os_error(e.errno());
+        if let Some(data) = self.data.get() {
+            data.sync().map_err(errno)?;
+        }
+        self.log.sync().map_err(errno)
     }
     fn free(&self, handle: u64) {
         if let Some(loc) = self.locs.lock().remove(&handle) {
@@ -369,6 +376,11 @@ pub struct StagingSettings {
     pub staging_timeout: Duration,
     /// Fault injection into the data staging log (tests).
     pub faults: Option<Arc<crate::staging::FaultConfig>>,
+    /// Fault injection into the namespace log (tests): the same plans as `faults`.
+    pub namespace_faults: Option<Arc<crate::staging::FaultConfig>>,
+    /// A simulated device under both logs, which records every write, flush and
+    /// segment-file operation for power-cut tests (`staging::SimDevice`).
+    pub device: Option<Arc<crate::staging::SimDevice>>,
 }
 
 /// The defaults of `spoolfs mount`'s staging flags (one engine thread per CPU), with no cache
@@ -392,6 +404,8 @@ impl Default for StagingSettings {
             upload_buffer: 256 << 20,
             staging_timeout: Duration::from_secs(5),
             faults: None,
+            namespace_faults: None,
+            device: None,
         }
     }
 }
@@ -506,6 +520,7 @@ pub fn open_staging(
         };
         let tuning = crate::staging::StagingTuning {
             faults,
+            device: settings.device.clone(),
             pool_buffers: pool.0,
             pool_buffer_size: pool.1,
             // A durable append must cover the records written before it (other slices of the
@@ -524,7 +539,7 @@ pub fn open_staging(
         1,
         settings.segment_size.min(NAMESPACE_SEGMENT_MAX),
         NAMESPACE_SEGMENTS,
-        None,
+        settings.namespace_faults.clone(),
         // Namespace records are small: a small pinned pool.
         (16, 128 << 10),
     )?;
@@ -538,6 +553,7 @@ pub fn open_staging(
     }
     let ns = Arc::new(NamespaceLog {
         log: ns_log.clone(),
+        data: std::sync::OnceLock::new(),
         flush,
         locs: Mutex::new(HashMap::new()),
         next: std::sync::atomic::AtomicU64::new(1),
@@ -553,6 +569,8 @@ pub fn open_staging(
         // 32 registered buffers of 1 MiB (+ header room) per engine thread.
         (32, (1 << 20) + (64 << 10)),
     )?;
+    let data_log = Arc::new(data_log);
+    let _ = ns.data.set(data_log.clone());
     tracing::info!(
         "staging log in {}: {} io engine, {} thread(s)",
         dir.display(),
@@ -605,7 +623,7 @@ pub fn open_staging(
         wal.clone(),
         StagingOptions {
             uploads: UploadOptions {
-                log: Arc::new(data_log),
+                log: data_log,
                 writeback: settings.writeback,
                 max_staging_bytes: settings.max_staging_bytes,
                 max_staging_age: settings.max_staging_age,

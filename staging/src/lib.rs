@@ -149,7 +149,7 @@ use oneshot::RecvError;
 use parking_lot::Mutex;
 
 pub use io::FaultConfig;
-pub use sim::{CutPlan, SimDevice};
+pub use sim::{CutPlan, CutReport, FlushScope, SimDevice};
 
 use buf::{BufPool, IoBuf, MAX_POOL_BUFFERS};
 use format::{PIECE_LEN, decode_record_header, record_header_len, record_size};
@@ -698,7 +698,8 @@ impl StagingLog {
         let mut unregistered = 0;
         let mut register_err = None;
         for t in 0..config.threads {
-            let (backend, err) = make_backend(io_engine, &tuning.faults, &tuning.device, pools.get(t))?;
+            let (backend, err) =
+                make_backend(io_engine, &tuning.faults, &tuning.device, pools.get(t))?;
             if let Some(e) = err {
                 unregistered += 1;
                 register_err = Some(e);

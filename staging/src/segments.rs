@@ -242,7 +242,6 @@ impl Shared {
     }
 }
 
-
 /// Direct-I/O alignment of files in `dir`: `statx` `STATX_DIOALIGN` of a probe file, at
 /// least 4096 (a 4 KiB physical sector makes smaller alignment a device read-modify-write),
 /// 4096 when the kernel or file system does not say.

@@ -3,12 +3,16 @@
 //! [`SimDevice`] sits behind both halves of the staging log's I/O seam: the engine threads'
 //! [`IoBackend`] (appends, reads, flushes) and the [`SegmentFiles`] operations (create,
 //! preallocate, zero-fill, rename, remove, file and directory sync). Every operation is carried
-//! out on the real files, so the log runs as usual, and is also recorded with a number taken
+//! out on the real files (except flushes, which only the simulation needs), so the log runs
+//! as usual, and is also recorded with a number taken
 //! from a clock the test shares with its other recorders (the metadata store's checkpoints, the
 //! object store's deletes). Afterwards [`SimDevice::materialise`] writes, into another
 //! directory, what a power cut just before any event number would have left on the device:
 //!
-//! - **File data**: what a file sync (`fsync`, `fdatasync`) covered survives; a write made
+//! - **File data**: what a flush covered survives: a file sync (`fsync`, `fdatasync`) is a
+//!   device cache flush, covering every write completed before it on any file of the device
+//!   ([`FlushScope::Device`], what ext4 and xfs do and what the staging log relies on), or
+//!   only the file's own writes ([`FlushScope::File`], what POSIX promises); a write made
 //!   with `RWF_DSYNC` survives. Of every other write, a seeded choice: lost, kept, or torn
 //!   (each 512-byte sector of it kept or lost on its own). Later writes land over earlier ones.
 //! - **Unwritten space**: a sector that was never written *and then synced* reads as zeros
@@ -43,7 +47,10 @@ type FileId = u32;
 
 enum Event {
     /// A new, empty file named `path`.
-    Create { file: FileId, path: PathBuf },
+    Create {
+        file: FileId,
+        path: PathBuf,
+    },
     /// A file that existed before recording started, with its contents then (durable).
     Adopt {
         file: FileId,
@@ -51,8 +58,14 @@ enum Event {
         data: Vec<u8>,
     },
     /// The size grows to at least `len` (unwritten space).
-    Preallocate { file: FileId, len: u64 },
-    SetLen { file: FileId, len: u64 },
+    Preallocate {
+        file: FileId,
+        len: u64,
+    },
+    SetLen {
+        file: FileId,
+        len: u64,
+    },
     Write {
         file: FileId,
         offset: u64,
@@ -60,11 +73,24 @@ enum Event {
         /// `RWF_DSYNC`: durable when it completed.
         durable: bool,
     },
-    Zero { file: FileId, offset: u64, len: u64 },
-    Sync { file: FileId },
-    Rename { from: PathBuf, to: PathBuf },
-    Remove { path: PathBuf },
-    SyncDir { dir: PathBuf },
+    Zero {
+        file: FileId,
+        offset: u64,
+        len: u64,
+    },
+    Sync {
+        file: FileId,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    Remove {
+        path: PathBuf,
+    },
+    SyncDir {
+        dir: PathBuf,
+    },
 }
 
 #[derive(Default)]
@@ -95,11 +121,25 @@ pub struct CutReport {
     pub names_kept: usize,
 }
 
+/// What a file sync pushes through the device's volatile cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushScope {
+    /// Every write completed before it, to any file (a device cache flush, which is what
+    /// `fdatasync` issues on ext4 and xfs): the staging log relies on this, since its data and
+    /// namespace logs share the device and one flush covers both. File-system metadata
+    /// (written extents, sizes, names) is still made durable per file and per directory.
+    #[default]
+    Device,
+    /// Only the synced file's own writes (what POSIX promises).
+    File,
+}
+
 /// A recording, simulated device under one directory. Give it to a staging log through
 /// [`crate::StagingTuning::device`]; several logs may share one.
 pub struct SimDevice {
     root: PathBuf,
     clock: Arc<AtomicU64>,
+    flush_scope: FlushScope,
     rec: Mutex<Recorder>,
 }
 
@@ -113,9 +153,19 @@ impl SimDevice {
     /// A device for files under `root`, numbering its events from `clock` (shared with the
     /// test's other recorders so that all events have one order).
     pub fn new(root: impl Into<PathBuf>, clock: Arc<AtomicU64>) -> Arc<SimDevice> {
+        SimDevice::with_scope(root, clock, FlushScope::Device)
+    }
+
+    /// [`SimDevice::new`] whose flushes cover `scope`.
+    pub fn with_scope(
+        root: impl Into<PathBuf>,
+        clock: Arc<AtomicU64>,
+        scope: FlushScope,
+    ) -> Arc<SimDevice> {
         Arc::new(SimDevice {
             root: root.into(),
             clock,
+            flush_scope: scope,
             rec: Mutex::new(Recorder::default()),
         })
     }
@@ -123,6 +173,53 @@ impl SimDevice {
     /// Events recorded so far.
     pub fn events(&self) -> usize {
         self.rec.lock().events.len()
+    }
+
+    /// One line per event numbered in `[from, to)`, for failure reports.
+    pub fn describe(&self, from: u64, to: u64) -> Vec<String> {
+        let rec = self.rec.lock();
+        let path_of = |file: FileId| {
+            rec.names
+                .iter()
+                .find(|(_, f)| **f == file)
+                .map(|(p, _)| self.rel(p).display().to_string())
+                .unwrap_or_else(|| format!("file {file}"))
+        };
+        rec.events
+            .iter()
+            .filter(|(n, _)| (from..to).contains(n))
+            .map(|(n, e)| {
+                let what = match e {
+                    Event::Create { path, .. } => format!("create {}", path.display()),
+                    Event::Adopt { path, .. } => format!("adopt {}", path.display()),
+                    Event::Preallocate { file, len } => {
+                        format!("preallocate {} {len}", path_of(*file))
+                    }
+                    Event::SetLen { file, len } => format!("set length {} {len}", path_of(*file)),
+                    Event::Write {
+                        file,
+                        offset,
+                        data,
+                        durable,
+                    } => format!(
+                        "write {} [{offset}, +{}){}",
+                        path_of(*file),
+                        data.len(),
+                        if *durable { " dsync" } else { "" }
+                    ),
+                    Event::Zero { file, offset, len } => {
+                        format!("zero {} [{offset}, +{len})", path_of(*file))
+                    }
+                    Event::Sync { file } => format!("sync {}", path_of(*file)),
+                    Event::Rename { from, to } => {
+                        format!("rename {} {}", from.display(), to.display())
+                    }
+                    Event::Remove { path } => format!("remove {}", path.display()),
+                    Event::SyncDir { dir } => format!("sync directory {}", dir.display()),
+                };
+                format!("{n}: {what}")
+            })
+            .collect()
     }
 
     fn record(&self, rec: &mut Recorder, event: Event) {
@@ -192,7 +289,7 @@ impl SimDevice {
                 }
                 Event::Adopt { file, path, data } => {
                     let mut f = SimFile::default();
-                    f.durable.clone_from(data);
+                    f.media.clone_from(data);
                     f.size = data.len() as u64;
                     f.durable_size = f.size;
                     f.written = vec![true; data.len().div_ceil(SECTOR as usize)];
@@ -216,23 +313,17 @@ impl SimDevice {
                     durable,
                 } => {
                     if let Some(f) = files.get_mut(file) {
-                        f.size = f.size.max(offset + data.len() as u64);
-                        let w = Pending {
+                        f.write(Pending {
                             offset: *offset,
                             data: Some(data.clone()),
                             len: data.len() as u64,
                             durable: *durable,
-                        };
-                        if *durable {
-                            f.apply_durable(&w);
-                        }
-                        f.pending.push(w);
+                        });
                     }
                 }
                 Event::Zero { file, offset, len } => {
                     if let Some(f) = files.get_mut(file) {
-                        f.size = f.size.max(offset + len);
-                        f.pending.push(Pending {
+                        f.write(Pending {
                             offset: *offset,
                             data: None,
                             len: *len,
@@ -241,15 +332,21 @@ impl SimDevice {
                     }
                 }
                 Event::Sync { file } => {
+                    if self.flush_scope == FlushScope::Device {
+                        files.values_mut().for_each(SimFile::flush_cache);
+                    }
                     if let Some(f) = files.get_mut(file) {
                         f.sync();
                     }
                 }
-                Event::Rename { from, to } => pending_names.push(NameOp::Rename(from.clone(), to.clone())),
+                Event::Rename { from, to } => {
+                    pending_names.push(NameOp::Rename(from.clone(), to.clone()))
+                }
                 Event::Remove { path } => pending_names.push(NameOp::Unlink(path.clone())),
                 Event::SyncDir { dir } => {
-                    let (now, later): (Vec<_>, Vec<_>) =
-                        pending_names.drain(..).partition(|op| op.parent() == dir.as_path());
+                    let (now, later): (Vec<_>, Vec<_>) = pending_names
+                        .drain(..)
+                        .partition(|op| op.parent() == dir.as_path());
                     for op in now {
                         op.apply(&mut durable_names);
                     }
@@ -328,52 +425,86 @@ struct Pending {
 }
 
 impl Pending {
-    fn byte(&self, i: u64) -> u8 {
-        self.data.as_ref().map_or(0, |d| d[i as usize])
+    /// Copies bytes `[from, to)` of the write into `out` (at the write's offsets).
+    fn copy_into(&self, out: &mut [u8], from: u64, to: u64) {
+        let end = ((self.offset + to) as usize).min(out.len());
+        let start = (self.offset + from) as usize;
+        if start >= end {
+            return;
+        }
+        let dst = &mut out[start..end];
+        match &self.data {
+            Some(d) => dst.copy_from_slice(&d[from as usize..from as usize + dst.len()]),
+            None => dst.fill(0),
+        }
     }
 }
 
 #[derive(Default)]
 struct SimFile {
-    /// Contents as of the last sync (and `RWF_DSYNC` writes since).
-    durable: Vec<u8>,
+    /// Bytes on stable media: what flushes covered (and `RWF_DSYNC` writes).
+    media: Vec<u8>,
     durable_size: u64,
     size: u64,
-    /// Sectors written and synced: written space. Others read as zeros after a cut.
+    /// Sectors written since the file's own last sync (their extents convert at its next).
+    touched: Vec<bool>,
+    /// Written space: sectors written and then synced through this file. Others read as
+    /// zeros after a cut, whatever reached the media.
     written: Vec<bool>,
-    /// Writes since the last sync, in order (durable ones too, to keep the order).
+    /// Writes not yet on the media, in order (durable ones too, to keep the order).
     pending: Vec<Pending>,
 }
 
+fn mark(bits: &mut Vec<bool>, offset: u64, len: u64) {
+    let (s0, s1) = (
+        (offset / SECTOR) as usize,
+        (offset + len).div_ceil(SECTOR) as usize,
+    );
+    if bits.len() < s1 {
+        bits.resize(s1, false);
+    }
+    bits[s0..s1].iter_mut().for_each(|s| *s = true);
+}
+
 impl SimFile {
-    fn put(buf: &mut Vec<u8>, written: &mut Vec<bool>, w: &Pending, from: u64, to: u64) {
-        let end = (w.offset + to) as usize;
+    fn put(buf: &mut Vec<u8>, w: &Pending) {
+        let end = (w.offset + w.len) as usize;
         if buf.len() < end {
             buf.resize(end, 0);
         }
-        for i in from..to {
-            buf[(w.offset + i) as usize] = w.byte(i);
-        }
-        let (s0, s1) = (
-            ((w.offset + from) / SECTOR) as usize,
-            (w.offset + to).div_ceil(SECTOR) as usize,
-        );
-        if written.len() < s1 {
-            written.resize(s1, false);
-        }
-        written[s0..s1].iter_mut().for_each(|s| *s = true);
+        w.copy_into(buf, 0, w.len);
     }
 
-    fn apply_durable(&mut self, w: &Pending) {
-        Self::put(&mut self.durable, &mut self.written, w, 0, w.len);
+    fn write(&mut self, w: Pending) {
+        self.size = self.size.max(w.offset + w.len);
+        mark(&mut self.touched, w.offset, w.len);
+        if w.durable {
+            Self::put(&mut self.media, &w);
+            mark(&mut self.written, w.offset, w.len);
+        }
+        self.pending.push(w);
     }
 
-    fn sync(&mut self) {
+    /// A device cache flush: every completed write reaches the media.
+    fn flush_cache(&mut self) {
         for w in std::mem::take(&mut self.pending) {
-            Self::put(&mut self.durable, &mut self.written, &w, 0, w.len);
+            Self::put(&mut self.media, &w);
         }
+    }
+
+    /// `fsync`/`fdatasync` of this file: its data, its size and its written extents.
+    fn sync(&mut self) {
+        self.flush_cache();
+        for (i, t) in self.touched.iter().enumerate() {
+            if *t {
+                if self.written.len() <= i {
+                    self.written.resize(i + 1, false);
+                }
+                self.written[i] = true;
+            }
+        }
+        self.touched.clear();
         self.durable_size = self.size;
-        self.durable.resize(self.size as usize, 0);
     }
 
     fn after_cut(&self, rng: &mut Mix, report: &mut CutReport) -> Vec<u8> {
@@ -382,10 +513,8 @@ impl SimFile {
         } else {
             self.durable_size
         };
-        let mut data = self.durable.clone();
+        let mut data = self.media.clone();
         data.resize(size as usize, 0);
-        // Only sectors written and synced before can take an unsynced write.
-        let writable = |sector: u64| self.written.get(sector as usize).copied().unwrap_or(false);
         for w in &self.pending {
             let choice = if w.durable { 1 } else { rng.below(3) };
             match choice {
@@ -396,24 +525,36 @@ impl SimFile {
             if choice == 0 {
                 continue;
             }
+            if choice == 1 {
+                w.copy_into(&mut data, 0, w.len);
+                continue;
+            }
             let first = w.offset / SECTOR;
             let last = (w.offset + w.len).div_ceil(SECTOR);
             for sector in first..last {
-                if choice == 2 && rng.coin() {
-                    continue;
-                }
-                if !w.durable && !writable(sector) {
+                if rng.coin() {
                     continue;
                 }
                 let from = (sector * SECTOR).max(w.offset) - w.offset;
                 let to = ((sector + 1) * SECTOR).min(w.offset + w.len) - w.offset;
-                for i in from..to {
-                    let at = (w.offset + i) as usize;
-                    if at < data.len() {
-                        data[at] = w.byte(i);
-                    }
-                }
+                w.copy_into(&mut data, from, to);
             }
+        }
+        // Space whose conversion to written extents was never synced reads as zeros.
+        let sectors = data.len().div_ceil(SECTOR as usize);
+        let mut sector = 0;
+        while sector < sectors {
+            if self.written.get(sector).copied().unwrap_or(false) {
+                sector += 1;
+                continue;
+            }
+            // A run of unwritten sectors at once.
+            let run_end = (sector..sectors)
+                .find(|&s| self.written.get(s).copied().unwrap_or(false))
+                .unwrap_or(sectors);
+            let end = (run_end * SECTOR as usize).min(data.len());
+            data[sector * SECTOR as usize..end].fill(0);
+            sector = run_end;
         }
         data
     }
@@ -485,7 +626,7 @@ impl SegmentFiles for SimDevice {
     }
 
     fn sync(&self, file: &File) -> io::Result<()> {
-        RealFiles.sync(file)?;
+        // The simulation decides what is durable: the real file needs no flush.
         self.note_sync(file.as_raw_fd());
         Ok(())
     }
@@ -511,7 +652,6 @@ impl SegmentFiles for SimDevice {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        RealFiles.sync_dir(dir)?;
         let mut rec = self.rec.lock();
         let dir = self.rel(dir);
         self.record(&mut rec, Event::SyncDir { dir });
@@ -564,7 +704,8 @@ impl IoBackend for SimBackend {
     }
 
     fn datasync(&mut self, fds: &[RawFd]) -> io::Result<()> {
-        self.inner.datasync(fds)?;
+        // Recorded, not carried out: the simulation decides what is durable (and a test
+        // runs thousands of cuts, each of which would wait for real flushes).
         for &fd in fds {
             if self.device.file_of(fd).is_some() {
                 self.device.note_sync(fd);
@@ -635,6 +776,33 @@ mod tests {
             assert_eq!(data.len(), 16 * SECTOR as usize);
             assert_eq!(&data[..512], &[7u8; 512]);
             assert!(data[512..].iter().all(|&b| b == 0), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_device_flush_covers_other_files_a_file_flush_does_not() {
+        for scope in [FlushScope::Device, FlushScope::File] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = SimDevice::with_scope(dir.path(), Arc::new(AtomicU64::new(0)), scope);
+            let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+            let (fa, fb) = (d.create(&a).unwrap(), d.create(&b).unwrap());
+            for f in [&fa, &fb] {
+                d.zero_fill(f, 0, 4 * SECTOR).unwrap();
+                d.sync(f).unwrap();
+            }
+            d.sync_dir(dir.path()).unwrap();
+            d.write_at(&fa, 0, &[5u8; 512]).unwrap();
+            d.sync(&fb).unwrap();
+            let survived = (0..32)
+                .filter(|&seed| {
+                    let (files, _) = d.power_cut(CutPlan { at: u64::MAX, seed });
+                    files[Path::new("a")][0] == 5
+                })
+                .count();
+            match scope {
+                FlushScope::Device => assert_eq!(survived, 32),
+                FlushScope::File => assert!(survived < 32),
+            }
         }
     }
 
