@@ -41,6 +41,7 @@ use spoolfs_metadata::{CrashStore, KvStore, MemStore};
 use spoolfs_objects::ObjectStorage;
 use spoolfs_testkit::Rng;
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -548,8 +549,27 @@ fn record(seed: u64) -> Recording {
 }
 
 /// Records workload `seed`, or the operations `fixed` (in order) if given.
+/// A directory in memory (tmpfs) where there is one that takes O_DIRECT, else a temporary
+/// directory: every cut writes and rereads the logs, which a disk makes slow.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if let Ok(dir) = tempfile::tempdir_in(shm) {
+        let probe = dir.path().join("probe");
+        let direct = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .is_ok();
+        if direct {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
 fn record_ops(seed: u64, fixed: Option<&[Op]>) -> Recording {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_dir();
     let clock = Arc::new(AtomicU64::new(1));
     let formatted: Arc<dyn KvStore> = Arc::new(MemStore::default());
     let record = format_volume(

@@ -455,23 +455,31 @@ struct SimFile {
     pending: Vec<Pending>,
 }
 
+/// Grows `v` to at least `len` elements of zero (a zeroed allocation, not a fill loop).
+fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize)
+where
+    Vec<T>: Clone,
+{
+    if v.len() < len {
+        let mut bigger = vec![T::default(); len.max(v.len() * 2)];
+        bigger.truncate(len);
+        bigger[..v.len()].copy_from_slice(v);
+        *v = bigger;
+    }
+}
+
 fn mark(bits: &mut Vec<bool>, offset: u64, len: u64) {
     let (s0, s1) = (
         (offset / SECTOR) as usize,
         (offset + len).div_ceil(SECTOR) as usize,
     );
-    if bits.len() < s1 {
-        bits.resize(s1, false);
-    }
-    bits[s0..s1].iter_mut().for_each(|s| *s = true);
+    grow(bits, s1);
+    bits[s0..s1].fill(true);
 }
 
 impl SimFile {
     fn put(buf: &mut Vec<u8>, w: &Pending) {
-        let end = (w.offset + w.len) as usize;
-        if buf.len() < end {
-            buf.resize(end, 0);
-        }
+        grow(buf, (w.offset + w.len) as usize);
         w.copy_into(buf, 0, w.len);
     }
 
@@ -495,13 +503,9 @@ impl SimFile {
     /// `fsync`/`fdatasync` of this file: its data, its size and its written extents.
     fn sync(&mut self) {
         self.flush_cache();
-        for (i, t) in self.touched.iter().enumerate() {
-            if *t {
-                if self.written.len() <= i {
-                    self.written.resize(i + 1, false);
-                }
-                self.written[i] = true;
-            }
+        grow(&mut self.written, self.touched.len());
+        for (w, t) in self.written.iter_mut().zip(&self.touched) {
+            *w |= *t;
         }
         self.touched.clear();
         self.durable_size = self.size;
@@ -514,7 +518,8 @@ impl SimFile {
             self.durable_size
         };
         let mut data = self.media.clone();
-        data.resize(size as usize, 0);
+        grow(&mut data, size as usize);
+        data.truncate(size as usize);
         for w in &self.pending {
             let choice = if w.durable { 1 } else { rng.below(3) };
             match choice {
