@@ -20,10 +20,12 @@
 //!   offset at some time, or zero (an unsynced record lost in the cut);
 //! - replay never panics and the engine starts.
 //!
-//! A failure names the workload seed and the cut point; `SPOOLFS_POWERCUT_SEED=S` and
-//! `SPOOLFS_POWERCUT_CUT=N` rerun exactly that cut. `SPOOLFS_POWERCUT_POINTS=K` runs a
-//! campaign of about `K` cut points (seeds from `SPOOLFS_POWERCUT_SEED`, default 1, upward);
-//! the `#[ignore]`d `powercut_campaign` runs 100,000.
+//! Each workload is cut before every one of its events. A failure names the workload seed,
+//! the cut point and the variant (the seed of the device's choices); `SPOOLFS_POWERCUT_SEED=S
+//! SPOOLFS_POWERCUT_CUT=N SPOOLFS_POWERCUT_VARIANT=V` rerun exactly that cut.
+//! `SPOOLFS_POWERCUT_POINTS=K` runs a campaign of at least `K` cuts (two variants per event,
+//! seeds from `SPOOLFS_POWERCUT_SEED`, default 1, upward); the `#[ignore]`d
+//! `powercut_campaign` runs 100,000.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -47,9 +49,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const ME: Caller = Caller::ROOT;
-/// Cut points per workload seed in the CI run, and workload seeds.
-const CI_CUTS_PER_SEED: usize = 60;
-const CI_SEEDS: u64 = 12;
+/// Workload seeds of the CI run (each cut before every one of its events).
+const CI_SEEDS: u64 = 10;
 /// Operations per workload.
 const OPS: usize = 70;
 
@@ -200,10 +201,13 @@ struct State {
     files: HashMap<usize, FileState>,
 }
 
+/// One write: its offset and bytes.
+type WriteAt = (u64, Arc<Vec<u8>>);
+
 /// Everything written to file `id`, at which offset (for the "never written" check).
 #[derive(Default)]
 struct Written {
-    by_file: HashMap<usize, Vec<(u64, Arc<Vec<u8>>)>>,
+    by_file: HashMap<usize, Vec<WriteAt>>,
 }
 
 impl Written {
@@ -234,6 +238,8 @@ enum Op {
     FsyncDir(String),
     Upload,
     CollectGarbage,
+    /// Metadata checkpoints fail (a full or failing metadata disk) until turned off again.
+    FailCheckpoints(bool),
 }
 
 /// One operation as it ran: the clock before and after, and the state after it.
@@ -307,7 +313,7 @@ fn lookup_path(e: &Engine, path: &str) -> Option<Ino> {
 }
 
 /// Picks the next operation from what the state holds.
-fn pick(rng: &mut Rng, s: &State) -> Op {
+fn pick(rng: &mut Rng, s: &State, faults: bool) -> Op {
     let dirs: Vec<String> = std::iter::once(String::new())
         .chain(
             s.names
@@ -335,7 +341,7 @@ fn pick(rng: &mut Rng, s: &State) -> Op {
     };
     loop {
         let any_file = |rng: &mut Rng| files[rng.below(files.len() as u64) as usize].clone();
-        let roll = rng.below(100);
+        let roll = rng.below(if faults { 106 } else { 100 });
         let op = match roll {
             0..=11 => fresh(rng, "f").map(Op::Create),
             12..=15 if dirs.len() < 4 => fresh(rng, "d").map(Op::Mkdir),
@@ -384,6 +390,7 @@ fn pick(rng: &mut Rng, s: &State) -> Op {
             )),
             85..=92 => Some(Op::Upload),
             93..=99 => Some(Op::CollectGarbage),
+            100..=105 => Some(Op::FailCheckpoints(rng.below(3) == 0)),
             _ => None,
         };
         if let Some(op) = op {
@@ -541,6 +548,25 @@ fn apply(
             (r, true)
         }
         Op::CollectGarbage => (e.collect_garbage(usize::MAX).map(|_| ()), false),
+        Op::FailCheckpoints(_) => unreachable!("applied by the workload to its store"),
+    }
+}
+
+/// How a workload seed's devices misbehave besides the power cut.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Faults {
+    None,
+    /// Failing and torn writes in both logs (their fallbacks: direct upload, checkpoint).
+    Logs,
+    /// Failing namespace-log appends, and metadata checkpoints that fail at times.
+    Checkpoints,
+}
+
+fn faults_of(seed: u64) -> Faults {
+    match seed % 4 {
+        2 => Faults::Logs,
+        3 => Faults::Checkpoints,
+        _ => Faults::None,
     }
 }
 
@@ -598,12 +624,22 @@ fn record_ops(seed: u64, fixed: Option<&[Op]>) -> Recording {
     let storage = Arc::new(ObjectStorage::from_store(Arc::new(store), "recorded").unwrap());
     let cache = dir.path().join("cache");
     let device = SimDevice::new(&cache, clock.clone());
-    let (wal, staging) = open_staging(
-        meta.clone() as Arc<dyn KvStore>,
-        &record,
-        &settings(&cache, Some(device.clone())),
-    )
-    .unwrap();
+    let faults = faults_of(seed);
+    let plan = |spec: &str| Some(spoolfs_engine::staging::FaultConfig::from_spec(spec).unwrap());
+    let staging_settings = match faults {
+        Faults::None => settings(&cache, Some(device.clone())),
+        Faults::Logs => StagingSettings {
+            faults: plan("fail_every=5,tear_every=7"),
+            namespace_faults: plan("fail_every=6,tear_every=9"),
+            ..settings(&cache, Some(device.clone()))
+        },
+        Faults::Checkpoints => StagingSettings {
+            namespace_faults: plan("fail_every=4"),
+            ..settings(&cache, Some(device.clone()))
+        },
+    };
+    let (wal, staging) =
+        open_staging(meta.clone() as Arc<dyn KvStore>, &record, &staging_settings).unwrap();
     let engine = Engine::start(wal, storage, record.clone(), engine_config(staging)).unwrap();
 
     let mut rng = Rng::new(seed);
@@ -616,22 +652,26 @@ fn record_ops(seed: u64, fixed: Option<&[Op]>) -> Recording {
     for i in 0..count {
         let op = match fixed {
             Some(f) => f[i].clone(),
-            None => pick(&mut rng, &state),
+            None => pick(&mut rng, &state, faults == Faults::Checkpoints),
         };
         let start = clock.load(Ordering::SeqCst);
-        let (r, barrier) = apply(
-            &engine,
-            &mut rng,
-            &op,
-            &mut state,
-            &mut next_id,
-            &mut written,
-        );
+        let (r, barrier) = match op {
+            Op::FailCheckpoints(on) => {
+                meta.fail_checkpoints(on);
+                (Ok(()), false)
+            }
+            _ => apply(
+                &engine,
+                &mut rng,
+                &op,
+                &mut state,
+                &mut next_id,
+                &mut written,
+            ),
+        };
         let end = clock.load(Ordering::SeqCst);
         let failed = r.is_err();
-        if let Err(err) = &r {
-            eprintln!("seed {seed}: {op:?} failed: {err}");
-        }
+
         steps.push(Step {
             op,
             start,
@@ -758,10 +798,22 @@ fn mismatch(
     None
 }
 
+/// The state after an operation that had not returned at the cut: a file is fsynced only if
+/// it was before and the operation did not change it.
+fn unconfirmed(before: &State, after: &State) -> State {
+    let mut s = after.clone();
+    for (id, f) in s.files.iter_mut() {
+        f.fsynced = before
+            .files
+            .get(id)
+            .is_some_and(|b| b.fsynced && b.data == f.data);
+    }
+    s
+}
+
 /// Rebuilds the volume as a cut before event `at` leaves it, starts an engine on it and checks
 /// what it reads. `Err` says what is wrong.
 fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(), String> {
-    let t_all = Instant::now();
     // The same path as the recording's: the volume remembers where its logs are.
     let cache = rec._dir.path().join("cache");
     if cache.exists() {
@@ -770,7 +822,6 @@ fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(),
     rec.device
         .materialise(CutPlan { at, seed: cut_seed }, &cache)
         .map_err(|e| format!("materialise: {e}"))?;
-    let t_mat = t_all.elapsed();
     let meta: Arc<dyn KvStore> = Arc::new(MemStore::from_map(rec.meta.durable_before(at)));
     let inner = InMemory::new();
     let storage = ObjectStorage::from_store(Arc::new(inner), "cut").unwrap();
@@ -779,8 +830,6 @@ fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(),
         storage.put(&k, v).unwrap();
     }
     let storage = Arc::new(storage);
-    let t_obj = t_all.elapsed();
-    let t_open = Instant::now();
     // On a simulated device of its own: the same files, without waiting for real flushes.
     let device = SimDevice::new(&cache, Arc::new(AtomicU64::new(1)));
     let reopen = StagingSettings {
@@ -792,24 +841,8 @@ fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(),
         .map_err(|e| format!("open_staging after the cut: {e}"))?;
     let engine = Engine::start(wal, storage, rec.record.clone(), engine_config(staging))
         .map_err(|e| format!("engine start after the cut: {e}"))?;
-    if std::env::var("PC_TIMING").is_ok() {
-        eprintln!(
-            "mat {t_mat:?} obj {t_obj:?} open+start {:?}",
-            t_open.elapsed()
-        );
-    }
-    let t0 = Instant::now();
     let got = read_back(&engine);
-    let t1 = Instant::now();
     drop(engine);
-    if std::env::var("PC_TIMING").is_ok() {
-        eprintln!(
-            "read {:?} drop {:?} all {:?}",
-            t1 - t0,
-            t1.elapsed(),
-            t_all.elapsed()
-        );
-    }
 
     // The states the volume may be in: after the last barrier acknowledged before the cut,
     // up to the operation in flight at the cut.
@@ -828,12 +861,16 @@ fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(),
     };
     let oldest = last_barrier.map_or(0, |b| b + 1);
     let mut why = Vec::new();
+    // A failed operation (the workload's last) may or may not have taken effect: both its
+    // states are candidates.
     for p in (oldest..=newest.min(rec.steps.len())).rev() {
-        // A failed operation's reference state is only a guess: skip it as a candidate.
-        if p > 0 && rec.steps[p - 1].failed {
-            continue;
-        }
-        match mismatch(&got, state(p), &rec.written) {
+        let candidate = if in_flight && p == newest {
+            // Its fsync (if any) did not return: only what was fsynced before still counts.
+            unconfirmed(state(p - 1), state(p))
+        } else {
+            state(p).clone()
+        };
+        match mismatch(&got, &candidate, &rec.written) {
             None => return Ok(()),
             Some(w) => why.push(format!("  after op {p}: {w}")),
         }
@@ -841,44 +878,61 @@ fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(),
     let ops: Vec<String> = rec.steps[..newest.min(rec.steps.len())]
         .iter()
         .enumerate()
-        .map(|(i, s)| format!("  op {}: {:?} [{}..{})", i + 1, s.op, s.start, s.end))
+        .map(|(i, s)| {
+            format!(
+                "  op {}: {:?} [{}..{}){}",
+                i + 1,
+                s.op,
+                s.start,
+                s.end,
+                if s.failed { " failed" } else { "" }
+            )
+        })
         .collect();
+    let around = rec.steps[oldest.saturating_sub(1)..newest.min(rec.steps.len())]
+        .first()
+        .map_or(0, |s| s.start);
     Err(format!(
-        "the recovered volume matches no state from op {oldest} to op {newest}:\n{}\noperations:\n{}",
+        "the recovered volume matches no state from op {oldest} to op {newest}:\n{}\n\
+         operations:\n{}\ndevice events from op {oldest} to the cut:\n  {}",
         why.join("\n"),
-        ops.join("\n")
+        ops.join("\n"),
+        rec.device.describe(around, at).join("\n  ")
     ))
 }
 
-fn cut_seed(seed: u64, at: u64) -> u64 {
-    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ at
+fn cut_seed(seed: u64, at: u64, variant: u64) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ at.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ variant
 }
 
-/// Runs `cuts` cut points of workload `seed` (all of them if `only` names one). Returns the
-/// number of points checked; panics with the seed and point on a failure.
-fn run_seed(seed: u64, cuts: usize, only: Option<u64>) -> usize {
-    let t = Instant::now();
+/// Checks workload `seed` cut before every event it recorded, `variants` times each (different
+/// choices of what the device kept), or only the cut `only` (event, variant). Returns the
+/// number of cuts checked; panics with the seed and the cut on a failure.
+fn run_seed(seed: u64, variants: u64, only: Option<(u64, u64)>) -> usize {
     let rec = record(seed);
-    if std::env::var("PC_TIMING").is_ok() {
-        eprintln!("record {:?}", t.elapsed());
-    }
     let first = rec.steps.first().map_or(1, |s| s.start);
     let last = rec.clock.load(Ordering::SeqCst);
-    let points: Vec<u64> = match only {
-        Some(n) => vec![n],
-        None => {
-            let mut rng = Rng::new(seed ^ 0xc0ff_ee00);
-            let mut p: Vec<u64> = (0..cuts)
-                .map(|_| first + rng.below((last - first).max(1) + 1))
-                .collect();
-            // Always the very end too (everything acknowledged).
-            p.push(last);
-            p
-        }
+    let points: Vec<(u64, u64)> = match only {
+        Some(p) => vec![p],
+        None => (first..=last)
+            .flat_map(|at| (0..variants).map(move |k| (at, k)))
+            .collect(),
     };
-    for &at in &points {
+    let failed = rec
+        .steps
+        .iter()
+        .find(|s| s.failed)
+        .map(|s| format!(", stopped at a failed {:?}", s.op));
+    eprintln!(
+        "seed {seed} ({:?}): {} operations{}, events {first}..{last}, {} cuts",
+        faults_of(seed),
+        rec.steps.len(),
+        failed.unwrap_or_default(),
+        points.len()
+    );
+    for &(at, variant) in &points {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            check_cut(&rec, at, cut_seed(seed, at))
+            check_cut(&rec, at, cut_seed(seed, at, variant))
         }));
         let failure = match outcome {
             Ok(Ok(())) => None,
@@ -894,9 +948,10 @@ fn run_seed(seed: u64, cuts: usize, only: Option<u64>) -> usize {
         };
         if let Some(why) = failure {
             panic!(
-                "power cut: workload seed {seed}, cut before event {at} (of {last}) failed \
-                 (rerun: SPOOLFS_POWERCUT_SEED={seed} SPOOLFS_POWERCUT_CUT={at} cargo test -p \
-                 spoolfs-engine --test powercut)\n{why}"
+                "power cut: workload seed {seed}, cut before event {at} (of {last}), variant \
+                 {variant} failed (rerun: SPOOLFS_POWERCUT_SEED={seed} SPOOLFS_POWERCUT_CUT={at} \
+                 SPOOLFS_POWERCUT_VARIANT={variant} cargo test -p spoolfs-engine --test \
+                 powercut powercut)\n{why}"
             );
         }
     }
@@ -907,7 +962,7 @@ fn run_seed(seed: u64, cuts: usize, only: Option<u64>) -> usize {
 /// what the device kept.
 fn every_cut(name: &str, ops: &[Op], cut_seeds: u64) {
     let rec = record_ops(1, Some(ops));
-    if std::env::var("PC_TIMING").is_ok() {
+    if std::env::var("SPOOLFS_POWERCUT_TRACE").is_ok() {
         for s in &rec.steps {
             eprintln!("{:?} [{}..{})", s.op, s.start, s.end);
             for e in rec.device.describe(s.start, s.end) {
@@ -957,17 +1012,18 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Runs about `points` cut points over consecutive seeds from `first_seed`.
-fn campaign(first_seed: u64, seeds: Option<u64>, points: usize, per_seed: usize) {
+/// Runs workload seeds from `first_seed` on, `variants` cuts before each of their events,
+/// until `seeds` seeds or `points` cuts are done.
+fn campaign(first_seed: u64, seeds: Option<u64>, points: usize, variants: u64) {
     let started = Instant::now();
     let mut done = 0;
     let mut seed = first_seed;
     while done < points && seeds.is_none_or(|n| seed < first_seed + n) {
-        done += run_seed(seed, per_seed.min(points - done).max(1), None);
+        done += run_seed(seed, variants, None);
         seed += 1;
     }
     eprintln!(
-        "power cut: {done} cut points over {} workload seed(s) from {first_seed}, all passed, in {:.1?}",
+        "power cut: {done} cuts of {} workload seed(s) from {first_seed}, all passed, in {:.1?}",
         seed - first_seed,
         started.elapsed()
     );
@@ -975,17 +1031,15 @@ fn campaign(first_seed: u64, seeds: Option<u64>, points: usize, per_seed: usize)
 
 #[test]
 fn powercut() {
-    if let (Some(seed), Some(at)) = (
-        env_u64("SPOOLFS_POWERCUT_SEED"),
-        env_u64("SPOOLFS_POWERCUT_CUT"),
-    ) {
-        run_seed(seed, 1, Some(at));
+    let seed = env_u64("SPOOLFS_POWERCUT_SEED");
+    if let (Some(seed), Some(at)) = (seed, env_u64("SPOOLFS_POWERCUT_CUT")) {
+        let variant = env_u64("SPOOLFS_POWERCUT_VARIANT").unwrap_or(0);
+        run_seed(seed, 1, Some((at, variant)));
         return;
     }
-    let first = env_u64("SPOOLFS_POWERCUT_SEED").unwrap_or(1);
     match env_u64("SPOOLFS_POWERCUT_POINTS") {
-        Some(points) => campaign(first, None, points as usize, 200),
-        None => campaign(first, Some(CI_SEEDS), usize::MAX, CI_CUTS_PER_SEED),
+        Some(points) => campaign(seed.unwrap_or(1), None, points as usize, 2),
+        None => campaign(seed.unwrap_or(1), Some(CI_SEEDS), usize::MAX, 1),
     }
 }
 
@@ -995,5 +1049,5 @@ fn powercut() {
 #[ignore]
 fn powercut_campaign() {
     let first = env_u64("SPOOLFS_POWERCUT_SEED").unwrap_or(1000);
-    campaign(first, None, 100_000, 200);
+    campaign(first, None, 100_000, 2);
 }

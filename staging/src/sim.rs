@@ -274,7 +274,7 @@ impl SimDevice {
     /// The files (relative path, contents) a power cut just before event `plan.at` leaves.
     pub fn power_cut(&self, plan: CutPlan) -> (BTreeMap<PathBuf, Vec<u8>>, CutReport) {
         let rec = self.rec.lock();
-        let mut rng = Mix(plan.seed ^ 0x5eed_0f_c0ffee);
+        let mut rng = Mix(plan.seed ^ 0x5eed_0fc0_ffee);
         let mut files: HashMap<FileId, SimFile> = HashMap::new();
         let mut durable_names: BTreeMap<PathBuf, FileId> = BTreeMap::new();
         let mut pending_names: Vec<NameOp> = Vec::new();
