@@ -223,6 +223,71 @@ pub fn dead_stored(
     Ok(dead)
 }
 
+/// Records slice `id` (of `size` bytes) as dead: its objects are to be deleted (`G` key).
+pub fn record_dead(t: &mut dyn KvTxn, id: u64, size: u32) -> Result<(), MetaError> {
+    t.put(
+        &schema::dead_key(id),
+        &schema::encode(&schema::DeadSlice { size }),
+    )
+}
+
+/// Removes `[lo, hi)` of the file (bytes) from its chunk maps and records the slices that
+/// died; returns their bytes.
+pub fn punch(
+    t: &mut dyn KvTxn,
+    ino: Ino,
+    lo: u64,
+    hi: u64,
+    chunk_size: u64,
+) -> Result<i64, MetaError> {
+    let mut pos = lo;
+    let mut freed = 0i64;
+    while pos < hi {
+        let chunk = (pos / chunk_size) as u32;
+        let base = chunk as u64 * chunk_size;
+        let chunk_hi = (hi - base).min(chunk_size) as u32;
+        let touched = cut_stored(t, ino, chunk, (pos - base) as u32, chunk_hi)?;
+        for (id, size) in dead_stored(t, ino, chunk, &touched)? {
+            record_dead(t, id, size)?;
+            freed += size as i64;
+        }
+        pos = base + chunk_hi as u64;
+    }
+    Ok(freed)
+}
+
+/// Cuts a file's stored data at `size`: whole chunks past it go, the boundary chunk is
+/// trimmed. The slices that died are recorded and the volume's used bytes lowered.
+pub fn truncate(t: &mut dyn KvTxn, ino: Ino, size: u64, chunk_size: u64) -> Result<(), MetaError> {
+    let mut freed = 0i64;
+    let boundary = (size / chunk_size) as u32;
+    let in_chunk = (size % chunk_size) as u32;
+    let mut dead = Vec::new();
+    let first_whole = if in_chunk > 0 {
+        let touched = cut_stored(t, ino, boundary, in_chunk, chunk_size as u32)?;
+        dead.extend(dead_stored(t, ino, boundary, &touched)?);
+        boundary + 1
+    } else {
+        boundary
+    };
+    // Whole chunks past the cut: every slice in them dies (a slice lives in one chunk).
+    let start = schema::chunk_key(ino, first_whole);
+    let end = prefix_end(&schema::chunk_prefix(ino));
+    let mut seen = BTreeSet::new();
+    for (key, value) in t.scan(&start, &end, usize::MAX)? {
+        let seg = decode_seg(&value)?;
+        if seen.insert(seg.id) {
+            dead.push((seg.id, seg.size));
+        }
+        t.delete(&key)?;
+    }
+    for (id, size) in dead {
+        record_dead(t, id, size)?;
+        freed += size as i64;
+    }
+    schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

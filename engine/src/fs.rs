@@ -6,22 +6,23 @@ use crate::blockcache::BlockId;
 use crate::data;
 use crate::error::{FsError, Result};
 use crate::ids::IdAllocator;
+use crate::namespace::{self, MAX_FILE_SIZE, NewNode, XATTR_VALUE_MAX, to_attr};
+use crate::open::OpenFiles;
 use crate::reader::{Counters, ObjectReader, ReaderConfig};
 use crate::reclaim::{DEAD_BATCH, Reclaimer, count_dead};
-use crate::schema::{self, DeadSlice, DentryRec, InodeRec, SliceRec, StagedRec};
-use crate::staging::{RecordHeader, StagedLoc};
+use crate::schema::{self, InodeRec};
 use crate::stop::StopSignal;
 use crate::types::*;
 use crate::volume::VolumeRecord;
-use crate::writeback::{SliceCarrier, StagingOptions, UploadCatalog};
-use bytes::Bytes;
+use crate::write::{FileState, WritePath};
+use crate::writeback::{StagingOptions, UploadCatalog};
 use parking_lot::{Mutex, RwLock};
-use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, prefix_end};
-use spoolfs_objects::{ObjectStorage, encode_block, split_blocks};
-use spoolfs_uploader::{Staged, Uploader, run_uploader};
-use std::collections::{HashMap, HashSet};
+use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError};
+use spoolfs_objects::ObjectStorage;
+use spoolfs_uploader::{Uploader, run_uploader};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How to open a mounted volume.
@@ -80,98 +81,6 @@ impl Default for EngineConfig {
 /// Reported by `statfs`: a nominal capacity, since an object store has no fixed size.
 const NOMINAL_CAPACITY_BYTES: u64 = 1 << 50;
 const NOMINAL_INODES: u64 = 1 << 40;
-const XATTR_NAME_MAX: usize = 255;
-const XATTR_VALUE_MAX: usize = 65536;
-const MAX_FILE_SIZE: u64 = 1 << 50;
-const OPEN_SHARDS: usize = 64;
-/// Pending runs per file before a flush.
-const MAX_PENDING_RUNS: usize = 256;
-/// Largest slice (also at most a quarter of a staging segment, so every slice can be staged).
-const MAX_SLICE_BYTES: usize = 16 << 20;
-/// Smallest largest slice, whatever the staging segment size.
-const MIN_SLICE_LIMIT: usize = 64 << 10;
-
-/// Data written through open handles and not yet uploaded: one contiguous run of bytes inside
-/// one chunk. Later entries shadow earlier ones.
-struct Pending {
-    chunk: u32,
-    pos: u32,
-    data: Vec<u8>,
-    /// A full run is handed to the staging log while the file is still being written, so a
-    /// large sequential write keeps copying while the device writes; the flush then only
-    /// waits for it. Such a run is frozen: later writes over it start a new run.
-    early: EarlyStage,
-}
-
-/// A flush's slices as its phases hand them on (see [`Engine::flush_locked`]).
-struct FlushPlan {
-    /// One per pending run, in order.
-    ids: Vec<u64>,
-    slices: Vec<SliceRec>,
-    /// The chunk of each slice.
-    chunks: Vec<u32>,
-    /// Slices in the staging log (or to ride with the commit), with their `T` records.
-    staged: Vec<(u64, Staged)>,
-    /// Block objects of the slices the staging log refused, PUT before the commit.
-    objects: Vec<(String, Bytes)>,
-    /// The last slice, to be staged in one record with the metadata change.
-    carried: Option<(u64, RecordHeader)>,
-}
-
-#[derive(Default)]
-enum EarlyStage {
-    #[default]
-    NotYet,
-    /// Submitted under this slice id; the flush waits for it.
-    Submitted {
-        id: u64,
-        append: crate::staging::PendingAppend,
-    },
-    /// The staging log had no room in time: the flush uploads it directly, without waiting
-    /// for room a second time.
-    Bypassed,
-}
-
-impl Pending {
-    fn frozen(&self) -> bool {
-        !matches!(self.early, EarlyStage::NotYet)
-    }
-}
-
-/// In-memory state of an inode while it is open or being changed.
-#[derive(Default)]
-pub(crate) struct FileState {
-    pending: Vec<Pending>,
-    pending_bytes: u64,
-    /// Size and times that include the pending writes; `None` when nothing is pending.
-    overlay: Option<Overlay>,
-}
-
-#[derive(Clone, Copy)]
-struct Overlay {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
-
-struct OpenInode {
-    /// Handles and temporary users of this entry; it leaves the table at zero.
-    pins: u64,
-    /// Open handles only (an inode with nlink 0 is deleted when this reaches zero).
-    handles: u64,
-    /// Its last name went while handles were open: the last close deletes it.
-    unlinked: bool,
-    state: Arc<RwLock<FileState>>,
-}
-
-struct Handle {
-    ino: Ino,
-    /// Opened for writing (such a file is never served by passthrough).
-    writing: bool,
-    /// Where its reader is, for readahead.
-    stream: crate::readahead::Stream,
-}
-
 pub struct Engine {
     /// The metadata store; refuses changes once the engine has shut down.
     pub(crate) meta: Arc<crate::meta::Meta>,
@@ -180,13 +89,12 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) writeback: Option<Arc<Uploader>>,
     inode_ids: IdAllocator,
-    slice_ids: Arc<IdAllocator>,
-    /// Open and pinned inodes, sharded by inode number so that writers of different files
-    /// never meet on one lock.
-    open: Vec<Mutex<HashMap<Ino, OpenInode>>>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    /// Open inodes with their buffered writes, and file handles.
+    open: OpenFiles,
+    /// Buffered writes and their flush.
+    write: WritePath,
+    /// Directory listings of open directory handles.
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
-    next_fh: AtomicU64,
     /// Reads object data through the block cache and the local data cache.
     pub(crate) reader: Arc<ObjectReader>,
     pub(crate) counters: Arc<Counters>,
@@ -196,8 +104,6 @@ pub struct Engine {
     background: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Size and mtime of each file at its last open here, for `keep_cache`.
     opened_as: Mutex<HashMap<Ino, (i64, u64)>>,
-    /// Inodes marked with [`schema::SYNC_UPLOAD_XATTR`] (mirror of the `Y` keys).
-    sync_marks: RwLock<std::collections::HashSet<Ino>>,
     /// Held for the whole of [`Engine::shutdown`]; true once it has run. Afterwards changes
     /// are refused (nothing would make them durable or upload them): see [`crate::meta::Meta::close`].
     shut_down: Mutex<bool>,
@@ -205,113 +111,6 @@ pub struct Engine {
     reclaim: Reclaimer,
     /// What the upload threads record their work through (they hold it weakly).
     upload_catalog: Arc<UploadCatalog>,
-}
-
-fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
-    MetaError::Errno(errno, msg.into())
-}
-
-fn name_str(name: &[u8]) -> String {
-    String::from_utf8_lossy(name).into_owned()
-}
-
-fn check_name_meta(name: &[u8]) -> Result<(), MetaError> {
-    schema::check_name(name).map_err(MetaError::from)
-}
-
-/// The attributes `stat` shows for a stored inode.
-fn to_attr(ino: Ino, rec: &InodeRec, blksize: u32) -> Attr {
-    let size = match rec.kind {
-        FileKind::Symlink => rec.target.len() as u64,
-        // A removed directory (still open somewhere) is empty: size 0, as on ext4.
-        FileKind::Dir if rec.nlink == 0 => 0,
-        FileKind::Dir => 4096,
-        _ => rec.size,
-    };
-    Attr {
-        ino,
-        kind: rec.kind,
-        perm: rec.perm,
-        nlink: rec.nlink,
-        uid: rec.uid,
-        gid: rec.gid,
-        rdev: rec.rdev,
-        size,
-        blocks: size.div_ceil(512),
-        atime: schema::from_ns(rec.atime_ns),
-        mtime: schema::from_ns(rec.mtime_ns),
-        ctime: schema::from_ns(rec.ctime_ns),
-        crtime: schema::from_ns(rec.crtime_ns),
-        blksize,
-    }
-}
-
-/// The directory inode, or ENOENT / ENOTDIR.
-fn must_dir(r: &dyn KvRead, ino: Ino) -> Result<InodeRec, MetaError> {
-    let rec = schema::must_inode(r, ino)?;
-    if rec.kind != FileKind::Dir {
-        return Err(posix(
-            libc::ENOTDIR,
-            format!("inode {ino} is not a directory"),
-        ));
-    }
-    if rec.nlink == 0 {
-        return Err(posix(libc::ENOENT, format!("directory {ino} was removed")));
-    }
-    Ok(rec)
-}
-
-/// Directory `parent` and its entry `name` (ENOENT if there is none).
-fn must_entry(
-    r: &dyn KvRead,
-    parent: Ino,
-    name: &[u8],
-) -> Result<(InodeRec, DentryRec), MetaError> {
-    let prec = must_dir(r, parent)?;
-    let d = schema::get_dentry(r, parent, name)?
-        .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
-    Ok((prec, d))
-}
-
-fn dir_is_empty(r: &dyn KvRead, ino: Ino) -> Result<bool, MetaError> {
-    let prefix = schema::dentry_prefix(ino);
-    Ok(r.scan(&prefix, &prefix_end(&prefix), 1)?.is_empty())
-}
-
-fn touch_dir(t: &mut dyn KvTxn, ino: Ino, rec: &mut InodeRec, now: i64) -> Result<(), MetaError> {
-    rec.mtime_ns = now;
-    rec.ctime_ns = now;
-    schema::put_inode(t, ino, rec)
-}
-
-/// Removes every trace of an inode whose last link and last handle are gone; its slices are
-/// queued for deletion.
-fn purge_inode(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaError> {
-    if schema::get_inode(t, ino)?.is_none() {
-        return Ok(());
-    }
-    let mut freed = 0i64;
-    let mut seen = std::collections::BTreeSet::new();
-    for (chunk, seg) in data::load_all(t, ino)? {
-        if seen.insert(seg.id) {
-            t.put(
-                &schema::dead_key(seg.id),
-                &schema::encode(&DeadSlice { size: seg.size }),
-            )?;
-            freed += seg.size as i64;
-        }
-        t.delete(&schema::seg_key(ino, chunk, seg.pos))?;
-    }
-    let xprefix = schema::xattr_prefix(ino);
-    for (key, _) in t.scan(&xprefix, &prefix_end(&xprefix), usize::MAX)? {
-        t.delete(&key)?;
-    }
-    t.delete(&schema::inode_key(ino))?;
-    t.delete(&schema::orphan_key(ino))?;
-    t.delete(&schema::sync_mark_key(ino))?;
-    schema::add_u64(t, schema::USED_BYTES_KEY, -freed)?;
-    schema::add_u64(t, schema::INODE_COUNT_KEY, -1)?;
-    Ok(())
 }
 
 impl Engine {
@@ -345,7 +144,10 @@ impl Engine {
             writeback.clone(),
             counters.clone(),
         )?;
-        let slice_ids = Arc::new(IdAllocator::new(schema::NEXT_SLICE_KEY, 1024));
+        let slice_ids = Arc::new(IdAllocator::new(
+            schema::NEXT_SLICE_KEY,
+            crate::ids::SLICE_BATCH,
+        ));
         let stop = Arc::new(StopSignal::default());
         let reclaim = Reclaimer {
             meta: meta.clone(),
@@ -368,6 +170,20 @@ impl Engine {
             stop: stop.clone(),
             block_size: volume.block_size as usize,
         });
+        let write = WritePath {
+            meta: meta.clone(),
+            storage: storage.clone(),
+            uploader: writeback.clone(),
+            slice_ids,
+            counters: counters.clone(),
+            stop: stop.clone(),
+            block_size: volume.block_size as usize,
+            chunk_size: volume.chunk_size,
+            max_dirty_per_file: config.max_dirty_per_file,
+            max_uploads: config.max_uploads,
+            namespace_log: config.staging.as_ref().and_then(|s| s.wal.clone()),
+            sync_marks: RwLock::new(Default::default()),
+        };
         let engine = Arc::new(Engine {
             reader,
             meta,
@@ -375,41 +191,24 @@ impl Engine {
             volume,
             writeback,
             config,
-            inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, 256),
-            slice_ids,
-            open: (0..OPEN_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-            handles: Mutex::new(HashMap::new()),
+            inode_ids: IdAllocator::new(schema::NEXT_INO_KEY, crate::ids::INODE_BATCH),
+            open: OpenFiles::default(),
+            write,
             dirs: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
             counters,
             reclaim,
             upload_catalog,
             stop,
             background: Mutex::new(Vec::new()),
-            sync_marks: RwLock::new(Default::default()),
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
         });
-        engine.meta.store().update(Durability::Durable, &mut |t| {
-            schema::init_root(t)?;
-            // Inodes unlinked while open when the volume was last mounted: nobody holds them now.
-            let orphans = t.scan(b"O", b"P", usize::MAX)?;
-            for (key, _) in orphans {
-                let ino = u64::from_be_bytes(key[1..9].try_into().expect("orphan key"));
-                purge_inode(t, ino)?;
-            }
-            Ok(())
-        })?;
-        let marks = engine.view(|r| {
-            let prefix = schema::SYNC_MARK_PREFIX;
-            Ok(r.scan(prefix, &prefix_end(prefix), usize::MAX)?
-                .into_iter()
-                .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().expect("mark key")))
-                .collect())
-        })?;
-        *engine.sync_marks.write() = marks;
+        engine
+            .meta
+            .store()
+            .update(Durability::Durable, &mut |t| namespace::init(t))?;
+        let marks = engine.view(namespace::sync_marks)?;
+        *engine.write.sync_marks.write() = marks;
         if let Some(wb) = engine.writeback.as_ref() {
             let replayed = engine
                 .config
@@ -468,28 +267,8 @@ impl Engine {
         self.volume.chunk_size
     }
 
-    /// Largest slice: 16 MiB, and at most a quarter of a staging segment so every slice can
-    /// be staged.
-    fn max_run_bytes(&self) -> usize {
-        let mut max = MAX_SLICE_BYTES;
-        if let Some(wb) = self.writeback.as_ref() {
-            max = max.min((wb.opts.segment_size / 4) as usize);
-        }
-        max.max(MIN_SLICE_LIMIT)
-    }
-
-    fn open_shard(&self, ino: Ino) -> &Mutex<HashMap<Ino, OpenInode>> {
-        &self.open[(ino as usize) % OPEN_SHARDS]
-    }
-
     fn refuse_after_shutdown(&self) -> Result<()> {
         self.meta.refuse_if_closed()
-    }
-
-    /// The namespace log, while the metadata store it writes ahead of is open.
-    fn namespace_log(&self) -> Option<Arc<crate::wal::WalStore>> {
-        let staging = self.config.staging.as_ref()?;
-        staging.wal.as_ref()?.upgrade()
     }
 
     pub(crate) fn stopping_now(&self) -> bool {
@@ -512,14 +291,6 @@ impl Engine {
         self.meta.update(f)
     }
 
-    pub(crate) fn update_with<T>(
-        &self,
-        durability: Durability,
-        f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
-    ) -> Result<T> {
-        self.meta.update_with(durability, f)
-    }
-
     /// Attributes of an inode read earlier as `rec`. For an open file the record is read again
     /// under the file's state lock, so that a flush committing between the two reads cannot
     /// make a stale size pass for the current one.
@@ -530,7 +301,7 @@ impl Engine {
             let st = state.read();
             if let Ok(fresh) = self.view(|r| schema::must_inode(r, ino)) {
                 let mut attr = to_attr(ino, &fresh, self.blksize());
-                if let Some(ov) = st.overlay {
+                if let Some(ov) = st.overlay() {
                     attr.size = ov.size;
                     attr.blocks = ov.size.div_ceil(512);
                     attr.mtime = schema::from_ns(ov.mtime_ns);
@@ -545,51 +316,11 @@ impl Engine {
     // ---------------------------------------------------------------- pins and handles
 
     pub(crate) fn pin(&self, ino: Ino, handle: bool) -> Arc<RwLock<FileState>> {
-        let mut open = self.open_shard(ino).lock();
-        let entry = open.entry(ino).or_insert_with(|| OpenInode {
-            pins: 0,
-            handles: 0,
-            unlinked: false,
-            state: Arc::new(RwLock::new(FileState::default())),
-        });
-        entry.pins += 1;
-        if handle {
-            entry.handles += 1;
-        }
-        entry.state.clone()
+        self.open.pin(ino, handle)
     }
 
-    /// Drops a pin; returns true if it was the last open handle of an inode whose last name
-    /// went while it was open (see [`Self::keep_unlinked`]): the caller deletes it.
     pub(crate) fn unpin(&self, ino: Ino, handle: bool) -> bool {
-        let mut open = self.open_shard(ino).lock();
-        let Some(entry) = open.get_mut(&ino) else {
-            return false;
-        };
-        entry.pins -= 1;
-        let mut last_handle = false;
-        if handle {
-            entry.handles -= 1;
-            last_handle = entry.handles == 0 && entry.unlinked;
-        }
-        if entry.pins == 0 {
-            open.remove(&ino);
-        }
-        last_handle
-    }
-
-    /// Whether `ino`, losing its last name, has open handles; if so its last close will
-    /// delete it. Checked and marked under the table's lock, so that a close either comes
-    /// before (and the caller deletes the inode now) or sees the mark.
-    fn keep_unlinked(&self, ino: Ino) -> bool {
-        let mut open = self.open_shard(ino).lock();
-        match open.get_mut(&ino) {
-            Some(o) if o.handles > 0 => {
-                o.unlinked = true;
-                true
-            }
-            _ => false,
-        }
+        self.open.unpin(ino, handle)
     }
 
     // ---------------------------------------------------------------- namespace
@@ -604,21 +335,7 @@ impl Engine {
         if name == b"." {
             return self.lookup_ino(parent);
         }
-        let (ino, rec) = self.view(|r| {
-            must_dir(r, parent)?;
-            let ino = match name {
-                b"." => parent,
-                b".." => schema::must_inode(r, parent)?.parent,
-                _ => {
-                    schema::get_dentry(r, parent, name)?
-                        .ok_or_else(|| {
-                            posix(libc::ENOENT, format!("{}: no such entry", name_str(name)))
-                        })?
-                        .ino
-                }
-            };
-            Ok((ino, schema::must_inode(r, ino)?))
-        })?;
+        let (ino, rec) = self.view(|r| namespace::lookup(r, parent, name))?;
         Ok(self.attr_of(ino, &rec))
     }
 
@@ -661,77 +378,9 @@ impl Engine {
     ) -> Result<Attr> {
         let mut state = state.write();
         // Settle buffered data first so sizes and times below apply on top of it.
-        self.flush_locked(ino, &mut state, false)?;
+        self.write.flush_locked(ino, &mut state, false)?;
         let chunk_size = self.chunk_size();
-        let rec = self.update(|t| {
-            let mut rec = schema::must_inode(t, ino)?;
-            let now = schema::now_ns();
-            let mut changed = false;
-            if let Some(mode) = set.mode {
-                rec.perm = (mode & 0o7777) as u16;
-                changed = true;
-                acl_chmod(t, ino, rec.perm)?;
-            }
-            let owner_changed =
-                set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
-            if let Some(uid) = set.uid {
-                rec.uid = uid;
-                changed = true;
-            }
-            if let Some(gid) = set.gid {
-                rec.gid = gid;
-                changed = true;
-            }
-            if owner_changed && rec.kind != FileKind::Dir && set.mode.is_none() {
-                // chown clears set-user-id, and set-group-id when it means "setgid" (group
-                // execute set), as Linux does.
-                rec.perm &= !(libc::S_ISUID as u16);
-                if rec.perm & 0o010 != 0 {
-                    rec.perm &= !(libc::S_ISGID as u16);
-                }
-            }
-            if owner_changed || set.size.is_some() {
-                t.delete(&schema::xattr_key(ino, schema::CAPS_XATTR))?;
-            }
-            if let Some(size) = set.size {
-                if rec.kind == FileKind::Dir {
-                    return Err(posix(libc::EISDIR, "cannot truncate a directory"));
-                }
-                if rec.kind != FileKind::File {
-                    return Err(posix(libc::EINVAL, "cannot truncate a special file"));
-                }
-                if size > MAX_FILE_SIZE {
-                    return Err(posix(libc::EFBIG, "file too large"));
-                }
-                if size < rec.size {
-                    truncate_chunks(t, ino, size, chunk_size)?;
-                }
-                rec.size = size;
-                rec.mtime_ns = now;
-                if caller.uid != 0 {
-                    clear_setid_on_write(&mut rec);
-                }
-                changed = true;
-            }
-            match set.atime {
-                Some(TimeSet::Now) => rec.atime_ns = now,
-                Some(TimeSet::At(t)) => rec.atime_ns = schema::to_ns(t),
-                None => {}
-            }
-            match set.mtime {
-                Some(TimeSet::Now) => rec.mtime_ns = now,
-                Some(TimeSet::At(t)) => rec.mtime_ns = schema::to_ns(t),
-                None => {}
-            }
-            if changed || set.atime.is_some() || set.mtime.is_some() {
-                rec.ctime_ns = now;
-            }
-            if let Some(ctime) = set.ctime {
-                rec.ctime_ns = schema::to_ns(ctime);
-            }
-            schema::put_inode(t, ino, &rec)?;
-            Ok(rec)
-        })?;
+        let rec = self.update(|t| namespace::setattr(t, caller, ino, set, chunk_size))?;
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
@@ -757,70 +406,13 @@ impl Engine {
     ) -> Result<(Ino, InodeRec)> {
         schema::check_name(name)?;
         let ino = self.inode_ids.next(self.meta.store())?;
-        let rec = self.update(|t| {
-            check_name_meta(name)?;
-            let mut prec = must_dir(t, parent)?;
-            if schema::get_dentry(t, parent, name)?.is_some() {
-                return Err(posix(libc::EEXIST, format!("{} exists", name_str(name))));
-            }
-            let now = schema::now_ns();
-            let mut perm = (perm & 0o7777) as u16;
-            // The directory's default ACL (if any) limits the mode instead of the umask,
-            // and becomes the new inode's access ACL (and a directory's default ACL).
-            let inherited = match kind {
-                FileKind::Symlink => None,
-                _ => t.get(&schema::xattr_key(parent, acl::DEFAULT_XATTR))?,
-            };
-            let mut inherited_access = None;
-            if let Some(default) = &inherited {
-                let mut access =
-                    acl::Acl::parse(default).map_err(|e| posix(libc::EIO, e.to_string()))?;
-                perm = (perm & !0o777) | access.create_masq(perm);
-                if !access.is_minimal() {
-                    inherited_access = Some(access.encode());
-                }
-            }
-            let mut gid = caller.gid;
-            if prec.perm & libc::S_ISGID as u16 != 0 {
-                // A set-group-id directory hands its group down, and its setgid bit to
-                // subdirectories.
-                gid = prec.gid;
-                if kind == FileKind::Dir {
-                    perm |= libc::S_ISGID as u16;
-                }
-            }
-            if kind != FileKind::Dir
-                && perm & libc::S_ISGID as u16 != 0
-                && caller.uid != 0
-                && gid != caller.gid
-            {
-                perm &= !(libc::S_ISGID as u16);
-            }
-            let rec = InodeRec {
-                uid: caller.uid,
-                gid,
-                rdev,
-                target: target.to_vec(),
-                ..InodeRec::new(kind, perm, parent, now)
-            };
-            schema::put_inode(t, ino, &rec)?;
-            if let Some(access) = &inherited_access {
-                t.put(&schema::xattr_key(ino, acl::ACCESS_XATTR), access)?;
-            }
-            if let (Some(default), FileKind::Dir) = (&inherited, kind) {
-                t.put(&schema::xattr_key(ino, acl::DEFAULT_XATTR), default)?;
-            }
-            t.put(
-                &schema::dentry_key(parent, name),
-                &schema::encode(&DentryRec { ino, kind }),
-            )?;
-            if kind == FileKind::Dir {
-                prec.nlink += 1;
-            }
-            touch_dir(t, parent, &mut prec, now)?;
-            schema::add_u64(t, schema::INODE_COUNT_KEY, 1)?;
-            Ok(rec)
-        })?;
+        let node = NewNode {
+            kind,
+            perm,
+            rdev,
+            target,
+        };
+        let rec = self.update(|t| namespace::make_node(t, caller, parent, name, ino, &node))?;
         Ok((ino, rec))
     }
 
@@ -869,41 +461,8 @@ impl Engine {
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
-    /// Drops one link of `ino` inside a transaction; the inode goes when its last link and
-    /// last open handle are gone.
-    fn drop_link(&self, t: &mut dyn KvTxn, ino: Ino, now: i64) -> Result<(), MetaError> {
-        let mut rec = schema::must_inode(t, ino)?;
-        rec.nlink = if rec.kind == FileKind::Dir {
-            0
-        } else {
-            rec.nlink.saturating_sub(1)
-        };
-        rec.ctime_ns = now;
-        if rec.nlink > 0 {
-            return schema::put_inode(t, ino, &rec);
-        }
-        if self.keep_unlinked(ino) {
-            schema::put_inode(t, ino, &rec)?;
-            t.put(&schema::orphan_key(ino), &[])
-        } else {
-            purge_inode(t, ino)
-        }
-    }
-
     pub fn unlink(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
-        self.update(|t| {
-            let (mut prec, d) = must_entry(t, parent, name)?;
-            if d.kind == FileKind::Dir {
-                return Err(posix(
-                    libc::EISDIR,
-                    format!("{} is a directory", name_str(name)),
-                ));
-            }
-            let now = schema::now_ns();
-            t.delete(&schema::dentry_key(parent, name))?;
-            self.drop_link(t, d.ino, now)?;
-            touch_dir(t, parent, &mut prec, now)
-        })
+        self.update(|t| namespace::unlink(t, parent, name, &|ino| self.open.keep_unlinked(ino)))
     }
 
     pub fn rmdir(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
@@ -913,26 +472,7 @@ impl Engine {
         if name == b".." {
             return Err(FsError::new(libc::ENOTEMPTY, "cannot remove \"..\""));
         }
-        self.update(|t| {
-            let (mut prec, d) = must_entry(t, parent, name)?;
-            if d.kind != FileKind::Dir {
-                return Err(posix(
-                    libc::ENOTDIR,
-                    format!("{} is not a directory", name_str(name)),
-                ));
-            }
-            if !dir_is_empty(t, d.ino)? {
-                return Err(posix(
-                    libc::ENOTEMPTY,
-                    format!("{} is not empty", name_str(name)),
-                ));
-            }
-            let now = schema::now_ns();
-            t.delete(&schema::dentry_key(parent, name))?;
-            self.drop_link(t, d.ino, now)?;
-            prec.nlink = prec.nlink.saturating_sub(1);
-            touch_dir(t, parent, &mut prec, now)
-        })
+        self.update(|t| namespace::rmdir(t, parent, name, &|ino| self.open.keep_unlinked(ino)))
     }
 
     pub fn rename(
@@ -951,134 +491,8 @@ impl Engine {
             ));
         }
         self.update(|t| {
-            must_dir(t, parent)?;
-            must_dir(t, new_parent)?;
-            let src = schema::get_dentry(t, parent, name)?
-                .ok_or_else(|| posix(libc::ENOENT, format!("{}: no such entry", name_str(name))))?;
-            // Linux order: a missing source first, then the new name, then a loop.
-            check_name_meta(new_name)?;
-            let dst = schema::get_dentry(t, new_parent, new_name)?;
-            if flags.noreplace && dst.is_some() {
-                return Err(posix(
-                    libc::EEXIST,
-                    format!("{} exists", name_str(new_name)),
-                ));
-            }
-            if (dst.is_some() || !flags.exchange)
-                && src.kind == FileKind::Dir
-                && parent != new_parent
-                && is_ancestor(t, src.ino, new_parent)?
-            {
-                return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-            }
-            let now = schema::now_ns();
-            if flags.exchange {
-                let dst = dst.ok_or_else(|| {
-                    posix(
-                        libc::ENOENT,
-                        format!("{}: no such entry", name_str(new_name)),
-                    )
-                })?;
-                if parent != new_parent {
-                    if src.kind == FileKind::Dir && is_ancestor(t, src.ino, new_parent)? {
-                        return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-                    }
-                    if dst.kind == FileKind::Dir && is_ancestor(t, dst.ino, parent)? {
-                        return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-                    }
-                }
-                t.put(&schema::dentry_key(parent, name), &schema::encode(&dst))?;
-                t.put(
-                    &schema::dentry_key(new_parent, new_name),
-                    &schema::encode(&src),
-                )?;
-                for (ino, kind, to) in
-                    [(src.ino, src.kind, new_parent), (dst.ino, dst.kind, parent)]
-                {
-                    let mut rec = schema::must_inode(t, ino)?;
-                    rec.ctime_ns = now;
-                    if kind == FileKind::Dir {
-                        rec.parent = to;
-                    }
-                    schema::put_inode(t, ino, &rec)?;
-                }
-                if parent != new_parent
-                    && (src.kind == FileKind::Dir) != (dst.kind == FileKind::Dir)
-                {
-                    // A directory changed parents in one direction only.
-                    let (gain, lose) = if src.kind == FileKind::Dir {
-                        (new_parent, parent)
-                    } else {
-                        (parent, new_parent)
-                    };
-                    adjust_nlink(t, gain, 1)?;
-                    adjust_nlink(t, lose, -1)?;
-                }
-                touch_parents(t, parent, new_parent, now)?;
-                return Ok(());
-            }
-            if let Some(dst) = dst {
-                if flags.noreplace {
-                    return Err(posix(
-                        libc::EEXIST,
-                        format!("{} exists", name_str(new_name)),
-                    ));
-                }
-                if dst.ino == src.ino {
-                    // Two links to one file: POSIX says do nothing.
-                    return Ok(());
-                }
-                match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
-                    (true, false) => {
-                        return Err(posix(
-                            libc::ENOTDIR,
-                            format!("{} is not a directory", name_str(new_name)),
-                        ));
-                    }
-                    (false, true) => {
-                        return Err(posix(
-                            libc::EISDIR,
-                            format!("{} is a directory", name_str(new_name)),
-                        ));
-                    }
-                    (true, true) => {
-                        if !dir_is_empty(t, dst.ino)? {
-                            return Err(posix(
-                                libc::ENOTEMPTY,
-                                format!("{} is not empty", name_str(new_name)),
-                            ));
-                        }
-                    }
-                    (false, false) => {}
-                }
-                if src.kind == FileKind::Dir && is_ancestor(t, src.ino, new_parent)? {
-                    return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-                }
-                t.delete(&schema::dentry_key(new_parent, new_name))?;
-                self.drop_link(t, dst.ino, now)?;
-                if dst.kind == FileKind::Dir {
-                    adjust_nlink(t, new_parent, -1)?;
-                }
-            } else if src.kind == FileKind::Dir
-                && parent != new_parent
-                && is_ancestor(t, src.ino, new_parent)?
-            {
-                return Err(posix(libc::EINVAL, "cannot move a directory into itself"));
-            }
-            t.delete(&schema::dentry_key(parent, name))?;
-            t.put(
-                &schema::dentry_key(new_parent, new_name),
-                &schema::encode(&src),
-            )?;
-            let mut rec = schema::must_inode(t, src.ino)?;
-            rec.ctime_ns = now;
-            if src.kind == FileKind::Dir && parent != new_parent {
-                rec.parent = new_parent;
-                adjust_nlink(t, parent, -1)?;
-                adjust_nlink(t, new_parent, 1)?;
-            }
-            schema::put_inode(t, src.ino, &rec)?;
-            touch_parents(t, parent, new_parent, now)
+            let still_open = |ino| self.open.keep_unlinked(ino);
+            namespace::rename(t, parent, name, new_parent, new_name, flags, &still_open)
         })
     }
 
@@ -1090,52 +504,11 @@ impl Engine {
         new_name: &[u8],
     ) -> Result<Attr> {
         schema::check_name(new_name)?;
-        let rec = self.update(|t| {
-            let mut prec = must_dir(t, new_parent)?;
-            let mut rec = schema::must_inode(t, ino)?;
-            if schema::get_dentry(t, new_parent, new_name)?.is_some() {
-                return Err(posix(
-                    libc::EEXIST,
-                    format!("{} exists", name_str(new_name)),
-                ));
-            }
-            if rec.kind == FileKind::Dir {
-                return Err(posix(libc::EPERM, "cannot hard-link a directory"));
-            }
-            if rec.nlink == 0 {
-                return Err(posix(libc::ENOENT, "file was removed"));
-            }
-            let now = schema::now_ns();
-            rec.nlink += 1;
-            rec.ctime_ns = now;
-            schema::put_inode(t, ino, &rec)?;
-            t.put(
-                &schema::dentry_key(new_parent, new_name),
-                &schema::encode(&DentryRec {
-                    ino,
-                    kind: rec.kind,
-                }),
-            )?;
-            touch_dir(t, new_parent, &mut prec, now)?;
-            Ok(rec)
-        })?;
+        let rec = self.update(|t| namespace::link(t, ino, new_parent, new_name))?;
         Ok(self.attr_of(ino, &rec))
     }
 
     // ---------------------------------------------------------------- open files
-
-    fn new_handle(&self, ino: Ino, writing: bool) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(
-            fh,
-            Handle {
-                ino,
-                writing,
-                stream: Default::default(),
-            },
-        );
-        fh
-    }
 
     /// Opens a file; `flags` are the open(2) flags (O_TRUNC is honoured here). Returns a handle.
     pub fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<u64> {
@@ -1150,7 +523,7 @@ impl Engine {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let buffered = self
             .state_of(ino)
-            .is_some_and(|s| s.read().overlay.is_some());
+            .is_some_and(|s| s.read().overlay().is_some());
         let now = (rec.mtime_ns, rec.size);
         // Reads served from the kernel's page cache never reach the engine: when the next
         // read must move the access time, the cache is dropped so that the read comes here.
@@ -1189,17 +562,12 @@ impl Engine {
     /// staged, with no buffered writes and not open for writing on this node.
     pub fn passthrough_source(&self, ino: Ino) -> Option<std::fs::File> {
         let disk = self.reader.disk.as_ref()?;
-        if self
-            .handles
-            .lock()
-            .values()
-            .any(|h| h.ino == ino && h.writing)
-        {
+        if self.open.has_writer(ino) {
             return None;
         }
         if self
             .state_of(ino)
-            .is_some_and(|s| s.read().overlay.is_some())
+            .is_some_and(|s| s.read().overlay().is_some())
         {
             return None;
         }
@@ -1246,7 +614,7 @@ impl Engine {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
         self.pin(ino, true);
-        let fh = self.new_handle(ino, writing);
+        let fh = self.open.new_handle(ino, writing);
         if flags & libc::O_TRUNC != 0 && writing && rec.kind == FileKind::File {
             let set = SetAttr {
                 size: Some(0),
@@ -1273,7 +641,7 @@ impl Engine {
         match self.make_node(caller, parent, name, FileKind::File, mode, 0, &[]) {
             Ok((ino, rec)) => {
                 self.pin(ino, true);
-                let fh = self.new_handle(ino, true);
+                let fh = self.open.new_handle(ino, true);
                 Ok((to_attr(ino, &rec, self.blksize()), fh))
             }
             Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
@@ -1289,10 +657,7 @@ impl Engine {
     }
 
     fn state_of(&self, ino: Ino) -> Option<Arc<RwLock<FileState>>> {
-        self.open_shard(ino)
-            .lock()
-            .get(&ino)
-            .map(|o| o.state.clone())
+        self.open.state_of(ino)
     }
 
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -1303,11 +668,7 @@ impl Engine {
             && !out.is_empty()
         {
             let len = out.len() as u64;
-            let sequential = self
-                .handles
-                .lock()
-                .get_mut(&fh)
-                .is_some_and(|h| h.stream.advance(offset, len));
+            let sequential = self.open.advance_stream(fh, offset, len);
             let bs = self.volume.block_size;
             // Once per block boundary crossed (and at the start of a stream), not per read.
             if sequential && (offset / bs != (offset + len) / bs || offset < len * 2) {
@@ -1329,10 +690,10 @@ impl Engine {
         if rec.kind == FileKind::Dir {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
-        let file_size = state.overlay.map(|o| o.size).unwrap_or(rec.size);
+        let file_size = state.overlay().map(|o| o.size).unwrap_or(rec.size);
         // The times a reader sees: buffered writes count as modifications.
         let (mtime_ns, ctime_ns) = state
-            .overlay
+            .overlay()
             .map_or((rec.mtime_ns, rec.ctime_ns), |o| (o.mtime_ns, o.ctime_ns));
         if size == 0 {
             return Ok(Vec::new());
@@ -1359,14 +720,14 @@ impl Engine {
                     .read_piece(&piece, &mut out[dst_off..dst_off + piece.len as usize])?;
             }
             // Pending writes are newer than anything stored.
-            for p in state.pending.iter().filter(|p| p.chunk == chunk) {
-                let p_end = p.pos + p.data.len() as u32;
-                let lo = p.pos.max(in_start);
+            for (p_pos, p_data) in state.pending_in(chunk) {
+                let p_end = p_pos + p_data.len() as u32;
+                let lo = p_pos.max(in_start);
                 let hi = p_end.min(in_end);
                 if lo < hi {
                     let dst_off = (chunk_start + lo as u64 - offset) as usize;
                     out[dst_off..dst_off + (hi - lo) as usize]
-                        .copy_from_slice(&p.data[(lo - p.pos) as usize..(hi - p.pos) as usize]);
+                        .copy_from_slice(&p_data[(lo - p_pos) as usize..(hi - p_pos) as usize]);
                 }
             }
             pos = chunk_start + in_end as u64;
@@ -1384,17 +745,7 @@ impl Engine {
         if !rule.read_updates(atime_ns, mtime_ns, ctime_ns, now) {
             return;
         }
-        let r = self.update(|t| {
-            if let Some(mut rec) = schema::get_inode(t, ino)? {
-                // Checked again on the stored record: a concurrent reader may have moved it.
-                let (m, c) = (rec.mtime_ns.max(mtime_ns), rec.ctime_ns.max(ctime_ns));
-                if rule.read_updates(rec.atime_ns, m, c, now) {
-                    rec.atime_ns = now;
-                    schema::put_inode(t, ino, &rec)?;
-                }
-            }
-            Ok(())
-        });
+        let r = self.update(|t| namespace::update_atime(t, ino, rule, (mtime_ns, ctime_ns), now));
         if let Err(e) = r {
             tracing::debug!("atime update of inode {ino} failed: {e}");
         }
@@ -1415,440 +766,24 @@ impl Engine {
         }
         self.refuse_after_shutdown()?;
         let state = self.pin(ino, false);
-        let result = self.write_pinned(caller, ino, offset, data, &state);
+        let result = self
+            .write
+            .write(caller, ino, offset, data, &mut state.write());
         self.unpin(ino, false);
         result
-    }
-
-    fn write_pinned(
-        &self,
-        caller: &Caller,
-        ino: Ino,
-        offset: u64,
-        data: &[u8],
-        state: &Arc<RwLock<FileState>>,
-    ) -> Result<u32> {
-        let mut state = state.write();
-        if state.overlay.is_none() {
-            // The first write since the last flush: privileges are dropped here, once (a
-            // setxattr of capabilities flushes, so the next write comes back here).
-            let caps_key = schema::xattr_key(ino, schema::CAPS_XATTR);
-            let (rec, has_caps) =
-                self.view(|r| Ok((schema::must_inode(r, ino)?, r.get(&caps_key)?.is_some())))?;
-            if rec.kind != FileKind::File {
-                return Err(FsError::new(libc::EINVAL, "not a regular file"));
-            }
-            // Writing by an unprivileged user drops set-id bits; any write drops capabilities.
-            let kill_setid =
-                caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0;
-            if kill_setid || has_caps {
-                self.update(|t| {
-                    let mut rec = schema::must_inode(t, ino)?;
-                    if kill_setid || has_caps {
-                        clear_setid_on_write(&mut rec);
-                    }
-                    t.delete(&caps_key)?;
-                    schema::put_inode(t, ino, &rec)
-                })?;
-            }
-            state.overlay = Some(Overlay {
-                size: rec.size,
-                mtime_ns: rec.mtime_ns,
-                ctime_ns: rec.ctime_ns,
-            });
-        }
-        let cs = self.chunk_size();
-        let mut done = 0usize;
-        while done < data.len() {
-            let pos = offset + done as u64;
-            let chunk = (pos / cs) as u32;
-            let in_chunk = (pos % cs) as u32;
-            let n = ((cs - in_chunk as u64) as usize).min(data.len() - done);
-            add_pending(
-                &mut state.pending,
-                chunk,
-                in_chunk,
-                &data[done..done + n],
-                self.max_run_bytes(),
-            );
-            done += n;
-        }
-        let now = schema::now_ns();
-        let ov = state.overlay.as_mut().expect("set above");
-        ov.size = ov.size.max(offset + data.len() as u64);
-        ov.mtime_ns = now;
-        ov.ctime_ns = now;
-        state.pending_bytes += data.len() as u64;
-        self.counters
-            .dirty_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        // Many small runs make a large transaction: flush by count too, so a random writer
-        // never stalls for seconds on one huge flush.
-        if state.pending_bytes >= self.config.max_dirty_per_file
-            || state.pending.len() >= MAX_PENDING_RUNS
-        {
-            self.flush_locked(ino, &mut state, false)?;
-        } else {
-            self.stage_full_runs(ino, &mut state);
-        }
-        Ok(data.len() as u32)
-    }
-
-    /// Hands every full run that is not yet staged to the staging log (see
-    /// [`Pending::early`]). The flush that follows waits for them; until then their data is
-    /// still read from memory.
-    fn stage_full_runs(&self, ino: Ino, state: &mut FileState) {
-        let Some(wb) = self.writeback.as_ref().filter(|wb| wb.opts.writeback) else {
-            return;
-        };
-        let max_run = self.max_run_bytes();
-        for p in state.pending.iter_mut() {
-            if p.frozen() || p.data.len() < max_run {
-                continue;
-            }
-            // An id that cannot be had now is asked for again by the flush (which reports
-            // the error).
-            let Ok(id) = self.slice_ids.next(self.meta.store()) else {
-                return;
-            };
-            p.early = match wb.submit_stage(ino, p.chunk, p.pos, id, &p.data) {
-                Some(append) => EarlyStage::Submitted { id, append },
-                None => EarlyStage::Bypassed,
-            };
-        }
-    }
-
-    /// Turns the inode's pending writes into slices and commits them. Writeback: each slice
-    /// goes to the staging log (O_DIRECT) and the commit goes through the namespace log, so
-    /// this survives a crash of spoolfs or the kernel; `durable` adds a device flush (power
-    /// cut). Standard mode, or when staging has no room: the blocks are PUT first and the
-    /// metadata commit is durable.
-    fn flush_locked(&self, ino: Ino, state: &mut FileState, durable: bool) -> Result<()> {
-        let Some(overlay) = state.overlay else {
-            return Ok(());
-        };
-        let wb = self.writeback.as_ref().filter(|wb| wb.opts.writeback);
-        // Ids first (the only step that can fail), so that every append submitted below is
-        // also waited for.
-        let ids = self.flush_ids(state)?;
-        let mut plan = self.flush_stage(ino, state, wb, ids);
-        // What the staging log refused goes to the object store before the commit.
-        let uploaded_directly = !plan.objects.is_empty();
-        if uploaded_directly {
-            self.put_objects(std::mem::take(&mut plan.objects))?;
-        }
-        // Standard mode: close(2) promises the data is in the object store and the metadata
-        // that points at it survives a crash. Writeback: the namespace log makes the commit
-        // crash-safe; `durable` (fsync) adds a device flush.
-        let durability = if durable || (uploaded_directly && !self.is_writeback()) {
-            Durability::Durable
-        } else {
-            Durability::Visible
-        };
-        self.flush_commit(ino, state, wb, overlay, durability, &mut plan)?;
-        self.flush_hand_off(ino, state, wb, plan)
-    }
-
-    /// Flush phase 1: a slice id per pending run (runs staged early already have theirs).
-    fn flush_ids(&self, state: &FileState) -> Result<Vec<u64>> {
-        state
-            .pending
-            .iter()
-            .map(|p| match p.early {
-                EarlyStage::Submitted { id, .. } => Ok(id),
-                _ => self.slice_ids.next(self.meta.store()),
-            })
-            .collect()
-    }
-
-    /// Flush phase 2: stages every run but the last (the last rides with the commit when
-    /// it can), waits for the appends, and plans the direct upload of what the log refused.
-    fn flush_stage(
-        &self,
-        ino: Ino,
-        state: &mut FileState,
-        wb: Option<&Arc<Uploader>>,
-        ids: Vec<u64>,
-    ) -> FlushPlan {
-        let bs = self.volume.block_size as usize;
-        let now = schema::now_ns();
-        let last = state.pending.len().saturating_sub(1);
-        let mut plan = FlushPlan {
-            slices: Vec::with_capacity(state.pending.len()),
-            chunks: state.pending.iter().map(|p| p.chunk).collect(),
-            staged: Vec::new(),
-            objects: Vec::new(),
-            carried: None,
-            ids,
-        };
-        // All slices but the last go to the engine thread at once, written as one batch. A
-        // run staged early is waited for like them; if this flush fails, the next one stages
-        // the run again (the records of a failed flush are freed by the commit phase).
-        let mut submitted = Vec::with_capacity(state.pending.len());
-        for (i, (p, &id)) in state.pending.iter_mut().zip(&plan.ids).enumerate() {
-            let size = p.data.len() as u32;
-            let (carry, pending) = match std::mem::take(&mut p.early) {
-                EarlyStage::Submitted { append, .. } => (false, Some(append)),
-                EarlyStage::Bypassed => (false, None),
-                EarlyStage::NotYet => {
-                    let carry = i == last
-                        && wb.is_some_and(|wb| {
-                            self.namespace_log().is_some() && wb.wait_for_room(size as u64)
-                        });
-                    let pending = if carry {
-                        None
-                    } else {
-                        wb.and_then(|wb| wb.submit_stage(ino, p.chunk, p.pos, id, &p.data))
-                    };
-                    (carry, pending)
-                }
-            };
-            submitted.push((carry, pending));
-        }
-        for ((p, &id), (carry, pending)) in state.pending.iter().zip(&plan.ids).zip(submitted) {
-            let size = p.data.len() as u32;
-            let rec = StagedRec {
-                ino,
-                chunk: p.chunk,
-                size,
-                segment: spoolfs_uploader::UNKNOWN_SEGMENT,
-                offset: 0,
-                staged_ns: now,
-            };
-            let loc = match (wb, pending) {
-                (Some(wb), Some(pending)) => wb.finish_stage(id, pending),
-                _ => None,
-            };
-            if carry {
-                let header = RecordHeader {
-                    ino,
-                    chunk: p.chunk,
-                    pos: p.pos,
-                    slice_id: id,
-                    len: size,
-                    meta_len: 0,
-                };
-                plan.carried = Some((id, header));
-                plan.staged.push((id, Staged::pending(rec)));
-            } else if let Some(loc) = loc {
-                plan.staged.push((id, Staged::at(rec, loc)));
-            } else {
-                for (_, key, block) in split_blocks(id, &p.data, bs) {
-                    plan.objects.push((key, encode_block(block)));
-                }
-            }
-            plan.slices.push(SliceRec {
-                id,
-                size,
-                off: 0,
-                len: size,
-                pos: p.pos,
-            });
-        }
-        plan
-    }
-
-    /// Flush phase 3: one metadata transaction lays the slices over the chunk maps, records
-    /// the slices that died and the `T` records, and stores size and times; the last slice
-    /// rides in the same staging record when it was kept for that. On failure the staged
-    /// records are freed; a carried slice the log refused after the commit is uploaded
-    /// directly and its `T` record unlinked.
-    fn flush_commit(
-        &self,
-        ino: Ino,
-        state: &FileState,
-        wb: Option<&Arc<Uploader>>,
-        overlay: Overlay,
-        durability: Durability,
-        plan: &mut FlushPlan,
-    ) -> Result<()> {
-        let (slices, chunks, staged) = (&plan.slices, &plan.chunks, &plan.staged);
-        let mut commit = |t: &mut dyn KvTxn| {
-            let mut rec = schema::must_inode(t, ino)?;
-            let mut used = 0i64;
-            let mut i = 0;
-            while i < slices.len() {
-                let chunk = chunks[i];
-                let mut touched = Vec::new();
-                while i < slices.len() && chunks[i] == chunk {
-                    touched.extend(data::insert_stored(t, ino, chunk, slices[i])?);
-                    // A slice written and shadowed within this same flush is dead at once.
-                    touched.push(slices[i]);
-                    used += slices[i].size as i64;
-                    i += 1;
-                }
-                for (id, size) in data::dead_stored(t, ino, chunk, &touched)? {
-                    t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
-                    used -= size as i64;
-                }
-            }
-            for (id, s) in staged {
-                t.put(&schema::staged_key(*id), &schema::encode(&s.rec))?;
-            }
-            rec.size = overlay.size;
-            rec.mtime_ns = overlay.mtime_ns;
-            rec.ctime_ns = overlay.ctime_ns;
-            schema::put_inode(t, ino, &rec)?;
-            schema::add_u64(t, schema::USED_BYTES_KEY, used)?;
-            Ok(())
-        };
-        let last = state.pending.len().saturating_sub(1);
-        let result = match (wb, plan.carried) {
-            (Some(wb), Some((id, header))) => {
-                let data = &state.pending[last].data;
-                self.commit_carried(wb, durability, &mut commit, (id, header, data))
-                    .map(|placed| (id, placed))
-                    .map(Some)
-            }
-            _ => self.update_with(durability, commit).map(|()| None),
-        };
-        match result {
-            Err(e) => {
-                // Nothing points at the staged records: give their space back.
-                for (_, s) in &plan.staged {
-                    if let Some(loc) = s.placed() {
-                        wb.expect("staged").opts.log.free(&loc);
-                    }
-                }
-                return Err(e);
-            }
-            Ok(Some((id, Some((loc, seq))))) => {
-                let s = plan
-                    .staged
-                    .iter_mut()
-                    .find(|(i, _)| *i == id)
-                    .expect("carried");
-                s.1 = Staged::at(s.1.rec, loc).carrying(seq);
-            }
-            Ok(Some((id, None))) => {
-                // The staging log refused the carried slice after its metadata committed: put
-                // it in the object store and unlink its `T` record before acknowledging.
-                let data = &state.pending[last].data;
-                let bs = self.volume.block_size as usize;
-                let objects = split_blocks(id, data, bs)
-                    .map(|(_, key, block)| (key, encode_block(block)))
-                    .collect();
-                self.put_objects(objects)?;
-                self.update_with(durability, |t| t.delete(&schema::staged_key(id)))?;
-                plan.staged.retain(|(i, _)| *i != id);
-            }
-            Ok(None) => {}
-        }
-        Ok(())
-    }
-
-    /// Flush phase 4: hands the staged slices (and their buffers, while the upload buffer
-    /// has room) to the uploader, empties the inode's pending state, and, under a sync mark,
-    /// waits for the uploads.
-    fn flush_hand_off(
-        &self,
-        ino: Ino,
-        state: &mut FileState,
-        wb: Option<&Arc<Uploader>>,
-        plan: FlushPlan,
-    ) -> Result<()> {
-        let staged = plan.staged;
-        if let Some(wb) = wb
-            && !staged.is_empty()
-        {
-            // The uploaders take the data from memory while the upload buffer has room,
-            // instead of reading it back from the staging device.
-            let staged_ids: HashSet<u64> = staged.iter().map(|(id, _)| *id).collect();
-            for (p, id) in state.pending.iter_mut().zip(&plan.ids) {
-                if staged_ids.contains(id) {
-                    wb.keep_for_upload(*id, std::mem::take(&mut p.data));
-                }
-            }
-            wb.add(&staged);
-        }
-        self.counters
-            .dirty_bytes
-            .fetch_sub(state.pending_bytes, Ordering::Relaxed);
-        state.pending.clear();
-        state.pending_bytes = 0;
-        state.overlay = None;
-        if let Some(wb) = wb
-            && !staged.is_empty()
-            && self.under_sync_mark(ino)?
-        {
-            // A marked tree: the data must be in the object store before close returns.
-            let ids: Vec<u64> = staged.iter().map(|(id, _)| *id).collect();
-            self.wait_uploaded(wb, &ids)?;
-            self.persist_meta()?;
-        }
-        Ok(())
-    }
-
-    /// Whether `ino` or a directory above it carries [`schema::SYNC_UPLOAD_XATTR`].
-    fn under_sync_mark(&self, ino: Ino) -> Result<bool> {
-        let marks = self.sync_marks.read();
-        if marks.is_empty() {
-            return Ok(false);
-        }
-        self.view(|r| {
-            let mut cur = ino;
-            // Bounded: a corrupt parent chain must not loop forever.
-            for _ in 0..4096 {
-                if marks.contains(&cur) {
-                    return Ok(true);
-                }
-                let parent = schema::must_inode(r, cur)?.parent;
-                if parent == cur || parent == 0 {
-                    return Ok(false);
-                }
-                cur = parent;
-            }
-            Ok(false)
-        })
-    }
-
-    /// PUTs objects written around the staging log (standard mode, or no room to stage).
-    fn put_objects(&self, objects: Vec<(String, Bytes)>) -> Result<()> {
-        let count = objects.len() as u64;
-        self.storage.put_many(objects, self.config.max_uploads)?;
-        self.counters
-            .objects_put
-            .fetch_add(count, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Commits a flush's metadata change with its last slice in one staging record. Returns
-    /// where the slice was staged and the number of the transaction it carries, or `None` if
-    /// the staging log refused it (the change is committed and logged on its own then).
-    fn commit_carried(
-        &self,
-        wb: &Uploader,
-        durability: Durability,
-        commit: &mut dyn FnMut(&mut dyn KvTxn) -> Result<(), MetaError>,
-        slice: (u64, RecordHeader, &[u8]),
-    ) -> Result<Option<(StagedLoc, u64)>> {
-        let (_, header, data) = slice;
-        self.refuse_after_shutdown()?;
-        let Some(wal) = self.namespace_log() else {
-            return Err(FsError::NamespaceLogClosed);
-        };
-        let mut carrier = SliceCarrier::new(wb, header, data);
-        let took = wal.update_carried(durability, commit, &mut carrier)?;
-        self.meta.mark_dirty();
-        Ok(if took { carrier.placed } else { None })
     }
 
     fn flush_inode(&self, ino: Ino) -> Result<()> {
         if let Some(state) = self.state_of(ino) {
             let mut state = state.write();
-            self.flush_locked(ino, &mut state, false)?;
+            self.write.flush_locked(ino, &mut state, false)?;
         }
         Ok(())
     }
 
     /// Flushes the buffered writes of every open file (to staging or the object store).
     pub(crate) fn flush_all_open(&self) -> Result<()> {
-        let inos: Vec<Ino> = self
-            .open
-            .iter()
-            .flat_map(|s| s.lock().keys().copied().collect::<Vec<_>>())
-            .collect();
-        for ino in inos {
+        for ino in self.open.inodes() {
             self.flush_inode(ino)?;
         }
         Ok(())
@@ -1856,12 +791,12 @@ impl Engine {
 
     /// Whether new writes are acknowledged from the staging log.
     pub fn is_writeback(&self) -> bool {
-        self.writeback.as_ref().is_some_and(|w| w.opts.writeback)
+        self.write.is_writeback()
     }
 
     /// close(2) of one descriptor: in standard mode, returns when the data is in the object store.
     pub fn flush(&self, ino: Ino, fh: u64) -> Result<()> {
-        let writing = || self.handles.lock().get(&fh).is_some_and(|h| h.writing);
+        let writing = || self.open.is_writing(fh);
         if self.config.durable_close && self.is_writeback() && writing() {
             // `--durable-close`: what close promises is what fsync promises (a descriptor
             // opened for reading has nothing to make durable).
@@ -1877,8 +812,8 @@ impl Engine {
         let _ = (fh, datasync);
         if let Some(state) = self.state_of(ino) {
             let mut state = state.write();
-            if state.overlay.is_some() {
-                self.flush_locked(ino, &mut state, true)?;
+            if state.overlay().is_some() {
+                self.write.flush_locked(ino, &mut state, true)?;
                 return Ok(());
             }
         }
@@ -1895,8 +830,7 @@ impl Engine {
     }
 
     pub fn release(&self, ino: Ino, fh: u64) -> Result<()> {
-        let known = self.handles.lock().remove(&fh);
-        if known.is_none_or(|h| h.ino != ino) {
+        if !self.open.remove_handle(ino, fh) {
             return Err(FsError::new(
                 libc::EBADF,
                 format!("unknown file handle {fh}"),
@@ -1909,10 +843,7 @@ impl Engine {
         if self.unpin(ino, true) {
             // The last handle of an inode whose last name went while it was open: it goes now
             // (unless the unlink failed after all). Other closes need no transaction.
-            self.update(|t| match schema::get_inode(t, ino)? {
-                Some(rec) if rec.nlink == 0 => purge_inode(t, ino),
-                _ => Ok(()),
-            })?;
+            self.update(|t| namespace::purge_if_unlinked(t, ino))?;
         }
         flushed
     }
@@ -1920,40 +851,7 @@ impl Engine {
     // ---------------------------------------------------------------- directories
 
     fn list_dir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
-        self.view(|r| {
-            let rec = schema::must_inode(r, ino)?;
-            if rec.kind == FileKind::Dir && rec.nlink == 0 {
-                // Removed while open: empty, without even "." and "..", as on ext4.
-                return Ok(Vec::new());
-            }
-            let rec = must_dir(r, ino)?;
-            let prefix = schema::dentry_prefix(ino);
-            let rows = r.scan(&prefix, &prefix_end(&prefix), usize::MAX)?;
-            let mut out = Vec::with_capacity(rows.len() + 2);
-            out.push(DirEntry {
-                ino,
-                kind: FileKind::Dir,
-                name: b".".to_vec(),
-                offset: 1,
-            });
-            out.push(DirEntry {
-                ino: rec.parent,
-                kind: FileKind::Dir,
-                name: b"..".to_vec(),
-                offset: 2,
-            });
-            for (key, value) in rows {
-                let d: DentryRec = schema::decode("directory entry", &value)?;
-                let offset = out.len() as u64 + 1;
-                out.push(DirEntry {
-                    ino: d.ino,
-                    kind: d.kind,
-                    name: key[9..].to_vec(),
-                    offset,
-                });
-            }
-            Ok(out)
-        })
+        self.view(|r| namespace::list_dir(r, ino))
     }
 
     /// Opens a directory. Like an open file, an open directory outlives its removal (rmdir,
@@ -1961,7 +859,7 @@ impl Engine {
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         let entries = self.list_dir(ino)?;
         self.pin(ino, true);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.open.next_fh();
         self.dirs.lock().insert(fh, entries);
         Ok(fh)
     }
@@ -1986,16 +884,13 @@ impl Engine {
         }
         if self.unpin(ino, true) {
             // Its last handle, and it was removed while open: it goes now.
-            self.update(|t| match schema::get_inode(t, ino)? {
-                Some(rec) if rec.nlink == 0 => purge_inode(t, ino),
-                _ => Ok(()),
-            })?;
+            self.update(|t| namespace::purge_if_unlinked(t, ino))?;
         }
         Ok(())
     }
 
     pub fn fsyncdir(&self, ino: Ino) -> Result<()> {
-        self.view(|r| must_dir(r, ino))?;
+        self.view(|r| namespace::must_dir(r, ino))?;
         self.persist_meta()
     }
 
@@ -2023,40 +918,6 @@ impl Engine {
 
     // ---------------------------------------------------------------- xattrs
 
-    fn check_xattr_name(&self, name: &[u8], kind: FileKind) -> Result<()> {
-        if name.is_empty() {
-            return Err(FsError::new(libc::EINVAL, "empty attribute name"));
-        }
-        if name.len() > XATTR_NAME_MAX {
-            return Err(FsError::new(libc::ERANGE, "attribute name too long"));
-        }
-        if name.starts_with(b"user.") {
-            if !matches!(kind, FileKind::File | FileKind::Dir) {
-                return Err(FsError::new(
-                    libc::EPERM,
-                    "user attributes only on files and directories",
-                ));
-            }
-            return Ok(());
-        }
-        if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
-            return Ok(());
-        }
-        if name == acl::DEFAULT_XATTR && kind != FileKind::Dir {
-            return Err(FsError::new(
-                libc::EACCES,
-                "a default ACL is only for directories",
-            ));
-        }
-        if acl::is_acl_name(name) {
-            return Ok(());
-        }
-        Err(FsError::new(
-            libc::EOPNOTSUPP,
-            format!("attribute namespace of {} not supported", name_str(name)),
-        ))
-    }
-
     pub fn setxattr(
         &self,
         _caller: &Caller,
@@ -2066,7 +927,7 @@ impl Engine {
         mode: XattrSet,
     ) -> Result<()> {
         let rec = self.view(|r| schema::must_inode(r, ino))?;
-        self.check_xattr_name(name, rec.kind)?;
+        namespace::check_xattr_name(name, rec.kind)?;
         if value.len() > XATTR_VALUE_MAX {
             return Err(FsError::new(libc::E2BIG, "attribute value too large"));
         }
@@ -2080,41 +941,9 @@ impl Engine {
         } else {
             None
         };
-        self.update(|t| {
-            let mut rec = schema::must_inode(t, ino)?;
-            let key = schema::xattr_key(ino, name);
-            let exists = t.get(&key)?.is_some();
-            match mode {
-                XattrSet::Create if exists => {
-                    return Err(posix(libc::EEXIST, "attribute exists"));
-                }
-                XattrSet::Replace if !exists => {
-                    return Err(posix(libc::ENODATA, "no such attribute"));
-                }
-                _ => {}
-            }
-            match &acl {
-                // An access ACL sets the mode; one the mode says all of is not kept.
-                Some(a) if name == acl::ACCESS_XATTR => {
-                    rec.perm = (rec.perm & !0o777) | a.mode_bits();
-                    if a.is_minimal() {
-                        t.delete(&key)?;
-                    } else {
-                        t.put(&key, value)?;
-                    }
-                }
-                // An empty default ACL is none.
-                Some(a) if a.is_empty() => t.delete(&key)?,
-                _ => t.put(&key, value)?,
-            }
-            if name == schema::SYNC_UPLOAD_XATTR {
-                t.put(&schema::sync_mark_key(ino), &[])?;
-            }
-            rec.ctime_ns = schema::now_ns();
-            schema::put_inode(t, ino, &rec)
-        })?;
+        self.update(|t| namespace::setxattr(t, ino, name, value, mode, acl.as_ref()))?;
         if name == schema::SYNC_UPLOAD_XATTR {
-            self.sync_marks.write().insert(ino);
+            self.write.sync_marks.write().insert(ino);
         }
         Ok(())
     }
@@ -2130,46 +959,19 @@ impl Engine {
 
     /// The value; the front end answers size queries from its length.
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        if name.len() > XATTR_NAME_MAX {
-            return Err(FsError::new(libc::ERANGE, "attribute name too long"));
-        }
-        self.view(|r| {
-            schema::must_inode(r, ino)?;
-            r.get(&schema::xattr_key(ino, name))?
-                .ok_or_else(|| posix(libc::ENODATA, "no such attribute"))
-        })
+        namespace::check_xattr_name_len(name)?;
+        self.view(|r| namespace::getxattr(r, ino, name))
     }
 
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        self.view(|r| {
-            schema::must_inode(r, ino)?;
-            let prefix = schema::xattr_prefix(ino);
-            Ok(r.scan(&prefix, &prefix_end(&prefix), usize::MAX)?
-                .into_iter()
-                .map(|(k, _)| k[9..].to_vec())
-                .collect())
-        })
+        self.view(|r| namespace::listxattr(r, ino))
     }
 
     pub fn removexattr(&self, _caller: &Caller, ino: Ino, name: &[u8]) -> Result<()> {
-        if name.len() > XATTR_NAME_MAX {
-            return Err(FsError::new(libc::ERANGE, "attribute name too long"));
-        }
-        self.update(|t| {
-            let mut rec = schema::must_inode(t, ino)?;
-            let key = schema::xattr_key(ino, name);
-            if t.get(&key)?.is_none() {
-                return Err(posix(libc::ENODATA, "no such attribute"));
-            }
-            t.delete(&key)?;
-            if name == schema::SYNC_UPLOAD_XATTR {
-                t.delete(&schema::sync_mark_key(ino))?;
-            }
-            rec.ctime_ns = schema::now_ns();
-            schema::put_inode(t, ino, &rec)
-        })?;
+        namespace::check_xattr_name_len(name)?;
+        self.update(|t| namespace::removexattr(t, ino, name))?;
         if name == schema::SYNC_UPLOAD_XATTR {
-            self.sync_marks.write().remove(&ino);
+            self.write.sync_marks.write().remove(&ino);
         }
         Ok(())
     }
@@ -2232,30 +1034,9 @@ impl Engine {
                 let state = self.pin(ino, false);
                 let result = (|| {
                     let mut st = state.write();
-                    self.flush_locked(ino, &mut st, false)?;
+                    self.write.flush_locked(ino, &mut st, false)?;
                     let cs = self.chunk_size();
-                    self.update(|t| {
-                        let mut rec = schema::must_inode(t, ino)?;
-                        let end = end.min(rec.size);
-                        let mut pos = offset;
-                        let mut freed = 0i64;
-                        while pos < end {
-                            let chunk = (pos / cs) as u32;
-                            let base = chunk as u64 * cs;
-                            let hi = (end - base).min(cs) as u32;
-                            let touched = data::cut_stored(t, ino, chunk, (pos - base) as u32, hi)?;
-                            for (id, size) in data::dead_stored(t, ino, chunk, &touched)? {
-                                t.put(&schema::dead_key(id), &schema::encode(&DeadSlice { size }))?;
-                                freed += size as i64;
-                            }
-                            pos = base + hi as u64;
-                        }
-                        let now = schema::now_ns();
-                        rec.mtime_ns = now;
-                        rec.ctime_ns = now;
-                        schema::put_inode(t, ino, &rec)?;
-                        schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
-                    })
+                    self.update(|t| namespace::punch_hole(t, ino, offset, end, cs))
                 })();
                 self.unpin(ino, false);
                 result
@@ -2274,7 +1055,7 @@ impl Engine {
         let cache = self.reader.cache.usage();
         let mut m = EngineMetrics {
             writeback: self.is_writeback(),
-            open_files: self.handles.lock().len() as u64,
+            open_files: self.open.handle_count() as u64,
             dirty_bytes: self.counters.dirty_bytes.load(Ordering::Relaxed),
             objects_put: self.counters.objects_put.load(Ordering::Relaxed),
             objects_got: self.counters.objects_got.load(Ordering::Relaxed),
@@ -2419,18 +1200,6 @@ impl Engine {
         self.persist_meta()
     }
 
-    /// Waits until the staged slices `ids` are in the object store (or died). Without a time
-    /// limit, like a close in standard mode; fails only if the mount is stopping.
-    pub(crate) fn wait_uploaded(&self, wb: &Uploader, ids: &[u64]) -> Result<()> {
-        if wb.wait_uploaded(ids, &|| self.stopping_now()) {
-            return Ok(());
-        }
-        Err(FsError::new(
-            libc::EIO,
-            "unmounting before the data reached the object store (it stays staged)",
-        ))
-    }
-
     /// Waits until nothing is staged (or `timeout` passes); returns the bytes still staged.
     pub fn drain_uploads(&self, timeout: Option<Duration>) -> u64 {
         self.writeback.as_ref().map_or(0, |wb| wb.drain(timeout))
@@ -2475,13 +1244,8 @@ impl Engine {
     }
 
     fn shutdown_once(&self) -> Result<()> {
-        let inos: Vec<Ino> = self
-            .open
-            .iter()
-            .flat_map(|s| s.lock().keys().copied().collect::<Vec<_>>())
-            .collect();
         let mut first_err = None;
-        for ino in inos {
+        for ino in self.open.inodes() {
             if let Err(e) = self.flush_inode(ino) {
                 tracing::error!("writing inode {ino} at shutdown failed: {e}");
                 first_err.get_or_insert(e);
@@ -2575,130 +1339,4 @@ fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
         let Some(e) = engine.upgrade() else { return };
         e.reclaim.background_compact(&settings);
     }
-}
-
-fn clear_setid_on_write(rec: &mut InodeRec) {
-    rec.perm &= !(libc::S_ISUID as u16);
-    if rec.perm & 0o010 != 0 {
-        rec.perm &= !(libc::S_ISGID as u16);
-    }
-}
-
-/// Appends a write to the pending list: it extends or overwrites the newest pending run of
-/// its chunk when it touches it, else starts a new run.
-/// A run grows to at most `max_run` bytes; the rest of a write starts a new (newer) run.
-fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], max_run: usize) {
-    if let Some(last) = pending
-        .iter_mut()
-        .rev()
-        .find(|p| p.chunk == chunk)
-        .filter(|p| !p.frozen())
-    {
-        let last_end = last.pos + last.data.len() as u32;
-        if pos >= last.pos && pos <= last_end {
-            let at = (pos - last.pos) as usize;
-            let overlap = (last.data.len() - at).min(data.len());
-            last.data[at..at + overlap].copy_from_slice(&data[..overlap]);
-            let room = max_run.saturating_sub(last.data.len());
-            let grow = room.min(data.len() - overlap);
-            last.data.extend_from_slice(&data[overlap..overlap + grow]);
-            let used = overlap + grow;
-            if used < data.len() {
-                pending.push(Pending {
-                    chunk,
-                    pos: pos + used as u32,
-                    data: data[used..].to_vec(),
-                    early: EarlyStage::NotYet,
-                });
-            }
-            return;
-        }
-    }
-    pending.push(Pending {
-        chunk,
-        pos,
-        data: data.to_vec(),
-        early: EarlyStage::NotYet,
-    });
-}
-
-/// Cuts a file's stored data at `size`: whole chunks past it go, the boundary chunk is trimmed.
-fn truncate_chunks(
-    t: &mut dyn KvTxn,
-    ino: Ino,
-    size: u64,
-    chunk_size: u64,
-) -> Result<(), MetaError> {
-    let mut freed = 0i64;
-    let boundary = (size / chunk_size) as u32;
-    let in_chunk = (size % chunk_size) as u32;
-    let mut dead = Vec::new();
-    let first_whole = if in_chunk > 0 {
-        let touched = data::cut_stored(t, ino, boundary, in_chunk, chunk_size as u32)?;
-        dead.extend(data::dead_stored(t, ino, boundary, &touched)?);
-        boundary + 1
-    } else {
-        boundary
-    };
-    // Whole chunks past the cut: every slice in them dies (a slice lives in one chunk).
-    let start = schema::chunk_key(ino, first_whole);
-    let end = prefix_end(&schema::chunk_prefix(ino));
-    let mut seen = std::collections::BTreeSet::new();
-    for (key, value) in t.scan(&start, &end, usize::MAX)? {
-        let seg: SliceRec = schema::decode("segment", &value)?;
-        if seen.insert(seg.id) {
-            dead.push((seg.id, seg.size));
-        }
-        t.delete(&key)?;
-    }
-    for (id, sz) in dead {
-        t.put(
-            &schema::dead_key(id),
-            &schema::encode(&DeadSlice { size: sz }),
-        )?;
-        freed += sz as i64;
-    }
-    schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
-}
-
-/// chmod of an inode with an access ACL: the ACL follows the new mode.
-fn acl_chmod(t: &mut dyn KvTxn, ino: Ino, perm: u16) -> Result<(), MetaError> {
-    let key = schema::xattr_key(ino, acl::ACCESS_XATTR);
-    if let Some(value) = t.get(&key)? {
-        let mut a = acl::Acl::parse(&value).map_err(|e| posix(libc::EIO, e.to_string()))?;
-        a.chmod(perm);
-        t.put(&key, &a.encode())?;
-    }
-    Ok(())
-}
-
-fn adjust_nlink(t: &mut dyn KvTxn, ino: Ino, delta: i32) -> Result<(), MetaError> {
-    let mut rec = schema::must_inode(t, ino)?;
-    rec.nlink = (rec.nlink as i64 + delta as i64).max(0) as u32;
-    schema::put_inode(t, ino, &rec)
-}
-
-fn touch_parents(t: &mut dyn KvTxn, a: Ino, b: Ino, now: i64) -> Result<(), MetaError> {
-    let mut rec = schema::must_inode(t, a)?;
-    touch_dir(t, a, &mut rec, now)?;
-    if b != a {
-        let mut rec = schema::must_inode(t, b)?;
-        touch_dir(t, b, &mut rec, now)?;
-    }
-    Ok(())
-}
-
-/// Is `dir` equal to `node` or one of its ancestors?
-fn is_ancestor(r: &dyn KvRead, dir: Ino, node: Ino) -> Result<bool, MetaError> {
-    let mut cur = node;
-    for _ in 0..4096 {
-        if cur == dir {
-            return Ok(true);
-        }
-        if cur == ROOT_INO {
-            return Ok(false);
-        }
-        cur = schema::must_inode(r, cur)?.parent;
-    }
-    Err(posix(libc::ELOOP, "directory tree too deep"))
 }

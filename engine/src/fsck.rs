@@ -38,6 +38,9 @@
 //! - `pack-counts` / `missing-pack-record` (error; recomputed), `pack-size` (warning;
 //!   recomputed), `packed-unreferenced` (warning; slice queued for deletion), `used-bytes`
 //!   (warning; recomputed).
+//! - `data-loss` (error; none: a loss a mount's replay recorded, listed until
+//!   `forget_losses`), `staging-damage` (error; none: damage in the middle of the staging
+//!   log, which the next mount records as a loss).
 //! - `orphan-object` (warning; deleted once older than the grace period), `unknown-object`
 //!   (note; left alone), `staging-leak` (note; the next mount frees it), `unclean-unmount`
 //!   (note).
@@ -113,6 +116,12 @@ pub struct FsckStats {
     pub leaked_staging_bytes: u64,
     /// Bytes of file data turned into holes by the repair (their data was gone).
     pub data_lost_bytes: u64,
+    /// Losses a mount's replay recorded (corruption of the staging or namespace log).
+    pub recorded_losses: u64,
+    /// File bytes those losses turned into zeros.
+    pub recorded_lost_bytes: u64,
+    /// Recorded losses deleted (`forget_losses`).
+    pub losses_forgotten: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -165,6 +174,9 @@ pub struct FsckOptions {
     pub staging_dir: Option<PathBuf>,
     /// Unreferenced objects younger than this are reported but not deleted.
     pub orphan_grace: Duration,
+    /// After reporting them, delete the data losses recorded by replay (`Q` records): the
+    /// operator has dealt with them.
+    pub forget_losses: bool,
 }
 
 impl Default for FsckOptions {
@@ -174,6 +186,7 @@ impl Default for FsckOptions {
             verify_data: false,
             staging_dir: None,
             orphan_grace: Duration::from_secs(3600),
+            forget_losses: false,
         }
     }
 }
@@ -521,6 +534,7 @@ pub fn fsck(
         );
     }
     check_namespace(&mut c, &snap);
+    check_recorded_losses(&mut c, meta)?;
     (c.progress)("objects", 0, 0);
     let listing = storage.list_detailed("")?;
     c.stats.objects = listing.len() as u64;
@@ -532,6 +546,9 @@ pub fn fsck(
         }
         None => None,
     };
+    if let Some(log) = &log {
+        check_log_damage(&mut c, log);
+    }
     let live = check_data(&mut c, &snap, &objects, log.as_ref())?;
     check_accounting(&mut c, &snap, &objects, &live);
     check_orphans(&mut c, &snap, &listing, &live, log.as_ref());
@@ -554,6 +571,80 @@ pub fn fsck(
         .findings
         .sort_by_key(|f| (f.severity, f.kind, f.ino, f.path.clone()));
     Ok(report)
+}
+
+/// Losses a mount's replay recorded (see [`crate::losses`]): DATA LOSS until forgotten.
+fn check_recorded_losses(c: &mut Checker, meta: &dyn KvStore) -> Result<()> {
+    let mut recorded = Vec::new();
+    meta.view(&mut |r| {
+        recorded = crate::losses::list(r)?;
+        Ok(())
+    })?;
+    for l in &recorded {
+        c.stats.recorded_losses += 1;
+        if l.ino != 0 {
+            c.stats.recorded_lost_bytes += l.bytes;
+        }
+        let path = l.path.clone().unwrap_or_default();
+        let what = if l.ino == 0 {
+            String::new()
+        } else {
+            format!(
+                "{path} bytes [{}, {}) read as zeros: ",
+                l.offset,
+                l.offset + l.bytes
+            )
+        };
+        c.find(
+            "data-loss",
+            Severity::Error,
+            (l.ino != 0).then_some(l.ino),
+            format!("DATA LOSS recorded at mount: {what}{}", l.cause),
+            None,
+        );
+    }
+    if c.opts.forget_losses && !recorded.is_empty() {
+        let mut n = 0;
+        meta.update(Durability::Durable, &mut |t| {
+            n = crate::losses::forget_all(t)?;
+            Ok(())
+        })?;
+        c.stats.losses_forgotten = n as u64;
+    }
+    Ok(())
+}
+
+/// Damage in the middle of the staging log (not a torn tail): the next mount records it as
+/// a loss; until then it is DATA LOSS found here.
+fn check_log_damage(c: &mut Checker, log: &staging::LogScan) {
+    for d in &log.damage {
+        c.find(
+            "staging-damage",
+            Severity::Error,
+            None,
+            format!(
+                "DATA LOSS: staging log segment {}: {} at bytes [{}, {}) fails its checksum",
+                d.segment,
+                d.what,
+                d.offset,
+                d.offset + d.len
+            ),
+            None,
+        );
+    }
+    for r in log.records.iter().filter(|r| !r.damaged.is_empty()) {
+        c.find(
+            "staging-damage",
+            Severity::Error,
+            (r.header.ino != 0).then_some(r.header.ino),
+            format!(
+                "DATA LOSS: staged slice {} (segment {}, record at byte {}) fails its \
+                 checksum over slice bytes {:?}",
+                r.header.slice_id, r.loc.segment, r.loc.offset, r.damaged
+            ),
+            None,
+        );
+    }
 }
 
 fn check_namespace(c: &mut Checker, s: &Snapshot) {

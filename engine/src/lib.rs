@@ -5,14 +5,19 @@
 //! [`Engine`] and its errors into errnos with [`FsError::errno`].
 //!
 //! Layout of the crate (dependencies point down this list; only `fs` knows [`Engine`]):
-//! - `fs`: the [`Engine`]: start, shutdown, background loops, status and metrics, every
-//!   POSIX operation with its metadata transaction, and the write path (pending runs, the
-//!   phases of a flush).
+//! - `fs`: the [`Engine`]: start, shutdown, background loops, status and metrics, and every
+//!   POSIX operation as a thin method (checks, caches, then a component below).
+//! - `open`: open files (the open-inode table with each inode's buffered writes, the handles).
+//! - `write`: the write path (pending runs, the phases of a flush, the hand-off to the
+//!   uploader).
+//! - `namespace`: the metadata transaction of every namespace operation, as free functions
+//!   over a transaction.
 //! - `reader` and `readahead`: the read path (object reader, caches, readahead threads).
 //! - [`reclaim`] (also [`gc`]): dead slices, pack compaction, the orphan sweep.
 //! - [`writeback`]: opening the staging logs, replay, what the uploader commits through
 //!   (the upload pipeline itself is the `spoolfs-uploader` crate).
 //! - `meta`: the metadata store as the components use it; [`wal`]: the namespace log.
+//! - [`session`]: the mounts of a volume on a shared metadata store (PostgreSQL).
 //! - helpers: `data` (chunk maps), [`schema`] (keys and records), [`volume`],
 //!   `ids`, [`blockcache`], [`diskcache`], [`acl`], [`fsck`].
 //! - [`types`] and [`error`]: the vocabulary of the API; one error type that carries an
@@ -26,15 +31,20 @@ pub mod error;
 mod fs;
 pub mod fsck;
 mod ids;
+pub mod losses;
 mod meta;
+mod namespace;
+mod open;
 mod readahead;
 mod reader;
 pub mod reclaim;
 pub mod schema;
+pub mod session;
 mod stop;
 pub mod types;
 pub mod volume;
 pub mod wal;
+mod write;
 pub mod writeback;
 
 pub use error::{FsError, Result};

@@ -148,6 +148,17 @@ impl KvTxn for Recorder<'_> {
     }
 }
 
+/// What [`WalStore::recover_past_damage`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Records applied.
+    pub replayed: usize,
+    /// Sequence numbers replay went past without finding them (only when told of damage).
+    pub missing: Vec<u64>,
+    /// The epoch the replayed records belonged to.
+    pub epoch: u64,
+}
+
 /// Which sequence numbers are on the device: everything up to `prefix`, plus `done` above it.
 struct Progress {
     prefix: u64,
@@ -177,6 +188,23 @@ impl WalStore {
         log: Arc<dyn RecordLog>,
         records: Vec<(u64, Vec<u8>)>,
     ) -> Result<(WalStore, usize)> {
+        let (wal, recovery) = WalStore::recover_past_damage(inner, log, records, false)?;
+        Ok((wal, recovery.replayed))
+    }
+
+    /// [`WalStore::recover`], told whether the logs held damage (records that fail their
+    /// checks with valid records after them). A missing number is then not necessarily a
+    /// transaction the crash cut short (never acknowledged, and nothing acknowledged after
+    /// it): it may be an acknowledged one whose record was damaged, and the records after it
+    /// were acknowledged too. So with `damaged` replay goes on past a gap, applying every
+    /// later record, and returns the numbers it could not find in [`Recovery::missing`].
+    pub fn recover_past_damage(
+        inner: Arc<dyn KvStore>,
+        log: Arc<dyn RecordLog>,
+        records: Vec<(u64, Vec<u8>)>,
+        damaged: bool,
+    ) -> Result<(WalStore, Recovery)> {
+        let mut missing = Vec::new();
         let mut applied = 0;
         let mut epoch = 0;
         inner.view(&mut |r| {
@@ -203,6 +231,17 @@ impl WalStore {
                 // device, and the record was logged again on its own), or the carried copy
                 // of a transaction whose commit failed after it was written.
                 continue;
+            }
+            if rec.seq != expected && damaged {
+                tracing::error!(
+                    "namespace log: sequence(s) {}..={} missing and the logs hold damaged \
+                     records: applying the {} later record(s); the missing change(s) are lost",
+                    expected,
+                    rec.seq - 1,
+                    decoded.iter().filter(|(r, _)| r.seq > expected).count()
+                );
+                missing.extend(expected..rec.seq);
+                expected = rec.seq;
             }
             if rec.seq != expected {
                 tracing::warn!(
@@ -249,7 +288,11 @@ impl WalStore {
                 progress_cv: Condvar::new(),
                 broken: AtomicBool::new(false),
             },
-            replayed,
+            Recovery {
+                replayed,
+                missing,
+                epoch,
+            },
         ))
     }
 

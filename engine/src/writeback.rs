@@ -128,36 +128,68 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
             })
             .collect::<std::result::Result<Vec<_>, _>>()
     })?;
-    let mut in_log: HashMap<u64, StagedLoc> = HashMap::new();
+    let mut in_log: HashMap<u64, &Replayed> = HashMap::new();
     for r in replayed.iter() {
-        in_log.insert(r.header.slice_id, r.loc);
+        in_log.insert(r.header.slice_id, r);
     }
+    let log_damage = wb.opts.log.damage();
+    let log_damaged = !log_damage.is_empty() || replayed.iter().any(|r| !r.damaged.is_empty());
     // Slices are found by id: a slice staged with its metadata change has no location in
     // its `T` record.
     let mut keep = HashMap::new();
     let mut lost = Vec::new();
     for (id, rec) in &staged {
         match in_log.get(id) {
-            Some(loc) if loc.len >= rec.size => {
+            Some(r) if r.damaged.is_empty() && r.loc.len >= rec.size => {
                 let staged = Staged {
                     rec: *rec,
-                    loc: *loc,
+                    loc: r.loc,
                     // Replay made every replayed transaction durable.
                     wal_seq: 0,
                 };
                 keep.insert(*id, staged);
             }
-            _ => lost.push((*id, *rec)),
+            Some(r) if !r.damaged.is_empty() => lost.push(LostSlice {
+                id: *id,
+                rec: *rec,
+                cause: Some(format!(
+                    "staged data fails its checksum (data log segment {}, record at byte {}, \
+                     slice bytes {})",
+                    r.loc.segment,
+                    r.loc.offset,
+                    r.damaged
+                        .iter()
+                        .map(|(a, b)| format!("[{a}, {b})"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )),
+            }),
+            // With damage in the log, a missing slice may have been in it.
+            _ if log_damaged => lost.push(LostSlice {
+                id: *id,
+                rec: *rec,
+                cause: Some(
+                    "staged data is missing from the data log, which holds unreadable records"
+                        .into(),
+                ),
+            }),
+            _ => lost.push(LostSlice {
+                id: *id,
+                rec: *rec,
+                cause: None,
+            }),
         }
     }
+    if !lost.is_empty() || !log_damage.is_empty() {
+        forget_lost_slices(meta, &lost, &log_damage)?;
+    }
+    // Freed only now: a damaged record stays until its loss is recorded.
     for r in replayed.iter() {
         if !keep.contains_key(&r.header.slice_id) {
             wb.opts.log.free(&r.loc);
         }
     }
-    if !lost.is_empty() {
-        forget_lost_slices(meta, &lost)?;
-    }
+    wb.opts.log.release_damage();
     let mut ordered: Vec<(u64, Staged)> = keep.into_iter().collect();
     ordered.sort_by_key(|(id, s)| (s.rec.staged_ns, *id));
     if !ordered.is_empty() {
@@ -171,31 +203,116 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
     Ok(())
 }
 
-/// Slices whose metadata change reached the log but whose data did not: the flush that
-/// wrote them was cut short by the crash and never acknowledged (an acknowledged slice's
-/// record is always complete on the device). Their ranges become holes.
-fn forget_lost_slices(meta: &Meta, lost: &[(u64, StagedRec)]) -> Result<()> {
-    for (id, rec) in lost {
+/// A `T` record whose slice replay cannot give back.
+struct LostSlice {
+    id: u64,
+    rec: StagedRec,
+    /// Why, when it is a loss of acknowledged data (damage in the log); `None`: its write was
+    /// cut short by the crash and never acknowledged.
+    cause: Option<String>,
+}
+
+/// Slices whose metadata change is known but whose data is not in the log, or fails its
+/// checks: their ranges become holes. Without damage in the log such a slice belongs to a
+/// flush the crash cut short (an acknowledged slice's record is always complete on the
+/// device); with damage it is a loss of acknowledged data, recorded (see [`crate::losses`])
+/// with the file, its path and the byte range, as is every unreadable region of the log.
+fn forget_lost_slices(
+    meta: &Meta,
+    lost: &[LostSlice],
+    log_damage: &[crate::staging::LogDamage],
+) -> Result<()> {
+    use crate::losses::{self, DataLoss};
+    for l in lost.iter().filter(|l| l.cause.is_none()) {
         tracing::warn!(
-            "staged slice {id} of inode {} ({} bytes) is not in the staging log: its write \
+            "staged slice {} of inode {} ({} bytes) is not in the staging log: its write \
                  was never acknowledged (interrupted by the crash); the range reads as zeros",
-            rec.ino,
-            rec.size
+            l.id,
+            l.rec.ino,
+            l.rec.size
         );
     }
-    meta.update(|t| {
+    let reported: Vec<u64> = lost
+        .iter()
+        .filter(|l| l.cause.is_some())
+        .map(|l| l.rec.ino)
+        .collect();
+    let paths = meta.view(|r| losses::paths_of(r, &reported))?;
+    let chunk_size = crate::volume::read_record(meta.store())?.map_or(64 << 20, |v| v.chunk_size);
+    let now = losses::now_ns();
+    let recorded = meta.update(|t| {
         let mut freed = 0i64;
-        for (id, rec) in lost {
-            t.delete(&schema::staged_key(*id))?;
-            for seg in crate::data::load(t, rec.ino, rec.chunk, 0, u32::MAX)? {
-                if seg.id == *id {
-                    t.delete(&schema::seg_key(rec.ino, rec.chunk, seg.pos))?;
+        let mut recorded = Vec::new();
+        for l in lost {
+            t.delete(&schema::staged_key(l.id))?;
+            let mut visible = (u32::MAX, 0u32, 0u64); // first pos, last end, bytes
+            for seg in crate::data::load(t, l.rec.ino, l.rec.chunk, 0, u32::MAX)? {
+                if seg.id == l.id {
+                    t.delete(&schema::seg_key(l.rec.ino, l.rec.chunk, seg.pos))?;
+                    visible.0 = visible.0.min(seg.pos);
+                    visible.1 = visible.1.max(seg.pos + seg.len);
+                    visible.2 += u64::from(seg.len);
                 }
             }
-            freed += rec.size as i64;
+            freed += l.rec.size as i64;
+            let Some(cause) = &l.cause else { continue };
+            let start = if visible.2 > 0 { visible.0 } else { 0 };
+            let end = if visible.2 > 0 { visible.1 } else { 0 };
+            let loss = DataLoss {
+                found_ns: now,
+                ino: l.rec.ino,
+                path: paths.get(&l.rec.ino).cloned(),
+                offset: u64::from(l.rec.chunk) * chunk_size + u64::from(start),
+                bytes: u64::from(end - start),
+                slice: l.id,
+                cause: format!(
+                    "{cause}; {} byte(s) of the file that pointed into it now read as zeros",
+                    visible.2
+                ),
+            };
+            let key = losses::loss_key(losses::LOSS_SLICE, &l.id.to_be_bytes());
+            if losses::record(t, &key, &loss)? {
+                recorded.push(loss);
+            }
         }
-        schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
-    })
+        for d in log_damage {
+            let loss = DataLoss {
+                found_ns: now,
+                ino: 0,
+                path: None,
+                offset: d.offset,
+                bytes: d.len,
+                slice: 0,
+                cause: format!(
+                    "data log segment {}: {} at bytes [{}, {}) fails its checksum; the staged \
+                     slices it held are listed by file",
+                    d.segment,
+                    d.what,
+                    d.offset,
+                    d.offset + d.len
+                ),
+            };
+            let key = region_loss_key(b'd', d.segment, d.offset, d.generation);
+            if losses::record(t, &key, &loss)? {
+                recorded.push(loss);
+            }
+        }
+        schema::add_u64(t, schema::USED_BYTES_KEY, -freed)?;
+        Ok(recorded)
+    })?;
+    // Made durable before the damaged records are freed and their segments reused.
+    meta.store().sync()?;
+    for loss in &recorded {
+        tracing::error!(
+            "DATA LOSS: inode {} {}: bytes [{}, {}) of the file: {}",
+            loss.ino,
+            loss.path.as_deref().unwrap_or("(no name known)"),
+            loss.offset,
+            loss.offset + loss.bytes,
+            loss.cause
+        );
+    }
+    Ok(())
 }
 
 /// The uploader records its work in the engine's metadata and caches through this. The
@@ -577,48 +694,80 @@ pub fn open_staging(
         data_log.usage().io_engine,
         settings.engine_threads.max(1)
     );
+    // Damage in the middle of either log (not a torn tail): what it cost is recorded, and
+    // the namespace log's replay goes on past the transactions it took.
+    let mut damaged = !ns_log.damage().is_empty() || !data_log.damage().is_empty();
     let mut records = Vec::with_capacity(ns_records.len());
+    let mut ns_damaged = Vec::new();
     for r in ns_records {
+        if !r.damaged.is_empty() {
+            damaged = true;
+            ns_damaged.push(r.loc);
+            continue;
+        }
         let mut buf = vec![0u8; r.loc.len as usize];
         match ns_log.read(&r.loc, 0, &mut buf) {
             Ok(()) => records.push((ns.remember(r.loc), buf)),
-            Err(e) => tracing::warn!("unreadable namespace log record: {e}"),
+            Err(e) => {
+                damaged = true;
+                tracing::error!("unreadable namespace log record: {e}");
+                ns_damaged.push(r.loc);
+            }
         }
     }
-    // Namespace transactions that rode with a slice: the tail of its data-log record.
+    // Namespace transactions that rode with a slice: the tail of its data-log record, kept
+    // when it passes its own check even if the slice's data does not.
     for r in data_records.iter().filter(|r| r.header.meta_len > 0) {
-        let meta_len = r.header.meta_len as usize;
-        let mut buf = vec![0u8; meta_len];
-        let at = r.header.len - r.header.meta_len;
-        match data_log.read(&r.loc, at, &mut buf) {
+        match &r.carried {
             // Freed by whoever frees the slice's record, not by the namespace log.
-            Ok(()) => records.push((u64::MAX, buf)),
-            Err(e) => tracing::warn!("unreadable namespace record in the data log: {e}"),
+            Some(buf) => records.push((u64::MAX, buf.clone())),
+            None => {
+                damaged = true;
+                tracing::error!(
+                    "the namespace change carried by staged slice {} (segment {}, offset {}) \
+                     fails its checksum",
+                    r.header.slice_id,
+                    r.loc.segment,
+                    r.loc.offset
+                );
+            }
         }
+        damaged |= !r.damaged.is_empty();
     }
     // Every change is crash-safe in the namespace log before it is acknowledged, so the
     // metadata store takes them in memory and gets them in one transaction per checkpoint.
     let meta: Arc<dyn spoolfs_metadata::KvStore> =
         Arc::new(spoolfs_metadata::BufferedStore::new(meta));
-    let (wal, replayed) = crate::wal::WalStore::recover(meta, ns, records)?;
-    if replayed > 0 {
-        tracing::info!("replay: {replayed} namespace change(s) recovered from the log");
+    let (wal, recovery) = crate::wal::WalStore::recover_past_damage(meta, ns, records, damaged)?;
+    if recovery.replayed > 0 {
+        tracing::info!(
+            "replay: {} namespace change(s) recovered from the log",
+            recovery.replayed
+        );
     }
     let wal = Arc::new(wal);
     let owner = StagingOwner {
         cache_dir: dir_str,
         clean: false,
     };
+    let ns_damage = ns_log.damage();
     spoolfs_metadata::KvStore::update(
         wal.as_ref(),
         spoolfs_metadata::Durability::Durable,
         &mut |t| {
+            record_namespace_losses(t, &recovery, &ns_damage, &ns_damaged)?;
+            skip_ids_of_lost_transactions(t, recovery.missing.len() as u64)?;
             t.put(
                 OWNER_KEY,
                 &serde_json::to_vec(&owner).expect("owner serialises"),
             )
         },
     )?;
+    // The losses are recorded (durably): the damaged records and segments may go.
+    for loc in &ns_damaged {
+        ns_log.free(loc);
+    }
+    ns_log.release_damage();
     Ok((
         wal.clone(),
         StagingOptions {
@@ -640,6 +789,98 @@ pub fn open_staging(
             wal: Some(Arc::downgrade(&wal)),
         },
     ))
+}
+
+/// Records what damage in the namespace log cost: transactions replay could not find, and
+/// unreadable records of the namespace log.
+fn record_namespace_losses(
+    t: &mut dyn spoolfs_metadata::KvTxn,
+    recovery: &crate::wal::Recovery,
+    damage: &[crate::staging::LogDamage],
+    damaged_records: &[StagedLoc],
+) -> std::result::Result<(), spoolfs_metadata::MetaError> {
+    use crate::losses::{self, DataLoss};
+    let now = losses::now_ns();
+    for seq in &recovery.missing {
+        let mut id = recovery.epoch.to_be_bytes().to_vec();
+        id.extend_from_slice(&seq.to_be_bytes());
+        let loss = DataLoss {
+            found_ns: now,
+            ino: 0,
+            path: None,
+            offset: 0,
+            bytes: 0,
+            slice: 0,
+            cause: format!(
+                "namespace change {seq} (epoch {}) is missing from the logs, which hold damaged \
+                 records: whatever it changed (a create, rename, size, ...) is lost",
+                recovery.epoch
+            ),
+        };
+        losses::record(t, &losses::loss_key(losses::LOSS_NAMESPACE, &id), &loss)?;
+    }
+    let regions = damage
+        .iter()
+        .map(|d| (d.segment, d.offset, d.len, d.generation, d.what))
+        .chain(
+            damaged_records
+                .iter()
+                .map(|l| (l.segment, l.offset, u64::from(l.len), now, "record data")),
+        );
+    for (segment, offset, len, generation, what) in regions {
+        let loss = DataLoss {
+            found_ns: now,
+            ino: 0,
+            path: None,
+            offset,
+            bytes: len,
+            slice: 0,
+            cause: format!(
+                "namespace log segment {segment}: {what} at bytes [{offset}, {}) fails its \
+                 checksum",
+                offset + len
+            ),
+        };
+        losses::record(
+            t,
+            &region_loss_key(b'n', segment, offset, generation),
+            &loss,
+        )?;
+    }
+    Ok(())
+}
+
+/// The key of an unreadable region: which log, where, and the segment's generation, so that
+/// the same damage found again at a later mount (its segment still holds live records) is
+/// recorded once.
+fn region_loss_key(log: u8, segment: u32, offset: u64, generation: u64) -> Vec<u8> {
+    let mut id = vec![log];
+    id.extend_from_slice(&segment.to_be_bytes());
+    id.extend_from_slice(&offset.to_be_bytes());
+    id.extend_from_slice(&generation.to_be_bytes());
+    crate::losses::loss_key(crate::losses::LOSS_REGION, &id)
+}
+
+/// Replay that went past missing transactions may have applied later ones that use ids (an
+/// inode number, a slice id) from a batch whose reservation was in a missing one, so the
+/// counters came back below ids in use: the next file would share an inode or a slice with
+/// an existing one. Each missing transaction reserved at most one batch of each kind: the
+/// counters move past all of them.
+fn skip_ids_of_lost_transactions(
+    t: &mut dyn spoolfs_metadata::KvTxn,
+    missing: u64,
+) -> spoolfs_metadata::Result<()> {
+    if missing == 0 {
+        return Ok(());
+    }
+    for (key, batch) in [
+        (schema::NEXT_INO_KEY, crate::ids::INODE_BATCH),
+        (schema::NEXT_SLICE_KEY, crate::ids::SLICE_BATCH),
+    ] {
+        let next = schema::get_u64(t, key)?;
+        t.put(key, &(next + missing * batch).to_be_bytes())?;
+    }
+    Ok(())
 }
 
 /// Marks the staging logs as holding nothing the metadata still needs (everything staged

@@ -134,6 +134,7 @@ impl Fixture {
             verify_data: true,
             staging_dir: Some(self.cache().join(uuid)),
             orphan_grace: Duration::ZERO,
+            forget_losses: false,
         }
     }
 

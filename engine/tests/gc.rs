@@ -180,6 +180,47 @@ fn compact_only(threshold: f64) -> GcOptions {
     }
 }
 
+/// Bytes of every object in the store.
+fn object_bytes(f: &Fixture) -> u64 {
+    files_under(&f.objects())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn gc_reports_the_object_bytes_of_the_dead_slices_it_deletes() {
+    let f = Fixture::new();
+    let e = f.engine(1);
+    // Small files share packs; a 3 MiB file is stored as block objects of its own.
+    let mut model = write_files(&e, 40, |i| 700 + i as usize * 13);
+    write_file(&e, "big", &random_bytes(99, 3 << 20));
+    assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
+    let before = object_bytes(&f);
+    // Every small file and the big one die: whole packs and the block objects can go.
+    for name in model.keys() {
+        e.unlink(&ME, ROOT_INO, name.as_bytes()).unwrap();
+    }
+    model.clear();
+    e.unlink(&ME, ROOT_INO, b"big").unwrap();
+    let report = gc(
+        &e,
+        GcOptions {
+            sweep: false,
+            compact: false,
+            ..Default::default()
+        },
+    );
+    let after = object_bytes(&f);
+    assert!(report.dead_slices_collected >= 41, "{report:?}");
+    assert!(report.dead_object_bytes > 3 << 20, "{report:?}");
+    assert_eq!(before - after, report.dead_object_bytes, "{report:?}");
+    assert_eq!(
+        report.bytes_reclaimed, report.dead_object_bytes,
+        "{report:?}"
+    );
+}
+
 #[test]
 fn compaction_rewrites_sparse_packs_and_every_live_file_reads_back() {
     let f = Fixture::new();

@@ -56,9 +56,9 @@ impl CrashStore {
         (*cps[i.saturating_sub(1)].1).clone()
     }
 
-    /// Checkpoints made so far (the initial state included).
-    pub fn checkpoints(&self) -> usize {
-        self.checkpoints.lock().len()
+    /// The event numbers of the checkpoints made so far (the initial state's is 0).
+    pub fn checkpoint_events(&self) -> Vec<u64> {
+        self.checkpoints.lock().iter().map(|(n, _)| *n).collect()
     }
 
     fn checkpoint(&self) -> Result<()> {

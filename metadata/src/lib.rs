@@ -5,17 +5,21 @@
 //! A transaction is a closure: backends with optimistic concurrency (a shared SQL engine) may
 //! run it more than once, so the closure must not have side effects outside the transaction.
 //!
-//! Backends: [`RedbStore`] (embedded, the default) and [`MemStore`] (tests).
+//! Backends: [`RedbStore`] (embedded, the default, one mount at a time), [`PgStore`]
+//! (PostgreSQL, shared by many mounts) and [`MemStore`] (tests).
 
 mod buffered;
 mod crash;
 mod mem;
+mod pgpass;
+mod postgres;
 mod redb_store;
 
 pub use buffered::BufferedStore;
 pub use crash::CrashStore;
 
 pub use mem::MemStore;
+pub use postgres::{PgOptions, PgStore, SCHEMA_VERSION, SchemaMode, redact};
 pub use redb_store::RedbStore;
 
 use std::path::PathBuf;
@@ -34,6 +38,12 @@ pub enum MetaError {
     Corrupt(String),
     #[error("invalid metadata URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    /// The store cannot be reached or refuses the login.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store has no spoolfs schema, or one of another version.
+    #[error("{0}")]
+    Schema(String),
     /// Raised by transaction closures to abort with an errno (ENOENT, EEXIST, ...).
     #[error("{1}")]
     Errno(i32, String),
@@ -45,7 +55,8 @@ impl MetaError {
         match self {
             MetaError::Errno(e, _) => *e,
             MetaError::Locked { .. } => libc_consts::EBUSY,
-            MetaError::BadUrl { .. } => libc_consts::EINVAL,
+            MetaError::BadUrl { .. } | MetaError::Schema(_) => libc_consts::EINVAL,
+            MetaError::Unavailable(_) => libc_consts::EIO,
             MetaError::Io(_) | MetaError::Corrupt(_) => libc_consts::EIO,
         }
     }
@@ -68,6 +79,19 @@ pub enum Durability {
     Visible,
     /// On stable storage when `update` returns.
     Durable,
+}
+
+/// What a store counts about its work (all zero for an embedded store).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Network round trips to the database (a pipelined batch of statements is one).
+    pub round_trips: u64,
+    /// Transactions run, retries included.
+    pub transactions: u64,
+    /// Transactions run again after a serialization failure or a deadlock.
+    pub retries: u64,
+    /// Connections opened.
+    pub connections: u64,
 }
 
 /// Reads inside a transaction.
@@ -116,10 +140,35 @@ pub trait KvStore: Send + Sync {
     }
     /// A human-readable description (never containing secrets).
     fn describe(&self) -> String;
+    /// Whether other processes (other nodes) may change the store while this one uses it: then
+    /// every transaction must commit in the store itself before it returns (no memtable, no
+    /// local log in front of it), and nothing read may be trusted past the transaction.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Round trips and retries so far.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
 }
 
-/// Opens a metadata store from its URL: `redb:///abs/path/meta.redb` or `memory://`.
+/// Opens a metadata store from its URL: `redb:///abs/path/meta.redb`,
+/// `postgres://USER@HOST:PORT/DB` (or `postgresql://`) or `memory://`. A PostgreSQL database
+/// must hold the spoolfs schema of this version (see [`format_store`]).
 pub fn open_store(url: &str) -> Result<Arc<dyn KvStore>> {
+    open_store_with(url, SchemaMode::Require)
+}
+
+/// [`open_store`] for `spoolfs format`: creates the schema of a PostgreSQL database that has
+/// none (and still refuses one of another version).
+pub fn format_store(url: &str) -> Result<Arc<dyn KvStore>> {
+    open_store_with(url, SchemaMode::Create)
+}
+
+fn open_store_with(url: &str, mode: SchemaMode) -> Result<Arc<dyn KvStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PgStore::open(url, mode)?));
+    }
     let bad = |reason: &str| MetaError::BadUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -132,7 +181,8 @@ pub fn open_store(url: &str) -> Result<Arc<dyn KvStore>> {
         }
         "memory" => Ok(Arc::new(MemStore::default())),
         other => Err(bad(&format!(
-            "unknown scheme {other:?}; supported: redb:///path, memory://"
+            "unknown scheme {other:?}; supported: redb:///path, postgres://USER@HOST:PORT/DB, \
+             memory://"
         ))),
     }
 }
@@ -285,13 +335,212 @@ mod tests {
             .unwrap();
     }
 
+    /// A fresh database with the schema, or `None` (skipped) without PostgreSQL.
+    fn postgres_url() -> Option<String> {
+        let server = spoolfs_testkit::pg::server(module_path!())?;
+        Some(server.url(&server.new_database()))
+    }
+
+    #[test]
+    fn postgres_store_semantics_and_round_trips() {
+        let Some(url) = postgres_url() else { return };
+        let err = open_store(&url)
+            .err()
+            .expect("a database without the schema is refused");
+        assert!(matches!(err, MetaError::Schema(_)), "{err}");
+        assert!(err.to_string().contains("spoolfs format"), "{err}");
+        let store = format_store(&url).unwrap();
+        assert!(store.is_shared());
+        assert!(!store.describe().contains(spoolfs_testkit::pg::PASSWORD));
+        exercise(store.as_ref());
+        // Formatting again keeps the data; a second opener (another node) sees every commit.
+        drop(format_store(&url).unwrap());
+        let other = open_store(&url).unwrap();
+        other
+            .view(&mut |r| {
+                assert_eq!(r.get(b"a/2")?.as_deref(), Some(&b"two"[..]));
+                assert_eq!(r.get(b"a/1")?, None);
+                Ok(())
+            })
+            .unwrap();
+
+        // Scans merge the transaction's own writes with stored rows, deletes hiding rows.
+        store
+            .update(Durability::Visible, &mut |t| {
+                for i in 0..20u8 {
+                    t.put(&[b's', i], &[i])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        store
+            .update(Durability::Visible, &mut |t| {
+                for i in 0..5u8 {
+                    t.delete(&[b's', i])?;
+                }
+                t.put(&[b's', 7], b"new")?;
+                t.put(&[b's', 30], b"late")?;
+                let first: Vec<u8> = t.scan(b"s", b"t", 3)?.iter().map(|(k, _)| k[1]).collect();
+                assert_eq!(first, vec![5, 6, 7]);
+                assert_eq!(t.scan(b"s", b"t", 3)?[2].1, b"new".to_vec());
+                let last: Vec<u8> = t
+                    .scan_back(b"s", b"t", 2)?
+                    .iter()
+                    .map(|(k, _)| k[1])
+                    .collect();
+                assert_eq!(last, vec![30, 19]);
+                assert_eq!(t.scan(b"s", b"t", 100)?.len(), 16);
+                Err(MetaError::Errno(125, "cancel".into()))
+            })
+            .unwrap_err();
+
+        // Round trips: a read is one, buffered writes ride with COMMIT in one more.
+        let rt = |s: &dyn KvStore| s.stats().round_trips;
+        let before = rt(store.as_ref());
+        store
+            .update(Durability::Visible, &mut |t| t.put(b"x", b"1"))
+            .unwrap();
+        assert_eq!(rt(store.as_ref()) - before, 1, "a blind write");
+        let before = rt(store.as_ref());
+        store
+            .update(Durability::Durable, &mut |t| {
+                let v = t.get(b"x")?.unwrap();
+                t.put(b"x", &[v[0] + 1])?;
+                t.put(b"y", b"2")?;
+                t.delete(b"a/2")
+            })
+            .unwrap();
+        assert_eq!(
+            rt(store.as_ref()) - before,
+            2,
+            "read, then write and commit"
+        );
+        let before = rt(store.as_ref());
+        store
+            .view(&mut |r| {
+                assert_eq!(r.get(b"x")?.as_deref(), Some(&b"2"[..]));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(rt(store.as_ref()) - before, 1, "a view of one read");
+    }
+
+    #[test]
+    fn postgres_conflicts_are_retried_and_lose_no_update() {
+        let Some(url) = postgres_url() else { return };
+        let store = format_store(&url).unwrap();
+        let get_n = |t: &dyn KvRead| -> Result<u64> {
+            Ok(t.get(b"n")?
+                .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+                .unwrap_or(0))
+        };
+        // Two transactions that both read, then both write: one must fail to serialize and
+        // run again, and neither caller sees an error.
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let mut first = true;
+                    store
+                        .update(Durability::Visible, &mut |t| {
+                            let n = get_n(t)?;
+                            if std::mem::take(&mut first) {
+                                barrier.wait();
+                            }
+                            t.put(b"n", &(n + 1).to_be_bytes())
+                        })
+                        .unwrap();
+                });
+            }
+        });
+        assert!(store.stats().retries >= 1, "{:?}", store.stats());
+        // Many threads incrementing one counter: every increment counts.
+        let (threads, each) = (6u64, 40u64);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for _ in 0..each {
+                        store
+                            .update(Durability::Visible, &mut |t| {
+                                let n = get_n(t)?;
+                                t.put(b"n", &(n + 1).to_be_bytes())
+                            })
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let mut n = 0;
+        store
+            .view(&mut |r| {
+                n = get_n(r)?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(n, 2 + threads * each, "{:?}", store.stats());
+        eprintln!("contention: {:?}", store.stats());
+    }
+
+    #[test]
+    fn postgres_bad_input_is_a_clear_error() {
+        let Some(server) = spoolfs_testkit::pg::server(module_path!()) else {
+            return;
+        };
+        let db = server.new_database();
+        let url = server.url(&db);
+        format_store(&url).unwrap();
+        // Wrong password: says so, shows no password.
+        let wrong = url.replace(spoolfs_testkit::pg::PASSWORD, "not-the-password");
+        let err = open_store(&wrong).err().unwrap();
+        assert!(matches!(err, MetaError::Unavailable(_)), "{err}");
+        assert!(
+            err.to_string().contains("password authentication failed"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("not-the-password"), "{err}");
+        // No password anywhere (where the environment provides none).
+        if std::env::var_os("PGPASSWORD").is_none() && std::env::var_os("PGPASSFILE").is_none() {
+            let err = open_store(&server.url_without_password(&db)).err().unwrap();
+            assert!(err.to_string().contains("no password"), "{err}");
+        }
+        // Nobody listening.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = open_store(&format!("postgres://u:p@127.0.0.1:{port}/db"))
+            .err()
+            .unwrap();
+        assert!(matches!(err, MetaError::Unavailable(_)), "{err}");
+        assert!(err.to_string().contains("cannot connect"), "{err}");
+        // No such database.
+        let err = open_store(&server.url("no_such_db")).err().unwrap();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        // A schema of another version is refused by open and by format alike.
+        server.psql(&db, "UPDATE spoolfs_schema SET version = 99");
+        for err in [
+            open_store(&url).err().unwrap(),
+            format_store(&url).err().unwrap(),
+        ] {
+            assert!(matches!(err, MetaError::Schema(_)), "{err}");
+            assert!(err.to_string().contains("version 99"), "{err}");
+        }
+    }
+
     #[test]
     fn urls() {
         assert!(open_store("memory://").is_ok());
         assert!(matches!(
-            open_store("postgres://x").err().unwrap(),
+            open_store("pg://x").err().unwrap(),
             MetaError::BadUrl { .. }
         ));
+        // A PostgreSQL URL is parsed by the PostgreSQL backend; its password never shows.
+        let err = open_store("postgres://u:hunter2@h/db?retries=x")
+            .err()
+            .unwrap();
+        assert!(matches!(err, MetaError::BadUrl { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(matches!(
             open_store("redb://host/x").err().unwrap(),
             MetaError::BadUrl { .. }

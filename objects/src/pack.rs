@@ -79,15 +79,22 @@ pub fn decode_pack_index(key: &str, object: &[u8]) -> Result<Vec<PackEntry>> {
         return Err(bad("unknown pack version".into()));
     }
     let n = le32(&footer[8..12]) as usize;
-    let data_len = le64(&footer[16..24]) as usize;
-    if data_len + n * ENTRY_LEN + FOOTER_LEN != object.len() {
+    let data_len = le64(&footer[16..24]);
+    // The footer is untrusted: its sizes must add up to the object's length without
+    // overflowing (n × 24 fits in a u64; data_len may be anything).
+    let index_len = (n * ENTRY_LEN) as u64;
+    let expected = data_len
+        .checked_add(index_len)
+        .and_then(|l| l.checked_add(FOOTER_LEN as u64));
+    if expected != Some(object.len() as u64) {
         return Err(bad("pack sizes do not add up".into()));
     }
+    let data_len = data_len as usize;
     let index = &object[data_len..data_len + n * ENTRY_LEN];
     if crc32c::crc32c(index) != le32(&footer[12..16]) {
         return Err(bad("pack index checksum mismatch".into()));
     }
-    Ok(index
+    let entries: Vec<PackEntry> = index
         .chunks(ENTRY_LEN)
         .map(|e| PackEntry {
             slice: le64(&e[0..8]),
@@ -95,7 +102,19 @@ pub fn decode_pack_index(key: &str, object: &[u8]) -> Result<Vec<PackEntry>> {
             len: le32(&e[16..20]),
             crc: le32(&e[20..24]),
         })
-        .collect())
+        .collect();
+    // The crc only says the index is what its writer wrote: every entry must also lie in the
+    // data part, so that a reader can slice the object with it.
+    for e in &entries {
+        let end = e.offset.checked_add(u64::from(e.len));
+        if end.is_none_or(|end| end > data_len as u64) {
+            return Err(bad(format!(
+                "slice {} at {}+{} lies outside the pack's {data_len} data bytes",
+                e.slice, e.offset, e.len
+            )));
+        }
+    }
+    Ok(entries)
 }
 
 /// Checks one slice fetched from a pack against its recorded length and CRC.
@@ -144,5 +163,25 @@ mod tests {
         let at = broken.len() - FOOTER_LEN - 3;
         broken[at] ^= 1;
         assert!(decode_pack_index("k", &broken).is_err());
+    }
+
+    /// A footer whose sizes wrap around when added (data_len near u64::MAX) is refused, not
+    /// an overflow panic (debug) or a slice out of bounds (release).
+    #[test]
+    fn a_footer_whose_sizes_overflow_is_refused() {
+        let (obj, _) = encode_pack(&[(7, b"data")]);
+        let mut crafted = obj.to_vec();
+        let len = crafted.len();
+        // With 1000 entries claimed, data_len + 1000 × 24 + 24 wraps around to exactly the
+        // object's length.
+        crafted[len - 16..len - 12].copy_from_slice(&1000u32.to_le_bytes());
+        let data_len = (len as u64).wrapping_sub(24 + 1000 * 24);
+        assert!(data_len > len as u64, "the sum must wrap");
+        crafted[len - 8..].copy_from_slice(&data_len.to_le_bytes());
+        assert!(decode_pack_index("k", &crafted).is_err());
+        for data_len in [u64::MAX, u64::MAX - 23, 1 << 63] {
+            crafted[len - 8..].copy_from_slice(&data_len.to_le_bytes());
+            assert!(decode_pack_index("k", &crafted).is_err());
+        }
     }
 }

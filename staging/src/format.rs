@@ -7,7 +7,13 @@ use super::RecordHeader;
 pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SPOOLSEG");
 /// Magic of a record header: "SPRC".
 pub(crate) const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"SPRC");
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version of the segment header block (its layout has not changed since version 1).
+pub(crate) const SEGMENT_VERSION: u32 = 1;
+/// Version of the records written now. Version 2 has a CRC-32C of the carried namespace-log
+/// record (the last `meta_len` data bytes) where version 1 repeated the number of data pieces,
+/// so a damaged slice does not take the namespace change it carries with it. Version 1
+/// records are still read.
+pub(crate) const RECORD_VERSION: u32 = 2;
 /// Bytes of the segment header proper (the rest of its block is zero).
 pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
 /// Bytes of the fixed part of a record header; the piece checksums follow it.
@@ -74,7 +80,7 @@ impl SegmentHeader {
         let b = &mut b[..SEGMENT_HEADER_LEN];
         b.fill(0);
         put_u64(b, 0, SEGMENT_MAGIC);
-        put_u32(b, 8, FORMAT_VERSION);
+        put_u32(b, 8, SEGMENT_VERSION);
         b[16..32].copy_from_slice(&self.volume_uuid);
         put_u64(b, 32, self.generation);
         put_u64(b, 40, self.segment_size);
@@ -92,7 +98,7 @@ impl SegmentHeader {
         }
         let b = &b[..SEGMENT_HEADER_LEN];
         if get_u64(b, 0) != SEGMENT_MAGIC
-            || get_u32(b, 8) != FORMAT_VERSION
+            || get_u32(b, 8) != SEGMENT_VERSION
             || get_u32(b, 12) != crc_skipping(b, 12)
         {
             return None;
@@ -124,7 +130,10 @@ pub(crate) struct RecordMeta {
 const R_MAGIC: usize = 0;
 const R_VERSION: usize = 4;
 const R_CRC: usize = 8;
+/// Version 1: the number of data pieces. Version 2: the CRC-32C of the carried namespace
+/// record (of zero bytes when `meta_len` is 0).
 const R_NPIECES: usize = 12;
+const R_META_CRC: usize = 12;
 const R_GENERATION: usize = 16;
 const R_SEQ: usize = 24;
 const R_INO: usize = 32;
@@ -140,10 +149,10 @@ const R_TIME: usize = 64;
 /// checksums of `data`. `b` is the record's header region.
 pub(crate) fn encode_record_header(b: &mut [u8], h: &RecordHeader, data: &[u8], time_us: u64) {
     debug_assert_eq!(data.len() as u64, u64::from(h.len));
-    let n = pieces(h.len) as usize;
     put_u32(b, R_MAGIC, RECORD_MAGIC);
-    put_u32(b, R_VERSION, FORMAT_VERSION);
-    put_u32(b, R_NPIECES, n as u32);
+    put_u32(b, R_VERSION, RECORD_VERSION);
+    let meta = &data[data.len() - h.meta_len as usize..];
+    put_u32(b, R_META_CRC, crc32c::crc32c(meta));
     put_u64(b, R_INO, h.ino);
     put_u64(b, R_SLICE, h.slice_id);
     put_u32(b, R_CHUNK, h.chunk);
@@ -160,7 +169,7 @@ pub(crate) fn encode_record_header(b: &mut [u8], h: &RecordHeader, data: &[u8], 
 pub(crate) fn seal_record_header(b: &mut [u8], generation: u64, seq: u64) {
     put_u64(b, R_GENERATION, generation);
     put_u64(b, R_SEQ, seq);
-    let n = get_u32(b, R_NPIECES) as usize;
+    let n = pieces(get_u32(b, R_LEN)) as usize;
     let end = RECORD_FIXED_LEN + 4 * n;
     let crc = crc_skipping(&b[..end], R_CRC);
     put_u32(b, R_CRC, crc);
@@ -172,6 +181,65 @@ pub(crate) struct DecodedRecord {
     pub header: RecordHeader,
     pub meta: RecordMeta,
     pub crcs: Vec<u32>,
+    /// Version 2: the CRC-32C of the carried namespace record. Version 1 has none: its
+    /// namespace record is only as good as the data pieces it lies in.
+    pub meta_crc: Option<u32>,
+}
+
+impl DecodedRecord {
+    /// Checks `data` (the record's `len` data bytes) piece by piece. Returns the data byte
+    /// ranges of the slice (the bytes before the carried namespace record) that fail their
+    /// CRC, and whether the carried namespace record passes its own check.
+    pub fn check_data(&self, data: &[u8]) -> DataCheck {
+        let len = self.header.len;
+        let slice_len = len - self.header.meta_len;
+        let mut bad_pieces = Vec::new();
+        for (i, (piece, &crc)) in data.chunks(PIECE_LEN as usize).zip(&self.crcs).enumerate() {
+            if crc32c::crc32c(piece) != crc {
+                bad_pieces.push(i as u32);
+            }
+        }
+        let piece_range = |p: u32| {
+            let start = u64::from(p) * PIECE_LEN;
+            (start, (start + PIECE_LEN).min(u64::from(len)))
+        };
+        let mut damaged: Vec<(u32, u32)> = Vec::new();
+        for &p in &bad_pieces {
+            let (start, end) = piece_range(p);
+            let end = end.min(u64::from(slice_len));
+            if start >= end {
+                continue;
+            }
+            match damaged.last_mut() {
+                Some(last) if u64::from(last.1) == start => last.1 = end as u32,
+                _ => damaged.push((start as u32, end as u32)),
+            }
+        }
+        let meta = &data[slice_len as usize..];
+        let meta_ok = match self.meta_crc {
+            Some(crc) => crc32c::crc32c(meta) == crc,
+            None => bad_pieces
+                .iter()
+                .all(|&p| piece_range(p).1 <= u64::from(slice_len)),
+        };
+        DataCheck {
+            all_ok: bad_pieces.is_empty(),
+            damaged,
+            meta_ok,
+        }
+    }
+}
+
+/// What [`DecodedRecord::check_data`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DataCheck {
+    /// Every piece passes.
+    pub all_ok: bool,
+    /// Slice data ranges `[start, end)` whose pieces fail their CRC (the carried namespace
+    /// record is not part of them).
+    pub damaged: Vec<(u32, u32)>,
+    /// The carried namespace record (if any) passes its check.
+    pub meta_ok: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,12 +260,13 @@ pub(crate) fn decode_record_header(b: &[u8]) -> Result<DecodedRecord, DecodeFail
     if b[..RECORD_FIXED_LEN].iter().all(|&x| x == 0) {
         return Err(DecodeFail::Zero);
     }
-    if get_u32(b, R_MAGIC) != RECORD_MAGIC || get_u32(b, R_VERSION) != FORMAT_VERSION {
+    let version = get_u32(b, R_VERSION);
+    if get_u32(b, R_MAGIC) != RECORD_MAGIC || !(1..=RECORD_VERSION).contains(&version) {
         return Err(DecodeFail::Corrupt);
     }
     let len = get_u32(b, R_LEN);
-    let n = get_u32(b, R_NPIECES);
-    if n != pieces(len) || get_u32(b, R_META_LEN) > len {
+    let n = pieces(len);
+    if (version == 1 && get_u32(b, R_NPIECES) != n) || get_u32(b, R_META_LEN) > len {
         return Err(DecodeFail::Corrupt);
     }
     let end = RECORD_FIXED_LEN + 4 * n as usize;
@@ -221,6 +290,7 @@ pub(crate) fn decode_record_header(b: &[u8]) -> Result<DecodedRecord, DecodeFail
         crcs: (0..n as usize)
             .map(|i| get_u32(b, RECORD_FIXED_LEN + 4 * i))
             .collect(),
+        meta_crc: (version >= 2).then(|| get_u32(b, R_META_CRC)),
     })
 }
 
@@ -231,8 +301,12 @@ pub(crate) fn header_region_len(fixed: &[u8]) -> Option<usize> {
         return None;
     }
     let len = get_u32(fixed, R_LEN);
-    let n = get_u32(fixed, R_NPIECES);
-    (n == pieces(len)).then_some(RECORD_FIXED_LEN + 4 * n as usize)
+    let n = pieces(len);
+    let plausible = match get_u32(fixed, R_VERSION) {
+        1 => get_u32(fixed, R_NPIECES) == n,
+        v => v <= RECORD_VERSION,
+    };
+    plausible.then_some(RECORD_FIXED_LEN + 4 * n as usize)
 }
 
 #[cfg(test)]

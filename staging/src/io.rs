@@ -211,6 +211,9 @@ pub(crate) struct UringBackend {
     /// The pool registered with `ring`. Declared after `ring` so that it is dropped after it:
     /// the registered memory stays mapped as long as the ring exists.
     pool: Option<Arc<BufPool>>,
+    /// Tests: this many next waits fail after submitting.
+    #[cfg(test)]
+    pub(crate) fail_enters: u32,
 }
 
 const RING_ENTRIES: u32 = 256;
@@ -220,6 +223,8 @@ impl UringBackend {
         Ok(UringBackend {
             ring: IoUring::new(RING_ENTRIES)?,
             pool: None,
+            #[cfg(test)]
+            fail_enters: 0,
         })
     }
 
@@ -258,17 +263,29 @@ impl UringBackend {
                     unsafe { sq.push(&e) }.expect("submission queue has room for a chunk");
                 }
             }
+            // Every entry pushed is waited for and reaped, even after an error: one still in
+            // flight would complete into a buffer the caller frees or reuses once this
+            // returns, and its completion would be taken for one of the next batch's.
             let mut got = 0;
+            let mut failed: Option<io::Error> = None;
+            let mut retries = 0u32;
             while got < chunk.len() {
-                match self.ring.submit_and_wait(chunk.len() - got) {
-                    Ok(_) => {}
+                match self.enter(chunk.len() - got) {
+                    Ok(_) => retries = 0,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                     Err(e) => {
-                        // Entries already in flight would complete into buffers we may free:
-                        // drain them before giving up.
-                        let _ = self.ring.submit_and_wait(chunk.len() - got);
-                        return Err(e);
+                        // EBUSY/EAGAIN: completions or memory to be freed first; anything
+                        // else: the entries may still be in flight all the same. Back off
+                        // and wait again; a stuck device makes the callers time out
+                        // (`append_timeout`) and take another path, never reuse a buffer.
+                        if retries == 0 && e.raw_os_error() != Some(libc::EBUSY) {
+                            tracing::warn!(error = %e, "staging: io_uring wait failed; draining the batch before reporting it");
+                        }
+                        retries += 1;
+                        if failed.is_none() && e.raw_os_error() != Some(libc::EBUSY) {
+                            failed = Some(e);
+                        }
+                        std::thread::sleep(Duration::from_micros(100 << retries.min(10)));
                     }
                 }
                 for cqe in self.ring.completion() {
@@ -276,8 +293,30 @@ impl UringBackend {
                     got += 1;
                 }
             }
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         Ok(results)
+    }
+
+    /// Completions waiting in the ring (none between calls).
+    #[cfg(test)]
+    pub(crate) fn pending_completions(&mut self) -> usize {
+        self.ring.completion().len()
+    }
+
+    /// Submits what is queued and waits for `want` completions.
+    fn enter(&mut self, want: usize) -> io::Result<usize> {
+        #[cfg(test)]
+        if self.fail_enters > 0 {
+            // The failure the tests stage: the entries were submitted (in flight), then
+            // the wait failed.
+            self.fail_enters -= 1;
+            self.ring.submit()?;
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.ring.submit_and_wait(want)
     }
 }
 

@@ -45,14 +45,15 @@
 //! - A segment's header (its generation) is always made durable before any record of that
 //!   generation is written, so a durable record never depends on an unflushed header.
 //!
-//! # On-disk format (version 1, all integers little-endian)
+//! # On-disk format (segment header version 1, record version 2; all integers little-endian)
 //!
 //! The staging directory holds segment files `seg-NNNNNN.log` (NNNNNN = segment index,
-//! decimal, 6 digits), `0 <= index < max_segments`. Each is exactly `segment_size` bytes,
-//! created as `seg-NNNNNN.tmp`, preallocated (`fallocate`), really written with zeros,
-//! `fsync`ed, renamed into place and the directory `fsync`ed; afterwards it is only ever
-//! overwritten in place with O_DIRECT, so no write changes file-system metadata. Files are
-//! created lazily when a segment is first needed. Each engine thread also keeps a bulk
+//! decimal, at least 6 digits), `0 <= index < max_segments` (at most [`MAX_SEGMENTS`]; a file
+//! named with a larger index is refused, not trusted to size the log). Each is exactly
+//! `segment_size` bytes, created as `seg-NNNNNN.tmp`, preallocated (`fallocate`), really
+//! written with zeros, `fsync`ed, renamed into place and the directory `fsync`ed; afterwards
+//! it is only ever overwritten in place with O_DIRECT, so no write changes file-system
+//! metadata. Files are created lazily when a segment is first needed. Each engine thread also keeps a bulk
 //! segment for records of at least 1 MiB; one created for that is only preallocated, not
 //! zero-filled (its first writes convert extents, which a few large records can afford),
 //! and small records use it only when no other segment is free.
@@ -86,9 +87,9 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `"SPRC"` |
-//! | 4 | 4 | format version (1) |
+//! | 4 | 4 | record version (2; version 1 is still read) |
 //! | 8 | 4 | header CRC-32C: bytes `0..72+4n` with this field left out |
-//! | 12 | 4 | `n` = number of 64 KiB data pieces = ceil(len / 65536) |
+//! | 12 | 4 | version 2: CRC-32C of the carried namespace record (the last `meta_len` data bytes; of no bytes when `meta_len` is 0). Version 1: `n` |
 //! | 16 | 8 | generation (must equal the segment header's) |
 //! | 24 | 8 | sequence number (global, increasing in append order) |
 //! | 32 | 8 | ino |
@@ -98,7 +99,7 @@
 //! | 56 | 4 | len: data bytes |
 //! | 60 | 4 | meta_len: of the `len` data bytes, the last `meta_len` are a namespace-log record committed together with the slice (0: a plain slice; see `docs/FORMAT.md`) |
 //! | 64 | 8 | append time, µs since the Unix epoch |
-//! | 72 | 4·n | CRC-32C of each 64 KiB piece of data (the last may be shorter) |
+//! | 72 | 4·n | CRC-32C of each 64 KiB piece of data (the last may be shorter); `n` = ceil(len / 65536) |
 //!
 //! then zero padding to `header_len = round_up(72 + 4n, align)`, then the `len` data bytes,
 //! then zero padding to a multiple of `align`. A record occupies
@@ -106,13 +107,22 @@
 //!
 //! **Validity and replay.** A record is valid if its magic, version and header CRC are right,
 //! its generation equals its segment's, it fits in the segment and every piece CRC matches.
-//! Replay reads each segment from its first record and stops at the first record that is not
-//! valid: all zeros or a record of an earlier generation is the clean end of the log;
-//! anything else is a torn or corrupt tail, skipped and counted in a warning. A segment whose
-//! header is invalid holds no valid record (its header was made durable before any durable
-//! record was written to it). Valid records of all segments are returned sorted by sequence
-//! number; duplicates of one sequence number (a record rewritten after a failed write before
-//! it, see below) are returned once.
+//! Replay reads each segment from its first record: all zeros, or a record of an earlier
+//! generation (or an older copy of one already seen), is the clean end of the log. A record
+//! whose header passes but whose data does not is stepped over (its length is known); a
+//! header that fails its check is stepped over by looking for the next valid header of the
+//! generation at the following multiples of the alignment. Whatever fails a check after the
+//! last valid record of a segment is a torn tail (a write a crash cut short, never
+//! acknowledged), skipped and counted in a warning. Before a valid record it is *damage*:
+//! a damaged record is returned with [`Replayed::damaged`] (and its carried namespace record,
+//! when that passes its own CRC), an unreadable region as a [`LogDamage`]. A segment header
+//! that fails its check is damage too (a header is made durable before any record of its
+//! generation is written): the generation and alignment are inferred from the record headers
+//! behind it that pass. A segment with damage is neither re-stamped nor reused until the
+//! owner has recorded the loss ([`StagingLog::release_damage`]) and freed its records.
+//! Valid records of all segments are returned sorted by sequence number; duplicates of one
+//! sequence number (a record rewritten after a failed write before it, see below) are
+//! returned once.
 //!
 //! **Failed writes.** When a write fails, the records placed after it in the same segment
 //! are rewritten over it (same bytes, lower offset), so no acknowledged record ever sits
@@ -135,6 +145,8 @@ mod segments;
 mod sim;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod untrusted_tests;
 mod worker;
 
 use std::path::PathBuf;
@@ -149,6 +161,7 @@ use oneshot::RecvError;
 use parking_lot::Mutex;
 
 pub use io::FaultConfig;
+pub use segments::MAX_SEGMENTS;
 pub use sim::{CutPlan, CutReport, FlushScope, SimDevice};
 
 use buf::{BufPool, IoBuf, MAX_POOL_BUFFERS};
@@ -284,6 +297,31 @@ pub struct Replayed {
     pub seq: u64,
     /// When it was appended (µs since the Unix epoch).
     pub time_us: u64,
+    /// Ranges `[start, end)` of the slice's data (the bytes before a carried namespace
+    /// record) that fail their CRC: corruption in the middle of a segment (valid records
+    /// follow it). Empty for an intact record. A damaged record cannot be read whole; whoever
+    /// handles it records the loss and frees it.
+    pub damaged: Vec<(u32, u32)>,
+    /// The carried namespace record (the last `meta_len` data bytes), when there is one and
+    /// it passes its own check, even if the slice's data does not.
+    pub carried: Option<Vec<u8>>,
+}
+
+/// Bytes of the log that fail their checks with records behind them: a damaged segment
+/// header, or a record whose header is unreadable (so neither its length nor its owner is
+/// known). Records whose header is readable but whose data is damaged are reported in
+/// [`Replayed::damaged`] instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDamage {
+    pub segment: u32,
+    /// Byte range `[offset, offset + len)` of the segment file.
+    pub offset: u64,
+    pub len: u64,
+    /// The segment's generation (inferred from its records when its header is damaged; 0
+    /// when nothing is known): the same damage found again has the same one.
+    pub generation: u64,
+    /// What failed: "segment header" or "record header".
+    pub what: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -402,6 +440,8 @@ pub struct StagingLog {
     spares: Mutex<Option<JoinHandle<()>>>,
     /// How long an append may take before the caller gives up on the device.
     append_timeout: Duration,
+    /// Damage replay found, and the segments held out of use because of it.
+    damage: Mutex<(Vec<LogDamage>, Vec<u32>)>,
 }
 
 /// Requests one engine thread's queue holds before senders block.
@@ -469,6 +509,12 @@ impl StagingLog {
                 "max_segments and threads must be positive".into(),
             ));
         }
+        if config.max_segments > MAX_SEGMENTS {
+            return Err(StagingError::Invalid(format!(
+                "{} segments, at most {MAX_SEGMENTS} (use larger segments)",
+                config.max_segments
+            )));
+        }
         if tuning.pool_buffers > MAX_POOL_BUFFERS {
             return Err(StagingError::Invalid(format!(
                 "{} pool buffers per thread, at most {MAX_POOL_BUFFERS}",
@@ -490,12 +536,17 @@ impl StagingLog {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(n) = name.strip_prefix("seg-") {
-                if let Some(i) = n.strip_suffix(".log").and_then(|i| i.parse().ok()) {
-                    existing.push(i);
-                } else if n.ends_with(".tmp") {
-                    let _ = fs.remove(&entry.path());
+            if let Some(i) = segments::parse_segment_name(&name) {
+                if i as usize >= MAX_SEGMENTS {
+                    return Err(StagingError::Invalid(format!(
+                        "{:?}: segment index {i} is beyond the limit of {MAX_SEGMENTS} \
+                         segments, so not a file this log wrote; move it out of the directory",
+                        entry.path()
+                    )));
                 }
+                existing.push(i);
+            } else if name.starts_with("seg-") && name.ends_with(".tmp") {
+                let _ = fs.remove(&entry.path());
             }
         }
         existing.sort_unstable();
@@ -553,6 +604,8 @@ impl StagingLog {
 
         // Replay.
         let mut found: Vec<Replayed> = Vec::new();
+        let mut damage: Vec<LogDamage> = Vec::new();
+        let mut held: Vec<u32> = Vec::new();
         let mut torn = 0usize;
         let mut max_gen = 0u64;
         let mut empty: Vec<u32> = Vec::new();
@@ -576,8 +629,23 @@ impl StagingLog {
             max_gen = max_gen.max(scan.max_generation_seen);
             torn += usize::from(scan.corrupt_tail);
             let st = &shared.segs[i as usize];
+            if scan.damaged() {
+                // Not re-stamped, not reused, until the owner has recorded the loss.
+                held.push(i);
+                damage.extend(scan.unreadable.iter().map(|u| LogDamage {
+                    segment: i,
+                    offset: u.offset,
+                    len: u.len,
+                    generation: scan.header.as_ref().map_or(0, |h| h.generation),
+                    what: if u.offset == 0 {
+                        "segment header"
+                    } else {
+                        "record header"
+                    },
+                }));
+            }
             if let Some(h) = &scan.header {
-                if h.volume_uuid != config.volume_uuid {
+                if !scan.header_damaged && h.volume_uuid != config.volume_uuid {
                     return Err(StagingError::ForeignVolume {
                         expected: hex(&config.volume_uuid),
                         found: hex(&h.volume_uuid),
@@ -588,7 +656,9 @@ impl StagingLog {
             }
             let _ = shared.files[i as usize].set(file);
             if scan.records.is_empty() {
-                empty.push(i);
+                if !scan.damaged() {
+                    empty.push(i);
+                }
                 continue;
             }
             let mut oldest = u64::MAX;
@@ -603,6 +673,8 @@ impl StagingLog {
                     },
                     seq: r.rec.meta.seq,
                     time_us: r.rec.meta.time_us,
+                    damaged: r.damaged,
+                    carried: r.carried,
                 });
             }
             st.oldest_us.store(oldest, Ordering::SeqCst);
@@ -626,6 +698,23 @@ impl StagingLog {
             // Segments with live records are sealed: new appends go to fresh segments.
             let st = &shared.segs[r.loc.segment as usize];
             st.state.fetch_or(SEALED, Ordering::SeqCst);
+        }
+        for &i in &held {
+            // One reference for the damage, dropped by `release_damage`.
+            let st = &shared.segs[i as usize];
+            st.state.fetch_add(1, Ordering::SeqCst);
+            st.state.fetch_or(SEALED, Ordering::SeqCst);
+        }
+        let damaged_records = found.iter().filter(|r| !r.damaged.is_empty()).count();
+        if !damage.is_empty() || damaged_records > 0 {
+            tracing::error!(
+                segments = held.len(),
+                damaged_records,
+                unreadable_regions = damage.len(),
+                dir = %dir.display(),
+                "staging replay: records that fail their checksums in the middle of a segment \
+                 (corruption, not a torn write); every other record is kept"
+            );
         }
         if torn > 0 {
             tracing::warn!(
@@ -748,6 +837,7 @@ impl StagingLog {
                 threads: Mutex::new(threads),
                 spares: Mutex::new(Some(spares)),
                 append_timeout: tuning.append_timeout,
+                damage: Mutex::new((damage, held)),
             },
             found,
         ))
@@ -1012,6 +1102,25 @@ impl StagingLog {
     pub fn alignment(&self) -> u64 {
         self.shared.align
     }
+
+    /// Unreadable regions replay found in the middle of segments (see [`LogDamage`]).
+    pub fn damage(&self) -> Vec<LogDamage> {
+        self.damage.lock().0.clone()
+    }
+
+    /// The loss that replay found is recorded elsewhere: segments held because of damage
+    /// may be recycled once their (remaining) records are freed.
+    pub fn release_damage(&self) {
+        let held = std::mem::take(&mut self.damage.lock().1);
+        for segment in held {
+            let st = &self.shared.segs[segment as usize];
+            let prev = st.state.fetch_sub(1, Ordering::SeqCst);
+            if prev == SEALED | 1 {
+                let t = segment as usize % self.senders.len();
+                let _ = self.senders[t].send(Request::Recycle { segment });
+            }
+        }
+    }
 }
 
 impl Drop for StagingLog {
@@ -1047,6 +1156,10 @@ pub struct LogRecord {
     /// The segment file and the byte offset of the record's data in it.
     pub path: PathBuf,
     pub data_offset: u64,
+    /// As [`Replayed::damaged`]: slice data ranges that fail their CRC.
+    pub damaged: Vec<(u32, u32)>,
+    /// As [`Replayed::carried`].
+    pub carried: Option<Vec<u8>>,
 }
 
 /// What [`scan_dir`] found in a log directory.
@@ -1058,6 +1171,8 @@ pub struct LogScan {
     pub segments: usize,
     /// Segments whose scan stopped at a torn or corrupt record.
     pub torn_segments: usize,
+    /// Unreadable regions with valid records behind them (see [`LogDamage`]).
+    pub damage: Vec<LogDamage>,
 }
 
 /// Reads a staging log directory without changing anything in it (no segment is created,
@@ -1075,11 +1190,7 @@ pub fn scan_dir(dir: &std::path::Path, volume_uuid: [u8; 16]) -> Result<LogScan,
         .flatten()
         .filter_map(|e| {
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.strip_prefix("seg-")?
-                .strip_suffix(".log")?
-                .parse()
-                .ok()
+            segments::parse_segment_name(&name.to_string_lossy())
         })
         .collect();
     existing.sort_unstable();
@@ -1102,8 +1213,19 @@ pub fn scan_dir(dir: &std::path::Path, volume_uuid: [u8; 16]) -> Result<LogScan,
             .map_err(|e| StagingError::io(format!("scan {path:?}"), e))?;
         out.segments += 1;
         out.torn_segments += usize::from(scan.corrupt_tail);
+        out.damage.extend(scan.unreadable.iter().map(|u| LogDamage {
+            segment: i,
+            offset: u.offset,
+            len: u.len,
+            generation: scan.header.as_ref().map_or(0, |h| h.generation),
+            what: if u.offset == 0 {
+                "segment header"
+            } else {
+                "record header"
+            },
+        }));
         let Some(h) = &scan.header else { continue };
-        if h.volume_uuid != volume_uuid {
+        if !scan.header_damaged && h.volume_uuid != volume_uuid {
             return Err(StagingError::ForeignVolume {
                 expected: hex(&volume_uuid),
                 found: hex(&h.volume_uuid),
@@ -1124,6 +1246,8 @@ pub fn scan_dir(dir: &std::path::Path, volume_uuid: [u8; 16]) -> Result<LogScan,
                 bytes: record_size(len, align),
                 path: path.clone(),
                 data_offset: r.offset + format::record_header_len(len, align),
+                damaged: r.damaged,
+                carried: r.carried,
             });
         }
     }

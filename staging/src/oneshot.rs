@@ -96,6 +96,10 @@ impl<T> Receiver<T> {
                 None => self.slot.cv.wait(&mut st),
                 Some(d) => {
                     if self.slot.cv.wait_until(&mut st, d).timed_out() && st.value.is_none() {
+                        // Gone from here on, in the same critical section as the decision:
+                        // an answer sent after it is handed back to the sender (which frees
+                        // what it answered with), not stored for nobody.
+                        st.receiver_gone = true;
                         return Err(RecvError::Timeout);
                     }
                 }
@@ -140,5 +144,23 @@ mod tests {
         let (tx, rx) = channel();
         tx.send(5).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok(5));
+    }
+
+    /// An answer sent just as the receiver times out is either received or handed back to
+    /// the sender, never accepted and then dropped: the engine thread frees a record only
+    /// when `send` hands it back, so an answer lost here is a staged record allocated
+    /// forever. The send comes exactly in the window between the receiver's decision to
+    /// time out and the end of its wait (before the `Receiver` is dropped).
+    #[test]
+    fn an_answer_sent_after_the_timeout_decision_is_handed_back() {
+        let (tx, rx) = channel::<u32>();
+        let waited = rx.wait(Some(Instant::now() + Duration::from_millis(1)));
+        assert_eq!(waited, Err(RecvError::Timeout));
+        assert_eq!(
+            tx.send(9),
+            Err(9),
+            "the answer was accepted by a receiver that had already given up"
+        );
+        drop(rx);
     }
 }

@@ -28,8 +28,27 @@ pub(crate) fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most segments a log may have: the largest segment index plus one. The log keeps state for
+/// every index up to the largest it finds, so a stray file name must not size that.
+pub const MAX_SEGMENTS: usize = 1 << 20;
+
+pub(crate) fn segment_name(index: u32) -> String {
+    format!("seg-{index:06}.log")
+}
+
 pub(crate) fn segment_path(dir: &Path, index: u32) -> PathBuf {
-    dir.join(format!("seg-{index:06}.log"))
+    dir.join(segment_name(index))
+}
+
+/// The index of a segment file's name, if it is exactly the name [`segment_path`] gives that
+/// index (`seg-000007.log`, not `seg-7.log` or `seg-+7.log`, which would name another file).
+pub(crate) fn parse_segment_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".log")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let index: u32 = digits.parse().ok()?;
+    (segment_name(index) == name).then_some(index)
 }
 
 #[derive(Default)]

@@ -794,3 +794,179 @@ fn staging_bulk_records_skip_the_zero_fill() {
         assert_eq!(read_all(&log, &r.loc), random_bytes(i, len));
     }
 }
+
+/// Appends `n` records of `len` bytes (slice ids 0..n) to a one-thread log in a fresh
+/// directory, all in one segment, and closes it.
+fn one_segment_of_records(
+    n: u64,
+    len: usize,
+) -> (tempfile::TempDir, StagingConfig, Vec<StagedLoc>) {
+    let (dir, c, log) = open_one_thread(4 << 20, 4);
+    let locs: Vec<StagedLoc> = (0..n)
+        .map(|i| {
+            let d = random_bytes(i, len);
+            log.append(&hdr(1, i, d.len()), &d, true).unwrap()
+        })
+        .collect();
+    assert!(locs.iter().all(|l| l.segment == locs[0].segment));
+    drop(log);
+    (dir, c, locs)
+}
+
+fn write_at(dir: &std::path::Path, segment: u32, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segments::segment_path(dir, segment))
+        .unwrap();
+    f.write_all_at(bytes, at).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// A record whose data fails its CRC in the middle of a segment is damage, not the end of
+/// the log: every record after it is kept, and the damaged one is returned with its damaged
+/// range so the owner can record the loss. The segment is not reused meanwhile.
+#[test]
+fn staging_damaged_record_in_the_middle_keeps_the_rest() {
+    let (dir, c, locs) = one_segment_of_records(6, 100_000);
+    let align = 4096;
+    let data_start = locs[2].offset + format::record_header_len(locs[2].len, align);
+    write_at(dir.path(), locs[2].segment, data_start + 70_000, &[0xAB]);
+
+    let (log, replayed) = StagingLog::open(c.clone()).unwrap();
+    let got: Vec<StagedLoc> = replayed.iter().map(|r| r.loc).collect();
+    assert_eq!(got, locs, "every record is replayed, the damaged one too");
+    for (i, r) in replayed.iter().enumerate() {
+        if i == 2 {
+            assert_eq!(r.damaged, vec![(65_536, 100_000)], "the damaged piece");
+        } else {
+            assert!(r.damaged.is_empty(), "record {i} is intact");
+            assert_eq!(read_all(&log, &r.loc), random_bytes(i as u64, 100_000));
+        }
+    }
+    assert!(
+        log.damage().is_empty(),
+        "no unreadable region: the header was fine"
+    );
+    drop(log);
+}
+
+/// A record header that fails its check in the middle of a segment: replay finds the next
+/// record of the generation, reports the unreadable bytes, and does not re-stamp or reuse
+/// the segment until the owner says the loss is recorded.
+#[test]
+fn staging_unreadable_record_header_is_reported_and_the_segment_held() {
+    let (dir, c, locs) = one_segment_of_records(6, 30_000);
+    write_at(dir.path(), locs[3].segment, locs[3].offset + 20, &[0xFF; 8]);
+
+    let (log, replayed) = StagingLog::open(c.clone()).unwrap();
+    let got: Vec<StagedLoc> = replayed.iter().map(|r| r.loc).collect();
+    let expect: Vec<StagedLoc> = [0, 1, 2, 4, 5].iter().map(|&i| locs[i]).collect();
+    assert_eq!(got, expect, "the records after the damaged one are kept");
+    let damage = log.damage();
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    assert_eq!(damage[0].segment, locs[3].segment);
+    assert_eq!(damage[0].offset, locs[3].offset);
+    assert_eq!(damage[0].len, locs[4].offset - locs[3].offset);
+    assert_eq!(damage[0].what, "record header");
+    // Every record freed: the segment is still held for the damage.
+    for r in &replayed {
+        log.free(&r.loc);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    drop(log);
+    let (log, replayed) = StagingLog::open(c.clone()).unwrap();
+    assert_eq!(replayed.len(), 5, "the held segment was not re-stamped");
+    assert_eq!(log.damage().len(), 1);
+    // Released: once its records are freed, the segment gets a new generation.
+    for r in &replayed {
+        log.free(&r.loc);
+    }
+    log.release_damage();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(log);
+    let (log, replayed) = StagingLog::open(c).unwrap();
+    assert!(replayed.is_empty());
+    assert!(log.damage().is_empty());
+}
+
+/// A segment header that fails its check: the records behind it are still found (their
+/// generation is inferred from them), the header is reported, and the segment is never
+/// re-stamped while it holds them.
+#[test]
+fn staging_bad_segment_header_keeps_its_records() {
+    let (dir, c, locs) = one_segment_of_records(4, 50_000);
+    write_at(dir.path(), locs[0].segment, 20, &[0x55; 4]);
+
+    let (log, replayed) = StagingLog::open(c.clone()).unwrap();
+    let got: Vec<StagedLoc> = replayed.iter().map(|r| r.loc).collect();
+    assert_eq!(got, locs, "every record behind the bad header is replayed");
+    for (i, r) in replayed.iter().enumerate() {
+        assert_eq!(read_all(&log, &r.loc), random_bytes(i as u64, 50_000));
+    }
+    let damage = log.damage();
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    assert_eq!((damage[0].offset, damage[0].what), (0, "segment header"));
+    drop(log);
+    // Still there at the next open (nothing re-stamped it).
+    let (_log, replayed) = StagingLog::open(c).unwrap();
+    assert_eq!(replayed.len(), 4);
+}
+
+/// Version 1 records (no CRC of the carried namespace record) are still read, and their
+/// carried record is trusted when the pieces it lies in pass.
+#[test]
+fn staging_reads_version_1_records() {
+    let (dir, c, log) = open_one_thread(1 << 20, 4);
+    let slice = random_bytes(1, 70_000);
+    let meta = b"a namespace record".to_vec();
+    let mut h = hdr(1, 9, slice.len() + meta.len());
+    h.meta_len = meta.len() as u32;
+    let loc = log.append_parts(&h, &[&slice, &meta], true).unwrap();
+    drop(log);
+    // Rewrite the header as version 1: field 12 holds the number of pieces.
+    use std::os::unix::fs::FileExt;
+    let path = segments::segment_path(dir.path(), loc.segment);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact_at(&mut head, loc.offset).unwrap();
+    head[4..8].copy_from_slice(&1u32.to_le_bytes());
+    head[12..16].copy_from_slice(&2u32.to_le_bytes());
+    let n = 2;
+    let end = format::RECORD_FIXED_LEN + 4 * n;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[..8]), &head[12..end]);
+    head[8..12].copy_from_slice(&crc.to_le_bytes());
+    f.write_all_at(&head, loc.offset).unwrap();
+    drop(f);
+    let (log, replayed) = StagingLog::open(c).unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].carried.as_deref(), Some(&meta[..]));
+    let mut out = vec![0u8; slice.len()];
+    log.read(&loc, 0, &mut out).unwrap();
+    assert_eq!(out, slice);
+}
+
+/// Version 2 records check the carried namespace record on its own: damage in the slice's
+/// data, even in the same 64 KiB piece, leaves it readable.
+#[test]
+fn staging_carried_record_survives_damage_in_its_slice() {
+    let (dir, c, log) = open_one_thread(1 << 20, 4);
+    let slice = random_bytes(3, 10_000);
+    let meta = b"the namespace change of this flush".to_vec();
+    let mut h = hdr(1, 5, slice.len() + meta.len());
+    h.meta_len = meta.len() as u32;
+    let loc = log.append_parts(&h, &[&slice, &meta], true).unwrap();
+    let d = random_bytes(4, 5000);
+    log.append(&hdr(1, 6, d.len()), &d, true).unwrap();
+    drop(log);
+    let data_start = loc.offset + format::record_header_len(loc.len, 4096);
+    write_at(dir.path(), loc.segment, data_start + 5000, &[0x01]);
+    let (_log, replayed) = StagingLog::open(c).unwrap();
+    assert_eq!(replayed.len(), 2);
+    assert_eq!(replayed[0].damaged, vec![(0, 10_000)]);
+    assert_eq!(replayed[0].carried.as_deref(), Some(&meta[..]));
+}

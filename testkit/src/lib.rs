@@ -1,11 +1,13 @@
 //! Engine-agnostic helpers shared by spoolfs's tests (unit tests, the engine's integration
 //! tests and the FUSE integration suite): one seeded generator, the data patterns built on it,
-//! a content checksum, a byte comparison that reports where two buffers differ, and the check
-//! that skips FUSE tests where FUSE cannot be used.
+//! a content checksum, a byte comparison that reports where two buffers differ, the check
+//! that skips FUSE tests where FUSE cannot be used, and a private PostgreSQL server ([`pg`]).
 //!
 //! This crate depends on no spoolfs crate, so any crate can use it as a dev-dependency without
 //! a cycle. Fixtures that need the engine (a formatted volume, staging settings) live next to
 //! the engine's tests (`engine/tests/common`, `StagingSettings::for_tests`).
+
+pub mod pg;
 
 /// Deterministic pseudo-random generator (xorshift64*), so failures reproduce from the seed.
 #[derive(Clone, Debug)]
@@ -53,6 +55,76 @@ impl Rng {
 /// seeds, so a test writes data it can check byte for byte later.
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     Rng::new(seed).bytes(len)
+}
+
+/// Values that decoders of lengths, counts and offsets get wrong: zero, one, the edges of
+/// each integer width.
+const EDGE_VALUES: [u64; 10] = [
+    0,
+    1,
+    0x7f,
+    0xff,
+    0xffff,
+    0x7fff_ffff,
+    0xffff_ffff,
+    0x1_0000_0000,
+    i64::MAX as u64,
+    u64::MAX,
+];
+
+/// A mutation of `valid` for the property tests of decoders of untrusted bytes: a few random
+/// byte flips, an integer field overwritten with an edge value (little- or big-endian, any
+/// width), a truncation, an extension, or a run of bytes copied from elsewhere in it.
+pub fn mutate(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
+    let mut out = valid.to_vec();
+    let rounds = 1 + rng.below(3);
+    for _ in 0..rounds {
+        let len = out.len() as u64;
+        match rng.below(6) {
+            0 if len > 0 => {
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(len) as usize;
+                    out[at] ^= 1 << rng.below(8);
+                }
+            }
+            1 if len > 0 => {
+                let width = [1usize, 2, 4, 8][rng.below(4) as usize];
+                let value = EDGE_VALUES[rng.below(EDGE_VALUES.len() as u64) as usize]
+                    .wrapping_add(rng.below(3))
+                    .wrapping_sub(1);
+                let bytes = if rng.below(2) == 0 {
+                    value.to_le_bytes()
+                } else {
+                    value.to_be_bytes()
+                };
+                let at = rng.below(len) as usize;
+                for (i, b) in bytes[..width].iter().enumerate() {
+                    if let Some(slot) = out.get_mut(at + i) {
+                        *slot = *b;
+                    }
+                }
+            }
+            2 => {
+                let keep = rng.below(len + 1) as usize;
+                out.truncate(keep);
+            }
+            3 => {
+                let extra = rng.below(64) as usize;
+                out.extend(rng.bytes(extra));
+            }
+            4 if len > 1 => {
+                let from = rng.below(len) as usize;
+                let to = rng.below(len) as usize;
+                let n = (rng.below(16) as usize).min(out.len() - from.max(to));
+                out.copy_within(from..from + n, to);
+            }
+            _ => {
+                let at = rng.below(len + 1) as usize;
+                out.insert(at, rng.next_u64() as u8);
+            }
+        }
+    }
+    out
 }
 
 /// A 64-bit content checksum (FNV-1a over 8-byte words, then the length).
@@ -128,6 +200,26 @@ mod tests {
         assert_ne!(random_bytes(7, 1000), random_bytes(8, 1000));
         // A shorter buffer is a prefix of a longer one from the same seed.
         assert_eq!(random_bytes(7, 13)[..], random_bytes(7, 1000)[..13]);
+    }
+
+    #[test]
+    fn mutations_differ_from_the_input_and_reproduce_from_the_seed() {
+        let valid = random_bytes(3, 100);
+        let changed = (0..200)
+            .filter(|&i| mutate(&mut Rng::new(i), &valid) != valid)
+            .count();
+        assert!(
+            changed > 150,
+            "only {changed} of 200 mutations changed anything"
+        );
+        assert_eq!(
+            mutate(&mut Rng::new(9), &valid),
+            mutate(&mut Rng::new(9), &valid)
+        );
+        // An empty input is fine too.
+        for i in 0..50 {
+            mutate(&mut Rng::new(i), &[]);
+        }
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct MountStatus {
     pub engine: Option<EngineStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_error: Option<String>,
+    /// Data losses replay recorded (corruption found in the staging or namespace log), until
+    /// `spoolfs fsck --forget-losses` clears them.
+    #[serde(default)]
+    pub data_losses: Vec<spoolfs_engine::losses::DataLoss>,
 }
 
 /// What a daemon still has to write out (the `writeout` request).
@@ -83,6 +87,7 @@ impl ControlServer {
             storage_error,
             engine,
             engine_error,
+            data_losses: self.engine.data_losses().unwrap_or_default(),
         }
     }
 

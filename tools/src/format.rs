@@ -70,7 +70,9 @@ pub fn run(args: FormatArgs) -> Result<ExitCode> {
             )
         }
     };
-    let meta = open_meta(&meta_url)?;
+    // Format creates the schema of a PostgreSQL database that has none.
+    let meta =
+        spoolfs_metadata::format_store(&meta_url).context("cannot open the metadata store")?;
     let mut storage = StorageConfig {
         url: storage_url,
         ..Default::default()

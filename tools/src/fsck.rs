@@ -37,6 +37,10 @@ pub struct FsckArgs {
     /// Unreferenced objects younger than this (in seconds) are reported but never deleted.
     #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_grace)]
     pub orphan_grace: Duration,
+    /// After reporting them, delete the data losses that mounts recorded (corruption found in
+    /// the staging or namespace log at replay): once you have restored or given up those files.
+    #[arg(long)]
+    pub forget_losses: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -83,6 +87,10 @@ fn check(args: &FsckArgs) -> Result<ExitCode> {
         ),
         Err(e) => return Err(anyhow!(e).context("cannot open the metadata store")),
     };
+    spoolfs_engine::session::refuse_if_mounted(
+        meta.as_ref(),
+        "unmount it first: fsck checks unmounted volumes only",
+    )?;
     let record = spoolfs_engine::volume::read_record(meta.as_ref())
         .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
         .ok_or_else(|| anyhow!("no volume in {}", meta.describe()))?;
@@ -102,6 +110,7 @@ fn check(args: &FsckArgs) -> Result<ExitCode> {
         verify_data: args.verify_data,
         staging_dir: cache_dir.as_ref().map(|d| d.join(&record.uuid)),
         orphan_grace: args.orphan_grace,
+        forget_losses: args.forget_losses,
     };
     let terminal = !args.json && std::io::stderr().is_terminal();
     let mut last_shown = std::time::Instant::now();
@@ -206,6 +215,19 @@ fn print_report(r: &FsckReport, meta: &str, objects: &str, args: &FsckArgs) {
                     " (--repair deletes those older than {}s)",
                     args.orphan_grace.as_secs()
                 )
+            }
+        );
+    }
+    if s.recorded_losses > 0 {
+        println!(
+            "DATA LOSS: {} loss(es) recorded when staged data or namespace changes failed their \
+             checksums at a mount ({} of file data read as zeros; listed above as data-loss){}",
+            s.recorded_losses,
+            human_bytes(s.recorded_lost_bytes),
+            if s.losses_forgotten > 0 {
+                format!("; {} forgotten (--forget-losses)", s.losses_forgotten)
+            } else {
+                "; --forget-losses clears the list".into()
             }
         );
     }

@@ -201,6 +201,10 @@ fn offline(
             e
         }
     })?;
+    spoolfs_engine::session::refuse_if_mounted(
+        meta.as_ref(),
+        "run `spoolfs gc MOUNTPOINT` on its mount instead",
+    )?;
     let record = spoolfs_engine::volume::read_record(meta.as_ref())
         .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
         .ok_or_else(|| anyhow!("no volume in {}", meta.describe()))?;
@@ -248,7 +252,11 @@ pub fn describe(target: &str, opts: &GcOptions, r: &GcReport) -> String {
     if !r.dry_run {
         line(
             "dead slices:",
-            format!("{} deleted", r.dead_slices_collected),
+            format!(
+                "{} deleted ({} of objects)",
+                r.dead_slices_collected,
+                human_bytes(r.dead_object_bytes)
+            ),
         );
     }
     line("objects listed:", r.objects_listed.to_string());

@@ -129,6 +129,11 @@ pub struct MountArgs {
     /// with the same --cache-dir). Keep it below a service manager's stop timeout.
     #[arg(long, value_name = "SECS", default_value = "86400", value_parser = parse_secs)]
     pub shutdown_timeout: Duration,
+    /// On a shared metadata store (PostgreSQL): a mount renews its session every third of this
+    /// many seconds, and a session not renewed for this long is dead (its volume may then be
+    /// mounted elsewhere). Node clocks must agree to well within it.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub session_timeout: Duration,
     /// Rewrite pack objects in the background when they are mostly dead
     /// (`--background-compact=false`: only `spoolfs gc --compact` does).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
@@ -292,6 +297,8 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     }
     cmd.arg("--shutdown-timeout")
         .arg(args.shutdown_timeout.as_secs_f64().to_string());
+    cmd.arg("--session-timeout")
+        .arg(args.session_timeout.as_secs_f64().to_string());
     cmd.arg(format!("--allow-other={}", allow_other(&args)));
     if args.read_only {
         cmd.arg("--read-only");
@@ -452,6 +459,7 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         mut session,
         volume,
         cache_dir,
+        meta_session,
     } = mounted;
 
     let mount_point = session.mount_point().to_path_buf();
@@ -506,6 +514,12 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         )
     };
     drop(engine);
+    // The volume's session ends once this daemon has nothing more to write.
+    if let Some(mut s) = meta_session
+        && let Err(e) = s.end()
+    {
+        warn!("cannot remove this mount's session from the metadata store: {e}");
+    }
     if let Err(e) = std::fs::write(&files.exit, report) {
         warn!("cannot write {}: {e}", files.exit.display());
     }
@@ -575,6 +589,8 @@ struct Mounted {
     session: FuseSession,
     volume: String,
     cache_dir: PathBuf,
+    /// This mount's session record on a shared metadata store.
+    meta_session: Option<spoolfs_engine::session::Session>,
 }
 
 /// Everything up to a mounted, handshaken FUSE session. Every failure is a clear error.
@@ -617,6 +633,21 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         },
     };
 
+    // On a shared store other nodes could mount the volume too: register this mount, refused
+    // while another one is live.
+    let meta_session = if meta.is_shared() {
+        let s = spoolfs_engine::session::Session::register(
+            meta.clone(),
+            &mount_point.display().to_string(),
+            &cache_dir.join(&record.uuid).display().to_string(),
+            args.session_timeout,
+        )
+        .with_context(|| format!("cannot mount volume {:?}", record.name))?;
+        info!("session {} registered in {}", s.rec.id, meta.describe());
+        Some(s)
+    } else {
+        None
+    };
     let storage = args.s3.open_storage(&record)?;
     let storage = Arc::new(storage);
     let volume = record.name.clone();
@@ -698,6 +729,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         session,
         volume,
         cache_dir,
+        meta_session,
     })
 }
 

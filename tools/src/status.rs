@@ -17,6 +17,67 @@ pub struct StatusArgs {
     /// Print JSON (one object for a mount point, an array otherwise).
     #[arg(long)]
     pub json: bool,
+    /// Instead of local mounts, list the sessions (mounts, on any node) of the volume in this
+    /// metadata store; for a shared store (postgres://USER@HOST:PORT/DB).
+    #[arg(long, value_name = "URL", conflicts_with = "mount_point")]
+    pub meta: Option<String>,
+}
+
+/// `spoolfs status --meta URL`: the volume in the store and its sessions.
+fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
+    let meta = crate::format::open_meta(url)?;
+    let record = spoolfs_engine::volume::read_record(meta.as_ref())
+        .with_context(|| format!("cannot read the volume record in {}", meta.describe()))?
+        .ok_or_else(|| anyhow::anyhow!("no volume in {}", meta.describe()))?;
+    let sessions = spoolfs_engine::session::list(meta.as_ref())
+        .with_context(|| format!("cannot list the sessions in {}", meta.describe()))?;
+    let now = spoolfs_engine::session::now_s();
+    let timeout = spoolfs_engine::session::DEFAULT_TIMEOUT.as_secs();
+    if json {
+        let list: Vec<serde_json::Value> = sessions
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
+                v["heartbeat_age_s"] = s.age_s(now).into();
+                v["live"] = (s.age_s(now) < timeout).into();
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "metadata": meta.describe(),
+                "volume_name": record.name,
+                "volume_uuid": record.uuid,
+                "sessions": list,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "volume {:?} ({}) in {}",
+        record.name,
+        record.uuid,
+        meta.describe()
+    );
+    if sessions.is_empty() {
+        println!("  no sessions (not mounted anywhere)");
+    }
+    for s in &sessions {
+        let age = s.age_s(now);
+        println!(
+            "  session {}: host {} pid {} at {}, staging in {}, heartbeat {} ago{}, up {}",
+            s.id,
+            s.host,
+            s.pid,
+            s.mount_point,
+            s.cache_dir,
+            human_secs(age as f64),
+            if age < timeout { "" } else { " (dead)" },
+            human_secs(now.saturating_sub(s.started_s) as f64),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn query_mount(path: &Path) -> Result<(String, MountStatus)> {
@@ -35,6 +96,9 @@ fn query_mount(path: &Path) -> Result<(String, MountStatus)> {
 }
 
 pub fn run(args: StatusArgs) -> Result<ExitCode> {
+    if let Some(url) = &args.meta {
+        return volume_sessions(url, args.json);
+    }
     if let Some(mp) = &args.mount_point {
         let path = canonical_mount_point(mp)
             .with_context(|| format!("cannot resolve {}", mp.display()))?;
@@ -229,6 +293,31 @@ pub fn describe(s: &MountStatus) -> String {
                     ),
                 );
             }
+            if !s.data_losses.is_empty() {
+                line(
+                    "DATA LOSS:",
+                    format!(
+                        "{} loss{} found at replay (corrupt staged data or namespace records; \
+                         spoolfs fsck --forget-losses clears the list)",
+                        s.data_losses.len(),
+                        if s.data_losses.len() == 1 { "" } else { "es" }
+                    ),
+                );
+                for l in &s.data_losses {
+                    let file = match (&l.path, l.ino) {
+                        (_, 0) => String::new(),
+                        (Some(p), i) => format!(
+                            "{p} (inode {i}) bytes [{}, {}): ",
+                            l.offset,
+                            l.offset + l.bytes
+                        ),
+                        (None, i) => {
+                            format!("inode {i} bytes [{}, {}): ", l.offset, l.offset + l.bytes)
+                        }
+                    };
+                    line("", format!("{file}{}", l.cause));
+                }
+            }
             if e.upload_errors > 0 {
                 line("upload errors:", e.upload_errors.to_string());
             }
@@ -330,6 +419,15 @@ mod tests {
                 .unwrap(),
             ),
             engine_error: None,
+            data_losses: vec![spoolfs_engine::losses::DataLoss {
+                found_ns: 1,
+                ino: 12,
+                path: Some("/d/f".into()),
+                offset: 0,
+                bytes: 65536,
+                slice: 77,
+                cause: "staged data fails its checksum".into(),
+            }],
         };
         let text = describe(&s);
         for needle in [
@@ -347,6 +445,8 @@ mod tests {
             "block cache:     3.0 MiB of 256.0 MiB, 8 hits, 9 misses",
             "backpressure:    4 waits for staging room, 5 slices uploaded around the log",
             "upload errors:   1",
+            "DATA LOSS:       1 loss found at replay",
+            "/d/f (inode 12) bytes [0, 65536): staged data fails its checksum",
             "pid 42",
         ] {
             assert!(text.contains(needle), "{needle:?} missing in\n{text}");

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use spoolfs_staging::StagedLoc;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where a staged slice's data is: a record in this node's staging log (the value of a `T`
@@ -89,6 +89,8 @@ pub struct StagedSet {
     /// it from here instead of reading the staging device.
     pub resident: HashMap<u64, Vec<u8>>,
     pub resident_bytes: u64,
+    /// Queued slices another mount asked for: uploaded without the upload delay.
+    pub urgent: HashSet<u64>,
 }
 
 impl StagedSet {
@@ -99,10 +101,27 @@ impl StagedSet {
         Some(data)
     }
 
+    /// Moves queued slice `id` to the front of the queue and marks it urgent. False if it is
+    /// not queued (being uploaded, or no longer staged).
+    pub(crate) fn prioritise(&mut self, id: u64) -> bool {
+        if self.queue.front() != Some(&id) {
+            let Some(at) = self.queue.iter().position(|q| *q == id) else {
+                return false;
+            };
+            self.queue.remove(at);
+            self.queue.push_front(id);
+        }
+        self.urgent.insert(id)
+    }
+
     /// How long until the queue is worth uploading: `None` now. It is when its oldest slice
-    /// has waited `delay`, or a pack's worth of small data is queued.
+    /// has waited `delay`, or is urgent, or a pack's worth of small data is queued.
     pub(crate) fn wait_needed(&self, delay: Duration, pack_size: usize) -> Option<Duration> {
-        let head = self.queue.front().and_then(|id| self.map.get(id))?;
+        let head_id = self.queue.front()?;
+        if self.urgent.contains(head_id) {
+            return None;
+        }
+        let head = self.map.get(head_id)?;
         let age_ns = (now_ns() - head.rec.staged_ns).max(0) as u128;
         if age_ns >= delay.as_nanos() {
             return None;
@@ -137,5 +156,46 @@ pub fn now_ns() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
         Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged(size: u32) -> Staged {
+        Staged::pending(StagedRec {
+            ino: 1,
+            chunk: 0,
+            size,
+            segment: 0,
+            offset: 0,
+            staged_ns: now_ns(),
+        })
+    }
+
+    #[test]
+    fn a_prioritised_slice_goes_first_without_the_upload_delay() {
+        let mut set = StagedSet::default();
+        for id in 1..=3 {
+            set.map.insert(id, staged(100));
+            set.queue.push_back(id);
+        }
+        let delay = Duration::from_secs(60);
+        assert!(
+            set.wait_needed(delay, 1 << 20).is_some(),
+            "young small slices wait"
+        );
+        assert!(set.prioritise(3));
+        assert_eq!(set.queue, [3, 1, 2]);
+        assert_eq!(
+            set.wait_needed(delay, 1 << 20),
+            None,
+            "an urgent head goes now"
+        );
+        assert!(!set.prioritise(3), "already urgent: nothing to do");
+        assert_eq!(set.queue, [3, 1, 2]);
+        assert!(!set.prioritise(9), "not queued");
+        assert_eq!(set.queue, [3, 1, 2]);
     }
 }

@@ -125,6 +125,7 @@ fn take_batch(up: &Uploader) -> Vec<(u64, Staged)> {
         let Some(id) = set.queue.pop_front() else {
             break;
         };
+        set.urgent.remove(&id);
         // A slice that died and was collected while queued is simply dropped.
         if let Some(rec) = set.map.get(&id).copied() {
             bytes += rec.rec.size as u64;

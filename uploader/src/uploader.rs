@@ -260,6 +260,14 @@ impl Uploader {
         }
     }
 
+    /// Another mount asked for staged slice `id`: upload it next, without the upload delay.
+    /// Nothing if it is not queued (being uploaded, or no longer staged).
+    pub fn prioritise(&self, id: u64) {
+        if self.set.lock().prioritise(id) {
+            self.cv.notify_all();
+        }
+    }
+
     /// Keeps slice `id`'s data, just staged, in memory for its uploader, if the upload buffer
     /// has room; call before [`Uploader::add`] lists the slice. The data is the caller's own
     /// buffer, moved, not copied.

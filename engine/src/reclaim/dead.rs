@@ -6,24 +6,39 @@ use super::Reclaimer;
 use crate::error::Result;
 use crate::schema::{self, DeadSlice};
 use spoolfs_metadata::{KvRead, MetaError, prefix_end};
-use spoolfs_objects::slice_blocks;
+use spoolfs_objects::{BLOCK_TRAILER_LEN, slice_blocks};
 use std::collections::HashMap;
+
+/// What one collection of dead slices removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeadCollected {
+    /// Dead slices whose `G` records are gone.
+    pub slices: usize,
+    /// Bytes of the objects deleted for them (block objects, and packs left with no live slice).
+    pub object_bytes: u64,
+}
 
 impl Reclaimer {
     /// Deletes the objects of dead slices (`G` records), [`DEAD_BATCH`] slices at a time, up
     /// to `max` of them; stops early once the engine is stopping (what is left stays recorded
     /// and is collected by the next mount or `spoolfs gc`). Returns how many it removed.
     pub fn collect_garbage(&self, max: usize) -> Result<usize> {
+        Ok(self.collect_dead(max)?.slices)
+    }
+
+    /// [`Reclaimer::collect_garbage`], also counting the object bytes it deleted.
+    pub fn collect_dead(&self, max: usize) -> Result<DeadCollected> {
         let _one = self.collecting.lock();
-        let mut removed = 0;
-        while removed < max {
-            let n = self.collect_dead_batch((max - removed).min(DEAD_BATCH))?;
-            removed += n;
-            if n == 0 || self.stopping() {
+        let mut total = DeadCollected::default();
+        while total.slices < max {
+            let batch = self.collect_dead_batch((max - total.slices).min(DEAD_BATCH))?;
+            total.slices += batch.slices;
+            total.object_bytes += batch.object_bytes;
+            if batch.slices == 0 || self.stopping() {
                 break;
             }
         }
-        Ok(removed)
+        Ok(total)
     }
 
     /// One batch of [`Reclaimer::collect_garbage`]. The objects go first, the records after:
@@ -38,7 +53,7 @@ impl Reclaimer {
     ///
     /// Interrupted anywhere (an error, a crash, an unmount), the batch is done again from the
     /// start: deleting an object twice is harmless, and nothing leaks.
-    fn collect_dead_batch(&self, limit: usize) -> Result<usize> {
+    fn collect_dead_batch(&self, limit: usize) -> Result<DeadCollected> {
         let (dead, places, emptied) = self.meta.view(|r| {
             let dead = r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), limit)?;
             let mut places = Vec::with_capacity(dead.len());
@@ -50,7 +65,7 @@ impl Reclaimer {
             Ok((dead, places, emptied))
         })?;
         if dead.is_empty() {
-            return Ok(0);
+            return Ok(DeadCollected::default());
         }
         // An object may go only once the change that killed its slice survives a power cut:
         // otherwise a crash could bring back a file that points at it. These `G` records are
@@ -59,11 +74,15 @@ impl Reclaimer {
         let bs = self.block_size;
         let mut keys: Vec<String> = emptied
             .iter()
-            .map(|p| schema::pack_object_key(*p))
+            .map(|(p, _)| schema::pack_object_key(*p))
             .collect();
+        let mut object_bytes: u64 = emptied.iter().map(|(_, size)| size).sum();
         for (id, size, place) in &places {
             if *place == DeadPlace::Blocks {
-                keys.extend(slice_blocks(*id, *size, bs).map(|(_, _, key)| key));
+                for (_, len, key) in slice_blocks(*id, *size, bs) {
+                    object_bytes += len as u64 + BLOCK_TRAILER_LEN as u64;
+                    keys.push(key);
+                }
             }
         }
         if let Err(e) = self
@@ -76,11 +95,11 @@ impl Reclaimer {
                      batch)",
                     places.len()
                 );
-                return Ok(0);
+                return Ok(DeadCollected::default());
             }
             return Err(e.into());
         }
-        for pack in &emptied {
+        for (pack, _) in &emptied {
             if let Some(disk) = &self.reader.disk {
                 disk.remove_slice(*pack);
             }
@@ -138,7 +157,10 @@ impl Reclaimer {
                 disk.remove_slice(*id);
             }
         }
-        Ok(places.len())
+        Ok(DeadCollected {
+            slices: places.len(),
+            object_bytes,
+        })
     }
 }
 
@@ -176,7 +198,7 @@ fn locate_dead(r: &dyn KvRead, id: u64) -> Result<DeadPlace, MetaError> {
 fn emptied_packs(
     r: &dyn KvRead,
     places: impl Iterator<Item = DeadPlace>,
-) -> Result<Vec<u64>, MetaError> {
+) -> Result<Vec<(u64, u64)>, MetaError> {
     let mut dying: HashMap<u64, u32> = HashMap::new();
     for place in places {
         if let DeadPlace::Packed { pack, .. } = place {
@@ -185,10 +207,11 @@ fn emptied_packs(
     }
     let mut out = Vec::new();
     for (pack, n) in dying {
-        if let Some(v) = r.get(&schema::pack_key(pack))?
-            && schema::decode::<schema::PackRec>("pack", &v)?.live_slices <= n
-        {
-            out.push(pack);
+        if let Some(v) = r.get(&schema::pack_key(pack))? {
+            let rec: schema::PackRec = schema::decode("pack", &v)?;
+            if rec.live_slices <= n {
+                out.push((pack, rec.size));
+            }
         }
     }
     out.sort_unstable();

@@ -72,6 +72,9 @@ pub struct GcReport {
     pub dry_run: bool,
     /// Dead slices whose objects were deleted first (the `G` records).
     pub dead_slices_collected: u64,
+    /// Bytes of the objects deleted for them (block objects, packs left with no live slice).
+    #[serde(default)]
+    pub dead_object_bytes: u64,
     /// Objects below `chunks/` and `packs/`.
     pub objects_listed: u64,
     /// Objects no metadata refers to, older than the grace period.
@@ -94,8 +97,8 @@ pub struct GcReport {
     pub packs_written: u64,
     pub slices_moved: u64,
     pub bytes_moved: u64,
-    /// Object bytes freed: old packs minus new packs, plus orphans deleted (estimated in a dry
-    /// run).
+    /// Object bytes freed: the objects of dead slices, old packs minus new packs, plus orphans
+    /// deleted (estimated in a dry run, which counts no dead-slice objects).
     pub bytes_reclaimed: u64,
     /// Problems that did not stop the run (a pack left alone, an object that could not be
     /// deleted).
@@ -376,7 +379,10 @@ impl Reclaimer {
         };
         if !opts.dry_run {
             progress("collecting dead slices", 0, 0);
-            report.dead_slices_collected = self.collect_garbage(usize::MAX)? as u64;
+            let dead = self.collect_dead(usize::MAX)?;
+            report.dead_slices_collected = dead.slices as u64;
+            report.dead_object_bytes = dead.object_bytes;
+            report.bytes_reclaimed += dead.object_bytes;
         }
         let usage = if opts.dry_run {
             usage_of(&self.view_long(read_packs_after_pending_deaths)?)

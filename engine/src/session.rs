@@ -1,0 +1,288 @@
+//! Sessions: each mount of a volume on a shared metadata store (PostgreSQL) registers a
+//! record (id, host, pid, mount point, cache directory, peer address, heartbeat) and renews its
+//! heartbeat while it runs. `spoolfs status --meta URL` lists them; a session whose heartbeat
+//! is older than the session timeout is dead, and the next mount removes it.
+//!
+//! Sessions are written straight to the shared store, never through the mount's memtable or
+//! namespace log, so other nodes see them at once.
+//!
+//! A volume's mounts are still exclusive: a mount is refused while another session of the
+//! volume is live (the memtable and the namespace log assume one writer).
+
+use crate::error::{FsError, Result};
+use serde::{Deserialize, Serialize};
+use spoolfs_metadata::{Durability, KvStore, prefix_end};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub const SESSION_PREFIX: &[u8] = b"H";
+
+/// The default of `spoolfs mount --session-timeout`; what offline tools assume.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Refuses (EBUSY) an offline tool's work on a shared store while a mount of the volume is
+/// live: the mount's memtable may hold changes the store does not have yet. `advice` ends the
+/// message.
+pub fn refuse_if_mounted(meta: &dyn KvStore, advice: &str) -> Result<()> {
+    if !meta.is_shared() {
+        return Ok(());
+    }
+    if let Some(s) = live(meta, DEFAULT_TIMEOUT)?.first() {
+        return Err(FsError::new(
+            libc::EBUSY,
+            format!("the volume is mounted ({}); {advice}", describe(s)),
+        ));
+    }
+    Ok(())
+}
+
+pub fn session_key(id: &str) -> Vec<u8> {
+    let mut k = SESSION_PREFIX.to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// One mount of the volume, as other nodes see it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionRec {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub mount_point: String,
+    /// Where this mount stages data (on its host).
+    pub cache_dir: String,
+    /// Where this mount serves its staged slices to the volume's other mounts (none yet).
+    #[serde(default)]
+    pub peer_addr: Option<String>,
+    /// Seconds since the epoch, by the mount's clock.
+    pub started_s: u64,
+    pub heartbeat_s: u64,
+}
+
+impl SessionRec {
+    /// Seconds since the last heartbeat, by this host's clock (0 for one in the future).
+    pub fn age_s(&self, now_s: u64) -> u64 {
+        now_s.saturating_sub(self.heartbeat_s)
+    }
+}
+
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// This host's name.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates (the last byte stays 0).
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if r != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Every session record of the volume in `meta`.
+pub fn list(meta: &dyn KvStore) -> Result<Vec<SessionRec>> {
+    let mut rows = Vec::new();
+    meta.view(&mut |r| {
+        rows = r.scan(SESSION_PREFIX, &prefix_end(SESSION_PREFIX), usize::MAX)?;
+        Ok(())
+    })?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect())
+}
+
+/// The sessions of `meta` whose heartbeat is younger than `timeout`.
+pub fn live(meta: &dyn KvStore, timeout: Duration) -> Result<Vec<SessionRec>> {
+    let now = now_s();
+    Ok(list(meta)?
+        .into_iter()
+        .filter(|s| s.age_s(now) < timeout.as_secs().max(1))
+        .collect())
+}
+
+/// One line naming a session, for messages.
+pub fn describe(s: &SessionRec) -> String {
+    format!(
+        "session {} on host {} (pid {}, mounted at {})",
+        s.id, s.host, s.pid, s.mount_point
+    )
+}
+
+/// A registered session; its heartbeat runs until [`Session::end`] (or the drop).
+pub struct Session {
+    pub rec: SessionRec,
+    meta: Arc<dyn KvStore>,
+    stop: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    ended: AtomicBool,
+}
+
+impl Session {
+    /// Registers a session for a mount at `mount_point` staging in `cache_dir`. Sessions dead
+    /// for longer than `timeout` are removed; a live one refuses the mount (EBUSY).
+    pub fn register(
+        meta: Arc<dyn KvStore>,
+        mount_point: &str,
+        cache_dir: &str,
+        timeout: Duration,
+    ) -> Result<Session> {
+        let now = now_s();
+        let rec = SessionRec {
+            id: uuid::Uuid::new_v4().to_string(),
+            host: host_name(),
+            pid: std::process::id(),
+            mount_point: mount_point.to_string(),
+            cache_dir: cache_dir.to_string(),
+            peer_addr: None,
+            started_s: now,
+            heartbeat_s: now,
+        };
+        let value = serde_json::to_vec(&rec).expect("session serialises");
+        let timeout_s = timeout.as_secs().max(1);
+        let mut busy = None;
+        meta.update(Durability::Durable, &mut |t| {
+            busy = None;
+            let rows = t.scan(SESSION_PREFIX, &prefix_end(SESSION_PREFIX), usize::MAX)?;
+            for (k, v) in rows {
+                match serde_json::from_slice::<SessionRec>(&v) {
+                    Ok(other) if other.age_s(now) < timeout_s => {
+                        busy = Some(other);
+                        return Ok(());
+                    }
+                    Ok(other) => {
+                        tracing::warn!(
+                            "{} is dead (no heartbeat for {} s): removed",
+                            describe(&other),
+                            other.age_s(now)
+                        );
+                        t.delete(&k)?;
+                    }
+                    Err(_) => t.delete(&k)?,
+                }
+            }
+            t.put(&session_key(&rec.id), &value)
+        })?;
+        if let Some(other) = busy {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!(
+                    "the volume is mounted by {} (heartbeat {} s ago); a volume is mounted by \
+                     one node at a time: unmount it there first, or wait {} s after that node \
+                     died",
+                    describe(&other),
+                    other.age_s(now),
+                    timeout_s.saturating_sub(other.age_s(now))
+                ),
+            ));
+        }
+        let stop = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+        let thread = {
+            let (meta, stop, key, mut rec) = (
+                meta.clone(),
+                stop.clone(),
+                session_key(&rec.id),
+                rec.clone(),
+            );
+            let every = Duration::from_secs((timeout_s / 3).max(1));
+            std::thread::Builder::new()
+                .name("spoolfs-session".into())
+                .spawn(move || {
+                    loop {
+                        {
+                            let mut stopped = stop.0.lock();
+                            if !*stopped {
+                                stop.1.wait_for(&mut stopped, every);
+                            }
+                            if *stopped {
+                                return;
+                            }
+                        }
+                        rec.heartbeat_s = now_s();
+                        let value = serde_json::to_vec(&rec).expect("session serialises");
+                        if let Err(e) =
+                            meta.update(Durability::Durable, &mut |t| t.put(&key, &value))
+                        {
+                            crate::warn_limited!("session heartbeat failed: {e}");
+                        }
+                    }
+                })
+                .map_err(|e| FsError::new(libc::EIO, format!("cannot start heartbeat: {e}")))?
+        };
+        Ok(Session {
+            rec,
+            meta,
+            stop,
+            thread: Some(thread),
+            ended: AtomicBool::new(false),
+        })
+    }
+
+    /// Stops the heartbeat and removes the session record (a clean unmount).
+    pub fn end(&mut self) -> Result<()> {
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let key = session_key(&self.rec.id);
+        self.meta
+            .update(Durability::Durable, &mut |t| t.delete(&key))?;
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Err(e) = self.end() {
+            tracing::warn!("cannot remove session {}: {e}", self.rec.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spoolfs_metadata::MemStore;
+
+    #[test]
+    fn a_live_session_refuses_a_second_and_a_dead_one_is_removed() {
+        let meta: Arc<dyn KvStore> = Arc::new(MemStore::default());
+        let mut a = Session::register(meta.clone(), "/a", "/c", Duration::from_secs(30)).unwrap();
+        assert_eq!(list(meta.as_ref()).unwrap(), vec![a.rec.clone()]);
+        let err = Session::register(meta.clone(), "/b", "/c", Duration::from_secs(30))
+            .err()
+            .expect("a live session refuses another");
+        assert_eq!(err.errno(), libc::EBUSY);
+        assert!(err.to_string().contains(&a.rec.id), "{err}");
+        // A session whose heartbeat is old is dead: the next mount removes it.
+        let mut old = a.rec.clone();
+        old.id = "dead".into();
+        old.heartbeat_s -= 100;
+        a.end().unwrap();
+        meta.update(Durability::Durable, &mut |t| {
+            t.put(&session_key("dead"), &serde_json::to_vec(&old).unwrap())
+        })
+        .unwrap();
+        let b = Session::register(meta.clone(), "/b", "/c", Duration::from_secs(30)).unwrap();
+        let ids: Vec<String> = list(meta.as_ref())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, vec![b.rec.id.clone()]);
+        drop(b);
+        assert!(list(meta.as_ref()).unwrap().is_empty());
+    }
+}

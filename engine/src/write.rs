@@ -1,0 +1,623 @@
+//! The write path: buffered writes per open inode (pending runs, the size and times they
+//! imply), and the flush that turns them into slices, in its phases: slice ids, staging (or
+//! a direct upload of what the staging log refuses), one metadata commit, and the hand-off
+//! to the uploader.
+//!
+//! [`WritePath`] owns what writing needs (the metadata store, the uploader, slice ids, the
+//! sync-upload marks); the per-inode [`FileState`] lives in the open-file table
+//! (`open.rs`), whose lock the caller holds, and the read path lays its pending runs over
+//! what is stored.
+
+use crate::data;
+use crate::error::{FsError, Result};
+use crate::ids::IdAllocator;
+use crate::meta::Meta;
+use crate::namespace;
+use crate::reader::Counters;
+use crate::schema::{self, SliceRec, StagedRec};
+use crate::staging::{RecordHeader, StagedLoc};
+use crate::stop::StopSignal;
+use crate::types::*;
+use crate::wal::WalStore;
+use crate::writeback::SliceCarrier;
+use bytes::Bytes;
+use parking_lot::RwLock;
+use spoolfs_metadata::{Durability, KvTxn, MetaError};
+use spoolfs_objects::{ObjectStorage, encode_block, split_blocks};
+use spoolfs_uploader::{Staged, Uploader};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+/// Pending runs per file before a flush.
+pub(crate) const MAX_PENDING_RUNS: usize = 256;
+/// Largest slice (also at most a quarter of a staging segment, so every slice can be staged).
+pub(crate) const MAX_SLICE_BYTES: usize = 16 << 20;
+/// Smallest largest slice, whatever the staging segment size.
+pub(crate) const MIN_SLICE_LIMIT: usize = 64 << 10;
+
+/// Data written through open handles and not yet uploaded: one contiguous run of bytes inside
+/// one chunk. Later entries shadow earlier ones.
+struct Pending {
+    chunk: u32,
+    pos: u32,
+    data: Vec<u8>,
+    /// A full run is handed to the staging log while the file is still being written, so a
+    /// large sequential write keeps copying while the device writes; the flush then only
+    /// waits for it. Such a run is frozen: later writes over it start a new run.
+    early: EarlyStage,
+}
+
+/// A flush's slices as its phases hand them on (see [`WritePath::flush_locked`]).
+struct FlushPlan {
+    /// One per pending run, in order.
+    ids: Vec<u64>,
+    slices: Vec<SliceRec>,
+    /// The chunk of each slice.
+    chunks: Vec<u32>,
+    /// Slices in the staging log (or to ride with the commit), with their `T` records.
+    staged: Vec<(u64, Staged)>,
+    /// Block objects of the slices the staging log refused, PUT before the commit.
+    objects: Vec<(String, Bytes)>,
+    /// The last slice, to be staged in one record with the metadata change.
+    carried: Option<(u64, RecordHeader)>,
+}
+
+#[derive(Default)]
+enum EarlyStage {
+    #[default]
+    NotYet,
+    /// Submitted under this slice id; the flush waits for it.
+    Submitted {
+        id: u64,
+        append: crate::staging::PendingAppend,
+    },
+    /// The staging log had no room in time: the flush uploads it directly, without waiting
+    /// for room a second time.
+    Bypassed,
+}
+
+impl Pending {
+    fn frozen(&self) -> bool {
+        !matches!(self.early, EarlyStage::NotYet)
+    }
+}
+
+/// In-memory state of an inode while it is open or being changed.
+#[derive(Default)]
+pub(crate) struct FileState {
+    pending: Vec<Pending>,
+    pending_bytes: u64,
+    /// Size and times that include the pending writes; `None` when nothing is pending.
+    overlay: Option<Overlay>,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Overlay {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl FileState {
+    /// Size and times including the pending writes; `None` when nothing is pending.
+    pub(crate) fn overlay(&self) -> Option<Overlay> {
+        self.overlay
+    }
+
+    /// The pending runs of `chunk`, oldest first, as (position in the chunk, bytes): newer
+    /// than anything stored, so a reader lays them over what it read.
+    pub(crate) fn pending_in(&self, chunk: u32) -> impl Iterator<Item = (u32, &[u8])> {
+        self.pending
+            .iter()
+            .filter(move |p| p.chunk == chunk)
+            .map(|p| (p.pos, p.data.as_slice()))
+    }
+}
+
+/// The write path's own state and what it writes through.
+pub(crate) struct WritePath {
+    pub(crate) meta: Arc<Meta>,
+    pub(crate) storage: Arc<ObjectStorage>,
+    /// The upload pipeline and its staging log (`None`: no staging log at all).
+    pub(crate) uploader: Option<Arc<Uploader>>,
+    pub(crate) slice_ids: Arc<IdAllocator>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) stop: Arc<StopSignal>,
+    pub(crate) block_size: usize,
+    pub(crate) chunk_size: u64,
+    /// Bytes an open file buffers before a flush (`EngineConfig::max_dirty_per_file`).
+    pub(crate) max_dirty_per_file: u64,
+    /// Concurrent PUTs of a direct upload (`EngineConfig::max_uploads`).
+    pub(crate) max_uploads: usize,
+    /// The namespace log, which a flush's last slice can carry its commit through.
+    pub(crate) namespace_log: Option<Weak<WalStore>>,
+    /// Inodes marked with [`schema::SYNC_UPLOAD_XATTR`] (mirror of the `Y` keys).
+    pub(crate) sync_marks: RwLock<HashSet<Ino>>,
+}
+
+impl WritePath {
+    /// Largest slice: 16 MiB, and at most a quarter of a staging segment so every slice can
+    /// be staged.
+    fn max_run_bytes(&self) -> usize {
+        let mut max = MAX_SLICE_BYTES;
+        if let Some(wb) = self.uploader.as_ref() {
+            max = max.min((wb.opts.segment_size / 4) as usize);
+        }
+        max.max(MIN_SLICE_LIMIT)
+    }
+
+    /// The namespace log, while the metadata store it writes ahead of is open.
+    fn namespace_log(&self) -> Option<Arc<WalStore>> {
+        self.namespace_log.as_ref()?.upgrade()
+    }
+
+    /// Whether new writes are acknowledged from the staging log.
+    pub fn is_writeback(&self) -> bool {
+        self.uploader.as_ref().is_some_and(|w| w.opts.writeback)
+    }
+
+    /// Buffers a write of `data` at `offset` in the inode's pending runs (the caller holds its
+    /// state lock and has checked the size limit); flushes when the file's buffer is full.
+    pub(crate) fn write(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        state: &mut FileState,
+    ) -> Result<u32> {
+        if state.overlay.is_none() {
+            // The first write since the last flush: privileges are dropped here, once (a
+            // setxattr of capabilities flushes, so the next write comes back here).
+            let caps_key = schema::xattr_key(ino, schema::CAPS_XATTR);
+            let (rec, has_caps) = self
+                .meta
+                .view(|r| Ok((schema::must_inode(r, ino)?, r.get(&caps_key)?.is_some())))?;
+            if rec.kind != FileKind::File {
+                return Err(FsError::new(libc::EINVAL, "not a regular file"));
+            }
+            // Writing by an unprivileged user drops set-id bits; any write drops capabilities.
+            let kill_setid =
+                caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0;
+            if kill_setid || has_caps {
+                self.meta
+                    .update(|t| namespace::drop_privileges(t, ino, kill_setid, has_caps))?;
+            }
+            state.overlay = Some(Overlay {
+                size: rec.size,
+                mtime_ns: rec.mtime_ns,
+                ctime_ns: rec.ctime_ns,
+            });
+        }
+        let cs = self.chunk_size;
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let chunk = (pos / cs) as u32;
+            let in_chunk = (pos % cs) as u32;
+            let n = ((cs - in_chunk as u64) as usize).min(data.len() - done);
+            add_pending(
+                &mut state.pending,
+                chunk,
+                in_chunk,
+                &data[done..done + n],
+                self.max_run_bytes(),
+            );
+            done += n;
+        }
+        let now = schema::now_ns();
+        let ov = state.overlay.as_mut().expect("set above");
+        ov.size = ov.size.max(offset + data.len() as u64);
+        ov.mtime_ns = now;
+        ov.ctime_ns = now;
+        state.pending_bytes += data.len() as u64;
+        self.counters
+            .dirty_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        // Many small runs make a large transaction: flush by count too, so a random writer
+        // never stalls for seconds on one huge flush.
+        if state.pending_bytes >= self.max_dirty_per_file || state.pending.len() >= MAX_PENDING_RUNS
+        {
+            self.flush_locked(ino, state, false)?;
+        } else {
+            self.stage_full_runs(ino, state);
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Hands every full run that is not yet staged to the staging log (see
+    /// [`Pending::early`]). The flush that follows waits for them; until then their data is
+    /// still read from memory.
+    fn stage_full_runs(&self, ino: Ino, state: &mut FileState) {
+        let Some(wb) = self.uploader.as_ref().filter(|wb| wb.opts.writeback) else {
+            return;
+        };
+        let max_run = self.max_run_bytes();
+        for p in state.pending.iter_mut() {
+            if p.frozen() || p.data.len() < max_run {
+                continue;
+            }
+            // An id that cannot be had now is asked for again by the flush (which reports
+            // the error).
+            let Ok(id) = self.slice_ids.next(self.meta.store()) else {
+                return;
+            };
+            p.early = match wb.submit_stage(ino, p.chunk, p.pos, id, &p.data) {
+                Some(append) => EarlyStage::Submitted { id, append },
+                None => EarlyStage::Bypassed,
+            };
+        }
+    }
+
+    /// Turns the inode's pending writes into slices and commits them. Writeback: each slice
+    /// goes to the staging log (O_DIRECT) and the commit goes through the namespace log, so
+    /// this survives a crash of spoolfs or the kernel; `durable` adds a device flush (power
+    /// cut). Standard mode, or when staging has no room: the blocks are PUT first and the
+    /// metadata commit is durable.
+    pub(crate) fn flush_locked(
+        &self,
+        ino: Ino,
+        state: &mut FileState,
+        durable: bool,
+    ) -> Result<()> {
+        let Some(overlay) = state.overlay else {
+            return Ok(());
+        };
+        let wb = self.uploader.as_ref().filter(|wb| wb.opts.writeback);
+        // Ids first (the only step that can fail), so that every append submitted below is
+        // also waited for.
+        let ids = self.flush_ids(state)?;
+        let mut plan = self.flush_stage(ino, state, wb, ids);
+        // What the staging log refused goes to the object store before the commit.
+        let uploaded_directly = !plan.objects.is_empty();
+        if uploaded_directly {
+            self.put_objects(std::mem::take(&mut plan.objects))?;
+        }
+        // Standard mode: close(2) promises the data is in the object store and the metadata
+        // that points at it survives a crash. Writeback: the namespace log makes the commit
+        // crash-safe; `durable` (fsync) adds a device flush.
+        let durability = if durable || (uploaded_directly && !self.is_writeback()) {
+            Durability::Durable
+        } else {
+            Durability::Visible
+        };
+        self.flush_commit(ino, state, wb, overlay, durability, &mut plan)?;
+        self.flush_hand_off(ino, state, wb, plan)
+    }
+
+    /// Flush phase 1: a slice id per pending run (runs staged early already have theirs).
+    fn flush_ids(&self, state: &FileState) -> Result<Vec<u64>> {
+        state
+            .pending
+            .iter()
+            .map(|p| match p.early {
+                EarlyStage::Submitted { id, .. } => Ok(id),
+                _ => self.slice_ids.next(self.meta.store()),
+            })
+            .collect()
+    }
+
+    /// Flush phase 2: stages every run but the last (the last rides with the commit when
+    /// it can), waits for the appends, and plans the direct upload of what the log refused.
+    fn flush_stage(
+        &self,
+        ino: Ino,
+        state: &mut FileState,
+        wb: Option<&Arc<Uploader>>,
+        ids: Vec<u64>,
+    ) -> FlushPlan {
+        let bs = self.block_size;
+        let now = schema::now_ns();
+        let last = state.pending.len().saturating_sub(1);
+        let mut plan = FlushPlan {
+            slices: Vec::with_capacity(state.pending.len()),
+            chunks: state.pending.iter().map(|p| p.chunk).collect(),
+            staged: Vec::new(),
+            objects: Vec::new(),
+            carried: None,
+            ids,
+        };
+        // All slices but the last go to the engine thread at once, written as one batch. A
+        // run staged early is waited for like them; if this flush fails, the next one stages
+        // the run again (the records of a failed flush are freed by the commit phase).
+        let mut submitted = Vec::with_capacity(state.pending.len());
+        for (i, (p, &id)) in state.pending.iter_mut().zip(&plan.ids).enumerate() {
+            let size = p.data.len() as u32;
+            let (carry, pending) = match std::mem::take(&mut p.early) {
+                EarlyStage::Submitted { append, .. } => (false, Some(append)),
+                EarlyStage::Bypassed => (false, None),
+                EarlyStage::NotYet => {
+                    let carry = i == last
+                        && wb.is_some_and(|wb| {
+                            self.namespace_log().is_some() && wb.wait_for_room(size as u64)
+                        });
+                    let pending = if carry {
+                        None
+                    } else {
+                        wb.and_then(|wb| wb.submit_stage(ino, p.chunk, p.pos, id, &p.data))
+                    };
+                    (carry, pending)
+                }
+            };
+            submitted.push((carry, pending));
+        }
+        for ((p, &id), (carry, pending)) in state.pending.iter().zip(&plan.ids).zip(submitted) {
+            let size = p.data.len() as u32;
+            let rec = StagedRec {
+                ino,
+                chunk: p.chunk,
+                size,
+                segment: spoolfs_uploader::UNKNOWN_SEGMENT,
+                offset: 0,
+                staged_ns: now,
+            };
+            let loc = match (wb, pending) {
+                (Some(wb), Some(pending)) => wb.finish_stage(id, pending),
+                _ => None,
+            };
+            if carry {
+                let header = RecordHeader {
+                    ino,
+                    chunk: p.chunk,
+                    pos: p.pos,
+                    slice_id: id,
+                    len: size,
+                    meta_len: 0,
+                };
+                plan.carried = Some((id, header));
+                plan.staged.push((id, Staged::pending(rec)));
+            } else if let Some(loc) = loc {
+                plan.staged.push((id, Staged::at(rec, loc)));
+            } else {
+                for (_, key, block) in split_blocks(id, &p.data, bs) {
+                    plan.objects.push((key, encode_block(block)));
+                }
+            }
+            plan.slices.push(SliceRec {
+                id,
+                size,
+                off: 0,
+                len: size,
+                pos: p.pos,
+            });
+        }
+        plan
+    }
+
+    /// Flush phase 3: one metadata transaction lays the slices over the chunk maps, records
+    /// the slices that died and the `T` records, and stores size and times; the last slice
+    /// rides in the same staging record when it was kept for that. On failure the staged
+    /// records are freed; a carried slice the log refused after the commit is uploaded
+    /// directly and its `T` record unlinked.
+    fn flush_commit(
+        &self,
+        ino: Ino,
+        state: &FileState,
+        wb: Option<&Arc<Uploader>>,
+        overlay: Overlay,
+        durability: Durability,
+        plan: &mut FlushPlan,
+    ) -> Result<()> {
+        let (slices, chunks, staged) = (&plan.slices, &plan.chunks, &plan.staged);
+        let mut commit = |t: &mut dyn KvTxn| {
+            let mut rec = schema::must_inode(t, ino)?;
+            let mut used = 0i64;
+            let mut i = 0;
+            while i < slices.len() {
+                let chunk = chunks[i];
+                let mut touched = Vec::new();
+                while i < slices.len() && chunks[i] == chunk {
+                    touched.extend(data::insert_stored(t, ino, chunk, slices[i])?);
+                    // A slice written and shadowed within this same flush is dead at once.
+                    touched.push(slices[i]);
+                    used += slices[i].size as i64;
+                    i += 1;
+                }
+                for (id, size) in data::dead_stored(t, ino, chunk, &touched)? {
+                    data::record_dead(t, id, size)?;
+                    used -= size as i64;
+                }
+            }
+            for (id, s) in staged {
+                t.put(&schema::staged_key(*id), &schema::encode(&s.rec))?;
+            }
+            rec.size = overlay.size;
+            rec.mtime_ns = overlay.mtime_ns;
+            rec.ctime_ns = overlay.ctime_ns;
+            schema::put_inode(t, ino, &rec)?;
+            schema::add_u64(t, schema::USED_BYTES_KEY, used)?;
+            Ok(())
+        };
+        let last = state.pending.len().saturating_sub(1);
+        let result = match (wb, plan.carried) {
+            (Some(wb), Some((id, header))) => {
+                let data = &state.pending[last].data;
+                self.commit_carried(wb, durability, &mut commit, (id, header, data))
+                    .map(|placed| (id, placed))
+                    .map(Some)
+            }
+            _ => self.meta.update_with(durability, commit).map(|()| None),
+        };
+        match result {
+            Err(e) => {
+                // Nothing points at the staged records: give their space back.
+                for (_, s) in &plan.staged {
+                    if let Some(loc) = s.placed() {
+                        wb.expect("staged").opts.log.free(&loc);
+                    }
+                }
+                return Err(e);
+            }
+            Ok(Some((id, Some((loc, seq))))) => {
+                let s = plan
+                    .staged
+                    .iter_mut()
+                    .find(|(i, _)| *i == id)
+                    .expect("carried");
+                s.1 = Staged::at(s.1.rec, loc).carrying(seq);
+            }
+            Ok(Some((id, None))) => {
+                // The staging log refused the carried slice after its metadata committed: put
+                // it in the object store and unlink its `T` record before acknowledging.
+                let data = &state.pending[last].data;
+                let bs = self.block_size;
+                let objects = split_blocks(id, data, bs)
+                    .map(|(_, key, block)| (key, encode_block(block)))
+                    .collect();
+                self.put_objects(objects)?;
+                self.meta
+                    .update_with(durability, |t| t.delete(&schema::staged_key(id)))?;
+                plan.staged.retain(|(i, _)| *i != id);
+            }
+            Ok(None) => {}
+        }
+        Ok(())
+    }
+
+    /// Flush phase 4: hands the staged slices (and their buffers, while the upload buffer
+    /// has room) to the uploader, empties the inode's pending state, and, under a sync mark,
+    /// waits for the uploads.
+    fn flush_hand_off(
+        &self,
+        ino: Ino,
+        state: &mut FileState,
+        wb: Option<&Arc<Uploader>>,
+        plan: FlushPlan,
+    ) -> Result<()> {
+        let staged = plan.staged;
+        if let Some(wb) = wb
+            && !staged.is_empty()
+        {
+            // The uploaders take the data from memory while the upload buffer has room,
+            // instead of reading it back from the staging device.
+            let staged_ids: HashSet<u64> = staged.iter().map(|(id, _)| *id).collect();
+            for (p, id) in state.pending.iter_mut().zip(&plan.ids) {
+                if staged_ids.contains(id) {
+                    wb.keep_for_upload(*id, std::mem::take(&mut p.data));
+                }
+            }
+            wb.add(&staged);
+        }
+        self.counters
+            .dirty_bytes
+            .fetch_sub(state.pending_bytes, Ordering::Relaxed);
+        state.pending.clear();
+        state.pending_bytes = 0;
+        state.overlay = None;
+        if let Some(wb) = wb
+            && !staged.is_empty()
+            && self.under_sync_mark(ino)?
+        {
+            // A marked tree: the data must be in the object store before close returns.
+            let ids: Vec<u64> = staged.iter().map(|(id, _)| *id).collect();
+            self.wait_uploaded(wb, &ids)?;
+            self.meta.persist()?;
+        }
+        Ok(())
+    }
+
+    /// Whether `ino` or a directory above it carries [`schema::SYNC_UPLOAD_XATTR`].
+    fn under_sync_mark(&self, ino: Ino) -> Result<bool> {
+        let marks = self.sync_marks.read();
+        if marks.is_empty() {
+            return Ok(false);
+        }
+        self.meta.view(|r| {
+            let mut cur = ino;
+            // Bounded: a corrupt parent chain must not loop forever.
+            for _ in 0..4096 {
+                if marks.contains(&cur) {
+                    return Ok(true);
+                }
+                let parent = schema::must_inode(r, cur)?.parent;
+                if parent == cur || parent == 0 {
+                    return Ok(false);
+                }
+                cur = parent;
+            }
+            Ok(false)
+        })
+    }
+
+    /// PUTs objects written around the staging log (standard mode, or no room to stage).
+    fn put_objects(&self, objects: Vec<(String, Bytes)>) -> Result<()> {
+        let count = objects.len() as u64;
+        self.storage.put_many(objects, self.max_uploads)?;
+        self.counters
+            .objects_put
+            .fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Commits a flush's metadata change with its last slice in one staging record. Returns
+    /// where the slice was staged and the number of the transaction it carries, or `None` if
+    /// the staging log refused it (the change is committed and logged on its own then).
+    fn commit_carried(
+        &self,
+        wb: &Uploader,
+        durability: Durability,
+        commit: &mut dyn FnMut(&mut dyn KvTxn) -> Result<(), MetaError>,
+        slice: (u64, RecordHeader, &[u8]),
+    ) -> Result<Option<(StagedLoc, u64)>> {
+        let (_, header, data) = slice;
+        self.meta.refuse_if_closed()?;
+        let Some(wal) = self.namespace_log() else {
+            return Err(FsError::NamespaceLogClosed);
+        };
+        let mut carrier = SliceCarrier::new(wb, header, data);
+        let took = wal.update_carried(durability, commit, &mut carrier)?;
+        self.meta.mark_dirty();
+        Ok(if took { carrier.placed } else { None })
+    }
+
+    /// Waits until the staged slices `ids` are in the object store (or died). Without a time
+    /// limit, like a close in standard mode; fails only if the mount is stopping.
+    fn wait_uploaded(&self, wb: &Uploader, ids: &[u64]) -> Result<()> {
+        if wb.wait_uploaded(ids, &|| self.stop.now()) {
+            return Ok(());
+        }
+        Err(FsError::new(
+            libc::EIO,
+            "unmounting before the data reached the object store (it stays staged)",
+        ))
+    }
+}
+
+/// Appends a write to the pending list: it extends or overwrites the newest pending run of
+/// its chunk when it touches it, else starts a new run.
+/// A run grows to at most `max_run` bytes; the rest of a write starts a new (newer) run.
+fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], max_run: usize) {
+    if let Some(last) = pending
+        .iter_mut()
+        .rev()
+        .find(|p| p.chunk == chunk)
+        .filter(|p| !p.frozen())
+    {
+        let last_end = last.pos + last.data.len() as u32;
+        if pos >= last.pos && pos <= last_end {
+            let at = (pos - last.pos) as usize;
+            let overlap = (last.data.len() - at).min(data.len());
+            last.data[at..at + overlap].copy_from_slice(&data[..overlap]);
+            let room = max_run.saturating_sub(last.data.len());
+            let grow = room.min(data.len() - overlap);
+            last.data.extend_from_slice(&data[overlap..overlap + grow]);
+            let used = overlap + grow;
+            if used < data.len() {
+                pending.push(Pending {
+                    chunk,
+                    pos: pos + used as u32,
+                    data: data[used..].to_vec(),
+                    early: EarlyStage::NotYet,
+                });
+            }
+            return;
+        }
+    }
+    pending.push(Pending {
+        chunk,
+        pos,
+        data: data.to_vec(),
+        early: EarlyStage::NotYet,
+    });
+}

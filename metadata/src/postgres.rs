@@ -1,0 +1,774 @@
+//! The shared backend: a PostgreSQL database (or an engine that speaks its protocol and SQL,
+//! such as CockroachDB or YugabyteDB), reached with `tokio-postgres` on a small runtime of the
+//! store's own.
+//!
+//! Tables (see docs/FORMAT.md): `spoolfs_schema (id, version)` with one row, and
+//! `spoolfs_kv (k bytea primary key, v bytea)`. Only plain tables, primary keys, `ON CONFLICT`
+//! upserts and `unnest` of arrays are used: no stored procedures, no advisory locks.
+//!
+//! How a transaction maps to round trips:
+//! - `BEGIN` is sent with the first read (pipelined), so a read costs one round trip.
+//! - Writes (`put`, `delete`) are buffered in the transaction (its reads see them) and sent at
+//!   commit, pipelined with `COMMIT`: one multi-row upsert, one multi-key delete, `COMMIT`,
+//!   all in one round trip.
+//! - A view, or a transaction that ends with an error, is ended with a `COMMIT`/`ROLLBACK`
+//!   that is sent and not waited for: the connection's next request queues behind it.
+//!
+//! Updates run `SERIALIZABLE`; views `REPEATABLE READ READ ONLY` (a snapshot, as redb gives,
+//! which never fails with a serialization error). An update that fails with a serialization
+//! failure (40001) or a deadlock (40P01) runs again after a backoff, up to a limit.
+
+use crate::pgpass;
+use crate::{Durability, KvRead, KvStore, KvTxn, MetaError, Result, StoreStats};
+use futures::FutureExt;
+use futures::future::OptionFuture;
+use parking_lot::{Condvar, Mutex};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Statement};
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: i32 = 1;
+
+const CREATE_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS spoolfs_schema (id INT PRIMARY KEY, version INT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS spoolfs_kv (k BYTEA PRIMARY KEY, v BYTEA NOT NULL)",
+];
+const READ_VERSION: &str = "SELECT version FROM spoolfs_schema WHERE id = 1";
+const BEGIN_UPDATE: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+const BEGIN_VIEW: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// Limits of a PostgreSQL store, set with query parameters of the metadata URL
+/// (`?connections=8&retries=40&connect_timeout=10`); the other parameters are libpq's.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Most connections open at once (concurrent transactions beyond it wait).
+    pub connections: usize,
+    /// Most times a transaction runs again after a serialization failure or a deadlock.
+    pub retries: u32,
+    pub connect_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            connections: 8,
+            retries: 40,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether `open` creates the schema (format) or requires it (everything else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaMode {
+    Create,
+    Require,
+}
+
+struct Statements {
+    get: Statement,
+    scan: Statement,
+    scan_back: Statement,
+    upsert: Statement,
+    delete: Statement,
+}
+
+struct Conn {
+    client: Client,
+    stmts: Statements,
+}
+
+#[derive(Default)]
+struct Counters {
+    round_trips: AtomicU64,
+    transactions: AtomicU64,
+    retries: AtomicU64,
+    connections: AtomicU64,
+}
+
+pub struct PgStore {
+    runtime: tokio::runtime::Runtime,
+    config: tokio_postgres::Config,
+    options: PgOptions,
+    describe: String,
+    /// Where the password came from, or why none was found (for authentication errors).
+    password_note: String,
+    idle: Mutex<Vec<Conn>>,
+    /// Connections open (idle or in use).
+    open: Mutex<usize>,
+    returned: Condvar,
+    counters: Counters,
+}
+
+/// Why a statement failed, as the retry loop needs to know it.
+#[derive(Debug)]
+enum Failure {
+    /// A serialization failure or deadlock: run the transaction again.
+    Conflict(String),
+    /// The connection is unusable (closed, I/O error): drop it.
+    Broken(String),
+    /// Anything else the database refused.
+    Refused(String),
+}
+
+impl Failure {
+    fn from_pg(e: &tokio_postgres::Error) -> Failure {
+        let text = describe_pg_error(e);
+        match e.code() {
+            Some(c)
+                if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+            {
+                Failure::Conflict(text)
+            }
+            Some(_) => Failure::Refused(text),
+            None => Failure::Broken(text),
+        }
+    }
+
+    fn to_meta(&self) -> MetaError {
+        match self {
+            Failure::Conflict(m) => MetaError::Io(format!("PostgreSQL: {m}")),
+            Failure::Broken(m) => MetaError::Unavailable(format!("PostgreSQL connection: {m}")),
+            Failure::Refused(m) => MetaError::Io(format!("PostgreSQL: {m}")),
+        }
+    }
+}
+
+/// The server's message (and detail) for a database error, else the client's.
+fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(": ");
+                s.push_str(d);
+            }
+            s
+        }
+        None => {
+            // tokio-postgres's own text, plus its cause ("Connection refused (os error 111)").
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                s.push_str(": ");
+                s.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            s
+        }
+    }
+}
+
+/// Splits spoolfs's own query parameters off a PostgreSQL URL; the rest is for libpq's parser.
+fn split_options(url: &str) -> Result<(String, PgOptions)> {
+    let bad = |reason: String| MetaError::BadUrl {
+        url: redact(url),
+        reason,
+    };
+    let mut parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    let mut options = PgOptions::default();
+    let mut rest = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        let number = |what: &str| -> Result<u64> {
+            v.parse::<u64>()
+                .map_err(|_| bad(format!("{what}={v:?} is not a number")))
+        };
+        match &*k {
+            "connections" => {
+                options.connections = number("connections")?.clamp(1, 1024) as usize;
+            }
+            "retries" => options.retries = number("retries")?.min(10_000) as u32,
+            "connect_timeout" => {
+                options.connect_timeout = Duration::from_secs(number("connect_timeout")?.max(1));
+            }
+            _ => rest.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if rest.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    Ok((parsed.to_string(), options))
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("*****"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(unparsable PostgreSQL URL)".to_string(),
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://` or `postgresql://`) and checks, or in
+    /// [`SchemaMode::Create`] creates, the schema.
+    pub fn open(url: &str, mode: SchemaMode) -> Result<PgStore> {
+        let (libpq_url, options) = split_options(url)?;
+        let mut config: tokio_postgres::Config =
+            libpq_url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| MetaError::BadUrl {
+                    url: redact(url),
+                    reason: e.to_string(),
+                })?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(MetaError::BadUrl {
+                url: redact(url),
+                reason: "sslmode=require: this spoolfs connects without TLS (use a Unix socket \
+                         or a private network)"
+                    .into(),
+            });
+        }
+        if config.get_user().is_none() {
+            let user = std::env::var("PGUSER")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+                .unwrap_or_else(|| "postgres".into());
+            config.user(user);
+        }
+        if config.get_hosts().is_empty() {
+            config.host("localhost");
+        }
+        let user = config.get_user().unwrap_or_default().to_string();
+        let dbname = config.get_dbname().unwrap_or(&user).to_string();
+        config.dbname(&dbname);
+        config.connect_timeout(options.connect_timeout);
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let (host, host_text) = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => (Some(h.clone()), h.clone()),
+            Some(tokio_postgres::config::Host::Unix(p)) => (None, p.display().to_string()),
+            None => (None, "localhost".into()),
+        };
+        let password_note = if config.get_password().is_some() {
+            "the password in the URL".to_string()
+        } else {
+            let target = pgpass::Target {
+                host: host.as_deref(),
+                port,
+                database: &dbname,
+                user: &user,
+            };
+            match pgpass::find(&target) {
+                pgpass::Found::Password(p, source) => {
+                    config.password(p);
+                    format!("the password from {source}")
+                }
+                pgpass::Found::None(why) => match why {
+                    Some(why) => format!("no password ({why})"),
+                    None => "no password (none in the URL, PGPASSWORD or ~/.pgpass)".into(),
+                },
+            }
+        };
+        let describe = format!("postgres://{user}@{host_text}:{port}/{dbname}");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("spoolfs-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| MetaError::Io(format!("cannot start the PostgreSQL runtime: {e}")))?;
+        let store = PgStore {
+            runtime,
+            config,
+            options,
+            describe,
+            password_note,
+            idle: Mutex::new(Vec::new()),
+            open: Mutex::new(0),
+            returned: Condvar::new(),
+            counters: Counters::default(),
+        };
+        store.check_schema(mode)?;
+        Ok(store)
+    }
+
+    /// The limits in force.
+    pub fn options(&self) -> &PgOptions {
+        &self.options
+    }
+
+    /// Reads (and in `Create` mode first creates) the schema version, on a connection made
+    /// for that alone (the pooled ones prepare statements on the tables).
+    fn check_schema(&self, mode: SchemaMode) -> Result<()> {
+        let client = self.connect_client()?;
+        let version = self.runtime.block_on(async {
+            if mode == SchemaMode::Create {
+                for sql in CREATE_SCHEMA {
+                    client.batch_execute(sql).await?;
+                }
+                client
+                    .execute(
+                        "INSERT INTO spoolfs_schema (id, version) VALUES (1, $1) \
+                         ON CONFLICT (id) DO NOTHING",
+                        &[&SCHEMA_VERSION],
+                    )
+                    .await?;
+            }
+            client
+                .query_opt(READ_VERSION, &[])
+                .await
+                .map(|row| row.map(|r| r.get::<_, i32>(0)))
+        });
+        let missing = || {
+            MetaError::Schema(format!(
+                "database {} has no spoolfs schema: run `spoolfs format --meta URL` first",
+                self.describe
+            ))
+        };
+        match version {
+            Ok(Some(SCHEMA_VERSION)) => Ok(()),
+            Ok(Some(other)) => Err(MetaError::Schema(format!(
+                "database {} has spoolfs schema version {other}; this spoolfs uses version \
+                 {SCHEMA_VERSION}",
+                self.describe
+            ))),
+            Ok(None) => Err(missing()),
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Err(missing()),
+            Err(e) => Err(Failure::from_pg(&e).to_meta()),
+        }
+    }
+
+    /// One new connection, its connection task running on the store's runtime.
+    fn connect_client(&self) -> Result<Client> {
+        let connected = self
+            .runtime
+            .block_on(self.config.connect(tokio_postgres::NoTls));
+        let (client, connection) = connected.map_err(|e| self.connect_error(&e))?;
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
+        self.runtime.spawn(async move {
+            // Ends when the client is dropped or the server goes away; requests then fail.
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    fn connect_error(&self, e: &tokio_postgres::Error) -> MetaError {
+        let auth = e.code().is_some_and(|c| {
+            *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        }) || describe_pg_error(e).contains("password missing");
+        if auth {
+            return MetaError::Unavailable(format!(
+                "cannot log in to {}: {} (tried {})",
+                self.describe,
+                describe_pg_error(e),
+                self.password_note
+            ));
+        }
+        MetaError::Unavailable(format!(
+            "cannot connect to {}: {}",
+            self.describe,
+            describe_pg_error(e)
+        ))
+    }
+
+    fn connect(&self) -> Result<Conn> {
+        let client = self.connect_client()?;
+        let stmts = self.runtime.block_on(async {
+            let (get, scan, scan_back, upsert, delete) = futures::join!(
+                client.prepare("SELECT v FROM spoolfs_kv WHERE k = $1"),
+                client.prepare(
+                    "SELECT k, v FROM spoolfs_kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3"
+                ),
+                client.prepare(
+                    "SELECT k, v FROM spoolfs_kv WHERE k >= $1 AND k < $2 ORDER BY k DESC LIMIT $3"
+                ),
+                client.prepare(
+                    "INSERT INTO spoolfs_kv (k, v) SELECT * FROM unnest($1::BYTEA[], $2::BYTEA[]) \
+                     ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+                ),
+                client.prepare("DELETE FROM spoolfs_kv WHERE k = ANY($1::BYTEA[])"),
+            );
+            Ok::<_, tokio_postgres::Error>(Statements {
+                get: get?,
+                scan: scan?,
+                scan_back: scan_back?,
+                upsert: upsert?,
+                delete: delete?,
+            })
+        });
+        let stmts = stmts.map_err(|e| Failure::from_pg(&e).to_meta())?;
+        Ok(Conn { client, stmts })
+    }
+
+    /// An idle connection, a new one while fewer than the limit are open, else waits for one.
+    fn checkout(&self) -> Result<Conn> {
+        loop {
+            if let Some(conn) = self.idle.lock().pop() {
+                if conn.client.is_closed() {
+                    self.forget_one();
+                    continue;
+                }
+                return Ok(conn);
+            }
+            let mut open = self.open.lock();
+            if *open < self.options.connections {
+                *open += 1;
+                drop(open);
+                return self.connect().inspect_err(|_| self.forget_one());
+            }
+            // Wait for a connection to come back (or to be dropped).
+            self.returned
+                .wait_for(&mut open, Duration::from_millis(100));
+        }
+    }
+
+    fn give_back(&self, conn: Conn) {
+        if conn.client.is_closed() {
+            self.forget_one();
+        } else {
+            self.idle.lock().push(conn);
+            self.returned.notify_one();
+        }
+    }
+
+    fn forget_one(&self) {
+        let mut open = self.open.lock();
+        *open = open.saturating_sub(1);
+        self.returned.notify_one();
+    }
+
+    /// Runs `f` in one transaction on a pooled connection, again after a conflict.
+    fn run(&self, begin: &'static str, f: &mut dyn FnMut(&mut PgTxn) -> Result<()>) -> Result<()> {
+        let mut attempt = 0u32;
+        loop {
+            let conn = self.checkout()?;
+            self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+            let mut txn = PgTxn {
+                store: self,
+                conn: &conn,
+                begin,
+                began: Cell::new(false),
+                writes: BTreeMap::new(),
+                failure: RefCell::new(None),
+            };
+            let result = f(&mut txn).and_then(|()| txn.finish());
+            let failure = txn.failure.take();
+            if result.is_err() || failure.is_some() {
+                txn.abandon();
+            }
+            drop(txn);
+            match failure {
+                Some(Failure::Broken(_)) => {
+                    drop(conn);
+                    self.forget_one();
+                }
+                _ => self.give_back(conn),
+            }
+            match (failure, result) {
+                (Some(Failure::Conflict(why)), _) => {
+                    if attempt >= self.options.retries {
+                        return Err(MetaError::Io(format!(
+                            "PostgreSQL: transaction still conflicting after {attempt} retries: \
+                             {why}"
+                        )));
+                    }
+                    attempt += 1;
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(backoff(attempt));
+                }
+                (Some(other), _) => return Err(other.to_meta()),
+                (None, result) => return result,
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: 1 ms doubling to 100 ms, each a random 50-100 % of it.
+fn backoff(attempt: u32) -> Duration {
+    let base_us = (1000u64 << attempt.min(7)).min(100_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let jitter = (nanos ^ (nanos >> 7)) % (base_us / 2 + 1);
+    Duration::from_micros(base_us / 2 + jitter)
+}
+
+/// Committed changes of a transaction not yet sent: `Some` is a put, `None` a delete.
+type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+struct PgTxn<'a> {
+    store: &'a PgStore,
+    conn: &'a Conn,
+    begin: &'static str,
+    /// `BEGIN` has been sent.
+    began: Cell<bool>,
+    writes: Writes,
+    /// The first failure of a statement: the transaction is dead on the server.
+    failure: RefCell<Option<Failure>>,
+}
+
+impl PgTxn<'_> {
+    /// One round trip: `fut` (with `BEGIN` pipelined ahead of it if not yet sent).
+    fn round_trip<T>(
+        &self,
+        fut: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        if let Some(f) = &*self.failure.borrow() {
+            return Err(f.to_meta());
+        }
+        let begin: OptionFuture<_> = (!self.began.get())
+            .then(|| self.conn.client.batch_execute(self.begin))
+            .into();
+        self.began.set(true);
+        let (begun, out) = self
+            .store
+            .runtime
+            .block_on(async { futures::join!(begin, fut) });
+        self.store
+            .counters
+            .round_trips
+            .fetch_add(1, Ordering::Relaxed);
+        let out = match begun {
+            Some(Err(e)) => Err(e),
+            _ => out,
+        };
+        out.map_err(|e| {
+            let failure = Failure::from_pg(&e);
+            let meta = failure.to_meta();
+            *self.failure.borrow_mut() = Some(failure);
+            meta
+        })
+    }
+
+    fn scan_dir(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        backwards: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let own: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .writes
+            .range::<[u8], _>((
+                std::ops::Bound::Included(start),
+                std::ops::Bound::Excluded(end),
+            ))
+            .collect();
+        // Every buffered delete may hide one stored row: ask for that many more.
+        let deletes = own.iter().filter(|(_, v)| v.is_none()).count();
+        let want = (limit.saturating_add(deletes)).min(i64::MAX as usize) as i64;
+        let stmt = if backwards {
+            &self.conn.stmts.scan_back
+        } else {
+            &self.conn.stmts.scan
+        };
+        let rows = self.round_trip(self.conn.client.query(stmt, &[&start, &end, &want]))?;
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = rows
+            .into_iter()
+            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+            .collect();
+        // Stored rows past the last one fetched are unknown: own puts beyond it must not
+        // overtake them.
+        let fetched_all = (merged.len() as i64) < want;
+        let bound = if backwards {
+            merged.keys().next().cloned()
+        } else {
+            merged.keys().next_back().cloned()
+        };
+        for (k, v) in own {
+            let beyond = match (&bound, fetched_all) {
+                (_, true) | (None, _) => false,
+                (Some(b), false) => {
+                    if backwards {
+                        k < b
+                    } else {
+                        k > b
+                    }
+                }
+            };
+            match v {
+                Some(v) if !beyond => {
+                    merged.insert(k.clone(), v.clone());
+                }
+                Some(_) => {}
+                None => {
+                    merged.remove(k);
+                }
+            }
+        }
+        let out: Vec<_> = if backwards {
+            merged.into_iter().rev().take(limit).collect()
+        } else {
+            merged.into_iter().take(limit).collect()
+        };
+        Ok(out)
+    }
+
+    /// Sends the buffered writes and `COMMIT` in one round trip (none for a transaction that
+    /// neither read nor wrote).
+    fn finish(&self) -> Result<()> {
+        if let Some(f) = &*self.failure.borrow() {
+            return Err(f.to_meta());
+        }
+        if self.writes.is_empty() {
+            if self.began.get() {
+                if self.begin == BEGIN_VIEW {
+                    // Nothing to wait for: a read-only snapshot ends when the server gets it.
+                    self.send_and_forget("COMMIT");
+                } else {
+                    self.round_trip(self.conn.client.batch_execute("COMMIT"))?;
+                }
+            }
+            return Ok(());
+        }
+        let mut put_keys: Vec<&[u8]> = Vec::new();
+        let mut put_values: Vec<&[u8]> = Vec::new();
+        let mut deletes: Vec<&[u8]> = Vec::new();
+        for (k, v) in &self.writes {
+            match v {
+                Some(v) => {
+                    put_keys.push(k);
+                    put_values.push(v);
+                }
+                None => deletes.push(k),
+            }
+        }
+        let client = &self.conn.client;
+        let stmts = &self.conn.stmts;
+        let upsert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&put_keys, &put_values];
+        let delete_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&deletes];
+        let upsert: OptionFuture<_> = (!put_keys.is_empty())
+            .then(|| client.execute(&stmts.upsert, &upsert_params))
+            .into();
+        let delete: OptionFuture<_> = (!deletes.is_empty())
+            .then(|| client.execute(&stmts.delete, &delete_params))
+            .into();
+        let commit = client.batch_execute("COMMIT");
+        let (upserted, deleted, committed) = self.round_trip(async {
+            let (u, d, c) = futures::join!(upsert, delete, commit);
+            Ok((u, d, c))
+        })?;
+        // The first failure is the cause; later statements fail because of it, and a
+        // `COMMIT` of a failed transaction is a rollback that reports success.
+        for r in [
+            upserted.map(|r| r.map(drop)),
+            deleted.map(|r| r.map(drop)),
+            Some(committed),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Err(e) = r {
+                let failure = Failure::from_pg(&e);
+                let meta = failure.to_meta();
+                *self.failure.borrow_mut() = Some(failure);
+                return Err(meta);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a transaction that will not commit (its closure failed, or a statement did).
+    fn abandon(&self) {
+        if self.began.get() {
+            self.send_and_forget("ROLLBACK");
+        }
+    }
+
+    /// Sends `sql` without waiting for its answer: the connection's next request queues behind
+    /// it, and the answer is dropped when it arrives.
+    fn send_and_forget(&self, sql: &str) {
+        // The request is queued on the connection in the future's first poll.
+        let _ = self.conn.client.batch_execute(sql).now_or_never();
+    }
+}
+
+impl KvRead for PgTxn<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        let row = self.round_trip(self.conn.client.query_opt(&self.conn.stmts.get, &[&key]))?;
+        Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+    }
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_dir(start, end, limit, false)
+    }
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_dir(start, end, limit, true)
+    }
+}
+
+impl KvTxn for PgTxn<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+    fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+}
+
+impl KvStore for PgStore {
+    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+        self.run(BEGIN_VIEW, &mut |t| f(t))
+    }
+
+    fn update(
+        &self,
+        _durability: Durability,
+        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+    ) -> Result<()> {
+        // Every commit is durable (the server's synchronous commit): both levels are met.
+        self.run(BEGIN_UPDATE, &mut |t| f(t))
+    }
+
+    fn persist(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            round_trips: self.counters.round_trips.load(Ordering::Relaxed),
+            transactions: self.counters.transactions.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            connections: self.counters.connections.load(Ordering::Relaxed),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_parameters_are_split_off_and_passwords_redacted() {
+        let (rest, o) =
+            split_options("postgres://u:pw@h:5/db?connections=3&retries=7&application_name=x")
+                .unwrap();
+        assert_eq!(rest, "postgres://u:pw@h:5/db?application_name=x");
+        assert_eq!((o.connections, o.retries), (3, 7));
+        let (rest, _) = split_options("postgresql://u@h/db?connect_timeout=2").unwrap();
+        assert_eq!(rest, "postgresql://u@h/db");
+        assert!(split_options("postgres://h/db?retries=many").is_err());
+        assert_eq!(
+            redact("postgres://u:secret@h:5/db"),
+            "postgres://u:*****@h:5/db"
+        );
+        assert!(!redact("postgres://u:secret@h/db").contains("secret"));
+    }
+}
