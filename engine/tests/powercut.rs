@@ -706,9 +706,11 @@ fn record_ops(seed: u64, fixed: Option<&[Op]>) -> Recording {
 
 // ------------------------------------------------------------------ one cut
 
-/// What the recovered volume holds: path → directory (`None`) or file contents, and the
-/// inode number of every path.
-fn read_back(e: &Engine) -> (BTreeMap<String, Option<Vec<u8>>>, BTreeMap<String, Ino>) {
+/// A volume's contents: path → directory (`None`) or file contents.
+type Tree = BTreeMap<String, Option<Vec<u8>>>;
+
+/// What the recovered volume holds, and the inode number of every path.
+fn read_back(e: &Engine) -> (Tree, BTreeMap<String, Ino>) {
     let mut out = BTreeMap::new();
     let mut inos = BTreeMap::new();
     let mut todo = vec![(String::new(), ROOT_INO)];
@@ -757,11 +759,7 @@ fn read_back(e: &Engine) -> (BTreeMap<String, Option<Vec<u8>>>, BTreeMap<String,
 }
 
 /// Why the recovered volume matches no state it could be in.
-fn mismatch(
-    got: &BTreeMap<String, Option<Vec<u8>>>,
-    s: &State,
-    written: &Written,
-) -> Option<String> {
+fn mismatch(got: &Tree, s: &State, written: &Written) -> Option<String> {
     let names: Vec<&String> = got.keys().collect();
     let want: Vec<&String> = s.names.keys().collect();
     if names != want {
@@ -816,7 +814,7 @@ static NOT_A_PREFIX: AtomicU64 = AtomicU64::new(0);
 /// every name that is there names its inode in one of them, and the file has the size of one
 /// of them and reads nothing never written.
 fn broken_promise(
-    got: &BTreeMap<String, Option<Vec<u8>>>,
+    got: &Tree,
     inos: &BTreeMap<String, Ino>,
     states: &[State],
     written: &Written,
@@ -960,9 +958,7 @@ fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(),
                     .chain(after.keys())
                     .filter(|k| got.get(*k) != after.get(*k))
                     .map(|k| {
-                        let len = |m: &BTreeMap<String, Option<Vec<u8>>>| {
-                            m.get(k).map(|e| e.as_ref().map(|d| d.len()))
-                        };
+                        let len = |m: &Tree| m.get(k).map(|e| e.as_ref().map(|d| d.len()));
                         format!("{k}: {:?} bytes, then {:?}", len(&got), len(&after))
                     })
                     .collect();
