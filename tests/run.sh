@@ -5,7 +5,8 @@
 #   bash tests/run.sh -p spoolfs-tests --test posix    # cargo test ARGS (instead of --workspace)
 #
 # Needs: a Rust toolchain; s3s-fs 0.14.1 (installed here with `cargo install` when missing);
-# for the FUSE tests root and /dev/fuse (without them those tests print "SKIPPED" and pass);
+# for the FUSE tests root and /dev/fuse (without them those tests print "SKIPPED" and pass,
+# and under CI=true they fail); the run ends with the count of tests and of skips;
 # cp, tar, diff, git, python3 (with venv and pip). `.ci/run` installs the Debian packages.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,6 +52,27 @@ trap cleanup EXIT
 if (($# == 0)); then
     set -- --workspace --no-fail-fast
 fi
+# Every test that cannot run here (or does not apply) adds a line to this file.
+export SPOOLFS_SKIP_LOG="$run_tmp/skipped.log"
+: >"$SPOOLFS_SKIP_LOG"
 echo "== cargo test $*"
 # A hung FUSE request must not hang CI forever.
-timeout -k 60s "${SPOOLFS_TEST_TIMEOUT:-45m}" cargo test "$@"
+status=0
+timeout -k 60s "${SPOOLFS_TEST_TIMEOUT:-45m}" cargo test "$@" 2>&1 | tee "$run_tmp/test.log" ||
+    status=${PIPESTATUS[0]}
+
+# The totals over every test binary, and what was skipped: cargo counts a skipped test as
+# passed, so the skips are listed apart.
+awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i + 1) ~ /^passed/) p += $i
+            if ($(i + 1) ~ /^failed/) f += $i
+            if ($(i + 1) ~ /^ignored/) g += $i
+        }
+    }
+    END { printf "== tests: %d passed, %d failed, %d ignored\n", p, f, g }' "$run_tmp/test.log"
+skipped=$(grep -c '^SKIPPED: ' "$SPOOLFS_SKIP_LOG" || true)
+not_applicable=$(grep -c '^NOT APPLICABLE: ' "$SPOOLFS_SKIP_LOG" || true)
+echo "== skipped: $skipped test(s) could not run here (cargo counts them as passed), $not_applicable not applicable"
+sort "$SPOOLFS_SKIP_LOG" | uniq -c | sed 's/^/   /'
+exit "$status"

@@ -462,7 +462,9 @@ impl Engine {
     }
 
     pub fn unlink(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
-        self.update(|t| namespace::unlink(t, parent, name, &|ino| self.open.keep_unlinked(ino)))
+        self.update(|t| {
+            namespace::remove_entry(t, parent, name, false, &|ino| self.open.keep_unlinked(ino))
+        })
     }
 
     pub fn rmdir(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
@@ -472,7 +474,9 @@ impl Engine {
         if name == b".." {
             return Err(FsError::new(libc::ENOTEMPTY, "cannot remove \"..\""));
         }
-        self.update(|t| namespace::rmdir(t, parent, name, &|ino| self.open.keep_unlinked(ino)))
+        self.update(|t| {
+            namespace::remove_entry(t, parent, name, true, &|ino| self.open.keep_unlinked(ino))
+        })
     }
 
     pub fn rename(
@@ -1101,6 +1105,11 @@ impl Engine {
             m.staging = Some(wb.opts.log.usage());
         }
         m
+    }
+
+    /// The data losses replay has recorded (see [`crate::losses::DataLoss`]), oldest first.
+    pub fn data_losses(&self) -> Result<Vec<crate::losses::DataLoss>> {
+        self.meta.view(crate::losses::list)
     }
 
     /// Dead slices whose objects are still to be deleted (their `G` records).

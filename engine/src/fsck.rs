@@ -341,82 +341,67 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes(b[..4].try_into().expect("4 bytes"))
 }
 
+/// The metadata records `fsck` could not decode, each with its key.
+#[derive(Default)]
+struct Undecodable(Vec<String>);
+
+impl Undecodable {
+    /// The records of `rows` whose key length `key_ok` accepts, decoded as `T`; a bad key or
+    /// record is listed as a `what` instead.
+    fn decode<T: for<'a> serde::Deserialize<'a>>(
+        &mut self,
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        key_ok: impl Fn(usize) -> bool,
+        (decode_as, what): (&str, &str),
+    ) -> Vec<(Vec<u8>, T)> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let problem = match key_ok(k.len()).then(|| schema::decode::<T>(decode_as, &v)) {
+                Some(Ok(rec)) => {
+                    out.push((k, rec));
+                    continue;
+                }
+                Some(Err(e)) => e.to_string(),
+                None => "bad key length".into(),
+            };
+            self.0.push(format!("{what} key {k:02x?}: {problem}"));
+        }
+        out
+    }
+}
+
+/// Records keyed by a tag byte and a big-endian id, by id.
+fn keyed_by_id<T>(rows: Vec<(Vec<u8>, T)>) -> BTreeMap<u64, T> {
+    rows.into_iter()
+        .map(|(k, rec)| (be64(&k[1..]), rec))
+        .collect()
+}
+
 fn load(r: &dyn KvRead) -> Result<Snapshot, MetaError> {
     let mut s = Snapshot::default();
     let scan = |p: &[u8]| r.scan(p, &prefix_end(p), usize::MAX);
-    fn bad(what: &str, key: &[u8], e: String) -> String {
-        format!("{what} key {key:02x?}: {e}")
+    let id = |k: &[u8]| be64(&k[1..]);
+    let by_id = |len: usize| len == 9;
+    let mut bad = Undecodable::default();
+    s.inodes = keyed_by_id(bad.decode(scan(b"I")?, by_id, ("inode", "inode")));
+    for (k, d) in bad.decode(scan(b"D")?, |len| len > 9, ("entry", "entry")) {
+        s.dentries.push((id(&k), k[9..].to_vec(), d));
     }
-    let mut undecodable = Vec::new();
-    for (k, v) in scan(b"I")? {
-        match (k.len() == 9).then(|| schema::decode::<InodeRec>("inode", &v)) {
-            Some(Ok(rec)) => {
-                s.inodes.insert(be64(&k[1..]), rec);
-            }
-            Some(Err(e)) => undecodable.push(bad("inode", &k, e.to_string())),
-            None => undecodable.push(bad("inode", &k, "bad key length".into())),
-        }
-    }
-    for (k, v) in scan(b"D")? {
-        match (k.len() > 9).then(|| schema::decode::<DentryRec>("entry", &v)) {
-            Some(Ok(d)) => s.dentries.push((be64(&k[1..]), k[9..].to_vec(), d)),
-            Some(Err(e)) => undecodable.push(bad("entry", &k, e.to_string())),
-            None => undecodable.push(bad("entry", &k, "bad key length".into())),
-        }
-    }
-    for (k, v) in scan(b"C")? {
-        match (k.len() == 17).then(|| schema::decode::<SliceRec>("segment", &v)) {
-            Some(Ok(seg)) => s
-                .segs
-                .push((be64(&k[1..]), be32(&k[9..]), be32(&k[13..]), seg)),
-            Some(Err(e)) => undecodable.push(bad("segment", &k, e.to_string())),
-            None => undecodable.push(bad("segment", &k, "bad key length".into())),
-        }
+    for (k, seg) in bad.decode(scan(b"C")?, |len| len == 17, ("segment", "segment")) {
+        s.segs.push((id(&k), be32(&k[9..]), be32(&k[13..]), seg));
     }
     for (k, _) in scan(b"O")? {
         if k.len() == 9 {
-            s.orphans.insert(be64(&k[1..]));
+            s.orphans.insert(id(&k));
         }
     }
-    for (k, v) in scan(b"G")? {
-        match (k.len() == 9).then(|| schema::decode::<DeadSlice>("dead slice", &v)) {
-            Some(Ok(d)) => {
-                s.dead.insert(be64(&k[1..]), d);
-            }
-            Some(Err(e)) => undecodable.push(bad("dead slice", &k, e.to_string())),
-            None => undecodable.push(bad("dead slice", &k, "bad key length".into())),
-        }
-    }
-    for (k, v) in scan(b"T")? {
-        match (k.len() == 9).then(|| schema::decode::<StagedRec>("staged", &v)) {
-            Some(Ok(d)) => {
-                s.staged.insert(be64(&k[1..]), d);
-            }
-            Some(Err(e)) => undecodable.push(bad("staged slice", &k, e.to_string())),
-            None => undecodable.push(bad("staged slice", &k, "bad key length".into())),
-        }
-    }
-    for (k, v) in scan(b"L")? {
-        match (k.len() == 9).then(|| schema::decode::<PackedRec>("packed", &v)) {
-            Some(Ok(d)) => {
-                s.packed.insert(be64(&k[1..]), d);
-            }
-            Some(Err(e)) => undecodable.push(bad("packed slice", &k, e.to_string())),
-            None => undecodable.push(bad("packed slice", &k, "bad key length".into())),
-        }
-    }
-    for (k, v) in scan(b"P")? {
-        match (k.len() == 9).then(|| schema::decode::<PackRec>("pack", &v)) {
-            Some(Ok(d)) => {
-                s.packs.insert(be64(&k[1..]), d);
-            }
-            Some(Err(e)) => undecodable.push(bad("pack", &k, e.to_string())),
-            None => undecodable.push(bad("pack", &k, "bad key length".into())),
-        }
-    }
+    s.dead = keyed_by_id(bad.decode(scan(b"G")?, by_id, ("dead slice", "dead slice")));
+    s.staged = keyed_by_id(bad.decode(scan(b"T")?, by_id, ("staged", "staged slice")));
+    s.packed = keyed_by_id(bad.decode(scan(b"L")?, by_id, ("packed", "packed slice")));
+    s.packs = keyed_by_id(bad.decode(scan(b"P")?, by_id, ("pack", "pack")));
     s.used = schema::get_u64(r, schema::USED_BYTES_KEY)?;
     s.inode_count = schema::get_u64(r, schema::INODE_COUNT_KEY)?;
-    s.undecodable = undecodable;
+    s.undecodable = bad.0;
     Ok(s)
 }
 

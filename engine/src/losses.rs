@@ -4,8 +4,6 @@
 //! `spoolfs fsck` reports them as DATA LOSS until an operator has dealt with them
 //! (`spoolfs fsck --forget-losses`).
 
-use crate::error::Result;
-use crate::fs::Engine;
 use crate::schema::{self, DentryRec};
 use crate::types::Ino;
 use serde::{Deserialize, Serialize};
@@ -134,11 +132,4 @@ pub fn paths_of(
         }
     }
     Ok(out)
-}
-
-impl Engine {
-    /// The data losses replay has recorded (see [`DataLoss`]), oldest first.
-    pub fn data_losses(&self) -> Result<Vec<DataLoss>> {
-        self.meta.view(list)
-    }
 }

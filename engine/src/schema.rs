@@ -30,18 +30,21 @@ pub const NEXT_SLICE_KEY: &[u8] = b"Ns";
 pub const USED_BYTES_KEY: &[u8] = b"Su";
 pub const INODE_COUNT_KEY: &[u8] = b"Sn";
 
-pub fn inode_key(ino: Ino) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(b'I');
-    k.extend_from_slice(&ino.to_be_bytes());
+/// A one-byte record tag followed by an inode number or an id, big-endian (so that a scan
+/// walks them in numeric order).
+fn id_key(tag: u8, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(tag);
+    k.extend_from_slice(&id.to_be_bytes());
     k
 }
 
+pub fn inode_key(ino: Ino) -> Vec<u8> {
+    id_key(b'I', ino)
+}
+
 pub fn dentry_prefix(parent: Ino) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(b'D');
-    k.extend_from_slice(&parent.to_be_bytes());
-    k
+    id_key(b'D', parent)
 }
 
 pub fn dentry_key(parent: Ino, name: &[u8]) -> Vec<u8> {
@@ -51,10 +54,7 @@ pub fn dentry_key(parent: Ino, name: &[u8]) -> Vec<u8> {
 }
 
 pub fn chunk_prefix(ino: Ino) -> Vec<u8> {
-    let mut k = Vec::with_capacity(13);
-    k.push(b'C');
-    k.extend_from_slice(&ino.to_be_bytes());
-    k
+    id_key(b'C', ino)
 }
 
 pub fn chunk_key(ino: Ino, chunk: u32) -> Vec<u8> {
@@ -76,10 +76,7 @@ pub fn chunk_index_of_key(key: &[u8]) -> u32 {
 }
 
 pub fn xattr_prefix(ino: Ino) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(b'X');
-    k.extend_from_slice(&ino.to_be_bytes());
-    k
+    id_key(b'X', ino)
 }
 
 pub fn xattr_key(ino: Ino, name: &[u8]) -> Vec<u8> {
@@ -99,36 +96,26 @@ pub const SYNC_MARK_PREFIX: &[u8] = b"Y";
 
 /// Index of the inodes that carry [`SYNC_UPLOAD_XATTR`], loaded at mount.
 pub fn sync_mark_key(ino: Ino) -> Vec<u8> {
-    let mut k = SYNC_MARK_PREFIX.to_vec();
-    k.extend_from_slice(&ino.to_be_bytes());
-    k
+    id_key(SYNC_MARK_PREFIX[0], ino)
 }
 
 pub fn orphan_key(ino: Ino) -> Vec<u8> {
-    let mut k = vec![b'O'];
-    k.extend_from_slice(&ino.to_be_bytes());
-    k
+    id_key(b'O', ino)
 }
 
 pub const DEAD_PREFIX: &[u8] = b"G";
 pub const STAGED_PREFIX: &[u8] = b"T";
 
 pub fn staged_key(slice: u64) -> Vec<u8> {
-    let mut k = vec![b'T'];
-    k.extend_from_slice(&slice.to_be_bytes());
-    k
+    id_key(b'T', slice)
 }
 
 pub fn packed_key(slice: u64) -> Vec<u8> {
-    let mut k = vec![b'L'];
-    k.extend_from_slice(&slice.to_be_bytes());
-    k
+    id_key(b'L', slice)
 }
 
 pub fn pack_key(pack: u64) -> Vec<u8> {
-    let mut k = vec![b'P'];
-    k.extend_from_slice(&pack.to_be_bytes());
-    k
+    id_key(b'P', pack)
 }
 
 /// Object keys are named in one place, the objects crate.
@@ -155,9 +142,7 @@ pub struct PackRec {
 pub use spoolfs_uploader::StagedRec;
 
 pub fn dead_key(slice: u64) -> Vec<u8> {
-    let mut k = vec![b'G'];
-    k.extend_from_slice(&slice.to_be_bytes());
-    k
+    id_key(b'G', slice)
 }
 
 /// Nanoseconds since the epoch; times before it are clamped to it.

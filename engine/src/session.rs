@@ -6,12 +6,12 @@
 //! Sessions are written straight to the shared store, never through the mount's memtable or
 //! namespace log, so other nodes see them at once.
 //!
-//! A volume's mounts are still exclusive: a mount is refused while another session of the
-//! volume is live (the memtable and the namespace log assume one writer).
+//! Many mounts of a volume may be live at once; what one of them may do only while it is the
+//! volume's only live mount (purge the files unlinked while open, at start) asks [`live_in`].
 
 use crate::error::{FsError, Result};
 use serde::{Deserialize, Serialize};
-use spoolfs_metadata::{Durability, KvStore, prefix_end};
+use spoolfs_metadata::{Durability, KvRead, KvStore, MetaError, prefix_end};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,7 +28,7 @@ pub fn refuse_if_mounted(meta: &dyn KvStore, advice: &str) -> Result<()> {
     if !meta.is_shared() {
         return Ok(());
     }
-    if let Some(s) = live(meta, DEFAULT_TIMEOUT)?.first() {
+    if let Some(s) = live(meta)?.first() {
         return Err(FsError::new(
             libc::EBUSY,
             format!("the volume is mounted ({}); {advice}", describe(s)),
@@ -58,12 +58,23 @@ pub struct SessionRec {
     /// Seconds since the epoch, by the mount's clock.
     pub started_s: u64,
     pub heartbeat_s: u64,
+    /// The session is dead once its heartbeat is this old (the mount's --session-timeout).
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+}
+
+fn default_timeout_s() -> u64 {
+    DEFAULT_TIMEOUT.as_secs()
 }
 
 impl SessionRec {
     /// Seconds since the last heartbeat, by this host's clock (0 for one in the future).
     pub fn age_s(&self, now_s: u64) -> u64 {
         now_s.saturating_sub(self.heartbeat_s)
+    }
+
+    pub fn is_live(&self, now_s: u64) -> bool {
+        self.age_s(now_s) < self.timeout_s.max(1)
     }
 }
 
@@ -100,13 +111,22 @@ pub fn list(meta: &dyn KvStore) -> Result<Vec<SessionRec>> {
         .collect())
 }
 
-/// The sessions of `meta` whose heartbeat is younger than `timeout`.
-pub fn live(meta: &dyn KvStore, timeout: Duration) -> Result<Vec<SessionRec>> {
+/// The live sessions of `meta`.
+pub fn live(meta: &dyn KvStore) -> Result<Vec<SessionRec>> {
     let now = now_s();
-    Ok(list(meta)?
-        .into_iter()
-        .filter(|s| s.age_s(now) < timeout.as_secs().max(1))
-        .collect())
+    Ok(list(meta)?.into_iter().filter(|s| s.is_live(now)).collect())
+}
+
+/// The live sessions, read inside a transaction.
+pub fn live_in(r: &dyn KvRead) -> std::result::Result<Vec<SessionRec>, MetaError> {
+    let now = now_s();
+    Ok(
+        r.scan(SESSION_PREFIX, &prefix_end(SESSION_PREFIX), usize::MAX)?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<SessionRec>(&v).ok())
+            .filter(|s| s.is_live(now))
+            .collect(),
+    )
 }
 
 /// One line naming a session, for messages.
@@ -127,8 +147,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Registers a session for a mount at `mount_point` staging in `cache_dir`. Sessions dead
-    /// for longer than `timeout` are removed; a live one refuses the mount (EBUSY).
+    /// Registers a session for a mount at `mount_point` staging in `cache_dir`, renewed every
+    /// third of `timeout`. Dead sessions are removed (they hold nothing else yet).
     pub fn register(
         meta: Arc<dyn KvStore>,
         mount_point: &str,
@@ -145,19 +165,15 @@ impl Session {
             peer_addr: None,
             started_s: now,
             heartbeat_s: now,
+            timeout_s: timeout.as_secs().max(1),
         };
         let value = serde_json::to_vec(&rec).expect("session serialises");
-        let timeout_s = timeout.as_secs().max(1);
-        let mut busy = None;
+        let timeout_s = rec.timeout_s;
         meta.update(Durability::Durable, &mut |t| {
-            busy = None;
             let rows = t.scan(SESSION_PREFIX, &prefix_end(SESSION_PREFIX), usize::MAX)?;
             for (k, v) in rows {
                 match serde_json::from_slice::<SessionRec>(&v) {
-                    Ok(other) if other.age_s(now) < timeout_s => {
-                        busy = Some(other);
-                        return Ok(());
-                    }
+                    Ok(other) if other.is_live(now) => {}
                     Ok(other) => {
                         tracing::warn!(
                             "{} is dead (no heartbeat for {} s): removed",
@@ -171,19 +187,6 @@ impl Session {
             }
             t.put(&session_key(&rec.id), &value)
         })?;
-        if let Some(other) = busy {
-            return Err(FsError::new(
-                libc::EBUSY,
-                format!(
-                    "the volume is mounted by {} (heartbeat {} s ago); a volume is mounted by \
-                     one node at a time: unmount it there first, or wait {} s after that node \
-                     died",
-                    describe(&other),
-                    other.age_s(now),
-                    timeout_s.saturating_sub(other.age_s(now))
-                ),
-            ));
-        }
         let stop = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
         let thread = {
             let (meta, stop, key, mut rec) = (
@@ -257,24 +260,24 @@ mod tests {
     use spoolfs_metadata::MemStore;
 
     #[test]
-    fn a_live_session_refuses_a_second_and_a_dead_one_is_removed() {
+    fn live_sessions_coexist_and_a_dead_one_is_removed() {
         let meta: Arc<dyn KvStore> = Arc::new(MemStore::default());
         let mut a = Session::register(meta.clone(), "/a", "/c", Duration::from_secs(30)).unwrap();
         assert_eq!(list(meta.as_ref()).unwrap(), vec![a.rec.clone()]);
-        let err = Session::register(meta.clone(), "/b", "/c", Duration::from_secs(30))
-            .err()
-            .expect("a live session refuses another");
-        assert_eq!(err.errno(), libc::EBUSY);
-        assert!(err.to_string().contains(&a.rec.id), "{err}");
-        // A session whose heartbeat is old is dead: the next mount removes it.
+        let c = Session::register(meta.clone(), "/c", "/c2", Duration::from_secs(30)).unwrap();
+        assert_eq!(live(meta.as_ref()).unwrap().len(), 2);
+        drop(c);
+        // A session whose heartbeat is older than its timeout is dead: the next mount removes
+        // it, and it no longer counts as live.
         let mut old = a.rec.clone();
         old.id = "dead".into();
-        old.heartbeat_s -= 100;
+        old.heartbeat_s -= 31;
         a.end().unwrap();
         meta.update(Durability::Durable, &mut |t| {
             t.put(&session_key("dead"), &serde_json::to_vec(&old).unwrap())
         })
         .unwrap();
+        assert!(live(meta.as_ref()).unwrap().is_empty());
         let b = Session::register(meta.clone(), "/b", "/c", Duration::from_secs(30)).unwrap();
         let ids: Vec<String> = list(meta.as_ref())
             .unwrap()

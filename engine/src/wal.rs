@@ -178,6 +178,9 @@ pub struct WalStore {
     progress_cv: Condvar,
     /// A failed transaction could not be marked failed in the log: no more changes.
     broken: AtomicBool,
+    /// The lowest number given up without a log record or a durable commit (`u64::MAX`:
+    /// none): replay stops there, so no later change is crash-safe.
+    given_up: AtomicU64,
 }
 
 impl WalStore {
@@ -287,6 +290,7 @@ impl WalStore {
                 }),
                 progress_cv: Condvar::new(),
                 broken: AtomicBool::new(false),
+                given_up: AtomicU64::new(u64::MAX),
             },
             Recovery {
                 replayed,
@@ -318,20 +322,11 @@ impl WalStore {
         self.progress_cv.notify_all();
     }
 
-    /// Waits until every record up to `seq` is on the device. Fails if the log broke
-    /// meanwhile: a record before `seq` may be missing for good, and replay would not reach
-    /// `seq`.
-    fn wait_prefix(&self, seq: u64) -> Result<()> {
+    fn wait_prefix(&self, seq: u64) {
         let mut p = self.progress.lock();
         while p.prefix < seq {
             self.progress_cv.wait(&mut p);
         }
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(MetaError::Io(
-                "the namespace log lost an earlier transaction; remount to recover".into(),
-            ));
-        }
-        Ok(())
     }
 
     /// [`KvStore::update`] whose log record rides with `carrier`'s data (one device write for
@@ -471,23 +466,38 @@ impl WalStore {
                 // inner store holds the change (it is only not crash-safe), so make it durable
                 // there instead and close the gap.
                 crate::error_limited!("namespace log append failed ({e}); falling back to fsync");
-                if let Err(persist) = self.inner.persist() {
-                    // Neither the log nor the store has the change, and its number is taken:
-                    // replay would stop at this gap, so nothing after it may be acknowledged.
-                    // Refuse further changes, and let the waiters behind it go (with an error).
+                if let Err(pe) = self.inner.persist() {
+                    // The change is committed (visible) but neither logged nor durable: a
+                    // crash would lose it, and replay would stop at its number, losing every
+                    // later change too. Refuse later changes, and wake those waiting behind
+                    // this number (they fail: see `wait_prefix`), instead of leaving them
+                    // blocked forever.
                     tracing::error!(
-                        "namespace log append failed ({e}) and so did the fallback checkpoint \
-                         ({persist}); refusing further changes until a remount"
+                        "namespace log append failed ({e}) and the metadata store cannot be \
+                         made durable ({pe}): transaction {seq} is committed but not \
+                         crash-safe; refusing further changes until a remount"
                     );
                     self.broken.store(true, Ordering::SeqCst);
+                    self.given_up.fetch_min(seq, Ordering::SeqCst);
                     self.mark_done(seq, None);
-                    return Err(persist);
+                    return Err(MetaError::Io(format!(
+                        "transaction {seq} is committed but could not be made crash-safe: \
+                         namespace log: {e}; metadata store: {pe}"
+                    )));
                 }
                 self.mark_done(seq, None);
             }
         }
         result?;
-        self.wait_prefix(seq)?;
+        self.wait_prefix(seq);
+        if self.given_up.load(Ordering::SeqCst) < seq {
+            // An earlier number was given up (see above): replay would stop there, so this
+            // change, though logged, is not crash-safe either.
+            return Err(MetaError::Io(format!(
+                "transaction {seq} is committed but an earlier one could not be made \
+                 crash-safe; remount to recover"
+            )));
+        }
         if durable {
             // A durable carried append flushed after its own write; that covers the records
             // before it only if they were all on the device before it was written.
@@ -552,7 +562,7 @@ impl KvStore for WalStore {
         // Everything committed so far is logged once the prefix reaches the last number
         // handed out; one device flush then covers it (and staged data written before).
         let last = self.next_seq.load(Ordering::SeqCst) - 1;
-        self.wait_prefix(last)?;
+        self.wait_prefix(last);
         self.log.sync().map_err(io_err)
     }
 
@@ -566,8 +576,9 @@ mod tests {
     use super::*;
     use spoolfs_metadata::MemStore;
 
-    /// A log in memory whose contents can be "crashed": all records survive a crash of the
-    /// process or the kernel (they are on the device), only synced ones a power cut.
+    /// A log in memory whose contents can be "crashed": after a crash of spoolfs or the
+    /// kernel every record survives ([`crash_replay`]), after a power cut only the synced ones
+    /// ([`power_cut_replay`]).
     #[derive(Default)]
     struct MemLog {
         records: Mutex<Vec<(u64, Vec<u8>, bool)>>,
@@ -599,18 +610,10 @@ mod tests {
         fn free(&self, _handle: u64) {}
     }
 
-    #[derive(Clone, Copy, PartialEq)]
-    enum Crash {
-        /// Of spoolfs or of the kernel: every appended record is on the device.
-        Process,
-        /// Only what a sync covered is on the device.
-        PowerCut,
-    }
-
     /// A crash: the inner store comes back with only the first recovery's commit (epoch 1,
-    /// sequence 0), and `log`'s surviving records (plus `extra` ones, found in another log)
-    /// are replayed onto it.
-    fn crash_replay(log: &Arc<MemLog>, extra: &[Vec<u8>], crash: Crash) -> (WalStore, usize) {
+    /// sequence 0), and `log`'s records (plus `extra` ones, found in another log) are
+    /// replayed onto it.
+    fn crash_replay(log: &Arc<MemLog>, extra: &[Vec<u8>]) -> (WalStore, usize) {
         let fresh = Arc::new(MemStore::default());
         fresh
             .update(Durability::Durable, &mut |t| {
@@ -622,11 +625,57 @@ mod tests {
             .records
             .lock()
             .iter()
-            .filter(|(_, _, synced)| *synced || crash == Crash::Process)
             .map(|(h, r, _)| (*h, r.clone()))
             .collect();
         records.extend(extra.iter().map(|r| (u64::MAX, r.clone())));
         WalStore::recover(fresh, log.clone(), records).unwrap()
+    }
+
+    /// A power cut: like [`crash_replay`], with only the records a `sync` covered.
+    fn power_cut_replay(log: &Arc<MemLog>) -> (WalStore, usize) {
+        let synced = Arc::new(MemLog::default());
+        *synced.records.lock() = log.records.lock().iter().filter(|r| r.2).cloned().collect();
+        crash_replay(&synced, &[])
+    }
+
+    /// A durable update and `sync` flush the log: what they cover survives a power cut, what
+    /// came after them does not (and without them nothing would).
+    #[test]
+    fn durable_updates_and_sync_survive_a_power_cut() {
+        let log = Arc::new(MemLog::default());
+        let (wal, _) =
+            WalStore::recover(Arc::new(MemStore::default()), log.clone(), vec![]).unwrap();
+        wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
+            .unwrap();
+        wal.update(Durability::Durable, &mut |t| t.put(b"b", b"2"))
+            .unwrap();
+        wal.update(Durability::Visible, &mut |t| t.put(b"c", b"3"))
+            .unwrap();
+        let (after_cut, n) = power_cut_replay(&log);
+        assert_eq!(
+            n, 2,
+            "the durable update covers itself and what came before"
+        );
+        after_cut
+            .view(&mut |r| {
+                assert!(r.get(b"b")?.is_some() && r.get(b"a")?.is_some());
+                assert_eq!(
+                    r.get(b"c")?,
+                    None,
+                    "an unsynced record survived a power cut"
+                );
+                Ok(())
+            })
+            .unwrap();
+        KvStore::sync(&wal).unwrap();
+        let (after_sync, n) = power_cut_replay(&log);
+        assert_eq!(n, 3, "sync did not cover the last update");
+        after_sync
+            .view(&mut |r| {
+                assert!(r.get(b"c")?.is_some());
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]
@@ -642,7 +691,7 @@ mod tests {
         wal.update(Durability::Visible, &mut |t| t.delete(&[b'k', 3]))
             .unwrap();
         // A crash loses everything the inner store had not made durable.
-        let (wal2, n) = crash_replay(&log, &[], Crash::Process);
+        let (wal2, n) = crash_replay(&log, &[]);
         assert_eq!(n, 11);
         wal2.view(&mut |r| {
             for i in 0..10u8 {
@@ -733,7 +782,7 @@ mod tests {
         // Crash: the store knows only the recovery commit. Records come from both logs, and
         // the carried one also appears twice (a failed append whose bytes reached the disk).
         let carried = carrier.records[0].1.clone();
-        let (wal2, n) = crash_replay(&log, &[carried.clone(), carried], Crash::Process);
+        let (wal2, n) = crash_replay(&log, &[carried.clone(), carried]);
         assert_eq!(n, 4);
         wal2.view(&mut |r| {
             for (k, v) in [(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")] {
@@ -816,7 +865,7 @@ mod tests {
         // logged for its number wins), skips the logged copy of the other failed transaction
         // too, and still applies the later transaction.
         let discarded: Vec<Vec<u8>> = carrier.discarded.iter().map(|d| d.1.clone()).collect();
-        let (wal2, n) = crash_replay(&log, &discarded, Crash::Process);
+        let (wal2, n) = crash_replay(&log, &discarded);
         assert_eq!(n, 4);
         wal2.view(&mut |r| {
             assert_eq!(r.get(b"a")?.as_deref(), Some(&b"1"[..]));
@@ -843,6 +892,69 @@ mod tests {
         log.failing.store(false, Ordering::SeqCst);
         let refused = wal.update(Durability::Visible, &mut |t| t.put(b"e", b"5"));
         assert!(refused.unwrap_err().to_string().contains("remount"));
+    }
+
+    /// A store whose durable commits fail on demand (a full or failing metadata disk).
+    struct FailingPersist {
+        inner: MemStore,
+        fail: AtomicBool,
+    }
+
+    impl KvStore for FailingPersist {
+        fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+            self.inner.view(f)
+        }
+        fn update(
+            &self,
+            durability: Durability,
+            f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+        ) -> Result<()> {
+            self.inner.update(durability, f)
+        }
+        fn persist(&self) -> Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(MetaError::Io("no space left on the metadata disk".into()));
+            }
+            self.inner.persist()
+        }
+        fn describe(&self) -> String {
+            "failing persist".into()
+        }
+    }
+
+    /// The namespace log refuses a record and the fallback (a durable commit of the store)
+    /// fails too: the transaction is reported failed, and nothing after it waits forever for
+    /// its number or is acknowledged past it (replay would stop there).
+    #[test]
+    fn a_failed_fallback_neither_hangs_later_changes_nor_acknowledges_them() {
+        let base = Arc::new(FailingPersist {
+            inner: MemStore::default(),
+            fail: AtomicBool::new(false),
+        });
+        let log = Arc::new(MemLog::default());
+        let (wal, _) = WalStore::recover(base.clone(), log.clone(), vec![]).unwrap();
+        let wal = Arc::new(wal);
+        wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
+            .unwrap();
+        log.failing.store(true, Ordering::SeqCst);
+        base.fail.store(true, Ordering::SeqCst);
+        assert!(
+            wal.update(Durability::Visible, &mut |t| t.put(b"b", b"2"))
+                .is_err()
+        );
+        // The disks are back; a later change must come back (refused), not block.
+        log.failing.store(false, Ordering::SeqCst);
+        base.fail.store(false, Ordering::SeqCst);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = wal.clone();
+        std::thread::spawn(move || {
+            let r = w.update(Durability::Visible, &mut |t| t.put(b"c", b"3"));
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a change after the failed fallback blocked");
+        assert!(r.unwrap_err().contains("remount"));
     }
 
     #[test]
@@ -874,111 +986,5 @@ mod tests {
         // epoch can never be replayed after it.
         assert_eq!(wal.next_seq.load(Ordering::SeqCst), 3);
         assert_eq!(wal.epoch, 1);
-    }
-
-    /// The test log's power cut honours the synced flag: only what a durable update or a
-    /// `sync` flushed comes back, and nothing after a record that was lost.
-    #[test]
-    fn a_power_cut_keeps_only_synced_records() {
-        let log = Arc::new(MemLog::default());
-        let (wal, _) =
-            WalStore::recover(Arc::new(MemStore::default()), log.clone(), vec![]).unwrap();
-        wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
-            .unwrap();
-        wal.update(Durability::Durable, &mut |t| t.put(b"b", b"2"))
-            .unwrap();
-        wal.update(Durability::Visible, &mut |t| t.put(b"c", b"3"))
-            .unwrap();
-        let get = |w: &WalStore, k: &[u8]| {
-            let mut v = None;
-            w.view(&mut |r| {
-                v = r.get(k)?;
-                Ok(())
-            })
-            .unwrap();
-            v
-        };
-        let (cut, n) = crash_replay(&log, &[], Crash::PowerCut);
-        assert_eq!(n, 2);
-        assert_eq!(get(&cut, b"a").as_deref(), Some(&b"1"[..]));
-        assert_eq!(get(&cut, b"b").as_deref(), Some(&b"2"[..]));
-        assert_eq!(
-            get(&cut, b"c"),
-            None,
-            "an unsynced record is lost in a power cut"
-        );
-        let (crashed, n) = crash_replay(&log, &[], Crash::Process);
-        assert_eq!(n, 3);
-        assert_eq!(get(&crashed, b"c").as_deref(), Some(&b"3"[..]));
-        // `sync` makes everything committed before it survive a power cut.
-        wal.sync().unwrap();
-        let (cut, n) = crash_replay(&log, &[], Crash::PowerCut);
-        assert_eq!(n, 3);
-        assert_eq!(get(&cut, b"c").as_deref(), Some(&b"3"[..]));
-    }
-
-    /// A store whose checkpoints fail while `fail` is set (a full or failing metadata disk).
-    struct FailingPersist {
-        inner: MemStore,
-        fail: AtomicBool,
-    }
-
-    impl KvStore for FailingPersist {
-        fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
-            self.inner.view(f)
-        }
-        fn update(
-            &self,
-            durability: Durability,
-            f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-        ) -> Result<()> {
-            self.inner.update(durability, f)
-        }
-        fn persist(&self) -> Result<()> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(MetaError::Io("checkpoint failed: no space left".into()));
-            }
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "failing persist".into()
-        }
-    }
-
-    /// The namespace log fails an append and the fallback checkpoint fails too: the change is
-    /// reported failed, and later changes are refused at once instead of waiting forever
-    /// behind the number that was never logged.
-    #[test]
-    fn a_failed_append_whose_fallback_checkpoint_fails_refuses_later_changes() {
-        let base = Arc::new(FailingPersist {
-            inner: MemStore::default(),
-            fail: AtomicBool::new(false),
-        });
-        let log = Arc::new(MemLog::default());
-        let (wal, _) = WalStore::recover(base.clone(), log.clone(), vec![]).unwrap();
-        let wal = Arc::new(wal);
-        wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
-            .unwrap();
-        // Records reach the log but the next append fails (after the commit) and so does the
-        // checkpoint that would have covered it.
-        log.failing.store(true, Ordering::SeqCst);
-        base.fail.store(true, Ordering::SeqCst);
-        let failed = wal.update(Durability::Visible, &mut |t| t.put(b"b", b"2"));
-        assert!(failed.is_err(), "the change is reported failed");
-        log.failing.store(false, Ordering::SeqCst);
-        base.fail.store(false, Ordering::SeqCst);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let w = wal.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(w.update(Durability::Visible, &mut |t| t.put(b"c", b"3")));
-        });
-        let later = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("a later change must not wait forever behind the gap");
-        assert!(later.unwrap_err().to_string().contains("remount"));
-        assert!(
-            wal.sync().is_err(),
-            "a sync cannot promise what replay will not reach"
-        );
     }
 }

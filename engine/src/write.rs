@@ -181,8 +181,7 @@ impl WritePath {
             let kill_setid =
                 caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0;
             if kill_setid || has_caps {
-                self.meta
-                    .update(|t| namespace::drop_privileges(t, ino, kill_setid, has_caps))?;
+                self.meta.update(|t| namespace::drop_privileges(t, ino))?;
             }
             state.overlay = Some(Overlay {
                 size: rec.size,
@@ -400,7 +399,23 @@ impl WritePath {
         plan: &mut FlushPlan,
     ) -> Result<()> {
         let (slices, chunks, staged) = (&plan.slices, &plan.chunks, &plan.staged);
+        // The chunk maps this commit changes, whole: every read below is among them.
+        let mut maps: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for &chunk in chunks {
+            let key = schema::chunk_key(ino, chunk);
+            if maps.last().is_none_or(|(k, _)| *k != key) {
+                let end = spoolfs_metadata::prefix_end(&key);
+                maps.push((key, end));
+            }
+        }
+        let map_ranges: Vec<(&[u8], &[u8])> = maps
+            .iter()
+            .map(|(s, e)| (s.as_slice(), e.as_slice()))
+            .collect();
+        let inode_key = schema::inode_key(ino);
         let mut commit = |t: &mut dyn KvTxn| {
+            // Everything this transaction reads, in one round trip on a networked store.
+            t.prefetch(&[&inode_key, schema::USED_BYTES_KEY], &map_ranges)?;
             let mut rec = schema::must_inode(t, ino)?;
             let mut used = 0i64;
             let mut i = 0;

@@ -138,6 +138,7 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
     // its `T` record.
     let mut keep = HashMap::new();
     let mut lost = Vec::new();
+    let shared = meta.store().is_shared();
     for (id, rec) in &staged {
         match in_log.get(id) {
             Some(r) if r.damaged.is_empty() && r.loc.len >= rec.size => {
@@ -164,6 +165,9 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
                         .join(" ")
                 )),
             }),
+            // On a shared store a slice not in this mount's log is another mount's (a `T`
+            // record is committed only after its data is in the log of the mount staging it).
+            None if shared => {}
             // With damage in the log, a missing slice may have been in it.
             _ if log_damaged => lost.push(LostSlice {
                 id: *id,
@@ -181,7 +185,7 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
         }
     }
     if !lost.is_empty() || !log_damage.is_empty() {
-        forget_lost_slices(meta, &lost, &log_damage)?;
+        forget_lost_slices(meta.store(), &lost, &log_damage)?;
     }
     // Freed only now: a damaged record stays until its loss is recorded.
     for r in replayed.iter() {
@@ -218,7 +222,7 @@ struct LostSlice {
 /// device); with damage it is a loss of acknowledged data, recorded (see [`crate::losses`])
 /// with the file, its path and the byte range, as is every unreadable region of the log.
 fn forget_lost_slices(
-    meta: &Meta,
+    store: &dyn spoolfs_metadata::KvStore,
     lost: &[LostSlice],
     log_damage: &[crate::staging::LogDamage],
 ) -> Result<()> {
@@ -237,12 +241,17 @@ fn forget_lost_slices(
         .filter(|l| l.cause.is_some())
         .map(|l| l.rec.ino)
         .collect();
-    let paths = meta.view(|r| losses::paths_of(r, &reported))?;
-    let chunk_size = crate::volume::read_record(meta.store())?.map_or(64 << 20, |v| v.chunk_size);
+    let mut paths = HashMap::new();
+    store.view(&mut |r| {
+        paths = losses::paths_of(r, &reported)?;
+        Ok(())
+    })?;
+    let chunk_size = crate::volume::read_record(store)?.map_or(64 << 20, |v| v.chunk_size);
     let now = losses::now_ns();
-    let recorded = meta.update(|t| {
+    let mut recorded = Vec::new();
+    store.update(spoolfs_metadata::Durability::Visible, &mut |t| {
         let mut freed = 0i64;
-        let mut recorded = Vec::new();
+        recorded.clear();
         for l in lost {
             t.delete(&schema::staged_key(l.id))?;
             let mut visible = (u32::MAX, 0u32, 0u64); // first pos, last end, bytes
@@ -297,11 +306,10 @@ fn forget_lost_slices(
                 recorded.push(loss);
             }
         }
-        schema::add_u64(t, schema::USED_BYTES_KEY, -freed)?;
-        Ok(recorded)
+        schema::add_u64(t, schema::USED_BYTES_KEY, -freed)
     })?;
     // Made durable before the damaged records are freed and their segments reused.
-    meta.store().sync()?;
+    store.sync()?;
     for loss in &recorded {
         tracing::error!(
             "DATA LOSS: inode {} {}: bytes [{}, {}) of the file: {}",
@@ -400,6 +408,11 @@ impl Catalog for UploadCatalog {
 
     fn stopping(&self) -> bool {
         self.stop.now()
+    }
+
+    fn make_durable(&self) -> Result<()> {
+        self.meta.store().sync()?;
+        Ok(())
     }
 }
 
@@ -551,6 +564,104 @@ impl StagingSettings {
 pub(crate) struct StagingOwner {
     pub cache_dir: String,
     pub clean: bool,
+    /// The identity of that cache directory (its `cache-id` file), so that a directory wiped
+    /// or replaced at the same path (ephemeral NVMe after a reboot) is recognised. Absent in
+    /// records written before it existed.
+    #[serde(default)]
+    pub cache_id: Option<String>,
+}
+
+/// The file in `<cache dir>/<volume uuid>/` that says which cache directory this is.
+const CACHE_ID_FILE: &str = "cache-id";
+
+/// Writes a fresh identity into `dir` (synced, with its directory) and returns it.
+fn write_cache_id(dir: &std::path::Path) -> Result<String> {
+    use std::io::Write;
+    let id = uuid::Uuid::new_v4().to_string();
+    let path = dir.join(CACHE_ID_FILE);
+    let tmp = dir.join(format!("{CACHE_ID_FILE}.tmp"));
+    let local = |what: &'static str, source: std::io::Error| FsError::Local {
+        what,
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(|e| local("cannot create", e))?;
+    f.write_all(format!("{id}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| local("cannot write", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| local("cannot rename into place", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| local("cannot sync the directory of", e))?;
+    Ok(id)
+}
+
+/// The cache directory at the path the last (unclean) mount used is not the one it wrote:
+/// its staged data and logged namespace changes are gone. Every staged slice becomes a
+/// recorded loss (file, path, range), as do the changes after the last checkpoint, instead
+/// of the mount starting clean as if nothing had been acknowledged.
+fn record_replaced_cache(
+    store: &dyn spoolfs_metadata::KvStore,
+    dir: &std::path::Path,
+    recovery: &crate::wal::Recovery,
+) -> Result<()> {
+    use crate::losses::{self, DataLoss};
+    let staged = {
+        let mut rows = Vec::new();
+        store.view(&mut |r| {
+            rows = r.scan(
+                schema::STAGED_PREFIX,
+                &prefix_end(schema::STAGED_PREFIX),
+                usize::MAX,
+            )?;
+            Ok(())
+        })?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let id = u64::from_be_bytes(k[1..9].try_into().expect("staged key"));
+                Ok((id, schema::decode::<StagedRec>("staged record", &v)?))
+            })
+            .collect::<std::result::Result<Vec<_>, spoolfs_metadata::MetaError>>()?
+    };
+    let cause = format!(
+        "the cache directory {} is not the one that held this volume's staged data (its \
+         identity is missing or different: wiped or replaced since the last mount, which did \
+         not end cleanly)",
+        dir.display()
+    );
+    tracing::error!(
+        "DATA LOSS: {cause}; {} staged slice(s), {} bytes, and the namespace changes made after \
+         the last checkpoint are lost",
+        staged.len(),
+        staged.iter().map(|(_, r)| r.size as u64).sum::<u64>()
+    );
+    let lost: Vec<LostSlice> = staged
+        .into_iter()
+        .map(|(id, rec)| LostSlice {
+            id,
+            rec,
+            cause: Some(cause.clone()),
+        })
+        .collect();
+    forget_lost_slices(store, &lost, &[])?;
+    let mut id = recovery.epoch.to_be_bytes().to_vec();
+    id.extend_from_slice(&u64::MAX.to_be_bytes());
+    let loss = DataLoss {
+        found_ns: losses::now_ns(),
+        ino: 0,
+        path: None,
+        offset: 0,
+        bytes: 0,
+        slice: 0,
+        cause: format!(
+            "{cause}: the namespace changes made after the metadata store's last checkpoint \
+             were only in its namespace log and are lost"
+        ),
+    };
+    store.update(spoolfs_metadata::Durability::Durable, &mut |t| {
+        losses::record(t, &losses::loss_key(losses::LOSS_NAMESPACE, &id), &loss).map(|_| ())
+    })?;
+    Ok(())
 }
 
 pub(crate) const OWNER_KEY: &[u8] = b"K";
@@ -590,7 +701,10 @@ pub fn open_staging(
         };
         Ok(())
     })?;
+    // On a shared store each mount stages in a cache directory of its own: no single owner.
+    let shared = meta.is_shared();
     if let Some(o) = &owner
+        && !shared
         && !o.clean
         && o.cache_dir != dir_str
     {
@@ -609,11 +723,20 @@ pub fn open_staging(
             ),
         ));
     }
+    // Read before anything is created in it: a missing identity is a wiped directory.
+    let found_cache_id = std::fs::read_to_string(dir.join(CACHE_ID_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
     std::fs::create_dir_all(&dir).map_err(|source| FsError::Local {
         what: "cannot create cache directory",
         path: dir.clone(),
         source,
     })?;
+    let cache_id = match &found_cache_id {
+        Some(id) => id.clone(),
+        None => write_cache_id(&dir)?,
+    };
     let uuid_bytes = *uuid::Uuid::parse_str(&volume.uuid)
         .map_err(|source| FsError::VolumeUuid {
             uuid: volume.uuid.clone(),
@@ -650,6 +773,23 @@ pub fn open_staging(
             source,
         })
     };
+    let max_segments =
+        (settings.max_staging_bytes.div_ceil(settings.segment_size) as usize + 2).max(4);
+    let open_data_log = || {
+        open_log(
+            "data",
+            settings.engine_threads.max(1),
+            settings.segment_size,
+            max_segments,
+            settings.faults.clone(),
+            // 32 registered buffers of 1 MiB (+ header room) per engine thread.
+            (32, (1 << 20) + (64 << 10)),
+        )
+    };
+    if shared {
+        let (data_log, data_records) = open_data_log()?;
+        return Ok(shared_staging(meta, settings, data_log, data_records));
+    }
     // The namespace log is small and has one writer thread so its order is simple.
     let (ns_log, ns_records) = open_log(
         "namespace",
@@ -675,17 +815,20 @@ pub fn open_staging(
         locs: Mutex::new(HashMap::new()),
         next: std::sync::atomic::AtomicU64::new(1),
     });
-    let max_segments =
-        (settings.max_staging_bytes.div_ceil(settings.segment_size) as usize + 2).max(4);
-    let (data_log, data_records) = open_log(
-        "data",
-        settings.engine_threads.max(1),
-        settings.segment_size,
-        max_segments,
-        settings.faults.clone(),
-        // 32 registered buffers of 1 MiB (+ header room) per engine thread.
-        (32, (1 << 20) + (64 << 10)),
-    )?;
+    let (data_log, data_records) = open_data_log()?;
+    // A data segment whose records were all freed gets a new header only once the
+    // transactions that freed them (upload commits, dead-slice collection: each already on
+    // the device when it returned) are through the device cache, so a power cut cannot bring
+    // back a `T` record pointing at a record that was overwritten.
+    {
+        let ns_log = ns_log.clone();
+        data_log.set_recycle_barrier(Arc::new(move || {
+            if !flush {
+                return Ok(());
+            }
+            ns_log.sync().map_err(|e| e.to_string())
+        }));
+    }
     let data_log = Arc::new(data_log);
     let _ = ns.data.set(data_log.clone());
     tracing::info!(
@@ -746,9 +889,25 @@ pub fn open_staging(
         );
     }
     let wal = Arc::new(wal);
+    // After replay: the owner record the last mount wrote may be only in the namespace log
+    // (which a wiped directory no longer has, so the store's older record is compared).
+    let mut last_owner: Option<StagingOwner> = None;
+    spoolfs_metadata::KvStore::view(wal.as_ref(), &mut |r| {
+        last_owner = r
+            .get(OWNER_KEY)?
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        Ok(())
+    })?;
+    let cache_replaced = last_owner.as_ref().is_some_and(|o| {
+        !o.clean && o.cache_dir == dir_str && o.cache_id.is_some() && o.cache_id != found_cache_id
+    });
+    if cache_replaced {
+        record_replaced_cache(wal.as_ref(), &dir, &recovery)?;
+    }
     let owner = StagingOwner {
         cache_dir: dir_str,
         clean: false,
+        cache_id: Some(cache_id),
     };
     let ns_damage = ns_log.damage();
     spoolfs_metadata::KvStore::update(
@@ -789,6 +948,43 @@ pub fn open_staging(
             wal: Some(Arc::downgrade(&wal)),
         },
     ))
+}
+
+/// Staging on a shared metadata store (PostgreSQL, many mounts): data is staged in this
+/// mount's log as usual, but every metadata transaction commits in the store before it
+/// returns, so that other mounts see it. No memtable and no namespace log: both assume one
+/// writer, and a change held in them would be invisible to the other mounts.
+fn shared_staging(
+    meta: Arc<dyn spoolfs_metadata::KvStore>,
+    settings: &StagingSettings,
+    data_log: StagingLog,
+    data_records: Vec<Replayed>,
+) -> (Arc<dyn spoolfs_metadata::KvStore>, StagingOptions) {
+    tracing::info!(
+        "shared metadata store {}: every metadata change commits there before it returns; \
+         data is staged in {}",
+        meta.describe(),
+        settings.cache_dir.display()
+    );
+    let options = StagingOptions {
+        uploads: UploadOptions {
+            log: Arc::new(data_log),
+            writeback: settings.writeback,
+            max_staging_bytes: settings.max_staging_bytes,
+            max_staging_age: settings.max_staging_age,
+            max_staging_wait: settings.max_staging_wait,
+            upload_threads: settings.upload_threads,
+            segment_size: settings.segment_size,
+            upload_delay: settings.upload_delay,
+            pack_size: settings.pack_size,
+            upload_limit: settings.upload_limit,
+            namespace: None,
+            upload_buffer: settings.upload_buffer,
+        },
+        replayed: Arc::new(data_records),
+        wal: None,
+    };
+    (meta, options)
 }
 
 /// Records what damage in the namespace log cost: transactions replay could not find, and

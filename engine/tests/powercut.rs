@@ -20,7 +20,10 @@
 //!   offset at some time, or zero (an unsynced record lost in the cut);
 //! - replay never panics and the engine starts.
 //!
-//! Each workload is cut before every one of its events. A failure names the workload seed,
+//! The device keeps a seeded prefix of the unflushed writes, in the order they were made,
+//! the last one torn (`SPOOLFS_POWERCUT_UNFLUSHED=any`: any subset, each write lost, kept or
+//! torn on its own; `powercut_any_order`, ignored while replay reads slices lost that way
+//! as missing objects). Each workload is cut before every one of its events. A failure names the workload seed,
 //! the cut point and the variant (the seed of the device's choices); `SPOOLFS_POWERCUT_SEED=S
 //! SPOOLFS_POWERCUT_CUT=N SPOOLFS_POWERCUT_VARIANT=V` rerun exactly that cut.
 //! `SPOOLFS_POWERCUT_POINTS=K` runs a campaign of at least `K` cuts (two variants per event,
@@ -36,12 +39,15 @@ use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-use spoolfs_engine::staging::{CutPlan, SimDevice, StagingDurability};
+use spoolfs_engine::staging::{CutPlan, SimDevice, StagingDurability, Unflushed};
 use spoolfs_engine::writeback::{StagingSettings, open_staging};
 use spoolfs_engine::*;
 use spoolfs_metadata::{CrashStore, KvStore, MemStore};
 use spoolfs_objects::ObjectStorage;
 use spoolfs_testkit::Rng;
+
+#[path = "common/mod.rs"]
+mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -274,6 +280,9 @@ struct Recording {
     steps: Vec<Step>,
     initial: State,
     written: Written,
+    /// Files of the cache directory outside the staging logs (the directory's identity),
+    /// written and synced at mount, before the first cut point: copied to every cut as they are.
+    other_files: Vec<(std::path::PathBuf, Vec<u8>)>,
     /// Keeps the recording's directories.
     _dir: tempfile::TempDir,
 }
@@ -691,7 +700,19 @@ fn record_ops(seed: u64, fixed: Option<&[Op]>) -> Recording {
         }
     }
     drop(engine);
+    let other_files = common::files_under(&cache)
+        .into_iter()
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seg-"))
+        })
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            (p.strip_prefix(&cache).unwrap().to_path_buf(), data)
+        })
+        .collect();
     Recording {
+        other_files,
         clock,
         device,
         meta,
@@ -907,15 +928,32 @@ fn unconfirmed(before: &State, after: &State) -> State {
 
 /// Rebuilds the volume as a cut before event `at` leaves it, starts an engine on it and checks
 /// what it reads. `Err` says what is wrong.
-fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(), String> {
+fn check_cut(
+    rec: &Recording,
+    at: u64,
+    cut_seed: u64,
+    unflushed: Unflushed,
+) -> std::result::Result<(), String> {
     // The same path as the recording's: the volume remembers where its logs are.
     let cache = rec._dir.path().join("cache");
     if cache.exists() {
         std::fs::remove_dir_all(&cache).map_err(|e| format!("clean {cache:?}: {e}"))?;
     }
     rec.device
-        .materialise(CutPlan { at, seed: cut_seed }, &cache)
+        .materialise(
+            CutPlan {
+                at,
+                seed: cut_seed,
+                unflushed,
+            },
+            &cache,
+        )
         .map_err(|e| format!("materialise: {e}"))?;
+    for (path, data) in &rec.other_files {
+        let to = cache.join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(&to, data).unwrap();
+    }
     let meta: Arc<dyn KvStore> = Arc::new(MemStore::from_map(rec.meta.durable_before(at)));
     let inner = InMemory::new();
     let storage = ObjectStorage::from_store(Arc::new(inner), "cut").unwrap();
@@ -933,9 +971,54 @@ fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(),
     };
     let (wal, staging) = open_staging(meta, &rec.record, &reopen)
         .map_err(|e| format!("open_staging after the cut: {e}"))?;
+    let replayed: Vec<String> = staging
+        .replayed
+        .iter()
+        .map(|r| {
+            format!(
+                "slice {} ({} bytes at {}:{}{})",
+                r.header.slice_id,
+                r.header.len,
+                r.loc.segment,
+                r.loc.offset,
+                if r.damaged.is_empty() {
+                    ""
+                } else {
+                    ", damaged"
+                }
+            )
+        })
+        .collect();
     let engine = Engine::start(wal, storage, rec.record.clone(), engine_config(staging))
         .map_err(|e| format!("engine start after the cut: {e}"))?;
-    let (got, inos) = read_back(&engine);
+    let losses = engine
+        .data_losses()
+        .map(|l| format!("{l:?}"))
+        .unwrap_or_else(|e| e.to_string());
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_back(&engine)));
+    let (got, inos) = match read {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let newest = rec.steps.iter().take_while(|s| s.start < at).count();
+            let first = rec.steps[newest.saturating_sub(6)..newest]
+                .first()
+                .map_or(0, |s| s.start);
+            let ops: Vec<String> = rec.steps[newest.saturating_sub(6)..newest]
+                .iter()
+                .map(|s| format!("  {:?} [{}..{})", s.op, s.start, s.end))
+                .collect();
+            return Err(format!(
+                "{what}\nlast operations before the cut:\n{}\nevents:\n  {}",
+                ops.join("\n"),
+                all_events(rec, first, at).join("\n  ")
+            ));
+        }
+    };
     // Ids the recovered volume hands out next must be fresh: a new file, written and
     // fsynced, changes no other file (a reused inode or slice number would).
     let probe = (|| -> Result<()> {
@@ -1036,8 +1119,11 @@ fn check_cut(rec: &Recording, at: u64, cut_seed: u64) -> std::result::Result<(),
         .map_or(0, |s| s.start);
     Err(format!(
         "the recovered volume matches no state from op {oldest} to op {newest}:\n{}\n\
+         staged records replayed: {}\n\
+         data losses recorded: {losses}\n\
          operations:\n{}\ndevice events from op {oldest} to the cut:\n  {}",
         why.join("\n"),
+        replayed.join(", "),
         ops.join("\n"),
         all_events(rec, around, at).join("\n  ")
     ))
@@ -1050,7 +1136,7 @@ fn cut_seed(seed: u64, at: u64, variant: u64) -> u64 {
 /// Checks workload `seed` cut before every event it recorded, `variants` times each (different
 /// choices of what the device kept), or only the cut `only` (event, variant). Returns the
 /// number of cuts checked; panics with the seed and the cut on a failure.
-fn run_seed(seed: u64, variants: u64, only: Option<(u64, u64)>) -> usize {
+fn run_seed(seed: u64, variants: u64, only: Option<(u64, u64)>, mode: Unflushed) -> usize {
     let rec = record(seed);
     let first = rec.steps.first().map_or(1, |s| s.start);
     let last = rec.clock.load(Ordering::SeqCst);
@@ -1074,7 +1160,7 @@ fn run_seed(seed: u64, variants: u64, only: Option<(u64, u64)>) -> usize {
     );
     for &(at, variant) in &points {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            check_cut(&rec, at, cut_seed(seed, at, variant))
+            check_cut(&rec, at, cut_seed(seed, at, variant), mode)
         }));
         let failure = match outcome {
             Ok(Ok(())) => None,
@@ -1105,6 +1191,10 @@ fn run_seed(seed: u64, variants: u64, only: Option<(u64, u64)>) -> usize {
 fn every_cut(name: &str, ops: &[Op], cut_seeds: u64) {
     let rec = record_ops(1, Some(ops));
     if std::env::var("SPOOLFS_POWERCUT_TRACE").is_ok() {
+        eprintln!("before the first operation:");
+        for e in all_events(&rec, 0, rec.steps.first().map_or(0, |s| s.start)) {
+            eprintln!("    {e}");
+        }
         for s in &rec.steps {
             eprintln!("{:?} [{}..{})", s.op, s.start, s.end);
             for e in rec.device.describe(s.start, s.end) {
@@ -1116,7 +1206,7 @@ fn every_cut(name: &str, ops: &[Op], cut_seeds: u64) {
     let last = rec.clock.load(Ordering::SeqCst);
     for at in first..=last {
         for k in 0..cut_seeds {
-            if let Err(why) = check_cut(&rec, at, k) {
+            if let Err(why) = check_cut(&rec, at, k, unflushed_mode()) {
                 panic!("{name}: cut before event {at} (of {last}), cut seed {k}:\n{why}");
             }
         }
@@ -1150,18 +1240,27 @@ fn fsync_after_close_makes_the_closed_data_durable() {
     every_cut("fsync after close", &ops, 8);
 }
 
+/// What the simulated device keeps of unflushed writes: in order (the default, the CI run), or
+/// any subset (`SPOOLFS_POWERCUT_UNFLUSHED=any`, see `powercut_any_order`).
+fn unflushed_mode() -> Unflushed {
+    match std::env::var("SPOOLFS_POWERCUT_UNFLUSHED").as_deref() {
+        Ok("any") => Unflushed::AnySubset,
+        _ => Unflushed::InOrder,
+    }
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Runs workload seeds from `first_seed` on, `variants` cuts before each of their events,
 /// until `seeds` seeds or `points` cuts are done.
-fn campaign(first_seed: u64, seeds: Option<u64>, points: usize, variants: u64) {
+fn campaign(first_seed: u64, seeds: Option<u64>, points: usize, variants: u64, mode: Unflushed) {
     let started = Instant::now();
     let mut done = 0;
     let mut seed = first_seed;
     while done < points && seeds.is_none_or(|n| seed < first_seed + n) {
-        done += run_seed(seed, variants, None);
+        done += run_seed(seed, variants, None, mode);
         seed += 1;
     }
     eprintln!(
@@ -1179,12 +1278,24 @@ fn powercut() {
     let seed = env_u64("SPOOLFS_POWERCUT_SEED");
     if let (Some(seed), Some(at)) = (seed, env_u64("SPOOLFS_POWERCUT_CUT")) {
         let variant = env_u64("SPOOLFS_POWERCUT_VARIANT").unwrap_or(0);
-        run_seed(seed, 1, Some((at, variant)));
+        run_seed(seed, 1, Some((at, variant)), unflushed_mode());
         return;
     }
     match env_u64("SPOOLFS_POWERCUT_POINTS") {
-        Some(points) => campaign(seed.unwrap_or(1), None, points as usize, 2),
-        None => campaign(seed.unwrap_or(1), Some(CI_SEEDS), usize::MAX, 1),
+        Some(points) => campaign(
+            seed.unwrap_or(1),
+            None,
+            points as usize,
+            2,
+            unflushed_mode(),
+        ),
+        None => campaign(
+            seed.unwrap_or(1),
+            Some(CI_SEEDS),
+            usize::MAX,
+            1,
+            unflushed_mode(),
+        ),
     }
 }
 
@@ -1194,5 +1305,15 @@ fn powercut() {
 #[ignore]
 fn powercut_campaign() {
     let first = env_u64("SPOOLFS_POWERCUT_SEED").unwrap_or(1000);
-    campaign(first, None, 100_000, 2);
+    campaign(first, None, 100_000, 2, unflushed_mode());
+}
+
+/// The CI run's workloads on a device that keeps any subset of unflushed writes, not a prefix
+/// of them. Ignored: replay takes a lost unflushed record followed by a kept one for damage
+/// in the middle of the log, and then reads a slice lost that way as a missing object (`EIO`)
+/// instead of zeros (workload seed 4, cut 47).
+#[test]
+#[ignore]
+fn powercut_any_order() {
+    campaign(1, Some(CI_SEEDS), usize::MAX, 1, Unflushed::AnySubset);
 }

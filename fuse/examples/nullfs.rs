@@ -21,6 +21,7 @@ use fuser::{
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, Session, SessionACL,
     TimeOrNow, WriteFlags,
 };
+use spoolfs_fuse::{MAX_WRITE_BYTES, ask_request_sizes, block_termination_signals};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,10 +34,6 @@ const NULL_INO: u64 = 2;
 const NULL_NAME: &str = "null";
 /// The size `null` reports: 1 TiB, larger than any benchmark file.
 const NULL_SIZE_BYTES: u64 = 1 << 40;
-/// The largest write request asked of the kernel (as spoolfs asks).
-const MAX_WRITE_BYTES: u32 = 1 << 20;
-const MAX_READAHEAD_BYTES: u32 = 1 << 20;
-const MAX_BACKGROUND: u16 = 64;
 /// FUSE threads (as `spoolfs mount` defaults to).
 const FUSE_THREADS: usize = 2;
 /// Attribute and entry cache lifetime (as `spoolfs mount` defaults to).
@@ -80,13 +77,8 @@ impl NullFs {
 
 impl Filesystem for NullFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
-            let _ = config.set_max_write(max);
-        }
-        if let Err(max) = config.set_max_readahead(MAX_READAHEAD_BYTES) {
-            let _ = config.set_max_readahead(max);
-        }
-        let _ = config.set_max_background(MAX_BACKGROUND);
+        // The request sizes spoolfs asks for.
+        ask_request_sizes(config);
         // The same request-shaping capabilities spoolfs asks for; a missing one is skipped.
         for flag in [
             InitFlags::FUSE_ASYNC_READ,
@@ -268,21 +260,6 @@ impl Filesystem for NullFs {
         reply: ReplyEmpty,
     ) {
         reply.ok();
-    }
-}
-
-/// Blocks the termination signals in this thread and in every thread started after it, so
-/// that only the signal thread (sigwait) receives them.
-fn block_termination_signals() -> libc::sigset_t {
-    // SAFETY: plain signal-set manipulation on a local, initialised set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
     }
 }
 

@@ -21,7 +21,7 @@ use crate::stats::{self, Op};
 use tracing::{debug, error, info, warn};
 
 /// The largest write (and read) request we ask the kernel for.
-const MAX_WRITE_BYTES: u32 = 1 << 20;
+pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 /// How much the kernel may read ahead of a sequential reader.
 const MAX_READAHEAD_BYTES: u32 = 1 << 20;
 /// Pending background requests (readahead, async reads) the kernel may queue.
@@ -133,6 +133,16 @@ impl SpoolFs {
 
     /// Runs the engine call of one FUSE request of kind `op`, counted and timed in the
     /// metrics (see [`crate::stats`]).
+    /// Runs one engine call with no result and answers the kernel with its outcome.
+    fn reply_empty(
+        &self,
+        reply: ReplyEmpty,
+        op: Op,
+        f: impl FnOnce(&Engine) -> Result<(), FsError>,
+    ) {
+        reply_empty(reply, self.call(op, f));
+    }
+
     fn call<T>(&self, op: Op, f: impl FnOnce(&Engine) -> Result<T, FsError>) -> Result<T, Errno> {
         let started = stats::start();
         let r = self.call_untimed(op.name(), f);
@@ -320,6 +330,18 @@ fn placeholder_dir_attr(ino: u64) -> FileAttr {
 }
 
 /// Asks for one capability; one the kernel lacks is skipped, not an error.
+/// Asks the kernel for the request sizes spoolfs serves best ([`MAX_WRITE_BYTES`] writes, the
+/// readahead and background queue), or the largest it allows.
+pub fn ask_request_sizes(config: &mut KernelConfig) {
+    if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
+        let _ = config.set_max_write(max);
+    }
+    if let Err(max) = config.set_max_readahead(MAX_READAHEAD_BYTES) {
+        let _ = config.set_max_readahead(max);
+    }
+    let _ = config.set_max_background(MAX_BACKGROUND);
+}
+
 fn want(config: &mut KernelConfig, flag: InitFlags, name: &str) {
     if config.add_capabilities(flag).is_err() {
         debug!("kernel does not support {name}");
@@ -328,13 +350,7 @@ fn want(config: &mut KernelConfig, flag: InitFlags, name: &str) {
 
 impl Filesystem for SpoolFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
-            let _ = config.set_max_write(max);
-        }
-        if let Err(max) = config.set_max_readahead(MAX_READAHEAD_BYTES) {
-            let _ = config.set_max_readahead(max);
-        }
-        let _ = config.set_max_background(MAX_BACKGROUND);
+        ask_request_sizes(config);
         want(config, InitFlags::FUSE_ASYNC_READ, "FUSE_ASYNC_READ");
         want(config, InitFlags::FUSE_BIG_WRITES, "FUSE_BIG_WRITES");
         want(config, InitFlags::FUSE_MAX_PAGES, "FUSE_MAX_PAGES");
@@ -520,21 +536,15 @@ impl Filesystem for SpoolFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(
-            reply,
-            self.call(Op::Unlink, |e| {
-                e.unlink(&caller(req), parent.0, name.as_bytes())
-            }),
-        );
+        self.reply_empty(reply, Op::Unlink, |e| {
+            e.unlink(&caller(req), parent.0, name.as_bytes())
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(
-            reply,
-            self.call(Op::Rmdir, |e| {
-                e.rmdir(&caller(req), parent.0, name.as_bytes())
-            }),
-        );
+        self.reply_empty(reply, Op::Rmdir, |e| {
+            e.rmdir(&caller(req), parent.0, name.as_bytes())
+        });
     }
 
     fn symlink(
@@ -666,7 +676,7 @@ impl Filesystem for SpoolFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.call(Op::Flush, |e| e.flush(ino.0, fh.0)));
+        self.reply_empty(reply, Op::Flush, |e| e.flush(ino.0, fh.0));
     }
 
     fn release(
@@ -680,7 +690,7 @@ impl Filesystem for SpoolFs {
         reply: ReplyEmpty,
     ) {
         self.release_passthrough(fh.0);
-        reply_empty(reply, self.call(Op::Release, |e| e.release(ino.0, fh.0)));
+        self.reply_empty(reply, Op::Release, |e| e.release(ino.0, fh.0));
     }
 
     fn fsync(
@@ -691,10 +701,7 @@ impl Filesystem for SpoolFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            reply,
-            self.call(Op::Fsync, |e| e.fsync(ino.0, fh.0, datasync)),
-        );
+        self.reply_empty(reply, Op::Fsync, |e| e.fsync(ino.0, fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -805,10 +812,7 @@ impl Filesystem for SpoolFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            reply,
-            self.call(Op::Releasedir, |e| e.releasedir(ino.0, fh.0)),
-        );
+        self.reply_empty(reply, Op::Releasedir, |e| e.releasedir(ino.0, fh.0));
     }
 
     fn fsyncdir(
@@ -819,7 +823,7 @@ impl Filesystem for SpoolFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.call(Op::Fsyncdir, |e| e.fsyncdir(ino.0)));
+        self.reply_empty(reply, Op::Fsyncdir, |e| e.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -880,12 +884,9 @@ impl Filesystem for SpoolFs {
         if self.acl_refused(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
-        reply_empty(
-            reply,
-            self.call(Op::Removexattr, |e| {
-                e.removexattr(&caller(req), ino.0, name.as_bytes())
-            }),
-        );
+        self.reply_empty(reply, Op::Removexattr, |e| {
+            e.removexattr(&caller(req), ino.0, name.as_bytes())
+        });
     }
 
     fn create(
@@ -923,12 +924,9 @@ impl Filesystem for SpoolFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            reply,
-            self.call(Op::Fallocate, |e| {
-                e.fallocate(&caller(req), ino.0, fh.0, offset, length, mode)
-            }),
-        );
+        self.reply_empty(reply, Op::Fallocate, |e| {
+            e.fallocate(&caller(req), ino.0, fh.0, offset, length, mode)
+        });
     }
 
     // The requests below have no meaning for spoolfs. fuser's defaults answer them too, but

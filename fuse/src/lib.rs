@@ -7,17 +7,21 @@
 //!
 //! - [`SpoolFs`]: the `fuser::Filesystem` implementation.
 //! - [`MountOptions`], [`FuseSession`], [`mount_foreground`], [`mount_background`]: mounting.
+//! - [`ask_request_sizes`], [`block_termination_signals`]: what every FUSE server here does
+//!   alike (the `nullfs` example too).
 //! - [`stats`]: per-operation request counts and latencies for the metrics.
 //! - [`check_mount_point`]: the checks made before mounting (exists, directory, empty, not
 //!   already a mount point).
 
 mod fs;
 mod mount;
+mod signals;
 pub mod stats;
 
-pub use fs::{SpoolFs, panic_message};
+pub use fs::{MAX_WRITE_BYTES, SpoolFs, ask_request_sizes, panic_message};
 pub use mount::{
     BackgroundMount, FuseSession, MountEntry, MountError, MountOptions, Unmounter,
     check_mount_point, is_mount_point, mount_background, mount_foreground, parse_mountinfo,
     read_mountinfo,
 };
+pub use signals::block_termination_signals;

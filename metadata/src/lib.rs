@@ -101,6 +101,14 @@ pub trait KvRead {
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Keys in `[start, end)` in reverse order (the last first), at most `limit` of them.
     fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Says which keys and which whole ranges `[start, end)` the transaction is about to read,
+    /// so that a store across a network fetches them all in one round trip; later reads of
+    /// them are served from what was fetched. Reads return the same with or without it; a
+    /// local store ignores it.
+    fn prefetch(&self, keys: &[&[u8]], ranges: &[(&[u8], &[u8])]) -> Result<()> {
+        let _ = (keys, ranges);
+        Ok(())
+    }
 }
 
 /// Reads and writes inside a write transaction.
@@ -423,6 +431,31 @@ mod tests {
             })
             .unwrap();
         assert_eq!(rt(store.as_ref()) - before, 1, "a view of one read");
+
+        // Prefetched keys and ranges cost one round trip together; reads of them none, and
+        // they read as without the prefetch (absent keys too, own writes on top).
+        let before = rt(store.as_ref());
+        store
+            .update(Durability::Visible, &mut |t| {
+                t.put(&[b's', 6], b"mine")?;
+                t.prefetch(&[b"x", b"absent"], &[(b"s", b"t")])?;
+                assert_eq!(t.get(b"x")?.as_deref(), Some(&b"2"[..]));
+                assert_eq!(t.get(b"absent")?, None);
+                assert_eq!(t.get(&[b's', 9])?.as_deref(), Some(&[9u8][..]));
+                assert_eq!(t.get(&[b's', 99])?, None);
+                let first: Vec<u8> = t.scan(b"s", b"t", 3)?.iter().map(|(k, _)| k[1]).collect();
+                assert_eq!(first, vec![0, 1, 2]);
+                assert_eq!(t.scan(&[b's', 6], b"t", 1)?[0].1, b"mine".to_vec());
+                let last = t.scan_back(b"s", &[b's', 10], 1)?;
+                assert_eq!(last, vec![(vec![b's', 9], vec![9u8])]);
+                t.delete(b"x")
+            })
+            .unwrap();
+        assert_eq!(
+            rt(store.as_ref()) - before,
+            2,
+            "prefetch, then write and commit"
+        );
     }
 
     #[test]

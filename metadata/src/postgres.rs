@@ -8,6 +8,9 @@
 //!
 //! How a transaction maps to round trips:
 //! - `BEGIN` is sent with the first read (pipelined), so a read costs one round trip.
+//! - [`KvRead::prefetch`] fetches the keys and ranges a transaction is about to read in one
+//!   round trip (one statement for the keys, one per range, pipelined); reads of them are then
+//!   served from the transaction's own copy.
 //! - Writes (`put`, `delete`) are buffered in the transaction (its reads see them) and sent at
 //!   commit, pipelined with `COMMIT`: one multi-row upsert, one multi-key delete, `COMMIT`,
 //!   all in one round trip.
@@ -71,6 +74,7 @@ pub enum SchemaMode {
 
 struct Statements {
     get: Statement,
+    get_many: Statement,
     scan: Statement,
     scan_back: Statement,
     upsert: Statement,
@@ -374,8 +378,9 @@ impl PgStore {
     fn connect(&self) -> Result<Conn> {
         let client = self.connect_client()?;
         let stmts = self.runtime.block_on(async {
-            let (get, scan, scan_back, upsert, delete) = futures::join!(
+            let (get, get_many, scan, scan_back, upsert, delete) = futures::join!(
                 client.prepare("SELECT v FROM spoolfs_kv WHERE k = $1"),
+                client.prepare("SELECT k, v FROM spoolfs_kv WHERE k = ANY($1::BYTEA[])"),
                 client.prepare(
                     "SELECT k, v FROM spoolfs_kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3"
                 ),
@@ -390,6 +395,7 @@ impl PgStore {
             );
             Ok::<_, tokio_postgres::Error>(Statements {
                 get: get?,
+                get_many: get_many?,
                 scan: scan?,
                 scan_back: scan_back?,
                 upsert: upsert?,
@@ -449,6 +455,7 @@ impl PgStore {
                 begin,
                 began: Cell::new(false),
                 writes: BTreeMap::new(),
+                fetched: RefCell::new(Fetched::default()),
                 failure: RefCell::new(None),
             };
             let result = f(&mut txn).and_then(|()| txn.finish());
@@ -497,6 +504,53 @@ fn backoff(attempt: u32) -> Duration {
 /// Committed changes of a transaction not yet sent: `Some` is a put, `None` a delete.
 type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// What a transaction has prefetched: stored values of keys (`None`: no such key) and the
+/// ranges whose every stored row is in `values`.
+#[derive(Default)]
+struct Fetched {
+    values: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Fetched {
+    fn covers(&self, start: &[u8], end: &[u8]) -> bool {
+        self.ranges
+            .iter()
+            .any(|(s, e)| s.as_slice() <= start && end <= e.as_slice())
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if let Some(v) = self.values.get(key) {
+            return Some(v.clone());
+        }
+        let mut end = key.to_vec();
+        end.push(0);
+        self.covers(key, &end).then_some(None)
+    }
+
+    /// Stored rows of a covered range, in order (or reverse), at most `limit`.
+    fn rows(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        backwards: bool,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let range = self
+            .values
+            .range::<[u8], _>((
+                std::ops::Bound::Included(start),
+                std::ops::Bound::Excluded(end),
+            ))
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())));
+        if backwards {
+            range.rev().take(limit).collect()
+        } else {
+            range.take(limit).collect()
+        }
+    }
+}
+
 struct PgTxn<'a> {
     store: &'a PgStore,
     conn: &'a Conn,
@@ -504,6 +558,7 @@ struct PgTxn<'a> {
     /// `BEGIN` has been sent.
     began: Cell<bool>,
     writes: Writes,
+    fetched: RefCell<Fetched>,
     /// The first failure of a statement: the transaction is dead on the server.
     failure: RefCell<Option<Failure>>,
 }
@@ -561,16 +616,24 @@ impl PgTxn<'_> {
         // Every buffered delete may hide one stored row: ask for that many more.
         let deletes = own.iter().filter(|(_, v)| v.is_none()).count();
         let want = (limit.saturating_add(deletes)).min(i64::MAX as usize) as i64;
-        let stmt = if backwards {
-            &self.conn.stmts.scan_back
+        let fetched = self.fetched.borrow();
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = if fetched.covers(start, end) {
+            fetched
+                .rows(start, end, want as usize, backwards)
+                .into_iter()
+                .collect()
         } else {
-            &self.conn.stmts.scan
+            drop(fetched);
+            let stmt = if backwards {
+                &self.conn.stmts.scan_back
+            } else {
+                &self.conn.stmts.scan
+            };
+            let rows = self.round_trip(self.conn.client.query(stmt, &[&start, &end, &want]))?;
+            rows.into_iter()
+                .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                .collect()
         };
-        let rows = self.round_trip(self.conn.client.query(stmt, &[&start, &end, &want]))?;
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = rows
-            .into_iter()
-            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
-            .collect();
         // Stored rows past the last one fetched are unknown: own puts beyond it must not
         // overtake them.
         let fetched_all = (merged.len() as i64) < want;
@@ -693,6 +756,9 @@ impl KvRead for PgTxn<'_> {
         if let Some(v) = self.writes.get(key) {
             return Ok(v.clone());
         }
+        if let Some(v) = self.fetched.borrow().get(key) {
+            return Ok(v);
+        }
         let row = self.round_trip(self.conn.client.query_opt(&self.conn.stmts.get, &[&key]))?;
         Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
     }
@@ -701,6 +767,65 @@ impl KvRead for PgTxn<'_> {
     }
     fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.scan_dir(start, end, limit, true)
+    }
+    fn prefetch(&self, keys: &[&[u8]], ranges: &[(&[u8], &[u8])]) -> Result<()> {
+        // Only what is neither written by the transaction nor fetched already.
+        let (keys, ranges) = {
+            let fetched = self.fetched.borrow();
+            let keys: Vec<&[u8]> = keys
+                .iter()
+                .copied()
+                .filter(|k| !self.writes.contains_key(*k) && fetched.get(k).is_none())
+                .collect();
+            let ranges: Vec<(&[u8], &[u8])> = ranges
+                .iter()
+                .copied()
+                .filter(|(s, e)| s < e && !fetched.covers(s, e))
+                .collect();
+            (keys, ranges)
+        };
+        if keys.is_empty() && ranges.is_empty() {
+            return Ok(());
+        }
+        let client = &self.conn.client;
+        let all = i64::MAX;
+        type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+        let key_params: [Param; 1] = [&keys];
+        let range_params: Vec<[Param; 3]> = ranges
+            .iter()
+            .map(|(s, e)| [s as Param, e as Param, &all as Param])
+            .collect();
+        let by_key: OptionFuture<_> = (!keys.is_empty())
+            .then(|| client.query(&self.conn.stmts.get_many, &key_params))
+            .into();
+        let by_range = futures::future::join_all(
+            range_params
+                .iter()
+                .map(|p| client.query(&self.conn.stmts.scan, p)),
+        );
+        let (key_rows, range_rows) = self.round_trip(async {
+            let (k, r) = futures::join!(by_key, by_range);
+            let k = k.transpose()?;
+            let r = r.into_iter().collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok((k, r))
+        })?;
+        let mut fetched = self.fetched.borrow_mut();
+        for k in &keys {
+            fetched.values.insert(k.to_vec(), None);
+        }
+        for row in key_rows
+            .into_iter()
+            .flatten()
+            .chain(range_rows.into_iter().flatten())
+        {
+            fetched
+                .values
+                .insert(row.get::<_, Vec<u8>>(0), Some(row.get::<_, Vec<u8>>(1)));
+        }
+        fetched
+            .ranges
+            .extend(ranges.iter().map(|(s, e)| (s.to_vec(), e.to_vec())));
+        Ok(())
     }
 }
 

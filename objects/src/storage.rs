@@ -51,6 +51,12 @@ pub struct ObjectStorage {
     check_timeout: Duration,
     /// What the start-up check needs to explain an S3 refusal; `None` for other stores.
     s3: Option<S3Facts>,
+    /// A `file://` store's directory: a PUT returns only once the object file, its name and
+    /// any directory made for it are synced, as an object store's PUT is durable when it
+    /// returns (the staged copy of the data is freed after it).
+    local_root: Option<std::path::PathBuf>,
+    /// Objects synced that way (tests).
+    local_syncs: std::sync::atomic::AtomicU64,
 }
 
 /// How S3 requests name the bucket.
@@ -322,6 +328,7 @@ impl ObjectStorage {
             .build()
             .map_err(|e| StorageError::Config(format!("cannot start I/O runtime: {e}")))?;
         let mut s3_facts = None;
+        let mut local_root = None;
         let (store, prefix, describe): (Arc<dyn ObjectStore>, String, String) = match url.scheme() {
             "file" => {
                 let dir = url.path();
@@ -332,6 +339,7 @@ impl ObjectStorage {
                     .map_err(|e| bad(format!("cannot create directory {dir}: {e}")))?;
                 let fs = LocalFileSystem::new_with_prefix(dir)
                     .map_err(|e| bad(format!("cannot open directory {dir}: {e}")))?;
+                local_root = Some(std::path::PathBuf::from(dir));
                 (Arc::new(fs), String::new(), format!("file://{dir}"))
             }
             "memory" => (
@@ -429,6 +437,8 @@ impl ObjectStorage {
             runtime,
             check_timeout: config.check_timeout.unwrap_or(Duration::from_secs(15)),
             s3: s3_facts,
+            local_root,
+            local_syncs: Default::default(),
         })
     }
 
@@ -446,6 +456,8 @@ impl ObjectStorage {
             runtime,
             check_timeout: Duration::from_secs(15),
             s3: None,
+            local_root: None,
+            local_syncs: Default::default(),
         })
     }
 
@@ -469,35 +481,72 @@ impl ObjectStorage {
             .runtime
             .block_on(self.store.put(&path, data.into()))
             .map(|_| ())
-            .map_err(|e| map_err(key, e));
+            .map_err(|e| map_err(key, e))
+            .and_then(|_| self.sync_local(key));
         observe("put", start, &r, Some(len));
         r
+    }
+
+    /// Objects a `file://` store has synced since it was opened (0 for other stores).
+    pub fn local_syncs(&self) -> u64 {
+        self.local_syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// For a `file://` store: syncs the object's file, then each directory from its own up
+    /// to the store's (the rename that put it in place, and any directory made for it).
+    fn sync_local(&self, key: &str) -> Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(key);
+        let failed = |what: &std::path::Path, e: std::io::Error| StorageError::Unavailable {
+            detail: format!("cannot sync {}: {e}", what.display()),
+        };
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| failed(&file, e))?;
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            std::fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| failed(d, e))?;
+            if d == root.as_path() {
+                break;
+            }
+            dir = d.parent();
+        }
+        self.local_syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Puts many objects with at most `concurrency` requests in flight; the first error wins.
     pub fn put_many(&self, objects: Vec<(String, Bytes)>, concurrency: usize) -> Result<()> {
         let store = &self.store;
         let this = self;
-        self.runtime.block_on(async move {
-            let mut puts =
-                futures::stream::iter(objects.into_iter().map(|(key, data)| async move {
-                    let path = this.path(&key);
-                    let len = data.len() as u64;
-                    let start = Instant::now();
-                    let r = store
-                        .put(&path, data.into())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| map_err(&key, e));
-                    observe("put", start, &r, Some(len));
-                    r
-                }))
-                .buffer_unordered(concurrency.max(1));
-            while let Some(result) = puts.next().await {
-                result?;
-            }
-            Ok(())
-        })
+        self.runtime
+            .block_on(async move {
+                let mut puts =
+                    futures::stream::iter(objects.into_iter().map(|(key, data)| async move {
+                        let path = this.path(&key);
+                        let len = data.len() as u64;
+                        let start = Instant::now();
+                        let r = store
+                            .put(&path, data.into())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| map_err(&key, e));
+                        observe("put", start, &r, Some(len));
+                        r.map(|_| key)
+                    }))
+                    .buffer_unordered(concurrency.max(1));
+                let mut done = Vec::new();
+                while let Some(result) = puts.next().await {
+                    done.push(result?);
+                }
+                Ok(done)
+            })
+            .and_then(|done| done.iter().try_for_each(|key| self.sync_local(key)))
     }
 
     /// Puts only if no object has the key; `AlreadyExists` otherwise.
@@ -513,7 +562,8 @@ impl ObjectStorage {
             .runtime
             .block_on(self.store.put_opts(&path, data.into(), opts))
             .map(|_| ())
-            .map_err(|e| map_err(key, e));
+            .map_err(|e| map_err(key, e))
+            .and_then(|_| self.sync_local(key));
         observe("put", start, &r, Some(len));
         r
     }
@@ -619,23 +669,10 @@ impl ObjectStorage {
 
     /// Keys (relative to the volume prefix) that start with `prefix`.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let root = self.path(prefix);
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
         let start = Instant::now();
-        let r = self.runtime.block_on(async {
-            let mut out = Vec::new();
-            let mut stream = self.store.list(Some(&root));
-            while let Some(item) = stream.next().await {
-                let meta = item.map_err(|e| map_err(prefix, e))?;
-                let key = meta.location.to_string();
-                out.push(key.strip_prefix(&strip).unwrap_or(&key).to_string());
-            }
-            Ok(out)
-        });
+        let r = self
+            .list_detailed(prefix)
+            .map(|objects| objects.into_iter().map(|o| o.key).collect());
         observe("list", start, &r, None);
         r
     }
@@ -745,6 +782,33 @@ mod tests {
         })
         .unwrap();
         (dir, s)
+    }
+
+    /// A `file://` PUT returns once the object is synced (file, its name, its new
+    /// directories): the staged copy of the data is freed after it, so a power cut must not
+    /// take the object back.
+    #[test]
+    fn local_store_puts_are_synced() {
+        let (_dir, s) = local_store();
+        s.put("a/b/one", Bytes::from_static(b"1")).unwrap();
+        assert_eq!(s.local_syncs(), 1);
+        s.put_many(
+            (0..5)
+                .map(|i| {
+                    (
+                        format!("packs/0/0/{i}.pack"),
+                        Bytes::from(vec![i as u8; 100]),
+                    )
+                })
+                .collect(),
+            3,
+        )
+        .unwrap();
+        assert_eq!(s.local_syncs(), 6);
+        s.put_if_absent("c", Bytes::from_static(b"2")).unwrap();
+        assert_eq!(s.local_syncs(), 7);
+        assert!(s.put_if_absent("c", Bytes::from_static(b"3")).is_err());
+        assert_eq!(s.local_syncs(), 7, "a refused PUT syncs nothing");
     }
 
     #[test]

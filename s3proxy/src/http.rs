@@ -197,6 +197,26 @@ pub fn read_body(r: &mut impl BufRead, framing: Framing) -> io::Result<Vec<u8>> 
 
 /// Copies a body in its framing from `r` to `w`, byte for byte; at most `limit` bytes of data.
 /// Returns the number of bytes written.
+/// Reads one line (at most `max` bytes) into `line` and writes it on; returns its length. The
+/// connection closing first is an error that says `where` it closed.
+fn relay_line(
+    r: &mut impl BufRead,
+    w: &mut impl Write,
+    line: &mut Vec<u8>,
+    max: usize,
+    place: &str,
+) -> io::Result<u64> {
+    line.clear();
+    if read_line_raw(r, line, max)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("connection closed {place}"),
+        ));
+    }
+    w.write_all(line)?;
+    Ok(line.len() as u64)
+}
+
 pub fn copy_body(
     r: &mut impl BufRead,
     w: &mut impl Write,
@@ -217,15 +237,7 @@ pub fn copy_body(
             let mut data = 0u64;
             let mut line = Vec::new();
             loop {
-                line.clear();
-                if read_line_raw(r, &mut line, 4096)? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed before the last chunk",
-                    ));
-                }
-                w.write_all(&line)?;
-                total += line.len() as u64;
+                total += relay_line(r, w, &mut line, 4096, "before the last chunk")?;
                 let text = String::from_utf8_lossy(&line);
                 let size_text = text.split(';').next().unwrap_or("").trim();
                 let size = u64::from_str_radix(size_text, 16)
@@ -233,15 +245,7 @@ pub fn copy_body(
                 if size == 0 {
                     // Trailer section, up to an empty line.
                     loop {
-                        line.clear();
-                        if read_line_raw(r, &mut line, 8192)? == 0 {
-                            return Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "connection closed in the chunked trailer",
-                            ));
-                        }
-                        w.write_all(&line)?;
-                        total += line.len() as u64;
+                        total += relay_line(r, w, &mut line, 8192, "in the chunked trailer")?;
                         if line == b"\r\n" || line == b"\n" {
                             return Ok(total);
                         }

@@ -403,16 +403,7 @@ fn quickack(s: &TcpStream) {
     {
         use std::os::fd::AsRawFd;
         let one: libc::c_int = 1;
-        // SAFETY: a valid socket and a c_int option of the right size.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        set_socket_option(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_QUICKACK, &one);
     }
     #[cfg(not(target_os = "linux"))]
     let _ = s;
@@ -463,31 +454,30 @@ fn serve_connection(shared: &Shared, client: TcpStream) -> io::Result<()> {
             shared.injected[method.index()].fetch_add(1, Ordering::Relaxed);
         }
         match action {
-            Some(FaultAction::SlowDown) => {
+            Some(fault @ (FaultAction::SlowDown | FaultAction::InternalError)) => {
+                let (status, reason, code, message) = if fault == FaultAction::SlowDown {
+                    (
+                        503,
+                        "Slow Down",
+                        "SlowDown",
+                        "Please reduce your request rate.",
+                    )
+                } else {
+                    (
+                        500,
+                        "Internal Server Error",
+                        "InternalError",
+                        "We encountered an internal error. Please try again.",
+                    )
+                };
                 send_s3_error(
                     shared,
                     &mut writer,
                     &head,
-                    503,
-                    "Slow Down",
-                    "SlowDown",
-                    "Please reduce your request rate.",
-                    client_keep_alive,
-                )?;
-                if !client_keep_alive {
-                    return Ok(());
-                }
-                continue;
-            }
-            Some(FaultAction::InternalError) => {
-                send_s3_error(
-                    shared,
-                    &mut writer,
-                    &head,
-                    500,
-                    "Internal Server Error",
-                    "InternalError",
-                    "We encountered an internal error. Please try again.",
+                    status,
+                    reason,
+                    code,
+                    message,
                     client_keep_alive,
                 )?;
                 if !client_keep_alive {
@@ -667,18 +657,24 @@ fn reset(s: &TcpStream) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: setsockopt on a socket we own, with a pointer to a linger struct of the given size.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    set_socket_option(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger);
     // The RST goes out when the last descriptor of the socket is closed: the caller returns,
     // dropping its reader and writer, and the connection's registry entry goes right after.
+}
+
+/// setsockopt of one option whose value is a `T` (a `c_int`, a `linger`); failures are
+/// ignored, as every option set here only tunes the connection.
+fn set_socket_option<T>(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int, value: &T) {
+    // SAFETY: `value` points to a live `T` of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        );
+    }
 }
 
 #[cfg(test)]

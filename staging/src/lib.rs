@@ -132,9 +132,12 @@
 //! **Frees are not persisted.** Replay returns every valid record of each segment's current
 //! generation, including records freed since; the engine drops those its metadata says are
 //! already uploaded. Once every record of a full segment is freed, the segment gets a new
-//! generation (header rewritten and flushed) and its old records are invalid from then on.
+//! generation (header rewritten and flushed) and its old records are invalid from then on,
+//! after the recycle barrier ([`StagingLog::set_recycle_barrier`]) has made durable what
+//! freed them; while it fails, the segment keeps its records and is tried again later.
 //! At open, segments with no valid record are given a new generation at once; segments with
-//! records are kept, sealed, until all of them are freed again.
+//! records, or with damage, are kept, sealed, until all of them are freed again (and the
+//! damage released).
 
 mod buf;
 mod format;
@@ -161,8 +164,8 @@ use oneshot::RecvError;
 use parking_lot::Mutex;
 
 pub use io::FaultConfig;
-pub use segments::MAX_SEGMENTS;
-pub use sim::{CutPlan, CutReport, FlushScope, SimDevice};
+pub use segments::{MAX_SEGMENTS, RecycleBarrier};
+pub use sim::{CutPlan, CutReport, FlushScope, SimDevice, Unflushed};
 
 use buf::{BufPool, IoBuf, MAX_POOL_BUFFERS};
 use format::{PIECE_LEN, decode_record_header, record_header_len, record_size};
@@ -598,6 +601,7 @@ impl StagingLog {
             live_records: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
             broken: AtomicU64::new(0),
+            recycle_barrier: OnceLock::new(),
             #[cfg(debug_assertions)]
             live_set: Mutex::new(Default::default()),
         };
@@ -1101,6 +1105,16 @@ impl StagingLog {
     /// The direct-I/O alignment records use.
     pub fn alignment(&self) -> u64 {
         self.shared.align
+    }
+
+    /// Sets what must happen before a segment whose records were all freed gets a new header
+    /// (which destroys them): making durable the metadata changes that freed them (an
+    /// upload's commit, a dead slice's collection). Without it, a power cut after the header
+    /// but before those changes reached stable storage would bring back metadata pointing at
+    /// records that are gone. The barrier runs on the engine thread; when it fails, the
+    /// segment is left as it is and tried again later. Set once; later calls are ignored.
+    pub fn set_recycle_barrier(&self, barrier: segments::RecycleBarrier) {
+        let _ = self.shared.recycle_barrier.set(barrier);
     }
 
     /// Unreadable regions replay found in the middle of segments (see [`LogDamage`]).

@@ -16,6 +16,9 @@ use super::format::{SegmentHeader, segment_header_block};
 use super::io::SegmentFiles;
 use super::{StagingDurability, StagingError};
 
+/// Makes durable whatever freed a segment's records; an error leaves the segment alone.
+pub type RecycleBarrier = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Set in [`SegState::state`] once the owning thread has moved on to another segment.
 pub(crate) const SEALED: u64 = 1 << 63;
 /// Memory alignment of every I/O buffer (at least any `stx_dio_mem_align` seen in practice).
@@ -108,6 +111,9 @@ pub(crate) struct Shared {
     pub live_bytes: AtomicU64,
     /// Segments that could not be recycled (header write failed); never reused.
     pub broken: AtomicU64,
+    /// Called before a segment is given a new header (see
+    /// [`super::StagingLog::set_recycle_barrier`]).
+    pub recycle_barrier: OnceLock<RecycleBarrier>,
     /// Debug builds: the records handed out (appended and acknowledged, or replayed) and not
     /// freed yet, by (segment, offset). Whoever deletes a slice's `T` record frees its record,
     /// exactly once: a second free, or a free of a record never handed out, panics here.

@@ -14,7 +14,9 @@
 //!   ([`FlushScope::Device`], what ext4 and xfs do and what the staging log relies on), or
 //!   only the file's own writes ([`FlushScope::File`], what POSIX promises); a write made
 //!   with `RWF_DSYNC` survives. Of every other write, a seeded choice: lost, kept, or torn
-//!   (each 512-byte sector of it kept or lost on its own). Later writes land over earlier ones.
+//!   (each 512-byte sector of it kept or lost on its own), for each write on its own
+//!   ([`Unflushed::AnySubset`]) or up to a point in the order they were made
+//!   ([`Unflushed::InOrder`]). Later writes land over earlier ones.
 //! - **Unwritten space**: a sector that was never written *and then synced* reads as zeros
 //!   after the cut, whatever was written to it since: a preallocated (`fallocate`) or sparse
 //!   range converts to written only in file-system metadata that a sync makes durable. A
@@ -108,6 +110,20 @@ struct Recorder {
 pub struct CutPlan {
     pub at: u64,
     pub seed: u64,
+    /// What the device keeps of the writes no flush covered.
+    pub unflushed: Unflushed,
+}
+
+/// What a power cut keeps of the writes no flush covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unflushed {
+    /// Any subset, each write lost, kept or torn on its own (a volatile cache that writes
+    /// back in any order).
+    #[default]
+    AnySubset,
+    /// The writes up to a seeded point in the order they were made, the one at that point
+    /// torn, none after it (a device that writes back in order).
+    InOrder,
 }
 
 /// What a cut kept of what was not durable.
@@ -314,6 +330,7 @@ impl SimDevice {
                 } => {
                     if let Some(f) = files.get_mut(file) {
                         f.write(Pending {
+                            at: *at,
                             offset: *offset,
                             data: Some(data.clone()),
                             len: data.len() as u64,
@@ -324,6 +341,7 @@ impl SimDevice {
                 Event::Zero { file, offset, len } => {
                     if let Some(f) = files.get_mut(file) {
                         f.write(Pending {
+                            at: *at,
                             offset: *offset,
                             data: None,
                             len: *len,
@@ -370,9 +388,23 @@ impl SimDevice {
         let mut ids: Vec<FileId> = names.values().copied().collect();
         ids.sort_unstable();
         ids.dedup();
+        // In order: every unflushed write before a seeded one survives, that one is torn.
+        let torn_at = match plan.unflushed {
+            Unflushed::AnySubset => None,
+            Unflushed::InOrder => {
+                let mut ats: Vec<u64> = ids
+                    .iter()
+                    .filter_map(|id| files.get(id))
+                    .flat_map(|f| f.pending.iter().filter(|w| !w.durable).map(|w| w.at))
+                    .collect();
+                ats.sort_unstable();
+                let k = rng.below(ats.len() as u64 + 1) as usize;
+                Some(ats.get(k).copied().unwrap_or(u64::MAX))
+            }
+        };
         for id in ids {
             if let Some(f) = files.get(&id) {
-                contents.insert(id, f.after_cut(&mut rng, &mut report));
+                contents.insert(id, f.after_cut(&mut rng, &mut report, torn_at));
             }
         }
         for (path, id) in names {
@@ -417,6 +449,8 @@ impl NameOp {
 }
 
 struct Pending {
+    /// The event that made it.
+    at: u64,
     offset: u64,
     /// `None`: zeros.
     data: Option<Arc<[u8]>>,
@@ -511,7 +545,9 @@ impl SimFile {
         self.durable_size = self.size;
     }
 
-    fn after_cut(&self, rng: &mut Mix, report: &mut CutReport) -> Vec<u8> {
+    /// The contents after a cut; with `torn_at`, writes before that event survive, the one
+    /// made by it is torn and later ones are lost, else each is chosen on its own.
+    fn after_cut(&self, rng: &mut Mix, report: &mut CutReport, torn_at: Option<u64>) -> Vec<u8> {
         let size = if self.size == self.durable_size || rng.coin() {
             self.size
         } else {
@@ -521,7 +557,13 @@ impl SimFile {
         grow(&mut data, size as usize);
         data.truncate(size as usize);
         for w in &self.pending {
-            let choice = if w.durable { 1 } else { rng.below(3) };
+            let choice = match torn_at {
+                _ if w.durable => 1,
+                None => rng.below(3),
+                Some(t) if w.at < t => 1,
+                Some(t) if w.at == t => 2,
+                Some(_) => 0,
+            };
             match choice {
                 0 => report.writes_lost += 1,
                 1 => report.writes_kept += 1,
@@ -745,7 +787,11 @@ mod tests {
         d.write_at(&f, 1024, &[2u8; 2048]).unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for seed in 0..64 {
-            let (files, _) = d.power_cut(CutPlan { at: u64::MAX, seed });
+            let (files, _) = d.power_cut(CutPlan {
+                at: u64::MAX,
+                seed,
+                unflushed: Unflushed::AnySubset,
+            });
             let data = &files[Path::new("f")];
             assert_eq!(&data[..1024], &[1u8; 1024]);
             assert!(data[1024..3072].iter().all(|&b| b == 0 || b == 2));
@@ -760,6 +806,7 @@ mod tests {
         let (files, _) = d.power_cut(CutPlan {
             at: synced - 1,
             seed: 1,
+            unflushed: Unflushed::AnySubset,
         });
         let data = &files[Path::new("f")];
         assert!(data.iter().all(|&b| b == 0 || b == 1));
@@ -776,7 +823,11 @@ mod tests {
         d.sync_dir(dir.path()).unwrap();
         d.write_at(&f, 4096, &[9u8; 1024]).unwrap();
         for seed in 0..32 {
-            let (files, _) = d.power_cut(CutPlan { at: u64::MAX, seed });
+            let (files, _) = d.power_cut(CutPlan {
+                at: u64::MAX,
+                seed,
+                unflushed: Unflushed::AnySubset,
+            });
             let data = &files[Path::new("p")];
             assert_eq!(data.len(), 16 * SECTOR as usize);
             assert_eq!(&data[..512], &[7u8; 512]);
@@ -800,7 +851,11 @@ mod tests {
             d.sync(&fb).unwrap();
             let survived = (0..32)
                 .filter(|&seed| {
-                    let (files, _) = d.power_cut(CutPlan { at: u64::MAX, seed });
+                    let (files, _) = d.power_cut(CutPlan {
+                        at: u64::MAX,
+                        seed,
+                        unflushed: Unflushed::AnySubset,
+                    });
                     files[Path::new("a")][0] == 5
                 })
                 .count();
@@ -821,13 +876,21 @@ mod tests {
         d.rename(&tmp, &dir.path().join("a")).unwrap();
         let mut outcomes = std::collections::BTreeSet::new();
         for seed in 0..64 {
-            let (files, _) = d.power_cut(CutPlan { at: u64::MAX, seed });
+            let (files, _) = d.power_cut(CutPlan {
+                at: u64::MAX,
+                seed,
+                unflushed: Unflushed::AnySubset,
+            });
             outcomes.insert(files.keys().cloned().collect::<Vec<_>>());
         }
         assert!(outcomes.len() >= 2, "{outcomes:?}");
         d.sync_dir(dir.path()).unwrap();
         for seed in 0..16 {
-            let (files, _) = d.power_cut(CutPlan { at: u64::MAX, seed });
+            let (files, _) = d.power_cut(CutPlan {
+                at: u64::MAX,
+                seed,
+                unflushed: Unflushed::AnySubset,
+            });
             assert_eq!(files.keys().collect::<Vec<_>>(), vec![Path::new("a")]);
             assert_eq!(files[Path::new("a")], b"x");
         }

@@ -237,7 +237,10 @@ fn uring_failed_wait_reaps_every_completion_first() {
     use super::io::{IoBackend, UringBackend, WriteOp};
     use std::os::fd::AsRawFd;
     let Ok(mut ring) = UringBackend::new() else {
-        eprintln!("SKIPPED: io_uring is not available here");
+        spoolfs_testkit::not_applicable(
+            "uring_failed_wait_reaps_every_completion_first",
+            "io_uring is not available here (the psync backend is used instead)",
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -84,6 +84,9 @@ pub(crate) struct Worker {
     active: [Option<Active>; 2],
     /// Segments written since this thread's last flush.
     dirty: Vec<u32>,
+    /// Segments whose records are all freed but whose recycle barrier failed: tried again
+    /// after the next batch.
+    deferred: Vec<u32>,
 }
 
 impl Worker {
@@ -100,11 +103,29 @@ impl Worker {
             flush_mode,
             active: [None, None],
             dirty: Vec::new(),
+            deferred: Vec::new(),
         }
     }
 
     pub fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
+        loop {
+            let first = if self.deferred.is_empty() {
+                match self.rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            } else {
+                match self.rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                    Ok(r) => r,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        for segment in std::mem::take(&mut self.deferred) {
+                            self.recycle(segment);
+                        }
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -226,6 +247,9 @@ impl Worker {
         }
         for (segment, ranges, reply) in reads {
             let _ = reply.send(self.read(segment, ranges));
+        }
+        for segment in std::mem::take(&mut self.deferred) {
+            self.recycle(segment);
         }
         shutdown
     }
@@ -373,6 +397,19 @@ impl Worker {
     /// Writes a new generation into the segment header, makes it durable, frees the segment.
     /// The flush here means a later durable record never depends on an unflushed header.
     fn recycle(&mut self, segment: u32) {
+        if let Some(barrier) = self.shared.recycle_barrier.get()
+            && let Err(e) = barrier()
+        {
+            tracing::warn!(
+                segment,
+                error = %e,
+                "staging: what freed the segment's records is not durable yet; it keeps them"
+            );
+            if !self.deferred.contains(&segment) {
+                self.deferred.push(segment);
+            }
+            return;
+        }
         let generation = self.shared.next_gen.fetch_add(1, Ordering::SeqCst);
         let block = self.shared.header_block(segment, generation);
         let Some(fd) = self.shared.fd(segment) else {

@@ -175,15 +175,61 @@ pub fn fuse_available() -> bool {
         .is_ok()
 }
 
-/// Returns from the calling test (after a loud note on stderr) when FUSE cannot be used.
+/// Whether this run is CI (`CI=true`): CI provides everything a test needs (root,
+/// `/dev/fuse`, loop devices, PostgreSQL), so there a test that cannot run fails.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The file `tests/run.sh` gives every test process: one line per skipped test, counted at
+/// the end of the run.
+pub const SKIP_LOG_VAR: &str = "SPOOLFS_SKIP_LOG";
+
+/// Says that `test` cannot run on this machine, for the reason `why`; the caller returns at
+/// once. Under CI (see [`under_ci`]) this panics: the test fails instead of passing without
+/// checking anything. Elsewhere it prints a SKIPPED line and records the skip for the run's
+/// count.
+pub fn skip(test: &str, why: &str) {
+    let log = std::env::var_os(SKIP_LOG_VAR).map(std::path::PathBuf::from);
+    skip_with(under_ci(), log.as_deref(), "SKIPPED", test, why);
+}
+
+/// Says that `test` does not apply to this machine (its configuration rules out what the test
+/// checks, e.g. a setting only an administrator changes). Counted like a skip, never a failure.
+pub fn not_applicable(test: &str, why: &str) {
+    let log = std::env::var_os(SKIP_LOG_VAR).map(std::path::PathBuf::from);
+    skip_with(false, log.as_deref(), "NOT APPLICABLE", test, why);
+}
+
+fn skip_with(fail: bool, log: Option<&std::path::Path>, kind: &str, test: &str, why: &str) {
+    if fail {
+        panic!("{test} cannot run: {why} (CI=true: a test that cannot run fails)");
+    }
+    let line = format!("{kind}: {test}: {why}\n");
+    eprint!("{line}");
+    if let Some(log) = log {
+        use std::io::Write;
+        // One append of a whole line: test threads and processes share the file.
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("cannot record the skip in {}: {e}", log.display());
+        }
+    }
+}
+
+/// Returns from the calling test when FUSE cannot be used (see [`skip`]: under CI the test
+/// fails).
 #[macro_export]
 macro_rules! require_fuse {
     () => {
         if !$crate::fuse_available() {
-            eprintln!(
-                "SKIPPED: needs root and /dev/fuse ({} line {})",
-                module_path!(),
-                line!()
+            $crate::skip(
+                &format!("{} line {}", module_path!(), line!()),
+                "needs root and /dev/fuse",
             );
             return;
         }
@@ -220,6 +266,20 @@ mod tests {
         for i in 0..50 {
             mutate(&mut Rng::new(i), &[]);
         }
+    }
+
+    #[test]
+    fn a_skip_is_recorded_and_fails_under_ci() {
+        let dir = std::env::temp_dir().join(format!("spoolfs-skip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("skipped.log");
+        skip_with(false, Some(&log), "SKIPPED", "t1", "needs x");
+        skip_with(false, Some(&log), "NOT APPLICABLE", "t2", "y");
+        let text = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(text, "SKIPPED: t1: needs x\nNOT APPLICABLE: t2: y\n");
+        let under_ci = std::panic::catch_unwind(|| skip_with(true, None, "SKIPPED", "t3", "z"));
+        assert!(under_ci.is_err(), "a skip under CI did not fail the test");
     }
 
     #[test]

@@ -33,25 +33,18 @@ pub struct PgServer {
 static SERVER: OnceLock<Option<PgServer>> = OnceLock::new();
 static NEXT_DB: AtomicU64 = AtomicU64::new(0);
 
-/// The process's private server, started on first use; `None` (after a loud SKIPPED line)
-/// where PostgreSQL is not installed. Panics under `CI=true` instead of skipping, and when the
-/// server is installed but does not start.
+/// The process's private server, started on first use; `None` (the test is skipped, see
+/// [`crate::skip`]: under `CI=true` it fails) where PostgreSQL is not installed. Panics when
+/// the server is installed but does not start.
 pub fn server(test: &str) -> Option<&'static PgServer> {
-    let server = SERVER.get_or_init(|| {
-        let Some(bin) = find_bin() else {
-            let why = "PostgreSQL's initdb and pg_ctl were not found on PATH nor under \
-                       /usr/lib/postgresql/*/bin (Debian package `postgresql`; set \
-                       SPOOLFS_PG_BIN to their directory)";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true and {why}");
-            }
-            eprintln!("SKIPPED: {why}");
-            return None;
-        };
-        Some(PgServer::start(bin))
-    });
+    let server = SERVER.get_or_init(|| find_bin().map(PgServer::start));
     if server.is_none() {
-        eprintln!("SKIPPED: {test}: needs PostgreSQL");
+        crate::skip(
+            test,
+            "needs PostgreSQL: initdb and pg_ctl were not found on PATH nor under \
+             /usr/lib/postgresql/*/bin (Debian package `postgresql`; set SPOOLFS_PG_BIN to \
+             their directory)",
+        );
     }
     server.as_ref()
 }

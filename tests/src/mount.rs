@@ -582,3 +582,15 @@ impl Volume {
         }
     }
 }
+
+/// The lines of a mount's log that are warnings or errors, or that contain one of `needles`
+/// (empty needles match nothing).
+pub fn log_lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| {
+            l.contains("WARN")
+                || l.contains("ERROR")
+                || needles.iter().any(|n| !n.is_empty() && l.contains(n))
+        })
+        .collect()
+}

@@ -144,6 +144,19 @@ impl CmdOutput {
         self
     }
 
+    /// A `spoolfs sync --timeout` that ran out of time while the object store took no
+    /// uploads: it fails and says the data is still not in the object store.
+    pub fn assert_sync_timed_out(&self, what: &str) {
+        assert!(
+            !self.success(),
+            "{what}: sync --timeout succeeded while the store is down: {self}"
+        );
+        assert!(
+            self.stderr.contains("still not in the object store"),
+            "{what}: unclear sync failure: {self}"
+        );
+    }
+
     /// Asserts a clean failure: non-zero exit, something on stderr, no panic, and stderr
     /// (lower-cased) contains at least one of `phrases`.
     pub fn assert_clean_failure(&self, phrases: &[&str]) -> &Self {

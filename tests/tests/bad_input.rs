@@ -278,13 +278,21 @@ fn sigkill_after_close(backend: Backend) {
     m.kill9();
     assert_no_leftovers(&mp);
 
+    // What survives: kept.bin and one more file.
+    let assert_kept = |m: &Mount, (name, bytes): (&str, &[u8]), after: &str| {
+        assert_bytes_eq(
+            &fs::read(m.join("kept.bin")).unwrap(),
+            &data,
+            &format!("kept.bin after {after}"),
+        );
+        assert_eq!(
+            fs::read(m.join(name)).unwrap(),
+            bytes,
+            "{name} after {after}"
+        );
+    };
     let m = vol.mount_daemon();
-    assert_bytes_eq(
-        &fs::read(m.join("kept.bin")).unwrap(),
-        &data,
-        "kept.bin after SIGKILL",
-    );
-    assert_eq!(fs::read(m.join("dir/small")).unwrap(), b"small");
+    assert_kept(&m, ("dir/small", b"small"), "SIGKILL");
     fs::write(m.join("second.txt"), b"second").unwrap();
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
@@ -297,12 +305,7 @@ fn sigkill_after_close(backend: Backend) {
     );
 
     let m = vol.mount();
-    assert_bytes_eq(
-        &fs::read(m.join("kept.bin")).unwrap(),
-        &data,
-        "kept.bin after 2nd SIGKILL",
-    );
-    assert_eq!(fs::read(m.join("second.txt")).unwrap(), b"second");
+    assert_kept(&m, ("second.txt", b"second"), "2nd SIGKILL");
     m.unmount();
 }
 

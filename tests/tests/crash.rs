@@ -134,16 +134,7 @@ fn errno_str(e: i32) -> String {
 
 /// Log lines worth showing next to a failure: warnings, errors, replay and staging notes.
 fn interesting_log_lines(log: &str, needles: &[&str]) -> String {
-    let mut out: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            l.contains("WARN")
-                || l.contains("ERROR")
-                || l.contains("panicked")
-                || l.contains("replay")
-                || needles.iter().any(|n| !n.is_empty() && l.contains(n))
-        })
-        .collect();
+    let mut out = log_lines_with(log, &[&["panicked", "replay"], needles].concat());
     if out.len() > 80 {
         out.drain(..out.len() - 80);
     }
@@ -1674,14 +1665,7 @@ fn sync_waits_for_the_object_store() {
             .args(["--timeout", "2"]),
         Duration::from_secs(60),
     );
-    assert!(
-        !out.success(),
-        "sync returned success while the store is down: {out:?}"
-    );
-    assert!(
-        out.stderr.contains("still not in the object store"),
-        "unclear message: {out:?}"
-    );
+    out.assert_sync_timed_out("sync during an outage");
     assert!(m.status()["engine"]["staged_slices"].as_u64().unwrap_or(0) >= 10);
     outage.end();
     let out = run(

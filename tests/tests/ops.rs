@@ -292,14 +292,14 @@ fn fstab_helper_mounts_with_options() {
         cache.display()
     );
 
+    // `mount.spoolfs META_URL DIR ARGS...`, as mount(8) runs it.
+    let with_options = |args: &[&str]| {
+        let mut all = vec![os(&vol.meta_url), mnt.as_os_str()];
+        all.extend(args.iter().map(|a| os(a)));
+        helper_cmd(&all)
+    };
     // -f (fake): says what it would run, mounts nothing.
-    let out = helper_cmd(&[
-        os(&vol.meta_url),
-        mnt.as_os_str(),
-        os("-f"),
-        os("-o"),
-        os(&options),
-    ]);
+    let out = with_options(&["-f", "-o", &options]);
     out.assert_success();
     assert!(
         out.stderr
@@ -317,15 +317,7 @@ fn fstab_helper_mounts_with_options() {
     assert!(!is_mounted(&mnt));
 
     // What mount(8) runs for `mount -t spoolfs -o OPTIONS META_URL DIR`.
-    let out = helper_cmd(&[
-        os(&vol.meta_url),
-        mnt.as_os_str(),
-        os("-n"),
-        os("-o"),
-        os(&options),
-        os("-t"),
-        os("spoolfs"),
-    ]);
+    let out = with_options(&["-n", "-o", &options, "-t", "spoolfs"]);
     let guard = Unmounter(&vol, mnt.clone());
     out.assert_success();
     assert!(

@@ -406,50 +406,29 @@ fn namespace(backend: Backend) {
 
     // Error cases
     fs::write(p("file"), b"content").unwrap();
-    assert_errno(File::open(p("missing")), libc::ENOENT, "open missing");
-    assert_errno(
-        fs::remove_file(p("missing")),
-        libc::ENOENT,
-        "unlink missing",
-    );
-    assert_errno(fs::remove_dir(p("missing")), libc::ENOENT, "rmdir missing");
-    assert_errno(
-        fs::rename(p("missing"), p("x")),
-        libc::ENOENT,
-        "rename missing",
-    );
-    assert_errno(
-        File::create(p("missing/x")),
-        libc::ENOENT,
-        "create in missing dir",
-    );
-    assert_errno(
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(p("file")),
-        libc::EEXIST,
-        "O_EXCL existing",
-    );
-    assert_errno(fs::create_dir(p("file")), libc::EEXIST, "mkdir over file");
-    assert_errno(
-        OpenOptions::new().write(true).open(p("d1")),
-        libc::EISDIR,
-        "open dir for write",
-    );
-    assert_errno(fs::remove_file(p("d1")), libc::EISDIR, "unlink dir");
-    assert_errno(fs::remove_dir(p("file")), libc::ENOTDIR, "rmdir file");
-    assert_errno(
-        File::create(p("file/x")),
-        libc::ENOTDIR,
-        "create under file",
-    );
-    assert_errno(
-        fs::create_dir(p("file/x")),
-        libc::ENOTDIR,
-        "mkdir under file",
-    );
-    assert_errno(fs::read_dir(p("file")), libc::ENOTDIR, "opendir file");
+    // Each operation on its path fails with its errno.
+    type Op = fn(&Path) -> std::io::Result<()>;
+    #[rustfmt::skip]
+    let cases: [(&str, Op, i32, &str); 13] = [
+        ("missing", |q| File::open(q).map(drop), libc::ENOENT, "open missing"),
+        ("missing", |q| fs::remove_file(q), libc::ENOENT, "unlink missing"),
+        ("missing", |q| fs::remove_dir(q), libc::ENOENT, "rmdir missing"),
+        ("missing", |q| fs::rename(q, q.with_file_name("x")), libc::ENOENT, "rename missing"),
+        ("missing/x", |q| File::create(q).map(drop), libc::ENOENT, "create in missing dir"),
+        ("file", |q| OpenOptions::new().write(true).create_new(true).open(q).map(drop),
+            libc::EEXIST, "O_EXCL existing"),
+        ("file", |q| fs::create_dir(q), libc::EEXIST, "mkdir over file"),
+        ("d1", |q| OpenOptions::new().write(true).open(q).map(drop), libc::EISDIR,
+            "open dir for write"),
+        ("d1", |q| fs::remove_file(q), libc::EISDIR, "unlink dir"),
+        ("file", |q| fs::remove_dir(q), libc::ENOTDIR, "rmdir file"),
+        ("file/x", |q| File::create(q).map(drop), libc::ENOTDIR, "create under file"),
+        ("file/x", |q| fs::create_dir(q), libc::ENOTDIR, "mkdir under file"),
+        ("file", |q| fs::read_dir(q).map(drop), libc::ENOTDIR, "opendir file"),
+    ];
+    for (path, op, errno, what) in cases {
+        assert_errno(op(&p(path)), errno, what);
+    }
 
     // Name length: 255 is fine, 256 is ENAMETOOLONG.
     let n255 = "n".repeat(255);
@@ -554,16 +533,12 @@ fn namespace(backend: Backend) {
         libc::ENOENT,
         "dir renamed onto empty dir",
     );
-    assert_errno(
-        fs::rename(p("file"), p("dB")),
-        libc::EISDIR,
-        "file onto dir",
-    );
-    assert_errno(
-        fs::rename(p("dB"), p("file")),
-        libc::ENOTDIR,
-        "dir onto file",
-    );
+    for (from, to, errno, what) in [
+        ("file", "dB", libc::EISDIR, "file onto dir"),
+        ("dB", "file", libc::ENOTDIR, "dir onto file"),
+    ] {
+        assert_errno(fs::rename(p(from), p(to)), errno, what);
+    }
 
     // Hard links
     fs::write(p("h1"), b"hard link data").unwrap();
@@ -590,21 +565,13 @@ fn namespace(backend: Backend) {
         "nlink after unlink"
     );
     assert_eq!(fs::read(p("dB/h3")).unwrap(), b"HARD link data");
-    assert_errno(
-        fs::hard_link(p("h2"), p("y")),
-        libc::EEXIST,
-        "link onto existing",
-    );
-    assert_errno(
-        fs::hard_link(p("dB"), p("dirlink")),
-        libc::EPERM,
-        "link a directory",
-    );
-    assert_errno(
-        fs::hard_link(p("missing"), p("l")),
-        libc::ENOENT,
-        "link missing",
-    );
+    for (from, to, errno, what) in [
+        ("h2", "y", libc::EEXIST, "link onto existing"),
+        ("dB", "dirlink", libc::EPERM, "link a directory"),
+        ("missing", "l", libc::ENOENT, "link missing"),
+    ] {
+        assert_errno(fs::hard_link(p(from), p(to)), errno, what);
+    }
 
     // Symbolic links
     symlink("target/does/not/exist", p("dangling")).unwrap();

@@ -1,7 +1,8 @@
 //! A volume whose metadata lives in PostgreSQL (a private server started for the run, see
 //! `spoolfs_testkit::pg`), its data in a file store: bad input is refused with a clear error
-//! and nothing written; format, mount, real file work, status, fsck and gc work; the volume is
-//! mounted by one node at a time (its session refuses a second mount).
+//! and nothing written; format, mount, real file work, status, fsck and gc work. Two mounts of
+//! one volume (separate processes and cache directories, as two nodes) see each other's
+//! changes within the cache lifetime, and a create race on one name has exactly one winner.
 
 use spoolfs_testkit::pg::{PASSWORD, PgServer};
 use spoolfs_tests::*;
@@ -144,12 +145,8 @@ fn postgres_volume_bad_input_format_mount_status_fsck_gc() {
     let status = vol.status_json(m.path());
     assert!(!status.to_string().contains(PASSWORD), "{status}");
 
-    // A second mount of the volume (another cache directory, as another node) is refused
-    // while this one is live; so are offline fsck and gc.
-    let other = vol.new_subdir("mnt-b");
+    // Offline fsck and gc are refused while the volume is mounted.
     let cache_b = vol.new_subdir("cache-b");
-    vol.mount_output(&other, &[])
-        .assert_clean_failure(&["is mounted by session"]);
     vol.spoolfs_run(["fsck", "--meta", &vol.meta_url])
         .assert_clean_failure(&["mounted"]);
     vol.spoolfs_run(["gc", "--meta", &vol.meta_url])
@@ -181,4 +178,154 @@ fn postgres_volume_bad_input_format_mount_status_fsck_gc() {
         .assert_clean_failure(&["schema version 99"]);
     vol.format().assert_clean_failure(&["schema version 99"]);
     assert_eq!(rows(pg, &db), before, "a refused command changed the store");
+}
+
+/// A formatted volume on a fresh PostgreSQL database, data in a file store.
+fn postgres_volume(pg: &PgServer) -> Volume {
+    let mut vol = Volume::unformatted(Backend::File);
+    vol.meta_url = pg.url(&pg.new_database());
+    vol.format().assert_success();
+    vol
+}
+
+fn mount_node<'v>(vol: &'v Volume, node: &str) -> Mount<'v> {
+    vol.mount_with(MountOptions {
+        cache_dir: Some(vol.new_subdir(&format!("cache-{node}"))),
+        ..Default::default()
+    })
+}
+
+/// Longer than the kernel's attribute and entry cache lifetime (1 s by default).
+const CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_millis(1300);
+
+#[test]
+fn two_mounts_of_one_postgres_volume_see_each_other() {
+    require_fuse!();
+    let pg = spoolfs_testkit::require_postgres!();
+    let vol = postgres_volume(pg);
+    // Two mounts: separate processes with separate cache directories, as two nodes.
+    let a = mount_node(&vol, "a");
+    let b = mount_node(&vol, "b");
+    let list = sessions(&vol);
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+
+    // A file written and closed on A, synced to the object store, reads byte-exact on B.
+    let big = random_bytes(1, (3 << 20) + 123);
+    let small = random_bytes(2, 777);
+    fs::create_dir(a.join("dir")).unwrap();
+    fs::write(a.join("dir/big"), &big).unwrap();
+    fs::write(a.join("dir/small"), &small).unwrap();
+    vol.spoolfs_run(["sync".as_ref(), a.path().as_os_str()])
+        .assert_success();
+    assert_bytes_eq(&fs::read(b.join("dir/big")).unwrap(), &big, "big on B");
+    assert_bytes_eq(
+        &fs::read(b.join("dir/small")).unwrap(),
+        &small,
+        "small on B",
+    );
+
+    // Changes on A reach B within the cache lifetime: B has just looked at every name.
+    assert!(!b.join("dir/new").exists());
+    fs::rename(a.join("dir/small"), a.join("dir/moved")).unwrap();
+    fs::remove_file(a.join("dir/big")).unwrap();
+    fs::write(a.join("dir/new"), b"made on A").unwrap();
+    vol.spoolfs_run(["sync".as_ref(), a.path().as_os_str()])
+        .assert_success();
+    std::thread::sleep(CACHE_LIFETIME);
+    assert!(!b.join("dir/small").exists(), "a rename on A not seen on B");
+    assert!(!b.join("dir/big").exists(), "an unlink on A not seen on B");
+    assert_bytes_eq(
+        &fs::read(b.join("dir/moved")).unwrap(),
+        &small,
+        "moved on B",
+    );
+    assert_eq!(fs::read(b.join("dir/new")).unwrap(), b"made on A");
+    let mut names: Vec<String> = fs::read_dir(b.join("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["moved", "new"]);
+
+    // Close-to-open: B has the old contents in its page cache; A rewrites the file (same
+    // size); B's next open reads the new contents.
+    let v1 = random_bytes(3, 64 << 10);
+    let v2 = random_bytes(4, 64 << 10);
+    fs::write(a.join("dir/rewritten"), &v1).unwrap();
+    vol.spoolfs_run(["sync".as_ref(), a.path().as_os_str()])
+        .assert_success();
+    assert_bytes_eq(&fs::read(b.join("dir/rewritten")).unwrap(), &v1, "v1 on B");
+    fs::write(a.join("dir/rewritten"), &v2).unwrap();
+    vol.spoolfs_run(["sync".as_ref(), a.path().as_os_str()])
+        .assert_success();
+    std::thread::sleep(CACHE_LIFETIME);
+    assert_bytes_eq(&fs::read(b.join("dir/rewritten")).unwrap(), &v2, "v2 on B");
+
+    // Creates of the same names in one directory from both mounts at once: exactly one wins
+    // each name, the other gets EEXIST. Distinct names from both: none is lost.
+    fs::create_dir(a.join("race")).unwrap();
+    std::thread::sleep(CACHE_LIFETIME);
+    let names = 30;
+    let barrier = std::sync::Barrier::new(2);
+    let wins: Vec<Vec<bool>> = std::thread::scope(|s| {
+        let racers: Vec<_> = [("a", &a), ("b", &b)]
+            .into_iter()
+            .map(|(node, m)| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let mut won = Vec::new();
+                    for i in 0..names {
+                        let r = fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(m.join(format!("race/same{i}")));
+                        match r {
+                            Ok(mut f) => {
+                                use std::io::Write;
+                                f.write_all(node.as_bytes()).unwrap();
+                                won.push(true);
+                            }
+                            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => won.push(false),
+                            Err(e) => panic!("create race/same{i} on {node}: {e}"),
+                        }
+                        fs::write(m.join(format!("race/{node}{i}")), node).unwrap();
+                    }
+                    won
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    std::thread::sleep(CACHE_LIFETIME);
+    for (i, (&won_a, &won_b)) in wins[0].iter().zip(&wins[1]).enumerate() {
+        assert!(won_a ^ won_b, "same{i}: A won {won_a}, B won {won_b}");
+        let winner = if won_a { "a" } else { "b" };
+        for m in [&a, &b] {
+            assert_eq!(
+                fs::read_to_string(m.join(format!("race/same{i}"))).unwrap(),
+                winner
+            );
+        }
+    }
+    for m in [&a, &b] {
+        let entries = fs::read_dir(m.join("race")).unwrap().count();
+        assert_eq!(
+            entries,
+            3 * names,
+            "entries of race/ on {}",
+            m.path().display()
+        );
+    }
+    eprintln!(
+        "same-name races won by A: {}, by B: {}",
+        wins[0].iter().filter(|w| **w).count(),
+        wins[1].iter().filter(|w| **w).count()
+    );
+
+    a.unmount();
+    b.unmount();
+    assert_eq!(sessions(&vol).as_array().map(Vec::len), Some(0));
+    let out = vol.spoolfs_run(["fsck", "--meta", &vol.meta_url]);
+    out.assert_success();
 }

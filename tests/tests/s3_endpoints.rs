@@ -113,17 +113,37 @@ fn status_says_which_style_is_in_use() {
     );
 }
 
+/// `format` against an S3 store it cannot use fails with one line that names the cause and
+/// what to change: a missing bucket, a name S3 refuses, TLS to a plain-HTTP server.
 #[test]
-fn no_such_bucket() {
+fn unusable_store_fails_in_one_line() {
     let s3 = S3Server::start();
     let dir = temp_dir("s3-err");
-    let out = format(
-        dir.path(),
-        "s3://no-such-bucket/vol",
-        &["--s3-endpoint", &s3.endpoint()],
-        &[],
-    );
-    assert_one_line_failure(&out, "does not exist", "--storage s3://BUCKET/PREFIX");
+    let plain = s3.endpoint();
+    let plain = plain.as_str();
+    let tls = format!("https://127.0.0.1:{}", s3.port());
+    let tls = tls.as_str();
+    let vol = format!("s3://{TEST_BUCKET}/vol");
+    let cases = [
+        (
+            "s3://no-such-bucket/vol",
+            plain,
+            "does not exist",
+            "--storage s3://BUCKET/PREFIX",
+        ),
+        (
+            "s3://Not_A_Bucket/vol",
+            plain,
+            "refused bucket name",
+            "--storage s3://BUCKET/PREFIX",
+        ),
+        // A real TLS failure: an https:// endpoint on a server that speaks plain HTTP.
+        (vol.as_str(), tls, "TLS", "http://"),
+    ];
+    for (url, endpoint, cause, hint) in cases {
+        let out = format(dir.path(), url, &["--s3-endpoint", endpoint], &[]);
+        assert_one_line_failure(&out, cause, hint);
+    }
 }
 
 #[test]
@@ -132,48 +152,21 @@ fn bad_credentials() {
     let dir = temp_dir("s3-err");
     let url = format!("s3://{TEST_BUCKET}/vol");
     let ep = ["--s3-endpoint", s3.endpoint().leak()];
-    let out = format(
-        dir.path(),
-        &url,
-        &ep,
-        &[("AWS_SECRET_ACCESS_KEY", "not-the-secret")],
-    );
-    assert_one_line_failure(&out, "refused the credentials", "AWS_SECRET_ACCESS_KEY");
-    assert!(out.stderr.contains("SignatureDoesNotMatch"), "{out}");
-    let out = format(
-        dir.path(),
-        &url,
-        &ep,
-        &[("AWS_ACCESS_KEY_ID", "no-such-key")],
-    );
-    assert_one_line_failure(&out, "refused the credentials", "AWS_ACCESS_KEY_ID");
-}
-
-#[test]
-fn bucket_name_refused() {
-    let s3 = S3Server::start();
-    let dir = temp_dir("s3-err");
-    let out = format(
-        dir.path(),
-        "s3://Not_A_Bucket/vol",
-        &["--s3-endpoint", &s3.endpoint()],
-        &[],
-    );
-    assert_one_line_failure(&out, "refused bucket name", "--storage s3://BUCKET/PREFIX");
-}
-
-#[test]
-fn tls_to_a_plain_http_server() {
-    // A real TLS failure: an https:// endpoint on a server that speaks plain HTTP.
-    let s3 = S3Server::start();
-    let dir = temp_dir("s3-err");
-    let out = format(
-        dir.path(),
-        &format!("s3://{TEST_BUCKET}/vol"),
-        &["--s3-endpoint", &format!("https://127.0.0.1:{}", s3.port())],
-        &[],
-    );
-    assert_one_line_failure(&out, "TLS", "http://");
+    // A wrong secret, then an unknown key id; each message names the variable to fix.
+    for (var, value, s3_code) in [
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "not-the-secret",
+            Some("SignatureDoesNotMatch"),
+        ),
+        ("AWS_ACCESS_KEY_ID", "no-such-key", None),
+    ] {
+        let out = format(dir.path(), &url, &ep, &[(var, value)]);
+        assert_one_line_failure(&out, "refused the credentials", var);
+        if let Some(code) = s3_code {
+            assert!(out.stderr.contains(code), "{out}");
+        }
+    }
 }
 
 /// Answers every request as AWS answers a request signed for the wrong region.

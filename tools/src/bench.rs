@@ -77,10 +77,7 @@ pub struct BenchArgs {
 }
 
 fn parse_count(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>() {
-        Ok(n) if (1..=100_000_000).contains(&n) => Ok(n),
-        _ => Err(format!("invalid count {s:?}: expected 1 to 100000000")),
-    }
+    crate::size::parse_whole(s, "count", 1, 100_000_000)
 }
 
 fn parse_nonzero_size(s: &str) -> Result<u64, String> {

@@ -219,43 +219,31 @@ pub fn run_cli(argv: Vec<OsString>) -> ExitCode {
         }
     };
     let level = cli.log_level.as_deref();
+    if !matches!(
+        cli.command,
+        Command::Mount(_) | Command::Completions(_) | Command::InstallHelper(_)
+    ) {
+        init_logging(level, "warn", None);
+    }
     let result = match cli.command {
         Command::Format(args) => {
-            init_logging(level, "warn", None);
             paths::private_umask();
             format::run(args)
         }
         Command::Mount(args) => mount::run(*args, level),
-        Command::Umount(args) => {
-            init_logging(level, "warn", None);
-            umount::run(args)
-        }
-        Command::Status(args) => {
-            init_logging(level, "warn", None);
-            status::run(args)
-        }
-        Command::Sync(args) => {
-            init_logging(level, "warn", None);
-            sync::run(args)
-        }
-        Command::Warmup(args) => {
-            init_logging(level, "warn", None);
-            warmup::run(args)
-        }
+        Command::Umount(args) => umount::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Sync(args) => sync::run(args),
+        Command::Warmup(args) => warmup::run(args),
         Command::Fsck(args) => {
-            init_logging(level, "warn", None);
             paths::private_umask();
             fsck::run(args)
         }
         Command::Gc(args) => {
-            init_logging(level, "warn", None);
             paths::private_umask();
             gc::run(args)
         }
-        Command::Bench(args) => {
-            init_logging(level, "warn", None);
-            bench::run(args)
-        }
+        Command::Bench(args) => bench::run(args),
         Command::Completions(args) => {
             clap_complete::generate(
                 args.shell,

@@ -89,8 +89,13 @@ impl MetricsEndpoint {
         })
     }
 
-    /// Starts the scrape thread and the once-a-second collector.
-    pub fn start(self, engine: &Arc<Engine>) -> Result<()> {
+    /// Starts the scrape thread and the once-a-second collector. `store` is the metadata store
+    /// whose round trips and retries are reported (a shared store's; zero for redb).
+    pub fn start(
+        self,
+        engine: &Arc<Engine>,
+        store: Arc<dyn spoolfs_metadata::KvStore>,
+    ) -> Result<()> {
         let MetricsEndpoint {
             listener,
             handle,
@@ -98,6 +103,7 @@ impl MetricsEndpoint {
         } = self;
         let state = Arc::new(Collector {
             engine: Arc::downgrade(engine),
+            store,
             handle,
             lock: Mutex::new(()),
         });
@@ -134,6 +140,7 @@ impl MetricsEndpoint {
 
 struct Collector {
     engine: Weak<Engine>,
+    store: Arc<dyn spoolfs_metadata::KvStore>,
     handle: PrometheusHandle,
     /// One collection at a time (the tick and a scrape may meet).
     lock: Mutex<()>,
@@ -240,6 +247,10 @@ fn collect(state: &Collector) {
     gauge!("spoolfs_cache_capacity_bytes").set(m.cache_capacity_bytes as f64);
     counter!("spoolfs_cache_hits_total").absolute(m.cache_hits);
     counter!("spoolfs_cache_misses_total").absolute(m.cache_misses);
+    let store = state.store.stats();
+    counter!("spoolfs_metadata_round_trips_total").absolute(store.round_trips);
+    counter!("spoolfs_metadata_transactions_total").absolute(store.transactions);
+    counter!("spoolfs_metadata_retries_total").absolute(store.retries);
 }
 
 /// Every metric's help text (what `# HELP` shows); `docs/METRICS.md` has the same list.
@@ -349,6 +360,18 @@ fn describe() {
     describe_counter!(
         "spoolfs_cache_misses_total",
         "Block cache lookups that went to the object store"
+    );
+    describe_counter!(
+        "spoolfs_metadata_round_trips_total",
+        "Round trips to a networked metadata store (PostgreSQL); 0 for redb"
+    );
+    describe_counter!(
+        "spoolfs_metadata_transactions_total",
+        "Transactions run on a networked metadata store, retries included"
+    );
+    describe_counter!(
+        "spoolfs_metadata_retries_total",
+        "Metadata transactions run again after a serialization failure or a deadlock"
     );
     describe_counter!(
         "spoolfs_object_requests_total",

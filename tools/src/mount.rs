@@ -165,10 +165,7 @@ pub struct MountArgs {
 }
 
 fn parse_threads(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=256).contains(&n) => Ok(n),
-        _ => Err(format!("invalid thread count {s:?}: expected 1 to 256")),
-    }
+    crate::size::parse_whole(s, "thread count", 1, 256)
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -409,21 +406,6 @@ impl Ready {
     }
 }
 
-/// Blocks the termination signals in this thread and every thread started after: the signal
-/// thread takes them with sigwait.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain libc signal-set manipulation on a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
 fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     let daemon = args.ready_fd.is_some();
     // SAFETY: the parent passed us this descriptor for our exclusive use.
@@ -434,7 +416,7 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     } else {
         init_logging(log_level, "info", args.log_file.as_ref());
     }
-    let signals = block_signals();
+    let signals = spoolfs_fuse::block_termination_signals();
 
     let setup = catch_unwind(AssertUnwindSafe(|| prepare(&args)));
     let mounted = match setup {
@@ -633,8 +615,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         },
     };
 
-    // On a shared store other nodes could mount the volume too: register this mount, refused
-    // while another one is live.
+    // On a shared store other nodes may mount the volume too: each mount is a session.
     let meta_session = if meta.is_shared() {
         let s = spoolfs_engine::session::Session::register(
             meta.clone(),
@@ -654,6 +635,8 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     // The staging and namespace logs are opened in both modes: a standard mount still replays
     // and uploads whatever an earlier writeback mount left staged.
     let settings = args.staging.settings(&cache_dir).map_err(|e| anyhow!(e))?;
+    let shared = meta.is_shared();
+    let store_for_metrics = meta.clone();
     let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)
         .with_context(|| format!("cannot open the staging log of volume {volume:?}"))?;
     let config = EngineConfig {
@@ -668,8 +651,13 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             keep_large_uploads: args.cache_large_writes,
         }),
         readahead_bytes: args.readahead,
-        // A read-only mount changes nothing in the object store.
-        compaction: (args.background_compact && !args.no_background_compact && !args.read_only)
+        // A read-only mount changes nothing in the object store. On a shared store several
+        // mounts would compact the same packs: compaction runs only when asked (`spoolfs gc
+        // --compact MOUNTPOINT` on one mount).
+        compaction: (args.background_compact
+            && !args.no_background_compact
+            && !args.read_only
+            && !shared)
             .then_some(spoolfs_engine::gc::CompactionSettings {
                 threshold: args.compact_threshold,
                 min_dead_bytes: args.compact_min_dead,
@@ -695,7 +683,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     );
 
     if let Some(m) = metrics
-        && let Err(e) = m.start(&engine)
+        && let Err(e) = m.start(&engine, store_for_metrics)
     {
         let _ = engine.shutdown();
         return Err(e);

@@ -1,4 +1,5 @@
-//! Byte sizes on the command line: `65536`, `64K`, `4M`, `4MiB`, `4MB`, `1G` (binary units).
+//! Numbers on the command line: byte sizes (`65536`, `64K`, `4M`, `4MiB`, `4MB`, `1G`, binary
+//! units) and whole numbers within limits.
 
 /// Parses a size; K, M, G, T are powers of 1024, with an optional `i` and `B` after them.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -42,6 +43,17 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Parses a whole number `what` (a count, a thread count) from `lo` to `hi`.
+pub fn parse_whole<T>(s: &str, what: &str, lo: T, hi: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match s.parse::<T>() {
+        Ok(n) if lo <= n && n <= hi => Ok(n),
+        _ => Err(format!("invalid {what} {s:?}: expected {lo} to {hi}")),
     }
 }
 

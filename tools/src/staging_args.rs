@@ -110,16 +110,25 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `value` of `flag` within `lo..=hi`, or the message that says what is expected.
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    flag: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), String> {
+    if lo <= value && value <= hi {
+        return Ok(());
+    }
+    Err(format!("invalid {flag} {value}: expected {lo} to {hi}"))
+}
+
 impl StagingArgs {
     pub fn settings(&self, cache_dir: &Path) -> Result<StagingSettings, String> {
         let threads = self
             .engine_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        if !(1..=256).contains(&threads) {
-            return Err(format!(
-                "invalid --engine-threads {threads}: expected 1 to 256"
-            ));
-        }
+        check_range("--engine-threads", threads, 1, 256)?;
         if self.staging_segment_size < (1 << 20)
             || self.staging_segment_size > (1 << 30)
             || !self.staging_segment_size.is_multiple_of(64 << 10)
@@ -135,24 +144,9 @@ impl StagingArgs {
                 self.pack_size
             ));
         }
-        if self.max_uploads == 0 || self.max_uploads > 1024 {
-            return Err(format!(
-                "invalid --max-uploads {}: expected 1 to 1024",
-                self.max_uploads
-            ));
-        }
-        if self.max_deletes == 0 || self.max_deletes > 1024 {
-            return Err(format!(
-                "invalid --max-deletes {}: expected 1 to 1024",
-                self.max_deletes
-            ));
-        }
-        if self.upload_threads == 0 || self.upload_threads > 256 {
-            return Err(format!(
-                "invalid --upload-threads {}: expected 1 to 256",
-                self.upload_threads
-            ));
-        }
+        check_range("--max-uploads", self.max_uploads, 1, 1024)?;
+        check_range("--max-deletes", self.max_deletes, 1, 1024)?;
+        check_range("--upload-threads", self.upload_threads, 1, 256)?;
         Ok(StagingSettings {
             cache_dir: cache_dir.to_path_buf(),
             writeback: self.writeback,

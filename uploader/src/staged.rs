@@ -91,6 +91,10 @@ pub struct StagedSet {
     pub resident_bytes: u64,
     /// Queued slices another mount asked for: uploaded without the upload delay.
     pub urgent: HashSet<u64>,
+    /// Slices of a batch whose upload failed, perhaps after its commit took effect (a store
+    /// can report an error for a transaction it committed): at the retry, one whose `T`
+    /// record is gone may be one this uploader committed, so its objects are not deleted.
+    pub uncertain: HashSet<u64>,
 }
 
 impl StagedSet {

@@ -44,6 +44,10 @@ pub trait Catalog: Send + Sync {
     fn objects_put(&self, count: u64);
     /// The file system is stopping: uploads stop at once.
     fn stopping(&self) -> bool;
+    /// Makes every metadata change committed so far survive a power cut. Objects of slices
+    /// that died while they were being uploaded are deleted only after it: until the death
+    /// is durable, a power cut could bring the slice back.
+    fn make_durable(&self) -> Result<(), Self::Error>;
 }
 
 /// The body of an uploader thread. It waits on the uploader's state, never holding the
@@ -101,6 +105,7 @@ pub fn upload_batch<C: Catalog>(c: &C, up: &Uploader) -> Result<bool, UploadErro
     set.busy -= batch.len();
     if let Err(e) = &result {
         set.upload_errors += 1;
+        set.uncertain.extend(batch.iter().map(|(id, _)| *id));
         for (id, _) in batch.iter().rev() {
             if set.map.contains_key(id) {
                 set.queue.push_front(*id);
@@ -270,7 +275,47 @@ fn commit_and_release<C: Catalog>(
         .uploaded_slices
         .fetch_add(done.len() as u64, Ordering::Relaxed);
     up.remove_many(&committed);
-    for id in ids.iter().filter(|id| !done.contains(id)) {
+    // Not committed now, but perhaps by an earlier attempt of ours that reported an error:
+    // their objects may be the only copy of live data. They leave the staged set (their log
+    // space is freed, if a collector has not done so) and their objects are left to the
+    // orphan sweep of `spoolfs gc`, which checks every reference first.
+    let maybe_ours: Vec<u64> = {
+        let mut set = up.set.lock();
+        let mine = ids
+            .iter()
+            .filter(|id| !done.contains(id) && set.uncertain.contains(id))
+            .copied()
+            .collect();
+        for id in &ids {
+            set.uncertain.remove(id);
+        }
+        mine
+    };
+    if !maybe_ours.is_empty() {
+        tracing::warn!(
+            "{} slice(s) of a retried upload were already committed or collected: their new \
+             objects are left to the orphan sweep",
+            maybe_ours.len()
+        );
+        up.remove_many(&maybe_ours);
+    }
+    let orphaned = ids
+        .iter()
+        .any(|id| !done.contains(id) && !maybe_ours.contains(id))
+        || !empty_packs.is_empty();
+    if orphaned && let Err(e) = c.make_durable() {
+        // Left for the orphan sweep of `spoolfs gc`, which deletes them once they are
+        // older than its grace period and nothing refers to them.
+        tracing::warn!(
+            "not deleting the objects of slices that died while uploading: the metadata \
+             is not durable ({e})"
+        );
+        return Ok(());
+    }
+    for id in ids
+        .iter()
+        .filter(|id| !done.contains(id) && !maybe_ours.contains(id))
+    {
         // Collected while we uploaded: the objects we just wrote belong to nobody.
         for key in &out.keys[id] {
             let _ = up.storage.delete(key);

@@ -296,6 +296,7 @@ impl Uploader {
             let mut set = self.set.lock();
             for id in ids {
                 set.take_resident(*id);
+                set.uncertain.remove(id);
                 if let Some(s) = set.map.remove(id) {
                     set.bytes -= s.rec.size as u64;
                     locs.push((s.loc, s.wal_seq));

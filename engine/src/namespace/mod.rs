@@ -166,9 +166,13 @@ pub(crate) fn purge_if_unlinked(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaE
 }
 
 /// At start: creates the root if the volume has none, and deletes the inodes unlinked while
-/// open when the volume was last mounted (nobody holds them now).
+/// open when the volume was last mounted (nobody holds them now). On a shared store only a
+/// mount that is the volume's only live session does that: another mount may hold them.
 pub(crate) fn init(t: &mut dyn KvTxn) -> Result<(), MetaError> {
     schema::init_root(t)?;
+    if crate::session::live_in(t)?.len() > 1 {
+        return Ok(());
+    }
     let orphans = t.scan(b"O", b"P", usize::MAX)?;
     for (key, _) in orphans {
         let ino = u64::from_be_bytes(key[1..9].try_into().expect("orphan key"));
@@ -351,17 +355,11 @@ pub(crate) fn update_atime(
     Ok(())
 }
 
-/// The first write since a flush: drops set-id bits (if `kill_setid`) and file capabilities.
-pub(crate) fn drop_privileges(
-    t: &mut dyn KvTxn,
-    ino: Ino,
-    kill_setid: bool,
-    has_caps: bool,
-) -> Result<(), MetaError> {
+/// The first write since a flush by an unprivileged writer of a set-id file, or to a file
+/// with capabilities: drops the set-id bits and the capabilities.
+pub(crate) fn drop_privileges(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaError> {
     let mut rec = schema::must_inode(t, ino)?;
-    if kill_setid || has_caps {
-        clear_setid(&mut rec);
-    }
+    clear_setid(&mut rec);
     t.delete(&schema::xattr_key(ino, schema::CAPS_XATTR))?;
     schema::put_inode(t, ino, &rec)
 }
@@ -387,6 +385,18 @@ pub(crate) fn make_node(
 ) -> Result<InodeRec, MetaError> {
     let kind = node.kind;
     check_name_meta(name)?;
+    // Everything this transaction reads, in one round trip on a networked store.
+    let (parent_key, entry_key) = (schema::inode_key(parent), schema::dentry_key(parent, name));
+    let default_acl = schema::xattr_key(parent, acl::DEFAULT_XATTR);
+    t.prefetch(
+        &[
+            &parent_key,
+            &entry_key,
+            &default_acl,
+            schema::INODE_COUNT_KEY,
+        ],
+        &[],
+    )?;
     let mut prec = must_dir(t, parent)?;
     if schema::get_dentry(t, parent, name)?.is_some() {
         return Err(exists(name));
@@ -475,49 +485,52 @@ fn drop_link(
     }
 }
 
-pub(crate) fn unlink(
-    t: &mut dyn KvTxn,
-    parent: Ino,
-    name: &[u8],
-    still_open: StillOpen,
-) -> Result<(), MetaError> {
-    let (mut prec, d) = must_entry(t, parent, name)?;
-    if d.kind == FileKind::Dir {
-        return Err(posix(
+/// EISDIR when `name` is a directory where a non-directory is wanted, ENOTDIR the reverse.
+fn check_kind(name: &[u8], want_dir: bool, is_dir: bool) -> Result<(), MetaError> {
+    match (want_dir, is_dir) {
+        (false, true) => Err(posix(
             libc::EISDIR,
             format!("{} is a directory", name_str(name)),
-        ));
+        )),
+        (true, false) => Err(posix(
+            libc::ENOTDIR,
+            format!("{} is not a directory", name_str(name)),
+        )),
+        _ => Ok(()),
     }
-    let now = schema::now_ns();
-    t.delete(&schema::dentry_key(parent, name))?;
-    drop_link(t, d.ino, now, still_open)?;
-    touch_dir(t, parent, &mut prec, now)
 }
 
-/// rmdir of `name` ("." and ".." are refused before the transaction).
-pub(crate) fn rmdir(
+/// ENOTEMPTY unless directory `ino` (named `name`) is empty.
+fn check_empty(r: &dyn KvRead, ino: Ino, name: &[u8]) -> Result<(), MetaError> {
+    if dir_is_empty(r, ino)? {
+        return Ok(());
+    }
+    Err(posix(
+        libc::ENOTEMPTY,
+        format!("{} is not empty", name_str(name)),
+    ))
+}
+
+/// unlink (`dir` false) or rmdir (`dir` true, an empty directory) of `name`; rmdir of "."
+/// and ".." is refused before the transaction.
+pub(crate) fn remove_entry(
     t: &mut dyn KvTxn,
     parent: Ino,
     name: &[u8],
+    dir: bool,
     still_open: StillOpen,
 ) -> Result<(), MetaError> {
     let (mut prec, d) = must_entry(t, parent, name)?;
-    if d.kind != FileKind::Dir {
-        return Err(posix(
-            libc::ENOTDIR,
-            format!("{} is not a directory", name_str(name)),
-        ));
-    }
-    if !dir_is_empty(t, d.ino)? {
-        return Err(posix(
-            libc::ENOTEMPTY,
-            format!("{} is not empty", name_str(name)),
-        ));
+    check_kind(name, dir, d.kind == FileKind::Dir)?;
+    if dir {
+        check_empty(t, d.ino, name)?;
     }
     let now = schema::now_ns();
     t.delete(&schema::dentry_key(parent, name))?;
     drop_link(t, d.ino, now, still_open)?;
-    prec.nlink = prec.nlink.saturating_sub(1);
+    if dir {
+        prec.nlink = prec.nlink.saturating_sub(1);
+    }
     touch_dir(t, parent, &mut prec, now)
 }
 

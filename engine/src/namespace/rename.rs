@@ -1,8 +1,8 @@
 //! rename(2): moving an entry, replacing a target, or exchanging two entries.
 
 use super::{
-    StillOpen, adjust_nlink, check_name_meta, dir_is_empty, drop_link, exists, is_ancestor,
-    must_dir, name_str, no_entry, posix, touch_parents,
+    StillOpen, adjust_nlink, check_empty, check_kind, check_name_meta, drop_link, exists,
+    is_ancestor, must_dir, no_entry, posix, touch_parents,
 };
 use crate::schema::{self, DentryRec};
 use crate::types::*;
@@ -49,28 +49,13 @@ pub(crate) fn rename(
             // Two links to one file: POSIX says do nothing.
             return Ok(());
         }
-        match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
-            (true, false) => {
-                return Err(posix(
-                    libc::ENOTDIR,
-                    format!("{} is not a directory", name_str(new_name)),
-                ));
-            }
-            (false, true) => {
-                return Err(posix(
-                    libc::EISDIR,
-                    format!("{} is a directory", name_str(new_name)),
-                ));
-            }
-            (true, true) => {
-                if !dir_is_empty(t, dst.ino)? {
-                    return Err(posix(
-                        libc::ENOTEMPTY,
-                        format!("{} is not empty", name_str(new_name)),
-                    ));
-                }
-            }
-            (false, false) => {}
+        check_kind(
+            new_name,
+            src.kind == FileKind::Dir,
+            dst.kind == FileKind::Dir,
+        )?;
+        if dst.kind == FileKind::Dir {
+            check_empty(t, dst.ino, new_name)?;
         }
         if src.kind == FileKind::Dir && is_ancestor(t, src.ino, new_parent)? {
             return Err(into_itself());
