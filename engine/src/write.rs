@@ -435,7 +435,8 @@ impl WritePath {
         let inode_key = schema::inode_key(ino);
         let mut commit = |t: &mut dyn KvTxn| {
             // Everything this transaction reads, in one round trip on a networked store.
-            t.prefetch(&[&inode_key, schema::USED_BYTES_KEY], &map_ranges)?;
+            let used_key = schema::counter_key(t, schema::USED_BYTES_KEY);
+            t.prefetch(&[&inode_key, &used_key], &map_ranges)?;
             let mut rec = schema::must_inode(t, ino)?;
             let mut used = 0i64;
             let mut i = 0;

@@ -399,15 +399,8 @@ pub(crate) fn make_node(
     // Everything this transaction reads, in one round trip on a networked store.
     let (parent_key, entry_key) = (schema::inode_key(parent), schema::dentry_key(parent, name));
     let default_acl = schema::xattr_key(parent, acl::DEFAULT_XATTR);
-    t.prefetch(
-        &[
-            &parent_key,
-            &entry_key,
-            &default_acl,
-            schema::INODE_COUNT_KEY,
-        ],
-        &[],
-    )?;
+    let count_key = schema::counter_key(t, schema::INODE_COUNT_KEY);
+    t.prefetch(&[&parent_key, &entry_key, &default_acl, &count_key], &[])?;
     let mut prec = must_dir(t, parent)?;
     if schema::get_dentry(t, parent, name)?.is_some() {
         return Err(exists(name));
