@@ -1745,9 +1745,9 @@ fn repair(c: &mut Checker, meta: &dyn KvStore, objects: &HashMap<&str, &ObjectIn
                 used += seg.size as u64;
             }
         }
-        t.put(schema::USED_BYTES_KEY, &used.to_be_bytes())?;
+        schema::set_counter(t, schema::USED_BYTES_KEY, used)?;
         let inodes = t.scan(b"I", b"J", usize::MAX)?.len() as u64;
-        t.put(schema::INODE_COUNT_KEY, &inodes.to_be_bytes())?;
+        schema::set_counter(t, schema::INODE_COUNT_KEY, inodes)?;
         Ok(())
     })?;
     c.stats.data_lost_bytes = lost_bytes;

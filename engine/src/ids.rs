@@ -6,10 +6,10 @@ use crate::schema;
 use parking_lot::Mutex;
 use spoolfs_metadata::{Durability, KvStore};
 
-/// Inode numbers one reservation takes.
-pub const INODE_BATCH: u64 = 256;
-/// Slice ids one reservation takes.
-pub const SLICE_BATCH: u64 = 1024;
+/// Inode numbers a mount reserves at a time.
+pub const INODE_ID_BATCH: u64 = 256;
+/// Slice ids a mount reserves at a time.
+pub const SLICE_ID_BATCH: u64 = 1024;
 
 pub struct IdAllocator {
     key: &'static [u8],

@@ -21,7 +21,7 @@
 use crate::error::{FsError, Result};
 use crate::types::{FileKind, Ino, ROOT_INO};
 use serde::{Deserialize, Serialize};
-use spoolfs_metadata::{KvRead, KvTxn, MetaError};
+use spoolfs_metadata::{KvRead, KvTxn, MetaError, prefix_end};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const VOLUME_KEY: &[u8] = b"V";
@@ -223,7 +223,56 @@ pub fn decode<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T,
     bincode::deserialize(bytes).map_err(|e| codec_err(what, e))
 }
 
+/// The `statfs` counters, which every create and close updates. On a shared store each mount
+/// adds to a row of its own (the key, then the store's counter shard as u32 BE, holding an i64
+/// BE delta) instead of the one row every node would conflict on; the value is the key's own
+/// row plus every shard.
+fn is_sharded_counter(key: &[u8]) -> bool {
+    key == USED_BYTES_KEY || key == INODE_COUNT_KEY
+}
+
+/// The row [`add_u64`] changes for `key` in this transaction's store.
+pub fn counter_key(r: &dyn KvRead, key: &[u8]) -> Vec<u8> {
+    match r.counter_shard() {
+        Some(shard) if is_sharded_counter(key) => {
+            let mut k = key.to_vec();
+            k.extend_from_slice(&shard.to_be_bytes());
+            k
+        }
+        _ => key.to_vec(),
+    }
+}
+
+/// Sets a counter to `value`, dropping its shards.
+pub fn set_counter(t: &mut dyn KvTxn, key: &[u8], value: u64) -> Result<(), MetaError> {
+    if is_sharded_counter(key) {
+        for (k, _) in t.scan(key, &prefix_end(key), usize::MAX)? {
+            if k.len() > key.len() {
+                t.delete(&k)?;
+            }
+        }
+    }
+    t.put(key, &value.to_be_bytes())
+}
+
+fn exact_u64(key: &[u8], v: &[u8]) -> Result<u64, MetaError> {
+    v.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| MetaError::Corrupt(format!("counter {key:?} is not 8 bytes")))
+}
+
 pub fn get_u64(r: &dyn KvRead, key: &[u8]) -> Result<u64, MetaError> {
+    if is_sharded_counter(key) {
+        let mut total: i128 = 0;
+        for (k, v) in r.scan(key, &prefix_end(key), usize::MAX)? {
+            total += if k.len() == key.len() {
+                exact_u64(key, &v)? as i128
+            } else {
+                exact_u64(&k, &v)? as i64 as i128
+            };
+        }
+        return Ok(total.clamp(0, u64::MAX as i128) as u64);
+    }
     Ok(match r.get(key)? {
         Some(v) if v.len() == 8 => u64::from_be_bytes(v[..].try_into().expect("8 bytes")),
         Some(_) => {
@@ -236,6 +285,14 @@ pub fn get_u64(r: &dyn KvRead, key: &[u8]) -> Result<u64, MetaError> {
 }
 
 pub fn add_u64(t: &mut dyn KvTxn, key: &[u8], delta: i64) -> Result<(), MetaError> {
+    let shard = counter_key(t, key);
+    if shard.len() != key.len() {
+        let v = match t.get(&shard)? {
+            Some(v) => exact_u64(&shard, &v)? as i64,
+            None => 0,
+        };
+        return t.put(&shard, &v.saturating_add(delta).to_be_bytes());
+    }
     let v = get_u64(t, key)?;
     let new = if delta >= 0 {
         v.saturating_add(delta as u64)

@@ -585,7 +585,16 @@ fn write_cache_id(dir: &std::path::Path) -> Result<String> {
         path: path.clone(),
         source,
     };
-    let mut f = std::fs::File::create(&tmp).map_err(|e| local("cannot create", e))?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| local("cannot create", e))?
+    };
     f.write_all(format!("{id}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| local("cannot write", e))?;
@@ -922,6 +931,10 @@ pub fn open_staging(
             )
         },
     )?;
+    // The owner record must be in the metadata store itself, not only in this cache
+    // directory's namespace log: a mount that asks for another cache directory after a crash
+    // reads the store without this log, and must find the record that refuses it.
+    spoolfs_metadata::KvStore::persist(wal.as_ref())?;
     // The losses are recorded (durably): the damaged records and segments may go.
     for loc in &ns_damaged {
         ns_log.free(loc);
@@ -1070,8 +1083,8 @@ fn skip_ids_of_lost_transactions(
         return Ok(());
     }
     for (key, batch) in [
-        (schema::NEXT_INO_KEY, crate::ids::INODE_BATCH),
-        (schema::NEXT_SLICE_KEY, crate::ids::SLICE_BATCH),
+        (schema::NEXT_INO_KEY, crate::ids::INODE_ID_BATCH),
+        (schema::NEXT_SLICE_KEY, crate::ids::SLICE_ID_BATCH),
     ] {
         let next = schema::get_u64(t, key)?;
         t.put(key, &(next + missing * batch).to_be_bytes())?;

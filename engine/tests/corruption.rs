@@ -217,3 +217,66 @@ fn an_intact_cache_after_a_crash_records_no_loss() {
     }
     drop(e);
 }
+
+/// Where in the victim's staged record a byte is changed.
+#[derive(Debug, Clone, Copy)]
+enum Spot {
+    /// Inside the namespace change the record carries (after the slice's data).
+    CarriedChange,
+    /// Inside the record header (its slice id): the record's length is unknown.
+    RecordHeader,
+}
+
+/// Damage that takes the namespace change a record carried: that change is lost (recorded
+/// as a loss), and replay goes on past its number, so every later file comes back.
+#[test]
+fn damage_to_a_carried_change_loses_only_that_change() {
+    for spot in [Spot::CarriedChange, Spot::RecordHeader] {
+        let f = Fixture::new();
+        let s = settings(&f);
+        let e = engine(&f, &s);
+        let files = write_files(&e, 12, 64 << 10);
+        drop(e);
+
+        let victim = 4;
+        let scan = scan_dir(&data_log_dir(&f), uuid_bytes(&f)).unwrap();
+        let rec = scan
+            .records
+            .iter()
+            .find(|r| r.header.ino == files[victim].1)
+            .unwrap();
+        let header_at = rec.data_offset - 4096;
+        assert_eq!(header_at, rec.loc.offset, "one 4 KiB header block");
+        let at = match spot {
+            Spot::CarriedChange => {
+                rec.data_offset + u64::from(rec.header.len - rec.header.meta_len / 2)
+            }
+            Spot::RecordHeader => rec.loc.offset + 40,
+        };
+        flip_byte(&rec.path, at);
+
+        let e = engine(&f, &s);
+        for (i, (name, ino, data)) in files.iter().enumerate() {
+            if i == victim {
+                continue;
+            }
+            let found = e.lookup(ROOT_INO, name.as_bytes());
+            assert!(found.is_ok(), "{spot:?}: {name} is gone: {found:?}");
+            assert!(read_all(&e, *ino) == *data, "{spot:?}: {name} differs");
+        }
+        let losses = e.data_losses().unwrap();
+        assert!(
+            losses
+                .iter()
+                .any(|l| l.cause.contains("namespace change") && l.cause.contains("missing")),
+            "{spot:?}: the lost change is recorded: {losses:?}"
+        );
+        if let Spot::RecordHeader = spot {
+            assert!(
+                losses.iter().any(|l| l.cause.contains("record header")),
+                "{spot:?}: the unreadable region is recorded: {losses:?}"
+            );
+        }
+        drop(e);
+    }
+}

@@ -86,6 +86,9 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
         median(closes.clone()),
         stats.retries
     );
+    // The counters statfs reads (kept per mount on a shared store) add up: root + 40 files.
+    let st = engine.statfs().unwrap();
+    assert_eq!(st.files - st.ffree, 41, "{st:?}");
     assert!(
         median(creates) <= 2,
         "a create costs more than two round trips"

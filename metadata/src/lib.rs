@@ -109,6 +109,12 @@ pub trait KvRead {
         let _ = (keys, ranges);
         Ok(())
     }
+    /// On a store shared by many processes, a number that differs between them (chosen when
+    /// the store is opened): counters that every process updates are kept as one row per
+    /// shard, so that processes do not conflict on one row. `None` for an exclusive store.
+    fn counter_shard(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Reads and writes inside a write transaction.

@@ -102,6 +102,8 @@ pub struct PgStore {
     /// Where the password came from, or why none was found (for authentication errors).
     password_note: String,
     idle: Mutex<Vec<Conn>>,
+    /// See [`KvRead::counter_shard`]: this process's, drawn at open.
+    counter_shard: u32,
     /// Connections open (idle or in use).
     open: Mutex<usize>,
     returned: Condvar,
@@ -288,6 +290,7 @@ impl PgStore {
             describe,
             password_note,
             idle: Mutex::new(Vec::new()),
+            counter_shard: random_shard(),
             open: Mutex::new(0),
             returned: Condvar::new(),
             counters: Counters::default(),
@@ -488,6 +491,20 @@ impl PgStore {
             }
         }
     }
+}
+
+/// A counter shard for this store handle: random, never 0.
+fn random_shard() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() as u32).max(1)
 }
 
 /// Exponential backoff with jitter: 1 ms doubling to 100 ms, each a random 50-100 % of it.
@@ -767,6 +784,9 @@ impl KvRead for PgTxn<'_> {
     }
     fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.scan_dir(start, end, limit, true)
+    }
+    fn counter_shard(&self) -> Option<u32> {
+        Some(self.store.counter_shard)
     }
     fn prefetch(&self, keys: &[&[u8]], ranges: &[(&[u8], &[u8])]) -> Result<()> {
         // Only what is neither written by the transaction nor fetched already.

@@ -56,7 +56,12 @@
 //! metadata. Files are created lazily when a segment is first needed. Each engine thread also keeps a bulk
 //! segment for records of at least 1 MiB; one created for that is only preallocated, not
 //! zero-filled (its first writes convert extents, which a few large records can afford),
-//! and small records use it only when no other segment is free.
+//! and small records use it only when no other segment is free. A write into space never
+//! written before is on the device when it completes, but its extents become "written" only
+//! with the file system's next journal commit, and a kernel crash before that reads it back
+//! as zeros: so an append that reaches past what is known to be written (found with `FIEMAP`
+//! at open, then tracked) is flushed before it is acknowledged, durable or not. Only the
+//! first life of a bulk segment pays this, once per batch.
 //!
 //! `align` is the record alignment: `max(stx_dio_offset_align, stx_dio_mem_align)` from
 //! `statx(STATX_DIOALIGN)` of a file in the directory, clamped to [4096, 65536] (4096 when the
@@ -658,6 +663,8 @@ impl StagingLog {
                 st.generation.store(h.generation, Ordering::SeqCst);
                 st.align.store(h.align, Ordering::SeqCst);
             }
+            st.converted
+                .store(segments::first_unwritten(&file, size), Ordering::SeqCst);
             let _ = shared.files[i as usize].set(file);
             if scan.records.is_empty() {
                 if !scan.damaged() {

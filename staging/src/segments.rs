@@ -68,6 +68,69 @@ pub(crate) struct SegState {
     /// The file was created preallocated only, not zero-filled (a bulk segment, see
     /// [`Shared::create_segment_filled`]): small durable records avoid it.
     pub unfilled: AtomicBool,
+    /// Bytes from the start of the file known to be written and flushed, not unwritten
+    /// (preallocated) extents. A record that reaches beyond it is not safe from a kernel
+    /// crash once written: its extents become written only with a file-system journal commit,
+    /// and until then the record reads back as zeros. The engine thread flushes after such a
+    /// write, before acknowledging it, even when it was not asked to.
+    pub converted: AtomicU64,
+}
+
+/// The offset of the first unwritten (preallocated, never written) extent of `file`, or
+/// `size` if it has none; `size` too when the file system cannot say (`FIEMAP` unsupported:
+/// such file systems have no unwritten extents either, e.g. tmpfs).
+pub(crate) fn first_unwritten(file: &File, size: u64) -> u64 {
+    // struct fiemap and struct fiemap_extent of <linux/fiemap.h>.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped_extents: u32,
+        extent_count: u32,
+        reserved: u32,
+        extents: [Extent; 32],
+    }
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const EXTENT_LAST: u32 = 0x1;
+    const EXTENT_UNWRITTEN: u32 = 0x800;
+    let mut start = 0u64;
+    while start < size {
+        let mut m = Fiemap {
+            start,
+            length: size - start,
+            flags: 0,
+            mapped_extents: 0,
+            extent_count: 32,
+            reserved: 0,
+            extents: [Extent::default(); 32],
+        };
+        // SAFETY: FS_IOC_FIEMAP fills at most `extent_count` extents of the struct we own.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, &mut m as *mut Fiemap) };
+        if r != 0 || m.mapped_extents == 0 {
+            return size;
+        }
+        for e in &m.extents[..m.mapped_extents as usize] {
+            if e.flags & EXTENT_UNWRITTEN != 0 {
+                return e.logical.max(start).min(size);
+            }
+            if e.flags & EXTENT_LAST != 0 {
+                return size;
+            }
+            start = e.logical + e.length;
+        }
+    }
+    size
 }
 
 pub(crate) struct Shared {
@@ -220,6 +283,15 @@ impl Shared {
         st.generation.store(generation, Ordering::SeqCst);
         st.align.store(self.align as u32, Ordering::SeqCst);
         st.unfilled.store(!zero_fill, Ordering::SeqCst);
+        let header_block = segment_header_block(self.align);
+        st.converted.store(
+            if zero_fill {
+                self.segment_size
+            } else {
+                first_unwritten(&file, self.segment_size).max(header_block)
+            },
+            Ordering::SeqCst,
+        );
         let _ = self.files[index as usize].set(file);
         Ok(generation)
     }

@@ -1043,3 +1043,67 @@ fn staging_recycle_waits_for_the_barrier() {
         vec![locs[3]]
     );
 }
+
+/// A record written into never-written (preallocated, unwritten) space of a bulk segment is
+/// on the device once the write completes, but its extents become "written" only with a
+/// journal commit: a kernel crash before it would read the record back as zeros. So such an
+/// append is flushed before it is acknowledged even when it was not asked to be durable;
+/// space already written once (a segment's second life) needs no flush.
+#[test]
+fn staging_writes_into_unwritten_space_are_flushed_before_the_ack() {
+    let (dir, _c, log) = open_one_thread(4 << 20, 8);
+    let fs_type = {
+        // SAFETY: statfs fills the struct for a valid path.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        unsafe { libc::statfs(path.as_ptr(), &mut st) };
+        st.f_type
+    };
+    if fs_type == libc::TMPFS_MAGIC {
+        eprintln!("SKIPPED: tmpfs has no unwritten extents");
+        return;
+    }
+    let big = |i: u64| random_bytes(i, (1 << 20) + 8192);
+    let before = log.usage().datasyncs;
+    let first = log
+        .append(&hdr(1, 1, big(1).len()), &big(1), false)
+        .unwrap();
+    assert!(
+        log.usage().datasyncs > before,
+        "a non-durable record in unwritten space was acknowledged without a flush"
+    );
+    assert!(
+        log.shared.segs[first.segment as usize]
+            .unfilled
+            .load(Ordering::SeqCst)
+    );
+    // Small records go to zero-filled segments: no flush for them.
+    let before = log.usage().datasyncs;
+    log.append(&hdr(1, 2, 4000), &random_bytes(2, 4000), false)
+        .unwrap();
+    assert_eq!(log.usage().datasyncs, before, "a plain append flushed");
+    // Free the first record and fill the rest of that segment, so it is recycled; its second
+    // life writes over space written in the first.
+    log.free(&first);
+    let mut more = Vec::new();
+    for i in 3..6 {
+        more.push(
+            log.append(&hdr(1, i, big(i).len()), &big(i), false)
+                .unwrap(),
+        );
+    }
+    for l in more.iter().filter(|l| l.segment == first.segment) {
+        log.free(l);
+    }
+    for i in 6..12 {
+        let loc = log
+            .append(&hdr(1, i, big(i).len()), &big(i), false)
+            .unwrap();
+        if loc.segment == first.segment && loc.offset == first.offset {
+            let st = &log.shared.segs[first.segment as usize];
+            assert!(st.converted.load(Ordering::SeqCst) >= loc.offset + big(i).len() as u64);
+            return;
+        }
+    }
+    panic!("the first bulk segment was never reused");
+}

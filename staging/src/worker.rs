@@ -186,10 +186,31 @@ impl Worker {
         let written_durable = placed
             .iter()
             .any(|p| p.durable && matches!(p.status, Status::Written));
+        // Records written into never-written (preallocated) space: see `SegState::converted`.
+        let converting: Vec<bool> = placed
+            .iter()
+            .map(|p| {
+                matches!(p.status, Status::Written)
+                    && p.offset + p.buf.len() as u64
+                        > self.shared.segs[p.segment as usize]
+                            .converted
+                            .load(Ordering::SeqCst)
+            })
+            .collect();
+        let any_converting = converting.iter().any(|&c| c);
         let mut flush_err = None;
-        if !syncs.is_empty() || (written_durable && !use_dsync) {
+        if !syncs.is_empty() || (written_durable && !use_dsync) || any_converting {
             if let Err(e) = self.flush() {
                 flush_err = Some(e);
+            } else {
+                for p in placed
+                    .iter()
+                    .filter(|p| matches!(p.status, Status::Written))
+                {
+                    self.shared.segs[p.segment as usize]
+                        .converted
+                        .fetch_max(p.offset + p.buf.len() as u64, Ordering::SeqCst);
+                }
             }
         } else if use_dsync {
             let n = placed
@@ -205,9 +226,9 @@ impl Worker {
             self.dirty.clear();
         }
 
-        for p in placed {
+        for (p, converting) in placed.into_iter().zip(converting) {
             let result = match p.status {
-                Status::Written => match (&flush_err, p.durable && !use_dsync) {
+                Status::Written => match (&flush_err, (p.durable && !use_dsync) || converting) {
                     (Some(e), true) => Err(e.clone()),
                     _ => {
                         self.shared.appends.fetch_add(1, Ordering::Relaxed);

@@ -317,6 +317,28 @@ fn two_mounts_of_one_postgres_volume_see_each_other() {
             m.path().display()
         );
     }
+    // The inode count statfs reports (one counter row per mount on a shared volume) adds up
+    // to what is there, seen from either mount.
+    let mut inodes = 1; // the root
+    let mut dirs = vec![a.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            inodes += 1;
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    for m in [&a, &b] {
+        let st = statvfs(m.path()).unwrap();
+        assert_eq!(
+            st.f_files - st.f_ffree,
+            inodes,
+            "statfs inodes on {}",
+            m.path().display()
+        );
+    }
     eprintln!(
         "same-name races won by A: {}, by B: {}",
         wins[0].iter().filter(|w| **w).count(),

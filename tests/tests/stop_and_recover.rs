@@ -1,0 +1,189 @@
+//! The other ways a mount stops, and what the next mount must do after each:
+//!
+//! * SIGINT and SIGHUP stop a mount as SIGTERM does: everything staged is uploaded first, and
+//!   then a mount on a fresh cache directory (allowed only after a clean stop) reads it all;
+//! * after a crash (SIGKILL) with data staged, a mount that asks for another cache directory
+//!   is refused with a message naming the right one, and a mount with the right one uploads
+//!   and reads every byte;
+//! * `--shutdown-timeout` bounds that upload when the object store does not answer: the
+//!   daemon exits with data still staged, and the same holds for the next mount.
+
+use spoolfs_s3proxy::{Fault, Method};
+use spoolfs_tests::*;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Uploads wait 30 s for company, so everything written is still staged when the mount is
+/// told to stop: the stop itself must upload it.
+const SLOW_UPLOADS: [&str; 2] = ["--upload-delay", "30"];
+
+fn write_files(dir: &Path, n: u64, seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
+    fs::create_dir_all(dir).unwrap();
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let len = 1 + rng.below(40_000) as usize;
+            let data = rng.bytes(len);
+            let name = PathBuf::from(format!("f{i:03}"));
+            fs::write(dir.join(&name), &data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+fn staged_bytes(m: &Mount) -> u64 {
+    let v = m.status();
+    let v = if v.is_array() { v[0].clone() } else { v };
+    v["engine"]["staged_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no engine.staged_bytes in {v}"))
+}
+
+/// Waits for process `pid` to exit (or become a zombie); fails after 120 s.
+fn wait_gone(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon {pid} still running 60 s after {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: sending a signal has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+fn check_files(m: &Mount, dir: &str, files: &[(PathBuf, Vec<u8>)], what: &str) {
+    for (name, data) in files {
+        let got = fs::read(m.join(dir).join(name))
+            .unwrap_or_else(|e| panic!("{what}: {dir}/{}: {e}", name.display()));
+        assert!(got == *data, "{what}: {dir}/{} differs", name.display());
+    }
+}
+
+#[test]
+fn sigint_and_sighup_upload_everything_and_unmount() {
+    require_fuse!();
+    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGHUP, "SIGHUP")] {
+        let vol = Volume::new(Backend::File);
+        let m = vol.mount_with(MountOptions {
+            daemon: true,
+            extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        });
+        let files = write_files(&m.join("d"), 20, sig as u64);
+        assert!(staged_bytes(&m) > 0, "{name}: the test needs staged data");
+        let pid = m.pid().expect("daemon pid");
+        let mp = m.path().to_path_buf();
+        signal(pid, sig);
+        wait_gone(pid, name);
+        assert!(!is_mounted(&mp), "still mounted after {name}");
+        let log = m.log_text();
+        assert!(!log.contains("panicked"), "{name}: daemon panicked:\n{log}");
+        drop(m);
+        // Only a clean stop lets another cache directory mount the volume.
+        let fresh = vol.mount_with(MountOptions {
+            daemon: true,
+            cache_dir: Some(vol.new_subdir("fresh-cache")),
+            ..Default::default()
+        });
+        check_files(&fresh, "d", &files, name);
+        fresh.unmount();
+    }
+}
+
+/// With data staged in the volume's cache directory by a mount that did not stop cleanly:
+/// another cache directory is refused, naming the right one; the right one reads every file
+/// of `d`, and `spoolfs sync` uploads them.
+fn check_only_the_same_cache_mounts(vol: &Volume, files: &[(PathBuf, Vec<u8>)]) {
+    let refused = vol.try_mount_with(MountOptions {
+        daemon: true,
+        cache_dir: Some(vol.new_subdir("other-cache")),
+        ..Default::default()
+    });
+    let err = match refused {
+        Ok(m) => {
+            m.unmount();
+            panic!("a mount with another cache directory was allowed with data staged elsewhere");
+        }
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("--cache-dir") && err.contains(&vol.cache_dir().display().to_string()),
+        "the refusal does not name the cache directory to use: {err}"
+    );
+    let again = vol.mount_daemon();
+    check_files(&again, "d", files, "on the same cache directory");
+    let out = vol.spoolfs_run([OsStr::new("sync"), again.path().as_os_str()]);
+    out.assert_success();
+    assert_eq!(staged_bytes(&again), 0, "sync left data staged");
+    again.unmount();
+}
+
+#[test]
+fn a_mount_with_another_cache_is_refused_after_a_crash() {
+    require_fuse!();
+    let vol = Volume::new(Backend::File);
+    let m = vol.mount_with(MountOptions {
+        daemon: true,
+        extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    });
+    let files = write_files(&m.join("d"), 20, 3);
+    assert!(staged_bytes(&m) > 0, "the test needs staged data");
+    m.kill9();
+    check_only_the_same_cache_mounts(&vol, &files);
+}
+
+/// Known to fail: after the timeout the engine stops waiting for uploads, but shutting down
+/// joins the upload threads, and one blocked in a PUT holds the process until the object
+/// store client gives up (minutes).
+#[test]
+#[ignore = "the daemon outlives --shutdown-timeout while a PUT is stalled (upload threads are joined)"]
+fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
+    require_fuse!();
+    let vol = Volume::new(Backend::S3);
+    let proxy = vol.s3().expect("S3 volume").start_proxy();
+    vol.set_mount_s3_endpoint(Some(&proxy.endpoint()));
+    let m = vol.mount_with(MountOptions {
+        daemon: true,
+        extra_args: ["--shutdown-timeout", "2"]
+            .iter()
+            .chain(SLOW_UPLOADS.iter())
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    });
+    // Every PUT stalls until the fault is cleared: only the timeout can end the drain.
+    proxy.add_fault(Fault::stall(None).only(Method::Put));
+    let files = write_files(&m.join("d"), 20, 7);
+    assert!(staged_bytes(&m) > 0, "the test needs staged data");
+    let pid = m.pid().expect("daemon pid");
+    let mp = m.path().to_path_buf();
+    signal(pid, libc::SIGTERM);
+    let guard = std::panic::catch_unwind(|| {
+        wait_gone(pid, "SIGTERM with --shutdown-timeout 2 and a stalled store")
+    });
+    if guard.is_err() {
+        let log = m.log_text();
+        panic!("the daemon did not stop; its log:\n{log}");
+    }
+    assert!(!is_mounted(&mp), "still mounted after the shutdown timeout");
+    let log = m.log_text();
+    assert!(!log.contains("panicked"), "daemon panicked:\n{log}");
+    drop(m);
+    proxy.clear_faults();
+    check_only_the_same_cache_mounts(&vol, &files);
+}
