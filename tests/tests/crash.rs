@@ -161,6 +161,14 @@ enum Expect {
     },
     /// A rename or unlink was in flight: one of these.
     OneOf(Vec<Expect>),
+    /// A pwrite of `len` bytes at `at` was in flight over `old`: the bytes outside that range
+    /// are `old`'s (zeros where it extends the file), the size is the old one or the one the
+    /// pwrite makes; only the range itself may hold anything.
+    Patched {
+        old: Arc<Vec<u8>>,
+        at: usize,
+        len: usize,
+    },
 }
 
 impl Expect {
@@ -188,6 +196,12 @@ impl Expect {
                 let alts: Vec<String> = v.iter().map(|e| e.describe()).collect();
                 format!("one of [{}]", alts.join(" | "))
             }
+            Expect::Patched { old, at, len } => format!(
+                "{} bytes (checksum {:016x}) with anything in [{at}, {})",
+                old.len(),
+                checksum(old),
+                at + len
+            ),
         }
     }
 
@@ -234,6 +248,30 @@ impl Expect {
                 )),
                 _ => None,
             },
+            (Expect::Patched { .. }, None) => Some("missing (it existed before the pwrite)".into()),
+            (Expect::Patched { old, at, len }, Some(a)) => {
+                let (at, end) = (*at, at + len);
+                let sizes = [old.len(), old.len().max(end)];
+                if !sizes.contains(&a.len()) {
+                    return Some(format!(
+                        "{} bytes after a pwrite of [{at}, {end}) into {} bytes",
+                        a.len(),
+                        old.len()
+                    ));
+                }
+                let outside = (0..a.len()).filter(|i| !(at..end).contains(i));
+                let bad = outside
+                    .into_iter()
+                    .find(|&i| a[i] != old.get(i).copied().unwrap_or(0));
+                bad.map(|i| {
+                    format!(
+                        "an in-flight pwrite of [{at}, {end}) changed byte {i}, outside its \
+                         range: {:#04x}, was {:#04x}",
+                        a[i],
+                        old.get(i).copied().unwrap_or(0)
+                    )
+                })
+            }
             (Expect::OneOf(v), a) => {
                 if v.iter().any(|e| e.check(a).is_none()) {
                     None
@@ -497,7 +535,11 @@ impl Worker {
         let (f, op, fsync) = self.start_write(
             &rel,
             format!("pwrite {len} bytes at {at} (file was {} bytes)", old.len()),
-            Expect::unknown(true),
+            Expect::Patched {
+                old: old.clone(),
+                at,
+                len,
+            },
             fs::OpenOptions::new().write(true),
         )?;
         std::os::unix::fs::FileExt::write_all_at(&f, &piece, at as u64)
@@ -1678,4 +1720,37 @@ fn sync_waits_for_the_object_store() {
         assert_eq!(&fs::read(mp.join(format!("d/f{i}"))).unwrap(), data);
     }
     m.unmount();
+}
+
+/// The check of a file whose pwrite was cut by the crash: only the written range may differ.
+#[test]
+fn a_cut_pwrite_may_change_only_its_range() {
+    let old = Arc::new(vec![1u8; 100]);
+    let e = Expect::Patched {
+        old: old.clone(),
+        at: 90,
+        len: 20,
+    };
+    let mut done = vec![1u8; 110];
+    done[90..].fill(7);
+    assert_eq!(e.check(Some(&done)), None, "the completed pwrite");
+    assert_eq!(e.check(Some(&old)), None, "the pwrite undone");
+    let mut torn = done.clone();
+    torn[95..].fill(0);
+    assert_eq!(
+        e.check(Some(&torn)),
+        None,
+        "a torn pwrite, within its range"
+    );
+    let mut outside = done.clone();
+    outside[10] = 9;
+    assert!(
+        e.check(Some(&outside)).is_some(),
+        "a byte outside the range changed"
+    );
+    assert!(
+        e.check(Some(&done[..105])).is_some(),
+        "a size neither old nor new"
+    );
+    assert!(e.check(None).is_some(), "the file vanished");
 }

@@ -309,6 +309,22 @@ pub fn describe(s: &MountStatus) -> String {
                     ),
                 );
             }
+            if let Some(p) = e.pack_fetch.as_ref().filter(|p| p.started > 0) {
+                line(
+                    "pack fetches:",
+                    format!(
+                        "{} packs ({}) fetched whole, {} reads served from them{}",
+                        p.started,
+                        human_bytes(p.bytes),
+                        p.hits,
+                        if p.errors > 0 {
+                            format!(", {} failed", p.errors)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+            }
             if !s.data_losses.is_empty() {
                 line(
                     "DATA LOSS:",
