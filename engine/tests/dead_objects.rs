@@ -7,7 +7,6 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use spoolfs_engine::*;
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError};
-use spoolfs_objects::ObjectStorage;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

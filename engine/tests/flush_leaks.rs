@@ -3,22 +3,17 @@
 //! records it had already staged (which nothing points at) must be freed: otherwise they stay
 //! allocated until the next mount.
 
-use futures::stream::BoxStream;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
 use spoolfs_engine::staging::{FaultConfig, StagingDurability};
 use spoolfs_engine::writeback::StagingSettings;
 use spoolfs_engine::*;
-use spoolfs_objects::ObjectStorage;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod common;
 use common::Volume as Fixture;
+use common::store::Intercept;
 use spoolfs_testkit::random_bytes;
 
 const ME: Caller = Caller::ROOT;
@@ -26,18 +21,13 @@ const ME: Caller = Caller::ROOT;
 /// An object store whose PUTs fail while `failing` is set.
 #[derive(Debug)]
 struct FailingPuts {
-    inner: Arc<dyn ObjectStore>,
     failing: Arc<AtomicBool>,
 }
 
-impl std::fmt::Display for FailingPuts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "failing-puts({})", self.inner)
-    }
-}
+impl Intercept for FailingPuts {
+    const NAME: &'static str = "failing-puts";
 
-impl FailingPuts {
-    fn check(&self) -> object_store::Result<()> {
+    fn check_put(&self, _location: &Path) -> object_store::Result<()> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(object_store::Error::Generic {
                 store: "failing-puts",
@@ -45,60 +35,6 @@ impl FailingPuts {
             });
         }
         Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for FailingPuts {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.check()?;
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check()?;
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
     }
 }
 
@@ -111,12 +47,9 @@ fn live_records(e: &Engine) -> u64 {
 fn a_flush_whose_direct_upload_fails_frees_what_it_staged() {
     let f = Fixture::new();
     let failing = Arc::new(AtomicBool::new(false));
-    let local = object_store::local::LocalFileSystem::new_with_prefix(f.objects()).unwrap();
-    let store = FailingPuts {
-        inner: Arc::new(local),
+    let storage = f.intercepted_storage(FailingPuts {
         failing: failing.clone(),
-    };
-    let storage = Arc::new(ObjectStorage::from_store(Arc::new(store), "failing-puts").unwrap());
+    });
     let faults = FaultConfig::new();
     let settings = StagingSettings {
         durability: StagingDurability::Flush,

@@ -88,6 +88,21 @@ fn counted_engine(f: &Fixture, writeback: bool) -> (Arc<Engine>, Arc<AtomicU64>)
     (e, durable_commits)
 }
 
+/// A counted engine (see [`counted_engine`]) with file `f` in the root directory holding
+/// 10,000 bytes from `seed`, written and still open: the engine, its durable commits, the
+/// file and its handle.
+fn engine_with_open_file(
+    f: &Fixture,
+    writeback: bool,
+    seed: u64,
+) -> (Arc<Engine>, Arc<AtomicU64>, Ino, u64) {
+    let (e, durable_commits) = counted_engine(f, writeback);
+    let (a, fh) = e.create(&ME, ROOT_INO, b"f", 0o644, libc::O_RDWR).unwrap();
+    e.write(&ME, a.ino, fh, 0, &random_bytes(seed, 10_000))
+        .unwrap();
+    (e, durable_commits, a.ino, fh)
+}
+
 /// Device flushes of the staging log so far.
 fn flushes(e: &Engine) -> u64 {
     e.metrics().staging.expect("a staging log").device_flushes
@@ -100,18 +115,15 @@ fn flushes(e: &Engine) -> u64 {
 fn fsync_after_close_flushes_the_staging_device() {
     for datasync in [false, true] {
         let f = Fixture::new();
-        let (e, _) = counted_engine(&f, true);
-        let (a, fh) = e.create(&ME, ROOT_INO, b"f", 0o644, libc::O_RDWR).unwrap();
-        e.write(&ME, a.ino, fh, 0, &random_bytes(1, 10_000))
-            .unwrap();
+        let (e, _, ino, fh) = engine_with_open_file(&f, true, 1);
         let before_close = flushes(&e);
-        e.flush(a.ino, fh).unwrap();
+        e.flush(ino, fh).unwrap();
         let closed = flushes(&e);
         assert_eq!(
             closed, before_close,
             "close flushed the device: this test would show nothing"
         );
-        e.fsync(a.ino, fh, datasync).unwrap();
+        e.fsync(ino, fh, datasync).unwrap();
         let synced = flushes(&e);
         assert!(
             synced > closed,
@@ -119,9 +131,9 @@ fn fsync_after_close_flushes_the_staging_device() {
             if datasync { "fdatasync" } else { "fsync" }
         );
         // Once flushed, another fsync has nothing to flush.
-        e.fsync(a.ino, fh, datasync).unwrap();
+        e.fsync(ino, fh, datasync).unwrap();
         assert_eq!(flushes(&e), synced, "a second fsync flushed again");
-        e.release(a.ino, fh).unwrap();
+        e.release(ino, fh).unwrap();
         e.shutdown().unwrap();
     }
 }
@@ -131,17 +143,14 @@ fn fsync_after_close_flushes_the_staging_device() {
 fn fsync_with_pending_writes_flushes_the_staging_device() {
     for datasync in [false, true] {
         let f = Fixture::new();
-        let (e, _) = counted_engine(&f, true);
-        let (a, fh) = e.create(&ME, ROOT_INO, b"f", 0o644, libc::O_RDWR).unwrap();
-        e.write(&ME, a.ino, fh, 0, &random_bytes(2, 10_000))
-            .unwrap();
+        let (e, _, ino, fh) = engine_with_open_file(&f, true, 2);
         let before = flushes(&e);
-        e.fsync(a.ino, fh, datasync).unwrap();
+        e.fsync(ino, fh, datasync).unwrap();
         assert!(
             flushes(&e) > before,
             "fsync (datasync {datasync}) flushed nothing"
         );
-        e.release(a.ino, fh).unwrap();
+        e.release(ino, fh).unwrap();
         e.shutdown().unwrap();
     }
 }
@@ -174,23 +183,20 @@ fn fsyncdir_commits_the_metadata_durably() {
 fn standard_mode_fsync_commits_the_metadata_durably() {
     for datasync in [false, true] {
         let f = Fixture::new();
-        let (e, durable_commits) = counted_engine(&f, false);
-        let (a, fh) = e.create(&ME, ROOT_INO, b"f", 0o644, libc::O_RDWR).unwrap();
-        e.write(&ME, a.ino, fh, 0, &random_bytes(3, 10_000))
-            .unwrap();
+        let (e, durable_commits, ino, fh) = engine_with_open_file(&f, false, 3);
         let before = durable_commits.load(Ordering::SeqCst);
-        e.fsync(a.ino, fh, datasync).unwrap();
+        e.fsync(ino, fh, datasync).unwrap();
         let synced = durable_commits.load(Ordering::SeqCst);
         assert!(
             synced > before,
             "fsync of buffered writes made nothing durable"
         );
-        e.write(&ME, a.ino, fh, 0, b"again").unwrap();
-        e.flush(a.ino, fh).unwrap();
+        e.write(&ME, ino, fh, 0, b"again").unwrap();
+        e.flush(ino, fh).unwrap();
         // A change that close does not make durable on its own: a timestamp.
         e.setattr(
             &ME,
-            a.ino,
+            ino,
             &SetAttr {
                 mtime: Some(TimeSet::At(
                     std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
@@ -200,12 +206,12 @@ fn standard_mode_fsync_commits_the_metadata_durably() {
         )
         .unwrap();
         let before = durable_commits.load(Ordering::SeqCst);
-        e.fsync(a.ino, fh, datasync).unwrap();
+        e.fsync(ino, fh, datasync).unwrap();
         assert!(
             durable_commits.load(Ordering::SeqCst) > before,
             "fsync after close made nothing durable (datasync {datasync})"
         );
-        e.release(a.ino, fh).unwrap();
+        e.release(ino, fh).unwrap();
         e.shutdown().unwrap();
     }
 }

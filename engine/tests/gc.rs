@@ -5,7 +5,6 @@ use spoolfs_engine::gc::{CompactionSettings, GcOptions, GcReport};
 use spoolfs_engine::schema::{self, PackRec, PackedRec};
 use spoolfs_engine::writeback::StagingSettings;
 use spoolfs_engine::*;
-use spoolfs_objects::ObjectStorage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;

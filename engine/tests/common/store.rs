@@ -1,5 +1,5 @@
-//! An object store for tests that watches or holds back some requests: an [`Intercept`] says
-//! what it does with GETs and deletes, [`Intercepted`] passes everything else on unchanged to
+//! An object store for tests that watches, fails or holds back some requests: an
+//! [`Intercept`] says what it does with PUTs, GETs and deletes, [`Intercepted`] passes everything else on unchanged to
 //! the volume's local-directory store.
 #![allow(dead_code)] // each test crate uses its own subset
 
@@ -11,12 +11,17 @@ use object_store::{
 };
 use std::sync::Arc;
 
-/// What a test store does with the GETs and deletes it passes on to `inner`; by default,
-/// nothing.
+/// What a test store does with the PUTs, GETs and deletes it passes on to `inner`; by
+/// default, nothing.
 #[async_trait::async_trait]
 pub trait Intercept: Send + Sync + std::fmt::Debug + 'static {
     /// The store's name in its description and in errors.
     const NAME: &'static str;
+
+    /// Runs before every PUT (whole or multipart) of `location`; an error fails the PUT.
+    fn check_put(&self, _location: &Path) -> Result<()> {
+        Ok(())
+    }
 
     async fn get_opts(
         &self,
@@ -36,7 +41,7 @@ pub trait Intercept: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// `inner` with the GETs and deletes going through `hooks`.
+/// `inner` with the PUTs, GETs and deletes going through `hooks`.
 #[derive(Debug)]
 pub struct Intercepted<I> {
     pub inner: Arc<dyn ObjectStore>,
@@ -57,6 +62,7 @@ impl<I: Intercept> ObjectStore for Intercepted<I> {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        self.hooks.check_put(location)?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -65,6 +71,7 @@ impl<I: Intercept> ObjectStore for Intercepted<I> {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
+        self.hooks.check_put(location)?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -95,7 +102,7 @@ impl<I: Intercept> ObjectStore for Intercepted<I> {
 }
 
 impl super::Volume {
-    /// The volume's object store, its GETs and deletes going through `hooks`.
+    /// The volume's object store, its PUTs, GETs and deletes going through `hooks`.
     pub fn intercepted_storage<I: Intercept>(
         &self,
         hooks: I,
