@@ -574,7 +574,7 @@ impl KvStore for WalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spoolfs_metadata::MemStore;
+    use spoolfs_metadata::{FaultyStore, MemStore};
 
     /// A log in memory whose contents can be "crashed": after a crash of spoolfs or the
     /// kernel every record survives ([`crash_replay`]), after a power cut only the synced ones
@@ -795,49 +795,16 @@ mod tests {
         assert_eq!(wal2.persisted_through(), 4);
     }
 
-    /// A store whose next commit fails after the transaction ran (a full or failing disk).
-    struct FailingCommit {
-        inner: MemStore,
-        fail_next: AtomicBool,
-    }
-
-    impl KvStore for FailingCommit {
-        fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
-            self.inner.view(f)
-        }
-        fn update(
-            &self,
-            durability: Durability,
-            f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-        ) -> Result<()> {
-            self.inner.update(durability, &mut |t| {
-                f(t)?;
-                if self.fail_next.swap(false, Ordering::SeqCst) {
-                    return Err(MetaError::Io("commit failed: no space left".into()));
-                }
-                Ok(())
-            })
-        }
-        fn persist(&self) -> Result<()> {
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "failing".into()
-        }
-    }
-
     #[test]
     fn a_carried_record_of_a_failed_commit_is_never_replayed() {
-        let base = Arc::new(FailingCommit {
-            inner: MemStore::default(),
-            fail_next: AtomicBool::new(false),
-        });
+        // Its next commit fails after the transaction ran (a full or failing disk).
+        let base = Arc::new(FaultyStore::default());
         let log = Arc::new(MemLog::default());
         let (wal, _) = WalStore::recover(base.clone(), log.clone(), vec![]).unwrap();
         wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
             .unwrap();
         // The carrier writes the record while the store commits; the commit fails.
-        base.fail_next.store(true, Ordering::SeqCst);
+        base.fail_next_commit.store(true, Ordering::SeqCst);
         let mut carrier = MemCarrier::default();
         let err = wal.update_carried(
             Durability::Durable,
@@ -853,7 +820,7 @@ mod tests {
         assert!(carrier.records.is_empty());
         // The same without a carrier: the full record went to the namespace log before the
         // commit was attempted.
-        base.fail_next.store(true, Ordering::SeqCst);
+        base.fail_next_commit.store(true, Ordering::SeqCst);
         assert!(
             wal.update(Durability::Visible, &mut |t| t.put(b"x", b"9"))
                 .is_err()
@@ -878,7 +845,7 @@ mod tests {
 
         // If not even the empty record can be logged, the log cannot say the transaction
         // failed: every later change is refused rather than logged without it.
-        base.fail_next.store(true, Ordering::SeqCst);
+        base.fail_next_commit.store(true, Ordering::SeqCst);
         log.failing.store(true, Ordering::SeqCst);
         let mut carrier = MemCarrier::default();
         assert!(
@@ -894,57 +861,27 @@ mod tests {
         assert!(refused.unwrap_err().to_string().contains("remount"));
     }
 
-    /// A store whose durable commits fail on demand (a full or failing metadata disk).
-    struct FailingPersist {
-        inner: MemStore,
-        fail: AtomicBool,
-    }
-
-    impl KvStore for FailingPersist {
-        fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
-            self.inner.view(f)
-        }
-        fn update(
-            &self,
-            durability: Durability,
-            f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-        ) -> Result<()> {
-            self.inner.update(durability, f)
-        }
-        fn persist(&self) -> Result<()> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(MetaError::Io("no space left on the metadata disk".into()));
-            }
-            self.inner.persist()
-        }
-        fn describe(&self) -> String {
-            "failing persist".into()
-        }
-    }
-
     /// The namespace log refuses a record and the fallback (a durable commit of the store)
     /// fails too: the transaction is reported failed, and nothing after it waits forever for
     /// its number or is acknowledged past it (replay would stop there).
     #[test]
     fn a_failed_fallback_neither_hangs_later_changes_nor_acknowledges_them() {
-        let base = Arc::new(FailingPersist {
-            inner: MemStore::default(),
-            fail: AtomicBool::new(false),
-        });
+        // Its checkpoints fail on demand (a full or failing metadata disk).
+        let base = Arc::new(FaultyStore::default());
         let log = Arc::new(MemLog::default());
         let (wal, _) = WalStore::recover(base.clone(), log.clone(), vec![]).unwrap();
         let wal = Arc::new(wal);
         wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
             .unwrap();
         log.failing.store(true, Ordering::SeqCst);
-        base.fail.store(true, Ordering::SeqCst);
+        base.fail_persist.store(true, Ordering::SeqCst);
         assert!(
             wal.update(Durability::Visible, &mut |t| t.put(b"b", b"2"))
                 .is_err()
         );
         // The disks are back; a later change must come back (refused), not block.
         log.failing.store(false, Ordering::SeqCst);
-        base.fail.store(false, Ordering::SeqCst);
+        base.fail_persist.store(false, Ordering::SeqCst);
         let (tx, rx) = std::sync::mpsc::channel();
         let w = wal.clone();
         std::thread::spawn(move || {

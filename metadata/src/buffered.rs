@@ -620,35 +620,10 @@ mod tests {
     /// An apply that fails keeps the changes, and the next persist applies them.
     #[test]
     fn a_failed_apply_is_retried() {
-        struct Flaky {
-            inner: MemStore,
-            fail: std::sync::atomic::AtomicBool,
-        }
-        impl KvStore for Flaky {
-            fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
-                self.inner.view(f)
-            }
-            fn update(
-                &self,
-                d: Durability,
-                f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-            ) -> Result<()> {
-                if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Err(MetaError::Io("injected".into()));
-                }
-                self.inner.update(d, f)
-            }
-            fn persist(&self) -> Result<()> {
-                Ok(())
-            }
-            fn describe(&self) -> String {
-                "flaky".into()
-            }
-        }
-        let inner = Arc::new(Flaky {
-            inner: MemStore::default(),
-            fail: true.into(),
-        });
+        let inner = Arc::new(crate::FaultyStore::default());
+        inner
+            .fail_updates
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let store = BufferedStore::new(inner.clone());
         store
             .update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
@@ -660,7 +635,9 @@ mod tests {
                 t.put(b"b", b"2")
             })
             .unwrap();
-        inner.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        inner
+            .fail_updates
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         store.persist().unwrap();
         assert_eq!(store.buffered(), 0);
         inner

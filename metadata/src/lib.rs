@@ -10,6 +10,7 @@
 
 mod buffered;
 mod crash;
+mod faulty;
 mod mem;
 mod pgpass;
 mod postgres;
@@ -18,6 +19,7 @@ mod write_set;
 
 pub use buffered::BufferedStore;
 pub use crash::CrashStore;
+pub use faulty::FaultyStore;
 
 pub use mem::MemStore;
 pub use postgres::{PgOptions, PgStore, SCHEMA_VERSION, SchemaMode, redact};
