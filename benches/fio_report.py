@@ -139,6 +139,15 @@ def main():
     def why(key):
         return r[key][1]
 
+    def rows(targets, columns, cells):
+        """One table row per (key, label) of `targets`: the `columns` measured cells that
+        `cells(key)` formats, or the reason the target was not measured."""
+        for key, label in targets:
+            if not job(key):
+                w("| %s | %s |%s" % (label, "not measured: " + why(key), " |" * (columns - 1)))
+                continue
+            w("| %s |" % " | ".join([label] + cells(key)))
+
     out = []
     w = out.append
     date = args.date
@@ -291,34 +300,30 @@ def main():
         "| fsync p50 (µs) | fsync p99 (µs) | latency ratio vs ext4 |"
     )
     w("|---|---|---|---|---|---|---|---|")
-    for key, label in (
-        ("a_ext4", "ext4 file on the same disk (baseline)"),
-        ("a_ext4j", "journaling ext4 (mkfs defaults) in a loop file with direct I/O, same disk"),
-        ("a_floor", "device floor: O_DIRECT write + fdatasync, same disk"),
-        ("a_floorj", "device floor through the loop device (what the loop adds to the journaling ext4)"),
-        ("a_nullfs", "FUSE floor: nullfs, write + fsync round trips"),
-        ("a_wb", "spoolfs, writeback (default)"),
-        ("a_wb_disk", "spoolfs, writeback, object store on the same disk"),
-        ("a_std", "spoolfs, standard (`--writeback=false`)"),
-        ("a_wb_s3", "spoolfs, writeback, on S3 behind the proxy"),
-        ("a_juicefs", "JuiceFS `--writeback` (SQLite metadata), on S3 behind the proxy"),
-    ):
-        if not job(key):
-            w("| %s | %s | | | | | | |" % (label, "not measured: " + why(key)))
-            continue
-        w(
-            "| %s | %.0f | %s | %s | %s | %s | %s | %s |"
-            % (
-                label,
-                iops[key],
-                us(mean_us[key] * 1000),
-                us(wlat(key, P50)),
-                us(wlat(key, P99)),
-                us(slat(key, P50)),
-                us(slat(key, P99)),
-                ratio(div(mean_us[key], mean_us["a_ext4"])),
-            )
-        )
+    rows(
+        (
+            ("a_ext4", "ext4 file on the same disk (baseline)"),
+            ("a_ext4j", "journaling ext4 (mkfs defaults) in a loop file with direct I/O, same disk"),
+            ("a_floor", "device floor: O_DIRECT write + fdatasync, same disk"),
+            ("a_floorj", "device floor through the loop device (what the loop adds to the journaling ext4)"),
+            ("a_nullfs", "FUSE floor: nullfs, write + fsync round trips"),
+            ("a_wb", "spoolfs, writeback (default)"),
+            ("a_wb_disk", "spoolfs, writeback, object store on the same disk"),
+            ("a_std", "spoolfs, standard (`--writeback=false`)"),
+            ("a_wb_s3", "spoolfs, writeback, on S3 behind the proxy"),
+            ("a_juicefs", "JuiceFS `--writeback` (SQLite metadata), on S3 behind the proxy"),
+        ),
+        7,
+        lambda key: [
+            "%.0f" % iops[key],
+            us(mean_us[key] * 1000),
+            us(wlat(key, P50)),
+            us(wlat(key, P99)),
+            us(slat(key, P50)),
+            us(slat(key, P99)),
+            ratio(div(mean_us[key], mean_us["a_ext4"])),
+        ],
+    )
     if mean_us["a_floor"] and mean_us["a_nullfs"] and mean_us["a_ext4"]:
         floor = mean_us["a_floor"] + mean_us["a_nullfs"]
         w("")
@@ -360,26 +365,21 @@ def main():
     w("")
     w("| target | ops/s | write mean (µs) | write p50 (µs) | write p99 (µs) | p50 ratio | p99 ratio |")
     w("|---|---|---|---|---|---|---|")
-    for key, label in (
-        ("b_nullfs", "nullfs: FUSE round trip, no work (baseline)"),
-        ("b_wb", "spoolfs, writeback (default)"),
-    ):
-        if not job(key):
-            w("| %s | %s | | | | | |" % (label, "not measured: " + why(key)))
-            continue
-        wj = job(key)["write"]
-        w(
-            "| %s | %.0f | %s | %s | %s | %s | %s |"
-            % (
-                label,
-                wj["iops"],
-                us(wj["clat_ns"]["mean"]),
-                us(wlat(key, P50)),
-                us(wlat(key, P99)),
-                ratio(div(wlat(key, P50), wlat("b_nullfs", P50))),
-                ratio(div(wlat(key, P99), wlat("b_nullfs", P99))),
-            )
-        )
+    rows(
+        (
+            ("b_nullfs", "nullfs: FUSE round trip, no work (baseline)"),
+            ("b_wb", "spoolfs, writeback (default)"),
+        ),
+        6,
+        lambda key: [
+            "%.0f" % job(key)["write"]["iops"],
+            us(job(key)["write"]["clat_ns"]["mean"]),
+            us(wlat(key, P50)),
+            us(wlat(key, P99)),
+            ratio(div(wlat(key, P50), wlat("b_nullfs", P50))),
+            ratio(div(wlat(key, P99), wlat("b_nullfs", P99))),
+        ],
+    )
     w("")
 
     # ---- (c) detail -----------------------------------------------------------------------
@@ -390,24 +390,20 @@ def main():
     w("")
     w("| target | MB/s | elapsed incl. fsync (s) | throughput ratio |")
     w("|---|---|---|---|")
-    for key, label in (
-        ("c_direct", "fio `--direct=1` on the local disk (baseline)"),
-        ("c_wb", "spoolfs, writeback (default), buffered writes"),
-        ("c_wb_s3", "spoolfs, writeback, on S3 behind the proxy"),
-        ("c_juicefs", "JuiceFS `--writeback` (SQLite metadata), on S3 behind the proxy"),
-    ):
-        if not job(key):
-            w("| %s | %s | | |" % (label, "not measured: " + why(key)))
-            continue
-        w(
-            "| %s | %.0f | %.2f | %s |"
-            % (
-                label,
-                seq[key],
-                job(key)["write"]["runtime"] / 1000.0,
-                ratio(div(seq[key], seq["c_direct"])),
-            )
-        )
+    rows(
+        (
+            ("c_direct", "fio `--direct=1` on the local disk (baseline)"),
+            ("c_wb", "spoolfs, writeback (default), buffered writes"),
+            ("c_wb_s3", "spoolfs, writeback, on S3 behind the proxy"),
+            ("c_juicefs", "JuiceFS `--writeback` (SQLite metadata), on S3 behind the proxy"),
+        ),
+        3,
+        lambda key: [
+            "%.0f" % seq[key],
+            "%.2f" % (job(key)["write"]["runtime"] / 1000.0),
+            ratio(div(seq[key], seq["c_direct"])),
+        ],
+    )
     w("")
 
     print("\n".join(out))
