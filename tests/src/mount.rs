@@ -404,6 +404,10 @@ impl Drop for Mount<'_> {
     }
 }
 
+/// Uploads wait 30 s for company, so everything written is still staged when the mount is
+/// told to stop soon after.
+pub const SLOW_UPLOADS: &[&str] = &["--upload-delay", "30"];
+
 impl Volume {
     /// Mounts with `--foreground` as a child process and waits until the mount is ready.
     pub fn mount(&self) -> Mount<'_> {
@@ -422,6 +426,16 @@ impl Volume {
     pub fn mount_daemon(&self) -> Mount<'_> {
         self.mount_with(MountOptions {
             daemon: true,
+            ..Default::default()
+        })
+    }
+
+    /// Mounts in daemon mode with [`SLOW_UPLOADS`]: what is written stays staged, so a stop
+    /// must upload it.
+    pub fn mount_daemon_slow_uploads(&self) -> Mount<'_> {
+        self.mount_with(MountOptions {
+            daemon: true,
+            extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         })
     }

@@ -61,28 +61,28 @@ fn bogus_meta_url(backend: Backend) {
     assert_no_leftovers(&mp);
     // format with a bogus metadata URL and with a bogus storage URL.
     let scratch = format!("file://{}", vol.new_subdir("scratch").display());
-    let out = vol.spoolfs_run(["format", "--meta", "bogus://x", "--storage", &scratch, "n"]);
-    out.assert_clean_failure(&["bogus", "scheme", "unsupported", "url"]);
-    let meta2 = format!("redb://{}", vol.dir().join("other.redb").display());
-    let out = vol.spoolfs_run([
-        "format",
-        "--meta",
-        &meta2,
-        "--storage",
-        "bogus://bucket",
-        "n",
-    ]);
-    out.assert_clean_failure(&["bogus", "scheme", "unsupported", "url", "storage"]);
-    // A relative redb path is not a URL with an absolute path.
-    let out = vol.spoolfs_run([
-        "format",
-        "--meta",
-        "redb://relative.redb",
-        "--storage",
-        &scratch,
-        "n",
-    ]);
-    out.assert_clean_failure(&["absolute", "path", "url", "host"]);
+    let other_meta = format!("redb://{}", vol.dir().join("other.redb").display());
+    for (meta, storage, phrases) in [
+        (
+            "bogus://x",
+            scratch.as_str(),
+            &["bogus", "scheme", "unsupported", "url"][..],
+        ),
+        (
+            other_meta.as_str(),
+            "bogus://bucket",
+            &["bogus", "scheme", "unsupported", "url", "storage"],
+        ),
+        // A relative redb path is not a URL with an absolute path.
+        (
+            "redb://relative.redb",
+            scratch.as_str(),
+            &["absolute", "path", "url", "host"],
+        ),
+    ] {
+        let out = vol.spoolfs_run(["format", "--meta", meta, "--storage", storage, "n"]);
+        out.assert_clean_failure(phrases);
+    }
 }
 
 /// `spoolfs mount --meta META MP --cache-dir (fresh)`: its output.

@@ -329,49 +329,12 @@ struct DirAttrs {
 const DIR_XATTR: &str = "user.crash";
 
 /// The value of `name` on `path` (`None` if it has none).
-fn get_xattr(path: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the length given.
-    let r = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENODATA) => Ok(None),
-            _ => Err(e),
-        };
+fn xattr_or_none(path: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+    match get_xattr(path, name) {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+        Err(e) => Err(e),
     }
-    buf.truncate(r as usize);
-    Ok(Some(buf))
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and a value of the length given.
-    let r = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr() as *const libc::c_void,
-            value.len(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -766,7 +729,7 @@ impl Worker {
         } else {
             let old = match &attrs.xattrs {
                 Some(x) => x[0].clone(),
-                None => get_xattr(&full, DIR_XATTR).map_err(|e| os_err("getxattr", e))?,
+                None => xattr_or_none(&full, DIR_XATTR).map_err(|e| os_err("getxattr", e))?,
             };
             let len = self.rng.below(200) as usize;
             let new = self.rng.bytes(len);
@@ -774,7 +737,7 @@ impl Worker {
             attrs.xattrs = Some(vec![old, Some(new.clone())]);
             self.j().dir_attrs.insert(rel.clone(), attrs.clone());
             self.note(&rel, format!("{op}: started"));
-            set_xattr(&full, DIR_XATTR, &new).map_err(|e| os_err(&op, e))?;
+            set_xattr(&full, DIR_XATTR, &new, 0).map_err(|e| os_err(&op, e))?;
             attrs.xattrs = Some(vec![Some(new)]);
             self.note(&rel, format!("{op}: returned"));
         }
@@ -974,7 +937,7 @@ fn verify(root: &Path, j: &mut Journal, adopt: bool) -> Vec<String> {
             use std::os::unix::fs::PermissionsExt;
             fs::metadata(&full).map(|m| m.permissions().mode() & 0o7777)
         };
-        let xattr = get_xattr(&full, DIR_XATTR);
+        let xattr = xattr_or_none(&full, DIR_XATTR);
         match (mode, xattr) {
             (Ok(mode), Ok(xattr)) => {
                 if let Some(modes) = &attrs.modes

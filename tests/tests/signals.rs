@@ -10,10 +10,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Uploads wait 30 s for company, so everything written is still staged when the mount is
-/// told to stop: the stop itself must upload it.
-const SLOW_UPLOADS: &[&str] = &["--upload-delay", "30"];
-
 fn write_files(dir: &Path, n: u64) -> Vec<(PathBuf, Vec<u8>)> {
     let mut rng = Rng::new(n);
     (0..n)
@@ -34,11 +30,7 @@ fn write_files(dir: &Path, n: u64) -> Vec<(PathBuf, Vec<u8>)> {
 
 /// A daemon mount whose uploads wait (`SLOW_UPLOADS`), with an empty directory `d`.
 fn mount_slow_uploads(vol: &Volume) -> Mount<'_> {
-    let m = vol.mount_with(MountOptions {
-        daemon: true,
-        extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    });
+    let m = vol.mount_daemon_slow_uploads();
     fs::create_dir(m.join("d")).unwrap();
     m
 }

@@ -19,10 +19,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Uploads wait 30 s for company, so everything written is still staged when the mount is
-/// told to stop: the stop itself must upload it.
-const SLOW_UPLOADS: [&str; 2] = ["--upload-delay", "30"];
-
 fn write_files(dir: &Path, n: u64, seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
     fs::create_dir_all(dir).unwrap();
     let mut rng = Rng::new(seed);
@@ -55,11 +51,7 @@ fn sigint_and_sighup_upload_everything_and_unmount() {
     require_fuse!();
     for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGHUP, "SIGHUP")] {
         let vol = Volume::new(Backend::File);
-        let m = vol.mount_with(MountOptions {
-            daemon: true,
-            extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        });
+        let m = vol.mount_daemon_slow_uploads();
         let files = write_files(&m.join("d"), 20, sig as u64);
         assert!(m.staged_bytes() > 0, "{name}: the test needs staged data");
         let pid = m.pid().expect("daemon pid");
@@ -113,11 +105,7 @@ fn check_only_the_same_cache_mounts(vol: &Volume, files: &[(PathBuf, Vec<u8>)]) 
 fn a_mount_with_another_cache_is_refused_after_a_crash() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = vol.mount_with(MountOptions {
-        daemon: true,
-        extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    });
+    let m = vol.mount_daemon_slow_uploads();
     let files = write_files(&m.join("d"), 20, 3);
     assert!(m.staged_bytes() > 0, "the test needs staged data");
     m.kill9();
@@ -171,13 +159,9 @@ fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
 fn after_spoolfs_sync_the_object_store_alone_has_every_byte() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = vol.mount_with(MountOptions {
-        daemon: true,
-        extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    });
+    let m = vol.mount_daemon_slow_uploads();
     let files = write_files(&m.join("d"), 20, 11);
-    assert!(staged_bytes(&m) > 0, "the test needs staged data");
+    assert!(m.staged_bytes() > 0, "the test needs staged data");
     let out = vol.spoolfs_run([OsStr::new("sync"), m.path().as_os_str()]);
     out.assert_success();
     m.kill9();
@@ -201,6 +185,6 @@ fn after_spoolfs_sync_the_object_store_alone_has_every_byte() {
         &files,
         "after sync, a kill and the loss of the staged data",
     );
-    assert_eq!(staged_bytes(&again), 0);
+    assert_eq!(again.staged_bytes(), 0);
     again.unmount();
 }
