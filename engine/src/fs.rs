@@ -56,6 +56,11 @@ pub struct EngineConfig {
     pub durable_close: bool,
     /// When reads move access times (the mount's relatime, strictatime or noatime).
     pub atime: AtimeMode,
+    /// Where file locks live: the shared store and this mount's session (`None`: an exclusive
+    /// volume, whose locks are private to the mount).
+    pub shared_locks: Option<crate::locks::SharedLocks>,
+    /// The longest pause of a blocked `F_SETLKW` between two looks at the lock table.
+    pub lock_wait_max_backoff: Duration,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +79,8 @@ impl Default for EngineConfig {
             compaction: Some(crate::gc::CompactionSettings::default()),
             durable_close: false,
             atime: AtimeMode::default(),
+            shared_locks: None,
+            lock_wait_max_backoff: Duration::from_millis(200),
         }
     }
 }
@@ -111,6 +118,8 @@ pub struct Engine {
     reclaim: Reclaimer,
     /// What the upload threads record their work through (they hold it weakly).
     upload_catalog: Arc<UploadCatalog>,
+    /// File locks (`flock`, `fcntl`).
+    locks: Arc<crate::locks::LockTable>,
 }
 
 impl Engine {
@@ -122,6 +131,12 @@ impl Engine {
         volume: VolumeRecord,
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
+        let locks = Arc::new(match &config.shared_locks {
+            Some(shared) => {
+                crate::locks::LockTable::shared(shared.clone(), config.lock_wait_max_backoff)?
+            }
+            None => crate::locks::LockTable::local(config.lock_wait_max_backoff),
+        });
         let meta = Arc::new(crate::meta::Meta::new(meta));
         let writeback = config.staging.as_ref().map(|o| {
             Arc::new(Uploader::new(
@@ -199,6 +214,7 @@ impl Engine {
             background: Mutex::new(Vec::new()),
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
+            locks,
         });
         engine
             .meta
@@ -1239,6 +1255,11 @@ impl Engine {
     /// threads and checkpoints. Objects of dead slices still to be deleted are not waited
     /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent
     /// caller waits for the first, a later one returns at once.
+    /// The file lock table of this mount.
+    pub fn locks(&self) -> &Arc<crate::locks::LockTable> {
+        &self.locks
+    }
+
     pub fn shutdown(&self) -> Result<()> {
         let mut done = self.shut_down.lock();
         if *done {
@@ -1251,6 +1272,10 @@ impl Engine {
 
     fn shutdown_once(&self) -> Result<()> {
         let mut first_err = None;
+        // Other mounts may be waiting for them.
+        if let Err(e) = self.locks.release_all() {
+            tracing::warn!("cannot release this mount's file locks: {e}");
+        }
         for ino in self.open.inodes() {
             if let Err(e) = self.flush_inode(ino) {
                 tracing::error!("writing inode {ino} at shutdown failed: {e}");
