@@ -344,3 +344,66 @@ fn flock_and_fcntl_exclude_processes_on_one_mount() {
     drop(f);
     m.unmount();
 }
+
+/// A formatted volume on a fresh PostgreSQL database, data in a file store.
+fn postgres_volume(pg: &spoolfs_testkit::pg::PgServer) -> Volume {
+    let mut vol = Volume::unformatted(Backend::File);
+    vol.meta_url = pg.url(&pg.new_database());
+    vol.format().assert_success();
+    vol
+}
+
+/// A mount with a cache directory of its own, as a separate node would have.
+fn mount_node<'v>(vol: &'v Volume, node: &str, extra: &[&str]) -> Mount<'v> {
+    vol.mount_with(MountOptions {
+        cache_dir: Some(vol.new_subdir(&format!("cache-{node}"))),
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn locks_exclude_across_two_mounts_of_a_postgres_volume_and_die_with_their_session() {
+    require_fuse!();
+    let pg = spoolfs_testkit::require_postgres!();
+    let vol = postgres_volume(pg);
+    let a = mount_node(&vol, "a", &["--session-timeout", "2"]);
+    let b = mount_node(&vol, "b", &[]);
+    fs::write(a.join("shared"), b"locked across nodes").unwrap();
+    // B sees the new name within the entry cache lifetime.
+    eventually(Duration::from_secs(5), "the file on B", || {
+        fs::metadata(b.join("shared")).map(|_| ()).map_err(|_| 0)
+    });
+    exclusion(&a.join("shared"), &b.join("shared"), false);
+    // And the other way round: a lock taken on B keeps A out.
+    let child = hold(&b.join("shared"), How::Flock);
+    assert_eq!(
+        flock_nb(&open_rw(&a.join("shared"))),
+        Err(libc::EWOULDBLOCK)
+    );
+    child.release();
+
+    // A lock held through A when A's mount process is killed: B stays out while A's session
+    // is live, and gets in once A's heartbeat is older than its timeout (2 s).
+    let holder = hold(&a.join("shared"), How::Posix { start: 0, len: 0 });
+    let f = open_rw(&b.join("shared"));
+    assert_eq!(setlk(&f, libc::F_WRLCK, 0, 1), Err(libc::EAGAIN));
+    a.kill9();
+    let killed = Instant::now();
+    assert_eq!(
+        setlk(&f, libc::F_WRLCK, 0, 1),
+        Err(libc::EAGAIN),
+        "the lock of a killed mount went before its session timed out"
+    );
+    eventually(Duration::from_secs(20), "the dead mount's lock", || {
+        setlk(&f, libc::F_WRLCK, 0, 1)
+    });
+    // (When depends on A's last heartbeat: up to the 2 s timeout, in whole seconds.)
+    eprintln!(
+        "the killed mount's lock was released {:?} after the kill",
+        killed.elapsed()
+    );
+    drop(holder);
+    drop(f);
+    b.unmount();
+}
