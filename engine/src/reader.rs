@@ -363,16 +363,16 @@ impl ObjectReader {
         Some(Bytes::from(b))
     }
 
-    /// Whether a pack is fetched whole: small enough for one fetch and for the local data
-    /// cache, and mostly alive (a mostly dead pack waits for compaction; its live slices are
-    /// read one run at a time).
+    /// Whether a pack is fetched whole: small enough for one fetch, mostly alive (a mostly
+    /// dead pack waits for compaction; its live slices are read one run at a time), and kept
+    /// by the local data cache once fetched.
     fn fetches_whole(&self, rec: &schema::PackRec) -> bool {
         let (Some(fetcher), Some(disk)) = (&self.packs, &self.disk) else {
             return false;
         };
         rec.size <= fetcher.config.max_bytes
-            && disk.takes(rec.size)
             && rec.live_bytes.saturating_mul(4) >= rec.size
+            && disk.keeps_whole_pack(rec.size)
     }
 
     /// Plans the prefetch of directory `dir` (a listing, or its files looked up in a row).
