@@ -1029,6 +1029,10 @@ impl Engine {
         if rec.kind != FileKind::File {
             return Err(FsError::new(libc::ENODEV, "not a regular file"));
         }
+        if matches!(mode, 0 | KEEP | PUNCH) {
+            // Like ext4, which calls file_modified() for every mode.
+            self.write.drop_privileges(caller, ino)?;
+        }
         match mode {
             0 => {
                 let size = self.getattr(ino)?.size;

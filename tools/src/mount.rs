@@ -528,9 +528,15 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         )
     };
     drop(engine);
-    // The volume's session ends once this daemon has nothing more to write.
+    // The volume's session ends once this daemon has nothing more to write; what it could not
+    // upload stays listed in its session record.
+    let left = spoolfs_engine::session::StagedReport {
+        bytes: status.staged_bytes,
+        slices: status.staged_slices,
+        oldest_age_s: status.oldest_staged_age_secs,
+    };
     if let Some(mut s) = meta_session
-        && let Err(e) = s.end()
+        && let Err(e) = s.end_with(left)
     {
         warn!("cannot remove this mount's session from the metadata store: {e}");
     }
@@ -710,6 +716,17 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     };
     let engine = Engine::start(meta, storage.clone(), record, config)
         .with_context(|| format!("cannot start volume {volume:?}"))?;
+    if let Some(s) = &meta_session {
+        let engine = Arc::downgrade(&engine);
+        s.report_with(Box::new(move || {
+            let m = engine.upgrade()?.metrics();
+            Some(spoolfs_engine::session::StagedReport {
+                bytes: m.staged_bytes,
+                slices: m.staged_slices,
+                oldest_age_s: m.oldest_staged_age_secs,
+            })
+        }));
+    }
     info!(
         "volume {volume:?} in {} mode",
         if engine.is_writeback() {
