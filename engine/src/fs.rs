@@ -1269,6 +1269,16 @@ impl Engine {
         self.writeback.as_ref().map_or(0, |wb| wb.drain(timeout))
     }
 
+    /// The background thread's checkpoint, run now: makes the metadata durable and frees the
+    /// staging-log records that checkpoint covered (their segments may then be recycled).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.persist_meta()?;
+        if let Some(wb) = self.writeback.as_ref() {
+            wb.free_checkpointed();
+        }
+        Ok(())
+    }
+
     /// Deletes the objects of dead slices (`G` records), `DEAD_BATCH` slices at a time, up
     /// to `max` of them; stops early once the engine is stopping (what is left stays recorded
     /// and is collected by the next mount or `spoolfs gc`). Returns how many it removed.
