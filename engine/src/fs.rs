@@ -1344,11 +1344,7 @@ impl Engine {
             wb.stop();
         }
         let threads: Vec<_> = std::mem::take(&mut *self.background.lock());
-        for h in threads {
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
-        }
+        join_background(threads, SHUTDOWN_JOIN_GRACE);
         // From here on nothing may be staged: the logs are about to be declared empty.
         self.meta.close();
         if first_err.is_none() {
@@ -1362,6 +1358,41 @@ impl Engine {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// How long shutdown waits for the background threads once they are told to stop. An upload
+/// thread blocked in a PUT to a stalled store can take minutes to notice: shutdown must not
+/// outlive `--shutdown-timeout` by that much.
+const SHUTDOWN_JOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Joins the background threads that end within `grace`; the others are left behind (the
+/// process exits without them). Nothing is lost with them: the metadata is closed to changes
+/// before the checkpoint, so a late upload cannot commit, and what it was uploading stays
+/// staged for the next mount with the same cache directory.
+fn join_background(threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    let mut busy = Vec::new();
+    for h in threads {
+        if h.thread().id() == std::thread::current().id() {
+            continue;
+        }
+        while !h.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            busy.push(h.thread().name().unwrap_or("unnamed").to_string());
+        }
+    }
+    if !busy.is_empty() {
+        tracing::warn!(
+            "shutdown: {} thread(s) still busy after {grace:?} ({}), left behind; what they \
+             were uploading stays staged for the next mount",
+            busy.len(),
+            busy.join(", ")
+        );
     }
 }
 
