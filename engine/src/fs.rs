@@ -59,6 +59,11 @@ pub struct EngineConfig {
     pub durable_close: bool,
     /// When reads move access times (the mount's relatime, strictatime or noatime).
     pub atime: AtimeMode,
+    /// Where file locks live: the shared store and this mount's session (`None`: an exclusive
+    /// volume, whose locks are private to the mount).
+    pub shared_locks: Option<crate::locks::SharedLocks>,
+    /// The longest pause of a blocked `F_SETLKW` between two looks at the lock table.
+    pub lock_wait_max_backoff: Duration,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +83,8 @@ impl Default for EngineConfig {
             compaction: Some(crate::gc::CompactionSettings::default()),
             durable_close: false,
             atime: AtimeMode::default(),
+            shared_locks: None,
+            lock_wait_max_backoff: Duration::from_millis(200),
         }
     }
 }
@@ -115,6 +122,8 @@ pub struct Engine {
     reclaim: Reclaimer,
     /// What the upload threads record their work through (they hold it weakly).
     upload_catalog: Arc<UploadCatalog>,
+    /// File locks (`flock`, `fcntl`).
+    locks: Arc<crate::locks::LockTable>,
 }
 
 impl Engine {
@@ -126,6 +135,12 @@ impl Engine {
         volume: VolumeRecord,
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
+        let locks = Arc::new(match &config.shared_locks {
+            Some(shared) => {
+                crate::locks::LockTable::shared(shared.clone(), config.lock_wait_max_backoff)?
+            }
+            None => crate::locks::LockTable::local(config.lock_wait_max_backoff),
+        });
         let meta = Arc::new(crate::meta::Meta::new(meta));
         let writeback = config.staging.as_ref().map(|o| {
             Arc::new(Uploader::new(
@@ -204,6 +219,7 @@ impl Engine {
             background: Mutex::new(Vec::new()),
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
+            locks,
         });
         engine
             .meta
@@ -1269,6 +1285,16 @@ impl Engine {
         self.writeback.as_ref().map_or(0, |wb| wb.drain(timeout))
     }
 
+    /// The background thread's checkpoint, run now: makes the metadata durable and frees the
+    /// staging-log records that checkpoint covered (their segments may then be recycled).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.persist_meta()?;
+        if let Some(wb) = self.writeback.as_ref() {
+            wb.free_checkpointed();
+        }
+        Ok(())
+    }
+
     /// Deletes the objects of dead slices (`G` records), `DEAD_BATCH` slices at a time, up
     /// to `max` of them; stops early once the engine is stopping (what is left stays recorded
     /// and is collected by the next mount or `spoolfs gc`). Returns how many it removed.
@@ -1297,6 +1323,11 @@ impl Engine {
     /// threads and checkpoints. Objects of dead slices still to be deleted are not waited
     /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent
     /// caller waits for the first, a later one returns at once.
+    /// The file lock table of this mount.
+    pub fn locks(&self) -> &Arc<crate::locks::LockTable> {
+        &self.locks
+    }
+
     pub fn shutdown(&self) -> Result<()> {
         let mut done = self.shut_down.lock();
         if *done {
@@ -1311,6 +1342,10 @@ impl Engine {
         // Reads are over: nothing more is fetched ahead.
         self.reader.stop_fetches();
         let mut first_err = None;
+        // Other mounts may be waiting for them.
+        if let Err(e) = self.locks.release_all() {
+            tracing::warn!("cannot release this mount's file locks: {e}");
+        }
         for ino in self.open.inodes() {
             if let Err(e) = self.flush_inode(ino) {
                 tracing::error!("writing inode {ino} at shutdown failed: {e}");
@@ -1334,11 +1369,7 @@ impl Engine {
             wb.stop();
         }
         let threads: Vec<_> = std::mem::take(&mut *self.background.lock());
-        for h in threads {
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
-        }
+        join_background(threads, SHUTDOWN_JOIN_GRACE);
         // From here on nothing may be staged: the logs are about to be declared empty.
         self.meta.close();
         if first_err.is_none() {
@@ -1352,6 +1383,41 @@ impl Engine {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// How long shutdown waits for the background threads once they are told to stop. An upload
+/// thread blocked in a PUT to a stalled store can take minutes to notice: shutdown must not
+/// outlive `--shutdown-timeout` by that much.
+const SHUTDOWN_JOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Joins the background threads that end within `grace`; the others are left behind (the
+/// process exits without them). Nothing is lost with them: the metadata is closed to changes
+/// before the checkpoint, so a late upload cannot commit, and what it was uploading stays
+/// staged for the next mount with the same cache directory.
+fn join_background(threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    let mut busy = Vec::new();
+    for h in threads {
+        if h.thread().id() == std::thread::current().id() {
+            continue;
+        }
+        while !h.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            busy.push(h.thread().name().unwrap_or("unnamed").to_string());
+        }
+    }
+    if !busy.is_empty() {
+        tracing::warn!(
+            "shutdown: {} thread(s) still busy after {grace:?} ({}), left behind; what they \
+             were uploading stays staged for the next mount",
+            busy.len(),
+            busy.join(", ")
+        );
     }
 }
 
