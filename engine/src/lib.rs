@@ -35,6 +35,7 @@ pub mod losses;
 mod meta;
 mod namespace;
 mod open;
+pub mod peers;
 mod readahead;
 mod reader;
 pub mod reclaim;

@@ -54,6 +54,8 @@ pub(crate) struct ObjectReader {
     pub uploader: Option<Arc<Uploader>>,
     pub counters: Arc<Counters>,
     pub readahead: Option<Readahead>,
+    /// Reads of slices staged on another node (shared volumes; set once at start).
+    pub peers: std::sync::OnceLock<crate::peers::Peers>,
 }
 
 impl ObjectReader {
@@ -100,6 +102,7 @@ impl ObjectReader {
                 uploader,
                 counters,
                 readahead,
+                peers: std::sync::OnceLock::new(),
             }
         });
         started.map_err(|source| FsError::Spawn {
@@ -171,6 +174,14 @@ impl ObjectReader {
             });
         }
         let bs = self.block_size as u32;
+        // Staged on another node: read from it (a cached block means the slice is stored).
+        if let Some(peers) = self.peers.get()
+            && !self.cache.contains(BlockId::block(slice, off / bs))
+            && !self.cache.contains(BlockId::whole(slice))
+            && let Some(read) = peers.read(slice, off, out)
+        {
+            return read;
+        }
         // Only small slices are ever packed; and a cached block means the slice is stored as
         // blocks, so only a miss asks the metadata.
         let maybe_packed = slice_size as usize <= spoolfs_objects::PACK_SLICE_MAX

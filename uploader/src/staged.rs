@@ -16,6 +16,42 @@ pub struct StagedRec {
     pub offset: u64,
     /// When it was staged (ns since the epoch): the age of the oldest staged byte.
     pub staged_ns: i64,
+    /// The node whose staging log holds it (a stable id of its cache directory; 0 in records
+    /// written before nodes were told apart, and on exclusive stores). On a shared store the
+    /// other mounts read it from that node.
+    pub owner: u64,
+}
+
+/// A `T` record as written before [`StagedRec::owner`] existed (36 bytes).
+#[derive(Deserialize)]
+struct StagedRecV1 {
+    ino: u64,
+    chunk: u32,
+    size: u32,
+    segment: u32,
+    offset: u64,
+    staged_ns: i64,
+}
+
+impl StagedRec {
+    /// Decodes a `T` record value, of either length.
+    pub fn decode(bytes: &[u8]) -> Result<StagedRec, bincode::Error> {
+        match bincode::deserialize::<StagedRec>(bytes) {
+            Ok(rec) => Ok(rec),
+            Err(e) => match bincode::deserialize::<StagedRecV1>(bytes) {
+                Ok(v1) if bytes.len() == 36 => Ok(StagedRec {
+                    ino: v1.ino,
+                    chunk: v1.chunk,
+                    size: v1.size,
+                    segment: v1.segment,
+                    offset: v1.offset,
+                    staged_ns: v1.staged_ns,
+                    owner: 0,
+                }),
+                _ => Err(e),
+            },
+        }
+    }
 }
 
 /// A staged slice as the engine tracks it in memory: its `T` record, where its record is in
@@ -175,6 +211,7 @@ mod tests {
             segment: 0,
             offset: 0,
             staged_ns: now_ns(),
+            owner: 0,
         })
     }
 
