@@ -688,7 +688,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         } else {
             args.atime.mode()
         },
-        peer: shared.then(|| spoolfs_engine::peers::PeerSettings {
+        peer: shared.then_some(spoolfs_engine::peers::PeerSettings {
             listen: args.peer_listen,
             advertise: args.peer_advertise,
             timeout: args.peer_timeout,

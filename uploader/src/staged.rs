@@ -203,6 +203,30 @@ pub fn now_ns() -> i64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn staged_records_of_both_versions_decode() {
+        let rec = StagedRec {
+            ino: 7,
+            chunk: 2,
+            size: 4096,
+            segment: 3,
+            offset: 1 << 20,
+            staged_ns: 123,
+            owner: 0xfeed_beef_0000_0001,
+        };
+        let bytes = bincode::serialize(&rec).unwrap();
+        assert_eq!(bytes.len(), 44);
+        assert_eq!(StagedRec::decode(&bytes).unwrap(), rec);
+        // A record written before the owner existed: the first 36 bytes, owner unknown (0).
+        assert_eq!(
+            StagedRec::decode(&bytes[..36]).unwrap(),
+            StagedRec { owner: 0, ..rec }
+        );
+        // Any other length is refused.
+        assert!(StagedRec::decode(&bytes[..35]).is_err());
+        assert!(StagedRec::decode(&bytes[..40]).is_err());
+    }
+
     fn staged(size: u32) -> Staged {
         Staged::pending(StagedRec {
             ino: 1,
