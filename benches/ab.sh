@@ -4,7 +4,7 @@
 #     sudo bash benches/ab.sh OLD_REV [NEW_REV] [--rounds N]
 #
 # NEW_REV defaults to HEAD (the working tree as committed). Each revision is built (release)
-# in a detached worktree under $BENCH_DIR/spoolfs-ab-<sha> with its own target directory,
+# in a detached worktree with its own target directory, $BENCH_DIR/spoolfs-ab-old and -new,
 # kept for the next run. Each round runs, on each build in turn (old, new, then new, old in the
 # next round, so neither always goes first), on a fresh writeback volume (object store on
 # tmpfs, staging and cache on the disk under test):
@@ -47,20 +47,22 @@ command -v fio >/dev/null 2>&1 || {
         { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y fio >&2; }
 }
 
-# Builds revision $1 (release) in its own worktree; prints the path of its spoolfs binary.
+# Builds revision $1 (release) in the worktree of slot $2 (old or new), kept between runs so
+# that the next build of that slot is incremental; prints the path of its spoolfs binary.
 build_rev() {
-    local rev=$1 tree=$bench_dir/spoolfs-ab-$1
+    local rev=$1 tree=$bench_dir/spoolfs-ab-$2
     if [[ ! -d $tree ]]; then
         git worktree add --detach "$tree" "$rev" >&2 || die "cannot check out $rev into $tree"
     fi
+    git -C "$tree" checkout -q --detach "$rev" || die "cannot check out $rev in $tree"
     log "building $rev (release) in $tree"
     (cd "$tree" && CARGO_TARGET_DIR=$tree/target "$cargo" build --release -p spoolfs-tools >&2) ||
         die "the build of $rev failed"
     echo "$tree/target/release/spoolfs"
 }
 declare -A bin
-bin[$old_rev]=$(build_rev "$old_rev")
-bin[$new_rev]=$(build_rev "$new_rev")
+bin[$old_rev]=$(build_rev "$old_rev" old)
+bin[$new_rev]=$(build_rev "$new_rev" new)
 
 bench_init_work spoolfs-ab
 store_parent=/dev/shm

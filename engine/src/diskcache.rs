@@ -241,6 +241,16 @@ impl DiskCache {
         checked
     }
 
+    /// Whether `id` is cached (not checked: a read checks it).
+    pub fn contains(&self, id: BlockId) -> bool {
+        self.index.lock().entries.contains_key(&id)
+    }
+
+    /// Whether an entry of `size` bytes would be kept (at most half of the cache).
+    pub fn takes(&self, size: u64) -> bool {
+        self.config.max_bytes > 0 && size <= self.config.max_bytes / 2
+    }
+
     /// Whether the blocks of large uploaded slices are kept too.
     pub fn keeps_large_uploads(&self) -> bool {
         self.config.keep_large_uploads
@@ -291,7 +301,7 @@ impl DiskCache {
     /// Keeps a copy of `data` (already verified by the caller). Failures only cost the copy.
     pub fn insert(&self, id: BlockId, data: &[u8]) {
         let size = data.len() as u64;
-        if self.config.max_bytes == 0 || size > self.config.max_bytes / 2 {
+        if !self.takes(size) {
             return;
         }
         if self.index.lock().entries.contains_key(&id) {

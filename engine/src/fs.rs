@@ -49,6 +49,9 @@ pub struct EngineConfig {
     pub readahead_bytes: u64,
     /// Threads fetching ahead.
     pub readahead_threads: usize,
+    /// Whole-pack fetches of cold small files into the local data cache, and the prefetch
+    /// of a listed directory's files.
+    pub pack_fetch: crate::packfetch::PackFetchConfig,
     /// The background compactor (`None`: off).
     pub compaction: Option<crate::gc::CompactionSettings>,
     /// Writeback: `close` makes what it wrote power-safe, as `fsync` does (a device flush),
@@ -74,6 +77,7 @@ impl Default for EngineConfig {
             disk_cache: None,
             readahead_bytes: 32 << 20,
             readahead_threads: 4,
+            pack_fetch: Default::default(),
             compaction: Some(crate::gc::CompactionSettings::default()),
             durable_close: false,
             atime: AtimeMode::default(),
@@ -144,6 +148,7 @@ impl Engine {
                 disk_cache: config.disk_cache.as_ref(),
                 readahead_bytes: config.readahead_bytes,
                 readahead_threads: config.readahead_threads,
+                pack_fetch: config.pack_fetch,
             },
             writeback.clone(),
             counters.clone(),
@@ -355,6 +360,10 @@ impl Engine {
             return self.lookup_ino(parent);
         }
         let (ino, rec) = self.view(|r| namespace::lookup(r, parent, name))?;
+        if rec.kind == FileKind::File {
+            // Files opened one after another: their neighbours are fetched ahead.
+            self.reader.note_lookup(parent);
+        }
         Ok(self.attr_of(ino, &rec))
     }
 
@@ -910,6 +919,8 @@ impl Engine {
         if offset == 0 {
             let fresh = self.list_dir(ino)?;
             self.dirs.lock().insert(fh, fresh);
+            // In the background: the packs the listed files point at.
+            self.reader.prefetch_dir(ino);
         }
         let dirs = self.dirs.lock();
         let entries = dirs
@@ -1057,6 +1068,10 @@ impl Engine {
         if rec.kind != FileKind::File {
             return Err(FsError::new(libc::ENODEV, "not a regular file"));
         }
+        if matches!(mode, 0 | KEEP | PUNCH) {
+            // Like ext4, which calls file_modified() for every mode.
+            self.write.drop_privileges(caller, ino)?;
+        }
         match mode {
             0 => {
                 let size = self.getattr(ino)?.size;
@@ -1105,6 +1120,7 @@ impl Engine {
             cache_hits: cache.hits,
             cache_misses: cache.misses,
             metadata_unapplied_changes: self.meta.store().unapplied_changes(),
+            pack_fetch: self.reader.pack_fetch_stats().unwrap_or_default(),
             ..Default::default()
         };
         if let Some(wb) = self.writeback.as_ref() {
@@ -1141,6 +1157,47 @@ impl Engine {
             m.staging = Some(wb.opts.log.usage());
         }
         m
+    }
+
+    /// `spoolfs warmup`: fetches the data of every regular file under `path` (names from the
+    /// root, `/`-separated) into the local data cache, whole packs at a time, with `jobs`
+    /// fetches at once. `progress` sees how far it is now and then.
+    pub fn warm(
+        &self,
+        path: &[u8],
+        jobs: usize,
+        progress: &mut dyn FnMut(&crate::packfetch::WarmReport),
+    ) -> Result<crate::packfetch::WarmReport> {
+        let mut top = ROOT_INO;
+        for name in path
+            .split(|b| *b == b'/')
+            .filter(|n| !n.is_empty() && *n != b".")
+        {
+            top = self.lookup(top, name)?.ino;
+        }
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        match self.getattr(top)?.kind {
+            FileKind::File => files.push(top),
+            FileKind::Dir => dirs.push(top),
+            _ => {}
+        }
+        while let Some(dir) = dirs.pop() {
+            if self.stopping() {
+                return Err(FsError::new(libc::ESHUTDOWN, "the mount is stopping"));
+            }
+            for entry in self.list_dir(dir)? {
+                if entry.name == b"." || entry.name == b".." {
+                    continue;
+                }
+                match entry.kind {
+                    FileKind::File => files.push(entry.ino),
+                    FileKind::Dir => dirs.push(entry.ino),
+                    _ => {}
+                }
+            }
+        }
+        self.reader.warm(&files, jobs, progress)
     }
 
     /// The data losses replay has recorded (see [`crate::losses::DataLoss`]), oldest first.
@@ -1217,6 +1274,7 @@ impl Engine {
             staging_reads: staging.map_or(0, |u| u.reads),
             data_cache: self.reader.disk.as_ref().map(|d| d.stats()),
             passthrough_opens: self.counters.passthrough_opens.load(Ordering::Relaxed),
+            pack_fetch: self.reader.pack_fetch_stats(),
             metadata_unapplied_changes: m.metadata_unapplied_changes,
         }
     }
@@ -1248,6 +1306,16 @@ impl Engine {
     /// Waits until nothing is staged (or `timeout` passes); returns the bytes still staged.
     pub fn drain_uploads(&self, timeout: Option<Duration>) -> u64 {
         self.writeback.as_ref().map_or(0, |wb| wb.drain(timeout))
+    }
+
+    /// The background thread's checkpoint, run now: makes the metadata durable and frees the
+    /// staging-log records that checkpoint covered (their segments may then be recycled).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.persist_meta()?;
+        if let Some(wb) = self.writeback.as_ref() {
+            wb.free_checkpointed();
+        }
+        Ok(())
     }
 
     /// Deletes the objects of dead slices (`G` records), `DEAD_BATCH` slices at a time, up
@@ -1289,6 +1357,8 @@ impl Engine {
     }
 
     fn shutdown_once(&self) -> Result<()> {
+        // Reads are over: nothing more is fetched ahead.
+        self.reader.stop_fetches();
         let mut first_err = None;
         for ino in self.open.inodes() {
             if let Err(e) = self.flush_inode(ino) {

@@ -12,7 +12,8 @@
 //!   uploader).
 //! - `namespace`: the metadata transaction of every namespace operation, as free functions
 //!   over a transaction.
-//! - `reader` and `readahead`: the read path (object reader, caches, readahead threads).
+//! - `reader`, `readahead` and [`packfetch`]: the read path (object reader, caches, readahead
+//!   threads, whole-pack fetches into the local data cache).
 //! - [`reclaim`] (also [`gc`]): dead slices, pack compaction, the orphan sweep.
 //! - [`writeback`]: opening the staging logs, replay, what the uploader commits through
 //!   (the upload pipeline itself is the `spoolfs-uploader` crate).
@@ -35,6 +36,7 @@ pub mod losses;
 mod meta;
 mod namespace;
 mod open;
+pub mod packfetch;
 pub mod peers;
 mod readahead;
 mod reader;

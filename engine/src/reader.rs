@@ -9,21 +9,29 @@ use crate::diskcache::DiskCache;
 use crate::diskcache::DiskCacheConfig;
 use crate::error::{FsError, Result};
 use crate::meta::Meta;
+use crate::packfetch::{PackFetchConfig, PackFetchStats, PackFetcher, PackSource, WarmReport};
 use crate::readahead::{Fetch, Prefetch, Readahead};
 use crate::schema;
 use crate::types::Ino;
 use crate::volume::VolumeRecord;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use spoolfs_metadata::prefix_end;
 use spoolfs_objects::{ObjectStorage, StorageError, decode_block};
 use spoolfs_uploader::Uploader;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 /// A packed slice is fetched with up to this many neighbours stored after it in its pack...
 const COALESCE_SLICES: usize = 256;
 /// ...in one ranged GET of at most this many bytes.
 const COALESCE_BYTES: u64 = 1 << 20;
+/// A reader of a slice whose pack is being fetched waits this long for it at most, then
+/// fetches the slice itself.
+const PACK_WAIT: Duration = Duration::from_secs(10);
+/// Entries of one directory looked at when planning its prefetch, at most.
+const DIR_PLAN_ENTRIES: usize = 100_000;
 
 /// Object traffic since the mount (read by the metrics).
 #[derive(Default)]
@@ -34,12 +42,22 @@ pub(crate) struct Counters {
     pub(crate) passthrough_opens: AtomicU64,
 }
 
+/// One piece of a warmup: a pack fetched whole (id, bytes), a packed slice of a pack not
+/// fetched whole (id, bytes), or a block (slice, slice size, index).
+#[derive(Clone, Copy, Debug)]
+enum WarmItem {
+    Pack(u64, u64),
+    Slice(u64, u32),
+    Block(u64, u32, u32),
+}
+
 /// The reader's part of the engine's configuration.
 pub(crate) struct ReaderConfig<'a> {
     pub block_cache_bytes: u64,
     pub disk_cache: Option<&'a DiskCacheConfig>,
     pub readahead_bytes: u64,
     pub readahead_threads: usize,
+    pub pack_fetch: PackFetchConfig,
 }
 
 pub(crate) struct ObjectReader {
@@ -56,6 +74,8 @@ pub(crate) struct ObjectReader {
     pub readahead: Option<Readahead>,
     /// Reads of slices staged on another node (shared volumes; set once at start).
     pub peers: std::sync::OnceLock<crate::peers::Peers>,
+    /// Whole-pack fetches into the local data cache (only with a local data cache).
+    packs: Option<Arc<PackFetcher>>,
 }
 
 impl ObjectReader {
@@ -92,6 +112,16 @@ impl ObjectReader {
             } else {
                 None
             };
+            let packs = if disk.is_some()
+                && config.pack_fetch.max_bytes > 0
+                && config.pack_fetch.threads > 0
+            {
+                PackFetcher::start(config.pack_fetch, me.clone() as Weak<dyn PackSource>)
+                    .map_err(|e| started = Err(e))
+                    .ok()
+            } else {
+                None
+            };
             ObjectReader {
                 meta,
                 storage,
@@ -103,10 +133,11 @@ impl ObjectReader {
                 counters,
                 readahead,
                 peers: std::sync::OnceLock::new(),
+                packs,
             }
         });
         started.map_err(|source| FsError::Spawn {
-            what: "readahead threads",
+            what: "readahead or pack fetch threads",
             source,
         })?;
         Ok(reader)
@@ -222,7 +253,10 @@ impl ObjectReader {
         Ok(())
     }
 
-    /// A packed slice, whole: one ranged GET of its bytes in the pack, CRC-checked, cached.
+    /// A packed slice, whole: from the caches, from its pack's copy in the local data cache,
+    /// or one ranged GET of its bytes in the pack, CRC-checked, cached. A cold read also has
+    /// the whole pack fetched in the background (its neighbours are likely read next); a
+    /// reader whose pack is already on its way waits for it.
     fn get_packed(&self, slice: u64) -> Result<Option<Bytes>> {
         // Cached under an index no block object uses.
         let cached = BlockId {
@@ -237,12 +271,14 @@ impl ObjectReader {
             return Ok(Some(b));
         }
         let mut tries = 0;
+        let mut waited = false;
         let data = loop {
-            // The slice's place in its pack, and the slices stored right after it in the same
-            // pack (written together, so likely read together): one ranged GET fetches them.
-            let run = self.meta.view(|r| {
+            // The slice's place in its pack, the slices stored right after it in the same
+            // pack (written together, so likely read together: one ranged GET fetches them),
+            // and the pack's record.
+            let (mut run, pack) = self.meta.view(|r| {
                 let Some(v) = r.get(&schema::packed_key(slice))? else {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), None));
                 };
                 let p: schema::PackedRec = schema::decode("packed slice", &v)?;
                 let mut run = vec![(slice, p)];
@@ -262,20 +298,37 @@ impl ObjectReader {
                         q,
                     ));
                 }
-                Ok(run)
+                let pack = match r.get(&schema::pack_key(p.pack))? {
+                    Some(v) => Some(schema::decode::<schema::PackRec>("pack", &v)?),
+                    None => None,
+                };
+                Ok((run, pack))
             })?;
             let Some(&(_, p)) = run.first() else {
                 return Ok(None);
             };
-            // The whole pack may be on local disk (kept when it was uploaded from here).
-            if let Some(b) = self
-                .disk
-                .as_ref()
-                .and_then(|d| d.get_packed_slice(p.pack, p.offset, p.len, p.crc))
-            {
-                let b = Bytes::from(b);
+            // The whole pack may be on local disk (kept when it was uploaded from here, or
+            // fetched whole).
+            if let Some(b) = self.cached_pack_slice(&p) {
                 self.cache.insert(cached, b.clone());
                 return Ok(Some(b));
+            }
+            if let Some(fetcher) = &self.packs {
+                if fetcher.pending(p.pack) && !waited {
+                    // On its way: wait for it rather than fetch the slice a second time.
+                    fetcher.fetch_soon(p.pack);
+                    fetcher.wait_for(p.pack, PACK_WAIT);
+                    waited = true;
+                    continue;
+                }
+                if !waited
+                    && pack.is_some_and(|rec| self.fetches_whole(&rec))
+                    && fetcher.fetch_soon(p.pack)
+                {
+                    // The pack comes whole in the background, neighbours included: this
+                    // read takes only its own slice, without waiting for the rest.
+                    run.truncate(1);
+                }
             }
             let key = spoolfs_objects::pack_object_key(p.pack);
             let (_, last) = run[run.len() - 1];
@@ -307,6 +360,212 @@ impl ObjectReader {
         }
         self.cache.insert(cached, data.clone());
         Ok(Some(data))
+    }
+
+    /// A packed slice read from its pack's copy in the local data cache, if it is there.
+    fn cached_pack_slice(&self, p: &schema::PackedRec) -> Option<Bytes> {
+        let b = self
+            .disk
+            .as_ref()?
+            .get_packed_slice(p.pack, p.offset, p.len, p.crc)?;
+        if let Some(f) = &self.packs {
+            f.note_hit(p.pack);
+        }
+        Some(Bytes::from(b))
+    }
+
+    /// Whether a pack is fetched whole: small enough for one fetch and for the local data
+    /// cache, and mostly alive (a mostly dead pack waits for compaction; its live slices are
+    /// read one run at a time).
+    fn fetches_whole(&self, rec: &schema::PackRec) -> bool {
+        let (Some(fetcher), Some(disk)) = (&self.packs, &self.disk) else {
+            return false;
+        };
+        rec.size <= fetcher.config.max_bytes
+            && disk.takes(rec.size)
+            && rec.live_bytes.saturating_mul(4) >= rec.size
+    }
+
+    /// Plans the prefetch of directory `dir` (a listing, or its files looked up in a row).
+    pub fn prefetch_dir(&self, dir: Ino) {
+        if let Some(f) = &self.packs {
+            f.prefetch_dir(dir);
+        }
+    }
+
+    /// A regular file of `dir` was looked up.
+    pub fn note_lookup(&self, dir: Ino) {
+        if let Some(f) = &self.packs {
+            f.note_lookup(dir);
+        }
+    }
+
+    /// Stops the pack fetches: nothing is fetched after this returns.
+    pub fn stop_fetches(&self) {
+        if let Some(f) = &self.packs {
+            f.stop();
+        }
+    }
+
+    /// Fetches the data of `files` into the local data cache with `jobs` threads: whole packs
+    /// (the same fetch as a cold read's), the slices of packs not fetched whole, and blocks.
+    /// Staged data is skipped (it is local already). `progress` sees the counts now and then
+    /// on the calling thread. Stops early when the mount stops.
+    pub fn warm(
+        &self,
+        files: &[Ino],
+        jobs: usize,
+        progress: &mut dyn FnMut(&WarmReport),
+    ) -> Result<WarmReport> {
+        let (Some(disk), Some(fetcher)) = (&self.disk, &self.packs) else {
+            return Err(FsError::new(
+                libc::EOPNOTSUPP,
+                "no local data cache, or whole-pack fetches are off (--cache-size 0 or \
+                 --pack-fetch-max 0): nothing to warm",
+            ));
+        };
+        let (work, total_bytes) = self.warm_plan(files)?;
+        let report = Mutex::new(WarmReport {
+            files: files.len() as u64,
+            total_bytes,
+            ..Default::default()
+        });
+        let next = AtomicU64::new(0);
+        let started = std::time::Instant::now();
+        let running = AtomicU64::new(jobs.max(1) as u64);
+        std::thread::scope(|s| {
+            for _ in 0..jobs.max(1) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(item) = work.get(i) else { break };
+                        if fetcher.stopped() {
+                            break;
+                        }
+                        let (bytes, fetched) = match self.warm_one(*item, disk, fetcher) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                crate::warn_limited!("warmup: {e}");
+                                report.lock().errors += 1;
+                                continue;
+                            }
+                        };
+                        let mut r = report.lock();
+                        r.done_bytes += bytes;
+                        r.fetched_bytes += fetched;
+                    }
+                    running.fetch_sub(1, Ordering::Release);
+                });
+            }
+            while running.load(Ordering::Acquire) > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+                let mut r = *report.lock();
+                r.secs = started.elapsed().as_secs_f64();
+                progress(&r);
+            }
+        });
+        let mut r = report.into_inner();
+        r.secs = started.elapsed().as_secs_f64();
+        if fetcher.stopped() {
+            return Err(FsError::new(libc::ESHUTDOWN, "the mount is stopping"));
+        }
+        Ok(r)
+    }
+
+    /// What warming `files` fetches, and its bytes.
+    fn warm_plan(&self, files: &[Ino]) -> Result<(Vec<WarmItem>, u64)> {
+        let mut packs = std::collections::HashSet::new();
+        let mut slices = std::collections::HashSet::new();
+        let mut work = Vec::new();
+        let mut bytes = 0u64;
+        let bs = self.block_size;
+        for &ino in files {
+            let segs = self.meta.view(|r| data::load_all(r, ino))?;
+            for (_, seg) in segs {
+                if seg.id == 0 || !slices.insert(seg.id) {
+                    continue;
+                }
+                if self
+                    .uploader
+                    .as_ref()
+                    .is_some_and(|wb| wb.get(seg.id).is_some())
+                {
+                    continue; // staged: read from the staging log
+                }
+                let packed = self.meta.view(|r| {
+                    let Some(v) = r.get(&schema::packed_key(seg.id))? else {
+                        return Ok(None);
+                    };
+                    let p: schema::PackedRec = schema::decode("packed slice", &v)?;
+                    let rec = match r.get(&schema::pack_key(p.pack))? {
+                        Some(v) => Some(schema::decode::<schema::PackRec>("pack", &v)?),
+                        None => None,
+                    };
+                    Ok(Some((p, rec)))
+                })?;
+                match packed {
+                    Some((p, Some(rec))) if self.fetches_whole(&rec) => {
+                        if packs.insert(p.pack) {
+                            work.push(WarmItem::Pack(p.pack, rec.size));
+                            bytes += rec.size;
+                        }
+                    }
+                    Some((p, _)) => {
+                        work.push(WarmItem::Slice(seg.id, p.len));
+                        bytes += p.len as u64;
+                    }
+                    None => {
+                        for index in 0..(seg.size as u64).div_ceil(bs) {
+                            work.push(WarmItem::Block(seg.id, seg.size, index as u32));
+                        }
+                        bytes += seg.size as u64;
+                    }
+                }
+            }
+        }
+        Ok((work, bytes))
+    }
+
+    /// Fetches one item unless it is cached: (its bytes, the bytes fetched for it).
+    fn warm_one(
+        &self,
+        item: WarmItem,
+        disk: &DiskCache,
+        fetcher: &PackFetcher,
+    ) -> std::result::Result<(u64, u64), String> {
+        match item {
+            WarmItem::Pack(pack, size) => {
+                if fetcher.pending(pack) {
+                    fetcher.wait_for(pack, PACK_WAIT);
+                }
+                let fetched = if disk.contains(BlockId::pack(pack)) {
+                    0
+                } else {
+                    self.fetch_pack(pack, fetcher)?
+                };
+                Ok((size, fetched))
+            }
+            WarmItem::Slice(slice, len) => {
+                let cached = disk.contains(BlockId::whole(slice));
+                self.get_packed(slice).map_err(|e| e.to_string())?;
+                Ok((len as u64, if cached { 0 } else { len as u64 }))
+            }
+            WarmItem::Block(slice, size, index) => {
+                let id = BlockId::block(slice, index);
+                let cached = disk.contains(id);
+                let b = self
+                    .fetch_block(slice, size, index, false)
+                    .map_err(|e| e.to_string())?;
+                let n = b.len() as u64;
+                // Blocks land in the local data cache as they are fetched; a block too large
+                // for it is not kept (nothing more to do).
+                Ok((n, if cached { 0 } else { n }))
+            }
+        }
+    }
+
+    pub fn pack_fetch_stats(&self) -> Option<PackFetchStats> {
+        self.packs.as_ref().map(|f| f.stats())
     }
 
     /// Checks each slice of a coalesced pack read against its CRC, caches the neighbours and
@@ -439,6 +698,115 @@ impl Prefetch for ObjectReader {
         }
         if let Err(e) = self.fetch_block(job.slice, job.size, job.index, true) {
             tracing::debug!("readahead of slice {} block {}: {e}", job.slice, job.index);
+        }
+    }
+}
+
+impl PackSource for ObjectReader {
+    fn fetch_pack(&self, pack: u64, fetcher: &PackFetcher) -> std::result::Result<u64, String> {
+        let Some(disk) = &self.disk else {
+            return Ok(0);
+        };
+        if disk.contains(BlockId::pack(pack)) {
+            return Ok(0);
+        }
+        let rec = self
+            .meta
+            .view(|r| match r.get(&schema::pack_key(pack))? {
+                Some(v) => Ok(Some(schema::decode::<schema::PackRec>("pack", &v)?)),
+                None => Ok(None),
+            })
+            .map_err(|e| e.to_string())?;
+        // Gone (compacted, or dead) or not worth a whole fetch.
+        let Some(rec) = rec.filter(|r| self.fetches_whole(r)) else {
+            return Ok(0);
+        };
+        let key = spoolfs_objects::pack_object_key(pack);
+        fetcher.begin_fetch(rec.size);
+        let got = self.storage.get(&key).and_then(|object| {
+            if object.len() as u64 != rec.size {
+                return Err(StorageError::Checksum {
+                    key: key.clone(),
+                    detail: format!("{} bytes, expected {}", object.len(), rec.size),
+                });
+            }
+            // The footer and index checked; each slice is checked against its `L` record's
+            // CRC when it is read.
+            spoolfs_objects::decode_pack_index(&key, &object)?;
+            Ok(object)
+        });
+        match got {
+            Ok(object) => {
+                self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
+                disk.insert(BlockId::pack(pack), &object);
+                fetcher.end_fetch(pack, rec.size, Some(object.len() as u64));
+                Ok(object.len() as u64)
+            }
+            // Compaction deleted it since the metadata was read: its slices moved.
+            Err(StorageError::NotFound { .. }) => {
+                fetcher.end_fetch(pack, rec.size, Some(0));
+                Ok(0)
+            }
+            Err(e) => {
+                fetcher.end_fetch(pack, rec.size, None);
+                Err(format!("{key}: {e}"))
+            }
+        }
+    }
+
+    fn plan_dir(&self, dir: Ino, budget: u64) -> Vec<u64> {
+        let Some(disk) = &self.disk else {
+            return Vec::new();
+        };
+        let planned = self.meta.view(|r| {
+            let prefix = schema::dentry_prefix(dir);
+            let mut packs = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut left = budget;
+            for (_, v) in r.scan(&prefix, &prefix_end(&prefix), DIR_PLAN_ENTRIES)? {
+                let d: schema::DentryRec = schema::decode("directory entry", &v)?;
+                if d.kind != crate::types::FileKind::File {
+                    continue;
+                }
+                // The file's first slice, if it is packed (a large file's blocks are not
+                // fetched ahead: readahead follows its reader instead).
+                let chunk = schema::chunk_key(d.ino, 0);
+                let Some((_, v)) = r.scan(&chunk, &prefix_end(&chunk), 1)?.into_iter().next()
+                else {
+                    continue;
+                };
+                let seg: schema::SliceRec = schema::decode("segment", &v)?;
+                if seg.id == 0 || seg.size as usize > spoolfs_objects::PACK_SLICE_MAX {
+                    continue;
+                }
+                let Some(v) = r.get(&schema::packed_key(seg.id))? else {
+                    continue; // staged, or stored as a block
+                };
+                let p: schema::PackedRec = schema::decode("packed slice", &v)?;
+                if !seen.insert(p.pack) || disk.contains(BlockId::pack(p.pack)) {
+                    continue;
+                }
+                let Some(v) = r.get(&schema::pack_key(p.pack))? else {
+                    continue;
+                };
+                let rec: schema::PackRec = schema::decode("pack", &v)?;
+                if !self.fetches_whole(&rec) {
+                    continue;
+                }
+                if rec.size > left {
+                    break;
+                }
+                left -= rec.size;
+                packs.push(p.pack);
+            }
+            Ok(packs)
+        });
+        match planned {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("planning the prefetch of directory {dir}: {e}");
+                Vec::new()
+            }
         }
     }
 }

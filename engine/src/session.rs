@@ -44,7 +44,7 @@ pub fn session_key(id: &str) -> Vec<u8> {
 }
 
 /// One mount of the volume, as other nodes see it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SessionRec {
     pub id: String,
     pub host: String,
@@ -65,7 +65,23 @@ pub struct SessionRec {
     /// The session is dead once its heartbeat is this old (the mount's --session-timeout).
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
+    /// What the mount had staged (not yet in the object store) at its last heartbeat: the data
+    /// only its cache directory holds.
+    #[serde(default)]
+    pub staged: StagedReport,
 }
+
+/// A mount's staged data, as its heartbeat reports it.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StagedReport {
+    pub bytes: u64,
+    pub slices: u64,
+    /// Age of the oldest staged byte, in seconds.
+    pub oldest_age_s: f64,
+}
+
+/// Called at each heartbeat for what the mount has staged (`None`: unknown, keep the last).
+pub type StagedReporter = Box<dyn Fn() -> Option<StagedReport> + Send>;
 
 fn default_timeout_s() -> u64 {
     DEFAULT_TIMEOUT.as_secs()
@@ -147,6 +163,7 @@ pub struct Session {
     /// What the heartbeat writes (the record, with what [`Session::advertise`] added).
     beat: Arc<parking_lot::Mutex<SessionRec>>,
     meta: Arc<dyn KvStore>,
+    reporter: Arc<parking_lot::Mutex<Option<StagedReporter>>>,
     stop: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
     ended: AtomicBool,
@@ -154,7 +171,9 @@ pub struct Session {
 
 impl Session {
     /// Registers a session for a mount at `mount_point` staging in `cache_dir`, renewed every
-    /// third of `timeout`. Dead sessions are removed (they hold nothing else yet).
+    /// third of `timeout`. Dead sessions are removed, except those that left staged data (their
+    /// data is only in their cache directory): they stay listed until a mount with that cache
+    /// directory on that host starts, which replays and uploads it.
     pub fn register(
         meta: Arc<dyn KvStore>,
         mount_point: &str,
@@ -173,6 +192,7 @@ impl Session {
             started_s: now,
             heartbeat_s: now,
             timeout_s: timeout.as_secs().max(1),
+            staged: StagedReport::default(),
         };
         let value = serde_json::to_vec(&rec).expect("session serialises");
         let timeout_s = rec.timeout_s;
@@ -181,6 +201,9 @@ impl Session {
             for (k, v) in rows {
                 match serde_json::from_slice::<SessionRec>(&v) {
                     Ok(other) if other.is_live(now) => {}
+                    Ok(other)
+                        if other.staged.bytes > 0
+                            && !(other.host == rec.host && other.cache_dir == rec.cache_dir) => {}
                     Ok(other) => {
                         tracing::warn!(
                             "{} is dead (no heartbeat for {} s): removed",
@@ -195,13 +218,15 @@ impl Session {
             t.put(&session_key(&rec.id), &value)
         })?;
         let stop = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+        let reporter: Arc<parking_lot::Mutex<Option<StagedReporter>>> = Arc::default();
         let beat = Arc::new(parking_lot::Mutex::new(rec.clone()));
         let thread = {
-            let (meta, stop, key, beat) = (
+            let (meta, stop, key, beat, reporter) = (
                 meta.clone(),
                 stop.clone(),
                 session_key(&rec.id),
                 beat.clone(),
+                reporter.clone(),
             );
             let every = Duration::from_secs((timeout_s / 3).max(1));
             std::thread::Builder::new()
@@ -217,9 +242,13 @@ impl Session {
                                 return;
                             }
                         }
+                        let report = reporter.lock().as_ref().and_then(|f| f());
                         let value = {
                             let mut rec = beat.lock();
                             rec.heartbeat_s = now_s();
+                            if let Some(report) = report {
+                                rec.staged = report;
+                            }
                             serde_json::to_vec(&*rec).expect("session serialises")
                         };
                         if let Err(e) =
@@ -235,6 +264,7 @@ impl Session {
             rec,
             beat,
             meta,
+            reporter,
             stop,
             thread: Some(thread),
             ended: AtomicBool::new(false),
@@ -259,8 +289,15 @@ impl Session {
         Ok(())
     }
 
-    /// Stops the heartbeat and removes the session record (a clean unmount).
-    pub fn end(&mut self) -> Result<()> {
+    /// From now on each heartbeat records what `report` says the mount has staged.
+    pub fn report_with(&self, report: StagedReporter) {
+        *self.reporter.lock() = Some(report);
+    }
+
+    /// Stops the heartbeat. With nothing left staged (`left`), removes the session record;
+    /// otherwise keeps it, marked dead, with what is left, so that other mounts' `status`
+    /// shows where that data is.
+    pub fn end_with(&mut self, left: StagedReport) -> Result<()> {
         if self.ended.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -270,9 +307,23 @@ impl Session {
             let _ = t.join();
         }
         let key = session_key(&self.rec.id);
-        self.meta
-            .update(Durability::Durable, &mut |t| t.delete(&key))?;
+        if left.bytes == 0 {
+            self.meta
+                .update(Durability::Durable, &mut |t| t.delete(&key))?;
+        } else {
+            let mut rec = self.rec.clone();
+            rec.staged = left;
+            rec.heartbeat_s = 0;
+            let value = serde_json::to_vec(&rec).expect("session serialises");
+            self.meta
+                .update(Durability::Durable, &mut |t| t.put(&key, &value))?;
+        }
         Ok(())
+    }
+
+    /// [`Session::end_with`] nothing left staged (a clean unmount).
+    pub fn end(&mut self) -> Result<()> {
+        self.end_with(StagedReport::default())
     }
 }
 
@@ -308,14 +359,32 @@ mod tests {
         })
         .unwrap();
         assert!(live(meta.as_ref()).unwrap().is_empty());
-        let b = Session::register(meta.clone(), "/b", "/c", Duration::from_secs(30)).unwrap();
+        let mut b = Session::register(meta.clone(), "/b", "/c", Duration::from_secs(30)).unwrap();
         let ids: Vec<String> = list(meta.as_ref())
             .unwrap()
             .into_iter()
             .map(|s| s.id)
             .collect();
         assert_eq!(ids, vec![b.rec.id.clone()]);
-        drop(b);
+        // A mount that ends with data staged stays listed, dead, with what it holds; a new
+        // mount elsewhere keeps it; one with its cache directory on its host removes it.
+        let left = StagedReport {
+            bytes: 4096,
+            slices: 1,
+            oldest_age_s: 2.0,
+        };
+        b.end_with(left).unwrap();
+        let after = list(meta.as_ref()).unwrap();
+        assert_eq!(after.len(), 1);
+        assert!(!after[0].is_live(now_s()));
+        assert_eq!(after[0].staged, left);
+        drop(Session::register(meta.clone(), "/e", "/elsewhere", Duration::from_secs(30)).unwrap());
+        assert_eq!(
+            list(meta.as_ref()).unwrap().len(),
+            1,
+            "kept: it holds staged data"
+        );
+        drop(Session::register(meta.clone(), "/b", "/c", Duration::from_secs(30)).unwrap());
         assert!(list(meta.as_ref()).unwrap().is_empty());
     }
 }

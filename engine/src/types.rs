@@ -224,6 +224,9 @@ pub struct EngineStatus {
     /// Opens answered with a FUSE passthrough to a cache file.
     #[serde(default)]
     pub passthrough_opens: u64,
+    /// Whole-pack fetches into the local data cache (absent without one).
+    #[serde(default)]
+    pub pack_fetch: Option<crate::packfetch::PackFetchStats>,
     /// Metadata changes kept in memory (crash-safe in the namespace log) until the next
     /// checkpoint, at most about a second away, applies them to the metadata store.
     #[serde(default)]
@@ -307,6 +310,8 @@ pub struct EngineMetrics {
     pub cache_misses: u64,
     /// Metadata changes kept in memory until the next checkpoint applies them to the store.
     pub metadata_unapplied_changes: u64,
+    /// Whole-pack fetches (all zero without a local data cache).
+    pub pack_fetch: crate::packfetch::PackFetchStats,
 }
 
 #[cfg(test)]

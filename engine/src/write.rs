@@ -14,7 +14,7 @@ use crate::ids::IdAllocator;
 use crate::meta::Meta;
 use crate::namespace;
 use crate::reader::Counters;
-use crate::schema::{self, SliceRec, StagedRec};
+use crate::schema::{self, InodeRec, SliceRec, StagedRec};
 use crate::staging::{RecordHeader, StagedLoc};
 use crate::stop::StopSignal;
 use crate::types::*;
@@ -90,6 +90,9 @@ pub(crate) struct FileState {
     pending_bytes: u64,
     /// Size and times that include the pending writes; `None` when nothing is pending.
     overlay: Option<Overlay>,
+    /// Set-id bits that the first write since the flush (by root) left and that a write by
+    /// an unprivileged caller must still clear.
+    setid_left: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -157,6 +160,26 @@ impl WritePath {
         self.uploader.as_ref().is_some_and(|w| w.opts.writeback)
     }
 
+    /// What Linux does when a file's data changes (write, fallocate of any mode): drops its
+    /// capabilities, and its set-user-id bit (set-group-id with group execute) when the
+    /// caller is not root. Returns the inode as it was before; refuses anything but a regular
+    /// file.
+    pub(crate) fn drop_privileges(&self, caller: &Caller, ino: Ino) -> Result<InodeRec> {
+        let caps_key = schema::xattr_key(ino, schema::CAPS_XATTR);
+        let (rec, has_caps) = self
+            .meta
+            .view(|r| Ok((schema::must_inode(r, ino)?, r.get(&caps_key)?.is_some())))?;
+        if rec.kind != FileKind::File {
+            return Err(FsError::new(libc::EINVAL, "not a regular file"));
+        }
+        let kill_setid = caller.uid != 0 && namespace::setid_to_clear(rec.perm);
+        if kill_setid || has_caps {
+            self.meta
+                .update(|t| namespace::drop_privileges(t, ino, kill_setid))?;
+        }
+        Ok(rec)
+    }
+
     /// Buffers a write of `data` at `offset` in the inode's pending runs (the caller holds its
     /// state lock and has checked the size limit); flushes when the file's buffer is full.
     pub(crate) fn write(
@@ -168,26 +191,20 @@ impl WritePath {
         state: &mut FileState,
     ) -> Result<u32> {
         if state.overlay.is_none() {
-            // The first write since the last flush: privileges are dropped here, once (a
-            // setxattr of capabilities flushes, so the next write comes back here).
-            let caps_key = schema::xattr_key(ino, schema::CAPS_XATTR);
-            let (rec, has_caps) = self
-                .meta
-                .view(|r| Ok((schema::must_inode(r, ino)?, r.get(&caps_key)?.is_some())))?;
-            if rec.kind != FileKind::File {
-                return Err(FsError::new(libc::EINVAL, "not a regular file"));
-            }
-            // Writing by an unprivileged user drops set-id bits; any write drops capabilities.
-            let kill_setid =
-                caller.uid != 0 && rec.perm & (libc::S_ISUID as u16 | libc::S_ISGID as u16) != 0;
-            if kill_setid || has_caps {
-                self.meta.update(|t| namespace::drop_privileges(t, ino))?;
-            }
+            // The first write since the last flush: capabilities are dropped here, once (a
+            // setxattr of capabilities or a chmod flushes, so the next write comes back here).
+            let rec = self.drop_privileges(caller, ino)?;
+            state.setid_left = caller.uid == 0 && namespace::setid_to_clear(rec.perm);
             state.overlay = Some(Overlay {
                 size: rec.size,
                 mtime_ns: rec.mtime_ns,
                 ctime_ns: rec.ctime_ns,
             });
+        } else if state.setid_left && caller.uid != 0 {
+            // Root wrote first and kept the set-id bits; this writer is not root.
+            self.meta
+                .update(|t| namespace::drop_privileges(t, ino, true))?;
+            state.setid_left = false;
         }
         let cs = self.chunk_size;
         let mut done = 0usize;
@@ -270,8 +287,11 @@ impl WritePath {
         let mut plan = self.flush_stage(ino, state, wb, ids);
         // What the staging log refused goes to the object store before the commit.
         let uploaded_directly = !plan.objects.is_empty();
-        if uploaded_directly {
-            self.put_objects(std::mem::take(&mut plan.objects))?;
+        if uploaded_directly && let Err(e) = self.put_objects(std::mem::take(&mut plan.objects)) {
+            // The flush fails before its commit: the records it staged are nobody's (the
+            // next flush stages the runs again).
+            free_staged(wb, &plan.staged);
+            return Err(e);
         }
         // Standard mode: close(2) promises the data is in the object store and the metadata
         // that points at it survives a crash. Writeback: the namespace log makes the commit
@@ -459,11 +479,7 @@ impl WritePath {
         match result {
             Err(e) => {
                 // Nothing points at the staged records: give their space back.
-                for (_, s) in &plan.staged {
-                    if let Some(loc) = s.placed() {
-                        wb.expect("staged").opts.log.free(&loc);
-                    }
-                }
+                free_staged(wb, &plan.staged);
                 return Err(e);
             }
             Ok(Some((id, Some((loc, seq))))) => {
@@ -637,4 +653,17 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
         data: data.to_vec(),
         early: EarlyStage::NotYet,
     });
+}
+
+/// Frees the staging records of a flush that failed before its commit (nothing points at
+/// them).
+fn free_staged(wb: Option<&Arc<Uploader>>, staged: &[(u64, Staged)]) {
+    for (_, s) in staged {
+        if let Some(loc) = s.placed() {
+            wb.expect("staged records need a staging log")
+                .opts
+                .log
+                .free(&loc);
+        }
+    }
 }

@@ -420,6 +420,8 @@ impl Catalog for UploadCatalog {
 /// with no inode.
 struct NamespaceLog {
     log: Arc<StagingLog>,
+    /// The data log, which carries transactions with slices (set once it is open).
+    data: std::sync::OnceLock<Arc<StagingLog>>,
     /// `--staging-durability none`: no device cache flushes at all.
     flush: bool,
     locs: Mutex<HashMap<u64, StagedLoc>>,
@@ -457,13 +459,18 @@ impl crate::wal::RecordLog for NamespaceLog {
         let loc = loc.map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         Ok(self.remember(loc))
     }
+    /// Flushes the data log too: a close leaves its record (the slice and the transaction
+    /// that links it) in the data log unflushed, and a later `fsync` with nothing new to log
+    /// would otherwise flush nothing at all (a log with no unflushed write skips its flush).
     fn sync(&self) -> std::io::Result<()> {
         if !self.flush {
             return Ok(());
         }
-        self.log
-            .sync()
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        let errno = |e: crate::staging::StagingError| std::io::Error::from_raw_os_error(e.errno());
+        if let Some(data) = self.data.get() {
+            data.sync().map_err(errno)?;
+        }
+        self.log.sync().map_err(errno)
     }
     fn free(&self, handle: u64) {
         if let Some(loc) = self.locs.lock().remove(&handle) {
@@ -499,6 +506,11 @@ pub struct StagingSettings {
     pub staging_timeout: Duration,
     /// Fault injection into the data staging log (tests).
     pub faults: Option<Arc<crate::staging::FaultConfig>>,
+    /// Fault injection into the namespace log (tests): the same plans as `faults`.
+    pub namespace_faults: Option<Arc<crate::staging::FaultConfig>>,
+    /// A simulated device under both logs, which records every write, flush and
+    /// segment-file operation for power-cut tests (`staging::SimDevice`).
+    pub device: Option<Arc<crate::staging::SimDevice>>,
 }
 
 /// The defaults of `spoolfs mount`'s staging flags (one engine thread per CPU), with no cache
@@ -522,6 +534,8 @@ impl Default for StagingSettings {
             upload_buffer: 256 << 20,
             staging_timeout: Duration::from_secs(5),
             faults: None,
+            namespace_faults: None,
+            device: None,
         }
     }
 }
@@ -769,6 +783,7 @@ pub fn open_staging(
         };
         let tuning = crate::staging::StagingTuning {
             faults,
+            device: settings.device.clone(),
             pool_buffers: pool.0,
             pool_buffer_size: pool.1,
             // A durable append must cover the records written before it (other slices of the
@@ -810,7 +825,7 @@ pub fn open_staging(
         1,
         settings.segment_size.min(NAMESPACE_SEGMENT_MAX),
         NAMESPACE_SEGMENTS,
-        None,
+        settings.namespace_faults.clone(),
         // Namespace records are small: a small pinned pool.
         (16, 128 << 10),
     )?;
@@ -824,6 +839,7 @@ pub fn open_staging(
     }
     let ns = Arc::new(NamespaceLog {
         log: ns_log.clone(),
+        data: std::sync::OnceLock::new(),
         flush,
         locs: Mutex::new(HashMap::new()),
         next: std::sync::atomic::AtomicU64::new(1),
@@ -842,6 +858,8 @@ pub fn open_staging(
             ns_log.sync().map_err(|e| e.to_string())
         }));
     }
+    let data_log = Arc::new(data_log);
+    let _ = ns.data.set(data_log.clone());
     tracing::info!(
         "staging log in {}: {} io engine, {} thread(s)",
         dir.display(),
@@ -926,6 +944,7 @@ pub fn open_staging(
         spoolfs_metadata::Durability::Durable,
         &mut |t| {
             record_namespace_losses(t, &recovery, &ns_damage, &ns_damaged)?;
+            skip_ids_of_lost_transactions(t, recovery.missing.len() as u64)?;
             t.put(
                 OWNER_KEY,
                 &serde_json::to_vec(&owner).expect("owner serialises"),
@@ -945,7 +964,7 @@ pub fn open_staging(
         wal.clone(),
         StagingOptions {
             uploads: UploadOptions {
-                log: Arc::new(data_log),
+                log: data_log,
                 writeback: settings.writeback,
                 max_staging_bytes: settings.max_staging_bytes,
                 max_staging_age: settings.max_staging_age,
@@ -1072,6 +1091,28 @@ fn region_loss_key(log: u8, segment: u32, offset: u64, generation: u64) -> Vec<u
     id.extend_from_slice(&offset.to_be_bytes());
     id.extend_from_slice(&generation.to_be_bytes());
     crate::losses::loss_key(crate::losses::LOSS_REGION, &id)
+}
+
+/// Replay that went past missing transactions may have applied later ones that use ids (an
+/// inode number, a slice id) from a batch whose reservation was in a missing one, so the
+/// counters came back below ids in use: the next file would share an inode or a slice with
+/// an existing one. Each missing transaction reserved at most one batch of each kind: the
+/// counters move past all of them.
+fn skip_ids_of_lost_transactions(
+    t: &mut dyn spoolfs_metadata::KvTxn,
+    missing: u64,
+) -> spoolfs_metadata::Result<()> {
+    if missing == 0 {
+        return Ok(());
+    }
+    for (key, batch) in [
+        (schema::NEXT_INO_KEY, crate::ids::INODE_ID_BATCH),
+        (schema::NEXT_SLICE_KEY, crate::ids::SLICE_ID_BATCH),
+    ] {
+        let next = schema::get_u64(t, key)?;
+        t.put(key, &(next + missing * batch).to_be_bytes())?;
+    }
+    Ok(())
 }
 
 /// Marks the staging logs as holding nothing the metadata still needs (everything staged

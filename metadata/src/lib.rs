@@ -9,12 +9,14 @@
 //! (PostgreSQL, shared by many mounts) and [`MemStore`] (tests).
 
 mod buffered;
+mod crash;
 mod mem;
 mod pgpass;
 mod postgres;
 mod redb_store;
 
 pub use buffered::BufferedStore;
+pub use crash::CrashStore;
 
 pub use mem::MemStore;
 pub use postgres::{PgOptions, PgStore, SCHEMA_VERSION, SchemaMode, redact};
@@ -282,6 +284,38 @@ mod tests {
     #[test]
     fn memory_store_semantics() {
         exercise(&MemStore::default());
+    }
+
+    #[test]
+    fn crash_store_semantics_and_cuts() {
+        let clock = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let store = CrashStore::new(Default::default(), clock.clone());
+        exercise(&store);
+        store
+            .update(Durability::Visible, &mut |t| t.put(b"v", b"1"))
+            .unwrap();
+        let before_durable = clock.load(std::sync::atomic::Ordering::SeqCst);
+        store
+            .update(Durability::Durable, &mut |t| t.put(b"d", b"2"))
+            .unwrap();
+        store
+            .update(Durability::Visible, &mut |t| t.put(b"lost", b"3"))
+            .unwrap();
+        // A failing checkpoint leaves the durable state as it was.
+        store.fail_checkpoints(true);
+        assert!(store.persist().is_err());
+        assert!(
+            store
+                .update(Durability::Durable, &mut |t| t.put(b"x", b"4"))
+                .is_err()
+        );
+        let after = store.durable_before(u64::MAX);
+        assert_eq!(after.get(&b"d"[..]).map(|v| &v[..]), Some(&b"2"[..]));
+        assert_eq!(after.get(&b"v"[..]).map(|v| &v[..]), Some(&b"1"[..]));
+        assert!(!after.contains_key(&b"lost"[..]));
+        assert!(!after.contains_key(&b"x"[..]));
+        let before = store.durable_before(before_durable);
+        assert!(!before.contains_key(&b"d"[..]));
     }
 
     #[test]

@@ -9,6 +9,20 @@ pub struct MemStore {
     map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
+impl MemStore {
+    /// A store holding `map`.
+    pub fn from_map(map: BTreeMap<Vec<u8>, Vec<u8>>) -> MemStore {
+        MemStore {
+            map: Mutex::new(map),
+        }
+    }
+
+    /// Every key and value, as of now.
+    pub fn snapshot(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.map.lock().clone()
+    }
+}
+
 struct MemTxn<'a> {
     base: &'a BTreeMap<Vec<u8>, Vec<u8>>,
     /// Pending writes; `None` is a delete.

@@ -1,8 +1,11 @@
 //! The I/O engines behind the staging log: io_uring and pwritev2, one instance per engine
 //! thread, and a fault-injecting wrapper for tests.
 
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,6 +34,96 @@ pub(crate) trait IoBackend: Send {
     fn read(&mut self, fd: RawFd, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// `fdatasync` of every fd (one device flush each on a pre-written file).
     fn datasync(&mut self, fds: &[RawFd]) -> io::Result<()>;
+}
+
+/// The segment-file operations that decide what a power cut leaves behind: making a segment
+/// file (create, preallocate, write its header, zero-fill, sync, rename into place, sync the
+/// directory), opening one, re-stamping it, removing a half-made one. The engine threads'
+/// appends and flushes go through [`IoBackend`]; together the two are everything the staging
+/// log does to its device, so a simulated device ([`crate::SimDevice`]) sees all of it.
+pub(crate) trait SegmentFiles: Send + Sync {
+    /// Creates (or truncates) `path` for writing.
+    fn create(&self, path: &Path) -> io::Result<File>;
+    /// Reserves `[0, len)` (`fallocate`): unwritten extents, which read as zeros.
+    fn preallocate(&self, file: &File, len: u64) -> io::Result<()>;
+    /// Sets the size (a sparse file where `fallocate` is unavailable).
+    fn set_len(&self, file: &File, len: u64) -> io::Result<()>;
+    fn write_at(&self, file: &File, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Writes `len` zero bytes from `offset`.
+    fn zero_fill(&self, file: &File, offset: u64, len: u64) -> io::Result<()>;
+    /// `fsync`: the file's data and size are on stable storage (not its name).
+    fn sync(&self, file: &File) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// `fsync` of a directory: creates, renames and removes in it are on stable storage.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Opens an existing segment for O_DIRECT reads and writes.
+    fn open(&self, path: &Path) -> io::Result<File>;
+}
+
+/// The real file system.
+pub(crate) struct RealFiles;
+
+impl SegmentFiles for RealFiles {
+    fn create(&self, path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    }
+
+    fn preallocate(&self, file: &File, len: u64) -> io::Result<()> {
+        // SAFETY: plain syscall on an fd the caller owns.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as i64) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn set_len(&self, file: &File, len: u64) -> io::Result<()> {
+        file.set_len(len)
+    }
+
+    fn write_at(&self, file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+        file.write_all_at(data, offset)
+    }
+
+    fn zero_fill(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn sync(&self, file: &File) -> io::Result<()> {
+        file.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir).and_then(|d| d.sync_all())
+    }
+
+    fn open(&self, path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+    }
 }
 
 fn short(what: &str, done: usize, want: usize) -> io::Error {

@@ -150,6 +150,7 @@ mod io;
 mod oneshot;
 mod replay;
 mod segments;
+mod sim;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -169,11 +170,12 @@ use parking_lot::Mutex;
 
 pub use io::FaultConfig;
 pub use segments::{MAX_SEGMENTS, RecycleBarrier};
+pub use sim::{CutPlan, CutReport, FlushScope, SimDevice, Unflushed};
 
 use buf::{BufPool, IoBuf, MAX_POOL_BUFFERS};
 use format::{PIECE_LEN, decode_record_header, record_header_len, record_size};
-use io::{FaultyBackend, IoBackend, PsyncBackend, UringBackend};
-use segments::{BUF_ALIGN, SEALED, SegState, Shared, now_us, open_direct, segment_path};
+use io::{FaultyBackend, IoBackend, PsyncBackend, RealFiles, SegmentFiles, UringBackend};
+use segments::{BUF_ALIGN, SEALED, SegState, Shared, now_us, segment_path};
 use worker::{Request, Worker};
 
 /// Which I/O engine the engine threads use.
@@ -229,6 +231,9 @@ pub struct StagingTuning {
     pub flush_mode: FlushMode,
     /// Fault injection (tests).
     pub faults: Option<Arc<FaultConfig>>,
+    /// A simulated device that records every write, flush and segment-file operation, so
+    /// that a test can cut the power at any point (tests; see [`SimDevice`]).
+    pub device: Option<Arc<SimDevice>>,
     /// Buffers in each engine thread's pool (0: no pool, every append and read allocates a
     /// buffer). Default 64. At most 65536; io_uring registers at most 16384 (more: the
     /// pool is used unregistered).
@@ -248,6 +253,7 @@ impl Default for StagingTuning {
         StagingTuning {
             flush_mode: FlushMode::Auto,
             faults: None,
+            device: None,
             pool_buffers: 64,
             pool_buffer_size: (1 << 20) + (64 << 10),
             append_timeout: Duration::from_secs(5),
@@ -458,6 +464,7 @@ fn hex(u: &[u8; 16]) -> String {
 fn make_backend(
     kind: &'static str,
     faults: &Option<Arc<FaultConfig>>,
+    device: &Option<Arc<SimDevice>>,
     pool: Option<&Arc<BufPool>>,
 ) -> Result<(Box<dyn IoBackend>, Option<std::io::Error>), StagingError> {
     let mut register_err = None;
@@ -469,6 +476,13 @@ fn make_backend(
         Box::new(ring)
     } else {
         Box::new(PsyncBackend)
+    };
+    let inner: Box<dyn IoBackend> = match device {
+        Some(d) => Box::new(sim::SimBackend {
+            inner,
+            device: d.clone(),
+        }),
+        None => inner,
     };
     let backend: Box<dyn IoBackend> = match faults {
         Some(f) => Box::new(FaultyBackend {
@@ -516,6 +530,10 @@ impl StagingLog {
             )));
         }
         let dir = &config.dir;
+        let fs: Arc<dyn SegmentFiles> = match &tuning.device {
+            Some(d) => d.clone(),
+            None => Arc::new(RealFiles),
+        };
         std::fs::create_dir_all(dir).map_err(|e| StagingError::io(format!("mkdir {dir:?}"), e))?;
         let align = segments::dio_align(dir);
 
@@ -536,7 +554,7 @@ impl StagingLog {
                 }
                 existing.push(i);
             } else if name.starts_with("seg-") && name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = fs.remove(&entry.path());
             }
         }
         existing.sort_unstable();
@@ -569,6 +587,7 @@ impl StagingLog {
             volume_uuid: config.volume_uuid,
             durability: config.durability,
             io_engine,
+            fs: fs.clone(),
             files: (0..nsegs).map(|_| OnceLock::new()).collect(),
             segs: (0..nsegs).map(|_| SegState::default()).collect(),
             free: Mutex::new(Default::default()),
@@ -601,8 +620,9 @@ impl StagingLog {
         let mut empty: Vec<u32> = Vec::new();
         for &i in &existing {
             let path = segment_path(dir, i);
-            let file =
-                open_direct(&path).map_err(|e| StagingError::io(format!("open {path:?}"), e))?;
+            let file = fs
+                .open(&path)
+                .map_err(|e| StagingError::io(format!("open {path:?}"), e))?;
             let size = file
                 .metadata()
                 .map_err(|e| StagingError::io(format!("stat {path:?}"), e))?
@@ -778,7 +798,8 @@ impl StagingLog {
         let mut unregistered = 0;
         let mut register_err = None;
         for t in 0..config.threads {
-            let (backend, err) = make_backend(io_engine, &tuning.faults, pools.get(t))?;
+            let (backend, err) =
+                make_backend(io_engine, &tuning.faults, &tuning.device, pools.get(t))?;
             if let Some(e) = err {
                 unregistered += 1;
                 register_err = Some(e);

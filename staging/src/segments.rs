@@ -3,9 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -15,6 +13,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::buf::AlignedBuf;
 use super::format::{SegmentHeader, segment_header_block};
+use super::io::SegmentFiles;
 use super::{StagingDurability, StagingError};
 
 /// Makes durable whatever freed a segment's records; an error leaves the segment alone.
@@ -53,14 +52,6 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u32> {
     }
     let index: u32 = digits.parse().ok()?;
     (segment_name(index) == name).then_some(index)
-}
-
-pub(crate) fn open_direct(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
 }
 
 #[derive(Default)]
@@ -150,6 +141,9 @@ pub(crate) struct Shared {
     pub volume_uuid: [u8; 16],
     pub durability: StagingDurability,
     pub io_engine: &'static str,
+    /// Every segment-file operation goes through here (the real file system, or a
+    /// simulated device).
+    pub fs: std::sync::Arc<dyn SegmentFiles>,
     pub files: Vec<OnceLock<File>>,
     pub segs: Vec<SegState>,
     /// Segments ready to be taken: their header already carries a fresh generation, or the
@@ -251,50 +245,40 @@ impl Shared {
         let generation = self.next_gen.fetch_add(1, Ordering::SeqCst);
         let path = segment_path(&self.dir, index);
         let tmp = self.dir.join(format!("seg-{index:06}.tmp"));
+        let fs = self.fs.as_ref();
         let io = |what: &str, e: std::io::Error| {
             // A partly written segment (no room on the disk) must not keep the space.
-            let _ = std::fs::remove_file(&tmp);
+            let _ = fs.remove(&tmp);
             StagingError::io(format!("{what} {tmp:?}"), e)
         };
         {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| io("create", e))?;
-            // SAFETY: plain syscall on an fd we own. Failure (no fallocate) is harmless when
-            // the zero fill below allocates anyway.
-            let allocated =
-                unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, self.segment_size as i64) } == 0;
-            if !allocated && !zero_fill {
-                let e = std::io::Error::last_os_error();
+            let f = fs.create(&tmp).map_err(|e| io("create", e))?;
+            // Failure (no fallocate) is harmless when the zero fill below allocates anyway.
+            if let Err(e) = fs.preallocate(&f, self.segment_size)
+                && !zero_fill
+            {
                 if e.raw_os_error() == Some(libc::ENOSPC) {
                     return Err(io("fallocate", e));
                 }
                 // No fallocate here: a sparse file of the full size (holes read as zeros).
-                f.set_len(self.segment_size)
+                fs.set_len(&f, self.segment_size)
                     .map_err(|e| io("set size of", e))?;
             }
             let mut block = vec![0u8; segment_header_block(self.align) as usize];
             self.header(index, generation).encode(&mut block);
-            f.write_all(&block).map_err(|e| io("write", e))?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut left = if zero_fill {
-                self.segment_size - block.len() as u64
-            } else {
-                0
-            };
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                f.write_all(&zeros[..n]).map_err(|e| io("write", e))?;
-                left -= n as u64;
+            fs.write_at(&f, 0, &block).map_err(|e| io("write", e))?;
+            if zero_fill {
+                let from = block.len() as u64;
+                fs.zero_fill(&f, from, self.segment_size - from)
+                    .map_err(|e| io("write", e))?;
             }
-            f.sync_all().map_err(|e| io("fsync", e))?;
+            fs.sync(&f).map_err(|e| io("fsync", e))?;
         }
-        std::fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
-        sync_dir(&self.dir)?;
-        let file = open_direct(&path).map_err(|e| StagingError::io(format!("open {path:?}"), e))?;
+        fs.rename(&tmp, &path).map_err(|e| io("rename", e))?;
+        self.sync_dir()?;
+        let file = fs
+            .open(&path)
+            .map_err(|e| StagingError::io(format!("open {path:?}"), e))?;
         let st = &self.segs[index as usize];
         st.generation.store(generation, Ordering::SeqCst);
         st.align.store(self.align as u32, Ordering::SeqCst);
@@ -310,6 +294,13 @@ impl Shared {
         );
         let _ = self.files[index as usize].set(file);
         Ok(generation)
+    }
+
+    /// `fsync` of the log directory.
+    pub fn sync_dir(&self) -> Result<(), StagingError> {
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| StagingError::io(format!("fsync {:?}", self.dir), e))
     }
 
     pub fn header(&self, index: u32, generation: u64) -> SegmentHeader {
@@ -335,8 +326,9 @@ impl Shared {
         let generation = self.next_gen.fetch_add(1, Ordering::SeqCst);
         let b = self.header_block(index, generation);
         let f = self.files[index as usize].get().expect("open segment");
-        f.write_all_at(b.as_slice(), 0)
-            .and_then(|_| f.sync_data())
+        self.fs
+            .write_at(f, 0, b.as_slice())
+            .and_then(|_| self.fs.sync(f))
             .map_err(|e| StagingError::io(format!("re-stamp segment {index}"), e))?;
         let st = &self.segs[index as usize];
         st.generation.store(generation, Ordering::SeqCst);
@@ -345,12 +337,6 @@ impl Shared {
         st.oldest_us.store(0, Ordering::SeqCst);
         Ok(())
     }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StagingError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StagingError::io(format!("fsync {dir:?}"), e))
 }
 
 /// Direct-I/O alignment of files in `dir`: `statx` `STATX_DIOALIGN` of a probe file, at

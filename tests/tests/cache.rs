@@ -32,15 +32,24 @@ fn warmup_then_remount_reads_without_the_object_store() {
         }
         m.unmount();
     }
-    // A fresh cache directory: nothing cached yet. warmup reads the tree in.
+    // A fresh cache directory: nothing cached yet. warmup reads the tree in. (No free-space
+    // floor: on a nearly full test machine the cache would otherwise evict what it just got.)
     let cache = vol.new_subdir("cache2");
     let m = vol.mount_with(MountOptions {
         cache_dir: Some(cache.clone()),
+        extra_args: vec!["--cache-free-ratio".into(), "0".into()],
         ..Default::default()
     });
     let out = vol.spoolfs_run([OsStr::new("warmup"), m.join("tree").as_os_str()]);
     out.assert_success();
     assert!(out.stdout.contains("60 files"), "{out}");
+    assert!(
+        out.stdout.contains("/s)"),
+        "bytes per second in the summary: {out}"
+    );
+    // The daemon fetched the tree's packs whole, and says so.
+    let status = vol.spoolfs_run([OsStr::new("status"), m.path().as_os_str()]);
+    assert!(status.stdout.contains("pack fetches:"), "{status}");
     // Not on a spoolfs mount: a clear error.
     vol.spoolfs_run([OsStr::new("warmup"), vol.dir().as_os_str()])
         .assert_clean_failure(&["not on a spoolfs mount"]);
@@ -55,6 +64,7 @@ fn warmup_then_remount_reads_without_the_object_store() {
     let m = vol.mount_with(MountOptions {
         mountpoint: Some(mp),
         cache_dir: Some(cache),
+        extra_args: vec!["--cache-free-ratio".into(), "0".into()],
         ..Default::default()
     });
     for (rel, data) in &files {

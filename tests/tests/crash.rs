@@ -3,8 +3,10 @@
 //! * `crash_kill9_loses_nothing_acknowledged`: many rounds of "mount, run a workload, SIGKILL
 //!   the mount process at a random moment, remount, check". A journal kept in the test process
 //!   records, for every file, what the application was told (close and fsync returned, renames
-//!   and unlinks returned); after each remount every acknowledged state must be there, byte
-//!   for byte. At the end a clean unmount and a mount with a fresh, empty cache directory prove
+//!   and unlinks returned, a directory's chmod or setxattr returned); after each remount every
+//!   acknowledged state must be there, byte for byte, and an operation cut by the kill may
+//!   only have done or not done what it asked (a cut pwrite changes nothing outside its
+//!   range). At the end a clean unmount and a mount with a fresh, empty cache directory prove
 //!   the data reached the object store. Round variants: a single uploader (odd rounds), a
 //!   failing/tearing/slow staging device (`SPOOLFS_STAGING_FAULTS`), the object store down
 //!   during the workload (everything acknowledged is then only in the staging log), and the
@@ -161,6 +163,14 @@ enum Expect {
     },
     /// A rename or unlink was in flight: one of these.
     OneOf(Vec<Expect>),
+    /// A pwrite of `len` bytes at `at` was in flight over `old`: the bytes outside that range
+    /// are `old`'s (zeros where it extends the file), the size is the old one or the one the
+    /// pwrite makes; only the range itself may hold anything.
+    Patched {
+        old: Arc<Vec<u8>>,
+        at: usize,
+        len: usize,
+    },
 }
 
 impl Expect {
@@ -188,6 +198,12 @@ impl Expect {
                 let alts: Vec<String> = v.iter().map(|e| e.describe()).collect();
                 format!("one of [{}]", alts.join(" | "))
             }
+            Expect::Patched { old, at, len } => format!(
+                "{} bytes (checksum {:016x}) with anything in [{at}, {})",
+                old.len(),
+                checksum(old),
+                at + len
+            ),
         }
     }
 
@@ -234,6 +250,30 @@ impl Expect {
                 )),
                 _ => None,
             },
+            (Expect::Patched { .. }, None) => Some("missing (it existed before the pwrite)".into()),
+            (Expect::Patched { old, at, len }, Some(a)) => {
+                let (at, end) = (*at, at + len);
+                let sizes = [old.len(), old.len().max(end)];
+                if !sizes.contains(&a.len()) {
+                    return Some(format!(
+                        "{} bytes after a pwrite of [{at}, {end}) into {} bytes",
+                        a.len(),
+                        old.len()
+                    ));
+                }
+                let outside = (0..a.len()).filter(|i| !(at..end).contains(i));
+                let bad = outside
+                    .into_iter()
+                    .find(|&i| a[i] != old.get(i).copied().unwrap_or(0));
+                bad.map(|i| {
+                    format!(
+                        "an in-flight pwrite of [{at}, {end}) changed byte {i}, outside its \
+                         range: {:#04x}, was {:#04x}",
+                        a[i],
+                        old.get(i).copied().unwrap_or(0)
+                    )
+                })
+            }
             (Expect::OneOf(v), a) => {
                 if v.iter().any(|e| e.check(a).is_none()) {
                     None
@@ -274,6 +314,64 @@ struct Journal {
     end: Option<WorkloadEnd>,
     /// Acknowledged operations this round.
     acked: usize,
+    /// Directories whose mode or extended attribute the workload changed: the states each
+    /// may be in (one once the change was acknowledged, two while it is in flight).
+    dir_attrs: BTreeMap<PathBuf, DirAttrs>,
+}
+
+/// What a directory's mode and `user.crash` attribute may be (`None`: never changed).
+#[derive(Clone, Debug, Default)]
+struct DirAttrs {
+    modes: Option<Vec<u32>>,
+    xattrs: Option<Vec<Option<Vec<u8>>>>,
+}
+
+const DIR_XATTR: &str = "user.crash";
+
+/// The value of `name` on `path` (`None` if it has none).
+fn get_xattr(path: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the length given.
+    let r = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    buf.truncate(r as usize);
+    Ok(Some(buf))
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and a value of the length given.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -497,7 +595,11 @@ impl Worker {
         let (f, op, fsync) = self.start_write(
             &rel,
             format!("pwrite {len} bytes at {at} (file was {} bytes)", old.len()),
-            Expect::unknown(true),
+            Expect::Patched {
+                old: old.clone(),
+                at,
+                len,
+            },
             fs::OpenOptions::new().write(true),
         )?;
         std::os::unix::fs::FileExt::write_all_at(&f, &piece, at as u64)
@@ -624,6 +726,63 @@ impl Worker {
         Ok(())
     }
 
+    /// chmod or setxattr of one of this worker's directories (namespace calls: acknowledged
+    /// when they return). Directories are never renamed or removed, so what was acknowledged
+    /// for one must be there after every crash.
+    fn dir_attr(&mut self) -> Result<(), Stop> {
+        let mine = PathBuf::from(format!("w{}", self.id));
+        let dirs: Vec<PathBuf> = self
+            .j()
+            .dirs
+            .iter()
+            .filter(|d| d.starts_with(&mine))
+            .cloned()
+            .collect();
+        if dirs.is_empty() {
+            return self.mkdir();
+        }
+        let rel = self.pick(&dirs);
+        let full = self.root.join(&rel);
+        let mut attrs = self.j().dir_attrs.get(&rel).cloned().unwrap_or_default();
+        if self.rng.below(2) == 0 {
+            let old = match &attrs.modes {
+                Some(m) => m[0],
+                None => {
+                    use std::os::unix::fs::PermissionsExt;
+                    let md = fs::metadata(&full).map_err(|e| os_err("stat", e))?;
+                    md.permissions().mode() & 0o7777
+                }
+            };
+            let new = [0o700, 0o711, 0o750, 0o755, 0o775, 0o777][self.rng.below(6) as usize];
+            let op = format!("chmod {new:o} (was {old:o})");
+            attrs.modes = Some(vec![old, new]);
+            self.j().dir_attrs.insert(rel.clone(), attrs.clone());
+            self.note(&rel, format!("{op}: started"));
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&full, fs::Permissions::from_mode(new))
+                .map_err(|e| os_err(&op, e))?;
+            attrs.modes = Some(vec![new]);
+            self.note(&rel, format!("{op}: returned"));
+        } else {
+            let old = match &attrs.xattrs {
+                Some(x) => x[0].clone(),
+                None => get_xattr(&full, DIR_XATTR).map_err(|e| os_err("getxattr", e))?,
+            };
+            let len = self.rng.below(200) as usize;
+            let new = self.rng.bytes(len);
+            let op = format!("setxattr {DIR_XATTR} ({len} bytes)");
+            attrs.xattrs = Some(vec![old, Some(new.clone())]);
+            self.j().dir_attrs.insert(rel.clone(), attrs.clone());
+            self.note(&rel, format!("{op}: started"));
+            set_xattr(&full, DIR_XATTR, &new).map_err(|e| os_err(&op, e))?;
+            attrs.xattrs = Some(vec![Some(new)]);
+            self.note(&rel, format!("{op}: returned"));
+        }
+        self.j().dir_attrs.insert(rel, attrs);
+        self.ack();
+        Ok(())
+    }
+
     fn mkdir(&mut self) -> Result<(), Stop> {
         let parent = format!("w{}", self.id);
         self.seq += 1;
@@ -655,7 +814,8 @@ impl Worker {
             63..=72 => self.append(target),
             73..=77 => self.truncate(target),
             78..=88 => self.rename(target, &live),
-            89..=96 => self.unlink(target),
+            89..=94 => self.unlink(target),
+            95..=96 => self.dir_attr(),
             _ => self.mkdir(),
         }
     }
@@ -806,7 +966,59 @@ fn verify(root: &Path, j: &mut Journal, adopt: bool) -> Vec<String> {
             ));
         }
     }
+    // Directory modes and attributes: one of the states the journal allows.
+    let mut dir_actual = Vec::new();
+    for (d, attrs) in &j.dir_attrs {
+        let full = root.join(d);
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(&full).map(|m| m.permissions().mode() & 0o7777)
+        };
+        let xattr = get_xattr(&full, DIR_XATTR);
+        match (mode, xattr) {
+            (Ok(mode), Ok(xattr)) => {
+                if let Some(modes) = &attrs.modes
+                    && !modes.contains(&mode)
+                {
+                    problems.push(format!(
+                        "directory {}: mode {mode:o}, expected one of {:?}",
+                        d.display(),
+                        modes.iter().map(|m| format!("{m:o}")).collect::<Vec<_>>()
+                    ));
+                }
+                if let Some(xattrs) = &attrs.xattrs
+                    && !xattrs.contains(&xattr)
+                {
+                    problems.push(format!(
+                        "directory {}: {DIR_XATTR} is {:?}, expected one of {} value(s) \
+                         ({} acknowledged)",
+                        d.display(),
+                        xattr.as_ref().map(|v| v.len()),
+                        xattrs.len(),
+                        if xattrs.len() == 1 {
+                            "it was"
+                        } else {
+                            "the first was"
+                        }
+                    ));
+                }
+                dir_actual.push((d.clone(), mode, xattr));
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                problems.push(format!("directory {}: stat or getxattr: {e}", d.display()))
+            }
+        }
+    }
     if adopt && problems.is_empty() {
+        for (d, mode, xattr) in dir_actual {
+            let a = j.dir_attrs.get_mut(&d).expect("checked above");
+            if a.modes.is_some() {
+                a.modes = Some(vec![mode]);
+            }
+            if a.xattrs.is_some() {
+                a.xattrs = Some(vec![xattr]);
+            }
+        }
         for (rel, actual) in actual_of {
             let e = match actual {
                 Some(d) => Expect::Exact(d),
@@ -1222,9 +1434,11 @@ fn crash_kill9_loses_nothing_acknowledged() {
     );
     let mut problems = Vec::new();
     let mut files = 0;
+    let mut dir_attrs = 0;
     for j in &journals {
         let mut j = j.lock().unwrap();
         files += j.live_files().len();
+        dir_attrs += j.dir_attrs.len();
         problems.extend(verify(&mp, &mut j, false));
     }
     assert!(
@@ -1242,7 +1456,9 @@ fn crash_kill9_loses_nothing_acknowledged() {
     mount.unmount();
     eprintln!(
         "crash test: {rounds} SIGKILL rounds, {total_acked} acknowledged operations, replay \
-         recovered {replayed_slices} staged slices and {replayed_changes} namespace changes, {files} files verified from the object store, in {:?}",
+         recovered {replayed_slices} staged slices and {replayed_changes} namespace changes, \
+         {files} files and the modes and attributes of {dir_attrs} directories verified from \
+         the object store, in {:?}",
         started.elapsed()
     );
 }
@@ -1678,4 +1894,37 @@ fn sync_waits_for_the_object_store() {
         assert_eq!(&fs::read(mp.join(format!("d/f{i}"))).unwrap(), data);
     }
     m.unmount();
+}
+
+/// The check of a file whose pwrite was cut by the crash: only the written range may differ.
+#[test]
+fn a_cut_pwrite_may_change_only_its_range() {
+    let old = Arc::new(vec![1u8; 100]);
+    let e = Expect::Patched {
+        old: old.clone(),
+        at: 90,
+        len: 20,
+    };
+    let mut done = vec![1u8; 110];
+    done[90..].fill(7);
+    assert_eq!(e.check(Some(&done)), None, "the completed pwrite");
+    assert_eq!(e.check(Some(&old)), None, "the pwrite undone");
+    let mut torn = done.clone();
+    torn[95..].fill(0);
+    assert_eq!(
+        e.check(Some(&torn)),
+        None,
+        "a torn pwrite, within its range"
+    );
+    let mut outside = done.clone();
+    outside[10] = 9;
+    assert!(
+        e.check(Some(&outside)).is_some(),
+        "a byte outside the range changed"
+    );
+    assert!(
+        e.check(Some(&done[..105])).is_some(),
+        "a size neither old nor new"
+    );
+    assert!(e.check(None).is_some(), "the file vanished");
 }

@@ -31,6 +31,16 @@ fn pread(f: &File, off: u64, len: usize) -> Vec<u8> {
     buf
 }
 
+/// Writes `data` at `off` of the existing file `p` (pwrite, no truncation).
+fn write_at(p: &Path, off: u64, data: &[u8]) {
+    OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .write_all_at(data, off)
+        .unwrap();
+}
+
 fn read_window(p: &Path, off: u64, len: usize) -> Vec<u8> {
     let f = File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
     pread(&f, off, len)
@@ -549,12 +559,7 @@ fn namespace(backend: Backend) {
     );
     assert_eq!(m1.ino(), m2.ino(), "hard links share the inode");
     assert_eq!((m1.nlink(), m2.nlink()), (2, 2), "nlink after link");
-    OpenOptions::new()
-        .write(true)
-        .open(p("h2"))
-        .unwrap()
-        .write_all_at(b"HARD", 0)
-        .unwrap();
+    write_at(&p("h2"), 0, b"HARD");
     assert_eq!(fs::read(p("h1")).unwrap(), b"HARD link data", "data shared");
     fs::hard_link(p("h1"), p("dB/h3")).unwrap();
     assert_eq!(fs::metadata(p("h2")).unwrap().nlink(), 3);
@@ -760,12 +765,7 @@ fn attributes(backend: Backend) {
     // A write moves mtime to now.
     fs::write(p("touched"), b"1").unwrap();
     set_times(&p("touched"), at, mt, true).unwrap();
-    OpenOptions::new()
-        .write(true)
-        .open(p("touched"))
-        .unwrap()
-        .write_all_at(b"2", 0)
-        .unwrap();
+    write_at(&p("touched"), 0, b"2");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -351,3 +351,78 @@ fn two_mounts_of_one_postgres_volume_see_each_other() {
     let out = vol.spoolfs_run(["fsck", "--meta", &vol.meta_url]);
     out.assert_success();
 }
+
+/// The session of `mount` in `status --meta --json`.
+fn session_of(vol: &Volume, mount_point: &Path) -> serde_json::Value {
+    let list = sessions(vol);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["mount_point"] == mount_point.display().to_string())
+        .cloned()
+        .unwrap_or_else(|| panic!("no session at {}: {list}", mount_point.display()))
+}
+
+#[test]
+fn a_killed_mount_with_staged_data_is_listed_dead_until_its_cache_dir_mounts_again() {
+    require_fuse!();
+    let pg = spoolfs_testkit::require_postgres!();
+    let vol = postgres_volume(pg);
+    let cache_a = vol.new_subdir("cache-a");
+    // Heartbeats every second; uploads held back so that the data stays staged.
+    let opts = |cache: &Path, extra: &[&str]| MountOptions {
+        cache_dir: Some(cache.to_path_buf()),
+        extra_args: ["--session-timeout", "3"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    };
+    let a = vol.mount_with(opts(&cache_a, &["--upload-delay", "600"]));
+    let b = mount_node(&vol, "b");
+    let data = random_bytes(7, 300_000);
+    fs::write(a.join("staged"), &data).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let a_path = a.path().to_path_buf();
+    let live = loop {
+        let s = session_of(&vol, &a_path);
+        if s["staged"]["bytes"].as_u64() == Some(data.len() as u64) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no staged bytes reported: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(live["live"], true);
+
+    // A dies with the data staged: once its heartbeat is older than its timeout, its session
+    // is listed dead with what it held, also after another mount starts.
+    a.kill9();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let dead = session_of(&vol, &a_path);
+    assert_eq!(dead["live"], false, "{dead}");
+    assert_eq!(dead["staged"]["bytes"].as_u64(), Some(data.len() as u64));
+    let out = vol.spoolfs_run(["status", "--meta", &vol.meta_url]);
+    out.assert_success();
+    assert!(out.stdout.contains("DEAD"), "{out}");
+    let c = mount_node(&vol, "c");
+    assert_eq!(session_of(&vol, &a_path)["live"], false);
+
+    // A's cache directory mounted again replays and uploads the data: every mount reads it,
+    // and the dead session is gone.
+    let a2 = vol.mount_with(opts(&cache_a, &[]));
+    vol.spoolfs_run(["sync".as_ref(), a2.path().as_os_str()])
+        .assert_success();
+    for m in [&a2, &b, &c] {
+        assert_bytes_eq(&fs::read(m.join("staged")).unwrap(), &data, "after replay");
+    }
+    let list = sessions(&vol);
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    for m in [a2, b, c] {
+        m.unmount();
+    }
+    assert_eq!(sessions(&vol).as_array().map(Vec::len), Some(0));
+}

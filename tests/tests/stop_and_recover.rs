@@ -6,7 +6,11 @@
 //!   is refused with a message naming the right one, and a mount with the right one uploads
 //!   and reads every byte;
 //! * `--shutdown-timeout` bounds that upload when the object store does not answer: the
-//!   daemon exits with data still staged, and the same holds for the next mount.
+//!   daemon exits with data still staged, and the same holds for the next mount;
+//! * after `spoolfs sync`, the object store alone holds every byte: the mount is killed (so no
+//!   clean unmount uploads anything) and its staged data removed, and the next mount reads
+//!   it all. (A second mount beside the first cannot check this: the metadata store is the
+//!   first mount's, locked.)
 
 use spoolfs_s3proxy::{Fault, Method};
 use spoolfs_tests::*;
@@ -186,4 +190,45 @@ fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
     drop(m);
     proxy.clear_faults();
     check_only_the_same_cache_mounts(&vol, &files);
+}
+
+/// `spoolfs sync` returns only once everything is in the object store, with the metadata
+/// that points at it durable: after it, the mount is killed (no clean unmount uploads
+/// anything) and its staged data thrown away, and the next mount still reads every byte.
+#[test]
+fn after_spoolfs_sync_the_object_store_alone_has_every_byte() {
+    require_fuse!();
+    let vol = Volume::new(Backend::File);
+    let m = vol.mount_with(MountOptions {
+        daemon: true,
+        extra_args: SLOW_UPLOADS.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    });
+    let files = write_files(&m.join("d"), 20, 11);
+    assert!(staged_bytes(&m) > 0, "the test needs staged data");
+    let out = vol.spoolfs_run([OsStr::new("sync"), m.path().as_os_str()]);
+    out.assert_success();
+    m.kill9();
+    // Only the staged data goes; the namespace log stays, as after any crash.
+    let mut data_logs = 0;
+    for volume_dir in fs::read_dir(vol.cache_dir()).unwrap().flatten() {
+        let data = volume_dir.path().join("data");
+        if data.is_dir() {
+            fs::remove_dir_all(&data).unwrap();
+            data_logs += 1;
+        }
+    }
+    assert_eq!(
+        data_logs, 1,
+        "expected one staging data log under the cache directory"
+    );
+    let again = vol.mount_daemon();
+    check_files(
+        &again,
+        "d",
+        &files,
+        "after sync, a kill and the loss of the staged data",
+    );
+    assert_eq!(staged_bytes(&again), 0);
+    again.unmount();
 }

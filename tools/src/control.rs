@@ -1,11 +1,14 @@
 //! The control socket of a mount daemon: a Unix socket (mode 0600). A client sends one request
 //! line: `status` (one JSON line describing the mount), `writeout` (what is still to be
 //! written out, without asking the object store), `sync SECS` (the object-store
-//! barrier, with progress lines) or `gc {OPTIONS}` (garbage collection, with progress lines).
+//! barrier, with progress lines), `gc {OPTIONS}` (garbage collection, with progress lines) or
+//! `warmup {"path":P,"jobs":N}` (fetch the data under a path into the local data cache, with
+//! progress lines).
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use spoolfs_engine::gc::{GcOptions, GcReport};
+use spoolfs_engine::packfetch::WarmReport;
 use spoolfs_engine::{Engine, EngineStatus};
 use spoolfs_fuse::panic_message;
 use spoolfs_objects::ObjectStorage;
@@ -54,6 +57,14 @@ pub struct WriteOut {
     pub dirty_bytes: u64,
     /// Dead slices whose objects are still to be deleted (left for the next mount).
     pub pending_deletes: u64,
+}
+
+/// A `warmup` request: a path inside the mount (relative to its root) and the fetches to run
+/// at once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WarmupRequest {
+    pub path: String,
+    pub jobs: usize,
 }
 
 pub struct ControlServer {
@@ -167,6 +178,38 @@ impl ControlServer {
                         Ok(Ok(report)) => serde_json::json!({"gc": "done", "report": report}),
                         Ok(Err(e)) => serde_json::json!({"gc": "error", "message": e.to_string()}),
                         Err(p) => serde_json::json!({"gc": "error", "message": panic_message(p)}),
+                    }
+                }
+            };
+            let _ = send(last_line);
+            return;
+        }
+        if let Some(arg) = request.strip_prefix("warmup ") {
+            let last_line = match serde_json::from_str::<WarmupRequest>(arg.trim()) {
+                Err(e) => serde_json::json!({
+                    "warmup": "error", "message": format!("bad warmup request: {e}"),
+                }),
+                Ok(req) => {
+                    let mut last = Instant::now();
+                    let mut gone = false;
+                    let result = catch_unwind(AssertUnwindSafe(|| {
+                        self.engine
+                            .warm(req.path.as_bytes(), req.jobs, &mut |report| {
+                                if !gone && last.elapsed() >= Duration::from_millis(200) {
+                                    last = Instant::now();
+                                    gone = send(serde_json::json!({ "warmup_progress": report }))
+                                        .is_err();
+                                }
+                            })
+                    }));
+                    match result {
+                        Ok(Ok(report)) => serde_json::json!({"warmup": "done", "report": report}),
+                        Ok(Err(e)) => {
+                            serde_json::json!({"warmup": "error", "message": e.to_string()})
+                        }
+                        Err(p) => {
+                            serde_json::json!({"warmup": "error", "message": panic_message(p)})
+                        }
                     }
                 }
             };
@@ -343,6 +386,40 @@ pub fn sync(socket: &Path, timeout: Option<f64>, progress: &mut dyn FnMut(u64, u
                 );
                 Ok(None)
             }
+        }
+    })
+}
+
+/// Has the daemon behind `socket` fetch the data under `path` (relative to the mount's root)
+/// into its local data cache; `progress` sees how far it is. `Ok(None)`: the daemon is too old
+/// to know the request.
+pub fn warmup(
+    socket: &Path,
+    request: &WarmupRequest,
+    progress: &mut dyn FnMut(&WarmReport),
+) -> Result<Option<WarmReport>> {
+    let line = format!("warmup {}\n", serde_json::to_string(request)?);
+    converse(socket, &line, "the warmup", |v| {
+        match v.get("warmup").and_then(|s| s.as_str()) {
+            Some("done") => serde_json::from_value(v.get("report").cloned().unwrap_or_default())
+                .map(|r| Some(Some(r)))
+                .with_context(|| {
+                    format!(
+                        "bad warmup report on the control socket {}",
+                        socket.display()
+                    )
+                }),
+            Some(_) => bail!("{}", message(v, "warmup failed")),
+            None => match v.get("warmup_progress") {
+                Some(p) => {
+                    if let Ok(r) = serde_json::from_value::<WarmReport>(p.clone()) {
+                        progress(&r);
+                    }
+                    Ok(None)
+                }
+                // A daemon too old to know `warmup` answers with its status line.
+                None => Ok(Some(None)),
+            },
         }
     })
 }

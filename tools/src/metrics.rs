@@ -248,6 +248,12 @@ fn collect(state: &Collector) {
     gauge!("spoolfs_cache_capacity_bytes").set(m.cache_capacity_bytes as f64);
     counter!("spoolfs_cache_hits_total").absolute(m.cache_hits);
     counter!("spoolfs_cache_misses_total").absolute(m.cache_misses);
+    let p = &m.pack_fetch;
+    counter!("spoolfs_pack_fetches_total").absolute(p.started);
+    counter!("spoolfs_pack_fetch_bytes_total").absolute(p.bytes);
+    counter!("spoolfs_pack_fetch_hits_total").absolute(p.hits);
+    counter!("spoolfs_pack_fetch_errors_total").absolute(p.errors);
+    counter!("spoolfs_pack_fetch_dropped_total").absolute(p.dropped);
     let store = state.store.stats();
     counter!("spoolfs_metadata_round_trips_total").absolute(store.round_trips);
     counter!("spoolfs_metadata_transactions_total").absolute(store.transactions);
@@ -358,6 +364,26 @@ fn describe() {
         "spoolfs_cache_capacity_bytes",
         Unit::Bytes,
         "Capacity of the in-memory block cache"
+    );
+    describe_counter!(
+        "spoolfs_pack_fetches_total",
+        "Pack objects fetched whole into the local data cache (a cold read, a listing)"
+    );
+    describe_counter!(
+        "spoolfs_pack_fetch_bytes_total",
+        "Bytes of pack objects fetched whole"
+    );
+    describe_counter!(
+        "spoolfs_pack_fetch_hits_total",
+        "Reads served from a pack this mount fetched whole"
+    );
+    describe_counter!(
+        "spoolfs_pack_fetch_errors_total",
+        "Whole-pack fetches that failed (the readers fetch their slices themselves)"
+    );
+    describe_counter!(
+        "spoolfs_pack_fetch_dropped_total",
+        "Packs or directories not fetched ahead because the queue was full"
     );
     describe_counter!(
         "spoolfs_cache_hits_total",

@@ -80,6 +80,21 @@ pub struct MountArgs {
     /// Bytes fetched ahead of a sequential reader, in the background (0: no readahead).
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = crate::size::parse_size)]
     pub readahead: u64,
+    /// Largest pack object (small files uploaded together) fetched whole into the local data
+    /// cache when one of its files is read cold or its directory is listed, so that its
+    /// neighbours read locally (0: no whole-pack fetches). One fetch holds at most this much
+    /// memory.
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_pack_fetch_max)]
+    pub pack_fetch_max: u64,
+    /// Pack objects fetched at once (memory held by fetches: at most this many times
+    /// --pack-fetch-max).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_threads)]
+    pub pack_fetch_threads: usize,
+    /// Bytes of pack objects a directory listing fetches ahead for its small files, in the
+    /// background (0: listings fetch nothing ahead). Large files are never fetched ahead of
+    /// their reader.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::size::parse_size)]
+    pub dir_prefetch: u64,
     /// Let users other than the one who mounts use the mount (the kernel still checks each
     /// file's owner and mode: default_permissions). Default: on when root mounts (a mount of
     /// /home or a shared volume is for every user), off otherwise (a user's own mount stays
@@ -175,6 +190,17 @@ pub struct MountArgs {
     /// (internal) The pipe on which the daemon reports that the mount is ready.
     #[arg(long, hide = true, value_name = "FD")]
     pub ready_fd: Option<RawFd>,
+}
+
+/// At most 1 GiB: a pack is held in memory while it is fetched.
+fn parse_pack_fetch_max(s: &str) -> Result<u64, String> {
+    let v = crate::size::parse_size(s)?;
+    if v > 1 << 30 {
+        return Err(format!(
+            "invalid size {s:?}: at most 1G (a fetch holds it in memory)"
+        ));
+    }
+    Ok(v)
 }
 
 fn parse_threads(s: &str) -> Result<usize, String> {
@@ -294,6 +320,12 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     cmd.arg("--entry-ttl")
         .arg(args.entry_ttl.as_secs_f64().to_string());
     cmd.arg("--readahead").arg(args.readahead.to_string());
+    cmd.arg("--pack-fetch-max")
+        .arg(args.pack_fetch_max.to_string())
+        .arg("--pack-fetch-threads")
+        .arg(args.pack_fetch_threads.to_string())
+        .arg("--dir-prefetch")
+        .arg(args.dir_prefetch.to_string());
     cmd.arg("--passthrough").arg(match args.passthrough {
         Passthrough::Auto => "auto",
         Passthrough::Off => "off",
@@ -515,9 +547,15 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         )
     };
     drop(engine);
-    // The volume's session ends once this daemon has nothing more to write.
+    // The volume's session ends once this daemon has nothing more to write; what it could not
+    // upload stays listed in its session record.
+    let left = spoolfs_engine::session::StagedReport {
+        bytes: status.staged_bytes,
+        slices: status.staged_slices,
+        oldest_age_s: status.oldest_staged_age_secs,
+    };
     if let Some(mut s) = meta_session
-        && let Err(e) = s.end()
+        && let Err(e) = s.end_with(left)
     {
         warn!("cannot remove this mount's session from the metadata store: {e}");
     }
@@ -670,6 +708,11 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             keep_large_uploads: args.cache_large_writes,
         }),
         readahead_bytes: args.readahead,
+        pack_fetch: spoolfs_engine::packfetch::PackFetchConfig {
+            max_bytes: args.pack_fetch_max,
+            threads: args.pack_fetch_threads,
+            dir_budget_bytes: args.dir_prefetch,
+        },
         // A read-only mount changes nothing in the object store. On a shared store several
         // mounts would compact the same packs: compaction runs only when asked (`spoolfs gc
         // --compact MOUNTPOINT` on one mount).
@@ -706,6 +749,17 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             return Err(anyhow!(e).context("cannot record the peer address in the session"));
         }
         info!("serving staged slices to other mounts on {listen}, advertised as {advertised}");
+    }
+    if let Some(s) = &meta_session {
+        let engine = Arc::downgrade(&engine);
+        s.report_with(Box::new(move || {
+            let m = engine.upgrade()?.metrics();
+            Some(spoolfs_engine::session::StagedReport {
+                bytes: m.staged_bytes,
+                slices: m.staged_slices,
+                oldest_age_s: m.oldest_staged_age_secs,
+            })
+        }));
     }
     info!(
         "volume {volume:?} in {} mode",

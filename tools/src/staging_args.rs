@@ -170,6 +170,13 @@ impl StagingArgs {
                 }
                 _ => None,
             },
+            namespace_faults: match std::env::var("SPOOLFS_NAMESPACE_FAULTS") {
+                Ok(spec) if !spec.is_empty() => {
+                    Some(spoolfs_engine::staging::FaultConfig::from_spec(&spec)?)
+                }
+                _ => None,
+            },
+            device: None,
         })
     }
 

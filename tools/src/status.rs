@@ -32,14 +32,13 @@ fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
     let sessions = spoolfs_engine::session::list(meta.as_ref())
         .with_context(|| format!("cannot list the sessions in {}", meta.describe()))?;
     let now = spoolfs_engine::session::now_s();
-    let timeout = spoolfs_engine::session::DEFAULT_TIMEOUT.as_secs();
     if json {
         let list: Vec<serde_json::Value> = sessions
             .iter()
             .map(|s| {
                 let mut v = serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
                 v["heartbeat_age_s"] = s.age_s(now).into();
-                v["live"] = (s.age_s(now) < timeout).into();
+                v["live"] = s.is_live(now).into();
                 v
             })
             .collect();
@@ -64,18 +63,35 @@ fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
         println!("  no sessions (not mounted anywhere)");
     }
     for s in &sessions {
-        let age = s.age_s(now);
-        println!(
-            "  session {}: host {} pid {} at {}, staging in {}, heartbeat {} ago{}, up {}",
-            s.id,
-            s.host,
-            s.pid,
-            s.mount_point,
-            s.cache_dir,
-            human_secs(age as f64),
-            if age < timeout { "" } else { " (dead)" },
-            human_secs(now.saturating_sub(s.started_s) as f64),
-        );
+        let staged = if s.staged.bytes == 0 {
+            "nothing staged".to_string()
+        } else {
+            format!(
+                "{} staged in {} slice(s), oldest {}",
+                human_bytes(s.staged.bytes),
+                s.staged.slices,
+                human_secs(s.staged.oldest_age_s)
+            )
+        };
+        if s.is_live(now) {
+            println!(
+                "  session {}: host {} pid {} at {}, staging in {}, heartbeat {} ago, up {}, {staged}",
+                s.id,
+                s.host,
+                s.pid,
+                s.mount_point,
+                s.cache_dir,
+                human_secs(s.age_s(now) as f64),
+                human_secs(now.saturating_sub(s.started_s) as f64),
+            );
+        } else {
+            println!(
+                "  session {}: DEAD (was host {} pid {} at {}); {staged} in {} on {}: it stays \
+                 there, unreadable elsewhere, until that host mounts the volume again with \
+                 that cache directory",
+                s.id, s.host, s.pid, s.mount_point, s.cache_dir, s.host,
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -287,6 +303,22 @@ pub fn describe(s: &MountStatus) -> String {
                         c.misses,
                         if c.corrupt > 0 {
                             format!(", {} damaged files dropped", c.corrupt)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+            }
+            if let Some(p) = e.pack_fetch.as_ref().filter(|p| p.started > 0) {
+                line(
+                    "pack fetches:",
+                    format!(
+                        "{} packs ({}) fetched whole, {} reads served from them{}",
+                        p.started,
+                        human_bytes(p.bytes),
+                        p.hits,
+                        if p.errors > 0 {
+                            format!(", {} failed", p.errors)
                         } else {
                             String::new()
                         }

@@ -1,7 +1,11 @@
-//! `spoolfs warmup PATH`: reads every file under PATH through the mount, so that its data is
-//! in the mount's local data cache (`--cache-size`) before anyone needs it: later reads, also
-//! after a remount, cost no object-store round trip.
+//! `spoolfs warmup PATH`: fetches the data of every file under PATH into the mount's local
+//! data cache (`--cache-size`) before anyone needs it: later reads, also after a remount, cost
+//! no object-store round trip. The daemon does the work (asked over its control socket): whole
+//! packs and blocks, `--jobs` fetches at once, the same fetches a cold read makes. A daemon too
+//! old for that request gets the files read through the mount instead.
 
+use crate::control;
+use crate::paths::runtime_files;
 use crate::size::human_bytes;
 use crate::sync::mount_of;
 use anyhow::{Context, Result, bail};
@@ -18,7 +22,7 @@ pub struct WarmupArgs {
     /// A file or directory inside a spoolfs mount.
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
-    /// Files read at once.
+    /// Objects fetched at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub jobs: usize,
 }
@@ -35,7 +39,59 @@ pub fn run(args: WarmupArgs) -> Result<ExitCode> {
     }
     let path = std::fs::canonicalize(&args.path)
         .with_context(|| format!("cannot resolve {}", args.path.display()))?;
-    mount_of(&path)?;
+    let mount_point = mount_of(&path)?;
+    let inside = path.strip_prefix(&mount_point).unwrap_or(Path::new(""));
+    if let Some(inside) = inside.to_str() {
+        let request = control::WarmupRequest {
+            path: inside.to_string(),
+            jobs: args.jobs,
+        };
+        let socket = runtime_files(&mount_point).socket;
+        let terminal = std::io::stderr().is_terminal();
+        let mut shown = false;
+        let answer = control::warmup(&socket, &request, &mut |r| {
+            if terminal {
+                eprint!(
+                    "\rspoolfs warmup: {} of {} ({}/s)   ",
+                    human_bytes(r.done_bytes),
+                    human_bytes(r.total_bytes),
+                    human_bytes(rate(r.fetched_bytes, r.secs))
+                );
+                let _ = std::io::stderr().flush();
+                shown = true;
+            }
+        });
+        if shown {
+            eprint!("\r\x1b[K");
+        }
+        match answer.with_context(|| format!("warmup of {} did not finish", path.display()))? {
+            Some(r) => {
+                println!(
+                    "spoolfs warmup: {} files, {} in {:.1} s ({}/s), {} fetched from the object \
+                     store{}",
+                    r.files,
+                    human_bytes(r.done_bytes),
+                    r.secs,
+                    human_bytes(rate(r.done_bytes, r.secs)),
+                    human_bytes(r.fetched_bytes),
+                    if r.errors > 0 {
+                        format!("; {} object(s) could not be fetched", r.errors)
+                    } else {
+                        String::new()
+                    }
+                );
+                return Ok(if r.errors > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
+            None => eprintln!(
+                "spoolfs warmup: the daemon is too old to fetch by itself; reading the files \
+                 through the mount"
+            ),
+        }
+    }
     let mut files = Vec::new();
     collect(&path, &mut files)?;
     let total_files = files.len() as u64;
@@ -69,12 +125,14 @@ pub fn run(args: WarmupArgs) -> Result<ExitCode> {
         if terminal {
             s.spawn(|| {
                 while progress.files.load(Ordering::Relaxed) < total_files {
+                    let bytes = progress.bytes.load(Ordering::Relaxed);
                     eprint!(
-                        "\rspoolfs warmup: {}/{} files, {} of {}   ",
+                        "\rspoolfs warmup: {}/{} files, {} of {} ({}/s)   ",
                         progress.files.load(Ordering::Relaxed),
                         total_files,
-                        human_bytes(progress.bytes.load(Ordering::Relaxed)),
-                        human_bytes(total_bytes)
+                        human_bytes(bytes),
+                        human_bytes(total_bytes),
+                        human_bytes(rate(bytes, start.elapsed().as_secs_f64()))
                     );
                     let _ = std::io::stderr().flush();
                     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -91,7 +149,7 @@ pub fn run(args: WarmupArgs) -> Result<ExitCode> {
         total_files - errors,
         human_bytes(bytes),
         secs,
-        human_bytes((bytes as f64 / secs.max(1e-3)) as u64),
+        human_bytes(rate(bytes, secs)),
         if errors > 0 {
             format!("; {errors} file(s) could not be read")
         } else {
@@ -103,6 +161,11 @@ pub fn run(args: WarmupArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Bytes per second.
+fn rate(bytes: u64, secs: f64) -> u64 {
+    (bytes as f64 / secs.max(1e-3)) as u64
 }
 
 /// Every regular file under `path` (not following symlinks), with its size.

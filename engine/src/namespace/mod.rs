@@ -355,11 +355,22 @@ pub(crate) fn update_atime(
     Ok(())
 }
 
-/// The first write since a flush by an unprivileged writer of a set-id file, or to a file
-/// with capabilities: drops the set-id bits and the capabilities.
-pub(crate) fn drop_privileges(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaError> {
+/// Whether a write by an unprivileged caller changes `perm` (see [`clear_setid`]).
+pub(crate) fn setid_to_clear(perm: u16) -> bool {
+    perm & libc::S_ISUID as u16 != 0 || (perm & libc::S_ISGID as u16 != 0 && perm & 0o010 != 0)
+}
+
+/// A file's data changes (a write, a hole punched, space allocated): drops its capabilities,
+/// and its set-id bits when `kill_setid` (an unprivileged caller), as Linux does.
+pub(crate) fn drop_privileges(
+    t: &mut dyn KvTxn,
+    ino: Ino,
+    kill_setid: bool,
+) -> Result<(), MetaError> {
     let mut rec = schema::must_inode(t, ino)?;
-    clear_setid(&mut rec);
+    if kill_setid {
+        clear_setid(&mut rec);
+    }
     t.delete(&schema::xattr_key(ino, schema::CAPS_XATTR))?;
     schema::put_inode(t, ino, &rec)
 }

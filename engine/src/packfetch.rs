@@ -1,0 +1,618 @@
+//! Whole-pack fetches into the local data cache: the cold-read engine for small files.
+//!
+//! Small files written together are packed together (docs/FORMAT.md), so they are usually read
+//! together. When one slice of a pack is read cold, or when a directory is listed, the packs
+//! holding its files' data are fetched whole, several at once, into the local data cache:
+//! reading the neighbours then costs a local read, not one object-store round trip each.
+//!
+//! Bounded on every side: `threads` fetchers, each holding at most one pack of at most
+//! `max_bytes` in memory (so at most `threads × max_bytes` in flight); a bounded queue that
+//! drops background work when full; a pack queued or in flight is never fetched twice; a
+//! directory is planned at most once per [`DIR_RESCAN_AFTER`]. Readers of a slice whose pack is
+//! in flight wait for it (a bounded time) instead of fetching the slice themselves. [`stop`]
+//! empties the queues and joins the fetchers: nothing is fetched after it returns.
+//!
+//! The fetchers hold the object reader weakly, through [`PackSource`], so that this module
+//! does not depend on the reader that owns it.
+//!
+//! [`stop`]: PackFetcher::stop
+
+use crate::types::Ino;
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Jobs queued at most, urgent and background (packs and directories) each; more are
+/// dropped.
+pub(crate) const PACK_QUEUE: usize = 1024;
+/// A directory listed again within this time is not planned again.
+pub(crate) const DIR_RESCAN_AFTER: Duration = Duration::from_secs(30);
+/// Directories remembered as recently planned, at most.
+const RECENT_DIRS: usize = 4096;
+/// Lookups of files in one directory in a row that plan the directory.
+const LOOKUPS_IN_SEQUENCE: u32 = 2;
+/// Pack ids remembered as fetched by this mount (for the hit count), at most.
+const FETCHED_PACKS: usize = 1 << 16;
+
+/// Settings of the pack fetcher.
+#[derive(Clone, Copy, Debug)]
+pub struct PackFetchConfig {
+    /// Largest pack fetched whole (bytes; 0: no whole-pack fetches). Also the most memory one
+    /// fetch holds.
+    pub max_bytes: u64,
+    /// Packs fetched at once.
+    pub threads: usize,
+    /// Bytes of packs a directory listing may prefetch (0: listings prefetch nothing).
+    pub dir_budget_bytes: u64,
+}
+
+impl Default for PackFetchConfig {
+    fn default() -> Self {
+        PackFetchConfig {
+            max_bytes: 16 << 20,
+            threads: 8,
+            dir_budget_bytes: 256 << 20,
+        }
+    }
+}
+
+/// What the fetchers fetch with: the object reader.
+pub(crate) trait PackSource: Send + Sync {
+    /// Fetches pack `pack` whole into the local data cache unless it is there already, too
+    /// large or gone; returns the bytes fetched (0: nothing fetched).
+    fn fetch_pack(&self, pack: u64, fetcher: &PackFetcher) -> Result<u64, String>;
+    /// The packs holding the first slices of the regular files of directory `dir`, not yet
+    /// in the local data cache, up to `budget` bytes of packs.
+    fn plan_dir(&self, dir: Ino, budget: u64) -> Vec<u64>;
+}
+
+/// Counts of the pack fetcher, for the metrics and `spoolfs status`.
+#[derive(Default, Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct PackFetchStats {
+    /// Whole-pack fetches started (a GET each).
+    pub started: u64,
+    /// Bytes they fetched.
+    pub bytes: u64,
+    /// Reads served from a pack this mount fetched.
+    pub hits: u64,
+    /// Fetches that failed (the readers then fetch their slices themselves).
+    pub errors: u64,
+    /// Jobs dropped because the queue was full.
+    pub dropped: u64,
+    /// Directories planned (listed or read in sequence).
+    pub dirs_planned: u64,
+    /// Most fetches in flight at once, and most bytes they held.
+    pub peak_concurrent: u64,
+    pub peak_bytes_in_flight: u64,
+}
+
+/// What `spoolfs warmup` did, and how far it is.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct WarmReport {
+    /// Regular files under the path.
+    pub files: u64,
+    /// Bytes of object data they need (whole packs counted whole), and how many are done.
+    pub total_bytes: u64,
+    pub done_bytes: u64,
+    /// Bytes fetched from the object store (the rest was cached already).
+    pub fetched_bytes: u64,
+    /// Packs, slices or blocks that could not be fetched.
+    pub errors: u64,
+    pub secs: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Job {
+    Pack(u64),
+    Dir(Ino),
+}
+
+enum Next {
+    Job(Job),
+    Idle,
+    Stop,
+}
+
+#[derive(Default)]
+struct Queues {
+    /// Packs a reader waits for: first.
+    urgent: VecDeque<u64>,
+    background: VecDeque<Job>,
+    /// Packs queued or being fetched.
+    pending: HashSet<u64>,
+    recent_dirs: HashMap<Ino, Instant>,
+    fetched: HashSet<u64>,
+    stopped: bool,
+}
+
+pub(crate) struct PackFetcher {
+    pub config: PackFetchConfig,
+    queues: Mutex<Queues>,
+    /// Signalled when work is queued or the fetcher stops.
+    work: Condvar,
+    /// Signalled when a pack fetch ends.
+    done: Condvar,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The directory of the last file looked up, and how many in a row were in it.
+    last_lookup: Mutex<(Ino, u32)>,
+    started: AtomicU64,
+    bytes: AtomicU64,
+    hits: AtomicU64,
+    errors: AtomicU64,
+    dropped: AtomicU64,
+    dirs_planned: AtomicU64,
+    concurrent: AtomicU64,
+    peak_concurrent: AtomicU64,
+    bytes_in_flight: AtomicU64,
+    peak_bytes_in_flight: AtomicU64,
+}
+
+impl PackFetcher {
+    /// Starts `config.threads` fetchers for `source` (which is not fully built yet: they only
+    /// hold a weak reference, upgraded for each job).
+    pub fn start(
+        config: PackFetchConfig,
+        source: Weak<dyn PackSource>,
+    ) -> std::io::Result<Arc<PackFetcher>> {
+        let fetcher = Arc::new(PackFetcher {
+            config,
+            queues: Mutex::new(Queues::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            threads: Mutex::new(Vec::new()),
+            last_lookup: Mutex::new((0, 0)),
+            started: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            dirs_planned: AtomicU64::new(0),
+            concurrent: AtomicU64::new(0),
+            peak_concurrent: AtomicU64::new(0),
+            bytes_in_flight: AtomicU64::new(0),
+            peak_bytes_in_flight: AtomicU64::new(0),
+        });
+        let mut handles = Vec::new();
+        for i in 0..config.threads {
+            let me = Arc::downgrade(&fetcher);
+            let source = source.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("spoolfs-pf{i}"))
+                .spawn(move || fetcher_loop(me, source));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    *fetcher.threads.lock() = handles;
+                    fetcher.stop();
+                    return Err(e);
+                }
+            }
+        }
+        *fetcher.threads.lock() = handles;
+        Ok(fetcher)
+    }
+
+    /// Whether whole packs are fetched at all.
+    pub fn enabled(&self) -> bool {
+        self.config.max_bytes > 0 && self.config.threads > 0
+    }
+
+    /// Queues `pack` in the background (a listing's prefetch); false if it was dropped.
+    pub fn prefetch(&self, pack: u64) -> bool {
+        let mut q = self.queues.lock();
+        if q.stopped || q.pending.contains(&pack) {
+            return !q.stopped;
+        }
+        if q.background.len() >= PACK_QUEUE {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        q.pending.insert(pack);
+        q.background.push_back(Job::Pack(pack));
+        self.work.notify_one();
+        true
+    }
+
+    /// Queues `pack` ahead of all background work (a reader wants it now); a pack already
+    /// queued in the background moves to the front. True if it is queued or in flight.
+    pub fn fetch_soon(&self, pack: u64) -> bool {
+        let mut q = self.queues.lock();
+        if q.stopped {
+            return false;
+        }
+        if q.pending.contains(&pack) {
+            if let Some(at) = q.background.iter().position(|j| *j == Job::Pack(pack)) {
+                q.background.remove(at);
+                q.urgent.push_back(pack);
+            }
+            return true;
+        }
+        if q.urgent.len() >= PACK_QUEUE {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        q.pending.insert(pack);
+        q.urgent.push_back(pack);
+        self.work.notify_one();
+        true
+    }
+
+    /// Whether [`Self::stop`] ran.
+    pub fn stopped(&self) -> bool {
+        self.queues.lock().stopped
+    }
+
+    /// Whether `pack` is queued or being fetched.
+    pub fn pending(&self, pack: u64) -> bool {
+        self.queues.lock().pending.contains(&pack)
+    }
+
+    /// Waits until `pack` is neither queued nor being fetched, or `timeout` passes, or the
+    /// fetcher stops; true when the fetch ended.
+    pub fn wait_for(&self, pack: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut q = self.queues.lock();
+        while q.pending.contains(&pack) && !q.stopped {
+            if self.done.wait_until(&mut q, deadline).timed_out() {
+                return !q.pending.contains(&pack);
+            }
+        }
+        !q.pending.contains(&pack)
+    }
+
+    /// Plans directory `dir` in the background (its files' packs are then prefetched), unless
+    /// it was planned within [`DIR_RESCAN_AFTER`] or listings prefetch nothing.
+    pub fn prefetch_dir(&self, dir: Ino) {
+        if self.config.dir_budget_bytes == 0 || !self.enabled() {
+            return;
+        }
+        let mut q = self.queues.lock();
+        if q.stopped {
+            return;
+        }
+        let now = Instant::now();
+        if q.recent_dirs
+            .get(&dir)
+            .is_some_and(|t| now.duration_since(*t) < DIR_RESCAN_AFTER)
+        {
+            return;
+        }
+        if q.background.len() >= PACK_QUEUE {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if q.recent_dirs.len() >= RECENT_DIRS {
+            q.recent_dirs
+                .retain(|_, t| now.duration_since(*t) < DIR_RESCAN_AFTER);
+            if q.recent_dirs.len() >= RECENT_DIRS {
+                q.recent_dirs.clear();
+            }
+        }
+        q.recent_dirs.insert(dir, now);
+        q.background.push_back(Job::Dir(dir));
+        self.work.notify_one();
+    }
+
+    /// A regular file of directory `dir` was looked up: two in a row in the same directory
+    /// (a program reading its files in sequence) plan the directory as a listing does.
+    pub fn note_lookup(&self, dir: Ino) {
+        let due = {
+            let mut last = self.last_lookup.lock();
+            if last.0 == dir {
+                last.1 = last.1.saturating_add(1);
+            } else {
+                *last = (dir, 1);
+            }
+            last.1 == LOOKUPS_IN_SEQUENCE
+        };
+        if due {
+            self.prefetch_dir(dir);
+        }
+    }
+
+    /// A read was served from the cached copy of `pack`: counted if this mount fetched it.
+    pub fn note_hit(&self, pack: u64) {
+        if self.queues.lock().fetched.contains(&pack) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by a source around the GET of a pack of `bytes` bytes: counts it and keeps the
+    /// peaks of concurrency and memory.
+    pub fn begin_fetch(&self, bytes: u64) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let now = self.concurrent.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak_concurrent.fetch_max(now, Ordering::AcqRel);
+        let held = self.bytes_in_flight.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        self.peak_bytes_in_flight.fetch_max(held, Ordering::AcqRel);
+    }
+
+    /// The GET of `reserved` bytes begun with [`Self::begin_fetch`] ended, having fetched
+    /// `fetched` bytes of pack `pack` (`None`: it failed).
+    pub fn end_fetch(&self, pack: u64, reserved: u64, fetched: Option<u64>) {
+        self.concurrent.fetch_sub(1, Ordering::AcqRel);
+        self.bytes_in_flight.fetch_sub(reserved, Ordering::AcqRel);
+        match fetched {
+            Some(n) => {
+                self.bytes.fetch_add(n, Ordering::Relaxed);
+                let mut q = self.queues.lock();
+                if q.fetched.len() >= FETCHED_PACKS {
+                    q.fetched.clear();
+                }
+                q.fetched.insert(pack);
+            }
+            None => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> PackFetchStats {
+        PackFetchStats {
+            started: self.started.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            dirs_planned: self.dirs_planned.load(Ordering::Relaxed),
+            peak_concurrent: self.peak_concurrent.load(Ordering::Relaxed),
+            peak_bytes_in_flight: self.peak_bytes_in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops everything queued and waits for the fetches in flight: nothing is fetched after
+    /// this returns. Later requests are ignored.
+    pub fn stop(&self) {
+        {
+            let mut guard = self.queues.lock();
+            let q = &mut *guard;
+            q.stopped = true;
+            let dropped: Vec<u64> = q
+                .urgent
+                .drain(..)
+                .chain(q.background.drain(..).filter_map(|j| match j {
+                    Job::Pack(p) => Some(p),
+                    Job::Dir(_) => None,
+                }))
+                .collect();
+            for pack in dropped {
+                q.pending.remove(&pack);
+            }
+            self.work.notify_all();
+            self.done.notify_all();
+        }
+        let handles: Vec<_> = std::mem::take(&mut *self.threads.lock());
+        let me = std::thread::current().id();
+        for h in handles {
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// The next job, waiting a while for one.
+    fn next_job(&self) -> Next {
+        let mut q = self.queues.lock();
+        if q.stopped {
+            return Next::Stop;
+        }
+        if q.urgent.is_empty() && q.background.is_empty() {
+            // Woken by new work or stop; the timeout lets the threads of a fetcher that was
+            // dropped without a stop notice it.
+            self.work.wait_for(&mut q, Duration::from_secs(1));
+        }
+        if q.stopped {
+            return Next::Stop;
+        }
+        if let Some(pack) = q.urgent.pop_front() {
+            return Next::Job(Job::Pack(pack));
+        }
+        match q.background.pop_front() {
+            Some(job) => Next::Job(job),
+            None => Next::Idle,
+        }
+    }
+
+    fn finish(&self, pack: u64) {
+        self.queues.lock().pending.remove(&pack);
+        self.done.notify_all();
+    }
+}
+
+impl Drop for PackFetcher {
+    fn drop(&mut self) {
+        let mut q = self.queues.lock();
+        q.stopped = true;
+        self.work.notify_all();
+        self.done.notify_all();
+    }
+}
+
+fn fetcher_loop(me: Weak<PackFetcher>, source: Weak<dyn PackSource>) {
+    loop {
+        let Some(fetcher) = me.upgrade() else {
+            return;
+        };
+        let job = match fetcher.next_job() {
+            Next::Job(job) => job,
+            Next::Idle => continue,
+            Next::Stop => return,
+        };
+        let Some(src) = source.upgrade() else {
+            fetcher.finish_job(job);
+            return;
+        };
+        match job {
+            Job::Pack(pack) => {
+                if let Err(e) = src.fetch_pack(pack, &fetcher) {
+                    crate::warn_limited!("fetching pack {pack} ahead: {e}");
+                }
+                fetcher.finish(pack);
+            }
+            Job::Dir(dir) => {
+                fetcher.dirs_planned.fetch_add(1, Ordering::Relaxed);
+                for pack in src.plan_dir(dir, fetcher.config.dir_budget_bytes) {
+                    if !fetcher.prefetch(pack) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl PackFetcher {
+    fn finish_job(&self, job: Job) {
+        if let Job::Pack(pack) = job {
+            self.finish(pack);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A source whose packs take `delay` to fetch and hold `size` bytes each.
+    struct Slow {
+        delay: Duration,
+        size: u64,
+        fetched: Mutex<Vec<u64>>,
+        running: AtomicUsize,
+        peak: AtomicUsize,
+        dir_packs: Vec<u64>,
+    }
+
+    impl PackSource for Slow {
+        fn fetch_pack(&self, pack: u64, f: &PackFetcher) -> Result<u64, String> {
+            f.begin_fetch(self.size);
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.fetched.lock().push(pack);
+            f.end_fetch(pack, self.size, Some(self.size));
+            Ok(self.size)
+        }
+        fn plan_dir(&self, _dir: Ino, budget: u64) -> Vec<u64> {
+            let fit = (budget / self.size) as usize;
+            self.dir_packs.iter().copied().take(fit).collect()
+        }
+    }
+
+    fn slow(delay_ms: u64, dir_packs: Vec<u64>) -> Arc<Slow> {
+        Arc::new(Slow {
+            delay: Duration::from_millis(delay_ms),
+            size: 1000,
+            fetched: Mutex::new(Vec::new()),
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            dir_packs,
+        })
+    }
+
+    fn start(src: &Arc<Slow>, threads: usize, budget: u64) -> Arc<PackFetcher> {
+        let weak = Arc::downgrade(src) as Weak<dyn PackSource>;
+        PackFetcher::start(
+            PackFetchConfig {
+                max_bytes: 1 << 20,
+                threads,
+                dir_budget_bytes: budget,
+            },
+            weak,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn fetches_each_pack_once_with_bounded_concurrency() {
+        let src = slow(30, Vec::new());
+        let f = start(&src, 3, 0);
+        for pack in 0..12 {
+            assert!(f.prefetch(pack));
+            assert!(f.prefetch(pack), "queued twice is still queued");
+        }
+        for pack in 0..12 {
+            assert!(f.wait_for(pack, Duration::from_secs(10)));
+        }
+        let mut got = src.fetched.lock().clone();
+        got.sort();
+        assert_eq!(got, (0..12).collect::<Vec<_>>(), "each pack exactly once");
+        assert!(src.peak.load(Ordering::SeqCst) <= 3);
+        let st = f.stats();
+        assert!(st.peak_concurrent <= 3 && st.peak_concurrent >= 2);
+        assert!(st.peak_bytes_in_flight <= 3 * 1000);
+        assert_eq!((st.started, st.bytes), (12, 12_000));
+        f.stop();
+    }
+
+    #[test]
+    fn urgent_packs_jump_the_queue() {
+        let src = slow(20, Vec::new());
+        let f = start(&src, 1, 0);
+        for pack in 0..20 {
+            f.prefetch(pack);
+        }
+        assert!(f.fetch_soon(19));
+        assert!(f.wait_for(19, Duration::from_secs(10)));
+        let order = src.fetched.lock().clone();
+        assert!(
+            order.len() <= 3,
+            "pack 19 came after at most the packs already running: {order:?}"
+        );
+        f.stop();
+    }
+
+    #[test]
+    fn directories_respect_their_budget_and_are_not_planned_twice() {
+        let src = slow(1, (100..150).collect());
+        let f = start(&src, 2, 10_000);
+        f.prefetch_dir(7);
+        f.prefetch_dir(7);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while src.fetched.lock().len() < 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            src.fetched.lock().len(),
+            10,
+            "10,000 bytes of 1,000-byte packs"
+        );
+        assert_eq!(f.stats().dirs_planned, 1);
+        f.stop();
+        // A budget of 0 plans nothing.
+        let src = slow(1, (100..150).collect());
+        let f = start(&src, 2, 0);
+        f.prefetch_dir(7);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(src.fetched.lock().is_empty());
+        f.stop();
+    }
+
+    #[test]
+    fn nothing_is_fetched_after_stop() {
+        let src = slow(50, Vec::new());
+        let f = start(&src, 2, 0);
+        for pack in 0..50 {
+            f.prefetch(pack);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        f.stop();
+        let at_stop = src.fetched.lock().len();
+        assert!(at_stop <= 2, "only the fetches in flight finish: {at_stop}");
+        assert_eq!(
+            src.running.load(Ordering::SeqCst),
+            0,
+            "stop waited for them"
+        );
+        assert!(!f.prefetch(99));
+        assert!(!f.fetch_soon(98));
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(src.fetched.lock().len(), at_stop);
+        assert!((0..50).all(|p| !f.pending(p)), "nothing left pending");
+    }
+}

@@ -1,0 +1,465 @@
+//! Cold reads of small files: after a remount with an empty local data cache, reading many
+//! small files costs about one object GET per pack they were packed in, not one per file; a
+//! listing fetches the packs its files point at ahead of the reads; the fetches are bounded and
+//! end with the mount. GETs are counted by the object store itself (a wrapper around the
+//! local-directory store), not by the engine.
+
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use spoolfs_engine::diskcache::DiskCacheConfig;
+use spoolfs_engine::packfetch::PackFetchConfig;
+use spoolfs_engine::writeback::StagingSettings;
+use spoolfs_engine::*;
+use spoolfs_objects::ObjectStorage;
+use spoolfs_testkit::{Rng, checksum, random_bytes};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::Volume as Fixture;
+
+const ME: Caller = Caller::ROOT;
+/// Small files written (each a slice of 200 to 4,000 bytes).
+const FILES: usize = 400;
+/// Pack objects of about this size: the files land in about 15 of them.
+const PACK_SIZE: usize = 64 << 10;
+
+/// GETs of data objects (packs and blocks) as the store sees them.
+#[derive(Debug, Default)]
+struct Counts {
+    gets: AtomicU64,
+    running: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// A store that counts the GETs of data objects and makes each take `delay`.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn ObjectStore>,
+    counts: Arc<Counts>,
+    delay: Duration,
+}
+
+impl std::fmt::Display for Counting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "counting({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Counting {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let data =
+            location.as_ref().starts_with("packs/") || location.as_ref().starts_with("chunks/");
+        if !data {
+            return self.inner.get_opts(location, options).await;
+        }
+        self.counts.gets.fetch_add(1, Ordering::SeqCst);
+        let now = self.counts.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.counts.peak.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        let r = self.inner.get_opts(location, options).await;
+        self.counts.running.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+struct Mount {
+    e: Arc<Engine>,
+    counts: Arc<Counts>,
+}
+
+/// A writeback mount of `f` whose local data cache is `<dir>/<cache>` (a new name: a cold
+/// cache), its GETs taking `delay`.
+fn mount(f: &Fixture, cache: &str, delay: Duration, pack_fetch: PackFetchConfig) -> Mount {
+    let meta = f.meta();
+    let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
+    let settings = StagingSettings {
+        pack_size: PACK_SIZE,
+        // Slices written within this time share packs.
+        upload_delay: Duration::from_secs(2),
+        upload_threads: 2,
+        ..StagingSettings::for_tests(f.dir.path().join("staging"))
+    };
+    let (meta, staging) = writeback::open_staging(meta, &record, &settings).unwrap();
+    std::fs::create_dir_all(f.objects()).unwrap();
+    let inner = object_store::local::LocalFileSystem::new_with_prefix(f.objects()).unwrap();
+    let counts = Arc::new(Counts::default());
+    let store = Counting {
+        inner: Arc::new(inner),
+        counts: counts.clone(),
+        delay,
+    };
+    let storage = Arc::new(ObjectStorage::from_store(Arc::new(store), "counting").unwrap());
+    let config = EngineConfig {
+        staging: Some(staging),
+        disk_cache: Some(DiskCacheConfig {
+            dir: f.dir.path().join(cache),
+            max_bytes: 1 << 30,
+            free_ratio: 0.0,
+            keep_large_uploads: false,
+        }),
+        pack_fetch,
+        compaction: None,
+        ..Default::default()
+    };
+    Mount {
+        e: Engine::start(meta, storage, record, config).unwrap(),
+        counts,
+    }
+}
+
+/// A volume holding directory `d` with [`FILES`] small files (their names and contents) and
+/// directory `big` with two 3 MiB files (block objects); all uploaded. Also the number of
+/// pack objects and the size of the largest.
+struct Written {
+    f: Fixture,
+    files: Vec<(String, Vec<u8>)>,
+    packs: u64,
+    pack_bytes: u64,
+    largest_pack: u64,
+}
+
+fn written() -> Written {
+    let f = Fixture::new();
+    let m = mount(
+        &f,
+        "cache-writer",
+        Duration::ZERO,
+        PackFetchConfig::default(),
+    );
+    let e = &m.e;
+    let d = e.mkdir(&ME, ROOT_INO, b"d", 0o755).unwrap();
+    let mut files = Vec::new();
+    for i in 0..FILES {
+        let name = format!("f{i:04}");
+        let data = random_bytes(i as u64, 200 + (i * 997) % 3800);
+        let (a, fh) = e
+            .create(&ME, d.ino, name.as_bytes(), 0o644, libc::O_RDWR)
+            .unwrap();
+        e.write(&ME, a.ino, fh, 0, &data).unwrap();
+        e.release(a.ino, fh).unwrap();
+        files.push((name, data));
+    }
+    let big = e.mkdir(&ME, ROOT_INO, b"big", 0o755).unwrap();
+    for i in 0..2u64 {
+        let (a, fh) = e
+            .create(
+                &ME,
+                big.ino,
+                format!("b{i}").as_bytes(),
+                0o644,
+                libc::O_RDWR,
+            )
+            .unwrap();
+        e.write(&ME, a.ino, fh, 0, &random_bytes(1000 + i, 3 << 20))
+            .unwrap();
+        e.release(a.ino, fh).unwrap();
+    }
+    assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
+    m.e.shutdown().unwrap();
+    drop(m);
+    let packs: Vec<u64> = common::files_under(&f.objects().join("packs"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert!(
+        packs.len() >= 4 && packs.len() < FILES / 10,
+        "{} packs for {FILES} files",
+        packs.len()
+    );
+    Written {
+        files,
+        packs: packs.len() as u64,
+        pack_bytes: packs.iter().sum(),
+        largest_pack: *packs.iter().max().unwrap(),
+        f,
+    }
+}
+
+/// Reads every file of `d` (in `order`) and checks each byte.
+fn read_files(e: &Engine, files: &[(String, Vec<u8>)], order: &[usize]) {
+    let d = e.lookup(ROOT_INO, b"d").unwrap().ino;
+    for &i in order {
+        let (name, data) = &files[i];
+        let ino = e.lookup(d, name.as_bytes()).unwrap().ino;
+        let got = common::read_all(e, ino);
+        assert_eq!(got.len(), data.len(), "size of {name}");
+        assert_eq!(checksum(&got), checksum(data), "contents of {name}");
+    }
+}
+
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(seed);
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    order
+}
+
+fn lists(e: &Engine, dir: &[u8]) {
+    let ino = e.lookup(ROOT_INO, dir).unwrap().ino;
+    let fh = e.opendir(ino).unwrap();
+    assert!(e.readdir(ino, fh, 0).unwrap().len() > 2);
+    e.releasedir(ino, fh).unwrap();
+}
+
+fn pack_stats(e: &Engine) -> packfetch::PackFetchStats {
+    e.status()
+        .pack_fetch
+        .expect("a data cache, so pack fetches")
+}
+
+/// Waits until `done` holds (or 30 s pass).
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}
+
+#[test]
+fn cold_reads_of_small_files_cost_about_one_get_per_pack() {
+    let w = written();
+    // Newest first: the order the read path before whole-pack fetches served worst (a GET
+    // fetches a slice and the slices stored after it, none of which is read later).
+    let order: Vec<usize> = (0..FILES).rev().collect();
+    // Without whole-pack fetches (the read path before them): a GET per file.
+    let off = PackFetchConfig {
+        max_bytes: 0,
+        ..Default::default()
+    };
+    let m = mount(&w.f, "cache-off", Duration::ZERO, off);
+    read_files(&m.e, &w.files, &order);
+    let gets_off = m.counts.gets.load(Ordering::SeqCst);
+    m.e.shutdown().unwrap();
+    drop(m);
+    // Cold reads alone (no listing prefetch): a read of a cold slice has its pack fetched
+    // whole; the reads of its neighbours wait for it.
+    let reads_only = PackFetchConfig {
+        dir_budget_bytes: 0,
+        ..Default::default()
+    };
+    let m = mount(&w.f, "cache-reads", Duration::ZERO, reads_only);
+    read_files(&m.e, &w.files, &order);
+    let gets_reads = m.counts.gets.load(Ordering::SeqCst);
+    let st = pack_stats(&m.e);
+    m.e.shutdown().unwrap();
+    drop(m);
+    // The defaults: files looked up in a row in one directory also plan the directory.
+    let m = mount(
+        &w.f,
+        "cache-default",
+        Duration::ZERO,
+        PackFetchConfig::default(),
+    );
+    read_files(&m.e, &w.files, &order);
+    let gets_default = m.counts.gets.load(Ordering::SeqCst);
+    // Read again: all local.
+    read_files(&m.e, &w.files, &order);
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), gets_default);
+    m.e.shutdown().unwrap();
+    println!(
+        "{FILES} files in {} packs: {gets_off} GETs without pack fetches, {gets_reads} with \
+         them, {gets_default} with the directory prefetch",
+        w.packs
+    );
+    assert!(
+        gets_off >= FILES as u64 - w.packs,
+        "the old path is one GET per file in this order: {gets_off}"
+    );
+    // At most the first read of each pack fetches its own slice besides the pack.
+    assert!(
+        gets_reads <= 2 * w.packs,
+        "{gets_reads} GETs for {} packs",
+        w.packs
+    );
+    assert!(
+        gets_default <= 2 * w.packs,
+        "{gets_default} GETs for {} packs",
+        w.packs
+    );
+    assert!(st.started <= w.packs && st.started >= w.packs / 2, "{st:?}");
+    assert!(
+        st.hits >= FILES as u64 - 2 * w.packs,
+        "reads served by fetched packs: {st:?}"
+    );
+}
+
+#[test]
+fn a_listing_prefetches_its_files_packs() {
+    let w = written();
+    let m = mount(
+        &w.f,
+        "cache-list",
+        Duration::ZERO,
+        PackFetchConfig::default(),
+    );
+    lists(&m.e, b"d");
+    assert!(
+        wait_until(|| pack_stats(&m.e).bytes == w.pack_bytes),
+        "every pack fetched after the listing: {:?}, {} bytes of packs",
+        pack_stats(&m.e),
+        w.pack_bytes
+    );
+    assert_eq!(
+        m.counts.gets.load(Ordering::SeqCst),
+        w.packs,
+        "one GET per pack"
+    );
+    // Listed again: planned once, nothing fetched twice.
+    lists(&m.e, b"d");
+    read_files(&m.e, &w.files, &shuffled(FILES, 42));
+    assert_eq!(
+        m.counts.gets.load(Ordering::SeqCst),
+        w.packs,
+        "every read served from the local data cache"
+    );
+    let st = pack_stats(&m.e);
+    assert_eq!(st.hits, FILES as u64, "{st:?}");
+    assert_eq!(st.started, w.packs);
+    // A directory of large files: nothing fetched ahead (readahead follows its readers).
+    lists(&m.e, b"big");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs);
+    m.e.shutdown().unwrap();
+    drop(m);
+    // A listing fetches at most its budget of packs.
+    let small = PackFetchConfig {
+        dir_budget_bytes: w.largest_pack * 2,
+        ..Default::default()
+    };
+    let m = mount(&w.f, "cache-budget", Duration::ZERO, small);
+    lists(&m.e, b"d");
+    wait_until(|| pack_stats(&m.e).started >= 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let st = pack_stats(&m.e);
+    assert!(
+        st.started >= 2 && st.started < w.packs && st.bytes <= w.largest_pack * 2,
+        "a budget of two packs' bytes: {st:?}"
+    );
+    m.e.shutdown().unwrap();
+}
+
+#[test]
+fn pack_fetches_are_bounded_and_end_with_the_mount() {
+    let w = written();
+    let bounded = PackFetchConfig {
+        threads: 2,
+        max_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let m = mount(&w.f, "cache-slow", Duration::from_millis(150), bounded);
+    lists(&m.e, b"d");
+    assert!(wait_until(|| pack_stats(&m.e).started >= 2));
+    let st = pack_stats(&m.e);
+    m.e.shutdown().unwrap();
+    let at_stop = m.counts.gets.load(Ordering::SeqCst);
+    assert!(
+        at_stop < w.packs,
+        "the shutdown cut the queue short: {at_stop} of {} packs",
+        w.packs
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        m.counts.gets.load(Ordering::SeqCst),
+        at_stop,
+        "nothing fetched after the shutdown"
+    );
+    assert_eq!(m.counts.running.load(Ordering::SeqCst), 0);
+    assert!(m.counts.peak.load(Ordering::SeqCst) <= 2, "two fetchers");
+    assert!(st.peak_concurrent <= 2, "{st:?}");
+    assert!(
+        st.peak_bytes_in_flight <= 2 * w.largest_pack,
+        "at most one pack per fetcher in memory: {st:?}"
+    );
+}
+
+#[test]
+fn warmup_fetches_whole_packs_and_blocks_in_parallel() {
+    let w = written();
+    let slow = Duration::from_millis(20);
+    let m = mount(&w.f, "cache-warm", slow, PackFetchConfig::default());
+    let mut seen = 0;
+    let r = m.e.warm(b"/d", 4, &mut |_| seen += 1).unwrap();
+    assert_eq!(r.files, FILES as u64);
+    assert_eq!((r.total_bytes, r.done_bytes), (w.pack_bytes, w.pack_bytes));
+    assert_eq!((r.fetched_bytes, r.errors), (w.pack_bytes, 0));
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs);
+    assert!(
+        m.counts.peak.load(Ordering::SeqCst) >= 2,
+        "fetches in parallel"
+    );
+    assert!(seen >= 1, "progress reported");
+    read_files(&m.e, &w.files, &shuffled(FILES, 7));
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs, "all local");
+    // The whole volume: the large files' blocks too; the packs are cached already.
+    let blocks = 2 * ((3u64 << 20) / common::BLOCK_SIZE as u64);
+    let r = m.e.warm(b"", 4, &mut |_| {}).unwrap();
+    assert_eq!(r.files, FILES as u64 + 2);
+    assert_eq!(r.fetched_bytes, 2 * (3 << 20));
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs + blocks);
+    let again = m.e.warm(b"", 4, &mut |_| {}).unwrap();
+    assert_eq!(again.fetched_bytes, 0);
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs + blocks);
+    assert_eq!(
+        m.e.warm(b"/nope", 4, &mut |_| {}).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    m.e.shutdown().unwrap();
+}
