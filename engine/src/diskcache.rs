@@ -251,6 +251,14 @@ impl DiskCache {
         self.config.max_bytes > 0 && size <= self.config.max_bytes / 2
     }
 
+    /// Whether a whole pack of `size` bytes is worth fetching into the cache: it is a small
+    /// part of the cache (at most 1/64: fetched packs then live long enough to be read), and
+    /// the file system is not below its free-space floor (there the cache keeps nothing, and
+    /// a whole-pack fetch would be fetched again by every reader).
+    pub fn keeps_whole_pack(&self, size: u64) -> bool {
+        size <= self.config.max_bytes / 64 && !self.low_on_space()
+    }
+
     /// Whether the blocks of large uploaded slices are kept too.
     pub fn keeps_large_uploads(&self) -> bool {
         self.config.keep_large_uploads
@@ -492,6 +500,23 @@ mod tests {
                 .exists()
         );
         assert!(!dir.path().join(".tmp-1-2").exists());
+    }
+
+    #[test]
+    fn whole_packs_only_when_they_would_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 64 << 20);
+        assert!(c.keeps_whole_pack(1 << 20));
+        assert!(!c.keeps_whole_pack(2 << 20), "over 1/64 of the cache");
+        // Below the free-space floor the cache keeps nothing: no whole packs either.
+        let full = DiskCache::open(DiskCacheConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 64 << 20,
+            free_ratio: 1.0,
+            keep_large_uploads: true,
+        })
+        .unwrap();
+        assert!(!full.keeps_whole_pack(4096));
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub struct EngineConfig {
     /// On a shared store: serve this mount's staged slices to the volume's other mounts and
     /// read theirs (`None`: neither).
     pub peer: Option<crate::peers::PeerSettings>,
+    /// Where file locks live: the shared store and this mount's session (`None`: an exclusive
+    /// volume, whose locks are private to the mount).
+    pub shared_locks: Option<crate::locks::SharedLocks>,
+    /// The longest pause of a blocked `F_SETLKW` between two looks at the lock table.
+    pub lock_wait_max_backoff: Duration,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +87,8 @@ impl Default for EngineConfig {
             durable_close: false,
             atime: AtimeMode::default(),
             peer: None,
+            shared_locks: None,
+            lock_wait_max_backoff: Duration::from_millis(200),
         }
     }
 }
@@ -119,6 +126,8 @@ pub struct Engine {
     reclaim: Reclaimer,
     /// What the upload threads record their work through (they hold it weakly).
     upload_catalog: Arc<UploadCatalog>,
+    /// File locks (`flock`, `fcntl`).
+    locks: Arc<crate::locks::LockTable>,
 }
 
 impl Engine {
@@ -130,6 +139,12 @@ impl Engine {
         volume: VolumeRecord,
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
+        let locks = Arc::new(match &config.shared_locks {
+            Some(shared) => {
+                crate::locks::LockTable::shared(shared.clone(), config.lock_wait_max_backoff)?
+            }
+            None => crate::locks::LockTable::local(config.lock_wait_max_backoff),
+        });
         let meta = Arc::new(crate::meta::Meta::new(meta));
         let writeback = config.staging.as_ref().map(|o| {
             Arc::new(Uploader::new(
@@ -226,6 +241,7 @@ impl Engine {
             background: Mutex::new(Vec::new()),
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
+            locks,
         });
         engine
             .meta
@@ -1346,6 +1362,11 @@ impl Engine {
     /// threads and checkpoints. Objects of dead slices still to be deleted are not waited
     /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent
     /// caller waits for the first, a later one returns at once.
+    /// The file lock table of this mount.
+    pub fn locks(&self) -> &Arc<crate::locks::LockTable> {
+        &self.locks
+    }
+
     pub fn shutdown(&self) -> Result<()> {
         let mut done = self.shut_down.lock();
         if *done {
@@ -1360,6 +1381,10 @@ impl Engine {
         // Reads are over: nothing more is fetched ahead.
         self.reader.stop_fetches();
         let mut first_err = None;
+        // Other mounts may be waiting for them.
+        if let Err(e) = self.locks.release_all() {
+            tracing::warn!("cannot release this mount's file locks: {e}");
+        }
         for ino in self.open.inodes() {
             if let Err(e) = self.flush_inode(ino) {
                 tracing::error!("writing inode {ino} at shutdown failed: {e}");
@@ -1383,11 +1408,7 @@ impl Engine {
             wb.stop();
         }
         let threads: Vec<_> = std::mem::take(&mut *self.background.lock());
-        for h in threads {
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
-        }
+        join_background(threads, SHUTDOWN_JOIN_GRACE);
         // From here on nothing may be staged: the logs are about to be declared empty.
         self.meta.close();
         if first_err.is_none() {
@@ -1401,6 +1422,41 @@ impl Engine {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// How long shutdown waits for the background threads once they are told to stop. An upload
+/// thread blocked in a PUT to a stalled store can take minutes to notice: shutdown must not
+/// outlive `--shutdown-timeout` by that much.
+const SHUTDOWN_JOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Joins the background threads that end within `grace`; the others are left behind (the
+/// process exits without them). Nothing is lost with them: the metadata is closed to changes
+/// before the checkpoint, so a late upload cannot commit, and what it was uploading stays
+/// staged for the next mount with the same cache directory.
+fn join_background(threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    let mut busy = Vec::new();
+    for h in threads {
+        if h.thread().id() == std::thread::current().id() {
+            continue;
+        }
+        while !h.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            busy.push(h.thread().name().unwrap_or("unnamed").to_string());
+        }
+    }
+    if !busy.is_empty() {
+        tracing::warn!(
+            "shutdown: {} thread(s) still busy after {grace:?} ({}), left behind; what they \
+             were uploading stays staged for the next mount",
+            busy.len(),
+            busy.join(", ")
+        );
     }
 }
 

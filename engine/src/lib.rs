@@ -18,6 +18,7 @@
 //! - [`writeback`]: opening the staging logs, replay, what the uploader commits through
 //!   (the upload pipeline itself is the `spoolfs-uploader` crate).
 //! - `meta`: the metadata store as the components use it; [`wal`]: the namespace log.
+//! - [`locks`]: `flock` and POSIX byte-range locks, in the (shared) metadata.
 //! - [`session`]: the mounts of a volume on a shared metadata store (PostgreSQL).
 //! - helpers: `data` (chunk maps), [`schema`] (keys and records), [`volume`],
 //!   `ids`, [`blockcache`], [`diskcache`], [`acl`], [`fsck`].
@@ -32,6 +33,7 @@ pub mod error;
 mod fs;
 pub mod fsck;
 mod ids;
+pub mod locks;
 pub mod losses;
 mod meta;
 mod namespace;

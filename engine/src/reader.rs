@@ -270,6 +270,26 @@ impl ObjectReader {
             self.cache.insert(cached, b.clone());
             return Ok(Some(b));
         }
+        // The pack may be on local disk (kept when it was uploaded from here, or fetched
+        // whole): one point read of the slice's place, no scan of its neighbours.
+        let place = self
+            .meta
+            .view(|r| match r.get(&schema::packed_key(slice))? {
+                Some(v) => Ok(Some(schema::decode::<schema::PackedRec>(
+                    "packed slice",
+                    &v,
+                )?)),
+                None => Ok(None),
+            })?;
+        match place {
+            None => return Ok(None),
+            Some(p) => {
+                if let Some(b) = self.cached_pack_slice(&p) {
+                    self.cache.insert(cached, b.clone());
+                    return Ok(Some(b));
+                }
+            }
+        }
         let mut tries = 0;
         let mut waited = false;
         let data = loop {
@@ -307,8 +327,7 @@ impl ObjectReader {
             let Some(&(_, p)) = run.first() else {
                 return Ok(None);
             };
-            // The whole pack may be on local disk (kept when it was uploaded from here, or
-            // fetched whole).
+            // Fetched whole meanwhile.
             if let Some(b) = self.cached_pack_slice(&p) {
                 self.cache.insert(cached, b.clone());
                 return Ok(Some(b));
@@ -326,7 +345,12 @@ impl ObjectReader {
                     && fetcher.fetch_soon(p.pack)
                 {
                     // The pack comes whole in the background, neighbours included: this
-                    // read takes only its own slice, without waiting for the rest.
+                    // read takes only its own slice, without waiting for the rest (unless
+                    // the pack landed between the checks above and now).
+                    if let Some(b) = self.cached_pack_slice(&p) {
+                        self.cache.insert(cached, b.clone());
+                        return Ok(Some(b));
+                    }
                     run.truncate(1);
                 }
             }
@@ -374,16 +398,16 @@ impl ObjectReader {
         Some(Bytes::from(b))
     }
 
-    /// Whether a pack is fetched whole: small enough for one fetch and for the local data
-    /// cache, and mostly alive (a mostly dead pack waits for compaction; its live slices are
-    /// read one run at a time).
+    /// Whether a pack is fetched whole: small enough for one fetch, mostly alive (a mostly
+    /// dead pack waits for compaction; its live slices are read one run at a time), and kept
+    /// by the local data cache once fetched.
     fn fetches_whole(&self, rec: &schema::PackRec) -> bool {
         let (Some(fetcher), Some(disk)) = (&self.packs, &self.disk) else {
             return false;
         };
         rec.size <= fetcher.config.max_bytes
-            && disk.takes(rec.size)
             && rec.live_bytes.saturating_mul(4) >= rec.size
+            && disk.keeps_whole_pack(rec.size)
     }
 
     /// Plans the prefetch of directory `dir` (a listing, or its files looked up in a row).

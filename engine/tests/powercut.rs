@@ -705,6 +705,8 @@ fn record_ops(seed: u64, fixed: Option<&[Op]>) -> Recording {
             break;
         }
     }
+    // Joins the engine's threads: a campaign starts thousands of engines in one process.
+    let _ = engine.shutdown();
     drop(engine);
     let other_files = common::files_under(&cache)
         .into_iter()
@@ -1034,6 +1036,8 @@ fn check_cut(
         engine.release(a.ino, fh)
     })();
     let after = probe.map(|_| read_back(&engine));
+    // Joins the engine's threads: a campaign starts thousands of engines in one process.
+    let _ = engine.shutdown();
     drop(engine);
     match after {
         Err(e) => return Err(format!("a new file on the recovered volume failed: {e}")),

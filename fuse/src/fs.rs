@@ -3,9 +3,10 @@
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use spoolfs_engine::locks::{LockKind, LockRequest};
 use spoolfs_engine::{
     Attr, Caller, Engine, FileKind, FsError, RenameFlags as EngineRenameFlags, SetAttr, TimeSet,
     XattrSet,
@@ -378,6 +379,10 @@ impl Filesystem for SpoolFs {
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             "FUSE_HANDLE_KILLPRIV_V2",
         );
+        // File locks are ours to keep (in the metadata, seen by every mount of a shared
+        // volume): the kernel passes fcntl and OFD locks (POSIX_LOCKS) and flock (FLOCK_LOCKS).
+        want(config, InitFlags::FUSE_POSIX_LOCKS, "FUSE_POSIX_LOCKS");
+        want(config, InitFlags::FUSE_FLOCK_LOCKS, "FUSE_FLOCK_LOCKS");
         // Engine calls are transactions: lookups and readdirs in one directory may overlap.
         want(
             config,
@@ -673,10 +678,15 @@ impl Filesystem for SpoolFs {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty(reply, Op::Flush, |e| e.flush(ino.0, fh.0));
+        // The data first: a lock released here lets another node read what was written.
+        let flushed = self.call(Op::Flush, |e| e.flush(ino.0, fh.0));
+        let released = self.call_untimed("release locks", |e| {
+            e.locks().release_owner(ino.0, lock_owner.0)
+        });
+        reply_empty(reply, flushed.and(released));
     }
 
     fn release(
@@ -685,12 +695,110 @@ impl Filesystem for SpoolFs {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.release_passthrough(fh.0);
-        self.reply_empty(reply, Op::Release, |e| e.release(ino.0, fh.0));
+        let released = self.call(Op::Release, |e| e.release(ino.0, fh.0));
+        // flock and OFD locks belong to the open file: they go with its last close.
+        let unlocked = self.call_untimed("release locks", |e| {
+            e.locks()
+                .release_handle(ino.0, fh.0, lock_owner.map(|o| o.0))
+        });
+        reply_empty(reply, released.and(unlocked));
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let found = self.call(Op::Getlk, |e| {
+            let Some(kind) = LockKind::from_fcntl(typ)? else {
+                return Err(FsError::new(libc::EINVAL, "F_GETLK of F_UNLCK"));
+            };
+            let locks = e.locks();
+            Ok(locks.test(ino.0, lock_owner.0, kind, start, end)?.map(|l| {
+                // A process of another node means nothing here: its number is not said.
+                let pid = if l.session == locks.session_id() {
+                    l.pid
+                } else {
+                    0
+                };
+                (l.start, l.end, l.kind.to_fcntl(), pid)
+            }))
+        });
+        match found {
+            Ok(Some((start, end, typ, pid))) => reply.locked(start, end, typ, pid),
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let request = match LockKind::from_fcntl(typ) {
+            Ok(kind) => LockRequest {
+                owner: lock_owner.0,
+                fh: fh.0,
+                pid,
+                kind,
+                start,
+                end,
+            },
+            Err(e) => return reply.error(Errno::from_i32(e.errno())),
+        };
+        if request.kind != Some(LockKind::Write) {
+            // An unlock (or a downgrade) lets others in: what was written under the lock must
+            // be in the shared metadata by then.
+            if let Err(e) = self.call(Op::Flush, |e| e.flush(ino.0, fh.0)) {
+                return reply.error(e);
+            }
+        }
+        if !sleep {
+            let r = self.call(Op::Setlk, |e| match e.locks().try_set(ino.0, &request)? {
+                Ok(()) => Ok(()),
+                Err(_) => Err(FsError::new(libc::EAGAIN, "the range is locked")),
+            });
+            return reply_empty(reply, r);
+        }
+        // F_SETLKW waits on a thread of its own: a FUSE thread must stay free to serve the
+        // unlock it waits for. The wait ends, taking nothing, once the waiting thread has a
+        // signal pending (the kernel then wants the call back; a killed process needs it).
+        let engine = self.engine.clone();
+        let waiter = req.pid();
+        let spawned = std::thread::Builder::new()
+            .name("spoolfs-lockwait".into())
+            .spawn(move || {
+                let started = stats::start();
+                let r = engine
+                    .locks()
+                    .set_wait(ino.0, &request, &|| signal_pending(waiter));
+                stats::finish(Op::Setlk, started, r.is_ok());
+                reply_empty(reply, r.map_err(|e| Errno::from_i32(e.errno())));
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start a lock wait: {e}");
+        }
     }
 
     fn fsync(
@@ -1038,6 +1146,21 @@ fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(e),
     }
+}
+
+/// Whether thread `tid` has a signal pending that it does not block (or is gone).
+fn signal_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true;
+    };
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
 }
 
 #[cfg(test)]

@@ -102,6 +102,8 @@ ops! {
     Removexattr => "removexattr",
     Create => "create",
     Fallocate => "fallocate",
+    Getlk => "getlk",
+    Setlk => "setlk",
 }
 
 const OPS: usize = Op::ALL.len();

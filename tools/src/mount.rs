@@ -162,6 +162,11 @@ pub struct MountArgs {
     /// be reached waits for that node's upload before it fails with EIO, in seconds.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub peer_timeout: Duration,
+    /// A process waiting for a file lock (`F_SETLKW`, blocking `flock`) held elsewhere looks
+    /// again after a pause that doubles up to this many seconds (an unlock on this mount wakes
+    /// it at once).
+    #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_secs)]
+    pub lock_wait_poll: Duration,
     /// Rewrite pack objects in the background when they are mostly dead
     /// (`--background-compact=false`: only `spoolfs gc --compact` does).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
@@ -347,6 +352,8 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     }
     cmd.arg("--peer-timeout")
         .arg(args.peer_timeout.as_secs_f64().to_string());
+    cmd.arg("--lock-wait-poll")
+        .arg(args.lock_wait_poll.as_secs_f64().to_string());
     cmd.arg(format!("--allow-other={}", allow_other(&args)));
     if args.read_only {
         cmd.arg("--read-only");
@@ -694,6 +701,13 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
     let settings = args.staging.settings(&cache_dir).map_err(|e| anyhow!(e))?;
     let shared = meta.is_shared();
     let store_for_metrics = meta.clone();
+    // File locks are written straight to the shared store, under this mount's session.
+    let shared_locks = meta_session
+        .as_ref()
+        .map(|s| spoolfs_engine::locks::SharedLocks {
+            store: meta.clone(),
+            session_id: s.rec.id.clone(),
+        });
     let (meta, staging) = spoolfs_engine::writeback::open_staging(meta, &record, &settings)
         .with_context(|| format!("cannot open the staging log of volume {volume:?}"))?;
     let config = EngineConfig {
@@ -726,6 +740,8 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
                 interval: args.compact_interval,
             }),
         durable_close: args.staging.durable_close,
+        shared_locks,
+        lock_wait_max_backoff: args.lock_wait_poll,
         atime: if args.read_only {
             AtimeMode::Noatime
         } else {

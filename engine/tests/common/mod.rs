@@ -11,6 +11,8 @@ pub const BLOCK_SIZE: usize = 64 << 10;
 /// need in their own `impl` blocks.
 pub struct Volume {
     pub dir: tempfile::TempDir,
+    /// A PostgreSQL metadata store instead of `m.redb` (see [`Volume::on_postgres`]).
+    pub meta_url: Option<String>,
 }
 
 // Each test crate uses its own subset.
@@ -18,8 +20,19 @@ pub struct Volume {
 impl Volume {
     /// Formats a volume with [`BLOCK_SIZE`] blocks.
     pub fn new() -> Self {
+        Self::formatted(None)
+    }
+
+    /// [`Volume::new`] with its metadata in the PostgreSQL database at `url` (schema created).
+    pub fn on_postgres(url: &str) -> Self {
+        drop(spoolfs_metadata::format_store(url).unwrap());
+        Self::formatted(Some(url.to_string()))
+    }
+
+    fn formatted(meta_url: Option<String>) -> Self {
         let v = Volume {
             dir: tempfile::tempdir().unwrap(),
+            meta_url,
         };
         spoolfs_engine::format_volume(
             &v.meta(),
@@ -37,6 +50,9 @@ impl Volume {
     /// The metadata store, opened again (waiting a little for an engine just dropped to
     /// release its lock).
     pub fn meta(&self) -> std::sync::Arc<dyn spoolfs_metadata::KvStore> {
+        if let Some(url) = &self.meta_url {
+            return spoolfs_metadata::open_store(url).unwrap();
+        }
         let path = self.dir.path().join("m.redb");
         for _ in 0..50 {
             match spoolfs_metadata::RedbStore::open(&path) {

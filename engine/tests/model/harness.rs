@@ -123,9 +123,19 @@ pub(crate) fn diff(what: &str, exp: &[u8], got: &[u8]) -> Result<(), String> {
     ))
 }
 
+thread_local! {
+    /// The metadata store of the volumes this thread's harnesses make: a fresh database of the
+    /// private PostgreSQL server, instead of redb.
+    pub(crate) static ON_POSTGRES: std::cell::Cell<Option<&'static spoolfs_testkit::pg::PgServer>> =
+        const { std::cell::Cell::new(None) };
+}
+
 impl Harness {
     pub(crate) fn new(buffers: Buffers) -> Harness {
-        let vol = common::Volume::new();
+        let vol = match ON_POSTGRES.get() {
+            Some(pg) => common::Volume::on_postgres(&pg.url(&pg.new_database())),
+            None => common::Volume::new(),
+        };
         assert_eq!(vol.record().block_size, BLOCK);
         let config = EngineConfig {
             // Small buffers make writes upload while other data of the file is still buffered,

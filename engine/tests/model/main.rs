@@ -77,7 +77,20 @@ pub(crate) static QUIET: AtomicBool = AtomicBool::new(false);
 
 #[test]
 fn model_random_ops() {
-    let cases = env_usize("PROPTEST_CASES", 128) as u32;
+    random_ops(env_usize("PROPTEST_CASES", 128) as u32, true);
+}
+
+/// The same against a PostgreSQL metadata store (a private server; a fresh database per case),
+/// where every transaction commits in the database (the shared mode of a mount). Fewer cases:
+/// each costs a database.
+#[test]
+fn model_random_ops_on_postgres() {
+    let pg = spoolfs_testkit::require_postgres!();
+    harness::ON_POSTGRES.set(Some(pg));
+    random_ops(env_usize("PROPTEST_CASES_POSTGRES", 8) as u32, false);
+}
+
+fn random_ops(cases: u32, thousands: bool) {
     let max_ops = env_usize("MODEL_OPS", 150);
     let config = ProptestConfig {
         cases,
@@ -90,7 +103,9 @@ fn model_random_ops() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if !QUIET.load(Ordering::Relaxed)
-            || std::thread::current().name() != Some("model_random_ops")
+            || !std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("model_random_ops"))
         {
             default_hook(info);
         }
@@ -118,7 +133,10 @@ fn model_random_ops() {
         Ok(()) => {
             QUIET.store(false, Ordering::Relaxed);
             // The contract of this test: a default run executes thousands of operations.
-            if std::env::var("PROPTEST_CASES").is_err() && std::env::var("MODEL_OPS").is_err() {
+            if thousands
+                && std::env::var("PROPTEST_CASES").is_err()
+                && std::env::var("MODEL_OPS").is_err()
+            {
                 assert!(
                     run >= 3000,
                     "only {run} operations ran; the model test must run thousands"
