@@ -59,6 +59,9 @@ pub struct EngineConfig {
     pub durable_close: bool,
     /// When reads move access times (the mount's relatime, strictatime or noatime).
     pub atime: AtimeMode,
+    /// On a shared store: serve this mount's staged slices to the volume's other mounts and
+    /// read theirs (`None`: neither).
+    pub peer: Option<crate::peers::PeerSettings>,
     /// Where file locks live: the shared store and this mount's session (`None`: an exclusive
     /// volume, whose locks are private to the mount).
     pub shared_locks: Option<crate::locks::SharedLocks>,
@@ -83,6 +86,7 @@ impl Default for EngineConfig {
             compaction: Some(crate::gc::CompactionSettings::default()),
             durable_close: false,
             atime: AtimeMode::default(),
+            peer: None,
             shared_locks: None,
             lock_wait_max_backoff: Duration::from_millis(200),
         }
@@ -164,6 +168,24 @@ impl Engine {
             writeback.clone(),
             counters.clone(),
         )?;
+        if let (Some(settings), Some(uploader)) = (&config.peer, &writeback)
+            && meta.store().is_shared()
+        {
+            let secret = crate::peers::volume_secret(meta.store())?;
+            let uuid =
+                uuid::Uuid::parse_str(&volume.uuid).map_err(|source| FsError::VolumeUuid {
+                    uuid: volume.uuid.clone(),
+                    source,
+                })?;
+            let peers = crate::peers::Peers::start(
+                meta.clone(),
+                uploader.clone(),
+                *uuid.as_bytes(),
+                &secret,
+                settings,
+            )?;
+            let _ = reader.peers.set(peers);
+        }
         let slice_ids = Arc::new(IdAllocator::new(schema::NEXT_SLICE_KEY, SLICE_ID_BATCH));
         let stop = Arc::new(StopSignal::default());
         let reclaim = Reclaimer {
@@ -813,6 +835,23 @@ impl Engine {
             self.flush_inode(ino)?;
         }
         Ok(())
+    }
+
+    /// Where the peer server listens and is advertised, and this node's id (shared volumes).
+    pub fn peer_endpoint(&self) -> Option<(std::net::SocketAddr, std::net::SocketAddr, u64)> {
+        self.reader
+            .peers
+            .get()
+            .map(|p| (p.local_addr(), p.advertised(), p.node_id()))
+    }
+
+    /// Peer read counters (zero on an exclusive volume).
+    pub fn peer_stats(&self) -> crate::peers::PeerStats {
+        self.reader
+            .peers
+            .get()
+            .map(|p| p.stats())
+            .unwrap_or_default()
     }
 
     /// Whether new writes are acknowledged from the staging log.

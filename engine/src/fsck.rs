@@ -396,7 +396,15 @@ fn load(r: &dyn KvRead) -> Result<Snapshot, MetaError> {
         }
     }
     s.dead = keyed_by_id(bad.decode(scan(b"G")?, by_id, ("dead slice", "dead slice")));
-    s.staged = keyed_by_id(bad.decode(scan(b"T")?, by_id, ("staged", "staged slice")));
+    // Records of the first version (no owner) are read as the current one.
+    let staged_rows = scan(b"T")?
+        .into_iter()
+        .map(|(k, v)| match schema::decode_staged(&v) {
+            Ok(rec) => (k, schema::encode(&rec)),
+            Err(_) => (k, v),
+        })
+        .collect();
+    s.staged = keyed_by_id(bad.decode(staged_rows, by_id, ("staged", "staged slice")));
     s.packed = keyed_by_id(bad.decode(scan(b"L")?, by_id, ("packed", "packed slice")));
     s.packs = keyed_by_id(bad.decode(scan(b"P")?, by_id, ("pack", "pack")));
     s.used = schema::get_u64(r, schema::USED_BYTES_KEY)?;

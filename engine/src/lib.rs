@@ -39,6 +39,7 @@ mod meta;
 mod namespace;
 mod open;
 pub mod packfetch;
+pub mod peers;
 mod readahead;
 mod reader;
 pub mod reclaim;

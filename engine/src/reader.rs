@@ -72,6 +72,8 @@ pub(crate) struct ObjectReader {
     pub uploader: Option<Arc<Uploader>>,
     pub counters: Arc<Counters>,
     pub readahead: Option<Readahead>,
+    /// Reads of slices staged on another node (shared volumes; set once at start).
+    pub peers: std::sync::OnceLock<crate::peers::Peers>,
     /// Whole-pack fetches into the local data cache (only with a local data cache).
     packs: Option<Arc<PackFetcher>>,
 }
@@ -130,6 +132,7 @@ impl ObjectReader {
                 uploader,
                 counters,
                 readahead,
+                peers: std::sync::OnceLock::new(),
                 packs,
             }
         });
@@ -202,6 +205,14 @@ impl ObjectReader {
             });
         }
         let bs = self.block_size as u32;
+        // Staged on another node: read from it (a cached block means the slice is stored).
+        if let Some(peers) = self.peers.get()
+            && !self.cache.contains(BlockId::block(slice, off / bs))
+            && !self.cache.contains(BlockId::whole(slice))
+            && let Some(read) = peers.read(slice, off, out)
+        {
+            return read;
+        }
         // Only small slices are ever packed; and a cached block means the slice is stored as
         // blocks, so only a miss asks the metadata.
         let maybe_packed = slice_size as usize <= spoolfs_objects::PACK_SLICE_MAX

@@ -223,6 +223,11 @@ pub fn decode<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T,
     bincode::deserialize(bytes).map_err(|e| codec_err(what, e))
 }
 
+/// Decodes a `T` record (of either version, see [`StagedRec::decode`]).
+pub fn decode_staged(bytes: &[u8]) -> Result<StagedRec, MetaError> {
+    StagedRec::decode(bytes).map_err(|e| codec_err("staged record", e))
+}
+
 /// The `statfs` counters, which every create and close updates. On a shared store each mount
 /// adds to a row of its own (the key, then the store's counter shard as u32 BE, holding an i64
 /// BE delta) instead of the one row every node would conflict on; the value is the key's own

@@ -52,9 +52,13 @@ pub struct SessionRec {
     pub mount_point: String,
     /// Where this mount stages data (on its host).
     pub cache_dir: String,
-    /// Where this mount serves its staged slices to the volume's other mounts (none yet).
+    /// Where this mount serves its staged slices to the volume's other mounts.
     #[serde(default)]
     pub peer_addr: Option<String>,
+    /// The node id its `T` records carry as their owner (stable across remounts with the same
+    /// cache directory).
+    #[serde(default)]
+    pub node_id: Option<u64>,
     /// Seconds since the epoch, by the mount's clock.
     pub started_s: u64,
     pub heartbeat_s: u64,
@@ -156,6 +160,8 @@ pub fn describe(s: &SessionRec) -> String {
 /// A registered session; its heartbeat runs until [`Session::end`] (or the drop).
 pub struct Session {
     pub rec: SessionRec,
+    /// What the heartbeat writes (the record, with what [`Session::advertise`] added).
+    beat: Arc<parking_lot::Mutex<SessionRec>>,
     meta: Arc<dyn KvStore>,
     reporter: Arc<parking_lot::Mutex<Option<StagedReporter>>>,
     stop: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
@@ -182,6 +188,7 @@ impl Session {
             mount_point: mount_point.to_string(),
             cache_dir: cache_dir.to_string(),
             peer_addr: None,
+            node_id: None,
             started_s: now,
             heartbeat_s: now,
             timeout_s: timeout.as_secs().max(1),
@@ -212,12 +219,13 @@ impl Session {
         })?;
         let stop = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
         let reporter: Arc<parking_lot::Mutex<Option<StagedReporter>>> = Arc::default();
+        let beat = Arc::new(parking_lot::Mutex::new(rec.clone()));
         let thread = {
-            let (meta, stop, key, mut rec, reporter) = (
+            let (meta, stop, key, beat, reporter) = (
                 meta.clone(),
                 stop.clone(),
                 session_key(&rec.id),
-                rec.clone(),
+                beat.clone(),
                 reporter.clone(),
             );
             let every = Duration::from_secs((timeout_s / 3).max(1));
@@ -234,11 +242,15 @@ impl Session {
                                 return;
                             }
                         }
-                        rec.heartbeat_s = now_s();
-                        if let Some(report) = reporter.lock().as_ref().and_then(|f| f()) {
-                            rec.staged = report;
-                        }
-                        let value = serde_json::to_vec(&rec).expect("session serialises");
+                        let report = reporter.lock().as_ref().and_then(|f| f());
+                        let value = {
+                            let mut rec = beat.lock();
+                            rec.heartbeat_s = now_s();
+                            if let Some(report) = report {
+                                rec.staged = report;
+                            }
+                            serde_json::to_vec(&*rec).expect("session serialises")
+                        };
                         if let Err(e) =
                             meta.update(Durability::Durable, &mut |t| t.put(&key, &value))
                         {
@@ -250,12 +262,31 @@ impl Session {
         };
         Ok(Session {
             rec,
+            beat,
             meta,
             reporter,
             stop,
             thread: Some(thread),
             ended: AtomicBool::new(false),
         })
+    }
+
+    /// Records where this mount serves its staged slices, and the node id its `T` records
+    /// carry, so that other mounts can read them from it.
+    pub fn advertise(&mut self, node_id: u64, peer_addr: std::net::SocketAddr) -> Result<()> {
+        self.rec.node_id = Some(node_id);
+        self.rec.peer_addr = Some(peer_addr.to_string());
+        let value = {
+            let mut beat = self.beat.lock();
+            beat.node_id = self.rec.node_id;
+            beat.peer_addr = self.rec.peer_addr.clone();
+            beat.heartbeat_s = now_s();
+            serde_json::to_vec(&*beat).expect("session serialises")
+        };
+        let key = session_key(&self.rec.id);
+        self.meta
+            .update(Durability::Durable, &mut |t| t.put(&key, &value))?;
+        Ok(())
     }
 
     /// From now on each heartbeat records what `report` says the mount has staged.

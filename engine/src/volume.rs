@@ -149,6 +149,7 @@ pub fn format_volume(meta: &Arc<dyn KvStore>, opts: &FormatOptions) -> Result<Vo
             }
         }
         txn.put(schema::VOLUME_KEY, &json)?;
+        crate::peers::create_secret(txn)?;
         schema::init_root(txn)?;
         Ok(())
     })?;

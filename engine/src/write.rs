@@ -370,6 +370,7 @@ impl WritePath {
                 segment: spoolfs_uploader::UNKNOWN_SEGMENT,
                 offset: 0,
                 staged_ns: now,
+                owner: wb.map_or(0, |wb| wb.opts.node_id),
             };
             let loc = match (wb, pending) {
                 (Some(wb), Some(pending)) => wb.finish_stage(id, pending),

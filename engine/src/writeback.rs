@@ -124,7 +124,7 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
         rows.into_iter()
             .map(|(k, v)| {
                 let id = u64::from_be_bytes(k[1..9].try_into().expect("staged key"));
-                Ok((id, schema::decode::<StagedRec>("staged record", &v)?))
+                Ok((id, schema::decode_staged(&v)?))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
     })?;
@@ -574,6 +574,20 @@ pub(crate) struct StagingOwner {
 /// The file in `<cache dir>/<volume uuid>/` that says which cache directory this is.
 const CACHE_ID_FILE: &str = "cache-id";
 
+/// The node id a cache directory's identity stands for in `T` records and session records:
+/// the first eight bytes of the UUID (never 0, which means "unknown owner").
+pub fn node_id_of(cache_id: &str) -> u64 {
+    let bytes = uuid::Uuid::parse_str(cache_id.trim())
+        .map(|u| *u.as_bytes())
+        .unwrap_or_else(|_| {
+            // Not a UUID (edited by hand): any stable value will do.
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&crc32c::crc32c(cache_id.as_bytes()).to_be_bytes());
+            b
+        });
+    u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")).max(1)
+}
+
 /// Writes a fresh identity into `dir` (synced, with its directory) and returns it.
 fn write_cache_id(dir: &std::path::Path) -> Result<String> {
     use std::io::Write;
@@ -628,7 +642,7 @@ fn record_replaced_cache(
         rows.into_iter()
             .map(|(k, v)| {
                 let id = u64::from_be_bytes(k[1..9].try_into().expect("staged key"));
-                Ok((id, schema::decode::<StagedRec>("staged record", &v)?))
+                Ok((id, schema::decode_staged(&v)?))
             })
             .collect::<std::result::Result<Vec<_>, spoolfs_metadata::MetaError>>()?
     };
@@ -797,7 +811,13 @@ pub fn open_staging(
     };
     if shared {
         let (data_log, data_records) = open_data_log()?;
-        return Ok(shared_staging(meta, settings, data_log, data_records));
+        return Ok(shared_staging(
+            meta,
+            settings,
+            node_id_of(&cache_id),
+            data_log,
+            data_records,
+        ));
     }
     // The namespace log is small and has one writer thread so its order is simple.
     let (ns_log, ns_records) = open_log(
@@ -956,6 +976,7 @@ pub fn open_staging(
                 upload_limit: settings.upload_limit,
                 namespace: Some(Arc::downgrade(&wal) as std::sync::Weak<dyn NamespaceProgress>),
                 upload_buffer: settings.upload_buffer,
+                node_id: 0,
             },
             replayed: Arc::new(data_records),
             wal: Some(Arc::downgrade(&wal)),
@@ -970,6 +991,7 @@ pub fn open_staging(
 fn shared_staging(
     meta: Arc<dyn spoolfs_metadata::KvStore>,
     settings: &StagingSettings,
+    node_id: u64,
     data_log: StagingLog,
     data_records: Vec<Replayed>,
 ) -> (Arc<dyn spoolfs_metadata::KvStore>, StagingOptions) {
@@ -993,6 +1015,7 @@ fn shared_staging(
             upload_limit: settings.upload_limit,
             namespace: None,
             upload_buffer: settings.upload_buffer,
+            node_id,
         },
         replayed: Arc::new(data_records),
         wal: None,

@@ -531,6 +531,7 @@ mod writeback {
                 segment: u32::MAX,
                 offset: 0,
                 staged_ns: 1,
+                owner: 0,
             };
             t.put(&schema::staged_key(lost), &schema::encode(&rec))
         })

@@ -156,6 +156,7 @@ fn metadata_record_decoders_survive_random_and_mutated_input() {
         segment: rng.next_u64() as u32,
         offset: rng.next_u64(),
         staged_ns: rng.next_u64() as i64,
+        owner: rng.next_u64(),
     });
 }
 

@@ -208,6 +208,7 @@ fn collect(state: &Collector) {
             return;
         }
     };
+    let peer = engine.peer_stats();
     drop(engine);
     // Without a staging log every staging figure is zero.
     let staging = m.staging.clone().unwrap_or_default();
@@ -257,6 +258,11 @@ fn collect(state: &Collector) {
     counter!("spoolfs_metadata_round_trips_total").absolute(store.round_trips);
     counter!("spoolfs_metadata_transactions_total").absolute(store.transactions);
     counter!("spoolfs_metadata_retries_total").absolute(store.retries);
+    counter!("spoolfs_peer_reads_total").absolute(peer.reads);
+    counter!("spoolfs_peer_read_bytes_total").absolute(peer.bytes);
+    counter!("spoolfs_peer_read_failures_total").absolute(peer.failures);
+    counter!("spoolfs_peer_read_latency_microseconds_total").absolute(peer.latency_us);
+    counter!("spoolfs_peer_served_reads_total").absolute(peer.served);
 }
 
 /// Every metric's help text (what `# HELP` shows); `docs/METRICS.md` has the same list.
@@ -386,6 +392,27 @@ fn describe() {
     describe_counter!(
         "spoolfs_cache_misses_total",
         "Block cache lookups that went to the object store"
+    );
+    describe_counter!(
+        "spoolfs_peer_reads_total",
+        "Reads of slices staged on another mount, answered by that mount"
+    );
+    describe_counter!(
+        "spoolfs_peer_read_bytes_total",
+        Unit::Bytes,
+        "Bytes read from slices staged on another mount"
+    );
+    describe_counter!(
+        "spoolfs_peer_read_failures_total",
+        "Reads of slices staged on another mount that failed with EIO (owner unreachable past --peer-timeout, refused, or bad data)"
+    );
+    describe_counter!(
+        "spoolfs_peer_read_latency_microseconds_total",
+        "Sum of the latencies of successful peer requests (divide by spoolfs_peer_reads_total)"
+    );
+    describe_counter!(
+        "spoolfs_peer_served_reads_total",
+        "Reads of this mount's staged slices served to other mounts"
     );
     describe_counter!(
         "spoolfs_metadata_round_trips_total",

@@ -149,6 +149,19 @@ pub struct MountArgs {
     /// mounted elsewhere). Node clocks must agree to well within it.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub session_timeout: Duration,
+    /// On a shared metadata store: where this mount serves its staged slices to the volume's
+    /// other mounts (port 0: any free port). Requests are authenticated with the volume's
+    /// secret, kept in its metadata.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:0")]
+    pub peer_listen: SocketAddr,
+    /// The address other mounts are told to reach this one at [default: the --peer-listen
+    /// address, or this host's address when listening on all interfaces].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub peer_advertise: Option<SocketAddr>,
+    /// On a shared metadata store: how long a read of data staged on another node that cannot
+    /// be reached waits for that node's upload before it fails with EIO, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub peer_timeout: Duration,
     /// A process waiting for a file lock (`F_SETLKW`, blocking `flock`) held elsewhere looks
     /// again after a pause that doubles up to this many seconds (an unlock on this mount wakes
     /// it at once).
@@ -333,6 +346,12 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg(args.shutdown_timeout.as_secs_f64().to_string());
     cmd.arg("--session-timeout")
         .arg(args.session_timeout.as_secs_f64().to_string());
+    cmd.arg("--peer-listen").arg(args.peer_listen.to_string());
+    if let Some(addr) = args.peer_advertise {
+        cmd.arg("--peer-advertise").arg(addr.to_string());
+    }
+    cmd.arg("--peer-timeout")
+        .arg(args.peer_timeout.as_secs_f64().to_string());
     cmd.arg("--lock-wait-poll")
         .arg(args.lock_wait_poll.as_secs_f64().to_string());
     cmd.arg(format!("--allow-other={}", allow_other(&args)));
@@ -728,10 +747,25 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         } else {
             args.atime.mode()
         },
+        peer: shared.then_some(spoolfs_engine::peers::PeerSettings {
+            listen: args.peer_listen,
+            advertise: args.peer_advertise,
+            timeout: args.peer_timeout,
+        }),
         ..Default::default()
     };
     let engine = Engine::start(meta, storage.clone(), record, config)
         .with_context(|| format!("cannot start volume {volume:?}"))?;
+    let mut meta_session = meta_session;
+    if let (Some(s), Some((listen, advertised, node_id))) =
+        (meta_session.as_mut(), engine.peer_endpoint())
+    {
+        if let Err(e) = s.advertise(node_id, advertised) {
+            let _ = engine.shutdown();
+            return Err(anyhow!(e).context("cannot record the peer address in the session"));
+        }
+        info!("serving staged slices to other mounts on {listen}, advertised as {advertised}");
+    }
     if let Some(s) = &meta_session {
         let engine = Arc::downgrade(&engine);
         s.report_with(Box::new(move || {

@@ -16,6 +16,42 @@ pub struct StagedRec {
     pub offset: u64,
     /// When it was staged (ns since the epoch): the age of the oldest staged byte.
     pub staged_ns: i64,
+    /// The node whose staging log holds it (a stable id of its cache directory; 0 in records
+    /// written before nodes were told apart, and on exclusive stores). On a shared store the
+    /// other mounts read it from that node.
+    pub owner: u64,
+}
+
+/// A `T` record as written before [`StagedRec::owner`] existed (36 bytes).
+#[derive(Deserialize)]
+struct StagedRecV1 {
+    ino: u64,
+    chunk: u32,
+    size: u32,
+    segment: u32,
+    offset: u64,
+    staged_ns: i64,
+}
+
+impl StagedRec {
+    /// Decodes a `T` record value, of either length.
+    pub fn decode(bytes: &[u8]) -> Result<StagedRec, bincode::Error> {
+        match bincode::deserialize::<StagedRec>(bytes) {
+            Ok(rec) => Ok(rec),
+            Err(e) => match bincode::deserialize::<StagedRecV1>(bytes) {
+                Ok(v1) if bytes.len() == 36 => Ok(StagedRec {
+                    ino: v1.ino,
+                    chunk: v1.chunk,
+                    size: v1.size,
+                    segment: v1.segment,
+                    offset: v1.offset,
+                    staged_ns: v1.staged_ns,
+                    owner: 0,
+                }),
+                _ => Err(e),
+            },
+        }
+    }
 }
 
 /// A staged slice as the engine tracks it in memory: its `T` record, where its record is in
@@ -167,6 +203,30 @@ pub fn now_ns() -> i64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn staged_records_of_both_versions_decode() {
+        let rec = StagedRec {
+            ino: 7,
+            chunk: 2,
+            size: 4096,
+            segment: 3,
+            offset: 1 << 20,
+            staged_ns: 123,
+            owner: 0xfeed_beef_0000_0001,
+        };
+        let bytes = bincode::serialize(&rec).unwrap();
+        assert_eq!(bytes.len(), 44);
+        assert_eq!(StagedRec::decode(&bytes).unwrap(), rec);
+        // A record written before the owner existed: the first 36 bytes, owner unknown (0).
+        assert_eq!(
+            StagedRec::decode(&bytes[..36]).unwrap(),
+            StagedRec { owner: 0, ..rec }
+        );
+        // Any other length is refused.
+        assert!(StagedRec::decode(&bytes[..35]).is_err());
+        assert!(StagedRec::decode(&bytes[..40]).is_err());
+    }
+
     fn staged(size: u32) -> Staged {
         Staged::pending(StagedRec {
             ino: 1,
@@ -175,6 +235,7 @@ mod tests {
             segment: 0,
             offset: 0,
             staged_ns: now_ns(),
+            owner: 0,
         })
     }
 

@@ -45,6 +45,9 @@ pub struct UploadOptions {
     /// Most bytes of just-staged slices kept in memory for the uploaders, which otherwise
     /// read them back from the staging device (`--upload-buffer`).
     pub upload_buffer: u64,
+    /// This node's id in the `owner` field of the `T` records it writes (0 on an exclusive
+    /// store, where every staged slice is this mount's).
+    pub node_id: u64,
 }
 
 /// Event counters of the writeback path, since the mount (read by the metrics and status).

@@ -54,12 +54,26 @@ impl Reclaimer {
     /// Interrupted anywhere (an error, a crash, an unmount), the batch is done again from the
     /// start: deleting an object twice is harmless, and nothing leaks.
     fn collect_dead_batch(&self, limit: usize) -> Result<DeadCollected> {
+        // On a shared store a dead slice staged on another node is that node's to free: its
+        // log space is there.
+        let node_id = self.uploader.as_ref().map_or(0, |wb| wb.opts.node_id);
         let (dead, places, emptied) = self.meta.view(|r| {
-            let dead = r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), limit)?;
-            let mut places = Vec::with_capacity(dead.len());
-            for (key, value) in &dead {
-                let d: DeadSlice = schema::decode("dead slice", value)?;
-                places.push((dead_id(key), d.size, locate_dead(r, dead_id(key))?));
+            let scanned = r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), limit)?;
+            let mut dead = Vec::with_capacity(scanned.len());
+            let mut places = Vec::with_capacity(scanned.len());
+            for (key, value) in scanned {
+                let d: DeadSlice = schema::decode("dead slice", &value)?;
+                let id = dead_id(&key);
+                if node_id != 0
+                    && let Some(t) = r.get(&schema::staged_key(id))?
+                {
+                    let owner = schema::decode_staged(&t)?.owner;
+                    if owner != 0 && owner != node_id {
+                        continue;
+                    }
+                }
+                places.push((id, d.size, locate_dead(r, id)?));
+                dead.push((key, value));
             }
             let emptied = emptied_packs(r, places.iter().map(|(_, _, p)| *p))?;
             Ok((dead, places, emptied))
