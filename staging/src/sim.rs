@@ -251,25 +251,26 @@ impl SimDevice {
         self.rec.lock().fds.get(&fd).copied()
     }
 
-    fn note_write(&self, fd: RawFd, offset: u64, data: &[u8], durable: bool) {
+    /// Records `event(file)` for the file open as `fd` (nothing for a descriptor of a file
+    /// not created here).
+    fn note(&self, fd: RawFd, event: impl FnOnce(FileId) -> Event) {
         let mut rec = self.rec.lock();
-        let Some(&file) = rec.fds.get(&fd) else {
-            return;
-        };
-        let event = Event::Write {
+        if let Some(&file) = rec.fds.get(&fd) {
+            self.record(&mut rec, event(file));
+        }
+    }
+
+    fn note_write(&self, fd: RawFd, offset: u64, data: &[u8], durable: bool) {
+        self.note(fd, |file| Event::Write {
             file,
             offset,
             data: Arc::from(data),
             durable,
-        };
-        self.record(&mut rec, event);
+        });
     }
 
     fn note_sync(&self, fd: RawFd) {
-        let mut rec = self.rec.lock();
-        if let Some(&file) = rec.fds.get(&fd) {
-            self.record(&mut rec, Event::Sync { file });
-        }
+        self.note(fd, |file| Event::Sync { file });
     }
 
     /// Writes under `dest` (mirroring the layout under the root) the files a power cut just
@@ -641,19 +642,13 @@ impl SegmentFiles for SimDevice {
 
     fn preallocate(&self, file: &File, len: u64) -> io::Result<()> {
         RealFiles.preallocate(file, len)?;
-        let mut rec = self.rec.lock();
-        if let Some(&file) = rec.fds.get(&file.as_raw_fd()) {
-            self.record(&mut rec, Event::Preallocate { file, len });
-        }
+        self.note(file.as_raw_fd(), |file| Event::Preallocate { file, len });
         Ok(())
     }
 
     fn set_len(&self, file: &File, len: u64) -> io::Result<()> {
         RealFiles.set_len(file, len)?;
-        let mut rec = self.rec.lock();
-        if let Some(&file) = rec.fds.get(&file.as_raw_fd()) {
-            self.record(&mut rec, Event::SetLen { file, len });
-        }
+        self.note(file.as_raw_fd(), |file| Event::SetLen { file, len });
         Ok(())
     }
 
@@ -665,10 +660,7 @@ impl SegmentFiles for SimDevice {
 
     fn zero_fill(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
         RealFiles.zero_fill(file, offset, len)?;
-        let mut rec = self.rec.lock();
-        if let Some(&file) = rec.fds.get(&file.as_raw_fd()) {
-            self.record(&mut rec, Event::Zero { file, offset, len });
-        }
+        self.note(file.as_raw_fd(), |file| Event::Zero { file, offset, len });
         Ok(())
     }
 
@@ -772,6 +764,17 @@ mod tests {
         (dir, d)
     }
 
+    /// The files a power cut just before event `at` leaves on `d`, any subset of the
+    /// unflushed writes kept as `seed` chooses.
+    fn cut_files(d: &SimDevice, at: u64, seed: u64) -> BTreeMap<PathBuf, Vec<u8>> {
+        d.power_cut(CutPlan {
+            at,
+            seed,
+            unflushed: Unflushed::AnySubset,
+        })
+        .0
+    }
+
     /// Every cut of every seed keeps what was synced, and never shows a byte nobody wrote.
     #[test]
     fn synced_data_survives_and_unsynced_data_is_lost_kept_or_torn() {
@@ -787,11 +790,7 @@ mod tests {
         d.write_at(&f, 1024, &[2u8; 2048]).unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for seed in 0..64 {
-            let (files, _) = d.power_cut(CutPlan {
-                at: u64::MAX,
-                seed,
-                unflushed: Unflushed::AnySubset,
-            });
+            let files = cut_files(&d, u64::MAX, seed);
             let data = &files[Path::new("f")];
             assert_eq!(&data[..1024], &[1u8; 1024]);
             assert!(data[1024..3072].iter().all(|&b| b == 0 || b == 2));
@@ -803,11 +802,7 @@ mod tests {
         }
         assert!(seen.len() > 2, "lost, kept and torn outcomes all occur");
         // A cut before the sync of the first write keeps only zeros there.
-        let (files, _) = d.power_cut(CutPlan {
-            at: synced - 1,
-            seed: 1,
-            unflushed: Unflushed::AnySubset,
-        });
+        let files = cut_files(&d, synced - 1, 1);
         let data = &files[Path::new("f")];
         assert!(data.iter().all(|&b| b == 0 || b == 1));
     }
@@ -823,11 +818,7 @@ mod tests {
         d.sync_dir(dir.path()).unwrap();
         d.write_at(&f, 4096, &[9u8; 1024]).unwrap();
         for seed in 0..32 {
-            let (files, _) = d.power_cut(CutPlan {
-                at: u64::MAX,
-                seed,
-                unflushed: Unflushed::AnySubset,
-            });
+            let files = cut_files(&d, u64::MAX, seed);
             let data = &files[Path::new("p")];
             assert_eq!(data.len(), 16 * SECTOR as usize);
             assert_eq!(&data[..512], &[7u8; 512]);
@@ -851,11 +842,7 @@ mod tests {
             d.sync(&fb).unwrap();
             let survived = (0..32)
                 .filter(|&seed| {
-                    let (files, _) = d.power_cut(CutPlan {
-                        at: u64::MAX,
-                        seed,
-                        unflushed: Unflushed::AnySubset,
-                    });
+                    let files = cut_files(&d, u64::MAX, seed);
                     files[Path::new("a")][0] == 5
                 })
                 .count();
@@ -876,21 +863,13 @@ mod tests {
         d.rename(&tmp, &dir.path().join("a")).unwrap();
         let mut outcomes = std::collections::BTreeSet::new();
         for seed in 0..64 {
-            let (files, _) = d.power_cut(CutPlan {
-                at: u64::MAX,
-                seed,
-                unflushed: Unflushed::AnySubset,
-            });
+            let files = cut_files(&d, u64::MAX, seed);
             outcomes.insert(files.keys().cloned().collect::<Vec<_>>());
         }
         assert!(outcomes.len() >= 2, "{outcomes:?}");
         d.sync_dir(dir.path()).unwrap();
         for seed in 0..16 {
-            let (files, _) = d.power_cut(CutPlan {
-                at: u64::MAX,
-                seed,
-                unflushed: Unflushed::AnySubset,
-            });
+            let files = cut_files(&d, u64::MAX, seed);
             assert_eq!(files.keys().collect::<Vec<_>>(), vec![Path::new("a")]);
             assert_eq!(files[Path::new("a")], b"x");
         }
