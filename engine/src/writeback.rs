@@ -556,6 +556,31 @@ impl StagingSettings {
             ..Default::default()
         }
     }
+
+    /// The upload pipeline's options for the staging log `log`: these settings, the
+    /// namespace log uploads wait for (none on a shared metadata store), and this node.
+    fn upload_options(
+        &self,
+        log: Arc<StagingLog>,
+        namespace: Option<std::sync::Weak<dyn NamespaceProgress>>,
+        node_id: u64,
+    ) -> UploadOptions {
+        UploadOptions {
+            log,
+            writeback: self.writeback,
+            max_staging_bytes: self.max_staging_bytes,
+            max_staging_age: self.max_staging_age,
+            max_staging_wait: self.max_staging_wait,
+            upload_threads: self.upload_threads,
+            segment_size: self.segment_size,
+            upload_delay: self.upload_delay,
+            pack_size: self.pack_size,
+            upload_limit: self.upload_limit,
+            namespace,
+            upload_buffer: self.upload_buffer,
+            node_id,
+        }
+    }
 }
 
 /// Which node's cache directory holds this volume's staging and namespace logs, and whether
@@ -963,21 +988,11 @@ pub fn open_staging(
     Ok((
         wal.clone(),
         StagingOptions {
-            uploads: UploadOptions {
-                log: data_log,
-                writeback: settings.writeback,
-                max_staging_bytes: settings.max_staging_bytes,
-                max_staging_age: settings.max_staging_age,
-                max_staging_wait: settings.max_staging_wait,
-                upload_threads: settings.upload_threads,
-                segment_size: settings.segment_size,
-                upload_delay: settings.upload_delay,
-                pack_size: settings.pack_size,
-                upload_limit: settings.upload_limit,
-                namespace: Some(Arc::downgrade(&wal) as std::sync::Weak<dyn NamespaceProgress>),
-                upload_buffer: settings.upload_buffer,
-                node_id: 0,
-            },
+            uploads: settings.upload_options(
+                data_log,
+                Some(Arc::downgrade(&wal) as std::sync::Weak<dyn NamespaceProgress>),
+                0,
+            ),
             replayed: Arc::new(data_records),
             wal: Some(Arc::downgrade(&wal)),
         },
@@ -1002,21 +1017,7 @@ fn shared_staging(
         settings.cache_dir.display()
     );
     let options = StagingOptions {
-        uploads: UploadOptions {
-            log: Arc::new(data_log),
-            writeback: settings.writeback,
-            max_staging_bytes: settings.max_staging_bytes,
-            max_staging_age: settings.max_staging_age,
-            max_staging_wait: settings.max_staging_wait,
-            upload_threads: settings.upload_threads,
-            segment_size: settings.segment_size,
-            upload_delay: settings.upload_delay,
-            pack_size: settings.pack_size,
-            upload_limit: settings.upload_limit,
-            namespace: None,
-            upload_buffer: settings.upload_buffer,
-            node_id,
-        },
+        uploads: settings.upload_options(Arc::new(data_log), None, node_id),
         replayed: Arc::new(data_records),
         wal: None,
     };
