@@ -12,8 +12,6 @@ mod common;
 use common::{Volume as Fixture, create_file, read_all};
 use spoolfs_testkit::random_bytes;
 
-const ME: Caller = Caller::ROOT;
-
 /// Staging settings with no uploader (everything stays staged) in the fixture's cache dir.
 fn settings(f: &Fixture) -> StagingSettings {
     StagingSettings {

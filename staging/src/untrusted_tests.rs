@@ -21,7 +21,7 @@ const UUID: [u8; 16] = *b"spoolfs-test-vol";
 fn case_input(seed: u64, max_random: u64, valid: fn(&mut Rng) -> Vec<u8>) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let valid = valid(&mut rng);
-    if seed % 4 == 0 {
+    if seed.is_multiple_of(4) {
         let len = rng.below(max_random) as usize;
         rng.bytes(len)
     } else {

@@ -17,7 +17,6 @@ use spoolfs_tests::*;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 fn write_files(dir: &Path, n: u64, seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
     fs::create_dir_all(dir).unwrap();
