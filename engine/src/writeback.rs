@@ -653,7 +653,7 @@ fn record_replaced_cache(
     dir: &std::path::Path,
     recovery: &crate::wal::Recovery,
 ) -> Result<()> {
-    use crate::losses::{self, DataLoss};
+    use crate::losses;
     let staged = {
         let mut rows = Vec::new();
         store.view(&mut |r| {
@@ -692,24 +692,39 @@ fn record_replaced_cache(
         })
         .collect();
     forget_lost_slices(store, &lost, &[])?;
-    let mut id = recovery.epoch.to_be_bytes().to_vec();
-    id.extend_from_slice(&u64::MAX.to_be_bytes());
-    let loss = DataLoss {
-        found_ns: losses::now_ns(),
+    let found_ns = losses::now_ns();
+    let cause = format!(
+        "{cause}: the namespace changes made after the metadata store's last checkpoint were \
+         only in its namespace log and are lost"
+    );
+    store.update(spoolfs_metadata::Durability::Durable, &mut |t| {
+        // Every change after the checkpoint, not one: no sequence number has this one.
+        record_namespace_loss(t, recovery.epoch, u64::MAX, found_ns, cause.clone())
+    })?;
+    Ok(())
+}
+
+/// Records that namespace change `seq` of `epoch` is lost, found at `found_ns`, and why.
+fn record_namespace_loss(
+    t: &mut dyn spoolfs_metadata::KvTxn,
+    epoch: u64,
+    seq: u64,
+    found_ns: u64,
+    cause: String,
+) -> std::result::Result<(), spoolfs_metadata::MetaError> {
+    let mut id = epoch.to_be_bytes().to_vec();
+    id.extend_from_slice(&seq.to_be_bytes());
+    let loss = crate::losses::DataLoss {
+        found_ns,
         ino: 0,
         path: None,
         offset: 0,
         bytes: 0,
         slice: 0,
-        cause: format!(
-            "{cause}: the namespace changes made after the metadata store's last checkpoint \
-             were only in its namespace log and are lost"
-        ),
+        cause,
     };
-    store.update(spoolfs_metadata::Durability::Durable, &mut |t| {
-        losses::record(t, &losses::loss_key(losses::LOSS_NAMESPACE, &id), &loss).map(|_| ())
-    })?;
-    Ok(())
+    let key = crate::losses::loss_key(crate::losses::LOSS_NAMESPACE, &id);
+    crate::losses::record(t, &key, &loss).map(|_| ())
 }
 
 pub(crate) const OWNER_KEY: &[u8] = b"K";
@@ -1034,23 +1049,13 @@ fn record_namespace_losses(
 ) -> std::result::Result<(), spoolfs_metadata::MetaError> {
     use crate::losses::{self, DataLoss};
     let now = losses::now_ns();
-    for seq in &recovery.missing {
-        let mut id = recovery.epoch.to_be_bytes().to_vec();
-        id.extend_from_slice(&seq.to_be_bytes());
-        let loss = DataLoss {
-            found_ns: now,
-            ino: 0,
-            path: None,
-            offset: 0,
-            bytes: 0,
-            slice: 0,
-            cause: format!(
-                "namespace change {seq} (epoch {}) is missing from the logs, which hold damaged \
-                 records: whatever it changed (a create, rename, size, ...) is lost",
-                recovery.epoch
-            ),
-        };
-        losses::record(t, &losses::loss_key(losses::LOSS_NAMESPACE, &id), &loss)?;
+    for &seq in &recovery.missing {
+        let cause = format!(
+            "namespace change {seq} (epoch {}) is missing from the logs, which hold damaged \
+             records: whatever it changed (a create, rename, size, ...) is lost",
+            recovery.epoch
+        );
+        record_namespace_loss(t, recovery.epoch, seq, now, cause)?;
     }
     let regions = damage
         .iter()
