@@ -440,6 +440,16 @@ impl Volume {
         })
     }
 
+    /// Mounts with a cache directory of its own, named after `node`, as a separate node of a
+    /// shared volume would; `extra` are more mount arguments.
+    pub fn mount_node(&self, node: &str, extra: &[&str]) -> Mount<'_> {
+        self.mount_with(MountOptions {
+            cache_dir: Some(self.new_subdir(&format!("cache-{node}"))),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
     pub fn mount_with(&self, opts: MountOptions) -> Mount<'_> {
         match self.try_mount_with(opts) {
             Ok(m) => m,

@@ -152,6 +152,15 @@ impl Volume {
             .unwrap_or_else(|e| e.into_inner()) = endpoint.map(str::to_string);
     }
 
+    /// A volume formatted on a fresh database of the PostgreSQL server `pg`, its data in a
+    /// file store.
+    pub fn on_postgres(pg: &spoolfs_testkit::pg::PgServer) -> Volume {
+        let mut vol = Volume::unformatted(Backend::File);
+        vol.meta_url = pg.url(&pg.new_database());
+        vol.format().assert_success();
+        vol
+    }
+
     /// Starts a proxy in front of this S3 volume's server and makes every later mount talk
     /// to the server through it.
     pub fn proxy_mounts(&self) -> spoolfs_s3proxy::Proxy {

@@ -345,30 +345,13 @@ fn flock_and_fcntl_exclude_processes_on_one_mount() {
     m.unmount();
 }
 
-/// A formatted volume on a fresh PostgreSQL database, data in a file store.
-fn postgres_volume(pg: &spoolfs_testkit::pg::PgServer) -> Volume {
-    let mut vol = Volume::unformatted(Backend::File);
-    vol.meta_url = pg.url(&pg.new_database());
-    vol.format().assert_success();
-    vol
-}
-
-/// A mount with a cache directory of its own, as a separate node would have.
-fn mount_node<'v>(vol: &'v Volume, node: &str, extra: &[&str]) -> Mount<'v> {
-    vol.mount_with(MountOptions {
-        cache_dir: Some(vol.new_subdir(&format!("cache-{node}"))),
-        extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    })
-}
-
 #[test]
 fn locks_exclude_across_two_mounts_of_a_postgres_volume_and_die_with_their_session() {
     require_fuse!();
     let pg = spoolfs_testkit::require_postgres!();
-    let vol = postgres_volume(pg);
-    let a = mount_node(&vol, "a", &["--session-timeout", "2"]);
-    let b = mount_node(&vol, "b", &[]);
+    let vol = Volume::on_postgres(pg);
+    let a = vol.mount_node("a", &["--session-timeout", "2"]);
+    let b = vol.mount_node("b", &[]);
     fs::write(a.join("shared"), b"locked across nodes").unwrap();
     // B sees the new name within the entry cache lifetime.
     eventually(Duration::from_secs(5), "the file on B", || {

@@ -11,21 +11,6 @@ use std::fs;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-fn postgres_volume(pg: &PgServer) -> Volume {
-    let mut vol = Volume::unformatted(Backend::File);
-    vol.meta_url = pg.url(&pg.new_database());
-    vol.format().assert_success();
-    vol
-}
-
-fn mount_node<'v>(vol: &'v Volume, node: &str, extra: &[&str]) -> Mount<'v> {
-    vol.mount_with(MountOptions {
-        cache_dir: Some(vol.new_subdir(&format!("cache-{node}"))),
-        extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    })
-}
-
 fn sessions(vol: &Volume) -> Vec<serde_json::Value> {
     let out = vol.spoolfs_run(["status", "--meta", &vol.meta_url, "--json"]);
     out.assert_success();
@@ -57,9 +42,9 @@ const NO_UPLOAD: &[&str] = &["--upload-delay", "3600"];
 fn a_file_staged_on_another_node_reads_from_it_and_only_with_the_volume_secret() {
     require_fuse!();
     let pg = spoolfs_testkit::require_postgres!();
-    let vol = postgres_volume(pg);
-    let a = mount_node(&vol, "a", NO_UPLOAD);
-    let b = mount_node(&vol, "b", &[]);
+    let vol = Volume::on_postgres(pg);
+    let a = vol.mount_node("a", NO_UPLOAD);
+    let b = vol.mount_node("b", &[]);
 
     let big = random_bytes(11, (3 << 20) + 123);
     let small = random_bytes(12, 777);
@@ -149,9 +134,9 @@ fn a_file_staged_on_another_node_reads_from_it_and_only_with_the_volume_secret()
 fn a_read_of_data_staged_on_a_killed_node_fails_after_the_peer_timeout_then_reads_back() {
     require_fuse!();
     let pg = spoolfs_testkit::require_postgres!();
-    let vol = postgres_volume(pg);
-    let a = mount_node(&vol, "a", NO_UPLOAD);
-    let b = mount_node(&vol, "b", &["--peer-timeout", "3"]);
+    let vol = Volume::on_postgres(pg);
+    let a = vol.mount_node("a", NO_UPLOAD);
+    let b = vol.mount_node("b", &["--peer-timeout", "3"]);
     let data = random_bytes(21, (1 << 20) + 5);
     fs::write(a.join("f"), &data).unwrap();
     let a_cache = a.cache_dir().to_path_buf();

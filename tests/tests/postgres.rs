@@ -180,21 +180,6 @@ fn postgres_volume_bad_input_format_mount_status_fsck_gc() {
     assert_eq!(rows(pg, &db), before, "a refused command changed the store");
 }
 
-/// A formatted volume on a fresh PostgreSQL database, data in a file store.
-fn postgres_volume(pg: &PgServer) -> Volume {
-    let mut vol = Volume::unformatted(Backend::File);
-    vol.meta_url = pg.url(&pg.new_database());
-    vol.format().assert_success();
-    vol
-}
-
-fn mount_node<'v>(vol: &'v Volume, node: &str) -> Mount<'v> {
-    vol.mount_with(MountOptions {
-        cache_dir: Some(vol.new_subdir(&format!("cache-{node}"))),
-        ..Default::default()
-    })
-}
-
 /// Longer than the kernel's attribute and entry cache lifetime (1 s by default).
 const CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_millis(1300);
 
@@ -202,10 +187,10 @@ const CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_millis(130
 fn two_mounts_of_one_postgres_volume_see_each_other() {
     require_fuse!();
     let pg = spoolfs_testkit::require_postgres!();
-    let vol = postgres_volume(pg);
+    let vol = Volume::on_postgres(pg);
     // Two mounts: separate processes with separate cache directories, as two nodes.
-    let a = mount_node(&vol, "a");
-    let b = mount_node(&vol, "b");
+    let a = vol.mount_node("a", &[]);
+    let b = vol.mount_node("b", &[]);
     let list = sessions(&vol);
     assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
 
@@ -367,7 +352,7 @@ fn session_of(vol: &Volume, mount_point: &Path) -> serde_json::Value {
 fn a_killed_mount_with_staged_data_is_listed_dead_until_its_cache_dir_mounts_again() {
     require_fuse!();
     let pg = spoolfs_testkit::require_postgres!();
-    let vol = postgres_volume(pg);
+    let vol = Volume::on_postgres(pg);
     let cache_a = vol.new_subdir("cache-a");
     // Heartbeats every second; uploads held back so that the data stays staged.
     let opts = |cache: &Path, extra: &[&str]| MountOptions {
@@ -380,7 +365,7 @@ fn a_killed_mount_with_staged_data_is_listed_dead_until_its_cache_dir_mounts_aga
         ..Default::default()
     };
     let a = vol.mount_with(opts(&cache_a, &["--upload-delay", "600"]));
-    let b = mount_node(&vol, "b");
+    let b = vol.mount_node("b", &[]);
     let data = random_bytes(7, 300_000);
     fs::write(a.join("staged"), &data).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -408,7 +393,7 @@ fn a_killed_mount_with_staged_data_is_listed_dead_until_its_cache_dir_mounts_aga
     let out = vol.spoolfs_run(["status", "--meta", &vol.meta_url]);
     out.assert_success();
     assert!(out.stdout.contains("DEAD"), "{out}");
-    let c = mount_node(&vol, "c");
+    let c = vol.mount_node("c", &[]);
     assert_eq!(session_of(&vol, &a_path)["live"], false);
 
     // A's cache directory mounted again replays and uploads the data: every mount reads it,
