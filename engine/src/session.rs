@@ -228,7 +228,9 @@ impl Session {
                 beat.clone(),
                 reporter.clone(),
             );
-            let every = Duration::from_secs((timeout_s / 3).max(1));
+            // A third of the timeout, to the millisecond: a 3 s timeout keeps a live session's
+            // recorded heartbeat (whole seconds) at most 2 s old.
+            let every = Duration::from_millis((timeout_s * 1000 / 3).max(200));
             std::thread::Builder::new()
                 .name("spoolfs-session".into())
                 .spawn(move || {

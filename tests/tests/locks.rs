@@ -350,7 +350,7 @@ fn locks_exclude_across_two_mounts_of_a_postgres_volume_and_die_with_their_sessi
     require_fuse!();
     let pg = spoolfs_testkit::require_postgres!();
     let vol = Volume::on_postgres(pg);
-    let a = vol.mount_node("a", &["--session-timeout", "2"]);
+    let a = vol.mount_node("a", &["--session-timeout", "3"]);
     let b = vol.mount_node("b", &[]);
     fs::write(a.join("shared"), b"locked across nodes").unwrap();
     // B sees the new name within the entry cache lifetime.
@@ -367,7 +367,7 @@ fn locks_exclude_across_two_mounts_of_a_postgres_volume_and_die_with_their_sessi
     child.release();
 
     // A lock held through A when A's mount process is killed: B stays out while A's session
-    // is live, and gets in once A's heartbeat is older than its timeout (2 s).
+    // is live, and gets in once A's heartbeat is older than its timeout (3 s).
     let holder = hold(&a.join("shared"), How::Posix { start: 0, len: 0 });
     let f = open_rw(&b.join("shared"));
     assert_eq!(setlk(&f, libc::F_WRLCK, 0, 1), Err(libc::EAGAIN));
@@ -381,7 +381,7 @@ fn locks_exclude_across_two_mounts_of_a_postgres_volume_and_die_with_their_sessi
     eventually(Duration::from_secs(20), "the dead mount's lock", || {
         setlk(&f, libc::F_WRLCK, 0, 1)
     });
-    // (When depends on A's last heartbeat: up to the 2 s timeout, in whole seconds.)
+    // (When depends on A's last heartbeat: up to the 3 s timeout, in whole seconds.)
     eprintln!(
         "the killed mount's lock was released {:?} after the kill",
         killed.elapsed()

@@ -147,7 +147,7 @@ pub struct MountArgs {
     /// On a shared metadata store (PostgreSQL): a mount renews its session every third of this
     /// many seconds, and a session not renewed for this long is dead (its volume may then be
     /// mounted elsewhere). Node clocks must agree to well within it.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_session_timeout)]
     pub session_timeout: Duration,
     /// On a shared metadata store: where this mount serves its staged slices to the volume's
     /// other mounts (port 0: any free port). Requests are authenticated with the volume's
@@ -222,6 +222,18 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+/// Heartbeats are recorded in whole seconds: below 3 s a live session could look dead for a
+/// moment, and other mounts would then drop its locks.
+fn parse_session_timeout(s: &str) -> Result<Duration, String> {
+    let v = parse_secs(s)?;
+    if v < Duration::from_secs(3) {
+        return Err(format!(
+            "invalid session timeout {s:?}: at least 3 seconds (heartbeats are recorded in whole seconds)"
+        ));
+    }
+    Ok(v)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -1058,6 +1070,18 @@ mod tests {
             crate::Command::Mount(m) => *m,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn session_timeout_is_at_least_three_seconds() {
+        assert_eq!(
+            mount_args(&["--session-timeout", "3"]).session_timeout,
+            Duration::from_secs(3)
+        );
+        let err = crate::Cli::try_parse_from(["spoolfs", "mount", "/m", "--session-timeout", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 3 seconds"), "{err}");
     }
 
     #[test]
