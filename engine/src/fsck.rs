@@ -463,6 +463,38 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// What reading an object back with `--verify-data` found: nothing when it is there and
+    /// checks out; else a `missing` or `corrupt` finding (kind, message) whose fix is `hole`.
+    /// Other store errors end the check.
+    fn verified<T>(
+        &mut self,
+        read: std::result::Result<T, StorageError>,
+        ino: Ino,
+        hole: Fix,
+        missing: (&'static str, &dyn Fn() -> String),
+        corrupt: (&'static str, &dyn Fn(&StorageError) -> String),
+    ) -> Result<()> {
+        match read {
+            Ok(_) => {}
+            Err(StorageError::NotFound { .. }) => self.find(
+                missing.0,
+                Severity::Error,
+                Some(ino),
+                missing.1(),
+                Some(hole),
+            ),
+            Err(e @ StorageError::Checksum { .. }) => self.find(
+                corrupt.0,
+                Severity::Error,
+                Some(ino),
+                corrupt.1(&e),
+                Some(hole),
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
     fn find(
         &mut self,
         kind: &'static str,
@@ -1196,28 +1228,21 @@ fn check_packed_slice(
             len: p.len,
             crc: p.crc,
         };
-        match c
+        let read = c
             .storage
             .get_range(&key, p.offset, p.offset + p.len as u64)
-            .and_then(|b| verify_packed(&key, &entry, b))
-        {
-            Ok(_) => {}
-            Err(StorageError::NotFound { .. }) => c.find(
-                "missing-pack",
-                Severity::Error,
-                Some(ino),
-                format!("pack object {key} holding slice {id} is missing"),
-                Some(l.hole(id, None)),
-            ),
-            Err(e @ StorageError::Checksum { .. }) => c.find(
-                "corrupt-pack",
-                Severity::Error,
-                Some(ino),
-                format!("slice {id} in pack {key}: {e}"),
-                Some(l.hole(id, None)),
-            ),
-            Err(e) => return Err(e.into()),
-        }
+            .and_then(|b| verify_packed(&key, &entry, b));
+        c.verified(
+            read,
+            ino,
+            l.hole(id, None),
+            ("missing-pack", &|| {
+                format!("pack object {key} holding slice {id} is missing")
+            }),
+            ("corrupt-pack", &|e| {
+                format!("slice {id} in pack {key}: {e}")
+            }),
+        )?;
     }
     Ok(())
 }
@@ -1273,24 +1298,18 @@ fn check_block_slice(
         }
         if c.opts.verify_data {
             c.stats.objects_verified += 1;
-            match c.storage.get(key).and_then(|b| decode_block(key, b)) {
-                Ok(_) => {}
-                Err(StorageError::NotFound { .. }) => c.find(
-                    "missing-object",
-                    Severity::Error,
-                    Some(ino),
-                    format!("block object {key} of slice {id} is missing"),
-                    Some(l.hole(id, range)),
-                ),
-                Err(e @ StorageError::Checksum { .. }) => c.find(
-                    "corrupt-object",
-                    Severity::Error,
-                    Some(ino),
-                    format!("{e}: bytes {lo}..{} of slice {id} are lost", lo + blen),
-                    Some(l.hole(id, range)),
-                ),
-                Err(e) => return Err(e.into()),
-            }
+            let read = c.storage.get(key).and_then(|b| decode_block(key, b));
+            c.verified(
+                read,
+                ino,
+                l.hole(id, range),
+                ("missing-object", &|| {
+                    format!("block object {key} of slice {id} is missing")
+                }),
+                ("corrupt-object", &|e| {
+                    format!("{e}: bytes {lo}..{} of slice {id} are lost", lo + blen)
+                }),
+            )?;
         }
     }
     Ok(())
