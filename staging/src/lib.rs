@@ -332,6 +332,24 @@ pub struct LogDamage {
     pub what: &'static str,
 }
 
+impl LogDamage {
+    /// The unreadable ranges a scan of segment `segment` found.
+    fn found_in(segment: u32, scan: &replay::ScanResult) -> impl Iterator<Item = LogDamage> + '_ {
+        let generation = scan.header.as_ref().map_or(0, |h| h.generation);
+        scan.unreadable.iter().map(move |u| LogDamage {
+            segment,
+            offset: u.offset,
+            len: u.len,
+            generation,
+            what: if u.offset == 0 {
+                "segment header"
+            } else {
+                "record header"
+            },
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StagingUsage {
     /// Bytes of live (appended, not freed) records, headers and padding included.
@@ -641,17 +659,7 @@ impl StagingLog {
             if scan.damaged() {
                 // Not re-stamped, not reused, until the owner has recorded the loss.
                 held.push(i);
-                damage.extend(scan.unreadable.iter().map(|u| LogDamage {
-                    segment: i,
-                    offset: u.offset,
-                    len: u.len,
-                    generation: scan.header.as_ref().map_or(0, |h| h.generation),
-                    what: if u.offset == 0 {
-                        "segment header"
-                    } else {
-                        "record header"
-                    },
-                }));
+                damage.extend(LogDamage::found_in(i, &scan));
             }
             if let Some(h) = &scan.header {
                 if !scan.header_damaged && h.volume_uuid != config.volume_uuid {
@@ -1234,17 +1242,7 @@ pub fn scan_dir(dir: &std::path::Path, volume_uuid: [u8; 16]) -> Result<LogScan,
             .map_err(|e| StagingError::io(format!("scan {path:?}"), e))?;
         out.segments += 1;
         out.torn_segments += usize::from(scan.corrupt_tail);
-        out.damage.extend(scan.unreadable.iter().map(|u| LogDamage {
-            segment: i,
-            offset: u.offset,
-            len: u.len,
-            generation: scan.header.as_ref().map_or(0, |h| h.generation),
-            what: if u.offset == 0 {
-                "segment header"
-            } else {
-                "record header"
-            },
-        }));
+        out.damage.extend(LogDamage::found_in(i, &scan));
         let Some(h) = &scan.header else { continue };
         if !scan.header_damaged && h.volume_uuid != volume_uuid {
             return Err(StagingError::ForeignVolume {
