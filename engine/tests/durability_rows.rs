@@ -698,47 +698,72 @@ fn sync_survives_the_loss_of_the_local_disk() {
     e.shutdown().unwrap();
 }
 
-/// The engine's side of `spoolfs umount` (and of SIGTERM): shutdown returns once everything
-/// staged is in the object store and the metadata is durable; it survives the loss of the
-/// local disk.
+/// The engine's side of `spoolfs umount` (and of SIGTERM), in both modes: shutdown returns
+/// once everything staged is in the object store and the metadata is durable; it survives
+/// the loss of the local disk.
 #[test]
 fn unmount_survives_the_loss_of_the_local_disk() {
-    let rig = Rig::new();
-    let e = rig.engine(Mode::Writeback);
-    let files: Vec<(String, Vec<u8>)> = (0..6)
-        .map(|i| {
-            (
-                format!("f{i}"),
-                random_bytes(40 + i, 5_000 + 40_000 * i as usize),
-            )
-        })
-        .collect();
-    for (path, data) in &files {
-        write_file(&e, path, data, true);
+    for mode in [Mode::Writeback, Mode::Standard] {
+        let rig = Rig::new();
+        let e = rig.engine(mode);
+        let files: Vec<(String, Vec<u8>)> = (0..6)
+            .map(|i| {
+                (
+                    format!("f{i}"),
+                    random_bytes(40 + i, 5_000 + 40_000 * i as usize),
+                )
+            })
+            .collect();
+        for (path, data) in &files {
+            write_file(&e, path, data, true);
+        }
+        // A change no close covers.
+        e.setattr(
+            &ME,
+            ROOT_INO,
+            &SetAttr {
+                mode: Some(0o711),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        if mode == Mode::Writeback {
+            assert!(
+                e.status().staged_slices > 0,
+                "nothing staged before unmount"
+            );
+        }
+        e.shutdown().unwrap();
+        let cut = rig.cut(e);
+        let e = rig.recover(&cut, Failure::DiskLost, mode);
+        let after = format!("{mode:?}: unmount, then the loss of the local disk");
+        for (path, data) in &files {
+            assert_reads(&e, path, data, &after);
+        }
+        assert_eq!(
+            e.getattr(ROOT_INO).unwrap().perm,
+            0o711,
+            "{after}: chmod before unmount"
+        );
+        e.shutdown().unwrap();
     }
-    e.setattr(
-        &ME,
-        ROOT_INO,
-        &SetAttr {
-            mode: Some(0o711),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(
-        e.status().staged_slices > 0,
-        "nothing staged before unmount"
-    );
-    e.shutdown().unwrap();
-    let cut = rig.cut(e);
-    let e = rig.recover(&cut, Failure::DiskLost, Mode::Writeback);
-    for (path, data) in &files {
-        assert_reads(&e, path, data, "unmount, then the loss of the local disk");
+}
+
+/// `write(2)`, in both modes: the bytes are visible to every reader on this node as soon as
+/// the call returns, before any close (through another descriptor, and by size).
+#[test]
+fn a_write_is_visible_to_other_readers_at_once() {
+    for mode in [Mode::Writeback, Mode::Standard] {
+        let rig = Rig::new();
+        let e = rig.engine(mode);
+        let data = random_bytes(50, 70_000);
+        let (ino, _writer) = write_file(&e, "f", &data, false);
+        assert_eq!(
+            e.getattr(ino).unwrap().size,
+            data.len() as u64,
+            "{mode:?}: size"
+        );
+        assert_reads(&e, "f", &data, &format!("{mode:?}: a write not yet closed"));
+        e.shutdown().unwrap();
     }
-    assert_eq!(
-        e.getattr(ROOT_INO).unwrap().perm,
-        0o711,
-        "chmod before unmount"
-    );
-    e.shutdown().unwrap();
 }
