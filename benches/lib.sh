@@ -81,6 +81,22 @@ bench_unmount() {
     timeout -k 5 60 umount "$m" 2>/dev/null || fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
 }
 
+# The processes serving mount point $1 (a spoolfs or JuiceFS daemon: "mount" and $1 among
+# its arguments).
+bench_mount_daemons() {
+    python3 - "$1" <<'PY'
+import os, sys
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        continue
+    if "mount" in argv and sys.argv[1] in argv and int(pid) != os.getpid():
+        print(pid)
+PY
+}
+
 # Creates the work directory ($work, under BENCH_DIR) and the cleanup trap.
 bench_init_work() {
     work=$(mktemp -d "$bench_dir/$1.XXXXXX")
@@ -94,7 +110,16 @@ bench_cleanup() {
     trap '' INT TERM
     if declare -F bench_before_cleanup >/dev/null; then bench_before_cleanup || true; fi
     for m in "${mounts[@]}"; do bench_unmount "$m" 120; done
-    # After the unmounts: they write out through the metadata server.
+    # A daemon still running after its unmount (it could not write out in time): its data goes
+    # with the work directory, and it must not outlive the run.
+    for m in "${mounts[@]}"; do
+        for p in $(bench_mount_daemons "$m"); do
+            log "killing the daemon of $m (pid $p), still running after its unmount"
+            kill -KILL "$p" 2>/dev/null || true
+            for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        done
+    done
+    # After the unmounts: they write out through the metadata server and the object store.
     bench_stop_postgres
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -117,19 +142,23 @@ wait_port() {
 
 # The object store: s3s-fs with its root in $1 (default $work/s3root; bucket "bench"), and the
 # proxy in front of it adding delay_ms to every request. Sets s3_root, endpoint, control_port.
+# Each in a session of its own: a Ctrl-C reaches the whole foreground process group, and s3s-fs
+# exits on SIGINT; the unmounts at cleanup still need the object store. (setsid runs the
+# program in place, so $! is its pid: the shell has no job control, so a background job is not
+# a process group leader.)
 bench_start_s3() {
     s3_root=${1:-$work/s3root}
     mkdir -p "$s3_root/bench"
     local s3_port
     s3_port=$(free_port)
-    "$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key "$AWS_ACCESS_KEY_ID" \
+    setsid "$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key "$AWS_ACCESS_KEY_ID" \
         --secret-key "$AWS_SECRET_ACCESS_KEY" "$s3_root" >"$work/s3s-fs.log" 2>&1 &
     pids+=($!)
     wait_port "$s3_port"
     local proxy_port
     proxy_port=$(free_port)
     control_port=$(free_port)
-    "$proxy" --upstream "127.0.0.1:$s3_port" --listen "127.0.0.1:$proxy_port" \
+    setsid "$proxy" --upstream "127.0.0.1:$s3_port" --listen "127.0.0.1:$proxy_port" \
         --control "127.0.0.1:$control_port" --delay-ms "$delay_ms" >"$work/proxy.log" 2>&1 &
     pids+=($!)
     wait_port "$control_port"

@@ -113,13 +113,19 @@ declare -A R
 numeric() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 py() { python3 -c "$@"; }
 # measure SYSTEM STEP CMD...: runs CMD (output to the step's log); its seconds, or why not.
-# CMD bounds its own time (timeout, or a limit of its own).
+# CMD bounds its own time (timeout, or a limit of its own). It runs as a background job that
+# the shell waits for, so that a Ctrl-C is handled at once (timeout puts its command in a
+# process group of its own, which the Ctrl-C does not reach): the cleanup stops it.
+step_pid=''
 measure() {
     local sys=$1 step=$2 t0 t1 rc=0
     shift 2
     log "$sys: $step"
     t0=$(now)
-    "$@" >>"$logs/$sys.$step.log" 2>&1 || rc=$?
+    "$@" >>"$logs/$sys.$step.log" 2>&1 &
+    step_pid=$!
+    wait "$step_pid" || rc=$?
+    step_pid=''
     t1=$(now)
     if ((rc == 0)); then
         R[$sys:$step]=$(secs "$t0" "$t1")
@@ -240,15 +246,18 @@ phase, dir_a, dir_b = sys.argv[1], sys.argv[2], sys.argv[3]
 count, size, retry_limit = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
 
 def write(i, data):
+    t0 = time.perf_counter()
     with open(os.path.join(dir_a, f"f{i:06d}"), "wb") as f:
         f.write(data)
-    return time.perf_counter()
+    t1 = time.perf_counter()
+    write_ms.append((t1 - t0) * 1e3)
+    return t1
 
 def read_all(path):
     with open(path, "rb") as f:
         return f.read()
 
-ok_ms, ready_ms, age_ms, failures, never = [], [], [], {}, 0
+ok_ms, ready_ms, age_ms, write_ms, failures, never = [], [], [], [], {}, 0
 
 def read_on_b(i, data, closed_at):
     global never
@@ -312,6 +321,8 @@ print("ready_max", pct(ready_ms, 100))
 print("never", never)
 print("age_p50", pct(age_ms, 50))
 print("age_max", pct(age_ms, 100))
+print("write_p50", pct(write_ms, 50))
+print("write_p99", pct(write_ms, 99))
 PY
 
 # run_read_after_close SYSTEM PHASE (each or burst; see read_after_close.py).
@@ -328,7 +339,10 @@ run_read_after_close() {
     local out=$logs/$sys.rac-$phase.out rc=0
     timeout -k 10 "$((lim_step + read_files * retry_limit))" python3 "$work/read_after_close.py" \
         "$phase" "$node_a/rac-$phase" "$node_b/rac-$phase" "$read_files" "$((read_kib * 1024))" \
-        "$retry_limit" >"$out" 2>"$logs/$sys.rac-$phase.log" || rc=$?
+        "$retry_limit" >"$out" 2>"$logs/$sys.rac-$phase.log" &
+    step_pid=$!
+    wait "$step_pid" || rc=$?
+    step_pid=
     if ((rc != 0)); then
         note_fail "$sys" "rac_$phase" "exit status $rc ($(tail -c 300 "$logs/$sys.rac-$phase.log" | tr '\n|' '  '))"
         return 0
@@ -445,21 +459,21 @@ report() {
         echo
         echo "### Read-after-close on node B: $read_files files of $read_kib KiB of random bytes written and closed on node A"
         echo
-        echo "each: a file is written and closed on A and read whole on B at once, then the next. burst: all $read_files are written and closed on A first, then each is read on B in the order written (\"age\": time since its close when the read started). Latency: open + read + close on B, of the reads that returned the right bytes at once (ms). A read that failed or returned other bytes is counted and retried every 10 ms; \"readable after\": from the first attempt until a read returned the right bytes, for every file (at most $retry_limit s). Peer reads: node B's reads of slices staged on A (spoolfs metrics)."
+        echo "each: a file is written and closed on A and read whole on B at once, then the next. burst: all $read_files are written and closed on A first, then each is read on B in the order written (\"age\": time since its close when the read started). Write on A: open + write + close there (ms). Latency: open + read + close on B, of the reads that returned the right bytes at once (ms). A read that failed or returned other bytes is counted and retried every 10 ms; \"readable after\": from the first attempt until a read returned the right bytes, for every file (at most $retry_limit s). Peer reads: node B's reads of slices staged on A (spoolfs metrics)."
         echo
-        echo "| system | phase | read at once | failed (error: count) | p50 (ms) | p99 (ms) | max (ms) | readable after p50 / p99 / max (ms) | never readable | age p50 / max (ms) | GET requests | peer reads on B |"
-        echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        echo "| system | phase | read at once | failed (error: count) | p50 (ms) | p99 (ms) | max (ms) | readable after p50 / p99 / max (ms) | never readable | age p50 / max (ms) | write on A p50 / p99 (ms) | GET requests | peer reads on B |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         local ph k
         for s in "${ran[@]}"; do
             for ph in each burst; do
                 k=$s:rac_$ph
                 if [[ -n ${R[$k]:-} ]]; then
-                    echo "| $(system_label "$s") | $ph | ${R[$k]} | | | | | | | | | |"
+                    echo "| $(system_label "$s") | $ph | ${R[$k]} | | | | | | | | | | |"
                     continue
                 fi
                 local peer="n/a"
                 [[ $s == spoolfs && -n ${R[${k}_peer]:-} ]] && peer="${R[${k}_peer]} (${R[${k}_peer_failed]} failed)"
-                echo "| $(system_label "$s") | $ph | $(v "$s" "rac_${ph}_ok") of $read_files | $(v "$s" "rac_${ph}_failed") ($(v "$s" "rac_${ph}_errors")) | $(v "$s" "rac_${ph}_p50") | $(v "$s" "rac_${ph}_p99") | $(v "$s" "rac_${ph}_max") | $(v "$s" "rac_${ph}_ready_p50") / $(v "$s" "rac_${ph}_ready_p99") / $(v "$s" "rac_${ph}_ready_max") | $(v "$s" "rac_${ph}_never") | $(v "$s" "rac_${ph}_age_p50") / $(v "$s" "rac_${ph}_age_max") | $(v "$s" "rac_${ph}_gets") | $peer |"
+                echo "| $(system_label "$s") | $ph | $(v "$s" "rac_${ph}_ok") of $read_files | $(v "$s" "rac_${ph}_failed") ($(v "$s" "rac_${ph}_errors")) | $(v "$s" "rac_${ph}_p50") | $(v "$s" "rac_${ph}_p99") | $(v "$s" "rac_${ph}_max") | $(v "$s" "rac_${ph}_ready_p50") / $(v "$s" "rac_${ph}_ready_p99") / $(v "$s" "rac_${ph}_ready_max") | $(v "$s" "rac_${ph}_never") | $(v "$s" "rac_${ph}_age_p50") / $(v "$s" "rac_${ph}_age_max") | $(v "$s" "rac_${ph}_write_p50") / $(v "$s" "rac_${ph}_write_p99") | $(v "$s" "rac_${ph}_gets") | $peer |"
             done
         done
     fi
@@ -510,6 +524,8 @@ report() {
 reported=''
 # shellcheck disable=SC2317  # called by bench_cleanup (benches/lib.sh)
 bench_before_cleanup() {
+    # The step that was running (interrupted): its timeout stops its command.
+    [[ -n $step_pid ]] && kill -TERM "$step_pid" 2>/dev/null && wait "$step_pid" 2>/dev/null
     keep_logs
     if [[ -z $reported ]]; then
         reported=1
