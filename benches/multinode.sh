@@ -52,7 +52,7 @@ while (($#)); do
         --read-size) need_arg "$@"; read_kib=$2; shift ;;
         --retry-limit) need_arg "$@"; retry_limit=$2; shift ;;
         --work-dir) need_arg "$@"; work_dir_arg=$2; shift ;;
-        -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -67,6 +67,8 @@ positive --files "$files"
 positive --read-files "$read_files"
 positive --read-size "$read_kib"
 positive --retry-limit "$retry_limit"
+[[ -n ${only//,/} ]] || { echo "--only: name at least one system ($systems)" >&2; exit 2; }
+[[ -n ${workloads//,/} ]] || { echo "--workloads: name at least one workload ($all_workloads)" >&2; exit 2; }
 for s in ${only//,/ }; do
     [[ ",$systems," == *",$s,"* ]] || { echo "--only: unknown system $s (known: $systems)" >&2; exit 2; }
 done
