@@ -5,6 +5,7 @@ use crate::acl;
 use crate::blockcache::BlockId;
 use crate::data;
 use crate::error::{FsError, Result};
+use crate::holds::{self, HoldNeed, Holds};
 use crate::ids::{INODE_ID_BATCH, IdAllocator, SLICE_ID_BATCH};
 use crate::namespace::{self, MAX_FILE_SIZE, NewNode, XATTR_VALUE_MAX, to_attr};
 use crate::open::OpenFiles;
@@ -128,6 +129,8 @@ pub struct Engine {
     upload_catalog: Arc<UploadCatalog>,
     /// File locks (`flock`, `fcntl`).
     locks: Arc<crate::locks::LockTable>,
+    /// On a shared volume with a session: this mount's open-file holds.
+    holds: Option<Arc<Holds>>,
 }
 
 impl Engine {
@@ -145,6 +148,12 @@ impl Engine {
             }
             None => crate::locks::LockTable::local(config.lock_wait_max_backoff),
         });
+        let holds = match &config.shared_locks {
+            Some(shared) if meta.is_shared() => {
+                Some(Arc::new(Holds::new(shared.session_id.clone())))
+            }
+            _ => None,
+        };
         let meta = Arc::new(crate::meta::Meta::new(meta));
         let writeback = config.staging.as_ref().map(|o| {
             Arc::new(Uploader::new(
@@ -242,11 +251,12 @@ impl Engine {
             opened_as: Mutex::new(HashMap::new()),
             shut_down: Mutex::new(false),
             locks,
+            holds,
         });
-        engine
-            .meta
-            .store()
-            .update(Durability::Durable, &mut |t| namespace::init(t))?;
+        let session = engine.holds.as_ref().map(|h| h.session.clone());
+        engine.meta.store().update(Durability::Durable, &mut |t| {
+            namespace::init(t, session.as_deref())
+        })?;
         let marks = engine.view(namespace::sync_marks)?;
         *engine.write.sync_marks.write() = marks;
         if let Some(wb) = engine.writeback.as_ref() {
@@ -290,6 +300,14 @@ impl Engine {
                     Box::new(move || run_uploader(weak, wb)),
                 )?);
             }
+        }
+        if engine.holds.is_some() {
+            let weak = Arc::downgrade(&engine);
+            let stop = engine.stop.clone();
+            threads.push(spawn(
+                "spoolfs-holds".into(),
+                Box::new(move || holds_loop(weak, stop)),
+            )?);
         }
         *engine.background.lock() = threads;
         Ok(engine)
@@ -448,6 +466,22 @@ impl Engine {
         rdev: u32,
         target: &[u8],
     ) -> Result<(Ino, InodeRec)> {
+        self.make_node_held(caller, parent, name, kind, perm, rdev, target, None)
+    }
+
+    /// [`Self::make_node`], also recording `hold`'s hold of the new inode.
+    #[allow(clippy::too_many_arguments)]
+    fn make_node_held(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u32,
+        target: &[u8],
+        hold: Option<&Holds>,
+    ) -> Result<(Ino, InodeRec)> {
         schema::check_name(name)?;
         let ino = self.inode_ids.next(self.meta.store())?;
         let node = NewNode {
@@ -456,7 +490,13 @@ impl Engine {
             rdev,
             target,
         };
-        let rec = self.update(|t| namespace::make_node(t, caller, parent, name, ino, &node))?;
+        let rec = self.update(|t| {
+            let rec = namespace::make_node(t, caller, parent, name, ino, &node)?;
+            if let Some(h) = hold {
+                holds::put_hold(t, ino, &h.session)?;
+            }
+            Ok(rec)
+        })?;
         Ok((ino, rec))
     }
 
@@ -505,9 +545,21 @@ impl Engine {
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
+    /// Whether `ino`, losing its last name in transaction `r`, is open here (then marked so
+    /// that its last close here deletes it) or, on a shared volume, held open by any mount.
+    fn still_open(&self, r: &dyn KvRead, ino: Ino) -> Result<bool, MetaError> {
+        if self.open.keep_unlinked(ino) {
+            return Ok(true);
+        }
+        match &self.holds {
+            Some(_) => holds::is_held(r, ino),
+            None => Ok(false),
+        }
+    }
+
     pub fn unlink(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
         self.update(|t| {
-            namespace::remove_entry(t, parent, name, false, &|ino| self.open.keep_unlinked(ino))
+            namespace::remove_entry(t, parent, name, false, &|r, ino| self.still_open(r, ino))
         })
     }
 
@@ -519,7 +571,7 @@ impl Engine {
             return Err(FsError::new(libc::ENOTEMPTY, "cannot remove \"..\""));
         }
         self.update(|t| {
-            namespace::remove_entry(t, parent, name, true, &|ino| self.open.keep_unlinked(ino))
+            namespace::remove_entry(t, parent, name, true, &|r, ino| self.still_open(r, ino))
         })
     }
 
@@ -539,7 +591,7 @@ impl Engine {
             ));
         }
         self.update(|t| {
-            let still_open = |ino| self.open.keep_unlinked(ino);
+            let still_open = |r: &dyn KvRead, ino| self.still_open(r, ino);
             namespace::rename(t, parent, name, new_parent, new_name, flags, &still_open)
         })
     }
@@ -656,12 +708,25 @@ impl Engine {
 
     /// Opens a handle; returns it and the inode as it is after the open (O_TRUNC applied).
     fn open_inner(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<(u64, InodeRec)> {
-        let rec = self.view(|r| schema::must_inode(r, ino))?;
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        if rec.kind == FileKind::Dir && writing {
-            return Err(FsError::new(libc::EISDIR, "is a directory"));
-        }
+        // Pinned first: from here no drop of this mount's hold of the inode starts.
         self.pin(ino, true);
+        let rec = match self.read_and_hold(ino) {
+            Ok(rec) if rec.kind == FileKind::Dir && writing => {
+                Err(FsError::new(libc::EISDIR, "is a directory"))
+            }
+            other => other,
+        };
+        let rec = match rec {
+            Ok(rec) => rec,
+            Err(e) => {
+                self.unpin(ino, true);
+                if let Some(h) = &self.holds {
+                    h.queue_drop(ino);
+                }
+                return Err(e);
+            }
+        };
         let fh = self.open.new_handle(ino, writing);
         if flags & libc::O_TRUNC != 0 && writing && rec.kind == FileKind::File {
             let set = SetAttr {
@@ -677,6 +742,24 @@ impl Engine {
         Ok((fh, rec))
     }
 
+    /// The inode being opened (pinned as an open handle). On a shared volume, also records this
+    /// mount's hold of it, in the same transaction, unless it is recorded already: an open
+    /// costs one transaction either way.
+    fn read_and_hold(&self, ino: Ino) -> Result<InodeRec> {
+        match &self.holds {
+            Some(h) if h.need(ino) == HoldNeed::Write => {
+                let rec = self.update(|t| {
+                    let rec = schema::must_inode(t, ino)?;
+                    holds::put_hold(t, ino, &h.session)?;
+                    Ok(rec)
+                })?;
+                h.recorded(ino);
+                Ok(rec)
+            }
+            _ => self.view(|r| schema::must_inode(r, ino)),
+        }
+    }
+
     /// Creates and opens a regular file. `mode`: permission bits, umask applied.
     pub fn create(
         &self,
@@ -686,9 +769,14 @@ impl Engine {
         mode: u32,
         flags: i32,
     ) -> Result<(Attr, u64)> {
-        match self.make_node(caller, parent, name, FileKind::File, mode, 0, &[]) {
+        // The new file is held by this mount from its creation (in the same transaction).
+        let hold = self.holds.as_deref();
+        match self.make_node_held(caller, parent, name, FileKind::File, mode, 0, &[], hold) {
             Ok((ino, rec)) => {
                 self.pin(ino, true);
+                if let Some(h) = hold {
+                    h.recorded(ino);
+                }
                 let fh = self.open.new_handle(ino, true);
                 Ok((to_attr(ino, &rec, self.blksize()), fh))
             }
@@ -905,7 +993,12 @@ impl Engine {
         if let Err(e) = &flushed {
             crate::error_limited!("uploading inode {ino} at release failed: {e}");
         }
-        if self.unpin(ino, true) {
+        let last_unlinked = self.unpin(ino, true);
+        if let Some(h) = &self.holds {
+            // Shared volume: the hold goes a moment later, off the close path, and with it the
+            // inode if it is an orphan nobody else holds (see `holds_loop`).
+            h.queue_drop(ino);
+        } else if last_unlinked {
             // The last handle of an inode whose last name went while it was open: it goes now
             // (unless the unlink failed after all). Other closes need no transaction.
             self.update(|t| namespace::purge_if_unlinked(t, ino))?;
@@ -1363,6 +1456,55 @@ impl Engine {
     /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent
     /// caller waits for the first, a later one returns at once.
     /// The file lock table of this mount.
+    /// Drops this mount's holds of files no longer open here: those closed since the last
+    /// batch, or with `all` every one (at shutdown). An orphan left unheld goes with its hold.
+    fn drop_holds(&self, all: bool) {
+        let Some(h) = &self.holds else { return };
+        let batch = h.take_batch(&|ino| self.open.has_handles(ino), all);
+        if batch.is_empty() {
+            return;
+        }
+        let result = self.meta.store().update(Durability::Durable, &mut |t| {
+            let mut freed = 0;
+            for &ino in &batch {
+                freed += holds::drop_hold(t, ino, &h.session)? as u64;
+            }
+            if freed > 0 {
+                tracing::debug!("deleted {freed} orphans at the close of their last holder");
+            }
+            Ok(())
+        });
+        if let Err(err) = &result {
+            crate::warn_limited!("dropping {} open-file holds: {err}", batch.len());
+        }
+        h.finish_batch(&batch, result.is_ok());
+    }
+
+    /// Drops the holds of dead sessions and deletes the orphans nobody holds.
+    pub fn sweep_holds(&self) -> Result<holds::SweepReport> {
+        let Some(h) = &self.holds else {
+            return Ok(Default::default());
+        };
+        let mut report = Default::default();
+        self.meta.store().update(Durability::Durable, &mut |t| {
+            report = holds::sweep(t, &h.session, &|ino| self.open.has_handles(ino))?;
+            Ok(())
+        })?;
+        if report != Default::default() {
+            tracing::info!(
+                "dropped {} open-file holds of dead sessions, deleted {} orphans nobody holds",
+                report.dead_holds,
+                report.orphans_freed
+            );
+        }
+        Ok(report)
+    }
+
+    /// Files this mount holds open in the shared metadata (0 on an exclusive volume).
+    pub fn held_files(&self) -> usize {
+        self.holds.as_ref().map_or(0, |h| h.recorded_count())
+    }
+
     pub fn locks(&self) -> &Arc<crate::locks::LockTable> {
         &self.locks
     }
@@ -1390,6 +1532,9 @@ impl Engine {
                 tracing::error!("writing inode {ino} at shutdown failed: {e}");
                 first_err.get_or_insert(e);
             }
+        }
+        if self.holds.is_some() {
+            self.drop_holds(true);
         }
         // Dead objects are not waited for: their `G` records stay in the metadata and the next
         // mount (or `spoolfs gc`) deletes them. Only staged data needs the object store.
@@ -1493,6 +1638,29 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
                     tracing::warn!("deleting dead objects: {err}");
                     break;
                 }
+            }
+        }
+    }
+}
+
+/// How often queued holds are dropped (see [`crate::holds`]).
+const HOLD_DROP_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the holds of dead sessions and the orphans nobody holds are swept.
+const HOLD_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Drops the holds of files closed here, and sweeps dead sessions' holds and their orphans.
+fn holds_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
+    let mut last_sweep = std::time::Instant::now();
+    loop {
+        if stop.wait(HOLD_DROP_INTERVAL) {
+            return;
+        }
+        let Some(e) = engine.upgrade() else { return };
+        e.drop_holds(false);
+        if last_sweep.elapsed() >= HOLD_SWEEP_INTERVAL {
+            last_sweep = std::time::Instant::now();
+            if let Err(err) = e.sweep_holds() {
+                crate::warn_limited!("sweeping open-file holds: {err}");
             }
         }
     }

@@ -32,6 +32,7 @@ pub mod diskcache;
 pub mod error;
 mod fs;
 pub mod fsck;
+pub mod holds;
 mod ids;
 pub mod locks;
 pub mod losses;

@@ -104,6 +104,14 @@ impl OpenFiles {
         }
     }
 
+    /// Whether `ino` has open handles here.
+    pub(crate) fn has_handles(&self, ino: Ino) -> bool {
+        self.shard(ino)
+            .lock()
+            .get(&ino)
+            .is_some_and(|o| o.handles > 0)
+    }
+
     /// The state of `ino` if it is in the table.
     pub(crate) fn state_of(&self, ino: Ino) -> Option<Arc<RwLock<FileState>>> {
         self.shard(ino).lock().get(&ino).map(|o| o.state.clone())

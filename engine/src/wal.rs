@@ -20,7 +20,9 @@
 
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
-use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError, Result};
+use spoolfs_metadata::{
+    Durability, Entries, KvRead, KvStore, KvTxn, MetaError, Result, UpdateFn, ViewFn,
+};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -127,10 +129,10 @@ impl KvRead for Recorder<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         self.inner.scan(start, end, limit)
     }
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         self.inner.scan_back(start, end, limit)
     }
 }
@@ -336,7 +338,7 @@ impl WalStore {
     pub fn update_carried(
         &self,
         durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+        f: UpdateFn<'_>,
         carrier: &mut dyn Carrier,
     ) -> Result<bool> {
         self.update_inner(durability, f, Some(carrier))
@@ -345,7 +347,7 @@ impl WalStore {
     fn update_inner(
         &self,
         durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+        f: UpdateFn<'_>,
         mut carrier: Option<&mut dyn Carrier>,
     ) -> Result<bool> {
         if self.broken.load(Ordering::SeqCst) {
@@ -520,11 +522,11 @@ fn io_err(e: std::io::Error) -> MetaError {
 }
 
 impl KvStore for WalStore {
-    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view(&self, f: ViewFn<'_>) -> Result<()> {
         self.inner.view(f)
     }
 
-    fn view_long(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view_long(&self, f: ViewFn<'_>) -> Result<()> {
         self.inner.view_long(f)
     }
 
@@ -532,11 +534,7 @@ impl KvStore for WalStore {
         self.inner.unapplied_changes()
     }
 
-    fn update(
-        &self,
-        durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-    ) -> Result<()> {
+    fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<()> {
         self.update_inner(durability, f, None).map(|_| ())
     }
 

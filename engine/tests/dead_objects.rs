@@ -6,7 +6,7 @@ use futures::stream::{BoxStream, StreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use spoolfs_engine::*;
-use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError};
+use spoolfs_metadata::{Durability, Entries, KvRead, KvStore, KvTxn, MetaError, UpdateFn, ViewFn};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,20 +47,10 @@ impl KvRead for NotingTxn<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
         self.inner.get(key)
     }
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MetaError> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, MetaError> {
         self.inner.scan(start, end, limit)
     }
-    fn scan_back(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MetaError> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, MetaError> {
         self.inner.scan_back(start, end, limit)
     }
 }
@@ -103,18 +93,11 @@ impl Recording {
 }
 
 impl KvStore for Recording {
-    fn view(
-        &self,
-        f: &mut dyn FnMut(&dyn KvRead) -> Result<(), MetaError>,
-    ) -> Result<(), MetaError> {
+    fn view(&self, f: ViewFn<'_>) -> Result<(), MetaError> {
         self.inner.view(f)
     }
 
-    fn update(
-        &self,
-        durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<(), MetaError>,
-    ) -> Result<(), MetaError> {
+    fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<(), MetaError> {
         let mut dead = Vec::new();
         self.inner.update(durability, &mut |t| {
             // The closure may run again: only the last run's writes commit.

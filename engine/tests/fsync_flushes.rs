@@ -6,7 +6,7 @@
 use spoolfs_engine::staging::StagingDurability;
 use spoolfs_engine::writeback::StagingSettings;
 use spoolfs_engine::*;
-use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError};
+use spoolfs_metadata::{Durability, KvStore, MetaError, UpdateFn, ViewFn};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,18 +24,11 @@ struct Counting {
 }
 
 impl KvStore for Counting {
-    fn view(
-        &self,
-        f: &mut dyn FnMut(&dyn KvRead) -> Result<(), MetaError>,
-    ) -> Result<(), MetaError> {
+    fn view(&self, f: ViewFn<'_>) -> Result<(), MetaError> {
         self.inner.view(f)
     }
 
-    fn update(
-        &self,
-        durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<(), MetaError>,
-    ) -> Result<(), MetaError> {
+    fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<(), MetaError> {
         self.inner.update(durability, f)?;
         if durability == Durability::Durable {
             self.durable_commits.fetch_add(1, Ordering::SeqCst);

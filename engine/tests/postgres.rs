@@ -1,6 +1,7 @@
 //! The engine on a PostgreSQL metadata store (a private server, `spoolfs_testkit::pg`), as a
 //! mount of a shared volume runs it: every metadata change commits in the database before the
-//! call returns. Counts the database round trips of a create and of a close.
+//! call returns, with a session (so opens record holds). Counts the database round trips of a
+//! create, a close and an open.
 
 use spoolfs_engine::writeback::{StagingSettings, open_staging};
 use spoolfs_engine::{Caller, Engine, EngineConfig, FormatOptions, ROOT_INO, StorageConfig};
@@ -43,18 +44,29 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
     assert_eq!(engine_meta.describe(), meta.describe());
     assert!(engine_meta.is_shared());
     let objects = Arc::new(spoolfs_objects::ObjectStorage::open(&storage).unwrap());
+    let session = spoolfs_engine::session::Session::register(
+        meta.clone(),
+        "/mnt",
+        &dir.path().join("cache").display().to_string(),
+        Duration::from_secs(30),
+    )
+    .unwrap();
     let engine = Engine::start(
         engine_meta,
         objects,
         record,
         EngineConfig {
             staging: Some(staging),
+            shared_locks: Some(spoolfs_engine::locks::SharedLocks {
+                store: meta.clone(),
+                session_id: session.rec.id.clone(),
+            }),
             ..Default::default()
         },
     )
     .unwrap();
     let caller = Caller::ROOT;
-    let (mut creates, mut closes) = (Vec::new(), Vec::new());
+    let (mut creates, mut closes, mut opens) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..40u64 {
         let data = spoolfs_testkit::random_bytes(i, 1000 + i as usize);
         let rt = || meta.stats().round_trips;
@@ -78,12 +90,26 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
         let got = engine.lookup(ROOT_INO, format!("f{i}").as_bytes()).unwrap();
         assert_eq!(got.size, data.len() as u64);
     }
+    // Opens of files whose holds were dropped (the holds go a moment after the close).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(engine.held_files(), 0);
+    for i in 0..40u64 {
+        let ino = engine
+            .lookup(ROOT_INO, format!("f{i}").as_bytes())
+            .unwrap()
+            .ino;
+        let before = meta.stats().round_trips;
+        let fh = engine.open(&caller, ino, libc::O_RDONLY).unwrap();
+        opens.push(meta.stats().round_trips - before);
+        engine.release(ino, fh).unwrap();
+    }
     let stats = meta.stats();
     eprintln!(
         "round trips per create: median {} (all {creates:?}); per close: median {} (all \
-         {closes:?}); retries {}",
+         {closes:?}); per open: median {} (all {opens:?}); retries {}",
         median(creates.clone()),
         median(closes.clone()),
+        median(opens.clone()),
         stats.retries
     );
     // The counters statfs reads (kept per mount on a shared store) add up: root + 40 files.
@@ -96,6 +122,10 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
     assert!(
         median(closes) <= 2,
         "a close costs more than two round trips"
+    );
+    assert!(
+        median(opens) <= 2,
+        "an open (inode read and hold) costs more than two round trips"
     );
     engine.shutdown().unwrap();
 }

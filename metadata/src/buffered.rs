@@ -21,7 +21,7 @@
 //!   whatever was committed since.
 
 use crate::write_set::{BuffersWrites, WriteSet};
-use crate::{Durability, KvRead, KvStore, KvTxn, MetaError, Result};
+use crate::{Durability, Entries, KvRead, KvStore, MetaError, Result, UpdateFn, ViewFn};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -120,13 +120,7 @@ impl Overlay<'_> {
     /// batches of what is still missing, so that deletes hiding its entries never cut the
     /// result short; the upper layers are walked lazily, never more of them than the result
     /// reaches.
-    fn scan_dir(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-        backwards: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_dir(&self, start: &[u8], end: &[u8], limit: usize, backwards: bool) -> Result<Entries> {
         if start >= end || limit == 0 {
             return Ok(Vec::new());
         }
@@ -261,10 +255,10 @@ impl KvRead for Overlay<'_> {
         }
         self.base.get(key)
     }
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         self.scan_dir(start, end, limit, false)
     }
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         self.scan_dir(start, end, limit, true)
     }
 }
@@ -290,10 +284,10 @@ impl KvRead for Txn<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.overlay().get(key)
     }
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         self.overlay().scan(start, end, limit)
     }
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         self.overlay().scan_back(start, end, limit)
     }
 }
@@ -348,7 +342,7 @@ fn refuse_inside_a_view(what: &str) -> Result<()> {
 }
 
 impl KvStore for BufferedStore {
-    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view(&self, f: ViewFn<'_>) -> Result<()> {
         let layers = ReadGuard::new(&self.layers);
         self.inner.view(&mut |base| {
             f(&Overlay {
@@ -362,16 +356,12 @@ impl KvStore for BufferedStore {
     /// Applies the memtable first, then reads the inner store alone, while commits go on
     /// into the memtable. Every apply is a consistent cut (it freezes under the writer
     /// lock), so the inner store alone is a snapshot as of that apply.
-    fn view_long(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view_long(&self, f: ViewFn<'_>) -> Result<()> {
         self.apply(Durability::Visible)?;
         self.inner.view(f)
     }
 
-    fn update(
-        &self,
-        durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-    ) -> Result<()> {
+    fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<()> {
         refuse_inside_a_view("a metadata update")?;
         {
             let _writer = self.writer.lock();

@@ -5,7 +5,7 @@
 //! Checkpoints can be made to fail (a full or failing metadata disk): the store then stays at
 //! its last durable state, and a cut reverts to it.
 
-use crate::{Durability, KvRead, KvStore, KvTxn, MemStore, MetaError, Result};
+use crate::{Durability, KvStore, MemStore, MetaError, Result, UpdateFn, ViewFn};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -77,15 +77,11 @@ impl CrashStore {
 }
 
 impl KvStore for CrashStore {
-    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view(&self, f: ViewFn<'_>) -> Result<()> {
         self.live.view(f)
     }
 
-    fn update(
-        &self,
-        durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-    ) -> Result<()> {
+    fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<()> {
         if durability == Durability::Durable && self.failing.load(Ordering::SeqCst) {
             // A durable commit that cannot reach the disk does not commit at all (redb).
             return Err(MetaError::Io(

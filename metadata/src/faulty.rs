@@ -1,7 +1,7 @@
 //! A memory store whose updates, commits and checkpoints fail on demand: what a full or
 //! failing metadata disk does, for tests of the layers above a store.
 
-use crate::{Durability, KvRead, KvStore, KvTxn, MemStore, MetaError, Result};
+use crate::{Durability, KvStore, MemStore, MetaError, Result, UpdateFn, ViewFn};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Default)]
@@ -16,15 +16,11 @@ pub struct FaultyStore {
 }
 
 impl KvStore for FaultyStore {
-    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view(&self, f: ViewFn<'_>) -> Result<()> {
         self.inner.view(f)
     }
 
-    fn update(
-        &self,
-        durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-    ) -> Result<()> {
+    fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<()> {
         if self.fail_updates.load(Ordering::SeqCst) {
             return Err(MetaError::Io("injected fault: update failed".into()));
         }

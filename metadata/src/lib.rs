@@ -74,6 +74,15 @@ mod libc_consts {
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
 
+/// Key-value pairs in the order a scan returns them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The body of a read-only transaction ([`KvStore::view`]).
+pub type ViewFn<'a> = &'a mut dyn FnMut(&dyn KvRead) -> Result<()>;
+
+/// The body of a write transaction ([`KvStore::update`]); it may run more than once.
+pub type UpdateFn<'a> = &'a mut dyn FnMut(&mut dyn KvTxn) -> Result<()>;
+
 /// How durable a committed write transaction must be when `update` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -101,9 +110,9 @@ pub struct StoreStats {
 pub trait KvRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Keys in `[start, end)` in order, at most `limit` of them.
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries>;
     /// Keys in `[start, end)` in reverse order (the last first), at most `limit` of them.
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries>;
     /// Says which keys and which whole ranges `[start, end)` the transaction is about to read,
     /// so that a store across a network fetches them all in one round trip; later reads of
     /// them are served from what was fetched. Reads return the same with or without it; a
@@ -129,19 +138,15 @@ pub trait KvTxn: KvRead {
 /// A transactional ordered key-value store.
 pub trait KvStore: Send + Sync {
     /// Runs `f` in a read-only snapshot.
-    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()>;
+    fn view(&self, f: ViewFn<'_>) -> Result<()>;
     /// Runs `f` in a serializable write transaction and commits it if `f` returns `Ok`.
     /// `f` may be run more than once.
-    fn update(
-        &self,
-        durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-    ) -> Result<()>;
+    fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<()>;
     /// Makes every committed transaction durable (a checkpoint: the store's own fsync).
     /// A read-only view that may take long (a scan of every slice or pack of the volume):
     /// the same consistent snapshot as [`KvStore::view`], taken so that it never holds up
     /// writers for its duration.
-    fn view_long(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view_long(&self, f: ViewFn<'_>) -> Result<()> {
         self.view(f)
     }
     /// Committed changes that live only in memory until the next [`KvStore::persist`] (a

@@ -1,7 +1,7 @@
 //! An in-memory store for tests: a BTreeMap behind one lock, copy-on-abort.
 
 use crate::write_set::{BuffersWrites, WriteSet};
-use crate::{Durability, KvRead, KvStore, KvTxn, Result};
+use crate::{Durability, Entries, KvRead, KvStore, Result, UpdateFn, ViewFn};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 
@@ -31,7 +31,7 @@ struct MemTxn<'a> {
 }
 
 impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -45,7 +45,7 @@ impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(BTreeMap::get(self, key).cloned())
     }
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -58,7 +58,7 @@ impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
 }
 
 impl KvRead for MemTxn<'_> {
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         let mut all = self.scan(start, end, usize::MAX)?;
         all.reverse();
         all.truncate(limit);
@@ -70,7 +70,7 @@ impl KvRead for MemTxn<'_> {
             None => KvRead::get(self.base, key),
         }
     }
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -96,16 +96,12 @@ impl BuffersWrites for MemTxn<'_> {
 }
 
 impl KvStore for MemStore {
-    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view(&self, f: ViewFn<'_>) -> Result<()> {
         let map = self.map.lock();
         f(&*map)
     }
 
-    fn update(
-        &self,
-        _durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-    ) -> Result<()> {
+    fn update(&self, _durability: Durability, f: UpdateFn<'_>) -> Result<()> {
         let mut map = self.map.lock();
         let writes = {
             let mut txn = MemTxn {

@@ -23,7 +23,9 @@
 
 use crate::pgpass;
 use crate::write_set::{BuffersWrites, WriteSet};
-use crate::{Durability, KvRead, KvStore, KvTxn, MetaError, Result, StoreStats};
+use crate::{
+    Durability, Entries, KvRead, KvStore, MetaError, Result, StoreStats, UpdateFn, ViewFn,
+};
 use futures::FutureExt;
 use futures::future::OptionFuture;
 use parking_lot::{Condvar, Mutex};
@@ -614,13 +616,7 @@ impl PgTxn<'_> {
         })
     }
 
-    fn scan_dir(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-        backwards: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_dir(&self, start: &[u8], end: &[u8], limit: usize, backwards: bool) -> Result<Entries> {
         if start >= end || limit == 0 {
             return Ok(Vec::new());
         }
@@ -780,10 +776,10 @@ impl KvRead for PgTxn<'_> {
         let row = self.round_trip(self.conn.client.query_opt(&self.conn.stmts.get, &[&key]))?;
         Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
     }
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         self.scan_dir(start, end, limit, false)
     }
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         self.scan_dir(start, end, limit, true)
     }
     fn counter_shard(&self) -> Option<u32> {
@@ -857,15 +853,11 @@ impl BuffersWrites for PgTxn<'_> {
 }
 
 impl KvStore for PgStore {
-    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view(&self, f: ViewFn<'_>) -> Result<()> {
         self.run(BEGIN_VIEW, &mut |t| f(t))
     }
 
-    fn update(
-        &self,
-        _durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-    ) -> Result<()> {
+    fn update(&self, _durability: Durability, f: UpdateFn<'_>) -> Result<()> {
         // Every commit is durable (the server's synchronous commit): both levels are met.
         self.run(BEGIN_UPDATE, &mut |t| f(t))
     }

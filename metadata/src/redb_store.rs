@@ -4,7 +4,7 @@
 //! and [`KvStore::persist`] makes them durable with one fsync; callers that need durability
 //! (fsync, the end of an upload) ask for [`Durability::Durable`].
 
-use crate::{Durability, KvRead, KvStore, KvTxn, MetaError, Result};
+use crate::{Durability, Entries, KvRead, KvStore, KvTxn, MetaError, Result, UpdateFn, ViewFn};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
@@ -95,10 +95,10 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvRead for ReadTable<T> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         get_in(&self.0, key)
     }
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         scan_in(&self.0, start, end, limit, false)
     }
-    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         scan_in(&self.0, start, end, limit, true)
     }
 }
@@ -115,17 +115,13 @@ impl KvTxn for WriteTable<'_> {
 }
 
 impl KvStore for RedbStore {
-    fn view(&self, f: &mut dyn FnMut(&dyn KvRead) -> Result<()>) -> Result<()> {
+    fn view(&self, f: ViewFn<'_>) -> Result<()> {
         let txn = self.db.begin_read().map_err(io)?;
         let table = txn.open_table(TABLE).map_err(io)?;
         f(&ReadTable(table))
     }
 
-    fn update(
-        &self,
-        durability: Durability,
-        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
-    ) -> Result<()> {
+    fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<()> {
         let mut txn = self.db.begin_write().map_err(io)?;
         txn.set_durability(match durability {
             Durability::Visible => redb::Durability::None,

@@ -411,3 +411,86 @@ fn a_killed_mount_with_staged_data_is_listed_dead_until_its_cache_dir_mounts_aga
     }
     assert_eq!(sessions(&vol).as_array().map(Vec::len), Some(0));
 }
+
+/// Rows of `spoolfs_kv` in the volume's database whose key starts with `tag`.
+fn records_tagged(pg: &PgServer, vol: &Volume, tag: u8) -> u64 {
+    let db = vol.meta_url.rsplit('/').next().expect("a database name");
+    pg.psql(
+        db,
+        &format!("SELECT count(*) FROM spoolfs_kv WHERE get_byte(k, 0) = {tag}"),
+    )
+    .trim()
+    .parse()
+    .expect("a count")
+}
+
+fn wait_for(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_file_unlinked_on_one_mount_stays_readable_where_it_is_open() {
+    require_fuse!();
+    let pg = spoolfs_testkit::require_postgres!();
+    let vol = Volume::on_postgres(pg);
+    let (holds, orphans) = (b'U', b'O');
+    let a = vol.mount_node("a", &["--session-timeout", "3"]);
+    let b = vol.mount_node("b", &["--session-timeout", "3"]);
+    // Two files in the object store: one B closes, one B holds when it is killed.
+    let closed = random_bytes(21, (2 << 20) + 5);
+    let killed = random_bytes(22, (3 << 20) + 7);
+    fs::write(a.join("closed"), &closed).unwrap();
+    fs::write(a.join("killed"), &killed).unwrap();
+    vol.spoolfs_run(["sync".as_ref(), a.path().as_os_str()])
+        .assert_success();
+    let objects_of_both = vol.chunk_files().len();
+    assert!(objects_of_both >= 2, "{objects_of_both} objects");
+
+    let mut on_b = fs::File::open(b.join("closed")).unwrap();
+    let held_by_killed = fs::File::open(b.join("killed")).unwrap();
+    assert_eq!(records_tagged(pg, &vol, holds), 2, "B's holds");
+    fs::remove_file(a.join("closed")).unwrap();
+    fs::remove_file(a.join("killed")).unwrap();
+    // A's caches are past and its background deletes have had their turns: the files are
+    // orphans, their objects still there.
+    std::thread::sleep(CACHE_LIFETIME + std::time::Duration::from_secs(2));
+    assert!(!a.join("closed").exists());
+    assert!(!b.join("closed").exists(), "the unlink is seen on B");
+    assert_eq!(records_tagged(pg, &vol, orphans), 2);
+    assert_eq!(vol.chunk_files().len(), objects_of_both);
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut on_b, &mut got).unwrap();
+    assert_bytes_eq(&got, &closed, "the unlinked file read on B");
+
+    // B's close drops its hold: the orphan goes, and its objects.
+    drop(on_b);
+    wait_for(
+        "the closed orphan and its objects to go",
+        std::time::Duration::from_secs(15),
+        || {
+            records_tagged(pg, &vol, orphans) == 1
+                && vol.chunk_files().len() < objects_of_both
+                && !vol.chunk_files().is_empty()
+        },
+    );
+
+    // B is killed holding the other: once its session is dead (3 s), A's sweep drops the
+    // hold and deletes the orphan, and A's collector its objects.
+    b.kill9();
+    drop(held_by_killed);
+    assert_eq!(records_tagged(pg, &vol, holds), 1, "the dead mount's hold");
+    wait_for(
+        "the dead mount's orphan and its objects to go",
+        std::time::Duration::from_secs(20),
+        || {
+            records_tagged(pg, &vol, orphans) == 0
+                && records_tagged(pg, &vol, holds) == 0
+                && vol.chunk_files().is_empty()
+        },
+    );
+    a.unmount();
+}

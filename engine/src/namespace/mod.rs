@@ -25,9 +25,10 @@ use spoolfs_metadata::{KvRead, KvTxn, MetaError, prefix_end};
 /// Largest file size.
 pub(crate) const MAX_FILE_SIZE: u64 = 1 << 50;
 
-/// Says whether an inode losing its last name is still open (and marks it so that its last
-/// close deletes it); see `OpenFiles::keep_unlinked`.
-pub(crate) type StillOpen<'a> = &'a dyn Fn(Ino) -> bool;
+/// Says whether an inode losing its last name is still open, on this mount (and marks it so
+/// that its last close deletes it; see `OpenFiles::keep_unlinked`) or, on a shared volume, on
+/// any mount (a hold record, see [`crate::holds`], read in the transaction).
+pub(crate) type StillOpen<'a> = &'a dyn Fn(&dyn KvRead, Ino) -> Result<bool, MetaError>;
 
 pub(crate) fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
     MetaError::Errno(errno, msg.into())
@@ -166,10 +167,23 @@ pub(crate) fn purge_if_unlinked(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaE
 }
 
 /// At start: creates the root if the volume has none, and deletes the inodes unlinked while
-/// open when the volume was last mounted (nobody holds them now). On a shared store only a
-/// mount that is the volume's only live session does that: another mount may hold them.
-pub(crate) fn init(t: &mut dyn KvTxn) -> Result<(), MetaError> {
+/// open when the volume was last mounted (nobody holds them now). A mount with a session of a
+/// shared volume (`session`) deletes those no live session holds, and the holds of dead
+/// sessions (see [`crate::holds::sweep`]); without one, only a mount that is the volume's only
+/// live session deletes them.
+pub(crate) fn init(t: &mut dyn KvTxn, session: Option<&str>) -> Result<(), MetaError> {
     schema::init_root(t)?;
+    if let Some(own) = session {
+        let swept = crate::holds::sweep(t, own, &|_| false)?;
+        if swept != Default::default() {
+            tracing::info!(
+                "dropped {} holds of dead sessions, deleted {} orphans nobody holds",
+                swept.dead_holds,
+                swept.orphans_freed
+            );
+        }
+        return Ok(());
+    }
     if crate::session::live_in(t)?.len() > 1 {
         return Ok(());
     }
@@ -481,7 +495,7 @@ fn drop_link(
     if rec.nlink > 0 {
         return schema::put_inode(t, ino, &rec);
     }
-    if still_open(ino) {
+    if still_open(t, ino)? {
         schema::put_inode(t, ino, &rec)?;
         t.put(&schema::orphan_key(ino), &[])
     } else {
