@@ -435,6 +435,7 @@ report() {
     for s in spoolfs juicefs; do wanted "$s" && ran+=("$s"); done
     echo
     echo "Many nodes: \`$cmdline\`; PostgreSQL ${pg_version:-?} (private server on this machine, its defaults: fsync on${BENCH_PG_OPTIONS:+; options $BENCH_PG_OPTIONS}); s3s-fs behind spoolfs-s3proxy adding $delay_ms ms per request; two mounts of each volume on this machine (nodes A and B, separate cache directories); started $started UTC, $(nproc) CPUs, kernel $(uname -r), load average $load0 before and $(cut -d' ' -f1-3 /proc/loadavg) after."
+    [[ ${BENCH_PROFILE:-release} == release ]] || echo "**$BENCH_PROFILE binaries (BENCH_PROFILE): these figures check the script and mean nothing.**"
     if workload smallfiles; then
         echo
         echo "### Small files on node A: $files × \`echo \$i > dir/f\$i\`"
