@@ -7,6 +7,8 @@
 //!   and reads every byte;
 //! * `--shutdown-timeout` bounds that upload when the object store does not answer: the
 //!   daemon exits with data still staged, and the same holds for the next mount;
+//! * after `spoolfs umount --no-wait`, a crash of the daemon before its uploads end loses
+//!   nothing: the next mount needs the same cache directory and reads every byte;
 //! * after `spoolfs sync`, the object store alone holds every byte: the mount is killed (so no
 //!   clean unmount uploads anything) and its staged data removed, and the next mount reads
 //!   it all. (A second mount beside the first cannot check this: the metadata store is the
@@ -35,6 +37,10 @@ fn write_files(dir: &Path, n: u64, seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
 fn signal(pid: u32, sig: i32) {
     // SAFETY: sending a signal has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+fn pid_is_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn check_files(m: &Mount, dir: &str, files: &[(PathBuf, Vec<u8>)], what: &str) {
@@ -145,6 +151,37 @@ fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
     let log = m.log_text();
     assert!(!log.contains("panicked"), "daemon panicked:\n{log}");
     drop(m);
+    proxy.clear_faults();
+    check_only_the_same_cache_mounts(&vol, &files);
+}
+
+/// `spoolfs umount --no-wait` promises that what is still staged survives a crash of spoolfs
+/// until the uploads end: the daemon, still uploading in the background (every PUT stalls),
+/// is killed; the next mount must use the same cache directory and reads every byte.
+#[test]
+fn a_crash_after_umount_no_wait_loses_nothing() {
+    require_fuse!();
+    let vol = Volume::new(Backend::S3);
+    let proxy = vol.proxy_mounts();
+    let m = vol.mount_daemon_slow_uploads();
+    let files = write_files(&m.join("d"), 20, 13);
+    assert!(m.staged_bytes() > 0, "the test needs staged data");
+    // Every PUT stalls until the fault is cleared: the uploads cannot end before the kill.
+    proxy.add_fault(Fault::stall(None).only(Method::Put));
+    let pid = m.pid().expect("daemon pid");
+    let mp = m.path().to_path_buf();
+    let out = vol.spoolfs_run([
+        OsStr::new("umount"),
+        mp.as_os_str(),
+        OsStr::new("--no-wait"),
+    ]);
+    out.assert_success();
+    assert!(!is_mounted(&mp), "still mounted after umount --no-wait");
+    assert!(
+        pid_is_alive(pid),
+        "the daemon exited although no upload could end: nothing left to crash"
+    );
+    m.kill9();
     proxy.clear_faults();
     check_only_the_same_cache_mounts(&vol, &files);
 }
