@@ -230,7 +230,9 @@ fn forget_lost_slices(
     for l in lost.iter().filter(|l| l.cause.is_none()) {
         tracing::warn!(
             "staged slice {} of inode {} ({} bytes) is not in the staging log: its write \
-                 was never acknowledged (interrupted by the crash); the range reads as zeros",
+                 was cut short by the crash before it was acknowledged, or, after a restart, \
+                 was not yet flushed (never fsynced) when the power went; the range reads as \
+                 zeros",
             l.id,
             l.rec.ino,
             l.rec.size

@@ -12,8 +12,9 @@
 //!   (a new, empty one at the same path); the metadata store keeps its last durable commit
 //!   (the metadata file's own loss is outside the promise); the object store keeps everything.
 //!
-//! Each test also checks that the failure would have shown something: that the metadata store
-//! made nothing durable after the calls it checks, or that a cut loses what was not flushed.
+//! Where the failure could keep the data without the call's help, a test checks that it would
+//! not have: that the metadata store made nothing durable after the calls it checks, or that
+//! the same cuts lose what a call left unflushed.
 
 use spoolfs_engine::staging::{CutPlan, SimDevice, StagingDurability, Unflushed};
 use spoolfs_engine::writeback::{StagingSettings, open_staging};

@@ -11,9 +11,14 @@ pub(crate) const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"SPRC");
 pub(crate) const SEGMENT_VERSION: u32 = 1;
 /// Version of the records written now. Version 2 has a CRC-32C of the carried namespace-log
 /// record (the last `meta_len` data bytes) where version 1 repeated the number of data pieces,
-/// so a damaged slice does not take the namespace change it carries with it. Version 1
-/// records are still read.
-pub(crate) const RECORD_VERSION: u32 = 2;
+/// so a damaged slice does not take the namespace change it carries with it. Version 3 adds,
+/// after the piece checksums and under the header CRC, the log's flushed-through sequence
+/// number when the record was placed (see [`DecodedRecord::flushed_through`]); a record whose
+/// header region has no room for it (at most one piece count in a thousand) is written as
+/// version 2. Versions 1 and 2 are still read.
+pub(crate) const RECORD_VERSION: u32 = 3;
+/// Bytes version 3 adds after the piece checksums.
+const FLUSHED_THROUGH_LEN: usize = 8;
 /// Bytes of the segment header proper (the rest of its block is zero).
 pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
 /// Bytes of the fixed part of a record header; the piece checksums follow it.
@@ -150,7 +155,8 @@ const R_TIME: usize = 64;
 pub(crate) fn encode_record_header(b: &mut [u8], h: &RecordHeader, data: &[u8], time_us: u64) {
     debug_assert_eq!(data.len() as u64, u64::from(h.len));
     put_u32(b, R_MAGIC, RECORD_MAGIC);
-    put_u32(b, R_VERSION, RECORD_VERSION);
+    let room = b.len() >= RECORD_FIXED_LEN + 4 * pieces(h.len) as usize + FLUSHED_THROUGH_LEN;
+    put_u32(b, R_VERSION, if room { RECORD_VERSION } else { 2 });
     let meta = &data[data.len() - h.meta_len as usize..];
     put_u32(b, R_META_CRC, crc32c::crc32c(meta));
     put_u64(b, R_INO, h.ino);
@@ -165,12 +171,17 @@ pub(crate) fn encode_record_header(b: &mut [u8], h: &RecordHeader, data: &[u8], 
     }
 }
 
-/// Sets generation and sequence and computes the header crc.
-pub(crate) fn seal_record_header(b: &mut [u8], generation: u64, seq: u64) {
+/// Sets generation, sequence and (version 3) flushed-through sequence, and computes the header
+/// crc.
+pub(crate) fn seal_record_header(b: &mut [u8], generation: u64, seq: u64, flushed_through: u64) {
     put_u64(b, R_GENERATION, generation);
     put_u64(b, R_SEQ, seq);
     let n = pieces(get_u32(b, R_LEN)) as usize;
-    let end = RECORD_FIXED_LEN + 4 * n;
+    let mut end = RECORD_FIXED_LEN + 4 * n;
+    if get_u32(b, R_VERSION) >= 3 {
+        put_u64(b, end, flushed_through);
+        end += FLUSHED_THROUGH_LEN;
+    }
     let crc = crc_skipping(&b[..end], R_CRC);
     put_u32(b, R_CRC, crc);
 }
@@ -184,6 +195,11 @@ pub(crate) struct DecodedRecord {
     /// Version 2: the CRC-32C of the carried namespace record. Version 1 has none: its
     /// namespace record is only as good as the data pieces it lies in.
     pub meta_crc: Option<u32>,
+    /// Version 3: when the record was placed, every record of the log numbered up to this
+    /// had been through a completed device flush. After a power cut a record numbered
+    /// above the highest such value any intact record carries may be missing or torn
+    /// without damage; one at or below it must be intact.
+    pub flushed_through: Option<u64>,
 }
 
 impl DecodedRecord {
@@ -269,7 +285,8 @@ pub(crate) fn decode_record_header(b: &[u8]) -> Result<DecodedRecord, DecodeFail
     if (version == 1 && get_u32(b, R_NPIECES) != n) || get_u32(b, R_META_LEN) > len {
         return Err(DecodeFail::Corrupt);
     }
-    let end = RECORD_FIXED_LEN + 4 * n as usize;
+    let pieces_end = RECORD_FIXED_LEN + 4 * n as usize;
+    let end = pieces_end + if version >= 3 { FLUSHED_THROUGH_LEN } else { 0 };
     if b.len() < end || get_u32(b, R_CRC) != crc_skipping(&b[..end], R_CRC) {
         return Err(DecodeFail::Corrupt);
     }
@@ -291,6 +308,7 @@ pub(crate) fn decode_record_header(b: &[u8]) -> Result<DecodedRecord, DecodeFail
             .map(|i| get_u32(b, RECORD_FIXED_LEN + 4 * i))
             .collect(),
         meta_crc: (version >= 2).then(|| get_u32(b, R_META_CRC)),
+        flushed_through: (version >= 3).then(|| get_u64(b, pieces_end)),
     })
 }
 
@@ -302,11 +320,13 @@ pub(crate) fn header_region_len(fixed: &[u8]) -> Option<usize> {
     }
     let len = get_u32(fixed, R_LEN);
     let n = pieces(len);
-    let plausible = match get_u32(fixed, R_VERSION) {
+    let version = get_u32(fixed, R_VERSION);
+    let plausible = match version {
         1 => get_u32(fixed, R_NPIECES) == n,
         v => v <= RECORD_VERSION,
     };
-    plausible.then_some(RECORD_FIXED_LEN + 4 * n as usize)
+    let extra = if version >= 3 { FLUSHED_THROUGH_LEN } else { 0 };
+    plausible.then_some(RECORD_FIXED_LEN + 4 * n as usize + extra)
 }
 
 #[cfg(test)]
@@ -341,8 +361,9 @@ mod tests {
         let hl = record_header_len(rh.len, 4096) as usize;
         let mut b = vec![0u8; hl];
         encode_record_header(&mut b, &rh, &data, 77);
-        seal_record_header(&mut b, 5, 6);
+        seal_record_header(&mut b, 5, 6, 4);
         let d = decode_record_header(&b).unwrap();
+        assert_eq!(d.flushed_through, Some(4));
         assert_eq!(d.header, rh);
         assert_eq!(
             d.meta,

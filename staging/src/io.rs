@@ -59,6 +59,14 @@ pub(crate) trait SegmentFiles: Send + Sync {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Opens an existing segment for O_DIRECT reads and writes.
     fn open(&self, path: &Path) -> io::Result<File>;
+    /// This boot of the machine: a restart since the log was last opened may have been a
+    /// power cut (see [`crate::boots`]). `None` when it cannot be known.
+    fn boot_id(&self) -> Option<String> {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
 }
 
 /// The real file system.

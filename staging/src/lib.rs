@@ -92,8 +92,8 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `"SPRC"` |
-//! | 4 | 4 | record version (2; version 1 is still read) |
-//! | 8 | 4 | header CRC-32C: bytes `0..72+4n` with this field left out |
+//! | 4 | 4 | record version (3; versions 1 and 2 are still read) |
+//! | 8 | 4 | header CRC-32C: bytes `0..72+4n` (version 3: `0..80+4n`) with this field left out |
 //! | 12 | 4 | version 2: CRC-32C of the carried namespace record (the last `meta_len` data bytes; of no bytes when `meta_len` is 0). Version 1: `n` |
 //! | 16 | 8 | generation (must equal the segment header's) |
 //! | 24 | 8 | sequence number (global, increasing in append order) |
@@ -105,6 +105,7 @@
 //! | 60 | 4 | meta_len: of the `len` data bytes, the last `meta_len` are a namespace-log record committed together with the slice (0: a plain slice; see `docs/FORMAT.md`) |
 //! | 64 | 8 | append time, µs since the Unix epoch |
 //! | 72 | 4·n | CRC-32C of each 64 KiB piece of data (the last may be shorter); `n` = ceil(len / 65536) |
+//! | 72+4n | 8 | version 3: flushed-through, the sequence number through which every record of the log had been through a completed flush when this one was placed (covered by the header CRC; a header region without room for it is written as version 2) |
 //!
 //! then zero padding to `header_len = round_up(72 + 4n, align)`, then the `len` data bytes,
 //! then zero padding to a multiple of `align`. A record occupies
@@ -118,7 +119,10 @@
 //! header that fails its check is stepped over by looking for the next valid header of the
 //! generation at the following multiples of the alignment. Whatever fails a check after the
 //! last valid record of a segment is a torn tail (a write a crash cut short, never
-//! acknowledged), skipped and counted in a warning. Before a valid record it is *damage*:
+//! acknowledged), skipped and counted in a warning. So is a failing record that a power cut
+//! explains: written in a boot of the machine that has ended and numbered above what that
+//! boot's intact records say was flushed (see `boots.rs`: after a power cut any subset of
+//! the unflushed writes may be missing or torn). Otherwise, before a valid record it is *damage*:
 //! a damaged record is returned with [`Replayed::damaged`] (and its carried namespace record,
 //! when that passes its own CRC), an unreadable region as a [`LogDamage`]. A segment header
 //! that fails its check is damage too (a header is made durable before any record of its
@@ -144,6 +148,7 @@
 //! records, or with damage, are kept, sealed, until all of them are freed again (and the
 //! damage released).
 
+mod boots;
 mod buf;
 mod format;
 mod io;
@@ -615,6 +620,9 @@ impl StagingLog {
             stopping: Default::default(),
             create_lock: Mutex::new(()),
             next_seq: AtomicU64::new(1),
+            unflushed_from: (0..config.threads)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
             next_gen: AtomicU64::new(1),
             flushes: AtomicU64::new(0),
             datasyncs: AtomicU64::new(0),
@@ -636,6 +644,7 @@ impl StagingLog {
         let mut torn = 0usize;
         let mut max_gen = 0u64;
         let mut empty: Vec<u32> = Vec::new();
+        let mut scans = Vec::with_capacity(existing.len());
         for &i in &existing {
             let path = segment_path(dir, i);
             let file = fs
@@ -653,6 +662,29 @@ impl StagingLog {
             }
             let scan = replay::scan_segment(&file, size)
                 .map_err(|e| StagingError::io(format!("scan {path:?}"), e))?;
+            scans.push((i, file, scan));
+        }
+        // Which failing records a power cut explains: known only once every segment's
+        // intact records (and the watermarks they carry) are in.
+        let recorded_boots = boots::Boots::read(dir);
+        let boot_id = fs.boot_id();
+        let cuts = boots::PowerCuts::new(
+            recorded_boots.as_ref(),
+            boot_id.as_deref(),
+            scans.iter().flat_map(|(_, _, scan)| {
+                scan.records
+                    .iter()
+                    .filter(|r| r.intact)
+                    .map(|r| (r.rec.meta.seq, r.rec.flushed_through))
+            }),
+        );
+        let mut power_cut = 0usize;
+        let mut lowest_seq: Option<u64> = None;
+        for (i, file, mut scan) in scans {
+            power_cut += scan.forgive_power_cut(&cuts);
+            if let Some(low) = scan.records.iter().map(|r| r.rec.meta.seq).min() {
+                lowest_seq = Some(lowest_seq.map_or(low, |l| l.min(low)));
+            }
             max_gen = max_gen.max(scan.max_generation_seen);
             torn += usize::from(scan.corrupt_tail);
             let st = &shared.segs[i as usize];
@@ -671,8 +703,10 @@ impl StagingLog {
                 st.generation.store(h.generation, Ordering::SeqCst);
                 st.align.store(h.align, Ordering::SeqCst);
             }
-            st.converted
-                .store(segments::first_unwritten(&file, size), Ordering::SeqCst);
+            st.converted.store(
+                segments::first_unwritten(&file, config.segment_size),
+                Ordering::SeqCst,
+            );
             let _ = shared.files[i as usize].set(file);
             if scan.records.is_empty() {
                 if !scan.damaged() {
@@ -741,8 +775,31 @@ impl StagingLog {
                 "staging replay: skipped torn or corrupt tails (records never acknowledged as durable)"
             );
         }
+        if power_cut > 0 {
+            tracing::warn!(
+                records = power_cut,
+                dir = %dir.display(),
+                "staging replay: the machine restarted since the log was last open, and \
+                 records that no device flush had covered are torn or missing (a power cut \
+                 keeps any subset of such writes); skipped like torn tails: they were never \
+                 acknowledged as power-safe"
+            );
+        }
         let max_seq = found.iter().map(|r| r.seq).max().unwrap_or(0);
         shared.next_seq.store(max_seq + 1, Ordering::SeqCst);
+        if boot_id.is_none() {
+            tracing::warn!(
+                "staging log in {}: the boot id is unknown, so every restart is taken for a \
+                 possible power cut: a record no flush covered that fails its checks is \
+                 skipped, not reported as damage",
+                dir.display()
+            );
+        }
+        // Made durable before anything is appended in this boot.
+        if let Some(next) = cuts.next_file(boot_id.as_deref(), max_seq + 1, lowest_seq) {
+            next.write(fs.as_ref(), dir)
+                .map_err(|e| StagingError::io(format!("write the boots file in {dir:?}"), e))?;
+        }
         shared
             .next_gen
             .store(max_gen + nsegs as u64 + 1, Ordering::SeqCst);
@@ -813,7 +870,7 @@ impl StagingLog {
                 register_err = Some(e);
             }
             let (tx, rx) = bounded(QUEUE_DEPTH);
-            let w = Worker::new(shared.clone(), backend, rx, tuning.flush_mode);
+            let w = Worker::new(shared.clone(), t, backend, rx, tuning.flush_mode);
             let h = std::thread::Builder::new()
                 .name(format!("spool-stage-{t}"))
                 .spawn(move || w.run())
@@ -1223,6 +1280,7 @@ pub fn scan_dir(dir: &std::path::Path, volume_uuid: [u8; 16]) -> Result<LogScan,
         })
         .collect();
     existing.sort_unstable();
+    let mut scans = Vec::with_capacity(existing.len());
     for i in existing {
         let path = segment_path(dir, i);
         let file = std::fs::OpenOptions::new()
@@ -1240,6 +1298,21 @@ pub fn scan_dir(dir: &std::path::Path, volume_uuid: [u8; 16]) -> Result<LogScan,
         }
         let scan = replay::scan_segment(&file, size)
             .map_err(|e| StagingError::io(format!("scan {path:?}"), e))?;
+        scans.push((i, path, scan));
+    }
+    // As an open would: what a power cut explains is no damage.
+    let cuts = boots::PowerCuts::new(
+        boots::Boots::read(dir).as_ref(),
+        RealFiles.boot_id().as_deref(),
+        scans.iter().flat_map(|(_, _, scan)| {
+            scan.records
+                .iter()
+                .filter(|r| r.intact)
+                .map(|r| (r.rec.meta.seq, r.rec.flushed_through))
+        }),
+    );
+    for (i, path, mut scan) in scans {
+        scan.forgive_power_cut(&cuts);
         out.segments += 1;
         out.torn_segments += usize::from(scan.corrupt_tail);
         out.damage.extend(LogDamage::found_in(i, &scan));

@@ -74,6 +74,10 @@ pub(crate) struct ScannedRecord {
 pub(crate) struct Unreadable {
     pub offset: u64,
     pub len: u64,
+    /// Sequence numbers of the valid records around it (`prev`: none before it in the
+    /// segment; `next` 0: a segment header).
+    pub prev: Option<u64>,
+    pub next: u64,
 }
 
 pub(crate) struct ScanResult {
@@ -99,6 +103,20 @@ impl ScanResult {
     /// and a segment that must not be re-stamped before the loss is recorded.
     pub fn damaged(&self) -> bool {
         self.header_damaged || !self.unreadable.is_empty() || self.records.iter().any(|r| !r.intact)
+    }
+}
+
+impl ScanResult {
+    /// Drops the failing records and unreadable regions that a power cut explains (see
+    /// [`crate::boots`]): they are writes no flush covered, cut short like a torn tail, not
+    /// damage. Returns how many.
+    pub fn forgive_power_cut(&mut self, cuts: &crate::boots::PowerCuts) -> usize {
+        let before = self.records.len() + self.unreadable.len();
+        self.records
+            .retain(|r| r.intact || !cuts.may_have_torn(r.rec.meta.seq));
+        self.unreadable
+            .retain(|u| !cuts.may_have_torn_region(u.prev, u.next));
+        before - self.records.len() - self.unreadable.len()
     }
 }
 
@@ -223,17 +241,19 @@ pub(crate) fn scan_segment(file: &File, segment_size: u64) -> io::Result<ScanRes
                         && r.meta.generation == header.generation
                         && r.meta.seq > last_seq
                     {
-                        break Some(next);
+                        break Some((next, r.meta.seq));
                     }
                     next += align;
                 };
-                let Some(next) = resumed else {
+                let Some((next, next_seq)) = resumed else {
                     out.corrupt_tail = true;
                     break;
                 };
                 items.push(Item::Unreadable(Unreadable {
                     offset: off,
                     len: next - off,
+                    prev: (last_seq > 0).then_some(last_seq),
+                    next: next_seq,
                 }));
                 off = next;
                 continue;
@@ -277,6 +297,8 @@ pub(crate) fn scan_segment(file: &File, segment_size: u64) -> io::Result<ScanRes
             Unreadable {
                 offset: 0,
                 len: segment_header_block(align),
+                prev: None,
+                next: 0,
             },
         );
     }

@@ -163,6 +163,10 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     pub create_lock: Mutex<()>,
     pub next_seq: AtomicU64,
+    /// Per engine thread: the lowest sequence number it placed since its last completed
+    /// flush (`u64::MAX`: none), a lower bound stored before the number is taken. See
+    /// [`Shared::flushed_through`].
+    pub unflushed_from: Vec<AtomicU64>,
     pub next_gen: AtomicU64,
     pub flushes: AtomicU64,
     /// Of `flushes`: `fdatasync`s, and writes made with `RWF_DSYNC`.
@@ -185,6 +189,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Every record numbered up to the value returned has been through a completed flush
+    /// of its segment (or its number was given to nothing that reached the device). Each
+    /// thread stores a lower bound of the next number into its `unflushed_from` before it
+    /// takes one, and clears it after a flush covering all it wrote; the counter is read
+    /// first, so a number taken before that read is seen in `unflushed_from`.
+    pub fn flushed_through(&self) -> u64 {
+        let next = self.next_seq.load(Ordering::SeqCst);
+        let lowest = self
+            .unflushed_from
+            .iter()
+            .map(|u| u.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(u64::MAX);
+        next.min(lowest).saturating_sub(1)
+    }
+
     /// A record is handed out to the caller (debug builds check it is freed exactly once).
     pub fn note_live(&self, segment: u32, offset: u64) {
         #[cfg(debug_assertions)]

@@ -157,6 +157,9 @@ pub struct SimDevice {
     clock: Arc<AtomicU64>,
     flush_scope: FlushScope,
     rec: Mutex<Recorder>,
+    /// The boot of the simulated machine: each device is a boot of its own (a power cut
+    /// restarts the machine), unless told otherwise with [`SimDevice::set_boot_id`].
+    boot_id: Mutex<String>,
 }
 
 impl std::fmt::Debug for SimDevice {
@@ -178,12 +181,26 @@ impl SimDevice {
         clock: Arc<AtomicU64>,
         scope: FlushScope,
     ) -> Arc<SimDevice> {
+        static BOOTS: AtomicU64 = AtomicU64::new(1);
+        let boot = BOOTS.fetch_add(1, Ordering::Relaxed);
         Arc::new(SimDevice {
             root: root.into(),
             clock,
             flush_scope: scope,
             rec: Mutex::new(Recorder::default()),
+            boot_id: Mutex::new(format!("simulated-boot-{boot}")),
         })
+    }
+
+    /// The simulated machine's boot id (what the log compares with the one it recorded).
+    pub fn boot_id(&self) -> String {
+        self.boot_id.lock().clone()
+    }
+
+    /// Makes the device run in boot `id`: the id of the device a log was written on says
+    /// the machine did not restart in between (a crash of the process, not a power cut).
+    pub fn set_boot_id(&self, id: &str) {
+        *self.boot_id.lock() = id.to_string();
     }
 
     /// Events recorded so far.
@@ -695,6 +712,10 @@ impl SegmentFiles for SimDevice {
         let dir = self.rel(dir);
         self.record(&mut rec, Event::SyncDir { dir });
         Ok(())
+    }
+
+    fn boot_id(&self) -> Option<String> {
+        Some(SimDevice::boot_id(self))
     }
 
     fn open(&self, path: &Path) -> io::Result<File> {

@@ -1115,3 +1115,63 @@ fn staging_writes_into_unwritten_space_are_flushed_before_the_ack() {
     }
     panic!("the first bulk segment was never reused");
 }
+
+/// Makes the log in `dir` believe the machine restarted since it was last open (the boot id
+/// it recorded is another one).
+fn pretend_a_restart(dir: &std::path::Path) {
+    let text = std::fs::read_to_string(dir.join("boots")).expect("the log records its boot");
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_ne!(lines[1], "an-earlier-boot");
+    lines[1] = "an-earlier-boot";
+    std::fs::write(dir.join("boots"), lines.join("\n") + "\n").unwrap();
+}
+
+/// After a restart, a record that no device flush had covered when later records were
+/// placed may be torn by the power cut without being damage: it is skipped like a torn
+/// tail. A record that a flush covered, or any failing record without a restart (a crash
+/// of the process: every written record is on the device), is damage.
+#[test]
+fn staging_a_torn_unflushed_record_is_damage_only_without_a_restart() {
+    let (dir, c, log) = open_one_thread(4 << 20, 4);
+    let flushed = random_bytes(0, 8192);
+    let unflushed = random_bytes(1, 8192);
+    let after = random_bytes(2, 8192);
+    let locs = [
+        log.append(&hdr(1, 0, 8192), &flushed, true).unwrap(),
+        log.append(&hdr(1, 1, 8192), &unflushed, false).unwrap(),
+        log.append(&hdr(1, 2, 8192), &after, false).unwrap(),
+    ];
+    drop(log);
+    let data_of = |l: &StagedLoc| l.offset + format::record_header_len(l.len, 4096);
+    let tear = |l: &StagedLoc| write_at(dir.path(), l.segment, data_of(l) + 5000, &[0; 512]);
+    let damaged_slices = |replayed: &[Replayed]| -> Vec<u64> {
+        replayed
+            .iter()
+            .filter(|r| !r.damaged.is_empty())
+            .map(|r| r.header.slice_id)
+            .collect()
+    };
+    tear(&locs[1]);
+
+    // The same boot: damage.
+    let (log, replayed) = StagingLog::open(c.clone()).unwrap();
+    assert_eq!(damaged_slices(&replayed), vec![1]);
+    drop(log);
+
+    // After a restart: the unflushed record is skipped, the others kept, no damage.
+    pretend_a_restart(dir.path());
+    let (log, replayed) = StagingLog::open(c.clone()).unwrap();
+    let ids: Vec<u64> = replayed.iter().map(|r| r.header.slice_id).collect();
+    assert_eq!(ids, vec![0, 2], "the torn unflushed record is skipped");
+    assert!(damaged_slices(&replayed).is_empty() && log.damage().is_empty());
+    assert_eq!(read_all(&log, &replayed[1].loc), after);
+    drop(log);
+
+    // A flushed record torn after a restart is damage: record 2 was placed after record 0's
+    // flush and says so.
+    tear(&locs[0]);
+    pretend_a_restart(dir.path());
+    let (log, replayed) = StagingLog::open(c).unwrap();
+    assert_eq!(damaged_slices(&replayed), vec![0]);
+    drop(log);
+}

@@ -75,6 +75,8 @@ struct Placed {
 
 pub(crate) struct Worker {
     pub shared: Arc<Shared>,
+    /// This thread's slot in [`Shared::unflushed_from`].
+    pub index: usize,
     pub backend: Box<dyn IoBackend>,
     pub rx: Receiver<Request>,
     pub flush_mode: FlushMode,
@@ -92,12 +94,14 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn new(
         shared: Arc<Shared>,
+        index: usize,
         backend: Box<dyn IoBackend>,
         rx: Receiver<Request>,
         flush_mode: FlushMode,
     ) -> Worker {
         Worker {
             shared,
+            index,
             backend,
             rx,
             flush_mode,
@@ -224,6 +228,7 @@ impl Worker {
             // Every write of the batch went through the cache on its own and nothing was
             // pending before (a failed write left nothing behind that a flush would cover).
             self.dirty.clear();
+            self.all_flushed();
         }
 
         for (p, converting) in placed.into_iter().zip(converting) {
@@ -315,8 +320,16 @@ impl Worker {
         let a = self.active[usize::from(bulk)]
             .as_mut()
             .expect("active segment");
+        let flushed_through = self.shared.flushed_through();
+        let unflushed = &self.shared.unflushed_from[self.index];
+        if unflushed.load(Ordering::SeqCst) == u64::MAX {
+            unflushed.store(
+                self.shared.next_seq.load(Ordering::SeqCst),
+                Ordering::SeqCst,
+            );
+        }
         let seq = self.shared.next_seq.fetch_add(1, Ordering::SeqCst);
-        seal_record_header(buf.as_mut_slice(), a.generation, seq);
+        seal_record_header(buf.as_mut_slice(), a.generation, seq, flushed_through);
         let st = &self.shared.segs[a.segment as usize];
         st.state.fetch_add(1, Ordering::SeqCst);
         let _ = st
@@ -528,8 +541,16 @@ impl Worker {
         }
     }
 
+    /// Everything this thread wrote is through the device cache.
+    fn all_flushed(&self) {
+        self.shared.unflushed_from[self.index].store(u64::MAX, Ordering::SeqCst);
+    }
+
     fn flush(&mut self) -> Result<(), StagingError> {
         if self.dirty.is_empty() {
+            // What was placed since the last flush failed to write, or its segment was
+            // recycled (with a flush) since.
+            self.all_flushed();
             return Ok(());
         }
         let fds: Vec<i32> = self
@@ -547,6 +568,7 @@ impl Worker {
             .datasync(&fds)
             .map_err(|e| StagingError::io("staging flush", e))?;
         self.dirty.clear();
+        self.all_flushed();
         Ok(())
     }
 
