@@ -30,6 +30,19 @@ fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
     let sessions = spoolfs_engine::session::list(meta.as_ref())
         .with_context(|| format!("cannot list the sessions in {}", meta.describe()))?;
     let now = spoolfs_engine::session::now_s();
+    let mut lease = None;
+    meta.view(&mut |r| {
+        lease = spoolfs_engine::lease::read(r, spoolfs_engine::lease::BACKGROUND)?;
+        Ok(())
+    })
+    .with_context(|| format!("cannot read the background lease in {}", meta.describe()))?;
+    // The holder's session, if it is listed, and whether the lease is in force.
+    let lease_holder = lease
+        .as_ref()
+        .and_then(|l| sessions.iter().find(|s| s.id == l.holder));
+    let lease_in_force = lease
+        .as_ref()
+        .is_some_and(|l| !l.expired(now) && lease_holder.is_some_and(|s| s.is_live(now)));
     if json {
         let list: Vec<serde_json::Value> = sessions
             .iter()
@@ -47,6 +60,14 @@ fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
                 "volume_name": record.name,
                 "volume_uuid": record.uuid,
                 "sessions": list,
+                "background_lease": lease.as_ref().map(|l| serde_json::json!({
+                    "holder": l.holder,
+                    "host": lease_holder.map(|s| s.host.clone()),
+                    "mount_point": lease_holder.map(|s| s.mount_point.clone()),
+                    "acquired_s": l.acquired_s,
+                    "expires_s": l.expires_s,
+                    "in_force": lease_in_force,
+                })),
             })
         );
         return Ok(ExitCode::SUCCESS);
@@ -59,6 +80,28 @@ fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
     );
     if sessions.is_empty() {
         println!("  no sessions (not mounted anywhere)");
+    }
+    match (&lease, lease_holder) {
+        (None, _) => {
+            println!("  background lease (dead-slice deletes, compaction, orphan sweep): not held")
+        }
+        (Some(l), holder) => {
+            let who = match holder {
+                Some(s) => format!("session {} (host {}, at {})", s.id, s.host, s.mount_point),
+                None => format!("session {} (no longer listed)", l.holder),
+            };
+            let state = if lease_in_force {
+                format!(
+                    "expires in {}",
+                    human_secs(l.expires_s.saturating_sub(now) as f64)
+                )
+            } else {
+                "lapsed: the next mount to look takes it over".to_string()
+            };
+            println!(
+                "  background lease (dead-slice deletes, compaction, orphan sweep): {who}, {state}"
+            );
+        }
     }
     for s in &sessions {
         let staged = if s.staged.bytes == 0 {
