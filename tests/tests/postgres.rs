@@ -533,6 +533,12 @@ fn background_work_runs_on_the_lease_holder_and_moves_when_it_dies() {
             && out.stdout.contains(&*holder.path().to_string_lossy()),
         "{out}"
     );
+    let here = |m: &Mount| {
+        let out = vol.spoolfs_run(["status".as_ref(), m.path().as_os_str()]);
+        out.assert_success();
+        out.stdout.contains("background work: here")
+    };
+    assert!(here(&holder) && !here(&other));
     // Explicit collection on the other mount is refused, naming the holder.
     let out = vol.spoolfs_run(["gc".as_ref(), other.path().as_os_str()]);
     assert!(
