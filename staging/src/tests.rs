@@ -1023,7 +1023,7 @@ fn staging_recycle_waits_for_the_barrier() {
     let still: Vec<StagedLoc> = scan
         .records
         .iter()
-        .map(|r| r.loc)
+        .map(|r| r.record.loc)
         .filter(|l| l.segment == first)
         .collect();
     assert_eq!(
@@ -1035,7 +1035,7 @@ fn staging_recycle_waits_for_the_barrier() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let scan = scan_dir(dir.path(), UUID).unwrap();
-        if scan.records.iter().all(|r| r.loc.segment != first) {
+        if scan.records.iter().all(|r| r.record.loc.segment != first) {
             break;
         }
         assert!(
