@@ -260,6 +260,16 @@ impl<'v> Mount<'v> {
         self.volume.status_json(&self.mountpoint)
     }
 
+    /// Runs `spoolfs umount --no-wait MOUNTPOINT` (detach now, let the daemon finish its
+    /// uploads in the background) and returns its output.
+    pub fn unmount_no_wait(&self) -> CmdOutput {
+        self.volume.spoolfs_run([
+            OsStr::new("umount"),
+            self.mountpoint.as_os_str(),
+            OsStr::new("--no-wait"),
+        ])
+    }
+
     /// The bytes staged and not yet uploaded, from [`Mount::status`].
     pub fn staged_bytes(&self) -> u64 {
         let v = self.status();

@@ -4,7 +4,6 @@
 //! back.
 
 use spoolfs_tests::*;
-use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,11 +118,7 @@ fn umount_no_wait_returns_at_once_and_the_daemon_finishes_uploading() {
     let (m, files) = mount_with_files(&vol, 30);
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
-    let out = vol.spoolfs_run([
-        OsStr::new("umount"),
-        mp.as_os_str(),
-        OsStr::new("--no-wait"),
-    ]);
+    let out = m.unmount_no_wait();
     out.assert_success();
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(

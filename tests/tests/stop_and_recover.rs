@@ -168,20 +168,13 @@ fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
 #[test]
 fn a_crash_after_umount_no_wait_loses_nothing() {
     require_fuse!();
-    let vol = Volume::new(Backend::S3);
-    let proxy = vol.proxy_mounts();
-    let m = vol.mount_daemon_slow_uploads();
-    let files = write_files(&m.join("d"), 20, 13);
-    assert!(m.staged_bytes() > 0, "the test needs staged data");
+    let (vol, proxy) = Volume::new_behind_proxy();
+    let (m, files) = mount_with_staged_files(&vol, 13);
     // Every PUT stalls until the fault is cleared: the uploads cannot end before the kill.
     proxy.add_fault(Fault::stall(None).only(Method::Put));
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
-    let out = vol.spoolfs_run([
-        OsStr::new("umount"),
-        mp.as_os_str(),
-        OsStr::new("--no-wait"),
-    ]);
+    let out = m.unmount_no_wait();
     out.assert_success();
     assert!(!is_mounted(&mp), "still mounted after umount --no-wait");
     assert!(
