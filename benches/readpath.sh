@@ -55,23 +55,18 @@ source benches/lib.sh
 wanted() { [[ ",$only," == *",$1,"* ]]; }
 workload() { [[ ",$workloads," == *",$1,"* ]]; }
 
-# The pinned wheels (CPython 3.11, manylinux x86_64 or pure Python), and what is imported.
+# The sizes; the pinned wheels and what is imported (bench_wheel_set, benches/lib.sh).
 if [[ -n $quick ]]; then
-    wheels_pinned=(numpy==1.26.4 mpmath==1.3.0 sympy==1.12.1)
-    import_stmt="import numpy, sympy, mpmath"
+    bench_wheel_set quick
     repo_files=1000 repo_dirs=60 tar_files=1500 tar_dirs=80
     big_mib=${BENCH_BIG_MIB:-1024}
     lim_write=900 lim_read=600
 else
-    wheels_pinned=(numpy==1.26.4 pandas==2.2.2 scipy==1.13.1 sympy==1.12.1 mpmath==1.3.0
-        python-dateutil==2.9.0.post0 pytz==2024.1 tzdata==2024.1 six==1.16.0
-        setuptools==69.5.1 pip==24.0)
-    import_stmt="import numpy, pandas, scipy, scipy.linalg, scipy.sparse, scipy.optimize, scipy.stats, sympy, mpmath, dateutil, pytz"
+    bench_wheel_set full
     repo_files=5000 repo_dirs=300 tar_files=6000 tar_dirs=300
     big_mib=${BENCH_BIG_MIB:-4096}
     lim_write=2400 lim_read=1200
 fi
-wheels_dir=${BENCH_WHEELS:-/var/tmp/spoolfs-bench-wheels}
 python=$(command -v python3)
 
 bench_require_root
@@ -95,23 +90,7 @@ keep_logs() { [[ -n "${BENCH_KEEP_LOGS:-}" ]] && mkdir -p "$BENCH_KEEP_LOGS" && 
 # ---------------------------------------------------------------------------------------------
 # Inputs: the wheelhouse (kept), the source repository and tarball, the large file (generated).
 
-wheel_files=()
-for spec in "${wheels_pinned[@]}"; do
-    name=${spec%%==*} ver=${spec#*==}
-    f=$(compgen -G "$wheels_dir/${name//-/_}-$ver-*.whl" | head -1 || true)
-    if [[ -z $f ]]; then
-        log "pip download $spec into $wheels_dir"
-        mkdir -p "$wheels_dir"
-        "$python" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-            --python-version 3.11 --implementation cp --abi cp311 \
-            --platform manylinux2014_x86_64 --dest "$wheels_dir" "$spec" >&2 \
-            || die "pip download $spec failed"
-        f=$(compgen -G "$wheels_dir/${name//-/_}-$ver-*.whl" | head -1 || true)
-        [[ -n $f ]] || die "no wheel for $spec in $wheels_dir after pip download"
-    fi
-    wheel_files+=("$f")
-done
-wheel_mb=$(du -cbL "${wheel_files[@]}" | awk 'END { printf "%.0f", $1 / 1e6 }')
+bench_fetch_wheels
 
 # Deterministic trees of text files: N files spread over D directories (two levels), sizes
 # from ~100 B to ~60 KB (median ~5 KB), lines of words from a fixed vocabulary.

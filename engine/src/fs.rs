@@ -131,7 +131,21 @@ pub struct Engine {
     locks: Arc<crate::locks::LockTable>,
     /// On a shared volume with a session: this mount's open-file holds.
     holds: Option<Arc<Holds>>,
+    /// On a shared volume with a session: the lease its volume-wide background work runs
+    /// under (see [`crate::lease`]), and what the last look at it found.
+    lease: Option<BackgroundLease>,
 }
+
+struct BackgroundLease {
+    session: String,
+    /// The session's timeout: how long a taken lease runs before the heartbeat renews it.
+    ttl_s: u64,
+    /// When this mount last looked, and whether it held the lease then.
+    seen: Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+/// How long a look at the background lease stands before the next one reads it again.
+const LEASE_LOOK_INTERVAL: Duration = Duration::from_millis(900);
 
 impl Engine {
     /// Opens a formatted volume. `storage` is opened by the caller (from the volume record,
@@ -153,6 +167,14 @@ impl Engine {
                 Some(Arc::new(Holds::new(shared.session_id.clone())))
             }
             _ => None,
+        };
+        let lease = match &holds {
+            Some(h) => Some(BackgroundLease {
+                session: h.session.clone(),
+                ttl_s: session_timeout_s(meta.as_ref(), &h.session)?,
+                seen: Mutex::new(None),
+            }),
+            None => None,
         };
         let meta = Arc::new(crate::meta::Meta::new(meta));
         let writeback = config.staging.as_ref().map(|o| {
@@ -252,6 +274,7 @@ impl Engine {
             shut_down: Mutex::new(false),
             locks,
             holds,
+            lease,
         });
         let session = engine.holds.as_ref().map(|h| h.session.clone());
         engine.meta.store().update(Durability::Durable, &mut |t| {
@@ -1371,6 +1394,10 @@ impl Engine {
             upload_queue_slices: m.upload_queue_slices,
             backpressure_events: m.backpressure_waits,
             staging_bypassed_slices: m.staging_bypassed_slices,
+            background_lease: self
+                .lease
+                .as_ref()
+                .map(|l| l.seen.lock().is_some_and(|(_, held)| held)),
             staging_used_bytes: staging.map_or(0, |u| u.used_bytes),
             staging_capacity_bytes: staging.map_or(0, |u| u.capacity_bytes),
             engine_threads: m.engine_threads,
@@ -1446,16 +1473,12 @@ impl Engine {
         opts: &crate::gc::GcOptions,
         progress: crate::gc::GcProgress,
     ) -> Result<crate::gc::GcReport> {
+        if !opts.dry_run {
+            self.require_background_lease("garbage collection")?;
+        }
         self.reclaim.run_gc(opts, progress)
     }
 
-    /// Uploads or stages everything buffered, waits (up to `drain_on_shutdown`) for staged
-    /// data to reach the object store, and makes the metadata durable (unmount).
-    /// Writes out buffered data, waits for uploads (`drain_on_shutdown`), stops the background
-    /// threads and checkpoints. Objects of dead slices still to be deleted are not waited
-    /// for: they stay recorded and the next mount deletes them. Runs once: a concurrent
-    /// caller waits for the first, a later one returns at once.
-    /// The file lock table of this mount.
     /// Drops this mount's holds of files no longer open here: those closed since the last
     /// batch, or with `all` every one (at shutdown). An orphan left unheld goes with its hold.
     fn drop_holds(&self, all: bool) {
@@ -1500,15 +1523,93 @@ impl Engine {
         Ok(report)
     }
 
+    /// Whether this mount may run the volume-wide background work now: always on an exclusive
+    /// volume; on a shared one, when it holds the background lease (taken here if free).
+    pub fn background_lease(&self) -> bool {
+        let Some(lease) = &self.lease else {
+            return true;
+        };
+        let mut seen = lease.seen.lock();
+        if let Some((at, held)) = *seen
+            && at.elapsed() < LEASE_LOOK_INTERVAL
+        {
+            return held;
+        }
+        let held = match self.look_at_lease(lease) {
+            Ok(held) => held,
+            Err(err) => {
+                crate::warn_limited!("cannot read the background lease: {err}");
+                false
+            }
+        };
+        *seen = Some((std::time::Instant::now(), held));
+        held
+    }
+
+    /// One look at the lease: a read, and a transaction taking it only when it is free.
+    fn look_at_lease(&self, lease: &BackgroundLease) -> Result<bool> {
+        use crate::lease::{BACKGROUND, Holder};
+        let now = crate::session::now_s();
+        let store = self.meta.store();
+        let mut seen = Holder::Free(None);
+        store.view(&mut |r| {
+            seen = crate::lease::holder(r, BACKGROUND, &lease.session, now)?;
+            Ok(())
+        })?;
+        if let Holder::Free(_) = seen {
+            store.update(Durability::Durable, &mut |t| {
+                seen = crate::lease::take(t, BACKGROUND, &lease.session, lease.ttl_s, now)?;
+                Ok(())
+            })?;
+            if seen == Holder::Me {
+                tracing::info!(
+                    "took the volume's background lease (dead-slice deletes, compaction, the sweep of orphans)"
+                );
+            }
+        }
+        Ok(seen == Holder::Me)
+    }
+
+    /// Refuses (EBUSY) work that runs under the background lease while another mount holds it.
+    fn require_background_lease(&self, what: &str) -> Result<()> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        if self.background_lease() {
+            return Ok(());
+        }
+        let now = crate::session::now_s();
+        let holder =
+            self.view(|r| crate::lease::holder(r, crate::lease::BACKGROUND, &lease.session, now))?;
+        let who = match holder {
+            crate::lease::Holder::Other(_, Some(s)) => crate::session::describe(&s),
+            crate::lease::Holder::Other(rec, None) => format!("session {}", rec.holder),
+            _ => "another mount".to_string(),
+        };
+        Err(FsError::new(
+            libc::EBUSY,
+            format!(
+                "{what} runs on the mount holding the volume's background lease, now {who}: run \
+                 it there"
+            ),
+        ))
+    }
+
     /// Files this mount holds open in the shared metadata (0 on an exclusive volume).
     pub fn held_files(&self) -> usize {
         self.holds.as_ref().map_or(0, |h| h.recorded_count())
     }
 
+    /// The file lock table of this mount.
     pub fn locks(&self) -> &Arc<crate::locks::LockTable> {
         &self.locks
     }
 
+    /// Uploads or stages everything buffered, waits (up to `drain_on_shutdown`) for staged
+    /// data to reach the object store, stops the background threads and makes the metadata
+    /// durable (unmount). Objects of dead slices still to be deleted are not waited for: they
+    /// stay recorded and the next mount deletes them. Runs once: a concurrent caller waits for
+    /// the first, a later one returns at once.
     pub fn shutdown(&self) -> Result<()> {
         let mut done = self.shut_down.lock();
         if *done {
@@ -1535,6 +1636,15 @@ impl Engine {
         }
         if self.holds.is_some() {
             self.drop_holds(true);
+        }
+        if let Some(lease) = &self.lease {
+            // Another mount takes the background work over at once.
+            let given_up = self.meta.store().update(Durability::Durable, &mut |t| {
+                crate::lease::release_all(t, &lease.session)
+            });
+            if let Err(e) = given_up {
+                tracing::warn!("cannot give up the background lease: {e}");
+            }
         }
         // Dead objects are not waited for: their `G` records stay in the metadata and the next
         // mount (or `spoolfs gc`) deletes them. Only staged data needs the object store.
@@ -1630,8 +1740,16 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
         // Batches until none is left, for at most about one interval, so the checkpoint
         // above keeps its pace behind a large backlog.
         let started = std::time::Instant::now();
+        // Without the background lease, only the dead slices staged here: the holder deletes
+        // the others' objects.
+        let everything = e.background_lease();
         loop {
-            match e.collect_garbage(DEAD_BATCH) {
+            let collected = if everything {
+                e.collect_garbage(DEAD_BATCH)
+            } else {
+                e.reclaim.collect_own_staged(DEAD_BATCH)
+            };
+            match collected {
                 Ok(n) if n == DEAD_BATCH && started.elapsed() < interval && !e.stopping() => {}
                 Ok(_) => break,
                 Err(err) => {
@@ -1641,6 +1759,20 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
             }
         }
     }
+}
+
+/// The session timeout of session `id` in `meta` (the default if it has no record).
+fn session_timeout_s(meta: &dyn KvStore, id: &str) -> Result<u64> {
+    let mut timeout = crate::session::DEFAULT_TIMEOUT.as_secs();
+    meta.view(&mut |r| {
+        if let Some(v) = r.get(&crate::session::session_key(id))?
+            && let Ok(rec) = serde_json::from_slice::<crate::session::SessionRec>(&v)
+        {
+            timeout = rec.timeout_s;
+        }
+        Ok(())
+    })?;
+    Ok(timeout)
 }
 
 /// How often queued holds are dropped (see [`crate::holds`]).
@@ -1657,7 +1789,7 @@ fn holds_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
         }
         let Some(e) = engine.upgrade() else { return };
         e.drop_holds(false);
-        if last_sweep.elapsed() >= HOLD_SWEEP_INTERVAL {
+        if last_sweep.elapsed() >= HOLD_SWEEP_INTERVAL && e.background_lease() {
             last_sweep = std::time::Instant::now();
             if let Err(err) = e.sweep_holds() {
                 crate::warn_limited!("sweeping open-file holds: {err}");
@@ -1676,6 +1808,8 @@ fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
             return;
         }
         let Some(e) = engine.upgrade() else { return };
-        e.reclaim.background_compact(&settings);
+        if e.background_lease() {
+            e.reclaim.background_compact(&settings);
+        }
     }
 }

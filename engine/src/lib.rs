@@ -34,6 +34,7 @@ mod fs;
 pub mod fsck;
 pub mod holds;
 mod ids;
+pub mod lease;
 pub mod locks;
 pub mod losses;
 mod meta;

@@ -221,12 +221,13 @@ impl Session {
         let reporter: Arc<parking_lot::Mutex<Option<StagedReporter>>> = Arc::default();
         let beat = Arc::new(parking_lot::Mutex::new(rec.clone()));
         let thread = {
-            let (meta, stop, key, beat, reporter) = (
+            let (meta, stop, key, beat, reporter, id) = (
                 meta.clone(),
                 stop.clone(),
                 session_key(&rec.id),
                 beat.clone(),
                 reporter.clone(),
+                rec.id.clone(),
             );
             // A third of the timeout, to the millisecond: a 3 s timeout keeps a live session's
             // recorded heartbeat (whole seconds) at most 2 s old.
@@ -253,9 +254,12 @@ impl Session {
                             }
                             serde_json::to_vec(&*rec).expect("session serialises")
                         };
-                        if let Err(e) =
-                            meta.update(Durability::Durable, &mut |t| t.put(&key, &value))
-                        {
+                        // The leases this session holds run on with it.
+                        let renewed = meta.update(Durability::Durable, &mut |t| {
+                            t.put(&key, &value)?;
+                            crate::lease::renew_all(t, &id, timeout_s, now_s())
+                        });
+                        if let Err(e) = renewed {
                             crate::warn_limited!("session heartbeat failed: {e}");
                         }
                     }
@@ -309,16 +313,21 @@ impl Session {
             let _ = t.join();
         }
         let key = session_key(&self.rec.id);
+        let id = self.rec.id.clone();
         if left.bytes == 0 {
-            self.meta
-                .update(Durability::Durable, &mut |t| t.delete(&key))?;
+            self.meta.update(Durability::Durable, &mut |t| {
+                t.delete(&key)?;
+                crate::lease::release_all(t, &id)
+            })?;
         } else {
             let mut rec = self.rec.clone();
             rec.staged = left;
             rec.heartbeat_s = 0;
             let value = serde_json::to_vec(&rec).expect("session serialises");
-            self.meta
-                .update(Durability::Durable, &mut |t| t.put(&key, &value))?;
+            self.meta.update(Durability::Durable, &mut |t| {
+                t.put(&key, &value)?;
+                crate::lease::release_all(t, &id)
+            })?;
         }
         Ok(())
     }

@@ -281,17 +281,23 @@ fn exclusion(holder_path: &Path, other_path: &Path, holder_is_local: bool) {
     let waiter = std::thread::spawn({
         let f = f.try_clone().unwrap();
         move || {
-            let started = Instant::now();
-            let r = setlkw(&f, libc::F_WRLCK, 120, 10).map(|()| started.elapsed());
+            let r = setlkw(&f, libc::F_WRLCK, 120, 10).map(|()| Instant::now());
             (r, f)
         }
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(!waiter.is_finished(), "F_SETLKW got a held range");
+    // The waiter must get the range only after the child was told to let go (timed from here,
+    // not from the waiter's own start, which a busy machine can delay).
+    let releasing = Instant::now();
     child.release();
-    let (waited, f_clone) = waiter.join().unwrap();
-    let waited = waited.expect("F_SETLKW");
-    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    let (acquired, f_clone) = waiter.join().unwrap();
+    let acquired = acquired.expect("F_SETLKW");
+    assert!(
+        acquired >= releasing,
+        "F_SETLKW returned {:?} before the holder let go",
+        releasing - acquired
+    );
     // Now our locks (0..130 write, 200.. read) keep a child out of bytes 125..126.
     let c = fork_holder(holder_path, How::Posix { start: 125, len: 1 });
     assert_eq!(c.wait_locked(Duration::from_millis(300)), None);

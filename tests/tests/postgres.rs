@@ -494,3 +494,109 @@ fn a_file_unlinked_on_one_mount_stays_readable_where_it_is_open() {
     );
     a.unmount();
 }
+
+/// The volume's background lease in `status --meta --json`.
+fn background_lease(vol: &Volume) -> serde_json::Value {
+    let out = vol.spoolfs_run(["status", "--meta", &vol.meta_url, "--json"]);
+    out.assert_success();
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    v["background_lease"].clone()
+}
+
+#[test]
+fn background_work_runs_on_the_lease_holder_and_moves_when_it_dies() {
+    require_fuse!();
+    let pg = spoolfs_testkit::require_postgres!();
+    let vol = Volume::on_postgres(pg);
+    // A 9 s session: the holder's lease and session outlive its death by 5 s at least
+    // (renewed every 3 s; heartbeats are whole seconds).
+    let first = vol.mount_node("first", &["--session-timeout", "9"]);
+    let second = vol.mount_node("second", &["--session-timeout", "9"]);
+    let mut lease = serde_json::Value::Null;
+    wait_for(
+        "a mount to take the lease",
+        std::time::Duration::from_secs(10),
+        || {
+            lease = background_lease(&vol);
+            lease["in_force"] == true
+        },
+    );
+    let (holder, other) = if lease["mount_point"] == first.path().display().to_string() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(lease["mount_point"], holder.path().display().to_string());
+    let out = vol.spoolfs_run(["status", "--meta", &vol.meta_url]);
+    assert!(
+        out.stdout.contains("background lease")
+            && out.stdout.contains(&*holder.path().to_string_lossy()),
+        "{out}"
+    );
+    let here = |m: &Mount| {
+        let out = vol.spoolfs_run(["status".as_ref(), m.path().as_os_str()]);
+        out.assert_success();
+        out.stdout.contains("background work: here")
+    };
+    assert!(here(&holder) && !here(&other));
+    // Explicit collection on the other mount is refused, naming the holder.
+    let out = vol.spoolfs_run(["gc".as_ref(), other.path().as_os_str()]);
+    assert!(
+        !out.status.success(),
+        "gc on the mount without the lease: {out}"
+    );
+    assert!(out.stderr.contains("background lease"), "{out}");
+
+    // Data unlinked on the other mount is deleted by the holder.
+    let data = random_bytes(31, (2 << 20) + 3);
+    fs::write(other.join("gone"), &data).unwrap();
+    vol.spoolfs_run(["sync".as_ref(), other.path().as_os_str()])
+        .assert_success();
+    assert!(!vol.chunk_files().is_empty());
+    fs::remove_file(other.join("gone")).unwrap();
+    wait_for(
+        "the holder to delete the objects",
+        std::time::Duration::from_secs(15),
+        || vol.chunk_files().is_empty(),
+    );
+    assert_eq!(
+        background_lease(&vol)["mount_point"],
+        holder.path().display().to_string()
+    );
+
+    // The holder dies; data unlinked on the other mount stays until the lease lapses, then
+    // the other mount takes the lease over and deletes it.
+    fs::write(other.join("pending"), &data).unwrap();
+    vol.spoolfs_run(["sync".as_ref(), other.path().as_os_str()])
+        .assert_success();
+    let objects = vol.chunk_files().len();
+    assert!(objects > 0);
+    holder.kill9();
+    let killed_at = std::time::Instant::now();
+    fs::remove_file(other.join("pending")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(
+        killed_at.elapsed() < std::time::Duration::from_secs(4),
+        "too slow to check"
+    );
+    assert_eq!(
+        vol.chunk_files().len(),
+        objects,
+        "the mount without the lease deleted objects while the holder's lease ran"
+    );
+    wait_for(
+        "the other mount to take the lease and finish the deletes",
+        std::time::Duration::from_secs(30),
+        || vol.chunk_files().is_empty(),
+    );
+    let lease = background_lease(&vol);
+    assert_eq!(
+        lease["mount_point"],
+        other.path().display().to_string(),
+        "{lease}"
+    );
+    assert_eq!(lease["in_force"], true);
+    other.unmount();
+    // A clean unmount gives the lease up.
+    assert!(background_lease(&vol).is_null());
+}

@@ -739,13 +739,9 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             threads: args.pack_fetch_threads,
             dir_budget_bytes: args.dir_prefetch,
         },
-        // A read-only mount changes nothing in the object store. On a shared store several
-        // mounts would compact the same packs: compaction runs only when asked (`spoolfs gc
-        // --compact MOUNTPOINT` on one mount).
-        compaction: (args.background_compact
-            && !args.no_background_compact
-            && !args.read_only
-            && !shared)
+        // A read-only mount changes nothing in the object store. On a shared store the
+        // compactor runs only on the mount holding the volume's background lease.
+        compaction: (args.background_compact && !args.no_background_compact && !args.read_only)
             .then_some(spoolfs_engine::gc::CompactionSettings {
                 threshold: args.compact_threshold,
                 min_dead_bytes: args.compact_min_dead,

@@ -30,6 +30,19 @@ fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
     let sessions = spoolfs_engine::session::list(meta.as_ref())
         .with_context(|| format!("cannot list the sessions in {}", meta.describe()))?;
     let now = spoolfs_engine::session::now_s();
+    let mut lease = None;
+    meta.view(&mut |r| {
+        lease = spoolfs_engine::lease::read(r, spoolfs_engine::lease::BACKGROUND)?;
+        Ok(())
+    })
+    .with_context(|| format!("cannot read the background lease in {}", meta.describe()))?;
+    // The holder's session, if it is listed, and whether the lease is in force.
+    let lease_holder = lease
+        .as_ref()
+        .and_then(|l| sessions.iter().find(|s| s.id == l.holder));
+    let lease_in_force = lease
+        .as_ref()
+        .is_some_and(|l| !l.expired(now) && lease_holder.is_some_and(|s| s.is_live(now)));
     if json {
         let list: Vec<serde_json::Value> = sessions
             .iter()
@@ -47,6 +60,14 @@ fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
                 "volume_name": record.name,
                 "volume_uuid": record.uuid,
                 "sessions": list,
+                "background_lease": lease.as_ref().map(|l| serde_json::json!({
+                    "holder": l.holder,
+                    "host": lease_holder.map(|s| s.host.clone()),
+                    "mount_point": lease_holder.map(|s| s.mount_point.clone()),
+                    "acquired_s": l.acquired_s,
+                    "expires_s": l.expires_s,
+                    "in_force": lease_in_force,
+                })),
             })
         );
         return Ok(ExitCode::SUCCESS);
@@ -59,6 +80,28 @@ fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
     );
     if sessions.is_empty() {
         println!("  no sessions (not mounted anywhere)");
+    }
+    match (&lease, lease_holder) {
+        (None, _) => {
+            println!("  background lease (dead-slice deletes, compaction, orphan sweep): not held")
+        }
+        (Some(l), holder) => {
+            let who = match holder {
+                Some(s) => format!("session {} (host {}, at {})", s.id, s.host, s.mount_point),
+                None => format!("session {} (no longer listed)", l.holder),
+            };
+            let state = if lease_in_force {
+                format!(
+                    "expires in {}",
+                    human_secs(l.expires_s.saturating_sub(now) as f64)
+                )
+            } else {
+                "lapsed: the next mount to look takes it over".to_string()
+            };
+            println!(
+                "  background lease (dead-slice deletes, compaction, orphan sweep): {who}, {state}"
+            );
+        }
     }
     for s in &sessions {
         let staged = if s.staged.bytes == 0 {
@@ -361,6 +404,18 @@ pub fn describe(s: &MountStatus) -> String {
                 );
             }
             line("pending deletes:", e.pending_deletes.to_string());
+            if let Some(held) = e.background_lease {
+                line(
+                    "background work:",
+                    if held {
+                        "here (this mount holds the volume's background lease)".into()
+                    } else {
+                        "on the mount holding the volume's background lease (status --meta \
+                         URL names it)"
+                            .into()
+                    },
+                );
+            }
             line(
                 "objects:",
                 format!("{} put, {} got", e.objects_put, e.objects_got),
@@ -445,6 +500,7 @@ mod tests {
                     "cache_misses": 9,
                     "backpressure_events": 4,
                     "staging_bypassed_slices": 5,
+                    "background_lease": true,
                 }))
                 .unwrap(),
             ),
@@ -469,6 +525,7 @@ mod tests {
             "4.0 MiB",
             "1.0 KiB not yet",
             "pending deletes: 7",
+            "background work: here",
             "2.0 KiB in 2 slices, oldest 1.5 s",
             "io_uring, 1 MiB of 1 GiB",
             "upload rate:     1.0 KiB/s over the last 10 s, drains in about 2.0 s",

@@ -168,20 +168,13 @@ pub(crate) fn purge_if_unlinked(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaE
 
 /// At start: creates the root if the volume has none, and deletes the inodes unlinked while
 /// open when the volume was last mounted (nobody holds them now). A mount with a session of a
-/// shared volume (`session`) deletes those no live session holds, and the holds of dead
-/// sessions (see [`crate::holds::sweep`]); without one, only a mount that is the volume's only
-/// live session deletes them.
+/// shared volume (`session`) leaves them to the sweep under the background lease (see
+/// [`crate::holds::sweep`]); without one, only a mount that is the volume's only live session
+/// deletes them.
 pub(crate) fn init(t: &mut dyn KvTxn, session: Option<&str>) -> Result<(), MetaError> {
     schema::init_root(t)?;
-    if let Some(own) = session {
-        let swept = crate::holds::sweep(t, own, &|_| false)?;
-        if swept != Default::default() {
-            tracing::info!(
-                "dropped {} holds of dead sessions, deleted {} orphans nobody holds",
-                swept.dead_holds,
-                swept.orphans_freed
-            );
-        }
+    if session.is_some() {
+        // The mount holding the volume's background lease sweeps them (see `holds::sweep`).
         return Ok(());
     }
     if crate::session::live_in(t)?.len() > 1 {

@@ -9,6 +9,15 @@ use spoolfs_metadata::{KvRead, MetaError, prefix_end};
 use spoolfs_objects::{BLOCK_TRAILER_LEN, slice_blocks};
 use std::collections::HashMap;
 
+/// Which dead slices a collection takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeadScope {
+    /// All but those staged on another node.
+    All,
+    /// Only those staged in this node's own log.
+    OwnStaged,
+}
+
 /// What one collection of dead slices removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeadCollected {
@@ -26,12 +35,23 @@ impl Reclaimer {
         Ok(self.collect_dead(max)?.slices)
     }
 
+    /// Frees the dead slices staged in this mount's own log (their log space and records; they
+    /// have no objects), up to `max`: what a mount of a shared volume that does not hold the
+    /// background lease still does (the holder leaves them alone, see below).
+    pub fn collect_own_staged(&self, max: usize) -> Result<usize> {
+        Ok(self.collect_dead_in(max, DeadScope::OwnStaged)?.slices)
+    }
+
     /// [`Reclaimer::collect_garbage`], also counting the object bytes it deleted.
     pub fn collect_dead(&self, max: usize) -> Result<DeadCollected> {
+        self.collect_dead_in(max, DeadScope::All)
+    }
+
+    fn collect_dead_in(&self, max: usize, scope: DeadScope) -> Result<DeadCollected> {
         let _one = self.collecting.lock();
         let mut total = DeadCollected::default();
         while total.slices < max {
-            let batch = self.collect_dead_batch((max - total.slices).min(DEAD_BATCH))?;
+            let batch = self.collect_dead_batch((max - total.slices).min(DEAD_BATCH), scope)?;
             total.slices += batch.slices;
             total.object_bytes += batch.object_bytes;
             if batch.slices == 0 || self.stopping() {
@@ -53,10 +73,14 @@ impl Reclaimer {
     ///
     /// Interrupted anywhere (an error, a crash, an unmount), the batch is done again from the
     /// start: deleting an object twice is harmless, and nothing leaks.
-    fn collect_dead_batch(&self, limit: usize) -> Result<DeadCollected> {
+    fn collect_dead_batch(&self, limit: usize, scope: DeadScope) -> Result<DeadCollected> {
         // On a shared store a dead slice staged on another node is that node's to free: its
         // log space is there.
         let node_id = self.uploader.as_ref().map_or(0, |wb| wb.opts.node_id);
+        let own_only = scope == DeadScope::OwnStaged;
+        if own_only && node_id == 0 {
+            return Ok(DeadCollected::default());
+        }
         let (dead, places, emptied) = self.meta.view(|r| {
             let scanned = r.scan(schema::DEAD_PREFIX, &prefix_end(schema::DEAD_PREFIX), limit)?;
             let mut dead = Vec::with_capacity(scanned.len());
@@ -64,13 +88,17 @@ impl Reclaimer {
             for (key, value) in scanned {
                 let d: DeadSlice = schema::decode("dead slice", &value)?;
                 let id = dead_id(&key);
-                if node_id != 0
-                    && let Some(t) = r.get(&schema::staged_key(id))?
-                {
-                    let owner = schema::decode_staged(&t)?.owner;
-                    if owner != 0 && owner != node_id {
-                        continue;
-                    }
+                let owner = match node_id {
+                    0 => None,
+                    _ => match r.get(&schema::staged_key(id))? {
+                        Some(t) => Some(schema::decode_staged(&t)?.owner),
+                        None => None,
+                    },
+                };
+                let mine = owner == Some(node_id);
+                let elsewhere = owner.is_some_and(|o| o != 0 && o != node_id);
+                if elsewhere || (own_only && !mine) {
+                    continue;
                 }
                 places.push((id, d.size, locate_dead(r, id)?));
                 dead.push((key, value));
