@@ -331,8 +331,7 @@ fn exclusion(holder_path: &Path, other_path: &Path, holder_is_local: bool) {
 #[test]
 fn flock_and_fcntl_exclude_processes_on_one_mount() {
     require_fuse!();
-    let vol = Volume::new(Backend::File);
-    let m = vol.mount();
+    let m = Mount::of_new_volume(Backend::File);
     let path = m.join("locked");
     fs::write(&path, b"some bytes").unwrap();
     exclusion(&path, &path, true);
