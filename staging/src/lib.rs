@@ -491,6 +491,8 @@ pub struct StagingLog {
     append_timeout: Duration,
     /// Damage replay found, and the segments held out of use because of it.
     damage: Mutex<(Vec<LogDamage>, Vec<u32>)>,
+    /// See [`StagingLog::restarted`].
+    restarted: bool,
 }
 
 /// Requests one engine thread's queue holds before senders block.
@@ -921,6 +923,7 @@ impl StagingLog {
                 spares: Mutex::new(Some(spares)),
                 append_timeout: tuning.append_timeout,
                 damage: Mutex::new((damage, held)),
+                restarted: cuts.restarted(),
             },
             found,
         ))
@@ -1194,6 +1197,12 @@ impl StagingLog {
     /// segment is left as it is and tried again later. Set once; later calls are ignored.
     pub fn set_recycle_barrier(&self, barrier: segments::RecycleBarrier) {
         let _ = self.shared.recycle_barrier.set(barrier);
+    }
+
+    /// Whether the machine restarted (or that is not known) since the log was last open:
+    /// writes no flush covered may have been lost or torn by a power cut.
+    pub fn restarted(&self) -> bool {
+        self.restarted
     }
 
     /// Unreadable regions replay found in the middle of segments (see [`LogDamage`]).
