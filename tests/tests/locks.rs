@@ -353,8 +353,7 @@ fn flock_and_fcntl_exclude_processes_on_one_mount() {
 #[test]
 fn locks_exclude_across_two_mounts_of_a_postgres_volume_and_die_with_their_session() {
     require_fuse!();
-    let pg = spoolfs_testkit::require_postgres!();
-    let vol = Volume::on_postgres(pg);
+    let vol = Volume::on_postgres(spoolfs_testkit::require_postgres!());
     let a = vol.mount_node("a", &["--session-timeout", "3"]);
     let b = vol.mount_node("b", &[]);
     fs::write(a.join("shared"), b"locked across nodes").unwrap();
