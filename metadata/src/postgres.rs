@@ -383,6 +383,13 @@ impl PgStore {
 
     fn connect(&self) -> Result<Conn> {
         let client = self.connect_client()?;
+        // Serializable transactions lock what they read; a sequential scan (which the planner
+        // picks for a small table) locks the whole table, so that every concurrent write
+        // conflicts with it. Index scans lock only the pages they visit. (Engines without the
+        // setting refuse it; they have no such scans to avoid.)
+        let _ = self
+            .runtime
+            .block_on(client.batch_execute("SET enable_seqscan = off"));
         let stmts = self.runtime.block_on(async {
             let (get, get_many, scan, scan_back, upsert, delete) = futures::join!(
                 client.prepare("SELECT v FROM spoolfs_kv WHERE k = $1"),
@@ -487,6 +494,7 @@ impl PgStore {
                     }
                     attempt += 1;
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("PostgreSQL transaction runs again (attempt {attempt}): {why}");
                     std::thread::sleep(backoff(attempt));
                 }
                 (Some(other), _) => return Err(other.to_meta()),
@@ -696,8 +704,12 @@ impl PgTxn<'_> {
                 if self.begin == BEGIN_VIEW {
                     // Nothing to wait for: a read-only snapshot ends when the server gets it.
                     self.send_and_forget("COMMIT");
+                    self.began.set(false);
                 } else {
-                    self.round_trip(self.conn.client.batch_execute("COMMIT"))?;
+                    let committed = self.round_trip(self.conn.client.batch_execute("COMMIT"));
+                    // Committed or not, the transaction is over: nothing to roll back.
+                    self.began.set(false);
+                    committed?;
                 }
             }
             return Ok(());
@@ -730,6 +742,9 @@ impl PgTxn<'_> {
             let (u, d, c) = futures::join!(upsert, delete, commit);
             Ok((u, d, c))
         })?;
+        // `COMMIT` ended the transaction whatever happened (a failed one rolls back): a
+        // `ROLLBACK` after it would only draw "there is no transaction in progress".
+        self.began.set(false);
         // The first failure is the cause; later statements fail because of it, and a
         // `COMMIT` of a failed transaction is a rollback that reports success.
         for r in [
