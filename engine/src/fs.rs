@@ -1439,6 +1439,10 @@ impl Engine {
             upload_queue_slices: m.upload_queue_slices,
             backpressure_events: m.backpressure_waits,
             staging_bypassed_slices: m.staging_bypassed_slices,
+            background_lease: self
+                .lease
+                .as_ref()
+                .map(|l| l.seen.lock().is_some_and(|(_, held)| held)),
             staging_used_bytes: staging.map_or(0, |u| u.used_bytes),
             staging_capacity_bytes: staging.map_or(0, |u| u.capacity_bytes),
             engine_threads: m.engine_threads,

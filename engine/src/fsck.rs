@@ -268,15 +268,15 @@ pub fn check_offline(
             let scan = staging::scan_dir(&dir.join(sub), uuid).map_err(staging_err)?;
             for rec in &scan.records {
                 let at = if carried {
-                    if rec.header.meta_len == 0 {
+                    if rec.record.header.meta_len == 0 {
                         continue;
                     }
-                    rec.data_offset + u64::from(rec.header.len - rec.header.meta_len)
+                    rec.data_offset + u64::from(rec.record.header.len - rec.record.header.meta_len)
                 } else {
                     rec.data_offset
                 };
                 let mut head = [0u8; 16];
-                let n = (rec.header.len as usize).min(16);
+                let n = (rec.record.header.len as usize).min(16);
                 let ok = std::fs::File::open(&rec.path)
                     .and_then(|f| f.read_exact_at(&mut head[..n], at))
                     .is_ok();
@@ -657,15 +657,18 @@ fn check_log_damage(c: &mut Checker, log: &staging::LogScan) {
             None,
         );
     }
-    for r in log.records.iter().filter(|r| !r.damaged.is_empty()) {
+    for r in log.records.iter().filter(|r| !r.record.damaged.is_empty()) {
         c.find(
             "staging-damage",
             Severity::Error,
-            (r.header.ino != 0).then_some(r.header.ino),
+            (r.record.header.ino != 0).then_some(r.record.header.ino),
             format!(
                 "DATA LOSS: staged slice {} (segment {}, record at byte {}) fails its \
                  checksum over slice bytes {:?}",
-                r.header.slice_id, r.loc.segment, r.loc.offset, r.damaged
+                r.record.header.slice_id,
+                r.record.loc.segment,
+                r.record.loc.offset,
+                r.record.damaged
             ),
             None,
         );
@@ -968,8 +971,8 @@ fn check_data(
         .map(|l| {
             l.records
                 .iter()
-                .filter(|r| r.header.slice_id != 0)
-                .map(|r| (r.header.slice_id, r))
+                .filter(|r| r.record.header.slice_id != 0)
+                .map(|r| (r.record.header.slice_id, r))
                 .collect()
         })
         .unwrap_or_default();
@@ -1151,7 +1154,7 @@ fn check_staged_slice(
         return;
     }
     match in_log.get(&id) {
-        Some(r) if r.header.len - r.header.meta_len >= l.size => {}
+        Some(r) if r.record.header.len - r.record.header.meta_len >= l.size => {}
         _ => c.find(
             "staged-missing",
             Severity::Error,
@@ -1495,7 +1498,9 @@ fn check_orphans(
         let leaked: Vec<&LogRecord> = log
             .records
             .iter()
-            .filter(|r| r.header.slice_id != 0 && !s.staged.contains_key(&r.header.slice_id))
+            .filter(|r| {
+                r.record.header.slice_id != 0 && !s.staged.contains_key(&r.record.header.slice_id)
+            })
             .collect();
         c.stats.leaked_staging_records = leaked.len() as u64;
         c.stats.leaked_staging_bytes = leaked.iter().map(|r| r.bytes).sum();

@@ -251,6 +251,10 @@ pub struct EngineStatus {
     /// failed.
     #[serde(default)]
     pub staging_bypassed_slices: u64,
+    /// On a shared volume: whether this mount held the volume's background lease at its last
+    /// look (`None`: an exclusive volume, where the mount does all the work).
+    #[serde(default)]
+    pub background_lease: Option<bool>,
     #[serde(default)]
     pub staging_used_bytes: u64,
     #[serde(default)]

@@ -96,16 +96,54 @@ struct WalRecord {
 /// A write set: `(key, Some(value))` is a put, `(key, None)` a delete.
 type Writes = [(Vec<u8>, Option<Vec<u8>>)];
 
-/// [`WalRecord`] borrowing its writes (serialises to the same bytes).
+/// A [`WalRecord`] followed by the number through which the log was known flushed (every
+/// transaction up to it through the device cache) when the record was written. A reader
+/// that knows only [`WalRecord`] ignores the trailing field; a record written before it
+/// existed decodes as a [`WalRecord`] (with nothing known flushed).
+#[derive(Deserialize)]
+struct WalRecordFlushed {
+    epoch: u64,
+    seq: u64,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    flushed_through: u64,
+}
+
+/// [`WalRecordFlushed`] borrowing its writes (serialises to the same bytes).
 #[derive(Serialize)]
 struct WalRecordRef<'a> {
     epoch: u64,
     seq: u64,
     writes: &'a Writes,
+    flushed_through: u64,
 }
 
 pub fn encode_record(epoch: u64, seq: u64, writes: &Writes) -> Vec<u8> {
-    bincode::serialize(&WalRecordRef { epoch, seq, writes }).expect("records serialise")
+    encode_record_flushed(epoch, seq, writes, 0)
+}
+
+fn encode_record_flushed(epoch: u64, seq: u64, writes: &Writes, flushed_through: u64) -> Vec<u8> {
+    bincode::serialize(&WalRecordRef {
+        epoch,
+        seq,
+        writes,
+        flushed_through,
+    })
+    .expect("records serialise")
+}
+
+/// A record and the number it says was flushed (0 for a record without one).
+fn decode_record(bytes: &[u8]) -> bincode::Result<(WalRecord, u64)> {
+    match bincode::deserialize::<WalRecordFlushed>(bytes) {
+        Ok(r) => Ok((
+            WalRecord {
+                epoch: r.epoch,
+                seq: r.seq,
+                writes: r.writes,
+            },
+            r.flushed_through,
+        )),
+        Err(_) => bincode::deserialize::<WalRecord>(bytes).map(|r| (r, 0)),
+    }
 }
 
 /// The `(epoch, seq)` of an encoded record, without decoding its writes (`fsck` compares them
@@ -157,6 +195,10 @@ pub struct Recovery {
     pub replayed: usize,
     /// Sequence numbers replay went past without finding them (only when told of damage).
     pub missing: Vec<u64>,
+    /// Sequence numbers after the first gap that a power cut may explain (after a restart,
+    /// above what any record says was flushed), not applied: never acknowledged as
+    /// power-safe.
+    pub cut_short: usize,
     /// The epoch the replayed records belonged to.
     pub epoch: u64,
 }
@@ -183,6 +225,9 @@ pub struct WalStore {
     /// The lowest number given up without a log record or a durable commit (`u64::MAX`:
     /// none): replay stops there, so no later change is crash-safe.
     given_up: AtomicU64,
+    /// Every transaction numbered up to this is through the device cache (in the log or in
+    /// the inner store); written into each record (see [`WalRecordFlushed`]).
+    flushed_through: AtomicU64,
 }
 
 impl WalStore {
@@ -193,7 +238,7 @@ impl WalStore {
         log: Arc<dyn RecordLog>,
         records: Vec<(u64, Vec<u8>)>,
     ) -> Result<(WalStore, usize)> {
-        let (wal, recovery) = WalStore::recover_past_damage(inner, log, records, false)?;
+        let (wal, recovery) = WalStore::recover_past_damage(inner, log, records, false, false)?;
         Ok((wal, recovery.replayed))
     }
 
@@ -203,11 +248,15 @@ impl WalStore {
     /// it): it may be an acknowledged one whose record was damaged, and the records after it
     /// were acknowledged too. So with `damaged` replay goes on past a gap, applying every
     /// later record, and returns the numbers it could not find in [`Recovery::missing`].
+    /// `restarted`: the machine restarted since the logs were written, so a record that no
+    /// flush covered may be missing because of a power cut: replay goes past a missing
+    /// number only at or below the highest number a record says was flushed.
     pub fn recover_past_damage(
         inner: Arc<dyn KvStore>,
         log: Arc<dyn RecordLog>,
         records: Vec<(u64, Vec<u8>)>,
         damaged: bool,
+        restarted: bool,
     ) -> Result<(WalStore, Recovery)> {
         let mut missing = Vec::new();
         let mut applied = 0;
@@ -218,9 +267,13 @@ impl WalStore {
             Ok(())
         })?;
         let mut decoded: Vec<(WalRecord, u64)> = Vec::new();
+        let mut flushed_through = 0u64;
         for (handle, bytes) in records {
-            match bincode::deserialize::<WalRecord>(&bytes) {
-                Ok(rec) if rec.epoch == epoch => decoded.push((rec, handle)),
+            match decode_record(&bytes) {
+                Ok((rec, flushed)) if rec.epoch == epoch => {
+                    flushed_through = flushed_through.max(flushed);
+                    decoded.push((rec, handle))
+                }
                 Ok(_) => log.free(handle),
                 Err(e) => tracing::warn!("skipping an undecodable namespace log record: {e}"),
             }
@@ -230,12 +283,24 @@ impl WalStore {
         decoded.sort_by_key(|(r, _)| (r.seq, !r.writes.is_empty()));
         let mut expected = applied + 1;
         let mut replayed = 0;
+        let mut cut_short = 0;
         for (rec, _) in decoded.iter().filter(|(r, _)| r.seq > applied) {
             if rec.seq < expected {
                 // A second copy: identical (a carried append reported failed but reached the
                 // device, and the record was logged again on its own), or the carried copy
                 // of a transaction whose commit failed after it was written.
                 continue;
+            }
+            if rec.seq != expected && damaged && restarted && expected > flushed_through {
+                // No record says the missing one was flushed: a power cut explains it (and
+                // nothing after it was acknowledged as power-safe).
+                cut_short = decoded.iter().filter(|(r, _)| r.seq >= expected).count();
+                tracing::warn!(
+                    "namespace log: sequence {expected} missing after a restart and never \
+                     flushed (a power cut); ignoring {cut_short} later record(s), none of \
+                     them acknowledged as power-safe"
+                );
+                break;
             }
             if rec.seq != expected && damaged {
                 tracing::error!(
@@ -293,10 +358,13 @@ impl WalStore {
                 progress_cv: Condvar::new(),
                 broken: AtomicBool::new(false),
                 given_up: AtomicU64::new(u64::MAX),
+                // Replay made everything up to `last` durable in the inner store.
+                flushed_through: AtomicU64::new(last),
             },
             Recovery {
                 replayed,
                 missing,
+                cut_short,
                 epoch,
             },
         ))
@@ -384,7 +452,12 @@ impl WalStore {
             // The record's device write runs while the inner store commits: with the
             // carrier's data, or else on its own in the namespace log.
             prefix_before = self.progress.lock().prefix;
-            let record = encode_record(self.epoch, seq, &writes);
+            let record = encode_record_flushed(
+                self.epoch,
+                seq,
+                &writes,
+                self.flushed_through.load(Ordering::SeqCst),
+            );
             if let Some(c) = carrier.as_deref_mut() {
                 match c.submit(seq, &record, durable) {
                     Ok(()) => early = Early::Carried,
@@ -441,13 +514,23 @@ impl WalStore {
             (Ok(()), None, Some(h)) => Ok(Some(h)),
             (Ok(()), None, None) => self
                 .log
-                .append(&encode_record(self.epoch, seq, &writes))
+                .append(&encode_record_flushed(
+                    self.epoch,
+                    seq,
+                    &writes,
+                    self.flushed_through.load(Ordering::SeqCst),
+                ))
                 .map(Some),
             // An empty record is kept until the next recovery: once freed, a checkpoint
             // could leave the full copy as the only one with its number.
             (Err(_), _, _) => self
                 .log
-                .append(&encode_record(self.epoch, seq, &[]))
+                .append(&encode_record_flushed(
+                    self.epoch,
+                    seq,
+                    &[],
+                    self.flushed_through.load(Ordering::SeqCst),
+                ))
                 .map(|_| None),
         };
         match appended {
@@ -512,6 +595,9 @@ impl WalStore {
                     c.sync().map_err(io_err)?;
                 }
             }
+            // Every number up to ours was on the device (the prefix reached it) before the
+            // flush that covered ours.
+            self.flushed_through.fetch_max(seq, Ordering::SeqCst);
         }
         Ok(carried.is_some())
     }
@@ -561,7 +647,9 @@ impl KvStore for WalStore {
         // handed out; one device flush then covers it (and staged data written before).
         let last = self.next_seq.load(Ordering::SeqCst) - 1;
         self.wait_prefix(last);
-        self.log.sync().map_err(io_err)
+        self.log.sync().map_err(io_err)?;
+        self.flushed_through.fetch_max(last, Ordering::SeqCst);
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -890,6 +978,47 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("a change after the failed fallback blocked");
         assert!(r.unwrap_err().contains("remount"));
+    }
+
+    /// With damage in the logs replay goes past a missing number, but after a restart only
+    /// one that a later record says was flushed: one above that a power cut explains, and
+    /// nothing after it was acknowledged as power-safe.
+    #[test]
+    fn after_a_restart_replay_goes_past_a_gap_only_below_what_was_flushed() {
+        let rec = |seq: u64, flushed: u64| {
+            let writes = [(vec![b'k', seq as u8], Some(b"v".to_vec()))];
+            (seq, encode_record_flushed(0, seq, &writes, flushed))
+        };
+        // 2 was flushed (4 says so) and is missing: damage. 5 was never flushed.
+        let records = vec![rec(1, 0), rec(3, 0), rec(4, 3), rec(6, 3)];
+        for (restarted, applied, missing) in [
+            (true, vec![1u8, 3, 4], vec![2u64]),
+            (false, vec![1, 3, 4, 6], vec![2, 5]),
+        ] {
+            let base: Arc<dyn KvStore> = Arc::new(MemStore::default());
+            let log = Arc::new(MemLog::default());
+            let (wal, recovery) =
+                WalStore::recover_past_damage(base, log, records.clone(), true, restarted).unwrap();
+            assert_eq!(recovery.missing, missing, "restarted: {restarted}");
+            assert_eq!(recovery.cut_short, usize::from(restarted));
+            wal.view(&mut |r| {
+                for seq in 1..=6u8 {
+                    let want = applied.contains(&seq);
+                    assert_eq!(r.get(&[b'k', seq])?.is_some(), want, "seq {seq}");
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        // Records written before the field existed still decode (nothing known flushed).
+        let old = bincode::serialize(&WalRecord {
+            epoch: 0,
+            seq: 9,
+            writes: vec![],
+        })
+        .unwrap();
+        assert_eq!(decode_record(&old).unwrap().1, 0);
+        assert_eq!(record_position(&rec(7, 5).1), Some((0, 7)));
     }
 
     #[test]

@@ -962,7 +962,9 @@ pub fn open_staging(
     // metadata store takes them in memory and gets them in one transaction per checkpoint.
     let meta: Arc<dyn spoolfs_metadata::KvStore> =
         Arc::new(spoolfs_metadata::BufferedStore::new(meta));
-    let (wal, recovery) = crate::wal::WalStore::recover_past_damage(meta, ns, records, damaged)?;
+    let restarted = ns_log.restarted() || data_log.restarted();
+    let (wal, recovery) =
+        crate::wal::WalStore::recover_past_damage(meta, ns, records, damaged, restarted)?;
     if recovery.replayed > 0 {
         tracing::info!(
             "replay: {} namespace change(s) recovered from the log",

@@ -63,7 +63,7 @@ fn staged_record(f: &Fixture, ino: Ino) -> LogRecord {
         .unwrap()
         .records
         .into_iter()
-        .find(|r| r.header.ino == ino)
+        .find(|r| r.record.header.ino == ino)
         .expect("the file's record is in the log")
 }
 
@@ -92,7 +92,7 @@ fn one_bad_byte_in_staged_data_costs_only_that_record() {
     let victim = 6;
     let rec = staged_record(&f, files[victim].1);
     assert!(
-        rec.header.meta_len > 0,
+        rec.record.header.meta_len > 0,
         "the close carried its namespace change"
     );
     flip_byte(&rec.path, rec.data_offset + 32 * 1024);
@@ -235,12 +235,12 @@ fn damage_to_a_carried_change_loses_only_that_change() {
         let victim = 4;
         let rec = staged_record(&f, files[victim].1);
         let header_at = rec.data_offset - 4096;
-        assert_eq!(header_at, rec.loc.offset, "one 4 KiB header block");
+        assert_eq!(header_at, rec.record.loc.offset, "one 4 KiB header block");
         let at = match spot {
             Spot::CarriedChange => {
-                rec.data_offset + u64::from(rec.header.len - rec.header.meta_len / 2)
+                rec.data_offset + u64::from(rec.record.header.len - rec.record.header.meta_len / 2)
             }
-            Spot::RecordHeader => rec.loc.offset + 40,
+            Spot::RecordHeader => rec.record.loc.offset + 40,
         };
         flip_byte(&rec.path, at);
 

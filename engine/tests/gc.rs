@@ -162,6 +162,15 @@ fn write_files(e: &Engine, n: u64, len: impl Fn(u64) -> usize) -> BTreeMap<Strin
         .collect()
 }
 
+/// [`write_files`] on an engine with no uploader, stopped afterwards: everything is staged,
+/// and the next engine uploads it in one go (full packs).
+fn stage_files(f: &Fixture, n: u64, len: impl Fn(u64) -> usize) -> BTreeMap<String, Vec<u8>> {
+    let e = f.engine(0);
+    let model = write_files(&e, n, len);
+    drop(e);
+    model
+}
+
 fn read_file(e: &Engine, name: &str) -> Vec<u8> {
     read_all(e, e.lookup(ROOT_INO, name.as_bytes()).unwrap().ino)
 }
@@ -223,10 +232,7 @@ fn gc_reports_the_object_bytes_of_the_dead_slices_it_deletes() {
 #[test]
 fn compaction_rewrites_sparse_packs_and_every_live_file_reads_back() {
     let f = Fixture::new();
-    // Everything staged first (no uploader), then uploaded in one go: full packs.
-    let e = f.engine(0);
-    let mut model = write_files(&e, 300, |i| 500 + (i as usize * 131) % 4000);
-    drop(e);
+    let mut model = stage_files(&f, 300, |i| 500 + (i as usize * 131) % 4000);
     let e = f.engine(1);
     assert_eq!(e.drain_uploads(Some(Duration::from_secs(60))), 0);
     let packs_before = f.pack_files();
@@ -322,9 +328,7 @@ fn compaction_rewrites_sparse_packs_and_every_live_file_reads_back() {
 #[test]
 fn background_compactor_rewrites_sparse_packs() {
     let f = Fixture::new();
-    let e = f.engine(0);
-    let mut model = write_files(&e, 200, |i| 1000 + (i as usize * 37) % 3000);
-    drop(e);
+    let mut model = stage_files(&f, 200, |i| 1000 + (i as usize * 37) % 3000);
     let settings = |min_dead_bytes| CompactionSettings {
         threshold: 0.5,
         min_dead_bytes,

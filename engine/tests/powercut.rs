@@ -1,8 +1,8 @@
 //! Power-cut test of a writeback volume, without FUSE.
 //!
 //! One run per workload seed: a seeded sequence of file system operations (create, mkdir,
-//! writes and overwrites, truncate, rename, unlink, fsync of files and directories, uploads
-//! and dead-object collection in between) runs on an engine whose staging and namespace logs
+//! writes and overwrites, truncate, rename, unlink, chown, utimens, hard and symbolic links,
+//! fsync of files and directories, uploads and dead-object collection in between) runs on an engine whose staging and namespace logs
 //! sit on a [`SimDevice`], whose metadata store is a [`CrashStore`] and whose object store
 //! records every PUT and DELETE. All three number their events from one clock, and every
 //! operation notes the clock before and after it. Then, for many cut points `N`, the volume
@@ -52,7 +52,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const ME: Caller = Caller::ROOT;
 /// Workload seeds of the CI run (each cut before every one of its events).
@@ -192,7 +192,10 @@ fn objects_before(events: &[(u64, ObjEvent)], at: u64) -> BTreeMap<String, Bytes
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Node {
     Dir,
+    /// A file (several names may be hard links to one).
     File(usize),
+    /// A symbolic link and its target.
+    Symlink(String),
 }
 
 /// One file's contents in a reference state, and whether an fsync covers them.
@@ -200,6 +203,21 @@ enum Node {
 struct FileState {
     data: Arc<Vec<u8>>,
     fsynced: bool,
+    /// Owner and group (`chown`).
+    owner: (u32, u32),
+    /// The modification time `utimensat` set, until a write or truncate changes it.
+    mtime: Option<SystemTime>,
+}
+
+impl FileState {
+    fn new() -> FileState {
+        FileState {
+            data: Arc::new(Vec::new()),
+            fsynced: false,
+            owner: (0, 0),
+            mtime: None,
+        }
+    }
 }
 
 /// The file system after one operation.
@@ -253,6 +271,13 @@ enum Op {
     Checkpoint,
     /// Metadata checkpoints fail (a full or failing metadata disk) until turned off again.
     FailCheckpoints(bool),
+    Chown(String, u32, u32),
+    /// `utimensat` of the modification time, seconds since the epoch.
+    Utimens(String, u64),
+    /// A hard link: existing file, new name.
+    Link(String, String),
+    /// A symbolic link: its name, its target.
+    Symlink(String, String),
 }
 
 /// One operation as it ran: the clock before and after, and the state after it.
@@ -265,6 +290,13 @@ struct Step {
     /// A barrier for namespace changes (fsync of anything).
     barrier: bool,
     after: State,
+}
+
+/// A file's last name is gone: it is gone too (a hard link keeps it).
+fn forget_if_unlinked(s: &mut State, id: usize) {
+    if !s.names.values().any(|n| *n == Node::File(id)) {
+        s.files.remove(&id);
+    }
 }
 
 fn parent_and_name(path: &str) -> (&str, &str) {
@@ -357,7 +389,7 @@ fn pick(rng: &mut Rng, s: &State, faults: bool) -> Op {
     };
     loop {
         let any_file = |rng: &mut Rng| files[rng.below(files.len() as u64) as usize].clone();
-        let roll = rng.below(if faults { 106 } else { 100 });
+        let roll = rng.below(if faults { 116 } else { 110 });
         let op = match roll {
             0..=11 => fresh(rng, "f").map(Op::Create),
             12..=15 if dirs.len() < 4 => fresh(rng, "d").map(Op::Mkdir),
@@ -391,11 +423,12 @@ fn pick(rng: &mut Rng, s: &State, faults: bool) -> Op {
             }
             54..=61 if !files.is_empty() => {
                 let from = any_file(rng);
-                // Onto a fresh name or over another file.
+                // Onto a fresh name or over another file (not another link to the same one:
+                // that rename does nothing).
                 let to = if rng.below(2) == 0 {
                     fresh(rng, "f")
                 } else {
-                    Some(any_file(rng)).filter(|t| *t != from)
+                    Some(any_file(rng)).filter(|t| s.names[t] != s.names[&from])
                 };
                 to.map(|to| Op::Rename(from, to))
             }
@@ -407,7 +440,21 @@ fn pick(rng: &mut Rng, s: &State, faults: bool) -> Op {
             85..=90 => Some(Op::Upload),
             91..=94 => Some(Op::CollectGarbage),
             95..=99 => Some(Op::Checkpoint),
-            100..=105 => Some(Op::FailCheckpoints(rng.below(3) == 0)),
+            100..=101 if !files.is_empty() => Some(Op::Chown(
+                any_file(rng),
+                rng.below(3) as u32 * 1000,
+                rng.below(3) as u32 * 1000 + 1,
+            )),
+            102..=103 if !files.is_empty() => Some(Op::Utimens(
+                any_file(rng),
+                1_000_000_000 + rng.below(1_000_000),
+            )),
+            104..=106 if !files.is_empty() => {
+                let from = any_file(rng);
+                fresh(rng, "f").map(|to| Op::Link(from, to))
+            }
+            107..=109 => fresh(rng, "s").map(|p| Op::Symlink(p, format!("t{}", rng.below(1000)))),
+            110..=115 => Some(Op::FailCheckpoints(rng.below(3) == 0)),
             _ => None,
         };
         if let Some(op) = op {
@@ -429,7 +476,7 @@ fn apply(
     let parent = |p: &str| lookup_path(e, parent_and_name(p).0).expect("parent exists");
     let file_id = |s: &State, p: &str| match s.names[p] {
         Node::File(id) => id,
-        Node::Dir => unreachable!(),
+        _ => unreachable!(),
     };
     match op {
         Op::Create(p) => {
@@ -448,13 +495,7 @@ fn apply(
                     e.release(a.ino, fh)
                 });
             s.names.insert(p.clone(), Node::File(id));
-            s.files.insert(
-                id,
-                FileState {
-                    data: Arc::new(Vec::new()),
-                    fsynced: false,
-                },
-            );
+            s.files.insert(id, FileState::new());
             (r, false)
         }
         Op::Mkdir(p) => {
@@ -500,6 +541,7 @@ fn apply(
             }
             content[*offset as usize..end].copy_from_slice(&data);
             f.fsynced = *fsync;
+            f.mtime = None;
             (r, *fsync)
         }
         Op::Truncate(p, size) => {
@@ -518,6 +560,7 @@ fn apply(
             let f = s.files.get_mut(&id).unwrap();
             Arc::make_mut(&mut f.data).resize(*size as usize, 0);
             f.fsynced = false;
+            f.mtime = None;
             (r, false)
         }
         Op::Rename(from, to) => {
@@ -531,14 +574,14 @@ fn apply(
             );
             let node = s.names.remove(from).unwrap();
             if let Some(Node::File(old)) = s.names.insert(to.clone(), node) {
-                s.files.remove(&old);
+                forget_if_unlinked(s, old);
             }
             (r, false)
         }
         Op::Unlink(p) => {
             let r = e.unlink(&ME, parent(p), parent_and_name(p).1.as_bytes());
             if let Some(Node::File(id)) = s.names.remove(p) {
-                s.files.remove(&id);
+                forget_if_unlinked(s, id);
             }
             (r, false)
         }
@@ -568,6 +611,51 @@ fn apply(
             (r, true)
         }
         Op::CollectGarbage => (e.collect_garbage(usize::MAX).map(|_| ()), false),
+        Op::Chown(p, uid, gid) => {
+            let id = file_id(s, p);
+            let ino = lookup_path(e, p).expect("file exists");
+            let set = SetAttr {
+                uid: Some(*uid),
+                gid: Some(*gid),
+                ..Default::default()
+            };
+            let r = e.setattr(&ME, ino, &set).map(|_| ());
+            s.files.get_mut(&id).unwrap().owner = (*uid, *gid);
+            (r, false)
+        }
+        Op::Utimens(p, secs) => {
+            let id = file_id(s, p);
+            let ino = lookup_path(e, p).expect("file exists");
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(*secs);
+            let set = SetAttr {
+                mtime: Some(TimeSet::At(at)),
+                ..Default::default()
+            };
+            let r = e.setattr(&ME, ino, &set).map(|_| ());
+            s.files.get_mut(&id).unwrap().mtime = Some(at);
+            (r, false)
+        }
+        Op::Link(from, to) => {
+            let ino = lookup_path(e, from).expect("file exists");
+            let r = e
+                .link(&ME, ino, parent(to), parent_and_name(to).1.as_bytes())
+                .map(|_| ());
+            let node = s.names[from].clone();
+            s.names.insert(to.clone(), node);
+            (r, false)
+        }
+        Op::Symlink(p, target) => {
+            let r = e
+                .symlink(
+                    &ME,
+                    parent(p),
+                    parent_and_name(p).1.as_bytes(),
+                    target.as_bytes(),
+                )
+                .map(|_| ());
+            s.names.insert(p.clone(), Node::Symlink(target.clone()));
+            (r, false)
+        }
         // Durable metadata is no fsync of any file's data: not a barrier here.
         Op::Checkpoint => (e.checkpoint(), false),
         Op::FailCheckpoints(_) => unreachable!("applied by the workload to its store"),
@@ -737,8 +825,30 @@ fn record_ops(seed: u64, fixed: Option<&[Op]>) -> Recording {
 
 // ------------------------------------------------------------------ one cut
 
-/// A volume's contents: path → directory (`None`) or file contents.
-type Tree = BTreeMap<String, Option<Vec<u8>>>;
+/// What one name of a recovered volume is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File {
+        data: Vec<u8>,
+        owner: (u32, u32),
+        mtime: SystemTime,
+    },
+    Symlink(Vec<u8>),
+}
+
+impl Entry {
+    /// Bytes of a file, for reports.
+    fn len(&self) -> Option<usize> {
+        match self {
+            Entry::File { data, .. } => Some(data.len()),
+            _ => None,
+        }
+    }
+}
+
+/// A volume's contents: path → what is there.
+type Tree = BTreeMap<String, Entry>;
 
 /// What the recovered volume holds, and the inode number of every path.
 fn read_back(e: &Engine) -> (Tree, BTreeMap<String, Ino>) {
@@ -761,11 +871,17 @@ fn read_back(e: &Engine) -> (Tree, BTreeMap<String, Ino>) {
             };
             inos.insert(p.clone(), d.ino);
             if d.kind == FileKind::Dir {
-                out.insert(p.clone(), None);
+                out.insert(p.clone(), Entry::Dir);
                 todo.push((p, d.ino));
+            } else if d.kind == FileKind::Symlink {
+                let target = e
+                    .readlink(d.ino)
+                    .unwrap_or_else(|err| panic!("readlink of {p} failed: {err}"));
+                out.insert(p, Entry::Symlink(target));
             } else {
                 let fh = e.open(&ME, d.ino, libc::O_RDONLY).expect("open");
-                let size = e.getattr(d.ino).expect("getattr").size;
+                let attr = e.getattr(d.ino).expect("getattr");
+                let size = attr.size;
                 let mut data = Vec::with_capacity(size as usize);
                 while (data.len() as u64) < size {
                     let chunk = e
@@ -782,7 +898,14 @@ fn read_back(e: &Engine) -> (Tree, BTreeMap<String, Ino>) {
                     data.extend_from_slice(&chunk);
                 }
                 e.release(d.ino, fh).unwrap();
-                out.insert(p, Some(data));
+                out.insert(
+                    p,
+                    Entry::File {
+                        data,
+                        owner: (attr.uid, attr.gid),
+                        mtime: attr.mtime,
+                    },
+                );
             }
         }
     }
@@ -798,9 +921,22 @@ fn mismatch(got: &Tree, s: &State, written: &Written) -> Option<String> {
     }
     for (path, node) in &s.names {
         match (node, &got[path]) {
-            (Node::Dir, None) => {}
-            (Node::File(id), Some(data)) => {
+            (Node::Dir, Entry::Dir) => {}
+            (Node::Symlink(target), Entry::Symlink(got)) => {
+                if got != target.as_bytes() {
+                    return Some(format!("{path}: a symlink to {got:?}, expected {target:?}"));
+                }
+            }
+            (Node::File(id), Entry::File { data, owner, mtime }) => {
                 let f = &s.files[id];
+                if *owner != f.owner {
+                    return Some(format!("{path}: owner {owner:?}, expected {:?}", f.owner));
+                }
+                if let Some(want) = f.mtime
+                    && *mtime != want
+                {
+                    return Some(format!("{path}: mtime {mtime:?}, expected {want:?}"));
+                }
                 if data.len() != f.data.len() {
                     return Some(format!(
                         "{path}: {} bytes, expected {}",
@@ -852,8 +988,9 @@ fn broken_promise(
             continue;
         }
         match (node, got.get(path)) {
-            (Node::Dir, Some(None)) => {}
-            (Node::File(id), Some(Some(data))) => {
+            (Node::Dir, Some(Entry::Dir)) => {}
+            (Node::Symlink(t), Some(Entry::Symlink(g))) if g == t.as_bytes() => {}
+            (Node::File(id), Some(Entry::File { data, .. })) => {
                 let f = &first.files[id];
                 let unchanged = states[1..].iter().all(|s| s.files[id].data == f.data);
                 if unchanged && f.fsynced && data != f.data.as_ref() {
@@ -865,8 +1002,12 @@ fn broken_promise(
     }
     for (path, entry) in got {
         let fits = match entry {
-            None => states.iter().any(|s| s.names.get(path) == Some(&Node::Dir)),
-            Some(data) => {
+            Entry::Dir => states.iter().any(|s| s.names.get(path) == Some(&Node::Dir)),
+            Entry::Symlink(t) => {
+                let node = Node::Symlink(String::from_utf8_lossy(t).into_owned());
+                states.iter().any(|s| s.names.get(path) == Some(&node))
+            }
+            Entry::File { data, .. } => {
                 // The file by its inode: its name from one state, its contents from another.
                 let Some(&id) = inos.get(path).and_then(|i| written.files_by_ino.get(i)) else {
                     return Some(format!("{path} is a file nobody created"));
@@ -1040,7 +1181,8 @@ fn check_cut(
     match after {
         Err(e) => return Err(format!("a new file on the recovered volume failed: {e}")),
         Ok((mut after, _)) => {
-            if after.remove("probe") != Some(Some(vec![0xa5; 5000])) {
+            let probe = after.remove("probe");
+            if !matches!(&probe, Some(Entry::File { data, .. }) if *data == [0xa5; 5000]) {
                 return Err("a new file on the recovered volume reads back wrong".into());
             }
             if after != got {
@@ -1049,7 +1191,7 @@ fn check_cut(
                     .chain(after.keys())
                     .filter(|k| got.get(*k) != after.get(*k))
                     .map(|k| {
-                        let len = |m: &Tree| m.get(k).map(|e| e.as_ref().map(|d| d.len()));
+                        let len = |m: &Tree| m.get(k).map(Entry::len);
                         format!("{k}: {:?} bytes, then {:?}", len(&got), len(&after))
                     })
                     .collect();
@@ -1160,11 +1302,17 @@ fn run_seed(seed: u64, variants: u64, only: Option<(u64, u64)>, mode: Unflushed)
         .iter()
         .find(|s| s.failed)
         .map(|s| format!(", stopped at a failed {:?}", s.op));
+    let count = |f: fn(&Op) -> bool| rec.steps.iter().filter(|s| f(&s.op)).count();
     eprintln!(
-        "seed {seed} ({:?}): {} operations{}, events {first}..{last}, {} cuts",
+        "seed {seed} ({:?}): {} operations{} (chown {}, utimens {}, link {}, symlink {}), \
+         events {first}..{last}, {} cuts",
         faults_of(seed),
         rec.steps.len(),
         failed.unwrap_or_default(),
+        count(|o| matches!(o, Op::Chown(..))),
+        count(|o| matches!(o, Op::Utimens(..))),
+        count(|o| matches!(o, Op::Link(..))),
+        count(|o| matches!(o, Op::Symlink(..))),
         points.len()
     );
     for &(at, variant) in &points {

@@ -15,10 +15,11 @@ const USER: Caller = Caller {
     pid: 1,
 };
 
-impl Fixture {
-    fn engine(&self) -> Arc<Engine> {
-        self.start_engine(None, EngineConfig::default())
-    }
+/// An engine on a fresh volume, and the volume (which outlives the engine).
+fn volume_and_engine() -> (Fixture, Arc<Engine>) {
+    let f = Fixture::new();
+    let e = f.start_engine(None, EngineConfig::default());
+    (f, e)
 }
 
 /// A root-owned file `name`, readable and writable by everyone, with `perm`, and a
@@ -48,8 +49,7 @@ fn perm(e: &Engine, ino: Ino) -> u32 {
 
 #[test]
 fn a_write_by_another_user_after_roots_clears_set_id() {
-    let f = Fixture::new();
-    let e = f.engine();
+    let (_volume, e) = volume_and_engine();
     let (ino, user_fh) = setid_file(&e, b"f", 0o6777, &USER);
     let root_fh = e.open(&Caller::ROOT, ino, libc::O_RDWR).unwrap();
     // Root writes first: the bits stay.
@@ -65,8 +65,7 @@ fn a_write_by_another_user_after_roots_clears_set_id() {
 
 #[test]
 fn set_group_id_without_group_execute_stays() {
-    let f = Fixture::new();
-    let e = f.engine();
+    let (_volume, e) = volume_and_engine();
     let (ino, fh) = setid_file(&e, b"f", 0o6766, &USER);
     e.write(&USER, ino, fh, 0, b"user").unwrap();
     assert_eq!(perm(&e, ino), 0o2766);
@@ -76,8 +75,7 @@ fn set_group_id_without_group_execute_stays() {
 
 #[test]
 fn fallocate_by_another_user_clears_set_id_and_by_root_does_not() {
-    let f = Fixture::new();
-    let e = f.engine();
+    let (_volume, e) = volume_and_engine();
     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     for (i, mode) in [punch, 0, libc::FALLOC_FL_KEEP_SIZE]
         .into_iter()
@@ -115,8 +113,7 @@ fn fallocate_by_another_user_clears_set_id_and_by_root_does_not() {
 
 #[test]
 fn roots_write_keeps_set_id_and_drops_capabilities() {
-    let f = Fixture::new();
-    let e = f.engine();
+    let (_volume, e) = volume_and_engine();
     let (ino, fh) = setid_file(&e, b"f", 0o6755, &Caller::ROOT);
     e.setxattr(
         &Caller::ROOT,

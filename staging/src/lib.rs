@@ -320,6 +320,24 @@ pub struct Replayed {
     pub carried: Option<Vec<u8>>,
 }
 
+impl Replayed {
+    /// The record `r` a scan of segment `segment` found.
+    fn found(segment: u32, r: replay::ScannedRecord) -> Replayed {
+        Replayed {
+            header: r.rec.header,
+            loc: StagedLoc {
+                segment,
+                offset: r.offset,
+                len: r.rec.header.len,
+            },
+            seq: r.rec.meta.seq,
+            time_us: r.rec.meta.time_us,
+            damaged: r.damaged,
+            carried: r.carried,
+        }
+    }
+}
+
 /// Bytes of the log that fail their checks with records behind them: a damaged segment
 /// header, or a record whose header is unreadable (so neither its length nor its owner is
 /// known). Records whose header is readable but whose data is damaged are reported in
@@ -473,6 +491,8 @@ pub struct StagingLog {
     append_timeout: Duration,
     /// Damage replay found, and the segments held out of use because of it.
     damage: Mutex<(Vec<LogDamage>, Vec<u32>)>,
+    /// See [`StagingLog::restarted`].
+    restarted: bool,
 }
 
 /// Requests one engine thread's queue holds before senders block.
@@ -717,18 +737,7 @@ impl StagingLog {
             let mut oldest = u64::MAX;
             for r in scan.records {
                 oldest = oldest.min(r.rec.meta.time_us.max(1));
-                found.push(Replayed {
-                    header: r.rec.header,
-                    loc: StagedLoc {
-                        segment: i,
-                        offset: r.offset,
-                        len: r.rec.header.len,
-                    },
-                    seq: r.rec.meta.seq,
-                    time_us: r.rec.meta.time_us,
-                    damaged: r.damaged,
-                    carried: r.carried,
-                });
+                found.push(Replayed::found(i, r));
             }
             st.oldest_us.store(oldest, Ordering::SeqCst);
         }
@@ -914,6 +923,7 @@ impl StagingLog {
                 spares: Mutex::new(Some(spares)),
                 append_timeout: tuning.append_timeout,
                 damage: Mutex::new((damage, held)),
+                restarted: cuts.restarted(),
             },
             found,
         ))
@@ -1189,6 +1199,12 @@ impl StagingLog {
         let _ = self.shared.recycle_barrier.set(barrier);
     }
 
+    /// Whether the machine restarted (or that is not known) since the log was last open:
+    /// writes no flush covered may have been lost or torn by a power cut.
+    pub fn restarted(&self) -> bool {
+        self.restarted
+    }
+
     /// Unreadable regions replay found in the middle of segments (see [`LogDamage`]).
     pub fn damage(&self) -> Vec<LogDamage> {
         self.damage.lock().0.clone()
@@ -1233,19 +1249,13 @@ const _: () = assert!(PIECE_LEN == 65536);
 /// A valid record found by [`scan_dir`], with what an offline checker needs to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
-    pub header: RecordHeader,
-    pub loc: StagedLoc,
-    pub seq: u64,
-    pub time_us: u64,
+    /// The record as replay finds it.
+    pub record: Replayed,
     /// Bytes the record occupies in its segment (header, data, padding).
     pub bytes: u64,
     /// The segment file and the byte offset of the record's data in it.
     pub path: PathBuf,
     pub data_offset: u64,
-    /// As [`Replayed::damaged`]: slice data ranges that fail their CRC.
-    pub damaged: Vec<(u32, u32)>,
-    /// As [`Replayed::carried`].
-    pub carried: Option<Vec<u8>>,
 }
 
 /// What [`scan_dir`] found in a log directory.
@@ -1325,26 +1335,17 @@ pub fn scan_dir(dir: &std::path::Path, volume_uuid: [u8; 16]) -> Result<LogScan,
         }
         let align = u64::from(h.align);
         for r in scan.records {
-            let len = r.rec.header.len;
+            let (len, offset) = (r.rec.header.len, r.offset);
             out.records.push(LogRecord {
-                header: r.rec.header,
-                loc: StagedLoc {
-                    segment: i,
-                    offset: r.offset,
-                    len,
-                },
-                seq: r.rec.meta.seq,
-                time_us: r.rec.meta.time_us,
+                record: Replayed::found(i, r),
                 bytes: record_size(len, align),
                 path: path.clone(),
-                data_offset: r.offset + format::record_header_len(len, align),
-                damaged: r.damaged,
-                carried: r.carried,
+                data_offset: offset + format::record_header_len(len, align),
             });
         }
     }
-    out.records.sort_by_key(|r| (r.seq, r.loc));
-    out.records.dedup_by_key(|r| r.seq);
+    out.records.sort_by_key(|r| (r.record.seq, r.record.loc));
+    out.records.dedup_by_key(|r| r.record.seq);
     Ok(out)
 }
 

@@ -50,6 +50,7 @@ pub(crate) enum Request {
     Shutdown,
 }
 
+#[derive(Clone)]
 struct Active {
     segment: u32,
     generation: u64,
@@ -65,6 +66,7 @@ enum Status {
 
 struct Placed {
     buf: IoBuf,
+    seq: u64,
     segment: u32,
     offset: u64,
     len: u32,
@@ -89,6 +91,12 @@ pub(crate) struct Worker {
     /// Segments whose records are all freed but whose recycle barrier failed: tried again
     /// after the next batch.
     deferred: Vec<u32>,
+    /// Failed writes whose bytes may be on the device (a torn write) and not yet durably
+    /// overwritten: (segment, end offset, sequence number). The records placed over them
+    /// are appended from the failed one's offset; until a flush covers them past its end, a
+    /// power cut may lose them and bring the failed record back, so the log's
+    /// flushed-through number must stay below its number.
+    holes: Vec<(u32, u64, u64)>,
 }
 
 impl Worker {
@@ -108,6 +116,7 @@ impl Worker {
             active: [None, None],
             dirty: Vec::new(),
             deferred: Vec::new(),
+            holes: Vec::new(),
         }
     }
 
@@ -340,6 +349,7 @@ impl Worker {
         }
         placed.push(Placed {
             buf,
+            seq,
             segment: a.segment,
             offset: a.cursor,
             len,
@@ -510,6 +520,11 @@ impl Worker {
                     Ok(()) => Status::Written,
                     Err(e) => {
                         failed.push((placed[i].segment, placed[i].offset));
+                        self.holes.push((
+                            placed[i].segment,
+                            placed[i].offset + placed[i].buf.len() as u64,
+                            placed[i].seq,
+                        ));
                         Status::Failed(StagingError::io("staging write", e))
                     }
                 };
@@ -541,9 +556,19 @@ impl Worker {
         }
     }
 
-    /// Everything this thread wrote is through the device cache.
-    fn all_flushed(&self) {
-        self.shared.unflushed_from[self.index].store(u64::MAX, Ordering::SeqCst);
+    /// Everything this thread wrote is through the device cache: only failed writes not
+    /// yet overwritten past their end (by records now flushed) stay below the log's
+    /// flushed-through number. One in a segment no longer appended to is a torn tail.
+    fn all_flushed(&mut self) {
+        let active = self.active.clone();
+        self.holes.retain(|&(segment, end, _)| {
+            active
+                .iter()
+                .flatten()
+                .any(|a| a.segment == segment && a.cursor < end)
+        });
+        let floor = self.holes.iter().map(|h| h.2).min().unwrap_or(u64::MAX);
+        self.shared.unflushed_from[self.index].store(floor, Ordering::SeqCst);
     }
 
     fn flush(&mut self) -> Result<(), StagingError> {

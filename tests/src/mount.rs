@@ -155,10 +155,28 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// The volume a [`Mount`] serves: the test's own, or one the mount owns
+/// ([`Mount::of_new_volume`]) and drops after its teardown.
+enum Served<'v> {
+    Borrowed(&'v Volume),
+    Owned(Box<Volume>),
+}
+
+impl std::ops::Deref for Served<'_> {
+    type Target = Volume;
+
+    fn deref(&self) -> &Volume {
+        match self {
+            Served::Borrowed(v) => v,
+            Served::Owned(v) => v,
+        }
+    }
+}
+
 /// A mounted volume. Dropping it unmounts (`spoolfs umount`, falling back to a lazy unmount
 /// and aborting the FUSE connection) and reaps the mount process.
 pub struct Mount<'v> {
-    volume: &'v Volume,
+    volume: Served<'v>,
     mountpoint: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -177,8 +195,8 @@ impl<'v> Mount<'v> {
         self.mountpoint.join(rel)
     }
 
-    pub fn volume(&self) -> &'v Volume {
-        self.volume
+    pub fn volume(&self) -> &Volume {
+        &self.volume
     }
 
     pub fn is_daemon(&self) -> bool {
@@ -240,6 +258,16 @@ impl<'v> Mount<'v> {
     /// `spoolfs status MOUNTPOINT --json`: the status of this mount.
     pub fn status(&self) -> serde_json::Value {
         self.volume.status_json(&self.mountpoint)
+    }
+
+    /// Runs `spoolfs umount --no-wait MOUNTPOINT` (detach now, let the daemon finish its
+    /// uploads in the background) and returns its output.
+    pub fn unmount_no_wait(&self) -> CmdOutput {
+        self.volume.spoolfs_run([
+            OsStr::new("umount"),
+            self.mountpoint.as_os_str(),
+            OsStr::new("--no-wait"),
+        ])
     }
 
     /// The bytes staged and not yet uploaded, from [`Mount::status`].
@@ -398,6 +426,19 @@ impl<'v> Mount<'v> {
     }
 }
 
+impl Mount<'static> {
+    /// A foreground mount of a new formatted volume that only this mount uses: the volume
+    /// goes with the mount (after its teardown). For a test that mounts a volume once and
+    /// needs nothing of it beyond the mount.
+    pub fn of_new_volume(backend: Backend) -> Mount<'static> {
+        let volume = Served::Owned(Box::new(Volume::new(backend)));
+        match Mount::start(volume, MountOptions::default()) {
+            Ok(m) => m,
+            Err(e) => panic!("mount failed: {e}"),
+        }
+    }
+}
+
 impl Drop for Mount<'_> {
     fn drop(&mut self) {
         self.teardown();
@@ -523,7 +564,7 @@ impl Volume {
         let out = run(&mut cmd, Duration::from_secs(120));
         if !already && is_mounted(mountpoint) {
             let mut m = Mount {
-                volume: self,
+                volume: Served::Borrowed(self),
                 mountpoint: mountpoint.to_path_buf(),
                 child: None,
                 log: self.dir.path().join("unexpected-mount.log"),
@@ -538,27 +579,39 @@ impl Volume {
 
     /// Mounts; on failure returns a description with the mount process' output.
     pub fn try_mount_with(&self, opts: MountOptions) -> Result<Mount<'_>, String> {
+        Mount::start(Served::Borrowed(self), opts)
+    }
+}
+
+impl<'v> Mount<'v> {
+    /// Mounts `volume`; on failure returns a description with the mount process' output.
+    fn start(volume: Served<'v>, opts: MountOptions) -> Result<Mount<'v>, String> {
         let mountpoint = match &opts.mountpoint {
             Some(p) => p.clone(),
-            None => self.new_subdir("mnt"),
+            None => volume.new_subdir("mnt"),
         };
         let log = opts.log.clone().unwrap_or_else(|| {
-            let n = self.mounts.fetch_add(1, Ordering::Relaxed);
-            self.dir.path().join(format!("mount{n}.log"))
+            let n = volume.mounts.fetch_add(1, Ordering::Relaxed);
+            volume.dir.path().join(format!("mount{n}.log"))
         });
-        let args = self.mount_args(&mountpoint, &opts);
+        let args = volume.mount_args(&mountpoint, &opts);
+        let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| volume.cache_dir());
         let mut mount = Mount {
-            volume: self,
+            volume,
             mountpoint: mountpoint.clone(),
             child: None,
             log: log.clone(),
             daemon: opts.daemon,
-            cache_dir: opts.cache_dir.clone().unwrap_or_else(|| self.cache_dir()),
+            cache_dir,
             torn_down: false,
         };
         if opts.daemon {
             let out = run(
-                self.spoolfs().args(&args).envs(opts.env.iter().cloned()),
+                mount
+                    .volume
+                    .spoolfs()
+                    .args(&args)
+                    .envs(opts.env.iter().cloned()),
                 Duration::from_secs(120),
             );
             if let Err(e) = fs::write(&log, format!("{out}")) {
@@ -576,7 +629,7 @@ impl Volume {
             return Ok(mount);
         }
         let log_file = fs::File::create(&log).expect("create mount log");
-        let mut cmd = self.spoolfs();
+        let mut cmd = mount.volume.spoolfs();
         cmd.args(&args)
             .envs(opts.env.iter().cloned())
             .stdin(Stdio::null())

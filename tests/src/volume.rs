@@ -161,6 +161,14 @@ impl Volume {
         vol
     }
 
+    /// A new S3 volume whose mounts reach its server through a proxy (delays, faults, request
+    /// counts): see [`Volume::proxy_mounts`].
+    pub fn new_behind_proxy() -> (Volume, spoolfs_s3proxy::Proxy) {
+        let vol = Volume::new(Backend::S3);
+        let proxy = vol.proxy_mounts();
+        (vol, proxy)
+    }
+
     /// Starts a proxy in front of this S3 volume's server and makes every later mount talk
     /// to the server through it.
     pub fn proxy_mounts(&self) -> spoolfs_s3proxy::Proxy {

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 fn warmup_then_remount_reads_without_the_object_store() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let mut rng = Rng::new(7);
     let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     {
         let m = vol.mount();
+        let mut rng = Rng::new(7);
         for d in 0..3 {
             fs::create_dir(m.join(format!("tree/d{d}")).parent().unwrap()).ok();
             fs::create_dir(m.join(format!("tree/d{d}"))).unwrap();

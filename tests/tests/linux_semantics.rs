@@ -470,8 +470,7 @@ fn file_handles() {
 #[test]
 fn fallocate_beyond_free_space() {
     require_fuse!();
-    let v = Volume::new(Backend::File);
-    let m = v.mount();
+    let m = Mount::of_new_volume(Backend::File);
     let p = m.join("f");
     let f = OpenOptions::new()
         .create_new(true)

@@ -281,17 +281,23 @@ fn exclusion(holder_path: &Path, other_path: &Path, holder_is_local: bool) {
     let waiter = std::thread::spawn({
         let f = f.try_clone().unwrap();
         move || {
-            let started = Instant::now();
-            let r = setlkw(&f, libc::F_WRLCK, 120, 10).map(|()| started.elapsed());
+            let r = setlkw(&f, libc::F_WRLCK, 120, 10).map(|()| Instant::now());
             (r, f)
         }
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(!waiter.is_finished(), "F_SETLKW got a held range");
+    // The waiter must get the range only after the child was told to let go (timed from here,
+    // not from the waiter's own start, which a busy machine can delay).
+    let releasing = Instant::now();
     child.release();
-    let (waited, f_clone) = waiter.join().unwrap();
-    let waited = waited.expect("F_SETLKW");
-    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    let (acquired, f_clone) = waiter.join().unwrap();
+    let acquired = acquired.expect("F_SETLKW");
+    assert!(
+        acquired >= releasing,
+        "F_SETLKW returned {:?} before the holder let go",
+        releasing - acquired
+    );
     // Now our locks (0..130 write, 200.. read) keep a child out of bytes 125..126.
     let c = fork_holder(holder_path, How::Posix { start: 125, len: 1 });
     assert_eq!(c.wait_locked(Duration::from_millis(300)), None);
@@ -325,8 +331,7 @@ fn exclusion(holder_path: &Path, other_path: &Path, holder_is_local: bool) {
 #[test]
 fn flock_and_fcntl_exclude_processes_on_one_mount() {
     require_fuse!();
-    let vol = Volume::new(Backend::File);
-    let m = vol.mount();
+    let m = Mount::of_new_volume(Backend::File);
     let path = m.join("locked");
     fs::write(&path, b"some bytes").unwrap();
     exclusion(&path, &path, true);
@@ -348,8 +353,7 @@ fn flock_and_fcntl_exclude_processes_on_one_mount() {
 #[test]
 fn locks_exclude_across_two_mounts_of_a_postgres_volume_and_die_with_their_session() {
     require_fuse!();
-    let pg = spoolfs_testkit::require_postgres!();
-    let vol = Volume::on_postgres(pg);
+    let vol = Volume::on_postgres(spoolfs_testkit::require_postgres!());
     let a = vol.mount_node("a", &["--session-timeout", "3"]);
     let b = vol.mount_node("b", &[]);
     fs::write(a.join("shared"), b"locked across nodes").unwrap();

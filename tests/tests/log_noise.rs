@@ -11,8 +11,7 @@ const FILES: usize = 500;
 #[test]
 fn many_opens_leave_no_line_per_request() {
     require_fuse!();
-    let v = Volume::new(Backend::File);
-    let m = v.mount();
+    let m = Mount::of_new_volume(Backend::File);
     let dir = m.join("pkgs");
     fs::create_dir(&dir).unwrap();
     for i in 0..FILES {

@@ -361,10 +361,9 @@ fn plain_umount(path: &Path) {
 fn plain_umount_then_mount_again_ten_times() {
     require_fuse!();
     let helpers = Helpers::install();
-    let v = Volume::new(Backend::S3);
     // Every PUT held for a second: after each plain umount the daemon goes on writing out the
     // round's data, holding the metadata store, while the next mount starts.
-    let proxy = v.proxy_mounts();
+    let (v, proxy) = Volume::new_behind_proxy();
     proxy.add_fault(Fault::stall(Some(Duration::from_secs(1))).only(Method::Put));
     let mnt = v.new_subdir("mnt");
     let _detach = Detach(mnt.clone());

@@ -133,8 +133,7 @@ fn a_file_staged_on_another_node_reads_from_it_and_only_with_the_volume_secret()
 #[test]
 fn a_read_of_data_staged_on_a_killed_node_fails_after_the_peer_timeout_then_reads_back() {
     require_fuse!();
-    let pg = spoolfs_testkit::require_postgres!();
-    let vol = Volume::on_postgres(pg);
+    let vol = Volume::on_postgres(spoolfs_testkit::require_postgres!());
     let a = vol.mount_node("a", NO_UPLOAD);
     let b = vol.mount_node("b", &["--peer-timeout", "3"]);
     let data = random_bytes(21, (1 << 20) + 5);

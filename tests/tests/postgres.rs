@@ -186,8 +186,7 @@ const CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_millis(130
 #[test]
 fn two_mounts_of_one_postgres_volume_see_each_other() {
     require_fuse!();
-    let pg = spoolfs_testkit::require_postgres!();
-    let vol = Volume::on_postgres(pg);
+    let vol = Volume::on_postgres(spoolfs_testkit::require_postgres!());
     // Two mounts: separate processes with separate cache directories, as two nodes.
     let a = vol.mount_node("a", &[]);
     let b = vol.mount_node("b", &[]);
@@ -351,8 +350,7 @@ fn session_of(vol: &Volume, mount_point: &Path) -> serde_json::Value {
 #[test]
 fn a_killed_mount_with_staged_data_is_listed_dead_until_its_cache_dir_mounts_again() {
     require_fuse!();
-    let pg = spoolfs_testkit::require_postgres!();
-    let vol = Volume::on_postgres(pg);
+    let vol = Volume::on_postgres(spoolfs_testkit::require_postgres!());
     let cache_a = vol.new_subdir("cache-a");
     // Heartbeats every second; uploads held back so that the data stays staged.
     let opts = |cache: &Path, extra: &[&str]| MountOptions {
@@ -506,8 +504,7 @@ fn background_lease(vol: &Volume) -> serde_json::Value {
 #[test]
 fn background_work_runs_on_the_lease_holder_and_moves_when_it_dies() {
     require_fuse!();
-    let pg = spoolfs_testkit::require_postgres!();
-    let vol = Volume::on_postgres(pg);
+    let vol = Volume::on_postgres(spoolfs_testkit::require_postgres!());
     // A 9 s session: the holder's lease and session outlive its death by 5 s at least
     // (renewed every 3 s; heartbeats are whole seconds).
     let first = vol.mount_node("first", &["--session-timeout", "9"]);
@@ -533,6 +530,12 @@ fn background_work_runs_on_the_lease_holder_and_moves_when_it_dies() {
             && out.stdout.contains(&*holder.path().to_string_lossy()),
         "{out}"
     );
+    let here = |m: &Mount| {
+        let out = vol.spoolfs_run(["status".as_ref(), m.path().as_os_str()]);
+        out.assert_success();
+        out.stdout.contains("background work: here")
+    };
+    assert!(here(&holder) && !here(&other));
     // Explicit collection on the other mount is refused, naming the holder.
     let out = vol.spoolfs_run(["gc".as_ref(), other.path().as_os_str()]);
     assert!(

@@ -4,7 +4,6 @@
 //! back.
 
 use spoolfs_tests::*;
-use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,11 +27,13 @@ fn write_files(dir: &Path, n: u64) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// A daemon mount whose uploads wait (`SLOW_UPLOADS`), with an empty directory `d`.
-fn mount_slow_uploads(vol: &Volume) -> Mount<'_> {
+/// A daemon mount whose uploads wait (`SLOW_UPLOADS`), with `n` files of [`write_files`] in
+/// directory `d`: the mount, and the files' names and contents.
+fn mount_with_files(vol: &Volume, n: u64) -> (Mount<'_>, Vec<(PathBuf, Vec<u8>)>) {
     let m = vol.mount_daemon_slow_uploads();
     fs::create_dir(m.join("d")).unwrap();
-    m
+    let files = write_files(&m.join("d"), n);
+    (m, files)
 }
 
 /// Mounts on a fresh cache directory (refused unless the last mount stopped cleanly) and
@@ -63,8 +64,7 @@ fn sigterm(pid: u32) {
 fn sigterm_uploads_everything_and_unmounts() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = mount_slow_uploads(&vol);
-    let files = write_files(&m.join("d"), 40);
+    let (m, files) = mount_with_files(&vol, 40);
     assert!(m.staged_bytes() > 0, "the test needs staged data");
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
@@ -84,8 +84,7 @@ fn sigterm_uploads_everything_and_unmounts() {
 fn sigterm_while_busy_writes_out_then_detaches_and_refuses_changes() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = mount_slow_uploads(&vol);
-    let mut files = write_files(&m.join("d"), 10);
+    let (m, mut files) = mount_with_files(&vol, 10);
     // An open file keeps the mount busy; its first bytes are written but not closed.
     let first = b"written before the signal\n".to_vec();
     let mut open = fs::File::create(m.join("d/open")).unwrap();
@@ -116,15 +115,10 @@ fn sigterm_while_busy_writes_out_then_detaches_and_refuses_changes() {
 fn umount_no_wait_returns_at_once_and_the_daemon_finishes_uploading() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = mount_slow_uploads(&vol);
-    let files = write_files(&m.join("d"), 30);
+    let (m, files) = mount_with_files(&vol, 30);
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
-    let out = vol.spoolfs_run([
-        OsStr::new("umount"),
-        mp.as_os_str(),
-        OsStr::new("--no-wait"),
-    ]);
+    let out = m.unmount_no_wait();
     out.assert_success();
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(

@@ -34,6 +34,18 @@ fn write_files(dir: &Path, n: u64, seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// A daemon mount whose uploads wait (`SLOW_UPLOADS`), with 20 files of [`write_files`]
+/// from `seed` in directory `d`, still staged: the mount, and the files' names and contents.
+fn mount_with_staged_files(vol: &Volume, seed: u64) -> (Mount<'_>, Vec<(PathBuf, Vec<u8>)>) {
+    let m = vol.mount_daemon_slow_uploads();
+    let files = write_files(&m.join("d"), 20, seed);
+    assert!(
+        m.staged_bytes() > 0,
+        "the test needs staged data (seed {seed})"
+    );
+    (m, files)
+}
+
 fn signal(pid: u32, sig: i32) {
     // SAFETY: sending a signal has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
@@ -56,9 +68,7 @@ fn sigint_and_sighup_upload_everything_and_unmount() {
     require_fuse!();
     for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGHUP, "SIGHUP")] {
         let vol = Volume::new(Backend::File);
-        let m = vol.mount_daemon_slow_uploads();
-        let files = write_files(&m.join("d"), 20, sig as u64);
-        assert!(m.staged_bytes() > 0, "{name}: the test needs staged data");
+        let (m, files) = mount_with_staged_files(&vol, sig as u64);
         let pid = m.pid().expect("daemon pid");
         let mp = m.path().to_path_buf();
         signal(pid, sig);
@@ -110,9 +120,7 @@ fn check_only_the_same_cache_mounts(vol: &Volume, files: &[(PathBuf, Vec<u8>)]) 
 fn a_mount_with_another_cache_is_refused_after_a_crash() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = vol.mount_daemon_slow_uploads();
-    let files = write_files(&m.join("d"), 20, 3);
-    assert!(m.staged_bytes() > 0, "the test needs staged data");
+    let (m, files) = mount_with_staged_files(&vol, 3);
     m.kill9();
     check_only_the_same_cache_mounts(&vol, &files);
 }
@@ -122,8 +130,7 @@ fn a_mount_with_another_cache_is_refused_after_a_crash() {
 #[test]
 fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
     require_fuse!();
-    let vol = Volume::new(Backend::S3);
-    let proxy = vol.proxy_mounts();
+    let (vol, proxy) = Volume::new_behind_proxy();
     let m = vol.mount_with(MountOptions {
         daemon: true,
         extra_args: ["--shutdown-timeout", "2"]
@@ -161,20 +168,13 @@ fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
 #[test]
 fn a_crash_after_umount_no_wait_loses_nothing() {
     require_fuse!();
-    let vol = Volume::new(Backend::S3);
-    let proxy = vol.proxy_mounts();
-    let m = vol.mount_daemon_slow_uploads();
-    let files = write_files(&m.join("d"), 20, 13);
-    assert!(m.staged_bytes() > 0, "the test needs staged data");
+    let (vol, proxy) = Volume::new_behind_proxy();
+    let (m, files) = mount_with_staged_files(&vol, 13);
     // Every PUT stalls until the fault is cleared: the uploads cannot end before the kill.
     proxy.add_fault(Fault::stall(None).only(Method::Put));
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
-    let out = vol.spoolfs_run([
-        OsStr::new("umount"),
-        mp.as_os_str(),
-        OsStr::new("--no-wait"),
-    ]);
+    let out = m.unmount_no_wait();
     out.assert_success();
     assert!(!is_mounted(&mp), "still mounted after umount --no-wait");
     assert!(
@@ -193,9 +193,7 @@ fn a_crash_after_umount_no_wait_loses_nothing() {
 fn after_spoolfs_sync_the_object_store_alone_has_every_byte() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let m = vol.mount_daemon_slow_uploads();
-    let files = write_files(&m.join("d"), 20, 11);
-    assert!(m.staged_bytes() > 0, "the test needs staged data");
+    let (m, files) = mount_with_staged_files(&vol, 11);
     let out = vol.spoolfs_run([OsStr::new("sync"), m.path().as_os_str()]);
     out.assert_success();
     m.kill9();

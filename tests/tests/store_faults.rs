@@ -29,8 +29,7 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    let vol = Volume::new(Backend::S3);
-    let proxy = vol.proxy_mounts();
+    let (vol, proxy) = Volume::new_behind_proxy();
     // A little latency, so that requests overlap as they would against a real region.
     proxy.set_delay(Duration::from_millis(2));
     Rig { vol, proxy }

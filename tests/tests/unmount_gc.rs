@@ -34,8 +34,7 @@ fn content(seed: u64) -> Vec<u8> {
 
 /// A volume on S3 reached through a proxy that adds [`LATENCY`] to every request.
 fn slow_volume() -> (Volume, Proxy) {
-    let vol = Volume::new(Backend::S3);
-    let proxy = vol.proxy_mounts();
+    let (vol, proxy) = Volume::new_behind_proxy();
     proxy.set_delay(LATENCY);
     (vol, proxy)
 }
@@ -269,8 +268,7 @@ fn plain_umount_leaves_pending_deletes_to_the_next_mount() {
 #[test]
 fn umount_says_what_it_waits_for() {
     require_fuse!();
-    let vol = Volume::new(Backend::S3);
-    let proxy = vol.proxy_mounts();
+    let (vol, proxy) = Volume::new_behind_proxy();
     let m = vol.mount_with(MountOptions {
         // Uploads wait for company: everything is staged when the unmount starts.
         extra_args: vec!["--upload-delay=600".into()],

@@ -404,6 +404,18 @@ pub fn describe(s: &MountStatus) -> String {
                 );
             }
             line("pending deletes:", e.pending_deletes.to_string());
+            if let Some(held) = e.background_lease {
+                line(
+                    "background work:",
+                    if held {
+                        "here (this mount holds the volume's background lease)".into()
+                    } else {
+                        "on the mount holding the volume's background lease (status --meta \
+                         URL names it)"
+                            .into()
+                    },
+                );
+            }
             line(
                 "objects:",
                 format!("{} put, {} got", e.objects_put, e.objects_got),
@@ -488,6 +500,7 @@ mod tests {
                     "cache_misses": 9,
                     "backpressure_events": 4,
                     "staging_bypassed_slices": 5,
+                    "background_lease": true,
                 }))
                 .unwrap(),
             ),
@@ -512,6 +525,7 @@ mod tests {
             "4.0 MiB",
             "1.0 KiB not yet",
             "pending deletes: 7",
+            "background work: here",
             "2.0 KiB in 2 slices, oldest 1.5 s",
             "io_uring, 1 MiB of 1 GiB",
             "upload rate:     1.0 KiB/s over the last 10 s, drains in about 2.0 s",

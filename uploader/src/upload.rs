@@ -326,3 +326,153 @@ fn commit_and_release<C: Catalog>(
     }
     Ok(())
 }
+
+/// The objects of a slice that died while it was being uploaded (its `T` record deleted
+/// before the upload's commit) are deleted only after the metadata is made durable, and not
+/// at all when that fails: a power cut could otherwise bring back the slice after its only
+/// uploaded copy is gone. In the engine the collector makes a staged slice's death durable
+/// before it deletes the `T` record, so only this contract, tested here against a catalog
+/// that says every slice died, keeps a future path that deletes `T` records another way
+/// safe.
+#[cfg(test)]
+mod died_while_uploading {
+    use super::*;
+    use crate::{StagedRec, UploadOptions};
+    use parking_lot::Mutex;
+    use spoolfs_objects::{ObjectStorage, StorageConfig};
+    use spoolfs_staging::{RecordHeader, StagingConfig, StagingLog};
+    use std::sync::atomic::AtomicU64;
+
+    /// A catalog whose commits find every slice already dead, and which notes how many
+    /// objects were in the store each time the metadata was made durable.
+    struct EveryoneDied {
+        storage: Arc<ObjectStorage>,
+        next_pack: AtomicU64,
+        fail_durable: bool,
+        objects_when_durable: Mutex<Vec<usize>>,
+    }
+
+    impl Catalog for EveryoneDied {
+        type Error = std::io::Error;
+        fn block_size(&self) -> usize {
+            64 << 10
+        }
+        fn new_pack_id(&self) -> Result<u64, Self::Error> {
+            Ok(self.next_pack.fetch_add(1, Ordering::SeqCst))
+        }
+        fn commit_uploaded(
+            &self,
+            _slices: &[u64],
+            packs: &[PackUpload],
+        ) -> Result<(Vec<u64>, Vec<u64>), Self::Error> {
+            // No slice was still staged: no pack has a live slice.
+            Ok((Vec::new(), packs.iter().map(|p| p.pack).collect()))
+        }
+        fn cache_block(&self, _slice: u64, _index: u32, _data: &[u8]) {}
+        fn cache_pack(&self, _pack: u64, _object: &[u8]) {}
+        fn objects_put(&self, _count: u64) {}
+        fn stopping(&self) -> bool {
+            false
+        }
+        fn make_durable(&self) -> Result<(), Self::Error> {
+            let n = self.storage.list("").expect("list").len();
+            self.objects_when_durable.lock().push(n);
+            if self.fail_durable {
+                return Err(std::io::Error::other("metadata disk failing"));
+            }
+            Ok(())
+        }
+    }
+
+    /// Uploads one packed and one block slice that both died meanwhile; returns the catalog
+    /// and the objects left in the store.
+    fn upload_dead_slices(fail_durable: bool) -> (EveryoneDied, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StagingConfig::new(dir.path(), *b"upload-test-vol!");
+        config.segment_size = 8 << 20;
+        config.max_segments = 4;
+        config.threads = 1;
+        let (log, _) = StagingLog::open(config).unwrap();
+        let storage = Arc::new(
+            ObjectStorage::open(&StorageConfig {
+                url: "memory://".into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let opts = UploadOptions {
+            log: Arc::new(log),
+            writeback: true,
+            max_staging_bytes: 1 << 30,
+            max_staging_age: Duration::from_secs(3600),
+            max_staging_wait: Duration::from_secs(10),
+            upload_threads: 1,
+            segment_size: 8 << 20,
+            upload_delay: Duration::ZERO,
+            pack_size: 8 << 20,
+            upload_limit: 0,
+            namespace: None,
+            upload_buffer: 0,
+            node_id: 0,
+        };
+        let up = Uploader::new(opts, storage.clone(), 4);
+        let mut staged = Vec::new();
+        for (slice_id, len) in [(11u64, 5000usize), (12, 2 << 20)] {
+            let data = vec![slice_id as u8; len];
+            let header = RecordHeader {
+                ino: 2,
+                chunk: 0,
+                pos: 0,
+                slice_id,
+                len: len as u32,
+                meta_len: 0,
+            };
+            let loc = up.opts.log.append(&header, &data, false).unwrap();
+            let rec = StagedRec {
+                ino: 2,
+                chunk: 0,
+                size: len as u32,
+                segment: loc.segment,
+                offset: loc.offset,
+                staged_ns: 1,
+                owner: 0,
+            };
+            staged.push((slice_id, Staged::at(rec, loc)));
+        }
+        up.add(&staged);
+        let catalog = EveryoneDied {
+            storage: storage.clone(),
+            next_pack: AtomicU64::new(1000),
+            fail_durable,
+            objects_when_durable: Mutex::new(Vec::new()),
+        };
+        while upload_batch(&catalog, &up).unwrap() {}
+        let left = storage.list("").unwrap();
+        (catalog, left)
+    }
+
+    #[test]
+    fn objects_of_slices_that_died_while_uploading_go_after_the_metadata_is_durable() {
+        let (catalog, left) = upload_dead_slices(false);
+        let seen = catalog.objects_when_durable.lock().clone();
+        assert!(
+            seen.first().is_some_and(|&n| n >= 2),
+            "the metadata was not made durable while the dead slices' objects were still \
+             there (objects present at each durable point: {seen:?})"
+        );
+        assert!(
+            left.is_empty(),
+            "dead slices' objects left behind: {left:?}"
+        );
+    }
+
+    #[test]
+    fn objects_of_slices_that_died_while_uploading_stay_if_the_metadata_cannot_be_made_durable() {
+        let (_, left) = upload_dead_slices(true);
+        assert!(
+            left.len() >= 2,
+            "objects deleted although their slices' death may not survive a power cut: \
+             {left:?} left"
+        );
+    }
+}
