@@ -15,7 +15,7 @@ use crate::schema::{self, InodeRec};
 use crate::stop::StopSignal;
 use crate::types::*;
 use crate::volume::VolumeRecord;
-use crate::write::{FileState, WritePath};
+use crate::write::{FileState, KnownInode, WritePath};
 use crate::writeback::{StagingOptions, UploadCatalog};
 use parking_lot::{Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError};
@@ -239,6 +239,7 @@ impl Engine {
             counters: counters.clone(),
             stop: stop.clone(),
             block_size: volume.block_size as usize,
+            commit_turn: parking_lot::Mutex::new(()),
         });
         let write = WritePath {
             meta: meta.clone(),
@@ -381,14 +382,7 @@ impl Engine {
         {
             let st = state.read();
             if let Ok(fresh) = self.view(|r| schema::must_inode(r, ino)) {
-                let mut attr = to_attr(ino, &fresh, self.blksize());
-                if let Some(ov) = st.overlay() {
-                    attr.size = ov.size;
-                    attr.blocks = ov.size.div_ceil(512);
-                    attr.mtime = schema::from_ns(ov.mtime_ns);
-                    attr.ctime = schema::from_ns(ov.ctime_ns);
-                }
-                return attr;
+                return overlaid(to_attr(ino, &fresh, self.blksize()), &st);
             }
         }
         to_attr(ino, rec, self.blksize())
@@ -443,6 +437,12 @@ impl Engine {
     pub fn forget(&self, _ino: Ino, _nlookup: u64) {}
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        if let Some(state) = self.state_of(ino) {
+            // Open here: one read under the file's state lock (see `attr_of`).
+            let st = state.read();
+            let rec = self.view(|r| schema::must_inode(r, ino))?;
+            return Ok(overlaid(to_attr(ino, &rec, self.blksize()), &st));
+        }
         let rec = self.view(|r| schema::must_inode(r, ino))?;
         Ok(self.attr_of(ino, &rec))
     }
@@ -733,15 +733,15 @@ impl Engine {
     fn open_inner(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<(u64, InodeRec)> {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         // Pinned first: from here no drop of this mount's hold of the inode starts.
-        self.pin(ino, true);
+        let state = self.pin(ino, true);
         let rec = match self.read_and_hold(ino) {
-            Ok(rec) if rec.kind == FileKind::Dir && writing => {
+            Ok((rec, _)) if rec.kind == FileKind::Dir && writing => {
                 Err(FsError::new(libc::EISDIR, "is a directory"))
             }
             other => other,
         };
-        let rec = match rec {
-            Ok(rec) => rec,
+        let (rec, has_caps) = match rec {
+            Ok(read) => read,
             Err(e) => {
                 self.unpin(ino, true);
                 if let Some(h) = &self.holds {
@@ -762,24 +762,43 @@ impl Engine {
             }
             return Ok((fh, self.view(|r| schema::must_inode(r, ino))?));
         }
+        if writing && rec.kind == FileKind::File {
+            // The first write starts from the inode as this open read it (close-to-open).
+            state.write().set_known(KnownInode {
+                size: rec.size,
+                mtime_ns: rec.mtime_ns,
+                ctime_ns: rec.ctime_ns,
+                perm: rec.perm,
+                has_caps,
+            });
+        }
         Ok((fh, rec))
     }
 
     /// The inode being opened (pinned as an open handle). On a shared volume, also records this
     /// mount's hold of it, in the same transaction, unless it is recorded already: an open
-    /// costs one transaction either way.
-    fn read_and_hold(&self, ino: Ino) -> Result<InodeRec> {
+    /// costs one transaction either way. Also says whether the inode has capabilities (read
+    /// in the same round trip), which the first write must drop.
+    fn read_and_hold(&self, ino: Ino) -> Result<(InodeRec, bool)> {
+        let (inode_key, caps_key) = (
+            schema::inode_key(ino),
+            schema::xattr_key(ino, schema::CAPS_XATTR),
+        );
+        let read = |r: &dyn KvRead| -> Result<(InodeRec, bool), MetaError> {
+            r.prefetch(&[&inode_key, &caps_key], &[])?;
+            Ok((schema::must_inode(r, ino)?, r.get(&caps_key)?.is_some()))
+        };
         match &self.holds {
             Some(h) if h.need(ino) == HoldNeed::Write => {
-                let rec = self.update(|t| {
-                    let rec = schema::must_inode(t, ino)?;
+                let read = self.update(|t| {
+                    let read = read(t)?;
                     holds::put_hold(t, ino, &h.session)?;
-                    Ok(rec)
+                    Ok(read)
                 })?;
                 h.recorded(ino);
-                Ok(rec)
+                Ok(read)
             }
-            _ => self.view(|r| schema::must_inode(r, ino)),
+            _ => self.view(read),
         }
     }
 
@@ -796,7 +815,14 @@ impl Engine {
         let hold = self.holds.as_deref();
         match self.make_node_held(caller, parent, name, FileKind::File, mode, 0, &[], hold) {
             Ok((ino, rec)) => {
-                self.pin(ino, true);
+                // The first write starts from the inode as made here: no read of it.
+                self.pin(ino, true).write().set_known(KnownInode {
+                    size: rec.size,
+                    mtime_ns: rec.mtime_ns,
+                    ctime_ns: rec.ctime_ns,
+                    perm: rec.perm,
+                    has_caps: false,
+                });
                 if let Some(h) = hold {
                     h.recorded(ino);
                 }
@@ -817,6 +843,13 @@ impl Engine {
 
     fn state_of(&self, ino: Ino) -> Option<Arc<RwLock<FileState>>> {
         self.open.state_of(ino)
+    }
+
+    /// The inode is about to change here other than by a write: the next write reads it.
+    fn forget_known(&self, ino: Ino) {
+        if let Some(state) = self.state_of(ino) {
+            state.write().forget_known();
+        }
     }
 
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -1119,6 +1152,7 @@ impl Engine {
             // that the next write removes what is set now.
             self.flush_inode(ino)?;
         }
+        self.forget_known(ino);
         let acl = if acl::is_acl_name(name) {
             Some(acl::Acl::parse(value)?)
         } else {
@@ -1143,6 +1177,15 @@ impl Engine {
     /// The value; the front end answers size queries from its length.
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         namespace::check_xattr_name_len(name)?;
+        // The kernel asks for the capabilities before every write(2): a file being written
+        // here is known to have none (its first write dropped them).
+        if name == schema::CAPS_XATTR
+            && self
+                .state_of(ino)
+                .is_some_and(|s| s.read().surely_without_caps())
+        {
+            return Err(FsError::new(libc::ENODATA, "no such attribute"));
+        }
         self.view(|r| namespace::getxattr(r, ino, name))
     }
 
@@ -1152,6 +1195,7 @@ impl Engine {
 
     pub fn removexattr(&self, _caller: &Caller, ino: Ino, name: &[u8]) -> Result<()> {
         namespace::check_xattr_name_len(name)?;
+        self.forget_known(ino);
         self.update(|t| namespace::removexattr(t, ino, name))?;
         if name == schema::SYNC_UPLOAD_XATTR {
             self.write.sync_marks.write().remove(&ino);
@@ -1200,6 +1244,7 @@ impl Engine {
         if rec.kind != FileKind::File {
             return Err(FsError::new(libc::ENODEV, "not a regular file"));
         }
+        self.forget_known(ino);
         if matches!(mode, 0 | KEEP | PUNCH) {
             // Like ext4, which calls file_modified() for every mode.
             self.write.drop_privileges(caller, ino)?;
@@ -1487,7 +1532,23 @@ impl Engine {
         if batch.is_empty() {
             return;
         }
+        let keys: Vec<Vec<u8>> = batch.iter().map(|&ino| schema::inode_key(ino)).collect();
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+        let prefixes: Vec<(Vec<u8>, Vec<u8>)> = batch
+            .iter()
+            .map(|&ino| {
+                let p = holds::hold_prefix(ino);
+                let end = spoolfs_metadata::prefix_end(&p);
+                (p, end)
+            })
+            .collect();
+        let ranges: Vec<(&[u8], &[u8])> = prefixes
+            .iter()
+            .map(|(s, e)| (s.as_slice(), e.as_slice()))
+            .collect();
         let result = self.meta.store().update(Durability::Durable, &mut |t| {
+            // The whole batch's inodes and holds in one round trip on a networked store.
+            t.prefetch(&keys, &ranges)?;
             let mut freed = 0;
             for &ino in &batch {
                 freed += holds::drop_hold(t, ino, &h.session)? as u64;
@@ -1689,6 +1750,17 @@ const SHUTDOWN_JOIN_GRACE: Duration = Duration::from_secs(5);
 /// process exits without them). Nothing is lost with them: the metadata is closed to changes
 /// before the checkpoint, so a late upload cannot commit, and what it was uploading stays
 /// staged for the next mount with the same cache directory.
+/// `attr` with the buffered writes of the file (size and times) laid over it.
+fn overlaid(mut attr: Attr, state: &FileState) -> Attr {
+    if let Some(ov) = state.overlay() {
+        attr.size = ov.size;
+        attr.blocks = ov.size.div_ceil(512);
+        attr.mtime = schema::from_ns(ov.mtime_ns);
+        attr.ctime = schema::from_ns(ov.ctime_ns);
+    }
+    attr
+}
+
 fn join_background(threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
     let deadline = std::time::Instant::now() + grace;
     let mut busy = Vec::new();

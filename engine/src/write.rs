@@ -14,7 +14,7 @@ use crate::ids::IdAllocator;
 use crate::meta::Meta;
 use crate::namespace;
 use crate::reader::Counters;
-use crate::schema::{self, InodeRec, SliceRec, StagedRec};
+use crate::schema::{self, SliceRec, StagedRec};
 use crate::staging::{RecordHeader, StagedLoc};
 use crate::stop::StopSignal;
 use crate::types::*;
@@ -93,6 +93,21 @@ pub(crate) struct FileState {
     /// Set-id bits that the first write since the flush (by root) left and that a write by
     /// an unprivileged caller must still clear.
     setid_left: bool,
+    /// The inode as this mount just made it (a create), for the first write to start from
+    /// without reading it again. Forgotten at the first write, a flush, and any change of
+    /// the inode's attributes or extended attributes here.
+    known: Option<KnownInode>,
+}
+
+/// What the first write since a flush needs of its inode: the size and permission bits, and
+/// whether it has capabilities to drop.
+#[derive(Clone, Copy)]
+pub(crate) struct KnownInode {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub perm: u16,
+    pub has_caps: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -106,6 +121,23 @@ impl FileState {
     /// Size and times including the pending writes; `None` when nothing is pending.
     pub(crate) fn overlay(&self) -> Option<Overlay> {
         self.overlay
+    }
+
+    /// Records the inode as this mount has just made it (see [`FileState::known`]).
+    pub(crate) fn set_known(&mut self, known: KnownInode) {
+        self.known = Some(known);
+    }
+
+    /// The inode changed here: the next write reads it.
+    pub(crate) fn forget_known(&mut self) {
+        self.known = None;
+    }
+
+    /// Whether this mount knows the inode has no capabilities without asking the store:
+    /// writes are buffered (the first of them dropped any), or it has just made the inode.
+    /// (Another node setting them meanwhile is seen at the next open, as any change is.)
+    pub(crate) fn surely_without_caps(&self) -> bool {
+        self.overlay.is_some() || self.known.is_some_and(|k| !k.has_caps)
     }
 
     /// The pending runs of `chunk`, oldest first, as (position in the chunk, bytes): newer
@@ -164,20 +196,44 @@ impl WritePath {
     /// capabilities, and its set-user-id bit (set-group-id with group execute) when the
     /// caller is not root. Returns the inode as it was before; refuses anything but a regular
     /// file.
-    pub(crate) fn drop_privileges(&self, caller: &Caller, ino: Ino) -> Result<InodeRec> {
+    pub(crate) fn drop_privileges(&self, caller: &Caller, ino: Ino) -> Result<KnownInode> {
         let caps_key = schema::xattr_key(ino, schema::CAPS_XATTR);
-        let (rec, has_caps) = self
-            .meta
-            .view(|r| Ok((schema::must_inode(r, ino)?, r.get(&caps_key)?.is_some())))?;
+        let inode_key = schema::inode_key(ino);
+        let (rec, has_caps) = self.meta.view(|r| {
+            // Both in one round trip on a networked store.
+            r.prefetch(&[&inode_key, &caps_key], &[])?;
+            Ok((schema::must_inode(r, ino)?, r.get(&caps_key)?.is_some()))
+        })?;
         if rec.kind != FileKind::File {
             return Err(FsError::new(libc::EINVAL, "not a regular file"));
         }
-        let kill_setid = caller.uid != 0 && namespace::setid_to_clear(rec.perm);
-        if kill_setid || has_caps {
+        self.drop_known_privileges(
+            caller,
+            ino,
+            KnownInode {
+                size: rec.size,
+                mtime_ns: rec.mtime_ns,
+                ctime_ns: rec.ctime_ns,
+                perm: rec.perm,
+                has_caps,
+            },
+        )
+    }
+
+    /// [`Self::drop_privileges`] of an inode known to be as `known` says: a transaction only
+    /// when there is something to drop.
+    fn drop_known_privileges(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        known: KnownInode,
+    ) -> Result<KnownInode> {
+        let kill_setid = caller.uid != 0 && namespace::setid_to_clear(known.perm);
+        if kill_setid || known.has_caps {
             self.meta
                 .update(|t| namespace::drop_privileges(t, ino, kill_setid))?;
         }
-        Ok(rec)
+        Ok(known)
     }
 
     /// Buffers a write of `data` at `offset` in the inode's pending runs (the caller holds its
@@ -193,7 +249,10 @@ impl WritePath {
         if state.overlay.is_none() {
             // The first write since the last flush: capabilities are dropped here, once (a
             // setxattr of capabilities or a chmod flushes, so the next write comes back here).
-            let rec = self.drop_privileges(caller, ino)?;
+            let rec = match state.known.take() {
+                Some(known) => self.drop_known_privileges(caller, ino, known)?,
+                None => self.drop_privileges(caller, ino)?,
+            };
             state.setid_left = caller.uid == 0 && namespace::setid_to_clear(rec.perm);
             state.overlay = Some(Overlay {
                 size: rec.size,
@@ -277,6 +336,8 @@ impl WritePath {
         state: &mut FileState,
         durable: bool,
     ) -> Result<()> {
+        // Whatever follows a flush (an attribute change, more writes) reads the inode anew.
+        state.known = None;
         let Some(overlay) = state.overlay else {
             return Ok(());
         };

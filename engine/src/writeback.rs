@@ -334,6 +334,10 @@ pub(crate) struct UploadCatalog {
     pub counters: Arc<Counters>,
     pub stop: Arc<StopSignal>,
     pub block_size: usize,
+    /// Held by the commit of an upload: the upload threads record their work one at a time,
+    /// so that on a shared store they do not make each other run again (each commit reads
+    /// and deletes staged records next to the other's).
+    pub commit_turn: parking_lot::Mutex<()>,
 }
 
 impl Catalog for UploadCatalog {
@@ -348,7 +352,13 @@ impl Catalog for UploadCatalog {
     }
 
     fn commit_uploaded(&self, ids: &[u64], packs: &[PackUpload]) -> Result<(Vec<u64>, Vec<u64>)> {
+        let staged_keys: Vec<Vec<u8>> = ids.iter().map(|id| schema::staged_key(*id)).collect();
+        let staged_keys: Vec<&[u8]> = staged_keys.iter().map(|k| k.as_slice()).collect();
+        let _turn = self.commit_turn.lock();
         self.meta.update(|t| {
+            // The staged records in one round trip on a networked store: the shorter this
+            // transaction, the fewer writers it conflicts with.
+            t.prefetch(&staged_keys, &[])?;
             let mut done = Vec::new();
             for id in ids {
                 let key = schema::staged_key(*id);

@@ -13,9 +13,15 @@ fn median(mut v: Vec<u64>) -> u64 {
     v[v.len() / 2]
 }
 
-#[test]
-fn round_trips_of_a_create_and_a_close_on_postgres() {
-    let pg = spoolfs_testkit::require_postgres!();
+/// A mount of a fresh PostgreSQL volume as a shared mount runs it (staging, session, holds,
+/// shared locks), with uploads starting `upload_delay` after a close.
+struct SharedMount {
+    meta: Arc<dyn spoolfs_metadata::KvStore>,
+    engine: Arc<Engine>,
+    _dir: tempfile::TempDir,
+}
+
+fn shared_mount(pg: &spoolfs_testkit::pg::PgServer, upload_delay: Duration) -> SharedMount {
     let url = pg.url(&pg.new_database());
     let dir = tempfile::tempdir().unwrap();
     let storage = StorageConfig {
@@ -35,8 +41,7 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
     )
     .unwrap();
     let settings = StagingSettings {
-        // Nothing uploads while the round trips are counted (uploads commit too).
-        upload_delay: Duration::from_secs(3600),
+        upload_delay,
         ..StagingSettings::for_tests(dir.path().join("cache"))
     };
     let (engine_meta, staging) = open_staging(meta.clone(), &record, &settings).unwrap();
@@ -65,6 +70,20 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
         },
     )
     .unwrap();
+    SharedMount {
+        meta,
+        engine,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn round_trips_of_a_create_and_a_close_on_postgres() {
+    let pg = spoolfs_testkit::require_postgres!();
+    // Nothing uploads while the round trips are counted (uploads commit too).
+    let SharedMount {
+        meta, engine, _dir, ..
+    } = shared_mount(pg, Duration::from_secs(3600));
     let caller = Caller::ROOT;
     let (mut creates, mut closes, mut opens) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..40u64 {
@@ -126,6 +145,174 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
     assert!(
         median(opens) <= 2,
         "an open (inode read and hold) costs more than two round trips"
+    );
+    engine.shutdown().unwrap();
+}
+
+/// The requests the kernel sends for `echo x > f` and `stat missing` on a FUSE mount, replayed
+/// on the engine in the order the FUSE adapter makes its calls, each step's round trips and
+/// transactions counted.
+#[test]
+fn round_trips_of_the_fuse_requests_of_a_small_file_on_postgres() {
+    let pg = spoolfs_testkit::require_postgres!();
+    let SharedMount {
+        meta, engine, _dir, ..
+    } = shared_mount(pg, Duration::from_secs(3600));
+    let caller = Caller::ROOT;
+    #[derive(Default)]
+    struct Costs(std::collections::BTreeMap<&'static str, Vec<(u64, u64)>>);
+    let mut costs = Costs::default();
+    let mut step = |what: &'static str, f: &mut dyn FnMut()| {
+        let before = meta.stats();
+        f();
+        let after = meta.stats();
+        costs.0.entry(what).or_default().push((
+            after.round_trips - before.round_trips,
+            after.transactions - before.transactions,
+        ));
+    };
+    for i in 0..30u64 {
+        let name = format!("f{i}");
+        // open(O_CREAT): LOOKUP (a miss), then CREATE.
+        step("lookup of a missing name", &mut || {
+            let err = engine.lookup(ROOT_INO, name.as_bytes()).unwrap_err();
+            assert_eq!(err.errno(), libc::ENOENT);
+        });
+        let mut created = None;
+        step("create", &mut || {
+            created = Some(
+                engine
+                    .create(&caller, ROOT_INO, name.as_bytes(), 0o644, libc::O_WRONLY)
+                    .unwrap(),
+            );
+        });
+        let (attr, fh) = created.unwrap();
+        // write(2): the kernel asks for security.capability first (file_remove_privs).
+        step("getxattr security.capability", &mut || {
+            let err = engine
+                .getxattr(attr.ino, b"security.capability")
+                .unwrap_err();
+            assert_eq!(err.errno(), libc::ENODATA);
+        });
+        step("write", &mut || {
+            assert_eq!(engine.write(&caller, attr.ino, fh, 0, b"x\n").unwrap(), 2);
+        });
+        step("getattr of the open file", &mut || {
+            assert_eq!(engine.getattr(attr.ino).unwrap().size, 2);
+        });
+        // close(2): FLUSH (data, then the POSIX locks of the owner), RELEASE (then flock locks).
+        step("flush", &mut || {
+            engine.flush(attr.ino, fh).unwrap();
+            engine.locks().release_owner(attr.ino, 7).unwrap();
+        });
+        step("release", &mut || {
+            engine.release(attr.ino, fh).unwrap();
+            engine
+                .locks()
+                .release_handle(attr.ino, fh, Some(7))
+                .unwrap();
+        });
+        step("getattr", &mut || {
+            assert_eq!(engine.getattr(attr.ino).unwrap().size, 2);
+        });
+        step("lookup", &mut || {
+            assert_eq!(engine.lookup(ROOT_INO, name.as_bytes()).unwrap().size, 2);
+        });
+        // `echo y >> f`: an open for writing (its hold), then the write as above.
+        let mut opened = 0;
+        step("open for writing", &mut || {
+            opened = engine.open(&caller, attr.ino, libc::O_WRONLY).unwrap();
+        });
+        step("write after an open", &mut || {
+            let err = engine
+                .getxattr(attr.ino, b"security.capability")
+                .unwrap_err();
+            assert_eq!(err.errno(), libc::ENODATA);
+            assert_eq!(
+                engine.write(&caller, attr.ino, opened, 2, b"y\n").unwrap(),
+                2
+            );
+        });
+        engine.flush(attr.ino, opened).unwrap();
+        engine.release(attr.ino, opened).unwrap();
+        assert_eq!(engine.getattr(attr.ino).unwrap().size, 4);
+    }
+    let medians: std::collections::BTreeMap<&str, (u64, u64)> = costs
+        .0
+        .iter()
+        .map(|(what, v)| {
+            let rts = median(v.iter().map(|c| c.0).collect());
+            let txns = median(v.iter().map(|c| c.1).collect());
+            (*what, (rts, txns))
+        })
+        .collect();
+    for (what, (rts, txns)) in &medians {
+        eprintln!("{what}: {rts} round trips, {txns} transactions (median)");
+    }
+    // (round trips, transactions) each step may cost at most.
+    let bounds: &[(&str, (u64, u64))] = &[
+        ("lookup of a missing name", (1, 1)),
+        ("create", (2, 1)),
+        ("getxattr security.capability", (1, 1)),
+        ("write", (0, 0)),
+        ("getattr of the open file", (1, 1)),
+        ("flush", (2, 1)),
+        ("release", (0, 0)),
+        ("getattr", (1, 1)),
+        ("lookup", (2, 1)),
+        ("open for writing", (2, 1)),
+        ("write after an open", (0, 0)),
+    ];
+    for (what, (rts, txns)) in bounds {
+        let got = medians[what];
+        assert!(
+            got.0 <= *rts && got.1 <= *txns,
+            "{what}: {} round trips in {} transactions, expected at most {rts} in {txns}",
+            got.0,
+            got.1
+        );
+    }
+    engine.shutdown().unwrap();
+}
+
+/// One mount creating small files one after another while its uploader records uploads
+/// and its holds thread drops holds: nothing they commit may make the others run again more
+/// than rarely.
+#[test]
+fn a_create_loop_on_one_node_has_few_serialization_retries() {
+    let pg = spoolfs_testkit::require_postgres!();
+    let SharedMount {
+        meta, engine, _dir, ..
+    } = shared_mount(pg, Duration::from_millis(100));
+    let caller = Caller::ROOT;
+    let files = 300u64;
+    let before = meta.stats();
+    for i in 0..files {
+        let name = format!("f{i}");
+        let (attr, fh) = engine
+            .create(&caller, ROOT_INO, name.as_bytes(), 0o644, libc::O_WRONLY)
+            .unwrap();
+        engine
+            .write(&caller, attr.ino, fh, 0, format!("{i}\n").as_bytes())
+            .unwrap();
+        engine.flush(attr.ino, fh).unwrap();
+        engine.release(attr.ino, fh).unwrap();
+    }
+    assert_eq!(engine.drain_uploads(Some(Duration::from_secs(60))), 0);
+    let after = meta.stats();
+    let retries = after.retries - before.retries;
+    eprintln!(
+        "{files} files: {} transactions, {} round trips, {retries} retries",
+        after.transactions - before.transactions,
+        after.round_trips - before.round_trips
+    );
+    for i in 0..files {
+        let attr = engine.lookup(ROOT_INO, format!("f{i}").as_bytes()).unwrap();
+        assert_eq!(attr.size, format!("{i}\n").len() as u64);
+    }
+    assert!(
+        retries <= files / 10,
+        "{retries} serialization retries for {files} creates on one node"
     );
     engine.shutdown().unwrap();
 }

@@ -230,6 +230,27 @@ fn file_type(kind: FileKind) -> FileType {
     }
 }
 
+/// The attributes of a lookup reply that says "no such name" (inode 0).
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 pub(crate) fn to_file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
@@ -449,7 +470,20 @@ impl Filesystem for SpoolFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self.call(Op::Lookup, |e| e.lookup(parent.0, name.as_bytes()));
-        self.entry(reply, r);
+        match r {
+            // A negative entry: the kernel remembers the miss for the entry lifetime, so a
+            // path walk repeated at once (stat, then open) asks once. A create here replaces
+            // it at once; a name made on another node shows within the lifetime.
+            Err(e) if e == Errno::ENOENT && !self.entry_ttl.is_zero() => {
+                reply.entry_with_ttls(
+                    &Duration::ZERO,
+                    &self.entry_ttl,
+                    &negative_entry(),
+                    Generation(0),
+                );
+            }
+            r => self.entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

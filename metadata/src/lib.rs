@@ -121,9 +121,10 @@ pub trait KvRead {
         let _ = (keys, ranges);
         Ok(())
     }
-    /// On a store shared by many processes, a number that differs between them (chosen when
-    /// the store is opened): counters that every process updates are kept as one row per
-    /// shard, so that processes do not conflict on one row. `None` for an exclusive store.
+    /// On a store shared by many processes, a number that differs between them and between
+    /// transactions of one process running at once (a process draws its numbers when it opens
+    /// the store): counters that every process updates are kept as one row per shard, so that
+    /// writers do not conflict on one row. `None` for an exclusive store.
     fn counter_shard(&self) -> Option<u32> {
         None
     }

@@ -87,6 +87,10 @@ struct Statements {
 struct Conn {
     client: Client,
     stmts: Statements,
+    /// The counter shard of the transactions run on this connection (see
+    /// [`KvRead::counter_shard`]): one per connection slot, so that two transactions of this
+    /// process running at once never update the same counter row.
+    counter_shard: u32,
 }
 
 #[derive(Default)]
@@ -105,7 +109,8 @@ pub struct PgStore {
     /// Where the password came from, or why none was found (for authentication errors).
     password_note: String,
     idle: Mutex<Vec<Conn>>,
-    /// See [`KvRead::counter_shard`]: this process's, drawn at open.
+    /// See [`KvRead::counter_shard`]: this process's first, drawn at open; its connections
+    /// use it and the next `connections - 1` numbers.
     counter_shard: u32,
     /// Connections open (idle or in use).
     open: Mutex<usize>,
@@ -382,7 +387,19 @@ impl PgStore {
     }
 
     fn connect(&self) -> Result<Conn> {
+        // Slots are reused as connections come and go, so a process has at most
+        // `connections` counter rows (two live connections sharing one only costs conflicts).
+        let slot =
+            self.counters.connections.load(Ordering::Relaxed) % self.options.connections as u64;
+        let counter_shard = self.counter_shard.wrapping_add(slot as u32).max(1);
         let client = self.connect_client()?;
+        // Serializable transactions lock what they read; a sequential scan (which the planner
+        // picks for a small table) locks the whole table, so that every concurrent write
+        // conflicts with it. Index scans lock only the pages they visit. (Engines without the
+        // setting refuse it; they have no such scans to avoid.)
+        let _ = self
+            .runtime
+            .block_on(client.batch_execute("SET enable_seqscan = off"));
         let stmts = self.runtime.block_on(async {
             let (get, get_many, scan, scan_back, upsert, delete) = futures::join!(
                 client.prepare("SELECT v FROM spoolfs_kv WHERE k = $1"),
@@ -409,7 +426,11 @@ impl PgStore {
             })
         });
         let stmts = stmts.map_err(|e| Failure::from_pg(&e).to_meta())?;
-        Ok(Conn { client, stmts })
+        Ok(Conn {
+            client,
+            stmts,
+            counter_shard,
+        })
     }
 
     /// An idle connection, a new one while fewer than the limit are open, else waits for one.
@@ -487,6 +508,7 @@ impl PgStore {
                     }
                     attempt += 1;
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("PostgreSQL transaction runs again (attempt {attempt}): {why}");
                     std::thread::sleep(backoff(attempt));
                 }
                 (Some(other), _) => return Err(other.to_meta()),
@@ -696,8 +718,12 @@ impl PgTxn<'_> {
                 if self.begin == BEGIN_VIEW {
                     // Nothing to wait for: a read-only snapshot ends when the server gets it.
                     self.send_and_forget("COMMIT");
+                    self.began.set(false);
                 } else {
-                    self.round_trip(self.conn.client.batch_execute("COMMIT"))?;
+                    let committed = self.round_trip(self.conn.client.batch_execute("COMMIT"));
+                    // Committed or not, the transaction is over: nothing to roll back.
+                    self.began.set(false);
+                    committed?;
                 }
             }
             return Ok(());
@@ -730,6 +756,9 @@ impl PgTxn<'_> {
             let (u, d, c) = futures::join!(upsert, delete, commit);
             Ok((u, d, c))
         })?;
+        // `COMMIT` ended the transaction whatever happened (a failed one rolls back): a
+        // `ROLLBACK` after it would only draw "there is no transaction in progress".
+        self.began.set(false);
         // The first failure is the cause; later statements fail because of it, and a
         // `COMMIT` of a failed transaction is a rollback that reports success.
         for r in [
@@ -783,7 +812,7 @@ impl KvRead for PgTxn<'_> {
         self.scan_dir(start, end, limit, true)
     }
     fn counter_shard(&self) -> Option<u32> {
-        Some(self.store.counter_shard)
+        Some(self.conn.counter_shard)
     }
     fn prefetch(&self, keys: &[&[u8]], ranges: &[(&[u8], &[u8])]) -> Result<()> {
         // Only what is neither written by the transaction nor fetched already.

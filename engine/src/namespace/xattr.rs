@@ -104,9 +104,11 @@ pub(crate) fn setxattr(
 }
 
 pub(crate) fn getxattr(r: &dyn KvRead, ino: Ino, name: &[u8]) -> Result<Vec<u8>, MetaError> {
+    let key = schema::xattr_key(ino, name);
+    // Both in one round trip on a networked store.
+    r.prefetch(&[&schema::inode_key(ino), &key], &[])?;
     schema::must_inode(r, ino)?;
-    r.get(&schema::xattr_key(ino, name))?
-        .ok_or_else(no_attribute)
+    r.get(&key)?.ok_or_else(no_attribute)
 }
 
 pub(crate) fn listxattr(r: &dyn KvRead, ino: Ino) -> Result<Vec<Vec<u8>>, MetaError> {
