@@ -597,3 +597,74 @@ fn background_work_runs_on_the_lease_holder_and_moves_when_it_dies() {
     // A clean unmount gives the lease up.
     assert!(background_lease(&vol).is_null());
 }
+
+/// A counter of the mount's metrics endpoint at `addr` (`GET /metrics`).
+fn metric(addr: &str, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}")) as u64
+}
+
+/// Through the kernel: what `stat` of a missing name and `echo x > f` cost in database round
+/// trips and transactions on a shared volume (the mount's own metrics, background work
+/// included), and that a loop of small files on one node does not fight its own uploader.
+#[test]
+fn round_trips_of_small_files_through_fuse_on_postgres() {
+    require_fuse!();
+    let vol = Volume::on_postgres(spoolfs_testkit::require_postgres!());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let a = vol.mount_node("a", &["--metrics", &addr]);
+    fs::create_dir(a.join("d")).unwrap();
+    let rts = || metric(&addr, "spoolfs_metadata_round_trips_total");
+    let txns = || metric(&addr, "spoolfs_metadata_transactions_total");
+    let retries = || metric(&addr, "spoolfs_metadata_retries_total");
+
+    // A missing name looked up three times: one round trip, then the kernel's negative entry.
+    let before = rts();
+    for _ in 0..3 {
+        assert!(fs::metadata(a.join("d/missing")).is_err());
+    }
+    let missing = rts() - before;
+    assert!(
+        missing <= 3,
+        "three stats of a missing name cost {missing} round trips"
+    );
+
+    let files = 100u64;
+    let (rt0, tx0, re0) = (rts(), txns(), retries());
+    for i in 0..files {
+        fs::write(a.join(format!("d/f{i}")), format!("{i}\n")).unwrap();
+    }
+    let (rt, tx, re) = (rts() - rt0, txns() - tx0, retries() - re0);
+    eprintln!(
+        "{files} small files through FUSE: {rt} round trips, {tx} transactions, {re} retries \
+         (stat of a missing name 3x: {missing})"
+    );
+    // Per file, the kernel sends LOOKUP (a miss: 1), CREATE (2), GETXATTR and WRITE (0),
+    // GETATTR (1), FLUSH (2) and RELEASE (0): 6 round trips in 4 transactions, plus the
+    // background's hold drops and upload commits.
+    assert!(rt <= files * 8, "{rt} round trips for {files} files");
+    assert!(tx <= files * 6, "{tx} transactions for {files} files");
+    assert!(
+        re <= files / 5,
+        "{re} serialization retries for {files} files"
+    );
+    for i in 0..files {
+        assert_eq!(
+            fs::read(a.join(format!("d/f{i}"))).unwrap(),
+            format!("{i}\n").as_bytes()
+        );
+    }
+}
