@@ -292,8 +292,6 @@ impl Engine {
                 .unwrap_or_default();
             crate::writeback::replay_staged(&engine.meta, wb, &replayed)?;
         }
-        let weak = Arc::downgrade(&engine);
-        let stop = engine.stop.clone();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name)
@@ -303,17 +301,16 @@ impl Engine {
                     source,
                 })
         };
-        let mut threads = vec![spawn(
-            "spoolfs-bg".into(),
-            Box::new(move || background_loop(weak, stop)),
-        )?];
-        if engine.config.compaction.is_some() {
+        // The engine's own loops: each holds it weakly (it is dropped while they run) and
+        // watches its stop signal.
+        let spawn_engine_loop = |name: &str, body: fn(std::sync::Weak<Engine>, Arc<StopSignal>)| {
             let weak = Arc::downgrade(&engine);
             let stop = engine.stop.clone();
-            threads.push(spawn(
-                "spoolfs-compact".into(),
-                Box::new(move || compactor_loop(weak, stop)),
-            )?);
+            spawn(name.into(), Box::new(move || body(weak, stop)))
+        };
+        let mut threads = vec![spawn_engine_loop("spoolfs-bg", background_loop)?];
+        if engine.config.compaction.is_some() {
+            threads.push(spawn_engine_loop("spoolfs-compact", compactor_loop)?);
         }
         if let Some(wb) = engine.writeback.as_ref() {
             for i in 0..wb.opts.upload_threads {
@@ -326,12 +323,7 @@ impl Engine {
             }
         }
         if engine.holds.is_some() {
-            let weak = Arc::downgrade(&engine);
-            let stop = engine.stop.clone();
-            threads.push(spawn(
-                "spoolfs-holds".into(),
-                Box::new(move || holds_loop(weak, stop)),
-            )?);
+            threads.push(spawn_engine_loop("spoolfs-holds", holds_loop)?);
         }
         *engine.background.lock() = threads;
         Ok(engine)
@@ -477,24 +469,10 @@ impl Engine {
         Ok(rec.target)
     }
 
-    /// Creates an inode and its directory entry in one transaction.
+    /// Creates an inode and its directory entry in one transaction, also recording `hold`'s
+    /// hold of the new inode when there is one.
     #[allow(clippy::too_many_arguments)]
     fn make_node(
-        &self,
-        caller: &Caller,
-        parent: Ino,
-        name: &[u8],
-        kind: FileKind,
-        perm: u32,
-        rdev: u32,
-        target: &[u8],
-    ) -> Result<(Ino, InodeRec)> {
-        self.make_node_held(caller, parent, name, kind, perm, rdev, target, None)
-    }
-
-    /// [`Self::make_node`], also recording `hold`'s hold of the new inode.
-    #[allow(clippy::too_many_arguments)]
-    fn make_node_held(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -541,13 +519,13 @@ impl Engine {
                 "mknod cannot make this file type",
             ));
         }
-        let (ino, rec) = self.make_node(caller, parent, name, kind, mode, rdev, &[])?;
+        let (ino, rec) = self.make_node(caller, parent, name, kind, mode, rdev, &[], None)?;
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
     /// `mode`: permission bits, umask applied (or in `caller.umask`).
     pub fn mkdir(&self, caller: &Caller, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
-        let (ino, rec) = self.make_node(caller, parent, name, FileKind::Dir, mode, 0, &[])?;
+        let (ino, rec) = self.make_node(caller, parent, name, FileKind::Dir, mode, 0, &[], None)?;
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
@@ -564,8 +542,16 @@ impl Engine {
         if target.len() > SYMLINK_MAX {
             return Err(FsError::new(libc::ENAMETOOLONG, "symlink target too long"));
         }
-        let (ino, rec) =
-            self.make_node(caller, parent, name, FileKind::Symlink, 0o777, 0, target)?;
+        let (ino, rec) = self.make_node(
+            caller,
+            parent,
+            name,
+            FileKind::Symlink,
+            0o777,
+            0,
+            target,
+            None,
+        )?;
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
@@ -815,7 +801,7 @@ impl Engine {
     ) -> Result<(Attr, u64)> {
         // The new file is held by this mount from its creation (in the same transaction).
         let hold = self.holds.as_deref();
-        match self.make_node_held(caller, parent, name, FileKind::File, mode, 0, &[], hold) {
+        match self.make_node(caller, parent, name, FileKind::File, mode, 0, &[], hold) {
             Ok((ino, rec)) => {
                 // The first write starts from the inode as made here: no read of it.
                 self.pin(ino, true).write().set_known(KnownInode {

@@ -172,6 +172,11 @@ mod tests {
         out.unwrap()
     }
 
+    fn renew_all_now(meta: &Arc<dyn KvStore>, me: &str, ttl: u64, now: u64) {
+        meta.update(Durability::Durable, &mut |t| renew_all(t, me, ttl, now))
+            .unwrap();
+    }
+
     #[test]
     fn one_holder_until_it_expires_dies_or_lets_go() {
         let meta: Arc<dyn KvStore> = Arc::new(MemStore::default());
@@ -186,18 +191,12 @@ mod tests {
             matches!(take_now(&meta, &b_id, 30, now), Holder::Other(r, Some(_)) if r.holder == a_id)
         );
         // Renewal extends only the holder's.
-        meta.update(Durability::Durable, &mut |t| {
-            renew_all(t, &b_id, 30, now + 20)
-        })
-        .unwrap();
+        renew_all_now(&meta, &b_id, 30, now + 20);
         assert!(matches!(
             take_now(&meta, &b_id, 30, now + 29),
             Holder::Other(..)
         ));
-        meta.update(Durability::Durable, &mut |t| {
-            renew_all(t, &a_id, 30, now + 20)
-        })
-        .unwrap();
+        renew_all_now(&meta, &a_id, 30, now + 20);
         assert!(matches!(
             take_now(&meta, &b_id, 30, now + 49),
             Holder::Other(..)

@@ -827,6 +827,17 @@ mod tests {
         }
     }
 
+    /// Puts `key` = `value` in a transaction whose log record rides with `carrier`.
+    fn put_carried(
+        wal: &WalStore,
+        durability: Durability,
+        key: &[u8],
+        value: &[u8],
+        carrier: &mut MemCarrier,
+    ) -> Result<bool> {
+        wal.update_carried(durability, &mut |t| t.put(key, value), carrier)
+    }
+
     #[test]
     fn carried_records_replay_with_the_log_and_duplicates_are_skipped() {
         let base = Arc::new(MemStore::default());
@@ -835,13 +846,7 @@ mod tests {
         let mut carrier = MemCarrier::default();
         wal.update(Durability::Visible, &mut |t| t.put(b"a", b"1"))
             .unwrap();
-        let took = wal
-            .update_carried(
-                Durability::Durable,
-                &mut |t| t.put(b"b", b"2"),
-                &mut carrier,
-            )
-            .unwrap();
+        let took = put_carried(&wal, Durability::Durable, b"b", b"2", &mut carrier).unwrap();
         assert!(took);
         assert_eq!(carrier.records.len(), 1);
         assert!(
@@ -853,13 +858,7 @@ mod tests {
             refuse: true,
             ..Default::default()
         };
-        let took = wal
-            .update_carried(
-                Durability::Visible,
-                &mut |t| t.put(b"c", b"3"),
-                &mut refusing,
-            )
-            .unwrap();
+        let took = put_carried(&wal, Durability::Visible, b"c", b"3", &mut refusing).unwrap();
         assert!(!took);
         wal.update(Durability::Visible, &mut |t| t.put(b"d", b"4"))
             .unwrap();
@@ -892,11 +891,7 @@ mod tests {
         // The carrier writes the record while the store commits; the commit fails.
         base.fail_next_commit.store(true, Ordering::SeqCst);
         let mut carrier = MemCarrier::default();
-        let err = wal.update_carried(
-            Durability::Durable,
-            &mut |t| t.put(b"b", b"2"),
-            &mut carrier,
-        );
+        let err = put_carried(&wal, Durability::Durable, b"b", b"2", &mut carrier);
         assert!(err.is_err(), "the failed commit is reported");
         assert_eq!(
             carrier.discarded.len(),
@@ -934,14 +929,7 @@ mod tests {
         base.fail_next_commit.store(true, Ordering::SeqCst);
         log.failing.store(true, Ordering::SeqCst);
         let mut carrier = MemCarrier::default();
-        assert!(
-            wal.update_carried(
-                Durability::Visible,
-                &mut |t| t.put(b"d", b"4"),
-                &mut carrier
-            )
-            .is_err()
-        );
+        assert!(put_carried(&wal, Durability::Visible, b"d", b"4", &mut carrier).is_err());
         log.failing.store(false, Ordering::SeqCst);
         let refused = wal.update(Durability::Visible, &mut |t| t.put(b"e", b"5"));
         assert!(refused.unwrap_err().to_string().contains("remount"));

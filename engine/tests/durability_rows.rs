@@ -16,6 +16,8 @@
 //! not have: that the metadata store made nothing durable after the calls it checks, or that
 //! the same cuts lose what a call left unflushed.
 
+mod common;
+
 use spoolfs_engine::staging::{CutPlan, SimDevice, StagingDurability, Unflushed};
 use spoolfs_engine::writeback::{StagingSettings, open_staging};
 use spoolfs_engine::*;
@@ -122,19 +124,14 @@ impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let formatted: Arc<dyn KvStore> = Arc::new(MemStore::default());
-        let record = format_volume(
+        let record = common::format_test_volume(
             &formatted,
-            &FormatOptions {
-                name: "t".into(),
-                storage: StorageConfig {
-                    url: format!("file://{}", dir.path().join("objects").display()),
-                    ..Default::default()
-                },
-                block_size: 64 << 10,
-                force: false,
+            "t",
+            StorageConfig {
+                url: format!("file://{}", dir.path().join("objects").display()),
+                ..Default::default()
             },
-        )
-        .unwrap();
+        );
         let clock = Arc::new(AtomicU64::new(1));
         let meta = Arc::new(CrashStore::new(
             CrashStore::copy_of(formatted.as_ref()).unwrap(),
@@ -195,6 +192,13 @@ impl Rig {
     }
 
     /// The engine the test runs its calls on; nothing is made durable in the background.
+    /// A fresh rig and an engine on it in `mode`.
+    fn start(mode: Mode) -> (Rig, Arc<Engine>) {
+        let rig = Rig::new();
+        let e = rig.engine(mode);
+        (rig, e)
+    }
+
     fn engine(&self, mode: Mode) -> Arc<Engine> {
         self.engine_on(
             self.meta.clone(),
@@ -308,6 +312,33 @@ fn write_file(e: &Engine, path: &str, data: &[u8], close: bool) -> (Ino, u64) {
     (a.ino, fh)
 }
 
+/// Six files `{dir}f0` to `{dir}f5` of random bytes (seeds `seed` to `seed + 5`), the first
+/// `first` bytes long, each next one `step` bytes longer.
+fn six_files(dir: &str, seed: u64, first: usize, step: usize) -> Vec<(String, Vec<u8>)> {
+    (0..6)
+        .map(|i| {
+            (
+                format!("{dir}f{i}"),
+                random_bytes(seed + i, first + step * i as usize),
+            )
+        })
+        .collect()
+}
+
+/// Writes and closes each of `files`.
+fn write_files(e: &Engine, files: &[(String, Vec<u8>)]) {
+    for (path, data) in files {
+        write_file(e, path, data, true);
+    }
+}
+
+/// [`assert_reads`] for each of `files`.
+fn assert_files_read(e: &Engine, files: &[(String, Vec<u8>)], after: &str) {
+    for (path, data) in files {
+        assert_reads(e, path, data, after);
+    }
+}
+
 fn assert_reads(e: &Engine, path: &str, want: &[u8], after: &str) {
     match read_path(e, path) {
         Ok(got) => assert!(
@@ -327,8 +358,7 @@ fn assert_reads(e: &Engine, path: &str, want: &[u8], after: &str) {
 /// can bring the file back.
 #[test]
 fn writeback_close_survives_a_kernel_crash() {
-    let rig = Rig::new();
-    let e = rig.engine(Mode::Writeback);
+    let (rig, e) = Rig::start(Mode::Writeback);
     let start = rig.now();
     let data = random_bytes(1, 100_000);
     write_file(&e, "f", &data, true);
@@ -450,8 +480,7 @@ fn check_namespace_calls(e: &Engine, calls: &NamespaceCalls, after: &str) {
 #[test]
 fn namespace_calls_survive_a_kernel_crash() {
     for mode in [Mode::Writeback, Mode::Standard] {
-        let rig = Rig::new();
-        let e = rig.engine(mode);
+        let (rig, e) = Rig::start(mode);
         let calls = namespace_calls(&e, &rig);
         assert!(
             !rig.durable_commit_since(calls.start),
@@ -520,8 +549,7 @@ fn standard_mode_namespace_calls_are_durable_within_a_second() {
 fn standard_mode_close_and_fsync_survive_a_power_cut() {
     for fsync in [false, true] {
         let call = if fsync { "fsync" } else { "close" };
-        let rig = Rig::new();
-        let e = rig.engine(Mode::Standard);
+        let (rig, e) = Rig::start(Mode::Standard);
         e.mkdir(&ME, ROOT_INO, b"d", 0o755).unwrap();
         let data = random_bytes(4, 200_000);
         let other = if fsync {
@@ -588,8 +616,7 @@ const CUT_SEEDS: u64 = 12;
 fn durable_close_survives_a_power_cut() {
     let data = random_bytes(6, 40_000);
     for mode in [Mode::Writeback, Mode::DurableClose] {
-        let rig = Rig::new();
-        let e = rig.engine(mode);
+        let (rig, e) = Rig::start(mode);
         write_file(&e, "f", &data, true);
         let cut = rig.cut(e);
         let intact = intact_after_power_cuts(&rig, &cut, mode, &[("f", &data)], CUT_SEEDS);
@@ -616,8 +643,7 @@ fn durable_close_survives_a_power_cut() {
 #[test]
 fn fsync_and_fdatasync_survive_a_power_cut() {
     for datasync in [false, true] {
-        let rig = Rig::new();
-        let e = rig.engine(Mode::Writeback);
+        let (rig, e) = Rig::start(Mode::Writeback);
         let data = random_bytes(7, 40_000);
         let (ino, fh) = write_file(&e, "f", &data, false);
         e.fsync(ino, fh, datasync).unwrap();
@@ -642,8 +668,7 @@ fn fsync_and_fdatasync_survive_a_power_cut() {
 /// is durable: they survive the loss of the local disk.
 #[test]
 fn sync_upload_close_and_fsync_survive_the_loss_of_the_local_disk() {
-    let rig = Rig::new();
-    let e = rig.engine(Mode::Writeback);
+    let (rig, e) = Rig::start(Mode::Writeback);
     let ckpt = e.mkdir(&ME, ROOT_INO, b"ckpt", 0o755).unwrap().ino;
     e.setxattr(&ME, ckpt, b"user.spoolfs.sync_upload", b"1", XattrSet::Any)
         .unwrap();
@@ -667,20 +692,10 @@ fn sync_upload_close_and_fsync_survive_the_loss_of_the_local_disk() {
 /// and the metadata pointing at it is durable; it survives the loss of the local disk.
 #[test]
 fn sync_survives_the_loss_of_the_local_disk() {
-    let rig = Rig::new();
-    let e = rig.engine(Mode::Writeback);
+    let (rig, e) = Rig::start(Mode::Writeback);
     e.mkdir(&ME, ROOT_INO, b"d", 0o755).unwrap();
-    let files: Vec<(String, Vec<u8>)> = (0..6)
-        .map(|i| {
-            (
-                format!("d/f{i}"),
-                random_bytes(20 + i, 10_000 + 30_000 * i as usize),
-            )
-        })
-        .collect();
-    for (path, data) in &files {
-        write_file(&e, path, data, true);
-    }
+    let files = six_files("d/", 20, 10_000, 30_000);
+    write_files(&e, &files);
     // One more still open, written but not closed.
     let open = random_bytes(30, 25_000);
     write_file(&e, "d/open", &open, false);
@@ -692,9 +707,7 @@ fn sync_survives_the_loss_of_the_local_disk() {
         .unwrap();
     let cut = rig.cut(e);
     let e = rig.recover(&cut, Failure::DiskLost, Mode::Writeback);
-    for (path, data) in &files {
-        assert_reads(&e, path, data, "sync, then the loss of the local disk");
-    }
+    assert_files_read(&e, &files, "sync, then the loss of the local disk");
     assert_reads(&e, "d/open", &open, "sync, then the loss of the local disk");
     e.shutdown().unwrap();
 }
@@ -705,19 +718,9 @@ fn sync_survives_the_loss_of_the_local_disk() {
 #[test]
 fn unmount_survives_the_loss_of_the_local_disk() {
     for mode in [Mode::Writeback, Mode::Standard] {
-        let rig = Rig::new();
-        let e = rig.engine(mode);
-        let files: Vec<(String, Vec<u8>)> = (0..6)
-            .map(|i| {
-                (
-                    format!("f{i}"),
-                    random_bytes(40 + i, 5_000 + 40_000 * i as usize),
-                )
-            })
-            .collect();
-        for (path, data) in &files {
-            write_file(&e, path, data, true);
-        }
+        let (rig, e) = Rig::start(mode);
+        let files = six_files("", 40, 5_000, 40_000);
+        write_files(&e, &files);
         // A change no close covers.
         e.setattr(
             &ME,
@@ -738,9 +741,7 @@ fn unmount_survives_the_loss_of_the_local_disk() {
         let cut = rig.cut(e);
         let e = rig.recover(&cut, Failure::DiskLost, mode);
         let after = format!("{mode:?}: unmount, then the loss of the local disk");
-        for (path, data) in &files {
-            assert_reads(&e, path, data, &after);
-        }
+        assert_files_read(&e, &files, &after);
         assert_eq!(
             e.getattr(ROOT_INO).unwrap().perm,
             0o711,
@@ -755,8 +756,7 @@ fn unmount_survives_the_loss_of_the_local_disk() {
 #[test]
 fn a_write_is_visible_to_other_readers_at_once() {
     for mode in [Mode::Writeback, Mode::Standard] {
-        let rig = Rig::new();
-        let e = rig.engine(mode);
+        let (_rig, e) = Rig::start(mode);
         let data = random_bytes(50, 70_000);
         let (ino, _writer) = write_file(&e, "f", &data, false);
         assert_eq!(

@@ -3,10 +3,12 @@
 //! it and its objects; a hold whose session dies is dropped by the other mount's sweep, which
 //! then deletes the orphan. Also counts the round trips of an open and a close.
 
+mod common;
+
 use spoolfs_engine::locks::SharedLocks;
 use spoolfs_engine::session::Session;
 use spoolfs_engine::writeback::{StagingSettings, open_staging};
-use spoolfs_engine::{Caller, Engine, EngineConfig, FormatOptions, ROOT_INO, StorageConfig};
+use spoolfs_engine::{Caller, Engine, EngineConfig, ROOT_INO, StorageConfig};
 use spoolfs_metadata::{KvStore, prefix_end};
 use std::path::Path;
 use std::sync::Arc;
@@ -103,16 +105,7 @@ fn a_file_unlinked_on_one_node_stays_readable_where_it_is_open() {
         ..Default::default()
     };
     let meta = spoolfs_metadata::format_store(&url).unwrap();
-    let record = spoolfs_engine::format_volume(
-        &meta,
-        &FormatOptions {
-            name: "holds".into(),
-            storage: storage.clone(),
-            block_size: 64 << 10,
-            force: false,
-        },
-    )
-    .unwrap();
+    let record = common::format_test_volume(&meta, "holds", storage.clone());
     let timeout = Duration::from_secs(2);
     let a = start_node(&meta, &record, &storage, &dir.path().join("ca"), timeout);
     let b = start_node(&meta, &record, &storage, &dir.path().join("cb"), timeout);
@@ -124,23 +117,11 @@ fn a_file_unlinked_on_one_node_stays_readable_where_it_is_open() {
     let data: Vec<Vec<u8>> = (0..2)
         .map(|i| spoolfs_testkit::random_bytes(i, 200_000 + i as usize))
         .collect();
-    let mut inos = Vec::new();
-    for (i, d) in data.iter().enumerate() {
-        let (attr, fh) = a
-            .engine
-            .create(
-                &caller,
-                ROOT_INO,
-                format!("f{i}").as_bytes(),
-                0o644,
-                libc::O_WRONLY,
-            )
-            .unwrap();
-        a.engine.write(&caller, attr.ino, fh, 0, d).unwrap();
-        a.engine.flush(attr.ino, fh).unwrap();
-        a.engine.release(attr.ino, fh).unwrap();
-        inos.push(attr.ino);
-    }
+    let inos: Vec<_> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| common::create_file(&a.engine, &format!("f{i}"), d))
+        .collect();
     a.engine.sync_to_object_store(None, &mut |_, _| {}).unwrap();
     // A's holds go off the close path, a moment later.
     wait_until("A's holds to go", Duration::from_secs(5), || {

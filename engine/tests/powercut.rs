@@ -708,19 +708,14 @@ fn record_ops(seed: u64, fixed: Option<&[Op]>) -> Recording {
     let dir = scratch_dir();
     let clock = Arc::new(AtomicU64::new(1));
     let formatted: Arc<dyn KvStore> = Arc::new(MemStore::default());
-    let record = format_volume(
+    let record = common::format_test_volume(
         &formatted,
-        &FormatOptions {
-            name: "t".into(),
-            storage: StorageConfig {
-                url: "memory://".into(),
-                ..Default::default()
-            },
-            block_size: 64 << 10,
-            force: false,
+        "t",
+        StorageConfig {
+            url: "memory://".into(),
+            ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let meta = Arc::new(CrashStore::new(
         CrashStore::copy_of(formatted.as_ref()).unwrap(),
         clock.clone(),

@@ -278,6 +278,20 @@ impl StagingConfig {
             volume_uuid,
         }
     }
+
+    /// A small log for tests: 4 segments of `segment_size` bytes, one engine thread.
+    pub fn for_tests(
+        dir: impl Into<PathBuf>,
+        volume_uuid: [u8; 16],
+        segment_size: u64,
+    ) -> StagingConfig {
+        StagingConfig {
+            segment_size,
+            max_segments: 4,
+            threads: 1,
+            ..StagingConfig::new(dir, volume_uuid)
+        }
+    }
 }
 
 /// What a record is about; `len` is the number of data bytes.
@@ -938,17 +952,7 @@ impl StagingLog {
         data: &[u8],
         durable: bool,
     ) -> Result<StagedLoc, StagingError> {
-        self.append_parts(header, &[data], durable)
-    }
-
-    /// [`Self::submit_parts`], then waits for it.
-    pub fn append_parts(
-        &self,
-        header: &RecordHeader,
-        parts: &[&[u8]],
-        durable: bool,
-    ) -> Result<StagedLoc, StagingError> {
-        self.submit_parts(header, parts, durable)?.wait()
+        self.submit_parts(header, &[data], durable)?.wait()
     }
 
     /// Hands the concatenation of `parts` (a slice and the namespace record that rides with
@@ -1357,10 +1361,7 @@ mod freed_once {
 
     fn log_with_one_record() -> (tempfile::TempDir, StagingLog, StagedLoc) {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = StagingConfig::new(dir.path(), *b"spoolfs-test-vol");
-        config.segment_size = 1 << 20;
-        config.max_segments = 4;
-        config.threads = 1;
+        let config = StagingConfig::for_tests(dir.path(), *b"spoolfs-test-vol", 1 << 20);
         let (log, _) = StagingLog::open(config).unwrap();
         let header = RecordHeader {
             ino: 1,

@@ -73,7 +73,10 @@ fn hdr(ino: u64, slice_id: u64, len: usize) -> RecordHeader {
 fn append_carrying(log: &StagingLog, slice_id: u64, slice: &[u8], meta: &[u8]) -> StagedLoc {
     let mut h = hdr(1, slice_id, slice.len() + meta.len());
     h.meta_len = meta.len() as u32;
-    log.append_parts(&h, &[slice, meta], true).unwrap()
+    log.submit_parts(&h, &[slice, meta], true)
+        .unwrap()
+        .wait()
+        .unwrap()
 }
 
 fn read_all(log: &StagingLog, loc: &StagedLoc) -> Vec<u8> {

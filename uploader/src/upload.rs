@@ -388,10 +388,7 @@ mod died_while_uploading {
     /// and the objects left in the store.
     fn upload_dead_slices(fail_durable: bool) -> (EveryoneDied, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = StagingConfig::new(dir.path(), *b"upload-test-vol!");
-        config.segment_size = 8 << 20;
-        config.max_segments = 4;
-        config.threads = 1;
+        let config = StagingConfig::for_tests(dir.path(), *b"upload-test-vol!", 8 << 20);
         let (log, _) = StagingLog::open(config).unwrap();
         let storage = Arc::new(
             ObjectStorage::open(&StorageConfig {

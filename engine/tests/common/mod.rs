@@ -8,6 +8,25 @@ pub mod store;
 #[allow(dead_code)]
 pub const BLOCK_SIZE: usize = 64 << 10;
 
+/// Formats volume `name` with [`BLOCK_SIZE`] blocks in `meta`, its objects in `storage`.
+#[allow(dead_code)]
+pub fn format_test_volume(
+    meta: &std::sync::Arc<dyn spoolfs_metadata::KvStore>,
+    name: &str,
+    storage: spoolfs_engine::StorageConfig,
+) -> spoolfs_engine::VolumeRecord {
+    spoolfs_engine::format_volume(
+        meta,
+        &spoolfs_engine::FormatOptions {
+            name: name.into(),
+            storage,
+            block_size: BLOCK_SIZE as u64,
+            force: false,
+        },
+    )
+    .unwrap()
+}
+
 /// A formatted test volume in a temporary directory: redb metadata (`m.redb`), a `file://`
 /// object store (`objects/`), room for a cache directory. Test files add the engines they
 /// need in their own `impl` blocks.
@@ -36,16 +55,7 @@ impl Volume {
             dir: tempfile::tempdir().unwrap(),
             meta_url,
         };
-        spoolfs_engine::format_volume(
-            &v.meta(),
-            &spoolfs_engine::FormatOptions {
-                name: "t".into(),
-                storage: v.storage_config(),
-                block_size: BLOCK_SIZE as u64,
-                force: false,
-            },
-        )
-        .unwrap();
+        format_test_volume(&v.meta(), "t", v.storage_config());
         v
     }
 
