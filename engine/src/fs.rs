@@ -501,7 +501,8 @@ impl Engine {
         Ok((ino, rec))
     }
 
-    /// `mode` carries the file type bits (S_IFIFO, ...) and the permission bits, umask applied.
+    /// `mode` carries the file type bits (S_IFIFO, ...) and the permission bits, umask applied
+    /// (or in `caller.umask`).
     pub fn mknod(
         &self,
         caller: &Caller,
@@ -522,7 +523,7 @@ impl Engine {
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
-    /// `mode`: permission bits, umask applied.
+    /// `mode`: permission bits, umask applied (or in `caller.umask`).
     pub fn mkdir(&self, caller: &Caller, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
         let (ino, rec) = self.make_node(caller, parent, name, FileKind::Dir, mode, 0, &[], None)?;
         Ok(to_attr(ino, &rec, self.blksize()))
@@ -788,7 +789,8 @@ impl Engine {
         }
     }
 
-    /// Creates and opens a regular file. `mode`: permission bits, umask applied.
+    /// Creates and opens a regular file. `mode`: permission bits, umask applied (or in
+    /// `caller.umask`).
     pub fn create(
         &self,
         caller: &Caller,
@@ -1149,15 +1151,6 @@ impl Engine {
             self.write.sync_marks.write().insert(ino);
         }
         Ok(())
-    }
-
-    /// Whether directory `dir` has a default ACL: then what is created in it takes its mode
-    /// from the ACL, not from the creator's umask.
-    pub fn has_default_acl(&self, dir: Ino) -> Result<bool> {
-        self.view(|r| {
-            Ok(r.get(&schema::xattr_key(dir, acl::DEFAULT_XATTR))?
-                .is_some())
-        })
     }
 
     /// The value; the front end answers size queries from its length.

@@ -79,6 +79,10 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The umask of a create, mkdir or mknod, applied to the new inode's mode unless its
+    /// directory has a default ACL (which limits the mode instead); 0 when the mode given has
+    /// it applied already. Decided in the create's own transaction: no extra read.
+    pub umask: u32,
 }
 
 impl Caller {
@@ -86,7 +90,13 @@ impl Caller {
         uid: 0,
         gid: 0,
         pid: 0,
+        umask: 0,
     };
+
+    /// This caller, creating with `umask` (see [`Caller::umask`]).
+    pub fn with_umask(self, umask: u32) -> Caller {
+        Caller { umask, ..self }
+    }
 }
 
 /// When a read moves a file's access time: the mount's `relatime` (the default),

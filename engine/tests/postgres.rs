@@ -314,5 +314,12 @@ fn a_create_loop_on_one_node_has_few_serialization_retries() {
         retries <= files / 10,
         "{retries} serialization retries for {files} creates on one node"
     );
+    // A transaction whose COMMIT failed (a conflict found at commit) is over: nothing may
+    // send a ROLLBACK after it, which the server answers with a warning in its log.
+    let log = std::fs::read_to_string(pg.dir.join("server.log")).unwrap_or_default();
+    assert!(
+        !log.contains("there is no transaction in progress"),
+        "ROLLBACK sent outside a transaction:\n{log}"
+    );
     engine.shutdown().unwrap();
 }

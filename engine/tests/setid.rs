@@ -13,6 +13,7 @@ const USER: Caller = Caller {
     uid: 1000,
     gid: 1000,
     pid: 1,
+    umask: 0,
 };
 
 /// An engine on a fresh volume, and the volume (which outlives the engine).

@@ -178,17 +178,14 @@ impl SpoolFs {
         }
     }
 
-    /// The mode of a new inode in `parent`. With POSIX ACLs the kernel leaves the umask to us
-    /// (FUSE_DONT_MASK): a directory's default ACL limits the mode instead, in the engine.
-    fn creation_mode(&self, parent: INodeNo, mode: u32, umask: u32) -> u32 {
-        if self.posix_acl
-            && self
-                .call_untimed("default acl", |e| e.has_default_acl(parent.0))
-                .unwrap_or(false)
-        {
-            mode
+    /// The caller and mode of a create. With POSIX ACLs the kernel leaves the umask to us
+    /// (FUSE_DONT_MASK): the engine applies it unless the directory has a default ACL, which
+    /// limits the mode instead (decided in the create's own transaction).
+    fn creator(&self, req: &Request, mode: u32, umask: u32) -> (Caller, u32) {
+        if self.posix_acl {
+            (caller(req).with_umask(umask), mode)
         } else {
-            mode & !umask
+            (caller(req), mode & !umask)
         }
     }
 
@@ -215,6 +212,7 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
     }
 }
 
@@ -551,9 +549,9 @@ impl Filesystem for SpoolFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mode = self.creation_mode(parent, mode, umask);
+        let (who, mode) = self.creator(req, mode, umask);
         let r = self.call(Op::Mknod, |e| {
-            e.mknod(&caller(req), parent.0, name.as_bytes(), mode, rdev)
+            e.mknod(&who, parent.0, name.as_bytes(), mode, rdev)
         });
         self.entry(reply, r);
     }
@@ -567,9 +565,9 @@ impl Filesystem for SpoolFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mode = self.creation_mode(parent, mode, umask);
+        let (who, mode) = self.creator(req, mode, umask);
         let r = self.call(Op::Mkdir, |e| {
-            e.mkdir(&caller(req), parent.0, name.as_bytes(), mode)
+            e.mkdir(&who, parent.0, name.as_bytes(), mode)
         });
         self.entry(reply, r);
     }
@@ -1041,9 +1039,9 @@ impl Filesystem for SpoolFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let mode = self.creation_mode(parent, mode, umask);
+        let (who, mode) = self.creator(req, mode, umask);
         match self.call(Op::Create, |e| {
-            e.create(&caller(req), parent.0, name.as_bytes(), mode, flags)
+            e.create(&who, parent.0, name.as_bytes(), mode, flags)
         }) {
             Ok((attr, fh)) => reply.created(
                 &self.entry_ttl,

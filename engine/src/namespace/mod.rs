@@ -429,6 +429,9 @@ pub(crate) fn make_node(
         FileKind::Symlink => None,
         _ => t.get(&schema::xattr_key(parent, acl::DEFAULT_XATTR))?,
     };
+    if inherited.is_none() && kind != FileKind::Symlink {
+        perm &= !((caller.umask & 0o777) as u16);
+    }
     let mut inherited_access = None;
     if let Some(default) = &inherited {
         let mut access = acl::Acl::parse(default).map_err(|e| posix(libc::EIO, e.to_string()))?;
