@@ -33,6 +33,13 @@ pub const APPLIED_SEQ_KEY: &[u8] = b"Wseq";
 /// to apply (after a gap) can never be mistaken for new ones with the same sequence number.
 pub const EPOCH_KEY: &[u8] = b"Wepoch";
 
+/// Records in the inner store where in the log its state stands: the log epoch and the last
+/// sequence applied.
+pub fn put_position(t: &mut dyn KvTxn, epoch: u64, applied_seq: u64) -> Result<()> {
+    t.put(APPLIED_SEQ_KEY, &applied_seq.to_be_bytes())?;
+    t.put(EPOCH_KEY, &epoch.to_be_bytes())
+}
+
 /// Another log that can take a transaction's record along with its own data in one append
 /// (the data staging log, carrying a slice and the metadata change that links it): one device
 /// write instead of two. See [`WalStore::update_carried`].
@@ -337,8 +344,7 @@ impl WalStore {
         let last = expected - 1;
         // Make the replayed state durable before the records that produced it are freed.
         inner.update(Durability::Durable, &mut |t| {
-            t.put(APPLIED_SEQ_KEY, &last.to_be_bytes())?;
-            t.put(EPOCH_KEY, &(epoch + 1).to_be_bytes())
+            put_position(t, epoch + 1, last)
         })?;
         for (_, handle) in &decoded {
             log.free(*handle);
@@ -702,10 +708,7 @@ mod tests {
     fn crash_replay(log: &Arc<MemLog>, extra: &[Vec<u8>]) -> (WalStore, usize) {
         let fresh = Arc::new(MemStore::default());
         fresh
-            .update(Durability::Durable, &mut |t| {
-                t.put(EPOCH_KEY, &1u64.to_be_bytes())?;
-                t.put(APPLIED_SEQ_KEY, &0u64.to_be_bytes())
-            })
+            .update(Durability::Durable, &mut |t| put_position(t, 1, 0))
             .unwrap();
         let mut records: Vec<(u64, Vec<u8>)> = log
             .records

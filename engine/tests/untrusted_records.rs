@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use spoolfs_engine::schema::{
     self, DeadSlice, DentryRec, InodeRec, PackRec, PackedRec, SliceRec, StagedRec,
 };
-use spoolfs_engine::wal::{APPLIED_SEQ_KEY, EPOCH_KEY, PendingRecord, RecordLog, WalStore};
+use spoolfs_engine::wal::{PendingRecord, RecordLog, WalStore};
 use spoolfs_engine::*;
 use spoolfs_metadata::{Durability, KvStore, MemStore};
 use spoolfs_testkit::{Rng, mutate};
@@ -282,10 +282,7 @@ fn namespace_log_replay_survives_damaged_records() {
         let _ = wal::record_position(&records[damaged].1);
         let inner = Arc::new(MemStore::default());
         inner
-            .update(Durability::Durable, &mut |t| {
-                t.put(EPOCH_KEY, &1u64.to_be_bytes())?;
-                t.put(APPLIED_SEQ_KEY, &0u64.to_be_bytes())
-            })
+            .update(Durability::Durable, &mut |t| wal::put_position(t, 1, 0))
             .unwrap();
         let input_len: usize = records.iter().map(|r| r.1.len()).sum();
         let mut outcome = None;
