@@ -450,13 +450,10 @@ impl NamespaceLog {
 
 impl crate::wal::RecordLog for NamespaceLog {
     fn submit(&self, record: &[u8]) -> std::io::Result<crate::wal::PendingRecord> {
+        // About no inode, chunk or slice: a namespace-log record.
         let header = RecordHeader {
-            ino: 0,
-            chunk: 0,
-            pos: 0,
-            slice_id: 0,
             len: record.len() as u32,
-            meta_len: 0,
+            ..Default::default()
         };
         self.log
             .submit_parts(&header, &[record], false)

@@ -295,7 +295,7 @@ impl StagingConfig {
 }
 
 /// What a record is about; `len` is the number of data bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct RecordHeader {
     pub ino: u64,
     pub chunk: u32,
