@@ -417,6 +417,21 @@ goal2() {
     [[ $r == n/a ]] && { echo "≥ 2×: not measured"; return; }
     if py "import sys; sys.exit(0 if float('${r%×}') >= 2 else 1)"; then echo "≥ 2×: met"; else echo "≥ 2×: **missed**"; fi
 }
+# A section of the report: a blank line, its heading ($1), then each paragraph (the further
+# arguments) and a blank line after each of them and after the heading.
+section() {
+    printf '\n### %s\n' "$1"
+    shift
+    local p
+    for p in "$@"; do printf '\n%s\n' "$p"; done
+    echo
+}
+# The head of a table: the row of its column titles ($@), then the separator row.
+table_head() {
+    local c
+    printf '|'; for c in "$@"; do printf ' %s |' "$c"; done; echo
+    printf '|'; for c in "$@"; do printf -- '---|'; done; echo
+}
 report() {
     local ran=() s
     for s in spoolfs juicefs; do wanted "$s" && ran+=("$s"); done
@@ -424,35 +439,28 @@ report() {
     echo "Many nodes: \`$cmdline\`; PostgreSQL ${pg_version:-?} (private server on this machine, its defaults: fsync on${BENCH_PG_OPTIONS:+; options $BENCH_PG_OPTIONS}); s3s-fs behind spoolfs-s3proxy adding $delay_ms ms per request; two mounts of each volume on this machine (nodes A and B, separate cache directories); started $started UTC, $(nproc) CPUs, kernel $(uname -r), load average $load0 before and $(cut -d' ' -f1-3 /proc/loadavg) after."
     [[ ${BENCH_PROFILE:-release} == release ]] || echo "**$BENCH_PROFILE binaries (BENCH_PROFILE): these figures check the script and mean nothing.**"
     if workload smallfiles; then
-        echo
-        echo "### Small files on node A: $files × \`echo \$i > dir/f\$i\`"
-        echo
-        echo "Seconds from the start of the loop; requests counted by the proxy; spoolfs's metadata round trips and retried transactions (serialization failures, deadlocks) from node A's metrics."
-        echo
-        echo "| system | all writes returned (s) | every file in the object store (s) | PUT requests | all requests | metadata round trips per file | metadata retries |"
-        echo "|---|---|---|---|---|---|---|"
+        section "Small files on node A: $files × \`echo \$i > dir/f\$i\`" \
+            "Seconds from the start of the loop; requests counted by the proxy; spoolfs's metadata round trips and retried transactions (serialization failures, deadlocks) from node A's metrics."
+        table_head system "all writes returned (s)" "every file in the object store (s)" "PUT requests" \
+            "all requests" "metadata round trips per file" "metadata retries"
         for s in "${ran[@]}"; do
             echo "| $(system_label "$s") | $(v "$s" small_write) | $(v "$s" small_store) | $(v "$s" small_puts) | $(v "$s" small_requests) | ${R[$s:small_rt]:-n/a} | ${R[$s:small_retries]:-n/a} |"
         done
     fi
     if workload pip; then
-        echo
-        echo "### pip install on node A: ${#wheel_files[@]} wheels ($(printf '%s ' "${wheels_pinned[@]}" | sed 's/ $//'); $wheel_mb MB), \`pip install --no-index --no-deps --target DIR\`"
-        echo
-        echo "| system | pip install returned (s) | then in the object store (s) | files installed | PUT requests |"
-        echo "|---|---|---|---|---|"
+        section "pip install on node A: ${#wheel_files[@]} wheels ($(printf '%s ' "${wheels_pinned[@]}" | sed 's/ $//'); $wheel_mb MB), \`pip install --no-index --no-deps --target DIR\`"
+        table_head system "pip install returned (s)" "then in the object store (s)" "files installed" \
+            "PUT requests"
         for s in "${ran[@]}"; do
             echo "| $(system_label "$s") | $(v "$s" pip) | $(v "$s" pip_store) | $(v "$s" pip_files) | $(v "$s" pip_puts) |"
         done
     fi
     if workload read-after-close; then
-        echo
-        echo "### Read-after-close on node B: $read_files files of $read_kib KiB of random bytes written and closed on node A"
-        echo
-        echo "each: a file is written and closed on A and read whole on B at once, then the next. burst: all $read_files are written and closed on A first, then each is read on B in the order written (\"age\": time since its close when the read started). Write on A: open + write + close there (ms). Latency: open + read + close on B, of the reads that returned the right bytes at once (ms). A read that failed or returned other bytes is counted and retried every 10 ms; \"readable after\": from the first attempt until a read returned the right bytes, for every file (at most $retry_limit s). Peer reads: node B's reads of slices staged on A (spoolfs metrics)."
-        echo
-        echo "| system | phase | read at once | failed (error: count) | p50 (ms) | p99 (ms) | max (ms) | readable after p50 / p99 / max (ms) | never readable | age p50 / max (ms) | write on A p50 / p99 (ms) | GET requests | peer reads on B |"
-        echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        section "Read-after-close on node B: $read_files files of $read_kib KiB of random bytes written and closed on node A" \
+            "each: a file is written and closed on A and read whole on B at once, then the next. burst: all $read_files are written and closed on A first, then each is read on B in the order written (\"age\": time since its close when the read started). Write on A: open + write + close there (ms). Latency: open + read + close on B, of the reads that returned the right bytes at once (ms). A read that failed or returned other bytes is counted and retried every 10 ms; \"readable after\": from the first attempt until a read returned the right bytes, for every file (at most $retry_limit s). Peer reads: node B's reads of slices staged on A (spoolfs metrics)."
+        table_head system phase "read at once" "failed (error: count)" "p50 (ms)" "p99 (ms)" "max (ms)" \
+            "readable after p50 / p99 / max (ms)" "never readable" "age p50 / max (ms)" \
+            "write on A p50 / p99 (ms)" "GET requests" "peer reads on B"
         local ph k
         for s in "${ran[@]}"; do
             for ph in each burst; do
@@ -467,13 +475,9 @@ report() {
             done
         done
     fi
-    echo
-    echo "### spoolfs against JuiceFS"
-    echo
-    echo "Throughput ratio: JuiceFS's seconds ÷ spoolfs's (above 1: spoolfs is faster)."
-    echo
-    echo "| workload | spoolfs | JuiceFS | spoolfs/JuiceFS throughput | goal |"
-    echo "|---|---|---|---|---|"
+    section "spoolfs against JuiceFS" \
+        "Throughput ratio: JuiceFS's seconds ÷ spoolfs's (above 1: spoolfs is faster)."
+    table_head workload spoolfs JuiceFS "spoolfs/JuiceFS throughput" goal
     if workload smallfiles; then
         echo "| small files, all writes returned (s) | $(v spoolfs small_write) | $(v juicefs small_write) | $(ratio small_write) | $(goal2 small_write) |"
         echo "| small files, every file in the object store (s) | $(v spoolfs small_store) | $(v juicefs small_store) | $(ratio small_store) | |"
