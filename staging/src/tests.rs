@@ -79,6 +79,18 @@ fn append_carrying(log: &StagingLog, slice_id: u64, slice: &[u8], meta: &[u8]) -
         .unwrap()
 }
 
+/// A one-thread log of 1 MiB segments holding one record, slice `slice_id` carrying `meta`
+/// (see [`append_carrying`]): its directory, configuration, the log and where the record is.
+fn log_with_carrying_record(
+    slice_id: u64,
+    slice: &[u8],
+    meta: &[u8],
+) -> (tempfile::TempDir, StagingConfig, StagingLog, StagedLoc) {
+    let (dir, c, log) = open_one_thread(1 << 20, 4);
+    let loc = append_carrying(&log, slice_id, slice, meta);
+    (dir, c, log, loc)
+}
+
 fn read_all(log: &StagingLog, loc: &StagedLoc) -> Vec<u8> {
     let mut out = vec![0u8; loc.len as usize];
     log.read(loc, 0, &mut out).unwrap();
@@ -828,6 +840,14 @@ fn one_segment_of_records(
     (dir, c, locs)
 }
 
+fn read_at(dir: &std::path::Path, segment: u32, at: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(segments::segment_path(dir, segment)).unwrap();
+    let mut bytes = vec![0u8; len];
+    f.read_exact_at(&mut bytes, at).unwrap();
+    bytes
+}
+
 fn write_at(dir: &std::path::Path, segment: u32, at: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
@@ -932,29 +952,19 @@ fn staging_bad_segment_header_keeps_its_records() {
 /// carried record is trusted when the pieces it lies in pass.
 #[test]
 fn staging_reads_version_1_records() {
-    let (dir, c, log) = open_one_thread(1 << 20, 4);
     let slice = random_bytes(1, 70_000);
     let meta = b"a namespace record".to_vec();
-    let loc = append_carrying(&log, 9, &slice, &meta);
+    let (dir, c, log, loc) = log_with_carrying_record(9, &slice, &meta);
     drop(log);
     // Rewrite the header as version 1: field 12 holds the number of pieces.
-    use std::os::unix::fs::FileExt;
-    let path = segments::segment_path(dir.path(), loc.segment);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let mut head = vec![0u8; 4096];
-    f.read_exact_at(&mut head, loc.offset).unwrap();
+    let mut head = read_at(dir.path(), loc.segment, loc.offset, 4096);
     head[4..8].copy_from_slice(&1u32.to_le_bytes());
     head[12..16].copy_from_slice(&2u32.to_le_bytes());
     let n = 2;
     let end = format::RECORD_FIXED_LEN + 4 * n;
     let crc = crc32c::crc32c_append(crc32c::crc32c(&head[..8]), &head[12..end]);
     head[8..12].copy_from_slice(&crc.to_le_bytes());
-    f.write_all_at(&head, loc.offset).unwrap();
-    drop(f);
+    write_at(dir.path(), loc.segment, loc.offset, &head);
     let (log, replayed) = StagingLog::open(c).unwrap();
     assert_eq!(replayed.len(), 1);
     assert_eq!(replayed[0].carried.as_deref(), Some(&meta[..]));
@@ -967,10 +977,9 @@ fn staging_reads_version_1_records() {
 /// data, even in the same 64 KiB piece, leaves it readable.
 #[test]
 fn staging_carried_record_survives_damage_in_its_slice() {
-    let (dir, c, log) = open_one_thread(1 << 20, 4);
     let slice = random_bytes(3, 10_000);
     let meta = b"the namespace change of this flush".to_vec();
-    let loc = append_carrying(&log, 5, &slice, &meta);
+    let (dir, c, log, loc) = log_with_carrying_record(5, &slice, &meta);
     let d = random_bytes(4, 5000);
     log.append(&hdr(1, 6, d.len()), &d, true).unwrap();
     drop(log);
