@@ -310,8 +310,10 @@ fn a_create_loop_on_one_node_has_few_serialization_retries() {
         let attr = engine.lookup(ROOT_INO, format!("f{i}").as_bytes()).unwrap();
         assert_eq!(attr.size, format!("{i}\n").len() as u64);
     }
+    // Measured 7-19 per 300 files on an idle machine, 60-172 before the upload commit stopped
+    // conflicting with the writers; the bound leaves room for a loaded CI machine.
     assert!(
-        retries <= files / 10,
+        retries <= files / 6,
         "{retries} serialization retries for {files} creates on one node"
     );
     // A transaction whose COMMIT failed (a conflict found at commit) is over: nothing may
