@@ -2,7 +2,8 @@
 //! `spoolfs_testkit::pg`), its data in a file store: bad input is refused with a clear error
 //! and nothing written; format, mount, real file work, status, fsck and gc work. Two mounts of
 //! one volume (separate processes and cache directories, as two nodes) see each other's
-//! changes within the cache lifetime, and a create race on one name has exactly one winner.
+//! changes within the cache lifetime (renames, unlinks, chmods, new files), and a create race
+//! on one name has exactly one winner. A lost node leaves everything it synced readable.
 
 use spoolfs_testkit::pg::{PASSWORD, PgServer};
 use spoolfs_tests::*;
@@ -230,6 +231,20 @@ fn two_mounts_of_one_postgres_volume_see_each_other() {
         .collect();
     names.sort();
     assert_eq!(names, ["moved", "new"]);
+    // A chmod on A: B, which has the file's attributes cached, sees the new mode within the
+    // cache lifetime.
+    use std::os::unix::fs::PermissionsExt;
+    let mode_on_b = || {
+        fs::metadata(b.join("dir/moved"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_ne!(mode_on_b(), 0o640);
+    fs::set_permissions(a.join("dir/moved"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::thread::sleep(CACHE_LIFETIME);
+    assert_eq!(mode_on_b(), 0o640, "a chmod on A not seen on B");
 
     // Close-to-open: B has the old contents in its page cache; A rewrites the file (same
     // size); B's next open reads the new contents.
@@ -408,6 +423,64 @@ fn a_killed_mount_with_staged_data_is_listed_dead_until_its_cache_dir_mounts_aga
         m.unmount();
     }
     assert_eq!(sessions(&vol).as_array().map(Vec::len), Some(0));
+}
+
+/// A lost node: after `spoolfs sync` on A, A is killed and its cache directory deleted. B reads
+/// everything written before the sync, byte-exact, and `status` says what A still held (a
+/// file written after the sync, staged only on A).
+#[test]
+fn a_lost_node_leaves_what_it_synced_readable_and_status_says_what_it_held() {
+    require_fuse!();
+    let vol = Volume::on_postgres(spoolfs_testkit::require_postgres!());
+    let cache_a = vol.new_subdir("cache-a");
+    let a = vol.mount_with(MountOptions {
+        cache_dir: Some(cache_a.clone()),
+        // Uploads held back: only `spoolfs sync` sends A's data to the object store.
+        extra_args: ["--session-timeout", "3", "--upload-delay", "600"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    });
+    let b = vol.mount_node("b", &[]);
+    let files = tree();
+    for (rel, data) in &files {
+        let path = a.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+    }
+    vol.spoolfs_run(["sync".as_ref(), a.path().as_os_str()])
+        .assert_success();
+    let late = random_bytes(31, 200_000);
+    fs::write(a.join("after-sync"), &late).unwrap();
+    let a_path = a.path().to_path_buf();
+    // The heartbeat reports what is staged: wait until it covers the late file.
+    wait_for(
+        "A's session reporting the late file staged",
+        std::time::Duration::from_secs(10),
+        || session_of(&vol, &a_path)["staged"]["bytes"].as_u64() == Some(late.len() as u64),
+    );
+    a.kill9();
+    fs::remove_dir_all(&cache_a).unwrap();
+
+    check_tree(b.path(), &files);
+    // Once A's heartbeat is older than its timeout, its session is listed dead with the bytes
+    // only it had.
+    wait_for(
+        "A's session listed dead",
+        std::time::Duration::from_secs(15),
+        || session_of(&vol, &a_path)["live"] == false,
+    );
+    let dead = session_of(&vol, &a_path);
+    assert_eq!(
+        dead["staged"]["bytes"].as_u64(),
+        Some(late.len() as u64),
+        "{dead}"
+    );
+    let out = vol.spoolfs_run(["status", "--meta", &vol.meta_url]);
+    out.assert_success();
+    assert!(out.stdout.contains("DEAD"), "{out}");
+    b.unmount();
 }
 
 /// Rows of `spoolfs_kv` in the volume's database whose key starts with `tag`.
