@@ -395,44 +395,19 @@ fn namespace_calls(e: &Engine, rig: &Rig) -> NamespaceCalls {
     let start = rig.now();
     e.link(&ME, g_ino, d, b"h").unwrap();
     e.symlink(&ME, d, b"s", b"../g").unwrap();
-    e.setattr(
-        &ME,
-        d,
-        &SetAttr {
-            mode: Some(0o750),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    e.setattr(
-        &ME,
-        g_ino,
-        &SetAttr {
-            uid: Some(1234),
-            gid: Some(5678),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    // One attribute change at a time, each its own call (and its own namespace-log record).
+    let set = |ino: Ino, change: fn(&mut SetAttr)| {
+        let mut attr = SetAttr::default();
+        change(&mut attr);
+        e.setattr(&ME, ino, &attr).unwrap();
+    };
+    set(d, |a| a.mode = Some(0o750));
+    set(g_ino, |a| (a.uid, a.gid) = (Some(1234), Some(5678)));
     // Before utimens: a truncation moves mtime.
-    e.setattr(
-        &ME,
-        g_ino,
-        &SetAttr {
-            size: Some(5000),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    e.setattr(
-        &ME,
-        g_ino,
-        &SetAttr {
-            mtime: Some(TimeSet::At(UNIX_EPOCH + Duration::from_secs(MTIME_SECS))),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    set(g_ino, |a| a.size = Some(5000));
+    set(g_ino, |a| {
+        a.mtime = Some(TimeSet::At(UNIX_EPOCH + Duration::from_secs(MTIME_SECS)))
+    });
     e.setxattr(&ME, d, b"user.k", b"v", XattrSet::Any).unwrap();
     e.rename(&ME, d, b"f", d, b"f2", RenameFlags::default())
         .unwrap();
