@@ -251,16 +251,8 @@ impl Filesystem for NullFs {
         reply.ok();
     }
 
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
-    }
+    // No `fsyncdir`: fuser answers ENOSYS, which the kernel takes for success (it then stops
+    // sending it), as it would for a file system with nothing to make durable.
 }
 
 /// Detaches the mount (used when a plain unmount fails, e.g. EBUSY).
