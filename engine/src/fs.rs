@@ -132,7 +132,7 @@ pub struct Engine {
     /// On a shared volume with a session: this mount's open-file holds.
     holds: Option<Arc<Holds>>,
     /// On a shared volume with a session: the lease its volume-wide background work runs
-    /// under (see [`crate::lease`]), and what the last look at it found.
+    /// under (see [`crate::session::lease`]), and what the last look at it found.
     lease: Option<BackgroundLease>,
 }
 
@@ -1588,17 +1588,18 @@ impl Engine {
 
     /// One look at the lease: a read, and a transaction taking it only when it is free.
     fn look_at_lease(&self, lease: &BackgroundLease) -> Result<bool> {
-        use crate::lease::{BACKGROUND, Holder};
+        use crate::session::lease::{BACKGROUND, Holder};
         let now = crate::session::now_s();
         let store = self.meta.store();
         let mut seen = Holder::Free(None);
         store.view(&mut |r| {
-            seen = crate::lease::holder(r, BACKGROUND, &lease.session, now)?;
+            seen = crate::session::lease::holder(r, BACKGROUND, &lease.session, now)?;
             Ok(())
         })?;
         if let Holder::Free(_) = seen {
             store.update(Durability::Durable, &mut |t| {
-                seen = crate::lease::take(t, BACKGROUND, &lease.session, lease.ttl_s, now)?;
+                seen =
+                    crate::session::lease::take(t, BACKGROUND, &lease.session, lease.ttl_s, now)?;
                 Ok(())
             })?;
             if seen == Holder::Me {
@@ -1619,11 +1620,12 @@ impl Engine {
             return Ok(());
         }
         let now = crate::session::now_s();
-        let holder =
-            self.view(|r| crate::lease::holder(r, crate::lease::BACKGROUND, &lease.session, now))?;
+        let holder = self.view(|r| {
+            crate::session::lease::holder(r, crate::session::lease::BACKGROUND, &lease.session, now)
+        })?;
         let who = match holder {
-            crate::lease::Holder::Other(_, Some(s)) => crate::session::describe(&s),
-            crate::lease::Holder::Other(rec, None) => format!("session {}", rec.holder),
+            crate::session::lease::Holder::Other(_, Some(s)) => crate::session::describe(&s),
+            crate::session::lease::Holder::Other(rec, None) => format!("session {}", rec.holder),
             _ => "another mount".to_string(),
         };
         Err(FsError::new(
@@ -1680,7 +1682,7 @@ impl Engine {
         if let Some(lease) = &self.lease {
             // Another mount takes the background work over at once.
             let given_up = self.meta.store().update(Durability::Durable, &mut |t| {
-                crate::lease::release_all(t, &lease.session)
+                crate::session::lease::release_all(t, &lease.session)
             });
             if let Err(e) = given_up {
                 tracing::warn!("cannot give up the background lease: {e}");

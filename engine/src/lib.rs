@@ -34,7 +34,6 @@ mod fs;
 pub mod fsck;
 pub mod holds;
 mod ids;
-pub mod lease;
 pub mod locks;
 pub mod losses;
 mod meta;

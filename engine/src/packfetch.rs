@@ -17,7 +17,7 @@
 //!
 //! [`stop`]: PackFetcher::stop
 
-use crate::types::Ino;
+use crate::types::{Ino, PackFetchStats};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,26 +66,6 @@ pub(crate) trait PackSource: Send + Sync {
     /// The packs holding the first slices of the regular files of directory `dir`, not yet
     /// in the local data cache, up to `budget` bytes of packs.
     fn plan_dir(&self, dir: Ino, budget: u64) -> Vec<u64>;
-}
-
-/// Counts of the pack fetcher, for the metrics and `spoolfs status`.
-#[derive(Default, Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct PackFetchStats {
-    /// Whole-pack fetches started (a GET each).
-    pub started: u64,
-    /// Bytes they fetched.
-    pub bytes: u64,
-    /// Reads served from a pack this mount fetched.
-    pub hits: u64,
-    /// Fetches that failed (the readers then fetch their slices themselves).
-    pub errors: u64,
-    /// Jobs dropped because the queue was full.
-    pub dropped: u64,
-    /// Directories planned (listed or read in sequence).
-    pub dirs_planned: u64,
-    /// Most fetches in flight at once, and most bytes they held.
-    pub peak_concurrent: u64,
-    pub peak_bytes_in_flight: u64,
 }
 
 /// What `spoolfs warmup` did, and how far it is.

@@ -236,7 +236,7 @@ pub struct EngineStatus {
     pub passthrough_opens: u64,
     /// Whole-pack fetches into the local data cache (absent without one).
     #[serde(default)]
-    pub pack_fetch: Option<crate::packfetch::PackFetchStats>,
+    pub pack_fetch: Option<PackFetchStats>,
     /// Metadata changes kept in memory (crash-safe in the namespace log) until the next
     /// checkpoint, at most about a second away, applies them to the metadata store.
     #[serde(default)]
@@ -325,7 +325,7 @@ pub struct EngineMetrics {
     /// Metadata changes kept in memory until the next checkpoint applies them to the store.
     pub metadata_unapplied_changes: u64,
     /// Whole-pack fetches (all zero without a local data cache).
-    pub pack_fetch: crate::packfetch::PackFetchStats,
+    pub pack_fetch: PackFetchStats,
 }
 
 #[cfg(test)]
@@ -351,4 +351,24 @@ mod atime_tests {
         assert!(AtimeMode::Strictatime.read_updates(now - S, mtime, ctime, now));
         assert!(!AtimeMode::Noatime.read_updates(mtime - day, mtime, ctime, now));
     }
+}
+
+/// Counts of the pack fetcher, for the metrics and `spoolfs status`.
+#[derive(Default, Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct PackFetchStats {
+    /// Whole-pack fetches started (a GET each).
+    pub started: u64,
+    /// Bytes they fetched.
+    pub bytes: u64,
+    /// Reads served from a pack this mount fetched.
+    pub hits: u64,
+    /// Fetches that failed (the readers then fetch their slices themselves).
+    pub errors: u64,
+    /// Jobs dropped because the queue was full.
+    pub dropped: u64,
+    /// Directories planned (listed or read in sequence).
+    pub dirs_planned: u64,
+    /// Most fetches in flight at once, and most bytes they held.
+    pub peak_concurrent: u64,
+    pub peak_bytes_in_flight: u64,
 }

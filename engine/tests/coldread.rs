@@ -210,7 +210,7 @@ fn read_cold(
     cache: &str,
     pack_fetch: PackFetchConfig,
     order: &[usize],
-) -> (u64, Option<packfetch::PackFetchStats>) {
+) -> (u64, Option<PackFetchStats>) {
     let m = mount(&w.f, cache, Duration::ZERO, pack_fetch);
     read_files(&m.e, &w.files, order);
     let gets = m.counts.gets.load(Ordering::SeqCst);
@@ -219,7 +219,7 @@ fn read_cold(
     (gets, st)
 }
 
-fn pack_stats(e: &Engine) -> packfetch::PackFetchStats {
+fn pack_stats(e: &Engine) -> PackFetchStats {
     e.status()
         .pack_fetch
         .expect("a data cache, so pack fetches")

@@ -32,7 +32,8 @@ fn volume_sessions(url: &str, json: bool) -> Result<ExitCode> {
     let now = spoolfs_engine::session::now_s();
     let mut lease = None;
     meta.view(&mut |r| {
-        lease = spoolfs_engine::lease::read(r, spoolfs_engine::lease::BACKGROUND)?;
+        lease =
+            spoolfs_engine::session::lease::read(r, spoolfs_engine::session::lease::BACKGROUND)?;
         Ok(())
     })
     .with_context(|| format!("cannot read the background lease in {}", meta.describe()))?;

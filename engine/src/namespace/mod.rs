@@ -27,7 +27,7 @@ pub(crate) const MAX_FILE_SIZE: u64 = 1 << 50;
 
 /// Says whether an inode losing its last name is still open, on this mount (and marks it so
 /// that its last close deletes it; see `OpenFiles::keep_unlinked`) or, on a shared volume, on
-/// any mount (a hold record, see [`crate::holds`], read in the transaction).
+/// any mount (a hold record, see `holds.rs`, read in the transaction).
 pub(crate) type StillOpen<'a> = &'a dyn Fn(&dyn KvRead, Ino) -> Result<bool, MetaError>;
 
 pub(crate) fn posix(errno: i32, msg: impl Into<String>) -> MetaError {
@@ -168,8 +168,8 @@ pub(crate) fn purge_if_unlinked(t: &mut dyn KvTxn, ino: Ino) -> Result<(), MetaE
 
 /// At start: creates the root if the volume has none, and deletes the inodes unlinked while
 /// open when the volume was last mounted (nobody holds them now). A mount with a session of a
-/// shared volume (`session`) leaves them to the sweep under the background lease (see
-/// [`crate::holds::sweep`]); without one, only a mount that is the volume's only live session
+/// shared volume (`session`) leaves them to the holds sweep (`holds.rs`) under the background
+/// lease; without one, only a mount that is the volume's only live session
 /// deletes them.
 pub(crate) fn init(t: &mut dyn KvTxn, session: Option<&str>) -> Result<(), MetaError> {
     schema::init_root(t)?;

@@ -9,6 +9,8 @@
 //! Many mounts of a volume may be live at once; what one of them may do only while it is the
 //! volume's only live mount (purge the files unlinked while open, at start) asks [`live_in`].
 
+pub mod lease;
+
 use crate::error::{FsError, Result};
 use serde::{Deserialize, Serialize};
 use spoolfs_metadata::{Durability, KvRead, KvStore, MetaError, prefix_end};
@@ -257,7 +259,7 @@ impl Session {
                         // The leases this session holds run on with it.
                         let renewed = meta.update(Durability::Durable, &mut |t| {
                             t.put(&key, &value)?;
-                            crate::lease::renew_all(t, &id, timeout_s, now_s())
+                            lease::renew_all(t, &id, timeout_s, now_s())
                         });
                         if let Err(e) = renewed {
                             crate::warn_limited!("session heartbeat failed: {e}");
@@ -317,7 +319,7 @@ impl Session {
         if left.bytes == 0 {
             self.meta.update(Durability::Durable, &mut |t| {
                 t.delete(&key)?;
-                crate::lease::release_all(t, &id)
+                lease::release_all(t, &id)
             })?;
         } else {
             let mut rec = self.rec.clone();
@@ -326,7 +328,7 @@ impl Session {
             let value = serde_json::to_vec(&rec).expect("session serialises");
             self.meta.update(Durability::Durable, &mut |t| {
                 t.put(&key, &value)?;
-                crate::lease::release_all(t, &id)
+                lease::release_all(t, &id)
             })?;
         }
         Ok(())
