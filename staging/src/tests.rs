@@ -1195,62 +1195,70 @@ fn staging_a_torn_unflushed_record_is_damage_only_without_a_restart() {
 #[test]
 fn staging_a_failed_torn_write_is_not_counted_flushed_until_overwritten() {
     use std::sync::atomic::AtomicU64;
-    let dir = tempfile::tempdir().unwrap();
-    let device = SimDevice::new(dir.path(), Arc::new(AtomicU64::new(1)));
-    let faults = FaultConfig::new();
-    let c = cfg_one_thread(dir.path(), 1 << 20, 4);
-    let tuning = StagingTuning {
-        faults: Some(faults.clone()),
-        device: Some(device.clone()),
-        flush_mode: FlushMode::Fdatasync,
-        ..Default::default()
-    };
-    let (log, _) = StagingLog::open_tuned(c.clone(), tuning).unwrap();
-    let len = 12_000;
-    log.append(&hdr(1, 0, len), &random_bytes(0, len), true)
-        .unwrap();
-    faults.tear_write(1, 8192);
-    assert!(
-        log.append(&hdr(1, 1, len), &random_bytes(1, len), false)
-            .is_err()
-    );
-    log.sync().unwrap();
-    let over = log
-        .append(&hdr(1, 2, len), &random_bytes(2, len), false)
-        .unwrap();
-    log.append(&hdr(1, 3, len), &random_bytes(3, len), false)
-        .unwrap();
-    drop(log);
-    let mut lost_overwrite = 0;
-    for seed in 0..48 {
-        let cut = tempfile::tempdir().unwrap();
-        let plan = CutPlan {
-            at: u64::MAX,
-            seed,
-            unflushed: Unflushed::AnySubset,
-        };
-        device.materialise(plan, cut.path()).unwrap();
-        // A device of its own: another boot.
+    // Of 48 cuts of one run, how many lost the overwrite and kept the record after it.
+    let cuts_losing_the_overwrite = || {
+        let dir = tempfile::tempdir().unwrap();
+        let device = SimDevice::new(dir.path(), Arc::new(AtomicU64::new(1)));
+        let faults = FaultConfig::new();
+        let c = cfg_one_thread(dir.path(), 1 << 20, 4);
         let tuning = StagingTuning {
-            device: Some(SimDevice::new(cut.path(), Arc::new(AtomicU64::new(1)))),
+            faults: Some(faults.clone()),
+            device: Some(device.clone()),
+            flush_mode: FlushMode::Fdatasync,
             ..Default::default()
         };
-        let mut config = c.clone();
-        config.dir = cut.path().to_path_buf();
-        let (log, replayed) = StagingLog::open_tuned(config, tuning).unwrap();
-        let ids: Vec<u64> = replayed.iter().map(|r| r.header.slice_id).collect();
-        if !ids.contains(&2) && ids.contains(&3) {
-            lost_overwrite += 1;
-        }
+        let (log, _) = StagingLog::open_tuned(c.clone(), tuning).unwrap();
+        let len = 12_000;
+        log.append(&hdr(1, 0, len), &random_bytes(0, len), true)
+            .unwrap();
+        faults.tear_write(1, 8192);
         assert!(
-            replayed.iter().all(|r| r.damaged.is_empty()) && log.damage().is_empty(),
-            "cut seed {seed}: a record the power cut explains is reported as damage \
-             (records {ids:?}; the overwrite was at {over:?})"
+            log.append(&hdr(1, 1, len), &random_bytes(1, len), false)
+                .is_err()
         );
+        log.sync().unwrap();
+        let over = log
+            .append(&hdr(1, 2, len), &random_bytes(2, len), false)
+            .unwrap();
+        log.append(&hdr(1, 3, len), &random_bytes(3, len), false)
+            .unwrap();
         drop(log);
-    }
+        let mut lost_overwrite = 0;
+        for seed in 0..48 {
+            let cut = tempfile::tempdir().unwrap();
+            let plan = CutPlan {
+                at: u64::MAX,
+                seed,
+                unflushed: Unflushed::AnySubset,
+            };
+            device.materialise(plan, cut.path()).unwrap();
+            // A device of its own: another boot.
+            let tuning = StagingTuning {
+                device: Some(SimDevice::new(cut.path(), Arc::new(AtomicU64::new(1)))),
+                ..Default::default()
+            };
+            let mut config = c.clone();
+            config.dir = cut.path().to_path_buf();
+            let (log, replayed) = StagingLog::open_tuned(config, tuning).unwrap();
+            let ids: Vec<u64> = replayed.iter().map(|r| r.header.slice_id).collect();
+            if !ids.contains(&2) && ids.contains(&3) {
+                lost_overwrite += 1;
+            }
+            assert!(
+                replayed.iter().all(|r| r.damaged.is_empty()) && log.damage().is_empty(),
+                "cut seed {seed}: a record the power cut explains is reported as damage \
+                 (records {ids:?}; the overwrite was at {over:?})"
+            );
+            drop(log);
+        }
+        lost_overwrite
+    };
+    // A device flush made in the background (a spare segment being prepared) can cover the
+    // last records before the cuts, and then no cut can lose them: a run is tried on a fresh
+    // device until one is cut before such a flush.
     assert!(
-        lost_overwrite > 0,
-        "no cut lost the overwrite and kept the record after it: the test shows nothing"
+        (0..5).any(|_| cuts_losing_the_overwrite() > 0),
+        "no cut lost the overwrite and kept the record after it, in 5 runs: the test shows \
+         nothing"
     );
 }
