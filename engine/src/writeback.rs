@@ -354,7 +354,12 @@ impl Catalog for UploadCatalog {
     fn commit_uploaded(&self, ids: &[u64], packs: &[PackUpload]) -> Result<(Vec<u64>, Vec<u64>)> {
         let staged_keys: Vec<Vec<u8>> = ids.iter().map(|id| schema::staged_key(*id)).collect();
         let staged_keys: Vec<&[u8]> = staged_keys.iter().map(|k| k.as_slice()).collect();
-        let _turn = self.commit_turn.lock();
+        // Only a shared store needs the turns; a local store's commits never conflict.
+        let _turn = self
+            .meta
+            .store()
+            .is_shared()
+            .then(|| self.commit_turn.lock());
         self.meta.update(|t| {
             // The staged records in one round trip on a networked store: the shorter this
             // transaction, the fewer writers it conflicts with.

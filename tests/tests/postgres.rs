@@ -520,6 +520,12 @@ fn a_file_unlinked_on_one_mount_stays_readable_where_it_is_open() {
         .assert_success();
     let objects_of_both = vol.chunk_files().len();
     assert!(objects_of_both >= 2, "{objects_of_both} objects");
+    // A's own holds of the files it wrote go in its holds thread's next batch.
+    wait_for(
+        "A's holds dropped",
+        std::time::Duration::from_secs(10),
+        || records_tagged(pg, &vol, holds) == 0,
+    );
 
     let mut on_b = fs::File::open(b.join("closed")).unwrap();
     let held_by_killed = fs::File::open(b.join("killed")).unwrap();
