@@ -42,6 +42,7 @@ pub(crate) fn serve<F: Filesystem + ?Sized>(fs: &F, dev: &FuseDev, stats: &Stats
         let Some(out) = protocol::out_header(header.unique, outcome) else {
             continue;
         };
+        stats.dev_replies.fetch_add(1, Ordering::Relaxed);
         let payload = &reply[..out.len as usize - size_of::<abi::OutHeader>()];
         if let Err(e) = dev.write_reply(&[out.as_bytes(), payload]) {
             match e.raw_os_error() {

@@ -110,6 +110,8 @@ pub struct Stats {
     pub ring_requests: AtomicU64,
     /// Through read(2) on /dev/fuse (INIT not counted).
     pub dev_requests: AtomicU64,
+    /// Of those, the ones answered (not FORGET, BATCH_FORGET or INTERRUPT).
+    pub dev_replies: AtomicU64,
 }
 
 impl Stats {
