@@ -6,7 +6,8 @@
 # queue per CPU, two entries each, each queue's thread pinned to its CPU):
 #
 #   (a) the request round trip: fio 4 KiB pwrite at queue depth 1 (psync, one job) on one
-#       file: every write is one FUSE WRITE request (no writeback cache). Mean, p50, p99.
+#       file. Mean, p50, p99. Without writeback cache every write is two FUSE requests: the
+#       kernel's GETXATTR of security.capability before each write, then the WRITE.
 #   (b) the small-file workload of benches/smallfiles.sh, in memory:
 #           for i in $(seq N); do echo $i > f$i; done
 #       in one directory: seconds until all writes returned.
@@ -37,7 +38,7 @@ while (($#)); do
         --runs) runs=$2; shift ;;
         --fio-seconds) fio_seconds=$2; shift ;;
         --files) files=$2; shift ;;
-        -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -109,7 +110,7 @@ unmount_memfs() {
     kill -TERM "$pid"
     wait "$pid" || die "fuseuring-memfs exited with $?"
     pid=
-    sed 's/^/   /' "$work/memfs-$1.log" | grep -E "requests served|enable_uring" >&2 || true
+    sed 's/^/   /' "$work/memfs-$1.log" | grep -E "requests served|by opcode|enable_uring" >&2 || true
 }
 
 # Appends "mean p50 p99 iops" (µs, µs, µs, IOPS) of the fio run to $work/fio-$transport.

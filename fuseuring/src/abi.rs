@@ -492,6 +492,49 @@ plain! {
     UringCmdReq = 24;
 }
 
+/// The opcode's name, for statistics and logs.
+pub fn opcode_name(opcode: u32) -> &'static str {
+    match opcode {
+        FUSE_LOOKUP => "LOOKUP",
+        FUSE_FORGET => "FORGET",
+        FUSE_GETATTR => "GETATTR",
+        FUSE_SETATTR => "SETATTR",
+        FUSE_READLINK => "READLINK",
+        FUSE_SYMLINK => "SYMLINK",
+        FUSE_MKNOD => "MKNOD",
+        FUSE_MKDIR => "MKDIR",
+        FUSE_UNLINK => "UNLINK",
+        FUSE_RMDIR => "RMDIR",
+        FUSE_RENAME => "RENAME",
+        FUSE_LINK => "LINK",
+        FUSE_OPEN => "OPEN",
+        FUSE_READ => "READ",
+        FUSE_WRITE => "WRITE",
+        FUSE_STATFS => "STATFS",
+        FUSE_RELEASE => "RELEASE",
+        FUSE_FSYNC => "FSYNC",
+        FUSE_SETXATTR => "SETXATTR",
+        FUSE_GETXATTR => "GETXATTR",
+        FUSE_LISTXATTR => "LISTXATTR",
+        FUSE_REMOVEXATTR => "REMOVEXATTR",
+        FUSE_FLUSH => "FLUSH",
+        FUSE_INIT => "INIT",
+        FUSE_OPENDIR => "OPENDIR",
+        FUSE_READDIR => "READDIR",
+        FUSE_RELEASEDIR => "RELEASEDIR",
+        FUSE_FSYNCDIR => "FSYNCDIR",
+        FUSE_ACCESS => "ACCESS",
+        FUSE_CREATE => "CREATE",
+        FUSE_INTERRUPT => "INTERRUPT",
+        FUSE_DESTROY => "DESTROY",
+        FUSE_BATCH_FORGET => "BATCH_FORGET",
+        FUSE_READDIRPLUS => "READDIRPLUS",
+        FUSE_RENAME2 => "RENAME2",
+        FUSE_STATX => "STATX",
+        _ => "other",
+    }
+}
+
 /// Size of the fixed argument struct an opcode's request starts with (0: none).
 ///
 /// Over /dev/fuse the request body is this struct followed by the rest (names, data);

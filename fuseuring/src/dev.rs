@@ -39,6 +39,7 @@ pub(crate) fn serve<F: Filesystem + ?Sized>(fs: &F, dev: &FuseDev, stats: &Stats
             protocol::dispatch(fs, &header, fixed, rest, &mut reply)
         };
         stats.dev_requests.fetch_add(1, Ordering::Relaxed);
+        stats.count_opcode(header.opcode);
         let Some(out) = protocol::out_header(header.unique, outcome) else {
             continue;
         };

@@ -103,8 +103,11 @@ impl Config {
     }
 }
 
-/// Requests served, by the path they came through.
-#[derive(Debug, Default)]
+/// Opcodes counted one by one in [`Stats::by_opcode`]; higher ones share the last slot.
+pub const COUNTED_OPCODES: usize = 64;
+
+/// Requests served, by the path they came through and by opcode.
+#[derive(Debug)]
 pub struct Stats {
     /// Through an io_uring queue.
     pub ring_requests: AtomicU64,
@@ -112,9 +115,37 @@ pub struct Stats {
     pub dev_requests: AtomicU64,
     /// Of those, the ones answered (not FORGET, BATCH_FORGET or INTERRUPT).
     pub dev_replies: AtomicU64,
+    /// Requests by opcode, both paths together.
+    pub by_opcode: [AtomicU64; COUNTED_OPCODES],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            ring_requests: AtomicU64::new(0),
+            dev_requests: AtomicU64::new(0),
+            dev_replies: AtomicU64::new(0),
+            by_opcode: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Stats {
+    pub(crate) fn count_opcode(&self, opcode: u32) {
+        let slot = (opcode as usize).min(COUNTED_OPCODES - 1);
+        self.by_opcode[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (opcode, requests) for every opcode seen, by opcode.
+    pub fn opcode_counts(&self) -> Vec<(u32, u64)> {
+        self.by_opcode
+            .iter()
+            .enumerate()
+            .map(|(op, n)| (op as u32, n.load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
     /// (requests through the ring, requests through /dev/fuse).
     pub fn counts(&self) -> (u64, u64) {
         (

@@ -238,7 +238,7 @@ pub(crate) fn run_queue<F: Filesystem + ?Sized>(
                 }
                 continue;
             }
-            let commit_id = answer(fs, &buffers, entry, &mut reply);
+            let commit_id = answer(fs, &buffers, entry, &mut reply, stats);
             stats.ring_requests.fetch_add(1, Ordering::Relaxed);
             let sqe = fuse_cmd(
                 fd,
@@ -284,6 +284,7 @@ fn answer<F: Filesystem + ?Sized>(
     buffers: &EntryBuffers,
     entry: usize,
     reply: &mut [u8],
+    stats: &Stats,
 ) -> u64 {
     let header_ptr = buffers.header(entry);
     // SAFETY: the entry is ours until we commit it: the kernel wrote it before completing
@@ -291,6 +292,7 @@ fn answer<F: Filesystem + ?Sized>(
     let header: abi::UringReqHeader = unsafe { std::ptr::read(header_ptr) };
     let ent = header.ring_ent_in_out;
     let request = abi::InHeader::read_from(&header.in_out).expect("in_out holds an in header");
+    stats.count_opcode(request.opcode);
     let payload_len = (ent.payload_sz as usize).min(buffers.payload_size);
     // SAFETY: as above; payload_len is within the entry's payload buffer.
     let payload = unsafe { std::slice::from_raw_parts(buffers.payload(entry), payload_len) };

@@ -44,7 +44,7 @@ struct Args {
     /// Let other users access the mount.
     #[arg(long)]
     allow_other: bool,
-    /// Print the requests served per path (ring, /dev/fuse) at exit.
+    /// Print the requests served per path (ring, /dev/fuse) and per opcode at exit.
     #[arg(long)]
     stats: bool,
 }
@@ -159,6 +159,12 @@ fn main() -> ExitCode {
         eprintln!(
             "fuseuring-memfs: requests served: {ring_count} through the ring, {dev_count} through /dev/fuse"
         );
+        let by_opcode: Vec<String> = stats
+            .opcode_counts()
+            .into_iter()
+            .map(|(op, n)| format!("{} {n}", spoolfs_fuseuring::abi::opcode_name(op)))
+            .collect();
+        eprintln!("fuseuring-memfs: by opcode: {}", by_opcode.join(", "));
     }
     eprintln!("fuseuring-memfs: unmounted");
     ExitCode::SUCCESS
