@@ -302,3 +302,37 @@ fn a_missing_mountpoint_is_an_error_not_a_panic() {
     .expect("refused");
     assert!(matches!(err, Error::MountPoint(..)), "{err:?}");
 }
+
+/// Unmounted by someone else (umount(8)), the session's threads all stop by themselves.
+fn external_unmount_ends_the_session(choice: TransportChoice, expected: Transport) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session = spoolfs_fuseuring::mount(memfs(), dir.path(), &config(choice)).expect("mount");
+    assert_eq!(session.transport(), expected);
+    fs::write(dir.path().join("x"), b"x").expect("write");
+    spoolfs_fuseuring::mount::unmount(dir.path()).expect("unmount from outside");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        session.wait();
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("every thread stopped within 20 s of the unmount");
+}
+
+#[test]
+fn dev_session_ends_when_unmounted_from_outside() {
+    require_fuse!("dev_session_ends_when_unmounted_from_outside");
+    let _serial = serial();
+    external_unmount_ends_the_session(TransportChoice::Dev, Transport::Dev);
+}
+
+#[test]
+fn uring_session_ends_when_unmounted_from_outside() {
+    let name = "uring_session_ends_when_unmounted_from_outside";
+    require_fuse!(name);
+    require_uring!(name);
+    let _serial = serial();
+    let _uring = EnableUring::set(true);
+    external_unmount_ends_the_session(TransportChoice::Uring, Transport::Uring);
+}
