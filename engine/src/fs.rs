@@ -492,6 +492,16 @@ impl Engine {
             target,
         };
         let rec = self.update(|t| {
+            // A fresh id: nothing is stored under its prefixes yet, which a shared store may
+            // remember, so that the first close reads the empty chunk map without a round trip.
+            for prefix in [
+                schema::chunk_prefix(ino),
+                schema::xattr_prefix(ino),
+                schema::dentry_prefix(ino),
+                holds::hold_prefix(ino),
+            ] {
+                t.note_empty(&prefix, &spoolfs_metadata::prefix_end(&prefix));
+            }
             let rec = namespace::make_node(t, caller, parent, name, ino, &node)?;
             if let Some(h) = hold {
                 holds::put_hold(t, ino, &h.session)?;

@@ -134,17 +134,26 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
     // The counters statfs reads (kept per mount on a shared store) add up: root + 40 files.
     let st = engine.statfs().unwrap();
     assert_eq!(st.files - st.ffree, 41, "{st:?}");
+    // A create of a name never looked up reads its entry (one round trip), then commits with
+    // the rest checked from what this mount remembers (one more); after the kernel's lookup
+    // of the name it is one (see the next test).
     assert!(
         median(creates) <= 2,
         "a create costs more than two round trips"
     );
+    // A close commits what it read from memory (the inode and chunk map this mount made, its
+    // used-bytes counter) in the commit's round trip.
     assert!(
-        median(closes) <= 2,
-        "a close costs more than two round trips"
+        median(closes) <= 1,
+        "a close costs more than one round trip"
     );
     assert!(
-        median(opens) <= 2,
-        "an open (inode read and hold) costs more than two round trips"
+        median(opens) <= 1,
+        "an open (inode read and hold) costs more than one round trip"
+    );
+    assert_eq!(
+        stats.optimistic_misses, 0,
+        "nothing changed elsewhere, yet a remembered row was stale"
     );
     engine.shutdown().unwrap();
 }
@@ -252,15 +261,15 @@ fn round_trips_of_the_fuse_requests_of_a_small_file_on_postgres() {
     // (round trips, transactions) each step may cost at most.
     let bounds: &[(&str, (u64, u64))] = &[
         ("lookup of a missing name", (1, 1)),
-        ("create", (2, 1)),
+        ("create", (1, 1)),
         ("getxattr security.capability", (1, 1)),
         ("write", (0, 0)),
         ("getattr of the open file", (1, 1)),
-        ("flush", (2, 1)),
+        ("flush", (1, 1)),
         ("release", (0, 0)),
         ("getattr", (1, 1)),
         ("lookup", (2, 1)),
-        ("open for writing", (2, 1)),
+        ("open for writing", (1, 1)),
         ("write after an open", (0, 0)),
     ];
     for (what, (rts, txns)) in bounds {
@@ -301,10 +310,19 @@ fn a_create_loop_on_one_node_has_few_serialization_retries() {
     assert_eq!(engine.drain_uploads(Some(Duration::from_secs(60))), 0);
     let after = meta.stats();
     let retries = after.retries - before.retries;
+    let round_trips = after.round_trips - before.round_trips;
     eprintln!(
-        "{files} files: {} transactions, {} round trips, {retries} retries",
+        "{files} files: {} transactions, {round_trips} round trips ({:.2} per file), \
+         {retries} retries, {} optimistic misses",
         after.transactions - before.transactions,
-        after.round_trips - before.round_trips
+        round_trips as f64 / files as f64,
+        after.optimistic_misses - before.optimistic_misses
+    );
+    // Create 2 (its entry never looked up), close 1, and the batched upload and hold commits:
+    // measured 3.15 per file (4.28 before commits read what this mount remembers).
+    assert!(
+        round_trips <= files * 7 / 2,
+        "{round_trips} round trips for {files} small files"
     );
     for i in 0..files {
         let attr = engine.lookup(ROOT_INO, format!("f{i}").as_bytes()).unwrap();
