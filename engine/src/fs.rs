@@ -483,6 +483,24 @@ impl Engine {
         target: &[u8],
         hold: Option<&Holds>,
     ) -> Result<(Ino, InodeRec)> {
+        self.make_node_deferred(caller, parent, name, kind, (perm, rdev, target), hold, None)
+            .map(|(ino, rec, _)| (ino, rec))
+    }
+
+    /// [`Self::make_node`] that, given the namespace log in `defer`, returns without waiting
+    /// for the device: also returns the number to wait for (see `WalStore::wait_logged`; 0:
+    /// nothing to wait for).
+    #[allow(clippy::too_many_arguments)]
+    fn make_node_deferred(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        (perm, rdev, target): (u32, u32, &[u8]),
+        hold: Option<&Holds>,
+        defer: Option<Arc<crate::wal::WalStore>>,
+    ) -> Result<(Ino, InodeRec, u64)> {
         schema::check_name(name)?;
         let ino = self.inode_ids.next(self.meta.store())?;
         let node = NewNode {
@@ -491,14 +509,24 @@ impl Engine {
             rdev,
             target,
         };
-        let rec = self.update(|t| {
+        let body = |t: &mut dyn KvTxn| {
             let rec = namespace::make_node(t, caller, parent, name, ino, &node)?;
             if let Some(h) = hold {
                 holds::put_hold(t, ino, &h.session)?;
             }
             Ok(rec)
+        };
+        let Some(wal) = defer else {
+            return Ok((ino, self.update(body)?, 0));
+        };
+        self.meta.refuse_if_closed()?;
+        let mut made = None;
+        let seq = wal.update_deferred(&mut |t| {
+            made = Some(body(t)?);
+            Ok(())
         })?;
-        Ok((ino, rec))
+        self.meta.mark_dirty();
+        Ok((ino, made.expect("update ran"), seq))
     }
 
     /// `mode` carries the file type bits (S_IFIFO, ...) and the permission bits, umask applied
@@ -807,16 +835,32 @@ impl Engine {
     ) -> Result<(Attr, u64)> {
         // The new file is held by this mount from its creation (in the same transaction).
         let hold = self.holds.as_deref();
-        match self.make_node(caller, parent, name, FileKind::File, mode, 0, &[], hold) {
-            Ok((ino, rec)) => {
+        // Writeback on an exclusive volume: the create does not wait for the device; the
+        // file's close (or fsync, or any later call that waits for the namespace log) does.
+        let defer = self.write.deferring_log();
+        let made = self.make_node_deferred(
+            caller,
+            parent,
+            name,
+            FileKind::File,
+            (mode, 0, &[]),
+            hold,
+            defer,
+        );
+        match made {
+            Ok((ino, rec, seq)) => {
+                let state = self.pin(ino, true);
+                let mut state = state.write();
                 // The first write starts from the inode as made here: no read of it.
-                self.pin(ino, true).write().set_known(KnownInode {
+                state.set_known(KnownInode {
                     size: rec.size,
                     mtime_ns: rec.mtime_ns,
                     ctime_ns: rec.ctime_ns,
                     perm: rec.perm,
                     has_caps: false,
                 });
+                state.set_create_unlogged(seq);
+                drop(state);
                 if let Some(h) = hold {
                     h.recorded(ino);
                 }
@@ -1370,6 +1414,13 @@ impl Engine {
     /// Dead slices whose objects are still to be deleted (their `G` records).
     pub fn pending_deletes(&self) -> Result<u64> {
         self.view(count_dead)
+    }
+
+    /// How often calls waited for the namespace log's device (`None`: no namespace log, as
+    /// on a shared volume).
+    pub fn namespace_log_stats(&self) -> Option<crate::wal::WalStats> {
+        let wal = self.write.namespace_log.as_ref()?.upgrade()?;
+        Some(wal.stats())
     }
 
     pub fn status(&self) -> EngineStatus {

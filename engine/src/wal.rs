@@ -7,7 +7,11 @@
 //! the next sequence number (inside the transaction, so sequence order is commit order), and
 //! stores that number under [`APPLIED_SEQ_KEY`]. After the commit it appends the write set to
 //! the log and returns once every record up to its own is on the device. A `Durable` update
-//! additionally flushes the device cache. A write set that rides with a [`Carrier`]'s data is
+//! additionally flushes the device cache. A deferred update ([`WalStore::update_deferred`], a
+//! file's create) submits its record and returns without waiting for it: the record is
+//! settled by the first call that waits for a later number (the log is ordered, so every
+//! waiter waits for the records before its own), by [`WalStore::wait_logged`] or by the next
+//! checkpoint. A write set that rides with a [`Carrier`]'s data is
 //! submitted just before the commit instead, so the device write and the commit overlap; if
 //! the commit then fails, an empty record with the same number is logged, and replay prefers
 //! it to the carried copy.
@@ -23,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use spoolfs_metadata::{
     Durability, Entries, KvRead, KvStore, KvTxn, MetaError, Result, UpdateFn, ViewFn,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -216,6 +220,28 @@ struct Progress {
     done: BTreeSet<u64>,
     /// Records appended and not yet covered by a durable commit of the inner store.
     handles: Vec<(u64, u64)>,
+    /// Committed transactions whose callers returned without waiting for their record
+    /// ([`WalStore::update_deferred`]), by number: settled by the first caller that waits for
+    /// a number at or above theirs.
+    deferred: BTreeMap<u64, DeferredRecord>,
+}
+
+/// A record submitted to the namespace log that its caller did not wait for.
+struct DeferredRecord {
+    pending: PendingRecord,
+    /// The encoded record, logged again if its append fails.
+    record: Vec<u8>,
+}
+
+/// How often callers of the write-ahead log waited for the device, and how often they did not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Calls that returned only after waiting for the device: an update waiting for its own
+    /// record (and the ones before it), a `sync`, or a [`WalStore::wait_logged`] that found
+    /// its number not yet on the device.
+    pub device_waits: u64,
+    /// Updates that returned without waiting for their record ([`WalStore::update_deferred`]).
+    pub deferred: u64,
 }
 
 pub struct WalStore {
@@ -235,6 +261,10 @@ pub struct WalStore {
     /// Every transaction numbered up to this is through the device cache (in the log or in
     /// the inner store); written into each record (see [`WalRecordFlushed`]).
     flushed_through: AtomicU64,
+    /// See [`WalStats::device_waits`].
+    device_waits: AtomicU64,
+    /// See [`WalStats::deferred`].
+    deferred: AtomicU64,
 }
 
 impl WalStore {
@@ -360,12 +390,15 @@ impl WalStore {
                     prefix: last,
                     done: BTreeSet::new(),
                     handles: Vec::new(),
+                    deferred: BTreeMap::new(),
                 }),
                 progress_cv: Condvar::new(),
                 broken: AtomicBool::new(false),
                 given_up: AtomicU64::new(u64::MAX),
                 // Replay made everything up to `last` durable in the inner store.
                 flushed_through: AtomicU64::new(last),
+                device_waits: AtomicU64::new(0),
+                deferred: AtomicU64::new(0),
             },
             Recovery {
                 replayed,
@@ -398,11 +431,85 @@ impl WalStore {
         self.progress_cv.notify_all();
     }
 
+    /// Waits until every record numbered up to `seq` is on the device (or its transaction
+    /// was given up), settling on the way the deferred records its callers left.
     fn wait_prefix(&self, seq: u64) {
         let mut p = self.progress.lock();
         while p.prefix < seq {
-            self.progress_cv.wait(&mut p);
+            let later = p.deferred.split_off(&(seq + 1));
+            let due = std::mem::replace(&mut p.deferred, later);
+            if due.is_empty() {
+                // A record still on its way, or a deferred one about to be handed over (its
+                // caller notifies when it is).
+                self.progress_cv.wait(&mut p);
+                continue;
+            }
+            parking_lot::MutexGuard::unlocked(&mut p, || {
+                for (n, d) in due {
+                    self.settle_deferred(n, d);
+                }
+            });
         }
+    }
+
+    /// Settles every deferred record (the checkpoint does, so that no record waits longer
+    /// than a checkpoint interval for someone to collect it).
+    fn settle_all_deferred(&self) {
+        let due = std::mem::take(&mut self.progress.lock().deferred);
+        for (n, d) in due {
+            self.settle_deferred(n, d);
+        }
+    }
+
+    /// Waits for a deferred record's append; if it failed, logs it again, or makes the inner
+    /// store durable instead (see [`WalStore::settle`]).
+    fn settle_deferred(&self, seq: u64, d: DeferredRecord) {
+        let appended = match self.log.finish(d.pending) {
+            Ok(h) => Ok(Some(h)),
+            Err(e) => {
+                tracing::debug!("namespace log append of {seq} failed ({e}); logging it again");
+                self.log.append(&d.record).map(Some)
+            }
+        };
+        // A failure is seen by every waiter for this number or a later one (`given_up`).
+        let _ = self.settle(seq, true, false, appended);
+    }
+
+    /// What [`WalStore::update_deferred`] returned (`seq`) is on the device: the change
+    /// survives a crash of spoolfs or of the kernel (and every change numbered before it).
+    pub fn wait_logged(&self, seq: u64) -> Result<()> {
+        if seq == 0 {
+            return Ok(());
+        }
+        if self.progress.lock().prefix < seq {
+            self.device_waits.fetch_add(1, Ordering::Relaxed);
+            self.wait_prefix(seq);
+        }
+        if self.given_up.load(Ordering::SeqCst) <= seq {
+            return Err(MetaError::Io(format!(
+                "transaction {seq} is committed but could not be made crash-safe; remount to \
+                 recover"
+            )));
+        }
+        Ok(())
+    }
+
+    /// How often callers waited for the device.
+    pub fn stats(&self) -> WalStats {
+        WalStats {
+            device_waits: self.device_waits.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed),
+        }
+    }
+
+    /// [`KvStore::update`] (not durable) that returns once the transaction is committed and
+    /// its record submitted to the namespace log, without waiting for the device. Returns the
+    /// transaction's number (0: it changed nothing), for [`WalStore::wait_logged`]; any later
+    /// update, `sync` or checkpoint also waits for it. Until then a crash may lose the change
+    /// (and nothing acknowledged after it: replay stops at the first missing number).
+    pub fn update_deferred(&self, f: UpdateFn<'_>) -> Result<u64> {
+        self.update_inner(Durability::Visible, f, None, true)
+            .map(|(_, seq)| seq)
     }
 
     /// [`KvStore::update`] whose log record rides with `carrier`'s data (one device write for
@@ -415,15 +522,20 @@ impl WalStore {
         f: UpdateFn<'_>,
         carrier: &mut dyn Carrier,
     ) -> Result<bool> {
-        self.update_inner(durability, f, Some(carrier))
+        self.update_inner(durability, f, Some(carrier), false)
+            .map(|(carried, _)| carried)
     }
 
+    /// Runs one transaction and logs it; returns whether the carrier took its record, and its
+    /// number (0: it wrote nothing). `defer`: return without waiting for a record that went
+    /// to the namespace log (see [`WalStore::update_deferred`]).
     fn update_inner(
         &self,
         durability: Durability,
         f: UpdateFn<'_>,
         mut carrier: Option<&mut dyn Carrier>,
-    ) -> Result<bool> {
+        defer: bool,
+    ) -> Result<(bool, u64)> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(MetaError::Io(
                 "the namespace log lost the outcome of an earlier transaction; \
@@ -432,10 +544,18 @@ impl WalStore {
             ));
         }
         let durable = durability == Durability::Durable;
+        if durable && carrier.is_some() {
+            // A durable carried append covers the records before it only if they are on the
+            // device when it is written (see below): collect the deferred ones (a create
+            // followed by fsync) first, or a second flush would follow.
+            self.settle_all_deferred();
+        }
         let mut writes = Vec::new();
         let mut seq = 0;
         let mut early = Early::Nothing;
         let mut prefix_before = 0;
+        // The encoded record of a deferred update, kept to log it again if its append fails.
+        let mut deferred_record = Vec::new();
         let result = self.inner.update(Durability::Visible, &mut |t| {
             if !matches!(early, Early::Nothing) {
                 // Our record is already on its way to the device under the number taken.
@@ -478,11 +598,29 @@ impl WalStore {
                     Err(e) => tracing::debug!("namespace log submit of {seq} failed ({e})"),
                 }
             }
+            if defer {
+                deferred_record = record;
+            }
             Ok(())
         });
         if seq == 0 {
-            return result.map(|_| false);
+            return result.map(|_| (false, 0));
         }
+        if defer && result.is_ok() && matches!(early, Early::Logged(_)) {
+            let Early::Logged(pending) = early else {
+                unreachable!("matched above")
+            };
+            let record = std::mem::take(&mut deferred_record);
+            self.progress
+                .lock()
+                .deferred
+                .insert(seq, DeferredRecord { pending, record });
+            // A caller already waiting for a later number settles it.
+            self.progress_cv.notify_all();
+            self.deferred.fetch_add(1, Ordering::Relaxed);
+            return Ok((false, seq));
+        }
+        self.device_waits.fetch_add(1, Ordering::Relaxed);
         // Where the record went, now that the commit's outcome is known.
         let mut carried = None;
         let mut logged = None;
@@ -539,9 +677,51 @@ impl WalStore {
                 ))
                 .map(|_| None),
         };
+        self.settle(seq, result.is_ok(), on_device, appended)?;
+        result?;
+        self.wait_prefix(seq);
+        if self.given_up.load(Ordering::SeqCst) < seq {
+            // An earlier number was given up (see above): replay would stop there, so this
+            // change, though logged, is not crash-safe either.
+            return Err(MetaError::Io(format!(
+                "transaction {seq} is committed but an earlier one could not be made \
+                 crash-safe; remount to recover"
+            )));
+        }
+        if durable {
+            // A durable carried append flushed after its own write; that covers the records
+            // before it only if they were all on the device before it was written.
+            let covered = carried == Some(true) && prefix_before + 1 >= seq;
+            if !covered {
+                self.log.sync().map_err(io_err)?;
+                if let Some(c) = carrier
+                    && carried.is_some()
+                {
+                    c.sync().map_err(io_err)?;
+                }
+            }
+            // Every number up to ours was on the device (the prefix reached it) before the
+            // flush that covered ours.
+            self.flushed_through.fetch_max(seq, Ordering::SeqCst);
+        }
+        Ok((carried.is_some(), seq))
+    }
+
+    /// Marks transaction `seq` settled once its record's fate is known: `appended` is the
+    /// handle of its record in the namespace log (`None`: carried, or an empty record kept
+    /// until the next recovery), or the error that left it without one. Without one, the
+    /// inner store is made durable instead; if that fails too, the number is given up and
+    /// every later change refused.
+    fn settle(
+        &self,
+        seq: u64,
+        committed: bool,
+        on_device: bool,
+        appended: std::io::Result<Option<u64>>,
+    ) -> Result<()> {
         match appended {
             Ok(handle) => self.mark_done(seq, handle),
-            Err(e) if result.is_err() && on_device => {
+            Err(e) if !committed && on_device => {
                 // A full copy of the record may be on the device, and nothing says the
                 // transaction failed: later transactions, which do not contain it, must not
                 // be logged.
@@ -579,33 +759,7 @@ impl WalStore {
                 self.mark_done(seq, None);
             }
         }
-        result?;
-        self.wait_prefix(seq);
-        if self.given_up.load(Ordering::SeqCst) < seq {
-            // An earlier number was given up (see above): replay would stop there, so this
-            // change, though logged, is not crash-safe either.
-            return Err(MetaError::Io(format!(
-                "transaction {seq} is committed but an earlier one could not be made \
-                 crash-safe; remount to recover"
-            )));
-        }
-        if durable {
-            // A durable carried append flushed after its own write; that covers the records
-            // before it only if they were all on the device before it was written.
-            let covered = carried == Some(true) && prefix_before + 1 >= seq;
-            if !covered {
-                self.log.sync().map_err(io_err)?;
-                if let Some(c) = carrier
-                    && carried.is_some()
-                {
-                    c.sync().map_err(io_err)?;
-                }
-            }
-            // Every number up to ours was on the device (the prefix reached it) before the
-            // flush that covered ours.
-            self.flushed_through.fetch_max(seq, Ordering::SeqCst);
-        }
-        Ok(carried.is_some())
+        Ok(())
     }
 }
 
@@ -627,10 +781,11 @@ impl KvStore for WalStore {
     }
 
     fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<()> {
-        self.update_inner(durability, f, None).map(|_| ())
+        self.update_inner(durability, f, None, false).map(|_| ())
     }
 
     fn persist(&self) -> Result<()> {
+        self.settle_all_deferred();
         // Every sequence below this is committed in the inner store once persist returns.
         let upto = self.next_seq.load(Ordering::SeqCst);
         self.inner.persist()?;
@@ -652,6 +807,7 @@ impl KvStore for WalStore {
         // Everything committed so far is logged once the prefix reaches the last number
         // handed out; one device flush then covers it (and staged data written before).
         let last = self.next_seq.load(Ordering::SeqCst) - 1;
+        self.device_waits.fetch_add(1, Ordering::Relaxed);
         self.wait_prefix(last);
         self.log.sync().map_err(io_err)?;
         self.flushed_through.fetch_max(last, Ordering::SeqCst);
@@ -675,6 +831,12 @@ mod tests {
     struct MemLog {
         records: Mutex<Vec<(u64, Vec<u8>, bool)>>,
         failing: AtomicBool,
+        /// Submitted records stay off the "device" until they are waited for (a slow device:
+        /// what a crash before the wait finds).
+        hold: AtomicBool,
+        held: Mutex<Vec<(u64, Vec<u8>)>>,
+        /// A held record's append fails when it is waited for.
+        fail_held: AtomicBool,
     }
 
     impl RecordLog for MemLog {
@@ -683,13 +845,28 @@ mod tests {
                 return Err(std::io::Error::from_raw_os_error(libc::EIO));
             }
             let mut r = self.records.lock();
-            let h = r.len() as u64;
-            r.push((h, record.to_vec(), false));
+            let mut held = self.held.lock();
+            let h = (r.len() + held.len()) as u64;
+            if self.hold.load(Ordering::SeqCst) {
+                held.push((h, record.to_vec()));
+            } else {
+                r.push((h, record.to_vec(), false));
+            }
             Ok(PendingRecord::Done(h))
         }
         fn finish(&self, pending: PendingRecord) -> std::io::Result<u64> {
             match pending {
-                PendingRecord::Done(h) => Ok(h),
+                PendingRecord::Done(h) => {
+                    let mut held = self.held.lock();
+                    if let Some(i) = held.iter().position(|(x, _)| *x == h) {
+                        let (h, record) = held.remove(i);
+                        if self.fail_held.load(Ordering::SeqCst) {
+                            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+                        }
+                        self.records.lock().push((h, record, false));
+                    }
+                    Ok(h)
+                }
                 PendingRecord::Staged(_) => unreachable!("a memory log stages nothing"),
             }
         }
@@ -718,6 +895,116 @@ mod tests {
             .collect();
         records.extend(extra.iter().map(|r| (u64::MAX, r.clone())));
         WalStore::recover(fresh, log.clone(), records).unwrap()
+    }
+
+    /// A deferred update (a file's create) returns before its record is on the device: a
+    /// crash then loses it, and with it a later record that did reach the device (a close's,
+    /// never acknowledged), which replay drops. The next update that waits (the close) waits
+    /// for the deferred record too, and from then on both survive.
+    #[test]
+    fn a_deferred_update_is_lost_only_until_a_later_update_returns() {
+        let log = Arc::new(MemLog::default());
+        let (wal, _) =
+            WalStore::recover(Arc::new(MemStore::default()), log.clone(), vec![]).unwrap();
+        log.hold.store(true, Ordering::SeqCst);
+        let seq = wal.update_deferred(&mut |t| t.put(b"inode", b"1")).unwrap();
+        assert_eq!(
+            wal.stats(),
+            WalStats {
+                device_waits: 0,
+                deferred: 1
+            },
+            "the deferred update waited for the device"
+        );
+        // A crash now: the create's record never reached the device.
+        let (after, n) = crash_replay(&log, &[]);
+        assert_eq!(n, 0);
+        after
+            .view(&mut |r| {
+                assert_eq!(r.get(b"inode")?, None);
+                Ok(())
+            })
+            .unwrap();
+        // The same crash with the next transaction's record on the device (a close whose
+        // slice record was written while the create's was not): replay stops at the gap.
+        let close = encode_record(
+            wal.epoch,
+            seq + 1,
+            &[(b"slice".to_vec(), Some(b"2".to_vec()))],
+        );
+        let (after, n) = crash_replay(&log, &[close]);
+        assert_eq!(n, 0, "a record behind a missing one was replayed");
+        after
+            .view(&mut |r| {
+                assert_eq!(r.get(b"slice")?, None);
+                Ok(())
+            })
+            .unwrap();
+
+        // The close: its record rides with its data, and it returns only once the create's
+        // record is on the device too.
+        log.hold.store(false, Ordering::SeqCst);
+        let mut carrier = MemCarrier::default();
+        assert!(put_carried(&wal, Durability::Visible, b"slice", b"2", &mut carrier).unwrap());
+        assert!(
+            log.held.lock().is_empty(),
+            "the close returned before the create's record was on the device"
+        );
+        assert_eq!(
+            wal.stats().device_waits,
+            1,
+            "one wait for the create and the close"
+        );
+        let carried = carrier.records[0].1.clone();
+        let (after, n) = crash_replay(&log, &[carried]);
+        assert_eq!(n, 2);
+        after
+            .view(&mut |r| {
+                assert_eq!(r.get(b"inode")?.as_deref(), Some(&b"1"[..]));
+                assert_eq!(r.get(b"slice")?.as_deref(), Some(&b"2"[..]));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// `wait_logged` settles a deferred record; one whose append failed is logged again; a
+    /// checkpoint settles what nobody waited for.
+    #[test]
+    fn wait_logged_and_checkpoints_settle_deferred_records() {
+        let log = Arc::new(MemLog::default());
+        let (wal, _) =
+            WalStore::recover(Arc::new(MemStore::default()), log.clone(), vec![]).unwrap();
+        log.hold.store(true, Ordering::SeqCst);
+        log.fail_held.store(true, Ordering::SeqCst);
+        let first = wal.update_deferred(&mut |t| t.put(b"a", b"1")).unwrap();
+        log.hold.store(false, Ordering::SeqCst);
+        wal.wait_logged(first).unwrap();
+        assert_eq!(wal.stats().device_waits, 1);
+        let (after, n) = crash_replay(&log, &[]);
+        assert_eq!(n, 1, "the record whose append failed was not logged again");
+        after
+            .view(&mut |r| {
+                assert_eq!(r.get(b"a")?.as_deref(), Some(&b"1"[..]));
+                Ok(())
+            })
+            .unwrap();
+        // Nobody waits for this one but the checkpoint.
+        log.hold.store(true, Ordering::SeqCst);
+        log.fail_held.store(false, Ordering::SeqCst);
+        let second = wal.update_deferred(&mut |t| t.put(b"b", b"2")).unwrap();
+        assert_eq!(log.held.lock().len(), 1);
+        wal.persist().unwrap();
+        assert!(
+            log.held.lock().is_empty(),
+            "the checkpoint left a record unsettled"
+        );
+        wal.wait_logged(second).unwrap();
+        assert_eq!(
+            wal.stats().device_waits,
+            1,
+            "a settled record was waited for again"
+        );
+        assert_eq!(wal.stats().deferred, 2);
     }
 
     /// A power cut: like [`crash_replay`], with only the records a `sync` covered.

@@ -97,6 +97,11 @@ pub(crate) struct FileState {
     /// without reading it again. Forgotten at the first write, a flush, and any change of
     /// the inode's attributes or extended attributes here.
     known: Option<KnownInode>,
+    /// The number of this inode's create in the namespace log, when the create returned
+    /// without waiting for its record ([`WalStore::update_deferred`]): the next flush waits
+    /// for it, by committing a change of its own (numbered after it) or by waiting for it
+    /// alone.
+    create_unlogged: Option<u64>,
 }
 
 /// What the first write since a flush needs of its inode: the size and permission bits, and
@@ -126,6 +131,12 @@ impl FileState {
     /// Records the inode as this mount has just made it (see [`FileState::known`]).
     pub(crate) fn set_known(&mut self, known: KnownInode) {
         self.known = Some(known);
+    }
+
+    /// The inode's create returned before its namespace-log record was on the device (see
+    /// [`FileState::create_unlogged`]).
+    pub(crate) fn set_create_unlogged(&mut self, seq: u64) {
+        self.create_unlogged = (seq != 0).then_some(seq);
     }
 
     /// The inode changed here: the next write reads it.
@@ -185,6 +196,25 @@ impl WritePath {
     /// The namespace log, while the metadata store it writes ahead of is open.
     fn namespace_log(&self) -> Option<Arc<WalStore>> {
         self.namespace_log.as_ref()?.upgrade()
+    }
+
+    /// The namespace log in writeback mode: a file's create there returns without waiting for
+    /// its record (the file's close does). `None` in standard mode and on a shared volume.
+    pub(crate) fn deferring_log(&self) -> Option<Arc<WalStore>> {
+        self.namespace_log().filter(|_| self.is_writeback())
+    }
+
+    /// Waits until the inode's create is in the namespace log, if its create did not wait.
+    fn wait_create_logged(&self, state: &mut FileState) -> Result<()> {
+        let Some(seq) = state.create_unlogged else {
+            return Ok(());
+        };
+        let Some(wal) = self.namespace_log() else {
+            return Err(FsError::NamespaceLogClosed);
+        };
+        wal.wait_logged(seq)?;
+        state.create_unlogged = None;
+        Ok(())
     }
 
     /// Whether new writes are acknowledged from the staging log.
@@ -339,7 +369,8 @@ impl WritePath {
         // Whatever follows a flush (an attribute change, more writes) reads the inode anew.
         state.known = None;
         let Some(overlay) = state.overlay else {
-            return Ok(());
+            // Nothing to commit; the close still promises the file's create.
+            return self.wait_create_logged(state);
         };
         let wb = self.uploader.as_ref().filter(|wb| wb.opts.writeback);
         // Ids first (the only step that can fail), so that every append submitted below is
@@ -363,6 +394,8 @@ impl WritePath {
             Durability::Visible
         };
         self.flush_commit(ino, state, wb, overlay, durability, &mut plan)?;
+        // The commit waited for its own record, numbered after the create's.
+        state.create_unlogged = None;
         self.flush_hand_off(ino, state, wb, plan)
     }
 

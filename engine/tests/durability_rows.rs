@@ -18,7 +18,7 @@
 
 mod common;
 
-use spoolfs_engine::staging::{CutPlan, SimDevice, StagingDurability, Unflushed};
+use spoolfs_engine::staging::{CutPlan, FaultConfig, SimDevice, StagingDurability, Unflushed};
 use spoolfs_engine::writeback::{StagingSettings, open_staging};
 use spoolfs_engine::*;
 use spoolfs_metadata::{CrashStore, KvStore, MemStore};
@@ -64,6 +64,8 @@ struct Rig {
     meta: Arc<CrashStore>,
     device: Arc<SimDevice>,
     record: VolumeRecord,
+    /// Faults of the namespace log (none unless a test arms them; a recovery keeps them).
+    namespace_faults: Arc<FaultConfig>,
 }
 
 /// What was there when an engine stopped as a failure would stop it.
@@ -144,6 +146,7 @@ impl Rig {
             meta,
             device,
             record,
+            namespace_faults: FaultConfig::new(),
         }
     }
 
@@ -172,6 +175,7 @@ impl Rig {
             upload_threads: 1,
             upload_delay: Duration::from_secs(3600),
             device,
+            namespace_faults: Some(self.namespace_faults.clone()),
             ..StagingSettings::for_tests(self.cache())
         };
         let (wal, staging) = open_staging(meta, &self.record, &settings).unwrap();
@@ -225,10 +229,16 @@ impl Rig {
     /// cache directory's files as they are, then shuts the engine down (what it does from
     /// here on is after the cut).
     fn cut(&self, engine: Arc<Engine>) -> Cut {
+        self.cut_then(engine, || {})
+    }
+
+    /// [`Rig::cut`] that runs `after_cut` once the files are saved, before the shutdown.
+    fn cut_then(&self, engine: Arc<Engine>, after_cut: impl FnOnce()) -> Cut {
         let at = self.now();
         let saved = tempfile::tempdir().unwrap();
         copy_tree(&self.objects(), &saved.path().join("objects"));
         copy_tree(&self.cache(), &saved.path().join("cache"));
+        after_cut();
         let _ = engine.shutdown();
         drop(engine);
         Cut { at, saved }
@@ -747,4 +757,169 @@ fn a_write_is_visible_to_other_readers_at_once() {
         assert_reads(&e, "f", &data, &format!("{mode:?}: a write not yet closed"));
         e.shutdown().unwrap();
     }
+}
+
+// ------------------------------------------------------------------ create: no wait of its own
+
+/// Whether some data-log segment under `cache` holds `needle` (a slice's bytes on the device).
+fn data_log_holds(cache: &Path, needle: &[u8]) -> bool {
+    common::files_under(cache)
+        .iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "data"))
+        .any(|p| {
+            std::fs::read(p).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+        })
+}
+
+/// Writes one file, so that the engine has its batches of inode and slice ids (reserving one
+/// is a transaction that waits, once per 256 inodes or 1,024 slices).
+fn reserve_ids(e: &Engine) {
+    write_file(e, "warm-up", b"ids", true);
+}
+
+/// Writeback `create` returns before its namespace-log record is on the device (the
+/// namespace log's writes are held back here): a kernel crash before the file's close may
+/// lose the file, a crash after the close returned never does. The close waits for the
+/// create's record.
+#[test]
+fn a_create_survives_a_kernel_crash_once_its_file_is_closed() {
+    let delay = Duration::from_secs(3);
+    // Before the close: lost.
+    let (rig, e) = Rig::start(Mode::Writeback);
+    reserve_ids(&e);
+    rig.namespace_faults.delay_writes(delay);
+    let t0 = Instant::now();
+    let (a, _fh) = e
+        .create(&ME, ROOT_INO, b"early", 0o644, libc::O_RDWR)
+        .unwrap();
+    assert!(
+        t0.elapsed() < delay / 2,
+        "create took {:?}: it waited for the namespace log",
+        t0.elapsed()
+    );
+    assert_eq!(e.getattr(a.ino).unwrap().ino, a.ino, "visible at once");
+    // The shutdown's writes are not held back.
+    let cut = rig.cut_then(e, || rig.namespace_faults.delay_writes(Duration::ZERO));
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    assert_eq!(
+        lookup_path(&e, "early")
+            .map(|a| a.ino)
+            .err()
+            .map(|err| err.errno()),
+        Some(libc::ENOENT),
+        "a create whose record never reached the device survived the crash: the test would \
+         show nothing"
+    );
+    e.shutdown().unwrap();
+
+    // After the close: kept, the data and an empty file alike.
+    let (rig, e) = Rig::start(Mode::Writeback);
+    reserve_ids(&e);
+    let start = rig.now();
+    rig.namespace_faults
+        .delay_writes(Duration::from_millis(300));
+    let data = random_bytes(60, 3000);
+    let t0 = Instant::now();
+    write_file(&e, "late", &data, true);
+    let (empty, fh) = e
+        .create(&ME, ROOT_INO, b"empty", 0o644, libc::O_WRONLY)
+        .unwrap();
+    e.flush(empty.ino, fh).unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "the closes returned before the creates' records were written"
+    );
+    assert!(
+        !rig.durable_commit_since(start),
+        "the metadata store made the creates durable: this test would show nothing"
+    );
+    let cut = rig.cut(e);
+    rig.namespace_faults.delay_writes(Duration::ZERO);
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    assert_reads(&e, "late", &data, "a kernel crash after close");
+    assert_reads(&e, "empty", b"", "a kernel crash after close");
+    e.shutdown().unwrap();
+}
+
+/// A crash while a close waits for its file's create record: the close's own record (the
+/// slice and the change that links it) is on the device, the create's is not. Replay stops
+/// at the missing create (the close was never acknowledged) and drops the staged slice
+/// cleanly: no file, nothing staged, no panic.
+#[test]
+fn replay_drops_a_close_whose_create_never_reached_the_device() {
+    let (rig, e) = Rig::start(Mode::Writeback);
+    reserve_ids(&e);
+    let staged = |e: &Engine| {
+        let status = e.status();
+        (status.staged_slices, status.staged_bytes)
+    };
+    let staged_before = staged(&e);
+    rig.namespace_faults.delay_writes(Duration::from_secs(5));
+    let data = random_bytes(61, 8192);
+    let writer = {
+        let (e, data) = (e.clone(), data.clone());
+        std::thread::spawn(move || write_file(&e, "torn", &data, true))
+    };
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while !data_log_holds(&rig.cache(), &data[..4096]) {
+        assert!(
+            Instant::now() < deadline,
+            "the close's slice never reached the data log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !writer.is_finished(),
+        "the close returned before the create's record was written"
+    );
+    let cut = rig.cut_then(e, || rig.namespace_faults.delay_writes(Duration::ZERO));
+    writer.join().unwrap();
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    assert!(
+        lookup_path(&e, "torn").is_err(),
+        "a close never acknowledged was replayed"
+    );
+    assert_eq!(
+        staged(&e),
+        staged_before,
+        "the dropped close left staged data"
+    );
+    assert_reads(&e, "warm-up", b"ids", "the crash");
+    e.shutdown().unwrap();
+}
+
+/// A new small file (create, write, close) waits for the staging device once: the create
+/// returns without waiting, the close waits for its own record and the create's together.
+#[test]
+fn a_small_file_costs_one_device_wait() {
+    let (_rig, e) = Rig::start(Mode::Writeback);
+    reserve_ids(&e);
+    let before = e.namespace_log_stats().expect("a namespace log");
+    let files = 20u64;
+    for i in 0..files {
+        write_file(&e, &format!("s{i}"), format!("{i}\n").as_bytes(), true);
+    }
+    let after = e.namespace_log_stats().unwrap();
+    assert_eq!(
+        after.device_waits - before.device_waits,
+        files,
+        "device waits for {files} small files"
+    );
+    assert_eq!(
+        after.deferred - before.deferred,
+        files,
+        "creates that did not wait"
+    );
+    e.shutdown().unwrap();
+
+    // Standard mode keeps its create waiting (its close waits for the object store anyway).
+    let (_rig, e) = Rig::start(Mode::Standard);
+    let before = e.namespace_log_stats().unwrap();
+    write_file(&e, "s", b"1\n", true);
+    let after = e.namespace_log_stats().unwrap();
+    assert_eq!(
+        after.deferred, before.deferred,
+        "standard mode deferred a create"
+    );
+    e.shutdown().unwrap();
 }

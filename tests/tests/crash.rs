@@ -521,7 +521,8 @@ impl Worker {
                 .create_new(true)
                 .mode(0o644),
         )?;
-        self.set(&rel, Expect::unknown(true));
+        // A returned create alone promises nothing after a crash (SEMANTICS.md): the file's
+        // close or fsync does. So the file may still be missing until then.
         self.write_chunks(&mut f, &data, &op)?;
         self.finish_file(&rel, f, data, fsync, &op)
     }

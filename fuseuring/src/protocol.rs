@@ -1,0 +1,438 @@
+//! Request decoding and reply encoding, shared by both transports.
+//!
+//! A request arrives as its `fuse_in_header`, the opcode's fixed argument struct (if any)
+//! and the rest (names, written data). Over /dev/fuse the last two are one body, split with
+//! [`abi::op_header_len`]; over io_uring they come in separate buffers. [`dispatch`] calls the
+//! file system and writes the reply's payload (everything after `fuse_out_header`) into `out`.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use crate::abi::{self, Plain};
+use crate::fs::{Caller, DirFiller, Entry, Errno, Filesystem, SetAttr, TimeSet, XattrReply};
+
+/// What to send back for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The kernel expects no reply (FORGET, BATCH_FORGET, INTERRUPT).
+    NoReply,
+    /// Success with `len` bytes of payload written to `out`.
+    Ok(usize),
+    /// Failure with this errno (positive).
+    Err(i32),
+}
+
+impl From<Errno> for Outcome {
+    fn from(e: Errno) -> Self {
+        Outcome::Err(e.0)
+    }
+}
+
+/// The `fuse_out_header` of a reply with this outcome (`NoReply` gives none).
+pub fn out_header(unique: u64, outcome: Outcome) -> Option<abi::OutHeader> {
+    let (error, len) = match outcome {
+        Outcome::NoReply => return None,
+        Outcome::Ok(len) => (0, len),
+        Outcome::Err(errno) => (-errno, 0),
+    };
+    Some(abi::OutHeader {
+        len: (size_of::<abi::OutHeader>() + len) as u32,
+        error,
+        unique,
+    })
+}
+
+/// Splits a /dev/fuse request body into the opcode's fixed struct and the rest.
+pub fn split_body(opcode: u32, body: &[u8]) -> (&[u8], &[u8]) {
+    let head = abi::op_header_len(opcode).min(body.len());
+    body.split_at(head)
+}
+
+/// A request's arguments: the fixed struct and the variable part.
+struct Args<'a> {
+    fixed: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Args<'a> {
+    fn fixed<T: Plain>(&self) -> Result<T, Errno> {
+        T::read_from(self.fixed).ok_or(Errno::EINVAL)
+    }
+
+    /// The next NUL-terminated name of the variable part.
+    fn name(&mut self) -> Result<&'a OsStr, Errno> {
+        let end = self
+            .rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(Errno::EINVAL)?;
+        let name = &self.rest[..end];
+        self.rest = &self.rest[end + 1..];
+        Ok(OsStr::from_bytes(name))
+    }
+}
+
+/// Writes `value` at the start of `out`, returning the outcome for a reply made of it.
+fn reply_struct<T: Plain>(out: &mut [u8], value: &T) -> Outcome {
+    let bytes = value.as_bytes();
+    if out.len() < bytes.len() {
+        return Outcome::Err(libc::EIO);
+    }
+    out[..bytes.len()].copy_from_slice(bytes);
+    Outcome::Ok(bytes.len())
+}
+
+fn split_duration(d: Duration) -> (u64, u32) {
+    (d.as_secs(), d.subsec_nanos())
+}
+
+fn entry_out(entry: &Entry) -> abi::EntryOut {
+    let (entry_valid, entry_valid_nsec) = split_duration(entry.entry_ttl);
+    let (attr_valid, attr_valid_nsec) = split_duration(entry.attr_ttl);
+    abi::EntryOut {
+        nodeid: entry.attr.ino,
+        generation: 0,
+        entry_valid,
+        attr_valid,
+        entry_valid_nsec,
+        attr_valid_nsec,
+        attr: entry.attr,
+    }
+}
+
+fn attr_out(attr: &abi::Attr, ttl: Duration) -> abi::AttrOut {
+    let (attr_valid, attr_valid_nsec) = split_duration(ttl);
+    abi::AttrOut {
+        attr_valid,
+        attr_valid_nsec,
+        dummy: 0,
+        attr: *attr,
+    }
+}
+
+fn xattr_reply(out: &mut [u8], reply: XattrReply, size: u32) -> Outcome {
+    match reply {
+        XattrReply::Size(n) => reply_struct(
+            out,
+            &abi::GetxattrOut {
+                size: n,
+                padding: 0,
+            },
+        ),
+        XattrReply::Data(bytes) => {
+            if bytes.len() > size as usize || bytes.len() > out.len() {
+                return Outcome::Err(libc::ERANGE);
+            }
+            out[..bytes.len()].copy_from_slice(&bytes);
+            Outcome::Ok(bytes.len())
+        }
+    }
+}
+
+fn setattr_changes(a: &abi::SetattrIn) -> SetAttr {
+    let has = |bit: u32| a.valid & bit != 0;
+    let time = |now: u32, set: u32, secs: u64, nsecs: u32| {
+        if has(now) {
+            Some(TimeSet::Now)
+        } else if has(set) {
+            Some(TimeSet::At(secs, nsecs))
+        } else {
+            None
+        }
+    };
+    SetAttr {
+        mode: has(abi::FATTR_MODE).then_some(a.mode),
+        uid: has(abi::FATTR_UID).then_some(a.uid),
+        gid: has(abi::FATTR_GID).then_some(a.gid),
+        size: has(abi::FATTR_SIZE).then_some(a.size),
+        atime: time(abi::FATTR_ATIME_NOW, abi::FATTR_ATIME, a.atime, a.atimensec),
+        mtime: time(abi::FATTR_MTIME_NOW, abi::FATTR_MTIME, a.mtime, a.mtimensec),
+        ctime: has(abi::FATTR_CTIME).then_some((a.ctime, a.ctimensec)),
+        fh: has(abi::FATTR_FH).then_some(a.fh),
+    }
+}
+
+/// Serves one request (anything but INIT, which the session answers itself).
+pub fn dispatch<F: Filesystem + ?Sized>(
+    fs: &F,
+    header: &abi::InHeader,
+    fixed: &[u8],
+    rest: &[u8],
+    out: &mut [u8],
+) -> Outcome {
+    match serve(fs, header, Args { fixed, rest }, out) {
+        Ok(outcome) => outcome,
+        Err(e) => e.into(),
+    }
+}
+
+fn serve<F: Filesystem + ?Sized>(
+    fs: &F,
+    h: &abi::InHeader,
+    mut args: Args<'_>,
+    out: &mut [u8],
+) -> Result<Outcome, Errno> {
+    let caller = Caller {
+        uid: h.uid,
+        gid: h.gid,
+        pid: h.pid,
+    };
+    let ino = h.nodeid;
+    Ok(match h.opcode {
+        abi::FUSE_LOOKUP => {
+            let name = args.name()?;
+            reply_struct(out, &entry_out(&fs.lookup(caller, ino, name)?))
+        }
+        abi::FUSE_FORGET => {
+            let forget: abi::ForgetIn = args.fixed()?;
+            fs.forget(ino, forget.nlookup);
+            Outcome::NoReply
+        }
+        abi::FUSE_BATCH_FORGET => {
+            let batch: abi::BatchForgetIn = args.fixed()?;
+            let one = size_of::<abi::ForgetOne>();
+            for chunk in args.rest.chunks_exact(one).take(batch.count as usize) {
+                if let Some(f) = abi::ForgetOne::read_from(chunk) {
+                    fs.forget(f.nodeid, f.nlookup);
+                }
+            }
+            Outcome::NoReply
+        }
+        abi::FUSE_INTERRUPT => Outcome::NoReply,
+        abi::FUSE_GETATTR => {
+            let a: abi::GetattrIn = args.fixed()?;
+            // FUSE_GETATTR_FH: the request names an open file.
+            let fh = (a.getattr_flags & 1 != 0).then_some(a.fh);
+            let (attr, ttl) = fs.getattr(ino, fh)?;
+            reply_struct(out, &attr_out(&attr, ttl))
+        }
+        abi::FUSE_SETATTR => {
+            let a: abi::SetattrIn = args.fixed()?;
+            let (attr, ttl) = fs.setattr(caller, ino, &setattr_changes(&a))?;
+            reply_struct(out, &attr_out(&attr, ttl))
+        }
+        abi::FUSE_MKDIR => {
+            let a: abi::MkdirIn = args.fixed()?;
+            let name = args.name()?;
+            let entry = fs.mkdir(caller, ino, name, a.mode & !a.umask)?;
+            reply_struct(out, &entry_out(&entry))
+        }
+        abi::FUSE_CREATE => {
+            let a: abi::CreateIn = args.fixed()?;
+            let name = args.name()?;
+            let (entry, opened) = fs.create(caller, ino, name, a.mode & !a.umask, a.flags)?;
+            let entry = entry_out(&entry);
+            let open = abi::OpenOut {
+                fh: opened.fh,
+                open_flags: opened.open_flags,
+                backing_id: 0,
+            };
+            let (e, o) = (entry.as_bytes(), open.as_bytes());
+            if out.len() < e.len() + o.len() {
+                return Err(Errno::EIO);
+            }
+            out[..e.len()].copy_from_slice(e);
+            out[e.len()..e.len() + o.len()].copy_from_slice(o);
+            Outcome::Ok(e.len() + o.len())
+        }
+        abi::FUSE_OPEN | abi::FUSE_OPENDIR => {
+            let a: abi::OpenIn = args.fixed()?;
+            let opened = if h.opcode == abi::FUSE_OPEN {
+                fs.open(ino, a.flags)?
+            } else {
+                fs.opendir(ino)?
+            };
+            reply_struct(
+                out,
+                &abi::OpenOut {
+                    fh: opened.fh,
+                    open_flags: opened.open_flags,
+                    backing_id: 0,
+                },
+            )
+        }
+        abi::FUSE_READ => {
+            let a: abi::ReadIn = args.fixed()?;
+            let want = (a.size as usize).min(out.len());
+            let n = fs.read(ino, a.fh, a.offset, &mut out[..want])?;
+            Outcome::Ok(n.min(want))
+        }
+        abi::FUSE_WRITE => {
+            let a: abi::WriteIn = args.fixed()?;
+            let data = args.rest.get(..a.size as usize).ok_or(Errno::EINVAL)?;
+            let written = fs.write(ino, a.fh, a.offset, data)?;
+            reply_struct(
+                out,
+                &abi::WriteOut {
+                    size: written,
+                    padding: 0,
+                },
+            )
+        }
+        abi::FUSE_FLUSH => {
+            let a: abi::FlushIn = args.fixed()?;
+            fs.flush(ino, a.fh)?;
+            Outcome::Ok(0)
+        }
+        abi::FUSE_RELEASE => {
+            let a: abi::ReleaseIn = args.fixed()?;
+            fs.release(ino, a.fh)?;
+            Outcome::Ok(0)
+        }
+        abi::FUSE_RELEASEDIR => {
+            let a: abi::ReleaseIn = args.fixed()?;
+            fs.releasedir(ino, a.fh)?;
+            Outcome::Ok(0)
+        }
+        abi::FUSE_FSYNC => {
+            let a: abi::FsyncIn = args.fixed()?;
+            fs.fsync(ino, a.fh, a.fsync_flags & 1 != 0)?;
+            Outcome::Ok(0)
+        }
+        abi::FUSE_READDIR => {
+            let a: abi::ReadIn = args.fixed()?;
+            let want = (a.size as usize).min(out.len());
+            let mut filler = DirFiller::new(&mut out[..want]);
+            fs.readdir(ino, a.fh, a.offset, &mut filler)?;
+            Outcome::Ok(filler.len())
+        }
+        abi::FUSE_UNLINK => {
+            let name = args.name()?;
+            fs.unlink(ino, name)?;
+            Outcome::Ok(0)
+        }
+        abi::FUSE_RMDIR => {
+            let name = args.name()?;
+            fs.rmdir(ino, name)?;
+            Outcome::Ok(0)
+        }
+        abi::FUSE_RENAME | abi::FUSE_RENAME2 => {
+            let (new_parent, flags) = if h.opcode == abi::FUSE_RENAME {
+                (args.fixed::<abi::RenameIn>()?.newdir, 0)
+            } else {
+                let a: abi::Rename2In = args.fixed()?;
+                (a.newdir, a.flags)
+            };
+            let name = args.name()?;
+            let new_name = args.name()?;
+            fs.rename(ino, name, new_parent, new_name, flags)?;
+            Outcome::Ok(0)
+        }
+        abi::FUSE_STATFS => reply_struct(out, &fs.statfs(ino)?),
+        abi::FUSE_ACCESS => {
+            let a: abi::AccessIn = args.fixed()?;
+            fs.access(caller, ino, a.mask)?;
+            Outcome::Ok(0)
+        }
+        abi::FUSE_GETXATTR => {
+            let a: abi::GetxattrIn = args.fixed()?;
+            let name = args.name()?;
+            xattr_reply(out, fs.getxattr(ino, name, a.size)?, a.size)
+        }
+        abi::FUSE_LISTXATTR => {
+            let a: abi::GetxattrIn = args.fixed()?;
+            xattr_reply(out, fs.listxattr(ino, a.size)?, a.size)
+        }
+        // A plain FUSE mount never sends DESTROY (only fuseblk does); answer it anyway.
+        abi::FUSE_DESTROY => Outcome::Ok(0),
+        _ => Outcome::Err(libc::ENOSYS),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memfs::MemFs;
+
+    fn header(opcode: u32, nodeid: u64) -> abi::InHeader {
+        abi::InHeader {
+            opcode,
+            nodeid,
+            unique: 7,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lookup_of_a_missing_name_is_enoent_and_a_name_without_nul_is_einval() {
+        let fs = MemFs::new(Duration::from_secs(1), Duration::from_secs(1));
+        let mut out = vec![0u8; 4096];
+        let h = header(abi::FUSE_LOOKUP, abi::ROOT_ID);
+        assert_eq!(
+            dispatch(&fs, &h, &[], b"nope\0", &mut out),
+            Outcome::Err(libc::ENOENT)
+        );
+        assert_eq!(
+            dispatch(&fs, &h, &[], b"nope", &mut out),
+            Outcome::Err(libc::EINVAL)
+        );
+    }
+
+    #[test]
+    fn create_then_write_then_read_round_trips_through_the_encoded_form() {
+        let fs = MemFs::new(Duration::from_secs(1), Duration::from_secs(1));
+        let mut out = vec![0u8; 4096];
+        let create = abi::CreateIn {
+            flags: libc::O_WRONLY as u32,
+            mode: 0o100644,
+            umask: 0o022,
+            open_flags: 0,
+        };
+        let outcome = dispatch(
+            &fs,
+            &header(abi::FUSE_CREATE, abi::ROOT_ID),
+            create.as_bytes(),
+            b"f\0",
+            &mut out,
+        );
+        assert_eq!(outcome, Outcome::Ok(128 + 16));
+        let entry = abi::EntryOut::read_from(&out).unwrap();
+        let opened = abi::OpenOut::read_from(&out[128..]).unwrap();
+        assert_eq!(entry.attr.mode, 0o100644);
+
+        let write = abi::WriteIn {
+            fh: opened.fh,
+            offset: 3,
+            size: 5,
+            ..Default::default()
+        };
+        let outcome = dispatch(
+            &fs,
+            &header(abi::FUSE_WRITE, entry.nodeid),
+            write.as_bytes(),
+            b"hello",
+            &mut out,
+        );
+        assert_eq!(outcome, Outcome::Ok(8));
+        assert_eq!(abi::WriteOut::read_from(&out).unwrap().size, 5);
+
+        let read = abi::ReadIn {
+            fh: opened.fh,
+            offset: 0,
+            size: 100,
+            ..Default::default()
+        };
+        let outcome = dispatch(
+            &fs,
+            &header(abi::FUSE_READ, entry.nodeid),
+            read.as_bytes(),
+            &[],
+            &mut out,
+        );
+        assert_eq!(outcome, Outcome::Ok(8));
+        assert_eq!(&out[..8], b"\0\0\0hello");
+    }
+
+    #[test]
+    fn a_body_split_gives_the_fixed_struct_then_the_rest() {
+        let mut body = abi::MkdirIn { mode: 1, umask: 2 }.as_bytes().to_vec();
+        body.extend_from_slice(b"d\0");
+        let (fixed, rest) = split_body(abi::FUSE_MKDIR, &body);
+        assert_eq!(fixed.len(), 8);
+        assert_eq!(rest, b"d\0");
+        let (fixed, rest) = split_body(abi::FUSE_LOOKUP, b"x\0");
+        assert!(fixed.is_empty());
+        assert_eq!(rest, b"x\0");
+    }
+}
