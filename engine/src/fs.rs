@@ -68,6 +68,10 @@ pub struct EngineConfig {
     pub shared_locks: Option<crate::locks::SharedLocks>,
     /// The longest pause of a blocked `F_SETLKW` between two looks at the lock table.
     pub lock_wait_max_backoff: Duration,
+    /// How long the kernel may keep attributes (the mount's `--attr-ttl`). On a shared store,
+    /// a directory's attributes as this mount's own create, mkdir or unlink in it committed
+    /// them answer the kernel's next `getattr` of it for that long (0: never).
+    pub own_dir_attr_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +94,7 @@ impl Default for EngineConfig {
             peer: None,
             shared_locks: None,
             lock_wait_max_backoff: Duration::from_millis(200),
+            own_dir_attr_ttl: Duration::ZERO,
         }
     }
 }
@@ -134,7 +139,14 @@ pub struct Engine {
     /// On a shared volume with a session: the lease its volume-wide background work runs
     /// under (see [`crate::session::lease`]), and what the last look at it found.
     lease: Option<BackgroundLease>,
+    /// On a shared store: directories this mount just changed by a create or an unlink in
+    /// them, with their attributes as committed, for the kernel's next `getattr` of each
+    /// (see [`EngineConfig::own_dir_attr_ttl`]). Used once, never by a transaction.
+    own_dir_attrs: Mutex<HashMap<Ino, (InodeRec, std::time::Instant)>>,
 }
+
+/// Most directories [`Engine::own_dir_attrs`] keeps (more: it starts again empty).
+const OWN_DIR_ATTRS_MAX: usize = 1024;
 
 struct BackgroundLease {
     session: String,
@@ -276,6 +288,7 @@ impl Engine {
             locks,
             holds,
             lease,
+            own_dir_attrs: Mutex::new(HashMap::new()),
         });
         let session = engine.holds.as_ref().map(|h| h.session.clone());
         engine.meta.store().update(Durability::Durable, &mut |t| {
@@ -429,6 +442,9 @@ impl Engine {
     pub fn forget(&self, _ino: Ino, _nlookup: u64) {}
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        if let Some(rec) = self.own_dir_attrs_of(ino) {
+            return Ok(self.attr_of(ino, &rec));
+        }
         if let Some(state) = self.state_of(ino) {
             // Open here: one read under the file's state lock (see `attr_of`).
             let st = state.read();
@@ -440,6 +456,7 @@ impl Engine {
     }
 
     pub fn setattr(&self, caller: &Caller, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        self.own_dir_attrs.lock().remove(&ino);
         let state = self.pin(ino, false);
         let result = self.setattr_pinned(caller, ino, set, &state);
         self.unpin(ino, false);
@@ -503,6 +520,7 @@ impl Engine {
     ) -> Result<(Ino, InodeRec, u64)> {
         schema::check_name(name)?;
         let ino = self.inode_ids.next(self.meta.store())?;
+        let keep_parent = self.keeps_own_dir_attrs();
         let node = NewNode {
             kind,
             perm,
@@ -510,23 +528,48 @@ impl Engine {
             target,
         };
         let body = |t: &mut dyn KvTxn| {
+            // A fresh id: nothing is stored under its prefixes yet, which a shared store may
+            // remember, so that the first close reads the empty chunk map without a round trip.
+            for prefix in [
+                schema::chunk_prefix(ino),
+                schema::xattr_prefix(ino),
+                schema::dentry_prefix(ino),
+                holds::hold_prefix(ino),
+            ] {
+                t.note_empty(&prefix, &spoolfs_metadata::prefix_end(&prefix));
+            }
             let rec = namespace::make_node(t, caller, parent, name, ino, &node)?;
             if let Some(h) = hold {
                 holds::put_hold(t, ino, &h.session)?;
             }
-            Ok(rec)
+            // The directory as just written (read back from the transaction's own writes).
+            let prec = match keep_parent {
+                true => Some(schema::must_inode(t, parent)?),
+                false => None,
+            };
+            Ok((rec, prec))
         };
-        let Some(wal) = defer else {
-            return Ok((ino, self.update(body)?, 0));
+        let (rec, prec, seq) = match defer {
+            None => {
+                let (rec, prec) = self.update(body)?;
+                (rec, prec, 0)
+            }
+            Some(wal) => {
+                self.meta.refuse_if_closed()?;
+                let mut made = None;
+                let seq = wal.update_deferred(&mut |t| {
+                    made = Some(body(t)?);
+                    Ok(())
+                })?;
+                self.meta.mark_dirty();
+                let (rec, prec) = made.expect("update ran");
+                (rec, prec, seq)
+            }
         };
-        self.meta.refuse_if_closed()?;
-        let mut made = None;
-        let seq = wal.update_deferred(&mut |t| {
-            made = Some(body(t)?);
-            Ok(())
-        })?;
-        self.meta.mark_dirty();
-        Ok((ino, made.expect("update ran"), seq))
+        if let Some(prec) = prec {
+            self.note_own_dir_attrs(parent, prec);
+        }
+        Ok((ino, rec, seq))
     }
 
     /// `mode` carries the file type bits (S_IFIFO, ...) and the permission bits, umask applied
@@ -596,9 +639,19 @@ impl Engine {
     }
 
     pub fn unlink(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
-        self.update(|t| {
-            namespace::remove_entry(t, parent, name, false, &|r, ino| self.still_open(r, ino))
-        })
+        let keep_parent = self.keeps_own_dir_attrs();
+        let prec = self.update(|t| {
+            namespace::remove_entry(t, parent, name, false, &|r, ino| self.still_open(r, ino))?;
+            // The directory as just written (read back from the transaction's own writes).
+            match keep_parent {
+                true => schema::must_inode(t, parent).map(Some),
+                false => Ok(None),
+            }
+        })?;
+        if let Some(prec) = prec {
+            self.note_own_dir_attrs(parent, prec);
+        }
+        Ok(())
     }
 
     pub fn rmdir(&self, _caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
@@ -608,6 +661,8 @@ impl Engine {
         if name == b".." {
             return Err(FsError::new(libc::ENOTEMPTY, "cannot remove \"..\""));
         }
+        // The removed directory's own attributes change too (its link count).
+        self.own_dir_attrs.lock().clear();
         self.update(|t| {
             namespace::remove_entry(t, parent, name, true, &|r, ino| self.still_open(r, ino))
         })
@@ -628,6 +683,8 @@ impl Engine {
                 "RENAME_NOREPLACE with RENAME_EXCHANGE",
             ));
         }
+        // A moved directory's own attributes change too (its ctime, its parent).
+        self.own_dir_attrs.lock().clear();
         self.update(|t| {
             let still_open = |r: &dyn KvRead, ino| self.still_open(r, ino);
             namespace::rename(t, parent, name, new_parent, new_name, flags, &still_open)
@@ -883,8 +940,29 @@ impl Engine {
         self.open.state_of(ino)
     }
 
+    /// Whether [`Engine::own_dir_attrs`] is in use: a shared store, a nonzero lifetime.
+    fn keeps_own_dir_attrs(&self) -> bool {
+        !self.config.own_dir_attr_ttl.is_zero() && self.meta.store().is_shared()
+    }
+
+    /// Remembers `dir`'s attributes as this mount's own transaction just committed them.
+    fn note_own_dir_attrs(&self, dir: Ino, rec: InodeRec) {
+        let mut map = self.own_dir_attrs.lock();
+        if map.len() >= OWN_DIR_ATTRS_MAX {
+            map.clear();
+        }
+        map.insert(dir, (rec, std::time::Instant::now()));
+    }
+
+    /// `dir`'s attributes as this mount last committed them, once, within their lifetime.
+    fn own_dir_attrs_of(&self, dir: Ino) -> Option<InodeRec> {
+        let (rec, at) = self.own_dir_attrs.lock().remove(&dir)?;
+        (at.elapsed() < self.config.own_dir_attr_ttl).then_some(rec)
+    }
+
     /// The inode is about to change here other than by a write: the next write reads it.
     fn forget_known(&self, ino: Ino) {
+        self.own_dir_attrs.lock().remove(&ino);
         if let Some(state) = self.state_of(ino) {
             state.write().forget_known();
         }

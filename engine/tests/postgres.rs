@@ -40,6 +40,27 @@ fn shared_mount(pg: &spoolfs_testkit::pg::PgServer, upload_delay: Duration) -> S
         },
     )
     .unwrap();
+    mount_of(meta, record, dir, upload_delay)
+}
+
+/// A second mount (another node: its own store handle, cache directory and session) of the
+/// volume `first` mounts.
+fn another_mount(first: &SharedMount, url: &str) -> SharedMount {
+    let meta = spoolfs_metadata::open_store(url).unwrap();
+    let record = spoolfs_engine::volume::read_record(meta.as_ref())
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(first.meta.describe(), meta.describe(), "one database");
+    mount_of(meta, record, dir, Duration::from_secs(3600))
+}
+
+fn mount_of(
+    meta: Arc<dyn spoolfs_metadata::KvStore>,
+    record: spoolfs_engine::VolumeRecord,
+    dir: tempfile::TempDir,
+    upload_delay: Duration,
+) -> SharedMount {
     let settings = StagingSettings {
         upload_delay,
         ..StagingSettings::for_tests(dir.path().join("cache"))
@@ -48,7 +69,7 @@ fn shared_mount(pg: &spoolfs_testkit::pg::PgServer, upload_delay: Duration) -> S
     // Shared mode: the engine commits straight to the database (no memtable in front).
     assert_eq!(engine_meta.describe(), meta.describe());
     assert!(engine_meta.is_shared());
-    let objects = Arc::new(spoolfs_objects::ObjectStorage::open(&storage).unwrap());
+    let objects = Arc::new(spoolfs_objects::ObjectStorage::open(&record.storage_config()).unwrap());
     let session = spoolfs_engine::session::Session::register(
         meta.clone(),
         "/mnt",
@@ -66,6 +87,7 @@ fn shared_mount(pg: &spoolfs_testkit::pg::PgServer, upload_delay: Duration) -> S
                 store: meta.clone(),
                 session_id: session.rec.id.clone(),
             }),
+            own_dir_attr_ttl: Duration::from_secs(1),
             ..Default::default()
         },
     )
@@ -134,17 +156,26 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
     // The counters statfs reads (kept per mount on a shared store) add up: root + 40 files.
     let st = engine.statfs().unwrap();
     assert_eq!(st.files - st.ffree, 41, "{st:?}");
+    // A create of a name never looked up reads its entry (one round trip), then commits with
+    // the rest checked from what this mount remembers (one more); after the kernel's lookup
+    // of the name it is one (see the next test).
     assert!(
         median(creates) <= 2,
         "a create costs more than two round trips"
     );
+    // A close commits what it read from memory (the inode and chunk map this mount made, its
+    // used-bytes counter) in the commit's round trip.
     assert!(
-        median(closes) <= 2,
-        "a close costs more than two round trips"
+        median(closes) <= 1,
+        "a close costs more than one round trip"
     );
     assert!(
-        median(opens) <= 2,
-        "an open (inode read and hold) costs more than two round trips"
+        median(opens) <= 1,
+        "an open (inode read and hold) costs more than one round trip"
+    );
+    assert_eq!(
+        stats.optimistic_misses, 0,
+        "nothing changed elsewhere, yet a remembered row was stale"
     );
     engine.shutdown().unwrap();
 }
@@ -187,6 +218,12 @@ fn round_trips_of_the_fuse_requests_of_a_small_file_on_postgres() {
             );
         });
         let (attr, fh) = created.unwrap();
+        // The kernel dropped the directory's attributes when the create replied: it asks
+        // again, and the attributes the create committed answer.
+        step("getattr of the directory after a create in it", &mut || {
+            let dir = engine.getattr(ROOT_INO).unwrap();
+            assert!(dir.mtime >= attr.mtime, "{dir:?} {attr:?}");
+        });
         // write(2): the kernel asks for security.capability first (file_remove_privs).
         step("getxattr security.capability", &mut || {
             let err = engine
@@ -252,15 +289,16 @@ fn round_trips_of_the_fuse_requests_of_a_small_file_on_postgres() {
     // (round trips, transactions) each step may cost at most.
     let bounds: &[(&str, (u64, u64))] = &[
         ("lookup of a missing name", (1, 1)),
-        ("create", (2, 1)),
+        ("create", (1, 1)),
+        ("getattr of the directory after a create in it", (0, 0)),
         ("getxattr security.capability", (1, 1)),
         ("write", (0, 0)),
         ("getattr of the open file", (1, 1)),
-        ("flush", (2, 1)),
+        ("flush", (1, 1)),
         ("release", (0, 0)),
         ("getattr", (1, 1)),
         ("lookup", (2, 1)),
-        ("open for writing", (2, 1)),
+        ("open for writing", (1, 1)),
         ("write after an open", (0, 0)),
     ];
     for (what, (rts, txns)) in bounds {
@@ -273,6 +311,164 @@ fn round_trips_of_the_fuse_requests_of_a_small_file_on_postgres() {
         );
     }
     engine.shutdown().unwrap();
+}
+
+/// The attributes a create committed answer the directory's next `getattr` once, within the
+/// attribute lifetime; a change of the directory on this mount (a chmod) is never hidden by
+/// them, and a `getattr` after the lifetime reads the database.
+#[test]
+fn the_directory_attributes_of_an_own_create_answer_one_getattr() {
+    let pg = spoolfs_testkit::require_postgres!();
+    let SharedMount {
+        meta, engine, _dir, ..
+    } = shared_mount(pg, Duration::from_secs(3600));
+    let caller = Caller::ROOT;
+    let rt = || meta.stats().round_trips;
+    let dir = engine.mkdir(&caller, ROOT_INO, b"d", 0o755).unwrap();
+    let (file, fh) = engine
+        .create(&caller, dir.ino, b"f", 0o644, libc::O_WRONLY)
+        .unwrap();
+    engine.release(file.ino, fh).unwrap();
+    let before = rt();
+    let cached = engine.getattr(dir.ino).unwrap();
+    assert_eq!(rt() - before, 0, "answered by the create's commit");
+    let before = rt();
+    let fresh = engine.getattr(dir.ino).unwrap();
+    assert_eq!(rt() - before, 1, "used once");
+    assert_eq!((cached.mtime, cached.perm), (fresh.mtime, fresh.perm));
+    // A chmod of the directory after a create in it: the next getattr sees the new mode.
+    let (f2, fh) = engine
+        .create(&caller, dir.ino, b"g", 0o644, libc::O_WRONLY)
+        .unwrap();
+    engine.release(f2.ino, fh).unwrap();
+    engine
+        .setattr(
+            &caller,
+            dir.ino,
+            &spoolfs_engine::SetAttr {
+                mode: Some(0o700),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(engine.getattr(dir.ino).unwrap().perm, 0o700);
+    // Past the lifetime: read from the database.
+    engine.unlink(&caller, dir.ino, b"g").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = rt();
+    engine.getattr(dir.ino).unwrap();
+    assert_eq!(rt() - before, 1, "expired");
+    engine.shutdown().unwrap();
+}
+
+/// Two mounts (two nodes) creating files in one directory in turns, and the same names: what
+/// one remembers of the directory is changed by the other, so optimistic commits fail and run
+/// again reading the database. Nothing is lost: every entry is there, the inode counts add
+/// up, and a name made by one mount is refused to the other.
+#[test]
+fn creates_in_turns_on_two_mounts_rerun_on_what_the_other_changed() {
+    let pg = spoolfs_testkit::require_postgres!();
+    let url = pg.url(&pg.new_database());
+    let first = {
+        let meta = spoolfs_metadata::format_store(&url).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = StorageConfig {
+            url: format!("file://{}", dir.path().join("objects").display()),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(dir.path().join("objects")).unwrap();
+        let record = spoolfs_engine::format_volume(
+            &meta,
+            &FormatOptions {
+                name: "pg".into(),
+                storage,
+                block_size: 64 << 10,
+                force: false,
+            },
+        )
+        .unwrap();
+        mount_of(meta, record, dir, Duration::from_secs(3600))
+    };
+    let second = another_mount(&first, &url);
+    let caller = Caller::ROOT;
+    let (a, b) = (&first.engine, &second.engine);
+    let d = a.mkdir(&caller, ROOT_INO, b"d", 0o755).unwrap().ino;
+    let rounds = 20u64;
+    for i in 0..rounds {
+        for (engine, who) in [(a, "a"), (b, "b")] {
+            let name = format!("{who}{i}");
+            // The kernel's lookup first (a miss), as through FUSE.
+            assert!(engine.lookup(d, name.as_bytes()).is_err());
+            let (attr, fh) = engine
+                .create(&caller, d, name.as_bytes(), 0o644, libc::O_WRONLY)
+                .unwrap();
+            engine
+                .write(&caller, attr.ino, fh, 0, name.as_bytes())
+                .unwrap();
+            engine.flush(attr.ino, fh).unwrap();
+            engine.release(attr.ino, fh).unwrap();
+        }
+        // The same name from both: the second is refused (an exclusive create), whichever
+        // remembered the name absent.
+        let same = format!("same{i}");
+        assert!(a.lookup(d, same.as_bytes()).is_err());
+        assert!(b.lookup(d, same.as_bytes()).is_err());
+        let (attr, fh) = a
+            .create(
+                &caller,
+                d,
+                same.as_bytes(),
+                0o644,
+                libc::O_WRONLY | libc::O_EXCL,
+            )
+            .unwrap();
+        a.release(attr.ino, fh).unwrap();
+        let err = b
+            .create(
+                &caller,
+                d,
+                same.as_bytes(),
+                0o644,
+                libc::O_WRONLY | libc::O_EXCL,
+            )
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EEXIST);
+    }
+    for engine in [a, b] {
+        let fh = engine.opendir(d).unwrap();
+        let names: Vec<Vec<u8>> = engine
+            .readdir(d, fh, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| n != b"." && n != b"..")
+            .collect();
+        engine.releasedir(d, fh).unwrap();
+        assert_eq!(names.len() as u64, rounds * 3, "{names:?}");
+        for i in 0..rounds {
+            for who in ["a", "b"] {
+                let name = format!("{who}{i}");
+                let attr = engine.lookup(d, name.as_bytes()).unwrap();
+                assert_eq!(attr.size, name.len() as u64);
+            }
+        }
+        let st = engine.statfs().unwrap();
+        assert_eq!(st.files - st.ffree, 2 + rounds * 3, "{st:?}");
+    }
+    let (ma, mb) = (first.meta.stats(), second.meta.stats());
+    eprintln!(
+        "two mounts in turns: optimistic misses {} and {}, retries {} and {}",
+        ma.optimistic_misses, mb.optimistic_misses, ma.retries, mb.retries
+    );
+    // B's exclusive create of a name its lookup found absent, made by A since: B's commit
+    // finds the entry there and runs again, which refuses the name (a lookup refreshes the
+    // directory, so the other creates mostly find what they remember current).
+    assert!(
+        mb.optimistic_misses >= rounds / 2,
+        "B created names A had made meanwhile without a failed assertion"
+    );
+    first.engine.shutdown().unwrap();
+    second.engine.shutdown().unwrap();
 }
 
 /// One mount creating small files one after another while its uploader records uploads
@@ -301,10 +497,19 @@ fn a_create_loop_on_one_node_has_few_serialization_retries() {
     assert_eq!(engine.drain_uploads(Some(Duration::from_secs(60))), 0);
     let after = meta.stats();
     let retries = after.retries - before.retries;
+    let round_trips = after.round_trips - before.round_trips;
     eprintln!(
-        "{files} files: {} transactions, {} round trips, {retries} retries",
+        "{files} files: {} transactions, {round_trips} round trips ({:.2} per file), \
+         {retries} retries, {} optimistic misses",
         after.transactions - before.transactions,
-        after.round_trips - before.round_trips
+        round_trips as f64 / files as f64,
+        after.optimistic_misses - before.optimistic_misses
+    );
+    // Create 2 (its entry never looked up), close 1, and the batched upload and hold commits:
+    // measured 3.15 per file (4.28 before commits read what this mount remembers).
+    assert!(
+        round_trips <= files * 7 / 2,
+        "{round_trips} round trips for {files} small files"
     );
     for i in 0..files {
         let attr = engine.lookup(ROOT_INO, format!("f{i}").as_bytes()).unwrap();

@@ -11,6 +11,7 @@
 mod buffered;
 mod crash;
 mod faulty;
+mod known;
 mod mem;
 mod pgpass;
 mod postgres;
@@ -104,6 +105,9 @@ pub struct StoreStats {
     pub retries: u64,
     /// Connections opened.
     pub connections: u64,
+    /// Optimistic commits that found a row read from the process's memory changed in the
+    /// database, and ran again reading it.
+    pub optimistic_misses: u64,
 }
 
 /// Reads inside a transaction.
@@ -127,6 +131,13 @@ pub trait KvRead {
     /// writers do not conflict on one row. `None` for an exclusive store.
     fn counter_shard(&self) -> Option<u32> {
         None
+    }
+    /// Tells the store that the caller knows `[start, end)` held no row when the transaction
+    /// began (the prefix of an id it has just allocated): a store that remembers what it read
+    /// may remember that too, and a later transaction reads that range without a round trip.
+    /// Reads and results are the same with or without it (a wrong note costs a round trip).
+    fn note_empty(&self, start: &[u8], end: &[u8]) {
+        let _ = (start, end);
     }
 }
 
@@ -435,8 +446,8 @@ mod tests {
             .unwrap();
         assert_eq!(
             rt(store.as_ref()) - before,
-            2,
-            "read, then write and commit"
+            1,
+            "a read of a key this process wrote last is checked in the commit's round trip"
         );
         let before = rt(store.as_ref());
         store
@@ -471,6 +482,116 @@ mod tests {
             2,
             "prefetch, then write and commit"
         );
+        assert_eq!(store.stats().optimistic_misses, 0);
+    }
+
+    /// A key remembered by one store handle (one node) and changed by another: the first
+    /// handle's next update reads the remembered value, its commit finds it changed and the
+    /// update runs again on the database's value. No update is lost, no error surfaces.
+    #[test]
+    fn postgres_a_remembered_row_changed_elsewhere_is_read_again() {
+        let Some(url) = postgres_url() else { return };
+        let a = format_store(&url).unwrap();
+        let b = open_store(&url).unwrap();
+        let get_n = |t: &dyn KvRead, k: &[u8]| -> Result<u64> {
+            Ok(t.get(k)?
+                .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+                .unwrap_or(0))
+        };
+        let add = |s: &dyn KvStore, k: &[u8], by: u64| {
+            let mut runs = 0;
+            s.update(Durability::Visible, &mut |t| {
+                runs += 1;
+                let n = get_n(t, k)?;
+                t.put(k, &(n + by).to_be_bytes())
+            })
+            .unwrap();
+            runs
+        };
+        let rt = |s: &dyn KvStore| s.stats().round_trips;
+        assert_eq!(add(a.as_ref(), b"n", 1), 1);
+        // Nothing changed elsewhere: one round trip, the read checked in the commit.
+        let before = rt(a.as_ref());
+        assert_eq!(add(a.as_ref(), b"n", 1), 1);
+        assert_eq!(rt(a.as_ref()) - before, 1);
+        // B changes it: A's remembered 2 is stale; A runs again and adds to B's 12.
+        assert_eq!(add(b.as_ref(), b"n", 10), 1);
+        assert_eq!(add(a.as_ref(), b"n", 100), 2);
+        assert_eq!(a.stats().optimistic_misses, 1, "{:?}", a.stats());
+        assert_eq!(a.stats().retries, 0, "a miss is not a conflict");
+        let mut n = 0;
+        b.view(&mut |r| {
+            n = get_n(r, b"n")?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 112);
+        // A remembered absence, then B creates the key: A's create-if-absent sees it.
+        a.update(Durability::Visible, &mut |t| {
+            assert_eq!(t.get(b"slot")?, None);
+            Ok(())
+        })
+        .unwrap();
+        b.update(Durability::Visible, &mut |t| t.put(b"slot", b"b"))
+            .unwrap();
+        let mut claimed_by_a = false;
+        a.update(Durability::Visible, &mut |t| {
+            claimed_by_a = t.get(b"slot")?.is_none();
+            if claimed_by_a {
+                t.put(b"slot", b"a")?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(!claimed_by_a, "A overwrote B's slot");
+        // An error drawn from a remembered row is checked against the database: B deletes
+        // the key A remembers present, A's "must exist" check fails on the database's answer,
+        // and after B puts it back, A's next "must be absent" check is not fooled either.
+        b.update(Durability::Visible, &mut |t| t.delete(b"slot"))
+            .unwrap();
+        a.update(Durability::Visible, &mut |t| {
+            if t.get(b"slot")?.is_some() {
+                return Err(MetaError::Errno(17, "exists".into()));
+            }
+            t.put(b"slot", b"a")
+        })
+        .unwrap();
+        let misses = a.stats().optimistic_misses;
+        eprintln!("optimistic misses: {misses}, stats {:?}", a.stats());
+        // Ranges: a prefetched range remembered by A, a row added to it by B.
+        a.update(Durability::Visible, &mut |t| {
+            t.put(b"r/1", b"1")?;
+            t.put(b"r/2", b"2")
+        })
+        .unwrap();
+        let count_range = |s: &dyn KvStore| {
+            let mut runs = 0;
+            let mut count = 0;
+            s.update(Durability::Visible, &mut |t| {
+                runs += 1;
+                t.prefetch(&[], &[(b"r/", b"r0")])?;
+                count = t.scan(b"r/", b"r0", 100)?.len();
+                t.put(b"r-count", &[count as u8])
+            })
+            .unwrap();
+            (count, runs)
+        };
+        assert_eq!(count_range(a.as_ref()), (2, 1));
+        let before = rt(a.as_ref());
+        assert_eq!(count_range(a.as_ref()), (2, 1));
+        assert_eq!(
+            rt(a.as_ref()) - before,
+            1,
+            "a remembered range: one round trip"
+        );
+        b.update(Durability::Visible, &mut |t| t.put(b"r/3", b"3"))
+            .unwrap();
+        assert_eq!(
+            count_range(a.as_ref()),
+            (3, 2),
+            "a row added elsewhere is seen"
+        );
+        assert_eq!(a.stats().optimistic_misses, misses + 1);
     }
 
     #[test]

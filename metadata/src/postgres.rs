@@ -20,7 +20,19 @@
 //! Updates run `SERIALIZABLE`; views `REPEATABLE READ READ ONLY` (a snapshot, as redb gives,
 //! which never fails with a serialization error). An update that fails with a serialization
 //! failure (40001) or a deadlock (40P01) runs again after a backoff, up to a limit.
+//!
+//! Optimistic commits: the store remembers (boundedly, see `known.rs`) what its own
+//! transactions last read or wrote. An update may read keys, and prefetched ranges, from that
+//! instead of the database; it then sends, ahead of its writes in the commit's round trip, a
+//! statement that fails with `division_by_zero` (22012) unless every row it read that way still
+//! holds that value (and every such range that many rows). Under `SERIALIZABLE` those rows are
+//! in the transaction's read set as if it had read them, so the outcome is that of a
+//! transaction that did. A failed assertion drops what was remembered and runs the transaction
+//! again reading the database (an optimistic miss, counted; not an error). A transaction whose
+//! closure fails after such reads also runs again reading the database, so that no error comes
+//! from a stale memory. Views never read from it: a read-only call sees the database.
 
+use crate::known::Known;
 use crate::pgpass;
 use crate::write_set::{BuffersWrites, WriteSet};
 use crate::{
@@ -48,7 +60,8 @@ const BEGIN_UPDATE: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
 const BEGIN_VIEW: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// Limits of a PostgreSQL store, set with query parameters of the metadata URL
-/// (`?connections=8&retries=40&connect_timeout=10`); the other parameters are libpq's.
+/// (`?connections=8&retries=40&connect_timeout=10&known_keys=4096`); the other parameters
+/// are libpq's.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
     /// Most connections open at once (concurrent transactions beyond it wait).
@@ -56,6 +69,9 @@ pub struct PgOptions {
     /// Most times a transaction runs again after a serialization failure or a deadlock.
     pub retries: u32,
     pub connect_timeout: Duration,
+    /// About how many keys' values this process remembers for optimistic commits (0: none,
+    /// every transaction reads the database).
+    pub known_keys: usize,
 }
 
 impl Default for PgOptions {
@@ -64,6 +80,7 @@ impl Default for PgOptions {
             connections: 8,
             retries: 40,
             connect_timeout: Duration::from_secs(10),
+            known_keys: 4096,
         }
     }
 }
@@ -82,6 +99,10 @@ struct Statements {
     scan_back: Statement,
     upsert: Statement,
     delete: Statement,
+    /// Fails with 22012 unless every key holds the value given (NULL: no such key).
+    assert_keys: Statement,
+    /// Fails with 22012 unless every range `[start, end)` holds the number of rows given.
+    assert_ranges: Statement,
 }
 
 struct Conn {
@@ -99,6 +120,7 @@ struct Counters {
     transactions: AtomicU64,
     retries: AtomicU64,
     connections: AtomicU64,
+    optimistic_misses: AtomicU64,
 }
 
 pub struct PgStore {
@@ -116,6 +138,8 @@ pub struct PgStore {
     open: Mutex<usize>,
     returned: Condvar,
     counters: Counters,
+    /// What this process's transactions last read or wrote (`None`: `known_keys=0`).
+    known: Option<Mutex<Known>>,
 }
 
 /// Why a statement failed, as the retry loop needs to know it.
@@ -127,6 +151,8 @@ enum Failure {
     Broken(String),
     /// Anything else the database refused.
     Refused(String),
+    /// A value read from memory was no longer in the database: run again, reading it.
+    Stale,
 }
 
 impl Failure {
@@ -139,6 +165,7 @@ impl Failure {
             {
                 Failure::Conflict(text)
             }
+            Some(c) if *c == SqlState::DIVISION_BY_ZERO => Failure::Stale,
             Some(_) => Failure::Refused(text),
             None => Failure::Broken(text),
         }
@@ -149,6 +176,7 @@ impl Failure {
             Failure::Conflict(m) => MetaError::Io(format!("PostgreSQL: {m}")),
             Failure::Broken(m) => MetaError::Unavailable(format!("PostgreSQL connection: {m}")),
             Failure::Refused(m) => MetaError::Io(format!("PostgreSQL: {m}")),
+            Failure::Stale => MetaError::Io("PostgreSQL: a remembered row changed".into()),
         }
     }
 }
@@ -197,6 +225,7 @@ fn split_options(url: &str) -> Result<(String, PgOptions)> {
                 options.connections = number("connections")?.clamp(1, 1024) as usize;
             }
             "retries" => options.retries = number("retries")?.min(10_000) as u32,
+            "known_keys" => options.known_keys = number("known_keys")?.min(1 << 24) as usize,
             "connect_timeout" => {
                 options.connect_timeout = Duration::from_secs(number("connect_timeout")?.max(1));
             }
@@ -291,6 +320,7 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| MetaError::Io(format!("cannot start the PostgreSQL runtime: {e}")))?;
+        let known = (options.known_keys > 0).then(|| Mutex::new(Known::new(options.known_keys)));
         let store = PgStore {
             runtime,
             config,
@@ -302,6 +332,7 @@ impl PgStore {
             open: Mutex::new(0),
             returned: Condvar::new(),
             counters: Counters::default(),
+            known,
         };
         store.check_schema(mode)?;
         Ok(store)
@@ -400,8 +431,10 @@ impl PgStore {
         let _ = self
             .runtime
             .block_on(client.batch_execute("SET enable_seqscan = off"));
-        let stmts = self.runtime.block_on(async {
-            let (get, get_many, scan, scan_back, upsert, delete) = futures::join!(
+        let stmts =
+            self.runtime.block_on(async {
+                let (get, get_many, scan, scan_back, upsert, delete, assert_keys, assert_ranges) =
+                    futures::join!(
                 client.prepare("SELECT v FROM spoolfs_kv WHERE k = $1"),
                 client.prepare("SELECT k, v FROM spoolfs_kv WHERE k = ANY($1::BYTEA[])"),
                 client.prepare(
@@ -415,16 +448,29 @@ impl PgStore {
                      ON CONFLICT (k) DO UPDATE SET v = excluded.v"
                 ),
                 client.prepare("DELETE FROM spoolfs_kv WHERE k = ANY($1::BYTEA[])"),
+                // A correlated point read per key (an index lookup each, whatever the plan).
+                client.prepare(
+                    "SELECT 1 / (CASE WHEN EXISTS (SELECT 1 FROM unnest($1::BYTEA[], $2::BYTEA[]) \
+                     AS a (k, v) WHERE (SELECT s.v FROM spoolfs_kv s WHERE s.k = a.k) \
+                     IS DISTINCT FROM a.v) THEN 0 ELSE 1 END)"
+                ),
+                client.prepare(
+                    "SELECT 1 / (CASE WHEN EXISTS (SELECT 1 FROM unnest($1::BYTEA[], $2::BYTEA[], \
+                     $3::INT8[]) AS r (s, e, n) WHERE (SELECT count(*) FROM spoolfs_kv \
+                     WHERE k >= r.s AND k < r.e) <> r.n) THEN 0 ELSE 1 END)"
+                ),
             );
-            Ok::<_, tokio_postgres::Error>(Statements {
-                get: get?,
-                get_many: get_many?,
-                scan: scan?,
-                scan_back: scan_back?,
-                upsert: upsert?,
-                delete: delete?,
-            })
-        });
+                Ok::<_, tokio_postgres::Error>(Statements {
+                    get: get?,
+                    get_many: get_many?,
+                    scan: scan?,
+                    scan_back: scan_back?,
+                    upsert: upsert?,
+                    delete: delete?,
+                    assert_keys: assert_keys?,
+                    assert_ranges: assert_ranges?,
+                })
+            });
         let stmts = stmts.map_err(|e| Failure::from_pg(&e).to_meta())?;
         Ok(Conn {
             client,
@@ -473,9 +519,12 @@ impl PgStore {
     /// Runs `f` in one transaction on a pooled connection, again after a conflict.
     fn run(&self, begin: &'static str, f: &mut dyn FnMut(&mut PgTxn) -> Result<()>) -> Result<()> {
         let mut attempt = 0u32;
+        // Only an update's first run may read from memory: its commit checks what it used.
+        let mut optimistic = begin == BEGIN_UPDATE && self.known.is_some();
         loop {
             let conn = self.checkout()?;
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+            let stamp = self.known.as_ref().map_or(0, |k| k.lock().stamp());
             let mut txn = PgTxn {
                 store: self,
                 conn: &conn,
@@ -484,11 +533,27 @@ impl PgStore {
                 writes: BTreeMap::new(),
                 fetched: RefCell::new(Fetched::default()),
                 failure: RefCell::new(None),
+                optimistic,
+                stamp,
+                asserted: RefCell::new(BTreeMap::new()),
+                asserted_ranges: RefCell::new(Vec::new()),
+                noted_empty: RefCell::new(Vec::new()),
             };
             let result = f(&mut txn).and_then(|()| txn.finish());
             let failure = txn.failure.take();
             if result.is_err() || failure.is_some() {
                 txn.abandon();
+            }
+            let used_memory = txn.used_memory();
+            match (&failure, &result) {
+                (None, Ok(())) => txn.learn(true),
+                // The closure failed (`ENOENT` of a lookup): its reads were the database's,
+                // unless it used remembered ones (then it runs again below).
+                (None, Err(_)) if !used_memory => txn.learn(false),
+                (None, Err(_)) => {}
+                (Some(Failure::Stale | Failure::Conflict(_)), _) => txn.forget_used(false),
+                // The commit may or may not have happened.
+                (Some(Failure::Broken(_) | Failure::Refused(_)), _) => txn.forget_used(true),
             }
             drop(txn);
             match failure {
@@ -498,7 +563,16 @@ impl PgStore {
                 }
                 _ => self.give_back(conn),
             }
+            optimistic = false;
             match (failure, result) {
+                (Some(Failure::Stale), _) => {
+                    self.counters
+                        .optimistic_misses
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("PostgreSQL transaction runs again: a remembered row changed");
+                }
+                // An error drawn from remembered rows must be the database's own.
+                (None, Err(_)) if used_memory => {}
                 (Some(Failure::Conflict(why)), _) => {
                     if attempt >= self.options.retries {
                         return Err(MetaError::Io(format!(
@@ -593,6 +667,9 @@ impl Fetched {
     }
 }
 
+/// A range read from memory: `[start, end)` and its number of rows.
+type AssertedRange = (Vec<u8>, Vec<u8>, i64);
+
 struct PgTxn<'a> {
     store: &'a PgStore,
     conn: &'a Conn,
@@ -603,9 +680,126 @@ struct PgTxn<'a> {
     fetched: RefCell<Fetched>,
     /// The first failure of a statement: the transaction is dead on the server.
     failure: RefCell<Option<Failure>>,
+    /// Reads may be served from what the process remembers (an update's first run).
+    optimistic: bool,
+    /// The process's memory when the transaction began (see [`Known::stamp`]).
+    stamp: u64,
+    /// Keys read from memory, with the value used: asserted at commit.
+    asserted: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Ranges read from memory, with their number of rows: asserted at commit.
+    asserted_ranges: RefCell<Vec<AssertedRange>>,
+    /// Ranges the caller said were empty (see [`KvRead::note_empty`]).
+    noted_empty: RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl PgTxn<'_> {
+    /// The value of `key` as this process remembers it, on an optimistic run.
+    fn remembered(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if !self.optimistic {
+            return None;
+        }
+        self.store.known.as_ref()?.lock().get(key)
+    }
+
+    /// Serves a whole prefetch from what the process remembers, or nothing of it (a round
+    /// trip is paid anyway then, and fresh rows need no assertion).
+    fn serve_from_memory(&self, keys: &[&[u8]], ranges: &[(&[u8], &[u8])]) -> bool {
+        let Some(known) = self.store.known.as_ref().filter(|_| self.optimistic) else {
+            return false;
+        };
+        let mut known = known.lock();
+        let mut values = Vec::with_capacity(keys.len());
+        for k in keys {
+            match known.get(k) {
+                Some(v) => values.push(v),
+                None => return false,
+            }
+        }
+        let mut range_rows = Vec::with_capacity(ranges.len());
+        for (s, e) in ranges {
+            match known.range(s, e) {
+                Some(rows) => range_rows.push(rows),
+                None => return false,
+            }
+        }
+        drop(known);
+        let mut fetched = self.fetched.borrow_mut();
+        let mut asserted = self.asserted.borrow_mut();
+        for (k, v) in keys.iter().zip(values) {
+            asserted.insert(k.to_vec(), v.clone());
+            fetched.values.insert(k.to_vec(), v);
+        }
+        let mut asserted_ranges = self.asserted_ranges.borrow_mut();
+        for ((s, e), rows) in ranges.iter().zip(range_rows) {
+            asserted_ranges.push((s.to_vec(), e.to_vec(), rows.len() as i64));
+            for (k, v) in rows {
+                asserted.insert(k.clone(), Some(v.clone()));
+                fetched.values.insert(k, Some(v));
+            }
+            fetched.ranges.push((s.to_vec(), e.to_vec()));
+        }
+        true
+    }
+
+    /// Whether the transaction read anything from memory.
+    fn used_memory(&self) -> bool {
+        !self.asserted.borrow().is_empty() || !self.asserted_ranges.borrow().is_empty()
+    }
+
+    /// After a commit (`wrote`), or a run that read without a failure of the store: what the
+    /// transaction read, and wrote, is what the process now knows.
+    fn learn(&self, wrote: bool) {
+        let Some(known) = &self.store.known else {
+            return;
+        };
+        let fetched = self.fetched.borrow();
+        let mut known = known.lock();
+        for (s, e) in &fetched.ranges {
+            let rows = fetched
+                .values
+                .range::<[u8], _>((
+                    std::ops::Bound::Included(s.as_slice()),
+                    std::ops::Bound::Excluded(e.as_slice()),
+                ))
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+                .collect();
+            known.learn_range(s, e, rows, self.stamp);
+        }
+        for (k, v) in &fetched.values {
+            known.learn_read(k, v.clone(), self.stamp);
+        }
+        if !wrote || (self.writes.is_empty() && self.noted_empty.borrow().is_empty()) {
+            return;
+        }
+        let commit = known.begin_commit();
+        for (s, e) in self.noted_empty.borrow().iter() {
+            known.learn_empty(s, e, commit);
+        }
+        for (k, v) in &self.writes {
+            known.learn_write(k, v.as_deref(), commit);
+        }
+    }
+
+    /// After a failure: what the transaction read from memory, and (when the outcome of its
+    /// commit is unknown) what it wrote, is forgotten.
+    fn forget_used(&self, with_writes: bool) {
+        let Some(known) = &self.store.known else {
+            return;
+        };
+        let mut known = known.lock();
+        for k in self.asserted.borrow().keys() {
+            known.forget(k);
+        }
+        for (s, e, _) in self.asserted_ranges.borrow().iter() {
+            known.forget_range(s, e);
+        }
+        if with_writes {
+            for k in self.writes.keys() {
+                known.forget(k);
+            }
+        }
+    }
+
     /// One round trip: `fut` (with `BEGIN` pipelined ahead of it if not yet sent).
     fn round_trip<T>(
         &self,
@@ -713,7 +907,7 @@ impl PgTxn<'_> {
         if let Some(f) = &*self.failure.borrow() {
             return Err(f.to_meta());
         }
-        if self.writes.is_empty() {
+        if self.writes.is_empty() && !self.used_memory() {
             if self.began.get() {
                 if self.begin == BEGIN_VIEW {
                     // Nothing to wait for: a read-only snapshot ends when the server gets it.
@@ -742,9 +936,25 @@ impl PgTxn<'_> {
         }
         let client = &self.conn.client;
         let stmts = &self.conn.stmts;
-        let upsert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-            [&put_keys, &put_values];
-        let delete_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&deletes];
+        // What was read from memory, checked ahead of the writes in the same round trip.
+        let asserted = self.asserted.borrow();
+        let asserted_keys: Vec<&[u8]> = asserted.keys().map(Vec::as_slice).collect();
+        let asserted_values: Vec<Option<&[u8]>> = asserted.values().map(|v| v.as_deref()).collect();
+        let asserted_ranges = self.asserted_ranges.borrow();
+        let range_starts: Vec<&[u8]> = asserted_ranges.iter().map(|r| r.0.as_slice()).collect();
+        let range_ends: Vec<&[u8]> = asserted_ranges.iter().map(|r| r.1.as_slice()).collect();
+        let range_counts: Vec<i64> = asserted_ranges.iter().map(|r| r.2).collect();
+        type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+        let assert_key_params: [Param; 2] = [&asserted_keys, &asserted_values];
+        let assert_range_params: [Param; 3] = [&range_starts, &range_ends, &range_counts];
+        let assert_keys: OptionFuture<_> = (!asserted_keys.is_empty())
+            .then(|| client.execute(&stmts.assert_keys, &assert_key_params))
+            .into();
+        let assert_ranges: OptionFuture<_> = (!range_starts.is_empty())
+            .then(|| client.execute(&stmts.assert_ranges, &assert_range_params))
+            .into();
+        let upsert_params: [Param; 2] = [&put_keys, &put_values];
+        let delete_params: [Param; 1] = [&deletes];
         let upsert: OptionFuture<_> = (!put_keys.is_empty())
             .then(|| client.execute(&stmts.upsert, &upsert_params))
             .into();
@@ -752,9 +962,10 @@ impl PgTxn<'_> {
             .then(|| client.execute(&stmts.delete, &delete_params))
             .into();
         let commit = client.batch_execute("COMMIT");
-        let (upserted, deleted, committed) = self.round_trip(async {
-            let (u, d, c) = futures::join!(upsert, delete, commit);
-            Ok((u, d, c))
+        let (keys_held, ranges_held, upserted, deleted, committed) = self.round_trip(async {
+            let (k, r, u, d, c) =
+                futures::join!(assert_keys, assert_ranges, upsert, delete, commit);
+            Ok((k, r, u, d, c))
         })?;
         // `COMMIT` ended the transaction whatever happened (a failed one rolls back): a
         // `ROLLBACK` after it would only draw "there is no transaction in progress".
@@ -762,6 +973,8 @@ impl PgTxn<'_> {
         // The first failure is the cause; later statements fail because of it, and a
         // `COMMIT` of a failed transaction is a rollback that reports success.
         for r in [
+            keys_held.map(|r| r.map(drop)),
+            ranges_held.map(|r| r.map(drop)),
             upserted.map(|r| r.map(drop)),
             deleted.map(|r| r.map(drop)),
             Some(committed),
@@ -802,8 +1015,21 @@ impl KvRead for PgTxn<'_> {
         if let Some(v) = self.fetched.borrow().get(key) {
             return Ok(v);
         }
+        if let Some(v) = self.remembered(key) {
+            self.asserted.borrow_mut().insert(key.to_vec(), v.clone());
+            self.fetched
+                .borrow_mut()
+                .values
+                .insert(key.to_vec(), v.clone());
+            return Ok(v);
+        }
         let row = self.round_trip(self.conn.client.query_opt(&self.conn.stmts.get, &[&key]))?;
-        Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        let value = row.map(|r| r.get::<_, Vec<u8>>(0));
+        self.fetched
+            .borrow_mut()
+            .values
+            .insert(key.to_vec(), value.clone());
+        Ok(value)
     }
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries> {
         self.scan_dir(start, end, limit, false)
@@ -813,6 +1039,13 @@ impl KvRead for PgTxn<'_> {
     }
     fn counter_shard(&self) -> Option<u32> {
         Some(self.conn.counter_shard)
+    }
+    fn note_empty(&self, start: &[u8], end: &[u8]) {
+        if start < end {
+            self.noted_empty
+                .borrow_mut()
+                .push((start.to_vec(), end.to_vec()));
+        }
     }
     fn prefetch(&self, keys: &[&[u8]], ranges: &[(&[u8], &[u8])]) -> Result<()> {
         // Only what is neither written by the transaction nor fetched already.
@@ -831,6 +1064,9 @@ impl KvRead for PgTxn<'_> {
             (keys, ranges)
         };
         if keys.is_empty() && ranges.is_empty() {
+            return Ok(());
+        }
+        if self.serve_from_memory(&keys, &ranges) {
             return Ok(());
         }
         let client = &self.conn.client;
@@ -905,6 +1141,7 @@ impl KvStore for PgStore {
             transactions: self.counters.transactions.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
             connections: self.counters.connections.load(Ordering::Relaxed),
+            optimistic_misses: self.counters.optimistic_misses.load(Ordering::Relaxed),
         }
     }
 

@@ -258,6 +258,7 @@ fn collect(state: &Collector) {
     counter!("spoolfs_metadata_round_trips_total").absolute(store.round_trips);
     counter!("spoolfs_metadata_transactions_total").absolute(store.transactions);
     counter!("spoolfs_metadata_retries_total").absolute(store.retries);
+    counter!("spoolfs_metadata_optimistic_misses_total").absolute(store.optimistic_misses);
     counter!("spoolfs_peer_reads_total").absolute(peer.reads);
     counter!("spoolfs_peer_read_bytes_total").absolute(peer.bytes);
     counter!("spoolfs_peer_read_failures_total").absolute(peer.failures);
@@ -425,6 +426,10 @@ fn describe() {
     describe_counter!(
         "spoolfs_metadata_retries_total",
         "Metadata transactions run again after a serialization failure or a deadlock"
+    );
+    describe_counter!(
+        "spoolfs_metadata_optimistic_misses_total",
+        "Metadata transactions run again because a row read from this mount's memory had changed in the database"
     );
     describe_counter!(
         "spoolfs_object_requests_total",
