@@ -787,7 +787,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         durable_close: args.staging.durable_close,
         shared_locks,
         lock_wait_max_backoff: args.lock_wait_poll,
-        own_dir_attr_ttl: args.attr_ttl,
+        own_dir_attr_ttl: args.attr_ttl.resolve(shared),
         atime: if args.read_only {
             AtimeMode::Noatime
         } else {
