@@ -139,6 +139,13 @@ pub trait KvRead {
     fn note_empty(&self, start: &[u8], end: &[u8]) {
         let _ = (start, end);
     }
+    /// What the store remembers of `key` from earlier transactions of this process (`None`:
+    /// nothing; `Some(None)`: absent), possibly out of date: only to guess what else to
+    /// prefetch (the inode an entry probably names), never to decide anything.
+    fn guess(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let _ = key;
+        None
+    }
 }
 
 /// Reads and writes inside a write transaction.

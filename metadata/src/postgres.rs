@@ -724,6 +724,19 @@ impl PgTxn<'_> {
         }
         drop(known);
         let mut fetched = self.fetched.borrow_mut();
+        // What the transaction has read already must agree with memory: a row it saw must
+        // not change under it, nor be checked for another value than the one it saw.
+        let agrees = |k: &[u8], v: &Option<Vec<u8>>| fetched.get(k).is_none_or(|seen| seen == *v);
+        let ranges_agree = ranges.iter().zip(&range_rows).all(|((s, e), rows)| {
+            rows.iter().all(|(k, v)| agrees(k, &Some(v.clone())))
+                && fetched
+                    .rows(s, e, usize::MAX, false)
+                    .iter()
+                    .all(|(k, v)| rows.iter().any(|(rk, rv)| rk == k && rv == v))
+        });
+        if !ranges_agree || !keys.iter().zip(&values).all(|(k, v)| agrees(k, v)) {
+            return false;
+        }
         let mut asserted = self.asserted.borrow_mut();
         for (k, v) in keys.iter().zip(values) {
             asserted.insert(k.to_vec(), v.clone());
@@ -1039,6 +1052,9 @@ impl KvRead for PgTxn<'_> {
     }
     fn counter_shard(&self) -> Option<u32> {
         Some(self.conn.counter_shard)
+    }
+    fn guess(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.store.known.as_ref()?.lock().get(key)
     }
     fn note_empty(&self, start: &[u8], end: &[u8]) {
         if start < end {

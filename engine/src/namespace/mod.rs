@@ -219,14 +219,18 @@ pub(crate) fn lookup(
     name: &[u8],
 ) -> Result<(Ino, InodeRec), MetaError> {
     // The directory and the entry in one round trip on a networked store (a miss costs no
-    // more), the inode in a second.
-    r.prefetch(
-        &[
-            &schema::inode_key(parent),
-            &schema::dentry_key(parent, name),
-        ],
-        &[],
-    )?;
+    // more), the inode in a second, or in the same one when the store remembers which inode
+    // the entry named (a guess: the inode read is used only if the entry still names it).
+    let entry_key = schema::dentry_key(parent, name);
+    let guessed = r
+        .guess(&entry_key)
+        .flatten()
+        .and_then(|bytes| schema::decode::<DentryRec>("directory entry", &bytes).ok())
+        .map(|d| schema::inode_key(d.ino));
+    let parent_key = schema::inode_key(parent);
+    let mut keys: Vec<&[u8]> = vec![&parent_key, &entry_key];
+    keys.extend(guessed.as_deref());
+    r.prefetch(&keys, &[])?;
     must_dir(r, parent)?;
     let ino = match name {
         b"." => parent,
