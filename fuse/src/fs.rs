@@ -44,6 +44,12 @@ pub struct SpoolFs {
     acl_wanted: bool,
     /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL, agreed at init).
     posix_acl: bool,
+    /// Only this mount can change the volume (embedded metadata store): nothing changes
+    /// behind the kernel's back, so it may keep directory listings across opens.
+    exclusive: bool,
+    /// Tells the kernel to drop what it cached of an inode the file system changed by itself;
+    /// set once the session exists (none in unit tests).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 /// Passthrough opens: one backing id per inode, shared by its open handles.
@@ -64,6 +70,31 @@ impl SpoolFs {
             backing: Default::default(),
             acl_wanted: true,
             posix_acl: false,
+            exclusive: false,
+            notifier: Default::default(),
+        }
+    }
+
+    /// Whether only this mount can change the volume (see [`crate::MountOptions::exclusive`]).
+    pub fn with_exclusive(mut self, on: bool) -> Self {
+        self.exclusive = on;
+        self
+    }
+
+    /// Where the session's notifier will be put once the session exists.
+    pub(crate) fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (not its pages), after a change the
+    /// kernel did not make itself. A kernel that no longer knows the inode answers ENOENT:
+    /// nothing to drop then.
+    fn invalidate_attr(&self, ino: u64) {
+        if let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            debug!(ino, "attribute invalidation refused: {e}");
         }
     }
 
@@ -692,7 +723,7 @@ impl Filesystem for SpoolFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -700,7 +731,15 @@ impl Filesystem for SpoolFs {
         match self.call(Op::Write, |e| {
             e.write(&caller(req), ino.0, fh.0, offset, data)
         }) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                // The engine dropped the set-id bits (FUSE_HANDLE_KILLPRIV_V2); the kernel
+                // only drops its cached size and times after a write, so its cached mode
+                // (permission checks use it) is dropped here, before the write returns.
+                if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                    self.invalidate_attr(ino.0);
+                }
+                reply.written(n)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -845,8 +884,16 @@ impl Filesystem for SpoolFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // On an exclusive volume every change to a directory goes through this kernel, which
+        // then drops its cached listing: it may cache listings and keep them across opens
+        // (a repeated `ls` or Python's directory scans then cost no READDIR).
+        let flags = if self.exclusive {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
         match self.call(Op::Opendir, |e| e.opendir(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(e),
         }
     }

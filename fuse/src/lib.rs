@@ -20,8 +20,8 @@ pub mod stats;
 
 pub use fs::{MAX_WRITE_BYTES, SpoolFs, ask_request_sizes, panic_message};
 pub use mount::{
-    BackgroundMount, FuseSession, MountEntry, MountError, MountOptions, Unmounter,
-    check_mount_point, is_mount_point, mount_background, mount_foreground, parse_mountinfo,
-    read_mountinfo,
+    BackgroundMount, EXCLUSIVE_CACHE_TTL, FuseSession, MountEntry, MountError, MountOptions,
+    SHARED_CACHE_TTL, Unmounter, check_mount_point, is_mount_point, mount_background,
+    mount_foreground, parse_mountinfo, read_mountinfo,
 };
 pub use signals::block_termination_signals;

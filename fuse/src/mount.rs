@@ -37,14 +37,28 @@ pub struct MountOptions {
     pub suid: bool,
     /// Honour device files (otherwise nodev, the default of FUSE mounts).
     pub dev: bool,
+    /// Only this mount can change the volume (an embedded metadata store, which one process
+    /// at a time can open): the kernel may keep directory listings across opens. The caller
+    /// picks the TTLs to match (see [`EXCLUSIVE_CACHE_TTL`]).
+    pub exclusive: bool,
 }
+
+/// The attribute and entry cache lifetime of `--attr-ttl auto`/`--entry-ttl auto` on an
+/// exclusive volume. Nothing changes such a volume behind the kernel's back (what the daemon
+/// changes by itself it invalidates), so the lifetime only bounds the damage of a change the
+/// kernel missed; an hour is far longer than any workload waits between two looks at a name
+/// (so `pip` and `import` never ask twice), and still a bound.
+pub const EXCLUSIVE_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// The same lifetimes on a shared volume: how long a change made on another node may stay
+/// unseen here.
+pub const SHARED_CACHE_TTL: Duration = Duration::from_secs(1);
 
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             fuse_threads: 2,
-            attr_ttl: Duration::from_secs(1),
-            entry_ttl: Duration::from_secs(1),
+            attr_ttl: SHARED_CACHE_TTL,
+            entry_ttl: SHARED_CACHE_TTL,
             allow_other: false,
             read_only: false,
             noatime: false,
@@ -54,6 +68,7 @@ impl Default for MountOptions {
             noexec: false,
             suid: false,
             dev: false,
+            exclusive: false,
         }
     }
 }
@@ -252,7 +267,9 @@ impl FuseSession {
         let canonical = check_mount_point(mount_point)?;
         let fs = SpoolFs::new(engine, options.attr_ttl, options.entry_ttl)
             .with_passthrough(options.passthrough)
-            .with_acl(options.acl);
+            .with_acl(options.acl)
+            .with_exclusive(options.exclusive);
+        let notifier = fs.notifier_slot();
         let session =
             fuser::Session::new(fs, &canonical, &options.fuser_config()).map_err(|source| {
                 MountError::Fuse {
@@ -260,6 +277,7 @@ impl FuseSession {
                     source,
                 }
             })?;
+        let _ = notifier.set(session.notifier());
         info!(mount_point = %canonical.display(), threads = options.fuse_threads, "mounted");
         Ok(FuseSession {
             session,

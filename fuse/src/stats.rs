@@ -235,6 +235,16 @@ pub fn collect() {
     }
 }
 
+/// Requests of `op` counted so far by every thread (nothing unless [`enable`] was called):
+/// what a test asserts request counts with, without a metrics exporter.
+pub fn total(op: Op) -> u64 {
+    let shards = SHARDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    shards
+        .iter()
+        .map(|s| s.ops[op as usize].count.load(Ordering::Acquire))
+        .sum()
+}
+
 /// The value that stands for `n` samples of total `sum_ns` in bucket `b`: their mean, kept
 /// inside the bucket (a request counted between the collector's two loads can skew it).
 fn bucket_value(b: usize, sum_ns: u64, n: u64) -> f64 {

@@ -351,13 +351,37 @@ mod tests {
                 assert_eq!(m.mount_point, PathBuf::from("/mnt/x"));
                 assert!(m.foreground && m.allow_other == Some(true) && m.read_only);
                 assert_eq!(m.fuse_threads, 4);
-                assert_eq!(m.attr_ttl, std::time::Duration::from_millis(500));
-                assert_eq!(m.entry_ttl, std::time::Duration::from_secs(2));
+                assert_eq!(
+                    m.attr_ttl,
+                    mount::CacheTtl::Fixed(std::time::Duration::from_millis(500))
+                );
+                assert_eq!(
+                    m.entry_ttl,
+                    mount::CacheTtl::Fixed(std::time::Duration::from_secs(2))
+                );
                 assert!(m.s3.s3_path_style);
             }
             other => panic!("{other:?}"),
         }
 
+        // auto by default: an hour on an exclusive volume, 1 s on a shared one.
+        let cli = Cli::try_parse_from(["spoolfs", "mount", "/m"]).unwrap();
+        let Command::Mount(m) = cli.command else {
+            panic!("not a mount")
+        };
+        assert_eq!(m.attr_ttl, mount::CacheTtl::Auto);
+        assert_eq!(m.entry_ttl, mount::CacheTtl::Auto);
+        assert_eq!(m.attr_ttl.resolve(true), std::time::Duration::from_secs(1));
+        assert_eq!(
+            m.attr_ttl.resolve(false),
+            std::time::Duration::from_secs(3600)
+        );
+        let cli = Cli::try_parse_from(["spoolfs", "mount", "/m", "--entry-ttl", "auto"]).unwrap();
+        let Command::Mount(m) = cli.command else {
+            panic!("not a mount")
+        };
+        assert_eq!(m.entry_ttl, mount::CacheTtl::Auto);
+        assert!(Cli::try_parse_from(["spoolfs", "mount", "/m", "--attr-ttl", "often"]).is_err());
         assert!(Cli::try_parse_from(["spoolfs", "mount"]).is_err());
         assert!(Cli::try_parse_from(["spoolfs", "mount", "/m", "--attr-ttl", "-1"]).is_err());
         assert!(Cli::try_parse_from(["spoolfs", "mount", "/m", "--fuse-threads", "0"]).is_err());

@@ -49,12 +49,16 @@ pub struct MountArgs {
     /// Threads serving FUSE requests.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = parse_threads)]
     pub fuse_threads: usize,
-    /// How long the kernel may cache file attributes, in seconds.
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
-    pub attr_ttl: Duration,
-    /// How long the kernel may cache name lookups, in seconds.
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
-    pub entry_ttl: Duration,
+    /// How long the kernel may cache file attributes, in seconds (0 to 86400), or auto: an
+    /// hour on an exclusive volume (embedded metadata: only this mount can change it, and it
+    /// tells the kernel what it changes by itself), 1 s on a shared one (PostgreSQL: how long
+    /// another node's change may stay unseen here).
+    #[arg(long, value_name = "SECS|auto", default_value = "auto", value_parser = parse_ttl)]
+    pub attr_ttl: CacheTtl,
+    /// How long the kernel may cache name lookups, found and missing names alike, in seconds
+    /// (0 to 86400), or auto (as --attr-ttl).
+    #[arg(long, value_name = "SECS|auto", default_value = "auto", value_parser = parse_ttl)]
+    pub entry_ttl: CacheTtl,
     /// Most bytes of object data kept in the local data cache under --cache-dir (0: no disk
     /// cache). Data read from the object store, and data just uploaded, is kept there so
     /// that reading it again costs no object-store round trip, also after a remount.
@@ -208,6 +212,41 @@ fn parse_pack_fetch_max(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// `--attr-ttl`/`--entry-ttl`: a lifetime, or one that depends on whether the volume is shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheTtl {
+    Auto,
+    Fixed(Duration),
+}
+
+impl CacheTtl {
+    /// The lifetime to give the kernel on a volume that is `shared` or not.
+    pub fn resolve(self, shared: bool) -> Duration {
+        match self {
+            CacheTtl::Fixed(d) => d,
+            CacheTtl::Auto if shared => spoolfs_fuse::SHARED_CACHE_TTL,
+            CacheTtl::Auto => spoolfs_fuse::EXCLUSIVE_CACHE_TTL,
+        }
+    }
+
+    /// As given on the command line (the daemon gets it back that way).
+    fn arg(self) -> String {
+        match self {
+            CacheTtl::Auto => "auto".into(),
+            CacheTtl::Fixed(d) => d.as_secs_f64().to_string(),
+        }
+    }
+}
+
+fn parse_ttl(s: &str) -> Result<CacheTtl, String> {
+    if s == "auto" {
+        return Ok(CacheTtl::Auto);
+    }
+    parse_secs(s)
+        .map(CacheTtl::Fixed)
+        .map_err(|e| format!("{e}, or auto"))
+}
+
 fn parse_threads(s: &str) -> Result<usize, String> {
     crate::size::parse_whole(s, "thread count", 1, 256)
 }
@@ -332,10 +371,8 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         cmd.arg("--meta").arg(meta);
     }
     cmd.arg("--fuse-threads").arg(args.fuse_threads.to_string());
-    cmd.arg("--attr-ttl")
-        .arg(args.attr_ttl.as_secs_f64().to_string());
-    cmd.arg("--entry-ttl")
-        .arg(args.entry_ttl.as_secs_f64().to_string());
+    cmd.arg("--attr-ttl").arg(args.attr_ttl.arg());
+    cmd.arg("--entry-ttl").arg(args.entry_ttl.arg());
     cmd.arg("--readahead").arg(args.readahead.to_string());
     cmd.arg("--pack-fetch-max")
         .arg(args.pack_fetch_max.to_string())
@@ -750,7 +787,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         durable_close: args.staging.durable_close,
         shared_locks,
         lock_wait_max_backoff: args.lock_wait_poll,
-        own_dir_attr_ttl: args.attr_ttl,
+        own_dir_attr_ttl: args.attr_ttl.resolve(shared),
         atime: if args.read_only {
             AtimeMode::Noatime
         } else {
@@ -804,8 +841,8 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
 
     let options = MountOptions {
         fuse_threads: args.fuse_threads,
-        attr_ttl: args.attr_ttl,
-        entry_ttl: args.entry_ttl,
+        attr_ttl: args.attr_ttl.resolve(shared),
+        entry_ttl: args.entry_ttl.resolve(shared),
         allow_other: allow_other(args),
         read_only: args.read_only,
         noatime: args.atime == Atime::Noatime,
@@ -815,6 +852,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         noexec: args.noexec,
         suid: args.suid,
         dev: args.dev,
+        exclusive: !shared,
     };
     let session = match FuseSession::new(engine.clone(), &mount_point, &options) {
         Ok(s) => s,

@@ -1,0 +1,184 @@
+//! FUSE requests per file, counted by the mount's request metrics ([`spoolfs_fuse::stats`]):
+//! what a small-file write, a repeated `ls -l` and a repeated scan for missing names cost on
+//! an exclusive volume (long kernel caches, listings kept across opens) against a mount
+//! configured as a shared volume is (1 s caches). Skipped when /dev/fuse cannot be used.
+//!
+//! One test in this binary: the counters are per process.
+
+use spoolfs_engine::{Engine, EngineConfig, FormatOptions, StorageConfig};
+use spoolfs_fuse::stats::{self, Op};
+use spoolfs_fuse::{EXCLUSIVE_CACHE_TTL, MountOptions, SHARED_CACHE_TTL, mount_background};
+use spoolfs_objects::ObjectStorage;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const FILES: u64 = 100;
+
+fn engine() -> Arc<Engine> {
+    let meta = spoolfs_metadata::open_store("memory://").unwrap();
+    let storage_config = StorageConfig {
+        url: "memory://".into(),
+        ..Default::default()
+    };
+    let record = spoolfs_engine::format_volume(
+        &meta,
+        &FormatOptions {
+            name: "t".into(),
+            storage: storage_config.clone(),
+            block_size: 1 << 20,
+            force: false,
+        },
+    )
+    .unwrap();
+    let storage = Arc::new(ObjectStorage::open(&storage_config).unwrap());
+    Engine::start(meta, storage, record, EngineConfig::default()).unwrap()
+}
+
+/// Requests of each kind made while `f` runs.
+fn count(f: impl FnOnce()) -> Vec<(Op, u64)> {
+    // Releases (and forgets) reach us asynchronously: those of earlier work land first.
+    std::thread::sleep(Duration::from_millis(200));
+    let before: Vec<u64> = Op::ALL.iter().map(|&op| stats::total(op)).collect();
+    f();
+    std::thread::sleep(Duration::from_millis(200));
+    Op::ALL
+        .iter()
+        .zip(before)
+        .map(|(&op, b)| (op, stats::total(op) - b))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+fn of(counts: &[(Op, u64)], op: Op) -> u64 {
+    counts.iter().find(|(o, _)| *o == op).map_or(0, |(_, n)| *n)
+}
+
+fn lgetxattr(path: &Path, name: &str) {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = [0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length given.
+    unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+}
+
+/// What `ls -l DIR` asks per entry: the listing, then each entry's attributes and its access
+/// ACL (coreutils checks every file for one).
+fn ls_l(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        std::fs::symlink_metadata(&path).unwrap();
+        lgetxattr(&path, "system.posix_acl_access");
+        n += 1;
+    }
+    n
+}
+
+/// Looks up names that do not exist, as Python's import system and pip do.
+fn scan_missing(dir: &Path) {
+    for i in 0..FILES {
+        assert!(std::fs::symlink_metadata(dir.join(format!("missing{i}"))).is_err());
+    }
+}
+
+/// The workloads on one mount; returns the requests of (writes, second `ls -l`, second scan
+/// of missing names, after a pause longer than the shared lifetime).
+fn run(mnt: &Path, options: &MountOptions) -> [Vec<(Op, u64)>; 3] {
+    let mount = mount_background(engine(), mnt, options).unwrap();
+    let dir = mnt.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("warmup"), b"x").unwrap();
+    let writes = count(|| {
+        for i in 0..FILES {
+            std::fs::write(dir.join(format!("f{i}")), b"x\n").unwrap();
+        }
+    });
+    assert_eq!(ls_l(&dir), FILES as usize + 1);
+    scan_missing(&dir);
+    // Past the 1 s lifetime of a shared volume's caches.
+    std::thread::sleep(SHARED_CACHE_TTL + Duration::from_millis(300));
+    let ls = count(|| assert_eq!(ls_l(&dir), FILES as usize + 1));
+    let missing = count(|| scan_missing(&dir));
+    mount.umount().unwrap();
+    [writes, ls, missing]
+}
+
+#[test]
+fn requests_per_file() {
+    spoolfs_testkit::require_fuse!();
+    stats::enable();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("shared"), dir.path().join("exclusive"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+
+    let shared = MountOptions {
+        fs_name: "t".into(),
+        attr_ttl: SHARED_CACHE_TTL,
+        entry_ttl: SHARED_CACHE_TTL,
+        exclusive: false,
+        ..Default::default()
+    };
+    let exclusive = MountOptions {
+        attr_ttl: EXCLUSIVE_CACHE_TTL,
+        entry_ttl: EXCLUSIVE_CACHE_TTL,
+        exclusive: true,
+        ..shared.clone()
+    };
+    let [s_writes, s_ls, s_missing] = run(&a, &shared);
+    let [x_writes, x_ls, x_missing] = run(&b, &exclusive);
+    eprintln!("{FILES} small files written, shared: {s_writes:?}");
+    eprintln!("{FILES} small files written, exclusive: {x_writes:?}");
+    eprintln!("ls -l of {FILES} files again, shared: {s_ls:?}");
+    eprintln!("ls -l of {FILES} files again, exclusive: {x_ls:?}");
+    eprintln!("{FILES} missing names again, shared: {s_missing:?}");
+    eprintln!("{FILES} missing names again, exclusive: {x_missing:?}");
+
+    // A small file written (open O_CREAT, write, close): lookup of the new name, create, the
+    // kernel's security.capability check before the first write (it asks once per inode it
+    // has not checked since its attributes last came in), write, flush, release, and the
+    // directory's attributes again (the create dropped them): 7. Nothing else.
+    for w in [&s_writes, &x_writes] {
+        for op in [Op::Lookup, Op::Create, Op::Write, Op::Flush, Op::Release] {
+            assert_eq!(of(w, op), FILES, "{op:?} per small file: {w:?}");
+        }
+        assert!(of(w, Op::Getxattr) <= FILES, "{w:?}");
+        assert!(of(w, Op::Getattr) <= FILES, "{w:?}");
+        let total: u64 = w.iter().map(|(_, n)| n).sum();
+        assert!(total <= 7 * FILES, "more than 7 requests per file: {w:?}");
+    }
+
+    // `ls -l` again, after the 1 s lifetime: with 1 s caches the kernel lists the directory
+    // again with READDIRPLUS, which refreshes every entry and so drops its cached ACL: one
+    // GETXATTR per entry. On the exclusive volume the listing, the attributes and the ACLs are
+    // still cached: no request per entry at all.
+    assert!(
+        of(&s_ls, Op::Readdirplus) + of(&s_ls, Op::Readdir) >= 1,
+        "{s_ls:?}"
+    );
+    assert!(of(&s_ls, Op::Getxattr) > FILES, "{s_ls:?}");
+    assert_eq!(
+        of(&x_ls, Op::Readdirplus) + of(&x_ls, Op::Readdir),
+        0,
+        "{x_ls:?}"
+    );
+    assert_eq!(of(&x_ls, Op::Getxattr), 0, "{x_ls:?}");
+    assert_eq!(of(&x_ls, Op::Lookup), 0, "{x_ls:?}");
+    let per_listing: u64 = x_ls.iter().map(|(_, n)| n).sum();
+    assert!(
+        per_listing <= 4,
+        "ls -l costs more than opendir, releasedir and a getattr or two: {x_ls:?}"
+    );
+
+    // Missing names looked up again after the 1 s lifetime: one LOOKUP each with 1 s caches,
+    // none on the exclusive volume (negative entries kept).
+    assert_eq!(of(&s_missing, Op::Lookup), FILES, "{s_missing:?}");
+    assert_eq!(
+        x_missing.iter().map(|(_, n)| n).sum::<u64>(),
+        0,
+        "{x_missing:?}"
+    );
+}
