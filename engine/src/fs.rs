@@ -1392,6 +1392,7 @@ impl Engine {
     /// The cheap part of the engine's state (no metadata scan), for the metrics exporter.
     pub fn metrics(&self) -> EngineMetrics {
         let cache = self.reader.cache.usage();
+        let wal_stats = self.namespace_log_stats().unwrap_or_default();
         let mut m = EngineMetrics {
             writeback: self.is_writeback(),
             open_files: self.open.handle_count() as u64,
@@ -1404,6 +1405,8 @@ impl Engine {
             cache_hits: cache.hits,
             cache_misses: cache.misses,
             metadata_unapplied_changes: self.meta.store().unapplied_changes(),
+            namespace_log_waits: wal_stats.device_waits,
+            namespace_log_deferred: wal_stats.deferred,
             pack_fetch: self.reader.pack_fetch_stats().unwrap_or_default(),
             ..Default::default()
         };

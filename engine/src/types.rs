@@ -324,6 +324,10 @@ pub struct EngineMetrics {
     pub cache_misses: u64,
     /// Metadata changes kept in memory until the next checkpoint applies them to the store.
     pub metadata_unapplied_changes: u64,
+    /// Calls that waited for the namespace log's device, and creates that did not (see
+    /// `wal::WalStats`; zero without a namespace log).
+    pub namespace_log_waits: u64,
+    pub namespace_log_deferred: u64,
     /// Whole-pack fetches (all zero without a local data cache).
     pub pack_fetch: PackFetchStats,
 }

@@ -150,6 +150,17 @@ fn metrics_and_status_follow_a_workload() {
     assert!(s1.get(r#"spoolfs_fuse_ops_total{op="write"}"#) >= FILES as f64);
     assert!(s1.get(r#"spoolfs_fuse_ops_total{op="flush"}"#) >= FILES as f64);
     assert!(s1.get(r#"spoolfs_fuse_ops_total{op="read"}"#) >= 1.0);
+    // One wait for the device per small file (at its close; its create does not wait), plus
+    // a few for the mkdir, the id reservations and the read's access time.
+    let waits =
+        s1.get("spoolfs_namespace_log_waits_total") - s0.get("spoolfs_namespace_log_waits_total");
+    let deferred = s1.get("spoolfs_namespace_log_deferred_total")
+        - s0.get("spoolfs_namespace_log_deferred_total");
+    assert_eq!(deferred, FILES as f64, "creates that did not wait");
+    assert!(
+        (FILES as f64..=FILES as f64 + 6.0).contains(&waits),
+        "{waits} namespace-log waits for {FILES} small files"
+    );
     assert_eq!(
         s1.value(r#"spoolfs_object_requests_total{op="put"}"#)
             .unwrap_or(0.0),

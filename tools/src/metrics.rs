@@ -239,6 +239,8 @@ fn collect(state: &Collector) {
     gauge!("spoolfs_staging_segments").set(staging.segments as f64);
     counter!("spoolfs_staging_appends_total").absolute(staging.appends);
     counter!("spoolfs_staging_device_flushes_total").absolute(staging.device_flushes);
+    counter!("spoolfs_namespace_log_waits_total").absolute(m.namespace_log_waits);
+    counter!("spoolfs_namespace_log_deferred_total").absolute(m.namespace_log_deferred);
     gauge!("spoolfs_engine_threads").set(m.engine_threads as f64);
     for (i, depth) in m.engine_queue_depths.iter().enumerate() {
         gauge!("spoolfs_engine_queue_depth", "thread" => i.to_string()).set(*depth as f64);
@@ -346,6 +348,14 @@ fn describe() {
     describe_counter!(
         "spoolfs_staging_device_flushes_total",
         "Device cache flushes of the staging log (fdatasync or RWF_DSYNC writes)"
+    );
+    describe_counter!(
+        "spoolfs_namespace_log_waits_total",
+        "Calls that waited for the namespace log's records to reach the device"
+    );
+    describe_counter!(
+        "spoolfs_namespace_log_deferred_total",
+        "Creates that returned without waiting for their namespace log record (the close waits)"
     );
     describe_gauge!("spoolfs_engine_threads", "Staging engine threads");
     describe_gauge!(
