@@ -139,6 +139,13 @@ pub trait KvRead {
     fn note_empty(&self, start: &[u8], end: &[u8]) {
         let _ = (start, end);
     }
+    /// Tells the store that the caller expects `key` to be absent (the entry a create is about
+    /// to make): a store that checks what it read at commit may read it as absent without
+    /// asking, when it remembers nothing of it. Reads and results are the same with or
+    /// without it (a wrong expectation costs a round trip).
+    fn expect_absent(&self, key: &[u8]) {
+        let _ = key;
+    }
     /// What the store remembers of `key` from earlier transactions of this process (`None`:
     /// nothing; `Some(None)`: absent), possibly out of date: only to guess what else to
     /// prefetch (the inode an entry probably names), never to decide anything.

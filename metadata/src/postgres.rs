@@ -538,6 +538,7 @@ impl PgStore {
                 asserted: RefCell::new(BTreeMap::new()),
                 asserted_ranges: RefCell::new(Vec::new()),
                 noted_empty: RefCell::new(Vec::new()),
+                expected_absent: RefCell::new(Default::default()),
             };
             let result = f(&mut txn).and_then(|()| txn.finish());
             let failure = txn.failure.take();
@@ -690,6 +691,8 @@ struct PgTxn<'a> {
     asserted_ranges: RefCell<Vec<AssertedRange>>,
     /// Ranges the caller said were empty (see [`KvRead::note_empty`]).
     noted_empty: RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Keys the caller expects absent (see [`KvRead::expect_absent`]).
+    expected_absent: RefCell<std::collections::BTreeSet<Vec<u8>>>,
 }
 
 impl PgTxn<'_> {
@@ -698,7 +701,14 @@ impl PgTxn<'_> {
         if !self.optimistic {
             return None;
         }
-        self.store.known.as_ref()?.lock().get(key)
+        let remembered = self.store.known.as_ref()?.lock().get(key);
+        remembered.or_else(|| self.expected(key))
+    }
+
+    /// `Some(None)` for a key the caller expects absent (checked at commit like a remembered
+    /// absence).
+    fn expected(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.expected_absent.borrow().contains(key).then_some(None)
     }
 
     /// Serves a whole prefetch from what the process remembers, or nothing of it (a round
@@ -710,7 +720,7 @@ impl PgTxn<'_> {
         let mut known = known.lock();
         let mut values = Vec::with_capacity(keys.len());
         for k in keys {
-            match known.get(k) {
+            match known.get(k).or_else(|| self.expected(k)) {
                 Some(v) => values.push(v),
                 None => return false,
             }
@@ -1052,6 +1062,11 @@ impl KvRead for PgTxn<'_> {
     }
     fn counter_shard(&self) -> Option<u32> {
         Some(self.conn.counter_shard)
+    }
+    fn expect_absent(&self, key: &[u8]) {
+        if self.optimistic {
+            self.expected_absent.borrow_mut().insert(key.to_vec());
+        }
     }
     fn guess(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
         self.store.known.as_ref()?.lock().get(key)

@@ -420,6 +420,9 @@ pub(crate) fn make_node(
     let (parent_key, entry_key) = (schema::inode_key(parent), schema::dentry_key(parent, name));
     let default_acl = schema::xattr_key(parent, acl::DEFAULT_XATTR);
     let count_key = schema::counter_key(t, schema::INODE_COUNT_KEY);
+    // A name to create is usually free: a store that checks its reads at commit may take it
+    // as free without asking when it knows nothing of it (a create of a name never looked up).
+    t.expect_absent(&entry_key);
     t.prefetch(&[&parent_key, &entry_key, &default_acl, &count_key], &[])?;
     let mut prec = must_dir(t, parent)?;
     if schema::get_dentry(t, parent, name)?.is_some() {
