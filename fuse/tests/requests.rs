@@ -1,7 +1,9 @@
 //! FUSE requests per file, counted by the mount's request metrics ([`spoolfs_fuse::stats`]):
-//! what a small-file write, a repeated `ls -l` and a repeated scan for missing names cost on
-//! an exclusive volume (long kernel caches, listings kept across opens) against a mount
-//! configured as a shared volume is (1 s caches). Skipped when /dev/fuse cannot be used.
+//! what a small-file write, a repeated `ls -l`, a repeated scan for missing names and a
+//! re-read cost on an exclusive volume (long kernel caches, listings kept across opens)
+//! against a mount whose FUSE layer is configured as for a shared volume (1 s caches, no
+//! listing cache; its in-memory store is still exclusive to the engine). Skipped when
+//! /dev/fuse cannot be used.
 //!
 //! One test in this binary: the counters are per process.
 
@@ -85,8 +87,9 @@ fn scan_missing(dir: &Path) {
 }
 
 /// The workloads on one mount; returns the requests of (writes, second `ls -l`, second scan
-/// of missing names, after a pause longer than the shared lifetime).
-fn run(mnt: &Path, options: &MountOptions) -> [Vec<(Op, u64)>; 3] {
+/// of missing names, after a pause longer than the shared lifetime, reads through a
+/// read-write open of files read before).
+fn run(mnt: &Path, options: &MountOptions) -> [Vec<(Op, u64)>; 4] {
     let mount = mount_background(engine(), mnt, options).unwrap();
     let dir = mnt.join("d");
     std::fs::create_dir(&dir).unwrap();
@@ -102,8 +105,28 @@ fn run(mnt: &Path, options: &MountOptions) -> [Vec<(Op, u64)>; 3] {
     std::thread::sleep(SHARED_CACHE_TTL + Duration::from_millis(300));
     let ls = count(|| assert_eq!(ls_l(&dir), FILES as usize + 1));
     let missing = count(|| scan_missing(&dir));
+    let page = vec![7u8; 4096];
+    for i in 0..FILES {
+        std::fs::write(dir.join(format!("p{i}")), &page).unwrap();
+    }
+    // The first read after the write moves the access time (relatime): it reaches the engine.
+    for i in 0..FILES {
+        assert_eq!(std::fs::read(dir.join(format!("p{i}"))).unwrap(), page);
+    }
+    let reads = count(|| {
+        for i in 0..FILES {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(format!("p{i}")))
+                .unwrap();
+            let mut back = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut back).unwrap();
+            assert_eq!(back, page);
+        }
+    });
     mount.umount().unwrap();
-    [writes, ls, missing]
+    [writes, ls, missing, reads]
 }
 
 #[test]
@@ -128,14 +151,16 @@ fn requests_per_file() {
         exclusive: true,
         ..shared.clone()
     };
-    let [s_writes, s_ls, s_missing] = run(&a, &shared);
-    let [x_writes, x_ls, x_missing] = run(&b, &exclusive);
+    let [s_writes, s_ls, s_missing, s_reads] = run(&a, &shared);
+    let [x_writes, x_ls, x_missing, x_reads] = run(&b, &exclusive);
     eprintln!("{FILES} small files written, shared: {s_writes:?}");
     eprintln!("{FILES} small files written, exclusive: {x_writes:?}");
     eprintln!("ls -l of {FILES} files again, shared: {s_ls:?}");
     eprintln!("ls -l of {FILES} files again, exclusive: {x_ls:?}");
     eprintln!("{FILES} missing names again, shared: {s_missing:?}");
     eprintln!("{FILES} missing names again, exclusive: {x_missing:?}");
+    eprintln!("{FILES} files read again through a read-write open, shared: {s_reads:?}");
+    eprintln!("{FILES} files read again through a read-write open, exclusive: {x_reads:?}");
 
     // A small file written (open O_CREAT, write, close): lookup of the new name, create, the
     // kernel's security.capability check before the first write (it asks once per inode it
@@ -181,4 +206,13 @@ fn requests_per_file() {
         0,
         "{x_missing:?}"
     );
+
+    // A file read before, opened again for reading and writing and read: the engine's store
+    // is exclusive on both mounts (the page-cache rule is the engine's, by its store), and an
+    // exclusive volume keeps the pages at every open (close-to-open checks, a shared
+    // volume's rule, drop them at an open for writing).
+    for r in [&s_reads, &x_reads] {
+        assert_eq!(of(r, Op::Read), 0, "{r:?}");
+        assert_eq!(of(r, Op::Open), FILES, "{r:?}");
+    }
 }
