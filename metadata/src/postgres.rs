@@ -866,6 +866,10 @@ impl PgTxn<'_> {
                 std::ops::Bound::Excluded(end),
             ))
             .collect();
+        // A whole range the process remembers is read like a prefetched one (checked at commit).
+        if !self.fetched.borrow().covers(start, end) {
+            self.serve_from_memory(&[], &[(start, end)]);
+        }
         // Every buffered delete may hide one stored row: ask for that many more.
         let deletes = own.iter().filter(|(_, v)| v.is_none()).count();
         let want = (limit.saturating_add(deletes)).min(i64::MAX as usize) as i64;
