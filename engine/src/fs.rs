@@ -530,13 +530,16 @@ impl Engine {
         let body = |t: &mut dyn KvTxn| {
             // A fresh id: nothing is stored under its prefixes yet, which a shared store may
             // remember, so that the first close reads the empty chunk map without a round trip.
-            for prefix in [
+            let mut prefixes = vec![
                 schema::chunk_prefix(ino),
                 schema::xattr_prefix(ino),
-                schema::dentry_prefix(ino),
                 holds::hold_prefix(ino),
-            ] {
-                t.note_empty(&prefix, &spoolfs_metadata::prefix_end(&prefix));
+            ];
+            if kind == FileKind::Dir {
+                prefixes.push(schema::dentry_prefix(ino));
+            }
+            for prefix in &prefixes {
+                t.note_empty(prefix, &spoolfs_metadata::prefix_end(prefix));
             }
             let rec = namespace::make_node(t, caller, parent, name, ino, &node)?;
             if let Some(h) = hold {

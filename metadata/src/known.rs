@@ -49,14 +49,14 @@ pub(crate) struct Known {
 }
 
 impl Known {
-    /// A cache of about `keys` keys (and `keys / 16` ranges).
+    /// A cache of about `keys` keys (and `keys / 8` ranges).
     pub(crate) fn new(keys: usize) -> Known {
         Known {
             generation_cap: (keys / 2).max(1),
             young: HashMap::new(),
             old: HashMap::new(),
             ranges: VecDeque::new(),
-            ranges_cap: (keys / 16).max(4),
+            ranges_cap: (keys / 8).max(4),
             commits: 0,
         }
     }
