@@ -1088,6 +1088,8 @@ impl Engine {
         if let Some(state) = self.state_of(ino) {
             let mut state = state.write();
             self.write.flush_locked(ino, &mut state, false)?;
+            // With nothing to commit, the close still promises the file's create.
+            self.write.wait_create_logged(&mut state)?;
         }
         Ok(())
     }

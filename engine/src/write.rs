@@ -204,8 +204,10 @@ impl WritePath {
         self.namespace_log().filter(|_| self.is_writeback())
     }
 
-    /// Waits until the inode's create is in the namespace log, if its create did not wait.
-    fn wait_create_logged(&self, state: &mut FileState) -> Result<()> {
+    /// Waits until the inode's create is in the namespace log, if its create did not wait
+    /// and no change since did (a close promises the file's create too; a change that commits
+    /// waits for its own record, numbered after the create's, so it needs no call of this).
+    pub(crate) fn wait_create_logged(&self, state: &mut FileState) -> Result<()> {
         let Some(seq) = state.create_unlogged else {
             return Ok(());
         };
@@ -369,8 +371,7 @@ impl WritePath {
         // Whatever follows a flush (an attribute change, more writes) reads the inode anew.
         state.known = None;
         let Some(overlay) = state.overlay else {
-            // Nothing to commit; the close still promises the file's create.
-            return self.wait_create_logged(state);
+            return Ok(());
         };
         let wb = self.uploader.as_ref().filter(|wb| wb.opts.writeback);
         // Ids first (the only step that can fail), so that every append submitted below is

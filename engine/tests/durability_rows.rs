@@ -910,6 +910,26 @@ fn a_small_file_costs_one_device_wait() {
         files,
         "creates that did not wait"
     );
+    // A create followed by a change of the file (as `touch` makes) and a close: the change
+    // waits, for the create's record too, and the close has nothing left to wait for.
+    let before = e.namespace_log_stats().unwrap();
+    let (a, fh) = e
+        .create(&ME, ROOT_INO, b"touched", 0o644, libc::O_WRONLY)
+        .unwrap();
+    let now = SetAttr {
+        atime: Some(TimeSet::Now),
+        mtime: Some(TimeSet::Now),
+        ..Default::default()
+    };
+    e.setattr(&ME, a.ino, &now).unwrap();
+    e.flush(a.ino, fh).unwrap();
+    e.release(a.ino, fh).unwrap();
+    let after = e.namespace_log_stats().unwrap();
+    assert_eq!(
+        after.device_waits - before.device_waits,
+        1,
+        "device waits for create, utimens, close"
+    );
     e.shutdown().unwrap();
 
     // Standard mode keeps its create waiting (its close waits for the object store anyway).

@@ -480,6 +480,11 @@ pub struct PendingAppend {
 }
 
 impl PendingAppend {
+    /// Whether the engine thread has answered: [`PendingAppend::wait`] would not block.
+    pub fn is_done(&self) -> bool {
+        self.rx.is_ready()
+    }
+
     /// Blocks until the record is on the device (and through its cache when durable), or
     /// [`StagingError::TooSlow`] after the staging timeout.
     pub fn wait(self) -> Result<StagedLoc, StagingError> {

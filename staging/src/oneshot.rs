@@ -79,6 +79,11 @@ impl<T> Receiver<T> {
         self.wait(None)
     }
 
+    /// Whether an answer (or the sender's end) has come: `recv` would not block.
+    pub fn is_ready(&self) -> bool {
+        self.slot.state.lock().sender_done
+    }
+
     pub fn recv_timeout(self, timeout: Duration) -> Result<T, RecvError> {
         self.wait(Some(Instant::now() + timeout))
     }
