@@ -574,6 +574,11 @@ impl PgStore {
                 }
                 // An error drawn from remembered rows must be the database's own.
                 (None, Err(_)) if used_memory => {}
+                // A refusal of a commit that carried checks (an engine refusing the check
+                // statements themselves included): the run reading the database decides.
+                (Some(Failure::Refused(why)), _) if used_memory => {
+                    tracing::debug!("PostgreSQL transaction runs again without memory: {why}");
+                }
                 (Some(Failure::Conflict(why)), _) => {
                     if attempt >= self.options.retries {
                         return Err(MetaError::Io(format!(
