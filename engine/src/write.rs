@@ -94,8 +94,8 @@ pub(crate) struct FileState {
     /// an unprivileged caller must still clear.
     setid_left: bool,
     /// The inode as this mount just made it (a create), for the first write to start from
-    /// without reading it again. Forgotten at the first write, a flush, and any change of
-    /// the inode's attributes or extended attributes here.
+    /// without reading it again. Forgotten at the first write, a flush that commits, and any
+    /// change of the inode's attributes or extended attributes here.
     known: Option<KnownInode>,
     /// The number of this inode's create in the namespace log, when the create returned
     /// without waiting for its record ([`WalStore::update_deferred`]): the next flush waits
@@ -368,11 +368,16 @@ impl WritePath {
         state: &mut FileState,
         durable: bool,
     ) -> Result<()> {
-        // Whatever follows a flush (an attribute change, more writes) reads the inode anew.
-        state.known = None;
         let Some(overlay) = state.overlay else {
+            // Nothing buffered, nothing committed: what this mount knows of the inode it has
+            // just made (`known`) is as true as before. A shell redirection closes a dup of
+            // the new descriptor before writing; forgetting here would cost the write a read
+            // of the inode and the kernel's capability check a read of the xattr (two round
+            // trips per file on a shared volume).
             return Ok(());
         };
+        // Whatever follows a flush that committed reads the inode anew.
+        state.known = None;
         let wb = self.uploader.as_ref().filter(|wb| wb.opts.writeback);
         // Ids first (the only step that can fail), so that every append submitted below is
         // also waited for.
