@@ -1,31 +1,11 @@
 //! Mounts a volume (in-memory metadata and objects) through the kernel and uses it with std::fs.
 //! Skipped when /dev/fuse cannot be used (not root, no FUSE).
 
-use spoolfs_engine::{Engine, EngineConfig, FormatOptions, StorageConfig};
-use spoolfs_fuse::{MountError, MountOptions, mount_background};
-use spoolfs_objects::ObjectStorage;
-use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
+mod common;
 
-fn engine() -> Arc<Engine> {
-    let meta = spoolfs_metadata::open_store("memory://").unwrap();
-    let storage_config = StorageConfig {
-        url: "memory://".into(),
-        ..Default::default()
-    };
-    let record = spoolfs_engine::format_volume(
-        &meta,
-        &FormatOptions {
-            name: "t".into(),
-            storage: storage_config.clone(),
-            block_size: 1 << 20,
-            force: false,
-        },
-    )
-    .unwrap();
-    let storage = Arc::new(ObjectStorage::open(&storage_config).unwrap());
-    Engine::start(meta, storage, record, EngineConfig::default()).unwrap()
-}
+use common::engine;
+use spoolfs_fuse::{MountError, MountOptions, mount_background};
+use std::os::unix::fs::PermissionsExt;
 
 #[test]
 fn mount_use_unmount() {

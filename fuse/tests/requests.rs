@@ -7,37 +7,17 @@
 //!
 //! One test in this binary: the counters are per process.
 
-use spoolfs_engine::{Engine, EngineConfig, FormatOptions, StorageConfig};
+mod common;
+
+use common::engine;
 use spoolfs_fuse::stats::{self, Op};
 use spoolfs_fuse::{EXCLUSIVE_CACHE_TTL, MountOptions, SHARED_CACHE_TTL, mount_background};
-use spoolfs_objects::ObjectStorage;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 const FILES: u64 = 100;
-
-fn engine() -> Arc<Engine> {
-    let meta = spoolfs_metadata::open_store("memory://").unwrap();
-    let storage_config = StorageConfig {
-        url: "memory://".into(),
-        ..Default::default()
-    };
-    let record = spoolfs_engine::format_volume(
-        &meta,
-        &FormatOptions {
-            name: "t".into(),
-            storage: storage_config.clone(),
-            block_size: 1 << 20,
-            force: false,
-        },
-    )
-    .unwrap();
-    let storage = Arc::new(ObjectStorage::open(&storage_config).unwrap());
-    Engine::start(meta, storage, record, EngineConfig::default()).unwrap()
-}
 
 /// Requests of each kind made while `f` runs.
 fn count(f: impl FnOnce()) -> Vec<(Op, u64)> {
