@@ -1087,7 +1087,7 @@ impl Engine {
     fn flush_inode(&self, ino: Ino) -> Result<()> {
         if let Some(state) = self.state_of(ino) {
             let mut state = state.write();
-            self.write.flush_locked(ino, &mut state, false)?;
+            self.write.flush_for_close(ino, &mut state)?;
             // With nothing to commit, the close still promises the file's create.
             self.write.wait_create_logged(&mut state)?;
         }

@@ -94,8 +94,8 @@ pub(crate) struct FileState {
     /// an unprivileged caller must still clear.
     setid_left: bool,
     /// The inode as this mount just made it (a create), for the first write to start from
-    /// without reading it again. Forgotten at the first write, a flush that commits, and any
-    /// change of the inode's attributes or extended attributes here.
+    /// without reading it again. Forgotten at the first write, a flush (but for a close with
+    /// nothing buffered), and any change of the inode's attributes or extended attributes here.
     known: Option<KnownInode>,
     /// The number of this inode's create in the namespace log, when the create returned
     /// without waiting for its record ([`WalStore::update_deferred`]): the next flush waits
@@ -357,6 +357,18 @@ impl WritePath {
         }
     }
 
+    /// The flush of a `close(2)`: as [`Self::flush_locked`], except that a close with nothing
+    /// buffered changes nothing and keeps what the mount knows of the inode (`known`). A shell
+    /// redirection closes its first descriptor of a new file before writing through the
+    /// duplicate; forgetting there would cost the write a read of the inode and the kernel's
+    /// capability check a read of the xattr (two round trips per file on a shared volume).
+    pub(crate) fn flush_for_close(&self, ino: Ino, state: &mut FileState) -> Result<()> {
+        if state.overlay.is_none() {
+            return Ok(());
+        }
+        self.flush_locked(ino, state, false)
+    }
+
     /// Turns the inode's pending writes into slices and commits them. Writeback: each slice
     /// goes to the staging log (O_DIRECT) and the commit goes through the namespace log, so
     /// this survives a crash of spoolfs or the kernel; `durable` adds a device flush (power
@@ -368,16 +380,12 @@ impl WritePath {
         state: &mut FileState,
         durable: bool,
     ) -> Result<()> {
+        // Whatever follows a flush (an attribute change, more writes) reads the inode anew:
+        // callers that change the inode after flushing (truncate, chmod) rely on it.
+        state.known = None;
         let Some(overlay) = state.overlay else {
-            // Nothing buffered, nothing committed: what this mount knows of the inode it has
-            // just made (`known`) is as true as before. A shell redirection closes a dup of
-            // the new descriptor before writing; forgetting here would cost the write a read
-            // of the inode and the kernel's capability check a read of the xattr (two round
-            // trips per file on a shared volume).
             return Ok(());
         };
-        // Whatever follows a flush that committed reads the inode anew.
-        state.known = None;
         let wb = self.uploader.as_ref().filter(|wb| wb.opts.writeback);
         // Ids first (the only step that can fail), so that every append submitted below is
         // also waited for.

@@ -164,6 +164,29 @@ fn random_ops(cases: u32, thousands: bool) {
 // Deterministic regressions
 // ---------------------------------------------------------------------------------------------
 
+/// A truncate through the handle of a file just created, then a write: the truncate's flush
+/// (nothing buffered) must still make the write start from the truncated size, not from what
+/// the create left known.
+#[test]
+fn ftruncate_of_a_new_file_then_write_keeps_the_size() {
+    run_ops(&[
+        Op::Create {
+            path: p("a"),
+            perm: Perm(0o644),
+        },
+        Op::HTruncate {
+            h: 0,
+            size: 155_009,
+        },
+        Op::HWrite {
+            h: 0,
+            off: 0,
+            len: 1,
+            seed: 0,
+        },
+    ]);
+}
+
 #[test]
 fn write_truncate_down_extend_reads_zeros() {
     run_ops(&[
