@@ -545,29 +545,22 @@ impl Engine {
             if let Some(h) = hold {
                 holds::put_hold(t, ino, &h.session)?;
             }
-            // The directory as just written (read back from the transaction's own writes).
-            let prec = match keep_parent {
-                true => Some(schema::must_inode(t, parent)?),
-                false => None,
-            };
-            Ok((rec, prec))
+            Ok((rec, dir_as_written(t, parent, keep_parent)?))
         };
         let (rec, prec, seq) = match defer {
             None => {
                 let (rec, prec) = self.update(body)?;
                 (rec, prec, 0)
             }
-            Some(wal) => {
-                self.meta.refuse_if_closed()?;
+            Some(wal) => self.meta.guarded(|| {
                 let mut made = None;
                 let seq = wal.update_deferred(&mut |t| {
                     made = Some(body(t)?);
                     Ok(())
                 })?;
-                self.meta.mark_dirty();
                 let (rec, prec) = made.expect("update ran");
-                (rec, prec, seq)
-            }
+                Ok((rec, prec, seq))
+            })?,
         };
         if let Some(prec) = prec {
             self.note_own_dir_attrs(parent, prec);
@@ -645,11 +638,7 @@ impl Engine {
         let keep_parent = self.keeps_own_dir_attrs();
         let prec = self.update(|t| {
             namespace::remove_entry(t, parent, name, false, &|r, ino| self.still_open(r, ino))?;
-            // The directory as just written (read back from the transaction's own writes).
-            match keep_parent {
-                true => schema::must_inode(t, parent).map(Some),
-                false => Ok(None),
-            }
+            dir_as_written(t, parent, keep_parent)
         })?;
         if let Some(prec) = prec {
             self.note_own_dir_attrs(parent, prec);
@@ -959,6 +948,10 @@ impl Engine {
 
     /// `dir`'s attributes as this mount last committed them, once, within their lifetime.
     fn own_dir_attrs_of(&self, dir: Ino) -> Option<InodeRec> {
+        // Every getattr asks: no lock where nothing is ever kept (an exclusive volume).
+        if !self.keeps_own_dir_attrs() {
+            return None;
+        }
         let (rec, at) = self.own_dir_attrs.lock().remove(&dir)?;
         (at.elapsed() < self.config.own_dir_attr_ttl).then_some(rec)
     }
@@ -2007,5 +2000,15 @@ fn compactor_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
         if e.background_lease() {
             e.reclaim.background_compact(&settings);
         }
+    }
+}
+
+/// `dir` as the transaction has just written it (read back from its own writes), when `keep`:
+/// for [`Engine::own_dir_attrs`].
+fn dir_as_written(t: &dyn KvRead, dir: Ino, keep: bool) -> Result<Option<InodeRec>, MetaError> {
+    if keep {
+        schema::must_inode(t, dir).map(Some)
+    } else {
+        Ok(None)
     }
 }

@@ -48,14 +48,24 @@ impl Meta {
         durability: Durability,
         mut f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
     ) -> Result<T> {
+        self.guarded(|| {
+            let mut out = None;
+            self.store.update(durability, &mut |t| {
+                out = Some(f(t)?);
+                Ok(())
+            })?;
+            Ok(out.expect("update ran"))
+        })
+    }
+
+    /// Runs `commit`, a change of the store made some way other than [`Meta::update_with`]
+    /// (the namespace log's deferred update), under the same rules: refused once the engine
+    /// has shut down, and marking the metadata changed.
+    pub fn guarded<T>(&self, commit: impl FnOnce() -> Result<T>) -> Result<T> {
         self.refuse_if_closed()?;
-        let mut out = None;
-        self.store.update(durability, &mut |t| {
-            out = Some(f(t)?);
-            Ok(())
-        })?;
+        let out = commit()?;
         self.mark_dirty();
-        Ok(out.expect("update ran"))
+        Ok(out)
     }
 
     /// Changes after the engine's shutdown (a process still writing to a lazily detached
