@@ -70,6 +70,17 @@ struct Tree {
     next_ino: u64,
 }
 
+impl Tree {
+    /// A directory's entries as a listing gives them: ".", "..", then its children by name,
+    /// each as (inode, name); `None` if `dir` does not exist.
+    fn entries(&self, dir: u64) -> Option<impl Iterator<Item = (u64, &OsStr)>> {
+        let node = self.nodes.get(&dir)?;
+        let dots = [(dir, OsStr::new(".")), (node.parent, OsStr::new(".."))];
+        let children = node.children.iter().map(|(n, i)| (*i, n.as_os_str()));
+        Some(dots.into_iter().chain(children))
+    }
+}
+
 struct NullFs {
     ttl: Duration,
     tree: RwLock<Tree>,
@@ -705,13 +716,10 @@ impl Filesystem for NullFs {
         mut reply: ReplyDirectory,
     ) {
         let tree = self.read_tree();
-        let Some(dir) = tree.nodes.get(&ino.0) else {
+        let Some(entries) = tree.entries(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        let dots = [(ino.0, "."), (dir.parent, "..")];
-        let dots = dots.iter().map(|(i, n)| (*i, OsStr::new(n)));
-        let children = dir.children.iter().map(|(n, i)| (*i, n.as_os_str()));
-        for (i, (child, name)) in dots.chain(children).enumerate().skip(offset as usize) {
+        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
             let kind = tree
                 .nodes
                 .get(&child)
@@ -733,13 +741,10 @@ impl Filesystem for NullFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let tree = self.read_tree();
-        let Some(dir) = tree.nodes.get(&ino.0) else {
+        let Some(entries) = tree.entries(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        let dots = [(ino.0, "."), (dir.parent, "..")];
-        let dots = dots.iter().map(|(i, n)| (*i, OsStr::new(n)));
-        let children = dir.children.iter().map(|(n, i)| (*i, n.as_os_str()));
-        for (i, (child, name)) in dots.chain(children).enumerate().skip(offset as usize) {
+        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
             let Some(node) = tree.nodes.get(&child) else {
                 continue;
             };
