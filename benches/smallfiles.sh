@@ -99,21 +99,28 @@ run_spoolfs() {
 }
 
 run_ext4() {
-    local d=$work/ext4/dir t0 t1
+    local d=$work/ext4/dir
     mkdir -p "$d"
     log "ext4: $(df -T "$d" | awk 'NR == 2 { print $2 " on " $1 }')"
+    floor_run ext4 "ext4 directory (floor)" "$d"
+}
+
+# floor_run SYSTEM LABEL DIR: the workload in DIR of a system with no object store behind it
+# (a floor): its time, its row, the check of its files.
+floor_run() {
+    local t0 t1
     t0=$(now)
-    workload "$d"
+    workload "$3"
     t1=$(now)
-    write_secs[ext4]=$(secs "$t0" "$t1")
-    rows+=("| ext4 directory (floor) | ${write_secs[ext4]} | n/a | n/a | n/a |")
-    check_files "$d" ext4
+    write_secs[$1]=$(secs "$t0" "$t1")
+    rows+=("| $2 | ${write_secs[$1]} | n/a | n/a | n/a |")
+    check_files "$3" "$1"
 }
 
 # The FUSE floor: the same workload through nullfs, which keeps everything in memory and
 # answers every request at once.
 run_nullfs() {
-    local mp=$work/mnt-nullfs nullfs npid t0 t1 profile=${BENCH_PROFILE:-release} flags=()
+    local mp=$work/mnt-nullfs nullfs npid profile=${BENCH_PROFILE:-release} flags=()
     [[ $profile == release ]] && flags=(--release)
     if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
         log "building ($profile): the nullfs example"
@@ -128,12 +135,7 @@ run_nullfs() {
     mounts+=("$mp")
     bench_wait_mounted "$mp" "$work/nullfs.log" || die "nullfs did not mount (see $work/nullfs.log)"
     mkdir "$mp/dir"
-    t0=$(now)
-    workload "$mp/dir"
-    t1=$(now)
-    write_secs[nullfs]=$(secs "$t0" "$t1")
-    rows+=("| nullfs (in-memory FUSE floor) | ${write_secs[nullfs]} | n/a | n/a | n/a |")
-    check_files "$mp/dir" nullfs
+    floor_run nullfs "nullfs (in-memory FUSE floor)" "$mp/dir"
     umount "$mp"
     wait "$npid" || log "warning: nullfs exited with status $?"
 }
