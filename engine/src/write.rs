@@ -748,7 +748,7 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
                 pending.push(Pending {
                     chunk,
                     pos: pos + used as u32,
-                    data: data[used..].to_vec(),
+                    data: run_buffer(&data[used..], max_run),
                     early: EarlyStage::NotYet,
                 });
             }
@@ -758,9 +758,25 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
     pending.push(Pending {
         chunk,
         pos,
-        data: data.to_vec(),
+        data: run_buffer(data, max_run),
         early: EarlyStage::NotYet,
     });
+}
+
+/// Writes at least this large start a run with room for a whole run.
+const LARGE_WRITE: usize = 128 << 10;
+
+/// A new run's buffer holding `data`. A large write is likely the first of a sequential run:
+/// its buffer gets room for a whole run at once, instead of doubling its way there (each
+/// doubling may copy everything written so far).
+fn run_buffer(data: &[u8], max_run: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(if data.len() >= LARGE_WRITE {
+        max_run.max(data.len())
+    } else {
+        data.len()
+    });
+    buf.extend_from_slice(data);
+    buf
 }
 
 /// Frees the staging records of a flush that failed before its commit (nothing points at
@@ -773,5 +789,33 @@ fn free_staged(wb: Option<&Arc<Uploader>>, staged: &[(u64, Staged)]) {
                 .log
                 .free(&loc);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_write_starts_a_run_with_room_for_the_whole_run() {
+        let max_run = 4 << 20;
+        let mut pending = Vec::new();
+        add_pending(&mut pending, 0, 0, &vec![1u8; LARGE_WRITE], max_run);
+        assert!(pending[0].data.capacity() >= max_run);
+        let before = pending[0].data.as_ptr();
+        // Growing to a whole run neither moves nor splits it.
+        for i in 1..(max_run / LARGE_WRITE) {
+            let at = (i * LARGE_WRITE) as u32;
+            add_pending(&mut pending, 0, at, &vec![i as u8; LARGE_WRITE], max_run);
+        }
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].data.len(), max_run);
+        assert_eq!(pending[0].data.as_ptr(), before);
+        assert_eq!(pending[0].data[LARGE_WRITE], 1);
+        // The next write starts a new run; a small one gets no more room than it needs.
+        add_pending(&mut pending, 0, max_run as u32, b"tail", max_run);
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[1].data, b"tail");
+        assert!(pending[1].data.capacity() < LARGE_WRITE);
     }
 }
