@@ -66,9 +66,9 @@ pub struct StagingArgs {
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub upload_buffer: u64,
     /// While writes keep arriving (data staged within the last `--upload-delay`), uploads
-    /// wait until this many bytes are staged, so that a burst of writes (a checkpoint) has
-    /// the staging disk and the CPUs to itself; at most half of `--max-staging` (0: uploads
-    /// start at once).
+    /// wait until this many bytes are staged (or the oldest has waited 10 s), so that a
+    /// burst of writes (a checkpoint) has the staging disk and the CPUs to itself; at most
+    /// half of `--max-staging` (0: uploads start at once).
     #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_size)]
     pub upload_hold: u64,
     /// A staging write not acknowledged by the device within this many seconds is given up

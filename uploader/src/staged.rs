@@ -112,6 +112,10 @@ impl Staged {
     }
 }
 
+/// The longest a staged slice waits for a burst of writes to end (see
+/// [`StagedSet::burst_wait`]): a writer that never pauses still has its data uploaded.
+pub const BURST_MAX_WAIT: Duration = Duration::from_secs(10);
+
 /// The in-memory mirror of the `T` records, and the upload queue (oldest first).
 #[derive(Default)]
 pub struct StagedSet {
@@ -187,8 +191,17 @@ impl StagedSet {
         if hold == 0 || delay.is_zero() || self.bytes >= hold || !self.urgent.is_empty() {
             return None;
         }
-        let since = (now_ns() - self.last_added_ns).max(0) as u128;
-        (since < delay.as_nanos()).then(|| Duration::from_nanos((delay.as_nanos() - since) as u64))
+        let now = now_ns();
+        let head = self.map.get(self.queue.front()?)?;
+        let head_age = (now - head.rec.staged_ns).max(0) as u128;
+        if head_age >= BURST_MAX_WAIT.as_nanos() {
+            return None;
+        }
+        let since = (now - self.last_added_ns).max(0) as u128;
+        (since < delay.as_nanos()).then(|| {
+            let left = (delay.as_nanos() - since).min(BURST_MAX_WAIT.as_nanos() - head_age);
+            Duration::from_nanos(left as u64)
+        })
     }
 
     /// Whether the oldest queued slice is younger than `max_age`.
@@ -312,6 +325,13 @@ mod tests {
             "the writes ended: upload"
         );
         set.last_added_ns = now_ns();
+        set.map.get_mut(&1).unwrap().rec.staged_ns -= BURST_MAX_WAIT.as_nanos() as i64;
+        assert_eq!(
+            set.burst_wait(delay, hold),
+            None,
+            "the oldest slice waited long enough: upload while the writes go on"
+        );
+        set.map.get_mut(&1).unwrap().rec.staged_ns = now_ns();
         assert!(set.prioritise(2));
         assert_eq!(
             set.burst_wait(delay, hold),

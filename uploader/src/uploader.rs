@@ -46,7 +46,8 @@ pub struct UploadOptions {
     /// read them back from the staging device (`--upload-buffer`).
     pub upload_buffer: u64,
     /// While writes keep arriving (a slice staged less than `upload_delay` ago), uploads wait
-    /// until this many bytes are staged, so that a burst of writes (a checkpoint) has the
+    /// until this many bytes are staged (or the oldest has waited
+    /// [`crate::staged::BURST_MAX_WAIT`]), so that a burst of writes (a checkpoint) has the
     /// staging disk and the CPUs to itself (`--upload-hold`; 0: uploads start at once).
     pub upload_hold: u64,
     /// This node's id in the `owner` field of the `T` records it writes (0 on an exclusive
