@@ -4,7 +4,7 @@
 mod common;
 
 use common::engine;
-use spoolfs_fuse::{MountError, MountOptions, mount_background};
+use spoolfs_fuse::{FuseTransport, MountError, MountOptions, mount_background};
 use std::os::unix::fs::PermissionsExt;
 
 #[test]
@@ -15,9 +15,15 @@ fn mount_use_unmount() {
     std::fs::create_dir(&mnt).unwrap();
     let options = MountOptions {
         fs_name: "t".into(),
+        transport: common::transport(),
         ..Default::default()
     };
     let mount = mount_background(engine(), &mnt, &options).unwrap();
+    // The transport asked for is the one serving (auto: either).
+    match options.transport {
+        FuseTransport::Auto => {}
+        asked => assert_eq!(mount.transport(), asked),
+    }
 
     // A second mount on the same place is refused with a clear error.
     let err = mount_background(engine(), &mnt, &options).err().unwrap();
