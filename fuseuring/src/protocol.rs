@@ -588,6 +588,223 @@ mod tests {
         assert_eq!(&out[..8], b"\0\0\0hello");
     }
 
+    /// Records the arguments it was called with; answers locks from another thread.
+    #[derive(Default)]
+    struct Recorder {
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Recorder {
+        fn note(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    impl Filesystem for Recorder {
+        fn symlink(
+            &self,
+            _caller: Caller,
+            parent: u64,
+            name: &OsStr,
+            target: &OsStr,
+        ) -> Result<Entry, Errno> {
+            self.note(format!("symlink {parent} {name:?} -> {target:?}"));
+            Err(Errno::EEXIST)
+        }
+        fn link(
+            &self,
+            _caller: Caller,
+            ino: u64,
+            new_parent: u64,
+            new_name: &OsStr,
+        ) -> Result<Entry, Errno> {
+            self.note(format!("link {ino} {new_parent} {new_name:?}"));
+            Err(Errno::EEXIST)
+        }
+        fn setxattr(
+            &self,
+            _caller: Caller,
+            ino: u64,
+            name: &OsStr,
+            value: &[u8],
+            flags: u32,
+        ) -> Result<(), Errno> {
+            self.note(format!("setxattr {ino} {name:?} {value:?} {flags}"));
+            Ok(())
+        }
+        fn readdirplus(
+            &self,
+            _ino: u64,
+            _fh: u64,
+            offset: u64,
+            out: &mut DirPlusFiller<'_>,
+        ) -> Result<(), Errno> {
+            for i in offset..3 {
+                let entry = Entry {
+                    attr: abi::Attr {
+                        ino: 10 + i,
+                        mode: libc::S_IFREG | 0o644,
+                        ..Default::default()
+                    },
+                    entry_ttl: Duration::from_secs(1),
+                    attr_ttl: Duration::from_secs(1),
+                };
+                if !out.add(&entry, i + 1, OsStr::new(&format!("file{i}"))) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        fn setlk(&self, _caller: Caller, _ino: u64, lock: &LockIn, sleep: bool, reply: LateReply) {
+            self.note(format!(
+                "setlk {} {} flock={} sleep={sleep}",
+                lock.start, lock.end, lock.flock
+            ));
+            if sleep {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    reply.send(Err(Errno::EAGAIN));
+                });
+            } else {
+                reply.send(Ok(()));
+            }
+        }
+    }
+
+    #[test]
+    fn symlink_link_and_setxattr_take_their_arguments_in_the_kernels_order() {
+        let fs = Recorder::default();
+        let mut out = vec![0u8; 4096];
+        let outcome = dispatch(
+            &fs,
+            &header(abi::FUSE_SYMLINK, 5),
+            &[],
+            b"ln\0target\0",
+            &mut out,
+        );
+        assert_eq!(outcome, Outcome::Err(libc::EEXIST));
+        let link = abi::LinkIn { oldnodeid: 9 };
+        dispatch(
+            &fs,
+            &header(abi::FUSE_LINK, 5),
+            link.as_bytes(),
+            b"new\0",
+            &mut out,
+        );
+        let set = abi::SetxattrIn { size: 3, flags: 1 };
+        let outcome = dispatch(
+            &fs,
+            &header(abi::FUSE_SETXATTR, 7),
+            set.as_bytes(),
+            b"user.a\0xyz",
+            &mut out,
+        );
+        assert_eq!(outcome, Outcome::Ok(0));
+        // A value shorter than its announced size is refused.
+        let outcome = dispatch(
+            &fs,
+            &header(abi::FUSE_SETXATTR, 7),
+            set.as_bytes(),
+            b"user.a\0xy",
+            &mut out,
+        );
+        assert_eq!(outcome, Outcome::Err(libc::EINVAL));
+        assert_eq!(
+            *fs.calls.lock().unwrap(),
+            [
+                "symlink 5 \"ln\" -> \"target\"",
+                "link 9 5 \"new\"",
+                "setxattr 7 \"user.a\" [120, 121, 122] 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn readdirplus_entries_carry_their_entry_and_stop_when_the_reply_is_full() {
+        let fs = Recorder::default();
+        let mut out = vec![0u8; 4096];
+        let read = abi::ReadIn {
+            size: 4096,
+            ..Default::default()
+        };
+        let h = header(abi::FUSE_READDIRPLUS, 1);
+        let Outcome::Ok(len) = dispatch(&fs, &h, read.as_bytes(), &[], &mut out) else {
+            panic!("readdirplus failed");
+        };
+        // 152 bytes of head + "fileN" (5 bytes), padded to 160.
+        assert_eq!(len, 3 * 160);
+        let first = abi::DirentplusHead::read_from(&out).unwrap();
+        assert_eq!(first.entry_out.nodeid, 10);
+        assert_eq!(first.entry_out.entry_valid, 1);
+        assert_eq!((first.dirent.ino, first.dirent.off), (10, 1));
+        assert_eq!(first.dirent.typ, libc::DT_REG as u32);
+        assert_eq!(&out[152..157], b"file0");
+        // Room for one entry only.
+        let small = abi::ReadIn {
+            size: 200,
+            ..Default::default()
+        };
+        assert_eq!(
+            dispatch(&fs, &h, small.as_bytes(), &[], &mut out),
+            Outcome::Ok(160)
+        );
+    }
+
+    #[test]
+    fn a_lock_answered_later_reaches_the_sink_with_its_request_and_token() {
+        struct Sink(std::sync::mpsc::Sender<(u64, abi::OutHeader)>);
+        impl ReplySink for Sink {
+            fn send(&self, token: u64, header: abi::OutHeader, _payload: &[u8]) {
+                self.0.send((token, header)).unwrap();
+            }
+        }
+        let fs = Recorder::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let deferral = Deferral {
+            sink: Arc::new(Sink(tx)),
+            token: 3,
+        };
+        let lock = abi::LkIn {
+            lk: abi::FileLock {
+                start: 0,
+                end: 9,
+                typ: libc::F_WRLCK as u32,
+                pid: 1,
+            },
+            lk_flags: abi::FUSE_LK_FLOCK,
+            ..Default::default()
+        };
+        let mut out = vec![0u8; 64];
+        let h = header(abi::FUSE_SETLKW, 4);
+        let outcome = dispatch_deferring(&fs, &h, lock.as_bytes(), &[], &mut out, &deferral);
+        assert_eq!(outcome, Outcome::Deferred);
+        let (token, reply) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!((token, reply.unique, reply.error), (3, 7, -libc::EAGAIN));
+        assert_eq!(reply.len as usize, size_of::<abi::OutHeader>());
+        // The blocking dispatch waits for the late answer itself.
+        assert_eq!(
+            dispatch(&fs, &h, lock.as_bytes(), &[], &mut out),
+            Outcome::Err(libc::EAGAIN)
+        );
+        let h = header(abi::FUSE_SETLK, 4);
+        assert_eq!(
+            dispatch(&fs, &h, lock.as_bytes(), &[], &mut out),
+            Outcome::Ok(0)
+        );
+        assert_eq!(
+            fs.calls.lock().unwrap()[0],
+            "setlk 0 9 flock=true sleep=true"
+        );
+    }
+
+    #[test]
+    fn a_late_reply_dropped_unanswered_answers_eio() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink: Arc<dyn ReplySink> = Arc::new(ChannelSink(std::sync::Mutex::new(tx)));
+        drop(LateReply::new(1, 0, sink));
+        assert_eq!(rx.recv().unwrap(), -libc::EIO);
+    }
+
     #[test]
     fn a_body_split_gives_the_fixed_struct_then_the_rest() {
         let mut body = abi::MkdirIn { mode: 1, umask: 2 }.as_bytes().to_vec();

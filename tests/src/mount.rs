@@ -519,9 +519,7 @@ impl Volume {
         }
         MODE_ARGS.with(|m| a.extend(m.borrow().iter().map(OsString::from)));
         let own_transport = opts.extra_args.iter().any(|x| x == "--fuse-transport");
-        if let Some(transport) = test_fuse_transport()
-            && !own_transport
-        {
+        if !own_transport && let Some(transport) = test_fuse_transport() {
             a.extend(["--fuse-transport".into(), transport.into()]);
         }
         a.extend(opts.extra_args.iter().map(OsString::from));
