@@ -29,6 +29,8 @@ const MAX_READAHEAD_BYTES: u32 = 1 << 20;
 const MAX_BACKGROUND: u16 = 64;
 
 const XATTR_CREATE: i32 = 1;
+/// The SELinux label of a file.
+const SELINUX_XATTR: &[u8] = b"security.selinux";
 const XATTR_REPLACE: i32 = 2;
 
 /// The file system FUSE sees: an engine and the cache lifetimes to give the kernel.
@@ -47,6 +49,8 @@ pub struct SpoolFs {
     /// Only this mount can change the volume (embedded metadata store): nothing changes
     /// behind the kernel's back, so it may keep directory listings across opens.
     exclusive: bool,
+    /// `security.selinux` is stored and served (see [`crate::MountOptions::selinux_xattrs`]).
+    selinux_xattrs: bool,
     /// Tells the kernel to drop what it cached of an inode the file system changed by itself;
     /// set once the session exists (none in unit tests).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
@@ -71,6 +75,7 @@ impl SpoolFs {
             acl_wanted: true,
             posix_acl: false,
             exclusive: false,
+            selinux_xattrs: true,
             notifier: Default::default(),
         }
     }
@@ -78,6 +83,13 @@ impl SpoolFs {
     /// Whether only this mount can change the volume (see [`crate::MountOptions::exclusive`]).
     pub fn with_exclusive(mut self, on: bool) -> Self {
         self.exclusive = on;
+        self
+    }
+
+    /// Whether `security.selinux` is stored and served, or refused with `EOPNOTSUPP` (see
+    /// [`crate::MountOptions::selinux_xattrs`]).
+    pub fn with_selinux_xattrs(mut self, on: bool) -> Self {
+        self.selinux_xattrs = on;
         self
     }
 
@@ -175,6 +187,13 @@ impl SpoolFs {
         reply_empty(reply, self.call(op, f));
     }
 
+    /// A request refused before it reaches the engine (an unsupported extended attribute):
+    /// counted like any other, answered `EOPNOTSUPP`.
+    fn unsupported(&self, op: Op) -> Errno {
+        stats::finish(op, stats::start(), false);
+        Errno::EOPNOTSUPP
+    }
+
     fn call<T>(&self, op: Op, f: impl FnOnce(&Engine) -> Result<T, FsError>) -> Result<T, Errno> {
         let started = stats::start();
         let r = self.call_untimed(op.name(), f);
@@ -220,9 +239,11 @@ impl SpoolFs {
         }
     }
 
-    /// ACL attributes are refused unless the kernel enforces them.
-    fn acl_refused(&self, name: &OsStr) -> bool {
-        !self.posix_acl && spoolfs_engine::acl::is_acl_name(name.as_bytes())
+    /// Extended attributes this mount does not support, whatever the engine stores: ACLs
+    /// unless the kernel enforces them, and the SELinux label unless the mount serves it.
+    fn xattr_refused(&self, name: &[u8]) -> bool {
+        (!self.posix_acl && spoolfs_engine::acl::is_acl_name(name))
+            || (!self.selinux_xattrs && name == SELINUX_XATTR)
     }
 
     fn entry(&self, reply: ReplyEntry, result: Result<Attr, Errno>) {
@@ -1035,8 +1056,8 @@ impl Filesystem for SpoolFs {
         if position != 0 {
             return reply.error(Errno::EINVAL);
         }
-        if self.acl_refused(name) {
-            return reply.error(Errno::EOPNOTSUPP);
+        if self.xattr_refused(name.as_bytes()) {
+            return reply.error(self.unsupported(Op::Setxattr));
         }
         let mode = match xattr_mode(flags) {
             Ok(m) => m,
@@ -1054,6 +1075,9 @@ impl Filesystem for SpoolFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.xattr_refused(name.as_bytes()) {
+            return reply.error(self.unsupported(Op::Getxattr));
+        }
         match self.call(Op::Getxattr, |e| e.getxattr(ino.0, name.as_bytes())) {
             Ok(value) => reply_xattr(reply, size, &value),
             Err(e) => reply.error(e),
@@ -1062,14 +1086,17 @@ impl Filesystem for SpoolFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.call(Op::Listxattr, |e| e.listxattr(ino.0)) {
-            Ok(names) => reply_xattr(reply, size, &join_xattr_names(&names)),
+            Ok(mut names) => {
+                names.retain(|name| !self.xattr_refused(name));
+                reply_xattr(reply, size, &join_xattr_names(&names))
+            }
             Err(e) => reply.error(e),
         }
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if self.acl_refused(name) {
-            return reply.error(Errno::EOPNOTSUPP);
+        if self.xattr_refused(name.as_bytes()) {
+            return reply.error(self.unsupported(Op::Removexattr));
         }
         self.reply_empty(reply, Op::Removexattr, |e| {
             e.removexattr(&caller(req), ino.0, name.as_bytes())

@@ -21,7 +21,7 @@ pub mod stats;
 pub use fs::{MAX_WRITE_BYTES, SpoolFs, ask_request_sizes, panic_message};
 pub use mount::{
     BackgroundMount, EXCLUSIVE_CACHE_TTL, FuseSession, MountEntry, MountError, MountOptions,
-    SHARED_CACHE_TTL, Unmounter, check_mount_point, is_mount_point, mount_background,
-    mount_foreground, parse_mountinfo, read_mountinfo,
+    SHARED_CACHE_TTL, Unmounter, check_mount_point, host_has_selinux, is_mount_point,
+    mount_background, mount_foreground, parse_mountinfo, read_mountinfo,
 };
 pub use signals::block_termination_signals;
