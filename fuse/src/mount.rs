@@ -1,6 +1,7 @@
 //! Mounting: options, the checks made on the mount point, foreground and background sessions.
 
-use crate::fs::SpoolFs;
+use crate::fs::FuserFs;
+use crate::ops::SpoolFs;
 use fuser::{Config, MountOption, SessionACL};
 use spoolfs_engine::Engine;
 use std::io;
@@ -278,7 +279,7 @@ fn unescape(field: &[u8]) -> Vec<u8> {
 /// A mounted file system whose request loop has not started yet. The kernel handshake is done
 /// when [`FuseSession::new`] returns, so the mount is visible and ready from that point.
 pub struct FuseSession {
-    session: fuser::Session<SpoolFs>,
+    session: fuser::Session<FuserFs>,
     mount_point: PathBuf,
 }
 
@@ -296,14 +297,12 @@ impl FuseSession {
             .with_exclusive(options.exclusive)
             .with_selinux_xattrs(options.selinux_xattrs);
         let notifier = fs.notifier_slot();
-        let session =
-            fuser::Session::new(fs, &canonical, &options.fuser_config()).map_err(|source| {
-                MountError::Fuse {
-                    path: canonical.clone(),
-                    source,
-                }
+        let session = fuser::Session::new(FuserFs::new(fs), &canonical, &options.fuser_config())
+            .map_err(|source| MountError::Fuse {
+                path: canonical.clone(),
+                source,
             })?;
-        let _ = notifier.set(session.notifier());
+        let _ = notifier.set(Box::new(session.notifier()));
         info!(mount_point = %canonical.display(), threads = options.fuse_threads, "mounted");
         Ok(FuseSession {
             session,

@@ -61,11 +61,30 @@ pub const FUSE_STATX: u32 = 52;
 
 // INIT flags (`flags`, and `flags2` for bits 32 and up).
 pub const FUSE_ASYNC_READ: u64 = 1 << 0;
+pub const FUSE_POSIX_LOCKS: u64 = 1 << 1;
+pub const FUSE_ATOMIC_O_TRUNC: u64 = 1 << 3;
+pub const FUSE_EXPORT_SUPPORT: u64 = 1 << 4;
 pub const FUSE_BIG_WRITES: u64 = 1 << 5;
+pub const FUSE_DONT_MASK: u64 = 1 << 6;
+pub const FUSE_FLOCK_LOCKS: u64 = 1 << 10;
+pub const FUSE_AUTO_INVAL_DATA: u64 = 1 << 12;
+pub const FUSE_DO_READDIRPLUS: u64 = 1 << 13;
+pub const FUSE_READDIRPLUS_AUTO: u64 = 1 << 14;
 pub const FUSE_PARALLEL_DIROPS: u64 = 1 << 18;
+pub const FUSE_POSIX_ACL: u64 = 1 << 20;
 pub const FUSE_MAX_PAGES: u64 = 1 << 22;
+pub const FUSE_CACHE_SYMLINKS: u64 = 1 << 23;
+pub const FUSE_HANDLE_KILLPRIV_V2: u64 = 1 << 28;
 pub const FUSE_INIT_EXT: u64 = 1 << 30;
+pub const FUSE_PASSTHROUGH: u64 = 1 << 37;
 pub const FUSE_OVER_IO_URING: u64 = 1 << 41;
+
+// Notifications (the `error` field of a reply with `unique` 0).
+pub const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
+
+// `open_flags` of an open reply.
+pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
 
 // setattr `valid` bits.
 pub const FATTR_MODE: u32 = 1 << 0;
@@ -413,6 +432,16 @@ pub struct Dirent {
     pub typ: u32,
 }
 
+/// FUSE_NOTIFY_INVAL_INODE: drop the cached attributes (and the pages in `off`..`off+len`,
+/// none when `off` is negative) of an inode.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotifyInvalInodeOut {
+    pub ino: u64,
+    pub off: i64,
+    pub len: i64,
+}
+
 /// `struct fuse_uring_ent_in_out`: the ring entry's own fields, after the two headers.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -488,6 +517,7 @@ plain! {
     Kstatfs = 80;
     InterruptIn = 8;
     Dirent = 24;
+    NotifyInvalInodeOut = 24;
     UringEntInOut = 32;
     UringCmdReq = 24;
 }

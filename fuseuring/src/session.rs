@@ -167,9 +167,37 @@ impl Unmounter {
     }
 }
 
+/// Sends the kernel notifications about its caches (writes to /dev/fuse with `unique` 0),
+/// whichever transport serves the requests.
+#[derive(Debug)]
+pub struct Notifier {
+    dev: FuseDev,
+}
+
+impl Notifier {
+    /// Drops the kernel's cached attributes of `ino`, and its cached pages from `offset` for
+    /// `len` bytes (0: to the end; a negative `offset`: none). ENOENT: the kernel does not
+    /// know the inode (nothing cached).
+    pub fn inval_inode(&self, ino: u64, offset: i64, len: i64) -> std::io::Result<()> {
+        let body = abi::NotifyInvalInodeOut {
+            ino,
+            off: offset,
+            len,
+        };
+        let header = abi::OutHeader {
+            len: (size_of::<abi::OutHeader>() + size_of::<abi::NotifyInvalInodeOut>()) as u32,
+            error: abi::FUSE_NOTIFY_INVAL_INODE,
+            unique: 0,
+        };
+        self.dev.write_reply(&[header.as_bytes(), body.as_bytes()])
+    }
+}
+
 /// A mounted file system being served. Dropping it unmounts and waits for the threads.
 pub struct Session {
     mountpoint: PathBuf,
+    /// The connection, for notifications.
+    dev: FuseDev,
     transport: Transport,
     stats: Arc<Stats>,
     threads: Vec<JoinHandle<()>>,
@@ -187,6 +215,13 @@ impl Session {
     /// Counters that stay readable after the session ended.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// A notifier on this session's connection.
+    pub fn notifier(&self) -> std::io::Result<Notifier> {
+        Ok(Notifier {
+            dev: self.dev.try_clone()?,
+        })
     }
 
     pub fn unmounter(&self) -> Unmounter {
@@ -320,6 +355,7 @@ pub fn mount<F: Filesystem>(
     }
     Ok(Session {
         mountpoint,
+        dev,
         transport,
         stats,
         threads,
