@@ -43,6 +43,12 @@ pub struct MountOptions {
     /// at a time can open): the kernel may keep directory listings across opens. The caller
     /// picks the TTLs to match (see [`EXCLUSIVE_CACHE_TTL`]).
     pub exclusive: bool,
+    /// Store and serve `security.selinux` like any other extended attribute. When false its
+    /// get, set and remove are `EOPNOTSUPP` and listings leave it out, as on a file system
+    /// without security labels: `ls -l` and other label readers then stop asking for it (they
+    /// remember a device that refused once), which saves one request per file listed. The
+    /// default is [`host_has_selinux`].
+    pub selinux_xattrs: bool,
     /// How requests travel between the kernel and spoolfs.
     pub transport: FuseTransport,
     /// Requests in flight per io_uring queue (one queue per possible CPU), each holding a
@@ -124,8 +130,27 @@ impl Default for MountOptions {
             exclusive: false,
             transport: FuseTransport::Auto,
             ring_depth: 2,
+            selinux_xattrs: host_has_selinux(),
         }
     }
+}
+
+/// Whether SELinux is enabled on this host, so that file labels (`security.selinux`) mean
+/// something here. The kernel registers the `selinuxfs` file system (and makes
+/// `/sys/fs/selinux`, where it is mounted) only when SELinux was enabled at boot, and it can no
+/// longer be turned off at run time: either sign, in this mount namespace, says it is on. A
+/// host that merely has the userspace libraries, or SELinux in permissive mode, counts as on.
+pub fn host_has_selinux() -> bool {
+    let registered = std::fs::read_to_string("/proc/filesystems")
+        .map(|list| lists_selinuxfs(&list))
+        .unwrap_or(false);
+    registered || Path::new("/sys/fs/selinux").is_dir()
+}
+
+/// Whether a `/proc/filesystems` listing has `selinuxfs` (as `nodev\tselinuxfs`).
+fn lists_selinuxfs(list: &str) -> bool {
+    list.lines()
+        .any(|line| line.split_whitespace().last() == Some("selinuxfs"))
 }
 
 impl MountOptions {
@@ -364,6 +389,7 @@ impl FuseSession {
                 .with_passthrough(options.passthrough)
                 .with_acl(options.acl)
                 .with_exclusive(options.exclusive)
+                .with_selinux_xattrs(options.selinux_xattrs)
         };
         let use_uring = match options.transport {
             FuseTransport::Dev => false,
@@ -640,6 +666,15 @@ pub fn mount_background(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selinuxfs_in_the_filesystem_list() {
+        assert!(lists_selinuxfs("nodev\tsysfs\nnodev\tselinuxfs\n\text4\n"));
+        assert!(!lists_selinuxfs("nodev\tsysfs\n\text4\nnodev\tfuse\n"));
+        // A name that merely contains it is another file system.
+        assert!(!lists_selinuxfs("nodev\tnotselinuxfs\n"));
+        assert!(!lists_selinuxfs(""));
+    }
 
     #[test]
     fn mount_point_checks() {

@@ -28,6 +28,8 @@ pub(crate) const MAX_BACKGROUND: u16 = 64;
 
 const XATTR_CREATE: i32 = 1;
 const XATTR_REPLACE: i32 = 2;
+/// The SELinux label of a file.
+const SELINUX_XATTR: &[u8] = b"security.selinux";
 
 /// The INIT capabilities spoolfs asks for on every transport (each skipped when the kernel
 /// lacks it), with why. POSIX ACLs and passthrough are negotiated apart (see
@@ -146,6 +148,8 @@ pub struct SpoolFs {
     /// Only this mount can change the volume (embedded metadata store): nothing changes
     /// behind the kernel's back, so it may keep directory listings across opens.
     exclusive: bool,
+    /// `security.selinux` is stored and served (see [`crate::MountOptions::selinux_xattrs`]).
+    selinux_xattrs: bool,
     /// Tells the kernel to drop what it cached of an inode the file system changed by itself;
     /// set once the session exists (none in unit tests).
     notifier: NotifierSlot,
@@ -162,6 +166,7 @@ impl SpoolFs {
             acl_wanted: true,
             posix_acl: AtomicBool::new(false),
             exclusive: false,
+            selinux_xattrs: true,
             notifier: Default::default(),
         }
     }
@@ -169,6 +174,13 @@ impl SpoolFs {
     /// Whether only this mount can change the volume (see [`crate::MountOptions::exclusive`]).
     pub fn with_exclusive(mut self, on: bool) -> Self {
         self.exclusive = on;
+        self
+    }
+
+    /// Whether `security.selinux` is stored and served, or refused with `EOPNOTSUPP` (see
+    /// [`crate::MountOptions::selinux_xattrs`]).
+    pub fn with_selinux_xattrs(mut self, on: bool) -> Self {
+        self.selinux_xattrs = on;
         self
     }
 
@@ -267,9 +279,18 @@ impl SpoolFs {
         }
     }
 
-    /// ACL attributes are refused unless the kernel enforces them.
-    fn acl_refused(&self, name: &[u8]) -> bool {
-        !self.posix_acl() && spoolfs_engine::acl::is_acl_name(name)
+    /// Extended attributes this mount does not support, whatever the engine stores: ACLs
+    /// unless the kernel enforces them, and the SELinux label unless the mount serves it.
+    fn xattr_refused(&self, name: &[u8]) -> bool {
+        (!self.posix_acl() && spoolfs_engine::acl::is_acl_name(name))
+            || (!self.selinux_xattrs && name == SELINUX_XATTR)
+    }
+
+    /// A request refused before it reaches the engine (an unsupported extended attribute):
+    /// counted like any other, answered `EOPNOTSUPP`.
+    fn unsupported(&self, op: Op) -> Errno {
+        stats::finish(op, stats::start(), false);
+        Errno(libc::EOPNOTSUPP)
     }
 
     fn entry(&self, attr: Attr) -> EntryAnswer {
@@ -670,8 +691,8 @@ impl SpoolFs {
         if position != 0 {
             return Err(Errno::EINVAL);
         }
-        if self.acl_refused(name) {
-            return Err(Errno(libc::EOPNOTSUPP));
+        if self.xattr_refused(name) {
+            return Err(self.unsupported(Op::Setxattr));
         }
         let mode = xattr_mode(flags)?;
         self.call(Op::Setxattr, |e| {
@@ -685,18 +706,22 @@ impl SpoolFs {
 
     /// `size` 0 asks for the value's size; a shorter buffer than the value is ERANGE.
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
+        if self.xattr_refused(name) {
+            return Err(self.unsupported(Op::Getxattr));
+        }
         let value = self.call(Op::Getxattr, |e| e.getxattr(ino, name))?;
         xattr_answer(size, value)
     }
 
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, Errno> {
-        let names = self.call(Op::Listxattr, |e| e.listxattr(ino))?;
+        let mut names = self.call(Op::Listxattr, |e| e.listxattr(ino))?;
+        names.retain(|name| !self.xattr_refused(name));
         xattr_answer(size, join_xattr_names(&names))
     }
 
     pub fn removexattr(&self, who: Caller, ino: u64, name: &[u8]) -> Result<(), Errno> {
-        if self.acl_refused(name) {
-            return Err(Errno(libc::EOPNOTSUPP));
+        if self.xattr_refused(name) {
+            return Err(self.unsupported(Op::Removexattr));
         }
         self.call(Op::Removexattr, |e| e.removexattr(&who, ino, name))
     }

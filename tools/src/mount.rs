@@ -147,6 +147,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     pub acl: bool,
+    /// SELinux file labels (the `security.selinux` attribute): on: stored and served like any
+    /// extended attribute; off: refused with EOPNOTSUPP, as a file system without labels does
+    /// (`ls -l` then stops asking for every file's, a request per file saved); auto: on when
+    /// SELinux is enabled on this host.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_enum)]
+    pub selinux_xattrs: SelinuxXattrs,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
@@ -443,6 +449,7 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg(args.wait_previous.as_secs_f64().to_string());
     cmd.arg("--atime").arg(args.atime.name());
     cmd.arg(format!("--acl={}", args.acl));
+    cmd.arg("--selinux-xattrs").arg(args.selinux_xattrs.name());
     if let Some(addr) = args.metrics {
         cmd.arg("--metrics").arg(addr.to_string());
     }
@@ -871,6 +878,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         read_only: args.read_only,
         noatime: args.atime == Atime::Noatime,
         acl: args.acl,
+        selinux_xattrs: args.selinux_xattrs.resolve(),
         fs_name: volume.clone(),
         passthrough: args.passthrough == Passthrough::Auto,
         noexec: args.noexec,
@@ -938,6 +946,33 @@ impl Atime {
 pub enum Passthrough {
     Auto,
     Off,
+}
+
+/// `--selinux-xattrs`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelinuxXattrs {
+    Auto,
+    On,
+    Off,
+}
+
+impl SelinuxXattrs {
+    fn name(self) -> &'static str {
+        match self {
+            SelinuxXattrs::Auto => "auto",
+            SelinuxXattrs::On => "on",
+            SelinuxXattrs::Off => "off",
+        }
+    }
+
+    /// Whether the mount serves labels.
+    pub fn resolve(self) -> bool {
+        match self {
+            SelinuxXattrs::Auto => spoolfs_fuse::host_has_selinux(),
+            SelinuxXattrs::On => true,
+            SelinuxXattrs::Off => false,
+        }
+    }
 }
 
 /// Where the FUSE library reads whether users may mount with allow_other.
