@@ -145,6 +145,7 @@ fn selinux_labels_served_or_refused() {
         let options = MountOptions {
             fs_name: "t".into(),
             selinux_xattrs: serve,
+            transport: common::transport(),
             ..Default::default()
         };
         let mount = mount_background(engine(), &mnt, &options).unwrap();
