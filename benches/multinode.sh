@@ -30,7 +30,9 @@
 # apt-get, when missing; s3s-fs from $S3S_FS_BIN, PATH or ~/.cargo/bin. Environment: BENCH_DIR
 # (where the work directory goes when --work-dir is not given; default ${TMPDIR:-/tmp}: staging
 # and cache directories and the s3s-fs root go there, so it must be on a disk, not tmpfs),
-# BENCH_DELAY_MS (20), BENCH_WHEELS, BENCH_PG_BIN, BENCH_PG_OPTIONS, CARGO, BENCH_NO_BUILD,
+# BENCH_DELAY_MS (20), BENCH_WHEELS, BENCH_PG_BIN, BENCH_PG_OPTIONS, BENCH_SPOOLFS_META_PARAMS
+# (query parameters of spoolfs's metadata URL, such as commit_wait=all to compare with every
+# commit waiting for the database's flush), CARGO, BENCH_NO_BUILD,
 # BENCH_PROFILE (see benches/lib.sh), BENCH_KEEP_LOGS (a directory: the logs are copied there).
 # The report goes to stdout, progress to stderr. Exit 0 only if every measurement was made.
 set -euo pipefail
@@ -358,7 +360,7 @@ run_workloads() {
 run_spoolfs() {
     local url
     log "---- spoolfs: format on PostgreSQL, mount nodes A and B"
-    url=$(bench_pg_database spoolfs)
+    url=$(bench_pg_database spoolfs)${BENCH_SPOOLFS_META_PARAMS:+?$BENCH_SPOOLFS_META_PARAMS}
     bench_spoolfs_format spoolfs "$url" >"$logs/spoolfs.format.log" 2>&1 \
         || { tail -20 "$logs/spoolfs.format.log" >&2; die "spoolfs format on PostgreSQL failed"; }
     mount_spoolfs_node a "$url"
@@ -436,7 +438,7 @@ report() {
     local ran=() s
     for s in spoolfs juicefs; do wanted "$s" && ran+=("$s"); done
     echo
-    echo "Many nodes: \`$cmdline\`; PostgreSQL ${pg_version:-?} (private server on this machine, its defaults: fsync on${BENCH_PG_OPTIONS:+; options $BENCH_PG_OPTIONS}); s3s-fs behind spoolfs-s3proxy adding $delay_ms ms per request; two mounts of each volume on this machine (nodes A and B, separate cache directories); started $started UTC, $(nproc) CPUs, kernel $(uname -r), load average $load0 before and $(cut -d' ' -f1-3 /proc/loadavg) after."
+    echo "Many nodes: \`$cmdline\`; PostgreSQL ${pg_version:-?} (private server on this machine, its defaults: fsync on${BENCH_PG_OPTIONS:+; options $BENCH_PG_OPTIONS})${BENCH_SPOOLFS_META_PARAMS:+; spoolfs metadata URL parameters $BENCH_SPOOLFS_META_PARAMS}; s3s-fs behind spoolfs-s3proxy adding $delay_ms ms per request; two mounts of each volume on this machine (nodes A and B, separate cache directories); started $started UTC, $(nproc) CPUs, kernel $(uname -r), load average $load0 before and $(cut -d' ' -f1-3 /proc/loadavg) after."
     [[ ${BENCH_PROFILE:-release} == release ]] || echo "**$BENCH_PROFILE binaries (BENCH_PROFILE): these figures check the script and mean nothing.**"
     if workload smallfiles; then
         section "Small files on node A: $files × \`echo \$i > dir/f\$i\`" \

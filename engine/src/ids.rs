@@ -30,7 +30,15 @@ impl IdAllocator {
         let mut range = self.range.lock();
         if range.0 >= range.1 {
             let mut start = 0;
-            meta.update(Durability::Visible, &mut |t| {
+            // On a shared store a claim must survive the database's own crash: a node that
+            // went on drawing from a range the database forgot would hand out ids another
+            // node claims next. An exclusive store's claim goes with the process that made it.
+            let durability = if meta.is_shared() {
+                Durability::Durable
+            } else {
+                Durability::Visible
+            };
+            meta.update(durability, &mut |t| {
                 start = schema::get_u64(t, self.key)?.max(1);
                 t.put(self.key, &(start + self.batch).to_be_bytes())
             })?;

@@ -16,6 +16,8 @@ fn median(mut v: Vec<u64>) -> u64 {
 /// A mount of a fresh PostgreSQL volume as a shared mount runs it (staging, session, holds,
 /// shared locks), with uploads starting `upload_delay` after a close.
 struct SharedMount {
+    /// The volume's database, for more mounts of it ([`another_mount`]).
+    url: String,
     meta: Arc<dyn spoolfs_metadata::KvStore>,
     engine: Arc<Engine>,
     _dir: tempfile::TempDir,
@@ -40,22 +42,24 @@ fn shared_mount(pg: &spoolfs_testkit::pg::PgServer, upload_delay: Duration) -> S
         },
     )
     .unwrap();
-    mount_of(meta, record, dir, upload_delay)
+    mount_of(&url, meta, record, dir, upload_delay)
 }
 
 /// A second mount (another node: its own store handle, cache directory and session) of the
 /// volume `first` mounts.
-fn another_mount(first: &SharedMount, url: &str) -> SharedMount {
+fn another_mount(first: &SharedMount) -> SharedMount {
+    let url = &first.url;
     let meta = spoolfs_metadata::open_store(url).unwrap();
     let record = spoolfs_engine::volume::read_record(meta.as_ref())
         .unwrap()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(first.meta.describe(), meta.describe(), "one database");
-    mount_of(meta, record, dir, Duration::from_secs(3600))
+    mount_of(url, meta, record, dir, Duration::from_secs(3600))
 }
 
 fn mount_of(
+    url: &str,
     meta: Arc<dyn spoolfs_metadata::KvStore>,
     record: spoolfs_engine::VolumeRecord,
     dir: tempfile::TempDir,
@@ -93,9 +97,76 @@ fn mount_of(
     )
     .unwrap();
     SharedMount {
+        url: url.to_string(),
         meta,
         engine,
         _dir: dir,
+    }
+}
+
+/// On a shared volume a close's commit is in the database, visible to every node, when the
+/// close returns, without waiting for the database's WAL flush: a close promises to survive a
+/// crash of this node, which that gives. `fsync` waits for the flush, for a written file (its
+/// commit waits) and for a clean one (an explicit flush).
+#[test]
+fn a_close_does_not_wait_for_the_database_flush_and_fsync_does() {
+    let pg = spoolfs_testkit::require_postgres!();
+    let first = shared_mount(pg, Duration::from_secs(3600));
+    let (engine, meta) = (&first.engine, &first.meta);
+    let caller = Caller::ROOT;
+    let small_file = |name: &str, data: &[u8], fsync: bool| {
+        let (attr, fh) = engine
+            .create(&caller, ROOT_INO, name.as_bytes(), 0o644, libc::O_WRONLY)
+            .unwrap();
+        engine.write(&caller, attr.ino, fh, 0, data).unwrap();
+        if fsync {
+            engine.fsync(attr.ino, fh, false).unwrap();
+        }
+        engine.flush(attr.ino, fh).unwrap();
+        engine.release(attr.ino, fh).unwrap();
+        attr.ino
+    };
+    // The first file claims the ranges of inode and slice ids (claims wait for the flush).
+    small_file("first", b"x", false);
+    let waited = || meta.stats().waited_commits;
+    let before = waited();
+    let files: Vec<(String, Vec<u8>)> = (0..30u64)
+        .map(|i| {
+            (
+                format!("f{i}"),
+                spoolfs_testkit::random_bytes(i, 100 + i as usize),
+            )
+        })
+        .collect();
+    for (name, data) in &files {
+        small_file(name, data, false);
+    }
+    assert_eq!(
+        waited() - before,
+        0,
+        "creates and closes waited for the flush"
+    );
+    let before = waited();
+    let synced = small_file("synced", b"fsync me", true);
+    assert_eq!(
+        waited() - before,
+        1,
+        "an fsync's commit waits for the flush"
+    );
+    let fh = engine.open(&caller, synced, libc::O_RDWR).unwrap();
+    let flushes = meta.stats().flushes;
+    engine.fsync(synced, fh, false).unwrap();
+    assert_eq!(
+        meta.stats().flushes - flushes,
+        1,
+        "fsync of a clean file flushes"
+    );
+    engine.release(synced, fh).unwrap();
+    // Another node sees every file at once, with its size (its data is still staged here).
+    let second = another_mount(&first);
+    for (name, data) in &files {
+        let attr = second.engine.lookup(ROOT_INO, name.as_bytes()).unwrap();
+        assert_eq!(attr.size, data.len() as u64, "{name}");
     }
 }
 
@@ -394,28 +465,8 @@ fn the_directory_attributes_of_an_own_create_answer_one_getattr() {
 #[test]
 fn creates_in_turns_on_two_mounts_rerun_on_what_the_other_changed() {
     let pg = spoolfs_testkit::require_postgres!();
-    let url = pg.url(&pg.new_database());
-    let first = {
-        let meta = spoolfs_metadata::format_store(&url).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let storage = StorageConfig {
-            url: format!("file://{}", dir.path().join("objects").display()),
-            ..Default::default()
-        };
-        std::fs::create_dir_all(dir.path().join("objects")).unwrap();
-        let record = spoolfs_engine::format_volume(
-            &meta,
-            &FormatOptions {
-                name: "pg".into(),
-                storage,
-                block_size: 64 << 10,
-                force: false,
-            },
-        )
-        .unwrap();
-        mount_of(meta, record, dir, Duration::from_secs(3600))
-    };
-    let second = another_mount(&first, &url);
+    let first = shared_mount(pg, Duration::from_secs(3600));
+    let second = another_mount(&first);
     let caller = Caller::ROOT;
     let (a, b) = (&first.engine, &second.engine);
     let d = a.mkdir(&caller, ROOT_INO, b"d", 0o755).unwrap().ino;

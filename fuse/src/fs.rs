@@ -1,4 +1,5 @@
-//! `fuser::Filesystem` over the engine: one engine call per request.
+//! The `fuser` transport (/dev/fuse): decodes each request's arguments, calls the operation
+//! of [`SpoolFs`] (see [`crate::ops`]) and encodes its answer.
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -6,50 +7,24 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use spoolfs_engine::locks::{LockKind, LockRequest};
-use spoolfs_engine::{
-    Attr, Caller, Engine, FileKind, FsError, RenameFlags as EngineRenameFlags, SetAttr, TimeSet,
-    XattrSet,
-};
+use fuseuring::fs::XattrReply;
+use spoolfs_engine::{Attr, Caller, FileKind, SetAttr, TimeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
-use crate::stats::{self, Op};
-use tracing::{debug, error, info, warn};
+use crate::ops::{
+    ACL_CAPABILITIES, EntryAnswer, LockArgs, MAX_BACKGROUND, MAX_READAHEAD_BYTES, MAX_WRITE_BYTES,
+    SpoolFs, WANTED_CAPABILITIES,
+};
+use tracing::debug;
 
-/// The largest write (and read) request we ask the kernel for.
-pub const MAX_WRITE_BYTES: u32 = 1 << 20;
-/// How much the kernel may read ahead of a sequential reader.
-const MAX_READAHEAD_BYTES: u32 = 1 << 20;
-/// Pending background requests (readahead, async reads) the kernel may queue.
-const MAX_BACKGROUND: u16 = 64;
-
-const XATTR_CREATE: i32 = 1;
-const XATTR_REPLACE: i32 = 2;
-
-/// The file system FUSE sees: an engine and the cache lifetimes to give the kernel.
-pub struct SpoolFs {
-    engine: Arc<Engine>,
-    attr_ttl: Duration,
-    entry_ttl: Duration,
-    /// Asked for (`--passthrough auto`); in use once the kernel agreed at init.
-    passthrough_wanted: bool,
-    passthrough: std::sync::atomic::AtomicBool,
-    backing: std::sync::Mutex<Backing>,
-    /// POSIX ACLs asked for (`--acl`).
-    acl_wanted: bool,
-    /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL, agreed at init).
-    posix_acl: bool,
-    /// Only this mount can change the volume (embedded metadata store): nothing changes
-    /// behind the kernel's back, so it may keep directory listings across opens.
-    exclusive: bool,
-    /// Tells the kernel to drop what it cached of an inode the file system changed by itself;
-    /// set once the session exists (none in unit tests).
-    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+/// [`SpoolFs`] served by `fuser`.
+pub(crate) struct FuserFs {
+    pub(crate) fs: SpoolFs,
+    backing: Mutex<Backing>,
 }
 
 /// Passthrough opens: one backing id per inode, shared by its open handles.
@@ -59,56 +34,12 @@ struct Backing {
     by_fh: std::collections::HashMap<u64, u64>,
 }
 
-impl SpoolFs {
-    pub fn new(engine: Arc<Engine>, attr_ttl: Duration, entry_ttl: Duration) -> Self {
-        SpoolFs {
-            engine,
-            attr_ttl,
-            entry_ttl,
-            passthrough_wanted: false,
-            passthrough: std::sync::atomic::AtomicBool::new(false),
+impl FuserFs {
+    pub(crate) fn new(fs: SpoolFs) -> Self {
+        FuserFs {
+            fs,
             backing: Default::default(),
-            acl_wanted: true,
-            posix_acl: false,
-            exclusive: false,
-            notifier: Default::default(),
         }
-    }
-
-    /// Whether only this mount can change the volume (see [`crate::MountOptions::exclusive`]).
-    pub fn with_exclusive(mut self, on: bool) -> Self {
-        self.exclusive = on;
-        self
-    }
-
-    /// Where the session's notifier will be put once the session exists.
-    pub(crate) fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
-        self.notifier.clone()
-    }
-
-    /// Drops the kernel's cached attributes of `ino` (not its pages), after a change the
-    /// kernel did not make itself. A kernel that no longer knows the inode answers ENOENT:
-    /// nothing to drop then.
-    fn invalidate_attr(&self, ino: u64) {
-        if let Some(n) = self.notifier.get()
-            && let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
-            && e.raw_os_error() != Some(libc::ENOENT)
-        {
-            debug!(ino, "attribute invalidation refused: {e}");
-        }
-    }
-
-    /// Reads of files wholly in the local data cache go straight from the kernel to the cache
-    /// file (FUSE passthrough, Linux 6.9+, needs CAP_SYS_ADMIN); falls back by itself.
-    pub fn with_passthrough(mut self, on: bool) -> Self {
-        self.passthrough_wanted = on;
-        self
-    }
-
-    /// POSIX ACLs (on by default), if the kernel supports them for FUSE.
-    pub fn with_acl(mut self, on: bool) -> Self {
-        self.acl_wanted = on;
-        self
     }
 
     /// Answers a read-only open with a passthrough to the file's cache file when possible.
@@ -117,11 +48,10 @@ impl SpoolFs {
         &self,
         ino: u64,
         fh: u64,
-        flags: FopenFlags,
+        open_flags: i32,
         reply: ReplyOpen,
     ) -> Option<ReplyOpen> {
-        use std::sync::atomic::Ordering;
-        if !self.passthrough.load(Ordering::Relaxed) {
+        if !self.fs.passthrough_allowed(open_flags) {
             return Some(reply);
         }
         let mut guard = self.backing.lock().expect("backing ids");
@@ -129,23 +59,21 @@ impl SpoolFs {
         let entry = match backing.by_ino.entry(ino) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let Some(file) = self.engine.passthrough_source(ino) else {
+                let Some(file) = self.fs.passthrough_source(ino) else {
                     return Some(reply);
                 };
                 match reply.open_backing(&file) {
                     Ok(id) => v.insert((id, 0)),
                     Err(e) => {
-                        warn!(
-                            "FUSE passthrough refused ({e}); serving reads ourselves from now on"
-                        );
-                        self.passthrough.store(false, Ordering::Relaxed);
+                        self.fs.passthrough_refused(&e);
                         return Some(reply);
                     }
                 }
             }
         };
         entry.1 += 1;
-        reply.opened_passthrough(FileHandle(fh), flags, &entry.0);
+        // Passthrough reads do not use the page cache: no cache flags with it.
+        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &entry.0);
         backing.by_fh.insert(fh, ino);
         None
     }
@@ -162,80 +90,10 @@ impl SpoolFs {
             }
         }
     }
+}
 
-    /// Runs the engine call of one FUSE request of kind `op`, counted and timed in the
-    /// metrics (see [`crate::stats`]).
-    /// Runs one engine call with no result and answers the kernel with its outcome.
-    fn reply_empty(
-        &self,
-        reply: ReplyEmpty,
-        op: Op,
-        f: impl FnOnce(&Engine) -> Result<(), FsError>,
-    ) {
-        reply_empty(reply, self.call(op, f));
-    }
-
-    fn call<T>(&self, op: Op, f: impl FnOnce(&Engine) -> Result<T, FsError>) -> Result<T, Errno> {
-        let started = stats::start();
-        let r = self.call_untimed(op.name(), f);
-        stats::finish(op, started, r.is_ok());
-        r
-    }
-
-    /// Runs one engine call. Its error becomes an errno (logged at debug level, EIO at warn);
-    /// a panic inside the engine becomes EIO instead of killing a FUSE thread.
-    fn call_untimed<T>(
-        &self,
-        op: &str,
-        f: impl FnOnce(&Engine) -> Result<T, FsError>,
-    ) -> Result<T, Errno> {
-        match catch_unwind(AssertUnwindSafe(|| f(&self.engine))) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                let errno = e.errno();
-                if errno == libc::EIO {
-                    // One per failing request: rate limited, so a failing store cannot
-                    // flood the log.
-                    spoolfs_engine::warn_limited!(op, errno, "{e}");
-                } else {
-                    debug!(op, errno, "{e}");
-                }
-                Err(Errno::from_i32(errno))
-            }
-            Err(panic) => {
-                spoolfs_engine::error_limited!(op, "engine panicked: {}", panic_message(panic));
-                Err(Errno::EIO)
-            }
-        }
-    }
-
-    /// The caller and mode of a create. With POSIX ACLs the kernel leaves the umask to us
-    /// (FUSE_DONT_MASK): the engine applies it unless the directory has a default ACL, which
-    /// limits the mode instead (decided in the create's own transaction).
-    fn creator(&self, req: &Request, mode: u32, umask: u32) -> (Caller, u32) {
-        if self.posix_acl {
-            (caller(req).with_umask(umask), mode)
-        } else {
-            (caller(req), mode & !umask)
-        }
-    }
-
-    /// ACL attributes are refused unless the kernel enforces them.
-    fn acl_refused(&self, name: &OsStr) -> bool {
-        !self.posix_acl && spoolfs_engine::acl::is_acl_name(name.as_bytes())
-    }
-
-    fn entry(&self, reply: ReplyEntry, result: Result<Attr, Errno>) {
-        match result {
-            Ok(attr) => reply.entry_with_ttls(
-                &self.attr_ttl,
-                &self.entry_ttl,
-                &to_file_attr(&attr),
-                Generation(0),
-            ),
-            Err(e) => reply.error(e),
-        }
-    }
+fn errno(e: fuseuring::Errno) -> Errno {
+    Errno::from_i32(e.0)
 }
 
 fn caller(req: &Request) -> Caller {
@@ -307,80 +165,32 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     }
 }
 
-/// setxattr(2) flags to the engine's mode.
-pub(crate) fn xattr_mode(flags: i32) -> Result<XattrSet, Errno> {
-    match flags & (XATTR_CREATE | XATTR_REPLACE) {
-        0 => Ok(XattrSet::Any),
-        XATTR_CREATE => Ok(XattrSet::Create),
-        XATTR_REPLACE => Ok(XattrSet::Replace),
-        _ => Err(Errno::EINVAL),
+fn reply_entry(reply: ReplyEntry, result: Result<EntryAnswer, fuseuring::Errno>) {
+    match result {
+        Ok(e) => {
+            let attr = e.attr.as_ref().map_or_else(negative_entry, to_file_attr);
+            reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &attr, Generation(0))
+        }
+        Err(e) => reply.error(errno(e)),
     }
 }
 
-/// renameat2(2) flags to the engine's; unknown bits (RENAME_WHITEOUT, ...) are EINVAL.
-pub(crate) fn rename_flags(bits: u32) -> Result<EngineRenameFlags, Errno> {
-    let noreplace = libc::RENAME_NOREPLACE;
-    let exchange = libc::RENAME_EXCHANGE;
-    if bits & !(noreplace | exchange) != 0 || bits == noreplace | exchange {
-        return Err(Errno::EINVAL);
-    }
-    Ok(EngineRenameFlags {
-        noreplace: bits & noreplace != 0,
-        exchange: bits & exchange != 0,
-    })
-}
-
-/// Answers a getxattr/listxattr: the size when asked for it, ERANGE when the buffer is short.
-fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
-    let Ok(len) = u32::try_from(data.len()) else {
-        return reply.error(Errno::E2BIG);
-    };
-    if size == 0 {
-        reply.size(len);
-    } else if size < len {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(data);
+/// Answers a request that returns nothing but success or an errno.
+fn reply_empty(reply: ReplyEmpty, result: Result<(), fuseuring::Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
     }
 }
 
-/// listxattr's answer: every name followed by a NUL.
-pub(crate) fn join_xattr_names(names: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(names.iter().map(|n| n.len() + 1).sum());
-    for name in names {
-        out.extend_from_slice(name);
-        out.push(0);
-    }
-    out
-}
-
-fn is_dot_or_dotdot(name: &[u8]) -> bool {
-    name == b"." || name == b".."
-}
-
-/// A directory attribute for "." or ".." when the inode cannot be read (never cached long).
-fn placeholder_dir_attr(ino: u64) -> FileAttr {
-    let now = SystemTime::now();
-    FileAttr {
-        ino: INodeNo(ino),
-        size: 0,
-        blocks: 0,
-        atime: now,
-        mtime: now,
-        ctime: now,
-        crtime: now,
-        kind: FileType::Directory,
-        perm: 0o755,
-        nlink: 2,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
+fn reply_xattr(reply: ReplyXattr, result: Result<XattrReply, fuseuring::Errno>) {
+    match result {
+        Ok(XattrReply::Size(n)) => reply.size(n),
+        Ok(XattrReply::Data(d)) => reply.data(&d),
+        Err(e) => reply.error(errno(e)),
     }
 }
 
-/// Asks for one capability; one the kernel lacks is skipped, not an error.
 /// Asks the kernel for the request sizes spoolfs serves best ([`MAX_WRITE_BYTES`] writes, the
 /// readahead and background queue), or the largest it allows.
 pub fn ask_request_sizes(config: &mut KernelConfig) {
@@ -393,139 +203,46 @@ pub fn ask_request_sizes(config: &mut KernelConfig) {
     let _ = config.set_max_background(MAX_BACKGROUND);
 }
 
-fn want(config: &mut KernelConfig, flag: InitFlags, name: &str) {
-    if config.add_capabilities(flag).is_err() {
-        debug!("kernel does not support {name}");
-    }
-}
-
-impl Filesystem for SpoolFs {
+impl Filesystem for FuserFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         ask_request_sizes(config);
-        want(config, InitFlags::FUSE_ASYNC_READ, "FUSE_ASYNC_READ");
-        want(config, InitFlags::FUSE_BIG_WRITES, "FUSE_BIG_WRITES");
-        want(config, InitFlags::FUSE_MAX_PAGES, "FUSE_MAX_PAGES");
-        want(
-            config,
-            InitFlags::FUSE_DO_READDIRPLUS,
-            "FUSE_DO_READDIRPLUS",
-        );
-        want(
-            config,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            "FUSE_READDIRPLUS_AUTO",
-        );
-        // The engine's open honours O_TRUNC, so the kernel may pass it instead of a setattr.
-        want(
-            config,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
-            "FUSE_ATOMIC_O_TRUNC",
-        );
-        // The engine drops set-id bits and file capabilities on write, truncate and chown
-        // itself. In exchange the kernel marks inodes S_NOSEC after one check, instead of
-        // asking for `security.capability` before every write: one round trip fewer each.
-        want(
-            config,
-            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-            "FUSE_HANDLE_KILLPRIV_V2",
-        );
-        // File locks are ours to keep (in the metadata, seen by every mount of a shared
-        // volume): the kernel passes fcntl and OFD locks (POSIX_LOCKS) and flock (FLOCK_LOCKS).
-        want(config, InitFlags::FUSE_POSIX_LOCKS, "FUSE_POSIX_LOCKS");
-        want(config, InitFlags::FUSE_FLOCK_LOCKS, "FUSE_FLOCK_LOCKS");
-        // Engine calls are transactions: lookups and readdirs in one directory may overlap.
-        want(
-            config,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            "FUSE_PARALLEL_DIROPS",
-        );
-        // Symlink targets never change; let the kernel cache them.
-        want(
-            config,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            "FUSE_CACHE_SYMLINKS",
-        );
-        // Drop cached pages when getattr shows the file changed (another node wrote it).
-        want(
-            config,
-            InitFlags::FUSE_AUTO_INVAL_DATA,
-            "FUSE_AUTO_INVAL_DATA",
-        );
-        // Handles (name_to_handle_at, NFS re-export): the kernel finds an inode it no longer
-        // caches by looking up "." in its number, and a directory's parent by "..".
-        want(
-            config,
-            InitFlags::FUSE_EXPORT_SUPPORT,
-            "FUSE_EXPORT_SUPPORT",
-        );
-        // POSIX ACLs: the kernel checks them and caches them; we store them, keep them in
-        // step with the mode and hand default ACLs down. The umask is then ours to apply.
-        self.posix_acl = self.acl_wanted
+        // Each capability the kernel lacks is skipped, not an error.
+        for &(bit, name) in WANTED_CAPABILITIES {
+            if config
+                .add_capabilities(InitFlags::from_bits_retain(bit))
+                .is_err()
+            {
+                debug!("kernel does not support {name}");
+            }
+        }
+        let posix_acl = self.fs.wants_acl()
             && config
-                .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+                .add_capabilities(InitFlags::from_bits_retain(ACL_CAPABILITIES))
                 .is_ok();
-        if self.acl_wanted && !self.posix_acl {
-            info!("the kernel offers no FUSE POSIX ACL support; ACLs are refused");
-        }
-        if self.passthrough_wanted {
-            let granted = config.set_max_stack_depth(1).is_ok()
-                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
-            self.passthrough
-                .store(granted, std::sync::atomic::Ordering::Relaxed);
-            if !granted {
-                info!("the kernel offers no FUSE passthrough; reads are served by spoolfs");
-            }
-        }
-        debug!(offered = ?config.capabilities(), "kernel FUSE capabilities");
-        info!(
-            "FUSE session initialised (kernel ABI {:?}, max write {} KiB, passthrough {})",
-            config.kernel_abi(),
-            MAX_WRITE_BYTES >> 10,
-            if self.passthrough.load(std::sync::atomic::Ordering::Relaxed) {
-                "on"
-            } else {
-                "off"
-            }
-        );
+        let passthrough = self.fs.wants_passthrough()
+            && config.set_max_stack_depth(1).is_ok()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+        debug!(offered = ?config.capabilities(), abi = ?config.kernel_abi(), "kernel FUSE capabilities");
+        self.fs.initialised(posix_acl, passthrough, "dev");
         Ok(())
     }
 
     fn destroy(&mut self) {
-        info!("FUSE session ended; shutting the engine down");
-        if let Err(e) = self.call_untimed("shutdown", |e| e.shutdown()) {
-            error!("engine shutdown failed: {e:?}");
-        }
+        self.fs.destroy();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.call(Op::Lookup, |e| e.lookup(parent.0, name.as_bytes()));
-        match r {
-            // A negative entry: the kernel remembers the miss for the entry lifetime, so a
-            // path walk repeated at once (stat, then open) asks once. A create here replaces
-            // it at once; a name made on another node shows within the lifetime.
-            Err(e) if e == Errno::ENOENT && !self.entry_ttl.is_zero() => {
-                reply.entry_with_ttls(
-                    &Duration::ZERO,
-                    &self.entry_ttl,
-                    &negative_entry(),
-                    Generation(0),
-                );
-            }
-            r => self.entry(reply, r),
-        }
+        reply_entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _ = self.call(Op::Forget, |e| {
-            e.forget(ino.0, nlookup);
-            Ok(())
-        });
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.call(Op::Getattr, |e| e.getattr(ino.0)) {
-            Ok(attr) => reply.attr(&self.attr_ttl, &to_file_attr(&attr)),
-            Err(e) => reply.error(e),
+        match self.fs.getattr(ino.0) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &to_file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -557,16 +274,16 @@ impl Filesystem for SpoolFs {
             ctime,
             fh: fh.map(|f| f.0),
         };
-        match self.call(Op::Setattr, |e| e.setattr(&caller(req), ino.0, &set)) {
-            Ok(attr) => reply.attr(&self.attr_ttl, &to_file_attr(&attr)),
-            Err(e) => reply.error(e),
+        match self.fs.setattr(caller(req), ino.0, &set) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &to_file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.call(Op::Readlink, |e| e.readlink(ino.0)) {
+        match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -580,11 +297,10 @@ impl Filesystem for SpoolFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (who, mode) = self.creator(req, mode, umask);
-        let r = self.call(Op::Mknod, |e| {
-            e.mknod(&who, parent.0, name.as_bytes(), mode, rdev)
-        });
-        self.entry(reply, r);
+        let r = self
+            .fs
+            .mknod(caller(req), parent.0, name.as_bytes(), mode, umask, rdev);
+        reply_entry(reply, r);
     }
 
     fn mkdir(
@@ -596,23 +312,21 @@ impl Filesystem for SpoolFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let (who, mode) = self.creator(req, mode, umask);
-        let r = self.call(Op::Mkdir, |e| {
-            e.mkdir(&who, parent.0, name.as_bytes(), mode)
-        });
-        self.entry(reply, r);
+        let r = self
+            .fs
+            .mkdir(caller(req), parent.0, name.as_bytes(), mode, umask);
+        reply_entry(reply, r);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.reply_empty(reply, Op::Unlink, |e| {
-            e.unlink(&caller(req), parent.0, name.as_bytes())
-        });
+        reply_empty(
+            reply,
+            self.fs.unlink(caller(req), parent.0, name.as_bytes()),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.reply_empty(reply, Op::Rmdir, |e| {
-            e.rmdir(&caller(req), parent.0, name.as_bytes())
-        });
+        reply_empty(reply, self.fs.rmdir(caller(req), parent.0, name.as_bytes()));
     }
 
     fn symlink(
@@ -623,15 +337,13 @@ impl Filesystem for SpoolFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.call(Op::Symlink, |e| {
-            e.symlink(
-                &caller(req),
-                parent.0,
-                link_name.as_bytes(),
-                target.as_os_str().as_bytes(),
-            )
-        });
-        self.entry(reply, r);
+        let r = self.fs.symlink(
+            caller(req),
+            parent.0,
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+        );
+        reply_entry(reply, r);
     }
 
     fn rename(
@@ -644,20 +356,14 @@ impl Filesystem for SpoolFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let flags = match rename_flags(flags.bits()) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        let r = self.call(Op::Rename, |e| {
-            e.rename(
-                &caller(req),
-                parent.0,
-                name.as_bytes(),
-                newparent.0,
-                newname.as_bytes(),
-                flags,
-            )
-        });
+        let r = self.fs.rename(
+            caller(req),
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        );
         reply_empty(reply, r);
     }
 
@@ -669,33 +375,24 @@ impl Filesystem for SpoolFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.call(Op::Link, |e| {
-            e.link(&caller(req), ino.0, newparent.0, newname.as_bytes())
-        });
-        self.entry(reply, r);
+        let r = self
+            .fs
+            .link(caller(req), ino.0, newparent.0, newname.as_bytes());
+        reply_entry(reply, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.call(Op::Open, |e| e.open_file(&caller(req), ino.0, flags.0)) {
-            Ok((fh, keep_cache)) => {
-                let fopen = if keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
+        match self.fs.open(caller(req), ino.0, flags.0) {
+            Ok(opened) => {
+                let Some(reply) = self.open_passthrough(ino.0, opened.fh, flags.0, reply) else {
+                    return;
                 };
-                let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
-                let reply = if read_only {
-                    // Passthrough reads do not use the page cache: no cache flags with it.
-                    match self.open_passthrough(ino.0, fh, FopenFlags::empty(), reply) {
-                        Some(r) => r,
-                        None => return,
-                    }
-                } else {
-                    reply
-                };
-                reply.opened(FileHandle(fh), fopen)
+                reply.opened(
+                    FileHandle(opened.fh),
+                    FopenFlags::from_bits_retain(opened.fopen),
+                )
             }
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -710,9 +407,9 @@ impl Filesystem for SpoolFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.call(Op::Read, |e| e.read(ino.0, fh.0, offset, size)) {
+        match self.fs.read(ino.0, fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -728,19 +425,13 @@ impl Filesystem for SpoolFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.call(Op::Write, |e| {
-            e.write(&caller(req), ino.0, fh.0, offset, data)
-        }) {
-            Ok(n) => {
-                // The engine dropped the set-id bits (FUSE_HANDLE_KILLPRIV_V2); the kernel
-                // only drops its cached size and times after a write, so its cached mode
-                // (permission checks use it) is dropped here, before the write returns.
-                if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                    self.invalidate_attr(ino.0);
-                }
-                reply.written(n)
-            }
-            Err(e) => reply.error(e),
+        let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self
+            .fs
+            .write(caller(req), ino.0, fh.0, offset, data, kill_suidgid)
+        {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -752,12 +443,7 @@ impl Filesystem for SpoolFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // The data first: a lock released here lets another node read what was written.
-        let flushed = self.call(Op::Flush, |e| e.flush(ino.0, fh.0));
-        let released = self.call_untimed("release locks", |e| {
-            e.locks().release_owner(ino.0, lock_owner.0)
-        });
-        reply_empty(reply, flushed.and(released));
+        reply_empty(reply, self.fs.flush(ino.0, fh.0, lock_owner.0));
     }
 
     fn release(
@@ -771,46 +457,33 @@ impl Filesystem for SpoolFs {
         reply: ReplyEmpty,
     ) {
         self.release_passthrough(fh.0);
-        let released = self.call(Op::Release, |e| e.release(ino.0, fh.0));
-        // flock and OFD locks belong to the open file: they go with its last close.
-        let unlocked = self.call_untimed("release locks", |e| {
-            e.locks()
-                .release_handle(ino.0, fh.0, lock_owner.map(|o| o.0))
-        });
-        reply_empty(reply, released.and(unlocked));
+        reply_empty(reply, self.fs.release(ino.0, fh.0, lock_owner.map(|o| o.0)));
     }
 
     fn getlk(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
         typ: i32,
-        _pid: u32,
+        pid: u32,
         reply: ReplyLock,
     ) {
-        let found = self.call(Op::Getlk, |e| {
-            let Some(kind) = LockKind::from_fcntl(typ)? else {
-                return Err(FsError::new(libc::EINVAL, "F_GETLK of F_UNLCK"));
-            };
-            let locks = e.locks();
-            Ok(locks.test(ino.0, lock_owner.0, kind, start, end)?.map(|l| {
-                // A process of another node means nothing here: its number is not said.
-                let pid = if l.session == locks.session_id() {
-                    l.pid
-                } else {
-                    0
-                };
-                (l.start, l.end, l.kind.to_fcntl(), pid)
-            }))
-        });
-        match found {
-            Ok(Some((start, end, typ, pid))) => reply.locked(start, end, typ, pid),
-            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
-            Err(e) => reply.error(e),
+        let lock = LockArgs {
+            ino: ino.0,
+            fh: fh.0,
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+        };
+        match self.fs.getlk(&lock) {
+            Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -827,49 +500,17 @@ impl Filesystem for SpoolFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let request = match LockKind::from_fcntl(typ) {
-            Ok(kind) => LockRequest {
-                owner: lock_owner.0,
-                fh: fh.0,
-                pid,
-                kind,
-                start,
-                end,
-            },
-            Err(e) => return reply.error(Errno::from_i32(e.errno())),
+        let lock = LockArgs {
+            ino: ino.0,
+            fh: fh.0,
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
         };
-        if request.kind != Some(LockKind::Write) {
-            // An unlock (or a downgrade) lets others in: what was written under the lock must
-            // be in the shared metadata by then.
-            if let Err(e) = self.call(Op::Flush, |e| e.flush(ino.0, fh.0)) {
-                return reply.error(e);
-            }
-        }
-        if !sleep {
-            let r = self.call(Op::Setlk, |e| match e.locks().try_set(ino.0, &request)? {
-                Ok(()) => Ok(()),
-                Err(_) => Err(FsError::new(libc::EAGAIN, "the range is locked")),
-            });
-            return reply_empty(reply, r);
-        }
-        // F_SETLKW waits on a thread of its own: a FUSE thread must stay free to serve the
-        // unlock it waits for. The wait ends, taking nothing, once the waiting thread has a
-        // signal pending (the kernel then wants the call back; a killed process needs it).
-        let engine = self.engine.clone();
-        let waiter = req.pid();
-        let spawned = std::thread::Builder::new()
-            .name("spoolfs-lockwait".into())
-            .spawn(move || {
-                let started = stats::start();
-                let r = engine
-                    .locks()
-                    .set_wait(ino.0, &request, &|| signal_pending(waiter));
-                stats::finish(Op::Setlk, started, r.is_ok());
-                reply_empty(reply, r.map_err(|e| Errno::from_i32(e.errno())));
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start a lock wait: {e}");
-        }
+        self.fs
+            .setlk(&lock, sleep, req.pid(), move |r| reply_empty(reply, r));
     }
 
     fn fsync(
@@ -880,21 +521,13 @@ impl Filesystem for SpoolFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty(reply, Op::Fsync, |e| e.fsync(ino.0, fh.0, datasync));
+        reply_empty(reply, self.fs.fsync(ino.0, fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // On an exclusive volume every change to a directory goes through this kernel, which
-        // then drops its cached listing: it may cache listings and keep them across opens
-        // (a repeated `ls` or Python's directory scans then cost no READDIR).
-        let flags = if self.exclusive {
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
-        match self.call(Op::Opendir, |e| e.opendir(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), flags),
-            Err(e) => reply.error(e),
+        match self.fs.opendir(ino.0) {
+            Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::from_bits_retain(o.fopen)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -906,9 +539,9 @@ impl Filesystem for SpoolFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.call(Op::Readdir, |e| e.readdir(ino.0, fh.0, offset)) {
+        let entries = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(entries) => entries,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(errno(e)),
         };
         for entry in entries {
             let full = reply.add(
@@ -932,63 +565,20 @@ impl Filesystem for SpoolFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        // Timed as a whole: the listing and the lookup of each entry.
-        let started = stats::start();
-        let entries = match self.call_untimed("readdirplus", |e| e.readdir(ino.0, fh.0, offset)) {
-            Ok(entries) => entries,
-            Err(e) => {
-                stats::finish(Op::Readdirplus, started, false);
-                return reply.error(e);
-            }
-        };
-        for entry in entries {
-            let name = OsStr::from_bytes(&entry.name);
-            if is_dot_or_dotdot(&entry.name) {
-                // The kernel takes no lookup reference on these: report their attributes
-                // without counting a lookup in the engine.
-                let attr = self
-                    .call_untimed("readdirplus getattr", |e| e.getattr(entry.ino))
-                    .map(|a| to_file_attr(&a))
-                    .unwrap_or_else(|_| placeholder_dir_attr(entry.ino));
-                let ttl = Duration::ZERO;
-                if reply.add(
-                    INodeNo(entry.ino),
-                    entry.offset,
-                    name,
-                    &ttl,
-                    &attr,
-                    Generation(0),
-                ) {
-                    break;
-                }
-                continue;
-            }
-            // Each entry the kernel accepts counts as one lookup, as if it had asked for it.
-            let attr =
-                match self.call_untimed("readdirplus lookup", |e| e.lookup(ino.0, &entry.name)) {
-                    Ok(attr) => attr,
-                    // Removed since the listing was taken: leave it out.
-                    Err(_) => continue,
-                };
-            let full = reply.add(
-                INodeNo(attr.ino),
-                entry.offset,
-                name,
-                &self.entry_ttl,
-                &to_file_attr(&attr),
+        let r = self.fs.readdirplus(ino.0, fh.0, offset, |e| {
+            reply.add(
+                INodeNo(e.attr.ino),
+                e.offset,
+                OsStr::from_bytes(e.name),
+                &e.ttl,
+                &to_file_attr(&e.attr),
                 Generation(0),
-            );
-            if full {
-                // Not sent, so the kernel holds no reference: give the lookup back.
-                let _ = self.call_untimed("forget", |e| {
-                    e.forget(attr.ino, 1);
-                    Ok(())
-                });
-                break;
-            }
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
-        stats::finish(Op::Readdirplus, started, true);
-        reply.ok();
     }
 
     fn releasedir(
@@ -999,7 +589,7 @@ impl Filesystem for SpoolFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty(reply, Op::Releasedir, |e| e.releasedir(ino.0, fh.0));
+        reply_empty(reply, self.fs.releasedir(ino.0, fh.0));
     }
 
     fn fsyncdir(
@@ -1010,15 +600,15 @@ impl Filesystem for SpoolFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty(reply, Op::Fsyncdir, |e| e.fsyncdir(ino.0));
+        reply_empty(reply, self.fs.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.call(Op::Statfs, |e| e.statfs()) {
+        match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -1032,48 +622,25 @@ impl Filesystem for SpoolFs {
         position: u32,
         reply: ReplyEmpty,
     ) {
-        if position != 0 {
-            return reply.error(Errno::EINVAL);
-        }
-        if self.acl_refused(name) {
-            return reply.error(Errno::EOPNOTSUPP);
-        }
-        let mode = match xattr_mode(flags) {
-            Ok(m) => m,
-            Err(e) => return reply.error(e),
-        };
-        let who = caller(req);
-        let r = self.call(Op::Setxattr, |e| {
-            e.setxattr(&who, ino.0, name.as_bytes(), value, mode)?;
-            if name.as_bytes() == spoolfs_engine::acl::ACCESS_XATTR {
-                kill_sgid_after_acl(e, &who, ino.0)?;
-            }
-            Ok(())
-        });
+        let r = self
+            .fs
+            .setxattr(caller(req), ino.0, name.as_bytes(), value, flags, position);
         reply_empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.call(Op::Getxattr, |e| e.getxattr(ino.0, name.as_bytes())) {
-            Ok(value) => reply_xattr(reply, size, &value),
-            Err(e) => reply.error(e),
-        }
+        reply_xattr(reply, self.fs.getxattr(ino.0, name.as_bytes(), size));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.call(Op::Listxattr, |e| e.listxattr(ino.0)) {
-            Ok(names) => reply_xattr(reply, size, &join_xattr_names(&names)),
-            Err(e) => reply.error(e),
-        }
+        reply_xattr(reply, self.fs.listxattr(ino.0, size));
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if self.acl_refused(name) {
-            return reply.error(Errno::EOPNOTSUPP);
-        }
-        self.reply_empty(reply, Op::Removexattr, |e| {
-            e.removexattr(&caller(req), ino.0, name.as_bytes())
-        });
+        reply_empty(
+            reply,
+            self.fs.removexattr(caller(req), ino.0, name.as_bytes()),
+        );
     }
 
     fn create(
@@ -1086,18 +653,24 @@ impl Filesystem for SpoolFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (who, mode) = self.creator(req, mode, umask);
-        match self.call(Op::Create, |e| {
-            e.create(&who, parent.0, name.as_bytes(), mode, flags)
-        }) {
-            Ok((attr, fh)) => reply.created(
-                &self.entry_ttl,
-                &to_file_attr(&attr),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(e),
+        match self
+            .fs
+            .create(caller(req), parent.0, name.as_bytes(), mode, umask, flags)
+        {
+            Ok((entry, opened)) => {
+                let attr = entry
+                    .attr
+                    .as_ref()
+                    .map_or_else(negative_entry, to_file_attr);
+                reply.created(
+                    &entry.entry_ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(opened.fh),
+                    FopenFlags::from_bits_retain(opened.fopen),
+                )
+            }
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -1111,15 +684,16 @@ impl Filesystem for SpoolFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty(reply, Op::Fallocate, |e| {
-            e.fallocate(&caller(req), ino.0, fh.0, offset, length, mode)
-        });
+        reply_empty(
+            reply,
+            self.fs
+                .fallocate(caller(req), ino.0, fh.0, offset, length, mode),
+        );
     }
 
     // The requests below have no meaning for spoolfs. fuser's defaults answer them too, but
-    // log a warning each time: Python's `isatty` alone sends an ioctl for every file it opens.
+    // log a warning each time.
 
-    /// No ioctls: ENOTTY, what a file that is no terminal answers TCGETS with.
     fn ioctl(
         &self,
         _req: &Request,
@@ -1131,8 +705,10 @@ impl Filesystem for SpoolFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        debug!(cmd, "ioctl: ENOTTY");
-        reply.error(Errno::ENOTTY);
+        match self.fs.ioctl(cmd) {
+            Ok(data) => reply.ioctl(0, &data),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     /// ENOSYS: the kernel then treats files as always ready and stops asking.
@@ -1180,96 +756,9 @@ impl Filesystem for SpoolFs {
     }
 }
 
-/// Setting an access ACL clears the set-group-id bit when the caller is neither in the file's
-/// group nor privileged, as on ext4 (the kernel leaves this to the file system unless it can
-/// pass a flag for it, which needs a newer FUSE protocol than fuser speaks).
-fn kill_sgid_after_acl(e: &Engine, who: &Caller, ino: u64) -> Result<(), FsError> {
-    let attr = e.getattr(ino)?;
-    if attr.perm & libc::S_ISGID as u16 == 0 || who.uid == 0 || who.gid == attr.gid {
-        return Ok(());
-    }
-    match supplementary_groups(who.pid) {
-        Some(groups) if !groups.contains(&attr.gid) => {
-            let set = SetAttr {
-                mode: Some((attr.perm & !(libc::S_ISGID as u16)) as u32),
-                ..Default::default()
-            };
-            e.setattr(who, ino, &set).map(|_| ())
-        }
-        // Unknown (the process is gone): leave the bit.
-        _ => Ok(()),
-    }
-}
-
-/// The supplementary groups of process `pid` (the `Groups:` line of /proc/PID/status).
-fn supplementary_groups(pid: u32) -> Option<Vec<u32>> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("Groups:"))?;
-    line["Groups:".len()..]
-        .split_whitespace()
-        .map(|g| g.parse().ok())
-        .collect()
-}
-
-/// The text of a panic payload.
-pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-/// Answers a request that returns nothing but success or an errno.
-fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
-    match result {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
-    }
-}
-
-/// Whether thread `tid` has a signal pending that it does not block (or is gone).
-fn signal_pending(tid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return true;
-    };
-    let mask = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn xattr_flags() {
-        assert_eq!(xattr_mode(0).unwrap(), XattrSet::Any);
-        assert_eq!(xattr_mode(1).unwrap(), XattrSet::Create);
-        assert_eq!(xattr_mode(2).unwrap(), XattrSet::Replace);
-        assert!(xattr_mode(3).is_err());
-    }
-
-    #[test]
-    fn rename_flag_bits() {
-        assert_eq!(rename_flags(0).unwrap(), EngineRenameFlags::default());
-        assert!(rename_flags(1).unwrap().noreplace);
-        assert!(rename_flags(2).unwrap().exchange);
-        assert!(rename_flags(3).is_err());
-        assert!(rename_flags(4).is_err());
-        assert!(rename_flags(1 | 8).is_err());
-    }
-
-    #[test]
-    fn xattr_names_are_nul_terminated() {
-        let names = vec![b"user.a".to_vec(), b"user.bc".to_vec()];
-        assert_eq!(join_xattr_names(&names), b"user.a\0user.bc\0".to_vec());
-        assert!(join_xattr_names(&[]).is_empty());
-    }
 
     #[test]
     fn attr_conversion() {

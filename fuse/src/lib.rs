@@ -5,7 +5,8 @@
 //! [`spoolfs_engine::FsError::errno`]. The adapter keeps no state of its own beyond the cache
 //! lifetimes (TTLs) it hands to the kernel.
 //!
-//! - [`SpoolFs`]: the `fuser::Filesystem` implementation.
+//! - [`SpoolFs`]: what each FUSE operation does, whatever the transport (`ops`); the
+//!   `fuser` transport (`fs`) decodes requests and encodes answers around it.
 //! - [`MountOptions`], [`FuseSession`], [`mount_foreground`], [`mount_background`]: mounting.
 //! - [`ask_request_sizes`], [`block_termination_signals`]: what every FUSE server here does
 //!   alike (the `nullfs` example too).
@@ -13,15 +14,21 @@
 //! - [`check_mount_point`]: the checks made before mounting (exists, directory, empty, not
 //!   already a mount point).
 
+// The io_uring transport crate, under its own name in every module.
+extern crate spoolfs_fuseuring as fuseuring;
+
 mod fs;
 mod mount;
+mod ops;
 mod signals;
 pub mod stats;
+mod uring;
 
-pub use fs::{MAX_WRITE_BYTES, SpoolFs, ask_request_sizes, panic_message};
+pub use fs::ask_request_sizes;
 pub use mount::{
-    BackgroundMount, EXCLUSIVE_CACHE_TTL, FuseSession, MountEntry, MountError, MountOptions,
-    SHARED_CACHE_TTL, Unmounter, check_mount_point, is_mount_point, mount_background,
-    mount_foreground, parse_mountinfo, read_mountinfo,
+    BackgroundMount, EXCLUSIVE_CACHE_TTL, FuseSession, FuseTransport, MountEntry, MountError,
+    MountOptions, SHARED_CACHE_TTL, Unmounter, check_mount_point, host_has_selinux, is_mount_point,
+    mount_background, mount_foreground, parse_mountinfo, read_mountinfo, uring_unavailable,
 };
+pub use ops::{MAX_WRITE_BYTES, SpoolFs, panic_message};
 pub use signals::block_termination_signals;

@@ -108,6 +108,11 @@ pub struct StoreStats {
     /// Optimistic commits that found a row read from the process's memory changed in the
     /// database, and ran again reading it.
     pub optimistic_misses: u64,
+    /// Explicit waits for the database's durable flush ([`KvStore::persist`], [`KvStore::sync`]).
+    pub flushes: u64,
+    /// Commits with writes that waited for the database's durable flush (the others are
+    /// committed, visible to every node, and made durable by the next flush or waited commit).
+    pub waited_commits: u64,
 }
 
 /// Reads inside a transaction.

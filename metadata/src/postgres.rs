@@ -57,6 +57,15 @@ const CREATE_SCHEMA: &[&str] = &[
 ];
 const READ_VERSION: &str = "SELECT version FROM spoolfs_schema WHERE id = 1";
 const BEGIN_UPDATE: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+/// An update whose commit need not wait for the server's WAL flush ([`Durability::Visible`]):
+/// it is committed (every later transaction on every node sees it) when `COMMIT` returns, and
+/// on the server's disk a moment later (PostgreSQL: within three `wal_writer_delay`), or at
+/// the next commit that waits, whoever makes it (the WAL is one sequence).
+const BEGIN_UPDATE_NO_FLUSH: &str =
+    "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL synchronous_commit TO off";
+/// The key a flush ([`PgStore::flush`]) writes and deletes in one transaction, so that its
+/// commit has WAL to wait for: after every key the engine uses, followed by the store's shard.
+const FLUSH_KEY_PREFIX: &[u8] = b"\xff\xffflush/";
 const BEGIN_VIEW: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// Limits of a PostgreSQL store, set with query parameters of the metadata URL
@@ -72,6 +81,19 @@ pub struct PgOptions {
     /// About how many keys' values this process remembers for optimistic commits (0: none,
     /// every transaction reads the database).
     pub known_keys: usize,
+    /// Which commits wait for the server's WAL flush: only those that must survive a crash
+    /// of the database server (`commit_wait=durable`, the default), or every one
+    /// (`commit_wait=all`).
+    pub commit_wait: CommitWait,
+}
+
+/// See [`PgOptions::commit_wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitWait {
+    /// [`Durability::Durable`] commits and flushes wait; [`Durability::Visible`] ones do not.
+    Durable,
+    /// Every commit waits for the server's flush.
+    All,
 }
 
 impl Default for PgOptions {
@@ -81,6 +103,7 @@ impl Default for PgOptions {
             retries: 40,
             connect_timeout: Duration::from_secs(10),
             known_keys: 4096,
+            commit_wait: CommitWait::Durable,
         }
     }
 }
@@ -112,6 +135,9 @@ struct Conn {
     /// [`KvRead::counter_shard`]): one per connection slot, so that two transactions of this
     /// process running at once never update the same counter row.
     counter_shard: u32,
+    /// The server accepts `SET LOCAL synchronous_commit` (engines that always replicate a
+    /// commit before answering, such as CockroachDB, may refuse it; they need no flush).
+    may_skip_flush: bool,
 }
 
 #[derive(Default)]
@@ -121,6 +147,8 @@ struct Counters {
     retries: AtomicU64,
     connections: AtomicU64,
     optimistic_misses: AtomicU64,
+    flushes: AtomicU64,
+    waited_commits: AtomicU64,
 }
 
 pub struct PgStore {
@@ -226,6 +254,13 @@ fn split_options(url: &str) -> Result<(String, PgOptions)> {
             }
             "retries" => options.retries = number("retries")?.min(10_000) as u32,
             "known_keys" => options.known_keys = number("known_keys")?.min(1 << 24) as usize,
+            "commit_wait" => {
+                options.commit_wait = match &*v {
+                    "durable" => CommitWait::Durable,
+                    "all" => CommitWait::All,
+                    _ => return Err(bad(format!("commit_wait={v:?}: use durable or all"))),
+                }
+            }
             "connect_timeout" => {
                 options.connect_timeout = Duration::from_secs(number("connect_timeout")?.max(1));
             }
@@ -431,6 +466,13 @@ impl PgStore {
         let _ = self
             .runtime
             .block_on(client.batch_execute("SET enable_seqscan = off"));
+        // Outside a transaction block `SET LOCAL` changes nothing (PostgreSQL only warns): this
+        // asks whether the server knows the setting and the value.
+        let may_skip_flush = self.options.commit_wait == CommitWait::Durable
+            && self
+                .runtime
+                .block_on(client.batch_execute("SET LOCAL synchronous_commit TO off"))
+                .is_ok();
         let stmts =
             self.runtime.block_on(async {
                 let (get, get_many, scan, scan_back, upsert, delete, assert_keys, assert_ranges) =
@@ -476,6 +518,7 @@ impl PgStore {
             client,
             stmts,
             counter_shard,
+            may_skip_flush,
         })
     }
 
@@ -516,8 +559,57 @@ impl PgStore {
         self.returned.notify_one();
     }
 
+    /// Makes every transaction committed before the call durable on the server, whichever
+    /// node committed it: one transaction that writes (and removes) a row of its own and
+    /// waits for its commit's WAL flush, which covers every earlier commit record.
+    fn flush(&self) -> Result<()> {
+        let mut key = FLUSH_KEY_PREFIX.to_vec();
+        key.extend_from_slice(&self.counter_shard.to_be_bytes());
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        // Two statements in one simple query: one implicit transaction, committed with the
+        // session's `synchronous_commit` (on unless the server was set otherwise).
+        let sql = format!(
+            "INSERT INTO spoolfs_kv (k, v) VALUES ('\\x{hex}'::BYTEA, ''::BYTEA) \
+             ON CONFLICT (k) DO NOTHING; DELETE FROM spoolfs_kv WHERE k = '\\x{hex}'::BYTEA"
+        );
+        let mut attempt = 0u32;
+        loop {
+            let conn = self.checkout()?;
+            let done = self.runtime.block_on(conn.client.batch_execute(&sql));
+            self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
+            self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+            let failure = match done {
+                Ok(()) => {
+                    self.give_back(conn);
+                    return Ok(());
+                }
+                Err(e) => Failure::from_pg(&e),
+            };
+            match failure {
+                Failure::Broken(_) => {
+                    drop(conn);
+                    self.forget_one();
+                }
+                _ => self.give_back(conn),
+            }
+            match failure {
+                Failure::Conflict(_) if attempt < self.options.retries => {
+                    attempt += 1;
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(backoff(attempt));
+                }
+                other => return Err(other.to_meta()),
+            }
+        }
+    }
+
     /// Runs `f` in one transaction on a pooled connection, again after a conflict.
-    fn run(&self, begin: &'static str, f: &mut dyn FnMut(&mut PgTxn) -> Result<()>) -> Result<()> {
+    fn run(
+        &self,
+        begin: &'static str,
+        durability: Durability,
+        f: &mut dyn FnMut(&mut PgTxn) -> Result<()>,
+    ) -> Result<()> {
         let mut attempt = 0u32;
         // Only an update's first run may read from memory: its commit checks what it used.
         let mut optimistic = begin == BEGIN_UPDATE && self.known.is_some();
@@ -525,6 +617,14 @@ impl PgStore {
             let conn = self.checkout()?;
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
             let stamp = self.known.as_ref().map_or(0, |k| k.lock().stamp());
+            let begin = if begin == BEGIN_UPDATE
+                && durability == Durability::Visible
+                && conn.may_skip_flush
+            {
+                BEGIN_UPDATE_NO_FLUSH
+            } else {
+                begin
+            };
             let mut txn = PgTxn {
                 store: self,
                 conn: &conn,
@@ -1002,6 +1102,12 @@ impl PgTxn<'_> {
         // `COMMIT` ended the transaction whatever happened (a failed one rolls back): a
         // `ROLLBACK` after it would only draw "there is no transaction in progress".
         self.began.set(false);
+        if self.begin != BEGIN_UPDATE_NO_FLUSH {
+            self.store
+                .counters
+                .waited_commits
+                .fetch_add(1, Ordering::Relaxed);
+        }
         // The first failure is the cause; later statements fail because of it, and a
         // `COMMIT` of a failed transaction is a rollback that reports success.
         for r in [
@@ -1159,16 +1265,19 @@ impl BuffersWrites for PgTxn<'_> {
 
 impl KvStore for PgStore {
     fn view(&self, f: ViewFn<'_>) -> Result<()> {
-        self.run(BEGIN_VIEW, &mut |t| f(t))
+        self.run(BEGIN_VIEW, Durability::Visible, &mut |t| f(t))
     }
 
-    fn update(&self, _durability: Durability, f: UpdateFn<'_>) -> Result<()> {
-        // Every commit is durable (the server's synchronous commit): both levels are met.
-        self.run(BEGIN_UPDATE, &mut |t| f(t))
+    /// A [`Durability::Durable`] update's commit waits for the server's WAL flush; a
+    /// [`Durability::Visible`] one does not (with `commit_wait=durable`, on a server that
+    /// allows it): both are committed, visible to every node, when this returns.
+    fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<()> {
+        self.run(BEGIN_UPDATE, durability, &mut |t| f(t))
     }
 
+    /// Waits for the server's WAL flush over every commit made before the call, by any node.
     fn persist(&self) -> Result<()> {
-        Ok(())
+        self.flush()
     }
 
     fn is_shared(&self) -> bool {
@@ -1182,6 +1291,8 @@ impl KvStore for PgStore {
             retries: self.counters.retries.load(Ordering::Relaxed),
             connections: self.counters.connections.load(Ordering::Relaxed),
             optimistic_misses: self.counters.optimistic_misses.load(Ordering::Relaxed),
+            flushes: self.counters.flushes.load(Ordering::Relaxed),
+            waited_commits: self.counters.waited_commits.load(Ordering::Relaxed),
         }
     }
 
@@ -1193,6 +1304,7 @@ impl KvStore for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::KvTxn;
 
     #[test]
     fn own_parameters_are_split_off_and_passwords_redacted() {
@@ -1209,5 +1321,89 @@ mod tests {
             "postgres://u:*****@h:5/db"
         );
         assert!(!redact("postgres://u:secret@h/db").contains("secret"));
+        let (_, o) = split_options("postgres://h/db?commit_wait=all").unwrap();
+        assert_eq!(o.commit_wait, CommitWait::All);
+        assert_eq!(PgOptions::default().commit_wait, CommitWait::Durable);
+        let err = split_options("postgres://h/db?commit_wait=never").unwrap_err();
+        assert!(err.to_string().contains("durable or all"), "{err}");
+    }
+
+    /// The server's `synchronous_commit` inside an update of `durability` on `store`.
+    fn synchronous_commit_in(store: &PgStore, durability: Durability) -> String {
+        let mut seen = String::new();
+        store
+            .run(BEGIN_UPDATE, durability, &mut |t| {
+                let row = t.round_trip(t.conn.client.query_one("SHOW synchronous_commit", &[]))?;
+                seen = row.get(0);
+                t.put(b"touched", durability_name(durability).as_bytes())
+            })
+            .unwrap();
+        seen
+    }
+
+    fn durability_name(d: Durability) -> &'static str {
+        match d {
+            Durability::Visible => "visible",
+            Durability::Durable => "durable",
+        }
+    }
+
+    /// A `Visible` commit does not wait for the server's WAL flush, a `Durable` one does, and
+    /// `commit_wait=all` makes every commit wait; a flush makes earlier commits durable.
+    #[test]
+    fn only_durable_commits_wait_for_the_servers_flush() {
+        let Some(server) = spoolfs_testkit::pg::server(module_path!()) else {
+            return;
+        };
+        let url = server.url(&server.new_database());
+        let store = PgStore::open(&url, SchemaMode::Create).unwrap();
+        assert_eq!(synchronous_commit_in(&store, Durability::Visible), "off");
+        assert_eq!(synchronous_commit_in(&store, Durability::Durable), "on");
+        // A read-only view and the next update on the same connection start from the
+        // session's own setting: `SET LOCAL` ended with its transaction.
+        assert_eq!(synchronous_commit_in(&store, Durability::Durable), "on");
+
+        // After a commit that did not wait, a flush covers its WAL.
+        synchronous_commit_in(&store, Durability::Visible);
+        let conn = store.checkout().unwrap();
+        let inserted: String = store
+            .runtime
+            .block_on(
+                conn.client
+                    .query_one("SELECT pg_current_wal_insert_lsn()::TEXT", &[]),
+            )
+            .unwrap()
+            .get(0);
+        store.give_back(conn);
+        let (rt, flushes) = (store.stats().round_trips, store.stats().flushes);
+        store.persist().unwrap();
+        assert_eq!(
+            store.stats().round_trips - rt,
+            1,
+            "a flush is one round trip"
+        );
+        assert_eq!(store.stats().flushes - flushes, 1);
+        let conn = store.checkout().unwrap();
+        let covered: bool = store
+            .runtime
+            .block_on(conn.client.query_one(
+                "SELECT pg_current_wal_flush_lsn() >= $1::TEXT::PG_LSN",
+                &[&inserted],
+            ))
+            .unwrap()
+            .get(0);
+        store.give_back(conn);
+        assert!(covered, "the flush reached the WAL written before it");
+        // The flush leaves no row behind.
+        store
+            .view(&mut |r| {
+                assert!(r.scan(b"\xff", &[0xff; 16], 10)?.is_empty());
+                assert_eq!(r.get(b"touched")?.as_deref(), Some(&b"visible"[..]));
+                Ok(())
+            })
+            .unwrap();
+
+        let all = PgStore::open(&format!("{url}?commit_wait=all"), SchemaMode::Require).unwrap();
+        assert_eq!(synchronous_commit_in(&all, Durability::Visible), "on");
     }
 }

@@ -371,6 +371,13 @@ mod tests {
         };
         assert_eq!(m.attr_ttl, mount::CacheTtl::Auto);
         assert_eq!(m.entry_ttl, mount::CacheTtl::Auto);
+        assert_eq!(m.selinux_xattrs, mount::SelinuxXattrs::Auto);
+        assert_eq!(m.selinux_xattrs.resolve(), spoolfs_fuse::host_has_selinux());
+        assert!(mount::SelinuxXattrs::On.resolve());
+        assert!(!mount::SelinuxXattrs::Off.resolve());
+        assert!(
+            Cli::try_parse_from(["spoolfs", "mount", "/m", "--selinux-xattrs", "maybe"]).is_err()
+        );
         assert_eq!(m.attr_ttl.resolve(true), std::time::Duration::from_secs(1));
         assert_eq!(
             m.attr_ttl.resolve(false),

@@ -261,6 +261,8 @@ fn collect(state: &Collector) {
     counter!("spoolfs_metadata_transactions_total").absolute(store.transactions);
     counter!("spoolfs_metadata_retries_total").absolute(store.retries);
     counter!("spoolfs_metadata_optimistic_misses_total").absolute(store.optimistic_misses);
+    counter!("spoolfs_metadata_waited_commits_total").absolute(store.waited_commits);
+    counter!("spoolfs_metadata_flushes_total").absolute(store.flushes);
     counter!("spoolfs_peer_reads_total").absolute(peer.reads);
     counter!("spoolfs_peer_read_bytes_total").absolute(peer.bytes);
     counter!("spoolfs_peer_read_failures_total").absolute(peer.failures);
@@ -440,6 +442,14 @@ fn describe() {
     describe_counter!(
         "spoolfs_metadata_optimistic_misses_total",
         "Metadata transactions run again because a row read from this mount's memory had changed in the database"
+    );
+    describe_counter!(
+        "spoolfs_metadata_waited_commits_total",
+        "Commits on a networked metadata store that waited for the database's durable flush (fsync, uploads, id claims, locks, sessions)"
+    );
+    describe_counter!(
+        "spoolfs_metadata_flushes_total",
+        "Explicit waits for a networked metadata store's durable flush (fsync of a clean file, sync, the periodic checkpoint, before deleting objects)"
     );
     describe_counter!(
         "spoolfs_object_requests_total",

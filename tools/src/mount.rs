@@ -18,7 +18,7 @@ use crate::{S3Args, init_logging};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use spoolfs_engine::{AtimeMode, Engine, EngineConfig, StorageConfig};
-use spoolfs_fuse::{FuseSession, MountOptions, Unmounter};
+use spoolfs_fuse::{FuseSession, FuseTransport, MountOptions, Unmounter};
 use spoolfs_objects::ObjectStorage;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -81,6 +81,17 @@ pub struct MountArgs {
     /// writing (EIO).
     #[arg(long, value_name = "MODE", default_value = "off", value_enum)]
     pub passthrough: Passthrough,
+    /// How FUSE requests travel between the kernel and spoolfs: uring (FUSE over io_uring:
+    /// per-CPU queues, no system call per request; Linux 6.14+, the fuse module's
+    /// enable_uring parameter on, root), dev (read and write on /dev/fuse), or auto (uring
+    /// when the kernel offers it, else dev; the log says which). The mount fails with uring
+    /// when the kernel cannot serve it.
+    #[arg(long, value_name = "TRANSPORT", default_value = "auto", value_parser = parse_transport)]
+    pub fuse_transport: FuseTransport,
+    /// Requests in flight per io_uring queue (one queue per possible CPU, each request
+    /// holding a 1 MiB buffer; a waiting F_SETLKW holds one until it is answered).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = parse_ring_depth)]
+    pub fuse_ring_depth: usize,
     /// Bytes fetched ahead of a sequential reader, in the background (0: no readahead).
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = crate::size::parse_size)]
     pub readahead: u64,
@@ -136,6 +147,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     pub acl: bool,
+    /// SELinux file labels (the `security.selinux` attribute): on: stored and served like any
+    /// extended attribute; off: refused with EOPNOTSUPP, as a file system without labels does
+    /// (`ls -l` then stops asking for every file's, a request per file saved); auto: on when
+    /// SELinux is enabled on this host.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_enum)]
+    pub selinux_xattrs: SelinuxXattrs,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
@@ -245,6 +262,14 @@ fn parse_ttl(s: &str) -> Result<CacheTtl, String> {
     parse_secs(s)
         .map(CacheTtl::Fixed)
         .map_err(|e| format!("{e}, or auto"))
+}
+
+fn parse_transport(s: &str) -> Result<FuseTransport, String> {
+    s.parse()
+}
+
+fn parse_ring_depth(s: &str) -> Result<usize, String> {
+    crate::size::parse_whole(s, "ring depth", 1, 256)
 }
 
 fn parse_threads(s: &str) -> Result<usize, String> {
@@ -371,6 +396,10 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         cmd.arg("--meta").arg(meta);
     }
     cmd.arg("--fuse-threads").arg(args.fuse_threads.to_string());
+    cmd.arg("--fuse-transport")
+        .arg(args.fuse_transport.to_string())
+        .arg("--fuse-ring-depth")
+        .arg(args.fuse_ring_depth.to_string());
     cmd.arg("--attr-ttl").arg(args.attr_ttl.arg());
     cmd.arg("--entry-ttl").arg(args.entry_ttl.arg());
     cmd.arg("--readahead").arg(args.readahead.to_string());
@@ -420,6 +449,7 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg(args.wait_previous.as_secs_f64().to_string());
     cmd.arg("--atime").arg(args.atime.name());
     cmd.arg(format!("--acl={}", args.acl));
+    cmd.arg("--selinux-xattrs").arg(args.selinux_xattrs.name());
     if let Some(addr) = args.metrics {
         cmd.arg("--metrics").arg(addr.to_string());
     }
@@ -575,6 +605,7 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         log_file: args.log_file.clone(),
         cache_dir,
         control_socket: files.socket.clone(),
+        fuse_transport: session.transport().to_string(),
     };
     if let Err(e) = control.start(&files.socket) {
         warn!("{e:#}; `spoolfs status` will not work for this mount");
@@ -847,12 +878,15 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         read_only: args.read_only,
         noatime: args.atime == Atime::Noatime,
         acl: args.acl,
+        selinux_xattrs: args.selinux_xattrs.resolve(),
         fs_name: volume.clone(),
         passthrough: args.passthrough == Passthrough::Auto,
         noexec: args.noexec,
         suid: args.suid,
         dev: args.dev,
         exclusive: !shared,
+        transport: args.fuse_transport,
+        ring_depth: args.fuse_ring_depth,
     };
     let session = match FuseSession::new(engine.clone(), &mount_point, &options) {
         Ok(s) => s,
@@ -912,6 +946,33 @@ impl Atime {
 pub enum Passthrough {
     Auto,
     Off,
+}
+
+/// `--selinux-xattrs`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelinuxXattrs {
+    Auto,
+    On,
+    Off,
+}
+
+impl SelinuxXattrs {
+    fn name(self) -> &'static str {
+        match self {
+            SelinuxXattrs::Auto => "auto",
+            SelinuxXattrs::On => "on",
+            SelinuxXattrs::Off => "off",
+        }
+    }
+
+    /// Whether the mount serves labels.
+    pub fn resolve(self) -> bool {
+        match self {
+            SelinuxXattrs::Auto => spoolfs_fuse::host_has_selinux(),
+            SelinuxXattrs::On => true,
+            SelinuxXattrs::Off => false,
+        }
+    }
 }
 
 /// Where the FUSE library reads whether users may mount with allow_other.
