@@ -504,7 +504,9 @@ impl FuseSession {
         let result = match self.inner {
             Session::Dev(session) => session.run(),
             Session::Uring { session, fs } => {
+                let stats = session.stats();
                 session.wait();
+                log_uring_counts(&stats);
                 fs.fs.destroy();
                 Ok(())
             }
@@ -525,6 +527,15 @@ impl FuseSession {
             mount_point,
         })
     }
+}
+
+/// Says how many requests an io_uring session served through its rings and through
+/// /dev/fuse (FORGET, INTERRUPT: no reply).
+fn log_uring_counts(stats: &fuseuring::session::Stats) {
+    let (ring, dev) = stats.counts();
+    info!(
+        "FUSE over io_uring served {ring} requests through its rings and {dev} through /dev/fuse"
+    );
 }
 
 /// Unmounts a [`FuseSession`] from another thread.
@@ -597,7 +608,9 @@ impl Background {
         match self {
             Background::Dev(s) => s.umount_and_join(),
             Background::Uring { session, fs } => {
+                let stats = session.stats();
                 let result = session.unmount();
+                log_uring_counts(&stats);
                 fs.fs.destroy();
                 result
             }
@@ -608,6 +621,19 @@ impl Background {
 impl BackgroundMount {
     pub fn mount_point(&self) -> &Path {
         &self.mount_point
+    }
+
+    /// Over io_uring: the requests served so far through the rings, and the replies written
+    /// to /dev/fuse (none expected: what comes that way needs no reply).
+    pub fn uring_counts(&self) -> Option<(u64, u64)> {
+        match &self.session {
+            Some(Background::Uring { session, .. }) => {
+                let stats = session.stats();
+                let replies = stats.dev_replies.load(std::sync::atomic::Ordering::Relaxed);
+                Some((stats.counts().0, replies))
+            }
+            _ => None,
+        }
     }
 
     /// The transport serving requests: [`FuseTransport::Uring`] or [`FuseTransport::Dev`].

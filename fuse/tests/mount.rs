@@ -75,6 +75,11 @@ fn mount_use_unmount() {
         .expect("mounted");
     assert_eq!(m.fs_type, "fuse.spoolfs");
     assert_eq!(m.source, "t");
+    // Over io_uring every answered request went through a ring.
+    if let Some((ring, dev_replies)) = mount.uring_counts() {
+        assert!(ring > 200, "only {ring} requests through the rings");
+        assert_eq!(dev_replies, 0, "requests answered through /dev/fuse");
+    }
 
     mount.umount().unwrap();
     assert!(std::fs::read_dir(&mnt).unwrap().next().is_none());

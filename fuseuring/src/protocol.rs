@@ -201,6 +201,55 @@ pub fn dispatch<F: Filesystem + ?Sized>(
     }
 }
 
+/// Where a [`LateReply`] goes while its handler runs: one answered before the handler
+/// returned (a lock that was free) is answered like any other reply, without a trip through
+/// the transport's sink; one answered later goes to that sink.
+#[derive(Default)]
+struct Handoff {
+    state: std::sync::Mutex<HandoffState>,
+}
+
+#[derive(Default)]
+enum HandoffState {
+    #[default]
+    Running,
+    /// Answered with this `error` field before the handler returned.
+    Answered(i32),
+    /// The handler returned unanswered: the reply goes here.
+    Detached(Deferral),
+}
+
+impl Handoff {
+    /// The outcome once the handler returned: its answer, or [`Outcome::Deferred`] (the
+    /// reply then goes to `deferral`'s sink).
+    fn settle(&self, deferral: &Deferral) -> Outcome {
+        let mut state = self.state.lock().expect("handoff");
+        match *state {
+            HandoffState::Answered(0) => Outcome::Ok(0),
+            HandoffState::Answered(error) => Outcome::Err(-error),
+            _ => {
+                *state = HandoffState::Detached(deferral.clone());
+                Outcome::Deferred
+            }
+        }
+    }
+}
+
+impl ReplySink for Handoff {
+    fn send(&self, _token: u64, header: abi::OutHeader, payload: &[u8]) {
+        let mut state = self.state.lock().expect("handoff");
+        match &*state {
+            HandoffState::Running => *state = HandoffState::Answered(header.error),
+            HandoffState::Detached(d) => {
+                let d = d.clone();
+                drop(state);
+                d.sink.send(d.token, header, payload);
+            }
+            HandoffState::Answered(_) => {}
+        }
+    }
+}
+
 /// Takes a late reply's error field in over a channel (for [`dispatch`]).
 struct ChannelSink(std::sync::Mutex<std::sync::mpsc::Sender<i32>>);
 
@@ -472,15 +521,11 @@ fn serve<F: Filesystem + ?Sized>(
         }
         abi::FUSE_SETLK | abi::FUSE_SETLKW => {
             let a: abi::LkIn = args.fixed()?;
-            let reply = LateReply::new(h.unique, deferral.token, deferral.sink.clone());
-            fs.setlk(
-                caller,
-                ino,
-                &lock_in(&a),
-                h.opcode == abi::FUSE_SETLKW,
-                reply,
-            );
-            Outcome::Deferred
+            let handoff = Arc::new(Handoff::default());
+            let reply = LateReply::new(h.unique, deferral.token, handoff.clone());
+            let sleep = h.opcode == abi::FUSE_SETLKW;
+            fs.setlk(caller, ino, &lock_in(&a), sleep, reply);
+            handoff.settle(deferral)
         }
         abi::FUSE_FALLOCATE => {
             let a: abi::FallocateIn = args.fixed()?;
@@ -786,11 +831,11 @@ mod tests {
             dispatch(&fs, &h, lock.as_bytes(), &[], &mut out),
             Outcome::Err(libc::EAGAIN)
         );
+        // Answered before the handler returned: answered at once, nothing through the sink.
         let h = header(abi::FUSE_SETLK, 4);
-        assert_eq!(
-            dispatch(&fs, &h, lock.as_bytes(), &[], &mut out),
-            Outcome::Ok(0)
-        );
+        let outcome = dispatch_deferring(&fs, &h, lock.as_bytes(), &[], &mut out, &deferral);
+        assert_eq!(outcome, Outcome::Ok(0));
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         assert_eq!(
             fs.calls.lock().unwrap()[0],
             "setlk 0 9 flock=true sleep=true"
