@@ -266,6 +266,7 @@ impl Engine {
             max_uploads: config.max_uploads,
             namespace_log: config.staging.as_ref().and_then(|s| s.wal.clone()),
             sync_marks: RwLock::new(Default::default()),
+            run_buffers: Default::default(),
         };
         let engine = Arc::new(Engine {
             reader,

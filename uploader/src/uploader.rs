@@ -282,13 +282,16 @@ impl Uploader {
     /// Keeps slice `id`'s data, just staged, in memory for its uploader, if the upload buffer
     /// has room; call before [`Uploader::add`] lists the slice. The data is the caller's own
     /// buffer, moved, not copied.
-    pub fn keep_for_upload(&self, id: u64, data: Vec<u8>) {
+    /// Gives the buffer back when the upload buffer has no room for it.
+    pub fn keep_for_upload(&self, id: u64, data: Vec<u8>) -> Option<Vec<u8>> {
         let mut set = self.set.lock();
         let len = data.len() as u64;
-        if set.resident_bytes + len <= self.opts.upload_buffer {
-            set.resident_bytes += len;
-            set.resident.insert(id, data);
+        if set.resident_bytes + len > self.opts.upload_buffer {
+            return Some(data);
         }
+        set.resident_bytes += len;
+        set.resident.insert(id, data);
+        None
     }
 
     /// The in-memory data of slice `id`, if it is still kept.
