@@ -502,8 +502,8 @@ impl SpoolFs {
         Ok(self.entry(attr))
     }
 
-    /// Opens a file. The transport may then answer a read-only open by passthrough (see
-    /// [`SpoolFs::passthrough_allowed`]).
+    /// Opens a file. The transport may then answer a read-only open of a cached file by
+    /// passthrough.
     pub fn open(&self, who: Caller, ino: u64, flags: i32) -> Result<OpenAnswer, Errno> {
         let (fh, keep_cache) = self.call(Op::Open, |e| e.open_file(&who, ino, flags))?;
         Ok(OpenAnswer {
