@@ -6,7 +6,9 @@
 #
 # Needs: a Rust toolchain; s3s-fs 0.14.1 (installed here with `cargo install` when missing);
 # for the FUSE tests root and /dev/fuse (without them those tests print "SKIPPED" and pass,
-# and under CI=true they fail); the run ends with the count of tests and of skips;
+# and under CI=true they fail); a full run repeats the main FUSE suites over FUSE over
+# io_uring where the kernel has it (Linux 6.14+; else a SKIPPED line); the run ends with the
+# count of tests and of skips;
 # cp, tar, diff, git, python3 (with venv and pip). `.ci/run` installs the Debian packages.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,7 +51,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+full_run=0
 if (($# == 0)); then
+    full_run=1
     set -- --workspace --no-fail-fast
 fi
 # Every test that cannot run here (or does not apply) adds a line to this file.
@@ -60,6 +64,39 @@ echo "== cargo test $*"
 status=0
 timeout -k 60s "${SPOOLFS_TEST_TIMEOUT:-45m}" cargo test "$@" 2>&1 | tee "$run_tmp/test.log" ||
     status=${PIPESTATUS[0]}
+
+# The main FUSE suites once more over FUSE over io_uring (the first pass mounts with
+# --fuse-transport auto, which is /dev/fuse unless the fuse module's enable_uring is on):
+# POSIX behaviour, the tools' mount paths, locks, ACLs and passthrough through the binary,
+# the fuse crate's mount and request-count tests in-process. About a minute. enable_uring is
+# turned on for the pass and put back after it.
+uring_param=/sys/module/fuse/parameters/enable_uring
+uring_skip() {
+    echo "!!!!! SKIPPED: the io_uring pass of the FUSE tests: $1 !!!!!" >&2
+    echo "SKIPPED: io_uring pass of the FUSE tests: $1" >>"$SPOOLFS_SKIP_LOG"
+}
+if ((full_run)); then
+    if [[ ! -e $uring_param ]]; then
+        uring_skip "the kernel has no FUSE over io_uring (no $uring_param: Linux 6.14+ with CONFIG_FUSE_IO_URING)"
+    elif (($(id -u) != 0)) || [[ ! -w /dev/fuse ]]; then
+        uring_skip "needs root and /dev/fuse"
+    else
+        uring_before=$(cat "$uring_param")
+        restore_uring() { echo "$uring_before" >"$uring_param" 2>/dev/null || true; }
+        trap 'restore_uring; cleanup' EXIT
+        if ! echo Y 2>/dev/null >"$uring_param"; then
+            uring_skip "cannot turn $uring_param on"
+        else
+            echo "== cargo test (FUSE over io_uring): posix, ops, locks, acl, cache, fuse mount and requests"
+            SPOOLFS_TEST_FUSE_TRANSPORT=uring timeout -k 60s "${SPOOLFS_TEST_TIMEOUT:-45m}" \
+                cargo test --no-fail-fast -p spoolfs-tests -p spoolfs-fuse \
+                --test posix --test ops --test locks --test acl --test cache \
+                --test mount --test requests 2>&1 | tee -a "$run_tmp/test.log" ||
+                status=${PIPESTATUS[0]}
+        fi
+        restore_uring
+    fi
+fi
 
 # The totals over every test binary, and what was skipped: cargo counts a skipped test as
 # passed, so the skips are listed apart.

@@ -102,6 +102,21 @@ pub(crate) struct FileState {
     /// attribute change): the next flush waits for it, by committing a change of its own
     /// (numbered after it) or by waiting for it alone.
     unlogged: Option<u64>,
+    /// Runs handed to the staging log at the last `max_dirty_per_file` mark of a writeback
+    /// file, to be committed at the next mark (or by any flush before it), so that a large
+    /// writer keeps writing while they reach the device: at most twice `max_dirty_per_file`
+    /// bytes are buffered.
+    sealed: Option<Sealed>,
+}
+
+/// The first `runs` pending runs of a file, staged and not yet committed (see
+/// [`FileState::sealed`]).
+struct Sealed {
+    runs: usize,
+    /// `pending_bytes` when they were sealed.
+    bytes: u64,
+    /// Size and times after the last write they hold.
+    overlay: Overlay,
 }
 
 /// What the first write since a flush needs of its inode: the size and permission bits, and
@@ -325,15 +340,70 @@ impl WritePath {
         self.counters
             .dirty_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let sealed_bytes = state.sealed.as_ref().map_or(0, |s| s.bytes);
         // Many small runs make a large transaction: flush by count too, so a random writer
         // never stalls for seconds on one huge flush.
-        if state.pending_bytes >= self.max_dirty_per_file || state.pending.len() >= MAX_PENDING_RUNS
-        {
+        if state.pending.len() >= MAX_PENDING_RUNS {
             self.flush_locked(ino, state, false)?;
+        } else if state.pending_bytes - sealed_bytes >= self.max_dirty_per_file {
+            if self.is_writeback() {
+                self.commit_sealed(ino, state)?;
+                self.seal(ino, state)?;
+            } else {
+                self.flush_locked(ino, state, false)?;
+            }
         } else {
             self.stage_full_runs(ino, state);
         }
         Ok(data.len() as u32)
+    }
+
+    /// Hands every run not yet staged to the staging log, full or not, and remembers them,
+    /// with the size and times they imply, as the next commit ([`FileState::sealed`]): the
+    /// file's next `max_dirty_per_file` bytes go to new runs meanwhile, and
+    /// [`Self::commit_sealed`] finds these appends done instead of waiting for them. If a
+    /// slice id cannot be had, everything is flushed now instead.
+    fn seal(&self, ino: Ino, state: &mut FileState) -> Result<()> {
+        let Some(wb) = self.uploader.as_ref().filter(|wb| wb.opts.writeback) else {
+            return self.flush_locked(ino, state, false);
+        };
+        for p in state.pending.iter_mut().filter(|p| !p.frozen()) {
+            let Ok(id) = self.slice_ids.next(self.meta.store()) else {
+                return self.flush_locked(ino, state, false);
+            };
+            p.early = match wb.submit_stage(ino, p.chunk, p.pos, id, &p.data) {
+                Some(append) => EarlyStage::Submitted { id, append },
+                None => EarlyStage::Bypassed,
+            };
+        }
+        state.sealed = Some(Sealed {
+            runs: state.pending.len(),
+            bytes: state.pending_bytes,
+            overlay: state
+                .overlay
+                .expect("a file with pending runs has an overlay"),
+        });
+        Ok(())
+    }
+
+    /// Commits the runs [`Self::seal`] set aside, as a flush of those alone: the file as it
+    /// was when they were sealed (every write before that moment, none after), so a crash
+    /// leaves a state the file really had. The runs written since stay pending.
+    fn commit_sealed(&self, ino: Ino, state: &mut FileState) -> Result<()> {
+        let Some(sealed) = state.sealed.take() else {
+            return Ok(());
+        };
+        let current = state.overlay;
+        let newer = state.pending.split_off(sealed.runs);
+        let newer_bytes = state.pending_bytes - sealed.bytes;
+        state.pending_bytes = sealed.bytes;
+        state.overlay = Some(sealed.overlay);
+        let result = self.flush_locked(ino, state, false);
+        // A failed flush leaves the sealed runs pending (the next flush stages them again).
+        state.pending.extend(newer);
+        state.pending_bytes += newer_bytes;
+        state.overlay = current;
+        result
     }
 
     /// Hands every full run that is not yet staged to the staging log (see
@@ -386,6 +456,9 @@ impl WritePath {
         // Whatever follows a flush (an attribute change, more writes) reads the inode anew:
         // callers that change the inode after flushing (truncate, chmod) rely on it.
         state.known = None;
+        // This flush commits the sealed runs with the rest (if it fails, they are pending
+        // runs like the others).
+        state.sealed = None;
         let Some(overlay) = state.overlay else {
             return Ok(());
         };
@@ -752,7 +825,7 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
                 pending.push(Pending {
                     chunk,
                     pos: pos + used as u32,
-                    data: data[used..].to_vec(),
+                    data: run_buffer(&data[used..], max_run),
                     early: EarlyStage::NotYet,
                 });
             }
@@ -762,9 +835,25 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
     pending.push(Pending {
         chunk,
         pos,
-        data: data.to_vec(),
+        data: run_buffer(data, max_run),
         early: EarlyStage::NotYet,
     });
+}
+
+/// Writes at least this large start a run with room for a whole run.
+const LARGE_WRITE: usize = 128 << 10;
+
+/// A new run's buffer holding `data`. A large write is likely the first of a sequential run:
+/// its buffer gets room for a whole run at once, instead of doubling its way there (each
+/// doubling may copy everything written so far).
+fn run_buffer(data: &[u8], max_run: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(if data.len() >= LARGE_WRITE {
+        max_run.max(data.len())
+    } else {
+        data.len()
+    });
+    buf.extend_from_slice(data);
+    buf
 }
 
 /// Frees the staging records of a flush that failed before its commit (nothing points at
@@ -777,5 +866,33 @@ fn free_staged(wb: Option<&Arc<Uploader>>, staged: &[(u64, Staged)]) {
                 .log
                 .free(&loc);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_write_starts_a_run_with_room_for_the_whole_run() {
+        let max_run = 4 << 20;
+        let mut pending = Vec::new();
+        add_pending(&mut pending, 0, 0, &vec![1u8; LARGE_WRITE], max_run);
+        assert!(pending[0].data.capacity() >= max_run);
+        let before = pending[0].data.as_ptr();
+        // Growing to a whole run neither moves nor splits it.
+        for i in 1..(max_run / LARGE_WRITE) {
+            let at = (i * LARGE_WRITE) as u32;
+            add_pending(&mut pending, 0, at, &vec![i as u8; LARGE_WRITE], max_run);
+        }
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].data.len(), max_run);
+        assert_eq!(pending[0].data.as_ptr(), before);
+        assert_eq!(pending[0].data[LARGE_WRITE], 1);
+        // The next write starts a new run; a small one gets no more room than it needs.
+        add_pending(&mut pending, 0, max_run as u32, b"tail", max_run);
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[1].data, b"tail");
+        assert!(pending[1].data.capacity() < LARGE_WRITE);
     }
 }

@@ -66,6 +66,8 @@ struct Rig {
     record: VolumeRecord,
     /// Faults of the namespace log (none unless a test arms them; a recovery keeps them).
     namespace_faults: Arc<FaultConfig>,
+    /// `EngineConfig::max_dirty_per_file` of the engines it starts.
+    max_dirty_per_file: u64,
 }
 
 /// What was there when an engine stopped as a failure would stop it.
@@ -147,6 +149,7 @@ impl Rig {
             device,
             record,
             namespace_faults: FaultConfig::new(),
+            max_dirty_per_file: EngineConfig::default().max_dirty_per_file,
         }
     }
 
@@ -190,6 +193,7 @@ impl Rig {
             meta_flush_interval: flush_interval,
             compaction: None,
             drain_on_shutdown: Some(Duration::from_secs(60)),
+            max_dirty_per_file: self.max_dirty_per_file,
             ..Default::default()
         };
         Engine::start(wal, Arc::new(storage), self.record.clone(), config).unwrap()
@@ -379,6 +383,44 @@ fn writeback_close_survives_a_kernel_crash() {
     let cut = rig.cut(e);
     let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
     assert_reads(&e, "f", &data, "a kernel crash after close");
+    e.shutdown().unwrap();
+}
+
+/// A large write still open: each time the file's buffered bytes not yet handed to the
+/// staging log reach `max_dirty_per_file`, the runs handed over at the previous mark are
+/// committed and the rest handed over, so the writer never waits for its own appends. A crash
+/// of the kernel then leaves the file as it was at the last committed mark: every byte
+/// written before it, nothing after (a state the file had), while the live engine read
+/// everything.
+#[test]
+fn a_large_open_write_commits_at_its_marks_and_a_kernel_crash_keeps_the_last() {
+    let mut rig = Rig::new();
+    let limit = 512 << 10;
+    rig.max_dirty_per_file = limit as u64;
+    let e = rig.engine(Mode::Writeback);
+    let data = random_bytes(7, 5 * limit + limit / 2);
+    let (ino, fh) = write_file(&e, "f", &[], false);
+    let piece = 64 << 10;
+    for at in (0..data.len()).step_by(piece) {
+        let end = (at + piece).min(data.len());
+        e.write(&ME, ino, fh, at as u64, &data[at..end]).unwrap();
+    }
+    // Marks at 1, 2, 3, 4 and 5 limits: the runs sealed at the fourth were committed at the
+    // fifth, whose own runs (and the half limit after them) are not committed yet.
+    let committed = 4 * limit;
+    // A read settles the buffered writes: only after the cut.
+    let live = e.clone();
+    let cut = rig.cut_then(e, || {
+        assert_reads(&live, "f", &data, "the writes, before a close")
+    });
+    drop(live);
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    assert_reads(
+        &e,
+        "f",
+        &data[..committed],
+        "a kernel crash during a large write",
+    );
     e.shutdown().unwrap();
 }
 

@@ -22,12 +22,13 @@ mod mount;
 mod ops;
 mod signals;
 pub mod stats;
+mod uring;
 
 pub use fs::ask_request_sizes;
 pub use mount::{
-    BackgroundMount, EXCLUSIVE_CACHE_TTL, FuseSession, MountEntry, MountError, MountOptions,
-    SHARED_CACHE_TTL, Unmounter, check_mount_point, host_has_selinux, is_mount_point,
-    mount_background, mount_foreground, parse_mountinfo, read_mountinfo,
+    BackgroundMount, EXCLUSIVE_CACHE_TTL, FuseSession, FuseTransport, MountEntry, MountError,
+    MountOptions, SHARED_CACHE_TTL, Unmounter, check_mount_point, host_has_selinux, is_mount_point,
+    mount_background, mount_foreground, parse_mountinfo, read_mountinfo, uring_unavailable,
 };
 pub use ops::{MAX_WRITE_BYTES, SpoolFs, panic_message};
 pub use signals::block_termination_signals;

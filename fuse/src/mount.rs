@@ -1,7 +1,8 @@
 //! Mounting: options, the checks made on the mount point, foreground and background sessions.
 
 use crate::fs::FuserFs;
-use crate::ops::SpoolFs;
+use crate::ops::{MAX_READAHEAD_BYTES, MAX_WRITE_BYTES, SpoolFs};
+use crate::uring::UringFs;
 use fuser::{Config, MountOption, SessionACL};
 use spoolfs_engine::Engine;
 use std::io;
@@ -48,6 +49,57 @@ pub struct MountOptions {
     /// remember a device that refused once), which saves one request per file listed. The
     /// default is [`host_has_selinux`].
     pub selinux_xattrs: bool,
+    /// How requests travel between the kernel and spoolfs.
+    pub transport: FuseTransport,
+    /// Requests in flight per io_uring queue (one queue per possible CPU), each holding a
+    /// buffer of the largest request (1 MiB). A lock request that waits (F_SETLKW) holds one
+    /// until it is answered.
+    pub ring_depth: usize,
+}
+
+/// How FUSE requests travel: over io_uring (Linux 6.14+, the fuse module's `enable_uring`
+/// on, root) or by read(2)/write(2) on /dev/fuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FuseTransport {
+    /// io_uring when the kernel offers it, else /dev/fuse (the log says which, and why).
+    #[default]
+    Auto,
+    /// io_uring, or the mount fails saying why.
+    Uring,
+    /// /dev/fuse.
+    Dev,
+}
+
+impl std::str::FromStr for FuseTransport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(FuseTransport::Auto),
+            "uring" => Ok(FuseTransport::Uring),
+            "dev" => Ok(FuseTransport::Dev),
+            _ => Err(format!("unknown FUSE transport {s:?} (auto, uring or dev)")),
+        }
+    }
+}
+
+impl std::fmt::Display for FuseTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FuseTransport::Auto => "auto",
+            FuseTransport::Uring => "uring",
+            FuseTransport::Dev => "dev",
+        })
+    }
+}
+
+/// Why FUSE over io_uring cannot serve a mount here, if it cannot (checked before mounting;
+/// INIT may still refuse it).
+pub fn uring_unavailable() -> Option<String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("mounting with io_uring needs root".into());
+    }
+    fuseuring::session::uring_unavailable()
 }
 
 /// The attribute and entry cache lifetime of `--attr-ttl auto`/`--entry-ttl auto` on an
@@ -76,6 +128,8 @@ impl Default for MountOptions {
             suid: false,
             dev: false,
             exclusive: false,
+            transport: FuseTransport::Auto,
+            ring_depth: 2,
             selinux_xattrs: host_has_selinux(),
         }
     }
@@ -145,6 +199,34 @@ impl MountOptions {
         config.clone_fd = true;
         config
     }
+
+    /// The same mount for the io_uring transport.
+    fn uring_config(&self) -> fuseuring::Config {
+        let mut flags: libc::c_ulong = 0;
+        let mut set = |on: bool, flag: libc::c_ulong| {
+            if on {
+                flags |= flag;
+            }
+        };
+        set(self.read_only, libc::MS_RDONLY);
+        set(self.noexec, libc::MS_NOEXEC);
+        set(!self.suid, libc::MS_NOSUID);
+        set(!self.dev, libc::MS_NODEV);
+        set(self.noatime, libc::MS_NOATIME);
+        fuseuring::Config {
+            transport: fuseuring::TransportChoice::Uring,
+            // The one thread reading what still comes through /dev/fuse (FORGET, INTERRUPT).
+            dev_threads: 1,
+            ring_depth: self.ring_depth,
+            max_write: MAX_WRITE_BYTES,
+            max_readahead: MAX_READAHEAD_BYTES,
+            pin_queues: true,
+            allow_other: self.allow_other,
+            fsname: self.fs_name.clone(),
+            subtype: Some("spoolfs".into()),
+            mount_flags: flags,
+        }
+    }
 }
 
 /// Why a volume could not be mounted. Each message names the mount point.
@@ -168,6 +250,8 @@ pub enum MountError {
     Io { path: PathBuf, source: io::Error },
     #[error("cannot mount FUSE file system at {}: {source}", path.display())]
     Fuse { path: PathBuf, source: io::Error },
+    #[error("cannot mount {} with --fuse-transport uring: {why}", path.display())]
+    UringUnavailable { path: PathBuf, why: String },
 }
 
 fn io_err(path: &Path, source: io::Error) -> MountError {
@@ -276,11 +360,20 @@ fn unescape(field: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A mounted file system whose request loop has not started yet. The kernel handshake is done
+/// A mounted file system whose request loop has not started yet (over /dev/fuse) or runs
+/// already (over io_uring, whose queues start with the mount). The kernel handshake is done
 /// when [`FuseSession::new`] returns, so the mount is visible and ready from that point.
 pub struct FuseSession {
-    session: fuser::Session<FuserFs>,
+    inner: Session,
     mount_point: PathBuf,
+}
+
+enum Session {
+    Dev(fuser::Session<FuserFs>),
+    Uring {
+        session: fuseuring::Session,
+        fs: Arc<UringFs>,
+    },
 }
 
 impl FuseSession {
@@ -291,11 +384,42 @@ impl FuseSession {
         options: &MountOptions,
     ) -> Result<Self, MountError> {
         let canonical = check_mount_point(mount_point)?;
-        let fs = SpoolFs::new(engine, options.attr_ttl, options.entry_ttl)
-            .with_passthrough(options.passthrough)
-            .with_acl(options.acl)
-            .with_exclusive(options.exclusive)
-            .with_selinux_xattrs(options.selinux_xattrs);
+        let make_fs = || {
+            SpoolFs::new(engine.clone(), options.attr_ttl, options.entry_ttl)
+                .with_passthrough(options.passthrough)
+                .with_acl(options.acl)
+                .with_exclusive(options.exclusive)
+                .with_selinux_xattrs(options.selinux_xattrs)
+        };
+        let use_uring = match options.transport {
+            FuseTransport::Dev => false,
+            FuseTransport::Uring => match uring_unavailable() {
+                None => true,
+                Some(why) => {
+                    return Err(MountError::UringUnavailable {
+                        path: canonical,
+                        why,
+                    });
+                }
+            },
+            FuseTransport::Auto => match uring_unavailable() {
+                None => true,
+                Some(why) => {
+                    info!("FUSE over io_uring unavailable ({why}); serving over /dev/fuse");
+                    false
+                }
+            },
+        };
+        if use_uring {
+            match Self::mount_uring(make_fs(), &canonical, options) {
+                Ok(session) => return Ok(session),
+                Err(e) if options.transport == FuseTransport::Auto => {
+                    warn!("{e}; serving over /dev/fuse");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let fs = make_fs();
         let notifier = fs.notifier_slot();
         let session = fuser::Session::new(FuserFs::new(fs), &canonical, &options.fuser_config())
             .map_err(|source| MountError::Fuse {
@@ -303,10 +427,49 @@ impl FuseSession {
                 source,
             })?;
         let _ = notifier.set(Box::new(session.notifier()));
-        info!(mount_point = %canonical.display(), threads = options.fuse_threads, "mounted");
+        info!(
+            mount_point = %canonical.display(),
+            threads = options.fuse_threads,
+            transport = "dev",
+            "mounted (FUSE over /dev/fuse)"
+        );
         Ok(FuseSession {
-            session,
+            inner: Session::Dev(session),
             mount_point: canonical,
+        })
+    }
+
+    fn mount_uring(
+        fs: SpoolFs,
+        canonical: &Path,
+        options: &MountOptions,
+    ) -> Result<Self, MountError> {
+        let notifier = fs.notifier_slot();
+        let fs = Arc::new(UringFs::new(fs));
+        let session =
+            fuseuring::mount(fs.clone(), canonical, &options.uring_config()).map_err(|e| {
+                MountError::UringUnavailable {
+                    path: canonical.to_path_buf(),
+                    why: e.to_string(),
+                }
+            })?;
+        match session.notifier() {
+            Ok(n) => {
+                let _ = fs.notifier.set(n.clone());
+                let _ = notifier.set(Box::new(n));
+            }
+            Err(e) => warn!("no kernel cache notifications or passthrough on this mount: {e}"),
+        }
+        info!(
+            mount_point = %canonical.display(),
+            queues = fuseuring::mount::possible_cpus(),
+            ring_depth = options.ring_depth,
+            transport = "uring",
+            "mounted (FUSE over io_uring)"
+        );
+        Ok(FuseSession {
+            inner: Session::Uring { session, fs },
+            mount_point: canonical.to_path_buf(),
         })
     }
 
@@ -315,17 +478,37 @@ impl FuseSession {
         &self.mount_point
     }
 
+    /// The transport serving requests: [`FuseTransport::Uring`] or [`FuseTransport::Dev`].
+    pub fn transport(&self) -> FuseTransport {
+        match self.inner {
+            Session::Dev(_) => FuseTransport::Dev,
+            Session::Uring { .. } => FuseTransport::Uring,
+        }
+    }
+
     /// A handle another thread (a signal handler) can use to unmount.
     pub fn unmounter(&mut self) -> Unmounter {
         Unmounter {
-            inner: self.session.unmount_callable(),
+            inner: match &mut self.inner {
+                Session::Dev(s) => Some(s.unmount_callable()),
+                Session::Uring { .. } => None,
+            },
             mount_point: self.mount_point.clone(),
         }
     }
 
     /// Serves requests until the file system is unmounted; then shuts the engine down.
     pub fn run(self) -> io::Result<()> {
-        let result = self.session.run();
+        let result = match self.inner {
+            Session::Dev(session) => session.run(),
+            Session::Uring { session, fs } => {
+                let stats = session.stats();
+                session.wait();
+                log_uring_counts(&stats);
+                fs.fs.destroy();
+                Ok(())
+            }
+        };
         info!(mount_point = %self.mount_point.display(), "unmounted");
         result
     }
@@ -333,7 +516,10 @@ impl FuseSession {
     /// Serves requests on background threads.
     pub fn spawn(self) -> io::Result<BackgroundMount> {
         let mount_point = self.mount_point.clone();
-        let session = self.session.spawn()?;
+        let session = match self.inner {
+            Session::Dev(session) => Background::Dev(session.spawn()?),
+            Session::Uring { session, fs } => Background::Uring { session, fs },
+        };
         Ok(BackgroundMount {
             session: Some(session),
             mount_point,
@@ -341,9 +527,19 @@ impl FuseSession {
     }
 }
 
+/// Says how many requests an io_uring session served through its rings and through
+/// /dev/fuse (FORGET, INTERRUPT: no reply).
+fn log_uring_counts(stats: &fuseuring::session::Stats) {
+    let (ring, dev) = stats.counts();
+    info!(
+        "FUSE over io_uring served {ring} requests through its rings and {dev} through /dev/fuse"
+    );
+}
+
 /// Unmounts a [`FuseSession`] from another thread.
 pub struct Unmounter {
-    inner: fuser::SessionUnmounter,
+    /// fuser's own unmounter (over /dev/fuse); over io_uring a plain umount2(2) does.
+    inner: Option<fuser::SessionUnmounter>,
     mount_point: PathBuf,
 }
 
@@ -359,7 +555,11 @@ impl Unmounter {
 
     /// A plain unmount: `Ok(false)` if files are still open (EBUSY) and nothing was done.
     pub fn try_unmount(&mut self) -> io::Result<bool> {
-        match self.inner.unmount() {
+        let result = match &mut self.inner {
+            Some(inner) => inner.unmount(),
+            None => umount2(&self.mount_point, 0),
+        };
+        match result {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
             Err(e) => Err(e),
@@ -372,26 +572,74 @@ impl Unmounter {
             mount_point = %self.mount_point.display(),
             "file system busy; detaching it (lazy unmount)"
         );
-        let path = std::ffi::CString::new(self.mount_point.as_os_str().as_bytes())
-            .map_err(io::Error::other)?;
-        // SAFETY: `path` is a valid NUL-terminated string.
-        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        umount2(&self.mount_point, libc::MNT_DETACH)
+    }
+}
+
+fn umount2(path: &Path, flags: i32) -> io::Result<()> {
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `path` is a valid NUL-terminated string.
+    if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
 /// A file system served on background threads; unmounted when dropped.
 pub struct BackgroundMount {
-    session: Option<fuser::BackgroundSession>,
+    session: Option<Background>,
     mount_point: PathBuf,
+}
+
+enum Background {
+    Dev(fuser::BackgroundSession),
+    Uring {
+        session: fuseuring::Session,
+        fs: Arc<UringFs>,
+    },
+}
+
+impl Background {
+    /// Unmounts and waits for the session (and the engine's shutdown) to finish.
+    fn umount_and_join(self) -> io::Result<()> {
+        match self {
+            Background::Dev(s) => s.umount_and_join(),
+            Background::Uring { session, fs } => {
+                let stats = session.stats();
+                let result = session.unmount();
+                log_uring_counts(&stats);
+                fs.fs.destroy();
+                result
+            }
+        }
+    }
 }
 
 impl BackgroundMount {
     pub fn mount_point(&self) -> &Path {
         &self.mount_point
+    }
+
+    /// Over io_uring: the requests served so far through the rings, and the replies written
+    /// to /dev/fuse (none expected: what comes that way needs no reply).
+    pub fn uring_counts(&self) -> Option<(u64, u64)> {
+        match &self.session {
+            Some(Background::Uring { session, .. }) => {
+                let stats = session.stats();
+                let replies = stats.dev_replies.load(std::sync::atomic::Ordering::Relaxed);
+                Some((stats.counts().0, replies))
+            }
+            _ => None,
+        }
+    }
+
+    /// The transport serving requests: [`FuseTransport::Uring`] or [`FuseTransport::Dev`].
+    pub fn transport(&self) -> FuseTransport {
+        match self.session {
+            Some(Background::Uring { .. }) => FuseTransport::Uring,
+            _ => FuseTransport::Dev,
+        }
     }
 
     /// Unmounts and waits for the session (and the engine's shutdown) to finish.

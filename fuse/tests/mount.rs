@@ -4,7 +4,7 @@
 mod common;
 
 use common::engine;
-use spoolfs_fuse::{MountError, MountOptions, mount_background};
+use spoolfs_fuse::{FuseTransport, MountError, MountOptions, mount_background};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -18,9 +18,15 @@ fn mount_use_unmount() {
     std::fs::create_dir(&mnt).unwrap();
     let options = MountOptions {
         fs_name: "t".into(),
+        transport: common::transport(),
         ..Default::default()
     };
     let mount = mount_background(engine(), &mnt, &options).unwrap();
+    // The transport asked for is the one serving (auto: either).
+    match options.transport {
+        FuseTransport::Auto => {}
+        asked => assert_eq!(mount.transport(), asked),
+    }
 
     // A second mount on the same place is refused with a clear error.
     let err = mount_background(engine(), &mnt, &options).err().unwrap();
@@ -69,6 +75,11 @@ fn mount_use_unmount() {
         .expect("mounted");
     assert_eq!(m.fs_type, "fuse.spoolfs");
     assert_eq!(m.source, "t");
+    // Over io_uring every answered request went through a ring.
+    if let Some((ring, dev_replies)) = mount.uring_counts() {
+        assert!(ring > 200, "only {ring} requests through the rings");
+        assert_eq!(dev_replies, 0, "requests answered through /dev/fuse");
+    }
 
     mount.umount().unwrap();
     assert!(std::fs::read_dir(&mnt).unwrap().next().is_none());
@@ -139,6 +150,7 @@ fn selinux_labels_served_or_refused() {
         let options = MountOptions {
             fs_name: "t".into(),
             selinux_xattrs: serve,
+            transport: common::transport(),
             ..Default::default()
         };
         let mount = mount_background(engine(), &mnt, &options).unwrap();

@@ -113,6 +113,7 @@ fn requests_per_file() {
 
     let shared = MountOptions {
         fs_name: "t".into(),
+        transport: common::transport(),
         attr_ttl: SHARED_CACHE_TTL,
         entry_ttl: SHARED_CACHE_TTL,
         exclusive: false,

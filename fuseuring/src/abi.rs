@@ -79,12 +79,23 @@ pub const FUSE_INIT_EXT: u64 = 1 << 30;
 pub const FUSE_PASSTHROUGH: u64 = 1 << 37;
 pub const FUSE_OVER_IO_URING: u64 = 1 << 41;
 
+// ioctls on /dev/fuse: register (and drop) a backing file for FUSE passthrough.
+pub const FUSE_DEV_IOC_BACKING_OPEN: u64 = 0x4010_e501; // _IOW(229, 1, struct fuse_backing_map)
+pub const FUSE_DEV_IOC_BACKING_CLOSE: u64 = 0x4004_e502; // _IOW(229, 2, uint32_t)
+
 // Notifications (the `error` field of a reply with `unique` 0).
 pub const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
+
+// `write_flags` of a write request.
+pub const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
+// `release_flags` of a release request.
+pub const FUSE_RELEASE_FLUSH: u32 = 1 << 0;
+pub const FUSE_RELEASE_FLOCK_UNLOCK: u32 = 1 << 1;
 
 // `open_flags` of an open reply.
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
+pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
 
 // setattr `valid` bits.
 pub const FATTR_MODE: u32 = 1 << 0;
@@ -432,6 +443,104 @@ pub struct Dirent {
     pub typ: u32,
 }
 
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MknodIn {
+    pub mode: u32,
+    pub rdev: u32,
+    pub umask: u32,
+    pub padding: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkIn {
+    pub oldnodeid: u64,
+}
+
+/// The setxattr arguments without FUSE_SETXATTR_EXT (not asked for).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetxattrIn {
+    pub size: u32,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FallocateIn {
+    pub fh: u64,
+    pub offset: u64,
+    pub length: u64,
+    pub mode: u32,
+    pub padding: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileLock {
+    pub start: u64,
+    pub end: u64,
+    pub typ: u32,
+    pub pid: u32,
+}
+
+/// `lk_flags`: the lock is a flock(2) lock, not a POSIX one.
+pub const FUSE_LK_FLOCK: u32 = 1 << 0;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LkIn {
+    pub fh: u64,
+    pub owner: u64,
+    pub lk: FileLock,
+    pub lk_flags: u32,
+    pub padding: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LkOut {
+    pub lk: FileLock,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IoctlIn {
+    pub fh: u64,
+    pub flags: u32,
+    pub cmd: u32,
+    pub arg: u64,
+    pub in_size: u32,
+    pub out_size: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IoctlOut {
+    pub result: i32,
+    pub flags: u32,
+    pub in_iovs: u32,
+    pub out_iovs: u32,
+}
+
+/// One entry of a READDIRPLUS reply: the entry, then the dirent (name padded to 8 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirentplusHead {
+    pub entry_out: EntryOut,
+    pub dirent: Dirent,
+}
+
+/// The argument of FUSE_DEV_IOC_BACKING_OPEN.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackingMap {
+    pub fd: i32,
+    pub flags: u32,
+    pub padding: u64,
+}
+
 /// FUSE_NOTIFY_INVAL_INODE: drop the cached attributes (and the pages in `off`..`off+len`,
 /// none when `off` is negative) of an inode.
 #[repr(C)]
@@ -518,6 +627,17 @@ plain! {
     InterruptIn = 8;
     Dirent = 24;
     NotifyInvalInodeOut = 24;
+    BackingMap = 16;
+    MknodIn = 16;
+    LinkIn = 8;
+    SetxattrIn = 8;
+    FallocateIn = 32;
+    FileLock = 24;
+    LkIn = 48;
+    LkOut = 24;
+    IoctlIn = 32;
+    IoctlOut = 16;
+    DirentplusHead = 152;
     UringEntInOut = 32;
     UringCmdReq = 24;
 }
@@ -586,17 +706,17 @@ pub fn op_header_len(opcode: u32) -> usize {
         FUSE_FORGET => size_of::<ForgetIn>(),
         FUSE_GETATTR => size_of::<GetattrIn>(),
         FUSE_SETATTR => size_of::<SetattrIn>(),
-        FUSE_MKNOD => 16,
+        FUSE_MKNOD => size_of::<MknodIn>(),
         FUSE_MKDIR => size_of::<MkdirIn>(),
         FUSE_RENAME => size_of::<RenameIn>(),
         FUSE_RENAME2 => size_of::<Rename2In>(),
-        FUSE_LINK => 8,
+        FUSE_LINK => size_of::<LinkIn>(),
         FUSE_OPEN | FUSE_OPENDIR => size_of::<OpenIn>(),
         FUSE_READ | FUSE_READDIR | FUSE_READDIRPLUS => size_of::<ReadIn>(),
         FUSE_WRITE => size_of::<WriteIn>(),
         FUSE_RELEASE | FUSE_RELEASEDIR => size_of::<ReleaseIn>(),
         FUSE_FSYNC | FUSE_FSYNCDIR => size_of::<FsyncIn>(),
-        FUSE_SETXATTR => 8,
+        FUSE_SETXATTR => size_of::<SetxattrIn>(),
         FUSE_GETXATTR | FUSE_LISTXATTR => size_of::<GetxattrIn>(),
         FUSE_FLUSH => size_of::<FlushIn>(),
         FUSE_INIT => size_of::<InitIn>(),
@@ -604,8 +724,10 @@ pub fn op_header_len(opcode: u32) -> usize {
         FUSE_CREATE => size_of::<CreateIn>(),
         FUSE_INTERRUPT => size_of::<InterruptIn>(),
         FUSE_BATCH_FORGET => size_of::<BatchForgetIn>(),
-        FUSE_FALLOCATE => 32,
+        FUSE_FALLOCATE => size_of::<FallocateIn>(),
         FUSE_LSEEK => 24,
+        FUSE_GETLK | FUSE_SETLK | FUSE_SETLKW => size_of::<LkIn>(),
+        FUSE_IOCTL => size_of::<IoctlIn>(),
         _ => 0,
     }
 }

@@ -1,17 +1,44 @@
 //! The classic transport: read(2) a request from /dev/fuse, write(2) its reply.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::abi::{self, Plain};
-use crate::fs::Filesystem;
+use crate::fs::{Filesystem, ReplySink};
 use crate::mount::FuseDev;
-use crate::protocol::{self, Outcome};
+use crate::protocol::{self, Deferral, Outcome};
 use crate::session::Stats;
+
+/// Late replies over /dev/fuse: written by whichever thread has them.
+struct DevSink(FuseDev);
+
+impl ReplySink for DevSink {
+    fn send(&self, _token: u64, header: abi::OutHeader, payload: &[u8]) {
+        if let Err(e) = self.0.write_reply(&[header.as_bytes(), payload])
+            && !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV))
+        {
+            eprintln!(
+                "fuseuring: late reply to request {} failed: {e}",
+                header.unique
+            );
+        }
+    }
+}
 
 /// Serves requests read from `dev` until the connection ends (unmount or abort).
 pub(crate) fn serve<F: Filesystem + ?Sized>(fs: &F, dev: &FuseDev, stats: &Stats, buf_size: usize) {
     let mut request = vec![0u8; buf_size];
     let mut reply = vec![0u8; buf_size];
+    let deferral = match dev.try_clone() {
+        Ok(d) => Deferral {
+            sink: Arc::new(DevSink(d)),
+            token: 0,
+        },
+        Err(e) => {
+            eprintln!("fuseuring: cannot clone /dev/fuse: {e}; this thread stops");
+            return;
+        }
+    };
     loop {
         let n = match dev.read(&mut request) {
             Ok(n) => n,
@@ -36,7 +63,7 @@ pub(crate) fn serve<F: Filesystem + ?Sized>(fs: &F, dev: &FuseDev, stats: &Stats
             // INIT is answered once, by the session, before this loop starts.
             Outcome::Err(libc::EPROTO)
         } else {
-            protocol::dispatch(fs, &header, fixed, rest, &mut reply)
+            protocol::dispatch_deferring(fs, &header, fixed, rest, &mut reply, &deferral)
         };
         stats.dev_requests.fetch_add(1, Ordering::Relaxed);
         stats.count_opcode(header.opcode);

@@ -31,7 +31,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use fs::{Errno, Filesystem};
-pub use session::{Config, Notifier, Session, Transport, TransportChoice, mount};
+pub use session::{BackingId, Config, Notifier, Session, Transport, TransportChoice, mount};
 
 /// Why a mount could not be served.
 #[derive(Debug)]

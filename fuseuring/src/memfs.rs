@@ -294,10 +294,20 @@ impl Filesystem for MemFs {
         Ok((*a, self.attr_ttl))
     }
 
-    fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32) -> FsResult<Entry> {
-        let attr = self
-            .tree()
-            .add_child(caller, parent, name, libc::S_IFDIR | (mode & 0o7777))?;
+    fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Entry> {
+        let attr = self.tree().add_child(
+            caller,
+            parent,
+            name,
+            libc::S_IFDIR | (mode & !umask & 0o7777),
+        )?;
         Ok(self.entry(attr))
     }
 
@@ -307,15 +317,23 @@ impl Filesystem for MemFs {
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         _flags: u32,
     ) -> FsResult<(Entry, Opened)> {
         let mut tree = self.tree();
-        let attr = tree.add_child(caller, parent, name, libc::S_IFREG | (mode & 0o7777))?;
+        let mode = libc::S_IFREG | (mode & !umask & 0o7777);
+        let attr = tree.add_child(caller, parent, name, mode)?;
         let fh = tree.new_handle(attr.ino)?;
-        Ok((self.entry(attr), Opened { fh, open_flags: 0 }))
+        Ok((
+            self.entry(attr),
+            Opened {
+                fh,
+                ..Default::default()
+            },
+        ))
     }
 
-    fn open(&self, ino: u64, flags: u32) -> FsResult<Opened> {
+    fn open(&self, _caller: Caller, ino: u64, flags: u32) -> FsResult<Opened> {
         let mut tree = self.tree();
         let node = tree.node_mut(ino)?;
         if matches!(node.content, Content::Dir(_)) {
@@ -326,7 +344,10 @@ impl Filesystem for MemFs {
             touch_mtime(&mut node.attr);
         }
         let fh = tree.new_handle(ino)?;
-        Ok(Opened { fh, open_flags: 0 })
+        Ok(Opened {
+            fh,
+            ..Default::default()
+        })
     }
 
     fn read(&self, ino: u64, _fh: u64, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
@@ -340,7 +361,15 @@ impl Filesystem for MemFs {
         Ok(n)
     }
 
-    fn write(&self, ino: u64, _fh: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
+    fn write(
+        &self,
+        _caller: Caller,
+        ino: u64,
+        _fh: u64,
+        offset: u64,
+        bytes: &[u8],
+        _write_flags: u32,
+    ) -> FsResult<u32> {
         let end = offset
             .checked_add(bytes.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -361,11 +390,11 @@ impl Filesystem for MemFs {
         Ok(bytes.len() as u32)
     }
 
-    fn flush(&self, _ino: u64, _fh: u64) -> FsResult<()> {
+    fn flush(&self, _ino: u64, _fh: u64, _lock_owner: u64) -> FsResult<()> {
         Ok(())
     }
 
-    fn release(&self, ino: u64, _fh: u64) -> FsResult<()> {
+    fn release(&self, ino: u64, _fh: u64, _flags: u32, _lock_owner: Option<u64>) -> FsResult<()> {
         self.tree().close_handle(ino);
         Ok(())
     }
@@ -378,7 +407,10 @@ impl Filesystem for MemFs {
         let mut tree = self.tree();
         tree.children(ino)?;
         let fh = tree.new_handle(ino)?;
-        Ok(Opened { fh, open_flags: 0 })
+        Ok(Opened {
+            fh,
+            ..Default::default()
+        })
     }
 
     fn readdir(&self, ino: u64, _fh: u64, offset: u64, out: &mut DirFiller<'_>) -> FsResult<()> {
@@ -412,7 +444,7 @@ impl Filesystem for MemFs {
         Ok(())
     }
 
-    fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+    fn unlink(&self, _caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
         let mut tree = self.tree();
         let ino = *tree.children(parent)?.get(name).ok_or(Errno::ENOENT)?;
         if matches!(tree.node(ino)?.content, Content::Dir(_)) {
@@ -428,7 +460,7 @@ impl Filesystem for MemFs {
         Ok(())
     }
 
-    fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+    fn rmdir(&self, _caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
         let mut tree = self.tree();
         let ino = *tree.children(parent)?.get(name).ok_or(Errno::ENOENT)?;
         if !tree.children(ino)?.is_empty() {
@@ -445,6 +477,7 @@ impl Filesystem for MemFs {
 
     fn rename(
         &self,
+        _caller: Caller,
         parent: u64,
         name: &OsStr,
         new_parent: u64,

@@ -131,12 +131,15 @@ pub fn mount(
     dev: &FuseDev,
     mountpoint: &Path,
     fsname: &str,
+    subtype: &str,
+    flags: libc::c_ulong,
     allow_other: bool,
 ) -> Result<(), Error> {
     let target = CString::new(mountpoint.as_os_str().as_bytes())
         .map_err(|_| Error::MountPoint(mountpoint.to_path_buf(), "NUL in path".into()))?;
     let source = CString::new(fsname).map_err(|_| Error::Config("NUL in fsname".into()))?;
-    let fstype = CString::new(format!("fuse.{fsname}")).expect("no NUL");
+    let fstype = CString::new(format!("fuse.{subtype}"))
+        .map_err(|_| Error::Config("NUL in subtype".into()))?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut options = format!(
@@ -153,7 +156,7 @@ pub fn mount(
             source.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
+            flags,
             options.as_ptr().cast(),
         )
     };

@@ -60,11 +60,17 @@ pub struct Config {
     pub ring_depth: usize,
     /// Largest write request, in bytes (a multiple of 4096, 4 KiB to 1 MiB).
     pub max_write: u32,
+    /// Most bytes the kernel may read ahead (it may allow less).
+    pub max_readahead: u32,
     /// Pin each ring queue's thread to its CPU.
     pub pin_queues: bool,
     pub allow_other: bool,
-    /// Name shown as the mount's source; its type is `fuse.<fsname>`.
+    /// Name shown as the mount's source; its type is `fuse.<subtype>`.
     pub fsname: String,
+    /// The mount's type after `fuse.`; the fsname when `None`.
+    pub subtype: Option<String>,
+    /// mount(2) flags (`MS_RDONLY`, `MS_NOSUID`, `MS_NODEV`, `MS_NOEXEC`, `MS_NOATIME`).
+    pub mount_flags: libc::c_ulong,
 }
 
 impl Default for Config {
@@ -74,9 +80,12 @@ impl Default for Config {
             dev_threads: 2,
             ring_depth: 2,
             max_write: 128 * 1024,
+            max_readahead: u32::MAX,
             pin_queues: true,
             allow_other: false,
             fsname: "fuseuring".into(),
+            subtype: None,
+            mount_flags: libc::MS_NOSUID | libc::MS_NODEV,
         }
     }
 }
@@ -94,9 +103,10 @@ impl Config {
                 "max write: a multiple of 4096 from 4096 to 1048576".into(),
             ));
         }
-        if self.fsname.is_empty() || self.fsname.contains([',', ' ', '\0']) {
+        let bad_name = |n: &str| n.is_empty() || n.contains([',', ' ', '\0']);
+        if bad_name(&self.fsname) || self.subtype.as_deref().is_some_and(bad_name) {
             return Err(Error::Config(
-                "fsname: non-empty, without commas or spaces".into(),
+                "fsname and subtype: non-empty, without commas or spaces".into(),
             ));
         }
         Ok(())
@@ -169,9 +179,39 @@ impl Unmounter {
 
 /// Sends the kernel notifications about its caches (writes to /dev/fuse with `unique` 0),
 /// whichever transport serves the requests.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Notifier {
-    dev: FuseDev,
+    dev: Arc<FuseDev>,
+}
+
+/// A file registered with the kernel as the backing file of passthrough opens (Linux 6.9+,
+/// needs CAP_SYS_ADMIN); unregistered when dropped.
+#[derive(Debug)]
+pub struct BackingId {
+    id: i32,
+    dev: Arc<FuseDev>,
+}
+
+impl BackingId {
+    /// The id an open reply names (`Opened::backing_id`).
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+}
+
+impl Drop for BackingId {
+    fn drop(&mut self) {
+        let id = self.id as u32;
+        // SAFETY: the ioctl reads a u32 from a live local. A failure leaves the id registered
+        // until the connection ends: nothing to do about it here.
+        unsafe {
+            libc::ioctl(
+                self.dev.fd(),
+                abi::FUSE_DEV_IOC_BACKING_CLOSE as _,
+                &id as *const u32,
+            )
+        };
+    }
 }
 
 impl Notifier {
@@ -190,6 +230,31 @@ impl Notifier {
             unique: 0,
         };
         self.dev.write_reply(&[header.as_bytes(), body.as_bytes()])
+    }
+
+    /// Registers `file` as a backing file for passthrough opens (the session must have been
+    /// granted FUSE_PASSTHROUGH at INIT).
+    pub fn open_backing(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
+        use std::os::fd::AsRawFd;
+        let map = abi::BackingMap {
+            fd: file.as_raw_fd(),
+            ..Default::default()
+        };
+        // SAFETY: the ioctl reads a BackingMap from a live local.
+        let id = unsafe {
+            libc::ioctl(
+                self.dev.fd(),
+                abi::FUSE_DEV_IOC_BACKING_OPEN as _,
+                &map as *const abi::BackingMap,
+            )
+        };
+        if id < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(BackingId {
+            id,
+            dev: self.dev.clone(),
+        })
     }
 }
 
@@ -220,7 +285,7 @@ impl Session {
     /// A notifier on this session's connection.
     pub fn notifier(&self) -> std::io::Result<Notifier> {
         Ok(Notifier {
-            dev: self.dev.try_clone()?,
+            dev: Arc::new(self.dev.try_clone()?),
         })
     }
 
@@ -259,7 +324,7 @@ impl Drop for Session {
 }
 
 /// Why io_uring cannot be used here, if it cannot (before mounting).
-fn uring_unavailable() -> Option<String> {
+pub fn uring_unavailable() -> Option<String> {
     match mount::uring_support() {
         UringSupport::Enabled => {}
         UringSupport::Disabled => {
@@ -299,12 +364,20 @@ pub fn mount<F: Filesystem>(
     }
 
     let dev = FuseDev::open()?;
-    mount::mount(&dev, &mountpoint, &config.fsname, config.allow_other)?;
+    let subtype = config.subtype.as_deref().unwrap_or(&config.fsname);
+    mount::mount(
+        &dev,
+        &mountpoint,
+        &config.fsname,
+        subtype,
+        config.mount_flags,
+        config.allow_other,
+    )?;
     let fail = |e: Error| {
         let _ = mount::unmount(&mountpoint);
         e
     };
-    let offered_uring = answer_init(&dev, config, want_uring).map_err(fail)?;
+    let (offered_uring, granted) = answer_init(&dev, &*fs, config, want_uring).map_err(fail)?;
     if want_uring && !offered_uring {
         let why = "the kernel did not offer FUSE_OVER_IO_URING at INIT".to_string();
         if config.transport == TransportChoice::Uring {
@@ -313,7 +386,7 @@ pub fn mount<F: Filesystem>(
         eprintln!("fuseuring: {why}; serving over /dev/fuse");
         want_uring = false;
     }
-    fs.init();
+    fs.init(granted);
 
     let stats = Arc::new(Stats::default());
     let buf_size = config.max_write as usize + 4096;
@@ -412,8 +485,13 @@ fn start_queues<F: Filesystem>(
 }
 
 /// Reads INIT from the new connection and answers it. Returns whether the kernel offered
-/// FUSE over io_uring (it is accepted only when `want_uring`).
-fn answer_init(dev: &FuseDev, config: &Config, want_uring: bool) -> Result<bool, Error> {
+/// FUSE over io_uring (it is accepted only when `want_uring`) and the capabilities granted.
+fn answer_init<F: Filesystem>(
+    dev: &FuseDev,
+    fs: &F,
+    config: &Config,
+    want_uring: bool,
+) -> Result<(bool, u64), Error> {
     let mut buf = vec![0u8; config.max_write as usize + 4096];
     let n = loop {
         match dev.read(&mut buf) {
@@ -459,11 +537,12 @@ fn answer_init(dev: &FuseDev, config: &Config, want_uring: bool) -> Result<bool,
     if want_uring {
         wanted |= abi::FUSE_OVER_IO_URING;
     }
+    wanted |= fs.init_flags(offered);
     let flags = offered & wanted;
     let out = abi::InitOut {
         major: abi::KERNEL_VERSION,
         minor: abi::KERNEL_MINOR_VERSION.min(init.minor),
-        max_readahead: init.max_readahead,
+        max_readahead: init.max_readahead.min(config.max_readahead),
         flags: flags as u32,
         flags2: (flags >> 32) as u32,
         max_background: 64,
@@ -471,6 +550,12 @@ fn answer_init(dev: &FuseDev, config: &Config, want_uring: bool) -> Result<bool,
         max_write: config.max_write,
         time_gran: 1,
         max_pages: (config.max_write / 4096) as u16,
+        // Passthrough files may not be FUSE files themselves (the kernel's stack limit).
+        max_stack_depth: if flags & abi::FUSE_PASSTHROUGH != 0 {
+            1
+        } else {
+            0
+        },
         ..Default::default()
     };
     let reply = abi::OutHeader {
@@ -480,5 +565,5 @@ fn answer_init(dev: &FuseDev, config: &Config, want_uring: bool) -> Result<bool,
     };
     dev.write_reply(&[reply.as_bytes(), out.as_bytes()])
         .map_err(Error::Io)?;
-    Ok(offered_uring)
+    Ok((offered_uring, flags))
 }

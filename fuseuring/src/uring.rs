@@ -3,16 +3,72 @@
 //! `FUSE_IO_URING_CMD_REGISTER`; a completed command is a request, answered in place and
 //! handed back with `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which waits for the next one.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use crate::abi::{self, Plain};
-use crate::fs::Filesystem;
+use crate::fs::{Filesystem, ReplySink};
 use crate::mount::FuseDev;
-use crate::protocol::{self, Outcome};
+use crate::protocol::{self, Deferral, Outcome};
 use crate::session::Stats;
+
+/// The `user_data` of the eventfd read that wakes a queue for late replies.
+const WAKE: u64 = u64::MAX;
+
+/// Late replies of a queue's entries (a SETLKW answered from a lock-wait thread): kept here
+/// until the queue's thread, woken through an eventfd its ring reads, commits them (only
+/// that thread may submit to its ring).
+struct Mailbox {
+    replies: Mutex<Vec<(usize, abi::OutHeader, Vec<u8>)>>,
+    eventfd: OwnedFd,
+}
+
+impl Mailbox {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: plain system call; the descriptor is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mailbox {
+            replies: Mutex::new(Vec::new()),
+            // SAFETY: fd is a new descriptor nobody else owns.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn take(&self) -> Vec<(usize, abi::OutHeader, Vec<u8>)> {
+        std::mem::take(&mut *self.replies.lock().expect("mailbox"))
+    }
+}
+
+impl ReplySink for Mailbox {
+    fn send(&self, token: u64, header: abi::OutHeader, payload: &[u8]) {
+        self.replies
+            .lock()
+            .expect("mailbox")
+            .push((token as usize, header, payload.to_vec()));
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+}
+
+fn wake_read(mailbox: &Mailbox, counter: &mut u64) -> squeue::Entry128 {
+    squeue::Entry128::from(
+        opcode::Read::new(
+            types::Fd(mailbox.eventfd.as_raw_fd()),
+            (counter as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(WAKE),
+    )
+}
 
 type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
 
@@ -135,7 +191,8 @@ fn register_cmd(fd: i32, qid: u16, entry: usize, iov: &[libc::iovec; 2]) -> sque
 /// A ring owned by one thread: single issuer, task work run when it waits, as the kernel
 /// completes FUSE commands by task work in the submitting thread.
 fn build_ring(depth: usize) -> std::io::Result<Ring> {
-    let entries = depth.next_power_of_two() as u32;
+    // One submission per entry, and the eventfd read.
+    let entries = (depth + 1).next_power_of_two() as u32;
     match Ring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
@@ -222,12 +279,45 @@ pub(crate) fn run_queue<F: Filesystem + ?Sized>(
         )));
         return;
     }
+    let mailbox = match Mailbox::new() {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            buffers.leak = true;
+            let _ = started.send(Err(format!("queue {qid}: eventfd: {e}")));
+            return;
+        }
+    };
+    // The eventfd read's buffer stays put (boxed) until the ring is gone.
+    let mut wake_counter = Box::new(0u64);
+    // SAFETY: the counter outlives the ring (dropped after it, below).
+    unsafe {
+        ring.submission()
+            .push(&wake_read(&mailbox, &mut wake_counter))
+            .expect("SQ sized for every entry and the eventfd read");
+    }
     let _ = started.send(Ok(()));
 
     let mut live = setup.depth;
     let mut reply = vec![0u8; setup.payload_size];
+    let sink: Arc<dyn ReplySink> = mailbox.clone();
     loop {
         for &(entry, res) in &completions {
+            if entry as u64 == WAKE {
+                if res < 0 {
+                    continue;
+                }
+                for (late_entry, header, payload) in mailbox.take() {
+                    let commit_id = commit_late(&buffers, late_entry, &header, &payload);
+                    push_commit(&mut ring, fd, qid, commit_id, late_entry);
+                }
+                // SAFETY: as above.
+                unsafe {
+                    ring.submission()
+                        .push(&wake_read(&mailbox, &mut wake_counter))
+                        .expect("SQ sized for every entry and the eventfd read");
+                }
+                continue;
+            }
             if res < 0 {
                 live -= 1;
                 if !is_connection_end(-res) {
@@ -238,20 +328,14 @@ pub(crate) fn run_queue<F: Filesystem + ?Sized>(
                 }
                 continue;
             }
-            let commit_id = answer(fs, &buffers, entry, &mut reply, stats);
+            let deferral = Deferral {
+                sink: sink.clone(),
+                token: entry as u64,
+            };
             stats.ring_requests.fetch_add(1, Ordering::Relaxed);
-            let sqe = fuse_cmd(
-                fd,
-                abi::FUSE_IO_URING_CMD_COMMIT_AND_FETCH,
-                qid,
-                commit_id,
-                entry,
-            );
-            // SAFETY: as for REGISTER; at most one command per entry is in flight.
-            unsafe {
-                ring.submission()
-                    .push(&sqe)
-                    .expect("SQ sized for every entry");
+            // A deferred request's entry is committed once its late reply comes.
+            if let Some(commit_id) = answer(fs, &buffers, entry, &mut reply, stats, &deferral) {
+                push_commit(&mut ring, fd, qid, commit_id, entry);
             }
         }
         completions.clear();
@@ -264,6 +348,7 @@ pub(crate) fn run_queue<F: Filesystem + ?Sized>(
             Err(e) => {
                 eprintln!("fuseuring: queue {qid}: io_uring_enter: {e}; the queue stops");
                 buffers.leak = true;
+                std::mem::forget(wake_counter);
                 return;
             }
         }
@@ -274,18 +359,58 @@ pub(crate) fn run_queue<F: Filesystem + ?Sized>(
     }
     // Every command ended with the connection: the kernel holds no entry for a request.
     drop(ring);
+    drop(wake_counter);
     drop(dev);
 }
 
+/// Hands entry `entry` back to the kernel with its reply (COMMIT_AND_FETCH).
+fn push_commit(ring: &mut Ring, fd: i32, qid: u16, commit_id: u64, entry: usize) {
+    let sqe = fuse_cmd(
+        fd,
+        abi::FUSE_IO_URING_CMD_COMMIT_AND_FETCH,
+        qid,
+        commit_id,
+        entry,
+    );
+    // SAFETY: the entry's buffers outlive the command (see EntryBuffers); at most one
+    // command per entry is in flight.
+    unsafe {
+        ring.submission()
+            .push(&sqe)
+            .expect("SQ sized for every entry and the eventfd read");
+    }
+}
+
+/// Writes a late reply into entry `entry`'s buffers; returns the commit id to hand it back
+/// with.
+fn commit_late(
+    buffers: &EntryBuffers,
+    entry: usize,
+    header: &abi::OutHeader,
+    payload: &[u8],
+) -> u64 {
+    let len = payload.len().min(buffers.payload_size);
+    // SAFETY: a deferred entry stays ours until committed; `entry` came from this queue.
+    unsafe {
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), buffers.payload(entry), len);
+        let h = &mut *buffers.header(entry);
+        h.in_out[..size_of::<abi::OutHeader>()].copy_from_slice(header.as_bytes());
+        h.ring_ent_in_out.payload_sz = len as u32;
+        h.ring_ent_in_out.commit_id
+    }
+}
+
 /// Serves the request in entry `entry` and writes its reply into the same buffers;
-/// returns the commit id to hand the entry back with.
+/// returns the commit id to hand the entry back with, or `None` when the reply comes later
+/// (through the mailbox).
 fn answer<F: Filesystem + ?Sized>(
     fs: &F,
     buffers: &EntryBuffers,
     entry: usize,
     reply: &mut [u8],
     stats: &Stats,
-) -> u64 {
+    deferral: &Deferral,
+) -> Option<u64> {
     let header_ptr = buffers.header(entry);
     // SAFETY: the entry is ours until we commit it: the kernel wrote it before completing
     // the command and does not touch it until COMMIT_AND_FETCH.
@@ -297,11 +422,18 @@ fn answer<F: Filesystem + ?Sized>(
     // SAFETY: as above; payload_len is within the entry's payload buffer.
     let payload = unsafe { std::slice::from_raw_parts(buffers.payload(entry), payload_len) };
     let fixed_len = abi::op_header_len(request.opcode).min(abi::FUSE_URING_OP_IN_OUT_SZ);
-    let outcome = match protocol::dispatch(fs, &request, &header.op_in[..fixed_len], payload, reply)
-    {
+    let outcome = match protocol::dispatch_deferring(
+        fs,
+        &request,
+        &header.op_in[..fixed_len],
+        payload,
+        reply,
+        deferral,
+    ) {
         // Requests without a reply travel through /dev/fuse; answer anything else so the
         // entry comes back.
         Outcome::NoReply => Outcome::Ok(0),
+        Outcome::Deferred => return None,
         outcome => outcome,
     };
     let out = protocol::out_header(request.unique, outcome).expect("a reply");
@@ -313,5 +445,5 @@ fn answer<F: Filesystem + ?Sized>(
         h.in_out[..size_of::<abi::OutHeader>()].copy_from_slice(out.as_bytes());
         h.ring_ent_in_out.payload_sz = len as u32;
     }
-    ent.commit_id
+    Some(ent.commit_id)
 }

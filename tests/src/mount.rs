@@ -518,6 +518,10 @@ impl Volume {
             a.extend(["--s3-endpoint".into(), endpoint.into()]);
         }
         MODE_ARGS.with(|m| a.extend(m.borrow().iter().map(OsString::from)));
+        let own_transport = opts.extra_args.iter().any(|x| x == "--fuse-transport");
+        if !own_transport && let Some(transport) = test_fuse_transport() {
+            a.extend(["--fuse-transport".into(), transport.into()]);
+        }
         a.extend(opts.extra_args.iter().map(OsString::from));
         a
     }
@@ -666,6 +670,30 @@ impl<'v> Mount<'v> {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// The environment variable that picks the FUSE transport of every test mount: `uring`,
+/// `dev` or `auto` (unset: spoolfs's default, auto).
+pub const FUSE_TRANSPORT_ENV: &str = "SPOOLFS_TEST_FUSE_TRANSPORT";
+
+/// The transport [`FUSE_TRANSPORT_ENV`] asks for. For `uring`, the fuse module's
+/// `enable_uring` switch is turned on when it is off (root only; `tests/run.sh` puts it back
+/// after its io_uring pass), so that a mount fails only when the kernel cannot do it.
+pub fn test_fuse_transport() -> Option<String> {
+    let transport = std::env::var(FUSE_TRANSPORT_ENV).ok()?;
+    match transport.as_str() {
+        "uring" => {
+            let param = "/sys/module/fuse/parameters/enable_uring";
+            if fs::read_to_string(param).is_ok_and(|v| v.trim() == "N")
+                && let Err(e) = fs::write(param, "Y")
+            {
+                eprintln!("cannot turn {param} on: {e}");
+            }
+        }
+        "dev" | "auto" => {}
+        other => panic!("{FUSE_TRANSPORT_ENV}={other:?}: expected uring, dev or auto"),
+    }
+    Some(transport)
 }
 
 /// The lines of a mount's log that are warnings or errors, or that contain one of `needles`

@@ -442,3 +442,44 @@ fn format_refuses_to_overwrite() {
         out.assert_clean_failure(&["block size", "block-size", "size"]);
     }
 }
+
+/// `--fuse-transport uring` where the kernel cannot serve it fails the mount, saying why; a
+/// transport that does not exist is refused before anything is opened.
+#[test]
+fn fuse_transport_uring_unavailable_or_unknown() {
+    spoolfs_testkit::require_fuse!();
+    let vol = Volume::new(Backend::File);
+    let mp = vol.new_subdir("mnt");
+    let out = vol.mount_output(&mp, &["--fuse-transport", "sideways"]);
+    out.assert_clean_failure(&["unknown FUSE transport"]);
+    assert_no_leftovers(&mp);
+
+    let param = "/sys/module/fuse/parameters/enable_uring";
+    let why = match fs::read_to_string(param) {
+        Err(_) => "the kernel lacks FUSE over io_uring",
+        Ok(v) if v.trim() == "N" => "enable_uring is N",
+        Ok(_) => {
+            // Switching it off here would disturb other mounts of this run.
+            spoolfs_testkit::not_applicable(
+                "fuse_transport_uring_unavailable_or_unknown",
+                "the kernel offers FUSE over io_uring here: nothing to refuse",
+            );
+            return;
+        }
+    };
+    let out = vol.mount_output(&mp, &["--fuse-transport", "uring"]);
+    out.assert_clean_failure(&[why]);
+    assert!(
+        out.stderr.contains("--fuse-transport uring"),
+        "the error does not name the flag: {out}"
+    );
+    assert_no_leftovers(&mp);
+    // auto serves over /dev/fuse instead.
+    let m = vol.mount_with(MountOptions {
+        extra_args: vec!["--fuse-transport".into(), "auto".into()],
+        daemon: true,
+        ..Default::default()
+    });
+    assert_eq!(m.status()["fuse_transport"], "dev");
+    m.unmount();
+}

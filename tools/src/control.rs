@@ -32,6 +32,9 @@ pub struct MountStatus {
     /// This socket (owner-only, mode 0600).
     #[serde(default)]
     pub control_socket: PathBuf,
+    /// How FUSE requests travel: "uring" (io_uring) or "dev" (/dev/fuse).
+    #[serde(default)]
+    pub fuse_transport: String,
     /// Whether the object store answered a listing just now.
     pub storage_reachable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,6 +78,7 @@ pub struct ControlServer {
     pub log_file: Option<PathBuf>,
     pub cache_dir: PathBuf,
     pub control_socket: PathBuf,
+    pub fuse_transport: String,
 }
 
 impl ControlServer {
@@ -94,6 +98,7 @@ impl ControlServer {
             log_file: self.log_file.clone(),
             cache_dir: self.cache_dir.clone(),
             control_socket: self.control_socket.clone(),
+            fuse_transport: self.fuse_transport.clone(),
             storage_reachable,
             storage_error,
             engine,

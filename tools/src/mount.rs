@@ -18,7 +18,7 @@ use crate::{S3Args, init_logging};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use spoolfs_engine::{AtimeMode, Engine, EngineConfig, StorageConfig};
-use spoolfs_fuse::{FuseSession, MountOptions, Unmounter};
+use spoolfs_fuse::{FuseSession, FuseTransport, MountOptions, Unmounter};
 use spoolfs_objects::ObjectStorage;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -81,6 +81,17 @@ pub struct MountArgs {
     /// writing (EIO).
     #[arg(long, value_name = "MODE", default_value = "off", value_enum)]
     pub passthrough: Passthrough,
+    /// How FUSE requests travel between the kernel and spoolfs: uring (FUSE over io_uring:
+    /// per-CPU queues, no system call per request; Linux 6.14+, the fuse module's
+    /// enable_uring parameter on, root), dev (read and write on /dev/fuse), or auto (uring
+    /// when the kernel offers it, else dev; the log says which). The mount fails with uring
+    /// when the kernel cannot serve it.
+    #[arg(long, value_name = "TRANSPORT", default_value = "auto", value_parser = parse_transport)]
+    pub fuse_transport: FuseTransport,
+    /// Requests in flight per io_uring queue (one queue per possible CPU, each request
+    /// holding a 1 MiB buffer; a waiting F_SETLKW holds one until it is answered).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = parse_ring_depth)]
+    pub fuse_ring_depth: usize,
     /// Bytes fetched ahead of a sequential reader, in the background (0: no readahead).
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = crate::size::parse_size)]
     pub readahead: u64,
@@ -253,6 +264,14 @@ fn parse_ttl(s: &str) -> Result<CacheTtl, String> {
         .map_err(|e| format!("{e}, or auto"))
 }
 
+fn parse_transport(s: &str) -> Result<FuseTransport, String> {
+    s.parse()
+}
+
+fn parse_ring_depth(s: &str) -> Result<usize, String> {
+    crate::size::parse_whole(s, "ring depth", 1, 256)
+}
+
 fn parse_threads(s: &str) -> Result<usize, String> {
     crate::size::parse_whole(s, "thread count", 1, 256)
 }
@@ -377,6 +396,10 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         cmd.arg("--meta").arg(meta);
     }
     cmd.arg("--fuse-threads").arg(args.fuse_threads.to_string());
+    cmd.arg("--fuse-transport")
+        .arg(args.fuse_transport.to_string())
+        .arg("--fuse-ring-depth")
+        .arg(args.fuse_ring_depth.to_string());
     cmd.arg("--attr-ttl").arg(args.attr_ttl.arg());
     cmd.arg("--entry-ttl").arg(args.entry_ttl.arg());
     cmd.arg("--readahead").arg(args.readahead.to_string());
@@ -582,6 +605,7 @@ fn serve(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         log_file: args.log_file.clone(),
         cache_dir,
         control_socket: files.socket.clone(),
+        fuse_transport: session.transport().to_string(),
     };
     if let Err(e) = control.start(&files.socket) {
         warn!("{e:#}; `spoolfs status` will not work for this mount");
@@ -861,6 +885,8 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
         suid: args.suid,
         dev: args.dev,
         exclusive: !shared,
+        transport: args.fuse_transport,
+        ring_depth: args.fuse_ring_depth,
     };
     let session = match FuseSession::new(engine.clone(), &mount_point, &options) {
         Ok(s) => s,

@@ -443,6 +443,9 @@ pub fn describe(s: &MountStatus) -> String {
             );
         }
     }
+    if !s.fuse_transport.is_empty() {
+        line("fuse transport:", s.fuse_transport.clone());
+    }
     line(
         "daemon:",
         format!(
@@ -471,6 +474,7 @@ mod tests {
             log_file: Some("/var/log/s.log".into()),
             cache_dir: "/c".into(),
             control_socket: "/run/spoolfs/x.sock".into(),
+            fuse_transport: "uring".into(),
             storage_reachable: false,
             storage_error: Some("connection refused".into()),
             // From JSON, so fields the engine adds later (with defaults) do not break this.
@@ -535,6 +539,7 @@ mod tests {
             "upload errors:   1",
             "DATA LOSS:       1 loss found at replay",
             "/d/f (inode 12) bytes [0, 65536): staged data fails its checksum",
+            "fuse transport:  uring",
             "pid 42",
         ] {
             assert!(text.contains(needle), "{needle:?} missing in\n{text}");

@@ -45,6 +45,11 @@ pub struct UploadOptions {
     /// Most bytes of just-staged slices kept in memory for the uploaders, which otherwise
     /// read them back from the staging device (`--upload-buffer`).
     pub upload_buffer: u64,
+    /// While writes keep arriving (a slice staged less than `upload_delay` ago), uploads wait
+    /// until this many bytes are staged (or the oldest has waited
+    /// [`crate::staged::BURST_MAX_WAIT`]), so that a burst of writes (a checkpoint) has the
+    /// staging disk and the CPUs to itself (`--upload-hold`; 0: uploads start at once).
+    pub upload_hold: u64,
     /// This node's id in the `owner` field of the `T` records it writes (0 on an exclusive
     /// store, where every staged slice is this mount's).
     pub node_id: u64,
@@ -249,6 +254,9 @@ impl Uploader {
             set.map.insert(*id, *s);
             set.queue.push_back(*id);
             set.bytes += s.rec.size as u64;
+        }
+        if !staged.is_empty() {
+            set.last_added_ns = crate::staged::now_ns();
         }
         // Uploaders look again at least every 200 ms and hold small slices back for the
         // upload delay anyway: waking them on every close would cost two context switches per

@@ -1,6 +1,7 @@
 //! What the FUSE tests share: an engine on a fresh in-memory volume (metadata and objects).
 
 use spoolfs_engine::{Engine, EngineConfig, FormatOptions, StorageConfig};
+use spoolfs_fuse::FuseTransport;
 use spoolfs_objects::ObjectStorage;
 use std::sync::Arc;
 
@@ -23,4 +24,26 @@ pub fn engine() -> Arc<Engine> {
     .unwrap();
     let storage = Arc::new(ObjectStorage::open(&storage_config).unwrap());
     Engine::start(meta, storage, record, EngineConfig::default()).unwrap()
+}
+
+/// The transport `SPOOLFS_TEST_FUSE_TRANSPORT` asks for (`uring`, `dev` or `auto`; unset:
+/// the default, auto). For `uring`, the fuse module's `enable_uring` switch is turned on when
+/// it is off (root only), so that a mount fails only when the kernel cannot do it.
+#[allow(dead_code)]
+pub fn transport() -> FuseTransport {
+    let Ok(name) = std::env::var("SPOOLFS_TEST_FUSE_TRANSPORT") else {
+        return FuseTransport::default();
+    };
+    let transport: FuseTransport = name
+        .parse()
+        .unwrap_or_else(|e| panic!("SPOOLFS_TEST_FUSE_TRANSPORT: {e}"));
+    if transport == FuseTransport::Uring {
+        let param = "/sys/module/fuse/parameters/enable_uring";
+        if std::fs::read_to_string(param).is_ok_and(|v| v.trim() == "N")
+            && let Err(e) = std::fs::write(param, "Y")
+        {
+            eprintln!("cannot turn {param} on: {e}");
+        }
+    }
+    transport
 }

@@ -86,6 +86,7 @@ fn main() -> ExitCode {
         pin_queues: !args.no_pin,
         allow_other: args.allow_other,
         fsname: "fuseuring-memfs".into(),
+        ..Config::default()
     };
     // Before any thread starts, so that all inherit the mask and only sigwait sees them.
     let signals = block_termination_signals();
