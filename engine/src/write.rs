@@ -97,11 +97,11 @@ pub(crate) struct FileState {
     /// without reading it again. Forgotten at the first write, a flush (but for a close with
     /// nothing buffered), and any change of the inode's attributes or extended attributes here.
     known: Option<KnownInode>,
-    /// The number of this inode's create in the namespace log, when the create returned
-    /// without waiting for its record ([`WalStore::update_deferred`]): the next flush waits
-    /// for it, by committing a change of its own (numbered after it) or by waiting for it
-    /// alone.
-    create_unlogged: Option<u64>,
+    /// The number in the namespace log of this inode's latest change made here that returned
+    /// without waiting for its record ([`WalStore::update_deferred`]: its create, or an
+    /// attribute change): the next flush waits for it, by committing a change of its own
+    /// (numbered after it) or by waiting for it alone.
+    unlogged: Option<u64>,
     /// Runs handed to the staging log at the last `max_dirty_per_file` mark of a writeback
     /// file, to be committed at the next mark (or by any flush before it), so that a large
     /// writer keeps writing while they reach the device: at most twice `max_dirty_per_file`
@@ -148,10 +148,12 @@ impl FileState {
         self.known = Some(known);
     }
 
-    /// The inode's create returned before its namespace-log record was on the device (see
-    /// [`FileState::create_unlogged`]).
-    pub(crate) fn set_create_unlogged(&mut self, seq: u64) {
-        self.create_unlogged = (seq != 0).then_some(seq);
+    /// A change of the inode returned before its namespace-log record was on the device (see
+    /// [`FileState::unlogged`]; 0: it changed nothing).
+    pub(crate) fn note_unlogged(&mut self, seq: u64) {
+        if seq != 0 {
+            self.unlogged = Some(self.unlogged.map_or(seq, |s| s.max(seq)));
+        }
     }
 
     /// The inode changed here: the next write reads it.
@@ -239,18 +241,19 @@ impl WritePath {
         self.namespace_log().filter(|_| self.is_writeback())
     }
 
-    /// Waits until the inode's create is in the namespace log, if its create did not wait
-    /// and no change since did (a close promises the file's create too; a change that commits
-    /// waits for its own record, numbered after the create's, so it needs no call of this).
-    pub(crate) fn wait_create_logged(&self, state: &mut FileState) -> Result<()> {
-        let Some(seq) = state.create_unlogged else {
+    /// Waits until the inode's changes made here are in the namespace log, if one of them did
+    /// not wait and no change since did (a close promises the file's create and attribute
+    /// changes too; a change that commits waits for its own record, numbered after theirs, so
+    /// it needs no call of this).
+    pub(crate) fn wait_changes_logged(&self, state: &mut FileState) -> Result<()> {
+        let Some(seq) = state.unlogged else {
             return Ok(());
         };
         let Some(wal) = self.namespace_log() else {
             return Err(FsError::NamespaceLogClosed);
         };
         wal.wait_logged(seq)?;
-        state.create_unlogged = None;
+        state.unlogged = None;
         Ok(())
     }
 
@@ -502,8 +505,9 @@ impl WritePath {
             Durability::Visible
         };
         self.flush_commit(ino, state, wb, overlay, durability, &mut plan)?;
-        // The commit waited for its own record, numbered after the create's.
-        state.create_unlogged = None;
+        // The commit waited for its own record, numbered after the create's (and any other
+        // change of the file that did not wait).
+        state.unlogged = None;
         self.flush_hand_off(ino, state, wb, plan)
     }
 

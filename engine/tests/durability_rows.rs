@@ -502,8 +502,9 @@ fn check_namespace_calls(e: &Engine, calls: &NamespaceCalls, after: &str) {
 }
 
 /// Namespace calls (writeback and standard mode): the change is committed and in the
-/// namespace log on the device when the call returns, so it survives a crash of the kernel,
-/// which keeps only the metadata store's last durable commit.
+/// namespace log on the device when the call returns (in writeback mode an attribute change
+/// once a later call waited, as the ones after it here do), so it survives a crash of the
+/// kernel, which keeps only the metadata store's last durable commit.
 #[test]
 fn namespace_calls_survive_a_kernel_crash() {
     for mode in [Mode::Writeback, Mode::Standard] {
@@ -927,6 +928,91 @@ fn replay_drops_a_close_whose_create_never_reached_the_device() {
         "the dropped close left staged data"
     );
     assert_reads(&e, "warm-up", b"ids", "the crash");
+    e.shutdown().unwrap();
+}
+
+/// Writeback `chmod`, `chown` and `utimens` return before their namespace-log record is on
+/// the device, as a create does: a kernel crash before any later call waited may lose the
+/// change, a crash after a later close returned never does. A file copied as `cp -p`, `tar x`
+/// and pip do (create, write, close, then times and mode) waits for the device once.
+#[test]
+fn an_attribute_change_survives_a_kernel_crash_once_a_later_call_waits() {
+    let mode_and_times = || SetAttr {
+        mode: Some(0o600),
+        mtime: Some(TimeSet::At(UNIX_EPOCH + Duration::from_secs(MTIME_SECS))),
+        ..Default::default()
+    };
+    let delay = Duration::from_secs(3);
+    // Nothing waited after it: lost.
+    let (rig, e) = Rig::start(Mode::Writeback);
+    reserve_ids(&e);
+    let (f, _) = write_file(&e, "f", b"f", true);
+    rig.namespace_faults.delay_writes(delay);
+    let t0 = Instant::now();
+    e.setattr(&ME, f, &mode_and_times()).unwrap();
+    assert!(
+        t0.elapsed() < delay / 2,
+        "chmod took {:?}: it waited for the namespace log",
+        t0.elapsed()
+    );
+    assert_eq!(e.getattr(f).unwrap().perm, 0o600, "visible at once");
+    let cut = rig.cut_then(e, || rig.namespace_faults.delay_writes(Duration::ZERO));
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    assert_eq!(
+        lookup_path(&e, "f").unwrap().perm,
+        0o644,
+        "a chmod whose record never reached the device survived the crash: the test would \
+         show nothing"
+    );
+    e.shutdown().unwrap();
+
+    // A later close returned: kept.
+    let (rig, e) = Rig::start(Mode::Writeback);
+    reserve_ids(&e);
+    let (g, _) = write_file(&e, "g", b"g", true);
+    rig.namespace_faults
+        .delay_writes(Duration::from_millis(300));
+    let start = rig.now();
+    e.setattr(&ME, g, &mode_and_times()).unwrap();
+    write_file(&e, "next", b"next", true);
+    assert!(
+        !rig.durable_commit_since(start),
+        "the metadata store made the chmod durable: this test would show nothing"
+    );
+    let cut = rig.cut(e);
+    rig.namespace_faults.delay_writes(Duration::ZERO);
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    let got = lookup_path(&e, "g").unwrap();
+    assert_eq!(got.perm, 0o600, "chmod before a later close");
+    assert_eq!(got.mtime, UNIX_EPOCH + Duration::from_secs(MTIME_SECS));
+    assert_reads(&e, "next", b"next", "a kernel crash after close");
+
+    // Copies: one device wait per file (once the recovered mount has its id batches).
+    reserve_ids(&e);
+    let before = e.namespace_log_stats().unwrap();
+    let files = 10u64;
+    for i in 0..files {
+        let (ino, _) = write_file(&e, &format!("copy{i}"), b"copied", true);
+        e.setattr(&ME, ino, &mode_and_times()).unwrap();
+    }
+    let after = e.namespace_log_stats().unwrap();
+    assert_eq!(
+        after.device_waits - before.device_waits,
+        files,
+        "device waits for {files} copies (create, write, close, utimens and chmod)"
+    );
+    // A size change still waits.
+    let before = e.namespace_log_stats().unwrap();
+    let truncate = SetAttr {
+        size: Some(1),
+        ..Default::default()
+    };
+    e.setattr(&ME, got.ino, &truncate).unwrap();
+    assert_eq!(
+        e.namespace_log_stats().unwrap().device_waits - before.device_waits,
+        1,
+        "a truncate waits"
+    );
     e.shutdown().unwrap();
 }
 
