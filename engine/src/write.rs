@@ -61,6 +61,8 @@ struct FlushPlan {
     objects: Vec<(String, Bytes)>,
     /// The last slice, to be staged in one record with the metadata change.
     carried: Option<(u64, RecordHeader)>,
+    /// The commit need not wait for its namespace-log record (see [`WritePath::flush_as`]).
+    defer: bool,
 }
 
 #[derive(Default)]
@@ -419,7 +421,7 @@ impl WritePath {
         let newer_bytes = state.pending_bytes - sealed.bytes;
         state.pending_bytes = sealed.bytes;
         state.overlay = Some(sealed.overlay);
-        let result = self.flush_locked(ino, state, false);
+        let result = self.flush_as(ino, state, false, true);
         // A failed flush leaves the sealed runs pending (the next flush stages them again).
         state.pending.extend(newer);
         state.pending_bytes += newer_bytes;
@@ -474,6 +476,14 @@ impl WritePath {
         state: &mut FileState,
         durable: bool,
     ) -> Result<()> {
+        self.flush_as(ino, state, durable, false)
+    }
+
+    /// [`Self::flush_locked`]; `defer`: when the commit goes to the namespace log alone, it
+    /// returns without waiting for its record (nothing is promised by the flush of a
+    /// `max_dirty_per_file` mark), like a create: the file's next flush waits for it
+    /// ([`FileState::unlogged`]).
+    fn flush_as(&self, ino: Ino, state: &mut FileState, durable: bool, defer: bool) -> Result<()> {
         // Whatever follows a flush (an attribute change, more writes) reads the inode anew:
         // callers that change the inode after flushing (truncate, chmod) rely on it.
         state.known = None;
@@ -504,10 +514,15 @@ impl WritePath {
         } else {
             Durability::Visible
         };
-        self.flush_commit(ino, state, wb, overlay, durability, &mut plan)?;
-        // The commit waited for its own record, numbered after the create's (and any other
-        // change of the file that did not wait).
-        state.unlogged = None;
+        plan.defer = defer;
+        let deferred = self.flush_commit(ino, state, wb, overlay, durability, &mut plan)?;
+        if deferred == 0 {
+            // The commit waited for its own record, numbered after the create's (and any
+            // other change of the file that did not wait).
+            state.unlogged = None;
+        } else {
+            state.note_unlogged(deferred);
+        }
         self.flush_hand_off(ino, state, wb, plan)
     }
 
@@ -541,6 +556,7 @@ impl WritePath {
             staged: Vec::new(),
             objects: Vec::new(),
             carried: None,
+            defer: false,
             ids,
         };
         // All slices but the last go to the engine thread at once, written as one batch. A
@@ -624,7 +640,7 @@ impl WritePath {
         overlay: Overlay,
         durability: Durability,
         plan: &mut FlushPlan,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let (slices, chunks, staged) = (&plan.slices, &plan.chunks, &plan.staged);
         // The chunk maps this commit changes, whole: every read below is among them.
         let mut maps: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -673,6 +689,8 @@ impl WritePath {
             Ok(())
         };
         let last = state.pending.len().saturating_sub(1);
+        // The number of the record the commit did not wait for (0: it waited).
+        let mut deferred = 0;
         let result = match (wb, plan.carried) {
             (Some(wb), Some((id, header))) => {
                 let data = &state.pending[last].data;
@@ -680,7 +698,16 @@ impl WritePath {
                     .map(|placed| (id, placed))
                     .map(Some)
             }
-            _ => self.meta.update_with(durability, commit).map(|()| None),
+            _ => match self.deferring_log().filter(|_| plan.defer) {
+                Some(wal) => self
+                    .meta
+                    .guarded(|| Ok(wal.update_deferred(&mut commit)?))
+                    .map(|seq| {
+                        deferred = seq;
+                        None
+                    }),
+                None => self.meta.update_with(durability, commit).map(|()| None),
+            },
         };
         match result {
             Err(e) => {
@@ -711,7 +738,7 @@ impl WritePath {
             }
             Ok(None) => {}
         }
-        Ok(())
+        Ok(deferred)
     }
 
     /// Flush phase 4: hands the staged slices (and their buffers, while the upload buffer

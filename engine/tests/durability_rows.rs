@@ -388,7 +388,8 @@ fn writeback_close_survives_a_kernel_crash() {
 
 /// A large write still open: each time the file's buffered bytes not yet handed to the
 /// staging log reach `max_dirty_per_file`, the runs handed over at the previous mark are
-/// committed and the rest handed over, so the writer never waits for its own appends. A crash
+/// committed and the rest handed over, so the writer never waits for its own appends nor for
+/// the commit's record. A crash
 /// of the kernel then leaves the file as it was at the last committed mark: every byte
 /// written before it, nothing after (a state the file had), while the live engine read
 /// everything.
@@ -399,15 +400,26 @@ fn a_large_open_write_commits_at_its_marks_and_a_kernel_crash_keeps_the_last() {
     rig.max_dirty_per_file = limit as u64;
     let e = rig.engine(Mode::Writeback);
     let data = random_bytes(7, 5 * limit + limit / 2);
+    reserve_ids(&e);
     let (ino, fh) = write_file(&e, "f", &[], false);
+    let before = e.namespace_log_stats().unwrap();
     let piece = 64 << 10;
     for at in (0..data.len()).step_by(piece) {
         let end = (at + piece).min(data.len());
         e.write(&ME, ino, fh, at as u64, &data[at..end]).unwrap();
     }
+    let after = e.namespace_log_stats().unwrap();
+    assert_eq!(
+        (after.device_waits, after.deferred - before.deferred),
+        (before.device_waits, 4),
+        "the four marks' commits: none waited for the device"
+    );
     // Marks at 1, 2, 3, 4 and 5 limits: the runs sealed at the fourth were committed at the
-    // fifth, whose own runs (and the half limit after them) are not committed yet.
+    // fifth, whose own runs (and the half limit after them) are not committed yet. A mark's
+    // commit does not wait for its namespace-log record; any later call that waits does
+    // (the log is ordered).
     let committed = 4 * limit;
+    e.mkdir(&ME, ROOT_INO, b"later", 0o755).unwrap();
     // A read settles the buffered writes: only after the cut.
     let live = e.clone();
     let cut = rig.cut_then(e, || {
