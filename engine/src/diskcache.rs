@@ -112,6 +112,9 @@ pub struct DiskCache {
     misses: AtomicU64,
     corrupt: AtomicU64,
     evictions: AtomicU64,
+    /// The file system is below its free-space floor, so nothing new is kept (said once in
+    /// the log when it starts, and again when it ends).
+    starved: std::sync::atomic::AtomicBool,
 }
 
 /// The directory of a slice's files: consecutive slices in different ones.
@@ -201,6 +204,7 @@ impl DiskCache {
             misses: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            starved: std::sync::atomic::AtomicBool::new(false),
         };
         cache.evict(0);
         Ok(cache)
@@ -315,6 +319,10 @@ impl DiskCache {
         if self.index.lock().entries.contains_key(&id) {
             return;
         }
+        // Below the floor, a copy would be evicted as soon as it is written.
+        if self.note_starved(self.low_on_space()) {
+            return;
+        }
         let crc = crc32c::crc32c(data);
         let path = self.path(id, crc);
         // Never rewrite an existing file: a concurrent insert of the same data may already
@@ -393,6 +401,32 @@ impl DiskCache {
         }
     }
 
+    /// Records whether the file system is below its free-space floor, saying so in the log
+    /// when that changes: a cache that keeps nothing makes every read of the object store's
+    /// data cold, which the user must be able to find out. Returns `starved`.
+    fn note_starved(&self, starved: bool) -> bool {
+        if self.starved.swap(starved, Ordering::Relaxed) != starved {
+            let free = free_fraction(&self.config.dir).unwrap_or(0.0);
+            if starved {
+                tracing::warn!(
+                    "the local data cache in {} keeps nothing new: its file system has {:.1}% \
+                     free, below --cache-free-ratio {:.1}%; reads of data not cached fetch it \
+                     from the object store every time",
+                    self.config.dir.display(),
+                    free * 100.0,
+                    self.config.free_ratio * 100.0
+                );
+            } else {
+                tracing::info!(
+                    "the local data cache in {} keeps data again ({:.1}% free)",
+                    self.config.dir.display(),
+                    free * 100.0
+                );
+            }
+        }
+        starved
+    }
+
     fn low_on_space(&self) -> bool {
         if self.config.free_ratio <= 0.0 {
             return false;
@@ -440,6 +474,18 @@ mod tests {
             keep_large_uploads: true,
         })
         .unwrap()
+    }
+
+    fn walk_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walk_files(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
     }
 
     fn id(slice: u64, index: u32) -> BlockId {
@@ -517,6 +563,15 @@ mod tests {
         })
         .unwrap();
         assert!(!full.keeps_whole_pack(4096));
+        // Below the floor nothing is written at all (it would be evicted at once).
+        full.insert(id(9, 0), &[9u8; 100]);
+        assert_eq!(full.stats().entries, 0);
+        assert!(
+            full.starved.load(Ordering::Relaxed),
+            "the starvation is noted"
+        );
+        let files = walk_files(&full.config.dir);
+        assert!(files.is_empty(), "files written below the floor: {files:?}");
     }
 
     #[test]

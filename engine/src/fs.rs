@@ -266,6 +266,7 @@ impl Engine {
             max_uploads: config.max_uploads,
             namespace_log: config.staging.as_ref().and_then(|s| s.wal.clone()),
             sync_marks: RwLock::new(Default::default()),
+            run_buffers: Default::default(),
         };
         let engine = Arc::new(Engine {
             reader,
@@ -474,7 +475,35 @@ impl Engine {
         // Settle buffered data first so sizes and times below apply on top of it.
         self.write.flush_locked(ino, &mut state, false)?;
         let chunk_size = self.chunk_size();
-        let rec = self.update(|t| namespace::setattr(t, caller, ino, set, chunk_size))?;
+        // Writeback on an exclusive volume: an attribute change of a regular file (not a size
+        // change, which frees data) returns once its namespace record is submitted, as a
+        // create does; the file's close, an fsync, any later call that waits for the namespace
+        // log (the log is ordered) or the next checkpoint waits for it. `cp -p`, `tar x` and
+        // pip set the times and mode of each file after closing it: they wait once per file,
+        // not thrice. A directory's or a link's change has no close to carry it, and waits.
+        let defer = match (set.size, self.write.deferring_log()) {
+            (None, Some(wal))
+                if self.view(|r| schema::must_inode(r, ino))?.kind == FileKind::File =>
+            {
+                Some(wal)
+            }
+            _ => None,
+        };
+        let rec = match defer {
+            None => self.update(|t| namespace::setattr(t, caller, ino, set, chunk_size))?,
+            Some(wal) => {
+                let (rec, seq) = self.meta.guarded(|| {
+                    let mut changed = None;
+                    let seq = wal.update_deferred(&mut |t| {
+                        changed = Some(namespace::setattr(t, caller, ino, set, chunk_size)?);
+                        Ok(())
+                    })?;
+                    Ok((changed.expect("update ran"), seq))
+                })?;
+                state.note_unlogged(seq);
+                rec
+            }
+        };
         Ok(to_attr(ino, &rec, self.blksize()))
     }
 
@@ -908,7 +937,7 @@ impl Engine {
                     perm: rec.perm,
                     has_caps: false,
                 });
-                state.set_create_unlogged(seq);
+                state.note_unlogged(seq);
                 drop(state);
                 if let Some(h) = hold {
                     h.recorded(ino);
@@ -1081,8 +1110,9 @@ impl Engine {
         if let Some(state) = self.state_of(ino) {
             let mut state = state.write();
             self.write.flush_for_close(ino, &mut state)?;
-            // With nothing to commit, the close still promises the file's create.
-            self.write.wait_create_logged(&mut state)?;
+            // With nothing to commit, the close still promises the file's create and
+            // attribute changes made here.
+            self.write.wait_changes_logged(&mut state)?;
         }
         Ok(())
     }

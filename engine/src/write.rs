@@ -21,7 +21,7 @@ use crate::types::*;
 use crate::wal::WalStore;
 use crate::writeback::SliceCarrier;
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use spoolfs_metadata::{Durability, KvTxn, MetaError};
 use spoolfs_objects::{ObjectStorage, encode_block, split_blocks};
 use spoolfs_uploader::{Staged, Uploader};
@@ -97,11 +97,26 @@ pub(crate) struct FileState {
     /// without reading it again. Forgotten at the first write, a flush (but for a close with
     /// nothing buffered), and any change of the inode's attributes or extended attributes here.
     known: Option<KnownInode>,
-    /// The number of this inode's create in the namespace log, when the create returned
-    /// without waiting for its record ([`WalStore::update_deferred`]): the next flush waits
-    /// for it, by committing a change of its own (numbered after it) or by waiting for it
-    /// alone.
-    create_unlogged: Option<u64>,
+    /// The number in the namespace log of this inode's latest change made here that returned
+    /// without waiting for its record ([`WalStore::update_deferred`]: its create, or an
+    /// attribute change): the next flush waits for it, by committing a change of its own
+    /// (numbered after it) or by waiting for it alone.
+    unlogged: Option<u64>,
+    /// Runs handed to the staging log at the last `max_dirty_per_file` mark of a writeback
+    /// file, to be committed at the next mark (or by any flush before it), so that a large
+    /// writer keeps writing while they reach the device: at most twice `max_dirty_per_file`
+    /// bytes are buffered.
+    sealed: Option<Sealed>,
+}
+
+/// The first `runs` pending runs of a file, staged and not yet committed (see
+/// [`FileState::sealed`]).
+struct Sealed {
+    runs: usize,
+    /// `pending_bytes` when they were sealed.
+    bytes: u64,
+    /// Size and times after the last write they hold.
+    overlay: Overlay,
 }
 
 /// What the first write since a flush needs of its inode: the size and permission bits, and
@@ -133,10 +148,12 @@ impl FileState {
         self.known = Some(known);
     }
 
-    /// The inode's create returned before its namespace-log record was on the device (see
-    /// [`FileState::create_unlogged`]).
-    pub(crate) fn set_create_unlogged(&mut self, seq: u64) {
-        self.create_unlogged = (seq != 0).then_some(seq);
+    /// A change of the inode returned before its namespace-log record was on the device (see
+    /// [`FileState::unlogged`]; 0: it changed nothing).
+    pub(crate) fn note_unlogged(&mut self, seq: u64) {
+        if seq != 0 {
+            self.unlogged = Some(self.unlogged.map_or(seq, |s| s.max(seq)));
+        }
     }
 
     /// The inode changed here: the next write reads it.
@@ -180,7 +197,14 @@ pub(crate) struct WritePath {
     pub(crate) namespace_log: Option<Weak<WalStore>>,
     /// Inodes marked with [`schema::SYNC_UPLOAD_XATTR`] (mirror of the `Y` keys).
     pub(crate) sync_marks: RwLock<HashSet<Ino>>,
+    /// Buffers of whole runs that flushes are done with (not kept for the uploaders), for
+    /// the next runs of large writes: at most [`RUN_BUFFERS_KEPT`].
+    pub(crate) run_buffers: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Run buffers kept for reuse. Writing into a fresh buffer faults in and zeroes every page
+/// of it, which cost more than the copy itself (a 1 MiB write took 0.5-1 ms).
+const RUN_BUFFERS_KEPT: usize = 4;
 
 impl WritePath {
     /// Largest slice: 16 MiB, and at most a quarter of a staging segment so every slice can
@@ -191,6 +215,19 @@ impl WritePath {
             max = max.min((wb.opts.segment_size / 4) as usize);
         }
         max.max(MIN_SLICE_LIMIT)
+    }
+
+    /// Keeps the buffer of a run a flush is done with for a later run, if it has room for a
+    /// whole run and fewer than [`RUN_BUFFERS_KEPT`] are kept.
+    fn recycle_run(&self, mut data: Vec<u8>) {
+        if data.capacity() < self.max_run_bytes() {
+            return;
+        }
+        let mut kept = self.run_buffers.lock();
+        if kept.len() < RUN_BUFFERS_KEPT {
+            data.clear();
+            kept.push(data);
+        }
     }
 
     /// The namespace log, while the metadata store it writes ahead of is open.
@@ -204,18 +241,19 @@ impl WritePath {
         self.namespace_log().filter(|_| self.is_writeback())
     }
 
-    /// Waits until the inode's create is in the namespace log, if its create did not wait
-    /// and no change since did (a close promises the file's create too; a change that commits
-    /// waits for its own record, numbered after the create's, so it needs no call of this).
-    pub(crate) fn wait_create_logged(&self, state: &mut FileState) -> Result<()> {
-        let Some(seq) = state.create_unlogged else {
+    /// Waits until the inode's changes made here are in the namespace log, if one of them did
+    /// not wait and no change since did (a close promises the file's create and attribute
+    /// changes too; a change that commits waits for its own record, numbered after theirs, so
+    /// it needs no call of this).
+    pub(crate) fn wait_changes_logged(&self, state: &mut FileState) -> Result<()> {
+        let Some(seq) = state.unlogged else {
             return Ok(());
         };
         let Some(wal) = self.namespace_log() else {
             return Err(FsError::NamespaceLogClosed);
         };
         wal.wait_logged(seq)?;
-        state.create_unlogged = None;
+        state.unlogged = None;
         Ok(())
     }
 
@@ -310,6 +348,7 @@ impl WritePath {
                 in_chunk,
                 &data[done..done + n],
                 self.max_run_bytes(),
+                Some(&self.run_buffers),
             );
             done += n;
         }
@@ -322,15 +361,70 @@ impl WritePath {
         self.counters
             .dirty_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let sealed_bytes = state.sealed.as_ref().map_or(0, |s| s.bytes);
         // Many small runs make a large transaction: flush by count too, so a random writer
         // never stalls for seconds on one huge flush.
-        if state.pending_bytes >= self.max_dirty_per_file || state.pending.len() >= MAX_PENDING_RUNS
-        {
+        if state.pending.len() >= MAX_PENDING_RUNS {
             self.flush_locked(ino, state, false)?;
+        } else if state.pending_bytes - sealed_bytes >= self.max_dirty_per_file {
+            if self.is_writeback() {
+                self.commit_sealed(ino, state)?;
+                self.seal(ino, state)?;
+            } else {
+                self.flush_locked(ino, state, false)?;
+            }
         } else {
             self.stage_full_runs(ino, state);
         }
         Ok(data.len() as u32)
+    }
+
+    /// Hands every run not yet staged to the staging log, full or not, and remembers them,
+    /// with the size and times they imply, as the next commit ([`FileState::sealed`]): the
+    /// file's next `max_dirty_per_file` bytes go to new runs meanwhile, and
+    /// [`Self::commit_sealed`] finds these appends done instead of waiting for them. If a
+    /// slice id cannot be had, everything is flushed now instead.
+    fn seal(&self, ino: Ino, state: &mut FileState) -> Result<()> {
+        let Some(wb) = self.uploader.as_ref().filter(|wb| wb.opts.writeback) else {
+            return self.flush_locked(ino, state, false);
+        };
+        for p in state.pending.iter_mut().filter(|p| !p.frozen()) {
+            let Ok(id) = self.slice_ids.next(self.meta.store()) else {
+                return self.flush_locked(ino, state, false);
+            };
+            p.early = match wb.submit_stage(ino, p.chunk, p.pos, id, &p.data) {
+                Some(append) => EarlyStage::Submitted { id, append },
+                None => EarlyStage::Bypassed,
+            };
+        }
+        state.sealed = Some(Sealed {
+            runs: state.pending.len(),
+            bytes: state.pending_bytes,
+            overlay: state
+                .overlay
+                .expect("a file with pending runs has an overlay"),
+        });
+        Ok(())
+    }
+
+    /// Commits the runs [`Self::seal`] set aside, as a flush of those alone: the file as it
+    /// was when they were sealed (every write before that moment, none after), so a crash
+    /// leaves a state the file really had. The runs written since stay pending.
+    fn commit_sealed(&self, ino: Ino, state: &mut FileState) -> Result<()> {
+        let Some(sealed) = state.sealed.take() else {
+            return Ok(());
+        };
+        let current = state.overlay;
+        let newer = state.pending.split_off(sealed.runs);
+        let newer_bytes = state.pending_bytes - sealed.bytes;
+        state.pending_bytes = sealed.bytes;
+        state.overlay = Some(sealed.overlay);
+        let result = self.flush_locked(ino, state, false);
+        // A failed flush leaves the sealed runs pending (the next flush stages them again).
+        state.pending.extend(newer);
+        state.pending_bytes += newer_bytes;
+        state.overlay = current;
+        result
     }
 
     /// Hands every full run that is not yet staged to the staging log (see
@@ -383,6 +477,9 @@ impl WritePath {
         // Whatever follows a flush (an attribute change, more writes) reads the inode anew:
         // callers that change the inode after flushing (truncate, chmod) rely on it.
         state.known = None;
+        // This flush commits the sealed runs with the rest (if it fails, they are pending
+        // runs like the others).
+        state.sealed = None;
         let Some(overlay) = state.overlay else {
             return Ok(());
         };
@@ -408,8 +505,9 @@ impl WritePath {
             Durability::Visible
         };
         self.flush_commit(ino, state, wb, overlay, durability, &mut plan)?;
-        // The commit waited for its own record, numbered after the create's.
-        state.create_unlogged = None;
+        // The commit waited for its own record, numbered after the create's (and any other
+        // change of the file that did not wait).
+        state.unlogged = None;
         self.flush_hand_off(ino, state, wb, plan)
     }
 
@@ -634,8 +732,10 @@ impl WritePath {
             // instead of reading it back from the staging device.
             let staged_ids: HashSet<u64> = staged.iter().map(|(id, _)| *id).collect();
             for (p, id) in state.pending.iter_mut().zip(&plan.ids) {
-                if staged_ids.contains(id) {
-                    wb.keep_for_upload(*id, std::mem::take(&mut p.data));
+                if staged_ids.contains(id)
+                    && let Some(unkept) = wb.keep_for_upload(*id, std::mem::take(&mut p.data))
+                {
+                    p.data = unkept;
                 }
             }
             wb.add(&staged);
@@ -643,7 +743,9 @@ impl WritePath {
         self.counters
             .dirty_bytes
             .fetch_sub(state.pending_bytes, Ordering::Relaxed);
-        state.pending.clear();
+        for p in state.pending.drain(..) {
+            self.recycle_run(p.data);
+        }
         state.pending_bytes = 0;
         state.overlay = None;
         if let Some(wb) = wb
@@ -728,7 +830,14 @@ impl WritePath {
 /// Appends a write to the pending list: it extends or overwrites the newest pending run of
 /// its chunk when it touches it, else starts a new run.
 /// A run grows to at most `max_run` bytes; the rest of a write starts a new (newer) run.
-fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], max_run: usize) {
+fn add_pending(
+    pending: &mut Vec<Pending>,
+    chunk: u32,
+    pos: u32,
+    data: &[u8],
+    max_run: usize,
+    spare: Option<&Mutex<Vec<Vec<u8>>>>,
+) {
     if let Some(last) = pending
         .iter_mut()
         .rev()
@@ -748,7 +857,7 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
                 pending.push(Pending {
                     chunk,
                     pos: pos + used as u32,
-                    data: data[used..].to_vec(),
+                    data: run_buffer(&data[used..], max_run, spare),
                     early: EarlyStage::NotYet,
                 });
             }
@@ -758,9 +867,29 @@ fn add_pending(pending: &mut Vec<Pending>, chunk: u32, pos: u32, data: &[u8], ma
     pending.push(Pending {
         chunk,
         pos,
-        data: data.to_vec(),
+        data: run_buffer(data, max_run, spare),
         early: EarlyStage::NotYet,
     });
+}
+
+/// Writes at least this large start a run with room for a whole run.
+const LARGE_WRITE: usize = 128 << 10;
+
+/// A new run's buffer holding `data`. A large write is likely the first of a sequential run:
+/// its buffer gets room for a whole run at once, instead of doubling its way there (each
+/// doubling may copy everything written so far), and is one a flush gave back (`spare`)
+/// when there is one.
+fn run_buffer(data: &[u8], max_run: usize, spare: Option<&Mutex<Vec<Vec<u8>>>>) -> Vec<u8> {
+    if data.len() < LARGE_WRITE {
+        return data.to_vec();
+    }
+    let room = max_run.max(data.len());
+    let mut buf = spare
+        .and_then(|s| s.lock().pop())
+        .filter(|b| b.capacity() >= room)
+        .unwrap_or_else(|| Vec::with_capacity(room));
+    buf.extend_from_slice(data);
+    buf
 }
 
 /// Frees the staging records of a flush that failed before its commit (nothing points at
@@ -773,5 +902,59 @@ fn free_staged(wb: Option<&Arc<Uploader>>, staged: &[(u64, Staged)]) {
                 .log
                 .free(&loc);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_write_starts_a_run_with_room_for_the_whole_run() {
+        let max_run = 4 << 20;
+        let mut pending = Vec::new();
+        add_pending(&mut pending, 0, 0, &vec![1u8; LARGE_WRITE], max_run, None);
+        assert!(pending[0].data.capacity() >= max_run);
+        let before = pending[0].data.as_ptr();
+        // Growing to a whole run neither moves nor splits it.
+        for i in 1..(max_run / LARGE_WRITE) {
+            let at = (i * LARGE_WRITE) as u32;
+            add_pending(
+                &mut pending,
+                0,
+                at,
+                &vec![i as u8; LARGE_WRITE],
+                max_run,
+                None,
+            );
+        }
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].data.len(), max_run);
+        assert_eq!(pending[0].data.as_ptr(), before);
+        assert_eq!(pending[0].data[LARGE_WRITE], 1);
+        // The next write starts a new run; a small one gets no more room than it needs.
+        add_pending(&mut pending, 0, max_run as u32, b"tail", max_run, None);
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[1].data, b"tail");
+        assert!(pending[1].data.capacity() < LARGE_WRITE);
+    }
+
+    #[test]
+    fn a_large_write_reuses_a_run_buffer_a_flush_gave_back() {
+        let max_run = 1 << 20;
+        let spare = Mutex::new(vec![Vec::with_capacity(max_run)]);
+        let kept = spare.lock()[0].as_ptr();
+        let mut pending = Vec::new();
+        add_pending(&mut pending, 0, 0, b"small", max_run, Some(&spare));
+        assert_eq!(spare.lock().len(), 1, "a small write takes no run buffer");
+        let data = vec![7u8; LARGE_WRITE];
+        add_pending(&mut pending, 1, 0, &data, max_run, Some(&spare));
+        assert!(spare.lock().is_empty());
+        assert_eq!(pending[1].data.as_ptr(), kept);
+        assert_eq!(pending[1].data, data);
+        // None left: the next large run gets a buffer of its own.
+        add_pending(&mut pending, 2, 0, &data, max_run, Some(&spare));
+        assert!(pending[2].data.capacity() >= max_run);
+        assert_ne!(pending[2].data.as_ptr(), kept);
     }
 }

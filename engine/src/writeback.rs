@@ -493,6 +493,9 @@ impl crate::wal::RecordLog for NamespaceLog {
     }
 }
 
+/// Default `--upload-hold`: a 1 GiB checkpoint is staged before its upload starts.
+pub const DEFAULT_UPLOAD_HOLD: u64 = 2 << 30;
+
 /// Staging settings a mount chooses (flags).
 #[derive(Clone, Debug)]
 pub struct StagingSettings {
@@ -515,6 +518,9 @@ pub struct StagingSettings {
     pub upload_limit: u64,
     /// `--upload-buffer`: most bytes of just-staged data kept in memory for the uploaders.
     pub upload_buffer: u64,
+    /// `--upload-hold`: while writes keep arriving, uploads wait until this many bytes are
+    /// staged (at most half of `max_staging_bytes`; 0: no wait).
+    pub upload_hold: u64,
     /// `--staging-timeout`: an append slower than this is given up (the data is uploaded
     /// directly instead).
     pub staging_timeout: Duration,
@@ -546,6 +552,7 @@ impl Default for StagingSettings {
             pack_size: DEFAULT_PACK_SIZE,
             upload_limit: 0,
             upload_buffer: 256 << 20,
+            upload_hold: DEFAULT_UPLOAD_HOLD,
             staging_timeout: Duration::from_secs(5),
             faults: None,
             namespace_faults: None,
@@ -592,6 +599,8 @@ impl StagingSettings {
             upload_limit: self.upload_limit,
             namespace,
             upload_buffer: self.upload_buffer,
+            // Writers wait for room at `max_staging_bytes`: uploads must start well before.
+            upload_hold: self.upload_hold.min(self.max_staging_bytes / 2),
             node_id,
         }
     }

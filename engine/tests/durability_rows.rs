@@ -66,6 +66,8 @@ struct Rig {
     record: VolumeRecord,
     /// Faults of the namespace log (none unless a test arms them; a recovery keeps them).
     namespace_faults: Arc<FaultConfig>,
+    /// `EngineConfig::max_dirty_per_file` of the engines it starts.
+    max_dirty_per_file: u64,
 }
 
 /// What was there when an engine stopped as a failure would stop it.
@@ -147,6 +149,7 @@ impl Rig {
             device,
             record,
             namespace_faults: FaultConfig::new(),
+            max_dirty_per_file: EngineConfig::default().max_dirty_per_file,
         }
     }
 
@@ -190,6 +193,7 @@ impl Rig {
             meta_flush_interval: flush_interval,
             compaction: None,
             drain_on_shutdown: Some(Duration::from_secs(60)),
+            max_dirty_per_file: self.max_dirty_per_file,
             ..Default::default()
         };
         Engine::start(wal, Arc::new(storage), self.record.clone(), config).unwrap()
@@ -382,6 +386,44 @@ fn writeback_close_survives_a_kernel_crash() {
     e.shutdown().unwrap();
 }
 
+/// A large write still open: each time the file's buffered bytes not yet handed to the
+/// staging log reach `max_dirty_per_file`, the runs handed over at the previous mark are
+/// committed and the rest handed over, so the writer never waits for its own appends. A crash
+/// of the kernel then leaves the file as it was at the last committed mark: every byte
+/// written before it, nothing after (a state the file had), while the live engine read
+/// everything.
+#[test]
+fn a_large_open_write_commits_at_its_marks_and_a_kernel_crash_keeps_the_last() {
+    let mut rig = Rig::new();
+    let limit = 512 << 10;
+    rig.max_dirty_per_file = limit as u64;
+    let e = rig.engine(Mode::Writeback);
+    let data = random_bytes(7, 5 * limit + limit / 2);
+    let (ino, fh) = write_file(&e, "f", &[], false);
+    let piece = 64 << 10;
+    for at in (0..data.len()).step_by(piece) {
+        let end = (at + piece).min(data.len());
+        e.write(&ME, ino, fh, at as u64, &data[at..end]).unwrap();
+    }
+    // Marks at 1, 2, 3, 4 and 5 limits: the runs sealed at the fourth were committed at the
+    // fifth, whose own runs (and the half limit after them) are not committed yet.
+    let committed = 4 * limit;
+    // A read settles the buffered writes: only after the cut.
+    let live = e.clone();
+    let cut = rig.cut_then(e, || {
+        assert_reads(&live, "f", &data, "the writes, before a close")
+    });
+    drop(live);
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    assert_reads(
+        &e,
+        "f",
+        &data[..committed],
+        "a kernel crash during a large write",
+    );
+    e.shutdown().unwrap();
+}
+
 /// What [`namespace_calls`] did, to check after a failure.
 struct NamespaceCalls {
     /// The contents of `g` (written, closed, truncated) and of `d/f2` (written, closed,
@@ -460,8 +502,9 @@ fn check_namespace_calls(e: &Engine, calls: &NamespaceCalls, after: &str) {
 }
 
 /// Namespace calls (writeback and standard mode): the change is committed and in the
-/// namespace log on the device when the call returns, so it survives a crash of the kernel,
-/// which keeps only the metadata store's last durable commit.
+/// namespace log on the device when the call returns (in writeback mode an attribute change
+/// once a later call waited, as the ones after it here do), so it survives a crash of the
+/// kernel, which keeps only the metadata store's last durable commit.
 #[test]
 fn namespace_calls_survive_a_kernel_crash() {
     for mode in [Mode::Writeback, Mode::Standard] {
@@ -885,6 +928,91 @@ fn replay_drops_a_close_whose_create_never_reached_the_device() {
         "the dropped close left staged data"
     );
     assert_reads(&e, "warm-up", b"ids", "the crash");
+    e.shutdown().unwrap();
+}
+
+/// Writeback `chmod`, `chown` and `utimens` return before their namespace-log record is on
+/// the device, as a create does: a kernel crash before any later call waited may lose the
+/// change, a crash after a later close returned never does. A file copied as `cp -p`, `tar x`
+/// and pip do (create, write, close, then times and mode) waits for the device once.
+#[test]
+fn an_attribute_change_survives_a_kernel_crash_once_a_later_call_waits() {
+    let mode_and_times = || SetAttr {
+        mode: Some(0o600),
+        mtime: Some(TimeSet::At(UNIX_EPOCH + Duration::from_secs(MTIME_SECS))),
+        ..Default::default()
+    };
+    let delay = Duration::from_secs(3);
+    // Nothing waited after it: lost.
+    let (rig, e) = Rig::start(Mode::Writeback);
+    reserve_ids(&e);
+    let (f, _) = write_file(&e, "f", b"f", true);
+    rig.namespace_faults.delay_writes(delay);
+    let t0 = Instant::now();
+    e.setattr(&ME, f, &mode_and_times()).unwrap();
+    assert!(
+        t0.elapsed() < delay / 2,
+        "chmod took {:?}: it waited for the namespace log",
+        t0.elapsed()
+    );
+    assert_eq!(e.getattr(f).unwrap().perm, 0o600, "visible at once");
+    let cut = rig.cut_then(e, || rig.namespace_faults.delay_writes(Duration::ZERO));
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    assert_eq!(
+        lookup_path(&e, "f").unwrap().perm,
+        0o644,
+        "a chmod whose record never reached the device survived the crash: the test would \
+         show nothing"
+    );
+    e.shutdown().unwrap();
+
+    // A later close returned: kept.
+    let (rig, e) = Rig::start(Mode::Writeback);
+    reserve_ids(&e);
+    let (g, _) = write_file(&e, "g", b"g", true);
+    rig.namespace_faults
+        .delay_writes(Duration::from_millis(300));
+    let start = rig.now();
+    e.setattr(&ME, g, &mode_and_times()).unwrap();
+    write_file(&e, "next", b"next", true);
+    assert!(
+        !rig.durable_commit_since(start),
+        "the metadata store made the chmod durable: this test would show nothing"
+    );
+    let cut = rig.cut(e);
+    rig.namespace_faults.delay_writes(Duration::ZERO);
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    let got = lookup_path(&e, "g").unwrap();
+    assert_eq!(got.perm, 0o600, "chmod before a later close");
+    assert_eq!(got.mtime, UNIX_EPOCH + Duration::from_secs(MTIME_SECS));
+    assert_reads(&e, "next", b"next", "a kernel crash after close");
+
+    // Copies: one device wait per file (once the recovered mount has its id batches).
+    reserve_ids(&e);
+    let before = e.namespace_log_stats().unwrap();
+    let files = 10u64;
+    for i in 0..files {
+        let (ino, _) = write_file(&e, &format!("copy{i}"), b"copied", true);
+        e.setattr(&ME, ino, &mode_and_times()).unwrap();
+    }
+    let after = e.namespace_log_stats().unwrap();
+    assert_eq!(
+        after.device_waits - before.device_waits,
+        files,
+        "device waits for {files} copies (create, write, close, utimens and chmod)"
+    );
+    // A size change still waits.
+    let before = e.namespace_log_stats().unwrap();
+    let truncate = SetAttr {
+        size: Some(1),
+        ..Default::default()
+    };
+    e.setattr(&ME, got.ino, &truncate).unwrap();
+    assert_eq!(
+        e.namespace_log_stats().unwrap().device_waits - before.device_waits,
+        1,
+        "a truncate waits"
+    );
     e.shutdown().unwrap();
 }
 

@@ -12,26 +12,18 @@ use spoolfs_engine::{Attr, Caller, FileKind, SetAttr, TimeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use crate::ops::{
-    ACL_CAPABILITIES, EntryAnswer, LockArgs, MAX_BACKGROUND, MAX_READAHEAD_BYTES, MAX_WRITE_BYTES,
-    SpoolFs, WANTED_CAPABILITIES,
+    ACL_CAPABILITIES, BackingTable, EntryAnswer, LockArgs, MAX_BACKGROUND, MAX_READAHEAD_BYTES,
+    MAX_WRITE_BYTES, SpoolFs, WANTED_CAPABILITIES,
 };
 use tracing::debug;
 
 /// [`SpoolFs`] served by `fuser`.
 pub(crate) struct FuserFs {
     pub(crate) fs: SpoolFs,
-    backing: Mutex<Backing>,
-}
-
-/// Passthrough opens: one backing id per inode, shared by its open handles.
-#[derive(Default)]
-struct Backing {
-    by_ino: std::collections::HashMap<u64, (fuser::BackingId, usize)>,
-    by_fh: std::collections::HashMap<u64, u64>,
+    backing: BackingTable<fuser::BackingId>,
 }
 
 impl FuserFs {
@@ -51,44 +43,15 @@ impl FuserFs {
         open_flags: i32,
         reply: ReplyOpen,
     ) -> Option<ReplyOpen> {
-        if !self.fs.passthrough_allowed(open_flags) {
+        let backing = self
+            .backing
+            .open(&self.fs, ino, fh, open_flags, |f| reply.open_backing(f));
+        let Some(backing) = backing else {
             return Some(reply);
-        }
-        let mut guard = self.backing.lock().expect("backing ids");
-        let backing = &mut *guard;
-        let entry = match backing.by_ino.entry(ino) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let Some(file) = self.fs.passthrough_source(ino) else {
-                    return Some(reply);
-                };
-                match reply.open_backing(&file) {
-                    Ok(id) => v.insert((id, 0)),
-                    Err(e) => {
-                        self.fs.passthrough_refused(&e);
-                        return Some(reply);
-                    }
-                }
-            }
         };
-        entry.1 += 1;
         // Passthrough reads do not use the page cache: no cache flags with it.
-        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &entry.0);
-        backing.by_fh.insert(fh, ino);
+        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing.id());
         None
-    }
-
-    /// Drops a handle's share of its inode's backing id.
-    fn release_passthrough(&self, fh: u64) {
-        let mut backing = self.backing.lock().expect("backing ids");
-        if let Some(ino) = backing.by_fh.remove(&fh)
-            && let Some(entry) = backing.by_ino.get_mut(&ino)
-        {
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                backing.by_ino.remove(&ino);
-            }
-        }
     }
 }
 
@@ -456,7 +419,7 @@ impl Filesystem for FuserFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.release_passthrough(fh.0);
+        self.backing.release(fh.0);
         reply_empty(reply, self.fs.release(ino.0, fh.0, lock_owner.map(|o| o.0)));
     }
 

@@ -1,13 +1,16 @@
-//! The FUSE front end of spoolfs: a thin adapter from the kernel's FUSE protocol (through
-//! `fuser`) to [`spoolfs_engine::Engine`].
+//! The FUSE front end of spoolfs: a thin adapter from the kernel's FUSE protocol (over
+//! io_uring through `spoolfs-fuseuring`, or over /dev/fuse through `fuser`) to
+//! [`spoolfs_engine::Engine`].
 //!
 //! Every FUSE request becomes one engine call; engine errors become errnos with
 //! [`spoolfs_engine::FsError::errno`]. The adapter keeps no state of its own beyond the cache
-//! lifetimes (TTLs) it hands to the kernel.
+//! lifetimes (TTLs) it hands to the kernel and the passthrough registrations of open files.
 //!
 //! - [`SpoolFs`]: what each FUSE operation does, whatever the transport (`ops`); the
-//!   `fuser` transport (`fs`) decodes requests and encodes answers around it.
-//! - [`MountOptions`], [`FuseSession`], [`mount_foreground`], [`mount_background`]: mounting.
+//!   `fuser` adapter (`fs`) and the io_uring adapter (`uring`) decode requests and encode
+//!   answers around it.
+//! - [`MountOptions`], [`FuseSession`], [`mount_foreground`], [`mount_background`]: mounting;
+//!   [`FuseTransport`], [`uring_unavailable`]: which transport serves.
 //! - [`ask_request_sizes`], [`block_termination_signals`]: what every FUSE server here does
 //!   alike (the `nullfs` example too).
 //! - [`stats`]: per-operation request counts and latencies for the metrics.

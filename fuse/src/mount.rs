@@ -444,11 +444,8 @@ impl FuseSession {
         canonical: &Path,
         options: &MountOptions,
     ) -> Result<Self, MountError> {
-        if options.passthrough {
-            info!("FUSE passthrough is not offered over io_uring; reads are served by spoolfs");
-        }
         let notifier = fs.notifier_slot();
-        let fs = Arc::new(UringFs { fs });
+        let fs = Arc::new(UringFs::new(fs));
         let session =
             fuseuring::mount(fs.clone(), canonical, &options.uring_config()).map_err(|e| {
                 MountError::UringUnavailable {
@@ -458,9 +455,10 @@ impl FuseSession {
             })?;
         match session.notifier() {
             Ok(n) => {
+                let _ = fs.notifier.set(n.clone());
                 let _ = notifier.set(Box::new(n));
             }
-            Err(e) => warn!("no kernel cache notifications on this mount: {e}"),
+            Err(e) => warn!("no kernel cache notifications or passthrough on this mount: {e}"),
         }
         info!(
             mount_point = %canonical.display(),

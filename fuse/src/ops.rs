@@ -85,6 +85,90 @@ impl Invalidator for fuseuring::Notifier {
 /// Where the session's invalidator is put once the session exists.
 pub(crate) type NotifierSlot = Arc<std::sync::OnceLock<Box<dyn Invalidator>>>;
 
+/// Passthrough opens: one backing file registration per inode, shared by its open handles
+/// and dropped (`Id`'s drop unregisters it) with the last of them. `Id` is the transport's
+/// registration.
+pub(crate) struct BackingTable<Id> {
+    maps: std::sync::Mutex<BackingMaps<Id>>,
+}
+
+struct BackingMaps<Id> {
+    by_ino: std::collections::HashMap<u64, (Id, usize)>,
+    by_fh: std::collections::HashMap<u64, u64>,
+}
+
+impl<Id> Default for BackingTable<Id> {
+    fn default() -> Self {
+        BackingTable {
+            maps: std::sync::Mutex::new(BackingMaps {
+                by_ino: Default::default(),
+                by_fh: Default::default(),
+            }),
+        }
+    }
+}
+
+impl<Id> BackingTable<Id> {
+    /// For an open of `ino` with `open_flags` just given handle `fh`: when it can be passed
+    /// through (see [`SpoolFs::passthrough_allowed`]), the inode's registration, made with
+    /// `register` if it has none yet, counted for `fh`. `None`: serve it ourselves (a
+    /// refused registration turns passthrough off for the mount).
+    pub(crate) fn open(
+        &self,
+        fs: &SpoolFs,
+        ino: u64,
+        fh: u64,
+        open_flags: i32,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<Id>,
+    ) -> Option<BackingGuard<'_, Id>> {
+        if !fs.passthrough_allowed(open_flags) {
+            return None;
+        }
+        let mut maps = self.maps.lock().expect("backing ids");
+        let entry = match maps.by_ino.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let file = fs.passthrough_source(ino)?;
+                match register(&file) {
+                    Ok(id) => v.insert((id, 0)),
+                    Err(e) => {
+                        fs.passthrough_refused(&e);
+                        return None;
+                    }
+                }
+            }
+        };
+        entry.1 += 1;
+        maps.by_fh.insert(fh, ino);
+        Some(BackingGuard { maps, ino })
+    }
+
+    /// Drops a handle's share of its inode's registration.
+    pub(crate) fn release(&self, fh: u64) {
+        let mut maps = self.maps.lock().expect("backing ids");
+        if let Some(ino) = maps.by_fh.remove(&fh)
+            && let Some(entry) = maps.by_ino.get_mut(&ino)
+        {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                maps.by_ino.remove(&ino);
+            }
+        }
+    }
+}
+
+/// An inode's registration, while its table is held.
+pub(crate) struct BackingGuard<'a, Id> {
+    maps: std::sync::MutexGuard<'a, BackingMaps<Id>>,
+    ino: u64,
+}
+
+impl<Id> BackingGuard<'_, Id> {
+    pub(crate) fn id(&self) -> &Id {
+        &self.maps.by_ino[&self.ino].0
+    }
+}
+
 /// A name resolved to an inode, or (with `attr` None) a remembered miss.
 #[derive(Debug, Clone)]
 pub struct EntryAnswer {
@@ -418,8 +502,8 @@ impl SpoolFs {
         Ok(self.entry(attr))
     }
 
-    /// Opens a file. The transport may then answer a read-only open by passthrough (see
-    /// [`SpoolFs::passthrough_allowed`]).
+    /// Opens a file. The transport may then answer a read-only open of a cached file by
+    /// passthrough.
     pub fn open(&self, who: Caller, ino: u64, flags: i32) -> Result<OpenAnswer, Errno> {
         let (fh, keep_cache) = self.call(Op::Open, |e| e.open_file(&who, ino, flags))?;
         Ok(OpenAnswer {

@@ -1,9 +1,6 @@
 //! The io_uring transport (`fuseuring`, Linux 6.14+): [`SpoolFs`] behind
 //! `fuseuring::Filesystem`. Like the `fuser` adapter ([`crate::fs`]) it only decodes the
 //! arguments and encodes the answers of the operations in [`crate::ops`].
-//!
-//! Not offered on this transport: FUSE passthrough (reads are served by spoolfs; the mount
-//! logs it when `--passthrough auto` was asked for).
 
 use fuseuring::abi;
 use fuseuring::fs::{
@@ -16,12 +13,25 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ops::{
-    ACL_CAPABILITIES, EntryAnswer, LockArgs, OpenAnswer, SpoolFs, WANTED_CAPABILITIES,
+    ACL_CAPABILITIES, BackingTable, EntryAnswer, LockArgs, OpenAnswer, SpoolFs, WANTED_CAPABILITIES,
 };
 
 /// [`SpoolFs`] served by `fuseuring`.
 pub(crate) struct UringFs {
     pub(crate) fs: SpoolFs,
+    /// The session's connection, for passthrough registrations; set once the session exists.
+    pub(crate) notifier: std::sync::OnceLock<fuseuring::Notifier>,
+    backing: BackingTable<fuseuring::BackingId>,
+}
+
+impl UringFs {
+    pub(crate) fn new(fs: SpoolFs) -> Self {
+        UringFs {
+            fs,
+            notifier: Default::default(),
+            backing: Default::default(),
+        }
+    }
 }
 
 fn caller(c: RingCaller) -> Caller {
@@ -127,12 +137,16 @@ impl fuseuring::Filesystem for UringFs {
         if self.fs.wants_acl() && offered & ACL_CAPABILITIES == ACL_CAPABILITIES {
             wanted |= ACL_CAPABILITIES;
         }
+        if self.fs.wants_passthrough() {
+            wanted |= abi::FUSE_PASSTHROUGH;
+        }
         wanted
     }
 
     fn init(&self, granted: u64) {
         let posix_acl = granted & ACL_CAPABILITIES == ACL_CAPABILITIES;
-        self.fs.initialised(posix_acl, false, "uring");
+        let passthrough = granted & abi::FUSE_PASSTHROUGH != 0;
+        self.fs.initialised(posix_acl, passthrough, "uring");
     }
 
     fn lookup(&self, _caller: RingCaller, parent: u64, name: &OsStr) -> FsResult<Entry> {
@@ -248,7 +262,20 @@ impl fuseuring::Filesystem for UringFs {
     }
 
     fn open(&self, who: RingCaller, ino: u64, flags: u32) -> FsResult<Opened> {
-        self.fs.open(caller(who), ino, flags as i32).map(opened)
+        let o = self.fs.open(caller(who), ino, flags as i32)?;
+        if let Some(notifier) = self.notifier.get()
+            && let Some(backing) = self.backing.open(&self.fs, ino, o.fh, flags as i32, |f| {
+                notifier.open_backing(f)
+            })
+        {
+            // Passthrough reads do not use the page cache: no cache flags with it.
+            return Ok(Opened {
+                fh: o.fh,
+                open_flags: 0,
+                backing_id: backing.id().id(),
+            });
+        }
+        Ok(opened(o))
     }
 
     fn read(&self, ino: u64, fh: u64, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
@@ -278,6 +305,7 @@ impl fuseuring::Filesystem for UringFs {
     }
 
     fn release(&self, ino: u64, fh: u64, _flags: u32, lock_owner: Option<u64>) -> FsResult<()> {
+        self.backing.release(fh);
         self.fs.release(ino, fh, lock_owner)
     }
 

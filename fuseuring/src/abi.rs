@@ -79,6 +79,10 @@ pub const FUSE_INIT_EXT: u64 = 1 << 30;
 pub const FUSE_PASSTHROUGH: u64 = 1 << 37;
 pub const FUSE_OVER_IO_URING: u64 = 1 << 41;
 
+// ioctls on /dev/fuse: register (and drop) a backing file for FUSE passthrough.
+pub const FUSE_DEV_IOC_BACKING_OPEN: u64 = 0x4010_e501; // _IOW(229, 1, struct fuse_backing_map)
+pub const FUSE_DEV_IOC_BACKING_CLOSE: u64 = 0x4004_e502; // _IOW(229, 2, uint32_t)
+
 // Notifications (the `error` field of a reply with `unique` 0).
 pub const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
 
@@ -528,6 +532,15 @@ pub struct DirentplusHead {
     pub dirent: Dirent,
 }
 
+/// The argument of FUSE_DEV_IOC_BACKING_OPEN.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackingMap {
+    pub fd: i32,
+    pub flags: u32,
+    pub padding: u64,
+}
+
 /// FUSE_NOTIFY_INVAL_INODE: drop the cached attributes (and the pages in `off`..`off+len`,
 /// none when `off` is negative) of an inode.
 #[repr(C)]
@@ -614,6 +627,7 @@ plain! {
     InterruptIn = 8;
     Dirent = 24;
     NotifyInvalInodeOut = 24;
+    BackingMap = 16;
     MknodIn = 16;
     LinkIn = 8;
     SetxattrIn = 8;

@@ -6,16 +6,20 @@
 //!   transports.
 //! - [`fs`]: the [`Filesystem`] trait and its types; [`memfs::MemFs`]: an in-memory file
 //!   system implementing it.
-//! - [`mount`]: mount(2) on an open /dev/fuse, unmounting, the `enable_uring` switch.
+//! - [`mount`](mod@mount): mount(2) on an open /dev/fuse, unmounting, the `enable_uring`
+//!   switch.
 //! - [`session`]: the INIT handshake and the transports: [`session::mount`] returns a
-//!   running [`session::Session`].
+//!   running [`session::Session`]; its [`Notifier`] writes kernel-cache notifications and
+//!   registers passthrough backing files ([`BackingId`]).
 //!
 //! Over io_uring, after INIT is answered with `FUSE_OVER_IO_URING`, one thread per possible
 //! CPU owns a ring with a few entries, each a pair of buffers (headers, payload) registered
 //! with the kernel by a `FUSE_IO_URING_CMD_REGISTER` command; the completion of that
 //! command is a request, and the reply goes back in the same buffers with
 //! `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also waits for the next request. FORGET and
-//! INTERRUPT still come through /dev/fuse, read by one more thread.
+//! INTERRUPT still come through /dev/fuse, read by one more thread. A request answered after
+//! its handler returned (a lock that waits, through a [`fs::LateReply`]) is committed by its
+//! queue's thread once an eventfd the ring reads wakes it.
 
 pub mod abi;
 mod dev;
@@ -31,7 +35,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use fs::{Errno, Filesystem};
-pub use session::{Config, Notifier, Session, Transport, TransportChoice, mount};
+pub use session::{BackingId, Config, Notifier, Session, Transport, TransportChoice, mount};
 
 /// Why a mount could not be served.
 #[derive(Debug)]

@@ -179,9 +179,39 @@ impl Unmounter {
 
 /// Sends the kernel notifications about its caches (writes to /dev/fuse with `unique` 0),
 /// whichever transport serves the requests.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Notifier {
-    dev: FuseDev,
+    dev: Arc<FuseDev>,
+}
+
+/// A file registered with the kernel as the backing file of passthrough opens (Linux 6.9+,
+/// needs CAP_SYS_ADMIN); unregistered when dropped.
+#[derive(Debug)]
+pub struct BackingId {
+    id: i32,
+    dev: Arc<FuseDev>,
+}
+
+impl BackingId {
+    /// The id an open reply names (`Opened::backing_id`).
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+}
+
+impl Drop for BackingId {
+    fn drop(&mut self) {
+        let id = self.id as u32;
+        // SAFETY: the ioctl reads a u32 from a live local. A failure leaves the id registered
+        // until the connection ends: nothing to do about it here.
+        unsafe {
+            libc::ioctl(
+                self.dev.fd(),
+                abi::FUSE_DEV_IOC_BACKING_CLOSE as _,
+                &id as *const u32,
+            )
+        };
+    }
 }
 
 impl Notifier {
@@ -200,6 +230,31 @@ impl Notifier {
             unique: 0,
         };
         self.dev.write_reply(&[header.as_bytes(), body.as_bytes()])
+    }
+
+    /// Registers `file` as a backing file for passthrough opens (the session must have been
+    /// granted FUSE_PASSTHROUGH at INIT).
+    pub fn open_backing(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
+        use std::os::fd::AsRawFd;
+        let map = abi::BackingMap {
+            fd: file.as_raw_fd(),
+            ..Default::default()
+        };
+        // SAFETY: the ioctl reads a BackingMap from a live local.
+        let id = unsafe {
+            libc::ioctl(
+                self.dev.fd(),
+                abi::FUSE_DEV_IOC_BACKING_OPEN as _,
+                &map as *const abi::BackingMap,
+            )
+        };
+        if id < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(BackingId {
+            id,
+            dev: self.dev.clone(),
+        })
     }
 }
 
@@ -230,7 +285,7 @@ impl Session {
     /// A notifier on this session's connection.
     pub fn notifier(&self) -> std::io::Result<Notifier> {
         Ok(Notifier {
-            dev: self.dev.try_clone()?,
+            dev: Arc::new(self.dev.try_clone()?),
         })
     }
 
@@ -495,6 +550,12 @@ fn answer_init<F: Filesystem>(
         max_write: config.max_write,
         time_gran: 1,
         max_pages: (config.max_write / 4096) as u16,
+        // Passthrough files may not be FUSE files themselves (the kernel's stack limit).
+        max_stack_depth: if flags & abi::FUSE_PASSTHROUGH != 0 {
+            1
+        } else {
+            0
+        },
         ..Default::default()
     };
     let reply = abi::OutHeader {

@@ -37,6 +37,22 @@ impl AlignedBuf {
         self.len
     }
 
+    /// Bytes allocated: the most [`AlignedBuf::set_len`] accepts.
+    pub fn capacity(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Uses the first `len` bytes of the allocation (its contents are kept: zeros only if
+    /// nothing was written there since [`AlignedBuf::new`]).
+    pub fn set_len(&mut self, len: usize) {
+        assert!(
+            len <= self.capacity(),
+            "{len} bytes in a buffer of {}",
+            self.capacity()
+        );
+        self.len = len;
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: ptr is valid for len initialised bytes, owned by self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
@@ -76,6 +92,11 @@ pub(crate) struct BufPool {
     pub fixed_reads: AtomicU64,
     /// Buffers asked for that did not come from the pool (too large, or none free).
     pub misses: AtomicU64,
+    /// Record buffers larger than `buf_size`, written and given back, kept for the next
+    /// large record (at most [`LARGE_KEEP_BYTES`] in all).
+    large: parking_lot::Mutex<Vec<AlignedBuf>>,
+    /// Large record buffers that came from `large` instead of a fresh allocation.
+    pub large_reused: AtomicU64,
 }
 
 // SAFETY: `base` points into `map`, which the pool owns; each buffer is handed out to one
@@ -86,6 +107,12 @@ unsafe impl Sync for BufPool {}
 
 /// Most buffers a pool holds (buffer indexes are `u16`, as io_uring's `buf_index`).
 pub(crate) const MAX_POOL_BUFFERS: usize = 1 << 16;
+
+/// Bytes of record buffers too large for the pool that each pool keeps for reuse once their
+/// record is written (a large sequential write stages a 16 MiB record after another; a fresh
+/// buffer for each costs a page fault and a page zeroing per 4 KiB, about as much CPU as
+/// copying the data in).
+pub(crate) const LARGE_KEEP_BYTES: usize = 64 << 20;
 
 impl BufPool {
     /// `count` buffers of `buf_size` bytes (a positive multiple of [`BUF_ALIGN`]).
@@ -116,6 +143,8 @@ impl BufPool {
             fixed_writes: AtomicU64::new(0),
             fixed_reads: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            large: parking_lot::Mutex::new(Vec::new()),
+            large_reused: AtomicU64::new(0),
         })
     }
 
@@ -167,11 +196,40 @@ impl PoolBuf {
     }
 }
 
+/// A record buffer too large for its pool's buffers, given back to the pool's list of
+/// large buffers when dropped (if the list has room).
+pub(crate) struct LargeBuf {
+    buf: Option<AlignedBuf>,
+    pool: Arc<BufPool>,
+}
+
+impl Drop for LargeBuf {
+    fn drop(&mut self) {
+        let Some(buf) = self.buf.take() else { return };
+        let mut kept = self.pool.large.lock();
+        let bytes: usize = kept.iter().map(AlignedBuf::capacity).sum();
+        if bytes + buf.capacity() <= LARGE_KEEP_BYTES {
+            kept.push(buf);
+        }
+    }
+}
+
+impl LargeBuf {
+    fn get(&self) -> &AlignedBuf {
+        self.buf.as_ref().expect("taken only when dropped")
+    }
+
+    fn get_mut(&mut self) -> &mut AlignedBuf {
+        self.buf.as_mut().expect("taken only when dropped")
+    }
+}
+
 /// An aligned I/O buffer: from the engine thread's pool when the request fits and a buffer
-/// is free, else a fresh heap allocation.
+/// is free, else a fresh heap allocation (or, for a record, a large buffer used before).
 pub(crate) enum IoBuf {
     Heap(AlignedBuf),
     Pool(PoolBuf),
+    Large(LargeBuf),
 }
 
 impl IoBuf {
@@ -193,10 +251,44 @@ impl IoBuf {
         IoBuf::Heap(AlignedBuf::new(len, BUF_ALIGN))
     }
 
+    /// A buffer for a record of `len` bytes, which the caller writes whole: as
+    /// [`IoBuf::new`], but a record too large for the pool takes a large buffer given back
+    /// by an earlier record when one is big enough, and goes back to the pool's list when
+    /// dropped. Its contents are NOT zeroed.
+    pub fn for_record(pool: Option<&Arc<BufPool>>, len: usize) -> IoBuf {
+        let Some(pool) = pool.filter(|p| len > p.buf_size) else {
+            return IoBuf::new(pool, len);
+        };
+        let reused = {
+            let mut kept = pool.large.lock();
+            // The smallest that fits, so that a larger one stays for a larger record.
+            let best = (0..kept.len())
+                .filter(|&i| kept[i].capacity() >= len)
+                .min_by_key(|&i| kept[i].capacity());
+            best.map(|i| kept.swap_remove(i))
+        };
+        let buf = match reused {
+            Some(mut b) => {
+                pool.large_reused.fetch_add(1, Ordering::Relaxed);
+                b.set_len(len);
+                b
+            }
+            None => {
+                pool.misses.fetch_add(1, Ordering::Relaxed);
+                AlignedBuf::new(len, BUF_ALIGN)
+            }
+        };
+        IoBuf::Large(LargeBuf {
+            buf: Some(buf),
+            pool: pool.clone(),
+        })
+    }
+
     pub fn len(&self) -> usize {
         match self {
             IoBuf::Heap(b) => b.len(),
             IoBuf::Pool(p) => p.len,
+            IoBuf::Large(l) => l.get().len(),
         }
     }
 
@@ -206,6 +298,7 @@ impl IoBuf {
             // SAFETY: the buffer is len <= buf_size initialised bytes inside the mapping,
             // owned by this PoolBuf until it is dropped.
             IoBuf::Pool(p) => unsafe { std::slice::from_raw_parts(p.ptr(), p.len) },
+            IoBuf::Large(l) => l.get().as_slice(),
         }
     }
 
@@ -214,6 +307,7 @@ impl IoBuf {
             IoBuf::Heap(b) => b.as_mut_slice(),
             // SAFETY: as above, and &mut self makes the access exclusive.
             IoBuf::Pool(p) => unsafe { std::slice::from_raw_parts_mut(p.ptr(), p.len) },
+            IoBuf::Large(l) => l.get_mut().as_mut_slice(),
         }
     }
 }

@@ -28,7 +28,10 @@
 //! request is done), and the thread writes it with `WRITE_FIXED`; reads fill pool buffers
 //! with `READ_FIXED`. A record larger than a pool buffer, or one that finds every buffer in
 //! use, gets a temporary aligned allocation and plain `WRITE`/`READ` instead
-//! ([`StagingUsage::pool_misses`]). If the kernel refuses the registration (locked-memory
+//! ([`StagingUsage::pool_misses`]); a record larger than a pool buffer takes one an earlier
+//! large record gave back, when one is big enough (up to 64 MiB of them kept per thread,
+//! [`StagingUsage::large_reused`]), so that a large sequential write does not fault in and
+//! zero a fresh buffer for every record. If the kernel refuses the registration (locked-memory
 //! limit, old kernel) the pool is used unregistered, with a log line; the psync engine
 //! always uses it unregistered.
 //!
@@ -419,6 +422,9 @@ pub struct StagingUsage {
     /// Appends and reads that could not take a pool buffer (record larger than a pool
     /// buffer, or every buffer in use) and used a temporary allocation.
     pub pool_misses: u64,
+    /// Records larger than a pool buffer written from a large buffer an earlier record gave
+    /// back (not counted in `pool_misses`).
+    pub large_reused: u64,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -983,8 +989,9 @@ impl StagingLog {
         }
         let hlen = record_header_len(header.len, align) as usize;
         let t = (header.ino % self.senders.len() as u64) as usize;
-        // Built directly in a buffer of the engine thread's pool when one is free.
-        let mut buf = IoBuf::new(self.pools.get(t), size as usize);
+        // Built directly in a buffer of the engine thread's pool when one is free (a large
+        // record in a large buffer an earlier one gave back, when there is one).
+        let mut buf = IoBuf::for_record(self.pools.get(t), size as usize);
         {
             let b = buf.as_mut_slice();
             let (head, rest) = b.split_at_mut(hlen);
@@ -1161,6 +1168,7 @@ impl StagingLog {
             fixed_writes: pool_sum(|p| &p.fixed_writes),
             fixed_reads: pool_sum(|p| &p.fixed_reads),
             pool_misses: pool_sum(|p| &p.misses),
+            large_reused: pool_sum(|p| &p.large_reused),
         }
     }
 

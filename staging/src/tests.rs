@@ -545,7 +545,11 @@ fn staging_pool_uses_fixed_buffers() {
     let big = random_bytes(77, 100_000);
     let loc = log.append(&hdr(9, 77, big.len()), &big, true).unwrap();
     let u = log.usage();
-    assert_eq!((u.fixed_writes, u.pool_misses), (160, 1), "{u:?}");
+    assert_eq!(
+        (u.fixed_writes, u.pool_misses, u.large_reused),
+        (160, 1, 0),
+        "{u:?}"
+    );
     assert_eq!(read_all(&log, &loc), big);
     assert_eq!(log.usage().fixed_reads, 160);
     // A read of the tail of the big record fits a pool buffer again.
@@ -554,12 +558,28 @@ fn staging_pool_uses_fixed_buffers() {
     assert_eq!(&part[..], &big[99_000..99_100]);
     let u = log.usage();
     assert!(u.fixed_reads > 160, "{u:?}");
+    // The next large records of that thread reuse its buffer, which holds the previous
+    // record: a shorter one must still read back exactly (header, data and padding written).
+    let mut larger = Vec::new();
+    for (i, len) in [90_000usize, 99_999, 100_000].into_iter().enumerate() {
+        let data = random_bytes(100 + i as u64, len);
+        let at = log
+            .append(&hdr(9, 100 + i as u64, len), &data, true)
+            .unwrap();
+        larger.push((at, data));
+    }
+    let u = log.usage();
+    // The second miss is the read of the first big record (reads never reuse them).
+    assert_eq!((u.pool_misses, u.large_reused), (2, 3), "{u:?}");
+    for (at, data) in &larger {
+        assert_eq!(&read_all(&log, at), data);
+    }
 
     // Everything survives a reopen (replay checks every CRC, padding included).
     log.sync().unwrap();
     drop(log);
     let (log, replayed) = StagingLog::open(cfg(dir.path(), IoEngineKind::Uring)).unwrap();
-    assert_eq!(replayed.len(), locs.len() + 1);
+    assert_eq!(replayed.len(), locs.len() + 1 + larger.len());
     for r in &replayed {
         assert_eq!(
             read_all(&log, &r.loc),

@@ -258,6 +258,9 @@ impl Worker {
             };
             let ok = result.is_ok();
             let size = p.buf.len() as u64;
+            // The buffer goes back to its pool before the caller hears of it, so that the
+            // caller's next record finds it free.
+            drop(p.buf);
             if ok {
                 self.shared.note_live(p.segment, p.offset);
                 self.shared.live_bytes.fetch_add(size, Ordering::Relaxed);

@@ -46,7 +46,7 @@ pub struct MountArgs {
     /// Stay in the foreground (do not daemonise); logs go to stderr or --log-file.
     #[arg(long, short = 'f')]
     pub foreground: bool,
-    /// Threads serving FUSE requests.
+    /// Threads serving FUSE requests over /dev/fuse (over io_uring: one per CPU).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = parse_threads)]
     pub fuse_threads: usize,
     /// How long the kernel may cache file attributes, in seconds (0 to 86400), or auto: an

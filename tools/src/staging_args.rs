@@ -65,6 +65,12 @@ pub struct StagingArgs {
     /// uploaders need not read it back from the staging device (0: always read it back).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub upload_buffer: u64,
+    /// While writes keep arriving (data staged within the last `--upload-delay`), uploads
+    /// wait until this many bytes are staged (or the oldest has waited 10 s), so that a
+    /// burst of writes (a checkpoint) has the staging disk and the CPUs to itself; at most
+    /// half of `--max-staging` (0: uploads start at once).
+    #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_size)]
+    pub upload_hold: u64,
     /// A staging write not acknowledged by the device within this many seconds is given up
     /// and its data uploaded directly (a stalled or very slow staging device).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
@@ -162,6 +168,7 @@ impl StagingArgs {
             pack_size: self.pack_size as usize,
             upload_limit: self.upload_limit,
             upload_buffer: self.upload_buffer,
+            upload_hold: self.upload_hold,
             staging_timeout: self.staging_timeout,
             // Test mounts inject staging faults through the environment (see docs/ARCHITECTURE.md).
             faults: match std::env::var("SPOOLFS_STAGING_FAULTS") {
@@ -210,6 +217,7 @@ impl StagingArgs {
             format!("--max-deletes={}", self.max_deletes),
             format!("--upload-limit={}", self.upload_limit),
             format!("--upload-buffer={}", self.upload_buffer),
+            format!("--upload-hold={}", self.upload_hold),
             format!("--staging-timeout={}", self.staging_timeout.as_secs_f64()),
         ];
         if let Some(n) = self.engine_threads {

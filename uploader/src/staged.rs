@@ -112,12 +112,19 @@ impl Staged {
     }
 }
 
+/// The longest a staged slice waits for a burst of writes to end (see
+/// [`StagedSet::burst_wait`]): a writer that never pauses still has its data uploaded.
+pub const BURST_MAX_WAIT: Duration = Duration::from_secs(10);
+
 /// The in-memory mirror of the `T` records, and the upload queue (oldest first).
 #[derive(Default)]
 pub struct StagedSet {
     pub map: HashMap<u64, Staged>,
     pub queue: VecDeque<u64>,
     pub bytes: u64,
+    /// When a slice was last added ([`now_ns`]): writes still arriving hold uploads back
+    /// (see [`StagedSet::burst_wait`]).
+    pub last_added_ns: i64,
     /// Slices an uploader is working on.
     pub busy: usize,
     pub upload_errors: u64,
@@ -174,6 +181,27 @@ impl StagedSet {
             }
         }
         Some(Duration::from_nanos((delay.as_nanos() - age_ns) as u64))
+    }
+
+    /// How long uploads wait for a burst of writes to end: `None` now. While slices keep
+    /// arriving (the last one added less than `delay` ago) and fewer than `hold` bytes are
+    /// staged, the writes get the staging disk and the CPUs to themselves; a slice another
+    /// mount asked for ends the wait. `hold` 0 or `delay` zero: no wait.
+    pub(crate) fn burst_wait(&self, delay: Duration, hold: u64) -> Option<Duration> {
+        if hold == 0 || delay.is_zero() || self.bytes >= hold || !self.urgent.is_empty() {
+            return None;
+        }
+        let now = now_ns();
+        let head = self.map.get(self.queue.front()?)?;
+        let head_age = (now - head.rec.staged_ns).max(0) as u128;
+        if head_age >= BURST_MAX_WAIT.as_nanos() {
+            return None;
+        }
+        let since = (now - self.last_added_ns).max(0) as u128;
+        (since < delay.as_nanos()).then(|| {
+            let left = (delay.as_nanos() - since).min(BURST_MAX_WAIT.as_nanos() - head_age);
+            Duration::from_nanos(left as u64)
+        })
     }
 
     /// Whether the oldest queued slice is younger than `max_age`.
@@ -262,5 +290,53 @@ mod tests {
         assert_eq!(set.queue, [3, 1, 2]);
         assert!(!set.prioritise(9), "not queued");
         assert_eq!(set.queue, [3, 1, 2]);
+    }
+
+    #[test]
+    fn uploads_wait_for_a_burst_of_writes_to_end_or_fill_the_hold() {
+        let mut set = StagedSet::default();
+        let delay = Duration::from_secs(60);
+        let hold = 64 << 20;
+        for id in 1..=3 {
+            set.map.insert(id, staged(16 << 20));
+            set.queue.push_back(id);
+            set.bytes += 16 << 20;
+        }
+        set.last_added_ns = now_ns();
+        let wait = set
+            .burst_wait(delay, hold)
+            .expect("writes still arriving: wait");
+        assert!(wait <= delay, "{wait:?}");
+        assert_eq!(
+            set.burst_wait(Duration::ZERO, hold),
+            None,
+            "no delay, no wait"
+        );
+        assert_eq!(set.burst_wait(delay, 0), None, "no hold, no wait");
+        assert_eq!(
+            set.burst_wait(delay, 48 << 20),
+            None,
+            "the hold is full: upload while the writes go on"
+        );
+        set.last_added_ns = now_ns() - 61_000_000_000;
+        assert_eq!(
+            set.burst_wait(delay, hold),
+            None,
+            "the writes ended: upload"
+        );
+        set.last_added_ns = now_ns();
+        set.map.get_mut(&1).unwrap().rec.staged_ns -= BURST_MAX_WAIT.as_nanos() as i64;
+        assert_eq!(
+            set.burst_wait(delay, hold),
+            None,
+            "the oldest slice waited long enough: upload while the writes go on"
+        );
+        set.map.get_mut(&1).unwrap().rec.staged_ns = now_ns();
+        assert!(set.prioritise(2));
+        assert_eq!(
+            set.burst_wait(delay, hold),
+            None,
+            "a slice another mount waits for goes now"
+        );
     }
 }

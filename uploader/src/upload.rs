@@ -69,9 +69,17 @@ pub fn run_uploader<C: Catalog>(catalog: Weak<C>, up: Arc<Uploader>) {
                 }
                 continue;
             }
-            // Let small slices gather into one pack, unless somebody waits for them.
+            // Let small slices gather into one pack, and a burst of writes end (or fill
+            // the upload hold), unless somebody waits for them.
+            let delay = up.opts.upload_delay;
             if up.draining.load(Ordering::Acquire) == 0
-                && let Some(wait) = set.wait_needed(up.opts.upload_delay, up.opts.pack_size)
+                && let Some(wait) = [
+                    set.wait_needed(delay, up.opts.pack_size),
+                    set.burst_wait(delay, up.opts.upload_hold),
+                ]
+                .into_iter()
+                .flatten()
+                .max()
             {
                 up.cv
                     .wait_for(&mut set, wait.min(Duration::from_millis(200)));
@@ -410,6 +418,7 @@ mod died_while_uploading {
             upload_limit: 0,
             namespace: None,
             upload_buffer: 0,
+            upload_hold: 0,
             node_id: 0,
         };
         let up = Uploader::new(opts, storage.clone(), 4);

@@ -45,6 +45,11 @@ pub struct UploadOptions {
     /// Most bytes of just-staged slices kept in memory for the uploaders, which otherwise
     /// read them back from the staging device (`--upload-buffer`).
     pub upload_buffer: u64,
+    /// While writes keep arriving (a slice staged less than `upload_delay` ago), uploads wait
+    /// until this many bytes are staged (or the oldest has waited
+    /// [`crate::staged::BURST_MAX_WAIT`]), so that a burst of writes (a checkpoint) has the
+    /// staging disk and the CPUs to itself (`--upload-hold`; 0: uploads start at once).
+    pub upload_hold: u64,
     /// This node's id in the `owner` field of the `T` records it writes (0 on an exclusive
     /// store, where every staged slice is this mount's).
     pub node_id: u64,
@@ -250,6 +255,9 @@ impl Uploader {
             set.queue.push_back(*id);
             set.bytes += s.rec.size as u64;
         }
+        if !staged.is_empty() {
+            set.last_added_ns = crate::staged::now_ns();
+        }
         // Uploaders look again at least every 200 ms and hold small slices back for the
         // upload delay anyway: waking them on every close would cost two context switches per
         // fsync on a small machine. Wake them when the wait starts (first slice queued), when
@@ -274,13 +282,16 @@ impl Uploader {
     /// Keeps slice `id`'s data, just staged, in memory for its uploader, if the upload buffer
     /// has room; call before [`Uploader::add`] lists the slice. The data is the caller's own
     /// buffer, moved, not copied.
-    pub fn keep_for_upload(&self, id: u64, data: Vec<u8>) {
+    /// Gives the buffer back when the upload buffer has no room for it.
+    pub fn keep_for_upload(&self, id: u64, data: Vec<u8>) -> Option<Vec<u8>> {
         let mut set = self.set.lock();
         let len = data.len() as u64;
-        if set.resident_bytes + len <= self.opts.upload_buffer {
-            set.resident_bytes += len;
-            set.resident.insert(id, data);
+        if set.resident_bytes + len > self.opts.upload_buffer {
+            return Some(data);
         }
+        set.resident_bytes += len;
+        set.resident.insert(id, data);
+        None
     }
 
     /// The in-memory data of slice `id`, if it is still kept.
