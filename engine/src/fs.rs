@@ -472,15 +472,14 @@ impl Engine {
         state: &Arc<RwLock<FileState>>,
     ) -> Result<Attr> {
         let mut state = state.write();
-        // Settle buffered data first so sizes and times below apply on top of it.
-        self.write.flush_locked(ino, &mut state, false)?;
         let chunk_size = self.chunk_size();
         // Writeback on an exclusive volume: an attribute change of a regular file (not a size
         // change, which frees data) returns once its namespace record is submitted, as a
         // create does; the file's close, an fsync, any later call that waits for the namespace
-        // log (the log is ordered) or the next checkpoint waits for it. `cp -p`, `tar x` and
-        // pip set the times and mode of each file after closing it: they wait once per file,
-        // not thrice. A directory's or a link's change has no close to carry it, and waits.
+        // log (the log is ordered) or the next checkpoint waits for it. `tar x` and `cp -p`
+        // set the times, owner and mode of each file through its descriptor before closing
+        // it, pip after closing it: either way one wait per file, at its close, not four. A
+        // directory's or a link's change has no close to carry it, and waits.
         let defer = match (set.size, self.write.deferring_log()) {
             (None, Some(wal))
                 if self.view(|r| schema::must_inode(r, ino))?.kind == FileKind::File =>
@@ -489,22 +488,28 @@ impl Engine {
             }
             _ => None,
         };
-        let rec = match defer {
-            None => self.update(|t| namespace::setattr(t, caller, ino, set, chunk_size))?,
-            Some(wal) => {
-                let (rec, seq) = self.meta.guarded(|| {
-                    let mut changed = None;
-                    let seq = wal.update_deferred(&mut |t| {
-                        changed = Some(namespace::setattr(t, caller, ino, set, chunk_size)?);
-                        Ok(())
-                    })?;
-                    Ok((changed.expect("update ran"), seq))
-                })?;
-                state.note_unlogged(seq);
-                rec
-            }
+        let Some(wal) = defer else {
+            // Settle buffered data first so sizes and times below apply on top of it.
+            self.write.flush_locked(ino, &mut state, false)?;
+            let rec = self.update(|t| namespace::setattr(t, caller, ino, set, chunk_size))?;
+            return Ok(to_attr(ino, &rec, self.blksize()));
         };
-        Ok(to_attr(ino, &rec, self.blksize()))
+        // Buffered data stays buffered: the change leaves size and data alone, and the flush
+        // that commits the data keeps what the change wrote (it rewrites only size and times,
+        // taken from the overlay, which takes the change's times here).
+        let (rec, seq) = self.meta.guarded(|| {
+            let mut changed = None;
+            let seq = wal.update_deferred(&mut |t| {
+                changed = Some(namespace::setattr(t, caller, ino, set, chunk_size)?);
+                Ok(())
+            })?;
+            Ok((changed.expect("update ran"), seq))
+        })?;
+        state.note_unlogged(seq);
+        // The next write reads the permission bits and capabilities this change may have set.
+        state.forget_known();
+        state.take_attr_change(set.mtime.is_some(), rec.mtime_ns, rec.ctime_ns);
+        Ok(overlaid(to_attr(ino, &rec, self.blksize()), &state))
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {

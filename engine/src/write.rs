@@ -158,6 +158,18 @@ impl FileState {
         }
     }
 
+    /// An attribute change committed while writes are buffered: the flush that commits them
+    /// writes the overlay's times, so they take the change's (mtime only if it set one; ctime
+    /// never goes back).
+    pub(crate) fn take_attr_change(&mut self, set_mtime: bool, mtime_ns: i64, ctime_ns: i64) {
+        if let Some(ov) = self.overlay.as_mut() {
+            if set_mtime {
+                ov.mtime_ns = mtime_ns;
+            }
+            ov.ctime_ns = ov.ctime_ns.max(ctime_ns);
+        }
+    }
+
     /// The inode changed here: the next write reads it.
     pub(crate) fn forget_known(&mut self) {
         self.known = None;

@@ -1013,6 +1013,76 @@ fn an_attribute_change_survives_a_kernel_crash_once_a_later_call_waits() {
         files,
         "device waits for {files} copies (create, write, close, utimens and chmod)"
     );
+    // `tar x` and `cp -p`: times, owner and mode set through the open descriptor, data
+    // still buffered, then the close: one wait, and the close commits the data under them.
+    e.shutdown().unwrap();
+    let (rig, e) = Rig::start(Mode::Writeback);
+    reserve_ids(&e);
+    let before = e.namespace_log_stats().unwrap();
+    let mut extracted = Vec::new();
+    for i in 0..files {
+        let name = format!("tar{i}");
+        let data = random_bytes(70 + i, 5000 + i as usize);
+        let (a, fh) = e
+            .create(&ME, ROOT_INO, name.as_bytes(), 0o600, libc::O_WRONLY)
+            .unwrap();
+        e.write(&ME, a.ino, fh, 0, &data).unwrap();
+        let through_fd = |change: SetAttr| {
+            let got = e
+                .setattr(
+                    &ME,
+                    a.ino,
+                    &SetAttr {
+                        fh: Some(fh),
+                        ..change
+                    },
+                )
+                .unwrap();
+            assert_eq!(got.size, data.len() as u64, "the buffered size shows");
+        };
+        through_fd(SetAttr {
+            mtime: Some(TimeSet::At(UNIX_EPOCH + Duration::from_secs(MTIME_SECS))),
+            ..Default::default()
+        });
+        through_fd(SetAttr {
+            uid: Some(4321),
+            gid: Some(8765),
+            ..Default::default()
+        });
+        through_fd(SetAttr {
+            mode: Some(0o640),
+            ..Default::default()
+        });
+        e.flush(a.ino, fh).unwrap();
+        e.release(a.ino, fh).unwrap();
+        extracted.push((name, data));
+    }
+    let after = e.namespace_log_stats().unwrap();
+    assert_eq!(
+        after.device_waits - before.device_waits,
+        files,
+        "device waits for {files} extracted files (create, write, utimens, chown, chmod, close)"
+    );
+    for (name, data) in &extracted {
+        assert_reads(&e, name, data, "the close");
+    }
+    let cut = rig.cut(e);
+    let e = rig.recover(&cut, Failure::KernelCrash, Mode::Writeback);
+    for (name, data) in &extracted {
+        assert_reads(&e, name, data, "a kernel crash after tar x");
+        let got = lookup_path(&e, name).unwrap();
+        assert_eq!(
+            (got.perm, got.uid, got.gid),
+            (0o640, 4321, 8765),
+            "{name}: mode and owner set before the close"
+        );
+        assert_eq!(
+            got.mtime,
+            UNIX_EPOCH + Duration::from_secs(MTIME_SECS),
+            "{name}: the mtime set before the close, not the buffered write's"
+        );
+    }
+    let got = lookup_path(&e, "tar0").unwrap();
     // A size change still waits.
     let before = e.namespace_log_stats().unwrap();
     let truncate = SetAttr {
