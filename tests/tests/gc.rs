@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::time::Duration;
 
-const FILES: usize = 400;
+// Enough small files to fill at least 8 packs of 64 KiB when they are all uploaded at once
+// (a `spoolfs sync` right after the writes packs them full).
+const FILES: usize = 600;
 
 fn content(i: usize) -> Vec<u8> {
     let line = format!("file {i} of the gc test\n");
