@@ -141,25 +141,34 @@ fn a_close_does_not_wait_for_the_database_flush_and_fsync_does() {
     for (name, data) in &files {
         small_file(name, data, false);
     }
-    assert_eq!(
-        waited() - before,
-        0,
-        "creates and closes waited for the flush"
+    // The mount's own background (a session heartbeat, a lease renewal: they wait) may land
+    // in the loop; the creates and closes themselves would be 60.
+    let during_loop = waited() - before;
+    assert!(
+        during_loop <= 2,
+        "{during_loop} waited commits for 30 creates and closes"
     );
     let before = waited();
-    let synced = small_file("synced", b"fsync me", true);
-    assert_eq!(
-        waited() - before,
-        1,
-        "an fsync's commit waits for the flush"
+    let mut synced = 0;
+    for i in 0..5 {
+        synced = small_file(&format!("synced{i}"), b"fsync me", true);
+    }
+    assert!(
+        waited() - before >= 5,
+        "an fsync's commit waits for the flush: {} for 5",
+        waited() - before
     );
+    // fsync of a file with nothing to commit: an explicit flush each (the checkpoint may
+    // add one a second).
     let fh = engine.open(&caller, synced, libc::O_RDWR).unwrap();
     let flushes = meta.stats().flushes;
-    engine.fsync(synced, fh, false).unwrap();
-    assert_eq!(
-        meta.stats().flushes - flushes,
-        1,
-        "fsync of a clean file flushes"
+    for _ in 0..10 {
+        engine.fsync(synced, fh, false).unwrap();
+    }
+    assert!(
+        meta.stats().flushes - flushes >= 10,
+        "fsync of a clean file flushes: {} for 10",
+        meta.stats().flushes - flushes
     );
     engine.release(synced, fh).unwrap();
     // Another node sees every file at once, with its size (its data is still staged here).
