@@ -379,6 +379,23 @@ impl Engine {
         self.meta.update(f)
     }
 
+    /// [`Self::update`] through the namespace log without waiting for its record
+    /// ([`crate::wal::WalStore::update_deferred`]): `f`'s result and the number to wait for.
+    fn update_deferred<T>(
+        &self,
+        wal: &crate::wal::WalStore,
+        mut f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
+    ) -> Result<(T, u64)> {
+        self.meta.guarded(|| {
+            let mut out = None;
+            let seq = wal.update_deferred(&mut |t| {
+                out = Some(f(t)?);
+                Ok(())
+            })?;
+            Ok((out.expect("update ran"), seq))
+        })
+    }
+
     /// Attributes of an inode read earlier as `rec`. For an open file the record is read again
     /// under the file's state lock, so that a flush committing between the two reads cannot
     /// make a stale size pass for the current one.
@@ -497,13 +514,8 @@ impl Engine {
         // Buffered data stays buffered: the change leaves size and data alone, and the flush
         // that commits the data keeps what the change wrote (it rewrites only size and times,
         // taken from the overlay, which takes the change's times here).
-        let (rec, seq) = self.meta.guarded(|| {
-            let mut changed = None;
-            let seq = wal.update_deferred(&mut |t| {
-                changed = Some(namespace::setattr(t, caller, ino, set, chunk_size)?);
-                Ok(())
-            })?;
-            Ok((changed.expect("update ran"), seq))
+        let (rec, seq) = self.update_deferred(&wal, |t| {
+            namespace::setattr(t, caller, ino, set, chunk_size)
         })?;
         state.note_unlogged(seq);
         // The next write reads the permission bits and capabilities this change may have set.
@@ -586,15 +598,10 @@ impl Engine {
                 let (rec, prec) = self.update(body)?;
                 (rec, prec, 0)
             }
-            Some(wal) => self.meta.guarded(|| {
-                let mut made = None;
-                let seq = wal.update_deferred(&mut |t| {
-                    made = Some(body(t)?);
-                    Ok(())
-                })?;
-                let (rec, prec) = made.expect("update ran");
-                Ok((rec, prec, seq))
-            })?,
+            Some(wal) => {
+                let ((rec, prec), seq) = self.update_deferred(&wal, body)?;
+                (rec, prec, seq)
+            }
         };
         if let Some(prec) = prec {
             self.note_own_dir_attrs(parent, prec);

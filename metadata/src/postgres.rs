@@ -553,6 +553,16 @@ impl PgStore {
         }
     }
 
+    /// Returns a connection after use; a broken one is dropped and its slot freed.
+    fn put_back(&self, conn: Conn, broken: bool) {
+        if broken {
+            drop(conn);
+            self.forget_one();
+        } else {
+            self.give_back(conn);
+        }
+    }
+
     fn forget_one(&self) {
         let mut open = self.open.lock();
         *open = open.saturating_sub(1);
@@ -585,13 +595,7 @@ impl PgStore {
                 }
                 Err(e) => Failure::from_pg(&e),
             };
-            match failure {
-                Failure::Broken(_) => {
-                    drop(conn);
-                    self.forget_one();
-                }
-                _ => self.give_back(conn),
-            }
+            self.put_back(conn, matches!(failure, Failure::Broken(_)));
             match failure {
                 Failure::Conflict(_) if attempt < self.options.retries => {
                     attempt += 1;
@@ -657,13 +661,7 @@ impl PgStore {
                 (Some(Failure::Broken(_) | Failure::Refused(_)), _) => txn.forget_used(true),
             }
             drop(txn);
-            match failure {
-                Some(Failure::Broken(_)) => {
-                    drop(conn);
-                    self.forget_one();
-                }
-                _ => self.give_back(conn),
-            }
+            self.put_back(conn, matches!(failure, Some(Failure::Broken(_))));
             optimistic = false;
             match (failure, result) {
                 (Some(Failure::Stale), _) => {
