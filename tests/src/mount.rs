@@ -59,7 +59,11 @@ fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 /// Waits up to `within` for `child` to exit, then kills and reaps it.
 fn reap_child(mut child: Child, within: Duration) {
     if wait_child(&mut child, within).is_none() {
-        eprintln!("process {} did not exit; killing it", child.id());
+        eprintln!(
+            "process {} did not exit within {within:?}; killing it. {}",
+            child.id(),
+            process_snapshot(child.id())
+        );
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -415,9 +419,18 @@ impl<'v> Mount<'v> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if pid_alive(pid) {
-                eprintln!("spoolfs daemon {pid} did not exit; killing it");
+                eprintln!(
+                    "spoolfs daemon {pid} did not exit; killing it. {}",
+                    process_snapshot(pid)
+                );
                 // SAFETY: sending a signal has no memory-safety preconditions.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                // Gone before the caller goes on: a next mount of the volume must not find
+                // the metadata store still held by it.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while pid_alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
         if is_mounted(&self.mountpoint) {
@@ -662,8 +675,9 @@ impl<'v> Mount<'v> {
                 ));
             }
             if start.elapsed() > Duration::from_secs(60) {
+                let snapshot = process_snapshot(child.id());
                 return Err(format!(
-                    "`{description}` not mounted after 60 s:\n{}",
+                    "`{description}` not mounted after 60 s:\n{}\n{snapshot}",
                     mount.log_text()
                 ));
             }

@@ -295,13 +295,24 @@ pub fn run_ok(dir: &Path, program: &str, args: &[&str], timeout: Duration) -> Cm
 
 pub(crate) static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
-/// A private temporary directory (unique per call, also across parallel tests).
+/// Set to 1 to keep every test's temporary directory (volume, mount logs, daemon logs) after
+/// the test, to read the logs of a failure.
+pub const KEEP_DIRS_ENV: &str = "SPOOLFS_TEST_KEEP_DIRS";
+
+/// A private temporary directory (unique per call, also across parallel tests); kept after
+/// the test when [`KEEP_DIRS_ENV`] is 1.
 pub fn temp_dir(tag: &str) -> TempDir {
     let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
-    tempfile::Builder::new()
+    let keep = std::env::var(KEEP_DIRS_ENV).is_ok_and(|v| v == "1");
+    let dir = tempfile::Builder::new()
         .prefix(&format!("spoolfs-{tag}-{}-{n}-", std::process::id()))
+        .disable_cleanup(keep)
         .tempdir()
-        .expect("create temporary directory")
+        .expect("create temporary directory");
+    if keep {
+        eprintln!("    keeping {}", dir.path().display());
+    }
+    dir
 }
 
 /// Waits for process `pid` to exit (or become a zombie); fails after 60 s, naming `what` was
@@ -322,4 +333,46 @@ pub fn wait_gone(pid: u32, what: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// What process `pid` is doing, for a failure message about a process that does not make
+/// progress: each thread's name, state and wait channel, its kernel stack (readable as root),
+/// and the host's CPU, I/O and memory pressure. A mount that hangs before its first log line
+/// is then located from the test output alone.
+pub fn process_snapshot(pid: u32) -> String {
+    let mut out = format!("process {pid}:\n");
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        out.push_str("  (gone)\n");
+        return out;
+    };
+    let mut tids: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    for tid in tids {
+        let dir = format!("/proc/{pid}/task/{tid}");
+        let read = |f: &str| fs::read_to_string(format!("{dir}/{f}")).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
+        out.push_str(&format!(
+            "  thread {tid} {} state {state} wchan {}\n",
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
+        for frame in read("stack").lines() {
+            out.push_str(&format!("      {frame}\n"));
+        }
+    }
+    for what in ["cpu", "io", "memory"] {
+        let p = fs::read_to_string(format!("/proc/pressure/{what}")).unwrap_or_default();
+        for line in p.lines() {
+            out.push_str(&format!("  {what} pressure: {line}\n"));
+        }
+    }
+    out
 }
