@@ -162,6 +162,57 @@ fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
     check_only_the_same_cache_mounts(&vol, &files);
 }
 
+/// `--shutdown-timeout` bounds the stop while every PUT fails with 500 InternalError too: the
+/// uploaders retry with backoff (the client's own retries, then the uploader's) and hold
+/// nothing back once the stop waits; at the timeout the daemon exits within the join grace,
+/// and what it could not upload stays staged for the same cache.
+#[test]
+fn shutdown_timeout_bounds_the_stop_while_every_put_fails() {
+    require_fuse!();
+    let (vol, proxy) = Volume::new_behind_proxy();
+    let m = vol.mount_with(MountOptions {
+        daemon: true,
+        extra_args: ["--shutdown-timeout", "2"]
+            .iter()
+            .chain(SLOW_UPLOADS.iter())
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    });
+    proxy.add_fault(Fault::internal_error().only(Method::Put));
+    let files = write_files(&m.join("d"), 20, 8);
+    assert!(m.staged_bytes() > 0, "the test needs staged data");
+    let pid = m.pid().expect("daemon pid");
+    let mp = m.path().to_path_buf();
+    let t = std::time::Instant::now();
+    signal(pid, libc::SIGTERM);
+    let guard = std::panic::catch_unwind(|| {
+        wait_gone(
+            pid,
+            "SIGTERM with --shutdown-timeout 2 while every PUT fails",
+        )
+    });
+    if guard.is_err() {
+        panic!("the daemon did not stop; its log:\n{}", m.log_text());
+    }
+    let took = t.elapsed();
+    eprintln!("    stopped {took:?} after SIGTERM, every PUT failing");
+    // 2 s of drain, at most 5 s for the upload threads to notice; the rest is slack for a
+    // loaded machine, far below the minutes of the client's retries.
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "the daemon took {took:?} to stop; its log:\n{}",
+        m.log_text()
+    );
+    assert!(proxy.injected().put > 0, "no PUT failed");
+    assert!(!is_mounted(&mp), "still mounted after the shutdown timeout");
+    let log = m.log_text();
+    assert!(!log.contains("panicked"), "daemon panicked:\n{log}");
+    drop(m);
+    proxy.clear_faults();
+    check_only_the_same_cache_mounts(&vol, &files);
+}
+
 /// `spoolfs umount --no-wait` promises that what is still staged survives a crash of spoolfs
 /// until the uploads end: the daemon, still uploading in the background (every PUT stalls),
 /// is killed; the next mount must use the same cache directory and reads every byte.
