@@ -49,9 +49,14 @@ fn make_ca(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.crt"))
 }
 
-/// A server certificate for the IP address 127.0.0.1 only (not the name `localhost`), signed
-/// by CA `ca`: (certificate PEM, key PEM).
-fn make_server_cert(dir: &Path, ca: &str) -> (Vec<u8>, Vec<u8>) {
+/// A certificate `NAME.crt` (key `NAME.key`) signed by CA `ca`: for the IP address 127.0.0.1
+/// only (not the name `localhost`) when `server`, else a client's for user `NAME`.
+fn make_cert(dir: &Path, ca: &str, name: &str, server: bool) {
+    let subject = if server {
+        "/CN=127.0.0.1".to_string()
+    } else {
+        format!("/CN={name}")
+    };
     openssl(
         dir,
         &[
@@ -62,17 +67,24 @@ fn make_server_cert(dir: &Path, ca: &str) -> (Vec<u8>, Vec<u8>) {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-subj",
-            "/CN=127.0.0.1",
+            &subject,
             "-keyout",
-            "server.key",
+            &format!("{name}.key"),
             "-out",
-            "server.csr",
+            &format!("{name}.csr"),
         ],
     );
+    let extensions = if server {
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    } else {
+        "extendedKeyUsage=clientAuth\n"
+    };
     std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
-         basicConstraints=critical,CA:FALSE\n",
+        dir.join(format!("{name}.ext")),
+        format!(
+            "{extensions}basicConstraints=critical,CA:FALSE
+"
+        ),
     )
     .unwrap();
     openssl(
@@ -81,7 +93,7 @@ fn make_server_cert(dir: &Path, ca: &str) -> (Vec<u8>, Vec<u8>) {
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &format!("{name}.csr"),
             "-CA",
             &format!("{ca}.crt"),
             "-CAkey",
@@ -90,14 +102,30 @@ fn make_server_cert(dir: &Path, ca: &str) -> (Vec<u8>, Vec<u8>) {
             "-days",
             "2",
             "-extfile",
-            "server.ext",
+            &format!("{name}.ext"),
             "-out",
-            "server.crt",
+            &format!("{name}.crt"),
         ],
     );
+}
+
+/// What the server says of the store's sessions in database `db`: (how many, all over TLS,
+/// the client certificates' names, `-` for none).
+fn sessions_of(server: &spoolfs_testkit::pg::PgServer, db: &str) -> (u32, bool, String) {
+    let row = server.psql(
+        "postgres",
+        &format!(
+            "SELECT count(*), bool_and(s.ssl), \
+             string_agg(DISTINCT coalesce(s.client_dn, '-'), ',') \
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{db}'"
+        ),
+    );
+    let fields: Vec<&str> = row.trim().split('|').collect();
+    assert_eq!(fields.len(), 3, "{row}");
     (
-        std::fs::read(dir.join("server.crt")).unwrap(),
-        std::fs::read(dir.join("server.key")).unwrap(),
+        fields[0].parse().unwrap(),
+        fields[1] == "t",
+        fields[2].to_string(),
     )
 }
 
@@ -144,8 +172,10 @@ fn tls_modes_against_a_private_server() {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_ca(dir.path(), "ca");
     let wrong_ca = make_ca(dir.path(), "wrong-ca");
-    let (cert, key) = make_server_cert(dir.path(), "ca");
-    server.enable_tls(&cert, &key);
+    make_cert(dir.path(), "ca", "server", true);
+    make_cert(dir.path(), "ca", "spoolfs-node", false);
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    server.enable_tls(&read("server.crt"), &read("server.key"), &read("ca.crt"));
 
     // verify-full with the right CA: the server sees the session as TLS.
     let verified = format!("sslmode=verify-full&sslrootcert={}", ca.display());
@@ -162,23 +192,47 @@ fn tls_modes_against_a_private_server() {
             t.put(b"tls", b"yes")
         })
         .unwrap();
-    // The store keeps its pooled connection open: ask the server about it.
-    let sessions = server.psql(
-        "postgres",
-        &format!(
-            "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s \
-             JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{db}'"
-        ),
-    );
-    // (The connection that checked the schema may still be closing: count at least one.)
-    let (count, all_tls) = sessions.trim().split_once('|').expect("count|bool");
+    // The store keeps its pooled connection open: ask the server about it. (The connection
+    // that checked the schema may still be closing: at least one.)
+    let (count, all_tls, client_names) = sessions_of(server, &db);
     assert!(
-        count.parse::<u32>().unwrap() >= 1,
-        "sessions of the store: {sessions}"
+        count >= 1 && all_tls,
+        "sessions of the store: {count}, TLS: {all_tls}"
     );
-    assert_eq!(
-        all_tls, "t",
-        "a session of the store without TLS: {sessions}"
+    assert_eq!(client_names, "-", "no client certificate was given");
+    drop(store);
+
+    // A client certificate: refused while others may read its key, then sent.
+    let key = dir.path().join("spoolfs-node.key");
+    let identity = format!(
+        "{verified}&sslcert={}&sslkey={}",
+        dir.path().join("spoolfs-node.crt").display(),
+        key.display()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = error_of(open_store(&with_params(&url, &identity)));
+    assert!(err.to_string().contains("others may read the key"), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let store = open_store(&with_params(&url, &identity)).unwrap();
+    store.view(&mut |r| r.get(b"tls").map(drop)).unwrap();
+    let (_, all_tls, client_names) = sessions_of(server, &db);
+    assert!(all_tls);
+    // (A session of the store before may still be closing.)
+    assert!(
+        client_names.contains("/CN=spoolfs-node"),
+        "client certificates: {client_names}"
+    );
+    drop(store);
+
+    // `prefer` takes the TLS the server now offers, checking no certificate.
+    let store = open_store(&with_params(&url, "sslmode=prefer")).unwrap();
+    assert!(
+        store
+            .describe()
+            .contains("TLS, sslmode=prefer: certificate not checked"),
+        "{}",
+        store.describe()
     );
     drop(store);
 

@@ -303,10 +303,15 @@ impl PgServer {
     }
 
     /// Turns TLS on (`ssl = on`, reloaded: no restart) with the PEM certificate chain and key
-    /// given; connections without TLS are still accepted.
-    pub fn enable_tls(&self, cert_pem: &[u8], key_pem: &[u8]) {
+    /// given, and the CA whose client certificates it asks for and checks (`ssl_ca_file`);
+    /// connections without TLS or without a client certificate are still accepted.
+    pub fn enable_tls(&self, cert_pem: &[u8], key_pem: &[u8], client_ca_pem: &[u8]) {
         use std::os::unix::fs::PermissionsExt;
-        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+        for (name, pem) in [
+            ("server.crt", cert_pem),
+            ("server.key", key_pem),
+            ("client-ca.crt", client_ca_pem),
+        ] {
             let path = self.data().join(name);
             std::fs::write(&path, pem).expect("write the server's TLS files");
             // PostgreSQL refuses a key that others may read.
@@ -316,6 +321,7 @@ impl PgServer {
                 std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown to nobody");
             }
         }
+        self.psql("postgres", "ALTER SYSTEM SET ssl_ca_file = 'client-ca.crt'");
         self.psql("postgres", "ALTER SYSTEM SET ssl = on");
         self.psql("postgres", "SELECT pg_reload_conf()");
         // The postmaster reloads asynchronously; new sessions see the new setting.
