@@ -352,52 +352,31 @@ impl Catalog for UploadCatalog {
     }
 
     fn commit_uploaded(&self, ids: &[u64], packs: &[PackUpload]) -> Result<(Vec<u64>, Vec<u64>)> {
-        let staged_keys: Vec<Vec<u8>> = ids.iter().map(|id| schema::staged_key(*id)).collect();
-        let staged_keys: Vec<&[u8]> = staged_keys.iter().map(|k| k.as_slice()).collect();
+        let shared = self.meta.store().is_shared();
         // Only a shared store needs the turns; a local store's commits never conflict.
-        let _turn = self
-            .meta
-            .store()
-            .is_shared()
-            .then(|| self.commit_turn.lock());
-        self.meta.update(|t| {
-            // The staged records in one round trip on a networked store: the shorter this
-            // transaction, the fewer writers it conflicts with.
-            t.prefetch(&staged_keys, &[])?;
-            let mut done = Vec::new();
-            for id in ids {
-                let key = schema::staged_key(*id);
-                if t.get(&key)?.is_some() {
-                    t.delete(&key)?;
-                    done.push(*id);
-                }
-            }
-            let mut empty = Vec::new();
-            for p in packs {
-                let mut rec = schema::PackRec {
-                    size: p.size,
-                    live_slices: 0,
-                    live_bytes: 0,
-                };
-                for e in p.entries.iter().filter(|e| done.contains(&e.slice)) {
-                    let packed = schema::PackedRec {
-                        pack: p.pack,
-                        offset: e.offset,
-                        len: e.len,
-                        crc: e.crc,
-                    };
-                    t.put(&schema::packed_key(e.slice), &schema::encode(&packed))?;
-                    rec.live_slices += 1;
-                    rec.live_bytes += e.len as u64;
-                }
-                if rec.live_slices == 0 {
-                    empty.push(p.pack);
-                } else {
-                    t.put(&schema::pack_key(p.pack), &schema::encode(&rec))?;
-                }
-            }
-            Ok((done, empty))
-        })
+        let _turn = shared.then(|| self.commit_turn.lock());
+        let items = upload_commit_order(ids, packs);
+        let per_txn = if shared {
+            SHARED_UPLOAD_COMMIT_SLICES
+        } else {
+            items.len().max(1)
+        };
+        let mut progress = vec![PackProgress::default(); packs.len()];
+        let mut done = Vec::new();
+        let mut empty = Vec::new();
+        for chunk in items.chunks(per_txn) {
+            let (chunk_done, chunk_progress, chunk_empty) =
+                self.meta.update(|t| commit_upload_chunk(t, chunk, packs, &progress))?;
+            done.extend(chunk_done);
+            progress = chunk_progress;
+            empty.extend(chunk_empty);
+        }
+        // The staged copies go once the caller has the answer: on a shared store that is
+        // only safe once the database has the commits on its disk.
+        if shared {
+            self.meta.store().sync()?;
+        }
+        Ok((done, empty))
     }
 
     fn cache_block(&self, slice: u64, index: u32, data: &[u8]) {
@@ -431,6 +410,142 @@ impl Catalog for UploadCatalog {
         self.meta.store().sync()?;
         Ok(())
     }
+}
+
+/// Slices recorded per transaction when an upload is committed to a shared store.
+/// PostgreSQL's serializable transactions lock what they read, row by row up to about 32 rows
+/// of a table (`max_pred_locks_per_relation`), then the whole table: one transaction that
+/// checked the staged records of a few thousand slices conflicted with every create of every
+/// node, ran again until it gave up, and slowed everyone while it did.
+const SHARED_UPLOAD_COMMIT_SLICES: usize = 16;
+
+/// One slice of an upload's commit: the pack it went into (index into the packs), if any.
+#[derive(Clone, Copy)]
+struct UploadItem {
+    slice: u64,
+    pack: Option<usize>,
+}
+
+/// The slices of an upload in commit order: pack by pack, each pack's in its order, then the
+/// slices uploaded as blocks. A pack's slices are therefore committed by consecutive
+/// transactions.
+fn upload_commit_order(ids: &[u64], packs: &[PackUpload]) -> Vec<UploadItem> {
+    let mut packed = std::collections::HashSet::new();
+    let mut items = Vec::with_capacity(ids.len());
+    for (i, p) in packs.iter().enumerate() {
+        for e in &p.entries {
+            packed.insert(e.slice);
+            items.push(UploadItem {
+                slice: e.slice,
+                pack: Some(i),
+            });
+        }
+    }
+    items.extend(
+        ids.iter()
+            .filter(|id| !packed.contains(id))
+            .map(|&slice| UploadItem { slice, pack: None }),
+    );
+    items
+}
+
+/// How far the commit of one pack has gone.
+#[derive(Clone, Copy, Default)]
+struct PackProgress {
+    /// Entries already decided (recorded, or found dead) by earlier transactions.
+    decided: usize,
+}
+
+/// One transaction of an upload's commit: the staged records of `chunk` that still exist are
+/// deleted and their slices recorded in their packs. A pack's record counts, from its first
+/// transaction on, every entry not yet found dead, so that while its later entries are being
+/// recorded the deaths of its earlier ones never bring it to zero (and to deletion). Returns
+/// the slices recorded, the progress of every pack, and the packs found to hold nothing live.
+fn commit_upload_chunk(
+    t: &mut dyn spoolfs_metadata::KvTxn,
+    chunk: &[UploadItem],
+    packs: &[PackUpload],
+    progress: &[PackProgress],
+) -> std::result::Result<(Vec<u64>, Vec<PackProgress>, Vec<u64>), spoolfs_metadata::MetaError> {
+    let mut progress = progress.to_vec();
+    let mut touched: Vec<usize> = chunk.iter().filter_map(|it| it.pack).collect();
+    touched.dedup();
+    let staged_keys: Vec<Vec<u8>> = chunk.iter().map(|it| schema::staged_key(it.slice)).collect();
+    let mut keys: Vec<&[u8]> = staged_keys.iter().map(|k| k.as_slice()).collect();
+    let pack_keys: Vec<Vec<u8>> = touched
+        .iter()
+        .filter(|&&i| progress[i].decided > 0)
+        .map(|&i| schema::pack_key(packs[i].pack))
+        .collect();
+    keys.extend(pack_keys.iter().map(|k| k.as_slice()));
+    // Every record this transaction reads, in one round trip on a networked store.
+    t.prefetch(&keys, &[])?;
+    let mut done = Vec::new();
+    let mut dead_in_pack: HashMap<usize, (u32, u64)> = HashMap::new();
+    for (it, key) in chunk.iter().zip(&staged_keys) {
+        let alive = t.get(key)?.is_some();
+        if alive {
+            t.delete(key)?;
+            done.push(it.slice);
+        }
+        let Some(i) = it.pack else { continue };
+        let entry = packs[i]
+            .entries
+            .get(progress[i].decided)
+            .filter(|e| e.slice == it.slice)
+            .expect("a pack's slices are committed in their order");
+        progress[i].decided += 1;
+        if alive {
+            let packed = schema::PackedRec {
+                pack: packs[i].pack,
+                offset: entry.offset,
+                len: entry.len,
+                crc: entry.crc,
+            };
+            t.put(&schema::packed_key(it.slice), &schema::encode(&packed))?;
+        } else {
+            let dead = dead_in_pack.entry(i).or_default();
+            dead.0 += 1;
+            dead.1 += entry.len as u64;
+        }
+    }
+    let mut empty = Vec::new();
+    for i in touched {
+        let p = &packs[i];
+        let chunk_entries = chunk.iter().filter(|it| it.pack == Some(i)).count();
+        let first = progress[i].decided == chunk_entries;
+        let mut rec = if first {
+            schema::PackRec {
+                size: p.size,
+                live_slices: p.entries.len() as u32,
+                live_bytes: p.entries.iter().map(|e| e.len as u64).sum(),
+            }
+        } else {
+            let key = schema::pack_key(p.pack);
+            let bytes = t.get(&key)?.ok_or_else(|| {
+                spoolfs_metadata::MetaError::Corrupt(format!(
+                    "pack {} lost its record while its upload was being committed",
+                    p.pack
+                ))
+            })?;
+            schema::decode::<schema::PackRec>("pack record", &bytes)?
+        };
+        let (dead_slices, dead_bytes) = dead_in_pack.get(&i).copied().unwrap_or_default();
+        rec.live_slices = rec.live_slices.saturating_sub(dead_slices);
+        rec.live_bytes = rec.live_bytes.saturating_sub(dead_bytes);
+        let key = schema::pack_key(p.pack);
+        if rec.live_slices == 0 {
+            // Only the last transaction of a pack can find it empty: the entries still to be
+            // decided are counted.
+            if !first {
+                t.delete(&key)?;
+            }
+            empty.push(p.pack);
+        } else {
+            t.put(&key, &schema::encode(&rec))?;
+        }
+    }
+    Ok((done, progress, empty))
 }
 
 /// The namespace log on a staging log: the write-ahead log's records are staging records
