@@ -357,19 +357,20 @@ impl Catalog for UploadCatalog {
         let _turn = shared.then(|| self.commit_turn.lock());
         let items = upload_commit_order(ids, packs);
         let per_txn = if shared {
-            SHARED_UPLOAD_COMMIT_SLICES
+            crate::meta::SHARED_BATCH_ROWS
         } else {
             items.len().max(1)
         };
-        let mut progress = vec![PackProgress::default(); packs.len()];
+        let mut decided = vec![0; packs.len()];
         let mut done = Vec::new();
         let mut empty = Vec::new();
         for chunk in items.chunks(per_txn) {
-            let (chunk_done, chunk_progress, chunk_empty) =
-                self.meta.update(|t| commit_upload_chunk(t, chunk, packs, &progress))?;
-            done.extend(chunk_done);
-            progress = chunk_progress;
-            empty.extend(chunk_empty);
+            let committed = self
+                .meta
+                .update(|t| commit_upload_chunk(t, chunk, packs, &decided))?;
+            done.extend(committed.done);
+            decided = committed.decided;
+            empty.extend(committed.empty);
         }
         // The staged copies go once the caller has the answer: on a shared store that is
         // only safe once the database has the commits on its disk.
@@ -412,13 +413,6 @@ impl Catalog for UploadCatalog {
     }
 }
 
-/// Slices recorded per transaction when an upload is committed to a shared store.
-/// PostgreSQL's serializable transactions lock what they read, row by row up to about 32 rows
-/// of a table (`max_pred_locks_per_relation`), then the whole table: one transaction that
-/// checked the staged records of a few thousand slices conflicted with every create of every
-/// node, ran again until it gave up, and slowed everyone while it did.
-const SHARED_UPLOAD_COMMIT_SLICES: usize = 16;
-
 /// One slice of an upload's commit: the pack it went into (index into the packs), if any.
 #[derive(Clone, Copy)]
 struct UploadItem {
@@ -449,32 +443,38 @@ fn upload_commit_order(ids: &[u64], packs: &[PackUpload]) -> Vec<UploadItem> {
     items
 }
 
-/// How far the commit of one pack has gone.
-#[derive(Clone, Copy, Default)]
-struct PackProgress {
-    /// Entries already decided (recorded, or found dead) by earlier transactions.
-    decided: usize,
+/// What one transaction of an upload's commit did.
+struct ChunkCommitted {
+    /// Slices recorded (their staged records deleted).
+    done: Vec<u64>,
+    /// Per pack, its entries decided so far (recorded, or found dead).
+    decided: Vec<usize>,
+    /// Packs found to hold nothing live.
+    empty: Vec<u64>,
 }
 
 /// One transaction of an upload's commit: the staged records of `chunk` that still exist are
 /// deleted and their slices recorded in their packs. A pack's record counts, from its first
 /// transaction on, every entry not yet found dead, so that while its later entries are being
-/// recorded the deaths of its earlier ones never bring it to zero (and to deletion). Returns
-/// the slices recorded, the progress of every pack, and the packs found to hold nothing live.
+/// recorded the deaths of its earlier ones never bring it to zero (and to deletion). `decided`:
+/// per pack, its entries decided by earlier transactions.
 fn commit_upload_chunk(
     t: &mut dyn spoolfs_metadata::KvTxn,
     chunk: &[UploadItem],
     packs: &[PackUpload],
-    progress: &[PackProgress],
-) -> std::result::Result<(Vec<u64>, Vec<PackProgress>, Vec<u64>), spoolfs_metadata::MetaError> {
-    let mut progress = progress.to_vec();
+    decided: &[usize],
+) -> std::result::Result<ChunkCommitted, spoolfs_metadata::MetaError> {
+    let mut decided = decided.to_vec();
     let mut touched: Vec<usize> = chunk.iter().filter_map(|it| it.pack).collect();
     touched.dedup();
-    let staged_keys: Vec<Vec<u8>> = chunk.iter().map(|it| schema::staged_key(it.slice)).collect();
+    let staged_keys: Vec<Vec<u8>> = chunk
+        .iter()
+        .map(|it| schema::staged_key(it.slice))
+        .collect();
     let mut keys: Vec<&[u8]> = staged_keys.iter().map(|k| k.as_slice()).collect();
     let pack_keys: Vec<Vec<u8>> = touched
         .iter()
-        .filter(|&&i| progress[i].decided > 0)
+        .filter(|&&i| decided[i] > 0)
         .map(|&i| schema::pack_key(packs[i].pack))
         .collect();
     keys.extend(pack_keys.iter().map(|k| k.as_slice()));
@@ -491,10 +491,10 @@ fn commit_upload_chunk(
         let Some(i) = it.pack else { continue };
         let entry = packs[i]
             .entries
-            .get(progress[i].decided)
+            .get(decided[i])
             .filter(|e| e.slice == it.slice)
             .expect("a pack's slices are committed in their order");
-        progress[i].decided += 1;
+        decided[i] += 1;
         if alive {
             let packed = schema::PackedRec {
                 pack: packs[i].pack,
@@ -513,7 +513,7 @@ fn commit_upload_chunk(
     for i in touched {
         let p = &packs[i];
         let chunk_entries = chunk.iter().filter(|it| it.pack == Some(i)).count();
-        let first = progress[i].decided == chunk_entries;
+        let first = decided[i] == chunk_entries;
         let mut rec = if first {
             schema::PackRec {
                 size: p.size,
@@ -545,7 +545,11 @@ fn commit_upload_chunk(
             t.put(&key, &schema::encode(&rec))?;
         }
     }
-    Ok((done, progress, empty))
+    Ok(ChunkCommitted {
+        done,
+        decided,
+        empty,
+    })
 }
 
 /// The namespace log on a staging log: the write-ahead log's records are staging records
@@ -1286,4 +1290,96 @@ pub(crate) fn mark_staging_clean(meta: &Meta, uploader: Option<&Uploader>) -> Re
             Ok(())
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spoolfs_metadata::{Durability, KvStore, MemStore};
+    use spoolfs_objects::PackEntry;
+
+    fn pack(id: u64, slices: std::ops::Range<u64>) -> PackUpload {
+        PackUpload {
+            pack: id,
+            size: 10_000,
+            entries: slices
+                .map(|s| PackEntry {
+                    slice: s,
+                    offset: s * 10,
+                    len: 10,
+                    crc: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn pack_rec(store: &MemStore, pack: u64) -> Option<schema::PackRec> {
+        let mut out = None;
+        store
+            .view(&mut |r| {
+                out = r
+                    .get(&schema::pack_key(pack))?
+                    .map(|v| schema::decode("pack", &v).unwrap());
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    /// An upload committed 3 slices per transaction: between its transactions a pack counts
+    /// its undecided entries (so it cannot reach zero early); in the end it counts exactly the
+    /// slices still staged when their turn came, and a pack all of whose slices died is empty.
+    #[test]
+    fn an_upload_committed_in_parts_counts_exactly_what_it_recorded() {
+        let store = MemStore::from_map(Default::default());
+        let packs = vec![pack(100, 1..8), pack(200, 8..10)];
+        // Slices 2 and 5 died before the commit, and so did both of pack 200's.
+        store
+            .update(Durability::Visible, &mut |t| {
+                for s in [1, 3, 4, 6, 7, 20] {
+                    t.put(&schema::staged_key(s), b"staged")?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let ids: Vec<u64> = (1..10).chain([20]).collect();
+        let items = upload_commit_order(&ids, &packs);
+        assert_eq!(items.last().map(|it| it.slice), Some(20), "blocks go last");
+        let mut decided = vec![0; packs.len()];
+        let (mut done, mut empty) = (Vec::new(), Vec::new());
+        for (n, chunk) in items.chunks(3).enumerate() {
+            let mut out = None;
+            store
+                .update(Durability::Visible, &mut |t| {
+                    out = Some(commit_upload_chunk(t, chunk, &packs, &decided)?);
+                    Ok(())
+                })
+                .unwrap();
+            let out = out.unwrap();
+            done.extend(out.done);
+            decided = out.decided;
+            empty.extend(out.empty);
+            if n == 0 {
+                // Slices 1-3 decided (2 dead): 7 entries - 1 dead counted.
+                let p = pack_rec(&store, 100).unwrap();
+                assert_eq!((p.live_slices, p.live_bytes), (6, 60));
+            }
+        }
+        done.sort_unstable();
+        assert_eq!(done, vec![1, 3, 4, 6, 7, 20]);
+        let p = pack_rec(&store, 100).unwrap();
+        assert_eq!((p.live_slices, p.live_bytes, p.size), (5, 50, 10_000));
+        assert_eq!(pack_rec(&store, 200), None);
+        assert_eq!(empty, vec![200]);
+        store
+            .view(&mut |r| {
+                for s in 1..10u64 {
+                    let packed = r.get(&schema::packed_key(s))?;
+                    assert_eq!(packed.is_some(), [1, 3, 4, 6, 7].contains(&s), "slice {s}");
+                    assert!(r.get(&schema::staged_key(s))?.is_none());
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }
