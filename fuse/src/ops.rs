@@ -5,7 +5,7 @@
 
 use fuseuring::Errno;
 use fuseuring::abi;
-use fuseuring::fs::XattrReply;
+use fuseuring::fs::{LockOut, XattrReply};
 use spoolfs_engine::locks::{LockKind, LockRequest};
 use spoolfs_engine::{
     Attr, Caller, DirEntry, Engine, FileKind, FsError, RenameFlags as EngineRenameFlags, SetAttr,
@@ -31,34 +31,41 @@ const XATTR_REPLACE: i32 = 2;
 /// The SELinux label of a file.
 const SELINUX_XATTR: &[u8] = b"security.selinux";
 
+/// `(abi::NAME, "NAME")` for each name: a bit and what the log calls it.
+macro_rules! named_bits {
+    ($($name:ident),* $(,)?) => {
+        [$((abi::$name, stringify!($name))),*]
+    };
+}
+
 /// The INIT capabilities spoolfs asks for on every transport (each skipped when the kernel
 /// lacks it), with why. POSIX ACLs and passthrough are negotiated apart (see
 /// [`SpoolFs::wants_acl`], [`SpoolFs::wants_passthrough`]).
-pub(crate) const WANTED_CAPABILITIES: &[(u64, &str)] = &[
-    (abi::FUSE_ASYNC_READ, "FUSE_ASYNC_READ"),
-    (abi::FUSE_BIG_WRITES, "FUSE_BIG_WRITES"),
-    (abi::FUSE_MAX_PAGES, "FUSE_MAX_PAGES"),
-    (abi::FUSE_DO_READDIRPLUS, "FUSE_DO_READDIRPLUS"),
-    (abi::FUSE_READDIRPLUS_AUTO, "FUSE_READDIRPLUS_AUTO"),
+pub(crate) const WANTED_CAPABILITIES: &[(u64, &str)] = &named_bits![
+    FUSE_ASYNC_READ,
+    FUSE_BIG_WRITES,
+    FUSE_MAX_PAGES,
+    FUSE_DO_READDIRPLUS,
+    FUSE_READDIRPLUS_AUTO,
     // The engine's open honours O_TRUNC, so the kernel may pass it instead of a setattr.
-    (abi::FUSE_ATOMIC_O_TRUNC, "FUSE_ATOMIC_O_TRUNC"),
+    FUSE_ATOMIC_O_TRUNC,
     // The engine drops set-id bits and file capabilities on write, truncate and chown
     // itself. In exchange the kernel marks inodes S_NOSEC after one check, instead of
     // asking for `security.capability` before every write: one round trip fewer each.
-    (abi::FUSE_HANDLE_KILLPRIV_V2, "FUSE_HANDLE_KILLPRIV_V2"),
+    FUSE_HANDLE_KILLPRIV_V2,
     // File locks are ours to keep (in the metadata, seen by every mount of a shared
     // volume): the kernel passes fcntl and OFD locks (POSIX_LOCKS) and flock (FLOCK_LOCKS).
-    (abi::FUSE_POSIX_LOCKS, "FUSE_POSIX_LOCKS"),
-    (abi::FUSE_FLOCK_LOCKS, "FUSE_FLOCK_LOCKS"),
+    FUSE_POSIX_LOCKS,
+    FUSE_FLOCK_LOCKS,
     // Engine calls are transactions: lookups and readdirs in one directory may overlap.
-    (abi::FUSE_PARALLEL_DIROPS, "FUSE_PARALLEL_DIROPS"),
+    FUSE_PARALLEL_DIROPS,
     // Symlink targets never change; let the kernel cache them.
-    (abi::FUSE_CACHE_SYMLINKS, "FUSE_CACHE_SYMLINKS"),
+    FUSE_CACHE_SYMLINKS,
     // Drop cached pages when getattr shows the file changed (another node wrote it).
-    (abi::FUSE_AUTO_INVAL_DATA, "FUSE_AUTO_INVAL_DATA"),
+    FUSE_AUTO_INVAL_DATA,
     // Handles (name_to_handle_at, NFS re-export): the kernel finds an inode it no longer
     // caches by looking up "." in its number, and a directory's parent by "..".
-    (abi::FUSE_EXPORT_SUPPORT, "FUSE_EXPORT_SUPPORT"),
+    FUSE_EXPORT_SUPPORT,
 ];
 /// POSIX ACLs: the kernel checks them and caches them; we store them, keep them in step with
 /// the mode and hand default ACLs down. The umask is then ours to apply (DONT_MASK).
@@ -194,15 +201,6 @@ pub struct PlusEntry<'a> {
     pub attr: Attr,
     /// How long the kernel may keep the name and the attributes.
     pub ttl: Duration,
-}
-
-/// The answer to a GETLK: the conflicting lock, or the range asked about with F_UNLCK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockAnswer {
-    pub start: u64,
-    pub end: u64,
-    pub typ: i32,
-    pub pid: u32,
 }
 
 /// A lock request as the kernel passes it (GETLK, SETLK, SETLKW).
@@ -571,7 +569,8 @@ impl SpoolFs {
         released.and(unlocked)
     }
 
-    pub fn getlk(&self, lock: &LockArgs) -> Result<LockAnswer, Errno> {
+    /// The conflicting lock, or the range asked about with F_UNLCK.
+    pub fn getlk(&self, lock: &LockArgs) -> Result<LockOut, Errno> {
         let found = self.call(Op::Getlk, |e| {
             let Some(kind) = LockKind::from_fcntl(lock.typ)? else {
                 return Err(FsError::new(libc::EINVAL, "F_GETLK of F_UNLCK"));
@@ -586,7 +585,7 @@ impl SpoolFs {
                     } else {
                         0
                     };
-                    LockAnswer {
+                    LockOut {
                         start: l.start,
                         end: l.end,
                         typ: l.kind.to_fcntl(),
@@ -594,7 +593,7 @@ impl SpoolFs {
                     }
                 }))
         })?;
-        Ok(found.unwrap_or(LockAnswer {
+        Ok(found.unwrap_or(LockOut {
             start: lock.start,
             end: lock.end,
             typ: libc::F_UNLCK,
@@ -1005,6 +1004,25 @@ fn signal_pending(tid: u32) -> bool {
             .unwrap_or(0)
     };
     (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+}
+
+/// An attribute for the adapters' conversion tests: a symbolic link, inode 7, every time `t`.
+#[cfg(test)]
+pub(crate) fn sample_attr(t: SystemTime) -> Attr {
+    Attr {
+        kind: FileKind::Symlink,
+        perm: 0o777,
+        nlink: 1,
+        uid: 5,
+        gid: 6,
+        size: 3,
+        blocks: 1,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        ..placeholder_dir_attr(7)
+    }
 }
 
 #[cfg(test)]
