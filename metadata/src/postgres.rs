@@ -484,13 +484,18 @@ impl PgStore {
         let _ = self
             .runtime
             .block_on(client.batch_execute("SET enable_seqscan = off"));
-        // Outside a transaction block `SET LOCAL` changes nothing (PostgreSQL only warns): this
-        // asks whether the server knows the setting and the value.
-        let may_skip_flush = self.options.commit_wait == CommitWait::Durable
-            && self
-                .runtime
-                .block_on(client.batch_execute("SET LOCAL synchronous_commit TO off"))
-                .is_ok();
+        // Whether the server knows the setting and the value, asked in a transaction block of
+        // its own (outside one, PostgreSQL accepts `SET LOCAL` with a warning in the log).
+        let may_skip_flush = self.options.commit_wait == CommitWait::Durable && {
+            let probe = self.runtime.block_on(
+                client.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off; COMMIT"),
+            );
+            if probe.is_err() {
+                // The refused statement left the block open and aborted.
+                let _ = self.runtime.block_on(client.batch_execute("ROLLBACK"));
+            }
+            probe.is_ok()
+        };
         let stmts =
             self.runtime.block_on(async {
                 let (get, get_many, scan, scan_back, upsert, delete, assert_keys, assert_ranges) =
