@@ -213,8 +213,12 @@ run_smallfiles() {
 }
 
 run_pip() {
-    local sys=$1 n_a n_b
+    local sys=$1 n_a n_b rt0='' retries0=''
     ctl reset
+    if [[ $sys == spoolfs ]]; then
+        rt0=$(metric "$metrics_a" spoolfs_metadata_round_trips_total)
+        retries0=$(metric "$metrics_a" spoolfs_metadata_retries_total)
+    fi
     measure "$sys" pip env TMPDIR="$work/tmp" timeout -k 10 "$lim_step" python3 -m pip install -q \
         --disable-pip-version-check --no-index --no-deps --no-cache-dir --target "$node_a/site" \
         "${wheel_files[@]}"
@@ -223,6 +227,12 @@ run_pip() {
     n_a=$(find "$node_a/site" -type f 2>/dev/null | wc -l)
     n_b=$(find "$node_b/site" -type f 2>/dev/null | wc -l)
     R[$sys:pip_files]=$n_a
+    if [[ $sys == spoolfs ]]; then
+        local rt
+        rt=$(delta "$rt0" "$(metric "$metrics_a" spoolfs_metadata_round_trips_total)")
+        [[ $rt == n/a || $n_a == 0 ]] || R[$sys:pip_rt]=$(py "print(f'{$rt / $n_a:.1f}')")
+        R[$sys:pip_retries]=$(delta "$retries0" "$(metric "$metrics_a" spoolfs_metadata_retries_total)")
+    fi
     [[ $n_a == "$n_b" ]] || note_fail "$sys" pip "node A has $n_a files installed, node B lists $n_b"
 }
 
@@ -452,9 +462,9 @@ report() {
     if workload pip; then
         section "pip install on node A: ${#wheel_files[@]} wheels ($(printf '%s ' "${wheels_pinned[@]}" | sed 's/ $//'); $wheel_mb MB), \`pip install --no-index --no-deps --target DIR\`"
         table_head system "pip install returned (s)" "then in the object store (s)" "files installed" \
-            "PUT requests"
+            "PUT requests" "metadata round trips per file" "metadata retries"
         for s in "${ran[@]}"; do
-            echo "| $(system_label "$s") | $(v "$s" pip) | $(v "$s" pip_store) | $(v "$s" pip_files) | $(v "$s" pip_puts) |"
+            echo "| $(system_label "$s") | $(v "$s" pip) | $(v "$s" pip_store) | $(v "$s" pip_files) | $(v "$s" pip_puts) | ${R[$s:pip_rt]:-n/a} | ${R[$s:pip_retries]:-n/a} |"
         done
     fi
     if workload read-after-close; then

@@ -143,6 +143,11 @@ pub struct Engine {
     /// them, with their attributes as committed, for the kernel's next `getattr` of each
     /// (see [`EngineConfig::own_dir_attr_ttl`]). Used once, never by a transaction.
     own_dir_attrs: Mutex<HashMap<Ino, (InodeRec, std::time::Instant)>>,
+    /// On a shared store: access times that reads here moved, not yet written (inode to the
+    /// read's time and the mtime and ctime it saw). The holds thread writes them in batches a
+    /// moment later, so a read does not wait for a database round trip; this mount's own
+    /// attributes show them at once.
+    pending_atimes: Mutex<HashMap<Ino, (i64, i64, i64)>>,
 }
 
 /// Most directories [`Engine::own_dir_attrs`] keeps (more: it starts again empty).
@@ -290,6 +295,7 @@ impl Engine {
             holds,
             lease,
             own_dir_attrs: Mutex::new(HashMap::new()),
+            pending_atimes: Mutex::new(HashMap::new()),
         });
         let session = engine.holds.as_ref().map(|h| h.session.clone());
         engine.meta.store().update(Durability::Durable, &mut |t| {
@@ -400,6 +406,15 @@ impl Engine {
     /// under the file's state lock, so that a flush committing between the two reads cannot
     /// make a stale size pass for the current one.
     fn attr_of(&self, ino: Ino, rec: &InodeRec) -> Attr {
+        let mut attr = self.attr_unmoved(ino, rec);
+        if let Some(&(atime_ns, _, _)) = self.pending_atimes.lock().get(&ino) {
+            attr.atime = attr.atime.max(schema::from_ns(atime_ns));
+        }
+        attr
+    }
+
+    /// [`Engine::attr_of`] without the access times not yet written.
+    fn attr_unmoved(&self, ino: Ino, rec: &InodeRec) -> Attr {
         if rec.kind == FileKind::File
             && let Some(state) = self.state_of(ino)
         {
@@ -1031,7 +1046,31 @@ impl Engine {
         state: &Arc<RwLock<FileState>>,
     ) -> Result<Vec<u8>> {
         let state = state.read();
-        let rec = self.view(|r| schema::must_inode(r, ino))?;
+        let cs = self.chunk_size();
+        let first_chunk = (offset / cs) as u32;
+        let first_start = first_chunk as u64 * cs;
+        let first_lo = (offset - first_start) as u32;
+        let first_hi = (offset.saturating_add(size as u64) - first_start).min(cs) as u32;
+        let inode_key = schema::inode_key(ino);
+        let first_map = (
+            schema::seg_key(ino, first_chunk, first_lo),
+            schema::seg_key(ino, first_chunk, first_hi),
+        );
+        // The inode and the map of the part of the chunk the read starts in, in one round
+        // trip on a networked store (a small file's whole read).
+        let (rec, mut first_segs) = self.view(|r| {
+            r.prefetch(&[&inode_key], &[(&first_map.0, &first_map.1)])?;
+            let rec = schema::must_inode(r, ino)?;
+            let file_size = state.overlay().map(|o| o.size).unwrap_or(rec.size);
+            let end = file_size.min(offset.saturating_add(size as u64));
+            let segs = if rec.kind == FileKind::File && offset < end {
+                let hi = (end - first_start).min(cs) as u32;
+                Some(data::load(r, ino, first_chunk, first_lo, hi)?)
+            } else {
+                None
+            };
+            Ok((rec, segs))
+        })?;
         if rec.kind == FileKind::Dir {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
@@ -1051,14 +1090,16 @@ impl Engine {
         }
         let end = file_size.min(offset + size as u64);
         let mut out = vec![0u8; (end - offset) as usize];
-        let cs = self.chunk_size();
         let mut pos = offset;
         while pos < end {
             let chunk = (pos / cs) as u32;
             let chunk_start = chunk as u64 * cs;
             let in_start = (pos - chunk_start) as u32;
             let in_end = ((end - chunk_start).min(cs)) as u32;
-            let segs = self.view(|r| data::load(r, ino, chunk, in_start, in_end))?;
+            let segs = match first_segs.take() {
+                Some(segs) if chunk == first_chunk => segs,
+                _ => self.view(|r| data::load(r, ino, chunk, in_start, in_end))?,
+            };
             for piece in data::plan_read(&segs, in_start, in_end) {
                 let dst_off = (chunk_start + piece.pos as u64 - offset) as usize;
                 self.reader
@@ -1090,9 +1131,46 @@ impl Engine {
         if !rule.read_updates(atime_ns, mtime_ns, ctime_ns, now) {
             return;
         }
+        if self.holds.is_some() {
+            let mut pending = self.pending_atimes.lock();
+            let entry = pending.entry(ino).or_insert((now, mtime_ns, ctime_ns));
+            *entry = (
+                entry.0.max(now),
+                entry.1.max(mtime_ns),
+                entry.2.max(ctime_ns),
+            );
+            return;
+        }
         let r = self.update(|t| namespace::update_atime(t, ino, rule, (mtime_ns, ctime_ns), now));
         if let Err(e) = r {
             tracing::debug!("atime update of inode {ino} failed: {e}");
+        }
+    }
+
+    /// Writes the access times reads moved here since the last call (shared stores), a few
+    /// inodes per transaction. Like the reads' own updates on an exclusive volume, a failure
+    /// is only logged.
+    fn write_pending_atimes(&self) {
+        let pending: Vec<(Ino, (i64, i64, i64))> = std::mem::take(&mut *self.pending_atimes.lock())
+            .into_iter()
+            .collect();
+        let rule = self.config.atime;
+        for part in pending.chunks(crate::meta::SHARED_BATCH_ROWS) {
+            let keys: Vec<Vec<u8>> = part
+                .iter()
+                .map(|(ino, _)| schema::inode_key(*ino))
+                .collect();
+            let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            let r = self.update(|t| {
+                t.prefetch(&keys, &[])?;
+                for &(ino, (now, mtime_ns, ctime_ns)) in part {
+                    namespace::update_atime(t, ino, rule, (mtime_ns, ctime_ns), now)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                tracing::debug!("atime update of {} inodes failed: {e}", part.len());
+            }
         }
     }
 
@@ -1686,9 +1764,13 @@ impl Engine {
     fn drop_holds(&self, all: bool) {
         let Some(h) = &self.holds else { return };
         let batch = h.take_batch(&|ino| self.open.has_handles(ino), all);
-        if batch.is_empty() {
-            return;
+        // In transactions of a few inodes: each reads an inode and scans its holds.
+        for part in batch.chunks(crate::meta::SHARED_BATCH_ROWS / 2) {
+            self.drop_hold_batch(h, part);
         }
+    }
+
+    fn drop_hold_batch(&self, h: &holds::Holds, batch: &[Ino]) {
         let keys: Vec<Vec<u8>> = batch.iter().map(|&ino| schema::inode_key(ino)).collect();
         let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
         let prefixes: Vec<(Vec<u8>, Vec<u8>)> = batch
@@ -1707,7 +1789,7 @@ impl Engine {
             // The whole batch's inodes and holds in one round trip on a networked store.
             t.prefetch(&keys, &ranges)?;
             let mut freed = 0;
-            for &ino in &batch {
+            for &ino in batch {
                 freed += holds::drop_hold(t, ino, &h.session)? as u64;
             }
             if freed > 0 {
@@ -1718,7 +1800,7 @@ impl Engine {
         if let Err(err) = &result {
             crate::warn_limited!("dropping {} open-file holds: {err}", batch.len());
         }
-        h.finish_batch(&batch, result.is_ok());
+        h.finish_batch(batch, result.is_ok());
     }
 
     /// Drops the holds of dead sessions and deletes the orphans nobody holds.
@@ -1855,6 +1937,7 @@ impl Engine {
             }
         }
         if self.holds.is_some() {
+            self.write_pending_atimes();
             self.drop_holds(true);
         }
         if let Some(lease) = &self.lease {
@@ -2019,6 +2102,7 @@ fn holds_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
             return;
         }
         let Some(e) = engine.upgrade() else { return };
+        e.write_pending_atimes();
         e.drop_holds(false);
         if last_sweep.elapsed() >= HOLD_SWEEP_INTERVAL && e.background_lease() {
             last_sweep = std::time::Instant::now();

@@ -7,6 +7,13 @@ use spoolfs_metadata::{Durability, KvRead, KvStore, KvTxn, MetaError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Most rows one background transaction (an upload's commit, a batch of hold drops) reads on
+/// a shared store; larger batches are split. PostgreSQL's serializable transactions lock what
+/// they read, row by row up to about 32 rows of a table (`max_pred_locks_per_relation`), then
+/// the whole table: one transaction that read a few thousand rows conflicted with every create
+/// of every node, ran again until it gave up, and slowed everyone while it did.
+pub(crate) const SHARED_BATCH_ROWS: usize = 16;
+
 pub(crate) struct Meta {
     store: Arc<dyn KvStore>,
     /// Changes committed since the last checkpoint.

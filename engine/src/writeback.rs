@@ -352,52 +352,32 @@ impl Catalog for UploadCatalog {
     }
 
     fn commit_uploaded(&self, ids: &[u64], packs: &[PackUpload]) -> Result<(Vec<u64>, Vec<u64>)> {
-        let staged_keys: Vec<Vec<u8>> = ids.iter().map(|id| schema::staged_key(*id)).collect();
-        let staged_keys: Vec<&[u8]> = staged_keys.iter().map(|k| k.as_slice()).collect();
+        let shared = self.meta.store().is_shared();
         // Only a shared store needs the turns; a local store's commits never conflict.
-        let _turn = self
-            .meta
-            .store()
-            .is_shared()
-            .then(|| self.commit_turn.lock());
-        self.meta.update(|t| {
-            // The staged records in one round trip on a networked store: the shorter this
-            // transaction, the fewer writers it conflicts with.
-            t.prefetch(&staged_keys, &[])?;
-            let mut done = Vec::new();
-            for id in ids {
-                let key = schema::staged_key(*id);
-                if t.get(&key)?.is_some() {
-                    t.delete(&key)?;
-                    done.push(*id);
-                }
-            }
-            let mut empty = Vec::new();
-            for p in packs {
-                let mut rec = schema::PackRec {
-                    size: p.size,
-                    live_slices: 0,
-                    live_bytes: 0,
-                };
-                for e in p.entries.iter().filter(|e| done.contains(&e.slice)) {
-                    let packed = schema::PackedRec {
-                        pack: p.pack,
-                        offset: e.offset,
-                        len: e.len,
-                        crc: e.crc,
-                    };
-                    t.put(&schema::packed_key(e.slice), &schema::encode(&packed))?;
-                    rec.live_slices += 1;
-                    rec.live_bytes += e.len as u64;
-                }
-                if rec.live_slices == 0 {
-                    empty.push(p.pack);
-                } else {
-                    t.put(&schema::pack_key(p.pack), &schema::encode(&rec))?;
-                }
-            }
-            Ok((done, empty))
-        })
+        let _turn = shared.then(|| self.commit_turn.lock());
+        let items = upload_commit_order(ids, packs);
+        let per_txn = if shared {
+            crate::meta::SHARED_BATCH_ROWS
+        } else {
+            items.len().max(1)
+        };
+        let mut decided = vec![0; packs.len()];
+        let mut done = Vec::new();
+        let mut empty = Vec::new();
+        for chunk in items.chunks(per_txn) {
+            let committed = self
+                .meta
+                .update(|t| commit_upload_chunk(t, chunk, packs, &decided))?;
+            done.extend(committed.done);
+            decided = committed.decided;
+            empty.extend(committed.empty);
+        }
+        // The staged copies go once the caller has the answer: on a shared store that is
+        // only safe once the database has the commits on its disk.
+        if shared {
+            self.meta.store().sync()?;
+        }
+        Ok((done, empty))
     }
 
     fn cache_block(&self, slice: u64, index: u32, data: &[u8]) {
@@ -431,6 +411,145 @@ impl Catalog for UploadCatalog {
         self.meta.store().sync()?;
         Ok(())
     }
+}
+
+/// One slice of an upload's commit: the pack it went into (index into the packs), if any.
+#[derive(Clone, Copy)]
+struct UploadItem {
+    slice: u64,
+    pack: Option<usize>,
+}
+
+/// The slices of an upload in commit order: pack by pack, each pack's in its order, then the
+/// slices uploaded as blocks. A pack's slices are therefore committed by consecutive
+/// transactions.
+fn upload_commit_order(ids: &[u64], packs: &[PackUpload]) -> Vec<UploadItem> {
+    let mut packed = std::collections::HashSet::new();
+    let mut items = Vec::with_capacity(ids.len());
+    for (i, p) in packs.iter().enumerate() {
+        for e in &p.entries {
+            packed.insert(e.slice);
+            items.push(UploadItem {
+                slice: e.slice,
+                pack: Some(i),
+            });
+        }
+    }
+    items.extend(
+        ids.iter()
+            .filter(|id| !packed.contains(id))
+            .map(|&slice| UploadItem { slice, pack: None }),
+    );
+    items
+}
+
+/// What one transaction of an upload's commit did.
+struct ChunkCommitted {
+    /// Slices recorded (their staged records deleted).
+    done: Vec<u64>,
+    /// Per pack, its entries decided so far (recorded, or found dead).
+    decided: Vec<usize>,
+    /// Packs found to hold nothing live.
+    empty: Vec<u64>,
+}
+
+/// One transaction of an upload's commit: the staged records of `chunk` that still exist are
+/// deleted and their slices recorded in their packs. A pack's record counts, from its first
+/// transaction on, every entry not yet found dead, so that while its later entries are being
+/// recorded the deaths of its earlier ones never bring it to zero (and to deletion). `decided`:
+/// per pack, its entries decided by earlier transactions.
+fn commit_upload_chunk(
+    t: &mut dyn spoolfs_metadata::KvTxn,
+    chunk: &[UploadItem],
+    packs: &[PackUpload],
+    decided: &[usize],
+) -> std::result::Result<ChunkCommitted, spoolfs_metadata::MetaError> {
+    let mut decided = decided.to_vec();
+    let mut touched: Vec<usize> = chunk.iter().filter_map(|it| it.pack).collect();
+    touched.dedup();
+    let staged_keys: Vec<Vec<u8>> = chunk
+        .iter()
+        .map(|it| schema::staged_key(it.slice))
+        .collect();
+    let mut keys: Vec<&[u8]> = staged_keys.iter().map(|k| k.as_slice()).collect();
+    let pack_keys: Vec<Vec<u8>> = touched
+        .iter()
+        .filter(|&&i| decided[i] > 0)
+        .map(|&i| schema::pack_key(packs[i].pack))
+        .collect();
+    keys.extend(pack_keys.iter().map(|k| k.as_slice()));
+    // Every record this transaction reads, in one round trip on a networked store.
+    t.prefetch(&keys, &[])?;
+    let mut done = Vec::new();
+    let mut dead_in_pack: HashMap<usize, (u32, u64)> = HashMap::new();
+    for (it, key) in chunk.iter().zip(&staged_keys) {
+        let alive = t.get(key)?.is_some();
+        if alive {
+            t.delete(key)?;
+            done.push(it.slice);
+        }
+        let Some(i) = it.pack else { continue };
+        let entry = packs[i]
+            .entries
+            .get(decided[i])
+            .filter(|e| e.slice == it.slice)
+            .expect("a pack's slices are committed in their order");
+        decided[i] += 1;
+        if alive {
+            let packed = schema::PackedRec {
+                pack: packs[i].pack,
+                offset: entry.offset,
+                len: entry.len,
+                crc: entry.crc,
+            };
+            t.put(&schema::packed_key(it.slice), &schema::encode(&packed))?;
+        } else {
+            let dead = dead_in_pack.entry(i).or_default();
+            dead.0 += 1;
+            dead.1 += entry.len as u64;
+        }
+    }
+    let mut empty = Vec::new();
+    for i in touched {
+        let p = &packs[i];
+        let chunk_entries = chunk.iter().filter(|it| it.pack == Some(i)).count();
+        let first = decided[i] == chunk_entries;
+        let mut rec = if first {
+            schema::PackRec {
+                size: p.size,
+                live_slices: p.entries.len() as u32,
+                live_bytes: p.entries.iter().map(|e| e.len as u64).sum(),
+            }
+        } else {
+            let key = schema::pack_key(p.pack);
+            let bytes = t.get(&key)?.ok_or_else(|| {
+                spoolfs_metadata::MetaError::Corrupt(format!(
+                    "pack {} lost its record while its upload was being committed",
+                    p.pack
+                ))
+            })?;
+            schema::decode::<schema::PackRec>("pack record", &bytes)?
+        };
+        let (dead_slices, dead_bytes) = dead_in_pack.get(&i).copied().unwrap_or_default();
+        rec.live_slices = rec.live_slices.saturating_sub(dead_slices);
+        rec.live_bytes = rec.live_bytes.saturating_sub(dead_bytes);
+        let key = schema::pack_key(p.pack);
+        if rec.live_slices == 0 {
+            // Only the last transaction of a pack can find it empty: the entries still to be
+            // decided are counted.
+            if !first {
+                t.delete(&key)?;
+            }
+            empty.push(p.pack);
+        } else {
+            t.put(&key, &schema::encode(&rec))?;
+        }
+    }
+    Ok(ChunkCommitted {
+        done,
+        decided,
+        empty,
+    })
 }
 
 /// The namespace log on a staging log: the write-ahead log's records are staging records
@@ -1171,4 +1290,96 @@ pub(crate) fn mark_staging_clean(meta: &Meta, uploader: Option<&Uploader>) -> Re
             Ok(())
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spoolfs_metadata::{Durability, KvStore, MemStore};
+    use spoolfs_objects::PackEntry;
+
+    fn pack(id: u64, slices: std::ops::Range<u64>) -> PackUpload {
+        PackUpload {
+            pack: id,
+            size: 10_000,
+            entries: slices
+                .map(|s| PackEntry {
+                    slice: s,
+                    offset: s * 10,
+                    len: 10,
+                    crc: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn pack_rec(store: &MemStore, pack: u64) -> Option<schema::PackRec> {
+        let mut out = None;
+        store
+            .view(&mut |r| {
+                out = r
+                    .get(&schema::pack_key(pack))?
+                    .map(|v| schema::decode("pack", &v).unwrap());
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    /// An upload committed 3 slices per transaction: between its transactions a pack counts
+    /// its undecided entries (so it cannot reach zero early); in the end it counts exactly the
+    /// slices still staged when their turn came, and a pack all of whose slices died is empty.
+    #[test]
+    fn an_upload_committed_in_parts_counts_exactly_what_it_recorded() {
+        let store = MemStore::from_map(Default::default());
+        let packs = vec![pack(100, 1..8), pack(200, 8..10)];
+        // Slices 2 and 5 died before the commit, and so did both of pack 200's.
+        store
+            .update(Durability::Visible, &mut |t| {
+                for s in [1, 3, 4, 6, 7, 20] {
+                    t.put(&schema::staged_key(s), b"staged")?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let ids: Vec<u64> = (1..10).chain([20]).collect();
+        let items = upload_commit_order(&ids, &packs);
+        assert_eq!(items.last().map(|it| it.slice), Some(20), "blocks go last");
+        let mut decided = vec![0; packs.len()];
+        let (mut done, mut empty) = (Vec::new(), Vec::new());
+        for (n, chunk) in items.chunks(3).enumerate() {
+            let mut out = None;
+            store
+                .update(Durability::Visible, &mut |t| {
+                    out = Some(commit_upload_chunk(t, chunk, &packs, &decided)?);
+                    Ok(())
+                })
+                .unwrap();
+            let out = out.unwrap();
+            done.extend(out.done);
+            decided = out.decided;
+            empty.extend(out.empty);
+            if n == 0 {
+                // Slices 1-3 decided (2 dead): 7 entries - 1 dead counted.
+                let p = pack_rec(&store, 100).unwrap();
+                assert_eq!((p.live_slices, p.live_bytes), (6, 60));
+            }
+        }
+        done.sort_unstable();
+        assert_eq!(done, vec![1, 3, 4, 6, 7, 20]);
+        let p = pack_rec(&store, 100).unwrap();
+        assert_eq!((p.live_slices, p.live_bytes, p.size), (5, 50, 10_000));
+        assert_eq!(pack_rec(&store, 200), None);
+        assert_eq!(empty, vec![200]);
+        store
+            .view(&mut |r| {
+                for s in 1..10u64 {
+                    let packed = r.get(&schema::packed_key(s))?;
+                    assert_eq!(packed.is_some(), [1, 3, 4, 6, 7].contains(&s), "slice {s}");
+                    assert!(r.get(&schema::staged_key(s))?.is_none());
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }

@@ -286,6 +286,75 @@ fn round_trips_of_a_create_and_a_close_on_postgres() {
     engine.shutdown().unwrap();
 }
 
+/// A read of a small file on a shared volume is one round trip (the inode and the chunk map
+/// together), and the access time it moves (relatime) is not a round trip of the read: this
+/// mount shows it at once, and it is in the database a moment later, for every node.
+#[test]
+fn a_read_is_one_round_trip_and_its_access_time_is_written_after_it() {
+    let pg = spoolfs_testkit::require_postgres!();
+    let first = shared_mount(pg, Duration::from_secs(3600));
+    let (engine, meta) = (&first.engine, &first.meta);
+    let caller = Caller::ROOT;
+    let mut reads = Vec::new();
+    for i in 0..10u64 {
+        let data = spoolfs_testkit::random_bytes(i, 3000);
+        let (attr, fh) = engine
+            .create(
+                &caller,
+                ROOT_INO,
+                format!("r{i}").as_bytes(),
+                0o644,
+                libc::O_WRONLY,
+            )
+            .unwrap();
+        engine.write(&caller, attr.ino, fh, 0, &data).unwrap();
+        engine.flush(attr.ino, fh).unwrap();
+        engine.release(attr.ino, fh).unwrap();
+        let written = engine.getattr(attr.ino).unwrap();
+        let fh = engine.open(&caller, attr.ino, libc::O_RDONLY).unwrap();
+        let before = meta.stats().round_trips;
+        let got = engine.read(attr.ino, fh, 0, 1 << 16).unwrap();
+        reads.push(meta.stats().round_trips - before);
+        assert_eq!(got, data, "r{i}");
+        engine.release(attr.ino, fh).unwrap();
+        // relatime: the file's atime was not after its mtime, so the read moved it.
+        let here = engine.getattr(attr.ino).unwrap();
+        assert!(
+            here.atime > written.atime,
+            "r{i}: the read did not move atime here ({:?} -> {:?})",
+            written.atime,
+            here.atime
+        );
+    }
+    assert!(
+        median(reads.clone()) <= 1,
+        "a read of a small file costs more than one round trip: {reads:?}"
+    );
+    // Another node sees the moved access times once they are written (a moment later).
+    let other = another_mount(&first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for i in 0..10u64 {
+        let ino = engine
+            .lookup(ROOT_INO, format!("r{i}").as_bytes())
+            .unwrap()
+            .ino;
+        let here = engine.getattr(ino).unwrap().atime;
+        loop {
+            let there = other.engine.getattr(ino).unwrap().atime;
+            if there == here {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "r{i}: another node still sees atime {there:?}, this one {here:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    other.engine.shutdown().unwrap();
+    first.engine.shutdown().unwrap();
+}
+
 /// The requests the kernel sends for `echo x > f` and `stat missing` on a FUSE mount, replayed
 /// on the engine in the order the FUSE adapter makes its calls, each step's round trips and
 /// transactions counted.

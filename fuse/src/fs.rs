@@ -4,19 +4,19 @@
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use fuseuring::fs::XattrReply;
-use spoolfs_engine::{Attr, Caller, FileKind, SetAttr, TimeSet};
+use fuseuring::fs::{LockOut, XattrReply};
+use spoolfs_engine::{Attr, Caller, FileKind, SetAttr, StatFs, TimeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::ops::{
     ACL_CAPABILITIES, BackingTable, EntryAnswer, LockArgs, MAX_BACKGROUND, MAX_READAHEAD_BYTES,
-    MAX_WRITE_BYTES, SpoolFs, WANTED_CAPABILITIES,
+    MAX_WRITE_BYTES, OpenAnswer, SpoolFs, WANTED_CAPABILITIES,
 };
 use tracing::debug;
 
@@ -32,26 +32,6 @@ impl FuserFs {
             fs,
             backing: Default::default(),
         }
-    }
-
-    /// Answers a read-only open with a passthrough to the file's cache file when possible.
-    /// Returns the reply back if not.
-    fn open_passthrough(
-        &self,
-        ino: u64,
-        fh: u64,
-        open_flags: i32,
-        reply: ReplyOpen,
-    ) -> Option<ReplyOpen> {
-        let backing = self
-            .backing
-            .open(&self.fs, ino, fh, open_flags, |f| reply.open_backing(f));
-        let Some(backing) = backing else {
-            return Some(reply);
-        };
-        // Passthrough reads do not use the page cache: no cache flags with it.
-        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing.id());
-        None
     }
 }
 
@@ -128,29 +108,93 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, result: Result<EntryAnswer, fuseuring::Errno>) {
+/// A `fuser` reply and the answer of [`SpoolFs`] it carries.
+trait Answer: Sized {
+    type Value;
+    fn send(self, value: Self::Value);
+    fn fail(self, e: Errno);
+}
+
+/// Sends an operation's answer, or its errno.
+fn answer<R: Answer>(reply: R, result: Result<R::Value, fuseuring::Errno>) {
     match result {
-        Ok(e) => {
-            let attr = e.attr.as_ref().map_or_else(negative_entry, to_file_attr);
-            reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &attr, Generation(0))
+        Ok(value) => reply.send(value),
+        Err(e) => reply.fail(errno(e)),
+    }
+}
+
+/// One translation per reply kind: `Reply: |reply, value: Answer| how it is sent`.
+macro_rules! answers {
+    ($($reply:ty: |$r:ident, $v:ident: $value:ty| $send:expr;)*) => {$(
+        impl Answer for $reply {
+            type Value = $value;
+            fn send(self, $v: $value) {
+                let $r = self;
+                $send
+            }
+            fn fail(self, e: Errno) {
+                self.error(e)
+            }
         }
-        Err(e) => reply.error(errno(e)),
-    }
+    )*};
 }
 
-/// Answers a request that returns nothing but success or an errno.
-fn reply_empty(reply: ReplyEmpty, result: Result<(), fuseuring::Errno>) {
-    match result {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
-    }
+answers! {
+    ReplyEmpty: |r, _none: ()| r.ok();
+    ReplyEntry: |r, e: EntryAnswer| {
+        r.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &entry_attr(&e), Generation(0))
+    };
+    ReplyAttr: |r, a: (Attr, Duration)| r.attr(&a.1, &to_file_attr(&a.0));
+    ReplyData: |r, data: Vec<u8>| r.data(&data);
+    ReplyWrite: |r, n: u32| r.written(n);
+    ReplyOpen: |r, o: OpenAnswer| {
+        r.opened(FileHandle(o.fh), FopenFlags::from_bits_retain(o.fopen))
+    };
+    // One lifetime for the name and the attributes: create's answer has them equal.
+    ReplyCreate: |r, c: (EntryAnswer, OpenAnswer)| r.created(
+        &c.0.entry_ttl,
+        &entry_attr(&c.0),
+        Generation(0),
+        FileHandle(c.1.fh),
+        FopenFlags::from_bits_retain(c.1.fopen),
+    );
+    ReplyLock: |r, l: LockOut| r.locked(l.start, l.end, l.typ, l.pid);
+    ReplyStatfs: |r, s: StatFs| {
+        r.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)
+    };
+    ReplyXattr: |r, x: XattrReply| match x {
+        XattrReply::Size(n) => r.size(n),
+        XattrReply::Data(d) => r.data(&d),
+    };
+    ReplyIoctl: |r, data: Vec<u8>| r.ioctl(0, &data);
+    // A listing's entries are added as they come; the reply then only says it is complete.
+    ReplyDirectory: |r, _none: ()| r.ok();
+    ReplyDirectoryPlus: |r, _none: ()| r.ok();
 }
 
-fn reply_xattr(reply: ReplyXattr, result: Result<XattrReply, fuseuring::Errno>) {
-    match result {
-        Ok(XattrReply::Size(n)) => reply.size(n),
-        Ok(XattrReply::Data(d)) => reply.data(&d),
-        Err(e) => reply.error(errno(e)),
+/// The attributes of an entry answer; inode 0 for a negative entry.
+fn entry_attr(e: &EntryAnswer) -> FileAttr {
+    e.attr.as_ref().map_or_else(negative_entry, to_file_attr)
+}
+
+/// The lock a GETLK or SETLK request names.
+fn lock_args(
+    ino: INodeNo,
+    fh: FileHandle,
+    owner: LockOwner,
+    start: u64,
+    end: u64,
+    typ: i32,
+    pid: u32,
+) -> LockArgs {
+    LockArgs {
+        ino: ino.0,
+        fh: fh.0,
+        owner: owner.0,
+        start,
+        end,
+        typ,
+        pid,
     }
 }
 
@@ -195,7 +239,7 @@ impl Filesystem for FuserFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
+        answer(reply, self.fs.lookup(parent.0, name.as_bytes()));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -203,10 +247,7 @@ impl Filesystem for FuserFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
-            Ok((attr, ttl)) => reply.attr(&ttl, &to_file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.fs.getattr(ino.0));
     }
 
     fn setattr(
@@ -237,17 +278,11 @@ impl Filesystem for FuserFs {
             ctime,
             fh: fh.map(|f| f.0),
         };
-        match self.fs.setattr(caller(req), ino.0, &set) {
-            Ok((attr, ttl)) => reply.attr(&ttl, &to_file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.fs.setattr(caller(req), ino.0, &set));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.fs.readlink(ino.0));
     }
 
     fn mknod(
@@ -263,7 +298,7 @@ impl Filesystem for FuserFs {
         let r = self
             .fs
             .mknod(caller(req), parent.0, name.as_bytes(), mode, umask, rdev);
-        reply_entry(reply, r);
+        answer(reply, r);
     }
 
     fn mkdir(
@@ -278,18 +313,18 @@ impl Filesystem for FuserFs {
         let r = self
             .fs
             .mkdir(caller(req), parent.0, name.as_bytes(), mode, umask);
-        reply_entry(reply, r);
+        answer(reply, r);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(
+        answer(
             reply,
             self.fs.unlink(caller(req), parent.0, name.as_bytes()),
         );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.rmdir(caller(req), parent.0, name.as_bytes()));
+        answer(reply, self.fs.rmdir(caller(req), parent.0, name.as_bytes()));
     }
 
     fn symlink(
@@ -306,7 +341,7 @@ impl Filesystem for FuserFs {
             link_name.as_bytes(),
             target.as_os_str().as_bytes(),
         );
-        reply_entry(reply, r);
+        answer(reply, r);
     }
 
     fn rename(
@@ -327,7 +362,7 @@ impl Filesystem for FuserFs {
             newname.as_bytes(),
             flags.bits(),
         );
-        reply_empty(reply, r);
+        answer(reply, r);
     }
 
     fn link(
@@ -341,22 +376,20 @@ impl Filesystem for FuserFs {
         let r = self
             .fs
             .link(caller(req), ino.0, newparent.0, newname.as_bytes());
-        reply_entry(reply, r);
+        answer(reply, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(caller(req), ino.0, flags.0) {
-            Ok(opened) => {
-                let Some(reply) = self.open_passthrough(ino.0, opened.fh, flags.0, reply) else {
-                    return;
-                };
-                reply.opened(
-                    FileHandle(opened.fh),
-                    FopenFlags::from_bits_retain(opened.fopen),
-                )
-            }
-            Err(e) => reply.error(errno(e)),
+        let r = self.fs.open(caller(req), ino.0, flags.0);
+        if let Ok(o) = r
+            && let Some((o, backing)) = self
+                .backing
+                .open(&self.fs, ino.0, o, flags.0, |f| reply.open_backing(f))
+        {
+            let fopen = FopenFlags::from_bits_retain(o.fopen);
+            return reply.opened_passthrough(FileHandle(o.fh), fopen, backing.id());
         }
+        answer(reply, r);
     }
 
     fn read(
@@ -370,10 +403,7 @@ impl Filesystem for FuserFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.fs.read(ino.0, fh.0, offset, size));
     }
 
     fn write(
@@ -389,13 +419,10 @@ impl Filesystem for FuserFs {
         reply: ReplyWrite,
     ) {
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self
+        let r = self
             .fs
-            .write(caller(req), ino.0, fh.0, offset, data, kill_suidgid)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
-        }
+            .write(caller(req), ino.0, fh.0, offset, data, kill_suidgid);
+        answer(reply, r);
     }
 
     fn flush(
@@ -406,7 +433,7 @@ impl Filesystem for FuserFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.flush(ino.0, fh.0, lock_owner.0));
+        answer(reply, self.fs.flush(ino.0, fh.0, lock_owner.0));
     }
 
     fn release(
@@ -420,7 +447,7 @@ impl Filesystem for FuserFs {
         reply: ReplyEmpty,
     ) {
         self.backing.release(fh.0);
-        reply_empty(reply, self.fs.release(ino.0, fh.0, lock_owner.map(|o| o.0)));
+        answer(reply, self.fs.release(ino.0, fh.0, lock_owner.map(|o| o.0)));
     }
 
     fn getlk(
@@ -435,19 +462,8 @@ impl Filesystem for FuserFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let lock = LockArgs {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            start,
-            end,
-            typ,
-            pid,
-        };
-        match self.fs.getlk(&lock) {
-            Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
-            Err(e) => reply.error(errno(e)),
-        }
+        let lock = lock_args(ino, fh, lock_owner, start, end, typ, pid);
+        answer(reply, self.fs.getlk(&lock));
     }
 
     fn setlk(
@@ -463,17 +479,9 @@ impl Filesystem for FuserFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let lock = LockArgs {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            start,
-            end,
-            typ,
-            pid,
-        };
+        let lock = lock_args(ino, fh, lock_owner, start, end, typ, pid);
         self.fs
-            .setlk(&lock, sleep, req.pid(), move |r| reply_empty(reply, r));
+            .setlk(&lock, sleep, req.pid(), move |r| answer(reply, r));
     }
 
     fn fsync(
@@ -484,14 +492,11 @@ impl Filesystem for FuserFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fsync(ino.0, fh.0, datasync));
+        answer(reply, self.fs.fsync(ino.0, fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
-            Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::from_bits_retain(o.fopen)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.fs.opendir(ino.0));
     }
 
     fn readdir(
@@ -502,22 +507,20 @@ impl Filesystem for FuserFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.fs.readdir(ino.0, fh.0, offset) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(errno(e)),
-        };
-        for entry in entries {
-            let full = reply.add(
-                INodeNo(entry.ino),
-                entry.offset,
-                file_type(entry.kind),
-                OsStr::from_bytes(&entry.name),
-            );
-            if full {
-                break;
+        let r = self.fs.readdir(ino.0, fh.0, offset).map(|entries| {
+            for entry in entries {
+                let full = reply.add(
+                    INodeNo(entry.ino),
+                    entry.offset,
+                    file_type(entry.kind),
+                    OsStr::from_bytes(&entry.name),
+                );
+                if full {
+                    break;
+                }
             }
-        }
-        reply.ok();
+        });
+        answer(reply, r);
     }
 
     fn readdirplus(
@@ -538,10 +541,7 @@ impl Filesystem for FuserFs {
                 Generation(0),
             )
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, r);
     }
 
     fn releasedir(
@@ -552,7 +552,7 @@ impl Filesystem for FuserFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.releasedir(ino.0, fh.0));
+        answer(reply, self.fs.releasedir(ino.0, fh.0));
     }
 
     fn fsyncdir(
@@ -563,16 +563,11 @@ impl Filesystem for FuserFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fsyncdir(ino.0));
+        answer(reply, self.fs.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.fs.statfs());
     }
 
     fn setxattr(
@@ -588,19 +583,19 @@ impl Filesystem for FuserFs {
         let r = self
             .fs
             .setxattr(caller(req), ino.0, name.as_bytes(), value, flags, position);
-        reply_empty(reply, r);
+        answer(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, self.fs.getxattr(ino.0, name.as_bytes(), size));
+        answer(reply, self.fs.getxattr(ino.0, name.as_bytes(), size));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, self.fs.listxattr(ino.0, size));
+        answer(reply, self.fs.listxattr(ino.0, size));
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(
+        answer(
             reply,
             self.fs.removexattr(caller(req), ino.0, name.as_bytes()),
         );
@@ -616,25 +611,10 @@ impl Filesystem for FuserFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
+        let r = self
             .fs
-            .create(caller(req), parent.0, name.as_bytes(), mode, umask, flags)
-        {
-            Ok((entry, opened)) => {
-                let attr = entry
-                    .attr
-                    .as_ref()
-                    .map_or_else(negative_entry, to_file_attr);
-                reply.created(
-                    &entry.entry_ttl,
-                    &attr,
-                    Generation(0),
-                    FileHandle(opened.fh),
-                    FopenFlags::from_bits_retain(opened.fopen),
-                )
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+            .create(caller(req), parent.0, name.as_bytes(), mode, umask, flags);
+        answer(reply, r);
     }
 
     fn fallocate(
@@ -647,7 +627,7 @@ impl Filesystem for FuserFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
+        answer(
             reply,
             self.fs
                 .fallocate(caller(req), ino.0, fh.0, offset, length, mode),
@@ -666,12 +646,9 @@ impl Filesystem for FuserFs {
         cmd: u32,
         _in_data: &[u8],
         _out_size: u32,
-        reply: fuser::ReplyIoctl,
+        reply: ReplyIoctl,
     ) {
-        match self.fs.ioctl(cmd) {
-            Ok(data) => reply.ioctl(0, &data),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.fs.ioctl(cmd));
     }
 
     /// ENOSYS: the kernel then treats files as always ready and stops asking.
@@ -722,26 +699,11 @@ impl Filesystem for FuserFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::sample_attr;
 
     #[test]
     fn attr_conversion() {
-        let now = SystemTime::now();
-        let a = Attr {
-            ino: 7,
-            kind: FileKind::Symlink,
-            perm: 0o777,
-            nlink: 1,
-            uid: 5,
-            gid: 6,
-            rdev: 0,
-            size: 3,
-            blocks: 1,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            blksize: 4096,
-        };
+        let a = sample_attr(SystemTime::now());
         let f = to_file_attr(&a);
         assert_eq!(f.ino, INodeNo(7));
         assert_eq!(f.kind, FileType::Symlink);

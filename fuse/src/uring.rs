@@ -7,7 +7,7 @@ use fuseuring::fs::{
     Caller as RingCaller, DirFiller, DirPlusFiller, Entry, FsResult, LateReply, LockIn, LockOut,
     Opened, SetAttr as RingSetAttr, Statfs, TimeSet as RingTimeSet, XattrReply,
 };
-use spoolfs_engine::{Attr, Caller, FileKind, SetAttr, TimeSet};
+use spoolfs_engine::{Attr, Caller, FileKind, SetAttr, StatFs, TimeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -91,8 +91,10 @@ pub(crate) fn to_kernel_attr(a: &Attr) -> abi::Attr {
     }
 }
 
-/// An entry answer in fuseuring's form; a negative entry has inode 0.
-fn entry(e: &EntryAnswer) -> Entry {
+// One translation per kind of answer of [`SpoolFs`], into fuseuring's form.
+
+/// An entry answer; a negative entry has inode 0.
+fn entry(e: EntryAnswer) -> Entry {
     Entry {
         attr: e.attr.as_ref().map(to_kernel_attr).unwrap_or_default(),
         entry_ttl: e.entry_ttl,
@@ -105,6 +107,25 @@ fn opened(o: OpenAnswer) -> Opened {
         fh: o.fh,
         open_flags: o.fopen,
         backing_id: 0,
+    }
+}
+
+/// Attributes and how long the kernel may keep them.
+fn attr((attr, ttl): (Attr, Duration)) -> (abi::Attr, Duration) {
+    (to_kernel_attr(&attr), ttl)
+}
+
+fn statfs(s: StatFs) -> Statfs {
+    Statfs {
+        blocks: s.blocks,
+        bfree: s.bfree,
+        bavail: s.bavail,
+        files: s.files,
+        ffree: s.ffree,
+        bsize: s.bsize,
+        namelen: s.namelen,
+        frsize: s.frsize,
+        ..Default::default()
     }
 }
 
@@ -150,7 +171,7 @@ impl fuseuring::Filesystem for UringFs {
     }
 
     fn lookup(&self, _caller: RingCaller, parent: u64, name: &OsStr) -> FsResult<Entry> {
-        self.fs.lookup(parent, name.as_bytes()).map(|e| entry(&e))
+        self.fs.lookup(parent, name.as_bytes()).map(entry)
     }
 
     fn forget(&self, ino: u64, nlookup: u64) {
@@ -158,8 +179,7 @@ impl fuseuring::Filesystem for UringFs {
     }
 
     fn getattr(&self, ino: u64, _fh: Option<u64>) -> FsResult<(abi::Attr, Duration)> {
-        let (attr, ttl) = self.fs.getattr(ino)?;
-        Ok((to_kernel_attr(&attr), ttl))
+        self.fs.getattr(ino).map(attr)
     }
 
     fn setattr(
@@ -178,8 +198,7 @@ impl fuseuring::Filesystem for UringFs {
             ctime: c.ctime.map(|(s, n)| system_time(s, n)),
             fh: c.fh,
         };
-        let (attr, ttl) = self.fs.setattr(caller(who), ino, &set)?;
-        Ok((to_kernel_attr(&attr), ttl))
+        self.fs.setattr(caller(who), ino, &set).map(attr)
     }
 
     fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -195,10 +214,9 @@ impl fuseuring::Filesystem for UringFs {
         umask: u32,
         rdev: u32,
     ) -> FsResult<Entry> {
-        let e = self
-            .fs
-            .mknod(caller(who), parent, name.as_bytes(), mode, umask, rdev)?;
-        Ok(entry(&e))
+        self.fs
+            .mknod(caller(who), parent, name.as_bytes(), mode, umask, rdev)
+            .map(entry)
     }
 
     fn mkdir(
@@ -209,10 +227,9 @@ impl fuseuring::Filesystem for UringFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Entry> {
-        let e = self
-            .fs
-            .mkdir(caller(who), parent, name.as_bytes(), mode, umask)?;
-        Ok(entry(&e))
+        self.fs
+            .mkdir(caller(who), parent, name.as_bytes(), mode, umask)
+            .map(entry)
     }
 
     fn symlink(
@@ -222,10 +239,9 @@ impl fuseuring::Filesystem for UringFs {
         name: &OsStr,
         target: &OsStr,
     ) -> FsResult<Entry> {
-        let e = self
-            .fs
-            .symlink(caller(who), parent, name.as_bytes(), target.as_bytes())?;
-        Ok(entry(&e))
+        self.fs
+            .symlink(caller(who), parent, name.as_bytes(), target.as_bytes())
+            .map(entry)
     }
 
     fn link(
@@ -235,10 +251,9 @@ impl fuseuring::Filesystem for UringFs {
         new_parent: u64,
         new_name: &OsStr,
     ) -> FsResult<Entry> {
-        let e = self
-            .fs
-            .link(caller(who), ino, new_parent, new_name.as_bytes())?;
-        Ok(entry(&e))
+        self.fs
+            .link(caller(who), ino, new_parent, new_name.as_bytes())
+            .map(entry)
     }
 
     fn create(
@@ -258,21 +273,19 @@ impl fuseuring::Filesystem for UringFs {
             umask,
             flags as i32,
         )?;
-        Ok((entry(&e), opened(o)))
+        Ok((entry(e), opened(o)))
     }
 
     fn open(&self, who: RingCaller, ino: u64, flags: u32) -> FsResult<Opened> {
         let o = self.fs.open(caller(who), ino, flags as i32)?;
         if let Some(notifier) = self.notifier.get()
-            && let Some(backing) = self.backing.open(&self.fs, ino, o.fh, flags as i32, |f| {
-                notifier.open_backing(f)
-            })
+            && let Some((o, backing)) = self
+                .backing
+                .open(&self.fs, ino, o, flags as i32, |f| notifier.open_backing(f))
         {
-            // Passthrough reads do not use the page cache: no cache flags with it.
             return Ok(Opened {
-                fh: o.fh,
-                open_flags: 0,
                 backing_id: backing.id().id(),
+                ..opened(o)
             });
         }
         Ok(opened(o))
@@ -319,7 +332,7 @@ impl fuseuring::Filesystem for UringFs {
 
     fn readdir(&self, ino: u64, fh: u64, offset: u64, out: &mut DirFiller<'_>) -> FsResult<()> {
         for e in self.fs.readdir(ino, fh, offset)? {
-            let typ = mode_type(e.kind) >> 12;
+            let typ = u32::from(e.kind.dirent_type());
             if !out.add(e.ino, e.offset, typ, OsStr::from_bytes(&e.name)) {
                 break;
             }
@@ -380,18 +393,7 @@ impl fuseuring::Filesystem for UringFs {
     }
 
     fn statfs(&self, _ino: u64) -> FsResult<Statfs> {
-        let s = self.fs.statfs()?;
-        Ok(Statfs {
-            blocks: s.blocks,
-            bfree: s.bfree,
-            bavail: s.bavail,
-            files: s.files,
-            ffree: s.ffree,
-            bsize: s.bsize,
-            namelen: s.namelen,
-            frsize: s.frsize,
-            ..Default::default()
-        })
+        self.fs.statfs().map(statfs)
     }
 
     fn setxattr(
@@ -419,13 +421,7 @@ impl fuseuring::Filesystem for UringFs {
     }
 
     fn getlk(&self, _who: RingCaller, ino: u64, lock: &LockIn) -> FsResult<LockOut> {
-        let l = self.fs.getlk(&lock_args(ino, lock))?;
-        Ok(LockOut {
-            start: l.start,
-            end: l.end,
-            typ: l.typ,
-            pid: l.pid,
-        })
+        self.fs.getlk(&lock_args(ino, lock))
     }
 
     fn setlk(&self, who: RingCaller, ino: u64, lock: &LockIn, sleep: bool, reply: LateReply) {
@@ -456,26 +452,12 @@ impl fuseuring::Filesystem for UringFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::sample_attr;
 
     #[test]
     fn kernel_attrs_carry_the_type_bits_and_the_times() {
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 42);
-        let a = Attr {
-            ino: 7,
-            kind: FileKind::Symlink,
-            perm: 0o777,
-            nlink: 1,
-            uid: 5,
-            gid: 6,
-            rdev: 0,
-            size: 3,
-            blocks: 1,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            blksize: 4096,
-        };
+        let a = sample_attr(t);
         let k = to_kernel_attr(&a);
         assert_eq!(k.mode, libc::S_IFLNK | 0o777);
         assert_eq!((k.ino, k.uid, k.gid, k.size), (7, 5, 6, 3));
@@ -485,7 +467,7 @@ mod tests {
 
     #[test]
     fn a_negative_entry_has_inode_zero() {
-        let e = entry(&EntryAnswer {
+        let e = entry(EntryAnswer {
             attr: None,
             attr_ttl: Duration::ZERO,
             entry_ttl: Duration::from_secs(1),

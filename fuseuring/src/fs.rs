@@ -2,6 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,69 +104,67 @@ pub enum XattrReply {
     Data(Vec<u8>),
 }
 
-/// Fills a READDIR reply buffer with entries.
-pub struct DirFiller<'a> {
+/// A reply buffer of directory records: each a fixed head and the name, padded to 8 bytes.
+struct Records<'a> {
     buf: &'a mut [u8],
     len: usize,
 }
 
+impl Records<'_> {
+    /// Appends one record; false (and nothing added) when the buffer is full.
+    fn push(&mut self, head: &[u8], name: &[u8]) -> bool {
+        let padded = (head.len() + name.len()).next_multiple_of(8);
+        if self.len + padded > self.buf.len() {
+            return false;
+        }
+        let at = &mut self.buf[self.len..self.len + padded];
+        at[..head.len()].copy_from_slice(head);
+        at[head.len()..head.len() + name.len()].copy_from_slice(name);
+        at[head.len() + name.len()..].fill(0);
+        self.len += padded;
+        true
+    }
+}
+
+/// Fills a READDIR reply buffer with entries.
+pub struct DirFiller<'a>(Records<'a>);
+
 impl<'a> DirFiller<'a> {
     pub(crate) fn new(buf: &'a mut [u8]) -> Self {
-        DirFiller { buf, len: 0 }
+        DirFiller(Records { buf, len: 0 })
     }
 
     /// Adds an entry; `next_offset` is the offset a later readdir passes to continue after
     /// it. Returns false (and adds nothing) when the reply is full.
     pub fn add(&mut self, ino: u64, next_offset: u64, file_type: u32, name: &OsStr) -> bool {
-        use std::os::unix::ffi::OsStrExt;
         let name = name.as_bytes();
-        let head = size_of::<abi::Dirent>();
-        let padded = (head + name.len()).next_multiple_of(8);
-        if self.len + padded > self.buf.len() {
-            return false;
-        }
         let dirent = abi::Dirent {
             ino,
             off: next_offset,
             namelen: name.len() as u32,
             typ: file_type,
         };
-        use abi::Plain;
-        let at = &mut self.buf[self.len..self.len + padded];
-        at[..head].copy_from_slice(dirent.as_bytes());
-        at[head..head + name.len()].copy_from_slice(name);
-        at[head + name.len()..].fill(0);
-        self.len += padded;
-        true
+        self.0.push(dirent.as_bytes(), name)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.0.len
     }
 }
 
 /// Fills a READDIRPLUS reply buffer with entries and their attributes.
-pub struct DirPlusFiller<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
+pub struct DirPlusFiller<'a>(Records<'a>);
 
 impl<'a> DirPlusFiller<'a> {
     pub(crate) fn new(buf: &'a mut [u8]) -> Self {
-        DirPlusFiller { buf, len: 0 }
+        DirPlusFiller(Records { buf, len: 0 })
     }
 
     /// Adds an entry (the kernel takes a lookup reference on `entry.attr.ino` unless it is
     /// 0); `next_offset` as for [`DirFiller::add`]. Returns false (and adds nothing) when the
     /// reply is full.
     pub fn add(&mut self, entry: &Entry, next_offset: u64, name: &OsStr) -> bool {
-        use std::os::unix::ffi::OsStrExt;
         let name = name.as_bytes();
-        let head = size_of::<abi::DirentplusHead>();
-        let padded = (head + name.len()).next_multiple_of(8);
-        if self.len + padded > self.buf.len() {
-            return false;
-        }
         let record = abi::DirentplusHead {
             entry_out: crate::protocol::entry_out(entry),
             dirent: abi::Dirent {
@@ -175,16 +174,11 @@ impl<'a> DirPlusFiller<'a> {
                 typ: (entry.attr.mode & libc::S_IFMT) >> 12,
             },
         };
-        let at = &mut self.buf[self.len..self.len + padded];
-        at[..head].copy_from_slice(record.as_bytes());
-        at[head..head + name.len()].copy_from_slice(name);
-        at[head + name.len()..].fill(0);
-        self.len += padded;
-        true
+        self.0.push(record.as_bytes(), name)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.0.len
     }
 }
 

@@ -97,6 +97,12 @@ fn set_size(node: &mut Node, size: u64) -> FsResult<()> {
     Ok(())
 }
 
+/// The mode of a new inode of type `kind` (`S_IF*`): the permission bits asked for, less the
+/// umask.
+fn created_mode(kind: u32, mode: u32, umask: u32) -> u32 {
+    kind | (mode & !umask & 0o7777)
+}
+
 fn check_name(name: &OsStr) -> FsResult<()> {
     if name.len() > NAME_MAX {
         return Err(Errno::ENAMETOOLONG);
@@ -302,12 +308,8 @@ impl Filesystem for MemFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Entry> {
-        let attr = self.tree().add_child(
-            caller,
-            parent,
-            name,
-            libc::S_IFDIR | (mode & !umask & 0o7777),
-        )?;
+        let mode = created_mode(libc::S_IFDIR, mode, umask);
+        let attr = self.tree().add_child(caller, parent, name, mode)?;
         Ok(self.entry(attr))
     }
 
@@ -321,7 +323,7 @@ impl Filesystem for MemFs {
         _flags: u32,
     ) -> FsResult<(Entry, Opened)> {
         let mut tree = self.tree();
-        let mode = libc::S_IFREG | (mode & !umask & 0o7777);
+        let mode = created_mode(libc::S_IFREG, mode, umask);
         let attr = tree.add_child(caller, parent, name, mode)?;
         let fh = tree.new_handle(attr.ino)?;
         Ok((

@@ -14,6 +14,7 @@ mod faulty;
 mod known;
 mod mem;
 mod pgpass;
+mod pgtls;
 mod postgres;
 mod redb_store;
 mod write_set;
@@ -23,6 +24,7 @@ pub use crash::CrashStore;
 pub use faulty::FaultyStore;
 
 pub use mem::MemStore;
+pub use pgtls::{SslMode, TlsParams};
 pub use postgres::{PgOptions, PgStore, SCHEMA_VERSION, SchemaMode, redact};
 pub use redb_store::RedbStore;
 

@@ -34,6 +34,7 @@
 
 use crate::known::Known;
 use crate::pgpass;
+use crate::pgtls::{PgTls, SslMode, TlsParams};
 use crate::write_set::{BuffersWrites, WriteSet};
 use crate::{
     Durability, Entries, KvRead, KvStore, MetaError, Result, StoreStats, UpdateFn, ViewFn,
@@ -69,8 +70,9 @@ const FLUSH_KEY_PREFIX: &[u8] = b"\xff\xffflush/";
 const BEGIN_VIEW: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// Limits of a PostgreSQL store, set with query parameters of the metadata URL
-/// (`?connections=8&retries=40&connect_timeout=10&known_keys=4096`); the other parameters
-/// are libpq's.
+/// (`?connections=8&retries=40&connect_timeout=10&known_keys=4096`), and its TLS parameters
+/// (libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, see `pgtls.rs`); the other
+/// parameters are passed to tokio-postgres's libpq-style parser.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
     /// Most connections open at once (concurrent transactions beyond it wait).
@@ -85,6 +87,8 @@ pub struct PgOptions {
     /// of the database server (`commit_wait=durable`, the default), or every one
     /// (`commit_wait=all`).
     pub commit_wait: CommitWait,
+    /// `sslmode`, `sslrootcert`, `sslcert`, `sslkey` as given in the URL.
+    pub tls: TlsParams,
 }
 
 /// See [`PgOptions::commit_wait`].
@@ -104,6 +108,7 @@ impl Default for PgOptions {
             connect_timeout: Duration::from_secs(10),
             known_keys: 4096,
             commit_wait: CommitWait::Durable,
+            tls: TlsParams::default(),
         }
     }
 }
@@ -154,6 +159,8 @@ struct Counters {
 pub struct PgStore {
     runtime: tokio::runtime::Runtime,
     config: tokio_postgres::Config,
+    /// The TLS connector (also when TLS is off: tokio-postgres asks for one).
+    tls: PgTls,
     options: PgOptions,
     describe: String,
     /// Where the password came from, or why none was found (for authentication errors).
@@ -264,6 +271,15 @@ fn split_options(url: &str) -> Result<(String, PgOptions)> {
             "connect_timeout" => {
                 options.connect_timeout = Duration::from_secs(number("connect_timeout")?.max(1));
             }
+            "sslmode" => {
+                options.tls.mode = Some(
+                    SslMode::parse(&v)
+                        .ok_or_else(|| bad(format!("sslmode={v:?}: use {}", SslMode::ALLOWED)))?,
+                )
+            }
+            "sslrootcert" => options.tls.root_cert = Some(v.into_owned()),
+            "sslcert" => options.tls.cert = Some(v.into_owned()),
+            "sslkey" => options.tls.key = Some(v.into_owned()),
             _ => rest.push((k.into_owned(), v.into_owned())),
         }
     }
@@ -299,14 +315,6 @@ impl PgStore {
                     url: redact(url),
                     reason: e.to_string(),
                 })?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(MetaError::BadUrl {
-                url: redact(url),
-                reason: "sslmode=require: this spoolfs connects without TLS (use a Unix socket \
-                         or a private network)"
-                    .into(),
-            });
-        }
         if config.get_user().is_none() {
             let user = std::env::var("PGUSER")
                 .ok()
@@ -349,6 +357,10 @@ impl PgStore {
             }
         };
         let describe = format!("postgres://{user}@{host_text}:{port}/{dbname}");
+        let tls = PgTls::new(&options.tls, &mut config, &|reason| MetaError::BadUrl {
+            url: redact(url),
+            reason,
+        })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("spoolfs-pg")
@@ -359,6 +371,7 @@ impl PgStore {
         let store = PgStore {
             runtime,
             config,
+            tls,
             options,
             describe,
             password_note,
@@ -421,9 +434,7 @@ impl PgStore {
 
     /// One new connection, its connection task running on the store's runtime.
     fn connect_client(&self) -> Result<Client> {
-        let connected = self
-            .runtime
-            .block_on(self.config.connect(tokio_postgres::NoTls));
+        let connected = self.runtime.block_on(self.config.connect(self.tls.clone()));
         let (client, connection) = connected.map_err(|e| self.connect_error(&e))?;
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         self.runtime.spawn(async move {
@@ -445,10 +456,17 @@ impl PgStore {
                 self.password_note
             ));
         }
+        let mut text = describe_pg_error(e);
+        if text.contains("server does not support TLS") {
+            text.push_str(
+                " (enable ssl on the server, or give sslmode=disable to send the \
+                           password and metadata in clear text)",
+            );
+        }
         MetaError::Unavailable(format!(
-            "cannot connect to {}: {}",
+            "cannot connect to {} (sslmode={}): {text}",
             self.describe,
-            describe_pg_error(e)
+            self.tls.mode().name(),
         ))
     }
 
@@ -466,13 +484,18 @@ impl PgStore {
         let _ = self
             .runtime
             .block_on(client.batch_execute("SET enable_seqscan = off"));
-        // Outside a transaction block `SET LOCAL` changes nothing (PostgreSQL only warns): this
-        // asks whether the server knows the setting and the value.
-        let may_skip_flush = self.options.commit_wait == CommitWait::Durable
-            && self
-                .runtime
-                .block_on(client.batch_execute("SET LOCAL synchronous_commit TO off"))
-                .is_ok();
+        // Whether the server knows the setting and the value, asked in a transaction block of
+        // its own (outside one, PostgreSQL accepts `SET LOCAL` with a warning in the log).
+        let may_skip_flush = self.options.commit_wait == CommitWait::Durable && {
+            let probe = self.runtime.block_on(
+                client.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off; COMMIT"),
+            );
+            if probe.is_err() {
+                // The refused statement left the block open and aborted.
+                let _ = self.runtime.block_on(client.batch_execute("ROLLBACK"));
+            }
+            probe.is_ok()
+        };
         let stmts =
             self.runtime.block_on(async {
                 let (get, get_many, scan, scan_back, upsert, delete, assert_keys, assert_ranges) =
@@ -1295,7 +1318,7 @@ impl KvStore for PgStore {
     }
 
     fn describe(&self) -> String {
-        self.describe.clone()
+        format!("{} ({})", self.describe, self.tls.describe())
     }
 }
 
@@ -1324,6 +1347,21 @@ mod tests {
         assert_eq!(PgOptions::default().commit_wait, CommitWait::Durable);
         let err = split_options("postgres://h/db?commit_wait=never").unwrap_err();
         assert!(err.to_string().contains("durable or all"), "{err}");
+        // TLS parameters are spoolfs's to apply (tokio-postgres knows only three modes).
+        let (rest, o) =
+            split_options("postgres://h/db?sslmode=verify-full&sslrootcert=/ca.pem&sslcert=/c")
+                .unwrap();
+        assert_eq!(rest, "postgres://h/db");
+        assert_eq!(o.tls.mode, Some(SslMode::VerifyFull));
+        assert_eq!(o.tls.root_cert.as_deref(), Some("/ca.pem"));
+        assert_eq!(o.tls.cert.as_deref(), Some("/c"));
+        assert_eq!(PgOptions::default().tls.mode, None);
+        let err = split_options("postgres://u:pw@h/db?sslmode=allow").unwrap_err();
+        assert!(
+            err.to_string().contains("sslmode=\"allow\": use disable"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("pw@"), "{err}");
     }
 
     /// The server's `synchronous_commit` inside an update of `durability` on `store`.

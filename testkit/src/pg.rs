@@ -302,6 +302,41 @@ impl PgServer {
         )
     }
 
+    /// Turns TLS on (`ssl = on`, reloaded: no restart) with the PEM certificate chain and key
+    /// given, and the CA whose client certificates it asks for and checks (`ssl_ca_file`);
+    /// connections without TLS or without a client certificate are still accepted.
+    pub fn enable_tls(&self, cert_pem: &[u8], key_pem: &[u8], client_ca_pem: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, pem) in [
+            ("server.crt", cert_pem),
+            ("server.key", key_pem),
+            ("client-ca.crt", client_ca_pem),
+        ] {
+            let path = self.data().join(name);
+            std::fs::write(&path, pem).expect("write the server's TLS files");
+            // PostgreSQL refuses a key that others may read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod the server's TLS files");
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown to nobody");
+            }
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl_ca_file = 'client-ca.crt'");
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        // The postmaster reloads asynchronously; new sessions see the new setting.
+        for _ in 0..100 {
+            if self.psql("postgres", "SHOW ssl").trim() == "on" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "ssl stayed off after the reload; server log:\n{}",
+            std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+        );
+    }
+
     /// A new, empty database for one test; its name.
     pub fn new_database(&self) -> String {
         let name = format!(
