@@ -368,6 +368,28 @@ pub fn process_snapshot(pid: u32) -> String {
             out.push_str(&format!("      {frame}\n"));
         }
     }
+    // Where each thread waits in user space, when gdb is at hand (the kernel stack of a
+    // thread waiting on a lock or a condition variable only says futex).
+    if let Some(gdb) = find_on_path("gdb") {
+        let mut cmd = command(gdb);
+        cmd.args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt 15",
+        ]);
+        match try_run(&mut cmd, Duration::from_secs(60)) {
+            Ok(bt) => {
+                for line in bt.stdout.lines().filter(|l| {
+                    l.starts_with("Thread ") || (l.starts_with('#') && !l.contains(" in ?? "))
+                }) {
+                    out.push_str(&format!("    {line}\n"));
+                }
+            }
+            Err(e) => out.push_str(&format!("  gdb: {e}\n")),
+        }
+    }
     for what in ["cpu", "io", "memory"] {
         let p = fs::read_to_string(format!("/proc/pressure/{what}")).unwrap_or_default();
         for line in p.lines() {

@@ -84,3 +84,20 @@ fn command_environment_is_scrubbed() {
             .any(|l| l == format!("AWS_SECRET_ACCESS_KEY={TEST_SECRET_KEY}"))
     );
 }
+
+/// The report on a process that makes no progress names each of its threads with its state,
+/// and says when the process is gone.
+#[test]
+fn process_snapshot_names_the_threads_of_a_waiting_process() {
+    let mut child = command("sleep").arg("30").spawn().expect("start sleep");
+    std::thread::sleep(Duration::from_millis(200));
+    let snapshot = process_snapshot(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!("{snapshot}");
+    assert!(
+        snapshot.contains(&format!("thread {} sleep state S", child.id())),
+        "{snapshot}"
+    );
+    assert!(process_snapshot(child.id()).contains("(gone)"));
+}
