@@ -381,13 +381,13 @@ impl Filesystem for FuserFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = self.fs.open(caller(req), ino.0, flags.0);
-        if let Ok(o) = &r
-            && let Some(backing) = self
+        if let Ok(o) = r
+            && let Some((o, backing)) = self
                 .backing
-                .open(&self.fs, ino.0, o.fh, flags.0, |f| reply.open_backing(f))
+                .open(&self.fs, ino.0, o, flags.0, |f| reply.open_backing(f))
         {
-            // Passthrough reads do not use the page cache: no cache flags with it.
-            return reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), backing.id());
+            let fopen = FopenFlags::from_bits_retain(o.fopen);
+            return reply.opened_passthrough(FileHandle(o.fh), fopen, backing.id());
         }
         answer(reply, r);
     }

@@ -116,18 +116,19 @@ impl<Id> Default for BackingTable<Id> {
 }
 
 impl<Id> BackingTable<Id> {
-    /// For an open of `ino` with `open_flags` just given handle `fh`: when it can be passed
-    /// through (see [`SpoolFs::passthrough_allowed`]), the inode's registration, made with
-    /// `register` if it has none yet, counted for `fh`. `None`: serve it ourselves (a
-    /// refused registration turns passthrough off for the mount).
+    /// For an open of `ino` with `open_flags` just answered `opened`: when it can be passed
+    /// through (see [`SpoolFs::passthrough_allowed`]), the answer to give with the inode's
+    /// registration, made with `register` if it has none yet, counted for the handle.
+    /// `None`: serve it ourselves (a refused registration turns passthrough off for the
+    /// mount).
     pub(crate) fn open(
         &self,
         fs: &SpoolFs,
         ino: u64,
-        fh: u64,
+        opened: OpenAnswer,
         open_flags: i32,
         register: impl FnOnce(&std::fs::File) -> std::io::Result<Id>,
-    ) -> Option<BackingGuard<'_, Id>> {
+    ) -> Option<(OpenAnswer, BackingGuard<'_, Id>)> {
         if !fs.passthrough_allowed(open_flags) {
             return None;
         }
@@ -146,8 +147,13 @@ impl<Id> BackingTable<Id> {
             }
         };
         entry.1 += 1;
-        maps.by_fh.insert(fh, ino);
-        Some(BackingGuard { maps, ino })
+        maps.by_fh.insert(opened.fh, ino);
+        // Passthrough reads do not use the page cache: no cache flags with it.
+        let passed_through = OpenAnswer {
+            fh: opened.fh,
+            fopen: 0,
+        };
+        Some((passed_through, BackingGuard { maps, ino }))
     }
 
     /// Drops a handle's share of its inode's registration.
@@ -368,11 +374,14 @@ impl SpoolFs {
             || (!self.selinux_xattrs && name == SELINUX_XATTR)
     }
 
-    /// A request refused before it reaches the engine (an unsupported extended attribute):
-    /// counted like any other, answered `EOPNOTSUPP`.
-    fn unsupported(&self, op: Op) -> Errno {
-        stats::finish(op, stats::start(), false);
-        Errno(libc::EOPNOTSUPP)
+    /// Refuses a request `op` on an extended attribute this mount does not support before it
+    /// reaches the engine: counted like any other, answered `EOPNOTSUPP`.
+    fn check_xattr(&self, op: Op, name: &[u8]) -> Result<(), Errno> {
+        if self.xattr_refused(name) {
+            stats::finish(op, stats::start(), false);
+            return Err(Errno(libc::EOPNOTSUPP));
+        }
+        Ok(())
     }
 
     fn entry(&self, attr: Attr) -> EntryAnswer {
@@ -414,13 +423,13 @@ impl SpoolFs {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<(Attr, Duration), Errno> {
-        let attr = self.call(Op::Getattr, |e| e.getattr(ino))?;
-        Ok((attr, self.attr_ttl))
+        self.call(Op::Getattr, |e| e.getattr(ino))
+            .map(|attr| (attr, self.attr_ttl))
     }
 
     pub fn setattr(&self, who: Caller, ino: u64, set: &SetAttr) -> Result<(Attr, Duration), Errno> {
-        let attr = self.call(Op::Setattr, |e| e.setattr(&who, ino, set))?;
-        Ok((attr, self.attr_ttl))
+        self.call(Op::Setattr, |e| e.setattr(&who, ino, set))
+            .map(|attr| (attr, self.attr_ttl))
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
@@ -437,8 +446,8 @@ impl SpoolFs {
         rdev: u32,
     ) -> Result<EntryAnswer, Errno> {
         let (who, mode) = self.creator(who, mode, umask);
-        let attr = self.call(Op::Mknod, |e| e.mknod(&who, parent, name, mode, rdev))?;
-        Ok(self.entry(attr))
+        self.call(Op::Mknod, |e| e.mknod(&who, parent, name, mode, rdev))
+            .map(|attr| self.entry(attr))
     }
 
     pub fn mkdir(
@@ -450,8 +459,8 @@ impl SpoolFs {
         umask: u32,
     ) -> Result<EntryAnswer, Errno> {
         let (who, mode) = self.creator(who, mode, umask);
-        let attr = self.call(Op::Mkdir, |e| e.mkdir(&who, parent, name, mode))?;
-        Ok(self.entry(attr))
+        self.call(Op::Mkdir, |e| e.mkdir(&who, parent, name, mode))
+            .map(|attr| self.entry(attr))
     }
 
     pub fn unlink(&self, who: Caller, parent: u64, name: &[u8]) -> Result<(), Errno> {
@@ -469,8 +478,8 @@ impl SpoolFs {
         name: &[u8],
         target: &[u8],
     ) -> Result<EntryAnswer, Errno> {
-        let attr = self.call(Op::Symlink, |e| e.symlink(&who, parent, name, target))?;
-        Ok(self.entry(attr))
+        self.call(Op::Symlink, |e| e.symlink(&who, parent, name, target))
+            .map(|attr| self.entry(attr))
     }
 
     /// `flags`: renameat2(2) flags.
@@ -496,8 +505,8 @@ impl SpoolFs {
         new_parent: u64,
         new_name: &[u8],
     ) -> Result<EntryAnswer, Errno> {
-        let attr = self.call(Op::Link, |e| e.link(&who, ino, new_parent, new_name))?;
-        Ok(self.entry(attr))
+        self.call(Op::Link, |e| e.link(&who, ino, new_parent, new_name))
+            .map(|attr| self.entry(attr))
     }
 
     /// Opens a file. The transport may then answer a read-only open of a cached file by
@@ -705,43 +714,37 @@ impl SpoolFs {
             }
         };
         for entry in entries {
-            if is_dot_or_dotdot(&entry.name) {
+            let dot = is_dot_or_dotdot(&entry.name);
+            let (attr, ttl) = if dot {
                 // The kernel takes no lookup reference on these: report their attributes
                 // without counting a lookup in the engine.
                 let attr = self
                     .call_untimed("readdirplus getattr", |e| e.getattr(entry.ino))
                     .unwrap_or_else(|_| placeholder_dir_attr(entry.ino));
-                let full = add(PlusEntry {
-                    name: &entry.name,
-                    offset: entry.offset,
-                    attr,
-                    ttl: Duration::ZERO,
-                });
-                if full {
-                    break;
+                (attr, Duration::ZERO)
+            } else {
+                // Each entry the kernel accepts counts as one lookup, as if it had asked for it.
+                match self.call_untimed("readdirplus lookup", |e| e.lookup(ino, &entry.name)) {
+                    Ok(attr) => (attr, self.entry_ttl),
+                    // Removed since the listing was taken: leave it out.
+                    Err(_) => continue,
                 }
-                continue;
-            }
-            // Each entry the kernel accepts counts as one lookup, as if it had asked for it.
-            let attr = match self.call_untimed("readdirplus lookup", |e| e.lookup(ino, &entry.name))
-            {
-                Ok(attr) => attr,
-                // Removed since the listing was taken: leave it out.
-                Err(_) => continue,
             };
             let attr_ino = attr.ino;
             let full = add(PlusEntry {
                 name: &entry.name,
                 offset: entry.offset,
                 attr,
-                ttl: self.entry_ttl,
+                ttl,
             });
             if full {
-                // Not sent, so the kernel holds no reference: give the lookup back.
-                let _ = self.call_untimed("forget", |e| {
-                    e.forget(attr_ino, 1);
-                    Ok(())
-                });
+                if !dot {
+                    // Not sent, so the kernel holds no reference: give the lookup back.
+                    let _ = self.call_untimed("forget", |e| {
+                        e.forget(attr_ino, 1);
+                        Ok(())
+                    });
+                }
                 break;
             }
         }
@@ -774,9 +777,7 @@ impl SpoolFs {
         if position != 0 {
             return Err(Errno::EINVAL);
         }
-        if self.xattr_refused(name) {
-            return Err(self.unsupported(Op::Setxattr));
-        }
+        self.check_xattr(Op::Setxattr, name)?;
         let mode = xattr_mode(flags)?;
         self.call(Op::Setxattr, |e| {
             e.setxattr(&who, ino, name, value, mode)?;
@@ -789,9 +790,7 @@ impl SpoolFs {
 
     /// `size` 0 asks for the value's size; a shorter buffer than the value is ERANGE.
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
-        if self.xattr_refused(name) {
-            return Err(self.unsupported(Op::Getxattr));
-        }
+        self.check_xattr(Op::Getxattr, name)?;
         let value = self.call(Op::Getxattr, |e| e.getxattr(ino, name))?;
         xattr_answer(size, value)
     }
@@ -803,9 +802,7 @@ impl SpoolFs {
     }
 
     pub fn removexattr(&self, who: Caller, ino: u64, name: &[u8]) -> Result<(), Errno> {
-        if self.xattr_refused(name) {
-            return Err(self.unsupported(Op::Removexattr));
-        }
+        self.check_xattr(Op::Removexattr, name)?;
         self.call(Op::Removexattr, |e| e.removexattr(&who, ino, name))
     }
 
@@ -824,9 +821,8 @@ impl SpoolFs {
         let (attr, fh) = self.call(Op::Create, |e| e.create(&who, parent, name, mode, flags))?;
         Ok((
             EntryAnswer {
-                attr: Some(attr),
                 attr_ttl: self.entry_ttl,
-                entry_ttl: self.entry_ttl,
+                ..self.entry(attr)
             },
             OpenAnswer { fh, fopen: 0 },
         ))

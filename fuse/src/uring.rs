@@ -279,15 +279,13 @@ impl fuseuring::Filesystem for UringFs {
     fn open(&self, who: RingCaller, ino: u64, flags: u32) -> FsResult<Opened> {
         let o = self.fs.open(caller(who), ino, flags as i32)?;
         if let Some(notifier) = self.notifier.get()
-            && let Some(backing) = self.backing.open(&self.fs, ino, o.fh, flags as i32, |f| {
-                notifier.open_backing(f)
-            })
+            && let Some((o, backing)) = self
+                .backing
+                .open(&self.fs, ino, o, flags as i32, |f| notifier.open_backing(f))
         {
-            // Passthrough reads do not use the page cache: no cache flags with it.
             return Ok(Opened {
-                fh: o.fh,
-                open_flags: 0,
                 backing_id: backing.id().id(),
+                ..opened(o)
             });
         }
         Ok(opened(o))
