@@ -731,12 +731,38 @@ impl Engine {
                 "RENAME_NOREPLACE with RENAME_EXCHANGE",
             ));
         }
-        // A moved directory's own attributes change too (its ctime, its parent).
-        self.own_dir_attrs.lock().clear();
-        self.update(|t| {
+        let keep = self.keeps_own_dir_attrs();
+        let written = self.update(|t| {
             let still_open = |r: &dyn KvRead, ino| self.still_open(r, ino);
-            namespace::rename(t, parent, name, new_parent, new_name, flags, &still_open)
-        })
+            namespace::rename(t, parent, name, new_parent, new_name, flags, &still_open)?;
+            // What the transaction wrote, read back from it (no round trip).
+            let mut moved = vec![schema::get_dentry(t, new_parent, new_name)?];
+            if flags.exchange {
+                moved.push(schema::get_dentry(t, parent, name)?);
+            }
+            if moved.iter().flatten().any(|d| d.kind == FileKind::Dir) {
+                return Ok(None);
+            }
+            let from = dir_as_written(t, parent, keep)?;
+            let to = match new_parent == parent {
+                true => None,
+                false => dir_as_written(t, new_parent, keep)?,
+            };
+            Ok(Some((from, to)))
+        })?;
+        match written {
+            // A moved directory's own attributes change too (its ctime, its parent).
+            None => self.own_dir_attrs.lock().clear(),
+            // The kernel asks for the attributes of the directories next: this mount knows them.
+            Some((from, to)) => {
+                for (dir, rec) in [(parent, from), (new_parent, to)] {
+                    if let Some(rec) = rec {
+                        self.note_own_dir_attrs(dir, rec);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn link(

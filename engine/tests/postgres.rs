@@ -527,6 +527,41 @@ fn the_directory_attributes_of_an_own_create_answer_one_getattr() {
         )
         .unwrap();
     assert_eq!(engine.getattr(dir.ino).unwrap().perm, 0o700);
+    // A rename of a file within the directory and out of it (as `os.replace` of a temporary
+    // file, every `.pyc` a pip install writes): each directory's next getattr is answered from
+    // the rename's commit, and shows its new times.
+    let other = engine.mkdir(&caller, ROOT_INO, b"e", 0o755).unwrap();
+    for (to_dir, to_name) in [(dir.ino, &b"f2"[..]), (other.ino, &b"f3"[..])] {
+        let src = if to_dir == dir.ino {
+            &b"f"[..]
+        } else {
+            &b"f2"[..]
+        };
+        let before_rename = engine.getattr(to_dir).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        engine
+            .rename(&caller, dir.ino, src, to_dir, to_name, Default::default())
+            .unwrap();
+        let before = rt();
+        let mut dirs = vec![dir.ino, to_dir];
+        dirs.dedup();
+        let attrs: Vec<_> = dirs.iter().map(|&d| engine.getattr(d).unwrap()).collect();
+        assert_eq!(rt() - before, 0, "answered by the rename's commit");
+        let to_attr = attrs.last().unwrap();
+        assert!(
+            to_attr.mtime > before_rename.mtime,
+            "the rename moved mtime"
+        );
+        let fresh = engine.getattr(to_dir).unwrap();
+        assert_eq!((fresh.mtime, fresh.ctime), (to_attr.mtime, to_attr.ctime));
+    }
+    // A renamed directory changes its own attributes: nothing is answered from memory.
+    engine
+        .rename(&caller, ROOT_INO, b"e", ROOT_INO, b"e2", Default::default())
+        .unwrap();
+    let before = rt();
+    engine.getattr(other.ino).unwrap();
+    assert_eq!(rt() - before, 1, "a moved directory is read again");
     // Past the lifetime: read from the database.
     engine.unlink(&caller, dir.ino, b"g").unwrap();
     std::thread::sleep(Duration::from_millis(1100));

@@ -126,6 +126,14 @@ impl Tree {
         }
     }
 
+    /// The inode named `name` in directory `parent`.
+    fn child(&self, parent: u64, name: &OsStr) -> FsResult<u64> {
+        self.children(parent)?
+            .get(name)
+            .copied()
+            .ok_or(Errno::ENOENT)
+    }
+
     fn children_mut(&mut self, ino: u64) -> FsResult<&mut BTreeMap<OsString, u64>> {
         match &mut self.node_mut(ino)?.content {
             Content::Dir(children) => Ok(children),
@@ -185,11 +193,15 @@ impl Tree {
         Ok(attr)
     }
 
-    fn new_handle(&mut self, ino: u64) -> FsResult<u64> {
+    /// Opens `ino`: a new handle, counted on the inode.
+    fn new_handle(&mut self, ino: u64) -> FsResult<Opened> {
         self.node_mut(ino)?.opens += 1;
         let fh = self.next_fh;
         self.next_fh += 1;
-        Ok(fh)
+        Ok(Opened {
+            fh,
+            ..Default::default()
+        })
     }
 
     fn close_handle(&mut self, ino: u64) {
@@ -251,7 +263,7 @@ impl MemFs {
 impl Filesystem for MemFs {
     fn lookup(&self, _caller: Caller, parent: u64, name: &OsStr) -> FsResult<Entry> {
         let mut tree = self.tree();
-        let ino = *tree.children(parent)?.get(name).ok_or(Errno::ENOENT)?;
+        let ino = tree.child(parent, name)?;
         let node = tree.node_mut(ino)?;
         node.lookups += 1;
         Ok(self.entry(node.attr))
@@ -325,14 +337,8 @@ impl Filesystem for MemFs {
         let mut tree = self.tree();
         let mode = created_mode(libc::S_IFREG, mode, umask);
         let attr = tree.add_child(caller, parent, name, mode)?;
-        let fh = tree.new_handle(attr.ino)?;
-        Ok((
-            self.entry(attr),
-            Opened {
-                fh,
-                ..Default::default()
-            },
-        ))
+        let opened = tree.new_handle(attr.ino)?;
+        Ok((self.entry(attr), opened))
     }
 
     fn open(&self, _caller: Caller, ino: u64, flags: u32) -> FsResult<Opened> {
@@ -345,11 +351,7 @@ impl Filesystem for MemFs {
             set_size(node, 0)?;
             touch_mtime(&mut node.attr);
         }
-        let fh = tree.new_handle(ino)?;
-        Ok(Opened {
-            fh,
-            ..Default::default()
-        })
+        tree.new_handle(ino)
     }
 
     fn read(&self, ino: u64, _fh: u64, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
@@ -408,11 +410,7 @@ impl Filesystem for MemFs {
     fn opendir(&self, ino: u64) -> FsResult<Opened> {
         let mut tree = self.tree();
         tree.children(ino)?;
-        let fh = tree.new_handle(ino)?;
-        Ok(Opened {
-            fh,
-            ..Default::default()
-        })
+        tree.new_handle(ino)
     }
 
     fn readdir(&self, ino: u64, _fh: u64, offset: u64, out: &mut DirFiller<'_>) -> FsResult<()> {
@@ -448,7 +446,7 @@ impl Filesystem for MemFs {
 
     fn unlink(&self, _caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
         let mut tree = self.tree();
-        let ino = *tree.children(parent)?.get(name).ok_or(Errno::ENOENT)?;
+        let ino = tree.child(parent, name)?;
         if matches!(tree.node(ino)?.content, Content::Dir(_)) {
             return Err(Errno::EISDIR);
         }
@@ -456,15 +454,14 @@ impl Filesystem for MemFs {
         touch_mtime(&mut tree.node_mut(parent)?.attr);
         let node = tree.node_mut(ino)?;
         node.attr.nlink = 0;
-        let (secs, nsecs) = now();
-        (node.attr.ctime, node.attr.ctimensec) = (secs, nsecs);
+        (node.attr.ctime, node.attr.ctimensec) = now();
         tree.reap(ino);
         Ok(())
     }
 
     fn rmdir(&self, _caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
         let mut tree = self.tree();
-        let ino = *tree.children(parent)?.get(name).ok_or(Errno::ENOENT)?;
+        let ino = tree.child(parent, name)?;
         if !tree.children(ino)?.is_empty() {
             return Err(Errno::ENOTEMPTY);
         }
@@ -492,7 +489,7 @@ impl Filesystem for MemFs {
         }
         check_name(new_name)?;
         let mut tree = self.tree();
-        let ino = *tree.children(parent)?.get(name).ok_or(Errno::ENOENT)?;
+        let ino = tree.child(parent, name)?;
         let moved_is_dir = matches!(tree.node(ino)?.content, Content::Dir(_));
         if let Some(&target) = tree.children(new_parent)?.get(new_name) {
             if target == ino {
