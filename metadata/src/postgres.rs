@@ -1,6 +1,7 @@
 //! The shared backend: a PostgreSQL database (or an engine that speaks its protocol and SQL,
-//! such as CockroachDB or YugabyteDB), reached with `tokio-postgres` on a small runtime of the
-//! store's own.
+//! such as CockroachDB or YugabyteDB), reached with `tokio-postgres`. Each connection has a
+//! single-threaded runtime of its own and is driven by the thread that waits for its answer
+//! (see [`Driver`]).
 //!
 //! Tables (see docs/FORMAT.md): `spoolfs_schema (id, version)` with one row, and
 //! `spoolfs_kv (k bytea primary key, v bytea)`. Only plain tables, primary keys, `ON CONFLICT`
@@ -44,7 +45,10 @@ use futures::future::OptionFuture;
 use parking_lot::{Condvar, Mutex};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
@@ -133,8 +137,93 @@ struct Statements {
     assert_ranges: Statement,
 }
 
+/// A connection's I/O, driven by the thread that waits for its answers: the connection
+/// future is polled inside the same `block_on` as the request, on a single-threaded runtime of
+/// the connection's own (where its socket is registered). A round trip then wakes no other
+/// thread; with the connection task on a shared multi-threaded runtime, each one woke a worker
+/// to send the request and read the answer, then woke the caller, which on a machine of two
+/// busy CPUs cost as much as the database's own work.
+struct Driver {
+    runtime: tokio::runtime::Runtime,
+    /// `None` once it has ended (the server went away, or the client was dropped).
+    connection: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+}
+
+/// What [`Driver::connect`] gives: the client and its driver, or the connection's error.
+type Connected = std::result::Result<(Client, Driver), tokio_postgres::Error>;
+
+impl Driver {
+    /// Connects with `connect` on a new runtime of the connection's own. `Err`: the runtime
+    /// could not start.
+    fn connect<S, T>(
+        connect: impl Future<
+            Output = std::result::Result<
+                (Client, tokio_postgres::Connection<S, T>),
+                tokio_postgres::Error,
+            >,
+        >,
+    ) -> std::result::Result<Connected, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a PostgreSQL connection's runtime: {e}"))?;
+        Ok(runtime.block_on(connect).map(|(client, connection)| {
+            let connection: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+                let _ = connection.await;
+            });
+            (
+                client,
+                Driver {
+                    runtime,
+                    connection: Mutex::new(Some(connection)),
+                },
+            )
+        }))
+    }
+
+    /// Runs `fut` (requests of this connection's client) to completion, driving the
+    /// connection meanwhile.
+    fn block_on<T>(&self, fut: impl Future<Output = T>) -> T {
+        let mut connection = self.connection.lock();
+        let mut fut = std::pin::pin!(fut);
+        self.runtime.block_on(std::future::poll_fn(|cx| {
+            // The request is queued by the future's poll, sent and answered by the
+            // connection's; the answer wakes this task, which polls the future again.
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            if let Some(c) = connection.as_mut()
+                && c.as_mut().poll(cx).is_ready()
+            {
+                // Ended: the future's requests fail now.
+                *connection = None;
+                return fut.as_mut().poll(cx);
+            }
+            Poll::Pending
+        }))
+    }
+
+    /// Sends what is queued on the connection (a request not waited for) without waiting
+    /// for anything: one poll of the connection. Its answer is read at the next request.
+    fn push(&self) {
+        let mut connection = self.connection.lock();
+        let Some(c) = connection.as_mut() else { return };
+        let ended = self.runtime.block_on(std::future::poll_fn(|cx| {
+            Poll::Ready(c.as_mut().poll(cx).is_ready())
+        }));
+        if ended {
+            *connection = None;
+        }
+    }
+}
+
 struct Conn {
     client: Client,
+    driver: Driver,
     stmts: Statements,
     /// The counter shard of the transactions run on this connection (see
     /// [`KvRead::counter_shard`]): one per connection slot, so that two transactions of this
@@ -157,7 +246,6 @@ struct Counters {
 }
 
 pub struct PgStore {
-    runtime: tokio::runtime::Runtime,
     config: tokio_postgres::Config,
     /// The TLS connector (also when TLS is off: tokio-postgres asks for one).
     tls: PgTls,
@@ -361,15 +449,8 @@ impl PgStore {
             url: redact(url),
             reason,
         })?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("spoolfs-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| MetaError::Io(format!("cannot start the PostgreSQL runtime: {e}")))?;
         let known = (options.known_keys > 0).then(|| Mutex::new(Known::new(options.known_keys)));
         let store = PgStore {
-            runtime,
             config,
             tls,
             options,
@@ -394,8 +475,8 @@ impl PgStore {
     /// Reads (and in `Create` mode first creates) the schema version, on a connection made
     /// for that alone (the pooled ones prepare statements on the tables).
     fn check_schema(&self, mode: SchemaMode) -> Result<()> {
-        let client = self.connect_client()?;
-        let version = self.runtime.block_on(async {
+        let (client, driver) = self.connect_client()?;
+        let version = driver.block_on(async {
             if mode == SchemaMode::Create {
                 for sql in CREATE_SCHEMA {
                     client.batch_execute(sql).await?;
@@ -432,16 +513,13 @@ impl PgStore {
         }
     }
 
-    /// One new connection, its connection task running on the store's runtime.
-    fn connect_client(&self) -> Result<Client> {
-        let connected = self.runtime.block_on(self.config.connect(self.tls.clone()));
-        let (client, connection) = connected.map_err(|e| self.connect_error(&e))?;
+    /// One new connection, with the driver of its I/O.
+    fn connect_client(&self) -> Result<(Client, Driver)> {
+        let connected =
+            Driver::connect(self.config.connect(self.tls.clone())).map_err(MetaError::Io)?;
+        let (client, driver) = connected.map_err(|e| self.connect_error(&e))?;
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
-        self.runtime.spawn(async move {
-            // Ends when the client is dropped or the server goes away; requests then fail.
-            let _ = connection.await;
-        });
-        Ok(client)
+        Ok((client, driver))
     }
 
     fn connect_error(&self, e: &tokio_postgres::Error) -> MetaError {
@@ -476,28 +554,26 @@ impl PgStore {
         let slot =
             self.counters.connections.load(Ordering::Relaxed) % self.options.connections as u64;
         let counter_shard = self.counter_shard.wrapping_add(slot as u32).max(1);
-        let client = self.connect_client()?;
+        let (client, driver) = self.connect_client()?;
         // Serializable transactions lock what they read; a sequential scan (which the planner
         // picks for a small table) locks the whole table, so that every concurrent write
         // conflicts with it. Index scans lock only the pages they visit. (Engines without the
         // setting refuse it; they have no such scans to avoid.)
-        let _ = self
-            .runtime
-            .block_on(client.batch_execute("SET enable_seqscan = off"));
+        let _ = driver.block_on(client.batch_execute("SET enable_seqscan = off"));
         // Whether the server knows the setting and the value, asked in a transaction block of
         // its own (outside one, PostgreSQL accepts `SET LOCAL` with a warning in the log).
         let may_skip_flush = self.options.commit_wait == CommitWait::Durable && {
-            let probe = self.runtime.block_on(
+            let probe = driver.block_on(
                 client.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off; COMMIT"),
             );
             if probe.is_err() {
                 // The refused statement left the block open and aborted.
-                let _ = self.runtime.block_on(client.batch_execute("ROLLBACK"));
+                let _ = driver.block_on(client.batch_execute("ROLLBACK"));
             }
             probe.is_ok()
         };
         let stmts =
-            self.runtime.block_on(async {
+            driver.block_on(async {
                 let (get, get_many, scan, scan_back, upsert, delete, assert_keys, assert_ranges) =
                     futures::join!(
                 client.prepare("SELECT v FROM spoolfs_kv WHERE k = $1"),
@@ -539,6 +615,7 @@ impl PgStore {
         let stmts = stmts.map_err(|e| Failure::from_pg(&e).to_meta())?;
         Ok(Conn {
             client,
+            driver,
             stmts,
             counter_shard,
             may_skip_flush,
@@ -608,7 +685,7 @@ impl PgStore {
         let mut attempt = 0u32;
         loop {
             let conn = self.checkout()?;
-            let done = self.runtime.block_on(conn.client.batch_execute(&sql));
+            let done = conn.driver.block_on(conn.client.batch_execute(&sql));
             self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
             let failure = match done {
@@ -962,8 +1039,8 @@ impl PgTxn<'_> {
             .into();
         self.began.set(true);
         let (begun, out) = self
-            .store
-            .runtime
+            .conn
+            .driver
             .block_on(async { futures::join!(begin, fut) });
         self.store
             .counters
@@ -1161,8 +1238,11 @@ impl PgTxn<'_> {
     /// Sends `sql` without waiting for its answer: the connection's next request queues behind
     /// it, and the answer is dropped when it arrives.
     fn send_and_forget(&self, sql: &str) {
-        // The request is queued on the connection in the future's first poll.
+        // The request is queued on the connection in the future's first poll, and sent by
+        // the connection's next poll, at once: a view's snapshot must not stay open on the
+        // server while the connection waits in the pool.
         let _ = self.conn.client.batch_execute(sql).now_or_never();
+        self.conn.driver.push();
     }
 }
 
@@ -1402,8 +1482,8 @@ mod tests {
         // After a commit that did not wait, a flush covers its WAL.
         synchronous_commit_in(&store, Durability::Visible);
         let conn = store.checkout().unwrap();
-        let inserted: String = store
-            .runtime
+        let inserted: String = conn
+            .driver
             .block_on(
                 conn.client
                     .query_one("SELECT pg_current_wal_insert_lsn()::TEXT", &[]),
@@ -1420,8 +1500,8 @@ mod tests {
         );
         assert_eq!(store.stats().flushes - flushes, 1);
         let conn = store.checkout().unwrap();
-        let covered: bool = store
-            .runtime
+        let covered: bool = conn
+            .driver
             .block_on(conn.client.query_one(
                 "SELECT pg_current_wal_flush_lsn() >= $1::TEXT::PG_LSN",
                 &[&inserted],
