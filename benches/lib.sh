@@ -188,6 +188,29 @@ bench_start_s3() {
 # (124 or 137: it ran out of time, said as TIMED_OUT) and its start and end times; the reason
 # for any other failure is the tail of its log, $logs/SYSTEM.STEP.log.
 # shellcheck disable=SC2004  # R is the sourcing script's associative array
+# Milliseconds disk $1 (a name in /proc/diskstats) has spent doing I/O since boot.
+bench_disk_busy_ms() { awk -v d="$1" '$3 == d { print $13 }' /proc/diskstats; }
+
+# Waits, after a sync, until the disk holding directory $1 has been nearly idle (busy less
+# than 5 % of each second) for 3 seconds in a row, at most 60 s: a timed workload then starts
+# on a quiet disk, not on the write-back and discards the previous system's clean-up left.
+bench_settle() {
+    local dev prev cur quiet=0 waited=0
+    dev=$(lsblk -no pkname "$(df --output=source "$1" | tail -1)" 2>/dev/null | head -1)
+    [[ -n $dev ]] || dev=$(basename "$(df --output=source "$1" | tail -1)")
+    sync
+    prev=$(bench_disk_busy_ms "$dev")
+    [[ -n $prev ]] || { log "settle: no statistics for disk $dev"; return 0; }
+    while ((quiet < 3 && waited < 60)); do
+        sleep 1
+        waited=$((waited + 1))
+        cur=$(bench_disk_busy_ms "$dev")
+        if ((cur - prev < 50)); then quiet=$((quiet + 1)); else quiet=0; fi
+        prev=$cur
+    done
+    log "disk $dev quiet after ${waited} s"
+}
+
 bench_record_step() {
     local sys=$1 step=$2 rc=$3 t0=$4 t1=$5 timed_out=$6
     if ((rc == 0)); then

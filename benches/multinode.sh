@@ -17,6 +17,9 @@
 #                     that failed or returned wrong bytes (counted, never fatal), and how long
 #                     after the close a file that failed became readable (retried every 10 ms)
 #
+# Each workload of each system starts after a sync, once the disk has been quiet for 3 s (at
+# most 60 s of waiting): the previous system's write-back and clean-up are not timed again.
+#
 #   sudo bash benches/multinode.sh            # 10,000 files, 11 wheels, 200 × 64 KiB
 #   sudo bash benches/multinode.sh --quick    # 300 files, 3 wheels, 50 × 64 KiB: checks the script
 #   sudo bash benches/multinode.sh --only spoolfs --workloads smallfiles,read-after-close
@@ -54,7 +57,7 @@ while (($#)); do
         --read-size) need_arg "$@"; read_kib=$2; shift ;;
         --retry-limit) need_arg "$@"; retry_limit=$2; shift ;;
         --work-dir) need_arg "$@"; work_dir_arg=$2; shift ;;
-        -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -358,9 +361,10 @@ run_read_after_close() {
 }
 
 run_workloads() {
-    workload smallfiles && run_smallfiles "$1"
-    workload pip && run_pip "$1"
+    workload smallfiles && bench_settle "$work" && run_smallfiles "$1"
+    workload pip && bench_settle "$work" && run_pip "$1"
     if workload read-after-close; then
+        bench_settle "$work"
         run_read_after_close "$1" each
         run_read_after_close "$1" burst
     fi
