@@ -1177,8 +1177,12 @@ impl Engine {
     /// inodes per transaction. Like the reads' own updates on an exclusive volume, a failure
     /// is only logged.
     fn write_pending_atimes(&self) {
-        let pending: Vec<(Ino, (i64, i64, i64))> = std::mem::take(&mut *self.pending_atimes.lock())
-            .into_iter()
+        // Left in the map until written: meanwhile this mount's attributes still show them.
+        let pending: Vec<(Ino, (i64, i64, i64))> = self
+            .pending_atimes
+            .lock()
+            .iter()
+            .map(|(&ino, &times)| (ino, times))
             .collect();
         let rule = self.config.atime;
         for part in pending.chunks(crate::meta::SHARED_BATCH_ROWS) {
@@ -1194,8 +1198,16 @@ impl Engine {
                 }
                 Ok(())
             });
-            if let Err(e) = r {
+            if let Err(e) = &r {
                 tracing::debug!("atime update of {} inodes failed: {e}", part.len());
+            }
+            // Written, or given up (as a read's own update on an exclusive volume is); a read
+            // that moved one again meanwhile stays for the next time.
+            let mut map = self.pending_atimes.lock();
+            for (ino, times) in part {
+                if map.get(ino) == Some(times) {
+                    map.remove(ino);
+                }
             }
         }
     }
@@ -1790,9 +1802,15 @@ impl Engine {
     fn drop_holds(&self, all: bool) {
         let Some(h) = &self.holds else { return };
         let batch = h.take_batch(&|ino| self.open.has_handles(ino), all);
-        // In transactions of a few inodes: each reads an inode and scans its holds.
+        // In transactions of a few inodes (each reads an inode and scans its holds), then one
+        // wait for the database's flush for all of them, not one per transaction.
         for part in batch.chunks(crate::meta::SHARED_BATCH_ROWS / 2) {
             self.drop_hold_batch(h, part);
+        }
+        if !batch.is_empty()
+            && let Err(err) = self.meta.store().sync()
+        {
+            crate::warn_limited!("flushing {} dropped open-file holds: {err}", batch.len());
         }
     }
 
@@ -1811,7 +1829,7 @@ impl Engine {
             .iter()
             .map(|(s, e)| (s.as_slice(), e.as_slice()))
             .collect();
-        let result = self.meta.store().update(Durability::Durable, &mut |t| {
+        let result = self.meta.store().update(Durability::Visible, &mut |t| {
             // The whole batch's inodes and holds in one round trip on a networked store.
             t.prefetch(&keys, &ranges)?;
             let mut freed = 0;

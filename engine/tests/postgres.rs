@@ -664,7 +664,10 @@ fn creates_in_turns_on_two_mounts_rerun_on_what_the_other_changed() {
     b.release(opened.ino, fh).unwrap();
     assert_eq!(opened.ino, a.lookup(d, b"new1").unwrap().ino);
     assert_eq!(opened.size, 6);
-    assert_eq!(second.meta.stats().optimistic_misses, misses + 2);
+    // At least those two (B's background work, dropping holds and writing access times,
+    // may add misses of its own meanwhile).
+    let missed = second.meta.stats().optimistic_misses - misses;
+    assert!(missed >= 2, "B's two creates missed {missed} times");
     // A lookup fetches the inode A remembers the name naming along with the entry; B renames
     // another file over the name meanwhile: A's lookup finds B's file, not the one it made.
     let (mine, fh) = a.create(&caller, d, b"x", 0o644, libc::O_WRONLY).unwrap();
