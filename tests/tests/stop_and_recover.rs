@@ -125,11 +125,16 @@ fn a_mount_with_another_cache_is_refused_after_a_crash() {
     check_only_the_same_cache_mounts(&vol, &files);
 }
 
-/// `--shutdown-timeout` bounds the stop even while every PUT stalls: an upload thread blocked
-/// in a PUT is left behind, and what it was uploading stays staged for the same cache.
-#[test]
-fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
-    require_fuse!();
+/// Mounts behind a proxy with `--shutdown-timeout 2`, makes every PUT meet `fault`, writes 20
+/// files (contents from `seed`) and sends SIGTERM: the daemon must stop (`what` names the
+/// case in a failure), unmounted, without a panic. `check` then sees how long the stop took,
+/// the mount and the proxy; last, only a mount with the same cache directory gets the files.
+fn stop_while_every_put_meets(
+    fault: Fault,
+    what: &str,
+    seed: u64,
+    check: impl FnOnce(std::time::Duration, &Mount, &spoolfs_s3proxy::Proxy),
+) {
     let (vol, proxy) = Volume::new_behind_proxy();
     let m = vol.mount_with(MountOptions {
         daemon: true,
@@ -140,26 +145,37 @@ fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
             .collect(),
         ..Default::default()
     });
-    // Every PUT stalls until the fault is cleared: only the timeout can end the drain.
-    proxy.add_fault(Fault::stall(None).only(Method::Put));
-    let files = write_files(&m.join("d"), 20, 7);
+    proxy.add_fault(fault.only(Method::Put));
+    let files = write_files(&m.join("d"), 20, seed);
     assert!(m.staged_bytes() > 0, "the test needs staged data");
     let pid = m.pid().expect("daemon pid");
     let mp = m.path().to_path_buf();
+    let t = std::time::Instant::now();
     signal(pid, libc::SIGTERM);
-    let guard = std::panic::catch_unwind(|| {
-        wait_gone(pid, "SIGTERM with --shutdown-timeout 2 and a stalled store")
-    });
-    if guard.is_err() {
-        let log = m.log_text();
-        panic!("the daemon did not stop; its log:\n{log}");
+    if std::panic::catch_unwind(|| wait_gone(pid, what)).is_err() {
+        panic!("the daemon did not stop; its log:\n{}", m.log_text());
     }
+    check(t.elapsed(), &m, &proxy);
     assert!(!is_mounted(&mp), "still mounted after the shutdown timeout");
     let log = m.log_text();
     assert!(!log.contains("panicked"), "daemon panicked:\n{log}");
     drop(m);
     proxy.clear_faults();
     check_only_the_same_cache_mounts(&vol, &files);
+}
+
+/// `--shutdown-timeout` bounds the stop even while every PUT stalls: an upload thread blocked
+/// in a PUT is left behind, and what it was uploading stays staged for the same cache.
+#[test]
+fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
+    require_fuse!();
+    // Every PUT stalls until the fault is cleared: only the timeout can end the drain.
+    stop_while_every_put_meets(
+        Fault::stall(None),
+        "SIGTERM with --shutdown-timeout 2 and a stalled store",
+        7,
+        |_, _, _| {},
+    );
 }
 
 /// `--shutdown-timeout` bounds the stop while every PUT fails with 500 InternalError too: the
@@ -169,48 +185,22 @@ fn shutdown_timeout_bounds_the_drain_and_the_next_mount_needs_the_same_cache() {
 #[test]
 fn shutdown_timeout_bounds_the_stop_while_every_put_fails() {
     require_fuse!();
-    let (vol, proxy) = Volume::new_behind_proxy();
-    let m = vol.mount_with(MountOptions {
-        daemon: true,
-        extra_args: ["--shutdown-timeout", "2"]
-            .iter()
-            .chain(SLOW_UPLOADS.iter())
-            .map(|s| s.to_string())
-            .collect(),
-        ..Default::default()
-    });
-    proxy.add_fault(Fault::internal_error().only(Method::Put));
-    let files = write_files(&m.join("d"), 20, 8);
-    assert!(m.staged_bytes() > 0, "the test needs staged data");
-    let pid = m.pid().expect("daemon pid");
-    let mp = m.path().to_path_buf();
-    let t = std::time::Instant::now();
-    signal(pid, libc::SIGTERM);
-    let guard = std::panic::catch_unwind(|| {
-        wait_gone(
-            pid,
-            "SIGTERM with --shutdown-timeout 2 while every PUT fails",
-        )
-    });
-    if guard.is_err() {
-        panic!("the daemon did not stop; its log:\n{}", m.log_text());
-    }
-    let took = t.elapsed();
-    eprintln!("    stopped {took:?} after SIGTERM, every PUT failing");
-    // 2 s of drain, at most 5 s for the upload threads to notice; the rest is slack for a
-    // loaded machine, far below the minutes of the client's retries.
-    assert!(
-        took < std::time::Duration::from_secs(30),
-        "the daemon took {took:?} to stop; its log:\n{}",
-        m.log_text()
+    stop_while_every_put_meets(
+        Fault::internal_error(),
+        "SIGTERM with --shutdown-timeout 2 while every PUT fails",
+        8,
+        |took, m, proxy| {
+            eprintln!("    stopped {took:?} after SIGTERM, every PUT failing");
+            // 2 s of drain, at most 5 s for the upload threads to notice; the rest is slack
+            // for a loaded machine, far below the minutes of the client's retries.
+            assert!(
+                took < std::time::Duration::from_secs(30),
+                "the daemon took {took:?} to stop; its log:\n{}",
+                m.log_text()
+            );
+            assert!(proxy.injected().put > 0, "no PUT failed");
+        },
     );
-    assert!(proxy.injected().put > 0, "no PUT failed");
-    assert!(!is_mounted(&mp), "still mounted after the shutdown timeout");
-    let log = m.log_text();
-    assert!(!log.contains("panicked"), "daemon panicked:\n{log}");
-    drop(m);
-    proxy.clear_faults();
-    check_only_the_same_cache_mounts(&vol, &files);
 }
 
 /// `spoolfs umount --no-wait` promises that what is still staged survives a crash of spoolfs
