@@ -41,7 +41,10 @@ pub(crate) const MIN_SLICE_LIMIT: usize = 64 << 10;
 struct Pending {
     chunk: u32,
     pos: u32,
-    data: Vec<u8>,
+    /// Shared with the staging log's builder thread while a staged copy is being made
+    /// (see [`EarlyStage::Submitted`]); only a run that is not frozen is written to, and no
+    /// one else holds it then.
+    data: Arc<Vec<u8>>,
     /// A full run is handed to the staging log while the file is still being written, so a
     /// large sequential write keeps copying while the device writes; the flush then only
     /// waits for it. Such a run is frozen: later writes over it start a new run.
@@ -772,9 +775,9 @@ impl WritePath {
             let staged_ids: HashSet<u64> = staged.iter().map(|(id, _)| *id).collect();
             for (p, id) in state.pending.iter_mut().zip(&plan.ids) {
                 if staged_ids.contains(id)
-                    && let Some(unkept) = wb.keep_for_upload(*id, std::mem::take(&mut p.data))
+                    && let Some(unkept) = wb.keep_for_upload(*id, take_run(&mut p.data))
                 {
-                    p.data = unkept;
+                    p.data = Arc::new(unkept);
                 }
             }
             wb.add(&staged);
@@ -782,8 +785,8 @@ impl WritePath {
         self.counters
             .dirty_bytes
             .fetch_sub(state.pending_bytes, Ordering::Relaxed);
-        for p in state.pending.drain(..) {
-            self.recycle_run(p.data);
+        for mut p in state.pending.drain(..) {
+            self.recycle_run(take_run(&mut p.data));
         }
         state.pending_bytes = 0;
         state.overlay = None;
@@ -886,17 +889,19 @@ fn add_pending(
         let last_end = last.pos + last.data.len() as u32;
         if pos >= last.pos && pos <= last_end {
             let at = (pos - last.pos) as usize;
-            let overlap = (last.data.len() - at).min(data.len());
-            last.data[at..at + overlap].copy_from_slice(&data[..overlap]);
-            let room = max_run.saturating_sub(last.data.len());
+            // Not frozen: nothing else holds the run, so this never copies it.
+            let run = Arc::make_mut(&mut last.data);
+            let overlap = (run.len() - at).min(data.len());
+            run[at..at + overlap].copy_from_slice(&data[..overlap]);
+            let room = max_run.saturating_sub(run.len());
             let grow = room.min(data.len() - overlap);
-            last.data.extend_from_slice(&data[overlap..overlap + grow]);
+            run.extend_from_slice(&data[overlap..overlap + grow]);
             let used = overlap + grow;
             if used < data.len() {
                 pending.push(Pending {
                     chunk,
                     pos: pos + used as u32,
-                    data: run_buffer(&data[used..], max_run, spare),
+                    data: Arc::new(run_buffer(&data[used..], max_run, spare)),
                     early: EarlyStage::NotYet,
                 });
             }
@@ -906,7 +911,7 @@ fn add_pending(
     pending.push(Pending {
         chunk,
         pos,
-        data: run_buffer(data, max_run, spare),
+        data: Arc::new(run_buffer(data, max_run, spare)),
         early: EarlyStage::NotYet,
     });
 }
@@ -929,6 +934,13 @@ fn run_buffer(data: &[u8], max_run: usize, spare: Option<&Mutex<Vec<Vec<u8>>>>) 
         .unwrap_or_else(|| Vec::with_capacity(room));
     buf.extend_from_slice(data);
     buf
+}
+
+/// The bytes of a run, taken out of it. The staging log let go of them once their append was
+/// answered, which every flush waits for, so this does not copy.
+fn take_run(data: &mut Arc<Vec<u8>>) -> Vec<u8> {
+    let run = std::mem::take(data);
+    Arc::try_unwrap(run).unwrap_or_else(|shared| shared.as_ref().clone())
 }
 
 /// Frees the staging records of a flush that failed before its commit (nothing points at
@@ -974,7 +986,7 @@ mod tests {
         // The next write starts a new run; a small one gets no more room than it needs.
         add_pending(&mut pending, 0, max_run as u32, b"tail", max_run, None);
         assert_eq!(pending.len(), 2);
-        assert_eq!(pending[1].data, b"tail");
+        assert_eq!(pending[1].data.as_slice(), b"tail");
         assert!(pending[1].data.capacity() < LARGE_WRITE);
     }
 
@@ -990,7 +1002,7 @@ mod tests {
         add_pending(&mut pending, 1, 0, &data, max_run, Some(&spare));
         assert!(spare.lock().is_empty());
         assert_eq!(pending[1].data.as_ptr(), kept);
-        assert_eq!(pending[1].data, data);
+        assert_eq!(*pending[1].data, data);
         // None left: the next large run gets a buffer of its own.
         add_pending(&mut pending, 2, 0, &data, max_run, Some(&spare));
         assert!(pending[2].data.capacity() >= max_run);

@@ -25,7 +25,12 @@
 //! [`StagingTuning::pool_buffers`]) carved out of one anonymous mapping and, with the uring
 //! engine, registered with its ring. The caller of an append builds the record directly in
 //! a free buffer of the target thread's pool (taken without a lock; given back when the
-//! request is done), and the thread writes it with `WRITE_FIXED`; reads fill pool buffers
+//! request is done), and the thread writes it with `WRITE_FIXED`. A record of
+//! [`BUILD_OFF_CALLER`] bytes or more handed over with [`StagingLog::submit_shared`] (the
+//! full runs of a large write) is built instead by the log's one builder thread, which
+//! copies it, computes its CRCs, lets go of the caller's data and hands it on: the writer
+//! goes on with its next write meanwhile. [`StagingLog::sync`] also covers what the
+//! builder still holds. Reads fill pool buffers
 //! with `READ_FIXED`. A record larger than a pool buffer, or one that finds every buffer in
 //! use, gets a temporary aligned allocation and plain `WRITE`/`READ` instead
 //! ([`StagingUsage::pool_misses`]); a record larger than a pool buffer takes one an earlier
@@ -506,9 +511,11 @@ impl PendingAppend {
 /// The staging log. `Sync`: every method takes `&self` and may be called from any thread.
 pub struct StagingLog {
     shared: Arc<Shared>,
-    senders: Vec<Sender<Request>>,
-    /// Each engine thread's buffer pool, by thread (empty: no pools).
-    pools: Vec<Arc<BufPool>>,
+    /// The engine threads' queues and buffer pools, shared with the builder thread.
+    records: Arc<Records>,
+    /// The builder thread's queue (see [`StagingLog::submit_shared`]); `None` once closing.
+    builder: Option<Sender<BuildJob>>,
+    builder_thread: Mutex<Option<JoinHandle<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The spare maker ([`segments::make_spares`]).
     spares: Mutex<Option<JoinHandle<()>>>,
@@ -522,6 +529,138 @@ pub struct StagingLog {
 
 /// Requests one engine thread's queue holds before senders block.
 const QUEUE_DEPTH: usize = 1024;
+
+/// Records handed over with [`StagingLog::submit_shared`] this large or larger are built on
+/// the builder thread: copying and checksumming a 16 MiB run takes milliseconds, which a
+/// sequential writer would otherwise wait for every 16 MiB.
+pub const BUILD_OFF_CALLER: usize = 1 << 20;
+
+/// Records the builder thread's queue holds before senders block (each holds a run the
+/// writer keeps anyway, so this bounds no memory of its own).
+const BUILD_QUEUE_DEPTH: usize = 64;
+
+/// The engine threads' queues and buffer pools, and how records are built for them.
+struct Records {
+    shared: Arc<Shared>,
+    senders: Vec<Sender<Request>>,
+    /// Each engine thread's buffer pool, by thread (empty: no pools).
+    pools: Vec<Arc<BufPool>>,
+}
+
+/// What the builder thread is asked to do.
+enum BuildJob {
+    /// Build a record and hand it to its engine thread.
+    Record {
+        header: RecordHeader,
+        data: Arc<Vec<u8>>,
+        durable: bool,
+        reply: worker::Reply<StagedLoc>,
+    },
+    /// Answer once every record asked for before is with its engine thread (what
+    /// [`StagingLog::sync`] covers).
+    Drained(oneshot::Sender<()>),
+}
+
+impl Records {
+    /// Refuses a record whose header does not match its `total` data bytes, or that no
+    /// segment can hold.
+    fn check(&self, header: &RecordHeader, total: u64) -> Result<(), StagingError> {
+        if total != u64::from(header.len) || header.meta_len > header.len {
+            return Err(StagingError::Invalid(format!(
+                "header says {} bytes ({} of them metadata), data has {total}",
+                header.len, header.meta_len
+            )));
+        }
+        let align = self.shared.align;
+        if record_size(header.len, align) > self.shared.segment_size - align {
+            return Err(StagingError::TooLarge { len: header.len });
+        }
+        Ok(())
+    }
+
+    /// The engine thread that writes the records of `header`'s inode.
+    fn thread_of(&self, header: &RecordHeader) -> usize {
+        (header.ino % self.senders.len() as u64) as usize
+    }
+
+    /// The record as engine thread `t` writes it: header, the concatenation of `parts`,
+    /// padding; in a buffer of that thread's pool when one is free (a large record in a
+    /// large buffer an earlier one gave back, when there is one).
+    fn build(&self, t: usize, header: &RecordHeader, parts: &[&[u8]]) -> IoBuf {
+        let align = self.shared.align;
+        let size = record_size(header.len, align);
+        let hlen = record_header_len(header.len, align) as usize;
+        let mut buf = IoBuf::for_record(self.pools.get(t), size as usize);
+        let b = buf.as_mut_slice();
+        let (head, rest) = b.split_at_mut(hlen);
+        let (body, pad) = rest.split_at_mut(header.len as usize);
+        // A pool buffer holds a previous record: every byte is written.
+        let mut at = 0;
+        for part in parts {
+            body[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        head.fill(0);
+        format::encode_record_header(head, header, body, now_us());
+        pad.fill(0);
+        buf
+    }
+
+    /// Hands a built record to engine thread `t`. If that thread is gone, `reply` is
+    /// answered with the error too (for a caller that already holds its receiver).
+    fn send(
+        &self,
+        t: usize,
+        buf: IoBuf,
+        len: u32,
+        durable: bool,
+        reply: worker::Reply<StagedLoc>,
+    ) -> Result<(), StagingError> {
+        let durable = durable && self.shared.durability == StagingDurability::Flush;
+        let request = Request::Append {
+            buf,
+            len,
+            durable,
+            reply,
+        };
+        if let Err(crossbeam_channel::SendError(Request::Append { reply, .. })) =
+            self.senders[t].send(request)
+        {
+            let _ = reply.send(Err(StagingError::Closed));
+            return Err(StagingError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Builds a job's record, lets go of its data, and hands the record to its engine thread.
+    fn build_and_send(&self, job: BuildJob) -> Result<(), StagingError> {
+        match job {
+            BuildJob::Record {
+                header,
+                data,
+                durable,
+                reply,
+            } => {
+                let t = self.thread_of(&header);
+                let buf = self.build(t, &header, &[&data]);
+                drop(data);
+                self.send(t, buf, header.len, durable, reply)
+            }
+            BuildJob::Drained(reply) => {
+                let _ = reply.send(());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The builder thread: builds the records of [`StagingLog::submit_shared`] until its queue
+/// closes (a record it cannot hand on is answered with the error).
+fn run_builder(records: Arc<Records>, jobs: crossbeam_channel::Receiver<BuildJob>) {
+    for job in jobs {
+        let _ = records.build_and_send(job);
+    }
+}
 
 fn hex(u: &[u8; 16]) -> String {
     u.iter().map(|b| format!("{b:02x}")).collect()
@@ -921,6 +1060,26 @@ impl StagingLog {
                 .spawn(move || segments::make_spares(&shared, spares))
                 .map_err(|e| StagingError::io("spawn the segment preparer", e))?
         };
+        let records = Arc::new(Records {
+            shared: shared.clone(),
+            senders,
+            pools,
+        });
+        // Without a builder thread, large records are built by their callers.
+        let (builder, builder_thread) = {
+            let (tx, rx) = bounded(BUILD_QUEUE_DEPTH);
+            let records = records.clone();
+            match std::thread::Builder::new()
+                .name("spool-build".into())
+                .spawn(move || run_builder(records, rx))
+            {
+                Ok(h) => (Some(tx), Some(h)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "staging log: cannot start the record builder thread; writers build their records themselves");
+                    (None, None)
+                }
+            }
+        };
         if let Some(e) = register_err {
             tracing::warn!(
                 error = %e,
@@ -942,8 +1101,9 @@ impl StagingLog {
         Ok((
             StagingLog {
                 shared,
-                senders,
-                pools,
+                records,
+                builder,
+                builder_thread: Mutex::new(builder_thread),
                 threads: Mutex::new(threads),
                 spares: Mutex::new(Some(spares)),
                 append_timeout: tuning.append_timeout,
@@ -976,46 +1136,47 @@ impl StagingLog {
         durable: bool,
     ) -> Result<PendingAppend, StagingError> {
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        if total != u64::from(header.len) || header.meta_len > header.len {
-            return Err(StagingError::Invalid(format!(
-                "header says {} bytes ({} of them metadata), data has {total}",
-                header.len, header.meta_len
-            )));
-        }
-        let align = self.shared.align;
-        let size = record_size(header.len, align);
-        if size > self.shared.segment_size - align {
-            return Err(StagingError::TooLarge { len: header.len });
-        }
-        let hlen = record_header_len(header.len, align) as usize;
-        let t = (header.ino % self.senders.len() as u64) as usize;
-        // Built directly in a buffer of the engine thread's pool when one is free (a large
-        // record in a large buffer an earlier one gave back, when there is one).
-        let mut buf = IoBuf::for_record(self.pools.get(t), size as usize);
-        {
-            let b = buf.as_mut_slice();
-            let (head, rest) = b.split_at_mut(hlen);
-            let (body, pad) = rest.split_at_mut(total as usize);
-            // A pool buffer holds a previous record: every byte is written.
-            let mut at = 0;
-            for part in parts {
-                body[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
-            }
-            head.fill(0);
-            format::encode_record_header(head, header, body, now_us());
-            pad.fill(0);
-        }
-        let durable = durable && self.shared.durability == StagingDurability::Flush;
+        self.records.check(header, total)?;
         let (tx, rx) = oneshot::channel();
-        self.senders[t]
-            .send(Request::Append {
-                buf,
-                len: header.len,
-                durable,
-                reply: tx,
-            })
-            .map_err(|_| StagingError::Closed)?;
+        let t = self.records.thread_of(header);
+        let buf = self.records.build(t, header, parts);
+        self.records.send(t, buf, header.len, durable, tx)?;
+        Ok(PendingAppend {
+            rx,
+            timeout: self.append_timeout,
+        })
+    }
+
+    /// As [`Self::submit_parts`] for one part the caller shares: a record of at least
+    /// [`BUILD_OFF_CALLER`] bytes is built (copied into an aligned buffer, its CRCs computed)
+    /// on the log's builder thread instead of the caller's, so that a writer handing over
+    /// a full run of a large write goes on with its next write meanwhile. The builder lets
+    /// go of `data` before the record is written.
+    pub fn submit_shared(
+        &self,
+        header: &RecordHeader,
+        data: Arc<Vec<u8>>,
+        durable: bool,
+    ) -> Result<PendingAppend, StagingError> {
+        if data.len() < BUILD_OFF_CALLER {
+            return self.submit_parts(header, &[&data], durable);
+        }
+        self.records.check(header, data.len() as u64)?;
+        let (tx, rx) = oneshot::channel();
+        let job = BuildJob::Record {
+            header: *header,
+            data,
+            durable,
+            reply: tx,
+        };
+        let sent = match &self.builder {
+            Some(builder) => builder.send(job),
+            None => Err(crossbeam_channel::SendError(job)),
+        };
+        // Without a builder thread (it could not be started), the record is built here.
+        if let Err(crossbeam_channel::SendError(job)) = sent {
+            self.records.build_and_send(job)?;
+        }
         Ok(PendingAppend {
             rx,
             timeout: self.append_timeout,
@@ -1046,8 +1207,8 @@ impl StagingLog {
         let p0 = u64::from(offset) / PIECE_LEN;
         let p1 = end.div_ceil(PIECE_LEN);
         let data_end = (p1 * PIECE_LEN).min(u64::from(loc.len));
-        let t = loc.segment as usize % self.senders.len();
-        let pool = self.pools.get(t);
+        let t = loc.segment as usize % self.records.senders.len();
+        let pool = self.records.pools.get(t);
         let region = |from: u64, to: u64| {
             let len = format::align_up(to - from, align) as usize;
             (loc.offset + from, IoBuf::new(pool, len))
@@ -1061,7 +1222,7 @@ impl StagingLog {
             ]
         };
         let (tx, rx) = oneshot::channel();
-        self.senders[t]
+        self.records.senders[t]
             .send(Request::Read {
                 segment: loc.segment,
                 ranges,
@@ -1125,8 +1286,8 @@ impl StagingLog {
             "staging free of a segment with no live record"
         );
         if prev == SEALED | 1 {
-            let t = loc.segment as usize % self.senders.len();
-            let _ = self.senders[t].send(Request::Recycle {
+            let t = loc.segment as usize % self.records.senders.len();
+            let _ = self.records.senders[t].send(Request::Recycle {
                 segment: loc.segment,
             });
         }
@@ -1135,7 +1296,8 @@ impl StagingLog {
     pub fn usage(&self) -> StagingUsage {
         let s = &self.shared;
         let pool_sum = |f: fn(&BufPool) -> &AtomicU64| -> u64 {
-            self.pools
+            self.records
+                .pools
                 .iter()
                 .map(|p| f(p).load(Ordering::Relaxed))
                 .sum()
@@ -1175,7 +1337,15 @@ impl StagingLog {
     /// Makes everything appended before the call power-safe (flushes every thread's
     /// unflushed segments), whatever the durability setting.
     pub fn sync(&self) -> Result<(), StagingError> {
+        // Records still with the builder thread were appended too.
+        if let Some(builder) = &self.builder {
+            let (tx, rx) = oneshot::channel();
+            if builder.send(BuildJob::Drained(tx)).is_ok() {
+                let _ = rx.recv();
+            }
+        }
         let rxs: Vec<_> = self
+            .records
             .senders
             .iter()
             .map(|s| {
@@ -1193,12 +1363,12 @@ impl StagingLog {
 
     /// Engine threads (one I/O engine and one request queue each).
     pub fn threads(&self) -> usize {
-        self.senders.len()
+        self.records.senders.len()
     }
 
     /// Requests waiting in each engine thread's queue, by thread.
     pub fn queue_depths(&self) -> Vec<usize> {
-        self.senders.iter().map(|s| s.len()).collect()
+        self.records.senders.iter().map(|s| s.len()).collect()
     }
 
     /// The direct-I/O alignment records use.
@@ -1235,8 +1405,8 @@ impl StagingLog {
             let st = &self.shared.segs[segment as usize];
             let prev = st.state.fetch_sub(1, Ordering::SeqCst);
             if prev == SEALED | 1 {
-                let t = segment as usize % self.senders.len();
-                let _ = self.senders[t].send(Request::Recycle { segment });
+                let t = segment as usize % self.records.senders.len();
+                let _ = self.records.senders[t].send(Request::Recycle { segment });
             }
         }
     }
@@ -1244,7 +1414,12 @@ impl StagingLog {
 
 impl Drop for StagingLog {
     fn drop(&mut self) {
-        for s in &self.senders {
+        // The builder first: it hands what it was given to the engine threads, then exits.
+        self.builder = None;
+        if let Some(h) = self.builder_thread.lock().take() {
+            let _ = h.join();
+        }
+        for s in &self.records.senders {
             let _ = s.send(Request::Shutdown);
         }
         for h in self.threads.lock().drain(..) {

@@ -172,14 +172,16 @@ impl Uploader {
     }
 
     /// Hands one slice to the staging log without waiting (see [`Self::finish_stage`]);
-    /// `None` if it must go straight to the object store (no room, full, failing).
+    /// `None` if it must go straight to the object store (no room, full, failing). A large
+    /// slice is copied into its record off the caller's thread, which shares `data` until
+    /// then ([`StagingLog::submit_shared`](spoolfs_staging::StagingLog::submit_shared)).
     pub fn submit_stage(
         &self,
         ino: u64,
         chunk: u32,
         pos: u32,
         slice: u64,
-        data: &[u8],
+        data: &Arc<Vec<u8>>,
     ) -> Option<PendingAppend> {
         if !self.opts.writeback {
             return None;
@@ -198,7 +200,7 @@ impl Uploader {
         };
         self.opts
             .log
-            .submit_parts(&header, &[data], false)
+            .submit_shared(&header, data.clone(), false)
             .map_err(|e| self.bypass(slice, e))
             .ok()
     }
