@@ -353,6 +353,10 @@ impl WritePath {
             state.setid_left = false;
         }
         let cs = self.chunk_size;
+        let spares = RunSpares {
+            recycled: &self.run_buffers,
+            log: self.uploader.as_ref().map(|wb| wb.opts.log.as_ref()),
+        };
         let mut done = 0usize;
         while done < data.len() {
             let pos = offset + done as u64;
@@ -365,7 +369,7 @@ impl WritePath {
                 in_chunk,
                 &data[done..done + n],
                 self.max_run_bytes(),
-                Some(&self.run_buffers),
+                Some(&spares),
             );
             done += n;
         }
@@ -878,7 +882,7 @@ fn add_pending(
     pos: u32,
     data: &[u8],
     max_run: usize,
-    spare: Option<&Mutex<Vec<Vec<u8>>>>,
+    spare: Option<&RunSpares>,
 ) {
     if let Some(last) = pending
         .iter_mut()
@@ -916,6 +920,24 @@ fn add_pending(
     });
 }
 
+/// Where the new run of a large write gets a buffer that is not fresh memory (filling fresh
+/// memory faults in and zeroes every page on the writer's thread): one a flush gave back,
+/// else one the staging log's builder thread prepared.
+struct RunSpares<'a> {
+    recycled: &'a Mutex<Vec<Vec<u8>>>,
+    log: Option<&'a crate::staging::StagingLog>,
+}
+
+impl RunSpares<'_> {
+    fn take(&self, room: usize) -> Option<Vec<u8>> {
+        self.recycled
+            .lock()
+            .pop()
+            .filter(|b| b.capacity() >= room)
+            .or_else(|| self.log?.take_prepared_run(room))
+    }
+}
+
 /// Writes at least this large start a run with room for a whole run.
 const LARGE_WRITE: usize = 128 << 10;
 
@@ -923,14 +945,13 @@ const LARGE_WRITE: usize = 128 << 10;
 /// its buffer gets room for a whole run at once, instead of doubling its way there (each
 /// doubling may copy everything written so far), and is one a flush gave back (`spare`)
 /// when there is one.
-fn run_buffer(data: &[u8], max_run: usize, spare: Option<&Mutex<Vec<Vec<u8>>>>) -> Vec<u8> {
+fn run_buffer(data: &[u8], max_run: usize, spare: Option<&RunSpares>) -> Vec<u8> {
     if data.len() < LARGE_WRITE {
         return data.to_vec();
     }
     let room = max_run.max(data.len());
     let mut buf = spare
-        .and_then(|s| s.lock().pop())
-        .filter(|b| b.capacity() >= room)
+        .and_then(|s| s.take(room))
         .unwrap_or_else(|| Vec::with_capacity(room));
     buf.extend_from_slice(data);
     buf
@@ -995,16 +1016,20 @@ mod tests {
         let max_run = 1 << 20;
         let spare = Mutex::new(vec![Vec::with_capacity(max_run)]);
         let kept = spare.lock()[0].as_ptr();
+        let spares = RunSpares {
+            recycled: &spare,
+            log: None,
+        };
         let mut pending = Vec::new();
-        add_pending(&mut pending, 0, 0, b"small", max_run, Some(&spare));
+        add_pending(&mut pending, 0, 0, b"small", max_run, Some(&spares));
         assert_eq!(spare.lock().len(), 1, "a small write takes no run buffer");
         let data = vec![7u8; LARGE_WRITE];
-        add_pending(&mut pending, 1, 0, &data, max_run, Some(&spare));
+        add_pending(&mut pending, 1, 0, &data, max_run, Some(&spares));
         assert!(spare.lock().is_empty());
         assert_eq!(pending[1].data.as_ptr(), kept);
         assert_eq!(*pending[1].data, data);
         // None left: the next large run gets a buffer of its own.
-        add_pending(&mut pending, 2, 0, &data, max_run, Some(&spare));
+        add_pending(&mut pending, 2, 0, &data, max_run, Some(&spares));
         assert!(pending[2].data.capacity() >= max_run);
         assert_ne!(pending[2].data.as_ptr(), kept);
     }

@@ -545,7 +545,13 @@ struct Records {
     senders: Vec<Sender<Request>>,
     /// Each engine thread's buffer pool, by thread (empty: no pools).
     pools: Vec<Arc<BufPool>>,
+    /// Empty run buffers the builder thread made ready, their pages already faulted in (see
+    /// [`StagingLog::take_prepared_run`]).
+    prepared_runs: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Run buffers the builder thread keeps ready once large runs arrive.
+const PREPARED_RUNS: usize = 2;
 
 /// What the builder thread is asked to do.
 enum BuildJob {
@@ -632,6 +638,30 @@ impl Records {
         Ok(())
     }
 
+    /// Makes ready up to [`PREPARED_RUNS`] empty buffers of `capacity` bytes, every page
+    /// touched (older ones of another capacity are dropped).
+    fn prepare_runs(&self, capacity: usize) {
+        self.prepared_runs
+            .lock()
+            .retain(|b| b.capacity() == capacity);
+        while self.prepared_runs.lock().len() < PREPARED_RUNS {
+            // One byte written per page (not `vec![0; n]`, whose pages are mapped untouched).
+            let mut run: Vec<u8> = Vec::with_capacity(capacity);
+            for page in run.spare_capacity_mut().chunks_mut(4096) {
+                // SAFETY: a write into the vector's own spare capacity; volatile so that it
+                // is not elided (nothing reads it).
+                unsafe {
+                    std::ptr::write_volatile(page.as_mut_ptr(), std::mem::MaybeUninit::new(0))
+                };
+            }
+            let mut ready = self.prepared_runs.lock();
+            if ready.len() >= PREPARED_RUNS {
+                break;
+            }
+            ready.push(run);
+        }
+    }
+
     /// Builds a job's record, lets go of its data, and hands the record to its engine thread.
     fn build_and_send(&self, job: BuildJob) -> Result<(), StagingError> {
         match job {
@@ -657,8 +687,19 @@ impl Records {
 /// The builder thread: builds the records of [`StagingLog::submit_shared`] until its queue
 /// closes (a record it cannot hand on is answered with the error).
 fn run_builder(records: Arc<Records>, jobs: crossbeam_channel::Receiver<BuildJob>) {
-    for job in jobs {
+    for job in jobs.iter() {
+        let run_capacity = match &job {
+            BuildJob::Record { data, .. } => Some(data.capacity()),
+            BuildJob::Drained(_) => None,
+        };
         let _ = records.build_and_send(job);
+        // Between records, a writer of large runs gets fresh run buffers whose pages this
+        // thread faulted in: a fresh 16 MiB buffer costs its filler 4,096 page faults.
+        if let Some(capacity) = run_capacity
+            && jobs.is_empty()
+        {
+            records.prepare_runs(capacity);
+        }
     }
 }
 
@@ -1064,6 +1105,7 @@ impl StagingLog {
             shared: shared.clone(),
             senders,
             pools,
+            prepared_runs: Mutex::new(Vec::new()),
         });
         // Without a builder thread, large records are built by their callers.
         let (builder, builder_thread) = {
@@ -1181,6 +1223,15 @@ impl StagingLog {
             rx,
             timeout: self.append_timeout,
         })
+    }
+
+    /// An empty buffer with room for at least `capacity` bytes whose pages are already
+    /// faulted in, if the builder thread has one ready (it prepares them once runs of large
+    /// writes arrive, for the writer's next runs).
+    pub fn take_prepared_run(&self, capacity: usize) -> Option<Vec<u8>> {
+        let mut ready = self.records.prepared_runs.lock();
+        let at = ready.iter().position(|b| b.capacity() >= capacity)?;
+        Some(ready.swap_remove(at))
     }
 
     /// Reads data bytes `[offset, offset + out.len())` of the record at `loc`, checking the

@@ -1349,3 +1349,47 @@ fn staging_close_writes_what_the_builder_was_given() {
     found.sort_unstable();
     assert_eq!(found, (0..8).collect::<Vec<_>>());
 }
+
+/// Once large shared records arrive, the builder keeps run buffers of their capacity ready
+/// (at most two), empty, for the writer's next runs; small records prepare none.
+#[test]
+fn staging_builder_prepares_run_buffers_after_large_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), IoEngineKind::Auto);
+    c.segment_size = 16 << 20;
+    let (log, _) = StagingLog::open(c).unwrap();
+    let small = Arc::new(random_bytes(1, 4096));
+    log.submit_shared(&hdr(1, 1, 4096), small, false)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(
+        log.take_prepared_run(1).is_none(),
+        "small records prepare nothing"
+    );
+
+    let capacity = 3 * BUILD_OFF_CALLER;
+    let mut run = Vec::with_capacity(capacity);
+    run.extend_from_slice(&random_bytes(2, 2 * BUILD_OFF_CALLER));
+    let len = run.len();
+    log.submit_shared(&hdr(1, 2, len), Arc::new(run), false)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let ready = || log.records.prepared_runs.lock().len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(ready(), 2, "two run buffers prepared, no more");
+    assert!(log.take_prepared_run(capacity + (1 << 20)).is_none());
+    for _ in 0..2 {
+        let b = log.take_prepared_run(capacity).expect("a prepared run");
+        assert!(b.is_empty() && b.capacity() >= capacity);
+    }
+    assert!(
+        log.take_prepared_run(capacity).is_none(),
+        "none made again without a new record"
+    );
+}
