@@ -30,7 +30,9 @@
 //! full runs of a large write) is built instead by the log's one builder thread, which
 //! copies it, computes its CRCs, lets go of the caller's data and hands it on: the writer
 //! goes on with its next write meanwhile. [`StagingLog::sync`] also covers what the
-//! builder still holds. Reads fill pool buffers
+//! builder still holds. Between such records the builder keeps two empty buffers of their
+//! size ready, pages faulted in, for the writer's next runs
+//! ([`StagingLog::take_prepared_run`]). Reads fill pool buffers
 //! with `READ_FIXED`. A record larger than a pool buffer, or one that finds every buffer in
 //! use, gets a temporary aligned allocation and plain `WRITE`/`READ` instead
 //! ([`StagingUsage::pool_misses`]); a record larger than a pool buffer takes one an earlier
