@@ -197,8 +197,10 @@ trap 'exit 143' TERM
 # returns 0 so that the other benchmarks still run.
 run_fio() {
     local key=$1 limit=$2; shift 2
+    # Each run starts on a quiet disk, not on the previous run's write-back, discards and
+    # uploads (a run of (c) halved on a disk still busy with them).
+    bench_settle "$WORK"
     log "fio $key: fio $*"
-    sync
     local rc=0
     timeout -k 10 "$limit" fio --output-format=json --output="$RESULTS/$key.json" "$@" \
         2>"$RESULTS/$key.stderr" || rc=$?
