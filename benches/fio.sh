@@ -44,13 +44,13 @@ if [[ $QUICK == 1 ]]; then
     RUNTIME_A=5        # (a) randwrite + fsync, ext4 and writeback
     RUNTIME_A_STD=3    # (a) standard mode: every fsync waits for the object store
     RUNTIME_B=5        # (b) randwrite without fsync
-    SEQ_SIZE=256M; SEQ_LABEL="256 MiB"
+    SEQ_SIZE=256M; SEQ_HALF=128M; SEQ_LABEL="256 MiB"
     MODE=quick
 else
     RUNTIME_A=20
     RUNTIME_A_STD=10
     RUNTIME_B=20
-    SEQ_SIZE=1G; SEQ_LABEL="1 GiB"
+    SEQ_SIZE=1G; SEQ_HALF=512M; SEQ_LABEL="1 GiB"
     MODE=full
 fi
 RAND_SIZE=64M
@@ -403,6 +403,22 @@ mount_volume seq --writeback=true
 fio_seq c_wb "$WORK/seq/mnt/seq.dat"
 umount_volume seq "(c) sequential"
 rm -rf "${STORE_ROOT:?}/seq"   # room on tmpfs for the runs below
+
+# Two writers at once, half the size each, in files of their own (a checkpoint from two ranks);
+# the size is counted once, so the figures compare with the single writer's.
+fio_seq2() {
+    local key=$1 dir=$2; shift 2
+    run_fio "$key" 1200 --name="$key" --directory="$dir" --numjobs=2 --group_reporting \
+        --rw=write --bs=1M --iodepth=1 --ioengine=psync --size=$SEQ_HALF --end_fsync=1 "$@"
+}
+mkdir -p "$EXT4_DIR/two"
+fio_seq2 c2_direct "$EXT4_DIR/two" --direct=1
+rm -rf "$EXT4_DIR/two"
+new_volume seq2
+mount_volume seq2 --writeback=true
+fio_seq2 c2_wb "$WORK/seq2/mnt"
+umount_volume seq2 "(c) sequential, two writers"
+rm -rf "${STORE_ROOT:?}/seq2"
 
 # ---- (a) and (c) on S3 behind the proxy: spoolfs and JuiceFS, both in writeback mode --------
 # One s3s-fs server (its root where the other object stores are) behind spoolfs-s3proxy adding

@@ -24,6 +24,9 @@ failed, `<key>.err` with the reason. Keys:
     c_wb          sequential 1 MiB writes + final fsync through the spoolfs mount, writeback
     c_wb_s3       the same, writeback, on S3 (s3s-fs behind the delaying proxy)
     c_juicefs     the same through JuiceFS --writeback on that S3
+    c2_direct     two writers at once, each half the size in its own file, O_DIRECT (baseline)
+    c2_wb         the same two writers through the spoolfs mount, writeback (a checkpoint
+                  from two ranks)
 
 Definitions (all from fio's own numbers):
   * write latency percentiles: `write.clat_ns.percentile` (with psync, completion latency is the
@@ -130,6 +133,7 @@ def main():
     for key in (
         "a_ext4", "a_ext4j", "a_floorj", "a_floor", "a_nullfs", "a_wb", "a_wb_disk", "a_std",
         "a_wb_s3", "a_juicefs", "b_nullfs", "b_wb", "c_direct", "c_wb", "c_wb_s3", "c_juicefs",
+        "c2_direct", "c2_wb",
     ):
         r[key] = load(args.results_dir, key)
 
@@ -188,7 +192,7 @@ def main():
 
     seq = {
         k: (seq_mb_s(job(k)) if job(k) else None)
-        for k in ("c_direct", "c_wb", "c_wb_s3", "c_juicefs")
+        for k in ("c_direct", "c_wb", "c_wb_s3", "c_juicefs", "c2_direct", "c2_wb")
     }
 
     w("| benchmark | spoolfs | baseline | ratio | goal |")
@@ -235,6 +239,15 @@ def main():
             "%.0f" % seq["c_wb"] if seq["c_wb"] else "n/a",
             "%.0f" % seq["c_direct"] if seq["c_direct"] else "n/a",
             ratio(div(seq["c_wb"], seq["c_direct"])),
+        )
+    )
+    w(
+        "| (c) the same by two writers at once, half each: throughput | %s MB/s "
+        "| two O_DIRECT writers, same disk: %s MB/s | **%s** | close to 1.0 |"
+        % (
+            "%.0f" % seq["c2_wb"] if seq["c2_wb"] else "n/a",
+            "%.0f" % seq["c2_direct"] if seq["c2_direct"] else "n/a",
+            ratio(div(seq["c2_wb"], seq["c2_direct"])),
         )
     )
     w("")
@@ -396,12 +409,14 @@ def main():
             ("c_wb", "spoolfs, writeback (default), buffered writes"),
             ("c_wb_s3", "spoolfs, writeback, on S3 behind the proxy"),
             ("c_juicefs", "JuiceFS `--writeback` (SQLite metadata), on S3 behind the proxy"),
+            ("c2_direct", "two writers, half each: fio `--direct=1` on the local disk (their baseline)"),
+            ("c2_wb", "two writers, half each: spoolfs, writeback (default), buffered writes"),
         ),
         3,
         lambda key: [
             "%.0f" % seq[key],
             "%.2f" % (job(key)["write"]["runtime"] / 1000.0),
-            ratio(div(seq[key], seq["c_direct"])),
+            ratio(div(seq[key], seq["c2_direct" if key.startswith("c2_") else "c_direct"])),
         ],
     )
     w("")
