@@ -673,8 +673,6 @@ fn creates_in_turns_on_two_mounts_rerun_on_what_the_other_changed() {
     b.release(opened.ino, fh).unwrap();
     assert_eq!(opened.ino, a.lookup(d, b"new1").unwrap().ino);
     assert_eq!(opened.size, 6);
-    // At least those two (B's background work, dropping holds and writing access times,
-    // may add reruns of its own meanwhile).
     let after = counts(&second);
     let (ran, missed, retried) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
     assert!(

@@ -1283,15 +1283,22 @@ fn staging_a_failed_torn_write_is_not_counted_flushed_until_overwritten() {
     );
 }
 
+/// A fresh directory with a two-thread log of 16 MiB segments (records of several MiB fit),
+/// its configuration (to open it again) and the log.
+fn open_for_large_records() -> (tempfile::TempDir, StagingConfig, StagingLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), IoEngineKind::Auto);
+    c.segment_size = 16 << 20;
+    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    (dir, c, log)
+}
+
 /// Large records handed over with `submit_shared` are built on the builder thread, small ones
 /// by the caller; either way each reads back as given, and the log lets go of the data once
 /// the append is answered.
 #[test]
 fn staging_shared_records_are_built_off_the_caller_and_read_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.segment_size = 16 << 20;
-    let (log, _) = StagingLog::open(c).unwrap();
+    let (_dir, _, log) = open_for_large_records();
     let sizes = [
         BUILD_OFF_CALLER,
         3 * BUILD_OFF_CALLER + 17,
@@ -1325,10 +1332,7 @@ fn staging_shared_records_are_built_off_the_caller_and_read_back() {
 /// replay finds every one, and no caller waits forever.
 #[test]
 fn staging_close_writes_what_the_builder_was_given() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.segment_size = 16 << 20;
-    let (log, _) = StagingLog::open(c.clone()).unwrap();
+    let (_dir, c, log) = open_for_large_records();
     let len = 2 * BUILD_OFF_CALLER;
     let mut pending = Vec::new();
     for slice in 0..8u64 {
@@ -1354,10 +1358,7 @@ fn staging_close_writes_what_the_builder_was_given() {
 /// (at most two), empty, for the writer's next runs; small records prepare none.
 #[test]
 fn staging_builder_prepares_run_buffers_after_large_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path(), IoEngineKind::Auto);
-    c.segment_size = 16 << 20;
-    let (log, _) = StagingLog::open(c).unwrap();
+    let (_dir, _, log) = open_for_large_records();
     let small = Arc::new(random_bytes(1, 4096));
     log.submit_shared(&hdr(1, 1, 4096), small, false)
         .unwrap()
