@@ -292,10 +292,18 @@ fio_rand() {
         --runtime="$runtime" --time_based "$@"
 }
 
+# (c): sequential 1 MiB writes, then one fsync. fio_seq KEY FILE: one writer of SEQ_SIZE;
+# fio_seq2 KEY DIR: two writers at once, SEQ_HALF each in files of their own (a checkpoint
+# from two ranks: the total is the single writer's, so the figures compare).
+SEQ_WRITE=(--rw=write --bs=1M --iodepth=1 --ioengine=psync --end_fsync=1)
 fio_seq() {
     local key=$1 file=$2; shift 2
-    run_fio "$key" 1200 --name="$key" --filename="$file" \
-        --rw=write --bs=1M --iodepth=1 --ioengine=psync --size=$SEQ_SIZE --end_fsync=1 "$@"
+    run_fio "$key" 1200 --name="$key" --filename="$file" "${SEQ_WRITE[@]}" --size=$SEQ_SIZE "$@"
+}
+fio_seq2() {
+    local key=$1 dir=$2; shift 2
+    run_fio "$key" 1200 --name="$key" --directory="$dir" --numjobs=2 --group_reporting \
+        "${SEQ_WRITE[@]}" --size=$SEQ_HALF "$@"
 }
 
 # ---- (a) 4 KiB random write + fsync, QD1 ----------------------------------------------------
@@ -404,13 +412,7 @@ fio_seq c_wb "$WORK/seq/mnt/seq.dat"
 umount_volume seq "(c) sequential"
 rm -rf "${STORE_ROOT:?}/seq"   # room on tmpfs for the runs below
 
-# Two writers at once, half the size each, in files of their own (a checkpoint from two ranks);
-# the size is counted once, so the figures compare with the single writer's.
-fio_seq2() {
-    local key=$1 dir=$2; shift 2
-    run_fio "$key" 1200 --name="$key" --directory="$dir" --numjobs=2 --group_reporting \
-        --rw=write --bs=1M --iodepth=1 --ioengine=psync --size=$SEQ_HALF --end_fsync=1 "$@"
-}
+# The same by two writers at once.
 mkdir -p "$EXT4_DIR/two"
 fio_seq2 c2_direct "$EXT4_DIR/two" --direct=1
 rm -rf "$EXT4_DIR/two"
