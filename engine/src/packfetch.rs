@@ -8,9 +8,11 @@
 //! Bounded on every side: `threads` fetchers, each holding at most one pack of at most
 //! `max_bytes` in memory (so at most `threads × max_bytes` in flight); a bounded queue that
 //! drops background work when full; a pack queued or in flight is never fetched twice; a
-//! directory is planned at most once per [`DIR_RESCAN_AFTER`]. Readers of a slice whose pack is
-//! in flight wait for it (a bounded time) instead of fetching the slice themselves. [`stop`]
-//! empties the queues and joins the fetchers: nothing is fetched after it returns.
+//! directory is planned at most once per [`DIR_RESCAN_AFTER`]. A reader of a slice whose pack
+//! is queued or in flight does not wait behind it: it fetches its slice itself (one round
+//! trip), unless the pack is about to land ([`PackFetcher::worth_waiting`], from the measured
+//! speed of pack fetches and slice GETs). [`stop`] empties the queues and joins the fetchers:
+//! nothing is fetched after it returns.
 //!
 //! The fetchers hold the object reader weakly, through [`PackSource`], so that this module
 //! does not depend on the reader that owns it.
@@ -46,6 +48,13 @@ pub struct PackFetchConfig {
     pub threads: usize,
     /// Bytes of packs a directory listing may prefetch (0: listings prefetch nothing).
     pub dir_budget_bytes: u64,
+    /// A read of a slice whose pack is on its way takes, in its own ranged GET, the slices
+    /// stored up to this many bytes before and after it in the pack (0: the slice alone). A
+    /// program reads the files of one directory close together, in an order of its own (an
+    /// import system's, not the order they were written and packed in), and they were packed
+    /// side by side: a few milliseconds of transfer more save a round trip for each
+    /// neighbour read before the pack lands.
+    pub nearby_bytes: u64,
 }
 
 impl Default for PackFetchConfig {
@@ -54,6 +63,7 @@ impl Default for PackFetchConfig {
             max_bytes: 16 << 20,
             threads: 8,
             dir_budget_bytes: 256 << 20,
+            nearby_bytes: 256 << 10,
         }
     }
 }
@@ -104,7 +114,23 @@ struct Queues {
     pending: HashSet<u64>,
     recent_dirs: HashMap<Ino, Instant>,
     fetched: HashSet<u64>,
+    /// Packs whose GET is running: when it began and the pack's bytes.
+    in_flight: HashMap<u64, (Instant, u64)>,
+    /// Bytes per second of the whole-pack GETs lately (a moving average; none yet: unknown).
+    pack_rate: Option<f64>,
+    /// How long a reader's GET of a slice took lately (a moving average).
+    slice_get: Option<Duration>,
     stopped: bool,
+}
+
+/// The weight of a new sample in the moving averages of [`Queues`].
+const AVERAGE_WEIGHT: f64 = 0.25;
+
+fn moving_average(old: Option<f64>, sample: f64) -> f64 {
+    match old {
+        Some(old) => old + (sample - old) * AVERAGE_WEIGHT,
+        None => sample,
+    }
 }
 
 pub(crate) struct PackFetcher {
@@ -229,6 +255,29 @@ impl PackFetcher {
         self.queues.lock().pending.contains(&pack)
     }
 
+    /// How long a reader of a slice of `pack` (queued or in flight) should wait for it rather
+    /// than GET its slice itself: `Some(limit)` when the pack's GET is running and expected to
+    /// end sooner than a slice GET would (limit: that expected time plus one slice GET, so a
+    /// wrong guess costs at most one slice GET more); `None` when the pack is only queued (the
+    /// fetchers may be busy for whole packs), when it is far from landing, or before any pack
+    /// and slice GET was timed.
+    pub fn worth_waiting(&self, pack: u64) -> Option<Duration> {
+        let q = self.queues.lock();
+        let &(began, bytes) = q.in_flight.get(&pack)?;
+        let rate = q.pack_rate.filter(|r| *r > 0.0)?;
+        let slice_get = q.slice_get?;
+        let expected = Duration::try_from_secs_f64(bytes as f64 / rate).ok()?;
+        let left = expected.saturating_sub(began.elapsed());
+        (left <= slice_get).then(|| left + slice_get)
+    }
+
+    /// A reader's GET of a slice took `took` (what not waiting for a pack costs).
+    pub fn note_slice_get(&self, took: Duration) {
+        let mut q = self.queues.lock();
+        let avg = moving_average(q.slice_get.map(|d| d.as_secs_f64()), took.as_secs_f64());
+        q.slice_get = Some(Duration::from_secs_f64(avg));
+    }
+
     /// Waits until `pack` is neither queued nor being fetched, or `timeout` passes, or the
     /// fetcher stops; true when the fetch ended.
     pub fn wait_for(&self, pack: u64, timeout: Duration) -> bool {
@@ -299,9 +348,13 @@ impl PackFetcher {
         }
     }
 
-    /// Called by a source around the GET of a pack of `bytes` bytes: counts it and keeps the
-    /// peaks of concurrency and memory.
-    pub fn begin_fetch(&self, bytes: u64) {
+    /// Called by a source around the GET of pack `pack` of `bytes` bytes: counts it, keeps
+    /// the peaks of concurrency and memory, and times it.
+    pub fn begin_fetch(&self, pack: u64, bytes: u64) {
+        self.queues
+            .lock()
+            .in_flight
+            .insert(pack, (Instant::now(), bytes));
         self.started.fetch_add(1, Ordering::Relaxed);
         let now = self.concurrent.fetch_add(1, Ordering::AcqRel) + 1;
         self.peak_concurrent.fetch_max(now, Ordering::AcqRel);
@@ -314,10 +367,15 @@ impl PackFetcher {
     pub fn end_fetch(&self, pack: u64, reserved: u64, fetched: Option<u64>) {
         self.concurrent.fetch_sub(1, Ordering::AcqRel);
         self.bytes_in_flight.fetch_sub(reserved, Ordering::AcqRel);
+        let mut q = self.queues.lock();
+        let began = q.in_flight.remove(&pack);
         match fetched {
             Some(n) => {
                 self.bytes.fetch_add(n, Ordering::Relaxed);
-                let mut q = self.queues.lock();
+                let secs = began.map_or(0.0, |(t, _)| t.elapsed().as_secs_f64());
+                if n > 0 && secs > 0.0 {
+                    q.pack_rate = Some(moving_average(q.pack_rate, n as f64 / secs));
+                }
                 if q.fetched.len() >= FETCHED_PACKS {
                     q.fetched.clear();
                 }
@@ -468,7 +526,7 @@ mod tests {
 
     impl PackSource for Slow {
         fn fetch_pack(&self, pack: u64, f: &PackFetcher) -> Result<u64, String> {
-            f.begin_fetch(self.size);
+            f.begin_fetch(pack, self.size);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(self.delay);
@@ -512,6 +570,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 threads,
                 dir_budget_bytes: budget,
+                nearby_bytes: 0,
             },
             weak,
         )
@@ -549,6 +608,36 @@ mod tests {
         assert!(
             order.len() <= 3,
             "pack 19 came after at most the packs already running: {order:?}"
+        );
+        f.stop();
+    }
+
+    #[test]
+    fn readers_wait_only_for_packs_about_to_land() {
+        // One fetcher; a pack takes 1.5 s, a slice GET 400 ms.
+        let src = slow(1500, Vec::new());
+        let f = start(&src, 1, 0);
+        assert!(f.prefetch(1));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(f.pending(1));
+        assert_eq!(f.worth_waiting(1), None, "no pack GET timed yet");
+        assert!(f.wait_for(1, Duration::from_secs(10)));
+        f.note_slice_get(Duration::from_millis(400));
+        // Pack 2 in flight, pack 3 queued behind it.
+        assert!(f.prefetch(2) && f.prefetch(3));
+        let began = Instant::now();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            f.worth_waiting(2),
+            None,
+            "1.4 s to go; a slice GET takes 0.4 s"
+        );
+        assert_eq!(f.worth_waiting(3), None, "queued behind a whole pack");
+        std::thread::sleep(Duration::from_millis(1250).saturating_sub(began.elapsed()));
+        let limit = f.worth_waiting(2).expect("about 0.25 s to go");
+        assert!(
+            limit <= Duration::from_millis(800) && limit >= Duration::from_millis(400),
+            "what is left plus one slice GET: {limit:?}"
         );
         f.stop();
     }

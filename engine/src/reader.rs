@@ -257,7 +257,9 @@ impl ObjectReader {
     /// A packed slice, whole: from the caches, from its pack's copy in the local data cache,
     /// or one ranged GET of its bytes in the pack, CRC-checked, cached. A cold read also has
     /// the whole pack fetched in the background (its neighbours are likely read next); a
-    /// reader whose pack is already on its way waits for it.
+    /// reader whose pack is already on its way waits for it only if it is about to land
+    /// (else it could wait for whole packs queued ahead of it and for the pack itself, where
+    /// a GET of its slice takes one round trip).
     fn get_packed(&self, slice: u64) -> Result<Option<Bytes>> {
         // Cached under an index no block object uses.
         let cached = BlockId {
@@ -293,13 +295,14 @@ impl ObjectReader {
         }
         let mut tries = 0;
         let mut waited = false;
+        let nearby_bytes = self.packs.as_ref().map_or(0, |f| f.config.nearby_bytes);
         let data = loop {
             // The slice's place in its pack, the slices stored right after it in the same
             // pack (written together, so likely read together: one ranged GET fetches them),
-            // and the pack's record.
-            let (mut run, pack) = self.meta.view(|r| {
+            // those stored right before it (nearest first), and the pack's record.
+            let (mut run, before, pack) = self.meta.view(|r| {
                 let Some(v) = r.get(&schema::packed_key(slice))? else {
-                    return Ok((Vec::new(), None));
+                    return Ok((Vec::new(), Vec::new(), None));
                 };
                 let p: schema::PackedRec = schema::decode("packed slice", &v)?;
                 let mut run = vec![(slice, p)];
@@ -319,11 +322,28 @@ impl ObjectReader {
                         q,
                     ));
                 }
+                let mut before = Vec::new();
+                let mut begin = p.offset;
+                let below = r.scan_back(b"L", &schema::packed_key(slice), COALESCE_SLICES)?;
+                for (k, v) in below {
+                    let q: schema::PackedRec = schema::decode("packed slice", &v)?;
+                    if q.pack != p.pack
+                        || q.offset + q.len as u64 != begin
+                        || p.offset - q.offset > nearby_bytes
+                    {
+                        break;
+                    }
+                    begin = q.offset;
+                    before.push((
+                        u64::from_be_bytes(k[1..9].try_into().expect("packed key")),
+                        q,
+                    ));
+                }
                 let pack = match r.get(&schema::pack_key(p.pack))? {
                     Some(v) => Some(schema::decode::<schema::PackRec>("pack", &v)?),
                     None => None,
                 };
-                Ok((run, pack))
+                Ok((run, before, pack))
             })?;
             let Some(&(_, p)) = run.first() else {
                 return Ok(None);
@@ -334,36 +354,52 @@ impl ObjectReader {
                 return Ok(Some(b));
             }
             if let Some(fetcher) = &self.packs {
-                if fetcher.pending(p.pack) && !waited {
-                    // On its way: wait for it rather than fetch the slice a second time.
+                if !waited && fetcher.pending(p.pack) {
+                    // On its way: moved ahead of the background work. Waited for if it is
+                    // about to land; else this read takes its own slice meanwhile.
                     fetcher.fetch_soon(p.pack);
-                    fetcher.wait_for(p.pack, PACK_WAIT);
                     waited = true;
-                    continue;
-                }
-                if !waited
-                    && pack.is_some_and(|rec| self.fetches_whole(&rec))
-                    && fetcher.fetch_soon(p.pack)
-                {
-                    // The pack comes whole in the background, neighbours included: this
-                    // read takes only its own slice, without waiting for the rest (unless
-                    // the pack landed between the checks above and now).
-                    if let Some(b) = self.cached_pack_slice(&p) {
-                        self.cache.insert(cached, b.clone());
-                        return Ok(Some(b));
+                    if let Some(limit) = fetcher.worth_waiting(p.pack)
+                        && fetcher.wait_for(p.pack, limit.min(PACK_WAIT))
+                    {
+                        continue;
                     }
-                    run.truncate(1);
+                    run = nearby(&run, &before, nearby_bytes);
+                } else if !waited && let Some(rec) = pack.filter(|rec| self.fetches_whole(rec)) {
+                    let near = nearby(&run, &before, nearby_bytes);
+                    if near.iter().map(|(_, q)| q.len as u64).sum::<u64>() >= rec.live_bytes {
+                        // Every live slice of the pack is this close: one ranged GET takes
+                        // them all, a whole fetch would take them again.
+                        run = near;
+                    } else if fetcher.fetch_soon(p.pack) {
+                        // The pack comes whole in the background, neighbours included: this
+                        // read takes only its own slice and its nearest neighbours, without
+                        // waiting for the rest (unless the pack landed between the checks above
+                        // and now).
+                        if let Some(b) = self.cached_pack_slice(&p) {
+                            self.cache.insert(cached, b.clone());
+                            return Ok(Some(b));
+                        }
+                        run = near;
+                    }
                 }
             }
             let key = spoolfs_objects::pack_object_key(p.pack);
+            let (_, first) = run[0];
             let (_, last) = run[run.len() - 1];
             let end = last.offset + last.len as u64;
+            let began = std::time::Instant::now();
             let got = self
                 .storage
-                .get_range(&key, p.offset, end)
+                .get_range(&key, first.offset, end)
                 .and_then(|all| self.split_pack_run(&key, slice, &run, all));
             match got {
-                Ok(d) => break d,
+                Ok(d) => {
+                    if let Some(fetcher) = &self.packs {
+                        fetcher.note_slice_get(began.elapsed());
+                    }
+                    break d;
+                }
                 // Compaction moved the slice to a new pack and deleted the old one between
                 // our metadata read and the GET: read where it is now.
                 Err(StorageError::NotFound { .. }) if tries < 3 => tries += 1,
@@ -593,8 +629,9 @@ impl ObjectReader {
         self.packs.as_ref().map(|f| f.stats())
     }
 
-    /// Checks each slice of a coalesced pack read against its CRC, caches the neighbours and
-    /// returns the bytes of `slice` (the first of the run).
+    /// Checks each slice of a coalesced pack read (`run`: consecutive slices of one pack, in
+    /// their order in it) against its CRC, caches the neighbours and returns the bytes of
+    /// `slice`, one of them.
     fn split_pack_run(
         &self,
         key: &str,
@@ -631,7 +668,7 @@ impl ObjectReader {
                 self.cache.insert(neighbour, checked);
             }
         }
-        Ok(mine.expect("the run starts with the slice asked for"))
+        Ok(mine.expect("the run holds the slice asked for"))
     }
 
     fn get_block(&self, slice: u64, slice_size: u32, index: u32) -> Result<Bytes> {
@@ -697,6 +734,32 @@ impl ObjectReader {
     }
 }
 
+/// The part of a pack a read of `run[0]` takes when the pack comes whole anyway: the slices
+/// stored up to `bytes` before it (`before`: nearest first) and after it (`run`: the slice,
+/// then its followers), in their order in the pack.
+fn nearby(
+    run: &[(u64, schema::PackedRec)],
+    before: &[(u64, schema::PackedRec)],
+    bytes: u64,
+) -> Vec<(u64, schema::PackedRec)> {
+    let (_, me) = run[0];
+    let end = me.offset + me.len as u64;
+    let mut out: Vec<_> = before
+        .iter()
+        .take_while(|(_, q)| me.offset - q.offset <= bytes)
+        .copied()
+        .collect();
+    out.reverse();
+    out.push(run[0]);
+    out.extend(
+        run[1..]
+            .iter()
+            .take_while(|(_, q)| q.offset + q.len as u64 - end <= bytes)
+            .copied(),
+    );
+    out
+}
+
 impl Prefetch for ObjectReader {
     /// A readahead job: fetch the piece into the caches unless it is staged or cached.
     fn prefetch(&self, job: Fetch) {
@@ -747,7 +810,7 @@ impl PackSource for ObjectReader {
             return Ok(0);
         };
         let key = spoolfs_objects::pack_object_key(pack);
-        fetcher.begin_fetch(rec.size);
+        fetcher.begin_fetch(pack, rec.size);
         let got = self.storage.get(&key).and_then(|object| {
             if object.len() as u64 != rec.size {
                 return Err(StorageError::Checksum {

@@ -33,11 +33,13 @@ struct Counts {
     peak: AtomicU64,
 }
 
-/// A store that counts the GETs of data objects and makes each take `delay`.
+/// A store that counts the GETs of data objects and makes each take `delay`, and a GET of a
+/// whole pack `whole_pack_delay` more.
 #[derive(Debug)]
 struct Counting {
     counts: Arc<Counts>,
     delay: Duration,
+    whole_pack_delay: Duration,
 }
 
 #[async_trait::async_trait]
@@ -58,7 +60,13 @@ impl Intercept for Counting {
         self.counts.gets.fetch_add(1, Ordering::SeqCst);
         let now = self.counts.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.counts.peak.fetch_max(now, Ordering::SeqCst);
-        tokio::time::sleep(self.delay).await;
+        let whole_pack = location.as_ref().starts_with("packs/") && options.range.is_none();
+        tokio::time::sleep(if whole_pack {
+            self.delay + self.whole_pack_delay
+        } else {
+            self.delay
+        })
+        .await;
         let r = inner.get_opts(location, options).await;
         self.counts.running.fetch_sub(1, Ordering::SeqCst);
         r
@@ -73,6 +81,17 @@ struct Mount {
 /// A writeback mount of `f` whose local data cache is `<dir>/<cache>` (a new name: a cold
 /// cache), its GETs taking `delay`.
 fn mount(f: &Fixture, cache: &str, delay: Duration, pack_fetch: PackFetchConfig) -> Mount {
+    mount_slow_packs(f, cache, delay, Duration::ZERO, pack_fetch)
+}
+
+/// [`mount`], a GET of a whole pack taking `whole_pack_delay` more than other GETs.
+fn mount_slow_packs(
+    f: &Fixture,
+    cache: &str,
+    delay: Duration,
+    whole_pack_delay: Duration,
+    pack_fetch: PackFetchConfig,
+) -> Mount {
     let meta = f.meta();
     let record = volume::read_record(meta.as_ref()).unwrap().unwrap();
     let settings = StagingSettings {
@@ -87,6 +106,7 @@ fn mount(f: &Fixture, cache: &str, delay: Duration, pack_fetch: PackFetchConfig)
     let storage = f.intercepted_storage(Counting {
         counts: counts.clone(),
         delay,
+        whole_pack_delay,
     });
     let config = EngineConfig {
         staging: Some(staging),
@@ -249,10 +269,12 @@ fn cold_reads_of_small_files_cost_about_one_get_per_pack() {
         ..Default::default()
     };
     let (gets_off, _) = read_cold(&w, "cache-off", off, &order);
-    // Cold reads alone (no listing prefetch): a read of a cold slice has its pack fetched
-    // whole; the reads of its neighbours wait for it.
+    // Cold reads alone (no listing prefetch), each taking its own slice only: a read of a
+    // cold slice has its pack fetched whole; the reads of its neighbours are served by it
+    // (once it lands: a read meanwhile takes its own slice).
     let reads_only = PackFetchConfig {
         dir_budget_bytes: 0,
+        nearby_bytes: 0,
         ..Default::default()
     };
     let (gets_reads, st) = read_cold(&w, "cache-reads", reads_only, &order);
@@ -348,6 +370,60 @@ fn a_listing_prefetches_its_files_packs() {
     assert!(
         st.started >= 2 && st.started < w.packs && st.bytes <= w.largest_pack * 2,
         "a budget of two packs' bytes: {st:?}"
+    );
+    m.e.shutdown().unwrap();
+}
+
+/// Reads file `i` of `d` and checks it; how long that took.
+fn timed_read(e: &Engine, files: &[(String, Vec<u8>)], i: usize) -> Duration {
+    let began = Instant::now();
+    read_files(e, files, &[i]);
+    began.elapsed()
+}
+
+#[test]
+fn a_cold_read_does_not_wait_behind_whole_pack_fetches() {
+    let w = written();
+    // One fetcher; a whole pack takes 2 s to arrive, a slice (a ranged GET) 20 ms.
+    let one = PackFetchConfig {
+        threads: 1,
+        ..Default::default()
+    };
+    let m = mount_slow_packs(
+        &w.f,
+        "cache-busy",
+        Duration::from_millis(20),
+        Duration::from_secs(2),
+        one,
+    );
+    // The listing queues every pack of `d`; the fetcher is busy with the first for 2 s.
+    lists(&m.e, b"d");
+    assert!(wait_until(|| m.counts.running.load(Ordering::SeqCst) == 1));
+    // A file whose pack is queued behind it, or being fetched: read in a round trip or
+    // two, not after the packs ahead of it and its own.
+    let middle = FILES / 2;
+    let took = timed_read(&m.e, &w.files, middle);
+    assert!(
+        took < Duration::from_secs(1),
+        "a read of a slice whose pack is on its way took {took:?}"
+    );
+    assert!(pack_stats(&m.e).started <= 1, "{:?}", pack_stats(&m.e));
+    // Its neighbours in the pack, before and after it, came with it.
+    let gets = m.counts.gets.load(Ordering::SeqCst);
+    for i in [middle - 1, middle + 1, middle - 3, middle + 3] {
+        let took = timed_read(&m.e, &w.files, i);
+        assert!(took < Duration::from_secs(1), "file {i}: {took:?}");
+    }
+    assert_eq!(
+        m.counts.gets.load(Ordering::SeqCst),
+        gets,
+        "the neighbours were read locally"
+    );
+    // The packs still arrive whole, and serve the rest.
+    assert!(
+        wait_until(|| pack_stats(&m.e).started >= 2),
+        "{:?}",
+        pack_stats(&m.e)
     );
     m.e.shutdown().unwrap();
 }

@@ -110,6 +110,11 @@ pub struct MountArgs {
     /// their reader.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::size::parse_size)]
     pub dir_prefetch: u64,
+    /// A cold read of a small file whose pack is on its way also takes, in the same ranged
+    /// GET, the small files stored up to this many bytes before and after it in the pack (0:
+    /// the file alone), instead of waiting for the whole pack.
+    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = crate::size::parse_size)]
+    pub pack_read_nearby: u64,
     /// Let users other than the one who mounts use the mount (the kernel still checks each
     /// file's owner and mode: default_permissions). Default: on when root mounts (a mount of
     /// /home or a shared volume is for every user), off otherwise (a user's own mount stays
@@ -408,7 +413,9 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg("--pack-fetch-threads")
         .arg(args.pack_fetch_threads.to_string())
         .arg("--dir-prefetch")
-        .arg(args.dir_prefetch.to_string());
+        .arg(args.dir_prefetch.to_string())
+        .arg("--pack-read-nearby")
+        .arg(args.pack_read_nearby.to_string());
     cmd.arg("--passthrough").arg(match args.passthrough {
         Passthrough::Auto => "auto",
         Passthrough::Off => "off",
@@ -806,6 +813,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             max_bytes: args.pack_fetch_max,
             threads: args.pack_fetch_threads,
             dir_budget_bytes: args.dir_prefetch,
+            nearby_bytes: args.pack_read_nearby,
         },
         // A read-only mount changes nothing in the object store. On a shared store the
         // compactor runs only on the mount holding the volume's background lease.
