@@ -456,6 +456,8 @@ report() {
 # cell SYSTEM STEP BASE-STEP: the value, and its ratio to ext4's BASE-STEP.
 cell() {
     local v=${R[$1:$2]:-not run} b=${R[ext4:${3:-$2}]:-}
+    # (nullfs's reads: the reason is said once, above the tables.)
+    if [[ $v == "$in_memory" ]]; then printf 'not measured (in memory)'; return; fi
     if ! numeric "$v"; then printf '%s' "$v"; return; fi
     if [[ $1 != ext4 ]] && numeric "$b" && [[ $b != 0 && $b != 0.00 ]]; then
         printf '%s (%s×)' "$v" "$("$python" -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$v" "$b")"
@@ -510,7 +512,7 @@ echo
 echo "Read path: \`$cmdline\`; s3s-fs behind spoolfs-s3proxy adding $delay_ms ms per request; started $started UTC, $(nproc) CPUs, kernel $(uname -r), load average $load0 before and $(cut -d' ' -f1-3 /proc/loadavg) after."
 echo "Seconds (lower is better) or MB/s (higher is better); in parentheses the ratio to ext4 in the same state. cold: fresh cache directory (ext4: nothing) + drop_caches; warm: the same cache directory again + drop_caches (for ext4 the same as cold: data on the local disk, page cache empty); hot: again at once, nothing dropped."
 if wanted nullfs; then
-    echo "nullfs (\`fuse/examples/nullfs.rs\`) is the FUSE floor: an in-memory FUSE file system mounted the way spoolfs mounts, answering every request at once; what any FUSE file system pays for a workload. Nothing it holds survives its unmount, so only its writes are measured."
+    echo "nullfs (\`fuse/examples/nullfs.rs\`) is the FUSE floor: an in-memory FUSE file system mounted the way spoolfs mounts, answering every request at once; what any FUSE file system pays for a workload. Nothing it holds survives its unmount, so only its writes are measured: its reads and \"in the store\" waits are \"not measured (in memory)\"."
 fi
 if workload packages; then
     echo
@@ -589,6 +591,21 @@ for s in "${ran[@]}"; do
     done
     echo "- $(system_label "$s"): ${line%; }"
 done
+
+# The failed mounts and unmounts, which the tables do not show (the steps after a failed
+# mount are "not run").
+mount_failures=
+for s in "${ran[@]}"; do
+    for k in mount mount_cold mount_warm unmount unmount_cold unmount_warm; do
+        [[ -n ${R[$s:$k]:-} ]] && mount_failures+="- $(system_label "$s"), $k: ${R[$s:$k]}"$'\n'
+    done
+done
+if [[ -n $mount_failures ]]; then
+    echo
+    echo "### Mounts and unmounts that failed"
+    echo
+    printf '%s' "$mount_failures"
+fi
 
 for k in "${!R[@]}"; do
     numeric "${R[$k]}" || [[ ${R[$k]} == "$in_memory" ]] || failures=$((failures + 1))
