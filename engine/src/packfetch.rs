@@ -55,6 +55,10 @@ pub struct PackFetchConfig {
     /// side by side: a few milliseconds of transfer more save a round trip for each
     /// neighbour read before the pack lands.
     pub nearby_bytes: u64,
+    /// The largest file stored as blocks (over `PACK_SLICE_MAX`) whose blocks a directory
+    /// listing fetches ahead too, within its budget (0: listings fetch only packs). Shared
+    /// libraries of a few MiB sit next to the modules that load them.
+    pub dir_file_max_bytes: u64,
 }
 
 impl Default for PackFetchConfig {
@@ -64,6 +68,7 @@ impl Default for PackFetchConfig {
             threads: 8,
             dir_budget_bytes: 256 << 20,
             nearby_bytes: 256 << 10,
+            dir_file_max_bytes: 8 << 20,
         }
     }
 }
@@ -571,6 +576,7 @@ mod tests {
                 threads,
                 dir_budget_bytes: budget,
                 nearby_bytes: 0,
+                dir_file_max_bytes: 0,
             },
             weak,
         )

@@ -846,7 +846,12 @@ impl PackSource for ObjectReader {
         let Some(disk) = &self.disk else {
             return Vec::new();
         };
+        let file_max = self
+            .packs
+            .as_ref()
+            .map_or(0, |f| f.config.dir_file_max_bytes);
         let planned = self.meta.view(|r| {
+            let mut large = Vec::new();
             let prefix = schema::dentry_prefix(dir);
             let mut packs = Vec::new();
             let mut seen = std::collections::HashSet::new();
@@ -856,15 +861,28 @@ impl PackSource for ObjectReader {
                 if d.kind != crate::types::FileKind::File {
                     continue;
                 }
-                // The file's first slice, if it is packed (a large file's blocks are not
-                // fetched ahead: readahead follows its reader instead).
+                // The file's first slice: its pack if it is packed; its blocks if it is stored
+                // as blocks and the file is no larger than `dir_file_max_bytes` (a shared
+                // library next to the modules that load it); larger files are not fetched
+                // ahead (readahead follows their reader instead).
                 let chunk = schema::chunk_key(d.ino, 0);
                 let Some((_, v)) = r.scan(&chunk, &prefix_end(&chunk), 1)?.into_iter().next()
                 else {
                     continue;
                 };
                 let seg: schema::SliceRec = schema::decode("segment", &v)?;
-                if seg.id == 0 || seg.size as usize > spoolfs_objects::PACK_SLICE_MAX {
+                if seg.id == 0 {
+                    continue;
+                }
+                if seg.size as usize > spoolfs_objects::PACK_SLICE_MAX {
+                    let file_size = schema::get_inode(r, d.ino)?.map_or(u64::MAX, |i| i.size);
+                    if file_size <= file_max && self.readahead.is_some() {
+                        if seg.size as u64 > left {
+                            break;
+                        }
+                        left -= seg.size as u64;
+                        large.push((seg.id, seg.size));
+                    }
                     continue;
                 }
                 let Some(v) = r.get(&schema::packed_key(seg.id))? else {
@@ -887,10 +905,22 @@ impl PackSource for ObjectReader {
                 left -= rec.size;
                 packs.push(p.pack);
             }
-            Ok(packs)
+            Ok((packs, large))
         });
         match planned {
-            Ok(p) => p,
+            Ok((packs, large)) => {
+                if let Some(ra) = &self.readahead {
+                    for (slice, size) in large {
+                        let blocks = (size as u64).div_ceil(self.block_size) as u32;
+                        for index in 0..blocks {
+                            if !disk.contains(BlockId::block(slice, index)) {
+                                ra.queue(Fetch { slice, size, index });
+                            }
+                        }
+                    }
+                }
+                packs
+            }
             Err(e) => {
                 tracing::debug!("planning the prefetch of directory {dir}: {e}");
                 Vec::new()

@@ -351,10 +351,30 @@ fn a_listing_prefetches_its_files_packs() {
     let st = pack_stats(&m.e);
     assert_eq!(st.hits, FILES as u64, "{st:?}");
     assert_eq!(st.started, w.packs);
-    // A directory of large files: nothing fetched ahead (readahead follows its readers).
+    // A directory of files stored as blocks, none larger than `dir_file_max_bytes`: their
+    // blocks are fetched ahead too (shared libraries next to the modules that load them),
+    // and then read locally.
+    let blocks = 2 * ((3u64 << 20) / common::BLOCK_SIZE as u64);
+    lists(&m.e, b"big");
+    assert!(
+        wait_until(|| m.counts.gets.load(Ordering::SeqCst) == w.packs + blocks),
+        "{} GETs, {} packs and {blocks} blocks",
+        m.counts.gets.load(Ordering::SeqCst),
+        w.packs
+    );
+    read_big_files(&m.e);
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs + blocks);
+    m.e.shutdown().unwrap();
+    drop(m);
+    // Files larger than that are not fetched ahead (readahead follows their readers).
+    let small_files_only = PackFetchConfig {
+        dir_file_max_bytes: 2 << 20,
+        ..Default::default()
+    };
+    let m = mount(&w.f, "cache-large", Duration::ZERO, small_files_only);
     lists(&m.e, b"big");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(m.counts.gets.load(Ordering::SeqCst), w.packs);
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), 0);
     m.e.shutdown().unwrap();
     drop(m);
     // A listing fetches at most its budget of packs.
@@ -372,6 +392,16 @@ fn a_listing_prefetches_its_files_packs() {
         "a budget of two packs' bytes: {st:?}"
     );
     m.e.shutdown().unwrap();
+}
+
+/// Reads the two large files of `big` and checks them.
+fn read_big_files(e: &Engine) {
+    let big = e.lookup(ROOT_INO, b"big").unwrap().ino;
+    for i in 0..2u64 {
+        let ino = e.lookup(big, format!("b{i}").as_bytes()).unwrap().ino;
+        let got = common::read_all(e, ino);
+        assert_eq!(checksum(&got), checksum(&random_bytes(1000 + i, 3 << 20)));
+    }
 }
 
 /// Reads file `i` of `d` and checks it; how long that took.

@@ -105,9 +105,8 @@ pub struct MountArgs {
     /// --pack-fetch-max).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_threads)]
     pub pack_fetch_threads: usize,
-    /// Bytes of pack objects a directory listing fetches ahead for its small files, in the
-    /// background (0: listings fetch nothing ahead). Large files are never fetched ahead of
-    /// their reader.
+    /// Bytes of pack objects (and blocks, see --dir-prefetch-file-max) a directory listing
+    /// fetches ahead for its files, in the background (0: listings fetch nothing ahead).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::size::parse_size)]
     pub dir_prefetch: u64,
     /// A cold read of a small file whose pack is on its way also takes, in the same ranged
@@ -115,6 +114,11 @@ pub struct MountArgs {
     /// the file alone), instead of waiting for the whole pack.
     #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = crate::size::parse_size)]
     pub pack_read_nearby: u64,
+    /// The largest file over 1 MiB (stored as blocks) that a directory listing fetches ahead
+    /// too, within --dir-prefetch (0: only small files). Larger files are never fetched ahead
+    /// of their reader.
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = crate::size::parse_size)]
+    pub dir_prefetch_file_max: u64,
     /// Let users other than the one who mounts use the mount (the kernel still checks each
     /// file's owner and mode: default_permissions). Default: on when root mounts (a mount of
     /// /home or a shared volume is for every user), off otherwise (a user's own mount stays
@@ -415,7 +419,9 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg("--dir-prefetch")
         .arg(args.dir_prefetch.to_string())
         .arg("--pack-read-nearby")
-        .arg(args.pack_read_nearby.to_string());
+        .arg(args.pack_read_nearby.to_string())
+        .arg("--dir-prefetch-file-max")
+        .arg(args.dir_prefetch_file_max.to_string());
     cmd.arg("--passthrough").arg(match args.passthrough {
         Passthrough::Auto => "auto",
         Passthrough::Off => "off",
@@ -814,6 +820,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             threads: args.pack_fetch_threads,
             dir_budget_bytes: args.dir_prefetch,
             nearby_bytes: args.pack_read_nearby,
+            dir_file_max_bytes: args.dir_prefetch_file_max,
         },
         // A read-only mount changes nothing in the object store. On a shared store the
         // compactor runs only on the mount holding the volume's background lease.
