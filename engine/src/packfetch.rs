@@ -620,15 +620,16 @@ mod tests {
 
     #[test]
     fn readers_wait_only_for_packs_about_to_land() {
-        // One fetcher; a pack takes 1.5 s, a slice GET 400 ms.
-        let src = slow(1500, Vec::new());
+        // One fetcher; a pack takes 3 s, a slice GET 800 ms: long enough that a fetcher
+        // thread starting a few hundred milliseconds late on a busy machine changes no answer.
+        let src = slow(3000, Vec::new());
         let f = start(&src, 1, 0);
         assert!(f.prefetch(1));
         std::thread::sleep(Duration::from_millis(100));
         assert!(f.pending(1));
         assert_eq!(f.worth_waiting(1), None, "no pack GET timed yet");
-        assert!(f.wait_for(1, Duration::from_secs(10)));
-        f.note_slice_get(Duration::from_millis(400));
+        assert!(f.wait_for(1, Duration::from_secs(20)));
+        f.note_slice_get(Duration::from_millis(800));
         // Pack 2 in flight, pack 3 queued behind it.
         assert!(f.prefetch(2) && f.prefetch(3));
         let began = Instant::now();
@@ -636,13 +637,13 @@ mod tests {
         assert_eq!(
             f.worth_waiting(2),
             None,
-            "1.4 s to go; a slice GET takes 0.4 s"
+            "2.9 s to go; a slice GET takes 0.8 s"
         );
         assert_eq!(f.worth_waiting(3), None, "queued behind a whole pack");
-        std::thread::sleep(Duration::from_millis(1250).saturating_sub(began.elapsed()));
-        let limit = f.worth_waiting(2).expect("about 0.25 s to go");
+        std::thread::sleep(Duration::from_millis(2500).saturating_sub(began.elapsed()));
+        let limit = f.worth_waiting(2).expect("about 0.5 s to go");
         assert!(
-            limit <= Duration::from_millis(800) && limit >= Duration::from_millis(400),
+            limit <= Duration::from_millis(1600) && limit >= Duration::from_millis(800),
             "what is left plus one slice GET: {limit:?}"
         );
         f.stop();
