@@ -309,7 +309,7 @@ impl ObjectReader {
                 let mut end = p.offset + p.len as u64;
                 let next = schema::packed_key(slice + 1);
                 for (k, v) in r.scan(&next, &prefix_end(b"L"), COALESCE_SLICES)? {
-                    let q: schema::PackedRec = schema::decode("packed slice", &v)?;
+                    let (id, q) = packed_entry(&k, &v)?;
                     if q.pack != p.pack
                         || q.offset != end
                         || end + q.len as u64 - p.offset > COALESCE_BYTES
@@ -317,16 +317,13 @@ impl ObjectReader {
                         break;
                     }
                     end += q.len as u64;
-                    run.push((
-                        u64::from_be_bytes(k[1..9].try_into().expect("packed key")),
-                        q,
-                    ));
+                    run.push((id, q));
                 }
                 let mut before = Vec::new();
                 let mut begin = p.offset;
                 let below = r.scan_back(b"L", &schema::packed_key(slice), COALESCE_SLICES)?;
                 for (k, v) in below {
-                    let q: schema::PackedRec = schema::decode("packed slice", &v)?;
+                    let (id, q) = packed_entry(&k, &v)?;
                     if q.pack != p.pack
                         || q.offset + q.len as u64 != begin
                         || p.offset - q.offset > nearby_bytes
@@ -334,10 +331,7 @@ impl ObjectReader {
                         break;
                     }
                     begin = q.offset;
-                    before.push((
-                        u64::from_be_bytes(k[1..9].try_into().expect("packed key")),
-                        q,
-                    ));
+                    before.push((id, q));
                 }
                 let pack = match r.get(&schema::pack_key(p.pack))? {
                     Some(v) => Some(schema::decode::<schema::PackRec>("pack", &v)?),
@@ -732,6 +726,15 @@ impl ObjectReader {
         self.cache.insert(id, data.clone());
         Ok(data)
     }
+}
+
+/// An `L` record: the slice its key names and where the slice is stored.
+fn packed_entry(
+    key: &[u8],
+    value: &[u8],
+) -> std::result::Result<(u64, schema::PackedRec), spoolfs_metadata::MetaError> {
+    let id = u64::from_be_bytes(key[1..9].try_into().expect("packed key"));
+    Ok((id, schema::decode("packed slice", value)?))
 }
 
 /// The part of a pack a read of `run[0]` takes when the pack comes whole anyway: the slices
