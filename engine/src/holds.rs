@@ -41,7 +41,7 @@ pub fn parse_hold_key(key: &[u8]) -> Option<(Ino, String)> {
     if key.len() < 9 || key[0] != HOLD_PREFIX[0] {
         return None;
     }
-    let ino = u64::from_be_bytes(key[1..9].try_into().ok()?);
+    let ino = schema::key_id("hold", key).ok()?;
     Some((ino, String::from_utf8_lossy(&key[9..]).into_owned()))
 }
 

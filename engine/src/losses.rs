@@ -104,10 +104,9 @@ pub fn paths_of(
     // Every name, by inode: files have no parent pointer, so the entries are the only way up.
     let mut names: HashMap<Ino, (Ino, Vec<u8>)> = HashMap::new();
     for (k, v) in r.scan(b"D", &prefix_end(b"D"), usize::MAX)? {
-        if k.len() < 9 {
+        let Ok(parent) = schema::key_id("directory entry", &k) else {
             continue;
-        }
-        let parent = u64::from_be_bytes(k[1..9].try_into().expect("dentry key"));
+        };
         let d: DentryRec = schema::decode("directory entry", &v)?;
         names.entry(d.ino).or_insert((parent, k[9..].to_vec()));
     }

@@ -733,7 +733,7 @@ fn packed_entry(
     key: &[u8],
     value: &[u8],
 ) -> std::result::Result<(u64, schema::PackedRec), spoolfs_metadata::MetaError> {
-    let id = u64::from_be_bytes(key[1..9].try_into().expect("packed key"));
+    let id = schema::key_id("packed slice", key)?;
     Ok((id, schema::decode("packed slice", value)?))
 }
 

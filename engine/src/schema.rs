@@ -39,6 +39,18 @@ fn id_key(tag: u8, id: u64) -> Vec<u8> {
     k
 }
 
+/// The id a key made by `id_key` names (the tag byte, then the id big-endian); a key too
+/// short to hold one is corrupt metadata. `what` names the key's kind in the error.
+pub fn key_id(what: &str, key: &[u8]) -> Result<u64, MetaError> {
+    match key.get(1..9) {
+        Some(b) => Ok(u64::from_be_bytes(b.try_into().expect("eight bytes"))),
+        None => Err(MetaError::Corrupt(format!(
+            "{what} key of {} bytes has no id",
+            key.len()
+        ))),
+    }
+}
+
 pub fn inode_key(ino: Ino) -> Vec<u8> {
     id_key(b'I', ino)
 }
@@ -390,4 +402,21 @@ pub fn check_name(name: &[u8]) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_id_is_read_back_and_a_short_key_is_corrupt_metadata() {
+        assert_eq!(key_id("inode", &inode_key(42)).unwrap(), 42);
+        assert_eq!(key_id("segment", &seg_key(7, 3, 9)).unwrap(), 7);
+        let err = key_id("staged slice", b"T\x00\x01").unwrap_err();
+        assert!(
+            matches!(&err, MetaError::Corrupt(m) if m.contains("staged slice key of 3 bytes")),
+            "{err}"
+        );
+        assert_eq!(err.errno(), libc::EIO);
+    }
 }

@@ -123,7 +123,7 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
         )?;
         rows.into_iter()
             .map(|(k, v)| {
-                let id = u64::from_be_bytes(k[1..9].try_into().expect("staged key"));
+                let id = schema::key_id("staged slice", &k)?;
                 Ok((id, schema::decode_staged(&v)?))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
@@ -808,7 +808,7 @@ fn record_replaced_cache(
         })?;
         rows.into_iter()
             .map(|(k, v)| {
-                let id = u64::from_be_bytes(k[1..9].try_into().expect("staged key"));
+                let id = schema::key_id("staged slice", &k)?;
                 Ok((id, schema::decode_staged(&v)?))
             })
             .collect::<std::result::Result<Vec<_>, spoolfs_metadata::MetaError>>()?

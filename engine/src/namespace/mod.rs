@@ -182,7 +182,7 @@ pub(crate) fn init(t: &mut dyn KvTxn, session: Option<&str>) -> Result<(), MetaE
     }
     let orphans = t.scan(b"O", b"P", usize::MAX)?;
     for (key, _) in orphans {
-        let ino = u64::from_be_bytes(key[1..9].try_into().expect("orphan key"));
+        let ino = schema::key_id("orphan", &key)?;
         purge_inode(t, ino)?;
     }
     Ok(())
@@ -191,10 +191,10 @@ pub(crate) fn init(t: &mut dyn KvTxn, session: Option<&str>) -> Result<(), MetaE
 /// The inodes marked with [`schema::SYNC_UPLOAD_XATTR`] (the `Y` keys).
 pub(crate) fn sync_marks(r: &dyn KvRead) -> Result<std::collections::HashSet<Ino>, MetaError> {
     let prefix = schema::SYNC_MARK_PREFIX;
-    Ok(r.scan(prefix, &prefix_end(prefix), usize::MAX)?
+    r.scan(prefix, &prefix_end(prefix), usize::MAX)?
         .into_iter()
-        .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().expect("mark key")))
-        .collect())
+        .map(|(k, _)| schema::key_id("sync mark", &k))
+        .collect()
 }
 
 /// Is `dir` equal to `node` or one of its ancestors?

@@ -87,7 +87,7 @@ impl Reclaimer {
             let mut places = Vec::with_capacity(scanned.len());
             for (key, value) in scanned {
                 let d: DeadSlice = schema::decode("dead slice", &value)?;
-                let id = dead_id(&key);
+                let id = schema::key_id("dead slice", &key)?;
                 let owner = match node_id {
                     0 => None,
                     _ => match r.get(&schema::staged_key(id))? {
@@ -214,10 +214,6 @@ pub(crate) fn count_dead(r: &dyn KvRead) -> Result<u64, MetaError> {
 /// Dead slices one garbage collection batch handles: one bulk delete request's worth of
 /// block objects for small slices, and transactions of a few tens of KiB.
 pub(crate) const DEAD_BATCH: usize = spoolfs_objects::DELETE_BATCH_KEYS;
-
-fn dead_id(key: &[u8]) -> u64 {
-    u64::from_be_bytes(key[1..9].try_into().expect("dead key"))
-}
 
 /// Where dead slice `id`'s bytes are.
 fn locate_dead(r: &dyn KvRead, id: u64) -> Result<DeadPlace, MetaError> {

@@ -159,10 +159,6 @@ fn is_candidate(p: &PackRec, threshold: f64) -> bool {
     reclaimable(p) > 0 && (p.live_bytes as f64) < threshold * p.size as f64
 }
 
-fn id_of(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
-}
-
 /// Slices and their `L` records.
 type Located = Vec<(u64, PackedRec)>;
 
@@ -175,12 +171,12 @@ struct PackSnapshot {
 fn read_packs(r: &dyn KvRead) -> Result<PackSnapshot, MetaError> {
     let mut packs = BTreeMap::new();
     for (k, v) in r.scan(b"P", &prefix_end(b"P"), usize::MAX)? {
-        let Some(id) = id_of(&k) else { continue };
+        let id = schema::key_id("pack", &k)?;
         packs.insert(id, schema::decode::<PackRec>("pack", &v)?);
     }
     let mut slices: HashMap<u64, Located> = HashMap::new();
     for (k, v) in r.scan(b"L", &prefix_end(b"L"), usize::MAX)? {
-        let Some(id) = id_of(&k) else { continue };
+        let id = schema::key_id("packed slice", &k)?;
         let p: PackedRec = schema::decode("packed slice", &v)?;
         slices.entry(p.pack).or_default().push((id, p));
     }
@@ -200,7 +196,7 @@ fn read_packs_after_pending_deaths(r: &dyn KvRead) -> Result<PackSnapshot, MetaE
         &prefix_end(schema::DEAD_PREFIX),
         usize::MAX,
     )? {
-        dead.extend(id_of(&k));
+        dead.insert(schema::key_id("dead slice", &k)?);
     }
     if dead.is_empty() {
         return Ok(snap);
@@ -281,16 +277,16 @@ fn read_references(r: &dyn KvRead) -> Result<References, MetaError> {
     }
     for prefix in [schema::STAGED_PREFIX, schema::DEAD_PREFIX] {
         for (k, _) in r.scan(prefix, &prefix_end(prefix), usize::MAX)? {
-            slices.extend(id_of(&k));
+            slices.insert(schema::key_id("slice", &k)?);
         }
     }
     for (k, v) in r.scan(b"L", &prefix_end(b"L"), usize::MAX)? {
-        slices.extend(id_of(&k));
+        slices.insert(schema::key_id("packed slice", &k)?);
         let p: PackedRec = schema::decode("packed slice", &v)?;
         packs.insert(p.pack);
     }
     for (k, _) in r.scan(b"P", &prefix_end(b"P"), usize::MAX)? {
-        packs.extend(id_of(&k));
+        packs.insert(schema::key_id("pack", &k)?);
     }
     Ok(References { slices, packs })
 }
