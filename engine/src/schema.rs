@@ -240,6 +240,11 @@ pub fn decode_staged(bytes: &[u8]) -> Result<StagedRec, MetaError> {
     StagedRec::decode(bytes).map_err(|e| codec_err("staged record", e))
 }
 
+/// A `T` row as scanned: the staged slice its key names, and its record.
+pub fn staged_entry(key: &[u8], value: &[u8]) -> Result<(u64, StagedRec), MetaError> {
+    Ok((key_id("staged slice", key)?, decode_staged(value)?))
+}
+
 /// The `statfs` counters, which every create and close updates. On a shared store each mount
 /// adds to a row of its own (the key, then the store's counter shard as u32 BE, holding an i64
 /// BE delta) instead of the one row every node would conflict on; the value is the key's own

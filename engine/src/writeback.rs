@@ -122,10 +122,7 @@ pub(crate) fn replay_staged(meta: &Meta, wb: &Uploader, replayed: &[Replayed]) -
             usize::MAX,
         )?;
         rows.into_iter()
-            .map(|(k, v)| {
-                let id = schema::key_id("staged slice", &k)?;
-                Ok((id, schema::decode_staged(&v)?))
-            })
+            .map(|(k, v)| schema::staged_entry(&k, &v))
             .collect::<std::result::Result<Vec<_>, _>>()
     })?;
     let mut in_log: HashMap<u64, &Replayed> = HashMap::new();
@@ -807,10 +804,7 @@ fn record_replaced_cache(
             Ok(())
         })?;
         rows.into_iter()
-            .map(|(k, v)| {
-                let id = schema::key_id("staged slice", &k)?;
-                Ok((id, schema::decode_staged(&v)?))
-            })
+            .map(|(k, v)| schema::staged_entry(&k, &v))
             .collect::<std::result::Result<Vec<_>, spoolfs_metadata::MetaError>>()?
     };
     let cause = format!(
