@@ -11,8 +11,8 @@
 # request. nullfs runs the write steps (pip install, git clone, tar x, the large file's write)
 # and one read, the warm import right after its install: what any FUSE file system pays for
 # them. It keeps everything in memory and nothing survives its unmount, so its other reads and
-# "in the store" waits are not measured (by design: not failures). Workloads (each timed step has a time limit; one that fails or hangs is "not
-# measured"):
+# "in the store" waits are not measured (by design: not failures). Workloads (each timed step
+# has a time limit; one that fails or hangs is "not measured"):
 #
 #   packages  `pip install --target DIR` of a fixed set of pinned wheels (a wheelhouse kept in
 #             /var/tmp/spoolfs-bench-wheels), then `python3 -c 'import ...'` cold, warm and hot
@@ -63,7 +63,7 @@ while (($#)); do
         --only) only=$2; shift ;;
         --workloads) workloads=$2; shift ;;
         --repeat) repeat=$2; shift ;;
-        -h|--help) sed -n '2,49p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,50p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -199,6 +199,12 @@ measure() {
     # The request counts of the systems that have an object store (ext4 and nullfs have none).
     [[ $sys == ext4 || $sys == nullfs ]] || G[$sys:$step]="$(count GET || echo '?') GET, $(count PUT || echo '?') PUT"
     bench_record_step "$sys" "$step" "$rc" "$t0" "$t1" "timed out after $limit s"
+}
+# measure_import SYSTEM STEP: the import of the installed packages through SYSTEM's mount,
+# reading only (no bytecode written), as step STEP.
+measure_import() {
+    measure "$1" "$2" "$lim_read" env PYTHONPATH="$work/mnt-$1/site" PYTHONDONTWRITEBYTECODE=1 \
+        "$python" -s -c "$import_stmt"
 }
 # keep_round SYSTEM STEP: adds the step's figure of this round to its rounds (S), or keeps
 # its first failure (F).
@@ -429,8 +435,7 @@ write_system() {
             local round
             for ((round = 1; round <= repeat; round++)); do
                 drop_caches
-                measure "$sys" import_warm "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
-                    "$python" -s -c "$import_stmt"
+                measure_import "$sys" import_warm
                 keep_round "$sys" import_warm
             done
             settle_rounds "$sys"
@@ -466,12 +471,10 @@ read_round() {
         mount_sys "$sys" "$c2" || { note_fail "$sys" "mount_$phase" "the $phase mount failed (round $round)"; continue; }
         if workload packages; then
             drop_caches
-            measure "$sys" "import_$phase" "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
-                "$python" -s -c "$import_stmt"
+            measure_import "$sys" "import_$phase"
             keep_round "$sys" "import_$phase"
             if [[ $phase == cold ]]; then
-                measure "$sys" import_hot "$lim_read" env PYTHONPATH="$mp/site" PYTHONDONTWRITEBYTECODE=1 \
-                    "$python" -s -c "$import_stmt"
+                measure_import "$sys" import_hot
                 keep_round "$sys" import_hot
             fi
         fi
