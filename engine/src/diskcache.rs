@@ -115,7 +115,12 @@ pub struct DiskCache {
     /// The file system is below its free-space floor, so nothing new is kept (said once in
     /// the log when it starts, and again when it ends).
     starved: std::sync::atomic::AtomicBool,
+    /// Entries this mount has had read ahead into the page cache ([`DiskCache::read_ahead`]).
+    read_ahead: Mutex<std::collections::HashSet<BlockId>>,
 }
+
+/// Entries remembered as read ahead, at most (then forgotten all at once).
+const READ_AHEAD_REMEMBERED: usize = 1 << 16;
 
 /// The directory of a slice's files: consecutive slices in different ones.
 fn fan(id: BlockId) -> u8 {
@@ -205,6 +210,7 @@ impl DiskCache {
             corrupt: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             starved: std::sync::atomic::AtomicBool::new(false),
+            read_ahead: Mutex::new(std::collections::HashSet::new()),
         };
         cache.evict(0);
         Ok(cache)
@@ -243,6 +249,30 @@ impl DiskCache {
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
         checked
+    }
+
+    /// Starts reading the file of `id` into the page cache in the background, once per mount
+    /// (`posix_fadvise(WILLNEED)`; nothing is read into this process): a directory listed on
+    /// a warm cache then finds its files' data in memory, as a listing on a cold cache has
+    /// it fetched. Nothing is checked here; the read that follows checks what it reads.
+    pub fn read_ahead(&self, id: BlockId) {
+        let Some(crc) = self.index.lock().entries.get(&id).map(|e| e.crc) else {
+            return;
+        };
+        {
+            let mut done = self.read_ahead.lock();
+            if done.len() >= READ_AHEAD_REMEMBERED {
+                done.clear();
+            }
+            if !done.insert(id) {
+                return;
+            }
+        }
+        if let Ok(file) = std::fs::File::open(self.path(id, crc)) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid descriptor; the advice only starts reads into the page cache.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+        }
     }
 
     /// Whether `id` is cached (not checked: a read checks it).
@@ -572,6 +602,35 @@ mod tests {
         );
         let files = walk_files(&full.config.dir);
         assert!(files.is_empty(), "files written below the floor: {files:?}");
+    }
+
+    #[test]
+    fn read_ahead_brings_a_cached_file_into_memory_once() {
+        use spoolfs_testkit::resident_pages;
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 64 << 20);
+        let data = vec![5u8; 1 << 20];
+        c.insert(id(7, 0), &data);
+        let path = c.path(id(7, 0), crc32c::crc32c(&data));
+        if !spoolfs_testkit::drop_from_page_cache(&path) {
+            spoolfs_testkit::skip(
+                "read_ahead_brings_a_cached_file_into_memory_once",
+                "the temporary directory's file system keeps files in memory (tmpfs?)",
+            );
+            return;
+        }
+        let pages = resident_pages(&path).1;
+        c.read_ahead(id(7, 0));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while resident_pages(&path).0 < pages && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(resident_pages(&path), (pages, pages), "read ahead whole");
+        assert!(c.read_ahead.lock().contains(&id(7, 0)), "once per mount");
+        // Nothing cached, nothing read ahead (or remembered).
+        c.read_ahead(id(8, 0));
+        assert!(!c.read_ahead.lock().contains(&id(8, 0)));
+        assert_eq!(c.get(id(7, 0)).unwrap(), Bytes::from(data));
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub(crate) trait PackSource: Send + Sync {
     /// large or gone; returns the bytes fetched (0: nothing fetched).
     fn fetch_pack(&self, pack: u64, fetcher: &PackFetcher) -> Result<u64, String>;
     /// The packs holding the first slices of the regular files of directory `dir`, not yet
-    /// in the local data cache, up to `budget` bytes of packs.
+    /// in the local data cache, up to `budget` bytes of packs. Those in the local data cache
+    /// already are read ahead from it into the page cache (up to `budget` bytes too).
     fn plan_dir(&self, dir: Ino, budget: u64) -> Vec<u64>;
 }
 

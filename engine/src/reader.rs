@@ -857,6 +857,10 @@ impl PackSource for ObjectReader {
             let mut large = Vec::new();
             let prefix = schema::dentry_prefix(dir);
             let mut packs = Vec::new();
+            // Packs and blocks in the local data cache already: read ahead from it instead,
+            // within a budget of their own.
+            let mut on_disk = Vec::new();
+            let mut on_disk_left = budget;
             let mut seen = std::collections::HashSet::new();
             let mut left = budget;
             for (_, v) in r.scan(&prefix, &prefix_end(&prefix), DIR_PLAN_ENTRIES)? {
@@ -892,13 +896,20 @@ impl PackSource for ObjectReader {
                     continue; // staged, or stored as a block
                 };
                 let p: schema::PackedRec = schema::decode("packed slice", &v)?;
-                if !seen.insert(p.pack) || disk.contains(BlockId::pack(p.pack)) {
+                if !seen.insert(p.pack) {
                     continue;
                 }
                 let Some(v) = r.get(&schema::pack_key(p.pack))? else {
                     continue;
                 };
                 let rec: schema::PackRec = schema::decode("pack", &v)?;
+                if disk.contains(BlockId::pack(p.pack)) {
+                    if rec.size <= on_disk_left {
+                        on_disk_left -= rec.size;
+                        on_disk.push(BlockId::pack(p.pack));
+                    }
+                    continue;
+                }
                 if !self.fetches_whole(&rec) {
                     continue;
                 }
@@ -908,15 +919,21 @@ impl PackSource for ObjectReader {
                 left -= rec.size;
                 packs.push(p.pack);
             }
-            Ok((packs, large))
+            Ok((packs, large, on_disk))
         });
         match planned {
-            Ok((packs, large)) => {
+            Ok((packs, large, on_disk)) => {
+                for id in on_disk {
+                    disk.read_ahead(id);
+                }
                 if let Some(ra) = &self.readahead {
                     for (slice, size) in large {
                         let blocks = (size as u64).div_ceil(self.block_size) as u32;
                         for index in 0..blocks {
-                            if !disk.contains(BlockId::block(slice, index)) {
+                            let id = BlockId::block(slice, index);
+                            if disk.contains(id) {
+                                disk.read_ahead(id);
+                            } else {
                                 ra.queue(Fetch { slice, size, index });
                             }
                         }

@@ -394,6 +394,71 @@ fn a_listing_prefetches_its_files_packs() {
     m.e.shutdown().unwrap();
 }
 
+#[test]
+fn a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache() {
+    let test = "a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache";
+    let w = written();
+    let blocks = 2 * ((3u64 << 20) / common::BLOCK_SIZE as u64);
+    let m = mount(
+        &w.f,
+        "cache-warm",
+        Duration::ZERO,
+        PackFetchConfig::default(),
+    );
+    lists(&m.e, b"d");
+    lists(&m.e, b"big");
+    assert!(
+        wait_until(|| m.counts.gets.load(Ordering::SeqCst) == w.packs + blocks),
+        "the packs and blocks fetched on the cold listing"
+    );
+    m.e.shutdown().unwrap();
+    drop(m);
+    // A new mount with the same cache, its files out of the page cache.
+    let files = files_under(&w.f.dir.path().join("cache-warm"));
+    assert!(files.len() as u64 >= w.packs + blocks, "{files:?}");
+    for f in &files {
+        if !spoolfs_testkit::drop_from_page_cache(f) {
+            spoolfs_testkit::skip(test, "the cache's file system keeps files in memory");
+            return;
+        }
+    }
+    let m = mount(
+        &w.f,
+        "cache-warm",
+        Duration::ZERO,
+        PackFetchConfig::default(),
+    );
+    lists(&m.e, b"d");
+    lists(&m.e, b"big");
+    let all_in_memory = || {
+        files.iter().all(|f| {
+            let (resident, pages) = spoolfs_testkit::resident_pages(f);
+            resident == pages
+        })
+    };
+    assert!(
+        wait_until(all_in_memory),
+        "every pack and block file read ahead into the page cache"
+    );
+    read_files(&m.e, &w.files, &shuffled(FILES, 7));
+    read_big_files(&m.e);
+    assert_eq!(m.counts.gets.load(Ordering::SeqCst), 0, "all of it local");
+    m.e.shutdown().unwrap();
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
 /// Reads the two large files of `big` and checks them.
 fn read_big_files(e: &Engine) {
     let big = e.lookup(ROOT_INO, b"big").unwrap().ino;

@@ -175,6 +175,46 @@ pub fn fuse_available() -> bool {
         .is_ok()
 }
 
+/// Pages of the file at `path` in the page cache, and its pages in all (`mincore`).
+pub fn resident_pages(path: &std::path::Path) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("open the file");
+    let len = file.metadata().expect("stat the file").len() as usize;
+    if len == 0 {
+        return (0, 0);
+    }
+    // SAFETY: a read-only shared mapping of a file of `len` bytes, unmapped below; `vec`
+    // holds one byte per page of it.
+    unsafe {
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(at, libc::MAP_FAILED, "mmap {}", path.display());
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        let rc = libc::mincore(at, len, vec.as_mut_ptr());
+        libc::munmap(at, len);
+        assert_eq!(rc, 0, "mincore {}", path.display());
+        (vec.iter().filter(|b| **b & 1 == 1).count(), vec.len())
+    }
+}
+
+/// Writes the file at `path` back and drops it from the page cache; false when its pages
+/// stay (a file system that keeps files in memory, such as tmpfs).
+pub fn drop_from_page_cache(path: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("open the file");
+    file.sync_all().expect("write the file back");
+    // SAFETY: a valid descriptor.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    resident_pages(path).0 == 0
+}
+
 /// Whether this run is CI (`CI=true`): CI provides everything a test needs (root,
 /// `/dev/fuse`, loop devices, PostgreSQL), so there a test that cannot run fails.
 pub fn under_ci() -> bool {

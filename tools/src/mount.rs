@@ -107,6 +107,8 @@ pub struct MountArgs {
     pub pack_fetch_threads: usize,
     /// Bytes of pack objects (and blocks, see --dir-prefetch-file-max) a directory listing
     /// fetches ahead for its files, in the background (0: listings fetch nothing ahead).
+    /// Those already in the local data cache are read ahead from it into memory instead,
+    /// up to as many bytes.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::size::parse_size)]
     pub dir_prefetch: u64,
     /// A cold read of a small file whose pack is on its way also takes, in the same ranged
