@@ -414,7 +414,7 @@ fn a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache() {
     m.e.shutdown().unwrap();
     drop(m);
     // A new mount with the same cache, its files out of the page cache.
-    let files = files_under(&w.f.dir.path().join("cache-warm"));
+    let files = common::files_under(&w.f.dir.path().join("cache-warm"));
     assert!(files.len() as u64 >= w.packs + blocks, "{files:?}");
     for f in &files {
         if !spoolfs_testkit::drop_from_page_cache(f) {
@@ -444,19 +444,6 @@ fn a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache() {
     read_big_files(&m.e);
     assert_eq!(m.counts.gets.load(Ordering::SeqCst), 0, "all of it local");
     m.e.shutdown().unwrap();
-}
-
-/// Every regular file under `dir`.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.path().is_dir() {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// Reads the two large files of `big` and checks them.
