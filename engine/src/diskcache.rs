@@ -115,12 +115,13 @@ pub struct DiskCache {
     /// The file system is below its free-space floor, so nothing new is kept (said once in
     /// the log when it starts, and again when it ends).
     starved: std::sync::atomic::AtomicBool,
-    /// Entries this mount has had read ahead into the page cache ([`DiskCache::read_ahead`]).
-    read_ahead: Mutex<std::collections::HashSet<BlockId>>,
+    /// Entries this mount has had read ahead into the page cache ([`DiskCache::read_ahead`])
+    /// or has written (their pages are in it already).
+    paged_in: Mutex<std::collections::HashSet<BlockId>>,
 }
 
-/// Entries remembered as read ahead, at most (then forgotten all at once).
-const READ_AHEAD_REMEMBERED: usize = 1 << 16;
+/// Entries remembered as read ahead or written, at most (then forgotten all at once).
+const PAGED_IN_REMEMBERED: usize = 1 << 16;
 
 /// The directory of a slice's files: consecutive slices in different ones.
 fn fan(id: BlockId) -> u8 {
@@ -210,7 +211,7 @@ impl DiskCache {
             corrupt: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             starved: std::sync::atomic::AtomicBool::new(false),
-            read_ahead: Mutex::new(std::collections::HashSet::new()),
+            paged_in: Mutex::new(std::collections::HashSet::new()),
         };
         cache.evict(0);
         Ok(cache)
@@ -252,27 +253,32 @@ impl DiskCache {
     }
 
     /// Starts reading the file of `id` into the page cache in the background, once per mount
-    /// (`posix_fadvise(WILLNEED)`; nothing is read into this process): a directory listed on
-    /// a warm cache then finds its files' data in memory, as a listing on a cold cache has
-    /// it fetched. Nothing is checked here; the read that follows checks what it reads.
+    /// and not for a file this mount wrote (`posix_fadvise(WILLNEED)`; nothing is read into
+    /// this process): a directory listed on a warm cache then finds its files' data in
+    /// memory, as a listing on a cold cache has it fetched. Nothing is checked here; the read
+    /// that follows checks what it reads.
     pub fn read_ahead(&self, id: BlockId) {
         let Some(crc) = self.index.lock().entries.get(&id).map(|e| e.crc) else {
             return;
         };
-        {
-            let mut done = self.read_ahead.lock();
-            if done.len() >= READ_AHEAD_REMEMBERED {
-                done.clear();
-            }
-            if !done.insert(id) {
-                return;
-            }
+        if !self.note_paged_in(id) {
+            return;
         }
         if let Ok(file) = std::fs::File::open(self.path(id, crc)) {
             use std::os::fd::AsRawFd;
             // SAFETY: a valid descriptor; the advice only starts reads into the page cache.
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
         }
+    }
+
+    /// Notes that the pages of `id`'s file are in the page cache (read ahead or just
+    /// written); false if that was noted already.
+    fn note_paged_in(&self, id: BlockId) -> bool {
+        let mut paged_in = self.paged_in.lock();
+        if paged_in.len() >= PAGED_IN_REMEMBERED {
+            paged_in.clear();
+        }
+        paged_in.insert(id)
     }
 
     /// Whether `id` is cached (not checked: a read checks it).
@@ -379,6 +385,7 @@ impl DiskCache {
             return;
         }
         self.index.lock().add(id, size, crc);
+        self.note_paged_in(id);
         self.evict(0);
     }
 
@@ -606,13 +613,14 @@ mod tests {
 
     #[test]
     fn read_ahead_brings_a_cached_file_into_memory_once() {
-        use spoolfs_testkit::resident_pages;
+        use spoolfs_testkit::{drop_from_page_cache, resident_pages};
         let dir = tempfile::tempdir().unwrap();
-        let c = cache(dir.path(), 64 << 20);
         let data = vec![5u8; 1 << 20];
-        c.insert(id(7, 0), &data);
+        cache(dir.path(), 64 << 20).insert(id(7, 0), &data);
+        // A new mount finds it on disk, out of the page cache.
+        let c = cache(dir.path(), 64 << 20);
         let path = c.path(id(7, 0), crc32c::crc32c(&data));
-        if !spoolfs_testkit::drop_from_page_cache(&path) {
+        if !drop_from_page_cache(&path) {
             spoolfs_testkit::skip(
                 "read_ahead_brings_a_cached_file_into_memory_once",
                 "the temporary directory's file system keeps files in memory (tmpfs?)",
@@ -626,11 +634,24 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(resident_pages(&path), (pages, pages), "read ahead whole");
-        assert!(c.read_ahead.lock().contains(&id(7, 0)), "once per mount");
+        assert_eq!(c.get(id(7, 0)).unwrap(), Bytes::from(data.clone()));
         // Nothing cached, nothing read ahead (or remembered).
         c.read_ahead(id(8, 0));
-        assert!(!c.read_ahead.lock().contains(&id(8, 0)));
-        assert_eq!(c.get(id(7, 0)).unwrap(), Bytes::from(data));
+        assert!(!c.paged_in.lock().contains(&id(8, 0)));
+        // Once per mount, and never for a file this mount wrote: its pages were in memory.
+        assert!(drop_from_page_cache(&path));
+        c.read_ahead(id(7, 0));
+        c.insert(id(9, 0), &data);
+        let nine = c.path(id(9, 0), crc32c::crc32c(&data));
+        assert!(drop_from_page_cache(&nine));
+        c.read_ahead(id(9, 0));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(resident_pages(&path).0, 0, "read ahead twice in one mount");
+        assert_eq!(
+            resident_pages(&nine).0,
+            0,
+            "read ahead after this mount wrote it"
+        );
     }
 
     #[test]
