@@ -399,14 +399,7 @@ fn a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache() {
     let test = "a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache";
     let w = written();
     let blocks = 2 * ((3u64 << 20) / common::BLOCK_SIZE as u64);
-    let m = mount(
-        &w.f,
-        "cache-warm",
-        Duration::ZERO,
-        PackFetchConfig::default(),
-    );
-    lists(&m.e, b"d");
-    lists(&m.e, b"big");
+    let m = mount_and_list(&w, "cache-warm");
     assert!(
         wait_until(|| m.counts.gets.load(Ordering::SeqCst) == w.packs + blocks),
         "the packs and blocks fetched on the cold listing"
@@ -422,14 +415,7 @@ fn a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache() {
             return;
         }
     }
-    let m = mount(
-        &w.f,
-        "cache-warm",
-        Duration::ZERO,
-        PackFetchConfig::default(),
-    );
-    lists(&m.e, b"d");
-    lists(&m.e, b"big");
+    let m = mount_and_list(&w, "cache-warm");
     let all_in_memory = || {
         files.iter().all(|f| {
             let (resident, pages) = spoolfs_testkit::resident_pages(f);
@@ -444,6 +430,15 @@ fn a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache() {
     read_big_files(&m.e);
     assert_eq!(m.counts.gets.load(Ordering::SeqCst), 0, "all of it local");
     m.e.shutdown().unwrap();
+}
+
+/// A mount of `w` with the local data cache `cache` and default pack fetches, with `d` and
+/// `big` listed.
+fn mount_and_list(w: &Written, cache: &str) -> Mount {
+    let m = mount(&w.f, cache, Duration::ZERO, PackFetchConfig::default());
+    lists(&m.e, b"d");
+    lists(&m.e, b"big");
+    m
 }
 
 /// Reads the two large files of `big` and checks them.
