@@ -3,7 +3,9 @@
 //! Small files written together are packed together (docs/FORMAT.md), so they are usually read
 //! together. When one slice of a pack is read cold, or when a directory is listed, the packs
 //! holding its files' data are fetched whole, several at once, into the local data cache:
-//! reading the neighbours then costs a local read, not one object-store round trip each.
+//! reading the neighbours then costs a local read, not one object-store round trip each. A
+//! listing plans its subdirectories too, breadth first, a few levels deep, within one budget
+//! of bytes: the first listing of a tree puts the packs of the whole tree on their way.
 //!
 //! Bounded on every side: `threads` fetchers, each holding at most one pack of at most
 //! `max_bytes` in memory (so at most `threads × max_bytes` in flight); a bounded queue that
@@ -48,6 +50,11 @@ pub struct PackFetchConfig {
     pub threads: usize,
     /// Bytes of packs a directory listing may prefetch (0: listings prefetch nothing).
     pub dir_budget_bytes: u64,
+    /// How many levels of subdirectories a listing plans too, breadth first, within its
+    /// budget (0: the listed directory alone). A program that lists a directory goes on to
+    /// its subdirectories (an import system, `tar`, `find`), and the packs their files share
+    /// are fetched at once instead of one listing after another.
+    pub dir_depth: u32,
     /// A read of a slice whose pack is on its way takes, in its own ranged GET, the slices
     /// stored up to this many bytes before and after it in the pack (0: the slice alone). A
     /// program reads the files of one directory close together, in an order of its own (an
@@ -66,7 +73,8 @@ impl Default for PackFetchConfig {
         PackFetchConfig {
             max_bytes: 16 << 20,
             threads: 8,
-            dir_budget_bytes: 256 << 20,
+            dir_budget_bytes: 512 << 20,
+            dir_depth: 3,
             nearby_bytes: 256 << 10,
             dir_file_max_bytes: 8 << 20,
         }
@@ -79,9 +87,48 @@ pub(crate) trait PackSource: Send + Sync {
     /// large or gone; returns the bytes fetched (0: nothing fetched).
     fn fetch_pack(&self, pack: u64, fetcher: &PackFetcher) -> Result<u64, String>;
     /// The packs holding the first slices of the regular files of directory `dir`, not yet
-    /// in the local data cache, up to `budget` bytes of packs. Those in the local data cache
-    /// already are read ahead from it into the page cache (up to `budget` bytes too).
-    fn plan_dir(&self, dir: Ino, budget: u64) -> Vec<u64>;
+    /// in the local data cache, within `budget.fetch` bytes of packs (taken from it), and
+    /// the directory's subdirectories. Packs in the local data cache already are read ahead
+    /// from it into the page cache, within `budget.read_ahead` bytes (taken from it).
+    fn plan_dir(&self, dir: Ino, budget: &mut DirBudget) -> DirPlan;
+}
+
+/// What is left of a listing's prefetch budget, shared by the directories planned for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DirBudget {
+    /// Bytes of packs and blocks to fetch from the object store.
+    pub fetch: u64,
+    /// Bytes of cached packs and blocks to read ahead from the local disk.
+    pub read_ahead: u64,
+}
+
+/// A listing being planned, directory by directory.
+struct Listing {
+    budget: DirBudget,
+    /// Its directories queued or being planned.
+    dirs: u32,
+    /// One of its directories is being planned: the others wait (they share the budget),
+    /// and the fetchers take other work meanwhile.
+    busy: bool,
+}
+
+impl DirBudget {
+    /// Nothing more to fetch: the listing's subdirectories are left to their own listings.
+    fn spent(&self) -> bool {
+        self.fetch == 0
+    }
+}
+
+/// A directory's plan: the packs to fetch, and its subdirectories.
+#[derive(Debug, Default)]
+pub(crate) struct DirPlan {
+    pub packs: Vec<u64>,
+    pub subdirs: Vec<Ino>,
+    /// Files were left out because the budget was spent.
+    pub cut: bool,
+    /// The directory has regular files, and all their data is in the local data cache: its
+    /// subdirectories most likely too (a tree read before), so they are not planned.
+    pub cached_only: bool,
 }
 
 /// What `spoolfs warmup` did, and how far it is.
@@ -102,7 +149,13 @@ pub struct WarmReport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Job {
     Pack(u64),
-    Dir(Ino),
+    /// A directory to plan for listing `listing` (its budget in [`Queues::listings`]), and
+    /// how many levels of its subdirectories to plan after it.
+    Dir {
+        dir: Ino,
+        listing: u64,
+        depth: u32,
+    },
 }
 
 enum Next {
@@ -116,9 +169,15 @@ struct Queues {
     /// Packs a reader waits for: first.
     urgent: VecDeque<u64>,
     background: VecDeque<Job>,
+    /// Directories to plan: before the background packs (a plan is a few metadata reads
+    /// and queues fetches; behind whole-pack GETs, a subdirectory's plan would come late).
+    dirs: VecDeque<Job>,
     /// Packs queued or being fetched.
     pending: HashSet<u64>,
     recent_dirs: HashMap<Ino, Instant>,
+    /// The listings being planned.
+    listings: HashMap<u64, Listing>,
+    next_listing: u64,
     fetched: HashSet<u64>,
     /// Packs whose GET is running: when it began and the pack's bytes.
     in_flight: HashMap<u64, (Instant, u64)>,
@@ -127,6 +186,30 @@ struct Queues {
     /// How long a reader's GET of a slice took lately (a moving average).
     slice_get: Option<Duration>,
     stopped: bool,
+}
+
+impl Queues {
+    /// The next job to run: a pack a reader waits for, then a directory to plan (of a
+    /// listing no other fetcher is planning: they share its budget), then background packs.
+    fn take_job(&mut self) -> Option<Job> {
+        if let Some(pack) = self.urgent.pop_front() {
+            return Some(Job::Pack(pack));
+        }
+        let listings = &self.listings;
+        let free = self.dirs.iter().position(|job| match job {
+            Job::Dir { listing, .. } => listings.get(listing).is_none_or(|l| !l.busy),
+            Job::Pack(_) => true,
+        });
+        if let Some(job) = free.and_then(|at| self.dirs.remove(at)) {
+            if let Job::Dir { listing, .. } = job
+                && let Some(l) = self.listings.get_mut(&listing)
+            {
+                l.busy = true;
+            }
+            return Some(job);
+        }
+        self.background.pop_front()
+    }
 }
 
 /// The weight of a new sample in the moving averages of [`Queues`].
@@ -314,7 +397,7 @@ impl PackFetcher {
         {
             return;
         }
-        if q.background.len() >= PACK_QUEUE {
+        if q.dirs.len() >= PACK_QUEUE {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -326,7 +409,25 @@ impl PackFetcher {
             }
         }
         q.recent_dirs.insert(dir, now);
-        q.background.push_back(Job::Dir(dir));
+        let listing = q.next_listing;
+        q.next_listing += 1;
+        let budget = DirBudget {
+            fetch: self.config.dir_budget_bytes,
+            read_ahead: self.config.dir_budget_bytes,
+        };
+        q.listings.insert(
+            listing,
+            Listing {
+                budget,
+                dirs: 1,
+                busy: false,
+            },
+        );
+        q.dirs.push_back(Job::Dir {
+            dir,
+            listing,
+            depth: self.config.dir_depth,
+        });
         self.work.notify_one();
     }
 
@@ -418,12 +519,14 @@ impl PackFetcher {
                 .drain(..)
                 .chain(q.background.drain(..).filter_map(|j| match j {
                     Job::Pack(p) => Some(p),
-                    Job::Dir(_) => None,
+                    Job::Dir { .. } => None,
                 }))
                 .collect();
             for pack in dropped {
                 q.pending.remove(&pack);
             }
+            q.dirs.clear();
+            q.listings.clear();
             self.work.notify_all();
             self.done.notify_all();
         }
@@ -442,18 +545,16 @@ impl PackFetcher {
         if q.stopped {
             return Next::Stop;
         }
-        if q.urgent.is_empty() && q.background.is_empty() {
-            // Woken by new work or stop; the timeout lets the threads of a fetcher that was
-            // dropped without a stop notice it.
-            self.work.wait_for(&mut q, Duration::from_secs(1));
+        if let Some(job) = q.take_job() {
+            return Next::Job(job);
         }
+        // Woken by new work, a listing's directory planned, or stop; the timeout lets the
+        // threads of a fetcher that was dropped without a stop notice it.
+        self.work.wait_for(&mut q, Duration::from_secs(1));
         if q.stopped {
             return Next::Stop;
         }
-        if let Some(pack) = q.urgent.pop_front() {
-            return Next::Job(Job::Pack(pack));
-        }
-        match q.background.pop_front() {
+        match q.take_job() {
             Some(job) => Next::Job(job),
             None => Next::Idle,
         }
@@ -495,23 +596,115 @@ fn fetcher_loop(me: Weak<PackFetcher>, source: Weak<dyn PackSource>) {
                 }
                 fetcher.finish(pack);
             }
-            Job::Dir(dir) => {
-                fetcher.dirs_planned.fetch_add(1, Ordering::Relaxed);
-                for pack in src.plan_dir(dir, fetcher.config.dir_budget_bytes) {
-                    if !fetcher.prefetch(pack) {
-                        break;
-                    }
-                }
-            }
+            Job::Dir {
+                dir,
+                listing,
+                depth,
+            } => fetcher.plan(&*src, dir, listing, depth),
         }
     }
 }
 
 impl PackFetcher {
     fn finish_job(&self, job: Job) {
-        if let Job::Pack(pack) = job {
-            self.finish(pack);
+        match job {
+            Job::Pack(pack) => self.finish(pack),
+            Job::Dir { listing, .. } => self.planned(listing, None, Vec::new(), 0),
         }
+    }
+
+    /// Plans directory `dir` for listing `listing` (marked busy by [`Self::next_job`]):
+    /// queues its packs, then (with `depth` levels to go and budget left) its subdirectories
+    /// not planned lately.
+    fn plan(&self, src: &dyn PackSource, dir: Ino, listing: u64, depth: u32) {
+        let budget = self.queues.lock().listings.get(&listing).map(|l| l.budget);
+        let Some(mut budget) = budget else {
+            return;
+        };
+        // A subdirectory planned with too little of its listing's budget left is planned
+        // again when it is listed itself, with a budget of its own.
+        let below = depth < self.config.dir_depth;
+        if budget.spent() {
+            if below {
+                self.queues.lock().recent_dirs.remove(&dir);
+            }
+            self.planned(listing, None, Vec::new(), 0);
+            return;
+        }
+        self.dirs_planned.fetch_add(1, Ordering::Relaxed);
+        // Only the listed directory itself reads ahead what is cached: on a warm cache, its
+        // subdirectories' data read ahead at once would compete for the disk with the
+        // reads of the files used first.
+        let mut this = budget;
+        if below {
+            this.read_ahead = 0;
+        }
+        let plan = src.plan_dir(dir, &mut this);
+        budget.fetch = this.fetch;
+        if !below {
+            budget.read_ahead = this.read_ahead;
+        }
+        if below && plan.cut {
+            self.queues.lock().recent_dirs.remove(&dir);
+        }
+        for pack in plan.packs {
+            if !self.prefetch(pack) {
+                break;
+            }
+        }
+        let subdirs = if depth > 0 && !budget.spent() && !plan.cached_only {
+            plan.subdirs
+        } else {
+            Vec::new()
+        };
+        self.planned(listing, Some(budget), subdirs, depth.saturating_sub(1));
+    }
+
+    /// One of `listing`'s directories is planned (or dropped), leaving `budget` (`None`:
+    /// unchanged); its `subdirs` not planned lately are queued, to be planned `depth` levels
+    /// deep. The listing is forgotten with its last directory.
+    fn planned(&self, listing: u64, budget: Option<DirBudget>, subdirs: Vec<Ino>, depth: u32) {
+        let mut guard = self.queues.lock();
+        let q = &mut *guard;
+        let now = Instant::now();
+        let mut queued = 0;
+        for sub in subdirs {
+            if q.stopped {
+                break;
+            }
+            if q.recent_dirs
+                .get(&sub)
+                .is_some_and(|t| now.duration_since(*t) < DIR_RESCAN_AFTER)
+            {
+                continue;
+            }
+            if q.dirs.len() >= PACK_QUEUE {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            if q.recent_dirs.len() < RECENT_DIRS {
+                q.recent_dirs.insert(sub, now);
+            }
+            q.dirs.push_back(Job::Dir {
+                dir: sub,
+                listing,
+                depth,
+            });
+            queued += 1;
+        }
+        let Some(l) = q.listings.get_mut(&listing) else {
+            return;
+        };
+        if let Some(b) = budget {
+            l.budget = b;
+        }
+        l.busy = false;
+        l.dirs = l.dirs + queued - 1;
+        if l.dirs == 0 {
+            q.listings.remove(&listing);
+        }
+        // Other fetchers may wait for this listing's next directory.
+        self.work.notify_all();
     }
 }
 
@@ -528,6 +721,10 @@ mod tests {
         running: AtomicUsize,
         peak: AtomicUsize,
         dir_packs: Vec<u64>,
+        /// Directories other than the one of `dir_packs`: their packs and subdirectories
+        /// (the fifth value of a directory says all its files are cached).
+        tree: HashMap<Ino, (Vec<u64>, Vec<Ino>, bool)>,
+        planned: Mutex<Vec<Ino>>,
     }
 
     impl PackSource for Slow {
@@ -541,9 +738,25 @@ mod tests {
             f.end_fetch(pack, self.size, Some(self.size));
             Ok(self.size)
         }
-        fn plan_dir(&self, _dir: Ino, budget: u64) -> Vec<u64> {
-            let fit = (budget / self.size) as usize;
-            self.dir_packs.iter().copied().take(fit).collect()
+        fn plan_dir(&self, dir: Ino, budget: &mut DirBudget) -> DirPlan {
+            self.planned.lock().push(dir);
+            let (packs, subdirs, cached_only) = match self.tree.get(&dir) {
+                Some((p, s, c)) => (p.clone(), s.clone(), *c),
+                None => (self.dir_packs.clone(), Vec::new(), false),
+            };
+            // As the local data cache would: what was fetched is not planned again.
+            let fetched = self.fetched.lock().clone();
+            let packs: Vec<u64> = packs.into_iter().filter(|p| !fetched.contains(p)).collect();
+            let fit = (budget.fetch / self.size) as usize;
+            let cut = packs.len() > fit;
+            let packs: Vec<u64> = packs.into_iter().take(fit).collect();
+            budget.fetch -= packs.len() as u64 * self.size;
+            DirPlan {
+                packs,
+                subdirs,
+                cut,
+                cached_only,
+            }
         }
     }
 
@@ -555,6 +768,8 @@ mod tests {
             running: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             dir_packs,
+            tree: HashMap::new(),
+            planned: Mutex::new(Vec::new()),
         })
     }
 
@@ -570,18 +785,132 @@ mod tests {
     }
 
     fn start(src: &Arc<Slow>, threads: usize, budget: u64) -> Arc<PackFetcher> {
+        start_deep(src, threads, budget, 0)
+    }
+
+    fn start_deep(src: &Arc<Slow>, threads: usize, budget: u64, depth: u32) -> Arc<PackFetcher> {
         let weak = Arc::downgrade(src) as Weak<dyn PackSource>;
         PackFetcher::start(
             PackFetchConfig {
                 max_bytes: 1 << 20,
                 threads,
                 dir_budget_bytes: budget,
+                dir_depth: depth,
                 nearby_bytes: 0,
                 dir_file_max_bytes: 0,
             },
             weak,
         )
         .unwrap()
+    }
+
+    /// Waits until nothing is queued, planned or fetched.
+    fn settle(f: &PackFetcher) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let idle = {
+                let q = f.queues.lock();
+                q.dirs.is_empty()
+                    && q.background.is_empty()
+                    && q.urgent.is_empty()
+                    && q.pending.is_empty()
+                    && q.listings.is_empty()
+            };
+            if idle || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A tree: 1 holds 2 and 3; 2 holds 4; 4 holds 5. Each directory has two packs of its
+    /// own (10 × the directory's number, plus 0 and 1).
+    fn tree() -> HashMap<Ino, (Vec<u64>, Vec<Ino>, bool)> {
+        let dir = |d: Ino, subs: Vec<Ino>| (d, (vec![10 * d, 10 * d + 1], subs, false));
+        HashMap::from([
+            dir(1, vec![2, 3]),
+            dir(2, vec![4]),
+            dir(3, vec![]),
+            dir(4, vec![5]),
+            dir(5, vec![]),
+        ])
+    }
+
+    fn fetched_sorted(src: &Slow) -> Vec<u64> {
+        let mut got = src.fetched.lock().clone();
+        got.sort();
+        got
+    }
+
+    #[test]
+    fn a_listing_plans_its_subdirectories_breadth_first_within_its_depth() {
+        let mut src = slow(1, Vec::new());
+        Arc::get_mut(&mut src).unwrap().tree = tree();
+        let f = start_deep(&src, 2, 1_000_000, 2);
+        f.prefetch_dir(1);
+        settle(&f);
+        assert_eq!(
+            fetched_sorted(&src),
+            vec![10, 11, 20, 21, 30, 31, 40, 41],
+            "two levels below the listed directory, not three"
+        );
+        assert_eq!(src.planned.lock()[0], 1);
+        assert_eq!(f.stats().dirs_planned, 4);
+        // Planned as part of the listing: a listing of its own now plans nothing again.
+        f.prefetch_dir(4);
+        settle(&f);
+        assert_eq!(f.stats().dirs_planned, 4);
+        // Beyond the depth, a listing plans as usual.
+        f.prefetch_dir(5);
+        settle(&f);
+        assert_eq!(fetched_sorted(&src).len(), 10);
+        f.stop();
+    }
+
+    #[test]
+    fn subdirectories_share_their_listings_budget_and_get_their_own_when_listed() {
+        let mut src = slow(1, Vec::new());
+        Arc::get_mut(&mut src).unwrap().tree = tree();
+        // Five packs of 1,000 bytes: directory 1's two, then three of 2's and 3's.
+        let f = start_deep(&src, 1, 5_000, 3);
+        f.prefetch_dir(1);
+        settle(&f);
+        let got = fetched_sorted(&src);
+        assert_eq!(
+            got.len(),
+            5,
+            "the listing's budget holds five packs: {got:?}"
+        );
+        assert!(
+            got.starts_with(&[10, 11]),
+            "the listed directory first: {got:?}"
+        );
+        // The directories left short were not planned for good: listed now, each gets a
+        // budget of its own.
+        for dir in [2, 3, 4, 5] {
+            f.prefetch_dir(dir);
+        }
+        settle(&f);
+        assert_eq!(
+            fetched_sorted(&src),
+            vec![10, 11, 20, 21, 30, 31, 40, 41, 50, 51]
+        );
+        f.stop();
+    }
+
+    #[test]
+    fn no_subdirectory_is_planned_below_a_cached_directory() {
+        let mut src = slow(1, Vec::new());
+        let mut t = tree();
+        t.get_mut(&2).unwrap().2 = true;
+        Arc::get_mut(&mut src).unwrap().tree = t;
+        let f = start_deep(&src, 2, 1_000_000, 3);
+        f.prefetch_dir(1);
+        settle(&f);
+        let mut planned = src.planned.lock().clone();
+        planned.sort();
+        assert_eq!(planned, vec![1, 2, 3], "nothing below directory 2");
+        f.stop();
     }
 
     #[test]

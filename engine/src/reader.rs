@@ -9,7 +9,7 @@ use crate::diskcache::DiskCache;
 use crate::diskcache::DiskCacheConfig;
 use crate::error::{FsError, Result};
 use crate::meta::Meta;
-use crate::packfetch::{PackFetchConfig, PackFetcher, PackSource, WarmReport};
+use crate::packfetch::{DirBudget, DirPlan, PackFetchConfig, PackFetcher, PackSource, WarmReport};
 use crate::readahead::{Fetch, Prefetch, Readahead};
 use crate::schema;
 use crate::types::Ino;
@@ -845,9 +845,9 @@ impl PackSource for ObjectReader {
         }
     }
 
-    fn plan_dir(&self, dir: Ino, budget: u64) -> Vec<u64> {
+    fn plan_dir(&self, dir: Ino, budget: &mut DirBudget) -> DirPlan {
         let Some(disk) = &self.disk else {
-            return Vec::new();
+            return DirPlan::default();
         };
         let file_max = self
             .packs
@@ -860,12 +860,26 @@ impl PackSource for ObjectReader {
             // Packs and blocks in the local data cache already: read ahead from it instead,
             // within a budget of their own.
             let mut on_disk = Vec::new();
-            let mut on_disk_left = budget;
+            let mut on_disk_left = budget.read_ahead;
             let mut seen = std::collections::HashSet::new();
-            let mut left = budget;
+            let mut left = budget.fetch;
+            let mut subdirs = Vec::new();
+            // Files left out for the budget.
+            let mut cut = false;
+            // Regular files seen, and whether any has data not in the local data cache.
+            let mut files = 0u64;
+            let mut uncached = false;
             for (_, v) in r.scan(&prefix, &prefix_end(&prefix), DIR_PLAN_ENTRIES)? {
                 let d: schema::DentryRec = schema::decode("directory entry", &v)?;
+                if d.kind == crate::types::FileKind::Dir {
+                    subdirs.push(d.ino);
+                }
                 if d.kind != crate::types::FileKind::File {
+                    continue;
+                }
+                files += 1;
+                if left == 0 && on_disk_left == 0 {
+                    cut = true;
                     continue;
                 }
                 // The file's first slice: its pack if it is packed; its blocks if it is stored
@@ -884,8 +898,17 @@ impl PackSource for ObjectReader {
                 if seg.size as usize > spoolfs_objects::PACK_SLICE_MAX {
                     let file_size = schema::get_inode(r, d.ino)?.map_or(u64::MAX, |i| i.size);
                     if file_size <= file_max && self.readahead.is_some() {
+                        let blocks = (seg.size as u64).div_ceil(self.block_size) as u32;
+                        if (0..blocks).all(|i| disk.contains(BlockId::block(seg.id, i))) {
+                            large.push((seg.id, seg.size));
+                            continue;
+                        }
+                        uncached = true;
+                        // The budget is spent at the first file that does not fit in it.
                         if seg.size as u64 > left {
-                            break;
+                            left = 0;
+                            cut = true;
+                            continue;
                         }
                         left -= seg.size as u64;
                         large.push((seg.id, seg.size));
@@ -907,22 +930,43 @@ impl PackSource for ObjectReader {
                     if rec.size <= on_disk_left {
                         on_disk_left -= rec.size;
                         on_disk.push(BlockId::pack(p.pack));
+                    } else {
+                        cut = true;
                     }
                     continue;
                 }
-                if !self.fetches_whole(&rec) {
+                uncached = true;
+                // Queued already (by this listing's plan of another directory, or by a
+                // reader): nothing more to fetch, nothing taken from the budget.
+                if !self.fetches_whole(&rec)
+                    || self.packs.as_ref().is_some_and(|f| f.pending(p.pack))
+                {
                     continue;
                 }
                 if rec.size > left {
-                    break;
+                    left = 0;
+                    cut = true;
+                    continue;
                 }
                 left -= rec.size;
                 packs.push(p.pack);
             }
-            Ok((packs, large, on_disk))
+            let plan = DirPlan {
+                packs,
+                subdirs,
+                cut,
+                cached_only: files > 0 && !uncached,
+            };
+            let left = DirBudget {
+                fetch: left,
+                read_ahead: on_disk_left,
+            };
+            Ok((plan, left, large, on_disk))
         });
         match planned {
-            Ok((packs, large, on_disk)) => {
+            Ok((mut plan, left, large, on_disk)) => {
+                let reads_ahead = budget.read_ahead > 0;
+                *budget = left;
                 for id in on_disk {
                     disk.read_ahead(id);
                 }
@@ -932,18 +976,22 @@ impl PackSource for ObjectReader {
                         for index in 0..blocks {
                             let id = BlockId::block(slice, index);
                             if disk.contains(id) {
-                                disk.read_ahead(id);
+                                if reads_ahead {
+                                    disk.read_ahead(id);
+                                } else {
+                                    plan.cut = true;
+                                }
                             } else {
                                 ra.queue(Fetch { slice, size, index });
                             }
                         }
                     }
                 }
-                packs
+                plan
             }
             Err(e) => {
                 tracing::debug!("planning the prefetch of directory {dir}: {e}");
-                Vec::new()
+                DirPlan::default()
             }
         }
     }

@@ -274,6 +274,7 @@ fn cold_reads_of_small_files_cost_about_one_get_per_pack() {
     // (once it lands: a read meanwhile takes its own slice).
     let reads_only = PackFetchConfig {
         dir_budget_bytes: 0,
+        dir_depth: 0,
         nearby_bytes: 0,
         ..Default::default()
     };
@@ -380,6 +381,7 @@ fn a_listing_prefetches_its_files_packs() {
     // A listing fetches at most its budget of packs.
     let small = PackFetchConfig {
         dir_budget_bytes: w.largest_pack * 2,
+        dir_depth: 0,
         ..Default::default()
     };
     let m = mount(&w.f, "cache-budget", Duration::ZERO, small);
@@ -392,6 +394,58 @@ fn a_listing_prefetches_its_files_packs() {
         "a budget of two packs' bytes: {st:?}"
     );
     m.e.shutdown().unwrap();
+}
+
+#[test]
+fn a_listing_fetches_ahead_for_the_files_of_its_subdirectories() {
+    let w = written();
+    let gets = |m: &Mount| m.counts.gets.load(Ordering::SeqCst);
+    // The root holds directories only: planned alone, its listing fetches nothing.
+    let flat = PackFetchConfig {
+        dir_depth: 0,
+        ..Default::default()
+    };
+    let m = mount(&w.f, "cache-flat", Duration::ZERO, flat);
+    lists_root(&m.e);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        gets(&m),
+        0,
+        "nothing fetched for a listing of directories only"
+    );
+    m.e.shutdown().unwrap();
+    drop(m);
+    // Planned with its subdirectories (the default), it fetches the packs of `d`'s files and
+    // the blocks of `big`'s before either is listed or read.
+    let blocks = 2 * ((3u64 << 20) / common::BLOCK_SIZE as u64);
+    let m = mount(
+        &w.f,
+        "cache-tree",
+        Duration::ZERO,
+        PackFetchConfig::default(),
+    );
+    lists_root(&m.e);
+    assert!(
+        wait_until(|| gets(&m) == w.packs + blocks),
+        "{} GETs, {} packs and {blocks} blocks",
+        gets(&m),
+        w.packs
+    );
+    read_files(&m.e, &w.files, &shuffled(FILES, 11));
+    read_big_files(&m.e);
+    assert_eq!(gets(&m), w.packs + blocks, "every read served locally");
+    assert_eq!(
+        pack_stats(&m.e).dirs_planned,
+        3,
+        "the root, d and big, once each"
+    );
+    m.e.shutdown().unwrap();
+}
+
+fn lists_root(e: &Engine) {
+    let fh = e.opendir(ROOT_INO).unwrap();
+    assert!(e.readdir(ROOT_INO, fh, 0).unwrap().len() > 2);
+    e.releasedir(ROOT_INO, fh).unwrap();
 }
 
 #[test]

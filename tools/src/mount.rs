@@ -106,11 +106,18 @@ pub struct MountArgs {
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_threads)]
     pub pack_fetch_threads: usize,
     /// Bytes of pack objects (and blocks, see --dir-prefetch-file-max) a directory listing
-    /// fetches ahead for its files, in the background (0: listings fetch nothing ahead).
-    /// Those already in the local data cache are read ahead from it into memory instead,
-    /// up to as many bytes.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::size::parse_size)]
+    /// fetches ahead for the files in it and in its subdirectories (see
+    /// --dir-prefetch-depth), in the background (0: listings fetch nothing ahead). Those of
+    /// the listed directory already in the local data cache are read ahead from it into
+    /// memory instead, up to as many bytes.
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = crate::size::parse_size)]
     pub dir_prefetch: u64,
+    /// Levels of subdirectories a directory listing fetches ahead for too, breadth first,
+    /// within the same --dir-prefetch (0: the listed directory alone): a program that lists
+    /// a directory usually goes on into its subdirectories (an import, tar, a build). Not
+    /// below a directory whose files are all in the local data cache already.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub dir_prefetch_depth: u32,
     /// A cold read of a small file whose pack is on its way also takes, in the same ranged
     /// GET, the small files stored up to this many bytes before and after it in the pack (0:
     /// the file alone), instead of waiting for the whole pack.
@@ -420,6 +427,8 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
         .arg(args.pack_fetch_threads.to_string())
         .arg("--dir-prefetch")
         .arg(args.dir_prefetch.to_string())
+        .arg("--dir-prefetch-depth")
+        .arg(args.dir_prefetch_depth.to_string())
         .arg("--pack-read-nearby")
         .arg(args.pack_read_nearby.to_string())
         .arg("--dir-prefetch-file-max")
@@ -821,6 +830,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             max_bytes: args.pack_fetch_max,
             threads: args.pack_fetch_threads,
             dir_budget_bytes: args.dir_prefetch,
+            dir_depth: args.dir_prefetch_depth,
             nearby_bytes: args.pack_read_nearby,
             dir_file_max_bytes: args.dir_prefetch_file_max,
         },
