@@ -703,8 +703,11 @@ impl PackFetcher {
         if l.dirs == 0 {
             q.listings.remove(&listing);
         }
-        // Other fetchers may wait for this listing's next directory.
-        self.work.notify_all();
+        // The listing's next directory can be planned now: one fetcher for it (the other
+        // queued work woke fetchers when it was queued).
+        if !q.dirs.is_empty() {
+            self.work.notify_one();
+        }
     }
 }
 
