@@ -124,7 +124,9 @@ impl DirBudget {
 pub(crate) struct DirPlan {
     pub packs: Vec<u64>,
     pub subdirs: Vec<Ino>,
-    /// Files were left out because the budget was spent.
+    /// Files were left out of the fetches, or cached data out of the read-ahead, because
+    /// the budget was spent (or, below the listed directory, reads ahead nothing): the
+    /// directory's own listing plans it again.
     pub cut: bool,
     /// The directory has regular files, and all their data is in the local data cache: its
     /// subdirectories most likely too (a tree read before), so they are not planned.
