@@ -249,6 +249,19 @@ fn explain_s3_error(facts: &S3Facts, detail: &str) -> Option<String> {
     None
 }
 
+/// What to add to "no answer" from the store: with virtual-hosted requests to an endpoint of
+/// one's own, the request went to a host name with the bucket in front of the endpoint's,
+/// which may resolve slowly or to nothing that answers.
+fn no_answer_hint(facts: Option<&S3Facts>) -> &'static str {
+    match facts {
+        Some(f) if f.addressing == S3Addressing::VirtualHosted && f.endpoint.is_some() => {
+            " (virtual-hosted requests go to the bucket's own host name; most self-hosted \
+             servers need --s3-path-style)"
+        }
+        _ => "",
+    }
+}
+
 fn map_err(key: &str, e: object_store::Error) -> StorageError {
     use object_store::Error as E;
     match e {
@@ -760,8 +773,10 @@ impl ObjectStorage {
             }
             Err(_) => Err(StorageError::Unavailable {
                 detail: format!(
-                    "{}: no answer within {:?}",
-                    self.describe, self.check_timeout
+                    "{}: no answer within {:?}{}",
+                    self.describe,
+                    self.check_timeout,
+                    no_answer_hint(self.s3.as_ref())
                 ),
             }),
         }
@@ -918,6 +933,24 @@ mod tests {
         for line in [why("<Code>NoSuchBucket</Code>"), region] {
             assert!(!line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn no_answer_to_virtual_hosted_requests_names_path_style() {
+        let mut facts = S3Facts {
+            bucket: "bkt".into(),
+            endpoint: Some("http://localhost:9000".into()),
+            region: "us-east-1".into(),
+            addressing: S3Addressing::VirtualHosted,
+        };
+        assert!(no_answer_hint(Some(&facts)).contains("--s3-path-style"));
+        // Path-style requests, or AWS's own endpoints: nothing to suggest.
+        facts.addressing = S3Addressing::PathStyle;
+        assert_eq!(no_answer_hint(Some(&facts)), "");
+        facts.addressing = S3Addressing::VirtualHosted;
+        facts.endpoint = None;
+        assert_eq!(no_answer_hint(Some(&facts)), "");
+        assert_eq!(no_answer_hint(None), "");
     }
 
     #[test]
