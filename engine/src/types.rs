@@ -370,7 +370,7 @@ pub struct PackFetchStats {
     pub errors: u64,
     /// Jobs dropped because the queue was full.
     pub dropped: u64,
-    /// Directories planned (listed or read in sequence).
+    /// Directories planned (listed, read in sequence, or below a listed one).
     pub dirs_planned: u64,
     /// Most fetches in flight at once, and most bytes they held.
     pub peak_concurrent: u64,
