@@ -191,6 +191,13 @@ struct Queues {
 }
 
 impl Queues {
+    /// Whether `dir` was planned within [`DIR_RESCAN_AFTER`] of `now`.
+    fn planned_lately(&self, dir: Ino, now: Instant) -> bool {
+        self.recent_dirs
+            .get(&dir)
+            .is_some_and(|t| now.duration_since(*t) < DIR_RESCAN_AFTER)
+    }
+
     /// The next job to run: a pack a reader waits for, then a directory to plan (of a
     /// listing no other fetcher is planning: they share its budget), then background packs.
     fn take_job(&mut self) -> Option<Job> {
@@ -393,10 +400,7 @@ impl PackFetcher {
             return;
         }
         let now = Instant::now();
-        if q.recent_dirs
-            .get(&dir)
-            .is_some_and(|t| now.duration_since(*t) < DIR_RESCAN_AFTER)
-        {
+        if q.planned_lately(dir, now) {
             return;
         }
         if q.dirs.len() >= PACK_QUEUE {
@@ -674,10 +678,7 @@ impl PackFetcher {
             if q.stopped {
                 break;
             }
-            if q.recent_dirs
-                .get(&sub)
-                .is_some_and(|t| now.duration_since(*t) < DIR_RESCAN_AFTER)
-            {
+            if q.planned_lately(sub, now) {
                 continue;
             }
             if q.dirs.len() >= PACK_QUEUE {

@@ -215,8 +215,12 @@ fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     order
 }
 
+/// Lists directory `dir` of the root.
 fn lists(e: &Engine, dir: &[u8]) {
-    let ino = e.lookup(ROOT_INO, dir).unwrap().ino;
+    lists_ino(e, e.lookup(ROOT_INO, dir).unwrap().ino);
+}
+
+fn lists_ino(e: &Engine, ino: u64) {
     let fh = e.opendir(ino).unwrap();
     assert!(e.readdir(ino, fh, 0).unwrap().len() > 2);
     e.releasedir(ino, fh).unwrap();
@@ -406,7 +410,7 @@ fn a_listing_fetches_ahead_for_the_files_of_its_subdirectories() {
         ..Default::default()
     };
     let m = mount(&w.f, "cache-flat", Duration::ZERO, flat);
-    lists_root(&m.e);
+    lists_ino(&m.e, ROOT_INO);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         gets(&m),
@@ -424,7 +428,7 @@ fn a_listing_fetches_ahead_for_the_files_of_its_subdirectories() {
         Duration::ZERO,
         PackFetchConfig::default(),
     );
-    lists_root(&m.e);
+    lists_ino(&m.e, ROOT_INO);
     assert!(
         wait_until(|| gets(&m) == w.packs + blocks),
         "{} GETs, {} packs and {blocks} blocks",
@@ -440,12 +444,6 @@ fn a_listing_fetches_ahead_for_the_files_of_its_subdirectories() {
         "the root, d and big, once each"
     );
     m.e.shutdown().unwrap();
-}
-
-fn lists_root(e: &Engine) {
-    let fh = e.opendir(ROOT_INO).unwrap();
-    assert!(e.readdir(ROOT_INO, fh, 0).unwrap().len() > 2);
-    e.releasedir(ROOT_INO, fh).unwrap();
 }
 
 #[test]
