@@ -7,8 +7,9 @@
 //!
 //! [`StagingLog::open`] starts `threads` engine threads (default: one per CPU). Each owns its
 //! own I/O engine (its own io_uring, or plain `pwritev2`) and its own active segment. An
-//! append is handed to thread `ino % threads` over a bounded crossbeam channel (so one
-//! inode's records stay in order) and the caller blocks until that thread replies. A thread
+//! append is handed to thread `ino % threads` over a bounded queue (so one inode's records
+//! stay in order; an idle thread sleeps on it without spinning, `queue`) and the caller
+//! blocks until that thread replies. A thread
 //! drains whatever is queued (up to 256 requests), places each record, submits all writes at
 //! once, then, if any request of the batch was durable (or a [`StagingLog::sync`]), flushes
 //! once for all of them before replying: group commit. A batch with a single durable append
@@ -163,6 +164,7 @@ mod buf;
 mod format;
 mod io;
 mod oneshot;
+mod queue;
 mod replay;
 mod segments;
 mod sim;
@@ -182,6 +184,7 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, bounded};
 use oneshot::RecvError;
 use parking_lot::Mutex;
+use queue::Sender as RequestSender;
 
 pub use io::FaultConfig;
 pub use segments::{MAX_SEGMENTS, RecycleBarrier};
@@ -544,7 +547,7 @@ const BUILD_QUEUE_DEPTH: usize = 64;
 /// The engine threads' queues and buffer pools, and how records are built for them.
 struct Records {
     shared: Arc<Shared>,
-    senders: Vec<Sender<Request>>,
+    senders: Vec<RequestSender<Request>>,
     /// Each engine thread's buffer pool, by thread (empty: no pools).
     pools: Vec<Arc<BufPool>>,
     /// Empty run buffers the builder thread made ready, their pages already faulted in (see
@@ -1085,7 +1088,7 @@ impl StagingLog {
                 unregistered += 1;
                 register_err = Some(e);
             }
-            let (tx, rx) = bounded(QUEUE_DEPTH);
+            let (tx, rx) = queue::bounded(QUEUE_DEPTH);
             let w = Worker::new(shared.clone(), t, backend, rx, tuning.flush_mode);
             let h = std::thread::Builder::new()
                 .name(format!("spool-stage-{t}"))

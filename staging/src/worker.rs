@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::Receiver;
-
 use super::buf::IoBuf;
 use super::format::seal_record_header;
 use super::io::{IoBackend, WriteOp};
+use super::queue::Receiver;
 use super::segments::{SEALED, Shared, now_us};
 use super::{FlushMode, StagedLoc, StagingError};
 
