@@ -674,16 +674,38 @@ impl<'v> Mount<'v> {
                     mount.log_text()
                 ));
             }
-            if start.elapsed() > Duration::from_secs(60) {
+            // Generous: in one CI run a debug daemon, started while parallel tests kept the
+            // disk saturated, logged its first line 57 s after it was spawned (the snapshot
+            // showed it in page faults) and was serving 3 s later.
+            if start.elapsed() > MOUNT_READY_LIMIT {
                 let snapshot = process_snapshot(child.id());
                 return Err(format!(
-                    "`{description}` not mounted after 60 s:\n{}\n{snapshot}",
+                    "`{description}` not mounted after {} s (it was spawned at {} UTC; compare \
+                     the log's first line):\n{}\n{snapshot}",
+                    MOUNT_READY_LIMIT.as_secs(),
+                    utc_clock(std::time::SystemTime::now() - start.elapsed()),
                     mount.log_text()
                 ));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// How long a test mount may take to be ready before the test fails.
+const MOUNT_READY_LIMIT: Duration = Duration::from_secs(120);
+
+/// `HH:MM:SS.mmm` of `t`, UTC (the daemon's log lines carry UTC times).
+fn utc_clock(t: std::time::SystemTime) -> String {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        since.subsec_millis()
+    )
 }
 
 /// The environment variable that picks the FUSE transport of every test mount: `uring`,
