@@ -842,6 +842,13 @@ mod tests {
         ])
     }
 
+    /// A source of 1 ms fetches whose directories are `tree`.
+    fn slow_over(tree: HashMap<Ino, (Vec<u64>, Vec<Ino>, bool)>) -> Arc<Slow> {
+        let mut src = slow(1, Vec::new());
+        Arc::get_mut(&mut src).unwrap().tree = tree;
+        src
+    }
+
     fn fetched_sorted(src: &Slow) -> Vec<u64> {
         let mut got = src.fetched.lock().clone();
         got.sort();
@@ -850,8 +857,7 @@ mod tests {
 
     #[test]
     fn a_listing_plans_its_subdirectories_breadth_first_within_its_depth() {
-        let mut src = slow(1, Vec::new());
-        Arc::get_mut(&mut src).unwrap().tree = tree();
+        let src = slow_over(tree());
         let f = start_deep(&src, 2, 1_000_000, 2);
         f.prefetch_dir(1);
         settle(&f);
@@ -875,8 +881,7 @@ mod tests {
 
     #[test]
     fn subdirectories_share_their_listings_budget_and_get_their_own_when_listed() {
-        let mut src = slow(1, Vec::new());
-        Arc::get_mut(&mut src).unwrap().tree = tree();
+        let src = slow_over(tree());
         // Five packs of 1,000 bytes: directory 1's two, then three of 2's and 3's.
         let f = start_deep(&src, 1, 5_000, 3);
         f.prefetch_dir(1);
@@ -906,10 +911,9 @@ mod tests {
 
     #[test]
     fn no_subdirectory_is_planned_below_a_cached_directory() {
-        let mut src = slow(1, Vec::new());
         let mut t = tree();
         t.get_mut(&2).unwrap().2 = true;
-        Arc::get_mut(&mut src).unwrap().tree = t;
+        let src = slow_over(t);
         let f = start_deep(&src, 2, 1_000_000, 3);
         f.prefetch_dir(1);
         settle(&f);
