@@ -102,6 +102,13 @@ pub(crate) struct DirBudget {
     pub read_ahead: u64,
 }
 
+impl DirBudget {
+    /// Nothing more to fetch: the listing's subdirectories are left to their own listings.
+    fn spent(&self) -> bool {
+        self.fetch == 0
+    }
+}
+
 /// A listing being planned, directory by directory.
 struct Listing {
     budget: DirBudget,
@@ -110,13 +117,6 @@ struct Listing {
     /// One of its directories is being planned: the others wait (they share the budget),
     /// and the fetchers take other work meanwhile.
     busy: bool,
-}
-
-impl DirBudget {
-    /// Nothing more to fetch: the listing's subdirectories are left to their own listings.
-    fn spent(&self) -> bool {
-        self.fetch == 0
-    }
 }
 
 /// A directory's plan: the packs to fetch, and its subdirectories.
@@ -619,7 +619,7 @@ impl PackFetcher {
         }
     }
 
-    /// Plans directory `dir` for listing `listing` (marked busy by [`Self::next_job`]):
+    /// Plans directory `dir` for listing `listing` (marked busy by [`Queues::take_job`]):
     /// queues its packs, then (with `depth` levels to go and budget left) its subdirectories
     /// not planned lately.
     fn plan(&self, src: &dyn PackSource, dir: Ino, listing: u64, depth: u32) {
@@ -728,7 +728,7 @@ mod tests {
         peak: AtomicUsize,
         dir_packs: Vec<u64>,
         /// Directories other than the one of `dir_packs`: their packs and subdirectories
-        /// (the fifth value of a directory says all its files are cached).
+        /// (the third value of a directory says all its files are cached).
         tree: HashMap<Ino, (Vec<u64>, Vec<Ino>, bool)>,
         planned: Mutex<Vec<Ino>>,
     }
