@@ -390,11 +390,31 @@ impl Engine {
     fn update_deferred<T>(
         &self,
         wal: &crate::wal::WalStore,
+        f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
+    ) -> Result<(T, u64)> {
+        self.update_not_waiting(|g| wal.update_deferred(g), f)
+    }
+
+    /// [`Self::update_deferred`] with the record held back until the next one the namespace
+    /// log writes ([`crate::wal::WalStore::update_held`]).
+    fn update_held<T>(
+        &self,
+        wal: &crate::wal::WalStore,
+        f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
+    ) -> Result<(T, u64)> {
+        self.update_not_waiting(|g| wal.update_held(g), f)
+    }
+
+    /// Runs `f` through `update` (a [`crate::wal::WalStore`] call that does not wait for the
+    /// device): `f`'s result and the number to wait for.
+    fn update_not_waiting<T>(
+        &self,
+        update: impl FnOnce(spoolfs_metadata::UpdateFn<'_>) -> spoolfs_metadata::Result<u64>,
         mut f: impl FnMut(&mut dyn KvTxn) -> Result<T, MetaError>,
     ) -> Result<(T, u64)> {
         self.meta.guarded(|| {
             let mut out = None;
-            let seq = wal.update_deferred(&mut |t| {
+            let seq = update(&mut |t| {
                 out = Some(f(t)?);
                 Ok(())
             })?;
@@ -529,7 +549,7 @@ impl Engine {
         // Buffered data stays buffered: the change leaves size and data alone, and the flush
         // that commits the data keeps what the change wrote (it rewrites only size and times,
         // taken from the overlay, which takes the change's times here).
-        let (rec, seq) = self.update_deferred(&wal, |t| {
+        let (rec, seq) = self.update_held(&wal, |t| {
             namespace::setattr(t, caller, ino, set, chunk_size)
         })?;
         state.note_unlogged(seq);

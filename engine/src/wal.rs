@@ -11,7 +11,9 @@
 //! file's create) submits its record and returns without waiting for it: the record is
 //! settled by the first call that waits for a later number (the log is ordered, so every
 //! waiter waits for the records before its own), by [`WalStore::wait_logged`] or by the next
-//! checkpoint. A write set that rides with a [`Carrier`]'s data is
+//! checkpoint. A held update ([`WalStore::update_held`], an attribute change) does not even
+//! submit its record: it goes with the next record submitted, in one batch. A write set that
+//! rides with a [`Carrier`]'s data is
 //! submitted just before the commit instead, so the device write and the commit overlap; if
 //! the commit then fails, an empty record with the same number is logged, and replay prefers
 //! it to the carried copy.
@@ -85,6 +87,10 @@ impl PendingRecord {
 pub trait RecordLog: Send + Sync {
     /// Starts appending one record (not necessarily flushed) and returns without waiting.
     fn submit(&self, record: &[u8]) -> std::io::Result<PendingRecord>;
+    /// [`Self::submit`] of several records at once (a log may write them as one batch).
+    fn submit_many(&self, records: &[&[u8]]) -> Vec<std::io::Result<PendingRecord>> {
+        records.iter().map(|r| self.submit(r)).collect()
+    }
     /// Waits for a submitted record; returns a handle for `free`.
     fn finish(&self, pending: PendingRecord) -> std::io::Result<u64>;
     /// Appends one record and waits for it.
@@ -104,6 +110,19 @@ enum Early {
     Carried,
     /// To the namespace log.
     Logged(PendingRecord),
+    /// Held back ([`WalStore::update_held`]): written with the next record submitted.
+    Held,
+}
+
+/// Whether an update waits for its record, and when that record leaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Defer {
+    /// The update waits for its record.
+    No,
+    /// Submitted at once, not waited for ([`WalStore::update_deferred`]).
+    Submit,
+    /// Held back, not waited for ([`WalStore::update_held`]).
+    Hold,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -234,11 +253,14 @@ struct Progress {
     /// ([`WalStore::update_deferred`]), by number: settled by the first caller that waits for
     /// a number at or above theirs.
     deferred: BTreeMap<u64, DeferredRecord>,
+    /// Of `deferred`, the records held back, not yet handed to the log.
+    held: usize,
 }
 
 /// A record submitted to the namespace log that its caller did not wait for.
 struct DeferredRecord {
-    pending: PendingRecord,
+    /// `None`: held back, not yet handed to the log (see [`WalStore::submit_held`]).
+    pending: Option<PendingRecord>,
     /// The encoded record, logged again if its append fails.
     record: Vec<u8>,
 }
@@ -254,6 +276,9 @@ pub struct WalStats {
     /// Updates that returned without waiting for their record ([`WalStore::update_deferred`]).
     pub deferred: u64,
 }
+
+/// Deferred records held back before they are written without anyone waiting.
+const MAX_HELD: usize = 64;
 
 pub struct WalStore {
     inner: Arc<dyn KvStore>,
@@ -402,6 +427,7 @@ impl WalStore {
                     done: BTreeSet::new(),
                     handles: Vec::new(),
                     deferred: BTreeMap::new(),
+                    held: 0,
                 }),
                 progress_cv: Condvar::new(),
                 broken: AtomicBool::new(false),
@@ -449,9 +475,13 @@ impl WalStore {
     fn wait_prefix(&self, seq: u64) -> bool {
         let mut blocked = false;
         let mut p = self.progress.lock();
+        if p.prefix < seq {
+            self.submit_held(&mut p, None);
+        }
         while p.prefix < seq {
             let later = p.deferred.split_off(&(seq + 1));
             let due = std::mem::replace(&mut p.deferred, later);
+            p.held -= due.values().filter(|d| d.pending.is_none()).count();
             if due.is_empty() {
                 // A record still on its way, or a deferred one about to be handed over (its
                 // caller notifies when it is).
@@ -459,7 +489,9 @@ impl WalStore {
                 self.progress_cv.wait(&mut p);
                 continue;
             }
-            blocked |= due.values().any(|d| !d.pending.is_done());
+            blocked |= due
+                .values()
+                .any(|d| d.pending.as_ref().is_none_or(|p| !p.is_done()));
             parking_lot::MutexGuard::unlocked(&mut p, || {
                 for (n, d) in due {
                     self.settle_deferred(n, d);
@@ -469,10 +501,65 @@ impl WalStore {
         blocked
     }
 
+    /// Keeps a deferred update's record (`pending`: `None` when held back) until someone
+    /// settles it.
+    fn park_deferred(&self, seq: u64, pending: Option<PendingRecord>, record: Vec<u8>) {
+        {
+            let mut p = self.progress.lock();
+            if pending.is_none() {
+                p.held += 1;
+            }
+            p.deferred.insert(seq, DeferredRecord { pending, record });
+            if p.held >= MAX_HELD {
+                self.submit_held(&mut p, None);
+            }
+        }
+        // A caller already waiting for a later number settles it.
+        self.progress_cv.notify_all();
+        self.deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hands every held-back deferred record to the log, back to back, so that its engine
+    /// thread writes them in one batch; `own`, a record numbered after them, goes last in the
+    /// same batch, and its answer is returned.
+    fn submit_held(
+        &self,
+        p: &mut Progress,
+        own: Option<&[u8]>,
+    ) -> Option<std::io::Result<PendingRecord>> {
+        let held: Vec<&mut DeferredRecord> = if p.held == 0 {
+            Vec::new()
+        } else {
+            p.deferred
+                .values_mut()
+                .filter(|d| d.pending.is_none())
+                .collect()
+        };
+        let mut records: Vec<&[u8]> = held.iter().map(|d| d.record.as_slice()).collect();
+        records.extend(own);
+        if records.is_empty() {
+            return None;
+        }
+        let mut answers = self.log.submit_many(&records).into_iter();
+        let mut still_held = 0;
+        // A record the log refused stays held: whoever settles it logs it again.
+        for (d, answer) in held.into_iter().zip(answers.by_ref()) {
+            d.pending = answer.ok();
+            still_held += usize::from(d.pending.is_none());
+        }
+        p.held = still_held;
+        answers.next()
+    }
+
     /// Settles every deferred record (the checkpoint does, so that no record waits longer
     /// than a checkpoint interval for someone to collect it).
     fn settle_all_deferred(&self) {
-        let due = std::mem::take(&mut self.progress.lock().deferred);
+        let due = {
+            let mut p = self.progress.lock();
+            self.submit_held(&mut p, None);
+            p.held = 0;
+            std::mem::take(&mut p.deferred)
+        };
         for (n, d) in due {
             self.settle_deferred(n, d);
         }
@@ -481,7 +568,11 @@ impl WalStore {
     /// Waits for a deferred record's append; if it failed, logs it again, or makes the inner
     /// store durable instead (see [`WalStore::settle`]).
     fn settle_deferred(&self, seq: u64, d: DeferredRecord) {
-        let appended = match self.log.finish(d.pending) {
+        let pending = match d.pending {
+            Some(p) => Ok(p),
+            None => self.log.submit(&d.record),
+        };
+        let appended = match pending.and_then(|p| self.log.finish(p)) {
             Ok(h) => Ok(Some(h)),
             Err(e) => {
                 tracing::debug!("namespace log append of {seq} failed ({e}); logging it again");
@@ -524,7 +615,17 @@ impl WalStore {
     /// update, `sync` or checkpoint also waits for it. Until then a crash may lose the change
     /// (and nothing acknowledged after it: replay stops at the first missing number).
     pub fn update_deferred(&self, f: UpdateFn<'_>) -> Result<u64> {
-        self.update_inner(Durability::Visible, f, None, true)
+        self.update_inner(Durability::Visible, f, None, Defer::Submit)
+            .map(|(_, seq)| seq)
+    }
+
+    /// [`Self::update_deferred`] whose record is held back instead of submitted: it goes to
+    /// the device with the next record submitted (a create's, a change that waits, a close's),
+    /// in one batch, or once [`MAX_HELD`] records are held, or at the next checkpoint. For
+    /// attribute changes, which come in runs (`chmod` and `utime` after each file `pip`
+    /// writes): one device write for the run instead of one each.
+    pub fn update_held(&self, f: UpdateFn<'_>) -> Result<u64> {
+        self.update_inner(Durability::Visible, f, None, Defer::Hold)
             .map(|(_, seq)| seq)
     }
 
@@ -538,19 +639,19 @@ impl WalStore {
         f: UpdateFn<'_>,
         carrier: &mut dyn Carrier,
     ) -> Result<bool> {
-        self.update_inner(durability, f, Some(carrier), false)
+        self.update_inner(durability, f, Some(carrier), Defer::No)
             .map(|(carried, _)| carried)
     }
 
     /// Runs one transaction and logs it; returns whether the carrier took its record, and its
-    /// number (0: it wrote nothing). `defer`: return without waiting for a record that went
-    /// to the namespace log (see [`WalStore::update_deferred`]).
+    /// number (0: it wrote nothing). `defer`: whether to return without waiting for a record
+    /// that goes to the namespace log (see [`WalStore::update_deferred`]).
     fn update_inner(
         &self,
         durability: Durability,
         f: UpdateFn<'_>,
         mut carrier: Option<&mut dyn Carrier>,
-        defer: bool,
+        defer: Defer,
     ) -> Result<(bool, u64)> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(MetaError::Io(
@@ -600,7 +701,14 @@ impl WalStore {
                 &writes,
                 self.flushed_through.load(Ordering::SeqCst),
             );
+            if defer == Defer::Hold {
+                deferred_record = record;
+                early = Early::Held;
+                return Ok(());
+            }
             if let Some(c) = carrier.as_deref_mut() {
+                // The held records go to the namespace log meanwhile.
+                self.submit_held(&mut self.progress.lock(), None);
                 match c.submit(seq, &record, durable) {
                     Ok(()) => early = Early::Carried,
                     Err(e) => tracing::debug!(
@@ -609,12 +717,16 @@ impl WalStore {
                 }
             }
             if matches!(early, Early::Nothing) {
-                match self.log.submit(&record) {
-                    Ok(p) => early = Early::Logged(p),
-                    Err(e) => tracing::debug!("namespace log submit of {seq} failed ({e})"),
+                // In one batch with the held records (numbered before it).
+                match self.submit_held(&mut self.progress.lock(), Some(&record)) {
+                    Some(Ok(p)) => early = Early::Logged(p),
+                    Some(Err(e)) => {
+                        tracing::debug!("namespace log submit of {seq} failed ({e})")
+                    }
+                    None => unreachable!("an own record has an answer"),
                 }
             }
-            if defer {
+            if defer == Defer::Submit {
                 deferred_record = record;
             }
             Ok(())
@@ -622,20 +734,18 @@ impl WalStore {
         if seq == 0 {
             return result.map(|_| (false, 0));
         }
-        if defer && result.is_ok() && matches!(early, Early::Logged(_)) {
-            let Early::Logged(pending) = early else {
-                unreachable!("matched above")
-            };
-            let record = std::mem::take(&mut deferred_record);
-            self.progress
-                .lock()
-                .deferred
-                .insert(seq, DeferredRecord { pending, record });
-            // A caller already waiting for a later number settles it.
-            self.progress_cv.notify_all();
-            self.deferred.fetch_add(1, Ordering::Relaxed);
-            return Ok((false, seq));
-        }
+        // A deferred update that committed returns here, its record held or on its way.
+        let early = match (defer, &result, early) {
+            (Defer::Hold, Ok(()), Early::Held) => {
+                self.park_deferred(seq, None, std::mem::take(&mut deferred_record));
+                return Ok((false, seq));
+            }
+            (Defer::Submit, Ok(()), Early::Logged(p)) => {
+                self.park_deferred(seq, Some(p), std::mem::take(&mut deferred_record));
+                return Ok((false, seq));
+            }
+            (_, _, early) => early,
+        };
         self.device_waits.fetch_add(1, Ordering::Relaxed);
         // Where the record went, now that the commit's outcome is known.
         let mut carried = None;
@@ -663,7 +773,7 @@ impl WalStore {
                 }
                 Err(e) => tracing::debug!("namespace log append of {seq} failed ({e})"),
             },
-            Early::Nothing => {}
+            Early::Nothing | Early::Held => {}
         }
         // The number is taken: log something for it even if the commit failed, so that replay
         // does not stop at a gap in front of later, acknowledged records. A failed commit
@@ -797,7 +907,8 @@ impl KvStore for WalStore {
     }
 
     fn update(&self, durability: Durability, f: UpdateFn<'_>) -> Result<()> {
-        self.update_inner(durability, f, None, false).map(|_| ())
+        self.update_inner(durability, f, None, Defer::No)
+            .map(|_| ())
     }
 
     fn persist(&self) -> Result<()> {
@@ -851,8 +962,10 @@ mod tests {
         /// what a crash before the wait finds).
         hold: AtomicBool,
         held: Mutex<Vec<(u64, Vec<u8>)>>,
-        /// A held record's append fails when it is waited for.
-        fail_held: AtomicBool,
+        /// This many held records' appends fail when they are waited for.
+        fail_held: std::sync::atomic::AtomicUsize,
+        /// The size of each [`RecordLog::submit_many`] call.
+        batches: Mutex<Vec<usize>>,
     }
 
     impl RecordLog for MemLog {
@@ -870,13 +983,21 @@ mod tests {
             }
             Ok(PendingRecord::Done(h))
         }
+        fn submit_many(&self, records: &[&[u8]]) -> Vec<std::io::Result<PendingRecord>> {
+            self.batches.lock().push(records.len());
+            records.iter().map(|r| self.submit(r)).collect()
+        }
         fn finish(&self, pending: PendingRecord) -> std::io::Result<u64> {
             match pending {
                 PendingRecord::Done(h) => {
                     let mut held = self.held.lock();
                     if let Some(i) = held.iter().position(|(x, _)| *x == h) {
                         let (h, record) = held.remove(i);
-                        if self.fail_held.load(Ordering::SeqCst) {
+                        if self
+                            .fail_held
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok()
+                        {
                             return Err(std::io::Error::from_raw_os_error(libc::EIO));
                         }
                         self.records.lock().push((h, record, false));
@@ -991,9 +1112,8 @@ mod tests {
         let (wal, _) =
             WalStore::recover(Arc::new(MemStore::default()), log.clone(), vec![]).unwrap();
         log.hold.store(true, Ordering::SeqCst);
-        log.fail_held.store(true, Ordering::SeqCst);
+        log.fail_held.store(1, Ordering::SeqCst);
         let first = wal.update_deferred(&mut |t| t.put(b"a", b"1")).unwrap();
-        log.hold.store(false, Ordering::SeqCst);
         wal.wait_logged(first).unwrap();
         assert!(
             log.held.lock().is_empty(),
@@ -1009,19 +1129,75 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        // Nobody waits for this one but the checkpoint.
-        log.hold.store(true, Ordering::SeqCst);
-        log.fail_held.store(false, Ordering::SeqCst);
+        // Nobody waits for these but the checkpoint: one submitted, one held back.
         let second = wal.update_deferred(&mut |t| t.put(b"b", b"2")).unwrap();
         assert_eq!(log.held.lock().len(), 1);
+        let third = wal.update_held(&mut |t| t.put(b"c", b"3")).unwrap();
+        assert_eq!(log.held.lock().len(), 1, "a held record was handed over");
         wal.persist().unwrap();
         assert!(
             log.held.lock().is_empty(),
             "the checkpoint left a record unsettled"
         );
-        wal.wait_logged(second).unwrap();
+        wal.wait_logged(third).unwrap();
+        assert!(second < third);
         assert_eq!(wal.stats().device_waits, 0);
-        assert_eq!(wal.stats().deferred, 2);
+        assert_eq!(wal.stats().deferred, 3);
+        let (after, n) = crash_replay(&log, &[]);
+        assert_eq!(n, 3);
+        after
+            .view(&mut |r| {
+                assert_eq!(r.get(b"c")?.as_deref(), Some(&b"3"[..]));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Held records stay with the store until the next record goes to the device (they go
+    /// with it, in one batch), or until enough of them are held.
+    #[test]
+    fn held_records_go_with_the_next_record_submitted() {
+        let log = Arc::new(MemLog::default());
+        let (wal, _) =
+            WalStore::recover(Arc::new(MemStore::default()), log.clone(), vec![]).unwrap();
+        for key in [b"a", b"b"] {
+            wal.update_held(&mut |t| t.put(key, b"1")).unwrap();
+        }
+        assert!(
+            log.records.lock().is_empty(),
+            "a held record was written at once"
+        );
+        // A create: submitted at once, with the two held records, in one batch.
+        wal.update_deferred(&mut |t| t.put(b"c", b"1")).unwrap();
+        assert_eq!(*log.batches.lock(), vec![3]);
+        assert_eq!(log.records.lock().len(), 3);
+        // An attribute change, then a close: the close's record rides with its data; the
+        // held one goes to the log meanwhile.
+        wal.update_held(&mut |t| t.put(b"d", b"1")).unwrap();
+        let mut carrier = MemCarrier::default();
+        assert!(put_carried(&wal, Durability::Visible, b"slice", b"2", &mut carrier).unwrap());
+        assert_eq!(*log.batches.lock(), vec![3, 1]);
+        assert_eq!(log.records.lock().len(), 4);
+        let carried = carrier.records[0].1.clone();
+        let (after, n) = crash_replay(&log, &[carried]);
+        assert_eq!(n, 5);
+        after
+            .view(&mut |r| {
+                assert_eq!(r.get(b"c")?.as_deref(), Some(&b"1"[..]));
+                assert_eq!(r.get(b"slice")?.as_deref(), Some(&b"2"[..]));
+                Ok(())
+            })
+            .unwrap();
+
+        // Nobody waits: the batch leaves once MAX_HELD records are held.
+        for i in 0..MAX_HELD {
+            let key = format!("k{i}");
+            wal.update_held(&mut |t| t.put(key.as_bytes(), b"1"))
+                .unwrap();
+        }
+        assert_eq!(*log.batches.lock(), vec![3, 1, MAX_HELD]);
+        assert_eq!(log.records.lock().len(), 4 + MAX_HELD);
+        assert_eq!(wal.stats().device_waits, 1);
     }
 
     /// A power cut: like [`crash_replay`], with only the records a `sync` covered.

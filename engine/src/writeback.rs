@@ -581,6 +581,26 @@ impl crate::wal::RecordLog for NamespaceLog {
             .map(crate::wal::PendingRecord::Staged)
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
     }
+    fn submit_many(&self, records: &[&[u8]]) -> Vec<std::io::Result<crate::wal::PendingRecord>> {
+        let records: Vec<(RecordHeader, &[u8])> = records
+            .iter()
+            .map(|r| {
+                let header = RecordHeader {
+                    len: r.len() as u32,
+                    ..Default::default()
+                };
+                (header, *r)
+            })
+            .collect();
+        self.log
+            .submit_batch(&records, false)
+            .into_iter()
+            .map(|a| {
+                a.map(crate::wal::PendingRecord::Staged)
+                    .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+            })
+            .collect()
+    }
     fn finish(&self, pending: crate::wal::PendingRecord) -> std::io::Result<u64> {
         let loc = match pending {
             crate::wal::PendingRecord::Done(h) => return Ok(h),

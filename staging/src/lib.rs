@@ -1194,6 +1194,51 @@ impl StagingLog {
         })
     }
 
+    /// [`Self::submit_parts`] of several records of one part each, handed over together: an
+    /// engine thread asleep is woken once, after the last of its records, so that it writes
+    /// them as one batch rather than the first alone. One answer per record, in order.
+    pub fn submit_batch(
+        &self,
+        records: &[(RecordHeader, &[u8])],
+        durable: bool,
+    ) -> Vec<Result<PendingAppend, StagingError>> {
+        let threads = self.records.senders.len();
+        let mut answers = Vec::with_capacity(records.len());
+        let mut requests: Vec<Vec<Request>> = (0..threads).map(|_| Vec::new()).collect();
+        let durable = durable && self.shared.durability == StagingDurability::Flush;
+        for (header, data) in records {
+            if let Err(e) = self.records.check(header, data.len() as u64) {
+                answers.push(Err(e));
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            let t = self.records.thread_of(header);
+            let buf = self.records.build(t, header, &[data]);
+            requests[t].push(Request::Append {
+                buf,
+                len: header.len,
+                durable,
+                reply,
+            });
+            answers.push(Ok(PendingAppend {
+                rx,
+                timeout: self.append_timeout,
+            }));
+        }
+        for (t, batch) in requests.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            // A refused record's caller hears of it when it waits.
+            for refused in self.records.senders[t].send_all(batch) {
+                if let Request::Append { reply, .. } = refused {
+                    let _ = reply.send(Err(StagingError::Closed));
+                }
+            }
+        }
+        answers
+    }
+
     /// As [`Self::submit_parts`] for one part the caller shares: a record of at least
     /// [`BUILD_OFF_CALLER`] bytes is built (copied into an aligned buffer, its CRCs computed)
     /// on the log's builder thread instead of the caller's, so that a writer handing over

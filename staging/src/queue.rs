@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, SendError, TryRecvError};
+use crossbeam_channel::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
 use parking_lot::{Condvar, Mutex};
 
 /// Where the receiver sleeps, and whether it does.
@@ -68,6 +68,36 @@ impl<T> Sender<T> {
         tx.send(value)?;
         self.bell.ring();
         Ok(())
+    }
+
+    /// Queues every value and wakes the receiver once, after the last (sooner only if the
+    /// queue fills), so that a sleeping receiver takes them as one batch. Hands back the
+    /// values a closed queue refused.
+    pub fn send_all(&self, values: Vec<T>) -> Vec<T> {
+        let tx = self
+            .tx
+            .as_ref()
+            .expect("a sender is only emptied when dropped");
+        let mut refused = Vec::new();
+        for value in values {
+            if !refused.is_empty() {
+                refused.push(value);
+                continue;
+            }
+            match tx.try_send(value) {
+                Ok(()) => {}
+                Err(TrySendError::Full(value)) => {
+                    // The receiver must drain the queue before more fits.
+                    self.bell.ring();
+                    if let Err(SendError(value)) = tx.send(value) {
+                        refused.push(value);
+                    }
+                }
+                Err(TrySendError::Disconnected(value)) => refused.push(value),
+            }
+        }
+        self.bell.ring();
+        refused
     }
 
     /// Requests waiting in the queue.
@@ -177,6 +207,56 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(5)),
             Err(RecvTimeoutError::Disconnected)
         );
+    }
+
+    #[test]
+    fn send_all_wakes_a_sleeping_receiver_once_with_everything_queued() {
+        let (tx, rx) = bounded::<u32>(8);
+        let bell = tx.bell.clone();
+        let receiver = std::thread::spawn(move || {
+            let first = rx.recv().unwrap();
+            // Whatever was queued when the receiver woke: one batch.
+            let mut batch = vec![first];
+            while let Ok(v) = rx.try_recv() {
+                batch.push(v);
+            }
+            batch
+        });
+        while !bell.sleeping.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(tx.send_all(vec![1, 2, 3]).is_empty());
+        assert_eq!(receiver.join().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn send_all_past_the_capacity_wakes_the_receiver_and_a_closed_queue_refuses() {
+        // More values than the queue holds: the sender must wake the receiver to make room,
+        // or both wait for ever.
+        let (tx, rx) = bounded::<u32>(2);
+        let receiver = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while let Ok(v) = rx.recv() {
+                got.push(v);
+            }
+            got
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let refused = tx.send_all((0..50).collect());
+            drop(tx);
+            let _ = done_tx.send(refused);
+        });
+        let refused = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("send_all is stuck on a full queue");
+        assert!(refused.is_empty());
+        assert_eq!(receiver.join().unwrap(), (0..50).collect::<Vec<_>>());
+
+        let (tx, rx) = bounded::<u32>(2);
+        drop(rx);
+        assert_eq!(tx.send_all(vec![4, 5, 6]), vec![4, 5, 6]);
     }
 
     #[test]

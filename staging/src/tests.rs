@@ -463,6 +463,39 @@ fn staging_group_commit_shares_flushes() {
 }
 
 #[test]
+fn staging_batch_is_written_as_one_and_a_bad_record_fails_alone() {
+    let (_dir, _c, log) = open_one_thread(1 << 20, 4);
+    // Let the engine thread go to sleep on its empty queue.
+    std::thread::sleep(Duration::from_millis(20));
+    let data: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(i, 3000)).collect();
+    let mut records: Vec<(RecordHeader, &[u8])> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (hdr(0, i as u64, d.len()), d.as_slice()))
+        .collect();
+    // A header that does not match its data.
+    records.insert(1, (hdr(0, 9, 10), &data[0][..5]));
+    let before = log.usage().device_flushes;
+    let answers = log.submit_batch(&records, true);
+    assert_eq!(answers.len(), 4);
+    let mut answers = answers.into_iter();
+    let first = answers.next().unwrap().unwrap().wait().unwrap();
+    assert!(matches!(
+        answers.next().unwrap(),
+        Err(StagingError::Invalid(_))
+    ));
+    let rest: Vec<StagedLoc> = answers.map(|a| a.unwrap().wait().unwrap()).collect();
+    assert_eq!(
+        log.usage().device_flushes - before,
+        1,
+        "three durable records handed over together share one flush"
+    );
+    for (loc, d) in std::iter::once(first).chain(rest).zip(&data) {
+        assert_eq!(&read_all(&log, &loc), d);
+    }
+}
+
+#[test]
 fn staging_refuses_other_volume_and_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path(), IoEngineKind::Psync);
