@@ -385,6 +385,10 @@ mountpoint -q "$NULLFS_MNT" || die "nullfs did not mount (see $WORK/nullfs.log)"
 fio_rand b_nullfs "$NULLFS_MNT/null" "$RUNTIME_B"
 # The FUSE floor of (a): the two round trips of a write and an fsync, no work.
 fio_rand a_nullfs "$NULLFS_MNT/null" "$RUNTIME_A" --fsync=1
+# The FUSE floor of (c): 1 MiB write requests that nullfs drops, one writer and two.
+fio_seq c_nullfs "$NULLFS_MNT/null"
+run_fio c2_nullfs 1200 --name=c2_nullfs --filename="$NULLFS_MNT/null" --numjobs=2 \
+    --group_reporting "${SEQ_WRITE[@]}" --size=$SEQ_HALF
 kill -TERM "$NULLFS_PID"
 wait "$NULLFS_PID" || log "warning: nullfs exited with status $?"
 NULLFS_PID=""
@@ -405,6 +409,10 @@ umount_volume std "(a) standard"
 fio_seq c_direct "$EXT4_DIR/seq.dat" --direct=1
 rm -f "$EXT4_DIR/seq.dat"
 sync
+# ext4's own buffered write + fsync: the same fio command as on the mount.
+fio_seq c_ext4 "$EXT4_DIR/seq.dat"
+rm -f "$EXT4_DIR/seq.dat"
+sync
 
 new_volume seq
 mount_volume seq --writeback=true
@@ -416,6 +424,10 @@ rm -rf "${STORE_ROOT:?}/seq"   # room on tmpfs for the runs below
 mkdir -p "$EXT4_DIR/two"
 fio_seq2 c2_direct "$EXT4_DIR/two" --direct=1
 rm -rf "$EXT4_DIR/two"
+mkdir -p "$EXT4_DIR/two"
+fio_seq2 c2_ext4 "$EXT4_DIR/two"
+rm -rf "$EXT4_DIR/two"
+sync
 new_volume seq2
 mount_volume seq2 --writeback=true
 fio_seq2 c2_wb "$WORK/seq2/mnt"

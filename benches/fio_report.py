@@ -21,10 +21,14 @@ failed, `<key>.err` with the reason. Keys:
     b_nullfs      4 KiB randwrite, no fsync, QD1, through nullfs (the FUSE floor)
     b_wb          the same through the spoolfs mount, writeback mode
     c_direct      sequential 1 MiB writes + final fsync, O_DIRECT on the local disk (baseline)
+    c_ext4        the same with buffered writes to an ext4 file on the local disk
+    c_nullfs      the same through nullfs's `null` file, which drops the data (FUSE floor)
     c_wb          sequential 1 MiB writes + final fsync through the spoolfs mount, writeback
     c_wb_s3       the same, writeback, on S3 (s3s-fs behind the delaying proxy)
     c_juicefs     the same through JuiceFS --writeback on that S3
     c2_direct     two writers at once, each half the size in its own file, O_DIRECT (baseline)
+    c2_ext4       the same two writers, buffered, on ext4
+    c2_nullfs     the same two writers, both to nullfs's `null` file (FUSE floor)
     c2_wb         the same two writers through the spoolfs mount, writeback (a checkpoint
                   from two ranks)
 
@@ -40,7 +44,8 @@ Definitions (all from fio's own numbers):
         journaling one;
   * (b) ratio = spoolfs write latency / nullfs write latency, at p50 and p99 (1.0 = FUSE floor);
   * (c) throughput = write.io_bytes / write.runtime (fio's runtime includes the end_fsync);
-        ratio = spoolfs MB/s / O_DIRECT MB/s.
+        ratio = spoolfs MB/s / O_DIRECT MB/s, and spoolfs MB/s / ext4's buffered MB/s and
+        / nullfs MB/s.
 """
 
 import argparse
@@ -132,8 +137,8 @@ def main():
     r = {}
     for key in (
         "a_ext4", "a_ext4j", "a_floorj", "a_floor", "a_nullfs", "a_wb", "a_wb_disk", "a_std",
-        "a_wb_s3", "a_juicefs", "b_nullfs", "b_wb", "c_direct", "c_wb", "c_wb_s3", "c_juicefs",
-        "c2_direct", "c2_wb",
+        "a_wb_s3", "a_juicefs", "b_nullfs", "b_wb", "c_direct", "c_ext4", "c_nullfs", "c_wb",
+        "c_wb_s3", "c_juicefs", "c2_direct", "c2_ext4", "c2_nullfs", "c2_wb",
     ):
         r[key] = load(args.results_dir, key)
 
@@ -192,7 +197,10 @@ def main():
 
     seq = {
         k: (seq_mb_s(job(k)) if job(k) else None)
-        for k in ("c_direct", "c_wb", "c_wb_s3", "c_juicefs", "c2_direct", "c2_wb")
+        for k in (
+            "c_direct", "c_ext4", "c_nullfs", "c_wb", "c_wb_s3", "c_juicefs",
+            "c2_direct", "c2_ext4", "c2_nullfs", "c2_wb",
+        )
     }
 
     w("| benchmark | spoolfs | baseline | ratio | goal |")
@@ -250,10 +258,29 @@ def main():
             ratio(div(seq["c2_wb"], seq["c2_direct"])),
         )
     )
+    for one, two, what, goal in (
+        ("c_ext4", "c2_ext4", "ext4, buffered writes, same disk", "≥ 0.9"),
+        ("c_nullfs", "c2_nullfs", "nullfs (FUSE floor)", "close to 1.0"),
+    ):
+        w(
+            "| (c) one writer / two writers, against %s | %s / %s MB/s | %s / %s MB/s "
+            "| **%s** / **%s** | %s |"
+            % (
+                what,
+                "%.0f" % seq["c_wb"] if seq["c_wb"] else "n/a",
+                "%.0f" % seq["c2_wb"] if seq["c2_wb"] else "n/a",
+                "%.0f" % seq[one] if seq[one] else "n/a",
+                "%.0f" % seq[two] if seq[two] else "n/a",
+                ratio(div(seq["c_wb"], seq[one])),
+                ratio(div(seq["c2_wb"], seq[two])),
+                goal,
+            )
+        )
     w("")
     w(
         "Ratios: (a) spoolfs ÷ ext4 mean latency (= ext4 ops/s ÷ spoolfs ops/s), lower is better; "
-        "(b) spoolfs ÷ nullfs write latency; (c) spoolfs ÷ O_DIRECT throughput, higher is better."
+        "(b) spoolfs ÷ nullfs write latency; (c) spoolfs ÷ the baseline's throughput, higher is "
+        "better."
     )
     w("")
 
@@ -406,10 +433,14 @@ def main():
     rows(
         (
             ("c_direct", "fio `--direct=1` on the local disk (baseline)"),
+            ("c_ext4", "ext4 on the local disk, buffered writes"),
+            ("c_nullfs", "nullfs `null` (FUSE floor), buffered writes"),
             ("c_wb", "spoolfs, writeback (default), buffered writes"),
             ("c_wb_s3", "spoolfs, writeback, on S3 behind the proxy"),
             ("c_juicefs", "JuiceFS `--writeback` (SQLite metadata), on S3 behind the proxy"),
             ("c2_direct", "two writers, half each: fio `--direct=1` on the local disk (their baseline)"),
+            ("c2_ext4", "two writers, half each: ext4 on the local disk, buffered writes"),
+            ("c2_nullfs", "two writers, half each: nullfs `null` (FUSE floor)"),
             ("c2_wb", "two writers, half each: spoolfs, writeback (default), buffered writes"),
         ),
         3,
