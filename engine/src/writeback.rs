@@ -571,17 +571,12 @@ impl NamespaceLog {
 
 impl crate::wal::RecordLog for NamespaceLog {
     fn submit(&self, record: &[u8]) -> std::io::Result<crate::wal::PendingRecord> {
-        // About no inode, chunk or slice: a namespace-log record.
-        let header = RecordHeader {
-            len: record.len() as u32,
-            ..Default::default()
-        };
-        self.log
-            .submit_parts(&header, &[record], false)
-            .map(crate::wal::PendingRecord::Staged)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        self.submit_many(&[record])
+            .pop()
+            .expect("one answer per record")
     }
     fn submit_many(&self, records: &[&[u8]]) -> Vec<std::io::Result<crate::wal::PendingRecord>> {
+        // About no inode, chunk or slice: namespace-log records.
         let records: Vec<(RecordHeader, &[u8])> = records
             .iter()
             .map(|r| {

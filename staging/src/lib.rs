@@ -488,6 +488,14 @@ impl StagingError {
     }
 }
 
+/// Answers a request an engine thread's closed queue refused: its caller hears of it when it
+/// waits.
+fn refuse(request: Request) {
+    if let Request::Append { reply, .. } = request {
+        let _ = reply.send(Err(StagingError::Closed));
+    }
+}
+
 /// An append handed to its engine thread; [`PendingAppend::wait`] gives its place. Wait for
 /// every one: a record whose answer was never received stays allocated.
 pub struct PendingAppend {
@@ -627,20 +635,29 @@ impl Records {
         durable: bool,
         reply: worker::Reply<StagedLoc>,
     ) -> Result<(), StagingError> {
-        let durable = durable && self.shared.durability == StagingDurability::Flush;
-        let request = Request::Append {
-            buf,
-            len,
-            durable,
-            reply,
-        };
-        if let Err(crossbeam_channel::SendError(Request::Append { reply, .. })) =
-            self.senders[t].send(request)
+        if let Err(crossbeam_channel::SendError(refused)) =
+            self.senders[t].send(self.append(buf, len, durable, reply))
         {
-            let _ = reply.send(Err(StagingError::Closed));
+            refuse(refused);
             return Err(StagingError::Closed);
         }
         Ok(())
+    }
+
+    /// The request to append a built record (`durable` only counts when the log flushes).
+    fn append(
+        &self,
+        buf: IoBuf,
+        len: u32,
+        durable: bool,
+        reply: worker::Reply<StagedLoc>,
+    ) -> Request {
+        Request::Append {
+            buf,
+            len,
+            durable: durable && self.shared.durability == StagingDurability::Flush,
+            reply,
+        }
     }
 
     /// Makes ready up to [`PREPARED_RUNS`] empty buffers of `capacity` bytes, every page
@@ -1205,7 +1222,6 @@ impl StagingLog {
         let threads = self.records.senders.len();
         let mut answers = Vec::with_capacity(records.len());
         let mut requests: Vec<Vec<Request>> = (0..threads).map(|_| Vec::new()).collect();
-        let durable = durable && self.shared.durability == StagingDurability::Flush;
         for (header, data) in records {
             if let Err(e) = self.records.check(header, data.len() as u64) {
                 answers.push(Err(e));
@@ -1214,12 +1230,7 @@ impl StagingLog {
             let (reply, rx) = oneshot::channel();
             let t = self.records.thread_of(header);
             let buf = self.records.build(t, header, &[data]);
-            requests[t].push(Request::Append {
-                buf,
-                len: header.len,
-                durable,
-                reply,
-            });
+            requests[t].push(self.records.append(buf, header.len, durable, reply));
             answers.push(Ok(PendingAppend {
                 rx,
                 timeout: self.append_timeout,
@@ -1230,11 +1241,10 @@ impl StagingLog {
                 continue;
             }
             // A refused record's caller hears of it when it waits.
-            for refused in self.records.senders[t].send_all(batch) {
-                if let Request::Append { reply, .. } = refused {
-                    let _ = reply.send(Err(StagingError::Closed));
-                }
-            }
+            self.records.senders[t]
+                .send_all(batch)
+                .into_iter()
+                .for_each(refuse);
         }
         answers
     }
