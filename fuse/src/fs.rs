@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::ops::{
-    ACL_CAPABILITIES, BackingTable, EntryAnswer, LockArgs, MAX_BACKGROUND, MAX_READAHEAD_BYTES,
-    MAX_WRITE_BYTES, OpenAnswer, SpoolFs, WANTED_CAPABILITIES,
+    ACL_CAPABILITIES, BackingTable, EntryAnswer, LOCK_CAPABILITIES, LockArgs, MAX_BACKGROUND,
+    MAX_READAHEAD_BYTES, MAX_WRITE_BYTES, OpenAnswer, SpoolFs, WANTED_CAPABILITIES,
 };
 use tracing::debug;
 
@@ -221,6 +221,13 @@ impl Filesystem for FuserFs {
             {
                 debug!("kernel does not support {name}");
             }
+        }
+        if self.fs.wants_lock_requests()
+            && config
+                .add_capabilities(InitFlags::from_bits_retain(LOCK_CAPABILITIES))
+                .is_err()
+        {
+            debug!("kernel does not pass file locks: they are kept per node");
         }
         let posix_acl = self.fs.wants_acl()
             && config

@@ -39,8 +39,8 @@ macro_rules! named_bits {
 }
 
 /// The INIT capabilities spoolfs asks for on every transport (each skipped when the kernel
-/// lacks it), with why. POSIX ACLs and passthrough are negotiated apart (see
-/// [`SpoolFs::wants_acl`], [`SpoolFs::wants_passthrough`]).
+/// lacks it), with why. POSIX ACLs, passthrough and file locks are negotiated apart (see
+/// [`SpoolFs::wants_acl`], [`SpoolFs::wants_passthrough`], [`SpoolFs::wants_lock_requests`]).
 pub(crate) const WANTED_CAPABILITIES: &[(u64, &str)] = &named_bits![
     FUSE_ASYNC_READ,
     FUSE_BIG_WRITES,
@@ -53,10 +53,6 @@ pub(crate) const WANTED_CAPABILITIES: &[(u64, &str)] = &named_bits![
     // itself. In exchange the kernel marks inodes S_NOSEC after one check, instead of
     // asking for `security.capability` before every write: one round trip fewer each.
     FUSE_HANDLE_KILLPRIV_V2,
-    // File locks are ours to keep (in the metadata, seen by every mount of a shared
-    // volume): the kernel passes fcntl and OFD locks (POSIX_LOCKS) and flock (FLOCK_LOCKS).
-    FUSE_POSIX_LOCKS,
-    FUSE_FLOCK_LOCKS,
     // Engine calls are transactions: lookups and readdirs in one directory may overlap.
     FUSE_PARALLEL_DIROPS,
     // Symlink targets never change; let the kernel cache them.
@@ -67,6 +63,9 @@ pub(crate) const WANTED_CAPABILITIES: &[(u64, &str)] = &named_bits![
     // caches by looking up "." in its number, and a directory's parent by "..".
     FUSE_EXPORT_SUPPORT,
 ];
+/// File locks kept by spoolfs (in the metadata, seen by every mount of a shared volume): the
+/// kernel passes fcntl and OFD locks (POSIX_LOCKS) and flock (FLOCK_LOCKS).
+pub(crate) const LOCK_CAPABILITIES: u64 = abi::FUSE_POSIX_LOCKS | abi::FUSE_FLOCK_LOCKS;
 /// POSIX ACLs: the kernel checks them and caches them; we store them, keep them in step with
 /// the mode and hand default ACLs down. The umask is then ours to apply (DONT_MASK).
 pub(crate) const ACL_CAPABILITIES: u64 = abi::FUSE_POSIX_ACL | abi::FUSE_DONT_MASK;
@@ -298,6 +297,14 @@ impl SpoolFs {
         self.passthrough_wanted
     }
 
+    /// Whether the kernel should hand file locks to spoolfs: only on a shared volume, whose
+    /// locks must exclude processes of other nodes. On an exclusive volume this mount is the
+    /// only way in, so the kernel's own locks are the volume's, and a close then needs no
+    /// FLUSH to release them (see [`Self::open`]).
+    pub(crate) fn wants_lock_requests(&self) -> bool {
+        !self.exclusive
+    }
+
     pub(crate) fn posix_acl(&self) -> bool {
         self.posix_acl.load(Ordering::Relaxed)
     }
@@ -513,10 +520,14 @@ impl SpoolFs {
     /// passthrough.
     pub fn open(&self, who: Caller, ino: u64, flags: i32) -> Result<OpenAnswer, Errno> {
         let (fh, keep_cache) = self.call(Op::Open, |e| e.open_file(&who, ino, flags))?;
-        Ok(OpenAnswer {
-            fh,
-            fopen: if keep_cache { abi::FOPEN_KEEP_CACHE } else { 0 },
-        })
+        let mut fopen = if keep_cache { abi::FOPEN_KEEP_CACHE } else { 0 };
+        // A descriptor that cannot write has nothing to flush at its close, and with the
+        // kernel keeping the locks (exclusive volume) nothing to unlock: its close costs no
+        // round trip (an import opens and closes every module it reads).
+        if !self.wants_lock_requests() && flags & libc::O_ACCMODE == libc::O_RDONLY {
+            fopen |= abi::FOPEN_NOFLUSH;
+        }
+        Ok(OpenAnswer { fh, fopen })
     }
 
     /// Whether an open with these flags may be answered by passthrough: read-only, and

@@ -13,7 +13,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ops::{
-    ACL_CAPABILITIES, BackingTable, EntryAnswer, LockArgs, OpenAnswer, SpoolFs, WANTED_CAPABILITIES,
+    ACL_CAPABILITIES, BackingTable, EntryAnswer, LOCK_CAPABILITIES, LockArgs, OpenAnswer, SpoolFs,
+    WANTED_CAPABILITIES,
 };
 
 /// [`SpoolFs`] served by `fuseuring`.
@@ -160,6 +161,9 @@ impl fuseuring::Filesystem for UringFs {
         }
         if self.fs.wants_passthrough() {
             wanted |= abi::FUSE_PASSTHROUGH;
+        }
+        if self.fs.wants_lock_requests() {
+            wanted |= LOCK_CAPABILITIES;
         }
         wanted
     }

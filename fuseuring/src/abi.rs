@@ -95,6 +95,7 @@ pub const FUSE_RELEASE_FLOCK_UNLOCK: u32 = 1 << 1;
 // `open_flags` of an open reply.
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
+pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
 
 // setattr `valid` bits.

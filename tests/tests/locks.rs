@@ -140,6 +140,13 @@ impl Drop for Holder {
     }
 }
 
+/// The tests of this file one at a time: a child forked by one test inherits every descriptor
+/// the others hold open at that moment, and keeps their mounts busy until it exits.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static FORKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FORKING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pipe() -> (i32, i32) {
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -331,6 +338,7 @@ fn exclusion(holder_path: &Path, other_path: &Path, holder_is_local: bool) {
 #[test]
 fn flock_and_fcntl_exclude_processes_on_one_mount() {
     require_fuse!();
+    let _alone = one_at_a_time();
     let m = Mount::of_new_volume(Backend::File);
     let path = m.join("locked");
     fs::write(&path, b"some bytes").unwrap();
@@ -353,6 +361,7 @@ fn flock_and_fcntl_exclude_processes_on_one_mount() {
 #[test]
 fn locks_exclude_across_two_mounts_of_a_postgres_volume_and_die_with_their_session() {
     require_fuse!();
+    let _alone = one_at_a_time();
     let vol = Volume::on_postgres(spoolfs_testkit::require_postgres!());
     let a = vol.mount_node("a", &["--session-timeout", "3"]);
     let b = vol.mount_node("b", &[]);
@@ -393,4 +402,33 @@ fn locks_exclude_across_two_mounts_of_a_postgres_volume_and_die_with_their_sessi
     drop(holder);
     drop(f);
     b.unmount();
+}
+
+/// POSIX: closing any descriptor of a file releases the process's fcntl locks on it, one
+/// opened only for reading too. On an exclusive volume the kernel keeps the locks (and such a
+/// close sends spoolfs no FLUSH); on a shared volume spoolfs releases them at the FLUSH.
+#[test]
+fn closing_a_read_only_descriptor_releases_the_process_locks() {
+    require_fuse!();
+    let _alone = one_at_a_time();
+    let m = Mount::of_new_volume(Backend::File);
+    let path = m.join("locked");
+    fs::write(&path, b"some bytes").unwrap();
+    let f = open_rw(&path);
+    setlk(&f, libc::F_WRLCK, 0, 0).unwrap();
+    let waiter = fork_holder(&path, How::Posix { start: 0, len: 1 });
+    assert_eq!(
+        waiter.wait_locked(Duration::from_millis(300)),
+        None,
+        "a child got a range this process holds"
+    );
+    drop(File::open(&path).unwrap());
+    assert_eq!(
+        waiter.wait_locked(Duration::from_secs(10)),
+        Some(0),
+        "closing a read-only descriptor left the lock in place"
+    );
+    waiter.release();
+    drop(f);
+    m.unmount();
 }

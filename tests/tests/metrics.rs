@@ -109,6 +109,36 @@ fn u(v: &serde_json::Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no engine.{field} in {v}"))
 }
 
+/// On an exclusive volume a descriptor opened only for reading is closed without a FLUSH
+/// request (the kernel keeps the file locks, so there is nothing to release); a descriptor
+/// that wrote still flushes at its close.
+#[test]
+fn read_only_closes_send_no_flush_on_an_exclusive_volume() {
+    require_fuse!();
+    let vol = Volume::new(Backend::File);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = vol.mount_with(MountOptions {
+        extra_args: ["--metrics", &addr].map(String::from).to_vec(),
+        ..Default::default()
+    });
+    let flushes = || {
+        scrape(&addr)
+            .value("spoolfs_fuse_ops_total{op=\"flush\"}")
+            .unwrap_or(0.0)
+    };
+    let path = m.join("f");
+    fs::write(&path, b"written").unwrap();
+    let before = flushes();
+    assert!(before >= 1.0, "the write's close sent no FLUSH");
+    for _ in 0..20 {
+        assert_eq!(fs::read(&path).unwrap(), b"written");
+    }
+    assert_eq!(flushes(), before, "read-only closes sent FLUSH requests");
+    fs::write(&path, b"again").unwrap();
+    assert!(flushes() > before, "a written file's close sent no FLUSH");
+    m.unmount();
+}
+
 #[test]
 fn metrics_and_status_follow_a_workload() {
     require_fuse!();
