@@ -625,19 +625,10 @@ impl Records {
         buf
     }
 
-    /// Hands a built record to engine thread `t`. If that thread is gone, `reply` is
-    /// answered with the error too (for a caller that already holds its receiver).
-    fn send(
-        &self,
-        t: usize,
-        buf: IoBuf,
-        len: u32,
-        durable: bool,
-        reply: worker::Reply<StagedLoc>,
-    ) -> Result<(), StagingError> {
-        if let Err(crossbeam_channel::SendError(refused)) =
-            self.senders[t].send(self.append(buf, len, durable, reply))
-        {
+    /// Hands a record's request to engine thread `t`. If that thread is gone, the request's
+    /// reply is answered with the error too (for a caller that already holds its receiver).
+    fn send(&self, t: usize, request: Request) -> Result<(), StagingError> {
+        if let Err(crossbeam_channel::SendError(refused)) = self.senders[t].send(request) {
             refuse(refused);
             return Err(StagingError::Closed);
         }
@@ -696,7 +687,7 @@ impl Records {
                 let t = self.thread_of(&header);
                 let buf = self.build(t, &header, &[&data]);
                 drop(data);
-                self.send(t, buf, header.len, durable, reply)
+                self.send(t, self.append(buf, header.len, durable, reply))
             }
             BuildJob::Drained(reply) => {
                 let _ = reply.send(());
@@ -1199,16 +1190,33 @@ impl StagingLog {
         parts: &[&[u8]],
         durable: bool,
     ) -> Result<PendingAppend, StagingError> {
+        let (t, request, pending) = self.prepare(header, parts, durable)?;
+        self.records.send(t, request)?;
+        Ok(pending)
+    }
+
+    /// Checks and builds the record of `parts` for its engine thread: the thread, the request
+    /// to hand it, and the caller's end of the answer.
+    fn prepare(
+        &self,
+        header: &RecordHeader,
+        parts: &[&[u8]],
+        durable: bool,
+    ) -> Result<(usize, Request, PendingAppend), StagingError> {
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         self.records.check(header, total)?;
-        let (tx, rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
         let t = self.records.thread_of(header);
         let buf = self.records.build(t, header, parts);
-        self.records.send(t, buf, header.len, durable, tx)?;
-        Ok(PendingAppend {
+        let pending = PendingAppend {
             rx,
             timeout: self.append_timeout,
-        })
+        };
+        Ok((
+            t,
+            self.records.append(buf, header.len, durable, reply),
+            pending,
+        ))
     }
 
     /// [`Self::submit_parts`] of several records of one part each, handed over together: an
@@ -1223,18 +1231,13 @@ impl StagingLog {
         let mut answers = Vec::with_capacity(records.len());
         let mut requests: Vec<Vec<Request>> = (0..threads).map(|_| Vec::new()).collect();
         for (header, data) in records {
-            if let Err(e) = self.records.check(header, data.len() as u64) {
-                answers.push(Err(e));
-                continue;
-            }
-            let (reply, rx) = oneshot::channel();
-            let t = self.records.thread_of(header);
-            let buf = self.records.build(t, header, &[data]);
-            requests[t].push(self.records.append(buf, header.len, durable, reply));
-            answers.push(Ok(PendingAppend {
-                rx,
-                timeout: self.append_timeout,
-            }));
+            answers.push(
+                self.prepare(header, &[data], durable)
+                    .map(|(t, request, pending)| {
+                        requests[t].push(request);
+                        pending
+                    }),
+            );
         }
         for (t, batch) in requests.into_iter().enumerate() {
             if batch.is_empty() {
