@@ -109,6 +109,19 @@ fn u(v: &serde_json::Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no engine.{field} in {v}"))
 }
 
+/// Mounts `vol` with `--metrics` on a free loopback port and `extra` arguments; the mount and
+/// the metrics address.
+fn mount_with_metrics<'v>(vol: &'v Volume, extra: &[&str]) -> (Mount<'v>, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut extra_args = vec!["--metrics".to_string(), addr.clone()];
+    extra_args.extend(extra.iter().map(|a| a.to_string()));
+    let m = vol.mount_with(MountOptions {
+        extra_args,
+        ..Default::default()
+    });
+    (m, addr)
+}
+
 /// On an exclusive volume a descriptor opened only for reading is closed without a FLUSH
 /// request (the kernel keeps the file locks, so there is nothing to release); a descriptor
 /// that wrote still flushes at its close.
@@ -116,11 +129,7 @@ fn u(v: &serde_json::Value, field: &str) -> u64 {
 fn read_only_closes_send_no_flush_on_an_exclusive_volume() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let m = vol.mount_with(MountOptions {
-        extra_args: ["--metrics", &addr].map(String::from).to_vec(),
-        ..Default::default()
-    });
+    let (m, addr) = mount_with_metrics(&vol, &[]);
     let flushes = || {
         scrape(&addr)
             .value("spoolfs_fuse_ops_total{op=\"flush\"}")
@@ -143,14 +152,8 @@ fn read_only_closes_send_no_flush_on_an_exclusive_volume() {
 fn metrics_and_status_follow_a_workload() {
     require_fuse!();
     let vol = Volume::new(Backend::File);
-    let addr = format!("127.0.0.1:{}", free_port());
     // A long upload delay keeps the small files staged until `spoolfs sync`.
-    let m = vol.mount_with(MountOptions {
-        extra_args: ["--metrics", &addr, "--upload-delay", "600"]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    });
+    let (m, addr) = mount_with_metrics(&vol, &["--upload-delay", "600"]);
 
     // Before anything is written: served, documented, nothing staged.
     let s0 = scrape(&addr);
