@@ -225,10 +225,13 @@ impl DiskCache {
     }
 
     /// Opens the file of `id` and checks it: its file and bytes, or `None` on a miss or a
-    /// bad file (then dropped).
-    fn open_checked(&self, id: BlockId) -> Option<(std::fs::File, Vec<u8>)> {
+    /// bad file (then dropped). `count_miss`: a miss is counted here (else the caller looks
+    /// elsewhere in this cache first and counts it with [`DiskCache::note_miss`]).
+    fn open_checked(&self, id: BlockId, count_miss: bool) -> Option<(std::fs::File, Vec<u8>)> {
         let Some(crc) = self.touch(id) else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
+            if count_miss {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+            }
             return None;
         };
         let path = self.path(id, crc);
@@ -243,7 +246,9 @@ impl DiskCache {
                 path.display()
             );
             self.corrupt.fetch_add(1, Ordering::Relaxed);
-            self.misses.fetch_add(1, Ordering::Relaxed);
+            if count_miss {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+            }
             self.index.lock().remove(id);
             let _ = std::fs::remove_file(&path);
             return None;
@@ -336,14 +341,26 @@ impl DiskCache {
 
     /// The cached bytes of `id`, checked; `None` on a miss or a bad file (then dropped).
     pub fn get(&self, id: BlockId) -> Option<Bytes> {
-        self.open_checked(id).map(|(_, b)| Bytes::from(b))
+        self.open_checked(id, true).map(|(_, b)| Bytes::from(b))
+    }
+
+    /// Like [`DiskCache::get`], but a miss is not counted: a packed slice has its own file
+    /// here only when it was fetched alone; usually its pack's file serves it
+    /// ([`DiskCache::get_packed_slice`]), and only when neither does is it a miss.
+    pub fn get_uncounted(&self, id: BlockId) -> Option<Bytes> {
+        self.open_checked(id, false).map(|(_, b)| Bytes::from(b))
+    }
+
+    /// Counts a miss that [`DiskCache::get_uncounted`] left to its caller.
+    pub fn note_miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The cache file of `id`, checked, opened read-only: it holds exactly the data (a FUSE
     /// passthrough open reads it directly). Eviction may unlink it; the open file stays
     /// readable.
     pub fn file(&self, id: BlockId) -> Option<std::fs::File> {
-        self.open_checked(id).map(|(f, _)| f)
+        self.open_checked(id, true).map(|(f, _)| f)
     }
 
     /// Keeps a copy of `data` (already verified by the caller). Failures only cost the copy.

@@ -269,7 +269,7 @@ impl ObjectReader {
         if let Some(b) = self.cache.get(cached) {
             return Ok(Some(b));
         }
-        if let Some(b) = self.disk.as_ref().and_then(|d| d.get(cached)) {
+        if let Some(b) = self.disk.as_ref().and_then(|d| d.get_uncounted(cached)) {
             self.cache.insert(cached, b.clone());
             return Ok(Some(b));
         }
@@ -411,6 +411,8 @@ impl ObjectReader {
         };
         self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
         if let Some(d) = &self.disk {
+            // Neither the slice's file nor its pack's was in the local data cache.
+            d.note_miss();
             d.insert(cached, &data);
         }
         self.cache.insert(cached, data.clone());

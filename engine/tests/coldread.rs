@@ -481,6 +481,10 @@ fn a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache() {
     read_files(&m.e, &w.files, &shuffled(FILES, 7));
     read_big_files(&m.e);
     assert_eq!(m.counts.gets.load(Ordering::SeqCst), 0, "all of it local");
+    // A slice served by its pack's file is a hit, not a miss of its own file as well.
+    let cache = m.e.status().data_cache.expect("a local data cache");
+    assert_eq!(cache.misses, 0, "{cache:?}");
+    assert!(cache.hits >= FILES as u64, "{cache:?}");
     m.e.shutdown().unwrap();
 }
 
