@@ -11,10 +11,11 @@
 //!
 //! It is mounted the way `spoolfs mount` mounts an exclusive volume: default permissions, 2
 //! FUSE threads with cloned /dev/fuse descriptors, the same INIT capabilities (1 MiB writes,
-//! READDIRPLUS, POSIX ACLs, FUSE_HANDLE_KILLPRIV_V2...), no kernel writeback cache, attribute
-//! and entry caches kept for `--ttl` (default: spoolfs's lifetime on exclusive volumes) and
-//! directory listings cached across opens, so that the two are measured under the same
-//! kernel behaviour.
+//! READDIRPLUS, POSIX ACLs, FUSE_HANDLE_KILLPRIV_V2...; file locks left to the kernel), no
+//! kernel writeback cache, attribute and entry caches kept for `--ttl` (default: spoolfs's
+//! lifetime on exclusive volumes), directory listings cached across opens, and read-only
+//! opens answered with FOPEN_NOFLUSH (their close sends no FLUSH), so that the two are
+//! measured under the same kernel behaviour.
 //!
 //! Usage: `nullfs [--ttl SECS] MOUNTPOINT` — runs in the foreground until SIGTERM, SIGINT or
 //! SIGHUP (or an external `umount`), then unmounts and exits.
@@ -30,6 +31,7 @@ use fuser::{
 use spoolfs_fuse::{
     EXCLUSIVE_CACHE_TTL, MAX_WRITE_BYTES, ask_request_sizes, block_termination_signals,
 };
+use spoolfs_fuseuring::abi::FOPEN_NOFLUSH;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -541,12 +543,17 @@ impl Filesystem for NullFs {
         node.opens += 1;
         // Nothing changes a file behind the kernel's back: its cached pages stay valid.
         // (`null` keeps the flags fio was always measured with.)
-        let flags = if ino.0 == NULL_INO {
+        let mut fopen = if ino.0 == NULL_INO {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
         };
-        reply.opened(FileHandle(0), flags);
+        // As spoolfs answers on an exclusive volume (the kernel keeps the locks): a
+        // descriptor that cannot write sends no FLUSH at its close.
+        if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+            fopen |= FopenFlags::from_bits_retain(FOPEN_NOFLUSH);
+        }
+        reply.opened(FileHandle(0), fopen);
     }
 
     fn create(
