@@ -13,7 +13,11 @@
 //! directories: an upload inserts thousands of small files a second, and one directory would
 //! serialise them on its lock and crowd one ext4 block group. Written in place (no temporary
 //! name, no rename: the index learns of a file only once it is written) and never fsynced: a
-//! file torn by a crash fails its check and is dropped. Every read checks the CRC; a bad file
+//! file torn by a crash fails its check and is dropped. Where the file system allows it, files
+//! are written with O_DIRECT (from a few reused aligned buffers): a cold read fetches hundreds
+//! of megabytes, and copying them into the page cache and writing them back later cost more CPU
+//! than anything else spoolfs did then; the reader keeps what it just fetched in memory
+//! anyway. Every read checks the CRC; a bad file
 //! is deleted and reported as a miss, so the caller fetches the data again. Eviction is least
 //! recently used, by bytes (`--cache-size`) and by free space on the file system
 //! (`--cache-free-ratio`); at open the index is rebuilt from the directory, oldest access time
@@ -116,12 +120,40 @@ pub struct DiskCache {
     /// the log when it starts, and again when it ends).
     starved: std::sync::atomic::AtomicBool,
     /// Entries this mount has had read ahead into the page cache ([`DiskCache::read_ahead`])
-    /// or has written (their pages are in it already).
+    /// or has written through it (their pages are in it already).
     paged_in: Mutex<std::collections::HashSet<BlockId>>,
+    /// New files are written with O_DIRECT (the cache directory's file system takes it).
+    direct: bool,
+    /// Aligned buffers O_DIRECT writes copy their data into, kept for the next ones: at most
+    /// [`ALIGNED_KEPT`], each at most [`DIRECT_MAX`] plus one alignment.
+    aligned: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Alignment of an O_DIRECT write's buffer, offset and length.
+const DIRECT_ALIGN: usize = 4096;
+/// Entries larger than this are written through the page cache (no buffer that large is kept).
+const DIRECT_MAX: usize = 32 << 20;
+/// Aligned buffers kept between writes.
+const ALIGNED_KEPT: usize = 4;
 
 /// Entries remembered as read ahead or written, at most (then forgotten all at once).
 const PAGED_IN_REMEMBERED: usize = 1 << 16;
+
+/// Whether files in `dir` can be written with O_DIRECT (tmpfs, for one, refuses it): one
+/// aligned block written to a probe file, which is then removed.
+fn takes_direct_writes(dir: &Path) -> bool {
+    let probe = dir.join(".direct-write-probe");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_DIRECT);
+    let took = options.open(&probe).and_then(|f| {
+        let buf = vec![0u8; 2 * DIRECT_ALIGN];
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        std::os::unix::fs::FileExt::write_all_at(&f, &buf[start..start + DIRECT_ALIGN], 0)
+    });
+    let _ = std::fs::remove_file(&probe);
+    took.is_ok()
+}
 
 /// The directory of a slice's files: consecutive slices in different ones.
 fn fan(id: BlockId) -> u8 {
@@ -203,6 +235,7 @@ impl DiskCache {
         for (_, id, size, crc) in found {
             index.add(id, size, crc);
         }
+        let direct = takes_direct_writes(&config.dir);
         let cache = DiskCache {
             config,
             index: Mutex::new(index),
@@ -212,6 +245,8 @@ impl DiskCache {
             evictions: AtomicU64::new(0),
             starved: std::sync::atomic::AtomicBool::new(false),
             paged_in: Mutex::new(std::collections::HashSet::new()),
+            direct,
+            aligned: Mutex::new(Vec::new()),
         };
         cache.evict(0);
         Ok(cache)
@@ -378,9 +413,17 @@ impl DiskCache {
         }
         let crc = crc32c::crc32c(data);
         let path = self.path(id, crc);
+        let direct = self.direct && data.len() <= DIRECT_MAX;
         // Never rewrite an existing file: a concurrent insert of the same data may already
         // be indexed and open (a passthrough open reads the file itself).
-        let create = || std::fs::File::create_new(&path);
+        let create = || {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            if direct {
+                std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_DIRECT);
+            }
+            options.open(&path)
+        };
         let file = create().or_else(|e| match e.kind() {
             // The first file of its directory.
             std::io::ErrorKind::NotFound => {
@@ -390,6 +433,7 @@ impl DiskCache {
             _ => Err(e),
         });
         let written = match file {
+            Ok(f) if direct => self.write_direct(&f, data),
             Ok(mut f) => f.write_all(data),
             Err(e) => {
                 tracing::debug!("cannot keep a local copy of {id:?}: {e}");
@@ -402,8 +446,38 @@ impl DiskCache {
             return;
         }
         self.index.lock().add(id, size, crc);
-        self.note_paged_in(id);
+        if !direct {
+            self.note_paged_in(id);
+        }
         self.evict(0);
+    }
+
+    /// Writes `data` to the new file `f` (opened with O_DIRECT) from an aligned buffer, padded
+    /// to the alignment and then cut to its length: the file holds exactly the data.
+    fn write_direct(&self, f: &std::fs::File, data: &[u8]) -> std::io::Result<()> {
+        let padded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let mut buf = self
+            .aligned
+            .lock()
+            .pop()
+            .filter(|b| b.len() >= padded + DIRECT_ALIGN)
+            .unwrap_or_else(|| vec![0u8; padded + DIRECT_ALIGN]);
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let out = &mut buf[start..start + padded];
+        out[..data.len()].copy_from_slice(data);
+        out[data.len()..].fill(0);
+        let written = std::os::unix::fs::FileExt::write_all_at(f, out, 0).and_then(|()| {
+            if padded == data.len() {
+                Ok(())
+            } else {
+                f.set_len(data.len() as u64)
+            }
+        });
+        let mut kept = self.aligned.lock();
+        if kept.len() < ALIGNED_KEPT {
+            kept.push(buf);
+        }
+        written
     }
 
     /// Drops every entry of `slice` (its objects are being deleted).
@@ -546,6 +620,57 @@ mod tests {
         BlockId { slice, index }
     }
 
+    /// A file a direct write made holds exactly the data, is read back like any other, and
+    /// leaves no page in the page cache; with direct writes off (a file system that refuses
+    /// them), the same entries go through the page cache.
+    #[test]
+    fn entries_written_around_the_page_cache_hold_exactly_their_data() {
+        let test = "entries_written_around_the_page_cache_hold_exactly_their_data";
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cache(dir.path(), 1 << 30);
+        if !c.direct {
+            spoolfs_testkit::skip(
+                test,
+                "the temporary directory's file system refuses O_DIRECT",
+            );
+            return;
+        }
+        // Unaligned, aligned, and larger than one kept buffer's first size.
+        let sizes = [1usize, 4095, 4096, 100_003, 3 << 20, (4 << 20) + 17];
+        for (i, &len) in sizes.iter().enumerate() {
+            let data = spoolfs_testkit::random_bytes(i as u64, len);
+            c.insert(id(i as u64 + 1, 0), &data);
+            let path = walk_files(dir.path())
+                .into_iter()
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(parse_name)
+                        .is_some_and(|(found, _)| found == id(i as u64 + 1, 0))
+                })
+                .expect("the entry's file");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len as u64);
+            assert_eq!(
+                spoolfs_testkit::resident_pages(&path).0,
+                0,
+                "{len} bytes written around the page cache"
+            );
+            assert_eq!(c.get(id(i as u64 + 1, 0)).unwrap(), Bytes::from(data));
+        }
+        assert!(c.aligned.lock().len() <= ALIGNED_KEPT);
+        // Through the page cache, as on a file system without O_DIRECT.
+        c.direct = false;
+        let data = spoolfs_testkit::random_bytes(99, 5000);
+        c.insert(id(99, 0), &data);
+        assert_eq!(c.get(id(99, 0)).unwrap(), Bytes::from(data));
+        let after = cache(dir.path(), 1 << 30);
+        assert_eq!(
+            after.stats().entries,
+            sizes.len() as u64 + 1,
+            "all indexed again"
+        );
+    }
+
     #[test]
     fn keeps_checks_evicts_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -635,7 +760,7 @@ mod tests {
         let data = vec![5u8; 1 << 20];
         cache(dir.path(), 64 << 20).insert(id(7, 0), &data);
         // A new mount finds it on disk, out of the page cache.
-        let c = cache(dir.path(), 64 << 20);
+        let mut c = cache(dir.path(), 64 << 20);
         let path = c.path(id(7, 0), crc32c::crc32c(&data));
         if !drop_from_page_cache(&path) {
             spoolfs_testkit::skip(
@@ -655,20 +780,33 @@ mod tests {
         // Nothing cached, nothing read ahead (or remembered).
         c.read_ahead(id(8, 0));
         assert!(!c.paged_in.lock().contains(&id(8, 0)));
-        // Once per mount, and never for a file this mount wrote: its pages were in memory.
+        // Once per mount, and never for a file this mount wrote through the page cache: its
+        // pages were in memory. One written around the page cache is read ahead.
         assert!(drop_from_page_cache(&path));
         c.read_ahead(id(7, 0));
+        let direct = c.direct;
         c.insert(id(9, 0), &data);
+        c.direct = false;
+        c.insert(id(10, 0), &data);
         let nine = c.path(id(9, 0), crc32c::crc32c(&data));
-        assert!(drop_from_page_cache(&nine));
+        let ten = c.path(id(10, 0), crc32c::crc32c(&data));
+        assert!(drop_from_page_cache(&nine) && drop_from_page_cache(&ten));
         c.read_ahead(id(9, 0));
+        c.read_ahead(id(10, 0));
         std::thread::sleep(std::time::Duration::from_millis(300));
         assert_eq!(resident_pages(&path).0, 0, "read ahead twice in one mount");
         assert_eq!(
-            resident_pages(&nine).0,
+            resident_pages(&ten).0,
             0,
-            "read ahead after this mount wrote it"
+            "read ahead after this mount wrote it through the page cache"
         );
+        if direct {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while resident_pages(&nine).0 < pages && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert_eq!(resident_pages(&nine), (pages, pages), "written around it");
+        }
     }
 
     #[test]

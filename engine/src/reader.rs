@@ -419,8 +419,18 @@ impl ObjectReader {
         Ok(Some(data))
     }
 
-    /// A packed slice read from its pack's copy in the local data cache, if it is there.
+    /// A packed slice read from its pack's copy in memory or in the local data cache, if it
+    /// is there, checked against the CRC its `L` record keeps.
     fn cached_pack_slice(&self, p: &schema::PackedRec) -> Option<Bytes> {
+        if let Some(pack) = self.cache.get(BlockId::pack(p.pack)) {
+            let range = p.offset as usize..p.offset as usize + p.len as usize;
+            if range.end <= pack.len() && crc32c::crc32c(&pack[range.clone()]) == p.crc {
+                if let Some(f) = &self.packs {
+                    f.note_hit(p.pack);
+                }
+                return Some(pack.slice(range));
+            }
+        }
         let b = self
             .disk
             .as_ref()?
@@ -832,6 +842,10 @@ impl PackSource for ObjectReader {
             Ok(object) => {
                 self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
                 disk.insert(BlockId::pack(pack), &object);
+                // Its files are usually read next (a listing or a read of one of them asked
+                // for it): they are served from memory while it stays in the block cache,
+                // not from its file (written around the page cache where the disk allows).
+                self.cache.insert(BlockId::pack(pack), object.clone());
                 fetcher.end_fetch(pack, rec.size, Some(object.len() as u64));
                 Ok(object.len() as u64)
             }

@@ -401,6 +401,44 @@ fn a_listing_prefetches_its_files_packs() {
 }
 
 #[test]
+fn a_pack_fetched_whole_serves_its_files_from_memory() {
+    let w = written();
+    let m = mount(
+        &w.f,
+        "cache-memory",
+        Duration::ZERO,
+        PackFetchConfig::default(),
+    );
+    lists(&m.e, b"d");
+    assert!(
+        wait_until(|| pack_stats(&m.e).bytes == w.pack_bytes),
+        "every pack fetched after the listing: {:?}",
+        pack_stats(&m.e)
+    );
+    // The packs' files in the local data cache (names: slice-index-crc, in hex) taken away:
+    // the reads that follow are served by the packs kept in memory, with no GET.
+    let is_cache_file = |p: &std::path::Path| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let parts: Vec<&str> = name.split('-').collect();
+        parts.len() == 3 && parts.iter().map(|p| p.len()).eq([16, 8, 8])
+    };
+    let removed = common::files_under(&w.f.dir.path().join("cache-memory"))
+        .into_iter()
+        .filter(|p| is_cache_file(p))
+        .map(|p| std::fs::remove_file(p).unwrap())
+        .count();
+    assert!(removed as u64 >= w.packs, "{removed} cache files");
+    read_files(&m.e, &w.files, &shuffled(FILES, 11));
+    assert_eq!(
+        m.counts.gets.load(Ordering::SeqCst),
+        w.packs,
+        "every read served from memory"
+    );
+    assert_eq!(pack_stats(&m.e).hits, FILES as u64);
+    m.e.shutdown().unwrap();
+}
+
+#[test]
 fn a_listing_fetches_ahead_for_the_files_of_its_subdirectories() {
     let w = written();
     let gets = |m: &Mount| m.counts.gets.load(Ordering::SeqCst);
