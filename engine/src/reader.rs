@@ -841,12 +841,15 @@ impl PackSource for ObjectReader {
         match got {
             Ok(object) => {
                 self.counters.objects_got.fetch_add(1, Ordering::Relaxed);
-                disk.insert(BlockId::pack(pack), &object);
                 // Its files are usually read next (a listing or a read of one of them asked
                 // for it): they are served from memory while it stays in the block cache,
                 // not from its file (written around the page cache where the disk allows).
+                // In memory, and the fetch ended (its time is the GET's, which readers
+                // weigh against a GET of their own), before the file is written: a reader
+                // finds the pack while that write goes on.
                 self.cache.insert(BlockId::pack(pack), object.clone());
                 fetcher.end_fetch(pack, rec.size, Some(object.len() as u64));
+                disk.insert(BlockId::pack(pack), &object);
                 Ok(object.len() as u64)
             }
             // Compaction deleted it since the metadata was read: its slices moved.

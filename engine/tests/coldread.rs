@@ -227,15 +227,16 @@ fn lists_ino(e: &Engine, ino: u64) {
 }
 
 /// Reads the files in `order` on a new mount whose data cache `cache` is cold and whose GETs
-/// take no time; the GETs of data objects that took, and the pack fetches (none when they
-/// are off).
+/// take 2 ms (a reader weighs waiting for a pack on its way against a GET of its own by
+/// their times: with GETs that take no time, which one wins is the scheduler's choice); the
+/// GETs of data objects that took, and the pack fetches (none when they are off).
 fn read_cold(
     w: &Written,
     cache: &str,
     pack_fetch: PackFetchConfig,
     order: &[usize],
 ) -> (u64, Option<PackFetchStats>) {
-    let m = mount(&w.f, cache, Duration::ZERO, pack_fetch);
+    let m = mount(&w.f, cache, Duration::from_millis(2), pack_fetch);
     read_files(&m.e, &w.files, order);
     let gets = m.counts.gets.load(Ordering::SeqCst);
     let st = m.e.status().pack_fetch;
@@ -410,10 +411,13 @@ fn a_pack_fetched_whole_serves_its_files_from_memory() {
         PackFetchConfig::default(),
     );
     lists(&m.e, b"d");
+    // Fetched, and their files written (a fetch ends before its file is written).
+    let cached = || m.e.status().data_cache.map_or(0, |c| c.entries);
     assert!(
-        wait_until(|| pack_stats(&m.e).bytes == w.pack_bytes),
-        "every pack fetched after the listing: {:?}",
-        pack_stats(&m.e)
+        wait_until(|| pack_stats(&m.e).bytes == w.pack_bytes && cached() >= w.packs),
+        "every pack fetched after the listing and kept on disk: {:?}, {} entries",
+        pack_stats(&m.e),
+        cached()
     );
     // The packs' files in the local data cache (names: slice-index-crc, in hex) taken away:
     // the reads that follow are served by the packs kept in memory, with no GET.
@@ -490,9 +494,13 @@ fn a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache() {
     let w = written();
     let blocks = 2 * ((3u64 << 20) / common::BLOCK_SIZE as u64);
     let m = mount_and_list(&w, "cache-warm");
+    // Fetched, and written to the local data cache (a file is written after its GET).
+    let cached = || m.e.status().data_cache.map_or(0, |c| c.entries);
     assert!(
-        wait_until(|| m.counts.gets.load(Ordering::SeqCst) == w.packs + blocks),
-        "the packs and blocks fetched on the cold listing"
+        wait_until(|| m.counts.gets.load(Ordering::SeqCst) == w.packs + blocks
+            && cached() >= w.packs + blocks),
+        "the packs and blocks fetched on the cold listing and kept: {} entries",
+        cached()
     );
     m.e.shutdown().unwrap();
     drop(m);
