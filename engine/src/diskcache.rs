@@ -147,12 +147,21 @@ fn takes_direct_writes(dir: &Path) -> bool {
     options.write(true).create(true).truncate(true);
     std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_DIRECT);
     let took = options.open(&probe).and_then(|f| {
-        let buf = vec![0u8; 2 * DIRECT_ALIGN];
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        std::os::unix::fs::FileExt::write_all_at(&f, &buf[start..start + DIRECT_ALIGN], 0)
+        let mut buf = Vec::new();
+        std::os::unix::fs::FileExt::write_all_at(&f, aligned(&mut buf, DIRECT_ALIGN), 0)
     });
     let _ = std::fs::remove_file(&probe);
     took.is_ok()
+}
+
+/// `len` bytes of `buf` starting at an address aligned for O_DIRECT (`buf` grown to hold
+/// them).
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len + DIRECT_ALIGN {
+        buf.resize(len + DIRECT_ALIGN, 0);
+    }
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    &mut buf[start..start + len]
 }
 
 /// The directory of a slice's files: consecutive slices in different ones.
@@ -456,14 +465,8 @@ impl DiskCache {
     /// to the alignment and then cut to its length: the file holds exactly the data.
     fn write_direct(&self, f: &std::fs::File, data: &[u8]) -> std::io::Result<()> {
         let padded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-        let mut buf = self
-            .aligned
-            .lock()
-            .pop()
-            .filter(|b| b.len() >= padded + DIRECT_ALIGN)
-            .unwrap_or_else(|| vec![0u8; padded + DIRECT_ALIGN]);
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        let out = &mut buf[start..start + padded];
+        let mut buf = self.aligned.lock().pop().unwrap_or_default();
+        let out = aligned(&mut buf, padded);
         out[..data.len()].copy_from_slice(data);
         out[data.len()..].fill(0);
         let written = std::os::unix::fs::FileExt::write_all_at(f, out, 0).and_then(|()| {
@@ -640,15 +643,7 @@ mod tests {
         for (i, &len) in sizes.iter().enumerate() {
             let data = spoolfs_testkit::random_bytes(i as u64, len);
             c.insert(id(i as u64 + 1, 0), &data);
-            let path = walk_files(dir.path())
-                .into_iter()
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .and_then(parse_name)
-                        .is_some_and(|(found, _)| found == id(i as u64 + 1, 0))
-                })
-                .expect("the entry's file");
+            let path = c.path(id(i as u64 + 1, 0), crc32c::crc32c(&data));
             assert_eq!(std::fs::metadata(&path).unwrap().len(), len as u64);
             assert_eq!(
                 spoolfs_testkit::resident_pages(&path).0,
@@ -770,12 +765,16 @@ mod tests {
             return;
         }
         let pages = resident_pages(&path).1;
+        // The resident pages of `file` once all of them are in memory, or 10 s have passed.
+        let resident_soon = |file: &Path| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while resident_pages(file).0 < pages && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            resident_pages(file)
+        };
         c.read_ahead(id(7, 0));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while resident_pages(&path).0 < pages && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert_eq!(resident_pages(&path), (pages, pages), "read ahead whole");
+        assert_eq!(resident_soon(&path), (pages, pages), "read ahead whole");
         assert_eq!(c.get(id(7, 0)).unwrap(), Bytes::from(data.clone()));
         // Nothing cached, nothing read ahead (or remembered).
         c.read_ahead(id(8, 0));
@@ -801,11 +800,7 @@ mod tests {
             "read ahead after this mount wrote it through the page cache"
         );
         if direct {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while resident_pages(&nine).0 < pages && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            assert_eq!(resident_pages(&nine), (pages, pages), "written around it");
+            assert_eq!(resident_soon(&nine), (pages, pages), "written around it");
         }
     }
 

@@ -422,23 +422,22 @@ impl ObjectReader {
     /// A packed slice read from its pack's copy in memory or in the local data cache, if it
     /// is there, checked against the CRC its `L` record keeps.
     fn cached_pack_slice(&self, p: &schema::PackedRec) -> Option<Bytes> {
-        if let Some(pack) = self.cache.get(BlockId::pack(p.pack)) {
-            let range = p.offset as usize..p.offset as usize + p.len as usize;
-            if range.end <= pack.len() && crc32c::crc32c(&pack[range.clone()]) == p.crc {
-                if let Some(f) = &self.packs {
-                    f.note_hit(p.pack);
-                }
-                return Some(pack.slice(range));
-            }
-        }
-        let b = self
-            .disk
-            .as_ref()?
-            .get_packed_slice(p.pack, p.offset, p.len, p.crc)?;
+        let range = p.offset as usize..p.offset as usize + p.len as usize;
+        let in_memory = self.cache.get(BlockId::pack(p.pack)).filter(|pack| {
+            range.end <= pack.len() && crc32c::crc32c(&pack[range.clone()]) == p.crc
+        });
+        let b = match in_memory {
+            Some(pack) => pack.slice(range),
+            None => Bytes::from(
+                self.disk
+                    .as_ref()?
+                    .get_packed_slice(p.pack, p.offset, p.len, p.crc)?,
+            ),
+        };
         if let Some(f) = &self.packs {
             f.note_hit(p.pack);
         }
-        Some(Bytes::from(b))
+        Some(b)
     }
 
     /// Whether a pack is fetched whole: small enough for one fetch, mostly alive (a mostly

@@ -244,6 +244,11 @@ fn read_cold(
     (gets, st)
 }
 
+/// Entries in the local data cache (files written).
+fn cache_entries(e: &Engine) -> u64 {
+    e.status().data_cache.map_or(0, |c| c.entries)
+}
+
 fn pack_stats(e: &Engine) -> PackFetchStats {
     e.status()
         .pack_fetch
@@ -412,23 +417,16 @@ fn a_pack_fetched_whole_serves_its_files_from_memory() {
     );
     lists(&m.e, b"d");
     // Fetched, and their files written (a fetch ends before its file is written).
-    let cached = || m.e.status().data_cache.map_or(0, |c| c.entries);
     assert!(
-        wait_until(|| pack_stats(&m.e).bytes == w.pack_bytes && cached() >= w.packs),
+        wait_until(|| pack_stats(&m.e).bytes == w.pack_bytes && cache_entries(&m.e) >= w.packs),
         "every pack fetched after the listing and kept on disk: {:?}, {} entries",
         pack_stats(&m.e),
-        cached()
+        cache_entries(&m.e)
     );
-    // The packs' files in the local data cache (names: slice-index-crc, in hex) taken away:
-    // the reads that follow are served by the packs kept in memory, with no GET.
-    let is_cache_file = |p: &std::path::Path| {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let parts: Vec<&str> = name.split('-').collect();
-        parts.len() == 3 && parts.iter().map(|p| p.len()).eq([16, 8, 8])
-    };
+    // The local data cache's files taken away: the reads that follow are served by the
+    // packs kept in memory, with no GET.
     let removed = common::files_under(&w.f.dir.path().join("cache-memory"))
         .into_iter()
-        .filter(|p| is_cache_file(p))
         .map(|p| std::fs::remove_file(p).unwrap())
         .count();
     assert!(removed as u64 >= w.packs, "{removed} cache files");
@@ -495,12 +493,11 @@ fn a_listing_on_a_warm_cache_reads_its_files_ahead_from_the_local_data_cache() {
     let blocks = 2 * ((3u64 << 20) / common::BLOCK_SIZE as u64);
     let m = mount_and_list(&w, "cache-warm");
     // Fetched, and written to the local data cache (a file is written after its GET).
-    let cached = || m.e.status().data_cache.map_or(0, |c| c.entries);
     assert!(
         wait_until(|| m.counts.gets.load(Ordering::SeqCst) == w.packs + blocks
-            && cached() >= w.packs + blocks),
+            && cache_entries(&m.e) >= w.packs + blocks),
         "the packs and blocks fetched on the cold listing and kept: {} entries",
-        cached()
+        cache_entries(&m.e)
     );
     m.e.shutdown().unwrap();
     drop(m);
