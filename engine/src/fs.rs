@@ -35,6 +35,10 @@ pub struct EngineConfig {
     pub block_cache_bytes: u64,
     /// How often namespace changes are made durable in the metadata store.
     pub meta_flush_interval: Duration,
+    /// After this long with no writes, uploads or object reads, the buffers kept for large
+    /// writes are freed and the allocator gives its free memory back to the system (`None`:
+    /// never). See [`Engine::release_idle_memory`].
+    pub release_memory_after: Option<Duration>,
     /// Concurrent object PUTs while uploading one file's data.
     pub max_uploads: usize,
     /// Concurrent bulk delete requests of the garbage collector (each of up to
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
             max_dirty_per_file: 64 << 20,
             block_cache_bytes: 256 << 20,
             meta_flush_interval: Duration::from_secs(1),
+            release_memory_after: Some(DEFAULT_RELEASE_MEMORY_AFTER),
             max_uploads: 16,
             max_deletes: 4,
             staging: None,
@@ -98,6 +103,11 @@ impl Default for EngineConfig {
         }
     }
 }
+
+/// The default of [`EngineConfig::release_memory_after`]: long enough that the writes of one
+/// job (a checkpoint every few seconds, a build) keep their buffers, short enough that an
+/// idle mount does not hold the memory of its last burst.
+pub const DEFAULT_RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(30);
 
 /// Reported by `statfs`: a nominal capacity, since an object store has no fixed size.
 const NOMINAL_CAPACITY_BYTES: u64 = 1 << 50;
@@ -1246,6 +1256,7 @@ impl Engine {
             return Err(FsError::new(libc::EFBIG, "file too large"));
         }
         self.refuse_after_shutdown()?;
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let state = self.pin(ino, false);
         let result = self
             .write
@@ -1622,6 +1633,44 @@ impl Engine {
         m
     }
 
+    /// What the background thread watches to see the mount idle: write requests, objects
+    /// put and got, staged bytes.
+    fn activity(&self) -> [u64; 4] {
+        let staged = self.writeback.as_ref().map_or(0, |wb| wb.set.lock().bytes);
+        [
+            self.counters.writes.load(Ordering::Relaxed),
+            self.counters.objects_put.load(Ordering::Relaxed),
+            self.counters.objects_got.load(Ordering::Relaxed),
+            staged,
+        ]
+    }
+
+    /// Frees the buffers kept for the next large write (run and record buffers) and has the
+    /// allocator return its free memory to the system: after a burst of writes or reads the
+    /// memory it used would otherwise stay with the process (hundreds of MiB after a
+    /// checkpoint). The next large write pays for fresh memory again. Returns the bytes of
+    /// kept buffers freed.
+    pub fn release_idle_memory(&self) -> u64 {
+        let freed = self.write.release_kept_buffers();
+        let before = resident_bytes();
+        // SAFETY: malloc_trim only returns free memory of the allocator's own to the system.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        tracing::debug!(
+            "idle: freed {freed} bytes of kept write buffers; resident memory {} -> {} bytes",
+            before.unwrap_or(0),
+            resident_bytes().unwrap_or(0)
+        );
+        freed
+    }
+
+    /// Bytes of the buffers kept for the next large write (see [`Self::release_idle_memory`]).
+    pub fn kept_buffer_bytes(&self) -> u64 {
+        self.write.kept_buffer_bytes()
+    }
+
     /// `spoolfs warmup`: fetches the data of every regular file under `path` (names from the
     /// root, `/`-separated) into the local data cache, whole packs at a time, with `jobs`
     /// fetches at once. `progress` sees how far it is now and then.
@@ -1750,6 +1799,8 @@ impl Engine {
             passthrough_opens: self.counters.passthrough_opens.load(Ordering::Relaxed),
             pack_fetch: self.reader.pack_fetch_stats(),
             metadata_unapplied_changes: m.metadata_unapplied_changes,
+            resident_bytes: resident_bytes().unwrap_or(0),
+            kept_buffer_bytes: self.kept_buffer_bytes(),
         }
     }
 
@@ -2093,8 +2144,10 @@ fn join_background(threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
     }
 }
 
-/// Makes namespace changes durable every interval and deletes dead objects.
+/// Makes namespace changes durable every interval, deletes dead objects, and gives memory
+/// back once the mount has been idle for [`EngineConfig::release_memory_after`].
 fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
+    let mut idle = IdleWatch::default();
     loop {
         let Some(interval) = engine.upgrade().map(|e| e.config.meta_flush_interval) else {
             return;
@@ -2103,6 +2156,12 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
             return;
         }
         let Some(e) = engine.upgrade() else { return };
+        if let Some(after) = e.config.release_memory_after
+            && idle.quiet_for(e.activity()) >= after
+        {
+            idle.released();
+            e.release_idle_memory();
+        }
         if let Some(wb) = e.writeback.as_ref() {
             // One sample a second keeps the upload rate's window current.
             wb.upload_rate();
@@ -2136,6 +2195,39 @@ fn background_loop(engine: std::sync::Weak<Engine>, stop: Arc<StopSignal>) {
                 }
             }
         }
+    }
+}
+
+/// This process's resident memory (`/proc/self/statm`), when it can be read.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// How long the mount has been quiet, from samples of [`Engine::activity`]: zero until the
+/// activity changes after a release (nothing to give back before), then the time since it
+/// last changed.
+#[derive(Default)]
+struct IdleWatch {
+    last: Option<[u64; 4]>,
+    quiet_since: Option<std::time::Instant>,
+}
+
+impl IdleWatch {
+    fn quiet_for(&mut self, activity: [u64; 4]) -> Duration {
+        if self.last != Some(activity) {
+            // The first sample too: a mount's start-up (replay, the first listing) counts.
+            self.last = Some(activity);
+            self.quiet_since = Some(std::time::Instant::now());
+        }
+        self.quiet_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    fn released(&mut self) {
+        self.quiet_since = None;
     }
 }
 

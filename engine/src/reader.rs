@@ -41,6 +41,8 @@ pub(crate) struct Counters {
     pub(crate) objects_got: AtomicU64,
     pub(crate) dirty_bytes: AtomicU64,
     pub(crate) passthrough_opens: AtomicU64,
+    /// Write requests since the mount (how the background thread sees the mount busy).
+    pub(crate) writes: AtomicU64,
 }
 
 /// One piece of a warmup: a pack fetched whole (id, bytes), a packed slice of a pack not

@@ -284,6 +284,13 @@ pub struct EngineStatus {
     pub cache_hits: u64,
     #[serde(default)]
     pub cache_misses: u64,
+    /// The daemon's resident memory (0 where it cannot be read).
+    #[serde(default)]
+    pub resident_bytes: u64,
+    /// Of it, buffers kept for the next large write, freed once the mount is idle
+    /// (`--release-memory-after`).
+    #[serde(default)]
+    pub kept_buffer_bytes: u64,
 }
 
 /// The engine's numbers that are cheap to take (no metadata scan): what the metrics exporter

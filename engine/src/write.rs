@@ -247,6 +247,28 @@ impl WritePath {
         }
     }
 
+    /// Bytes of the buffers kept for the next runs of large writes, here and in the staging
+    /// log (see [`spoolfs_staging::StagingLog::kept_buffer_bytes`]).
+    pub(crate) fn kept_buffer_bytes(&self) -> u64 {
+        let runs: u64 = (self.run_buffers.lock().iter())
+            .map(|b| b.capacity() as u64)
+            .sum();
+        runs + self.staging_log().map_or(0, |log| log.kept_buffer_bytes())
+    }
+
+    /// Frees the buffers [`Self::kept_buffer_bytes`] counts; returns their bytes.
+    pub(crate) fn release_kept_buffers(&self) -> u64 {
+        let runs = std::mem::take(&mut *self.run_buffers.lock());
+        let runs: u64 = runs.iter().map(|b| b.capacity() as u64).sum();
+        runs + self
+            .staging_log()
+            .map_or(0, |log| log.release_kept_buffers())
+    }
+
+    fn staging_log(&self) -> Option<&crate::staging::StagingLog> {
+        self.uploader.as_ref().map(|wb| wb.opts.log.as_ref())
+    }
+
     /// The namespace log, while the metadata store it writes ahead of is open.
     fn namespace_log(&self) -> Option<Arc<WalStore>> {
         self.namespace_log.as_ref()?.upgrade()
@@ -355,7 +377,7 @@ impl WritePath {
         let cs = self.chunk_size;
         let spares = RunSpares {
             recycled: &self.run_buffers,
-            log: self.uploader.as_ref().map(|wb| wb.opts.log.as_ref()),
+            log: self.staging_log(),
         };
         let mut done = 0usize;
         while done < data.len() {

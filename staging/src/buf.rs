@@ -148,6 +148,17 @@ impl BufPool {
         })
     }
 
+    /// Bytes of the large record buffers kept for reuse.
+    pub fn kept_large_bytes(&self) -> u64 {
+        self.large.lock().iter().map(|b| b.capacity() as u64).sum()
+    }
+
+    /// Frees the large record buffers kept for reuse; returns their bytes.
+    pub fn release_large(&self) -> u64 {
+        let freed = std::mem::take(&mut *self.large.lock());
+        freed.iter().map(|b| b.capacity() as u64).sum()
+    }
+
     /// One `iovec` per buffer, in index order (for `io_uring_register_buffers`).
     pub fn iovecs(&self) -> Vec<libc::iovec> {
         (0..self.count)

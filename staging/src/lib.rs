@@ -564,7 +564,7 @@ struct Records {
 }
 
 /// Run buffers the builder thread keeps ready once large runs arrive.
-const PREPARED_RUNS: usize = 2;
+const PREPARED_RUNS: usize = 4;
 
 /// What the builder thread is asked to do.
 enum BuildJob {
@@ -1286,6 +1286,30 @@ impl StagingLog {
             rx,
             timeout: self.append_timeout,
         })
+    }
+
+    /// Bytes of the buffers kept for the next large records: run buffers made ready for the
+    /// writer and the engine threads' large record buffers.
+    pub fn kept_buffer_bytes(&self) -> u64 {
+        let runs: u64 = (self.records.prepared_runs.lock().iter())
+            .map(|b| b.capacity() as u64)
+            .sum();
+        let large: u64 = self
+            .records
+            .pools
+            .iter()
+            .map(|p| p.kept_large_bytes())
+            .sum();
+        runs + large
+    }
+
+    /// Frees the buffers [`Self::kept_buffer_bytes`] counts (an idle mount gives its memory
+    /// back; the next large write makes new ones); returns their bytes.
+    pub fn release_kept_buffers(&self) -> u64 {
+        let runs = std::mem::take(&mut *self.records.prepared_runs.lock());
+        let runs: u64 = runs.iter().map(|b| b.capacity() as u64).sum();
+        let large: u64 = self.records.pools.iter().map(|p| p.release_large()).sum();
+        runs + large
     }
 
     /// An empty buffer with room for at least `capacity` bytes whose pages are already

@@ -1,7 +1,8 @@
 //! `spoolfs mount --metrics ADDR` and `spoolfs status`: the documented metrics are served, move
 //! as a workload runs (staged bytes rise, then fall to zero after `spoolfs sync`), and the
 //! status the control socket reports agrees with them; the socket is owner-only; a bad
-//! metrics address fails the mount before anything is mounted.
+//! metrics address fails the mount before anything is mounted; an idle mount gives back the
+//! memory its last large write kept.
 
 use spoolfs_tests::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -145,6 +146,47 @@ fn read_only_closes_send_no_flush_on_an_exclusive_volume() {
     assert_eq!(flushes(), before, "read-only closes sent FLUSH requests");
     fs::write(&path, b"again").unwrap();
     assert!(flushes() > before, "a written file's close sent no FLUSH");
+    m.unmount();
+}
+
+/// A mount idle for `--release-memory-after` frees the buffers its last large write kept,
+/// and `spoolfs status` shows the daemon's memory before and after; the file is intact.
+#[test]
+fn an_idle_mount_gives_back_the_memory_of_a_large_write() {
+    require_fuse!();
+    let vol = Volume::new(Backend::File);
+    let m = vol.mount_with(MountOptions {
+        extra_args: vec!["--release-memory-after".into(), "2".into()],
+        ..Default::default()
+    });
+    let data = random_bytes(7, 48 << 20);
+    let path = m.join("ckpt");
+    let mut f = fs::File::create(&path).unwrap();
+    for piece in data.chunks(1 << 20) {
+        f.write_all(piece).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let busy = status_json(&vol, m.path());
+    assert!(u(&busy, "kept_buffer_bytes") > 0, "nothing kept: {busy}");
+    assert!(u(&busy, "resident_bytes") > u(&busy, "kept_buffer_bytes"));
+    let text = vol.spoolfs_run([OsStr::new("status"), m.path().as_os_str()]);
+    assert!(text.stdout.contains("memory:"), "{text}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let idle = loop {
+        let st = status_json(&vol, m.path());
+        if u(&st, "kept_buffer_bytes") == 0 || std::time::Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        u(&idle, "kept_buffer_bytes"),
+        0,
+        "still kept after idling: {idle}"
+    );
+    assert!(fs::read(&path).unwrap() == data, "the file changed");
     m.unmount();
 }
 

@@ -128,6 +128,11 @@ pub struct MountArgs {
     /// of their reader.
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = crate::size::parse_size)]
     pub dir_prefetch_file_max: u64,
+    /// After this many seconds with no writes, uploads or object reads, free the buffers
+    /// kept for large writes and give the memory of the last burst back to the system
+    /// (0: keep it).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub release_memory_after: Duration,
     /// Let users other than the one who mounts use the mount (the kernel still checks each
     /// file's owner and mode: default_permissions). Default: on when root mounts (a mount of
     /// /home or a shared volume is for every user), off otherwise (a user's own mount stays
@@ -421,6 +426,8 @@ fn daemonise(args: MountArgs, log_level: Option<&str>) -> Result<ExitCode> {
     cmd.arg("--attr-ttl").arg(args.attr_ttl.arg());
     cmd.arg("--entry-ttl").arg(args.entry_ttl.arg());
     cmd.arg("--readahead").arg(args.readahead.to_string());
+    cmd.arg("--release-memory-after")
+        .arg(args.release_memory_after.as_secs_f64().to_string());
     cmd.arg("--pack-fetch-max")
         .arg(args.pack_fetch_max.to_string())
         .arg("--pack-fetch-threads")
@@ -826,6 +833,7 @@ fn prepare(args: &MountArgs) -> Result<Mounted> {
             keep_large_uploads: args.cache_large_writes,
         }),
         readahead_bytes: args.readahead,
+        release_memory_after: Some(args.release_memory_after).filter(|d| !d.is_zero()),
         pack_fetch: spoolfs_engine::packfetch::PackFetchConfig {
             max_bytes: args.pack_fetch_max,
             threads: args.pack_fetch_threads,

@@ -351,6 +351,16 @@ pub fn describe(s: &MountStatus) -> String {
                     ),
                 );
             }
+            if e.resident_bytes > 0 {
+                line(
+                    "memory:",
+                    format!(
+                        "{} resident, {} of it kept for large writes (freed when idle)",
+                        human_bytes(e.resident_bytes),
+                        human_bytes(e.kept_buffer_bytes)
+                    ),
+                );
+            }
             if let Some(p) = e.pack_fetch.as_ref().filter(|p| p.started > 0) {
                 line(
                     "pack fetches:",
