@@ -4,7 +4,8 @@
 //!
 //! Bounded on every side: the queue drops work when full, a block already cached or in
 //! flight is not fetched twice, and what is fetched lands in the bounded block caches. The
-//! threads hold only a weak reference to the object reader and end when it is dropped.
+//! threads hold only a weak reference to the object reader and end when it is dropped, or
+//! at [`Readahead::stop`], which waits for them.
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use parking_lot::{Condvar, Mutex};
@@ -32,7 +33,12 @@ pub(crate) struct Readahead {
     /// Bytes to read ahead of a sequential reader (0: off).
     pub window: u64,
     tx: Sender<Fetch>,
+    /// The queue's other end, for [`Self::stop`] to empty it.
+    rx: Receiver<Fetch>,
     in_flight: Arc<InFlight>,
+    /// Dropped by [`Self::stop`]: the fetchers end when it is gone.
+    running: Mutex<Option<Sender<()>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// Blocks queued or being fetched, by (slice, index); readers wait for them instead of
@@ -73,15 +79,25 @@ impl Readahead {
         reader: Weak<dyn Prefetch>,
     ) -> std::io::Result<Readahead> {
         let (tx, rx) = bounded::<Fetch>(READAHEAD_QUEUE);
+        let (running, stopped) = bounded::<()>(0);
         let in_flight = Arc::new(InFlight::default());
+        let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
             let rx: Receiver<Fetch> = rx.clone();
+            let stopped = stopped.clone();
             let reader = reader.clone();
             let in_flight = in_flight.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("spoolfs-ra{i}"))
                 .spawn(move || {
-                    while let Ok(job) = rx.recv() {
+                    loop {
+                        let job = crossbeam_channel::select_biased! {
+                            recv(stopped) -> _ => break,
+                            recv(rx) -> job => match job {
+                                Ok(job) => job,
+                                Err(_) => break,
+                            },
+                        };
                         let Some(r) = reader.upgrade() else {
                             break;
                         };
@@ -90,18 +106,54 @@ impl Readahead {
                         in_flight.set.lock().remove(&(job.slice, job.index));
                         in_flight.done.notify_all();
                     }
-                })?;
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // The ones started end with the sender.
+                    drop(running);
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(Readahead {
             window,
             tx,
+            rx,
             in_flight,
+            running: Mutex::new(Some(running)),
+            threads: Mutex::new(handles),
         })
     }
 
-    /// Queues `job` unless it is already queued or running; drops it when the queue is full.
+    /// Drops what is queued and waits for the fetches in flight: nothing is fetched or
+    /// written to a cache after this returns. Later jobs are dropped.
+    pub fn stop(&self) {
+        drop(self.running.lock().take());
+        let handles = std::mem::take(&mut *self.threads.lock());
+        let me = std::thread::current().id();
+        for h in handles {
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+        // Readers waiting for a block that will not come go and fetch it themselves.
+        let mut set = self.in_flight.set.lock();
+        while let Ok(job) = self.rx.try_recv() {
+            set.remove(&(job.slice, job.index));
+        }
+        self.in_flight.done.notify_all();
+    }
+
+    /// Queues `job` unless it is already queued or running; drops it when the queue is full
+    /// or the fetchers have stopped.
     pub fn queue(&self, job: Fetch) {
-        if !self.in_flight.set.lock().insert((job.slice, job.index)) {
+        // Held until the job is queued, so that `stop` finds it in the queue.
+        let running = self.running.lock();
+        if running.is_none() || !self.in_flight.set.lock().insert((job.slice, job.index)) {
             return;
         }
         match self.tx.try_send(job) {

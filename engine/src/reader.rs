@@ -468,10 +468,13 @@ impl ObjectReader {
         }
     }
 
-    /// Stops the pack fetches: nothing is fetched after this returns.
+    /// Stops the pack fetches and the readahead: nothing is fetched after this returns.
     pub fn stop_fetches(&self) {
         if let Some(f) = &self.packs {
             f.stop();
+        }
+        if let Some(ra) = &self.readahead {
+            ra.stop();
         }
     }
 

@@ -638,6 +638,57 @@ fn pack_fetches_are_bounded_and_end_with_the_mount() {
     );
 }
 
+/// A sequential read of a cold large file queues its next blocks for the readahead
+/// fetchers; a shutdown waits for the fetches in flight and drops the rest: no GET and no
+/// cache file after it returns.
+#[test]
+fn readahead_ends_with_the_mount() {
+    let w = written();
+    let cache = "cache-readahead";
+    let m = mount(
+        &w.f,
+        cache,
+        Duration::from_millis(100),
+        PackFetchConfig::default(),
+    );
+    let big = m.e.lookup(ROOT_INO, b"big").unwrap().ino;
+    let b0 = m.e.lookup(big, b"b0").unwrap().ino;
+    let fh = m.e.open(&ME, b0, libc::O_RDONLY).unwrap();
+    let block = common::BLOCK_SIZE as u64;
+    let want = random_bytes(1000, 3 << 20);
+    for i in 0..2 {
+        // Two reads in a row make a stream: the blocks after them are queued.
+        let got = m.e.read(b0, fh, i * block, block as u32).unwrap();
+        assert!(got == want[(i * block) as usize..((i + 1) * block) as usize]);
+    }
+    m.e.release(b0, fh).unwrap();
+    assert!(wait_until(|| m.counts.running.load(Ordering::SeqCst) > 0));
+    m.e.shutdown().unwrap();
+    let at_stop = m.counts.gets.load(Ordering::SeqCst);
+    let blocks = (3 << 20) / block;
+    assert!(
+        at_stop < blocks,
+        "the shutdown cut the readahead short: {at_stop} GETs for {blocks} blocks"
+    );
+    assert_eq!(
+        m.counts.running.load(Ordering::SeqCst),
+        0,
+        "a GET still running"
+    );
+    let files = common::count_files(&w.f.dir.path().join(cache));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        m.counts.gets.load(Ordering::SeqCst),
+        at_stop,
+        "fetched after the shutdown"
+    );
+    assert_eq!(
+        common::count_files(&w.f.dir.path().join(cache)),
+        files,
+        "cache files written after the shutdown"
+    );
+}
+
 #[test]
 fn warmup_fetches_whole_packs_and_blocks_in_parallel() {
     let w = written();
