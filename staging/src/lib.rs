@@ -564,7 +564,7 @@ struct Records {
 }
 
 /// Run buffers the builder thread keeps ready once large runs arrive.
-const PREPARED_RUNS: usize = 4;
+const PREPARED_RUNS: usize = 2;
 
 /// What the builder thread is asked to do.
 enum BuildJob {
