@@ -417,6 +417,10 @@ sync
 new_volume seq
 mount_volume seq --writeback=true
 fio_seq c_wb "$WORK/seq/mnt/seq.dat"
+# A later checkpoint on the same mount, once the first is in the object store: the daemon
+# has its buffers (or, idle for --release-memory-after, memory it used before) at hand.
+wait_drained "$WORK/seq/mnt"
+fio_seq c_wb_again "$WORK/seq/mnt/seq-again.dat"
 umount_volume seq "(c) sequential"
 rm -rf "${STORE_ROOT:?}/seq"   # room on tmpfs for the runs below
 
@@ -431,6 +435,9 @@ sync
 new_volume seq2
 mount_volume seq2 --writeback=true
 fio_seq2 c2_wb "$WORK/seq2/mnt"
+wait_drained "$WORK/seq2/mnt"
+mkdir -p "$WORK/seq2/mnt/again"
+fio_seq2 c2_wb_again "$WORK/seq2/mnt/again"
 umount_volume seq2 "(c) sequential, two writers"
 rm -rf "${STORE_ROOT:?}/seq2"
 

@@ -24,6 +24,7 @@ failed, `<key>.err` with the reason. Keys:
     c_ext4        the same with buffered writes to an ext4 file on the local disk
     c_nullfs      the same through nullfs's `null` file, which drops the data (FUSE floor)
     c_wb          sequential 1 MiB writes + final fsync through the spoolfs mount, writeback
+    c_wb_again    the same again on that mount once the first write is in the object store
     c_wb_s3       the same, writeback, on S3 (s3s-fs behind the delaying proxy)
     c_juicefs     the same through JuiceFS --writeback on that S3
     c2_direct     two writers at once, each half the size in its own file, O_DIRECT (baseline)
@@ -31,6 +32,7 @@ failed, `<key>.err` with the reason. Keys:
     c2_nullfs     the same two writers, both to nullfs's `null` file (FUSE floor)
     c2_wb         the same two writers through the spoolfs mount, writeback (a checkpoint
                   from two ranks)
+    c2_wb_again   the same two writers again on that mount, the first ones uploaded
 
 Definitions (all from fio's own numbers):
   * write latency percentiles: `write.clat_ns.percentile` (with psync, completion latency is the
@@ -138,7 +140,8 @@ def main():
     for key in (
         "a_ext4", "a_ext4j", "a_floorj", "a_floor", "a_nullfs", "a_wb", "a_wb_disk", "a_std",
         "a_wb_s3", "a_juicefs", "b_nullfs", "b_wb", "c_direct", "c_ext4", "c_nullfs", "c_wb",
-        "c_wb_s3", "c_juicefs", "c2_direct", "c2_ext4", "c2_nullfs", "c2_wb",
+        "c_wb_s3", "c_juicefs", "c2_direct", "c2_ext4", "c2_nullfs", "c2_wb", "c_wb_again",
+        "c2_wb_again",
     ):
         r[key] = load(args.results_dir, key)
 
@@ -199,7 +202,7 @@ def main():
         k: (seq_mb_s(job(k)) if job(k) else None)
         for k in (
             "c_direct", "c_ext4", "c_nullfs", "c_wb", "c_wb_s3", "c_juicefs",
-            "c2_direct", "c2_ext4", "c2_nullfs", "c2_wb",
+            "c2_direct", "c2_ext4", "c2_nullfs", "c2_wb", "c_wb_again", "c2_wb_again",
         )
     }
 
@@ -276,6 +279,18 @@ def main():
                 goal,
             )
         )
+    w(
+        "| (c) one writer / two writers again on the same mount, the first write uploaded, "
+        "against ext4, buffered writes | %s / %s MB/s | %s / %s MB/s | **%s** / **%s** | ≥ 0.9 |"
+        % (
+            "%.0f" % seq["c_wb_again"] if seq["c_wb_again"] else "n/a",
+            "%.0f" % seq["c2_wb_again"] if seq["c2_wb_again"] else "n/a",
+            "%.0f" % seq["c_ext4"] if seq["c_ext4"] else "n/a",
+            "%.0f" % seq["c2_ext4"] if seq["c2_ext4"] else "n/a",
+            ratio(div(seq["c_wb_again"], seq["c_ext4"])),
+            ratio(div(seq["c2_wb_again"], seq["c2_ext4"])),
+        )
+    )
     w("")
     w(
         "Ratios: (a) spoolfs ÷ ext4 mean latency (= ext4 ops/s ÷ spoolfs ops/s), lower is better; "
@@ -436,12 +451,14 @@ def main():
             ("c_ext4", "ext4 on the local disk, buffered writes"),
             ("c_nullfs", "nullfs `null` (FUSE floor), buffered writes"),
             ("c_wb", "spoolfs, writeback (default), buffered writes"),
+            ("c_wb_again", "spoolfs, writeback, again on the same mount (first write uploaded)"),
             ("c_wb_s3", "spoolfs, writeback, on S3 behind the proxy"),
             ("c_juicefs", "JuiceFS `--writeback` (SQLite metadata), on S3 behind the proxy"),
             ("c2_direct", "two writers, half each: fio `--direct=1` on the local disk (their baseline)"),
             ("c2_ext4", "two writers, half each: ext4 on the local disk, buffered writes"),
             ("c2_nullfs", "two writers, half each: nullfs `null` (FUSE floor)"),
             ("c2_wb", "two writers, half each: spoolfs, writeback (default), buffered writes"),
+            ("c2_wb_again", "two writers, half each: spoolfs, again on the same mount"),
         ),
         3,
         lambda key: [
