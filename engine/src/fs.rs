@@ -1801,6 +1801,7 @@ impl Engine {
             metadata_unapplied_changes: m.metadata_unapplied_changes,
             resident_bytes: resident_bytes().unwrap_or(0),
             kept_buffer_bytes: self.kept_buffer_bytes(),
+            release_memory_after_secs: self.config.release_memory_after.map(|d| d.as_secs_f64()),
         }
     }
 

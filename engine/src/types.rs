@@ -291,6 +291,9 @@ pub struct EngineStatus {
     /// (`--release-memory-after`).
     #[serde(default)]
     pub kept_buffer_bytes: u64,
+    /// `--release-memory-after` in seconds (`None`: memory is kept).
+    #[serde(default)]
+    pub release_memory_after_secs: Option<f64>,
 }
 
 /// The engine's numbers that are cheap to take (no metadata scan): what the metrics exporter

@@ -355,9 +355,13 @@ pub fn describe(s: &MountStatus) -> String {
                 line(
                     "memory:",
                     format!(
-                        "{} resident, {} of it kept for large writes (freed when idle)",
+                        "{} resident, {} of it kept for large writes ({})",
                         human_bytes(e.resident_bytes),
-                        human_bytes(e.kept_buffer_bytes)
+                        human_bytes(e.kept_buffer_bytes),
+                        match e.release_memory_after_secs {
+                            Some(secs) => format!("freed after {} idle", human_secs(secs)),
+                            None => "kept when idle".to_string(),
+                        }
                     ),
                 );
             }
