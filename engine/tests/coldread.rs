@@ -256,15 +256,8 @@ fn pack_stats(e: &Engine) -> PackFetchStats {
 }
 
 /// Waits until `done` holds (or 30 s pass).
-fn wait_until(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    done()
+fn wait_until(done: impl FnMut() -> bool) -> bool {
+    common::wait_until(Duration::from_secs(30), done)
 }
 
 #[test]

@@ -4,10 +4,10 @@
 use spoolfs_engine::writeback::StagingSettings;
 use spoolfs_engine::*;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
-use common::Volume as Fixture;
+use common::{Volume as Fixture, wait_until};
 use spoolfs_testkit::random_bytes;
 
 const ME: Caller = Caller::ROOT;
@@ -42,17 +42,6 @@ fn write_large(e: &Engine, name: &str, data: &[u8]) -> Ino {
     e.flush(a.ino, fh).unwrap();
     e.release(a.ino, fh).unwrap();
     a.ino
-}
-
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
 }
 
 #[test]

@@ -127,6 +127,19 @@ impl Volume {
     }
 }
 
+/// Whether `done` holds within `limit`, looking every 10 ms (and once more at the end).
+#[allow(dead_code)]
+pub fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    done()
+}
+
 /// Every file below `dir` (none if it does not exist), sorted.
 #[allow(dead_code)]
 pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
