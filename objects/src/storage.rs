@@ -278,7 +278,9 @@ fn map_err(key: &str, e: object_store::Error) -> StorageError {
         }
         other => {
             let detail = other.to_string();
-            if detail.contains("403")
+            // The status with its reason: a bare "403" also matches a port such as 40383 in
+            // the request's URL, which made an unreachable endpoint look like bad credentials.
+            if detail.contains("403 Forbidden")
                 || detail.contains("AccessDenied")
                 || detail.contains("SignatureDoesNotMatch")
                 || detail.contains("InvalidAccessKeyId")
@@ -951,6 +953,24 @@ mod tests {
         facts.endpoint = None;
         assert_eq!(no_answer_hint(Some(&facts)), "");
         assert_eq!(no_answer_hint(None), "");
+    }
+
+    #[test]
+    fn a_port_with_403_in_it_is_not_a_denial() {
+        let generic = |msg: &str| object_store::Error::Generic {
+            store: "S3",
+            source: msg.to_string().into(),
+        };
+        let unreachable = generic(
+            "Error performing GET http://127.0.0.1:40383/bucket?list-type=2 in 1.9s, after 10 \
+             retries - HTTP error: error sending request",
+        );
+        assert_eq!(map_err("", unreachable).errno(), libc::EIO);
+        let forbidden = generic(
+            "Error performing GET http://127.0.0.1:9000/bucket in 10ms - Server returned \
+             non-2xx status code: 403 Forbidden: ",
+        );
+        assert_eq!(map_err("", forbidden).errno(), libc::EACCES);
     }
 
     #[test]
