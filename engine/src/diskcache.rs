@@ -773,8 +773,15 @@ mod tests {
             }
             resident_pages(file)
         };
+        // WILLNEED is advice: the kernel's readahead may skip a page it cannot allocate at
+        // once (a CI run once had 254 of 256). Most of the file in memory is the promise.
+        let mostly_in = |(resident, total): (usize, usize)| resident * 10 >= total * 9;
         c.read_ahead(id(7, 0));
-        assert_eq!(resident_soon(&path), (pages, pages), "read ahead whole");
+        let read = resident_soon(&path);
+        assert!(
+            read.1 == pages && mostly_in(read),
+            "read ahead whole: {read:?}"
+        );
         assert_eq!(c.get(id(7, 0)).unwrap(), Bytes::from(data.clone()));
         // Nothing cached, nothing read ahead (or remembered).
         c.read_ahead(id(8, 0));
@@ -800,7 +807,8 @@ mod tests {
             "read ahead after this mount wrote it through the page cache"
         );
         if direct {
-            assert_eq!(resident_soon(&nine), (pages, pages), "written around it");
+            let read = resident_soon(&nine);
+            assert!(mostly_in(read), "written around it: {read:?}");
         }
     }
 
