@@ -1215,6 +1215,31 @@ mod tests {
         assert!(err.contains("at least 3 seconds"), "{err}");
     }
 
+    /// The defaults are written twice, as flag strings here and in `EngineConfig::default`
+    /// for the engine's other users (tests, tools); a mount must get the same.
+    #[test]
+    fn flag_defaults_are_the_engine_defaults() {
+        let args = mount_args(&[]);
+        let engine = EngineConfig::default();
+        assert_eq!(Some(args.release_memory_after), engine.release_memory_after);
+        assert_eq!(args.readahead, engine.readahead_bytes);
+        assert_eq!(args.staging.max_uploads, engine.max_uploads);
+        assert_eq!(args.staging.max_deletes, engine.max_deletes);
+        assert_eq!(Some(args.shutdown_timeout), engine.drain_on_shutdown);
+        assert_eq!(args.lock_wait_poll, engine.lock_wait_max_backoff);
+        let fetch = engine.pack_fetch;
+        assert_eq!(args.pack_fetch_max, fetch.max_bytes);
+        assert_eq!(args.pack_fetch_threads, fetch.threads);
+        assert_eq!(args.dir_prefetch, fetch.dir_budget_bytes);
+        assert_eq!(args.dir_prefetch_depth, fetch.dir_depth);
+        assert_eq!(args.pack_read_nearby, fetch.nearby_bytes);
+        assert_eq!(args.dir_prefetch_file_max, fetch.dir_file_max_bytes);
+        let compaction = engine.compaction.expect("on by default");
+        assert_eq!(args.compact_threshold, compaction.threshold);
+        assert_eq!(args.compact_min_dead, compaction.min_dead_bytes);
+        assert_eq!(args.compact_interval, compaction.interval);
+    }
+
     #[test]
     fn allow_other_defaults_to_root() {
         let conf = tempfile::NamedTempFile::new().unwrap();
