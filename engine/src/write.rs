@@ -250,16 +250,13 @@ impl WritePath {
     /// Bytes of the buffers kept for the next runs of large writes, here and in the staging
     /// log (see [`spoolfs_staging::StagingLog::kept_buffer_bytes`]).
     pub(crate) fn kept_buffer_bytes(&self) -> u64 {
-        let runs: u64 = (self.run_buffers.lock().iter())
-            .map(|b| b.capacity() as u64)
-            .sum();
+        let runs = spoolfs_staging::capacity_bytes(&self.run_buffers.lock());
         runs + self.staging_log().map_or(0, |log| log.kept_buffer_bytes())
     }
 
     /// Frees the buffers [`Self::kept_buffer_bytes`] counts; returns their bytes.
     pub(crate) fn release_kept_buffers(&self) -> u64 {
-        let runs = std::mem::take(&mut *self.run_buffers.lock());
-        let runs: u64 = runs.iter().map(|b| b.capacity() as u64).sum();
+        let runs = spoolfs_staging::capacity_bytes(&std::mem::take(&mut *self.run_buffers.lock()));
         runs + self
             .staging_log()
             .map_or(0, |log| log.release_kept_buffers())

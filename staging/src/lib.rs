@@ -190,6 +190,11 @@ pub use io::FaultConfig;
 pub use segments::{MAX_SEGMENTS, RecycleBarrier};
 pub use sim::{CutPlan, CutReport, FlushScope, SimDevice, Unflushed};
 
+/// Bytes allocated by `buffers` (their capacity, not their length): what keeping them costs.
+pub fn capacity_bytes(buffers: &[Vec<u8>]) -> u64 {
+    buffers.iter().map(|b| b.capacity() as u64).sum()
+}
+
 use buf::{BufPool, IoBuf, MAX_POOL_BUFFERS};
 use format::{PIECE_LEN, decode_record_header, record_header_len, record_size};
 use io::{FaultyBackend, IoBackend, PsyncBackend, RealFiles, SegmentFiles, UringBackend};
@@ -1291,9 +1296,7 @@ impl StagingLog {
     /// Bytes of the buffers kept for the next large records: run buffers made ready for the
     /// writer and the engine threads' large record buffers.
     pub fn kept_buffer_bytes(&self) -> u64 {
-        let runs: u64 = (self.records.prepared_runs.lock().iter())
-            .map(|b| b.capacity() as u64)
-            .sum();
+        let runs = capacity_bytes(&self.records.prepared_runs.lock());
         let large: u64 = self
             .records
             .pools
@@ -1306,8 +1309,7 @@ impl StagingLog {
     /// Frees the buffers [`Self::kept_buffer_bytes`] counts (an idle mount gives its memory
     /// back; the next large write makes new ones); returns their bytes.
     pub fn release_kept_buffers(&self) -> u64 {
-        let runs = std::mem::take(&mut *self.records.prepared_runs.lock());
-        let runs: u64 = runs.iter().map(|b| b.capacity() as u64).sum();
+        let runs = capacity_bytes(&std::mem::take(&mut *self.records.prepared_runs.lock()));
         let large: u64 = self.records.pools.iter().map(|p| p.release_large()).sum();
         runs + large
     }
