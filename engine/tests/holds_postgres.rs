@@ -12,7 +12,7 @@ use spoolfs_engine::{Caller, Engine, EngineConfig, ROOT_INO, StorageConfig};
 use spoolfs_metadata::{KvStore, prefix_end};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Node {
     engine: Arc<Engine>,
@@ -85,12 +85,8 @@ fn block_objects(objects: &Path) -> usize {
     n
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, limit: Duration, f: impl FnMut() -> bool) {
+    assert!(common::wait_until(limit, f), "timed out waiting for {what}");
 }
 
 #[test]
