@@ -703,18 +703,15 @@ impl WritePath {
             let mut i = 0;
             while i < slices.len() {
                 let chunk = chunks[i];
-                let mut touched = Vec::new();
-                while i < slices.len() && chunks[i] == chunk {
-                    touched.extend(data::insert_stored(t, ino, chunk, slices[i])?);
-                    // A slice written and shadowed within this same flush is dead at once.
-                    touched.push(slices[i]);
-                    used += slices[i].size as i64;
-                    i += 1;
-                }
-                for (id, size) in data::dead_stored(t, ino, chunk, &touched)? {
+                let end = i + chunks[i..].iter().take_while(|&&c| c == chunk).count();
+                let group = &slices[i..end];
+                // A slice written and shadowed within this same flush is dead at once.
+                for (id, size) in data::insert_all_stored(t, ino, chunk, group)? {
                     data::record_dead(t, id, size)?;
                     used -= size as i64;
                 }
+                used += group.iter().map(|s| s.size as i64).sum::<i64>();
+                i = end;
             }
             for (id, s) in staged {
                 t.put(&schema::staged_key(*id), &schema::encode(&s.rec))?;
