@@ -431,25 +431,28 @@ mod tests {
             let store = MemStore::default();
             let mut mem: Vec<SliceRec> = Vec::new();
             let (mut killed_mem, mut killed_stored) = (BTreeSet::new(), BTreeSet::new());
-            let mut next = 0;
+            // One flush of `group`: laid over the in-memory map and the stored one alike.
+            let mut flush = |group: &[SliceRec]| {
+                let before = [mem.as_slice(), group].concat();
+                for n in group {
+                    insert(&mut mem, *n);
+                }
+                killed_mem.extend(dead_slices(&before, &mem).into_iter().map(|d| d.0));
+                store.update(Durability::Visible, &mut |t| {
+                    let dead = insert_all_stored(t, 7, 3, group)?;
+                    killed_stored.extend(dead.into_iter().map(|d| d.0));
+                    Ok(())
+                }).unwrap();
+            };
             // Old slices in pieces: slice 1000 + k written whole, then partly overwritten, so
             // that later groups meet segments with an offset into their slice.
             for (k, (a, b)) in split.iter().enumerate() {
                 let whole = seg(1000 + k as u64, 20 * k as u32, 60);
                 let hole = seg(2000 + k as u64, whole.pos + a.min(b), a.max(b) - a.min(b) + 1);
-                for group in [vec![whole], vec![hole]] {
-                    let before = [mem.clone(), group.clone()].concat();
-                    for n in &group {
-                        insert(&mut mem, *n);
-                    }
-                    killed_mem.extend(dead_slices(&before, &mem).into_iter().map(|d| d.0));
-                    store.update(Durability::Visible, &mut |t| {
-                        let dead = insert_all_stored(t, 7, 3, &group)?;
-                        killed_stored.extend(dead.into_iter().map(|d| d.0));
-                        Ok(())
-                    }).unwrap();
-                }
+                flush(&[whole]);
+                flush(&[hole]);
             }
+            let mut next = 0;
             for size in groups {
                 if next >= writes.len() {
                     break;
@@ -459,16 +462,7 @@ mod tests {
                     .map(|i| seg(i as u64 + 1, writes[i].0, writes[i].1))
                     .collect();
                 next = end;
-                let before = [mem.clone(), group.clone()].concat();
-                for n in &group {
-                    insert(&mut mem, *n);
-                }
-                killed_mem.extend(dead_slices(&before, &mem).into_iter().map(|d| d.0));
-                store.update(Durability::Visible, &mut |t| {
-                    let dead = insert_all_stored(t, 7, 3, &group)?;
-                    killed_stored.extend(dead.into_iter().map(|d| d.0));
-                    Ok(())
-                }).unwrap();
+                flush(&group);
             }
             let mut stored = Vec::new();
             store.view(&mut |r| { stored = load(r, 7, 3, 0, 400)?; Ok(()) }).unwrap();
